@@ -1,0 +1,2 @@
+"""The single source of fastmesh's version."""
+__version__ = "0.1.0"

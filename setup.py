@@ -1,0 +1,72 @@
+"""Build fastmesh: one C extension per fastmesh/_core .pyx file, cythonized here (uvloop's way).
+
+Extra build_ext options:
+  --cython-always  re-run Cython even when the generated .c file looks fresh
+  --annotate       write Cython's HTML annotation next to each .pyx (yellow = Python work)
+  --debug-core     compile with FASTMESH_DEBUG=1 (lifetime counters for leak checks)
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext as _build_ext
+from setuptools.extension import Extension
+
+CYTHON_RANGE = ">=3.0,<3.3"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extensions():
+    exts = []
+    for pyx in sorted(glob.glob("fastmesh/_core/**/*.pyx", recursive=True)):
+        name = pyx[:-4].replace(os.sep, ".")
+        exts.append(Extension(
+            name, [pyx],
+            extra_compile_args=["-O2", "-fno-strict-aliasing", "-Wno-unused-function"],
+        ))
+    return exts
+
+
+class build_ext(_build_ext):
+    user_options = _build_ext.user_options + [
+        ("cython-always", None, "run Cython even if the .c file is newer"),
+        ("annotate", None, "write Cython HTML annotation"),
+        ("debug-core", None, "compile with FASTMESH_DEBUG=1"),
+    ]
+    boolean_options = _build_ext.boolean_options + ["cython-always", "annotate", "debug-core"]
+
+    def initialize_options(self):
+        super().initialize_options()
+        self.cython_always = False
+        self.annotate = False
+        self.debug_core = bool(int(os.environ.get("FASTMESH_DEBUG", "0") or 0))
+
+    def finalize_options(self):
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+        from packaging.specifiers import SpecifierSet
+        import Cython
+        if Cython.__version__ not in SpecifierSet(CYTHON_RANGE):
+            raise RuntimeError(f"fastmesh needs Cython {CYTHON_RANGE}, found {Cython.__version__}")
+        from Cython.Build import cythonize
+        self.distribution.ext_modules[:] = cythonize(
+            self.distribution.ext_modules,
+            compiler_directives={
+                "language_level": 3,
+                "boundscheck": False,
+                "wraparound": False,
+                "cdivision": True,
+                "initializedcheck": False,
+                "embedsignature": True,
+            },
+            compile_time_env={"FASTMESH_DEBUG": 1 if self.debug_core else 0},
+            annotate=self.annotate,
+            force=self.cython_always,
+            nthreads=1,
+            quiet=True,
+        )
+        super().finalize_options()
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": build_ext})
