@@ -1,0 +1,1 @@
+# Package marker so the C declarations here can be cimported.

@@ -1,0 +1,65 @@
+# TCP relay (L4): each accepted connection is spliced to an upstream endpoint, both directions, zero-copy.
+
+from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor
+from fastmesh._core.cluster cimport Cluster
+
+
+cdef struct Direction:
+    int pr                     # read end of this direction's pipe (-1 when no pipe is held)
+    int pw                     # write end of the pipe
+    Py_ssize_t pending         # bytes in the pipe/buffer not yet written to the destination
+    char *buf                  # fallback (no-splice) buffer, NULL when none is held
+    Py_ssize_t buf_off         # where the pending bytes start in buf
+    unsigned char src_eof      # the source sent its FIN
+    unsigned char dst_shut     # the FIN was passed on: shutdown(dst, SHUT_WR) done
+
+
+cdef enum RelayState:
+    RS_CONNECTING = 1          # downstream accepted; upstream connect under way
+    RS_OPEN = 2                # both sockets connected; bytes flow
+    RS_CLOSED = 3              # both fds closed; the object only waits to be freed
+
+
+cdef class TcpProxy(Sweeper):
+    # Per listener: where accepted connections go, their options, the open relays and their counters.
+    cdef Reactor reactor                   # epoll set the relays register in
+    cdef readonly Cluster cluster          # upstream endpoints and balancer
+    cdef readonly str name                 # listener name, for logs
+    cdef readonly double idle_timeout      # seconds without traffic before a relay is closed
+    cdef readonly bint use_splice          # splice(2) through pipes; False: recv/send through buffers
+    cdef TcpRelay head                     # first open relay (intrusive doubly linked list owns them)
+    cdef readonly long active              # open relays
+    cdef readonly unsigned long long accepted        # downstream connections accepted, ever
+    cdef readonly unsigned long long failed          # downstream connections closed for want of an endpoint
+    cdef readonly unsigned long long bytes_in        # bytes relayed downstream -> upstream
+    cdef readonly unsigned long long bytes_out       # bytes relayed upstream -> downstream
+
+    cdef void accept_fd(self, int fd) noexcept
+    cdef void unlink(self, TcpRelay r) noexcept
+
+
+cdef class TcpRelay(EventTarget):
+    # One proxied connection: a downstream fd (side 0) and an upstream fd (side 1).
+    cdef TcpProxy owner                    # the listener's proxy; owns this relay through its list
+    cdef TcpRelay prev                     # list neighbours
+    cdef TcpRelay next
+    cdef int fds[2]                        # [downstream, upstream]; -1 when closed or not yet opened
+    cdef unsigned char readable[2]         # edge-triggered readiness per side, cleared on EAGAIN
+    cdef unsigned char writable[2]
+    cdef Direction dirs[2]                 # dirs[0]: downstream -> upstream; dirs[1]: upstream -> downstream
+    cdef int state                         # a RelayState
+    cdef int endpoint                      # index of the upstream endpoint in the cluster, -1 before a pick
+    cdef int attempts                      # upstream connects tried
+    cdef bint use_splice                   # copy of owner.use_splice, cleared if splice is unsupported here
+    cdef double connect_deadline           # when a pending connect counts as failed
+    cdef double last_active                # when bytes last moved
+
+    @staticmethod
+    cdef TcpRelay new(TcpProxy owner, int fd)
+    cdef void connect_next(self, int avoid) noexcept
+    cdef void connect_error(self, int err) noexcept
+    cdef void pump(self) noexcept
+    cdef int pump_splice(self, int d) noexcept
+    cdef int pump_copy(self, int d) noexcept
+    cdef void release(self, int d) noexcept
+    cdef void close(self) noexcept

@@ -1,0 +1,26 @@
+"""Per cluster: resolve the endpoints once and build the core Cluster with its balancer."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from fastmesh._core.balance.factory import make_balancer
+from fastmesh._core.cluster import Cluster
+from fastmesh.config.schema import Cluster as ClusterConfig
+
+
+def _resolve(host: str, port: int) -> tuple[int, str, int]:
+    """(family, ip literal, port). Hostnames are resolved at build time; DNS discovery comes later."""
+    try:
+        ip = ipaddress.ip_address(host)
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip), port)
+    except ValueError:
+        pass
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    return (int(family), str(sockaddr[0]), port)
+
+
+def build_cluster(cfg: ClusterConfig) -> Cluster:
+    endpoints = [_resolve(e.host, e.port) for e in cfg.endpoints]
+    balancer = make_balancer(cfg.balancer, [e.weight for e in cfg.endpoints])
+    return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)

@@ -1,0 +1,39 @@
+"""Bind each listener's socket and attach it, with its protocol handler, to the reactor."""
+from __future__ import annotations
+
+import socket
+
+from fastmesh._core.cluster import Cluster
+from fastmesh._core.listener import Listener
+from fastmesh._core.reactor import Reactor
+from fastmesh._core.tcp.splice import TcpProxy
+from fastmesh.config.schema import Listener as ListenerConfig
+
+
+def bind_socket(cfg: ListenerConfig, reuse_port: bool) -> socket.socket:
+    """A listening, non-blocking socket. With reuse_port every worker binds its own and the kernel spreads
+    connections across them."""
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt here instead of one per accept.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((cfg.host, cfg.port))
+        sock.listen(cfg.backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def build_listener(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, reuse_port: bool
+                   ) -> tuple[Listener, TcpProxy, tuple[str, int]]:
+    """The core Listener for cfg (not yet accepting), its TcpProxy, and the address it is bound to."""
+    sock = bind_socket(cfg, reuse_port)
+    bound = sock.getsockname()[:2]
+    tcp = TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice)
+    return Listener(reactor, sock.detach(), cfg.name, tcp), tcp, (bound[0], bound[1])

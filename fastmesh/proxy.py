@@ -1,0 +1,123 @@
+"""Proxy: runs fastmesh's data plane on the caller's asyncio loop; start, drain and stop.
+
+This is the embedding API (`async with Proxy(config): ...`) and what each worker process of `fastmesh run`
+runs. One Proxy is one process's worth of listeners; `fastmesh run` starts several with reuse_port.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from fastmesh.config.schema import Config
+
+log = logging.getLogger("fastmesh.proxy")
+
+
+class Proxy:
+    """The proxy for one validated Config.
+
+    >>> async with Proxy.from_file("config.toml") as proxy:
+    ...     print(proxy.addresses)
+    """
+
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+        if not isinstance(config, Config):
+            raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
+        self.config = config
+        self.reuse_port = reuse_port
+        self._reactor: Any = None
+        self._clusters: dict[str, Any] = {}
+        self._listeners: list[Any] = []
+        self._tcp: dict[str, Any] = {}
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._started = False
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
+        from fastmesh.config.load import load_config
+        return cls(load_config(path), **kwargs)
+
+    @classmethod
+    def from_toml(cls, text: str, **kwargs: Any) -> "Proxy":
+        from fastmesh.config.load import loads_config
+        return cls(loads_config(text, source="<string>"), **kwargs)
+
+    async def start(self) -> None:
+        """Bind every listener and start accepting on the running loop. Raises OSError if a bind fails."""
+        if self._started:
+            raise RuntimeError("Proxy already started")
+        from fastmesh._core.reactor import Reactor
+        from fastmesh.dataplane.clusters import build_cluster
+        from fastmesh.dataplane.listeners import build_listener
+
+        loop = asyncio.get_running_loop()
+        reactor = Reactor()
+        clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
+        listeners = []
+        try:
+            for lcfg in self.config.listeners:
+                listener, tcp, bound = build_listener(lcfg, reactor, clusters[lcfg.cluster], self.reuse_port)
+                listeners.append(listener)
+                self._tcp[lcfg.name] = tcp
+                self.addresses[lcfg.name] = bound
+        except BaseException:
+            for listener in listeners:
+                listener.close()
+            self._tcp.clear()
+            self.addresses.clear()
+            raise
+        reactor.attach(loop)
+        for cluster in clusters.values():
+            reactor.add_sweeper(cluster)
+        for tcp in self._tcp.values():
+            reactor.add_sweeper(tcp)
+        for listener in listeners:
+            listener.start()
+        self._reactor, self._clusters, self._listeners = reactor, clusters, listeners
+        self._started = True
+        for name, (host, port) in self.addresses.items():
+            log.info("listener %s on %s:%d", name, host, port)
+
+    @property
+    def active_connections(self) -> int:
+        """Downstream connections open now, over all listeners."""
+        return sum(tcp.active for tcp in self._tcp.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per listener and the state of each cluster's endpoints."""
+        return {
+            "listeners": {name: {"active": t.active, "accepted": t.accepted, "failed": t.failed,
+                                 "bytes_in": t.bytes_in, "bytes_out": t.bytes_out}
+                          for name, t in self._tcp.items()},
+            "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
+        }
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, let open connections finish for up to drain_timeout seconds, then close the rest."""
+        if not self._started:
+            return
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        for listener in self._listeners:
+            listener.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.active_connections:
+            log.info("draining %d open connection(s) for up to %.1fs", self.active_connections, timeout)
+        while self.active_connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.active_connections:
+            log.info("drain timeout: closing %d connection(s)", self.active_connections)
+        for tcp in self._tcp.values():
+            tcp.close_all()
+        self._reactor.detach()
+        self._listeners.clear()
+        self._started = False
+
+    async def __aenter__(self) -> "Proxy":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
