@@ -1,0 +1,28 @@
+"""Free ports on 127.0.0.1 and small socket helpers for tests."""
+from __future__ import annotations
+
+import socket
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bound then released)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_config(listen_port: int, endpoints: list[str], **listener_opts: object) -> str:
+    """A one-listener, one-cluster TOML config, for tests."""
+    extra = "".join(f"{k} = {_toml(v)}\n" for k, v in listener_opts.items() if not k.startswith("cluster_"))
+    cluster_extra = "".join(f"{k[8:]} = {_toml(v)}\n" for k, v in listener_opts.items() if k.startswith("cluster_"))
+    eps = ", ".join(f'"{e}"' for e in endpoints)
+    return (f'[[listeners]]\nname = "tcp-in"\nlisten = "127.0.0.1:{listen_port}"\ncluster = "backend"\n{extra}'
+            f'[clusters.backend]\nendpoints = [{eps}]\n{cluster_extra}')
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return f'"{v}"'
