@@ -1,0 +1,1 @@
+"""Control-plane tests: config loading, reload, discovery, health, admin."""

@@ -1,0 +1,365 @@
+"""Config loading: bad configs give exact messages, good configs give the schema's dataclasses with defaults."""
+import pickle
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastmesh.config.load import (
+    config_from_dict, config_to_dict, format_duration, load_config, loads_config, parse_address, parse_duration,
+)
+from fastmesh.config.schema import Admin, Cluster, Config, Demo, Endpoint, Listener
+from fastmesh.errors import ConfigError, ConfigErrors
+
+# The smallest valid config, in parts so that each bad row changes one thing.
+LISTENER = '[[listeners]]\nname = "in"\nlisten = "127.0.0.1:4140"\ncluster = "echo"\n'
+CLUSTER = '[clusters.echo]\nendpoints = ["127.0.0.1:9001"]\n'
+MINIMAL = LISTENER + CLUSTER
+
+
+def with_endpoints(endpoints: str) -> str:
+    return LISTENER + f"[clusters.echo]\nendpoints = {endpoints}\n"
+
+
+BALANCERS = '["round_robin", "least_request", "random"]'
+TOP_KEYS = '["admin", "clusters", "demo", "drain_timeout", "listeners", "workers"]'
+DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
+
+BAD = [
+    # top level
+    ("workers = 0\n" + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got 0'),
+    ('workers = "many"\n' + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got "many"'),
+    ("workers = true\n" + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got true'),
+    ('drain_timeout = "10"\n' + MINIMAL, f'drain_timeout: expected {DURATION}, got "10"'),
+    ("drain_timeout = 10\n" + MINIMAL, f"drain_timeout: expected {DURATION}, got 10"),
+    ('drain_timeout = "1d"\n' + MINIMAL, f'drain_timeout: expected {DURATION}, got "1d"'),
+    ("listner = 1\n" + MINIMAL, 'listner: unknown key (did you mean "listeners"?)'),
+    ('colour = "red"\n' + MINIMAL, f"colour: unknown key (expected one of {TOP_KEYS})"),
+    ("", "expected [[listeners]] and [clusters.NAME] tables, got nothing"),
+    ("# only a comment\n", "expected [[listeners]] and [clusters.NAME] tables, got nothing"),
+    # admin
+    ('[admin]\nlisten = "9990"\n' + MINIMAL, 'admin.listen: expected "host:port", got "9990"'),
+    ("[admin]\nport = 9990\n" + MINIMAL, 'admin.port: unknown key (expected one of ["listen"])'),
+    ("admin = 5\n" + MINIMAL, "admin: expected a table, got 5"),
+    ('[admin]\nlisten = "127.0.0.1:4140"\n' + MINIMAL,
+     'listeners[0].listen: expected an address not used by admin.listen, got "127.0.0.1:4140"'),
+    # listeners
+    ("listeners = []\n" + CLUSTER, "listeners: expected at least one listener, got []"),
+    ('[listeners]\nname = "in"\n' + CLUSTER, "listeners: expected an array of [[listeners]] tables, got a table"),
+    ('listeners = ["in"]\n' + CLUSTER, 'listeners[0]: expected a table, got "in"'),
+    (LISTENER.replace("4140", "70000") + CLUSTER,
+     'listeners[0].listen: expected "host:port" with a port from 1 to 65535, got "127.0.0.1:70000"'),
+    (LISTENER.replace("4140", "0") + CLUSTER,
+     'listeners[0].listen: expected "host:port" with a port from 1 to 65535, got "127.0.0.1:0"'),
+    (LISTENER.replace("4140", "http") + CLUSTER,
+     'listeners[0].listen: expected "host:port" with a numeric port, got "127.0.0.1:http"'),
+    (LISTENER.replace("127.0.0.1:4140", "127.0.0.1") + CLUSTER,
+     'listeners[0].listen: expected "host:port", got "127.0.0.1"'),
+    (LISTENER.replace("127.0.0.1:4140", "::1:80") + CLUSTER,
+     'listeners[0].listen: expected "host:port" with IPv6 in brackets ("[::1]:80"), got "::1:80"'),
+    (LISTENER.replace("127.0.0.1:4140", "[1.2.3.4]:80") + CLUSTER,
+     'listeners[0].listen: expected "[host]:port" with an IPv6 address in the brackets, got "[1.2.3.4]:80"'),
+    (LISTENER.replace("127.0.0.1", "10.0.0.256") + CLUSTER,
+     'listeners[0].listen: expected "host:port" where host is an IP address or a hostname, got "10.0.0.256:4140"'),
+    (LISTENER + 'protocol = "http"\n' + CLUSTER,
+     'listeners[0].protocol: expected one of the protocols ["tcp"], got "http"'),
+    (LISTENER.replace('"echo"', '"nope"') + CLUSTER,
+     'listeners[0].cluster: expected one of the clusters ["echo"], got "nope"'),
+    (LISTENER.replace('cluster = "echo"\n', "") + CLUSTER,
+     "listeners[0].cluster: missing key (expected the name of a cluster)"),
+    (LISTENER + "backlog = 0\n" + CLUSTER, "listeners[0].backlog: expected a whole number from 1 to 65535, got 0"),
+    (LISTENER + 'splice = "yes"\n' + CLUSTER, 'listeners[0].splice: expected true or false, got "yes"'),
+    (LISTENER + 'idle_timeout = "0s"\n' + CLUSTER,
+     'listeners[0].idle_timeout: expected a duration above "0s", got "0s"'),
+    (LISTENER.replace('"in"', '"my listener"') + CLUSTER,
+     'listeners[0].name: expected a name of letters, digits, "_", "-" and ".", got "my listener"'),
+    (LISTENER + LISTENER.replace("4140", "4141") + CLUSTER,
+     'listeners[1].name: expected a name not used by listeners[0], got "in"'),
+    (LISTENER + LISTENER.replace('"in"', '"in2"') + CLUSTER,
+     'listeners[1].listen: expected an address not used by listeners[0].listen, got "127.0.0.1:4140"'),
+    (LISTENER.replace("127.0.0.1", "[::1]") + LISTENER.replace("127.0.0.1", "[0:0::1]").replace('"in"', '"b"')
+     + CLUSTER, 'listeners[1].listen: expected an address not used by listeners[0].listen, got "[0:0::1]:4140"'),
+    # clusters
+    (LISTENER, "clusters: missing key (expected at least one [clusters.NAME] table)"),
+    ("clusters = 3\n" + LISTENER, "clusters: expected a table of clusters like [clusters.NAME], got 3"),
+    (LISTENER + "[clusters]\n", "clusters: expected at least one [clusters.NAME] table, got an empty table"),
+    (MINIMAL + 'balancr = "rr"\n', 'clusters.echo.balancr: unknown key (did you mean "balancer"?)'),
+    (MINIMAL + 'balancer = "rr"\n', f'clusters.echo.balancer: expected one of the balancers {BALANCERS}, got "rr"'),
+    (MINIMAL + "connect_attempts = 0\n", "clusters.echo.connect_attempts: expected a whole number >= 1, got 0"),
+    (MINIMAL + 'connect_timeout = "0s"\n',
+     'clusters.echo.connect_timeout: expected a duration above "0s", got "0s"'),
+    (LISTENER.replace('"echo"', '"my cluster"') + '[clusters."my cluster"]\nendpoints = ["127.0.0.1:9001"]\n',
+     'clusters."my cluster": expected a cluster name of letters, digits, "_", "-" and ".", got "my cluster"'),
+    (with_endpoints("[]"), "clusters.echo.endpoints: expected at least one endpoint, got []"),
+    (with_endpoints('"127.0.0.1:9001"'),
+     'clusters.echo.endpoints: expected an array of endpoints like ["127.0.0.1:9001"], got "127.0.0.1:9001"'),
+    (with_endpoints('["127.0.0.1:9001", "10.0.0.1"]'),
+     'clusters.echo.endpoints[1]: expected "host:port", got "10.0.0.1"'),
+    (with_endpoints("[9001]"),
+     'clusters.echo.endpoints[0]: expected "host:port" or { address = "host:port", weight = N }, got 9001'),
+    (with_endpoints('["127.0.0.1:9001", "127.0.0.1:9001"]'),
+     'clusters.echo.endpoints[1]: expected an endpoint not already listed at clusters.echo.endpoints[0], '
+     'got "127.0.0.1:9001"'),
+    (with_endpoints('[{ address = "127.0.0.1:9001", weight = 0 }]'),
+     "clusters.echo.endpoints[0].weight: expected a whole number from 1 to 1000, got 0"),
+    (with_endpoints('[{ address = "127.0.0.1:9001", weight = 1001 }]'),
+     "clusters.echo.endpoints[0].weight: expected a whole number from 1 to 1000, got 1001"),
+    (with_endpoints('[{ address = "127.0.0.1:9001", weight = 1.5 }]'),
+     "clusters.echo.endpoints[0].weight: expected a whole number from 1 to 1000, got 1.5"),
+    (with_endpoints("[{ weight = 2 }]"), 'clusters.echo.endpoints[0].address: missing key (expected "host:port")'),
+    (with_endpoints('[{ address = "127.0.0.1:9001", wieght = 2 }]'),
+     'clusters.echo.endpoints[0].wieght: unknown key (did you mean "weight"?)'),
+    # demo
+    (MINIMAL + '[demo]\nbackends = ["9001"]\n', 'demo.backends[0]: expected "host:port", got "9001"'),
+    (MINIMAL + '[demo]\nbackends = ["127.0.0.1:4140"]\n',
+     'demo.backends[0]: expected an address not used by listeners[0].listen, got "127.0.0.1:4140"'),
+    (MINIMAL + '[demo]\nbackend = ["127.0.0.1:9001"]\n', 'demo.backend: unknown key (did you mean "backends"?)'),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_config_message(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, "bad.toml")
+    assert str(info.value) == f"bad.toml: {message}"
+    assert not isinstance(info.value, ConfigErrors)   # each row has exactly one problem
+
+
+def test_every_problem_is_reported_in_file_order() -> None:
+    text = ('workers = 0\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1"\ncluster = "nope"\nsplice = 1\n'
+            + CLUSTER + 'balancr = "x"\n')
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(text, "many.toml")
+    err = info.value
+    assert str(err).splitlines() == [
+        'many.toml: workers: expected a whole number >= 1 or "auto", got 0',
+        'many.toml: listeners[0].listen: expected "host:port", got "127.0.0.1"',
+        'many.toml: listeners[0].cluster: expected one of the clusters ["echo"], got "nope"',
+        "many.toml: listeners[0].splice: expected true or false, got 1",
+        'many.toml: clusters.echo.balancr: unknown key (did you mean "balancer"?)',
+    ]
+    # The aggregate reads as its first error, so code that looks at one error still works.
+    assert isinstance(err, ConfigError)
+    assert (err.file, err.key, err.expected, err.got) == ("many.toml", "workers", 'a whole number >= 1 or "auto"', "0")
+    assert len(err.errors) == 5 and err.errors[1].key == "listeners[0].listen"
+
+
+def test_error_attributes() -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(with_endpoints('["127.0.0.1:9001", "10.0.0.1"]'), "quick.toml")
+    err = info.value
+    assert (err.file, err.key, err.expected, err.got) == (
+        "quick.toml", "clusters.echo.endpoints[1]", '"host:port"', '"10.0.0.1"')
+    assert err.errors == (err,)
+
+
+def test_missing_key_has_no_got() -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(LISTENER.replace('name = "in"\n', "") + CLUSTER, "m.toml")
+    assert (info.value.key, info.value.expected, info.value.got) == ("listeners[0].name", "a listener name", None)
+    assert str(info.value) == "m.toml: listeners[0].name: missing key (expected a listener name)"
+
+
+def test_errors_survive_pickling() -> None:
+    # Reload may validate in one process and report in another.
+    with pytest.raises(ConfigErrors) as info:
+        loads_config("workers = 0\ndrain_timeout = 1\n" + MINIMAL, "p.toml")
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is ConfigErrors and str(copy) == str(info.value)
+    single = pickle.loads(pickle.dumps(info.value.errors[1]))
+    assert str(single) == "p.toml: drain_timeout: expected " + DURATION + ", got 1"
+    assert single.got == "1"
+
+
+# ---- good configs ----
+
+FULL = """
+workers = "auto"
+drain_timeout = "2m"
+[admin]
+listen = "[::1]:9991"
+[[listeners]]
+name = "tcp-in"
+listen = "0.0.0.0:4140"
+protocol = "tcp"
+cluster = "echo"
+idle_timeout = "250ms"
+backlog = 128
+splice = false
+[[listeners]]
+name = "tcp-in-2"
+listen = "localhost:4141"
+cluster = "echo"
+[clusters.echo]
+endpoints = ["127.0.0.1:9001", { address = "[::1]:9002", weight = 3 }, { address = "backend.example:80" }]
+balancer = "least_request"
+connect_timeout = "1.5s"
+connect_attempts = 5
+[demo]
+backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+"""
+
+
+def test_minimal_config_gets_schema_defaults() -> None:
+    cfg = loads_config(MINIMAL, "good.toml")
+    assert cfg == Config(
+        listeners=[Listener(name="in", host="127.0.0.1", port=4140, cluster="echo")],
+        clusters={"echo": Cluster(name="echo", endpoints=[Endpoint("127.0.0.1", 9001)])},
+        source="good.toml",
+    )
+    # The defaults as the schema defines them today, spelled out once so a change is noticed here.
+    assert (cfg.workers, cfg.drain_timeout, cfg.admin, cfg.demo) == (1, 10.0, Admin("127.0.0.1", 9990), None)
+    listener = cfg.listeners[0]
+    assert (listener.protocol, listener.idle_timeout, listener.backlog, listener.splice) == ("tcp", 3600.0, 1024, True)
+    cluster = cfg.clusters["echo"]
+    assert (cluster.balancer, cluster.connect_timeout, cluster.connect_attempts) == ("round_robin", 1.0, 3)
+
+
+def test_full_config() -> None:
+    cfg = loads_config(FULL)
+    assert cfg == Config(
+        listeners=[
+            Listener(name="tcp-in", host="0.0.0.0", port=4140, cluster="echo", protocol="tcp", idle_timeout=0.25,
+                     backlog=128, splice=False),
+            Listener(name="tcp-in-2", host="localhost", port=4141, cluster="echo"),
+        ],
+        clusters={"echo": Cluster(
+            name="echo",
+            endpoints=[Endpoint("127.0.0.1", 9001), Endpoint("::1", 9002, 3), Endpoint("backend.example", 80)],
+            balancer="least_request", connect_timeout=1.5, connect_attempts=5)},
+        workers="auto",
+        drain_timeout=120.0,
+        admin=Admin("::1", 9991),
+        demo=Demo(backends=[Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 9002)]),
+        source="<string>",
+    )
+    assert cfg.worker_count() >= 1
+
+
+def test_empty_demo_and_admin_tables() -> None:
+    cfg = loads_config("[admin]\n[demo]\n" + MINIMAL)
+    assert cfg.admin == Admin() and cfg.demo == Demo(backends=[])
+
+
+def test_config_to_dict_fills_every_default() -> None:
+    assert config_to_dict(loads_config(MINIMAL)) == {
+        "workers": 1,
+        "drain_timeout": "10s",
+        "admin": {"listen": "127.0.0.1:9990"},
+        "listeners": [{"name": "in", "listen": "127.0.0.1:4140", "protocol": "tcp", "cluster": "echo",
+                       "idle_timeout": "1h", "backlog": 1024, "splice": True}],
+        "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
+                              "connect_timeout": "1s", "connect_attempts": 3}},
+    }
+
+
+@pytest.mark.parametrize("text", [MINIMAL, FULL, "drain_timeout = \"0s\"\n" + MINIMAL])
+def test_round_trip(text: str) -> None:
+    cfg = loads_config(text, "rt.toml")
+    as_dict = config_to_dict(cfg)
+    assert config_from_dict(as_dict, "rt.toml") == cfg
+    assert config_to_dict(config_from_dict(as_dict)) == as_dict
+
+
+def test_config_from_dict_names_its_source() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"listeners": None, "clusters": {"echo": {"endpoints": ["127.0.0.1:9001"]}}})
+    assert str(info.value) == "<dict>: listeners: expected an array of [[listeners]] tables, got None"
+    with pytest.raises(ConfigError) as info:
+        config_from_dict([1, 2])   # type: ignore[arg-type]
+    assert str(info.value) == "<dict>: expected a table, got [1, 2]"
+
+
+# ---- files ----
+
+def test_load_from_file_names_the_path_as_given(tmp_path, monkeypatch) -> None:
+    (tmp_path / "quick.toml").write_text(with_endpoints('["127.0.0.1:9001", "10.0.0.1"]'))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("quick.toml")
+    assert str(info.value) == 'quick.toml: clusters.echo.endpoints[1]: expected "host:port", got "10.0.0.1"'
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "quick.toml")
+    assert str(info.value).startswith(f"{tmp_path / 'quick.toml'}: clusters.echo.endpoints[1]: ")
+
+
+def test_load_good_file(tmp_path) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(FULL)
+    cfg = load_config(str(path))
+    assert cfg.source == str(path) and cfg.clusters["echo"].endpoints[1] == Endpoint("::1", 9002, 3)
+
+
+def test_toml_syntax_error_names_line_and_column(tmp_path) -> None:
+    path = tmp_path / "syntax.toml"
+    path.write_text('workers = 1\nbroken = \n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    # tomllib's own words follow; they are not ours to pin down.
+    assert str(info.value).startswith(f"{path}: line 2, column 10: invalid TOML (")
+    assert info.value.key == "" and info.value.expected == "valid TOML"
+    with pytest.raises(ConfigError) as info:
+        loads_config("a = [1,\n", "x.toml")
+    assert str(info.value).startswith("x.toml: end of file: invalid TOML (")
+
+
+def test_unreadable_and_non_utf8_files(tmp_path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.toml")
+    assert str(info.value) == f"{tmp_path / 'absent.toml'}: cannot read the file (No such file or directory)"
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'name = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: invalid TOML (not UTF-8 at byte 11)"
+
+
+# ---- durations and addresses ----
+
+@pytest.mark.parametrize("text, seconds", [
+    ("250ms", 0.25), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("1h", 3600.0), ("0s", 0.0), ("0ms", 0.0),
+    ("0.5ms", 0.0005), ("90m", 5400.0), ("1.25h", 4500.0), ("10s", 10.0), ("007s", 7.0),
+])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", [
+    "", "1", "s", "1 s", " 1s", "1s ", "-1s", "+1s", "1d", "1S", "1.s", ".5s", "1e3s", "1_000ms", "1m30s",
+    "\u0661s",   # ARABIC-INDIC DIGIT ONE: a Unicode digit is still not a number here
+])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.0, "0s"), (0.25, "250ms"), (0.001, "1ms"), (1.0, "1s"), (1.5, "1.5s"), (90.0, "90s"), (120.0, "2m"),
+    (3600.0, "1h"), (5400.0, "90m"), (0.0005, "0.0005s"), (1e-05, "0.00001s"),
+])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+@given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
+def test_format_duration_parses_back_exactly(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text, host, port", [
+    ("127.0.0.1:80", "127.0.0.1", 80), ("0.0.0.0:65535", "0.0.0.0", 65535), ("[::1]:1", "::1", 1),
+    ("[::]:4140", "::", 4140), ("localhost:9001", "localhost", 9001), ("backend.example.:443", "backend.example.", 443),
+    ("my_db:5432", "my_db", 5432), ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
+])
+def test_parse_address(text: str, host: str, port: int) -> None:
+    assert parse_address(text) == (host, port)
+
+
+@pytest.mark.parametrize("text", [
+    "", ":80", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:+80",
+    "127.0.0.1:1e3", "::1:80", "[::1]", "[::1]80", "[::1:80", "[1.2.3.4]:80", "10.0.0.256:80", "1.2.3:80",
+    "bad host:80", "-bad:80", "a..b:80", "x" * 64 + ":80", "127.0.0.1:" + "9" * 5000,
+])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
