@@ -1,0 +1,225 @@
+"""Demo backends: small servers that answer HTTP/1.1 (or echo other bytes) naming themselves, so examples run alone."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import signal
+from collections.abc import Sequence
+from typing import cast
+
+from fastmesh.config.schema import Endpoint
+
+log = logging.getLogger("fastmesh.demo")
+
+MAX_HEAD = 64 * 1024        # bytes of request head (or of a first line) we buffer before giving up on it
+# A request line as a person types it into nc ends in a bare LF, so CR is optional here and at the blank line.
+_REQUEST_LINE = re.compile(rb"[A-Z]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_REASONS = {200: "OK", 400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
+
+
+class DemoError(Exception):
+    """A demo backend could not start; str() is the user-facing message."""
+
+
+class DemoBackend:
+    """One demo backend's identity: its 1-based number and address, as it names itself in answers."""
+
+    def __init__(self, number: int, host: str, port: int) -> None:
+        self.number = number
+        self.host = host
+        self.port = port
+        self.greeting = f"hello from demo backend {number} ({host}:{port})"
+
+
+class _DemoProtocol(asyncio.Protocol):
+    """One client connection: decides HTTP or echo from the first line, then serves in that mode until closed."""
+
+    def __init__(self, backend: DemoBackend, open_transports: set[asyncio.Transport]) -> None:
+        self.backend = backend
+        self.open_transports = open_transports
+        self.transport: asyncio.Transport | None = None
+        self.mode = ""                  # "", then "http" or "echo" once the first line is seen
+        self.buf = bytearray()
+        self.body_left = 0              # request body bytes still to skip before answering
+        self.pending: tuple[bool, bool] | None = None  # (keep_alive, is_head) of the request awaiting its body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, though they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.open_transports.add(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.open_transports.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.mode == "echo":
+            self.transport.write(data)
+            return
+        self.buf += data
+        if not self.mode:
+            self._choose_mode(eof=False)
+        if self.mode == "http":
+            self._serve_http()
+
+    def eof_received(self) -> bool | None:
+        if not self.mode and self.buf:
+            self._choose_mode(eof=True)
+        return None                     # close our side too; queued writes are flushed first
+
+    def _choose_mode(self, eof: bool) -> None:
+        assert self.transport is not None
+        # Methods are upper-case tokens, so a lower-case first byte is not HTTP and need not wait for a newline.
+        newline = self.buf.find(b"\n")
+        if self.buf[:1].isupper() and newline < 0 and not eof and len(self.buf) < MAX_HEAD:
+            return
+        if newline >= 0 and _REQUEST_LINE.fullmatch(self.buf, 0, newline + 1):
+            self.mode = "http"
+            return
+        self.mode = "echo"
+        self.transport.write(self.backend.greeting.encode() + b": not HTTP, echoing what you send\n")
+        self.transport.write(bytes(self.buf))
+        self.buf.clear()
+
+    def _serve_http(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while not transport.is_closing():
+            if self.pending is not None:
+                skip = min(self.body_left, len(self.buf))
+                del self.buf[:skip]
+                self.body_left -= skip
+                if self.body_left:
+                    return
+                keep_alive, is_head = self.pending
+                self.pending = None
+                self._answer(200, self.backend.greeting + "\n", keep_alive, is_head)
+                continue
+            end = _HEAD_END.search(self.buf)
+            if end is None:
+                if len(self.buf) > MAX_HEAD:
+                    self._answer(431, "request head too large\n", False, False)
+                return
+            head = bytes(self.buf[:end.start()])
+            del self.buf[:end.end()]
+            self._start_request(head)
+
+    def _start_request(self, head: bytes) -> None:
+        lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not _REQUEST_LINE.fullmatch(lines[0] + b"\n"):
+            self._answer(400, "bad request line\n", False, False)
+            return
+        method, version = parts[0], parts[2]
+        lengths: set[bytes] = set()
+        connection: list[bytes] = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            # No space before the colon and no obsolete line folding: both are request smuggling vectors.
+            if not colon or not _TOKEN.fullmatch(name):
+                self._answer(400, "bad header line\n", False, False)
+                return
+            name, value = name.lower(), value.strip(b" \t")
+            if name == b"content-length":
+                lengths.update(v.strip(b" \t") for v in value.split(b","))
+            elif name == b"transfer-encoding":
+                self._answer(501, "request bodies must use content-length\n", False, False)
+                return
+            elif name == b"connection":
+                connection.extend(v.strip(b" \t").lower() for v in value.split(b","))
+        if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+            self._answer(400, "bad content-length\n", False, False)
+            return
+        if version == b"HTTP/1.1":
+            keep_alive = b"close" not in connection
+        else:
+            keep_alive = b"keep-alive" in connection
+        self.body_left = int(lengths.pop()) if lengths else 0
+        self.pending = (keep_alive, method == b"HEAD")
+
+    def _answer(self, status: int, text: str, keep_alive: bool, is_head: bool) -> None:
+        assert self.transport is not None
+        body = text.encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+            f"content-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\n"
+            f"x-demo-backend: {self.backend.number}\r\n"
+            f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        ).encode()
+        self.transport.write(head if is_head else head + body)
+        if not keep_alive:
+            self.transport.close()
+
+
+class DemoServers:
+    """The running demo backends; close() stops listening and ends their open connections."""
+
+    def __init__(self) -> None:
+        self.backends: list[DemoBackend] = []
+        self.servers: list[asyncio.Server] = []
+        self.open_transports: set[asyncio.Transport] = set()
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for transport in list(self.open_transports):
+            transport.abort()
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+
+
+async def start_demo(endpoints: Sequence[Endpoint]) -> DemoServers:
+    """Start one demo backend per endpoint (numbered from 1) on the running loop; raise DemoError if one can't bind."""
+    loop = asyncio.get_running_loop()
+    demo = DemoServers()
+    for number, endpoint in enumerate(endpoints, start=1):
+        backend = DemoBackend(number, endpoint.host, endpoint.port)
+        try:
+            server = await loop.create_server(
+                functools.partial(_DemoProtocol, backend, demo.open_transports),
+                endpoint.host, endpoint.port, reuse_address=True)
+        except OSError as exc:
+            await demo.close()
+            reason = exc.strerror or str(exc)
+            raise DemoError(f"demo backend {number} cannot listen on {endpoint.address}: {reason}") from exc
+        demo.backends.append(backend)
+        demo.servers.append(server)
+        log.info("demo backend %d listening on %s", number, endpoint.address)
+    return demo
+
+
+def parse_ports(text: str, host: str = "127.0.0.1") -> list[Endpoint]:
+    """Turn "9001,9002" into endpoints on host; raise ValueError with a readable message on bad input."""
+    endpoints = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or not 0 < int(item) < 65536:
+            raise ValueError(f"not a port number: {item!r}")
+        endpoints.append(Endpoint(host, int(item)))
+    if not endpoints:
+        raise ValueError("no ports given")
+    return endpoints
+
+
+async def serve_demo(endpoints: Sequence[Endpoint]) -> int:
+    """`fastmesh demo`: run the demo backends in the foreground until SIGINT or SIGTERM; return the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        demo = await start_demo(endpoints)
+    except DemoError as exc:
+        log.error("%s", exc)
+        return 1
+    await stop.wait()
+    log.info("stopping demo backends")
+    await demo.close()
+    return 0

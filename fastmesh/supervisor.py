@@ -1,0 +1,275 @@
+"""`fastmesh run`: check listener addresses, start demo backends, keep N worker processes alive, then stop them."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import site
+import socket
+import sys
+from typing import Any
+
+from fastmesh._version import __version__
+from fastmesh.config.schema import Config, Listener
+from fastmesh.demo import DemoError, DemoServers, start_demo
+from fastmesh.logs import setup_logging
+from fastmesh.worker import PARENT_ENV, READY_LINE
+
+log = logging.getLogger("fastmesh.supervisor")
+
+STOP_GRACE = 5.0            # seconds past drain_timeout a worker gets to exit before SIGKILL
+QUICK_EXIT = 10.0           # a worker that dies sooner than this after starting counts as crashing quickly
+MAX_BACKOFF = 10.0          # seconds: the longest pause before restarting a worker that keeps crashing
+MAX_START_FAILURES = 5      # at startup, a slot whose worker dies this many times in a row before serving ends the run
+PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on a listener address
+
+# Where this copy of fastmesh lives, so workers import the same code even when it is not installed.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(config_path: str, log_level: str) -> int:
+    """Load and check the config, then supervise workers until SIGTERM/SIGINT; returns the exit code."""
+    setup_logging(log_level, "main")
+    from fastmesh.config.load import load_config
+    from fastmesh.errors import ConfigError
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            log.error("%s", error)
+        log.error("the config is not valid: not starting")
+        return 1
+    try:
+        import fastmesh._core  # noqa: F401  (workers need it; say so once here rather than in each crashing worker)
+    except ImportError as exc:
+        log.error("%s", exc)
+        return 1
+    problems = probe_listeners(cfg.listeners)
+    for problem in problems:
+        log.error("%s", problem)
+    if problems:
+        return 1
+    import uvloop
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Supervisor(config_path, cfg, log_level).run())
+
+
+def probe_listeners(listeners: list[Listener]) -> list[str]:
+    """Bind each listener address (SO_REUSEPORT, no listen) and close it: report what workers would hit, once."""
+    problems = []
+    for lst in listeners:
+        try:
+            infos = socket.getaddrinfo(lst.host, lst.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            problems.append(f"listener {lst.name!r}: cannot resolve {lst.host!r}: {exc.strerror}")
+            continue
+        for family, kind, proto, _, addr in dict.fromkeys(infos):   # de-duplicated, order kept
+            host, port = str(addr[0]), int(addr[1])
+            problem = _probe_one(family, kind, proto, addr)
+            if problem:
+                where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+                problems.append(f"listener {lst.name!r} cannot use {where}: {problem}")
+    return problems
+
+
+def _probe_one(family: int, kind: int, proto: int, addr: tuple[Any, ...]) -> str | None:
+    with socket.socket(family, kind, proto) as sock:
+        # The same options the workers' listening sockets use, so the probe fails exactly when they would.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return _bind_reason(exc)
+    # A process that listens with SO_REUSEPORT too (say, a second `fastmesh run` of the same config) lets the bind
+    # pass, and the kernel would then split connections between the two: refuse to start in that case as well.
+    target = ("::1" if family == socket.AF_INET6 else "127.0.0.1") if _is_wildcard(addr[0]) else addr[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.settimeout(PROBE_CONNECT_TIMEOUT)
+        try:
+            sock.connect((target, *addr[1:]))
+        except OSError:
+            return None
+    return "another process is already listening there (a second fastmesh?)"
+
+
+def _is_wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+def _bind_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another program is listening there)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available (no network interface on this machine has it)"
+    return exc.strerror or str(exc)
+
+
+def restart_delay(quick_failures: int) -> float:
+    """Pause before restarting a worker after `quick_failures` quick deaths in a row: the first restart is immediate."""
+    if quick_failures <= 1:
+        return 0.0
+    return min(MAX_BACKOFF, 0.5 * 2.0 ** (quick_failures - 2))
+
+
+def describe_exit(returncode: int) -> str:
+    """asyncio's returncode (negative for a signal) in words."""
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class Supervisor:
+    """The parent process: demo backends on its own loop, one task per worker slot that restarts its worker."""
+
+    def __init__(self, config_path: str, cfg: Config, log_level: str) -> None:
+        self.config_path = os.path.abspath(config_path)   # workers may resolve it from another directory
+        self.cfg = cfg
+        self.log_level = log_level
+        self.count = cfg.worker_count()
+        self.procs: dict[int, asyncio.subprocess.Process] = {}   # slot number -> its running worker
+        self.ready: set[int] = set()                              # slots whose current worker is serving
+        self.announced = False                                    # "all workers ready" was logged once
+        self.exit_code = 0
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()        # bound to the running loop
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, log.warning, "received SIGHUP: reload is not supported yet; "
+                                "the running config is unchanged")
+        log.info("fastmesh %s starting %d worker(s) for %s", __version__, self.count, self.config_path)
+        demo: DemoServers | None = None
+        try:
+            if self.cfg.demo is not None and self.cfg.demo.backends:
+                try:
+                    demo = await start_demo(self.cfg.demo.backends)
+                except DemoError as exc:
+                    log.error("%s", exc)
+                    return 1
+            slots = [asyncio.create_task(self._keep_worker(n)) for n in range(self.count)]
+            await self.stopping.wait()
+            await self._stop_workers(slots)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            if demo is not None:
+                await demo.close()
+        log.info("stopped")
+        return self.exit_code
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if not self.stopping.is_set():
+            log.info("received %s: stopping workers (open connections get up to %gs)", name, self.cfg.drain_timeout)
+            self.stopping.set()
+            return
+        log.warning("received %s again: killing workers now", name)
+        for proc in self.procs.values():
+            _send(proc, signal.SIGKILL)
+
+    async def _stop_workers(self, slots: list[asyncio.Task[None]]) -> None:
+        for proc in self.procs.values():
+            _send(proc, signal.SIGTERM)
+        limit = self.cfg.drain_timeout + STOP_GRACE
+        _, pending = await asyncio.wait(slots, timeout=limit)
+        if pending:
+            for n, proc in self.procs.items():
+                log.warning("w%d (pid %d) still running %gs after SIGTERM: killing it", n, proc.pid, limit)
+                _send(proc, signal.SIGKILL)
+            await asyncio.wait(pending)       # reaps the killed workers: no zombies left behind
+
+    async def _keep_worker(self, n: int) -> None:
+        """Run worker slot n: start it, and restart it whenever it dies while we are not stopping."""
+        loop = asyncio.get_running_loop()
+        quick_failures = 0
+        start_failures = 0
+        while not self.stopping.is_set():
+            started = loop.time()
+            try:
+                proc = await self._spawn(n)
+            except OSError as exc:
+                log.error("cannot start w%d: %s", n, exc)
+                was_ready = False
+            else:
+                self.procs[n] = proc
+                log.info("w%d started (pid %d)", n, proc.pid)
+                if self.stopping.is_set():      # the stop signal came while we were spawning
+                    _send(proc, signal.SIGTERM)
+                was_ready = await self._watch(n, proc)
+                returncode = await proc.wait()
+                del self.procs[n]
+                self.ready.discard(n)
+                if self.stopping.is_set():
+                    level = logging.INFO if returncode == 0 else logging.WARNING
+                    log.log(level, "w%d (pid %d) stopped: %s", n, proc.pid, describe_exit(returncode))
+                    return
+                log.warning("w%d (pid %d) exited unexpectedly: %s", n, proc.pid, describe_exit(returncode))
+            quick_failures = quick_failures + 1 if loop.time() - started < QUICK_EXIT else 0
+            start_failures = 0 if was_ready else start_failures + 1
+            # Failing to start at all ends the run (fix, then run again); once serving, keep trying with backoff
+            # so the other workers go on serving.
+            if start_failures >= MAX_START_FAILURES and not self.announced:
+                log.error("w%d failed %d times in a row before serving: giving up (see the errors above)",
+                          n, start_failures)
+                self.exit_code = 1
+                self.stopping.set()
+                return
+            delay = restart_delay(quick_failures)
+            if delay:
+                log.info("restarting w%d in %gs (it keeps exiting quickly)", n, delay)
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+
+    async def _spawn(self, n: int) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env[PARENT_ENV] = str(os.getpid())
+        if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        # A fresh interpreter (not a fork of this process and its running loop) for each worker.
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fastmesh", "_worker", self.config_path,
+            "--worker-id", str(n), "--log-level", self.log_level,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env)
+
+    async def _watch(self, n: int, proc: asyncio.subprocess.Process) -> bool:
+        """Read the worker's stdout until it closes: note its ready line, pass anything else through."""
+        ready = False
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            if line == READY_LINE and not ready:
+                ready = True
+                self._on_ready(n, proc)
+            else:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+        return ready
+
+    def _on_ready(self, n: int, proc: asyncio.subprocess.Process) -> None:
+        self.ready.add(n)
+        log.info("w%d (pid %d) ready", n, proc.pid)
+        if not self.announced and len(self.ready) == self.count:
+            self.announced = True
+            where = ", ".join(f"{lst.name!r} on {lst.address}" for lst in self.cfg.listeners)
+            log.info("ready: %d worker(s) serving %s", self.count, where)
+
+
+def _send(proc: asyncio.subprocess.Process, signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except ProcessLookupError:          # it exited and was reaped between our check and the signal
+        pass

@@ -1,0 +1,108 @@
+"""One worker process: run a Proxy with SO_REUSEPORT on uvloop until SIGTERM/SIGINT, then drain and exit 0."""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+from fastmesh.config.schema import Config
+from fastmesh.logs import setup_logging
+
+log = logging.getLogger("fastmesh.worker")
+
+READY_LINE = b"fastmesh-worker-ready\n"   # written once to stdout (a pipe to the supervisor) when serving
+PARENT_ENV = "FASTMESH_SUPERVISOR_PID"     # the supervisor's pid, so a worker can tell when it is orphaned
+EXIT_CONFIG = 78                           # sysexits.h EX_CONFIG: the config file no longer loads
+PARENT_POLL = 1.0                          # seconds between parent checks where PR_SET_PDEATHSIG is missing
+
+_PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
+
+
+def main(config_path: str, worker_id: int, log_level: str) -> int:
+    """Entry point of `fastmesh _worker`; returns the process exit code."""
+    setup_logging(log_level, f"w{worker_id}")
+    # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    parent = _supervisor_pid()
+    if parent is not None and not _die_with_parent(parent):
+        log.warning("supervisor (pid %d) is already gone: not starting", parent)
+        return 0
+    from fastmesh.config.load import load_config
+    from fastmesh.errors import ConfigError
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        log.error("config no longer loads:\n%s", exc)
+        return EXIT_CONFIG
+    import uvloop
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_serve(cfg, parent))
+
+
+def _supervisor_pid() -> int | None:
+    value = os.environ.get(PARENT_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+def _die_with_parent(parent: int) -> bool:
+    """Ask Linux to SIGTERM us (a graceful drain) when the supervisor dies; False if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - unusual libc; the poll in _watch_parent remains
+            pass
+    # The parent may have died before prctl took effect; then we have been re-parented already.
+    return os.getppid() == parent
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """Backstop for PR_SET_PDEATHSIG (not on every OS; tied to the spawning thread): poll who our parent is."""
+    while not stop.is_set():
+        await asyncio.sleep(PARENT_POLL)
+        if os.getppid() != parent:
+            log.warning("supervisor (pid %d) is gone: stopping", parent)
+            stop.set()
+
+
+def _announce_ready() -> None:
+    try:
+        sys.stdout.buffer.write(READY_LINE)
+        sys.stdout.buffer.flush()
+    except OSError:                     # the supervisor is gone; the parent watch will stop us
+        pass
+
+
+async def _serve(cfg: Config, parent: int | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stop_signal(signum: int) -> None:
+        # One Ctrl-C reaches us twice (from the terminal and forwarded by the supervisor): repeats change nothing.
+        if not stop.is_set():
+            log.info("received %s: no longer accepting; open connections get up to %gs to finish",
+                     signal.Signals(signum).name, cfg.drain_timeout)
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: reload is not supported yet")
+    watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
+
+    from fastmesh.proxy import Proxy
+    proxy = Proxy(cfg, reuse_port=True)
+    try:
+        await proxy.start()
+    except OSError as exc:              # start() has already closed whatever it had bound
+        log.error("cannot start: %s", exc)
+        return 1
+    _announce_ready()
+    await stop.wait()
+    await proxy.stop()              # stops accepting at once, then drains for up to cfg.drain_timeout
+    if watcher is not None:
+        watcher.cancel()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,157 @@
+"""The `fastmesh` command as a user runs it: check, --version, usage errors, and run refusing a busy address."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fastmesh.config.load import config_to_dict, load_config, loads_config
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 30        # seconds any one command may take before the test fails
+
+
+def fastmesh(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `python -m fastmesh ARGS` against this checkout and wait for it (bounded)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "fastmesh", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def config_text(listen_port: int, backend_port: int, admin_port: int) -> str:
+    return f"""
+workers = 1
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[[listeners]]
+name = "front"
+listen = "127.0.0.1:{listen_port}"
+cluster = "back"
+[clusters.back]
+endpoints = ["127.0.0.1:{backend_port}"]
+"""
+
+
+@pytest.fixture
+def good_config(tmp_path: Path) -> Path:
+    path = tmp_path / "good.toml"
+    path.write_text(config_text(free_port(), free_port(), free_port()))
+    return path
+
+
+def test_check_prints_effective_config_as_toml(good_config: Path, tmp_path: Path) -> None:
+    result = fastmesh("check", str(good_config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"# {good_config}: valid")
+    printed = tomllib.loads(result.stdout)
+    # Defaults the file left out are filled in...
+    assert printed["listeners"][0]["idle_timeout"] == "1h"
+    assert printed["clusters"]["back"]["balancer"] == "round_robin"
+    assert printed["drain_timeout"] == "10s"
+    # ...and the text is itself a config that means exactly the same.
+    cfg = load_config(good_config)
+    assert printed == config_to_dict(cfg)
+    assert config_to_dict(loads_config(result.stdout)) == config_to_dict(cfg)
+
+
+def test_check_json(good_config: Path, tmp_path: Path) -> None:
+    result = fastmesh("check", "--json", str(good_config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == config_to_dict(load_config(good_config))
+
+
+def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('workers = 0\n[[listeners]]\nname = "x"\nlisten = "127.0.0.1:99999"\ncluster = "nope"\n'
+                   '[clusters.a]\nendpoints = ["127.0.0.1:1"]\n')
+    result = fastmesh("check", str(bad), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"{bad}: workers: expected") for line in lines), result.stderr
+    assert any("listeners[0].listen" in line and "65535" in line for line in lines), result.stderr
+    assert any("listeners[0].cluster" in line and '"a"' in line for line in lines), result.stderr
+
+
+def test_check_missing_file(tmp_path: Path) -> None:
+    result = fastmesh("check", "missing.toml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "missing.toml" in result.stderr and "cannot read" in result.stderr
+
+
+def test_version_names_the_core_build(tmp_path: Path) -> None:
+    from fastmesh._core import build_info
+    from fastmesh._version import __version__
+    result = fastmesh("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    kind = "debug" if build_info.DEBUG else "release"
+    assert result.stdout.strip() == f"fastmesh {__version__} (core: {kind} build)"
+
+
+def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
+    result = fastmesh(cwd=tmp_path)
+    assert result.returncode == 2
+    assert "{run,check,demo}" in result.stderr
+    assert "_worker" not in result.stderr      # the supervisor's internal command stays out of the help
+
+
+def test_bad_log_level_is_a_usage_error(good_config: Path, tmp_path: Path) -> None:
+    result = fastmesh("run", str(good_config), "--log-level", "loud", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--log-level" in result.stderr
+
+
+def test_run_with_invalid_config_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("workers = -1\n")
+    result = fastmesh("run", str(bad), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "workers: expected" in result.stderr
+    assert "not starting" in result.stderr
+    assert "started (pid" not in result.stderr
+
+
+def _run_against_busy_port(tmp_path: Path, reuse_port: bool) -> tuple[subprocess.CompletedProcess[str], int, float]:
+    port = free_port()
+    cfg = tmp_path / "busy.toml"
+    cfg.write_text(config_text(port, free_port(), free_port()))
+    with socket.socket() as blocker:
+        if reuse_port:
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        began = time.monotonic()
+        result = fastmesh("run", str(cfg), cwd=tmp_path)
+        return result, port, time.monotonic() - began
+
+
+def test_run_refuses_an_address_in_use(tmp_path: Path) -> None:
+    result, port, elapsed = _run_against_busy_port(tmp_path, reuse_port=False)
+    assert result.returncode == 1
+    assert re.search(rf"listener 'front' cannot use 127\.0\.0\.1:{port}: address already in use", result.stderr), \
+        result.stderr
+    assert "started (pid" not in result.stderr     # reported once, before any worker starts
+    assert result.stderr.count("address already in use") == 1
+    assert elapsed < 10
+
+
+def test_run_refuses_a_port_another_reuseport_server_listens_on(tmp_path: Path) -> None:
+    # SO_REUSEPORT lets the bind pass; without the extra check two servers would silently share the traffic.
+    result, port, _ = _run_against_busy_port(tmp_path, reuse_port=True)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}: another process is already listening there" in result.stderr, result.stderr
+    assert "started (pid" not in result.stderr
