@@ -1,6 +1,7 @@
 # Balancer: the one interface every load-balancing algorithm implements (HAProxy's lb_ops idea).
 # Endpoints are indexes 0..n-1 into the owning cluster's endpoint arrays; events keep the balancer's
 # state current so that pick() is cheap and never scans Python objects.
+from libc.limits cimport LLONG_MAX
 
 cdef class Balancer:
     cdef int n                    # number of endpoints
@@ -9,6 +10,12 @@ cdef class Balancer:
     cdef unsigned char *up        # 1 if the endpoint may be picked, 0 if marked down
     cdef int *active              # in-flight connections/requests per endpoint
     cdef unsigned long long rng   # xorshift64* state for algorithms that draw random numbers
+    # Added for the algorithms: the up set kept compact so a pick never walks down endpoints.
+    cdef int *up_list             # indexes of the up endpoints, ascending; the first n_up entries are valid
+    cdef int *up_pos              # position of endpoint i in up_list, or -1 while it is down
+    cdef long long *cum           # cum[k]: summed weight of up_list[0..k-1]; cum[n_up] == total_up (size n + 1)
+    cdef long long total_up       # summed weight of the up endpoints
+    cdef bint uniform             # every configured weight is equal, so draws and rotation ignore weights
 
     # Index of the endpoint to use, or -1 when none is up. `avoid` (-1 for none) is an endpoint the
     # caller just failed on: pick it only if it is the only one up.
@@ -21,3 +28,81 @@ cdef class Balancer:
     cdef void request_end(self, int i) noexcept
     # Next pseudo-random 64-bit number (xorshift64*).
     cdef unsigned long long next_random(self) noexcept
+    # Added: recompute up_list, up_pos, cum and total_up from `up` (O(n); runs on up/down events only).
+    cdef void rebuild_up(self) noexcept
+
+
+# Inline helpers: defined here so that the algorithm modules inline them instead of calling through
+# the vtable of a class compiled in another module (py-pgproto's frb_* pattern).
+
+cdef inline unsigned long long rng_next(unsigned long long *state) noexcept nogil:
+    # xorshift64* (Vigna): 3 shifts, 1 multiply; the state must never be 0.
+    cdef unsigned long long x = state[0]
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    state[0] = x
+    return x * 0x2545F4914F6CDD1DULL
+
+
+cdef inline unsigned long long rng_below(unsigned long long *state, unsigned long long bound) noexcept nogil:
+    # Uniform draw in [0, bound), bound >= 1. Multiply-shift avoids a 64-bit division; for
+    # bound < 2**32 its bias is below bound / 2**32, far under what a balancer can notice.
+    cdef unsigned long long r = rng_next(state)
+    if bound <= 0xFFFFFFFFULL:
+        return ((r >> 32) * bound) >> 32
+    return r % bound
+
+
+cdef inline int up_draw(Balancer b, int ex1, int ex2) noexcept:
+    # A weighted random up endpoint other than ex1 and ex2 (endpoint indexes; -1, down or out of
+    # range means "nothing to exclude"; ex1 != ex2 unless neither excludes anything). -1 when
+    # nothing is left. Excluded endpoints are cut out of the weight line: draw over what remains,
+    # then shift the draw past each excluded span in ascending order, so there is no retry loop.
+    # The shifts and the search are written to compile to conditional moves: their outcome is
+    # random, so as branches they would be mispredicted about half the time.
+    cdef int p1 = b.up_pos[ex1] if 0 <= ex1 < b.n else -1
+    cdef int p2 = b.up_pos[ex2] if 0 <= ex2 < b.n else -1
+    cdef int tmp, base, length, half
+    cdef long long total, r, w1 = 0, w2 = 0, s1 = LLONG_MAX, s2 = LLONG_MAX
+    if p1 > p2:
+        tmp = p1
+        p1 = p2
+        p2 = tmp
+    # Now p1 < p2, or p1 == -1 (at most one exclusion), or both -1. A missing exclusion keeps
+    # s = LLONG_MAX and w = 0: an empty span past the end of the line that no draw reaches.
+    if b.uniform:
+        if p1 >= 0:
+            s1 = p1
+            w1 = 1
+        if p2 >= 0:
+            s2 = p2
+            w2 = 1
+        total = b.n_up - w1 - w2
+        if total <= 0:
+            return -1
+        r = <long long>rng_below(&b.rng, <unsigned long long>total)
+        r += w1 if r >= s1 else 0
+        r += w2 if r >= s2 else 0
+        return b.up_list[r]
+    if p1 >= 0:
+        s1 = b.cum[p1]
+        w1 = b.cum[p1 + 1] - s1
+    if p2 >= 0:
+        s2 = b.cum[p2]
+        w2 = b.cum[p2 + 1] - s2
+    total = b.total_up - w1 - w2
+    if total <= 0:
+        return -1
+    r = <long long>rng_below(&b.rng, <unsigned long long>total)
+    r += w1 if r >= s1 else 0
+    r += w2 if r >= s2 else 0
+    # Largest k with cum[k] <= r (endpoint up_list[k] owns [cum[k], cum[k+1])); cum[0] == 0 <= r.
+    # The answer stays in [base, base + length) while the range halves.
+    base = 0
+    length = b.n_up
+    while length > 1:
+        half = length >> 1
+        base = base + half if b.cum[base + half] <= r else base
+        length -= half
+    return b.up_list[base]

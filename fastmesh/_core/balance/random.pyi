@@ -1,0 +1,4 @@
+"""Type stub for fastmesh._core.balance.random."""
+from fastmesh._core.balance.base import Balancer
+
+class RandomBalancer(Balancer): ...
