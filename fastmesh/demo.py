@@ -14,6 +14,7 @@ from fastmesh.config.schema import Endpoint
 log = logging.getLogger("fastmesh.demo")
 
 MAX_HEAD = 64 * 1024        # bytes of request head (or of a first line) we buffer before giving up on it
+LINGER = 2.0                # seconds a closing connection keeps reading (and dropping) what the client still sends
 # A request line as a person types it into nc ends in a bare LF, so CR is optional here and at the blank line.
 _REQUEST_LINE = re.compile(rb"[A-Z]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -42,10 +43,11 @@ class _DemoProtocol(asyncio.Protocol):
         self.backend = backend
         self.open_transports = open_transports
         self.transport: asyncio.Transport | None = None
-        self.mode = ""                  # "", then "http" or "echo" once the first line is seen
+        self.mode = ""                  # "", then "http" or "echo" once the first line is seen; "closing" at the end
         self.buf = bytearray()
         self.body_left = 0              # request body bytes still to skip before answering
         self.pending: tuple[bool, bool] | None = None  # (keep_alive, is_head) of the request awaiting its body
+        self.linger: asyncio.TimerHandle | None = None  # closes a "closing" connection the client keeps open
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, though they implement it.
@@ -55,11 +57,15 @@ class _DemoProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.open_transports.discard(self.transport)
+        if self.linger is not None:
+            self.linger.cancel()
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         if self.mode == "echo":
             self.transport.write(data)
+            return
+        if self.mode == "closing":
             return
         self.buf += data
         if not self.mode:
@@ -87,9 +93,7 @@ class _DemoProtocol(asyncio.Protocol):
         self.buf.clear()
 
     def _serve_http(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        while not transport.is_closing():
+        while self.mode == "http":
             if self.pending is not None:
                 skip = min(self.body_left, len(self.buf))
                 del self.buf[:skip]
@@ -154,7 +158,22 @@ class _DemoProtocol(asyncio.Protocol):
         ).encode()
         self.transport.write(head if is_head else head + body)
         if not keep_alive:
+            self._close()
+
+    def _close(self) -> None:
+        """Half-close after the answer, then drop input until the client closes (or LINGER passes).
+
+        Closing outright while the client's bytes are still arriving makes the kernel send RST, which can destroy
+        the answer before the client reads it.
+        """
+        assert self.transport is not None
+        self.mode = "closing"
+        self.buf.clear()
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self.transport.write_eof()
+        self.linger = asyncio.get_running_loop().call_later(LINGER, self.transport.close)
 
 
 class DemoServers:

@@ -35,11 +35,16 @@ def main(config_path: str, worker_id: int, log_level: str) -> int:
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        log.error("config no longer loads:\n%s", exc)
+        for error in exc.errors:        # one log line per problem
+            log.error("config no longer loads: %s", error)
         return EXIT_CONFIG
     import uvloop
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(cfg, parent))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(cfg, parent))
+    except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
+        log.exception("worker failed")
+        return 1
 
 
 def _supervisor_pid() -> int | None:

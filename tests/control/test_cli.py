@@ -1,6 +1,7 @@
 """The `fastmesh` command as a user runs it: check, --version, usage errors, and run refusing a busy address."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -94,8 +95,8 @@ def test_check_missing_file(tmp_path: Path) -> None:
 
 
 def test_version_names_the_core_build(tmp_path: Path) -> None:
-    from fastmesh._core import build_info
     from fastmesh._version import __version__
+    build_info = importlib.import_module("fastmesh._core.build_info")
     result = fastmesh("--version", cwd=tmp_path)
     assert result.returncode == 0
     kind = "debug" if build_info.DEBUG else "release"

@@ -1,0 +1,281 @@
+"""`fastmesh run` with worker processes: serving, restart after a crash, graceful drain, orphan cleanup, SIGHUP."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fastmesh.supervisor import MAX_BACKOFF, restart_delay
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 15.0         # seconds any one expected event may take before the test fails
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    """True while pid runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Fastmesh:
+    """A `fastmesh run` process this test started, its config and its log (stderr, in a file)."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2, drain_timeout: str = "10s") -> None:
+        self.port = free_port()
+        backends = ", ".join(f'"127.0.0.1:{free_port()}"' for _ in range(3))
+        self.config = tmp_path / "fastmesh.toml"
+        self.config_text = f"""
+workers = {workers}
+drain_timeout = "{drain_timeout}"
+[admin]
+listen = "127.0.0.1:{free_port()}"
+[[listeners]]
+name = "front"
+listen = "127.0.0.1:{self.port}"
+cluster = "demo"
+[clusters.demo]
+endpoints = [{backends}]
+[demo]
+backends = [{backends}]
+"""
+        self.config.write_text(self.config_text)
+        self.log_path = tmp_path / "fastmesh.log"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(self.config)], cwd=tmp_path,
+                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        """Wait until pattern has matched count log lines; return the matches."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = list(re.finditer(pattern, self.log(), re.MULTILINE))
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline or self.proc.poll() is not None and len(found) < count:
+                time.sleep(0.1)     # the last lines may still be on their way to the file
+                found = list(re.finditer(pattern, self.log(), re.MULTILINE))
+                assert len(found) >= count, f"no {count} x {pattern!r} in the log:\n{self.log()}"
+                return found
+            time.sleep(0.05)
+
+    def worker_pids(self) -> dict[str, int]:
+        """The latest pid of each worker slot, from the supervisor's log."""
+        return {m[1]: int(m[2]) for m in re.finditer(r"(w\d+) started \(pid (\d+)\)", self.log())}
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        """End everything this test started that is still running: the supervisor, then any of its workers."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        for pid in self.worker_pids().values():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    ours = str(self.config).encode() in f.read()
+            except FileNotFoundError:
+                continue
+            if ours and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+Start = Callable[..., Fastmesh]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Start `fastmesh run` (Fastmesh's arguments) and wait until it serves; everything is ended afterwards."""
+    started: list[Fastmesh] = []
+
+    def factory(workers: int = 2, drain_timeout: str = "10s") -> Fastmesh:
+        fm = Fastmesh(tmp_path, workers, drain_timeout)
+        started.append(fm)
+        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        return fm
+    yield factory
+    for fm in started:
+        fm.cleanup()
+
+
+def http_get(port: int) -> int:
+    """One HTTP request on a fresh connection through the proxy; the number of the demo backend that answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer
+    match = re.search(rb"\r\nx-demo-backend: (\d+)\r\n", head + b"\r\n")
+    assert match, answer
+    assert body.startswith(b"hello from demo backend " + match[1])
+    return int(match[1])
+
+
+def open_echo(port: int) -> socket.socket:
+    """A proxied connection in the demo backends' echo mode, after one full exchange."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"ping\n")
+    assert recv_until(sock, b"ping\n").endswith(b"echoing what you send\nping\n")
+    return sock
+
+
+def recv_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def wait_refused(port: int) -> None:
+    """Wait until nothing accepts on port any more (the workers closed their listening sockets)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"127.0.0.1:{port} still accepts connections")
+
+
+def test_two_workers_serve_traffic(start: Start) -> None:
+    fm = start(workers=2)
+    pids = fm.worker_pids()
+    assert sorted(pids) == ["w0", "w1"] and len(set(pids.values())) == 2
+    fm.wait_log(r"INFO w0 fastmesh\.proxy: listener front on")
+    fm.wait_log(r"INFO w1 fastmesh\.proxy: listener front on")
+    answers = [http_get(fm.port) for _ in range(12)]
+    # Each worker takes the backends in turn, and one of two workers sees at least 6 of 12 connections.
+    assert set(answers) == {1, 2, 3}
+    assert fm.proc.poll() is None
+
+
+def test_killed_worker_is_restarted(start: Start) -> None:
+    fm = start(workers=2)
+    old = fm.worker_pids()["w0"]
+    os.kill(old, signal.SIGKILL)
+    fm.wait_log(rf"WARNING main fastmesh\.supervisor: w0 \(pid {old}\) exited unexpectedly: killed by signal SIGKILL")
+    new = int(fm.wait_log(r"w0 started \(pid (\d+)\)", count=2)[1][1])
+    assert new != old and alive(new)
+    fm.wait_log(rf"w0 \(pid {new}\) ready")
+    assert {http_get(fm.port) for _ in range(9)} == {1, 2, 3}
+    assert alive(fm.worker_pids()["w1"])
+
+
+def test_worker_that_keeps_failing_is_restarted_with_backoff(start: Start) -> None:
+    fm = start(workers=1)
+    fm.config.write_text("workers = 0\n")       # from now on a new worker cannot load the config
+    os.kill(fm.worker_pids()["w0"], signal.SIGKILL)
+    fm.wait_log(r"exited unexpectedly: exit code 78")
+    fm.wait_log(r"restarting w0 in 0\.5s \(it keeps exiting quickly\)")
+    assert "config no longer loads" in fm.log()
+    fm.config.write_text(fm.config_text)        # fixed: the next restart serves again
+    fm.wait_log(r"w0 \(pid \d+\) ready", count=2)
+    assert http_get(fm.port) in (1, 2, 3)
+    assert fm.proc.poll() is None
+
+
+def test_restart_delay_grows_and_is_capped() -> None:
+    delays = [restart_delay(n) for n in range(12)]
+    assert delays[:3] == [0.0, 0.0, 0.5]        # a single crash restarts at once
+    assert all(a <= b for a, b in zip(delays, delays[1:]))
+    assert delays[-1] == MAX_BACKOFF
+
+
+def test_sigterm_drains_open_connection_until_client_closes(start: Start) -> None:
+    fm = start(workers=2, drain_timeout="20s")
+    client = open_echo(fm.port)
+    began = time.monotonic()
+    fm.proc.send_signal(signal.SIGTERM)
+    fm.wait_log(r"w0 fastmesh\.worker: received SIGTERM")
+    fm.wait_log(r"w1 fastmesh\.worker: received SIGTERM")
+    wait_refused(fm.port)                       # new connections are refused...
+    for n in range(3):                          # ...while the open one goes on working
+        client.sendall(b"still here %d\n" % n)
+        assert recv_until(client, b"still here %d\n" % n) == b"still here %d\n" % n
+        time.sleep(0.2)
+    assert fm.proc.poll() is None
+    client.close()
+    assert fm.wait_exit() == 0
+    assert time.monotonic() - began < 20        # it ended because the client left, not at the drain timeout
+    log = fm.log()
+    assert re.search(r"w0 \(pid \d+\) stopped: exit code 0", log) and re.search(r"w1 \(pid \d+\) stopped", log)
+    assert log.rstrip().endswith("INFO main fastmesh.supervisor: stopped")
+
+
+def test_sigterm_closes_idle_client_after_drain_timeout(start: Start) -> None:
+    fm = start(workers=1, drain_timeout="1s")
+    client = open_echo(fm.port)
+    began = time.monotonic()
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+    elapsed = time.monotonic() - began
+    assert 0.9 <= elapsed < 6, elapsed
+    client.settimeout(5)
+    try:
+        assert client.recv(100) == b""          # the proxy closed it at the drain timeout
+    except ConnectionResetError:
+        pass
+    client.close()
+    assert "drain timeout: closing 1 connection(s)" in fm.log()
+
+
+def test_second_sigterm_stops_without_waiting_for_the_drain(start: Start) -> None:
+    fm = start(workers=1, drain_timeout="60s")
+    client = open_echo(fm.port)
+    fm.proc.send_signal(signal.SIGTERM)
+    fm.wait_log(r"w0 fastmesh\.worker: received SIGTERM")
+    began = time.monotonic()
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+    assert time.monotonic() - began < 5
+    assert "received SIGTERM again: killing workers now" in fm.log()
+    assert re.search(r"w0 \(pid \d+\) stopped: killed by signal SIGKILL", fm.log())
+    client.close()
+
+
+def test_workers_exit_when_supervisor_is_killed(start: Start) -> None:
+    fm = start(workers=2, drain_timeout="1s")
+    pids = list(fm.worker_pids().values())
+    fm.proc.kill()
+    fm.proc.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids), "workers outlived their supervisor"
+
+
+def test_sighup_is_logged_and_changes_nothing(start: Start) -> None:
+    fm = start(workers=1)
+    pids = fm.worker_pids()
+    fm.proc.send_signal(signal.SIGHUP)
+    fm.wait_log(r"WARNING main fastmesh\.supervisor: received SIGHUP: reload is not supported yet")
+    assert http_get(fm.port) in (1, 2, 3)
+    assert fm.proc.poll() is None and fm.worker_pids() == pids
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
