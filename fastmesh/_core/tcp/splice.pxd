@@ -12,6 +12,8 @@ cdef struct Direction:
     Py_ssize_t buf_off         # where the pending bytes start in buf
     unsigned char src_eof      # the source sent its FIN
     unsigned char dst_shut     # the FIN was passed on: shutdown(dst, SHUT_WR) done
+    unsigned char spliced      # this direction moves through a pipe (it proved to be a bulk stream)
+    unsigned char bulk         # the last read filled the whole buffer: switch to splice once it drains
 
 
 cdef enum RelayState:
@@ -46,11 +48,12 @@ cdef class TcpRelay(EventTarget):
     cdef int fds[2]                        # [downstream, upstream]; -1 when closed or not yet opened
     cdef unsigned char readable[2]         # edge-triggered readiness per side, cleared on EAGAIN
     cdef unsigned char writable[2]
+    cdef unsigned char hangup[2]           # the peer's FIN/RST was seen: read until 0, never stop at a short read
     cdef Direction dirs[2]                 # dirs[0]: downstream -> upstream; dirs[1]: upstream -> downstream
     cdef int state                         # a RelayState
     cdef int endpoint                      # index of the upstream endpoint in the cluster, -1 before a pick
     cdef int attempts                      # upstream connects tried
-    cdef bint use_splice                   # copy of owner.use_splice, cleared if splice is unsupported here
+    cdef bint use_splice                   # bulk directions may switch to splice (cleared if unsupported)
     cdef double connect_deadline           # when a pending connect counts as failed
     cdef double last_active                # when bytes last moved
 
@@ -61,5 +64,6 @@ cdef class TcpRelay(EventTarget):
     cdef void pump(self) noexcept
     cdef int pump_splice(self, int d) noexcept
     cdef int pump_copy(self, int d) noexcept
+    cdef void pass_fin(self, int d) noexcept
     cdef void release(self, int d) noexcept
     cdef void close(self) noexcept

@@ -1,14 +1,17 @@
-"""The L4 relay: accepted connections are connected to an upstream endpoint and spliced both ways.
+"""The L4 relay: accepted connections are connected to an upstream endpoint and relayed both ways.
 
 Per connection the lean sequence is: accept, connect upstream at once (no waiting for the client's first
 bytes, no getpeername), register both fds edge-triggered once (no epoll_ctl afterwards), and on the
-upstream's first writability move whatever the client already sent. Data moves socket -> pipe -> socket with
-splice(2) (zero-copy; 1 MiB pipes keep the syscalls per MiB low), or with recv/send through a 64 KiB buffer
-where splice is unavailable or disabled. A direction reads only while its pipe is empty, so a slow reader
-stops the writer (backpressure) and a connection never holds more than one pipe/buffer per direction; idle
-connections hold none (pipes go back to the reactor's pool when empty). A FIN is passed on as
-shutdown(SHUT_WR) once the pipe is drained (half-close); the relay closes when both FINs have passed, on any
-error, or after idle_timeout without traffic.
+upstream's first writability move whatever the client already sent.
+
+Each direction starts by copying through a pooled 64 KiB buffer (recv/send): for the small messages of
+request/response traffic that is the cheapest path, and a short read proves the socket drained, so no
+EAGAIN probe is needed. A direction whose read fills the whole buffer is a bulk stream: from then on it moves
+socket -> pipe -> socket with splice(2), zero-copy, through 1 MiB pipes (few syscalls per MiB). Either way a
+direction reads only while its buffer/pipe is empty, so a slow reader stops the writer (backpressure) and a
+connection holds at most one pipe or buffer per direction; idle connections hold none (they go back to the
+reactor's pools when empty). A FIN is passed on as shutdown(SHUT_WR) once the direction is drained
+(half-close); the relay closes when both FINs have passed, on any error, or after idle_timeout without traffic.
 """
 cimport cython
 from libc.stdint cimport uint32_t
@@ -95,6 +98,9 @@ cdef class TcpRelay(EventTarget):
         for d in range(2):
             r.readable[d] = 0
             r.writable[d] = 0
+            r.hangup[d] = 0
+            r.dirs[d].spliced = 0
+            r.dirs[d].bulk = 0
             r.dirs[d].pr = -1
             r.dirs[d].pw = -1
             r.dirs[d].pending = 0
@@ -172,6 +178,8 @@ cdef class TcpRelay(EventTarget):
             self.last_active = self.owner.reactor.now
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.readable[side] = 1
+            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.hangup[side] = 1
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable[side] = 1
         if self.state == RS_OPEN:
@@ -185,12 +193,11 @@ cdef class TcpRelay(EventTarget):
 
     cdef void pump(self) noexcept:
         cdef int r0, r1
-        if self.use_splice:
-            r0 = self.pump_splice(0)
-            r1 = self.pump_splice(1) if r0 >= 0 else -1
+        r0 = self.pump_splice(0) if self.dirs[0].spliced else self.pump_copy(0)
+        if r0 >= 0:
+            r1 = self.pump_splice(1) if self.dirs[1].spliced else self.pump_copy(1)
         else:
-            r0 = self.pump_copy(0)
-            r1 = self.pump_copy(1) if r0 >= 0 else -1
+            r1 = -1
         if r0 < 0 or r1 < 0 or (self.dirs[0].dst_shut and self.dirs[1].dst_shut):
             self.close()
         elif r0 > 0 or r1 > 0:
@@ -221,8 +228,7 @@ cdef class TcpRelay(EventTarget):
                 return -1
             if dr.src_eof:
                 if not dr.dst_shut:
-                    shutdown(dst, SHUT_WR)
-                    dr.dst_shut = 1
+                    self.pass_fin(d)
                 break
             if not self.readable[d]:
                 break
@@ -242,9 +248,11 @@ cdef class TcpRelay(EventTarget):
             elif errno == EAGAIN:
                 self.readable[d] = 0
             elif errno == EINVAL or errno == ENOSYS:
-                # This socket type or kernel cannot splice: fall back to copying for this relay.
+                # This socket type or kernel cannot splice: copy for the rest of this relay.
                 self.release(d)
                 self.use_splice = False
+                dr.spliced = 0
+                dr.bulk = 0
                 return self.pump_copy(d)
             else:
                 return -1
@@ -253,7 +261,7 @@ cdef class TcpRelay(EventTarget):
         return result
 
     cdef int pump_copy(self, int d) noexcept:
-        """pump_splice's twin for the recv/send fallback: the same contract, through a pooled buffer."""
+        """pump_splice's twin through a pooled buffer (recv/send): the same contract."""
         cdef Direction *dr = &self.dirs[d]
         cdef int src = self.fds[d]
         cdef int dst = self.fds[1 - d]
@@ -265,6 +273,9 @@ cdef class TcpRelay(EventTarget):
                     break
                 n = send(dst, dr.buf + dr.buf_off, dr.pending, MSG_NOSIGNAL | MSG_DONTWAIT)
                 if n > 0:
+                    if n < dr.pending:
+                        # A short write means the socket buffer is full; its EPOLLOUT edge will come.
+                        self.writable[1 - d] = 0
                     dr.pending -= n
                     dr.buf_off += n
                     if d == 0:
@@ -278,14 +289,18 @@ cdef class TcpRelay(EventTarget):
                 return -1
             if dr.src_eof:
                 if not dr.dst_shut:
-                    shutdown(dst, SHUT_WR)
-                    dr.dst_shut = 1
+                    self.pass_fin(d)
                 break
             if not self.readable[d]:
                 break
             if moved >= FAIR_SHARE:
                 result = 1
                 break
+            if dr.bulk:
+                # The previous read filled the buffer: a bulk stream, cheaper through a pipe from now on.
+                self.release(d)
+                dr.spliced = 1
+                return self.pump_splice(d)
             if dr.buf == NULL:
                 dr.buf = self.owner.reactor.buffers.take()
                 if dr.buf == NULL:
@@ -296,6 +311,12 @@ cdef class TcpRelay(EventTarget):
                 dr.buf_off = 0
                 moved += n
                 self.last_active = self.owner.reactor.now
+                if n == self.owner.reactor.buffers.size:
+                    dr.bulk = self.use_splice
+                elif not self.hangup[d]:
+                    # A short read emptied the socket; new data raises a new edge. After a FIN was seen
+                    # there is no new edge to come, so then we read on until recv returns 0.
+                    self.readable[d] = 0
             elif n == 0:
                 dr.src_eof = 1
             elif errno == EAGAIN:
@@ -305,6 +326,13 @@ cdef class TcpRelay(EventTarget):
         if dr.pending == 0 and dr.buf != NULL:
             self.release(d)
         return result
+
+    cdef void pass_fin(self, int d) noexcept:
+        """Direction d is drained after its source's FIN: pass the FIN on. When the other direction is already
+        finished the relay closes right after, and close() sends that FIN anyway: skip the shutdown syscall."""
+        self.dirs[d].dst_shut = 1
+        if not self.dirs[1 - d].dst_shut:
+            shutdown(self.fds[1 - d], SHUT_WR)
 
     cdef void release(self, int d) noexcept:
         """Give direction d's pipe/buffer back to the pools (a pipe still holding bytes is closed instead)."""
