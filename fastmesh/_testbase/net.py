@@ -11,6 +11,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def tcp_config(listen_port: int, endpoints: list[str], **listener_opts: object) -> str:
     """A one-listener, one-cluster TOML config, for tests."""
     extra = "".join(f"{k} = {_toml(v)}\n" for k, v in listener_opts.items() if not k.startswith("cluster_"))

@@ -11,7 +11,7 @@ import pytest
 
 from fastmesh import Proxy
 from fastmesh._testbase.backends import Backend, answer_after_eof, echo, greet, hold, start_backends
-from fastmesh._testbase.net import free_port, tcp_config
+from fastmesh._testbase.net import free_port, free_ports, tcp_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,7 +158,7 @@ def test_endpoint_down_traffic_goes_to_the_others():
 
 def test_all_endpoints_down_closes_client_promptly():
     async def main():
-        proxy = await _proxy([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"])
+        proxy = await _proxy([f"127.0.0.1:{p}" for p in free_ports(2)])
         t0 = time.monotonic()
         reader, writer = await _connect(proxy)
         data = await asyncio.wait_for(reader.read(), 2)
