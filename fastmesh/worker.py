@@ -109,5 +109,9 @@ async def _serve(cfg: Config, parent: int | None) -> int:
     await proxy.stop()              # stops accepting at once, then drains for up to cfg.drain_timeout
     if watcher is not None:
         watcher.cancel()
+    # Drained: a repeated SIGTERM/SIGINT (the supervisor forwards what the terminal also sent) must not kill us
+    # while the loop closes and its handlers are gone.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     log.info("stopped")
     return 0
