@@ -25,7 +25,9 @@ class Proxy:
     def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
-        self.config = config
+        from fastmesh.config.load import config_from_dict, config_to_dict
+        # A Config built from Python objects gets the same checks (and messages) as one read from a file.
+        self.config = config_from_dict(config_to_dict(config), source=config.source)
         self.reuse_port = reuse_port
         self._reactor: Any = None
         self._clusters: dict[str, Any] = {}
