@@ -1,0 +1,1 @@
+"""Benchmarks for fastmesh: micro (pytest-benchmark) and macro (side-by-side proxy runs)."""

