@@ -5,7 +5,7 @@ Public API: `Proxy` (run the proxy inside your own asyncio program), `run()` (th
 """
 from fastmesh._version import __version__
 
-__all__ = ["Proxy", "ConfigError", "load_config", "loads_config", "__version__"]
+__all__ = ["Proxy", "ConfigError", "load_config", "loads_config", "run", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: `fastmesh --version` and config checks must not need the compiled core
@@ -15,6 +15,9 @@ def __getattr__(name: str):  # lazy: `fastmesh --version` and config checks must
     if name in ("load_config", "loads_config"):
         from fastmesh.config import load
         return getattr(load, name)
+    if name == "run":
+        from fastmesh.supervisor import run
+        return run
     if name == "ConfigError":
         from fastmesh.errors import ConfigError
         return ConfigError

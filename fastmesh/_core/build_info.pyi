@@ -1,0 +1,2 @@
+"""Type stub for fastmesh._core.build_info."""
+DEBUG: bool
