@@ -1,14 +1,13 @@
 # Listener: a bound, listening socket in the reactor; accepts in C and hands each fd to its protocol.
 
-from fastmesh._core.reactor cimport EventTarget, Reactor
-from fastmesh._core.tcp.splice cimport TcpProxy
+from fastmesh._core.reactor cimport EventTarget, Reactor, Acceptor
 
 
 cdef class Listener(EventTarget):
     cdef Reactor reactor               # epoll set the listening fd is registered in
     cdef int fd                        # the listening socket (owned: closed by close())
     cdef readonly str name             # the config's listener name
-    cdef TcpProxy tcp                  # protocol "tcp": where accepted connections go
+    cdef Acceptor protocol             # where accepted connections go (tcp relay or http)
     cdef bint paused                   # accepting stopped for a moment (out of fds)
     cdef readonly unsigned long long accept_errors   # accept4 failures other than EAGAIN
 

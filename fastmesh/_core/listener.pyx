@@ -8,10 +8,9 @@ from libc.stdint cimport uint32_t
 
 from fastmesh._core.includes.system cimport (
     accept4, close, errno, strerror, EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, EPROTO, EPERM,
-    SOCK_NONBLOCK, SOCK_CLOEXEC, EPOLLIN, EPOLLET,
+    SOCK_NONBLOCK, SOCK_CLOEXEC, EPOLLIN, EPOLLET, sockaddr, sockaddr_storage, socklen_t,
 )
-from fastmesh._core.reactor cimport Reactor, EventTarget
-from fastmesh._core.tcp.splice cimport TcpProxy
+from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor
 
 import logging
 
@@ -22,11 +21,11 @@ cdef int ACCEPT_BATCH = 64
 
 cdef class Listener(EventTarget):
 
-    def __cinit__(self, Reactor reactor, int fd, str name, TcpProxy tcp):
+    def __cinit__(self, Reactor reactor, int fd, str name, Acceptor protocol):
         self.reactor = reactor
         self.fd = fd
         self.name = name
-        self.tcp = tcp
+        self.protocol = protocol
         self.paused = False
 
     def start(self):
@@ -58,12 +57,15 @@ cdef class Listener(EventTarget):
 
     cdef void accept_batch(self) noexcept:
         cdef int i, cfd, err
+        cdef sockaddr_storage peer
+        cdef socklen_t peerlen
         if self.fd < 0 or self.paused:
             return
         for i in range(ACCEPT_BATCH):
-            cfd = accept4(self.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            peerlen = sizeof(peer)
+            cfd = accept4(self.fd, <sockaddr *>&peer, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if cfd >= 0:
-                self.tcp.accept_fd(cfd)
+                self.protocol.accept_fd(cfd, &peer)
                 continue
             err = errno
             if err == EAGAIN:

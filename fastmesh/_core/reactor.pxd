@@ -2,7 +2,7 @@
 # sees a single readable fd; each wakeup dispatches a batch of events to C methods, with no Python call per event.
 
 from libc.stdint cimport uint32_t
-from fastmesh._core.includes.system cimport epoll_event
+from fastmesh._core.includes.system cimport epoll_event, sockaddr_storage
 
 cdef enum:
     MAX_EVENTS = 256           # events handled per epoll_wait batch
@@ -18,6 +18,11 @@ cdef class EventTarget:
 cdef class Sweeper:
     # Anything with deadlines to check (connect/idle timeouts, endpoints to re-admit); run by the reactor's tick.
     cdef void sweep(self, double now) noexcept
+
+
+cdef class Acceptor(Sweeper):
+    # A listener's protocol (tcp relay, http): takes each accepted connection and its peer address.
+    cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
 
 
 cdef class PipePool:

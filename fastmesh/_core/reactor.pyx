@@ -11,7 +11,7 @@ from libc.stdlib cimport malloc, free
 from fastmesh._core.includes.system cimport (
     epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CLOEXEC,
     close, pipe2, fcntl, F_SETPIPE_SZ, O_NONBLOCK, O_CLOEXEC, clock_gettime, timespec, CLOCK_MONOTONIC, errno,
-    EINTR,
+    EINTR, sockaddr_storage,
 )
 
 import logging
@@ -32,6 +32,11 @@ cdef class EventTarget:
 cdef class Sweeper:
     cdef void sweep(self, double now) noexcept:
         pass
+
+
+cdef class Acceptor(Sweeper):
+    cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
+        close(fd)
 
 
 cdef class PipePool:

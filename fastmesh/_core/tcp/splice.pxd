@@ -1,6 +1,7 @@
 # TCP relay (L4): each accepted connection is spliced to an upstream endpoint, both directions, zero-copy.
 
-from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor
+from fastmesh._core.includes.system cimport sockaddr_storage
+from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor
 from fastmesh._core.cluster cimport Cluster
 
 
@@ -22,7 +23,7 @@ cdef enum RelayState:
     RS_CLOSED = 3              # both fds closed; the object only waits to be freed
 
 
-cdef class TcpProxy(Sweeper):
+cdef class TcpProxy(Acceptor):
     # Per listener: where accepted connections go, their options, the open relays and their counters.
     cdef Reactor reactor                   # epoll set the relays register in
     cdef readonly Cluster cluster          # upstream endpoints and balancer
@@ -30,13 +31,10 @@ cdef class TcpProxy(Sweeper):
     cdef readonly double idle_timeout      # seconds without traffic before a relay is closed
     cdef readonly bint use_splice          # splice(2) through pipes; False: recv/send through buffers
     cdef TcpRelay head                     # first open relay (intrusive doubly linked list owns them)
-    cdef readonly long active              # open relays
-    cdef readonly unsigned long long accepted        # downstream connections accepted, ever
-    cdef readonly unsigned long long failed          # downstream connections closed for want of an endpoint
-    cdef readonly unsigned long long bytes_in        # bytes relayed downstream -> upstream
-    cdef readonly unsigned long long bytes_out       # bytes relayed upstream -> downstream
+    cdef StatsBlock stats                  # the block `counters` points into (kept alive through this reference)
+    cdef uint64_t *counters                # this listener's L_FIELDS slots (stats.pxd): accepted, active, bytes...
 
-    cdef void accept_fd(self, int fd) noexcept
+    cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
     cdef void unlink(self, TcpRelay r) noexcept
 
 

@@ -17,19 +17,22 @@ cimport cython
 from libc.stdint cimport uint32_t
 
 from fastmesh._core.includes.system cimport (
-    splice, close, shutdown, recv, send, getsockopt, errno, socklen_t,
+    splice, close, shutdown, recv, send, getsockopt, errno, socklen_t, sockaddr_storage,
     EAGAIN, EINVAL, ENOSYS, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
     SPLICE_F_MOVE, SPLICE_F_NONBLOCK, SHUT_WR, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL, MSG_DONTWAIT,
 )
-from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
+from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.stats cimport (
+    StatsBlock, L_ACCEPTED, L_ACTIVE, L_FAILED, L_BYTES_IN, L_BYTES_OUT, L_FIELDS, HEADER_SLOTS, C_RETRIES,
+)
 
 cdef uint32_t RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 # Bytes one direction may move per wakeup before yielding to other connections.
 cdef Py_ssize_t FAIR_SHARE = 4 * 1048576
 
 
-cdef class TcpProxy(Sweeper):
+cdef class TcpProxy(Acceptor):
     """Where a tcp listener's connections go. Built by dataplane/; the listener calls accept_fd()."""
 
     def __cinit__(self, Reactor reactor, Cluster cluster, str name, double idle_timeout=3600.0,
@@ -40,15 +43,54 @@ cdef class TcpProxy(Sweeper):
         self.idle_timeout = idle_timeout
         self.use_splice = use_splice
         self.head = None
+        # Counters start in a private block; dataplane/stats.py moves them into the shared one before traffic.
+        self.stats = StatsBlock(HEADER_SLOTS + L_FIELDS)
+        self.counters = self.stats.region(HEADER_SLOTS, L_FIELDS)
 
-    cdef void accept_fd(self, int fd) noexcept:
+    def attach_stats(self, StatsBlock block, Py_ssize_t offset):
+        """Count into block's L_FIELDS slots at offset from now on (the counts so far move along)."""
+        cdef uint64_t *slots = block.region(offset, L_FIELDS)
+        cdef int i
+        if slots != self.counters:
+            for i in range(L_FIELDS):
+                slots[i] += self.counters[i]
+                self.counters[i] = 0
+        self.stats = block
+        self.counters = slots
+
+    @property
+    def active(self):
+        """Downstream connections open now."""
+        return <long long>self.counters[L_ACTIVE]
+
+    @property
+    def accepted(self):
+        """Downstream connections accepted, ever."""
+        return self.counters[L_ACCEPTED]
+
+    @property
+    def failed(self):
+        """Downstream connections closed for want of an endpoint."""
+        return self.counters[L_FAILED]
+
+    @property
+    def bytes_in(self):
+        """Bytes relayed downstream -> upstream."""
+        return self.counters[L_BYTES_IN]
+
+    @property
+    def bytes_out(self):
+        """Bytes relayed upstream -> downstream."""
+        return self.counters[L_BYTES_OUT]
+
+    cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
         cdef TcpRelay r = TcpRelay.new(self, fd)
         r.next = self.head
         if self.head is not None:
             self.head.prev = r
         self.head = r
-        self.active += 1
-        self.accepted += 1
+        self.counters[L_ACTIVE] += 1
+        self.counters[L_ACCEPTED] += 1
         if self.reactor.add(fd, r, 0, RELAY_EVENTS) < 0:
             r.close()
             return
@@ -63,7 +105,7 @@ cdef class TcpProxy(Sweeper):
             r.next.prev = r.prev
         r.prev = None
         r.next = None
-        self.active -= 1
+        self.counters[L_ACTIVE] -= 1
 
     cdef void sweep(self, double now) noexcept:
         """Connect timeouts and idle timeouts: a walk of the open relays, a few times a second."""
@@ -127,6 +169,8 @@ cdef class TcpRelay(EventTarget):
             if ep < 0:
                 cluster.no_endpoint("the cluster has no endpoints", reactor.now)
                 break
+            if self.attempts:
+                cluster.counters[C_RETRIES] += 1
             self.attempts += 1
             fd = cluster.open_socket(ep)
             if fd < 0:
@@ -138,12 +182,12 @@ cdef class TcpRelay(EventTarget):
                 break
             self.fds[1] = fd
             self.endpoint = ep
-            cluster.balancer.request_start(ep)
+            cluster.upstream_start(ep)
             self.connect_deadline = reactor.now + cluster.connect_timeout
             return
         else:
             cluster.no_endpoint(f"{self.attempts} connect attempt(s) failed", reactor.now)
-        self.owner.failed += 1
+        self.owner.counters[L_FAILED] += 1
         self.close()
 
     cdef void connect_error(self, int err) noexcept:
@@ -155,7 +199,7 @@ cdef class TcpRelay(EventTarget):
         self.readable[1] = 0
         self.writable[1] = 0
         self.endpoint = -1
-        cluster.balancer.request_end(ep)
+        cluster.upstream_end(ep)
         cluster.connect_failed(ep, err, self.owner.reactor.now)
         self.connect_next(ep)
 
@@ -217,10 +261,7 @@ cdef class TcpRelay(EventTarget):
                 n = splice(dr.pr, NULL, dst, NULL, dr.pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
                 if n > 0:
                     dr.pending -= n
-                    if d == 0:
-                        self.owner.bytes_in += n
-                    else:
-                        self.owner.bytes_out += n
+                    self.owner.counters[L_BYTES_IN + d] += n     # direction 1 counts into L_BYTES_OUT
                     continue
                 if n < 0 and errno == EAGAIN:
                     self.writable[1 - d] = 0
@@ -278,10 +319,7 @@ cdef class TcpRelay(EventTarget):
                         self.writable[1 - d] = 0
                     dr.pending -= n
                     dr.buf_off += n
-                    if d == 0:
-                        self.owner.bytes_in += n
-                    else:
-                        self.owner.bytes_out += n
+                    self.owner.counters[L_BYTES_IN + d] += n     # direction 1 counts into L_BYTES_OUT
                     continue
                 if n < 0 and errno == EAGAIN:
                     self.writable[1 - d] = 0
@@ -361,7 +399,7 @@ cdef class TcpRelay(EventTarget):
         if self.fds[1] >= 0:
             close(self.fds[1])
             self.fds[1] = -1
-            owner.cluster.balancer.request_end(self.endpoint)
+            owner.cluster.upstream_end(self.endpoint)
         self.state = RS_CLOSED
         self.release(0)
         self.release(1)
