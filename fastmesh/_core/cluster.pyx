@@ -5,14 +5,19 @@ backoff that doubles per consecutive failure (0.5 s up to 30 s), and the next re
 When every endpoint is marked down the cluster fails open and tries them in turn: a wrong mark must never make
 a cluster unreachable.
 """
+from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset, memcpy
 
 from fastmesh._core.includes.system cimport (
     socket, connect, setsockopt, close, errno, strerror, sockaddr, sockaddr_in, sockaddr_in6, inet_pton, htons,
     AF_INET, AF_INET6, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, IPPROTO_TCP, TCP_NODELAY, EINPROGRESS,
+    clock_gettime, timespec, CLOCK_MONOTONIC,
 )
 from fastmesh._core.balance.base cimport Balancer
+from fastmesh._core.stats cimport (
+    StatsBlock, cluster_slots, HEADER_SLOTS, C_FIELDS, C_FAILED, E_STATE, E_SEEN, E_ACTIVE, E_OPENED, E_FAILURES,
+)
 
 import logging
 
@@ -31,6 +36,7 @@ cdef class Cluster(Sweeper):
         cdef sockaddr_in *a4
         cdef sockaddr_in6 *a6
         cdef bytes ip
+        cdef timespec ts
         self.name = name
         self.n = len(endpoints)
         if balancer.n != self.n:
@@ -41,13 +47,13 @@ cdef class Cluster(Sweeper):
         self.labels = []
         self.addrs = <sockaddr_storage *>calloc(max(self.n, 1), sizeof(sockaddr_storage))
         self.addrlens = <socklen_t *>calloc(max(self.n, 1), sizeof(socklen_t))
-        self.state = <unsigned char *>calloc(max(self.n, 1), sizeof(unsigned char))
+        # Counters and endpoint states start in a private block; dataplane/stats.py moves them into the shared one.
+        self.point_at(StatsBlock(HEADER_SLOTS + cluster_slots(self.n)), HEADER_SLOTS)
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        self.now_ns = <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
         self.down_until = <double *>calloc(max(self.n, 1), sizeof(double))
         self.backoff = <double *>calloc(max(self.n, 1), sizeof(double))
-        self.failures = <unsigned long long *>calloc(max(self.n, 1), sizeof(unsigned long long))
-        self.opened = <unsigned long long *>calloc(max(self.n, 1), sizeof(unsigned long long))
-        if (self.addrs == NULL or self.addrlens == NULL or self.state == NULL or self.down_until == NULL or self.backoff == NULL
-                or self.failures == NULL or self.opened == NULL):
+        if self.addrs == NULL or self.addrlens == NULL or self.down_until == NULL or self.backoff == NULL:
             raise MemoryError()
         for i, (family, host, port) in enumerate(endpoints):
             ip = host.encode("ascii")
@@ -72,11 +78,31 @@ cdef class Cluster(Sweeper):
     def __dealloc__(self):
         free(self.addrs)
         free(self.addrlens)
-        free(self.state)
         free(self.down_until)
         free(self.backoff)
-        free(self.failures)
-        free(self.opened)
+
+    cdef void point_at(self, StatsBlock block, Py_ssize_t offset) except *:
+        cdef uint64_t *slots = block.region(offset, cluster_slots(self.n))
+        self.stats = block
+        self.counters = slots
+        slots += C_FIELDS
+        self.state = slots + E_STATE * self.n
+        self.seen = slots + E_SEEN * self.n
+        self.active = slots + E_ACTIVE * self.n
+        self.opened = slots + E_OPENED * self.n
+        self.failures = slots + E_FAILURES * self.n
+
+    def attach_stats(self, StatsBlock block, Py_ssize_t offset):
+        """Keep counters and endpoint states in block's cluster region at offset from now on (values move along)."""
+        cdef Py_ssize_t i, size = cluster_slots(self.n)
+        cdef uint64_t *old = self.counters
+        cdef uint64_t *slots = block.region(offset, size)
+        if slots == old:
+            return
+        for i in range(size):
+            slots[i] += old[i]
+            old[i] = 0
+        self.point_at(block, offset)
 
     # ---- C core ------------------------------------------------------------------------------------
 
@@ -108,6 +134,7 @@ cdef class Cluster(Sweeper):
 
     cdef void connect_failed(self, int i, int err, double now) noexcept:
         self.failures[i] += 1
+        self.seen[i] = <uint64_t>(now * 1e9)
         if self.state[i] == EP_UP:
             self.backoff[i] = BACKOFF_MIN
             self.balancer.endpoint_down(i)
@@ -127,14 +154,20 @@ cdef class Cluster(Sweeper):
             self.log_suppressed += 1
 
     cdef void connect_succeeded(self, int i) noexcept:
+        cdef timespec ts
         self.opened[i] += 1
+        self.seen[i] = self.now_ns
         if self.state[i] != EP_UP:
+            # A recovery must outrank the failure it follows even within one tick: stamp it exactly.
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            self.seen[i] = <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
             if self.state[i] == EP_DOWN:
                 self.balancer.endpoint_up(i)
             self.state[i] = EP_UP
             self.backoff[i] = BACKOFF_MIN
 
     cdef void no_endpoint(self, str why, double now) noexcept:
+        self.counters[C_FAILED] += 1
         if now >= self.log_after:
             log.warning("cluster %s: closing a downstream connection: %s", self.name, why)
             self.log_after = now + 1.0
@@ -144,6 +177,7 @@ cdef class Cluster(Sweeper):
 
     cdef void sweep(self, double now) noexcept:
         cdef int i
+        self.now_ns = <uint64_t>(now * 1e9)
         for i in range(self.n):
             if self.state[i] == EP_DOWN and now >= self.down_until[i]:
                 # Re-admit on trial: the next connection probes it; a failure marks it down for twice as long.

@@ -1,8 +1,11 @@
 # TCP relay (L4): each accepted connection is spliced to an upstream endpoint, both directions, zero-copy.
 
+from libc.stdint cimport uint64_t
+
 from fastmesh._core.includes.system cimport sockaddr_storage
 from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.stats cimport StatsBlock
 
 
 cdef struct Direction:

@@ -14,7 +14,7 @@ reactor's pools when empty). A FIN is passed on as shutdown(SHUT_WR) once the di
 (half-close); the relay closes when both FINs have passed, on any error, or after idle_timeout without traffic.
 """
 cimport cython
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 
 from fastmesh._core.includes.system cimport (
     splice, close, shutdown, recv, send, getsockopt, errno, socklen_t, sockaddr_storage,

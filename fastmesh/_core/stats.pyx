@@ -1,0 +1,135 @@
+"""StatsBlock: the memory behind every counter of the data path, private (heap) or shared with the supervisor (mmap).
+
+A worker is single-threaded, so writers use plain adds: no atomics, no locks. A reader in another process may see
+a counter mid-update only as its old or new value: 64-bit aligned stores are single instructions on x86-64 and
+arm64. Core objects (TcpProxy, Cluster) keep a reference to the block they point into, so it is unmapped only
+after the last of them is gone.
+"""
+from cpython cimport array
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memset
+
+cdef extern from "<sys/mman.h>" nogil:
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_SHARED
+    void *MAP_FAILED
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+
+cdef array.array Q_TEMPLATE = array.array("Q")
+
+BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
+BLOCK_VERSION = 1
+
+# The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
+HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
+          "started": H_STARTED, "lag": H_LAG}
+HEADER_SIZE = HEADER_SLOTS
+LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out")
+CLUSTER_FIELDS = ("retries", "failed")
+ENDPOINT_FIELDS = ("state", "seen", "active", "opened", "failures")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+HISTOGRAM_SIZE = HIST_FIELDS
+HISTOGRAM_SUM = HIST_SUM
+DURATION_BOUNDS = tuple(DURATION_BOUNDS_NS[i] / 1e9 for i in range(HIST_BOUNDS))
+ENDPOINT_STATES = ("up", "down", "probing")     # E_STATE values, as cluster.pxd's EndpointState numbers them
+
+
+def cluster_size(Py_ssize_t endpoints):
+    """Slots of a cluster region with this many endpoints."""
+    return cluster_slots(endpoints)
+
+
+cdef class StatsBlock:
+    """`StatsBlock(size)` is private heap memory; `StatsBlock.map(fd, size)` maps a file other processes map too."""
+
+    def __cinit__(self, Py_ssize_t size=0):
+        if size < 0:
+            raise ValueError("a block cannot have a negative size")
+        self.size = size
+        self.length = 0
+        self.shared = False
+        self.base = <uint64_t *>PyMem_Calloc(max(size, 1), sizeof(uint64_t))
+        if self.base == NULL:
+            raise MemoryError()
+
+    @staticmethod
+    def map(int fd, Py_ssize_t size, bint writable=True):
+        """Map the first `size` slots of fd (a memfd the supervisor made; it must be at least that long)."""
+        cdef StatsBlock block = StatsBlock(0)
+        cdef size_t length = <size_t>max(size, 1) * sizeof(uint64_t)
+        cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+        cdef void *p = mmap(NULL, length, prot, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, "mmap of a stats block failed")
+        PyMem_Free(block.base)
+        block.base = <uint64_t *>p
+        block.size = size
+        block.length = length
+        block.shared = True
+        return block
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            if self.length:
+                munmap(self.base, self.length)
+            else:
+                PyMem_Free(self.base)
+            self.base = NULL
+
+    cdef uint64_t *region(self, Py_ssize_t offset, Py_ssize_t count) except NULL:
+        if offset < HEADER_SLOTS or count < 0 or offset + count > self.size:
+            raise ValueError(f"slots {offset}..{offset + count} are outside this block of {self.size}")
+        return self.base + offset
+
+    # ---- Python-facing access (control plane and tests; never on the data path) -----------------------------
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, Py_ssize_t i):
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        return self.base[i]
+
+    def __setitem__(self, Py_ssize_t i, uint64_t value):
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        self.base[i] = value
+
+    def snapshot(self):
+        """A copy of every slot as array('Q'), taken with one memcpy."""
+        cdef array.array out = array.clone(Q_TEMPLATE, self.size, False)
+        if self.size:
+            memcpy(out.data.as_voidptr, self.base, self.size * sizeof(uint64_t))
+        return out
+
+    def clear(self, Py_ssize_t start=HEADER_SLOTS):
+        """Zero the slots from start on (the header stays)."""
+        if 0 <= start < self.size:
+            memset(self.base + start, 0, (self.size - start) * sizeof(uint64_t))
+
+    def add_to(self, array.array out, Py_ssize_t start=HEADER_SLOTS):
+        """out[i] += self[i] for every slot from start on (out: an array('Q') of at least this block's size).
+        Unsigned wrap-around makes a gauge's net value come out right even while one block holds a decrement."""
+        cdef uint64_t *dst
+        cdef Py_ssize_t i
+        if out.ob_descr.typecode != b"Q" or len(out) < self.size:
+            raise ValueError("add_to needs an array('Q') at least as long as the block")
+        dst = <uint64_t *>out.data.as_voidptr
+        for i in range(max(start, 0), self.size):
+            dst[i] += self.base[i]
+
+    def count_status(self, Py_ssize_t offset, int status):
+        """count_status() of stats.pxd on the R_FIELDS slots at offset (for tests and for Python callers)."""
+        count_status(self.region(offset, R_FIELDS), status)
+
+    def observe(self, Py_ssize_t offset, double seconds):
+        """observe_ns() of stats.pxd on the histogram at offset."""
+        observe_ns(self.region(offset, HIST_FIELDS), <uint64_t>(max(seconds, 0.0) * 1e9 + 0.5))
