@@ -35,14 +35,14 @@ BASELINE, SUBJECT = "haproxy", "fastmesh"
 
 
 def medians(trials: list[dict]) -> dict[str, dict[str, dict]]:
-    """{workload: {proxy: {metric: median, "n": trials that succeeded, "failed": trials that did not}}}."""
+    """{workload: {proxy: {metric: median, "trials_ok": count, "trials_failed": count}}}."""
     out: dict[str, dict[str, dict]] = {}
     for t in trials:
-        cell = out.setdefault(t["workload"], {}).setdefault(t["proxy"], {"n": 0, "failed": 0, "_v": {}})
+        cell = out.setdefault(t["workload"], {}).setdefault(t["proxy"], {"trials_ok": 0, "trials_failed": 0, "_v": {}})
         if t.get("error"):
-            cell["failed"] += 1
+            cell["trials_failed"] += 1
             continue
-        cell["n"] += 1
+        cell["trials_ok"] += 1
         for k, v in t["metrics"].items():
             if isinstance(v, (int, float)) and v is not None:
                 cell["_v"].setdefault(k, []).append(v)
@@ -86,7 +86,7 @@ def markdown(med: dict, proxies: list[str], workloads: list[str], fmt_args: dict
             if cell is None:
                 continue
             vals = [_fmt(cell.get(k), f, s) for k, _, f, s in cols]
-            parts.append(f"| {p} | " + " | ".join(vals) + f" | {cell['n']}/{cell['failed']} |")
+            parts.append(f"| {p} | " + " | ".join(vals) + f" | {cell['trials_ok']}/{cell['trials_failed']} |")
         parts.append("")
     shown = [p for p in proxies if any(p in med.get(w, {}) for w in workloads)]
     others = [p for p in shown if p not in ("direct", BASELINE)]

@@ -107,7 +107,7 @@ def _idle(proxy: Running, s: Settings) -> dict:
         held_kb, sup_held_kb = _rss(proxy.workers), _rss(sup)
     finally:
         idleconns.close_all(held)
-    out: dict = {"rss_idle_kb": idle_kb, "rss_held_kb": held_kb, "held": len(held), "failed": failed,
+    out: dict = {"rss_idle_kb": idle_kb, "rss_held_kb": held_kb, "held": len(held), "conns_failed": failed,
                  "kb_per_conn": (held_kb - idle_kb) / len(held) if held else None}
     if sup:
         out.update(sup_rss_idle_kb=sup_idle_kb, sup_rss_held_kb=sup_held_kb)
