@@ -63,6 +63,7 @@ cdef class Reactor:
     cdef epoll_event events[MAX_EVENTS]  # the batch buffer for epoll_wait
 
     cdef int add(self, int fd, EventTarget target, int side, uint32_t events) noexcept
+    cdef int modify(self, int fd, EventTarget target, int side, uint32_t events) noexcept
     cdef void again(self, EventTarget target) noexcept
     cdef void bury(self, EventTarget target) noexcept
     cdef void refresh_now(self) noexcept

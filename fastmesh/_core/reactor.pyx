@@ -9,7 +9,7 @@ from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 
 from fastmesh._core.includes.system cimport (
-    epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CLOEXEC,
+    epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
     close, pipe2, fcntl, F_SETPIPE_SZ, O_NONBLOCK, O_CLOEXEC, clock_gettime, timespec, CLOCK_MONOTONIC, errno,
     EINTR, sockaddr_storage,
 )
@@ -210,6 +210,13 @@ cdef class Reactor:
         ev.events = events
         ev.data.u64 = <uint64_t>(<uintptr_t><PyObject *>target) | <uint64_t>side
         return epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+
+    cdef int modify(self, int fd, EventTarget target, int side, uint32_t events) noexcept:
+        """Point a registered fd at another target (a connection changing protocol); re-arms its edges."""
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.u64 = <uint64_t>(<uintptr_t><PyObject *>target) | <uint64_t>side
+        return epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &ev)
 
     cdef void again(self, EventTarget target) noexcept:
         """Ask for target.on_again() soon: work was left undone to be fair to other connections."""

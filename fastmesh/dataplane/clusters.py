@@ -6,6 +6,8 @@ import socket
 
 from fastmesh._core.balance.factory import make_balancer
 from fastmesh._core.cluster import Cluster
+from fastmesh._core.http1.pool import HttpPool
+from fastmesh._core.reactor import Reactor
 from fastmesh.config.schema import Cluster as ClusterConfig
 
 
@@ -24,3 +26,8 @@ def build_cluster(cfg: ClusterConfig) -> Cluster:
     endpoints = [_resolve(e.host, e.port) for e in cfg.endpoints]
     balancer = make_balancer(cfg.balancer, [e.weight for e in cfg.endpoints])
     return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
+
+
+def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster) -> HttpPool:
+    """The HTTP/1 connection pool over a cluster (shared by every http listener that routes to it)."""
+    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, cfg.response_timeout)

@@ -4,10 +4,14 @@ from __future__ import annotations
 import socket
 
 from fastmesh._core.cluster import Cluster
+from fastmesh._core.http1.conn import HttpProxy
+from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.listener import Listener
 from fastmesh._core.reactor import Reactor
 from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh.config.schema import Listener as ListenerConfig
+from fastmesh.dataplane.access_log import build_access_log
+from fastmesh.dataplane.routes import build_router
 
 
 def bind_socket(cfg: ListenerConfig, reuse_port: bool) -> socket.socket:
@@ -37,3 +41,17 @@ def build_listener(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, reus
     bound = sock.getsockname()[:2]
     tcp = TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice)
     return Listener(reactor, sock.detach(), cfg.name, tcp), tcp, (bound[0], bound[1])
+
+
+def build_http_listener(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool], cluster_names: list[str],
+                        reuse_port: bool) -> tuple[Listener, HttpProxy, tuple[str, int]]:
+    """The core Listener for an http listener, with its router and the shared per-cluster pools."""
+    router = build_router(cfg, cluster_names)
+    http = HttpProxy(reactor, cfg.name, router, pools, header_timeout=cfg.header_timeout,
+                     idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
+                     max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
+                     forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
+                     access_log=build_access_log(cfg.access_log, cfg.name))
+    sock = bind_socket(cfg, reuse_port)
+    bound = sock.getsockname()[:2]
+    return Listener(reactor, sock.detach(), cfg.name, http), http, (bound[0], bound[1])

@@ -18,6 +18,9 @@ cdef extern from "<errno.h>" nogil:
         ECONNABORTED
         EPROTO
         EPERM
+        ECONNREFUSED
+        ECONNRESET
+        EPIPE
 
 cdef extern from "<string.h>" nogil:
     char *strerror(int errnum)
@@ -128,4 +131,5 @@ cdef extern from "<arpa/inet.h>" nogil:
         in6_addr sin6_addr
         uint32_t sin6_scope_id
     int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
     unsigned short htons(unsigned short v)

@@ -5,6 +5,7 @@ from libc.stdint cimport uint64_t
 from fastmesh._core.includes.system cimport sockaddr_storage
 from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.buffer cimport RecvBuf
 from fastmesh._core.stats cimport StatsBlock
 
 
@@ -60,6 +61,8 @@ cdef class TcpRelay(EventTarget):
 
     @staticmethod
     cdef TcpRelay new(TcpProxy owner, int fd)
+    @staticmethod
+    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up)
     cdef void connect_next(self, int avoid) noexcept
     cdef void connect_error(self, int err) noexcept
     cdef void pump(self) noexcept

@@ -157,6 +157,38 @@ cdef class TcpRelay(EventTarget):
         r.last_active = owner.reactor.now
         return r
 
+    @staticmethod
+    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up):
+        """Take over two connected sockets (an HTTP connection after 101 Switching Protocols), with the bytes
+        each side already sent: down's go upstream, up's go downstream. The receive buffers change hands."""
+        cdef TcpRelay r = TcpRelay.new(owner, dfd)
+        cdef RecvBuf *b
+        cdef int d
+        r.fds[1] = ufd
+        r.endpoint = endpoint
+        r.state = RS_OPEN
+        for d in range(2):
+            b = down if d == 0 else up
+            if b.data != NULL and b.end > b.start:
+                r.dirs[d].buf = b.data
+                r.dirs[d].buf_off = b.start
+                r.dirs[d].pending = b.end - b.start
+                b.data = NULL
+                b.start = 0
+                b.end = 0
+            r.readable[d] = 1
+            r.writable[d] = 1
+        r.next = owner.head
+        if owner.head is not None:
+            owner.head.prev = r
+        owner.head = r
+        owner.counters[L_ACTIVE] += 1
+        owner.counters[L_ACCEPTED] += 1
+        owner.reactor.modify(dfd, r, 0, RELAY_EVENTS)
+        owner.reactor.modify(ufd, r, 1, RELAY_EVENTS)
+        r.pump()
+        return r
+
     # ---- connecting ----------------------------------------------------------------------------
 
     cdef void connect_next(self, int avoid) noexcept:

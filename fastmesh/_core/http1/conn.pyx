@@ -1,0 +1,990 @@
+"""Downstream HTTP/1.1 connections: read a request, route it, proxy it over a pooled upstream connection.
+
+One exchange runs at a time per client connection; pipelined requests wait in the receive buffer, so answers
+leave in request order. Each exchange:
+  head      parse_request() over the receive buffer (offsets, no objects), router.match() -> cluster
+  upstream  HttpPool.acquire(): an idle keep-alive connection or a new connect; a failed connect is retried on
+            another endpoint (the request never reached a backend), a request with no body is replayed once
+            when a reused keep-alive connection dies before the first response byte
+  request   the head rewritten (hop-by-hop fields dropped, Via / X-Forwarded-* / request id / route fields
+            added) into `reqhead`; the body passed through as it arrives, framed by BodyFrame (Content-Length
+            or the chunked decoder, which validates every chunk and finds the end)
+  response  parse_response(); 1xx passed on; the head rewritten the same way; the body passed through
+  end       upstream back to the pool when both sides allow keep-alive; next request or close
+A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
+bytes already buffered. Backpressure: a body moves only while the destination takes it and reading stops
+while framed bytes wait, so a connection holds at most one receive buffer per side.
+
+Errors answer once, in one place (respond_error): parse errors get their status (400/414/431/501/505) and
+the connection closes; upstream failures get 502/503/504 with a `fastmesh-error` header naming the cause.
+"""
+cimport cython
+from libc.stdint cimport uint32_t
+from libc.string cimport memcpy
+from libc.stdio cimport snprintf
+
+from fastmesh._core.buffer cimport (
+    RecvBuf, OutBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_reserve, ob_flush, ob_pending,
+    ob_free,
+)
+from fastmesh._core.includes.system cimport (
+    close, send, errno, EAGAIN, ECONNREFUSED, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
+    EPOLLERR, EPOLLHUP, EPOLLET, sockaddr_storage, sockaddr_in, sockaddr_in6, AF_INET, AF_INET6, inet_ntop,
+)
+from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
+from fastmesh._core.codes cimport error_status, error_reason
+from fastmesh._core.http1.parser cimport (
+    Head, Limits, HeaderField, parse_request, parse_response, limits_init, METHOD_HEAD, METHOD_GET,
+    METHOD_OPTIONS, METHOD_TRACE, METHOD_PUT, METHOD_DELETE, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE,
+    FIELD_PROXY_CONNECTION, FIELD_TE, FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE,
+    FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
+)
+from fastmesh._core.http1.framing cimport (
+    request_body, response_body, keep_alive, chunked_init, chunked_feed, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
+    BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE,
+)
+from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING, UP_ACTIVE
+from fastmesh._core.router cimport Router, Span
+from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
+
+import os
+
+cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+cdef int MAX_CONN_TOKENS = 16          # Connection header tokens honoured when dropping the fields they name
+cdef double CLOSE_GRACE = 5.0          # seconds a closing connection gets to take its last answer
+
+# The one transient head: parsed, used and forgotten within one call (a worker is single-threaded).
+cdef Head SCRATCH
+
+cdef bytes VIA = b"Via: 1.1 fastmesh\r\n"
+cdef bytes XFP = b"X-Forwarded-Proto: http\r\n"
+cdef bytes CONN_UPGRADE = b"Connection: upgrade\r\n"
+cdef bytes CONN_CLOSE = b"Connection: close\r\n"
+cdef bytes CONN_KEEP = b"Connection: keep-alive\r\n"
+cdef bytes HEX = b"0123456789abcdef"
+
+
+cdef inline bint name_is(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m) noexcept:
+    """Case-insensitive field-name comparison against a lowercase constant."""
+    cdef Py_ssize_t i
+    cdef char c
+    if n != m:
+        return False
+    for i in range(n):
+        c = p[i]
+        if 65 <= c <= 90:
+            c = c + 32
+        if c != lower[i]:
+            return False
+    return True
+
+
+cdef inline bint field_in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen,
+                                 int ntok) noexcept:
+    cdef int k
+    cdef Py_ssize_t i
+    cdef char a, b
+    for k in range(ntok):
+        if tlen[k] != n:
+            continue
+        for i in range(n):
+            a = name[i]
+            b = tok[k][i]
+            if 65 <= a <= 90:
+                a = a + 32
+            if 65 <= b <= 90:
+                b = b + 32
+            if a != b:
+                break
+        else:
+            return True
+    return False
+
+
+cdef int connection_tokens(const char *buf, Head *h, const char **tok, Py_ssize_t *tlen) noexcept:
+    """The tokens of every Connection field: the names of further hop-by-hop fields to drop."""
+    cdef int i, n = 0
+    cdef HeaderField *f
+    cdef const char *p
+    cdef const char *end
+    cdef const char *start
+    for i in range(h.num_headers):
+        f = &h.headers[i]
+        if f.id != FIELD_CONNECTION:
+            continue
+        p = buf + f.value_off
+        end = p + f.value_len
+        while p < end and n < MAX_CONN_TOKENS:
+            while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
+                p += 1
+            start = p
+            while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
+                p += 1
+            if p > start:
+                tok[n] = start
+                tlen[n] = p - start
+                n += 1
+    return n
+
+
+cdef inline bint hop_by_hop(uint32_t fid, bint upgrading) noexcept:
+    if fid == FIELD_OTHER:
+        return False
+    if fid == FIELD_UPGRADE:
+        return not upgrading
+    return (fid == FIELD_CONNECTION or fid == FIELD_KEEP_ALIVE or fid == FIELD_PROXY_CONNECTION
+            or fid == FIELD_TE or fid == FIELD_TRAILER or fid == FIELD_PROXY_AUTHENTICATE
+            or fid == FIELD_PROXY_AUTHORIZATION)
+
+
+cdef inline bint replayable_method(int m) noexcept:
+    return (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_OPTIONS or m == METHOD_TRACE
+            or m == METHOD_PUT or m == METHOD_DELETE)
+
+
+cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:
+    f.kind = kind
+    f.remaining = length if length > 0 else 0
+    f.done = kind == BODY_NONE or (kind == BODY_LENGTH and length <= 0)
+    f.dechunk = False
+    f.skip = 0
+    if kind == BODY_CHUNKED:
+        chunked_init(&f.dec, lim, NULL)
+
+
+cdef Py_ssize_t frame_take(BodyFrame *f, const char *p, Py_ssize_t n) noexcept:
+    """How many of the n bytes at p belong to the body (passed on verbatim); < 0: a chunked-coding error."""
+    cdef Py_ssize_t used, total = 0, off, dlen
+    if f.done or n <= 0:
+        return 0
+    if f.kind == BODY_LENGTH:
+        used = n if n < f.remaining else <Py_ssize_t>f.remaining
+        f.remaining -= used
+        if f.remaining == 0:
+            f.done = True
+        return used
+    if f.kind == BODY_CHUNKED:
+        while total < n:
+            used = chunked_feed(&f.dec, p + total, n - total, &off, &dlen)
+            if used < 0:
+                return used
+            if used == 0:
+                break
+            total += used
+            if f.dec.state == CHUNK_DONE:
+                f.done = True
+                break
+        return total
+    return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
+
+
+cdef class HttpProxy(Acceptor):
+    """Built by dataplane/ per http listener; the listener hands it accepted fds."""
+
+    def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
+                  double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
+                  int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
+                  access_log=None):
+        cdef int size
+        self.reactor = reactor
+        self.name = name
+        self.router = router
+        self.pools = pools
+        self.tunnels = [None] * len(pools)
+        self.labels = [[e["address"] for e in (<HttpPool>p).cluster.endpoints()] for p in pools]
+        limits_init(&self.limits)
+        self.limits.max_start_line = max_request_line
+        self.limits.max_header_bytes = max_header_bytes
+        self.limits.max_headers = max_headers
+        limits_init(&self.resp_limits)
+        # A receive buffer holds a whole head: start line and fields, with room to spare.
+        size = max(reactor.buffers.size, max_request_line + max_header_bytes + 4096)
+        self.buffers = BufferPool(256, size) if size > reactor.buffers.size else reactor.buffers
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.forwarded = forwarded_headers
+        self.rid_name = request_id_header.lower().encode("ascii")
+        self.access_log = access_log
+        self.head = None
+
+    cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
+        cdef Downstream d = Downstream.__new__(Downstream)
+        d.proxy = self
+        d.fd = fd
+        d.state = DS_HEAD
+        d.deadline = self.reactor.now + self.header_timeout
+        d.cluster = -1
+        d.route = -1
+        if peer.ss_family == AF_INET:
+            inet_ntop(AF_INET, &(<sockaddr_in *>peer).sin_addr, d.peer, sizeof(d.peer))
+        elif peer.ss_family == AF_INET6:
+            inet_ntop(AF_INET6, &(<sockaddr_in6 *>peer).sin6_addr, d.peer, sizeof(d.peer))
+        else:
+            d.peer[0] = 0
+        d.peer_len = len(<bytes>d.peer)
+        d.next = self.head
+        if self.head is not None:
+            self.head.prev = d
+        self.head = d
+        self.active += 1
+        self.accepted += 1
+        if self.reactor.add(fd, d, 0, DOWNSTREAM_EVENTS) < 0:
+            d.close()
+
+    cdef void unlink(self, Downstream d) noexcept:
+        if d.prev is not None:
+            d.prev.next = d.next
+        else:
+            self.head = d.next
+        if d.next is not None:
+            d.next.prev = d.prev
+        d.prev = None
+        d.next = None
+        self.active -= 1
+
+    cdef object tunnel_for(self, int cluster):
+        cdef TcpProxy t = self.tunnels[cluster]
+        cdef HttpPool pool
+        if t is None:
+            pool = self.pools[cluster]
+            t = TcpProxy(self.reactor, pool.cluster, self.name, 3600.0, True)
+            self.reactor.add_sweeper(t)
+            self.tunnels[cluster] = t
+        return t
+
+    cdef void sweep(self, double now) noexcept:
+        """Header, idle, connect, response and closing deadlines: a walk of the open connections."""
+        cdef Downstream d = self.head
+        cdef Downstream nxt
+        while d is not None:
+            nxt = d.next
+            if d.state == DS_EXCHANGE:
+                if d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
+                    d.up.fail(0)
+                elif not d.resp_head_done and now >= d.deadline:
+                    d.respond_error(504, "Gateway Timeout", "response timeout", False)
+                    d.run()
+            elif now >= d.deadline:
+                if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
+                    d.respond_error(408, "Request Timeout", "header timeout", False)
+                    d.run()
+                else:
+                    d.close()
+            d = nxt
+
+    def drain(self):
+        """Stop keeping connections alive: idle ones close now, busy ones after their current answer."""
+        cdef Downstream d = self.head
+        cdef Downstream nxt
+        self.draining = True
+        while d is not None:
+            nxt = d.next
+            if d.state == DS_IDLE or (d.state == DS_HEAD and rb_avail(&d.rbuf) == 0):
+                d.close()
+            elif d.state == DS_EXCHANGE:
+                d.client_keep = False
+            d = nxt
+        self.reactor.graveyard.clear()
+
+    def close_all(self):
+        while self.head is not None:
+            self.head.close()
+        for pool in self.pools:
+            pool.close_idle()
+        for t in self.tunnels:
+            if t is not None:
+                t.close_all()
+        self.reactor.graveyard.clear()
+
+    @property
+    def status_classes(self):
+        return {f"{i}xx": self.classes[i] for i in range(1, 6)}
+
+    @property
+    def tunnel_count(self):
+        return sum(t.active for t in self.tunnels if t is not None)
+
+
+@cython.final
+cdef class Downstream(UpstreamUser):
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    cdef void on_events(self, uint32_t events, int side) noexcept:
+        if self.state == DS_CLOSED:
+            return
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.hangup = True
+        if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            self.writable = True
+        self.run()
+
+    cdef void upstream_ready(self, Upstream up) noexcept:
+        if up is self.up:
+            self.run()
+
+    cdef void upstream_failed(self, Upstream up, int err) noexcept:
+        """A connect failed or timed out: the request never reached a backend, so another endpoint may take it."""
+        cdef int ep = up.endpoint
+        if up is not self.up:
+            return
+        self.drop_upstream(False)
+        if self.take_upstream(ep):
+            self.run()
+            return
+        if err == ECONNREFUSED:
+            self.respond_error(503, "Service Unavailable", "connect refused", self.req_done)
+        elif err == 0:
+            self.respond_error(503, "Service Unavailable", "connect timeout", self.req_done)
+        else:
+            self.respond_error(503, "Service Unavailable", "connect failed", self.req_done)
+        self.run()
+
+    # ---- the driver ------------------------------------------------------------------------------
+
+    cdef void run(self) noexcept:
+        cdef int r, rounds = 0
+        cdef Py_ssize_t pending
+        while rounds < 32:
+            rounds += 1
+            if self.state == DS_HEAD or self.state == DS_IDLE:
+                if self.read_request() <= 0:
+                    return
+            elif self.state == DS_EXCHANGE:
+                if self.step_exchange() <= 0:
+                    return
+            elif self.state == DS_CLOSING or self.state == DS_UPGRADING:
+                if not self.writable and ob_pending(&self.out):
+                    return
+                r = ob_flush(&self.out, self.fd)
+                if r == 0:
+                    self.writable = False
+                    return
+                if r > 0 and self.state == DS_UPGRADING:
+                    self.upgrade()
+                else:
+                    self.close()
+                return
+            else:
+                return
+        # Fairness: a connection with more work (pipelined requests) continues on the next loop turn.
+        self.proxy.reactor.again(self)
+
+    cdef void on_again(self) noexcept:
+        self.run()
+
+    # ---- request head ----------------------------------------------------------------------------
+
+    cdef int read_request(self) noexcept:
+        """1 when an exchange started (or the state changed), 0 to wait for events, -1 when closed."""
+        cdef Py_ssize_t n, avail, room
+        cdef int r
+        if ob_pending(&self.out):
+            # Answers leave in order: the previous one must be gone before the next request starts.
+            if not self.writable:
+                return 0
+            r = ob_flush(&self.out, self.fd)
+            if r < 0:
+                self.close()
+                return -1
+            if r == 0:
+                self.writable = False
+                return 0
+        while True:
+            avail = rb_avail(&self.rbuf)
+            if avail > 0:
+                if self.state == DS_IDLE:
+                    self.state = DS_HEAD
+                    self.deadline = self.proxy.reactor.now + self.proxy.header_timeout
+                n = parse_request(self.rbuf.data + self.rbuf.start, avail, &SCRATCH, &self.proxy.limits)
+                if n > 0:
+                    return self.begin_exchange(n)
+                if n < 0:
+                    self.respond_error(error_status(<int>n), error_reason(<int>n).decode(), "bad request", False)
+                    return 1
+            if not self.readable:
+                rb_release_if_empty(&self.rbuf, self.proxy.buffers)
+                return 0
+            room = self.proxy.buffers.size - self.rbuf.end if self.rbuf.data != NULL else self.proxy.buffers.size
+            n = rb_read(&self.rbuf, self.fd, self.proxy.buffers)
+            if n > 0:
+                self.proxy.bytes_in += n
+                if n < room and not self.hangup:
+                    self.readable = False     # a short read emptied the socket; new bytes raise a new edge
+                continue
+            if n == 0:
+                # The client closed: quietly between requests, and also mid-head (nobody to answer).
+                self.close()
+                return -1
+            if n == -2:
+                self.respond_error(431, "Request Header Fields Too Large", "bad request", False)
+                return 1
+            if errno == EAGAIN:
+                self.readable = False
+                rb_release_if_empty(&self.rbuf, self.proxy.buffers)
+                return 0
+            self.close()
+            return -1
+
+    cdef int begin_exchange(self, Py_ssize_t head_len) noexcept:
+        cdef HttpProxy proxy = self.proxy
+        cdef Head *h = &SCRATCH
+        cdef const char *buf = self.rbuf.data + self.rbuf.start
+        cdef long long length
+        cdef int kind, route
+        self.started = proxy.reactor.now
+        self.ex_in = head_len
+        self.ex_out = 0
+        self.status = 0
+        self.req_method = h.method
+        self.req_minor = h.minor_version
+        self.req_upgrade = h.upgrade and h.conn_upgrade
+        self.req_expect = h.expect_continue
+        self.resp_started = False
+        self.resp_head_done = False
+        self.resp_done = False
+        self.req_ready = 0
+        self.resp_ready = 0
+        self.attempts = 0
+        kind = request_body(h, &length)
+        if kind < 0:
+            self.respond_error(error_status(kind), error_reason(kind).decode(), "bad request", False)
+            return 1
+        frame_init(&self.req_body, kind, length, &proxy.limits)
+        self.req_done = self.req_body.done
+        self.client_keep = keep_alive(h, kind) and not proxy.draining
+        if proxy.access_log is not None:
+            self.log_fields = self.describe(buf, h)
+        route = proxy.router.match(buf, h)
+        if route < 0:
+            self.rbuf.start += head_len
+            self.respond_error(404, "Not Found", "no route", self.req_done)
+            return 1
+        self.route = route
+        self.cluster = proxy.router.cluster(route)
+        self.pool = <HttpPool>proxy.pools[self.cluster]
+        self.build_request_head(buf, h)
+        self.rbuf.start += head_len
+        self.state = DS_EXCHANGE
+        self.deadline = proxy.reactor.now + self.pool.response_timeout
+        if not self.take_upstream(-1):
+            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        return 1
+
+    cdef object describe(self, const char *buf, Head *h):
+        """(method, authority, path) for the access log; built only when the log is on."""
+        cdef HeaderField *f
+        method = buf[h.method_off:h.method_off + h.method_len]
+        target = buf[h.target_off:h.target_off + h.target_len]
+        authority = b""
+        if h.host_index >= 0:
+            f = &h.headers[h.host_index]
+            authority = buf[f.value_off:f.value_off + f.value_len]
+        return (method, authority, target)
+
+    # ---- upstream --------------------------------------------------------------------------------
+
+    cdef bint take_upstream(self, int avoid) noexcept:
+        """Acquire a connection for the current request; False when no endpoint is left to try."""
+        cdef int err = 0
+        cdef Upstream up
+        if self.attempts >= self.pool.cluster.connect_attempts:
+            return False
+        self.attempts += 1
+        up = self.pool.acquire(self, avoid, &err)
+        if up is None:
+            return False
+        self.up = up
+        self.reqhead_sent = 0
+        self.pool.cluster.balancer.request_start(up.endpoint)
+        return True
+
+    cdef void drop_upstream(self, bint reuse) noexcept:
+        cdef Upstream up = self.up
+        if up is None:
+            return
+        self.up = None
+        self.pool.cluster.balancer.request_end(up.endpoint)
+        if reuse:
+            self.pool.release(up)
+        else:
+            up.close()
+
+    # ---- the exchange ----------------------------------------------------------------------------
+
+    cdef int step_exchange(self) noexcept:
+        """Move whatever can move; 1 when the exchange ended (state changed), 0 to wait, -1 when closed."""
+        cdef Upstream up = self.up
+        cdef Py_ssize_t n
+        cdef int r
+        if up is None:
+            return 0
+        if up.state == UP_CONNECTING:
+            return 0
+        # 1. the request head
+        if self.reqhead_sent < self.reqhead.len:
+            if up.writable:
+                n = send(up.fd, self.reqhead.data + self.reqhead_sent, self.reqhead.len - self.reqhead_sent,
+                         MSG_NOSIGNAL | MSG_DONTWAIT)
+                if n > 0:
+                    self.reqhead_sent += n
+                    if self.reqhead_sent < self.reqhead.len:
+                        up.writable = False
+                elif errno == EAGAIN:
+                    up.writable = False
+                else:
+                    return self.upstream_lost()
+        # 2. the request body
+        if self.reqhead_sent == self.reqhead.len and not self.req_done:
+            r = self.pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
+                               &self.req_body, &self.req_ready, True)
+            if r == 1:
+                self.req_done = True
+            elif r == -1:
+                # The client went away mid-body: nothing to answer, and the upstream is mid-message.
+                self.close()
+                return -1
+            elif r == -2:
+                return self.upstream_lost()
+            elif r == -3:
+                self.respond_error(400, "Bad Request", "bad request", False)
+                return 1
+        # 3. the response head
+        if not self.resp_head_done:
+            r = self.read_response_head()
+            if self.state != DS_EXCHANGE:
+                return 1
+            if ob_pending(&self.out) and self.writable:
+                # An interim answer (100 Continue) must reach the client now: it may be waiting for it.
+                if ob_flush(&self.out, self.fd) == 0:
+                    self.writable = False
+            if r <= 0:
+                return r
+            up = self.up
+        # 4. the response body
+        if not self.resp_done:
+            r = self.pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
+                               &self.resp_body, &self.resp_ready, False)
+            if r == 1:
+                self.resp_done = True
+            elif r == -1 or r == -3:
+                # The upstream broke mid-body: the client got a head already, so only a close can tell it.
+                self.close()
+                return -1
+            elif r == -2:
+                self.close()
+                return -1
+        if self.resp_done:
+            if ob_pending(&self.out):
+                if not self.writable:
+                    return 0
+                r = ob_flush(&self.out, self.fd)
+                if r < 0:
+                    self.close()
+                    return -1
+                if r == 0:
+                    self.writable = False
+                    return 0
+            return self.finish_exchange()
+        return 0
+
+    cdef int upstream_lost(self) noexcept:
+        """The upstream connection failed before the response head: replay or answer 502."""
+        cdef Upstream up = self.up
+        cdef int ep = up.endpoint
+        cdef bint was_reused = up.reused
+        self.drop_upstream(False)
+        if (was_reused and not self.resp_started and self.req_body.kind == BODY_NONE
+                and replayable_method(self.req_method)):
+            # A keep-alive connection the server had already closed: the request is whole in reqhead.
+            if self.take_upstream(-1):
+                return 1
+        self.respond_error(502, "Bad Gateway", "reset", self.req_done)
+        return 1
+
+    cdef int read_response_head(self) noexcept:
+        cdef Upstream up = self.up
+        cdef Py_ssize_t n, room
+        while True:
+            if rb_avail(&up.rbuf) > 0:
+                n = parse_response(up.rbuf.data + up.rbuf.start, rb_avail(&up.rbuf), &SCRATCH,
+                                   &self.proxy.resp_limits)
+                if n > 0:
+                    if self.on_response_head(n) < 0:
+                        return 1
+                    if self.resp_head_done or self.state != DS_EXCHANGE:
+                        return 1
+                    continue
+                if n < 0:
+                    self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                    return 1
+            if not up.readable:
+                return 0
+            room = self.proxy.reactor.buffers.size - up.rbuf.end if up.rbuf.data != NULL \
+                else self.proxy.reactor.buffers.size
+            n = rb_read(&up.rbuf, up.fd, self.proxy.reactor.buffers)
+            if n > 0:
+                self.resp_started = True
+                if n < room and not up.hangup:
+                    up.readable = False
+                continue
+            if n == -2:
+                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                return 1
+            if n < 0 and errno == EAGAIN:
+                up.readable = False
+                return 0
+            # EOF or reset before a whole head.
+            if self.resp_started:
+                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                return 1
+            return self.upstream_lost()
+
+    cdef int on_response_head(self, Py_ssize_t head_len) noexcept:
+        cdef Head *h = &SCRATCH
+        cdef Upstream up = self.up
+        cdef const char *buf = up.rbuf.data + up.rbuf.start
+        cdef long long length
+        cdef int kind, status = h.status
+        if 100 <= status < 200 and status != 101:
+            # Interim answers: 100 only to a client that asked for it; 102/103 pass on.
+            if status != 100 or self.req_expect:
+                self.build_response_head(buf, h, False)
+            up.rbuf.start += head_len
+            return 0
+        kind = response_body(h, self.req_method, self.req_upgrade, &length)
+        if kind < 0:
+            self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+            return -1
+        self.status = status
+        frame_init(&self.resp_body, kind, length, &self.proxy.resp_limits)
+        self.up_keep = keep_alive(h, kind)
+        if kind == BODY_UNTIL_CLOSE:
+            self.client_keep = False
+        elif kind == BODY_CHUNKED and self.req_minor == 0:
+            # An HTTP/1.0 client knows no chunked coding: send the data alone and end it with the close.
+            self.resp_body.dechunk = True
+            self.client_keep = False
+        if kind == BODY_TUNNEL:
+            self.build_response_head(buf, h, True)
+            up.rbuf.start += head_len
+            self.resp_head_done = True
+            self.state = DS_UPGRADING
+            return -1
+        self.build_response_head(buf, h, False)
+        up.rbuf.start += head_len
+        self.resp_head_done = True
+        return 0
+
+    cdef int pump_body(self, RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
+                       OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept:
+        """Pass a body from src to dfd: 1 done, 0 blocked, -1 source closed/failed early, -2 destination
+        failed, -3 framing error. The destination's queued head (dpend) goes first."""
+        cdef Py_ssize_t n, avail, room, off, dlen
+        cdef BufferPool pool = self.proxy.buffers if request else self.proxy.reactor.buffers
+        cdef int r
+        while True:
+            if dpend != NULL and ob_pending(dpend):
+                if not d_writable[0]:
+                    return 0
+                r = ob_flush(dpend, dfd)
+                if r < 0:
+                    return -2
+                if r == 0:
+                    d_writable[0] = False
+                    return 0
+            if ready[0] > 0:
+                if not d_writable[0]:
+                    return 0
+                n = send(dfd, src.data + src.start, ready[0], MSG_NOSIGNAL | MSG_DONTWAIT)
+                if n > 0:
+                    src.start += n
+                    ready[0] -= n
+                    if request:
+                        self.ex_in += n
+                    else:
+                        self.ex_out += n
+                    if ready[0] > 0:
+                        d_writable[0] = False
+                    else:
+                        src.start += f.skip
+                        f.skip = 0
+                    continue
+                if n < 0 and errno == EAGAIN:
+                    d_writable[0] = False
+                    return 0
+                return -2
+            if f.done:
+                return 1
+            avail = src.end - src.start if src.data != NULL else 0
+            if avail > 0 and f.dechunk:
+                n = chunked_feed(&f.dec, src.data + src.start, avail, &off, &dlen)
+                if n < 0:
+                    return -3
+                if f.dec.state == CHUNK_DONE:
+                    f.done = True
+                if n > 0:
+                    # Drop the framing around the data span; send the span alone.
+                    src.start += off
+                    ready[0] = dlen
+                    f.skip = n - off - dlen
+                    if dlen == 0:
+                        src.start += f.skip
+                        f.skip = 0
+                    continue
+            elif avail > 0:
+                n = frame_take(f, src.data + src.start, avail)
+                if n < 0:
+                    return -3
+                if n > 0:
+                    ready[0] = n
+                    continue
+                if f.done:
+                    return 1
+            if not s_readable[0]:
+                rb_release_if_empty(src, pool)
+                return 0
+            room = pool.size - src.end if src.data != NULL else pool.size
+            n = rb_read(src, sfd, pool)
+            if n > 0:
+                if request:
+                    self.proxy.bytes_in += n
+                if n < room and not s_hangup:
+                    s_readable[0] = False
+                continue
+            if n == 0:
+                if f.kind == BODY_UNTIL_CLOSE:
+                    f.done = True
+                    return 1
+                return -1
+            if n == -2:
+                return -3
+            if errno == EAGAIN:
+                s_readable[0] = False
+                rb_release_if_empty(src, pool)
+                return 0
+            return -1
+
+    cdef int finish_exchange(self) noexcept:
+        cdef HttpProxy proxy = self.proxy
+        cdef Upstream up = self.up
+        cdef int cls
+        endpoint = up.endpoint if up is not None else -1
+        if not self.req_done:
+            # The upstream answered before the request body ended: the next request's start is unknown.
+            self.client_keep = False
+        self.drop_upstream(self.up_keep and self.req_done)
+        proxy.requests += 1
+        cls = self.status // 100
+        if 1 <= cls <= 5:
+            proxy.classes[cls] += 1
+        proxy.bytes_out += self.ex_out
+        if proxy.access_log is not None:
+            self.log_request(endpoint)
+        self.up_keep = False
+        if self.client_keep:
+            self.state = DS_IDLE
+            self.deadline = proxy.reactor.now + proxy.idle_timeout
+            rb_release_if_empty(&self.rbuf, proxy.buffers)
+        else:
+            self.state = DS_CLOSING
+            self.deadline = proxy.reactor.now + CLOSE_GRACE
+        return 1
+
+    cdef void log_request(self, int endpoint):
+        proxy = self.proxy
+        method, authority, path = self.log_fields or (b"", b"", b"")
+        label = proxy.labels[self.cluster][endpoint] if endpoint >= 0 and self.cluster >= 0 else "-"
+        try:
+            proxy.access_log((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"),
+                              self.status, self.ex_in, self.ex_out, label,
+                              proxy.reactor.now - self.started))
+        except Exception:
+            pass
+        self.log_fields = None
+
+    # ---- heads -----------------------------------------------------------------------------------
+
+    cdef void build_request_head(self, const char *buf, Head *h) noexcept:
+        cdef HttpProxy proxy = self.proxy
+        cdef Router router = proxy.router
+        cdef OutBuf *o = &self.reqhead
+        cdef HeaderField *f
+        cdef const char *tok[16]
+        cdef Py_ssize_t tlen[16]
+        cdef int ntok = 0, i, route = self.route
+        cdef Py_ssize_t n, cap
+        cdef Span block
+        cdef bint removes = router.removes_any(route)
+        cdef bint has_rid = False
+        cdef bint upgrading = self.req_upgrade
+        cdef const char *rid = proxy.rid_name
+        cdef Py_ssize_t rid_len = len(proxy.rid_name)
+        cdef char idbuf[32]
+        o.off = 0
+        o.len = 0
+        ob_add(o, buf + h.method_off, h.method_len)
+        ob_add(o, " ", 1)
+        cap = h.target_len + router.max_growth + 16
+        if ob_reserve(o, cap) == 0:
+            n = router.rewrite_target(route, buf, h, o.data + o.len, cap)
+            if n > 0:
+                o.len += n
+        ob_add(o, " HTTP/1.1\r\n", 11)
+        if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+            ntok = connection_tokens(buf, h, tok, tlen)
+        for i in range(h.num_headers):
+            f = &h.headers[i]
+            if hop_by_hop(f.id, upgrading):
+                continue
+            if f.id == FIELD_OTHER:
+                if ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+                    continue
+                if removes and router.removes(route, buf + f.name_off, f.name_len):
+                    continue
+                if proxy.forwarded and name_is(buf + f.name_off, f.name_len, "x-forwarded-proto", 17):
+                    continue
+                if rid_len and name_is(buf + f.name_off, f.name_len, rid, rid_len):
+                    has_rid = True
+            # The field line as received ("Name: value"), one copy.
+            ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
+            ob_add(o, "\r\n", 2)
+        if upgrading:
+            ob_add(o, CONN_UPGRADE, len(CONN_UPGRADE))
+        if proxy.forwarded:
+            ob_add(o, "X-Forwarded-For: ", 17)
+            ob_add(o, self.peer, self.peer_len)
+            ob_add(o, "\r\n", 2)
+            ob_add(o, XFP, len(XFP))
+            ob_add(o, VIA, len(VIA))
+        if rid_len and not has_rid:
+            self.random_id(idbuf)
+            ob_add(o, rid, rid_len)
+            ob_add(o, ": ", 2)
+            ob_add(o, idbuf, 32)
+            ob_add(o, "\r\n", 2)
+        block = router.add_request_headers(route)
+        if block.len > 0:
+            ob_add(o, block.ptr, block.len)
+        ob_add(o, "\r\n", 2)
+
+    cdef void random_id(self, char *out) noexcept:
+        """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
+        cdef unsigned long long r
+        cdef int i, j
+        cdef const char *hexd = HEX
+        for i in range(2):
+            r = self.pool.cluster.balancer.next_random()
+            for j in range(16):
+                out[i * 16 + j] = hexd[(r >> (4 * j)) & 15]
+
+    cdef void build_response_head(self, const char *buf, Head *h, bint tunnel) noexcept:
+        cdef HttpProxy proxy = self.proxy
+        cdef OutBuf *o = &self.out
+        cdef HeaderField *f
+        cdef const char *tok[16]
+        cdef Py_ssize_t tlen[16]
+        cdef int ntok = 0, i
+        cdef Span block
+        cdef char line[16]
+        snprintf(line, sizeof(line), "HTTP/1.1 %03d ", h.status)
+        ob_add(o, line, 13)
+        ob_add(o, buf + h.reason_off, h.reason_len)
+        ob_add(o, "\r\n", 2)
+        if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+            ntok = connection_tokens(buf, h, tok, tlen)
+        for i in range(h.num_headers):
+            f = &h.headers[i]
+            if hop_by_hop(f.id, tunnel):
+                continue
+            if f.id == FIELD_OTHER and ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+                continue
+            if f.id == FIELD_TRANSFER_ENCODING and self.resp_body.dechunk:
+                continue
+            ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
+            ob_add(o, "\r\n", 2)
+        if h.status >= 200 or h.status == 101:
+            if self.route >= 0:
+                block = proxy.router.add_response_headers(self.route)
+                if block.len > 0:
+                    ob_add(o, block.ptr, block.len)
+            if proxy.forwarded:
+                ob_add(o, VIA, len(VIA))
+            if tunnel:
+                ob_add(o, CONN_UPGRADE, len(CONN_UPGRADE))
+            elif not self.client_keep:
+                ob_add(o, CONN_CLOSE, len(CONN_CLOSE))
+            elif self.req_minor == 0:
+                ob_add(o, CONN_KEEP, len(CONN_KEEP))
+        ob_add(o, "\r\n", 2)
+
+    # ---- endings ---------------------------------------------------------------------------------
+
+    cdef void respond_error(self, int status, str reason, str cause, bint keep) noexcept:
+        """Answer the current request with an error of ours; keep the connection only when allowed."""
+        cdef HttpProxy proxy = self.proxy
+        cdef bytes body, head
+        cdef int cls = status // 100
+        if self.up is not None:
+            endpoint = self.up.endpoint
+        else:
+            endpoint = -1
+        self.drop_upstream(False)
+        if self.resp_head_done:
+            self.close()
+            return
+        keep = keep and self.client_keep and self.req_done
+        body = f"{reason}: {cause}\n".encode() if cause not in ("bad request", "no route") else \
+            (f"no route for this request\n".encode() if cause == "no route" else f"{reason}\n".encode())
+        head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
+                f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}\r\n").encode()
+        ob_add(&self.out, head, len(head))
+        if self.req_method != METHOD_HEAD or self.state != DS_EXCHANGE:
+            ob_add(&self.out, body, len(body))
+        self.status = status
+        proxy.requests += 1
+        if 1 <= cls <= 5:
+            proxy.classes[cls] += 1
+        if proxy.access_log is not None:
+            self.log_request(endpoint)
+        self.resp_head_done = False
+        self.resp_done = True
+        if keep:
+            self.state = DS_IDLE
+            self.deadline = proxy.reactor.now + proxy.idle_timeout
+        else:
+            self.state = DS_CLOSING
+            self.deadline = proxy.reactor.now + CLOSE_GRACE
+            self.client_keep = False
+
+    cdef void upgrade(self) noexcept:
+        """The 101 answer is out: hand both sockets and any buffered bytes to a TCP relay."""
+        cdef HttpProxy proxy = self.proxy
+        cdef Upstream up = self.up
+        cdef TcpProxy tunnel = <TcpProxy>proxy.tunnel_for(self.cluster)
+        cdef int dfd = self.fd, ufd = up.fd
+        self.up = None
+        self.fd = -1
+        up.fd = -1
+        self.pool.active -= 1
+        TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf)
+        up.close()
+        self.close()
+
+    cdef void close(self) noexcept:
+        cdef HttpProxy proxy = self.proxy
+        if self.state == DS_CLOSED:
+            return
+        self.state = DS_CLOSED
+        self.drop_upstream(False)
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+        rb_free(&self.rbuf, proxy.buffers)
+        ob_free(&self.out)
+        ob_free(&self.reqhead)
+        self.log_fields = None
+        proxy.reactor.bury(self)
+        proxy.unlink(self)

@@ -1,0 +1,57 @@
+# Upstream HTTP/1 connections and the per-cluster pools that keep idle ones for reuse.
+
+from fastmesh._core.buffer cimport RecvBuf, OutBuf
+from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor
+from fastmesh._core.cluster cimport Cluster
+
+
+cdef enum UpstreamState:
+    UP_CONNECTING = 1          # connect under way; the request head may already wait in `out`
+    UP_ACTIVE = 2              # serving an exchange for `user`
+    UP_IDLE = 3                # kept in the pool, no user; any event means the server closed it
+    UP_CLOSED = 4
+
+
+cdef class UpstreamUser(EventTarget):
+    # Whoever drives an exchange on an upstream connection (the downstream HTTP/1 connection).
+    cdef void upstream_ready(self, Upstream up) noexcept      # readiness of up changed: run the exchange
+    cdef void upstream_failed(self, Upstream up, int err) noexcept   # connect failed (err) or timed out (0)
+
+
+cdef class Upstream(EventTarget):
+    # One connection to an endpoint of a cluster.
+    cdef HttpPool pool                     # the pool it belongs to
+    cdef UpstreamUser user                 # the exchange using it, None while idle
+    cdef Upstream prev                     # neighbours in the pool's idle list of its endpoint
+    cdef Upstream next
+    cdef int fd                            # the socket; -1 once closed
+    cdef int endpoint                      # endpoint index in the cluster
+    cdef int state                         # UpstreamState
+    cdef bint readable                     # edge-triggered readiness, cleared on EAGAIN/short read
+    cdef bint writable
+    cdef bint hangup                       # the server's FIN/RST was seen
+    cdef bint reused                       # served an exchange before this one (a stale keep-alive may fail)
+    cdef RecvBuf rbuf                      # bytes read from the server
+    cdef OutBuf out                        # request head (and chunk lines) waiting to be sent
+    cdef double deadline                   # connect deadline while connecting; idle expiry while idle
+
+    cdef void fail(self, int err) noexcept
+    cdef void close(self) noexcept
+
+
+cdef class HttpPool(Sweeper):
+    # Per cluster: picks endpoints (through the cluster's balancer) and reuses idle connections to them.
+    cdef Reactor reactor                   # epoll set the connections register in
+    cdef readonly Cluster cluster          # endpoints, balancer, connect-failure marks
+    cdef list idle_heads                   # per endpoint: first idle Upstream or None
+    cdef int *idle_count                   # per endpoint: idle connections held
+    cdef readonly int max_idle             # idle connections kept per endpoint
+    cdef readonly double idle_timeout      # seconds an idle connection is kept
+    cdef readonly double response_timeout  # seconds from request sent to response head
+    cdef readonly unsigned long long opened    # connections opened, ever
+    cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
+    cdef readonly long active              # connections open now (idle included)
+
+    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err)
+    cdef void release(self, Upstream up) noexcept
+    cdef void unlink_idle(self, Upstream up) noexcept

@@ -1,0 +1,206 @@
+"""Upstream HTTP/1 connections and per-cluster pools of idle keep-alive connections.
+
+acquire() asks the cluster's balancer for an endpoint, then reuses the most recently idled connection to it
+(LIFO keeps few connections warm) or opens a new one. Idle connections stay registered in the reactor: any
+event on one (the server closed it, or sent bytes nobody asked for) closes it, so a dead connection is rarely
+handed out. The tick closes connections idle past idle_timeout; at most max_idle are kept per endpoint.
+"""
+from libc.stdint cimport uint32_t
+from libc.stdlib cimport calloc, free
+
+from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
+from fastmesh._core.includes.system cimport (
+    close, errno, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, socklen_t,
+    SOL_SOCKET, SO_ERROR,
+)
+from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
+from fastmesh._core.cluster cimport Cluster
+
+cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+
+
+cdef class UpstreamUser(EventTarget):
+    cdef void upstream_ready(self, Upstream up) noexcept:
+        pass
+
+    cdef void upstream_failed(self, Upstream up, int err) noexcept:
+        pass
+
+
+cdef class Upstream(EventTarget):
+
+    cdef void on_events(self, uint32_t events, int side) noexcept:
+        cdef int err = 0
+        cdef socklen_t errlen = sizeof(err)
+        cdef UpstreamUser user
+        if self.state == UP_CLOSED:
+            return
+        if self.state == UP_IDLE:
+            # Nothing is expected from an idle connection: a FIN, RST or stray bytes all end it. EPOLLOUT
+            # alone (a freed send buffer) is harmless.
+            if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.pool.unlink_idle(self)
+                self.close()
+            return
+        if self.state == UP_CONNECTING:
+            if events & (EPOLLERR | EPOLLHUP):
+                getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &errlen)
+                self.fail(err)
+                return
+            if not (events & EPOLLOUT):
+                return
+            self.state = UP_ACTIVE
+            self.pool.cluster.connect_succeeded(self.endpoint)
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.hangup = True
+        if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+            self.writable = True
+        user = self.user
+        if user is not None:
+            user.upstream_ready(self)
+
+    cdef void fail(self, int err) noexcept:
+        """The connect failed (err from SO_ERROR) or timed out (err 0): mark the endpoint, tell the user."""
+        cdef UpstreamUser user = self.user
+        self.pool.cluster.connect_failed(self.endpoint, err, self.pool.reactor.now)
+        self.close()
+        if user is not None:
+            user.upstream_failed(self, err)
+
+    cdef void close(self) noexcept:
+        cdef HttpPool pool = self.pool
+        if self.state == UP_CLOSED:
+            return
+        self.state = UP_CLOSED
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+            pool.active -= 1
+        rb_free(&self.rbuf, pool.reactor.buffers)
+        ob_free(&self.out)
+        self.user = None
+        pool.reactor.bury(self)
+
+    @property
+    def endpoint_index(self):
+        return self.endpoint
+
+
+cdef class HttpPool(Sweeper):
+
+    def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
+                  double response_timeout=15.0):
+        cdef int n = len(cluster.endpoints())
+        self.reactor = reactor
+        self.cluster = cluster
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.response_timeout = response_timeout
+        self.idle_heads = [None] * n
+        self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
+        if self.idle_count == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.idle_count)
+
+    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err):
+        """An upstream connection for user: idle and ready, or connecting (its events will tell). None when no
+        endpoint can be tried; err[0] is then the last errno (0: the cluster has no endpoint up)."""
+        cdef Cluster cluster = self.cluster
+        cdef Upstream up
+        cdef int ep, fd, tries = 0
+        err[0] = 0
+        while tries < cluster.connect_attempts:
+            ep = cluster.choose(avoid)
+            if ep < 0:
+                return None
+            tries += 1
+            up = <Upstream>self.idle_heads[ep]
+            if up is not None:
+                self.unlink_idle(up)
+                up.state = UP_ACTIVE
+                up.user = user
+                up.reused = True
+                self.reuses += 1
+                return up
+            fd = cluster.open_socket(ep)
+            if fd < 0:
+                err[0] = -fd
+                cluster.connect_failed(ep, -fd, self.reactor.now)
+                avoid = ep
+                continue
+            up = Upstream.__new__(Upstream)
+            up.pool = self
+            up.user = user
+            up.fd = fd
+            up.endpoint = ep
+            up.state = UP_CONNECTING
+            up.deadline = self.reactor.now + cluster.connect_timeout
+            if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
+                err[0] = errno
+                close(fd)
+                return None
+            self.opened += 1
+            self.active += 1
+            return up
+        return None
+
+    cdef void release(self, Upstream up) noexcept:
+        """An exchange ended cleanly on up: keep it for the next one, or close it if the pool is full."""
+        cdef int ep = up.endpoint
+        up.user = None
+        if (up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= self.max_idle
+                or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end):
+            up.close()
+            return
+        rb_free(&up.rbuf, self.reactor.buffers)
+        ob_free(&up.out)
+        up.state = UP_IDLE
+        up.deadline = self.reactor.now + self.idle_timeout
+        up.prev = None
+        up.next = <Upstream>self.idle_heads[ep]
+        if up.next is not None:
+            up.next.prev = up
+        self.idle_heads[ep] = up
+        self.idle_count[ep] += 1
+
+    cdef void unlink_idle(self, Upstream up) noexcept:
+        cdef int ep = up.endpoint
+        if up.prev is not None:
+            up.prev.next = up.next
+        else:
+            self.idle_heads[ep] = up.next
+        if up.next is not None:
+            up.next.prev = up.prev
+        up.prev = None
+        up.next = None
+        self.idle_count[ep] -= 1
+
+    cdef void sweep(self, double now) noexcept:
+        cdef int ep
+        cdef Upstream up, nxt
+        for ep in range(len(self.idle_heads)):
+            up = <Upstream>self.idle_heads[ep]
+            while up is not None:
+                nxt = up.next
+                if now >= up.deadline:
+                    self.unlink_idle(up)
+                    up.close()
+                up = nxt
+
+    def close_idle(self):
+        """Close every idle connection (shutdown)."""
+        cdef int ep
+        cdef Upstream up
+        for ep in range(len(self.idle_heads)):
+            while self.idle_heads[ep] is not None:
+                up = <Upstream>self.idle_heads[ep]
+                self.unlink_idle(up)
+                up.close()
+
+    def idle_counts(self):
+        cdef int ep
+        return [self.idle_count[ep] for ep in range(len(self.idle_heads))]
