@@ -16,7 +16,9 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fastmesh.config.schema import BALANCERS, PROTOCOLS, Admin, Cluster, Config, Demo, Endpoint, Listener
+from fastmesh.config.schema import (
+    ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route,
+)
 from fastmesh.errors import ConfigError, ConfigErrors
 
 __all__ = [
@@ -27,6 +29,13 @@ __all__ = [
 ADDRESS = '"host:port"'
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
 NAME_CHARS = 'letters, digits, "_", "-" and "."'
+HEADER_NAME = "a header name (letters, digits and !#$%&'*+-.^_`|~)"
+HEADER_VALUE = "a header value without control characters (CR, LF, NUL, ...) or whitespace at either end"
+# Headers that decide framing or belong to one connection: a route adding or removing them would
+# desynchronise the proxy and the upstream about where a message ends (request smuggling).
+PROTECTED_HEADERS = ("connection", "content-length", "host", "keep-alive", "proxy-connection", "te", "trailer",
+                     "transfer-encoding", "upgrade")
+PATH_KEYS = ("path", "path_prefix", "path_regex")
 MAX_WEIGHT = 1000
 
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -35,6 +44,14 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# RFC 9110 token: header names and methods. Methods are case-sensitive and every standard one is upper case,
+# so a lower-case letter in a configured method is taken for a typo.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_METHOD_RE = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]+")
+# A path as a request target carries it: no whitespace or controls; no "?" or "#", which end the path part.
+_PATH_RE = re.compile(r"/[^\x00-\x20\x7f?#]*")
+# Header values: no control characters but HTAB (so never CR, LF or NUL), no whitespace at either end.
+_HEADER_VALUE_RE = re.compile(r"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?")
 _TOML_POSITION_RE = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.DOTALL)
 
 
@@ -371,6 +388,9 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "balancer": _choice("balancers", BALANCERS),
     "connect_timeout": _duration(allow_zero=False),
     "connect_attempts": _whole(1),
+    "response_timeout": _duration(allow_zero=False),
+    "pool_max_idle": _whole(0),
+    "pool_idle_timeout": _duration(allow_zero=False),
 }
 
 
@@ -391,7 +411,7 @@ def _clusters(check: _Check, key: str, value: Any) -> Any:
     return BAD if any(c is None for c in clusters.values()) else clusters
 
 
-def _listener_cluster(check: _Check, key: str, value: Any) -> Any:
+def _cluster_ref(check: _Check, key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return check.bad(key, "the name of a cluster", value)
     names = check.cluster_names
@@ -400,16 +420,199 @@ def _listener_cluster(check: _Check, key: str, value: Any) -> Any:
     return value
 
 
-_LISTENER_FIELDS: dict[str, Parser] = {
+# ---- http listeners: routes and their parts ----
+
+def _route_host(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if value.startswith("*."):
+            good = _is_host(value[2:]) and not _is_ip_host(value[2:])   # "*.10.0.0.1" names nothing
+        else:
+            good = _is_host(value) or _is_ip_host(value)
+        if good:
+            return value
+    return check.bad(key, 'a host name like "api.example.com" or "*.example.com" (no port)', value)
+
+
+def _is_ip_host(text: str) -> bool:
+    """An IP literal as a Host header spells it: IPv4, or IPv6 in brackets."""
+    try:
+        if text.startswith("[") and text.endswith("]"):
+            ipaddress.IPv6Address(text[1:-1])
+        else:
+            ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _path(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _PATH_RE.fullmatch(value):
+        return value
+    return check.bad(key, 'a path starting with "/" (no spaces, control characters, "?" or "#")', value)
+
+
+def _regex(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return check.bad(key, "a Python regular expression", value)
+    try:
+        re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:
+        return check.bad(key, f"a Python regular expression ({exc})", value)
+    return value
+
+
+def _method(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _METHOD_RE.fullmatch(value):
+        return value
+    return check.bad(key, 'an HTTP method in upper case, like "GET"', value)
+
+
+def _methods(check: _Check, key: str, value: Any) -> Any:
+    items = _array(check, key, value, _method, 'an array of methods like ["GET", "HEAD"]', "at least one method")
+    return BAD if items is BAD else _all_good(items)
+
+
+def _header_name(check: _Check, key: str, value: Any, protected: bool) -> bool:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        check.bad(key, HEADER_NAME, value)
+        return False
+    if protected and value.lower() in PROTECTED_HEADERS:
+        check.bad(key, f"a header name other than {_choices(PROTECTED_HEADERS)}", value)
+        return False
+    return True
+
+
+def _headers(protected: bool) -> Parser:
+    """A table of header name -> value. Names are unique whatever their case (a repeat is a typo)."""
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return check.bad(key, 'a table of header names and values like { "x-env" = "canary" }', value)
+        errors_before = len(check.errors)
+        out: dict[str, str] = {}
+        seen: dict[str, str] = {}
+        for name, item in value.items():
+            path = _key(key, name)
+            if not _header_name(check, path, name, protected):
+                continue
+            first = seen.setdefault(name.lower(), name)
+            if first != name:
+                check.bad(path, f"a header name not already listed (as {show(first)})", name)
+            elif not isinstance(item, str) or not _HEADER_VALUE_RE.fullmatch(item):
+                check.bad(path, HEADER_VALUE, item)
+            else:
+                out[name] = item
+        return out if len(check.errors) == errors_before else BAD
+    return parse
+
+
+def _header_names(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)):
+        return check.bad(key, 'an array of header names like ["x-secret"]', value)
+    out: list[Any] = []
+    seen: dict[str, int] = {}
+    for i, name in enumerate(value):
+        path = f"{key}[{i}]"
+        if not _header_name(check, path, name, protected=True):
+            out.append(BAD)
+            continue
+        first = seen.setdefault(name.lower(), i)
+        out.append(name if first == i else check.bad(path, f"a header name not already listed at {key}[{first}]",
+                                                     name))
+    return _all_good(out)
+
+
+_ROUTE_FIELDS: dict[str, Parser] = {
+    "host": _route_host,
+    "path": _path,
+    "path_prefix": _path,
+    "path_regex": _regex,
+    "methods": _methods,
+    "headers": _headers(protected=False),
+    "cluster": _cluster_ref,
+    "rewrite_prefix": _path,
+    "add_request_headers": _headers(protected=True),
+    "remove_request_headers": _header_names,
+    "add_response_headers": _headers(protected=True),
+}
+
+
+def _route(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _ROUTE_FIELDS, {"cluster": "the name of a cluster"})
+    if not isinstance(value, Mapping):
+        return BAD
+    errors_before = len(check.errors)
+    paths = [name for name in value if name in PATH_KEYS]
+    for name in paths[1:]:
+        check.bad(_key(key, name), f'only one of {_choices(PATH_KEYS)} per route ("{paths[0]}" is set)',
+                  value[name])
+    if "rewrite_prefix" in value and "path_prefix" not in value:
+        check.bad(_key(key, "rewrite_prefix"), 'rewrite_prefix only together with "path_prefix"',
+                  value["rewrite_prefix"])
+    if fields is None or len(check.errors) != errors_before:
+        return BAD
+    return Route(**fields)
+
+
+def _routes(check: _Check, key: str, value: Any) -> Any:
+    items = _array(check, key, value, _route, "an array of [[listeners.routes]] tables", "at least one route")
+    return BAD if items is BAD else _all_good(items)
+
+
+def _request_id_header(check: _Check, key: str, value: Any) -> Any:
+    if value == "" or (isinstance(value, str) and _TOKEN_RE.fullmatch(value)):
+        return value
+    return check.bad(key, f'{HEADER_NAME}, or "" for none', value)
+
+
+def _log_path(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and value and "\x00" not in value:
+        return value
+    return check.bad(key, 'a file path, or "-" for stderr', value)
+
+
+_ACCESS_LOG_FIELDS: dict[str, Parser] = {"format": _choice("formats", ACCESS_LOG_FORMATS), "path": _log_path}
+
+
+def _access_log(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _ACCESS_LOG_FIELDS)
+    return BAD if fields is None else AccessLog(**fields)
+
+
+# ---- listeners ----
+
+_COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "name": _name,
     "listen": _address,
-    "cluster": _listener_cluster,
+    "cluster": _cluster_ref,
     "protocol": _choice("protocols", PROTOCOLS),
     "idle_timeout": _duration(allow_zero=False),
     "backlog": _whole(1, 65535),
     "splice": _flag,
 }
-_LISTENER_REQUIRED = {"name": "a listener name", "listen": ADDRESS, "cluster": "the name of a cluster"}
+_HTTP_LISTENER_FIELDS: dict[str, Parser] = {
+    "header_timeout": _duration(allow_zero=False),
+    "max_request_line": _whole(64, 1 << 20),
+    "max_header_bytes": _whole(64, 1 << 24),
+    "max_headers": _whole(1, 100),
+    "forwarded_headers": _flag,
+    "request_id_header": _request_id_header,
+    "access_log": _access_log,
+    "routes": _routes,
+}
+
+
+def _http_only(check: _Check, key: str, value: Any) -> Any:
+    check.errors.append(ConfigError(check.source, key, 'protocol = "http"',
+                                    reason='only for listeners with protocol = "http" (this one is "tcp")'))
+    return BAD
+
+
+# Each protocol's table knows every key, so a key of the other protocol is named as such, not as unknown.
+_LISTENER_FIELDS_BY_PROTOCOL: dict[str, dict[str, Parser]] = {
+    "http": {**_COMMON_LISTENER_FIELDS, **_HTTP_LISTENER_FIELDS},
+    "tcp": {**_COMMON_LISTENER_FIELDS, **{name: _http_only for name in _HTTP_LISTENER_FIELDS}},
+}
+_LISTENER_REQUIRED = {"name": "a listener name", "listen": ADDRESS}
 
 
 def _listeners(check: _Check, key: str, value: Any) -> Any:
@@ -427,7 +630,21 @@ def _listeners(check: _Check, key: str, value: Any) -> Any:
 
 
 def _listener(check: _Check, key: str, value: Any) -> Any:
-    fields = _table(check, key, value, _LISTENER_FIELDS, _LISTENER_REQUIRED)
+    protocol = value.get("protocol", Listener.protocol) if isinstance(value, Mapping) else None
+    # An unknown protocol is reported by its own key; its table is then checked as http's, the wider one.
+    fields_map = _LISTENER_FIELDS_BY_PROTOCOL.get(protocol, _LISTENER_FIELDS_BY_PROTOCOL["http"]) \
+        if isinstance(protocol, str) else _LISTENER_FIELDS_BY_PROTOCOL["http"]
+    fields = _table(check, key, value, fields_map, _LISTENER_REQUIRED)
+    if not isinstance(value, Mapping):
+        return BAD
+    if "cluster" not in value:
+        if protocol == "tcp":
+            check.missing(_key(key, "cluster"), "the name of a cluster")
+            return BAD
+        if protocol == "http" and "routes" not in value:   # a bad routes value is reported by its own key
+            check.missing(_key(key, "cluster"),
+                          "the name of a cluster, or [[listeners.routes]]: an http listener needs one of them")
+            return BAD
     if fields is None:
         return BAD
     host, port = fields.pop("listen")
@@ -516,22 +733,50 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "workers": cfg.workers,
         "drain_timeout": format_duration(cfg.drain_timeout),
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
-        "listeners": [{
-            "name": lst.name,
-            "listen": format_address(lst.host, lst.port),
-            "protocol": lst.protocol,
-            "cluster": lst.cluster,
-            "idle_timeout": format_duration(lst.idle_timeout),
-            "backlog": lst.backlog,
-            "splice": lst.splice,
-        } for lst in cfg.listeners],
+        "listeners": [_listener_dict(lst) for lst in cfg.listeners],
         "clusters": {name: {
             "endpoints": [{"address": endpoint_text(e), "weight": e.weight} for e in cluster.endpoints],
             "balancer": cluster.balancer,
             "connect_timeout": format_duration(cluster.connect_timeout),
             "connect_attempts": cluster.connect_attempts,
+            "response_timeout": format_duration(cluster.response_timeout),
+            "pool_max_idle": cluster.pool_max_idle,
+            "pool_idle_timeout": format_duration(cluster.pool_idle_timeout),
         } for name, cluster in cfg.clusters.items()},
     }
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
+    return out
+
+
+def _listener_dict(lst: Listener) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": lst.name, "listen": format_address(lst.host, lst.port), "protocol": lst.protocol}
+    if lst.cluster is not None:
+        out["cluster"] = lst.cluster
+    out.update(idle_timeout=format_duration(lst.idle_timeout), backlog=lst.backlog, splice=lst.splice)
+    if lst.protocol != "http":
+        return out
+    out.update(
+        header_timeout=format_duration(lst.header_timeout),
+        max_request_line=lst.max_request_line,
+        max_header_bytes=lst.max_header_bytes,
+        max_headers=lst.max_headers,
+        forwarded_headers=lst.forwarded_headers,
+        request_id_header=lst.request_id_header,
+    )
+    if lst.access_log is not None:
+        out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}
+    if lst.routes:
+        out["routes"] = [_route_dict(route) for route in lst.routes]
+    return out
+
+
+def _route_dict(route: Route) -> dict[str, Any]:
+    """A route's keys that are set: an absent condition matches everything, an absent edit does nothing."""
+    out: dict[str, Any] = {}
+    for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "rewrite_prefix",
+                 "add_request_headers", "remove_request_headers", "add_response_headers"):
+        value = getattr(route, name)
+        if value is not None and value != [] and value != {}:
+            out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
     return out

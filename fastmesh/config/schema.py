@@ -5,7 +5,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BALANCERS = ("round_robin", "least_request", "random")
-PROTOCOLS = ("tcp",)
+PROTOCOLS = ("tcp", "http")
+ACCESS_LOG_FORMATS = ("plain", "json")
+# Idle timeout per protocol: an HTTP keep-alive connection waits for its next request far less than an
+# L4 relay may legitimately sit silent.
+IDLE_TIMEOUTS = {"tcp": 3600.0, "http": 60.0}
 
 
 @dataclass(frozen=True)
@@ -28,19 +32,66 @@ class Cluster:
     balancer: str = "round_robin"
     connect_timeout: float = 1.0       # seconds
     connect_attempts: int = 3          # endpoints tried per connection before giving up
+    # HTTP only (a cluster used by tcp listeners ignores them):
+    response_timeout: float = 15.0     # seconds from request sent to response head received, then 504
+    pool_max_idle: int = 64            # idle keep-alive upstream connections kept per endpoint (0: none)
+    pool_idle_timeout: float = 60.0    # seconds an idle upstream connection is kept before it is closed
+
+
+@dataclass
+class AccessLog:
+    """Where and how an http listener writes one line per request."""
+    format: str = "plain"              # "plain" or "json"
+    path: str = "-"                    # file appended to; "-" is stderr
+
+
+@dataclass
+class Route:
+    """One HTTP route: conditions that all must hold, the cluster it sends to, and the edits it makes.
+
+    Conditions left at their default match every request. Names and hosts are kept as written; the
+    router folds case itself.
+    """
+    cluster: str
+    host: str | None = None            # "api.example.com" or "*.example.com" (subdomains only); port ignored
+    path: str | None = None            # the whole path (before "?") must equal this
+    path_prefix: str | None = None     # the path must start with this
+    path_regex: str | None = None      # Python re, searched in the path
+    methods: list[str] = field(default_factory=list)           # empty: any method
+    headers: dict[str, str] = field(default_factory=dict)      # name (any case) -> exact value
+    rewrite_prefix: str | None = None  # with path_prefix: replaces the matched prefix upstream
+    add_request_headers: dict[str, str] = field(default_factory=dict)
+    remove_request_headers: list[str] = field(default_factory=list)
+    add_response_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Listener:
-    """A bound address whose traffic goes to one cluster."""
+    """A bound address and what it does with its traffic: relay it (tcp) or route each request (http)."""
     name: str
     host: str
     port: int
-    cluster: str
+    cluster: str | None = None         # tcp: required; http: the default when no route matches (None: none)
     protocol: str = "tcp"
-    idle_timeout: float = 3600.0       # seconds without a byte either way before the relay is closed
+    # Seconds without a byte either way (tcp) or between requests on a keep-alive connection (http).
+    # 0 means "the protocol's default" (IDLE_TIMEOUTS), filled in by __post_init__, so the field is
+    # always a number once the object exists.
+    idle_timeout: float = 0.0
     backlog: int = 1024
     splice: bool = True                # zero-copy splice(2) relay; False uses recv/send buffers
+    # HTTP only:
+    header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
+    max_request_line: int = 8192       # bytes; longer -> 414
+    max_header_bytes: int = 65536      # bytes of the field section; more -> 431
+    max_headers: int = 100             # field lines (1..100); more -> 431
+    forwarded_headers: bool = True     # add Via, X-Forwarded-For, X-Forwarded-Proto upstream
+    request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
+    access_log: AccessLog | None = None       # None: no access log
+    routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
+
+    def __post_init__(self) -> None:
+        if not self.idle_timeout:
+            self.idle_timeout = IDLE_TIMEOUTS.get(self.protocol, IDLE_TIMEOUTS["tcp"])
 
     @property
     def address(self) -> str:

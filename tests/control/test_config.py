@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from fastmesh.config.load import (
     config_from_dict, config_to_dict, format_duration, load_config, loads_config, parse_address, parse_duration,
 )
-from fastmesh.config.schema import Admin, Cluster, Config, Demo, Endpoint, Listener
+from fastmesh.config.schema import AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route
 from fastmesh.errors import ConfigError, ConfigErrors
 
 # The smallest valid config, in parts so that each bad row changes one thing.
@@ -19,6 +19,23 @@ MINIMAL = LISTENER + CLUSTER
 
 def with_endpoints(endpoints: str) -> str:
     return LISTENER + f"[clusters.echo]\nendpoints = {endpoints}\n"
+
+
+# An http listener with its default cluster, and one route table to add keys to (HTTP + ROUTE + "key = ...").
+HTTP = LISTENER + 'protocol = "http"\n'
+HTTP_NO_DEFAULT = '[[listeners]]\nname = "web"\nlisten = "127.0.0.1:8080"\nprotocol = "http"\n'
+ROUTE = '[[listeners.routes]]\ncluster = "echo"\n'
+
+
+def http_route(*lines: str) -> str:
+    return HTTP + ROUTE + "".join(line + "\n" for line in lines) + CLUSTER
+
+
+HTTP_ONLY = 'only for listeners with protocol = "http" (this one is "tcp")'
+PROTECTED = ('["connection", "content-length", "host", "keep-alive", "proxy-connection", "te", "trailer", '
+             '"transfer-encoding", "upgrade"]')
+HEADER_VALUE = "a header value without control characters (CR, LF, NUL, ...) or whitespace at either end"
+R0 = "listeners[0].routes[0]"
 
 
 BALANCERS = '["round_robin", "least_request", "random"]'
@@ -61,8 +78,108 @@ BAD = [
      'listeners[0].listen: expected "[host]:port" with an IPv6 address in the brackets, got "[1.2.3.4]:80"'),
     (LISTENER.replace("127.0.0.1", "10.0.0.256") + CLUSTER,
      'listeners[0].listen: expected "host:port" where host is an IP address or a hostname, got "10.0.0.256:4140"'),
-    (LISTENER + 'protocol = "http"\n' + CLUSTER,
-     'listeners[0].protocol: expected one of the protocols ["tcp"], got "http"'),
+    (LISTENER + 'protocol = "udp"\n' + CLUSTER,
+     'listeners[0].protocol: expected one of the protocols ["tcp", "http"], got "udp"'),
+    # http-only keys on a tcp listener (protocol given or left at its default)
+    (LISTENER + 'header_timeout = "5s"\n' + CLUSTER, f"listeners[0].header_timeout: {HTTP_ONLY}"),
+    (LISTENER + 'protocol = "tcp"\nmax_headers = 10\n' + CLUSTER, f"listeners[0].max_headers: {HTTP_ONLY}"),
+    (LISTENER + ROUTE + CLUSTER, f"listeners[0].routes: {HTTP_ONLY}"),
+    (LISTENER + 'access_log = { format = "json" }\n' + CLUSTER, f"listeners[0].access_log: {HTTP_ONLY}"),
+    (LISTENER + "forwarded_headers = false\n" + CLUSTER, f"listeners[0].forwarded_headers: {HTTP_ONLY}"),
+    (LISTENER + 'request_id_header = ""\n' + CLUSTER, f"listeners[0].request_id_header: {HTTP_ONLY}"),
+    (LISTENER + "max_request_line = 1024\n" + CLUSTER, f"listeners[0].max_request_line: {HTTP_ONLY}"),
+    (LISTENER + "max_header_bytes = 1024\n" + CLUSTER, f"listeners[0].max_header_bytes: {HTTP_ONLY}"),
+    (LISTENER + "max_hedaers = 10\n" + CLUSTER, 'listeners[0].max_hedaers: unknown key (did you mean "max_headers"?)'),
+    # http listeners
+    (HTTP_NO_DEFAULT + CLUSTER, "listeners[0].cluster: missing key (expected the name of a cluster, or "
+                                "[[listeners.routes]]: an http listener needs one of them)"),
+    (HTTP_NO_DEFAULT + "routes = []\n" + CLUSTER, "listeners[0].routes: expected at least one route, got []"),
+    (HTTP + 'routes = "all"\n' + CLUSTER,
+     'listeners[0].routes: expected an array of [[listeners.routes]] tables, got "all"'),
+    (HTTP + 'header_timeout = "0s"\n' + CLUSTER,
+     'listeners[0].header_timeout: expected a duration above "0s", got "0s"'),
+    (HTTP + "max_headers = 0\n" + CLUSTER, "listeners[0].max_headers: expected a whole number from 1 to 100, got 0"),
+    (HTTP + "max_headers = 101\n" + CLUSTER,
+     "listeners[0].max_headers: expected a whole number from 1 to 100, got 101"),
+    (HTTP + "max_request_line = 10\n" + CLUSTER,
+     "listeners[0].max_request_line: expected a whole number from 64 to 1048576, got 10"),
+    (HTTP + "max_header_bytes = 100000000\n" + CLUSTER,
+     "listeners[0].max_header_bytes: expected a whole number from 64 to 16777216, got 100000000"),
+    (HTTP + 'forwarded_headers = "yes"\n' + CLUSTER,
+     'listeners[0].forwarded_headers: expected true or false, got "yes"'),
+    (HTTP + 'request_id_header = "x id"\n' + CLUSTER,
+     "listeners[0].request_id_header: expected a header name (letters, digits and !#$%&'*+-.^_`|~), "
+     'or "" for none, got "x id"'),
+    (HTTP + 'access_log = { format = "xml" }\n' + CLUSTER,
+     'listeners[0].access_log.format: expected one of the formats ["plain", "json"], got "xml"'),
+    (HTTP + 'access_log = { path = "" }\n' + CLUSTER,
+     'listeners[0].access_log.path: expected a file path, or "-" for stderr, got ""'),
+    (HTTP + 'access_log = { fromat = "json" }\n' + CLUSTER,
+     'listeners[0].access_log.fromat: unknown key (did you mean "format"?)'),
+    (HTTP + 'access_log = "-"\n' + CLUSTER, 'listeners[0].access_log: expected a table, got "-"'),
+    # routes
+    (HTTP + '[[listeners.routes]]\nhost = "a.example"\n' + CLUSTER,
+     f"{R0}.cluster: missing key (expected the name of a cluster)"),
+    (HTTP + '[[listeners.routes]]\ncluster = "nope"\n' + CLUSTER,
+     f'{R0}.cluster: expected one of the clusters ["echo"], got "nope"'),
+    (http_route('paht = "/"'), f'{R0}.paht: unknown key (did you mean "path"?)'),
+    (http_route('path = "/a"', 'path_prefix = "/b"'),
+     f'{R0}.path_prefix: expected only one of ["path", "path_prefix", "path_regex"] per route ("path" is set), '
+     'got "/b"'),
+    (http_route('path_regex = "^/v1"', 'path = "/a"'),
+     f'{R0}.path: expected only one of ["path", "path_prefix", "path_regex"] per route ("path_regex" is set), '
+     'got "/a"'),
+    (http_route('path = "/a"', 'rewrite_prefix = "/"'),
+     f'{R0}.rewrite_prefix: expected rewrite_prefix only together with "path_prefix", got "/"'),
+    (http_route('path_regex = "^/v[0-9+/"'),
+     f"{R0}.path_regex: expected a Python regular expression (unterminated character set at position 3), "
+     'got "^/v[0-9+/"'),
+    (http_route('path = "api"'),
+     f'{R0}.path: expected a path starting with "/" (no spaces, control characters, "?" or "#"), got "api"'),
+    (http_route('path_prefix = "/a?b"'),
+     f'{R0}.path_prefix: expected a path starting with "/" (no spaces, control characters, "?" or "#"), '
+     'got "/a?b"'),
+    (http_route('path_prefix = "/a"', 'rewrite_prefix = "/with space"'),
+     f'{R0}.rewrite_prefix: expected a path starting with "/" (no spaces, control characters, "?" or "#"), '
+     'got "/with space"'),
+    (http_route('host = "api.example.com:8080"'),
+     f'{R0}.host: expected a host name like "api.example.com" or "*.example.com" (no port), '
+     'got "api.example.com:8080"'),
+    (http_route('host = "*"'),
+     f'{R0}.host: expected a host name like "api.example.com" or "*.example.com" (no port), got "*"'),
+    (http_route('host = "a.*.example.com"'),
+     f'{R0}.host: expected a host name like "api.example.com" or "*.example.com" (no port), '
+     'got "a.*.example.com"'),
+    (http_route('host = "*.10.0.0.1"'),
+     f'{R0}.host: expected a host name like "api.example.com" or "*.example.com" (no port), got "*.10.0.0.1"'),
+    (http_route("methods = []"), f"{R0}.methods: expected at least one method, got []"),
+    (http_route('methods = "GET"'), f'{R0}.methods: expected an array of methods like ["GET", "HEAD"], got "GET"'),
+    (http_route('methods = ["GET", "get"]'), f'{R0}.methods[1]: expected an HTTP method in upper case, like "GET", '
+                                             'got "get"'),
+    (http_route('methods = ["GET POST"]'), f'{R0}.methods[0]: expected an HTTP method in upper case, like "GET", '
+                                           'got "GET POST"'),
+    (http_route('headers = { "x env" = "a" }'),
+     f"{R0}.headers.\"x env\": expected a header name (letters, digits and !#$%&'*+-.^_`|~), got \"x env\""),
+    (http_route('headers = { x-env = "a\\r\\nx-evil: 1" }'),
+     f'{R0}.headers.x-env: expected {HEADER_VALUE}, got "a\\r\\nx-evil: 1"'),
+    (http_route('headers = { x-env = "canary " }'), f'{R0}.headers.x-env: expected {HEADER_VALUE}, got "canary "'),
+    (http_route('headers = { x-env = 1 }'), f"{R0}.headers.x-env: expected {HEADER_VALUE}, got 1"),
+    (http_route('headers = { X-Env = "a", x-env = "b" }'),
+     f'{R0}.headers.x-env: expected a header name not already listed (as "X-Env"), got "x-env"'),
+    (http_route('headers = "x-env"'),
+     f'{R0}.headers: expected a table of header names and values like {{ "x-env" = "canary" }}, got "x-env"'),
+    (http_route('add_request_headers = { Content-Length = "0" }'),
+     f"{R0}.add_request_headers.Content-Length: expected a header name other than {PROTECTED}, "
+     'got "Content-Length"'),
+    (http_route('add_response_headers = { x-a = "nul\\u0000" }'),
+     f'{R0}.add_response_headers.x-a: expected {HEADER_VALUE}, got "nul\\u0000"'),
+    (http_route('remove_request_headers = ["Host"]'),
+     f'{R0}.remove_request_headers[0]: expected a header name other than {PROTECTED}, got "Host"'),
+    (http_route('remove_request_headers = ["x-a", "X-A"]'),
+     f"{R0}.remove_request_headers[1]: expected a header name not already listed at "
+     f'{R0}.remove_request_headers[0], got "X-A"'),
+    (http_route('remove_request_headers = "x-a"'),
+     f'{R0}.remove_request_headers: expected an array of header names like ["x-secret"], got "x-a"'),
     (LISTENER.replace('"echo"', '"nope"') + CLUSTER,
      'listeners[0].cluster: expected one of the clusters ["echo"], got "nope"'),
     (LISTENER.replace('cluster = "echo"\n', "") + CLUSTER,
@@ -88,6 +205,10 @@ BAD = [
     (MINIMAL + "connect_attempts = 0\n", "clusters.echo.connect_attempts: expected a whole number >= 1, got 0"),
     (MINIMAL + 'connect_timeout = "0s"\n',
      'clusters.echo.connect_timeout: expected a duration above "0s", got "0s"'),
+    (MINIMAL + 'response_timeout = "0s"\n',
+     'clusters.echo.response_timeout: expected a duration above "0s", got "0s"'),
+    (MINIMAL + "pool_max_idle = -1\n", "clusters.echo.pool_max_idle: expected a whole number >= 0, got -1"),
+    (MINIMAL + "pool_idle_timeout = 5\n", f"clusters.echo.pool_idle_timeout: expected {DURATION}, got 5"),
     (LISTENER.replace('"echo"', '"my cluster"') + '[clusters."my cluster"]\nendpoints = ["127.0.0.1:9001"]\n',
      'clusters."my cluster": expected a cluster name of letters, digits, "_", "-" and ".", got "my cluster"'),
     (with_endpoints("[]"), "clusters.echo.endpoints: expected at least one endpoint, got []"),
@@ -249,7 +370,8 @@ def test_config_to_dict_fills_every_default() -> None:
         "listeners": [{"name": "in", "listen": "127.0.0.1:4140", "protocol": "tcp", "cluster": "echo",
                        "idle_timeout": "1h", "backlog": 1024, "splice": True}],
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
-                              "connect_timeout": "1s", "connect_attempts": 3}},
+                              "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
+                              "pool_max_idle": 64, "pool_idle_timeout": "1m"}},
     }
 
 
@@ -268,6 +390,148 @@ def test_config_from_dict_names_its_source() -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict([1, 2])   # type: ignore[arg-type]
     assert str(info.value) == "<dict>: expected a table, got [1, 2]"
+
+
+# ---- http listeners and routes ----
+
+FULL_HTTP = """
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+protocol = "http"
+cluster = "web"
+idle_timeout = "30s"
+header_timeout = "5s"
+max_request_line = 4096
+max_header_bytes = 32768
+max_headers = 50
+forwarded_headers = false
+request_id_header = "X-Trace-Id"
+access_log = { format = "json", path = "access.log" }
+
+[[listeners.routes]]
+host = "*.Example.com"
+path_prefix = "/api/"
+methods = ["GET", "POST", "PURGE"]
+headers = { "X-Env" = "canary" }
+cluster = "api"
+rewrite_prefix = "/"
+add_request_headers = { "X-A" = "b c" }
+remove_request_headers = ["X-Secret"]
+add_response_headers = { "x-served-by" = "fastmesh" }
+
+[[listeners.routes]]
+host = "api.example.com"
+path_regex = "^/v[0-9]+/"
+cluster = "api"
+
+[[listeners.routes]]
+path = "/healthz"
+cluster = "web"
+
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:8081"
+protocol = "http"
+access_log = {}
+[[listeners.routes]]
+host = "[::1]"
+cluster = "web"
+
+[clusters.web]
+endpoints = ["127.0.0.1:9001"]
+[clusters.api]
+endpoints = ["127.0.0.1:9002"]
+response_timeout = "2s"
+pool_max_idle = 0
+pool_idle_timeout = "5m"
+"""
+
+
+def test_http_listener_defaults() -> None:
+    cfg = loads_config(HTTP + CLUSTER)
+    listener = cfg.listeners[0]
+    assert listener == Listener(name="in", host="127.0.0.1", port=4140, cluster="echo", protocol="http")
+    # The defaults as the schema defines them today; the idle timeout is http's, not tcp's hour.
+    assert (listener.idle_timeout, listener.header_timeout, listener.max_request_line, listener.max_header_bytes,
+            listener.max_headers, listener.forwarded_headers, listener.request_id_header, listener.access_log,
+            listener.routes) == (60.0, 10.0, 8192, 65536, 100, True, "x-request-id", None, [])
+    cluster = cfg.clusters["echo"]
+    assert (cluster.response_timeout, cluster.pool_max_idle, cluster.pool_idle_timeout) == (15.0, 64, 60.0)
+
+
+def test_idle_timeout_default_follows_the_protocol() -> None:
+    # Python-built configs get the same per-protocol default as loaded ones; an explicit value is kept.
+    assert Listener("a", "127.0.0.1", 1, "c").idle_timeout == 3600.0
+    assert Listener("a", "127.0.0.1", 1, "c", protocol="http").idle_timeout == 60.0
+    assert Listener("a", "127.0.0.1", 1, "c", protocol="http", idle_timeout=5.0).idle_timeout == 5.0
+    assert loads_config(HTTP + 'idle_timeout = "2h"\n' + CLUSTER).listeners[0].idle_timeout == 7200.0
+
+
+def test_full_http_config() -> None:
+    cfg = loads_config(FULL_HTTP)
+    web, edge = cfg.listeners
+    assert web == Listener(
+        name="web", host="127.0.0.1", port=8080, cluster="web", protocol="http", idle_timeout=30.0,
+        header_timeout=5.0, max_request_line=4096, max_header_bytes=32768, max_headers=50, forwarded_headers=False,
+        request_id_header="X-Trace-Id", access_log=AccessLog(format="json", path="access.log"),
+        routes=[
+            Route(cluster="api", host="*.Example.com", path_prefix="/api/", methods=["GET", "POST", "PURGE"],
+                  headers={"X-Env": "canary"}, rewrite_prefix="/", add_request_headers={"X-A": "b c"},
+                  remove_request_headers=["X-Secret"], add_response_headers={"x-served-by": "fastmesh"}),
+            Route(cluster="api", host="api.example.com", path_regex="^/v[0-9]+/"),
+            Route(cluster="web", path="/healthz"),
+        ])
+    # No default cluster: a request no route matches is refused; an empty access_log table means "on, defaults".
+    assert edge == Listener(name="edge", host="127.0.0.1", port=8081, protocol="http", access_log=AccessLog(),
+                            routes=[Route(cluster="web", host="[::1]")])
+    assert edge.cluster is None and edge.access_log == AccessLog("plain", "-")
+    api = cfg.clusters["api"]
+    assert (api.response_timeout, api.pool_max_idle, api.pool_idle_timeout) == (2.0, 0, 300.0)
+
+
+def test_http_config_to_dict() -> None:
+    data = config_to_dict(loads_config(FULL_HTTP))
+    web, edge = data["listeners"]
+    assert web["access_log"] == {"format": "json", "path": "access.log"}
+    assert web["routes"][2] == {"path": "/healthz", "cluster": "web"}   # unset conditions and edits are left out
+    assert web["routes"][0]["remove_request_headers"] == ["X-Secret"]
+    assert "cluster" not in edge and edge["idle_timeout"] == "1m" and edge["request_id_header"] == "x-request-id"
+    assert data["clusters"]["api"]["pool_idle_timeout"] == "5m"
+    # tcp listeners show no http key.
+    assert set(config_to_dict(loads_config(MINIMAL))["listeners"][0]) == {
+        "name", "listen", "protocol", "cluster", "idle_timeout", "backlog", "splice"}
+
+
+@pytest.mark.parametrize("text", [FULL_HTTP, HTTP + CLUSTER])
+def test_http_round_trip(text: str) -> None:
+    test_round_trip(text)
+
+
+def test_check_output_reads_back() -> None:
+    # `fastmesh check` prints config_to_dict as TOML: nested routes and header tables must survive that.
+    from fastmesh.cli import to_toml
+    cfg = loads_config(FULL_HTTP, "rt.toml")
+    assert loads_config(to_toml(config_to_dict(cfg)), "rt.toml") == cfg
+
+
+def test_tcp_listener_with_bad_routes_reports_the_protocol_once() -> None:
+    # The http-only key is not parsed on a tcp listener, so the problems inside it are not reported too.
+    with pytest.raises(ConfigError) as info:
+        loads_config(LISTENER + '[[listeners.routes]]\ncluster = "nope"\npaht = 1\n' + CLUSTER, "t.toml")
+    assert str(info.value) == f"t.toml: listeners[0].routes: {HTTP_ONLY}"
+    assert info.value.expected == 'protocol = "http"'
+
+
+def test_route_problems_are_all_reported() -> None:
+    text = http_route('path = "/a"', 'path_prefix = "/b"', 'rewrite_prefix = "/c"', "methods = []")
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(text, "r.toml")
+    assert [e.key for e in info.value.errors] == [f"{R0}.methods", f"{R0}.path_prefix"]
+    text = http_route('path = "/a"', 'rewrite_prefix = "/c"', 'host = "a b"')
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(text, "r.toml")
+    assert [e.key for e in info.value.errors] == [f"{R0}.host", f"{R0}.rewrite_prefix"]
 
 
 # ---- files ----

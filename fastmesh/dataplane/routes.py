@@ -1,0 +1,25 @@
+"""Compile an http listener's route config into the core Router; its default cluster becomes a last catch-all."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fastmesh._core.router import Router
+from fastmesh.config.schema import Listener as ListenerConfig
+from fastmesh.config.schema import Route as RouteConfig
+
+
+def route_spec(route: RouteConfig) -> dict[str, Any]:
+    """A Route as the plain dict Router takes (the core never imports the config layer)."""
+    return {f.name: getattr(route, f.name) for f in dataclasses.fields(route)}
+
+
+def build_router(listener: ListenerConfig, clusters: list[str]) -> Router:
+    """The listener's routes in order, then {cluster: default} when it has a default cluster.
+
+    `clusters` fixes the cluster indexes: Router.cluster(route) is a position in this list.
+    """
+    specs = [route_spec(route) for route in listener.routes]
+    if listener.cluster is not None:
+        specs.append({"cluster": listener.cluster})
+    return Router(specs, clusters)
