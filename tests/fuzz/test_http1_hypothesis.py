@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fastmesh._core.http1.framing import ChunkedReader, encode_chunk_size, request_framing
-from fastmesh._core.http1.parser import HttpParseError, parse_request_bytes, parse_response_bytes
+from fastmesh._core.http1.parser import HttpParseError, head_end_hint, parse_request_bytes, parse_response_bytes
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DIFF = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -67,6 +67,28 @@ def test_prefix_never_disagrees_with_whole(data, cut, limits):
         assert part == whole
     if whole[0] != "error" and whole[0] > 0 and cut >= whole[0]:
         assert part == whole
+
+
+@FUZZ
+@given(data=httpish.map(lambda b: b"HTTP/1.1 200 OK\r\n" + b) | st.binary(max_size=300), cut=st.integers(0, 400))
+def test_response_prefix_never_disagrees_with_whole(data, cut):
+    def run(buf):
+        try:
+            return parse_response_bytes(buf)
+        except HttpParseError as e:
+            return ("error", e.code)
+
+    whole, part = run(data), run(data[:cut])
+    if part != (0, None):
+        assert part == whole
+
+
+@FUZZ
+@given(data=httpish | st.binary(max_size=200), start=st.integers(0, 200))
+def test_head_end_hint_matches_reference(data, start):
+    start = min(start, len(data))
+    found = data.find(b"\r\n\r\n", max(start - 3, 0))
+    assert head_end_hint(data, start) == (found + 4 if found >= 0 else -1)
 
 
 CHUNKISH = [b"\r\n", b"\r", b"\n", b";", b" ", b"=", b"\x00", b"0", b"1", b"a", b"F", b"ff", b"x", b"X: 1",

@@ -56,7 +56,11 @@ cdef enum CharClass:
 
 cdef extern from *:
     """
-    /* Byte classes for the HTTP/1 parser: bit set of CC_* per byte value (see parser.pxd). */
+    /* Byte classes for the HTTP/1 parser: bit set of CC_* per byte value (see parser.pxd). Every
+       module that cimports parser.pxd gets a copy; the attribute keeps the ones that never read it quiet. */
+    #if defined(__GNUC__)
+    __attribute__((unused))
+    #endif
     static const unsigned char fm_http1_char_class[256] = {
           0,  0,  0,  0,  0,  0,  0,  0,  0, 66,  0,  0,  0,  0,  0,  0,  /* 0x00 */
           0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  /* 0x10 */
@@ -161,6 +165,7 @@ cdef Py_ssize_t parse_request(const char *buf, Py_ssize_t len, Head *h, const Li
 cdef Py_ssize_t parse_response(const char *buf, Py_ssize_t len, Head *h, const Limits *lim) noexcept nogil
 # Parse field lines from buf[pos] through the empty line into h (which head_reset() cleared, or which
 # holds the fields so far). Returns the index just past the empty line, 0 for more, or ERR_*.
+# lim must not be NULL here. Offsets are relative to buf, which must be shorter than 4 GiB.
 # Used for head field sections and for chunked trailers (same rules, same limits).
 cdef Py_ssize_t parse_fields(const char *buf, Py_ssize_t pos, Py_ssize_t len, Head *h,
                              const Limits *lim) noexcept nogil

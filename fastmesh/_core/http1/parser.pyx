@@ -9,6 +9,10 @@ limits, so a byte-at-a-time peer cannot make parsing quadratic.
 A prefix of a message never yields an error that the whole message would not: scans stop at the limit,
 and every check looks only at bytes already seen, left to right.
 
+Speed: each field line is first scanned whole for its ending control byte, 16 bytes per step (SSE2 where
+the compiler has it, a byte loop elsewhere); the name and whitespace loops then run without bound checks,
+since that control byte stops them. All membership tests use one 256-entry class table (parser.pxd).
+
 Strict rules (a proxy that is more lenient than its peers is how requests get smuggled); each has a test:
  1. Line ends are CRLF only. A bare LF ends nothing: it is an error (ERR_BARE_LF), in requests and in
     responses, because a peer that accepts LF alone would split lines where we do not. A CR not followed
@@ -616,14 +620,15 @@ cdef Py_ssize_t parse_response(const char *buf, Py_ssize_t len, Head *h, const L
 
 
 cdef Py_ssize_t find_head_end(const char *buf, Py_ssize_t len, Py_ssize_t start) noexcept nogil:
-    cdef Py_ssize_t p = start - 3 if start > 3 else 0, i
+    cdef Py_ssize_t first = start - 3 if start > 3 else 0  # the match may start no earlier
+    cdef Py_ssize_t p = first, i
     cdef const char *q
     while p < len:
         q = <const char *>memchr(buf + p, LF, len - p)
         if q == NULL:
             return -1
-        i = q - buf
-        if i >= 3 and buf[i - 1] == CR and buf[i - 2] == LF and buf[i - 3] == CR:
+        i = q - buf  # a final LF: the three bytes before it must be CR LF CR
+        if i >= first + 3 and buf[i - 1] == CR and buf[i - 2] == LF and buf[i - 3] == CR:
             return i + 1
         p = i + 1
     return -1
