@@ -31,9 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args.config, args.json)
     if args.command == "demo":
         return demo(args.ports, args.host, args.log_level)
+    if args.command == "stat":
+        from fastmesh.statcli import main as stat_main
+        return stat_main(args.admin, args.config, args.watch, args.interval)
     if args.command == "_worker":
         from fastmesh.worker import main as worker_main
-        return worker_main(args.config, args.worker_id, args.log_level)
+        return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the version and the kind of core build, then exit")
     # The metavar lists the public commands only: `_worker` is how the supervisor starts its workers.
-    sub = parser.add_subparsers(dest="command", metavar="{run,check,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,stat}")
 
     run = sub.add_parser("run", help="run the proxy: a supervisor and its worker processes",
                          description="Run the proxy described by CONFIG until SIGTERM or SIGINT.")
@@ -62,11 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     _log_level(demo)
 
+    stat = sub.add_parser("stat", help="show a running instance's listeners and clusters (rates, connections)",
+                          description="Read a running fastmesh's admin server and print its listeners and "
+                                      "clusters: connections/s, open connections, bytes/s, endpoints up.")
+    where = stat.add_mutually_exclusive_group()
+    where.add_argument("config", metavar="CONFIG", nargs="?", help="config file of the instance (its [admin] listen)")
+    where.add_argument("--admin", metavar="HOST:PORT", help="the admin server's address (default: 127.0.0.1:9990)")
+    stat.add_argument("--watch", "-w", action="store_true", help="refresh the table until Ctrl-C")
+    stat.add_argument("--interval", "-i", type=_positive_seconds, default=1.0, metavar="SECONDS",
+                      help="seconds over which rates are measured (default: %(default)s)")
+
     worker = sub.add_parser("_worker")
     worker.add_argument("config", metavar="CONFIG")
     worker.add_argument("--worker-id", type=int, required=True)
+    worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
     _log_level(worker)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds between 0 and 3600, got {text}")
+    return value
 
 
 def _log_level(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ class Proxy:
     ...     print(proxy.addresses)
     """
 
-    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+    def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -35,6 +35,12 @@ class Proxy:
         self._tcp: dict[str, Any] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self._started = False
+        # Counters: the supervisor's shared block (stats_fd, a memfd `fastmesh run` passes its workers) or a
+        # private one; mapped at the first start and kept, so a restarted Proxy counts on from where it stopped.
+        self._stats_fd = stats_fd
+        self._stats_layout: Any = None
+        self._stats_block: Any = None
+        self._lag: Any = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
@@ -70,6 +76,14 @@ class Proxy:
             self._tcp.clear()
             self.addresses.clear()
             raise
+        from fastmesh.dataplane import stats
+        if self._stats_block is None:
+            self._stats_layout = stats.StatsLayout(self.config)
+            self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
+            self._stats_fd = None
+        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp)
+        self._lag = stats.LagProbe(self._stats_block)
+        self._lag.start(loop)
         reactor.attach(loop)
         for cluster in clusters.values():
             reactor.add_sweeper(cluster)
@@ -114,6 +128,7 @@ class Proxy:
         for tcp in self._tcp.values():
             tcp.close_all()
         self._reactor.detach()
+        self._lag.stop()
         self._listeners.clear()
         self._started = False
 

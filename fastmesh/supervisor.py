@@ -142,6 +142,8 @@ class Supervisor:
         self.announced = False                                    # "all workers ready" was logged once
         self.exit_code = 0
         self.stopping = asyncio.Event()
+        from fastmesh.dataplane.stats import StatsLayout, WorkerStats
+        self.stats = WorkerStats(StatsLayout(cfg))                 # one shared counter block per worker slot
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -159,14 +161,23 @@ class Supervisor:
                 except DemoError as exc:
                     log.error("%s", exc)
                     return 1
+            from fastmesh.admin.server import AdminServer
+            admin = AdminServer(self.cfg, self.stats, self)
+            try:
+                await admin.start()
+            except OSError as exc:
+                log.error("admin server: cannot listen on %s: %s", admin.address, exc.strerror or exc)
+                return 1
             slots = [asyncio.create_task(self._keep_worker(n)) for n in range(self.count)]
             await self.stopping.wait()
             await self._stop_workers(slots)
+            await admin.close()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if demo is not None:
                 await demo.close()
+            self.stats.close()
         log.info("stopped")
         return self.exit_code
 
@@ -212,11 +223,13 @@ class Supervisor:
                 returncode = await proc.wait()
                 del self.procs[n]
                 self.ready.discard(n)
+                self.stats.retire(n)            # its counters join the totals; the next worker starts at zero
                 if self.stopping.is_set():
                     level = logging.INFO if returncode == 0 else logging.WARNING
                     log.log(level, "w%d (pid %d) stopped: %s", n, proc.pid, describe_exit(returncode))
                     return
                 log.warning("w%d (pid %d) exited unexpectedly: %s", n, proc.pid, describe_exit(returncode))
+                self.stats.restarts += 1
             quick_failures = quick_failures + 1 if loop.time() - started < QUICK_EXIT else 0
             start_failures = 0 if was_ready else start_failures + 1
             # Failing to start at all ends the run (fix, then run again); once serving, keep trying with backoff
@@ -240,11 +253,12 @@ class Supervisor:
         env[PARENT_ENV] = str(os.getpid())
         if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        stats_fd = self.stats.fd_for(n)
         # A fresh interpreter (not a fork of this process and its running loop) for each worker.
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fastmesh", "_worker", self.config_path,
-            "--worker-id", str(n), "--log-level", self.log_level,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env)
+            "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env, pass_fds=(stats_fd,))
 
     async def _watch(self, n: int, proc: asyncio.subprocess.Process) -> bool:
         """Read the worker's stdout until it closes: note its ready line, pass anything else through."""

@@ -21,7 +21,7 @@ PARENT_POLL = 1.0                          # seconds between parent checks where
 _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 
-def main(config_path: str, worker_id: int, log_level: str) -> int:
+def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
     # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
@@ -41,7 +41,7 @@ def main(config_path: str, worker_id: int, log_level: str) -> int:
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(cfg, parent))
+            return runner.run(_serve(cfg, parent, stats_fd))
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")
         return 1
@@ -81,7 +81,7 @@ def _announce_ready() -> None:
         pass
 
 
-async def _serve(cfg: Config, parent: int | None) -> int:
+async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -98,7 +98,7 @@ async def _serve(cfg: Config, parent: int | None) -> int:
     watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
 
     from fastmesh.proxy import Proxy
-    proxy = Proxy(cfg, reuse_port=True)
+    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd)   # counters in the supervisor's shared block
     try:
         await proxy.start()
     except OSError as exc:              # start() has already closed whatever it had bound

@@ -22,8 +22,7 @@ cdef enum:
     L_ACTIVE = 1               # downstream connections open now (gauge)
     L_FAILED = 2               # downstream connections closed for want of an upstream endpoint (counter)
     L_BYTES_IN = 3             # bytes relayed downstream -> upstream (counter)
-    L_BYTES_OUT = 4            # bytes relayed upstream -> downstream (counter); must be L_BYTES_IN + 1 (the relay
-                               # indexes L_BYTES_IN + direction)
+    L_BYTES_OUT = 4            # bytes relayed upstream -> downstream (counter); the relay adds to L_BYTES_IN + d
     L_FIELDS = 5               # slots per listener
 
 # Per cluster: C_FIELDS cluster-wide slots, then E_FIELDS arrays of one slot per endpoint (cluster_slots(n)).

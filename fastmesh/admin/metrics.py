@@ -1,0 +1,174 @@
+"""Prometheus text and OpenMetrics rendering of a stats Snapshot plus the supervisor's own numbers."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fastmesh.dataplane.stats import Snapshot
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+Labels = tuple[tuple[str, str], ...]
+Sample = tuple[str, Labels, float]       # (name suffix, labels, value)
+
+
+@dataclass
+class ProcessInfo:
+    """What only the supervisor knows: identity, start time and its workers."""
+    version: str
+    started: float          # Unix seconds
+    config_hash: str
+    workers: int            # configured worker processes
+    workers_ready: int      # serving now
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the Accept header prefers OpenMetrics to the Prometheus text format (q-values honoured)."""
+    best_om, best_text = 0.0, 0.0
+    for item in accept.split(","):
+        parts = [p.strip() for p in item.split(";")]
+        media = parts[0].lower()
+        q = 1.0
+        for param in parts[1:]:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media == "application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0 and best_om >= best_text
+
+
+def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> bytes:
+    """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4."""
+    out = _Writer(openmetrics)
+    out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
+    out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
+    out.gauge("fastmesh_start_time_seconds", "when the supervisor started, Unix time", [((), info.started)])
+    out.gauge("fastmesh_workers", "worker processes configured", [((), info.workers)])
+    out.gauge("fastmesh_workers_ready", "worker processes serving now", [((), info.workers_ready)])
+    out.counter("fastmesh_worker_restarts", "workers restarted after an unexpected exit", [((), snap.restarts)])
+    out.counter("fastmesh_config_reloads", "config reloads by result",
+                [((("result", r),), snap.reloads.get(r, 0)) for r in ("success", "failure")])
+    workers = snap.worker_info()
+    out.gauge("fastmesh_worker_start_time_seconds", "when each worker process started, Unix time",
+              [((("worker", str(n)),), w["started"]) for n, w in workers.items()])
+    out.gauge("fastmesh_event_loop_lag_seconds", "how late each worker's periodic timer fired (max over 1s)",
+              [((("worker", str(n)),), w["lag"]) for n, w in workers.items()])
+
+    listeners = snap.listeners()
+    per_listener = [
+        ("counter", "fastmesh_downstream_connections", "downstream connections accepted", "accepted"),
+        ("gauge", "fastmesh_downstream_connections_active", "downstream connections open now", "active"),
+        ("counter", "fastmesh_downstream_connections_failed",
+         "downstream connections closed because no upstream endpoint could be connected", "failed"),
+        ("counter", "fastmesh_downstream_received_bytes", "bytes received from downstream clients", "bytes_in"),
+        ("counter", "fastmesh_downstream_sent_bytes", "bytes sent to downstream clients", "bytes_out"),
+    ]
+    for kind, name, help_text, key in per_listener:
+        out.family(kind, name, help_text, [((("listener", ln),), row[key]) for ln, row in listeners.items()])
+
+    clusters = snap.clusters()
+    per_cluster = [
+        ("counter", "fastmesh_upstream_connections", "upstream connections established", "upstream_connections"),
+        ("gauge", "fastmesh_upstream_connections_active", "upstream connections open now (connecting included)",
+         "upstream_active"),
+        ("counter", "fastmesh_retries", "upstream connects tried again on another endpoint", "retries"),
+        ("counter", "fastmesh_upstream_unavailable",
+         "downstream connections given up: no endpoint of the cluster could be connected", "failed"),
+    ]
+    for kind, name, help_text, key in per_cluster:
+        out.family(kind, name, help_text, [((("cluster", cn),), c[key]) for cn, c in clusters.items()])
+    out.counter("fastmesh_upstream_connect_failures", "upstream connects that failed or timed out",
+                [((("cluster", cn), ("endpoint", e["address"])), e["connect_failures"])
+                 for cn, c in clusters.items() for e in c["endpoints"]])
+    out.gauge("fastmesh_endpoint_healthy", "1 unless the endpoint's latest connect outcome was a failure",
+              [((("cluster", cn), ("endpoint", e["address"])), int(e["healthy"]))
+               for cn, c in clusters.items() for e in c["endpoints"]])
+
+    out.counter("fastmesh_requests", "HTTP responses by listener, cluster and status class",
+                [((("listener", ln), ("cluster", cn), ("code_class", cls)), v)
+                 for ln, cn, cls, v in snap.requests()])
+    out.histogram("fastmesh_request_duration_seconds", "HTTP request duration, request head to response end",
+                  snap.durations())
+    return out.finish()
+
+
+class _Writer:
+    def __init__(self, openmetrics: bool) -> None:
+        self.om = openmetrics
+        self.lines: list[str] = []
+
+    def family(self, kind: str, name: str, help_text: str, series: Iterable[tuple[Labels, float]]) -> None:
+        if kind == "counter":
+            self.counter(name, help_text, series)
+        else:
+            self.gauge(name, help_text, series)
+
+    def counter(self, name: str, help_text: str, series: Iterable[tuple[Labels, float]]) -> None:
+        # OpenMetrics names the family without _total; the classic format names it as the sample is named.
+        self._emit(name if self.om else name + "_total", "counter", help_text,
+                   [("_total" if self.om else "", labels, v) for labels, v in series])
+
+    def gauge(self, name: str, help_text: str, series: Iterable[tuple[Labels, float]]) -> None:
+        self._emit(name, "gauge", help_text, [("", labels, v) for labels, v in series])
+
+    def info(self, name: str, help_text: str, label_sets: list[Labels]) -> None:
+        if self.om:
+            self._emit(name, "info", help_text, [("_info", labels, 1) for labels in label_sets])
+        else:
+            self._emit(name + "_info", "gauge", help_text, [("", labels, 1) for labels in label_sets])
+
+    def histogram(self, name: str, help_text: str,
+                  per_cluster: dict[str, tuple[list[tuple[float, int]], float, int]]) -> None:
+        samples: list[Sample] = []
+        for cluster, (buckets, total, count) in per_cluster.items():
+            for bound, running in buckets:
+                samples.append(("_bucket", (("cluster", cluster), ("le", _float(bound))), running))
+            samples.append(("_count", (("cluster", cluster),), count))
+            samples.append(("_sum", (("cluster", cluster),), total))
+        self._emit(name, "histogram", help_text, samples)
+
+    def _emit(self, family: str, kind: str, help_text: str, samples: list[Sample]) -> None:
+        if not samples:
+            return          # a family with no series yet (say, HTTP counters with only tcp listeners)
+        self.lines.append(f"# HELP {family} {_escape_help(help_text)}")
+        self.lines.append(f"# TYPE {family} {kind}")
+        base = family
+        for suffix, labels, value in samples:
+            label_text = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+            self.lines.append(f"{base}{suffix}{{{label_text}}} {_value(value)}" if labels
+                              else f"{base}{suffix} {_value(value)}")
+
+    def finish(self) -> bytes:
+        if self.om:
+            self.lines.append("# EOF")
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _float(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    return _float(value)

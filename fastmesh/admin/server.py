@@ -1,0 +1,256 @@
+"""The admin HTTP server, in the supervisor: liveness, readiness, the effective config, cluster state and metrics.
+
+This is not the data path: a small HTTP/1.1 reader on asyncio streams is enough (GET and HEAD, keep-alive,
+no request bodies). Every answer except /metrics is JSON, errors included ({"error": ..., "message": ...}).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fastmesh._version import __version__
+from fastmesh.admin.metrics import OPENMETRICS_TYPE, PROMETHEUS_TYPE, ProcessInfo, render, wants_openmetrics
+from fastmesh.config.load import config_to_dict, format_address
+from fastmesh.config.schema import Config
+from fastmesh.dataplane.stats import Snapshot, WorkerStats
+
+log = logging.getLogger("fastmesh.admin")
+
+MAX_HEAD = 16384            # bytes of request line + headers; more is refused with 431
+IDLE_TIMEOUT = 30.0         # seconds a keep-alive connection may wait for its next request
+JSON_TYPE = "application/json"
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+           505: "HTTP Version Not Supported"}
+
+
+class Workers(Protocol):
+    """What the admin server reads from the supervisor (supervisor.Supervisor has these attributes)."""
+    count: int                      # worker processes configured
+    ready: set[int]                 # slots whose worker is serving now
+    announced: bool                 # every worker has been ready at least once
+    stopping: asyncio.Event         # shutdown has begun
+
+
+class Reply:
+    """One answer: status, content type and body (bytes)."""
+
+    def __init__(self, status: int, body: bytes, content_type: str = JSON_TYPE,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        return cls(status, (json.dumps(data, indent=2) + "\n").encode(), JSON_TYPE, headers)
+
+    @classmethod
+    def error(cls, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+        return cls.json(status, {"error": REASONS[status], "status": status, "message": message}, headers)
+
+
+class Request:
+    """The parts of a request head the admin server uses."""
+
+    def __init__(self, method: str, path: str, version: str, headers: dict[str, str]) -> None:
+        self.method, self.path, self.version, self.headers = method, path, version, headers
+
+    @property
+    def keep_alive(self) -> bool:
+        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
+
+    @property
+    def has_body(self) -> bool:
+        return "transfer-encoding" in self.headers or self.headers.get("content-length", "0").strip() != "0"
+
+
+class BadRequest(Exception):
+    """A request head we cannot answer normally; carries the status to reply with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_head(head: bytes) -> Request:
+    """Request line and header fields of one head (ending in CRLF CRLF); BadRequest for anything malformed."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "the request head is not ASCII") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
+        raise BadRequest(400, "malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise BadRequest(505, f"{version!r} is not supported; use HTTP/1.1")
+    if not target.startswith("/"):
+        raise BadRequest(400, "the request target must be a path starting with /")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise BadRequest(400, f"malformed header line {line[:60]!r}")
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return Request(method, target.split("?", 1)[0], version, headers)
+
+
+class AdminServer:
+    """Serves the admin API on cfg.admin's address until close()."""
+
+    def __init__(self, cfg: Config, stats: WorkerStats, workers: Workers) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.workers = workers
+        self.started = time.time()
+        self.config = config_to_dict(cfg)
+        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode()
+        self.config_hash = hashlib.sha256(canonical).hexdigest()[:16]
+        self.address = format_address(cfg.admin.host, cfg.admin.port)
+        self.server: asyncio.Server | None = None
+        self.connections: set[asyncio.Task[None]] = set()
+        self.routes: dict[str, Callable[[Request], Reply]] = {
+            "/": self.index,
+            "/live": self.live,
+            "/ready": self.ready,
+            "/config": self.config_dump,
+            "/clusters": self.clusters,
+            "/stats": self.stats_dump,
+            "/metrics": self.metrics,
+        }
+
+    async def start(self) -> None:
+        """Bind and listen; OSError when the address is taken."""
+        self.server = await asyncio.start_server(self._serve, self.cfg.admin.host, self.cfg.admin.port,
+                                                 limit=MAX_HEAD)
+        log.info("admin server on http://%s/", self.address)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self.connections):
+                task.cancel()
+            await self.server.wait_closed()
+            self.server = None
+
+    # ---- the connection loop ----
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
+        try:
+            await self._requests(reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if task is not None:
+                self.connections.discard(task)
+            writer.close()
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+            except (asyncio.IncompleteReadError, TimeoutError):
+                return
+            except asyncio.LimitOverrunError:
+                await self._send(writer, None, Reply.error(431, f"the request head is over {MAX_HEAD} bytes"),
+                                 keep_alive=False)
+                return
+            try:
+                request = parse_head(head)
+            except BadRequest as exc:
+                await self._send(writer, None, Reply.error(exc.status, str(exc)), keep_alive=False)
+                return
+            reply = self.answer(request)
+            # Request bodies are never read, so a request that has one ends the connection after the answer.
+            keep_alive = request.keep_alive and not request.has_body
+            await self._send(writer, request, reply, keep_alive)
+            if not keep_alive:
+                return
+
+    async def _send(self, writer: asyncio.StreamWriter, request: Request | None, reply: Reply,
+                    keep_alive: bool) -> None:
+        head = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Unknown')}",
+                f"Content-Type: {reply.content_type}",
+                f"Content-Length: {len(reply.body)}",
+                "Cache-Control: no-store",
+                f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+        head += [f"{k}: {v}" for k, v in reply.headers]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if request is None or request.method != "HEAD":
+            data += reply.body
+        writer.write(data)
+        await writer.drain()
+
+    def answer(self, request: Request) -> Reply:
+        """The reply to one parsed request (404 for unknown paths, 405 for methods other than GET and HEAD)."""
+        handler = self.routes.get(request.path.rstrip("/") or "/")
+        if handler is None:
+            return Reply.error(404, f"no such path: {request.path}; try one of {', '.join(self.routes)}")
+        if request.method not in ("GET", "HEAD"):
+            return Reply.error(405, f"{request.method} is not allowed on {request.path}; use GET",
+                               headers=(("Allow", "GET, HEAD"),))
+        try:
+            return handler(request)
+        except Exception:                # a bug: say so in the log, answer with JSON, keep serving
+            log.exception("admin: %s %s failed", request.method, request.path)
+            return Reply.error(500, "internal error; see the fastmesh log")
+
+    # ---- handlers ----
+
+    def index(self, request: Request) -> Reply:
+        return Reply.json(200, {"fastmesh": __version__, "paths": list(self.routes)})
+
+    def live(self, request: Request) -> Reply:
+        return Reply.json(200, {"live": True})
+
+    def ready(self, request: Request) -> Reply:
+        reasons = self.not_ready(self.stats.collect())
+        if reasons:
+            return Reply.json(503, {"ready": False, "error": REASONS[503], "status": 503,
+                                    "message": "; ".join(reasons), "reasons": reasons})
+        return Reply.json(200, {"ready": True})
+
+    def not_ready(self, snap: Snapshot) -> list[str]:
+        """Why the proxy is not ready: [] when listeners are bound and each cluster has an endpoint not known down."""
+        reasons = []
+        w = self.workers
+        if w.stopping.is_set():
+            reasons.append("shutting down")
+        elif not w.announced or not w.ready:
+            reasons.append(f"{len(w.ready)} of {w.count} workers serving: listeners not bound yet")
+        for name, cluster in snap.clusters().items():
+            if not any(e["healthy"] for e in cluster["endpoints"]):
+                reasons.append(f"cluster {name}: every endpoint is down")
+        return reasons
+
+    def config_dump(self, request: Request) -> Reply:
+        return Reply.json(200, self.config)
+
+    def clusters(self, request: Request) -> Reply:
+        return Reply.json(200, self.stats.collect().clusters())
+
+    def stats_dump(self, request: Request) -> Reply:
+        """Merged counters of listeners and clusters, for `fastmesh stat` and scripts."""
+        snap = self.stats.collect()
+        return Reply.json(200, {"time": snap.taken, "listeners": snap.listeners(), "clusters": snap.clusters(),
+                                "workers": {str(n): w for n, w in snap.worker_info().items()}})
+
+    def metrics(self, request: Request) -> Reply:
+        om = wants_openmetrics(request.headers.get("accept", ""))
+        info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
+                           len(self.workers.ready))
+        return Reply(200, render(self.stats.collect(), info, om), OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

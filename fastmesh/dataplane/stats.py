@@ -1,0 +1,378 @@
+"""Stats layout: which slot of a worker's stats block counts what, computed from the config alike in every process.
+
+A worker's counters are uint64 slots in one flat block (fastmesh/_core/stats.pxd has the fields of each region).
+The supervisor creates one block per worker slot in a memfd, passes its fd to the worker, and reads every block
+to answer /metrics; both sides compute the same StatsLayout from the same config, and the layout's key in the
+block header proves it. A memfd rather than a file in /dev/shm: it has no name to clean up, so nothing is left
+behind even when the supervisor is killed outright.
+
+Totals stay monotonic across worker restarts: when a worker exits, the supervisor folds its counters into a
+"retired" array and zeroes the block before the next worker of that slot attaches.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import os
+import time
+from array import array
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastmesh._core.stats import (
+    BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, HEADER,
+    HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
+)
+from fastmesh.config.schema import Config
+
+log = logging.getLogger("fastmesh.stats")
+
+LAG_INTERVAL = 0.25         # seconds between event-loop lag probes
+LAG_WINDOW = 4              # the lag gauge is the largest of this many recent probes (one second)
+_GAUGE_FIELDS = {"active"}  # listener fields that go up and down (not folded into retired totals)
+_ENDPOINT_GAUGES = {"state", "seen", "active"}
+
+
+@dataclass(frozen=True)
+class ListenerSlots:
+    """A listener's L_FIELDS slots."""
+    name: str
+    cluster: str | None          # where a tcp listener relays to (an http listener's default cluster)
+    protocol: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class ClusterSlots:
+    """A cluster's region: cluster-wide slots, then one array per endpoint field."""
+    name: str
+    endpoints: tuple[str, ...]   # "host:port" as configured
+    weights: tuple[int, ...]
+    balancer: str
+    offset: int
+
+    def field(self, name: str) -> int:
+        """Offset of the cluster-wide slot `name` (CLUSTER_FIELDS)."""
+        return self.offset + CLUSTER_FIELDS.index(name)
+
+    def endpoint_field(self, name: str) -> int:
+        """Offset of endpoint 0's slot of field `name` (ENDPOINT_FIELDS); endpoint i's is this + i."""
+        return self.offset + len(CLUSTER_FIELDS) + ENDPOINT_FIELDS.index(name) * len(self.endpoints)
+
+
+@dataclass(frozen=True)
+class RequestSlots:
+    """HTTP responses by status class (STATUS_CLASSES) for one (listener, cluster) pair."""
+    listener: str
+    cluster: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class DurationSlots:
+    """The request-duration histogram of one cluster (HISTOGRAM_SIZE slots)."""
+    cluster: str
+    offset: int
+
+
+def _listener_clusters(lst: Any) -> list[str]:
+    """Every cluster a listener can send to: its own, then its routes' (http), in order, once each."""
+    names = [lst.cluster] + [route.cluster for route in getattr(lst, "routes", ())]
+    return [name for name in dict.fromkeys(names) if name is not None]
+
+
+class StatsLayout:
+    """Offsets of every counter for one config: listeners, clusters, then HTTP request counters and histograms."""
+
+    def __init__(self, cfg: Config) -> None:
+        offset = HEADER_SIZE
+        self.listeners: tuple[ListenerSlots, ...] = ()
+        listeners = []
+        for lst in cfg.listeners:
+            listeners.append(ListenerSlots(lst.name, lst.cluster, lst.protocol, offset))
+            offset += len(LISTENER_FIELDS)
+        self.listeners = tuple(listeners)
+        self.clusters: dict[str, ClusterSlots] = {}
+        for name, cluster in cfg.clusters.items():
+            endpoints = tuple(_address(e.host, e.port) for e in cluster.endpoints)
+            self.clusters[name] = ClusterSlots(name, endpoints, tuple(e.weight for e in cluster.endpoints),
+                                               cluster.balancer, offset)
+            offset += cluster_size(len(endpoints))
+        requests = []
+        for lst in cfg.listeners:
+            if lst.protocol == "tcp":
+                continue
+            for name in _listener_clusters(lst):
+                requests.append(RequestSlots(lst.name, name, offset))
+                offset += len(STATUS_CLASSES)
+        self.requests: tuple[RequestSlots, ...] = tuple(requests)
+        self.durations: dict[str, DurationSlots] = {}
+        for req in requests:
+            if req.cluster not in self.durations:
+                self.durations[req.cluster] = DurationSlots(req.cluster, offset)
+                offset += HISTOGRAM_SIZE
+        self.size = offset
+        # Slots whose values go up and down: a dead worker's are dropped, not added to the retired totals.
+        gauges = [ls.offset + LISTENER_FIELDS.index(f) for ls in self.listeners for f in _GAUGE_FIELDS]
+        for cs in self.clusters.values():
+            for f in _ENDPOINT_GAUGES:
+                start = cs.endpoint_field(f)
+                gauges.extend(range(start, start + len(cs.endpoints)))
+        self.gauges = frozenset(gauges)
+        self.key = self._key()
+
+    def _key(self) -> int:
+        """64 bits that change whenever an offset could mean something else."""
+        shape = [BLOCK_VERSION, self.size,
+                 [(ls.name, ls.protocol, ls.offset) for ls in self.listeners],
+                 [(cs.name, cs.endpoints, cs.offset) for cs in self.clusters.values()],
+                 [(r.listener, r.cluster, r.offset) for r in self.requests],
+                 [(d.cluster, d.offset) for d in self.durations.values()]]
+        digest = hashlib.blake2b(repr(shape).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little")
+
+    def new_block(self, fd: int | None = None) -> StatsBlock:
+        """A block with this layout's header: private heap memory, or (fd) a memfd sized for it and mapped."""
+        if fd is None:
+            block = StatsBlock(self.size)
+        else:
+            os.ftruncate(fd, self.size * 8)
+            block = StatsBlock.map(fd, self.size)
+        block[HEADER["magic"]] = BLOCK_MAGIC
+        block[HEADER["version"]] = BLOCK_VERSION
+        block[HEADER["layout"]] = self.key
+        block[HEADER["size"]] = self.size
+        return block
+
+    def matches(self, block: StatsBlock) -> bool:
+        return (len(block) >= HEADER_SIZE and block[HEADER["magic"]] == BLOCK_MAGIC
+                and block[HEADER["version"]] == BLOCK_VERSION and block[HEADER["layout"]] == self.key
+                and block[HEADER["size"]] == self.size == len(block))
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---- the worker's side ----------------------------------------------------------------------------------------
+
+def open_block(layout: StatsLayout, fd: int | None) -> StatsBlock:
+    """The block this process counts into: the supervisor's shared one (fd) when its header matches our layout,
+    else a private one (embedded use, or a config file that changed since the supervisor read it). Closes fd."""
+    if fd is None:
+        block = layout.new_block()
+    else:
+        try:
+            slots = os.fstat(fd).st_size // 8      # map no further than the file goes (SIGBUS beyond it)
+            shared = StatsBlock.map(fd, slots)
+        finally:
+            os.close(fd)
+        if layout.matches(shared):
+            block = shared
+        else:
+            log.warning("the config file changed since the supervisor read it: this worker's counters are "
+                        "not shared and do not appear in the admin server's metrics")
+            block = layout.new_block()
+    block[HEADER["pid"]] = os.getpid()
+    block[HEADER["started"]] = time.time_ns()
+    return block
+
+
+def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Any], tcp: Mapping[str, Any]) -> None:
+    """Point the core objects' counters into block: clusters (core Cluster by name), tcp (TcpProxy by listener)."""
+    for name, cluster in clusters.items():
+        cluster.attach_stats(block, layout.clusters[name].offset)
+    for ls in layout.listeners:
+        if ls.name in tcp:
+            tcp[ls.name].attach_stats(block, ls.offset)
+
+
+class LagProbe:
+    """Event-loop lag: how late a periodic timer fires. Everything the loop runs (the reactor's batches included)
+    delays it, so this is the wait a new connection's events can see."""
+
+    def __init__(self, block: StatsBlock) -> None:
+        self.block = block
+        self.recent: collections.deque[float] = collections.deque(maxlen=LAG_WINDOW)
+        self.handle: asyncio.TimerHandle | None = None
+        self.due = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due = loop.time() + LAG_INTERVAL
+        self.handle = loop.call_at(self.due, self._fire)
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        self.recent.append(max(0.0, now - self.due))
+        self.block[HEADER["lag"]] = int(max(self.recent) * 1e9)
+        self.due = now + LAG_INTERVAL
+        self.handle = self.loop.call_at(self.due, self._fire)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+# ---- the supervisor's side ------------------------------------------------------------------------------------
+
+class WorkerStats:
+    """One shared block per worker slot, plus the totals of workers that have exited."""
+
+    def __init__(self, layout: StatsLayout) -> None:
+        self.layout = layout
+        self.blocks: dict[int, StatsBlock] = {}
+        self.fds: dict[int, int] = {}
+        self.retired = array("Q", bytes(8 * layout.size))
+        self.restarts = 0                                   # workers restarted after an unexpected exit
+        self.reloads = {"success": 0, "failure": 0}         # config reloads by result
+
+    def fd_for(self, n: int) -> int:
+        """The memfd of worker slot n's block (created on first use), for the worker to inherit."""
+        if n not in self.fds:
+            fd = os.memfd_create(f"fastmesh-stats-w{n}", os.MFD_CLOEXEC)
+            try:
+                self.blocks[n] = self.layout.new_block(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fds[n] = fd
+        return self.fds[n]
+
+    def retire(self, n: int) -> None:
+        """Worker slot n's process has exited: keep its counters in the totals and give the next one a zeroed block."""
+        block = self.blocks.get(n)
+        if block is None:
+            return
+        values = block.snapshot()
+        gauges = self.layout.gauges
+        retired = self.retired
+        for i in range(HEADER_SIZE, self.layout.size):
+            if i not in gauges:
+                retired[i] += values[i]
+        block.clear()
+        block[HEADER["pid"]] = 0
+        block[HEADER["started"]] = 0
+        block[HEADER["lag"]] = 0
+
+    def collect(self) -> Snapshot:
+        """Every live worker's counters and their sum with the retired totals, as of now."""
+        totals = array("Q", self.retired)
+        workers = {}
+        for n, block in sorted(self.blocks.items()):
+            if block[HEADER["pid"]] == 0:
+                continue                    # no worker attached (not started yet, or exited)
+            values = block.snapshot()
+            block.add_to(totals)
+            workers[n] = values
+        return Snapshot(self.layout, totals, workers, self.restarts, dict(self.reloads))
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.blocks.clear()
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------
+
+def _signed(value: int) -> int:
+    """A gauge slot as a signed number (a decrement racing a read must not show as 2**64 - 1)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@dataclass
+class Snapshot:
+    """Counters as of one moment: totals (retired + live workers) and each live worker's own slots."""
+    layout: StatsLayout
+    totals: array[int]
+    workers: dict[int, array[int]]              # worker slot -> its block's values
+    restarts: int = 0
+    reloads: dict[str, int] = field(default_factory=dict)
+    taken: float = field(default_factory=time.time)
+
+    @classmethod
+    def of_block(cls, layout: StatsLayout, block: StatsBlock) -> Snapshot:
+        """One process's block (an embedded Proxy): that block is the whole picture."""
+        values = block.snapshot()
+        return cls(layout, values, {0: values})
+
+    def listeners(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for ls in self.layout.listeners:
+            row: dict[str, Any] = {"protocol": ls.protocol, "cluster": ls.cluster}
+            for i, name in enumerate(LISTENER_FIELDS):
+                value = self.totals[ls.offset + i]
+                row[name] = _signed(value) if name in _GAUGE_FIELDS else value
+            out[ls.name] = row
+        return out
+
+    def clusters(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for cs in self.layout.clusters.values():
+            endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints))]
+            out[cs.name] = {
+                "balancer": cs.balancer,
+                "retries": self.totals[cs.field("retries")],
+                "failed": self.totals[cs.field("failed")],
+                "upstream_active": sum(e["active"] for e in endpoints),
+                "upstream_connections": sum(e["connections"] for e in endpoints),
+                "connect_failures": sum(e["connect_failures"] for e in endpoints),
+                "endpoints_up": sum(e["state"] == "up" for e in endpoints),
+                "endpoints": endpoints,
+            }
+        return out
+
+    def _endpoint(self, cs: ClusterSlots, i: int) -> dict[str, Any]:
+        state_at, seen_at = cs.endpoint_field("state") + i, cs.endpoint_field("seen") + i
+        # Each worker marks endpoints from its own connects: the one that saw the endpoint last knows best.
+        per_worker = {}
+        latest, state = 0, "up"
+        for n, values in self.workers.items():
+            here = _state_name(values[state_at])
+            per_worker[str(n)] = here
+            if values[seen_at] > latest:
+                latest, state = values[seen_at], here
+        return {
+            "address": cs.endpoints[i],
+            "weight": cs.weights[i],
+            "state": state,
+            "healthy": state == "up",
+            "active": _signed(self.totals[cs.endpoint_field("active") + i]),
+            "connections": self.totals[cs.endpoint_field("opened") + i],
+            "connect_failures": self.totals[cs.endpoint_field("failures") + i],
+            "workers": per_worker,
+        }
+
+    def requests(self) -> Iterable[tuple[str, str, str, int]]:
+        """(listener, cluster, status class, responses) for every HTTP pair and class."""
+        for req in self.layout.requests:
+            for i, cls in enumerate(STATUS_CLASSES):
+                yield req.listener, req.cluster, cls, self.totals[req.offset + i]
+
+    def durations(self) -> dict[str, tuple[list[tuple[float, int]], float, int]]:
+        """cluster -> (cumulative buckets as (upper bound, count) ending with +Inf, sum in seconds, count)."""
+        out = {}
+        for d in self.layout.durations.values():
+            buckets, running = [], 0
+            for i, bound in enumerate([*DURATION_BOUNDS, float("inf")]):
+                running += self.totals[d.offset + i]
+                buckets.append((bound, running))
+            out[d.cluster] = (buckets, self.totals[d.offset + HISTOGRAM_SUM] / 1e9, running)
+        return out
+
+    def worker_info(self) -> dict[int, dict[str, float]]:
+        """Per live worker: pid, start time (Unix seconds), event-loop lag (seconds) and connections accepted."""
+        accepted = LISTENER_FIELDS.index("accepted")
+        return {n: {"pid": values[HEADER["pid"]], "started": values[HEADER["started"]] / 1e9,
+                    "lag": values[HEADER["lag"]] / 1e9,
+                    "connections": sum(values[ls.offset + accepted] for ls in self.layout.listeners)}
+                for n, values in self.workers.items()}
+
+
+def _state_name(value: int) -> str:
+    return ENDPOINT_STATES[value] if value < len(ENDPOINT_STATES) else "unknown"

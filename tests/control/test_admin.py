@@ -1,0 +1,339 @@
+"""The admin server of a real `fastmesh run` (2 workers, backends this test starts): liveness, readiness flipping
+with the endpoints, /clusters, /config against `fastmesh check --json`, JSON errors, and `fastmesh stat`."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastmesh._testbase.net import free_ports
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 15.0         # seconds any one expected event may take before the test fails
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+# ---- a real backend: echoes what it reads, then closes after the client's FIN ----
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(WAIT)
+        try:
+            while chunk := sock.recv(65536):
+                sock.sendall(chunk)
+        except OSError:
+            pass
+
+
+class EchoBackend:
+    """A threaded TCP echo server on 127.0.0.1:port; stop() closes it, start() can bring it back on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: socketserver.ThreadingTCPServer | None = None
+        self.start()
+
+    def start(self) -> None:
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), _Echo)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def exchange(port: int, payload: bytes) -> bytes:
+    """One proxied connection: send payload, half-close, read until the proxy closes; the bytes echoed back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def poke(port: int) -> None:
+    """One proxied connection that may fail: with no endpoint reachable the proxy closes (or resets) it."""
+    try:
+        exchange(port, b"ping")
+    except ConnectionError:
+        pass
+
+
+# ---- a real `fastmesh run` ----
+
+class Running:
+    """A `fastmesh run` this test started: its config, log, admin address and helpers to query it."""
+
+    def __init__(self, tmp_path: Path, clusters: dict[str, list[str]], workers: int = 2,
+                 admin_port: int | None = None) -> None:
+        self.port, self.admin_port = free_ports(2)
+        self.admin_port = admin_port or self.admin_port
+        eps = "".join(f"[clusters.{name}]\nendpoints = [{', '.join(repr(e) for e in addrs)}]\n"
+                      for name, addrs in clusters.items()).replace("'", '"')
+        first = next(iter(clusters))
+        self.config = tmp_path / "fastmesh.toml"
+        self.config.write_text(f"""
+workers = {workers}
+drain_timeout = "1s"
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+[[listeners]]
+name = "front"
+listen = "127.0.0.1:{self.port}"
+cluster = "{first}"
+{eps}""")
+        self.log_path = tmp_path / "fastmesh.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(self.config)], cwd=tmp_path,
+                                         env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, count: int = 1) -> None:
+        deadline = time.monotonic() + WAIT
+        while len(re.findall(pattern, self.log(), re.MULTILINE)) < count:
+            assert time.monotonic() < deadline and self.proc.poll() is None, \
+                f"no {count} x {pattern!r} in the log:\n{self.log()}"
+            time.sleep(0.05)
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=WAIT)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, headers, body = self.request("GET", path)
+        assert headers["content-type"] == "application/json", (path, headers)
+        return status, json.loads(body)
+
+    def worker_pids(self) -> list[int]:
+        return [int(pid) for pid in re.findall(r"w\d+ started \(pid (\d+)\)", self.log())]
+
+    def stop(self) -> None:
+        """End the supervisor, then any worker of ours still running (by pid)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+        for pid in self.worker_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    ours = str(self.config).encode() in f.read()
+            except FileNotFoundError:
+                continue
+            if ours:
+                os.kill(pid, signal.SIGKILL)
+
+
+Start = Callable[..., Running]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Start `fastmesh run` with these clusters and wait until every worker serves; stopped afterwards."""
+    started: list[Running] = []
+
+    def factory(clusters: dict[str, list[str]], workers: int = 2) -> Running:
+        fm = Running(tmp_path, clusters, workers)
+        started.append(fm)
+        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        return fm
+    yield factory
+    for fm in started:
+        fm.stop()
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[int], list[EchoBackend]]]:
+    made: list[EchoBackend] = []
+
+    def factory(count: int) -> list[EchoBackend]:
+        new = [EchoBackend(port) for port in free_ports(count)]
+        made.extend(new)
+        return new
+    yield factory
+    for b in made:
+        b.stop()
+
+
+def wait_for(check: Callable[[], Any], what: str) -> Any:
+    """Poll check() until it returns something true (bounded); returns that."""
+    deadline = time.monotonic() + WAIT
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return result
+
+
+# ---- tests ----
+
+def test_live_config_clusters_errors_and_stat(start: Start, backends: Callable[[int], list[EchoBackend]],
+                                              tmp_path: Path) -> None:
+    (live,) = backends(1)
+    (dead_port,) = free_ports(1)
+    dead = f"127.0.0.1:{dead_port}"
+    fm = start({"web": [live.address, dead]})
+
+    assert fm.get_json("/live") == (200, {"live": True})
+
+    # /config is the effective config, exactly what `fastmesh check --json` prints.
+    check = subprocess.run([sys.executable, "-m", "fastmesh", "check", "--json", str(fm.config)], env=_env(),
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert fm.get_json("/config") == (200, json.loads(check.stdout))
+
+    # Traffic until the dead endpoint has been tried: /clusters shows it down, the live one up.
+    for i in range(8):
+        assert exchange(fm.port, b"x" * i) == b"x" * i
+    status, clusters = fm.get_json("/clusters")
+    assert status == 200
+    web = {e["address"]: e for e in clusters["web"]["endpoints"]}
+    assert web[dead]["state"] in ("down", "probing") and web[dead]["healthy"] is False
+    assert web[dead]["connect_failures"] >= 1 and web[dead]["connections"] == 0
+    assert web[live.address]["state"] == "up" and web[live.address]["connections"] == 8
+    assert web[live.address]["active"] == 0 and web[live.address]["weight"] == 1
+    assert clusters["web"]["endpoints_up"] == 1 and clusters["web"]["upstream_connections"] == 8
+    assert fm.get_json("/ready") == (200, {"ready": True})      # one endpoint not known down is enough
+
+    # Errors are JSON with a message; 405 names the allowed methods.
+    status, headers, body = fm.request("GET", "/nope")
+    assert status == 404 and headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "Not Found" and "/nope" in json.loads(body)["message"]
+    status, headers, body = fm.request("POST", "/ready", headers={"Content-Length": "0"})
+    assert status == 405 and headers["allow"] == "GET, HEAD" and "POST" in json.loads(body)["message"]
+    status, headers, body = fm.request("DELETE", "/metrics")
+    assert status == 405 and json.loads(body)["status"] == 405
+    status, headers, body = fm.request("HEAD", "/clusters")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+
+    # Raw protocol: keep-alive serves several requests on one connection; garbage gets a JSON 400 and a close.
+    with socket.create_connection(("127.0.0.1", fm.admin_port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\nGET /live?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        replies = _read_replies(sock, 2)
+        assert [r[0] for r in replies] == [200, 200]
+        sock.sendall(b"BREW /pot HTCPCP/1.0\r\n\r\n")
+        ((status, body),) = _read_replies(sock, 1)
+        assert status == 505 and "message" in json.loads(body)
+        assert sock.recv(1) == b""                                  # and the connection is closed
+    with socket.create_connection(("127.0.0.1", fm.admin_port), timeout=WAIT) as sock:
+        sock.sendall(b"GET\r\n\r\n")
+        ((status, body),) = _read_replies(sock, 1)
+        assert status == 400 and json.loads(body)["error"] == "Bad Request"
+
+    # `fastmesh stat` against the running instance, by config file and by address.
+    for where in ([str(fm.config)], ["--admin", f"127.0.0.1:{fm.admin_port}"]):
+        result = subprocess.run([sys.executable, "-m", "fastmesh", "stat", *where, "--interval", "0.3"],
+                                env=_env(), capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == ["LISTENER", "PROTOCOL", "CLUSTER", "CONN/S", "ACTIVE", "FAILED/S", "IN/S",
+                                    "OUT/S"]
+        assert lines[1].split()[:3] == ["front", "tcp", "web"]
+        cluster_row = next(line for line in lines if line.startswith("web "))
+        assert cluster_row.split()[:3] == ["web", "round_robin", "1/2"]
+        assert "2 worker(s) serving" in result.stdout
+
+
+def test_stat_reports_an_unreachable_admin_server(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    result = subprocess.run([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{port}"],
+                            env=_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"cannot reach the admin server at 127.0.0.1:{port}" in result.stderr
+
+
+def test_ready_flips_with_the_endpoints(start: Start, backends: Callable[[int], list[EchoBackend]]) -> None:
+    pair = backends(2)
+    fm = start({"pair": [b.address for b in pair]})
+    assert fm.get_json("/ready") == (200, {"ready": True})
+    for b in pair:
+        b.stop()
+
+    def not_ready() -> Any:
+        # Each connection now fails on both endpoints; the workers that take them mark them down.
+        poke(fm.port)
+        status, body = fm.get_json("/ready")
+        return body if status == 503 else None
+    body = wait_for(not_ready, "/ready to answer 503")
+    assert body["ready"] is False and body["reasons"] == ["cluster pair: every endpoint is down"]
+    assert "every endpoint is down" in body["message"]
+    status, clusters = fm.get_json("/clusters")
+    assert all(not e["healthy"] for e in clusters["pair"]["endpoints"])
+
+    for b in pair:
+        b.start()                                   # the same ports again
+
+    def ready_again() -> bool:
+        poke(fm.port)
+        return fm.get_json("/ready")[0] == 200
+    wait_for(ready_again, "/ready to answer 200 again")
+
+
+def test_run_refuses_a_busy_admin_address(tmp_path: Path, backends: Callable[[int], list[EchoBackend]]) -> None:
+    (b,) = backends(1)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        fm = Running(tmp_path, {"c": [b.address]}, admin_port=busy.getsockname()[1])
+        try:
+            assert fm.proc.wait(WAIT) == 1
+        finally:
+            fm.stop()
+    assert f"admin server: cannot listen on 127.0.0.1:{fm.admin_port}" in fm.log()
+    assert "started (pid" not in fm.log()                     # no worker was spawned
+
+
+def _read_replies(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """Read `count` HTTP replies (Content-Length framed) from sock: (status, body) each."""
+    data = b""
+    replies = []
+    while len(replies) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"\r\nContent-Length: (\d+)", head)[1])   # type: ignore[index]
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "closed mid-body"
+            data += chunk
+        replies.append((int(head.split(b" ")[1]), data[:length]))
+        data = data[length:]
+    return replies
