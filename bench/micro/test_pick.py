@@ -2,11 +2,16 @@
 
 bench_picks(COUNT) runs COUNT picks (each with request_start, and request_end of the pick made 64
 earlier) without returning to Python, so a round's time / COUNT is the C cost of one pick plus its
-two counter events. Run: pytest bench/micro --benchmark-enable
+two counter events. bench_hash_picks(COUNT) runs COUNT keyed picks (pick_hash on pseudo-random keys)
+with no counter events: the lookup alone. ewma is measured with costs already observed (random
+latencies), so its comparisons see real, distinct costs. ns_per_pick lands in extra_info.
+Run: pytest bench/micro --benchmark-only
 """
+import random
+
 import pytest
 
-from fastmesh._core.balance.factory import ALGORITHMS, make_balancer
+from fastmesh._core.balance.factory import ALGORITHMS, HASHING, make_balancer
 
 COUNT = 100_000
 
@@ -19,11 +24,32 @@ SHAPES = {
 }
 
 
+def prepared(name, shape):
+    b = make_balancer(name, SHAPES[shape], seed=1)
+    if name == "ewma":
+        rng = random.Random(1)
+        b.set_now(1000.0)
+        for i in range(b.size):
+            b.observe_py(i, rng.uniform(0.001, 0.050), 200)
+        b.set_now(1001.0)
+    return b
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_pick(benchmark, name, shape):
-    b = make_balancer(name, SHAPES[shape], seed=1)
+    b = prepared(name, shape)
     benchmark.extra_info["picks_per_round"] = COUNT
     misses = benchmark(b.bench_picks, COUNT)
+    assert misses == 0
+    benchmark.extra_info["ns_per_pick"] = round(benchmark.stats.stats.median / COUNT * 1e9, 2)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("name", sorted(HASHING))
+def test_pick_hash(benchmark, name, shape):
+    b = prepared(name, shape)
+    benchmark.extra_info["picks_per_round"] = COUNT
+    misses = benchmark(b.bench_hash_picks, COUNT)
     assert misses == 0
     benchmark.extra_info["ns_per_pick"] = round(benchmark.stats.stats.median / COUNT * 1e9, 2)

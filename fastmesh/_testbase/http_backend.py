@@ -15,6 +15,8 @@ simple everywhere else. Paths (the first segment picks the behaviour; any other 
     /ws              WebSocket echo after the 101
     /continue        Expect: 100-continue: 100, then the body; ?status=NNN refuses with NNN without reading the body
     /respond         ?status=NNN&header=Name: value (repeatable)&body=text: an answer the test spells out
+    /raw?data=...    write exactly these bytes (the parameter, percent-decoded as latin-1) as the answer, then
+                     close; &keep=1 keeps the connection open (for malformed answers a proxy must refuse)
 
 Every answer carries `x-backend` (the backend's name) and `x-backend-connection` (which of its connections).
 Bodies the tests check for size use the *pattern*: a fixed 64 KiB pseudo-random block repeated, so a client
@@ -548,6 +550,14 @@ class _Connection:
         body = (request.param("body", "") or "").encode()
         return await self._send(request, status, body, self._keep_alive(request), headers)
 
+    async def _raw(self, request: Request) -> bool:
+        await self._discard_body(request)
+        values = parse_qs(urlsplit(request.target).query, keep_blank_values=True, encoding="latin-1")
+        data = (values.get("data") or [""])[0].encode("latin-1")
+        self.writer.write(data)
+        await self.writer.drain()
+        return request.param("keep") == "1"
+
     async def _ws(self, request: Request) -> bool:
         key = request.header("Sec-WebSocket-Key")
         if "websocket" not in request.tokens("Upgrade") or "upgrade" not in request.tokens("Connection") or not key:
@@ -572,7 +582,7 @@ _BEHAVIOURS = {
     "echo": _Connection._echo, "status": _Connection._status, "slow": _Connection._slow,
     "reset": _Connection._reset, "close": _Connection._close, "chunked": _Connection._chunked,
     "bytes": _Connection._bytes, "sink": _Connection._sink, "continue": _Connection._continue,
-    "respond": _Connection._respond, "ws": _Connection._ws,
+    "respond": _Connection._respond, "raw": _Connection._raw, "ws": _Connection._ws,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-BALANCERS = ("round_robin", "least_request", "random")
+BALANCERS = ("round_robin", "least_request", "random", "ewma", "ring_hash", "maglev")
 PROTOCOLS = ("tcp", "http")
 ACCESS_LOG_FORMATS = ("plain", "json")
 # Idle timeout per protocol: an HTTP keep-alive connection waits for its next request far less than an

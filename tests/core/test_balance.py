@@ -1,4 +1,4 @@
-"""Behaviour of the compiled balancers (round_robin, least_request, random) through their Python wrappers."""
+"""Rules every compiled balancer (each name in ALGORITHMS) keeps via the Python wrappers: weights, up/down, avoid."""
 import itertools
 
 import pytest

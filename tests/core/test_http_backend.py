@@ -177,6 +177,18 @@ def test_close_answers_then_closes(silent):
     run(test)
 
 
+def test_raw_writes_exactly_what_it_is_given():
+    async def test(backend, client):
+        reader, writer = await raw(backend)
+        writer.write(b"GET /raw?data=HTTP/1.1%20200%20OK%0D%0AX-Byte:%20%FF%0D%0AContent-Length:%202%0D%0A%0D%0Ahi "
+                     b"HTTP/1.1\r\nHost: t\r\n\r\n")
+        expected = b"HTTP/1.1 200 OK\r\nX-Byte: \xff\r\nContent-Length: 2\r\n\r\nhi"
+        assert await asyncio.wait_for(reader.read(), 5) == expected
+        writer.close()
+
+    run(test)
+
+
 def test_slow_waits():
     async def test(backend, client):
         t0 = time.monotonic()

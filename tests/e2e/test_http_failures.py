@@ -20,6 +20,15 @@ pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0
 
 
+async def no_connection_left(proxy: Proxy) -> None:
+    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
+    for _ in range(60):
+        if proxy.active_connections == 0:
+            return
+        await asyncio.sleep(0.05)
+    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -35,6 +44,7 @@ def web_config(endpoints: list[str], *, listener: str = "", cluster: str = "") -
 async def proxied(endpoints: list[str], *, listener: str = "", cluster: str = "") -> AsyncIterator[Proxy]:
     async with Proxy.from_toml(web_config(endpoints, listener=listener, cluster=cluster)) as proxy:
         yield proxy
+        await no_connection_left(proxy)   # only after a passing test: a failure's own error is the one to see
 
 
 def client(proxy: Proxy) -> httpx.AsyncClient:
@@ -176,6 +186,33 @@ def test_no_endpoints_is_503():
     run(main())
 
 
+BAD_RESPONSES = [
+    ("garbage", "hello there\r\n\r\n"),
+    ("bad-status", "HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n"),
+    ("two-lengths", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 12\r\n\r\nhi"),
+    ("bad-length", "HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nhi"),
+    ("obs-fold", "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 2\r\n\r\nhi"),
+    ("closed-before-head", ""),
+]
+
+
+@pytest.mark.parametrize("answer", [b[1] for b in BAD_RESPONSES], ids=[b[0] for b in BAD_RESPONSES])
+def test_malformed_upstream_response_is_502_and_that_connection_dropped(answer):
+    """A backend answer that cannot be framed for sure must not reach the client (response splitting) and must not
+    leave its connection in the pool; the next request works on a fresh connection."""
+    async def main():
+        async with HttpBackend("bad") as backend, proxied([backend.address]) as proxy, client(proxy) as c:
+            # keep=1: the backend would go on using the connection; dropping it is up to the proxy.
+            r = await c.get("/raw", params={"data": answer, "keep": "1" if answer else "0"})
+            assert r.status_code == 502, (r.status_code, r.content)
+            assert r.headers.get("fastmesh-error")
+            assert "x-backend" not in r.headers and r.content.isascii() and len(r.content) < 512
+            r = await c.get("/echo")
+            assert r.status_code == 200 and r.json()["connection"] == 2
+
+    run(main())
+
+
 def test_upstream_reset_mid_response_closes_the_client_connection():
     """Once the head went out, a 502 is impossible: the client must see the body cut short and the connection end."""
     async def main():
@@ -212,6 +249,35 @@ def test_dead_pooled_connection_not_used_for_a_post(how):
             assert r.status_code == 200 and r.json()["body"] == "only once"
             assert r.json()["connection"] == 2
             assert backend.requests == 2
+
+    run(main())
+
+
+@pytest.mark.parametrize("abort", [False, True], ids=["fin", "rst"])
+def test_client_gone_mid_body_upstream_connection_not_reused(abort):
+    """A client leaves in the middle of its request body: the upstream connection carries half a request, so the
+    proxy must close it, and the next request must not land behind the leftover."""
+    async def main():
+        async with HttpBackend("web") as backend, proxied([backend.address]) as proxy, client(proxy) as c:
+            reader, writer = await open_raw(proxy)
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: g.test\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100_000)
+            await writer.drain()
+            for _ in range(40):
+                if backend.requests == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert backend.requests == 1
+            if abort:
+                writer.transport.abort()
+            else:
+                writer.close()
+            for _ in range(60):
+                if backend.active == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert backend.active == 0
+            r = await c.post("/echo", content=b"clean")
+            assert r.status_code == 200 and r.json()["body"] == "clean" and r.json()["connection"] == 2
 
     run(main())
 

@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,15 @@ from fastmesh._testbase.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0          # seconds any single answer may take before the test fails
+
+
+async def no_connection_left(proxy: Proxy) -> None:
+    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
+    for _ in range(60):
+        if proxy.active_connections == 0:
+            return
+        await asyncio.sleep(0.05)
+    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
 
 
 def run(coro):
@@ -44,6 +54,7 @@ async def proxied(*backends: HttpBackend, listener: str = "", cluster: str = "")
     async with Proxy.from_toml(web_config([b.address for b in backends], listener=listener,
                                           cluster=cluster)) as proxy:
         yield proxy
+        await no_connection_left(proxy)   # only after a passing test: a failure's own error is the one to see
 
 
 def url(proxy: Proxy) -> str:
@@ -367,6 +378,24 @@ def test_websocket_upgrade_becomes_a_relay():
     run(main())
 
 
+def test_declined_upgrade_stays_http():
+    """The backend answers an upgrade request with a plain 200: no relay, the connection keeps speaking HTTP."""
+    async def main():
+        async with HttpBackend("web-0") as backend, proxied(backend) as proxy:
+            reader, writer = await open_raw(proxy)
+            writer.write(b"GET /echo HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            resp = await response(reader)
+            assert resp.status == 200
+            upgrade = [v for k, v in resp.json()["headers"] if k.lower() == "upgrade"]
+            assert upgrade == ["websocket"]             # an upgrade request carries its Upgrade header on
+            writer.write(b"GET /echo?next HTTP/1.1\r\nHost: ws.test\r\n\r\n")
+            assert (await response(reader)).json()["target"] == "/echo?next"
+            writer.close()
+
+    run(main())
+
+
 # ---- upstream pools ----------------------------------------------------------------------------------------------
 
 def test_pool_reuses_backend_connections_for_one_client():
@@ -538,10 +567,10 @@ def test_request_id_header_name_configurable():
 
 # ---- access log --------------------------------------------------------------------------------------------------
 
-async def _wait_lines(path, count: int) -> list[str]:
+async def _wait_lines(path: Path, count: int) -> list[str]:
     for _ in range(100):
         if os.path.exists(path):
-            lines = [line for line in open(path).read().splitlines() if line.strip()]
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
             if len(lines) >= count:
                 return lines
         await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from fastmesh import Proxy
-from fastmesh._testbase.http_backend import HttpBackend
+from fastmesh._testbase.http_backend import HttpBackend, read_response
 from fastmesh._testbase.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,9 +81,19 @@ async def routed(default: str | None = "default", routes: str = ROUTES,
             host, port = proxy.addresses["web"]
             async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=5, trust_env=False) as c:
                 yield c, backends
+            await no_connection_left(proxy)   # only after a passing test: a failure's own error is the one to see
     finally:
         for backend in backends.values():
             await backend.stop()
+
+
+async def no_connection_left(proxy: Proxy) -> None:
+    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
+    for _ in range(60):
+        if proxy.active_connections == 0:
+            return
+        await asyncio.sleep(0.05)
+    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
 
 
 def run(coro):
@@ -148,6 +158,24 @@ def test_route_by_host_with_curl():
             assert b"\r\nx-served-by: fastmesh" in head.lower()
             echo = json.loads(body)
             assert echo["backend"] == "api" and echo["target"] == "/from-curl"
+
+    run(main())
+
+
+def test_pipelined_requests_to_different_clusters_answered_in_order():
+    """The first request goes to a cluster that answers late, the second to one that answers at once."""
+    async def main():
+        async with routed() as (c, backends):
+            host, port = c.base_url.host, c.base_url.port
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /slow?ms=300 HTTP/1.1\r\nHost: site.test\r\n\r\n"
+                         b"GET /first/x HTTP/1.1\r\nHost: site.test\r\n\r\n"
+                         b"GET /exact HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            first = await asyncio.wait_for(read_response(reader), 5)
+            assert first.body == b"slept 300 ms\n" and first.header("x-backend") == "default"
+            assert (await asyncio.wait_for(read_response(reader), 5)).json()["backend"] == "first"
+            assert (await asyncio.wait_for(read_response(reader), 5)).json()["backend"] == "exact"
+            writer.close()
 
     run(main())
 

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -35,6 +36,15 @@ PAUSE = 1.0                 # seconds a reader stops reading mid-stream: time en
 WAIT = 20.0                 # seconds for `fastmesh run` to become ready
 
 
+async def no_connection_left(proxy: Proxy) -> None:
+    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
+    for _ in range(60):
+        if proxy.active_connections == 0:
+            return
+        await asyncio.sleep(0.05)
+    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -47,6 +57,7 @@ async def proxied(backend: HttpBackend) -> AsyncIterator[Proxy]:
               f'protocol = "http"\ncluster = "web"\n[clusters.web]\nendpoints = ["{backend.address}"]\n')
     async with Proxy.from_toml(config) as proxy:
         yield proxy
+        await no_connection_left(proxy)   # only after a passing test: a failure's own error is the one to see
 
 
 async def wait_still(read_counter, settle: float = 0.5, limit: float = 10.0) -> int:
@@ -64,31 +75,61 @@ async def wait_still(read_counter, settle: float = 0.5, limit: float = 10.0) -> 
     return last
 
 
+async def held_back_upload(proxy: Proxy) -> tuple[socket.socket, int]:
+    """Start a 1 GiB upload to a backend that leaves it unread; send until the socket has accepted nothing for
+    half a second. The socket (still open) and the bytes it took."""
+    host, port = proxy.addresses["web"]
+    sock = socket.create_connection((host, port))
+    sock.setblocking(False)
+    sock.sendall(b"POST /sink?hash=0&wait_ms=30000 HTTP/1.1\r\nHost: up.test\r\n"
+                 b"Content-Length: %d\r\n\r\n" % (1 << 30))
+    written = 0
+    block = b"u" * 65536
+    stalled_since = None
+    while written < 512 << 20:
+        try:
+            written += sock.send(block)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 0.5:
+                break
+        await asyncio.sleep(0)          # the proxy and the backend share this loop
+    return sock, written
+
+
 @pytest.mark.timeout(60)
 def test_upload_to_a_backend_that_does_not_read_is_held_back():
     """The backend leaves the body unread: the proxy must stop reading the client, so the client stalls early."""
     async def main():
         async with HttpBackend("sink") as backend, proxied(backend) as proxy:
-            host, port = proxy.addresses["web"]
-            sock = socket.create_connection((host, port))
-            sock.setblocking(False)
-            sock.sendall(b"POST /sink?hash=0&wait_ms=30000 HTTP/1.1\r\nHost: up.test\r\n"
-                         b"Content-Length: %d\r\n\r\n" % (1 << 30))
-            written = 0
-            block = b"u" * 65536
-            stalled_since = None
-            while written < 512 << 20:
-                try:
-                    written += sock.send(block)
-                    stalled_since = None
-                except BlockingIOError:
-                    stalled_since = stalled_since or time.monotonic()
-                    if time.monotonic() - stalled_since > 0.5:
-                        break
-                await asyncio.sleep(0)          # the proxy and the backend share this loop
-            sock.close()
+            sock, written = await held_back_upload(proxy)
             assert written < BUFFER_BOUND, written
             assert backend.body_bytes_read == 0
+            await backend.stop()            # the upstream goes away: the proxy must let the client go too
+            sock.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_client_leaving_a_held_back_upload_releases_both_connections(how):
+    """A client gives up on an upload the backend is not reading: the proxy is not reading that client either,
+    but it must still notice the hang-up (EPOLLRDHUP/EPOLLHUP) and close both sides, not hold them until the
+    response timeout."""
+    async def main():
+        async with HttpBackend("sink") as backend, proxied(backend) as proxy:
+            sock, written = await held_back_upload(proxy)
+            assert written < BUFFER_BOUND and backend.active == 1 and proxy.active_connections == 1
+            if how == "rst":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            for _ in range(40):
+                if backend.active == 0 and proxy.active_connections == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert (proxy.active_connections, backend.active) == (0, 0)
 
     run(main())
 
@@ -112,6 +153,36 @@ def test_download_to_a_client_that_does_not_read_is_held_back():
             assert checker.ok
             assert backend.body_bytes_sent > sent               # the backend was let go again
             writer.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_client_gone_mid_download_releases_the_upstream():
+    """The client reads a little of a huge body and leaves: the proxy closes the upstream connection rather than
+    draining (or pooling) it."""
+    async def main():
+        async with HttpBackend("source") as backend, proxied(backend) as proxy:
+            host, port = proxy.addresses["web"]
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
+            writer.write(b"GET /bytes?n=%d HTTP/1.1\r\nHost: down.test\r\n\r\n" % (1 << 30))
+            assert (await asyncio.wait_for(read_response_head(reader), 5)).status == 200
+            checker = PatternChecker()
+            while checker.length < 1 << 20:
+                checker.feed(await asyncio.wait_for(reader.read(1 << 20), 5))
+            assert checker.ok
+            writer.close()
+            for _ in range(60):
+                if backend.active == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert backend.active == 0
+            assert backend.body_bytes_sent < BUFFER_BOUND
+            for _ in range(60):
+                if proxy.active_connections == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert proxy.active_connections == 0
 
     run(main())
 

@@ -6,7 +6,7 @@ from libc.limits cimport LLONG_MAX
 cdef class Balancer:
     cdef int n                    # number of endpoints
     cdef int n_up                 # endpoints currently eligible for pick()
-    cdef int *weights             # configured weight per endpoint (>= 1)
+    cdef int *weights             # weight per endpoint the picks use (>= 1): the configured one, scaled in slow start
     cdef unsigned char *up        # 1 if the endpoint may be picked, 0 if marked down
     cdef int *active              # in-flight connections/requests per endpoint
     cdef unsigned long long rng   # xorshift64* state for algorithms that draw random numbers
@@ -15,7 +15,15 @@ cdef class Balancer:
     cdef int *up_pos              # position of endpoint i in up_list, or -1 while it is down
     cdef long long *cum           # cum[k]: summed weight of up_list[0..k-1]; cum[n_up] == total_up (size n + 1)
     cdef long long total_up       # summed weight of the up endpoints
-    cdef bint uniform             # every configured weight is equal, so draws and rotation ignore weights
+    cdef bint uniform             # every weight in `weights` is equal, so draws and rotation ignore weights
+    # Added for slow start, latency and hashing (appended, so the offsets above stay where they were).
+    cdef int *config_weights      # configured weight per endpoint; `weights` equals it except during slow start
+    cdef double slow_start        # seconds an endpoint ramps after endpoint_up; 0 = off
+    cdef double *ramp_from        # `now` at the endpoint_up that started endpoint i's ramp, or -1 when not ramping
+    cdef int n_ramping            # endpoints with ramp_from >= 0
+    cdef double ramp_due          # `now` at or after which set_clock recomputes the ramped weights
+    cdef double now               # the owner's monotonic clock in seconds, as last given to set_clock
+    cdef bint clock_set           # set_clock has been called; slow start stays off until then
 
     # Index of the endpoint to use, or -1 when none is up. `avoid` (-1 for none) is an endpoint the
     # caller just failed on: pick it only if it is the only one up.
@@ -30,6 +38,22 @@ cdef class Balancer:
     cdef unsigned long long next_random(self) noexcept
     # Added: recompute up_list, up_pos, cum and total_up from `up` (O(n); runs on up/down events only).
     cdef void rebuild_up(self) noexcept
+    # Index of the endpoint for a request whose key hashes to `key` (a 64-bit hash the caller computed
+    # from a header, cookie or source address). Hashing balancers map the same key to the same endpoint;
+    # the others ignore the key and pick(avoid).
+    cdef int pick_hash(self, unsigned long long key, int avoid) noexcept
+    # A finished request to endpoint i took rtt_seconds and answered HTTP `status` (0 for TCP). Called
+    # before request_end. Only latency-aware balancers keep anything.
+    cdef void observe(self, int i, double rtt_seconds, int status) noexcept
+    # The owner's monotonic clock moved to `now` (call once per reactor wakeup, or at least once per
+    # tick): balancers never read the clock per pick. Times that go backwards are ignored.
+    cdef void set_clock(self, double now) noexcept
+    # The first set_clock moved time by `delta` from 0: shift every time recorded before it.
+    cdef void shift_clock(self, double delta) noexcept
+    # Recompute `weights` from config_weights and the ramps (ending finished ones), then the up set.
+    cdef void reweight(self) noexcept
+    # `weights` changed under the algorithm (slow start): drop state computed from the old ones.
+    cdef void weights_changed(self) noexcept
 
 
 # Inline helpers: defined here so that the algorithm modules inline them instead of calling through
@@ -106,3 +130,19 @@ cdef inline int up_draw(Balancer b, int ex1, int ex2) noexcept:
         base = base + half if b.cum[base + half] <= r else base
         length -= half
     return b.up_list[base]
+
+
+cdef inline double ramp_share(Balancer b, int i) noexcept nogil:
+    # Slow start: endpoint i's share of its configured weight. 1.0 when it is not ramping; else linear
+    # from 10% at endpoint_up to 100% at the end of the window (a floor, as in Envoy's min weight
+    # percent, so a just-recovered endpoint still gets enough traffic to show it is healthy).
+    cdef double start = b.ramp_from[i]
+    cdef double elapsed
+    if start < 0.0:
+        return 1.0
+    elapsed = (b.now - start) / b.slow_start
+    if elapsed >= 1.0:
+        return 1.0
+    if elapsed < 0.0:
+        elapsed = 0.0
+    return 0.1 + 0.9 * elapsed

@@ -1,5 +1,17 @@
-"""Balancer base: state every algorithm shares (weights, up set, active counts, RNG) and its Python wrappers."""
+"""Balancer base: what every algorithm shares (weights, up set, active counts, RNG, slow start) and Python wrappers.
+
+Slow start (`slow_start` seconds, 0 = off): endpoint_up starts a ramp for the endpoint that comes back
+(endpoints present at creation start at full weight). While any endpoint ramps, `weights` holds every
+configured weight times RAMP_SCALE, the ramping ones also times ramp_share() (10% rising linearly to
+100%), so integer weights keep 1% steps even when configured weights are 1. The owner's set_clock
+recomputes them every window / RAMP_STEPS seconds (O(n), a few dozen times per window, never per pick);
+when the last ramp ends, `weights` is the configured weights again. Slow start needs a clock: until the
+first set_clock an endpoint_up restores full weight at once, so a missing clock cannot leave an
+endpoint stuck at 10%.
+"""
+from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 import os
 
 # Weights are C ints; summed weights are 64-bit, so any count of endpoints at this bound fits.
@@ -8,6 +20,12 @@ MAX_WEIGHT = 0x7FFFFFFF
 cdef enum:
     # Picks that stay in flight during bench_picks, so least_request sees real active counts.
     BENCH_INFLIGHT = 64
+    # Slow start: factor on every weight while some endpoint ramps (1% steps for weight-1 endpoints).
+    RAMP_SCALE = 100
+    # Slow start: weight recomputations per window (every 0.6 s for a 30 s window).
+    RAMP_STEPS = 50
+    # The C bound behind MAX_WEIGHT, for the ramp scaling.
+    C_MAX_WEIGHT = 0x7FFFFFFF
 
 
 cdef int _index(Balancer b, i) except -1:
@@ -20,11 +38,17 @@ cdef int _index(Balancer b, i) except -1:
 cdef class Balancer:
     """Base of the algorithms: pick() here always answers -1; subclasses implement it."""
 
-    def __cinit__(self, weights, seed=None):
+    def __cinit__(self, weights, seed=None, *args, slow_start=0.0, **options):
+        # Subclasses' options arrive here too (Cython hands every __cinit__ the same arguments); their
+        # __init__ checks them.
         cdef Py_ssize_t count = len(weights)
         cdef int i
         if count > 0x7FFFFFFF - 1:
             raise ValueError("too many endpoints")
+        slow_start = float(slow_start)
+        if not isfinite(slow_start) or slow_start < 0.0:
+            raise ValueError(f"slow_start must be a finite number of seconds >= 0, got {slow_start}")
+        self.slow_start = slow_start
         for w in weights:
             if isinstance(w, bool) or not isinstance(w, int):
                 raise TypeError(f"endpoint weights must be ints, got {w!r}")
@@ -38,12 +62,16 @@ cdef class Balancer:
         self.up_list = <int *>calloc(count + 1, sizeof(int))
         self.up_pos = <int *>calloc(count + 1, sizeof(int))
         self.cum = <long long *>calloc(count + 1, sizeof(long long))
+        self.config_weights = <int *>calloc(count + 1, sizeof(int))
+        self.ramp_from = <double *>calloc(count + 1, sizeof(double))
         if (self.weights == NULL or self.up == NULL or self.active == NULL or self.up_list == NULL
-                or self.up_pos == NULL or self.cum == NULL):
+                or self.up_pos == NULL or self.cum == NULL or self.config_weights == NULL or self.ramp_from == NULL):
             raise MemoryError()
         self.uniform = True
         for i in range(self.n):
             self.weights[i] = weights[i]
+            self.config_weights[i] = self.weights[i]
+            self.ramp_from[i] = -1.0
             self.up[i] = 1
             if self.weights[i] != self.weights[0]:
                 self.uniform = False
@@ -51,7 +79,13 @@ cdef class Balancer:
         self.rebuild_up()
         self.reseed(seed)
 
+    def __init__(self, weights, seed=None, *, slow_start=0.0):
+        # The work is done in __cinit__; this signature only rejects options the algorithm does not take.
+        pass
+
     def __dealloc__(self):
+        free(self.config_weights)
+        free(self.ramp_from)
         free(self.weights)
         free(self.up)
         free(self.active)
@@ -67,14 +101,26 @@ cdef class Balancer:
             return
         self.up[i] = 1
         self.n_up += 1
-        self.rebuild_up()
+        if self.slow_start > 0.0 and self.clock_set:
+            if self.ramp_from[i] < 0.0:
+                self.n_ramping += 1
+            self.ramp_from[i] = self.now
+            self.reweight()
+        else:
+            self.rebuild_up()
 
     cdef void endpoint_down(self, int i) noexcept:
         if i < 0 or i >= self.n or not self.up[i]:
             return
         self.up[i] = 0
         self.n_up -= 1
-        self.rebuild_up()
+        if self.ramp_from[i] >= 0.0:
+            # A ramp ends when its endpoint goes down; the next endpoint_up starts a new one.
+            self.ramp_from[i] = -1.0
+            self.n_ramping -= 1
+            self.reweight()
+        else:
+            self.rebuild_up()
 
     cdef void request_start(self, int i) noexcept:
         if 0 <= i < self.n:
@@ -103,6 +149,61 @@ cdef class Balancer:
                 self.up_pos[i] = -1
         self.cum[k] = total
         self.total_up = total
+
+    cdef int pick_hash(self, unsigned long long key, int avoid) noexcept:
+        return self.pick(avoid)
+
+    cdef void observe(self, int i, double rtt_seconds, int status) noexcept:
+        pass
+
+    cdef void set_clock(self, double now) noexcept:
+        if not self.clock_set:
+            self.clock_set = True
+            self.shift_clock(now - self.now)
+            self.now = now
+        elif now > self.now:
+            self.now = now
+        if self.n_ramping > 0 and self.now >= self.ramp_due:
+            self.reweight()
+
+    cdef void shift_clock(self, double delta) noexcept:
+        cdef int i
+        for i in range(self.n):
+            if self.ramp_from[i] >= 0.0:
+                self.ramp_from[i] += delta
+        self.ramp_due += delta
+
+    cdef void reweight(self) noexcept:
+        cdef int i, max_w = 1
+        cdef long long scale, w
+        cdef bint uniform = True
+        for i in range(self.n):
+            if self.ramp_from[i] >= 0.0 and self.now - self.ramp_from[i] >= self.slow_start:
+                self.ramp_from[i] = -1.0
+                self.n_ramping -= 1
+        if self.n_ramping == 0:
+            memcpy(self.weights, self.config_weights, self.n * sizeof(int))
+        else:
+            for i in range(self.n):
+                if self.config_weights[i] > max_w:
+                    max_w = self.config_weights[i]
+            scale = RAMP_SCALE
+            if scale > C_MAX_WEIGHT // max_w:
+                scale = C_MAX_WEIGHT // max_w
+            for i in range(self.n):
+                w = <long long>(<double>self.config_weights[i] * <double>scale * ramp_share(self, i) + 0.5)
+                self.weights[i] = <int>w if w >= 1 else 1
+        for i in range(1, self.n):
+            if self.weights[i] != self.weights[0]:
+                uniform = False
+                break
+        self.uniform = uniform
+        self.rebuild_up()
+        self.ramp_due = self.now + self.slow_start / RAMP_STEPS
+        self.weights_changed()
+
+    cdef void weights_changed(self) noexcept:
+        pass
 
     # ---- Python API: tests, benchmarks and the control plane (via dataplane/) ----
 
@@ -149,6 +250,41 @@ cdef class Balancer:
         """In-flight requests per endpoint, as a list."""
         return [self.active[i] for i in range(self.n)]
 
+    def pick_hashed(self, key, int avoid=-1):
+        """Endpoint for a request keyed by the 64-bit hash `key` (hashing balancers); others ignore the key."""
+        return self.pick_hash(<unsigned long long>(key & 0xFFFFFFFFFFFFFFFF), avoid)
+
+    def observe_py(self, i, double rtt, int status=0):
+        """A request to endpoint i finished after `rtt` seconds with HTTP `status` (0 for TCP)."""
+        self.observe(_index(self, i), rtt, status)
+
+    def set_now(self, double now):
+        """The owner's monotonic clock reads `now` seconds (drives slow start and latency decay)."""
+        self.set_clock(now)
+
+    @property
+    def clock(self):
+        """The clock as last given to set_now/set_clock (0.0 before the first)."""
+        return self.now
+
+    @property
+    def slow_start_window(self):
+        """Slow start window in seconds (0.0 = off)."""
+        return self.slow_start
+
+    @property
+    def ramping_count(self):
+        """Endpoints still in their slow start ramp."""
+        return self.n_ramping
+
+    def effective_weights(self):
+        """The weights picks use now, per endpoint (the configured ones scaled while some endpoint ramps)."""
+        return [self.weights[i] for i in range(self.n)]
+
+    def configured_weights(self):
+        """The weights given at construction, per endpoint."""
+        return [self.config_weights[i] for i in range(self.n)]
+
     def bench_picks(self, int count):
         """Run `count` picks in a C loop; return how many found no endpoint. For benchmarks only.
 
@@ -172,4 +308,14 @@ cdef class Balancer:
         for j in range(BENCH_INFLIGHT):
             if ring[j] >= 0:
                 self.request_end(ring[j])
+        return misses
+
+    def bench_hash_picks(self, int count, unsigned long long seed=1):
+        """Run `count` pick_hash calls on pseudo-random keys in a C loop; return how many found no endpoint."""
+        cdef unsigned long long state = seed if seed != 0 else 1
+        cdef int _j
+        cdef int misses = 0
+        for _j in range(count):
+            if self.pick_hash(rng_next(&state), -1) < 0:
+                misses += 1
         return misses

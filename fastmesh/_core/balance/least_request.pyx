@@ -6,6 +6,9 @@ the whole burst to one endpoint. Loads are compared as active[a]/weight[a] again
 active[b]/weight[b] by cross-multiplying, so no division; equal loads are settled by a coin flip.
 With no requests in flight every pair ties, so the split follows the weighted draw of the pair
 (flatter than the weights); under load the active/weight comparison pulls it to the weights.
+
+Slow start: the base scales `weights` while an endpoint ramps, which lowers both its chance to be drawn
+and its capacity in the active/weight comparison.
 """
 from fastmesh._core.balance.base cimport Balancer, rng_next, up_draw
 

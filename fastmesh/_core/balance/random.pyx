@@ -3,6 +3,9 @@
 The draw is a binary search over the cumulative weights the base rebuilds on up/down events
 (O(log n)), or a single bounded draw when all weights are equal. No per-pick state is kept, so
 concurrent callers and flapping endpoints cannot skew it.
+
+Slow start: the base scales `weights` (and so the cumulative weights) while an endpoint ramps,
+recomputed on the owner's clock a few dozen times per window; the draw itself is unchanged.
 """
 from fastmesh._core.balance.base cimport Balancer, up_draw
 

@@ -8,9 +8,14 @@ With equal weights (the common case) the pick is a rotating index, O(1). The wei
 up endpoints, O(n): under 1 ns per endpoint here, so ~1 us at 1,000 weighted endpoints and nothing
 at the tens a cluster usually has. An earliest-deadline heap would be O(log n) but hands out a
 different, lumpier order (5,1,1 gives a a a a then the light ones), which is what smooth WRR avoids.
+
+Slow start: the base scales `weights` while an endpoint ramps (recomputed on the owner's clock, a few
+dozen times per window). Each change zeroes the scores, so the new proportions hold from the next pick
+instead of after the old scores, which were earned under other weights, have worked themselves out.
 """
 from libc.limits cimport LLONG_MIN
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 from fastmesh._core.balance.base cimport Balancer
 
@@ -84,3 +89,7 @@ cdef class RoundRobinBalancer(Balancer):
             return avoid
         current[best] = best_score - total
         return best
+
+    cdef void weights_changed(self) noexcept:
+        memset(self.current, 0, self.n * sizeof(long long))
+        self.next_pos = 0

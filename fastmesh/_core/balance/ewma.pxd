@@ -1,0 +1,18 @@
+# Peak EWMA with power of two choices (Finagle's and linkerd2's latency-aware balancer): declarations.
+from fastmesh._core.balance.base cimport Balancer
+
+
+cdef class EwmaBalancer(Balancer):
+    cdef double decay             # time constant in seconds: an old cost fades by a factor e per `decay` seconds
+    cdef double default_rtt       # cost in seconds of an endpoint with no sample yet (at creation and endpoint_up)
+    cdef double penalty           # least latency in seconds a 429 or 503 answer counts as
+    cdef double *cost             # per endpoint: its cost (s) scaled to `epoch`; cost now = cost[i] * decay_now
+    cdef double *stamp            # per endpoint: `now` at its last sample or reset
+    cdef unsigned char *unsampled  # per endpoint: 1 while its cost is the default_rtt placeholder
+    cdef double epoch             # the time the stored costs are scaled to (moved forward before they overflow)
+    cdef double decay_now         # exp(-(now - epoch) / decay): turns stored costs into costs now
+    cdef double *load_unit        # per endpoint: mean up weight / its weight, what one in-flight request adds
+    cdef bint self_clocked        # no owner has called set_clock yet, so observe() reads CLOCK_MONOTONIC itself
+
+    # Move the clock to `now` (through the base) and refresh decay_now.
+    cdef void advance(self, double now) noexcept

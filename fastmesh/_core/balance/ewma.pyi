@@ -1,0 +1,9 @@
+"""Type stub for fastmesh._core.balance.ewma."""
+from fastmesh._core.balance.base import Balancer
+
+class EwmaBalancer(Balancer):
+    def __init__(self, weights: list[int], seed: int | None = None, *, slow_start: float = 0.0,
+                 decay: float = 10.0, default_rtt: float = 0.030, penalty: float = 1.0) -> None: ...
+    def costs(self) -> list[float]: ...
+    @property
+    def decay_window(self) -> float: ...

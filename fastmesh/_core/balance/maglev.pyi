@@ -1,0 +1,16 @@
+"""Type stub for fastmesh._core.balance.maglev."""
+from collections.abc import Iterable
+
+from fastmesh._core.balance.base import Balancer
+
+MAX_TABLE_SIZE: int
+
+def is_prime(m: int) -> bool: ...
+
+class MaglevBalancer(Balancer):
+    def __init__(self, weights: list[int], seed: int | None = None, *, slow_start: float = 0.0,
+                 ids: Iterable[int] | None = None, table_size: int = 65537) -> None: ...
+    @property
+    def table_slots(self) -> int: ...
+    def slot_counts(self) -> list[int]: ...
+    def endpoint_ids(self) -> list[int]: ...
