@@ -11,8 +11,8 @@ key's owner is down or is `avoid`, the key probes slot + k * step (step from the
 slots are visited since the size is prime) until an eligible endpoint turns up: failover is as
 consistent as the first choice, and the down endpoint's keys spread over the others by weight, while
 no other key moves. A balancer rebuilt without an endpoint (ids keep identities across rebuilds, as
-in ring_hash) moves a few percent of the other keys: Maglev trades exact minimal movement for its
-even spread. Probes cost about (total weight / weight up) on average, so with most weight down a
+in ring_hash) also moves some of the other keys, 0.2-0.3% with 10 endpoints and 65537 slots in the
+tests: Maglev trades exact minimal movement for its even spread. Probes cost about (total weight / weight up) on average, so with most weight down a
 rebuild without the down endpoints is cheaper.
 
 The default size 65537 suits up to a few hundred endpoints; the table should have ~100 slots per
