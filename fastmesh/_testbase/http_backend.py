@@ -18,7 +18,8 @@ simple everywhere else. Paths (the first segment picks the behaviour; any other 
     /raw?data=...    write exactly these bytes (the parameter, percent-decoded as latin-1) as the answer, then
                      close; &keep=1 keeps the connection open (for malformed answers a proxy must refuse)
 
-Every answer carries `x-backend` (the backend's name) and `x-backend-connection` (which of its connections).
+Every answer but /raw's carries `x-backend` (the backend's name) and `x-backend-connection` (which of its
+connections, counted from 1).
 Bodies the tests check for size use the *pattern*: a fixed 64 KiB pseudo-random block repeated, so a client
 can check any amount of it byte for byte with memcmp speed instead of hashing (see PatternChecker).
 """
@@ -229,8 +230,9 @@ class HttpBackend:
         conn = _Connection(self, reader, writer, self.connections, f"{peer[0]}:{peer[1]}")
         try:
             await conn.run()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError, TimeoutError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.CancelledError,
+                TimeoutError):
+            pass                        # the peer went away, or sent a line too long to answer: just close
         finally:
             self.active -= 1
             self._writers.discard(writer)
