@@ -12,8 +12,8 @@ slots are visited since the size is prime) until an eligible endpoint turns up: 
 consistent as the first choice, and the down endpoint's keys spread over the others by weight, while
 no other key moves. A balancer rebuilt without an endpoint (ids keep identities across rebuilds, as
 in ring_hash) also moves some of the other keys, 0.2-0.3% with 10 endpoints and 65537 slots in the
-tests: Maglev trades exact minimal movement for its even spread. Probes cost about (total weight / weight up) on average, so with most weight down a
-rebuild without the down endpoints is cheaper.
+tests: Maglev trades exact minimal movement for its even spread. Probes cost about (total weight /
+weight up) on average, so with most weight down a rebuild without the down endpoints is cheaper.
 
 The default size 65537 suits up to a few hundred endpoints; the table should have ~100 slots per
 endpoint for the spread to follow the weights within about 10%.
