@@ -7,6 +7,7 @@ import socket
 from fastmesh._core.balance.factory import make_balancer
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.pool import HttpPool
+from fastmesh._core.policy import ClusterPolicy
 from fastmesh._core.reactor import Reactor
 from fastmesh.config.schema import Cluster as ClusterConfig
 
@@ -28,6 +29,16 @@ def build_cluster(cfg: ClusterConfig) -> Cluster:
     return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
 
 
+def build_policy(cfg: ClusterConfig) -> ClusterPolicy:
+    """Retries, budget, timeouts and circuit breakers of a cluster, as the core checks them per request."""
+    r, lim = cfg.retries, cfg.limits
+    return ClusterPolicy(attempts=r.attempts, on=tuple(r.on), budget_percent=r.budget_percent / 100.0,
+                         budget_min_per_second=r.min_per_second, backoff_base=r.backoff, backoff_max=r.max_backoff,
+                         timeout=cfg.timeout, per_try_timeout=cfg.per_try_timeout or cfg.response_timeout,
+                         max_connections=lim.max_connections, max_pending=lim.max_pending,
+                         max_requests=lim.max_requests, max_retries=lim.max_retries)
+
+
 def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster) -> HttpPool:
     """The HTTP/1 connection pool over a cluster (shared by every http listener that routes to it)."""
-    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, cfg.response_timeout)
+    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg))

@@ -1,4 +1,5 @@
 """The embedding example runs as documented, and a Python-built config is validated like a file."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ from fastmesh.config.schema import Cluster, Config, Endpoint, Listener
 
 def test_embed_example_balances_across_backends():
     ports = free_ports(4)
+    repo = Path(__file__).parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "examples/embed.py", *map(str, ports)], capture_output=True,
-                         text=True, timeout=60, check=True, cwd=Path(__file__).parents[2]).stdout.splitlines()
+                         text=True, timeout=60, check=True, cwd=repo, env=env).stdout.splitlines()
     assert sorted(out) == sorted(f"hello from demo backend {i} (127.0.0.1:{p})" for i, p in
                                  enumerate(ports[1:], start=1))
 

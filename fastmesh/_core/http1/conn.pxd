@@ -8,6 +8,7 @@ from fastmesh._core.http1.parser cimport Head, Limits
 from fastmesh._core.http1.framing cimport ChunkedDecoder
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
 from fastmesh._core.router cimport Router
+from fastmesh._core.policy cimport ClusterPolicy
 
 
 cdef enum DownstreamState:
@@ -21,6 +22,7 @@ cdef enum DownstreamState:
 
 ctypedef struct BodyFrame:
     int kind                   # framing.BodyKind
+    long long length           # BODY_LENGTH: the whole body's length (a retry starts over)
     long long remaining        # BODY_LENGTH: bytes still to pass
     bint done                  # the whole body has been framed
     bint dechunk               # pass only the chunk data (an HTTP/1.0 client cannot read chunked)
@@ -45,6 +47,7 @@ cdef class HttpProxy(Acceptor):
     cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled
     cdef object access_log                 # callable(fields tuple) per request, or None (off: costs nothing)
     cdef bint draining                     # shutting down: finish exchanges, keep no connection alive
+    cdef bint trust_headers                # honour fastmesh-timeout-ms from clients (else strip it)
     cdef Downstream head                   # open downstream connections (intrusive list)
     cdef readonly long active              # open downstream connections
     cdef readonly unsigned long long accepted       # downstream connections accepted, ever
@@ -74,6 +77,7 @@ cdef class Downstream(UpstreamUser):
     cdef char peer[48]                     # client IP as text (X-Forwarded-For)
     cdef int peer_len
     cdef double deadline                   # header / idle / response / close deadline, by state
+    cdef Py_ssize_t head_scan              # bytes of a partial head already searched for its blank line
     cdef double started                    # when the current request head was complete
     # --- the current exchange ---
     cdef Upstream up                       # upstream connection, None before acquired / after release
@@ -99,8 +103,20 @@ cdef class Downstream(UpstreamUser):
     cdef unsigned long long ex_in          # request bytes of this exchange
     cdef unsigned long long ex_out         # response bytes of this exchange
     cdef object log_fields                 # (method, authority, path) when the access log is on
+    # --- resilience ---
+    cdef int tries                         # tries of the current request (1 = first), retries = tries - 1
+    cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
+    cdef bint counted                      # counted in policy.requests_active
+    cdef bint retrying                     # counted in policy.retries_active
+    cdef bint waiting                      # queued in pool.waiters for a connection slot
+    cdef bint retry_pending                # a retry is scheduled (backoff timer)
+    cdef bint body_replayable              # the whole request body sits in rbuf from body_mark on
+    cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
+    cdef double total_deadline             # request deadline (timeout / fastmesh-timeout-ms), 0 = none
+    cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
 
     cdef void run(self) noexcept
+    cdef bint body_can_finish(self) noexcept
     cdef int read_request(self) noexcept
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept
     cdef int step_exchange(self) noexcept
@@ -108,9 +124,15 @@ cdef class Downstream(UpstreamUser):
     cdef int on_response_head(self, Py_ssize_t head_len) noexcept
     cdef int finish_exchange(self) noexcept
     cdef int upstream_lost(self) noexcept
+    cdef bint may_retry(self, int cls, int status) noexcept
+    cdef void retry(self) noexcept
+    cdef void end_request(self) noexcept
+    cdef void stamp_deadline(self) noexcept
+    cdef double try_deadline(self) noexcept
     cdef object describe(self, const char *buf, Head *h)
     cdef void log_request(self, int endpoint)
     cdef void random_id(self, char *out) noexcept
+    cdef void add_retried(self, OutBuf *o) noexcept
     cdef int pump_body(self, RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
                        OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept
     cdef void build_request_head(self, const char *buf, Head *h) noexcept

@@ -23,6 +23,11 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memcpy
 from libc.stdio cimport snprintf
 
+cdef extern from "<sys/ioctl.h>" nogil:
+    enum:
+        FIONREAD
+    int ioctl(int fd, unsigned long request, ...)
+
 from fastmesh._core.buffer cimport (
     RecvBuf, OutBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_reserve, ob_flush, ob_pending,
     ob_free,
@@ -37,13 +42,16 @@ from fastmesh._core.http1.parser cimport (
     Head, Limits, HeaderField, parse_request, parse_response, limits_init, METHOD_HEAD, METHOD_GET,
     METHOD_OPTIONS, METHOD_TRACE, METHOD_PUT, METHOD_DELETE, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE,
     FIELD_PROXY_CONNECTION, FIELD_TE, FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE,
-    FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
+    FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING, FIELD_CONTENT_LENGTH, find_head_end,
 )
 from fastmesh._core.http1.framing cimport (
     request_body, response_body, keep_alive, chunked_init, chunked_feed, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
     BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE,
 )
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING, UP_ACTIVE
+from fastmesh._core.policy cimport (
+    ClusterPolicy, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
+)
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
 
@@ -52,6 +60,7 @@ import os
 cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef int MAX_CONN_TOKENS = 16          # Connection header tokens honoured when dropping the fields they name
 cdef double CLOSE_GRACE = 5.0          # seconds a closing connection gets to take its last answer
+cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-parsed on every read
 
 # The one transient head: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
@@ -62,6 +71,35 @@ cdef bytes CONN_UPGRADE = b"Connection: upgrade\r\n"
 cdef bytes CONN_CLOSE = b"Connection: close\r\n"
 cdef bytes CONN_KEEP = b"Connection: keep-alive\r\n"
 cdef bytes HEX = b"0123456789abcdef"
+cdef bytes TIMEOUT_FIELD = b"fastmesh-timeout-ms: "     # the deadline budget, in ms, sent with each try
+cdef bytes RETRIED_FIELD = b"fastmesh-retried"          # on a failed answer: a fastmesh already applied its retries
+cdef int TIMEOUT_DIGITS = 9                              # fixed width, so a retry can rewrite it in place
+
+
+cdef int find_field(const char *buf, Head *h, const char *lower, Py_ssize_t n) noexcept:
+    """Index of the first field named `lower` (case-insensitive), or -1."""
+    cdef int i
+    cdef HeaderField *f
+    for i in range(h.num_headers):
+        f = &h.headers[i]
+        if f.id == FIELD_OTHER and f.name_len == n and name_is(buf + f.name_off, n, lower, n):
+            return i
+    return -1
+
+
+cdef long long field_ms(const char *buf, HeaderField *f) noexcept:
+    """A field value of 1 to 12 digits as a number, or -1."""
+    cdef long long v = 0
+    cdef uint32_t i
+    cdef char c
+    if f.value_len == 0 or f.value_len > 12:
+        return -1
+    for i in range(f.value_len):
+        c = buf[f.value_off + i]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    return v
 
 
 cdef inline bint name_is(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m) noexcept:
@@ -144,7 +182,8 @@ cdef inline bint replayable_method(int m) noexcept:
 
 cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:
     f.kind = kind
-    f.remaining = length if length > 0 else 0
+    f.length = length if length > 0 else 0
+    f.remaining = f.length
     f.done = kind == BODY_NONE or (kind == BODY_LENGTH and length <= 0)
     f.dechunk = False
     f.skip = 0
@@ -184,7 +223,7 @@ cdef class HttpProxy(Acceptor):
     def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
                   double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
                   int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None):
+                  access_log=None, bint trust_headers=True):
         cdef int size
         self.reactor = reactor
         self.name = name
@@ -205,6 +244,7 @@ cdef class HttpProxy(Acceptor):
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
+        self.trust_headers = trust_headers
         self.head = None
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
@@ -215,6 +255,7 @@ cdef class HttpProxy(Acceptor):
         d.deadline = self.reactor.now + self.header_timeout
         d.cluster = -1
         d.route = -1
+        d.tmo_off = -1
         if peer.ss_family == AF_INET:
             inet_ntop(AF_INET, &(<sockaddr_in *>peer).sin_addr, d.peer, sizeof(d.peer))
         elif peer.ss_family == AF_INET6:
@@ -259,11 +300,18 @@ cdef class HttpProxy(Acceptor):
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
-                if d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
-                    d.up.fail(0)
-                elif not d.resp_head_done and now >= d.deadline:
-                    d.respond_error(504, "Gateway Timeout", "response timeout", False)
+                if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
+                    d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
                     d.run()
+                elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
+                    d.up.fail(0)
+                elif d.up is not None and not d.resp_head_done and now >= d.deadline:
+                    d.last_endpoint = d.up.endpoint
+                    if d.may_retry(RETRY_TIMEOUT, 0):
+                        d.retry()
+                    else:
+                        d.respond_error(504, "Gateway Timeout", "response timeout", d.req_done)
+                        d.run()
             elif now >= d.deadline:
                 if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
                     d.respond_error(408, "Request Timeout", "header timeout", False)
@@ -313,13 +361,32 @@ cdef class Downstream(UpstreamUser):
     cdef void on_events(self, uint32_t events, int side) noexcept:
         if self.state == DS_CLOSED:
             return
-        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        if events & (EPOLLHUP | EPOLLERR):
+            # Reset, or closed both ways: nothing can reach this client any more. (A half-close, EPOLLRDHUP
+            # alone, is a client that still waits for its answer.)
+            self.close()
+            return
+        if events & (EPOLLIN | EPOLLRDHUP):
             self.readable = True
-            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            if events & EPOLLRDHUP:
                 self.hangup = True
+                if self.state == DS_EXCHANGE and not self.req_done and not self.body_can_finish():
+                    # The client stopped sending before its request body was complete: it gave up.
+                    self.close()
+                    return
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
         self.run()
+
+    cdef bint body_can_finish(self) noexcept:
+        """After the client's FIN: whether the bytes it sent before it (buffered here or still queued in the
+        socket) hold the rest of the request body. Chunked bodies are given the benefit of the doubt."""
+        cdef int queued = 0
+        if self.req_body.kind != BODY_LENGTH:
+            return True
+        if ioctl(self.fd, FIONREAD, &queued) < 0:
+            return False
+        return queued + rb_avail(&self.rbuf) >= self.req_body.remaining + self.req_ready
 
     cdef void upstream_ready(self, Upstream up) noexcept:
         if up is self.up:
@@ -398,8 +465,19 @@ cdef class Downstream(UpstreamUser):
                 if self.state == DS_IDLE:
                     self.state = DS_HEAD
                     self.deadline = self.proxy.reactor.now + self.proxy.header_timeout
-                n = parse_request(self.rbuf.data + self.rbuf.start, avail, &SCRATCH, &self.proxy.limits)
+                    self.head_scan = 0
+                # A short partial head is parsed as it comes (errors show early); a long one only once its
+                # blank line is there or the limits are passed, so a client trickling a big head byte by byte
+                # cannot make us re-parse it from the start each time.
+                if (avail > SHORT_HEAD
+                        and find_head_end(self.rbuf.data + self.rbuf.start, avail, self.head_scan) < 0
+                        and avail < self.proxy.limits.max_start_line + self.proxy.limits.max_header_bytes):
+                    self.head_scan = avail
+                    n = 0
+                else:
+                    n = parse_request(self.rbuf.data + self.rbuf.start, avail, &SCRATCH, &self.proxy.limits)
                 if n > 0:
+                    self.head_scan = 0
                     return self.begin_exchange(n)
                 if n < 0:
                     self.respond_error(error_status(<int>n), error_reason(<int>n).decode(), "bad request", False)
@@ -432,8 +510,10 @@ cdef class Downstream(UpstreamUser):
         cdef HttpProxy proxy = self.proxy
         cdef Head *h = &SCRATCH
         cdef const char *buf = self.rbuf.data + self.rbuf.start
-        cdef long long length
-        cdef int kind, route
+        cdef long long length, ms
+        cdef int kind, route, i
+        cdef double now
+        cdef ClusterPolicy policy
         self.started = proxy.reactor.now
         self.ex_in = head_len
         self.ex_out = 0
@@ -465,13 +545,63 @@ cdef class Downstream(UpstreamUser):
         self.route = route
         self.cluster = proxy.router.cluster(route)
         self.pool = <HttpPool>proxy.pools[self.cluster]
+        policy = self.pool.policy
+        now = proxy.reactor.now
+        self.tries = 1
+        self.last_endpoint = -1
+        self.retry_pending = False
+        self.total_deadline = now + policy.timeout if policy.timeout > 0 else 0.0
+        if proxy.trust_headers:
+            i = find_field(buf, h, "fastmesh-timeout-ms", 19)
+            if i >= 0:
+                ms = field_ms(buf, &h.headers[i])
+                if ms >= 0 and (self.total_deadline == 0.0 or now + ms / 1000.0 < self.total_deadline):
+                    self.total_deadline = now + ms / 1000.0
+        # A body that is already whole in the buffer can be sent again by a retry.
+        self.body_mark = self.rbuf.start + head_len
+        self.body_replayable = (kind == BODY_NONE or (kind == BODY_LENGTH
+                                and self.rbuf.end - self.body_mark >= length))
         self.build_request_head(buf, h)
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        self.deadline = proxy.reactor.now + self.pool.response_timeout
-        if not self.take_upstream(-1):
+        if policy.requests_active >= policy.max_requests:
+            policy.overloaded += 1
+            self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
+            return 1
+        policy.requests_active += 1
+        self.counted = True
+        policy.budget.deposit(now)
+        if self.total_deadline and now >= self.total_deadline:
+            # The caller's budget is spent: sending the request could only waste a backend's time.
+            self.respond_error(504, "Gateway Timeout", "deadline exceeded", self.req_done)
+            return 1
+        self.deadline = self.try_deadline()
+        self.stamp_deadline()
+        if not self.take_upstream(-1) and not self.waiting:
             self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
         return 1
+
+    cdef double try_deadline(self) noexcept:
+        """When the current try's response head must have arrived."""
+        cdef double t = self.proxy.reactor.now + self.pool.policy.per_try_timeout
+        if self.total_deadline and self.total_deadline < t:
+            return self.total_deadline
+        return t
+
+    cdef void stamp_deadline(self) noexcept:
+        """Write the time this try may take (ms) into reqhead's fastmesh-timeout-ms field."""
+        cdef long long ms
+        cdef int i
+        if self.tmo_off < 0:
+            return
+        ms = <long long>((self.deadline - self.proxy.reactor.now) * 1000.0)
+        if ms < 0:
+            ms = 0
+        if ms > 999999999:
+            ms = 999999999
+        for i in range(TIMEOUT_DIGITS - 1, -1, -1):
+            self.reqhead.data[self.tmo_off + i] = <char>(48 + ms % 10)
+            ms //= 10
 
     cdef object describe(self, const char *buf, Head *h):
         """(method, authority, path) for the access log; built only when the log is on."""
@@ -495,22 +625,116 @@ cdef class Downstream(UpstreamUser):
         self.attempts += 1
         up = self.pool.acquire(self, avoid, &err)
         if up is None:
+            if err == -1:
+                # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
+                self.attempts -= 1
+                if len(self.pool.waiters) < self.pool.policy.max_pending:
+                    self.pool.waiters.append(self)
+                    self.waiting = True
+                else:
+                    self.pool.policy.overloaded += 1
+                    self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
+                    self.waiting = True     # answered: the caller must not answer again
             return False
         self.up = up
         self.reqhead_sent = 0
-        self.pool.cluster.balancer.request_start(up.endpoint)
+        self.pool.cluster.upstream_start(up.endpoint)
         return True
+
+    cdef void slot_free(self) noexcept:
+        """A connection slot opened up while this request waited for one."""
+        self.waiting = False
+        if self.state != DS_EXCHANGE or self.up is not None:
+            return
+        if not self.take_upstream(self.last_endpoint) and not self.waiting:
+            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        self.run()
+
+    cdef bint may_retry(self, int cls, int status) noexcept:
+        """Whether the failed try may be tried again: policy, replayability, limits, deadline and budget."""
+        cdef ClusterPolicy policy = self.pool.policy
+        cdef double now = self.proxy.reactor.now
+        if self.tries >= policy.attempts or self.resp_head_done:
+            return False
+        if status:
+            if not policy.retryable_status(status):
+                return False
+        elif not (policy.retry_on & cls):
+            return False
+        if not self.body_replayable or not replayable_method(self.req_method) or self.req_upgrade:
+            return False
+        if policy.retries_active >= policy.max_retries:
+            policy.overloaded += 1
+            return False
+        if self.total_deadline and now + 0.001 >= self.total_deadline:
+            return False
+        return policy.budget.try_withdraw(now)
+
+    cdef void retry(self) noexcept:
+        """Send the request again (another endpoint when there is one), after a jittered backoff."""
+        cdef ClusterPolicy policy = self.pool.policy
+        cdef double delay
+        cdef unsigned long long r
+        self.drop_upstream(False)
+        self.tries += 1
+        self.attempts = 0
+        policy.retried += 1
+        if not self.retrying:
+            self.retrying = True
+            policy.retries_active += 1
+        self.resp_started = False
+        self.reqhead_sent = 0
+        self.rbuf.start = self.body_mark
+        frame_init(&self.req_body, self.req_body.kind, self.req_body.length, &self.proxy.limits)
+        self.req_done = self.req_body.done
+        self.req_ready = 0
+        delay = policy.backoff_base * (1 << min(self.tries - 2, 16))
+        if delay > policy.backoff_max:
+            delay = policy.backoff_max
+        r = self.pool.cluster.balancer.next_random()
+        delay = delay * ((r >> 11) * (1.0 / 9007199254740992.0))     # full jitter: uniform in [0, delay)
+        self.retry_pending = True
+        self.proxy.reactor.loop.call_later(delay, self._retry_now)
+
+    def _retry_now(self):
+        self.retry_pending = False
+        if self.state != DS_EXCHANGE or self.up is not None or self.resp_done:
+            return
+        self.deadline = self.try_deadline()
+        self.stamp_deadline()
+        if not self.take_upstream(self.last_endpoint) and not self.waiting:
+            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        self.run()
+
+    cdef void end_request(self) noexcept:
+        """The request left the cluster's books: in-flight and retry gauges go down once."""
+        cdef ClusterPolicy policy
+        if self.pool is None:
+            return
+        policy = self.pool.policy
+        if self.counted:
+            self.counted = False
+            policy.requests_active -= 1
+        if self.retrying:
+            self.retrying = False
+            policy.retries_active -= 1
+        if self.waiting:
+            self.waiting = False
+            if self in self.pool.waiters:
+                self.pool.waiters.remove(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
         if up is None:
             return
         self.up = None
-        self.pool.cluster.balancer.request_end(up.endpoint)
+        self.pool.cluster.upstream_end(up.endpoint)
         if reuse:
             self.pool.release(up)
-        else:
+        elif self.resp_done:
             up.close()
+        else:
+            up.abort()
 
     # ---- the exchange ----------------------------------------------------------------------------
 
@@ -563,6 +787,8 @@ cdef class Downstream(UpstreamUser):
             if r <= 0:
                 return r
             up = self.up
+            if up is None:
+                return 0         # a retry is under way
         # 4. the response body
         if not self.resp_done:
             r = self.pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
@@ -595,12 +821,20 @@ cdef class Downstream(UpstreamUser):
         cdef Upstream up = self.up
         cdef int ep = up.endpoint
         cdef bint was_reused = up.reused
-        self.drop_upstream(False)
+        self.last_endpoint = ep
         if (was_reused and not self.resp_started and self.req_body.kind == BODY_NONE
                 and replayable_method(self.req_method)):
             # A keep-alive connection the server had already closed: the request is whole in reqhead.
-            if self.take_upstream(-1):
+            self.drop_upstream(False)
+            self.reqhead_sent = 0
+            if self.take_upstream(-1) or self.waiting:
                 return 1
+            self.respond_error(502, "Bad Gateway", "reset", self.req_done)
+            return 1
+        if self.may_retry(RETRY_RESET, 0):
+            self.retry()
+            return 0
+        self.drop_upstream(False)
         self.respond_error(502, "Bad Gateway", "reset", self.req_done)
         return 1
 
@@ -654,6 +888,13 @@ cdef class Downstream(UpstreamUser):
                 self.build_response_head(buf, h, False)
             up.rbuf.start += head_len
             return 0
+        if (status >= 500 and self.pool.policy.retryable_status(status)
+                and find_field(buf, h, RETRIED_FIELD, len(RETRIED_FIELD)) < 0):
+            # (An answer that says a fastmesh further down already retried is never retried again.)
+            self.last_endpoint = up.endpoint
+            if self.may_retry(RETRY_5XX, status):
+                self.retry()
+                return -1
         kind = response_body(h, self.req_method, self.req_upgrade, &length)
         if kind < 0:
             self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
@@ -744,7 +985,8 @@ cdef class Downstream(UpstreamUser):
                 if f.done:
                     return 1
             if not s_readable[0]:
-                rb_release_if_empty(src, pool)
+                if not request:
+                    rb_release_if_empty(src, pool)
                 return 0
             room = pool.size - src.end if src.data != NULL else pool.size
             n = rb_read(src, sfd, pool)
@@ -763,7 +1005,8 @@ cdef class Downstream(UpstreamUser):
                 return -3
             if errno == EAGAIN:
                 s_readable[0] = False
-                rb_release_if_empty(src, pool)
+                if not request:
+                    rb_release_if_empty(src, pool)
                 return 0
             return -1
 
@@ -776,6 +1019,7 @@ cdef class Downstream(UpstreamUser):
             # The upstream answered before the request body ended: the next request's start is unknown.
             self.client_keep = False
         self.drop_upstream(self.up_keep and self.req_done)
+        self.end_request()
         proxy.requests += 1
         cls = self.status // 100
         if 1 <= cls <= 5:
@@ -819,6 +1063,7 @@ cdef class Downstream(UpstreamUser):
         cdef Span block
         cdef bint removes = router.removes_any(route)
         cdef bint has_rid = False
+        cdef bint seen_cl = False
         cdef bint upgrading = self.req_upgrade
         cdef const char *rid = proxy.rid_name
         cdef Py_ssize_t rid_len = len(proxy.rid_name)
@@ -839,6 +1084,10 @@ cdef class Downstream(UpstreamUser):
             f = &h.headers[i]
             if hop_by_hop(f.id, upgrading):
                 continue
+            if f.id == FIELD_CONTENT_LENGTH:
+                if seen_cl:
+                    continue     # identical repeats were merged by the parser: send one
+                seen_cl = True
             if f.id == FIELD_OTHER:
                 if ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                     continue
@@ -846,6 +1095,8 @@ cdef class Downstream(UpstreamUser):
                     continue
                 if proxy.forwarded and name_is(buf + f.name_off, f.name_len, "x-forwarded-proto", 17):
                     continue
+                if name_is(buf + f.name_off, f.name_len, "fastmesh-timeout-ms", 19):
+                    continue     # replaced by the budget left for this hop, below
                 if rid_len and name_is(buf + f.name_off, f.name_len, rid, rid_len):
                     has_rid = True
             # The field line as received ("Name: value"), one copy.
@@ -868,6 +1119,9 @@ cdef class Downstream(UpstreamUser):
         block = router.add_request_headers(route)
         if block.len > 0:
             ob_add(o, block.ptr, block.len)
+        ob_add(o, TIMEOUT_FIELD, len(TIMEOUT_FIELD))
+        self.tmo_off = o.len
+        ob_add(o, "000000000\r\n", TIMEOUT_DIGITS + 2)
         ob_add(o, "\r\n", 2)
 
     cdef void random_id(self, char *out) noexcept:
@@ -879,6 +1133,12 @@ cdef class Downstream(UpstreamUser):
             r = self.pool.cluster.balancer.next_random()
             for j in range(16):
                 out[i * 16 + j] = hexd[(r >> (4 * j)) & 15]
+
+    cdef void add_retried(self, OutBuf *o) noexcept:
+        """Mark a failed answer: this hop applied its retry policy, so hops further up must not retry it."""
+        cdef char line[40]
+        cdef int n = snprintf(line, sizeof(line), "fastmesh-retried: %d\r\n", self.tries - 1 if self.tries else 0)
+        ob_add(o, line, n)
 
     cdef void build_response_head(self, const char *buf, Head *h, bint tunnel) noexcept:
         cdef HttpProxy proxy = self.proxy
@@ -912,6 +1172,8 @@ cdef class Downstream(UpstreamUser):
                     ob_add(o, block.ptr, block.len)
             if proxy.forwarded:
                 ob_add(o, VIA, len(VIA))
+            if h.status >= 500 and find_field(buf, h, RETRIED_FIELD, len(RETRIED_FIELD)) < 0:
+                self.add_retried(o)
             if tunnel:
                 ob_add(o, CONN_UPGRADE, len(CONN_UPGRADE))
             elif not self.client_keep:
@@ -939,8 +1201,12 @@ cdef class Downstream(UpstreamUser):
         body = f"{reason}: {cause}\n".encode() if cause not in ("bad request", "no route") else \
             (f"no route for this request\n".encode() if cause == "no route" else f"{reason}\n".encode())
         head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
-                f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}\r\n").encode()
+                f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}").encode()
         ob_add(&self.out, head, len(head))
+        if status >= 500:
+            self.add_retried(&self.out)
+        ob_add(&self.out, "\r\n", 2)
+        self.end_request()
         if self.req_method != METHOD_HEAD or self.state != DS_EXCHANGE:
             ob_add(&self.out, body, len(body))
         self.status = status
@@ -979,6 +1245,7 @@ cdef class Downstream(UpstreamUser):
             return
         self.state = DS_CLOSED
         self.drop_upstream(False)
+        self.end_request()
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1

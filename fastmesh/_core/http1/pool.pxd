@@ -3,6 +3,7 @@
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
 from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.policy cimport ClusterPolicy
 
 
 cdef enum UpstreamState:
@@ -16,6 +17,7 @@ cdef class UpstreamUser(EventTarget):
     # Whoever drives an exchange on an upstream connection (the downstream HTTP/1 connection).
     cdef void upstream_ready(self, Upstream up) noexcept      # readiness of up changed: run the exchange
     cdef void upstream_failed(self, Upstream up, int err) noexcept   # connect failed (err) or timed out (0)
+    cdef void slot_free(self) noexcept         # a connection slot opened up (was waiting in HttpPool.waiters)
 
 
 cdef class Upstream(EventTarget):
@@ -36,6 +38,7 @@ cdef class Upstream(EventTarget):
     cdef double deadline                   # connect deadline while connecting; idle expiry while idle
 
     cdef void fail(self, int err) noexcept
+    cdef void abort(self) noexcept
     cdef void close(self) noexcept
 
 
@@ -47,7 +50,8 @@ cdef class HttpPool(Sweeper):
     cdef int *idle_count                   # per endpoint: idle connections held
     cdef readonly int max_idle             # idle connections kept per endpoint
     cdef readonly double idle_timeout      # seconds an idle connection is kept
-    cdef readonly double response_timeout  # seconds from request sent to response head
+    cdef readonly ClusterPolicy policy     # retries, budget, timeouts, circuit-breaker limits
+    cdef list waiters                      # UpstreamUsers waiting for a connection slot (max_connections reached)
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
     cdef readonly long active              # connections open now (idle included)
@@ -55,3 +59,4 @@ cdef class HttpPool(Sweeper):
     cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err)
     cdef void release(self, Upstream up) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
+    cdef void wake_waiter(self) noexcept

@@ -10,11 +10,12 @@ from libc.stdlib cimport calloc, free
 
 from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
 from fastmesh._core.includes.system cimport (
-    close, errno, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, socklen_t,
-    SOL_SOCKET, SO_ERROR,
+    close, errno, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt, socklen_t,
+    SOL_SOCKET, SO_ERROR, SO_LINGER, linger,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.policy cimport ClusterPolicy
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 
@@ -24,6 +25,9 @@ cdef class UpstreamUser(EventTarget):
         pass
 
     cdef void upstream_failed(self, Upstream up, int err) noexcept:
+        pass
+
+    cdef void slot_free(self) noexcept:
         pass
 
 
@@ -69,6 +73,16 @@ cdef class Upstream(EventTarget):
         if user is not None:
             user.upstream_failed(self, err)
 
+    cdef void abort(self) noexcept:
+        """Close with a reset: the exchange was cut short, so the server must not wait for the rest of it (a
+        FIN would queue behind unsent request bytes, and the server would never see it)."""
+        cdef linger lg
+        if self.fd >= 0:
+            lg.l_onoff = 1
+            lg.l_linger = 0
+            setsockopt(self.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+        self.close()
+
     cdef void close(self) noexcept:
         cdef HttpPool pool = self.pool
         if self.state == UP_CLOSED:
@@ -82,6 +96,8 @@ cdef class Upstream(EventTarget):
         ob_free(&self.out)
         self.user = None
         pool.reactor.bury(self)
+        if pool.waiters:
+            pool.wake_waiter()
 
     @property
     def endpoint_index(self):
@@ -91,13 +107,14 @@ cdef class Upstream(EventTarget):
 cdef class HttpPool(Sweeper):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
-                  double response_timeout=15.0):
+                  ClusterPolicy policy=None):
         cdef int n = len(cluster.endpoints())
         self.reactor = reactor
         self.cluster = cluster
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self.response_timeout = response_timeout
+        self.policy = policy if policy is not None else ClusterPolicy()
+        self.waiters = []
         self.idle_heads = [None] * n
         self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
         if self.idle_count == NULL:
@@ -126,6 +143,9 @@ cdef class HttpPool(Sweeper):
                 up.reused = True
                 self.reuses += 1
                 return up
+            if self.active >= self.policy.max_connections:
+                err[0] = -1                # circuit breaker: no connection slot; the caller may wait for one
+                return None
             fd = cluster.open_socket(ep)
             if fd < 0:
                 err[0] = -fd
@@ -166,6 +186,13 @@ cdef class HttpPool(Sweeper):
             up.next.prev = up
         self.idle_heads[ep] = up
         self.idle_count[ep] += 1
+        if self.waiters:
+            self.wake_waiter()
+
+    cdef void wake_waiter(self) noexcept:
+        """A connection went idle or closed: the longest waiting request tries again."""
+        cdef UpstreamUser user = <UpstreamUser>self.waiters.pop(0)
+        user.slot_free()
 
     cdef void unlink_idle(self, Upstream up) noexcept:
         cdef int ep = up.endpoint

@@ -92,10 +92,14 @@ cdef extern from "<sys/socket.h>" nogil:
         SOCK_CLOEXEC
         SOL_SOCKET
         SO_ERROR
+        SO_LINGER
         SHUT_WR
         SHUT_RDWR
         MSG_NOSIGNAL
         MSG_DONTWAIT
+    cdef struct linger:
+        int l_onoff
+        int l_linger
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr *addr, socklen_t len)
     int accept4(int fd, sockaddr *addr, socklen_t *len, int flags)

@@ -1,0 +1,52 @@
+# Per-cluster request policy: retry budget, retry rules, timeouts and circuit-breaker limits; cheap checks per request.
+
+cdef enum RetryOn:
+    RETRY_CONNECT_FAILURE = 1          # the request never reached a backend (always safe)
+    RETRY_RESET = 2                    # the connection failed before any response byte
+    RETRY_TIMEOUT = 4                  # a try's response timeout expired
+    RETRY_5XX = 8                      # any 5xx response (listed codes are in `statuses`)
+
+
+cdef enum:
+    BUDGET_SLOTS = 10                  # the budget window is split into this many time slots
+
+
+cdef class RetryBudget:
+    # Finagle's idea: retries may add at most `percent` of the requests seen over `window` seconds, plus a floor
+    # of `min_per_second`. Counts live in a ring of time slots, so old traffic leaves the window slot by slot.
+    cdef double percent                # share of requests that may be retried (0.2 = 20%)
+    cdef double min_per_second         # retries always allowed per second, whatever the traffic
+    cdef double window                 # seconds of history
+    cdef double slot_len               # window / BUDGET_SLOTS
+    cdef long long current             # index of the slot `now` falls in (monotonic slot number)
+    cdef unsigned long long requests[BUDGET_SLOTS]   # requests deposited per slot
+    cdef unsigned long long retries[BUDGET_SLOTS]    # retries withdrawn per slot
+    cdef unsigned long long req_sum    # sum of requests[] (kept incrementally)
+    cdef unsigned long long retry_sum  # sum of retries[]
+    cdef readonly unsigned long long exhausted   # retries refused by the budget, ever
+
+    cdef void advance(self, double now) noexcept
+    cdef void deposit(self, double now) noexcept
+    cdef bint try_withdraw(self, double now) noexcept
+
+
+cdef class ClusterPolicy:
+    # Everything about how requests to one cluster are handled beyond picking an endpoint.
+    cdef readonly RetryBudget budget   # caps retries relative to traffic
+    cdef readonly int attempts         # tries per request, first one included (1 = no retries)
+    cdef readonly int retry_on         # RetryOn bits
+    cdef unsigned char statuses[600]   # 1 for each status code that is retried (with RETRY_5XX: all of 500..599)
+    cdef readonly double backoff_base  # first retry waits up to this (jittered), doubling per retry
+    cdef readonly double backoff_max   # retry wait cap
+    cdef readonly double timeout       # total seconds per request, retries included (0 = none)
+    cdef readonly double per_try_timeout   # seconds from a try's start to its response head
+    cdef readonly long max_connections # circuit breakers (per worker): upstream connections open
+    cdef readonly long max_pending     # requests waiting for a connection slot
+    cdef readonly long max_requests    # requests in flight
+    cdef readonly long max_retries     # retries in flight
+    cdef readonly long requests_active # requests in flight now
+    cdef readonly long retries_active  # retries in flight now
+    cdef readonly unsigned long long overloaded   # requests refused by a circuit breaker, ever
+    cdef readonly unsigned long long retried      # retries sent, ever
+
+    cdef bint retryable_status(self, int status) noexcept

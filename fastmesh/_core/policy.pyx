@@ -1,0 +1,119 @@
+"""Per-cluster request policy: the retry budget and rules, timeouts and circuit-breaker limits.
+
+The budget follows Finagle's RetryBudget: every request deposits, every retry withdraws, and retries may not
+exceed `percent` of the window's requests plus `min_per_second` x window. Unlike a per-retry token bucket it
+never lets a burst of failures turn into a burst of retries, and a fully failing backend sees at most about
+(1 + percent) x the offered load. The window is a ring of BUDGET_SLOTS time slots advanced lazily on use.
+"""
+from libc.string cimport memset
+
+
+cdef class RetryBudget:
+
+    def __cinit__(self, double percent=0.2, double min_per_second=10.0, double window=10.0):
+        self.percent = percent
+        self.min_per_second = min_per_second
+        self.window = window
+        self.slot_len = window / BUDGET_SLOTS
+        self.current = -1
+        memset(self.requests, 0, sizeof(self.requests))
+        memset(self.retries, 0, sizeof(self.retries))
+
+    cdef void advance(self, double now) noexcept:
+        """Move to the slot `now` falls in, clearing the slots that left the window."""
+        cdef long long slot = <long long>(now / self.slot_len)
+        cdef long long k
+        cdef int i
+        if slot == self.current:
+            return
+        if self.current < 0 or slot - self.current >= BUDGET_SLOTS:
+            memset(self.requests, 0, sizeof(self.requests))
+            memset(self.retries, 0, sizeof(self.retries))
+            self.req_sum = 0
+            self.retry_sum = 0
+        else:
+            k = self.current + 1
+            while k <= slot:
+                i = <int>(k % BUDGET_SLOTS)
+                self.req_sum -= self.requests[i]
+                self.retry_sum -= self.retries[i]
+                self.requests[i] = 0
+                self.retries[i] = 0
+                k += 1
+        self.current = slot
+
+    cdef void deposit(self, double now) noexcept:
+        self.advance(now)
+        self.requests[self.current % BUDGET_SLOTS] += 1
+        self.req_sum += 1
+
+    cdef bint try_withdraw(self, double now) noexcept:
+        cdef double allowed
+        self.advance(now)
+        allowed = self.percent * self.req_sum + self.min_per_second * self.window
+        if self.retry_sum + 1 > allowed:
+            self.exhausted += 1
+            return False
+        self.retries[self.current % BUDGET_SLOTS] += 1
+        self.retry_sum += 1
+        return True
+
+    # Python-level access for tests and the control plane.
+    def deposit_at(self, double now):
+        self.deposit(now)
+
+    def withdraw_at(self, double now):
+        return self.try_withdraw(now)
+
+    @property
+    def window_requests(self):
+        return self.req_sum
+
+    @property
+    def window_retries(self):
+        return self.retry_sum
+
+
+cdef class ClusterPolicy:
+    """Built by dataplane/clusters.py from the cluster's config."""
+
+    def __cinit__(self, *, int attempts=1, on=("connect-failure",), double budget_percent=0.2,
+                  double budget_min_per_second=10.0, double budget_window=10.0, double backoff_base=0.025,
+                  double backoff_max=0.25, double timeout=0.0, double per_try_timeout=15.0,
+                  long max_connections=1024, long max_pending=1024, long max_requests=1024, long max_retries=3):
+        cdef int code
+        self.budget = RetryBudget(budget_percent, budget_min_per_second, budget_window)
+        self.attempts = max(1, attempts)
+        self.retry_on = 0
+        memset(self.statuses, 0, sizeof(self.statuses))
+        for cls in on:
+            if cls == "connect-failure":
+                self.retry_on |= RETRY_CONNECT_FAILURE
+            elif cls == "reset":
+                self.retry_on |= RETRY_RESET
+            elif cls == "timeout":
+                self.retry_on |= RETRY_TIMEOUT
+            elif cls == "5xx":
+                self.retry_on |= RETRY_5XX
+                for code in range(500, 600):
+                    self.statuses[code] = 1
+            else:
+                code = int(cls)
+                if not 100 <= code <= 599:
+                    raise ValueError(f"not a status code: {cls!r}")
+                self.statuses[code] = 1
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.per_try_timeout = per_try_timeout
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+
+    cdef bint retryable_status(self, int status) noexcept:
+        return 100 <= status < 600 and self.statuses[status] != 0
+
+    @property
+    def retries_on(self):
+        return self.retry_on
