@@ -41,6 +41,7 @@ class Proxy:
         self._stats_layout: Any = None
         self._stats_block: Any = None
         self._lag: Any = None
+        self._health: Any = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
@@ -85,6 +86,10 @@ class Proxy:
         self._lag = stats.LagProbe(self._stats_block)
         self._lag.start(loop)
         reactor.attach(loop)
+        from fastmesh.health import Health
+        # Outlier settings and active checks, in place before the first connection is accepted.
+        self._health = Health(self.config.clusters, clusters)
+        self._health.start()
         for cluster in clusters.values():
             reactor.add_sweeper(cluster)
         for tcp in self._tcp.values():
@@ -108,6 +113,7 @@ class Proxy:
                                  "bytes_in": t.bytes_in, "bytes_out": t.bytes_out}
                           for name, t in self._tcp.items()},
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
+            "health": self._health.active.status() if self._health is not None else {},
         }
 
     async def stop(self, drain_timeout: float | None = None) -> None:
@@ -127,6 +133,7 @@ class Proxy:
             log.info("drain timeout: closing %d connection(s)", self.active_connections)
         for tcp in self._tcp.values():
             tcp.close_all()
+        await self._health.stop()
         self._reactor.detach()
         self._lag.stop()
         self._listeners.clear()

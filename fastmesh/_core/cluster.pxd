@@ -1,4 +1,5 @@
-# Cluster: a named set of endpoints (socket addresses, weights, connect-failure marks) and its balancer.
+# Cluster: a named set of endpoints (socket addresses, weights, eligibility: connect-failure marks, active health,
+# outlier ejection) and its balancer.
 
 from libc.stdint cimport uint64_t
 
@@ -11,6 +12,28 @@ cdef enum EndpointState:
     EP_UP = 0                          # eligible; no recent connect failure
     EP_DOWN = 1                        # a connect failed; out of the balancer until down_until
     EP_PROBING = 2                     # back in the balancer; the next connect decides
+    # Published in the E_STATE slot only (the connect mark itself is one of the three above):
+    EP_UNHEALTHY = 3                   # failing active health checks
+    EP_EJECTED = 4                     # ejected by outlier detection
+
+# Why an endpoint is out of the balancer: bits of Cluster.out. The balancer hears endpoint_down when the first
+# bit is set and endpoint_up when the last one clears, so each mechanism can mark and unmark on its own.
+cdef enum:
+    OUT_CONNECT = 1                    # the connect-failure mark (mark == EP_DOWN)
+    OUT_HEALTH = 2                     # active health checks failed (Cluster.set_health)
+    OUT_OUTLIER = 4                    # ejected by outlier detection (passive: request outcomes)
+
+# Outlier detection state of one endpoint (Linkerd 1's failure accrual plus an optional success rate).
+ctypedef struct Accrual:
+    int streak                         # failures in a row (requests and connects) since the last success
+    bint connect_only                  # no request failure since the last request success: a connect success ends
+    # the streak then (connect failures are refuted by a connect; an HTTP 5xx only by a good answer)
+    bint trial                         # re-admitted after an ejection: the next outcome decides (fail: eject again)
+    int ejections                      # ejections so far, less one per clean minute: the next ejection's exponent
+    double until                       # monotonic time the current ejection ends
+    double clean_since                 # monotonic time of the last failure or decay step (the decay clock)
+    unsigned int sr_ok                 # successes in the current success-rate window
+    unsigned int sr_failed             # failures in the current success-rate window
 
 
 cdef class Cluster(Sweeper):
@@ -23,8 +46,8 @@ cdef class Cluster(Sweeper):
     cdef readonly double connect_timeout   # seconds before a pending connect counts as failed
     cdef readonly int connect_attempts # endpoints tried per downstream connection
     cdef StatsBlock stats              # the block the slot pointers below point into (kept alive through this)
-    cdef uint64_t *counters            # cluster-wide C_FIELDS slots (stats.pxd): retries, failed connections
-    cdef uint64_t *state               # EP_UP, EP_DOWN (connect failed) or EP_PROBING (re-admitted, on trial)
+    cdef uint64_t *counters            # cluster-wide C_FIELDS slots (stats.pxd): retries, failed, ejections, checks
+    cdef uint64_t *state               # published EndpointState: the connect mark, or why the endpoint is out
     cdef uint64_t *seen                # CLOCK_MONOTONIC ns of each endpoint's last connect outcome (0 = none yet)
     cdef uint64_t *active              # upstream connections open per endpoint (connecting included)
     cdef double *down_until            # monotonic time an EP_DOWN endpoint is re-admitted
@@ -35,13 +58,39 @@ cdef class Cluster(Sweeper):
     cdef int cursor                    # round-robin position used when every endpoint is marked down
     cdef double log_after              # monotonic time before which failure logs are counted, not printed
     cdef int log_suppressed            # failure logs held back since the last one printed
+    # Eligibility and outlier detection (appended, so the offsets above stay where they were).
+    cdef unsigned char *mark           # connect-failure mark per endpoint: EP_UP, EP_DOWN or EP_PROBING
+    cdef unsigned char *out            # OUT_* bits per endpoint; 0 = eligible
+    cdef Accrual *accrual              # outlier detection state per endpoint
+    cdef bint outlier                  # outlier detection on
+    cdef int consecutive               # failures in a row that eject an endpoint
+    cdef double base_ejection          # seconds of the first ejection; doubled per ejection since
+    cdef double max_ejection           # seconds no ejection exceeds
+    cdef int max_ejected_percent       # ejections never take more than this share of the endpoints out
+    cdef int n_ejected                 # endpoints ejected now
+    cdef double sr_window              # success-rate window in seconds; 0 = success rate off
+    cdef unsigned int sr_minimum       # requests an endpoint needs in a window before its rate is judged
+    cdef double sr_threshold           # a judged endpoint below this success share is ejected
+    cdef double sr_due                 # monotonic time the current success-rate window ends
 
     cdef int choose(self, int avoid) noexcept
     cdef int open_socket(self, int i) noexcept
     cdef void connect_failed(self, int i, int err, double now) noexcept
     cdef void connect_succeeded(self, int i) noexcept
+    # A finished HTTP exchange with endpoint i answered without a 5xx of the upstream's own.
+    cdef void request_succeeded(self, int i) noexcept
+    # A finished exchange with endpoint i failed: a 5xx from the upstream, a reset, or a response timeout
+    # (connect failures go through connect_failed instead).
+    cdef void request_failed(self, int i, double now) noexcept
     cdef void no_endpoint(self, str why, double now) noexcept
     cdef void point_at(self, StatsBlock block, Py_ssize_t offset) except *
+    cdef void set_out(self, int i, unsigned char why) noexcept
+    cdef void clear_out(self, int i, unsigned char why) noexcept
+    cdef void publish(self, int i) noexcept
+    cdef void accrue_failure(self, int i, double now) noexcept
+    cdef void accrue_success(self, int i) noexcept
+    cdef void eject(self, int i, double now, str why) noexcept
+    cdef void judge_success_rates(self, double now) noexcept
 
     # Every upstream connection goes through these two: the balancer's in-flight count and the endpoint's
     # active gauge stay in step. Inline here so callers in other modules pay no call.

@@ -29,7 +29,10 @@ cdef enum:
 cdef enum:
     C_RETRIES = 0              # upstream connects tried again on another endpoint after a failure (counter)
     C_FAILED = 1               # downstream connections given up: no endpoint could be connected (counter)
-    C_FIELDS = 2               # cluster-wide slots
+    C_EJECTIONS = 2            # endpoints ejected by outlier detection (counter)
+    C_CHECKS_OK = 3            # active health checks that passed (counter)
+    C_CHECKS_FAILED = 4        # active health checks that failed (counter)
+    C_FIELDS = 5               # cluster-wide slots
     E_STATE = 0                # array index: endpoint state, an EndpointState of cluster.pxd (gauge)
     E_SEEN = 1                 # CLOCK_MONOTONIC ns of the endpoint's last connect outcome, 0 = none yet (gauge)
     E_ACTIVE = 2               # upstream connections open to the endpoint, connecting included (gauge)

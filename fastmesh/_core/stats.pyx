@@ -25,20 +25,21 @@ cdef extern from "<errno.h>" nogil:
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-BLOCK_VERSION = 1
+BLOCK_VERSION = 2                    # 2: cluster slots for ejections and health checks; states 3 and 4
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
           "started": H_STARTED, "lag": H_LAG}
 HEADER_SIZE = HEADER_SLOTS
 LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out")
-CLUSTER_FIELDS = ("retries", "failed")
+CLUSTER_FIELDS = ("retries", "failed", "ejections", "checks_ok", "checks_failed")
 ENDPOINT_FIELDS = ("state", "seen", "active", "opened", "failures")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 HISTOGRAM_SIZE = HIST_FIELDS
 HISTOGRAM_SUM = HIST_SUM
 DURATION_BOUNDS = tuple(DURATION_BOUNDS_NS[i] / 1e9 for i in range(HIST_BOUNDS))
-ENDPOINT_STATES = ("up", "down", "probing")     # E_STATE values, as cluster.pxd's EndpointState numbers them
+# E_STATE values, as cluster.pxd's EndpointState numbers them.
+ENDPOINT_STATES = ("up", "down", "probing", "unhealthy", "ejected")
 
 
 def cluster_size(Py_ssize_t endpoints):

@@ -19,6 +19,7 @@ from typing import Any
 from fastmesh.config.schema import (
     ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route,
 )
+from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.errors import ConfigError, ConfigErrors
 
 __all__ = [
@@ -52,6 +53,10 @@ _METHOD_RE = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]+")
 _PATH_RE = re.compile(r"/[^\x00-\x20\x7f?#]*")
 # Header values: no control characters but HTAB (so never CR, LF or NUL), no whitespace at either end.
 _HEADER_VALUE_RE = re.compile(r"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?")
+# A health check's request target: origin-form, visible ASCII only, no fragment.
+_TARGET_RE = re.compile(r"/[\x21\x22\x24-\x7e]*")
+_PERCENT_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
+_STATUS_RANGE_RE = re.compile(r"([1-5][0-9][0-9])-([1-5][0-9][0-9])")
 _TOML_POSITION_RE = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.DOTALL)
 
 
@@ -383,6 +388,118 @@ def endpoint_text(endpoint: Endpoint) -> str:
     return format_address(endpoint.host, endpoint.port)
 
 
+# ---- health checks and outlier ejection ----
+
+def _target(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _TARGET_RE.fullmatch(value):
+        return value
+    return check.bad(key, 'a path like "/healthz" (visible ASCII, no spaces or "#")', value)
+
+
+def _status_range(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return (value, value)
+    match = _STATUS_RANGE_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is not None and int(match[1]) <= int(match[2]):
+        return (int(match[1]), int(match[2]))
+    return check.bad(key, 'a status code from 100 to 599 or a range like "200-299"', value)
+
+
+def _status_ranges(check: _Check, key: str, value: Any) -> Any:
+    items = _array(check, key, value, _status_range, 'an array of statuses like [200, "300-399"]',
+                   "at least one status")
+    return BAD if items is BAD else _all_good(items)
+
+
+def _jitter(check: _Check, key: str, value: Any) -> Any:
+    match = _PERCENT_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is not None and float(match[1]) <= 50:
+        return float(match[1])
+    return check.bad(key, 'a percentage from "0%" to "50%"', value)
+
+
+def _fraction(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    return check.bad(key, "a number above 0 and at most 1 (0.5 is 50%)", value)
+
+
+_HEALTH_CHECK_FIELDS: dict[str, Parser] = {
+    "type": _choice("check types", HEALTH_CHECK_TYPES),
+    "path": _target,
+    "interval": _duration(allow_zero=False),
+    "timeout": _duration(allow_zero=False),
+    "healthy": _whole(1, 100),
+    "unhealthy": _whole(1, 100),
+    "expected_statuses": _status_ranges,
+    "jitter": _jitter,
+}
+
+
+def _health_check(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _HEALTH_CHECK_FIELDS)
+    if fields is None:
+        return BAD
+    errors_before = len(check.errors)
+    kind = fields.get("type", "http" if "path" in fields else "tcp")
+    if kind == "http" and "path" not in fields:
+        check.missing(_key(key, "path"), 'a path like "/healthz" (type = "http" sends GET to it)')
+    if kind == "tcp":
+        for name in ("path", "expected_statuses"):
+            if name in fields:
+                check.errors.append(ConfigError(check.source, _key(key, name), 'type = "http"',
+                                                reason='only for checks with type = "http" (this one is "tcp")'))
+    interval = fields.get("interval", HealthCheck.interval)
+    if fields.get("timeout", HealthCheck.timeout) > interval:
+        check.bad(_key(key, "timeout"), f'a duration not above interval ("{format_duration(interval)}")',
+                  value.get("timeout", format_duration(HealthCheck.timeout)))
+    return HealthCheck(**fields) if len(check.errors) == errors_before else BAD
+
+
+def _success_rate(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {
+        "window": _duration(allow_zero=False),
+        "minimum_requests": _whole(1),
+        "threshold": _fraction,
+    })
+    return BAD if fields is None else SuccessRate(**fields)
+
+
+_OUTLIER_FIELDS: dict[str, Parser] = {
+    "consecutive_failures": _whole(1, 1000),
+    "base_ejection": _duration(allow_zero=False),
+    "max_ejection": _duration(allow_zero=False),
+    "max_ejected_percent": _whole(0, 100),
+    "success_rate": _success_rate,
+}
+
+
+def _outlier(check: _Check, key: str, value: Any) -> Any:
+    if value is False:
+        return None
+    if value is True:
+        return Outlier()
+    if not isinstance(value, Mapping):
+        return check.bad(key, "false, true or a table like { consecutive_failures = 5 }", value)
+    fields = _table(check, key, value, _OUTLIER_FIELDS)
+    if fields is None:
+        return BAD
+    base = fields.get("base_ejection", Outlier.base_ejection)
+    if fields.get("max_ejection", Outlier.max_ejection) < base:
+        return check.bad(_key(key, "max_ejection"), f'a duration not below base_ejection ("{format_duration(base)}")',
+                         value.get("max_ejection", format_duration(Outlier.max_ejection)))
+    return Outlier(**fields)
+
+
+_HASH_KEY_RE = re.compile(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+|source_ip")
+
+
+def _hash_key(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _HASH_KEY_RE.fullmatch(value):
+        return value
+    return check.bad(key, '"header:NAME", "cookie:NAME" or "source_ip"', value)
+
+
 _CLUSTER_FIELDS: dict[str, Parser] = {
     "endpoints": _endpoints,
     "balancer": _choice("balancers", BALANCERS),
@@ -391,6 +508,8 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "response_timeout": _duration(allow_zero=False),
     "pool_max_idle": _whole(0),
     "pool_idle_timeout": _duration(allow_zero=False),
+    "health_check": _health_check,
+    "outlier": _outlier,
 }
 
 
@@ -744,8 +863,40 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "pool_idle_timeout": format_duration(cluster.pool_idle_timeout),
         } for name, cluster in cfg.clusters.items()},
     }
+    for name, cluster in cfg.clusters.items():
+        out["clusters"][name].update(_health_dict(cluster))
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
+    return out
+
+
+def _health_dict(cluster: Cluster) -> dict[str, Any]:
+    """A cluster's health_check (when set) and outlier keys; `outlier = false` when it is off."""
+    out: dict[str, Any] = {}
+    hc = cluster.health_check
+    if hc is not None:
+        check: dict[str, Any] = {"type": hc.type}
+        if hc.type == "http":
+            check["path"] = hc.path
+        check.update(interval=format_duration(hc.interval), timeout=format_duration(hc.timeout),
+                     healthy=hc.healthy, unhealthy=hc.unhealthy)
+        if hc.type == "http":
+            check["expected_statuses"] = [low if low == high else f"{low}-{high}"
+                                          for low, high in hc.expected_statuses]
+        check["jitter"] = f"{decimal.Decimal(repr(float(hc.jitter))).normalize():f}%"
+        out["health_check"] = check
+    ol = cluster.outlier
+    if ol is None:
+        out["outlier"] = False
+        return out
+    out["outlier"] = {"consecutive_failures": ol.consecutive_failures,
+                      "base_ejection": format_duration(ol.base_ejection),
+                      "max_ejection": format_duration(ol.max_ejection),
+                      "max_ejected_percent": ol.max_ejected_percent}
+    if ol.success_rate is not None:
+        sr = ol.success_rate
+        out["outlier"]["success_rate"] = {"window": format_duration(sr.window),
+                                          "minimum_requests": sr.minimum_requests, "threshold": sr.threshold}
     return out
 
 

@@ -24,6 +24,49 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
+HEALTH_CHECK_TYPES = ("http", "tcp")
+
+
+@dataclass
+class HealthCheck:
+    """Active health checks: every worker probes each endpoint of the cluster on its own.
+
+    An endpoint starts healthy (a restart must not empty a cluster before the first probes have run) and is
+    taken out after `unhealthy` failed checks in a row, back in after `healthy` passed checks in a row.
+    """
+    type: str = ""                     # "http" or "tcp"; "" = "http" when path is set, else "tcp" (__post_init__)
+    path: str | None = None            # http: the request target probed with GET
+    interval: float = 5.0              # seconds between the checks of one endpoint (before jitter)
+    timeout: float = 1.0               # seconds a check may take, connect included
+    healthy: int = 2                   # passed checks in a row that bring an unhealthy endpoint back
+    unhealthy: int = 3                 # failed checks in a row that take an endpoint out
+    # http: statuses that pass, as inclusive (low, high) ranges
+    expected_statuses: list[tuple[int, int]] = field(default_factory=lambda: [(200, 399)])
+    jitter: float = 10.0               # percent: each interval is stretched or shrunk by up to this, at random
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            self.type = "http" if self.path is not None else "tcp"
+
+
+@dataclass
+class SuccessRate:
+    """Outlier detection by success rate: judged per endpoint at the end of each window."""
+    window: float = 10.0               # seconds
+    minimum_requests: int = 20         # an endpoint with fewer outcomes in the window is not judged
+    threshold: float = 0.5             # a judged endpoint whose success share is below this is ejected
+
+
+@dataclass
+class Outlier:
+    """Passive outlier ejection from request outcomes (Linkerd 1's failure accrual); on by default."""
+    consecutive_failures: int = 5      # 5xx answers, resets, timeouts or failed connects in a row that eject
+    base_ejection: float = 5.0         # seconds of the first ejection; each further one doubles it (+-20%)
+    max_ejection: float = 300.0        # seconds no ejection exceeds
+    max_ejected_percent: int = 50      # ejections never take more than this share of the endpoints out
+    success_rate: SuccessRate | None = None   # None: success-rate ejection off
+
+
 @dataclass
 class Cluster:
     """A named set of endpoints and how to choose among them."""
@@ -36,6 +79,8 @@ class Cluster:
     response_timeout: float = 15.0     # seconds from request sent to response head received, then 504
     pool_max_idle: int = 64            # idle keep-alive upstream connections kept per endpoint (0: none)
     pool_idle_timeout: float = 60.0    # seconds an idle upstream connection is kept before it is closed
+    health_check: HealthCheck | None = None   # None: no active checks
+    outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
 
 
 @dataclass

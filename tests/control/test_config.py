@@ -9,6 +9,7 @@ from fastmesh.config.load import (
     config_from_dict, config_to_dict, format_duration, load_config, loads_config, parse_address, parse_duration,
 )
 from fastmesh.config.schema import AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route
+from fastmesh.config.schema import HealthCheck, Outlier, SuccessRate
 from fastmesh.errors import ConfigError, ConfigErrors
 
 # The smallest valid config, in parts so that each bad row changes one thing.
@@ -371,7 +372,9 @@ def test_config_to_dict_fills_every_default() -> None:
                        "idle_timeout": "1h", "backlog": 1024, "splice": True}],
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
                               "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
-                              "pool_max_idle": 64, "pool_idle_timeout": "1m"}},
+                              "pool_max_idle": 64, "pool_idle_timeout": "1m",
+                              "outlier": {"consecutive_failures": 5, "base_ejection": "5s", "max_ejection": "5m",
+                                          "max_ejected_percent": 50}}},
     }
 
 
@@ -627,3 +630,148 @@ def test_parse_address(text: str, host: str, port: int) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)
+
+
+# ---- health checks and outlier ejection ----
+
+HC = "clusters.echo.health_check"
+OL = "clusters.echo.outlier"
+STATUS = 'a status code from 100 to 599 or a range like "200-299"'
+
+BAD_HEALTH = [
+    (MINIMAL + 'health_check = { type = "http" }\n',
+     f'{HC}.path: missing key (expected a path like "/healthz" (type = "http" sends GET to it))'),
+    (MINIMAL + 'health_check = { type = "tcp", path = "/healthz" }\n',
+     f'{HC}.path: only for checks with type = "http" (this one is "tcp")'),
+    (MINIMAL + 'health_check = { expected_statuses = [200] }\n',
+     f'{HC}.expected_statuses: only for checks with type = "http" (this one is "tcp")'),
+    (MINIMAL + 'health_check = { type = "udp" }\n',
+     f'{HC}.type: expected one of the check types ["http", "tcp"], got "udp"'),
+    (MINIMAL + 'health_check = { path = "healthz" }\n',
+     f'{HC}.path: expected a path like "/healthz" (visible ASCII, no spaces or "#"), got "healthz"'),
+    (MINIMAL + 'health_check = { path = "/a b" }\n',
+     f'{HC}.path: expected a path like "/healthz" (visible ASCII, no spaces or "#"), got "/a b"'),
+    (MINIMAL + 'health_check = { interval = "500ms" }\n',
+     f'{HC}.timeout: expected a duration not above interval ("500ms"), got "1s"'),
+    (MINIMAL + 'health_check = { interval = "2s", timeout = "3s" }\n',
+     f'{HC}.timeout: expected a duration not above interval ("2s"), got "3s"'),
+    (MINIMAL + 'health_check = { interval = "0s" }\n', f'{HC}.interval: expected a duration above "0s", got "0s"'),
+    (MINIMAL + 'health_check = { interval = 2 }\n', f"{HC}.interval: expected {DURATION}, got 2"),
+    (MINIMAL + 'health_check = { healthy = 0 }\n', f"{HC}.healthy: expected a whole number from 1 to 100, got 0"),
+    (MINIMAL + 'health_check = { unhealthy = true }\n',
+     f"{HC}.unhealthy: expected a whole number from 1 to 100, got true"),
+    (MINIMAL + 'health_check = { path = "/h", expected_statuses = [99] }\n',
+     f"{HC}.expected_statuses[0]: expected {STATUS}, got 99"),
+    (MINIMAL + 'health_check = { path = "/h", expected_statuses = [200, "399-300"] }\n',
+     f'{HC}.expected_statuses[1]: expected {STATUS}, got "399-300"'),
+    (MINIMAL + 'health_check = { path = "/h", expected_statuses = ["2xx"] }\n',
+     f'{HC}.expected_statuses[0]: expected {STATUS}, got "2xx"'),
+    (MINIMAL + 'health_check = { path = "/h", expected_statuses = [] }\n',
+     f"{HC}.expected_statuses: expected at least one status, got []"),
+    (MINIMAL + 'health_check = { jitter = "60%" }\n',
+     f'{HC}.jitter: expected a percentage from "0%" to "50%", got "60%"'),
+    (MINIMAL + 'health_check = { jitter = 0.1 }\n', f'{HC}.jitter: expected a percentage from "0%" to "50%", got 0.1'),
+    (MINIMAL + 'health_check = { heathy = 2 }\n', f'{HC}.heathy: unknown key (did you mean "healthy"?)'),
+    (MINIMAL + "health_check = true\n", f"{HC}: expected a table, got true"),
+    (MINIMAL + "outlier = 5\n", f"{OL}: expected false, true or a table like {{ consecutive_failures = 5 }}, got 5"),
+    (MINIMAL + 'outlier = { consecutive_failures = 0 }\n',
+     f"{OL}.consecutive_failures: expected a whole number from 1 to 1000, got 0"),
+    (MINIMAL + 'outlier = { base_ejection = "0s" }\n', f'{OL}.base_ejection: expected a duration above "0s", got "0s"'),
+    (MINIMAL + 'outlier = { base_ejection = "10s", max_ejection = "5s" }\n',
+     f'{OL}.max_ejection: expected a duration not below base_ejection ("10s"), got "5s"'),
+    (MINIMAL + 'outlier = { base_ejection = "10m" }\n',
+     f'{OL}.max_ejection: expected a duration not below base_ejection ("10m"), got "5m"'),
+    (MINIMAL + 'outlier = { max_ejected_percent = 101 }\n',
+     f"{OL}.max_ejected_percent: expected a whole number from 0 to 100, got 101"),
+    (MINIMAL + 'outlier = { max_ejected_percent = 50.0 }\n',
+     f"{OL}.max_ejected_percent: expected a whole number from 0 to 100, got 50.0"),
+    (MINIMAL + 'outlier = { success_rate = { threshold = 0 } }\n',
+     f"{OL}.success_rate.threshold: expected a number above 0 and at most 1 (0.5 is 50%), got 0"),
+    (MINIMAL + 'outlier = { success_rate = { threshold = 1.5 } }\n',
+     f"{OL}.success_rate.threshold: expected a number above 0 and at most 1 (0.5 is 50%), got 1.5"),
+    (MINIMAL + 'outlier = { success_rate = { window = "0s" } }\n',
+     f'{OL}.success_rate.window: expected a duration above "0s", got "0s"'),
+    (MINIMAL + 'outlier = { success_rate = { minimum_requests = 0 } }\n',
+     f"{OL}.success_rate.minimum_requests: expected a whole number >= 1, got 0"),
+    (MINIMAL + 'outlier = { success_rate = true }\n', f"{OL}.success_rate: expected a table, got true"),
+    (MINIMAL + 'outlier = { consecutive = 3 }\n',
+     f'{OL}.consecutive: unknown key (did you mean "consecutive_failures"?)'),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_HEALTH)
+def test_bad_health_and_outlier_message(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, "h.toml")
+    assert str(info.value) == f"h.toml: {message}"
+
+
+def test_health_and_outlier_defaults() -> None:
+    cluster = loads_config(MINIMAL).clusters["echo"]
+    # No active checks unless asked; outlier ejection on with Linkerd 1's failure-accrual values.
+    assert cluster.health_check is None
+    assert cluster.outlier == Outlier(consecutive_failures=5, base_ejection=5.0, max_ejection=300.0,
+                                      max_ejected_percent=50, success_rate=None)
+    assert loads_config(MINIMAL + "outlier = true\n").clusters["echo"].outlier == Outlier()
+    assert loads_config(MINIMAL + "outlier = false\n").clusters["echo"].outlier is None
+    assert loads_config(MINIMAL + "outlier = {}\n").clusters["echo"].outlier == Outlier()
+
+
+def test_health_check_type_follows_the_path() -> None:
+    http = loads_config(MINIMAL + 'health_check = { path = "/healthz" }\n').clusters["echo"].health_check
+    assert http == HealthCheck(type="http", path="/healthz", interval=5.0, timeout=1.0, healthy=2, unhealthy=3,
+                               expected_statuses=[(200, 399)], jitter=10.0)
+    tcp = loads_config(MINIMAL + "health_check = {}\n").clusters["echo"].health_check
+    assert tcp is not None and (tcp.type, tcp.path) == ("tcp", None)
+    assert HealthCheck(path="/x").type == "http" and HealthCheck().type == "tcp"
+
+
+def test_full_health_and_outlier_config() -> None:
+    text = MINIMAL + (
+        'health_check = { path = "/healthz?deep=1", interval = "2s", timeout = "1s", healthy = 2, unhealthy = 3, '
+        'expected_statuses = [200, 204, "300-399"], jitter = "12.5%" }\n'
+        'outlier = { consecutive_failures = 3, base_ejection = "250ms", max_ejection = "1m", '
+        'max_ejected_percent = 100, success_rate = { window = "30s", minimum_requests = 50, threshold = 0.9 } }\n')
+    cluster = loads_config(text).clusters["echo"]
+    assert cluster.health_check == HealthCheck(
+        type="http", path="/healthz?deep=1", interval=2.0, timeout=1.0, healthy=2, unhealthy=3,
+        expected_statuses=[(200, 200), (204, 204), (300, 399)], jitter=12.5)
+    assert cluster.outlier == Outlier(consecutive_failures=3, base_ejection=0.25, max_ejection=60.0,
+                                      max_ejected_percent=100,
+                                      success_rate=SuccessRate(window=30.0, minimum_requests=50, threshold=0.9))
+    out = config_to_dict(loads_config(text))["clusters"]["echo"]
+    assert out["health_check"] == {"type": "http", "path": "/healthz?deep=1", "interval": "2s", "timeout": "1s",
+                                   "healthy": 2, "unhealthy": 3, "expected_statuses": [200, 204, "300-399"],
+                                   "jitter": "12.5%"}
+    assert out["outlier"] == {"consecutive_failures": 3, "base_ejection": "250ms", "max_ejection": "1m",
+                              "max_ejected_percent": 100,
+                              "success_rate": {"window": "30s", "minimum_requests": 50, "threshold": 0.9}}
+
+
+def test_health_config_to_dict() -> None:
+    tcp = config_to_dict(loads_config(MINIMAL + 'health_check = { type = "tcp" }\noutlier = false\n'))
+    assert tcp["clusters"]["echo"]["health_check"] == {"type": "tcp", "interval": "5s", "timeout": "1s",
+                                                       "healthy": 2, "unhealthy": 3, "jitter": "10%"}
+    assert tcp["clusters"]["echo"]["outlier"] is False
+    assert "health_check" not in config_to_dict(loads_config(MINIMAL))["clusters"]["echo"]
+
+
+@pytest.mark.parametrize("extra", [
+    "",
+    "outlier = false\n",
+    'health_check = { type = "tcp", jitter = "0%" }\n',
+    'health_check = { path = "/", expected_statuses = [204, "200-201"] }\n'
+    'outlier = { success_rate = { threshold = 1 } }\n',
+])
+def test_health_round_trip(extra: str) -> None:
+    cfg = loads_config(MINIMAL + extra, "rt.toml")
+    as_dict = config_to_dict(cfg)
+    assert config_from_dict(as_dict, "rt.toml") == cfg
+    assert config_to_dict(config_from_dict(as_dict)) == as_dict
+
+
+def test_health_problems_are_all_reported() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(MINIMAL + 'health_check = { healthy = 0, unhealthy = 0 }\n'
+                     'outlier = { max_ejected_percent = -1 }\n')
+    assert [e.key for e in info.value.errors] == [f"{HC}.healthy", f"{HC}.unhealthy", f"{OL}.max_ejected_percent"]
