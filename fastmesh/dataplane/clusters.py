@@ -4,7 +4,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from fastmesh._core.balance.factory import make_balancer
+from fastmesh._core.balance.factory import HASHING, make_balancer
+from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.policy import ClusterPolicy
@@ -25,7 +26,9 @@ def _resolve(host: str, port: int) -> tuple[int, str, int]:
 
 def build_cluster(cfg: ClusterConfig) -> Cluster:
     endpoints = [_resolve(e.host, e.port) for e in cfg.endpoints]
-    balancer = make_balancer(cfg.balancer, [e.weight for e in cfg.endpoints])
+    # Stable endpoint ids: a consistent-hash balancer rebuilt without one endpoint keeps the others' keys.
+    ids = [hash_key(f"{e.host}:{e.port}".encode()) for e in cfg.endpoints]
+    balancer = make_balancer(cfg.balancer, [e.weight for e in cfg.endpoints], slow_start=cfg.slow_start, ids=ids)
     return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
 
 
@@ -41,4 +44,5 @@ def build_policy(cfg: ClusterConfig) -> ClusterPolicy:
 
 def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster) -> HttpPool:
     """The HTTP/1 connection pool over a cluster (shared by every http listener that routes to it)."""
-    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg))
+    key = (cfg.hash_key or "source_ip") if cfg.balancer in HASHING else None
+    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg), key)

@@ -114,6 +114,9 @@ cdef class Downstream(UpstreamUser):
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
     cdef double total_deadline             # request deadline (timeout / fastmesh-timeout-ms), 0 = none
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
+    cdef double try_started                # when the current try got its connection (latency for the balancer)
+    cdef unsigned long long hash_key       # consistent-hash key of the request (header, cookie or client IP)
+    cdef bint keyed                        # hash_key is set: the balancer picks by it
 
     cdef void run(self) noexcept
     cdef bint body_can_finish(self) noexcept
@@ -133,6 +136,8 @@ cdef class Downstream(UpstreamUser):
     cdef void log_request(self, int endpoint)
     cdef void random_id(self, char *out) noexcept
     cdef void add_retried(self, OutBuf *o) noexcept
+    cdef bint request_key(self, const char *buf, Head *h) noexcept
+    cdef void report(self, int ep, int status, bint failed) noexcept
     cdef int pump_body(self, RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
                        OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept
     cdef void build_request_head(self, const char *buf, Head *h) noexcept

@@ -20,7 +20,7 @@ the connection closes; upstream failures get 502/503/504 with a `fastmesh-error`
 """
 cimport cython
 from libc.stdint cimport uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memcmp
 from libc.stdio cimport snprintf
 
 cdef extern from "<sys/ioctl.h>" nogil:
@@ -48,7 +48,10 @@ from fastmesh._core.http1.framing cimport (
     request_body, response_body, keep_alive, chunked_init, chunked_feed, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
     BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE,
 )
-from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING, UP_ACTIVE
+from fastmesh._core.http1.pool cimport (
+    Upstream, UpstreamUser, HttpPool, UP_CONNECTING, UP_ACTIVE, HASH_NONE, HASH_HEADER, HASH_COOKIE, HASH_SOURCE,
+)
+from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
     ClusterPolicy, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
@@ -85,6 +88,38 @@ cdef int find_field(const char *buf, Head *h, const char *lower, Py_ssize_t n) n
         if f.id == FIELD_OTHER and f.name_len == n and name_is(buf + f.name_off, n, lower, n):
             return i
     return -1
+
+
+cdef int find_any_field(const char *buf, Head *h, const char *lower, Py_ssize_t n, int start) noexcept:
+    """Index of the first field at or after `start` named `lower` (case-insensitive, known names too), or -1."""
+    cdef int i
+    cdef HeaderField *f
+    for i in range(start, h.num_headers):
+        f = &h.headers[i]
+        if f.name_len == n and name_is(buf + f.name_off, n, lower, n):
+            return i
+    return -1
+
+
+cdef bint cookie_value(const char *p, Py_ssize_t n, const char *name, Py_ssize_t m, const char **val,
+                       Py_ssize_t *vlen) noexcept:
+    """Find cookie `name` in a Cookie field value ("a=1; b=2")."""
+    cdef Py_ssize_t i = 0, start, eq
+    while i < n:
+        while i < n and (p[i] == 32 or p[i] == 59):
+            i += 1
+        start = i
+        eq = -1
+        while i < n and p[i] != 59:
+            if eq < 0 and p[i] == 61:
+                eq = i
+            i += 1
+        if eq - start == m and eq >= 0:
+            if m == 0 or memcmp(p + start, name, m) == 0:
+                val[0] = p + eq + 1
+                vlen[0] = i - eq - 1
+                return True
+    return False
 
 
 cdef long long field_ms(const char *buf, HeaderField *f) noexcept:
@@ -307,6 +342,7 @@ cdef class HttpProxy(Acceptor):
                     d.up.fail(0)
                 elif d.up is not None and not d.resp_head_done and now >= d.deadline:
                     d.last_endpoint = d.up.endpoint
+                    d.report(d.up.endpoint, 0, True)
                     if d.may_retry(RETRY_TIMEOUT, 0):
                         d.retry()
                     else:
@@ -546,6 +582,7 @@ cdef class Downstream(UpstreamUser):
         self.cluster = proxy.router.cluster(route)
         self.pool = <HttpPool>proxy.pools[self.cluster]
         policy = self.pool.policy
+        self.keyed = self.pool.hash_kind != HASH_NONE and self.request_key(buf, h)
         now = proxy.reactor.now
         self.tries = 1
         self.last_endpoint = -1
@@ -580,6 +617,44 @@ cdef class Downstream(UpstreamUser):
         if not self.take_upstream(-1) and not self.waiting:
             self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
         return 1
+
+    cdef bint request_key(self, const char *buf, Head *h) noexcept:
+        """The consistent-hash key of the request; False when the request lacks it (then any endpoint does)."""
+        cdef HttpPool pool = self.pool
+        cdef const char *name = pool.hash_name
+        cdef Py_ssize_t n = len(pool.hash_name)
+        cdef const char *val
+        cdef Py_ssize_t vlen
+        cdef HeaderField *f
+        cdef int i
+        if pool.hash_kind == HASH_SOURCE:
+            self.hash_key = hash_bytes(<const unsigned char *>self.peer, self.peer_len)
+            return True
+        if pool.hash_kind == HASH_HEADER:
+            i = find_any_field(buf, h, name, n, 0)
+            if i < 0:
+                return False
+            f = &h.headers[i]
+            self.hash_key = hash_bytes(<const unsigned char *>buf + f.value_off, f.value_len)
+            return True
+        i = find_any_field(buf, h, "cookie", 6, 0)
+        while i >= 0:
+            f = &h.headers[i]
+            if cookie_value(buf + f.value_off, f.value_len, name, n, &val, &vlen):
+                self.hash_key = hash_bytes(<const unsigned char *>val, vlen)
+                return True
+            i = find_any_field(buf, h, "cookie", 6, i + 1)
+        return False
+
+    cdef void report(self, int ep, int status, bint failed) noexcept:
+        """A try's outcome, for the latency-aware balancer and for failure accrual."""
+        cdef HttpPool pool = self.pool
+        cdef double now = self.proxy.reactor.now
+        pool.cluster.balancer.observe(ep, now - self.try_started, status if status else 503)
+        if failed:
+            pool.cluster.request_failed(ep, now)
+        else:
+            pool.cluster.request_succeeded(ep)
 
     cdef double try_deadline(self) noexcept:
         """When the current try's response head must have arrived."""
@@ -623,7 +698,8 @@ cdef class Downstream(UpstreamUser):
         if self.attempts >= self.pool.cluster.connect_attempts:
             return False
         self.attempts += 1
-        up = self.pool.acquire(self, avoid, &err)
+        up = self.pool.acquire(self, avoid, &err, self.hash_key, self.keyed)
+        self.try_started = self.proxy.reactor.now
         if up is None:
             if err == -1:
                 # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
@@ -822,6 +898,8 @@ cdef class Downstream(UpstreamUser):
         cdef int ep = up.endpoint
         cdef bint was_reused = up.reused
         self.last_endpoint = ep
+        if not (was_reused and not self.resp_started):
+            self.report(ep, 0, True)
         if (was_reused and not self.resp_started and self.req_body.kind == BODY_NONE
                 and replayable_method(self.req_method)):
             # A keep-alive connection the server had already closed: the request is whole in reqhead.
@@ -888,6 +966,7 @@ cdef class Downstream(UpstreamUser):
                 self.build_response_head(buf, h, False)
             up.rbuf.start += head_len
             return 0
+        self.report(up.endpoint, status, status >= 500)
         if (status >= 500 and self.pool.policy.retryable_status(status)
                 and find_field(buf, h, RETRIED_FIELD, len(RETRIED_FIELD)) < 0):
             # (An answer that says a fastmesh further down already retried is never retried again.)

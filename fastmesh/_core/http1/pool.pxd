@@ -6,6 +6,13 @@ from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
 
 
+cdef enum HashKind:
+    HASH_NONE = 0                  # the balancer picks without a key
+    HASH_HEADER = 1                # key: a request header's value
+    HASH_COOKIE = 2                # key: a cookie's value
+    HASH_SOURCE = 3                # key: the client's IP address
+
+
 cdef enum UpstreamState:
     UP_CONNECTING = 1          # connect under way; the request head may already wait in `out`
     UP_ACTIVE = 2              # serving an exchange for `user`
@@ -52,11 +59,13 @@ cdef class HttpPool(Sweeper):
     cdef readonly double idle_timeout      # seconds an idle connection is kept
     cdef readonly ClusterPolicy policy     # retries, budget, timeouts, circuit-breaker limits
     cdef list waiters                      # UpstreamUsers waiting for a connection slot (max_connections reached)
+    cdef readonly int hash_kind            # what keys a consistent-hash pick: HASH_NONE / HEADER / COOKIE / SOURCE
+    cdef bytes hash_name                   # lowercase header or cookie name for HASH_HEADER / HASH_COOKIE
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
     cdef readonly long active              # connections open now (idle included)
 
-    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err)
+    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=*, bint keyed=*)
     cdef void release(self, Upstream up) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
     cdef void wake_waiter(self) noexcept

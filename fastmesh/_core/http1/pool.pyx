@@ -107,7 +107,7 @@ cdef class Upstream(EventTarget):
 cdef class HttpPool(Sweeper):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
-                  ClusterPolicy policy=None):
+                  ClusterPolicy policy=None, str hash_key=None):
         cdef int n = len(cluster.endpoints())
         self.reactor = reactor
         self.cluster = cluster
@@ -115,6 +115,12 @@ cdef class HttpPool(Sweeper):
         self.idle_timeout = idle_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
         self.waiters = []
+        self.hash_kind = HASH_NONE
+        self.hash_name = b""
+        if hash_key:
+            kind, _, name = hash_key.partition(":")
+            self.hash_kind = {"header": HASH_HEADER, "cookie": HASH_COOKIE, "source_ip": HASH_SOURCE}[kind]
+            self.hash_name = name.lower().encode("ascii") if kind == "header" else name.encode("ascii")
         self.idle_heads = [None] * n
         self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
         if self.idle_count == NULL:
@@ -123,7 +129,7 @@ cdef class HttpPool(Sweeper):
     def __dealloc__(self):
         free(self.idle_count)
 
-    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err):
+    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=0, bint keyed=False):
         """An upstream connection for user: idle and ready, or connecting (its events will tell). None when no
         endpoint can be tried; err[0] is then the last errno (0: the cluster has no endpoint up)."""
         cdef Cluster cluster = self.cluster
@@ -131,7 +137,9 @@ cdef class HttpPool(Sweeper):
         cdef int ep, fd, tries = 0
         err[0] = 0
         while tries < cluster.connect_attempts:
-            ep = cluster.choose(avoid)
+            ep = cluster.balancer.pick_hash(key, avoid) if keyed else -1
+            if ep < 0:
+                ep = cluster.choose(avoid)      # unkeyed, or nothing up for the key: the fail-open path
             if ep < 0:
                 return None
             tries += 1
@@ -209,6 +217,7 @@ cdef class HttpPool(Sweeper):
     cdef void sweep(self, double now) noexcept:
         cdef int ep
         cdef Upstream up, nxt
+        self.cluster.balancer.set_clock(now)      # EWMA decay and slow start run on the tick's clock
         for ep in range(len(self.idle_heads)):
             up = <Upstream>self.idle_heads[ep]
             while up is not None:
