@@ -33,6 +33,8 @@ class Proxy:
         self._clusters: dict[str, Any] = {}
         self._listeners: list[Any] = []
         self._tcp: dict[str, Any] = {}
+        self._http: dict[str, Any] = {}
+        self._pools: list[Any] = []
         self.addresses: dict[str, tuple[str, int]] = {}
         self._started = False
         # Counters: the supervisor's shared block (stats_fd, a memfd `fastmesh run` passes its workers) or a
@@ -58,23 +60,33 @@ class Proxy:
         if self._started:
             raise RuntimeError("Proxy already started")
         from fastmesh._core.reactor import Reactor
-        from fastmesh.dataplane.clusters import build_cluster
-        from fastmesh.dataplane.listeners import build_listener
+        from fastmesh.dataplane.clusters import build_cluster, build_pool
+        from fastmesh.dataplane.listeners import build_http_listener, build_listener
 
         loop = asyncio.get_running_loop()
         reactor = Reactor()
         clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
         listeners = []
         try:
+            names = list(self.config.clusters)
+            if any(lcfg.protocol == "http" for lcfg in self.config.listeners):
+                # One pool per cluster, shared by every http listener; cluster index = position in `names`.
+                self._pools = [build_pool(self.config.clusters[n], reactor, clusters[n]) for n in names]
             for lcfg in self.config.listeners:
-                listener, tcp, bound = build_listener(lcfg, reactor, clusters[lcfg.cluster], self.reuse_port)
+                if lcfg.protocol == "http":
+                    listener, http, bound = build_http_listener(lcfg, reactor, self._pools, names,
+                                                                self.reuse_port)
+                    self._http[lcfg.name] = http
+                else:
+                    listener, tcp, bound = build_listener(lcfg, reactor, clusters[lcfg.cluster], self.reuse_port)
+                    self._tcp[lcfg.name] = tcp
                 listeners.append(listener)
-                self._tcp[lcfg.name] = tcp
                 self.addresses[lcfg.name] = bound
         except BaseException:
             for listener in listeners:
                 listener.close()
             self._tcp.clear()
+            self._http.clear()
             self.addresses.clear()
             raise
         from fastmesh.dataplane import stats
@@ -94,6 +106,10 @@ class Proxy:
             reactor.add_sweeper(cluster)
         for tcp in self._tcp.values():
             reactor.add_sweeper(tcp)
+        for pool in self._pools:
+            reactor.add_sweeper(pool)
+        for http in self._http.values():
+            reactor.add_sweeper(http)
         for listener in listeners:
             listener.start()
         self._reactor, self._clusters, self._listeners = reactor, clusters, listeners
@@ -104,7 +120,8 @@ class Proxy:
     @property
     def active_connections(self) -> int:
         """Downstream connections open now, over all listeners."""
-        return sum(tcp.active for tcp in self._tcp.values())
+        return (sum(tcp.active for tcp in self._tcp.values())
+                + sum(http.active + http.tunnel_count for http in self._http.values()))
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
@@ -112,6 +129,12 @@ class Proxy:
             "listeners": {name: {"active": t.active, "accepted": t.accepted, "failed": t.failed,
                                  "bytes_in": t.bytes_in, "bytes_out": t.bytes_out}
                           for name, t in self._tcp.items()},
+            "http": {name: {"active": h.active, "accepted": h.accepted, "requests": h.requests,
+                            "responses": h.status_classes, "bytes_in": h.bytes_in, "bytes_out": h.bytes_out,
+                            "tunnels": h.tunnel_count}
+                     for name, h in self._http.items()},
+            "pools": {p.cluster.name: {"opened": p.opened, "reuses": p.reuses, "open": p.active,
+                                       "idle": p.idle_counts()} for p in self._pools},
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
             "health": self._health.active.status() if self._health is not None else {},
         }
@@ -123,6 +146,8 @@ class Proxy:
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         for listener in self._listeners:
             listener.close()
+        for http in self._http.values():
+            http.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.active_connections:
@@ -133,6 +158,8 @@ class Proxy:
             log.info("drain timeout: closing %d connection(s)", self.active_connections)
         for tcp in self._tcp.values():
             tcp.close_all()
+        for http in self._http.values():
+            http.close_all()
         await self._health.stop()
         self._reactor.detach()
         self._lag.stop()

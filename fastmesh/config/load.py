@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastmesh.config.schema import (
-    ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route,
+    ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, RETRY_CLASSES, AccessLog, Admin, Cluster, Config, Demo, Endpoint,
+    Limits, Listener, Retries, Route,
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.errors import ConfigError, ConfigErrors
@@ -388,6 +389,44 @@ def endpoint_text(endpoint: Endpoint) -> str:
     return format_address(endpoint.host, endpoint.port)
 
 
+def _retry_class(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and (value in RETRY_CLASSES or (value.isdigit() and 500 <= int(value) <= 599)):
+        return value
+    return check.bad(key, f"one of {_choices(RETRY_CLASSES)} or a 5xx status code", value)
+
+
+def _percent(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 100:
+        return float(value)
+    return check.bad(key, "a number from 0 to 100", value)
+
+
+def _rate(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return check.bad(key, "a number >= 0", value)
+
+
+def _retries(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {
+        "attempts": _whole(1, 10),
+        "on": lambda c, k, v: _array(c, k, v, _retry_class, "a list of retry conditions", "one condition"),
+        "budget_percent": _percent,
+        "min_per_second": _rate,
+        "backoff": _duration(allow_zero=True),
+        "max_backoff": _duration(allow_zero=True),
+    })
+    return BAD if fields is None else Retries(**fields)
+
+
+def _limits(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {name: _whole(1) for name in
+                                        ("max_connections", "max_pending", "max_requests", "max_retries")})
+    return BAD if fields is None else Limits(**fields)
+
+
 # ---- health checks and outlier ejection ----
 
 def _target(check: _Check, key: str, value: Any) -> Any:
@@ -491,6 +530,7 @@ def _outlier(check: _Check, key: str, value: Any) -> Any:
     return Outlier(**fields)
 
 
+HASHING_BALANCERS = ("ring_hash", "maglev")
 _HASH_KEY_RE = re.compile(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+|source_ip")
 
 
@@ -508,6 +548,12 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "response_timeout": _duration(allow_zero=False),
     "pool_max_idle": _whole(0),
     "pool_idle_timeout": _duration(allow_zero=False),
+    "timeout": _duration(allow_zero=True),
+    "per_try_timeout": _duration(allow_zero=True),
+    "retries": _retries,
+    "limits": _limits,
+    "hash_key": _hash_key,
+    "slow_start": _duration(allow_zero=True),
     "health_check": _health_check,
     "outlier": _outlier,
 }
@@ -518,6 +564,10 @@ def _cluster(check: _Check, key: str, name: str, value: Any) -> Cluster | None:
     if not good_name:
         check.bad(key, f"a cluster name of {NAME_CHARS}", name)
     fields = _table(check, key, value, _CLUSTER_FIELDS, {"endpoints": "at least one endpoint"})
+    if fields is not None and fields.get("hash_key") and fields.get("balancer") not in HASHING_BALANCERS:
+        check.bad(_key(key, "hash_key"), f'balancer = "ring_hash" or "maglev" beside it (balancer is '
+                  f'"{fields.get("balancer", "round_robin")}")', fields["hash_key"])
+        return None
     return Cluster(name=name, **fields) if fields is not None and good_name else None
 
 
@@ -861,6 +911,19 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "response_timeout": format_duration(cluster.response_timeout),
             "pool_max_idle": cluster.pool_max_idle,
             "pool_idle_timeout": format_duration(cluster.pool_idle_timeout),
+            "timeout": format_duration(cluster.timeout),
+            "per_try_timeout": format_duration(cluster.per_try_timeout),
+            "retries": {"attempts": cluster.retries.attempts, "on": list(cluster.retries.on),
+                        "budget_percent": cluster.retries.budget_percent,
+                        "min_per_second": cluster.retries.min_per_second,
+                        "backoff": format_duration(cluster.retries.backoff),
+                        "max_backoff": format_duration(cluster.retries.max_backoff)},
+            "limits": {"max_connections": cluster.limits.max_connections,
+                       "max_pending": cluster.limits.max_pending,
+                       "max_requests": cluster.limits.max_requests,
+                       "max_retries": cluster.limits.max_retries},
+            **({"hash_key": cluster.hash_key} if cluster.hash_key is not None else {}),
+            "slow_start": format_duration(cluster.slow_start),
         } for name, cluster in cfg.clusters.items()},
     }
     for name, cluster in cfg.clusters.items():

@@ -24,6 +24,29 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
+RETRY_CLASSES = ("connect-failure", "reset", "timeout", "5xx")
+
+
+@dataclass
+class Retries:
+    """Which failed tries are sent again, and how many retries the cluster's traffic can afford."""
+    attempts: int = 3                  # tries per request, the first included
+    on: list[str] = field(default_factory=lambda: ["connect-failure"])   # RETRY_CLASSES or status codes
+    budget_percent: float = 20.0       # retries may add this share of the last 10 s of requests...
+    min_per_second: float = 10.0       # ...plus this many per second
+    backoff: float = 0.025             # first retry waits up to this (full jitter), doubling per retry
+    max_backoff: float = 0.25          # cap of that wait
+
+
+@dataclass
+class Limits:
+    """Circuit breakers, per worker: over a limit a request gets 503 `fastmesh-error: overloaded` at once."""
+    max_connections: int = 1024        # upstream connections open
+    max_pending: int = 1024            # requests waiting for a connection slot
+    max_requests: int = 1024           # requests in flight
+    max_retries: int = 3               # retries in flight
+
+
 HEALTH_CHECK_TYPES = ("http", "tcp")
 
 
@@ -79,6 +102,12 @@ class Cluster:
     response_timeout: float = 15.0     # seconds from request sent to response head received, then 504
     pool_max_idle: int = 64            # idle keep-alive upstream connections kept per endpoint (0: none)
     pool_idle_timeout: float = 60.0    # seconds an idle upstream connection is kept before it is closed
+    timeout: float = 0.0               # seconds per request, retries included (0: none beyond the tries')
+    per_try_timeout: float = 0.0       # seconds per try (0: response_timeout)
+    retries: Retries = field(default_factory=Retries)
+    limits: Limits = field(default_factory=Limits)
+    hash_key: str | None = None        # ring_hash/maglev key: "header:NAME", "cookie:NAME" or "source_ip" (default)
+    slow_start: float = 0.0            # seconds a new or recovered endpoint ramps up to its weight (0: off)
     health_check: HealthCheck | None = None   # None: no active checks
     outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
 

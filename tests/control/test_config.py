@@ -39,7 +39,7 @@ HEADER_VALUE = "a header value without control characters (CR, LF, NUL, ...) or 
 R0 = "listeners[0].routes[0]"
 
 
-BALANCERS = '["round_robin", "least_request", "random"]'
+BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
 TOP_KEYS = '["admin", "clusters", "demo", "drain_timeout", "listeners", "workers"]'
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
 
@@ -372,7 +372,12 @@ def test_config_to_dict_fills_every_default() -> None:
                        "idle_timeout": "1h", "backlog": 1024, "splice": True}],
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
                               "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
-                              "pool_max_idle": 64, "pool_idle_timeout": "1m",
+                              "pool_max_idle": 64, "pool_idle_timeout": "1m", "timeout": "0s",
+                              "per_try_timeout": "0s",
+                              "retries": {"attempts": 3, "on": ["connect-failure"], "budget_percent": 20.0,
+                                          "min_per_second": 10.0, "backoff": "25ms", "max_backoff": "250ms"},
+                              "limits": {"max_connections": 1024, "max_pending": 1024, "max_requests": 1024,
+                                         "max_retries": 3}, "slow_start": "0s",
                               "outlier": {"consecutive_failures": 5, "base_ejection": "5s", "max_ejection": "5m",
                                           "max_ejected_percent": 50}}},
     }
