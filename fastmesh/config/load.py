@@ -765,6 +765,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "max_headers": _whole(1, 100),
     "forwarded_headers": _flag,
     "request_id_header": _request_id_header,
+    "trust_headers": _flag,
     "access_log": _access_log,
     "routes": _routes,
 }
@@ -977,6 +978,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         max_headers=lst.max_headers,
         forwarded_headers=lst.forwarded_headers,
         request_id_header=lst.request_id_header,
+        trust_headers=lst.trust_headers,
     )
     if lst.access_log is not None:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}

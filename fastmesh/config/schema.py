@@ -160,6 +160,7 @@ class Listener:
     max_headers: int = 100             # field lines (1..100); more -> 431
     forwarded_headers: bool = True     # add Via, X-Forwarded-For, X-Forwarded-Proto upstream
     request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
+    trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     access_log: AccessLog | None = None       # None: no access log
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
 

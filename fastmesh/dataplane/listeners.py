@@ -51,6 +51,7 @@ def build_http_listener(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpP
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
+                     trust_headers=cfg.trust_headers,
                      access_log=build_access_log(cfg.access_log, cfg.name))
     sock = bind_socket(cfg, reuse_port)
     bound = sock.getsockname()[:2]
