@@ -48,7 +48,7 @@ cdef class Cluster(Sweeper):
     cdef StatsBlock stats              # the block the slot pointers below point into (kept alive through this)
     cdef uint64_t *counters            # cluster-wide C_FIELDS slots (stats.pxd): retries, failed, ejections, checks
     cdef uint64_t *state               # published EndpointState: the connect mark, or why the endpoint is out
-    cdef uint64_t *seen                # CLOCK_MONOTONIC ns of each endpoint's last connect outcome (0 = none yet)
+    cdef uint64_t *seen                # CLOCK_MONOTONIC ns of the last connect outcome or eligibility change (0 = none)
     cdef uint64_t *active              # upstream connections open per endpoint (connecting included)
     cdef double *down_until            # monotonic time an EP_DOWN endpoint is re-admitted
     cdef double *backoff               # current re-admission delay per endpoint, doubled per failure

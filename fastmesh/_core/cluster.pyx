@@ -401,6 +401,10 @@ cdef class Cluster(Sweeper):
     def set_health(self, i, bint healthy):
         """The active checker's verdict on endpoint i (only transitions need to be reported)."""
         cdef int k = _index(self, i)
+        cdef timespec ts
+        # Stamped exactly, like a connect recovery: across workers the latest word on an endpoint wins.
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        self.seen[k] = <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
         if healthy:
             self.clear_out(k, OUT_HEALTH)
         else:
