@@ -7,7 +7,6 @@ Extra build_ext options:
 """
 import glob
 import os
-import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext as _build_ext

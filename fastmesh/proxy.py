@@ -78,6 +78,7 @@ class Proxy:
                                                                 self.reuse_port)
                     self._http[lcfg.name] = http
                 else:
+                    assert lcfg.cluster is not None          # the loader requires it for tcp listeners
                     listener, tcp, bound = build_listener(lcfg, reactor, clusters[lcfg.cluster], self.reuse_port)
                     self._tcp[lcfg.name] = tcp
                 listeners.append(listener)

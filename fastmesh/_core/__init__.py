@@ -1,6 +1,6 @@
 """The compiled data path. Importing it without a build fails loudly: there is no pure-Python fallback."""
 try:
-    from fastmesh._core import build_info as _build_info  # noqa: F401
+    import fastmesh._core.build_info  # noqa: F401
 except ImportError as exc:  # pragma: no cover - only on an unbuilt checkout
     raise ImportError(
         "fastmesh's compiled core is missing (" + str(exc) + "). "

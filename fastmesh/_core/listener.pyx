@@ -56,12 +56,12 @@ cdef class Listener(EventTarget):
         self.accept_batch()
 
     cdef void accept_batch(self) noexcept:
-        cdef int i, cfd, err
+        cdef int _, cfd, err
         cdef sockaddr_storage peer
         cdef socklen_t peerlen
         if self.fd < 0 or self.paused:
             return
-        for i in range(ACCEPT_BATCH):
+        for _ in range(ACCEPT_BATCH):
             peerlen = sizeof(peer)
             cfd = accept4(self.fd, <sockaddr *>&peer, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if cfd >= 0:

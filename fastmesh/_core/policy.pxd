@@ -40,11 +40,11 @@ cdef class ClusterPolicy:
     cdef readonly double backoff_max   # retry wait cap
     cdef readonly double timeout       # total seconds per request, retries included (0 = none)
     cdef readonly double per_try_timeout   # seconds from a try's start to its response head
-    cdef readonly long max_connections # circuit breakers (per worker): upstream connections open
+    cdef readonly long max_connections  # circuit breakers (per worker): upstream connections open
     cdef readonly long max_pending     # requests waiting for a connection slot
     cdef readonly long max_requests    # requests in flight
     cdef readonly long max_retries     # retries in flight
-    cdef readonly long requests_active # requests in flight now
+    cdef readonly long requests_active  # requests in flight now
     cdef readonly long retries_active  # retries in flight now
     cdef readonly unsigned long long overloaded   # requests refused by a circuit breaker, ever
     cdef readonly unsigned long long retried      # retries sent, ever

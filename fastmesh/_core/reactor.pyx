@@ -4,14 +4,14 @@ Why nested: uvloop costs a Python callback and a transport object per connection
 neither. The loop watches one fd (the epoll set); each wakeup drains up to MAX_EVENTS events and calls the
 targets' cdef methods. Timers are a coarse tick (Sweeper objects) because proxy deadlines are seconds long.
 """
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 
 from fastmesh._core.includes.system cimport (
     epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
     close, pipe2, fcntl, F_SETPIPE_SZ, O_NONBLOCK, O_CLOEXEC, clock_gettime, timespec, CLOCK_MONOTONIC, errno,
-    EINTR, sockaddr_storage,
+    sockaddr_storage,
 )
 
 import logging

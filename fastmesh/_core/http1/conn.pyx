@@ -20,7 +20,7 @@ the connection closes; upstream failures get 502/503/504 with a `fastmesh-error`
 """
 cimport cython
 from libc.stdint cimport uint32_t
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcmp
 from libc.stdio cimport snprintf
 
 cdef extern from "<sys/ioctl.h>" nogil:
@@ -49,16 +49,15 @@ from fastmesh._core.http1.framing cimport (
     BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE,
 )
 from fastmesh._core.http1.pool cimport (
-    Upstream, UpstreamUser, HttpPool, UP_CONNECTING, UP_ACTIVE, HASH_NONE, HASH_HEADER, HASH_COOKIE, HASH_SOURCE,
+    Upstream, UpstreamUser, HttpPool, UP_CONNECTING, HASH_NONE, HASH_HEADER, HASH_SOURCE,
 )
 from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
-    ClusterPolicy, RETRY_CONNECT_FAILURE, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
+    ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
 
-import os
 
 cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef int MAX_CONN_TOKENS = 16          # Connection header tokens honoured when dropping the fields they name
@@ -449,7 +448,6 @@ cdef class Downstream(UpstreamUser):
 
     cdef void run(self) noexcept:
         cdef int r, rounds = 0
-        cdef Py_ssize_t pending
         while rounds < 32:
             rounds += 1
             if self.state == DS_HEAD or self.state == DS_IDLE:
@@ -873,6 +871,7 @@ cdef class Downstream(UpstreamUser):
                 self.resp_done = True
             elif r == -1 or r == -3:
                 # The upstream broke mid-body: the client got a head already, so only a close can tell it.
+                self.pool.cluster.request_failed(up.endpoint, self.proxy.reactor.now)
                 self.close()
                 return -1
             elif r == -2:
@@ -1277,8 +1276,12 @@ cdef class Downstream(UpstreamUser):
             self.close()
             return
         keep = keep and self.client_keep and self.req_done
-        body = f"{reason}: {cause}\n".encode() if cause not in ("bad request", "no route") else \
-            (f"no route for this request\n".encode() if cause == "no route" else f"{reason}\n".encode())
+        if cause == "no route":
+            body = b"no route for this request\n"
+        elif cause == "bad request":
+            body = f"{reason}\n".encode()
+        else:
+            body = f"{reason}: {cause}\n".encode()
         head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
                 f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}").encode()
         ob_add(&self.out, head, len(head))
@@ -1318,7 +1321,7 @@ cdef class Downstream(UpstreamUser):
         up.close()
         self.close()
 
-    cdef void close(self) noexcept:
+    cdef void close(self) noexcept:  # no-cython-lint
         cdef HttpProxy proxy = self.proxy
         if self.state == DS_CLOSED:
             return

@@ -16,8 +16,6 @@ The chunked decoder is an explicit state machine (ChunkState) fed any split of t
    only reported (Head offsets), never merged into the head.
 """
 
-from libc.string cimport memcpy
-
 from fastmesh._core.codes cimport (
     ERR_BARE_CR, ERR_BARE_LF, ERR_BAD_CHUNK_SIZE, ERR_CHUNK_SIZE_OVERFLOW, ERR_BAD_CHUNK_EXTENSION,
     ERR_CHUNK_LINE_TOO_LONG, ERR_BAD_CHUNK_END, ERR_BAD_TRANSFER_ENCODING, ERR_UNEXPECTED_SWITCH,

@@ -62,7 +62,7 @@ from fastmesh._core.codes cimport (
     ERR_UNKNOWN_TRANSFER_CODING, ERR_TE_IN_HTTP10, ERR_MISSING_HOST, ERR_MULTIPLE_HOST, ERR_BAD_HOST,
     make_error,
 )
-from fastmesh._core.codes import HttpParseError  # noqa: F401  (re-exported for callers of the wrappers)
+from fastmesh._core.codes import HttpParseError  # noqa: F401  # no-cython-lint (re-exported for the wrappers' callers)
 
 ctypedef unsigned char uchar
 
@@ -573,7 +573,7 @@ cdef Py_ssize_t parse_response(const char *buf, Py_ssize_t len, Head *h, const L
     if b[p] != SP:
         return ERR_BAD_STATUS_LINE
     p += 1
-    for i in range(3):
+    for i in range(3):  # no-cython-lint: counts bytes, i unused
         if p >= end:
             return out_of_room
         if not (CHAR_CLASS[b[p]] & CC_DIGIT):
@@ -759,7 +759,7 @@ def bench_parse_request(bytes data, Py_ssize_t count) -> int:
     cdef const char *p = data
     cdef Py_ssize_t n = len(data), i, total = 0
     with nogil:
-        for i in range(count):
+        for i in range(count):  # no-cython-lint: counts bytes, i unused
             total += parse_request(p, n, &h, &_DEFAULT_LIMITS) + h.num_headers
     return total
 
@@ -770,7 +770,7 @@ def bench_parse_response(bytes data, Py_ssize_t count) -> int:
     cdef const char *p = data
     cdef Py_ssize_t n = len(data), i, total = 0
     with nogil:
-        for i in range(count):
+        for i in range(count):  # no-cython-lint: counts bytes, i unused
             total += parse_response(p, n, &h, &_DEFAULT_LIMITS) + h.num_headers
     return total
 

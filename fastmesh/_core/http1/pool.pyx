@@ -83,7 +83,7 @@ cdef class Upstream(EventTarget):
             setsockopt(self.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
         self.close()
 
-    cdef void close(self) noexcept:
+    cdef void close(self) noexcept:  # no-cython-lint
         cdef HttpPool pool = self.pool
         if self.state == UP_CLOSED:
             return

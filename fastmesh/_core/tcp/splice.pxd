@@ -61,6 +61,7 @@ cdef class TcpRelay(EventTarget):
 
     @staticmethod
     cdef TcpRelay new(TcpProxy owner, int fd)
+
     @staticmethod
     cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up)
     cdef void connect_next(self, int avoid) noexcept

@@ -195,7 +195,7 @@ cdef class TcpRelay(EventTarget):
         """Open an upstream connection to the next endpoint, or close the client when none is left to try."""
         cdef Cluster cluster = self.owner.cluster
         cdef Reactor reactor = self.owner.reactor
-        cdef int ep, fd, err
+        cdef int ep, fd
         while self.attempts < cluster.connect_attempts:
             ep = cluster.choose(avoid)
             if ep < 0:
@@ -421,7 +421,7 @@ cdef class TcpRelay(EventTarget):
             dr.buf = NULL
         dr.pending = 0
 
-    cdef void close(self) noexcept:
+    cdef void close(self) noexcept:  # no-cython-lint
         cdef TcpProxy owner = self.owner
         if self.state == RS_CLOSED:
             return
