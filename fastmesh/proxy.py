@@ -44,6 +44,7 @@ class Proxy:
         self._stats_block: Any = None
         self._lag: Any = None
         self._health: Any = None
+        self._retired: list[Any] = []             # acceptors a reload replaced, until their connections end
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
@@ -60,29 +61,16 @@ class Proxy:
         if self._started:
             raise RuntimeError("Proxy already started")
         from fastmesh._core.reactor import Reactor
-        from fastmesh.dataplane.clusters import build_cluster, build_pool
-        from fastmesh.dataplane.listeners import build_http_listener, build_listener
+        from fastmesh.dataplane.clusters import build_cluster
 
         loop = asyncio.get_running_loop()
         reactor = Reactor()
         clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
+        pools = self._pools_for(self.config, reactor, clusters, {})
         listeners = []
         try:
-            names = list(self.config.clusters)
-            if any(lcfg.protocol == "http" for lcfg in self.config.listeners):
-                # One pool per cluster, shared by every http listener; cluster index = position in `names`.
-                self._pools = [build_pool(self.config.clusters[n], reactor, clusters[n]) for n in names]
             for lcfg in self.config.listeners:
-                if lcfg.protocol == "http":
-                    listener, http, bound = build_http_listener(lcfg, reactor, self._pools, names,
-                                                                self.reuse_port)
-                    self._http[lcfg.name] = http
-                else:
-                    assert lcfg.cluster is not None          # the loader requires it for tcp listeners
-                    listener, tcp, bound = build_listener(lcfg, reactor, clusters[lcfg.cluster], self.reuse_port)
-                    self._tcp[lcfg.name] = tcp
-                listeners.append(listener)
-                self.addresses[lcfg.name] = bound
+                listeners.append(self._open_listener(lcfg, reactor, clusters, pools))
         except BaseException:
             for listener in listeners:
                 listener.close()
@@ -90,6 +78,7 @@ class Proxy:
             self._http.clear()
             self.addresses.clear()
             raise
+        self._pools = pools
         from fastmesh.dataplane import stats
         if self._stats_block is None:
             self._stats_layout = stats.StatsLayout(self.config)
@@ -103,14 +92,8 @@ class Proxy:
         # Outlier settings and active checks, in place before the first connection is accepted.
         self._health = Health(self.config.clusters, clusters)
         self._health.start()
-        for cluster in clusters.values():
-            reactor.add_sweeper(cluster)
-        for tcp in self._tcp.values():
-            reactor.add_sweeper(tcp)
-        for pool in self._pools:
-            reactor.add_sweeper(pool)
-        for http in self._http.values():
-            reactor.add_sweeper(http)
+        for sweeper in [*clusters.values(), *self._tcp.values(), *pools, *self._http.values()]:
+            reactor.add_sweeper(sweeper)
         for listener in listeners:
             listener.start()
         self._reactor, self._clusters, self._listeners = reactor, clusters, listeners
@@ -118,11 +101,162 @@ class Proxy:
         for name, (host, port) in self.addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
 
+    @staticmethod
+    def _pools_for(config: Config, reactor: Any, clusters: dict[str, Any], keep: dict[str, Any]) -> list[Any]:
+        """One HTTP pool per cluster, in config order (a router's cluster index is a position in this list); `keep`
+        holds pools to carry over by cluster name. Empty when no listener speaks http."""
+        from fastmesh.dataplane.clusters import build_pool
+        if not any(lcfg.protocol == "http" for lcfg in config.listeners):
+            return []
+        return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n]) for n in config.clusters]
+
+    def _acceptor(self, lcfg: Any, reactor: Any, clusters: dict[str, Any], pools: list[Any]) -> Any:
+        from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor
+        if lcfg.protocol == "http":
+            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters))
+        assert lcfg.cluster is not None          # the loader requires it for tcp listeners
+        return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster])
+
+    def _open_listener(self, lcfg: Any, reactor: Any, clusters: dict[str, Any], pools: list[Any]) -> Any:
+        """Bind one listener (not yet accepting) with a new acceptor, and record both."""
+        from fastmesh.dataplane.listeners import bind_listener
+        acceptor = self._acceptor(lcfg, reactor, clusters, pools)
+        listener, bound = bind_listener(lcfg, reactor, acceptor, self.reuse_port)
+        (self._http if lcfg.protocol == "http" else self._tcp)[lcfg.name] = acceptor
+        self.addresses[lcfg.name] = bound
+        return listener
+
+    async def reload(self, config: Config) -> dict[str, list[str]]:
+        """Swap in `config` without dropping an open connection or a request under way.
+
+        Unchanged clusters keep their core objects (health, ejections, latency estimates, idle connections);
+        changed ones are rebuilt and their old pools retired (busy connections finish, none is kept idle).
+        A listener whose address is unchanged keeps its socket: http listeners take the new routes in place,
+        so keep-alive connections see them from their next request; tcp listeners send new connections to a
+        new relay table while open relays finish on the old one. Listeners that are new or moved are bound
+        first (a bind error aborts the reload before anything changed); removed ones stop accepting and drain.
+        Returns the names of what changed, for the log.
+        """
+        if not isinstance(config, Config):
+            raise TypeError("reload() takes a fastmesh Config")
+        from fastmesh.config.load import config_from_dict, config_to_dict
+        config = config_from_dict(config_to_dict(config), source=config.source)
+        if not self._started:
+            self.config = config
+            return {}
+        from fastmesh.dataplane.clusters import build_cluster
+        from fastmesh.dataplane.listeners import reconfigure_http
+        old, reactor = self.config, self._reactor
+        clusters = {name: (self._clusters[name] if old.clusters.get(name) == c else build_cluster(c))
+                    for name, c in config.clusters.items()}
+        rebuilt = [name for name in config.clusters if clusters[name] is not self._clusters.get(name)]
+        kept_pools: dict[str, Any] = {}
+        for pool in self._pools:
+            name = pool.cluster.name
+            if name in clusters and clusters[name] is pool.cluster:
+                kept_pools[name] = pool
+        pools = self._pools_for(config, reactor, clusters, kept_pools)
+        by_name = {listener.name: listener for listener in self._listeners}
+        old_listeners = {lcfg.name: lcfg for lcfg in old.listeners}
+        moved = {lcfg.name for lcfg in config.listeners if lcfg.name in old_listeners
+                 and (old_listeners[lcfg.name].host, old_listeners[lcfg.name].port, old_listeners[lcfg.name].backlog)
+                 != (lcfg.host, lcfg.port, lcfg.backlog)}
+        to_bind = [lcfg for lcfg in config.listeners if lcfg.name not in old_listeners or lcfg.name in moved]
+        gone = [name for name in old_listeners if name not in {lcfg.name for lcfg in config.listeners}]
+        # 1. Everything that can fail, first: bind the new sockets.
+        self.config = config
+        old_tcp, old_http, old_addresses = dict(self._tcp), dict(self._http), dict(self.addresses)
+        opened = []
+        try:
+            for lcfg in to_bind:
+                self._tcp.pop(lcfg.name, None)
+                self._http.pop(lcfg.name, None)
+                opened.append(self._open_listener(lcfg, reactor, clusters, pools))
+        except BaseException:
+            for listener in opened:
+                listener.close()
+            self.config, self._tcp, self._http, self.addresses = old, old_tcp, old_http, old_addresses
+            raise
+        # 2. Listeners that stay where they are: new routes and clusters.
+        for lcfg in config.listeners:
+            if lcfg.name in moved or lcfg.name not in old_listeners:
+                continue
+            before = old_listeners[lcfg.name]
+            http = old_http.get(lcfg.name)
+            same_limits = (before.max_request_line, before.max_header_bytes, before.max_headers) == \
+                (lcfg.max_request_line, lcfg.max_header_bytes, lcfg.max_headers)
+            if lcfg.protocol == "http" and http is not None and same_limits:
+                reconfigure_http(http, lcfg, pools, list(config.clusters))
+                continue
+            acceptor = self._acceptor(lcfg, reactor, clusters, pools)
+            self._tcp.pop(lcfg.name, None)
+            self._http.pop(lcfg.name, None)
+            (self._http if lcfg.protocol == "http" else self._tcp)[lcfg.name] = acceptor
+            by_name[lcfg.name].set_protocol(acceptor)
+            reactor.add_sweeper(acceptor)
+            self._retire(old_tcp.get(lcfg.name) or http)
+        # 3. Listeners removed or moved: stop accepting, let their connections finish.
+        for name in [*gone, *moved]:
+            by_name.pop(name).close()
+            self._retire(old_tcp.get(name) or old_http.get(name))
+            if name in gone:
+                self._tcp.pop(name, None)
+                self._http.pop(name, None)
+                self.addresses.pop(name, None)
+        for pool in self._pools:
+            if pool not in pools:
+                pool.retire()
+        # 4. Sweepers, health, stats and the listeners' list.
+        for name in rebuilt:
+            reactor.add_sweeper(clusters[name])
+            if name in self._clusters:
+                reactor.remove_sweeper(self._clusters[name])
+        for pool in pools:
+            if pool not in self._pools:
+                reactor.add_sweeper(pool)
+        for name in [lcfg.name for lcfg in to_bind]:
+            reactor.add_sweeper(self._http.get(name) or self._tcp[name])
+        await self._health.stop()
+        from fastmesh.health import Health
+        self._health = Health(config.clusters, clusters)
+        self._health.start()
+        self._reattach_stats(clusters)
+        self._clusters, self._pools = clusters, pools
+        self._listeners = [listener for listener in self._listeners if listener.name in by_name] + opened
+        for listener in opened:
+            listener.start()
+        changes = {"clusters": rebuilt, "listeners_added": [lcfg.name for lcfg in to_bind],
+                   "listeners_removed": gone}
+        log.info("config reloaded: clusters rebuilt %s, listeners bound %s, removed %s",
+                 rebuilt or "none", changes["listeners_added"] or "none", gone or "none")
+        return changes
+
+    def _retire(self, acceptor: Any) -> None:
+        """An acceptor a reload replaced: it gets no new connections; its open ones finish and still count."""
+        if acceptor is None:
+            return
+        if hasattr(acceptor, "drain") and acceptor not in self._http.values():
+            acceptor.drain()
+        self._retired.append(acceptor)
+
+    def _reattach_stats(self, clusters: dict[str, Any]) -> None:
+        """Point the new core objects at the stats block. A config with another shape gets a fresh private block
+        (the supervisor's shared one keeps the old shape until the workers restart)."""
+        from fastmesh.dataplane import stats
+        layout = stats.StatsLayout(self.config)
+        if layout.key != self._stats_layout.key:
+            log.warning("the reload changed the shape of the counters: this worker counts into a new block")
+            self._stats_layout = layout
+            self._stats_block = layout.new_block()
+            self._lag.block = self._stats_block
+        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp)
+
     @property
     def active_connections(self) -> int:
         """Downstream connections open now, over all listeners."""
         return (sum(tcp.active for tcp in self._tcp.values())
-                + sum(http.active + http.tunnel_count for http in self._http.values()))
+                + sum(http.active + http.tunnel_count for http in self._http.values())
+                + sum(a.active for a in self._retired))
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
@@ -147,8 +281,9 @@ class Proxy:
         timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
         for listener in self._listeners:
             listener.close()
-        for http in self._http.values():
-            http.drain()
+        for acceptor in [*self._http.values(), *self._retired]:
+            if hasattr(acceptor, "drain"):
+                acceptor.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.active_connections:
@@ -157,10 +292,9 @@ class Proxy:
             await asyncio.sleep(0.05)
         if self.active_connections:
             log.info("drain timeout: closing %d connection(s)", self.active_connections)
-        for tcp in self._tcp.values():
-            tcp.close_all()
-        for http in self._http.values():
-            http.close_all()
+        for acceptor in [*self._tcp.values(), *self._http.values(), *self._retired]:
+            acceptor.close_all()
+        self._retired.clear()
         await self._health.stop()
         self._reactor.detach()
         self._lag.stop()

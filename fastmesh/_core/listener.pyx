@@ -41,6 +41,10 @@ cdef class Listener(EventTarget):
             close(self.fd)
             self.fd = -1
 
+    def set_protocol(self, Acceptor protocol):
+        """A reload: connections accepted from now on go to `protocol`; open ones stay with the old one."""
+        self.protocol = protocol
+
     @property
     def fileno(self):
         return self.fd

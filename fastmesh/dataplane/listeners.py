@@ -34,25 +34,32 @@ def bind_socket(cfg: ListenerConfig, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def build_listener(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, reuse_port: bool
-                   ) -> tuple[Listener, TcpProxy, tuple[str, int]]:
-    """The core Listener for cfg (not yet accepting), its TcpProxy, and the address it is bound to."""
-    sock = bind_socket(cfg, reuse_port)
-    bound = sock.getsockname()[:2]
-    tcp = TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice)
-    return Listener(reactor, sock.detach(), cfg.name, tcp), tcp, (bound[0], bound[1])
+def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster) -> TcpProxy:
+    """Where a tcp listener's connections go."""
+    return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice)
 
 
-def build_http_listener(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool], cluster_names: list[str],
-                        reuse_port: bool) -> tuple[Listener, HttpProxy, tuple[str, int]]:
-    """The core Listener for an http listener, with its router and the shared per-cluster pools."""
-    router = build_router(cfg, cluster_names)
-    http = HttpProxy(reactor, cfg.name, router, pools, header_timeout=cfg.header_timeout,
+def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool],
+                        cluster_names: list[str]) -> HttpProxy:
+    """An http listener's request handling: its router over the shared per-cluster pools."""
+    return HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
-                     trust_headers=cfg.trust_headers,
-                     access_log=build_access_log(cfg.access_log, cfg.name))
+                     trust_headers=cfg.trust_headers, access_log=build_access_log(cfg.access_log, cfg.name))
+
+
+def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool], cluster_names: list[str]) -> None:
+    """A reload of an http listener in place: new routes, pools and options; its open connections stay."""
+    http.reconfigure(build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
+                     idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
+                     request_id_header=cfg.request_id_header, access_log=build_access_log(cfg.access_log, cfg.name),
+                     trust_headers=cfg.trust_headers)
+
+
+def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | HttpProxy, reuse_port: bool
+                  ) -> tuple[Listener, tuple[str, int]]:
+    """Bind cfg's address and wrap the socket in a core Listener (not yet accepting) handing fds to acceptor."""
     sock = bind_socket(cfg, reuse_port)
     bound = sock.getsockname()[:2]
-    return Listener(reactor, sock.detach(), cfg.name, http), http, (bound[0], bound[1])
+    return Listener(reactor, sock.detach(), cfg.name, acceptor), (bound[0], bound[1])

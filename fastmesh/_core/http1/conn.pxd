@@ -36,8 +36,6 @@ cdef class HttpProxy(Acceptor):
     cdef readonly str name                 # listener name
     cdef Router router                     # request -> route -> cluster index
     cdef list pools                        # HttpPool per cluster index of the router
-    cdef list tunnels                      # per cluster index: TcpProxy carrying upgraded connections, or None
-    cdef list labels                       # per cluster index: endpoint labels ("host:port"), for logs
     cdef Limits limits                     # request head limits (414/431)
     cdef Limits resp_limits                # response head limits
     cdef BufferPool buffers                # receive buffers for downstream connections
@@ -57,7 +55,7 @@ cdef class HttpProxy(Acceptor):
     cdef readonly unsigned long long bytes_out      # response bytes sent
 
     cdef void unlink(self, Downstream d) noexcept
-    cdef object tunnel_for(self, int cluster)
+    cdef object tunnel_for(self, HttpPool pool)
 
 
 cdef class Downstream(UpstreamUser):
@@ -83,7 +81,8 @@ cdef class Downstream(UpstreamUser):
     cdef Upstream up                       # upstream connection, None before acquired / after release
     cdef HttpPool pool                     # the routed cluster's pool
     cdef int cluster                       # router cluster index
-    cdef int route                         # matched route index
+    cdef Router router                     # the route table the current request was matched with
+    cdef int route                         # matched route index (in `router`)
     cdef int attempts                      # upstream connections tried for this request
     cdef int req_method                    # parser Method id
     cdef int req_minor                     # request HTTP minor version

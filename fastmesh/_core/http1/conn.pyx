@@ -263,8 +263,6 @@ cdef class HttpProxy(Acceptor):
         self.name = name
         self.router = router
         self.pools = pools
-        self.tunnels = [None] * len(pools)
-        self.labels = [[e["address"] for e in (<HttpPool>p).cluster.endpoints()] for p in pools]
         limits_init(&self.limits)
         self.limits.max_start_line = max_request_line
         self.limits.max_header_bytes = max_header_bytes
@@ -317,15 +315,26 @@ cdef class HttpProxy(Acceptor):
         d.next = None
         self.active -= 1
 
-    cdef object tunnel_for(self, int cluster):
-        cdef TcpProxy t = self.tunnels[cluster]
-        cdef HttpPool pool
+    cdef object tunnel_for(self, HttpPool pool):
+        cdef TcpProxy t = pool.tunnel
         if t is None:
-            pool = self.pools[cluster]
             t = TcpProxy(self.reactor, pool.cluster, self.name, 3600.0, True)
             self.reactor.add_sweeper(t)
-            self.tunnels[cluster] = t
+            pool.tunnel = t
         return t
+
+    def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
+                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers):
+        """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
+        they started with (each holds its router and pool). Head limits stay as the listener was bound."""
+        self.router = router
+        self.pools = pools
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.forwarded = forwarded_headers
+        self.rid_name = request_id_header.lower().encode("ascii")
+        self.access_log = access_log
+        self.trust_headers = trust_headers
 
     cdef void sweep(self, double now) noexcept:
         """Header, idle, connect, response and closing deadlines: a walk of the open connections."""
@@ -374,9 +383,8 @@ cdef class HttpProxy(Acceptor):
             self.head.close()
         for pool in self.pools:
             pool.close_idle()
-        for t in self.tunnels:
-            if t is not None:
-                t.close_all()
+            if pool.tunnel is not None:
+                pool.tunnel.close_all()
         self.reactor.graveyard.clear()
 
     @property
@@ -385,7 +393,7 @@ cdef class HttpProxy(Acceptor):
 
     @property
     def tunnel_count(self):
-        return sum(t.active for t in self.tunnels if t is not None)
+        return sum(p.tunnel.active for p in self.pools if p.tunnel is not None)
 
 
 @cython.final
@@ -571,13 +579,14 @@ cdef class Downstream(UpstreamUser):
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
             self.log_fields = self.describe(buf, h)
-        route = proxy.router.match(buf, h)
+        self.router = proxy.router
+        route = self.router.match(buf, h)
         if route < 0:
             self.rbuf.start += head_len
             self.respond_error(404, "Not Found", "no route", self.req_done)
             return 1
         self.route = route
-        self.cluster = proxy.router.cluster(route)
+        self.cluster = self.router.cluster(route)
         self.pool = <HttpPool>proxy.pools[self.cluster]
         policy = self.pool.policy
         self.keyed = self.pool.hash_kind != HASH_NONE and self.request_key(buf, h)
@@ -1118,7 +1127,7 @@ cdef class Downstream(UpstreamUser):
     cdef void log_request(self, int endpoint):
         proxy = self.proxy
         method, authority, path = self.log_fields or (b"", b"", b"")
-        label = proxy.labels[self.cluster][endpoint] if endpoint >= 0 and self.cluster >= 0 else "-"
+        label = self.pool.cluster.labels[endpoint] if endpoint >= 0 and self.pool is not None else "-"
         try:
             proxy.access_log((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"),
                               self.status, self.ex_in, self.ex_out, label,
@@ -1131,7 +1140,7 @@ cdef class Downstream(UpstreamUser):
 
     cdef void build_request_head(self, const char *buf, Head *h) noexcept:
         cdef HttpProxy proxy = self.proxy
-        cdef Router router = proxy.router
+        cdef Router router = self.router
         cdef OutBuf *o = &self.reqhead
         cdef HeaderField *f
         cdef const char *tok[16]
@@ -1245,7 +1254,7 @@ cdef class Downstream(UpstreamUser):
             ob_add(o, "\r\n", 2)
         if h.status >= 200 or h.status == 101:
             if self.route >= 0:
-                block = proxy.router.add_response_headers(self.route)
+                block = self.router.add_response_headers(self.route)
                 if block.len > 0:
                     ob_add(o, block.ptr, block.len)
             if proxy.forwarded:
@@ -1311,7 +1320,7 @@ cdef class Downstream(UpstreamUser):
         """The 101 answer is out: hand both sockets and any buffered bytes to a TCP relay."""
         cdef HttpProxy proxy = self.proxy
         cdef Upstream up = self.up
-        cdef TcpProxy tunnel = <TcpProxy>proxy.tunnel_for(self.cluster)
+        cdef TcpProxy tunnel = <TcpProxy>proxy.tunnel_for(self.pool)
         cdef int dfd = self.fd, ufd = up.fd
         self.up = None
         self.fd = -1

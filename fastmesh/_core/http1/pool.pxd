@@ -61,6 +61,8 @@ cdef class HttpPool(Sweeper):
     cdef list waiters                      # UpstreamUsers waiting for a connection slot (max_connections reached)
     cdef readonly int hash_kind            # what keys a consistent-hash pick: HASH_NONE / HEADER / COOKIE / SOURCE
     cdef bytes hash_name                   # lowercase header or cookie name for HASH_HEADER / HASH_COOKIE
+    cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
+    cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
     cdef readonly long active              # connections open now (idle included)

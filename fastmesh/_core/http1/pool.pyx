@@ -180,7 +180,7 @@ cdef class HttpPool(Sweeper):
         """An exchange ended cleanly on up: keep it for the next one, or close it if the pool is full."""
         cdef int ep = up.endpoint
         up.user = None
-        if (up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= self.max_idle
+        if (self.retired or up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= self.max_idle
                 or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end):
             up.close()
             return
@@ -226,6 +226,11 @@ cdef class HttpPool(Sweeper):
                     self.unlink_idle(up)
                     up.close()
                 up = nxt
+
+    def retire(self):
+        """A reload replaced this pool: close its idle connections; busy ones close when their exchange ends."""
+        self.retired = True
+        self.close_idle()
 
     def close_idle(self):
         """Close every idle connection (shutdown)."""
