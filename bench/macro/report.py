@@ -13,6 +13,13 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
     "http-close": [("rps", "conn/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
                    ("us_per_req", "µs proxy CPU/conn", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
                    ("errors", "errors", ".0f", 1)],
+    "http-l7": [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+                ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
+                ("non_2xx", "non-2xx", ".0f", 1), ("socket_errors", "socket errors", ".0f", 1)],
+    "http-latency": [("rps", "req/s", ".0f", 1), ("p50_us", "p50 µs", ".0f", 1), ("p99_us", "p99 µs", ".0f", 1),
+                     ("added_p50_us", "added p50 µs", ".0f", 1), ("added_p99_us", "added p99 µs", ".0f", 1),
+                     ("us_per_req", "µs proxy CPU/req", ".2f", 1),
+                     ("non_2xx", "non-2xx", ".0f", 1), ("socket_errors", "socket errors", ".0f", 1)],
     "idle": [("rss_idle_kb", "worker RSS idle MiB", ".1f", 1 / 1024),
              ("rss_held_kb", "worker RSS held MiB", ".1f", 1 / 1024),
              ("kb_per_conn", "KiB per idle conn", ".2f", 1),
@@ -22,6 +29,8 @@ TITLES = {
     "iperf": "iperf3, one TCP stream",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
     "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
+    "http-l7": "HTTP/1.1 proxied at L7, keep-alive both sides (wrk -t1 -c{ka})",
+    "http-latency": "L7 latency at light load (wrk -t1 -c{lat} --latency); added = proxy − direct, same repetition",
     "idle": "memory: {conns} idle proxied connections held",
 }
 # the numbers the summary compares, with which direction is better
@@ -29,9 +38,31 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "iperf": [("gbps", "higher"), ("gbit_per_core", "higher")],
     "http-keepalive": [("rps", "higher"), ("us_per_req", "lower")],
     "http-close": [("rps", "higher"), ("us_per_req", "lower")],
+    "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
+    "http-latency": [("added_p50_us", "lower"), ("added_p99_us", "lower")],
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
 }
 BASELINE, SUBJECT = "haproxy", "fastmesh"
+# per workload: metric -> the derived metric that holds (proxy's value − the direct run's value, same repetition)
+ADDED = {"http-latency": {"p50_us": "added_p50_us", "p99_us": "added_p99_us"}}
+
+
+def add_derived(trials: list[dict]) -> None:
+    """Add to each proxy trial the latency it added over the direct run of the same repetition.
+
+    Pairing by repetition (rather than subtracting medians) keeps a slow minute of the shared machine,
+    which slows the direct run and the proxies next to it alike, out of the difference.
+    """
+    direct = {(t["workload"], t["rep"]): t["metrics"] for t in trials
+              if t["proxy"] == "direct" and not t.get("error")}
+    for t in trials:
+        pairs = ADDED.get(t["workload"])
+        base = direct.get((t["workload"], t["rep"]))
+        if not pairs or base is None or t["proxy"] == "direct" or t.get("error"):
+            continue
+        for metric, added in pairs.items():
+            if t["metrics"].get(metric) is not None and base.get(metric) is not None:
+                t["metrics"][added] = t["metrics"][metric] - base[metric]
 
 
 def medians(trials: list[dict]) -> dict[str, dict[str, dict]]:
@@ -54,10 +85,11 @@ def medians(trials: list[dict]) -> dict[str, dict[str, dict]]:
 
 
 def ratio(med: dict, workload: str, metric: str, proxy: str = SUBJECT, base: str = BASELINE) -> float | None:
-    """proxy's median divided by the baseline's, or None when either is missing."""
+    """proxy's median divided by the baseline's, or None when either is missing or the baseline is not positive
+    (an added latency can come out at zero or below on a noisy run, and a ratio to it means nothing)."""
     a = med.get(workload, {}).get(proxy, {}).get(metric)
     b = med.get(workload, {}).get(base, {}).get(metric)
-    return a / b if a is not None and b else None
+    return a / b if a is not None and b is not None and b > 0 else None
 
 
 def _fmt(v, fmt: str, scale: float) -> str:

@@ -25,7 +25,8 @@ from . import backends, procs, proxies, report, workloads
 from .fastmesh_conf import REPO_ROOT
 
 # tools each workload needs on the load side
-_TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close": ["wrk", "nginx"], "idle": []}
+_TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close": ["wrk", "nginx"],
+          "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "idle": []}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,11 +88,15 @@ def _log(msg: str) -> None:
 def _summary(w: str, m: dict) -> str:
     """One progress line per trial."""
     keys = {"iperf": ("gbps", "Gbit/s"), "http-keepalive": ("rps", "req/s"), "http-close": ("rps", "conn/s"),
-            "idle": ("kb_per_conn", "KiB/conn")}
+            "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "idle": ("kb_per_conn", "KiB/conn")}
     k, unit = keys[w]
     text = f"{m[k]:.2f} {unit}" if m.get(k) is not None else "?"
+    if m.get("p50_us") is not None:
+        text += f", p50 {m['p50_us']:.0f} µs, p99 {m['p99_us']:.0f} µs"
     if m.get("cpu_pct") is not None:
         text += f", proxy CPU {m['cpu_pct']:.0f}%"
+    if m.get("non_2xx") or m.get("socket_errors"):
+        text += f", NON-2XX {m['non_2xx']}, SOCKET ERRORS {m['socket_errors']} (wrk output in the JSON)"
     return text
 
 
@@ -104,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             skipped[w] = f"missing {', '.join(missing)}"
             ws.remove(w)
+    modes = {workloads.MODE[w] for w in ws}
     for name in list(ps):
-        why = proxies.unavailable(name)
+        why = proxies.unavailable(name, modes)
         if why:
             skipped[name] = why
             ps.remove(name)
@@ -143,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(a.repeat):
             order = ps[rep % len(ps):] + ps[:rep % len(ps)]     # rotate, so no proxy always runs first
             for w in ws:
-                for name in order:
+                names = order
+                if w == "http-latency" and "direct" not in order:
+                    names = ["direct", *order]   # added latency is measured against the direct run
+                for name in names:
                     if w == "idle" and name == "direct":
                         continue        # no proxy process: nothing to measure
                     trials.append(_trial(p, tmp, rep, w, name, ports[workloads.BACKEND[w]], a, nofile, settings))
@@ -160,16 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    report.add_derived(trials)
     med = report.medians(trials)
-    fmt_args = {"ka": settings.ka_connections, "close": settings.close_connections, "conns": a.conns}
-    table = report.markdown(med, ps, ws, fmt_args)
+    fmt_args = {"ka": settings.ka_connections, "close": settings.close_connections,
+                "lat": settings.latency_connections, "conns": a.conns}
+    shown = [n for n in proxies.ALL if n in ps or any(t["proxy"] == n for t in trials)]
+    table = report.markdown(med, shown, ws, fmt_args)
     cmd = "python -m bench.macro.run " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
         "command": cmd.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - started, 1),
         "settings": {"repeat": a.repeat, "duration": a.duration, "conns": a.conns, "proxy_cpu": a.proxy_cpu,
                      "load_cpu": a.load_cpu, "cpus": os.cpu_count(), "wrk_keepalive_c": settings.ka_connections,
-                     "wrk_close_c": settings.close_connections},
+                     "wrk_close_c": settings.close_connections, "wrk_latency_c": settings.latency_connections},
         "versions": _versions(ps), "skipped": skipped, "trials": trials, "medians": med,
         "ratios_vs_haproxy": {w: {m: report.ratio(med, w, m) for m, _ in report.HEADLINE[w]} for w in ws},
         "markdown": table,
@@ -191,7 +203,8 @@ def _trial(p: procs.Procs, tmp: str, rep: int, w: str, name: str, backend_port: 
     t: dict = {"rep": rep, "workload": w, "proxy": name, "metrics": {}}
     run = None
     try:
-        run = proxies.start(name, p, os.path.join(tmp, f"r{rep}-{w}-{name}"), backend_port, a.proxy_cpu, nofile)
+        run = proxies.start(name, p, os.path.join(tmp, f"r{rep}-{w}-{name}"), backend_port, a.proxy_cpu, nofile,
+                            workloads.MODE[w])
         t["metrics"] = workloads.run(w, run, settings)
         if t["metrics"].get("error"):
             t["error"] = t["metrics"]["error"]

@@ -1,4 +1,4 @@
-"""The four workloads: one trial against one started proxy, with the proxy's CPU and RSS measured around the load."""
+"""The workloads: one trial against one started proxy, with the proxy's CPU and RSS measured around the load."""
 from __future__ import annotations
 
 import socket
@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from . import idleconns, loadgen, procstat
 from .proxies import Running
 
-# name -> the backend it needs; the order of the report
-ALL = ("iperf", "http-keepalive", "http-close", "idle")
-BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "idle": "hold"}
+# name -> the backend it needs, and the mode the proxies run in; the order of the report
+ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "idle")
+BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
+           "http-latency": "http", "idle": "hold"}
+MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-latency": "http",
+        "idle": "tcp"}
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Settings:
     conns: int           # idle connections held for the RSS workload
     ka_connections: int = 64      # wrk -c for keep-alive
     close_connections: int = 16   # wrk -c for Connection: close
+    latency_connections: int = 4  # wrk -c for the latency workload: light load, so queueing stays small
 
 
 def run(workload: str, proxy: Running, s: Settings) -> dict:
@@ -31,6 +35,10 @@ def run(workload: str, proxy: Running, s: Settings) -> dict:
         return _http(proxy, s, close=False)
     if workload == "http-close":
         return _http(proxy, s, close=True)
+    if workload == "http-l7":
+        return _http(proxy, s, close=False)
+    if workload == "http-latency":
+        return _http(proxy, s, close=False, connections=s.latency_connections, latency=True)
     if workload == "idle":
         return _idle(proxy, s)
     raise ValueError(f"unknown workload {workload!r}")
@@ -80,12 +88,13 @@ def _http_ready(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"no HTTP answer through port {port} in {timeout:.0f}s ({last})")
 
 
-def _http(proxy: Running, s: Settings, close: bool) -> dict:
+def _http(proxy: Running, s: Settings, close: bool, connections: int | None = None, latency: bool = False) -> dict:
+    """wrk through the proxy (whatever its mode: the HTTP workloads differ only in how the proxy was started)."""
     _http_ready(proxy.port)
-    c = s.close_connections if close else s.ka_connections
-    r, cpu, wall = _measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close))
-    out = {"rps": r["rps"], "requests": r["requests"], "errors": r["errors"],
-           "latency_avg_us": r["latency_avg_us"], "wall_s": wall}
+    c = connections or (s.close_connections if close else s.ka_connections)
+    r, cpu, wall = _measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close, latency))
+    out = {k: v for k, v in r.items() if k != "seconds"}
+    out["wall_s"] = wall
     if proxy.workers:
         out.update(cpu_s=cpu, cpu_pct=100 * cpu / wall,
                    us_per_req=1e6 * cpu / r["requests"] if r["requests"] else None)
