@@ -286,6 +286,8 @@ cdef class TcpRelay(EventTarget):
         cdef int dst = self.fds[1 - d]
         cdef Py_ssize_t n, moved = 0
         cdef int result = 0
+        # This direction's byte counter (L_BYTES_OUT for d = 1), looked up once rather than per send.
+        cdef uint64_t *counted = self.owner.counters + L_BYTES_IN + d
         while True:
             if dr.pending > 0:
                 if not self.writable[1 - d]:
@@ -293,7 +295,7 @@ cdef class TcpRelay(EventTarget):
                 n = splice(dr.pr, NULL, dst, NULL, dr.pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
                 if n > 0:
                     dr.pending -= n
-                    self.owner.counters[L_BYTES_IN + d] += n     # direction 1 counts into L_BYTES_OUT
+                    counted[0] += n
                     continue
                 if n < 0 and errno == EAGAIN:
                     self.writable[1 - d] = 0
@@ -340,6 +342,8 @@ cdef class TcpRelay(EventTarget):
         cdef int dst = self.fds[1 - d]
         cdef Py_ssize_t n, moved = 0
         cdef int result = 0
+        # This direction's byte counter (L_BYTES_OUT for d = 1), looked up once rather than per send.
+        cdef uint64_t *counted = self.owner.counters + L_BYTES_IN + d
         while True:
             if dr.pending > 0:
                 if not self.writable[1 - d]:
@@ -351,7 +355,7 @@ cdef class TcpRelay(EventTarget):
                         self.writable[1 - d] = 0
                     dr.pending -= n
                     dr.buf_off += n
-                    self.owner.counters[L_BYTES_IN + d] += n     # direction 1 counts into L_BYTES_OUT
+                    counted[0] += n
                     continue
                 if n < 0 and errno == EAGAIN:
                     self.writable[1 - d] = 0
