@@ -192,6 +192,10 @@ cdef class Cluster(Sweeper):
         cdef int fd = socket(self.addrs[i].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
         if fd < 0:
             return -errno
+        if self.mark[i] == EP_PROBING:
+            # One probe decides: out of the balancer again until this connect succeeds or fails, so a busy
+            # cluster does not send a burst of connections to an endpoint that is most likely still down.
+            self.set_out(i, OUT_CONNECT)
         # Small writes of request/response protocols must not wait for Nagle.
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         if connect(fd, <sockaddr *>&self.addrs[i], self.addrlens[i]) < 0 and errno != EINPROGRESS:

@@ -150,7 +150,7 @@ cdef class Reactor:
 
     # ---- Python-facing control -------------------------------------------------------------------
 
-    def attach(self, loop, double tick_interval=0.1):
+    def attach(self, loop, double tick_interval=0.025):
         """Start dispatching on `loop` (call from the loop's thread)."""
         if self.loop is not None:
             raise RuntimeError("reactor already attached")

@@ -105,6 +105,7 @@ cdef class Downstream(UpstreamUser):
     # --- resilience ---
     cdef int tries                         # tries of the current request (1 = first), retries = tries - 1
     cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
+    cdef unsigned long long tried          # bit per endpoint (0..63) this request failed on: retries prefer others
     cdef bint counted                      # counted in policy.requests_active
     cdef bint retrying                     # counted in policy.retries_active
     cdef bint waiting                      # queued in pool.waiters for a connection slot

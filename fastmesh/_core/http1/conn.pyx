@@ -353,6 +353,10 @@ cdef class HttpProxy(Acceptor):
                     d.report(d.up.endpoint, 0, True)
                     if d.may_retry(RETRY_TIMEOUT, 0):
                         d.retry()
+                    elif d.total_deadline and d.deadline >= d.total_deadline - 0.001:
+                        # This try had only what was left of the request's deadline.
+                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                        d.run()
                     else:
                         d.respond_error(504, "Gateway Timeout", "response timeout", d.req_done)
                         d.run()
@@ -592,6 +596,7 @@ cdef class Downstream(UpstreamUser):
         self.keyed = self.pool.hash_kind != HASH_NONE and self.request_key(buf, h)
         now = proxy.reactor.now
         self.tries = 1
+        self.tried = 0
         self.last_endpoint = -1
         self.retry_pending = False
         self.total_deadline = now + policy.timeout if policy.timeout > 0 else 0.0
@@ -671,12 +676,15 @@ cdef class Downstream(UpstreamUser):
         return t
 
     cdef void stamp_deadline(self) noexcept:
-        """Write the time this try may take (ms) into reqhead's fastmesh-timeout-ms field."""
+        """Write the time the next hop may take (ms) into reqhead's fastmesh-timeout-ms field: what is left of this
+        try's deadline now, less 1 ms for the transit and queueing no hop can measure, so the budget shrinks at
+        every hop even when a hop itself takes microseconds."""
         cdef long long ms
         cdef int i
         if self.tmo_off < 0:
             return
-        ms = <long long>((self.deadline - self.proxy.reactor.now) * 1000.0)
+        self.proxy.reactor.refresh_now()
+        ms = <long long>((self.deadline - self.proxy.reactor.now) * 1000.0) - 1
         if ms < 0:
             ms = 0
         if ms > 999999999:
@@ -705,7 +713,9 @@ cdef class Downstream(UpstreamUser):
         if self.attempts >= self.pool.cluster.connect_attempts:
             return False
         self.attempts += 1
-        up = self.pool.acquire(self, avoid, &err, self.hash_key, self.keyed)
+        if 0 <= avoid < 64:
+            self.tried |= 1ULL << avoid
+        up = self.pool.acquire(self, avoid, &err, self.hash_key, self.keyed, self.tried)
         self.try_started = self.proxy.reactor.now
         if up is None:
             if err == -1:
@@ -869,9 +879,9 @@ cdef class Downstream(UpstreamUser):
                     self.writable = False
             if r <= 0:
                 return r
+            if not self.resp_head_done:
+                return 1         # a replay or retry started on another connection: run again
             up = self.up
-            if up is None:
-                return 0         # a retry is under way
         # 4. the response body
         if not self.resp_done:
             r = self.pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
@@ -913,7 +923,8 @@ cdef class Downstream(UpstreamUser):
             # A keep-alive connection the server had already closed: the request is whole in reqhead.
             self.drop_upstream(False)
             self.reqhead_sent = 0
-            if self.take_upstream(-1) or self.waiting:
+            self.attempts = 0            # a free replay: the request never reached a live server
+            if self.take_upstream(ep) or self.waiting:
                 return 1
             self.respond_error(502, "Bad Gateway", "reset", self.req_done)
             return 1

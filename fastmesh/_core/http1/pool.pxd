@@ -67,7 +67,8 @@ cdef class HttpPool(Sweeper):
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
     cdef readonly long active              # connections open now (idle included)
 
-    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=*, bint keyed=*)
+    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=*, bint keyed=*,
+                          unsigned long long tried=*)
     cdef void release(self, Upstream up) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
     cdef void wake_waiter(self) noexcept

@@ -129,17 +129,23 @@ cdef class HttpPool(Sweeper):
     def __dealloc__(self):
         free(self.idle_count)
 
-    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=0, bint keyed=False):
+    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=0, bint keyed=False,
+                          unsigned long long tried=0):
         """An upstream connection for user: idle and ready, or connecting (its events will tell). None when no
         endpoint can be tried; err[0] is then the last errno (0: the cluster has no endpoint up)."""
         cdef Cluster cluster = self.cluster
         cdef Upstream up
-        cdef int ep, fd, tries = 0
+        cdef int ep, fd, tries = 0, redraw
         err[0] = 0
         while tries < cluster.connect_attempts:
             ep = cluster.balancer.pick_hash(key, avoid) if keyed else -1
             if ep < 0:
                 ep = cluster.choose(avoid)      # unkeyed, or nothing up for the key: the fail-open path
+                # A retry prefers an endpoint this request has not failed on yet (`tried`: endpoints 0..63).
+                redraw = 0
+                while tried and 0 <= ep < 64 and (tried >> ep) & 1 and redraw < 3:
+                    ep = cluster.choose(avoid)
+                    redraw += 1
             if ep < 0:
                 return None
             tries += 1
