@@ -82,9 +82,13 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> byte
         ("counter", "fastmesh_retries", "upstream connects tried again on another endpoint", "retries"),
         ("counter", "fastmesh_upstream_unavailable",
          "downstream connections given up: no endpoint of the cluster could be connected", "failed"),
+        ("counter", "fastmesh_outlier_ejections", "endpoints ejected by outlier detection", "ejections"),
     ]
     for kind, name, help_text, key in per_cluster:
         out.family(kind, name, help_text, [((("cluster", cn),), c[key]) for cn, c in clusters.items()])
+    out.counter("fastmesh_health_checks", "active health checks by result",
+                [((("cluster", cn), ("result", result)), c[key]) for cn, c in clusters.items()
+                 for result, key in (("ok", "checks_ok"), ("failed", "checks_failed"))])
     out.counter("fastmesh_upstream_connect_failures", "upstream connects that failed or timed out",
                 [((("cluster", cn), ("endpoint", e["address"])), e["connect_failures"])
                  for cn, c in clusters.items() for e in c["endpoints"]])

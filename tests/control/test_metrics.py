@@ -83,6 +83,8 @@ def test_counters_equal_the_traffic_of_both_workers(start: Start, backends: Call
         assert got[("fastmesh_downstream_connections_failed_total", L)] == 0
         assert got[("fastmesh_upstream_connections_total", C)] == len(sizes)
         assert got[("fastmesh_retries_total", C)] == 0
+        assert got[("fastmesh_outlier_ejections_total", C)] == 0
+        assert got[("fastmesh_health_checks_total", (("cluster", "web"), ("result", "ok")))] == 0
         for b in pair:
             ep = (("cluster", "web"), ("endpoint", b.address))
             assert got[("fastmesh_endpoint_healthy", ep)] == 1
