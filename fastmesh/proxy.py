@@ -84,7 +84,7 @@ class Proxy:
             self._stats_layout = stats.StatsLayout(self.config)
             self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
             self._stats_fd = None
-        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp)
+        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
         self._lag = stats.LagProbe(self._stats_block)
         self._lag.start(loop)
         reactor.attach(loop)
@@ -249,7 +249,7 @@ class Proxy:
             self._stats_layout = layout
             self._stats_block = layout.new_block()
             self._lag.block = self._stats_block
-        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp)
+        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
 
     @property
     def active_connections(self) -> int:

@@ -181,13 +181,20 @@ def open_block(layout: StatsLayout, fd: int | None) -> StatsBlock:
     return block
 
 
-def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Any], tcp: Mapping[str, Any]) -> None:
-    """Point the core objects' counters into block: clusters (core Cluster by name), tcp (TcpProxy by listener)."""
+def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Any], tcp: Mapping[str, Any],
+           http: Mapping[str, Any] | None = None) -> None:
+    """Point the core objects' counters into block: clusters (core Cluster by name), tcp (TcpProxy by listener),
+    http (HttpProxy by listener: its listener slots, and per cluster index its status classes and durations)."""
     for name, cluster in clusters.items():
         cluster.attach_stats(block, layout.clusters[name].offset)
+    index = {name: i for i, name in enumerate(layout.clusters)}   # an http router's cluster indexes
+    durations = {index[d.cluster]: d.offset for d in layout.durations.values()}
     for ls in layout.listeners:
         if ls.name in tcp:
             tcp[ls.name].attach_stats(block, ls.offset)
+        elif http and ls.name in http:
+            requests = {index[r.cluster]: r.offset for r in layout.requests if r.listener == ls.name}
+            http[ls.name].attach_stats(block, ls.offset, requests, durations)
 
 
 class LagProbe:

@@ -37,6 +37,11 @@ from fastmesh._core.includes.system cimport (
     EPOLLERR, EPOLLHUP, EPOLLET, sockaddr_storage, sockaddr_in, sockaddr_in6, AF_INET, AF_INET6, inet_ntop,
 )
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
+from fastmesh._core.stats cimport (
+    StatsBlock, HEADER_SLOTS, L_FIELDS, L_ACCEPTED, L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, R_FIELDS, HIST_FIELDS,
+    count_status, observe_ns,
+)
+from libc.stdlib cimport calloc, free
 from fastmesh._core.codes cimport error_status, error_reason
 from fastmesh._core.http1.parser cimport (
     Head, Limits, HeaderField, parse_request, parse_response, limits_init, METHOD_HEAD, METHOD_GET,
@@ -278,6 +283,45 @@ cdef class HttpProxy(Acceptor):
         self.access_log = access_log
         self.trust_headers = trust_headers
         self.head = None
+        # Counters start in a private block; dataplane/stats.py moves them into the shared one before traffic.
+        self.stats = StatsBlock(HEADER_SLOTS + L_FIELDS)
+        self.counters = self.stats.region(HEADER_SLOTS, L_FIELDS)
+
+    def __dealloc__(self):
+        free(self.class_slots)
+        free(self.hist_slots)
+
+    def attach_stats(self, StatsBlock block, Py_ssize_t offset, dict requests, dict durations):
+        """Count into block from now on: the listener's L_FIELDS slots at offset, and per cluster index the
+        (listener, cluster) status classes (`requests`: index -> offset) and the cluster's durations."""
+        cdef uint64_t *slots = block.region(offset, L_FIELDS)
+        cdef int i, n = len(self.pools)
+        if slots != self.counters:
+            for i in range(L_FIELDS):
+                slots[i] += self.counters[i]
+                self.counters[i] = 0
+        self.stats = block
+        self.counters = slots
+        free(self.class_slots)
+        free(self.hist_slots)
+        self.class_slots = <uint64_t **>calloc(max(n, 1), sizeof(uint64_t *))
+        self.hist_slots = <uint64_t **>calloc(max(n, 1), sizeof(uint64_t *))
+        if self.class_slots == NULL or self.hist_slots == NULL:
+            raise MemoryError()
+        self.stat_clusters = n
+        for i in range(n):
+            if i in requests:
+                self.class_slots[i] = block.region(requests[i], R_FIELDS)
+            if i in durations:
+                self.hist_slots[i] = block.region(durations[i], HIST_FIELDS)
+
+    cdef void count_answer(self, int cluster, int status, double seconds) noexcept:
+        """One answered request into the shared counters (plain adds; nothing when not attached)."""
+        if 0 <= cluster < self.stat_clusters:
+            if self.class_slots[cluster] != NULL:
+                count_status(self.class_slots[cluster], status)
+            if self.hist_slots[cluster] != NULL and seconds >= 0:
+                observe_ns(self.hist_slots[cluster], <uint64_t>(seconds * 1e9))
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
         cdef Downstream d = Downstream.__new__(Downstream)
@@ -301,6 +345,8 @@ cdef class HttpProxy(Acceptor):
         self.head = d
         self.active += 1
         self.accepted += 1
+        self.counters[L_ACTIVE] += 1
+        self.counters[L_ACCEPTED] += 1
         if self.reactor.add(fd, d, 0, DOWNSTREAM_EVENTS) < 0:
             d.close()
 
@@ -314,6 +360,7 @@ cdef class HttpProxy(Acceptor):
         d.prev = None
         d.next = None
         self.active -= 1
+        self.counters[L_ACTIVE] -= 1
 
     cdef object tunnel_for(self, HttpPool pool):
         cdef TcpProxy t = pool.tunnel
@@ -1123,6 +1170,9 @@ cdef class Downstream(UpstreamUser):
         if 1 <= cls <= 5:
             proxy.classes[cls] += 1
         proxy.bytes_out += self.ex_out
+        proxy.counters[L_BYTES_IN] += self.ex_in
+        proxy.counters[L_BYTES_OUT] += self.ex_out
+        proxy.count_answer(self.cluster, self.status, proxy.reactor.now - self.started)
         if proxy.access_log is not None:
             self.log_request(endpoint)
         self.up_keep = False
@@ -1315,6 +1365,8 @@ cdef class Downstream(UpstreamUser):
         proxy.requests += 1
         if 1 <= cls <= 5:
             proxy.classes[cls] += 1
+        if self.route >= 0 and self.state == DS_EXCHANGE:
+            proxy.count_answer(self.cluster, status, proxy.reactor.now - self.started)
         if proxy.access_log is not None:
             self.log_request(endpoint)
         self.resp_head_done = False
