@@ -221,9 +221,14 @@ def test_live_config_clusters_errors_and_stat(start: Start, backends: Callable[[
     # Traffic until the dead endpoint has been tried: /clusters shows it down, the live one up.
     for i in range(8):
         assert exchange(fm.port, b"x" * i) == b"x" * i
-    status, clusters = fm.get_json("/clusters")
-    assert status == 200
-    web = {e["address"]: e for e in clusters["web"]["endpoints"]}
+
+    def settled() -> Any:
+        # The client has its echo; the worker closes the relay a moment later (both FINs passed).
+        status, clusters = fm.get_json("/clusters")
+        assert status == 200
+        web = {e["address"]: e for e in clusters["web"]["endpoints"]}
+        return (web, clusters) if web[live.address]["active"] == 0 else None
+    web, clusters = wait_for(settled, "the relays to close")
     assert web[dead]["state"] in ("down", "probing") and web[dead]["healthy"] is False
     assert web[dead]["connect_failures"] >= 1 and web[dead]["connections"] == 0
     assert web[live.address]["state"] == "up" and web[live.address]["connections"] == 8
