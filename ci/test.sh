@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive as real clients.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in curl netcat-openbsd; do
+  for pkg in curl netcat-openbsd chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

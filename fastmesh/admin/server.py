@@ -129,6 +129,9 @@ class AdminServer:
             "/stats": self.stats_dump,
             "/metrics": self.metrics,
         }
+        from fastmesh.admin.dashboard import Dashboard      # here, not at the top: it imports Reply from this module
+        self.dashboard = Dashboard(self)
+        self.routes.update(self.dashboard.routes())
 
     async def start(self) -> None:
         """Bind and listen; OSError when the address is taken."""
