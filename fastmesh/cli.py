@@ -23,7 +23,15 @@ _LINE_WIDTH = 100       # arrays longer than this on one line are printed one it
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "explain" and len(extra) == 1 and not extra[0].startswith("-") and args.config is None:
+        # `explain URL -H 'a: b' CONFIG`: argparse takes positionals in one run, so CONFIG after an option is left
+        # over; it is still the same CONFIG, and still not to be given with --admin.
+        if args.admin is not None:
+            parser.error("argument CONFIG: not allowed with argument --admin")
+        args.config, extra = extra[0], []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
         from fastmesh.supervisor import run
         return run(args.config, args.log_level)
@@ -34,9 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "stat":
         from fastmesh.statcli import main as stat_main
         return stat_main(args.admin, args.config, args.watch, args.interval)
+    if args.command == "explain":
+        from fastmesh.explaincli import main as explain_main
+        return explain_main(args.url, args.method, args.header, args.listener, args.client, args.admin, args.config,
+                            args.json)
     if args.command == "_worker":
         from fastmesh.worker import main as worker_main
-        return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd)
+        return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -46,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the version and the kind of core build, then exit")
     # The metavar lists the public commands only: `_worker` is how the supervisor starts its workers.
-    sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,stat}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,stat,explain}")
 
     run = sub.add_parser("run", help="run the proxy: a supervisor and its worker processes",
                          description="Run the proxy described by CONFIG until SIGTERM or SIGINT.")
@@ -75,10 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--interval", "-i", type=_positive_seconds, default=1.0, metavar="SECONDS",
                       help="seconds over which rates are measured (default: %(default)s)")
 
+    explain = sub.add_parser("explain", help="show where a request would go: listener, route, cluster, endpoint",
+                             description="Ask a running instance's admin server which listener, route (and why "
+                                         "each earlier route did not match), cluster and endpoint a request for URL "
+                                         "would get, and its time and retry budget. With CONFIG and no instance "
+                                         "answering, explain from the config alone.")
+    explain.add_argument("url", metavar="URL", help="the request's URL, e.g. http://api.example.com:8080/v1/users")
+    explain.add_argument("-X", "--method", default="GET", help="request method (default: %(default)s)")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a request header (repeatable)")
+    explain.add_argument("--listener", metavar="NAME", help="the listener (default: the one on the URL's port)")
+    explain.add_argument("--client", metavar="IP", help="the client's address, for source_ip hash keys")
+    explain.add_argument("--json", action="store_true", help="print the admin server's JSON instead of a table")
+    where = explain.add_mutually_exclusive_group()
+    where.add_argument("config", metavar="CONFIG", nargs="?", help="config file of the instance (its [admin] listen)")
+    where.add_argument("--admin", metavar="HOST:PORT", help="the admin server's address (default: 127.0.0.1:9990)")
+
     worker = sub.add_parser("_worker")
     worker.add_argument("config", metavar="CONFIG")
     worker.add_argument("--worker-id", type=int, required=True)
     worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
+    worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (workerlink.py)
     _log_level(worker)
     return parser
 

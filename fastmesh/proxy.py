@@ -126,7 +126,7 @@ class Proxy:
         self.addresses[lcfg.name] = bound
         return listener
 
-    async def reload(self, config: Config) -> dict[str, list[str]]:
+    async def reload(self, config: Config, *, stats_block: Any = None) -> dict[str, list[str]]:
         """Swap in `config` without dropping an open connection or a request under way.
 
         Unchanged clusters keep their core objects (health, ejections, latency estimates, idle connections);
@@ -135,6 +135,8 @@ class Proxy:
         so keep-alive connections see them from their next request; tcp listeners send new connections to a
         new relay table while open relays finish on the old one. Listeners that are new or moved are bound
         first (a bind error aborts the reload before anything changed); removed ones stop accepting and drain.
+        `stats_block` is the counter block `fastmesh run`'s supervisor made for the new config's shape (see
+        dataplane/stats.py); without it a reload that changes that shape counts into a new private block.
         Returns the names of what changed, for the log.
         """
         if not isinstance(config, Config):
@@ -220,7 +222,7 @@ class Proxy:
         from fastmesh.health import Health
         self._health = Health(config.clusters, clusters)
         self._health.start()
-        self._reattach_stats(clusters)
+        self._reattach_stats(clusters, stats_block)
         self._clusters, self._pools = clusters, pools
         self._listeners = [listener for listener in self._listeners if listener.name in by_name] + opened
         for listener in opened:
@@ -239,17 +241,21 @@ class Proxy:
             acceptor.drain()
         self._retired.append(acceptor)
 
-    def _reattach_stats(self, clusters: dict[str, Any]) -> None:
-        """Point the new core objects at the stats block. A config with another shape gets a fresh private block
-        (the supervisor's shared one keeps the old shape until the workers restart)."""
+    def _reattach_stats(self, clusters: dict[str, Any], offered: Any = None) -> None:
+        """Point the current core objects at the stats block for the new config: the same one while the shape is
+        unchanged, else `offered` (the supervisor's block of the new shape) or a private one. What they counted
+        moves along; what the reload retired goes on counting into the old block."""
         from fastmesh.dataplane import stats
         layout = stats.StatsLayout(self.config)
-        if layout.key != self._stats_layout.key:
-            log.warning("the reload changed the shape of the counters: this worker counts into a new block")
-            self._stats_layout = layout
-            self._stats_block = layout.new_block()
-            self._lag.block = self._stats_block
-        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
+        block = stats.reload_block(layout, self._stats_layout, self._stats_block, offered)
+        self._stats_layout, self._stats_block = layout, block
+        self._lag.block = block
+        stats.attach(layout, block, clusters, self._tcp, self._http)
+
+    def endpoint_details(self, clusters: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Per named cluster, each endpoint as this process sees it: eligibility, ejection, slow start, latency."""
+        from fastmesh.dataplane.explain import endpoint_details
+        return {name: endpoint_details(self._clusters[name]) for name in clusters if name in self._clusters}
 
     @property
     def active_connections(self) -> int:

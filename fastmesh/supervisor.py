@@ -1,4 +1,5 @@
-"""`fastmesh run`: check listener addresses, start demo backends, keep N worker processes alive, then stop them."""
+"""`fastmesh run`: check listener addresses, start demo backends, keep N worker processes alive, reload them on
+SIGHUP or POST /reload (fastmesh/reload.py), then stop them."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +17,7 @@ from fastmesh.config.schema import Config, Listener
 from fastmesh.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
 from fastmesh.worker import PARENT_ENV, READY_LINE
+from fastmesh.workerlink import LinkClosed, WorkerLink, socketpair
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -24,6 +26,7 @@ QUICK_EXIT = 10.0           # a worker that dies sooner than this after starting
 MAX_BACKOFF = 10.0          # seconds: the longest pause before restarting a worker that keeps crashing
 MAX_START_FAILURES = 5      # at startup, a slot whose worker dies this many times in a row before serving ends the run
 PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on a listener address
+DESCRIBE_TIMEOUT = 2.0      # seconds a worker has to describe its endpoints for explain
 
 # Where this copy of fastmesh lives, so workers import the same code even when it is not installed.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,14 +147,21 @@ class Supervisor:
         self.stopping = asyncio.Event()
         from fastmesh.dataplane.stats import StatsLayout, WorkerStats
         self.stats = WorkerStats(StatsLayout(cfg))                 # one shared counter block per worker slot
+        self.links: dict[int, WorkerLink] = {}                     # slot -> control channel of its worker
+        self.config_gen = 0                                        # bumped by each reload that changed cfg
+        self.spawn_gen: dict[int, int] = {}                        # slot -> config_gen its worker started at
+        self.admin: Any = None                                     # the AdminServer, once it listens
+        self.background: set[asyncio.Task[Any]] = set()           # reloads started by SIGHUP, pushes
+        self.replacing: set[int] = set()                           # slots whose worker we stopped to restart it
+        from fastmesh.reload import Reloader
+        self.reloader = Reloader(self)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()        # bound to the running loop
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, log.warning, "received SIGHUP: reload is not supported yet; "
-                                "the running config is unchanged")
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("fastmesh %s starting %d worker(s) for %s", __version__, self.count, self.config_path)
         demo: DemoServers | None = None
         try:
@@ -168,9 +178,12 @@ class Supervisor:
             except OSError as exc:
                 log.error("admin server: cannot listen on %s: %s", admin.address, exc.strerror or exc)
                 return 1
+            self.admin = admin
             slots = [asyncio.create_task(self._keep_worker(n)) for n in range(self.count)]
             await self.stopping.wait()
             await self._stop_workers(slots)
+            for task in list(self.background):
+                task.cancel()
             await admin.close()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -180,6 +193,50 @@ class Supervisor:
             self.stats.close()
         log.info("stopped")
         return self.exit_code
+
+    def _on_sighup(self) -> None:
+        log.info("received SIGHUP: reloading %s", self.config_path)
+        self._in_background(self.reloader.reload("SIGHUP"))
+
+    def _in_background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def reload(self, trigger: str) -> tuple[int, dict[str, Any]]:
+        """Reload the config file now; (HTTP status, JSON body) as POST /reload answers."""
+        outcome = await self.reloader.reload(trigger)
+        return outcome.status, outcome.body
+
+    def adopt(self, cfg: Config, applied: list[int]) -> None:
+        """A reload made cfg the running config (workers and admin address pinned to the running ones); the
+        workers in `applied` run it."""
+        self.cfg = cfg
+        self.config_gen += 1
+        for n in applied:
+            self.spawn_gen[n] = self.config_gen
+        if self.admin is not None:
+            self.admin.set_config(cfg)
+
+    def restart(self, n: int, why: str) -> None:
+        """Stop worker n gracefully; its slot starts a new one (which reads the config file)."""
+        proc = self.procs.get(n)
+        if proc is not None:
+            log.warning("w%d (pid %d): restarting: %s", n, proc.pid, why)
+            self.replacing.add(n)
+            _send(proc, signal.SIGTERM)
+
+    async def describe(self, clusters: list[str]) -> dict[int, dict[str, Any]]:
+        """Each serving worker's endpoint details for these clusters (workers that do not answer are left out)."""
+        async def one(link: WorkerLink) -> dict[str, Any] | None:
+            try:
+                answer = await link.call("describe", DESCRIBE_TIMEOUT, clusters=clusters)
+            except (TimeoutError, LinkClosed):
+                return None
+            return answer.get("clusters") if answer.get("ok") else None
+        links = {n: link for n, link in self.links.items() if n in self.ready}
+        answers = await asyncio.gather(*(one(link) for link in links.values()))
+        return {n: a for n, a in zip(links, answers) if a is not None}
 
     def _on_stop_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -223,11 +280,19 @@ class Supervisor:
                 returncode = await proc.wait()
                 del self.procs[n]
                 self.ready.discard(n)
+                link = self.links.pop(n, None)
+                if link is not None:
+                    link.close()
                 self.stats.retire(n)            # its counters join the totals; the next worker starts at zero
                 if self.stopping.is_set():
                     level = logging.INFO if returncode == 0 else logging.WARNING
                     log.log(level, "w%d (pid %d) stopped: %s", n, proc.pid, describe_exit(returncode))
                     return
+                if n in self.replacing:
+                    self.replacing.discard(n)
+                    log.info("w%d (pid %d) stopped to be replaced: %s", n, proc.pid, describe_exit(returncode))
+                    quick_failures = 0
+                    continue
                 log.warning("w%d (pid %d) exited unexpectedly: %s", n, proc.pid, describe_exit(returncode))
                 self.stats.restarts += 1
             quick_failures = quick_failures + 1 if loop.time() - started < QUICK_EXIT else 0
@@ -254,11 +319,23 @@ class Supervisor:
         if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         stats_fd = self.stats.fd_for(n)
-        # A fresh interpreter (not a fork of this process and its running loop) for each worker.
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fastmesh", "_worker", self.config_path,
-            "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env, pass_fds=(stats_fd,))
+        ours, theirs = socketpair()
+        try:
+            # A fresh interpreter (not a fork of this process and its running loop) for each worker.
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "fastmesh", "_worker", self.config_path,
+                "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
+                "--control-fd", str(theirs.fileno()),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
+                pass_fds=(stats_fd, theirs.fileno()))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.links[n] = WorkerLink(ours, f"w{n}")
+        self.spawn_gen[n] = self.config_gen
+        return proc
 
     async def _watch(self, n: int, proc: asyncio.subprocess.Process) -> bool:
         """Read the worker's stdout until it closes: note its ready line, pass anything else through."""
@@ -276,6 +353,8 @@ class Supervisor:
     def _on_ready(self, n: int, proc: asyncio.subprocess.Process) -> None:
         self.ready.add(n)
         log.info("w%d (pid %d) ready", n, proc.pid)
+        if self.spawn_gen.get(n) != self.config_gen:    # started before the latest reload: may run the older file
+            self._in_background(self.reloader.push(n))
         if not self.announced and len(self.ready) == self.count:
             self.announced = True
             where = ", ".join(f"{lst.name!r} on {lst.address}" for lst in self.cfg.listeners)

@@ -1,4 +1,9 @@
-"""One worker process: run a Proxy with SO_REUSEPORT on uvloop until SIGTERM/SIGINT, then drain and exit 0."""
+"""One worker process: run a Proxy with SO_REUSEPORT on uvloop until SIGTERM/SIGINT, then drain and exit 0.
+
+Reloads come from the supervisor over the control channel (fastmesh/workerlink.py), with the config text it
+checked and the stats block for the new config's shape, never from re-reading the file here: every worker then
+applies the same config, even when the file changes again meanwhile.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +11,10 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import sys
+import time
+from typing import Any
 
 from fastmesh.config.schema import Config
 from fastmesh.logs import setup_logging
@@ -21,7 +29,8 @@ PARENT_POLL = 1.0                          # seconds between parent checks where
 _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 
-def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None) -> int:
+def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
+         control_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
     # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
@@ -41,7 +50,7 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(cfg, parent, stats_fd))
+            return runner.run(_serve(cfg, parent, stats_fd, control_fd))
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")
         return 1
@@ -81,7 +90,7 @@ def _announce_ready() -> None:
         pass
 
 
-async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None) -> int:
+async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, control_fd: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -94,7 +103,8 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None) -
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: reload is not supported yet")
+    # A terminal hang-up reaches the whole process group: the supervisor reloads and tells us what to apply.
+    loop.add_signal_handler(signal.SIGHUP, log.debug, "SIGHUP ignored: reloads come from the supervisor")
     watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
 
     from fastmesh.proxy import Proxy
@@ -104,9 +114,19 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None) -
     except OSError as exc:              # start() has already closed whatever it had bound
         log.error("cannot start: %s", exc)
         return 1
+    control = None
+    busy = asyncio.Lock()               # held while a control request runs: stopping waits for a reload to finish
+    if control_fd is not None:
+        from fastmesh import workerlink
+        channel = workerlink.Channel(socket.socket(fileno=control_fd))
+        control = asyncio.create_task(workerlink.serve(channel, _handlers(proxy, busy, stop)))
     _announce_ready()
     await stop.wait()
-    await proxy.stop()              # stops accepting at once, then drains for up to cfg.drain_timeout
+    async with busy:
+        if control is not None:         # the supervisor's pending call, if any, ends at once (LinkClosed)
+            control.cancel()
+            channel.close()
+    await proxy.stop()              # stops accepting at once, then drains for up to the config's drain_timeout
     if watcher is not None:
         watcher.cancel()
     # Drained: a repeated SIGTERM/SIGINT (the supervisor forwards what the terminal also sent) must not kill us
@@ -115,3 +135,45 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None) -
         signal.signal(signum, signal.SIG_IGN)
     log.info("stopped")
     return 0
+
+
+def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, Any]:
+    """The control requests a worker answers: reload and describe (endpoint details for explain)."""
+
+    async def reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        async with busy:
+            if stop.is_set():
+                for fd in fds:
+                    os.close(fd)
+                return {"ok": False, "errors": ["the worker is stopping"]}
+            return await _reload(message, fds)
+
+    async def _reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        from fastmesh import workerlink
+        from fastmesh.config.load import loads_config
+        from fastmesh.dataplane import stats
+        from fastmesh.errors import ConfigError
+        began = time.monotonic()
+        config_fd, stats_fd = (fds + [None, None])[:2]
+        if config_fd is None:
+            return {"ok": False, "errors": ["the reload request carried no config"]}
+        text = workerlink.read_all(config_fd)
+        block = stats.map_block(stats_fd) if stats_fd is not None else None
+        source = str(message.get("source", "<config>"))
+        try:
+            cfg = loads_config(text.decode(), source=source)
+            changes = await proxy.reload(cfg, stats_block=block)
+        except ConfigError as exc:
+            errors = [str(e) for e in exc.errors]
+        except OSError as exc:          # a new listener could not be bound: reload() changed nothing
+            errors = [f"cannot apply {source}: {exc.strerror or exc}"]
+        else:
+            return {"ok": True, "changes": changes, "seconds": time.monotonic() - began}
+        for error in errors:            # one log line per problem
+            log.error("reload failed: %s", error)
+        return {"ok": False, "errors": errors}
+
+    async def describe(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"ok": True, "clusters": proxy.endpoint_details(list(message.get("clusters", [])))}
+
+    return {"reload": reload, "describe": describe}

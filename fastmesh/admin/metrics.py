@@ -55,7 +55,7 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> byte
     out.gauge("fastmesh_workers_ready", "worker processes serving now", [((), info.workers_ready)])
     out.counter("fastmesh_worker_restarts", "workers restarted after an unexpected exit", [((), snap.restarts)])
     out.counter("fastmesh_config_reloads", "config reloads by result",
-                [((("result", r),), snap.reloads.get(r, 0)) for r in ("success", "failure")])
+                [((("result", r),), snap.reloads.get(r, 0)) for r in ("ok", "failed")])
     workers = snap.worker_info()
     out.gauge("fastmesh_worker_start_time_seconds", "when each worker process started, Unix time",
               [((("worker", str(n)),), w["started"]) for n, w in workers.items()])

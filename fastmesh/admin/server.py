@@ -1,16 +1,18 @@
-"""The admin HTTP server, in the supervisor: liveness, readiness, the effective config, cluster state and metrics.
+"""The admin HTTP server, in the supervisor: liveness, readiness, the effective config, cluster state, metrics,
+reload (POST /reload) and explain (GET /explain: where a request would go, fastmesh/explain.py).
 
-This is not the data path: a small HTTP/1.1 reader on asyncio streams is enough (GET and HEAD, keep-alive,
-no request bodies). Every answer except /metrics is JSON, errors included ({"error": ..., "message": ...}).
+This is not the data path: a small HTTP/1.1 reader on asyncio streams is enough (GET and HEAD, POST for /reload,
+keep-alive, no request bodies). Every answer except /metrics is JSON, errors included ({"error": ..., "message": ...}).
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from fastmesh._version import __version__
@@ -26,7 +28,8 @@ IDLE_TIMEOUT = 30.0         # seconds a keep-alive connection may wait for its n
 JSON_TYPE = "application/json"
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
-           505: "HTTP Version Not Supported"}
+           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+POST_ONLY = frozenset({"/reload"})      # paths that change something: POST, never GET
 
 
 class Workers(Protocol):
@@ -35,6 +38,9 @@ class Workers(Protocol):
     ready: set[int]                 # slots whose worker is serving now
     announced: bool                 # every worker has been ready at least once
     stopping: asyncio.Event         # shutdown has begun
+
+    async def reload(self, trigger: str) -> tuple[int, dict[str, Any]]: ...      # (status, body) of a reload
+    async def describe(self, clusters: list[str]) -> dict[int, dict[str, Any]]: ...   # worker -> endpoint details
 
 
 class Reply:
@@ -56,8 +62,9 @@ class Reply:
 class Request:
     """The parts of a request head the admin server uses."""
 
-    def __init__(self, method: str, path: str, version: str, headers: dict[str, str]) -> None:
+    def __init__(self, method: str, path: str, version: str, headers: dict[str, str], query: str = "") -> None:
         self.method, self.path, self.version, self.headers = method, path, version, headers
+        self.query = query              # the target after "?", still percent-encoded
 
     @property
     def keep_alive(self) -> bool:
@@ -103,7 +110,8 @@ def parse_head(head: bytes) -> Request:
             raise BadRequest(400, f"malformed header line {line[:60]!r}")
         key = name.lower()
         headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    return Request(method, target.split("?", 1)[0], version, headers)
+    path, _, query = target.partition("?")
+    return Request(method, path, version, headers, query)
 
 
 class AdminServer:
@@ -114,13 +122,11 @@ class AdminServer:
         self.stats = stats
         self.workers = workers
         self.started = time.time()
-        self.config = config_to_dict(cfg)
-        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode()
-        self.config_hash = hashlib.sha256(canonical).hexdigest()[:16]
+        self.set_config(cfg)
         self.address = format_address(cfg.admin.host, cfg.admin.port)
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.Task[None]] = set()
-        self.routes: dict[str, Callable[[Request], Reply]] = {
+        self.routes: dict[str, Callable[[Request], Reply | Awaitable[Reply]]] = {
             "/": self.index,
             "/live": self.live,
             "/ready": self.ready,
@@ -128,10 +134,25 @@ class AdminServer:
             "/clusters": self.clusters,
             "/stats": self.stats_dump,
             "/metrics": self.metrics,
+            "/reload": self.reload,
+            "/explain": self.explain,
         }
         from fastmesh.admin.dashboard import Dashboard      # here, not at the top: it imports Reply from this module
         self.dashboard = Dashboard(self)
         self.routes.update(self.dashboard.routes())
+
+    def set_config(self, cfg: Config) -> None:
+        """The running config (at start and after each reload): /config, the hash in /metrics, explain."""
+        self.cfg = cfg
+        self.config = config_to_dict(cfg)
+        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode()
+        self.config_hash = hashlib.sha256(canonical).hexdigest()[:16]
+
+    @property
+    def reload_history(self) -> Any:
+        """Recent reloads, oldest first (None when the supervisor keeps no history)."""
+        reloader = getattr(self.workers, "reloader", None)
+        return reloader.history if reloader is not None else None
 
     async def start(self) -> None:
         """Bind and listen; OSError when the address is taken."""
@@ -177,7 +198,7 @@ class AdminServer:
             except BadRequest as exc:
                 await self._send(writer, None, Reply.error(exc.status, str(exc)), keep_alive=False)
                 return
-            reply = self.answer(request)
+            reply = await self.answer(request)
             # Request bodies are never read, so a request that has one ends the connection after the answer.
             keep_alive = request.keep_alive and not request.has_body
             await self._send(writer, request, reply, keep_alive)
@@ -198,16 +219,20 @@ class AdminServer:
         writer.write(data)
         await writer.drain()
 
-    def answer(self, request: Request) -> Reply:
-        """The reply to one parsed request (404 for unknown paths, 405 for methods other than GET and HEAD)."""
-        handler = self.routes.get(request.path.rstrip("/") or "/")
+    async def answer(self, request: Request) -> Reply:
+        """The reply to one parsed request (404 for unknown paths, 405 for a method the path does not take:
+        POST on /reload, GET and HEAD everywhere else)."""
+        path = request.path.rstrip("/") or "/"
+        handler = self.routes.get(path)
         if handler is None:
             return Reply.error(404, f"no such path: {request.path}; try one of {', '.join(self.routes)}")
-        if request.method not in ("GET", "HEAD"):
-            return Reply.error(405, f"{request.method} is not allowed on {request.path}; use GET",
-                               headers=(("Allow", "GET, HEAD"),))
+        allowed = ("POST",) if path in POST_ONLY else ("GET", "HEAD")
+        if request.method not in allowed:
+            return Reply.error(405, f"{request.method} is not allowed on {request.path}; use {allowed[0]}",
+                               headers=(("Allow", ", ".join(allowed)),))
         try:
-            return handler(request)
+            reply = handler(request)
+            return await reply if inspect.isawaitable(reply) else reply
         except Exception:                # a bug: say so in the log, answer with JSON, keep serving
             log.exception("admin: %s %s failed", request.method, request.path)
             return Reply.error(500, "internal error; see the fastmesh log")
@@ -251,6 +276,20 @@ class AdminServer:
         snap = self.stats.collect()
         return Reply.json(200, {"time": snap.taken, "listeners": snap.listeners(), "clusters": snap.clusters(),
                                 "workers": {str(n): w for n, w in snap.worker_info().items()}})
+
+    async def reload(self, request: Request) -> Reply:
+        """POST /reload: re-read the config file and apply it; answers when every worker has (or has not)."""
+        status, body = await self.workers.reload("POST /reload")
+        return Reply.json(status, body)
+
+    async def explain(self, request: Request) -> Reply:
+        """GET /explain?method=&host=&path=&header=name:value&listener=|port=: where such a request would go."""
+        from fastmesh.explain import ExplainError, explain_query
+        try:
+            data = await explain_query(self.cfg, request.query, self.stats.collect(), self.workers.describe)
+        except ExplainError as exc:
+            return Reply.error(exc.status, str(exc))
+        return Reply.json(200, data)
 
     def metrics(self, request: Request) -> Reply:
         om = wants_openmetrics(request.headers.get("accept", ""))

@@ -8,6 +8,19 @@ behind even when the supervisor is killed outright.
 
 Totals stay monotonic across worker restarts: when a worker exits, the supervisor folds its counters into a
 "retired" array and zeroes the block before the next worker of that slot attaches.
+
+Across a reload that changes the shape of the counters (a listener, cluster, endpoint or route target added or
+removed), the supervisor makes a new block per worker slot in the new layout and passes it with the reload; the
+worker moves the counters of what it keeps (listeners, clusters) into it. The old block is not given up at once:
+what the reload retired (a replaced relay table, a rebuilt cluster's busy connections, requests counted before
+the reload) goes on counting there until it is done. So the supervisor reads every block a worker has and adds
+them up *by name* (dataplane/stats_names.py), in the current layout: a counter of a listener or cluster that
+still exists never goes backwards, one that is gone disappears. An old block whose connection gauges have been
+zero for FOLD_QUIET seconds is folded into the retired totals and unmapped. While a worker applies a reload (and
+moves counters from one block to the other) the supervisor reads that worker's values as they were just before,
+so no reader sees a counter twice or not at all. We chose this over one fixed layout keyed by name (stable
+offsets) because a cluster's endpoint slots are arrays the core indexes by endpoint number: a changed endpoint
+list needs a new region anyway. A name removed and later added back starts again from zero.
 """
 from __future__ import annotations
 
@@ -27,6 +40,7 @@ from fastmesh._core.stats import (
     HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.stats_names import MASK, Translation
 
 log = logging.getLogger("fastmesh.stats")
 
@@ -34,6 +48,7 @@ LAG_INTERVAL = 0.25         # seconds between event-loop lag probes
 LAG_WINDOW = 4              # the lag gauge is the largest of this many recent probes (one second)
 _GAUGE_FIELDS = {"active"}  # listener fields that go up and down (not folded into retired totals)
 _ENDPOINT_GAUGES = {"state", "seen", "active"}
+FOLD_QUIET = 30.0           # seconds an old block's connection gauges stay zero before it joins the retired totals
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,12 @@ class StatsLayout:
                 start = cs.endpoint_field(f)
                 gauges.extend(range(start, start + len(cs.endpoints)))
         self.gauges = frozenset(gauges)
+        # Open connections that count into a block: while any is non-zero, something may still write there.
+        actives = [ls.offset + LISTENER_FIELDS.index("active") for ls in self.listeners]
+        for cs in self.clusters.values():
+            start = cs.endpoint_field("active")
+            actives.extend(range(start, start + len(cs.endpoints)))
+        self.actives = tuple(actives)
         self.key = self._key()
 
     def _key(self) -> int:
@@ -159,26 +180,54 @@ def _address(host: str, port: int) -> str:
 
 # ---- the worker's side ----------------------------------------------------------------------------------------
 
+def map_block(fd: int) -> StatsBlock:
+    """Map the block of a memfd the supervisor passed (no further than the file goes: SIGBUS beyond it); closes fd."""
+    try:
+        slots = os.fstat(fd).st_size // 8
+        return StatsBlock.map(fd, slots)
+    finally:
+        os.close(fd)
+
+
+def _stamp(block: StatsBlock) -> StatsBlock:
+    """Mark block as this process's: the supervisor reads a block with a pid as one a worker counts into."""
+    block[HEADER["pid"]] = os.getpid()
+    block[HEADER["started"]] = time.time_ns()
+    return block
+
+
 def open_block(layout: StatsLayout, fd: int | None) -> StatsBlock:
     """The block this process counts into: the supervisor's shared one (fd) when its header matches our layout,
     else a private one (embedded use, or a config file that changed since the supervisor read it). Closes fd."""
     if fd is None:
-        block = layout.new_block()
-    else:
-        try:
-            slots = os.fstat(fd).st_size // 8      # map no further than the file goes (SIGBUS beyond it)
-            shared = StatsBlock.map(fd, slots)
-        finally:
-            os.close(fd)
-        if layout.matches(shared):
-            block = shared
-        else:
-            log.warning("the config file changed since the supervisor read it: this worker's counters are "
-                        "not shared and do not appear in the admin server's metrics")
-            block = layout.new_block()
-    block[HEADER["pid"]] = os.getpid()
-    block[HEADER["started"]] = time.time_ns()
-    return block
+        return _stamp(layout.new_block())
+    shared = map_block(fd)
+    if layout.matches(shared):
+        return _stamp(shared)
+    log.warning("the config file changed since the supervisor read it: this worker's counters are "
+                "not shared and do not appear in the admin server's metrics")
+    return _stamp(layout.new_block())
+
+
+def reload_block(layout: StatsLayout, old: StatsLayout, current: StatsBlock, offered: StatsBlock | None
+                 ) -> StatsBlock:
+    """The block a worker counts into after a reload to `layout`: `current` when `offered` (the supervisor's
+    newest block for this worker slot) is that very memory or when the shape did not change and nothing fits
+    better, `offered` when it has the new layout, else a new private block (the counters leave the metrics)."""
+    if offered is not None:
+        same = (offered[HEADER["pid"]] == current[HEADER["pid"]] == os.getpid()
+                and offered[HEADER["started"]] == current[HEADER["started"]])
+        if same and current.shared:
+            return current
+        if layout.matches(offered):
+            offered[HEADER["pid"]] = os.getpid()
+            offered[HEADER["started"]] = current[HEADER["started"]]    # the process's start, not the reload's
+            return offered
+    if layout.key == old.key:
+        return current
+    log.warning("the reload changed the shape of the counters and no shared block of that shape was offered: "
+                "this worker counts into a private block until it restarts")
+    return _stamp(layout.new_block())
 
 
 def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Any], tcp: Mapping[str, Any],
@@ -227,62 +276,167 @@ class LagProbe:
 
 # ---- the supervisor's side ------------------------------------------------------------------------------------
 
+@dataclass
+class _Generation:
+    """One block of a worker slot, in the layout of the config it was made for."""
+    layout: StatsLayout
+    block: StatsBlock
+    fd: int | None                      # its memfd while it is the slot's newest (handed to the slot's workers)
+    quiet_since: float | None = None    # monotonic time its connection gauges were first seen all zero
+
+
 class WorkerStats:
-    """One shared block per worker slot, plus the totals of workers that have exited."""
+    """Per worker slot its blocks (one per counter shape it has counted in, newest last) and, in the current
+    layout, the totals of the workers and blocks that are gone."""
 
     def __init__(self, layout: StatsLayout) -> None:
         self.layout = layout
-        self.blocks: dict[int, StatsBlock] = {}
-        self.fds: dict[int, int] = {}
+        self.slots: dict[int, list[_Generation]] = {}
         self.retired = array("Q", bytes(8 * layout.size))
+        self.frozen: dict[int, list[tuple[StatsLayout, array[int]]]] = {}   # slot -> its blocks while reloading
         self.restarts = 0                                   # workers restarted after an unexpected exit
-        self.reloads = {"success": 0, "failure": 0}         # config reloads by result
+        self.reloads = {"ok": 0, "failed": 0}               # config reloads by result
+        self._translations: dict[tuple[int, int], Translation] = {}
+
+    @property
+    def blocks(self) -> dict[int, StatsBlock]:
+        """The newest block of each worker slot."""
+        return {n: gens[-1].block for n, gens in self.slots.items() if gens}
 
     def fd_for(self, n: int) -> int:
-        """The memfd of worker slot n's block (created on first use), for the worker to inherit."""
-        if n not in self.fds:
-            fd = os.memfd_create(f"fastmesh-stats-w{n}", os.MFD_CLOEXEC)
-            try:
-                self.blocks[n] = self.layout.new_block(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            self.fds[n] = fd
-        return self.fds[n]
+        """The memfd of worker slot n's newest block (made on first use), for the worker to inherit or adopt."""
+        gens = self.slots.get(n)
+        if not gens or gens[-1].layout.key != self.layout.key:
+            self._new_generation(n)
+        fd = self.slots[n][-1].fd
+        assert fd is not None
+        return fd
+
+    def _new_generation(self, n: int) -> None:
+        fd = os.memfd_create(f"fastmesh-stats-w{n}", os.MFD_CLOEXEC)
+        try:
+            block = self.layout.new_block(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        gens = self.slots.setdefault(n, [])
+        if gens and gens[-1].fd is not None:
+            os.close(gens[-1].fd)           # no worker will be handed the older block again
+            gens[-1].fd = None
+        gens.append(_Generation(self.layout, block, fd))
+
+    def _translation(self, src: StatsLayout, dst: StatsLayout) -> Translation:
+        key = (src.key, dst.key)
+        if key not in self._translations:
+            self._translations[key] = Translation(src, dst)
+        return self._translations[key]
+
+    def relayout(self, layout: StatsLayout) -> bool:
+        """The config changed shape: report in `layout` from now on and give every slot a new block in it (the
+        old ones stay until what counts into them is done). False when the shape is the same."""
+        if layout.key == self.layout.key:
+            return False
+        retired = array("Q", bytes(8 * layout.size))
+        self._translation(self.layout, layout).add(self.retired, retired)
+        self.retired, self.layout = retired, layout
+        for n in list(self.slots):
+            self._new_generation(n)
+        return True
+
+    def freeze(self, n: int) -> None:
+        """Worker n is about to move counters between its blocks: read its values as of now until thaw(n)."""
+        self.frozen[n] = [(g.layout, g.block.snapshot()) for g in self.slots.get(n, [])]
+
+    def thaw(self, n: int) -> None:
+        self.frozen.pop(n, None)
 
     def retire(self, n: int) -> None:
         """Worker slot n's process has exited: keep its counters in the totals and give the next one a zeroed block."""
-        block = self.blocks.get(n)
-        if block is None:
+        gens = self.slots.get(n)
+        if not gens:
             return
-        values = block.snapshot()
-        gauges = self.layout.gauges
-        retired = self.retired
-        for i in range(HEADER_SIZE, self.layout.size):
-            if i not in gauges:
-                retired[i] += values[i]
+        self.frozen.pop(n, None)
+        for g in gens:
+            self._fold(g)
+        for g in gens[:-1]:
+            self._drop(g)
+        del gens[:-1]
+        block = gens[0].block
         block.clear()
         block[HEADER["pid"]] = 0
         block[HEADER["started"]] = 0
         block[HEADER["lag"]] = 0
 
+    def _fold(self, g: _Generation) -> None:
+        """Add a block's counters (not its gauges: their connections are gone) to the retired totals."""
+        self._translation(g.layout, self.layout).add(g.block.snapshot(), self.retired, g.layout.gauges)
+
+    @staticmethod
+    def _drop(g: _Generation) -> None:
+        if g.fd is not None:
+            os.close(g.fd)
+            g.fd = None
+
+    def _prune(self) -> None:
+        """Fold and unmap old blocks nothing counts into any more (see the module docstring)."""
+        now = time.monotonic()
+        for n, gens in self.slots.items():
+            if n in self.frozen or len(gens) < 2:
+                continue
+            pids = [g.block[HEADER["pid"]] for g in gens]
+            attached = max((i for i, pid in enumerate(pids) if pid), default=-1)
+            keep = []
+            for i, g in enumerate(gens[:-1]):
+                if not pids[i]:
+                    self._drop(g)               # never adopted by a worker: nothing was counted there
+                    continue
+                if i < attached:
+                    if any(g.block[a] for a in g.layout.actives):
+                        g.quiet_since = None
+                    elif g.quiet_since is None:
+                        g.quiet_since = now
+                    elif now - g.quiet_since >= FOLD_QUIET:
+                        self._fold(g)
+                        self._drop(g)
+                        continue
+                keep.append(g)
+            gens[:-1] = keep
+
     def collect(self) -> Snapshot:
         """Every live worker's counters and their sum with the retired totals, as of now."""
+        self._prune()
         totals = array("Q", self.retired)
         workers = {}
-        for n, block in sorted(self.blocks.items()):
-            if block[HEADER["pid"]] == 0:
-                continue                    # no worker attached (not started yet, or exited)
-            values = block.snapshot()
-            block.add_to(totals)
+        size = self.layout.size
+        for n, gens in sorted(self.slots.items()):
+            if n not in self.frozen and len(gens) == 1 and gens[0].layout.key == self.layout.key:
+                block = gens[0].block
+                if block[HEADER["pid"]] == 0:
+                    continue                # no worker attached (not started yet, or exited)
+                workers[n] = block.snapshot()
+                block.add_to(totals)
+                continue
+            parts = self.frozen.get(n) or [(g.layout, g.block.snapshot()) for g in gens]
+            attached = [(layout, v) for layout, v in parts if v[HEADER["pid"]]]
+            if not attached:
+                continue
+            values = array("Q", bytes(8 * size))
+            for layout, v in parts:
+                self._translation(layout, self.layout).add(v, values)
+            layout, newest = attached[-1]
+            values[:HEADER_SIZE] = newest[:HEADER_SIZE]
+            self._translation(layout, self.layout).copy_latest(newest, values)
+            for i in range(HEADER_SIZE, size):
+                totals[i] = (totals[i] + values[i]) & MASK
             workers[n] = values
         return Snapshot(self.layout, totals, workers, self.restarts, dict(self.reloads))
 
     def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-        self.blocks.clear()
+        for gens in self.slots.values():
+            for g in gens:
+                self._drop(g)
+        self.slots.clear()
+        self.frozen.clear()
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------

@@ -285,6 +285,11 @@ cdef class Balancer:
         """The weights given at construction, per endpoint."""
         return [self.config_weights[i] for i in range(self.n)]
 
+    def ramp_shares(self):
+        """Per endpoint, the share of its configured weight slow start gives it now (1.0 when not ramping), for
+        the admin server's explain. Read-only."""
+        return [ramp_share(self, i) for i in range(self.n)]
+
     def bench_picks(self, int count):
         """Run `count` picks in a C loop; return how many found no endpoint. For benchmarks only.
 

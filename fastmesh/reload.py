@@ -1,0 +1,257 @@
+"""Hot reload in the supervisor: read and check the config file, have every worker apply it, report the outcome.
+
+One reload at a time (SIGHUP and POST /reload queue behind each other). The supervisor reads the file once and
+sends that text to the workers over their control channels (fastmesh/workerlink.py), with the stats block of the
+new counter layout (dataplane/stats.py); each worker answers once `Proxy.reload()` has swapped it in.
+
+Outcomes, as POST /reload answers them:
+  200  every serving worker applied it (the summary names what changed);
+  400  the file does not load, or a new listener address cannot be used: nothing changed anywhere;
+  500  a worker refused it (say, a bind failed there). When none applied it, the running config stays; when some
+       did, the new config is kept and the refusing workers are restarted so that all run the same config;
+  504  a worker did not answer in time: its state is unknown, so it is restarted (it starts from the file).
+Restarted workers read the file when they start, like any worker, and a worker that becomes ready with an older
+config than the supervisor's is sent the current one at once. `workers`, `[admin]` and `[demo]` cannot change
+while running: a change to them is reported and waits for a restart (/config shows the values in effect).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Protocol
+
+from fastmesh.config.load import config_to_dict, loads_config
+from fastmesh.config.schema import Config
+from fastmesh.dataplane.stats import StatsLayout, WorkerStats
+from fastmesh.errors import ConfigError
+from fastmesh.workerlink import LinkClosed, WorkerLink, memfd_with
+
+log = logging.getLogger("fastmesh.reload")
+
+RELOAD_TIMEOUT = 10.0       # seconds a worker has to apply a reload before it counts as not having done so
+HISTORY = 50                # recent reloads kept for the admin server
+RESTART_ONLY = (("workers", "workers"), ("admin", "[admin]"), ("demo", "[demo]"))   # (Config field, as written)
+
+
+class Supervised(Protocol):
+    """What a reload needs from the supervisor (supervisor.Supervisor has these)."""
+    config_path: str
+    cfg: Config
+    config_gen: int                     # bumped by each reload that changed the running config
+    spawn_gen: dict[int, int]           # slot -> config_gen when its current worker was started
+    links: dict[int, WorkerLink]        # slot -> control channel of its current worker
+    ready: set[int]
+    stats: WorkerStats
+    stopping: asyncio.Event
+
+    def adopt(self, cfg: Config, applied: list[int]) -> None: ...
+    def restart(self, n: int, why: str) -> None: ...
+
+
+@dataclasses.dataclass
+class Outcome:
+    """A reload's answer: the HTTP status for POST /reload and its JSON body."""
+    status: int
+    body: dict[str, Any]
+
+
+class Reloader:
+    """Runs reloads for one supervisor, one at a time."""
+
+    def __init__(self, sup: Supervised) -> None:
+        self.sup = sup
+        self.lock = asyncio.Lock()
+        self.text: bytes | None = None  # the file text of the running config once a reload changed it
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+
+    async def reload(self, trigger: str) -> Outcome:
+        """Reload the config file now (trigger names the cause for the log: "SIGHUP", "POST /reload")."""
+        async with self.lock:
+            began = time.monotonic()
+            if self.sup.stopping.is_set():
+                outcome = Outcome(503, {"error": "Service Unavailable", "status": 503, "result": "failed",
+                                        "message": "shutting down: no reload"})
+            else:
+                outcome = await self._reload(trigger)
+            took = round((time.monotonic() - began) * 1000, 1)
+            outcome.body["took_ms"] = took
+            result = "ok" if outcome.status == 200 else "failed"
+            self.sup.stats.reloads[result] += 1
+            self.history.append({"time": time.time(), "trigger": trigger, "result": result,
+                                 "status": outcome.status, "took_ms": took,
+                                 "message": outcome.body.get("message", "")})
+            return outcome
+
+    async def _reload(self, trigger: str) -> Outcome:
+        sup = self.sup
+        began = time.monotonic()
+        try:
+            text, new = read_config(sup.config_path)
+        except ConfigError as exc:
+            return self._refused(trigger, [str(e) for e in exc.errors], "the config is not valid")
+        old = sup.cfg
+        effective, later = pin_restart_only(old, new)
+        problems = probe_new_listeners(old, effective)
+        if problems:
+            return self._refused(trigger, problems, "the new config cannot be applied")
+        changes = summarize(old, effective)
+        old_layout = sup.stats.layout
+        sup.stats.relayout(StatsLayout(effective))
+        targets = {n: link for n, link in sup.links.items() if n in sup.ready}
+        results = dict(zip(targets, await asyncio.gather(*(self._apply(n, link, text)
+                                                             for n, link in targets.items()))))
+        applied = [n for n, (state, _) in results.items() if state == "applied"]
+        refused = {n: info for n, (state, info) in results.items() if state == "refused"}
+        late = [n for n, (state, _) in results.items() if state == "timeout"]
+        workers = {f"w{n}": _worker_word(state, info) for n, (state, info) in sorted(results.items())}
+        if refused and not applied and not late:
+            sup.stats.relayout(old_layout)          # every worker kept the running config, and so do we
+            for n, errors in sorted(refused.items()):
+                for error in errors:
+                    log.error("reload (%s): w%d: %s", trigger, n, error)
+            log.error("reload (%s) failed: no worker could apply it; the running config is unchanged", trigger)
+            return Outcome(500, {"error": "Internal Server Error", "status": 500, "result": "failed",
+                                 "message": "no worker could apply the new config; the running config is unchanged",
+                                 "failed_workers": [f"w{n}" for n in sorted(refused)], "workers": workers})
+        # Adopt: from here the new config is the supervisor's, and every worker will end up running it.
+        self.text = text
+        sup.adopt(effective, applied)
+        for n in sorted(sup.ready - set(targets)):    # became ready while we read: may run the older file
+            asyncio.get_running_loop().create_task(self.push(n))
+        for line in later:
+            log.warning("reload (%s): %s", trigger, line)
+        for n in sorted(refused) + late:
+            why = f"it did not apply the reload ({workers[f'w{n}']})"
+            log.error("reload (%s): w%d: %s: restarting it", trigger, n, why)
+            sup.restart(n, why)
+        body: dict[str, Any] = {"result": "ok", "trigger": trigger, "generation": sup.config_gen,
+                                "changes": changes, "restart_required": later, "workers": workers}
+        if refused or late:
+            status = 500 if refused else 504
+            failed = [f"w{n}" for n in sorted(refused) + sorted(late)]
+            message = (f"{', '.join(failed)} did not apply the new config "
+                       f"({'refused' if refused else 'no answer in time'}): restarting them with it")
+            log.error("reload (%s): %s", trigger, message)
+            body.update({"result": "failed", "error": "Internal Server Error" if refused else "Gateway Timeout",
+                         "status": status, "message": message, "failed_workers": failed})
+            return Outcome(status, body)
+        body["message"] = f"applied by {len(applied)} worker(s): {describe_changes(changes)}"
+        log.info("config reloaded (%s) in %.1f ms: %s", trigger, (time.monotonic() - began) * 1000, body["message"])
+        return Outcome(200, body)
+
+    def _refused(self, trigger: str, errors: list[str], what: str) -> Outcome:
+        for error in errors:                # one line per problem: file, key, reason
+            log.error("reload (%s): %s", trigger, error)
+        log.error("reload (%s) failed: %s; the running config is unchanged", trigger, what)
+        return Outcome(400, {"error": "Bad Request", "status": 400, "result": "failed",
+                             "message": f"{what}; the running config is unchanged", "errors": errors})
+
+    async def _apply(self, n: int, link: WorkerLink, text: bytes) -> tuple[str, Any]:
+        """Send worker n the config text and its stats block; ("applied", answer), ("refused", errors),
+        ("timeout", None) or ("gone", None) when it exited meanwhile (it restarts from the file)."""
+        stats = self.sup.stats
+        config_fd = memfd_with(text, "fastmesh-config")
+        try:
+            stats_fd = stats.fd_for(n)
+            stats.freeze(n)             # it moves counters between blocks now: read them as they were
+            try:
+                answer = await link.call("reload", RELOAD_TIMEOUT, fds=(config_fd, stats_fd),
+                                         source=self.sup.config_path)
+            finally:
+                stats.thaw(n)
+        except TimeoutError:
+            return "timeout", None
+        except LinkClosed:
+            return "gone", None
+        finally:
+            os.close(config_fd)
+        if answer.get("ok"):
+            return "applied", answer
+        return "refused", answer.get("errors") or [str(answer.get("error", "unknown error"))]
+
+    async def push(self, n: int) -> None:
+        """Worker n has just become ready: send it the running config unless it started from it."""
+        async with self.lock:
+            sup = self.sup
+            link = sup.links.get(n)
+            if self.text is None or link is None or n not in sup.ready or sup.spawn_gen.get(n) == sup.config_gen:
+                return
+            state, info = await self._apply(n, link, self.text)
+            if state == "applied":
+                sup.spawn_gen[n] = sup.config_gen
+                log.info("w%d: brought up to the running config", n)
+            elif state != "gone":
+                why = f"it could not apply the running config ({_worker_word(state, info)})"
+                log.error("w%d: %s: restarting it", n, why)
+                sup.restart(n, why)
+
+
+def read_config(path: str) -> tuple[bytes, Config]:
+    """The file's bytes (what the workers are sent) and the config they hold; ConfigError as load_config raises."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(path, "", "a readable file", reason=f"cannot read the file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", "UTF-8 text", reason=f"invalid TOML (not UTF-8 at byte {exc.start})") from None
+    return raw, loads_config(text, path)
+
+
+def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the settings that cannot change while running kept as in `old`, and a line per such change."""
+    later = []
+    kept: dict[str, Any] = {}
+    old_dict, new_dict = config_to_dict(old), config_to_dict(new)
+    for name, written in RESTART_ONLY:
+        if old_dict.get(name) != new_dict.get(name):
+            later.append(f"{written} changed ({_short(old_dict.get(name))} -> {_short(new_dict.get(name))}): "
+                         f"takes effect when fastmesh restarts")
+            kept[name] = getattr(old, name)
+    return dataclasses.replace(new, **kept), later
+
+
+def probe_new_listeners(old: Config, new: Config) -> list[str]:
+    """Problems binding the addresses the new config listens on and the running one does not."""
+    from fastmesh.supervisor import probe_listeners
+    running = {(lst.host, lst.port) for lst in old.listeners}
+    return probe_listeners([lst for lst in new.listeners if (lst.host, lst.port) not in running])
+
+
+def summarize(old: Config, new: Config) -> dict[str, list[str]]:
+    """Names of the listeners and clusters added, removed and changed, and the other top-level keys changed."""
+    out: dict[str, list[str]] = {}
+    for kind, before, after in (("listeners", {lst.name: lst for lst in old.listeners},
+                                 {lst.name: lst for lst in new.listeners}),
+                                ("clusters", old.clusters, new.clusters)):
+        out[f"{kind}_added"] = [name for name in after if name not in before]
+        out[f"{kind}_removed"] = [name for name in before if name not in after]
+        out[f"{kind}_changed"] = [name for name in after if name in before and before[name] != after[name]]
+    out["settings_changed"] = ["drain_timeout"] if old.drain_timeout != new.drain_timeout else []
+    return out
+
+
+def describe_changes(changes: dict[str, list[str]]) -> str:
+    parts = [f"{key.replace('_', ' ')} {', '.join(names)}" for key, names in changes.items() if names]
+    return "; ".join(parts) if parts else "no changes"
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _worker_word(state: str, info: Any) -> str:
+    if state == "applied":
+        return "applied"
+    if state == "refused":
+        return "refused: " + "; ".join(info)
+    if state == "timeout":
+        return f"no answer within {RELOAD_TIMEOUT:g}s"
+    return "exited meanwhile (restarts from the file)"
