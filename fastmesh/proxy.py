@@ -275,7 +275,10 @@ class Proxy:
                             "tunnels": h.tunnel_count}
                      for name, h in self._http.items()},
             "pools": {p.cluster.name: {"opened": p.opened, "reuses": p.reuses, "open": p.active,
-                                       "idle": p.idle_counts()} for p in self._pools},
+                                       "idle": p.idle_counts(), "requests_active": p.policy.requests_active,
+                                       "retried": p.policy.retried, "overloaded": p.policy.overloaded,
+                                       "budget_exhausted": p.policy.budget.exhausted}
+                      for p in self._pools},
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
             "health": self._health.active.status() if self._health is not None else {},
         }

@@ -102,8 +102,8 @@ class Reloader:
         old_layout = sup.stats.layout
         sup.stats.relayout(StatsLayout(effective))
         targets = {n: link for n, link in sup.links.items() if n in sup.ready}
-        results = dict(zip(targets, await asyncio.gather(*(self._apply(n, link, text)
-                                                             for n, link in targets.items()))))
+        answers = await asyncio.gather(*(self._apply(n, link, text) for n, link in targets.items()))
+        results = dict(zip(targets, answers))
         applied = [n for n, (state, _) in results.items() if state == "applied"]
         refused = {n: info for n, (state, info) in results.items() if state == "refused"}
         late = [n for n, (state, _) in results.items() if state == "timeout"]

@@ -91,7 +91,7 @@ def test_counters_equal_the_traffic_of_both_workers(start: Start, backends: Call
             assert got[("fastmesh_upstream_connect_failures_total", ep)] == 0
         assert got[("fastmesh_workers", ())] == 2 and got[("fastmesh_workers_ready", ())] == 2
         assert got[("fastmesh_worker_restarts_total", ())] == 0
-        assert got[("fastmesh_config_reloads_total", (("result", "failure"),))] == 0
+        assert got[("fastmesh_config_reloads_total", (("result", "failed"),))] == 0
         assert got[("fastmesh_build_info", (("version", __version__),))] == 1
         assert 0 <= got[("fastmesh_event_loop_lag_seconds", (("worker", "0"),))] < 5
         assert 0 <= got[("fastmesh_event_loop_lag_seconds", (("worker", "1"),))] < 5

@@ -161,4 +161,3 @@ async def _get(port: int) -> None:
     writer.close()
     # Wait until the proxy has counted the connection's end (it counts when it sees the close).
     await asyncio.sleep(0.05)
-

@@ -232,7 +232,8 @@ async def scenario(fm: Running, backends: list[HttpBackend], web: int, side: int
     grew = [b.requests - n for b, n in zip(backends, before)]
     assert grew[0] == grew[1] == 0 and grew[2] + grew[3] == 8, grew
     every = latencies["SIGHUP"] + latencies["POST"]
-    print(f"\nreload-live: {done['ok']} requests by {CLIENTS} keep-alive clients in {elapsed:.1f}s, {len(failed)} failed; "
+    print(f"\nreload-live: {done['ok']} requests by {CLIENTS} keep-alive clients in {elapsed:.1f}s, "
+          f"{len(failed)} failed; "
           f"10 reloads + 1 invalid; reload latency median {statistics.median(every):.1f} ms, max {max(every):.1f} ms "
           f"(SIGHUP {', '.join(f'{x:.1f}' for x in latencies['SIGHUP'])}; "
           f"POST {', '.join(f'{x:.1f}' for x in latencies['POST'])})")

@@ -54,16 +54,6 @@ def test_ewma_moves_load_away_from_a_slower_endpoint():
     asyncio.run(main())
 
 
-HERD_BUG = ("balance/ewma.pyx EwmaBalancer.pick: an endpoint carrying the 1 s failure penalty (here one that resets "
-            "every connection) hands a free win to whatever endpoint P2C pairs it with, however loaded; an endpoint "
-            "that just became slow (its cost stays its old fast one until its first slow answer completes) thus "
-            "takes one pick in six until cost x (1 + in flight) passes 1 s (~40 requests in flight): of 40 "
-            "clients ~37 end up parked on it for 2 s (~10 when no endpoint is penalised) while two fast endpoints "
-            "idle. Outlier ejection rarely saves it: once penalised, the resetting endpoint gets too few requests "
-            "to reach 5 failures")
-
-
-@pytest.mark.xfail(strict=True, reason=HERD_BUG)
 def test_ewma_does_not_park_every_client_on_an_endpoint_that_just_slowed_down():
     """Without per-try timeouts, 40 clients: one endpoint turns slow (2 s) while another starts resetting every
     connection (and stays in: outlier ejection off, as when max_ejected_percent is reached); most clients must

@@ -13,6 +13,9 @@ cdef class EwmaBalancer(Balancer):
     cdef double decay_now         # exp(-(now - epoch) / decay): turns stored costs into costs now
     cdef double *load_unit        # per endpoint: mean up weight / its weight, what one in-flight request adds
     cdef bint self_clocked        # no owner has called set_clock yet, so observe() reads CLOCK_MONOTONIC itself
+    cdef double *since            # per endpoint: when it last finished a request (or got its first in flight)
 
     # Move the clock to `now` (through the base) and refresh decay_now.
     cdef void advance(self, double now) noexcept
+    # Cost now, stretched to the time it has sat on requests without finishing one.
+    cdef double live_cost(self, int i) noexcept

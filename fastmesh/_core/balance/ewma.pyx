@@ -64,7 +64,9 @@ cdef class EwmaBalancer(Balancer):
         self.stamp = <double *>calloc(self.n + 1, sizeof(double))
         self.unsampled = <unsigned char *>calloc(self.n + 1, sizeof(unsigned char))
         self.load_unit = <double *>calloc(self.n + 1, sizeof(double))
-        if self.cost == NULL or self.stamp == NULL or self.unsampled == NULL or self.load_unit == NULL:
+        self.since = <double *>calloc(self.n + 1, sizeof(double))
+        if (self.cost == NULL or self.stamp == NULL or self.unsampled == NULL or self.load_unit == NULL
+                or self.since == NULL):
             raise MemoryError()
         self.decay_now = 1.0
         self.self_clocked = True
@@ -84,6 +86,7 @@ cdef class EwmaBalancer(Balancer):
         free(self.stamp)
         free(self.unsampled)
         free(self.load_unit)
+        free(self.since)
 
     cdef int pick(self, int avoid) noexcept:
         cdef int n_up = self.n_up
@@ -97,16 +100,47 @@ cdef class EwmaBalancer(Balancer):
             return self.up_list[1] if self.up_list[0] == avoid else self.up_list[0]
         a = up_draw(self, avoid, -1)
         b = up_draw(self, avoid, a)
+        # A candidate carrying the failure penalty would hand its rival a free win however loaded the rival
+        # is (and park every client on an endpoint that just turned slow): draw a fresh rival instead.
+        if n_up > 2 and avoid < 0:
+            if self.cost[a] * self.decay_now >= self.penalty > self.cost[b] * self.decay_now:
+                a = up_draw(self, a, b)
+            elif self.cost[b] * self.decay_now >= self.penalty > self.cost[a] * self.decay_now:
+                b = up_draw(self, a, b)
         # cost * (1 + active * mean weight / weight). With nothing in flight this is the cost itself, so
         # equal costs tie exactly (a cross-multiplied form can round differently on each side and
         # hand every tie to one of them).
-        score_a = (self.cost[a] * self.decay_now + COST_FLOOR) * (1.0 + <double>self.active[a] * self.load_unit[a])
-        score_b = (self.cost[b] * self.decay_now + COST_FLOOR) * (1.0 + <double>self.active[b] * self.load_unit[b])
+        score_a = (self.live_cost(a) + COST_FLOOR) * (1.0 + <double>self.active[a] * self.load_unit[a])
+        score_b = (self.live_cost(b) + COST_FLOOR) * (1.0 + <double>self.active[b] * self.load_unit[b])
         # Branch-free, as in least_request: the winner is unpredictable. Exact ties (equal default
         # costs, equal counts) go to the coin, the top bit of the next draw.
         coin = <int>(rng_next(&self.rng) >> 63)
         take_a = (score_a < score_b) | ((score_a == score_b) & coin)
         return a if take_a else b
+
+    cdef inline double live_cost(self, int i) noexcept:
+        """The endpoint's cost, or more: with k requests in flight, a healthy endpoint finishes one about every
+        cost / k; when none has finished for a time t, t * k is a latency it is already showing. Without this an
+        endpoint that just turned slow keeps its old low cost until its first slow answer ends, and absorbs
+        client after client meanwhile."""
+        cdef double c = self.cost[i] * self.decay_now
+        cdef double stalled
+        if self.active[i] > 0 and self.clock_set:
+            stalled = (self.now - self.since[i]) * self.active[i]
+            if stalled > c:
+                return stalled
+        return c
+
+    cdef void request_start(self, int i) noexcept:
+        if 0 <= i < self.n:
+            if self.active[i] == 0:
+                self.since[i] = self.now
+            self.active[i] += 1
+
+    cdef void request_end(self, int i) noexcept:
+        if 0 <= i < self.n and self.active[i] > 0:
+            self.active[i] -= 1
+            self.since[i] = self.now
 
     cdef void observe(self, int i, double rtt_seconds, int status) noexcept:
         cdef timespec ts
@@ -194,6 +228,10 @@ cdef class EwmaBalancer(Balancer):
     def costs(self):
         """Each endpoint's current cost estimate in seconds (decayed to the clock's now)."""
         return [self.cost[i] * self.decay_now for i in range(self.n)]
+
+    def live_costs(self):
+        """What pick() compares before the load factor: each cost, stretched by a stall in progress."""
+        return [self.live_cost(i) for i in range(self.n)]
 
     @property
     def decay_window(self):

@@ -395,6 +395,11 @@ cdef class HttpProxy(Acceptor):
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)
+                elif d.up is None and d.waiting and now >= d.deadline:
+                    # Waited a whole try for a connection slot (max_connections): the cluster is saturated.
+                    d.pool.policy.overloaded += 1
+                    d.respond_error(503, "Service Unavailable", "overloaded", d.req_done)
+                    d.run()
                 elif d.up is not None and not d.resp_head_done and now >= d.deadline:
                     d.last_endpoint = d.up.endpoint
                     d.report(d.up.endpoint, 0, True)

@@ -137,6 +137,8 @@ cdef class HttpPool(Sweeper):
         cdef Upstream up
         cdef int ep, fd, tries = 0, redraw
         err[0] = 0
+        # The latency-aware balancer judges stalls on this clock: keep it at the wakeup's time.
+        cluster.balancer.set_clock(self.reactor.now)
         while tries < cluster.connect_attempts:
             ep = cluster.balancer.pick_hash(key, avoid) if keyed else -1
             if ep < 0:
