@@ -469,6 +469,10 @@ cdef class Router:
                 head = e.rewrite_to
                 tail.ptr = path.ptr + e.path.len
                 tail.len = path.len - e.path.len
+                if head.len and head.ptr[head.len - 1] == 47 and tail.len and tail.ptr[0] == 47:
+                    # "/api" -> "/" on "/api/users" gives "/users", not "//users".
+                    tail.ptr += 1
+                    tail.len -= 1
         if head.len + tail.len + rest.len > cap:
             return -1
         memcpy(out, head.ptr, head.len)

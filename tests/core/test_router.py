@@ -266,6 +266,13 @@ def test_rewrite_target(target: bytes, route: int, upstream: bytes) -> None:
     assert r.target_for(req(target), route) == upstream
 
 
+def test_rewrite_to_a_slash_does_not_double_it() -> None:
+    r = router({"path_prefix": "/api", "rewrite_prefix": "/", "cluster": "api"})
+    assert r.target_for(req(b"/api/users?x"), 0) == b"/users?x"
+    assert r.target_for(req(b"/api"), 0) == b"/"
+    assert r.target_for(req(b"/apix"), 0) == b"/x"
+
+
 def test_rewrite_target_needs_room() -> None:
     r = router({"path_prefix": "/a", "rewrite_prefix": "/abcdef", "cluster": "api"})
     assert r.max_growth == 5
