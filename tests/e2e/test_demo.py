@@ -234,7 +234,7 @@ def test_demo_command_rejects_bad_ports() -> None:
 def test_quickstart_balances_curl_across_the_three_backends(tmp_path: Path) -> None:
     # The example as shipped, moved to free ports so the test never collides with anything on the machine.
     text = (REPO / "examples" / "quickstart.toml").read_text()
-    ports = {old: free_port() for old in (4140, 9001, 9002, 9003)}
+    ports = {old: free_port() for old in (4140, 4141, 9001, 9002, 9003)}
     for old, new in ports.items():
         text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
     config = tmp_path / "quickstart.toml"
@@ -255,6 +255,13 @@ def test_quickstart_balances_curl_across_the_three_backends(tmp_path: Path) -> N
             assert match and f"hello from demo backend {match[1]} (127.0.0.1:" in result.stdout, result.stdout
             seen.append(int(match[1]))
         assert sorted(seen) == [1, 1, 2, 2, 3, 3]
+        # The HTTP listener: routed, rewritten, with the proxy's own headers.
+        result = subprocess.run(["curl", "-sS", "-i", "--max-time", "5", f"http://127.0.0.1:{ports[4141]}/hello/x"],
+                                capture_output=True, text=True, timeout=WAIT)
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"^Via: 1\.1 fastmesh\r?$", result.stdout, re.MULTILINE), result.stdout
+        assert re.search(r"^x-route: hello\r?$", result.stdout, re.MULTILINE), result.stdout
+        assert "hello from demo backend" in result.stdout
         with socket.create_connection(("127.0.0.1", ports[4140]), timeout=5) as sock:   # what `nc` would show
             sock.sendall(b"hi\n")
             data = b""
