@@ -303,6 +303,12 @@ class Proxy:
             log.info("drain timeout: closing %d connection(s)", self.active_connections)
         for acceptor in [*self._tcp.values(), *self._http.values(), *self._retired]:
             acceptor.close_all()
+            # An http listener's access log file (dataplane/access_log.py); the core's field is readable from
+            # Python once _core/http1/conn.pxd declares it readonly. Until then the writer closes its file
+            # itself when the acceptor is dropped.
+            writer = getattr(acceptor, "access_log", None)
+            if writer is not None:
+                writer.close()
         self._retired.clear()
         await self._health.stop()
         self._reactor.detach()

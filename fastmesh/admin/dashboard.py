@@ -11,13 +11,16 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastmesh._core.stats import DURATION_BOUNDS, STATUS_CLASSES
 from fastmesh._version import __version__
+# The arithmetic is shared with `fastmesh stat` (admin/rates.py); quantile stays importable from here for the tests.
+from fastmesh.admin.rates import quantile  # noqa: F401
+from fastmesh.admin.rates import (
+    Sample, http_point, latency_clusters, stats_body, take_sample, tcp_point, upstream_point,
+)
 from fastmesh.dataplane.stats import Snapshot
 
 if TYPE_CHECKING:
@@ -35,103 +38,7 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 RELOADS_SHOWN = 8       # recent reloads listed (the page has room for about this many)
-FIVE_XX = STATUS_CLASSES.index("5xx")
 MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "methods", "headers")     # route conditions in /config
-
-
-@dataclass
-class Sample:
-    """The counters the dashboard charts, as of one moment."""
-    taken: float                                   # Unix seconds (the snapshot's time)
-    listeners: dict[str, tuple[int, int, int]]     # listener -> (connections accepted, bytes in, bytes out)
-    open: dict[str, int]                           # listener -> downstream connections open (a gauge)
-    requests: dict[str, tuple[int, ...]]           # "listener" or "cluster" kind + name -> responses per status class
-    durations: dict[str, tuple[int, ...]]          # cluster -> requests per duration bucket (not cumulative)
-    upstream: dict[str, int]                       # cluster -> upstream connections opened
-
-
-def take_sample(snap: Snapshot) -> Sample:
-    """The dashboard's view of one merged snapshot."""
-    rows = snap.listeners()
-    listeners = {name: (row["accepted"], row["bytes_in"], row["bytes_out"]) for name, row in rows.items()}
-    requests: dict[str, list[int]] = {}
-    for listener, cluster, cls, value in snap.requests():
-        i = STATUS_CLASSES.index(cls)
-        for key in ("l:" + listener, "c:" + cluster):
-            requests.setdefault(key, [0] * len(STATUS_CLASSES))[i] += value
-    durations = {}
-    for cluster, (buckets, _total, _count) in snap.durations().items():
-        running = [count for _bound, count in buckets]
-        durations[cluster] = tuple(b - a for a, b in zip([0, *running], running))
-    upstream = {name: sum(e["connections"] for e in c["endpoints"]) for name, c in snap.clusters().items()}
-    gauges = {name: row["active"] for name, row in rows.items()}
-    return Sample(snap.taken, listeners, gauges, {k: tuple(v) for k, v in requests.items()}, durations, upstream)
-
-
-def quantile(q: float, counts: tuple[int, ...] | list[int]) -> float | None:
-    """The q-quantile in seconds of per-bucket counts over DURATION_BOUNDS (+Inf last), interpolated linearly in
-    its bucket as Prometheus' histogram_quantile does; None without observations."""
-    total = sum(counts)
-    if total <= 0:
-        return None
-    rank = q * total
-    running = 0
-    for i, count in enumerate(counts):
-        if count > 0 and running + count >= rank:
-            if i >= len(DURATION_BOUNDS):
-                return DURATION_BOUNDS[-1]          # in the +Inf bucket: the largest bound is all we know
-            lower = DURATION_BOUNDS[i - 1] if i else 0.0
-            return lower + (DURATION_BOUNDS[i] - lower) * (rank - running) / count
-        running += count
-    return DURATION_BOUNDS[-1]
-
-
-def _delta(new: tuple[int, ...] | None, old: tuple[int, ...] | None) -> list[int] | None:
-    if new is None or old is None:
-        return None
-    return [max(0, a - b) for a, b in zip(new, old)]
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
-def http_point(new: Sample, old: Sample, key: str, clusters: list[str]) -> dict[str, float | None]:
-    """Responses/s, success share (non-5xx, 0..1) and p50/p99 latency (ms) between two samples for one listener
-    or cluster (key); latency from the histograms of `clusters` (none: latency unknown)."""
-    dt = new.taken - old.taken
-    classes = _delta(new.requests.get(key), old.requests.get(key))
-    total = sum(classes) if classes else 0
-    merged: list[int] | None = None
-    for cluster in clusters:
-        d = _delta(new.durations.get(cluster), old.durations.get(cluster))
-        if d is not None:
-            merged = d if merged is None else [a + b for a, b in zip(merged, d)]
-    return {
-        "rps": round(total / dt, 3) if dt > 0 else None,
-        "success": round(1 - classes[FIVE_XX] / total, 5) if classes and total else None,
-        "p50": _ms(quantile(0.5, merged)) if merged else None,
-        "p99": _ms(quantile(0.99, merged)) if merged else None,
-    }
-
-
-def tcp_point(new: Sample, old: Sample, listener: str) -> dict[str, float | None]:
-    """Connections/s and bytes/s each way between two samples for one listener, and its connections open at the
-    later one."""
-    dt = new.taken - old.taken
-    d = _delta(new.listeners.get(listener), old.listeners.get(listener))
-    opened = new.open.get(listener)
-    if d is None or dt <= 0:
-        return {"cps": None, "in": None, "out": None, "open": opened}
-    return {"cps": round(d[0] / dt, 3), "in": round(d[1] / dt, 1), "out": round(d[2] / dt, 1), "open": opened}
-
-
-def upstream_point(new: Sample, old: Sample, cluster: str) -> dict[str, float | None]:
-    """Upstream connections opened per second: what a cluster that only tcp listeners use is charted by."""
-    dt = new.taken - old.taken
-    if cluster not in new.upstream or cluster not in old.upstream or dt <= 0:
-        return {"cps": None}
-    return {"cps": round(max(0, new.upstream[cluster] - old.upstream[cluster]) / dt, 3)}
 
 
 class History:
@@ -147,7 +54,7 @@ class History:
             return
         if last is not None and not 0 <= snap.taken - last.taken <= MAX_GAP:
             self.samples.clear()
-        self.samples.append(take_sample(snap))
+        self.samples.append(take_sample(stats_body(snap)))
         while self.samples[0].taken < snap.taken - WINDOW - MIN_GAP:
             self.samples.popleft()
 
@@ -224,10 +131,7 @@ class Dashboard:
 
     def _listeners(self, snap: Snapshot) -> list[dict[str, Any]]:
         """Per listener: its counters now, and its chart series (http: requests; tcp: connections and bytes)."""
-        http_pairs = [(r.listener, r.cluster) for r in snap.layout.requests]
-        owners: dict[str, set[str]] = {}
-        for listener, cluster in http_pairs:
-            owners.setdefault(cluster, set()).add(listener)
+        pairs = [(r.listener, r.cluster) for r in snap.layout.requests]
         addresses = {lst["name"]: lst.get("listen") for lst in self.server.config.get("listeners", [])}
         out = []
         for name, row in snap.listeners().items():
@@ -238,12 +142,11 @@ class Dashboard:
                 item["kind"] = "tcp"
                 item.update(self.history.series(functools.partial(tcp_point, listener=name)))
             else:
-                mine = [c for lst, c in http_pairs if lst == name]
                 # Latency is kept per cluster: a listener's is exact only when no other listener shares its clusters.
-                own = all(owners.get(c) == {name} for c in mine)
+                own = latency_clusters(pairs, name)
                 item["kind"] = "http"
-                item["latency_own"] = own
-                point = functools.partial(http_point, key="l:" + name, clusters=mine if own else [])
+                item["latency_own"] = own is not None
+                point = functools.partial(http_point, key="l:" + name, clusters=own or [])
                 item.update(self.history.series(point))
             out.append(item)
         return out

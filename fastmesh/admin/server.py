@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from fastmesh._version import __version__
 from fastmesh.admin.metrics import OPENMETRICS_TYPE, PROMETHEUS_TYPE, ProcessInfo, render, wants_openmetrics
+from fastmesh.admin.rates import stats_body
 from fastmesh.config.load import config_to_dict, format_address
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.stats import Snapshot, WorkerStats
@@ -272,10 +273,12 @@ class AdminServer:
         return Reply.json(200, self.stats.collect().clusters())
 
     def stats_dump(self, request: Request) -> Reply:
-        """Merged counters of listeners and clusters, for `fastmesh stat` and scripts."""
+        """Merged counters of listeners and clusters, HTTP responses by status class and request-duration
+        histograms (admin/rates.py stats_body), for `fastmesh stat` and scripts."""
         snap = self.stats.collect()
-        return Reply.json(200, {"time": snap.taken, "listeners": snap.listeners(), "clusters": snap.clusters(),
-                                "workers": {str(n): w for n, w in snap.worker_info().items()}})
+        body = stats_body(snap)
+        body["workers"] = {str(n): w for n, w in snap.worker_info().items()}
+        return Reply.json(200, body)
 
     async def reload(self, request: Request) -> Reply:
         """POST /reload: re-read the config file and apply it; answers when every worker has (or has not)."""

@@ -1,8 +1,10 @@
 """The admin server of a real `fastmesh run` (2 workers, backends this test starts): liveness, readiness flipping
-with the endpoints, /clusters, /config against `fastmesh check --json`, JSON errors, and `fastmesh stat`."""
+with the endpoints, /clusters, /config against `fastmesh check --json`, JSON errors, and `fastmesh stat` (tcp
+and http listeners: requests/s, success rate and latency measured while traffic runs)."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import re
@@ -19,7 +21,11 @@ from typing import Any
 
 import pytest
 
+from fastmesh import statcli
 from fastmesh._testbase.net import free_ports
+from fastmesh.admin.rates import stats_body
+from fastmesh.config.load import loads_config
+from fastmesh.dataplane.stats import Snapshot, StatsLayout
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0         # seconds any one expected event may take before the test fails
@@ -67,6 +73,39 @@ class EchoBackend:
         return f"127.0.0.1:{self.port}"
 
 
+# ---- real HTTP backends: one answers 200 to everything, the other 503 ----
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"           # keep-alive, so the proxy's pool reuses connections
+    disable_nagle_algorithm = True          # head and body are two writes: no delayed-ACK wait between them
+    status = 200
+
+    def do_GET(self) -> None:
+        body = b"ok\n" if self.status == 200 else b"busy\n"
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass                                # quiet: pytest shows stderr of failing tests
+
+
+class HttpAnswerBackend:
+    """A threaded HTTP/1.1 server on 127.0.0.1 answering every GET with `status`; stop() closes it."""
+
+    def __init__(self, status: int) -> None:
+        handler = type(f"Answer{status}", (_Answer,), {"status": status})
+        http.server.ThreadingHTTPServer.daemon_threads = True
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def exchange(port: int, payload: bytes) -> bytes:
     """One proxied connection: send payload, half-close, read until the proxy closes; the bytes echoed back."""
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
@@ -92,22 +131,22 @@ class Running:
     """A `fastmesh run` this test started: its config, log, admin address and helpers to query it."""
 
     def __init__(self, tmp_path: Path, clusters: dict[str, list[str]], workers: int = 2,
-                 admin_port: int | None = None) -> None:
+                 admin_port: int | None = None, listeners: str | None = None) -> None:
+        """`listeners` (TOML) replaces the default: one tcp listener "front" on self.port to the first cluster."""
         self.port, self.admin_port = free_ports(2)
         self.admin_port = admin_port or self.admin_port
         eps = "".join(f"[clusters.{name}]\nendpoints = [{', '.join(repr(e) for e in addrs)}]\n"
                       for name, addrs in clusters.items()).replace("'", '"')
         first = next(iter(clusters))
+        if listeners is None:
+            listeners = f'[[listeners]]\nname = "front"\nlisten = "127.0.0.1:{self.port}"\ncluster = "{first}"\n'
         self.config = tmp_path / "fastmesh.toml"
         self.config.write_text(f"""
 workers = {workers}
 drain_timeout = "1s"
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
-[[listeners]]
-name = "front"
-listen = "127.0.0.1:{self.port}"
-cluster = "{first}"
+{listeners}
 {eps}""")
         self.log_path = tmp_path / "fastmesh.log"
         with open(self.log_path, "wb") as log:
@@ -169,8 +208,8 @@ def start(tmp_path: Path) -> Iterator[Start]:
     """Start `fastmesh run` with these clusters and wait until every worker serves; stopped afterwards."""
     started: list[Running] = []
 
-    def factory(clusters: dict[str, list[str]], workers: int = 2) -> Running:
-        fm = Running(tmp_path, clusters, workers)
+    def factory(clusters: dict[str, list[str]], workers: int = 2, listeners: str | None = None) -> Running:
+        fm = Running(tmp_path, clusters, workers, listeners=listeners)
         started.append(fm)
         fm.wait_log(r"ready: \d+ worker\(s\) serving")
         return fm
@@ -270,9 +309,135 @@ def test_live_config_clusters_errors_and_stat(start: Start, backends: Callable[[
         assert lines[0].split() == ["LISTENER", "PROTOCOL", "CLUSTER", "CONN/S", "ACTIVE", "FAILED/S", "IN/S",
                                     "OUT/S"]
         assert lines[1].split()[:3] == ["front", "tcp", "web"]
-        cluster_row = next(line for line in lines if line.startswith("web "))
-        assert cluster_row.split()[:3] == ["web", "round_robin", "1/2"]
+        assert not any(line.startswith("LISTENER") and "RPS" in line for line in lines)   # no http listener
+        tables = stat_tables(result.stdout)
+        assert tables["CLUSTER"]["web"]["UP/TOTAL"] == "1/2"
+        assert tables["CLUSTER"]["web"]["RPS"] == "-"                 # no http listener sends to it
         assert "2 worker(s) serving" in result.stdout
+
+
+def stat_tables(output: str) -> dict[str, dict[str, dict[str, str]]]:
+    """`fastmesh stat` output -> table ("HTTP" or "TCP" listeners, "CLUSTER") -> row name -> column -> cell."""
+    tables: dict[str, dict[str, dict[str, str]]] = {}
+    for block in output.split("\n\n"):
+        lines = block.strip("\n").splitlines()
+        if not lines or lines[0].split()[0] not in ("LISTENER", "CLUSTER"):
+            continue
+        header = lines[0].split()
+        kind = header[0] if header[0] == "CLUSTER" else ("HTTP" if "RPS" in header else "TCP")
+        rows = [line.split() for line in lines[1:]]
+        assert all(len(row) == len(header) for row in rows), block
+        tables[kind] = {row[0]: dict(zip(header, row)) for row in rows}
+    return tables
+
+
+def _ms(cell: str) -> float:
+    """A latency cell ("1.25ms", "2.10s") in milliseconds."""
+    return float(cell[:-2]) if cell.endswith("ms") else float(cell[:-1]) * 1000
+
+
+def test_stat_shows_requests_success_and_latency(start: Start, backends: Callable[[int], list[EchoBackend]]
+                                                 ) -> None:
+    """An http listener in front of a good backend (default route) and one answering 503 (/busy/), and a tcp
+    listener: with traffic through both during the interval, `fastmesh stat` shows the http listener's and each
+    cluster's requests/s, success rate and latency, the tcp listener's connections and bytes; then, with no
+    traffic, no success rate."""
+    good, busy = HttpAnswerBackend(200), HttpAnswerBackend(503)
+    (echo,) = backends(1)
+    http_port, tcp_port = free_ports(2)
+    listeners = f"""
+[[listeners]]
+name = "front"
+listen = "127.0.0.1:{http_port}"
+protocol = "http"
+cluster = "good"
+[[listeners.routes]]
+path_prefix = "/busy/"
+cluster = "busy"
+[[listeners]]
+name = "raw"
+listen = "127.0.0.1:{tcp_port}"
+protocol = "tcp"
+cluster = "echo"
+"""
+    try:
+        fm = start({"good": [good.address], "busy": [busy.address], "echo": [echo.address]}, listeners=listeners)
+        stat = subprocess.Popen([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{fm.admin_port}",
+                                 "--interval", "1.5"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        # Traffic until stat has printed (so through its whole interval): 3 good requests to 1 busy one.
+        statuses: dict[int, int] = {}
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=WAIT)
+        deadline = time.monotonic() + 30
+        try:
+            while stat.poll() is None:
+                assert time.monotonic() < deadline, "fastmesh stat did not finish"
+                for path in ("/", "/a", "/busy/x", "/b"):
+                    conn.request("GET", path)
+                    response = conn.getresponse()
+                    response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+                assert exchange(tcp_port, b"hello") == b"hello"
+                time.sleep(0.01)
+        finally:
+            conn.close()
+        out, err = stat.communicate(timeout=WAIT)
+        print(out)
+        assert stat.returncode == 0, err
+        assert statuses[200] > 0 and statuses[503] > 0 and set(statuses) == {200, 503}
+        assert all(len(line) <= 100 for line in out.splitlines()), out
+        tables = stat_tables(out)
+        front = tables["HTTP"]["front"]
+        assert front["PROTOCOL"] == "http" and front["CLUSTER"] == "good,busy"
+        assert float(front["RPS"]) > 0
+        assert 0 < float(front["SUCCESS"].rstrip("%")) < 100          # a quarter of its requests got 503
+        assert 0 < _ms(front["P50"]) <= _ms(front["P99"])
+        raw = tables["TCP"]["raw"]
+        assert raw["CLUSTER"] == "echo" and float(raw["CONN/S"]) > 0 and raw["IN/S"].endswith("B")
+        clusters = tables["CLUSTER"]
+        assert clusters["good"]["SUCCESS"] == "100.0%" and float(clusters["good"]["RPS"]) > 0
+        assert clusters["busy"]["SUCCESS"] == "0.0%" and float(clusters["busy"]["RPS"]) > 0
+        assert _ms(clusters["good"]["P99"]) > 0 and clusters["good"]["UP/TOTAL"] == "1/1"
+        # The tcp-only cluster has no request columns, but its connections.
+        assert clusters["echo"]["RPS"] == "-" and clusters["echo"]["SUCCESS"] == "-"
+        assert float(clusters["echo"]["CONN/S"]) > 0
+
+        # No traffic in the interval: 0 requests/s and no success rate or latency (not 100% or 0%).
+        quiet = subprocess.run([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{fm.admin_port}",
+                                "--interval", "0.3"], env=_env(), capture_output=True, text=True, timeout=30)
+        assert quiet.returncode == 0, quiet.stderr
+        front = stat_tables(quiet.stdout)["HTTP"]["front"]
+        assert (front["RPS"], front["SUCCESS"], front["P50"], front["P99"]) == ("0.0", "-", "-", "-")
+    finally:
+        good.stop()
+        busy.stop()
+
+
+def test_stat_render_of_listeners_sharing_a_cluster() -> None:
+    """Two http listeners sending to one cluster, counted into a real stats block: each listener has its own
+    requests/s and success rate, but latency only the cluster has (durations are kept per cluster)."""
+    layout = StatsLayout(loads_config(
+        '[[listeners]]\nname = "a"\nlisten = "127.0.0.1:1"\nprotocol = "http"\ncluster = "c"\n'
+        '[[listeners]]\nname = "b"\nlisten = "127.0.0.1:2"\nprotocol = "http"\ncluster = "c"\n'
+        '[clusters.c]\nendpoints = ["127.0.0.1:3", "127.0.0.1:4"]\n'))
+    block = layout.new_block()
+    before = stats_body(Snapshot(layout, block.snapshot(), {}, taken=1000.0))
+    pair = {r.listener: r.offset for r in layout.requests}
+    for status in (200, 200, 200, 500):
+        block.count_status(pair["a"], status)
+        block.observe(layout.durations["c"].offset, 0.004)
+    block.count_status(pair["b"], 204)
+    block.observe(layout.durations["c"].offset, 0.004)
+    after = stats_body(Snapshot(layout, block.snapshot(), {}, taken=1002.0))
+    text = statcli.render(json.loads(json.dumps(before)), json.loads(json.dumps(after)))
+    tables = stat_tables(text)
+    a, b, c = tables["HTTP"]["a"], tables["HTTP"]["b"], tables["CLUSTER"]["c"]
+    assert (a["RPS"], a["SUCCESS"], a["P50"], a["P99"]) == ("2.0", "75.0%", "-", "-")
+    assert (b["RPS"], b["SUCCESS"]) == ("0.5", "100.0%")
+    assert (c["RPS"], c["SUCCESS"], c["UP/TOTAL"]) == ("2.5", "80.0%", "2/2")
+    assert 2.5 < _ms(c["P50"]) <= _ms(c["P99"]) <= 5.0            # interpolated inside the (2.5, 5] ms bucket
+    assert "no P50/P99 for a, b: it shares a cluster" in text
+    assert "TCP" not in tables                                     # no tcp listener: no tcp table
 
 
 def test_stat_reports_an_unreachable_admin_server(tmp_path: Path) -> None:
