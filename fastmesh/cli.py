@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     _log_level(demo)
 
-    stat = sub.add_parser("stat", help="show a running instance's listeners and clusters (rates, connections)",
+    stat = sub.add_parser("stat", help="show a running instance's listeners and clusters (rps, success, latency)",
                           description="Read a running fastmesh's admin server and print its listeners and "
-                                      "clusters: connections/s, open connections, bytes/s, endpoints up.")
+                                      "clusters: requests/s, success rate, p50/p99 latency (http), "
+                                      "connections/s, open connections, bytes/s (tcp), endpoints up.")
     where = stat.add_mutually_exclusive_group()
     where.add_argument("config", metavar="CONFIG", nargs="?", help="config file of the instance (its [admin] listen)")
     where.add_argument("--admin", metavar="HOST:PORT", help="the admin server's address (default: 127.0.0.1:9990)")

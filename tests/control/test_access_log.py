@@ -124,8 +124,6 @@ def test_reload_closes_the_replaced_log_and_no_warning_after_stop(tmp_path: Path
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
 
 
-@pytest.mark.xfail(strict=True, reason="Proxy.stop() reaches the writer through HttpProxy.access_log, which "
-                   "_core/http1/conn.pxd does not yet declare readonly; remove this mark once it does")
 def test_stop_closes_the_log_file(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     port = free_port()

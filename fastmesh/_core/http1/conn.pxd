@@ -44,7 +44,7 @@ cdef class HttpProxy(Acceptor):
     cdef readonly double idle_timeout      # keep-alive idle between requests
     cdef bint forwarded                    # add Via / X-Forwarded-For / X-Forwarded-Proto
     cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled
-    cdef object access_log                 # callable(fields tuple) per request, or None (off: costs nothing)
+    cdef readonly object access_log        # callable(fields tuple) per request, or None (off: costs nothing)
     cdef bint draining                     # shutting down: finish exchanges, keep no connection alive
     cdef bint trust_headers                # honour fastmesh-timeout-ms from clients (else strip it)
     cdef Downstream head                   # open downstream connections (intrusive list)

@@ -68,6 +68,7 @@ cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef int MAX_CONN_TOKENS = 16          # Connection header tokens honoured when dropping the fields they name
 cdef double CLOSE_GRACE = 5.0          # seconds a closing connection gets to take its last answer
 cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-parsed on every read
+cdef Py_ssize_t COALESCE_MAX = 16384   # body bytes copied behind a head so both leave in one send
 
 # The one transient head: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
@@ -1080,6 +1081,23 @@ cdef class Downstream(UpstreamUser):
             if dpend != NULL and ob_pending(dpend):
                 if not d_writable[0]:
                     return 0
+                # A head and the body bytes that came with it leave in one send (one segment): sent apart,
+                # the client waits for a second packet. Only small bodies are copied; big ones stream.
+                if ready[0] == 0 and not f.dechunk and not f.done and src.data != NULL:
+                    avail = src.end - src.start
+                    if 0 < avail <= COALESCE_MAX:
+                        n = frame_take(f, src.data + src.start, avail)
+                        if n < 0:
+                            return -3
+                        ready[0] = n
+                if 0 < ready[0] <= COALESCE_MAX and not f.dechunk:
+                    ob_add(dpend, src.data + src.start, ready[0])
+                    src.start += ready[0]
+                    if request:
+                        self.ex_in += ready[0]
+                    else:
+                        self.ex_out += ready[0]
+                    ready[0] = 0
                 r = ob_flush(dpend, dfd)
                 if r < 0:
                     return -2
