@@ -92,6 +92,31 @@ def ratio(med: dict, workload: str, metric: str, proxy: str = SUBJECT, base: str
     return a / b if a is not None and b is not None and b > 0 else None
 
 
+def paired_ratios(trials: list[dict], workloads: list[str], proxy: str = SUBJECT,
+                  base: str = BASELINE) -> dict[str, dict[str, dict]]:
+    """Per repetition, proxy's headline numbers divided by the baseline's from the same repetition, and their median.
+
+    The tables divide medians; on a busy machine a repetition where one proxy caught a quiet minute can decide a
+    median, so the per-repetition ratios (each taken minutes apart at most) show how steady a ratio is.
+    """
+    by_rep: dict[tuple[str, str, int], dict] = {
+        (t["workload"], t["proxy"], t["rep"]): t["metrics"] for t in trials if not t.get("error")}
+    out: dict[str, dict[str, dict]] = {}
+    for w in workloads:
+        for metric, _ in HEADLINE.get(w, []):
+            per_rep = []
+            for (tw, tp, rep), m in sorted(by_rep.items(), key=lambda kv: kv[0][2]):
+                if tw != w or tp != proxy:
+                    continue
+                b = by_rep.get((w, base, rep), {}).get(metric)
+                a = m.get(metric)
+                if a is not None and b is not None and b > 0:
+                    per_rep.append(a / b)
+            if per_rep:
+                out.setdefault(w, {})[metric] = {"per_rep": per_rep, "median": statistics.median(per_rep)}
+    return out
+
+
 def _fmt(v, fmt: str, scale: float) -> str:
     return "–" if v is None else format(v * scale, fmt)
 
@@ -103,8 +128,12 @@ def _label(metric: str, workload: str) -> str:
     return metric
 
 
-def markdown(med: dict, proxies: list[str], workloads: list[str], fmt_args: dict) -> str:
-    """One table per workload (medians), then the summary with every proxy's ratio to HAProxy."""
+def markdown(med: dict, proxies: list[str], workloads: list[str], fmt_args: dict,
+             paired: dict | None = None) -> str:
+    """One table per workload (medians), then the summary with every proxy's ratio to HAProxy.
+
+    paired (from paired_ratios) adds a last summary column: fastmesh/HAProxy in each repetition.
+    """
     parts = []
     for w in workloads:
         if w not in med:
@@ -124,9 +153,11 @@ def markdown(med: dict, proxies: list[str], workloads: list[str], fmt_args: dict
     others = [p for p in shown if p not in ("direct", BASELINE)]
     parts.append("### summary (medians; ratio = proxy / HAProxy, same run)\n")
     head = "| workload | metric | better | " + " | ".join(shown)
-    head += "".join(f" | {p}/{BASELINE}" for p in others) + " |"
+    head += "".join(f" | {p}/{BASELINE}" for p in others)
+    with_paired = paired is not None and SUBJECT in others
+    head += f" | {SUBJECT}/{BASELINE} by repetition |" if with_paired else " |"
     parts.append(head)
-    parts.append("|---|---|---|" + "---:|" * (len(shown) + len(others)))
+    parts.append("|---|---|---|" + "---:|" * (len(shown) + len(others) + with_paired))
     for w in workloads:
         if w not in med:
             continue
@@ -135,6 +166,9 @@ def markdown(med: dict, proxies: list[str], workloads: list[str], fmt_args: dict
             vals = [_fmt(med[w].get(p, {}).get(metric), f, s) for p in shown]
             rats = [ratio(med, w, metric, p) for p in others]
             row = f"| {w} | {_label(metric, w)} | {better} | " + " | ".join(vals)
-            row += "".join(" | " + ("–" if r is None else f"{r:.2f}×") for r in rats) + " |"
-            parts.append(row)
+            row += "".join(" | " + ("–" if r is None else f"{r:.2f}×") for r in rats)
+            if with_paired:
+                reps = (paired or {}).get(w, {}).get(metric, {}).get("per_rep", [])
+                row += " | " + (" ".join(f"{r:.2f}" for r in reps) or "–")
+            parts.append(row + " |")
     return "\n".join(parts) + "\n"

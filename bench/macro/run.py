@@ -73,7 +73,8 @@ def _version(argv: list[str]) -> str:
 def _versions(ps: list[str]) -> dict[str, str]:
     v = {"python": platform.python_version(), "kernel": platform.release(),
          "iperf3": _version(["iperf3", "--version"]), "wrk": _version(["wrk", "--version"]),
-         "fastmesh_commit": _version(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"])}
+         # "-dirty" when the checkout has uncommitted changes: the in-place build measured may not be HEAD's
+         "fastmesh_commit": _version(["git", "-C", REPO_ROOT, "describe", "--always", "--dirty", "--abbrev=7"])}
     cmds = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "envoy": ["envoy", "--version"]}
     for p in ps:
         if p in cmds:
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p = procs.Procs(logdir)
     settings = workloads.Settings(duration=a.duration, load_cpu=a.load_cpu, conns=a.conns)
     trials: list[dict] = []
+    # read before the trials: a colleague committing (or rebuilding) during a long run must not relabel it
+    versions = _versions(ps)
     started = time.monotonic()
     try:
         ports: dict[str, int] = {}
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     fmt_args = {"ka": settings.ka_connections, "close": settings.close_connections,
                 "lat": settings.latency_connections, "conns": a.conns}
     shown = [n for n in proxies.ALL if n in ps or any(t["proxy"] == n for t in trials)]
-    table = report.markdown(med, shown, ws, fmt_args)
+    paired = report.paired_ratios(trials, ws)
+    table = report.markdown(med, shown, ws, fmt_args, paired)
     cmd = "python -m bench.macro.run " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
         "command": cmd.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -182,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"repeat": a.repeat, "duration": a.duration, "conns": a.conns, "proxy_cpu": a.proxy_cpu,
                      "load_cpu": a.load_cpu, "cpus": os.cpu_count(), "wrk_keepalive_c": settings.ka_connections,
                      "wrk_close_c": settings.close_connections, "wrk_latency_c": settings.latency_connections},
-        "versions": _versions(ps), "skipped": skipped, "trials": trials, "medians": med,
+        "versions": versions, "skipped": skipped, "trials": trials, "medians": med,
         "ratios_vs_haproxy": {w: {m: report.ratio(med, w, m) for m, _ in report.HEADLINE[w]} for w in ws},
+        "paired_ratios_vs_haproxy": paired,
         "markdown": table,
     }
     out = a.out or os.path.join(REPO_ROOT, "bench", "results",
