@@ -133,6 +133,7 @@ cdef class Downstream(UpstreamUser):
     cdef int read_response_head(self) noexcept
     cdef int on_response_head(self, Py_ssize_t head_len) noexcept
     cdef int finish_exchange(self) noexcept
+    cdef int flush_out(self) noexcept
     cdef int upstream_lost(self) noexcept
     cdef bint may_retry(self, int cls, int status) noexcept
     cdef void retry(self) noexcept

@@ -547,17 +547,10 @@ cdef class Downstream(UpstreamUser):
         """1 when an exchange started (or the state changed), 0 to wait for events, -1 when closed."""
         cdef Py_ssize_t n, avail, room
         cdef int r
-        if ob_pending(&self.out):
-            # Answers leave in order: the previous one must be gone before the next request starts.
-            if not self.writable:
-                return 0
-            r = ob_flush(&self.out, self.fd)
-            if r < 0:
-                self.close()
-                return -1
-            if r == 0:
-                self.writable = False
-                return 0
+        # Answers leave in order: the previous one must be gone before the next request starts.
+        r = self.flush_out()
+        if r <= 0:
+            return r
         while True:
             avail = rb_avail(&self.rbuf)
             if avail > 0:
@@ -950,18 +943,27 @@ cdef class Downstream(UpstreamUser):
                 self.close()
                 return -1
         if self.resp_done:
-            if ob_pending(&self.out):
-                if not self.writable:
-                    return 0
-                r = ob_flush(&self.out, self.fd)
-                if r < 0:
-                    self.close()
-                    return -1
-                if r == 0:
-                    self.writable = False
-                    return 0
+            r = self.flush_out()
+            if r <= 0:
+                return r
             return self.finish_exchange()
         return 0
+
+    cdef int flush_out(self) noexcept:
+        """Send what `out` holds: 1 when it is empty, 0 when the socket is full (EPOLLOUT will come back), -1 when
+        the client is gone (the connection is closed)."""
+        cdef int r
+        if not ob_pending(&self.out):
+            return 1
+        if not self.writable:
+            return 0
+        r = ob_flush(&self.out, self.fd)
+        if r < 0:
+            self.close()
+            return -1
+        if r == 0:
+            self.writable = False
+        return r
 
     cdef int upstream_lost(self) noexcept:
         """The upstream connection failed before the response head: replay or answer 502."""
