@@ -4,6 +4,8 @@ Extra build_ext options:
   --cython-always  re-run Cython even when the generated .c file looks fresh
   --annotate       write Cython's HTML annotation next to each .pyx (yellow = Python work)
   --debug-core     compile with FASTMESH_DEBUG=1 (lifetime counters for leak checks)
+  --no-stats       compile with FASTMESH_STATS=0 (data-path counters compiled out; also env FASTMESH_STATS=0),
+                   only for measuring what counting costs (bench/metrics_overhead.py)
 """
 import glob
 import os
@@ -27,19 +29,38 @@ def _extensions():
     return exts
 
 
+def _env_changed(env):
+    # Cython regenerates a .c file only when a source is newer, not when compile_time_env differs: remember the
+    # last switches next to the build and force a full cythonize when they change.
+    stamp = os.path.join(HERE, "build", "compile_time_env")
+    text = repr(sorted(env.items()))
+    try:
+        with open(stamp) as f:
+            if f.read() == text:
+                return False
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(text)
+    return True
+
+
 class build_ext(_build_ext):
     user_options = _build_ext.user_options + [
         ("cython-always", None, "run Cython even if the .c file is newer"),
         ("annotate", None, "write Cython HTML annotation"),
         ("debug-core", None, "compile with FASTMESH_DEBUG=1"),
+        ("no-stats", None, "compile with FASTMESH_STATS=0 (data-path counters compiled out)"),
     ]
-    boolean_options = _build_ext.boolean_options + ["cython-always", "annotate", "debug-core"]
+    boolean_options = _build_ext.boolean_options + ["cython-always", "annotate", "debug-core", "no-stats"]
 
     def initialize_options(self):
         super().initialize_options()
         self.cython_always = False
         self.annotate = False
         self.debug_core = bool(int(os.environ.get("FASTMESH_DEBUG", "0") or 0))
+        self.no_stats = not int(os.environ.get("FASTMESH_STATS", "1") or 1)
 
     def finalize_options(self):
         if self.parallel is None:
@@ -49,6 +70,8 @@ class build_ext(_build_ext):
         if Cython.__version__ not in SpecifierSet(CYTHON_RANGE):
             raise RuntimeError(f"fastmesh needs Cython {CYTHON_RANGE}, found {Cython.__version__}")
         from Cython.Build import cythonize
+        env = {"FASTMESH_DEBUG": 1 if self.debug_core else 0, "FASTMESH_STATS": 0 if self.no_stats else 1}
+        changed = _env_changed(env)
         self.distribution.ext_modules[:] = cythonize(
             self.distribution.ext_modules,
             compiler_directives={
@@ -59,9 +82,9 @@ class build_ext(_build_ext):
                 "initializedcheck": False,
                 "embedsignature": True,
             },
-            compile_time_env={"FASTMESH_DEBUG": 1 if self.debug_core else 0},
+            compile_time_env=env,
             annotate=self.annotate,
-            force=self.cython_always,
+            force=self.cython_always or changed,
             nthreads=1,
             quiet=True,
         )

@@ -1,2 +1,3 @@
 """Type stub for fastmesh._core.build_info."""
 DEBUG: bool
+STATS: bool

@@ -33,7 +33,7 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.balance.base cimport Balancer
 from fastmesh._core.stats cimport (
     StatsBlock, cluster_slots, HEADER_SLOTS, C_FIELDS, C_RETRIES, C_FAILED, C_EJECTIONS, C_CHECKS_OK, C_CHECKS_FAILED,
-    E_STATE, E_SEEN, E_ACTIVE, E_OPENED, E_FAILURES,
+    E_STATE, E_SEEN, E_ACTIVE, E_OPENED, E_FAILURES, bump,
 )
 
 import logging
@@ -205,7 +205,7 @@ cdef class Cluster(Sweeper):
         return fd
 
     cdef void connect_failed(self, int i, int err, double now) noexcept:
-        self.failures[i] += 1
+        bump(self.failures + i, 1)
         self.seen[i] = <uint64_t>(now * 1e9)
         if self.mark[i] == EP_UP:
             self.backoff[i] = BACKOFF_MIN
@@ -229,7 +229,7 @@ cdef class Cluster(Sweeper):
     cdef void connect_succeeded(self, int i) noexcept:
         cdef timespec ts
         cdef Accrual *a = &self.accrual[i]
-        self.opened[i] += 1
+        bump(self.opened + i, 1)
         self.seen[i] = self.now_ns
         if self.mark[i] != EP_UP:
             # A recovery must outrank the failure it follows even within one tick: stamp it exactly.
@@ -328,7 +328,7 @@ cdef class Cluster(Sweeper):
         seconds = min(seconds, self.max_ejection)
         a.until = now + seconds
         self.n_ejected += 1
-        self.counters[C_EJECTIONS] += 1
+        bump(self.counters + C_EJECTIONS, 1)
         self.seen[i] = <uint64_t>(now * 1e9)
         self.set_out(i, OUT_OUTLIER)
         log.warning("cluster %s: endpoint %s ejected for %.1fs: %s (ejection %d)", self.name, self.labels[i],
@@ -348,7 +348,7 @@ cdef class Cluster(Sweeper):
             a.sr_failed = 0
 
     cdef void no_endpoint(self, str why, double now) noexcept:
-        self.counters[C_FAILED] += 1
+        bump(self.counters + C_FAILED, 1)
         if now >= self.log_after:
             log.warning("cluster %s: closing a downstream connection: %s", self.name, why)
             self.log_after = now + 1.0

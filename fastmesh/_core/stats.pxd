@@ -84,15 +84,33 @@ cdef inline Py_ssize_t cluster_slots(Py_ssize_t n) noexcept:
     return C_FIELDS + E_FIELDS * n
 
 
+# Pure counters and histograms go through the helpers below: a FASTMESH_STATS=0 build (setup.py --no-stats) compiles
+# them to nothing, so bench/metrics_overhead.py can measure what counting costs. Gauges the control plane decides
+# by (L_ACTIVE, E_STATE, E_SEEN, E_ACTIVE) are written directly and stay in every build.
+
+cdef inline void bump(uint64_t *slot, uint64_t n) noexcept:
+    # Add n to a counter slot of a stats block.
+    if FASTMESH_STATS:
+        slot[0] += n
+
+
+cdef inline void bump_field(unsigned long long *field, unsigned long long n) noexcept:
+    # Add n to a counter kept in an object's own field (the per-object counts proxy.stats() reports).
+    if FASTMESH_STATS:
+        field[0] += n
+
+
 cdef inline void count_status(uint64_t *classes, int status) noexcept:
     # One response with this status into a (listener, cluster)'s R_FIELDS slots; codes outside 100-599 are not counted.
-    if 100 <= status < 600:
+    if FASTMESH_STATS and 100 <= status < 600:
         classes[status // 100 - 1] += 1
 
 
 cdef inline void observe_ns(uint64_t *hist, uint64_t ns) noexcept:
     # One duration into a histogram's HIST_FIELDS slots: a linear scan is fine for 14 bounds (most hits are early).
     cdef int b = 0
+    if not FASTMESH_STATS:
+        return
     while b < HIST_BOUNDS and ns > DURATION_BOUNDS_NS[b]:
         b += 1
     hist[b] += 1

@@ -39,7 +39,7 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
 from fastmesh._core.stats cimport (
     StatsBlock, HEADER_SLOTS, L_FIELDS, L_ACCEPTED, L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, R_FIELDS, HIST_FIELDS,
-    count_status, observe_ns,
+    count_status, observe_ns, bump, bump_field,
 )
 from libc.stdlib cimport calloc, free
 from fastmesh._core.codes cimport error_status, error_reason
@@ -345,9 +345,9 @@ cdef class HttpProxy(Acceptor):
             self.head.prev = d
         self.head = d
         self.active += 1
-        self.accepted += 1
+        bump_field(&self.accepted, 1)
         self.counters[L_ACTIVE] += 1
-        self.counters[L_ACCEPTED] += 1
+        bump(self.counters + L_ACCEPTED, 1)
         if self.reactor.add(fd, d, 0, DOWNSTREAM_EVENTS) < 0:
             d.close()
 
@@ -580,7 +580,7 @@ cdef class Downstream(UpstreamUser):
             room = self.proxy.buffers.size - self.rbuf.end if self.rbuf.data != NULL else self.proxy.buffers.size
             n = rb_read(&self.rbuf, self.fd, self.proxy.buffers)
             if n > 0:
-                self.proxy.bytes_in += n
+                bump_field(&self.proxy.bytes_in, <unsigned long long>n)
                 if n < room and not self.hangup:
                     self.readable = False     # a short read emptied the socket; new bytes raise a new edge
                 continue
@@ -1162,7 +1162,7 @@ cdef class Downstream(UpstreamUser):
             n = rb_read(src, sfd, pool)
             if n > 0:
                 if request:
-                    self.proxy.bytes_in += n
+                    bump_field(&self.proxy.bytes_in, <unsigned long long>n)
                 if n < room and not s_hangup:
                     s_readable[0] = False
                 continue
@@ -1190,13 +1190,13 @@ cdef class Downstream(UpstreamUser):
             self.client_keep = False
         self.drop_upstream(self.up_keep and self.req_done)
         self.end_request()
-        proxy.requests += 1
+        bump_field(&proxy.requests, 1)
         cls = self.status // 100
         if 1 <= cls <= 5:
-            proxy.classes[cls] += 1
-        proxy.bytes_out += self.ex_out
-        proxy.counters[L_BYTES_IN] += self.ex_in
-        proxy.counters[L_BYTES_OUT] += self.ex_out
+            bump_field(&proxy.classes[cls], 1)
+        bump_field(&proxy.bytes_out, self.ex_out)
+        bump(proxy.counters + L_BYTES_IN, self.ex_in)
+        bump(proxy.counters + L_BYTES_OUT, self.ex_out)
         proxy.count_answer(self.cluster, self.status, proxy.reactor.now - self.started)
         if proxy.access_log is not None:
             self.log_request(endpoint)
@@ -1392,9 +1392,9 @@ cdef class Downstream(UpstreamUser):
         if self.req_method != METHOD_HEAD or self.state != DS_EXCHANGE:
             ob_add(&self.out, body, len(body))
         self.status = status
-        proxy.requests += 1
+        bump_field(&proxy.requests, 1)
         if 1 <= cls <= 5:
-            proxy.classes[cls] += 1
+            bump_field(&proxy.classes[cls], 1)
         if self.route >= 0 and self.state == DS_EXCHANGE:
             proxy.count_answer(self.cluster, status, proxy.reactor.now - self.started)
         if proxy.access_log is not None:

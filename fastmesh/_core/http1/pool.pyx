@@ -16,6 +16,7 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
+from fastmesh._core.stats cimport bump_field
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 
@@ -157,7 +158,7 @@ cdef class HttpPool(Sweeper):
                 up.state = UP_ACTIVE
                 up.user = user
                 up.reused = True
-                self.reuses += 1
+                bump_field(&self.reuses, 1)
                 return up
             if self.active >= self.policy.max_connections:
                 err[0] = -1                # circuit breaker: no connection slot; the caller may wait for one
@@ -179,7 +180,7 @@ cdef class HttpPool(Sweeper):
                 err[0] = errno
                 close(fd)
                 return None
-            self.opened += 1
+            bump_field(&self.opened, 1)
             self.active += 1
             return up
         return None

@@ -25,6 +25,7 @@ from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.stats cimport (
     StatsBlock, L_ACCEPTED, L_ACTIVE, L_FAILED, L_BYTES_IN, L_BYTES_OUT, L_FIELDS, HEADER_SLOTS, C_RETRIES,
+    bump,
 )
 
 cdef uint32_t RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -90,7 +91,7 @@ cdef class TcpProxy(Acceptor):
             self.head.prev = r
         self.head = r
         self.counters[L_ACTIVE] += 1
-        self.counters[L_ACCEPTED] += 1
+        bump(self.counters + L_ACCEPTED, 1)
         if self.reactor.add(fd, r, 0, RELAY_EVENTS) < 0:
             r.close()
             return
@@ -183,7 +184,7 @@ cdef class TcpRelay(EventTarget):
             owner.head.prev = r
         owner.head = r
         owner.counters[L_ACTIVE] += 1
-        owner.counters[L_ACCEPTED] += 1
+        bump(owner.counters + L_ACCEPTED, 1)
         owner.reactor.modify(dfd, r, 0, RELAY_EVENTS)
         owner.reactor.modify(ufd, r, 1, RELAY_EVENTS)
         r.pump()
@@ -202,7 +203,7 @@ cdef class TcpRelay(EventTarget):
                 cluster.no_endpoint("the cluster has no endpoints", reactor.now)
                 break
             if self.attempts:
-                cluster.counters[C_RETRIES] += 1
+                bump(cluster.counters + C_RETRIES, 1)
             self.attempts += 1
             fd = cluster.open_socket(ep)
             if fd < 0:
@@ -219,7 +220,7 @@ cdef class TcpRelay(EventTarget):
             return
         else:
             cluster.no_endpoint(f"{self.attempts} connect attempt(s) failed", reactor.now)
-        self.owner.counters[L_FAILED] += 1
+        bump(self.owner.counters + L_FAILED, 1)
         self.close()
 
     cdef void connect_error(self, int err) noexcept:
@@ -295,7 +296,7 @@ cdef class TcpRelay(EventTarget):
                 n = splice(dr.pr, NULL, dst, NULL, dr.pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
                 if n > 0:
                     dr.pending -= n
-                    counted[0] += n
+                    bump(counted, <uint64_t>n)
                     continue
                 if n < 0 and errno == EAGAIN:
                     self.writable[1 - d] = 0
@@ -355,7 +356,7 @@ cdef class TcpRelay(EventTarget):
                         self.writable[1 - d] = 0
                     dr.pending -= n
                     dr.buf_off += n
-                    counted[0] += n
+                    bump(counted, <uint64_t>n)
                     continue
                 if n < 0 and errno == EAGAIN:
                     self.writable[1 - d] = 0
