@@ -30,6 +30,22 @@ cdef class RetryBudget:
     cdef bint try_withdraw(self, double now) noexcept
 
 
+cdef class ConcurrencyLimit:
+    # A gradient limiter (Netflix concurrency-limits' Gradient2, simplified): the limit follows
+    # limit * clamp(tolerance * long_rtt / short_rtt, 0.5, 1) + sqrt(limit), smoothed, so it grows while latency holds
+    # and falls as soon as latency climbs above its long-run level.
+    cdef readonly double limit         # requests in flight allowed now
+    cdef readonly double min_limit     # floor of the limit
+    cdef readonly double max_limit     # ceiling of the limit
+    cdef readonly double tolerance     # how far short-term latency may exceed the long-run level before cutting
+    cdef readonly double smoothing     # share of each new estimate taken into the limit
+    cdef readonly double short_rtt     # EWMA of recent latencies (about 10 samples)
+    cdef readonly double long_rtt      # EWMA of latencies over about 600 samples: the no-load baseline
+    cdef readonly unsigned long long samples   # latencies seen
+
+    cdef void sample(self, double rtt) noexcept
+
+
 cdef class ClusterPolicy:
     # Everything about how requests to one cluster are handled beyond picking an endpoint.
     cdef readonly RetryBudget budget   # caps retries relative to traffic
@@ -48,5 +64,6 @@ cdef class ClusterPolicy:
     cdef readonly long retries_active  # retries in flight now
     cdef readonly unsigned long long overloaded   # requests refused by a circuit breaker, ever
     cdef readonly unsigned long long retried      # retries sent, ever
+    cdef readonly ConcurrencyLimit adaptive   # adaptive concurrency limit, None when off
 
     cdef bint retryable_status(self, int status) noexcept

@@ -5,6 +5,7 @@ exceed `percent` of the window's requests plus `min_per_second` x window. Unlike
 never lets a burst of failures turn into a burst of retries, and a fully failing backend sees at most about
 (1 + percent) x the offered load. The window is a ring of BUDGET_SLOTS time slots advanced lazily on use.
 """
+from libc.math cimport sqrt
 from libc.string cimport memset
 
 
@@ -74,13 +75,57 @@ cdef class RetryBudget:
         return self.retry_sum
 
 
+cdef class ConcurrencyLimit:
+    """Adjusts a concurrency limit from the latencies of finished requests; O(1) per sample, no allocation."""
+
+    def __cinit__(self, double initial=20.0, double min_limit=4.0, double max_limit=1000.0, double tolerance=1.5,
+                  double smoothing=0.2):
+        self.limit = initial
+        self.min_limit = min_limit
+        self.max_limit = max_limit
+        self.tolerance = tolerance
+        self.smoothing = smoothing
+
+    cdef void sample(self, double rtt) noexcept:
+        cdef double gradient, target
+        if rtt <= 0.0:
+            return
+        self.samples += 1
+        if self.samples == 1:
+            self.short_rtt = rtt
+            self.long_rtt = rtt
+        else:
+            self.short_rtt += (rtt - self.short_rtt) * 0.1
+            self.long_rtt += (rtt - self.long_rtt) * (1.0 / 600.0)
+            if self.long_rtt > 2.0 * self.short_rtt:
+                # Load went away after a long busy spell: let the baseline come back down faster.
+                self.long_rtt *= 0.95
+        gradient = self.tolerance * self.long_rtt / self.short_rtt
+        if gradient > 1.0:
+            gradient = 1.0
+        elif gradient < 0.5:
+            gradient = 0.5
+        target = self.limit * gradient + sqrt(self.limit)
+        target = self.limit * (1.0 - self.smoothing) + target * self.smoothing
+        if target < self.min_limit:
+            target = self.min_limit
+        elif target > self.max_limit:
+            target = self.max_limit
+        self.limit = target
+
+    def sample_py(self, double rtt):
+        """For tests: feed one latency in seconds."""
+        self.sample(rtt)
+
+
 cdef class ClusterPolicy:
     """Built by dataplane/clusters.py from the cluster's config."""
 
     def __cinit__(self, *, int attempts=1, on=("connect-failure",), double budget_percent=0.2,
                   double budget_min_per_second=10.0, double budget_window=10.0, double backoff_base=0.025,
                   double backoff_max=0.25, double timeout=0.0, double per_try_timeout=15.0,
-                  long max_connections=1024, long max_pending=1024, long max_requests=1024, long max_retries=3):
+                  long max_connections=1024, long max_pending=1024, long max_requests=1024, long max_retries=3,
+                  adaptive=None):
         cdef int code
         self.budget = RetryBudget(budget_percent, budget_min_per_second, budget_window)
         self.attempts = max(1, attempts)
@@ -110,6 +155,7 @@ cdef class ClusterPolicy:
         self.max_pending = max_pending
         self.max_requests = max_requests
         self.max_retries = max_retries
+        self.adaptive = adaptive          # a ConcurrencyLimit, or None
 
     cdef bint retryable_status(self, int status) noexcept:
         return 100 <= status < 600 and self.statuses[status] != 0

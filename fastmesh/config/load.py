@@ -5,6 +5,7 @@ Defaults are never written here: a key that is absent is simply not passed to th
 """
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import difflib
 import ipaddress
@@ -17,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastmesh.config.schema import (
-    ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, RETRY_CLASSES, AccessLog, Admin, Cluster, Config, Demo, Endpoint,
-    Limits, Listener, Retries, Route,
+    ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, RETRY_CLASSES, AccessLog, AdaptiveConcurrency, Admin, Cluster, Config,
+    Demo, Endpoint, Limits, Listener, Retries, Route,
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.errors import ConfigError, ConfigErrors
@@ -421,6 +422,28 @@ def _retries(check: _Check, key: str, value: Any) -> Any:
     return BAD if fields is None else Retries(**fields)
 
 
+def _adaptive(check: _Check, key: str, value: Any) -> Any:
+    """`false` (off), `true` (the defaults) or a table of AdaptiveConcurrency's keys."""
+    if value is False:
+        return None
+    if value is True:
+        return AdaptiveConcurrency()
+    fields = _table(check, key, value, {"initial_limit": _whole(1), "min_limit": _whole(1), "max_limit": _whole(1),
+                                        "tolerance": _rate, "smoothing": _percent_share})
+    if fields is None:
+        return BAD
+    cfg = AdaptiveConcurrency(**fields)
+    if not cfg.min_limit <= cfg.initial_limit <= cfg.max_limit:
+        return check.bad(key, "min_limit <= initial_limit <= max_limit", value)
+    return cfg
+
+
+def _percent_share(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    return check.bad(key, "a number above 0 and at most 1", value)
+
+
 def _limits(check: _Check, key: str, value: Any) -> Any:
     fields = _table(check, key, value, {name: _whole(1) for name in
                                         ("max_connections", "max_pending", "max_requests", "max_retries")})
@@ -554,6 +577,7 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "limits": _limits,
     "hash_key": _hash_key,
     "slow_start": _duration(allow_zero=True),
+    "adaptive_concurrency": _adaptive,
     "health_check": _health_check,
     "outlier": _outlier,
 }
@@ -924,6 +948,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                        "max_requests": cluster.limits.max_requests,
                        "max_retries": cluster.limits.max_retries},
             **({"hash_key": cluster.hash_key} if cluster.hash_key is not None else {}),
+            "adaptive_concurrency": (False if cluster.adaptive_concurrency is None else
+                                     dataclasses.asdict(cluster.adaptive_concurrency)),
             "slow_start": format_duration(cluster.slow_start),
         } for name, cluster in cfg.clusters.items()},
     }

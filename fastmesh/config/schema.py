@@ -39,6 +39,16 @@ class Retries:
 
 
 @dataclass
+class AdaptiveConcurrency:
+    """A gradient concurrency limiter per cluster and worker: over the limit a request gets 503 overloaded."""
+    initial_limit: int = 20            # requests in flight allowed before any latency is known
+    min_limit: int = 4                 # the limit never goes below this
+    max_limit: int = 1000              # nor above this
+    tolerance: float = 1.5             # short-term latency may reach this multiple of the long-run level
+    smoothing: float = 0.2             # share of each new estimate taken into the limit
+
+
+@dataclass
 class Limits:
     """Circuit breakers, per worker: over a limit a request gets 503 `fastmesh-error: overloaded` at once."""
     max_connections: int = 1024        # upstream connections open
@@ -106,6 +116,7 @@ class Cluster:
     per_try_timeout: float = 0.0       # seconds per try (0: response_timeout)
     retries: Retries = field(default_factory=Retries)
     limits: Limits = field(default_factory=Limits)
+    adaptive_concurrency: AdaptiveConcurrency | None = None   # None: off (the default)
     hash_key: str | None = None        # ring_hash/maglev key: "header:NAME", "cookie:NAME" or "source_ip" (default)
     slow_start: float = 0.0            # seconds a new or recovered endpoint ramps up to its weight (0: off)
     health_check: HealthCheck | None = None   # None: no active checks

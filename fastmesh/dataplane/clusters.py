@@ -8,7 +8,7 @@ from fastmesh._core.balance.factory import HASHING, make_balancer
 from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.pool import HttpPool
-from fastmesh._core.policy import ClusterPolicy
+from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
 from fastmesh._core.reactor import Reactor
 from fastmesh.config.schema import Cluster as ClusterConfig
 
@@ -34,12 +34,14 @@ def build_cluster(cfg: ClusterConfig) -> Cluster:
 
 def build_policy(cfg: ClusterConfig) -> ClusterPolicy:
     """Retries, budget, timeouts and circuit breakers of a cluster, as the core checks them per request."""
-    r, lim = cfg.retries, cfg.limits
+    r, lim, ac = cfg.retries, cfg.limits, cfg.adaptive_concurrency
+    adaptive = None if ac is None else ConcurrencyLimit(ac.initial_limit, ac.min_limit, ac.max_limit, ac.tolerance,
+                                                        ac.smoothing)
     return ClusterPolicy(attempts=r.attempts, on=tuple(r.on), budget_percent=r.budget_percent / 100.0,
                          budget_min_per_second=r.min_per_second, backoff_base=r.backoff, backoff_max=r.max_backoff,
                          timeout=cfg.timeout, per_try_timeout=cfg.per_try_timeout or cfg.response_timeout,
                          max_connections=lim.max_connections, max_pending=lim.max_pending,
-                         max_requests=lim.max_requests, max_retries=lim.max_retries)
+                         max_requests=lim.max_requests, max_retries=lim.max_retries, adaptive=adaptive)
 
 
 def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster) -> HttpPool:

@@ -378,6 +378,7 @@ def test_config_to_dict_fills_every_default() -> None:
                                           "min_per_second": 10.0, "backoff": "25ms", "max_backoff": "250ms"},
                               "limits": {"max_connections": 1024, "max_pending": 1024, "max_requests": 1024,
                                          "max_retries": 3}, "slow_start": "0s",
+                              "adaptive_concurrency": False,
                               "outlier": {"consecutive_failures": 5, "base_ejection": "5s", "max_ejection": "5m",
                                           "max_ejected_percent": 50}}},
     }
@@ -780,3 +781,24 @@ def test_health_problems_are_all_reported() -> None:
         loads_config(MINIMAL + 'health_check = { healthy = 0, unhealthy = 0 }\n'
                      'outlier = { max_ejected_percent = -1 }\n')
     assert [e.key for e in info.value.errors] == [f"{HC}.healthy", f"{HC}.unhealthy", f"{OL}.max_ejected_percent"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"yes"', 'clusters.echo.adaptive_concurrency: expected a table, got "yes"'),
+    ("{ initial_limit = 2, min_limit = 4 }",
+     "clusters.echo.adaptive_concurrency: expected min_limit <= initial_limit <= max_limit"),
+    ("{ smoothing = 2 }", "clusters.echo.adaptive_concurrency.smoothing: expected a number above 0 and at most 1"),
+])
+def test_adaptive_concurrency_errors(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(MINIMAL + f"adaptive_concurrency = {value}\n", "a.toml")
+    assert message in str(info.value)
+
+
+def test_adaptive_concurrency_on_off_and_round_trip() -> None:
+    assert loads_config(MINIMAL).clusters["echo"].adaptive_concurrency is None
+    on = loads_config(MINIMAL + "adaptive_concurrency = true\n").clusters["echo"].adaptive_concurrency
+    assert on is not None and on.initial_limit == 20
+    cfg = loads_config(MINIMAL + "adaptive_concurrency = { max_limit = 50 }\n")
+    again = config_from_dict(config_to_dict(cfg), source=cfg.source)
+    assert again == cfg and again.clusters["echo"].adaptive_concurrency.max_limit == 50

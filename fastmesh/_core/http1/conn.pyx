@@ -58,7 +58,7 @@ from fastmesh._core.http1.pool cimport (
 )
 from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
-    ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
+    ClusterPolicy, ConcurrencyLimit, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
@@ -659,7 +659,8 @@ cdef class Downstream(UpstreamUser):
         self.build_request_head(buf, h)
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        if policy.requests_active >= policy.max_requests:
+        if policy.requests_active >= policy.max_requests or (
+                policy.adaptive is not None and policy.requests_active >= <long>policy.adaptive.limit):
             policy.overloaded += 1
             self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
             return 1
@@ -709,6 +710,8 @@ cdef class Downstream(UpstreamUser):
         cdef HttpPool pool = self.pool
         cdef double now = self.proxy.reactor.now
         pool.cluster.balancer.observe(ep, now - self.try_started, status if status else 503)
+        if pool.policy.adaptive is not None and not failed:
+            pool.policy.adaptive.sample(now - self.try_started)
         if failed:
             pool.cluster.request_failed(ep, now)
         else:
