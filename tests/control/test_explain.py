@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -18,15 +16,11 @@ import pytest
 
 from fastmesh._testbase.http_backend import HttpBackend
 from fastmesh._testbase.net import free_ports
+from fastmesh._testbase.run import AsyncRun, env
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0         # seconds any one expected event may take
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def config(web: int, admin: int, a: str, b: str, dead: str) -> str:
@@ -70,53 +64,18 @@ balancer = "ewma"
 
 
 async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "fastmesh", "explain", *args, env=_env(),
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "fastmesh", "explain", *args, env=env(),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), WAIT)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
 
-class Running:
+class Running(AsyncRun):
     """A `fastmesh run` of this test; stop() ends it (and any worker left, by pid)."""
 
-    def __init__(self, tmp: Path, text: str) -> None:
-        self.config = tmp / "fastmesh.toml"
-        self.config.write_text(text)
-        self.log_path = tmp / "fastmesh.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def start(self) -> None:
-        with open(self.log_path, "wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fastmesh", "run", str(self.config), env=_env(),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + WAIT
-        while "ready: 2 worker(s) serving" not in self.log():
-            assert self.proc.returncode is None and time.monotonic() < deadline, self.log()
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), WAIT)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        for pid in map(int, re.findall(r"w\d+ started \(pid (\d+)\)", self.log())):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    ours = str(self.config).encode() in f.read()
-            except FileNotFoundError:
-                continue
-            if ours:
-                os.kill(pid, signal.SIGKILL)
+    async def start(self, ready: str = r"ready: 2 worker\(s\) serving") -> None:
+        await super().start(ready)
 
 
 def test_explain_routes_endpoints_and_cli(tmp_path: Path) -> None:
@@ -125,7 +84,7 @@ def test_explain_routes_endpoints_and_cli(tmp_path: Path) -> None:
         await a.start()
         await b.start()
         web, admin, dead = free_ports(3)
-        fm = Running(tmp_path, config(web, admin, a.address, b.address, f"127.0.0.1:{dead}"))
+        fm = Running(tmp_path, config(web, admin, a.address, b.address, f"127.0.0.1:{dead}"), WAIT)
         try:
             await fm.start()
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}", timeout=WAIT) as adm:

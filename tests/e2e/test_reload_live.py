@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import pytest
 
 from fastmesh._testbase.http_backend import HttpBackend
 from fastmesh._testbase.net import free_ports
+from fastmesh._testbase.run import AsyncRun
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0             # seconds any one expected event may take
 CLIENTS = 8             # keep-alive clients during the reloads
 PAUSE = 0.3             # seconds between reloads (10 reloads: the load runs about 4 s)
@@ -62,55 +61,15 @@ endpoints = ["{b[i % 4].address}"]
     return text
 
 
-class Running:
+class Running(AsyncRun):
     """The `fastmesh run` this test started (its log in a file); stop() ends it and any worker left, by pid."""
 
     def __init__(self, tmp: Path, text: str, admin: int) -> None:
-        self.config = tmp / "fastmesh.toml"
-        self.config.write_text(text)
+        super().__init__(tmp, text, WAIT)
         self.admin = admin
-        self.log_path = tmp / "fastmesh.log"
-        self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        with open(self.log_path, "wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fastmesh", "run", str(self.config), env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log)
-        await self.wait_log(r"ready: 2 worker\(s\) serving")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def wait_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
-        deadline = time.monotonic() + WAIT
-        while True:
-            found = list(re.finditer(pattern, self.log(), re.MULTILINE))
-            if len(found) >= count:
-                return found
-            assert self.proc is not None and self.proc.returncode is None, self.log()
-            assert time.monotonic() < deadline, f"no {count} x {pattern!r} in the log:\n{self.log()}"
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), WAIT)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        for pid in map(int, re.findall(r"w\d+ started \(pid (\d+)\)", self.log())):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    ours = str(self.config).encode() in f.read()
-            except FileNotFoundError:
-                continue
-            if ours:
-                os.kill(pid, signal.SIGKILL)
+    async def start(self, ready: str = r"ready: 2 worker\(s\) serving") -> None:
+        await super().start(ready)
 
 
 def metric(text: str, name: str, labels: str) -> float:

@@ -1,0 +1,131 @@
+"""`fastmesh run` as a subprocess for tests: its config and log files, waiting for log lines, ending it by pid."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+READY = r"ready: \d+ worker\(s\) serving"     # the supervisor's line once every worker serves
+WAIT = 15.0         # seconds any one expected event may take unless the test says otherwise
+
+
+def env() -> dict[str, str]:
+    """This environment with the checkout first on PYTHONPATH, so the child imports the fastmesh under test."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+def fastmesh_argv(*args: str) -> list[str]:
+    """The command line of `fastmesh <args>` run with this interpreter."""
+    return [sys.executable, "-m", "fastmesh", *args]
+
+
+def started_pids(log: str) -> list[int]:
+    """Every worker pid the supervisor logged, oldest first."""
+    return [int(pid) for pid in re.findall(r"w\d+ started \(pid (\d+)\)", log)]
+
+
+def kill_workers(pids: list[int], config: Path) -> None:
+    """SIGKILL each of pids still running with our config on its command line (a reused pid is left alone)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = str(config).encode() in f.read()
+        except FileNotFoundError:
+            continue
+        if ours:
+            os.kill(pid, signal.SIGKILL)
+
+
+class _Files:
+    """The config file written for one run and the file its stderr (the log) goes to."""
+
+    def __init__(self, tmp: Path, text: str, wait: float) -> None:
+        self.config = tmp / "fastmesh.toml"
+        self.config.write_text(text)
+        self.log_path = tmp / "fastmesh.log"
+        self.wait = wait
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        return started_pids(self.log())
+
+
+class Run(_Files):
+    """A `fastmesh run` of `text`, started at once (cwd tmp); stop() ends it and any worker of ours left."""
+
+    def __init__(self, tmp: Path, text: str, wait: float = WAIT) -> None:
+        super().__init__(tmp, text, wait)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(fastmesh_argv("run", str(self.config)), cwd=tmp, env=env(),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+
+    def wait_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        """Wait until pattern has matched count log lines; return the matches."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            found = list(re.finditer(pattern, self.log(), re.MULTILINE))
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline or self.proc.poll() is not None and len(found) < count:
+                time.sleep(0.1)     # the last lines may still be on their way to the file
+                found = list(re.finditer(pattern, self.log(), re.MULTILINE))
+                assert len(found) >= count, f"no {count} x {pattern!r} in the log:\n{self.log()}"
+                return found
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """End the supervisor (SIGTERM, SIGKILL if it lingers), then any worker of ours still running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.wait)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(self.wait)
+        kill_workers(self.worker_pids(), self.config)
+
+
+class AsyncRun(_Files):
+    """A `fastmesh run` of `text` for asyncio tests: start() waits for `ready`; stop() as Run.stop."""
+
+    def __init__(self, tmp: Path, text: str, wait: float = WAIT) -> None:
+        super().__init__(tmp, text, wait)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, ready: str = READY) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *fastmesh_argv("run", str(self.config)), env=env(),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log)
+        await self.wait_log(ready)
+
+    async def wait_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        """Wait until pattern has matched count log lines (the process still running); return the matches."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            found = list(re.finditer(pattern, self.log(), re.MULTILINE))
+            if len(found) >= count:
+                return found
+            assert self.proc is not None and self.proc.returncode is None, self.log()
+            assert time.monotonic() < deadline, f"no {count} x {pattern!r} in the log:\n{self.log()}"
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), self.wait)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        kill_workers(self.worker_pids(), self.config)
