@@ -40,7 +40,8 @@ def _sources() -> list[str]:
     """The checkout's files as they are now (tracked and new, not ignored), without tests and benchmarks."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
                          text=True, check=True).stdout.split("\n")
-    return [f for f in out if f and not f.startswith(("tests/", "bench/")) and os.path.isfile(os.path.join(REPO_ROOT, f))]
+    return [f for f in out
+            if f and not f.startswith(("tests/", "bench/")) and os.path.isfile(os.path.join(REPO_ROOT, f))]
 
 
 def build(dest: str, stats: bool) -> None:
