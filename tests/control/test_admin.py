@@ -6,9 +6,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
-import os
 import re
-import signal
 import socket
 import socketserver
 import subprocess
@@ -23,16 +21,12 @@ import pytest
 
 from fastmesh import statcli
 from fastmesh._testbase.net import free_ports
+from fastmesh._testbase.run import READY, Run, env
 from fastmesh.admin.rates import stats_body
 from fastmesh.config.load import loads_config
 from fastmesh.dataplane.stats import Snapshot, StatsLayout
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0         # seconds any one expected event may take before the test fails
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 # ---- a real backend: echoes what it reads, then closes after the client's FIN ----
@@ -127,7 +121,7 @@ def poke(port: int) -> None:
 
 # ---- a real `fastmesh run` ----
 
-class Running:
+class Running(Run):
     """A `fastmesh run` this test started: its config, log, admin address and helpers to query it."""
 
     def __init__(self, tmp_path: Path, clusters: dict[str, list[str]], workers: int = 2,
@@ -140,28 +134,13 @@ class Running:
         first = next(iter(clusters))
         if listeners is None:
             listeners = f'[[listeners]]\nname = "front"\nlisten = "127.0.0.1:{self.port}"\ncluster = "{first}"\n'
-        self.config = tmp_path / "fastmesh.toml"
-        self.config.write_text(f"""
+        super().__init__(tmp_path, f"""
 workers = {workers}
 drain_timeout = "1s"
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
 {listeners}
-{eps}""")
-        self.log_path = tmp_path / "fastmesh.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(self.config)], cwd=tmp_path,
-                                         env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, pattern: str, count: int = 1) -> None:
-        deadline = time.monotonic() + WAIT
-        while len(re.findall(pattern, self.log(), re.MULTILINE)) < count:
-            assert time.monotonic() < deadline and self.proc.poll() is None, \
-                f"no {count} x {pattern!r} in the log:\n{self.log()}"
-            time.sleep(0.05)
+{eps}""", WAIT)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None
                 ) -> tuple[int, dict[str, str], bytes]:
@@ -178,27 +157,6 @@ listen = "127.0.0.1:{self.admin_port}"
         assert headers["content-type"] == "application/json", (path, headers)
         return status, json.loads(body)
 
-    def worker_pids(self) -> list[int]:
-        return [int(pid) for pid in re.findall(r"w\d+ started \(pid (\d+)\)", self.log())]
-
-    def stop(self) -> None:
-        """End the supervisor, then any worker of ours still running (by pid)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        for pid in self.worker_pids():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    ours = str(self.config).encode() in f.read()
-            except FileNotFoundError:
-                continue
-            if ours:
-                os.kill(pid, signal.SIGKILL)
-
 
 Start = Callable[..., Running]
 
@@ -211,7 +169,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     def factory(clusters: dict[str, list[str]], workers: int = 2, listeners: str | None = None) -> Running:
         fm = Running(tmp_path, clusters, workers, listeners=listeners)
         started.append(fm)
-        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        fm.wait_log(READY)
         return fm
     yield factory
     for fm in started:
@@ -252,7 +210,7 @@ def test_live_config_clusters_errors_and_stat(start: Start, backends: Callable[[
     assert fm.get_json("/live") == (200, {"live": True})
 
     # /config is the effective config, exactly what `fastmesh check --json` prints.
-    check = subprocess.run([sys.executable, "-m", "fastmesh", "check", "--json", str(fm.config)], env=_env(),
+    check = subprocess.run([sys.executable, "-m", "fastmesh", "check", "--json", str(fm.config)], env=env(),
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     assert fm.get_json("/config") == (200, json.loads(check.stdout))
@@ -303,7 +261,7 @@ def test_live_config_clusters_errors_and_stat(start: Start, backends: Callable[[
     # `fastmesh stat` against the running instance, by config file and by address.
     for where in ([str(fm.config)], ["--admin", f"127.0.0.1:{fm.admin_port}"]):
         result = subprocess.run([sys.executable, "-m", "fastmesh", "stat", *where, "--interval", "0.3"],
-                                env=_env(), capture_output=True, text=True, timeout=30)
+                                env=env(), capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[0].split() == ["LISTENER", "PROTOCOL", "CLUSTER", "CONN/S", "ACTIVE", "FAILED/S", "IN/S",
@@ -363,7 +321,7 @@ cluster = "echo"
     try:
         fm = start({"good": [good.address], "busy": [busy.address], "echo": [echo.address]}, listeners=listeners)
         stat = subprocess.Popen([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{fm.admin_port}",
-                                 "--interval", "1.5"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 "--interval", "1.5"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         # Traffic until stat has printed (so through its whole interval): 3 good requests to 1 busy one.
         statuses: dict[int, int] = {}
@@ -404,7 +362,7 @@ cluster = "echo"
 
         # No traffic in the interval: 0 requests/s and no success rate or latency (not 100% or 0%).
         quiet = subprocess.run([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{fm.admin_port}",
-                                "--interval", "0.3"], env=_env(), capture_output=True, text=True, timeout=30)
+                                "--interval", "0.3"], env=env(), capture_output=True, text=True, timeout=30)
         assert quiet.returncode == 0, quiet.stderr
         front = stat_tables(quiet.stdout)["HTTP"]["front"]
         assert (front["RPS"], front["SUCCESS"], front["P50"], front["P99"]) == ("0.0", "-", "-", "-")
@@ -443,7 +401,7 @@ def test_stat_render_of_listeners_sharing_a_cluster() -> None:
 def test_stat_reports_an_unreachable_admin_server(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     result = subprocess.run([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{port}"],
-                            env=_env(), capture_output=True, text=True, timeout=30)
+                            env=env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert f"cannot reach the admin server at 127.0.0.1:{port}" in result.stderr
 

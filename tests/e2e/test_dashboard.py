@@ -14,9 +14,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +24,11 @@ import pytest
 
 from fastmesh._testbase.http_backend import HttpBackend
 from fastmesh._testbase.net import free_ports
+from fastmesh._testbase.run import READY, Run
 from fastmesh.admin import dashboard
 from fastmesh.config.load import loads_config
 from fastmesh.dataplane.stats import Snapshot, StatsLayout
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 20.0             # seconds any one expected event may take before the test fails
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -85,13 +82,12 @@ class Backends:
 
 # ---- a real `fastmesh run` ----
 
-class Running:
+class Running(Run):
     """`fastmesh run` with an http listener (a route to "api", the rest to "web") and a tcp listener."""
 
     def __init__(self, tmp_path: Path, backends: Backends) -> None:
         self.http_port, self.tcp_port, self.admin_port = free_ports(3)
-        self.config = tmp_path / "fastmesh.toml"
-        self.config.write_text(f"""
+        super().__init__(tmp_path, f"""
 workers = 2
 drain_timeout = "1s"
 [admin]
@@ -121,19 +117,8 @@ outlier = {{ consecutive_failures = 3, base_ejection = "30s" }}
 [clusters.api]
 endpoints = ["{backends.good.address}"]
 balancer = "least_request"
-""")
-        self.log_path = tmp_path / "fastmesh.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(self.config)], cwd=tmp_path,
-                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + WAIT
-        while not re.search(r"ready: \d+ worker\(s\) serving", self.log()):
-            assert time.monotonic() < deadline and self.proc.poll() is None, f"fastmesh did not start:\n{self.log()}"
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+""", WAIT)
+        self.wait_log(READY)
 
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=WAIT)
@@ -148,24 +133,6 @@ balancer = "least_request"
         status, _, body = self.get(path)
         assert status == 200, (path, status, body)
         return json.loads(body)
-
-    def stop(self) -> None:
-        """End the supervisor, then any worker of this config still running (by pid)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        for pid in (int(p) for p in re.findall(r"w\d+ started \(pid (\d+)\)", self.log())):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    ours = str(self.config).encode() in f.read()
-            except FileNotFoundError:
-                continue
-            if ours:
-                os.kill(pid, signal.SIGKILL)
 
 
 # ---- traffic ----
