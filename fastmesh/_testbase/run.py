@@ -54,9 +54,6 @@ class _Files:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def worker_pids(self) -> list[int]:
-        return started_pids(self.log())
-
 
 class Run(_Files):
     """A `fastmesh run` of `text`, started at once (cwd tmp); stop() ends it and any worker of ours left."""
@@ -90,7 +87,7 @@ class Run(_Files):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(self.wait)
-        kill_workers(self.worker_pids(), self.config)
+        kill_workers(started_pids(self.log()), self.config)
 
 
 class AsyncRun(_Files):
@@ -128,4 +125,4 @@ class AsyncRun(_Files):
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        kill_workers(self.worker_pids(), self.config)
+        kill_workers(started_pids(self.log()), self.config)

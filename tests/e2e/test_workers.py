@@ -5,24 +5,17 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fastmesh._testbase.net import free_port
+from fastmesh._testbase.run import READY, Run, kill_workers
 from fastmesh.supervisor import MAX_BACKOFF, restart_delay
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0         # seconds any one expected event may take before the test fails
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
@@ -34,13 +27,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-class Fastmesh:
+class Fastmesh(Run):
     """A `fastmesh run` process this test started, its config and its log (stderr, in a file)."""
 
     def __init__(self, tmp_path: Path, workers: int = 2, drain_timeout: str = "10s") -> None:
         self.port = free_port()
         backends = ", ".join(f'"127.0.0.1:{free_port()}"' for _ in range(3))
-        self.config = tmp_path / "fastmesh.toml"
         self.config_text = f"""
 workers = {workers}
 drain_timeout = "{drain_timeout}"
@@ -55,29 +47,7 @@ endpoints = [{backends}]
 [demo]
 backends = [{backends}]
 """
-        self.config.write_text(self.config_text)
-        self.log_path = tmp_path / "fastmesh.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(self.config)], cwd=tmp_path,
-                                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
-        """Wait until pattern has matched count log lines; return the matches."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            found = list(re.finditer(pattern, self.log(), re.MULTILINE))
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline or self.proc.poll() is not None and len(found) < count:
-                time.sleep(0.1)     # the last lines may still be on their way to the file
-                found = list(re.finditer(pattern, self.log(), re.MULTILINE))
-                assert len(found) >= count, f"no {count} x {pattern!r} in the log:\n{self.log()}"
-                return found
-            time.sleep(0.05)
+        super().__init__(tmp_path, self.config_text, WAIT)
 
     def worker_pids(self) -> dict[str, int]:
         """The latest pid of each worker slot, from the supervisor's log."""
@@ -91,14 +61,8 @@ backends = [{backends}]
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(WAIT)
-        for pid in self.worker_pids().values():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    ours = str(self.config).encode() in f.read()
-            except FileNotFoundError:
-                continue
-            if ours and alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        # A zombie's cmdline reads empty, so kill_workers never signals one.
+        kill_workers(list(self.worker_pids().values()), self.config)
 
 
 Start = Callable[..., Fastmesh]
@@ -112,7 +76,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     def factory(workers: int = 2, drain_timeout: str = "10s") -> Fastmesh:
         fm = Fastmesh(tmp_path, workers, drain_timeout)
         started.append(fm)
-        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        fm.wait_log(READY)
         return fm
     yield factory
     for fm in started:
