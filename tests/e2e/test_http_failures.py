@@ -14,30 +14,15 @@ import pytest
 
 from fastmesh import ConfigError, Proxy
 from fastmesh._testbase.http_backend import HttpBackend, read_response
+from fastmesh._testbase.inproc import no_connection_left, web_config
 from fastmesh._testbase.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0
 
 
-async def no_connection_left(proxy: Proxy) -> None:
-    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
-    for _ in range(60):
-        if proxy.active_connections == 0:
-            return
-        await asyncio.sleep(0.05)
-    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
-
-
 def run(coro):
     return asyncio.run(coro)
-
-
-def web_config(endpoints: list[str], *, listener: str = "", cluster: str = "") -> str:
-    eps = ", ".join(f'"{e}"' for e in endpoints)
-    return (f'drain_timeout = "500ms"\n'
-            f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{free_port()}"\nprotocol = "http"\ncluster = "web"\n'
-            f'{listener}\n[clusters.web]\nendpoints = [{eps}]\n{cluster}\n')
 
 
 @contextlib.asynccontextmanager

@@ -22,31 +22,14 @@ from fastmesh._testbase.http_backend import (
     WS_BINARY, WS_CLOSE, WS_PING, WS_PONG, WS_TEXT, HttpBackend, pattern, read_response, read_response_head,
     read_ws_frame, ws_accept, ws_frame,
 )
-from fastmesh._testbase.net import free_port
+from fastmesh._testbase.inproc import no_connection_left, web_config
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0          # seconds any single answer may take before the test fails
 
 
-async def no_connection_left(proxy: Proxy) -> None:
-    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
-    for _ in range(60):
-        if proxy.active_connections == 0:
-            return
-        await asyncio.sleep(0.05)
-    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
-
-
 def run(coro):
     return asyncio.run(coro)
-
-
-def web_config(endpoints: list[str], *, listener: str = "", cluster: str = "") -> str:
-    """One http listener "web" whose default cluster "web" has these endpoints; extra TOML lines for each."""
-    eps = ", ".join(f'"{e}"' for e in endpoints)
-    return (f'drain_timeout = "500ms"\n'
-            f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{free_port()}"\nprotocol = "http"\ncluster = "web"\n'
-            f'{listener}\n[clusters.web]\nendpoints = [{eps}]\n{cluster}\n')
 
 
 @contextlib.asynccontextmanager

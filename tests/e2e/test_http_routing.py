@@ -15,6 +15,7 @@ import pytest
 
 from fastmesh import Proxy
 from fastmesh._testbase.http_backend import HttpBackend, read_response
+from fastmesh._testbase.inproc import no_connection_left
 from fastmesh._testbase.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,15 +86,6 @@ async def routed(default: str | None = "default", routes: str = ROUTES,
     finally:
         for backend in backends.values():
             await backend.stop()
-
-
-async def no_connection_left(proxy: Proxy) -> None:
-    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
-    for _ in range(60):
-        if proxy.active_connections == 0:
-            return
-        await asyncio.sleep(0.05)
-    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
 
 
 def run(coro):

@@ -26,6 +26,7 @@ from fastmesh import Proxy
 from fastmesh._testbase.http_backend import (
     HttpBackend, PatternChecker, pattern_chunks, read_response, read_response_head,
 )
+from fastmesh._testbase.inproc import no_connection_left
 from fastmesh._testbase.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,15 +44,6 @@ BUFFER_BOUND = 2 * (_tcp_buffer_max("tcp_rmem") + _tcp_buffer_max("tcp_wmem")) +
 MEMORY_SLACK = 64 << 20     # bytes the proxy's RSS may grow while a whole STREAM_BYTES body passes through it
 PAUSE = 1.0                 # seconds a reader stops reading mid-stream: time enough to buffer hundreds of MB
 WAIT = 20.0                 # seconds for `fastmesh run` to become ready
-
-
-async def no_connection_left(proxy: Proxy) -> None:
-    """Every client has gone: within a moment the proxy holds no downstream connection (none leaked)."""
-    for _ in range(60):
-        if proxy.active_connections == 0:
-            return
-        await asyncio.sleep(0.05)
-    assert proxy.active_connections == 0, "downstream connections left open after every client closed"
 
 
 def run(coro):
