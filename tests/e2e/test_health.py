@@ -14,65 +14,40 @@ import pytest
 from fastmesh import Proxy
 from fastmesh._testbase.backends import Backend, echo
 from fastmesh._testbase.net import free_port, free_ports
+from fastmesh._testbase.scripted import ScriptedBackend
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0
 CHECK = 'health_check = { path = "/healthz", interval = "100ms", timeout = "100ms", healthy = 2, unhealthy = 3 }'
 
 
-class HealthBackend:
+class HealthBackend(ScriptedBackend):
     """An HTTP/1.1 server whose /healthz answers `health` (settable) and every other path 200 with its name."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        super().__init__(name, WAIT)
         self.health = 200
         self.hits: collections.Counter[str] = collections.Counter()   # requests per path
         self.host_headers: set[str] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.port = 0
-        self.writers: set[asyncio.StreamWriter] = set()
 
-    async def __aenter__(self) -> HealthBackend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.writers):
-            writer.transport.abort()
-        await asyncio.wait_for(self.server.wait_closed(), WAIT)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                path = lines[0].split(" ")[1]
-                fields = {k.strip().lower(): v.strip()
-                          for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-                self.hits[path] += 1
-                if path == "/healthz":
-                    self.host_headers.add(fields.get("host", ""))
-                status = self.health if path == "/healthz" else 200
-                body = self.name.encode()
-                close = fields.get("connection", "").lower() == "close"
-                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-backend: %s\r\n%s\r\n%s" % (
-                    status, len(body), body, b"connection: close\r\n" if close else b"", body))
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.writers.discard(writer)
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            fields = {k.strip().lower(): v.strip()
+                      for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            self.hits[path] += 1
+            if path == "/healthz":
+                self.host_headers.add(fields.get("host", ""))
+            status = self.health if path == "/healthz" else 200
+            body = self.name.encode()
+            close = fields.get("connection", "").lower() == "close"
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-backend: %s\r\n%s\r\n%s" % (
+                status, len(body), body, b"connection: close\r\n" if close else b"", body))
+            await writer.drain()
+            if close:
+                break
 
 
 def config(endpoints: list[str], cluster_lines: str, protocol: str = "http") -> str:

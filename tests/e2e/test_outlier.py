@@ -12,53 +12,28 @@ import pytest
 
 from fastmesh import Proxy
 from fastmesh._testbase.net import free_port
+from fastmesh._testbase.scripted import ScriptedBackend
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0
 
 
-class StatusBackend:
+class StatusBackend(ScriptedBackend):
     """An HTTP/1.1 keep-alive server answering every request with `status` and its name in x-backend."""
 
     def __init__(self, name: str, status: int) -> None:
-        self.name = name
+        super().__init__(name, WAIT)
         self.status = status
         self.hits = 0
-        self.port = 0
-        self.server: asyncio.base_events.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
 
-    async def __aenter__(self) -> StatusBackend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.writers):
-            writer.transport.abort()
-        await asyncio.wait_for(self.server.wait_closed(), WAIT)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")       # GET only: no body to read
-                self.hits += 1
-                body = self.name.encode()
-                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-backend: %s\r\n\r\n%s"
-                             % (self.status, len(body), body, body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.writers.discard(writer)
-            writer.close()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")       # GET only: no body to read
+            self.hits += 1
+            body = self.name.encode()
+            writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-backend: %s\r\n\r\n%s"
+                         % (self.status, len(body), body, body))
+            await writer.drain()
 
 
 def config(endpoints: list[str], outlier: str) -> str:
