@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import socket
 import subprocess
@@ -14,23 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from fastmesh._testbase.net import free_port
+from fastmesh._testbase.run import env
 from fastmesh.config.load import config_to_dict, load_config, loads_config
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 30        # seconds any one command may take before the test fails
 
 
 def fastmesh(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run `python -m fastmesh ARGS` against this checkout and wait for it (bounded)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-m", "fastmesh", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fastmesh", *args], cwd=cwd, env=env(), capture_output=True,
                           text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config_text(listen_port: int, backend_port: int, admin_port: int) -> str:

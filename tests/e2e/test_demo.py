@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import signal
@@ -18,17 +17,13 @@ import h11
 import pytest
 import uvloop
 
+from fastmesh._testbase.net import free_port
+from fastmesh._testbase.run import env
 from fastmesh.config.schema import Endpoint
 from fastmesh.demo import DemoError, DemoServers, start_demo
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0         # seconds any one expected event may take before the test fails
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -194,10 +189,6 @@ def test_busy_port_is_reported(backends: list[Endpoint]) -> None:
         asyncio.run(start_demo([backends[0]]))
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-
-
 def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + WAIT
     while not re.search(pattern, path.read_text()):
@@ -210,7 +201,7 @@ def test_demo_command_runs_backends_in_the_foreground(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "demo", "--ports", f"{ports[0]},{ports[1]}"],
-                                env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+                                env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_for(log, rf"INFO main fastmesh\.demo: demo backend 2 listening on 127\.0\.0\.1:{ports[1]}", proc)
         with connect(Endpoint("127.0.0.1", ports[1])) as sock:
@@ -225,7 +216,7 @@ def test_demo_command_runs_backends_in_the_foreground(tmp_path: Path) -> None:
 
 
 def test_demo_command_rejects_bad_ports() -> None:
-    result = subprocess.run([sys.executable, "-m", "fastmesh", "demo", "--ports", "9001,http"], env=_env(),
+    result = subprocess.run([sys.executable, "-m", "fastmesh", "demo", "--ports", "9001,http"], env=env(),
                             capture_output=True, text=True, timeout=WAIT)
     assert result.returncode == 2 and "not a port number: 'http'" in result.stderr
 
@@ -241,7 +232,7 @@ def test_quickstart_balances_curl_across_the_three_backends(tmp_path: Path) -> N
     config.write_text(text + f'\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n')
     log = tmp_path / "fastmesh.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(config)], env=_env(),
+        proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", str(config)], env=env(),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_for(log, r"ready: 1 worker\(s\) serving 'quickstart'", proc)
