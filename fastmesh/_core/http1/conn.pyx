@@ -58,7 +58,7 @@ from fastmesh._core.http1.pool cimport (
 )
 from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
-    ClusterPolicy, ConcurrencyLimit, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
+    ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
