@@ -131,6 +131,8 @@ def version_text() -> str:
         core = "not compiled"
     else:
         core = "debug build" if build_info.DEBUG else "release build"
+        if not getattr(build_info, "STATS", True):
+            core += ", stats compiled out"
     return f"fastmesh {__version__} (core: {core})"
 
 
