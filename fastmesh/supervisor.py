@@ -10,6 +10,7 @@ import signal
 import site
 import socket
 import sys
+import time
 from typing import Any
 
 from fastmesh._version import __version__
@@ -22,6 +23,7 @@ from fastmesh.workerlink import LinkClosed, WorkerLink, socketpair
 log = logging.getLogger("fastmesh.supervisor")
 
 STOP_GRACE = 5.0            # seconds past drain_timeout a worker gets to exit before SIGKILL
+REPEAT_GRACE = 0.5          # seconds within which a repeated stop signal is the same stop, not a second one
 QUICK_EXIT = 10.0           # a worker that dies sooner than this after starting counts as crashing quickly
 MAX_BACKOFF = 10.0          # seconds: the longest pause before restarting a worker that keeps crashing
 MAX_START_FAILURES = 5      # at startup, a slot whose worker dies this many times in a row before serving ends the run
@@ -159,6 +161,7 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()        # bound to the running loop
+        self.stop_signalled_at = 0.0           # when the first stop signal came (monotonic)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -240,9 +243,15 @@ class Supervisor:
 
     def _on_stop_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        now = time.monotonic()
         if not self.stopping.is_set():
             log.info("received %s: stopping workers (open connections get up to %gs)", name, self.cfg.drain_timeout)
             self.stopping.set()
+            self.stop_signalled_at = now
+            return
+        if now - self.stop_signalled_at < REPEAT_GRACE:
+            # The same stop delivered twice at once (to the process and to its group, as timeout(1) does; or
+            # Ctrl-C reaching every process): still a graceful stop. A second one later means "now".
             return
         log.warning("received %s again: killing workers now", name)
         for proc in self.procs.values():
