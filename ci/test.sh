@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need, builds fastmesh in place, and runs the whole test suite (arguments go to pytest).
+# Installs what the tests need, builds fastmesh in place, and runs the whole test suite on the release build and on a
+# debug build with the leak check (arguments go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,13 @@ python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # Editable install: compiles every fastmesh/_core extension into the source tree and installs the test extras.
 python -m pip install -q -e ".[test]"
 python -m pytest "$@"
+
+# Again on a debug build: it counts the data path's connection objects, and every test then also checks that it
+# left none alive (tests/conftest.py). Skipped with FASTMESH_SKIP_DEBUG_RUN=1. The release build is restored after.
+if [ -z "${FASTMESH_SKIP_DEBUG_RUN:-}" ]; then
+  python setup.py -q build_ext --inplace --debug-core >/dev/null
+  status=0
+  python -m pytest -p no:cacheprovider --deselect tests/test_packaging.py "$@" || status=$?
+  python setup.py -q build_ext --inplace >/dev/null
+  exit "$status"
+fi

@@ -10,3 +10,21 @@ def _uvloop_policy():
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     yield
     asyncio.set_event_loop_policy(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_objects_leaked():
+    """In a debug build (FASTMESH_DEBUG=1) every test must leave no connection object of the data path alive."""
+    from fastmesh._core import build_info
+    if not build_info.DEBUG:
+        yield
+        return
+    import gc
+
+    from fastmesh._core.debug import live_objects
+    before = live_objects()
+    yield
+    gc.collect()
+    after = live_objects()
+    leaked = {kind: after[kind] - before[kind] for kind in after if after[kind] != before[kind]}
+    assert not leaked, f"connection objects left alive by this test: {leaked}"

@@ -61,6 +61,7 @@ from fastmesh._core.policy cimport (
     ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
 from fastmesh._core.router cimport Router, Span
+from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
 
 
@@ -455,6 +456,14 @@ cdef class HttpProxy(Acceptor):
 
 @cython.final
 cdef class Downstream(UpstreamUser):
+
+    def __cinit__(self):
+        if FASTMESH_DEBUG:
+            debug_new(DBG_DOWNSTREAM)
+
+    def __dealloc__(self):
+        if FASTMESH_DEBUG:
+            debug_free(DBG_DOWNSTREAM)
 
     # ---- events ----------------------------------------------------------------------------------
 

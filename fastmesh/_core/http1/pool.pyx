@@ -15,6 +15,7 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.stats cimport bump_field
 
@@ -33,6 +34,14 @@ cdef class UpstreamUser(EventTarget):
 
 
 cdef class Upstream(EventTarget):
+
+    def __cinit__(self):
+        if FASTMESH_DEBUG:
+            debug_new(DBG_UPSTREAM)
+
+    def __dealloc__(self):
+        if FASTMESH_DEBUG:
+            debug_free(DBG_UPSTREAM)
 
     cdef void on_events(self, uint32_t events, int side) noexcept:
         cdef int err = 0

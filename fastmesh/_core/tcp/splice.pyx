@@ -23,6 +23,7 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.debug cimport debug_new, debug_free, DBG_RELAY
 from fastmesh._core.stats cimport (
     StatsBlock, L_ACCEPTED, L_ACTIVE, L_FAILED, L_BYTES_IN, L_BYTES_OUT, L_FIELDS, HEADER_SLOTS, C_RETRIES,
     bump,
@@ -130,6 +131,14 @@ cdef class TcpProxy(Acceptor):
 
 @cython.final
 cdef class TcpRelay(EventTarget):
+
+    def __cinit__(self):
+        if FASTMESH_DEBUG:
+            debug_new(DBG_RELAY)
+
+    def __dealloc__(self):
+        if FASTMESH_DEBUG:
+            debug_free(DBG_RELAY)
 
     @staticmethod
     cdef TcpRelay new(TcpProxy owner, int fd):
