@@ -24,9 +24,12 @@ python -m pytest "$@"
 # Again on a debug build: it counts the data path's connection objects, and every test then also checks that it
 # left none alive (tests/conftest.py). Skipped with FASTMESH_SKIP_DEBUG_RUN=1. The release build is restored after.
 if [ -z "${FASTMESH_SKIP_DEBUG_RUN:-}" ]; then
-  python setup.py -q build_ext --inplace --debug-core >/dev/null
+  build_log=$(mktemp)
+  python setup.py -q build_ext --inplace --debug-core >"$build_log" 2>&1 || { cat "$build_log"; exit 1; }
   status=0
   python -m pytest -p no:cacheprovider --deselect tests/test_packaging.py "$@" || status=$?
-  python setup.py -q build_ext --inplace >/dev/null
+  # Quietly, so that pytest's summary stays the last line of the output.
+  python setup.py -q build_ext --inplace >"$build_log" 2>&1 || { cat "$build_log"; exit 1; }
+  rm -f "$build_log"
   exit "$status"
 fi
