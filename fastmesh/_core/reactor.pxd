@@ -31,7 +31,6 @@ cdef class PipePool:
     cdef int count             # pipes held now
     cdef int capacity          # most pipes kept; extra ones are closed
     cdef int size              # bytes each pipe holds (F_SETPIPE_SZ)
-    cdef int created           # pipes created over the pool's life (a counter for tests and stats)
 
     cdef int take(self, int *pr, int *pw) noexcept
     cdef void give(self, int pr, int pw) noexcept

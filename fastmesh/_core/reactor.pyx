@@ -44,7 +44,6 @@ cdef class PipePool:
         self.capacity = capacity
         self.size = size
         self.count = 0
-        self.created = 0
         self.fds = <int *>malloc(sizeof(int) * 2 * (capacity if capacity > 0 else 1))
         if self.fds == NULL:
             raise MemoryError()
@@ -70,7 +69,6 @@ cdef class PipePool:
         # A larger pipe moves more per splice pair: fewer syscalls per MiB. If the system caps pipe sizes
         # lower, the default size still works.
         fcntl(p[0], F_SETPIPE_SZ, self.size)
-        self.created += 1
         pr[0] = p[0]
         pw[0] = p[1]
         return 0
@@ -84,14 +82,6 @@ cdef class PipePool:
         else:
             close(pr)
             close(pw)
-
-    @property
-    def pipes_created(self):
-        return self.created
-
-    @property
-    def pipes_idle(self):
-        return self.count
 
 
 cdef class BufferPool:
@@ -174,15 +164,6 @@ cdef class Reactor:
     def remove_sweeper(self, Sweeper sweeper):
         if sweeper in self.sweepers:
             self.sweepers.remove(sweeper)
-
-    @property
-    def pipe_pool(self):
-        return self.pipes
-
-    @property
-    def monotonic(self):
-        self.refresh_now()
-        return self.now
 
     def _on_readable(self):
         self.call_soon_pending = False

@@ -118,7 +118,7 @@ cdef class HttpPool(Sweeper):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
                   ClusterPolicy policy=None, str hash_key=None):
-        cdef int n = len(cluster.endpoints())
+        cdef int n = cluster.n
         self.reactor = reactor
         self.cluster = cluster
         self.max_idle = max_idle
