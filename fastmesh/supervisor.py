@@ -330,9 +330,11 @@ class Supervisor:
         stats_fd = self.stats.fd_for(n)
         ours, theirs = socketpair()
         try:
-            # A fresh interpreter (not a fork of this process and its running loop) for each worker.
+            # A fresh interpreter (not a fork of this process and its running loop) for each worker. -P keeps the
+            # current directory off sys.path: run from a checkout, `-m fastmesh` would otherwise import the
+            # uncompiled source tree there instead of the fastmesh this supervisor runs (found via _PACKAGE_ROOT).
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fastmesh", "_worker", self.config_path,
+                sys.executable, "-P", "-m", "fastmesh", "_worker", self.config_path,
                 "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
                 "--control-fd", str(theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
