@@ -1,5 +1,5 @@
 """The admin HTTP server, in the supervisor: liveness, readiness, the effective config, cluster state, metrics,
-reload (POST /reload) and explain (GET /explain: where a request would go, fastmesh/explain.py).
+reload (POST /reload) and explain (GET /explain: where a request would go, admin/explain.py).
 
 This is not the data path: a small HTTP/1.1 reader on asyncio streams is enough (GET and HEAD, POST for /reload,
 keep-alive, no request bodies). Every answer except /metrics is JSON, errors included ({"error": ..., "message": ...}).
@@ -287,7 +287,7 @@ class AdminServer:
 
     async def explain(self, request: Request) -> Reply:
         """GET /explain?method=&host=&path=&header=name:value&listener=|port=: where such a request would go."""
-        from fastmesh.explain import ExplainError, explain_query
+        from fastmesh.admin.explain import ExplainError, explain_query
         try:
             data = await explain_query(self.cfg, request.query, self.stats.collect(), self.workers.describe)
         except ExplainError as exc:

@@ -33,21 +33,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
-        from fastmesh.supervisor import run
+        from fastmesh.process.supervisor import run
         return run(args.config, args.log_level)
     if args.command == "check":
         return check(args.config, args.json)
     if args.command == "demo":
         return demo(args.ports, args.host, args.log_level)
     if args.command == "stat":
-        from fastmesh.statcli import main as stat_main
+        from fastmesh.cli.stat import main as stat_main
         return stat_main(args.admin, args.config, args.watch, args.interval)
     if args.command == "explain":
-        from fastmesh.explaincli import main as explain_main
+        from fastmesh.cli.explain import main as explain_main
         return explain_main(args.url, args.method, args.header, args.listener, args.client, args.admin, args.config,
                             args.json)
     if args.command == "_worker":
-        from fastmesh.worker import main as worker_main
+        from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd)
     parser.print_help(sys.stderr)
     return 2
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("config", metavar="CONFIG")
     worker.add_argument("--worker-id", type=int, required=True)
     worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
-    worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (workerlink.py)
+    worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (process/link.py)
     _log_level(worker)
     return parser
 
@@ -158,7 +158,7 @@ def demo(ports: str, host: str, log_level: str) -> int:
 
     import uvloop
 
-    from fastmesh.demo import parse_ports, serve_demo
+    from fastmesh.process.demo import parse_ports, serve_demo
     from fastmesh.logs import setup_logging
     try:
         endpoints = parse_ports(ports, host)

@@ -1,5 +1,5 @@
 """`fastmesh run`: check listener addresses, start demo backends, keep N worker processes alive, reload them on
-SIGHUP or POST /reload (fastmesh/reload.py), then stop them."""
+SIGHUP or POST /reload (process/reload.py), then stop them."""
 from __future__ import annotations
 
 import asyncio
@@ -15,10 +15,10 @@ from typing import Any
 
 from fastmesh._version import __version__
 from fastmesh.config.schema import Config, Listener
-from fastmesh.demo import DemoError, DemoServers, start_demo
+from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
-from fastmesh.worker import PARENT_ENV, READY_LINE
-from fastmesh.workerlink import LinkClosed, WorkerLink, socketpair
+from fastmesh.process.worker import PARENT_ENV, READY_LINE
+from fastmesh.process.link import LinkClosed, WorkerLink, socketpair
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -31,7 +31,7 @@ PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on
 DESCRIBE_TIMEOUT = 2.0      # seconds a worker has to describe its endpoints for explain
 
 # Where this copy of fastmesh lives, so workers import the same code even when it is not installed.
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(config_path: str, log_level: str) -> int:
@@ -155,7 +155,7 @@ class Supervisor:
         self.admin: Any = None                                     # the AdminServer, once it listens
         self.background: set[asyncio.Task[Any]] = set()           # reloads started by SIGHUP, pushes
         self.replacing: set[int] = set()                           # slots whose worker we stopped to restart it
-        from fastmesh.reload import Reloader
+        from fastmesh.process.reload import Reloader
         self.reloader = Reloader(self)
 
     async def run(self) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fastmesh import statcli
+from fastmesh.cli import stat as statcli
 from fastmesh._testbase.net import free_ports
 from fastmesh._testbase.run import READY, Run, env
 from fastmesh.admin.rates import stats_body
