@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, loads_config
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with
@@ -219,7 +220,6 @@ def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 def probe_new_listeners(old: Config, new: Config) -> list[str]:
     """Problems binding the addresses the new config listens on and the running one does not."""
-    from fastmesh.process.supervisor import probe_listeners
     running = {(lst.host, lst.port) for lst in old.listeners}
     return probe_listeners([lst for lst in new.listeners if (lst.host, lst.port) not in running])
 
