@@ -40,7 +40,7 @@ from fastmesh._core.stats import (
     HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
-from fastmesh.dataplane.stats_names import MASK, Translation
+from fastmesh.dataplane.stats_names import MASK, Name, Translation
 
 log = logging.getLogger("fastmesh.stats")
 
@@ -172,6 +172,28 @@ class StatsLayout:
         return (len(block) >= HEADER_SIZE and block[HEADER["magic"]] == BLOCK_MAGIC
                 and block[HEADER["version"]] == BLOCK_VERSION and block[HEADER["layout"]] == self.key
                 and block[HEADER["size"]] == self.size == len(block))
+
+    def slot_names(self) -> dict[Name, int]:
+        """Every counted slot (the header excluded) by its name (dataplane/stats_names.py)."""
+        names: dict[Name, int] = {}
+        for ls in self.listeners:
+            for i, f in enumerate(LISTENER_FIELDS):
+                names[("listener", ls.name, f)] = ls.offset + i
+        for cs in self.clusters.values():
+            for f in CLUSTER_FIELDS:
+                names[("cluster", cs.name, f)] = cs.field(f)
+            seen: dict[str, int] = {}
+            for i, address in enumerate(cs.endpoints):
+                k = seen[address] = seen.get(address, -1) + 1
+                for f in ENDPOINT_FIELDS:
+                    names[("endpoint", cs.name, address, k, f)] = cs.endpoint_field(f) + i
+        for r in self.requests:
+            for i, c in enumerate(STATUS_CLASSES):
+                names[("requests", r.listener, r.cluster, c)] = r.offset + i
+        for d in self.durations.values():
+            for i in range(HISTOGRAM_SIZE):
+                names[("duration", d.cluster, i)] = d.offset + i
+        return names
 
 
 def _address(host: str, port: int) -> str:
@@ -328,7 +350,7 @@ class WorkerStats:
     def _translation(self, src: StatsLayout, dst: StatsLayout) -> Translation:
         key = (src.key, dst.key)
         if key not in self._translations:
-            self._translations[key] = Translation(src, dst)
+            self._translations[key] = Translation(src.slot_names(), dst.slot_names(), src.key == dst.key)
         return self._translations[key]
 
     def relayout(self, layout: StatsLayout) -> bool:
