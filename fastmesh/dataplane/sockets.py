@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Iterable
+from typing import Any
 
 from fastmesh.config.load import format_address
 from fastmesh.config.schema import Listener as ListenerConfig
@@ -63,7 +64,7 @@ def probe_listeners(listeners: Iterable[ListenerConfig]) -> list[str]:
     return problems
 
 
-def _probe_one(host: str, addr: tuple[str, int] | tuple[str, int, int, int]) -> str | None:
+def _probe_one(host: str, addr: tuple[Any, ...]) -> str | None:
     with listener_socket(host, reuse_port=True) as sock:
         try:
             sock.bind(addr)
