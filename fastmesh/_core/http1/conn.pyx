@@ -63,6 +63,7 @@ from fastmesh._core.policy cimport (
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
+from fastmesh._core.http1.parser import METHOD_NAMES
 
 
 cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -80,7 +81,11 @@ cdef bytes CONN_UPGRADE = b"Connection: upgrade\r\n"
 cdef bytes CONN_CLOSE = b"Connection: close\r\n"
 cdef bytes CONN_KEEP = b"Connection: keep-alive\r\n"
 cdef bytes HEX = b"0123456789abcdef"
-cdef bytes TIMEOUT_FIELD = b"fastmesh-timeout-ms: "     # the deadline budget, in ms, sent with each try
+TIMEOUT_HEADER = "fastmesh-timeout-ms"                  # the deadline budget, in ms, sent with each try
+cdef bytes TIMEOUT_NAME = TIMEOUT_HEADER.encode()
+cdef const char *TIMEOUT_C = TIMEOUT_NAME
+cdef Py_ssize_t TIMEOUT_LEN = len(TIMEOUT_NAME)
+cdef bytes TIMEOUT_FIELD = TIMEOUT_NAME + b": "
 cdef bytes RETRIED_FIELD = b"fastmesh-retried"          # on a failed answer: a fastmesh already applied its retries
 cdef int TIMEOUT_DIGITS = 9                              # fixed width, so a retry can rewrite it in place
 
@@ -128,6 +133,16 @@ cdef bint cookie_value(const char *p, Py_ssize_t n, const char *name, Py_ssize_t
     return False
 
 
+def cookie_in(bytes value, bytes name):
+    """The value of cookie `name` in one Cookie field value, as a consistent-hash key takes it; None if absent.
+    For explain: the same rule the proxy applies."""
+    cdef const char *val
+    cdef Py_ssize_t vlen
+    if cookie_value(value, len(value), name, len(name), &val, &vlen):
+        return val[:vlen]
+    return None
+
+
 cdef long long field_ms(const char *buf, HeaderField *f) noexcept:
     """A field value of 1 to 12 digits as a number, or -1."""
     cdef long long v = 0
@@ -141,6 +156,14 @@ cdef long long field_ms(const char *buf, HeaderField *f) noexcept:
             return -1
         v = v * 10 + (c - 48)
     return v
+
+
+def timeout_ms(bytes value):
+    """A client's fastmesh-timeout-ms value as the proxy honours it: milliseconds, or -1 when it is not one."""
+    cdef HeaderField f
+    f.value_off = 0
+    f.value_len = len(value)
+    return field_ms(value, &f)
 
 
 cdef inline bint name_is(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m) noexcept:
@@ -219,6 +242,10 @@ cdef inline bint hop_by_hop(uint32_t fid, bint upgrading) noexcept:
 cdef inline bint replayable_method(int m) noexcept:
     return (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_OPTIONS or m == METHOD_TRACE
             or m == METHOD_PUT or m == METHOD_DELETE)
+
+
+# The same rule by name, for explain: the methods whose failed try may be sent again.
+REPLAYABLE_METHODS = tuple(name for m, name in enumerate(METHOD_NAMES) if replayable_method(m))
 
 
 cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:
@@ -656,7 +683,7 @@ cdef class Downstream(UpstreamUser):
         self.retry_pending = False
         self.total_deadline = now + policy.timeout if policy.timeout > 0 else 0.0
         if proxy.trust_headers:
-            i = find_field(buf, h, "fastmesh-timeout-ms", 19)
+            i = find_field(buf, h, TIMEOUT_C, TIMEOUT_LEN)
             if i >= 0:
                 ms = field_ms(buf, &h.headers[i])
                 if ms >= 0 and (self.total_deadline == 0.0 or now + ms / 1000.0 < self.total_deadline):
@@ -1280,7 +1307,7 @@ cdef class Downstream(UpstreamUser):
                     continue
                 if proxy.forwarded and name_is(buf + f.name_off, f.name_len, "x-forwarded-proto", 17):
                     continue
-                if name_is(buf + f.name_off, f.name_len, "fastmesh-timeout-ms", 19):
+                if name_is(buf + f.name_off, f.name_len, TIMEOUT_C, TIMEOUT_LEN):
                     continue     # replaced by the budget left for this hop, below
                 if rid_len and name_is(buf + f.name_off, f.name_len, rid, rid_len):
                     has_rid = True
