@@ -15,6 +15,7 @@ from typing import Any
 
 from fastmesh._core.balance.factory import HASHING
 from fastmesh._core.balance.hashing import hash_key
+from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.conn import REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, timeout_ms
 from fastmesh._core.router import request_parts
 from fastmesh.config.schema import Cluster as ClusterConfig
@@ -41,7 +42,7 @@ def route(listener: ListenerConfig, clusters: list[str], raw_head: bytes) -> dic
             "target": target.decode("latin-1") if target is not None else None}
 
 
-def endpoint_details(cluster: Any) -> list[dict[str, Any]]:
+def endpoint_details(cluster: Cluster) -> list[dict[str, Any]]:
     """A worker's view of each endpoint of a core Cluster: what the shared stats block does not carry."""
     now = time.monotonic()          # the clock the core's ejection times are on (CLOCK_MONOTONIC)
     balancer = cluster.balancer

@@ -33,7 +33,7 @@ import time
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmesh._core.stats import (
     BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, HEADER,
@@ -41,6 +41,11 @@ from fastmesh._core.stats import (
 )
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
+
+if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
+    from fastmesh._core.cluster import Cluster
+    from fastmesh._core.http1.conn import HttpProxy
+    from fastmesh._core.tcp.splice import TcpProxy
 
 log = logging.getLogger("fastmesh.stats")
 
@@ -252,8 +257,8 @@ def reload_block(layout: StatsLayout, old: StatsLayout, current: StatsBlock, off
     return _stamp(layout.new_block())
 
 
-def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Any], tcp: Mapping[str, Any],
-           http: Mapping[str, Any] | None = None) -> None:
+def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Cluster], tcp: Mapping[str, TcpProxy],
+           http: Mapping[str, HttpProxy] | None = None) -> None:
     """Point the core objects' counters into block: clusters (core Cluster by name), tcp (TcpProxy by listener),
     http (HttpProxy by listener: its listener slots, and per cluster index its status classes and durations)."""
     for name, cluster in clusters.items():
