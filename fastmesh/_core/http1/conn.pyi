@@ -1,7 +1,7 @@
 """Type stub for fastmesh._core.http1.conn: an http listener's downstream connections, and the request rules
 explain shares with them."""
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 from fastmesh._core.http1.pool import HttpPool, UpstreamUser
 from fastmesh._core.reactor import Acceptor, Reactor
@@ -52,4 +52,5 @@ class HttpProxy(Acceptor):
     @property
     def tunnel_count(self) -> int: ...
 
+@final
 class Downstream(UpstreamUser): ...

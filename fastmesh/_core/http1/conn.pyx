@@ -63,7 +63,7 @@ from fastmesh._core.policy cimport (
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
-from fastmesh._core.http1.parser import METHOD_NAMES
+from fastmesh._core.http1.parser import METHOD_NAMES as _METHOD_NAMES
 
 
 cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -245,7 +245,7 @@ cdef inline bint replayable_method(int m) noexcept:
 
 
 # The same rule by name, for explain: the methods whose failed try may be sent again.
-REPLAYABLE_METHODS = tuple(name for m, name in enumerate(METHOD_NAMES) if replayable_method(m))
+REPLAYABLE_METHODS = tuple(name for m, name in enumerate(_METHOD_NAMES) if replayable_method(m))
 
 
 cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:

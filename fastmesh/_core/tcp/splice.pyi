@@ -1,4 +1,6 @@
 """Type stub for fastmesh._core.tcp.splice: a tcp listener's relays (splice(2) or recv/send)."""
+from typing import final
+
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.reactor import Acceptor, EventTarget, Reactor
 from fastmesh._core.stats import StatsBlock
@@ -27,4 +29,5 @@ class TcpProxy(Acceptor):
     def bytes_out(self) -> int: ...
     def close_all(self) -> None: ...
 
+@final
 class TcpRelay(EventTarget): ...
