@@ -65,6 +65,9 @@ cdef class Router:
     # Lines to append to the upstream request / downstream response ("Name: value\r\n"...), maybe empty.
     cdef Span add_request_headers(self, int route) noexcept
     cdef Span add_response_headers(self, int route) noexcept
+    # The route's host condition when it names one host (HOST_EXACT), else an empty span: the Host an
+    # HTTP/1.0 request without one is sent upstream with.
+    cdef Span exact_host(self, int route) noexcept
     # Whether the route drops request header `name` (any case). removes_any() is 0 when it drops none,
     # so the caller can skip the per-line calls.
     cdef bint removes(self, int route, const char *name, Py_ssize_t len) noexcept
@@ -76,6 +79,9 @@ cdef class Router:
                                    Py_ssize_t cap) noexcept
 
 
+# The authority of an absolute-form or authority-form target as sent (port kept; the parser refused
+# userinfo), else an empty span: what a forwarded request's Host must say (RFC 9112 section 3.2.2).
+cdef Span target_authority(const char *buf, const Head *h) noexcept nogil
 # The request host as routing sees it: the absolute-form or authority-form target's authority (RFC 9112
 # section 3.2.2: it wins over Host), else the Host value; userinfo, port and a final dot removed.
 # Empty (len 0) when the request names no host.

@@ -27,7 +27,9 @@ ctypedef struct BodyFrame:
     long long remaining        # BODY_LENGTH: bytes still to pass
     bint done                  # the whole body has been framed
     bint dechunk               # pass only the chunk data (an HTTP/1.0 client cannot read chunked)
-    Py_ssize_t skip            # dechunk: framing bytes after the span being sent, dropped once it is out
+    Py_ssize_t skip            # bytes after the span being sent, dropped once it is out (dechunk framing,
+                               # trailer fields removed in place)
+    Py_ssize_t held            # BODY_CHUNKED: bytes of an unfinished size line, fed but not passed on yet
     ChunkedDecoder dec         # BODY_CHUNKED: validates the chunked coding and finds its end
 
 
@@ -101,6 +103,8 @@ cdef class Downstream(UpstreamUser):
     cdef bint resp_started                 # a response byte came from the upstream
     cdef bint resp_head_done               # the final response head was forwarded
     cdef bint resp_done                    # response body fully forwarded
+    cdef bint resp_fresh                   # no byte of the final response head has left yet (a 502 still fits)
+    cdef Py_ssize_t resp_mark              # bytes queued in `out` before the final response head
     cdef int status                        # final response status
     cdef BodyFrame req_body                # request body framing
     cdef BodyFrame resp_body               # response body framing
@@ -142,6 +146,7 @@ cdef class Downstream(UpstreamUser):
     cdef double try_deadline(self) noexcept
     cdef object describe(self, const char *buf, Head *h)
     cdef void log_request(self, int endpoint)
+    cdef void add_host(self, OutBuf *o) noexcept
     cdef void random_id(self, char *out) noexcept
     cdef void add_retried(self, OutBuf *o) noexcept
     cdef bint request_key(self, const char *buf, Head *h) noexcept
