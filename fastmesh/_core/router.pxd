@@ -65,9 +65,6 @@ cdef class Router:
     # Lines to append to the upstream request / downstream response ("Name: value\r\n"...), maybe empty.
     cdef Span add_request_headers(self, int route) noexcept
     cdef Span add_response_headers(self, int route) noexcept
-    # The route's host condition when it names one host (HOST_EXACT), else an empty span: the Host an
-    # HTTP/1.0 request without one is sent upstream with.
-    cdef Span exact_host(self, int route) noexcept
     # Whether the route drops request header `name` (any case). removes_any() is 0 when it drops none,
     # so the caller can skip the per-line calls.
     cdef bint removes(self, int route, const char *name, Py_ssize_t len) noexcept

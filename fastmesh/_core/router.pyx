@@ -444,14 +444,6 @@ cdef class Router:
     cdef int cluster(self, int route) noexcept:
         return self.entries[route].cluster
 
-    cdef Span exact_host(self, int route) noexcept:
-        cdef Span none
-        if 0 <= route < self.n and self.entries[route].host_kind == HOST_EXACT:
-            return self.entries[route].host
-        none.ptr = NULL
-        none.len = 0
-        return none
-
     cdef Span add_request_headers(self, int route) noexcept:
         return self.entries[route].add_request
 

@@ -979,8 +979,9 @@ cdef class Downstream(UpstreamUser):
             r = self.read_response_head()
             if self.state != DS_EXCHANGE:
                 return 1
-            if ob_pending(&self.out) and self.writable:
-                # An interim answer (100 Continue) must reach the client now: it may be waiting for it.
+            if ob_pending(&self.out) and self.writable and not self.resp_head_done:
+                # An interim answer (100 Continue) must reach the client now: it may be waiting for it. A final
+                # head waits for pump_body(), which frames the body bytes already here before it leaves.
                 if ob_flush(&self.out, self.fd) == 0:
                     self.writable = False
             if r <= 0:
@@ -1389,16 +1390,14 @@ cdef class Downstream(UpstreamUser):
 
     cdef void add_host(self, OutBuf *o) noexcept:
         """Host for an HTTP/1.0 request that came without one (it goes upstream as HTTP/1.1, which needs it):
-        the matched route's host, else the listener address the client connected to."""
-        cdef Span host = self.router.exact_host(self.route)
+        the listener address the client connected to. (No route's host can apply: a request without a
+        host fails every host condition.) A syscall, but only on this rare path."""
         cdef sockaddr_storage local
         cdef socklen_t alen = sizeof(local)
         cdef char text[64]
         cdef int n = 0, port = 0
         ob_add(o, "Host: ", 6)
-        if host.len > 0:
-            ob_add(o, host.ptr, host.len)
-        elif getsockname(self.fd, <sockaddr *>&local, &alen) == 0:
+        if getsockname(self.fd, <sockaddr *>&local, &alen) == 0:
             if local.ss_family == AF_INET:
                 inet_ntop(AF_INET, &(<sockaddr_in *>&local).sin_addr, text, 48)
                 port = ntohs((<sockaddr_in *>&local).sin_port)
