@@ -17,6 +17,20 @@ while framed bytes wait, so a connection holds at most one receive buffer per si
 
 Errors answer once, in one place (respond_error): parse errors get their status (400/414/431/501/505) and
 the connection closes; upstream failures get 502/503/504 with a `fastmesh-error` header naming the cause.
+
+What is forwarded is canonical (each rule has a row in tests/conformance/test_smuggling.py, FORWARDED):
+ 1. Transfer-Encoding leaves as exactly "Transfer-Encoding: chunked" (requests: the only coding the parser
+    lets through; responses: when chunked is the only coding), however it was spelled.
+ 2. Content-Length leaves as one line of plain digits (repeats merged, leading zeros and OWS gone), both ways.
+ 3. Trailer fields the parser knows by name (framing, routing, Expect, hop-by-hop) are removed from request and
+    response trailers in place (framing.trailers_strip); the rest pass.
+ 4. Upgrade naming h2c is no upgrade: Upgrade and HTTP2-Settings are dropped, the request goes on as HTTP/1.1.
+ 5. An absolute-form target goes upstream in origin-form with Host set to its authority (RFC 9112 3.2.2);
+    an HTTP/1.0 request without Host gets the listener address it came to. Fragments never parse.
+ 6. CONNECT matches only routes that name it; otherwise 405 with `allow`, and the connection closes.
+ 7. A final response head is framed together with the body bytes already read: a body whose framing breaks
+    before any byte of the head left becomes a clean 502; after that the connection closes, and an
+    unfinished chunk-size line is never passed on (BodyFrame.held), so no malformed tail leaves.
 """
 cimport cython
 from libc.stdint cimport uint32_t
