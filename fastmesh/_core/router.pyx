@@ -25,8 +25,9 @@ Semantics, each tested in tests/core/test_router.py:
     would be a listener option of its own). A prefix is a byte prefix ("/api" matches "/apix"). An
     absolute-form target without a path has the path "/".
   - Methods: exact, case-sensitive tokens. CONNECT matches only a route whose methods name it: a route
-    without a method condition never turns the listener into a tunnel (conn.pyx answers 405). Headers: every condition needs a line with that name (any
-    case) whose value (OWS trimmed by the parser) equals the configured value exactly.
+    without a method condition never turns the listener into a tunnel (conn.pyx answers 405). Headers:
+    every condition needs a line with that name (any case) whose value (OWS trimmed by the parser)
+    equals the configured value exactly.
 """
 
 import re

@@ -27,8 +27,7 @@ ctypedef struct BodyFrame:
     long long remaining        # BODY_LENGTH: bytes still to pass
     bint done                  # the whole body has been framed
     bint dechunk               # pass only the chunk data (an HTTP/1.0 client cannot read chunked)
-    Py_ssize_t skip            # bytes after the span being sent, dropped once it is out (dechunk framing,
-                               # trailer fields removed in place)
+    Py_ssize_t skip            # bytes after the span being sent, dropped once it is out (dechunk, trailers)
     Py_ssize_t held            # BODY_CHUNKED: bytes of an unfinished size line, fed but not passed on yet
     ChunkedDecoder dec         # BODY_CHUNKED: validates the chunked coding and finds its end
 
