@@ -58,8 +58,7 @@ cdef class HttpPool(Sweeper):
     cdef readonly int max_idle             # idle connections kept per endpoint
     cdef readonly double idle_timeout      # seconds an idle connection is kept
     cdef readonly ClusterPolicy policy     # retries, budget, timeouts, circuit-breaker limits
-    cdef list waiters                      # UpstreamUsers waiting for a connection slot (max_connections reached);
-                                           # each holds one of the instance's max_pending slots
+    cdef list waiters                      # UpstreamUsers waiting for a connection slot (each holds a pending slot)
     cdef readonly int hash_kind            # what keys a consistent-hash pick: HASH_NONE / HEADER / COOKIE / SOURCE
     cdef bytes hash_name                   # lowercase header or cookie name for HASH_HEADER / HASH_COOKIE
     cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
