@@ -165,3 +165,36 @@ def test_a_killed_worker_gives_its_slots_back(tmp_path: Path) -> None:
                 await run.stop()
 
     asyncio.run(main())
+
+
+def test_a_reload_keeps_the_count_of_requests_under_way(tmp_path: Path) -> None:
+    """workers = 2, max_requests = 4 with 4 requests held; a reload raises it to 6 (the cluster is rebuilt): the
+    4 still under way count against the new limit, so of 6 more requests at once only 2 are admitted."""
+    async def main() -> None:
+        port, admin = free_port(), free_port()
+        async with ChaosBackend("slow", delay=2 * DELAY) as backend:
+            run = AsyncRun(tmp_path, config(backend.address, "max_requests = 4", port, admin))
+            await run.start()
+            try:
+                held = [Client("127.0.0.1", port, timeout=10.0) for _ in range(4)]
+                await asyncio.gather(*(c._connection() for c in held))
+                under_way = [asyncio.ensure_future(c.get("/")) for c in held]
+                deadline = time.monotonic() + 10
+                while backend.requests < 4:
+                    assert time.monotonic() < deadline, "the first requests never reached the backend"
+                    await asyncio.sleep(0.01)
+                run.config.write_text(config(backend.address, "max_requests = 6", port, admin))
+                request = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST")
+                answer = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(request, timeout=10).read()))
+                assert answer["result"] == "ok" and answer["changes"]["clusters_changed"] == ["api"], answer
+                answers, more = await burst(port, 6)
+                ok = sum(s == 200 for s, _ in answers)
+                report("reload 4 -> 6 with 4 under way", admitted=ok)
+                assert 1 <= ok <= 2 and backend.requests == 4 + ok, answers
+                assert [r.status for r in await asyncio.gather(*under_way)] == [200] * 4
+                for c in held + more:
+                    c.close()
+            finally:
+                await run.stop()
+
+    asyncio.run(main())
