@@ -445,8 +445,10 @@ def _percent_share(check: _Check, key: str, value: Any) -> Any:
 
 
 def _limits(check: _Check, key: str, value: Any) -> Any:
-    fields = _table(check, key, value, {name: _whole(1) for name in
-                                        ("max_connections", "max_pending", "max_requests", "max_retries")})
+    # 0 is a meaning for the queue and for retries (none wait, none are retried at once), as in Envoy; a cluster
+    # that may open no connection or have no request in flight would refuse everything, so those start at 1.
+    fields = _table(check, key, value, {"max_connections": _whole(1), "max_pending": _whole(0),
+                                        "max_requests": _whole(1), "max_retries": _whole(0)})
     return BAD if fields is None else Limits(**fields)
 
 

@@ -50,11 +50,12 @@ class AdaptiveConcurrency:
 
 @dataclass
 class Limits:
-    """Circuit breakers, per worker: over a limit a request gets 503 `fastmesh-error: overloaded` at once."""
+    """Circuit breakers for the whole instance (every worker counts together): over a limit a request gets 503
+    `fastmesh-error: overloaded` at once."""
     max_connections: int = 1024        # upstream connections open
-    max_pending: int = 1024            # requests waiting for a connection slot
+    max_pending: int = 1024            # requests waiting for a connection slot (0: none wait)
     max_requests: int = 1024           # requests in flight
-    max_retries: int = 3               # retries in flight
+    max_retries: int = 3               # retries in flight (0: none)
 
 
 HEALTH_CHECK_TYPES = ("http", "tcp")

@@ -209,6 +209,10 @@ BAD = [
     (MINIMAL + 'response_timeout = "0s"\n',
      'clusters.echo.response_timeout: expected a duration above "0s", got "0s"'),
     (MINIMAL + "pool_max_idle = -1\n", "clusters.echo.pool_max_idle: expected a whole number >= 0, got -1"),
+    (MINIMAL + "limits = { max_pending = -1 }\n",
+     "clusters.echo.limits.max_pending: expected a whole number >= 0, got -1"),
+    (MINIMAL + "limits = { max_requests = 0 }\n",
+     "clusters.echo.limits.max_requests: expected a whole number >= 1, got 0"),
     (MINIMAL + "pool_idle_timeout = 5\n", f"clusters.echo.pool_idle_timeout: expected {DURATION}, got 5"),
     (LISTENER.replace('"echo"', '"my cluster"') + '[clusters."my cluster"]\nendpoints = ["127.0.0.1:9001"]\n',
      'clusters."my cluster": expected a cluster name of letters, digits, "_", "-" and ".", got "my cluster"'),
@@ -335,6 +339,13 @@ def test_minimal_config_gets_schema_defaults() -> None:
     assert (listener.protocol, listener.idle_timeout, listener.backlog, listener.splice) == ("tcp", 3600.0, 1024, True)
     cluster = cfg.clusters["echo"]
     assert (cluster.balancer, cluster.connect_timeout, cluster.connect_attempts) == ("round_robin", 1.0, 3)
+
+
+def test_zero_pending_and_zero_retries_mean_none() -> None:
+    """max_pending = 0 is "no queue" (refuse at once at max_connections), max_retries = 0 "no retry at once"."""
+    cfg = loads_config(MINIMAL + "limits = { max_pending = 0, max_retries = 0 }\n", "good.toml")
+    limits = cfg.clusters["echo"].limits
+    assert (limits.max_pending, limits.max_retries, limits.max_connections) == (0, 0, 1024)
 
 
 def test_full_config() -> None:

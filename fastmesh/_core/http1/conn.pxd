@@ -114,7 +114,7 @@ cdef class Downstream(UpstreamUser):
     cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
     cdef unsigned long long tried          # bit per endpoint (0..63) this request failed on: retries prefer others
     cdef bint counted                      # counted in policy.requests_active
-    cdef bint retrying                     # counted in policy.retries_active
+    cdef bint retrying                     # holds a max_retries slot (policy.retries_active, the limit cell)
     cdef bint waiting                      # queued in pool.waiters for a connection slot
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
     cdef bint body_replayable              # the whole request body sits in rbuf from body_mark on

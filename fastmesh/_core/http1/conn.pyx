@@ -60,6 +60,7 @@ from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
     ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
+from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
 from fastmesh._core.router cimport Router, Span
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
@@ -668,8 +669,7 @@ cdef class Downstream(UpstreamUser):
         self.build_request_head(buf, h)
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        if policy.requests_active >= policy.max_requests or (
-                policy.adaptive is not None and policy.requests_active >= <long>policy.adaptive.limit):
+        if not policy.cell.take(F_REQUESTS, policy.request_limit()):
             policy.overloaded += 1
             self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
             return 1
@@ -779,8 +779,7 @@ cdef class Downstream(UpstreamUser):
             if err == -1:
                 # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
                 self.attempts -= 1
-                if len(self.pool.waiters) < self.pool.policy.max_pending:
-                    self.pool.waiters.append(self)
+                if self.pool.enqueue(self):
                     self.waiting = True
                 else:
                     self.pool.policy.overloaded += 1
@@ -814,12 +813,19 @@ cdef class Downstream(UpstreamUser):
             return False
         if not self.body_replayable or not replayable_method(self.req_method) or self.req_upgrade:
             return False
-        if policy.retries_active >= policy.max_retries:
-            policy.overloaded += 1
-            return False
         if self.total_deadline and now + 0.001 >= self.total_deadline:
             return False
-        return policy.budget.try_withdraw(now)
+        if self.retrying:               # already holds one of the instance's max_retries slots
+            return policy.budget.try_withdraw(now)
+        if not policy.cell.take(F_RETRIES, policy.max_retries):
+            policy.overloaded += 1
+            return False
+        if not policy.budget.try_withdraw(now):
+            policy.cell.give(F_RETRIES)
+            return False
+        self.retrying = True            # the slot goes back in end_request()
+        policy.retries_active += 1
+        return True
 
     cdef void retry(self) noexcept:
         """Send the request again (another endpoint when there is one), after a jittered backoff."""
@@ -830,9 +836,6 @@ cdef class Downstream(UpstreamUser):
         self.tries += 1
         self.attempts = 0
         policy.retried += 1
-        if not self.retrying:
-            self.retrying = True
-            policy.retries_active += 1
         self.resp_started = False
         self.reqhead_sent = 0
         self.rbuf.start = self.body_mark
@@ -866,13 +869,14 @@ cdef class Downstream(UpstreamUser):
         if self.counted:
             self.counted = False
             policy.requests_active -= 1
+            policy.cell.give(F_REQUESTS)
         if self.retrying:
             self.retrying = False
             policy.retries_active -= 1
+            policy.cell.give(F_RETRIES)
         if self.waiting:
             self.waiting = False
-            if self in self.pool.waiters:
-                self.pool.waiters.remove(self)
+            self.pool.unwait(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
@@ -1430,7 +1434,7 @@ cdef class Downstream(UpstreamUser):
         self.up = None
         self.fd = -1
         up.fd = -1
-        self.pool.active -= 1
+        self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
         TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf)
         up.close()
         self.close()
