@@ -488,8 +488,8 @@ def test_full_http_config() -> None:
     web, edge = cfg.listeners
     assert web == Listener(
         name="web", host="127.0.0.1", port=8080, cluster="web", protocol="http", idle_timeout=30.0,
-        header_timeout=5.0, body_timeout=120.0, max_request_line=4096, max_header_bytes=32768, max_headers=50, forwarded_headers=False,
-        request_id_header="X-Trace-Id", access_log=AccessLog(format="json", path="access.log"),
+        header_timeout=5.0, body_timeout=120.0, max_request_line=4096, max_header_bytes=32768, max_headers=50,
+        forwarded_headers=False, request_id_header="X-Trace-Id", access_log=AccessLog(format="json", path="access.log"),
         routes=[
             Route(cluster="api", host="*.Example.com", path_prefix="/api/", methods=["GET", "POST", "PURGE"],
                   headers={"X-Env": "canary"}, rewrite_prefix="/", add_request_headers={"X-A": "b c"},
