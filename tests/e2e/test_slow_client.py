@@ -131,6 +131,22 @@ def test_response_timeout_starts_once_the_request_is_sent():
     asyncio.run(main())
 
 
+def test_deadline_running_out_while_the_body_arrives_is_the_client_s():
+    """The request's own deadline (`timeout`) ends while the client still owes body bytes: 408, not 504 (which a
+    fastmesh hop further up would count against this one), and nothing is counted against the endpoint."""
+    async def main():
+        async with HttpBackend("a") as a, \
+                proxied([a.address], cluster='timeout = "1s"\noutlier = { consecutive_failures = 1 }') as proxy:
+            r = await trickle(proxy, "/echo", b"x" * 20, 0.3)
+            assert r.response is not None and r.response.status == 408, r
+            assert r.response.header("fastmesh-error") == "body timeout"
+            assert r.response.header("fastmesh-retried") is None
+            assert r.closed and 0.8 < r.elapsed < 4.0, r
+            endpoints_unblamed(proxy)
+
+    asyncio.run(main())
+
+
 def test_silence_within_a_body_is_bounded_by_idle_timeout():
     """With no limit on the whole body (body_timeout = "0s"), a client may send slowly but not fall silent:
     after idle_timeout without a byte, 408. Steady bytes, however slow, keep it going."""

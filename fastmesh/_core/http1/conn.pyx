@@ -402,7 +402,12 @@ cdef class HttpProxy(Acceptor):
             nxt = d.next
             if d.state == DS_EXCHANGE:
                 if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
-                    d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    if d.awaits_client():
+                        # The request's time ran out while its client still owed body bytes: the client's doing
+                        # (408, not a 504 that a fastmesh further up would count against this hop).
+                        d.respond_error(408, "Request Timeout", "body timeout", False)
+                    else:
+                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
                     d.run()
                 elif not d.req_done and d.body_overdue(now):
                     # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
