@@ -786,6 +786,7 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
 }
 _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "header_timeout": _duration(allow_zero=False),
+    "body_timeout": _duration(allow_zero=True),
     "max_request_line": _whole(64, 1 << 20),
     "max_header_bytes": _whole(64, 1 << 24),
     "max_headers": _whole(1, 100),
@@ -1001,6 +1002,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         return out
     out.update(
         header_timeout=format_duration(lst.header_timeout),
+        body_timeout=format_duration(lst.body_timeout),
         max_request_line=lst.max_request_line,
         max_header_bytes=lst.max_header_bytes,
         max_headers=lst.max_headers,

@@ -167,6 +167,7 @@ class Listener:
     splice: bool = True                # zero-copy splice(2) relay; False uses recv/send buffers
     # HTTP only:
     header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
+    body_timeout: float = 60.0         # seconds a client has to send a whole request body after its head (0: no limit)
     max_request_line: int = 8192       # bytes; longer -> 414
     max_header_bytes: int = 65536      # bytes of the field section; more -> 431
     max_headers: int = 100             # field lines (1..100); more -> 431

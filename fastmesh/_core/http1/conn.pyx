@@ -17,6 +17,12 @@ while framed bytes wait, so a connection holds at most one receive buffer per si
 
 Errors answer once, in one place (respond_error): parse errors get their status (400/414/431/501/505) and
 the connection closes; upstream failures get 502/503/504 with a `fastmesh-error` header naming the cause.
+
+Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
+the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
+response clock starts over; the upstream's runs while it holds bytes we could not hand it, and once the whole
+request is sent (HAProxy's timeout client vs timeout server). A client too slow with its body is never the
+endpoint's failure: no outlier count, no latency sample, no retry.
 """
 cimport cython
 from libc.stdint cimport uint32_t
@@ -265,7 +271,7 @@ cdef class HttpProxy(Acceptor):
     def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
                   double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
                   int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None, bint trust_headers=True):
+                  access_log=None, bint trust_headers=True, double body_timeout=60.0):
         cdef int size
         self.reactor = reactor
         self.name = name
@@ -281,6 +287,7 @@ cdef class HttpProxy(Acceptor):
         self.buffers = BufferPool(256, size) if size > reactor.buffers.size else reactor.buffers
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
@@ -374,27 +381,38 @@ cdef class HttpProxy(Acceptor):
         return t
 
     def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
-                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers):
+                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers,
+                    double body_timeout):
         """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
         they started with (each holds its router and pool). Head limits stay as the listener was bound."""
         self.router = router
         self.pools = pools
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
         self.trust_headers = trust_headers
 
     cdef void sweep(self, double now) noexcept:
-        """Header, idle, connect, response and closing deadlines: a walk of the open connections."""
+        """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
                 if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
-                    d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    if d.awaits_client():
+                        # The request's time ran out while its client still owed body bytes: the client's doing
+                        # (408, not a 504 that a fastmesh further up would count against this hop).
+                        d.respond_error(408, "Request Timeout", "body timeout", False)
+                    else:
+                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    d.run()
+                elif not d.req_done and d.body_overdue(now):
+                    # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
+                    d.respond_error(408, "Request Timeout", "body timeout", False)
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)
@@ -636,6 +654,8 @@ cdef class Downstream(UpstreamUser):
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
+        self.body_seen = self.started
+        self.body_deadline = self.started + proxy.body_timeout if proxy.body_timeout > 0 and not self.req_done else 0.0
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
             self.log_fields = self.describe(buf, h)
@@ -732,6 +752,26 @@ cdef class Downstream(UpstreamUser):
         if self.total_deadline and self.total_deadline < t:
             return self.total_deadline
         return t
+
+    cdef bint awaits_client(self) noexcept:
+        """Whether the request body is the client's move: the upstream has taken every body byte that came."""
+        return (not self.req_done and self.up is not None and self.up.state != UP_CONNECTING
+                and self.reqhead_sent == self.reqhead.len and self.req_ready == 0)
+
+    cdef bint body_overdue(self, double now) noexcept:
+        """The client's clocks while its request body arrives: True once the whole body took longer than
+        body_timeout, or the client kept silent for idle_timeout while the upstream had taken everything. Until
+        then the upstream owes nothing: its response clock, and the latency it is judged by, start over."""
+        if self.body_deadline and now >= self.body_deadline:
+            return True
+        if not self.awaits_client():
+            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
+            return False
+        if now - self.body_seen >= self.proxy.idle_timeout:
+            return True
+        self.try_started = now
+        self.deadline = self.try_deadline()
+        return False
 
     cdef void stamp_deadline(self) noexcept:
         """Write the time the next hop may take (ms) into reqhead's fastmesh-timeout-ms field: what is left of this
@@ -897,6 +937,7 @@ cdef class Downstream(UpstreamUser):
         """Move whatever can move; 1 when the exchange ended (state changed), 0 to wait, -1 when closed."""
         cdef Upstream up = self.up
         cdef Py_ssize_t n
+        cdef unsigned long long sent, taken
         cdef int r
         if up is None:
             return 0
@@ -917,8 +958,16 @@ cdef class Downstream(UpstreamUser):
                     return self.upstream_lost()
         # 2. the request body
         if self.reqhead_sent == self.reqhead.len and not self.req_done:
+            sent = self.ex_in
+            taken = sent + <unsigned long long>self.req_ready
             r = self.pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
                                &self.req_body, &self.req_ready, True)
+            if self.ex_in + <unsigned long long>self.req_ready != taken:
+                self.body_seen = self.proxy.reactor.now      # the client sent more of its body
+            if r == 0 and (self.req_ready == 0 or self.ex_in != sent):
+                # The upstream took all it was given, or at least more of it: its response clock starts over.
+                self.try_started = self.proxy.reactor.now
+                self.deadline = self.try_deadline()
             if r == 1:
                 self.req_done = True
             elif r == -1:
