@@ -90,9 +90,11 @@ def test_cost_follows_the_peak_then_decays():
     before = b.costs()[0]
     b.observe_py(0, 0.010, 200)
     assert b.costs()[0] == pytest.approx(before + 0.010 * (1 - math.exp(-3.0)))
-    # Within the same instant a lower sample carries no weight; a higher one still replaces it.
+    # Within the same instant a lower sample still counts 1/16 (the estimate follows about the last 16 samples
+    # however fast they come); a higher one still replaces it.
+    after = b.costs()[0]
     b.observe_py(0, 0.001, 200)
-    assert b.costs()[0] == pytest.approx(before + 0.010 * (1 - math.exp(-3.0)))
+    assert b.costs()[0] == pytest.approx(after + (0.001 - after) / 16)
     b.observe_py(0, 0.9, 200)
     assert b.costs()[0] == pytest.approx(0.9)
 

@@ -2,7 +2,9 @@
 
 Cost is a peak-sensitive, time-decayed latency estimate (Finagle's PeakEwma, linkerd2's balancer):
 a sample above the current cost replaces it at once (a slow endpoint is noticed after one request);
-a lower one moves it by 1 - exp(-dt / decay), dt being the time since the endpoint's previous sample;
+a lower one moves it by 1 - exp(-dt / decay), dt being the time since the endpoint's previous sample,
+or by 1/SPAN of the difference when that is more (Finagle's rule alone takes `decay` seconds to forget
+a peak at any request rate: at thousands of requests a second, tens of thousands of fresh samples);
 between samples the cost decays toward zero with time constant `decay` (10 s by default).
 
 Fairness to equal endpoints. Peak EWMA alone starves an endpoint whose estimate is wrong: one that loses
@@ -11,8 +13,7 @@ answering in well under a millisecond, one late answer (a descheduled backend, a
 10-100 times its peers', and the decay needs tens of seconds to wear it down; a fixed 30 ms placeholder
 for an endpoint not measured yet loses the same way to peers measured at 1 ms. Two rules fix both:
 - An endpoint with no sample yet (at creation, and after endpoint_up) costs the cluster's typical cost,
-  an average of the cluster's recent samples (each counts 1/TYPICAL_SPAN, more after a quiet spell;
-  default_rtt until the first).
+  an average of the cluster's recent samples, weighed as an endpoint's are (default_rtt until the first).
   Its first sample replaces that placeholder outright.
 - An estimate is stale once the cluster has taken PROBE_SPACING times the samples the endpoint's weight
   would give it between two of its own without taking one there. A pick that draws an endpoint with a
@@ -39,7 +40,7 @@ is drawn less and counts as smaller in the load term.
 Decay without a clock read or exp() per pick: every stored cost is scaled to one shared `epoch`, so
 the cost now is cost[i] * decay_now for every endpoint with the same factor, which set_clock computes
 once per clock change (one exp per reactor wakeup). Picks multiply and compare two sample counters;
-observe() pays one exp.
+observe() pays an exp only for a sample that follows a quiet spell.
 
 The owner calls set_clock once per wakeup. Until it first does, observe() reads CLOCK_MONOTONIC
 itself (once per finished request, never per pick), so an unwired clock cannot freeze the costs.
@@ -59,12 +60,23 @@ cdef double REBASE = 30.0
 cdef double COST_FLOOR = 1e-6
 # Samples are clamped to an hour: a NaN, infinite or absurd rtt must not poison the estimate.
 cdef double MAX_SAMPLE = 3600.0
-# The typical cost averages about this many of the cluster's latest samples (each counts 1 / TYPICAL_SPAN).
-cdef double TYPICAL_SPAN = 16.0
+# A sample below an estimate counts at least 1 / SPAN of it: an estimate follows about the last SPAN samples
+# however fast they come (the time-weighted rule alone would need `decay` seconds at any rate). The cluster's
+# typical cost averages its last SPAN samples the same way.
+cdef double SPAN = 16.0
 # An estimate is stale after this many times the cluster samples its weight's share would put between two of
 # its own: a probe then costs a slow endpoint at most 1 / PROBE_SPACING of its share (the slow-endpoint tests
 # hold a slow one of five under 3% of the requests).
 cdef long long PROBE_SPACING = 16
+
+
+cdef inline double blend(EwmaBalancer b, double estimate, double rtt, double stamp) noexcept:
+    # A sample rtt below `estimate` (a cost now, last sampled at `stamp`): moved by 1 / SPAN of the gap, or,
+    # where the decay since `stamp` took more than 1 / SPAN off, by what the decay took (Finagle's rule:
+    # estimate * exp(-dt / decay) + rtt * (1 - exp(-dt / decay)); the exp is paid only then).
+    if (b.now - stamp) * SPAN > b.decay:
+        return estimate + rtt * (1.0 - exp((stamp - b.now) / b.decay))
+    return estimate + (rtt - estimate) / SPAN
 
 
 cdef inline double stored_cost(EwmaBalancer b, int i) noexcept:
@@ -206,13 +218,7 @@ cdef class EwmaBalancer(Balancer):
         if not penalty:
             # The cluster's typical cost follows its latencies (a refusal's speed is not one).
             if self.typical_set:
-                # Each sample counts 1 / TYPICAL_SPAN. In a quiet cluster, where the decay since the previous
-                # sample took more than that off, the sample fills what the decay took, as an endpoint's does.
-                typical = self.typical * self.decay_now
-                if (self.now - self.typical_stamp) * TYPICAL_SPAN > self.decay:
-                    typical += rtt * (1.0 - exp((self.typical_stamp - self.now) / self.decay))
-                else:
-                    typical += (rtt - typical) / TYPICAL_SPAN
+                typical = blend(self, self.typical * self.decay_now, rtt, self.typical_stamp)
             else:
                 typical = rtt
                 self.typical_set = True
@@ -225,8 +231,8 @@ cdef class EwmaBalancer(Balancer):
         fresh = self.unsampled[i] or self.seq - self.last_seq[i] > self.gap[i]
         current = self.cost[i] * self.decay_now
         if rtt < current and not fresh:
-            # A sample below the peak: weigh it by the time it stands for (since the previous sample).
-            current += rtt * (1.0 - exp((self.stamp[i] - self.now) / self.decay))
+            # A sample below the peak: it pulls the estimate down (by at least 1 / SPAN, more after a gap).
+            current = blend(self, current, rtt, self.stamp[i])
         else:
             current = rtt
         self.cost[i] = current / self.decay_now
