@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fastmesh._testbase.chaos import ChaosBackend, Client, run_load
+from fastmesh._testbase.chaos import ChaosBackend, Client, Tally, run_load
 from tests.e2e.test_resilience import client, endpoint_state, proxy_for, report, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,7 +109,13 @@ def test_ewma_cold_start_behind_health_checks_shares_fairly():
             cluster = 'balancer = "ewma"\nhealth_check = { path = "/healthz", interval = "1s" }\n'
             async with proxy_for([b.address for b in backends], cluster) as proxy:
                 host, port = proxy.addresses["web"]
-                tally = await run_load(host, port, clients=16, seconds=4.0, pause=16 / 150)
+                tally = Tally()
+
+                async def paced(k: int) -> None:
+                    """Client k joins k / 150 s in, as clients of a service coming up would."""
+                    await asyncio.sleep(k / 150)
+                    await run_load(host, port, clients=1, seconds=4.0 - k / 150, pause=16 / 150, tally=tally)
+                await asyncio.gather(*(paced(k) for k in range(16)))
                 got = shares_of(tally, names)
                 report("ewma cold start", answers=tally.ok, shares={k: f"{v:.3f}" for k, v in got.items()})
                 assert tally.failed == 0 and tally.ok > 200
