@@ -1,20 +1,50 @@
-"""`pip wheel .` builds a wheel that carries every compiled module of the data path, its declarations and stubs."""
+"""Packaging as a new user meets it: `pip wheel .` carries the compiled core, and a plain (non-editable) install
+into a fresh venv runs the README's first command from the root of a fresh checkout."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import venv
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from fastmesh._testbase.net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(900)
-def test_wheel_contains_the_compiled_core(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files git would check out (committed or not, nothing built): what a fresh clone holds."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    root = tmp_path_factory.mktemp("checkout") / "fastmesh"
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def wheel(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=900)
+                           "-w", str(out), str(checkout)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (wheel,) = tmp_path.glob("fastmesh-*.whl")
+    (built,) = out.glob("fastmesh-*.whl")
+    return built
+
+
+@pytest.mark.timeout(900)
+def test_wheel_contains_the_compiled_core(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = [p.relative_to(REPO).as_posix() for p in (REPO / "fastmesh" / "_core").rglob("*.pyx")]
     assert sources, "no .pyx found"
@@ -24,3 +54,52 @@ def test_wheel_contains_the_compiled_core(tmp_path: Path) -> None:
     assert "fastmesh/py.typed" in names
     assert "fastmesh/_core/http1/parser.pxd" in names and "fastmesh/_core/router.pyi" in names
     assert not any(n.endswith(".pyx") or n.endswith(".c") for n in names)   # sources stay out of the wheel
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command")
+def test_quickstart_runs_from_the_checkout_root_after_a_plain_install(
+        checkout: Path, wheel: Path, tmp_path: Path) -> None:
+    # The checkout's uncompiled fastmesh/ sits in the current directory: workers must still import the installed one.
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The example as shipped, moved to free ports so the test never collides with anything on the machine.
+    example = checkout / "examples" / "quickstart.toml"
+    text = example.read_text()
+    ports = {old: free_port() for old in (4140, 4141, 9001, 9002, 9003, 9990)}
+    for old, new in ports.items():
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    if f"127.0.0.1:{ports[9990]}" not in text:
+        text += f'\n[admin]\nlisten = "127.0.0.1:{ports[9990]}"\n'
+    example.write_text(text)
+    log = tmp_path / "fastmesh.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    clean["PATH"] = f"{bin_dir}{os.pathsep}{clean.get('PATH', '')}"
+    with open(log, "wb") as err:
+        run = subprocess.Popen(["fastmesh", "run", "examples/quickstart.toml"], cwd=checkout, env=clean,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while not re.search(r"ready: 1 worker\(s\) serving", log.read_text(errors="replace")):
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.1)
+        seen = set()
+        for _ in range(3):
+            result = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{ports[4140]}/"],
+                                    capture_output=True, text=True, timeout=15)
+            assert result.returncode == 0, result.stderr
+            match = re.match(r"hello from demo backend (\d) ", result.stdout)
+            assert match, result.stdout
+            seen.add(match[1])
+        assert seen == {"1", "2", "3"}
+        assert "compiled core is missing" not in log.read_text(errors="replace")
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)

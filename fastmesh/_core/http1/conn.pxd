@@ -42,7 +42,8 @@ cdef class HttpProxy(Acceptor):
     cdef Limits resp_limits                # response head limits
     cdef BufferPool buffers                # receive buffers for downstream connections
     cdef readonly double header_timeout    # a request head must arrive within this
-    cdef readonly double idle_timeout      # keep-alive idle between requests
+    cdef readonly double idle_timeout      # keep-alive idle between requests; also the longest silence within a body
+    cdef readonly double body_timeout      # a request body must have arrived within this after its head (0: no limit)
     cdef bint forwarded                    # add Via / X-Forwarded-For / X-Forwarded-Proto
     cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled
     cdef readonly object access_log        # callable(fields tuple) per request, or None (off: costs nothing)
@@ -117,14 +118,16 @@ cdef class Downstream(UpstreamUser):
     cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
     cdef unsigned long long tried          # bit per endpoint (0..63) this request failed on: retries prefer others
     cdef bint counted                      # counted in policy.requests_active
-    cdef bint retrying                     # counted in policy.retries_active
+    cdef bint retrying                     # holds a max_retries slot (policy.retries_active, the limit cell)
     cdef bint waiting                      # queued in pool.waiters for a connection slot
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
     cdef bint body_replayable              # the whole request body sits in rbuf from body_mark on
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
     cdef double total_deadline             # request deadline (timeout / fastmesh-timeout-ms), 0 = none
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
-    cdef double try_started                # when the current try got its connection (latency for the balancer)
+    cdef double try_started                # when the upstream's clock started for this try (latency for the balancer)
+    cdef double body_deadline              # when the request body must have arrived (body_timeout), 0 = no limit
+    cdef double body_seen                  # when the client last sent body bytes (or last waited on us, not we on it)
     cdef unsigned long long hash_key       # consistent-hash key of the request (header, cookie or client IP)
     cdef bint keyed                        # hash_key is set: the balancer picks by it
 
@@ -143,6 +146,8 @@ cdef class Downstream(UpstreamUser):
     cdef void end_request(self) noexcept
     cdef void stamp_deadline(self) noexcept
     cdef double try_deadline(self) noexcept
+    cdef bint awaits_client(self) noexcept
+    cdef bint body_overdue(self, double now) noexcept
     cdef object describe(self, const char *buf, Head *h)
     cdef void log_request(self, int endpoint)
     cdef void add_host(self, OutBuf *o) noexcept

@@ -18,6 +18,12 @@ while framed bytes wait, so a connection holds at most one receive buffer per si
 Errors answer once, in one place (respond_error): parse errors get their status (400/414/431/501/505) and
 the connection closes; upstream failures get 502/503/504 with a `fastmesh-error` header naming the cause.
 
+Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
+the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
+response clock starts over; the upstream's runs while it holds bytes we could not hand it, and once the whole
+request is sent (HAProxy's timeout client vs timeout server). A client too slow with its body is never the
+endpoint's failure: no outlier count, no latency sample, no retry.
+
 What is forwarded is canonical (each rule has a row in tests/conformance/test_smuggling.py, FORWARDED):
  1. Transfer-Encoding leaves as exactly "Transfer-Encoding: chunked" (requests: the only coding the parser
     lets through; responses: when chunked is the only coding), however it was spelled.
@@ -83,6 +89,7 @@ from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
     ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
+from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
 from fastmesh._core.router cimport Router, Span, target_authority
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
@@ -322,7 +329,7 @@ cdef class HttpProxy(Acceptor):
     def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
                   double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
                   int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None, bint trust_headers=True):
+                  access_log=None, bint trust_headers=True, double body_timeout=60.0):
         cdef int size
         self.reactor = reactor
         self.name = name
@@ -338,6 +345,7 @@ cdef class HttpProxy(Acceptor):
         self.buffers = BufferPool(256, size) if size > reactor.buffers.size else reactor.buffers
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
@@ -431,27 +439,38 @@ cdef class HttpProxy(Acceptor):
         return t
 
     def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
-                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers):
+                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers,
+                    double body_timeout):
         """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
         they started with (each holds its router and pool). Head limits stay as the listener was bound."""
         self.router = router
         self.pools = pools
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
         self.trust_headers = trust_headers
 
     cdef void sweep(self, double now) noexcept:
-        """Header, idle, connect, response and closing deadlines: a walk of the open connections."""
+        """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
                 if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
-                    d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    if d.awaits_client():
+                        # The request's time ran out while its client still owed body bytes: the client's doing
+                        # (408, not a 504 that a fastmesh further up would count against this hop).
+                        d.respond_error(408, "Request Timeout", "body timeout", False)
+                    else:
+                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    d.run()
+                elif not d.req_done and d.body_overdue(now):
+                    # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
+                    d.respond_error(408, "Request Timeout", "body timeout", False)
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)
@@ -693,6 +712,8 @@ cdef class Downstream(UpstreamUser):
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
+        self.body_seen = self.started
+        self.body_deadline = self.started + proxy.body_timeout if proxy.body_timeout > 0 and not self.req_done else 0.0
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
             self.log_fields = self.describe(buf, h)
@@ -730,8 +751,7 @@ cdef class Downstream(UpstreamUser):
         self.build_request_head(buf, h)
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        if policy.requests_active >= policy.max_requests or (
-                policy.adaptive is not None and policy.requests_active >= <long>policy.adaptive.limit):
+        if not policy.cell.take(F_REQUESTS, policy.request_limit()):
             policy.overloaded += 1
             self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
             return 1
@@ -795,6 +815,26 @@ cdef class Downstream(UpstreamUser):
             return self.total_deadline
         return t
 
+    cdef bint awaits_client(self) noexcept:
+        """Whether the request body is the client's move: the upstream has taken every body byte that came."""
+        return (not self.req_done and self.up is not None and self.up.state != UP_CONNECTING
+                and self.reqhead_sent == self.reqhead.len and self.req_ready == 0)
+
+    cdef bint body_overdue(self, double now) noexcept:
+        """The client's clocks while its request body arrives: True once the whole body took longer than
+        body_timeout, or the client kept silent for idle_timeout while the upstream had taken everything. Until
+        then the upstream owes nothing: its response clock, and the latency it is judged by, start over."""
+        if self.body_deadline and now >= self.body_deadline:
+            return True
+        if not self.awaits_client():
+            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
+            return False
+        if now - self.body_seen >= self.proxy.idle_timeout:
+            return True
+        self.try_started = now
+        self.deadline = self.try_deadline()
+        return False
+
     cdef void stamp_deadline(self) noexcept:
         """Write the time the next hop may take (ms) into reqhead's fastmesh-timeout-ms field: what is left of this
         try's deadline now, less 1 ms for the transit and queueing no hop can measure, so the budget shrinks at
@@ -841,8 +881,7 @@ cdef class Downstream(UpstreamUser):
             if err == -1:
                 # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
                 self.attempts -= 1
-                if len(self.pool.waiters) < self.pool.policy.max_pending:
-                    self.pool.waiters.append(self)
+                if self.pool.enqueue(self):
                     self.waiting = True
                 else:
                     self.pool.policy.overloaded += 1
@@ -876,12 +915,19 @@ cdef class Downstream(UpstreamUser):
             return False
         if not self.body_replayable or not replayable_method(self.req_method) or self.req_upgrade:
             return False
-        if policy.retries_active >= policy.max_retries:
-            policy.overloaded += 1
-            return False
         if self.total_deadline and now + 0.001 >= self.total_deadline:
             return False
-        return policy.budget.try_withdraw(now)
+        if self.retrying:               # already holds one of the instance's max_retries slots
+            return policy.budget.try_withdraw(now)
+        if not policy.cell.take(F_RETRIES, policy.max_retries):
+            policy.overloaded += 1
+            return False
+        if not policy.budget.try_withdraw(now):
+            policy.cell.give(F_RETRIES)
+            return False
+        self.retrying = True            # the slot goes back in end_request()
+        policy.retries_active += 1
+        return True
 
     cdef void retry(self) noexcept:
         """Send the request again (another endpoint when there is one), after a jittered backoff."""
@@ -892,9 +938,6 @@ cdef class Downstream(UpstreamUser):
         self.tries += 1
         self.attempts = 0
         policy.retried += 1
-        if not self.retrying:
-            self.retrying = True
-            policy.retries_active += 1
         self.resp_started = False
         self.reqhead_sent = 0
         self.rbuf.start = self.body_mark
@@ -928,13 +971,14 @@ cdef class Downstream(UpstreamUser):
         if self.counted:
             self.counted = False
             policy.requests_active -= 1
+            policy.cell.give(F_REQUESTS)
         if self.retrying:
             self.retrying = False
             policy.retries_active -= 1
+            policy.cell.give(F_RETRIES)
         if self.waiting:
             self.waiting = False
-            if self in self.pool.waiters:
-                self.pool.waiters.remove(self)
+            self.pool.unwait(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
@@ -955,6 +999,7 @@ cdef class Downstream(UpstreamUser):
         """Move whatever can move; 1 when the exchange ended (state changed), 0 to wait, -1 when closed."""
         cdef Upstream up = self.up
         cdef Py_ssize_t n
+        cdef unsigned long long sent, taken
         cdef int r
         if up is None:
             return 0
@@ -975,8 +1020,16 @@ cdef class Downstream(UpstreamUser):
                     return self.upstream_lost()
         # 2. the request body
         if self.reqhead_sent == self.reqhead.len and not self.req_done:
+            sent = self.ex_in
+            taken = sent + <unsigned long long>self.req_ready
             r = self.pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
                                &self.req_body, &self.req_ready, True)
+            if self.ex_in + <unsigned long long>self.req_ready != taken:
+                self.body_seen = self.proxy.reactor.now      # the client sent more of its body
+            if r == 0 and (self.req_ready == 0 or self.ex_in != sent):
+                # The upstream took all it was given, or at least more of it: its response clock starts over.
+                self.try_started = self.proxy.reactor.now
+                self.deadline = self.try_deadline()
             if r == 1:
                 self.req_done = True
             elif r == -1:
@@ -1560,7 +1613,7 @@ cdef class Downstream(UpstreamUser):
         self.up = None
         self.fd = -1
         up.fd = -1
-        self.pool.active -= 1
+        self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
         TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf)
         up.close()
         self.close()
