@@ -17,6 +17,7 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.cluster import Cluster
     from fastmesh._core.http1.conn import HttpProxy
     from fastmesh._core.http1.pool import HttpPool
+    from fastmesh._core.limits import LimitBlock
     from fastmesh._core.listener import Listener
     from fastmesh._core.reactor import Reactor
     from fastmesh._core.stats import StatsBlock
@@ -36,7 +37,8 @@ class Proxy:
     ...     print(proxy.addresses)
     """
 
-    def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None) -> None:
+    def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None,
+                 limits_fd: int | None = None, worker: int = 0) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -57,6 +59,11 @@ class Proxy:
         self._stats_layout: StatsLayout | None = None
         self._stats_block: StatsBlock | None = None
         self._lag: LagProbe | None = None
+        # Limit counters: the supervisor's block shared by every worker (limits_fd, our region `worker`), or a
+        # private one, so an embedded Proxy's limits are its own. Mapped at the first start and kept.
+        self._limits_fd = limits_fd
+        self._worker = worker
+        self._limits: LimitBlock | None = None
         self._health: Health | None = None
         self._retired: list[Acceptor] = []        # acceptors a reload replaced, until their connections end
 
@@ -79,6 +86,10 @@ class Proxy:
 
         loop = asyncio.get_running_loop()
         reactor = Reactor()
+        if self._limits is None:
+            from fastmesh.dataplane.limits import open_limits
+            self._limits = open_limits(self.config, self._limits_fd, self._worker)
+            self._limits_fd = None
         clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
         pools = self._pools_for(self.config, reactor, clusters, {})
         listeners = []
@@ -115,15 +126,18 @@ class Proxy:
         for name, (host, port) in self.addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
 
-    @staticmethod
-    def _pools_for(config: Config, reactor: Reactor, clusters: dict[str, Cluster], keep: dict[str, HttpPool]
+    def _pools_for(self, config: Config, reactor: Reactor, clusters: dict[str, Cluster], keep: dict[str, HttpPool]
                    ) -> list[HttpPool]:
         """One HTTP pool per cluster, in config order (a router's cluster index is a position in this list); `keep`
-        holds pools to carry over by cluster name. Empty when no listener speaks http."""
+        holds pools to carry over by cluster name. Empty when no listener speaks http. A new pool's limits count
+        in its cluster's cell, the same cell a pool it replaces counted in."""
         from fastmesh.dataplane.clusters import build_pool
+        from fastmesh.dataplane.limits import cell_for
         if not any(lcfg.protocol == "http" for lcfg in config.listeners):
             return []
-        return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n]) for n in config.clusters]
+        assert self._limits is not None          # mapped by start() before the first pool
+        return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
+                for n in config.clusters]
 
     def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[HttpPool]
                   ) -> Acceptor:

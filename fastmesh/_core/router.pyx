@@ -24,8 +24,10 @@ Semantics, each tested in tests/core/test_router.py:
     removal (a prefix guarding "/admin/" does not see "/%61dmin/" or "/x/../admin/"; normalisation
     would be a listener option of its own). A prefix is a byte prefix ("/api" matches "/apix"). An
     absolute-form target without a path has the path "/".
-  - Methods: exact, case-sensitive tokens. Headers: every condition needs a line with that name (any
-    case) whose value (OWS trimmed by the parser) equals the configured value exactly.
+  - Methods: exact, case-sensitive tokens. CONNECT matches only a route whose methods name it: a route
+    without a method condition never turns the listener into a tunnel (conn.pyx answers 405). Headers:
+    every condition needs a line with that name (any case) whose value (OWS trimmed by the parser)
+    equals the configured value exactly.
 """
 
 import re
@@ -92,18 +94,26 @@ cdef inline Py_ssize_t _absolute_path_start(const char *t, Py_ssize_t n, Span *a
     return i
 
 
+cdef Span target_authority(const char *buf, const Head *h) noexcept nogil:
+    cdef Span s
+    s.ptr = buf + h.target_off
+    s.len = 0
+    if h.target_form == TARGET_ABSOLUTE:
+        _absolute_path_start(s.ptr, h.target_len, &s)
+    elif h.target_form == TARGET_AUTHORITY:
+        s.len = h.target_len
+    return s
+
+
 cdef Span request_host(const char *buf, const Head *h) noexcept nogil:
     cdef Span s
-    cdef const char *t = buf + h.target_off
+    cdef const char *t
     cdef const HeaderField *f
     cdef Py_ssize_t i
-    s.ptr = t
+    s.ptr = buf + h.target_off
     s.len = 0
     if h.target_form == TARGET_ABSOLUTE or h.target_form == TARGET_AUTHORITY:
-        if h.target_form == TARGET_ABSOLUTE:
-            _absolute_path_start(t, h.target_len, &s)
-        else:
-            s.len = h.target_len
+        s = target_authority(buf, h)
         i = s.len - 1
         while i >= 0 and s.ptr[i] != b'@':   # userinfo ends at the last "@"
             i -= 1
@@ -176,7 +186,7 @@ cdef inline bint _method_ok(const RouteEntry *e, const Span *tokens, const char 
                             const Head *h) noexcept nogil:
     cdef int i
     if e.any_method:
-        return True
+        return h.method != METHOD_CONNECT     # a tunnel only where a route names CONNECT
     if h.method != METHOD_OTHER:
         return (e.method_mask >> h.method) & 1
     for i in range(e.other_first, e.other_first + e.other_count):

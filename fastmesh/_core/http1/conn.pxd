@@ -27,7 +27,8 @@ ctypedef struct BodyFrame:
     long long remaining        # BODY_LENGTH: bytes still to pass
     bint done                  # the whole body has been framed
     bint dechunk               # pass only the chunk data (an HTTP/1.0 client cannot read chunked)
-    Py_ssize_t skip            # dechunk: framing bytes after the span being sent, dropped once it is out
+    Py_ssize_t skip            # bytes after the span being sent, dropped once it is out (dechunk, trailers)
+    Py_ssize_t held            # BODY_CHUNKED: bytes of an unfinished size line, fed but not passed on yet
     ChunkedDecoder dec         # BODY_CHUNKED: validates the chunked coding and finds its end
 
 
@@ -41,7 +42,8 @@ cdef class HttpProxy(Acceptor):
     cdef Limits resp_limits                # response head limits
     cdef BufferPool buffers                # receive buffers for downstream connections
     cdef readonly double header_timeout    # a request head must arrive within this
-    cdef readonly double idle_timeout      # keep-alive idle between requests
+    cdef readonly double idle_timeout      # keep-alive idle between requests; also the longest silence within a body
+    cdef readonly double body_timeout      # a request body must have arrived within this after its head (0: no limit)
     cdef bint forwarded                    # add Via / X-Forwarded-For / X-Forwarded-Proto
     cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled
     cdef readonly object access_log        # callable(fields tuple) per request, or None (off: costs nothing)
@@ -101,6 +103,8 @@ cdef class Downstream(UpstreamUser):
     cdef bint resp_started                 # a response byte came from the upstream
     cdef bint resp_head_done               # the final response head was forwarded
     cdef bint resp_done                    # response body fully forwarded
+    cdef bint resp_fresh                   # no byte of the final response head has left yet (a 502 still fits)
+    cdef Py_ssize_t resp_mark              # bytes queued in `out` before the final response head
     cdef int status                        # final response status
     cdef BodyFrame req_body                # request body framing
     cdef BodyFrame resp_body               # response body framing
@@ -114,14 +118,16 @@ cdef class Downstream(UpstreamUser):
     cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
     cdef unsigned long long tried          # bit per endpoint (0..63) this request failed on: retries prefer others
     cdef bint counted                      # counted in policy.requests_active
-    cdef bint retrying                     # counted in policy.retries_active
+    cdef bint retrying                     # holds a max_retries slot (policy.retries_active, the limit cell)
     cdef bint waiting                      # queued in pool.waiters for a connection slot
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
     cdef bint body_replayable              # the whole request body sits in rbuf from body_mark on
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
     cdef double total_deadline             # request deadline (timeout / fastmesh-timeout-ms), 0 = none
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
-    cdef double try_started                # when the current try got its connection (latency for the balancer)
+    cdef double try_started                # when the upstream's clock started for this try (latency for the balancer)
+    cdef double body_deadline              # when the request body must have arrived (body_timeout), 0 = no limit
+    cdef double body_seen                  # when the client last sent body bytes (or last waited on us, not we on it)
     cdef unsigned long long hash_key       # consistent-hash key of the request (header, cookie or client IP)
     cdef bint keyed                        # hash_key is set: the balancer picks by it
 
@@ -140,8 +146,11 @@ cdef class Downstream(UpstreamUser):
     cdef void end_request(self) noexcept
     cdef void stamp_deadline(self) noexcept
     cdef double try_deadline(self) noexcept
+    cdef bint awaits_client(self) noexcept
+    cdef bint body_overdue(self, double now) noexcept
     cdef object describe(self, const char *buf, Head *h)
     cdef void log_request(self, int endpoint)
+    cdef void add_host(self, OutBuf *o) noexcept
     cdef void random_id(self, char *out) noexcept
     cdef void add_retried(self, OutBuf *o) noexcept
     cdef bint request_key(self, const char *buf, Head *h) noexcept

@@ -17,6 +17,26 @@ while framed bytes wait, so a connection holds at most one receive buffer per si
 
 Errors answer once, in one place (respond_error): parse errors get their status (400/414/431/501/505) and
 the connection closes; upstream failures get 502/503/504 with a `fastmesh-error` header naming the cause.
+
+Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
+the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
+response clock starts over; the upstream's runs while it holds bytes we could not hand it, and once the whole
+request is sent (HAProxy's timeout client vs timeout server). A client too slow with its body is never the
+endpoint's failure: no outlier count, no latency sample, no retry.
+
+What is forwarded is canonical (each rule has a row in tests/conformance/test_smuggling.py, FORWARDED):
+ 1. Transfer-Encoding leaves as exactly "Transfer-Encoding: chunked" (requests: the only coding the parser
+    lets through; responses: when chunked is the only coding), however it was spelled.
+ 2. Content-Length leaves as one line of plain digits (repeats merged, leading zeros and OWS gone), both ways.
+ 3. Trailer fields the parser knows by name (framing, routing, Expect, hop-by-hop) are removed from request and
+    response trailers in place (framing.trailers_strip); the rest pass.
+ 4. Upgrade naming h2c is no upgrade: Upgrade and HTTP2-Settings are dropped, the request goes on as HTTP/1.1.
+ 5. An absolute-form target goes upstream in origin-form with Host set to its authority (RFC 9112 3.2.2);
+    an HTTP/1.0 request without Host gets the listener address it came to. Fragments never parse.
+ 6. CONNECT matches only routes that name it; otherwise 405 with `allow`, and the connection closes.
+ 7. A final response head is framed together with the body bytes already read: a body whose framing breaks
+    before any byte of the head left becomes a clean 502; after that the connection closes, and an
+    unfinished chunk-size line is never passed on (BodyFrame.held), so no malformed tail leaves.
 """
 cimport cython
 from libc.stdint cimport uint32_t
@@ -34,8 +54,16 @@ from fastmesh._core.buffer cimport (
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, ECONNREFUSED, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
-    EPOLLERR, EPOLLHUP, EPOLLET, sockaddr_storage, sockaddr_in, sockaddr_in6, AF_INET, AF_INET6, inet_ntop,
+    EPOLLERR, EPOLLHUP, EPOLLET, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t, AF_INET,
+    AF_INET6, inet_ntop,
 )
+
+cdef extern from "<sys/socket.h>" nogil:
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    unsigned short ntohs(unsigned short v)
+
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
 from fastmesh._core.stats cimport (
     StatsBlock, HEADER_SLOTS, L_FIELDS, L_ACCEPTED, L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, R_FIELDS, HIST_FIELDS,
@@ -45,13 +73,14 @@ from libc.stdlib cimport calloc, free
 from fastmesh._core.codes cimport error_status, error_reason
 from fastmesh._core.http1.parser cimport (
     Head, Limits, HeaderField, parse_request, parse_response, limits_init, METHOD_HEAD, METHOD_GET,
-    METHOD_OPTIONS, METHOD_TRACE, METHOD_PUT, METHOD_DELETE, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE,
-    FIELD_PROXY_CONNECTION, FIELD_TE, FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE,
-    FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING, FIELD_CONTENT_LENGTH, find_head_end,
+    METHOD_OPTIONS, METHOD_TRACE, METHOD_PUT, METHOD_DELETE, METHOD_CONNECT, FIELD_OTHER, FIELD_CONNECTION,
+    FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE, FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE,
+    FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING, FIELD_CONTENT_LENGTH, FIELD_HOST, FIELD_HTTP2_SETTINGS,
+    TARGET_ABSOLUTE, find_head_end,
 )
 from fastmesh._core.http1.framing cimport (
-    request_body, response_body, keep_alive, chunked_init, chunked_feed, BODY_NONE, BODY_LENGTH, BODY_CHUNKED,
-    BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE,
+    request_body, response_body, keep_alive, chunked_init, chunked_feed, trailers_strip, BODY_NONE, BODY_LENGTH,
+    BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE, CHUNK_SIZE_LF,
 )
 from fastmesh._core.http1.pool cimport (
     Upstream, UpstreamUser, HttpPool, UP_CONNECTING, HASH_NONE, HASH_HEADER, HASH_SOURCE,
@@ -60,7 +89,8 @@ from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport (
     ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
-from fastmesh._core.router cimport Router, Span
+from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
+from fastmesh._core.router cimport Router, Span, target_authority
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
 from fastmesh._core.http1.parser import METHOD_NAMES as _METHOD_NAMES
@@ -74,12 +104,16 @@ cdef Py_ssize_t COALESCE_MAX = 16384   # body bytes copied behind a head so both
 
 # The one transient head: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
+# The trailer section of the chunked body that just ended: parsed and stripped within one frame_take().
+cdef Head TRAILERS
 
 cdef bytes VIA = b"Via: 1.1 fastmesh\r\n"
 cdef bytes XFP = b"X-Forwarded-Proto: http\r\n"
 cdef bytes CONN_UPGRADE = b"Connection: upgrade\r\n"
 cdef bytes CONN_CLOSE = b"Connection: close\r\n"
 cdef bytes CONN_KEEP = b"Connection: keep-alive\r\n"
+cdef bytes TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"     # the one spelling every parser agrees on
+cdef bytes ALLOW = b"allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n"   # 405 to a CONNECT
 cdef bytes HEX = b"0123456789abcdef"
 TIMEOUT_HEADER = "fastmesh-timeout-ms"                  # the deadline budget, in ms, sent with each try
 cdef bytes TIMEOUT_NAME = TIMEOUT_HEADER.encode()
@@ -236,7 +270,25 @@ cdef inline bint hop_by_hop(uint32_t fid, bint upgrading) noexcept:
         return not upgrading
     return (fid == FIELD_CONNECTION or fid == FIELD_KEEP_ALIVE or fid == FIELD_PROXY_CONNECTION
             or fid == FIELD_TE or fid == FIELD_TRAILER or fid == FIELD_PROXY_AUTHENTICATE
-            or fid == FIELD_PROXY_AUTHORIZATION)
+            or fid == FIELD_PROXY_AUTHORIZATION or fid == FIELD_HTTP2_SETTINGS)
+
+
+cdef void add_content_length(OutBuf *o, long long value) noexcept:
+    """A Content-Length line in its one canonical form: no leading zeros, no whitespace, one line."""
+    cdef char line[40]
+    cdef int n = 40
+    memcpy(line, b"Content-Length: ", 16)
+    line[n - 1] = 10
+    line[n - 2] = 13
+    n -= 2
+    while True:
+        n -= 1
+        line[n] = <char>(48 + value % 10)
+        value //= 10
+        if value == 0:
+            break
+    ob_add(o, line, 16)
+    ob_add(o, line + n, 40 - n)
 
 
 cdef inline bint replayable_method(int m) noexcept:
@@ -255,13 +307,18 @@ cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim
     f.done = kind == BODY_NONE or (kind == BODY_LENGTH and length <= 0)
     f.dechunk = False
     f.skip = 0
+    f.held = 0
     if kind == BODY_CHUNKED:
-        chunked_init(&f.dec, lim, NULL)
+        chunked_init(&f.dec, lim, &TRAILERS)
 
 
-cdef Py_ssize_t frame_take(BodyFrame *f, const char *p, Py_ssize_t n) noexcept:
-    """How many of the n bytes at p belong to the body (passed on verbatim); < 0: a chunked-coding error."""
-    cdef Py_ssize_t used, total = 0, off, dlen
+cdef Py_ssize_t frame_take(BodyFrame *f, char *p, Py_ssize_t n) noexcept:
+    """How many of the n bytes at p belong to the body and may be passed on; < 0: a chunked-coding error.
+
+    Chunked: an unfinished size line is held back (f.held: fed to the decoder, left at p for the next call)
+    until it proves valid, so a size that overflows or a bad byte never leaves half-sent. Trailer fields the
+    parser knows by name are removed in place; f.skip then counts the bytes to drop after the span."""
+    cdef Py_ssize_t used, total = 0, off, dlen, kept
     if f.done or n <= 0:
         return 0
     if f.kind == BODY_LENGTH:
@@ -271,17 +328,25 @@ cdef Py_ssize_t frame_take(BodyFrame *f, const char *p, Py_ssize_t n) noexcept:
             f.done = True
         return used
     if f.kind == BODY_CHUNKED:
+        total = f.held
         while total < n:
             used = chunked_feed(&f.dec, p + total, n - total, &off, &dlen)
             if used < 0:
                 return used
             if used == 0:
                 break
-            total += used
             if f.dec.state == CHUNK_DONE:
                 f.done = True
-                break
-        return total
+                f.held = 0
+                if f.dec.trailers_len > 2:
+                    kept = trailers_strip(p + total + f.dec.trailers_off, f.dec.trailers_len, &TRAILERS,
+                                          f.dec.trailers_off)
+                    f.skip = f.dec.trailers_len - kept
+                return total + used - f.skip
+            total += used
+        # States up to CHUNK_SIZE_LF are the size line; line_len is 0 at its start.
+        f.held = f.dec.line_len if f.dec.state <= CHUNK_SIZE_LF else 0
+        return total - f.held
     return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
 
 
@@ -291,7 +356,7 @@ cdef class HttpProxy(Acceptor):
     def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
                   double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
                   int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None, bint trust_headers=True):
+                  access_log=None, bint trust_headers=True, double body_timeout=60.0):
         cdef int size
         self.reactor = reactor
         self.name = name
@@ -307,6 +372,7 @@ cdef class HttpProxy(Acceptor):
         self.buffers = BufferPool(256, size) if size > reactor.buffers.size else reactor.buffers
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
@@ -400,27 +466,38 @@ cdef class HttpProxy(Acceptor):
         return t
 
     def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
-                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers):
+                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers,
+                    double body_timeout):
         """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
         they started with (each holds its router and pool). Head limits stay as the listener was bound."""
         self.router = router
         self.pools = pools
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.forwarded = forwarded_headers
         self.rid_name = request_id_header.lower().encode("ascii")
         self.access_log = access_log
         self.trust_headers = trust_headers
 
     cdef void sweep(self, double now) noexcept:
-        """Header, idle, connect, response and closing deadlines: a walk of the open connections."""
+        """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
                 if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
-                    d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    if d.awaits_client():
+                        # The request's time ran out while its client still owed body bytes: the client's doing
+                        # (408, not a 504 that a fastmesh further up would count against this hop).
+                        d.respond_error(408, "Request Timeout", "body timeout", False)
+                    else:
+                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    d.run()
+                elif not d.req_done and d.body_overdue(now):
+                    # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
+                    d.respond_error(408, "Request Timeout", "body timeout", False)
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)
@@ -648,7 +725,7 @@ cdef class Downstream(UpstreamUser):
         self.status = 0
         self.req_method = h.method
         self.req_minor = h.minor_version
-        self.req_upgrade = h.upgrade and h.conn_upgrade
+        self.req_upgrade = h.upgrade and h.conn_upgrade and not h.upgrade_h2c
         self.req_expect = h.expect_continue
         self.resp_started = False
         self.resp_head_done = False
@@ -662,6 +739,8 @@ cdef class Downstream(UpstreamUser):
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
+        self.body_seen = self.started
+        self.body_deadline = self.started + proxy.body_timeout if proxy.body_timeout > 0 and not self.req_done else 0.0
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
             self.log_fields = self.describe(buf, h)
@@ -669,7 +748,11 @@ cdef class Downstream(UpstreamUser):
         route = self.router.match(buf, h)
         if route < 0:
             self.rbuf.start += head_len
-            self.respond_error(404, "Not Found", "no route", self.req_done)
+            if h.method == METHOD_CONNECT:
+                # A reverse proxy is no tunnel unless a route names CONNECT; the bytes after it are not HTTP.
+                self.respond_error(405, "Method Not Allowed", "connect not allowed", False)
+            else:
+                self.respond_error(404, "Not Found", "no route", self.req_done)
             return 1
         self.route = route
         self.cluster = self.router.cluster(route)
@@ -695,8 +778,7 @@ cdef class Downstream(UpstreamUser):
         self.build_request_head(buf, h)
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        if policy.requests_active >= policy.max_requests or (
-                policy.adaptive is not None and policy.requests_active >= <long>policy.adaptive.limit):
+        if not policy.cell.take(F_REQUESTS, policy.request_limit()):
             policy.overloaded += 1
             self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
             return 1
@@ -760,6 +842,26 @@ cdef class Downstream(UpstreamUser):
             return self.total_deadline
         return t
 
+    cdef bint awaits_client(self) noexcept:
+        """Whether the request body is the client's move: the upstream has taken every body byte that came."""
+        return (not self.req_done and self.up is not None and self.up.state != UP_CONNECTING
+                and self.reqhead_sent == self.reqhead.len and self.req_ready == 0)
+
+    cdef bint body_overdue(self, double now) noexcept:
+        """The client's clocks while its request body arrives: True once the whole body took longer than
+        body_timeout, or the client kept silent for idle_timeout while the upstream had taken everything. Until
+        then the upstream owes nothing: its response clock, and the latency it is judged by, start over."""
+        if self.body_deadline and now >= self.body_deadline:
+            return True
+        if not self.awaits_client():
+            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
+            return False
+        if now - self.body_seen >= self.proxy.idle_timeout:
+            return True
+        self.try_started = now
+        self.deadline = self.try_deadline()
+        return False
+
     cdef void stamp_deadline(self) noexcept:
         """Write the time the next hop may take (ms) into reqhead's fastmesh-timeout-ms field: what is left of this
         try's deadline now, less 1 ms for the transit and queueing no hop can measure, so the budget shrinks at
@@ -806,8 +908,7 @@ cdef class Downstream(UpstreamUser):
             if err == -1:
                 # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
                 self.attempts -= 1
-                if len(self.pool.waiters) < self.pool.policy.max_pending:
-                    self.pool.waiters.append(self)
+                if self.pool.enqueue(self):
                     self.waiting = True
                 else:
                     self.pool.policy.overloaded += 1
@@ -841,12 +942,19 @@ cdef class Downstream(UpstreamUser):
             return False
         if not self.body_replayable or not replayable_method(self.req_method) or self.req_upgrade:
             return False
-        if policy.retries_active >= policy.max_retries:
-            policy.overloaded += 1
-            return False
         if self.total_deadline and now + 0.001 >= self.total_deadline:
             return False
-        return policy.budget.try_withdraw(now)
+        if self.retrying:               # already holds one of the instance's max_retries slots
+            return policy.budget.try_withdraw(now)
+        if not policy.cell.take(F_RETRIES, policy.max_retries):
+            policy.overloaded += 1
+            return False
+        if not policy.budget.try_withdraw(now):
+            policy.cell.give(F_RETRIES)
+            return False
+        self.retrying = True            # the slot goes back in end_request()
+        policy.retries_active += 1
+        return True
 
     cdef void retry(self) noexcept:
         """Send the request again (another endpoint when there is one), after a jittered backoff."""
@@ -857,9 +965,6 @@ cdef class Downstream(UpstreamUser):
         self.tries += 1
         self.attempts = 0
         policy.retried += 1
-        if not self.retrying:
-            self.retrying = True
-            policy.retries_active += 1
         self.resp_started = False
         self.reqhead_sent = 0
         self.rbuf.start = self.body_mark
@@ -893,13 +998,14 @@ cdef class Downstream(UpstreamUser):
         if self.counted:
             self.counted = False
             policy.requests_active -= 1
+            policy.cell.give(F_REQUESTS)
         if self.retrying:
             self.retrying = False
             policy.retries_active -= 1
+            policy.cell.give(F_RETRIES)
         if self.waiting:
             self.waiting = False
-            if self in self.pool.waiters:
-                self.pool.waiters.remove(self)
+            self.pool.unwait(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
@@ -920,6 +1026,7 @@ cdef class Downstream(UpstreamUser):
         """Move whatever can move; 1 when the exchange ended (state changed), 0 to wait, -1 when closed."""
         cdef Upstream up = self.up
         cdef Py_ssize_t n
+        cdef unsigned long long sent, taken
         cdef int r
         if up is None:
             return 0
@@ -940,8 +1047,16 @@ cdef class Downstream(UpstreamUser):
                     return self.upstream_lost()
         # 2. the request body
         if self.reqhead_sent == self.reqhead.len and not self.req_done:
+            sent = self.ex_in
+            taken = sent + <unsigned long long>self.req_ready
             r = self.pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
                                &self.req_body, &self.req_ready, True)
+            if self.ex_in + <unsigned long long>self.req_ready != taken:
+                self.body_seen = self.proxy.reactor.now      # the client sent more of its body
+            if r == 0 and (self.req_ready == 0 or self.ex_in != sent):
+                # The upstream took all it was given, or at least more of it: its response clock starts over.
+                self.try_started = self.proxy.reactor.now
+                self.deadline = self.try_deadline()
             if r == 1:
                 self.req_done = True
             elif r == -1:
@@ -958,8 +1073,9 @@ cdef class Downstream(UpstreamUser):
             r = self.read_response_head()
             if self.state != DS_EXCHANGE:
                 return 1
-            if ob_pending(&self.out) and self.writable:
-                # An interim answer (100 Continue) must reach the client now: it may be waiting for it.
+            if ob_pending(&self.out) and self.writable and not self.resp_head_done:
+                # An interim answer (100 Continue) must reach the client now: it may be waiting for it. A final
+                # head waits for pump_body(), which frames the body bytes already here before it leaves.
                 if ob_flush(&self.out, self.fd) == 0:
                     self.writable = False
             if r <= 0:
@@ -973,6 +1089,14 @@ cdef class Downstream(UpstreamUser):
                                &self.resp_body, &self.resp_ready, False)
             if r == 1:
                 self.resp_done = True
+            elif r == -4:
+                # The body's framing broke before any byte of the head left: the head is withdrawn and the
+                # client gets a clean 502 instead.
+                self.pool.cluster.request_failed(up.endpoint, self.proxy.reactor.now)
+                self.out.len = self.out.off + self.resp_mark
+                self.resp_head_done = False
+                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                return 1
             elif r == -1 or r == -3:
                 # The upstream broke mid-body: the client got a head already, so only a close can tell it.
                 self.pool.cluster.request_failed(up.endpoint, self.proxy.reactor.now)
@@ -1106,6 +1230,8 @@ cdef class Downstream(UpstreamUser):
             self.resp_head_done = True
             self.state = DS_UPGRADING
             return -1
+        self.resp_mark = ob_pending(&self.out)
+        self.resp_fresh = True
         self.build_response_head(buf, h, False)
         up.rbuf.start += head_len
         self.resp_head_done = True
@@ -1114,7 +1240,8 @@ cdef class Downstream(UpstreamUser):
     cdef int pump_body(self, RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
                        OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept:
         """Pass a body from src to dfd: 1 done, 0 blocked, -1 source closed/failed early, -2 destination
-        failed, -3 framing error. The destination's queued head (dpend) goes first."""
+        failed, -3 framing error, -4 framing error while no byte of the response head has left. The
+        destination's queued head (dpend) goes first, after the body bytes already here were framed."""
         cdef Py_ssize_t n, avail, room, off, dlen
         cdef BufferPool pool = self.proxy.buffers if request else self.proxy.reactor.buffers
         cdef int r
@@ -1126,20 +1253,24 @@ cdef class Downstream(UpstreamUser):
                 # the client waits for a second packet. Only small bodies are copied; big ones stream.
                 if ready[0] == 0 and not f.dechunk and not f.done and src.data != NULL:
                     avail = src.end - src.start
-                    if 0 < avail <= COALESCE_MAX:
+                    if avail > 0:
                         n = frame_take(f, src.data + src.start, avail)
                         if n < 0:
-                            return -3
+                            return -4 if self.resp_fresh and not request else -3
                         ready[0] = n
                 if 0 < ready[0] <= COALESCE_MAX and not f.dechunk:
                     ob_add(dpend, src.data + src.start, ready[0])
-                    src.start += ready[0]
+                    src.start += ready[0] + f.skip
+                    f.skip = 0
                     if request:
                         self.ex_in += ready[0]
                     else:
                         self.ex_out += ready[0]
                     ready[0] = 0
+                avail = ob_pending(dpend)
                 r = ob_flush(dpend, dfd)
+                if r != 0 or ob_pending(dpend) != avail:
+                    self.resp_fresh = False
                 if r < 0:
                     return -2
                 if r == 0:
@@ -1277,6 +1408,7 @@ cdef class Downstream(UpstreamUser):
         cdef bint has_rid = False
         cdef bint seen_cl = False
         cdef bint upgrading = self.req_upgrade
+        cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
         cdef const char *rid = proxy.rid_name
         cdef Py_ssize_t rid_len = len(proxy.rid_name)
         cdef char idbuf[32]
@@ -1292,14 +1424,28 @@ cdef class Downstream(UpstreamUser):
         ob_add(o, " HTTP/1.1\r\n", 11)
         if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
             ntok = connection_tokens(buf, h, tok, tlen)
+        if host_from_target:
+            # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host; a received Host is ignored.
+            block = target_authority(buf, h)
+            ob_add(o, "Host: ", 6)
+            ob_add(o, block.ptr, block.len)
+            ob_add(o, "\r\n", 2)
+        elif h.host_index < 0:
+            self.add_host(o)
         for i in range(h.num_headers):
             f = &h.headers[i]
             if hop_by_hop(f.id, upgrading):
                 continue
             if f.id == FIELD_CONTENT_LENGTH:
-                if seen_cl:
-                    continue     # identical repeats were merged by the parser: send one
-                seen_cl = True
+                if not seen_cl:    # identical repeats were merged by the parser: send one, in plain digits
+                    seen_cl = True
+                    add_content_length(o, h.content_length)
+                continue
+            if f.id == FIELD_TRANSFER_ENCODING:
+                ob_add(o, TE_CHUNKED, len(TE_CHUNKED))   # the parser let only a single final chunked through
+                continue
+            if f.id == FIELD_HOST and host_from_target:
+                continue
             if f.id == FIELD_OTHER:
                 if ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                     continue
@@ -1336,6 +1482,31 @@ cdef class Downstream(UpstreamUser):
         ob_add(o, "000000000\r\n", TIMEOUT_DIGITS + 2)
         ob_add(o, "\r\n", 2)
 
+    cdef void add_host(self, OutBuf *o) noexcept:
+        """Host for an HTTP/1.0 request that came without one (it goes upstream as HTTP/1.1, which needs it):
+        the listener address the client connected to. (No route's host can apply: a request without a
+        host fails every host condition.) A syscall, but only on this rare path."""
+        cdef sockaddr_storage local
+        cdef socklen_t alen = sizeof(local)
+        cdef char text[64]
+        cdef int n = 0, port = 0
+        ob_add(o, "Host: ", 6)
+        if getsockname(self.fd, <sockaddr *>&local, &alen) == 0:
+            if local.ss_family == AF_INET:
+                inet_ntop(AF_INET, &(<sockaddr_in *>&local).sin_addr, text, 48)
+                port = ntohs((<sockaddr_in *>&local).sin_port)
+                n = snprintf(text + 48, 16, ":%d", port)
+                ob_add(o, text, len(<bytes>text))
+                ob_add(o, text + 48, n)
+            elif local.ss_family == AF_INET6:
+                text[0] = b'['
+                inet_ntop(AF_INET6, &(<sockaddr_in6 *>&local).sin6_addr, text + 1, 46)
+                port = ntohs((<sockaddr_in6 *>&local).sin6_port)
+                n = snprintf(text + 48, 16, "]:%d", port)
+                ob_add(o, text, len(<bytes>text))
+                ob_add(o, text + 48, n)
+        ob_add(o, "\r\n", 2)
+
     cdef void random_id(self, char *out) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
         cdef unsigned long long r
@@ -1361,6 +1532,7 @@ cdef class Downstream(UpstreamUser):
         cdef int ntok = 0, i
         cdef Span block
         cdef char line[16]
+        cdef bint seen_cl = False
         # "HTTP/1.1 NNN " by hand: snprintf showed up in the profile (the parser guarantees 100 <= status <= 599).
         memcpy(line, b"HTTP/1.1 ", 9)
         line[9] = <char>(48 + h.status // 100)
@@ -1378,7 +1550,16 @@ cdef class Downstream(UpstreamUser):
                 continue
             if f.id == FIELD_OTHER and ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                 continue
-            if f.id == FIELD_TRANSFER_ENCODING and self.resp_body.dechunk:
+            if f.id == FIELD_TRANSFER_ENCODING:
+                if self.resp_body.dechunk:
+                    continue
+                if h.chunked and not h.te_other:
+                    ob_add(o, TE_CHUNKED, len(TE_CHUNKED))   # chunked alone, however it was spelled
+                    continue
+            elif f.id == FIELD_CONTENT_LENGTH:
+                if not seen_cl:
+                    seen_cl = True
+                    add_content_length(o, h.content_length)
                 continue
             ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
             ob_add(o, "\r\n", 2)
@@ -1424,6 +1605,8 @@ cdef class Downstream(UpstreamUser):
         head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
                 f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}").encode()
         ob_add(&self.out, head, len(head))
+        if status == 405:
+            ob_add(&self.out, ALLOW, len(ALLOW))
         if status >= 500:
             self.add_retried(&self.out)
         ob_add(&self.out, "\r\n", 2)
@@ -1457,7 +1640,7 @@ cdef class Downstream(UpstreamUser):
         self.up = None
         self.fd = -1
         up.fd = -1
-        self.pool.active -= 1
+        self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
         TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf)
         up.close()
         self.close()

@@ -58,17 +58,20 @@ cdef class HttpPool(Sweeper):
     cdef readonly int max_idle             # idle connections kept per endpoint
     cdef readonly double idle_timeout      # seconds an idle connection is kept
     cdef readonly ClusterPolicy policy     # retries, budget, timeouts, circuit-breaker limits
-    cdef list waiters                      # UpstreamUsers waiting for a connection slot (max_connections reached)
+    cdef list waiters                      # UpstreamUsers waiting for a connection slot (each holds a pending slot)
     cdef readonly int hash_kind            # what keys a consistent-hash pick: HASH_NONE / HEADER / COOKIE / SOURCE
     cdef bytes hash_name                   # lowercase header or cookie name for HASH_HEADER / HASH_COOKIE
     cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
     cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
-    cdef readonly long active              # connections open now (idle included)
+    cdef readonly long active              # connections open now (idle included); each holds a max_connections slot
 
     cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=*, bint keyed=*,
                           unsigned long long tried=*)
     cdef void release(self, Upstream up) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
     cdef void wake_waiter(self) noexcept
+    cdef bint enqueue(self, UpstreamUser user) noexcept
+    cdef void unwait(self, UpstreamUser user) noexcept
+    cdef void connection_gone(self) noexcept

@@ -4,6 +4,11 @@ acquire() asks the cluster's balancer for an endpoint, then reuses the most rece
 (LIFO keeps few connections warm) or opens a new one. Idle connections stay registered in the reactor: any
 event on one (the server closed it, or sent bytes nobody asked for) closes it, so a dead connection is rarely
 handed out. The tick closes connections idle past idle_timeout; at most max_idle are kept per endpoint.
+
+max_connections and max_pending are the instance's (limits.pyx): a connection or a waiting request holds a slot
+of the cluster's limit cell. A slot another worker frees wakes nobody here, so the tick also hands free slots to
+this pool's waiters, and while other workers have requests waiting this pool closes its idle connections to
+free their slots.
 """
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport calloc, free
@@ -17,6 +22,7 @@ from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
+from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -101,7 +107,7 @@ cdef class Upstream(EventTarget):
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
-            pool.active -= 1
+            pool.connection_gone()
         rb_free(&self.rbuf, pool.reactor.buffers)
         ob_free(&self.out)
         self.user = None
@@ -169,11 +175,12 @@ cdef class HttpPool(Sweeper):
                 up.reused = True
                 bump_field(&self.reuses, 1)
                 return up
-            if self.active >= self.policy.max_connections:
+            if not self.policy.cell.take(F_CONNECTIONS, self.policy.max_connections):
                 err[0] = -1                # circuit breaker: no connection slot; the caller may wait for one
                 return None
             fd = cluster.open_socket(ep)
             if fd < 0:
+                self.policy.cell.give(F_CONNECTIONS)
                 err[0] = -fd
                 cluster.connect_failed(ep, -fd, self.reactor.now)
                 avoid = ep
@@ -188,6 +195,7 @@ cdef class HttpPool(Sweeper):
             if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
                 err[0] = errno
                 close(fd)
+                self.policy.cell.give(F_CONNECTIONS)
                 return None
             bump_field(&self.opened, 1)
             self.active += 1
@@ -218,7 +226,26 @@ cdef class HttpPool(Sweeper):
     cdef void wake_waiter(self) noexcept:
         """A connection went idle or closed: the longest waiting request tries again."""
         cdef UpstreamUser user = <UpstreamUser>self.waiters.pop(0)
+        self.policy.cell.give(F_PENDING)
         user.slot_free()
+
+    cdef bint enqueue(self, UpstreamUser user) noexcept:
+        """user waits for a connection slot if the instance has fewer than max_pending waiting; else False."""
+        if not self.policy.cell.take(F_PENDING, self.policy.max_pending):
+            return False
+        self.waiters.append(user)
+        return True
+
+    cdef void unwait(self, UpstreamUser user) noexcept:
+        """user no longer waits (answered, or gone): its max_pending slot is free."""
+        if user in self.waiters:
+            self.waiters.remove(user)
+            self.policy.cell.give(F_PENDING)
+
+    cdef void connection_gone(self) noexcept:
+        """A connection of this pool closed or left it (an upgrade's tunnel): its max_connections slot is free."""
+        self.active -= 1
+        self.policy.cell.give(F_CONNECTIONS)
 
     cdef void unlink_idle(self, Upstream up) noexcept:
         cdef int ep = up.endpoint
@@ -233,9 +260,27 @@ cdef class HttpPool(Sweeper):
         self.idle_count[ep] -= 1
 
     cdef void sweep(self, double now) noexcept:
-        cdef int ep
+        cdef int ep, n
+        cdef long others
         cdef Upstream up, nxt
         self.cluster.balancer.set_clock(now)      # EWMA decay and slow start run on the tick's clock
+        if self.policy.cell.workers > 1:
+            # Slots other workers freed: the waiters here try again (each once per tick at most).
+            n = len(self.waiters)
+            while n > 0 and self.waiters and (self.policy.cell.total(F_CONNECTIONS) < self.policy.max_connections):
+                self.wake_waiter()
+                n -= 1
+            # Requests wait in other workers while our idle connections hold slots: give those slots up.
+            others = self.policy.cell.total(F_PENDING) - len(self.waiters)
+            ep = 0
+            while others > 0 and ep < len(self.idle_heads):
+                up = <Upstream>self.idle_heads[ep]
+                if up is None:
+                    ep += 1
+                    continue
+                self.unlink_idle(up)
+                up.close()
+                others -= 1
         for ep in range(len(self.idle_heads)):
             up = <Upstream>self.idle_heads[ep]
             while up is not None:
