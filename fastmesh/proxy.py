@@ -351,7 +351,25 @@ class Proxy:
                       for p in self._pools},
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
             "health": self._health.active.status() if self._health is not None else {},
+            "connections": self._connection_limits(),
         }
+
+    def _connection_limits(self) -> dict[str, Any]:
+        """The worker's connection limit and each listener's: the limit (0: none), the connections holding a slot
+        now (an upgraded HTTP connection keeps its slot as a tunnel), and the listener's counts of connections
+        that waited at a limit and of accepts paused for want of fds."""
+        if self._conn_limit is None or self._stats_block is None:
+            return {}
+        from fastmesh.dataplane.stats import Snapshot
+        counted = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
+        budget = self.fd_budget
+        return {"max_connections": self._conn_limit.limit, "open": self._conn_limit.active,
+                "fd_limit": budget.fd_limit, "max_pipes": budget.max_pipes,
+                "pipes_open": self._reactor.pipes.open if self._reactor is not None else 0,
+                "listeners": {listener.name: {"max_connections": listener.limit.limit, "open": listener.limit.active,
+                                              "limited": counted.get(listener.name, {}).get("limited", 0),
+                                              "paused": counted.get(listener.name, {}).get("paused", 0)}
+                              for listener in self._listeners}}
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let open connections finish for up to drain_timeout seconds, then close the rest."""

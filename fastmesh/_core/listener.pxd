@@ -19,7 +19,7 @@ cdef class Listener(EventTarget):
     cdef unsigned long long limited_waited   # connections accepted after waiting in the backlog, this episode
     cdef double fds_since              # when accepting first failed for want of fds in this episode; 0: none
     cdef double fds_last               # when it last failed
-    cdef unsigned long long fds_pauses # pauses in this episode
+    cdef unsigned long long fds_pauses  # pauses in this episode
     cdef int fds_errno                 # the error of the first failure (EMFILE, ENFILE, ENOBUFS or ENOMEM)
     cdef object episode_timer          # asyncio TimerHandle that ends quiet episodes, or None
 

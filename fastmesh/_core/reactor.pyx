@@ -11,7 +11,7 @@ from libc.stdlib cimport malloc, free
 from fastmesh._core.includes.system cimport (
     epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
     close, pipe2, fcntl, F_SETPIPE_SZ, O_NONBLOCK, O_CLOEXEC, clock_gettime, timespec, CLOCK_MONOTONIC, errno,
-    sockaddr_storage, EMFILE,
+    sockaddr_storage,
 )
 
 import logging
@@ -108,7 +108,7 @@ cdef class PipePool:
             self.fds = NULL
 
     cdef int take(self, int *pr, int *pw) noexcept:
-        """A pipe from the pool, or a new one; -1 (errno set) at the limit or when the system has no fds left."""
+        """A pipe from the pool, or a new one; -1 at the limit or when the system has no fds left."""
         cdef int p[2]
         if self.count > 0:
             self.count -= 1
@@ -116,7 +116,6 @@ cdef class PipePool:
             pw[0] = self.fds[2 * self.count + 1]
             return 0
         if self.limit and self.open >= self.limit:
-            errno = EMFILE
             return -1
         if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
             return -1

@@ -27,13 +27,14 @@ def fastmesh_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "fastmesh", *args]
 
 
-def fd_limit(nofile: int | None) -> Callable[[], None] | None:
-    """A preexec_fn that sets the child's RLIMIT_NOFILE soft and hard limits to nofile (None: leave them)."""
+def fd_limit(nofile: int | tuple[int, int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that sets the child's RLIMIT_NOFILE: nofile for both limits, or (soft, hard); None: none."""
     if nofile is None:
         return None
+    limits = nofile if isinstance(nofile, tuple) else (nofile, nofile)
 
     def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
     return lower
 
 
@@ -104,9 +105,9 @@ class Run(_Files):
 
 class AsyncRun(_Files):
     """A `fastmesh run` of `text` for asyncio tests: start() waits for `ready`; stop() as Run.stop. With `nofile`
-    it runs with that fd limit (soft and hard), as under `ulimit -n`."""
+    it runs with that fd limit (soft and hard, or a (soft, hard) pair), as under `ulimit -n`."""
 
-    def __init__(self, tmp: Path, text: str, wait: float = WAIT, nofile: int | None = None) -> None:
+    def __init__(self, tmp: Path, text: str, wait: float = WAIT, nofile: int | tuple[int, int] | None = None) -> None:
         super().__init__(tmp, text, wait)
         self.proc: asyncio.subprocess.Process | None = None
         self.nofile = nofile

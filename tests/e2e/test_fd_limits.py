@@ -207,3 +207,29 @@ def test_out_of_fds_anyway_pauses_accepting_and_logs_once_per_episode(tmp_path: 
         assert later == LATER
 
     asyncio.run(main())
+
+
+def test_the_soft_fd_limit_is_raised_to_the_hard_one_and_the_connection_limit_follows(tmp_path: Path) -> None:
+    """Started with soft 256 and hard 1024 (a common default is 1024 and 4096 or more): workers run with 1024 and
+    derive their connection limit from that."""
+
+    async def main() -> None:
+        web, admin = free_ports(2)
+        async with HttpBackend("api") as backend:
+            run = AsyncRun(tmp_path, config(web, admin, backend), WAIT, nofile=(256, 1024))
+            try:
+                await run.start()
+                line = (await run.wait_log(r"max_connections (\d+) per worker \(derived from the fd limit: "
+                                           r"fd limit (\d+),"))[0]
+                pid = int(re.findall(r"w0 started \(pid (\d+)\)", run.log())[-1])
+                with open(f"/proc/{pid}/limits") as f:
+                    soft = int(re.search(r"^Max open files\s+(\d+)\s+(\d+)", f.read(), re.MULTILINE)[1])
+                async with httpx.AsyncClient(timeout=WAIT) as http:
+                    metrics = (await http.get(f"http://127.0.0.1:{admin}/metrics")).text
+            finally:
+                await run.stop()
+        assert int(line[2]) == soft == 1024
+        assert 256 < int(line[1]) < 1024 // 2
+        assert metric(metrics, "fastmesh_worker_max_connections", 'worker="0"') == int(line[1])
+
+    asyncio.run(main())
