@@ -121,6 +121,8 @@ endpoints = ["{backend.address}"]
                 side_writer.close()
                 third_writer.close()
                 await until(lambda: proxy.stats()["connections"]["open"] == 0, "every slot given back")
+                await proxy.reload(loads_config(text.replace("max_connections = 2", "max_connections = 3")))
+                assert proxy.stats()["connections"]["max_connections"] == 3
 
     asyncio.run(main())
 
