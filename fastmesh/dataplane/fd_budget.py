@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from fastmesh.config.schema import Config
 
-log = logging.getLogger("fastmesh.limits")
+log = logging.getLogger("fastmesh.fd_budget")
 
 BASE_RESERVE = 32           # fds a worker holds besides listeners, logs and probes (see the docstring)
 FDS_PER_CONNECTION = 2      # the client's fd and the upstream one
