@@ -358,11 +358,11 @@ class Proxy:
         """The worker's connection limit and each listener's: the limit (0: none), the connections holding a slot
         now (an upgraded HTTP connection keeps its slot as a tunnel), and the listener's counts of connections
         that waited at a limit and of accepts paused for want of fds."""
-        if self._conn_limit is None or self._stats_block is None:
+        budget = self.fd_budget
+        if self._conn_limit is None or self._stats_block is None or self._stats_layout is None or budget is None:
             return {}
         from fastmesh.dataplane.stats import Snapshot
         counted = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
-        budget = self.fd_budget
         return {"max_connections": self._conn_limit.limit, "open": self._conn_limit.active,
                 "fd_limit": budget.fd_limit, "max_pipes": budget.max_pipes,
                 "pipes_open": self._reactor.pipes.open if self._reactor is not None else 0,
