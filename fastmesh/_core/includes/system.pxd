@@ -1,4 +1,4 @@
-# Linux system calls and constants the data path uses directly (epoll, splice, sockets, shared memory); declarations only.
+# Linux system calls and constants the data path uses directly (epoll, splice, sockets, mmap); declarations only.
 
 from libc.stdint cimport uint32_t, uint64_t
 
