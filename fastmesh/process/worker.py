@@ -110,6 +110,8 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     loop.add_signal_handler(signal.SIGHUP, log.debug, "SIGHUP ignored: reloads come from the supervisor")
     watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
 
+    from fastmesh.process import memtrace
+    tracer = memtrace.start(worker_id)      # None unless FASTMESH_MEMTRACE is set (a debug switch for soaks)
     from fastmesh.proxy import Proxy
     # Counters in the supervisor's shared stats block; limits counted in its limits block, in our slot's region.
     proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd, limits_fd=limits_fd, worker=worker_id)
@@ -133,6 +135,8 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     await proxy.stop()              # stops accepting at once, then drains for up to the config's drain_timeout
     if watcher is not None:
         watcher.cancel()
+    if tracer is not None:
+        tracer.cancel()
     # Drained: a repeated SIGTERM/SIGINT (the supervisor forwards what the terminal also sent) must not kill us
     # while the loop closes and its handlers are gone.
     for signum in (signal.SIGTERM, signal.SIGINT):

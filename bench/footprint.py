@@ -1,0 +1,212 @@
+"""Instance footprint at idle: start `fastmesh run`, wait until it serves, print RSS and PSS per process and in total.
+
+    python -m bench.footprint                          # quickstart-like config, workers 1, 2 and 4, with and without demo
+    python -m bench.footprint --workers 1 --no-demo    # one case
+    python -m bench.footprint --workers 1 --conns 2000 # also the memory per idle L4 connection (held through the proxy)
+
+The config is examples/quickstart.toml's shape (a tcp and an http listener in front of three demo backends, the admin
+server) on ports the kernel hands out, so it never collides with a quickstart someone else is running. RSS counts
+every page a process maps; PSS (proportional set size, from /proc/PID/smaps_rollup) divides each shared page among the
+processes sharing it, so the PSS column adds up to what the instance costs the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+if __package__ in (None, ""):     # `python bench/footprint.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.macro.procstat import descendants  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def quickstart_config(workers: int, demo: bool, tcp_cluster_port: int | None = None) -> tuple[str, dict[str, int]]:
+    """examples/quickstart.toml on free ports; returns (TOML text, ports by role)."""
+    ports = {"tcp": free_port(), "http": free_port(), "admin": free_port()}
+    backends = [free_port() for _ in range(3)]
+    eps = ", ".join(f'"127.0.0.1:{p}"' for p in backends)
+    held = f'"127.0.0.1:{tcp_cluster_port}"' if tcp_cluster_port else eps
+    text = f"""workers = {workers}
+drain_timeout = "1s"
+
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+
+[[listeners]]
+name = "quickstart"
+listen = "127.0.0.1:{ports['tcp']}"
+protocol = "tcp"
+cluster = "{'held' if tcp_cluster_port else 'demo'}"
+
+[[listeners]]
+name = "quickstart-http"
+listen = "127.0.0.1:{ports['http']}"
+protocol = "http"
+cluster = "demo"
+
+[[listeners.routes]]
+path_prefix = "/hello/"
+rewrite_prefix = "/"
+cluster = "demo"
+add_response_headers = {{ "x-route" = "hello" }}
+
+[clusters.demo]
+endpoints = [{eps}]
+balancer = "round_robin"
+"""
+    if tcp_cluster_port:
+        text += f"\n[clusters.held]\nendpoints = [{held}]\n"
+    if demo:
+        text += f"\n[demo]\nbackends = [{eps}]\n"
+    return text, ports
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss and their anonymous/file parts in KiB, from /proc/PID/smaps_rollup."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Private_Dirty"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+def wait_ready(proc: subprocess.Popen, admin_port: int, workers: int, timeout: float) -> None:
+    """Until the admin server answers /ready with 200 and every worker is a live child."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fastmesh exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
+                if r.status == 200 and len(descendants(proc.pid)) >= workers:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"fastmesh not ready after {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, str]) -> dict[str, object]:
+    """One instance: start, wait, settle, read memory (and, with conns, the cost per held L4 connection)."""
+    hold = None
+    hold_port = free_port() if conns else None
+    with tempfile.TemporaryDirectory(prefix="fastmesh-footprint-") as tmp:
+        text, ports = quickstart_config(workers, demo, hold_port)
+        path = os.path.join(tmp, "footprint.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        if hold_port:
+            hold = subprocess.Popen([sys.executable, "-m", "bench.macro.hold_backend", str(hold_port)], cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            assert hold.stdout is not None
+            hold.stdout.readline()
+        log = open(os.path.join(tmp, "fastmesh.log"), "w+")
+        proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", path, "--log-level", "warning"], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            try:
+                wait_ready(proc, ports["admin"], workers, 60.0)
+            except (RuntimeError, TimeoutError):
+                log.seek(0)
+                sys.stderr.write(log.read()[-3000:])
+                raise
+            time.sleep(settle)
+            kids = descendants(proc.pid)
+            rows = [("supervisor", proc.pid, memory_kb(proc.pid))]
+            rows += [(f"worker {i}", pid, memory_kb(pid)) for i, pid in enumerate(kids)]
+            result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows}
+            if conns:
+                from bench.macro.idleconns import open_held
+                held, failed = open_held(ports["tcp"], conns, timeout=60.0)
+                try:
+                    time.sleep(1.0)
+                    after = sum(memory_kb(pid)["Pss"] for pid in kids)
+                    before = sum(m["Pss"] for _, _, m in rows[1:])
+                    result["held"] = len(held)
+                    result["per_conn_kib"] = (after - before) / max(1, len(held))
+                    result["failed"] = failed
+                finally:
+                    for s in held:
+                        s.close()
+            return result
+        finally:
+            stop(proc)
+            if hold is not None:
+                hold.terminate()
+                hold.wait()
+            log.close()
+
+
+def mib(kb: int) -> str:
+    return f"{kb / 1024:.1f}"
+
+
+def report(result: dict[str, object]) -> None:
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    print(f"\nworkers = {result['workers']}, demo backends {'on' if result['demo'] else 'off'}")
+    print("| process | pid | RSS MiB | PSS MiB | PSS anon MiB | PSS file MiB |")
+    print("|---|---|---|---|---|---|")
+    for name, pid, m in rows:
+        print(f"| {name} | {pid} | {mib(m['Rss'])} | {mib(m['Pss'])} | {mib(m['Pss_Anon'])} | {mib(m['Pss_File'])} |")
+    rss = sum(m["Rss"] for _, _, m in rows)
+    pss = sum(m["Pss"] for _, _, m in rows)
+    print(f"| **total** | | {mib(rss)} | **{mib(pss)}** | | |")
+    first = rows[0][2]["Pss"] + rows[1][2]["Pss"]
+    extra = [m["Pss"] for _, _, m in rows[2:]]
+    line = f"supervisor + 1 worker: {mib(first)} MiB PSS"
+    if extra:
+        line += f"; each further worker: {mib(max(extra))} MiB PSS at most"
+    print(line)
+    if "held" in result:
+        print(f"idle L4 connections held: {result['held']} ({result['failed']} failed), "
+              f"{result['per_conn_kib']:.2f} KiB PSS per connection (workers)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts (default: %(default)s)")
+    parser.add_argument("--no-demo", dest="demo", action="store_const", const=[False], default=[True, False],
+                        help="only without the demo backends")
+    parser.add_argument("--demo-only", dest="demo", action="store_const", const=[True],
+                        help="only with the demo backends")
+    parser.add_argument("--conns", type=int, default=0, help="also hold N idle L4 connections (default: 0)")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait once ready (default: %(default)s)")
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    for demo in args.demo:
+        for workers in (int(w) for w in args.workers.split(",")):
+            report(measure(workers, demo, args.conns, args.settle, env))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
