@@ -87,6 +87,11 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
 def wait_ready(proc: subprocess.Popen, admin_port: int, workers: int, timeout: float) -> None:
     """Until the admin server answers /ready with 200 and every worker is a live child."""
     deadline = time.monotonic() + timeout
@@ -138,8 +143,11 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
                 sys.stderr.write(log.read()[-3000:])
                 raise
             time.sleep(settle)
-            kids = descendants(proc.pid)
+            below = descendants(proc.pid)
+            zygotes = [pid for pid in below if comm(pid) == "fastmesh-zygote"]
+            kids = [pid for pid in below if pid not in zygotes]
             rows = [("supervisor", proc.pid, memory_kb(proc.pid))]
+            rows += [("fork server", pid, memory_kb(pid)) for pid in zygotes]
             rows += [(f"worker {i}", pid, memory_kb(pid)) for i, pid in enumerate(kids)]
             result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows}
             if conns:
@@ -148,7 +156,7 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
                 try:
                     time.sleep(1.0)
                     after = sum(memory_kb(pid)["Pss"] for pid in kids)
-                    before = sum(m["Pss"] for _, _, m in rows[1:])
+                    before = sum(m["Pss"] for name, _, m in rows if name.startswith("worker"))
                     result["held"] = len(held)
                     result["per_conn_kib"] = (after - before) / max(1, len(held))
                     result["failed"] = failed
@@ -179,9 +187,10 @@ def report(result: dict[str, object]) -> None:
     rss = sum(m["Rss"] for _, _, m in rows)
     pss = sum(m["Pss"] for _, _, m in rows)
     print(f"| **total** | | {mib(rss)} | **{mib(pss)}** | | |")
-    first = rows[0][2]["Pss"] + rows[1][2]["Pss"]
-    extra = [m["Pss"] for _, _, m in rows[2:]]
-    line = f"supervisor + 1 worker: {mib(first)} MiB PSS"
+    workers = [m["Pss"] for name, _, m in rows if name.startswith("worker")]
+    first = pss - sum(workers[1:])
+    extra = workers[1:]
+    line = f"supervisor + 1 worker (fork server included): {mib(first)} MiB PSS"
     if extra:
         line += f"; each further worker: {mib(max(extra))} MiB PSS at most"
     print(line)

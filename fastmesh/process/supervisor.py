@@ -18,6 +18,9 @@ from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, socketpair
+from fastmesh.process.zygote import ForkedWorker, Zygote
+
+Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked by the zygote
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -56,9 +59,11 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
+    from fastmesh.process.zygote import Zygote
+    zygote = Zygote.start()             # before any event loop exists: workers are forked from it
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(Supervisor(config_path, cfg, log_level).run())
+        return runner.run(Supervisor(config_path, cfg, log_level, zygote).run())
 
 
 def restart_delay(quick_failures: int) -> float:
@@ -81,12 +86,13 @@ def describe_exit(returncode: int) -> str:
 class Supervisor:
     """The parent process: demo backends on its own loop, one task per worker slot that restarts its worker."""
 
-    def __init__(self, config_path: str, cfg: Config, log_level: str) -> None:
+    def __init__(self, config_path: str, cfg: Config, log_level: str, zygote: Zygote | None = None) -> None:
         self.config_path = os.path.abspath(config_path)   # workers may resolve it from another directory
         self.cfg = cfg
         self.log_level = log_level
         self.count = cfg.worker_count()
-        self.procs: dict[int, asyncio.subprocess.Process] = {}   # slot number -> its running worker
+        self.zygote = zygote                                      # the fork server workers come from, if any
+        self.procs: dict[int, Worker] = {}                        # slot number -> its running worker
         self.ready: set[int] = set()                              # slots whose current worker is serving
         self.announced = False                                    # "all workers ready" was logged once
         self.exit_code = 0
@@ -141,6 +147,8 @@ class Supervisor:
                 await demo.close()
             self.stats.close()
             self.limits.close()
+            if self.zygote is not None:
+                self.zygote.close()
         log.info("stopped")
         return self.exit_code
 
@@ -270,7 +278,22 @@ class Supervisor:
                 except TimeoutError:
                     pass
 
-    async def _spawn(self, n: int) -> asyncio.subprocess.Process:
+    async def _spawn(self, n: int) -> Worker:
+        if self.zygote is not None and self.zygote.sock is not None:
+            ours, theirs = socketpair()
+            try:
+                proc: Worker = await self.zygote.spawn(
+                    {"config": self.config_path, "worker_id": n, "log_level": self.log_level},
+                    [self.stats.fd_for(n), theirs.fileno(), self.limits.fd])
+            except OSError as exc:
+                ours.close()
+                log.warning("the fork server could not start w%d (%s): starting a fresh interpreter", n, exc)
+            else:
+                self.links[n] = WorkerLink(ours, f"w{n}")
+                self.spawn_gen[n] = self.config_gen
+                return proc
+            finally:
+                theirs.close()
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
         if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
@@ -297,7 +320,7 @@ class Supervisor:
         self.spawn_gen[n] = self.config_gen
         return proc
 
-    async def _watch(self, n: int, proc: asyncio.subprocess.Process) -> bool:
+    async def _watch(self, n: int, proc: Worker) -> bool:
         """Read the worker's stdout until it closes: note its ready line, pass anything else through."""
         ready = False
         assert proc.stdout is not None
@@ -310,7 +333,7 @@ class Supervisor:
                 sys.stdout.buffer.flush()
         return ready
 
-    def _on_ready(self, n: int, proc: asyncio.subprocess.Process) -> None:
+    def _on_ready(self, n: int, proc: Worker) -> None:
         self.ready.add(n)
         log.info("w%d (pid %d) ready", n, proc.pid)
         if self.spawn_gen.get(n) != self.config_gen:    # started before the latest reload: may run the older file
@@ -321,7 +344,7 @@ class Supervisor:
             log.info("ready: %d worker(s) serving %s", self.count, where)
 
 
-def _send(proc: asyncio.subprocess.Process, signum: int) -> None:
+def _send(proc: Worker, signum: int) -> None:
     try:
         proc.send_signal(signum)
     except ProcessLookupError:          # it exited and was reaped between our check and the signal
