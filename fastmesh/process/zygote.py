@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import json
 import logging
 import os
@@ -29,6 +30,15 @@ log = logging.getLogger("fastmesh.supervisor")
 
 ENV = "FASTMESH_ZYGOTE"        # "0": no fork server, every worker is a fresh interpreter
 MAX_MESSAGE = 65536
+# What a worker imports (the proxy imports the data path only when it starts), loaded once before the fork so the
+# zygote and through it every worker share the pages. A module left out still works: the worker imports it itself.
+PRELOAD = (
+    "uvloop", "fastmesh.proxy", "fastmesh.process.worker", "fastmesh.process.link", "fastmesh.process.memtrace",
+    "fastmesh.config.load", "fastmesh.dataplane.listeners", "fastmesh.dataplane.clusters",
+    "fastmesh.dataplane.routes", "fastmesh.dataplane.stats", "fastmesh.dataplane.limits",
+    "fastmesh.dataplane.access_log", "fastmesh.health.active", "fastmesh.health.passive", "fastmesh.httpwire",
+    "fastmesh._core.balance.factory",
+)
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
@@ -80,11 +90,8 @@ class Zygote:
         """Fork the zygote; None (workers are then exec'd) when that is off or impossible."""
         if os.environ.get(ENV) == "0" or not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
             return None
-        # What a worker imports, loaded here once so the zygote (and through it every worker) shares the pages.
-        import uvloop  # noqa: F401
-        import fastmesh.proxy  # noqa: F401
-        import fastmesh.process.worker  # noqa: F401
-        import fastmesh.config.load  # noqa: F401
+        for name in PRELOAD:
+            importlib.import_module(name)
         self = cls()
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -292,6 +299,7 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
         os.environ[worker.PARENT_ENV] = str(os.getppid())     # the zygote: we die with it, and it with the supervisor
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        _prctl(_PR_SET_NAME, b"fastmesh-worker")
         code = worker.main(argv["config"], argv["worker_id"], argv["log_level"], stats_fd, control_fd, limits_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
