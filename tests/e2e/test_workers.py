@@ -257,3 +257,100 @@ def test_sighup_reloads_in_place_and_changes_nothing_else(start: Start) -> None:
     assert fm.proc.poll() is None and fm.worker_pids() == pids
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
+
+
+def proc_field(pid: int, name: str, path: str = "status") -> str:
+    """One `Name: value` line's value from /proc/PID/status (or smaps_rollup)."""
+    with open(f"/proc/{pid}/{path}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == name:
+                return value.split()[0]
+    raise KeyError(name)
+
+
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def test_workers_are_forked_from_the_fork_server_and_share_its_pages(start: Start) -> None:
+    fm = start(workers=2)
+    pids = list(fm.worker_pids().values())
+    zygotes = {int(proc_field(pid, "PPid")) for pid in pids}
+    assert len(zygotes) == 1, "both workers come from the one fork server"
+    zygote = zygotes.pop()
+    assert comm(zygote) == "fastmesh-zygote" and int(proc_field(zygote, "PPid")) == fm.proc.pid
+    for pid in pids:
+        assert comm(pid) == "fastmesh-worker"
+        # Pages written before the fork (the interpreter, the data path's modules) stay shared with the fork server
+        # and the other worker; a fresh interpreter shares none of its heap (a few KiB of Shared_Dirty).
+        assert int(proc_field(pid, "Shared_Dirty", "smaps_rollup")) > 4096, pid
+    assert {http_get(fm.port) for _ in range(6)} == {1, 2, 3}
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+    assert not alive(zygote)
+
+
+def test_without_the_fork_server_workers_are_fresh_interpreters(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTMESH_ZYGOTE", "0")
+    fm = start(workers=1)
+    pid = fm.worker_pids()["w0"]
+    assert int(proc_field(pid, "PPid")) == fm.proc.pid
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert b"\0_worker\0" in f.read()
+    assert http_get(fm.port) in (1, 2, 3)
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+
+
+def test_killed_fork_server_workers_come_back_as_fresh_interpreters(start: Start) -> None:
+    fm = start(workers=2, drain_timeout="1s")
+    first = fm.worker_pids()
+    zygote = int(proc_field(first["w0"], "PPid"))
+    os.kill(zygote, signal.SIGKILL)
+    fm.wait_log(r"the fork server \(pid \d+\) is gone")
+    fm.wait_log(r"w\d \(pid \d+\) ready", count=4)
+    now = fm.worker_pids()
+    assert set(now.values()).isdisjoint(first.values()), "the workers died with their fork server"
+    for pid in now.values():
+        assert int(proc_field(pid, "PPid")) == fm.proc.pid
+    assert {http_get(fm.port) for _ in range(6)} == {1, 2, 3}
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+
+
+def test_fork_server_exits_when_supervisor_is_killed(start: Start) -> None:
+    fm = start(workers=1, drain_timeout="1s")
+    zygote = int(proc_field(fm.worker_pids()["w0"], "PPid"))
+    assert comm(zygote) == "fastmesh-zygote"
+    fm.proc.kill()
+    fm.proc.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while alive(zygote) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(zygote), "the fork server outlived its supervisor"
+
+
+def test_memtrace_switch_writes_snapshots_that_compare(start: Start, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    from fastmesh.process import memtrace
+    where = tmp_path / "memtrace"
+    monkeypatch.setenv("FASTMESH_MEMTRACE", str(where))
+    monkeypatch.setenv("FASTMESH_MEMTRACE_EVERY", "0.5")
+    fm = start(workers=1)
+    pid = fm.worker_pids()["w0"]
+    deadline = time.monotonic() + WAIT
+    while len(list(where.glob(f"w0-{pid}-*.types"))) < 2 and time.monotonic() < deadline:
+        http_get(fm.port)
+        time.sleep(0.1)
+    snaps = sorted(where.glob(f"w0-{pid}-*.tracemalloc"))
+    types = sorted(where.glob(f"w0-{pid}-*.types"))
+    assert len(snaps) >= 2 and len(types) >= 2, list(where.iterdir())
+    counts = {name: int(n) for n, name in (line.split(" ", 1) for line in types[-1].read_text().splitlines())}
+    assert counts["function"] > 0 and sum(counts.values()) > 1000     # the worker's live objects, by type
+    lines = memtrace.compare(str(snaps[0]), str(snaps[-1]))
+    assert lines[0].startswith("traced total: ") and len(lines) > 1
+    assert any(re.match(r"^[+-]\s*\d+ \S", line) for line in memtrace.compare(str(types[0]), str(types[-1])))
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
