@@ -348,7 +348,7 @@ def test_memtrace_switch_writes_snapshots_that_compare(start: Start, monkeypatch
     types = sorted(where.glob(f"w0-{pid}-*.types"))
     assert len(snaps) >= 2 and len(types) >= 2, list(where.iterdir())
     counts = {name: int(n) for n, name in (line.split(" ", 1) for line in types[-1].read_text().splitlines())}
-    assert counts["function"] > 0 and sum(counts.values()) > 1000     # the worker's live objects, by type
+    assert counts["function"] > 0 and sum(counts.values()) > 100     # the worker's live objects, by type
     lines = memtrace.compare(str(snaps[0]), str(snaps[-1]))
     assert lines[0].startswith("traced total: ") and len(lines) > 1
     assert any(re.match(r"^[+-]\s*\d+ \S", line) for line in memtrace.compare(str(types[0]), str(types[-1])))
