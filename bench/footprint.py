@@ -1,6 +1,6 @@
 """Instance footprint at idle: start `fastmesh run`, wait until it serves, print RSS and PSS per process and in total.
 
-    python -m bench.footprint                          # quickstart-like config, workers 1, 2 and 4, with and without demo
+    python -m bench.footprint                          # quickstart-like, workers 1, 2 and 4, with and without demo
     python -m bench.footprint --workers 1 --no-demo    # one case
     python -m bench.footprint --workers 1 --conns 2000 # also the memory per idle L4 connection (held through the proxy)
 
