@@ -4,7 +4,8 @@ Off unless the variable is set (nothing is imported or started then). When set, 
 before it builds its proxy and every FASTMESH_MEMTRACE_EVERY seconds (default 60) writes to DIR
 `w<id>-<pid>-<k>.tracemalloc` (a tracemalloc snapshot) and `w<id>-<pid>-<k>.types` (live objects counted by
 type, as the gc sees them: in a worker forked from the fork server, those made since the fork).
-`python -m fastmesh.process.memtrace OLD NEW` prints what grew between two snapshots (or two type counts): a leak grows in the same lines from snapshot to snapshot, allocator growth does not show here at all.
+`python -m fastmesh.process.memtrace OLD NEW` prints what grew between two snapshots (or two type
+counts): a leak grows in the same lines from snapshot to snapshot, allocator growth does not show here at all.
 tracemalloc slows the worker several times over; use it to find a leak, not to measure.
 """
 from __future__ import annotations
