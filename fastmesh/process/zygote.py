@@ -30,6 +30,7 @@ log = logging.getLogger("fastmesh.supervisor")
 
 ENV = "FASTMESH_ZYGOTE"        # "0": no fork server, every worker is a fresh interpreter
 MAX_MESSAGE = 65536
+CLOSE_WAIT = 2.0               # seconds the zygote gets to exit once the supervisor is done with it
 # What a worker imports (the proxy imports the data path only when it starts), loaded once before the fork so the
 # zygote and through it every worker share the pages. A module left out still works: the worker imports it itself.
 PRELOAD = (
@@ -206,8 +207,15 @@ class Zygote:
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+        # Its workers have exited (the supervisor waited for each), so it ends at once; if it does not, kill it.
+        deadline = time.monotonic() + CLOSE_WAIT
         try:
-            os.waitpid(self.pid, 0)
+            while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    break
+                time.sleep(0.01)
         except ChildProcessError:
             pass
 
