@@ -149,7 +149,9 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
             rows = [("supervisor", proc.pid, memory_kb(proc.pid))]
             rows += [("fork server", pid, memory_kb(pid)) for pid in zygotes]
             rows += [(f"worker {i}", pid, memory_kb(pid)) for i, pid in enumerate(kids)]
-            result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows}
+            result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows,
+                                         "rss": sum(m["Rss"] for _, _, m in rows),
+                                         "pss": sum(m["Pss"] for _, _, m in rows)}
             if conns:
                 from bench.macro.idleconns import open_held
                 held, failed = open_held(ports["tcp"], conns, timeout=60.0)
@@ -187,13 +189,6 @@ def report(result: dict[str, object]) -> None:
     rss = sum(m["Rss"] for _, _, m in rows)
     pss = sum(m["Pss"] for _, _, m in rows)
     print(f"| **total** | | {mib(rss)} | **{mib(pss)}** | | |")
-    workers = [m["Pss"] for name, _, m in rows if name.startswith("worker")]
-    first = pss - sum(workers[1:])
-    extra = workers[1:]
-    line = f"supervisor + 1 worker (fork server included): {mib(first)} MiB PSS"
-    if extra:
-        line += f"; each further worker: {mib(max(extra))} MiB PSS at most"
-    print(line)
     if "held" in result:
         print(f"idle L4 connections held: {result['held']} ({result['failed']} failed), "
               f"{result['per_conn_kib']:.2f} KiB PSS per connection (workers)")
@@ -211,9 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    summary = []
     for demo in args.demo:
         for workers in (int(w) for w in args.workers.split(",")):
-            report(measure(workers, demo, args.conns, args.settle, env))
+            result = measure(workers, demo, args.conns, args.settle, env)
+            report(result)
+            summary.append(result)
+    print("\nsummary (the whole instance; PSS counts each shared page once)")
+    print("| demo backends | workers | RSS MiB | PSS MiB | PSS per further worker MiB |")
+    print("|---|---|---|---|---|")
+    for result in summary:
+        pss, rss, n = int(str(result["pss"])), int(str(result["rss"])), int(str(result["workers"]))
+        # What adding workers cost: this instance's PSS less the one-worker instance's, per worker added.
+        one = [int(str(r["pss"])) for r in summary if r["demo"] == result["demo"] and r["workers"] == 1]
+        extra = mib((pss - one[0]) // (n - 1)) if one and n > 1 else "–"
+        print(f"| {'on' if result['demo'] else 'off'} | {n} | {mib(rss)} | {mib(pss)} | {extra} |")
     return 0
 
 
