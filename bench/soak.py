@@ -23,12 +23,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 if __package__ in (None, ""):     # `python bench/soak.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.footprint import memory_kb, wait_ready  # noqa: E402
+from bench.footprint import comm, memory_kb, wait_ready  # noqa: E402
 from bench.macro import backends, procs  # noqa: E402
 from bench.macro.procstat import descendants  # noqa: E402
 
@@ -114,10 +113,11 @@ def burst(ports: dict[str, int], count: int, threads: int = 8) -> dict[str, int]
 
 
 def sample(supervisor: int) -> list[tuple[str, int, dict[str, int]]]:
+    """(role, pid, memory) of the supervisor, the fork server ("fs") and each worker ("w")."""
     rows = [("sup", supervisor, memory_kb(supervisor))]
     for pid in descendants(supervisor):
         try:
-            rows.append(("w", pid, memory_kb(pid)))
+            rows.append(("fs" if comm(pid) == "fastmesh-zygote" else "w", pid, memory_kb(pid)))
         except OSError:
             pass
     return rows
@@ -151,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             f.write(config(args.workers, ports, generation))
         proxy = p.start("fastmesh", [sys.executable, "-m", "fastmesh", "run", path, "--log-level", "warning"],
                         None, cwd=ROOT, env=env)
-        wait_ready(proxy, ports["admin"], args.workers, 60.0)
+        wait_ready(proxy, ports["admin"], args.workers, 60.0)    # before the refusing cluster's endpoint is down
         wrk = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{int(args.duration)}s",
                                 f"http://127.0.0.1:{ports['http']}/"], stdout=subprocess.PIPE, text=True)
         began = time.monotonic()
         next_line = next_burst = next_reload = 0.0
         series: list[tuple[float, int]] = []          # (elapsed, total worker RSS KiB)
         bursts = {"ok": 0, "503": 0, "wrong": 0, "count": 0}
-        print("elapsed_s  supervisor RSS/PSS MiB  workers RSS/PSS MiB", flush=True)
+        print("elapsed_s  RSS/PSS MiB of the supervisor (sup), the fork server (fs), each worker (w)", flush=True)
         while not stopped.is_set():
             now = time.monotonic() - began
             if now >= args.duration or wrk.poll() is not None:
@@ -180,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows = sample(proxy.pid)
                 workers_rss = sum(m["Rss"] for name, _, m in rows if name == "w")
                 series.append((now, workers_rss))
-                sup = rows[0][2]
-                ws = "  ".join(f"{m['Rss'] / 1024:.1f}/{m['Pss'] / 1024:.1f}" for name, _, m in rows if name == "w")
-                print(f"{now:8.0f}  {sup['Rss'] / 1024:.1f}/{sup['Pss'] / 1024:.1f}  {ws}", flush=True)
+                cells = "  ".join(f"{name} {m['Rss'] / 1024:.1f}/{m['Pss'] / 1024:.1f}" for name, _, m in rows)
+                print(f"{now:8.0f}  {cells}", flush=True)
             time.sleep(0.2)
         rows = sample(proxy.pid)
         end = time.monotonic() - began
@@ -191,13 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         if wrk.poll() is None:
             wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=30)
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/ready", timeout=5) as r:
-            ready = r.status
+        running = proxy.poll() is None
+        with open(os.path.join(tmp, "fastmesh.log"), errors="replace") as f:
+            crashes = f.read().count("exited unexpectedly")
         print("\nwrk:", " | ".join(line.strip() for line in out.splitlines()
                                    if "Requests/sec" in line or "requests in" in line or "Non-2xx" in line
                                    or "Socket errors" in line))
         print(f"bursts: {bursts['count']}, answered 200: {bursts['ok']}, 503 as meant: {bursts['503']}, "
-              f"wrong or failed: {bursts['wrong']}; reloads: {generation}; /ready after: {ready}")
+              f"wrong or failed: {bursts['wrong']}; reloads: {generation}; workers crashed: {crashes}; "
+              f"supervisor {'running' if running else 'gone'}")
         after = [kb for t, kb in series if t >= args.warmup]
         if after:
             print(f"workers' RSS: {after[0] / 1024:.1f} MiB at {args.warmup:.0f} s, {after[-1] / 1024:.1f} MiB at "

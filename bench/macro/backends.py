@@ -17,7 +17,7 @@ def iperf3(p: procs.Procs, cpu: int) -> int:
     return port
 
 
-def http(p: procs.Procs, cpu: int, tmp: str, nofile: int) -> int:
+def http(p: procs.Procs, cpu: int | None, tmp: str, nofile: int) -> int:
     """nginx (one worker) answering every request with the same small body; returns its port."""
     port = procs.free_port()
     prefix = os.path.join(tmp, "backend-nginx")
