@@ -290,8 +290,9 @@ class FastmeshRun:
             assert self.proc.poll() is None and time.monotonic() < deadline, f"not serving:\n{self.log()}"
             await asyncio.sleep(0.05)
         self.worker = int(re.findall(r"w0 started \(pid (\d+)\)", self.log())[-1])
-        with open(f"/proc/{self.worker}/cmdline", "rb") as f:
-            assert b"_worker" in f.read()       # the process that proxies, not the supervisor
+        # The process that proxies, not the supervisor (nor the fork server): forked, or a fresh `_worker` interpreter.
+        with open(f"/proc/{self.worker}/comm") as f, open(f"/proc/{self.worker}/cmdline", "rb") as g:
+            assert f.read().strip() == "fastmesh-worker" or b"\0_worker\0" in g.read()
 
     def memory(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) of the worker, in bytes."""
