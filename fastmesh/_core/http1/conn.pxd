@@ -8,6 +8,7 @@ from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
 from fastmesh._core.http1.parser cimport Head, Limits
 from fastmesh._core.http1.framing cimport ChunkedDecoder
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
+from fastmesh._core.upstream.connector cimport ConnectTry
 from fastmesh._core.router cimport Router
 from fastmesh._core.policy cimport ClusterPolicy
 
@@ -90,7 +91,6 @@ cdef class Downstream(UpstreamUser):
     cdef int cluster                       # router cluster index
     cdef Router router                     # the route table the current request was matched with
     cdef int route                         # matched route index (in `router`)
-    cdef int attempts                      # upstream connections tried for this request
     cdef int req_method                    # parser Method id
     cdef int req_minor                     # request HTTP minor version
     cdef bint req_upgrade                  # Upgrade + Connection: upgrade
@@ -111,8 +111,7 @@ cdef class Downstream(UpstreamUser):
     cdef object log_fields                 # (method, authority, path) when the access log is on
     # --- resilience ---
     cdef int tries                         # tries of the current request (1 = first), retries = tries - 1
-    cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
-    cdef unsigned long long tried          # bit per endpoint (0..63) this request failed on: retries prefer others
+    cdef ConnectTry ct                     # the walk over endpoints: connects this try, endpoints failed, hash key
     cdef bint counted                      # counted in policy.requests_active
     cdef bint retrying                     # counted in policy.retries_active
     cdef bint waiting                      # queued in pool.waiters for a connection slot
@@ -122,8 +121,6 @@ cdef class Downstream(UpstreamUser):
     cdef double total_deadline             # request deadline (timeout / fastmesh-timeout-ms), 0 = none
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
     cdef double try_started                # when the current try got its connection (latency for the balancer)
-    cdef unsigned long long hash_key       # consistent-hash key of the request (header, cookie or client IP)
-    cdef bint keyed                        # hash_key is set: the balancer picks by it
 
     cdef void run(self) noexcept
     cdef bint body_can_finish(self) noexcept
@@ -150,8 +147,8 @@ cdef class Downstream(UpstreamUser):
                        OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept
     cdef void build_request_head(self, const char *buf, Head *h) noexcept
     cdef void build_response_head(self, const char *buf, Head *h, bint tunnel) noexcept
-    cdef bint take_upstream(self, int avoid) noexcept
+    cdef bint take_upstream(self) noexcept
     cdef void drop_upstream(self, bint reuse) noexcept
-    cdef void respond_error(self, int status, str reason, str cause, bint keep) noexcept
+    cdef void respond_error(self, int err, int code, bint keep) noexcept
     cdef void upgrade(self) noexcept
     cdef void close(self) noexcept

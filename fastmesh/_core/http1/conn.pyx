@@ -33,7 +33,7 @@ from fastmesh._core.buffer cimport (
     ob_free,
 )
 from fastmesh._core.includes.system cimport (
-    close, send, errno, EAGAIN, ECONNREFUSED, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
+    close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
     EPOLLERR, EPOLLHUP, EPOLLET, sockaddr_storage, sockaddr_in, sockaddr_in6, AF_INET, AF_INET6, inet_ntop,
 )
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
@@ -42,7 +42,11 @@ from fastmesh._core.stats cimport (
     count_status, observe_ns, bump, bump_field,
 )
 from libc.stdlib cimport calloc, free
-from fastmesh._core.codes cimport error_status, error_reason
+from fastmesh._core.codes cimport error_status, error_reason, ERR_HEADERS_TOO_LARGE
+from fastmesh._core.errors cimport (
+    ErrorInfo, error_info, connect_error, PE_BAD_REQUEST, PE_HEADER_TIMEOUT, PE_NO_ROUTE, PE_OVERLOADED,
+    PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE, PE_RESPONSE_TIMEOUT, PE_DEADLINE_EXCEEDED,
+)
 from fastmesh._core.http1.parser cimport (
     Head, Limits, HeaderField, parse_request, parse_response, limits_init, METHOD_HEAD, METHOD_GET,
     METHOD_OPTIONS, METHOD_TRACE, METHOD_PUT, METHOD_DELETE, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE,
@@ -57,6 +61,7 @@ from fastmesh._core.http1.pool cimport (
     Upstream, UpstreamUser, HttpPool, UP_CONNECTING, HASH_NONE, HASH_HEADER, HASH_SOURCE,
 )
 from fastmesh._core.balance.hashing cimport hash_bytes
+from fastmesh._core.upstream.connector cimport try_init, try_avoid, CONNECT_FULL
 from fastmesh._core.policy cimport (
     ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
 )
@@ -393,30 +398,30 @@ cdef class HttpProxy(Acceptor):
             nxt = d.next
             if d.state == DS_EXCHANGE:
                 if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
-                    d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                    d.respond_error(PE_DEADLINE_EXCEEDED, 0, d.req_done)
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)
                 elif d.up is None and d.waiting and now >= d.deadline:
                     # Waited a whole try for a connection slot (max_connections): the cluster is saturated.
                     d.pool.policy.overloaded += 1
-                    d.respond_error(503, "Service Unavailable", "overloaded", d.req_done)
+                    d.respond_error(PE_OVERLOADED, 0, d.req_done)
                     d.run()
                 elif d.up is not None and not d.resp_head_done and now >= d.deadline:
-                    d.last_endpoint = d.up.endpoint
+                    try_avoid(&d.ct, d.up.endpoint)
                     d.report(d.up.endpoint, 0, True)
                     if d.may_retry(RETRY_TIMEOUT, 0):
                         d.retry()
                     elif d.total_deadline and d.deadline >= d.total_deadline - 0.001:
                         # This try had only what was left of the request's deadline.
-                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
+                        d.respond_error(PE_DEADLINE_EXCEEDED, 0, d.req_done)
                         d.run()
                     else:
-                        d.respond_error(504, "Gateway Timeout", "response timeout", d.req_done)
+                        d.respond_error(PE_RESPONSE_TIMEOUT, 0, d.req_done)
                         d.run()
             elif now >= d.deadline:
                 if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
-                    d.respond_error(408, "Request Timeout", "header timeout", False)
+                    d.respond_error(PE_HEADER_TIMEOUT, 0, False)
                     d.run()
                 else:
                     d.close()
@@ -505,17 +510,14 @@ cdef class Downstream(UpstreamUser):
         """A connect failed or timed out: the request never reached a backend, so another endpoint may take it."""
         cdef int ep = up.endpoint
         if up is not self.up:
+            up.pool.cluster.connect_failed(ep, err, up.pool.reactor.now)
             return
+        self.pool.connect_failed(&self.ct, ep, err)
         self.drop_upstream(False)
-        if self.take_upstream(ep):
+        if self.take_upstream():
             self.run()
             return
-        if err == ECONNREFUSED:
-            self.respond_error(503, "Service Unavailable", "connect refused", self.req_done)
-        elif err == 0:
-            self.respond_error(503, "Service Unavailable", "connect timeout", self.req_done)
-        else:
-            self.respond_error(503, "Service Unavailable", "connect failed", self.req_done)
+        self.respond_error(connect_error(err), 0, self.req_done)
         self.run()
 
     # ---- the driver ------------------------------------------------------------------------------
@@ -581,7 +583,7 @@ cdef class Downstream(UpstreamUser):
                     self.head_scan = 0
                     return self.begin_exchange(n)
                 if n < 0:
-                    self.respond_error(error_status(<int>n), error_reason(<int>n).decode(), "bad request", False)
+                    self.respond_error(PE_BAD_REQUEST, <int>n, False)
                     return 1
             if not self.readable:
                 rb_release_if_empty(&self.rbuf, self.proxy.buffers)
@@ -598,7 +600,7 @@ cdef class Downstream(UpstreamUser):
                 self.close()
                 return -1
             if n == -2:
-                self.respond_error(431, "Request Header Fields Too Large", "bad request", False)
+                self.respond_error(PE_BAD_REQUEST, ERR_HEADERS_TOO_LARGE, False)
                 return 1
             if errno == EAGAIN:
                 self.readable = False
@@ -628,10 +630,9 @@ cdef class Downstream(UpstreamUser):
         self.resp_done = False
         self.req_ready = 0
         self.resp_ready = 0
-        self.attempts = 0
         kind = request_body(h, &length)
         if kind < 0:
-            self.respond_error(error_status(kind), error_reason(kind).decode(), "bad request", False)
+            self.respond_error(PE_BAD_REQUEST, kind, False)
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
@@ -642,17 +643,16 @@ cdef class Downstream(UpstreamUser):
         route = self.router.match(buf, h)
         if route < 0:
             self.rbuf.start += head_len
-            self.respond_error(404, "Not Found", "no route", self.req_done)
+            self.respond_error(PE_NO_ROUTE, 0, self.req_done)
             return 1
         self.route = route
         self.cluster = self.router.cluster(route)
         self.pool = <HttpPool>proxy.pools[self.cluster]
         policy = self.pool.policy
-        self.keyed = self.pool.hash_kind != HASH_NONE and self.request_key(buf, h)
+        try_init(&self.ct)
+        self.ct.keyed = self.pool.hash_kind != HASH_NONE and self.request_key(buf, h)
         now = proxy.reactor.now
         self.tries = 1
-        self.tried = 0
-        self.last_endpoint = -1
         self.retry_pending = False
         self.total_deadline = now + policy.timeout if policy.timeout > 0 else 0.0
         if proxy.trust_headers:
@@ -671,19 +671,19 @@ cdef class Downstream(UpstreamUser):
         if policy.requests_active >= policy.max_requests or (
                 policy.adaptive is not None and policy.requests_active >= <long>policy.adaptive.limit):
             policy.overloaded += 1
-            self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
+            self.respond_error(PE_OVERLOADED, 0, self.req_done)
             return 1
         policy.requests_active += 1
         self.counted = True
         policy.budget.deposit(now)
         if self.total_deadline and now >= self.total_deadline:
             # The caller's budget is spent: sending the request could only waste a backend's time.
-            self.respond_error(504, "Gateway Timeout", "deadline exceeded", self.req_done)
+            self.respond_error(PE_DEADLINE_EXCEEDED, 0, self.req_done)
             return 1
         self.deadline = self.try_deadline()
         self.stamp_deadline()
-        if not self.take_upstream(-1) and not self.waiting:
-            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        if not self.take_upstream() and not self.waiting:
+            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
         return 1
 
     cdef bint request_key(self, const char *buf, Head *h) noexcept:
@@ -696,20 +696,20 @@ cdef class Downstream(UpstreamUser):
         cdef HeaderField *f
         cdef int i
         if pool.hash_kind == HASH_SOURCE:
-            self.hash_key = hash_bytes(<const unsigned char *>self.peer, self.peer_len)
+            self.ct.key = hash_bytes(<const unsigned char *>self.peer, self.peer_len)
             return True
         if pool.hash_kind == HASH_HEADER:
             i = find_any_field(buf, h, name, n, 0)
             if i < 0:
                 return False
             f = &h.headers[i]
-            self.hash_key = hash_bytes(<const unsigned char *>buf + f.value_off, f.value_len)
+            self.ct.key = hash_bytes(<const unsigned char *>buf + f.value_off, f.value_len)
             return True
         i = find_any_field(buf, h, "cookie", 6, 0)
         while i >= 0:
             f = &h.headers[i]
             if cookie_value(buf + f.value_off, f.value_len, name, n, &val, &vlen):
-                self.hash_key = hash_bytes(<const unsigned char *>val, vlen)
+                self.ct.key = hash_bytes(<const unsigned char *>val, vlen)
                 return True
             i = find_any_field(buf, h, "cookie", 6, i + 1)
         return False
@@ -764,28 +764,17 @@ cdef class Downstream(UpstreamUser):
 
     # ---- upstream --------------------------------------------------------------------------------
 
-    cdef bint take_upstream(self, int avoid) noexcept:
-        """Acquire a connection for the current request; False when no endpoint is left to try."""
-        cdef int err = 0
-        cdef Upstream up
-        if self.attempts >= self.pool.cluster.connect_attempts:
-            return False
-        self.attempts += 1
-        if 0 <= avoid < 64:
-            self.tried |= 1ULL << avoid
-        up = self.pool.acquire(self, avoid, &err, self.hash_key, self.keyed, self.tried)
+    cdef bint take_upstream(self) noexcept:
+        """Acquire a connection for the current request; False when none (or self.waiting: queued or answered)."""
+        cdef int outcome
+        cdef Upstream up = self.pool.acquire(self, &self.ct, &outcome)
         self.try_started = self.proxy.reactor.now
         if up is None:
-            if err == -1:
+            if outcome == CONNECT_FULL:
                 # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
-                self.attempts -= 1
-                if len(self.pool.waiters) < self.pool.policy.max_pending:
-                    self.pool.waiters.append(self)
-                    self.waiting = True
-                else:
-                    self.pool.policy.overloaded += 1
-                    self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
-                    self.waiting = True     # answered: the caller must not answer again
+                if not self.pool.wait(self):
+                    self.respond_error(PE_OVERLOADED, 0, self.req_done)
+                self.waiting = True     # queued, or answered: the caller must not answer again
             return False
         self.up = up
         self.reqhead_sent = 0
@@ -797,8 +786,8 @@ cdef class Downstream(UpstreamUser):
         self.waiting = False
         if self.state != DS_EXCHANGE or self.up is not None:
             return
-        if not self.take_upstream(self.last_endpoint) and not self.waiting:
-            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        if not self.take_upstream() and not self.waiting:
+            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
         self.run()
 
     cdef bint may_retry(self, int cls, int status) noexcept:
@@ -828,7 +817,7 @@ cdef class Downstream(UpstreamUser):
         cdef unsigned long long r
         self.drop_upstream(False)
         self.tries += 1
-        self.attempts = 0
+        self.ct.attempts = 0
         policy.retried += 1
         if not self.retrying:
             self.retrying = True
@@ -853,8 +842,8 @@ cdef class Downstream(UpstreamUser):
             return
         self.deadline = self.try_deadline()
         self.stamp_deadline()
-        if not self.take_upstream(self.last_endpoint) and not self.waiting:
-            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        if not self.take_upstream() and not self.waiting:
+            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
         self.run()
 
     cdef void end_request(self) noexcept:
@@ -871,8 +860,7 @@ cdef class Downstream(UpstreamUser):
             policy.retries_active -= 1
         if self.waiting:
             self.waiting = False
-            if self in self.pool.waiters:
-                self.pool.waiters.remove(self)
+            self.pool.unwait(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
@@ -924,7 +912,7 @@ cdef class Downstream(UpstreamUser):
             elif r == -2:
                 return self.upstream_lost()
             elif r == -3:
-                self.respond_error(400, "Bad Request", "bad request", False)
+                self.respond_error(PE_BAD_REQUEST, 0, False)
                 return 1
         # 3. the response head
         if not self.resp_head_done:
@@ -982,7 +970,7 @@ cdef class Downstream(UpstreamUser):
         cdef Upstream up = self.up
         cdef int ep = up.endpoint
         cdef bint was_reused = up.reused
-        self.last_endpoint = ep
+        try_avoid(&self.ct, ep)
         if not (was_reused and not self.resp_started):
             self.report(ep, 0, True)
         if (was_reused and not self.resp_started and self.req_body.kind == BODY_NONE
@@ -990,16 +978,16 @@ cdef class Downstream(UpstreamUser):
             # A keep-alive connection the server had already closed: the request is whole in reqhead.
             self.drop_upstream(False)
             self.reqhead_sent = 0
-            self.attempts = 0            # a free replay: the request never reached a live server
-            if self.take_upstream(ep) or self.waiting:
+            self.ct.attempts = 0         # a free replay: the request never reached a live server
+            if self.take_upstream() or self.waiting:
                 return 1
-            self.respond_error(502, "Bad Gateway", "reset", self.req_done)
+            self.respond_error(PE_RESET, 0, self.req_done)
             return 1
         if self.may_retry(RETRY_RESET, 0):
             self.retry()
             return 0
         self.drop_upstream(False)
-        self.respond_error(502, "Bad Gateway", "reset", self.req_done)
+        self.respond_error(PE_RESET, 0, self.req_done)
         return 1
 
     cdef int read_response_head(self) noexcept:
@@ -1016,7 +1004,7 @@ cdef class Downstream(UpstreamUser):
                         return 1
                     continue
                 if n < 0:
-                    self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                    self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                     return 1
             if not up.readable:
                 return 0
@@ -1029,14 +1017,14 @@ cdef class Downstream(UpstreamUser):
                     up.readable = False
                 continue
             if n == -2:
-                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
             if n < 0 and errno == EAGAIN:
                 up.readable = False
                 return 0
             # EOF or reset before a whole head.
             if self.resp_started:
-                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
             return self.upstream_lost()
 
@@ -1056,13 +1044,13 @@ cdef class Downstream(UpstreamUser):
         if (status >= 500 and self.pool.policy.retryable_status(status)
                 and find_field(buf, h, RETRIED_FIELD, len(RETRIED_FIELD)) < 0):
             # (An answer that says a fastmesh further down already retried is never retried again.)
-            self.last_endpoint = up.endpoint
+            try_avoid(&self.ct, up.endpoint)
             if self.may_retry(RETRY_5XX, status):
                 self.retry()
                 return -1
         kind = response_body(h, self.req_method, self.req_upgrade, &length)
         if kind < 0:
-            self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+            self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
             return -1
         self.status = status
         frame_init(&self.resp_body, kind, length, &self.proxy.resp_limits)
@@ -1374,11 +1362,21 @@ cdef class Downstream(UpstreamUser):
 
     # ---- endings ---------------------------------------------------------------------------------
 
-    cdef void respond_error(self, int status, str reason, str cause, bint keep) noexcept:
-        """Answer the current request with an error of ours; keep the connection only when allowed."""
+    cdef void respond_error(self, int err, int code, bint keep) noexcept:
+        """Answer the current request with proxy error `err` (errors.pyx's table; for PE_BAD_REQUEST the parse
+        code, when there is one, picks the status); keep the connection only when allowed."""
         cdef HttpProxy proxy = self.proxy
-        cdef bytes body, head
-        cdef int cls = status // 100
+        cdef const ErrorInfo *e = error_info(err)
+        cdef int status = e.status
+        cdef const char *reason = e.reason
+        cdef int cls
+        cdef char line[160]
+        cdef char body[128]
+        cdef int n, blen
+        if err == PE_BAD_REQUEST and code < 0:
+            status = error_status(code)
+            reason = error_reason(code)
+        cls = status // 100
         if self.up is not None:
             endpoint = self.up.endpoint
         else:
@@ -1388,21 +1386,21 @@ cdef class Downstream(UpstreamUser):
             self.close()
             return
         keep = keep and self.client_keep and self.req_done
-        if cause == "no route":
-            body = b"no route for this request\n"
-        elif cause == "bad request":
-            body = f"{reason}\n".encode()
+        if err == PE_NO_ROUTE:
+            blen = snprintf(body, sizeof(body), "no route for this request\n")
+        elif err == PE_BAD_REQUEST:
+            blen = snprintf(body, sizeof(body), "%s\n", reason)
         else:
-            body = f"{reason}: {cause}\n".encode()
-        head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
-                f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}").encode()
-        ob_add(&self.out, head, len(head))
+            blen = snprintf(body, sizeof(body), "%s: %s\n", reason, e.cause)
+        n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                     "fastmesh-error: %s\r\n%s", status, reason, blen, e.cause, "" if keep else "connection: close\r\n")
+        ob_add(&self.out, line, n)
         if status >= 500:
             self.add_retried(&self.out)
         ob_add(&self.out, "\r\n", 2)
         self.end_request()
         if self.req_method != METHOD_HEAD or self.state != DS_EXCHANGE:
-            ob_add(&self.out, body, len(body))
+            ob_add(&self.out, body, blen)
         self.status = status
         bump_field(&proxy.requests, 1)
         if 1 <= cls <= 5:
