@@ -4,7 +4,8 @@ acquire() walks the request's ConnectTry through the shared connector (upstream/
 breaker, failover, counts); for the endpoint picked it reuses the most recently idled connection (LIFO keeps
 few connections warm) or opens a new one. `active` (idle included) is what the connection breaker counts.
 Idle connections stay registered in the reactor: any event on one (the server closed it, or sent bytes nobody
-asked for) closes it, so a dead connection is rarely handed out. The tick closes connections idle past idle_timeout; at most max_idle are kept per endpoint.
+asked for) closes it, so a dead connection is rarely handed out. The tick closes connections idle past
+idle_timeout; at most max_idle are kept per endpoint.
 """
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport calloc, free
