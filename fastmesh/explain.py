@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastmesh._core.exchange import client_deadline, is_replayable, request_key_of
 from fastmesh.config.schema import Cluster, Config, Listener, Route
 from fastmesh.dataplane.stats import Snapshot
 
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-REPLAYABLE = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")    # methods the proxy may send again
 HASHING = ("ring_hash", "maglev")
 ELIGIBLE = ("up", "probing")        # merged endpoint states a balancer may pick
 PREDICTION_NOTE = ("a prediction: the supervisor built this cluster's balancer from the endpoint states merged "
@@ -239,15 +239,12 @@ def policy(lst: Listener, c: Cluster, q: Question) -> dict[str, Any]:
         out["idle_timeout"] = lst.idle_timeout
         return out
     per_try = c.per_try_timeout or c.response_timeout
-    client_ms = next((v for k, v in q.headers if k.lower() == "fastmesh-timeout-ms"), None)
-    deadline = c.timeout or None
+    # The exchange's own rules (core/exchange.pyx) read the request: which fastmesh-timeout-ms counts, and the
+    # deadline it makes with the cluster's timeout.
+    client_ms, deadline = client_deadline(request_head(q), c.timeout or 0.0, lst.trust_headers)
     client: Any = None
-    if client_ms is not None:
-        if not lst.trust_headers:
-            client = "ignored (trust_headers = false)"
-        elif client_ms.strip().isdigit():
-            client = int(client_ms)
-            deadline = min(deadline or float("inf"), client / 1000.0)
+    if any(k.lower() == "fastmesh-timeout-ms" for k, _ in q.headers):
+        client = client_ms if lst.trust_headers else "ignored (trust_headers = false)"
     r = c.retries
     out.update({
         "per_try_timeout": per_try,
@@ -257,7 +254,7 @@ def policy(lst: Listener, c: Cluster, q: Question) -> dict[str, Any]:
         "deadline": deadline,
         "retries": {"attempts": r.attempts, "on": list(r.on), "budget_percent": r.budget_percent,
                     "min_per_second": r.min_per_second, "backoff": r.backoff, "max_backoff": r.max_backoff},
-        "retryable_method": q.method in REPLAYABLE,
+        "retryable_method": is_replayable(q.method),
         "limits": {"max_connections": c.limits.max_connections, "max_pending": c.limits.max_pending,
                    "max_requests": c.limits.max_requests, "max_retries": c.limits.max_retries},
     })
@@ -317,17 +314,9 @@ def merge_endpoints(c: Cluster, states: dict[str, Any] | None, details: dict[int
 
 
 def request_key(c: Cluster, q: Question) -> tuple[bytes | None, str]:
-    """The consistent-hash key the request carries for cluster c (None when it has none), and its name."""
-    kind, _, name = (c.hash_key or "source_ip").partition(":")
-    if kind == "source_ip":
-        return (q.client.encode() if q.client else None), "source_ip (give client=IP)"
-    if kind == "header":
-        value = next((v for k, v in q.headers if k.lower() == name.lower()), None)
-        return (value.encode("latin-1") if value is not None else None), f"header {name}"
-    for k, v in q.headers:
-        if k.lower() == "cookie":
-            for part in v.split(";"):
-                cname, sep, cvalue = part.strip().partition("=")
-                if sep and cname == name:
-                    return cvalue.encode("latin-1"), f"cookie {name}"
-    return None, f"cookie {name}"
+    """The consistent-hash key the request carries for cluster c (None when it has none), and its name: the bytes
+    the exchange itself would hash (core/exchange.pyx reads them)."""
+    spec = c.hash_key or "source_ip"
+    kind, _, name = spec.partition(":")
+    text = "source_ip (give client=IP)" if kind == "source_ip" else f"{kind} {name}"
+    return request_key_of(spec, request_head(q), q.client.encode() if q.client else None), text

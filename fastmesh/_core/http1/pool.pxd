@@ -7,13 +7,6 @@ from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
 
 
-cdef enum HashKind:
-    HASH_NONE = 0                  # the balancer picks without a key
-    HASH_HEADER = 1                # key: a request header's value
-    HASH_COOKIE = 2                # key: a cookie's value
-    HASH_SOURCE = 3                # key: the client's IP address
-
-
 cdef enum UpstreamState:
     UP_CONNECTING = 1          # connect under way; the request head may already wait in `out`
     UP_ACTIVE = 2              # serving an exchange for `user`
@@ -55,8 +48,6 @@ cdef class HttpPool(Connector):
     cdef int *idle_count                   # per endpoint: idle connections held
     cdef readonly int max_idle             # idle connections kept per endpoint
     cdef readonly double idle_timeout      # seconds an idle connection is kept
-    cdef readonly int hash_kind            # what keys a consistent-hash pick: HASH_NONE / HEADER / COOKIE / SOURCE
-    cdef bytes hash_name                   # lowercase header or cookie name for HASH_HEADER / HASH_COOKIE
     cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
     cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
     cdef readonly unsigned long long opened    # connections opened, ever

@@ -125,12 +125,7 @@ cdef class HttpPool(Connector):
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
-        self.hash_kind = HASH_NONE
-        self.hash_name = b""
-        if hash_key:
-            kind, _, name = hash_key.partition(":")
-            self.hash_kind = {"header": HASH_HEADER, "cookie": HASH_COOKIE, "source_ip": HASH_SOURCE}[kind]
-            self.hash_name = name.lower().encode("ascii") if kind == "header" else name.encode("ascii")
+        self.set_hash_key(hash_key)
         self.idle_heads = [None] * n
         self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
         if self.idle_count == NULL:

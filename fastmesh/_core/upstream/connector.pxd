@@ -13,6 +13,13 @@ cdef enum ConnectOutcome:
     CONNECT_NONE = 4                   # no endpoint left to try; ConnectTry.err: the last errno (0: none up)
 
 
+cdef enum HashKind:
+    HASH_NONE = 0                      # the balancer picks without a key
+    HASH_HEADER = 1                    # key: a request header's value
+    HASH_COOKIE = 2                    # key: a cookie's value
+    HASH_SOURCE = 3                    # key: the client's IP address
+
+
 ctypedef struct ConnectTry:
     # One request's (or relay's) walk over a cluster's endpoints; the caller keeps it, the connector updates it.
     int attempts                       # connects started for the current try (at most cluster.connect_attempts)
@@ -44,6 +51,10 @@ cdef inline void try_avoid(ConnectTry *t, int ep) noexcept:
         t.tried |= 1ULL << ep
 
 
+# (HashKind, name bytes) of a configured hash key: "header:NAME" (name lowercased), "cookie:NAME", "source_ip".
+cdef tuple hash_key_spec(str hash_key)
+
+
 cdef class ConnectUser(EventTarget):
     # Whoever waits in Connector.waiters for a connection slot (an HTTP exchange's connection).
     cdef void slot_free(self) noexcept          # a slot opened up: try again
@@ -56,6 +67,10 @@ cdef class Connector(Sweeper):
     cdef readonly ClusterPolicy policy     # connection breaker (max_connections, max_pending); None: no breaker
     cdef list waiters                      # ConnectUsers waiting for a connection slot, oldest first
     cdef readonly long active              # connections open now that the breaker counts (pools count theirs)
+    cdef readonly int hash_kind            # what keys a consistent-hash pick (HashKind)
+    cdef bytes hash_name                   # header name (lowercase) or cookie name for HASH_HEADER / HASH_COOKIE
+
+    cdef void set_hash_key(self, str hash_key) except *
 
     cdef int pick(self, ConnectTry *t) noexcept
     cdef bint has_idle(self, int ep) noexcept

@@ -13,6 +13,14 @@ from fastmesh._core.reactor cimport Reactor
 from fastmesh._core.stats cimport C_RETRIES, bump
 
 
+cdef tuple hash_key_spec(str hash_key):
+    if not hash_key:
+        return HASH_NONE, b""
+    kind, _, name = hash_key.partition(":")
+    return ({"header": HASH_HEADER, "cookie": HASH_COOKIE, "source_ip": HASH_SOURCE}[kind],
+            name.lower().encode("ascii") if kind == "header" else name.encode("ascii"))
+
+
 cdef class ConnectUser(EventTarget):
     cdef void slot_free(self) noexcept:
         pass
@@ -26,6 +34,12 @@ cdef class Connector(Sweeper):
         self.reactor = reactor
         self.cluster = cluster
         self.waiters = []
+        self.hash_kind = HASH_NONE
+        self.hash_name = b""
+
+    cdef void set_hash_key(self, str hash_key) except *:
+        """The request's consistent-hash key, from the config: "header:NAME", "cookie:NAME" or "source_ip"."""
+        self.hash_kind, self.hash_name = hash_key_spec(hash_key)
 
     cdef int pick(self, ConnectTry *t) noexcept:
         """The endpoint for the next connect of t, or -1 for an empty cluster."""

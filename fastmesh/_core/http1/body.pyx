@@ -1,0 +1,155 @@
+"""HTTP/1 message bodies on the move: framing (Content-Length, chunked, until close) and the pump that passes a
+body from one socket to the other as it arrives, with backpressure.
+
+The framing decisions themselves (which kind, which length, every anti-smuggling rule) are framing.pyx's; this
+module only counts bytes against them while they move. A body moves only while the destination takes it, and
+reading stops while framed bytes wait, so a connection holds at most one receive buffer per side.
+"""
+from fastmesh._core.buffer cimport RecvBuf, OutBuf, rb_read, rb_release_if_empty, ob_add, ob_flush, ob_pending
+from fastmesh._core.includes.system cimport send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT
+from fastmesh._core.reactor cimport BufferPool
+from fastmesh._core.stats cimport bump_field
+from fastmesh._core.http1.parser cimport Limits
+from fastmesh._core.http1.framing cimport (
+    chunked_init, chunked_feed, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, CHUNK_DONE,
+)
+
+cdef Py_ssize_t COALESCE_MAX = 16384   # body bytes copied behind a head so both leave in one send
+
+
+cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:
+    f.kind = kind
+    f.length = length if length > 0 else 0
+    f.remaining = f.length
+    f.done = kind == BODY_NONE or (kind == BODY_LENGTH and length <= 0)
+    f.dechunk = False
+    f.skip = 0
+    if kind == BODY_CHUNKED:
+        chunked_init(&f.dec, lim, NULL)
+
+
+cdef Py_ssize_t frame_take(BodyFrame *f, const char *p, Py_ssize_t n) noexcept:
+    """How many of the n bytes at p belong to the body (passed on verbatim); < 0: a chunked-coding error."""
+    cdef Py_ssize_t used, total = 0, off, dlen
+    if f.done or n <= 0:
+        return 0
+    if f.kind == BODY_LENGTH:
+        used = n if n < f.remaining else <Py_ssize_t>f.remaining
+        f.remaining -= used
+        if f.remaining == 0:
+            f.done = True
+        return used
+    if f.kind == BODY_CHUNKED:
+        while total < n:
+            used = chunked_feed(&f.dec, p + total, n - total, &off, &dlen)
+            if used < 0:
+                return used
+            if used == 0:
+                break
+            total += used
+            if f.dec.state == CHUNK_DONE:
+                f.done = True
+                break
+        return total
+    return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
+
+
+cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
+                   OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, BufferPool pool, bint request,
+                   unsigned long long *moved, unsigned long long *received) noexcept:
+    cdef Py_ssize_t n, avail, room, off, dlen
+    cdef int r
+    while True:
+        if dpend != NULL and ob_pending(dpend):
+            if not d_writable[0]:
+                return 0
+            # A head and the body bytes that came with it leave in one send (one segment): sent apart,
+            # the client waits for a second packet. Only small bodies are copied; big ones stream.
+            if ready[0] == 0 and not f.dechunk and not f.done and src.data != NULL:
+                avail = src.end - src.start
+                if 0 < avail <= COALESCE_MAX:
+                    n = frame_take(f, src.data + src.start, avail)
+                    if n < 0:
+                        return -3
+                    ready[0] = n
+            if 0 < ready[0] <= COALESCE_MAX and not f.dechunk:
+                ob_add(dpend, src.data + src.start, ready[0])
+                src.start += ready[0]
+                moved[0] += ready[0]
+                ready[0] = 0
+            r = ob_flush(dpend, dfd)
+            if r < 0:
+                return -2
+            if r == 0:
+                d_writable[0] = False
+                return 0
+        if ready[0] > 0:
+            if not d_writable[0]:
+                return 0
+            n = send(dfd, src.data + src.start, ready[0], MSG_NOSIGNAL | MSG_DONTWAIT)
+            if n > 0:
+                src.start += n
+                ready[0] -= n
+                moved[0] += n
+                if ready[0] > 0:
+                    d_writable[0] = False
+                else:
+                    src.start += f.skip
+                    f.skip = 0
+                continue
+            if n < 0 and errno == EAGAIN:
+                d_writable[0] = False
+                return 0
+            return -2
+        if f.done:
+            return 1
+        avail = src.end - src.start if src.data != NULL else 0
+        if avail > 0 and f.dechunk:
+            n = chunked_feed(&f.dec, src.data + src.start, avail, &off, &dlen)
+            if n < 0:
+                return -3
+            if f.dec.state == CHUNK_DONE:
+                f.done = True
+            if n > 0:
+                # Drop the framing around the data span; send the span alone.
+                src.start += off
+                ready[0] = dlen
+                f.skip = n - off - dlen
+                if dlen == 0:
+                    src.start += f.skip
+                    f.skip = 0
+                continue
+        elif avail > 0:
+            n = frame_take(f, src.data + src.start, avail)
+            if n < 0:
+                return -3
+            if n > 0:
+                ready[0] = n
+                continue
+            if f.done:
+                return 1
+        if not s_readable[0]:
+            if not request:
+                rb_release_if_empty(src, pool)
+            return 0
+        room = pool.size - src.end if src.data != NULL else pool.size
+        n = rb_read(src, sfd, pool)
+        if n > 0:
+            if received != NULL:
+                bump_field(received, <unsigned long long>n)
+            if n < room and not s_hangup:
+                s_readable[0] = False
+            continue
+        if n == 0:
+            if f.kind == BODY_UNTIL_CLOSE:
+                f.done = True
+                return 1
+            return -1
+        if n == -2:
+            return -3
+        if errno == EAGAIN:
+            s_readable[0] = False
+            if not request:
+                rb_release_if_empty(src, pool)
+            return 0
+        return -1
