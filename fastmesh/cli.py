@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             args.json)
     if args.command == "_worker":
         from fastmesh.worker import main as worker_main
-        return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd)
+        return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
+                           args.limits_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", type=int, required=True)
     worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
     worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (workerlink.py)
+    worker.add_argument("--limits-fd", type=int, default=None)   # the instance's limit counters (dataplane/limits.py)
     _log_level(worker)
     return parser
 

@@ -131,7 +131,8 @@ def explain(cfg: Config, q: Question) -> dict[str, Any]:
             out["outcome"] = f"{label} sends it to cluster {cluster_name} as {q.method} {seen['target']}"
     out["cluster"] = None if cluster_name is None else {"name": cluster_name,
                                                         "balancer": cfg.clusters[cluster_name].balancer}
-    out["policy"] = policy(lst, cfg.clusters[cluster_name], q) if cluster_name is not None else None
+    out["policy"] = (policy(lst, cfg.clusters[cluster_name], q, cfg.worker_count()) if cluster_name is not None
+                     else None)
     return out
 
 
@@ -232,8 +233,10 @@ def why_not(failed: str, route: Route, seen: dict[str, Any], q: Question) -> str
     return failed
 
 
-def policy(lst: Listener, c: Cluster, q: Question) -> dict[str, Any]:
-    """Connect, time and retry budget that would apply to the request."""
+def policy(lst: Listener, c: Cluster, q: Question, workers: int = 1) -> dict[str, Any]:
+    """Connect, time and retry budget that would apply to the request. Limits and the retry budget hold for the
+    whole instance (its `workers` processes count together); the adaptive limit is each worker's estimate,
+    checked against the instance's requests in flight."""
     out: dict[str, Any] = {"connect_timeout": c.connect_timeout, "connect_attempts": c.connect_attempts}
     if lst.protocol != "http":
         out["idle_timeout"] = lst.idle_timeout
@@ -256,7 +259,8 @@ def policy(lst: Listener, c: Cluster, q: Question) -> dict[str, Any]:
                     "min_per_second": r.min_per_second, "backoff": r.backoff, "max_backoff": r.max_backoff},
         "retryable_method": is_replayable(q.method),
         "limits": {"max_connections": c.limits.max_connections, "max_pending": c.limits.max_pending,
-                   "max_requests": c.limits.max_requests, "max_retries": c.limits.max_retries},
+                   "max_requests": c.limits.max_requests, "max_retries": c.limits.max_retries,
+                   "adaptive": c.adaptive_concurrency is not None, "scope": "instance", "workers": workers},
     })
     return out
 

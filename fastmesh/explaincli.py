@@ -123,6 +123,8 @@ def render(data: dict[str, Any]) -> str:
     p = data.get("policy")
     if p:
         lines.append("budget    " + _budget(p))
+        if "limits" in p:
+            lines.append("limits    " + _limits(p["limits"]))
     lines.append(f"view      {data.get('view', '')}")
     return "\n".join(lines) + "\n"
 
@@ -174,10 +176,18 @@ def _budget(p: dict[str, Any]) -> str:
     if client is not None:
         text += f"; client deadline {client if isinstance(client, str) else f'{client} ms'}"
     text += (f"; deadline {_seconds(p['deadline'])}; {r['attempts']} attempts on {', '.join(map(str, r['on']))}"
-             f"; retry budget {r['budget_percent']:g}% + {r['min_per_second']:g}/s")
+             f"; retry budget {r['budget_percent']:g}% + {r['min_per_second']:g}/s for the instance")
     if not p["retryable_method"]:
         text += " (this method is never retried)"
     return text
+
+
+def _limits(lim: dict[str, Any]) -> str:
+    queue = "no queue" if lim["max_pending"] == 0 else f"queue {lim['max_pending']}"
+    text = (f"{lim['max_requests']} requests in flight{' (or the adaptive limit, if lower)' if lim['adaptive'] else ''}"
+            f", {lim['max_connections']} connections ({queue}), {lim['max_retries']} retries in flight")
+    workers = lim["workers"]
+    return text + f"; for the instance ({workers} worker{'s' if workers != 1 else ''} count together)"
 
 
 def _table(rows: list[list[str]], indent: int = 0) -> list[str]:

@@ -22,7 +22,8 @@ class Proxy:
     ...     print(proxy.addresses)
     """
 
-    def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None) -> None:
+    def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None,
+                 limits_fd: int | None = None, worker: int = 0) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -43,6 +44,11 @@ class Proxy:
         self._stats_layout: Any = None
         self._stats_block: Any = None
         self._lag: Any = None
+        # Limit counters: the supervisor's block shared by every worker (limits_fd, our region `worker`), or a
+        # private one, so an embedded Proxy's limits are its own. Mapped at the first start and kept.
+        self._limits_fd = limits_fd
+        self._worker = worker
+        self._limits: Any = None
         self._health: Any = None
         self._retired: list[Any] = []             # acceptors a reload replaced, until their connections end
 
@@ -65,6 +71,10 @@ class Proxy:
 
         loop = asyncio.get_running_loop()
         reactor = Reactor()
+        if self._limits is None:
+            from fastmesh.dataplane.limits import open_limits
+            self._limits = open_limits(self.config, self._limits_fd, self._worker)
+            self._limits_fd = None
         clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
         pools = self._pools_for(self.config, reactor, clusters, {})
         listeners = []
@@ -101,14 +111,16 @@ class Proxy:
         for name, (host, port) in self.addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
 
-    @staticmethod
-    def _pools_for(config: Config, reactor: Any, clusters: dict[str, Any], keep: dict[str, Any]) -> list[Any]:
+    def _pools_for(self, config: Config, reactor: Any, clusters: dict[str, Any], keep: dict[str, Any]) -> list[Any]:
         """One HTTP pool per cluster, in config order (a router's cluster index is a position in this list); `keep`
-        holds pools to carry over by cluster name. Empty when no listener speaks http."""
+        holds pools to carry over by cluster name. Empty when no listener speaks http. A new pool's limits count
+        in its cluster's cell, the same cell a pool it replaces counted in."""
         from fastmesh.dataplane.clusters import build_pool
+        from fastmesh.dataplane.limits import cell_for
         if not any(lcfg.protocol == "http" for lcfg in config.listeners):
             return []
-        return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n]) for n in config.clusters]
+        return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
+                for n in config.clusters]
 
     def _acceptor(self, lcfg: Any, reactor: Any, clusters: dict[str, Any], pools: list[Any]) -> Any:
         from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor

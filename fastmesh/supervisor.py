@@ -149,6 +149,8 @@ class Supervisor:
         self.stopping = asyncio.Event()
         from fastmesh.dataplane.stats import StatsLayout, WorkerStats
         self.stats = WorkerStats(StatsLayout(cfg))                 # one shared counter block per worker slot
+        from fastmesh.dataplane.limits import SharedLimits
+        self.limits = SharedLimits(cfg, self.count)                # the instance's limit counters, one region per slot
         self.links: dict[int, WorkerLink] = {}                     # slot -> control channel of its worker
         self.config_gen = 0                                        # bumped by each reload that changed cfg
         self.spawn_gen: dict[int, int] = {}                        # slot -> config_gen its worker started at
@@ -194,6 +196,7 @@ class Supervisor:
             if demo is not None:
                 await demo.close()
             self.stats.close()
+            self.limits.close()
         log.info("stopped")
         return self.exit_code
 
@@ -293,6 +296,7 @@ class Supervisor:
                 if link is not None:
                     link.close()
                 self.stats.retire(n)            # its counters join the totals; the next worker starts at zero
+                self.limits.clear(n)            # what it held of the limits (requests, connections) is free
                 if self.stopping.is_set():
                     level = logging.INFO if returncode == 0 else logging.WARNING
                     log.log(level, "w%d (pid %d) stopped: %s", n, proc.pid, describe_exit(returncode))
@@ -328,6 +332,7 @@ class Supervisor:
         if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         stats_fd = self.stats.fd_for(n)
+        limits_fd = self.limits.fd
         ours, theirs = socketpair()
         try:
             # A fresh interpreter (not a fork of this process and its running loop) for each worker. -P keeps the
@@ -336,9 +341,9 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "fastmesh", "_worker", self.config_path,
                 "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
-                "--control-fd", str(theirs.fileno()),
+                "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
-                pass_fds=(stats_fd, theirs.fileno()))
+                pass_fds=(stats_fd, theirs.fileno(), limits_fd))
         except BaseException:
             ours.close()
             raise

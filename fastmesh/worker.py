@@ -30,7 +30,7 @@ _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 
 def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
-         control_fd: int | None = None) -> int:
+         control_fd: int | None = None, limits_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
     # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
@@ -50,7 +50,7 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(cfg, parent, stats_fd, control_fd))
+            return runner.run(_serve(cfg, parent, stats_fd, control_fd, limits_fd, worker_id))
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")
         return 1
@@ -90,7 +90,8 @@ def _announce_ready() -> None:
         pass
 
 
-async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, control_fd: int | None = None) -> int:
+async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, control_fd: int | None = None,
+                 limits_fd: int | None = None, worker_id: int = 0) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -108,7 +109,8 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
 
     from fastmesh.proxy import Proxy
-    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd)   # counters in the supervisor's shared block
+    # Counters in the supervisor's shared stats block; limits counted in its limits block, in our slot's region.
+    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd, limits_fd=limits_fd, worker=worker_id)
     try:
         await proxy.start()
     except OSError as exc:              # start() has already closed whatever it had bound

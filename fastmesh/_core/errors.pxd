@@ -23,9 +23,10 @@ cdef enum ProxyError:
     PE_BAD_RESPONSE = 11               # the upstream's response broke the protocol (502)
     PE_RESPONSE_TIMEOUT = 12           # no response head within the try's timeout (504)
     PE_DEADLINE_EXCEEDED = 13          # the request's deadline (timeout / fastmesh-timeout-ms) passed (504)
+    PE_METHOD_NOT_ALLOWED = 14         # CONNECT where no route names it: a reverse proxy is no tunnel (405)
 
 cdef enum:
-    PE_COUNT = 14                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 15                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:

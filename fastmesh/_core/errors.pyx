@@ -32,6 +32,8 @@ _set(PE_RESET, 502, b"Bad Gateway", b"reset", H2_INTERNAL_ERROR, GRPC_UNAVAILABL
 _set(PE_BAD_RESPONSE, 502, b"Bad Gateway", b"bad response", H2_INTERNAL_ERROR, GRPC_INTERNAL)
 _set(PE_RESPONSE_TIMEOUT, 504, b"Gateway Timeout", b"response timeout", H2_CANCEL, GRPC_DEADLINE_EXCEEDED)
 _set(PE_DEADLINE_EXCEEDED, 504, b"Gateway Timeout", b"deadline exceeded", H2_CANCEL, GRPC_DEADLINE_EXCEEDED)
+_set(PE_METHOD_NOT_ALLOWED, 405, b"Method Not Allowed", b"connect not allowed", H2_REFUSED_STREAM,
+     GRPC_UNIMPLEMENTED)
 _INTERNAL = _TABLE[0]
 
 
@@ -43,7 +45,7 @@ cdef const ErrorInfo *error_info(int err) noexcept nogil:
 
 NAMES = ("none", "bad_request", "header_timeout", "body_timeout", "no_route", "overloaded", "no_endpoints",
          "connect_refused", "connect_timeout", "connect_failed", "reset", "bad_response", "response_timeout",
-         "deadline_exceeded")
+         "deadline_exceeded", "method_not_allowed")
 
 
 def describe(int err) -> dict:

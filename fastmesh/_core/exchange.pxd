@@ -36,8 +36,8 @@ cdef class Exchange:
     cdef bint upgrade                  # an Upgrade request: never sent twice
     cdef bint replayable               # the codec can send the whole body again
     cdef readonly int tries            # tries so far (1 = the first); retries = tries - 1
-    cdef bint counted                  # counted in policy.requests_active
-    cdef bint retrying                 # counted in policy.retries_active
+    cdef bint counted                  # holds a max_requests slot (policy.requests_active, the limit cell)
+    cdef bint retrying                 # holds a max_retries slot (policy.retries_active, the limit cell)
     cdef bint waiting                  # queued in the connector's waiters for a connection slot
     cdef readonly double started       # when the request started (its head was complete)
     cdef readonly double try_started   # when the current try got its connection
@@ -62,6 +62,8 @@ cdef class Exchange:
     cdef void next_try(self, double now) noexcept
     cdef long long budget_ms(self, double now) noexcept
     cdef void connected(self, int ep, double now) noexcept
+    cdef void restart_clock(self, double now) noexcept
+    cdef void response_broke(self, int ep, double now) noexcept
     cdef void report(self, int ep, int status, bint failed, double now) noexcept
     cdef int response(self, int ep, int status, bint marked, double now) noexcept
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept

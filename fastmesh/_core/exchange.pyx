@@ -19,14 +19,15 @@ clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rul
 functions at the end of this file.
 """
 from fastmesh._core.errors cimport (
-    PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT,
+    PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
 from fastmesh._core.balance.hashing cimport hash_bytes
 from fastmesh._core.policy cimport ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX
+from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
 from fastmesh._core.request cimport (
-    RequestView, Span, Edit, EditList, find_field, field_value, span_of, edits_clear, edit_add, edit_at,
+    RequestView, Span, Edit, EditList, METHOD_CONNECT, find_field, field_value, span_of, edits_clear, edit_add, edit_at,
     EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
 )
 from fastmesh._core.router cimport Router
@@ -163,7 +164,8 @@ cdef class Exchange:
         self.method = v.method
         r = router.match(v)
         if r < 0:
-            return PE_NO_ROUTE
+            # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
+            return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
         self.cluster = router.cluster(r)
         connector = <Connector>connectors[self.cluster]
@@ -204,8 +206,7 @@ cdef class Exchange:
         cdef ClusterPolicy policy = self.policy
         self.replayable = replayable
         self.upgrade = upgrade
-        if policy.requests_active >= policy.max_requests or (
-                policy.adaptive is not None and policy.requests_active >= <long>policy.adaptive.limit):
+        if not policy.cell.take(F_REQUESTS, policy.request_limit()):
             policy.overloaded += 1
             return PE_OVERLOADED
         policy.requests_active += 1
@@ -230,6 +231,16 @@ cdef class Exchange:
 
     cdef void connected(self, int ep, double now) noexcept:
         self.try_started = now
+
+    cdef void restart_clock(self, double now) noexcept:
+        """The upstream owed nothing until now (the client was sending its body): its response clock, and the
+        latency it is judged by, start over."""
+        self.try_started = now
+        self.next_try(now)
+
+    cdef void response_broke(self, int ep, double now) noexcept:
+        """The upstream broke the response after its head (framing, reset): a failure for outlier detection."""
+        self.connector.cluster.request_failed(ep, now)
 
     cdef void report(self, int ep, int status, bint failed, double now) noexcept:
         """A try's outcome, for the latency-aware balancer, the adaptive limit and failure accrual."""
@@ -282,12 +293,19 @@ cdef class Exchange:
             return False
         if not self.replayable or not replayable_method(self.method) or self.upgrade:
             return False
-        if policy.retries_active >= policy.max_retries:
-            policy.overloaded += 1
-            return False
         if self.deadline and now + 0.001 >= self.deadline:
             return False
-        return policy.budget.try_withdraw(now)
+        if self.retrying:               # already holds one of the instance's max_retries slots
+            return policy.budget.try_withdraw(now)
+        if not policy.cell.take(F_RETRIES, policy.max_retries):
+            policy.overloaded += 1
+            return False
+        if not policy.budget.try_withdraw(now):
+            policy.cell.give(F_RETRIES)
+            return False
+        self.retrying = True            # the slot goes back in end()
+        policy.retries_active += 1
+        return True
 
     cdef void start_retry(self) noexcept:
         """Count the retry and draw its backoff: exponential from backoff_base, capped, full jitter."""
@@ -297,9 +315,6 @@ cdef class Exchange:
         self.tries += 1
         self.ct.attempts = 0
         policy.retried += 1
-        if not self.retrying:
-            self.retrying = True
-            policy.retries_active += 1
         delay = policy.backoff_base * (1 << min(self.tries - 2, 16))
         if delay > policy.backoff_max:
             delay = policy.backoff_max
@@ -339,9 +354,11 @@ cdef class Exchange:
         if self.counted:
             self.counted = False
             policy.requests_active -= 1
+            policy.cell.give(F_REQUESTS)
         if self.retrying:
             self.retrying = False
             policy.retries_active -= 1
+            policy.cell.give(F_RETRIES)
         if self.waiting:
             self.waiting = False
             self.connector.unwait(user)

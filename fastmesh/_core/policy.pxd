@@ -1,5 +1,7 @@
 # Per-cluster request policy: retry budget, retry rules, timeouts and circuit-breaker limits; cheap checks per request.
 
+from fastmesh._core.limits cimport LimitCell
+
 cdef enum RetryOn:
     RETRY_CONNECT_FAILURE = 1          # the request never reached a backend (always safe)
     RETRY_RESET = 2                    # the connection failed before any response byte
@@ -7,25 +9,18 @@ cdef enum RetryOn:
     RETRY_5XX = 8                      # any 5xx response (listed codes are in `statuses`)
 
 
-cdef enum:
-    BUDGET_SLOTS = 10                  # the budget window is split into this many time slots
-
-
 cdef class RetryBudget:
     # Finagle's idea: retries may add at most `percent` of the requests seen over `window` seconds, plus a floor
-    # of `min_per_second`. Counts live in a ring of time slots, so old traffic leaves the window slot by slot.
+    # of `min_per_second`. Counts live in a ring of time slots (limits.pxd's BUDGET_RING) in the cluster's limit
+    # cell, so old traffic leaves the window slot by slot and every worker of the instance draws on one budget.
     cdef double percent                # share of requests that may be retried (0.2 = 20%)
     cdef double min_per_second         # retries always allowed per second, whatever the traffic
     cdef double window                 # seconds of history
-    cdef double slot_len               # window / BUDGET_SLOTS
-    cdef long long current             # index of the slot `now` falls in (monotonic slot number)
-    cdef unsigned long long requests[BUDGET_SLOTS]   # requests deposited per slot
-    cdef unsigned long long retries[BUDGET_SLOTS]    # retries withdrawn per slot
-    cdef unsigned long long req_sum    # sum of requests[] (kept incrementally)
-    cdef unsigned long long retry_sum  # sum of retries[]
-    cdef readonly unsigned long long exhausted   # retries refused by the budget, ever
+    cdef double slot_len               # window / BUDGET_RING
+    cdef long long current             # the time slot of the latest deposit or withdrawal
+    cdef LimitCell cell                # where the ring lives (shared by the instance's workers, or private)
+    cdef readonly unsigned long long exhausted   # retries refused by the budget, ever (this process)
 
-    cdef void advance(self, double now) noexcept
     cdef void deposit(self, double now) noexcept
     cdef bint try_withdraw(self, double now) noexcept
 
@@ -56,14 +51,16 @@ cdef class ClusterPolicy:
     cdef readonly double backoff_max   # retry wait cap
     cdef readonly double timeout       # total seconds per request, retries included (0 = none)
     cdef readonly double per_try_timeout   # seconds from a try's start to its response head
-    cdef readonly long max_connections  # circuit breakers (per worker): upstream connections open
-    cdef readonly long max_pending     # requests waiting for a connection slot
+    cdef readonly long max_connections  # circuit breakers (for the instance): upstream connections open
+    cdef readonly long max_pending     # requests waiting for a connection slot (0: none wait)
     cdef readonly long max_requests    # requests in flight
     cdef readonly long max_retries     # retries in flight
-    cdef readonly long requests_active  # requests in flight now
-    cdef readonly long retries_active  # retries in flight now
+    cdef readonly LimitCell cell       # the instance's counts that the limits above are checked against
+    cdef readonly long requests_active  # requests in flight now in this process
+    cdef readonly long retries_active  # retries in flight now in this process
     cdef readonly unsigned long long overloaded   # requests refused by a circuit breaker, ever
     cdef readonly unsigned long long retried      # retries sent, ever
     cdef readonly ConcurrencyLimit adaptive   # adaptive concurrency limit, None when off
 
     cdef bint retryable_status(self, int status) noexcept
+    cdef long request_limit(self) noexcept

@@ -3,60 +3,41 @@
 The budget follows Finagle's RetryBudget: every request deposits, every retry withdraws, and retries may not
 exceed `percent` of the window's requests plus `min_per_second` x window. Unlike a per-retry token bucket it
 never lets a burst of failures turn into a burst of retries, and a fully failing backend sees at most about
-(1 + percent) x the offered load. The window is a ring of BUDGET_SLOTS time slots advanced lazily on use.
+(1 + percent) x the offered load. The window is a ring of time slots in the cluster's limit cell (limits.pyx):
+each worker deposits into its own ring, a withdrawal sums every worker's, so the budget is the instance's.
+The circuit-breaker gauges are counted in the same cell; the adaptive limit's estimate is this process's own
+(learned from the latencies it sees), checked against the instance's requests in flight.
 """
 from libc.math cimport sqrt
 from libc.string cimport memset
+from libc.stdint cimport uint64_t
+
+from fastmesh._core.limits cimport LimitCell, F_RING_REQUESTS, F_RING_RETRIES, BUDGET_RING
+from fastmesh._core.limits import private_cell
 
 
 cdef class RetryBudget:
 
-    def __cinit__(self, double percent=0.2, double min_per_second=10.0, double window=10.0):
+    def __cinit__(self, double percent=0.2, double min_per_second=10.0, double window=10.0, LimitCell cell=None):
         self.percent = percent
         self.min_per_second = min_per_second
         self.window = window
-        self.slot_len = window / BUDGET_SLOTS
-        self.current = -1
-        memset(self.requests, 0, sizeof(self.requests))
-        memset(self.retries, 0, sizeof(self.retries))
-
-    cdef void advance(self, double now) noexcept:
-        """Move to the slot `now` falls in, clearing the slots that left the window."""
-        cdef long long slot = <long long>(now / self.slot_len)
-        cdef long long k
-        cdef int i
-        if slot == self.current:
-            return
-        if self.current < 0 or slot - self.current >= BUDGET_SLOTS:
-            memset(self.requests, 0, sizeof(self.requests))
-            memset(self.retries, 0, sizeof(self.retries))
-            self.req_sum = 0
-            self.retry_sum = 0
-        else:
-            k = self.current + 1
-            while k <= slot:
-                i = <int>(k % BUDGET_SLOTS)
-                self.req_sum -= self.requests[i]
-                self.retry_sum -= self.retries[i]
-                self.requests[i] = 0
-                self.retries[i] = 0
-                k += 1
-        self.current = slot
+        self.slot_len = window / BUDGET_RING
+        self.current = 0
+        self.cell = cell if cell is not None else private_cell()
 
     cdef void deposit(self, double now) noexcept:
-        self.advance(now)
-        self.requests[self.current % BUDGET_SLOTS] += 1
-        self.req_sum += 1
+        self.current = <long long>(now / self.slot_len)
+        self.cell.ring_add(self.current, F_RING_REQUESTS)
 
     cdef bint try_withdraw(self, double now) noexcept:
-        cdef double allowed
-        self.advance(now)
-        allowed = self.percent * self.req_sum + self.min_per_second * self.window
-        if self.retry_sum + 1 > allowed:
+        cdef uint64_t requests, retries
+        self.current = <long long>(now / self.slot_len)
+        self.cell.ring_sums(self.current, &requests, &retries)
+        if retries + 1 > self.percent * requests + self.min_per_second * self.window:
             self.exhausted += 1
             return False
-        self.retries[self.current % BUDGET_SLOTS] += 1
-        self.retry_sum += 1
+        self.cell.ring_add(self.current, F_RING_RETRIES)
         return True
 
     # Python-level access for tests and the control plane.
@@ -68,11 +49,16 @@ cdef class RetryBudget:
 
     @property
     def window_requests(self):
-        return self.req_sum
+        """Requests in the window as of the latest deposit or withdrawal, over every worker."""
+        cdef uint64_t requests, retries
+        self.cell.ring_sums(self.current, &requests, &retries)
+        return requests
 
     @property
     def window_retries(self):
-        return self.retry_sum
+        cdef uint64_t requests, retries
+        self.cell.ring_sums(self.current, &requests, &retries)
+        return retries
 
 
 cdef class ConcurrencyLimit:
@@ -125,9 +111,10 @@ cdef class ClusterPolicy:
                   double budget_min_per_second=10.0, double budget_window=10.0, double backoff_base=0.025,
                   double backoff_max=0.25, double timeout=0.0, double per_try_timeout=15.0,
                   long max_connections=1024, long max_pending=1024, long max_requests=1024, long max_retries=3,
-                  adaptive=None):
+                  adaptive=None, LimitCell cell=None):
         cdef int code
-        self.budget = RetryBudget(budget_percent, budget_min_per_second, budget_window)
+        self.cell = cell if cell is not None else private_cell()
+        self.budget = RetryBudget(budget_percent, budget_min_per_second, budget_window, self.cell)
         self.attempts = max(1, attempts)
         self.retry_on = 0
         memset(self.statuses, 0, sizeof(self.statuses))
@@ -159,6 +146,15 @@ cdef class ClusterPolicy:
 
     cdef bint retryable_status(self, int status) noexcept:
         return 100 <= status < 600 and self.statuses[status] != 0
+
+    cdef long request_limit(self) noexcept:
+        """Requests the instance may have in flight to the cluster now: max_requests, or the adaptive limit
+        when that is lower."""
+        cdef long adaptive
+        if self.adaptive is None:
+            return self.max_requests
+        adaptive = <long>self.adaptive.limit
+        return adaptive if adaptive < self.max_requests else self.max_requests
 
     @property
     def retries_on(self):

@@ -26,8 +26,10 @@ Semantics, each tested in tests/core/test_router.py:
     removal (a prefix guarding "/admin/" does not see "/%61dmin/" or "/x/../admin/"; normalisation
     would be a listener option of its own). A prefix is a byte prefix ("/api" matches "/apix"). An
     absolute-form target without a path has the path "/".
-  - Methods: exact, case-sensitive tokens. Headers: every condition needs a line with that name (any
-    case) whose value (OWS trimmed by the parser) equals the configured value exactly.
+  - Methods: exact, case-sensitive tokens. CONNECT matches only a route whose methods name it: a route
+    without a method condition never turns the listener into a tunnel (the exchange answers 405). Headers:
+    every condition needs a line with that name (any case) whose value (OWS trimmed by the parser)
+    equals the configured value exactly.
 """
 
 import re
@@ -83,7 +85,7 @@ cdef inline bint _plain_path_ok(const RouteEntry *e, Span path) noexcept nogil:
 cdef inline bint _method_ok(const RouteEntry *e, const Span *tokens, const RequestView *v) noexcept nogil:
     cdef int i
     if e.any_method:
-        return True
+        return v.method != METHOD_CONNECT     # a tunnel only where a route names CONNECT
     if v.method != METHOD_OTHER:
         return (e.method_mask >> v.method) & 1
     for i in range(e.other_first, e.other_first + e.other_count):

@@ -445,8 +445,10 @@ def _percent_share(check: _Check, key: str, value: Any) -> Any:
 
 
 def _limits(check: _Check, key: str, value: Any) -> Any:
-    fields = _table(check, key, value, {name: _whole(1) for name in
-                                        ("max_connections", "max_pending", "max_requests", "max_retries")})
+    # 0 is a meaning for the queue and for retries (none wait, none are retried at once), as in Envoy; a cluster
+    # that may open no connection or have no request in flight would refuse everything, so those start at 1.
+    fields = _table(check, key, value, {"max_connections": _whole(1), "max_pending": _whole(0),
+                                        "max_requests": _whole(1), "max_retries": _whole(0)})
     return BAD if fields is None else Limits(**fields)
 
 
@@ -784,6 +786,7 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
 }
 _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "header_timeout": _duration(allow_zero=False),
+    "body_timeout": _duration(allow_zero=True),
     "max_request_line": _whole(64, 1 << 20),
     "max_header_bytes": _whole(64, 1 << 24),
     "max_headers": _whole(1, 100),
@@ -999,6 +1002,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         return out
     out.update(
         header_timeout=format_duration(lst.header_timeout),
+        body_timeout=format_duration(lst.body_timeout),
         max_request_line=lst.max_request_line,
         max_header_bytes=lst.max_header_bytes,
         max_headers=lst.max_headers,

@@ -50,11 +50,12 @@ class AdaptiveConcurrency:
 
 @dataclass
 class Limits:
-    """Circuit breakers, per worker: over a limit a request gets 503 `fastmesh-error: overloaded` at once."""
+    """Circuit breakers for the whole instance (every worker counts together): over a limit a request gets 503
+    `fastmesh-error: overloaded` at once."""
     max_connections: int = 1024        # upstream connections open
-    max_pending: int = 1024            # requests waiting for a connection slot
+    max_pending: int = 1024            # requests waiting for a connection slot (0: none wait)
     max_requests: int = 1024           # requests in flight
-    max_retries: int = 3               # retries in flight
+    max_retries: int = 3               # retries in flight (0: none)
 
 
 HEALTH_CHECK_TYPES = ("http", "tcp")
@@ -166,6 +167,7 @@ class Listener:
     splice: bool = True                # zero-copy splice(2) relay; False uses recv/send buffers
     # HTTP only:
     header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
+    body_timeout: float = 60.0         # seconds a client has to send a whole request body after its head (0: no limit)
     max_request_line: int = 8192       # bytes; longer -> 414
     max_header_bytes: int = 65536      # bytes of the field section; more -> 431
     max_headers: int = 100             # field lines (1..100); more -> 431

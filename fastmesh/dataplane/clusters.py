@@ -8,6 +8,7 @@ from fastmesh._core.balance.factory import HASHING, make_balancer
 from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.pool import HttpPool
+from fastmesh._core.limits import LimitCell
 from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
 from fastmesh._core.reactor import Reactor
 from fastmesh.config.schema import Cluster as ClusterConfig
@@ -32,8 +33,9 @@ def build_cluster(cfg: ClusterConfig) -> Cluster:
     return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
 
 
-def build_policy(cfg: ClusterConfig) -> ClusterPolicy:
-    """Retries, budget, timeouts and circuit breakers of a cluster, as the core checks them per request."""
+def build_policy(cfg: ClusterConfig, cell: LimitCell | None = None) -> ClusterPolicy:
+    """Retries, budget, timeouts and circuit breakers of a cluster, as the core checks them per request; `cell`
+    holds the instance's counts they are checked against (dataplane/limits.py), private when None."""
     r, lim, ac = cfg.retries, cfg.limits, cfg.adaptive_concurrency
     adaptive = None if ac is None else ConcurrencyLimit(ac.initial_limit, ac.min_limit, ac.max_limit, ac.tolerance,
                                                         ac.smoothing)
@@ -41,10 +43,11 @@ def build_policy(cfg: ClusterConfig) -> ClusterPolicy:
                          budget_min_per_second=r.min_per_second, backoff_base=r.backoff, backoff_max=r.max_backoff,
                          timeout=cfg.timeout, per_try_timeout=cfg.per_try_timeout or cfg.response_timeout,
                          max_connections=lim.max_connections, max_pending=lim.max_pending,
-                         max_requests=lim.max_requests, max_retries=lim.max_retries, adaptive=adaptive)
+                         max_requests=lim.max_requests, max_retries=lim.max_retries, adaptive=adaptive,
+                         cell=cell)
 
 
-def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster) -> HttpPool:
+def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None) -> HttpPool:
     """The HTTP/1 connection pool over a cluster (shared by every http listener that routes to it)."""
     key = (cfg.hash_key or "source_ip") if cfg.balancer in HASHING else None
-    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg), key)
+    return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg, cell), key)

@@ -46,7 +46,8 @@ def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpP
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
-                     trust_headers=cfg.trust_headers, access_log=build_access_log(cfg.access_log, cfg.name))
+                     trust_headers=cfg.trust_headers, access_log=build_access_log(cfg.access_log, cfg.name),
+                     body_timeout=cfg.body_timeout)
 
 
 def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool], cluster_names: list[str]) -> None:
@@ -54,7 +55,7 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool]
     http.reconfigure(build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_access_log(cfg.access_log, cfg.name),
-                     trust_headers=cfg.trust_headers)
+                     trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
 
 
 def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | HttpProxy, reuse_port: bool

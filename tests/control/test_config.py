@@ -90,6 +90,7 @@ BAD = [
     (LISTENER + 'request_id_header = ""\n' + CLUSTER, f"listeners[0].request_id_header: {HTTP_ONLY}"),
     (LISTENER + "max_request_line = 1024\n" + CLUSTER, f"listeners[0].max_request_line: {HTTP_ONLY}"),
     (LISTENER + "max_header_bytes = 1024\n" + CLUSTER, f"listeners[0].max_header_bytes: {HTTP_ONLY}"),
+    (LISTENER + 'body_timeout = "5s"\n' + CLUSTER, f"listeners[0].body_timeout: {HTTP_ONLY}"),
     (LISTENER + "max_hedaers = 10\n" + CLUSTER, 'listeners[0].max_hedaers: unknown key (did you mean "max_headers"?)'),
     # http listeners
     (HTTP_NO_DEFAULT + CLUSTER, "listeners[0].cluster: missing key (expected the name of a cluster, or "
@@ -99,6 +100,7 @@ BAD = [
      'listeners[0].routes: expected an array of [[listeners.routes]] tables, got "all"'),
     (HTTP + 'header_timeout = "0s"\n' + CLUSTER,
      'listeners[0].header_timeout: expected a duration above "0s", got "0s"'),
+    (HTTP + "body_timeout = 30\n" + CLUSTER, f"listeners[0].body_timeout: expected {DURATION}, got 30"),
     (HTTP + "max_headers = 0\n" + CLUSTER, "listeners[0].max_headers: expected a whole number from 1 to 100, got 0"),
     (HTTP + "max_headers = 101\n" + CLUSTER,
      "listeners[0].max_headers: expected a whole number from 1 to 100, got 101"),
@@ -209,6 +211,10 @@ BAD = [
     (MINIMAL + 'response_timeout = "0s"\n',
      'clusters.echo.response_timeout: expected a duration above "0s", got "0s"'),
     (MINIMAL + "pool_max_idle = -1\n", "clusters.echo.pool_max_idle: expected a whole number >= 0, got -1"),
+    (MINIMAL + "limits = { max_pending = -1 }\n",
+     "clusters.echo.limits.max_pending: expected a whole number >= 0, got -1"),
+    (MINIMAL + "limits = { max_requests = 0 }\n",
+     "clusters.echo.limits.max_requests: expected a whole number >= 1, got 0"),
     (MINIMAL + "pool_idle_timeout = 5\n", f"clusters.echo.pool_idle_timeout: expected {DURATION}, got 5"),
     (LISTENER.replace('"echo"', '"my cluster"') + '[clusters."my cluster"]\nendpoints = ["127.0.0.1:9001"]\n',
      'clusters."my cluster": expected a cluster name of letters, digits, "_", "-" and ".", got "my cluster"'),
@@ -337,6 +343,13 @@ def test_minimal_config_gets_schema_defaults() -> None:
     assert (cluster.balancer, cluster.connect_timeout, cluster.connect_attempts) == ("round_robin", 1.0, 3)
 
 
+def test_zero_pending_and_zero_retries_mean_none() -> None:
+    """max_pending = 0 is "no queue" (refuse at once at max_connections), max_retries = 0 "no retry at once"."""
+    cfg = loads_config(MINIMAL + "limits = { max_pending = 0, max_retries = 0 }\n", "good.toml")
+    limits = cfg.clusters["echo"].limits
+    assert (limits.max_pending, limits.max_retries, limits.max_connections) == (0, 0, 1024)
+
+
 def test_full_config() -> None:
     cfg = loads_config(FULL)
     assert cfg == Config(
@@ -411,6 +424,7 @@ protocol = "http"
 cluster = "web"
 idle_timeout = "30s"
 header_timeout = "5s"
+body_timeout = "2m"
 max_request_line = 4096
 max_header_bytes = 32768
 max_headers = 50
@@ -462,9 +476,12 @@ def test_http_listener_defaults() -> None:
     listener = cfg.listeners[0]
     assert listener == Listener(name="in", host="127.0.0.1", port=4140, cluster="echo", protocol="http")
     # The defaults as the schema defines them today; the idle timeout is http's, not tcp's hour.
-    assert (listener.idle_timeout, listener.header_timeout, listener.max_request_line, listener.max_header_bytes,
-            listener.max_headers, listener.forwarded_headers, listener.request_id_header, listener.access_log,
-            listener.routes) == (60.0, 10.0, 8192, 65536, 100, True, "x-request-id", None, [])
+    assert (listener.idle_timeout, listener.header_timeout, listener.body_timeout, listener.max_request_line,
+            listener.max_header_bytes, listener.max_headers, listener.forwarded_headers, listener.request_id_header,
+            listener.access_log, listener.routes) == (60.0, 10.0, 60.0, 8192, 65536, 100, True, "x-request-id",
+                                                      None, [])
+    # body_timeout = "0s" lifts the limit on the whole body (idle_timeout still bounds each silence in it).
+    assert loads_config(HTTP + 'body_timeout = "0s"\n' + CLUSTER).listeners[0].body_timeout == 0.0
     cluster = cfg.clusters["echo"]
     assert (cluster.response_timeout, cluster.pool_max_idle, cluster.pool_idle_timeout) == (15.0, 64, 60.0)
 
@@ -482,8 +499,8 @@ def test_full_http_config() -> None:
     web, edge = cfg.listeners
     assert web == Listener(
         name="web", host="127.0.0.1", port=8080, cluster="web", protocol="http", idle_timeout=30.0,
-        header_timeout=5.0, max_request_line=4096, max_header_bytes=32768, max_headers=50, forwarded_headers=False,
-        request_id_header="X-Trace-Id", access_log=AccessLog(format="json", path="access.log"),
+        header_timeout=5.0, body_timeout=120.0, max_request_line=4096, max_header_bytes=32768, max_headers=50,
+        forwarded_headers=False, request_id_header="X-Trace-Id", access_log=AccessLog(format="json", path="access.log"),
         routes=[
             Route(cluster="api", host="*.Example.com", path_prefix="/api/", methods=["GET", "POST", "PURGE"],
                   headers={"X-Env": "canary"}, rewrite_prefix="/", add_request_headers={"X-A": "b c"},

@@ -119,6 +119,7 @@ async def scenario(fm: Running, adm: httpx.AsyncClient, web: int, admin: int, a:
     assert (policy["per_try_timeout"], policy["timeout"], policy["deadline"]) == (1.0, 3.0, 3.0)
     assert policy["retries"]["attempts"] == 2 and policy["retries"]["on"] == ["5xx"]
     assert policy["retries"]["budget_percent"] == 20.0
+    assert policy["limits"]["scope"] == "instance" and policy["limits"]["workers"] >= 1
 
     # A header route, and a client deadline that is sooner than the cluster's timeout.
     got = await explain(host=f"shop:{web}", path="/api/users", header=["X-Env: canary", "fastmesh-timeout-ms: 500"])
@@ -191,6 +192,8 @@ async def scenario(fm: Running, adm: httpx.AsyncClient, web: int, admin: int, a:
         assert re.search(r"ejected for \d+\.\d+s more", dead_row), dead_row
         assert f"would pick {a} most likely (round_robin; shares over 1000 picks: {a} 100%)" in out
         assert "budget    connect 1s x 3 endpoints; per try 1s (per_try_timeout); total 3s" in out
+        assert re.search(r"^limits    \d+ requests in flight, \d+ connections \((queue \d+|no queue)\), \d+ retries "
+                         r"in flight; for the instance \(\d+ workers? count together\)$", out, re.MULTILINE), out
     code, out, err = await cli(url, "--json", "--admin", f"127.0.0.1:{admin}")
     assert code == 0 and json.loads(out)["cluster"]["name"] == "api"
     code, out, err = await cli("http://shop/x", "--admin", f"127.0.0.1:{admin}")

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from fastmesh._testbase.chaos import ChaosBackend, Client, run_load
-from tests.e2e.test_resilience import client, proxy_for, report, wait_for
+from fastmesh._testbase.chaos import ChaosBackend, Client, Tally, run_load
+from tests.e2e.test_resilience import client, endpoint_state, proxy_for, report, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,6 +85,129 @@ def test_ewma_does_not_park_every_client_on_an_endpoint_that_just_slowed_down():
                 # Peak EWMA learns of the slowness only from the first slow answer: until then some clients park
                 # there (about 10 of 40 when nothing else happens), but not nearly all of them.
                 assert window["parked"] <= 25
+        finally:
+            for b in backends:
+                await b.stop()
+
+    asyncio.run(main())
+
+
+def shares_of(tally, names: list[str], start: float = 0.0, end: float = float("inf")) -> dict[str, float]:
+    """Each backend's share of the answers that arrived between start and end (time.monotonic())."""
+    got = [b for t, b in tally.answered_at if start <= t < end]
+    return {name: got.count(name) / max(1, len(got)) for name in names}
+
+
+def test_ewma_cold_start_behind_health_checks_shares_fairly():
+    """Three equal endpoints behind active health checks, 16 clients at about 150 req/s from the start: each gets
+    at least 20% of the first 4 s (before: the endpoints measured first left the third on its 30 ms placeholder,
+    with no request at all for 5 to 30 s)."""
+    async def main():
+        names = ["b0", "b1", "b2"]
+        backends = [await ChaosBackend(name).start() for name in names]
+        try:
+            cluster = 'balancer = "ewma"\nhealth_check = { path = "/healthz", interval = "1s" }\n'
+            async with proxy_for([b.address for b in backends], cluster) as proxy:
+                host, port = proxy.addresses["web"]
+                tally = Tally()
+
+                async def paced(k: int) -> None:
+                    """Client k joins k / 150 s in, as clients of a service coming up would."""
+                    await asyncio.sleep(k / 150)
+                    await run_load(host, port, clients=1, seconds=4.0 - k / 150, pause=16 / 150, tally=tally)
+                await asyncio.gather(*(paced(k) for k in range(16)))
+                got = shares_of(tally, names)
+                report("ewma cold start", answers=tally.ok, shares={k: f"{v:.3f}" for k, v in got.items()})
+                assert tally.failed == 0 and tally.ok > 200
+                assert min(got.values()) >= 0.2, got
+        finally:
+            for b in backends:
+                await b.stop()
+
+    asyncio.run(main())
+
+
+def test_ewma_endpoint_joining_under_load_gets_its_share():
+    """Two keep-alive clients going back to back on two endpoints; the third, equal one comes up: over the next
+    2.5 s each endpoint gets at least 20%."""
+    async def main():
+        names = ["b0", "b1", "late"]
+        backends = [await ChaosBackend(name).start() for name in names]
+        late = backends[2]
+        try:
+            async with proxy_for([b.address for b in backends], 'balancer = "ewma"\noutlier = false\n') as proxy:
+                host, port = proxy.addresses["web"]
+                await late.kill()
+                marks: dict[str, float] = {}
+
+                async def chaos() -> None:
+                    await wait_for(lambda: not endpoint_state(proxy, 2)["eligible"])
+                    await asyncio.sleep(0.5)
+                    await late.revive()
+                    await wait_for(lambda: endpoint_state(proxy, 2)["state"] == "up", 5.0)
+                    marks["up"] = time.monotonic()
+
+                tally, _ = await asyncio.gather(run_load(host, port, clients=2, seconds=6.0), chaos())
+                got = shares_of(tally, names, marks["up"], marks["up"] + 2.5)
+                report("ewma join", shares={k: f"{v:.3f}" for k, v in got.items()}, failed=tally.failed)
+                assert marks["up"] + 2.5 < tally.answered_at[-1][0]
+                assert min(got.values()) >= 0.2, got
+        finally:
+            for b in backends:
+                await b.stop()
+
+    asyncio.run(main())
+
+
+def test_ewma_low_concurrency_is_fair():
+    """One client going back to back over three equal endpoints: each gets at least 20% of 3 s."""
+    async def main():
+        names = ["b0", "b1", "b2"]
+        backends = [await ChaosBackend(name).start() for name in names]
+        try:
+            async with proxy_for([b.address for b in backends], 'balancer = "ewma"') as proxy:
+                host, port = proxy.addresses["web"]
+                tally = await run_load(host, port, clients=1, seconds=3.0)
+                got = shares_of(tally, names)
+                report("ewma one client", answers=tally.ok, shares={k: f"{v:.3f}" for k, v in got.items()})
+                assert tally.failed == 0 and tally.ok > 300
+                assert min(got.values()) >= 0.2, got
+        finally:
+            for b in backends:
+                await b.stop()
+
+    asyncio.run(main())
+
+
+def test_ewma_endpoint_fast_again_after_a_slow_spell_is_back_within_10s():
+    """Eight clients; one endpoint answers in 2 s for 3 s, then as fast as the others: while slow it gets almost
+    nothing, and 10 s after it is fast again it has at least 20% (before: about a minute at ~0%)."""
+    async def main():
+        names = ["b0", "spell", "b2"]
+        backends = [await ChaosBackend(name).start() for name in names]
+        spell = backends[1]
+        try:
+            async with proxy_for([b.address for b in backends], 'balancer = "ewma"\noutlier = false\n') as proxy:
+                host, port = proxy.addresses["web"]
+                marks: dict[str, float] = {}
+
+                async def chaos() -> None:
+                    await asyncio.sleep(0.5)
+                    spell.delay = 2.0
+                    marks["slow"] = time.monotonic()
+                    await asyncio.sleep(3.0)
+                    spell.delay = 0.0
+                    marks["fast"] = time.monotonic()
+
+                tally, _ = await asyncio.gather(run_load(host, port, clients=8, seconds=14.0, pause=0.002,
+                                                         timeout=5.0), chaos())
+                during = shares_of(tally, names, marks["slow"] + 1.0, marks["fast"])
+                after = shares_of(tally, names, marks["fast"] + 8.0, marks["fast"] + 10.0)
+                report("ewma slow spell", during=f"{during['spell']:.3f}", after=f"{after['spell']:.3f}",
+                       failed=tally.failed)
+                assert tally.failed == 0
+                assert during["spell"] < 0.05, during
+                assert after["spell"] >= 0.2, after
         finally:
             for b in backends:
                 await b.stop()

@@ -125,7 +125,8 @@ field_value = st.lists(word, max_size=4).flatmap(
     lambda words: st.lists(st.sampled_from([b" ", b"\t", b" \t "]), min_size=len(words), max_size=len(words))
     .map(lambda seps: b"".join(w + s for w, s in zip(words, seps)).rstrip(b" \t")))
 ows = st.sampled_from([b"", b" ", b"\t", b"  "])
-target = st.lists(st.sampled_from([bytes([c]) for c in range(0x21, 0x7F)]), max_size=40).map(
+# Every visible byte but "#": a fragment is refused (parser rule 3), never part of a valid request.
+target = st.lists(st.sampled_from([bytes([c]) for c in range(0x21, 0x7F) if c != 0x23]), max_size=40).map(
     lambda cs: b"/" + b"".join(cs))
 host = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-", min_size=1, max_size=20).map(str.encode)
 chunk_ext = st.sampled_from([b"", b";a", b";a=b", b";a=\"x y\"", b";a;b=c"])

@@ -14,6 +14,15 @@ cdef class EwmaBalancer(Balancer):
     cdef double *load_unit        # per endpoint: mean up weight / its weight, what one in-flight request adds
     cdef bint self_clocked        # no owner has called set_clock yet, so observe() reads CLOCK_MONOTONIC itself
     cdef double *since            # per endpoint: when it last finished a request (or got its first in flight)
+    # Added for fairness: unmeasured estimates start from what the cluster sees, stale ones get a probe.
+    cdef double typical           # the cluster's typical cost (s), scaled to `epoch`: what unsampled endpoints cost
+    cdef bint typical_set         # typical has taken a sample (until then it is default_rtt)
+    cdef double typical_stamp     # `now` at the cluster's last sample
+    cdef unsigned long long seq   # samples the cluster has taken (observe() calls)
+    cdef unsigned long long *last_seq  # per endpoint: seq at its last sample (or at creation / endpoint_up)
+    cdef unsigned long long *gap  # per endpoint: cluster samples with none of its own that make its estimate stale
+    cdef unsigned long long *probe_at  # per endpoint: last_seq + gap (stale past it); ULLONG_MAX while penalized
+    cdef unsigned char *penalized  # per endpoint: its last sample was a 429/503 penalty (no probe: it asked for rest)
 
     # Move the clock to `now` (through the base) and refresh decay_now.
     cdef void advance(self, double now) noexcept

@@ -2,19 +2,25 @@
 body from one socket to the other as it arrives, with backpressure.
 
 The framing decisions themselves (which kind, which length, every anti-smuggling rule) are framing.pyx's; this
-module only counts bytes against them while they move. A body moves only while the destination takes it, and
-reading stops while framed bytes wait, so a connection holds at most one receive buffer per side.
+module counts bytes against them while they move. A body moves only while the destination takes it, and
+reading stops while framed bytes wait, so a connection holds at most one receive buffer per side. An
+unfinished chunk-size line is never passed on (BodyFrame.held), and trailer fields the parser knows by name
+are removed in place (framing.trailers_strip), so no malformed or smuggling tail leaves.
 """
 from fastmesh._core.buffer cimport RecvBuf, OutBuf, rb_read, rb_release_if_empty, ob_add, ob_flush, ob_pending
 from fastmesh._core.includes.system cimport send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT
 from fastmesh._core.reactor cimport BufferPool
 from fastmesh._core.stats cimport bump_field
-from fastmesh._core.http1.parser cimport Limits
+from fastmesh._core.http1.parser cimport Head, Limits
 from fastmesh._core.http1.framing cimport (
-    chunked_init, chunked_feed, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, CHUNK_DONE,
+    chunked_init, chunked_feed, trailers_strip, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, CHUNK_DONE,
+    CHUNK_SIZE_LF,
 )
 
 cdef Py_ssize_t COALESCE_MAX = 16384   # body bytes copied behind a head so both leave in one send
+
+# The trailer section of the chunked body that just ended: parsed and stripped within one frame_take().
+cdef Head TRAILERS
 
 
 cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:
@@ -24,13 +30,18 @@ cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim
     f.done = kind == BODY_NONE or (kind == BODY_LENGTH and length <= 0)
     f.dechunk = False
     f.skip = 0
+    f.held = 0
     if kind == BODY_CHUNKED:
-        chunked_init(&f.dec, lim, NULL)
+        chunked_init(&f.dec, lim, &TRAILERS)
 
 
-cdef Py_ssize_t frame_take(BodyFrame *f, const char *p, Py_ssize_t n) noexcept:
-    """How many of the n bytes at p belong to the body (passed on verbatim); < 0: a chunked-coding error."""
-    cdef Py_ssize_t used, total = 0, off, dlen
+cdef Py_ssize_t frame_take(BodyFrame *f, char *p, Py_ssize_t n) noexcept:
+    """How many of the n bytes at p belong to the body and may be passed on; < 0: a chunked-coding error.
+
+    Chunked: an unfinished size line is held back (f.held: fed to the decoder, left at p for the next call)
+    until it proves valid, so a size that overflows or a bad byte never leaves half-sent. Trailer fields the
+    parser knows by name are removed in place; f.skip then counts the bytes to drop after the span."""
+    cdef Py_ssize_t used, total = 0, off, dlen, kept
     if f.done or n <= 0:
         return 0
     if f.kind == BODY_LENGTH:
@@ -40,23 +51,31 @@ cdef Py_ssize_t frame_take(BodyFrame *f, const char *p, Py_ssize_t n) noexcept:
             f.done = True
         return used
     if f.kind == BODY_CHUNKED:
+        total = f.held
         while total < n:
             used = chunked_feed(&f.dec, p + total, n - total, &off, &dlen)
             if used < 0:
                 return used
             if used == 0:
                 break
-            total += used
             if f.dec.state == CHUNK_DONE:
                 f.done = True
-                break
-        return total
+                f.held = 0
+                if f.dec.trailers_len > 2:
+                    kept = trailers_strip(p + total + f.dec.trailers_off, f.dec.trailers_len, &TRAILERS,
+                                          f.dec.trailers_off)
+                    f.skip = f.dec.trailers_len - kept
+                return total + used - f.skip
+            total += used
+        # States up to CHUNK_SIZE_LF are the size line; line_len is 0 at its start.
+        f.held = f.dec.line_len if f.dec.state <= CHUNK_SIZE_LF else 0
+        return total - f.held
     return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
 
 
 cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
                    OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, BufferPool pool, bint request,
-                   unsigned long long *moved, unsigned long long *received) noexcept:
+                   unsigned long long *moved, unsigned long long *received, bint *fresh) noexcept:
     cdef Py_ssize_t n, avail, room, off, dlen
     cdef int r
     while True:
@@ -67,17 +86,21 @@ cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int d
             # the client waits for a second packet. Only small bodies are copied; big ones stream.
             if ready[0] == 0 and not f.dechunk and not f.done and src.data != NULL:
                 avail = src.end - src.start
-                if 0 < avail <= COALESCE_MAX:
+                if avail > 0:
                     n = frame_take(f, src.data + src.start, avail)
                     if n < 0:
-                        return -3
+                        return -4 if fresh != NULL and fresh[0] else -3
                     ready[0] = n
             if 0 < ready[0] <= COALESCE_MAX and not f.dechunk:
                 ob_add(dpend, src.data + src.start, ready[0])
-                src.start += ready[0]
+                src.start += ready[0] + f.skip
+                f.skip = 0
                 moved[0] += ready[0]
                 ready[0] = 0
+            avail = ob_pending(dpend)
             r = ob_flush(dpend, dfd)
+            if fresh != NULL and (r != 0 or ob_pending(dpend) != avail):
+                fresh[0] = False
             if r < 0:
                 return -2
             if r == 0:

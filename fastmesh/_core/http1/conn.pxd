@@ -10,6 +10,7 @@ from fastmesh._core.http1.body cimport BodyFrame
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
 from fastmesh._core.exchange cimport Exchange, ForwardRules
 from fastmesh._core.router cimport Router
+from fastmesh._core.request cimport Span
 
 
 cdef enum DownstreamState:
@@ -37,7 +38,8 @@ cdef class Front(Acceptor):
     cdef Limits resp_limits                # response head limits
     cdef BufferPool buffers                # receive buffers for downstream connections
     cdef readonly double header_timeout    # a request head must arrive within this
-    cdef readonly double idle_timeout      # keep-alive idle between requests
+    cdef readonly double idle_timeout      # keep-alive idle between requests; also the longest silence within a body
+    cdef readonly double body_timeout      # a request body must have arrived within this after its head (0: no limit)
     cdef ForwardRules rules                # forwarding fields, request id, trust in fastmesh-timeout-ms
     cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled (rules points in)
     cdef readonly object access_log        # callable(fields tuple) per request, or None (off: costs nothing)
@@ -92,6 +94,8 @@ cdef class Downstream(UpstreamUser):
     cdef bint resp_started                 # a response byte came from the upstream
     cdef bint resp_head_done               # the final response head was forwarded
     cdef bint resp_done                    # response body fully forwarded
+    cdef bint resp_fresh                   # no byte of the final response head has left yet (a 502 still fits)
+    cdef Py_ssize_t resp_mark              # bytes queued in `out` before the final response head
     cdef int status                        # final response status
     cdef BodyFrame req_body                # request body framing
     cdef BodyFrame resp_body               # response body framing
@@ -102,6 +106,8 @@ cdef class Downstream(UpstreamUser):
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
+    cdef double body_deadline              # when the request body must have arrived (body_timeout), 0 = no limit
+    cdef double body_seen                  # when the client last sent body bytes (or last waited on us, not we on it)
 
     cdef void run(self) noexcept
     cdef bint body_can_finish(self) noexcept
@@ -114,6 +120,9 @@ cdef class Downstream(UpstreamUser):
     cdef int flush_out(self) noexcept
     cdef int upstream_lost(self) noexcept
     cdef void try_timed_out(self) noexcept
+    cdef bint awaits_client(self) noexcept
+    cdef bint body_overdue(self, double now) noexcept
+    cdef Span local_address(self, Head *h) noexcept
     cdef void retry(self) noexcept
     cdef void send_next_try(self) noexcept
     cdef void end_request(self) noexcept

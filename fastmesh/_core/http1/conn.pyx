@@ -14,7 +14,13 @@ leave in request order. Per request:
   response  parse_response(); 1xx passed on; the head rewritten the same way; the body passed through
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
-bytes already buffered. Every answer of our own is a ProxyError (errors.pxd) rendered in one place.
+bytes already buffered. Every answer of our own is a ProxyError (errors.pxd) rendered in one place; what is
+forwarded is canonical (render.pyx lists the rules).
+
+Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
+the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
+response clock starts over; the upstream's runs while it holds bytes we could not hand it, and once the whole
+request is sent. A client too slow with its body is never the endpoint's failure: no report, no retry.
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
@@ -27,9 +33,19 @@ cdef extern from "<sys/ioctl.h>" nogil:
 from fastmesh._core.buffer cimport (
     rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
 )
+from libc.stdio cimport snprintf
+from libc.string cimport strlen
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
+    sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t, AF_INET, AF_INET6, inet_ntop,
 )
+
+cdef extern from "<sys/socket.h>" nogil:
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    unsigned short ntohs(unsigned short v)
+
 from fastmesh._core.reactor cimport Acceptor
 from fastmesh._core.stats cimport (
     L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
@@ -37,10 +53,11 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
+    PE_METHOD_NOT_ALLOWED,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
-    Head, HeaderField, parse_request, parse_response, find_head_end, METHOD_HEAD,
+    Head, HeaderField, parse_request, parse_response, find_head_end, METHOD_HEAD, TARGET_ABSOLUTE,
 )
 from fastmesh._core.http1.framing cimport (
     request_body, response_body, keep_alive, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL,
@@ -50,7 +67,7 @@ from fastmesh._core.http1.render cimport render_request, render_response, render
 from fastmesh._core.http1.view cimport view_init
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
-from fastmesh._core.request cimport RequestView, span_of
+from fastmesh._core.request cimport RequestView, Span, span_of
 from fastmesh._core.upstream.connector cimport CONNECT_FULL
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
@@ -62,6 +79,7 @@ cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-pa
 # The transient head and its view: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
 cdef RequestView VIEW
+cdef char LOCAL[64]                    # the listener address of the connection local_address() asked about
 
 
 cdef class Front(Acceptor):
@@ -281,7 +299,7 @@ cdef class Downstream(UpstreamUser):
         self.status = 0
         self.req_method = h.method
         self.req_minor = h.minor_version
-        self.req_upgrade = h.upgrade and h.conn_upgrade
+        self.req_upgrade = h.upgrade and h.conn_upgrade and not h.upgrade_h2c
         self.req_expect = h.expect_continue
         self.resp_started = False
         self.resp_head_done = False
@@ -295,6 +313,8 @@ cdef class Downstream(UpstreamUser):
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
+        self.body_seen = now
+        self.body_deadline = now + proxy.body_timeout if proxy.body_timeout > 0 and not self.req_done else 0.0
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
             ex.log_fields = self.describe(buf, h)
@@ -302,11 +322,12 @@ cdef class Downstream(UpstreamUser):
         err = ex.route_request(proxy.router, proxy.pools, &VIEW, &proxy.rules, now)
         if err:
             self.rbuf.start += head_len
-            self.respond_error(err, 0, self.req_done)
+            # After a refused CONNECT the client's bytes are not HTTP: the connection closes.
+            self.respond_error(err, 0, self.req_done and err != PE_METHOD_NOT_ALLOWED)
             return 1
         self.pool = <HttpPool>ex.connector
         self.tmo_off = render_request(&self.reqhead, buf, h, &VIEW, ex.router, ex.route, &ex.request_edits,
-                                      self.req_upgrade)
+                                      self.req_upgrade, self.local_address(h))
         # A body that is already whole in the buffer can be sent again by a retry.
         self.body_mark = self.rbuf.start + head_len
         self.rbuf.start += head_len
@@ -326,6 +347,26 @@ cdef class Downstream(UpstreamUser):
         stamp_budget(&self.reqhead, self.tmo_off, self.ex.budget_ms(self.proxy.reactor.now))
         if self.take_upstream() < 0:
             self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
+
+    cdef Span local_address(self, Head *h) noexcept:
+        """The listener address the client connected to ("ip:port"), for an HTTP/1.0 request without Host (it
+        goes upstream as HTTP/1.1, which needs one); empty otherwise. A syscall, but only on that rare path."""
+        cdef sockaddr_storage local
+        cdef socklen_t alen = sizeof(local)
+        cdef int n = 0
+        LOCAL[0] = 0
+        if h.host_index < 0 and h.target_form != TARGET_ABSOLUTE and getsockname(
+                self.fd, <sockaddr *>&local, &alen) == 0:
+            if local.ss_family == AF_INET:
+                inet_ntop(AF_INET, &(<sockaddr_in *>&local).sin_addr, LOCAL, 48)
+                n = strlen(LOCAL)
+                n += snprintf(LOCAL + n, 16, ":%d", ntohs((<sockaddr_in *>&local).sin_port))
+            elif local.ss_family == AF_INET6:
+                LOCAL[0] = b'['
+                inet_ntop(AF_INET6, &(<sockaddr_in6 *>&local).sin6_addr, LOCAL + 1, 47)
+                n = strlen(LOCAL)
+                n += snprintf(LOCAL + n, 16, "]:%d", ntohs((<sockaddr_in6 *>&local).sin6_port))
+        return span_of(LOCAL, n)
 
     cdef object describe(self, const char *buf, Head *h):
         """(method, authority, path) for the access log, as the client sent them; built only when the log is on."""
@@ -365,6 +406,26 @@ cdef class Downstream(UpstreamUser):
         else:
             self.respond_error(self.ex.error, 0, self.req_done)
             self.run()
+
+    cdef bint awaits_client(self) noexcept:
+        """Whether the request body is the client's move: the upstream has taken every body byte that came."""
+        return (not self.req_done and self.up is not None and self.up.state != UP_CONNECTING
+                and self.reqhead_sent == self.reqhead.len and self.req_ready == 0)
+
+    cdef bint body_overdue(self, double now) noexcept:
+        """The client's clocks while its request body arrives: True once the whole body took longer than
+        body_timeout, or the client kept silent for idle_timeout while the upstream had taken everything. Until
+        then the upstream owes nothing: its response clock, and the latency it is judged by, start over."""
+        if self.body_deadline and now >= self.body_deadline:
+            return True
+        if not self.awaits_client():
+            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
+            return False
+        if now - self.body_seen >= self.proxy.idle_timeout:
+            return True
+        self.ex.restart_clock(now)
+        self.deadline = self.ex.try_deadline
+        return False
 
     cdef void retry(self) noexcept:
         """The exchange decided to send the request again: rewind the body, wait its backoff."""
@@ -410,6 +471,7 @@ cdef class Downstream(UpstreamUser):
         """Move whatever can move; 1 when the exchange ended (state changed), 0 to wait, -1 when closed."""
         cdef Upstream up = self.up
         cdef Py_ssize_t n
+        cdef unsigned long long sent, taken
         cdef int r
         if up is None:
             return 0
@@ -430,9 +492,17 @@ cdef class Downstream(UpstreamUser):
                     return self.upstream_lost()
         # 2. the request body
         if self.reqhead_sent == self.reqhead.len and not self.req_done:
+            sent = self.ex_in
+            taken = sent + <unsigned long long>self.req_ready
             r = pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
                           &self.req_body, &self.req_ready, self.proxy.buffers, True, &self.ex_in,
-                          &self.proxy.bytes_in)
+                          &self.proxy.bytes_in, NULL)
+            if self.ex_in + <unsigned long long>self.req_ready != taken:
+                self.body_seen = self.proxy.reactor.now      # the client sent more of its body
+            if r == 0 and (self.req_ready == 0 or self.ex_in != sent):
+                # The upstream took all it was given, or at least more of it: its response clock starts over.
+                self.ex.restart_clock(self.proxy.reactor.now)
+                self.deadline = self.ex.try_deadline
             if r == 1:
                 self.req_done = True
             elif r == -1:
@@ -449,8 +519,9 @@ cdef class Downstream(UpstreamUser):
             r = self.read_response_head()
             if self.state != DS_EXCHANGE:
                 return 1
-            if ob_pending(&self.out) and self.writable:
-                # An interim answer (100 Continue) must reach the client now: it may be waiting for it.
+            if ob_pending(&self.out) and self.writable and not self.resp_head_done:
+                # An interim answer (100 Continue) must reach the client now: it may be waiting for it. A final
+                # head waits for pump_body(), which frames the body bytes already here before it leaves.
                 if ob_flush(&self.out, self.fd) == 0:
                     self.writable = False
             if r <= 0:
@@ -461,12 +532,21 @@ cdef class Downstream(UpstreamUser):
         # 4. the response body
         if not self.resp_done:
             r = pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
-                          &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out, NULL)
+                          &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out, NULL,
+                          &self.resp_fresh)
             if r == 1:
                 self.resp_done = True
+            elif r == -4:
+                # The body's framing broke before any byte of the head left: the head is withdrawn and the
+                # client gets a clean 502 instead.
+                self.ex.response_broke(up.endpoint, self.proxy.reactor.now)
+                self.out.len = self.out.off + self.resp_mark
+                self.resp_head_done = False
+                self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
+                return 1
             elif r == -1 or r == -3:
                 # The upstream broke mid-body: the client got a head already, so only a close can tell it.
-                self.pool.cluster.request_failed(up.endpoint, self.proxy.reactor.now)
+                self.ex.response_broke(up.endpoint, self.proxy.reactor.now)
                 self.close()
                 return -1
             elif r == -2:
@@ -586,6 +666,8 @@ cdef class Downstream(UpstreamUser):
             # An HTTP/1.0 client knows no chunked coding: send the data alone and end it with the close.
             self.resp_body.dechunk = True
             self.client_keep = False
+        self.resp_mark = ob_pending(&self.out)
+        self.resp_fresh = True
         render_response(&self.out, buf, h, &self.ex.response_edits, self.ex.retried_mark(status, marked),
                         kind == BODY_TUNNEL, self.resp_body.dechunk, self.client_keep, self.req_minor)
         up.rbuf.start += head_len
@@ -664,7 +746,7 @@ cdef class Downstream(UpstreamUser):
         self.up = None
         self.fd = -1
         up.fd = -1
-        self.pool.active -= 1
+        self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
         TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf)
         up.close()
         self.close()

@@ -56,6 +56,10 @@ cdef void chunked_init(ChunkedDecoder *d, const Limits *lim, Head *trailers) noe
 # Trailers are consumed only once the whole trailer section is in buf.
 cdef Py_ssize_t chunked_feed(ChunkedDecoder *d, const char *buf, Py_ssize_t len, Py_ssize_t *data_off,
                              Py_ssize_t *data_len) noexcept nogil
+# Remove from the trailer section sec[0:len] (field lines and the final CRLF, as chunked_feed() reported it,
+# parsed into th whose offsets are `base` bytes ahead of sec) every field the parser has an id for, moving
+# the others down in place. Returns the new length (the final CRLF included; len itself when none goes).
+cdef Py_ssize_t trailers_strip(char *sec, Py_ssize_t len, const Head *th, Py_ssize_t base) noexcept nogil
 # Write the chunk-size line for a chunk of `size` bytes ("1a2b\r\n", lowercase hex) to out, which must
 # have room for CHUNK_LINE_MAX bytes; returns the bytes written. A body ends with the last chunk and
 # the empty line: "0\r\n\r\n" (framing.LAST_CHUNK).

@@ -13,7 +13,11 @@ The chunked decoder is an explicit state machine (ChunkState) fed any split of t
    LF or CR inside one (the aiohttp/fasthttp smuggling bug class) is rejected (ERR_BARE_LF / ERR_BARE_CR);
  - chunk data must be followed by exactly CRLF (ERR_BAD_CHUNK_END);
  - trailers are parsed with parse_fields(), the same rules and limits as a head's field section; they are
-   only reported (Head offsets), never merged into the head.
+   only reported (Head offsets), never merged into the head;
+ - trailers_strip() removes, in place, every trailer field the parser knows by name (Host, Content-Length,
+   Transfer-Encoding, Expect, the hop-by-hop set, HTTP2-Settings): framing, routing and connection fields
+   are not allowed in a trailer section (RFC 9110 section 6.5.1), and a peer that merged one into the head
+   would frame or route the message differently. conn.pyx forwards what is left, both ways.
 """
 
 from fastmesh._core.codes cimport (
@@ -21,8 +25,10 @@ from fastmesh._core.codes cimport (
     ERR_CHUNK_LINE_TOO_LONG, ERR_BAD_CHUNK_END, ERR_BAD_TRANSFER_ENCODING, ERR_UNEXPECTED_SWITCH,
     make_error,
 )
+from libc.string cimport memmove
+
 from fastmesh._core.http1.parser cimport (
-    Head, Limits, HeaderField, CHAR_CLASS, CC_HEX, CC_FIELD, METHOD_HEAD, METHOD_CONNECT, METHOD_OTHER,
+    Head, Limits, HeaderField, CHAR_CLASS, CC_HEX, CC_FIELD, FIELD_OTHER, METHOD_HEAD, METHOD_CONNECT, METHOD_OTHER,
     METHOD_GET, METHOD_POST, METHOD_PUT, METHOD_DELETE, METHOD_OPTIONS, METHOD_TRACE, METHOD_PATCH,
     limits_init, head_reset, parse_request, parse_response, parse_fields,
 )
@@ -222,6 +228,27 @@ cdef Py_ssize_t chunked_feed(ChunkedDecoder *d, const char *buf, Py_ssize_t len,
     return p
 
 
+cdef Py_ssize_t trailers_strip(char *sec, Py_ssize_t len, const Head *th, Py_ssize_t base) noexcept nogil:
+    cdef Py_ssize_t w = 0, start, end
+    cdef int i
+    cdef const HeaderField *f
+    if th.seen == 0:
+        return len
+    for i in range(th.num_headers):
+        f = &th.headers[i]
+        start = f.name_off - base
+        # A line runs to the next one's name, the last one to the final CRLF; its own CRLF included.
+        end = th.headers[i + 1].name_off - base if i + 1 < th.num_headers else len - 2
+        if f.id != FIELD_OTHER:
+            continue
+        if start != w:
+            memmove(sec + w, sec + start, end - start)
+        w += end - start
+    sec[w] = b'\r'
+    sec[w + 1] = b'\n'
+    return w + 2
+
+
 # ---------------------------------------------------------------------------------------------------
 # Chunked encoder.
 
@@ -280,6 +307,22 @@ def response_framing(bytes head, bytes request_method=b"GET", bint request_upgra
     if kind < 0:
         raise make_error(kind)
     return BODY_KINDS[kind], length, bool(keep_alive(&h, kind))
+
+
+def strip_trailers(bytes section) -> bytes:
+    """A trailer section (field lines and the final CRLF) as it is forwarded; raises HttpParseError."""
+    cdef Head th
+    cdef Limits lim
+    cdef bytearray buf = bytearray(section)
+    cdef char *p = buf
+    limits_init(&lim)
+    head_reset(&th)
+    cdef Py_ssize_t r = parse_fields(p, 0, len(buf), &th, &lim)
+    if r < 0:
+        raise make_error(<int>r)
+    if r != len(buf):
+        raise ValueError("not one whole trailer section")
+    return bytes(buf[:trailers_strip(p, r, &th, 0)])
 
 
 def encode_chunk_size(unsigned long long size) -> bytes:

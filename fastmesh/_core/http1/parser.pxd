@@ -36,6 +36,7 @@ cdef enum FieldId:
     FIELD_EXPECT = 10
     FIELD_PROXY_AUTHENTICATE = 11
     FIELD_PROXY_AUTHORIZATION = 12
+    FIELD_HTTP2_SETTINGS = 13     # only meaningful with Upgrade: h2c, which a proxy never forwards
 
 cdef enum CharClass:
     # Bits of CHAR_CLASS[byte]; each set is written out from its RFC 9110/9112/3986 grammar.
@@ -106,6 +107,7 @@ ctypedef struct Head:
     unsigned char conn_keep_alive  # Connection lists "keep-alive"
     unsigned char conn_upgrade   # Connection lists "upgrade"
     unsigned char upgrade        # an Upgrade line is present
+    unsigned char upgrade_h2c    # an Upgrade line lists "h2c" (cleartext HTTP/2: never forwarded)
     unsigned char expect_continue  # Expect is "100-continue"
     int host_index               # index in headers[] of the Host line, -1 when absent
     uint32_t seen                # bit (1 << FieldId) for each recognised field present (hop-by-hop checks)
@@ -141,6 +143,7 @@ cdef inline void head_reset(Head *h) noexcept nogil:
     h.conn_keep_alive = 0
     h.conn_upgrade = 0
     h.upgrade = 0
+    h.upgrade_h2c = 0
     h.expect_continue = 0
     h.host_index = -1
     h.seen = 0

@@ -20,8 +20,11 @@ Strict rules (a proxy that is more lenient than its peers is how requests get sm
  2. Request line is exactly  method SP target SP "HTTP/" DIGIT "." DIGIT CRLF  with single spaces.
     Method and field names are 1*tchar (ERR_BAD_METHOD / ERR_BAD_FIELD_NAME). Methods are case-sensitive.
  3. The target has no SP, no CTL and no DEL (ERR_BAD_TARGET); obs-text (>= 0x80) is let through, as nginx
-    does, because it cannot move a message boundary. Forms: origin ("/..."), absolute ("scheme:..."),
-    authority (CONNECT only, "host:port") and asterisk (OPTIONS only). Anything else is ERR_BAD_TARGET.
+    does, because it cannot move a message boundary. Forms: origin ("/..."), absolute ("scheme://authority
+    [/path][?query]", the authority non-empty, of Host-value bytes, without userinfo: it becomes the
+    forwarded Host), authority (CONNECT only, "host:port") and asterisk (OPTIONS only). A fragment ("#")
+    is refused in every form (a client never sends one; HAProxy and Envoy refuse it too), so it is never
+    forwarded. Anything else is ERR_BAD_TARGET.
  4. Only HTTP/1.0 and HTTP/1.1 (ERR_VERSION_NOT_SUPPORTED -> 505); a malformed version is ERR_BAD_VERSION.
  5. Empty lines (CRLF) before a request line are skipped (RFC 9112 section 2.2) within the start-line limit.
  6. A whitespace-led line right after the start line is rejected (ERR_WS_BEFORE_FIRST_FIELD); later it is
@@ -43,7 +46,9 @@ Strict rules (a proxy that is more lenient than its peers is how requests get sm
 11. Transfer-Encoding in an HTTP/1.0 message is rejected (ERR_TE_IN_HTTP10): RFC 9112 section 6.1 says
     its framing is faulty.
 12. HTTP/1.1 requests need exactly one Host (ERR_MISSING_HOST / ERR_MULTIPLE_HOST); its value may only hold
-    uri-host/port bytes (ERR_BAD_HOST). HTTP/1.0 requests may omit it.
+    uri-host/port bytes (ERR_BAD_HOST). HTTP/1.0 requests may omit it (conn.pyx then adds one upstream).
+    An Upgrade list naming h2c sets upgrade_h2c, and HTTP2-Settings has a field id, so the connection can
+    drop both (cleartext HTTP/2 is never upgraded to through the proxy).
 13. Limits: start line over max_start_line -> ERR_START_LINE_TOO_LONG (414); field section over
     max_header_bytes -> ERR_HEADERS_TOO_LARGE (431); more than max_headers lines -> ERR_TOO_MANY_HEADERS (431).
 14. Responses: status line is version SP 3DIGIT [SP reason] CRLF (a missing reason is tolerated, as h11
@@ -201,6 +206,8 @@ cdef inline int _field_id(const uchar *p, Py_ssize_t n) noexcept nogil:
     elif n == 14:
         if c == b'c' and _lower_eq(p, b"content-length", 14):
             return FIELD_CONTENT_LENGTH
+        if c == b'h' and _lower_eq(p, b"http2-settings", 14):
+            return FIELD_HTTP2_SETTINGS
     elif n == 17:
         if c == b't' and _lower_eq(p, b"transfer-encoding", 17):
             return FIELD_TRANSFER_ENCODING
@@ -302,6 +309,22 @@ cdef inline void _on_connection(const uchar *v, Py_ssize_t n, Head *h) noexcept 
             h.conn_upgrade = 1
 
 
+cdef inline bint _lists_h2c(const uchar *v, Py_ssize_t n) noexcept nogil:
+    # Whether an Upgrade list names the protocol h2c (any version, any case): protocol-name ["/" version].
+    cdef Py_ssize_t i = 0, start
+    while i < n:
+        while i < n and (v[i] == SP or v[i] == HTAB or v[i] == b','):
+            i += 1
+        start = i
+        while i < n and v[i] != b',' and v[i] != b'/' and v[i] != SP and v[i] != HTAB:
+            i += 1
+        if i - start == 3 and _lower_eq(v + start, b"h2c", 3):
+            return True
+        while i < n and v[i] != b',':
+            i += 1
+    return False
+
+
 cdef inline int _on_known_field(const uchar *b, Head *h, int fid, uint32_t voff, uint32_t vlen,
                                 int index) noexcept nogil:
     cdef uint32_t i
@@ -321,6 +344,8 @@ cdef inline int _on_known_field(const uchar *b, Head *h, int fid, uint32_t voff,
         _on_connection(b + voff, vlen, h)
     elif fid == FIELD_UPGRADE:
         h.upgrade = 1
+        if _lists_h2c(b + voff, vlen):
+            h.upgrade_h2c = 1
     elif fid == FIELD_EXPECT:
         if vlen == 12 and _lower_eq(b + voff, b"100-continue", 12):
             h.expect_continue = 1
@@ -438,10 +463,28 @@ cdef inline bint _is_alpha(uchar c) noexcept nogil:
     return <uchar>((c | 0x20) - 97) < 26
 
 
+cdef inline int _absolute_authority(const uchar *t, Py_ssize_t p, Py_ssize_t n) noexcept nogil:
+    # After "scheme:" at t[p]: "//" and a non-empty authority of uri-host/port bytes, without userinfo
+    # (RFC 9110 section 4.2.4: its presence is an error), then the path, the query or the end.
+    # The authority becomes the forwarded Host, so it passes the same byte check as a Host value.
+    cdef Py_ssize_t start
+    if p + 2 > n or t[p] != b'/' or t[p + 1] != b'/':
+        return ERR_BAD_TARGET
+    p += 2
+    start = p
+    while p < n and t[p] != b'/' and t[p] != b'?':
+        if not (CHAR_CLASS[t[p]] & CC_HOST):   # "@" (userinfo) is not a host byte
+            return ERR_BAD_TARGET
+        p += 1
+    return <int>TARGET_ABSOLUTE if p > start else <int>ERR_BAD_TARGET
+
+
 cdef inline int _target_form(const uchar *t, Py_ssize_t n, int method) noexcept nogil:
     # Which RFC 9112 section 3.2 form the (already byte-checked, non-empty) target has, or ERR_BAD_TARGET.
     cdef Py_ssize_t i, colon = -1
     cdef uchar c
+    if memchr(t, b'#', n) != NULL:
+        return ERR_BAD_TARGET     # a fragment is the client's business: never sent (RFC 9112 section 3.2)
     if t[0] == b'/':
         return <int>ERR_BAD_TARGET if method == METHOD_CONNECT else <int>TARGET_ORIGIN
     if method == METHOD_CONNECT:
@@ -463,7 +506,7 @@ cdef inline int _target_form(const uchar *t, Py_ssize_t n, int method) noexcept 
     for i in range(1, n):  # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) then ":"
         c = t[i]
         if c == b':':
-            return TARGET_ABSOLUTE
+            return _absolute_authority(t, i + 1, n)
         if not (_is_alpha(c) or CHAR_CLASS[c] & CC_DIGIT or c == b'+' or c == b'-' or c == b'.'):
             return ERR_BAD_TARGET
     return ERR_BAD_TARGET
@@ -641,7 +684,7 @@ METHOD_NAMES = ("OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPT
 TARGET_FORMS = ("origin", "absolute", "authority", "asterisk")
 FIELD_NAMES = ("", "host", "content-length", "transfer-encoding", "connection", "keep-alive",
                "proxy-connection", "te", "trailer", "upgrade", "expect", "proxy-authenticate",
-               "proxy-authorization")
+               "proxy-authorization", "http2-settings")
 
 
 cdef int make_limits(Limits *lim, object max_start_line, object max_header_bytes, object max_headers,
@@ -691,6 +734,7 @@ cdef dict head_dict(bytes data, const Head *h):
         "connection_keep_alive": bool(h.conn_keep_alive),
         "connection_upgrade": bool(h.conn_upgrade),
         "upgrade": bool(h.upgrade),
+        "upgrade_h2c": bool(h.upgrade_h2c),
         "expect_continue": bool(h.expect_continue),
         "host": host,
         "seen": {FIELD_NAMES[i] for i in range(1, len(FIELD_NAMES)) if h.seen & (1 << i)},

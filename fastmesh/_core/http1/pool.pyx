@@ -6,6 +6,11 @@ few connections warm) or opens a new one. `active` (idle included) is what the c
 Idle connections stay registered in the reactor: any event on one (the server closed it, or sent bytes nobody
 asked for) closes it, so a dead connection is rarely handed out. The tick closes connections idle past
 idle_timeout; at most max_idle are kept per endpoint.
+
+max_connections and max_pending are the instance's (limits.pyx): a connection or a waiting request holds a slot
+of the cluster's limit cell (the connector takes and gives them). A slot another worker frees wakes nobody here,
+so the tick also hands free slots to this pool's waiters, and while other workers have requests waiting this
+pool closes its idle connections to free their slots.
 """
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport calloc, free
@@ -22,6 +27,7 @@ from fastmesh._core.upstream.connector cimport (
 )
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
+from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -104,7 +110,7 @@ cdef class Upstream(EventTarget):
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
-            pool.active -= 1
+            pool.connection_gone()
         rb_free(&self.rbuf, pool.reactor.buffers)
         ob_free(&self.out)
         self.user = None
@@ -165,6 +171,7 @@ cdef class HttpPool(Connector):
         if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
             t.err = errno
             close(fd)
+            self.policy.cell.give(F_CONNECTIONS)
             up.fd = -1
             up.state = UP_CLOSED
             outcome[0] = CONNECT_NONE
@@ -207,9 +214,27 @@ cdef class HttpPool(Connector):
         self.idle_count[ep] -= 1
 
     cdef void sweep(self, double now) noexcept:
-        cdef int ep
+        cdef int ep, n
+        cdef long others
         cdef Upstream up, nxt
         self.cluster.balancer.set_clock(now)      # EWMA decay and slow start run on the tick's clock
+        if self.policy.cell.workers > 1:
+            # Slots other workers freed: the waiters here try again (each once per tick at most).
+            n = len(self.waiters)
+            while n > 0 and self.waiters and (self.policy.cell.total(F_CONNECTIONS) < self.policy.max_connections):
+                self.wake_waiter()
+                n -= 1
+            # Requests wait in other workers while our idle connections hold slots: give those slots up.
+            others = self.policy.cell.total(F_PENDING) - len(self.waiters)
+            ep = 0
+            while others > 0 and ep < len(self.idle_heads):
+                up = <Upstream>self.idle_heads[ep]
+                if up is None:
+                    ep += 1
+                    continue
+                self.unlink_idle(up)
+                up.close()
+                others -= 1
         for ep in range(len(self.idle_heads)):
             up = <Upstream>self.idle_heads[ep]
             while up is not None:

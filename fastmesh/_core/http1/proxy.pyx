@@ -18,7 +18,7 @@ from fastmesh._core.reactor cimport Reactor, BufferPool
 from fastmesh._core.stats cimport (
     StatsBlock, HEADER_SLOTS, L_FIELDS, L_ACCEPTED, L_ACTIVE, R_FIELDS, HIST_FIELDS, bump, bump_field,
 )
-from fastmesh._core.errors cimport PE_HEADER_TIMEOUT, PE_DEADLINE_EXCEEDED
+from fastmesh._core.errors cimport PE_HEADER_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_BODY_TIMEOUT
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.http1.conn cimport (
     Front, Downstream, DS_HEAD, DS_IDLE, DS_EXCHANGE, downstream_events,
@@ -34,7 +34,7 @@ cdef class HttpProxy(Front):
     def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
                   double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
                   int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None, bint trust_headers=True):
+                  access_log=None, bint trust_headers=True, double body_timeout=60.0):
         cdef int size
         self.reactor = reactor
         self.name = name
@@ -50,6 +50,7 @@ cdef class HttpProxy(Front):
         self.buffers = BufferPool(256, size) if size > reactor.buffers.size else reactor.buffers
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.set_rules(forwarded_headers, request_id_header, trust_headers)
         self.access_log = access_log
         self.head = None
@@ -112,25 +113,36 @@ cdef class HttpProxy(Front):
             d.close()
 
     def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
-                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers):
+                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers,
+                    double body_timeout):
         """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
         they started with (each holds its router and pool). Head limits stay as the listener was bound."""
         self.router = router
         self.pools = pools
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self.set_rules(forwarded_headers, request_id_header, trust_headers)
         self.access_log = access_log
 
     cdef void sweep(self, double now) noexcept:
-        """Header, idle, connect, response and closing deadlines: a walk of the open connections."""
+        """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
                 if d.ex.deadline_passed(now) and not d.resp_head_done:
-                    d.respond_error(PE_DEADLINE_EXCEEDED, 0, d.req_done)
+                    if d.awaits_client():
+                        # The request's time ran out while its client still owed body bytes: the client's doing
+                        # (408, not a 504 that a fastmesh further up would count against this hop).
+                        d.respond_error(PE_BODY_TIMEOUT, 0, False)
+                    else:
+                        d.respond_error(PE_DEADLINE_EXCEEDED, 0, d.req_done)
+                    d.run()
+                elif not d.req_done and d.body_overdue(now):
+                    # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
+                    d.respond_error(PE_BODY_TIMEOUT, 0, False)
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)

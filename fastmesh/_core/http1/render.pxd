@@ -2,7 +2,7 @@
 # list written straight into the output buffer) and the proxy's own error answers.
 
 from fastmesh._core.buffer cimport OutBuf
-from fastmesh._core.request cimport RequestView, EditList
+from fastmesh._core.request cimport RequestView, EditList, Span
 from fastmesh._core.router cimport Router
 from fastmesh._core.http1.parser cimport Head
 
@@ -12,8 +12,9 @@ cdef enum:
 # The request head as sent upstream into o (cleared first): origin-form target (the route's rewrite), the
 # fields as received less hop-by-hop ones and those the edits remove, then the edits' fields. Returns the
 # offset in o of the deadline digits (stamp_budget fills them), or -1 when the edits carry no deadline.
+# `local`: the listener address ("host:port") a request without Host is sent with (HTTP/1.0 only).
 cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
-                               int route, const EditList *edits, bint upgrading) noexcept
+                               int route, const EditList *edits, bint upgrading, Span local) noexcept
 # Write ms (0..999999999) into the BUDGET_DIGITS digits at o.data + at.
 cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept
 # Whether a response head carries fastmesh-retried (a hop below already applied its retries).

@@ -1,25 +1,37 @@
 """HTTP/1 rendering: what the exchange decided, written as HTTP/1 bytes.
 
 Forwarded heads are built with one copy per field line: the line as received ("Name: value"), unless it is
-hop-by-hop (Connection, Keep-Alive, Proxy-*, TE, Trailer, Upgrade unless upgrading, and any field the
-Connection field names) or an edit removes it. Then the edit list's fields follow (request.pxd: the exchange's
-own, then the route's), and the deadline field with fixed-width digits that stamp_budget() rewrites for each
-try. Error answers come from errors.pyx's table: one place gives a ProxyError its status and cause.
+hop-by-hop (Connection, Keep-Alive, Proxy-*, TE, Trailer, HTTP2-Settings, Upgrade unless upgrading, and any
+field the Connection field names) or an edit removes it. Then the edit list's fields follow (request.pxd: the
+exchange's own, then the route's), and the deadline field with fixed-width digits that stamp_budget() rewrites
+for each try. Error answers come from errors.pyx's table: one place gives a ProxyError its status and cause.
+
+What is forwarded is canonical (each rule has a row in tests/conformance/test_smuggling.py, FORWARDED):
+ 1. Transfer-Encoding leaves as exactly "Transfer-Encoding: chunked" (requests: the only coding the parser
+    lets through; responses: when chunked is the only coding), however it was spelled.
+ 2. Content-Length leaves as one line of plain digits (repeats merged, leading zeros and OWS gone), both ways.
+ 3. Trailer fields the parser knows by name are removed in place (body.pyx, framing.trailers_strip).
+ 4. Upgrade naming h2c is no upgrade: Upgrade and HTTP2-Settings are dropped, the request goes on as HTTP/1.1.
+ 5. An absolute-form target goes upstream in origin-form with Host set to its authority (RFC 9112 3.2.2);
+    an HTTP/1.0 request without Host gets the listener address it came to. Fragments never parse.
+ 6. CONNECT matches only routes that name it; otherwise 405 with `allow`, and the connection closes.
+ 7. A final response head is framed together with the body bytes already read (conn.pyx, body.pyx).
 """
 from libc.stdint cimport uint32_t
 from libc.stdio cimport snprintf
-from libc.string cimport memcpy
+from libc.string cimport memcpy, strlen
 
 from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free
 from fastmesh._core.codes cimport error_status, error_reason
-from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE
+from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED
 from fastmesh._core.http1.parser cimport (
     Head, HeaderField, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE,
     FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE, FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
-    FIELD_CONTENT_LENGTH,
+    FIELD_CONTENT_LENGTH, FIELD_HOST, FIELD_HTTP2_SETTINGS, TARGET_ABSOLUTE,
 )
+from fastmesh._core.http1.view cimport target_authority
 from fastmesh._core.request cimport (
-    RequestView, Span, Edit, EditList, edit_at, find_field, fold_eq, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT,
+    RequestView, Span, Edit, EditList, edit_at, find_field, fold_eq, span_of, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT,
     EDIT_DEADLINE, EDITS_OWN,
 )
 from fastmesh._core.router cimport Router
@@ -31,6 +43,8 @@ cdef const char *RETRIED_FIELD = b"fastmesh-retried"
 cdef const char *CONN_UPGRADE = b"Connection: upgrade\r\n"
 cdef const char *CONN_CLOSE = b"Connection: close\r\n"
 cdef const char *CONN_KEEP = b"Connection: keep-alive\r\n"
+cdef const char *TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"     # the one spelling every parser agrees on
+cdef const char *ALLOW = b"allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n"   # 405 to a CONNECT
 
 
 cdef inline bint _token_is(const char *name, Py_ssize_t n, const char *tok, Py_ssize_t tlen) noexcept:
@@ -91,7 +105,25 @@ cdef inline bint _hop_by_hop(uint32_t fid, bint upgrading) noexcept:
         return not upgrading
     return (fid == FIELD_CONNECTION or fid == FIELD_KEEP_ALIVE or fid == FIELD_PROXY_CONNECTION
             or fid == FIELD_TE or fid == FIELD_TRAILER or fid == FIELD_PROXY_AUTHENTICATE
-            or fid == FIELD_PROXY_AUTHORIZATION)
+            or fid == FIELD_PROXY_AUTHORIZATION or fid == FIELD_HTTP2_SETTINGS)
+
+
+cdef void _content_length(OutBuf *o, long long value) noexcept:
+    """A Content-Length line in its one canonical form: no leading zeros, no whitespace, one line."""
+    cdef char line[40]
+    cdef int n = 40
+    memcpy(line, b"Content-Length: ", 16)
+    line[n - 1] = 10
+    line[n - 2] = 13
+    n -= 2
+    while True:
+        n -= 1
+        line[n] = <char>(48 + value % 10)
+        value //= 10
+        if value == 0:
+            break
+    ob_add(o, line, 16)
+    ob_add(o, line + n, 40 - n)
 
 
 cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
@@ -102,7 +134,7 @@ cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
 
 
 cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
-                               int route, const EditList *edits, bint upgrading) noexcept:
+                               int route, const EditList *edits, bint upgrading, Span local) noexcept:
     cdef const HeaderField *f
     cdef const Edit *x
     cdef const char *tok[16]
@@ -110,8 +142,9 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
     cdef int ntok = 0, i, k, total = edits.n + edits.route_n
     cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
     cdef bint seen_cl = False, dropped
+    cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
     cdef Py_ssize_t at = -1
-    cdef Span head, tail
+    cdef Span head, tail, host
     o.off = 0
     o.len = 0
     ob_add(o, buf + h.method_off, h.method_len)
@@ -126,14 +159,25 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
     ob_add(o, " HTTP/1.1\r\n", 11)
     if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
         ntok = _connection_tokens(buf, h, tok, tlen)
+    if host_from_target or h.host_index < 0:
+        # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host (a received Host is ignored);
+        # an HTTP/1.0 request without one gets the listener address it came to.
+        host = target_authority(buf, h) if host_from_target else local
+        _line(o, span_of(b"Host", 4), host)
     for i in range(h.num_headers):
         f = &h.headers[i]
         if _hop_by_hop(f.id, upgrading):
             continue
         if f.id == FIELD_CONTENT_LENGTH:
-            if seen_cl:
-                continue     # identical repeats were merged by the parser: send one
-            seen_cl = True
+            if not seen_cl:    # identical repeats were merged by the parser: send one, in plain digits
+                seen_cl = True
+                _content_length(o, h.content_length)
+            continue
+        if f.id == FIELD_TRANSFER_ENCODING:
+            ob_add(o, TE_CHUNKED, 28)       # the parser let only a single final chunked through
+            continue
+        if f.id == FIELD_HOST and host_from_target:
+            continue
         if f.id == FIELD_OTHER:
             if ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                 continue
@@ -193,6 +237,7 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     cdef const char *tok[16]
     cdef Py_ssize_t tlen[16]
     cdef int ntok = 0, i
+    cdef bint seen_cl = False
     cdef char line[16]
     # "HTTP/1.1 NNN " by hand: snprintf showed up in the profile (the parser guarantees 100 <= status <= 599).
     memcpy(line, b"HTTP/1.1 ", 9)
@@ -211,7 +256,16 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
             continue
         if f.id == FIELD_OTHER and ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
             continue
-        if f.id == FIELD_TRANSFER_ENCODING and dechunk:
+        if f.id == FIELD_TRANSFER_ENCODING:
+            if dechunk:
+                continue
+            if h.chunked and not h.te_other:
+                ob_add(o, TE_CHUNKED, 28)   # chunked alone, however it was spelled
+                continue
+        elif f.id == FIELD_CONTENT_LENGTH:
+            if not seen_cl:
+                seen_cl = True
+                _content_length(o, h.content_length)
             continue
         ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
         ob_add(o, "\r\n", 2)
@@ -250,6 +304,8 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
                  "fastmesh-error: %s\r\n%s", status, reason, blen, e.cause, "" if keep else "connection: close\r\n")
     ob_add(o, line, n)
+    if err == PE_METHOD_NOT_ALLOWED:
+        ob_add(o, ALLOW, strlen(ALLOW))
     if retried >= 0:
         _retried(o, retried)
     ob_add(o, "\r\n", 2)
@@ -271,7 +327,8 @@ def forwarded_head(Exchange ex not None, bytes raw_head not None, bint upgrading
     o.data = NULL
     o.off = o.len = o.cap = 0
     try:
-        at = render_request(&o, raw_head, &h, &v, ex.router, ex.route, &ex.request_edits, upgrading)
+        at = render_request(&o, raw_head, &h, &v, ex.router, ex.route, &ex.request_edits, upgrading,
+                            span_of(b"127.0.0.1:80", 12))
         if budget_ms >= 0:
             stamp_budget(&o, at, budget_ms)
         return o.data[:o.len]

@@ -34,18 +34,26 @@ cdef inline Py_ssize_t _absolute_path_start(const char *t, Py_ssize_t n, Span *a
     return i
 
 
+cdef Span target_authority(const char *buf, const Head *h) noexcept nogil:
+    cdef Span s
+    s.ptr = buf + h.target_off
+    s.len = 0
+    if h.target_form == TARGET_ABSOLUTE:
+        _absolute_path_start(s.ptr, h.target_len, &s)
+    elif h.target_form == TARGET_AUTHORITY:
+        s.len = h.target_len
+    return s
+
+
 cdef Span request_host(const char *buf, const Head *h) noexcept nogil:
     cdef Span s
-    cdef const char *t = buf + h.target_off
+    cdef const char *t
     cdef const Field *f
     cdef Py_ssize_t i
-    s.ptr = t
+    s.ptr = buf + h.target_off
     s.len = 0
     if h.target_form == TARGET_ABSOLUTE or h.target_form == TARGET_AUTHORITY:
-        if h.target_form == TARGET_ABSOLUTE:
-            _absolute_path_start(t, h.target_len, &s)
-        else:
-            s.len = h.target_len
+        s = target_authority(buf, h)
         i = s.len - 1
         while i >= 0 and s.ptr[i] != b'@':   # userinfo ends at the last "@"
             i -= 1

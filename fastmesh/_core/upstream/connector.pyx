@@ -10,6 +10,7 @@ that finds no endpoint is a failed one (C_FAILED, logged at most once a second).
 """
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.reactor cimport Reactor
+from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport C_RETRIES, bump
 
 
@@ -72,13 +73,15 @@ cdef class Connector(Sweeper):
             t.endpoint = ep
             if self.has_idle(ep):
                 return CONNECT_IDLE
-            if self.policy is not None and self.active >= self.policy.max_connections:
+            if self.policy is not None and not self.policy.cell.take(F_CONNECTIONS, self.policy.max_connections):
                 return CONNECT_FULL
             if t.attempts:
                 bump(cluster.counters + C_RETRIES, 1)
             t.attempts += 1
             fd = cluster.open_socket(ep)
             if fd < 0:
+                if self.policy is not None:
+                    self.policy.cell.give(F_CONNECTIONS)
                 self.connect_failed(t, ep, -fd)
                 continue
             t.fd = fd
@@ -93,24 +96,33 @@ cdef class Connector(Sweeper):
         self.cluster.connect_failed(ep, err, self.reactor.now)
 
     cdef bint wait(self, ConnectUser user) noexcept:
-        """Queue user for the next free connection slot; False (counted as overloaded) when the queue is full."""
-        if self.policy is None or len(self.waiters) >= self.policy.max_pending:
-            if self.policy is not None:
-                self.policy.overloaded += 1
+        """Queue user for the next free connection slot if the instance has fewer than max_pending waiting;
+        else False (counted as overloaded)."""
+        if self.policy is None:
+            return False
+        if not self.policy.cell.take(F_PENDING, self.policy.max_pending):
+            self.policy.overloaded += 1
             return False
         self.waiters.append(user)
         return True
 
     cdef void unwait(self, ConnectUser user) noexcept:
-        """user stops waiting (answered or gone)."""
-        try:
+        """user no longer waits (answered, or gone): its max_pending slot is free."""
+        if user in self.waiters:
             self.waiters.remove(user)
-        except ValueError:
-            pass
+            self.policy.cell.give(F_PENDING)
 
     cdef void wake_waiter(self) noexcept:
         """A connection went idle or closed: the longest waiting request tries again."""
         cdef ConnectUser user
         if self.waiters:
             user = <ConnectUser>self.waiters.pop(0)
+            self.policy.cell.give(F_PENDING)
             user.slot_free()
+
+    cdef void connection_gone(self) noexcept:
+        """A connection of this connector closed or left it (an upgrade's tunnel): its max_connections slot is
+        free."""
+        self.active -= 1
+        if self.policy is not None:
+            self.policy.cell.give(F_CONNECTIONS)
