@@ -65,7 +65,7 @@ cdef class Connector(Sweeper):
     cdef Reactor reactor                   # the clock (now) and, for pools, the epoll set
     cdef readonly Cluster cluster          # endpoints, balancer, connect-failure marks, counters
     cdef readonly ClusterPolicy policy     # connection breaker (max_connections, max_pending); None: no breaker
-    cdef list waiters                      # ConnectUsers waiting for a slot, oldest first (each holds a max_pending slot)
+    cdef list waiters                      # ConnectUsers waiting for a slot, oldest first (each: a max_pending slot)
     cdef readonly long active              # connections open now, idle included (each holds a max_connections slot)
     cdef readonly int hash_kind            # what keys a consistent-hash pick (HashKind)
     cdef bytes hash_name                   # header name (lowercase) or cookie name for HASH_HEADER / HASH_COOKIE
