@@ -11,7 +11,7 @@ import uvloop
 
 from fastmesh import Proxy
 from fastmesh.config.schema import Cluster, Config, Endpoint, Listener
-from fastmesh.demo import start_demo
+from fastmesh.process.demo import start_demo
 
 
 async def main(port: int, backend_ports: list[int]) -> None:

@@ -16,7 +16,7 @@ def __getattr__(name: str):  # lazy: `fastmesh --version` and config checks must
         from fastmesh.config import load
         return getattr(load, name)
     if name == "run":
-        from fastmesh.supervisor import run
+        from fastmesh.process.supervisor import run
         return run
     if name == "ConfigError":
         from fastmesh.errors import ConfigError

@@ -1,6 +1,6 @@
 """`python -m fastmesh`: the same command as the installed `fastmesh` script."""
 import sys
 
-from fastmesh.cli import main
+from fastmesh.cli.main import main
 
 sys.exit(main())

@@ -8,9 +8,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmesh.config.schema import Config
+from fastmesh.config.schema import Listener as ListenerConfig
+
+if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is made (and checked) without it
+    from fastmesh._core.cluster import Cluster
+    from fastmesh._core.http1.proxy import HttpProxy
+    from fastmesh._core.http1.pool import HttpPool
+    from fastmesh._core.limits import LimitBlock
+    from fastmesh._core.listener import Listener
+    from fastmesh._core.reactor import Reactor
+    from fastmesh._core.stats import StatsBlock
+    from fastmesh._core.tcp.splice import TcpProxy
+    from fastmesh.dataplane.stats import LagProbe, StatsLayout
+    from fastmesh.health import Health
+
+    Acceptor = TcpProxy | HttpProxy
 
 log = logging.getLogger("fastmesh.proxy")
 
@@ -30,27 +45,27 @@ class Proxy:
         # A Config built from Python objects gets the same checks (and messages) as one read from a file.
         self.config = config_from_dict(config_to_dict(config), source=config.source)
         self.reuse_port = reuse_port
-        self._reactor: Any = None
-        self._clusters: dict[str, Any] = {}
-        self._listeners: list[Any] = []
-        self._tcp: dict[str, Any] = {}
-        self._http: dict[str, Any] = {}
-        self._pools: list[Any] = []
+        self._reactor: Reactor | None = None
+        self._clusters: dict[str, Cluster] = {}
+        self._listeners: list[Listener] = []
+        self._tcp: dict[str, TcpProxy] = {}
+        self._http: dict[str, HttpProxy] = {}
+        self._pools: list[HttpPool] = []
         self.addresses: dict[str, tuple[str, int]] = {}
         self._started = False
         # Counters: the supervisor's shared block (stats_fd, a memfd `fastmesh run` passes its workers) or a
         # private one; mapped at the first start and kept, so a restarted Proxy counts on from where it stopped.
         self._stats_fd = stats_fd
-        self._stats_layout: Any = None
-        self._stats_block: Any = None
-        self._lag: Any = None
+        self._stats_layout: StatsLayout | None = None
+        self._stats_block: StatsBlock | None = None
+        self._lag: LagProbe | None = None
         # Limit counters: the supervisor's block shared by every worker (limits_fd, our region `worker`), or a
         # private one, so an embedded Proxy's limits are its own. Mapped at the first start and kept.
         self._limits_fd = limits_fd
         self._worker = worker
-        self._limits: Any = None
-        self._health: Any = None
-        self._retired: list[Any] = []             # acceptors a reload replaced, until their connections end
+        self._limits: LimitBlock | None = None
+        self._health: Health | None = None
+        self._retired: list[Acceptor] = []        # acceptors a reload replaced, until their connections end
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
@@ -90,7 +105,7 @@ class Proxy:
             raise
         self._pools = pools
         from fastmesh.dataplane import stats
-        if self._stats_block is None:
+        if self._stats_layout is None or self._stats_block is None:
             self._stats_layout = stats.StatsLayout(self.config)
             self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
             self._stats_fd = None
@@ -111,7 +126,8 @@ class Proxy:
         for name, (host, port) in self.addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
 
-    def _pools_for(self, config: Config, reactor: Any, clusters: dict[str, Any], keep: dict[str, Any]) -> list[Any]:
+    def _pools_for(self, config: Config, reactor: Reactor, clusters: dict[str, Cluster], keep: dict[str, HttpPool]
+                   ) -> list[HttpPool]:
         """One HTTP pool per cluster, in config order (a router's cluster index is a position in this list); `keep`
         holds pools to carry over by cluster name. Empty when no listener speaks http. A new pool's limits count
         in its cluster's cell, the same cell a pool it replaces counted in."""
@@ -119,26 +135,39 @@ class Proxy:
         from fastmesh.dataplane.limits import cell_for
         if not any(lcfg.protocol == "http" for lcfg in config.listeners):
             return []
+        assert self._limits is not None          # mapped by start() before the first pool
         return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
                 for n in config.clusters]
 
-    def _acceptor(self, lcfg: Any, reactor: Any, clusters: dict[str, Any], pools: list[Any]) -> Any:
+    def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[HttpPool]
+                  ) -> Acceptor:
         from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor
         if lcfg.protocol == "http":
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters))
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster])
 
-    def _open_listener(self, lcfg: Any, reactor: Any, clusters: dict[str, Any], pools: list[Any]) -> Any:
+    def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
+                       pools: list[HttpPool]) -> Listener:
         """Bind one listener (not yet accepting) with a new acceptor, and record both."""
         from fastmesh.dataplane.listeners import bind_listener
         acceptor = self._acceptor(lcfg, reactor, clusters, pools)
         listener, bound = bind_listener(lcfg, reactor, acceptor, self.reuse_port)
-        (self._http if lcfg.protocol == "http" else self._tcp)[lcfg.name] = acceptor
+        self._record(lcfg.name, acceptor)
         self.addresses[lcfg.name] = bound
         return listener
 
-    async def reload(self, config: Config, *, stats_block: Any = None) -> dict[str, list[str]]:
+    def _record(self, name: str, acceptor: Acceptor) -> None:
+        """acceptor serves listener `name` from now on (in place of the one it had)."""
+        from fastmesh._core.http1.proxy import HttpProxy
+        self._tcp.pop(name, None)
+        self._http.pop(name, None)
+        if isinstance(acceptor, HttpProxy):
+            self._http[name] = acceptor
+        else:
+            self._tcp[name] = acceptor
+
+    async def reload(self, config: Config, *, stats_block: StatsBlock | None = None) -> dict[str, list[str]]:
         """Swap in `config` without dropping an open connection or a request under way.
 
         Unchanged clusters keep their core objects (health, ejections, latency estimates, idle connections);
@@ -160,11 +189,12 @@ class Proxy:
             return {}
         from fastmesh.dataplane.clusters import build_cluster
         from fastmesh.dataplane.listeners import reconfigure_http
-        old, reactor = self.config, self._reactor
+        old, reactor, health = self.config, self._reactor, self._health
+        assert reactor is not None and health is not None        # started
         clusters = {name: (self._clusters[name] if old.clusters.get(name) == c else build_cluster(c))
                     for name, c in config.clusters.items()}
         rebuilt = [name for name in config.clusters if clusters[name] is not self._clusters.get(name)]
-        kept_pools: dict[str, Any] = {}
+        kept_pools: dict[str, HttpPool] = {}
         for pool in self._pools:
             name = pool.cluster.name
             if name in clusters and clusters[name] is pool.cluster:
@@ -203,9 +233,7 @@ class Proxy:
                 reconfigure_http(http, lcfg, pools, list(config.clusters))
                 continue
             acceptor = self._acceptor(lcfg, reactor, clusters, pools)
-            self._tcp.pop(lcfg.name, None)
-            self._http.pop(lcfg.name, None)
-            (self._http if lcfg.protocol == "http" else self._tcp)[lcfg.name] = acceptor
+            self._record(lcfg.name, acceptor)
             by_name[lcfg.name].set_protocol(acceptor)
             reactor.add_sweeper(acceptor)
             self._retire(old_tcp.get(lcfg.name) or http)
@@ -230,7 +258,7 @@ class Proxy:
                 reactor.add_sweeper(pool)
         for name in [lcfg.name for lcfg in to_bind]:
             reactor.add_sweeper(self._http.get(name) or self._tcp[name])
-        await self._health.stop()
+        await health.stop()
         from fastmesh.health import Health
         self._health = Health(config.clusters, clusters)
         self._health.start()
@@ -245,7 +273,7 @@ class Proxy:
                  rebuilt or "none", changes["listeners_added"] or "none", gone or "none")
         return changes
 
-    def _retire(self, acceptor: Any) -> None:
+    def _retire(self, acceptor: Acceptor | None) -> None:
         """An acceptor a reload replaced: it gets no new connections; its open ones finish and still count."""
         if acceptor is None:
             return
@@ -253,12 +281,13 @@ class Proxy:
             acceptor.drain()
         self._retired.append(acceptor)
 
-    def _reattach_stats(self, clusters: dict[str, Any], offered: Any = None) -> None:
+    def _reattach_stats(self, clusters: dict[str, Cluster], offered: StatsBlock | None = None) -> None:
         """Point the current core objects at the stats block for the new config: the same one while the shape is
         unchanged, else `offered` (the supervisor's block of the new shape) or a private one. What they counted
         moves along; what the reload retired goes on counting into the old block."""
         from fastmesh.dataplane import stats
         layout = stats.StatsLayout(self.config)
+        assert self._stats_layout is not None and self._stats_block is not None and self._lag is not None
         block = stats.reload_block(layout, self._stats_layout, self._stats_block, offered)
         self._stats_layout, self._stats_block = layout, block
         self._lag.block = block
@@ -322,6 +351,7 @@ class Proxy:
             if writer is not None:
                 writer.close()
         self._retired.clear()
+        assert self._health is not None and self._reactor is not None and self._lag is not None   # started
         await self._health.stop()
         self._reactor.detach()
         self._lag.stop()

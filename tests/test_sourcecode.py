@@ -1,4 +1,5 @@
-"""Lint and type checks run as tests: flake8 on the Python, cython-lint on the Cython, mypy on the package."""
+"""Lint and type checks run as tests: flake8, cython-lint, mypy on the package, stubtest on the core's stubs."""
+import re
 import shutil
 import subprocess
 import sys
@@ -40,3 +41,25 @@ def test_cython_lint() -> None:
 
 def test_mypy() -> None:
     _run(_tool("mypy"), "fastmesh")
+
+
+# What stubtest reports about a Cython module that says nothing about the stubs: pickling helpers, the C API table,
+# cdef classes being final bases, and __init__, whose parameters live in __cinit__ where introspection cannot see them.
+_CYTHON_NOISE = re.compile(r"__reduce_cython__|__setstate_cython__|__pyx_|\.__test__ |disjoint base|"
+                           r"\.__init__ is inconsistent|is not present in stub")
+_TYPING_ONLY = {"fastmesh._core.router.Explained", "fastmesh._core.cluster.EndpointState",
+                "fastmesh._core.http1.conn.AccessLog", "fastmesh._core.errors.ErrorEntry"}   # for mypy only
+
+
+def test_core_stubs_match_the_compiled_modules() -> None:
+    """Every name, method and signature a _core .pyi declares exists at runtime as declared (stubtest)."""
+    core = REPO / "fastmesh" / "_core"
+    modules = sorted(".".join(("fastmesh", "_core", *p.relative_to(core).with_suffix("").parts))
+                     for p in core.rglob("*.pyi"))
+    assert "fastmesh._core.http1.conn" in modules and "fastmesh._core.reactor" in modules
+    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", *modules], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error: ")
+              and not _CYTHON_NOISE.search(line)
+              and not any(line.startswith(f"error: {name} is not present at runtime") for name in _TYPING_ONLY)]
+    assert not errors, "\n".join(errors) + "\n" + proc.stderr[-2000:]

@@ -80,7 +80,7 @@ cdef class Exchange:
 
 
 # A client's fastmesh-timeout-ms value as milliseconds: 1 to 12 digits, else -1.
-cdef long long timeout_ms(Span value) noexcept nogil
+cdef long long timeout_value(Span value) noexcept nogil
 # The request's deadline at `now`: the cluster's timeout (0: none) or the client's fastmesh-timeout-ms when
 # trusted and sooner; 0 when neither.
 cdef double request_deadline(const RequestView *v, double timeout, bint trust, double now) noexcept nogil

@@ -32,7 +32,7 @@ from fastmesh._core.request cimport (
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.upstream.connector cimport (
-    Connector, ConnectUser, try_init, try_avoid, hash_key_spec, HASH_NONE, HASH_HEADER, HASH_SOURCE,
+    Connector, ConnectUser, try_init, try_avoid, HASH_NONE, HASH_HEADER, HASH_SOURCE,
 )
 
 from fastmesh._core.router import METHOD_IDS
@@ -48,7 +48,7 @@ cdef const char *VIA_VALUE = b"1.1 fastmesh"
 cdef long long MAX_BUDGET_MS = 999999999                   # 9 digits: a codec may render it in fixed width
 
 
-cdef long long timeout_ms(Span value) noexcept nogil:
+cdef long long timeout_value(Span value) noexcept nogil:
     cdef long long v = 0
     cdef Py_ssize_t i
     cdef char c
@@ -69,7 +69,7 @@ cdef double request_deadline(const RequestView *v, double timeout, bint trust, d
     if trust:
         i = find_field(v.base, v.fields, v.num_fields, TIMEOUT_FIELD, 19, 0)
         if i >= 0:
-            ms = timeout_ms(field_value(v.base, &v.fields[i]))
+            ms = timeout_value(field_value(v.base, &v.fields[i]))
             if ms >= 0 and (deadline == 0.0 or now + ms / 1000.0 < deadline):
                 deadline = now + ms / 1000.0
     return deadline
@@ -453,36 +453,23 @@ cdef list _edit_list(const EditList *e):
 
 # ---- the same rules for `fastmesh explain` (no copies in the Python layer) ----
 
-def is_replayable(str method not None) -> bool:
-    """Whether a retry may send a request with this method again."""
-    return replayable_method(METHOD_IDS.get(method, 0))
+TIMEOUT_HEADER = TIMEOUT_FIELD[:19].decode("ascii")    # the deadline budget field, in ms, sent with each try
+
+# The methods whose failed try may be sent again.
+REPLAYABLE_METHODS = tuple(name for name, m in METHOD_IDS.items() if replayable_method(m))
 
 
-def client_deadline(bytes raw_head not None, double timeout, bint trust_headers) -> tuple:
-    """(the client's fastmesh-timeout-ms as read, or None; the request's deadline in seconds from now, or None)
-    for an HTTP/1 request head and a cluster timeout (0: none)."""
-    cdef Head h
-    cdef RequestView v
-    cdef int i
-    view_parse(raw_head, &h, &v)
-    i = find_field(v.base, v.fields, v.num_fields, TIMEOUT_FIELD, 19, 0)
-    client = timeout_ms(field_value(v.base, &v.fields[i])) if i >= 0 else -1
-    deadline = request_deadline(&v, timeout, trust_headers, 0.0)
-    return (client if client >= 0 else None), (deadline if deadline > 0 else None)
+def timeout_ms(bytes value not None) -> int:
+    """A client's fastmesh-timeout-ms value as the exchange honours it: milliseconds, or -1 when it is not one."""
+    return timeout_value(span_of(value, len(value)))
 
 
-def request_key_of(str hash_key not None, bytes raw_head not None, bytes client=None):
-    """The bytes a request's consistent-hash key is made of ("header:NAME", "cookie:NAME" or "source_ip"),
-    or None when the request carries none; the exchange hashes exactly these."""
-    cdef Head h
-    cdef RequestView v
+def cookie_in(bytes value not None, bytes name not None):
+    """The value of cookie `name` in one Cookie field value, as a consistent-hash key takes it; None if absent."""
     cdef Span out
-    kind, name = hash_key_spec(hash_key)
-    view_parse(raw_head, &h, &v)
-    peer = client or b""
-    if not key_span(kind, span_of(name, len(name)), &v, span_of(peer, len(peer)), &out):
-        return None
-    return None if kind == HASH_SOURCE and client is None else out.ptr[:out.len]
+    if _cookie(span_of(value, len(value)), name, len(name), &out):
+        return out.ptr[:out.len]
+    return None
 
 
 # Verdicts by name, for Python callers (tests).

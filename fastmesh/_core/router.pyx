@@ -38,12 +38,10 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.string cimport memcmp
 
-from fastmesh._core.http1.parser cimport (
-    CC_TCHAR, CHAR_CLASS, Head, METHOD_CONNECT, METHOD_DELETE, METHOD_GET, METHOD_HEAD, METHOD_OPTIONS,
-    METHOD_OTHER, METHOD_PATCH, METHOD_POST, METHOD_PUT, METHOD_TRACE,
-)
+from fastmesh._core.http1.parser cimport CC_TCHAR, CHAR_CLASS, Head, METHOD_CONNECT, METHOD_OTHER
 from fastmesh._core.http1.view cimport view_parse
 from fastmesh._core.http1.view import request_parts  # noqa: F401  # no-cython-lint (re-exported for explain)
+from fastmesh._core.http1.parser import METHOD_NAMES
 from fastmesh._core.request cimport (
     RequestView, Span, Field, Edit, EditList, fold_eq, EDIT_ADD, EDIT_REMOVE,
 )
@@ -52,10 +50,7 @@ ctypedef unsigned char uchar
 
 
 # Method tokens the parser reports by id; other tokens are compared as bytes.
-METHOD_IDS = {
-    "GET": METHOD_GET, "HEAD": METHOD_HEAD, "POST": METHOD_POST, "PUT": METHOD_PUT, "DELETE": METHOD_DELETE,
-    "CONNECT": METHOD_CONNECT, "OPTIONS": METHOD_OPTIONS, "TRACE": METHOD_TRACE, "PATCH": METHOD_PATCH,
-}
+METHOD_IDS = {name: i for i, name in enumerate(METHOD_NAMES) if i != METHOD_OTHER}
 SPEC_KEYS = frozenset({
     "cluster", "host", "path", "path_prefix", "path_regex", "methods", "headers", "rewrite_prefix",
     "add_request_headers", "remove_request_headers", "add_response_headers",

@@ -9,7 +9,7 @@ cluster bad while the proxy keeps sending it the traffic it sends the others:
                       silently dropped them)
   kill() / revive()   the listening socket closed and every open connection reset / listening again, same port
 It is a separate small server rather than a mode of HttpBackend because the fault must not depend on the
-path; it shares HttpBackend's head parser (composition: the parser is not fastmesh's own).
+path; it reads heads as HttpBackend does (fastmesh/httpwire.py, not the proxy's compiled parser).
 
 Client side: `Client` is one keep-alive HTTP/1.1 connection to the proxy (reopened when the proxy closes it),
 `Tally` counts what a bounded load saw, `run_load` runs `clients` such connections for a while.
@@ -24,7 +24,8 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from fastmesh._testbase.http_backend import BadRequest, Request, Response, parse_head, read_response
+from fastmesh._testbase.http_backend import BadRequest, Request, Response, read_response
+from fastmesh.httpwire import parse_request_head
 
 HEAD_LIMIT = 1 << 16        # bytes of request head the chaos backend buffers before giving up on a connection
 
@@ -106,8 +107,7 @@ class ChaosBackend:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                method, target, version, headers = parse_head(head)
-                request = Request(method, target, version, headers, number, f"{peer[0]}:{peer[1]}")
+                request = Request.read(head, number, f"{peer[0]}:{peer[1]}")
                 self.requests += 1
                 self.received.append(request)
                 length = request.header("content-length")
@@ -280,14 +280,7 @@ class TapRelay:
 
     def header_values(self, name: str) -> list[str]:
         """Values of header `name` (case-insensitive) in every request head seen, in order."""
-        lname = name.lower().encode()
-        values = []
-        for head in self.heads:
-            for line in head.split(b"\r\n")[1:]:
-                key, _, value = line.partition(b":")
-                if key.strip().lower() == lname:
-                    values.append(value.strip().decode("latin-1"))
-        return values
+        return [v for head in self.heads for v in parse_request_head(head, max_fields=None).header_all(name)]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)

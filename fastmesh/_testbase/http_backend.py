@@ -1,8 +1,9 @@
-"""HTTP/1.1 backends for tests: an asyncio server with its own small parser and per-path behaviours.
+"""HTTP/1.1 backends for tests: an asyncio server with per-path behaviours.
 
-The parser here is deliberately not fastmesh's: a test that checks the proxy against the proxy's own parser
-proves nothing. It is strict where a server should be (CRLF only, no obs-fold, token names, one framing) and
-simple everywhere else. Paths (the first segment picks the behaviour; any other path echoes):
+Heads are read with the Python side's head parser (fastmesh/httpwire.py), deliberately not the proxy's compiled
+one: a test that checks the proxy against the proxy's own parser proves nothing. It is strict where a server
+should be (CRLF only, no obs-fold, token names, one framing). Paths (the first segment picks the behaviour; any
+other path echoes):
 
     /echo            the request (method, target, headers, body, trailers, peer) as JSON
     /status/NNN      answer status NNN
@@ -37,9 +38,11 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+from fastmesh.httpwire import TOKEN, HeadError, RequestHead, ResponseHead, body_framing, parse_request_head
+from fastmesh.httpwire import parse_response_head
+
 MAX_HEAD = 1 << 20          # bytes of request head buffered before answering 431 (the proxy's limits are smaller)
 IO_CHUNK = 1 << 20          # bytes per read/write when streaming bodies
-TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 HEX = frozenset(b"0123456789abcdefABCDEF")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"     # RFC 6455 section 1.3
 WS_CONTINUATION, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -93,21 +96,13 @@ class PatternChecker:
 
 # ---- requests as the backend saw them ------------------------------------------------------------------------------
 
-class BadRequest(Exception):
-    """The request cannot be parsed; the backend answers `status` and closes."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
+# A request the backend cannot take: it answers `status` and closes (the parser's error, raised here too).
+BadRequest = HeadError
 
 
 @dataclass
-class Request:
+class Request(RequestHead):
     """One request as it arrived at the backend (headers in arrival order, names as spelled on the wire)."""
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
     connection: int                     # which of the backend's connections (1-based) it came on
     peer: str                           # "host:port" of the proxy side of that connection
     body: bytes = b""                   # kept for /echo only (other paths stream their bodies)
@@ -115,18 +110,12 @@ class Request:
     chunked: bool = False               # the body came chunked
     trailers: list[tuple[str, str]] = field(default_factory=list)
 
-    def header(self, name: str) -> str | None:
-        """The first value of a header (name case-insensitive), or None."""
-        values = self.header_all(name)
-        return values[0] if values else None
-
-    def header_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self.headers if k.lower() == lname]
-
-    def tokens(self, name: str) -> set[str]:
-        """The comma-separated tokens of every `name` header, lower case (Connection, Upgrade, Expect...)."""
-        return {t.strip().lower() for v in self.header_all(name) for t in v.split(",") if t.strip()}
+    @classmethod
+    def read(cls, head: bytes, connection: int, peer: str) -> Request:
+        """The request of one head (ending in CRLF CRLF); HeadError (BadRequest) if malformed. The proxy's limits
+        are what the tests exercise, so no field count is refused here."""
+        h = parse_request_head(head, max_fields=None)
+        return cls(h.method, h.target, h.version, h.headers, connection, peer)
 
     @property
     def path(self) -> str:
@@ -139,26 +128,6 @@ class Request:
     def param(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[0] if values else default
-
-
-def parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
-    """A request head (ending in CRLF CRLF) -> (method, target, version, headers); BadRequest if malformed."""
-    lines = head[:-4].split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line for line in lines):
-        raise BadRequest(400, "bare CR or LF in the head")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[0] or not parts[1] or not set(parts[0]) <= TOKEN:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = (p.decode("latin-1") for p in parts)
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise BadRequest(505 if version.startswith("HTTP/") else 400, "unsupported version")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or not set(name) <= TOKEN:
-            raise BadRequest(400, "malformed header line (or obs-fold)")
-        headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
-    return method, target, version, headers
 
 
 # ---- the server ---------------------------------------------------------------------------------------------------
@@ -266,11 +235,10 @@ class _Connection:
                 await self._refuse(431, "request head too large")
                 return
             try:
-                method, target, version, headers = parse_head(head)
+                request = Request.read(head, self.number, self.peer)
             except BadRequest as exc:
                 await self._refuse(exc.status, str(exc))
                 return
-            request = Request(method, target, version, headers, self.number, self.peer)
             self.backend.requests += 1
             self.backend.received.append(request)
             try:
@@ -288,12 +256,6 @@ class _Connection:
 
     # ---- framing ----
 
-    def _keep_alive(self, request: Request) -> bool:
-        tokens = request.tokens("Connection")
-        if request.version == "HTTP/1.0":
-            return "keep-alive" in tokens
-        return "close" not in tokens
-
     def _head(self, status: int, headers: list[tuple[str, str]], keep_alive: bool, version: str) -> bytes:
         try:
             reason = HTTPStatus(status).phrase
@@ -308,31 +270,10 @@ class _Connection:
             lines.append("Connection: keep-alive")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _framing(self, request: Request) -> tuple[bool, int]:
-        """(chunked, content_length) of the request body; BadRequest for anything ambiguous."""
-        te = request.header_all("Transfer-Encoding")
-        cl = request.header_all("Content-Length")
-        if te:
-            codings = [t.strip().lower() for v in te for t in v.split(",")]
-            if cl:
-                raise BadRequest(400, "both Content-Length and Transfer-Encoding")
-            if codings != ["chunked"]:
-                raise BadRequest(501, "only Transfer-Encoding: chunked is understood")
-            return True, 0
-        if not cl:
-            return False, 0
-        values = {v.strip() for item in cl for v in item.split(",")}
-        if len(values) != 1:
-            raise BadRequest(400, "conflicting Content-Length")
-        value = values.pop()
-        if not value.isascii() or not value.isdigit():
-            raise BadRequest(400, "bad Content-Length")
-        return False, int(value)
-
     async def _read_body(self, request: Request, consume: Callable[[bytes], None], *,
                          send_continue: bool) -> None:
         """Read the request body (CL or chunked, trailers kept), giving each piece to consume()."""
-        chunked, length = self._framing(request)
+        chunked, length = body_framing(request)
         request.chunked = chunked
         if send_continue and "100-continue" in request.tokens("Expect") and (chunked or length):
             self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -392,6 +333,8 @@ class _Connection:
         behaviour = _BEHAVIOURS.get(segment, _Connection._echo)
         try:
             return bool(await behaviour(self, request))
+        except BadRequest:            # a ValueError too, already with its status
+            raise
         except ValueError as exc:     # a query parameter that is not a number
             raise BadRequest(400, f"bad parameter: {exc}") from None
 
@@ -410,7 +353,7 @@ class _Connection:
             "body_sha256": hashlib.sha256(request.body).hexdigest(), "trailers": request.trailers,
         }
         payload = json.dumps(answer).encode()
-        return await self._send(request, 200, payload, self._keep_alive(request),
+        return await self._send(request, 200, payload, request.keep_alive,
                                 [("Content-Type", "application/json")])
 
     async def _status(self, request: Request) -> bool:
@@ -422,14 +365,14 @@ class _Connection:
             status = 0
         if not 200 <= status <= 999:
             raise BadRequest(400, "/status/NNN needs a final status from 200 to 999")
-        return await self._send(request, status, f"{status}\n".encode(), self._keep_alive(request),
+        return await self._send(request, status, f"{status}\n".encode(), request.keep_alive,
                                 [("Content-Type", "text/plain")])
 
     async def _slow(self, request: Request) -> bool:
         await self._discard_body(request)
         ms = int(request.param("ms", "1000") or 0)
         await asyncio.sleep(ms / 1000)
-        return await self._send(request, 200, f"slept {ms} ms\n".encode(), self._keep_alive(request))
+        return await self._send(request, 200, f"slept {ms} ms\n".encode(), request.keep_alive)
 
     async def _reset(self, request: Request) -> bool:
         if request.param("partial") == "1":
@@ -456,7 +399,7 @@ class _Connection:
         n = int(request.param("n", "3") or 0)
         size = int(request.param("size", "0") or 0)
         extensions = request.param("ext") == "1"
-        keep_alive = self._keep_alive(request)
+        keep_alive = request.keep_alive
         digest = hashlib.sha256()
         if request.version == "HTTP/1.0":   # a 1.0 client cannot read chunked: the body ends with the connection
             self.writer.write(self._head(200, [], False, request.version))
@@ -487,7 +430,7 @@ class _Connection:
         n = int(request.param("n", "0") or 0)
         chunked = request.param("chunked") == "1" and request.version == "HTTP/1.1"
         close_delimited = request.param("close") == "1" or (request.param("chunked") == "1" and not chunked)
-        keep_alive = self._keep_alive(request) and not close_delimited
+        keep_alive = request.keep_alive and not close_delimited
         if chunked:
             headers = [("Transfer-Encoding", "chunked")]
         elif close_delimited:
@@ -527,7 +470,7 @@ class _Connection:
         answer = {"backend": self.backend.name, "length": request.body_length, "chunked": request.chunked,
                   "sha256": digest.hexdigest() if digest is not None else None, "pattern": checker.ok,
                   "trailers": request.trailers}
-        return await self._send(request, 200, json.dumps(answer).encode(), self._keep_alive(request),
+        return await self._send(request, 200, json.dumps(answer).encode(), request.keep_alive,
                                 [("Content-Type", "application/json")])
 
     async def _continue(self, request: Request) -> bool:
@@ -539,7 +482,7 @@ class _Connection:
         await self._read_body(request, digest.update, send_continue=True)
         answer = {"backend": self.backend.name, "expect": sorted(request.tokens("Expect")),
                   "length": request.body_length, "sha256": digest.hexdigest()}
-        return await self._send(request, 200, json.dumps(answer).encode(), self._keep_alive(request),
+        return await self._send(request, 200, json.dumps(answer).encode(), request.keep_alive,
                                 [("Content-Type", "application/json")])
 
     async def _respond(self, request: Request) -> bool:
@@ -550,7 +493,7 @@ class _Connection:
             name, _, value = item.partition(":")
             headers.append((name.strip(), value.strip()))
         body = (request.param("body", "") or "").encode()
-        return await self._send(request, status, body, self._keep_alive(request), headers)
+        return await self._send(request, status, body, request.keep_alive, headers)
 
     async def _raw(self, request: Request) -> bool:
         await self._discard_body(request)
@@ -636,46 +579,20 @@ def _unmask(data: bytes, key: bytes) -> bytes:
 # ---- a response reader for raw-socket clients -----------------------------------------------------------------------
 
 @dataclass
-class Response:
+class Response(ResponseHead):
     """One response read off a raw connection."""
-    version: str
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
     body: bytes = b""
     trailers: list[tuple[str, str]] = field(default_factory=list)
     interim: list[int] = field(default_factory=list)   # 1xx statuses that came before this one
-
-    def header(self, name: str) -> str | None:
-        values = self.header_all(name)
-        return values[0] if values else None
-
-    def header_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self.headers if k.lower() == lname]
-
-    def tokens(self, name: str) -> set[str]:
-        return {t.strip().lower() for v in self.header_all(name) for t in v.split(",") if t.strip()}
 
     def json(self) -> dict:  # type: ignore[type-arg]
         return json.loads(self.body)  # type: ignore[no-any-return]
 
 
 async def read_response_head(reader: asyncio.StreamReader) -> Response:
-    """The next response head, 1xx included (strict CRLF; ValueError if malformed)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    status_text, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/") or len(status_text) != 3 or not status_text.isdigit():
-        raise ValueError(f"bad status line {lines[0]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise ValueError(f"bad header line {line!r}")
-        headers.append((name, value.strip(" \t")))
-    return Response(version, int(status_text), reason, headers)
+    """The next response head, 1xx included (strict CRLF; HeadError, a ValueError, if malformed)."""
+    h = parse_response_head(await reader.readuntil(b"\r\n\r\n"), max_fields=None)
+    return Response(h.version, h.status, h.reason, h.headers)
 
 
 async def read_response(reader: asyncio.StreamReader, *, method: str = "GET") -> Response:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from fastmesh._version import __version__
 # The arithmetic is shared with `fastmesh stat` (admin/rates.py); quantile stays importable from here for the tests.
@@ -21,10 +21,8 @@ from fastmesh.admin.rates import quantile  # noqa: F401
 from fastmesh.admin.rates import (
     Sample, http_point, latency_clusters, stats_body, take_sample, tcp_point, upstream_point,
 )
-from fastmesh.dataplane.stats import Snapshot
-
-if TYPE_CHECKING:
-    from fastmesh.admin.server import AdminServer, Reply, Request
+from fastmesh.admin.http import Reply, Request
+from fastmesh.dataplane.stats import Snapshot, WorkerStats
 
 STATIC = Path(__file__).with_name("dashboard")      # index.html and the files it loads, shipped as package data
 WINDOW = 180.0          # seconds of history the charts show
@@ -39,6 +37,30 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 RELOADS_SHOWN = 8       # recent reloads listed (the page has room for about this many)
 MATCH_KEYS = ("host", "path", "path_prefix", "path_regex", "methods", "headers")     # route conditions in /config
+
+
+class Workers(Protocol):
+    """The worker counts the dashboard shows."""
+    @property
+    def count(self) -> int: ...
+    @property
+    def ready(self) -> set[int]: ...
+
+
+class Served(Protocol):
+    """What the dashboard reads from the admin server it is part of (server.AdminServer has these)."""
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def workers(self) -> Workers: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def config_hash(self) -> str: ...
+    @property
+    def reload_history(self) -> Any: ...
 
 
 class History:
@@ -78,7 +100,7 @@ class History:
 class Dashboard:
     """The dashboard's routes on one AdminServer, and the history of samples they chart."""
 
-    def __init__(self, server: AdminServer) -> None:
+    def __init__(self, server: Served) -> None:
         self.server = server
         self.history = History()
         self.files = {p.name: p.read_bytes() for p in sorted(STATIC.iterdir()) if p.suffix in TYPES}
@@ -100,12 +122,10 @@ class Dashboard:
         return self._file(request.path.rstrip("/").rsplit("/", 1)[1])
 
     def _file(self, name: str) -> Reply:
-        from fastmesh.admin.server import Reply
         headers = (("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"))
         return Reply(200, self.files[name], TYPES[Path(name).suffix], headers)
 
     def data(self, request: Request) -> Reply:
-        from fastmesh.admin.server import Reply
         return Reply.json(200, self.build(self.server.stats.collect()))
 
     # ---- the data ----

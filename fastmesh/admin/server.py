@@ -1,8 +1,9 @@
 """The admin HTTP server, in the supervisor: liveness, readiness, the effective config, cluster state, metrics,
-reload (POST /reload) and explain (GET /explain: where a request would go, fastmesh/explain.py).
+reload (POST /reload) and explain (GET /explain: where a request would go, admin/explain.py).
 
-This is not the data path: a small HTTP/1.1 reader on asyncio streams is enough (GET and HEAD, POST for /reload,
-keep-alive, no request bodies). Every answer except /metrics is JSON, errors included ({"error": ..., "message": ...}).
+This is not the data path: asyncio streams and the shared head parser (fastmesh/httpwire.py) are enough (GET and
+HEAD, POST for /reload, keep-alive, no request bodies). Every answer except /metrics is JSON, errors included
+({"error": ..., "message": ...}). Requests and replies are in admin/http.py, shared with the dashboard.
 """
 from __future__ import annotations
 
@@ -16,20 +17,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from fastmesh._version import __version__
+from fastmesh.admin.dashboard import Dashboard
+from fastmesh.admin.http import REASONS, Reply, Request, parse_request
 from fastmesh.admin.metrics import OPENMETRICS_TYPE, PROMETHEUS_TYPE, ProcessInfo, render, wants_openmetrics
 from fastmesh.admin.rates import stats_body
 from fastmesh.config.load import config_to_dict, format_address
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.stats import Snapshot, WorkerStats
+from fastmesh.httpwire import HeadError
 
 log = logging.getLogger("fastmesh.admin")
 
 MAX_HEAD = 16384            # bytes of request line + headers; more is refused with 431
 IDLE_TIMEOUT = 30.0         # seconds a keep-alive connection may wait for its next request
-JSON_TYPE = "application/json"
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
-           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 POST_ONLY = frozenset({"/reload"})      # paths that change something: POST, never GET
 
 
@@ -42,77 +42,6 @@ class Workers(Protocol):
 
     async def reload(self, trigger: str) -> tuple[int, dict[str, Any]]: ...      # (status, body) of a reload
     async def describe(self, clusters: list[str]) -> dict[int, dict[str, Any]]: ...   # worker -> endpoint details
-
-
-class Reply:
-    """One answer: status, content type and body (bytes)."""
-
-    def __init__(self, status: int, body: bytes, content_type: str = JSON_TYPE,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
-        self.status, self.body, self.content_type, self.headers = status, body, content_type, headers
-
-    @classmethod
-    def json(cls, status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-        return cls(status, (json.dumps(data, indent=2) + "\n").encode(), JSON_TYPE, headers)
-
-    @classmethod
-    def error(cls, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-        return cls.json(status, {"error": REASONS[status], "status": status, "message": message}, headers)
-
-
-class Request:
-    """The parts of a request head the admin server uses."""
-
-    def __init__(self, method: str, path: str, version: str, headers: dict[str, str], query: str = "") -> None:
-        self.method, self.path, self.version, self.headers = method, path, version, headers
-        self.query = query              # the target after "?", still percent-encoded
-
-    @property
-    def keep_alive(self) -> bool:
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        if self.version == "HTTP/1.0":
-            return "keep-alive" in tokens
-        return "close" not in tokens
-
-    @property
-    def has_body(self) -> bool:
-        return "transfer-encoding" in self.headers or self.headers.get("content-length", "0").strip() != "0"
-
-
-class BadRequest(Exception):
-    """A request head we cannot answer normally; carries the status to reply with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_head(head: bytes) -> Request:
-    """Request line and header fields of one head (ending in CRLF CRLF); BadRequest for anything malformed."""
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise BadRequest(400, "the request head is not ASCII") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
-        raise BadRequest(400, "malformed request line")
-    method, target, version = parts
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise BadRequest(505, f"{version!r} is not supported; use HTTP/1.1")
-    if not target.startswith("/"):
-        raise BadRequest(400, "the request target must be a path starting with /")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise BadRequest(400, f"malformed header line {line[:60]!r}")
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    path, _, query = target.partition("?")
-    return Request(method, path, version, headers, query)
 
 
 class AdminServer:
@@ -138,7 +67,6 @@ class AdminServer:
             "/reload": self.reload,
             "/explain": self.explain,
         }
-        from fastmesh.admin.dashboard import Dashboard      # here, not at the top: it imports Reply from this module
         self.dashboard = Dashboard(self)
         self.routes.update(self.dashboard.routes())
 
@@ -195,13 +123,12 @@ class AdminServer:
                                  keep_alive=False)
                 return
             try:
-                request = parse_head(head)
-            except BadRequest as exc:
+                request = parse_request(head)
+            except HeadError as exc:
                 await self._send(writer, None, Reply.error(exc.status, str(exc)), keep_alive=False)
                 return
             reply = await self.answer(request)
-            # Request bodies are never read, so a request that has one ends the connection after the answer.
-            keep_alive = request.keep_alive and not request.has_body
+            keep_alive = request.keep_alive
             await self._send(writer, request, reply, keep_alive)
             if not keep_alive:
                 return
@@ -287,7 +214,7 @@ class AdminServer:
 
     async def explain(self, request: Request) -> Reply:
         """GET /explain?method=&host=&path=&header=name:value&listener=|port=: where such a request would go."""
-        from fastmesh.explain import ExplainError, explain_query
+        from fastmesh.admin.explain import ExplainError, explain_query
         try:
             data = await explain_query(self.cfg, request.query, self.stats.collect(), self.workers.describe)
         except ExplainError as exc:
@@ -295,7 +222,7 @@ class AdminServer:
         return Reply.json(200, data)
 
     def metrics(self, request: Request) -> Reply:
-        om = wants_openmetrics(request.headers.get("accept", ""))
+        om = wants_openmetrics(request.header("accept"))
         info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
                            len(self.workers.ready))
         return Reply(200, render(self.stats.collect(), info, om), OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

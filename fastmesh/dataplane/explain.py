@@ -4,6 +4,9 @@ endpoint details (in a worker), and predict a pick from merged endpoint states (
 The prediction builds the cluster's core objects afresh in the supervisor and feeds them what the workers
 published (which endpoints are out, requests in flight, latency estimates): it is what a worker with that view
 would do, not what a particular worker will do (each has its own round-robin position and random draws).
+
+The request rules explain applies are the core's own, re-exported here for the control plane: which methods a
+failed try may replay, the deadline header and which values of it count, how a cookie key is read.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from typing import Any
 
 from fastmesh._core.balance.factory import HASHING
 from fastmesh._core.balance.hashing import hash_key
+from fastmesh._core.cluster import Cluster
+from fastmesh._core.exchange import REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, timeout_ms
 from fastmesh._core.router import request_parts
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Listener as ListenerConfig
@@ -19,6 +24,9 @@ from fastmesh.dataplane.clusters import build_cluster
 from fastmesh.dataplane.routes import build_router
 
 MAX_ACTIVE_FED = 10_000     # requests in flight fed to a predicting balancer, at most (a bound on the work)
+
+__all__ = ["HASHING", "REPLAYABLE_METHODS", "TIMEOUT_HEADER", "cookie_in", "timeout_ms", "route", "endpoint_details",
+           "predict"]
 
 
 def route(listener: ListenerConfig, clusters: list[str], raw_head: bytes) -> dict[str, Any]:
@@ -34,7 +42,7 @@ def route(listener: ListenerConfig, clusters: list[str], raw_head: bytes) -> dic
             "target": target.decode("latin-1") if target is not None else None}
 
 
-def endpoint_details(cluster: Any) -> list[dict[str, Any]]:
+def endpoint_details(cluster: Cluster) -> list[dict[str, Any]]:
     """A worker's view of each endpoint of a core Cluster: what the shared stats block does not carry."""
     now = time.monotonic()          # the clock the core's ejection times are on (CLOCK_MONOTONIC)
     balancer = cluster.balancer

@@ -1,8 +1,6 @@
 """Bind each listener's socket and attach it, with its protocol handler, to the reactor."""
 from __future__ import annotations
 
-import socket
-
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.proxy import HttpProxy
 from fastmesh._core.http1.pool import HttpPool
@@ -12,26 +10,7 @@ from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.dataplane.access_log import build_access_log
 from fastmesh.dataplane.routes import build_router
-
-
-def bind_socket(cfg: ListenerConfig, reuse_port: bool) -> socket.socket:
-    """A listening, non-blocking socket. With reuse_port every worker binds its own and the kernel spreads
-    connections across them."""
-    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        # Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt here instead of one per accept.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((cfg.host, cfg.port))
-        sock.listen(cfg.backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+from fastmesh.dataplane.sockets import bind_socket
 
 
 def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster) -> TcpProxy:

@@ -33,14 +33,19 @@ import time
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmesh._core.stats import (
     BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, HEADER,
     HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
-from fastmesh.dataplane.stats_names import MASK, Translation
+from fastmesh.dataplane.stats_names import MASK, Name, Translation
+
+if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
+    from fastmesh._core.cluster import Cluster
+    from fastmesh._core.http1.proxy import HttpProxy
+    from fastmesh._core.tcp.splice import TcpProxy
 
 log = logging.getLogger("fastmesh.stats")
 
@@ -173,6 +178,28 @@ class StatsLayout:
                 and block[HEADER["version"]] == BLOCK_VERSION and block[HEADER["layout"]] == self.key
                 and block[HEADER["size"]] == self.size == len(block))
 
+    def slot_names(self) -> dict[Name, int]:
+        """Every counted slot (the header excluded) by its name (dataplane/stats_names.py)."""
+        names: dict[Name, int] = {}
+        for ls in self.listeners:
+            for i, f in enumerate(LISTENER_FIELDS):
+                names[("listener", ls.name, f)] = ls.offset + i
+        for cs in self.clusters.values():
+            for f in CLUSTER_FIELDS:
+                names[("cluster", cs.name, f)] = cs.field(f)
+            seen: dict[str, int] = {}
+            for i, address in enumerate(cs.endpoints):
+                k = seen[address] = seen.get(address, -1) + 1
+                for f in ENDPOINT_FIELDS:
+                    names[("endpoint", cs.name, address, k, f)] = cs.endpoint_field(f) + i
+        for r in self.requests:
+            for i, c in enumerate(STATUS_CLASSES):
+                names[("requests", r.listener, r.cluster, c)] = r.offset + i
+        for d in self.durations.values():
+            for i in range(HISTOGRAM_SIZE):
+                names[("duration", d.cluster, i)] = d.offset + i
+        return names
+
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -230,8 +257,8 @@ def reload_block(layout: StatsLayout, old: StatsLayout, current: StatsBlock, off
     return _stamp(layout.new_block())
 
 
-def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Any], tcp: Mapping[str, Any],
-           http: Mapping[str, Any] | None = None) -> None:
+def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Cluster], tcp: Mapping[str, TcpProxy],
+           http: Mapping[str, HttpProxy] | None = None) -> None:
     """Point the core objects' counters into block: clusters (core Cluster by name), tcp (TcpProxy by listener),
     http (HttpProxy by listener: its listener slots, and per cluster index its status classes and durations)."""
     for name, cluster in clusters.items():
@@ -328,7 +355,7 @@ class WorkerStats:
     def _translation(self, src: StatsLayout, dst: StatsLayout) -> Translation:
         key = (src.key, dst.key)
         if key not in self._translations:
-            self._translations[key] = Translation(src, dst)
+            self._translations[key] = Translation(src.slot_names(), dst.slot_names(), src.key == dst.key)
         return self._translations[key]
 
     def relayout(self, layout: StatsLayout) -> bool:

@@ -1,5 +1,5 @@
-"""Slot names: what each slot of a stats layout counts, by name, so blocks of two layouts (before and after a
-reload) add up into one.
+"""Slot names: what each slot of a stats layout counts, by name (StatsLayout.slot_names() in dataplane/stats.py),
+so blocks of two layouts (before and after a reload) add up into one.
 
 A slot's offset depends on the whole config; its name does not: ("listener", "web", "accepted") is the same
 counter in every layout that has a listener called web. Endpoint slots are named by cluster and address (plus the
@@ -9,12 +9,7 @@ dropped when translating: that listener or cluster is gone.
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Any
-
-from fastmesh._core.stats import CLUSTER_FIELDS, ENDPOINT_FIELDS, HISTOGRAM_SIZE, LISTENER_FIELDS, STATUS_CLASSES
-
-if TYPE_CHECKING:
-    from fastmesh.dataplane.stats import StatsLayout
+from typing import Any
 
 MASK = (1 << 64) - 1                    # slots are uint64: sums wrap as the C adds do (a gauge's net value)
 LATEST_FIELDS = ("state", "seen")       # endpoint fields that describe now: taken from one block, never summed
@@ -22,44 +17,21 @@ LATEST_FIELDS = ("state", "seen")       # endpoint fields that describe now: tak
 Name = tuple[Any, ...]
 
 
-def slot_names(layout: StatsLayout) -> dict[Name, int]:
-    """Every counted slot of the layout (the header excluded) by its name."""
-    names: dict[Name, int] = {}
-    for ls in layout.listeners:
-        for i, f in enumerate(LISTENER_FIELDS):
-            names[("listener", ls.name, f)] = ls.offset + i
-    for cs in layout.clusters.values():
-        for f in CLUSTER_FIELDS:
-            names[("cluster", cs.name, f)] = cs.field(f)
-        seen: dict[str, int] = {}
-        for i, address in enumerate(cs.endpoints):
-            k = seen[address] = seen.get(address, -1) + 1
-            for f in ENDPOINT_FIELDS:
-                names[("endpoint", cs.name, address, k, f)] = cs.endpoint_field(f) + i
-    for r in layout.requests:
-        for i, c in enumerate(STATUS_CLASSES):
-            names[("requests", r.listener, r.cluster, c)] = r.offset + i
-    for d in layout.durations.values():
-        for i in range(HISTOGRAM_SIZE):
-            names[("duration", d.cluster, i)] = d.offset + i
-    return names
-
-
 class Translation:
     """Offsets of one layout's slots in another's, for the names both have: `summed` pairs add up across blocks,
     `latest` pairs (endpoint state and last-seen) are copied from the newest block only."""
 
-    def __init__(self, src: StatsLayout, dst: StatsLayout) -> None:
-        theirs = slot_names(dst)
+    def __init__(self, src: dict[Name, int], dst: dict[Name, int], identity: bool) -> None:
+        """src and dst: the slot names of two layouts (StatsLayout.slot_names()); identity: they are one layout."""
         self.summed: list[tuple[int, int]] = []
         self.latest: list[tuple[int, int]] = []
-        for name, offset in slot_names(src).items():
-            there = theirs.get(name)
+        for name, offset in src.items():
+            there = dst.get(name)
             if there is None:
                 continue
             (self.latest if name[0] == "endpoint" and name[-1] in LATEST_FIELDS else self.summed).append(
                 (offset, there))
-        self.identity = src.key == dst.key
+        self.identity = identity
 
     def add(self, values: array[int], out: array[int], skip: frozenset[int] = frozenset()) -> None:
         """out += values for the summed slots (source offsets in `skip` left out), wrapping at 64 bits."""

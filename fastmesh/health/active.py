@@ -16,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import HealthCheck
+from fastmesh.httpwire import HeadError, parse_response_head
 
 log = logging.getLogger("fastmesh.health")
 
 USER_AGENT = "fastmesh-health-check"
 MAX_HEAD = 16384            # bytes of response head read before the answer counts as bad
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: [^\r\n]*)?\r\n")
 
 
 @dataclass
@@ -79,10 +78,10 @@ async def probe_http(host: str, port: int, host_header: str, path: str,
                 return "closed before answering"
             except asyncio.LimitOverrunError:
                 return "bad response (head too large)"
-            match = _STATUS_LINE.match(head)
-            if match is None:
+            try:
+                status = parse_response_head(head).status
+            except HeadError:
                 return "bad response"
-            status = int(match[1])
             if 100 <= status < 200 and status != 101:
                 continue            # an interim answer: the final one follows
             if any(low <= status <= high for low, high in statuses):

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fastmesh import statcli
+from fastmesh.cli import stat as statcli
 from fastmesh._testbase.net import free_ports
 from fastmesh._testbase.run import READY, Run, env
 from fastmesh.admin.rates import stats_body
@@ -249,10 +249,15 @@ def test_live_config_clusters_errors_and_stat(start: Start, backends: Callable[[
         sock.sendall(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\nGET /live?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
         replies = _read_replies(sock, 2)
         assert [r[0] for r in replies] == [200, 200]
-        sock.sendall(b"BREW /pot HTCPCP/1.0\r\n\r\n")
+        sock.sendall(b"BREW /pot HTCPCP/1.0\r\n\r\n")           # not HTTP at all: 400, as the proxy answers
+        ((status, body),) = _read_replies(sock, 1)
+        assert status == 400 and "message" in json.loads(body)
+        assert sock.recv(1) == b""                                  # and the connection is closed
+    with socket.create_connection(("127.0.0.1", fm.admin_port), timeout=WAIT) as sock:
+        sock.sendall(b"GET /live HTTP/2.0\r\n\r\n")
         ((status, body),) = _read_replies(sock, 1)
         assert status == 505 and "message" in json.loads(body)
-        assert sock.recv(1) == b""                                  # and the connection is closed
+        assert sock.recv(1) == b""
     with socket.create_connection(("127.0.0.1", fm.admin_port), timeout=WAIT) as sock:
         sock.sendall(b"GET\r\n\r\n")
         ((status, body),) = _read_replies(sock, 1)

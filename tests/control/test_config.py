@@ -536,7 +536,7 @@ def test_http_round_trip(text: str) -> None:
 
 def test_check_output_reads_back() -> None:
     # `fastmesh check` prints config_to_dict as TOML: nested routes and header tables must survive that.
-    from fastmesh.cli import to_toml
+    from fastmesh.cli.check import to_toml
     cfg = loads_config(FULL_HTTP, "rt.toml")
     assert loads_config(to_toml(config_to_dict(cfg)), "rt.toml") == cfg
 

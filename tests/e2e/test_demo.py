@@ -20,7 +20,7 @@ import uvloop
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import env
 from fastmesh.config.schema import Endpoint
-from fastmesh.demo import DemoError, DemoServers, start_demo
+from fastmesh.process.demo import DemoError, DemoServers, start_demo
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 15.0         # seconds any one expected event may take before the test fails

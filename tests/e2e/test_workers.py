@@ -13,7 +13,7 @@ import pytest
 
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import READY, Run, kill_workers
-from fastmesh.supervisor import MAX_BACKOFF, restart_delay
+from fastmesh.process.supervisor import MAX_BACKOFF, restart_delay
 
 WAIT = 15.0         # seconds any one expected event may take before the test fails
 

@@ -1,8 +1,17 @@
 """Type stub for fastmesh._core.upstream.connector: the upstream connector every protocol shares."""
-from typing import Any
+from fastmesh._core.cluster import Cluster
+from fastmesh._core.policy import ClusterPolicy
+from fastmesh._core.reactor import EventTarget, Reactor, Sweeper
 
-class Connector:
-    cluster: Any
-    policy: Any
-    active: int
-    def __init__(self, reactor: Any, cluster: Any) -> None: ...
+class ConnectUser(EventTarget): ...
+
+class Connector(Sweeper):
+    def __init__(self, reactor: Reactor, cluster: Cluster) -> None: ...
+    @property
+    def cluster(self) -> Cluster: ...
+    @property
+    def policy(self) -> ClusterPolicy: ...
+    @property
+    def active(self) -> int: ...
+    @property
+    def hash_kind(self) -> int: ...

@@ -1,6 +1,6 @@
 """One worker process: run a Proxy with SO_REUSEPORT on uvloop until SIGTERM/SIGINT, then drain and exit 0.
 
-Reloads come from the supervisor over the control channel (fastmesh/workerlink.py), with the config text it
+Reloads come from the supervisor over the control channel (process/link.py), with the config text it
 checked and the stats block for the new config's shape, never from re-reading the file here: every worker then
 applies the same config, even when the file changes again meanwhile.
 """
@@ -119,7 +119,7 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     control = None
     busy = asyncio.Lock()               # held while a control request runs: stopping waits for a reload to finish
     if control_fd is not None:
-        from fastmesh import workerlink
+        from fastmesh.process import link as workerlink
         channel = workerlink.Channel(socket.socket(fileno=control_fd))
         control = asyncio.create_task(workerlink.serve(channel, _handlers(proxy, busy, stop)))
     _announce_ready()
@@ -151,7 +151,7 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
             return await _reload(message, fds)
 
     async def _reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        from fastmesh import workerlink
+        from fastmesh.process import link as workerlink
         from fastmesh.config.load import loads_config
         from fastmesh.dataplane import stats
         from fastmesh.errors import ConfigError

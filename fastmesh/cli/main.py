@@ -1,24 +1,13 @@
-"""The `fastmesh` command: parse arguments and hand each subcommand to the module that does the work.
-
-`fastmesh check` prints the effective config as TOML (the language it was written in, and a file `fastmesh run`
-accepts as it is); `--json` gives the same data for tools.
-"""
+"""The `fastmesh` command: parse arguments and hand each subcommand to the module that does the work."""
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import math
-import re
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from fastmesh._version import __version__
 from fastmesh.logs import LEVELS
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_LINE_WIDTH = 100       # arrays longer than this on one line are printed one item per line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,21 +22,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
-        from fastmesh.supervisor import run
+        from fastmesh.process.supervisor import run
         return run(args.config, args.log_level)
     if args.command == "check":
-        return check(args.config, args.json)
+        from fastmesh.cli.check import main as check_main
+        return check_main(args.config, args.json)
     if args.command == "demo":
         return demo(args.ports, args.host, args.log_level)
     if args.command == "stat":
-        from fastmesh.statcli import main as stat_main
+        from fastmesh.cli.stat import main as stat_main
         return stat_main(args.admin, args.config, args.watch, args.interval)
     if args.command == "explain":
-        from fastmesh.explaincli import main as explain_main
+        from fastmesh.cli.explain import main as explain_main
         return explain_main(args.url, args.method, args.header, args.listener, args.client, args.admin, args.config,
                             args.json)
     if args.command == "_worker":
-        from fastmesh.worker import main as worker_main
+        from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
                            args.limits_fd)
     parser.print_help(sys.stderr)
@@ -109,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("config", metavar="CONFIG")
     worker.add_argument("--worker-id", type=int, required=True)
     worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
-    worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (workerlink.py)
+    worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (process/link.py)
     worker.add_argument("--limits-fd", type=int, default=None)   # the instance's limit counters (dataplane/limits.py)
     _log_level(worker)
     return parser
@@ -138,29 +128,12 @@ def version_text() -> str:
     return f"fastmesh {__version__} (core: {core})"
 
 
-def check(config_path: str, as_json: bool) -> int:
-    from fastmesh.config.load import config_to_dict, load_config
-    from fastmesh.errors import ConfigError
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    data = config_to_dict(cfg)
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(f"# {config_path}: valid. The effective config, with every default filled in:")
-        print(to_toml(data), end="")
-    return 0
-
-
 def demo(ports: str, host: str, log_level: str) -> int:
     import asyncio
 
     import uvloop
 
-    from fastmesh.demo import parse_ports, serve_demo
+    from fastmesh.process.demo import parse_ports, serve_demo
     from fastmesh.logs import setup_logging
     try:
         endpoints = parse_ports(ports, host)
@@ -170,71 +143,3 @@ def demo(ports: str, host: str, log_level: str) -> int:
     setup_logging(log_level, "main")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(serve_demo(endpoints))
-
-
-# ---- TOML text for `check` (tomllib only reads) ----
-
-def to_toml(data: dict[str, Any]) -> str:
-    """A config dict as TOML: scalars first, then tables; top-level arrays of tables as [[name]] blocks."""
-    lines: list[str] = []
-    _toml_table(lines, data, [])
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_table(lines: list[str], table: dict[str, Any], path: list[str]) -> None:
-    blocks = []
-    for key, value in table.items():
-        if value is None:               # TOML has no null: an absent key means the same
-            continue
-        if isinstance(value, dict) or (not path and _is_table_array(value)):
-            blocks.append((key, value))
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in blocks:
-        header = ".".join(_toml_key(part) for part in [*path, key])
-        if isinstance(value, dict):
-            # A table holding only tables needs no header of its own: theirs ([a.b]) define it.
-            if not value or not all(isinstance(v, dict) for v in value.values()):
-                lines += ["", f"[{header}]"]
-            _toml_table(lines, value, [*path, key])
-        else:
-            for item in value:
-                lines += ["", f"[[{header}]]"]
-                _toml_table(lines, item, [*path, key])
-
-
-def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(text: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes; DEL is the one character JSON leaves raw that TOML
-    # refuses there.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        items = [_toml_value(item) for item in value]
-        one_line = "[" + ", ".join(items) + "]"
-        if len(one_line) <= _LINE_WIDTH:
-            return one_line
-        return "[\n" + "".join(f"  {item},\n" for item in items) + "]"
-    if isinstance(value, dict):
-        pairs = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
-        return "{ " + pairs + " }" if pairs else "{}"
-    raise TypeError(f"no TOML form for {type(value).__name__}")

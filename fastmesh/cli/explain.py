@@ -9,8 +9,8 @@ import textwrap
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from fastmesh.explain import ExplainError, Question
-from fastmesh.statcli import StatError, admin_address
+from fastmesh.admin.explain import ExplainError, Question
+from fastmesh.cli.stat import StatError, admin_address
 
 TIMEOUT = 10.0      # seconds for the admin request (the supervisor asks every worker)
 
@@ -76,7 +76,7 @@ def fetch(address: tuple[str, int], q: Question) -> dict[str, Any]:
 def offline(config: str, q: Question) -> dict[str, Any]:
     from fastmesh.config.load import load_config
     from fastmesh.errors import ConfigError
-    from fastmesh.explain import explain_offline
+    from fastmesh.admin.explain import explain_offline
     try:
         cfg = load_config(config)
     except ConfigError as exc:

@@ -1,7 +1,7 @@
 """Hot reload in the supervisor: read and check the config file, have every worker apply it, report the outcome.
 
 One reload at a time (SIGHUP and POST /reload queue behind each other). The supervisor reads the file once and
-sends that text to the workers over their control channels (fastmesh/workerlink.py), with the stats block of the
+sends that text to the workers over their control channels (process/link.py), with the stats block of the
 new counter layout (dataplane/stats.py); each worker answers once `Proxy.reload()` has swapped it in.
 
 Outcomes, as POST /reload answers them:
@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, loads_config
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
-from fastmesh.workerlink import LinkClosed, WorkerLink, memfd_with
+from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with
 
 log = logging.getLogger("fastmesh.reload")
 
@@ -219,7 +220,6 @@ def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 def probe_new_listeners(old: Config, new: Config) -> list[str]:
     """Problems binding the addresses the new config listens on and the running one does not."""
-    from fastmesh.supervisor import probe_listeners
     running = {(lst.host, lst.port) for lst in old.listeners}
     return probe_listeners([lst for lst in new.listeners if (lst.host, lst.port) not in running])
 

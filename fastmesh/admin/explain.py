@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastmesh._core.exchange import client_deadline, is_replayable, request_key_of
 from fastmesh.config.schema import Cluster, Config, Listener, Route
+from fastmesh.dataplane.explain import (
+    HASHING, REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, predict, route, timeout_ms,
+)
 from fastmesh.dataplane.stats import Snapshot
 
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-HASHING = ("ring_hash", "maglev")
 ELIGIBLE = ("up", "probing")        # merged endpoint states a balancer may pick
 PREDICTION_NOTE = ("a prediction: the supervisor built this cluster's balancer from the endpoint states merged "
                    "over the workers; each worker has its own balancer (rotation position, random draws, "
@@ -114,7 +115,6 @@ def explain(cfg: Config, q: Question) -> dict[str, Any]:
         cluster_name: str | None = lst.cluster
         out["outcome"] = f"relayed to cluster {cluster_name}"
     else:
-        from fastmesh.dataplane.explain import route
         try:
             seen = route(lst, list(cfg.clusters), raw)
         except ValueError as exc:
@@ -242,12 +242,18 @@ def policy(lst: Listener, c: Cluster, q: Question, workers: int = 1) -> dict[str
         out["idle_timeout"] = lst.idle_timeout
         return out
     per_try = c.per_try_timeout or c.response_timeout
-    # The exchange's own rules (core/exchange.pyx) read the request: which fastmesh-timeout-ms counts, and the
-    # deadline it makes with the cluster's timeout.
-    client_ms, deadline = client_deadline(request_head(q), c.timeout or 0.0, lst.trust_headers)
+    client_ms = next((v for k, v in q.headers if k.lower() == TIMEOUT_HEADER), None)
+    deadline = c.timeout or None
     client: Any = None
-    if any(k.lower() == "fastmesh-timeout-ms" for k, _ in q.headers):
-        client = client_ms if lst.trust_headers else "ignored (trust_headers = false)"
+    if client_ms is not None:
+        ms = timeout_ms(client_ms.encode("latin-1", "replace"))
+        if not lst.trust_headers:
+            client = "ignored (trust_headers = false)"
+        elif ms < 0:
+            client = f"ignored (not 1 to 12 digits: {client_ms!r})"
+        else:
+            client = ms
+            deadline = min(deadline or float("inf"), ms / 1000.0)
     r = c.retries
     out.update({
         "per_try_timeout": per_try,
@@ -257,7 +263,7 @@ def policy(lst: Listener, c: Cluster, q: Question, workers: int = 1) -> dict[str
         "deadline": deadline,
         "retries": {"attempts": r.attempts, "on": list(r.on), "budget_percent": r.budget_percent,
                     "min_per_second": r.min_per_second, "backoff": r.backoff, "max_backoff": r.max_backoff},
-        "retryable_method": is_replayable(q.method),
+        "retryable_method": q.method in REPLAYABLE_METHODS,
         "limits": {"max_connections": c.limits.max_connections, "max_pending": c.limits.max_pending,
                    "max_requests": c.limits.max_requests, "max_retries": c.limits.max_retries,
                    "adaptive": c.adaptive_concurrency is not None, "scope": "instance", "workers": workers},
@@ -270,7 +276,6 @@ def add_endpoints(out: dict[str, Any], c: Cluster, states: dict[str, Any] | None
     """The cluster's endpoints (merged states, with each worker's details) and the predicted pick."""
     endpoints = merge_endpoints(c, states, details)
     key, key_text = request_key(c, q)
-    from fastmesh.dataplane.explain import predict
     guess = predict(c, endpoints, key)
     guess["how"] = (f"{c.balancer} on {key_text}" if guess["keyed"] else
                     f"{c.balancer}, no {key_text} in the request: any endpoint" if c.balancer in HASHING else
@@ -318,9 +323,16 @@ def merge_endpoints(c: Cluster, states: dict[str, Any] | None, details: dict[int
 
 
 def request_key(c: Cluster, q: Question) -> tuple[bytes | None, str]:
-    """The consistent-hash key the request carries for cluster c (None when it has none), and its name: the bytes
-    the exchange itself would hash (core/exchange.pyx reads them)."""
-    spec = c.hash_key or "source_ip"
-    kind, _, name = spec.partition(":")
-    text = "source_ip (give client=IP)" if kind == "source_ip" else f"{kind} {name}"
-    return request_key_of(spec, request_head(q), q.client.encode() if q.client else None), text
+    """The consistent-hash key the request carries for cluster c (None when it has none), and its name."""
+    kind, _, name = (c.hash_key or "source_ip").partition(":")
+    if kind == "source_ip":
+        return (q.client.encode() if q.client else None), "source_ip (give client=IP)"
+    if kind == "header":
+        value = next((v for k, v in q.headers if k.lower() == name.lower()), None)
+        return (value.encode("latin-1") if value is not None else None), f"header {name}"
+    for k, v in q.headers:
+        if k.lower() == "cookie":
+            cookie = cookie_in(v.encode("latin-1", "replace"), name.encode("ascii"))
+            if cookie is not None:
+                return cookie, f"cookie {name}"
+    return None, f"cookie {name}"

@@ -4,22 +4,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import signal
 from collections.abc import Sequence
 from typing import cast
 
 from fastmesh.config.schema import Endpoint
+from fastmesh.httpwire import HeadError, body_framing, head_end, parse_request_head, parse_request_line
 
 log = logging.getLogger("fastmesh.demo")
 
 MAX_HEAD = 64 * 1024        # bytes of request head (or of a first line) we buffer before giving up on it
 LINGER = 2.0                # seconds a closing connection keeps reading (and dropping) what the client still sends
-# A request line as a person types it into nc ends in a bare LF, so CR is optional here and at the blank line.
-_REQUEST_LINE = re.compile(rb"[A-Z]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REASONS = {200: "OK", 400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented"}
+_REASONS = {200: "OK", 400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented",
+            505: "HTTP Version Not Supported"}
 
 
 class DemoError(Exception):
@@ -84,7 +81,7 @@ class _DemoProtocol(asyncio.Protocol):
         newline = self.buf.find(b"\n")
         if self.buf[:1].isupper() and newline < 0 and not eof and len(self.buf) < MAX_HEAD:
             return
-        if newline >= 0 and _REQUEST_LINE.fullmatch(self.buf, 0, newline + 1):
+        if newline >= 0 and _is_request_line(bytes(self.buf[:newline])):
             self.mode = "http"
             return
         self.mode = "echo"
@@ -104,47 +101,27 @@ class _DemoProtocol(asyncio.Protocol):
                 self.pending = None
                 self._answer(200, self.backend.greeting + "\n", keep_alive, is_head)
                 continue
-            end = _HEAD_END.search(self.buf)
-            if end is None:
+            # A request as a person types it into nc ends its lines in a bare LF: take those too.
+            end = head_end(self.buf, lf_ok=True)
+            if end < 0:
                 if len(self.buf) > MAX_HEAD:
                     self._answer(431, "request head too large\n", False, False)
                 return
-            head = bytes(self.buf[:end.start()])
-            del self.buf[:end.end()]
+            head = bytes(self.buf[:end])
+            del self.buf[:end]
             self._start_request(head)
 
     def _start_request(self, head: bytes) -> None:
-        lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not _REQUEST_LINE.fullmatch(lines[0] + b"\n"):
-            self._answer(400, "bad request line\n", False, False)
+        try:
+            request = parse_request_head(head, lf_ok=True)
+            chunked, length = body_framing(request)
+            if chunked:
+                raise HeadError(501, "request bodies must use content-length")
+        except HeadError as exc:
+            self._answer(exc.status if exc.status in _REASONS else 400, f"{exc}\n", False, False)
             return
-        method, version = parts[0], parts[2]
-        lengths: set[bytes] = set()
-        connection: list[bytes] = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            # No space before the colon and no obsolete line folding: both are request smuggling vectors.
-            if not colon or not _TOKEN.fullmatch(name):
-                self._answer(400, "bad header line\n", False, False)
-                return
-            name, value = name.lower(), value.strip(b" \t")
-            if name == b"content-length":
-                lengths.update(v.strip(b" \t") for v in value.split(b","))
-            elif name == b"transfer-encoding":
-                self._answer(501, "request bodies must use content-length\n", False, False)
-                return
-            elif name == b"connection":
-                connection.extend(v.strip(b" \t").lower() for v in value.split(b","))
-        if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
-            self._answer(400, "bad content-length\n", False, False)
-            return
-        if version == b"HTTP/1.1":
-            keep_alive = b"close" not in connection
-        else:
-            keep_alive = b"keep-alive" in connection
-        self.body_left = int(lengths.pop()) if lengths else 0
-        self.pending = (keep_alive, method == b"HEAD")
+        self.body_left = length
+        self.pending = (request.keep_alive, request.method == "HEAD")
 
     def _answer(self, status: int, text: str, keep_alive: bool, is_head: bool) -> None:
         assert self.transport is not None
@@ -174,6 +151,15 @@ class _DemoProtocol(asyncio.Protocol):
             return
         self.transport.write_eof()
         self.linger = asyncio.get_running_loop().call_later(LINGER, self.transport.close)
+
+
+def _is_request_line(line: bytes) -> bool:
+    """Whether the first line (a CR before its LF optional) starts an HTTP/1.x request, rather than other bytes."""
+    try:
+        parse_request_line(line[:-1] if line.endswith(b"\r") else line)
+    except HeadError:
+        return False
+    return True
 
 
 class DemoServers:

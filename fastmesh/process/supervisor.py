@@ -1,24 +1,23 @@
 """`fastmesh run`: check listener addresses, start demo backends, keep N worker processes alive, reload them on
-SIGHUP or POST /reload (fastmesh/reload.py), then stop them."""
+SIGHUP or POST /reload (process/reload.py), then stop them."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import signal
 import site
-import socket
 import sys
 import time
 from typing import Any
 
 from fastmesh._version import __version__
-from fastmesh.config.schema import Config, Listener
-from fastmesh.demo import DemoError, DemoServers, start_demo
+from fastmesh.config.schema import Config
+from fastmesh.dataplane.sockets import probe_listeners
+from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
-from fastmesh.worker import PARENT_ENV, READY_LINE
-from fastmesh.workerlink import LinkClosed, WorkerLink, socketpair
+from fastmesh.process.worker import PARENT_ENV, READY_LINE
+from fastmesh.process.link import LinkClosed, WorkerLink, socketpair
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -27,11 +26,10 @@ REPEAT_GRACE = 0.5          # seconds within which a repeated stop signal is the
 QUICK_EXIT = 10.0           # a worker that dies sooner than this after starting counts as crashing quickly
 MAX_BACKOFF = 10.0          # seconds: the longest pause before restarting a worker that keeps crashing
 MAX_START_FAILURES = 5      # at startup, a slot whose worker dies this many times in a row before serving ends the run
-PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on a listener address
 DESCRIBE_TIMEOUT = 2.0      # seconds a worker has to describe its endpoints for explain
 
 # Where this copy of fastmesh lives, so workers import the same code even when it is not installed.
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(config_path: str, log_level: str) -> int:
@@ -59,62 +57,6 @@ def run(config_path: str, log_level: str) -> int:
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(Supervisor(config_path, cfg, log_level).run())
-
-
-def probe_listeners(listeners: list[Listener]) -> list[str]:
-    """Bind each listener address (SO_REUSEPORT, no listen) and close it: report what workers would hit, once."""
-    problems = []
-    for lst in listeners:
-        try:
-            infos = socket.getaddrinfo(lst.host, lst.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            problems.append(f"listener {lst.name!r}: cannot resolve {lst.host!r}: {exc.strerror}")
-            continue
-        for family, kind, proto, _, addr in dict.fromkeys(infos):   # de-duplicated, order kept
-            host, port = str(addr[0]), int(addr[1])
-            problem = _probe_one(family, kind, proto, addr)
-            if problem:
-                where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-                problems.append(f"listener {lst.name!r} cannot use {where}: {problem}")
-    return problems
-
-
-def _probe_one(family: int, kind: int, proto: int, addr: tuple[Any, ...]) -> str | None:
-    with socket.socket(family, kind, proto) as sock:
-        # The same options the workers' listening sockets use, so the probe fails exactly when they would.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind(addr)
-        except OSError as exc:
-            return _bind_reason(exc)
-    # A process that listens with SO_REUSEPORT too (say, a second `fastmesh run` of the same config) lets the bind
-    # pass, and the kernel would then split connections between the two: refuse to start in that case as well.
-    target = ("::1" if family == socket.AF_INET6 else "127.0.0.1") if _is_wildcard(addr[0]) else addr[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.settimeout(PROBE_CONNECT_TIMEOUT)
-        try:
-            sock.connect((target, *addr[1:]))
-        except OSError:
-            return None
-    return "another process is already listening there (a second fastmesh?)"
-
-
-def _is_wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::")
-
-
-def _bind_reason(exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use (another program is listening there)"
-    if exc.errno == errno.EACCES:
-        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "address not available (no network interface on this machine has it)"
-    return exc.strerror or str(exc)
 
 
 def restart_delay(quick_failures: int) -> float:
@@ -157,7 +99,7 @@ class Supervisor:
         self.admin: Any = None                                     # the AdminServer, once it listens
         self.background: set[asyncio.Task[Any]] = set()           # reloads started by SIGHUP, pushes
         self.replacing: set[int] = set()                           # slots whose worker we stopped to restart it
-        from fastmesh.reload import Reloader
+        from fastmesh.process.reload import Reloader
         self.reloader = Reloader(self)
 
     async def run(self) -> int:

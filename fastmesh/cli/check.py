@@ -1,0 +1,98 @@
+"""`fastmesh check`: validate a config and print it with every default filled in, as TOML (the language it was
+written in, and a file `fastmesh run` accepts as it is) or, with --json, as JSON for tools."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from typing import Any
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_LINE_WIDTH = 100       # arrays longer than this on one line are printed one item per line
+
+
+def main(config_path: str, as_json: bool) -> int:
+    """Entry point of `fastmesh check`; returns the exit code."""
+    from fastmesh.config.load import config_to_dict, load_config
+    from fastmesh.errors import ConfigError
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    data = config_to_dict(cfg)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(f"# {config_path}: valid. The effective config, with every default filled in:")
+        print(to_toml(data), end="")
+    return 0
+
+
+# ---- TOML text for `check` (tomllib only reads) ----
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A config dict as TOML: scalars first, then tables; top-level arrays of tables as [[name]] blocks."""
+    lines: list[str] = []
+    _toml_table(lines, data, [])
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_table(lines: list[str], table: dict[str, Any], path: list[str]) -> None:
+    blocks = []
+    for key, value in table.items():
+        if value is None:               # TOML has no null: an absent key means the same
+            continue
+        if isinstance(value, dict) or (not path and _is_table_array(value)):
+            blocks.append((key, value))
+        else:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in blocks:
+        header = ".".join(_toml_key(part) for part in [*path, key])
+        if isinstance(value, dict):
+            # A table holding only tables needs no header of its own: theirs ([a.b]) define it.
+            if not value or not all(isinstance(v, dict) for v in value.values()):
+                lines += ["", f"[{header}]"]
+            _toml_table(lines, value, [*path, key])
+        else:
+            for item in value:
+                lines += ["", f"[[{header}]]"]
+                _toml_table(lines, item, [*path, key])
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    # JSON string escapes are valid TOML basic-string escapes; DEL is the one character JSON leaves raw that TOML
+    # refuses there.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        items = [_toml_value(item) for item in value]
+        one_line = "[" + ", ".join(items) + "]"
+        if len(one_line) <= _LINE_WIDTH:
+            return one_line
+        return "[\n" + "".join(f"  {item},\n" for item in items) + "]"
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + pairs + " }" if pairs else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")

@@ -1,0 +1,93 @@
+"""Listening sockets: made with the options every listener has, bound by workers, probed by the supervisor.
+
+Before it starts workers (and before a reload binds new addresses) the supervisor binds each listener address
+once with a socket made by the same function the workers use, so the probe fails exactly when their binds would.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from fastmesh.config.load import format_address
+from fastmesh.config.schema import Listener as ListenerConfig
+
+PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on a listener address
+
+
+def listener_socket(host: str, reuse_port: bool) -> socket.socket:
+    """An unbound stream socket for a listener on host (IPv6 when host is an IPv6 literal), options set."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt here instead of one per accept.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_socket(cfg: ListenerConfig, reuse_port: bool) -> socket.socket:
+    """A listening, non-blocking socket. With reuse_port every worker binds its own and the kernel spreads
+    connections across them."""
+    sock = listener_socket(cfg.host, reuse_port)
+    try:
+        sock.bind((cfg.host, cfg.port))
+        sock.listen(cfg.backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def probe_listeners(listeners: Iterable[ListenerConfig]) -> list[str]:
+    """Bind each listener address as a worker would (SO_REUSEPORT, no listen) and close it: report what workers
+    would hit, once."""
+    problems = []
+    for lst in listeners:
+        family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
+        try:
+            # The address bind() itself would take for this host: the first the resolver gives for the family.
+            addr = socket.getaddrinfo(lst.host, lst.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4]
+        except socket.gaierror as exc:
+            problems.append(f"listener {lst.name!r}: cannot resolve {lst.host!r}: {exc.strerror}")
+            continue
+        problem = _probe_one(lst.host, addr)
+        if problem:
+            problems.append(f"listener {lst.name!r} cannot use {format_address(str(addr[0]), lst.port)}: {problem}")
+    return problems
+
+
+def _probe_one(host: str, addr: tuple[Any, ...]) -> str | None:
+    with listener_socket(host, reuse_port=True) as sock:
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return _bind_reason(exc)
+        family = sock.family
+    # A process that listens with SO_REUSEPORT too (say, a second `fastmesh run` of the same config) lets the bind
+    # pass, and the kernel would then split connections between the two: refuse to start in that case as well.
+    target = ("::1" if family == socket.AF_INET6 else "127.0.0.1") if addr[0] in ("0.0.0.0", "::") else addr[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(PROBE_CONNECT_TIMEOUT)
+        try:
+            sock.connect((target, *addr[1:]))
+        except OSError:
+            return None
+    return "another process is already listening there (a second fastmesh?)"
+
+
+def _bind_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another program is listening there)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available (no network interface on this machine has it)"
+    return exc.strerror or str(exc)
