@@ -43,6 +43,8 @@ cdef class Exchange:
     cdef readonly double try_started   # when the current try got its connection
     cdef readonly double deadline      # the request's deadline (timeout / fastmesh-timeout-ms); 0 = none
     cdef readonly double try_deadline  # when the current try's response head must have arrived
+    cdef double body_deadline          # when the request body must have arrived (body_timeout), 0 = no limit
+    cdef double body_seen              # when the client last sent body bytes (or last waited on us, not we on it)
     cdef readonly double backoff       # V_RETRY: seconds to wait before the next try
     cdef readonly int error            # V_ANSWER: the ProxyError to answer with
     cdef EditList request_edits        # header edits for the forwarded request
@@ -63,6 +65,9 @@ cdef class Exchange:
     cdef long long budget_ms(self, double now) noexcept
     cdef void connected(self, int ep, double now) noexcept
     cdef void restart_clock(self, double now) noexcept
+    cdef void body_begins(self, double now, double body_timeout, bint whole) noexcept
+    cdef void body_arrived(self, double now) noexcept
+    cdef bint body_overdue(self, double now, bint client_owes, double idle_timeout) noexcept
     cdef void response_broke(self, int ep, double now) noexcept
     cdef void report(self, int ep, int status, bint failed, double now) noexcept
     cdef int response(self, int ep, int status, bint marked, double now) noexcept

@@ -238,6 +238,29 @@ cdef class Exchange:
         self.try_started = now
         self.next_try(now)
 
+    cdef void body_begins(self, double now, double body_timeout, bint whole) noexcept:
+        """The request head arrived; its body (unless `whole` already) must arrive within body_timeout."""
+        self.body_seen = now
+        self.body_deadline = now + body_timeout if body_timeout > 0 and not whole else 0.0
+
+    cdef void body_arrived(self, double now) noexcept:
+        self.body_seen = now
+
+    cdef bint body_overdue(self, double now, bint client_owes, double idle_timeout) noexcept:
+        """The client's clocks while its request body arrives: True once the whole body took longer than
+        body_timeout, or the client kept silent for idle_timeout while it owed the next bytes (`client_owes`: the
+        upstream has taken every body byte that came). Until then the upstream owes nothing: its response clock,
+        and the latency it is judged by, start over. A client too slow is never the endpoint's failure."""
+        if self.body_deadline and now >= self.body_deadline:
+            return True
+        if not client_owes:
+            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
+            return False
+        if now - self.body_seen >= idle_timeout:
+            return True
+        self.restart_clock(now)
+        return False
+
     cdef void response_broke(self, int ep, double now) noexcept:
         """The upstream broke the response after its head (framing, reset): a failure for outlier detection."""
         self.connector.cluster.request_failed(ep, now)

@@ -21,6 +21,9 @@ ctypedef struct BodyFrame:
 cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept
 # How many of the n bytes at p belong to the body and may be passed on; < 0: a chunked-coding error.
 cdef Py_ssize_t frame_take(BodyFrame *f, char *p, Py_ssize_t n) noexcept
+# After the client's FIN: whether the bytes it sent before it (buffered in b or still queued in socket fd) hold
+# the rest of the request body f (`ready` of them already framed). Chunked bodies are given the benefit of the doubt.
+cdef bint body_in_socket(int fd, RecvBuf *b, BodyFrame *f, Py_ssize_t ready) noexcept
 # Pass a body from src (socket sfd) to dfd: 1 done, 0 blocked, -1 source closed/failed early, -2 destination
 # failed, -3 framing error, -4 framing error while no byte of the head in dpend has left (*fresh still true).
 # The destination's queued head (dpend, may be NULL) goes first, after the body bytes already here were framed,

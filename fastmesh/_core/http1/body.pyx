@@ -19,6 +19,11 @@ from fastmesh._core.http1.framing cimport (
 
 cdef Py_ssize_t COALESCE_MAX = 16384   # body bytes copied behind a head so both leave in one send
 
+cdef extern from "<sys/ioctl.h>" nogil:
+    enum:
+        FIONREAD
+    int ioctl(int fd, unsigned long request, ...)
+
 # The trailer section of the chunked body that just ended: parsed and stripped within one frame_take().
 cdef Head TRAILERS
 
@@ -71,6 +76,15 @@ cdef Py_ssize_t frame_take(BodyFrame *f, char *p, Py_ssize_t n) noexcept:
         f.held = f.dec.line_len if f.dec.state <= CHUNK_SIZE_LF else 0
         return total - f.held
     return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
+
+
+cdef bint body_in_socket(int fd, RecvBuf *b, BodyFrame *f, Py_ssize_t ready) noexcept:
+    cdef int queued = 0
+    if f.kind != BODY_LENGTH:
+        return True
+    if ioctl(fd, FIONREAD, &queued) < 0:
+        return False
+    return queued + (b.end - b.start) >= f.remaining + ready
 
 
 cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,

@@ -10,7 +10,6 @@ from fastmesh._core.http1.body cimport BodyFrame
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
 from fastmesh._core.exchange cimport Exchange, ForwardRules
 from fastmesh._core.router cimport Router
-from fastmesh._core.request cimport Span
 
 
 cdef enum DownstreamState:
@@ -78,7 +77,7 @@ cdef class Downstream(UpstreamUser):
     cdef OutBuf out                        # answer heads / error answers not yet sent
     cdef OutBuf reqhead                    # the request head as sent upstream (kept for a retry)
     cdef Py_ssize_t reqhead_sent           # bytes of reqhead the upstream took
-    cdef double deadline                   # header / idle / response / close deadline, by state
+    cdef double deadline                   # header / idle / close deadline by state (a request runs on its exchange's)
     cdef Py_ssize_t head_scan              # bytes of a partial head already searched for its blank line
     cdef Exchange ex                       # the current request's rules and state (reused for each request)
     # --- the current request, as HTTP/1 carries it ---
@@ -106,11 +105,8 @@ cdef class Downstream(UpstreamUser):
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
-    cdef double body_deadline              # when the request body must have arrived (body_timeout), 0 = no limit
-    cdef double body_seen                  # when the client last sent body bytes (or last waited on us, not we on it)
 
     cdef void run(self) noexcept
-    cdef bint body_can_finish(self) noexcept
     cdef int read_request(self) noexcept
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept
     cdef int step_exchange(self) noexcept
@@ -121,12 +117,9 @@ cdef class Downstream(UpstreamUser):
     cdef int upstream_lost(self) noexcept
     cdef void try_timed_out(self) noexcept
     cdef bint awaits_client(self) noexcept
-    cdef bint body_overdue(self, double now) noexcept
-    cdef Span local_address(self, Head *h) noexcept
     cdef void retry(self) noexcept
     cdef void send_next_try(self) noexcept
     cdef void end_request(self) noexcept
-    cdef object describe(self, const char *buf, Head *h)
     cdef int take_upstream(self) noexcept
     cdef void drop_upstream(self, bint reuse) noexcept
     cdef void respond_error(self, int err, int code, bint keep) noexcept

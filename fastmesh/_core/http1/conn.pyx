@@ -25,27 +25,12 @@ request is sent. A client too slow with its body is never the endpoint's failure
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
 
-cdef extern from "<sys/ioctl.h>" nogil:
-    enum:
-        FIONREAD
-    int ioctl(int fd, unsigned long request, ...)
-
 from fastmesh._core.buffer cimport (
     rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
 )
-from libc.stdio cimport snprintf
-from libc.string cimport strlen
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
-    sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t, AF_INET, AF_INET6, inet_ntop,
 )
-
-cdef extern from "<sys/socket.h>" nogil:
-    int getsockname(int fd, sockaddr *addr, socklen_t *len)
-
-cdef extern from "<arpa/inet.h>" nogil:
-    unsigned short ntohs(unsigned short v)
-
 from fastmesh._core.reactor cimport Acceptor
 from fastmesh._core.stats cimport (
     L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
@@ -57,17 +42,17 @@ from fastmesh._core.errors cimport (
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
-    Head, HeaderField, parse_request, parse_response, find_head_end, METHOD_HEAD, TARGET_ABSOLUTE,
+    Head, parse_request, parse_response, find_head_end, METHOD_HEAD,
 )
 from fastmesh._core.http1.framing cimport (
     request_body, response_body, keep_alive, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL,
 )
-from fastmesh._core.http1.body cimport frame_init, pump_body
+from fastmesh._core.http1.body cimport frame_init, pump_body, body_in_socket
 from fastmesh._core.http1.render cimport render_request, render_response, render_error, stamp_budget, marked_retried
-from fastmesh._core.http1.view cimport view_init
+from fastmesh._core.http1.view cimport view_init, log_names, listener_address
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
-from fastmesh._core.request cimport RequestView, Span, span_of
+from fastmesh._core.request cimport RequestView, span_of
 from fastmesh._core.upstream.connector cimport CONNECT_FULL
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
@@ -79,7 +64,6 @@ cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-pa
 # The transient head and its view: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
 cdef RequestView VIEW
-cdef char LOCAL[64]                    # the listener address of the connection local_address() asked about
 
 
 cdef class Front(Acceptor):
@@ -152,23 +136,14 @@ cdef class Downstream(UpstreamUser):
             self.readable = True
             if events & EPOLLRDHUP:
                 self.hangup = True
-                if self.state == DS_EXCHANGE and not self.req_done and not self.body_can_finish():
+                if self.state == DS_EXCHANGE and not self.req_done and not body_in_socket(
+                        self.fd, &self.rbuf, &self.req_body, self.req_ready):
                     # The client stopped sending before its request body was complete: it gave up.
                     self.close()
                     return
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
         self.run()
-
-    cdef bint body_can_finish(self) noexcept:
-        """After the client's FIN: whether the bytes it sent before it (buffered here or still queued in the
-        socket) hold the rest of the request body. Chunked bodies are given the benefit of the doubt."""
-        cdef int queued = 0
-        if self.req_body.kind != BODY_LENGTH:
-            return True
-        if ioctl(self.fd, FIONREAD, &queued) < 0:
-            return False
-        return queued + rb_avail(&self.rbuf) >= self.req_body.remaining + self.req_ready
 
     cdef void upstream_ready(self, Upstream up) noexcept:
         if up is self.up:
@@ -313,11 +288,10 @@ cdef class Downstream(UpstreamUser):
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
-        self.body_seen = now
-        self.body_deadline = now + proxy.body_timeout if proxy.body_timeout > 0 and not self.req_done else 0.0
+        ex.body_begins(now, proxy.body_timeout, self.req_done)
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
-            ex.log_fields = self.describe(buf, h)
+            ex.log_fields = log_names(buf, h)
         view_init(&VIEW, buf, h)
         err = ex.route_request(proxy.router, proxy.pools, &VIEW, &proxy.rules, now)
         if err:
@@ -327,7 +301,7 @@ cdef class Downstream(UpstreamUser):
             return 1
         self.pool = <HttpPool>ex.connector
         self.tmo_off = render_request(&self.reqhead, buf, h, &VIEW, ex.router, ex.route, &ex.request_edits,
-                                      self.req_upgrade, self.local_address(h))
+                                      self.req_upgrade, listener_address(self.fd, h))
         # A body that is already whole in the buffer can be sent again by a retry.
         self.body_mark = self.rbuf.start + head_len
         self.rbuf.start += head_len
@@ -337,7 +311,6 @@ cdef class Downstream(UpstreamUser):
         if err:
             self.respond_error(err, 0, self.req_done)
             return 1
-        self.deadline = ex.try_deadline
         self.send_next_try()
         return 1
 
@@ -347,37 +320,6 @@ cdef class Downstream(UpstreamUser):
         stamp_budget(&self.reqhead, self.tmo_off, self.ex.budget_ms(self.proxy.reactor.now))
         if self.take_upstream() < 0:
             self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
-
-    cdef Span local_address(self, Head *h) noexcept:
-        """The listener address the client connected to ("ip:port"), for an HTTP/1.0 request without Host (it
-        goes upstream as HTTP/1.1, which needs one); empty otherwise. A syscall, but only on that rare path."""
-        cdef sockaddr_storage local
-        cdef socklen_t alen = sizeof(local)
-        cdef int n = 0
-        LOCAL[0] = 0
-        if h.host_index < 0 and h.target_form != TARGET_ABSOLUTE and getsockname(
-                self.fd, <sockaddr *>&local, &alen) == 0:
-            if local.ss_family == AF_INET:
-                inet_ntop(AF_INET, &(<sockaddr_in *>&local).sin_addr, LOCAL, 48)
-                n = strlen(LOCAL)
-                n += snprintf(LOCAL + n, 16, ":%d", ntohs((<sockaddr_in *>&local).sin_port))
-            elif local.ss_family == AF_INET6:
-                LOCAL[0] = b'['
-                inet_ntop(AF_INET6, &(<sockaddr_in6 *>&local).sin6_addr, LOCAL + 1, 47)
-                n = strlen(LOCAL)
-                n += snprintf(LOCAL + n, 16, "]:%d", ntohs((<sockaddr_in6 *>&local).sin6_port))
-        return span_of(LOCAL, n)
-
-    cdef object describe(self, const char *buf, Head *h):
-        """(method, authority, path) for the access log, as the client sent them; built only when the log is on."""
-        cdef HeaderField *f
-        method = buf[h.method_off:h.method_off + h.method_len]
-        target = buf[h.target_off:h.target_off + h.target_len]
-        authority = b""
-        if h.host_index >= 0:
-            f = &h.headers[h.host_index]
-            authority = buf[f.value_off:f.value_off + f.value_len]
-        return (method, authority, target)
 
     # ---- upstream --------------------------------------------------------------------------------
 
@@ -412,21 +354,6 @@ cdef class Downstream(UpstreamUser):
         return (not self.req_done and self.up is not None and self.up.state != UP_CONNECTING
                 and self.reqhead_sent == self.reqhead.len and self.req_ready == 0)
 
-    cdef bint body_overdue(self, double now) noexcept:
-        """The client's clocks while its request body arrives: True once the whole body took longer than
-        body_timeout, or the client kept silent for idle_timeout while the upstream had taken everything. Until
-        then the upstream owes nothing: its response clock, and the latency it is judged by, start over."""
-        if self.body_deadline and now >= self.body_deadline:
-            return True
-        if not self.awaits_client():
-            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
-            return False
-        if now - self.body_seen >= self.proxy.idle_timeout:
-            return True
-        self.ex.restart_clock(now)
-        self.deadline = self.ex.try_deadline
-        return False
-
     cdef void retry(self) noexcept:
         """The exchange decided to send the request again: rewind the body, wait its backoff."""
         self.drop_upstream(False)
@@ -444,7 +371,6 @@ cdef class Downstream(UpstreamUser):
         if self.state != DS_EXCHANGE or self.up is not None or self.resp_done:
             return
         self.ex.next_try(self.proxy.reactor.now)
-        self.deadline = self.ex.try_deadline
         self.send_next_try()
         self.run()
 
@@ -498,11 +424,10 @@ cdef class Downstream(UpstreamUser):
                           &self.req_body, &self.req_ready, self.proxy.buffers, True, &self.ex_in,
                           &self.proxy.bytes_in, NULL)
             if self.ex_in + <unsigned long long>self.req_ready != taken:
-                self.body_seen = self.proxy.reactor.now      # the client sent more of its body
+                self.ex.body_arrived(self.proxy.reactor.now)      # the client sent more of its body
             if r == 0 and (self.req_ready == 0 or self.ex_in != sent):
                 # The upstream took all it was given, or at least more of it: its response clock starts over.
                 self.ex.restart_clock(self.proxy.reactor.now)
-                self.deadline = self.ex.try_deadline
             if r == 1:
                 self.req_done = True
             elif r == -1:

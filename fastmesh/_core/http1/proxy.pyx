@@ -140,16 +140,16 @@ cdef class HttpProxy(Front):
                     else:
                         d.respond_error(PE_DEADLINE_EXCEEDED, 0, d.req_done)
                     d.run()
-                elif not d.req_done and d.body_overdue(now):
+                elif not d.req_done and d.ex.body_overdue(now, d.awaits_client(), self.idle_timeout):
                     # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
                     d.respond_error(PE_BODY_TIMEOUT, 0, False)
                     d.run()
                 elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
                     d.up.fail(0)
-                elif d.up is None and d.ex.waiting and now >= d.deadline:
+                elif d.up is None and d.ex.waiting and now >= d.ex.try_deadline:
                     d.respond_error(d.ex.wait_expired(), 0, d.req_done)
                     d.run()
-                elif d.up is not None and not d.resp_head_done and now >= d.deadline:
+                elif d.up is not None and not d.resp_head_done and now >= d.ex.try_deadline:
                     d.try_timed_out()
             elif now >= d.deadline:
                 if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:

@@ -4,16 +4,27 @@ Routing, the exchange and logs read the view (request.pxd); only this module kno
 (absolute-form and authority-form targets win over Host) and a path (absolute-form without a path means "/").
 Nothing is copied: every span points into the receive buffer the head was parsed from.
 """
-from libc.string cimport memchr
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, strlen
 
 from fastmesh._core.codes cimport make_error
 from fastmesh._core.http1.parser cimport (
     Head, parse_request, TARGET_ABSOLUTE, TARGET_ASTERISK, TARGET_AUTHORITY,
 )
-from fastmesh._core.request cimport RequestView, Span, Field
+from fastmesh._core.request cimport RequestView, Span, Field, span_of
+from fastmesh._core.includes.system cimport (
+    sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t, AF_INET, AF_INET6, inet_ntop,
+)
+
+cdef extern from "<sys/socket.h>" nogil:
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    unsigned short ntohs(unsigned short v)
 
 # The path of an absolute-form target that has none ("http://a.example" means "/").
 cdef const char *SLASH = b"/"
+cdef char LOCAL[64]                    # the listener address listener_address() found last
 
 
 cdef inline Py_ssize_t _absolute_path_start(const char *t, Py_ssize_t n, Span *authority) noexcept nogil:
@@ -112,6 +123,34 @@ cdef void view_init(RequestView *v, const char *buf, const Head *h) noexcept nog
     v.has_path = h.target_form != TARGET_AUTHORITY
     v.fields = h.headers
     v.num_fields = h.num_headers
+
+
+cdef object log_names(const char *buf, const Head *h):
+    cdef const Field *f
+    method = buf[h.method_off:h.method_off + h.method_len]
+    target = buf[h.target_off:h.target_off + h.target_len]
+    authority = b""
+    if h.host_index >= 0:
+        f = &h.headers[h.host_index]
+        authority = buf[f.value_off:f.value_off + f.value_len]
+    return (method, authority, target)
+
+
+cdef Span listener_address(int fd, const Head *h) noexcept:
+    cdef sockaddr_storage local
+    cdef socklen_t alen = sizeof(local)
+    cdef int n = 0
+    if h.host_index < 0 and h.target_form != TARGET_ABSOLUTE and getsockname(fd, <sockaddr *>&local, &alen) == 0:
+        if local.ss_family == AF_INET:
+            inet_ntop(AF_INET, &(<sockaddr_in *>&local).sin_addr, LOCAL, 48)
+            n = strlen(LOCAL)
+            n += snprintf(LOCAL + n, 16, ":%d", ntohs((<sockaddr_in *>&local).sin_port))
+        elif local.ss_family == AF_INET6:
+            LOCAL[0] = b'['
+            inet_ntop(AF_INET6, &(<sockaddr_in6 *>&local).sin6_addr, LOCAL + 1, 47)
+            n = strlen(LOCAL)
+            n += snprintf(LOCAL + n, 16, "]:%d", ntohs((<sockaddr_in6 *>&local).sin6_port))
+    return span_of(LOCAL, n)
 
 
 cdef int view_parse(bytes raw_head, Head *h, RequestView *v) except -1:
