@@ -19,9 +19,10 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.http1.pool import HttpPool
     from fastmesh._core.limits import LimitBlock
     from fastmesh._core.listener import Listener
-    from fastmesh._core.reactor import Reactor
+    from fastmesh._core.reactor import ConnectionLimit, Reactor
     from fastmesh._core.stats import StatsBlock
     from fastmesh._core.tcp.splice import TcpProxy
+    from fastmesh.dataplane.fd_budget import FdBudget
     from fastmesh.dataplane.stats import LagProbe, StatsLayout
     from fastmesh.health import Health
 
@@ -66,6 +67,8 @@ class Proxy:
         self._limits: LimitBlock | None = None
         self._health: Health | None = None
         self._retired: list[Acceptor] = []        # acceptors a reload replaced, until their connections end
+        self._conn_limit: ConnectionLimit | None = None   # the worker's max_connections
+        self.fd_budget: FdBudget | None = None            # how the worker spends its fds (dataplane/fd_budget.py)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
@@ -81,7 +84,8 @@ class Proxy:
         """Bind every listener and start accepting on the running loop. Raises OSError if a bind fails."""
         if self._started:
             raise RuntimeError("Proxy already started")
-        from fastmesh._core.reactor import Reactor
+        from fastmesh._core.reactor import ConnectionLimit, Reactor
+        from fastmesh.dataplane import fd_budget
         from fastmesh.dataplane.clusters import build_cluster
 
         loop = asyncio.get_running_loop()
@@ -90,6 +94,8 @@ class Proxy:
             from fastmesh.dataplane.limits import open_limits
             self._limits = open_limits(self.config, self._limits_fd, self._worker)
             self._limits_fd = None
+        budget = fd_budget.fd_budget(self.config)
+        self._conn_limit = ConnectionLimit(reactor, budget.max_connections)
         clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
         pools = self._pools_for(self.config, reactor, clusters, {})
         listeners = []
@@ -110,6 +116,7 @@ class Proxy:
             self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
             self._stats_fd = None
         stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
+        self._set_budget(budget, reactor)
         self._lag = stats.LagProbe(self._stats_block)
         self._lag.start(loop)
         reactor.attach(loop)
@@ -152,7 +159,7 @@ class Proxy:
         """Bind one listener (not yet accepting) with a new acceptor, and record both."""
         from fastmesh.dataplane.listeners import bind_listener
         acceptor = self._acceptor(lcfg, reactor, clusters, pools)
-        listener, bound = bind_listener(lcfg, reactor, acceptor, self.reuse_port)
+        listener, bound = bind_listener(lcfg, reactor, acceptor, self.reuse_port, self._conn_limit)
         self._record(lcfg.name, acceptor)
         self.addresses[lcfg.name] = bound
         return listener
@@ -188,6 +195,7 @@ class Proxy:
             self.config = config
             return {}
         from fastmesh.dataplane.clusters import build_cluster
+        from fastmesh.dataplane.fd_budget import fd_budget
         from fastmesh.dataplane.listeners import reconfigure_http
         old, reactor, health = self.config, self._reactor, self._health
         assert reactor is not None and health is not None        # started
@@ -237,6 +245,11 @@ class Proxy:
             by_name[lcfg.name].set_protocol(acceptor)
             reactor.add_sweeper(acceptor)
             self._retire(old_tcp.get(lcfg.name) or http)
+        # Connection limits: the worker's (a changed max_connections, or a changed reserve) and each listener's.
+        budget = fd_budget(config)
+        for lcfg in config.listeners:
+            if lcfg.name in by_name and lcfg.name not in moved:
+                by_name[lcfg.name].limit.set_limit(lcfg.max_connections)
         # 3. Listeners removed or moved: stop accepting, let their connections finish.
         for name in [*gone, *moved]:
             by_name.pop(name).close()
@@ -263,6 +276,7 @@ class Proxy:
         self._health = Health(config.clusters, clusters)
         self._health.start()
         self._reattach_stats(clusters, stats_block)
+        self._set_budget(budget, reactor)
         self._clusters, self._pools = clusters, pools
         self._listeners = [listener for listener in self._listeners if listener.name in by_name] + opened
         for listener in opened:
@@ -272,6 +286,21 @@ class Proxy:
         log.info("config reloaded: clusters rebuilt %s, listeners bound %s, removed %s",
                  rebuilt or "none", changes["listeners_added"] or "none", gone or "none")
         return changes
+
+    def _set_budget(self, budget: FdBudget, reactor: Reactor) -> None:
+        """Apply a worker's fd budget (dataplane/fd_budget.py): its connection and pipe limits; log them once."""
+        from fastmesh.dataplane import fd_budget
+        from fastmesh.dataplane.stats import HEADER
+        assert self._conn_limit is not None and self._stats_block is not None
+        if budget != self.fd_budget:
+            log.info("%s", fd_budget.describe(budget))
+            problem = fd_budget.check(budget)
+            if problem:
+                log.warning("%s", problem)
+        self.fd_budget = budget
+        self._conn_limit.set_limit(budget.max_connections)
+        reactor.pipes.limit = budget.max_pipes
+        self._stats_block[HEADER["max_connections"]] = budget.max_connections
 
     def _retire(self, acceptor: Acceptor | None) -> None:
         """An acceptor a reload replaced: it gets no new connections; its open ones finish and still count."""
@@ -322,7 +351,25 @@ class Proxy:
                       for p in self._pools},
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
             "health": self._health.active.status() if self._health is not None else {},
+            "connections": self._connection_limits(),
         }
+
+    def _connection_limits(self) -> dict[str, Any]:
+        """The worker's connection limit and each listener's: the limit (0: none), the connections holding a slot
+        now (an upgraded HTTP connection keeps its slot as a tunnel), and the listener's counts of connections
+        that waited at a limit and of accepts paused for want of fds."""
+        budget = self.fd_budget
+        if self._conn_limit is None or self._stats_block is None or self._stats_layout is None or budget is None:
+            return {}
+        from fastmesh.dataplane.stats import Snapshot
+        counted = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
+        return {"max_connections": self._conn_limit.limit, "open": self._conn_limit.active,
+                "fd_limit": budget.fd_limit, "max_pipes": budget.max_pipes,
+                "pipes_open": self._reactor.pipes.open if self._reactor is not None else 0,
+                "listeners": {listener.name: {"max_connections": listener.limit.limit, "open": listener.limit.active,
+                                              "limited": counted.get(listener.name, {}).get("limited", 0),
+                                              "paused": counted.get(listener.name, {}).get("paused", 0)}
+                              for listener in self._listeners}}
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let open connections finish for up to drain_timeout seconds, then close the rest."""

@@ -1,11 +1,14 @@
 # Reactor: one epoll set per event loop that the whole data path registers its sockets in. The asyncio loop
 # sees a single readable fd; each wakeup dispatches a batch of events to C methods, with no Python call per event.
 
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from fastmesh._core.includes.system cimport epoll_event, sockaddr_storage
+from fastmesh._core.stats cimport StatsBlock
 
 cdef enum:
     MAX_EVENTS = 256           # events handled per epoll_wait batch
+
+cdef class Reactor            # declared below; ConnectionLimit refers to it
 
 
 cdef class EventTarget:
@@ -20,20 +23,45 @@ cdef class Sweeper:
     cdef void sweep(self, double now) noexcept
 
 
+cdef class ConnectionLimit:
+    # Open downstream connections against a limit: a listener's own max_connections, chained to the worker's.
+    # The listener takes a slot per accepted connection; the connection gives it back when its client fd closes.
+    cdef Reactor reactor               # where listeners waiting for a slot are woken (Reactor.again)
+    cdef ConnectionLimit parent        # the worker-wide limit every slot here also counts in, or None
+    cdef readonly long active          # connections holding a slot now
+    cdef readonly long limit           # most slots at once; 0: no limit of its own
+    cdef list waiting                  # EventTargets (listeners) that stopped accepting at this limit
+
+    cdef bint full(self) noexcept
+    cdef void take(self) noexcept
+    cdef void release(self) noexcept
+    cdef void wait(self, EventTarget listener) noexcept
+    cdef void wake(self) noexcept
+
+
 cdef class Acceptor(Sweeper):
     # A listener's protocol (tcp relay, http): takes each accepted connection and its peer address.
+    cdef ConnectionLimit limit         # the listener's limit its connections hold slots of (None: no listener's)
+    cdef StatsBlock stats              # the block `counters` points into (kept alive through this reference)
+    cdef uint64_t *counters            # the listener's L_FIELDS slots (stats.pxd): accepted, active, bytes...
+
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
 
 
 cdef class PipePool:
     # Spare splice pipes (read fd, write fd) of `size` bytes each, so idle connections hold none.
+    # Every pipe open counts against `limit`, so the fds they take fit the worker's fd budget; past it a
+    # relay copies through a buffer instead.
     cdef int *fds              # 2 * count fds: [r0, w0, r1, w1, ...]
     cdef int count             # pipes held now
     cdef int capacity          # most pipes kept; extra ones are closed
     cdef int size              # bytes each pipe holds (F_SETPIPE_SZ)
+    cdef readonly int open     # pipes open: held here plus in use by relays
+    cdef public int limit      # most pipes open at once; 0: no limit
 
     cdef int take(self, int *pr, int *pw) noexcept
     cdef void give(self, int pr, int pw) noexcept
+    cdef void drop(self, int pr, int pw) noexcept
 
 
 cdef class BufferPool:
@@ -57,7 +85,7 @@ cdef class Reactor:
     cdef object tick_handle            # asyncio TimerHandle of the next tick
     cdef double tick_interval          # seconds between ticks
     cdef bint call_soon_pending        # a call_soon(poll) is already scheduled
-    cdef PipePool pipes                # splice pipes shared by every relay of this reactor
+    cdef readonly PipePool pipes       # splice pipes shared by every relay of this reactor
     cdef BufferPool buffers            # fallback relay buffers
     cdef epoll_event events[MAX_EVENTS]  # the batch buffer for epoll_wait
 

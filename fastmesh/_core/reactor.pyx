@@ -34,6 +34,55 @@ cdef class Sweeper:
         pass
 
 
+cdef class ConnectionLimit:
+    """Slots for open downstream connections. `ConnectionLimit(reactor, limit, parent)`: a listener's limit
+    (0: none of its own) counting also in `parent`, the worker's. A listener that finds a limit full stops
+    accepting and waits here: new connections queue in the kernel's backlog until a slot frees up."""
+
+    def __cinit__(self, Reactor reactor, long limit=0, ConnectionLimit parent=None):
+        self.reactor = reactor
+        self.parent = parent
+        self.active = 0
+        self.limit = max(limit, 0)
+        self.waiting = []
+
+    def set_limit(self, long limit):
+        """A reload: the new limit applies from the next accept; listeners waiting for room get it at once."""
+        self.limit = max(limit, 0)
+        self.wake()
+
+    cdef bint full(self) noexcept:
+        """No slot left here or in the parent."""
+        if self.limit and self.active >= self.limit:
+            return True
+        return self.parent is not None and self.parent.full()
+
+    cdef void take(self) noexcept:
+        self.active += 1
+        if self.parent is not None:
+            self.parent.take()
+
+    cdef void release(self) noexcept:
+        self.active -= 1
+        if self.parent is not None:
+            self.parent.release()
+        if self.waiting and not (self.limit and self.active >= self.limit):
+            self.wake()
+
+    cdef void wait(self, EventTarget listener) noexcept:
+        """`listener` found this limit full: call its on_again() once a slot frees up."""
+        if listener not in self.waiting:
+            self.waiting.append(listener)
+
+    cdef void wake(self) noexcept:
+        """Every waiting listener tries again soon (from the reactor, not from inside a connection's close)."""
+        cdef EventTarget target
+        cdef list waiting = self.waiting
+        self.waiting = []
+        for target in waiting:
+            self.reactor.again(target)
+
+
 cdef class Acceptor(Sweeper):
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
         close(fd)
@@ -44,6 +93,8 @@ cdef class PipePool:
         self.capacity = capacity
         self.size = size
         self.count = 0
+        self.open = 0
+        self.limit = 0
         self.fds = <int *>malloc(sizeof(int) * 2 * (capacity if capacity > 0 else 1))
         if self.fds == NULL:
             raise MemoryError()
@@ -57,15 +108,18 @@ cdef class PipePool:
             self.fds = NULL
 
     cdef int take(self, int *pr, int *pw) noexcept:
-        """A pipe from the pool, or a new one; -1 (errno set) when the system has no fds left."""
+        """A pipe from the pool, or a new one; -1 at the limit or when the system has no fds left."""
         cdef int p[2]
         if self.count > 0:
             self.count -= 1
             pr[0] = self.fds[2 * self.count]
             pw[0] = self.fds[2 * self.count + 1]
             return 0
+        if self.limit and self.open >= self.limit:
+            return -1
         if pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0:
             return -1
+        self.open += 1
         # A larger pipe moves more per splice pair: fewer syscalls per MiB. If the system caps pipe sizes
         # lower, the default size still works.
         fcntl(p[0], F_SETPIPE_SZ, self.size)
@@ -80,8 +134,13 @@ cdef class PipePool:
             self.fds[2 * self.count + 1] = pw
             self.count += 1
         else:
-            close(pr)
-            close(pw)
+            self.drop(pr, pw)
+
+    cdef void drop(self, int pr, int pw) noexcept:
+        """Close a pipe taken from the pool (one still holding bytes cannot be reused)."""
+        close(pr)
+        close(pw)
+        self.open -= 1
 
 
 cdef class BufferPool:

@@ -13,7 +13,7 @@ cdef enum:
     H_PID = 4                  # pid of the worker writing the block; 0 while no worker is attached
     H_STARTED = 5              # when that worker attached, Unix time in ns
     H_LAG = 6                  # event-loop lag, ns: the latest delay of the worker's periodic probe timer
-    H_RESERVED = 7             # unused; keeps the header 64 bytes
+    H_MAX_CONNECTIONS = 7      # the worker's connection limit (max_connections, derived from its fd limit by default)
     HEADER_SLOTS = 8           # the first slot after the header
 
 # Per listener: L_FIELDS consecutive slots, indexed by these.
@@ -23,7 +23,9 @@ cdef enum:
     L_FAILED = 2               # downstream connections closed for want of an upstream endpoint (counter)
     L_BYTES_IN = 3             # bytes relayed downstream -> upstream (counter)
     L_BYTES_OUT = 4            # bytes relayed upstream -> downstream (counter); the relay adds to L_BYTES_IN + d
-    L_FIELDS = 5               # slots per listener
+    L_LIMITED = 5              # connections accepted only after waiting in the backlog at a connection limit (counter)
+    L_PAUSED = 6               # accepts that failed for want of fds (or memory) and paused accepting (counter)
+    L_FIELDS = 7               # slots per listener
 
 # Per cluster: C_FIELDS cluster-wide slots, then E_FIELDS arrays of one slot per endpoint (cluster_slots(n)).
 cdef enum:

@@ -9,29 +9,18 @@ from cpython cimport array
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
-
-cdef extern from "<sys/mman.h>" nogil:
-    enum:
-        PROT_READ
-        PROT_WRITE
-        MAP_SHARED
-    void *MAP_FAILED
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
-    int munmap(void *addr, size_t length)
-
-cdef extern from "<errno.h>" nogil:
-    int errno
+from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
 
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-BLOCK_VERSION = 2                    # 2: cluster slots for ejections and health checks; states 3 and 4
+BLOCK_VERSION = 3                    # 3: listener slots limited and paused; the header's max_connections
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
-          "started": H_STARTED, "lag": H_LAG}
+          "started": H_STARTED, "lag": H_LAG, "max_connections": H_MAX_CONNECTIONS}
 HEADER_SIZE = HEADER_SLOTS
-LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out")
+LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out", "limited", "paused")
 CLUSTER_FIELDS = ("retries", "failed", "ejections", "checks_ok", "checks_failed")
 ENDPOINT_FIELDS = ("state", "seen", "active", "opened", "failures")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")

@@ -4,10 +4,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +25,17 @@ def env() -> dict[str, str]:
 def fastmesh_argv(*args: str) -> list[str]:
     """The command line of `fastmesh <args>` run with this interpreter."""
     return [sys.executable, "-m", "fastmesh", *args]
+
+
+def fd_limit(nofile: int | tuple[int, int] | None) -> Callable[[], None] | None:
+    """A preexec_fn that sets the child's RLIMIT_NOFILE: nofile for both limits, or (soft, hard); None: none."""
+    if nofile is None:
+        return None
+    limits = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    return lower
 
 
 def started_pids(log: str) -> list[int]:
@@ -91,16 +104,18 @@ class Run(_Files):
 
 
 class AsyncRun(_Files):
-    """A `fastmesh run` of `text` for asyncio tests: start() waits for `ready`; stop() as Run.stop."""
+    """A `fastmesh run` of `text` for asyncio tests: start() waits for `ready`; stop() as Run.stop. With `nofile`
+    it runs with that fd limit (soft and hard, or a (soft, hard) pair), as under `ulimit -n`."""
 
-    def __init__(self, tmp: Path, text: str, wait: float = WAIT) -> None:
+    def __init__(self, tmp: Path, text: str, wait: float = WAIT, nofile: int | tuple[int, int] | None = None) -> None:
         super().__init__(tmp, text, wait)
         self.proc: asyncio.subprocess.Process | None = None
+        self.nofile = nofile
 
     async def start(self, ready: str = READY) -> None:
         with open(self.log_path, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                *fastmesh_argv("run", str(self.config)), env=env(),
+                *fastmesh_argv("run", str(self.config)), env=env(), preexec_fn=fd_limit(self.nofile),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log)
         await self.wait_log(ready)
 

@@ -61,6 +61,9 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> byte
               [((("worker", str(n)),), w["started"]) for n, w in workers.items()])
     out.gauge("fastmesh_event_loop_lag_seconds", "how late each worker's periodic timer fired (max over 1s)",
               [((("worker", str(n)),), w["lag"]) for n, w in workers.items()])
+    out.gauge("fastmesh_worker_max_connections", "downstream connections each worker keeps open at most "
+              "(max_connections, by default derived from its fd limit)",
+              [((("worker", str(n)),), w["max_connections"]) for n, w in workers.items()])
 
     listeners = snap.listeners()
     per_listener = [
@@ -70,6 +73,10 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> byte
          "downstream connections closed because no upstream endpoint could be connected", "failed"),
         ("counter", "fastmesh_downstream_received_bytes", "bytes received from downstream clients", "bytes_in"),
         ("counter", "fastmesh_downstream_sent_bytes", "bytes sent to downstream clients", "bytes_out"),
+        ("counter", "fastmesh_downstream_connections_limited",
+         "connections accepted only after waiting in the backlog because a connection limit was reached", "limited"),
+        ("counter", "fastmesh_downstream_accept_paused",
+         "times accepting paused because the worker was out of file descriptors (or memory)", "paused"),
     ]
     for kind, name, help_text, key in per_listener:
         out.family(kind, name, help_text, [((("listener", ln),), row[key]) for ln, row in listeners.items()])

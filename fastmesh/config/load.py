@@ -308,6 +308,12 @@ def _workers(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, 'a whole number >= 1 or "auto"', value)
 
 
+def _max_connections(check: _Check, key: str, value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 24):
+        return value
+    return check.bad(key, f'a whole number from 1 to {1 << 24}, or "auto" (derived from the fd limit)', value)
+
+
 def _duration(allow_zero: bool) -> Parser:
     def parse(check: _Check, key: str, value: Any) -> Any:
         if not isinstance(value, str):
@@ -782,6 +788,7 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "protocol": _choice("protocols", PROTOCOLS),
     "idle_timeout": _duration(allow_zero=False),
     "backlog": _whole(1, 65535),
+    "max_connections": _whole(0, 1 << 24),
     "splice": _flag,
 }
 _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
@@ -871,6 +878,7 @@ def _demo(check: _Check, key: str, value: Any) -> Any:
 
 _TOP_FIELDS: dict[str, Parser] = {
     "workers": _workers,
+    "max_connections": _max_connections,
     "drain_timeout": _duration(allow_zero=True),
     "admin": _admin,
     "listeners": _listeners,
@@ -928,6 +936,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The effective config with every default filled in, in the TOML shape (config_from_dict reads it back)."""
     out: dict[str, Any] = {
         "workers": cfg.workers,
+        "max_connections": cfg.max_connections,
         "drain_timeout": format_duration(cfg.drain_timeout),
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
         "listeners": [_listener_dict(lst) for lst in cfg.listeners],
@@ -997,7 +1006,8 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
     out: dict[str, Any] = {"name": lst.name, "listen": format_address(lst.host, lst.port), "protocol": lst.protocol}
     if lst.cluster is not None:
         out["cluster"] = lst.cluster
-    out.update(idle_timeout=format_duration(lst.idle_timeout), backlog=lst.backlog, splice=lst.splice)
+    out.update(idle_timeout=format_duration(lst.idle_timeout), backlog=lst.backlog,
+               max_connections=lst.max_connections, splice=lst.splice)
     if lst.protocol != "http":
         return out
     out.update(

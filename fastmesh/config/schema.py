@@ -164,6 +164,7 @@ class Listener:
     # always a number once the object exists.
     idle_timeout: float = 0.0
     backlog: int = 1024
+    max_connections: int = 0           # per worker: past this many open, new ones wait in the backlog (0: none)
     splice: bool = True                # zero-copy splice(2) relay; False uses recv/send buffers
     # HTTP only:
     header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
@@ -205,6 +206,9 @@ class Config:
     listeners: list[Listener]
     clusters: dict[str, Cluster]
     workers: int | Literal["auto"] = 1
+    # Per worker: downstream connections open at once over all listeners; "auto" derives it from the fd limit
+    # (dataplane/fd_budget.py). Past it, new connections wait in the listeners' backlogs.
+    max_connections: int | Literal["auto"] = "auto"
     drain_timeout: float = 10.0        # seconds open connections get to finish on shutdown
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None

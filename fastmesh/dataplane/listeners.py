@@ -5,7 +5,7 @@ from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.proxy import HttpProxy
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.listener import Listener
-from fastmesh._core.reactor import Reactor
+from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.dataplane.access_log import build_access_log
@@ -37,9 +37,11 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool]
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
 
 
-def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | HttpProxy, reuse_port: bool
-                  ) -> tuple[Listener, tuple[str, int]]:
-    """Bind cfg's address and wrap the socket in a core Listener (not yet accepting) handing fds to acceptor."""
+def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | HttpProxy, reuse_port: bool,
+                  worker_limit: ConnectionLimit | None = None) -> tuple[Listener, tuple[str, int]]:
+    """Bind cfg's address and wrap the socket in a core Listener (not yet accepting) handing fds to acceptor; its
+    connections count against cfg.max_connections and worker_limit (the worker's max_connections)."""
     sock = bind_socket(cfg, reuse_port)
     bound = sock.getsockname()[:2]
-    return Listener(reactor, sock.detach(), cfg.name, acceptor), (bound[0], bound[1])
+    listener = Listener(reactor, sock.detach(), cfg.name, acceptor, worker_limit, cfg.max_connections)
+    return listener, (bound[0], bound[1])

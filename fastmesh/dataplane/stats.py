@@ -393,6 +393,7 @@ class WorkerStats:
         block[HEADER["pid"]] = 0
         block[HEADER["started"]] = 0
         block[HEADER["lag"]] = 0
+        block[HEADER["max_connections"]] = 0
 
     def _fold(self, g: _Generation) -> None:
         """Add a block's counters (not its gauges: their connections are gone) to the retired totals."""
@@ -557,10 +558,11 @@ class Snapshot:
         return out
 
     def worker_info(self) -> dict[int, dict[str, float]]:
-        """Per live worker: pid, start time (Unix seconds), event-loop lag (seconds) and connections accepted."""
+        """Per live worker: pid, start time (Unix seconds), event-loop lag (seconds), connection limit and
+        connections accepted."""
         accepted = LISTENER_FIELDS.index("accepted")
         return {n: {"pid": values[HEADER["pid"]], "started": values[HEADER["started"]] / 1e9,
-                    "lag": values[HEADER["lag"]] / 1e9,
+                    "lag": values[HEADER["lag"]] / 1e9, "max_connections": values[HEADER["max_connections"]],
                     "connections": sum(values[ls.offset + accepted] for ls in self.layout.listeners)}
                 for n, values in self.workers.items()}
 

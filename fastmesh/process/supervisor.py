@@ -54,6 +54,8 @@ def run(config_path: str, log_level: str) -> int:
         log.error("%s", problem)
     if problems:
         return 1
+    from fastmesh.dataplane.fd_budget import raise_fd_limit
+    raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(Supervisor(config_path, cfg, log_level).run())

@@ -47,6 +47,8 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
         for error in exc.errors:        # one log line per problem
             log.error("config no longer loads: %s", error)
         return EXIT_CONFIG
+    from fastmesh.dataplane.fd_budget import raise_fd_limit
+    raise_fd_limit()                    # the supervisor raised it already, unless this worker was started otherwise
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -40,14 +40,18 @@ R0 = "listeners[0].routes[0]"
 
 
 BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
-TOP_KEYS = '["admin", "clusters", "demo", "drain_timeout", "listeners", "workers"]'
+TOP_KEYS = '["admin", "clusters", "demo", "drain_timeout", "listeners", "max_connections", "workers"]'
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
+MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from the fd limit)'
 
 BAD = [
     # top level
     ("workers = 0\n" + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got 0'),
     ('workers = "many"\n' + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got "many"'),
     ("workers = true\n" + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got true'),
+    ("max_connections = 0\n" + MINIMAL, f'max_connections: expected {MAX_CONNECTIONS}, got 0'),
+    ('max_connections = "lots"\n' + MINIMAL, f'max_connections: expected {MAX_CONNECTIONS}, got "lots"'),
+    ("max_connections = 16777217\n" + MINIMAL, f'max_connections: expected {MAX_CONNECTIONS}, got 16777217'),
     ('drain_timeout = "10"\n' + MINIMAL, f'drain_timeout: expected {DURATION}, got "10"'),
     ("drain_timeout = 10\n" + MINIMAL, f"drain_timeout: expected {DURATION}, got 10"),
     ('drain_timeout = "1d"\n' + MINIMAL, f'drain_timeout: expected {DURATION}, got "1d"'),
@@ -188,6 +192,10 @@ BAD = [
     (LISTENER.replace('cluster = "echo"\n', "") + CLUSTER,
      "listeners[0].cluster: missing key (expected the name of a cluster)"),
     (LISTENER + "backlog = 0\n" + CLUSTER, "listeners[0].backlog: expected a whole number from 1 to 65535, got 0"),
+    (LISTENER + "max_connections = -1\n" + CLUSTER,
+     "listeners[0].max_connections: expected a whole number from 0 to 16777216, got -1"),
+    (LISTENER + 'max_connections = "auto"\n' + CLUSTER,
+     'listeners[0].max_connections: expected a whole number from 0 to 16777216, got "auto"'),
     (LISTENER + 'splice = "yes"\n' + CLUSTER, 'listeners[0].splice: expected true or false, got "yes"'),
     (LISTENER + 'idle_timeout = "0s"\n' + CLUSTER,
      'listeners[0].idle_timeout: expected a duration above "0s", got "0s"'),
@@ -336,9 +344,11 @@ def test_minimal_config_gets_schema_defaults() -> None:
         source="good.toml",
     )
     # The defaults as the schema defines them today, spelled out once so a change is noticed here.
-    assert (cfg.workers, cfg.drain_timeout, cfg.admin, cfg.demo) == (1, 10.0, Admin("127.0.0.1", 9990), None)
+    assert (cfg.workers, cfg.max_connections, cfg.drain_timeout, cfg.admin, cfg.demo) == (
+        1, "auto", 10.0, Admin("127.0.0.1", 9990), None)
     listener = cfg.listeners[0]
-    assert (listener.protocol, listener.idle_timeout, listener.backlog, listener.splice) == ("tcp", 3600.0, 1024, True)
+    assert (listener.protocol, listener.idle_timeout, listener.backlog, listener.max_connections, listener.splice) == (
+        "tcp", 3600.0, 1024, 0, True)
     cluster = cfg.clusters["echo"]
     assert (cluster.balancer, cluster.connect_timeout, cluster.connect_attempts) == ("round_robin", 1.0, 3)
 
@@ -379,10 +389,11 @@ def test_empty_demo_and_admin_tables() -> None:
 def test_config_to_dict_fills_every_default() -> None:
     assert config_to_dict(loads_config(MINIMAL)) == {
         "workers": 1,
+        "max_connections": "auto",
         "drain_timeout": "10s",
         "admin": {"listen": "127.0.0.1:9990"},
         "listeners": [{"name": "in", "listen": "127.0.0.1:4140", "protocol": "tcp", "cluster": "echo",
-                       "idle_timeout": "1h", "backlog": 1024, "splice": True}],
+                       "idle_timeout": "1h", "backlog": 1024, "max_connections": 0, "splice": True}],
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
                               "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
                               "pool_max_idle": 64, "pool_idle_timeout": "1m", "timeout": "0s",
@@ -397,7 +408,13 @@ def test_config_to_dict_fills_every_default() -> None:
     }
 
 
-@pytest.mark.parametrize("text", [MINIMAL, FULL, "drain_timeout = \"0s\"\n" + MINIMAL])
+def test_connection_limits() -> None:
+    cfg = loads_config("max_connections = 5000\n" + LISTENER + "max_connections = 100\n" + CLUSTER)
+    assert (cfg.max_connections, cfg.listeners[0].max_connections) == (5000, 100)
+
+
+@pytest.mark.parametrize("text", [MINIMAL, FULL, "drain_timeout = \"0s\"\n" + MINIMAL,
+                                  "max_connections = 10\n" + LISTENER + "max_connections = 3\n" + CLUSTER])
 def test_round_trip(text: str) -> None:
     cfg = loads_config(text, "rt.toml")
     as_dict = config_to_dict(cfg)
@@ -526,7 +543,7 @@ def test_http_config_to_dict() -> None:
     assert data["clusters"]["api"]["pool_idle_timeout"] == "5m"
     # tcp listeners show no http key.
     assert set(config_to_dict(loads_config(MINIMAL))["listeners"][0]) == {
-        "name", "listen", "protocol", "cluster", "idle_timeout", "backlog", "splice"}
+        "name", "listen", "protocol", "cluster", "idle_timeout", "backlog", "max_connections", "splice"}
 
 
 @pytest.mark.parametrize("text", [FULL_HTTP, HTTP + CLUSTER])

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from fastmesh._core.stats import DURATION_BOUNDS, STATUS_CLASSES
+from fastmesh._core.stats import DURATION_BOUNDS, HEADER, LISTENER_FIELDS, STATUS_CLASSES
 from fastmesh._version import __version__
 from fastmesh.admin.metrics import ProcessInfo, render, wants_openmetrics
 from fastmesh.config.load import loads_config
@@ -203,3 +203,19 @@ def test_tcp_only_config_has_no_http_series() -> None:
 ])
 def test_accept_negotiation(accept: str, expected: bool) -> None:
     assert wants_openmetrics(accept) is expected
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["prometheus", "openmetrics"])
+def test_connection_limit_families_render_and_parse(openmetrics: bool) -> None:
+    """The listener's limited and paused counters and each worker's connection limit, from their slots."""
+    layout = StatsLayout(loads_config(HTTP_CONFIG))
+    block = layout.new_block()
+    listener = layout.listeners[0].offset
+    block[listener + LISTENER_FIELDS.index("limited")] = 511
+    block[listener + LISTENER_FIELDS.index("paused")] = 3
+    block[HEADER["pid"]] = 4242
+    block[HEADER["max_connections"]] = 89
+    got = samples(render(Snapshot.of_block(layout, block), INFO, openmetrics).decode(), openmetrics)
+    assert got[("fastmesh_downstream_connections_limited_total", (("listener", "api"),))] == 511
+    assert got[("fastmesh_downstream_accept_paused_total", (("listener", "api"),))] == 3
+    assert got[("fastmesh_worker_max_connections", (("worker", "0"),))] == 89

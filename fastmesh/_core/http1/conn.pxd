@@ -1,7 +1,6 @@
 # Downstream HTTP/1 connections (client side) and the per-listener HttpProxy that owns them: the HTTP/1 codec.
 
 from libc.stdint cimport uint32_t, uint64_t
-from fastmesh._core.stats cimport StatsBlock
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
 from fastmesh._core.includes.system cimport sockaddr_storage, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
@@ -50,8 +49,6 @@ cdef class Front(Acceptor):
     cdef unsigned long long classes[6]     # answers by status class: [0] unused, [1] 1xx ... [5] 5xx
     cdef readonly unsigned long long bytes_in       # request bytes received (heads and bodies)
     cdef readonly unsigned long long bytes_out      # response bytes sent
-    cdef StatsBlock stats                  # the block the slot pointers below point into (kept alive through this)
-    cdef uint64_t *counters                # this listener's L_FIELDS slots (stats.pxd)
     cdef uint64_t **class_slots            # per cluster index: its R_FIELDS slots for this listener, or NULL
     cdef uint64_t **hist_slots             # per cluster index: its request-duration histogram, or NULL
     cdef int stat_clusters                 # entries in class_slots / hist_slots

@@ -672,7 +672,7 @@ cdef class Downstream(UpstreamUser):
         self.fd = -1
         up.fd = -1
         self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
-        TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf)
+        TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf, proxy.limit)
         up.close()
         self.close()
 
@@ -686,6 +686,8 @@ cdef class Downstream(UpstreamUser):
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
+            if proxy.limit is not None:    # an upgraded connection's slot went to its relay with the fd
+                proxy.limit.release()
         rb_free(&self.rbuf, proxy.buffers)
         ob_free(&self.out)
         ob_free(&self.reqhead)

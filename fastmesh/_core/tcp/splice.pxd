@@ -1,12 +1,9 @@
 # TCP relay (L4): each accepted connection is spliced to an upstream endpoint, both directions, zero-copy.
 
-from libc.stdint cimport uint64_t
-
 from fastmesh._core.includes.system cimport sockaddr_storage
-from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor
+from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor, ConnectionLimit
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.buffer cimport RecvBuf
-from fastmesh._core.stats cimport StatsBlock
 from fastmesh._core.upstream.connector cimport Connector, ConnectTry
 
 
@@ -37,8 +34,6 @@ cdef class TcpProxy(Acceptor):
     cdef readonly double idle_timeout      # seconds without traffic before a relay is closed
     cdef readonly bint use_splice          # splice(2) through pipes; False: recv/send through buffers
     cdef TcpRelay head                     # first open relay (intrusive doubly linked list owns them)
-    cdef StatsBlock stats                  # the block `counters` points into (kept alive through this reference)
-    cdef uint64_t *counters                # this listener's L_FIELDS slots (stats.pxd): accepted, active, bytes...
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
     cdef void unlink(self, TcpRelay r) noexcept
@@ -47,6 +42,7 @@ cdef class TcpProxy(Acceptor):
 cdef class TcpRelay(EventTarget):
     # One proxied connection: a downstream fd (side 0) and an upstream fd (side 1).
     cdef TcpProxy owner                    # the listener's proxy; owns this relay through its list
+    cdef ConnectionLimit limit             # the slot the downstream fd holds, given back when it closes (or None)
     cdef TcpRelay prev                     # list neighbours
     cdef TcpRelay next
     cdef int fds[2]                        # [downstream, upstream]; -1 when closed or not yet opened
@@ -65,7 +61,8 @@ cdef class TcpRelay(EventTarget):
     cdef TcpRelay new(TcpProxy owner, int fd)
 
     @staticmethod
-    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up)
+    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up,
+                        ConnectionLimit limit)
     cdef void connect_next(self) noexcept
     cdef void connect_error(self, int err) noexcept
     cdef void pump(self) noexcept

@@ -21,7 +21,7 @@ from fastmesh._core.includes.system cimport (
     EAGAIN, EINVAL, ENOSYS, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
     SPLICE_F_MOVE, SPLICE_F_NONBLOCK, SHUT_WR, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL, MSG_DONTWAIT,
 )
-from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor
+from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor, ConnectionLimit
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_RELAY
 from fastmesh._core.stats cimport (
@@ -146,6 +146,7 @@ cdef class TcpRelay(EventTarget):
         cdef TcpRelay r = TcpRelay.__new__(TcpRelay)
         cdef int d
         r.owner = owner
+        r.limit = owner.limit
         r.fds[0] = fd
         r.fds[1] = -1
         for d in range(2):
@@ -169,12 +170,15 @@ cdef class TcpRelay(EventTarget):
         return r
 
     @staticmethod
-    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up):
+    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up,
+                        ConnectionLimit limit):
         """Take over two connected sockets (an HTTP connection after 101 Switching Protocols), with the bytes
-        each side already sent: down's go upstream, up's go downstream. The receive buffers change hands."""
+        each side already sent: down's go upstream, up's go downstream. The receive buffers change hands, and
+        so does the connection-limit slot the client holds (`limit`)."""
         cdef TcpRelay r = TcpRelay.new(owner, dfd)
         cdef RecvBuf *b
         cdef int d
+        r.limit = limit
         r.fds[1] = ufd
         r.endpoint = endpoint
         r.state = RS_OPEN
@@ -305,7 +309,12 @@ cdef class TcpRelay(EventTarget):
                 result = 1
                 break
             if dr.pr < 0 and self.owner.reactor.pipes.take(&dr.pr, &dr.pw) < 0:
-                return -1
+                # No pipe to be had (the worker's pipe budget is spent, or no fd is left): copy for the rest
+                # of this relay, which needs no fd.
+                self.use_splice = False
+                dr.spliced = 0
+                dr.bulk = 0
+                return self.pump_copy(d)
             # The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
             n = splice(src, NULL, dr.pw, NULL, self.owner.reactor.pipes.size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
             if n > 0:
@@ -410,8 +419,7 @@ cdef class TcpRelay(EventTarget):
             if dr.pending == 0:
                 reactor.pipes.give(dr.pr, dr.pw)
             else:
-                close(dr.pr)
-                close(dr.pw)
+                reactor.pipes.drop(dr.pr, dr.pw)
             dr.pr = -1
             dr.pw = -1
         if dr.buf != NULL:
@@ -426,6 +434,9 @@ cdef class TcpRelay(EventTarget):
         if self.fds[0] >= 0:
             close(self.fds[0])
             self.fds[0] = -1
+            if self.limit is not None:
+                self.limit.release()
+                self.limit = None
         if self.fds[1] >= 0:
             close(self.fds[1])
             self.fds[1] = -1
