@@ -9,6 +9,8 @@ reuses one) and drives it with events, each a C call with no Python object made:
                    header edits listed: forwarding fields, the request id, the deadline, the route's edits
   admit            breakers (max_requests, the adaptive limit) and the retry budget's deposit; a spent deadline
   connected        a try got a connection (its latency is measured from here)
+  body_*           whose clock runs while the request body arrives: the client's (body_timeout, idle silence:
+                   408, never the endpoint's fault) or the upstream's (restart_clock: its response clock)
   response         a response head: reported to the balancer and outlier detection; a retryable 5xx (not
                    marked fastmesh-retried by a hop below) may become a retry
   try_failed       a reset or a response timeout: reported, then a retry or the error to answer
