@@ -21,7 +21,7 @@ from libc.stdint cimport uint32_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy, strlen
 
-from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free
+from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_reserve
 from fastmesh._core.codes cimport error_status, error_reason
 from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED
 from fastmesh._core.http1.parser cimport (
@@ -127,10 +127,18 @@ cdef void _content_length(OutBuf *o, long long value) noexcept:
 
 
 cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
-    ob_add(o, name.ptr, name.len)
-    ob_add(o, ": ", 2)
-    ob_add(o, value.ptr, value.len)
-    ob_add(o, "\r\n", 2)
+    # "name: value\r\n" with one room check.
+    cdef char *p
+    if ob_reserve(o, name.len + value.len + 4) < 0:
+        return
+    p = o.data + o.len
+    memcpy(p, name.ptr, name.len)
+    p[name.len] = 58
+    p[name.len + 1] = 32
+    memcpy(p + name.len + 2, value.ptr, value.len)
+    p[name.len + 2 + value.len] = 13
+    p[name.len + 3 + value.len] = 10
+    o.len += name.len + value.len + 4
 
 
 cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
@@ -141,6 +149,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
     cdef Py_ssize_t tlen[16]
     cdef int ntok = 0, i, k, total = edits.n + edits.route_n
     cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
+    cdef unsigned long long lengths = 0    # bit n: some edit matches field names of n bytes
     cdef bint seen_cl = False, dropped
     cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
     cdef Py_ssize_t at = -1
@@ -159,6 +168,12 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
     ob_add(o, " HTTP/1.1\r\n", 11)
     if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
         ntok = _connection_tokens(buf, h, tok, tlen)
+    for k in range(total):
+        x = edit_at(edits, k)
+        if x.kind != EDIT_ADD and x.name.len < 64:
+            lengths |= 1ULL << x.name.len
+        elif x.kind != EDIT_ADD:
+            lengths = ~0ULL          # a name too long for the mask: every field is compared
     if host_from_target or h.host_index < 0:
         # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host (a received Host is ignored);
         # an HTTP/1.0 request without one gets the listener address it came to.
@@ -181,18 +196,21 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
         if f.id == FIELD_OTHER:
             if ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                 continue
-            dropped = False
-            for k in range(total):
-                x = edit_at(edits, k)
-                if x.name.len != f.name_len or not fold_eq(buf + f.name_off, x.name.ptr, x.name.len):
+            if (lengths >> f.name_len) & 1 if f.name_len < 64 else lengths == ~0ULL:
+                # (no edit names a field of this length: most fields cost only this test)
+                dropped = False
+                for k in range(total):
+                    x = edit_at(edits, k)
+                    if x.kind == EDIT_ADD or x.name.len != f.name_len \
+                            or not fold_eq(buf + f.name_off, x.name.ptr, x.name.len):
+                        continue
+                    if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
+                        dropped = True
+                        break
+                    if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
+                        present |= 1u << k
+                if dropped:
                     continue
-                if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
-                    dropped = True
-                    break
-                if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
-                    present |= 1u << k
-            if dropped:
-                continue
         # The field line as received ("Name: value"), one copy.
         ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
         ob_add(o, "\r\n", 2)
