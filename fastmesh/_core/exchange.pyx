@@ -39,7 +39,8 @@ from fastmesh._core.upstream.connector cimport (
 
 from fastmesh._core.router import METHOD_IDS
 
-cdef const char *HEX = b"0123456789abcdef"
+cdef bytes _HEX_PAIRS = "".join(f"{b:02x}" for b in range(256)).encode("ascii")
+cdef const char *HEX_PAIRS = _HEX_PAIRS                    # "000102...ff": a byte's two hex digits at 2 * byte
 cdef const char *TIMEOUT_FIELD = b"fastmesh-timeout-ms"    # the deadline budget, in ms, sent with each try
 cdef const char *XFP_LOWER = b"x-forwarded-proto"
 cdef const char *XFF = b"X-Forwarded-For"
@@ -196,11 +197,13 @@ cdef class Exchange:
     cdef void new_request_id(self) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
         cdef unsigned long long r
-        cdef int i, j
+        cdef int i, j, b
         for i in range(2):
             r = self.connector.cluster.balancer.next_random()
-            for j in range(16):
-                self.request_id[i * 16 + j] = HEX[(r >> (4 * j)) & 15]
+            for j in range(8):        # a byte at a time: two digits from the 512-byte table
+                b = (r >> (8 * j)) & 255
+                self.request_id[i * 16 + 2 * j] = HEX_PAIRS[2 * b]
+                self.request_id[i * 16 + 2 * j + 1] = HEX_PAIRS[2 * b + 1]
 
     cdef int admit(self, bint replayable, bint upgrade, double now) noexcept:
         """The breakers and the budget's deposit: PE_OVERLOADED, PE_DEADLINE_EXCEEDED (already spent) or PE_NONE.
