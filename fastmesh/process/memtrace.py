@@ -67,7 +67,7 @@ def compare(old: str, new: str, top: int = 25) -> list[str]:
     b = tracemalloc.Snapshot.load(new)
     total = sum(s.size for s in b.statistics("filename")) - sum(s.size for s in a.statistics("filename"))
     lines = [f"traced total: {total / 1024:+.1f} KiB"]
-    lines += [str(stat) for stat in b.compare_to(a, "traceback")[:top]]
+    lines += [str(stat) for stat in b.compare_to(a, "lineno")[:top]]      # by the line that allocated
     return lines
 
 

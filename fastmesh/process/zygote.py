@@ -38,7 +38,7 @@ PRELOAD = (
     "fastmesh.config.load", "fastmesh.dataplane.listeners", "fastmesh.dataplane.clusters",
     "fastmesh.dataplane.routes", "fastmesh.dataplane.stats", "fastmesh.dataplane.limits",
     "fastmesh.dataplane.access_log", "fastmesh.health.active", "fastmesh.health.passive", "fastmesh.httpwire",
-    "fastmesh._core.balance.factory",
+    "fastmesh._core.balance.factory", "fastmesh._core.http1.proxy",
 )
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -92,7 +92,10 @@ class Zygote:
         if os.environ.get(ENV) == "0" or not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
             return None
         for name in PRELOAD:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:      # a renamed module: the workers import what they need themselves
+                log.debug("fork server: not preloading %s: %s", name, exc)
         self = cls()
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -358,3 +358,11 @@ def test_memtrace_switch_writes_snapshots_that_compare(start: Start, monkeypatch
     assert memtrace.compare(str(old), str(new)) == ["      +2 dict", "      +1 Timer"]
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
+
+
+def test_fork_server_preloads_modules_that_exist() -> None:
+    import importlib
+
+    from fastmesh.process.zygote import PRELOAD
+    for name in PRELOAD:            # a renamed module would quietly stop being shared
+        importlib.import_module(name)
