@@ -308,7 +308,19 @@ class Proxy:
             return
         if hasattr(acceptor, "drain") and acceptor not in self._http.values():
             acceptor.drain()
+        self._prune_retired()
         self._retired.append(acceptor)
+
+    def _prune_retired(self) -> None:
+        """Forget the retired acceptors whose last connection has ended, and stop sweeping them: every reload
+        retires every tcp acceptor, so without this a reload a minute piles them up (and their sweeps) for good."""
+        keep = []
+        for acceptor in self._retired:
+            if acceptor.active:
+                keep.append(acceptor)
+            elif self._reactor is not None:
+                self._reactor.remove_sweeper(acceptor)
+        self._retired = keep
 
     def _reattach_stats(self, clusters: dict[str, Cluster], offered: StatsBlock | None = None) -> None:
         """Point the current core objects at the stats block for the new config: the same one while the shape is

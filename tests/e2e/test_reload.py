@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 
 import httpx
@@ -121,5 +122,33 @@ def test_reload_that_cannot_bind_changes_nothing() -> None:
                 async with httpx.AsyncClient() as http:
                     assert (await http.get(f"http://127.0.0.1:{p1}/status/200")).status_code == 200
             busy.close()
+
+    asyncio.run(main())
+
+
+def test_reloads_do_not_pile_up_retired_acceptors() -> None:
+    # Every reload replaces a tcp listener's acceptor; one whose connections have all ended must be let go (the
+    # memory soak found one more TcpProxy alive per reload).
+    async def main() -> None:
+        async with HttpBackend("b") as backend:
+            web, raw = free_port(), free_port()
+
+            def version(i: int) -> str:
+                relay = f'[[listeners]]\nname = "raw"\nlisten = "127.0.0.1:{raw}"\nprotocol = "tcp"\n'
+                relay += 'cluster = "default"\n'
+                return relay + config(web, [(f"/v{i}", "default")], {"default": [backend.address]})
+
+            async with Proxy.from_toml(version(0)) as proxy:
+                for i in range(1, 7):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", raw)
+                    writer.write(b"GET /status/204 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 204")
+                    writer.close()
+                    await reader.read()
+                    await proxy.reload(loads_config(version(i)))
+                await asyncio.sleep(0.1)
+                gc.collect()
+                alive = [o for o in gc.get_objects() if type(o).__name__ == "TcpProxy"]
+                assert len(alive) <= 2, f"{len(alive)} TcpProxy objects after 6 reloads"
 
     asyncio.run(main())
