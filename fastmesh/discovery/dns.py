@@ -30,7 +30,7 @@ from fastmesh.discovery.base import Source, SourceError
 JITTER = 0.1                # share of the wait taken off at random
 _NO_RECORDS = (pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA)
 _ERROR_KINDS = {pycares.errno.ARES_ETIMEOUT: "timeout", pycares.errno.ARES_ESERVFAIL: "servfail",
-                pycares.errno.ARES_ECONNREFUSED: "refused", pycares.errno.ARES_EREFUSED: "refused",
+                pycares.errno.ARES_ECONNREFUSED: "unreachable", pycares.errno.ARES_EREFUSED: "refused",
                 pycares.errno.ARES_ENOTFOUND: "nxdomain", pycares.errno.ARES_ENODATA: "nodata"}
 
 
@@ -41,7 +41,8 @@ class NoRecords(SourceError):
 def _error(exc: aiodns.error.DNSError, name: str, qtype: str) -> SourceError:
     code = exc.args[0] if exc.args else 0
     kind = _ERROR_KINDS.get(code, "error")
-    message = f"{qtype} {name}: {pycares.errno.strerror(code) if isinstance(code, int) else exc}"
+    why = pycares.errno.strerror(code) if isinstance(code, int) else str(exc)
+    message = f"{qtype} {name}: {why if isinstance(why, str) else why.decode(errors='replace')}"
     return NoRecords(kind, message) if code in _NO_RECORDS else SourceError(kind, message)
 
 
@@ -99,7 +100,7 @@ class DnsSource(Source):
         srv = [r for r in records if r.type == pycares.QUERY_TYPE_SRV]
         if not srv:
             raise NoRecords("nodata", f"SRV {name}: no SRV records in the answer")
-        extra = {}                                  # target -> addresses given in the additional section
+        extra: dict[str, list[tuple[str, int]]] = {}   # target -> addresses given in the additional section
         for r in records:
             if r.type in (pycares.QUERY_TYPE_A, pycares.QUERY_TYPE_AAAA):
                 extra.setdefault(r.name.rstrip(".").lower(), []).append((str(ipaddress.ip_address(r.data.addr)),

@@ -71,9 +71,8 @@ class Http:
             rest = buf[end:]
             if head.status != 200:
                 raise SourceError("http", f"{path}: HTTP {head.status}")
-            fields = {name.lower(): value for name, value in head.fields}
-            chunked = "chunked" in fields.get("transfer-encoding", "").lower()
-            length = int(fields.get("content-length", "-1"))
+            chunked = "chunked" in head.tokens("transfer-encoding")
+            length = int(head.header("content-length") or "-1")
             pushed = asyncio.StreamReader()
             pushed.feed_data(rest)
             return _Joined(pushed, reader), writer, chunked, length

@@ -130,4 +130,3 @@ class _DirWatch:
             asyncio.get_running_loop().remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
-
