@@ -3,7 +3,6 @@ it keeps the last good set when its server fails, and the `discovery` config key
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
