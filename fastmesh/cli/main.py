@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args.config, args.log_level)
     if args.command == "check":
         from fastmesh.cli.check import main as check_main
-        return check_main(args.config, args.json)
+        return check_main(args.config, args.json, args.resolve)
     if args.command == "demo":
         return demo(args.ports, args.host, args.log_level)
     if args.command == "stat":
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or print every problem to stderr and exit 1.")
     check.add_argument("config", metavar="CONFIG", help="TOML config file")
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    check.add_argument("--resolve", action="store_true",
+                       help="ask each discovery source (DNS, etcd, files) once and print what it found")
 
     demo = sub.add_parser("demo", help="run only the demo backends, in the foreground",
                           description="Run demo HTTP/echo backends that name themselves, until Ctrl-C.")

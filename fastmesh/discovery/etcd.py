@@ -162,6 +162,16 @@ async def _chunks(reader: Any, timeout: float | None) -> AsyncIterator[bytes]:
         yield data[:-2]
 
 
+def parse_value(key: bytes, value_b64: str) -> Endpoint:
+    """The endpoint in an etcd value (base64 of JSON); SourceError("parse", why) when it is not one."""
+    where = key.decode(errors="replace")
+    try:
+        item = json.loads(base64.b64decode(value_b64))
+    except ValueError:
+        raise SourceError("parse", f"{where}: the value is not JSON") from None
+    return parse_endpoint(item, where)
+
+
 class Compacted(Exception):
     """The revision the watch asked for is compacted away: read the prefix again."""
 
@@ -188,14 +198,9 @@ class EtcdSource(Source):
         return {"key": b64(self.prefix), "range_end": b64(prefix_end(self.prefix))}
 
     def _value(self, key: bytes, value_b64: str) -> Endpoint | None:
-        where = f"{key.decode(errors='replace')}"
+        """The endpoint a key holds; None (the failure counted and logged) when its value does not parse."""
         try:
-            item = json.loads(base64.b64decode(value_b64))
-        except ValueError:
-            self.fail("parse", f"{where}: the value is not JSON")
-            return None
-        try:
-            return parse_endpoint(item, where)
+            return parse_value(key, value_b64)
         except SourceError as exc:
             self.fail(exc.kind, str(exc))
             return None
@@ -257,11 +262,7 @@ class EtcdSource(Source):
                 last = exc
                 self.member += 1
                 continue
-            out = []
-            for kv in answer.get("kvs", []):
-                key = base64.b64decode(kv["key"])
-                out.append(parse_endpoint(json.loads(base64.b64decode(kv.get("value", ""))), key.decode()))
-            return out
+            return [parse_value(base64.b64decode(kv["key"]), kv.get("value", "")) for kv in answer.get("kvs", [])]
         assert last is not None
         raise last
 

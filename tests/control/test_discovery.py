@@ -3,6 +3,8 @@ it keeps the last good set when its server fails, and the `discovery` config key
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from fastmesh._testbase.discovery_servers import Dnsmasq, Etcd, missing
+from fastmesh._testbase.run import env, fastmesh_argv
 from fastmesh.config.load import config_from_dict, config_to_dict, loads_config
 from fastmesh.config.schema import Discovery, Endpoint
 from fastmesh.discovery.base import SourceError
@@ -352,3 +355,53 @@ def test_etcd_watch_from_a_compacted_revision_reads_the_prefix_again(tmp_path: P
             await stop(task)
             server.stop()
     asyncio.run(main())
+
+
+# ---- fastmesh check ----
+
+def check(tmp: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp / "fm.toml").write_text(text)
+    return subprocess.run(fastmesh_argv("check", *args, str(tmp / "fm.toml")), env=env(), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_check_reads_endpoint_files_but_touches_no_network(tmp_path: Path) -> None:
+    (tmp_path / "users.json").write_text('[{"address": "127.0.0.1:9001", "weight": 2}]')
+    # The etcd and DNS servers named here do not exist: without --resolve they are not asked.
+    text = LISTENER.replace('"c"', '"users"') + """
+[clusters.users]
+discovery = { kind = "file", path = "users.json" }
+[clusters.api]
+discovery = { kind = "etcd", endpoints = ["127.0.0.1:1"], prefix = "/services/api/" }
+[clusters.broken]
+discovery = { kind = "file", path = "broken.json" }
+"""
+    (tmp_path / "broken.json").write_text("[")
+    done = check(tmp_path, text)
+    assert done.returncode == 0, done.stderr
+    assert "# cluster users: file " in done.stdout and "1 endpoint(s): 127.0.0.1:9001 (weight 2)" in done.stdout
+    assert "api" not in done.stdout.split("# cluster")[-1]
+    assert "warning: cluster broken: parse: broken.json: invalid JSON" in done.stderr
+
+
+@needs_etcd
+def test_check_resolve_asks_each_source_once(tmp_path: Path) -> None:
+    server = Etcd(tmp_path)
+    server.start()
+    try:
+        server.put("/services/api/a", {"address": "127.0.0.1:9001", "weight": 3})
+        text = LISTENER.replace('"c"', '"api"') + f"""
+[clusters.api]
+discovery = {{ kind = "etcd", endpoints = ["{server.address}"], prefix = "/services/api/" }}
+"""
+        done = check(tmp_path, text, "--resolve")
+        assert done.returncode == 0, done.stderr
+        assert "# cluster api: etcd /services/api/: 1 endpoint(s): 127.0.0.1:9001 (weight 3)" in done.stdout
+        done = check(tmp_path, text + '[clusters.dns]\ndiscovery = { kind = "dns", name = "x.svc.test", port = 1, '
+                                      'resolvers = ["127.0.0.1:1"], timeout = "200ms" }\n', "--resolve", "--json")
+        assert done.returncode == 1
+        resolved = json.loads(done.stdout)["resolved"]
+        assert resolved["api"]["endpoints"] == [{"address": "127.0.0.1:9001", "weight": 3}]
+        assert resolved["dns"]["error"].startswith(("unreachable: ", "timeout: "))
+    finally:
+        server.stop()
