@@ -47,6 +47,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Hostname labels; "_" is allowed because container and /etc/hosts names use it and resolvers accept it.
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# A canonical dotted-quad IPv4 address (no leading zeros): what ipaddress accepts, matched without building an object,
+# so that configs with many endpoints (10,000 from discovery) validate quickly.
+IPV4_RE = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # RFC 9110 token: header names and methods. Methods are case-sensitive and every standard one is upper case,
 # so a lower-case letter in a configured method is taken for a typo.
@@ -129,6 +132,8 @@ def format_address(host: str, port: int) -> str:
 
 
 def _is_host(host: str) -> bool:
+    if IPV4_RE.fullmatch(host):
+        return True
     try:
         ipaddress.IPv4Address(host)
         return True
@@ -982,6 +987,8 @@ def _config(check: _Check, data: Any) -> Config | None:
 
 def _same_address(host: str, port: int) -> tuple[str, int]:
     """A comparable form: IP literals normalised ("0:0::1" is "::1"), names in lower case without a final dot."""
+    if IPV4_RE.fullmatch(host):
+        return host, port
     try:
         return str(ipaddress.ip_address(host)), port
     except ValueError:

@@ -1,10 +1,10 @@
 """`kind = "etcd"`: endpoints under a key prefix of etcd v3, kept current with a watch, through etcd's own JSON
 gateway (`POST /v3/kv/range`, `POST /v3/watch` streamed over HTTP/1.1; keys and values in base64).
 
-Why the gateway and not a gRPC client: the asyncio etcd v3 clients on PyPI pin old protobuf/grpcio ranges or are
-unmaintained, and grpcio would be a large runtime dependency for two calls; the gateway ships with every etcd
-since 3.4 (path /v3/...) and needs only HTTP/1.1, spoken here by a small client on asyncio streams that reuses
-fastmesh's response-head parser.
+Why the gateway and not a gRPC client: `etcd3` is synchronous and unreleased since 2020; `aetcd` 1.0 is asyncio
+with sane ranges (grpcio>1.66, protobuf 4-7) but would make grpcio, a large native wheel, a runtime dependency
+for two calls. The gateway ships with every etcd since 3.4 (path /v3/...) and needs only HTTP/1.1, spoken here
+by a small client on asyncio streams that reuses fastmesh's response-head parser (fastmesh/httpwire.py).
 
 Each key under the prefix holds one endpoint: {"address": "ip:port", "weight": N}. A key whose value does not
 parse is reported and keeps its last good value (or stays out). The watch resumes from the revision after the
