@@ -16,21 +16,10 @@ in every process); a withdrawal sums every worker's ring, so retries are a share
 """
 from libc.string cimport memset
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
 
 import hashlib
 import os
-
-cdef extern from "<sys/mman.h>" nogil:
-    enum:
-        PROT_READ
-        PROT_WRITE
-        MAP_SHARED
-    void *MAP_FAILED
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
-    int munmap(void *addr, size_t length)
-
-cdef extern from "<errno.h>" nogil:
-    int errno
 
 LIMITS_MAGIC = 0x66736d6c696d6974    # "fsmlimit"
 LIMITS_VERSION = 1

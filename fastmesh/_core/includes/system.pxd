@@ -1,4 +1,4 @@
-# Linux system calls and constants the data path uses directly (epoll, splice, sockets); declarations only.
+# Linux system calls and constants the data path uses directly (epoll, splice, sockets, mmap); declarations only.
 
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -21,6 +21,15 @@ cdef extern from "<errno.h>" nogil:
         ECONNREFUSED
         ECONNRESET
         EPIPE
+
+cdef extern from "<sys/mman.h>" nogil:
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_SHARED
+    void *MAP_FAILED
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
+    int munmap(void *addr, size_t length)
 
 cdef extern from "<string.h>" nogil:
     char *strerror(int errnum)
