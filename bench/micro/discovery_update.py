@@ -11,7 +11,6 @@ Run: python -m bench.micro.discovery_update [N]
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import sys

@@ -49,7 +49,8 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # A canonical dotted-quad IPv4 address (no leading zeros): what ipaddress accepts, matched without building an object,
 # so that configs with many endpoints (10,000 from discovery) validate quickly.
-IPV4_RE = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # RFC 9110 token: header names and methods. Methods are case-sensitive and every standard one is upper case,
 # so a lower-case letter in a configured method is taken for a typo.
