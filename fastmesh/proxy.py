@@ -15,7 +15,7 @@ from fastmesh.config.schema import Listener as ListenerConfig
 
 if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is made (and checked) without it
     from fastmesh._core.cluster import Cluster
-    from fastmesh._core.http1.conn import HttpProxy
+    from fastmesh._core.http1.proxy import HttpProxy
     from fastmesh._core.http1.pool import HttpPool
     from fastmesh._core.limits import LimitBlock
     from fastmesh._core.listener import Listener
@@ -166,7 +166,7 @@ class Proxy:
 
     def _record(self, name: str, acceptor: Acceptor) -> None:
         """acceptor serves listener `name` from now on (in place of the one it had)."""
-        from fastmesh._core.http1.conn import HttpProxy
+        from fastmesh._core.http1.proxy import HttpProxy
         self._tcp.pop(name, None)
         self._http.pop(name, None)
         if isinstance(acceptor, HttpProxy):

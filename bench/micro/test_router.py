@@ -8,6 +8,7 @@ so a round's time / COUNT is the C cost of one match (the parse is amortised awa
   - header:   taken by route 5, which scans the request's header lines for x-env;
   - regex:    the same table with a path_regex route in front of the default, reached and failed: the
               cost of decoding the path to str and running re (see router.pyx).
+test_view_and_match adds building the request view to each match (what a request pays for routing).
 Run: pytest bench/micro/test_router.py -o addopts="" (per-match ns in extra_info)
 """
 import pytest
@@ -65,3 +66,15 @@ def test_match(benchmark, case):
     total = benchmark(router.bench_match, raw, COUNT)
     assert total == expected * COUNT
     benchmark.extra_info["ns_per_match"] = round(benchmark.stats.stats.median / COUNT * 1e9, 1)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_view_and_match(benchmark, case):
+    """What a request pays for routing: the request view built from the parsed head (http1/view.pyx: host and
+    path located), then the match. (Before the view existed, match() located host and path itself.)"""
+    table, raw, expected = CASES[case]
+    router = Router(table, CLUSTERS)
+    benchmark.extra_info["matches_per_round"] = COUNT
+    total = benchmark(router.bench_match, raw, COUNT, True)
+    assert total == expected * COUNT
+    benchmark.extra_info["ns_per_view_and_match"] = round(benchmark.stats.stats.median / COUNT * 1e9, 1)

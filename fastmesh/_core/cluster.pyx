@@ -350,7 +350,7 @@ cdef class Cluster(Sweeper):
     cdef void no_endpoint(self, str why, double now) noexcept:
         bump(self.counters + C_FAILED, 1)
         if now >= self.log_after:
-            log.warning("cluster %s: closing a downstream connection: %s", self.name, why)
+            log.warning("cluster %s: giving up on a connection or request: %s", self.name, why)
             self.log_after = now + 1.0
             self.log_suppressed = 0
         else:

@@ -1,12 +1,12 @@
-"""Compiled route table: the first route whose conditions a parsed request head meets, and its upstream edits.
+"""Compiled route table: the first route whose conditions a request view meets, and its header edits.
 
 A Router is built once per http listener (dataplane/routes.py turns the config into route specs) and
-then only read. Per request, conn.pyx calls match() with the receive buffer and the parser's Head:
-  - The request host (request_host()) and path (request_path()) are located once per match, as spans
-    into the buffer, and only when some route has a host or path condition.
+then only read. Per request, the exchange calls match() with the codec's request view (request.pxd):
+  - The codec located the host (authority) and path once, as spans into its buffer (http1/view.pyx for
+    HTTP/1), so the router reads the same view whatever the protocol.
   - Routes are tried in order; per route the cheapest tests go first: method (one bit test for the
     methods the parser has ids for), host (length check, then a case-folding compare against the
-    lower-case pattern), exact path or prefix (memcmp), header conditions (a scan of the Head's field
+    lower-case pattern), exact path or prefix (memcmp), header conditions (a scan of the view's field
     offsets: name length, folded name, exact value). No Python object is touched and nothing is
     allocated; a 10-route table costs tens of nanoseconds (bench/micro/test_router.py).
   - path_regex is the exception. Python's re needs a str, so the first regex route that a request
@@ -15,6 +15,8 @@ then only read. Per request, conn.pyx calls match() with the receive buffer and 
     allocation plus the search itself: a few hundred ns, and a backtracking pattern can cost far more
     on a hostile path (keep patterns linear, e.g. no nested quantifiers). Put regex routes after the
     routes that can be decided without one. An exception while searching counts as no match.
+  - Header edits (remove_request_headers, add_request_headers, add_response_headers) are compiled into
+    edit-list entries once; the codec renders them (HTTP/1: straight into the forwarded head).
 Semantics, each tested in tests/core/test_router.py:
   - Host: from the absolute-form (or authority-form) target when there is one, else the Host line
     (RFC 9112 section 3.2.2). Userinfo, the port and one final dot are dropped; case is ignored.
@@ -25,7 +27,7 @@ Semantics, each tested in tests/core/test_router.py:
     would be a listener option of its own). A prefix is a byte prefix ("/api" matches "/apix"). An
     absolute-form target without a path has the path "/".
   - Methods: exact, case-sensitive tokens. CONNECT matches only a route whose methods name it: a route
-    without a method condition never turns the listener into a tunnel (conn.pyx answers 405). Headers:
+    without a method condition never turns the listener into a tunnel (the exchange answers 405). Headers:
     every condition needs a line with that name (any case) whose value (OWS trimmed by the parser)
     equals the configured value exactly.
 """
@@ -34,132 +36,25 @@ import re
 
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memcmp
 
-from fastmesh._core.codes cimport make_error
-from fastmesh._core.http1.parser cimport (
-    CC_TCHAR, CHAR_CLASS, HeaderField, METHOD_CONNECT, METHOD_DELETE, METHOD_GET, METHOD_HEAD, METHOD_OPTIONS,
-    METHOD_OTHER, METHOD_PATCH, METHOD_POST, METHOD_PUT, METHOD_TRACE, TARGET_ABSOLUTE, TARGET_ASTERISK,
-    TARGET_AUTHORITY, parse_request,
+from fastmesh._core.http1.parser cimport CC_TCHAR, CHAR_CLASS, Head, METHOD_CONNECT, METHOD_OTHER
+from fastmesh._core.http1.view cimport view_parse, view_init
+from fastmesh._core.http1.view import request_parts  # noqa: F401  # no-cython-lint (re-exported for explain)
+from fastmesh._core.http1.parser import METHOD_NAMES
+from fastmesh._core.request cimport (
+    RequestView, Span, Field, Edit, EditList, fold_eq, EDIT_ADD, EDIT_REMOVE,
 )
 
 ctypedef unsigned char uchar
 
-# The path of an absolute-form target that has none ("http://a.example" means "/").
-cdef const char *SLASH = b"/"
 
 # Method tokens the parser reports by id; other tokens are compared as bytes.
-_METHOD_IDS = {
-    "GET": METHOD_GET, "HEAD": METHOD_HEAD, "POST": METHOD_POST, "PUT": METHOD_PUT, "DELETE": METHOD_DELETE,
-    "CONNECT": METHOD_CONNECT, "OPTIONS": METHOD_OPTIONS, "TRACE": METHOD_TRACE, "PATCH": METHOD_PATCH,
-}
+METHOD_IDS = {name: i for i, name in enumerate(METHOD_NAMES) if i != METHOD_OTHER}
 SPEC_KEYS = frozenset({
     "cluster", "host", "path", "path_prefix", "path_regex", "methods", "headers", "rewrite_prefix",
     "add_request_headers", "remove_request_headers", "add_response_headers",
 })
-
-
-# ---------------------------------------------------------------------------------------------------
-# Locating the host and the path in a parsed request.
-
-cdef inline uchar _lower(uchar c) noexcept nogil:
-    # ASCII letters only: header names, hosts and tokens are ASCII, and obs-text must not be folded.
-    return c | 0x20 if <uchar>(c - 65) < 26 else c
-
-
-cdef inline bint _fold_eq(const char *a, const char *lower, Py_ssize_t n) noexcept nogil:
-    # a (any case) equals `lower` (already lower case) ignoring ASCII case.
-    cdef Py_ssize_t i
-    for i in range(n):
-        if _lower(<uchar>a[i]) != <uchar>lower[i]:
-            return False
-    return True
-
-
-cdef inline Py_ssize_t _absolute_path_start(const char *t, Py_ssize_t n, Span *authority) noexcept nogil:
-    # In "scheme://authority/path?query", the index where the path starts; sets authority (empty when
-    # the target has no "//"). The parser already checked "scheme:" (the first ":" ends the scheme).
-    cdef const char *colon = <const char *>memchr(t, b':', n)
-    cdef Py_ssize_t i = (colon - t) + 1 if colon != NULL else n
-    cdef Py_ssize_t start
-    authority.ptr = t + i
-    authority.len = 0
-    if i + 1 < n and t[i] == b'/' and t[i + 1] == b'/':
-        i += 2
-        start = i
-        while i < n and t[i] != b'/' and t[i] != b'?' and t[i] != b'#':
-            i += 1
-        authority.ptr = t + start
-        authority.len = i - start
-    return i
-
-
-cdef Span target_authority(const char *buf, const Head *h) noexcept nogil:
-    cdef Span s
-    s.ptr = buf + h.target_off
-    s.len = 0
-    if h.target_form == TARGET_ABSOLUTE:
-        _absolute_path_start(s.ptr, h.target_len, &s)
-    elif h.target_form == TARGET_AUTHORITY:
-        s.len = h.target_len
-    return s
-
-
-cdef Span request_host(const char *buf, const Head *h) noexcept nogil:
-    cdef Span s
-    cdef const char *t
-    cdef const HeaderField *f
-    cdef Py_ssize_t i
-    s.ptr = buf + h.target_off
-    s.len = 0
-    if h.target_form == TARGET_ABSOLUTE or h.target_form == TARGET_AUTHORITY:
-        s = target_authority(buf, h)
-        i = s.len - 1
-        while i >= 0 and s.ptr[i] != b'@':   # userinfo ends at the last "@"
-            i -= 1
-        s.ptr += i + 1
-        s.len -= i + 1
-    elif h.host_index >= 0:
-        f = &h.headers[h.host_index]
-        s.ptr = buf + f.value_off
-        s.len = f.value_len
-    if s.len > 0 and s.ptr[0] == b'[':
-        t = <const char *>memchr(s.ptr, b']', s.len)  # an IPv6 literal keeps its brackets
-        if t != NULL:
-            s.len = t - s.ptr + 1
-    else:
-        i = s.len - 1
-        while i >= 0 and <uchar>(s.ptr[i] - 48) < 10:
-            i -= 1
-        if i >= 0 and s.ptr[i] == b':':
-            s.len = i
-    if s.len > 0 and s.ptr[s.len - 1] == b'.':
-        s.len -= 1                           # "example.com." is example.com
-    return s
-
-
-cdef void request_path(const char *buf, const Head *h, Span *path, Span *rest) noexcept nogil:
-    cdef const char *t = buf + h.target_off
-    cdef Py_ssize_t n = h.target_len, start = 0, end
-    cdef const char *q
-    cdef Span authority
-    if h.target_form == TARGET_AUTHORITY or h.target_form == TARGET_ASTERISK:
-        path.ptr = t
-        path.len = n if h.target_form == TARGET_ASTERISK else 0
-        rest.ptr = t + n
-        rest.len = 0
-        return
-    if h.target_form == TARGET_ABSOLUTE:
-        start = _absolute_path_start(t, n, &authority)
-    q = <const char *>memchr(t + start, b'?', n - start)
-    end = q - t if q != NULL else n
-    path.ptr = t + start
-    path.len = end - start
-    rest.ptr = t + end
-    rest.len = n - end
-    if path.len == 0 and h.target_form == TARGET_ABSOLUTE:
-        path.ptr = SLASH
-        path.len = 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,8 +64,8 @@ cdef inline bint _host_ok(const RouteEntry *e, Span host) noexcept nogil:
     if e.host_kind == HOST_ANY:
         return True
     if e.host_kind == HOST_EXACT:
-        return host.len == e.host.len and _fold_eq(host.ptr, e.host.ptr, host.len)
-    return host.len > e.host.len and _fold_eq(host.ptr + host.len - e.host.len, e.host.ptr, e.host.len)
+        return host.len == e.host.len and fold_eq(host.ptr, e.host.ptr, host.len)
+    return host.len > e.host.len and fold_eq(host.ptr + host.len - e.host.len, e.host.ptr, e.host.len)
 
 
 cdef inline bint _plain_path_ok(const RouteEntry *e, Span path) noexcept nogil:
@@ -182,32 +77,32 @@ cdef inline bint _plain_path_ok(const RouteEntry *e, Span path) noexcept nogil:
     return True
 
 
-cdef inline bint _method_ok(const RouteEntry *e, const Span *tokens, const char *buf,
-                            const Head *h) noexcept nogil:
+cdef inline bint _method_ok(const RouteEntry *e, const Span *tokens, const RequestView *v) noexcept nogil:
     cdef int i
     if e.any_method:
-        return h.method != METHOD_CONNECT     # a tunnel only where a route names CONNECT
-    if h.method != METHOD_OTHER:
-        return (e.method_mask >> h.method) & 1
+        return v.method != METHOD_CONNECT     # a tunnel only where a route names CONNECT
+    if v.method != METHOD_OTHER:
+        return (e.method_mask >> v.method) & 1
     for i in range(e.other_first, e.other_first + e.other_count):
-        if tokens[i].len == h.method_len and memcmp(tokens[i].ptr, buf + h.method_off, h.method_len) == 0:
+        if tokens[i].len == v.method_token.len \
+                and memcmp(tokens[i].ptr, v.method_token.ptr, v.method_token.len) == 0:
             return True
     return False
 
 
-cdef inline int _failed_header(const RouteEntry *e, const HeaderMatch *matches, const char *buf,
-                               const Head *h) noexcept nogil:
-    # Index (within the route's conditions) of the first header condition no line meets, or -1.
+cdef inline int _failed_header(const RouteEntry *e, const HeaderMatch *matches, const RequestView *v) noexcept nogil:
+    # Index (within the route's conditions) of the first header condition no field meets, or -1.
     cdef int k, j
     cdef const HeaderMatch *m
-    cdef const HeaderField *f
+    cdef const Field *f
+    cdef const char *buf = v.base
     for k in range(e.match_count):
         m = &matches[e.match_first + k]
-        for j in range(h.num_headers):
-            f = &h.headers[j]
+        for j in range(v.num_fields):
+            f = &v.fields[j]
             if f.name_len == m.name.len and f.value_len == m.value.len \
                     and memcmp(buf + f.value_off, m.value.ptr, m.value.len) == 0 \
-                    and _fold_eq(buf + f.name_off, m.name.ptr, m.name.len):
+                    and fold_eq(buf + f.name_off, m.name.ptr, m.name.len):
                 break
         else:
             return k
@@ -257,12 +152,19 @@ cdef bytes _value_bytes(object value, str what):
     return b
 
 
-cdef bytes _render_headers(object table, str what):
-    # {"X-A": "b"} -> b"X-A: b\r\n", names as written (they are sent as written).
-    lines = []
+cdef int _add_edits(Router router, object table, str what, int *n_edits) except -1:
+    # {"X-A": "b"} -> EDIT_ADD entries, names as written (they are sent as written).
     for name, value in dict(table).items():
-        lines.append(_name_bytes(name, what) + b": " + _value_bytes(value, what) + b"\r\n")
-    return b"".join(lines)
+        _edit(router, n_edits, EDIT_ADD, _name_bytes(name, what), _value_bytes(value, what))
+    return 0
+
+
+cdef void _edit(Router router, int *n_edits, int kind, bytes name, bytes value):
+    cdef Edit *e = &router.edits[n_edits[0]]
+    e.kind = kind
+    e.name = _span(router, name)
+    e.value = _span(router, value)
+    n_edits[0] += 1
 
 
 cdef bytes _path_bytes(object value, str what):
@@ -285,8 +187,8 @@ cdef Span _span(Router router, bytes b):
 
 
 cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, int *n_matches,
-               int *n_tokens) except -1:
-    # One spec -> *e; n_matches/n_tokens are the next free slots of the shared arrays (advanced here).
+               int *n_tokens, int *n_edits) except -1:
+    # One spec -> *e; n_matches/n_tokens/n_edits are the next free slots of the shared arrays (advanced here).
     e.cluster = index[spec["cluster"]]
     e.regex = -1
 
@@ -322,8 +224,8 @@ cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, in
     for method in methods:
         if not isinstance(method, str) or not _is_token(method.encode("latin-1", "replace")):
             raise ValueError(f"{what}: not a method token: {method!r}")
-        if method in _METHOD_IDS:
-            e.method_mask |= (<unsigned int>1) << <int>_METHOD_IDS[method]
+        if method in METHOD_IDS:
+            e.method_mask |= (<unsigned int>1) << <int>METHOD_IDS[method]
         else:
             router.tokens[n_tokens[0]] = _span(router, method.encode("ascii"))
             n_tokens[0] += 1
@@ -344,14 +246,14 @@ cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, in
         e.rewrite_to = _span(router, _path_bytes(rewrite, what))
         router.max_growth = max(router.max_growth, e.rewrite_to.len - e.path.len)
 
-    e.remove_first = n_tokens[0]
+    e.request_first = n_edits[0]
     for name in spec.get("remove_request_headers") or ():
-        router.tokens[n_tokens[0]] = _span(router, _name_bytes(name, what).lower())
-        n_tokens[0] += 1
-        e.remove_count += 1
-
-    e.add_request = _span(router, _render_headers(spec.get("add_request_headers") or {}, what))
-    e.add_response = _span(router, _render_headers(spec.get("add_response_headers") or {}, what))
+        _edit(router, n_edits, EDIT_REMOVE, _name_bytes(name, what).lower(), b"")
+    _add_edits(router, spec.get("add_request_headers") or {}, what, n_edits)
+    e.request_count = n_edits[0] - e.request_first
+    e.response_first = n_edits[0]
+    _add_edits(router, spec.get("add_response_headers") or {}, what, n_edits)
+    e.response_count = n_edits[0] - e.response_first
     return 0
 
 
@@ -368,6 +270,7 @@ cdef class Router:
         self.entries = NULL
         self.header_matches = NULL
         self.tokens = NULL
+        self.edits = NULL
         self.n = 0
         self.keep = []
         self.regexes = []
@@ -377,9 +280,10 @@ cdef class Router:
         PyMem_Free(self.entries)
         PyMem_Free(self.header_matches)
         PyMem_Free(self.tokens)
+        PyMem_Free(self.edits)
 
     def __init__(self, routes, clusters):
-        cdef int n_matches = 0, n_tokens = 0, i
+        cdef int n_matches = 0, n_tokens = 0, n_edits = 0, i
         if self.entries != NULL:
             raise RuntimeError("a Router is built once")
         self.cluster_names = tuple(clusters)
@@ -397,43 +301,37 @@ cdef class Router:
                 if isinstance(spec.get(key), (str, bytes)):
                     raise ValueError(f"route {i}: {key} is a list of str, got {spec[key]!r}")
             n_matches += len(spec.get("headers") or ())
-            n_tokens += len(spec.get("methods") or ()) + len(spec.get("remove_request_headers") or ())
+            n_tokens += len(spec.get("methods") or ())
+            n_edits += (len(spec.get("remove_request_headers") or ()) + len(spec.get("add_request_headers") or ())
+                        + len(spec.get("add_response_headers") or ()))
         self.entries = <RouteEntry *>PyMem_Calloc(max(len(specs), 1), sizeof(RouteEntry))
         self.header_matches = <HeaderMatch *>PyMem_Calloc(max(n_matches, 1), sizeof(HeaderMatch))
         self.tokens = <Span *>PyMem_Calloc(max(n_tokens, 1), sizeof(Span))
-        if self.entries == NULL or self.header_matches == NULL or self.tokens == NULL:
+        self.edits = <Edit *>PyMem_Calloc(max(n_edits, 1), sizeof(Edit))
+        if self.entries == NULL or self.header_matches == NULL or self.tokens == NULL or self.edits == NULL:
             raise MemoryError()
-        n_matches = n_tokens = 0
+        n_matches = n_tokens = n_edits = 0
         for i, spec in enumerate(specs):
-            _fill(self, &self.entries[i], spec, f"route {i}", index, &n_matches, &n_tokens)
+            _fill(self, &self.entries[i], spec, f"route {i}", index, &n_matches, &n_tokens, &n_edits)
             self.n = i + 1
-            self.uses_host |= self.entries[i].host_kind != HOST_ANY
-            self.uses_path |= self.entries[i].path_kind != PATH_ANY or self.entries[i].rewrite
 
-    # ---- the C API conn.pyx uses ----
+    # ---- the C API the exchange and the codecs use ----
 
-    cdef int match(self, const char *buf, const Head *h) noexcept:
-        cdef Span host, path, rest
+    cdef int match(self, const RequestView *v) noexcept:
         cdef const RouteEntry *e
         cdef int r
         cdef object path_str = None
         cdef bint found
-        host.ptr = path.ptr = buf
-        host.len = path.len = 0
-        if self.uses_host:
-            host = request_host(buf, h)
-        if self.uses_path:
-            request_path(buf, h, &path, &rest)
         for r in range(self.n):
             e = &self.entries[r]
-            if not _method_ok(e, self.tokens, buf, h) or not _host_ok(e, host) or not _plain_path_ok(e, path):
+            if not _method_ok(e, self.tokens, v) or not _host_ok(e, v.authority) or not _plain_path_ok(e, v.path):
                 continue
-            if e.match_count and _failed_header(e, self.header_matches, buf, h) >= 0:
+            if e.match_count and _failed_header(e, self.header_matches, v) >= 0:
                 continue
             if e.path_kind == PATH_REGEX:
                 try:
                     if path_str is None:
-                        path_str = PyUnicode_DecodeUTF8(path.ptr, path.len, "surrogateescape")
+                        path_str = PyUnicode_DecodeUTF8(v.path.ptr, v.path.len, "surrogateescape")
                     found = self.regexes[e.regex](path_str) is not None
                 except Exception:
                     found = False
@@ -445,50 +343,33 @@ cdef class Router:
     cdef int cluster(self, int route) noexcept:
         return self.entries[route].cluster
 
-    cdef Span add_request_headers(self, int route) noexcept:
-        return self.entries[route].add_request
-
-    cdef Span add_response_headers(self, int route) noexcept:
-        return self.entries[route].add_response
-
-    cdef bint removes_any(self, int route) noexcept:
-        return self.entries[route].remove_count > 0
-
-    cdef bint removes(self, int route, const char *name, Py_ssize_t len) noexcept:
-        cdef const RouteEntry *e = &self.entries[route]
-        cdef int i
-        for i in range(e.remove_first, e.remove_first + e.remove_count):
-            if self.tokens[i].len == len and _fold_eq(name, self.tokens[i].ptr, len):
-                return True
-        return False
-
-    cdef Py_ssize_t rewrite_target(self, int route, const char *buf, const Head *h, char *out,
-                                   Py_ssize_t cap) noexcept:
-        cdef Span path, rest, head, tail
+    cdef void route_edits(self, int route, EditList *request, EditList *response) noexcept:
         cdef const RouteEntry *e
-        request_path(buf, h, &path, &rest)
-        if h.target_form == TARGET_AUTHORITY:
-            path.ptr = buf + h.target_off     # CONNECT keeps its authority-form target
-            path.len = h.target_len
-        head.ptr = tail.ptr = path.ptr
-        head.len = 0
-        tail.len = path.len
         if 0 <= route < self.n:
             e = &self.entries[route]
-            if e.rewrite and path.len >= e.path.len and memcmp(path.ptr, e.path.ptr, e.path.len) == 0:
-                head = e.rewrite_to
-                tail.ptr = path.ptr + e.path.len
-                tail.len = path.len - e.path.len
+            request.route = self.edits + e.request_first
+            request.route_n = e.request_count
+            response.route = self.edits + e.response_first
+            response.route_n = e.response_count
+        else:
+            request.route = response.route = NULL
+            request.route_n = response.route_n = 0
+
+    cdef void rewrite_path(self, int route, const RequestView *v, Span *head, Span *tail) noexcept:
+        cdef const RouteEntry *e
+        head.ptr = v.path.ptr
+        head.len = 0
+        tail[0] = v.path
+        if 0 <= route < self.n:
+            e = &self.entries[route]
+            if e.rewrite and v.path.len >= e.path.len and memcmp(v.path.ptr, e.path.ptr, e.path.len) == 0:
+                head[0] = e.rewrite_to
+                tail.ptr = v.path.ptr + e.path.len
+                tail.len = v.path.len - e.path.len
                 if head.len and head.ptr[head.len - 1] == 47 and tail.len and tail.ptr[0] == 47:
                     # "/api" -> "/" on "/api/users" gives "/users", not "//users".
                     tail.ptr += 1
                     tail.len -= 1
-        if head.len + tail.len + rest.len > cap:
-            return -1
-        memcpy(out, head.ptr, head.len)
-        memcpy(out + head.len, tail.ptr, tail.len)
-        memcpy(out + head.len + tail.len, rest.ptr, rest.len)
-        return head.len + tail.len + rest.len
 
     # ---- Python wrappers: tests, benchmarks and the explain feature ----
 
@@ -496,10 +377,12 @@ cdef class Router:
         return self.n
 
     def match_request(self, bytes raw_head not None) -> int:
-        """Parse a complete request head (default limits) and return the index of the route it takes, or -1."""
+        """Parse a complete HTTP/1 request head (default limits) and return the index of the route it takes, or
+        -1."""
         cdef Head h
-        _parse(raw_head, &h)
-        return self.match(raw_head, &h)
+        cdef RequestView v
+        view_parse(raw_head, &h, &v)
+        return self.match(&v)
 
     def explain(self, bytes raw_head not None) -> list:
         """Per route, in order: {"route", "cluster", "matched", "failed"}.
@@ -509,26 +392,24 @@ cdef class Router:
         route shadowed by an earlier match shows as matched too; match_request() gives the one taken.
         """
         cdef Head h
-        cdef Span host, path, rest
+        cdef RequestView v
         cdef const RouteEntry *e
         cdef const HeaderMatch *m
         cdef int r, k
-        _parse(raw_head, &h)
-        host = request_host(raw_head, &h)
-        request_path(raw_head, &h, &path, &rest)
+        view_parse(raw_head, &h, &v)
         out = []
         for r in range(self.n):
             e = &self.entries[r]
             failed = None
-            if not _host_ok(e, host):
+            if not _host_ok(e, v.authority):
                 failed = "host"
-            elif not _plain_path_ok(e, path) or (e.path_kind == PATH_REGEX and self.regexes[e.regex](
-                    PyUnicode_DecodeUTF8(path.ptr, path.len, "surrogateescape")) is None):
+            elif not _plain_path_ok(e, v.path) or (e.path_kind == PATH_REGEX and self.regexes[e.regex](
+                    PyUnicode_DecodeUTF8(v.path.ptr, v.path.len, "surrogateescape")) is None):
                 failed = "path"
-            elif not _method_ok(e, self.tokens, raw_head, &h):
+            elif not _method_ok(e, self.tokens, &v):
                 failed = "method"
             else:
-                k = _failed_header(e, self.header_matches, raw_head, &h)
+                k = _failed_header(e, self.header_matches, &v)
                 if k >= 0:
                     m = &self.header_matches[e.match_first + k]
                     failed = "header " + m.name.ptr[:m.name.len].decode("ascii")
@@ -540,64 +421,55 @@ cdef class Router:
         _check_route(self, route)
         return self.cluster(route)
 
-    def request_headers_block(self, int route) -> bytes:
-        """The pre-rendered lines the route appends to the upstream request."""
+    def request_edits(self, int route) -> list:
+        """The route's request edits: ("remove", name, b"") and ("add", name, value), in the order applied."""
         _check_route(self, route)
-        cdef Span s = self.add_request_headers(route)
-        return s.ptr[:s.len]
+        cdef EditList req, resp
+        self.route_edits(route, &req, &resp)
+        return _edit_list(req.route, req.route_n)
 
-    def response_headers_block(self, int route) -> bytes:
-        """The pre-rendered lines the route appends to the downstream response."""
+    def response_edits(self, int route) -> list:
+        """The route's response edits: ("add", name, value)."""
         _check_route(self, route)
-        cdef Span s = self.add_response_headers(route)
-        return s.ptr[:s.len]
+        cdef EditList req, resp
+        self.route_edits(route, &req, &resp)
+        return _edit_list(resp.route, resp.route_n)
 
-    def removes_header(self, int route, bytes name not None) -> bool:
-        _check_route(self, route)
-        return self.removes(route, name, len(name))
-
-    def target_for(self, bytes raw_head not None, int route, Py_ssize_t cap=-1):
-        """rewrite_target() for a request head: the upstream target, or None when it exceeds cap
-        (cap -1: room for any target)."""
+    def target_for(self, bytes raw_head not None, int route):
+        """The target an HTTP/1 request head is sent upstream with: origin-form, the route's prefix rewritten
+        (CONNECT keeps its authority-form target)."""
         cdef Head h
-        _parse(raw_head, &h)
-        if cap < 0:
-            cap = h.target_len + self.max_growth
-        out = bytearray(cap)
-        cdef Py_ssize_t n = self.rewrite_target(route, raw_head, &h, out, cap)
-        return None if n < 0 else bytes(out[:n])
+        cdef RequestView v
+        cdef Span head, tail
+        view_parse(raw_head, &h, &v)
+        if not v.has_path:
+            return raw_head[h.target_off:h.target_off + h.target_len]
+        self.rewrite_path(route, &v, &head, &tail)
+        return head.ptr[:head.len] + tail.ptr[:tail.len] + v.query.ptr[:v.query.len]
 
-    def bench_match(self, bytes raw_head not None, Py_ssize_t count) -> int:
-        """Parse once, then match `count` times in C (benchmarks); returns the sum of the route indexes."""
+    def bench_match(self, bytes raw_head not None, Py_ssize_t count, bint view_each=False) -> int:
+        """Parse once, then match `count` times in C (benchmarks); returns the sum of the route indexes.
+        view_each: build the request view from the parsed head before each match too (what a request pays)."""
         cdef Head h
+        cdef RequestView v
         cdef Py_ssize_t _, total = 0
         cdef const char *buf = raw_head
-        _parse(raw_head, &h)
+        view_parse(raw_head, &h, &v)
         for _ in range(count):
-            total += self.match(buf, &h)
+            if view_each:
+                view_init(&v, buf, &h)
+            total += self.match(&v)
         return total
+
+
+cdef list _edit_list(const Edit *edits, int n):
+    cdef int i
+    names = {EDIT_ADD: "add", EDIT_REMOVE: "remove"}
+    return [(names[edits[i].kind], edits[i].name.ptr[:edits[i].name.len], edits[i].value.ptr[:edits[i].value.len])
+            for i in range(n)]
 
 
 cdef int _check_route(Router router, int route) except -1:
     if not 0 <= route < router.n:
         raise IndexError(f"no route {route} (the router has {router.n})")
     return 0
-
-
-cdef int _parse(bytes raw_head, Head *h) except -1:
-    cdef Py_ssize_t r = parse_request(raw_head, len(raw_head), h, NULL)
-    if r < 0:
-        raise make_error(<int>r)
-    if r == 0:
-        raise ValueError("incomplete request head")
-    return 0
-
-
-def request_parts(bytes raw_head not None) -> tuple:
-    """(host, path, rest) as routing sees a request head: request_host() and request_path()."""
-    cdef Head h
-    cdef Span path, rest
-    _parse(raw_head, &h)
-    cdef Span host = request_host(raw_head, &h)
-    request_path(raw_head, &h, &path, &rest)
-    return host.ptr[:host.len], path.ptr[:path.len], rest.ptr[:rest.len]

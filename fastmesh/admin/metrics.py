@@ -91,7 +91,7 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
          "upstream_active"),
         ("counter", "fastmesh_retries", "upstream connects tried again on another endpoint", "retries"),
         ("counter", "fastmesh_upstream_unavailable",
-         "downstream connections given up: no endpoint of the cluster could be connected", "failed"),
+         "connections (tcp) and requests (http) given up: no endpoint of the cluster could be connected", "failed"),
         ("counter", "fastmesh_outlier_ejections", "endpoints ejected by outlier detection", "ejections"),
     ]
     for kind, name, help_text, key in per_cluster:

@@ -16,7 +16,7 @@ from typing import Any
 from fastmesh._core.balance.factory import HASHING
 from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
-from fastmesh._core.http1.conn import REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, timeout_ms
+from fastmesh._core.exchange import REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, timeout_ms
 from fastmesh._core.router import request_parts
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Listener as ListenerConfig

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fastmesh._core.cluster import Cluster
-from fastmesh._core.http1.conn import HttpProxy
+from fastmesh._core.http1.proxy import HttpProxy
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.listener import Listener
 from fastmesh._core.reactor import ConnectionLimit, Reactor

@@ -44,7 +44,7 @@ from fastmesh.dataplane.stats_names import MASK, Name, Translation
 
 if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
     from fastmesh._core.cluster import Cluster
-    from fastmesh._core.http1.conn import HttpProxy
+    from fastmesh._core.http1.proxy import HttpProxy
     from fastmesh._core.tcp.splice import TcpProxy
 
 log = logging.getLogger("fastmesh.stats")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from fastmesh import Proxy, loads_config
-from fastmesh._core.http1.conn import REPLAYABLE_METHODS
+from fastmesh._core.exchange import REPLAYABLE_METHODS
 from fastmesh._testbase.http_backend import start_http_backends
 from fastmesh._testbase.inproc import no_connection_left, web_config
 from fastmesh.admin.explain import Question, explain_offline, policy, request_key

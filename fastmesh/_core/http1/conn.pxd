@@ -1,14 +1,14 @@
-# Downstream HTTP/1 connections (client side) and the per-listener HttpProxy that owns them.
+# Downstream HTTP/1 connections (client side) and the per-listener HttpProxy that owns them: the HTTP/1 codec.
 
 from libc.stdint cimport uint32_t, uint64_t
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
-from fastmesh._core.includes.system cimport sockaddr_storage
+from fastmesh._core.includes.system cimport sockaddr_storage, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
 from fastmesh._core.http1.parser cimport Head, Limits
-from fastmesh._core.http1.framing cimport ChunkedDecoder
+from fastmesh._core.http1.body cimport BodyFrame
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
+from fastmesh._core.exchange cimport Exchange, ForwardRules
 from fastmesh._core.router cimport Router
-from fastmesh._core.policy cimport ClusterPolicy
 
 
 cdef enum DownstreamState:
@@ -20,19 +20,14 @@ cdef enum DownstreamState:
     DS_CLOSED = 6
 
 
-ctypedef struct BodyFrame:
-    int kind                   # framing.BodyKind
-    long long length           # BODY_LENGTH: the whole body's length (a retry starts over)
-    long long remaining        # BODY_LENGTH: bytes still to pass
-    bint done                  # the whole body has been framed
-    bint dechunk               # pass only the chunk data (an HTTP/1.0 client cannot read chunked)
-    Py_ssize_t skip            # bytes after the span being sent, dropped once it is out (dechunk, trailers)
-    Py_ssize_t held            # BODY_CHUNKED: bytes of an unfinished size line, fed but not passed on yet
-    ChunkedDecoder dec         # BODY_CHUNKED: validates the chunked coding and finds its end
+# Events a downstream connection is registered for, once, edge-triggered.
+cdef inline uint32_t downstream_events() noexcept:
+    return EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 
 
-cdef class HttpProxy(Acceptor):
-    # Per http listener: router, upstream pools, options, the open downstream connections and counters.
+cdef class Front(Acceptor):
+    # An http listener's side of its downstream connections: router, upstream pools, options, the open
+    # connections and counters. HttpProxy (http1/proxy.pyx) builds it and drives it from Python.
     cdef Reactor reactor                   # epoll set
     cdef readonly str name                 # listener name
     cdef Router router                     # request -> route -> cluster index
@@ -43,11 +38,10 @@ cdef class HttpProxy(Acceptor):
     cdef readonly double header_timeout    # a request head must arrive within this
     cdef readonly double idle_timeout      # keep-alive idle between requests; also the longest silence within a body
     cdef readonly double body_timeout      # a request body must have arrived within this after its head (0: no limit)
-    cdef bint forwarded                    # add Via / X-Forwarded-For / X-Forwarded-Proto
-    cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled
+    cdef ForwardRules rules                # forwarding fields, request id, trust in fastmesh-timeout-ms
+    cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled (rules points in)
     cdef readonly object access_log        # callable(fields tuple) per request, or None (off: costs nothing)
     cdef bint draining                     # shutting down: finish exchanges, keep no connection alive
-    cdef bint trust_headers                # honour fastmesh-timeout-ms from clients (else strip it)
     cdef Downstream head                   # open downstream connections (intrusive list)
     cdef readonly long active              # open downstream connections
     cdef readonly unsigned long long accepted       # downstream connections accepted, ever
@@ -60,13 +54,15 @@ cdef class HttpProxy(Acceptor):
     cdef int stat_clusters                 # entries in class_slots / hist_slots
 
     cdef void unlink(self, Downstream d) noexcept
+    cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers) except *
     cdef object tunnel_for(self, HttpPool pool)
+    cdef void count_request(self, int status) noexcept
     cdef void count_answer(self, int cluster, int status, double seconds) noexcept
 
 
 cdef class Downstream(UpstreamUser):
-    # One client connection and the exchange (request/response) it is running.
-    cdef HttpProxy proxy                   # owner
+    # One client connection: HTTP/1 bytes in and out around the exchange (exchange.pyx) of its current request.
+    cdef Front proxy                       # the listener's HttpProxy
     cdef Downstream prev                   # list neighbours
     cdef Downstream next
     cdef int fd                            # client socket, -1 once closed or handed to a tunnel
@@ -78,18 +74,12 @@ cdef class Downstream(UpstreamUser):
     cdef OutBuf out                        # answer heads / error answers not yet sent
     cdef OutBuf reqhead                    # the request head as sent upstream (kept for a retry)
     cdef Py_ssize_t reqhead_sent           # bytes of reqhead the upstream took
-    cdef char peer[48]                     # client IP as text (X-Forwarded-For)
-    cdef int peer_len
-    cdef double deadline                   # header / idle / response / close deadline, by state
+    cdef double deadline                   # header / idle / close deadline by state (a request runs on its exchange's)
     cdef Py_ssize_t head_scan              # bytes of a partial head already searched for its blank line
-    cdef double started                    # when the current request head was complete
-    # --- the current exchange ---
+    cdef Exchange ex                       # the current request's rules and state (reused for each request)
+    # --- the current request, as HTTP/1 carries it ---
     cdef Upstream up                       # upstream connection, None before acquired / after release
-    cdef HttpPool pool                     # the routed cluster's pool
-    cdef int cluster                       # router cluster index
-    cdef Router router                     # the route table the current request was matched with
-    cdef int route                         # matched route index (in `router`)
-    cdef int attempts                      # upstream connections tried for this request
+    cdef HttpPool pool                     # the routed cluster's pool (the exchange's connector)
     cdef int req_method                    # parser Method id
     cdef int req_minor                     # request HTTP minor version
     cdef bint req_upgrade                  # Upgrade + Connection: upgrade
@@ -109,27 +99,11 @@ cdef class Downstream(UpstreamUser):
     cdef Py_ssize_t resp_ready             # framed response bytes at up.rbuf.start not yet sent
     cdef unsigned long long ex_in          # request bytes of this exchange
     cdef unsigned long long ex_out         # response bytes of this exchange
-    cdef object log_fields                 # (method, authority, path) when the access log is on
-    # --- resilience ---
-    cdef int tries                         # tries of the current request (1 = first), retries = tries - 1
-    cdef int last_endpoint                 # endpoint of the last failed try: a retry avoids it
-    cdef unsigned long long tried          # bit per endpoint (0..63) this request failed on: retries prefer others
-    cdef bint counted                      # counted in policy.requests_active
-    cdef bint retrying                     # holds a max_retries slot (policy.retries_active, the limit cell)
-    cdef bint waiting                      # queued in pool.waiters for a connection slot
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
-    cdef bint body_replayable              # the whole request body sits in rbuf from body_mark on
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
-    cdef double total_deadline             # request deadline (timeout / fastmesh-timeout-ms), 0 = none
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
-    cdef double try_started                # when the upstream's clock started for this try (latency for the balancer)
-    cdef double body_deadline              # when the request body must have arrived (body_timeout), 0 = no limit
-    cdef double body_seen                  # when the client last sent body bytes (or last waited on us, not we on it)
-    cdef unsigned long long hash_key       # consistent-hash key of the request (header, cookie or client IP)
-    cdef bint keyed                        # hash_key is set: the balancer picks by it
 
     cdef void run(self) noexcept
-    cdef bint body_can_finish(self) noexcept
     cdef int read_request(self) noexcept
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept
     cdef int step_exchange(self) noexcept
@@ -138,26 +112,13 @@ cdef class Downstream(UpstreamUser):
     cdef int finish_exchange(self) noexcept
     cdef int flush_out(self) noexcept
     cdef int upstream_lost(self) noexcept
-    cdef bint may_retry(self, int cls, int status) noexcept
-    cdef void retry(self) noexcept
-    cdef void end_request(self) noexcept
-    cdef void stamp_deadline(self) noexcept
-    cdef double try_deadline(self) noexcept
+    cdef void try_timed_out(self) noexcept
     cdef bint awaits_client(self) noexcept
-    cdef bint body_overdue(self, double now) noexcept
-    cdef object describe(self, const char *buf, Head *h)
-    cdef void log_request(self, int endpoint)
-    cdef void add_host(self, OutBuf *o) noexcept
-    cdef void random_id(self, char *out) noexcept
-    cdef void add_retried(self, OutBuf *o) noexcept
-    cdef bint request_key(self, const char *buf, Head *h) noexcept
-    cdef void report(self, int ep, int status, bint failed) noexcept
-    cdef int pump_body(self, RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
-                       OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept
-    cdef void build_request_head(self, const char *buf, Head *h) noexcept
-    cdef void build_response_head(self, const char *buf, Head *h, bint tunnel) noexcept
-    cdef bint take_upstream(self, int avoid) noexcept
+    cdef void retry(self) noexcept
+    cdef void send_next_try(self) noexcept
+    cdef void end_request(self) noexcept
+    cdef int take_upstream(self) noexcept
     cdef void drop_upstream(self, bint reuse) noexcept
-    cdef void respond_error(self, int status, str reason, str cause, bint keep) noexcept
+    cdef void respond_error(self, int err, int code, bint keep) noexcept
     cdef void upgrade(self) noexcept
     cdef void close(self) noexcept

@@ -1,27 +1,14 @@
-"""Type stub for fastmesh._core.http1.conn: an http listener's downstream connections, and the request rules
-explain shares with them."""
+"""Type stub for fastmesh._core.http1.conn: the HTTP/1 codec's downstream connections and their listener side
+(HttpProxy in http1/proxy.pyi builds them)."""
 from collections.abc import Callable
 from typing import Any, final
 
-from fastmesh._core.http1.pool import HttpPool, UpstreamUser
-from fastmesh._core.reactor import Acceptor, Reactor
-from fastmesh._core.router import Router
-from fastmesh._core.stats import StatsBlock
-
-TIMEOUT_HEADER: str
-REPLAYABLE_METHODS: tuple[str, ...]
-
-def cookie_in(value: bytes, name: bytes) -> bytes | None: ...
-def timeout_ms(value: bytes) -> int: ...
+from fastmesh._core.http1.pool import UpstreamUser
+from fastmesh._core.reactor import Acceptor
 
 AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float]], Any]
 
-class HttpProxy(Acceptor):
-    def __init__(self, reactor: Reactor, name: str, router: Router, pools: list[HttpPool], *,
-                 header_timeout: float = 10.0, idle_timeout: float = 60.0, max_request_line: int = 8192,
-                 max_header_bytes: int = 65536, max_headers: int = 100, forwarded_headers: bool = True,
-                 request_id_header: str = "x-request-id", access_log: AccessLog | None = None,
-                 trust_headers: bool = True, body_timeout: float = 60.0) -> None: ...
+class Front(Acceptor):
     @property
     def name(self) -> str: ...
     @property
@@ -42,17 +29,6 @@ class HttpProxy(Acceptor):
     def bytes_in(self) -> int: ...
     @property
     def bytes_out(self) -> int: ...
-    def attach_stats(self, block: StatsBlock, offset: int, requests: dict[int, int],
-                     durations: dict[int, int]) -> None: ...
-    def reconfigure(self, router: Router, pools: list[HttpPool], *, header_timeout: float, idle_timeout: float,
-                    forwarded_headers: bool, request_id_header: str, access_log: AccessLog | None,
-                    trust_headers: bool, body_timeout: float) -> None: ...
-    def drain(self) -> None: ...
-    def close_all(self) -> None: ...
-    @property
-    def status_classes(self) -> dict[str, int]: ...
-    @property
-    def tunnel_count(self) -> int: ...
 
 @final
 class Downstream(UpstreamUser): ...

@@ -1,414 +1,80 @@
-"""Downstream HTTP/1.1 connections: read a request, route it, proxy it over a pooled upstream connection.
+"""The HTTP/1 codec, downstream side: client connections, their bytes in and out, and the exchange each runs.
 
-One exchange runs at a time per client connection; pipelined requests wait in the receive buffer, so answers
-leave in request order. Each exchange:
-  head      parse_request() over the receive buffer (offsets, no objects), router.match() -> cluster
-  upstream  HttpPool.acquire(): an idle keep-alive connection or a new connect; a failed connect is retried on
-            another endpoint (the request never reached a backend), a request with no body is replayed once
-            when a reused keep-alive connection dies before the first response byte
-  request   the head rewritten (hop-by-hop fields dropped, Via / X-Forwarded-* / request id / route fields
-            added) into `reqhead`; the body passed through as it arrives, framed by BodyFrame (Content-Length
-            or the chunked decoder, which validates every chunk and finds the end)
+One request runs at a time per client connection; pipelined requests wait in the receive buffer, so answers
+leave in request order. Per request:
+  head      parse_request() over the receive buffer (offsets, no objects); view_init() makes the request view
+  exchange  the Exchange (exchange.pyx) routes the view and decides everything that is not HTTP/1: cluster,
+            deadline, retries and their budget, breakers, reports, the header edits; this file only renders
+            its decisions (render.pyx) and moves bytes
+  upstream  HttpPool.acquire() through the shared connector (upstream/connector.pyx): an idle keep-alive
+            connection or a new connect, failing over to another endpoint; a request with no body is replayed
+            once when a reused keep-alive connection dies before the first response byte
+  request   the head rewritten into `reqhead` (kept for a retry); the body passed through as it arrives, framed
+            by body.pyx (Content-Length or the chunked decoder, which validates every chunk and finds the end)
   response  parse_response(); 1xx passed on; the head rewritten the same way; the body passed through
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
-bytes already buffered. Backpressure: a body moves only while the destination takes it and reading stops
-while framed bytes wait, so a connection holds at most one receive buffer per side.
-
-Errors answer once, in one place (respond_error): parse errors get their status (400/414/431/501/505) and
-the connection closes; upstream failures get 502/503/504 with a `fastmesh-error` header naming the cause.
+bytes already buffered. Every answer of our own is a ProxyError (errors.pxd) rendered in one place; what is
+forwarded is canonical (render.pyx lists the rules).
 
 Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
 the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
 response clock starts over; the upstream's runs while it holds bytes we could not hand it, and once the whole
-request is sent (HAProxy's timeout client vs timeout server). A client too slow with its body is never the
-endpoint's failure: no outlier count, no latency sample, no retry.
-
-What is forwarded is canonical (each rule has a row in tests/conformance/test_smuggling.py, FORWARDED):
- 1. Transfer-Encoding leaves as exactly "Transfer-Encoding: chunked" (requests: the only coding the parser
-    lets through; responses: when chunked is the only coding), however it was spelled.
- 2. Content-Length leaves as one line of plain digits (repeats merged, leading zeros and OWS gone), both ways.
- 3. Trailer fields the parser knows by name (framing, routing, Expect, hop-by-hop) are removed from request and
-    response trailers in place (framing.trailers_strip); the rest pass.
- 4. Upgrade naming h2c is no upgrade: Upgrade and HTTP2-Settings are dropped, the request goes on as HTTP/1.1.
- 5. An absolute-form target goes upstream in origin-form with Host set to its authority (RFC 9112 3.2.2);
-    an HTTP/1.0 request without Host gets the listener address it came to. Fragments never parse.
- 6. CONNECT matches only routes that name it; otherwise 405 with `allow`, and the connection closes.
- 7. A final response head is framed together with the body bytes already read: a body whose framing breaks
-    before any byte of the head left becomes a clean 502; after that the connection closes, and an
-    unfinished chunk-size line is never passed on (BodyFrame.held), so no malformed tail leaves.
+request is sent. A client too slow with its body is never the endpoint's failure: no report, no retry.
 """
 cimport cython
-from libc.stdint cimport uint32_t
-from libc.string cimport memcmp, memcpy
-from libc.stdio cimport snprintf
-
-cdef extern from "<sys/ioctl.h>" nogil:
-    enum:
-        FIONREAD
-    int ioctl(int fd, unsigned long request, ...)
+from libc.stdint cimport uint32_t, uint64_t
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, OutBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_reserve, ob_flush, ob_pending,
-    ob_free,
+    rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
-    close, send, errno, EAGAIN, ECONNREFUSED, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP,
-    EPOLLERR, EPOLLHUP, EPOLLET, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socklen_t, AF_INET,
-    AF_INET6, inet_ntop,
+    close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
 )
-
-cdef extern from "<sys/socket.h>" nogil:
-    int getsockname(int fd, sockaddr *addr, socklen_t *len)
-
-cdef extern from "<arpa/inet.h>" nogil:
-    unsigned short ntohs(unsigned short v)
-
-from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
+from fastmesh._core.reactor cimport Acceptor
 from fastmesh._core.stats cimport (
-    StatsBlock, HEADER_SLOTS, L_FIELDS, L_ACCEPTED, L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, R_FIELDS, HIST_FIELDS,
-    count_status, observe_ns, bump, bump_field,
+    L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
 )
-from libc.stdlib cimport calloc, free
-from fastmesh._core.codes cimport error_status, error_reason
+from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
+from fastmesh._core.errors cimport (
+    error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
+    PE_METHOD_NOT_ALLOWED,
+)
+from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
-    Head, Limits, HeaderField, parse_request, parse_response, limits_init, METHOD_HEAD, METHOD_GET,
-    METHOD_OPTIONS, METHOD_TRACE, METHOD_PUT, METHOD_DELETE, METHOD_CONNECT, FIELD_OTHER, FIELD_CONNECTION,
-    FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE, FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE,
-    FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING, FIELD_CONTENT_LENGTH, FIELD_HOST, FIELD_HTTP2_SETTINGS,
-    TARGET_ABSOLUTE, find_head_end,
+    Head, parse_request, parse_response, find_head_end, METHOD_HEAD,
 )
 from fastmesh._core.http1.framing cimport (
-    request_body, response_body, keep_alive, chunked_init, chunked_feed, trailers_strip, BODY_NONE, BODY_LENGTH,
-    BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL, CHUNK_DONE, CHUNK_SIZE_LF,
+    request_body, response_body, keep_alive, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL,
 )
-from fastmesh._core.http1.pool cimport (
-    Upstream, UpstreamUser, HttpPool, UP_CONNECTING, HASH_NONE, HASH_HEADER, HASH_SOURCE,
-)
-from fastmesh._core.balance.hashing cimport hash_bytes
-from fastmesh._core.policy cimport (
-    ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX,
-)
-from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
-from fastmesh._core.router cimport Router, Span, target_authority
+from fastmesh._core.http1.body cimport frame_init, pump_body, body_in_socket
+from fastmesh._core.http1.render cimport render_request, render_response, render_error, stamp_budget, marked_retried
+from fastmesh._core.http1.view cimport view_init, log_names, listener_address
+from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
+from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
+from fastmesh._core.request cimport RequestView, span_of
+from fastmesh._core.upstream.connector cimport CONNECT_FULL
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
-from fastmesh._core.http1.parser import METHOD_NAMES as _METHOD_NAMES
 
 
-cdef uint32_t DOWNSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-cdef int MAX_CONN_TOKENS = 16          # Connection header tokens honoured when dropping the fields they name
 cdef double CLOSE_GRACE = 5.0          # seconds a closing connection gets to take its last answer
 cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-parsed on every read
-cdef Py_ssize_t COALESCE_MAX = 16384   # body bytes copied behind a head so both leave in one send
 
-# The one transient head: parsed, used and forgotten within one call (a worker is single-threaded).
+# The transient head and its view: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
-# The trailer section of the chunked body that just ended: parsed and stripped within one frame_take().
-cdef Head TRAILERS
-
-cdef bytes VIA = b"Via: 1.1 fastmesh\r\n"
-cdef bytes XFP = b"X-Forwarded-Proto: http\r\n"
-cdef bytes CONN_UPGRADE = b"Connection: upgrade\r\n"
-cdef bytes CONN_CLOSE = b"Connection: close\r\n"
-cdef bytes CONN_KEEP = b"Connection: keep-alive\r\n"
-cdef bytes TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"     # the one spelling every parser agrees on
-cdef bytes ALLOW = b"allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n"   # 405 to a CONNECT
-cdef bytes HEX = b"0123456789abcdef"
-TIMEOUT_HEADER = "fastmesh-timeout-ms"                  # the deadline budget, in ms, sent with each try
-cdef bytes TIMEOUT_NAME = TIMEOUT_HEADER.encode()
-cdef const char *TIMEOUT_C = TIMEOUT_NAME
-cdef Py_ssize_t TIMEOUT_LEN = len(TIMEOUT_NAME)
-cdef bytes TIMEOUT_FIELD = TIMEOUT_NAME + b": "
-cdef bytes RETRIED_FIELD = b"fastmesh-retried"          # on a failed answer: a fastmesh already applied its retries
-cdef int TIMEOUT_DIGITS = 9                              # fixed width, so a retry can rewrite it in place
+cdef RequestView VIEW
 
 
-cdef int find_field(const char *buf, Head *h, const char *lower, Py_ssize_t n) noexcept:
-    """Index of the first field named `lower` (case-insensitive), or -1."""
-    cdef int i
-    cdef HeaderField *f
-    for i in range(h.num_headers):
-        f = &h.headers[i]
-        if f.id == FIELD_OTHER and f.name_len == n and name_is(buf + f.name_off, n, lower, n):
-            return i
-    return -1
+cdef class Front(Acceptor):
+    """An http listener's side of its downstream connections; HttpProxy (http1/proxy.pyx) builds and drives it."""
 
-
-cdef int find_any_field(const char *buf, Head *h, const char *lower, Py_ssize_t n, int start) noexcept:
-    """Index of the first field at or after `start` named `lower` (case-insensitive, known names too), or -1."""
-    cdef int i
-    cdef HeaderField *f
-    for i in range(start, h.num_headers):
-        f = &h.headers[i]
-        if f.name_len == n and name_is(buf + f.name_off, n, lower, n):
-            return i
-    return -1
-
-
-cdef bint cookie_value(const char *p, Py_ssize_t n, const char *name, Py_ssize_t m, const char **val,
-                       Py_ssize_t *vlen) noexcept:
-    """Find cookie `name` in a Cookie field value ("a=1; b=2")."""
-    cdef Py_ssize_t i = 0, start, eq
-    while i < n:
-        while i < n and (p[i] == 32 or p[i] == 59):
-            i += 1
-        start = i
-        eq = -1
-        while i < n and p[i] != 59:
-            if eq < 0 and p[i] == 61:
-                eq = i
-            i += 1
-        if eq - start == m and eq >= 0:
-            if m == 0 or memcmp(p + start, name, m) == 0:
-                val[0] = p + eq + 1
-                vlen[0] = i - eq - 1
-                return True
-    return False
-
-
-def cookie_in(bytes value, bytes name):
-    """The value of cookie `name` in one Cookie field value, as a consistent-hash key takes it; None if absent.
-    For explain: the same rule the proxy applies."""
-    cdef const char *val
-    cdef Py_ssize_t vlen
-    if cookie_value(value, len(value), name, len(name), &val, &vlen):
-        return val[:vlen]
-    return None
-
-
-cdef long long field_ms(const char *buf, HeaderField *f) noexcept:
-    """A field value of 1 to 12 digits as a number, or -1."""
-    cdef long long v = 0
-    cdef uint32_t i
-    cdef char c
-    if f.value_len == 0 or f.value_len > 12:
-        return -1
-    for i in range(f.value_len):
-        c = buf[f.value_off + i]
-        if c < 48 or c > 57:
-            return -1
-        v = v * 10 + (c - 48)
-    return v
-
-
-def timeout_ms(bytes value):
-    """A client's fastmesh-timeout-ms value as the proxy honours it: milliseconds, or -1 when it is not one."""
-    cdef HeaderField f
-    f.value_off = 0
-    f.value_len = len(value)
-    return field_ms(value, &f)
-
-
-cdef inline bint name_is(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m) noexcept:
-    """Case-insensitive field-name comparison against a lowercase constant."""
-    cdef Py_ssize_t i
-    cdef char c
-    if n != m:
-        return False
-    for i in range(n):
-        c = p[i]
-        if 65 <= c <= 90:
-            c = c + 32
-        if c != lower[i]:
-            return False
-    return True
-
-
-cdef inline bint field_in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen,
-                                 int ntok) noexcept:
-    cdef int k
-    cdef Py_ssize_t i
-    cdef char a, b
-    for k in range(ntok):
-        if tlen[k] != n:
-            continue
-        for i in range(n):
-            a = name[i]
-            b = tok[k][i]
-            if 65 <= a <= 90:
-                a = a + 32
-            if 65 <= b <= 90:
-                b = b + 32
-            if a != b:
-                break
-        else:
-            return True
-    return False
-
-
-cdef int connection_tokens(const char *buf, Head *h, const char **tok, Py_ssize_t *tlen) noexcept:
-    """The tokens of every Connection field: the names of further hop-by-hop fields to drop."""
-    cdef int i, n = 0
-    cdef HeaderField *f
-    cdef const char *p
-    cdef const char *end
-    cdef const char *start
-    for i in range(h.num_headers):
-        f = &h.headers[i]
-        if f.id != FIELD_CONNECTION:
-            continue
-        p = buf + f.value_off
-        end = p + f.value_len
-        while p < end and n < MAX_CONN_TOKENS:
-            while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
-                p += 1
-            start = p
-            while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
-                p += 1
-            if p > start:
-                tok[n] = start
-                tlen[n] = p - start
-                n += 1
-    return n
-
-
-cdef inline bint hop_by_hop(uint32_t fid, bint upgrading) noexcept:
-    if fid == FIELD_OTHER:
-        return False
-    if fid == FIELD_UPGRADE:
-        return not upgrading
-    return (fid == FIELD_CONNECTION or fid == FIELD_KEEP_ALIVE or fid == FIELD_PROXY_CONNECTION
-            or fid == FIELD_TE or fid == FIELD_TRAILER or fid == FIELD_PROXY_AUTHENTICATE
-            or fid == FIELD_PROXY_AUTHORIZATION or fid == FIELD_HTTP2_SETTINGS)
-
-
-cdef void add_content_length(OutBuf *o, long long value) noexcept:
-    """A Content-Length line in its one canonical form: no leading zeros, no whitespace, one line."""
-    cdef char line[40]
-    cdef int n = 40
-    memcpy(line, b"Content-Length: ", 16)
-    line[n - 1] = 10
-    line[n - 2] = 13
-    n -= 2
-    while True:
-        n -= 1
-        line[n] = <char>(48 + value % 10)
-        value //= 10
-        if value == 0:
-            break
-    ob_add(o, line, 16)
-    ob_add(o, line + n, 40 - n)
-
-
-cdef inline bint replayable_method(int m) noexcept:
-    return (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_OPTIONS or m == METHOD_TRACE
-            or m == METHOD_PUT or m == METHOD_DELETE)
-
-
-# The same rule by name, for explain: the methods whose failed try may be sent again.
-REPLAYABLE_METHODS = tuple(name for m, name in enumerate(_METHOD_NAMES) if replayable_method(m))
-
-
-cdef void frame_init(BodyFrame *f, int kind, long long length, const Limits *lim) noexcept:
-    f.kind = kind
-    f.length = length if length > 0 else 0
-    f.remaining = f.length
-    f.done = kind == BODY_NONE or (kind == BODY_LENGTH and length <= 0)
-    f.dechunk = False
-    f.skip = 0
-    f.held = 0
-    if kind == BODY_CHUNKED:
-        chunked_init(&f.dec, lim, &TRAILERS)
-
-
-cdef Py_ssize_t frame_take(BodyFrame *f, char *p, Py_ssize_t n) noexcept:
-    """How many of the n bytes at p belong to the body and may be passed on; < 0: a chunked-coding error.
-
-    Chunked: an unfinished size line is held back (f.held: fed to the decoder, left at p for the next call)
-    until it proves valid, so a size that overflows or a bad byte never leaves half-sent. Trailer fields the
-    parser knows by name are removed in place; f.skip then counts the bytes to drop after the span."""
-    cdef Py_ssize_t used, total = 0, off, dlen, kept
-    if f.done or n <= 0:
-        return 0
-    if f.kind == BODY_LENGTH:
-        used = n if n < f.remaining else <Py_ssize_t>f.remaining
-        f.remaining -= used
-        if f.remaining == 0:
-            f.done = True
-        return used
-    if f.kind == BODY_CHUNKED:
-        total = f.held
-        while total < n:
-            used = chunked_feed(&f.dec, p + total, n - total, &off, &dlen)
-            if used < 0:
-                return used
-            if used == 0:
-                break
-            if f.dec.state == CHUNK_DONE:
-                f.done = True
-                f.held = 0
-                if f.dec.trailers_len > 2:
-                    kept = trailers_strip(p + total + f.dec.trailers_off, f.dec.trailers_len, &TRAILERS,
-                                          f.dec.trailers_off)
-                    f.skip = f.dec.trailers_len - kept
-                return total + used - f.skip
-            total += used
-        # States up to CHUNK_SIZE_LF are the size line; line_len is 0 at its start.
-        f.held = f.dec.line_len if f.dec.state <= CHUNK_SIZE_LF else 0
-        return total - f.held
-    return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
-
-
-cdef class HttpProxy(Acceptor):
-    """Built by dataplane/ per http listener; the listener hands it accepted fds."""
-
-    def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
-                  double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
-                  int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None, bint trust_headers=True, double body_timeout=60.0):
-        cdef int size
-        self.reactor = reactor
-        self.name = name
-        self.router = router
-        self.pools = pools
-        limits_init(&self.limits)
-        self.limits.max_start_line = max_request_line
-        self.limits.max_header_bytes = max_header_bytes
-        self.limits.max_headers = max_headers
-        limits_init(&self.resp_limits)
-        # A receive buffer holds a whole head: start line and fields, with room to spare.
-        size = max(reactor.buffers.size, max_request_line + max_header_bytes + 4096)
-        self.buffers = BufferPool(256, size) if size > reactor.buffers.size else reactor.buffers
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.body_timeout = body_timeout
-        self.forwarded = forwarded_headers
-        self.rid_name = request_id_header.lower().encode("ascii")
-        self.access_log = access_log
-        self.trust_headers = trust_headers
-        self.head = None
-        # Counters start in a private block; dataplane/stats.py moves them into the shared one before traffic.
-        self.stats = StatsBlock(HEADER_SLOTS + L_FIELDS)
-        self.counters = self.stats.region(HEADER_SLOTS, L_FIELDS)
-
-    def __dealloc__(self):
-        free(self.class_slots)
-        free(self.hist_slots)
-
-    def attach_stats(self, StatsBlock block, Py_ssize_t offset, dict requests, dict durations):
-        """Count into block from now on: the listener's L_FIELDS slots at offset, and per cluster index the
-        (listener, cluster) status classes (`requests`: index -> offset) and the cluster's durations."""
-        cdef uint64_t *slots = block.region(offset, L_FIELDS)
-        cdef int i, n = len(self.pools)
-        if slots != self.counters:
-            for i in range(L_FIELDS):
-                slots[i] += self.counters[i]
-                self.counters[i] = 0
-        self.stats = block
-        self.counters = slots
-        free(self.class_slots)
-        free(self.hist_slots)
-        self.class_slots = <uint64_t **>calloc(max(n, 1), sizeof(uint64_t *))
-        self.hist_slots = <uint64_t **>calloc(max(n, 1), sizeof(uint64_t *))
-        if self.class_slots == NULL or self.hist_slots == NULL:
-            raise MemoryError()
-        self.stat_clusters = n
-        for i in range(n):
-            if i in requests:
-                self.class_slots[i] = block.region(requests[i], R_FIELDS)
-            if i in durations:
-                self.hist_slots[i] = block.region(durations[i], HIST_FIELDS)
+    cdef void count_request(self, int status) noexcept:
+        """One answered request in this listener's own counts (proxy.stats())."""
+        cdef int cls = status // 100
+        bump_field(&self.requests, 1)
+        if 1 <= cls <= 5:
+            bump_field(&self.classes[cls], 1)
 
     cdef void count_answer(self, int cluster, int status, double seconds) noexcept:
         """One answered request into the shared counters (plain adds; nothing when not attached)."""
@@ -417,33 +83,6 @@ cdef class HttpProxy(Acceptor):
                 count_status(self.class_slots[cluster], status)
             if self.hist_slots[cluster] != NULL and seconds >= 0:
                 observe_ns(self.hist_slots[cluster], <uint64_t>(seconds * 1e9))
-
-    cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
-        cdef Downstream d = Downstream.__new__(Downstream)
-        d.proxy = self
-        d.fd = fd
-        d.state = DS_HEAD
-        d.deadline = self.reactor.now + self.header_timeout
-        d.cluster = -1
-        d.route = -1
-        d.tmo_off = -1
-        if peer.ss_family == AF_INET:
-            inet_ntop(AF_INET, &(<sockaddr_in *>peer).sin_addr, d.peer, sizeof(d.peer))
-        elif peer.ss_family == AF_INET6:
-            inet_ntop(AF_INET6, &(<sockaddr_in6 *>peer).sin6_addr, d.peer, sizeof(d.peer))
-        else:
-            d.peer[0] = 0
-        d.peer_len = len(<bytes>d.peer)
-        d.next = self.head
-        if self.head is not None:
-            self.head.prev = d
-        self.head = d
-        self.active += 1
-        bump_field(&self.accepted, 1)
-        self.counters[L_ACTIVE] += 1
-        bump(self.counters + L_ACCEPTED, 1)
-        if self.reactor.add(fd, d, 0, DOWNSTREAM_EVENTS) < 0:
-            d.close()
 
     cdef void unlink(self, Downstream d) noexcept:
         if d.prev is not None:
@@ -457,6 +96,12 @@ cdef class HttpProxy(Acceptor):
         self.active -= 1
         self.counters[L_ACTIVE] -= 1
 
+    cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers) except *:
+        self.rid_name = request_id_header.lower().encode("ascii")
+        self.rules.forwarded = forwarded
+        self.rules.trust_headers = trust_headers
+        self.rules.request_id = span_of(self.rid_name, len(self.rid_name))
+
     cdef object tunnel_for(self, HttpPool pool):
         cdef TcpProxy t = pool.tunnel
         if t is None:
@@ -464,98 +109,6 @@ cdef class HttpProxy(Acceptor):
             self.reactor.add_sweeper(t)
             pool.tunnel = t
         return t
-
-    def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
-                    bint forwarded_headers, str request_id_header, access_log, bint trust_headers,
-                    double body_timeout):
-        """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
-        they started with (each holds its router and pool). Head limits stay as the listener was bound."""
-        self.router = router
-        self.pools = pools
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
-        self.body_timeout = body_timeout
-        self.forwarded = forwarded_headers
-        self.rid_name = request_id_header.lower().encode("ascii")
-        self.access_log = access_log
-        self.trust_headers = trust_headers
-
-    cdef void sweep(self, double now) noexcept:
-        """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
-        cdef Downstream d = self.head
-        cdef Downstream nxt
-        while d is not None:
-            nxt = d.next
-            if d.state == DS_EXCHANGE:
-                if d.total_deadline and now >= d.total_deadline and not d.resp_head_done:
-                    if d.awaits_client():
-                        # The request's time ran out while its client still owed body bytes: the client's doing
-                        # (408, not a 504 that a fastmesh further up would count against this hop).
-                        d.respond_error(408, "Request Timeout", "body timeout", False)
-                    else:
-                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
-                    d.run()
-                elif not d.req_done and d.body_overdue(now):
-                    # The client is too slow with its body: its failure, not the endpoint's (no report, no retry).
-                    d.respond_error(408, "Request Timeout", "body timeout", False)
-                    d.run()
-                elif d.up is not None and d.up.state == UP_CONNECTING and now >= d.up.deadline:
-                    d.up.fail(0)
-                elif d.up is None and d.waiting and now >= d.deadline:
-                    # Waited a whole try for a connection slot (max_connections): the cluster is saturated.
-                    d.pool.policy.overloaded += 1
-                    d.respond_error(503, "Service Unavailable", "overloaded", d.req_done)
-                    d.run()
-                elif d.up is not None and not d.resp_head_done and now >= d.deadline:
-                    d.last_endpoint = d.up.endpoint
-                    d.report(d.up.endpoint, 0, True)
-                    if d.may_retry(RETRY_TIMEOUT, 0):
-                        d.retry()
-                    elif d.total_deadline and d.deadline >= d.total_deadline - 0.001:
-                        # This try had only what was left of the request's deadline.
-                        d.respond_error(504, "Gateway Timeout", "deadline exceeded", d.req_done)
-                        d.run()
-                    else:
-                        d.respond_error(504, "Gateway Timeout", "response timeout", d.req_done)
-                        d.run()
-            elif now >= d.deadline:
-                if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
-                    d.respond_error(408, "Request Timeout", "header timeout", False)
-                    d.run()
-                else:
-                    d.close()
-            d = nxt
-
-    def drain(self):
-        """Stop keeping connections alive: idle ones close now, busy ones after their current answer."""
-        cdef Downstream d = self.head
-        cdef Downstream nxt
-        self.draining = True
-        while d is not None:
-            nxt = d.next
-            if d.state == DS_IDLE or (d.state == DS_HEAD and rb_avail(&d.rbuf) == 0):
-                d.close()
-            elif d.state == DS_EXCHANGE:
-                d.client_keep = False
-            d = nxt
-        self.reactor.graveyard.clear()
-
-    def close_all(self):
-        while self.head is not None:
-            self.head.close()
-        for pool in self.pools:
-            pool.close_idle()
-            if pool.tunnel is not None:
-                pool.tunnel.close_all()
-        self.reactor.graveyard.clear()
-
-    @property
-    def status_classes(self):
-        return {f"{i}xx": self.classes[i] for i in range(1, 6)}
-
-    @property
-    def tunnel_count(self):
-        return sum(p.tunnel.active for p in self.pools if p.tunnel is not None)
 
 
 @cython.final
@@ -583,23 +136,14 @@ cdef class Downstream(UpstreamUser):
             self.readable = True
             if events & EPOLLRDHUP:
                 self.hangup = True
-                if self.state == DS_EXCHANGE and not self.req_done and not self.body_can_finish():
+                if self.state == DS_EXCHANGE and not self.req_done and not body_in_socket(
+                        self.fd, &self.rbuf, &self.req_body, self.req_ready):
                     # The client stopped sending before its request body was complete: it gave up.
                     self.close()
                     return
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
         self.run()
-
-    cdef bint body_can_finish(self) noexcept:
-        """After the client's FIN: whether the bytes it sent before it (buffered here or still queued in the
-        socket) hold the rest of the request body. Chunked bodies are given the benefit of the doubt."""
-        cdef int queued = 0
-        if self.req_body.kind != BODY_LENGTH:
-            return True
-        if ioctl(self.fd, FIONREAD, &queued) < 0:
-            return False
-        return queued + rb_avail(&self.rbuf) >= self.req_body.remaining + self.req_ready
 
     cdef void upstream_ready(self, Upstream up) noexcept:
         if up is self.up:
@@ -609,17 +153,21 @@ cdef class Downstream(UpstreamUser):
         """A connect failed or timed out: the request never reached a backend, so another endpoint may take it."""
         cdef int ep = up.endpoint
         if up is not self.up:
+            up.pool.cluster.connect_failed(ep, err, up.pool.reactor.now)
             return
+        self.pool.connect_failed(&self.ex.ct, ep, err)
         self.drop_upstream(False)
-        if self.take_upstream(ep):
-            self.run()
+        if self.take_upstream() < 0:
+            self.respond_error(connect_error(err), 0, self.req_done)
+        self.run()
+
+    cdef void slot_free(self) noexcept:
+        """A connection slot opened up while this request waited for one."""
+        self.ex.waiting = False
+        if self.state != DS_EXCHANGE or self.up is not None:
             return
-        if err == ECONNREFUSED:
-            self.respond_error(503, "Service Unavailable", "connect refused", self.req_done)
-        elif err == 0:
-            self.respond_error(503, "Service Unavailable", "connect timeout", self.req_done)
-        else:
-            self.respond_error(503, "Service Unavailable", "connect failed", self.req_done)
+        if self.take_upstream() < 0:
+            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
         self.run()
 
     # ---- the driver ------------------------------------------------------------------------------
@@ -685,7 +233,7 @@ cdef class Downstream(UpstreamUser):
                     self.head_scan = 0
                     return self.begin_exchange(n)
                 if n < 0:
-                    self.respond_error(error_status(<int>n), error_reason(<int>n).decode(), "bad request", False)
+                    self.respond_error(PE_BAD_REQUEST, <int>n, False)
                     return 1
             if not self.readable:
                 rb_release_if_empty(&self.rbuf, self.proxy.buffers)
@@ -702,7 +250,7 @@ cdef class Downstream(UpstreamUser):
                 self.close()
                 return -1
             if n == -2:
-                self.respond_error(431, "Request Header Fields Too Large", "bad request", False)
+                self.respond_error(PE_BAD_REQUEST, ERR_HEADERS_TOO_LARGE, False)
                 return 1
             if errno == EAGAIN:
                 self.readable = False
@@ -712,14 +260,15 @@ cdef class Downstream(UpstreamUser):
             return -1
 
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept:
-        cdef HttpProxy proxy = self.proxy
+        """A request head is parsed (SCRATCH): its view goes to the exchange, its forwarded head is rendered."""
+        cdef Front proxy = self.proxy
+        cdef Exchange ex = self.ex
         cdef Head *h = &SCRATCH
         cdef const char *buf = self.rbuf.data + self.rbuf.start
-        cdef long long length, ms
-        cdef int kind, route, i
-        cdef double now
-        cdef ClusterPolicy policy
-        self.started = proxy.reactor.now
+        cdef long long length
+        cdef int kind, err
+        cdef double now = proxy.reactor.now
+        ex.begin(now)
         self.ex_in = head_len
         self.ex_out = 0
         self.status = 0
@@ -730,282 +279,104 @@ cdef class Downstream(UpstreamUser):
         self.resp_started = False
         self.resp_head_done = False
         self.resp_done = False
+        self.retry_pending = False
         self.req_ready = 0
         self.resp_ready = 0
-        self.attempts = 0
         kind = request_body(h, &length)
         if kind < 0:
-            self.respond_error(error_status(kind), error_reason(kind).decode(), "bad request", False)
+            self.respond_error(PE_BAD_REQUEST, kind, False)
             return 1
         frame_init(&self.req_body, kind, length, &proxy.limits)
         self.req_done = self.req_body.done
-        self.body_seen = self.started
-        self.body_deadline = self.started + proxy.body_timeout if proxy.body_timeout > 0 and not self.req_done else 0.0
+        ex.body_begins(now, proxy.body_timeout, self.req_done)
         self.client_keep = keep_alive(h, kind) and not proxy.draining
         if proxy.access_log is not None:
-            self.log_fields = self.describe(buf, h)
-        self.router = proxy.router
-        route = self.router.match(buf, h)
-        if route < 0:
+            ex.log_fields = log_names(buf, h)
+        view_init(&VIEW, buf, h)
+        err = ex.route_request(proxy.router, proxy.pools, &VIEW, &proxy.rules, now)
+        if err:
             self.rbuf.start += head_len
-            if h.method == METHOD_CONNECT:
-                # A reverse proxy is no tunnel unless a route names CONNECT; the bytes after it are not HTTP.
-                self.respond_error(405, "Method Not Allowed", "connect not allowed", False)
-            else:
-                self.respond_error(404, "Not Found", "no route", self.req_done)
+            # After a refused CONNECT the client's bytes are not HTTP: the connection closes.
+            self.respond_error(err, 0, self.req_done and err != PE_METHOD_NOT_ALLOWED)
             return 1
-        self.route = route
-        self.cluster = self.router.cluster(route)
-        self.pool = <HttpPool>proxy.pools[self.cluster]
-        policy = self.pool.policy
-        self.keyed = self.pool.hash_kind != HASH_NONE and self.request_key(buf, h)
-        now = proxy.reactor.now
-        self.tries = 1
-        self.tried = 0
-        self.last_endpoint = -1
-        self.retry_pending = False
-        self.total_deadline = now + policy.timeout if policy.timeout > 0 else 0.0
-        if proxy.trust_headers:
-            i = find_field(buf, h, TIMEOUT_C, TIMEOUT_LEN)
-            if i >= 0:
-                ms = field_ms(buf, &h.headers[i])
-                if ms >= 0 and (self.total_deadline == 0.0 or now + ms / 1000.0 < self.total_deadline):
-                    self.total_deadline = now + ms / 1000.0
+        self.pool = <HttpPool>ex.connector
+        self.tmo_off = render_request(&self.reqhead, buf, h, &VIEW, ex.router, ex.route, &ex.request_edits,
+                                      self.req_upgrade, listener_address(self.fd, h))
         # A body that is already whole in the buffer can be sent again by a retry.
         self.body_mark = self.rbuf.start + head_len
-        self.body_replayable = (kind == BODY_NONE or (kind == BODY_LENGTH
-                                and self.rbuf.end - self.body_mark >= length))
-        self.build_request_head(buf, h)
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        if not policy.cell.take(F_REQUESTS, policy.request_limit()):
-            policy.overloaded += 1
-            self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
+        err = ex.admit(kind == BODY_NONE or (kind == BODY_LENGTH and self.rbuf.end - self.body_mark >= length),
+                       self.req_upgrade, now)
+        if err:
+            self.respond_error(err, 0, self.req_done)
             return 1
-        policy.requests_active += 1
-        self.counted = True
-        policy.budget.deposit(now)
-        if self.total_deadline and now >= self.total_deadline:
-            # The caller's budget is spent: sending the request could only waste a backend's time.
-            self.respond_error(504, "Gateway Timeout", "deadline exceeded", self.req_done)
-            return 1
-        self.deadline = self.try_deadline()
-        self.stamp_deadline()
-        if not self.take_upstream(-1) and not self.waiting:
-            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        self.send_next_try()
         return 1
 
-    cdef bint request_key(self, const char *buf, Head *h) noexcept:
-        """The consistent-hash key of the request; False when the request lacks it (then any endpoint does)."""
-        cdef HttpPool pool = self.pool
-        cdef const char *name = pool.hash_name
-        cdef Py_ssize_t n = len(pool.hash_name)
-        cdef const char *val
-        cdef Py_ssize_t vlen
-        cdef HeaderField *f
-        cdef int i
-        if pool.hash_kind == HASH_SOURCE:
-            self.hash_key = hash_bytes(<const unsigned char *>self.peer, self.peer_len)
-            return True
-        if pool.hash_kind == HASH_HEADER:
-            i = find_any_field(buf, h, name, n, 0)
-            if i < 0:
-                return False
-            f = &h.headers[i]
-            self.hash_key = hash_bytes(<const unsigned char *>buf + f.value_off, f.value_len)
-            return True
-        i = find_any_field(buf, h, "cookie", 6, 0)
-        while i >= 0:
-            f = &h.headers[i]
-            if cookie_value(buf + f.value_off, f.value_len, name, n, &val, &vlen):
-                self.hash_key = hash_bytes(<const unsigned char *>val, vlen)
-                return True
-            i = find_any_field(buf, h, "cookie", 6, i + 1)
-        return False
+    cdef void send_next_try(self) noexcept:
+        """Stamp the try's time budget into the forwarded head, then connect (or answer why not)."""
+        self.proxy.reactor.refresh_now()
+        stamp_budget(&self.reqhead, self.tmo_off, self.ex.budget_ms(self.proxy.reactor.now))
+        if self.take_upstream() < 0:
+            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
 
-    cdef void report(self, int ep, int status, bint failed) noexcept:
-        """A try's outcome, for the latency-aware balancer and for failure accrual."""
-        cdef HttpPool pool = self.pool
-        cdef double now = self.proxy.reactor.now
-        pool.cluster.balancer.observe(ep, now - self.try_started, status if status else 503)
-        if pool.policy.adaptive is not None and not failed:
-            pool.policy.adaptive.sample(now - self.try_started)
-        if failed:
-            pool.cluster.request_failed(ep, now)
+    # ---- upstream --------------------------------------------------------------------------------
+
+    cdef int take_upstream(self) noexcept:
+        """Acquire a connection for the current request: 1 got one, 0 queued for a slot (or refused and
+        answered), -1 no endpoint could be tried (the caller answers)."""
+        cdef int outcome
+        cdef Upstream up = self.pool.acquire(self, &self.ex.ct, &outcome)
+        self.ex.connected(-1, self.proxy.reactor.now)
+        if up is None:
+            if outcome != CONNECT_FULL:
+                return -1
+            # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
+            if not self.ex.wait(self):
+                self.respond_error(PE_OVERLOADED, 0, self.req_done)
+            return 0
+        self.up = up
+        self.reqhead_sent = 0
+        self.pool.cluster.upstream_start(up.endpoint)
+        return 1
+
+    cdef void try_timed_out(self) noexcept:
+        """No response head within the try's time: retry, or answer 504."""
+        if self.ex.try_failed(self.up.endpoint, RETRY_TIMEOUT, True, self.proxy.reactor.now) == V_RETRY:
+            self.retry()
         else:
-            pool.cluster.request_succeeded(ep)
-
-    cdef double try_deadline(self) noexcept:
-        """When the current try's response head must have arrived."""
-        cdef double t = self.proxy.reactor.now + self.pool.policy.per_try_timeout
-        if self.total_deadline and self.total_deadline < t:
-            return self.total_deadline
-        return t
+            self.respond_error(self.ex.error, 0, self.req_done)
+            self.run()
 
     cdef bint awaits_client(self) noexcept:
         """Whether the request body is the client's move: the upstream has taken every body byte that came."""
         return (not self.req_done and self.up is not None and self.up.state != UP_CONNECTING
                 and self.reqhead_sent == self.reqhead.len and self.req_ready == 0)
 
-    cdef bint body_overdue(self, double now) noexcept:
-        """The client's clocks while its request body arrives: True once the whole body took longer than
-        body_timeout, or the client kept silent for idle_timeout while the upstream had taken everything. Until
-        then the upstream owes nothing: its response clock, and the latency it is judged by, start over."""
-        if self.body_deadline and now >= self.body_deadline:
-            return True
-        if not self.awaits_client():
-            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
-            return False
-        if now - self.body_seen >= self.proxy.idle_timeout:
-            return True
-        self.try_started = now
-        self.deadline = self.try_deadline()
-        return False
-
-    cdef void stamp_deadline(self) noexcept:
-        """Write the time the next hop may take (ms) into reqhead's fastmesh-timeout-ms field: what is left of this
-        try's deadline now, less 1 ms for the transit and queueing no hop can measure, so the budget shrinks at
-        every hop even when a hop itself takes microseconds."""
-        cdef long long ms
-        cdef int i
-        if self.tmo_off < 0:
-            return
-        self.proxy.reactor.refresh_now()
-        ms = <long long>((self.deadline - self.proxy.reactor.now) * 1000.0) - 1
-        if ms < 0:
-            ms = 0
-        if ms > 999999999:
-            ms = 999999999
-        for i in range(TIMEOUT_DIGITS - 1, -1, -1):
-            self.reqhead.data[self.tmo_off + i] = <char>(48 + ms % 10)
-            ms //= 10
-
-    cdef object describe(self, const char *buf, Head *h):
-        """(method, authority, path) for the access log; built only when the log is on."""
-        cdef HeaderField *f
-        method = buf[h.method_off:h.method_off + h.method_len]
-        target = buf[h.target_off:h.target_off + h.target_len]
-        authority = b""
-        if h.host_index >= 0:
-            f = &h.headers[h.host_index]
-            authority = buf[f.value_off:f.value_off + f.value_len]
-        return (method, authority, target)
-
-    # ---- upstream --------------------------------------------------------------------------------
-
-    cdef bint take_upstream(self, int avoid) noexcept:
-        """Acquire a connection for the current request; False when no endpoint is left to try."""
-        cdef int err = 0
-        cdef Upstream up
-        if self.attempts >= self.pool.cluster.connect_attempts:
-            return False
-        self.attempts += 1
-        if 0 <= avoid < 64:
-            self.tried |= 1ULL << avoid
-        up = self.pool.acquire(self, avoid, &err, self.hash_key, self.keyed, self.tried)
-        self.try_started = self.proxy.reactor.now
-        if up is None:
-            if err == -1:
-                # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
-                self.attempts -= 1
-                if self.pool.enqueue(self):
-                    self.waiting = True
-                else:
-                    self.pool.policy.overloaded += 1
-                    self.respond_error(503, "Service Unavailable", "overloaded", self.req_done)
-                    self.waiting = True     # answered: the caller must not answer again
-            return False
-        self.up = up
-        self.reqhead_sent = 0
-        self.pool.cluster.upstream_start(up.endpoint)
-        return True
-
-    cdef void slot_free(self) noexcept:
-        """A connection slot opened up while this request waited for one."""
-        self.waiting = False
-        if self.state != DS_EXCHANGE or self.up is not None:
-            return
-        if not self.take_upstream(self.last_endpoint) and not self.waiting:
-            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
-        self.run()
-
-    cdef bint may_retry(self, int cls, int status) noexcept:
-        """Whether the failed try may be tried again: policy, replayability, limits, deadline and budget."""
-        cdef ClusterPolicy policy = self.pool.policy
-        cdef double now = self.proxy.reactor.now
-        if self.tries >= policy.attempts or self.resp_head_done:
-            return False
-        if status:
-            if not policy.retryable_status(status):
-                return False
-        elif not (policy.retry_on & cls):
-            return False
-        if not self.body_replayable or not replayable_method(self.req_method) or self.req_upgrade:
-            return False
-        if self.total_deadline and now + 0.001 >= self.total_deadline:
-            return False
-        if self.retrying:               # already holds one of the instance's max_retries slots
-            return policy.budget.try_withdraw(now)
-        if not policy.cell.take(F_RETRIES, policy.max_retries):
-            policy.overloaded += 1
-            return False
-        if not policy.budget.try_withdraw(now):
-            policy.cell.give(F_RETRIES)
-            return False
-        self.retrying = True            # the slot goes back in end_request()
-        policy.retries_active += 1
-        return True
-
     cdef void retry(self) noexcept:
-        """Send the request again (another endpoint when there is one), after a jittered backoff."""
-        cdef ClusterPolicy policy = self.pool.policy
-        cdef double delay
-        cdef unsigned long long r
+        """The exchange decided to send the request again: rewind the body, wait its backoff."""
         self.drop_upstream(False)
-        self.tries += 1
-        self.attempts = 0
-        policy.retried += 1
         self.resp_started = False
         self.reqhead_sent = 0
         self.rbuf.start = self.body_mark
         frame_init(&self.req_body, self.req_body.kind, self.req_body.length, &self.proxy.limits)
         self.req_done = self.req_body.done
         self.req_ready = 0
-        delay = policy.backoff_base * (1 << min(self.tries - 2, 16))
-        if delay > policy.backoff_max:
-            delay = policy.backoff_max
-        r = self.pool.cluster.balancer.next_random()
-        delay = delay * ((r >> 11) * (1.0 / 9007199254740992.0))     # full jitter: uniform in [0, delay)
         self.retry_pending = True
-        self.proxy.reactor.loop.call_later(delay, self._retry_now)
+        self.proxy.reactor.loop.call_later(self.ex.backoff, self._retry_now)
 
     def _retry_now(self):
         self.retry_pending = False
         if self.state != DS_EXCHANGE or self.up is not None or self.resp_done:
             return
-        self.deadline = self.try_deadline()
-        self.stamp_deadline()
-        if not self.take_upstream(self.last_endpoint) and not self.waiting:
-            self.respond_error(503, "Service Unavailable", "no endpoints", self.req_done)
+        self.ex.next_try(self.proxy.reactor.now)
+        self.send_next_try()
         self.run()
 
     cdef void end_request(self) noexcept:
-        """The request left the cluster's books: in-flight and retry gauges go down once."""
-        cdef ClusterPolicy policy
-        if self.pool is None:
-            return
-        policy = self.pool.policy
-        if self.counted:
-            self.counted = False
-            policy.requests_active -= 1
-            policy.cell.give(F_REQUESTS)
-        if self.retrying:
-            self.retrying = False
-            policy.retries_active -= 1
-            policy.cell.give(F_RETRIES)
-        if self.waiting:
-            self.waiting = False
-            self.pool.unwait(self)
+        """The request left the cluster's books (once)."""
+        self.ex.end(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
@@ -1049,14 +420,14 @@ cdef class Downstream(UpstreamUser):
         if self.reqhead_sent == self.reqhead.len and not self.req_done:
             sent = self.ex_in
             taken = sent + <unsigned long long>self.req_ready
-            r = self.pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
-                               &self.req_body, &self.req_ready, True)
+            r = pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
+                          &self.req_body, &self.req_ready, self.proxy.buffers, True, &self.ex_in,
+                          &self.proxy.bytes_in, NULL)
             if self.ex_in + <unsigned long long>self.req_ready != taken:
-                self.body_seen = self.proxy.reactor.now      # the client sent more of its body
+                self.ex.body_arrived(self.proxy.reactor.now)      # the client sent more of its body
             if r == 0 and (self.req_ready == 0 or self.ex_in != sent):
                 # The upstream took all it was given, or at least more of it: its response clock starts over.
-                self.try_started = self.proxy.reactor.now
-                self.deadline = self.try_deadline()
+                self.ex.restart_clock(self.proxy.reactor.now)
             if r == 1:
                 self.req_done = True
             elif r == -1:
@@ -1066,7 +437,7 @@ cdef class Downstream(UpstreamUser):
             elif r == -2:
                 return self.upstream_lost()
             elif r == -3:
-                self.respond_error(400, "Bad Request", "bad request", False)
+                self.respond_error(PE_BAD_REQUEST, 0, False)
                 return 1
         # 3. the response head
         if not self.resp_head_done:
@@ -1085,21 +456,22 @@ cdef class Downstream(UpstreamUser):
             up = self.up
         # 4. the response body
         if not self.resp_done:
-            r = self.pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
-                               &self.resp_body, &self.resp_ready, False)
+            r = pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
+                          &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out, NULL,
+                          &self.resp_fresh)
             if r == 1:
                 self.resp_done = True
             elif r == -4:
                 # The body's framing broke before any byte of the head left: the head is withdrawn and the
                 # client gets a clean 502 instead.
-                self.pool.cluster.request_failed(up.endpoint, self.proxy.reactor.now)
+                self.ex.response_broke(up.endpoint, self.proxy.reactor.now)
                 self.out.len = self.out.off + self.resp_mark
                 self.resp_head_done = False
-                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
             elif r == -1 or r == -3:
                 # The upstream broke mid-body: the client got a head already, so only a close can tell it.
-                self.pool.cluster.request_failed(up.endpoint, self.proxy.reactor.now)
+                self.ex.response_broke(up.endpoint, self.proxy.reactor.now)
                 self.close()
                 return -1
             elif r == -2:
@@ -1129,28 +501,25 @@ cdef class Downstream(UpstreamUser):
         return r
 
     cdef int upstream_lost(self) noexcept:
-        """The upstream connection failed before the response head: replay or answer 502."""
+        """The upstream connection failed before the response head: replay, retry or answer 502."""
         cdef Upstream up = self.up
         cdef int ep = up.endpoint
-        cdef bint was_reused = up.reused
-        self.last_endpoint = ep
-        if not (was_reused and not self.resp_started):
-            self.report(ep, 0, True)
-        if (was_reused and not self.resp_started and self.req_body.kind == BODY_NONE
-                and replayable_method(self.req_method)):
+        cdef bint stale = up.reused and not self.resp_started
+        cdef int r
+        if stale and self.req_body.kind == BODY_NONE and replayable_method(self.req_method):
             # A keep-alive connection the server had already closed: the request is whole in reqhead.
             self.drop_upstream(False)
             self.reqhead_sent = 0
-            self.attempts = 0            # a free replay: the request never reached a live server
-            if self.take_upstream(ep) or self.waiting:
-                return 1
-            self.respond_error(502, "Bad Gateway", "reset", self.req_done)
+            self.ex.replay(ep)
+            r = self.take_upstream()
+            if r < 0:
+                self.respond_error(PE_RESET, 0, self.req_done)
             return 1
-        if self.may_retry(RETRY_RESET, 0):
+        if self.ex.try_failed(ep, RETRY_RESET, not stale, self.proxy.reactor.now) == V_RETRY:
             self.retry()
             return 0
         self.drop_upstream(False)
-        self.respond_error(502, "Bad Gateway", "reset", self.req_done)
+        self.respond_error(self.ex.error, 0, self.req_done)
         return 1
 
     cdef int read_response_head(self) noexcept:
@@ -1167,7 +536,7 @@ cdef class Downstream(UpstreamUser):
                         return 1
                     continue
                 if n < 0:
-                    self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                    self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                     return 1
             if not up.readable:
                 return 0
@@ -1180,14 +549,14 @@ cdef class Downstream(UpstreamUser):
                     up.readable = False
                 continue
             if n == -2:
-                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
             if n < 0 and errno == EAGAIN:
                 up.readable = False
                 return 0
             # EOF or reset before a whole head.
             if self.resp_started:
-                self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+                self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
             return self.upstream_lost()
 
@@ -1197,23 +566,21 @@ cdef class Downstream(UpstreamUser):
         cdef const char *buf = up.rbuf.data + up.rbuf.start
         cdef long long length
         cdef int kind, status = h.status
+        cdef bint marked
         if 100 <= status < 200 and status != 101:
             # Interim answers: 100 only to a client that asked for it; 102/103 pass on.
             if status != 100 or self.req_expect:
-                self.build_response_head(buf, h, False)
+                render_response(&self.out, buf, h, &self.ex.response_edits, -1, False, False, self.client_keep,
+                                self.req_minor)
             up.rbuf.start += head_len
             return 0
-        self.report(up.endpoint, status, status >= 500)
-        if (status >= 500 and self.pool.policy.retryable_status(status)
-                and find_field(buf, h, RETRIED_FIELD, len(RETRIED_FIELD)) < 0):
-            # (An answer that says a fastmesh further down already retried is never retried again.)
-            self.last_endpoint = up.endpoint
-            if self.may_retry(RETRY_5XX, status):
-                self.retry()
-                return -1
+        marked = status >= 500 and marked_retried(buf, h)
+        if self.ex.response(up.endpoint, status, marked, self.proxy.reactor.now) == V_RETRY:
+            self.retry()
+            return -1
         kind = response_body(h, self.req_method, self.req_upgrade, &length)
         if kind < 0:
-            self.respond_error(502, "Bad Gateway", "bad response", self.req_done)
+            self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
             return -1
         self.status = status
         frame_init(&self.resp_body, kind, length, &self.proxy.resp_limits)
@@ -1224,152 +591,33 @@ cdef class Downstream(UpstreamUser):
             # An HTTP/1.0 client knows no chunked coding: send the data alone and end it with the close.
             self.resp_body.dechunk = True
             self.client_keep = False
-        if kind == BODY_TUNNEL:
-            self.build_response_head(buf, h, True)
-            up.rbuf.start += head_len
-            self.resp_head_done = True
-            self.state = DS_UPGRADING
-            return -1
         self.resp_mark = ob_pending(&self.out)
         self.resp_fresh = True
-        self.build_response_head(buf, h, False)
+        render_response(&self.out, buf, h, &self.ex.response_edits, self.ex.retried_mark(status, marked),
+                        kind == BODY_TUNNEL, self.resp_body.dechunk, self.client_keep, self.req_minor)
         up.rbuf.start += head_len
         self.resp_head_done = True
+        if kind == BODY_TUNNEL:
+            self.state = DS_UPGRADING
+            return -1
         return 0
 
-    cdef int pump_body(self, RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
-                       OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, bint request) noexcept:
-        """Pass a body from src to dfd: 1 done, 0 blocked, -1 source closed/failed early, -2 destination
-        failed, -3 framing error, -4 framing error while no byte of the response head has left. The
-        destination's queued head (dpend) goes first, after the body bytes already here were framed."""
-        cdef Py_ssize_t n, avail, room, off, dlen
-        cdef BufferPool pool = self.proxy.buffers if request else self.proxy.reactor.buffers
-        cdef int r
-        while True:
-            if dpend != NULL and ob_pending(dpend):
-                if not d_writable[0]:
-                    return 0
-                # A head and the body bytes that came with it leave in one send (one segment): sent apart,
-                # the client waits for a second packet. Only small bodies are copied; big ones stream.
-                if ready[0] == 0 and not f.dechunk and not f.done and src.data != NULL:
-                    avail = src.end - src.start
-                    if avail > 0:
-                        n = frame_take(f, src.data + src.start, avail)
-                        if n < 0:
-                            return -4 if self.resp_fresh and not request else -3
-                        ready[0] = n
-                if 0 < ready[0] <= COALESCE_MAX and not f.dechunk:
-                    ob_add(dpend, src.data + src.start, ready[0])
-                    src.start += ready[0] + f.skip
-                    f.skip = 0
-                    if request:
-                        self.ex_in += ready[0]
-                    else:
-                        self.ex_out += ready[0]
-                    ready[0] = 0
-                avail = ob_pending(dpend)
-                r = ob_flush(dpend, dfd)
-                if r != 0 or ob_pending(dpend) != avail:
-                    self.resp_fresh = False
-                if r < 0:
-                    return -2
-                if r == 0:
-                    d_writable[0] = False
-                    return 0
-            if ready[0] > 0:
-                if not d_writable[0]:
-                    return 0
-                n = send(dfd, src.data + src.start, ready[0], MSG_NOSIGNAL | MSG_DONTWAIT)
-                if n > 0:
-                    src.start += n
-                    ready[0] -= n
-                    if request:
-                        self.ex_in += n
-                    else:
-                        self.ex_out += n
-                    if ready[0] > 0:
-                        d_writable[0] = False
-                    else:
-                        src.start += f.skip
-                        f.skip = 0
-                    continue
-                if n < 0 and errno == EAGAIN:
-                    d_writable[0] = False
-                    return 0
-                return -2
-            if f.done:
-                return 1
-            avail = src.end - src.start if src.data != NULL else 0
-            if avail > 0 and f.dechunk:
-                n = chunked_feed(&f.dec, src.data + src.start, avail, &off, &dlen)
-                if n < 0:
-                    return -3
-                if f.dec.state == CHUNK_DONE:
-                    f.done = True
-                if n > 0:
-                    # Drop the framing around the data span; send the span alone.
-                    src.start += off
-                    ready[0] = dlen
-                    f.skip = n - off - dlen
-                    if dlen == 0:
-                        src.start += f.skip
-                        f.skip = 0
-                    continue
-            elif avail > 0:
-                n = frame_take(f, src.data + src.start, avail)
-                if n < 0:
-                    return -3
-                if n > 0:
-                    ready[0] = n
-                    continue
-                if f.done:
-                    return 1
-            if not s_readable[0]:
-                if not request:
-                    rb_release_if_empty(src, pool)
-                return 0
-            room = pool.size - src.end if src.data != NULL else pool.size
-            n = rb_read(src, sfd, pool)
-            if n > 0:
-                if request:
-                    bump_field(&self.proxy.bytes_in, <unsigned long long>n)
-                if n < room and not s_hangup:
-                    s_readable[0] = False
-                continue
-            if n == 0:
-                if f.kind == BODY_UNTIL_CLOSE:
-                    f.done = True
-                    return 1
-                return -1
-            if n == -2:
-                return -3
-            if errno == EAGAIN:
-                s_readable[0] = False
-                if not request:
-                    rb_release_if_empty(src, pool)
-                return 0
-            return -1
-
     cdef int finish_exchange(self) noexcept:
-        cdef HttpProxy proxy = self.proxy
+        cdef Front proxy = self.proxy
         cdef Upstream up = self.up
-        cdef int cls
-        endpoint = up.endpoint if up is not None else -1
+        cdef int endpoint = up.endpoint if up is not None else -1
         if not self.req_done:
             # The upstream answered before the request body ended: the next request's start is unknown.
             self.client_keep = False
         self.drop_upstream(self.up_keep and self.req_done)
         self.end_request()
-        bump_field(&proxy.requests, 1)
-        cls = self.status // 100
-        if 1 <= cls <= 5:
-            bump_field(&proxy.classes[cls], 1)
+        proxy.count_request(self.status)
         bump_field(&proxy.bytes_out, self.ex_out)
         bump(proxy.counters + L_BYTES_IN, self.ex_in)
         bump(proxy.counters + L_BYTES_OUT, self.ex_out)
-        proxy.count_answer(self.cluster, self.status, proxy.reactor.now - self.started)
+        proxy.count_answer(self.ex.cluster, self.status, proxy.reactor.now - self.ex.started)
         if proxy.access_log is not None:
-            self.log_request(endpoint)
+            self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now)
         self.up_keep = False
         if self.client_keep:
             self.state = DS_IDLE
@@ -1380,247 +628,30 @@ cdef class Downstream(UpstreamUser):
             self.deadline = proxy.reactor.now + CLOSE_GRACE
         return 1
 
-    cdef void log_request(self, int endpoint):
-        proxy = self.proxy
-        method, authority, path = self.log_fields or (b"", b"", b"")
-        label = self.pool.cluster.labels[endpoint] if endpoint >= 0 and self.pool is not None else "-"
-        try:
-            proxy.access_log((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"),
-                              self.status, self.ex_in, self.ex_out, label,
-                              proxy.reactor.now - self.started))
-        except Exception:
-            pass
-        self.log_fields = None
-
-    # ---- heads -----------------------------------------------------------------------------------
-
-    cdef void build_request_head(self, const char *buf, Head *h) noexcept:
-        cdef HttpProxy proxy = self.proxy
-        cdef Router router = self.router
-        cdef OutBuf *o = &self.reqhead
-        cdef HeaderField *f
-        cdef const char *tok[16]
-        cdef Py_ssize_t tlen[16]
-        cdef int ntok = 0, i, route = self.route
-        cdef Py_ssize_t n, cap
-        cdef Span block
-        cdef bint removes = router.removes_any(route)
-        cdef bint has_rid = False
-        cdef bint seen_cl = False
-        cdef bint upgrading = self.req_upgrade
-        cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
-        cdef const char *rid = proxy.rid_name
-        cdef Py_ssize_t rid_len = len(proxy.rid_name)
-        cdef char idbuf[32]
-        o.off = 0
-        o.len = 0
-        ob_add(o, buf + h.method_off, h.method_len)
-        ob_add(o, " ", 1)
-        cap = h.target_len + router.max_growth + 16
-        if ob_reserve(o, cap) == 0:
-            n = router.rewrite_target(route, buf, h, o.data + o.len, cap)
-            if n > 0:
-                o.len += n
-        ob_add(o, " HTTP/1.1\r\n", 11)
-        if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-            ntok = connection_tokens(buf, h, tok, tlen)
-        if host_from_target:
-            # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host; a received Host is ignored.
-            block = target_authority(buf, h)
-            ob_add(o, "Host: ", 6)
-            ob_add(o, block.ptr, block.len)
-            ob_add(o, "\r\n", 2)
-        elif h.host_index < 0:
-            self.add_host(o)
-        for i in range(h.num_headers):
-            f = &h.headers[i]
-            if hop_by_hop(f.id, upgrading):
-                continue
-            if f.id == FIELD_CONTENT_LENGTH:
-                if not seen_cl:    # identical repeats were merged by the parser: send one, in plain digits
-                    seen_cl = True
-                    add_content_length(o, h.content_length)
-                continue
-            if f.id == FIELD_TRANSFER_ENCODING:
-                ob_add(o, TE_CHUNKED, len(TE_CHUNKED))   # the parser let only a single final chunked through
-                continue
-            if f.id == FIELD_HOST and host_from_target:
-                continue
-            if f.id == FIELD_OTHER:
-                if ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
-                    continue
-                if removes and router.removes(route, buf + f.name_off, f.name_len):
-                    continue
-                if proxy.forwarded and name_is(buf + f.name_off, f.name_len, "x-forwarded-proto", 17):
-                    continue
-                if name_is(buf + f.name_off, f.name_len, TIMEOUT_C, TIMEOUT_LEN):
-                    continue     # replaced by the budget left for this hop, below
-                if rid_len and name_is(buf + f.name_off, f.name_len, rid, rid_len):
-                    has_rid = True
-            # The field line as received ("Name: value"), one copy.
-            ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
-            ob_add(o, "\r\n", 2)
-        if upgrading:
-            ob_add(o, CONN_UPGRADE, len(CONN_UPGRADE))
-        if proxy.forwarded:
-            ob_add(o, "X-Forwarded-For: ", 17)
-            ob_add(o, self.peer, self.peer_len)
-            ob_add(o, "\r\n", 2)
-            ob_add(o, XFP, len(XFP))
-            ob_add(o, VIA, len(VIA))
-        if rid_len and not has_rid:
-            self.random_id(idbuf)
-            ob_add(o, rid, rid_len)
-            ob_add(o, ": ", 2)
-            ob_add(o, idbuf, 32)
-            ob_add(o, "\r\n", 2)
-        block = router.add_request_headers(route)
-        if block.len > 0:
-            ob_add(o, block.ptr, block.len)
-        ob_add(o, TIMEOUT_FIELD, len(TIMEOUT_FIELD))
-        self.tmo_off = o.len
-        ob_add(o, "000000000\r\n", TIMEOUT_DIGITS + 2)
-        ob_add(o, "\r\n", 2)
-
-    cdef void add_host(self, OutBuf *o) noexcept:
-        """Host for an HTTP/1.0 request that came without one (it goes upstream as HTTP/1.1, which needs it):
-        the listener address the client connected to. (No route's host can apply: a request without a
-        host fails every host condition.) A syscall, but only on this rare path."""
-        cdef sockaddr_storage local
-        cdef socklen_t alen = sizeof(local)
-        cdef char text[64]
-        cdef int n = 0, port = 0
-        ob_add(o, "Host: ", 6)
-        if getsockname(self.fd, <sockaddr *>&local, &alen) == 0:
-            if local.ss_family == AF_INET:
-                inet_ntop(AF_INET, &(<sockaddr_in *>&local).sin_addr, text, 48)
-                port = ntohs((<sockaddr_in *>&local).sin_port)
-                n = snprintf(text + 48, 16, ":%d", port)
-                ob_add(o, text, len(<bytes>text))
-                ob_add(o, text + 48, n)
-            elif local.ss_family == AF_INET6:
-                text[0] = b'['
-                inet_ntop(AF_INET6, &(<sockaddr_in6 *>&local).sin6_addr, text + 1, 46)
-                port = ntohs((<sockaddr_in6 *>&local).sin6_port)
-                n = snprintf(text + 48, 16, "]:%d", port)
-                ob_add(o, text, len(<bytes>text))
-                ob_add(o, text + 48, n)
-        ob_add(o, "\r\n", 2)
-
-    cdef void random_id(self, char *out) noexcept:
-        """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
-        cdef unsigned long long r
-        cdef int i, j
-        cdef const char *hexd = HEX
-        for i in range(2):
-            r = self.pool.cluster.balancer.next_random()
-            for j in range(16):
-                out[i * 16 + j] = hexd[(r >> (4 * j)) & 15]
-
-    cdef void add_retried(self, OutBuf *o) noexcept:
-        """Mark a failed answer: this hop applied its retry policy, so hops further up must not retry it."""
-        cdef char line[40]
-        cdef int n = snprintf(line, sizeof(line), "fastmesh-retried: %d\r\n", self.tries - 1 if self.tries else 0)
-        ob_add(o, line, n)
-
-    cdef void build_response_head(self, const char *buf, Head *h, bint tunnel) noexcept:
-        cdef HttpProxy proxy = self.proxy
-        cdef OutBuf *o = &self.out
-        cdef HeaderField *f
-        cdef const char *tok[16]
-        cdef Py_ssize_t tlen[16]
-        cdef int ntok = 0, i
-        cdef Span block
-        cdef char line[16]
-        cdef bint seen_cl = False
-        # "HTTP/1.1 NNN " by hand: snprintf showed up in the profile (the parser guarantees 100 <= status <= 599).
-        memcpy(line, b"HTTP/1.1 ", 9)
-        line[9] = <char>(48 + h.status // 100)
-        line[10] = <char>(48 + (h.status // 10) % 10)
-        line[11] = <char>(48 + h.status % 10)
-        line[12] = 32
-        ob_add(o, line, 13)
-        ob_add(o, buf + h.reason_off, h.reason_len)
-        ob_add(o, "\r\n", 2)
-        if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-            ntok = connection_tokens(buf, h, tok, tlen)
-        for i in range(h.num_headers):
-            f = &h.headers[i]
-            if hop_by_hop(f.id, tunnel):
-                continue
-            if f.id == FIELD_OTHER and ntok and field_in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
-                continue
-            if f.id == FIELD_TRANSFER_ENCODING:
-                if self.resp_body.dechunk:
-                    continue
-                if h.chunked and not h.te_other:
-                    ob_add(o, TE_CHUNKED, len(TE_CHUNKED))   # chunked alone, however it was spelled
-                    continue
-            elif f.id == FIELD_CONTENT_LENGTH:
-                if not seen_cl:
-                    seen_cl = True
-                    add_content_length(o, h.content_length)
-                continue
-            ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
-            ob_add(o, "\r\n", 2)
-        if h.status >= 200 or h.status == 101:
-            if self.route >= 0:
-                block = self.router.add_response_headers(self.route)
-                if block.len > 0:
-                    ob_add(o, block.ptr, block.len)
-            if proxy.forwarded:
-                ob_add(o, VIA, len(VIA))
-            if h.status >= 500 and find_field(buf, h, RETRIED_FIELD, len(RETRIED_FIELD)) < 0:
-                self.add_retried(o)
-            if tunnel:
-                ob_add(o, CONN_UPGRADE, len(CONN_UPGRADE))
-            elif not self.client_keep:
-                ob_add(o, CONN_CLOSE, len(CONN_CLOSE))
-            elif self.req_minor == 0:
-                ob_add(o, CONN_KEEP, len(CONN_KEEP))
-        ob_add(o, "\r\n", 2)
-
     # ---- endings ---------------------------------------------------------------------------------
 
-    cdef void respond_error(self, int status, str reason, str cause, bint keep) noexcept:
-        """Answer the current request with an error of ours; keep the connection only when allowed."""
-        cdef HttpProxy proxy = self.proxy
-        cdef bytes body, head
-        cdef int cls = status // 100
-        if self.up is not None:
-            endpoint = self.up.endpoint
-        else:
-            endpoint = -1
+    cdef void respond_error(self, int err, int code, bint keep) noexcept:
+        """Answer the current request with proxy error `err` (render.pyx writes it); keep the connection only
+        when allowed."""
+        cdef Front proxy = self.proxy
+        cdef int status
+        cdef bint routed = self.state == DS_EXCHANGE and self.ex.route >= 0
+        cdef int endpoint = self.up.endpoint if self.up is not None else -1
         self.drop_upstream(False)
         if self.resp_head_done:
             self.close()
             return
         keep = keep and self.client_keep and self.req_done
-        if cause == "no route":
-            body = b"no route for this request\n"
-        elif cause == "bad request":
-            body = f"{reason}\n".encode()
-        else:
-            body = f"{reason}: {cause}\n".encode()
-        head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
-                f"fastmesh-error: {cause}\r\n{'' if keep else 'connection: close' + chr(13) + chr(10)}").encode()
-        ob_add(&self.out, head, len(head))
-        if status == 405:
-            ob_add(&self.out, ALLOW, len(ALLOW))
-        if status >= 500:
-            self.add_retried(&self.out)
-        ob_add(&self.out, "\r\n", 2)
+        status = error_info(err).status if not (err == PE_BAD_REQUEST and code < 0) else error_status(code)
+        status = render_error(&self.out, err, code, keep, self.ex.retried_mark(status, False),
+                              self.req_method == METHOD_HEAD and self.state == DS_EXCHANGE)
         self.end_request()
-        if self.req_method != METHOD_HEAD or self.state != DS_EXCHANGE:
-            ob_add(&self.out, body, len(body))
         self.status = status
-        bump_field(&proxy.requests, 1)
-        if 1 <= cls <= 5:
-            bump_field(&proxy.classes[cls], 1)
-        if self.route >= 0 and self.state == DS_EXCHANGE:
-            proxy.count_answer(self.cluster, status, proxy.reactor.now - self.started)
+        proxy.count_request(status)
+        if routed:
+            proxy.count_answer(self.ex.cluster, status, proxy.reactor.now - self.ex.started)
         if proxy.access_log is not None:
-            self.log_request(endpoint)
+            self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now)
         self.resp_head_done = False
         self.resp_done = True
         if keep:
@@ -1633,7 +664,7 @@ cdef class Downstream(UpstreamUser):
 
     cdef void upgrade(self) noexcept:
         """The 101 answer is out: hand both sockets and any buffered bytes to a TCP relay."""
-        cdef HttpProxy proxy = self.proxy
+        cdef Front proxy = self.proxy
         cdef Upstream up = self.up
         cdef TcpProxy tunnel = <TcpProxy>proxy.tunnel_for(self.pool)
         cdef int dfd = self.fd, ufd = up.fd
@@ -1646,7 +677,7 @@ cdef class Downstream(UpstreamUser):
         self.close()
 
     cdef void close(self) noexcept:  # no-cython-lint
-        cdef HttpProxy proxy = self.proxy
+        cdef Front proxy = self.proxy
         if self.state == DS_CLOSED:
             return
         self.state = DS_CLOSED
@@ -1660,6 +691,6 @@ cdef class Downstream(UpstreamUser):
         rb_free(&self.rbuf, proxy.buffers)
         ob_free(&self.out)
         ob_free(&self.reqhead)
-        self.log_fields = None
+        self.ex.log_fields = None
         proxy.reactor.bury(self)
         proxy.unlink(self)

@@ -17,7 +17,7 @@ The chunked decoder is an explicit state machine (ChunkState) fed any split of t
  - trailers_strip() removes, in place, every trailer field the parser knows by name (Host, Content-Length,
    Transfer-Encoding, Expect, the hop-by-hop set, HTTP2-Settings): framing, routing and connection fields
    are not allowed in a trailer section (RFC 9110 section 6.5.1), and a peer that merged one into the head
-   would frame or route the message differently. conn.pyx forwards what is left, both ways.
+   would frame or route the message differently. body.pyx forwards what is left, both ways.
 """
 
 from fastmesh._core.codes cimport (

@@ -5,22 +5,15 @@
 # in a few cache lines.
 
 from libc.stdint cimport uint32_t
+# Method ids and the field struct are the request view's (request.pxd): the parser fills them in place.
+from fastmesh._core.request cimport (  # no-cython-lint (re-exported to the parser's users)
+    Field, Method, METHOD_OTHER, METHOD_GET, METHOD_HEAD, METHOD_POST, METHOD_PUT, METHOD_DELETE, METHOD_CONNECT,
+    METHOD_OPTIONS, METHOD_TRACE, METHOD_PATCH,
+)
 
 cdef enum:
     # Capacity of Head.headers; Limits.max_headers may only lower it.
     HEAD_MAX_FIELDS = 100
-
-cdef enum Method:
-    METHOD_OTHER = 0      # a valid token we have no id for: read it from method_off/method_len
-    METHOD_GET = 1
-    METHOD_HEAD = 2
-    METHOD_POST = 3
-    METHOD_PUT = 4
-    METHOD_DELETE = 5
-    METHOD_CONNECT = 6
-    METHOD_OPTIONS = 7
-    METHOD_TRACE = 8
-    METHOD_PATCH = 9
 
 cdef enum TargetForm:
     TARGET_ORIGIN = 0     # "/path?query"
@@ -90,12 +83,8 @@ ctypedef struct Limits:
     int max_headers              # field lines allowed, 1..HEAD_MAX_FIELDS; 431 beyond
     Py_ssize_t max_chunk_line    # bytes of one chunk-size line incl. extensions and CRLF; 400 beyond
 
-ctypedef struct HeaderField:
-    uint32_t name_off            # offset of the field name in the parsed buffer
-    uint32_t name_len            # length of the field name (never 0)
-    uint32_t value_off           # offset of the value, leading OWS skipped
-    uint32_t value_len           # length of the value, trailing OWS trimmed (may be 0)
-    uint32_t id                  # FieldId when the name is one we know, FIELD_OTHER otherwise
+# One field line: name and value offsets, FieldId (request.pxd's Field, so a Head's fields are a view's).
+ctypedef Field HeaderField
 
 ctypedef struct Head:
     int method                   # Method id (requests); METHOD_OTHER means "read method_off/len"

@@ -46,7 +46,7 @@ Strict rules (a proxy that is more lenient than its peers is how requests get sm
 11. Transfer-Encoding in an HTTP/1.0 message is rejected (ERR_TE_IN_HTTP10): RFC 9112 section 6.1 says
     its framing is faulty.
 12. HTTP/1.1 requests need exactly one Host (ERR_MISSING_HOST / ERR_MULTIPLE_HOST); its value may only hold
-    uri-host/port bytes (ERR_BAD_HOST). HTTP/1.0 requests may omit it (conn.pyx then adds one upstream).
+    uri-host/port bytes (ERR_BAD_HOST). HTTP/1.0 requests may omit it (render.pyx then adds one upstream).
     An Upgrade list naming h2c sets upgrade_h2c, and HTTP2-Settings has a field id, so the connection can
     drop both (cleartext HTTP/2 is never upgraded to through the proxy).
 13. Limits: start line over max_start_line -> ERR_START_LINE_TOO_LONG (414); field section over

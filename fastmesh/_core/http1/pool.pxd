@@ -1,16 +1,10 @@
 # Upstream HTTP/1 connections and the per-cluster pools that keep idle ones for reuse.
 
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
-from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor
+from fastmesh._core.reactor cimport EventTarget, Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
-
-
-cdef enum HashKind:
-    HASH_NONE = 0                  # the balancer picks without a key
-    HASH_HEADER = 1                # key: a request header's value
-    HASH_COOKIE = 2                # key: a cookie's value
-    HASH_SOURCE = 3                # key: the client's IP address
+from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
 
 
 cdef enum UpstreamState:
@@ -20,11 +14,10 @@ cdef enum UpstreamState:
     UP_CLOSED = 4
 
 
-cdef class UpstreamUser(EventTarget):
+cdef class UpstreamUser(ConnectUser):
     # Whoever drives an exchange on an upstream connection (the downstream HTTP/1 connection).
     cdef void upstream_ready(self, Upstream up) noexcept      # readiness of up changed: run the exchange
     cdef void upstream_failed(self, Upstream up, int err) noexcept   # connect failed (err) or timed out (0)
-    cdef void slot_free(self) noexcept         # a connection slot opened up (was waiting in HttpPool.waiters)
 
 
 cdef class Upstream(EventTarget):
@@ -49,29 +42,17 @@ cdef class Upstream(EventTarget):
     cdef void close(self) noexcept
 
 
-cdef class HttpPool(Sweeper):
-    # Per cluster: picks endpoints (through the cluster's balancer) and reuses idle connections to them.
-    cdef Reactor reactor                   # epoll set the connections register in
-    cdef readonly Cluster cluster          # endpoints, balancer, connect-failure marks
+cdef class HttpPool(Connector):
+    # Per cluster: the shared connector (picks, failover, breaker) plus idle HTTP/1 connections to reuse.
     cdef list idle_heads                   # per endpoint: first idle Upstream or None
     cdef int *idle_count                   # per endpoint: idle connections held
     cdef readonly int max_idle             # idle connections kept per endpoint
     cdef readonly double idle_timeout      # seconds an idle connection is kept
-    cdef readonly ClusterPolicy policy     # retries, budget, timeouts, circuit-breaker limits
-    cdef list waiters                      # UpstreamUsers waiting for a connection slot (each holds a pending slot)
-    cdef readonly int hash_kind            # what keys a consistent-hash pick: HASH_NONE / HEADER / COOKIE / SOURCE
-    cdef bytes hash_name                   # lowercase header or cookie name for HASH_HEADER / HASH_COOKIE
     cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
     cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
-    cdef readonly long active              # connections open now (idle included); each holds a max_connections slot
 
-    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=*, bint keyed=*,
-                          unsigned long long tried=*)
+    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome)
     cdef void release(self, Upstream up) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
-    cdef void wake_waiter(self) noexcept
-    cdef bint enqueue(self, UpstreamUser user) noexcept
-    cdef void unwait(self, UpstreamUser user) noexcept
-    cdef void connection_gone(self) noexcept

@@ -1,14 +1,16 @@
 """Upstream HTTP/1 connections and per-cluster pools of idle keep-alive connections.
 
-acquire() asks the cluster's balancer for an endpoint, then reuses the most recently idled connection to it
-(LIFO keeps few connections warm) or opens a new one. Idle connections stay registered in the reactor: any
-event on one (the server closed it, or sent bytes nobody asked for) closes it, so a dead connection is rarely
-handed out. The tick closes connections idle past idle_timeout; at most max_idle are kept per endpoint.
+acquire() walks the request's ConnectTry through the shared connector (upstream/connector.pyx: pick,
+breaker, failover, counts); for the endpoint picked it reuses the most recently idled connection (LIFO keeps
+few connections warm) or opens a new one. `active` (idle included) is what the connection breaker counts.
+Idle connections stay registered in the reactor: any event on one (the server closed it, or sent bytes nobody
+asked for) closes it, so a dead connection is rarely handed out. The tick closes connections idle past
+idle_timeout; at most max_idle are kept per endpoint.
 
 max_connections and max_pending are the instance's (limits.pyx): a connection or a waiting request holds a slot
-of the cluster's limit cell. A slot another worker frees wakes nobody here, so the tick also hands free slots to
-this pool's waiters, and while other workers have requests waiting this pool closes its idle connections to
-free their slots.
+of the cluster's limit cell (the connector takes and gives them). A slot another worker frees wakes nobody here,
+so the tick also hands free slots to this pool's waiters, and while other workers have requests waiting this
+pool closes its idle connections to free their slots.
 """
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport calloc, free
@@ -18,8 +20,11 @@ from fastmesh._core.includes.system cimport (
     close, errno, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt, socklen_t,
     SOL_SOCKET, SO_ERROR, SO_LINGER, linger,
 )
-from fastmesh._core.reactor cimport Reactor, EventTarget, Sweeper
+from fastmesh._core.reactor cimport Reactor, EventTarget
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.upstream.connector cimport (
+    Connector, ConnectUser, ConnectTry, CONNECT_OPENED, CONNECT_IDLE, CONNECT_NONE,
+)
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
@@ -28,14 +33,11 @@ from fastmesh._core.stats cimport bump_field
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 
 
-cdef class UpstreamUser(EventTarget):
+cdef class UpstreamUser(ConnectUser):
     cdef void upstream_ready(self, Upstream up) noexcept:
         pass
 
     cdef void upstream_failed(self, Upstream up, int err) noexcept:
-        pass
-
-    cdef void slot_free(self) noexcept:
         pass
 
 
@@ -82,12 +84,13 @@ cdef class Upstream(EventTarget):
             user.upstream_ready(self)
 
     cdef void fail(self, int err) noexcept:
-        """The connect failed (err from SO_ERROR) or timed out (err 0): mark the endpoint, tell the user."""
+        """The connect failed (err from SO_ERROR) or timed out (err 0): tell the user (it marks the endpoint)."""
         cdef UpstreamUser user = self.user
-        self.pool.cluster.connect_failed(self.endpoint, err, self.pool.reactor.now)
-        self.close()
         if user is not None:
-            user.upstream_failed(self, err)
+            user.upstream_failed(self, err)      # marks the endpoint through the connector, then fails over
+        else:
+            self.pool.cluster.connect_failed(self.endpoint, err, self.pool.reactor.now)
+        self.close()
 
     cdef void abort(self) noexcept:
         """Close with a reset: the exchange was cut short, so the server must not wait for the rest of it (a
@@ -120,23 +123,15 @@ cdef class Upstream(EventTarget):
         return self.endpoint
 
 
-cdef class HttpPool(Sweeper):
+cdef class HttpPool(Connector):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
                   ClusterPolicy policy=None, str hash_key=None):
         cdef int n = cluster.n
-        self.reactor = reactor
-        self.cluster = cluster
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
-        self.waiters = []
-        self.hash_kind = HASH_NONE
-        self.hash_name = b""
-        if hash_key:
-            kind, _, name = hash_key.partition(":")
-            self.hash_kind = {"header": HASH_HEADER, "cookie": HASH_COOKIE, "source_ip": HASH_SOURCE}[kind]
-            self.hash_name = name.lower().encode("ascii") if kind == "header" else name.encode("ascii")
+        self.set_hash_key(hash_key)
         self.idle_heads = [None] * n
         self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
         if self.idle_count == NULL:
@@ -145,62 +140,45 @@ cdef class HttpPool(Sweeper):
     def __dealloc__(self):
         free(self.idle_count)
 
-    cdef Upstream acquire(self, UpstreamUser user, int avoid, int *err, unsigned long long key=0, bint keyed=False,
-                          unsigned long long tried=0):
-        """An upstream connection for user: idle and ready, or connecting (its events will tell). None when no
-        endpoint can be tried; err[0] is then the last errno (0: the cluster has no endpoint up)."""
-        cdef Cluster cluster = self.cluster
+    cdef bint has_idle(self, int ep) noexcept:
+        return self.idle_heads[ep] is not None
+
+    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome):
+        """An upstream connection for user: idle and ready, or connecting (its events will tell). None when the
+        connector found none: outcome[0] says why (CONNECT_FULL or CONNECT_NONE, t.err the last errno)."""
         cdef Upstream up
-        cdef int ep, fd, tries = 0, redraw
-        err[0] = 0
-        # The latency-aware balancer judges stalls on this clock: keep it at the wakeup's time.
-        cluster.balancer.set_clock(self.reactor.now)
-        while tries < cluster.connect_attempts:
-            ep = cluster.balancer.pick_hash(key, avoid) if keyed else -1
-            if ep < 0:
-                ep = cluster.choose(avoid)      # unkeyed, or nothing up for the key: the fail-open path
-                # A retry prefers an endpoint this request has not failed on yet (`tried`: endpoints 0..63).
-                redraw = 0
-                while tried and 0 <= ep < 64 and (tried >> ep) & 1 and redraw < 3:
-                    ep = cluster.choose(avoid)
-                    redraw += 1
-            if ep < 0:
-                return None
-            tries += 1
-            up = <Upstream>self.idle_heads[ep]
-            if up is not None:
-                self.unlink_idle(up)
-                up.state = UP_ACTIVE
-                up.user = user
-                up.reused = True
-                bump_field(&self.reuses, 1)
-                return up
-            if not self.policy.cell.take(F_CONNECTIONS, self.policy.max_connections):
-                err[0] = -1                # circuit breaker: no connection slot; the caller may wait for one
-                return None
-            fd = cluster.open_socket(ep)
-            if fd < 0:
-                self.policy.cell.give(F_CONNECTIONS)
-                err[0] = -fd
-                cluster.connect_failed(ep, -fd, self.reactor.now)
-                avoid = ep
-                continue
-            up = Upstream.__new__(Upstream)
-            up.pool = self
+        cdef int fd
+        outcome[0] = self.connect(t)
+        if outcome[0] == CONNECT_IDLE:
+            up = <Upstream>self.idle_heads[t.endpoint]
+            self.unlink_idle(up)
+            up.state = UP_ACTIVE
             up.user = user
-            up.fd = fd
-            up.endpoint = ep
-            up.state = UP_CONNECTING
-            up.deadline = self.reactor.now + cluster.connect_timeout
-            if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
-                err[0] = errno
-                close(fd)
-                self.policy.cell.give(F_CONNECTIONS)
-                return None
-            bump_field(&self.opened, 1)
-            self.active += 1
+            up.reused = True
+            bump_field(&self.reuses, 1)
             return up
-        return None
+        if outcome[0] != CONNECT_OPENED:
+            return None
+        fd = t.fd
+        t.fd = -1
+        up = Upstream.__new__(Upstream)
+        up.pool = self
+        up.user = user
+        up.fd = fd
+        up.endpoint = t.endpoint
+        up.state = UP_CONNECTING
+        up.deadline = self.reactor.now + self.cluster.connect_timeout
+        if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
+            t.err = errno
+            close(fd)
+            self.policy.cell.give(F_CONNECTIONS)
+            up.fd = -1
+            up.state = UP_CLOSED
+            outcome[0] = CONNECT_NONE
+            return None
+        bump_field(&self.opened, 1)
+        self.active += 1
+        return up
 
     cdef void release(self, Upstream up) noexcept:
         """An exchange ended cleanly on up: keep it for the next one, or close it if the pool is full."""
@@ -222,30 +200,6 @@ cdef class HttpPool(Sweeper):
         self.idle_count[ep] += 1
         if self.waiters:
             self.wake_waiter()
-
-    cdef void wake_waiter(self) noexcept:
-        """A connection went idle or closed: the longest waiting request tries again."""
-        cdef UpstreamUser user = <UpstreamUser>self.waiters.pop(0)
-        self.policy.cell.give(F_PENDING)
-        user.slot_free()
-
-    cdef bint enqueue(self, UpstreamUser user) noexcept:
-        """user waits for a connection slot if the instance has fewer than max_pending waiting; else False."""
-        if not self.policy.cell.take(F_PENDING, self.policy.max_pending):
-            return False
-        self.waiters.append(user)
-        return True
-
-    cdef void unwait(self, UpstreamUser user) noexcept:
-        """user no longer waits (answered, or gone): its max_pending slot is free."""
-        if user in self.waiters:
-            self.waiters.remove(user)
-            self.policy.cell.give(F_PENDING)
-
-    cdef void connection_gone(self) noexcept:
-        """A connection of this pool closed or left it (an upgrade's tunnel): its max_connections slot is free."""
-        self.active -= 1
-        self.policy.cell.give(F_CONNECTIONS)
 
     cdef void unlink_idle(self, Upstream up) noexcept:
         cdef int ep = up.endpoint

@@ -4,6 +4,7 @@ from fastmesh._core.includes.system cimport sockaddr_storage
 from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor, ConnectionLimit
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.buffer cimport RecvBuf
+from fastmesh._core.upstream.connector cimport Connector, ConnectTry
 
 
 cdef struct Direction:
@@ -28,6 +29,7 @@ cdef class TcpProxy(Acceptor):
     # Per listener: where accepted connections go, their options, the open relays and their counters.
     cdef Reactor reactor                   # epoll set the relays register in
     cdef readonly Cluster cluster          # upstream endpoints and balancer
+    cdef Connector connector               # picks and connects upstream (shared with every protocol)
     cdef readonly str name                 # listener name, for logs
     cdef readonly double idle_timeout      # seconds without traffic before a relay is closed
     cdef readonly bint use_splice          # splice(2) through pipes; False: recv/send through buffers
@@ -50,7 +52,7 @@ cdef class TcpRelay(EventTarget):
     cdef Direction dirs[2]                 # dirs[0]: downstream -> upstream; dirs[1]: upstream -> downstream
     cdef int state                         # a RelayState
     cdef int endpoint                      # index of the upstream endpoint in the cluster, -1 before a pick
-    cdef int attempts                      # upstream connects tried
+    cdef ConnectTry ct                     # the walk over endpoints for the upstream connection
     cdef bint use_splice                   # bulk directions may switch to splice (cleared if unsupported)
     cdef double connect_deadline           # when a pending connect counts as failed
     cdef double last_active                # when bytes last moved
@@ -61,7 +63,7 @@ cdef class TcpRelay(EventTarget):
     @staticmethod
     cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up,
                         ConnectionLimit limit)
-    cdef void connect_next(self, int avoid) noexcept
+    cdef void connect_next(self) noexcept
     cdef void connect_error(self, int err) noexcept
     cdef void pump(self) noexcept
     cdef int pump_splice(self, int d) noexcept

@@ -25,9 +25,9 @@ from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor, ConnectionLi
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_RELAY
 from fastmesh._core.stats cimport (
-    StatsBlock, L_ACCEPTED, L_ACTIVE, L_FAILED, L_BYTES_IN, L_BYTES_OUT, L_FIELDS, HEADER_SLOTS, C_RETRIES,
-    bump,
+    StatsBlock, L_ACCEPTED, L_ACTIVE, L_FAILED, L_BYTES_IN, L_BYTES_OUT, L_FIELDS, HEADER_SLOTS, bump,
 )
+from fastmesh._core.upstream.connector cimport Connector, try_init, CONNECT_OPENED
 
 cdef uint32_t RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 # Bytes one direction may move per wakeup before yielding to other connections.
@@ -41,6 +41,7 @@ cdef class TcpProxy(Acceptor):
                   bint use_splice=True):
         self.reactor = reactor
         self.cluster = cluster
+        self.connector = Connector(reactor, cluster)
         self.name = name
         self.idle_timeout = idle_timeout
         self.use_splice = use_splice
@@ -96,7 +97,7 @@ cdef class TcpProxy(Acceptor):
         if self.reactor.add(fd, r, 0, RELAY_EVENTS) < 0:
             r.close()
             return
-        r.connect_next(-1)
+        r.connect_next()
 
     cdef void unlink(self, TcpRelay r) noexcept:
         if r.prev is not None:
@@ -163,7 +164,7 @@ cdef class TcpRelay(EventTarget):
             r.dirs[d].dst_shut = 0
         r.state = RS_CONNECTING
         r.endpoint = -1
-        r.attempts = 0
+        try_init(&r.ct)
         r.use_splice = owner.use_splice
         r.last_active = owner.reactor.now
         return r
@@ -205,49 +206,32 @@ cdef class TcpRelay(EventTarget):
 
     # ---- connecting ----------------------------------------------------------------------------
 
-    cdef void connect_next(self, int avoid) noexcept:
+    cdef void connect_next(self) noexcept:
         """Open an upstream connection to the next endpoint, or close the client when none is left to try."""
-        cdef Cluster cluster = self.owner.cluster
         cdef Reactor reactor = self.owner.reactor
-        cdef int ep, fd
-        while self.attempts < cluster.connect_attempts:
-            ep = cluster.choose(avoid)
-            if ep < 0:
-                cluster.no_endpoint("the cluster has no endpoints", reactor.now)
-                break
-            if self.attempts:
-                bump(cluster.counters + C_RETRIES, 1)
-            self.attempts += 1
-            fd = cluster.open_socket(ep)
-            if fd < 0:
-                cluster.connect_failed(ep, -fd, reactor.now)
-                avoid = ep
-                continue
-            if reactor.add(fd, self, 1, RELAY_EVENTS) < 0:
-                close(fd)
-                break
-            self.fds[1] = fd
-            self.endpoint = ep
-            cluster.upstream_start(ep)
-            self.connect_deadline = reactor.now + cluster.connect_timeout
-            return
-        else:
-            cluster.no_endpoint(f"{self.attempts} connect attempt(s) failed", reactor.now)
+        cdef Cluster cluster = self.owner.cluster
+        if self.owner.connector.connect(&self.ct) == CONNECT_OPENED:
+            if reactor.add(self.ct.fd, self, 1, RELAY_EVENTS) == 0:
+                self.fds[1] = self.ct.fd
+                self.endpoint = self.ct.endpoint
+                cluster.upstream_start(self.endpoint)
+                self.connect_deadline = reactor.now + cluster.connect_timeout
+                return
+            close(self.ct.fd)
         bump(self.owner.counters + L_FAILED, 1)
         self.close()
 
     cdef void connect_error(self, int err) noexcept:
         """The pending upstream connect failed (err from SO_ERROR) or timed out (err 0): try another endpoint."""
-        cdef Cluster cluster = self.owner.cluster
         cdef int ep = self.endpoint
         close(self.fds[1])
         self.fds[1] = -1
         self.readable[1] = 0
         self.writable[1] = 0
         self.endpoint = -1
-        cluster.upstream_end(ep)
-        cluster.connect_failed(ep, err, self.owner.reactor.now)
-        self.connect_next(ep)
+        self.owner.cluster.upstream_end(ep)
+        self.owner.connector.connect_failed(&self.ct, ep, err)
+        self.connect_next()
 
     # ---- events --------------------------------------------------------------------------------
 

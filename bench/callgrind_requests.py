@@ -1,0 +1,130 @@
+"""Instructions the proxy spends per request, counted by callgrind: a figure a busy shared machine cannot move.
+
+Each build (a directory with an in-place build, e.g. the two bench/revisions.py keeps under --builds) runs one
+in-process Proxy under callgrind, counting only inside Reactor.poll (the dispatch of each epoll batch, where all of
+the data path runs; asyncio's own loop is left out): an http listener and a tcp listener to one nginx backend.
+After a warm-up the counters are zeroed (callgrind_control -z), a client sends `--requests` keep-alive GETs over
+one connection, and the counts are dumped; instructions (Ir) / requests is the cost of one request.
+
+    python -m bench.callgrind_requests /tmp/fm-revs/before /tmp/fm-revs/after --requests 3000
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.macro import backends, procs   # noqa: E402
+
+# Every byte of the data path is moved from the reactor's dispatch of an epoll batch: only it is counted.
+POLL = "__pyx_f_8fastmesh_5_core_7reactor_7Reactor_poll"
+SERVE = """
+import asyncio, sys
+from fastmesh import Proxy
+async def main():
+    async with Proxy.from_toml(open(sys.argv[1]).read()):
+        print("up", flush=True)
+        await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def config(http_port: int, tcp_port: int, backend_port: int) -> str:
+    return (f'drain_timeout = "100ms"\n'
+            f'[[listeners]]\nname = "http"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "b"\n'
+            f'[[listeners]]\nname = "tcp"\nlisten = "127.0.0.1:{tcp_port}"\nprotocol = "tcp"\ncluster = "b"\n'
+            f'[clusters.b]\nendpoints = ["127.0.0.1:{backend_port}"]\n')
+
+
+def requests(port: int, count: int) -> None:
+    """count keep-alive GETs on one connection, each answer read whole (nginx sends Content-Length)."""
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\nAccept: */*\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        buf = b""
+        for _ in range(count):
+            s.sendall(req)
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    m = re.search(rb"(?i)content-length: *(\d+)", buf[:end])
+                    total = end + 4 + (int(m[1]) if m else 0)
+                    if len(buf) >= total:
+                        buf = buf[total:]
+                        break
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the proxy closed the connection")
+                buf += chunk
+
+
+def measure(root: str, tmp: str, backend_port: int, count: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    http_port, tcp_port = procs.free_port(), procs.free_port()
+    conf = os.path.join(tmp, "fm.toml")
+    with open(conf, "w") as f:
+        f.write(config(http_port, tcp_port, backend_port))
+    script = os.path.join(tmp, "serve.py")
+    with open(script, "w") as f:
+        f.write(SERVE)
+    prefix = os.path.join(tmp, f"cg-{os.path.basename(root)}")
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={POLL}",
+                             f"--callgrind-out-file={prefix}.%p", sys.executable, script, conf], cwd=tmp,
+                            env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up", "the proxy did not start"
+        for mode, port in (("http", http_port), ("tcp", tcp_port)):
+            requests(port, 200)                                  # warm-up: pools, buffers, branch caches
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+            requests(port, count)
+            subprocess.run(["callgrind_control", "-d", mode, str(proc.pid)], check=True, capture_output=True)
+            time.sleep(0.5)
+            dumps = sorted(glob.glob(f"{prefix}.{proc.pid}.*"), key=lambda d: int(d.rsplit(".", 1)[1]))
+            text = open(dumps[-1]).read()
+            ir = int(re.search(r"^summary: (\d+)", text, re.M)[1])
+            out[mode] = ir / count
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("builds", nargs="+", help="directories holding an in-place build of fastmesh")
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
+    a = ap.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="fastmesh-callgrind-")
+    p = procs.Procs(tmp)
+    try:
+        backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
+        rows = {root: measure(root, tmp, backend_port, a.requests) for root in a.builds}
+        if a.keep:
+            os.makedirs(a.keep, exist_ok=True)
+            for dump in glob.glob(os.path.join(tmp, "cg-*.*.*")):
+                shutil.copy2(dump, a.keep)
+        print("| build | http instructions/request | tcp relay instructions/request |\n|---|---:|---:|")
+        for root, got in rows.items():
+            print(f"| {root} | {got['http']:,.0f} | {got['tcp']:,.0f} |")
+        if len(rows) == 2:
+            (_, x), (_, y) = rows.items()
+            print(f"| ratio | {y['http'] / x['http']:.3f} | {y['tcp'] / x['tcp']:.3f} |")
+        return 0
+    finally:
+        p.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

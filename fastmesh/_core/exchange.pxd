@@ -1,0 +1,98 @@
+# One request's life, whatever the codec: route and cluster, tries, deadlines, retries against the budget,
+# breaker slots, outlier and latency reports, hash key, header edits, timing. The codec (http1/conn.pyx today,
+# an HTTP/2 stream next) feeds it events and renders its decisions; an exchange never touches a socket.
+
+from fastmesh._core.request cimport (
+    RequestView, Span, EditList, METHOD_GET, METHOD_HEAD, METHOD_PUT, METHOD_DELETE, METHOD_OPTIONS, METHOD_TRACE,
+)
+from fastmesh._core.router cimport Router
+from fastmesh._core.policy cimport ClusterPolicy
+from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+
+
+cdef enum Verdict:
+    # What the codec does after a try's outcome (Exchange.response / try_failed).
+    V_PASS = 0                         # pass the upstream's answer on
+    V_RETRY = 1                        # send the request again after Exchange.backoff seconds (retry_due then)
+    V_ANSWER = 2                       # answer with Exchange.error (errors.pxd) instead
+
+
+ctypedef struct ForwardRules:
+    # Per listener, from the config: what every request forwarded from it carries.
+    bint forwarded                     # add X-Forwarded-For / X-Forwarded-Proto / Via (drop the client's XFP)
+    bint trust_headers                 # honour a client's fastmesh-timeout-ms (else it is dropped unread)
+    Span request_id                    # request id field name (lowercase); empty when off
+
+
+cdef class Exchange:
+    # Built once per connection (HTTP/1) or stream; begin() readies it for the next request.
+    cdef Router router                 # the routes this request was matched with (a reload swaps the listener's)
+    cdef readonly int route            # matched route index, -1 before / without a match
+    cdef readonly int cluster          # the route's cluster index, -1 before a match
+    cdef Connector connector           # the cluster's connector (HttpPool for HTTP/1)
+    cdef ClusterPolicy policy          # the cluster's retry, timeout and breaker policy
+    cdef ConnectTry ct                 # the walk over endpoints: connects this try, endpoints failed, hash key
+    cdef readonly int method           # Method id (request.pxd): replay safety
+    cdef bint upgrade                  # an Upgrade request: never sent twice
+    cdef bint replayable               # the codec can send the whole body again
+    cdef readonly int tries            # tries so far (1 = the first); retries = tries - 1
+    cdef bint counted                  # holds a max_requests slot (policy.requests_active, the limit cell)
+    cdef bint retrying                 # holds a max_retries slot (policy.retries_active, the limit cell)
+    cdef bint waiting                  # queued in the connector's waiters for a connection slot
+    cdef readonly double started       # when the request started (its head was complete)
+    cdef readonly double try_started   # when the current try got its connection
+    cdef readonly double deadline      # the request's deadline (timeout / fastmesh-timeout-ms); 0 = none
+    cdef readonly double try_deadline  # when the current try's response head must have arrived
+    cdef double body_deadline          # when the request body must have arrived (body_timeout), 0 = no limit
+    cdef double body_seen              # when the client last sent body bytes (or last waited on us, not we on it)
+    cdef readonly double backoff       # V_RETRY: seconds to wait before the next try
+    cdef readonly int error            # V_ANSWER: the ProxyError to answer with
+    cdef EditList request_edits        # header edits for the forwarded request
+    cdef EditList response_edits       # header edits for the answer
+    cdef char request_id[32]           # the request id this exchange adds when the request has none
+    cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
+    cdef int peer_len
+    cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
+    cdef public object log_fields      # (method, authority, target) bytes as the client sent them, when logging
+
+    cdef void set_peer(self, const char *peer, int n) noexcept
+    cdef void begin(self, double now) noexcept
+    cdef void new_request_id(self) noexcept
+    cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
+                           double now) noexcept
+    cdef int admit(self, bint replayable, bint upgrade, double now) noexcept
+    cdef void next_try(self, double now) noexcept
+    cdef long long budget_ms(self, double now) noexcept
+    cdef void connected(self, int ep, double now) noexcept
+    cdef void restart_clock(self, double now) noexcept
+    cdef void body_begins(self, double now, double body_timeout, bint whole) noexcept
+    cdef void body_arrived(self, double now) noexcept
+    cdef bint body_overdue(self, double now, bint client_owes, double idle_timeout) noexcept
+    cdef void response_broke(self, int ep, double now) noexcept
+    cdef void report(self, int ep, int status, bint failed, double now) noexcept
+    cdef int response(self, int ep, int status, bint marked, double now) noexcept
+    cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept
+    cdef bint may_retry(self, int why, int status, double now) noexcept
+    cdef void start_retry(self) noexcept
+    cdef void replay(self, int ep) noexcept
+    cdef int wait_expired(self) noexcept
+    cdef bint deadline_passed(self, double now) noexcept
+    cdef bint wait(self, ConnectUser user) noexcept
+    cdef int retried_mark(self, int status, bint marked) noexcept
+    cdef void end(self, ConnectUser user) noexcept
+    cdef void log_answer(self, object sink, int endpoint, int status, unsigned long long bytes_in,
+                         unsigned long long bytes_out, double now)
+
+
+# A client's fastmesh-timeout-ms value as milliseconds: 1 to 12 digits, else -1.
+cdef long long timeout_value(Span value) noexcept nogil
+# The request's deadline at `now`: the cluster's timeout (0: none) or the client's fastmesh-timeout-ms when
+# trusted and sooner; 0 when neither.
+cdef double request_deadline(const RequestView *v, double timeout, bint trust, double now) noexcept nogil
+# The bytes the request's consistent-hash key is made of (connector.pxd's HashKind; name: header or cookie name,
+# peer: the client's address); False when the request lacks them.
+cdef bint key_span(int kind, Span name, const RequestView *v, Span peer, Span *out) noexcept nogil
+# Methods a retry may send again: the idempotent ones of RFC 9110 section 9.2.2.
+cdef inline bint replayable_method(int m) noexcept nogil:
+    return (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_PUT or m == METHOD_DELETE or m == METHOD_OPTIONS
+            or m == METHOD_TRACE)

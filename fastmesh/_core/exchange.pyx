@@ -1,0 +1,504 @@
+"""One request's life, whatever the codec: the rules that make fastmesh worth running, in one place.
+
+A codec (http1/conn.pyx; an HTTP/2 stream next) owns one Exchange per request in flight (an HTTP/1 connection
+reuses one) and drives it with events, each a C call with no Python object made:
+  begin            a request head is complete (the clock starts)
+  route_request    the codec's request view (request.pxd) is matched (router.pyx); the cluster's connector and
+                   policy are chosen, the hash key read (header, cookie or client address), the deadline set
+                   (the cluster's timeout, or a client's sooner fastmesh-timeout-ms when trusted), and the
+                   header edits listed: forwarding fields, the request id, the deadline, the route's edits
+  admit            breakers (max_requests, the adaptive limit) and the retry budget's deposit; a spent deadline
+  connected        a try got a connection (its latency is measured from here)
+  body_*           whose clock runs while the request body arrives: the client's (body_timeout, idle silence:
+                   408, never the endpoint's fault) or the upstream's (restart_clock: its response clock)
+  response         a response head: reported to the balancer and outlier detection; a retryable 5xx (not
+                   marked fastmesh-retried by a hop below) may become a retry
+  try_failed       a reset or a response timeout: reported, then a retry or the error to answer
+  end              the request left the books: gauges down, out of the connection breaker's queue
+A verdict is V_PASS, V_RETRY (the codec waits `backoff`, then next_try() and sends again) or V_ANSWER (the
+codec renders `error`, a ProxyError: errors.pxd). Times are arguments, so tests drive an exchange with a fake
+clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rules through the Python
+functions at the end of this file.
+"""
+from fastmesh._core.errors cimport (
+    PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
+)
+from fastmesh._core.http1.parser cimport Head
+from fastmesh._core.http1.view cimport view_parse
+from fastmesh._core.balance.hashing cimport hash_bytes
+from fastmesh._core.policy cimport ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX
+from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
+from fastmesh._core.request cimport (
+    RequestView, Span, Edit, EditList, METHOD_CONNECT, find_field, field_value, span_of, edits_clear, edit_add, edit_at,
+    EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
+)
+from fastmesh._core.router cimport Router
+from fastmesh._core.upstream.connector cimport (
+    Connector, ConnectUser, try_init, try_avoid, HASH_NONE, HASH_HEADER, HASH_SOURCE,
+)
+
+from fastmesh._core.router import METHOD_IDS
+
+cdef bytes _HEX_PAIRS = "".join(f"{b:02x}" for b in range(256)).encode("ascii")
+cdef const char *HEX_PAIRS = _HEX_PAIRS                    # "000102...ff": a byte's two hex digits at 2 * byte
+cdef const char *TIMEOUT_FIELD = b"fastmesh-timeout-ms"    # the deadline budget, in ms, sent with each try
+cdef const char *XFP_LOWER = b"x-forwarded-proto"
+cdef const char *XFF = b"X-Forwarded-For"
+cdef const char *XFP = b"X-Forwarded-Proto"
+cdef const char *HTTP = b"http"
+cdef const char *VIA = b"Via"
+cdef const char *VIA_VALUE = b"1.1 fastmesh"
+cdef long long MAX_BUDGET_MS = 999999999                   # 9 digits: a codec may render it in fixed width
+
+
+cdef long long timeout_value(Span value) noexcept nogil:
+    cdef long long v = 0
+    cdef Py_ssize_t i
+    cdef char c
+    if value.len == 0 or value.len > 12:
+        return -1
+    for i in range(value.len):
+        c = value.ptr[i]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    return v
+
+
+cdef double request_deadline(const RequestView *v, double timeout, bint trust, double now) noexcept nogil:
+    cdef double deadline = now + timeout if timeout > 0 else 0.0
+    cdef long long ms
+    cdef int i
+    if trust:
+        i = find_field(v.base, v.fields, v.num_fields, TIMEOUT_FIELD, 19, 0)
+        if i >= 0:
+            ms = timeout_value(field_value(v.base, &v.fields[i]))
+            if ms >= 0 and (deadline == 0.0 or now + ms / 1000.0 < deadline):
+                deadline = now + ms / 1000.0
+    return deadline
+
+
+cdef bint _cookie(Span c, const char *name, Py_ssize_t m, Span *val) noexcept nogil:
+    # Cookie `name` in a Cookie field value ("a=1; b=2").
+    cdef Py_ssize_t i = 0, start, eq
+    cdef const char *p = c.ptr
+    while i < c.len:
+        while i < c.len and (p[i] == 32 or p[i] == 59):
+            i += 1
+        start = i
+        eq = -1
+        while i < c.len and p[i] != 59:
+            if eq < 0 and p[i] == 61:
+                eq = i
+            i += 1
+        if eq >= 0 and eq - start == m and (m == 0 or fold_exact(p + start, name, m)):
+            val.ptr = p + eq + 1
+            val.len = i - eq - 1
+            return True
+    return False
+
+
+cdef inline bint fold_exact(const char *a, const char *b, Py_ssize_t n) noexcept nogil:
+    # Cookie names compare byte for byte.
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef bint key_span(int kind, Span name, const RequestView *v, Span peer, Span *out) noexcept nogil:
+    cdef int i
+    if kind == HASH_SOURCE:
+        out[0] = peer
+        return True
+    if kind == HASH_HEADER:
+        i = find_field(v.base, v.fields, v.num_fields, name.ptr, name.len, 0)
+        if i < 0:
+            return False
+        out[0] = field_value(v.base, &v.fields[i])
+        return True
+    i = find_field(v.base, v.fields, v.num_fields, b"cookie", 6, 0)
+    while i >= 0:
+        if _cookie(field_value(v.base, &v.fields[i]), name.ptr, name.len, out):
+            return True
+        i = find_field(v.base, v.fields, v.num_fields, b"cookie", 6, i + 1)
+    return False
+
+
+cdef class Exchange:
+    """Made by a codec once per connection (or stream) and reused for each request it carries."""
+
+    def __cinit__(self):
+        self.route = -1
+        self.cluster = -1
+        try_init(&self.ct)
+        edits_clear(&self.request_edits)
+        edits_clear(&self.response_edits)
+
+    cdef void set_peer(self, const char *peer, int n) noexcept:
+        """The client's address as text (a codec sets it once per connection)."""
+        cdef int i
+        n = min(n, <int>sizeof(self.peer))
+        for i in range(n):
+            self.peer[i] = peer[i]
+        self.peer_len = n
+
+    cdef void begin(self, double now) noexcept:
+        self.started = now
+        self.route = -1
+        self.cluster = -1
+        self.tries = 0
+        self.deadline = 0.0
+        self.error = PE_NONE
+        self.backoff = 0.0
+        try_init(&self.ct)
+        edits_clear(&self.request_edits)
+        edits_clear(&self.response_edits)
+
+    cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
+                           double now) noexcept:
+        """Match the request; choose cluster, hash key, deadline and header edits. PE_NO_ROUTE or PE_NONE."""
+        cdef Connector connector
+        cdef EditList *req = &self.request_edits
+        cdef Span key
+        cdef int r
+        self.router = router
+        self.method = v.method
+        r = router.match(v)
+        if r < 0:
+            # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
+            return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
+        self.route = r
+        self.cluster = router.cluster(r)
+        connector = <Connector>connectors[self.cluster]
+        self.connector = connector
+        self.policy = connector.policy
+        self.tries = 1
+        if connector.hash_kind != HASH_NONE and key_span(
+                connector.hash_kind, span_of(connector.hash_name, len(connector.hash_name)), v,
+                span_of(self.peer, self.peer_len), &key):
+            self.ct.keyed = True
+            self.ct.key = hash_bytes(<const unsigned char *>key.ptr, key.len)
+        self.deadline = request_deadline(v, self.policy.timeout, rules.trust_headers, now)
+        if rules.forwarded:
+            edit_add(req, EDIT_REMOVE, span_of(XFP_LOWER, 17), span_of(NULL, 0))
+            edit_add(req, EDIT_ADD, span_of(XFF, 15), span_of(self.peer, self.peer_len))
+            edit_add(req, EDIT_ADD, span_of(XFP, 17), span_of(HTTP, 4))
+            edit_add(req, EDIT_ADD, span_of(VIA, 3), span_of(VIA_VALUE, 12))
+            edit_add(&self.response_edits, EDIT_ADD, span_of(VIA, 3), span_of(VIA_VALUE, 12))
+        if rules.request_id.len:
+            self.new_request_id()
+            edit_add(req, EDIT_ADD_ABSENT, rules.request_id, span_of(self.request_id, 32))
+        edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
+        router.route_edits(r, req, &self.response_edits)
+        return PE_NONE
+
+    cdef void new_request_id(self) noexcept:
+        """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
+        cdef unsigned long long r
+        cdef int i, j, b
+        for i in range(2):
+            r = self.connector.cluster.balancer.next_random()
+            for j in range(8):        # a byte at a time: two digits from the 512-byte table
+                b = (r >> (8 * j)) & 255
+                self.request_id[i * 16 + 2 * j] = HEX_PAIRS[2 * b]
+                self.request_id[i * 16 + 2 * j + 1] = HEX_PAIRS[2 * b + 1]
+
+    cdef int admit(self, bint replayable, bint upgrade, double now) noexcept:
+        """The breakers and the budget's deposit: PE_OVERLOADED, PE_DEADLINE_EXCEEDED (already spent) or PE_NONE.
+        `replayable`: the codec can send the whole request again (its body is whole in a buffer)."""
+        cdef ClusterPolicy policy = self.policy
+        self.replayable = replayable
+        self.upgrade = upgrade
+        if not policy.cell.take(F_REQUESTS, policy.request_limit()):
+            policy.overloaded += 1
+            return PE_OVERLOADED
+        policy.requests_active += 1
+        self.counted = True
+        policy.budget.deposit(now)
+        if self.deadline and now >= self.deadline:
+            # The caller's budget is spent: sending the request could only waste a backend's time.
+            return PE_DEADLINE_EXCEEDED
+        self.next_try(now)
+        return PE_NONE
+
+    cdef void next_try(self, double now) noexcept:
+        """A try starts: its response head must arrive by the per-try timeout, within the request's deadline."""
+        cdef double t = now + self.policy.per_try_timeout
+        self.try_deadline = self.deadline if self.deadline and self.deadline < t else t
+
+    cdef long long budget_ms(self, double now) noexcept:
+        """The fastmesh-timeout-ms the next hop gets: what is left of this try, less 1 ms for the transit and
+        queueing no hop can measure, so the budget shrinks at every hop even when a hop takes microseconds."""
+        cdef long long ms = <long long>((self.try_deadline - now) * 1000.0) - 1
+        return 0 if ms < 0 else MAX_BUDGET_MS if ms > MAX_BUDGET_MS else ms
+
+    cdef void connected(self, int ep, double now) noexcept:
+        self.try_started = now
+
+    cdef void restart_clock(self, double now) noexcept:
+        """The upstream owed nothing until now (the client was sending its body): its response clock, and the
+        latency it is judged by, start over."""
+        self.try_started = now
+        self.next_try(now)
+
+    cdef void body_begins(self, double now, double body_timeout, bint whole) noexcept:
+        """The request head arrived; its body (unless `whole` already) must arrive within body_timeout."""
+        self.body_seen = now
+        self.body_deadline = now + body_timeout if body_timeout > 0 and not whole else 0.0
+
+    cdef void body_arrived(self, double now) noexcept:
+        self.body_seen = now
+
+    cdef bint body_overdue(self, double now, bint client_owes, double idle_timeout) noexcept:
+        """The client's clocks while its request body arrives: True once the whole body took longer than
+        body_timeout, or the client kept silent for idle_timeout while it owed the next bytes (`client_owes`: the
+        upstream has taken every body byte that came). Until then the upstream owes nothing: its response clock,
+        and the latency it is judged by, start over. A client too slow is never the endpoint's failure."""
+        if self.body_deadline and now >= self.body_deadline:
+            return True
+        if not client_owes:
+            self.body_seen = now      # waiting on the upstream or a connection: the client's silence does not count
+            return False
+        if now - self.body_seen >= idle_timeout:
+            return True
+        self.restart_clock(now)
+        return False
+
+    cdef void response_broke(self, int ep, double now) noexcept:
+        """The upstream broke the response after its head (framing, reset): a failure for outlier detection."""
+        self.connector.cluster.request_failed(ep, now)
+
+    cdef void report(self, int ep, int status, bint failed, double now) noexcept:
+        """A try's outcome, for the latency-aware balancer, the adaptive limit and failure accrual."""
+        cdef ClusterPolicy policy = self.policy
+        self.connector.cluster.balancer.observe(ep, now - self.try_started, status if status else 503)
+        if policy.adaptive is not None and not failed:
+            policy.adaptive.sample(now - self.try_started)
+        if failed:
+            self.connector.cluster.request_failed(ep, now)
+        else:
+            self.connector.cluster.request_succeeded(ep)
+
+    cdef int response(self, int ep, int status, bint marked, double now) noexcept:
+        """A final response head from ep; `marked`: it carries fastmesh-retried (a hop below already retried,
+        so it is never retried again). V_PASS or V_RETRY."""
+        self.report(ep, status, status >= 500, now)
+        if status >= 500 and self.policy.retryable_status(status) and not marked:
+            try_avoid(&self.ct, ep)
+            if self.may_retry(RETRY_5XX, status, now):
+                self.start_retry()
+                return V_RETRY
+        return V_PASS
+
+    cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept:
+        """The try on ep failed before a response head: RETRY_RESET or RETRY_TIMEOUT. `blame`: count it against
+        the endpoint. V_RETRY, or V_ANSWER with `error`."""
+        try_avoid(&self.ct, ep)
+        if blame:
+            self.report(ep, 0, True, now)
+        if self.may_retry(why, 0, now):
+            self.start_retry()
+            return V_RETRY
+        if why != RETRY_TIMEOUT:
+            self.error = PE_RESET
+        elif self.deadline and self.try_deadline >= self.deadline - 0.001:
+            self.error = PE_DEADLINE_EXCEEDED       # this try had only what was left of the request's deadline
+        else:
+            self.error = PE_RESPONSE_TIMEOUT
+        return V_ANSWER
+
+    cdef bint may_retry(self, int why, int status, double now) noexcept:
+        """Whether the failed try may be tried again: policy, replayability, limits, deadline and budget."""
+        cdef ClusterPolicy policy = self.policy
+        if self.tries >= policy.attempts:
+            return False
+        if status:
+            if not policy.retryable_status(status):
+                return False
+        elif not (policy.retry_on & why):
+            return False
+        if not self.replayable or not replayable_method(self.method) or self.upgrade:
+            return False
+        if self.deadline and now + 0.001 >= self.deadline:
+            return False
+        if self.retrying:               # already holds one of the instance's max_retries slots
+            return policy.budget.try_withdraw(now)
+        if not policy.cell.take(F_RETRIES, policy.max_retries):
+            policy.overloaded += 1
+            return False
+        if not policy.budget.try_withdraw(now):
+            policy.cell.give(F_RETRIES)
+            return False
+        self.retrying = True            # the slot goes back in end()
+        policy.retries_active += 1
+        return True
+
+    cdef void start_retry(self) noexcept:
+        """Count the retry and draw its backoff: exponential from backoff_base, capped, full jitter."""
+        cdef ClusterPolicy policy = self.policy
+        cdef double delay
+        cdef unsigned long long r
+        self.tries += 1
+        self.ct.attempts = 0
+        policy.retried += 1
+        delay = policy.backoff_base * (1 << min(self.tries - 2, 16))
+        if delay > policy.backoff_max:
+            delay = policy.backoff_max
+        r = self.connector.cluster.balancer.next_random()
+        self.backoff = delay * ((r >> 11) * (1.0 / 9007199254740992.0))     # uniform in [0, delay)
+
+    cdef void replay(self, int ep) noexcept:
+        """A reused connection to ep was already dead: send again at no cost (it never reached a server)."""
+        self.ct.attempts = 0
+        try_avoid(&self.ct, ep)
+
+    cdef int wait_expired(self) noexcept:
+        """Waited a whole try for a connection slot (max_connections): the cluster is saturated."""
+        self.policy.overloaded += 1
+        return PE_OVERLOADED
+
+    cdef bint deadline_passed(self, double now) noexcept:
+        return self.deadline != 0.0 and now >= self.deadline
+
+    cdef bint wait(self, ConnectUser user) noexcept:
+        """Queue user for a connection slot; False when the breaker's queue is full too (counted overloaded)."""
+        self.waiting = self.connector.wait(user)
+        return self.waiting
+
+    cdef int retried_mark(self, int status, bint marked) noexcept:
+        """The fastmesh-retried value a failed answer carries (the retries this hop made, so hops above do not
+        retry it again), or -1 for none: only 5xx answers, and not when a hop below already marked it."""
+        if status < 500 or marked:
+            return -1
+        return self.tries - 1 if self.tries else 0
+
+    cdef void end(self, ConnectUser user) noexcept:
+        """The request left the cluster's books: in-flight and retry gauges go down once."""
+        cdef ClusterPolicy policy = self.policy
+        if policy is None:
+            return
+        if self.counted:
+            self.counted = False
+            policy.requests_active -= 1
+            policy.cell.give(F_REQUESTS)
+        if self.retrying:
+            self.retrying = False
+            policy.retries_active -= 1
+            policy.cell.give(F_RETRIES)
+        if self.waiting:
+            self.waiting = False
+            self.connector.unwait(user)
+
+    cdef void log_answer(self, object sink, int endpoint, int status, unsigned long long bytes_in,
+                         unsigned long long bytes_out, double now):
+        """One access-log record (dataplane/access_log.py's fields tuple): only made when the log is on."""
+        method, authority, path = self.log_fields or (b"", b"", b"")
+        label = self.connector.cluster.labels[endpoint] if endpoint >= 0 and self.connector is not None else "-"
+        try:
+            sink((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"), status, bytes_in,
+                  bytes_out, label, now - self.started))
+        except Exception:
+            pass
+        self.log_fields = None
+
+    # ---- sans-IO driving from Python: tests/core/test_exchange.py plays the codec with a fake clock ----
+
+    def start(self, Router router not None, list connectors not None, bytes raw_head not None, double now, *,
+              str peer="127.0.0.1", bint forwarded=True, bint trust_headers=True, str request_id="x-request-id",
+              bint replayable=True) -> int:
+        """begin + route_request + admit for an HTTP/1 request head, as a codec would: the ProxyError (0: none)."""
+        cdef Head h
+        cdef RequestView v
+        cdef ForwardRules rules
+        cdef int err
+        view_parse(raw_head, &h, &v)
+        address = peer.encode("ascii")
+        self.set_peer(address, len(address))
+        rid = request_id.lower().encode("ascii")
+        rules.forwarded = forwarded
+        rules.trust_headers = trust_headers
+        rules.request_id = span_of(rid, len(rid))
+        self.begin(now)
+        err = self.route_request(router, connectors, &v, &rules, now)
+        if err == PE_NONE:
+            err = self.admit(replayable, v.method == 6, now)
+        self.keep_rid = rid        # the request id edit's name points into it
+        return err
+
+    def pick(self) -> int:
+        """The endpoint the connector would pick for the next connect of this request (no socket opened)."""
+        return self.connector.pick(&self.ct)
+
+    def connected_at(self, int endpoint, double now) -> None:
+        self.connected(endpoint, now)
+
+    def on_response(self, int endpoint, int status, double now, bint marked=False) -> int:
+        return self.response(endpoint, status, marked, now)
+
+    def on_try_failed(self, int endpoint, str why, double now, bint blame=True) -> int:
+        return self.try_failed(endpoint, RETRY_TIMEOUT if why == "timeout" else RETRY_RESET, blame, now)
+
+    def on_retry_due(self, double now) -> None:
+        self.next_try(now)
+
+    def on_wait_expired(self) -> int:
+        return self.wait_expired()
+
+    def finish(self) -> None:
+        self.end(None)
+
+    def budget_ms_at(self, double now) -> int:
+        return self.budget_ms(now)
+
+    def retried_value(self, int status, bint marked=False) -> int:
+        return self.retried_mark(status, marked)
+
+    @property
+    def hash_key(self):
+        """The request's consistent-hash key (hashed), or None when it has none."""
+        return self.ct.key if self.ct.keyed else None
+
+    @property
+    def tried(self) -> int:
+        return self.ct.tried
+
+    def edits(self) -> tuple:
+        """(request edits, response edits), each a list of (kind, name, value) in render order."""
+        return _edit_list(&self.request_edits), _edit_list(&self.response_edits)
+
+
+cdef list _edit_list(const EditList *e):
+    cdef const Edit *x
+    kinds = {EDIT_ADD: "add", EDIT_REMOVE: "remove", EDIT_ADD_ABSENT: "add_absent", EDIT_DEADLINE: "deadline"}
+    out = []
+    for i in range(e.n + e.route_n):
+        x = edit_at(e, i)
+        out.append((kinds[x.kind], x.name.ptr[:x.name.len], x.value.ptr[:x.value.len] if x.value.len else b""))
+    return out
+
+
+# ---- the same rules for `fastmesh explain` (no copies in the Python layer) ----
+
+TIMEOUT_HEADER = TIMEOUT_FIELD[:19].decode("ascii")    # the deadline budget field, in ms, sent with each try
+
+# The methods whose failed try may be sent again.
+REPLAYABLE_METHODS = tuple(name for name, m in METHOD_IDS.items() if replayable_method(m))
+
+
+def timeout_ms(bytes value not None) -> int:
+    """A client's fastmesh-timeout-ms value as the exchange honours it: milliseconds, or -1 when it is not one."""
+    return timeout_value(span_of(value, len(value)))
+
+
+def cookie_in(bytes value not None, bytes name not None):
+    """The value of cookie `name` in one Cookie field value, as a consistent-hash key takes it; None if absent."""
+    cdef Span out
+    if _cookie(span_of(value, len(value)), name, len(name), &out):
+        return out.ptr[:out.len]
+    return None
+
+
+# Verdicts by name, for Python callers (tests).
+PASS, RETRY, ANSWER = V_PASS, V_RETRY, V_ANSWER

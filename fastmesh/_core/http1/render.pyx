@@ -1,0 +1,366 @@
+"""HTTP/1 rendering: what the exchange decided, written as HTTP/1 bytes.
+
+Forwarded heads are built with one copy per field line: the line as received ("Name: value"), unless it is
+hop-by-hop (Connection, Keep-Alive, Proxy-*, TE, Trailer, HTTP2-Settings, Upgrade unless upgrading, and any
+field the Connection field names) or an edit removes it. Then the edit list's fields follow (request.pxd: the
+exchange's own, then the route's), and the deadline field with fixed-width digits that stamp_budget() rewrites
+for each try. Error answers come from errors.pyx's table: one place gives a ProxyError its status and cause.
+
+What is forwarded is canonical (each rule has a row in tests/conformance/test_smuggling.py, FORWARDED):
+ 1. Transfer-Encoding leaves as exactly "Transfer-Encoding: chunked" (requests: the only coding the parser
+    lets through; responses: when chunked is the only coding), however it was spelled.
+ 2. Content-Length leaves as one line of plain digits (repeats merged, leading zeros and OWS gone), both ways.
+ 3. Trailer fields the parser knows by name are removed in place (body.pyx, framing.trailers_strip).
+ 4. Upgrade naming h2c is no upgrade: Upgrade and HTTP2-Settings are dropped, the request goes on as HTTP/1.1.
+ 5. An absolute-form target goes upstream in origin-form with Host set to its authority (RFC 9112 3.2.2);
+    an HTTP/1.0 request without Host gets the listener address it came to. Fragments never parse.
+ 6. CONNECT matches only routes that name it; otherwise 405 with `allow`, and the connection closes.
+ 7. A final response head is framed together with the body bytes already read (conn.pyx, body.pyx).
+"""
+from libc.stdint cimport uint32_t
+from libc.stdio cimport snprintf
+from libc.string cimport memcpy, strlen
+
+from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_reserve
+from fastmesh._core.codes cimport error_status, error_reason
+from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED
+from fastmesh._core.http1.parser cimport (
+    Head, HeaderField, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE,
+    FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE, FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
+    FIELD_CONTENT_LENGTH, FIELD_HOST, FIELD_HTTP2_SETTINGS, TARGET_ABSOLUTE,
+)
+from fastmesh._core.http1.view cimport target_authority
+from fastmesh._core.request cimport (
+    RequestView, Span, Edit, EditList, edit_at, find_field, fold_eq, span_of, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT,
+    EDIT_DEADLINE, EDITS_OWN,
+)
+from fastmesh._core.router cimport Router
+from fastmesh._core.exchange cimport Exchange
+from fastmesh._core.http1.view cimport view_parse
+
+cdef int MAX_CONN_TOKENS = 16          # Connection field tokens honoured when dropping the fields they name
+cdef const char *RETRIED_FIELD = b"fastmesh-retried"
+cdef const char *CONN_UPGRADE = b"Connection: upgrade\r\n"
+cdef const char *CONN_CLOSE = b"Connection: close\r\n"
+cdef const char *CONN_KEEP = b"Connection: keep-alive\r\n"
+cdef const char *TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"     # the one spelling every parser agrees on
+cdef const char *ALLOW = b"allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n"   # 405 to a CONNECT
+
+
+cdef inline bint _token_is(const char *name, Py_ssize_t n, const char *tok, Py_ssize_t tlen) noexcept:
+    cdef Py_ssize_t i
+    cdef char a, b
+    if tlen != n:
+        return False
+    for i in range(n):
+        a = name[i]
+        b = tok[i]
+        if 65 <= a <= 90:
+            a = a + 32
+        if 65 <= b <= 90:
+            b = b + 32
+        if a != b:
+            return False
+    return True
+
+
+cdef inline bint _in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept:
+    cdef int k
+    for k in range(ntok):
+        if _token_is(name, n, tok[k], tlen[k]):
+            return True
+    return False
+
+
+cdef int _connection_tokens(const char *buf, const Head *h, const char **tok, Py_ssize_t *tlen) noexcept:
+    """The tokens of every Connection field: the names of further hop-by-hop fields to drop."""
+    cdef int i, n = 0
+    cdef const HeaderField *f
+    cdef const char *p
+    cdef const char *end
+    cdef const char *start
+    for i in range(h.num_headers):
+        f = &h.headers[i]
+        if f.id != FIELD_CONNECTION:
+            continue
+        p = buf + f.value_off
+        end = p + f.value_len
+        while p < end and n < MAX_CONN_TOKENS:
+            while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
+                p += 1
+            start = p
+            while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
+                p += 1
+            if p > start:
+                tok[n] = start
+                tlen[n] = p - start
+                n += 1
+    return n
+
+
+cdef inline bint _hop_by_hop(uint32_t fid, bint upgrading) noexcept:
+    if fid == FIELD_OTHER:
+        return False
+    if fid == FIELD_UPGRADE:
+        return not upgrading
+    return (fid == FIELD_CONNECTION or fid == FIELD_KEEP_ALIVE or fid == FIELD_PROXY_CONNECTION
+            or fid == FIELD_TE or fid == FIELD_TRAILER or fid == FIELD_PROXY_AUTHENTICATE
+            or fid == FIELD_PROXY_AUTHORIZATION or fid == FIELD_HTTP2_SETTINGS)
+
+
+cdef void _content_length(OutBuf *o, long long value) noexcept:
+    """A Content-Length line in its one canonical form: no leading zeros, no whitespace, one line."""
+    cdef char line[40]
+    cdef int n = 40
+    memcpy(line, b"Content-Length: ", 16)
+    line[n - 1] = 10
+    line[n - 2] = 13
+    n -= 2
+    while True:
+        n -= 1
+        line[n] = <char>(48 + value % 10)
+        value //= 10
+        if value == 0:
+            break
+    ob_add(o, line, 16)
+    ob_add(o, line + n, 40 - n)
+
+
+cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
+    # "name: value\r\n" with one room check.
+    cdef char *p
+    if ob_reserve(o, name.len + value.len + 4) < 0:
+        return
+    p = o.data + o.len
+    memcpy(p, name.ptr, name.len)
+    p[name.len] = 58
+    p[name.len + 1] = 32
+    memcpy(p + name.len + 2, value.ptr, value.len)
+    p[name.len + 2 + value.len] = 13
+    p[name.len + 3 + value.len] = 10
+    o.len += name.len + value.len + 4
+
+
+cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
+                               int route, const EditList *edits, bint upgrading, Span local) noexcept:
+    cdef const HeaderField *f
+    cdef const Edit *x
+    cdef const char *tok[16]
+    cdef Py_ssize_t tlen[16]
+    cdef int ntok = 0, i, k, total = edits.n + edits.route_n
+    cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
+    cdef unsigned long long lengths = 0    # bit n: some edit matches field names of n bytes
+    cdef bint seen_cl = False, dropped
+    cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
+    cdef Py_ssize_t at = -1
+    cdef Span head, tail, host
+    o.off = 0
+    o.len = 0
+    ob_add(o, buf + h.method_off, h.method_len)
+    ob_add(o, " ", 1)
+    if v.has_path:
+        router.rewrite_path(route, v, &head, &tail)
+        ob_add(o, head.ptr, head.len)
+        ob_add(o, tail.ptr, tail.len)
+        ob_add(o, v.query.ptr, v.query.len)
+    else:
+        ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
+    ob_add(o, " HTTP/1.1\r\n", 11)
+    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+        ntok = _connection_tokens(buf, h, tok, tlen)
+    for k in range(total):
+        x = edit_at(edits, k)
+        if x.kind != EDIT_ADD and x.name.len < 64:
+            lengths |= 1ULL << x.name.len
+        elif x.kind != EDIT_ADD:
+            lengths = ~0ULL          # a name too long for the mask: every field is compared
+    if host_from_target or h.host_index < 0:
+        # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host (a received Host is ignored);
+        # an HTTP/1.0 request without one gets the listener address it came to.
+        host = target_authority(buf, h) if host_from_target else local
+        _line(o, span_of(b"Host", 4), host)
+    for i in range(h.num_headers):
+        f = &h.headers[i]
+        if _hop_by_hop(f.id, upgrading):
+            continue
+        if f.id == FIELD_CONTENT_LENGTH:
+            if not seen_cl:    # identical repeats were merged by the parser: send one, in plain digits
+                seen_cl = True
+                _content_length(o, h.content_length)
+            continue
+        if f.id == FIELD_TRANSFER_ENCODING:
+            ob_add(o, TE_CHUNKED, 28)       # the parser let only a single final chunked through
+            continue
+        if f.id == FIELD_HOST and host_from_target:
+            continue
+        if f.id == FIELD_OTHER:
+            if ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+                continue
+            if (lengths >> f.name_len) & 1 if f.name_len < 64 else lengths == ~0ULL:
+                # (no edit names a field of this length: most fields cost only this test)
+                dropped = False
+                for k in range(total):
+                    x = edit_at(edits, k)
+                    if x.kind == EDIT_ADD or x.name.len != f.name_len \
+                            or not fold_eq(buf + f.name_off, x.name.ptr, x.name.len):
+                        continue
+                    if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
+                        dropped = True
+                        break
+                    if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
+                        present |= 1u << k
+                if dropped:
+                    continue
+        # The field line as received ("Name: value"), one copy.
+        ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
+        ob_add(o, "\r\n", 2)
+    if upgrading:
+        ob_add(o, CONN_UPGRADE, 21)
+    for k in range(total):
+        x = edit_at(edits, k)
+        if x.kind == EDIT_ADD or (x.kind == EDIT_ADD_ABSENT and not (k < EDITS_OWN and (present >> k) & 1)):
+            _line(o, x.name, x.value)
+        elif x.kind == EDIT_DEADLINE:
+            ob_add(o, x.name.ptr, x.name.len)
+            ob_add(o, ": ", 2)
+            at = o.len
+            ob_add(o, "000000000\r\n", BUDGET_DIGITS + 2)
+    ob_add(o, "\r\n", 2)
+    return at
+
+
+cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept:
+    cdef int i
+    if at < 0:
+        return
+    for i in range(BUDGET_DIGITS - 1, -1, -1):
+        o.data[at + i] = <char>(48 + ms % 10)
+        ms //= 10
+
+
+cdef bint marked_retried(const char *buf, const Head *h) noexcept:
+    return find_field(buf, h.headers, h.num_headers, RETRIED_FIELD, 16, 0) >= 0
+
+
+cdef void _retried(OutBuf *o, int retried) noexcept:
+    cdef char line[40]
+    cdef int n = snprintf(line, sizeof(line), "fastmesh-retried: %d\r\n", retried)
+    ob_add(o, line, n)
+
+
+cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditList *edits, int retried,
+                          bint tunnel, bint dechunk, bint client_keep, int client_minor) noexcept:
+    cdef const HeaderField *f
+    cdef const Edit *x
+    cdef const char *tok[16]
+    cdef Py_ssize_t tlen[16]
+    cdef int ntok = 0, i
+    cdef bint seen_cl = False
+    cdef char line[16]
+    # "HTTP/1.1 NNN " by hand: snprintf showed up in the profile (the parser guarantees 100 <= status <= 599).
+    memcpy(line, b"HTTP/1.1 ", 9)
+    line[9] = <char>(48 + h.status // 100)
+    line[10] = <char>(48 + (h.status // 10) % 10)
+    line[11] = <char>(48 + h.status % 10)
+    line[12] = 32
+    ob_add(o, line, 13)
+    ob_add(o, buf + h.reason_off, h.reason_len)
+    ob_add(o, "\r\n", 2)
+    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+        ntok = _connection_tokens(buf, h, tok, tlen)
+    for i in range(h.num_headers):
+        f = &h.headers[i]
+        if _hop_by_hop(f.id, tunnel):
+            continue
+        if f.id == FIELD_OTHER and ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+            continue
+        if f.id == FIELD_TRANSFER_ENCODING:
+            if dechunk:
+                continue
+            if h.chunked and not h.te_other:
+                ob_add(o, TE_CHUNKED, 28)   # chunked alone, however it was spelled
+                continue
+        elif f.id == FIELD_CONTENT_LENGTH:
+            if not seen_cl:
+                seen_cl = True
+                _content_length(o, h.content_length)
+            continue
+        ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
+        ob_add(o, "\r\n", 2)
+    if h.status >= 200 or h.status == 101:
+        for i in range(edits.n + edits.route_n):
+            x = edit_at(edits, i)
+            if x.kind == EDIT_ADD:
+                _line(o, x.name, x.value)
+        if retried >= 0:
+            _retried(o, retried)
+        if tunnel:
+            ob_add(o, CONN_UPGRADE, 21)
+        elif not client_keep:
+            ob_add(o, CONN_CLOSE, 19)
+        elif client_minor == 0:
+            ob_add(o, CONN_KEEP, 24)
+    ob_add(o, "\r\n", 2)
+
+
+cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept:
+    cdef const ErrorInfo *e = error_info(err)
+    cdef int status = e.status
+    cdef const char *reason = e.reason
+    cdef char line[192]
+    cdef char body[128]
+    cdef int n, blen
+    if err == PE_BAD_REQUEST and code < 0:
+        status = error_status(code)
+        reason = error_reason(code)
+    if err == PE_NO_ROUTE:
+        blen = snprintf(body, sizeof(body), "no route for this request\n")
+    elif err == PE_BAD_REQUEST:
+        blen = snprintf(body, sizeof(body), "%s\n", reason)
+    else:
+        blen = snprintf(body, sizeof(body), "%s: %s\n", reason, e.cause)
+    n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 "fastmesh-error: %s\r\n%s", status, reason, blen, e.cause, "" if keep else "connection: close\r\n")
+    ob_add(o, line, n)
+    if err == PE_METHOD_NOT_ALLOWED:
+        ob_add(o, ALLOW, strlen(ALLOW))
+    if retried >= 0:
+        _retried(o, retried)
+    ob_add(o, "\r\n", 2)
+    if not head_only:
+        ob_add(o, body, blen)
+    return status
+
+
+# ---- Python-facing: tests render what the HTTP/1 codec would send, sans IO ----
+
+def forwarded_head(Exchange ex not None, bytes raw_head not None, bint upgrading=False, long long budget_ms=-1):
+    """The request head the HTTP/1 codec forwards for raw_head once `ex` routed it (Exchange.start): its
+    edits rendered; the deadline digits stamped with budget_ms when >= 0."""
+    cdef Head h
+    cdef RequestView v
+    cdef OutBuf o
+    cdef Py_ssize_t at
+    view_parse(raw_head, &h, &v)
+    o.data = NULL
+    o.off = o.len = o.cap = 0
+    try:
+        at = render_request(&o, raw_head, &h, &v, ex.router, ex.route, &ex.request_edits, upgrading,
+                            span_of(b"127.0.0.1:80", 12))
+        if budget_ms >= 0:
+            stamp_budget(&o, at, budget_ms)
+        return o.data[:o.len]
+    finally:
+        ob_free(&o)
+
+
+def error_answer(int err, int code=0, bint keep=True, int retried=-1, bint head_only=False) -> bytes:
+    """The answer the HTTP/1 codec sends for ProxyError err."""
+    cdef OutBuf o
+    o.data = NULL
+    o.off = o.len = o.cap = 0
+    try:
+        render_error(&o, err, code, keep, retried, head_only)
+        return o.data[:o.len]
+    finally:
+        ob_free(&o)

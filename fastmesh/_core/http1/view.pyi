@@ -1,0 +1,3 @@
+"""Type stub for fastmesh._core.http1.view: HTTP/1 request heads as request views."""
+
+def request_parts(raw_head: bytes) -> tuple[bytes, bytes, bytes]: ...

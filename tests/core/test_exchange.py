@@ -1,0 +1,299 @@
+"""The exchange without sockets: a fake codec plays the HTTP/1 connection's part (it feeds request views and try
+outcomes, then renders the verdicts) on a fake clock, so retries, the budget, deadlines, breakers, hash keys,
+header edits and the error answers are checked as rules, whatever the protocol that will carry them."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import pytest
+
+from fastmesh._core import errors
+from fastmesh._core.balance.factory import make_balancer
+from fastmesh._core.balance.hashing import hash_key
+from fastmesh._core.cluster import Cluster
+from fastmesh._core.exchange import ANSWER, PASS, REPLAYABLE_METHODS, RETRY, Exchange, cookie_in, timeout_ms
+from fastmesh._core.http1.pool import HttpPool
+from fastmesh._core.http1.render import error_answer, forwarded_head
+from fastmesh._core.policy import ClusterPolicy
+from fastmesh._core.reactor import Reactor
+from fastmesh._core.router import Router
+
+T0 = 1000.0
+ERR = {e["name"]: i for i, e in enumerate(errors.table(), start=1)}
+
+
+def head(target: bytes = b"/", *lines: bytes, method: bytes = b"GET") -> bytes:
+    return b"\r\n".join([method + b" " + target + b" HTTP/1.1", b"Host: example.com", *lines]) + b"\r\n\r\n"
+
+
+@dataclass
+class Clock:
+    now: float = T0
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass
+class Answer:
+    status: int
+    cause: str | None                  # fastmesh-error of an answer of the proxy's own, None for the upstream's
+    tries: int
+    endpoints: list[int] = field(default_factory=list)
+
+
+class FakeCodec:
+    """What http1/conn.pyx does around an exchange, minus the bytes: start, pick, connect, report, retry."""
+
+    def __init__(self, n: int = 3, hash_key_spec: str | None = None, balancer: str = "round_robin",
+                 **policy: object) -> None:
+        endpoints = [(socket.AF_INET, "127.0.0.1", 9000 + i) for i in range(n)]
+        self.cluster = Cluster("web", endpoints, make_balancer(balancer, [1] * n, seed=7))
+        self.policy = ClusterPolicy(**policy)
+        self.pool = HttpPool(Reactor(), self.cluster, policy=self.policy, hash_key=hash_key_spec)
+        self.router = Router([{"path_prefix": "/api/", "cluster": "web", "add_request_headers": {"X-Route": "api"},
+                               "remove_request_headers": ["X-Secret"], "add_response_headers": {"X-Via-Route": "1"}}],
+                             ["web"])
+        self.clock = Clock()
+
+    def start(self, raw: bytes = b"", **options: object) -> tuple[Exchange, int]:
+        ex = Exchange()
+        return ex, ex.start(self.router, [self.pool], raw or head(b"/api/x"), self.clock.now, **options)
+
+    def request(self, outcomes: list[int | str], raw: bytes = b"", latency: float = 0.01,
+                **options: object) -> Answer:
+        """Run one request whose tries end as `outcomes` say: a status, "reset" or "timeout"."""
+        ex, err = self.start(raw, **options)
+        if err:
+            ex.finish()
+            return Answer(errors.describe(err)["status"], errors.describe(err)["cause"], ex.tries)
+        seen = []
+        try:
+            for outcome in outcomes:
+                ep = ex.pick()
+                seen.append(ep)
+                ex.connected_at(ep, self.clock.now)
+                if outcome == "timeout":
+                    self.clock.now = ex.try_deadline
+                    verdict = ex.on_try_failed(ep, "timeout", self.clock.now)
+                elif outcome == "reset":
+                    verdict = ex.on_try_failed(ep, "reset", self.clock.advance(latency))
+                else:
+                    verdict = ex.on_response(ep, int(outcome), self.clock.advance(latency))
+                if verdict == RETRY:
+                    self.clock.advance(ex.backoff)
+                    ex.on_retry_due(self.clock.now)
+                    continue
+                if verdict == ANSWER:
+                    e = errors.describe(ex.error)
+                    return Answer(e["status"], e["cause"], ex.tries, seen)
+                assert verdict == PASS
+                return Answer(int(outcome), None, ex.tries, seen)
+            raise AssertionError("the exchange wanted more tries than the script has")
+        finally:
+            ex.finish()
+
+
+# ---- retries -----------------------------------------------------------------------------------------------------
+
+def test_a_5xx_is_retried_on_another_endpoint_until_an_answer() -> None:
+    codec = FakeCodec(attempts=3, on=("5xx",))
+    got = codec.request([503, 502, 200])
+    assert (got.status, got.tries) == (200, 3)
+    assert len(set(got.endpoints)) == 3               # each retry avoided the endpoints already tried
+    assert codec.policy.retried == 2 and codec.policy.retries_active == 0 and codec.policy.requests_active == 0
+
+
+def test_attempts_bound_the_tries_and_the_last_answer_passes_on() -> None:
+    codec = FakeCodec(attempts=2, on=("5xx",))
+    got = codec.request([503, 503])
+    assert (got.status, got.cause, got.tries) == (503, None, 2)
+
+
+def test_resets_and_timeouts_retry_only_when_listed() -> None:
+    assert FakeCodec(attempts=2, on=("5xx",)).request(["reset"]).cause == "reset"
+    assert FakeCodec(attempts=2, on=("reset",)).request(["reset", 200]).status == 200
+    assert FakeCodec(attempts=2, on=("reset",), per_try_timeout=0.5).request(["timeout"]).cause == "response timeout"
+    assert FakeCodec(attempts=2, on=("timeout",), per_try_timeout=0.5).request(["timeout", 200]).tries == 2
+
+
+def test_a_marked_answer_is_never_retried_again() -> None:
+    codec = FakeCodec(attempts=3, on=("5xx",))
+    ex, err = codec.start()
+    assert err == 0
+    assert ex.on_response(ex.pick(), 503, T0 + 0.01, marked=True) == PASS
+    assert ex.retried_value(503, marked=True) == -1     # its own mark stays, none added
+    assert ex.retried_value(503) == 0 and ex.retried_value(200) == -1
+    ex.finish()
+
+
+def test_only_replayable_requests_are_sent_again() -> None:
+    assert set(REPLAYABLE_METHODS) == {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"}
+    codec = FakeCodec(attempts=3, on=("5xx", "reset"))
+    assert codec.request([503], raw=head(b"/api/x", method=b"POST")).tries == 1
+    assert codec.request(["reset"], replayable=False).cause == "reset"    # its body is no longer whole here
+
+
+def test_the_budget_refuses_retries_beyond_its_share() -> None:
+    codec = FakeCodec(attempts=3, on=("5xx",), budget_percent=0.5, budget_min_per_second=0.0)
+    statuses = [codec.request([503, 200]).tries for _ in range(8)]
+    # Each request deposits one; a retry needs (retries + 1) <= 0.5 x requests: every other request retries.
+    assert statuses == [1, 2, 1, 2, 1, 2, 1, 2]
+    assert codec.policy.budget.exhausted == 4
+
+
+def test_max_retries_caps_retries_in_flight() -> None:
+    codec = FakeCodec(attempts=3, on=("5xx",), max_retries=1)
+    first, _ = codec.start()
+    assert first.on_response(first.pick(), 503, T0) == RETRY        # one retry in flight now
+    second, _ = codec.start()
+    assert second.on_response(second.pick(), 503, T0) == PASS       # the cap refuses a second
+    assert codec.policy.overloaded == 1
+    first.finish()
+    second.finish()
+    assert codec.policy.retries_active == 0
+
+
+def test_backoff_is_jittered_below_the_doubling_cap() -> None:
+    codec = FakeCodec(attempts=5, on=("5xx",), backoff_base=0.1, backoff_max=0.25)
+    ex, _ = codec.start()
+    waits = []
+    for _ in range(4):
+        assert ex.on_response(ex.pick(), 503, codec.clock.now) == RETRY
+        waits.append(ex.backoff)
+    assert 0 <= waits[0] < 0.1 and 0 <= waits[1] < 0.2 and all(0 <= w < 0.25 for w in waits[2:])
+    ex.finish()
+
+
+# ---- deadlines ---------------------------------------------------------------------------------------------------
+
+def test_the_client_deadline_wins_when_sooner_and_trusted() -> None:
+    codec = FakeCodec(timeout=2.0, per_try_timeout=5.0)
+    ex, _ = codec.start(head(b"/api/x", b"fastmesh-timeout-ms: 300"))
+    assert ex.deadline == pytest.approx(T0 + 0.3) and ex.try_deadline == pytest.approx(T0 + 0.3)
+    assert 198 <= ex.budget_ms_at(T0 + 0.1) <= 199   # what is left (truncated to ms), less 1 ms for the hop
+    assert ex.budget_ms_at(T0 + 0.3) == 0 and ex.budget_ms_at(T0 - 1e6) == 999999999
+    ex.finish()
+    ex, _ = codec.start(head(b"/api/x", b"fastmesh-timeout-ms: 300"), trust_headers=False)
+    assert ex.deadline == pytest.approx(T0 + 2.0)
+    ex.finish()
+    ex, _ = codec.start(head(b"/api/x", b"fastmesh-timeout-ms: 3s"))
+    assert ex.deadline == pytest.approx(T0 + 2.0)     # not digits: ignored
+    ex.finish()
+
+
+def test_a_try_cut_by_the_deadline_is_deadline_exceeded_not_a_response_timeout() -> None:
+    codec = FakeCodec(timeout=0.5, per_try_timeout=5.0, attempts=3, on=("timeout",))
+    got = codec.request(["timeout"])
+    assert (got.status, got.cause, got.tries) == (504, "deadline exceeded", 1)
+    codec = FakeCodec(timeout=5.0, per_try_timeout=0.5)
+    assert codec.request(["timeout"]).cause == "response timeout"
+
+
+def test_a_spent_deadline_is_refused_before_any_try() -> None:
+    codec = FakeCodec()
+    got = codec.request([], raw=head(b"/api/x", b"fastmesh-timeout-ms: 0"))
+    assert (got.status, got.cause) == (504, "deadline exceeded")
+    assert codec.policy.requests_active == 0
+
+
+def test_explain_reads_the_same_deadline_values() -> None:
+    assert timeout_ms(b"250") == 250 and timeout_ms(b"999999999999") == 999999999999
+    for ignored in (b"", b"3s", b"+5", b"1234567890123", b" 5"):
+        assert timeout_ms(ignored) == -1, ignored
+
+
+# ---- breakers ----------------------------------------------------------------------------------------------------
+
+def test_max_requests_refuses_with_overloaded_until_one_ends() -> None:
+    codec = FakeCodec(max_requests=1)
+    first, err = codec.start()
+    assert err == 0 and codec.policy.requests_active == 1
+    second, err = codec.start()
+    assert err == ERR["overloaded"] and codec.policy.overloaded == 1
+    second.finish()
+    first.finish()
+    third, err = codec.start()
+    assert err == 0
+    third.finish()
+    assert codec.policy.requests_active == 0
+
+
+def test_waiting_a_whole_try_for_a_slot_is_overloaded() -> None:
+    codec = FakeCodec()
+    ex, _ = codec.start()
+    assert ex.on_wait_expired() == ERR["overloaded"] and codec.policy.overloaded == 1
+    ex.finish()
+
+
+# ---- routing, keys and edits -------------------------------------------------------------------------------------
+
+def test_no_route_is_404() -> None:
+    got = FakeCodec().request([], raw=head(b"/other"))
+    assert (got.status, got.cause) == (404, "no route")
+
+
+@pytest.mark.parametrize("spec, lines, peer, key", [
+    ("header:X-User", [b"x-user: alice"], "127.0.0.1", b"alice"),
+    ("cookie:sid", [b"Cookie: a=1; sid=s-42; b=2"], "127.0.0.1", b"s-42"),
+    ("source_ip", [], "10.1.2.3", b"10.1.2.3"),
+    ("header:X-User", [], "127.0.0.1", None),
+])
+def test_hash_keys_come_from_the_view(spec: str, lines: list[bytes], peer: str, key: bytes | None) -> None:
+    codec = FakeCodec(hash_key_spec=spec, balancer="ring_hash")
+    raw = head(b"/api/x", *lines)
+    ex, _ = codec.start(raw, peer=peer)
+    assert ex.hash_key == (hash_key(key) if key is not None else None)
+    if spec.startswith("cookie:"):
+        assert cookie_in(lines[0][len(b"Cookie: "):], b"sid") == key      # explain reads the same bytes
+    ex.finish()
+
+
+def test_edits_render_into_the_forwarded_head() -> None:
+    codec = FakeCodec(timeout=1.0)
+    raw = head(b"/api/x?q=1", b"X-SECRET: s", b"x-secrets: kept", b"X-Forwarded-Proto: https",
+               b"fastmesh-timeout-ms: 5000", b"Connection: keep-alive")
+    ex, _ = codec.start(raw, peer="10.0.0.7")
+    request_edits, response_edits = ex.edits()
+    kinds = [kind for kind, _, _ in request_edits]
+    assert kinds == ["remove", "add", "add", "add", "add_absent", "deadline", "remove", "add"]
+    assert response_edits == [("add", b"Via", b"1.1 fastmesh"), ("add", b"X-Via-Route", b"1")]
+    out = forwarded_head(ex, raw, budget_ms=42).split(b"\r\n")
+    assert out[0] == b"GET /api/x?q=1 HTTP/1.1"
+    assert b"x-secrets: kept" in out and not any(line.lower().startswith(b"x-secret:") for line in out)
+    assert b"X-Forwarded-Proto: http" in out and b"X-Forwarded-Proto: https" not in out
+    assert b"X-Forwarded-For: 10.0.0.7" in out and b"Via: 1.1 fastmesh" in out and b"X-Route: api" in out
+    assert b"fastmesh-timeout-ms: 000000042" in out and b"fastmesh-timeout-ms: 5000" not in out
+    assert not any(line.startswith(b"Connection") for line in out)
+    (rid,) = [line for line in out if line.startswith(b"x-request-id: ")]
+    assert len(rid) == len(b"x-request-id: ") + 32
+    ex.finish()
+    ex, _ = codec.start(head(b"/api/x", b"X-Request-Id: mine"), forwarded=False)
+    out = forwarded_head(ex, head(b"/api/x", b"X-Request-Id: mine"))
+    assert out.count(b"equest-") == 1 and b"X-Forwarded-For" not in out and b"Via" not in out
+    ex.finish()
+
+
+# ---- errors as values ----------------------------------------------------------------------------------------------
+
+def test_every_proxy_error_maps_to_one_answer_for_each_protocol() -> None:
+    table = {e["name"]: (e["status"], e["cause"], e["rst_code"], e["grpc_status"]) for e in errors.table()}
+    assert table["connect_refused"] == (503, "connect refused", 0x7, 14)      # REFUSED_STREAM, UNAVAILABLE
+    assert table["deadline_exceeded"] == (504, "deadline exceeded", 0x8, 4)   # CANCEL, DEADLINE_EXCEEDED
+    assert table["no_route"][:2] == (404, "no route") and table["reset"][:2] == (502, "reset")
+    assert len(set(e["cause"] for e in errors.table())) == len(errors.table())   # every cause says which
+    assert errors.describe(errors.connect_error_of(111))["cause"] == "connect refused"
+    assert errors.describe(errors.connect_error_of(0))["cause"] == "connect timeout"
+    assert errors.describe(errors.connect_error_of(113))["cause"] == "connect failed"
+
+
+def test_the_http1_codec_renders_an_error_value() -> None:
+    answer = error_answer(ERR["overloaded"], keep=False, retried=0)
+    head_part, body = answer.split(b"\r\n\r\n")
+    assert head_part.split(b"\r\n")[0] == b"HTTP/1.1 503 Service Unavailable"
+    assert b"fastmesh-error: overloaded" in head_part and b"connection: close" in head_part
+    assert b"fastmesh-retried: 0" in head_part and body == b"Service Unavailable: overloaded\n"
+    assert error_answer(ERR["overloaded"], head_only=True).endswith(b"\r\n\r\n")
+    assert error_answer(ERR["bad_request"], code=-14).startswith(b"HTTP/1.1 431 ")   # the parse code's status
