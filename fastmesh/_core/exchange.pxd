@@ -22,6 +22,7 @@ ctypedef struct ForwardRules:
     bint forwarded                     # add X-Forwarded-For / X-Forwarded-Proto / Via (drop the client's XFP)
     bint trust_headers                 # honour a client's fastmesh-timeout-ms (else it is dropped unread)
     Span request_id                    # request id field name (lowercase); empty when off
+    unsigned long long version         # changes whenever the rules do (exchanges rebuild their own edits then)
 
 
 cdef class Exchange:
@@ -49,6 +50,7 @@ cdef class Exchange:
     cdef readonly int error            # V_ANSWER: the ProxyError to answer with
     cdef EditList request_edits        # header edits for the forwarded request
     cdef EditList response_edits       # header edits for the answer
+    cdef unsigned long long edits_for  # ForwardRules.version the own edits were listed for (0: none yet)
     cdef char request_id[32]           # the request id this exchange adds when the request has none
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
@@ -58,6 +60,7 @@ cdef class Exchange:
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
+    cdef void list_own_edits(self, const ForwardRules *rules) noexcept
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
                            double now) noexcept
     cdef int admit(self, bint replayable, bint upgrade, double now) noexcept

@@ -49,6 +49,7 @@ cdef const char *HTTP = b"http"
 cdef const char *VIA = b"Via"
 cdef const char *VIA_VALUE = b"1.1 fastmesh"
 cdef long long MAX_BUDGET_MS = 999999999                   # 9 digits: a codec may render it in fixed width
+cdef unsigned long long _RULES_VERSION = 0                 # sans-IO driving: each start() brings new rules
 
 
 cdef long long timeout_value(Span value) noexcept nogil:
@@ -153,8 +154,6 @@ cdef class Exchange:
         self.error = PE_NONE
         self.backoff = 0.0
         try_init(&self.ct)
-        edits_clear(&self.request_edits)
-        edits_clear(&self.response_edits)
 
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
                            double now) noexcept:
@@ -163,7 +162,8 @@ cdef class Exchange:
         cdef EditList *req = &self.request_edits
         cdef Span key
         cdef int r
-        self.router = router
+        if self.router is not router:
+            self.router = router
         self.method = v.method
         r = router.match(v)
         if r < 0:
@@ -172,8 +172,9 @@ cdef class Exchange:
         self.route = r
         self.cluster = router.cluster(r)
         connector = <Connector>connectors[self.cluster]
-        self.connector = connector
-        self.policy = connector.policy
+        if self.connector is not connector:
+            self.connector = connector
+            self.policy = connector.policy
         self.tries = 1
         if connector.hash_kind != HASH_NONE and key_span(
                 connector.hash_kind, span_of(connector.hash_name, len(connector.hash_name)), v,
@@ -181,6 +182,19 @@ cdef class Exchange:
             self.ct.keyed = True
             self.ct.key = hash_bytes(<const unsigned char *>key.ptr, key.len)
         self.deadline = request_deadline(v, self.policy.timeout, rules.trust_headers, now)
+        if rules.request_id.len:
+            self.new_request_id()
+        if self.edits_for != rules.version:
+            self.list_own_edits(rules)
+        router.route_edits(r, req, &self.response_edits)
+        return PE_NONE
+
+    cdef void list_own_edits(self, const ForwardRules *rules) noexcept:
+        """The exchange's own header edits: the same for every request of a connection until the listener's rules
+        change (the peer and the request id buffer are this exchange's), so they are listed once, not per request."""
+        cdef EditList *req = &self.request_edits
+        edits_clear(req)
+        edits_clear(&self.response_edits)
         if rules.forwarded:
             edit_add(req, EDIT_REMOVE, span_of(XFP_LOWER, 17), span_of(NULL, 0))
             edit_add(req, EDIT_ADD, span_of(XFF, 15), span_of(self.peer, self.peer_len))
@@ -188,11 +202,9 @@ cdef class Exchange:
             edit_add(req, EDIT_ADD, span_of(VIA, 3), span_of(VIA_VALUE, 12))
             edit_add(&self.response_edits, EDIT_ADD, span_of(VIA, 3), span_of(VIA_VALUE, 12))
         if rules.request_id.len:
-            self.new_request_id()
             edit_add(req, EDIT_ADD_ABSENT, rules.request_id, span_of(self.request_id, 32))
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
-        router.route_edits(r, req, &self.response_edits)
-        return PE_NONE
+        self.edits_for = rules.version
 
     cdef void new_request_id(self) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
@@ -420,6 +432,9 @@ cdef class Exchange:
         rules.forwarded = forwarded
         rules.trust_headers = trust_headers
         rules.request_id = span_of(rid, len(rid))
+        global _RULES_VERSION
+        _RULES_VERSION += 1
+        rules.version = _RULES_VERSION         # new rules each call: the own edits are listed again
         self.begin(now)
         err = self.route_request(router, connectors, &v, &rules, now)
         if err == PE_NONE:

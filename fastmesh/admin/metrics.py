@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from fastmesh.dataplane.stats import Snapshot
 
@@ -45,8 +46,10 @@ def wants_openmetrics(accept: str) -> bool:
     return best_om > 0 and best_om >= best_text
 
 
-def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> bytes:
-    """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4."""
+def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
+           discovery: dict[str, dict[str, Any]] | None = None) -> bytes:
+    """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4; `discovery`:
+    per discovered cluster, its source's state (discovery/base.py SourceState.as_dict)."""
     out = _Writer(openmetrics)
     out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
     out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
@@ -108,7 +111,26 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False) -> byte
                  for ln, cn, cls, v in snap.requests()])
     out.histogram("fastmesh_request_duration_seconds", "HTTP request duration, request head to response end",
                   snap.durations())
+    _discovery(out, discovery or {})
     return out.finish()
+
+
+def _discovery(out: _Writer, sources: dict[str, dict[str, Any]]) -> None:
+    """Per discovered cluster (labels cluster and kind): when it last changed, its size, its failures."""
+    if not sources:
+        return
+    labels = {cn: (("cluster", cn), ("kind", s["kind"])) for cn, s in sources.items()}
+    out.gauge("fastmesh_discovery_last_update_time_seconds", "when the source last answered with endpoints, Unix "
+              "time (0: not yet)", [(labels[cn], s["last_update"] or 0) for cn, s in sources.items()])
+    out.gauge("fastmesh_discovery_endpoints", "endpoints in the source's last answer",
+              [(labels[cn], s["endpoints"]) for cn, s in sources.items()])
+    out.counter("fastmesh_discovery_updates", "answers with endpoints the source gave",
+                [(labels[cn], s["updates"]) for cn, s in sources.items()])
+    out.counter("fastmesh_discovery_errors", "failed lookups, reads and watches by kind of failure (the last good "
+                "set stayed)", [((*labels[cn], ("error", kind)), n) for cn, s in sources.items()
+                                for kind, n in sorted(s["errors"].items())])
+    out.counter("fastmesh_discovery_watch_restarts", "watches re-established after they broke",
+                [(labels[cn], s["watch_restarts"]) for cn, s in sources.items()])
 
 
 class _Writer:

@@ -197,7 +197,16 @@ class AdminServer:
         return Reply.json(200, self.config)
 
     def clusters(self, request: Request) -> Reply:
-        return Reply.json(200, self.stats.collect().clusters())
+        """Each cluster's endpoints and counters; a discovered cluster also shows its source's state."""
+        clusters = self.stats.collect().clusters()
+        for name, state in self.discovery().items():
+            if name in clusters:
+                clusters[name]["discovery"] = state
+        return Reply.json(200, clusters)
+
+    def discovery(self) -> dict[str, dict[str, Any]]:
+        manager = getattr(self.workers, "discovery", None)
+        return manager.status() if manager is not None else {}
 
     def stats_dump(self, request: Request) -> Reply:
         """Merged counters of listeners and clusters, HTTP responses by status class and request-duration
@@ -225,4 +234,5 @@ class AdminServer:
         om = wants_openmetrics(request.header("accept"))
         info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
                            len(self.workers.ready))
-        return Reply(200, render(self.stats.collect(), info, om), OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)
+        return Reply(200, render(self.stats.collect(), info, om, self.discovery()),
+                     OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

@@ -1,5 +1,8 @@
 """`fastmesh check`: validate a config and print it with every default filled in, as TOML (the language it was
-written in, and a file `fastmesh run` accepts as it is) or, with --json, as JSON for tools."""
+written in, and a file `fastmesh run` accepts as it is) or, with --json, as JSON for tools.
+
+Discovery settings are checked without touching the network (endpoint files are read when they exist, since they
+are local); `--resolve` asks each discovery source once and prints what it found (exit 1 if any failed)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +15,7 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _LINE_WIDTH = 100       # arrays longer than this on one line are printed one item per line
 
 
-def main(config_path: str, as_json: bool) -> int:
+def main(config_path: str, as_json: bool, resolve: bool = False) -> int:
     """Entry point of `fastmesh check`; returns the exit code."""
     from fastmesh.config.load import config_to_dict, load_config
     from fastmesh.errors import ConfigError
@@ -22,12 +25,57 @@ def main(config_path: str, as_json: bool) -> int:
         print(exc, file=sys.stderr)
         return 1
     data = config_to_dict(cfg)
+    found = _resolve(cfg) if resolve else _local_files(cfg)
+    failed = any("error" in item for item in found.values())
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps({**data, "resolved": found} if resolve else data, indent=2))
     else:
         print(f"# {config_path}: valid. The effective config, with every default filled in:")
         print(to_toml(data), end="")
-    return 0
+        for name, item in found.items():
+            print(f"# cluster {name}: {item['kind']} {item['target']}: " + (
+                f"failed: {item['error']}" if "error" in item else
+                f"{len(item['endpoints'])} endpoint(s): " + ", ".join(
+                    f"{e['address']} (weight {e['weight']})" for e in item["endpoints"])))
+    if failed and not resolve:
+        for name, item in found.items():
+            if "error" in item:
+                print(f"warning: cluster {name}: {item['error']}", file=sys.stderr)
+        return 0
+    return 1 if failed else 0
+
+
+def _resolve(cfg: Any, only_files: bool = False) -> dict[str, dict[str, Any]]:
+    """Per discovered cluster: its source's answer (or its error), asked once."""
+    import asyncio
+    from fastmesh.config.load import endpoint_text
+    from fastmesh.discovery.base import SourceError
+    from fastmesh.discovery.manager import base_dir, make_source
+
+    async def one(name: str, discovery: Any) -> dict[str, Any]:
+        source = make_source(name, discovery, base_dir(cfg), lambda endpoints: None)
+        item: dict[str, Any] = {"kind": discovery.kind, "target": source.state.target}
+        try:
+            endpoints = await asyncio.wait_for(source.resolve(), discovery.timeout + 2.0)
+        except SourceError as exc:
+            item["error"] = f"{exc.kind}: {exc}"
+        except TimeoutError:
+            item["error"] = "timeout: no answer"
+        else:
+            item["endpoints"] = [{"address": endpoint_text(e), "weight": e.weight} for e in endpoints]
+        return item
+
+    async def all_of() -> dict[str, dict[str, Any]]:
+        names = [n for n, c in cfg.clusters.items() if c.discovery is not None
+                 and (not only_files or c.discovery.kind == "file")]
+        items = await asyncio.gather(*(one(n, cfg.clusters[n].discovery) for n in names))
+        return dict(zip(names, items))
+    return asyncio.run(all_of())
+
+
+def _local_files(cfg: Any) -> dict[str, dict[str, Any]]:
+    """Without --resolve only endpoint files are read (no network): a missing or broken one is a warning."""
+    return _resolve(cfg, only_files=True)
 
 
 # ---- TOML text for `check` (tomllib only reads) ----

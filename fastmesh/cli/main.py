@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args.config, args.log_level)
     if args.command == "check":
         from fastmesh.cli.check import main as check_main
-        return check_main(args.config, args.json)
+        return check_main(args.config, args.json, args.resolve)
     if args.command == "demo":
         return demo(args.ports, args.host, args.log_level)
     if args.command == "stat":
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "_worker":
         from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
-                           args.limits_fd)
+                           args.limits_fd, args.config_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "or print every problem to stderr and exit 1.")
     check.add_argument("config", metavar="CONFIG", help="TOML config file")
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    check.add_argument("--resolve", action="store_true",
+                       help="ask each discovery source (DNS, etcd, files) once and print what it found")
 
     demo = sub.add_parser("demo", help="run only the demo backends, in the foreground",
                           description="Run demo HTTP/echo backends that name themselves, until Ctrl-C.")
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
     worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (process/link.py)
     worker.add_argument("--limits-fd", type=int, default=None)   # the instance's limit counters (dataplane/limits.py)
+    worker.add_argument("--config-fd", type=int, default=None)   # the running config as JSON (discovery filled it in)
     _log_level(worker)
     return parser
 

@@ -22,6 +22,7 @@ from fastmesh.config.schema import (
     Demo, Endpoint, Limits, Listener, Retries, Route,
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
+from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
 from fastmesh.errors import ConfigError, ConfigErrors
 
 __all__ = [
@@ -46,6 +47,10 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Hostname labels; "_" is allowed because container and /etc/hosts names use it and resolvers accept it.
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# A canonical dotted-quad IPv4 address (no leading zeros): what ipaddress accepts, matched without building an object,
+# so that configs with many endpoints (10,000 from discovery) validate quickly.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 # RFC 9110 token: header names and methods. Methods are case-sensitive and every standard one is upper case,
 # so a lower-case letter in a configured method is taken for a typo.
@@ -128,6 +133,8 @@ def format_address(host: str, port: int) -> str:
 
 
 def _is_host(host: str) -> bool:
+    if IPV4_RE.fullmatch(host):
+        return True
     try:
         ipaddress.IPv4Address(host)
         return True
@@ -571,8 +578,76 @@ def _hash_key(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, '"header:NAME", "cookie:NAME" or "source_ip"', value)
 
 
+def _text(what: str) -> Parser:
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        return value if isinstance(value, str) and value else check.bad(key, what, value)
+    return parse
+
+
+def _addresses(check: _Check, key: str, value: Any) -> Any:
+    items = _array(check, key, value, _address, 'an array of "host:port"', 'at least one "host:port"')
+    return BAD if items is BAD else _all_good(items)
+
+
+_DNS_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+# Per kind: the keys it needs, and the keys it takes besides "kind" and those.
+_DISCOVERY_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "file": (("path",), ("interval",)),
+    "dns": (("name", "port"), ("resolvers", "hold", "min_ttl", "max_ttl", "timeout")),
+    "dns_srv": (("name",), ("resolvers", "hold", "min_ttl", "max_ttl", "timeout")),
+    "etcd": (("endpoints", "prefix"), ("timeout",)),
+}
+
+
+def _dns_name(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and len(value) <= 253 and _DNS_NAME_RE.fullmatch(value):
+        return value
+    return check.bad(key, 'a DNS name like "web.svc.test"', value)
+
+
+_DISCOVERY_FIELDS: dict[str, Parser] = {
+    "kind": _choice("discovery kinds", DISCOVERY_KINDS),
+    "path": _text("a file path"),
+    "name": _dns_name,
+    "port": _whole(1, 65535),
+    "resolvers": _addresses,
+    "endpoints": _addresses,
+    "prefix": _text('a key prefix like "/services/api/"'),
+    "hold": _duration(allow_zero=True),
+    "min_ttl": _duration(allow_zero=False),
+    "max_ttl": _duration(allow_zero=False),
+    "timeout": _duration(allow_zero=False),
+    "interval": _duration(allow_zero=False),
+}
+
+
+def _discovery(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _DISCOVERY_FIELDS, {"kind": _choices(DISCOVERY_KINDS)})
+    if fields is None:
+        return BAD
+    needed, optional = _DISCOVERY_KEYS[fields["kind"]]
+    good = True
+    for name in needed:
+        if name not in fields:
+            check.missing(_key(key, name), f'a value for kind = "{fields["kind"]}"')
+            good = False
+    for name in fields:
+        if name != "kind" and name not in needed and name not in optional:
+            takes = [k for k, (need, opt) in _DISCOVERY_KEYS.items() if name in need or name in opt]
+            check.bad(_key(key, name), f'no {name} with kind = "{fields["kind"]}" (it is for {_choices(takes)})',
+                      value[name])
+            good = False
+    if good and fields.get("min_ttl", Discovery.min_ttl) > fields.get("max_ttl", Discovery.max_ttl):
+        check.bad(_key(key, "min_ttl"), f"at most max_ttl ({format_duration(fields.get('max_ttl', 300.0))})",
+                  value["min_ttl"] if "min_ttl" in value else format_duration(Discovery.min_ttl))
+        good = False
+    return Discovery(**fields) if good else BAD
+
+
 _CLUSTER_FIELDS: dict[str, Parser] = {
     "endpoints": _endpoints,
+    "discovery": _discovery,
     "balancer": _choice("balancers", BALANCERS),
     "connect_timeout": _duration(allow_zero=False),
     "connect_attempts": _whole(1),
@@ -595,7 +670,13 @@ def _cluster(check: _Check, key: str, name: str, value: Any) -> Cluster | None:
     good_name = _NAME_RE.fullmatch(name) is not None
     if not good_name:
         check.bad(key, f"a cluster name of {NAME_CHARS}", name)
-    fields = _table(check, key, value, _CLUSTER_FIELDS, {"endpoints": "at least one endpoint"})
+    if isinstance(value, Mapping) and "discovery" in value:
+        # With discovery the listed endpoints are only the set used until the first answer: none is fine.
+        if value.get("endpoints") == []:
+            value = {k: v for k, v in value.items() if k != "endpoints"}
+        fields = _table(check, key, value, _CLUSTER_FIELDS)
+    else:
+        fields = _table(check, key, value, _CLUSTER_FIELDS, {"endpoints": "at least one endpoint (or discovery)"})
     if fields is not None and fields.get("hash_key") and fields.get("balancer") not in HASHING_BALANCERS:
         check.bad(_key(key, "hash_key"), f'balancer = "ring_hash" or "maglev" beside it (balancer is '
                   f'"{fields.get("balancer", "round_robin")}")', fields["hash_key"])
@@ -907,6 +988,8 @@ def _config(check: _Check, data: Any) -> Config | None:
 
 def _same_address(host: str, port: int) -> tuple[str, int]:
     """A comparable form: IP literals normalised ("0:0::1" is "::1"), names in lower case without a final dot."""
+    if IPV4_RE.fullmatch(host):
+        return host, port
     try:
         return str(ipaddress.ip_address(host)), port
     except ValueError:
@@ -963,12 +1046,27 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "adaptive_concurrency": (False if cluster.adaptive_concurrency is None else
                                      dataclasses.asdict(cluster.adaptive_concurrency)),
             "slow_start": format_duration(cluster.slow_start),
+            **({"discovery": _discovery_dict(cluster.discovery)} if cluster.discovery is not None else {}),
         } for name, cluster in cfg.clusters.items()},
     }
     for name, cluster in cfg.clusters.items():
         out["clusters"][name].update(_health_dict(cluster))
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
+    return out
+
+
+def _discovery_dict(d: Discovery) -> dict[str, Any]:
+    """A discovery table with the keys its kind takes, defaults filled in."""
+    needed, optional = _DISCOVERY_KEYS[d.kind]
+    out: dict[str, Any] = {"kind": d.kind}
+    for name in (*needed, *optional):
+        value = getattr(d, name)
+        if name in ("resolvers", "endpoints"):
+            value = [format_address(host, port) for host, port in value]
+        elif name in ("hold", "min_ttl", "max_ttl", "timeout", "interval"):
+            value = format_duration(value)
+        out[name] = value
     return out
 
 

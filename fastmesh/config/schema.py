@@ -101,11 +101,34 @@ class Outlier:
     success_rate: SuccessRate | None = None   # None: success-rate ejection off
 
 
+DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd")
+
+
+@dataclass
+class Discovery:
+    """Where a cluster's endpoints come from when they are not listed in the config (fastmesh/discovery/).
+
+    The supervisor resolves and watches each source once and hands the endpoint sets to every worker.
+    """
+    kind: str                          # DISCOVERY_KINDS
+    path: str | None = None            # file: JSON or TOML endpoints file (relative to the config file's folder)
+    name: str | None = None            # dns: the A/AAAA name; dns_srv: the SRV name ("_db._tcp.svc.test")
+    port: int | None = None            # dns: the port every address gets
+    resolvers: list[tuple[str, int]] = field(default_factory=list)   # dns, dns_srv: servers; empty: the system's
+    endpoints: list[tuple[str, int]] = field(default_factory=list)   # etcd: cluster members (client URLs)
+    prefix: str | None = None          # etcd: key prefix; each key under it holds one endpoint
+    hold: float = 30.0                 # dns, dns_srv: NXDOMAIN or an empty answer empties the cluster after this
+    min_ttl: float = 1.0               # dns, dns_srv: re-resolve no sooner than this after an answer...
+    max_ttl: float = 300.0             # ...and no later than this, whatever the record's TTL
+    timeout: float = 2.0               # dns: per lookup; etcd: per request (not the watch itself)
+    interval: float = 1.0              # file: mtime poll period (used when inotify is not available)
+
+
 @dataclass
 class Cluster:
     """A named set of endpoints and how to choose among them."""
     name: str
-    endpoints: list[Endpoint]
+    endpoints: list[Endpoint] = field(default_factory=list)   # with discovery: the set until the first answer
     balancer: str = "round_robin"
     connect_timeout: float = 1.0       # seconds
     connect_attempts: int = 3          # endpoints tried per connection before giving up
@@ -122,6 +145,7 @@ class Cluster:
     slow_start: float = 0.0            # seconds a new or recovered endpoint ramps up to its weight (0: off)
     health_check: HealthCheck | None = None   # None: no active checks
     outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
+    discovery: Discovery | None = None  # None: the endpoints are the ones listed
 
 
 @dataclass

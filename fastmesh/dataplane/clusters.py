@@ -11,11 +11,14 @@ from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.limits import LimitCell
 from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
 from fastmesh._core.reactor import Reactor
+from fastmesh.config.load import IPV4_RE
 from fastmesh.config.schema import Cluster as ClusterConfig
 
 
 def _resolve(host: str, port: int) -> tuple[int, str, int]:
-    """(family, ip literal, port). Hostnames are resolved at build time; DNS discovery comes later."""
+    """(family, ip literal, port). Hostnames are resolved at build time (discovery hands over IP literals)."""
+    if IPV4_RE.fullmatch(host):
+        return (socket.AF_INET, host, port)
     try:
         ip = ipaddress.ip_address(host)
         return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip), port)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, loads_config
 from fastmesh.config.schema import Config
+from fastmesh.discovery.manager import DiscoveryManager
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
@@ -48,6 +50,7 @@ class Supervised(Protocol):
     ready: set[int]
     stats: WorkerStats
     stopping: asyncio.Event
+    discovery: DiscoveryManager
 
     def adopt(self, cfg: Config, applied: list[int]) -> None: ...
     def restart(self, n: int, why: str) -> None: ...
@@ -66,7 +69,8 @@ class Reloader:
     def __init__(self, sup: Supervised) -> None:
         self.sup = sup
         self.lock = asyncio.Lock()
-        self.text: bytes | None = None  # the file text of the running config once a reload changed it
+        self.text: bytes | None = None  # the file text of the running config once a reload changed it...
+        self.format = "toml"            # ...or, with discovery, the effective config (endpoints filled in) as JSON
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
 
     async def reload(self, trigger: str) -> Outcome:
@@ -99,11 +103,38 @@ class Reloader:
         problems = probe_new_listeners(old, effective)
         if problems:
             return self._refused(trigger, problems, "the new config cannot be applied")
+        if sup.discovery.active or any(c.discovery is not None for c in effective.clusters.values()):
+            sup.discovery.configure(effective)
+            effective = sup.discovery.fill(effective)
+            text, fmt = effective_text(effective), "json"
+        else:
+            fmt = "toml"
+        return await self._distribute(trigger, text, fmt, effective, later, began)
+
+    async def discovered(self) -> None:
+        """Discovery found new endpoint sets: hand every worker the running config with them filled in."""
+        async with self.lock:
+            sup = self.sup
+            if sup.stopping.is_set():
+                return
+            effective = sup.discovery.fill(sup.cfg)
+            if effective == sup.cfg and self.text is not None:
+                return
+            outcome = await self._distribute("discovery", effective_text(effective), "json", effective, [],
+                                             time.monotonic())
+            if outcome.status != 200:
+                log.error("discovery update: %s", outcome.body.get("message"))
+
+    async def _distribute(self, trigger: str, text: bytes, fmt: str, effective: Config, later: list[str],
+                          began: float) -> Outcome:
+        """Have every serving worker apply `effective` (sent as `text` in `fmt`), then adopt it."""
+        sup = self.sup
+        old = sup.cfg
         changes = summarize(old, effective)
         old_layout = sup.stats.layout
         sup.stats.relayout(StatsLayout(effective))
         targets = {n: link for n, link in sup.links.items() if n in sup.ready}
-        answers = await asyncio.gather(*(self._apply(n, link, text) for n, link in targets.items()))
+        answers = await asyncio.gather(*(self._apply(n, link, text, fmt) for n, link in targets.items()))
         results = dict(zip(targets, answers))
         applied = [n for n, (state, _) in results.items() if state == "applied"]
         refused = {n: info for n, (state, info) in results.items() if state == "refused"}
@@ -119,7 +150,7 @@ class Reloader:
                                  "message": "no worker could apply the new config; the running config is unchanged",
                                  "failed_workers": [f"w{n}" for n in sorted(refused)], "workers": workers})
         # Adopt: from here the new config is the supervisor's, and every worker will end up running it.
-        self.text = text
+        self.text, self.format = text, fmt
         sup.adopt(effective, applied)
         for n in sorted(sup.ready - set(targets)):    # became ready while we read: may run the older file
             asyncio.get_running_loop().create_task(self.push(n))
@@ -141,6 +172,10 @@ class Reloader:
                          "status": status, "message": message, "failed_workers": failed})
             return Outcome(status, body)
         body["message"] = f"applied by {len(applied)} worker(s): {describe_changes(changes)}"
+        if trigger == "discovery":
+            log.info("discovery update applied by %d worker(s) in %.1f ms: clusters %s", len(applied),
+                     (time.monotonic() - began) * 1000, ", ".join(changes["clusters_changed"]) or "unchanged")
+            return Outcome(200, body)
         log.info("config reloaded (%s) in %.1f ms: %s", trigger, (time.monotonic() - began) * 1000, body["message"])
         return Outcome(200, body)
 
@@ -151,7 +186,7 @@ class Reloader:
         return Outcome(400, {"error": "Bad Request", "status": 400, "result": "failed",
                              "message": f"{what}; the running config is unchanged", "errors": errors})
 
-    async def _apply(self, n: int, link: WorkerLink, text: bytes) -> tuple[str, Any]:
+    async def _apply(self, n: int, link: WorkerLink, text: bytes, fmt: str) -> tuple[str, Any]:
         """Send worker n the config text and its stats block; ("applied", answer), ("refused", errors),
         ("timeout", None) or ("gone", None) when it exited meanwhile (it restarts from the file)."""
         stats = self.sup.stats
@@ -161,7 +196,7 @@ class Reloader:
             stats.freeze(n)             # it moves counters between blocks now: read them as they were
             try:
                 answer = await link.call("reload", RELOAD_TIMEOUT, fds=(config_fd, stats_fd),
-                                         source=self.sup.config_path)
+                                         source=self.sup.config_path, format=fmt)
             finally:
                 stats.thaw(n)
         except TimeoutError:
@@ -181,7 +216,7 @@ class Reloader:
             link = sup.links.get(n)
             if self.text is None or link is None or n not in sup.ready or sup.spawn_gen.get(n) == sup.config_gen:
                 return
-            state, info = await self._apply(n, link, self.text)
+            state, info = await self._apply(n, link, self.text, self.format)
             if state == "applied":
                 sup.spawn_gen[n] = sup.config_gen
                 log.info("w%d: brought up to the running config", n)
@@ -203,6 +238,11 @@ def read_config(path: str) -> tuple[bytes, Config]:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", "UTF-8 text", reason=f"invalid TOML (not UTF-8 at byte {exc.start})") from None
     return raw, loads_config(text, path)
+
+
+def effective_text(cfg: Config) -> bytes:
+    """The config as workers are sent it when discovery fills in endpoints: config_to_dict's JSON."""
+    return json.dumps(config_to_dict(cfg), separators=(",", ":")).encode()
 
 
 def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:

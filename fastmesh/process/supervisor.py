@@ -17,7 +17,7 @@ from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
-from fastmesh.process.link import LinkClosed, WorkerLink, socketpair
+from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process.zygote import ForkedWorker, Zygote
 
 Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked by the zygote
@@ -30,6 +30,8 @@ QUICK_EXIT = 10.0           # a worker that dies sooner than this after starting
 MAX_BACKOFF = 10.0          # seconds: the longest pause before restarting a worker that keeps crashing
 MAX_START_FAILURES = 5      # at startup, a slot whose worker dies this many times in a row before serving ends the run
 DESCRIBE_TIMEOUT = 2.0      # seconds a worker has to describe its endpoints for explain
+FIRST_ANSWER_WAIT = 5.0     # seconds discovery gets to answer once before the workers start without its answer
+DISCOVERY_COALESCE = 0.01   # seconds of discovery updates handed to the workers together
 
 # Where this copy of fastmesh lives, so workers import the same code even when it is not installed.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -106,6 +108,8 @@ class Supervisor:
         self.admin: Any = None                                     # the AdminServer, once it listens
         self.background: set[asyncio.Task[Any]] = set()           # reloads started by SIGHUP, pushes
         self.replacing: set[int] = set()                           # slots whose worker we stopped to restart it
+        from fastmesh.discovery.manager import DiscoveryManager
+        self.discovery = DiscoveryManager()                        # endpoint sources, resolved here for every worker
         from fastmesh.process.reload import Reloader
         self.reloader = Reloader(self)
 
@@ -133,9 +137,16 @@ class Supervisor:
                 log.error("admin server: cannot listen on %s: %s", admin.address, exc.strerror or exc)
                 return 1
             self.admin = admin
+            if any(c.discovery is not None for c in self.cfg.clusters.values()):
+                # Workers start with what discovery finds (or the listed endpoints, for a source not answering yet).
+                self.discovery.configure(self.cfg)
+                await self.discovery.first_answers(FIRST_ANSWER_WAIT)
+                await self.reloader.discovered()
+            self._in_background(self._hand_off_discovery())
             slots = [asyncio.create_task(self._keep_worker(n)) for n in range(self.count)]
             await self.stopping.wait()
             await self._stop_workers(slots)
+            await self.discovery.close()
             for task in list(self.background):
                 task.cancel()
             await admin.close()
@@ -154,6 +165,14 @@ class Supervisor:
     def _on_sighup(self) -> None:
         log.info("received SIGHUP: reloading %s", self.config_path)
         self._in_background(self.reloader.reload("SIGHUP"))
+
+    async def _hand_off_discovery(self) -> None:
+        """Each change discovery finds goes to every worker; changes within DISCOVERY_COALESCE go together."""
+        while True:
+            await self.discovery.changed.wait()
+            await asyncio.sleep(DISCOVERY_COALESCE)
+            self.discovery.changed.clear()
+            await self.reloader.discovered()
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -280,10 +299,14 @@ class Supervisor:
     async def _spawn(self, n: int) -> Worker:
         if self.zygote is not None and self.zygote.sock is not None:
             ours, theirs = socketpair()
+            fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd]
+            running = None
+            if self.reloader.format == "json" and self.reloader.text is not None:
+                running = memfd_with(self.reloader.text, "fastmesh-config")     # discovery: the running config
+                fds.append(running)
             try:
                 proc: Worker = await self.zygote.spawn(
-                    {"config": self.config_path, "worker_id": n, "log_level": self.log_level},
-                    [self.stats.fd_for(n), theirs.fileno(), self.limits.fd])
+                    {"config": self.config_path, "worker_id": n, "log_level": self.log_level}, fds)
             except OSError as exc:
                 ours.close()
                 log.warning("the fork server could not start w%d (%s): starting a fresh interpreter", n, exc)
@@ -293,12 +316,20 @@ class Supervisor:
                 return proc
             finally:
                 theirs.close()
+                if running is not None:
+                    os.close(running)
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
         if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         stats_fd = self.stats.fd_for(n)
         limits_fd = self.limits.fd
+        extra: list[str] = []
+        config_fd = None
+        if self.reloader.format == "json" and self.reloader.text is not None:
+            # Discovery: the worker starts from the running config (endpoints filled in), not from the file.
+            config_fd = memfd_with(self.reloader.text, "fastmesh-config")
+            extra = ["--config-fd", str(config_fd)]
         ours, theirs = socketpair()
         try:
             # A fresh interpreter (not a fork of this process and its running loop) for each worker. -P keeps the
@@ -307,14 +338,16 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "fastmesh", "_worker", self.config_path,
                 "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
-                "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd),
+                "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd), *extra,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
-                pass_fds=(stats_fd, theirs.fileno(), limits_fd))
+                pass_fds=(stats_fd, theirs.fileno(), limits_fd, *([config_fd] if config_fd is not None else [])))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+            if config_fd is not None:
+                os.close(config_fd)
         self.links[n] = WorkerLink(ours, f"w{n}")
         self.spawn_gen[n] = self.config_gen
         return proc

@@ -30,7 +30,7 @@ _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 
 def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
-         control_fd: int | None = None, limits_fd: int | None = None) -> int:
+         control_fd: int | None = None, limits_fd: int | None = None, config_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
     # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
@@ -42,7 +42,8 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     from fastmesh.config.load import load_config
     from fastmesh.errors import ConfigError
     try:
-        cfg = load_config(config_path)
+        # With discovery the supervisor hands over the running config (endpoints filled in) instead of the file.
+        cfg = load_config(config_path) if config_fd is None else _read_config_fd(config_fd, config_path)
     except ConfigError as exc:
         for error in exc.errors:        # one log line per problem
             log.error("config no longer loads: %s", error)
@@ -56,6 +57,14 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")
         return 1
+
+
+def _read_config_fd(fd: int, source: str) -> Config:
+    """The config the supervisor passed in a memfd, as config_to_dict's JSON."""
+    import json
+    from fastmesh.config.load import config_from_dict
+    from fastmesh.process.link import read_all
+    return config_from_dict(json.loads(read_all(fd)), source=source)
 
 
 def _supervisor_pid() -> int | None:
@@ -158,7 +167,8 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
 
     async def _reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         from fastmesh.process import link as workerlink
-        from fastmesh.config.load import loads_config
+        import json
+        from fastmesh.config.load import config_from_dict, loads_config
         from fastmesh.dataplane import stats
         from fastmesh.errors import ConfigError
         began = time.monotonic()
@@ -169,7 +179,10 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
         block = stats.map_block(stats_fd) if stats_fd is not None else None
         source = str(message.get("source", "<config>"))
         try:
-            cfg = loads_config(text.decode(), source=source)
+            if message.get("format") == "json":        # the supervisor's effective config (discovery)
+                cfg = config_from_dict(json.loads(text), source=source)
+            else:
+                cfg = loads_config(text.decode(), source=source)
             changes = await proxy.reload(cfg, stats_block=block)
         except ConfigError as exc:
             errors = [str(e) for e in exc.errors]

@@ -12,6 +12,7 @@ import pytest
 
 from fastmesh import ConfigError, Proxy, loads_config
 from fastmesh._testbase.http_backend import HttpBackend
+from fastmesh._testbase.inproc import web_config
 from fastmesh._testbase.net import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,5 +151,34 @@ def test_reloads_do_not_pile_up_retired_acceptors() -> None:
                 gc.collect()
                 alive = [o for o in gc.get_objects() if type(o).__name__ == "TcpProxy"]
                 assert len(alive) <= 2, f"{len(alive)} TcpProxy objects after 6 reloads"
+
+    asyncio.run(main())
+
+
+def test_reload_changes_the_forwarded_fields_on_a_kept_alive_connection():
+    # An exchange lists its own header edits once per connection and listener rules: a reload that changes the
+    # rules must reach the next request on a connection that was already open.
+    async def main():
+        async with HttpBackend("web") as backend:
+            text = web_config([backend.address])
+            async with Proxy.from_toml(text) as proxy:
+                host, port = proxy.addresses["web"]
+                async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=5) as http:
+
+                    async def seen() -> dict[str, str]:
+                        r = await http.get("/echo")
+                        assert r.status_code == 200
+                        return {k.lower(): v for k, v in r.json()["headers"]}
+
+                    first = await seen()
+                    assert "x-forwarded-for" in first and "via" in first and len(first["x-request-id"]) == 32
+                    changed = text.replace('protocol = "http"\n', 'protocol = "http"\nforwarded_headers = false\n'
+                                                                  'request_id_header = "x-trace"\n')
+                    assert changed != text
+                    await proxy.reload(loads_config(changed))
+                    second = await seen()          # the same keep-alive connection
+                    assert "x-forwarded-for" not in second and "via" not in second
+                    assert "x-request-id" not in second and len(second["x-trace"]) == 32
+                    assert backend.requests == 2
 
     asyncio.run(main())

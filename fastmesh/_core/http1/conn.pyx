@@ -64,6 +64,7 @@ cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-pa
 # The transient head and its view: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
 cdef RequestView VIEW
+cdef unsigned long long RULES_VERSION[1]    # the last ForwardRules.version given out (each set_rules takes a new one)
 
 
 cdef class Front(Acceptor):
@@ -101,6 +102,8 @@ cdef class Front(Acceptor):
         self.rules.forwarded = forwarded
         self.rules.trust_headers = trust_headers
         self.rules.request_id = span_of(self.rid_name, len(self.rid_name))
+        RULES_VERSION[0] += 1
+        self.rules.version = RULES_VERSION[0]      # exchanges list their own edits again for these rules
 
     cdef object tunnel_for(self, HttpPool pool):
         cdef TcpProxy t = pool.tunnel

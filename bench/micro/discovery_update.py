@@ -1,0 +1,106 @@
+"""How long one discovery update of N endpoints takes to apply, and whether balancer picks notice.
+
+Three numbers, on this machine, with N = 10,000 (weight 1, round_robin, http listener):
+  - worker: Proxy.reload() of the effective config with a new set (what a worker does per update: decode the
+    supervisor's JSON, validate, rebuild the changed cluster and its pool), median of ROUNDS;
+  - instance: `fastmesh run` with 2 workers and a file source: from the file's rename to the supervisor's
+    "discovery update applied by 2 worker(s)" log line (inotify, parse, JSON to both workers, both apply);
+  - picks: ns per round-robin pick (bench_picks, C loop) on the cluster built from the config file's endpoints
+    and on the one an update built: the same balancer type over the same arrays, so the same cost.
+Run: python -m bench.micro.discovery_update [N]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fastmesh._testbase.net import free_ports
+from fastmesh._testbase.run import AsyncRun
+from fastmesh.config.load import config_from_dict, config_to_dict, loads_config
+from fastmesh.proxy import Proxy
+
+ROUNDS = 5
+PICKS = 2_000_000
+
+
+def endpoints(n: int, base: int) -> list[dict[str, object]]:
+    """n distinct loopback endpoints, port 10000 + base (nothing listens there: the picks never connect)."""
+    return [{"address": f"127.{i // 62500 + 1}.{(i // 250) % 250}.{i % 250 + 1}:{10000 + base}"} for i in range(n)]
+
+
+def config(web: int, admin: int, extra: str) -> str:
+    return (f'workers = 2\ndrain_timeout = "1s"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{web}"\nprotocol = "http"\ncluster = "big"\n'
+            f'[clusters.big]\n{extra}')
+
+
+def pick_ns(proxy: Proxy) -> float:
+    balancer = proxy._clusters["big"].balancer
+    began = time.perf_counter()
+    balancer.bench_picks(PICKS)
+    return (time.perf_counter() - began) / PICKS * 1e9
+
+
+async def in_worker(n: int) -> None:
+    web, admin = free_ports(2)
+    data = config_to_dict(loads_config(config(web, admin, 'endpoints = ["127.0.0.1:1"]\n')))
+    data["clusters"]["big"]["endpoints"] = endpoints(n, 0)
+    cfg = config_from_dict(data, source="<bench>")
+    proxy = Proxy(cfg)
+    await proxy.start()
+    try:
+        before = statistics.median(pick_ns(proxy) for _ in range(3))
+        times = []
+        for r in range(ROUNDS):
+            data = config_to_dict(cfg)
+            data["clusters"]["big"]["endpoints"] = endpoints(n, (r + 1) * 7)
+            text = json.dumps(data)
+            began = time.perf_counter()
+            new = config_from_dict(json.loads(text), source="<bench>")      # what the worker's handler does
+            await proxy.reload(new)
+            times.append(time.perf_counter() - began)
+        after = statistics.median(pick_ns(proxy) for _ in range(3))
+    finally:
+        await proxy.stop(0)
+    print(f"worker: {n} endpoints applied in {statistics.median(times) * 1000:.1f} ms (median of {ROUNDS}; "
+          f"min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})")
+    print(f"picks: {before:.1f} ns/pick before the updates, {after:.1f} ns/pick after ({n} endpoints)")
+
+
+async def instance(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "big.json").write_text(json.dumps(endpoints(n, 0)))
+        web, admin = free_ports(2)
+        run = AsyncRun(tmp, config(web, admin, 'discovery = { kind = "file", path = "big.json" }\n'), 60.0)
+        await run.start(r"ready: 2 worker\(s\) serving")
+        try:
+            took = []
+            for r in range(ROUNDS):
+                (tmp / "big.new").write_text(json.dumps(endpoints(n, (r + 1) * 7)))
+                began = time.monotonic()
+                (tmp / "big.new").rename(tmp / "big.json")
+                found = await run.wait_log(r"discovery update applied by 2 worker\(s\) in ([0-9.]+) ms", r + 1)
+                took.append((time.monotonic() - began, float(found[r][1])))
+        finally:
+            await run.stop()
+    seen = [t for t, _ in took]
+    handed = [ms for _, ms in took]
+    print(f"instance: {n} endpoints from the file's rename to both workers applied: median "
+          f"{statistics.median(seen) * 1000:.0f} ms (the hand-off to both workers: median "
+          f"{statistics.median(handed):.0f} ms) over {ROUNDS} updates")
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    import uvloop
+    uvloop.run(in_worker(n))
+    uvloop.run(instance(n))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""What every discovery source shares: its state for /clusters and metrics, endpoint parsing, and the update hand-off.
+
+A source runs in the supervisor (never in a worker: one resolver or watch per instance, not one per worker) and
+calls `publish` with each new endpoint set; the manager (discovery/manager.py) hands the sets to the workers. A
+source that fails keeps its last good set and says why: `fail` counts the error by kind, logs it once per new
+message, and shows it in /clusters.
+"""
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastmesh.config.load import MAX_WEIGHT, format_address, parse_address
+from fastmesh.config.schema import Discovery, Endpoint
+
+log = logging.getLogger("fastmesh.discovery")
+
+ENDPOINT_KEYS = ("address", "weight", "zone", "metadata")   # zone and metadata are accepted and not used yet
+
+
+class SourceError(Exception):
+    """A lookup or read that failed; `kind` is the metric label ("timeout", "servfail", "parse", ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class SourceState:
+    """What a source reports about itself: /clusters shows it, /metrics counts it."""
+
+    def __init__(self, kind: str, target: str) -> None:
+        self.kind = kind
+        self.target = target                    # what it watches: a path, a DNS name, an etcd prefix
+        self.last_update = 0.0                  # wall time of the last endpoint set published (0: none yet)
+        self.updates = 0                        # endpoint sets published
+        self.endpoints = 0                      # endpoints in the last set
+        self.errors: collections.Counter[str] = collections.Counter()   # failures by kind
+        self.last_error = ""                    # the latest failure's message ("" once a lookup succeeds again)
+        self.watch_restarts = 0                 # watches (etcd) re-established after they broke
+        self.detail: dict[str, Any] = {}        # per kind: the revision (etcd), the TTL and next lookup (dns)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "last_update": self.last_update or None,
+                "updates": self.updates, "endpoints": self.endpoints, "errors": dict(self.errors),
+                "last_error": self.last_error or None, "watch_restarts": self.watch_restarts, **self.detail}
+
+
+Publish = Callable[[list[Endpoint]], None]
+
+
+class Source:
+    """Base of the sources: `run` watches until cancelled; `resolve` answers once (for `fastmesh check --resolve`)."""
+
+    kind = ""
+
+    def __init__(self, cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -> None:
+        self.cluster = cluster
+        self.cfg = cfg
+        self.base_dir = base_dir                # the config file's folder: relative paths start there
+        self._publish = publish
+        self.state = SourceState(self.kind, self.target())
+
+    def target(self) -> str:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def resolve(self) -> list[Endpoint]:
+        raise NotImplementedError
+
+    def publish(self, endpoints: list[Endpoint]) -> None:
+        endpoints = sorted(endpoints, key=lambda e: (e.host, e.port))
+        state = self.state
+        state.last_update = time.time()
+        state.updates += 1
+        state.endpoints = len(endpoints)
+        if state.last_error:
+            log.info("cluster %s: %s %s answers again", self.cluster, self.kind, state.target)
+        state.last_error = ""
+        self._publish(endpoints)
+
+    def fail(self, kind: str, message: str) -> None:
+        """A failure: counted; the last good set stays. Logged when the message differs from the last one."""
+        state = self.state
+        state.errors[kind] += 1
+        if message != state.last_error:
+            log.warning("cluster %s: %s %s: %s (keeping the last good set of %d endpoint(s))",
+                        self.cluster, self.kind, state.target, message, state.endpoints)
+        state.last_error = message
+
+
+def parse_endpoint(item: Any, where: str) -> Endpoint:
+    """One endpoint of a file or an etcd value: "ip:port" or {"address": "ip:port", "weight": N, ...}.
+
+    Addresses must be IP literals: a name would make every worker resolve it on its own (use a dns source).
+    """
+    if isinstance(item, str):
+        item = {"address": item}
+    if not isinstance(item, dict):
+        raise SourceError("parse", f"{where}: expected \"ip:port\" or {{\"address\": \"ip:port\", \"weight\": N}}")
+    unknown = [k for k in item if k not in ENDPOINT_KEYS]
+    if unknown:
+        raise SourceError("parse", f"{where}: unknown key {unknown[0]!r} (expected {', '.join(ENDPOINT_KEYS)})")
+    address = item.get("address")
+    if not isinstance(address, str):
+        raise SourceError("parse", f"{where}: missing \"address\"")
+    try:
+        host, port = parse_address(address)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SourceError("parse", f"{where}: address {address!r} is not \"ip:port\"") from None
+    weight = item.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise SourceError("parse", f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, got {weight!r}")
+    return Endpoint(host, port, weight)
+
+
+def unique(endpoints: list[Endpoint], where: str) -> list[Endpoint]:
+    """The set with each address once; a repeated address is an error (more traffic is what weight is for)."""
+    seen: set[tuple[str, int]] = set()
+    for e in endpoints:
+        key = (str(ipaddress.ip_address(e.host)), e.port)
+        if key in seen:
+            raise SourceError("parse", f"{where}: {format_address(e.host, e.port)} is listed twice")
+        seen.add(key)
+    return endpoints

@@ -1,0 +1,132 @@
+"""`kind = "file"`: endpoints from a JSON or TOML file, re-read when it changes (inotify, else mtime polling).
+
+JSON: an array of endpoints, or {"endpoints": [...]}; TOML: `endpoints = [...]`. Each endpoint is "ip:port" or
+{address, weight, zone, metadata}. The file is applied whole or not at all: one that does not parse keeps the
+last good set. Writers should replace it atomically (write elsewhere, rename into place); a half-written file
+is refused and the next change event reads it again.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import os
+import tomllib
+from typing import Any
+
+from fastmesh.config.schema import Endpoint
+from fastmesh.discovery.base import Source, SourceError, parse_endpoint, unique
+
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x2, 0x8, 0x80, 0x100, 0x200
+_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
+
+
+def parse_file(data: bytes, name: str) -> list[Endpoint]:
+    """The endpoints in a file's bytes; SourceError("parse", why) when it is not a valid endpoints file."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SourceError("parse", f"{name}: not UTF-8") from None
+    doc: Any
+    if name.endswith(".toml"):
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SourceError("parse", f"{name}: invalid TOML ({exc})") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise SourceError("parse", f"{name}: invalid JSON ({exc})") from None
+    if isinstance(doc, dict) and set(doc) == {"endpoints"}:
+        doc = doc["endpoints"]
+    if not isinstance(doc, list):
+        raise SourceError("parse", f"{name}: expected an array of endpoints (or a table with only \"endpoints\")")
+    return unique([parse_endpoint(item, f"{name}: endpoint {i}") for i, item in enumerate(doc)], name)
+
+
+class FileSource(Source):
+    kind = "file"
+
+    def target(self) -> str:
+        assert self.cfg.path is not None
+        return os.path.join(self.base_dir, self.cfg.path)
+
+    def read(self) -> list[Endpoint]:
+        path = self.state.target
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise SourceError("missing", f"{path}: no such file") from None
+        except OSError as exc:
+            raise SourceError("read", f"{path}: {exc.strerror or exc}") from None
+        return parse_file(data, os.path.basename(path))
+
+    async def resolve(self) -> list[Endpoint]:
+        return self.read()
+
+    async def run(self) -> None:
+        changed = asyncio.Event()
+        watch = _DirWatch(os.path.dirname(self.state.target) or ".", changed)
+        seen: tuple[int, int, int] | None = None
+        try:
+            while True:
+                try:
+                    st = os.stat(self.state.target)
+                    stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+                except OSError:
+                    stamp = None
+                if stamp != seen or stamp is None:
+                    try:
+                        endpoints = self.read()
+                    except SourceError as exc:
+                        if stamp != seen:           # a broken file is reported once per change, not per poll
+                            self.fail(exc.kind, str(exc))
+                    else:
+                        self.publish(endpoints)
+                    seen = stamp
+                changed.clear()
+                try:
+                    # inotify wakes us at once; the poll catches what it cannot see (no inotify, NFS).
+                    await asyncio.wait_for(changed.wait(), self.cfg.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            watch.close()
+
+
+class _DirWatch:
+    """inotify on the file's folder (so a rename into place is seen) through libc; does nothing without it."""
+
+    def __init__(self, folder: str, changed: asyncio.Event) -> None:
+        self.fd = -1
+        self.changed = changed
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                return
+            mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
+            if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
+                os.close(fd)
+                return
+        except (OSError, AttributeError):
+            return
+        self.fd = fd
+        asyncio.get_running_loop().add_reader(fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.changed.set()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,111 @@
+"""The supervisor's discovery: one source per cluster that has `discovery`, and the endpoint sets they found.
+
+Sources publish into `sets`; a change wakes `changes()`, which the supervisor's reloader turns into one config
+update for every worker (process/reload.py: the same path as a reload, so workers keep unchanged clusters and
+retire a changed cluster's old pool only after its busy connections finish). Bursts of updates (an etcd
+transaction, several clusters at once) coalesce into one hand-off.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint
+from fastmesh.discovery.base import Publish, Source
+
+log = logging.getLogger("fastmesh.discovery")
+
+
+def make_source(cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -> Source:
+    if cfg.kind == "file":
+        from fastmesh.discovery.file import FileSource
+        return FileSource(cluster, cfg, base_dir, publish)
+    if cfg.kind in ("dns", "dns_srv"):
+        from fastmesh.discovery.dns import DnsSource
+        return DnsSource(cluster, cfg, base_dir, publish)
+    if cfg.kind == "etcd":
+        from fastmesh.discovery.etcd import EtcdSource
+        return EtcdSource(cluster, cfg, base_dir, publish)
+    raise ValueError(f"unknown discovery kind {cfg.kind!r}")
+
+
+def base_dir(cfg: Config) -> str:
+    """Relative discovery paths start at the config file's folder."""
+    return os.path.dirname(os.path.abspath(cfg.source)) if not cfg.source.startswith("<") else os.getcwd()
+
+
+class DiscoveryManager:
+    """Runs the sources of a config; `fill` gives the config with the endpoints found so far."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Source] = {}            # cluster name -> its source
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.specs: dict[str, Discovery] = {}           # cluster name -> the settings its source runs with
+        self.sets: dict[str, list[Endpoint]] = {}       # cluster name -> the last endpoint set published
+        self.changed = asyncio.Event()                  # a set changed since the last hand-off
+
+    @property
+    def active(self) -> bool:
+        return bool(self.sources)
+
+    def configure(self, cfg: Config) -> None:
+        """Start sources for new or changed discovery settings, stop the ones no longer configured."""
+        folder = base_dir(cfg)
+        wanted = {name: c.discovery for name, c in cfg.clusters.items() if c.discovery is not None}
+        for name in list(self.sources):
+            if wanted.get(name) != self.specs.get(name):
+                self.tasks.pop(name).cancel()
+                del self.sources[name], self.specs[name]
+                self.sets.pop(name, None)
+        for name, spec in wanted.items():
+            if name not in self.sources:
+                source = make_source(name, spec, folder, self._publisher(name))
+                self.sources[name], self.specs[name] = source, spec
+                self.tasks[name] = asyncio.get_running_loop().create_task(self._run(source))
+
+    def _publisher(self, name: str) -> Publish:
+        def publish(endpoints: list[Endpoint]) -> None:
+            if self.sets.get(name) != endpoints:
+                log.info("cluster %s: %d endpoint(s) from %s", name, len(endpoints), self.sources[name].kind)
+                self.sets[name] = endpoints
+                self.changed.set()
+        return publish
+
+    async def _run(self, source: Source) -> None:
+        try:
+            await source.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:                               # a bug: say so; the last good set stays
+            log.exception("cluster %s: %s discovery stopped", source.cluster, source.kind)
+
+    async def first_answers(self, timeout: float) -> None:
+        """Wait until every source has answered once (or failed once), for at most timeout seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if all(s.state.updates or s.state.errors for s in self.sources.values()):
+                return
+            await asyncio.sleep(0.02)
+
+    def fill(self, cfg: Config) -> Config:
+        """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""
+        clusters: dict[str, Cluster] = {}
+        for name, cluster in cfg.clusters.items():
+            found = self.sets.get(name) if cluster.discovery is not None else None
+            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=list(found))
+        return dataclasses.replace(cfg, clusters=clusters)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per discovered cluster: its source's state (for /clusters and /metrics)."""
+        return {name: source.state.as_dict() for name, source in self.sources.items()}
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        self.sources.clear()
