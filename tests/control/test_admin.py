@@ -3,6 +3,7 @@ with the endpoints, /clusters, /config against `fastmesh check --json`, JSON err
 and http listeners: requests/s, success rate and latency measured while traffic runs)."""
 from __future__ import annotations
 
+import errno
 import http.client
 import http.server
 import json
@@ -53,7 +54,16 @@ class EchoBackend:
     def start(self) -> None:
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         socketserver.ThreadingTCPServer.daemon_threads = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), _Echo)
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), _Echo)
+                break
+            except OSError as e:
+                # While it was down, the port (an ephemeral one) may be some connection's local port for a moment.
+                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def stop(self) -> None:
@@ -115,7 +125,7 @@ def poke(port: int) -> None:
     """One proxied connection that may fail: with no endpoint reachable the proxy closes (or resets) it."""
     try:
         exchange(port, b"ping")
-    except ConnectionError:
+    except OSError:             # reset, or ENOTCONN when the proxy closed before our half-close
         pass
 
 
