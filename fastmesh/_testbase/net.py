@@ -4,11 +4,19 @@ from __future__ import annotations
 import socket
 
 
+_handed_out: set[int] = set()     # ports free_port() has returned in this process
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bound then released)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that was free a moment ago (bound then released), never one this process was given before: the
+    kernel may hand a just-released port out again, and a test taking two in a row would get the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
