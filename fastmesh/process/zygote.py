@@ -236,13 +236,15 @@ async def _await_exit(pid: int, worker: ForkedWorker) -> None:
 
 def _serve(sock: socket.socket, parent: int) -> int:
     """The zygote's loop: fork a worker per request, report each exit; end when the supervisor closes the pair."""
-    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    # SIGTERM is ignored below, so the supervisor's death ends us with SIGKILL: nothing of ours needs a cleanup.
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
     _prctl(_PR_SET_NAME, b"fastmesh-zygote")
     if os.getppid() != parent:
         return 0
-    # Ctrl-C and a hang-up reach the whole process group: they are the supervisor's to handle, not ours.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Ctrl-C, a hang-up and a stop sent to the whole group (systemd's control-group kill, timeout(1)) are the
+    # supervisor's to handle: it drains the workers, then closes the pair, and we leave once they are reaped.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     children: set[int] = set()
     closed = False
 
@@ -309,8 +311,8 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
         os.dup2(stdout, 1)
         os.close(stdout)
         os.environ[worker.PARENT_ENV] = str(os.getppid())     # the zygote: we die with it, and it with the supervisor
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
         _prctl(_PR_SET_NAME, b"fastmesh-worker")
         code = worker.main(argv["config"], argv["worker_id"], argv["log_level"], stats_fd, control_fd, limits_fd,
                            config_fd)

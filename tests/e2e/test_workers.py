@@ -320,6 +320,24 @@ def test_killed_fork_server_workers_come_back_as_fresh_interpreters(start: Start
     assert fm.wait_exit() == 0
 
 
+def test_stop_sent_to_every_process_still_drains_cleanly(start: Start) -> None:
+    # systemd's control-group kill (and timeout(1), a group kill) sends SIGTERM to the fork server and the workers
+    # as well as the supervisor: the stop is the supervisor's, so it is still one clean drain.
+    fm = start(workers=1, drain_timeout="1s")
+    worker = fm.worker_pids()["w0"]
+    zygote = int(proc_field(worker, "PPid"))
+    assert comm(zygote) == "fastmesh-zygote"
+    for pid in (fm.proc.pid, zygote, worker):
+        os.kill(pid, signal.SIGTERM)
+    assert fm.wait_exit() == 0
+    log = fm.log()
+    assert "fork server" not in log and "killed by signal" not in log, log[-2000:]
+    deadline = time.monotonic() + WAIT
+    while alive(zygote) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(zygote)
+
+
 def test_fork_server_exits_when_supervisor_is_killed(start: Start) -> None:
     fm = start(workers=1, drain_timeout="1s")
     zygote = int(proc_field(fm.worker_pids()["w0"], "PPid"))
