@@ -152,6 +152,11 @@ def _is_host(host: str) -> bool:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a TOML file; messages name the file as given."""
+    return read_config(path)[1]
+
+
+def read_config(path: str | os.PathLike[str]) -> tuple[bytes, Config]:
+    """The file's bytes (what a reload sends the workers) and the config they hold; messages name the file."""
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
@@ -163,7 +168,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", "UTF-8 text",
                           reason=f"invalid TOML (not UTF-8 at byte {exc.start})") from None
-    return loads_config(text, source)
+    return raw, loads_config(text, source)
 
 
 def loads_config(text: str, source: str = "<string>") -> Config:

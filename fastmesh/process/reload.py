@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any, Protocol
 
-from fastmesh.config.load import config_to_dict, loads_config
+from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
 from fastmesh.discovery.manager import DiscoveryManager
 from fastmesh.dataplane.sockets import probe_listeners
@@ -224,20 +224,6 @@ class Reloader:
                 why = f"it could not apply the running config ({_worker_word(state, info)})"
                 log.error("w%d: %s: restarting it", n, why)
                 sup.restart(n, why)
-
-
-def read_config(path: str) -> tuple[bytes, Config]:
-    """The file's bytes (what the workers are sent) and the config they hold; ConfigError as load_config raises."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise ConfigError(path, "", "a readable file", reason=f"cannot read the file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, "", "UTF-8 text", reason=f"invalid TOML (not UTF-8 at byte {exc.start})") from None
-    return raw, loads_config(text, path)
 
 
 def effective_text(cfg: Config) -> bytes:
