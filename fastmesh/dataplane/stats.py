@@ -40,6 +40,7 @@ from fastmesh._core.stats import (
     HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.slots import Holes, slot_list
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
 
 if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
@@ -69,8 +70,8 @@ class ListenerSlots:
 class ClusterSlots:
     """A cluster's region: cluster-wide slots, then one array per endpoint field."""
     name: str
-    endpoints: tuple[str, ...]   # "host:port" as configured
-    weights: tuple[int, ...]
+    endpoints: tuple[str, ...]   # "host:port" as configured, per slot; "" for a hole (a removed endpoint's slot)
+    weights: tuple[int, ...]     # 0 for a hole
     balancer: str
     offset: int
 
@@ -107,8 +108,9 @@ def _listener_clusters(lst: Any) -> list[str]:
 class StatsLayout:
     """Offsets of every counter for one config: listeners, clusters, then HTTP request counters and histograms."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, holes: Holes | None = None) -> None:
         offset = HEADER_SIZE
+        holes = holes or {}
         self.listeners: tuple[ListenerSlots, ...] = ()
         listeners = []
         for lst in cfg.listeners:
@@ -117,8 +119,9 @@ class StatsLayout:
         self.listeners = tuple(listeners)
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
-            endpoints = tuple(_address(e.host, e.port) for e in cluster.endpoints)
-            self.clusters[name] = ClusterSlots(name, endpoints, tuple(e.weight for e in cluster.endpoints),
+            slots = slot_list(cluster.endpoints, holes.get(name, ()))
+            endpoints = tuple("" if e is None else _address(e.host, e.port) for e in slots)
+            self.clusters[name] = ClusterSlots(name, endpoints, tuple(0 if e is None else e.weight for e in slots),
                                                cluster.balancer, offset)
             offset += cluster_size(len(endpoints))
         requests = []
@@ -189,6 +192,7 @@ class StatsLayout:
                 names[("cluster", cs.name, f)] = cs.field(f)
             seen: dict[str, int] = {}
             for i, address in enumerate(cs.endpoints):
+                address = address or f"#{i}"        # a hole keeps its slot's name: slots never move
                 k = seen[address] = seen.get(address, -1) + 1
                 for f in ENDPOINT_FIELDS:
                     names[("endpoint", cs.name, address, k, f)] = cs.endpoint_field(f) + i
@@ -503,7 +507,7 @@ class Snapshot:
     def clusters(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for cs in self.layout.clusters.values():
-            endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints))]
+            endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints)) if cs.endpoints[i]]
             out[cs.name] = {
                 "balancer": cs.balancer,
                 "retries": self.totals[cs.field("retries")],
@@ -522,18 +526,20 @@ class Snapshot:
     def _endpoint(self, cs: ClusterSlots, i: int) -> dict[str, Any]:
         state_at, seen_at = cs.endpoint_field("state") + i, cs.endpoint_field("seen") + i
         # Each worker marks endpoints from its own connects: the one that saw the endpoint last knows best.
+        # With no stamp anywhere the endpoint is up or standby (its tier not serving) alike in every worker.
         per_worker = {}
-        latest, state = 0, "up"
+        latest, state = 0, ""
         for n, values in self.workers.items():
             here = _state_name(values[state_at])
             per_worker[str(n)] = here
-            if values[seen_at] > latest:
+            if values[seen_at] > latest or not state:
                 latest, state = values[seen_at], here
+        state = state or "up"
         return {
             "address": cs.endpoints[i],
             "weight": cs.weights[i],
             "state": state,
-            "healthy": state == "up",
+            "healthy": state in ("up", "standby"),
             "active": _signed(self.totals[cs.endpoint_field("active") + i]),
             "connections": self.totals[cs.endpoint_field("opened") + i],
             "connect_failures": self.totals[cs.endpoint_field("failures") + i],

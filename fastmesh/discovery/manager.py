@@ -1,9 +1,11 @@
 """The supervisor's discovery: one source per cluster that has `discovery`, and the endpoint sets they found.
 
-Sources publish into `sets`; a change wakes `changes()`, which the supervisor's reloader turns into one config
-update for every worker (process/reload.py: the same path as a reload, so workers keep unchanged clusters and
-retire a changed cluster's old pool only after its busy connections finish). Bursts of updates (an etcd
-transaction, several clusters at once) coalesce into one hand-off.
+Sources publish into `sets`; a change wakes `changed`, which the supervisor's reloader turns into one endpoint
+update for every worker (process/reload.py: only the changed clusters' endpoint sets travel, and each worker
+applies them in place, Cluster.update). Each published set is given endpoint slots here (dataplane/slots.py: an
+endpoint keeps its index for its life, removed ones leave holes), so every worker, including one started later,
+indexes the endpoints alike. Bursts of updates (an etcd transaction, several clusters at once) coalesce into one
+hand-off.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 from typing import Any
 
 from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint
+from fastmesh.dataplane.slots import Slots, holes_of, live, next_slots
 from fastmesh.discovery.base import Publish, Source
 
 log = logging.getLogger("fastmesh.discovery")
@@ -45,6 +48,7 @@ class DiscoveryManager:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.specs: dict[str, Discovery] = {}           # cluster name -> the settings its source runs with
         self.sets: dict[str, list[Endpoint]] = {}       # cluster name -> the last endpoint set published
+        self.slots: dict[str, Slots] = {}               # cluster name -> that set in its slots (None: a hole)
         self.changed = asyncio.Event()                  # a set changed since the last hand-off
 
     @property
@@ -60,6 +64,7 @@ class DiscoveryManager:
                 self.tasks.pop(name).cancel()
                 del self.sources[name], self.specs[name]
                 self.sets.pop(name, None)
+                self.slots.pop(name, None)
         for name, spec in wanted.items():
             if name not in self.sources:
                 source = make_source(name, spec, folder, self._publisher(name))
@@ -71,6 +76,7 @@ class DiscoveryManager:
             if self.sets.get(name) != endpoints:
                 log.info("cluster %s: %d endpoint(s) from %s", name, len(endpoints), self.sources[name].kind)
                 self.sets[name] = endpoints
+                self.slots[name] = next_slots(self.slots.get(name), endpoints)
                 self.changed.set()
         return publish
 
@@ -95,9 +101,18 @@ class DiscoveryManager:
         """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""
         clusters: dict[str, Cluster] = {}
         for name, cluster in cfg.clusters.items():
-            found = self.sets.get(name) if cluster.discovery is not None else None
-            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=list(found))
+            found = self.slots.get(name) if cluster.discovery is not None else None
+            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=live(found))
         return dataclasses.replace(cfg, clusters=clusters)
+
+    def holes(self, cfg: Config) -> dict[str, tuple[int, ...]]:
+        """Per discovered cluster of cfg with holes in its slots: their indexes (what fill() left out)."""
+        out = {}
+        for name, cluster in cfg.clusters.items():
+            slots = self.slots.get(name) if cluster.discovery is not None else None
+            if slots is not None and None in slots:
+                out[name] = holes_of(slots)
+        return out
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per discovered cluster: its source's state (for /clusters and /metrics)."""

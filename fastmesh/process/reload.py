@@ -11,7 +11,12 @@ Outcomes, as POST /reload answers them:
        did, the new config is kept and the refusing workers are restarted so that all run the same config;
   504  a worker did not answer in time: its state is unknown, so it is restarted (it starts from the file).
 Restarted workers read the file when they start, like any worker, and a worker that becomes ready with an older
-config than the supervisor's is sent the current one at once. `workers`, `[admin]` and `[demo]` cannot change
+config than the supervisor's is sent the current one at once.
+
+Discovery updates take a shorter path: only the changed clusters' endpoint sets (with their slot holes,
+dataplane/slots.py) go to the workers, as an "endpoints" request, and each applies them in place (Proxy.
+update_endpoints): no config validation, no rebuilt cluster, no other cluster touched. The effective config
+text a worker started later needs is made only when one is started. `workers`, `[admin]` and `[demo]` cannot change
 while running: a change to them is reported and waits for a restart (/config shows the values in effect).
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.slots import Holes, with_holes
 from fastmesh.discovery.manager import DiscoveryManager
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
@@ -69,9 +75,23 @@ class Reloader:
     def __init__(self, sup: Supervised) -> None:
         self.sup = sup
         self.lock = asyncio.Lock()
-        self.text: bytes | None = None  # the file text of the running config once a reload changed it...
+        self._text: bytes | None = None     # the file text of the running config once a reload changed it...
         self.format = "toml"            # ...or, with discovery, the effective config (endpoints filled in) as JSON
+        self._effective: tuple[Config, Holes] | None = None    # what `text` is made from when an update left it out
+        self.holes: Holes = {}          # the endpoint slot holes the workers run with (discovered clusters)
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
+
+    @property
+    def text(self) -> bytes | None:
+        """The running config as workers are started with it (None: the file, as the supervisor read it)."""
+        if self._text is None and self._effective is not None:
+            self._text = effective_text(*self._effective)
+        return self._text
+
+    def _running(self, text: bytes | None, fmt: str, effective: Config, holes: Holes) -> None:
+        """Workers now run `effective` (sent as text, or made from it when first needed)."""
+        self._text, self.format, self.holes = text, fmt, holes
+        self._effective = (effective, holes) if text is None else None
 
     async def reload(self, trigger: str) -> Outcome:
         """Reload the config file now (trigger names the cause for the log: "SIGHUP", "POST /reload")."""
@@ -103,36 +123,49 @@ class Reloader:
         problems = probe_new_listeners(old, effective)
         if problems:
             return self._refused(trigger, problems, "the new config cannot be applied")
+        holes: Holes = {}
         if sup.discovery.active or any(c.discovery is not None for c in effective.clusters.values()):
             sup.discovery.configure(effective)
             effective = sup.discovery.fill(effective)
-            text, fmt = effective_text(effective), "json"
+            holes = sup.discovery.holes(effective)
+            text, fmt = effective_text(effective, holes), "json"
         else:
             fmt = "toml"
-        return await self._distribute(trigger, text, fmt, effective, later, began)
+        return await self._distribute(trigger, text, fmt, effective, later, began, holes)
 
     async def discovered(self) -> None:
-        """Discovery found new endpoint sets: hand every worker the running config with them filled in."""
+        """Discovery found new endpoint sets: every worker applies the changed clusters' sets in place (before
+        the first workers start: the effective config they start from)."""
         async with self.lock:
             sup = self.sup
             if sup.stopping.is_set():
                 return
             effective = sup.discovery.fill(sup.cfg)
-            if effective == sup.cfg and self.text is not None:
-                return
-            outcome = await self._distribute("discovery", effective_text(effective), "json", effective, [],
-                                             time.monotonic())
+            holes = sup.discovery.holes(effective)
+            began = time.monotonic()
+            if self.text is None:       # workers started from the file (or none yet): the whole config, once
+                outcome = await self._distribute("discovery", effective_text(effective, holes), "json", effective,
+                                                 [], began, holes)
+            else:
+                changed = {name: c for name, c in effective.clusters.items()
+                           if c != sup.cfg.clusters.get(name) or holes.get(name, ()) != self.holes.get(name, ())}
+                if not changed:
+                    return
+                outcome = await self._distribute("discovery", endpoints_text(changed, holes), "endpoints",
+                                                 effective, [], began, holes)
             if outcome.status != 200:
                 log.error("discovery update: %s", outcome.body.get("message"))
 
     async def _distribute(self, trigger: str, text: bytes, fmt: str, effective: Config, later: list[str],
-                          began: float) -> Outcome:
-        """Have every serving worker apply `effective` (sent as `text` in `fmt`), then adopt it."""
+                          began: float, holes: Holes | None = None) -> Outcome:
+        """Have every serving worker apply `effective` (sent as `text` in `fmt`: "toml" or "json" for a whole
+        config, "endpoints" for changed endpoint sets), then adopt it."""
         sup = self.sup
         old = sup.cfg
+        holes = holes or {}
         changes = summarize(old, effective)
         old_layout = sup.stats.layout
-        sup.stats.relayout(StatsLayout(effective))
+        sup.stats.relayout(StatsLayout(effective, holes))
         targets = {n: link for n, link in sup.links.items() if n in sup.ready}
         answers = await asyncio.gather(*(self._apply(n, link, text, fmt) for n, link in targets.items()))
         results = dict(zip(targets, answers))
@@ -150,7 +183,10 @@ class Reloader:
                                  "message": "no worker could apply the new config; the running config is unchanged",
                                  "failed_workers": [f"w{n}" for n in sorted(refused)], "workers": workers})
         # Adopt: from here the new config is the supervisor's, and every worker will end up running it.
-        self.text, self.format = text, fmt
+        if fmt == "endpoints":
+            self._running(None, "json", effective, holes)
+        else:
+            self._running(text, fmt, effective, holes)
         sup.adopt(effective, applied)
         for n in sorted(sup.ready - set(targets)):    # became ready while we read: may run the older file
             asyncio.get_running_loop().create_task(self.push(n))
@@ -195,8 +231,8 @@ class Reloader:
             stats_fd = stats.fd_for(n)
             stats.freeze(n)             # it moves counters between blocks now: read them as they were
             try:
-                answer = await link.call("reload", RELOAD_TIMEOUT, fds=(config_fd, stats_fd),
-                                         source=self.sup.config_path, format=fmt)
+                answer = await link.call("endpoints" if fmt == "endpoints" else "reload", RELOAD_TIMEOUT,
+                                         fds=(config_fd, stats_fd), source=self.sup.config_path, format=fmt)
             finally:
                 stats.thaw(n)
         except TimeoutError:
@@ -226,9 +262,18 @@ class Reloader:
                 sup.restart(n, why)
 
 
-def effective_text(cfg: Config) -> bytes:
-    """The config as workers are sent it when discovery fills in endpoints: config_to_dict's JSON."""
-    return json.dumps(config_to_dict(cfg), separators=(",", ":")).encode()
+def effective_text(cfg: Config, holes: Holes | None = None) -> bytes:
+    """The config as workers are sent it when discovery fills in endpoints: config_to_dict's JSON, with a null at
+    each endpoint slot hole (dataplane/slots.py)."""
+    return json.dumps(with_holes(config_to_dict(cfg), holes or {}), separators=(",", ":")).encode()
+
+
+def endpoints_text(clusters: dict[str, Any], holes: Holes) -> bytes:
+    """An "endpoints" request's payload: per changed cluster its live endpoints in slot order, as
+    [ip, port, weight, priority], and its holes."""
+    return json.dumps({"clusters": {name: {"endpoints": [[e.host, e.port, e.weight, e.priority] for e in c.endpoints],
+                                           "holes": list(holes.get(name, ()))}
+                                    for name, c in clusters.items()}}, separators=(",", ":")).encode()
 
 
 def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
