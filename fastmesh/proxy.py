@@ -342,7 +342,8 @@ class Proxy:
             if gaps:
                 holes[name] = tuple(gaps)
         config = dataclasses.replace(self.config, clusters=configs)
-        if not all(update_cluster(self._clusters[name], configs[name], holes.get(name, ())) for name in sets):
+        if not all(update_cluster(self._clusters[name], configs[name], holes.get(name, ()), literal=True)
+                   for name in sets):
             return await self.reload(config, stats_block=stats_block, holes=holes)
         assert self._health is not None
         by_cluster = {pool.cluster.name: pool for pool in self._pools}

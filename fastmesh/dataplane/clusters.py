@@ -45,10 +45,30 @@ def _id(e: Endpoint) -> int:
     return hash_key(f"{e.host}:{e.port}".encode())
 
 
-def endpoint_table(slots: Sequence[Endpoint | None]) -> list[tuple[int, str, int, int, int, int] | None]:
-    """Cluster.update's table: (family, ip, port, weight, tier rank, id) per slot, None for a hole."""
+def endpoint_table(slots: Sequence[Endpoint | None], kept: int = 0, literal: bool = False, hashing: bool = True
+                   ) -> list[tuple[int, str, int, int, int, int] | None]:
+    """Cluster.update's table: (family, ip, port, weight, tier rank, id) per slot, None for a hole.
+
+    The first `kept` slots are the cluster's already: the core only compares their address and takes their
+    weight and tier, so their id is left 0. `literal`: every host is an IP literal in its canonical spelling
+    (what discovery hands over), so nothing is resolved. Ids are computed only for a `hashing` balancer.
+    Built for 10,000 endpoints an update: no per-endpoint function call beyond what is needed."""
     ranks = tier_ranks(slots)
-    return [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority], _id(e)) for e in slots]
+    v4, v6 = socket.AF_INET, socket.AF_INET6
+    if literal:
+        head = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
+                for e in slots[:kept]]
+    else:
+        head = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority], 0)
+                for e in slots[:kept]]
+    if literal and not hashing:
+        tail = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
+                for e in slots[kept:]]
+    else:
+        tail = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority],
+                                        _id(e) if hashing else 0)
+                for e in slots[kept:]]
+    return head + tail
 
 
 def build_cluster(cfg: ClusterConfig, holes: Sequence[int] = ()) -> Cluster:
@@ -61,11 +81,13 @@ def build_cluster(cfg: ClusterConfig, holes: Sequence[int] = ()) -> Cluster:
     return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
 
 
-def update_cluster(cluster: Cluster, cfg: ClusterConfig, holes: Sequence[int] = ()) -> bool:
+def update_cluster(cluster: Cluster, cfg: ClusterConfig, holes: Sequence[int] = (), literal: bool = False) -> bool:
     """Apply cfg's endpoints (with holes) to cluster in place; False (nothing changed) when the slots do not
-    extend the cluster's (the discovery manager compacted them, or a static list changed): build a new one."""
+    extend the cluster's (the discovery manager compacted them, or a static list changed): build a new one.
+    `literal` as for endpoint_table (discovery's sets)."""
+    table = endpoint_table(slot_list(cfg.endpoints, holes), cluster.slots, literal, cfg.balancer in HASHING)
     try:
-        cluster.update(endpoint_table(slot_list(cfg.endpoints, holes)))
+        cluster.update(table)
     except ValueError:
         return False
     return True

@@ -10,11 +10,14 @@ address, as a reload does.
 
 On the wire (the effective config the supervisor hands workers) a discovered cluster lists its live endpoints
 in slot order, and `holes` (slot indexes) travel beside it: with_holes() and split_holes() put them into and take
-them out of config_to_dict's JSON, as null entries of the endpoint array.
+them out of config_to_dict's JSON, as null entries of the endpoint array. A discovery update carries only the
+changed clusters' sets (encode_sets / decode_sets): [ip, port, weight, priority] per endpoint, and the holes.
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,9 +65,19 @@ def slot_list(endpoints: Sequence[Endpoint], holes: Sequence[int] = ()) -> Slots
     """Endpoint per slot: `endpoints` (live, in slot order) with None at each hole."""
     if not holes:
         return list(endpoints)
-    gaps = set(holes)
-    it = iter(endpoints)
-    return [None if i in gaps else next(it) for i in range(len(endpoints) + len(gaps))]
+    gaps = sorted(holes)
+    out: Slots = []
+    k = 0
+    while k < len(gaps):
+        # A run of consecutive holes: gaps[j] - j is the same over it (and grows past it), so a binary search
+        # finds its end. An update replacing 10,000 endpoints leaves one run: a few slices, no loop per slot.
+        end = bisect.bisect_right(range(len(gaps)), gaps[k] - k, lo=k, key=lambda j: gaps[j] - j)
+        taken = len(out) - k                    # endpoints placed so far
+        out.extend(endpoints[taken:taken + gaps[k] - len(out)])
+        out.extend([None] * (end - k))
+        k = end
+    out.extend(endpoints[len(out) - len(gaps):])
+    return out
 
 
 def with_holes(data: dict[str, Any], holes: Holes) -> dict[str, Any]:
@@ -85,3 +98,21 @@ def split_holes(data: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             holes[name] = tuple(i for i, e in enumerate(endpoints) if e is None)
             cluster["endpoints"] = [e for e in endpoints if e is not None]
     return holes
+
+
+EndpointSets = dict[str, tuple[list[Endpoint], tuple[int, ...]]]     # cluster -> (live endpoints in slot order, holes)
+
+
+def encode_sets(sets: Mapping[str, tuple[Sequence[Endpoint], Sequence[int]]]) -> bytes:
+    """A discovery update's payload (the supervisor's side)."""
+    return json.dumps({"clusters": {name: {"endpoints": [[e.host, e.port, e.weight, e.priority] for e in endpoints],
+                                           "holes": list(holes)}
+                                    for name, (endpoints, holes) in sets.items()}}, separators=(",", ":")).encode()
+
+
+def decode_sets(payload: bytes) -> EndpointSets:
+    """A discovery update's payload (the worker's side): no further checks, the supervisor's sources parsed it."""
+    data = json.loads(payload)
+    return {name: ([Endpoint(host, port, weight, priority) for host, port, weight, priority in c["endpoints"]],
+                   tuple(c["holes"]))
+            for name, c in data["clusters"].items()}

@@ -120,8 +120,10 @@ class StatsLayout:
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
             slots = slot_list(cluster.endpoints, holes.get(name, ()))
-            endpoints = tuple("" if e is None else _address(e.host, e.port) for e in slots)
-            self.clusters[name] = ClusterSlots(name, endpoints, tuple(0 if e is None else e.weight for e in slots),
+            # Inline, not _address(): a discovered cluster may list 10,000 endpoints, laid out again per update.
+            endpoints = tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
+                               for e in slots])
+            self.clusters[name] = ClusterSlots(name, endpoints, tuple([0 if e is None else e.weight for e in slots]),
                                                cluster.balancer, offset)
             offset += cluster_size(len(endpoints))
         requests = []
@@ -157,11 +159,14 @@ class StatsLayout:
         """64 bits that change whenever an offset could mean something else."""
         shape = [BLOCK_VERSION, self.size,
                  [(ls.name, ls.protocol, ls.offset) for ls in self.listeners],
-                 [(cs.name, cs.endpoints, cs.offset) for cs in self.clusters.values()],
+                 [(cs.name, len(cs.endpoints), cs.offset) for cs in self.clusters.values()],
                  [(r.listener, r.cluster, r.offset) for r in self.requests],
                  [(d.cluster, d.offset) for d in self.durations.values()]]
-        digest = hashlib.blake2b(repr(shape).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little")
+        digest = hashlib.blake2b(repr(shape).encode(), digest_size=8)
+        for cs in self.clusters.values():       # endpoint names joined, not repr'd: 10,000 of them per update
+            digest.update("\n".join(cs.endpoints).encode())
+            digest.update(b"\0")
+        return int.from_bytes(digest.digest(), "little")
 
     def new_block(self, fd: int | None = None) -> StatsBlock:
         """A block with this layout's header: private heap memory, or (fd) a memfd sized for it and mapped."""

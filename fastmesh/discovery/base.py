@@ -112,7 +112,7 @@ def parse_endpoint(item: Any, where: str) -> Endpoint:
         raise SourceError("parse", f"{where}: missing \"address\"")
     try:
         host, port = parse_address(address)
-        ipaddress.ip_address(host)
+        host = str(ipaddress.ip_address(host))      # one spelling per address (the data path compares them)
     except ValueError:
         raise SourceError("parse", f"{where}: address {address!r} is not \"ip:port\"") from None
     weight = item.get("weight", 1)

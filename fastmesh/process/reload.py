@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
-from fastmesh.dataplane.slots import Holes, with_holes
+from fastmesh.dataplane.slots import Holes, encode_sets, with_holes
 from fastmesh.discovery.manager import DiscoveryManager
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
@@ -151,8 +151,8 @@ class Reloader:
                            if c != sup.cfg.clusters.get(name) or holes.get(name, ()) != self.holes.get(name, ())}
                 if not changed:
                     return
-                outcome = await self._distribute("discovery", endpoints_text(changed, holes), "endpoints",
-                                                 effective, [], began, holes)
+                payload = encode_sets({name: (c.endpoints, holes.get(name, ())) for name, c in changed.items()})
+                outcome = await self._distribute("discovery", payload, "endpoints", effective, [], began, holes)
             if outcome.status != 200:
                 log.error("discovery update: %s", outcome.body.get("message"))
 
@@ -267,13 +267,6 @@ def effective_text(cfg: Config, holes: Holes | None = None) -> bytes:
     each endpoint slot hole (dataplane/slots.py)."""
     return json.dumps(with_holes(config_to_dict(cfg), holes or {}), separators=(",", ":")).encode()
 
-
-def endpoints_text(clusters: dict[str, Any], holes: Holes) -> bytes:
-    """An "endpoints" request's payload: per changed cluster its live endpoints in slot order, as
-    [ip, port, weight, priority], and its holes."""
-    return json.dumps({"clusters": {name: {"endpoints": [[e.host, e.port, e.weight, e.priority] for e in c.endpoints],
-                                           "holes": list(holes.get(name, ()))}
-                                    for name, c in clusters.items()}}, separators=(",", ":")).encode()
 
 
 def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:

@@ -190,18 +190,14 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
 
     async def _endpoints(fds: list[int]) -> dict[str, Any]:
         from fastmesh.process import link as workerlink
-        import json
-        from fastmesh.config.schema import Endpoint
         from fastmesh.dataplane import stats
+        from fastmesh.dataplane.slots import decode_sets
         began = time.monotonic()
         payload_fd, stats_fd = (fds + [None, None])[:2]
         if payload_fd is None:
             return {"ok": False, "errors": ["the endpoints request carried no endpoint sets"]}
-        data = json.loads(workerlink.read_all(payload_fd))
+        sets = decode_sets(workerlink.read_all(payload_fd))
         block = stats.map_block(stats_fd) if stats_fd is not None else None
-        sets = {name: ([Endpoint(host, port, weight, priority) for host, port, weight, priority in c["endpoints"]],
-                       tuple(c["holes"]))
-                for name, c in data["clusters"].items()}
         try:
             changes = await proxy.update_endpoints(sets, stats_block=block)
         except (ValueError, OSError) as exc:    # an address the core refuses, or a rebuild that could not bind
