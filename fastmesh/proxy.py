@@ -202,7 +202,13 @@ class Proxy:
         config = config_from_dict(config_to_dict(config), source=config.source)
         if not self._started:
             self.config = config
+            self._holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
             return {}
+        return await self._swap(config, stats_block, holes)
+
+    async def _swap(self, config: Config, stats_block: StatsBlock | None, holes: Mapping[str, Sequence[int]] | None
+                    ) -> dict[str, list[str]]:
+        """reload() once `config` is checked."""
         from fastmesh.dataplane.fd_budget import fd_budget
         from fastmesh.dataplane.listeners import reconfigure_http
         old, reactor, health = self.config, self._reactor, self._health
@@ -344,7 +350,7 @@ class Proxy:
         config = dataclasses.replace(self.config, clusters=configs)
         if not all(update_cluster(self._clusters[name], configs[name], holes.get(name, ()), literal=True)
                    for name in sets):
-            return await self.reload(config, stats_block=stats_block, holes=holes)
+            return await self._swap(config, stats_block, holes)     # only the endpoints changed: nothing to check
         assert self._health is not None
         by_cluster = {pool.cluster.name: pool for pool in self._pools}
         for name in sets:

@@ -16,7 +16,6 @@ changed clusters' sets (encode_sets / decode_sets): [ip, port, weight, priority]
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,22 +28,13 @@ Slots = list[Endpoint | None]
 Holes = Mapping[str, Sequence[int]]         # cluster name -> its holes (slot indexes); absent: none
 
 
-def _key(e: Endpoint) -> tuple[str, int]:
-    # One spelling per address (discovery hands over IP literals; IPv6 has several spellings).
-    try:
-        return str(ipaddress.ip_address(e.host)), e.port
-    except ValueError:
-        return e.host, e.port
-
-
 def next_slots(prev: Slots | None, endpoints: Sequence[Endpoint]) -> Slots:
     """The slots for `endpoints` after `prev` (None: the first set): see the module docstring."""
     if not prev:
         return list(endpoints)
-    wanted = {_key(e): e for e in endpoints}
-    slots: Slots = []
-    for e in prev:
-        slots.append(None if e is None else wanted.pop(_key(e), None))
+    # Discovery hands over IP literals in their canonical spelling (discovery/base.py), so (host, port) is the key.
+    wanted = {(e.host, e.port): e for e in endpoints}
+    slots: Slots = [None if e is None else wanted.pop((e.host, e.port), None) for e in prev]
     holes = sum(e is None for e in slots)
     if holes >= COMPACT_AT and holes > len(endpoints):
         return list(endpoints)

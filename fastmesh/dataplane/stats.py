@@ -154,6 +154,7 @@ class StatsLayout:
             actives.extend(range(start, start + len(cs.endpoints)))
         self.actives = tuple(actives)
         self.key = self._key()
+        self._names: dict[Name, int] | None = None
 
     def _key(self) -> int:
         """64 bits that change whenever an offset could mean something else."""
@@ -187,7 +188,12 @@ class StatsLayout:
                 and block[HEADER["size"]] == self.size == len(block))
 
     def slot_names(self) -> dict[Name, int]:
-        """Every counted slot (the header excluded) by its name (dataplane/stats_names.py)."""
+        """Every counted slot (the header excluded) by its name (dataplane/stats_names.py); made once per layout."""
+        if self._names is None:
+            self._names = self._slot_names()
+        return self._names
+
+    def _slot_names(self) -> dict[Name, int]:
         names: dict[Name, int] = {}
         for ls in self.listeners:
             for i, f in enumerate(LISTENER_FIELDS):
@@ -196,11 +202,14 @@ class StatsLayout:
             for f in CLUSTER_FIELDS:
                 names[("cluster", cs.name, f)] = cs.field(f)
             seen: dict[str, int] = {}
+            keyed = []
             for i, address in enumerate(cs.endpoints):
                 address = address or f"#{i}"        # a hole keeps its slot's name: slots never move
-                k = seen[address] = seen.get(address, -1) + 1
-                for f in ENDPOINT_FIELDS:
-                    names[("endpoint", cs.name, address, k, f)] = cs.endpoint_field(f) + i
+                keyed.append((address, seen.setdefault(address, -1) + 1))
+                seen[address] += 1
+            for f in ENDPOINT_FIELDS:
+                start = cs.endpoint_field(f)
+                names.update(zip([("endpoint", cs.name, a, k, f) for a, k in keyed], range(start, start + len(keyed))))
         for r in self.requests:
             for i, c in enumerate(STATUS_CLASSES):
                 names[("requests", r.listener, r.cluster, c)] = r.offset + i
@@ -373,7 +382,8 @@ class WorkerStats:
         if layout.key == self.layout.key:
             return False
         retired = array("Q", bytes(8 * layout.size))
-        self._translation(self.layout, layout).add(self.retired, retired)
+        if any(self.retired):       # (a name-by-name translation of 10,000 endpoints is not free: only when needed)
+            self._translation(self.layout, layout).add(self.retired, retired)
         self.retired, self.layout = retired, layout
         for n in list(self.slots):
             self._new_generation(n)

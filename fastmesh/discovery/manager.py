@@ -50,6 +50,7 @@ class DiscoveryManager:
         self.sets: dict[str, list[Endpoint]] = {}       # cluster name -> the last endpoint set published
         self.slots: dict[str, Slots] = {}               # cluster name -> that set in its slots (None: a hole)
         self.changed = asyncio.Event()                  # a set changed since the last hand-off
+        self.dirty: set[str] = set()                    # the clusters whose set changed since the last hand-off
 
     @property
     def active(self) -> bool:
@@ -77,6 +78,7 @@ class DiscoveryManager:
                 log.info("cluster %s: %d endpoint(s) from %s", name, len(endpoints), self.sources[name].kind)
                 self.sets[name] = endpoints
                 self.slots[name] = next_slots(self.slots.get(name), endpoints)
+                self.dirty.add(name)
                 self.changed.set()
         return publish
 

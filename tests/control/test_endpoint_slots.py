@@ -23,9 +23,11 @@ def test_kept_endpoints_keep_their_slot_removed_ones_leave_a_hole_new_ones_are_a
     assert holes_of(slots) == (0, 1, 2) and live(slots) == [ep(4), ep(2)]
 
 
-def test_ipv6_spellings_are_one_endpoint():
-    slots = next_slots(None, [ep(1, host="::1")])
-    assert next_slots(slots, [ep(1, host="0:0:0:0:0:0:0:1")]) == [ep(1, host="0:0:0:0:0:0:0:1")]
+def test_discovery_spells_each_address_one_way():
+    # Slots are matched by (host, port): sources hand over canonical IP spellings.
+    from fastmesh.discovery.base import parse_endpoint
+    assert parse_endpoint("[0:0:0:0:0:0:0:1]:80", "x") == parse_endpoint({"address": "[::1]:80"}, "x") == \
+        Endpoint("::1", 80)
 
 
 def test_compaction_once_holes_outnumber_live_endpoints():
