@@ -1,4 +1,5 @@
 """Type stub for fastmesh._core.cluster: endpoints, their balancer, and why an endpoint is out."""
+from collections.abc import Sequence
 from typing import TypedDict
 
 from fastmesh._core.balance.base import Balancer
@@ -25,7 +26,7 @@ class EndpointState(TypedDict):
     tier: int
 
 class Cluster(Sweeper):
-    def __init__(self, name: str, endpoints: list[tuple[int, str, int] | tuple[int, str, int, int] | None],
+    def __init__(self, name: str, endpoints: Sequence[tuple[int, str, int] | tuple[int, str, int, int] | None],
                  balancer: Balancer,
                  connect_timeout: float = 1.0, connect_attempts: int = 3) -> None: ...
     @property

@@ -54,7 +54,7 @@ def endpoint_table(slots: Sequence[Endpoint | None], kept: int = 0, literal: boo
     (what discovery hands over), so nothing is resolved. Ids are computed only for a `hashing` balancer.
     Built for 10,000 endpoints an update: no per-endpoint function call beyond what is needed."""
     ranks = tier_ranks(slots)
-    v4, v6 = socket.AF_INET, socket.AF_INET6
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
     if literal:
         head = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
                 for e in slots[:kept]]

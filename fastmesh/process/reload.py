@@ -272,7 +272,6 @@ def effective_text(cfg: Config, holes: Holes | None = None) -> bytes:
     return json.dumps(with_holes(config_to_dict(cfg), holes or {}), separators=(",", ":")).encode()
 
 
-
 def pin_restart_only(old: Config, new: Config) -> tuple[Config, list[str]]:
     """`new` with the settings that cannot change while running kept as in `old`, and a line per such change."""
     later = []

@@ -26,8 +26,8 @@ def test_kept_endpoints_keep_their_slot_removed_ones_leave_a_hole_new_ones_are_a
 def test_discovery_spells_each_address_one_way():
     # Slots are matched by (host, port): sources hand over canonical IP spellings.
     from fastmesh.discovery.base import parse_endpoint
-    assert parse_endpoint("[0:0:0:0:0:0:0:1]:80", "x") == parse_endpoint({"address": "[::1]:80"}, "x") == \
-        Endpoint("::1", 80)
+    spelled = parse_endpoint("[0:0:0:0:0:0:0:1]:80", "x")
+    assert spelled == parse_endpoint({"address": "[::1]:80"}, "x") == Endpoint("::1", 80)
 
 
 def test_compaction_once_holes_outnumber_live_endpoints():
@@ -45,8 +45,8 @@ def test_holes_travel_as_nulls_in_the_effective_config():
     cfg = loads_config('[[listeners]]\nname = "l"\nlisten = "127.0.0.1:1"\ncluster = "c"\n'
                        '[clusters.c]\nendpoints = ["127.0.0.1:7", "127.0.0.1:8"]\n')
     data = with_holes(config_to_dict(cfg), {"c": (0, 2)})
-    assert [e and e["address"] for e in data["clusters"]["c"]["endpoints"]] == [None, "127.0.0.1:7", None,
-                                                                                 "127.0.0.1:8"]
+    listed = [e and e["address"] for e in data["clusters"]["c"]["endpoints"]]
+    assert listed == [None, "127.0.0.1:7", None, "127.0.0.1:8"]
     back = json.loads(json.dumps(data))
     assert split_holes(back) == {"c": (0, 2)}
     assert back == config_to_dict(cfg)
