@@ -333,8 +333,10 @@ class Proxy:
         the slot holes), applied in place: endpoints still listed keep their state and idle connections, added
         ones enter slow start, removed ones are picked no more while their requests finish (their idle
         connections closed). Nothing else changes and nothing is validated again (the supervisor's discovery
-        parsed the sets). A set that does not extend its cluster's slots (the supervisor compacted them) goes
-        through reload() instead. `stats_block` as for reload(). Returns what changed, as reload() does."""
+        parsed the sets). A set that does not extend its cluster's slots (the supervisor compacted them) is
+        applied as reload() would (a new cluster taking over each endpoint's state by address, the old pool
+        retired), without checking the config again. `stats_block` as for reload(). Returns what changed, as
+        reload() does."""
         from fastmesh.dataplane.clusters import update_cluster
         if not self._started:
             raise RuntimeError("update_endpoints() needs a started Proxy")

@@ -125,6 +125,10 @@ def test_endpoints_added_and_removed_under_load_lose_no_request_and_keep_pooled_
             log = run.log()
             assert "config reloaded" not in log and "restarting" not in log    # applied in place, not reloaded
             assert log.count("discovery update applied by 2 worker(s)") == len(steps)
+            assert "private block" not in log       # workers count into the blocks the supervisor reads
+            counted = (await admin_json(admin, "/clusters"))["users"]
+            assert [e["address"] for e in counted["endpoints"]] == [b[3].address, b[1].address]
+            assert counted["upstream_connections"] > 0
         finally:
             await stop_all(run, b)
     asyncio.run(main())
@@ -186,4 +190,53 @@ def test_a_lower_priority_tier_serves_only_while_the_preferred_one_has_no_eligib
             assert tally.ok > 100
         finally:
             await stop_all(run, b)
+    asyncio.run(main())
+
+
+def test_update_endpoints_in_an_embedded_proxy_keeps_and_closes_pooled_connections() -> None:
+    """Proxy.update_endpoints (what a worker runs per update), in this process: a kept endpoint's idle pooled
+    connection serves the next request; a removed endpoint's idle one is closed at once; a compacted set (no
+    longer extending the slots) rebuilds the cluster and keeps its endpoints' state. In a debug build the
+    teardown checks that no connection object outlived the test."""
+    from fastmesh.config.schema import Endpoint
+    from fastmesh.proxy import Proxy
+
+    async def get(client: httpx.AsyncClient, web: int) -> str:
+        r = await client.get(f"http://127.0.0.1:{web}/")
+        assert r.status_code == 200
+        return r.headers["x-backend"]
+
+    async def main() -> None:
+        b = await start_http_backends(3, "b")
+        web = free_ports(1)[0]
+        toml = (f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{web}"\nprotocol = "http"\ncluster = "c"\n'
+                f'[clusters.c]\nendpoints = ["{b[0].address}", "{b[1].address}"]\n')
+        ep = [Endpoint("127.0.0.1", x.port) for x in b]
+        try:
+            async with Proxy.from_toml(toml) as proxy, httpx.AsyncClient() as client:
+                assert {await get(client, web) for _ in range(4)} == {"b-0", "b-1"}
+                assert b[0].active == 1 and b[1].active == 1            # one pooled connection each
+                changes = await proxy.update_endpoints({"c": ([ep[1], ep[2]], (0,))})   # b0 out, b2 in
+                assert changes["clusters_updated"] == ["c"] and changes["clusters"] == []
+                for _ in range(50):
+                    if b[0].active == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert b[0].active == 0                                 # its idle connection closed
+                connections = b[1].connections
+                assert {await get(client, web) for _ in range(6)} == {"b-1", "b-2"}
+                assert b[1].connections == connections                  # the kept one's connection reused
+                cluster = proxy._clusters["c"]
+                assert cluster.slots == 3 and cluster.live_count == 2
+                # Compacted slots: a new cluster, the endpoints' state carried over.
+                cluster.set_health(2, False)
+                await proxy.update_endpoints({"c": ([ep[2], ep[1]], ())})
+                rebuilt = proxy._clusters["c"]
+                assert rebuilt is not cluster and rebuilt.slots == 2
+                assert {e["address"]: e["healthy"] for e in rebuilt.endpoints()} == {b[2].address: False,
+                                                                                     b[1].address: True}
+                assert {await get(client, web) for _ in range(4)} == {"b-1"}
+        finally:
+            for x in b:
+                await x.stop()
     asyncio.run(main())
