@@ -9,12 +9,15 @@ from fastmesh._core.request cimport Field
 from fastmesh._core.buffer cimport OutBuf
 
 cdef enum:
+    # Results of Decoder.decode and the Encoder's methods.
     HPACK_OK = 0
-    HPACK_COMPRESSION_ERROR = -1   # malformed block / bad index / bad Huffman / table size update too big:
-                                   # a connection error COMPRESSION_ERROR (the decoder is unusable after it)
-    HPACK_LIST_TOO_LARGE = -2      # the decoded header list passed max_list_size (RFC 9113 6.5.2 size: name +
-                                   # value + 32 per field). The whole block WAS decoded (the dynamic table stays in
-                                   # sync), only the fields were not all kept: a stream error (431 / RST_STREAM)
+    # Malformed block / bad index / bad Huffman / table size update too big: a connection error
+    # COMPRESSION_ERROR (the decoder is unusable after it).
+    HPACK_COMPRESSION_ERROR = -1
+    # The decoded header list passed max_list_size (RFC 9113 6.5.2 size: name + value + 32 per field). The
+    # whole block WAS decoded (the dynamic table stays in sync), only the fields were not all kept: a stream
+    # error (431 / RST_STREAM).
+    HPACK_LIST_TOO_LARGE = -2
     HPACK_NO_MEMORY = -3           # malloc failed (encoder: the OutBuf could not grow; decoder: the block)
 
 cdef enum:
@@ -89,8 +92,7 @@ cdef inline bint is_sensitive(const char *name, Py_ssize_t nlen, Py_ssize_t vlen
 cdef class Decoder:
     cdef Py_ssize_t max_list_size     # public knob, default 65536 (the listener's max_header_bytes)
     cdef Py_ssize_t settings_max      # our SETTINGS_HEADER_TABLE_SIZE (acked): no size update may exceed it
-    cdef bint update_due              # the setting went below the table's size: the next block must start
-                                      # with a size update (RFC 7541 4.2)
+    cdef bint update_due              # the setting went below the table's size: next block starts with an update
     cdef bint failed                  # a COMPRESSION_ERROR happened: every later decode fails too
     cdef DynTable table               # the dynamic table
     # Decode one complete header block (HEADERS + CONTINUATION payloads already joined) into out (appending).
