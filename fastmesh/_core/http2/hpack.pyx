@@ -686,6 +686,7 @@ cdef class Decoder:
         cdef const char *name
         cdef const char *value
         cdef DynEntry *e
+        cdef int err = HPACK_COMPRESSION_ERROR
         if self.failed:
             return HPACK_COMPRESSION_ERROR
         while p < end:
@@ -718,12 +719,14 @@ cdef class Decoder:
                     too_large = True
                     continue
                 if block_reserve(out, nlen + vlen) < 0:
-                    return HPACK_NO_MEMORY
+                    err = HPACK_NO_MEMORY
+                    break
                 base = out.len
                 memcpy(out.data + base, name, nlen)
                 memcpy(out.data + base + nlen, value, vlen)
                 if block_add_field(out, base, nlen, vlen, id) < 0:
-                    return HPACK_NO_MEMORY
+                    err = HPACK_NO_MEMORY
+                    break
                 continue
             if (b & 0xe0) == 0x20:                  # dynamic table size update (6.3)
                 if not at_start or read_int(&p, end, 5, &v) < 0 or v > self.settings_max:
@@ -754,13 +757,14 @@ cdef class Decoder:
                     nlen = e.name_len
                     id = e.id
                 if block_reserve(out, nlen) < 0:
-                    return HPACK_NO_MEMORY
+                    err = HPACK_NO_MEMORY
+                    break
                 memcpy(out.data + base, name, nlen)
             else:
                 nlen = read_string(&p, end, out)
                 if nlen < 0:
                     if nlen == HPACK_NO_MEMORY:
-                        return HPACK_NO_MEMORY
+                        err = HPACK_NO_MEMORY
                     break
                 id = static_name(out.data + base, nlen, hash_bytes(out.data + base, nlen, 0))
             out.len = base + nlen                   # the value decodes after the name
@@ -768,24 +772,26 @@ cdef class Decoder:
             out.len = base
             if vlen < 0:
                 if vlen == HPACK_NO_MEMORY:
-                    return HPACK_NO_MEMORY
+                    err = HPACK_NO_MEMORY
                 break
             if indexing and table_insert(&self.table, out.data + base, nlen, out.data + base + nlen, vlen,
                                          id, 0) < 0:
-                return HPACK_NO_MEMORY
+                err = HPACK_NO_MEMORY
+                break
             out.list_size += nlen + vlen + HPACK_ENTRY_OVERHEAD
             if too_large or out.list_size > self.max_list_size:
                 too_large = True
                 continue
             if block_add_field(out, base, nlen, vlen, id) < 0:
-                return HPACK_NO_MEMORY
+                err = HPACK_NO_MEMORY
+                break
         else:
             if at_start and self.update_due:
                 self.failed = True
                 return HPACK_COMPRESSION_ERROR
             return HPACK_LIST_TOO_LARGE if too_large else HPACK_OK
-        self.failed = True
-        return HPACK_COMPRESSION_ERROR
+        self.failed = True          # the table may be out of step with the peer's: nothing more decodes
+        return err
 
     # Python helpers (tests, the oracle, benchmarks): the data path calls the cdef methods.
 
