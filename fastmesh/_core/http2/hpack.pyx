@@ -285,11 +285,12 @@ cdef int _init_tables() except -1:
         huff_fast[pattern] = entry | (len1 << 16) | (used << 20) | (got << 24) if got else 0
     # Long codes, by length: canonical ranges, checked here rather than assumed.
     cdef int count = 0
+    by_code = sorted(range(257), key=lambda x: HUFFMAN_CODES[x][0])
     for b in range(31):
         huff_first[b] = 0
         huff_count[b] = 0
         huff_offset[b] = count
-        for sym in sorted(range(257), key=lambda x: HUFFMAN_CODES[x][0]):
+        for sym in by_code:
             if huff_len[sym] == b:
                 if huff_count[b] and huff_code[sym] != huff_first[b] + huff_count[b]:
                     raise RuntimeError("the Huffman codes of one length are not consecutive")
@@ -367,7 +368,7 @@ cdef inline int huff_long(uint64_t acc, int nb) noexcept nogil:
 
 
 cdef Py_ssize_t huff_decode(const uint8_t *src, Py_ssize_t n, char *dst) noexcept nogil:
-    # Decoded length, or -1 (EOS, bad padding). dst has room for huff_max_decoded(n) + 1 bytes.
+    # Decoded length, or -1 (EOS, bad padding). dst has room for huff_max_decoded(n) bytes.
     # Bits are taken from a 64-bit buffer (the next bit at the top, nb of them valid), HUFF_PEEK at a time
     # through huff_fast: one load per one or two symbols.
     cdef const uint8_t *end = src + n
