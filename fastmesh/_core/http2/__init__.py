@@ -1,1 +1,1 @@
-"""Package marker for fastmesh._core.http2 (the compiled HTTP/2 codec: frames, HPACK, streams, limits, session)."""
+"""Package marker for fastmesh._core.http2 (HTTP/2: HPACK, framing, streams, the session)."""
