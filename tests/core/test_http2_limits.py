@@ -5,7 +5,6 @@ import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 
 from fastmesh._core.http2.limits import H2Limits
-from fastmesh._core.http2.recorder import Recorder
 from tests.core.test_http2_session import (
     ENHANCE_YOUR_CALM,
     GET,

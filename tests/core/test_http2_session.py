@@ -453,8 +453,8 @@ def test_priority_is_parsed_and_ignored():
 
 def test_headers_depending_on_itself_is_a_stream_error():
     srv = server()
-    f = HeadersFrame(1, block(GET), depends_on=1, stream_weight=16, flags=["END_HEADERS", "END_STREAM",
-                                                                            "PRIORITY"])
+    f = HeadersFrame(1, block(GET), depends_on=1, stream_weight=16,
+                     flags=["END_HEADERS", "END_STREAM", "PRIORITY"])
     srv.feed(f.serialize())
     assert resets(srv.take()) == [(1, PROTOCOL_ERROR)]
     assert not kinds(srv.events, "headers")

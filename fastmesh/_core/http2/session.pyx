@@ -7,29 +7,29 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint8_t, uint32_t, int64_t
-from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_pending
+from fastmesh._core.buffer cimport ob_add, ob_free, ob_pending
 from fastmesh._core.request cimport Field, lower_ascii, fold_eq
 from fastmesh._core.http2.frames cimport (
-    FrameHeader, read_header, read_u32, write_frame, write_data, write_settings, write_settings_ack,
+    FrameHeader, read_header, read_u32, write_data, write_settings, write_settings_ack,
     write_ping, write_rst, write_goaway, write_window_update, write_headers, strip_padding,
     FRAME_HEADER_LEN, FT_DATA, FT_HEADERS, FT_PRIORITY, FT_RST_STREAM, FT_SETTINGS, FT_PUSH_PROMISE, FT_PING,
     FT_GOAWAY, FT_WINDOW_UPDATE, FT_CONTINUATION, FLAG_END_STREAM, FLAG_ACK, FLAG_END_HEADERS, FLAG_PADDED,
-    FLAG_PRIORITY, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_INTERNAL_ERROR, H2_FLOW_CONTROL_ERROR, H2_SETTINGS_TIMEOUT,
+    FLAG_PRIORITY, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_FLOW_CONTROL_ERROR, H2_SETTINGS_TIMEOUT,
     H2_STREAM_CLOSED, H2_FRAME_SIZE_ERROR, H2_REFUSED_STREAM, H2_CANCEL, H2_COMPRESSION_ERROR,
     H2_ENHANCE_YOUR_CALM, SET_HEADER_TABLE_SIZE, SET_ENABLE_PUSH, SET_MAX_CONCURRENT_STREAMS,
     SET_INITIAL_WINDOW_SIZE, SET_MAX_FRAME_SIZE, SET_MAX_HEADER_LIST_SIZE, SET_ENABLE_CONNECT_PROTOCOL,
     DEFAULT_WINDOW, DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MAX_WINDOW, PREFACE_LEN,
 )
 from fastmesh._core.http2.hpack cimport (
-    HeaderBlock, Decoder, Encoder, block_init, block_clear, block_free, is_sensitive, HPACK_OK,
+    HeaderBlock, Decoder, Encoder, block_init, block_clear, block_free, is_sensitive,
     HPACK_LIST_TOO_LARGE,
 )
 from fastmesh._core.http2.streams cimport (
-    Stream, transition, can_receive, can_send, ST_IDLE, ST_OPEN, ST_HALF_CLOSED_LOCAL, ST_HALF_CLOSED_REMOTE,
-    ST_CLOSED, ST_INVALID, EV_SEND_HEADERS, EV_RECV_HEADERS, EV_SEND_END, EV_RECV_END, EV_SEND_RST, EV_RECV_RST,
+    Stream, transition, can_receive, can_send, ST_IDLE, ST_CLOSED, EV_SEND_HEADERS, EV_RECV_HEADERS, EV_SEND_END,
+    EV_RECV_END, EV_RECV_RST,
 )
 from fastmesh._core.http2.limits cimport (
-    H2Limits, FloodState, flood_init, glitch, stream_ended, GL_SETTINGS, GL_PING, GL_EMPTY_DATA,
+    H2Limits, flood_init, glitch, stream_ended, GL_SETTINGS, GL_PING, GL_EMPTY_DATA,
     GL_WINDOW_UPDATE, GL_PRIORITY, GL_UNKNOWN,
 )
 
@@ -1035,7 +1035,6 @@ cdef class Session:
     cdef int rx_window_update(self, FrameHeader *h, const unsigned char *payload) except -1:
         cdef uint32_t inc
         cdef Stream s
-        cdef int r
         if h.length != 4:
             return self.conn_fail(H2_FRAME_SIZE_ERROR)
         inc = read_u32(payload) & 0x7fffffff

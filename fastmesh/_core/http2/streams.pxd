@@ -65,8 +65,9 @@ cdef class Stream:
     cdef readonly bint blocked             # send_data stopped short: on_window when the windows open
     cdef readonly bint informational       # client: the last head was 1xx (another head follows)
     cdef bint counted                      # counts toward the session's concurrent streams
-    cdef bint announced                    # the I/O layer knows it (client: opened it; server: on_headers or
-                                           # on_rejected): only such streams get on_reset / on_stream_closed
+    # The I/O layer knows it (client: opened it; server: on_headers or on_rejected): only such streams get
+    # on_reset / on_stream_closed.
+    cdef bint announced
     cdef bint head_request                 # client: we sent :method HEAD (content-length promises no body)
     cdef bint in_table                     # listed in the session's stream table (it has an id)
     cdef double blocked_since              # session time when it became blocked on a zero window (stall timer)
