@@ -720,6 +720,21 @@ def test_consumed_credits_the_peer():
     assert ups == [(1, 40000)]
 
 
+def test_unconsumed_data_of_a_closed_stream_is_credited_to_the_connection():
+    srv = Recorder(auto_consume=False, limits=H2Limits(initial_window=65535, connection_window=65535))
+    cli = h2_peer()
+    pump(cli, srv)
+    cli.send_headers(1, POST, end_stream=False)
+    for _ in range(4):
+        cli.send_data(1, b"a" * 10000)
+    pump(cli, srv)
+    assert srv.connection_windows[1] == 65535 - 40000
+    cli.reset_stream(1, CANCEL)
+    pump(cli, srv)
+    assert srv.connection_windows[1] == 65535
+    assert cli.outbound_flow_control_window == 65535
+
+
 def test_window_update_overflow():
     srv, cli = connected()
     assert srv.feed(WindowUpdateFrame(0, 2 ** 31 - 1).serialize()) == RECV_ERROR

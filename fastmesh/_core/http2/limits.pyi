@@ -20,6 +20,7 @@ class H2Limits:
     settings_timeout: float
     goaway_timeout: float
     max_out_bytes: int
+
     def __init__(self, *, max_concurrent_streams: int = 100, initial_window: int = 262144,
                  connection_window: int = 16777216, max_frame_size: int = 16384, header_table_size: int = 4096,
                  max_header_list_size: int = 65536, max_continuation_frames: int = 32,

@@ -12,8 +12,9 @@
 #  - call tick(now) about once a second (monotonic seconds): SETTINGS ACK timeout, graceful GOAWAY's second
 #    step, zero-window stalls (on_stall), glitch decay.
 #  - report body bytes it has passed on with consumed(stream, n): the peer gets WINDOW_UPDATE once half a
-#    window has been consumed.
-#  - close the socket when finished() says so (after flushing out).
+#    window has been consumed. Bytes still unconsumed when a stream closes are credited to the connection then.
+#  - close the socket when finished() says so (after flushing out), and call release() once the connection is
+#    gone: it drops the streams still open (and their `user` objects) without events.
 # Event methods return 0, or -1 with a Python exception set (receive() then returns -1 and the connection
 # should be dropped). Streams handed to events stay valid until on_stream_closed returns; after that the
 # session drops them and clears Stream.user.

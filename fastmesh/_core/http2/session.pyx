@@ -186,6 +186,7 @@ cdef class Session:
             for i in range(self.table_mask + 1):
                 if self.table[i] != NULL:
                     (<Stream>self.table[i]).in_table = False
+                    (<Stream>self.table[i]).user = None       # the I/O layer's object may point back at us
                     Py_XDECREF(<PyObject *>self.table[i])
             free(self.table)
             self.table = NULL
@@ -310,6 +311,7 @@ cdef class Session:
     cdef int close_stream(self, Stream s, int how) except -1:
         # s is done: out of the table, off the counts, the I/O layer told, rapid reset counted.
         cdef bint rapid = False
+        cdef Py_ssize_t n
         if s.counted:
             s.counted = False
             if self.role == ROLE_SERVER:
@@ -321,6 +323,12 @@ cdef class Session:
         if s.blocked:
             s.blocked = False
             self.blocked_count -= 1
+        if s.unconsumed > 0:
+            # Data the I/O layer will now drop: the connection window must not shrink for good.
+            n = s.unconsumed
+            s.unconsumed = 0
+            if self.credit_connection(n) < 0:
+                return -1
         s.state = ST_CLOSED
         if s.id != 0:
             self.closed_ids[self.closed_pos] = s.id
@@ -504,6 +512,7 @@ cdef class Session:
                 return r
         if end:
             s.state = transition(s.state, EV_RECV_END)
+        s.unconsumed += n
         if n > 0 or end:
             r = self.on_data(s, <const char *>p, n, end)
             if r < 0:
@@ -704,6 +713,7 @@ cdef class Session:
         block_clear(&s.head)
         s.status = 0
         s.informational = False
+        s.content_length = -1
         r = self.decoder.decode(block, n, &s.head)
         if r == HPACK_LIST_TOO_LARGE:
             return self.stream_error(s, H2_PROTOCOL_ERROR)
@@ -1110,10 +1120,11 @@ cdef class Session:
         return 0
 
     cdef int consumed(self, Stream s, Py_ssize_t n) except -1:
-        if n <= 0 or self.state == CS_CLOSED:
-            return 0
-        if not s.in_table:
-            return self.credit_connection(n)
+        if n <= 0 or self.state == CS_CLOSED or not s.in_table:
+            return 0                       # a closed stream's unconsumed bytes were credited when it closed
+        if n > s.unconsumed:
+            n = s.unconsumed
+        s.unconsumed -= n
         return self.credit(s, n)
 
     # ------------------------------------------------------------------ time

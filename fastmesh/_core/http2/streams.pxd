@@ -49,6 +49,7 @@ cdef class Stream:
     cdef int64_t send_window               # bytes the peer lets us send on it (may go negative after SETTINGS)
     cdef int64_t recv_window               # bytes we still let the peer send on it
     cdef int64_t recv_unacked              # bytes the I/O layer consumed that we have not credited back yet
+    cdef int64_t unconsumed                # bytes handed to on_data that the I/O layer has not consumed yet
     cdef int64_t content_length            # the peer's content-length, -1 when absent
     cdef int64_t data_received             # DATA payload bytes received (padding excluded)
     cdef HeaderBlock head                  # the peer's request/response head (client role: the final response)
