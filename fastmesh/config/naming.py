@@ -27,6 +27,7 @@ SERVICE_PREFIX = "/svc/"            # a route's service = "users" is the name /s
 MAX_DEPTH = 16                      # lookups inside one resolution: deeper is taken for a loop
 MAX_SPLIT = 32                      # branches of one weighted split (the core keeps their results on its stack)
 MAX_RULES = 1000
+OVERRIDE_WHERE = "fastmesh-naming"  # where an override's rules come from, in messages
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_.:@-]+")
 _WEIGHT_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*\*\s*(.*)", re.DOTALL)
@@ -195,6 +196,11 @@ def flatten(node: Node) -> list[tuple[int, int, list[int], list[float]]]:
         return at
     add(node)
     return out
+
+
+def path_text_of(node: Node) -> str:
+    """The path a split's branch looked up (its label up to the first ':')."""
+    return node.label.split(":", 1)[0]
 
 
 def walk(node: Node) -> list[Node]:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
-from fastmesh.discovery.manager import DiscoveryManager
+from fastmesh.discovery.manager import DiscoveryManager, watches
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
@@ -103,7 +103,7 @@ class Reloader:
         problems = probe_new_listeners(old, effective)
         if problems:
             return self._refused(trigger, problems, "the new config cannot be applied")
-        if sup.discovery.active or any(c.discovery is not None for c in effective.clusters.values()):
+        if sup.discovery.active or watches(effective):
             sup.discovery.configure(effective)
             effective = sup.discovery.fill(effective)
             text, fmt = effective_text(effective), "json"
