@@ -1,24 +1,33 @@
 """Type stub for fastmesh._core.router: the Python face of the compiled route table."""
 from collections.abc import Iterable, Mapping
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
+
+from fastmesh._core.naming import Names
 
 SPEC_KEYS: frozenset[str]
 METHOD_IDS: dict[str, int]
+NAMING_FIELD: bytes
 
 class Explained(TypedDict):
     route: int
-    cluster: str
+    cluster: str | None
     matched: bool
     failed: str | None
+    service: NotRequired[str]
 
 class Router:
     max_growth: int
     cluster_names: tuple[str, ...]
-    def __init__(self, routes: Iterable[Mapping[str, Any]], clusters: Iterable[str]) -> None: ...
+    service_names: tuple[str, ...]
+    trust_naming: bool
+    def __init__(self, routes: Iterable[Mapping[str, Any]], clusters: Iterable[str], services: Iterable[str] = ...,
+                 names: Names | None = ..., trust_naming: bool = ...) -> None: ...
     def __len__(self) -> int: ...
     def match_request(self, raw_head: bytes) -> int: ...
     def explain(self, raw_head: bytes) -> list[Explained]: ...
     def cluster_index(self, route: int) -> int: ...
+    def service_index(self, route: int) -> int: ...
+    def target_request(self, raw_head: bytes, connectors: list[Any]) -> int: ...
     def request_edits(self, route: int) -> list[tuple[str, bytes, bytes]]: ...
     def response_edits(self, route: int) -> list[tuple[str, bytes, bytes]]: ...
     def target_for(self, raw_head: bytes, route: int) -> bytes: ...

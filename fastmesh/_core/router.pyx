@@ -419,7 +419,8 @@ cdef class Router:
         return self.match(&v)
 
     def explain(self, bytes raw_head not None) -> list:
-        """Per route, in order: {"route", "cluster", "matched", "failed"}.
+        """Per route, in order: {"route", "cluster", "matched", "failed"}, and "service" for a route sent to a
+        logical name (its "cluster" is None).
 
         "failed" names the first condition the request does not meet, checked in the order "host",
         "path", "method", "header <name>" (None when the route matches). Every route is reported, so a
@@ -447,9 +448,11 @@ cdef class Router:
                 if k >= 0:
                     m = &self.header_matches[e.match_first + k]
                     failed = "header " + m.name.ptr[:m.name.len].decode("ascii")
-            out.append({"route": r, "cluster": self.cluster_names[e.cluster] if e.service < 0 else None,
-                        "service": self.service_names[e.service] if e.service >= 0 else None,
-                        "matched": failed is None, "failed": failed})
+            row = {"route": r, "cluster": self.cluster_names[e.cluster] if e.service < 0 else None,
+                   "matched": failed is None, "failed": failed}
+            if e.service >= 0:
+                row["service"] = self.service_names[e.service]      # a route sent to a logical name
+            out.append(row)
         return out
 
     def cluster_index(self, int route) -> int:

@@ -134,7 +134,7 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
         rows = routes_table(lst, seen, q)
         chosen = seen["chosen"]
         cluster_name = seen["rows"][chosen]["cluster"] if chosen >= 0 else None
-        service = seen["rows"][chosen]["service"] if chosen >= 0 else None
+        service = seen["rows"][chosen].get("service") if chosen >= 0 else None
         if service is not None:
             out["naming"] = naming_steps(cfg, lst, service, q, alive if alive is not None else live_clusters(cfg, None))
             cluster_name = out["naming"]["cluster"]

@@ -1142,7 +1142,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         out["clusters"][name].update(_health_dict(cluster))
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
-    out["naming"] = naming_dict(cfg.naming)
+    if cfg.naming.rules or cfg.naming.source is not None:
+        out["naming"] = naming_dict(cfg.naming)
     return out
 
 
