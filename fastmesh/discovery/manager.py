@@ -56,6 +56,7 @@ class DiscoveryManager:
         self.naming_spec: NamingSource | None = None
         self.naming_task: asyncio.Task[None] | None = None
         self.table: list[str] | None = None             # the last good table it published (its rules)
+        self.cfg: Config | None = None                  # the config the table must serve (its routes' services)
 
     @property
     def active(self) -> bool:
@@ -64,6 +65,7 @@ class DiscoveryManager:
     def configure(self, cfg: Config) -> None:
         """Start sources for new or changed discovery settings, stop the ones no longer configured."""
         folder = base_dir(cfg)
+        self.cfg = cfg
         wanted = {name: c.discovery for name, c in cfg.clusters.items() if c.discovery is not None}
         for name in list(self.sources):
             if wanted.get(name) != self.specs.get(name):
@@ -86,6 +88,12 @@ class DiscoveryManager:
                 self.naming_task = asyncio.get_running_loop().create_task(self._run(self.naming))
 
     def _table_publisher(self, rules: list[str]) -> None:
+        unresolved = self._unresolved(rules)
+        if unresolved:
+            assert self.naming is not None
+            self.naming.fail("unresolved", f"{self.naming.state.target}: expected a table that sends every service "
+                                           f"a route names to a cluster; it sends {', '.join(unresolved)} to none")
+            return
         if self.table != rules:
             log.info("naming table: %d rule(s) from %s", len(rules), self.naming.kind if self.naming else "?")
             self.table = list(rules)
@@ -116,6 +124,18 @@ class DiscoveryManager:
             if all(s.state.updates or s.state.errors for s in every):
                 return
             await asyncio.sleep(0.02)
+
+    def _unresolved(self, rules: list[str]) -> list[str]:
+        """The names of the running config's service routes `rules` would send to no cluster at all (an empty or
+        half-written table, a typo): such a table is refused like one that does not parse."""
+        if self.cfg is None:
+            return []
+        from fastmesh.config import naming as lang
+        parsed = lang.parse_table(rules, "table")
+        clusters = list(self.cfg.clusters)
+        services = {lang.service_name(r.service) for lst in self.cfg.listeners for r in lst.routes
+                    if r.service is not None}
+        return sorted(name for name in services if not lang.clusters_named(lang.resolve(parsed, name, clusters)))
 
     def fill(self, cfg: Config) -> Config:
         """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""
