@@ -21,7 +21,8 @@ clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rul
 functions at the end of this file.
 """
 from fastmesh._core.errors cimport (
-    PE_NONE, PE_NO_ROUTE, PE_NO_ENDPOINTS, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
+    PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
+    PE_NO_ENDPOINTS,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse

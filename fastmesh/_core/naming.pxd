@@ -32,9 +32,9 @@ cdef class NameTable:
     cdef readonly object source   # what the table was compiled from (the rules' text), for /naming and explain
 
     # The cluster index the service resolves to now: the live one the tree picks, else the first cluster it names
-    # (that cluster's own fail-open and errors then apply), -1 when it names none. `connectors` (the listener's, by cluster index) say which
-    # clusters have an endpoint up, unless `alive` (one byte per cluster) is given; `trace` (n_nodes ints) receives
-    # each visited node's result when not NULL; `rng` is the xorshift state the splits draw from.
+    # (that cluster's own fail-open and errors then apply), -1 when it names none. `connectors` (the listener's, by
+    # cluster index) say which clusters have an endpoint up, unless `alive` (one byte per cluster) is given; `trace`
+    # (n_nodes ints) receives each visited node's result when not NULL; `rng` is the xorshift state splits draw from.
     cdef int resolve(self, int service, list connectors, const unsigned char *alive, int *trace,
                      unsigned long long *rng) noexcept
 

@@ -160,8 +160,8 @@ cdef class NameTable:
         return self.n_nodes
 
     def trace(self, int service, alive, unsigned long long seed=1):
-        """(the cluster resolve() gives, per node of the service's tree: the cluster it resolved to, -1 nothing, -2 not visited),
-        with `alive[c]` saying whether cluster c has an endpoint up."""
+        """(the cluster resolve() gives, per node of the service's tree: the cluster it resolved to, -1 nothing, -2 not
+        visited), with `alive[c]` saying whether cluster c has an endpoint up."""
         cdef bytes live = bytes(1 if a else 0 for a in alive)
         cdef unsigned long long rng = seed or 1
         cdef int *out
@@ -190,9 +190,9 @@ cdef class NameTable:
         them)."""
         cdef bytes live = bytes(1 if a else 0 for a in alive)
         cdef unsigned long long rng = seed or 1
-        cdef int i, c
+        cdef int _, c
         counts = {}
-        for i in range(draws):
+        for _ in range(draws):
             c = self.resolve(service, [], live, NULL, &rng)
             counts[c] = counts.get(c, 0) + 1
         return {c: n / draws for c, n in sorted(counts.items())}

@@ -272,7 +272,8 @@ cdef class Router:
     """The compiled routes of one http listener.
 
     Router(routes, clusters, services=(), names=None, trust_naming=True): `routes` is a list of specs, dicts with
-    the config's route keys ("cluster" or "service" required; "host", "path", "path_prefix", "path_regex", "methods", "headers",
+    the config's route keys ("cluster" or "service" required; "host", "path", "path_prefix", "path_regex", "methods",
+    "headers",
     "rewrite_prefix", "add_request_headers", "remove_request_headers", "add_response_headers"), tried in
     order. `clusters` lists the cluster names; a route's cluster index is its name's position there. `services`
     lists the logical names routes may send to (a route's service index is its position there) and `names` is the
@@ -328,8 +329,8 @@ cdef class Router:
                     raise ValueError(f"route {i}: {key} is a list of str, got {spec[key]!r}")
             n_matches += len(spec.get("headers") or ())
             n_tokens += len(spec.get("methods") or ())
-            n_edits += (0 if trust_naming else 1) + (len(spec.get("remove_request_headers") or ()) + len(spec.get("add_request_headers") or ())
-                        + len(spec.get("add_response_headers") or ()))
+            n_edits += (0 if trust_naming else 1) + len(spec.get("remove_request_headers") or ()) \
+                + len(spec.get("add_request_headers") or ()) + len(spec.get("add_response_headers") or ())
         self.entries = <RouteEntry *>PyMem_Calloc(max(len(specs), 1), sizeof(RouteEntry))
         self.header_matches = <HeaderMatch *>PyMem_Calloc(max(n_matches, 1), sizeof(HeaderMatch))
         self.tokens = <Span *>PyMem_Calloc(max(n_tokens, 1), sizeof(Span))

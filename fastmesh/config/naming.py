@@ -110,7 +110,7 @@ def parse_rule(text: str, where: str) -> Rule:
 
 def split_text(text: str) -> list[str]:
     """A table as text -> its rules' texts: `;` or new lines between rules, `#` to the end of a line a comment."""
-    out = []
+    out: list[str] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         out.extend(part.strip() for part in line.split(";") if part.strip())

@@ -23,7 +23,8 @@ def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpP
                         cluster_names: list[str], names: Names | None = None) -> HttpProxy:
     """An http listener's request handling: its router (resolving services with `names`) over the shared
     per-cluster pools."""
-    return HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,
+    return HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names), pools,
+                     header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,

@@ -50,7 +50,7 @@ class SourceState:
                 "last_error": self.last_error or None, "watch_restarts": self.watch_restarts, **self.detail}
 
 
-Publish = Callable[[list[Endpoint]], None]
+Publish = Callable[[list[Any]], None]     # an endpoint set (list[Endpoint]), or a naming table's rules (list[str])
 
 
 class Source:

@@ -59,7 +59,7 @@ class NamingEtcdSource(_Table, EtcdSource):
             return None
 
     def publish_keys(self) -> None:
-        rules = self.keys.get(self.prefix)
+        rules: Any = self.keys.get(self.prefix)       # this source keeps a table (list[str]) per key
         if rules is None:
             self.fail("missing", f"{self.prefix.decode(errors='replace')}: no such key")
             return

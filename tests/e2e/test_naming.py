@@ -106,8 +106,8 @@ def test_canary_split_holds_its_weights_over_10000_requests(tmp_path: Path) -> N
                   f"legacy {share['b-2']:.4f}")
             assert abs(share["b-0"] - 0.9) <= 0.03 and abs(share["b-1"] - 0.1) <= 0.03 and share["b-2"] == 0
             view = await admin_json(admin, "/naming")
-            assert view["services"]["users"]["shares"] == {"v1": pytest.approx(0.9, abs=0.02),
-                                                          "v2": pytest.approx(0.1, abs=0.02)}
+            shares = view["services"]["users"]["shares"]
+            assert shares == {"v1": pytest.approx(0.9, abs=0.02), "v2": pytest.approx(0.1, abs=0.02)}
         finally:
             await run.stop()
             for x in b:
