@@ -210,9 +210,10 @@ def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         table = []
         for route in lst.get("routes", []):
-            table.append({"match": {k: route[k] for k in MATCH_KEYS if k in route},
-                          "cluster": route.get("cluster"), "service": route.get("service"),
-                          "edits": {k: v for k, v in route.items()
-                                    if k not in MATCH_KEYS and k not in ("cluster", "service")}})
+            row = {"match": {k: route[k] for k in MATCH_KEYS if k in route}, "cluster": route.get("cluster"),
+                   "edits": {k: v for k, v in route.items() if k not in MATCH_KEYS and k not in ("cluster", "service")}}
+            if "service" in route:
+                row["service"] = route["service"]           # a logical name: the naming panel shows where it goes
+            table.append(row)
         out.append({"listener": lst["name"], "default": lst.get("cluster"), "routes": table})
     return out

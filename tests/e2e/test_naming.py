@@ -108,6 +108,8 @@ def test_canary_split_holds_its_weights_over_10000_requests(tmp_path: Path) -> N
             view = await admin_json(admin, "/naming")
             shares = view["services"]["users"]["shares"]
             assert shares == {"v1": pytest.approx(0.9, abs=0.02), "v2": pytest.approx(0.1, abs=0.02)}
+            panel = (await admin_json(admin, "/dashboard/data"))["naming"]
+            assert panel["rules"] == view["rules"] and panel["services"]["users"]["shares"] == shares
         finally:
             await run.stop()
             for x in b:
