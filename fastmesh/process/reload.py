@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.slots import Holes, encode_sets, with_holes
-from fastmesh.discovery.manager import DiscoveryManager
+from fastmesh.discovery.manager import DiscoveryManager, watches
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
@@ -124,7 +124,7 @@ class Reloader:
         if problems:
             return self._refused(trigger, problems, "the new config cannot be applied")
         holes: Holes = {}
-        if sup.discovery.active or any(c.discovery is not None for c in effective.clusters.values()):
+        if sup.discovery.active or watches(effective):
             sup.discovery.configure(effective)
             effective = sup.discovery.fill(effective)
             holes = sup.discovery.holes(effective)
@@ -135,8 +135,9 @@ class Reloader:
         return await self._distribute(trigger, text, fmt, effective, later, began, holes)
 
     async def discovered(self) -> None:
-        """Discovery found new endpoint sets: every worker applies the changed clusters' sets in place (before
-        the first workers start: the effective config they start from)."""
+        """Discovery found new endpoint sets: every worker applies the changed clusters' sets in place. The whole
+        effective config goes instead before the first workers start (they start from it) and when something
+        besides endpoints changed (a watched naming table)."""
         async with self.lock:
             sup = self.sup
             if sup.stopping.is_set():
@@ -144,7 +145,8 @@ class Reloader:
             effective = sup.discovery.fill(sup.cfg)
             holes = sup.discovery.holes(effective)
             began = time.monotonic()
-            if self.text is None:       # workers started from the file (or none yet): the whole config, once
+            # (Clusters compared by identity: the other settings decide; no comparison of 10,000 endpoints.)
+            if self.text is None or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg:
                 sup.discovery.dirty = set()
                 outcome = await self._distribute("discovery", effective_text(effective, holes), "json", effective,
                                                  [], began, holes)
@@ -213,8 +215,9 @@ class Reloader:
             return Outcome(status, body)
         body["message"] = f"applied by {len(applied)} worker(s): {describe_changes(changes)}"
         if trigger == "discovery":
-            log.info("discovery update applied by %d worker(s) in %.1f ms: clusters %s", len(applied), took,
-                     ", ".join(changes["clusters_changed"]) or "unchanged")
+            log.info("discovery update applied by %d worker(s) in %.1f ms: clusters %s%s", len(applied), took,
+                     ", ".join(changes["clusters_changed"]) or "unchanged",
+                     "; naming table changed" if "naming" in changes["settings_changed"] else "")
             return Outcome(200, body)
         log.info("config reloaded (%s) in %.1f ms: %s", trigger, took, body["message"])
         return Outcome(200, body)
@@ -301,6 +304,7 @@ def summarize(old: Config, new: Config) -> dict[str, list[str]]:
         out[f"{kind}_removed"] = [name for name in before if name not in after]
         out[f"{kind}_changed"] = [name for name in after if name in before and before[name] != after[name]]
     out["settings_changed"] = ["drain_timeout"] if old.drain_timeout != new.drain_timeout else []
+    out["settings_changed"] += ["naming"] if old.naming != new.naming else []
     return out
 
 
