@@ -11,13 +11,13 @@ Outcomes, as POST /reload answers them:
        did, the new config is kept and the refusing workers are restarted so that all run the same config;
   504  a worker did not answer in time: its state is unknown, so it is restarted (it starts from the file).
 Restarted workers read the file when they start, like any worker, and a worker that becomes ready with an older
-config than the supervisor's is sent the current one at once.
+config than the supervisor's is sent the current one at once. `workers`, `[admin]` and `[demo]` cannot change
+while running: a change to them is reported and waits for a restart (/config shows the values in effect).
 
 Discovery updates take a shorter path: only the changed clusters' endpoint sets (with their slot holes,
 dataplane/slots.py) go to the workers, as an "endpoints" request, and each applies them in place (Proxy.
 update_endpoints): no config validation, no rebuilt cluster, no other cluster touched. The effective config
-text a worker started later needs is made only when one is started. `workers`, `[admin]` and `[demo]` cannot change
-while running: a change to them is reported and waits for a restart (/config shows the values in effect).
+text a worker started later needs is made only when one is started.
 """
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ class Reloader:
                     return
                 payload = encode_sets({name: (c.endpoints, holes.get(name, ())) for name, c in changed.items()})
                 outcome = await self._distribute("discovery", payload, "endpoints", effective, [], began, holes)
+                if outcome.status != 200 and "generation" not in outcome.body:
+                    sup.discovery.dirty |= set(changed)     # no worker took them: they go again with the next update
             if outcome.status != 200:
                 log.error("discovery update: %s", outcome.body.get("message"))
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,15 @@ def test_endpoints_added_and_removed_under_load_lose_no_request_and_keep_pooled_
             counted = (await admin_json(admin, "/clusters"))["users"]
             assert [e["address"] for e in counted["endpoints"]] == [b[3].address, b[1].address]
             assert counted["upstream_connections"] > 0
+            # A worker started now (after the updates) gets the same endpoint slots, holes included: it counts
+            # into the supervisor's block and serves the current set.
+            pid = int((await admin_json(admin, "/stats"))["workers"]["0"]["pid"])
+            os.kill(pid, signal.SIGKILL)
+            await run.wait_log(r"w0 \(pid \d+\) ready", 2)
+            after = Tally()
+            await run_load("127.0.0.1", web, clients=CLIENTS, seconds=1.0, tally=after)
+            assert after.failed == 0 and set(after.by_backend) == {"b-3", "b-1"}, after
+            assert "not shared" not in run.log() and "private block" not in run.log()
         finally:
             await stop_all(run, b)
     asyncio.run(main())
