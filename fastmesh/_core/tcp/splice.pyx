@@ -18,7 +18,7 @@ from libc.stdint cimport uint32_t, uint64_t
 
 from fastmesh._core.includes.system cimport (
     splice, close, shutdown, recv, send, getsockopt, errno, socklen_t, sockaddr_storage,
-    EAGAIN, EINVAL, ENOSYS, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
+    EAGAIN, EINVAL, ENOSYS, EPROTO, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
     SPLICE_F_MOVE, SPLICE_F_NONBLOCK, SHUT_WR, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL, MSG_DONTWAIT,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor, ConnectionLimit
@@ -343,7 +343,7 @@ cdef class TcpRelay(EventTarget):
             return
         if r < 0:
             cli.failed(&self.tls[1], self.cluster.name, self.cluster.labels[self.endpoint], self.owner.reactor.now)
-            self.connect_error(0)
+            self.connect_error(EPROTO)            # the endpoint's log line says "protocol error", not a timeout
             return
         cli.handshakes += 1
         if tls_resumed(&self.tls[1]):
@@ -385,7 +385,9 @@ cdef class TcpRelay(EventTarget):
             return
         if idx >= 0:
             self.cluster, self.connector = self.owner.sni_targets[idx]
+        # The events seen while peeking were not recorded: take the client side as ready both ways.
         self.readable[0] = 1
+        self.writable[0] = 1
         self.state = RS_CONNECTING
         self.connect_next()
 

@@ -246,7 +246,7 @@ cdef void _use_cert(SSL_CTX *ctx, str cert, str key) except *:
     if O.SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)) != 1:
         raise _errors(f"certificate {cert}")
     if O.SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), SSL_FILETYPE_PEM) != 1:
-        raise _errors(f"key {key}")
+        raise _errors(f"key {key} (for certificate {cert})")
     if O.SSL_CTX_check_private_key(ctx) != 1:
         raise _errors(f"key {key} does not match certificate {cert}")
 
@@ -406,7 +406,8 @@ cdef class TlsServer:
         self.log_after[r] = now + LOG_EVERY
         try:
             log.warning("listener %s: TLS handshake from %s refused: %s (%s)%s", listener, _peer(fd),
-                        FAIL_REASONS[r], detail(), f"; {held} more like it since the last line" if held else "")
+                        FAIL_REASONS[r], _why(r, self.handshake_timeout),
+                        f"; {held} more like it since the last line" if held else "")
         except BaseException:
             pass
 
@@ -478,7 +479,7 @@ cdef class TlsClient:
         self.log_after = now + LOG_EVERY
         try:
             log.warning("cluster %s: TLS handshake with %s failed: %s (%s)", cluster, endpoint,
-                        FAIL_REASONS[t.fail if 0 < t.fail < TF_COUNT else TF_OTHER], detail())
+                        FAIL_REASONS[t.fail if 0 < t.fail < TF_COUNT else TF_OTHER], _why(t.fail, 0.0))
         except BaseException:
             pass
 
@@ -486,6 +487,13 @@ cdef class TlsClient:
 def detail():
     """The OpenSSL text of the last failure (for logs)."""
     return DETAIL[:strlen(DETAIL)].decode(errors="replace")
+
+
+def _why(int reason, double timeout):
+    if reason == TF_TIMEOUT:
+        return f"no complete handshake within handshake_timeout ({timeout:g}s)" if timeout else \
+            "no complete handshake within connect_timeout"
+    return detail()
 
 
 def _peer(int fd):
