@@ -379,19 +379,17 @@ class Proxy:
         counted = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
         listeners: dict[str, Any] = {}
         clusters: dict[str, Any] = {}
-        for name, acceptor in [*self._tcp.items(), *self._http.items()]:
-            server = getattr(acceptor, "tls", None)
+        for name, tcp in self._tcp.items():
             row = counted.get(name, {})
-            if server is not None or getattr(acceptor, "sni_routes_count", 0):
+            if tcp.tls is not None or tcp.sni_routes_count:
                 listeners[name] = {
                     "handshakes": row.get("tls_handshakes", 0), "resumed": row.get("tls_resumed", 0),
                     "failed": {r: row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS if row.get(f"tls_failed_{r}")},
-                    "certificates": list(server.certificates) if server is not None else []}
-            client = getattr(acceptor, "upstream_tls", None)
+                    "certificates": list(tcp.tls.certificates) if tcp.tls is not None else []}
+            client = tcp.upstream_tls
             if client is not None:
-                cluster = acceptor.cluster.name
-                seen = clusters.setdefault(cluster, {"handshakes": 0, "resumed": 0, "failed": 0,
-                                                     "certificates": list(client.certificates)})
+                seen = clusters.setdefault(tcp.cluster.name, {"handshakes": 0, "resumed": 0, "failed": 0,
+                                                              "certificates": list(client.certificates)})
                 seen["handshakes"] += client.handshakes
                 seen["resumed"] += client.resumed
                 seen["failed"] += client.failures

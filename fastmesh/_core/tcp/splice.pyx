@@ -33,8 +33,8 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.stats cimport L_TLS_HANDSHAKES, L_TLS_RESUMED, L_TLS_FAILED
 from fastmesh._core.tls.context cimport (
-    Tls, TlsServer, TlsClient, tls_accept, tls_connect, tls_handshake, tls_recv, tls_send, tls_close_notify,
-    tls_free, tls_resumed, TF_TIMEOUT, TF_NOT_TLS, TF_UNKNOWN_SNI, TF_CLOSED, TF_COUNT,
+    TlsServer, TlsClient, tls_accept, tls_connect, tls_handshake, tls_recv, tls_send, tls_close_notify,
+    tls_free, tls_resumed, TF_TIMEOUT, TF_NOT_TLS, TF_CLOSED,
 )
 from fastmesh._core.tls.names cimport ServerNames
 from fastmesh._core.tls.clienthello cimport hello_server_name, HELLO_FOUND, HELLO_MORE, HELLO_BAD, MAX_HELLO

@@ -54,8 +54,8 @@ cdef class TlsServer:
     cdef readonly bint verify_clients  # client certificates are checked against client_ca
     cdef readonly list certificates    # per certificate: {"cert", "names", "not_after"} (Unix time), for metrics
     cdef readonly str spec             # a digest of the settings and file contents: a reload rebuilds when it changes
-    cdef double log_after[12]          # (TF_COUNT entries) per reason: monotonic time before which failures are counted, not logged
-    cdef unsigned long long log_held[12]  # (TF_COUNT entries) failures not logged since the last line, per reason
+    cdef double log_after[12]          # (TF_COUNT) per reason: monotonic time before which failures are not logged
+    cdef unsigned long long log_held[12]  # (TF_COUNT entries) failures not logged since the last line
 
     cdef void failed(self, Tls *t, uint64_t *counters, str listener, int fd, double now) noexcept
 

@@ -53,7 +53,7 @@ cdef extern from *:
     """
     void set_errno "fm_set_errno"(int e) noexcept nogil
 
-cdef FmOssl *O = ossl_table()
+cdef FmOssl *lib = ossl_table()         # the bound OpenSSL functions
 
 # The TF_* reasons by name, in TlsFail order (TF_NONE first): stats.pyx names the listener slots with them.
 FAIL_REASONS = ("none", *TLS_FAIL_REASONS)
@@ -80,16 +80,16 @@ def _errors(what):
     cdef char buf[256]
     cdef unsigned long code
     texts = []
-    code = O.ERR_get_error()
+    code = lib.ERR_get_error()
     while code:
-        O.ERR_error_string_n(code, buf, sizeof(buf))
+        lib.ERR_error_string_n(code, buf, sizeof(buf))
         texts.append(buf.decode(errors="replace"))
-        code = O.ERR_get_error()
+        code = lib.ERR_get_error()
     return TlsError(f"{what}: {'; '.join(texts) or 'refused'}")
 
 
 def _require():
-    if not O.loaded:
+    if not lib.loaded:
         raise TlsError(f"TLS is not available: {_openssl.error}")
 
 
@@ -125,7 +125,7 @@ cdef void _derive(TicketKey *k, long epoch) noexcept:
         msg[i] = (epoch >> (8 * i)) & 0xFF
     for i in range(3):
         msg[8] = i
-        O.HMAC(O.EVP_sha256(), TICKET_SECRET, 32, msg, 9, out, &n)
+        lib.HMAC(lib.EVP_sha256(), TICKET_SECRET, 32, msg, 9, out, &n)
         if i == 0:
             memcpy(k.name, out, 16)
         elif i == 1:
@@ -153,19 +153,19 @@ cdef int _ticket_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_C
     if enc:
         k = &TICKET_KEYS[1]
         memcpy(name, k.name, 16)
-        if O.RAND_bytes(iv, 16) != 1:
+        if lib.RAND_bytes(iv, 16) != 1:
             return -1
-        if O.EVP_EncryptInit_ex(ectx, O.EVP_aes_256_cbc(), NULL, k.aes, iv) != 1:
+        if lib.EVP_EncryptInit_ex(ectx, lib.EVP_aes_256_cbc(), NULL, k.aes, iv) != 1:
             return -1
-        if O.HMAC_Init_ex(hctx, k.hmac, 32, O.EVP_sha256(), NULL) != 1:
+        if lib.HMAC_Init_ex(hctx, k.hmac, 32, lib.EVP_sha256(), NULL) != 1:
             return -1
         return 1
     for i in range(3):
         k = &TICKET_KEYS[i]
         if memcmp(name, k.name, 16) == 0:
-            if O.HMAC_Init_ex(hctx, k.hmac, 32, O.EVP_sha256(), NULL) != 1:
+            if lib.HMAC_Init_ex(hctx, k.hmac, 32, lib.EVP_sha256(), NULL) != 1:
                 return -1
-            if O.EVP_DecryptInit_ex(ectx, O.EVP_aes_256_cbc(), NULL, k.aes, iv) != 1:
+            if lib.EVP_DecryptInit_ex(ectx, lib.EVP_aes_256_cbc(), NULL, k.aes, iv) != 1:
                 return -1
             return 1 if i == 1 else 2       # 2: good, but issue a ticket under the current key
     return 0                                # unknown key: a full handshake
@@ -175,25 +175,25 @@ cdef int _ticket_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_C
 
 cdef list _san(X509 *x, int kind):
     """The subjectAltName entries of one kind (GEN_DNS, GEN_URI) as str."""
-    cdef OPENSSL_STACK *names = <OPENSSL_STACK *>O.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
+    cdef OPENSSL_STACK *names = <OPENSSL_STACK *>lib.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
     cdef FM_GENERAL_NAME *g
     cdef int i
     out = []
     if names == NULL:
         return out
-    for i in range(O.OPENSSL_sk_num(names)):
-        g = <FM_GENERAL_NAME *>O.OPENSSL_sk_value(names, i)
+    for i in range(lib.OPENSSL_sk_num(names)):
+        g = <FM_GENERAL_NAME *>lib.OPENSSL_sk_value(names, i)
         if g.type == kind and g.str != NULL:
-            out.append((<const char *>O.ASN1_STRING_get0_data(g.str))[:O.ASN1_STRING_length(g.str)]
+            out.append((<const char *>lib.ASN1_STRING_get0_data(g.str))[:lib.ASN1_STRING_length(g.str)]
                        .decode("ascii", "replace"))
-    O.GENERAL_NAMES_free(names)
+    lib.GENERAL_NAMES_free(names)
     return out
 
 
 cdef double _not_after(X509 *x):
     """The certificate's notAfter as Unix time."""
     cdef int days = 0, secs = 0
-    if O.ASN1_TIME_diff(&days, &secs, NULL, O.X509_get0_notAfter(x)) != 1:
+    if lib.ASN1_TIME_diff(&days, &secs, NULL, lib.X509_get0_notAfter(x)) != 1:
         return 0.0
     return time.time() + days * 86400.0 + secs
 
@@ -225,34 +225,34 @@ def _alpn_wire(protocols):
 
 
 cdef void _common(SSL_CTX *ctx, str min_version, str ciphers, str ciphersuites, str groups) except *:
-    O.SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION)
-    O.SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
-                   | SSL_MODE_RELEASE_BUFFERS, NULL)
-    O.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_READ_AHEAD, 1, NULL)
+    lib.SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION)
+    lib.SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                     | SSL_MODE_RELEASE_BUFFERS, NULL)
+    lib.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_READ_AHEAD, 1, NULL)
     if min_version not in VERSIONS:
         raise TlsError(f"min_version {min_version!r}: one of {', '.join(VERSIONS)}")
-    if O.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, VERSIONS[min_version], NULL) != 1:
+    if lib.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, VERSIONS[min_version], NULL) != 1:
         raise _errors(f"min_version {min_version}")
-    if O.SSL_CTX_set_cipher_list(ctx, ciphers.encode()) != 1:
+    if lib.SSL_CTX_set_cipher_list(ctx, ciphers.encode()) != 1:
         raise _errors(f"ciphers {ciphers!r}")
-    if O.SSL_CTX_set_ciphersuites(ctx, ciphersuites.encode()) != 1:
+    if lib.SSL_CTX_set_ciphersuites(ctx, ciphersuites.encode()) != 1:
         raise _errors(f"ciphersuites {ciphersuites!r}")
     cdef bytes group_list = groups.encode()
-    if O.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_GROUPS_LIST, 0, <void *><char *>group_list) != 1:
+    if lib.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_GROUPS_LIST, 0, <void *><char *>group_list) != 1:
         raise _errors(f"groups {groups!r}")
 
 
 cdef void _use_cert(SSL_CTX *ctx, str cert, str key) except *:
-    if O.SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)) != 1:
+    if lib.SSL_CTX_use_certificate_chain_file(ctx, os.fsencode(cert)) != 1:
         raise _errors(f"certificate {cert}")
-    if O.SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), SSL_FILETYPE_PEM) != 1:
+    if lib.SSL_CTX_use_PrivateKey_file(ctx, os.fsencode(key), SSL_FILETYPE_PEM) != 1:
         raise _errors(f"key {key} (for certificate {cert})")
-    if O.SSL_CTX_check_private_key(ctx) != 1:
+    if lib.SSL_CTX_check_private_key(ctx) != 1:
         raise _errors(f"key {key} does not match certificate {cert}")
 
 
 cdef dict _cert_info(SSL_CTX *ctx, str path):
-    cdef X509 *x = O.SSL_CTX_get0_certificate(ctx)
+    cdef X509 *x = lib.SSL_CTX_get0_certificate(ctx)
     if x == NULL:
         return {"cert": path, "names": [], "uris": [], "not_after": 0.0}
     return {"cert": path, "names": _san(x, GEN_DNS), "uris": _san(x, GEN_URI), "not_after": _not_after(x)}
@@ -262,7 +262,7 @@ cdef dict _cert_info(SSL_CTX *ctx, str path):
 
 cdef int _sni_cb(SSL *s, int *alert, void *arg) noexcept:
     cdef TlsServer srv = <TlsServer>arg
-    cdef const char *name = O.SSL_get_servername(s, TLSEXT_NAMETYPE_host_name)
+    cdef const char *name = lib.SSL_get_servername(s, TLSEXT_NAMETYPE_host_name)
     cdef int i
     cdef Tls *t
     if name == NULL:
@@ -270,14 +270,14 @@ cdef int _sni_cb(SSL *s, int *alert, void *arg) noexcept:
     i = srv.names.find(name, strlen(name))
     if i < 0:
         if srv.strict_sni:
-            t = <Tls *>O.SSL_get_ex_data(s, 0)
+            t = <Tls *>lib.SSL_get_ex_data(s, 0)
             if t != NULL:
                 t.sni_unknown = 1
             alert[0] = SSL_AD_UNRECOGNIZED_NAME
             return SSL_TLSEXT_ERR_ALERT_FATAL
         return SSL_TLSEXT_ERR_OK
     if i > 0:
-        O.SSL_set_SSL_CTX(s, srv.ctxs[i])
+        lib.SSL_set_SSL_CTX(s, srv.ctxs[i])
     return SSL_TLSEXT_ERR_OK
 
 
@@ -285,14 +285,14 @@ cdef int _alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen, cons
                   unsigned int inlen, void *arg) noexcept:
     cdef TlsServer srv = <TlsServer>arg
     cdef bytes ours = srv.alpn
-    if O.SSL_select_next_proto(<unsigned char **>out, outlen, <const unsigned char *>PyBytes_AS_STRING(ours),
-                               <unsigned int>PyBytes_GET_SIZE(ours), inp, inlen) != OPENSSL_NPN_NEGOTIATED:
+    if lib.SSL_select_next_proto(<unsigned char **>out, outlen, <const unsigned char *>PyBytes_AS_STRING(ours),
+                                 <unsigned int>PyBytes_GET_SIZE(ours), inp, inlen) != OPENSSL_NPN_NEGOTIATED:
         return SSL_TLSEXT_ERR_NOACK         # nothing in common: go on without ALPN (as nginx and HAProxy do)
     return SSL_TLSEXT_ERR_OK
 
 
 cdef int _new_session_cb(SSL *s, SSL_SESSION *sess) noexcept:
-    cdef Tls *t = <Tls *>O.SSL_get_ex_data(s, 0)
+    cdef Tls *t = <Tls *>lib.SSL_get_ex_data(s, 0)
     cdef TlsClient cli
     if t == NULL or t.owner == NULL:
         return 0
@@ -300,7 +300,7 @@ cdef int _new_session_cb(SSL *s, SSL_SESSION *sess) noexcept:
     if not (0 <= t.endpoint < cli.nsessions):
         return 0
     if cli.sessions[t.endpoint] != NULL:
-        O.SSL_SESSION_free(cli.sessions[t.endpoint])
+        lib.SSL_SESSION_free(cli.sessions[t.endpoint])
     cli.sessions[t.endpoint] = sess
     return 1                                 # we keep the reference
 
@@ -337,36 +337,36 @@ cdef class TlsServer:
         self.certificates = []
         served = []
         for cert, key, names in certs:
-            ctx = O.SSL_CTX_new(O.TLS_server_method())
+            ctx = lib.SSL_CTX_new(lib.TLS_server_method())
             if ctx == NULL:
                 raise _errors("SSL_CTX_new")
             self.ctxs[self.nctx] = ctx
             self.nctx += 1
             _common(ctx, min_version, ciphers, ciphersuites, groups)
-            O.SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | (0 if tickets else SSL_OP_NO_TICKET))
+            lib.SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | (0 if tickets else SSL_OP_NO_TICKET))
             # Resumption is by tickets only: a per-worker session cache would miss whenever another worker accepts.
-            O.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF, NULL)
-            O.SSL_CTX_set_session_id_context(ctx, <const unsigned char *>PyBytes_AS_STRING(sid), 32)
+            lib.SSL_CTX_ctrl(ctx, SSL_CTRL_SET_SESS_CACHE_MODE, SSL_SESS_CACHE_OFF, NULL)
+            lib.SSL_CTX_set_session_id_context(ctx, <const unsigned char *>PyBytes_AS_STRING(sid), 32)
             if tickets:
-                O.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, <fm_void_fn>_ticket_cb)
+                lib.SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, <fm_void_fn>_ticket_cb)
             _use_cert(ctx, cert, key)
             if client_ca is not None:
-                if O.SSL_CTX_load_verify_locations(ctx, os.fsencode(client_ca), NULL) != 1:
+                if lib.SSL_CTX_load_verify_locations(ctx, os.fsencode(client_ca), NULL) != 1:
                     raise _errors(f"client_ca {client_ca}")
-                ca_names = O.SSL_load_client_CA_file(os.fsencode(client_ca))
+                ca_names = lib.SSL_load_client_CA_file(os.fsencode(client_ca))
                 if ca_names != NULL:
-                    O.SSL_CTX_set_client_CA_list(ctx, ca_names)
-                O.SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (SSL_VERIFY_FAIL_IF_NO_PEER_CERT
-                                                             if require_client_cert else 0), NULL)
+                    lib.SSL_CTX_set_client_CA_list(ctx, ca_names)
+                lib.SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                                                               if require_client_cert else 0), NULL)
             if self.alpn:
-                O.SSL_CTX_set_alpn_select_cb(ctx, _alpn_cb, <void *>self)
+                lib.SSL_CTX_set_alpn_select_cb(ctx, _alpn_cb, <void *>self)
             info = _cert_info(ctx, cert)
             if names is not None:
                 info["names"] = list(names)
             self.certificates.append(info)
             served.extend((n, self.nctx - 1) for n in info["names"])
-        O.SSL_CTX_callback_ctrl(self.ctxs[0], SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, <fm_void_fn>_sni_cb)
-        O.SSL_CTX_ctrl(self.ctxs[0], SSL_CTRL_SET_TLSEXT_SERVERNAME_ARG, 0, <void *>self)
+        lib.SSL_CTX_callback_ctrl(self.ctxs[0], SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, <fm_void_fn>_sni_cb)
+        lib.SSL_CTX_ctrl(self.ctxs[0], SSL_CTRL_SET_TLSEXT_SERVERNAME_ARG, 0, <void *>self)
         self.names = ServerNames(served)
         for i in range(TF_COUNT):
             self.log_after[i] = 0.0
@@ -376,7 +376,7 @@ cdef class TlsServer:
         cdef int i
         if self.ctxs != NULL:
             for i in range(self.nctx):
-                O.SSL_CTX_free(self.ctxs[i])
+                lib.SSL_CTX_free(self.ctxs[i])
             free(self.ctxs)
             self.ctxs = NULL
 
@@ -422,7 +422,7 @@ cdef class TlsClient:
                   str groups=DEFAULT_GROUPS, bint verify=True, int endpoints=0, bint sessions=True):
         cdef bytes wire
         _require()
-        self.ctx = O.SSL_CTX_new(O.TLS_client_method())
+        self.ctx = lib.SSL_CTX_new(lib.TLS_client_method())
         if self.ctx == NULL:
             raise _errors("SSL_CTX_new")
         self.spec = _digest(f"file:{ca}" if ca else None, server_name, f"file:{cert}" if cert else None,
@@ -435,19 +435,19 @@ cdef class TlsClient:
         self.certificates = []
         if verify:
             if ca is not None:
-                if O.SSL_CTX_load_verify_locations(self.ctx, os.fsencode(ca), NULL) != 1:
+                if lib.SSL_CTX_load_verify_locations(self.ctx, os.fsencode(ca), NULL) != 1:
                     raise _errors(f"ca {ca}")
-            elif O.SSL_CTX_set_default_verify_paths(self.ctx) != 1:
+            elif lib.SSL_CTX_set_default_verify_paths(self.ctx) != 1:
                 raise _errors("the system trust store")
-            O.SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, NULL)
+            lib.SSL_CTX_set_verify(self.ctx, SSL_VERIFY_PEER, NULL)
         else:
-            O.SSL_CTX_set_verify(self.ctx, SSL_VERIFY_NONE, NULL)
+            lib.SSL_CTX_set_verify(self.ctx, SSL_VERIFY_NONE, NULL)
         if cert is not None:
             _use_cert(self.ctx, cert, key or cert)
             self.certificates.append(_cert_info(self.ctx, cert))
         wire = _alpn_wire(alpn)
-        if wire and O.SSL_CTX_set_alpn_protos(self.ctx, <const unsigned char *>PyBytes_AS_STRING(wire),
-                                              <unsigned int>len(wire)) != 0:
+        if wire and lib.SSL_CTX_set_alpn_protos(self.ctx, <const unsigned char *>PyBytes_AS_STRING(wire),
+                                                <unsigned int>len(wire)) != 0:
             raise _errors("alpn")
         self.nsessions = max(endpoints, 0) if sessions else 0
         self.sessions = <SSL_SESSION **>malloc(sizeof(SSL_SESSION *) * (self.nsessions or 1))
@@ -455,20 +455,20 @@ cdef class TlsClient:
             raise MemoryError()
         memset(self.sessions, 0, sizeof(SSL_SESSION *) * (self.nsessions or 1))
         if self.nsessions:
-            O.SSL_CTX_ctrl(self.ctx, SSL_CTRL_SET_SESS_CACHE_MODE,
-                           SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE, NULL)
-            O.SSL_CTX_sess_set_new_cb(self.ctx, _new_session_cb)
+            lib.SSL_CTX_ctrl(self.ctx, SSL_CTRL_SET_SESS_CACHE_MODE,
+                             SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE, NULL)
+            lib.SSL_CTX_sess_set_new_cb(self.ctx, _new_session_cb)
 
     def __dealloc__(self):
         cdef int i
         if self.sessions != NULL:
             for i in range(self.nsessions):
                 if self.sessions[i] != NULL:
-                    O.SSL_SESSION_free(self.sessions[i])
+                    lib.SSL_SESSION_free(self.sessions[i])
             free(self.sessions)
             self.sessions = NULL
         if self.ctx != NULL:
-            O.SSL_CTX_free(self.ctx)
+            lib.SSL_CTX_free(self.ctx)
             self.ctx = NULL
 
     cdef void failed(self, Tls *t, str cluster, str endpoint, double now) noexcept:
@@ -515,13 +515,13 @@ def _peer(int fd):
 
 cdef int tls_accept(Tls *t, TlsServer srv, int fd) noexcept:
     """Make fd's server side TLS (the handshake starts at the first tls_handshake). -1: out of memory."""
-    t.ssl = O.SSL_new(srv.ctxs[0])
+    t.ssl = lib.SSL_new(srv.ctxs[0])
     if t.ssl == NULL:
-        O.ERR_clear_error()
+        lib.ERR_clear_error()
         return -1
-    O.SSL_set_fd(t.ssl, fd)
-    O.SSL_set_accept_state(t.ssl)
-    O.SSL_set_ex_data(t.ssl, 0, t)
+    lib.SSL_set_fd(t.ssl, fd)
+    lib.SSL_set_accept_state(t.ssl)
+    lib.SSL_set_ex_data(t.ssl, 0, t)
     t.state = TLS_HANDSHAKE
     t.read_wants_out = 0
     t.write_wants_in = 0
@@ -534,13 +534,13 @@ cdef int tls_accept(Tls *t, TlsServer srv, int fd) noexcept:
 
 cdef int tls_connect(Tls *t, TlsClient cli, int fd, int endpoint, const char *ip) noexcept:
     """Make fd's client side TLS towards endpoint (ip: its address, verified when no server_name is set)."""
-    t.ssl = O.SSL_new(cli.ctx)
+    t.ssl = lib.SSL_new(cli.ctx)
     if t.ssl == NULL:
-        O.ERR_clear_error()
+        lib.ERR_clear_error()
         return -1
-    O.SSL_set_fd(t.ssl, fd)
-    O.SSL_set_connect_state(t.ssl)
-    O.SSL_set_ex_data(t.ssl, 0, t)
+    lib.SSL_set_fd(t.ssl, fd)
+    lib.SSL_set_connect_state(t.ssl)
+    lib.SSL_set_ex_data(t.ssl, 0, t)
     t.state = TLS_HANDSHAKE
     t.read_wants_out = 0
     t.write_wants_in = 0
@@ -549,28 +549,28 @@ cdef int tls_connect(Tls *t, TlsClient cli, int fd, int endpoint, const char *ip
     t.endpoint = endpoint
     t.owner = <void *>cli
     if PyBytes_GET_SIZE(cli.server_name):
-        O.SSL_ctrl(t.ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-                   <void *>PyBytes_AS_STRING(cli.server_name))
+        lib.SSL_ctrl(t.ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                     <void *>PyBytes_AS_STRING(cli.server_name))
         if cli.verify:
-            O.SSL_set1_host(t.ssl, PyBytes_AS_STRING(cli.server_name))
+            lib.SSL_set1_host(t.ssl, PyBytes_AS_STRING(cli.server_name))
     elif cli.verify and ip != NULL:
-        O.X509_VERIFY_PARAM_set1_ip_asc(O.SSL_get0_param(t.ssl), ip)
+        lib.X509_VERIFY_PARAM_set1_ip_asc(lib.SSL_get0_param(t.ssl), ip)
     if 0 <= endpoint < cli.nsessions and cli.sessions[endpoint] != NULL:
-        O.SSL_set_session(t.ssl, cli.sessions[endpoint])
-    O.ERR_clear_error()
+        lib.SSL_set_session(t.ssl, cli.sessions[endpoint])
+    lib.ERR_clear_error()
     return 0
 
 
 cdef int _classify(Tls *t, int e) noexcept:
     """Why the handshake failed (a TlsFail), with OpenSSL's text in DETAIL; empties the error queue."""
-    cdef unsigned long code = O.ERR_get_error()
-    cdef int lib, reason, err_no = errno
+    cdef unsigned long code = lib.ERR_get_error()
+    cdef int err_lib, reason, err_no = errno
     cdef long vr
     cdef const char *vs
     cdef Py_ssize_t used
     DETAIL[0] = 0
     if t.sni_unknown:
-        O.ERR_clear_error()
+        lib.ERR_clear_error()
         strncpy(DETAIL, "no certificate for the server name asked for", sizeof(DETAIL) - 1)
         return TF_UNKNOWN_SNI
     if code == 0:
@@ -579,21 +579,21 @@ cdef int _classify(Tls *t, int e) noexcept:
         else:
             strncpy(DETAIL, "connection closed", sizeof(DETAIL) - 1)
         return TF_CLOSED if e == SSL_ERROR_SYSCALL or e == SSL_ERROR_ZERO_RETURN else TF_OTHER
-    O.ERR_error_string_n(code, DETAIL, 256)
-    O.ERR_clear_error()
+    lib.ERR_error_string_n(code, DETAIL, 256)
+    lib.ERR_clear_error()
     if code & 0x80000000UL:                 # OpenSSL 3: a system error (errno) during the handshake
         return TF_CLOSED
     if _openssl.version_number >= 0x30000000:
-        lib = (code >> 23) & 0xFF
+        err_lib = (code >> 23) & 0xFF
         reason = code & 0x7FFFFF
     else:
-        lib = (code >> 24) & 0xFF
+        err_lib = (code >> 24) & 0xFF
         reason = code & 0xFFF
-    if lib != ERR_LIB_SSL:
+    if err_lib != ERR_LIB_SSL:
         return TF_OTHER
     if reason == 134:                       # certificate verify failed: say why
-        vr = O.SSL_get_verify_result(t.ssl)
-        vs = O.X509_verify_cert_error_string(vr)
+        vr = lib.SSL_get_verify_result(t.ssl)
+        vs = lib.X509_verify_cert_error_string(vr)
         used = strlen(DETAIL)
         if vs != NULL and used + 3 < <Py_ssize_t>sizeof(DETAIL):
             DETAIL[used] = b':'
@@ -620,12 +620,12 @@ cdef int _classify(Tls *t, int e) noexcept:
 
 cdef int tls_handshake(Tls *t) noexcept:
     """Advance the handshake: 1 done, 0 waiting for the socket (either direction), -1 failed (t.fail)."""
-    cdef int r = O.SSL_do_handshake(t.ssl)
+    cdef int r = lib.SSL_do_handshake(t.ssl)
     cdef int e
     if r == 1:
         t.state = TLS_OPEN
         return 1
-    e = O.SSL_get_error(t.ssl, r)
+    e = lib.SSL_get_error(t.ssl, r)
     if e == SSL_ERROR_WANT_READ or e == SSL_ERROR_WANT_WRITE:
         return 0
     t.fail = _classify(t, e)
@@ -641,11 +641,11 @@ cdef Py_ssize_t tls_recv(Tls *t, char *buf, Py_ssize_t n) noexcept:
     cdef int r, e, chunk
     while total < n:
         chunk = <int>(n - total) if n - total < 0x40000000 else 0x40000000
-        r = O.SSL_read(t.ssl, buf + total, chunk)
+        r = lib.SSL_read(t.ssl, buf + total, chunk)
         if r > 0:
             total += r
             continue
-        e = O.SSL_get_error(t.ssl, r)
+        e = lib.SSL_get_error(t.ssl, r)
         if e == SSL_ERROR_WANT_READ:
             t.read_wants_out = 0
             break
@@ -656,7 +656,7 @@ cdef Py_ssize_t tls_recv(Tls *t, char *buf, Py_ssize_t n) noexcept:
             return total                    # the EOF or error repeats at the next call
         if e == SSL_ERROR_ZERO_RETURN:
             return 0
-        if e == SSL_ERROR_SYSCALL and O.ERR_get_error() == 0:
+        if e == SSL_ERROR_SYSCALL and lib.ERR_get_error() == 0:
             if errno == 0 or r == 0:
                 return 0                    # EOF without close_notify: a close like any other for a relay
             return -1
@@ -679,18 +679,18 @@ cdef Py_ssize_t tls_send(Tls *t, const char *buf, Py_ssize_t n) noexcept:
     cdef int r, e, chunk
     while total < n:
         chunk = <int>(n - total) if n - total < 0x40000000 else 0x40000000
-        r = O.SSL_write(t.ssl, buf + total, chunk)
+        r = lib.SSL_write(t.ssl, buf + total, chunk)
         if r > 0:
             total += r
             continue
-        e = O.SSL_get_error(t.ssl, r)
+        e = lib.SSL_get_error(t.ssl, r)
         if e == SSL_ERROR_WANT_WRITE:
             t.write_wants_in = 0
             break
         if e == SSL_ERROR_WANT_READ:
             t.write_wants_in = 1
             break
-        O.ERR_clear_error()
+        lib.ERR_clear_error()
         t.state = TLS_FAILED
         if total > 0:
             return total
@@ -705,19 +705,19 @@ cdef Py_ssize_t tls_send(Tls *t, const char *buf, Py_ssize_t n) noexcept:
 cdef void tls_close_notify(Tls *t) noexcept:
     """Send close_notify (our half of the connection is done); best effort, never blocks."""
     if t.ssl != NULL and t.state == TLS_OPEN:
-        O.SSL_shutdown(t.ssl)
-        O.ERR_clear_error()
+        lib.SSL_shutdown(t.ssl)
+        lib.ERR_clear_error()
 
 
 cdef void tls_free(Tls *t) noexcept:
     if t.ssl != NULL:
-        O.SSL_free(t.ssl)
+        lib.SSL_free(t.ssl)
         t.ssl = NULL
     t.state = TLS_OFF
 
 
 cdef bint tls_resumed(Tls *t) noexcept:
-    return t.ssl != NULL and O.SSL_session_reused(t.ssl) == 1
+    return t.ssl != NULL and lib.SSL_session_reused(t.ssl) == 1
 
 
 cdef int tls_alpn(Tls *t, const unsigned char **proto) noexcept:
@@ -726,7 +726,7 @@ cdef int tls_alpn(Tls *t, const unsigned char **proto) noexcept:
     proto[0] = NULL
     if t.ssl == NULL:
         return 0
-    O.SSL_get0_alpn_selected(t.ssl, proto, &n)
+    lib.SSL_get0_alpn_selected(t.ssl, proto, &n)
     return <int>n
 
 
@@ -737,23 +737,23 @@ cdef Py_ssize_t tls_peer_uri(Tls *t, char *out, Py_ssize_t cap) noexcept:
     cdef FM_GENERAL_NAME *g
     cdef int i, n
     cdef Py_ssize_t got = 0
-    if t.ssl == NULL or O.SSL_get_verify_result(t.ssl) != 0:
+    if t.ssl == NULL or lib.SSL_get_verify_result(t.ssl) != 0:
         return 0
-    x = O.SSL_get1_peer_certificate(t.ssl)
+    x = lib.SSL_get1_peer_certificate(t.ssl)
     if x == NULL:
         return 0
-    names = <OPENSSL_STACK *>O.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
+    names = <OPENSSL_STACK *>lib.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
     if names != NULL:
-        for i in range(O.OPENSSL_sk_num(names)):
-            g = <FM_GENERAL_NAME *>O.OPENSSL_sk_value(names, i)
+        for i in range(lib.OPENSSL_sk_num(names)):
+            g = <FM_GENERAL_NAME *>lib.OPENSSL_sk_value(names, i)
             if g.type == GEN_URI and g.str != NULL:
-                n = O.ASN1_STRING_length(g.str)
+                n = lib.ASN1_STRING_length(g.str)
                 if 0 < n <= cap:
-                    memcpy(out, O.ASN1_STRING_get0_data(g.str), n)
+                    memcpy(out, lib.ASN1_STRING_get0_data(g.str), n)
                     got = n
                 break
-        O.GENERAL_NAMES_free(names)
-    O.X509_free(x)
+        lib.GENERAL_NAMES_free(names)
+    lib.X509_free(x)
     return got
 
 

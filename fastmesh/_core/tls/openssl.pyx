@@ -54,8 +54,9 @@ def _mapped_libssl():
 
 
 def _candidates():
+    import importlib
     try:
-        import _ssl  # noqa: F401  (maps the libssl and libcrypto Python was built with)
+        importlib.import_module("_ssl")     # maps the libssl and libcrypto Python was built with
     except ImportError:
         pass
     found = _mapped_libssl()
