@@ -1090,6 +1090,10 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
             return BAD
     if fields is None:
         return BAD
+    if fields.get("tls") is not None and protocol == "http":
+        check.errors.append(ConfigError(check.source, _key(key, "tls"), 'protocol = "tcp"',
+                                        reason='TLS is terminated on tcp listeners only for now (this one is "http")'))
+        return BAD
     if fields.get("tls") is not None and fields.get("sni_routes"):
         check.bad(_key(key, "sni_routes"), "no tls table beside it (sni_routes passes TLS through undecrypted; "
                   "tls terminates it)", value["sni_routes"])

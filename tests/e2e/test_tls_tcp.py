@@ -286,6 +286,18 @@ def _hello(name: str = "web.test") -> bytes:
     return outgoing.read()
 
 
+def _metrics(proxy: Proxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The proxy's counters as /metrics renders them, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from fastmesh.admin.metrics import ProcessInfo, render
+    from fastmesh.dataplane.stats import Snapshot
+    assert proxy._stats_layout is not None and proxy._stats_block is not None
+    text = render(Snapshot.of_block(proxy._stats_layout, proxy._stats_block),
+                  ProcessInfo(version="t", started=0.0, config_hash="x", workers=1, workers_ready=1)).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_bad_inputs_each_refused_counted_and_logged(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     server = pki.issue("web.test")
     client = pki.issue("spiffe://mesh.test/ns/a/sa/client")
@@ -330,9 +342,10 @@ def test_bad_inputs_each_refused_counted_and_logged(pki: Pki, caplog: pytest.Log
         await asyncio.sleep(0.3)                 # the sweep's tick
         stats = tls_stats(proxy)
         relayed = proxy.stats()["listeners"]["edge"]
+        metrics = _metrics(proxy)
         await proxy.stop()
         await backend.stop()
-        return {"outcome": outcome, "stats": stats, "relayed": relayed}
+        return {"outcome": outcome, "stats": stats, "relayed": relayed, "metrics": metrics}
 
     with caplog.at_level(logging.WARNING, logger="fastmesh.tls"):
         result = run(main())
@@ -344,6 +357,10 @@ def test_bad_inputs_each_refused_counted_and_logged(pki: Pki, caplog: pytest.Log
     assert failed == {"bad_certificate": 2, "no_client_cert": 1, "unknown_sni": 1, "version": 1, "not_tls": 1,
                       "timeout": 1}, failed
     assert result["stats"]["handshakes"] == 2
+    metrics = result["metrics"]
+    assert metrics[("fastmesh_tls_handshakes_total", (("listener", "edge"),))] == 2
+    assert metrics[("fastmesh_tls_handshake_failures_total", (("listener", "edge"), ("reason", "bad_certificate")))] == 2
+    assert metrics[("fastmesh_tls_handshake_failures_total", (("listener", "edge"), ("reason", "cipher")))] == 0
     assert result["relayed"]["failed"] == 0
     logged = "\n".join(r.getMessage() for r in caplog.records)
     # One line per reason and second at most: the untrusted client's line is held back (and counted above).
@@ -480,3 +497,17 @@ def test_config_errors_name_the_file_and_key(pki: Pki, tmp_path: Path) -> None:
         load_config(path)
     assert "listeners[0].tls.cert: expected a PEM certificate file, but" in str(info.value)
     assert str(tmp_path / "missing.pem") in str(info.value)
+
+
+def test_tls_where_it_cannot_work_is_a_config_error(pki: Pki) -> None:
+    from fastmesh.config.load import loads_config
+    from fastmesh.errors import ConfigError
+    server = pki.issue("web.test")
+    text = config(free_port(), ["127.0.0.1:9"], {"cert": server.cert, "key": server.key}, protocol="http")
+    with pytest.raises(ConfigError) as info:
+        loads_config(text)
+    assert "listeners[0].tls: TLS is terminated on tcp listeners only" in str(info.value)
+    text = config(free_port(), ["127.0.0.1:9"], cluster_tls={"ca": pki.ca_file}, sni_routes={"a.test": "backend"})
+    with pytest.raises(ConfigError) as info:
+        run(Proxy(loads_config(text)).start())
+    assert info.value.key == "clusters.backend.tls" and "passes TLS through" in str(info.value)
