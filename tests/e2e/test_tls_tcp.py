@@ -359,8 +359,9 @@ def test_bad_inputs_each_refused_counted_and_logged(pki: Pki, caplog: pytest.Log
     assert result["stats"]["handshakes"] == 2
     metrics = result["metrics"]
     assert metrics[("fastmesh_tls_handshakes_total", (("listener", "edge"),))] == 2
-    assert metrics[("fastmesh_tls_handshake_failures_total", (("listener", "edge"), ("reason", "bad_certificate")))] == 2
-    assert metrics[("fastmesh_tls_handshake_failures_total", (("listener", "edge"), ("reason", "cipher")))] == 0
+    failures = "fastmesh_tls_handshake_failures_total"
+    assert metrics[(failures, (("listener", "edge"), ("reason", "bad_certificate")))] == 2
+    assert metrics[(failures, (("listener", "edge"), ("reason", "cipher")))] == 0
     assert result["relayed"]["failed"] == 0
     logged = "\n".join(r.getMessage() for r in caplog.records)
     # One line per reason and second at most: the untrusted client's line is held back (and counted above).
