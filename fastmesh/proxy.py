@@ -161,7 +161,9 @@ class Proxy:
         if lcfg.protocol == "http":
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names)
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
-        return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster])
+        index = next(i for i, lc in enumerate(self.config.listeners) if lc.name == lcfg.name)
+        return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
+                                  self.config.source, index)
 
     def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
                        pools: list[HttpPool]) -> Listener:
@@ -447,7 +449,34 @@ class Proxy:
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
             "health": self._health.active.status() if self._health is not None else {},
             "connections": self._connection_limits(),
+            "tls": self._tls_stats(),
         }
+
+    def _tls_stats(self) -> dict[str, Any]:
+        """Per TLS listener: handshakes finished and resumed, refusals by reason; per cluster originating TLS:
+        its handshakes; and every loaded certificate with its expiry (Unix time)."""
+        if self._stats_block is None or self._stats_layout is None:
+            return {}
+        from fastmesh._core.stats import TLS_FAIL_REASONS
+        from fastmesh.dataplane.stats import Snapshot
+        counted = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
+        listeners: dict[str, Any] = {}
+        clusters: dict[str, Any] = {}
+        for name, tcp in self._tcp.items():
+            row = counted.get(name, {})
+            if tcp.tls is not None or tcp.sni_routes_count:
+                listeners[name] = {
+                    "handshakes": row.get("tls_handshakes", 0), "resumed": row.get("tls_resumed", 0),
+                    "failed": {r: row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS if row.get(f"tls_failed_{r}")},
+                    "certificates": list(tcp.tls.certificates) if tcp.tls is not None else []}
+            client = tcp.upstream_tls
+            if client is not None:
+                seen = clusters.setdefault(tcp.cluster.name, {"handshakes": 0, "resumed": 0, "failed": 0,
+                                                              "certificates": list(client.certificates)})
+                seen["handshakes"] += client.handshakes
+                seen["resumed"] += client.resumed
+                seen["failed"] += client.failures
+        return {"listeners": listeners, "clusters": clusters}
 
     def _connection_limits(self) -> dict[str, Any]:
         """The worker's connection limit and each listener's: the limit (0: none), the connections holding a slot

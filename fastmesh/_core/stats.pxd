@@ -25,7 +25,10 @@ cdef enum:
     L_BYTES_OUT = 4            # bytes relayed upstream -> downstream (counter); the relay adds to L_BYTES_IN + d
     L_LIMITED = 5              # connections accepted only after waiting in the backlog at a connection limit (counter)
     L_PAUSED = 6               # accepts that failed for want of fds (or memory) and paused accepting (counter)
-    L_FIELDS = 7               # slots per listener
+    L_TLS_HANDSHAKES = 7       # TLS handshakes finished (counter)
+    L_TLS_RESUMED = 8          # ...of which resumed a session (counter)
+    L_TLS_FAILED = 9           # first of TF_COUNT - 1 slots: handshakes refused, by reason (tls/context.pxd TlsFail)
+    L_FIELDS = 20              # slots per listener
 
 # Per cluster: C_FIELDS cluster-wide slots, then E_FIELDS arrays of one slot per endpoint (cluster_slots(n)).
 cdef enum:

@@ -5,6 +5,7 @@ BLOCK_MAGIC: int
 BLOCK_VERSION: int
 HEADER: dict[str, int]
 HEADER_SIZE: int
+TLS_FAIL_REASONS: tuple[str, ...]
 LISTENER_FIELDS: tuple[str, ...]
 CLUSTER_FIELDS: tuple[str, ...]
 ENDPOINT_FIELDS: tuple[str, ...]

@@ -14,13 +14,18 @@ from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-BLOCK_VERSION = 3                    # 3: listener slots limited and paused; the header's max_connections
+BLOCK_VERSION = 4                    # 4: listener TLS slots (handshakes, resumed, failures by reason)
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
           "started": H_STARTED, "lag": H_LAG, "max_connections": H_MAX_CONNECTIONS}
 HEADER_SIZE = HEADER_SLOTS
-LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out", "limited", "paused")
+# Why TLS handshakes fail, in tls/context.pxd's TlsFail order (TF_NONE left out).
+TLS_FAIL_REASONS = ("version", "cipher", "no_client_cert", "bad_certificate", "unknown_sni", "not_tls",
+                    "peer_refused", "timeout", "closed", "denied", "other")
+LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out", "limited", "paused", "tls_handshakes",
+                   "tls_resumed", *(f"tls_failed_{r}" for r in TLS_FAIL_REASONS))
+assert len(LISTENER_FIELDS) == L_FIELDS and LISTENER_FIELDS.index("tls_failed_version") == L_TLS_FAILED
 CLUSTER_FIELDS = ("retries", "failed", "ejections", "checks_ok", "checks_failed")
 ENDPOINT_FIELDS = ("state", "seen", "active", "opened", "failures")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")

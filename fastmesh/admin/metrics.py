@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fastmesh._core.stats import TLS_FAIL_REASONS
 from fastmesh.dataplane.stats import Snapshot
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -83,6 +84,16 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     ]
     for kind, name, help_text, key in per_listener:
         out.family(kind, name, help_text, [((("listener", ln),), row[key]) for ln, row in listeners.items()])
+    # TLS series only for listeners that have seen a TLS handshake (cleartext listeners add none).
+    tls = {ln: row for ln, row in listeners.items()
+           if row["tls_handshakes"] or any(row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS)}
+    out.counter("fastmesh_tls_handshakes", "TLS handshakes finished with downstream clients",
+                [((("listener", ln),), row["tls_handshakes"]) for ln, row in tls.items()])
+    out.counter("fastmesh_tls_resumed", "TLS handshakes that resumed a session (a ticket)",
+                [((("listener", ln),), row["tls_resumed"]) for ln, row in tls.items()])
+    out.counter("fastmesh_tls_handshake_failures", "TLS handshakes refused (or passthrough clients), by reason",
+                [((("listener", ln), ("reason", r)), row[f"tls_failed_{r}"])
+                 for ln, row in tls.items() for r in TLS_FAIL_REASONS])
 
     clusters = snap.clusters()
     per_cluster = [

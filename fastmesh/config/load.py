@@ -24,6 +24,7 @@ from fastmesh.config.schema import (
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
 from fastmesh.config.schema import NAMING_SOURCE_KINDS, Naming, NamingSource
+from fastmesh.config.schema import TLS_VERSIONS, Certificate, ClusterTls, ListenerTls
 from fastmesh.config import naming as naming_rules
 from fastmesh.errors import ConfigError, ConfigErrors
 
@@ -654,6 +655,147 @@ def _discovery(check: _Check, key: str, value: Any) -> Any:
     return Discovery(**fields) if good else BAD
 
 
+# ---- TLS ----
+
+_PEM_MARKS = {"cert": b"-----BEGIN CERTIFICATE-----", "key": b"PRIVATE KEY-----", "ca": b"-----BEGIN CERTIFICATE-----"}
+
+
+def _pem(kind: str) -> Parser:
+    """A PEM file of `kind` ("cert", "key", "ca"), relative to the config file's folder; kept as an absolute path.
+    Only that it is readable PEM of the right kind is checked here; OpenSSL judges the rest when the listener or
+    cluster is built (and that error names the key too)."""
+    what = {"cert": "a PEM certificate file", "key": "a PEM private key file", "ca": "a PEM CA bundle file"}[kind]
+
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if not isinstance(value, str) or not value or "\x00" in value:
+            return check.bad(key, what, value)
+        base = os.path.dirname(check.source) if not check.source.startswith("<") else ""
+        path = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1 << 22)
+        except OSError as exc:
+            check.errors.append(ConfigError(check.source, key, what,
+                                            reason=f"expected {what}, but {path} cannot be read: {exc.strerror}"))
+            return BAD
+        if _PEM_MARKS[kind] not in data:
+            check.errors.append(ConfigError(check.source, key, what,
+                                            reason=f"expected {what}, but {path} holds no {_PEM_MARKS[kind].decode()}"))
+            return BAD
+        return path
+    return parse
+
+
+def _alpn(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and 0 < len(v.encode()) < 256
+                                                       and v.isascii() for v in value):
+        return check.bad(key, 'an array of ALPN protocol names like ["h2", "http/1.1"]', value)
+    return list(value)
+
+
+def _server_name(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _is_host(value) and not _is_ip_host(value):
+        return value
+    return check.bad(key, "a DNS name", value)
+
+
+def _server_names(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not value:
+        return check.bad(key, 'an array of server names like ["api.example.com", "*.example.com"]', value)
+    out = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not _is_host(name[2:] if name.startswith("*.") else name):
+            return check.bad(f"{key}[{i}]", 'a server name like "api.example.com" or "*.example.com"', name)
+        out.append(name)
+    return tuple(out)
+
+
+def _openssl_list(what: str) -> Parser:
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if isinstance(value, str) and value and value.isascii() and "\x00" not in value:
+            return value
+        return check.bad(key, f"an OpenSSL {what} string", value)
+    return parse
+
+
+_CERT_FIELDS: dict[str, Parser] = {"cert": _pem("cert"), "key": _pem("key"), "names": _server_names}
+
+
+def _certificates(check: _Check, key: str, value: Any) -> Any:
+    def one(check: _Check, key: str, value: Any) -> Any:
+        fields = _table(check, key, value, _CERT_FIELDS, {"cert": "a PEM certificate file", "key": "a PEM key file"})
+        return BAD if fields is None else Certificate(**fields)
+    if value == []:
+        return []
+    items = _array(check, key, value, one, "an array of { cert, key, names } tables", "at least one")
+    return BAD if items is BAD else _all_good(items)
+
+
+_TLS_COMMON: dict[str, Parser] = {
+    "alpn": _alpn,
+    "min_version": _choice("TLS versions", TLS_VERSIONS),
+    "ciphers": _openssl_list("cipher list"),
+    "ciphersuites": _openssl_list("TLS 1.3 ciphersuites"),
+    "groups": _openssl_list("groups list"),
+}
+_LISTENER_TLS_FIELDS: dict[str, Parser] = {
+    "cert": _pem("cert"),
+    "key": _pem("key"),
+    "certificates": _certificates,
+    "client_ca": _pem("ca"),
+    "require_client_cert": _flag,
+    "session_tickets": _flag,
+    "strict_sni": _flag,
+    "handshake_timeout": _duration(allow_zero=False),
+    **_TLS_COMMON,
+}
+_CLUSTER_TLS_FIELDS: dict[str, Parser] = {
+    "ca": _pem("ca"),
+    "server_name": _server_name,
+    "cert": _pem("cert"),
+    "key": _pem("key"),
+    "verify": _flag,
+    "session_reuse": _flag,
+    **_TLS_COMMON,
+}
+
+
+def _listener_tls(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _LISTENER_TLS_FIELDS,
+                    {"cert": "a PEM certificate file", "key": "a PEM private key file"})
+    if fields is None:
+        return BAD
+    if fields.get("require_client_cert") and "client_ca" not in fields:
+        return check.bad(_key(key, "require_client_cert"), "client_ca beside it (the CAs client certificates are "
+                         "checked against)", True)
+    return ListenerTls(**fields)
+
+
+def _cluster_tls(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _CLUSTER_TLS_FIELDS)
+    if fields is None:
+        return BAD
+    if "key" in fields and "cert" not in fields:
+        return check.bad(_key(key, "key"), "cert beside it (the client certificate the key belongs to)",
+                         value.get("key"))
+    return ClusterTls(**fields)
+
+
+def _sni_routes(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, Mapping) or not value:
+        return check.bad(key, 'a table of server name = cluster, like { "api.example.com" = "api" }', value)
+    out = {}
+    for name, cluster in value.items():
+        item = _key(key, name)
+        if not _is_host(name[2:] if name.startswith("*.") else name):
+            check.bad(item, 'a server name like "api.example.com" or "*.example.com"', name)
+            continue
+        ref = _cluster_ref(check, item, cluster)
+        if ref is not BAD:
+            out[str(name)] = ref
+    return out if len(out) == len(value) else BAD
+
+
 _CLUSTER_FIELDS: dict[str, Parser] = {
     "endpoints": _endpoints,
     "discovery": _discovery,
@@ -672,6 +814,7 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "adaptive_concurrency": _adaptive,
     "health_check": _health_check,
     "outlier": _outlier,
+    "tls": _cluster_tls,
 }
 
 
@@ -895,6 +1038,7 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "backlog": _whole(1, 65535),
     "max_connections": _whole(0, 1 << 24),
     "splice": _flag,
+    "tls": _listener_tls,
 }
 _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "header_timeout": _duration(allow_zero=False),
@@ -917,10 +1061,19 @@ def _http_only(check: _Check, key: str, value: Any) -> Any:
     return BAD
 
 
+def _tcp_only(check: _Check, key: str, value: Any) -> Any:
+    check.errors.append(ConfigError(check.source, key, 'protocol = "tcp"',
+                                    reason='only for listeners with protocol = "tcp" (this one is "http")'))
+    return BAD
+
+
+_TCP_LISTENER_FIELDS: dict[str, Parser] = {"sni_routes": _sni_routes}
 # Each protocol's table knows every key, so a key of the other protocol is named as such, not as unknown.
 _LISTENER_FIELDS_BY_PROTOCOL: dict[str, dict[str, Parser]] = {
-    "http": {**_COMMON_LISTENER_FIELDS, **_HTTP_LISTENER_FIELDS},
-    "tcp": {**_COMMON_LISTENER_FIELDS, **{name: _http_only for name in _HTTP_LISTENER_FIELDS}},
+    "http": {**_COMMON_LISTENER_FIELDS, **_HTTP_LISTENER_FIELDS,
+             **{name: _tcp_only for name in _TCP_LISTENER_FIELDS}},
+    "tcp": {**_COMMON_LISTENER_FIELDS, **_TCP_LISTENER_FIELDS,
+            **{name: _http_only for name in _HTTP_LISTENER_FIELDS}},
 }
 _LISTENER_REQUIRED = {"name": "a listener name", "listen": ADDRESS}
 
@@ -956,6 +1109,14 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
                           "the name of a cluster, or [[listeners.routes]]: an http listener needs one of them")
             return BAD
     if fields is None:
+        return BAD
+    if fields.get("tls") is not None and protocol == "http":
+        check.errors.append(ConfigError(check.source, _key(key, "tls"), 'protocol = "tcp"',
+                                        reason='TLS is terminated on tcp listeners only for now (this one is "http")'))
+        return BAD
+    if fields.get("tls") is not None and fields.get("sni_routes"):
+        check.bad(_key(key, "sni_routes"), "no tls table beside it (sni_routes passes TLS through undecrypted; "
+                  "tls terminates it)", value["sni_routes"])
         return BAD
     host, port = fields.pop("listen")
     return Listener(host=host, port=port, **fields)
@@ -1138,6 +1299,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                                      dataclasses.asdict(cluster.adaptive_concurrency)),
             "slow_start": format_duration(cluster.slow_start),
             **({"discovery": _discovery_dict(cluster.discovery)} if cluster.discovery is not None else {}),
+            **({"tls": _tls_dict(cluster.tls)} if cluster.tls is not None else {}),
         } for name, cluster in cfg.clusters.items()},
     }
     for name, cluster in cfg.clusters.items():
@@ -1225,7 +1387,11 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         out["cluster"] = lst.cluster
     out.update(idle_timeout=format_duration(lst.idle_timeout), backlog=lst.backlog,
                max_connections=lst.max_connections, splice=lst.splice)
+    if lst.tls is not None:
+        out["tls"] = _tls_dict(lst.tls)
     if lst.protocol != "http":
+        if lst.sni_routes:
+            out["sni_routes"] = dict(lst.sni_routes)
         return out
     out.update(
         header_timeout=format_duration(lst.header_timeout),
@@ -1242,6 +1408,21 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}
     if lst.routes:
         out["routes"] = [_route_dict(route) for route in lst.routes]
+    return out
+
+
+def _tls_dict(tls: ListenerTls | ClusterTls) -> dict[str, Any]:
+    """A tls table with its defaults filled in (None values left out: they mean "not set")."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(tls):
+        value = getattr(tls, f.name)
+        if value is None:
+            continue
+        if f.name == "certificates":
+            value = [{"cert": c.cert, "key": c.key, **({"names": list(c.names)} if c.names else {})} for c in value]
+        elif f.name == "handshake_timeout":
+            value = format_duration(value)
+        out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
     return out
 
 

@@ -125,6 +125,65 @@ class Discovery:
     interval: float = 1.0              # file: mtime poll period (used when inotify is not available)
 
 
+TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+# Safe defaults (Mozilla's "intermediate" profile without finite-field DH): forward secrecy and AEAD ciphers only.
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+               "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+TLS_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+TLS_GROUPS = "X25519:P-256:P-384"
+SNI_HELLO_TIMEOUT = 10.0               # seconds a passthrough client has to send its whole ClientHello
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """One certificate of a TLS listener (paths are relative to the config file's folder)."""
+    cert: str                          # PEM: the certificate, then its chain
+    key: str                           # PEM private key
+    names: tuple[str, ...] | None = None   # server names it serves ("*.x" too); None: its DNS subjectAltNames
+
+
+@dataclass
+class ListenerTls:
+    """TLS a listener terminates: `cert`/`key` is the default certificate, `certificates` more picked by SNI."""
+    cert: str
+    key: str
+    certificates: list[Certificate] = field(default_factory=list)
+    client_ca: str | None = None       # PEM bundle: clients' certificates are verified against it
+    require_client_cert: bool | None = None   # None: true when client_ca is set
+    alpn: list[str] | None = None      # None: the protocol's default (http: ["http/1.1"], tcp: none)
+    min_version: str = "1.2"           # TLS_VERSIONS
+    ciphers: str = TLS_CIPHERS         # TLS 1.2 and older (OpenSSL cipher list)
+    ciphersuites: str = TLS_CIPHERSUITES   # TLS 1.3
+    groups: str = TLS_GROUPS           # key exchange groups
+    session_tickets: bool = True       # stateless resumption; keys shared by every worker, rotated
+    strict_sni: bool = False           # refuse a server name no certificate has (false: the default certificate)
+    handshake_timeout: float = 10.0    # seconds a client has to finish its handshake
+
+    def __post_init__(self) -> None:
+        if self.require_client_cert is None:
+            self.require_client_cert = self.client_ca is not None
+
+    def all_certificates(self) -> list[Certificate]:
+        """The default certificate first, then the others."""
+        return [Certificate(self.cert, self.key), *self.certificates]
+
+
+@dataclass
+class ClusterTls:
+    """TLS a cluster's connections originate (paths are relative to the config file's folder)."""
+    ca: str | None = None              # PEM bundle the endpoints' certificates must chain to; None: the system's
+    server_name: str | None = None     # SNI sent and name verified; None: the endpoint's IP address is verified
+    cert: str | None = None            # client certificate (mTLS)
+    key: str | None = None             # its key (default: in the cert file)
+    alpn: list[str] = field(default_factory=list)
+    min_version: str = "1.2"
+    ciphers: str = TLS_CIPHERS
+    ciphersuites: str = TLS_CIPHERSUITES
+    groups: str = TLS_GROUPS
+    verify: bool = True                # false: accept any certificate (never the default)
+    session_reuse: bool = True         # resume the last session per endpoint
+
+
 @dataclass
 class Cluster:
     """A named set of endpoints and how to choose among them."""
@@ -147,6 +206,7 @@ class Cluster:
     health_check: HealthCheck | None = None   # None: no active checks
     outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
     discovery: Discovery | None = None  # None: the endpoints are the ones listed
+    tls: ClusterTls | None = None      # None: cleartext upstream connections
 
 
 @dataclass
@@ -193,6 +253,10 @@ class Listener:
     backlog: int = 1024
     max_connections: int = 0           # per worker: past this many open, new ones wait in the backlog (0: none)
     splice: bool = True                # zero-copy splice(2) relay; False uses recv/send buffers
+    tls: ListenerTls | None = None     # None: cleartext clients
+    # tcp only: pass TLS through untouched, picking the cluster by the ClientHello's server name (the listener's
+    # `cluster` takes every other name and ClientHellos without one). Keys: "name" or "*.suffix".
+    sni_routes: dict[str, str] = field(default_factory=dict)
     # HTTP only:
     header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
     body_timeout: float = 60.0         # seconds a client has to send a whole request body after its head (0: no limit)

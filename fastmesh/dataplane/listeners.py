@@ -8,15 +8,34 @@ from fastmesh._core.listener import Listener
 from fastmesh._core.naming import Names
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
+from fastmesh.config.schema import SNI_HELLO_TIMEOUT
+from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.dataplane.access_log import build_access_log
 from fastmesh.dataplane.routes import build_router
 from fastmesh.dataplane.sockets import bind_socket
+from fastmesh.dataplane.tls import build_client_tls, build_server_tls
+from fastmesh.errors import ConfigError
 
 
-def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster) -> TcpProxy:
-    """Where a tcp listener's connections go."""
-    return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice)
+def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
+                       cluster_cfgs: dict[str, ClusterConfig], source: str, index: int) -> TcpProxy:
+    """Where a tcp listener's connections go: TLS terminated (cfg.tls), originated (the cluster's tls), or passed
+    through by server name (cfg.sni_routes)."""
+    key = f"listeners[{index}].tls"
+    server = build_server_tls(cfg.tls, cfg.protocol, source, key) if cfg.tls is not None else None
+    ccfg = cluster_cfgs[cluster.name]
+    client = build_client_tls(ccfg.tls, source, f"clusters.{cluster.name}.tls") if ccfg.tls is not None else None
+    routes = [(name, clusters[target]) for name, target in cfg.sni_routes.items()] if cfg.sni_routes else None
+    if routes is not None:
+        wrapped = [n for n in (cluster.name, *cfg.sni_routes.values()) if cluster_cfgs[n].tls is not None]
+        if wrapped:
+            # Passthrough relays the client's own TLS: wrapping it in ours would hide it from the endpoint.
+            raise ConfigError(source, f"clusters.{wrapped[0]}.tls", "no tls table",
+                              reason=f"listener {cfg.name!r} passes TLS through (sni_routes) to this cluster: "
+                              "its endpoints get the client's TLS, so the cluster cannot originate its own")
+    return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice, tls=server, upstream_tls=client,
+                    sni_routes=routes, hello_timeout=SNI_HELLO_TIMEOUT)
 
 
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool],

@@ -61,6 +61,8 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
+    from fastmesh.dataplane.tls import share_ticket_secret
+    share_ticket_secret()               # every worker derives the same TLS session-ticket keys from it
     zygote = Zygote.start()             # before any event loop exists: workers are forked from it
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -106,6 +106,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_RDWR
         MSG_NOSIGNAL
         MSG_DONTWAIT
+        MSG_PEEK
     cdef struct linger:
         int l_onoff
         int l_linger

@@ -5,6 +5,8 @@ from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor, ConnectionLi
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.buffer cimport RecvBuf
 from fastmesh._core.upstream.connector cimport Connector, ConnectTry
+from fastmesh._core.tls.context cimport Tls, TlsServer, TlsClient
+from fastmesh._core.tls.names cimport ServerNames
 
 
 cdef struct Direction:
@@ -23,6 +25,9 @@ cdef enum RelayState:
     RS_CONNECTING = 1          # downstream accepted; upstream connect under way
     RS_OPEN = 2                # both sockets connected; bytes flow
     RS_CLOSED = 3              # both fds closed; the object only waits to be freed
+    RS_HANDSHAKE = 4           # terminating TLS: the client's handshake is under way (no upstream yet)
+    RS_UP_HANDSHAKE = 5        # originating TLS: upstream connected, our handshake with it under way
+    RS_PEEK = 6                # passthrough: waiting for the whole ClientHello to pick a cluster by its SNI
 
 
 cdef class TcpProxy(Acceptor):
@@ -34,14 +39,25 @@ cdef class TcpProxy(Acceptor):
     cdef readonly double idle_timeout      # seconds without traffic before a relay is closed
     cdef readonly bint use_splice          # splice(2) through pipes; False: recv/send through buffers
     cdef TcpRelay head                     # first open relay (intrusive doubly linked list owns them)
+    cdef readonly TlsServer tls            # terminate TLS from clients (None: the client side is cleartext)
+    cdef readonly TlsClient upstream_tls   # originate TLS to the cluster (None: cleartext upstream)
+    cdef ServerNames sni_routes            # passthrough: ClientHello server name -> index into sni_targets (None: off)
+    cdef list sni_targets                  # (Cluster, Connector) per passthrough route
+    cdef readonly double hello_timeout     # passthrough: seconds a client has to send its whole ClientHello
+    cdef double log_after                  # passthrough refusals: monotonic time before which they are not logged
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
     cdef void unlink(self, TcpRelay r) noexcept
+    cdef void refused(self, int reason, int fd, str why) noexcept
 
 
 cdef class TcpRelay(EventTarget):
     # One proxied connection: a downstream fd (side 0) and an upstream fd (side 1).
     cdef TcpProxy owner                    # the listener's proxy; owns this relay through its list
+    cdef Cluster cluster                   # where this relay connects: the listener's cluster, or a passthrough pick
+    cdef Connector connector               # that cluster's connector
+    cdef Tls tls[2]                        # per side: TLS state (ssl NULL: cleartext)
+    cdef double handshake_deadline         # RS_HANDSHAKE / RS_PEEK: when the client's time is up
     cdef ConnectionLimit limit             # the slot the downstream fd holds, given back when it closes (or None)
     cdef TcpRelay prev                     # list neighbours
     cdef TcpRelay next
@@ -64,6 +80,11 @@ cdef class TcpRelay(EventTarget):
     cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up,
                         ConnectionLimit limit)
     cdef void connect_next(self) noexcept
+    cdef void client_handshake(self) noexcept
+    cdef void upstream_handshake(self) noexcept
+    cdef void peek_hello(self) noexcept
+    cdef Py_ssize_t side_recv(self, int d, char *buf, Py_ssize_t n) noexcept
+    cdef Py_ssize_t side_send(self, int d, const char *buf, Py_ssize_t n) noexcept
     cdef void connect_error(self, int err) noexcept
     cdef void pump(self) noexcept
     cdef int pump_splice(self, int d) noexcept

@@ -18,7 +18,7 @@ from libc.stdint cimport uint32_t, uint64_t
 
 from fastmesh._core.includes.system cimport (
     splice, close, shutdown, recv, send, getsockopt, errno, socklen_t, sockaddr_storage,
-    EAGAIN, EINVAL, ENOSYS, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
+    EAGAIN, EINVAL, ENOSYS, EPROTO, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
     SPLICE_F_MOVE, SPLICE_F_NONBLOCK, SHUT_WR, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL, MSG_DONTWAIT,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor, ConnectionLimit
@@ -28,6 +28,20 @@ from fastmesh._core.stats cimport (
     StatsBlock, L_ACCEPTED, L_ACTIVE, L_FAILED, L_BYTES_IN, L_BYTES_OUT, L_FIELDS, HEADER_SLOTS, bump,
 )
 from fastmesh._core.upstream.connector cimport Connector, try_init, CONNECT_OPENED
+from fastmesh._core.includes.system cimport (
+    sockaddr_in, sockaddr_in6, inet_ntop, AF_INET, AF_INET6, MSG_PEEK,
+)
+from fastmesh._core.stats cimport L_TLS_HANDSHAKES, L_TLS_RESUMED, L_TLS_FAILED
+from fastmesh._core.tls.context cimport (
+    TlsServer, TlsClient, tls_accept, tls_connect, tls_handshake, tls_recv, tls_send, tls_close_notify,
+    tls_free, tls_resumed, TF_TIMEOUT, TF_NOT_TLS, TF_CLOSED,
+)
+from fastmesh._core.tls.names cimport ServerNames
+from fastmesh._core.tls.clienthello cimport hello_server_name, HELLO_FOUND, HELLO_MORE, HELLO_BAD, MAX_HELLO
+
+import logging
+
+log = logging.getLogger("fastmesh.tcp")
 
 cdef uint32_t RELAY_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 # Bytes one direction may move per wakeup before yielding to other connections.
@@ -38,10 +52,28 @@ cdef class TcpProxy(Acceptor):
     """Where a tcp listener's connections go. Built by dataplane/; the listener calls accept_fd()."""
 
     def __cinit__(self, Reactor reactor, Cluster cluster, str name, double idle_timeout=3600.0,
-                  bint use_splice=True):
+                  bint use_splice=True, TlsServer tls=None, TlsClient upstream_tls=None, sni_routes=None,
+                  double hello_timeout=10.0):
         self.reactor = reactor
         self.cluster = cluster
         self.connector = Connector(reactor, cluster)
+        self.tls = tls
+        self.upstream_tls = upstream_tls
+        self.hello_timeout = hello_timeout
+        self.sni_routes = None
+        self.sni_targets = []
+        self.log_after = 0.0
+        if sni_routes is not None:
+            # Passthrough: [(server name, Cluster)]; the listener's own cluster takes every other name.
+            targets = {}
+            pairs = []
+            for server_name, target in sni_routes:
+                if target not in targets:
+                    targets[target] = len(self.sni_targets)
+                    self.sni_targets.append((target, self.connector if target is cluster
+                                             else Connector(reactor, target)))
+                pairs.append((server_name, targets[target]))
+            self.sni_routes = ServerNames(pairs)
         self.name = name
         self.idle_timeout = idle_timeout
         self.use_splice = use_splice
@@ -60,6 +92,11 @@ cdef class TcpProxy(Acceptor):
                 self.counters[i] = 0
         self.stats = block
         self.counters = slots
+
+    @property
+    def sni_routes_count(self):
+        """Passthrough server names routed (0: not a passthrough listener)."""
+        return 0 if self.sni_routes is None else self.sni_routes.n
 
     @property
     def active(self):
@@ -97,7 +134,30 @@ cdef class TcpProxy(Acceptor):
         if self.reactor.add(fd, r, 0, RELAY_EVENTS) < 0:
             r.close()
             return
+        if self.tls is not None:
+            # Terminate TLS: the upstream is connected only once the client has proved it speaks TLS to us.
+            if tls_accept(&r.tls[0], self.tls, fd) < 0:
+                r.close()
+                return
+            r.state = RS_HANDSHAKE
+            r.handshake_deadline = self.reactor.now + self.tls.handshake_timeout
+            return
+        if self.sni_routes is not None:
+            r.state = RS_PEEK
+            r.handshake_deadline = self.reactor.now + self.hello_timeout
+            return
         r.connect_next()
+
+    cdef void refused(self, int reason, int fd, str why) noexcept:
+        """A passthrough client refused before any upstream was picked: count it, log it (once a second)."""
+        bump(self.counters + L_TLS_FAILED + reason - 1, 1)
+        if self.reactor.now < self.log_after:
+            return
+        self.log_after = self.reactor.now + 1.0
+        try:
+            log.warning("listener %s: TLS passthrough refused a connection: %s", self.name, why)
+        except BaseException:
+            pass
 
     cdef void unlink(self, TcpRelay r) noexcept:
         if r.prev is not None:
@@ -119,6 +179,20 @@ cdef class TcpProxy(Acceptor):
             if r.state == RS_CONNECTING:
                 if now >= r.connect_deadline:
                     r.connect_error(0)
+            elif r.state == RS_UP_HANDSHAKE:
+                if now >= r.connect_deadline:
+                    r.tls[1].fail = TF_TIMEOUT
+                    self.upstream_tls.failed(&r.tls[1], r.cluster.name, r.cluster.labels[r.endpoint], now)
+                    r.connect_error(0)
+            elif r.state == RS_HANDSHAKE:
+                if now >= r.handshake_deadline:
+                    r.tls[0].fail = TF_TIMEOUT
+                    self.tls.failed(&r.tls[0], self.counters, self.name, r.fds[0], now)
+                    r.close()
+            elif r.state == RS_PEEK:
+                if now >= r.handshake_deadline:
+                    self.refused(TF_TIMEOUT, r.fds[0], "no complete ClientHello within hello_timeout")
+                    r.close()
             elif r.state == RS_OPEN and now - r.last_active >= self.idle_timeout:
                 r.close()
             r = nxt
@@ -146,10 +220,14 @@ cdef class TcpRelay(EventTarget):
         cdef TcpRelay r = TcpRelay.__new__(TcpRelay)
         cdef int d
         r.owner = owner
+        r.cluster = owner.cluster
+        r.connector = owner.connector
         r.limit = owner.limit
         r.fds[0] = fd
         r.fds[1] = -1
         for d in range(2):
+            r.tls[d].ssl = NULL
+            r.tls[d].state = 0
             r.readable[d] = 0
             r.writable[d] = 0
             r.hangup[d] = 0
@@ -165,7 +243,8 @@ cdef class TcpRelay(EventTarget):
         r.state = RS_CONNECTING
         r.endpoint = -1
         try_init(&r.ct)
-        r.use_splice = owner.use_splice
+        # Records are encrypted in user space (no kernel TLS here): a TLS side cannot splice.
+        r.use_splice = owner.use_splice and owner.tls is None and owner.upstream_tls is None
         r.last_active = owner.reactor.now
         return r
 
@@ -209,8 +288,8 @@ cdef class TcpRelay(EventTarget):
     cdef void connect_next(self) noexcept:
         """Open an upstream connection to the next endpoint, or close the client when none is left to try."""
         cdef Reactor reactor = self.owner.reactor
-        cdef Cluster cluster = self.owner.cluster
-        if self.owner.connector.connect(&self.ct) == CONNECT_OPENED:
+        cdef Cluster cluster = self.cluster
+        if self.connector.connect(&self.ct) == CONNECT_OPENED:
             if reactor.add(self.ct.fd, self, 1, RELAY_EVENTS) == 0:
                 self.fds[1] = self.ct.fd
                 self.endpoint = self.ct.endpoint
@@ -224,21 +303,121 @@ cdef class TcpRelay(EventTarget):
     cdef void connect_error(self, int err) noexcept:
         """The pending upstream connect failed (err from SO_ERROR) or timed out (err 0): try another endpoint."""
         cdef int ep = self.endpoint
+        tls_free(&self.tls[1])
         close(self.fds[1])
         self.fds[1] = -1
         self.readable[1] = 0
         self.writable[1] = 0
         self.endpoint = -1
-        self.owner.cluster.upstream_end(ep)
-        self.owner.connector.connect_failed(&self.ct, ep, err)
+        self.state = RS_CONNECTING
+        self.cluster.upstream_end(ep)
+        self.connector.connect_failed(&self.ct, ep, err)
         self.connect_next()
+
+    # ---- TLS -----------------------------------------------------------------------------------
+
+    cdef void client_handshake(self) noexcept:
+        """Terminating: advance the client's handshake; once done, connect upstream."""
+        cdef int r = tls_handshake(&self.tls[0])
+        if r == 0:
+            return
+        if r < 0:
+            self.owner.tls.failed(&self.tls[0], self.owner.counters, self.owner.name, self.fds[0],
+                                  self.owner.reactor.now)
+            self.close()
+            return
+        bump(self.owner.counters + L_TLS_HANDSHAKES, 1)
+        if tls_resumed(&self.tls[0]):
+            bump(self.owner.counters + L_TLS_RESUMED, 1)
+        # Application data may already sit decrypted in OpenSSL's buffer: no edge will announce it.
+        self.readable[0] = 1
+        self.writable[0] = 1
+        self.state = RS_CONNECTING
+        self.connect_next()
+
+    cdef void upstream_handshake(self) noexcept:
+        """Originating: advance our handshake with the endpoint; once done, the relay opens."""
+        cdef TlsClient cli = self.owner.upstream_tls
+        cdef int r = tls_handshake(&self.tls[1])
+        if r == 0:
+            return
+        if r < 0:
+            cli.failed(&self.tls[1], self.cluster.name, self.cluster.labels[self.endpoint], self.owner.reactor.now)
+            self.connect_error(EPROTO)            # the endpoint's log line says "protocol error", not a timeout
+            return
+        cli.handshakes += 1
+        if tls_resumed(&self.tls[1]):
+            cli.resumed += 1
+        self.state = RS_OPEN
+        self.cluster.connect_succeeded(self.endpoint)
+        self.last_active = self.owner.reactor.now
+        self.readable[1] = 1
+        self.writable[1] = 1
+        self.pump()
+
+    cdef void peek_hello(self) noexcept:
+        """Passthrough: read the ClientHello without taking it off the socket, pick the cluster by its SNI, then
+        connect and relay everything (the ClientHello included) untouched."""
+        cdef unsigned char scratch[MAX_HELLO]
+        cdef char *buf = self.owner.reactor.buffers.take()
+        cdef Py_ssize_t n, off = 0, length = 0
+        cdef bint in_scratch = False
+        cdef int verdict, idx = -1
+        if buf == NULL:
+            self.close()
+            return
+        n = recv(self.fds[0], buf, MAX_HELLO + 1024, MSG_PEEK | MSG_DONTWAIT)
+        if n <= 0:
+            self.owner.reactor.buffers.give(buf)
+            if n == 0 or errno != EAGAIN:
+                self.owner.refused(TF_CLOSED, self.fds[0], "the client closed before its ClientHello was whole")
+                self.close()
+            return
+        verdict = hello_server_name(<unsigned char *>buf, n, scratch, &off, &length, &in_scratch)
+        if verdict == HELLO_FOUND:
+            idx = self.owner.sni_routes.find((<char *>scratch if in_scratch else buf) + off, length)
+        self.owner.reactor.buffers.give(buf)
+        if verdict == HELLO_MORE and n < MAX_HELLO + 1024:
+            return                              # wait for the rest (the next segment raises a new edge)
+        if verdict == HELLO_BAD or verdict == HELLO_MORE:
+            self.owner.refused(TF_NOT_TLS, self.fds[0], "the first bytes were not a TLS ClientHello")
+            self.close()
+            return
+        if idx >= 0:
+            self.cluster, self.connector = self.owner.sni_targets[idx]
+        # The events seen while peeking were not recorded: take the client side as ready both ways.
+        self.readable[0] = 1
+        self.writable[0] = 1
+        self.state = RS_CONNECTING
+        self.connect_next()
+
+    cdef Py_ssize_t side_recv(self, int d, char *buf, Py_ssize_t n) noexcept:
+        if self.tls[d].ssl == NULL:
+            return recv(self.fds[d], buf, n, MSG_DONTWAIT)
+        return tls_recv(&self.tls[d], buf, n)
+
+    cdef Py_ssize_t side_send(self, int d, const char *buf, Py_ssize_t n) noexcept:
+        if self.tls[d].ssl == NULL:
+            return send(self.fds[d], buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+        return tls_send(&self.tls[d], buf, n)
 
     # ---- events --------------------------------------------------------------------------------
 
     cdef void on_events(self, uint32_t events, int side) noexcept:
         cdef int err = 0
         cdef socklen_t errlen = sizeof(err)
+        cdef char ip[64]
+        cdef sockaddr_storage *sa
         if self.state == RS_CLOSED:
+            return
+        if self.state == RS_HANDSHAKE:
+            self.client_handshake()
+            return
+        if self.state == RS_PEEK:
+            self.peek_hello()
+            return
+        if side == 1 and self.state == RS_UP_HANDSHAKE:
+            self.upstream_handshake()
             return
         if side == 1 and self.state == RS_CONNECTING:
             if events & (EPOLLERR | EPOLLHUP):
@@ -247,8 +426,22 @@ cdef class TcpRelay(EventTarget):
                 return
             if not (events & EPOLLOUT):
                 return
+            if self.owner.upstream_tls is not None:
+                ip[0] = 0
+                sa = &self.cluster.addrs[self.endpoint]
+                if sa.ss_family == AF_INET:
+                    inet_ntop(AF_INET, &(<sockaddr_in *>sa).sin_addr, ip, sizeof(ip))
+                elif sa.ss_family == AF_INET6:
+                    inet_ntop(AF_INET6, &(<sockaddr_in6 *>sa).sin6_addr, ip, sizeof(ip))
+                if tls_connect(&self.tls[1], self.owner.upstream_tls, self.fds[1], self.endpoint, ip) < 0:
+                    self.close()
+                    return
+                self.state = RS_UP_HANDSHAKE
+                self.connect_deadline = self.owner.reactor.now + self.cluster.connect_timeout
+                self.upstream_handshake()
+                return
             self.state = RS_OPEN
-            self.owner.cluster.connect_succeeded(self.endpoint)
+            self.cluster.connect_succeeded(self.endpoint)
             self.last_active = self.owner.reactor.now
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.readable[side] = 1
@@ -256,6 +449,13 @@ cdef class TcpRelay(EventTarget):
                 self.hangup[side] = 1
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable[side] = 1
+        if self.tls[side].ssl != NULL:
+            # OpenSSL may need the other readiness than the call it blocked: a read waiting to write (a
+            # renegotiation-like exchange, a key update) or a write waiting to read.
+            if events & EPOLLOUT and self.tls[side].read_wants_out:
+                self.readable[side] = 1
+            if events & EPOLLIN and self.tls[side].write_wants_in:
+                self.writable[side] = 1
         if self.state == RS_OPEN:
             self.pump()
 
@@ -339,10 +539,9 @@ cdef class TcpRelay(EventTarget):
         return result
 
     cdef int pump_copy(self, int d) noexcept:
-        """pump_splice's twin through a pooled buffer (recv/send): the same contract."""
+        """pump_splice's twin through a pooled buffer (recv/send, or TLS records on a TLS side): the same
+        contract."""
         cdef Direction *dr = &self.dirs[d]
-        cdef int src = self.fds[d]
-        cdef int dst = self.fds[1 - d]
         cdef Py_ssize_t n, moved = 0
         cdef int result = 0
         # This direction's byte counter (L_BYTES_OUT for d = 1), looked up once rather than per send.
@@ -351,7 +550,7 @@ cdef class TcpRelay(EventTarget):
             if dr.pending > 0:
                 if not self.writable[1 - d]:
                     break
-                n = send(dst, dr.buf + dr.buf_off, dr.pending, MSG_NOSIGNAL | MSG_DONTWAIT)
+                n = self.side_send(1 - d, dr.buf + dr.buf_off, dr.pending)
                 if n > 0:
                     if n < dr.pending:
                         # A short write means the socket buffer is full; its EPOLLOUT edge will come.
@@ -382,7 +581,7 @@ cdef class TcpRelay(EventTarget):
                 dr.buf = self.owner.reactor.buffers.take()
                 if dr.buf == NULL:
                     return -1
-            n = recv(src, dr.buf, self.owner.reactor.buffers.size, MSG_DONTWAIT)
+            n = self.side_recv(d, dr.buf, self.owner.reactor.buffers.size)
             if n > 0:
                 dr.pending = n
                 dr.buf_off = 0
@@ -408,6 +607,8 @@ cdef class TcpRelay(EventTarget):
         """Direction d is drained after its source's FIN: pass the FIN on. When the other direction is already
         finished the relay closes right after, and close() sends that FIN anyway: skip the shutdown syscall."""
         self.dirs[d].dst_shut = 1
+        if self.tls[1 - d].ssl != NULL:
+            tls_close_notify(&self.tls[1 - d])
         if not self.dirs[1 - d].dst_shut:
             shutdown(self.fds[1 - d], SHUT_WR)
 
@@ -431,6 +632,8 @@ cdef class TcpRelay(EventTarget):
         cdef TcpProxy owner = self.owner
         if self.state == RS_CLOSED:
             return
+        tls_free(&self.tls[0])
+        tls_free(&self.tls[1])
         if self.fds[0] >= 0:
             close(self.fds[0])
             self.fds[0] = -1
@@ -440,7 +643,7 @@ cdef class TcpRelay(EventTarget):
         if self.fds[1] >= 0:
             close(self.fds[1])
             self.fds[1] = -1
-            owner.cluster.upstream_end(self.endpoint)
+            self.cluster.upstream_end(self.endpoint)
         self.state = RS_CLOSED
         self.release(0)
         self.release(1)

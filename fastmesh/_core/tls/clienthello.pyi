@@ -1,0 +1,3 @@
+"""Type stub for fastmesh._core.tls.clienthello: the SNI of a ClientHello, read without decrypting."""
+
+def server_name(data: bytes) -> tuple[str, str | None]: ...

@@ -1,0 +1,9 @@
+"""Type stub for fastmesh._core.tls.openssl: the OpenSSL binding, resolved at import."""
+
+MIN_VERSION: int
+library_path: str | None
+version_number: int
+error: str | None
+
+def available() -> bool: ...
+def version() -> tuple[int, int, int] | None: ...
