@@ -24,14 +24,15 @@ request is sent. A client too slow with its body is never the endpoint's failure
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcmp
 
 from fastmesh._core.buffer cimport (
-    rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
 )
-from fastmesh._core.reactor cimport Acceptor
+from fastmesh._core.reactor cimport Acceptor, Sweeper
 from fastmesh._core.stats cimport (
     L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
 )
@@ -65,6 +66,22 @@ cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-pa
 cdef Head SCRATCH
 cdef RequestView VIEW
 cdef unsigned long long RULES_VERSION[1]    # the last ForwardRules.version given out (each set_rules takes a new one)
+
+
+cdef const char *H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"     # RFC 9113 section 3.4
+
+
+cdef class Handoff(Sweeper):
+    """The base of a second protocol on http listeners (http2/conn.pyx's H2Front); this one takes nothing."""
+
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+        close(fd)
+
+    cdef void drain(self) noexcept:
+        pass
+
+    cdef void close_all(self) noexcept:
+        pass
 
 
 cdef class Front(Acceptor):
@@ -211,6 +228,7 @@ cdef class Downstream(UpstreamUser):
         """1 when an exchange started (or the state changed), 0 to wait for events, -1 when closed."""
         cdef Py_ssize_t n, avail, room
         cdef int r
+        cdef bint preface
         # Answers leave in order: the previous one must be gone before the next request starts.
         r = self.flush_out()
         if r <= 0:
@@ -222,10 +240,21 @@ cdef class Downstream(UpstreamUser):
                     self.state = DS_HEAD
                     self.deadline = self.proxy.reactor.now + self.proxy.header_timeout
                     self.head_scan = 0
+                preface = False
+                if self.proxy.h2 is not None and self.ex.started == 0.0 and self.rbuf.data[self.rbuf.start] == 80:
+                    # "P" first on a new connection: it may be HTTP/2's preface (prior knowledge).
+                    n = 24 if avail >= 24 else avail
+                    if memcmp(self.rbuf.data + self.rbuf.start, H2_PREFACE, n) == 0:
+                        if n == 24:
+                            self.to_h2()
+                            return -1
+                        preface = True  # a part of it so far: read on before judging
                 # A short partial head is parsed as it comes (errors show early); a long one only once its
                 # blank line is there or the limits are passed, so a client trickling a big head byte by byte
                 # cannot make us re-parse it from the start each time.
-                if (avail > SHORT_HEAD
+                if preface:
+                    n = 0
+                elif (avail > SHORT_HEAD
                         and find_head_end(self.rbuf.data + self.rbuf.start, avail, self.head_scan) < 0
                         and avail < self.proxy.limits.max_start_line + self.proxy.limits.max_header_bytes):
                     self.head_scan = avail
@@ -677,6 +706,14 @@ cdef class Downstream(UpstreamUser):
         self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
         TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf, proxy.limit)
         up.close()
+        self.close()
+
+    cdef void to_h2(self) noexcept:
+        """The connection opened with HTTP/2's preface: the listener's HTTP/2 side takes the socket, its slot and
+        the bytes read so far."""
+        cdef int fd = self.fd
+        self.fd = -1
+        self.proxy.h2.adopt(fd, &self.rbuf, self.ex.peer, self.ex.peer_len)
         self.close()
 
     cdef void close(self) noexcept:  # no-cython-lint
