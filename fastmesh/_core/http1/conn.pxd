@@ -61,6 +61,7 @@ cdef class Front(Acceptor):
     cdef uint64_t **class_slots            # per cluster index: its R_FIELDS slots for this listener, or NULL
     cdef uint64_t **hist_slots             # per cluster index: its request-duration histogram, or NULL
     cdef int stat_clusters                 # entries in class_slots / hist_slots
+    cdef list spare_exchanges              # Exchanges between requests, for any connection's next one (idle: none held)
     cdef public Handoff h2                 # HTTP/2 (prior knowledge) on this listener, None: HTTP/1 only
 
     cdef void unlink(self, Downstream d) noexcept
@@ -68,6 +69,8 @@ cdef class Front(Acceptor):
     cdef object tunnel_for(self, HttpPool pool)
     cdef void count_request(self, int status) noexcept
     cdef void count_answer(self, int cluster, int status, double seconds) noexcept
+    cdef Exchange take_exchange(self)
+    cdef void give_exchange(self, Exchange ex) noexcept
 
 
 cdef class Downstream(UpstreamUser):
@@ -86,7 +89,9 @@ cdef class Downstream(UpstreamUser):
     cdef Py_ssize_t reqhead_sent           # bytes of reqhead the upstream took
     cdef double deadline                   # header / idle / close deadline by state (a request runs on its exchange's)
     cdef Py_ssize_t head_scan              # bytes of a partial head already searched for its blank line
-    cdef Exchange ex                       # the current request's rules and state (reused for each request)
+    cdef Exchange ex                       # the current request's rules and state; None while idle (see Front)
+    cdef char peer[48]                     # the client's address as text (the exchange's X-Forwarded-For, hash key)
+    cdef int peer_len
     # --- the current request, as HTTP/1 carries it ---
     cdef Upstream up                       # upstream connection, None before acquired / after release
     cdef HttpPool pool                     # the routed cluster's pool (the exchange's connector)
@@ -131,5 +136,7 @@ cdef class Downstream(UpstreamUser):
     cdef void drop_upstream(self, bint reuse) noexcept
     cdef void respond_error(self, int err, int code, bint keep) noexcept
     cdef void upgrade(self) noexcept
+    cdef void hold_exchange(self) noexcept
+    cdef void rest(self) noexcept
     cdef void to_h2(self) noexcept
     cdef void close(self) noexcept
