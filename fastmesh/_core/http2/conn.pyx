@@ -729,7 +729,9 @@ cdef class H2Conn(EventTarget):
         if self.sess.num_streams == 0 and self.busy is None:
             if self.idle_since == 0:
                 self.idle_since = now
-            elif now - self.idle_since >= front.idle_timeout:
+            elif self.free is not None:
+                self.rest()
+            if now - self.idle_since >= front.idle_timeout:
                 # Idle too long: a GOAWAY saying no stream was lost, then the close.
                 try:
                     self.sess.goaway(H2_NO_ERROR, False)
@@ -743,6 +745,18 @@ cdef class H2Conn(EventTarget):
             self.idle_since = 0
         if ob_pending(&self.sess.out) or self.sess.finished():
             self.want_flush()
+
+    cdef void rest(self) noexcept:
+        """An idle connection (swept twice without a stream) gives back its spare requests and their buffers, so it
+        costs its session alone; a busy one keeps them for its next streams."""
+        cdef H2Request r
+        while self.free is not None:
+            r = self.free
+            self.free = r.next
+            r.next = None
+            r.conn = None
+            ob_free(&r.body)
+        self.nfree = 0
 
     cdef void close(self) noexcept:  # no-cython-lint
         cdef H2Front front = self.front
@@ -764,13 +778,7 @@ cdef class H2Conn(EventTarget):
             r.s = None
             r.conn = None
             ob_free(&r.body)
-        while self.free is not None:
-            r = self.free
-            self.free = r.next
-            r.next = None
-            r.conn = None
-            ob_free(&r.body)
-        self.nfree = 0
+        self.rest()
         if self.sess is not None:
             self.sess.conn = None
             self.sess.release()
