@@ -348,6 +348,7 @@ class Proxy:
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
+        from fastmesh.dataplane.listeners import h2_stats
         return {
             "listeners": {name: {"active": t.active, "accepted": t.accepted, "failed": t.failed,
                                  "bytes_in": t.bytes_in, "bytes_out": t.bytes_out}
@@ -355,8 +356,7 @@ class Proxy:
             "http": {name: {"active": h.active, "accepted": h.accepted, "requests": h.requests,
                             "responses": h.status_classes, "bytes_in": h.bytes_in, "bytes_out": h.bytes_out,
                             "tunnels": h.tunnel_count, "exchanges": h.exchanges_held,
-                            "http2": ({"connections": h.h2.active, "accepted": h.h2.accepted, "streams": h.h2.streams}
-                                      if h.h2 is not None else None)}
+                            "http2": h2_stats(h)}
                      for name, h in self._http.items()},
             "pools": {p.cluster.name: {"opened": p.opened, "reuses": p.reuses, "open": p.active,
                                        "idle": p.idle_counts(), "requests_active": p.policy.requests_active,

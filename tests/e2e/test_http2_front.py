@@ -22,7 +22,7 @@ hyperframe = pytest.importorskip("hyperframe")
 import hyperframe.frame  # noqa: E402
 
 from fastmesh import Proxy  # noqa: E402
-from fastmesh._testbase.http_backend import HttpBackend, pattern, start_http_backends  # noqa: E402
+from fastmesh._testbase.http_backend import HttpBackend, pattern  # noqa: E402
 from fastmesh._testbase.inproc import no_connection_left  # noqa: E402
 from fastmesh._testbase.net import free_port  # noqa: E402
 from fastmesh.config.load import loads_config  # noqa: E402

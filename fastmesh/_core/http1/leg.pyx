@@ -17,15 +17,13 @@ SEND_CHUNK bytes are copied at a time), and the leg reads the next response byte
 previous ones. A bodiless idempotent request whose reused keep-alive connection was already dead is sent again
 on another connection at no cost, as conn.pyx does.
 """
-from libc.stdint cimport uint32_t
-
 from fastmesh._core.buffer cimport rb_read, rb_avail, ob_add, ob_flush, ob_pending
 from fastmesh._core.includes.system cimport errno, EAGAIN
 from fastmesh._core.errors cimport (
     connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method
-from fastmesh._core.request cimport Field, span_of
+from fastmesh._core.request cimport Field
 from fastmesh._core.upstream.connector cimport Connector, CONNECT_FULL
 from fastmesh._core.upstream.leg cimport (
     Leg, LegOwner, LegRequest, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
@@ -34,8 +32,7 @@ from fastmesh._core.http1.parser cimport (
     Head, Limits, limits_init, head_reset, parse_response, parse_fields, FIELD_OTHER, HEAD_MAX_FIELDS,
 )
 from fastmesh._core.http1.framing cimport (
-    response_body, keep_alive, chunked_init, chunked_feed, chunk_size_line, BODY_NONE, BODY_CHUNKED, BODY_TUNNEL,
-    BODY_UNTIL_CLOSE,
+    response_body, keep_alive, chunked_init, chunked_feed, chunk_size_line, BODY_CHUNKED, BODY_TUNNEL, BODY_UNTIL_CLOSE,
     CHUNK_DONE, CHUNK_LINE_MAX,
 )
 from fastmesh._core.http1.body cimport frame_init, frame_take
