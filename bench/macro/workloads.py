@@ -104,20 +104,19 @@ def _http(proxy: Running, s: Settings, close: bool, connections: int | None = No
     """wrk through the proxy (whatever its mode: the HTTP workloads differ only in how the proxy was started)."""
     _http_ready(proxy.port)
     c = connections or (s.close_connections if close else s.ka_connections)
-    r, cpu, wall = _measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close, latency))
-    out = {k: v for k, v in r.items() if k != "seconds"}
-    out["wall_s"] = wall
-    if proxy.workers:
-        out.update(cpu_s=cpu, cpu_pct=100 * cpu / wall,
-                   us_per_req=1e6 * cpu / r["requests"] if r["requests"] else None)
-    return out
+    return _per_request(proxy, *_measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close,
+                                                                      latency)))
 
 
 def _h2(proxy: Running, s: Settings) -> dict:
     """h2load through the proxy: HTTP/2 (prior knowledge) from the clients, HTTP/1.1 to the backend."""
     loadgen.h2_ready(proxy.port)
-    r, cpu, wall = _measured(proxy, lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu, s.h2_connections,
-                                                           s.h2_streams))
+    return _per_request(proxy, *_measured(proxy, lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu,
+                                                                         s.h2_connections, s.h2_streams)))
+
+
+def _per_request(proxy: Running, r: dict, cpu: float, wall: float) -> dict:
+    """A load generator's numbers with the proxy's CPU: share of a core and µs per request."""
     out = {k: v for k, v in r.items() if k != "seconds"}
     out["wall_s"] = wall
     if proxy.workers:

@@ -27,7 +27,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_send, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
@@ -556,17 +556,9 @@ cdef class Downstream(UpstreamUser):
     cdef int flush_out(self) noexcept:
         """Send what `out` holds: 1 when it is empty, 0 when the socket is full (EPOLLOUT will come back), -1 when
         the client is gone (the connection is closed)."""
-        cdef int r
-        if not ob_pending(&self.out):
-            return 1
-        if not self.writable:
-            return 0
-        r = ob_flush(&self.out, self.fd)
+        cdef int r = ob_send(&self.out, self.fd, &self.writable)
         if r < 0:
             self.close()
-            return -1
-        if r == 0:
-            self.writable = False
         return r
 
     cdef int upstream_lost(self) noexcept:
