@@ -104,15 +104,15 @@ def _http(proxy: Running, s: Settings, close: bool, connections: int | None = No
     """wrk through the proxy (whatever its mode: the HTTP workloads differ only in how the proxy was started)."""
     _http_ready(proxy.port)
     c = connections or (s.close_connections if close else s.ka_connections)
-    return _per_request(proxy, *_measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close,
-                                                                      latency)))
+    load = lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close, latency)  # noqa: E731
+    return _per_request(proxy, *_measured(proxy, load))
 
 
 def _h2(proxy: Running, s: Settings) -> dict:
     """h2load through the proxy: HTTP/2 (prior knowledge) from the clients, HTTP/1.1 to the backend."""
     loadgen.h2_ready(proxy.port)
-    return _per_request(proxy, *_measured(proxy, lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu,
-                                                                         s.h2_connections, s.h2_streams)))
+    load = lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu, s.h2_connections, s.h2_streams)  # noqa: E731
+    return _per_request(proxy, *_measured(proxy, load))
 
 
 def _per_request(proxy: Running, r: dict, cpu: float, wall: float) -> dict:
