@@ -47,6 +47,7 @@ cdef class H2Request(LegOwner):
     cdef H2Request prev                # neighbours in the connection's busy list / next in its free list
     cdef H2Request next
     cdef int state                     # RequestState
+    cdef unsigned long long serial     # counts the requests this object carried (a retry timer names its own)
     cdef Exchange ex                   # routing, deadlines, retries, reports (reused)
     cdef Leg leg                       # the upstream try (reused while its kind fits the cluster)
     cdef RequestView view              # the request as routing sees it (points into s.head)

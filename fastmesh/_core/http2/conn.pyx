@@ -248,6 +248,7 @@ cdef class H2Request(LegOwner):
         cdef double now = front.reactor.now
         cdef int err
         ex.begin(now)
+        self.serial += 1
         self.state = RQ_ACTIVE
         self.status = 0
         self.ex_in = 0
@@ -432,11 +433,11 @@ cdef class H2Request(LegOwner):
         """The exchange decided to send the request again: wait its backoff (the body is kept whole)."""
         self.state = RQ_BACKOFF
         self.body_off = 0
-        self.conn.front.front.reactor.loop.call_later(self.ex.backoff, self._retry_now)
+        self.conn.front.front.reactor.loop.call_later(self.ex.backoff, self._retry_now, self.serial)
 
-    def _retry_now(self):
-        if self.state != RQ_BACKOFF or self.conn is None:
-            return
+    def _retry_now(self, unsigned long long serial):
+        if self.state != RQ_BACKOFF or self.conn is None or serial != self.serial:
+            return                             # the request ended meanwhile (this object may carry another)
         self.state = RQ_ACTIVE
         self.ex.next_try(self.conn.front.front.reactor.now)
         self.send_try()
