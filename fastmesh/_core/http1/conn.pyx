@@ -15,8 +15,8 @@ leave in request order. Per request:
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
 bytes already buffered. A connection that opens with HTTP/2's preface goes, with the bytes read, to the
-listener's HTTP/2 side (Front.h2: http2/conn.pyx). Every answer of our own is a ProxyError (errors.pxd) rendered in one place; what is
-forwarded is canonical (render.pyx lists the rules).
+listener's HTTP/2 side (Front.h2: http2/conn.pyx). Every answer of our own is a ProxyError (errors.pxd)
+rendered in one place; what is forwarded is canonical (render.pyx lists the rules).
 
 Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
 the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
