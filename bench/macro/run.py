@@ -27,7 +27,7 @@ from .fastmesh_conf import REPO_ROOT
 # tools each workload needs on the load side
 _TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close": ["wrk", "nginx"],
           "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "h2": ["h2load", "nginx"], "idle": [],
-          "idle-http": ["nginx"]}
+          "idle-http": ["nginx"], "idle-h2": ["nginx"]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,7 +92,7 @@ def _summary(w: str, m: dict) -> str:
     keys = {"iperf": ("gbps", "Gbit/s"), "http-keepalive": ("rps", "req/s"), "http-close": ("rps", "conn/s"),
             "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "h2": ("rps", "req/s"),
             "idle": ("kb_per_conn", "KiB/conn"),
-            "idle-http": ("kb_per_conn", "KiB/conn")}
+            "idle-http": ("kb_per_conn", "KiB/conn"), "idle-h2": ("kb_per_conn", "KiB/conn")}
     k, unit = keys[w]
     text = f"{m[k]:.2f} {unit}" if m.get(k) is not None else "?"
     if m.get("p50_us") is not None:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 if w == "http-latency" and "direct" not in order:
                     names = ["direct", *order]   # added latency is measured against the direct run
                 for name in names:
-                    if (w == "idle" or w == "h2") and name == "direct":
+                    if w in ("idle", "h2", "idle-h2") and name == "direct":
                         continue        # no proxy process to measure; and the backend speaks no HTTP/2
                     trials.append(_trial(p, tmp, rep, w, name, ports[workloads.BACKEND[w]], a, nofile, settings))
     except KeyboardInterrupt:

@@ -9,11 +9,11 @@ from . import idleconns, loadgen, procstat
 from .proxies import Running
 
 # name -> the backend it needs, and the mode the proxies run in; the order of the report
-ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "h2", "idle", "idle-http")
+ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "h2", "idle", "idle-http", "idle-h2")
 BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
-           "http-latency": "http", "h2": "http", "idle": "hold", "idle-http": "http"}
+           "http-latency": "http", "h2": "http", "idle": "hold", "idle-http": "http", "idle-h2": "http"}
 MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-latency": "http",
-        "h2": "h2", "idle": "tcp", "idle-http": "http"}
+        "h2": "h2", "idle": "tcp", "idle-http": "http", "idle-h2": "h2"}
 
 
 @dataclass
@@ -53,6 +53,8 @@ def run(workload: str, proxy: Running, s: Settings) -> dict:
         return _idle(proxy, s)
     if workload == "idle-http":
         return _idle(proxy, s, ping=idleconns.HTTP_GET)
+    if workload == "idle-h2":
+        return _idle(proxy, s, ping=idleconns.H2_GET)
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -127,7 +129,8 @@ def _per_request(proxy: Running, r: dict, cpu: float, wall: float) -> dict:
 
 def _idle(proxy: Running, s: Settings, ping: bytes = b"x") -> dict:
     """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection.
-    At L7 (ping: an HTTP request) each held connection answered one request and keeps a pooled upstream one."""
+    At L7 (ping: an HTTP/1.1 or HTTP/2 request) each held connection answered one request (pooled upstream
+    connections are kept up to the proxy's cap)."""
     warm, failed = idleconns.open_held(proxy.port, 1, timeout=10, ping=ping)
     idleconns.close_all(warm)
     if failed:
