@@ -28,7 +28,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_send, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_send, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
@@ -453,13 +453,7 @@ cdef class Downstream(UpstreamUser):
         if up is None:
             return
         self.up = None
-        self.pool.cluster.upstream_end(up.endpoint)
-        if reuse:
-            self.pool.release(up)
-        elif self.resp_done:
-            up.close()
-        else:
-            up.abort()
+        self.pool.done_with(up, reuse, self.resp_done)
 
     # ---- the exchange ----------------------------------------------------------------------------
 
@@ -586,7 +580,7 @@ cdef class Downstream(UpstreamUser):
 
     cdef int read_response_head(self) noexcept:
         cdef Upstream up = self.up
-        cdef Py_ssize_t n, room
+        cdef Py_ssize_t n
         while True:
             if rb_avail(&up.rbuf) > 0:
                 n = parse_response(up.rbuf.data + up.rbuf.start, rb_avail(&up.rbuf), &SCRATCH,
@@ -602,20 +596,15 @@ cdef class Downstream(UpstreamUser):
                     return 1
             if not up.readable:
                 return 0
-            room = self.proxy.reactor.buffers.size - up.rbuf.end if up.rbuf.data != NULL \
-                else self.proxy.reactor.buffers.size
-            n = rb_read(&up.rbuf, up.fd, self.proxy.reactor.buffers)
+            n = rb_read_edge(&up.rbuf, up.fd, self.proxy.reactor.buffers, &up.readable, up.hangup)
             if n > 0:
                 self.resp_started = True
-                if n < room and not up.hangup:
-                    up.readable = False
                 continue
             if n == -2:
                 self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
-            if n < 0 and errno == EAGAIN:
-                up.readable = False
-                return 0
+            if n == -1 and not up.readable:
+                return 0                           # EAGAIN
             # EOF or reset before a whole head.
             if self.resp_started:
                 self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)

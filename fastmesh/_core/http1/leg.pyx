@@ -17,8 +17,7 @@ SEND_CHUNK bytes are copied at a time), and the leg reads the next response byte
 previous ones. A bodiless idempotent request whose reused keep-alive connection was already dead is sent again
 on another connection at no cost, as conn.pyx does.
 """
-from fastmesh._core.buffer cimport rb_read, rb_avail, ob_add, ob_send
-from fastmesh._core.includes.system cimport errno, EAGAIN
+from fastmesh._core.buffer cimport rb_read_edge, rb_avail, ob_add, ob_send
 from fastmesh._core.errors cimport (
     connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
 )
@@ -217,7 +216,7 @@ cdef class H1Leg(Leg):
 
     cdef void read_response(self) noexcept:
         cdef Upstream up = self.up
-        cdef Py_ssize_t n, room
+        cdef Py_ssize_t n
         cdef int r
         while self.state == LEG_ACTIVE and self.up is up:
             if self.head_done:
@@ -237,17 +236,12 @@ cdef class H1Leg(Leg):
                     return
             if not up.readable:
                 return
-            room = self.pool.reactor.buffers.size - up.rbuf.end if up.rbuf.data != NULL \
-                else self.pool.reactor.buffers.size
-            n = rb_read(&up.rbuf, up.fd, self.pool.reactor.buffers)
+            n = rb_read_edge(&up.rbuf, up.fd, self.pool.reactor.buffers, &up.readable, up.hangup)
             if n > 0:
                 self.resp_started = True
-                if n < room and not up.hangup:
-                    up.readable = False
                 continue
-            if n < 0 and n != -2 and errno == EAGAIN:
-                up.readable = False
-                return
+            if n == -1 and not up.readable:
+                return                            # EAGAIN
             if n == -2:
                 # A head that does not fit a buffer; a body never fills one (each read is passed on first).
                 self.fail(PE_BAD_RESPONSE)
@@ -416,10 +410,4 @@ cdef class H1Leg(Leg):
         if up is None:
             return
         self.up = None
-        self.pool.cluster.upstream_end(up.endpoint)
-        if reuse:
-            self.pool.release(up)
-        elif self.state == LEG_DONE:
-            up.close()
-        else:
-            up.abort()
+        self.pool.done_with(up, reuse, self.state == LEG_DONE)

@@ -27,10 +27,10 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memmove
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_send, ob_pending, ob_free,
+    RecvBuf, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_send, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
-    close, errno, EAGAIN, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
+    close, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
 )
 from fastmesh._core.reactor cimport EventTarget
 from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field
@@ -588,7 +588,7 @@ cdef class H2Conn(EventTarget):
     cdef void run(self) noexcept:
         """Read what the client sent and give it to the session; its frames out leave at the end of the pass."""
         cdef Front front = self.front.front
-        cdef Py_ssize_t n, avail, used, room
+        cdef Py_ssize_t n, avail, used
         while not self.closed:
             avail = rb_avail(&self.rbuf)
             if avail > 0 and not self.sess.paused():
@@ -613,23 +613,16 @@ cdef class H2Conn(EventTarget):
                 break                          # the client reads too slowly: flush before taking more
             if not self.readable:
                 break
-            room = front.buffers.size - self.rbuf.end if self.rbuf.data != NULL else front.buffers.size
-            n = rb_read(&self.rbuf, self.fd, front.buffers)
+            n = rb_read_edge(&self.rbuf, self.fd, front.buffers, &self.readable, self.hangup)
             if n > 0:
                 bump_field(&front.bytes_in, <unsigned long long>n)
-                if n < room and not self.hangup:
-                    self.readable = False      # a short read emptied the socket; new bytes raise a new edge
                 continue
-            if n == 0 or (n < 0 and n != -2 and errno != EAGAIN):
-                # The client closed (or reset): streams in flight are abandoned.
-                self.close()
-                return
-            if n == -2:
-                # A frame bigger than a buffer: the session's max_frame_size keeps this from happening.
-                self.close()
-                return
-            self.readable = False
-            break
+            if n == -1 and not self.readable:
+                break                          # EAGAIN: wait for the next edge
+            # The client closed (or reset): streams in flight are abandoned. (-2, a frame bigger than a buffer,
+            # cannot happen under the session's max_frame_size.)
+            self.close()
+            return
         if not self.closed:
             rb_release_if_empty(&self.rbuf, front.buffers)
             self.want_flush()
