@@ -307,12 +307,14 @@ def test_h2load_c4_m16_every_request_answered() -> None:
 # ---- retries, errors, deadlines --------------------------------------------------------------------------------
 
 def test_failed_connects_fail_over_and_5xx_are_retried_within_the_policy() -> None:
-    """A dead endpoint is failed over; a 5xx is retried up to `attempts` and then passed on with fastmesh-retried."""
+    """A dead endpoint is failed over; a 5xx is retried up to `attempts` and then passed on with fastmesh-retried;
+    a request body small enough to keep goes again with every try."""
     async def main() -> None:
         async with HttpBackend("a") as a, HttpBackend("b") as b:
             dead = HttpBackend("dead")
             dead.port = free_port()
-            retries = '[clusters.web.retries]\nattempts = 3\non = ["5xx"]\nbackoff = "1ms"\nbudget_percent = 100\n'
+            retries = ('outlier = false\n[clusters.web.retries]\nattempts = 3\non = ["5xx"]\nbackoff = "1ms"\n'
+                       'budget_percent = 100\n')
             async with proxied([dead, a, b], cluster=retries) as (proxy, port):
                 async with H2Client(port) as c:
                     for _ in range(4):
@@ -322,6 +324,14 @@ def test_failed_connects_fail_over_and_5xx_are_retried_within_the_policy() -> No
                     status, head, _ = await c.response(c.request("/status/503"))
                     assert status == 503 and head[b"fastmesh-retried"] == b"2"
                     assert a.requests + b.requests - before == 3
+                    # A small body is kept whole: each try sends all of it (with and without content-length).
+                    for headers in ([("content-length", "3000")], []):
+                        sid = c.request("/status/503", method="PUT", headers=headers, body=b"b" * 3000)
+                        status, head, _ = await c.response(sid)
+                        assert status == 503 and head[b"fastmesh-retried"] == b"2"
+                    puts = [r for r in a.received + b.received if r.method == "PUT"]
+                    assert [r.body_length for r in puts] == [3000] * 6
+                    assert sorted(r.chunked for r in puts) == [False] * 3 + [True] * 3
     run(main())
 
 
