@@ -736,9 +736,12 @@ cdef class H2Conn(EventTarget):
             self.want_flush()
 
     cdef void rest(self) noexcept:
-        """An idle connection (swept twice without a stream) gives back its spare requests and their buffers, so it
-        costs its session alone; a busy one keeps them for its next streams."""
+        """An idle connection (swept twice without a stream) gives back its spare requests and their buffers, and
+        its session's empty output buffer, so it costs little more than its session's state; a busy one keeps them
+        for its next streams."""
         cdef H2Request r
+        if self.sess is not None and not ob_pending(&self.sess.out):
+            ob_free(&self.sess.out)
         while self.free is not None:
             r = self.free
             self.free = r.next
