@@ -11,6 +11,13 @@ import time
 
 _PING = b"x"
 HTTP_GET = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+# HTTP/2 with prior knowledge: the preface, empty SETTINGS, the ACK of the server's (which it sends first), and
+# stream 1: HEADERS (END_STREAM | END_HEADERS) of GET / in HPACK literals without indexing (no state to keep).
+_H2_BLOCK = b"".join(bytes([0x00, len(n)]) + n + bytes([len(v)]) + v for n, v in (
+    (b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"bench"), (b":path", b"/")))
+H2_GET = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+          + b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+          + len(_H2_BLOCK).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + _H2_BLOCK)
 
 
 def open_held(port: int, count: int, timeout: float, batch: int = 250,
@@ -24,6 +31,7 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250,
     failed = 0
     deadline = time.monotonic() + timeout
     sel = selectors.DefaultSelector()
+    partial: dict[socket.socket, bytes] = {}      # HTTP/2: what came so far, until the answer's head is whole
     try:
         while len(held) + failed < count:
             n = min(batch, count - len(held) - failed)
@@ -58,11 +66,14 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250,
                             continue
                         sel.modify(sock, selectors.EVENT_READ, "echo")
                     else:
-                        sel.unregister(sock)
                         try:
-                            ok = _answered(sock, ping)
+                            ok = _answered(sock, ping, partial)
                         except OSError:
                             ok = False
+                        if ok is None:
+                            continue        # more of the answer to read
+                        sel.unregister(sock)
+                        partial.pop(sock, None)
                         if ok:
                             held.append(sock)
                         else:
@@ -81,11 +92,33 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250,
     return held, failed
 
 
-def _answered(sock: socket.socket, ping: bytes) -> bool:
-    """The backend's answer to ping came back: the echo, or an HTTP 200 (small: one read holds its head)."""
+def _answered(sock: socket.socket, ping: bytes, partial: dict[socket.socket, bytes]) -> bool | None:
+    """The backend's answer to ping came back: the echo, an HTTP 200 (small: one read holds its head), or for
+    HTTP/2 a HEADERS frame on stream 1 whose block starts with :status 200 (static index 8). None: read more."""
     if ping == _PING:
         return sock.recv(1) == _PING
-    return sock.recv(65536).startswith(b"HTTP/1.1 200")
+    if ping != H2_GET:
+        return sock.recv(65536).startswith(b"HTTP/1.1 200")
+    data = partial.get(sock, b"") + sock.recv(65536)
+    if len(data) == len(partial.get(sock, b"")):
+        return False                        # closed before answering
+    pos = 0
+    while len(data) - pos >= 9:
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        if len(data) - pos < 9 + length:
+            break
+        if data[pos + 3] == 1 and data[pos + 5:pos + 9] == b"\x00\x00\x00\x01":
+            flags, body = data[pos + 4], data[pos + 9:pos + 9 + length]
+            if flags & 0x08:                 # PADDED
+                body = body[1:len(body) - body[0]]
+            if flags & 0x20:                 # PRIORITY
+                body = body[5:]
+            while body and 0x20 <= body[0] < 0x40:
+                body = body[1:]              # a dynamic table size update (one byte for small sizes)
+            return body[:1] == b"\x88"
+        pos += 9 + length
+    partial[sock] = data
+    return None
 
 
 def close_all(socks: list[socket.socket]) -> None:

@@ -25,15 +25,20 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
              ("kb_per_conn", "KiB per idle conn", ".2f", 1),
              ("sup_rss_idle_kb", "supervisor RSS MiB", ".1f", 1 / 1024)],
 }
-COLUMNS["idle-http"] = COLUMNS["idle"]
+COLUMNS["idle-http"] = COLUMNS["idle-h2"] = COLUMNS["idle"]
+COLUMNS["h2"] = [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+                 ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
+                 ("non_2xx", "non-2xx", ".0f", 1), ("failed", "failed", ".0f", 1)]
 TITLES = {
     "iperf": "iperf3, one TCP stream",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
     "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
     "http-l7": "HTTP/1.1 proxied at L7, keep-alive both sides (wrk -t1 -c{ka})",
     "http-latency": "L7 latency at light load (wrk -t1 -c{lat} --latency); added = proxy − direct, same repetition",
+    "h2": "HTTP/2 clients (h2load -t1 -c8 -m16, prior knowledge), HTTP/1.1 to the backend",
     "idle": "memory: {conns} idle proxied connections held",
     "idle-http": "memory: {conns} idle keep-alive HTTP connections held at L7, each after one request",
+    "idle-h2": "memory: {conns} idle HTTP/2 connections (prior knowledge) held, each after one request",
 }
 # the numbers the summary compares, with which direction is better
 HEADLINE: dict[str, list[tuple[str, str]]] = {
@@ -42,8 +47,10 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "http-close": [("rps", "higher"), ("us_per_req", "lower")],
     "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
     "http-latency": [("added_p50_us", "lower"), ("added_p99_us", "lower")],
+    "h2": [("rps", "higher"), ("us_per_req", "lower")],
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle-h2": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
 }
 BASELINE, SUBJECT = "haproxy", "fastmesh"
 # per workload: metric -> the derived metric that holds (proxy's value − the direct run's value, same repetition)

@@ -49,6 +49,19 @@ cdef inline Py_ssize_t rb_read(RecvBuf *b, int fd, BufferPool pool) noexcept:
     return n
 
 
+# rb_read on an edge-triggered socket: *readable is cleared once the socket is known to be empty (a short read
+# while no hang-up was seen, or EAGAIN), so the caller waits for the next edge. Returns as rb_read does.
+cdef inline Py_ssize_t rb_read_edge(RecvBuf *b, int fd, BufferPool pool, bint *readable, bint hangup) noexcept:
+    cdef Py_ssize_t room = pool.size - b.end if b.data != NULL else pool.size
+    cdef Py_ssize_t n = rb_read(b, fd, pool)
+    if n > 0:
+        if n < room and not hangup:
+            readable[0] = False
+    elif n == -1 and errno == EAGAIN:
+        readable[0] = False
+    return n
+
+
 # Give the buffer back when it holds nothing (idle connections hold no buffer).
 cdef inline void rb_release_if_empty(RecvBuf *b, BufferPool pool) noexcept:
     if b.data != NULL and b.start == b.end:
@@ -118,6 +131,20 @@ cdef inline int ob_flush(OutBuf *o, int fd) noexcept:
     o.off = 0
     o.len = 0
     return 1
+
+
+# Send what o holds while fd may take it: 1 all sent, 0 the socket is (or just became) full (*writable cleared:
+# wait for EPOLLOUT), -1 on error.
+cdef inline int ob_send(OutBuf *o, int fd, bint *writable) noexcept:
+    cdef int r
+    if o.off >= o.len:
+        return 1
+    if not writable[0]:
+        return 0
+    r = ob_flush(o, fd)
+    if r == 0:
+        writable[0] = False
+    return r
 
 
 cdef inline void ob_free(OutBuf *o) noexcept:

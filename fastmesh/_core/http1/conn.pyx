@@ -14,8 +14,9 @@ leave in request order. Per request:
   response  parse_response(); 1xx passed on; the head rewritten the same way; the body passed through
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
-bytes already buffered. Every answer of our own is a ProxyError (errors.pxd) rendered in one place; what is
-forwarded is canonical (render.pyx lists the rules).
+bytes already buffered. A connection that opens with HTTP/2's preface goes, with the bytes read, to the
+listener's HTTP/2 side (Front.h2: http2/conn.pyx). Every answer of our own is a ProxyError (errors.pxd)
+rendered in one place; what is forwarded is canonical (render.pyx lists the rules).
 
 Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
 the client's (body_timeout for the whole body, idle_timeout for a silence: 408 and close) and the upstream's
@@ -24,14 +25,15 @@ request is sent. A client too slow with its body is never the endpoint's failure
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcmp
 
 from fastmesh._core.buffer cimport (
-    rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_send, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
 )
-from fastmesh._core.reactor cimport Acceptor
+from fastmesh._core.reactor cimport Acceptor, Sweeper
 from fastmesh._core.stats cimport (
     L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
 )
@@ -66,6 +68,22 @@ cdef Py_ssize_t MAX_SPARE_EXCHANGES = 256    # exchanges a listener keeps betwee
 cdef Head SCRATCH
 cdef RequestView VIEW
 cdef unsigned long long RULES_VERSION[1]    # the last ForwardRules.version given out (each set_rules takes a new one)
+
+
+cdef const char *H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"     # RFC 9113 section 3.4
+
+
+cdef class Handoff(Sweeper):
+    """The base of a second protocol on http listeners (http2/conn.pyx's H2Front); this one takes nothing."""
+
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+        close(fd)
+
+    cdef void drain(self) noexcept:
+        pass
+
+    cdef void close_all(self) noexcept:
+        pass
 
 
 cdef class Front(Acceptor):
@@ -226,6 +244,7 @@ cdef class Downstream(UpstreamUser):
         """1 when an exchange started (or the state changed), 0 to wait for events, -1 when closed."""
         cdef Py_ssize_t n, avail, room
         cdef int r
+        cdef bint preface
         # Answers leave in order: the previous one must be gone before the next request starts.
         r = self.flush_out()
         if r <= 0:
@@ -237,10 +256,22 @@ cdef class Downstream(UpstreamUser):
                     self.state = DS_HEAD
                     self.deadline = self.proxy.reactor.now + self.proxy.header_timeout
                     self.head_scan = 0
+                preface = False
+                if self.proxy.h2 is not None and self.ex_in == 0 and self.rbuf.data[self.rbuf.start] == 80:
+                    # "P" first on a connection that carried no request yet (ex_in counts from the first head on):
+                    # it may be HTTP/2's preface (prior knowledge).
+                    n = 24 if avail >= 24 else avail
+                    if memcmp(self.rbuf.data + self.rbuf.start, H2_PREFACE, n) == 0:
+                        if n == 24:
+                            self.to_h2()
+                            return -1
+                        preface = True  # a part of it so far: read on before judging
                 # A short partial head is parsed as it comes (errors show early); a long one only once its
                 # blank line is there or the limits are passed, so a client trickling a big head byte by byte
                 # cannot make us re-parse it from the start each time.
-                if (avail > SHORT_HEAD
+                if preface:
+                    n = 0
+                elif (avail > SHORT_HEAD
                         and find_head_end(self.rbuf.data + self.rbuf.start, avail, self.head_scan) < 0
                         and avail < self.proxy.limits.max_start_line + self.proxy.limits.max_header_bytes):
                     self.head_scan = avail
@@ -422,13 +453,7 @@ cdef class Downstream(UpstreamUser):
         if up is None:
             return
         self.up = None
-        self.pool.cluster.upstream_end(up.endpoint)
-        if reuse:
-            self.pool.release(up)
-        elif self.resp_done:
-            up.close()
-        else:
-            up.abort()
+        self.pool.done_with(up, reuse, self.resp_done)
 
     # ---- the exchange ----------------------------------------------------------------------------
 
@@ -526,17 +551,9 @@ cdef class Downstream(UpstreamUser):
     cdef int flush_out(self) noexcept:
         """Send what `out` holds: 1 when it is empty, 0 when the socket is full (EPOLLOUT will come back), -1 when
         the client is gone (the connection is closed)."""
-        cdef int r
-        if not ob_pending(&self.out):
-            return 1
-        if not self.writable:
-            return 0
-        r = ob_flush(&self.out, self.fd)
+        cdef int r = ob_send(&self.out, self.fd, &self.writable)
         if r < 0:
             self.close()
-            return -1
-        if r == 0:
-            self.writable = False
         return r
 
     cdef int upstream_lost(self) noexcept:
@@ -563,7 +580,7 @@ cdef class Downstream(UpstreamUser):
 
     cdef int read_response_head(self) noexcept:
         cdef Upstream up = self.up
-        cdef Py_ssize_t n, room
+        cdef Py_ssize_t n
         while True:
             if rb_avail(&up.rbuf) > 0:
                 n = parse_response(up.rbuf.data + up.rbuf.start, rb_avail(&up.rbuf), &SCRATCH,
@@ -579,20 +596,15 @@ cdef class Downstream(UpstreamUser):
                     return 1
             if not up.readable:
                 return 0
-            room = self.proxy.reactor.buffers.size - up.rbuf.end if up.rbuf.data != NULL \
-                else self.proxy.reactor.buffers.size
-            n = rb_read(&up.rbuf, up.fd, self.proxy.reactor.buffers)
+            n = rb_read_edge(&up.rbuf, up.fd, self.proxy.reactor.buffers, &up.readable, up.hangup)
             if n > 0:
                 self.resp_started = True
-                if n < room and not up.hangup:
-                    up.readable = False
                 continue
             if n == -2:
                 self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
                 return 1
-            if n < 0 and errno == EAGAIN:
-                up.readable = False
-                return 0
+            if n == -1 and not up.readable:
+                return 0                           # EAGAIN
             # EOF or reset before a whole head.
             if self.resp_started:
                 self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
@@ -715,6 +727,14 @@ cdef class Downstream(UpstreamUser):
         self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
         TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf, proxy.limit)
         up.close()
+        self.close()
+
+    cdef void to_h2(self) noexcept:
+        """The connection opened with HTTP/2's preface: the listener's HTTP/2 side takes the socket, its slot and
+        the bytes read so far."""
+        cdef int fd = self.fd
+        self.fd = -1
+        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len)
         self.close()
 
     cdef void close(self) noexcept:  # no-cython-lint

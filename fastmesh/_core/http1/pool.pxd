@@ -55,4 +55,5 @@ cdef class HttpPool(Connector):
 
     cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome)
     cdef void release(self, Upstream up) noexcept
+    cdef void done_with(self, Upstream up, bint reuse, bint finished) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept

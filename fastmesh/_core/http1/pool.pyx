@@ -206,6 +206,17 @@ cdef class HttpPool(Connector):
         if self.waiters:
             self.wake_waiter()
 
+    cdef void done_with(self, Upstream up, bint reuse, bint finished) noexcept:
+        """An exchange is done with up: kept for the next one (reuse), closed after an exchange that ended cleanly,
+        or reset (a cut-short exchange: the server must not wait for the rest of it)."""
+        self.cluster.upstream_end(up.endpoint)
+        if reuse:
+            self.release(up)
+        elif finished:
+            up.close()
+        else:
+            up.abort()
+
     cdef void unlink_idle(self, Upstream up) noexcept:
         cdef int ep = up.endpoint
         if up.prev is not None:

@@ -129,6 +129,8 @@ cdef class HttpProxy(Front):
         """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
+        if self.h2 is not None:
+            self.h2.sweep(now)
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
@@ -166,6 +168,8 @@ cdef class HttpProxy(Front):
         cdef Downstream d = self.head
         cdef Downstream nxt
         self.draining = True
+        if self.h2 is not None:
+            self.h2.drain()
         while d is not None:
             nxt = d.next
             if d.state == DS_IDLE or (d.state == DS_HEAD and rb_avail(&d.rbuf) == 0):
@@ -176,6 +180,8 @@ cdef class HttpProxy(Front):
         self.reactor.graveyard.clear()
 
     def close_all(self):
+        if self.h2 is not None:
+            self.h2.close_all()
         while self.head is not None:
             self.head.close()
         for pool in self.pools:

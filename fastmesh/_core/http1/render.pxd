@@ -2,12 +2,20 @@
 # list written straight into the output buffer) and the proxy's own error answers.
 
 from fastmesh._core.buffer cimport OutBuf
-from fastmesh._core.request cimport RequestView, EditList, Span
+from fastmesh._core.request cimport RequestView, EditList, Span, Field
 from fastmesh._core.router cimport Router
 from fastmesh._core.http1.parser cimport Head
 
 cdef enum:
     BUDGET_DIGITS = 9              # the fastmesh-timeout-ms value is rendered this wide, so a retry restamps it
+    MAX_CONN_TOKENS = 16           # Connection field tokens honoured when dropping the fields they name
+
+# The tokens of every Connection field among fields (names any case) into tok/tlen (room for MAX_CONN_TOKENS):
+# the names of further hop-by-hop fields. Returns how many.
+cdef int connection_tokens(const char *base, const Field *fields, int n, const char **tok,
+                           Py_ssize_t *tlen) noexcept
+# Whether the field name (n bytes) is one of the ntok tokens, ignoring ASCII case.
+cdef bint in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept
 
 # The request head as sent upstream into o (cleared first): origin-form target (the route's rewrite), the
 # fields as received less hop-by-hop ones and those the edits remove, then the edits' fields. Returns the
@@ -15,6 +23,16 @@ cdef enum:
 # `local`: the listener address ("host:port") a request without Host is sent with (HTTP/1.0 only).
 cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
                                int route, const EditList *edits, bint upgrading, Span local) noexcept
+# The request head sent upstream for a request that came as a view alone (a downgraded HTTP/2 request): the
+# method and the route's target, Host from `authority` (as the client sent it), the view's fields less those
+# HTTP/1 frames itself or treats as hop-by-hop and those the edits remove, Cookie fields joined into one, then
+# Content-Length (content_length >= 0) or chunked framing, then the edits, the deadline with `budget` ms (and as
+# grpc-timeout too for a gRPC request). Returns -1 (no digits to stamp).
+cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
+                                    const EditList *edits, long long content_length, bint chunked, long long budget,
+                                    bint grpc) noexcept
+# A deadline budget as a grpc-timeout value (at most 8 digits and a unit) into out (room for 24); its length.
+cdef int grpc_timeout_text(char *out, long long ms) noexcept
 # Write ms (0..999999999) into the BUDGET_DIGITS digits at o.data + at.
 cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept
 # Whether a response head carries fastmesh-retried (a hop below already applied its retries).
@@ -26,3 +44,5 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
 # The proxy's answer for ProxyError err (errors.pxd; `code`: a parse code choosing a 4xx/5xx status for
 # PE_BAD_REQUEST, else 0), appended to o; the body is left out for HEAD. Returns the status.
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept
+# The text body of that answer into body (room for size bytes); its length. Every codec's error body says the same.
+cdef int error_text(char *body, int size, int err, int code) noexcept

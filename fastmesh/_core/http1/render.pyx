@@ -31,15 +31,15 @@ from fastmesh._core.http1.parser cimport (
 )
 from fastmesh._core.http1.view cimport target_authority
 from fastmesh._core.request cimport (
-    RequestView, Span, Edit, EditList, edit_at, find_field, fold_eq, span_of, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT,
-    EDIT_DEADLINE, EDITS_OWN,
+    RequestView, Span, Field, Edit, EditList, edit_at, find_field, fold_eq, span_of, EDIT_ADD, EDIT_REMOVE,
+    EDIT_ADD_ABSENT, EDIT_DEADLINE, EDITS_OWN,
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.http1.view cimport view_parse
 
-cdef int MAX_CONN_TOKENS = 16          # Connection field tokens honoured when dropping the fields they name
 cdef const char *RETRIED_FIELD = b"fastmesh-retried"
+cdef const char *GRPC_TIMEOUT = b"grpc-timeout"
 cdef const char *CONN_UPGRADE = b"Connection: upgrade\r\n"
 cdef const char *CONN_CLOSE = b"Connection: close\r\n"
 cdef const char *CONN_KEEP = b"Connection: keep-alive\r\n"
@@ -64,7 +64,7 @@ cdef inline bint _token_is(const char *name, Py_ssize_t n, const char *tok, Py_s
     return True
 
 
-cdef inline bint _in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept:
+cdef bint in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept:
     cdef int k
     for k in range(ntok):
         if _token_is(name, n, tok[k], tlen[k]):
@@ -72,30 +72,29 @@ cdef inline bint _in_tokens(const char *name, Py_ssize_t n, const char **tok, Py
     return False
 
 
-cdef int _connection_tokens(const char *buf, const Head *h, const char **tok, Py_ssize_t *tlen) noexcept:
-    """The tokens of every Connection field: the names of further hop-by-hop fields to drop."""
-    cdef int i, n = 0
-    cdef const HeaderField *f
+cdef int connection_tokens(const char *base, const Field *fields, int n, const char **tok,
+                           Py_ssize_t *tlen) noexcept:
+    """The tokens of every Connection field (any case): the names of further hop-by-hop fields to drop."""
+    cdef int i, k = 0
     cdef const char *p
     cdef const char *end
     cdef const char *start
-    for i in range(h.num_headers):
-        f = &h.headers[i]
-        if f.id != FIELD_CONNECTION:
+    for i in range(n):
+        if fields[i].name_len != 10 or not fold_eq(base + fields[i].name_off, b"connection", 10):
             continue
-        p = buf + f.value_off
-        end = p + f.value_len
-        while p < end and n < MAX_CONN_TOKENS:
+        p = base + fields[i].value_off
+        end = p + fields[i].value_len
+        while p < end and k < MAX_CONN_TOKENS:
             while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
                 p += 1
             start = p
             while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
                 p += 1
             if p > start:
-                tok[n] = start
-                tlen[n] = p - start
-                n += 1
-    return n
+                tok[k] = start
+                tlen[k] = p - start
+                k += 1
+    return k
 
 
 cdef inline bint _hop_by_hop(uint32_t fid, bint upgrading) noexcept:
@@ -141,39 +140,109 @@ cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
     o.len += name.len + value.len + 4
 
 
-cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
-                               int route, const EditList *edits, bint upgrading, Span local) noexcept:
-    cdef const HeaderField *f
+cdef unsigned long long _edit_lengths(const EditList *edits) noexcept:
+    """Bit n set: some edit matches field names of n bytes (most fields then cost one test)."""
+    cdef unsigned long long lengths = 0
     cdef const Edit *x
-    cdef const char *tok[16]
-    cdef Py_ssize_t tlen[16]
-    cdef int ntok = 0, i, k, total = edits.n + edits.route_n
-    cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
-    cdef unsigned long long lengths = 0    # bit n: some edit matches field names of n bytes
-    cdef bint seen_cl = False, dropped
-    cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
-    cdef Py_ssize_t at = -1
-    cdef Span head, tail, host
-    o.off = 0
-    o.len = 0
-    ob_add(o, buf + h.method_off, h.method_len)
-    ob_add(o, " ", 1)
-    if v.has_path:
-        router.rewrite_path(route, v, &head, &tail)
-        ob_add(o, head.ptr, head.len)
-        ob_add(o, tail.ptr, tail.len)
-        ob_add(o, v.query.ptr, v.query.len)
-    else:
-        ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
-    ob_add(o, " HTTP/1.1\r\n", 11)
-    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-        ntok = _connection_tokens(buf, h, tok, tlen)
-    for k in range(total):
+    cdef int k
+    for k in range(edits.n + edits.route_n):
         x = edit_at(edits, k)
         if x.kind != EDIT_ADD and x.name.len < 64:
             lengths |= 1ULL << x.name.len
         elif x.kind != EDIT_ADD:
             lengths = ~0ULL          # a name too long for the mask: every field is compared
+        if x.kind == EDIT_DEADLINE:
+            lengths |= 1ULL << 12    # grpc-timeout
+    return lengths
+
+
+cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const char *name, Py_ssize_t n,
+                      unsigned int *present) noexcept:
+    """Whether an edit removes the field called name (any case); marks in *present the own add-if-absent edits
+    the field satisfies."""
+    cdef const Edit *x
+    cdef int k
+    if not ((lengths >> n) & 1 if n < 64 else lengths == ~0ULL):
+        return False
+    for k in range(edits.n + edits.route_n):
+        x = edit_at(edits, k)
+        if x.kind == EDIT_DEADLINE and n == 12 and fold_eq(name, GRPC_TIMEOUT, 12):
+            return True              # the deadline replaces a gRPC client's too (its value renders shrunk)
+        if x.kind == EDIT_ADD or x.name.len != n or not fold_eq(name, x.name.ptr, x.name.len):
+            continue
+        if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
+            return True
+        if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
+            present[0] |= 1u << k
+    return False
+
+
+cdef Py_ssize_t _edit_fields(OutBuf *o, const EditList *edits, unsigned int present, long long budget,
+                             bint grpc) noexcept:
+    """The edits' own fields. The deadline: with budget >= 0 its value in ms (and, for a gRPC request, the same
+    budget as grpc-timeout), else fixed-width digits for stamp_budget; returns their offset, or -1."""
+    cdef const Edit *x
+    cdef Py_ssize_t at = -1
+    cdef char digits[24]
+    cdef int k, n
+    for k in range(edits.n + edits.route_n):
+        x = edit_at(edits, k)
+        if x.kind == EDIT_ADD or (x.kind == EDIT_ADD_ABSENT and not (k < EDITS_OWN and (present >> k) & 1)):
+            _line(o, x.name, x.value)
+        elif x.kind == EDIT_DEADLINE and budget >= 0:
+            n = snprintf(digits, sizeof(digits), "%lld", budget)
+            _line(o, x.name, span_of(digits, n))
+            if grpc:
+                n = grpc_timeout_text(digits, budget)
+                _line(o, span_of(GRPC_TIMEOUT, 12), span_of(digits, n))
+        elif x.kind == EDIT_DEADLINE:
+            ob_add(o, x.name.ptr, x.name.len)
+            ob_add(o, ": ", 2)
+            at = o.len
+            ob_add(o, "000000000\r\n", BUDGET_DIGITS + 2)
+    return at
+
+
+cdef int grpc_timeout_text(char *out, long long ms) noexcept:
+    # At most 8 digits: milliseconds while they fit, else whole seconds (rounded down: never a longer budget).
+    if ms <= 99999999:
+        return snprintf(out, 24, "%lldm", ms)
+    return snprintf(out, 24, "%lldS", ms // 1000)
+
+
+cdef void _target(OutBuf *o, const RequestView *v, Router router, int route) noexcept:
+    """The origin-form target upstream: the path with the route's rewrite, then the query."""
+    cdef Span head, tail
+    router.rewrite_path(route, v, &head, &tail)
+    ob_add(o, head.ptr, head.len)
+    ob_add(o, tail.ptr, tail.len)
+    ob_add(o, v.query.ptr, v.query.len)
+
+
+cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
+                               int route, const EditList *edits, bint upgrading, Span local) noexcept:
+    cdef const HeaderField *f
+    cdef const char *tok[MAX_CONN_TOKENS]
+    cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
+    cdef int ntok = 0, i
+    cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
+    cdef unsigned long long lengths
+    cdef bint seen_cl = False
+    cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
+    cdef Py_ssize_t at
+    cdef Span host
+    o.off = 0
+    o.len = 0
+    ob_add(o, buf + h.method_off, h.method_len)
+    ob_add(o, " ", 1)
+    if v.has_path:
+        _target(o, v, router, route)
+    else:
+        ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
+    ob_add(o, " HTTP/1.1\r\n", 11)
+    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+        ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
+    lengths = _edit_lengths(edits)
     if host_from_target or h.host_index < 0:
         # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host (a received Host is ignored);
         # an HTTP/1.0 request without one gets the listener address it came to.
@@ -194,37 +263,89 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
         if f.id == FIELD_HOST and host_from_target:
             continue
         if f.id == FIELD_OTHER:
-            if ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+            if ntok and in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                 continue
-            if (lengths >> f.name_len) & 1 if f.name_len < 64 else lengths == ~0ULL:
-                # (no edit names a field of this length: most fields cost only this test)
-                dropped = False
-                for k in range(total):
-                    x = edit_at(edits, k)
-                    if x.kind == EDIT_ADD or x.name.len != f.name_len \
-                            or not fold_eq(buf + f.name_off, x.name.ptr, x.name.len):
-                        continue
-                    if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
-                        dropped = True
-                        break
-                    if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
-                        present |= 1u << k
-                if dropped:
-                    continue
+            if _edit_drops(edits, lengths, buf + f.name_off, f.name_len, &present):
+                continue
         # The field line as received ("Name: value"), one copy.
         ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
         ob_add(o, "\r\n", 2)
     if upgrading:
         ob_add(o, CONN_UPGRADE, 21)
-    for k in range(total):
-        x = edit_at(edits, k)
-        if x.kind == EDIT_ADD or (x.kind == EDIT_ADD_ABSENT and not (k < EDITS_OWN and (present >> k) & 1)):
-            _line(o, x.name, x.value)
-        elif x.kind == EDIT_DEADLINE:
-            ob_add(o, x.name.ptr, x.name.len)
-            ob_add(o, ": ", 2)
-            at = o.len
-            ob_add(o, "000000000\r\n", BUDGET_DIGITS + 2)
+    at = _edit_fields(o, edits, present, -1, False)
+    ob_add(o, "\r\n", 2)
+    return at
+
+
+cdef bint _not_for_http1(const char *name, Py_ssize_t n) noexcept:
+    """Fields of a downgraded (HTTP/2) request that HTTP/1 frames or routes itself, or that are hop-by-hop: host
+    (Host comes from the authority), content-length and transfer-encoding (the framing is ours), te, and the
+    connection-specific ones RFC 9113 section 8.2.2 forbids (refused by the session; dropped here regardless)."""
+    if n == 2:
+        return fold_eq(name, b"te", 2)
+    if n == 4:
+        return fold_eq(name, b"host", 4)
+    if n == 7:
+        return fold_eq(name, b"upgrade", 7) or fold_eq(name, b"trailer", 7)
+    if n == 10:
+        return fold_eq(name, b"connection", 10) or fold_eq(name, b"keep-alive", 10)
+    if n == 14:
+        return fold_eq(name, b"content-length", 14) or fold_eq(name, b"http2-settings", 14)
+    if n == 16:
+        return fold_eq(name, b"proxy-connection", 16)
+    if n == 17:
+        return fold_eq(name, b"transfer-encoding", 17)
+    return False
+
+
+cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
+                                    const EditList *edits, long long content_length, bint chunked, long long budget,
+                                    bint grpc) noexcept:
+    cdef const Field *f
+    cdef const char *base = v.base
+    cdef unsigned int present = 0
+    cdef unsigned long long lengths = _edit_lengths(edits)
+    cdef int i, cookies = 0
+    cdef Py_ssize_t at
+    o.off = 0
+    o.len = 0
+    ob_add(o, v.method_token.ptr, v.method_token.len)
+    ob_add(o, " ", 1)
+    if v.has_path:
+        _target(o, v, router, route)
+    else:
+        ob_add(o, authority.ptr, authority.len)     # CONNECT: authority-form
+    ob_add(o, " HTTP/1.1\r\n", 11)
+    _line(o, span_of(b"Host", 4), authority)
+    for i in range(v.num_fields):
+        f = &v.fields[i]
+        if f.name_len == 6 and fold_eq(base + f.name_off, b"cookie", 6):
+            cookies += 1
+            continue
+        if _not_for_http1(base + f.name_off, f.name_len):
+            continue
+        if _edit_drops(edits, lengths, base + f.name_off, f.name_len, &present):
+            continue
+        _line(o, span_of(base + f.name_off, f.name_len), span_of(base + f.value_off, f.value_len))
+    if cookies and _edit_drops(edits, lengths, b"cookie", 6, &present):
+        cookies = 0
+    if cookies:
+        # HTTP/2 may split Cookie into one field per cookie; HTTP/1 wants one line, joined by "; " (RFC 9113
+        # section 8.2.3).
+        ob_add(o, "cookie: ", 8)
+        for i in range(v.num_fields):
+            f = &v.fields[i]
+            if f.name_len == 6 and fold_eq(base + f.name_off, b"cookie", 6):
+                ob_add(o, base + f.value_off, f.value_len)
+                cookies -= 1
+                if cookies:
+                    ob_add(o, "; ", 2)
+        ob_add(o, "\r\n", 2)
+    if content_length >= 0:
+        _content_length(o, content_length)
+    elif chunked:
+        ob_add(o, TE_CHUNKED, 28)
+    at = _edit_fields(o, edits, present, budget, grpc)
     ob_add(o, "\r\n", 2)
     return at
 
@@ -252,8 +373,8 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
                           bint tunnel, bint dechunk, bint client_keep, int client_minor) noexcept:
     cdef const HeaderField *f
     cdef const Edit *x
-    cdef const char *tok[16]
-    cdef Py_ssize_t tlen[16]
+    cdef const char *tok[MAX_CONN_TOKENS]
+    cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
     cdef int ntok = 0, i
     cdef bint seen_cl = False
     cdef char line[16]
@@ -267,12 +388,12 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, buf + h.reason_off, h.reason_len)
     ob_add(o, "\r\n", 2)
     if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-        ntok = _connection_tokens(buf, h, tok, tlen)
+        ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     for i in range(h.num_headers):
         f = &h.headers[i]
         if _hop_by_hop(f.id, tunnel):
             continue
-        if f.id == FIELD_OTHER and ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+        if f.id == FIELD_OTHER and ntok and in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
             continue
         if f.id == FIELD_TRANSFER_ENCODING:
             if dechunk:
@@ -303,6 +424,15 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, "\r\n", 2)
 
 
+cdef int error_text(char *body, int size, int err, int code) noexcept:
+    cdef const ErrorInfo *e = error_info(err)
+    if err == PE_NO_ROUTE:
+        return snprintf(body, size, "no route for this request\n")
+    if err == PE_BAD_REQUEST:
+        return snprintf(body, size, "%s\n", error_reason(code) if code < 0 else e.reason)
+    return snprintf(body, size, "%s: %s\n", e.reason, e.cause)
+
+
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept:
     cdef const ErrorInfo *e = error_info(err)
     cdef int status = e.status
@@ -313,12 +443,7 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     if err == PE_BAD_REQUEST and code < 0:
         status = error_status(code)
         reason = error_reason(code)
-    if err == PE_NO_ROUTE:
-        blen = snprintf(body, sizeof(body), "no route for this request\n")
-    elif err == PE_BAD_REQUEST:
-        blen = snprintf(body, sizeof(body), "%s\n", reason)
-    else:
-        blen = snprintf(body, sizeof(body), "%s: %s\n", reason, e.cause)
+    blen = error_text(body, sizeof(body), err, code)
     n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
                  "fastmesh-error: %s\r\n%s", status, reason, blen, e.cause, "" if keep else "connection: close\r\n")
     ob_add(o, line, n)
