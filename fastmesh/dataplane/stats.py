@@ -73,6 +73,7 @@ class ClusterSlots:
     weights: tuple[int, ...]
     balancer: str
     offset: int
+    protocol: str = "http1"      # what http listeners speak to its endpoints ("http1" or "h2")
 
     def field(self, name: str) -> int:
         """Offset of the cluster-wide slot `name` (CLUSTER_FIELDS)."""
@@ -119,7 +120,7 @@ class StatsLayout:
         for name, cluster in cfg.clusters.items():
             endpoints = tuple(_address(e.host, e.port) for e in cluster.endpoints)
             self.clusters[name] = ClusterSlots(name, endpoints, tuple(e.weight for e in cluster.endpoints),
-                                               cluster.balancer, offset)
+                                               cluster.balancer, offset, cluster.protocol)
             offset += cluster_size(len(endpoints))
         requests = []
         for lst in cfg.listeners:
@@ -362,6 +363,7 @@ class WorkerStats:
         """The config changed shape: report in `layout` from now on and give every slot a new block in it (the
         old ones stay until what counts into them is done). False when the shape is the same."""
         if layout.key == self.layout.key:
+            self.layout = layout        # same offsets; what only describes (balancer, protocol) may have changed
             return False
         retired = array("Q", bytes(8 * layout.size))
         self._translation(self.layout, layout).add(self.retired, retired)
@@ -506,6 +508,7 @@ class Snapshot:
             endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints))]
             out[cs.name] = {
                 "balancer": cs.balancer,
+                "protocol": cs.protocol,
                 "retries": self.totals[cs.field("retries")],
                 "failed": self.totals[cs.field("failed")],
                 "ejections": self.totals[cs.field("ejections")],
