@@ -15,6 +15,12 @@ cdef enum:
 # `local`: the listener address ("host:port") a request without Host is sent with (HTTP/1.0 only).
 cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
                                int route, const EditList *edits, bint upgrading, Span local) noexcept
+# The request head sent upstream for a request that came as a view alone (a downgraded HTTP/2 request): the
+# method and the route's target, Host from `authority` (as the client sent it), the view's fields less those
+# HTTP/1 frames itself or treats as hop-by-hop and those the edits remove, Cookie fields joined into one, then
+# Content-Length (content_length >= 0) or chunked framing, then the edits. Returns the deadline digits' offset.
+cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
+                                    const EditList *edits, long long content_length, bint chunked) noexcept
 # Write ms (0..999999999) into the BUDGET_DIGITS digits at o.data + at.
 cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept
 # Whether a response head carries fastmesh-retried (a hop below already applied its retries).

@@ -31,8 +31,8 @@ from fastmesh._core.http1.parser cimport (
 )
 from fastmesh._core.http1.view cimport target_authority
 from fastmesh._core.request cimport (
-    RequestView, Span, Edit, EditList, edit_at, find_field, fold_eq, span_of, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT,
-    EDIT_DEADLINE, EDITS_OWN,
+    RequestView, Span, Field, Edit, EditList, edit_at, find_field, fold_eq, span_of, EDIT_ADD, EDIT_REMOVE,
+    EDIT_ADD_ABSENT, EDIT_DEADLINE, EDITS_OWN,
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.exchange cimport Exchange
@@ -141,39 +141,89 @@ cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
     o.len += name.len + value.len + 4
 
 
-cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
-                               int route, const EditList *edits, bint upgrading, Span local) noexcept:
-    cdef const HeaderField *f
+cdef unsigned long long _edit_lengths(const EditList *edits) noexcept:
+    """Bit n set: some edit matches field names of n bytes (most fields then cost one test)."""
+    cdef unsigned long long lengths = 0
     cdef const Edit *x
-    cdef const char *tok[16]
-    cdef Py_ssize_t tlen[16]
-    cdef int ntok = 0, i, k, total = edits.n + edits.route_n
-    cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
-    cdef unsigned long long lengths = 0    # bit n: some edit matches field names of n bytes
-    cdef bint seen_cl = False, dropped
-    cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
-    cdef Py_ssize_t at = -1
-    cdef Span head, tail, host
-    o.off = 0
-    o.len = 0
-    ob_add(o, buf + h.method_off, h.method_len)
-    ob_add(o, " ", 1)
-    if v.has_path:
-        router.rewrite_path(route, v, &head, &tail)
-        ob_add(o, head.ptr, head.len)
-        ob_add(o, tail.ptr, tail.len)
-        ob_add(o, v.query.ptr, v.query.len)
-    else:
-        ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
-    ob_add(o, " HTTP/1.1\r\n", 11)
-    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-        ntok = _connection_tokens(buf, h, tok, tlen)
-    for k in range(total):
+    cdef int k
+    for k in range(edits.n + edits.route_n):
         x = edit_at(edits, k)
         if x.kind != EDIT_ADD and x.name.len < 64:
             lengths |= 1ULL << x.name.len
         elif x.kind != EDIT_ADD:
             lengths = ~0ULL          # a name too long for the mask: every field is compared
+    return lengths
+
+
+cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const char *name, Py_ssize_t n,
+                      unsigned int *present) noexcept:
+    """Whether an edit removes the field called name (any case); marks in *present the own add-if-absent edits
+    the field satisfies."""
+    cdef const Edit *x
+    cdef int k
+    if not ((lengths >> n) & 1 if n < 64 else lengths == ~0ULL):
+        return False
+    for k in range(edits.n + edits.route_n):
+        x = edit_at(edits, k)
+        if x.kind == EDIT_ADD or x.name.len != n or not fold_eq(name, x.name.ptr, x.name.len):
+            continue
+        if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
+            return True
+        if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
+            present[0] |= 1u << k
+    return False
+
+
+cdef Py_ssize_t _edit_fields(OutBuf *o, const EditList *edits, unsigned int present) noexcept:
+    """The edits' own fields; returns the offset of the deadline digits (stamp_budget), or -1."""
+    cdef const Edit *x
+    cdef Py_ssize_t at = -1
+    cdef int k
+    for k in range(edits.n + edits.route_n):
+        x = edit_at(edits, k)
+        if x.kind == EDIT_ADD or (x.kind == EDIT_ADD_ABSENT and not (k < EDITS_OWN and (present >> k) & 1)):
+            _line(o, x.name, x.value)
+        elif x.kind == EDIT_DEADLINE:
+            ob_add(o, x.name.ptr, x.name.len)
+            ob_add(o, ": ", 2)
+            at = o.len
+            ob_add(o, "000000000\r\n", BUDGET_DIGITS + 2)
+    return at
+
+
+cdef void _target(OutBuf *o, const RequestView *v, Router router, int route) noexcept:
+    """The origin-form target upstream: the path with the route's rewrite, then the query."""
+    cdef Span head, tail
+    router.rewrite_path(route, v, &head, &tail)
+    ob_add(o, head.ptr, head.len)
+    ob_add(o, tail.ptr, tail.len)
+    ob_add(o, v.query.ptr, v.query.len)
+
+
+cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
+                               int route, const EditList *edits, bint upgrading, Span local) noexcept:
+    cdef const HeaderField *f
+    cdef const char *tok[16]
+    cdef Py_ssize_t tlen[16]
+    cdef int ntok = 0, i
+    cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
+    cdef unsigned long long lengths
+    cdef bint seen_cl = False
+    cdef bint host_from_target = h.target_form == TARGET_ABSOLUTE
+    cdef Py_ssize_t at
+    cdef Span host
+    o.off = 0
+    o.len = 0
+    ob_add(o, buf + h.method_off, h.method_len)
+    ob_add(o, " ", 1)
+    if v.has_path:
+        _target(o, v, router, route)
+    else:
+        ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
+    ob_add(o, " HTTP/1.1\r\n", 11)
+    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+        ntok = _connection_tokens(buf, h, tok, tlen)
+    lengths = _edit_lengths(edits)
     if host_from_target or h.host_index < 0:
         # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host (a received Host is ignored);
         # an HTTP/1.0 request without one gets the listener address it came to.
@@ -196,35 +246,86 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
         if f.id == FIELD_OTHER:
             if ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                 continue
-            if (lengths >> f.name_len) & 1 if f.name_len < 64 else lengths == ~0ULL:
-                # (no edit names a field of this length: most fields cost only this test)
-                dropped = False
-                for k in range(total):
-                    x = edit_at(edits, k)
-                    if x.kind == EDIT_ADD or x.name.len != f.name_len \
-                            or not fold_eq(buf + f.name_off, x.name.ptr, x.name.len):
-                        continue
-                    if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
-                        dropped = True
-                        break
-                    if x.kind == EDIT_ADD_ABSENT and k < EDITS_OWN:
-                        present |= 1u << k
-                if dropped:
-                    continue
+            if _edit_drops(edits, lengths, buf + f.name_off, f.name_len, &present):
+                continue
         # The field line as received ("Name: value"), one copy.
         ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
         ob_add(o, "\r\n", 2)
     if upgrading:
         ob_add(o, CONN_UPGRADE, 21)
-    for k in range(total):
-        x = edit_at(edits, k)
-        if x.kind == EDIT_ADD or (x.kind == EDIT_ADD_ABSENT and not (k < EDITS_OWN and (present >> k) & 1)):
-            _line(o, x.name, x.value)
-        elif x.kind == EDIT_DEADLINE:
-            ob_add(o, x.name.ptr, x.name.len)
-            ob_add(o, ": ", 2)
-            at = o.len
-            ob_add(o, "000000000\r\n", BUDGET_DIGITS + 2)
+    at = _edit_fields(o, edits, present)
+    ob_add(o, "\r\n", 2)
+    return at
+
+
+cdef bint _not_for_http1(const char *name, Py_ssize_t n) noexcept:
+    """Fields of a downgraded (HTTP/2) request that HTTP/1 frames or routes itself, or that are hop-by-hop: host
+    (Host comes from the authority), content-length and transfer-encoding (the framing is ours), te, and the
+    connection-specific ones RFC 9113 section 8.2.2 forbids (refused by the session; dropped here regardless)."""
+    if n == 2:
+        return fold_eq(name, b"te", 2)
+    if n == 4:
+        return fold_eq(name, b"host", 4)
+    if n == 7:
+        return fold_eq(name, b"upgrade", 7) or fold_eq(name, b"trailer", 7)
+    if n == 10:
+        return fold_eq(name, b"connection", 10) or fold_eq(name, b"keep-alive", 10)
+    if n == 14:
+        return fold_eq(name, b"content-length", 14) or fold_eq(name, b"http2-settings", 14)
+    if n == 16:
+        return fold_eq(name, b"proxy-connection", 16)
+    if n == 17:
+        return fold_eq(name, b"transfer-encoding", 17)
+    return False
+
+
+cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
+                                    const EditList *edits, long long content_length, bint chunked) noexcept:
+    cdef const Field *f
+    cdef const char *base = v.base
+    cdef unsigned int present = 0
+    cdef unsigned long long lengths = _edit_lengths(edits)
+    cdef int i, cookies = 0
+    cdef Py_ssize_t at
+    o.off = 0
+    o.len = 0
+    ob_add(o, v.method_token.ptr, v.method_token.len)
+    ob_add(o, " ", 1)
+    if v.has_path:
+        _target(o, v, router, route)
+    else:
+        ob_add(o, authority.ptr, authority.len)     # CONNECT: authority-form
+    ob_add(o, " HTTP/1.1\r\n", 11)
+    _line(o, span_of(b"Host", 4), authority)
+    for i in range(v.num_fields):
+        f = &v.fields[i]
+        if f.name_len == 6 and fold_eq(base + f.name_off, b"cookie", 6):
+            cookies += 1
+            continue
+        if _not_for_http1(base + f.name_off, f.name_len):
+            continue
+        if _edit_drops(edits, lengths, base + f.name_off, f.name_len, &present):
+            continue
+        _line(o, span_of(base + f.name_off, f.name_len), span_of(base + f.value_off, f.value_len))
+    if cookies and _edit_drops(edits, lengths, b"cookie", 6, &present):
+        cookies = 0
+    if cookies:
+        # HTTP/2 may split Cookie into one field per cookie; HTTP/1 wants one line, joined by "; " (RFC 9113
+        # section 8.2.3).
+        ob_add(o, "cookie: ", 8)
+        for i in range(v.num_fields):
+            f = &v.fields[i]
+            if f.name_len == 6 and fold_eq(base + f.name_off, b"cookie", 6):
+                ob_add(o, base + f.value_off, f.value_len)
+                cookies -= 1
+                if cookies:
+                    ob_add(o, "; ", 2)
+        ob_add(o, "\r\n", 2)
+    if content_length >= 0:
+        _content_length(o, content_length)
+    elif chunked:
+        ob_add(o, TE_CHUNKED, 28)
+    at = _edit_fields(o, edits, present)
     ob_add(o, "\r\n", 2)
     return at
 

@@ -1,0 +1,142 @@
+# The sans-IO HTTP/2 connection engine (RFC 9113), both roles: bytes in through receive(), frames out into
+# `out`, events out through cdef methods a subclass overrides (C virtual calls). No sockets, no asyncio, no
+# Python object per frame; one Stream object per stream.
+#
+# The I/O layer's contract:
+#  - feed received bytes to receive(); it consumes whole frames and returns the bytes used (the tail of a
+#    partial frame stays with the caller, who passes it again with more bytes), or RECV_ERROR after a
+#    connection error (GOAWAY is queued in `out`, every open stream got on_reset: flush `out`, then close).
+#    It also returns early (fewer bytes) while `paused()`: `out` holds more than limits.max_out_bytes unsent;
+#    flush, then call receive() again with the rest.
+#  - flush `out` (ob_flush) once per event-loop pass, after the events of that pass: many frames, one send.
+#  - call tick(now) about once a second (monotonic seconds): SETTINGS ACK timeout, graceful GOAWAY's second
+#    step, zero-window stalls (on_stall), glitch decay.
+#  - report body bytes it has passed on with consumed(stream, n): the peer gets WINDOW_UPDATE once half a
+#    window has been consumed.
+#  - close the socket when finished() says so (after flushing out).
+# Event methods return 0, or -1 with a Python exception set (receive() then returns -1 and the connection
+# should be dropped). Streams handed to events stay valid until on_stream_closed returns; after that the
+# session drops them and clears Stream.user.
+
+from libc.stdint cimport uint8_t, uint32_t, int64_t
+from fastmesh._core.buffer cimport OutBuf
+from fastmesh._core.request cimport Field
+from fastmesh._core.http2.hpack cimport HeaderBlock, Decoder, Encoder
+from fastmesh._core.http2.streams cimport Stream
+from fastmesh._core.http2.limits cimport H2Limits, FloodState
+
+cdef enum Role:
+    ROLE_SERVER = 0                # we accepted the connection: the peer opens odd streams
+    ROLE_CLIENT = 1                # we connected: we send the preface and open odd streams
+
+cdef enum ConnState:
+    CS_PREFACE = 0                 # server: waiting for the client's magic; client: waiting for the server's SETTINGS
+    CS_OPEN = 1                    # frames flow
+    CS_DRAINING = 2                # a graceful GOAWAY's first step went out (2^31-1 + PING): waiting for the ACK
+    CS_GOAWAY = 3                  # the final GOAWAY went out or came in: no new streams, old ones finish
+    CS_CLOSED = 4                  # a connection error: GOAWAY with its code queued, nothing more is read
+
+cdef enum:
+    RECV_ERROR = -2                # receive(): a connection error; GOAWAY queued, streams reset, close after flush
+
+cdef class Session:
+    cdef readonly int role                 # Role
+    cdef readonly int state                # ConnState
+    cdef OutBuf out                        # frames not yet sent: the I/O layer flushes it
+    cdef H2Limits limits                   # abuse limits and our settings (shared by the listener's connections)
+    cdef FloodState flood                  # this connection's abuse counters
+    cdef Decoder decoder                   # HPACK for the peer's header blocks
+    cdef Encoder encoder                   # HPACK for ours
+    cdef double now                        # session time: the last tick(now)
+    # --- peer settings (what we must honour when sending) ---
+    cdef readonly uint32_t peer_max_concurrent     # SETTINGS_MAX_CONCURRENT_STREAMS (2^32-1 when unset)
+    cdef readonly uint32_t peer_initial_window     # SETTINGS_INITIAL_WINDOW_SIZE (65535)
+    cdef readonly uint32_t peer_max_frame          # SETTINGS_MAX_FRAME_SIZE (16384)
+    cdef readonly uint32_t peer_max_list           # SETTINGS_MAX_HEADER_LIST_SIZE (2^32-1 when unset)
+    cdef readonly bint peer_settings_seen          # the peer's first SETTINGS arrived
+    # --- our settings ---
+    cdef uint32_t local_initial_window     # the stream window the peer may use (after our SETTINGS were ACKed)
+    cdef bint settings_pending             # our SETTINGS went out, not yet ACKed
+    cdef double settings_sent_at           # when (session time), for the ACK timeout
+    # --- flow control ---
+    cdef int64_t send_window               # connection window the peer lets us use
+    cdef int64_t recv_window               # connection window we still give the peer
+    cdef int64_t recv_unacked              # bytes consumed that we have not credited back yet (connection)
+    # --- streams ---
+    cdef void **table                      # open streams by id: open addressing, owned references (PyObject *)
+    cdef uint32_t table_mask               # table size - 1 (a power of two)
+    cdef readonly int num_streams          # streams in the table
+    cdef readonly int peer_open            # peer-opened streams counted against our max_concurrent_streams
+    cdef readonly int local_open           # streams we opened, counted against the peer's max
+    cdef readonly uint32_t last_peer_id    # highest stream id the peer opened (the GOAWAY last-stream-id)
+    cdef uint32_t next_local_id            # next stream id we open (client: 1, 3, ...)
+    cdef int blocked_count                 # streams waiting for a window (on_window)
+    # --- header block being received (HEADERS + CONTINUATION joined) ---
+    cdef char *hb_data                     # the joined block fragments
+    cdef Py_ssize_t hb_len                 # bytes in hb_data
+    cdef Py_ssize_t hb_cap                 # allocated size of hb_data
+    cdef uint32_t hb_stream                # the stream whose block is open (0: no CONTINUATION expected)
+    cdef bint hb_end_stream                # that HEADERS carried END_STREAM
+    # --- our header block being built (headers_begin .. headers_end) ---
+    cdef OutBuf hb_out                     # HPACK output of the block being built
+    # --- GOAWAY ---
+    cdef readonly uint32_t goaway_sent_id  # last stream id in the GOAWAY we sent (2^31-1 in the first step)
+    cdef readonly uint32_t goaway_code     # its code
+    cdef readonly uint32_t peer_goaway_id  # the peer's GOAWAY last stream id (2^31-1 until one came)
+    cdef double drain_started              # when the graceful GOAWAY's first step went out
+    cdef readonly int conn_error           # the H2Error of the connection error that closed us, or -1
+    # --- counters (read by metrics) ---
+    cdef readonly unsigned long long streams_opened    # streams opened, either side
+    cdef readonly unsigned long long streams_refused   # peer streams refused (REFUSED_STREAM: over the limit, GOAWAY)
+    cdef readonly unsigned long long resets_sent       # RST_STREAM we sent
+    cdef readonly unsigned long long resets_received   # RST_STREAM the peer sent
+
+    # --- life ---
+    cdef int setup(self, int role, H2Limits limits) except -1      # call once after construction; client: preface
+    cdef void release(self) noexcept                               # free buffers and drop streams (no events)
+
+    # --- input ---
+    cdef Py_ssize_t receive(self, const char *data, Py_ssize_t n) except -1
+    cdef int tick(self, double now) except -1                      # 0, or RECV_ERROR (SETTINGS timeout)
+    cdef int consumed(self, Stream s, Py_ssize_t n) except -1      # body bytes of s passed on (credit the peer)
+
+    # --- output ---
+    cdef Stream open_stream(self)          # client: a new idle stream (then send_headers), None when none may open
+    cdef bint can_open(self) noexcept      # client: open_stream() would succeed
+    # Build a header block: headers_begin, then :status / fields (pseudo-headers first), then headers_end sends
+    # it as HEADERS (+ CONTINUATION) on s. Names are lowercased on the way; the caller drops connection-specific
+    # fields. Returns 0 or -1 (exception).
+    cdef int headers_begin(self) except -1
+    cdef int headers_status(self, int status) except -1
+    cdef int headers_field(self, const char *name, Py_ssize_t nlen, const char *value, Py_ssize_t vlen,
+                           bint sensitive) except -1
+    cdef int headers_end(self, Stream s, bint end_stream) except -1
+    # Shorthands: a response head (status + fields as offsets into base), trailers (always END_STREAM).
+    cdef int send_headers(self, Stream s, int status, const char *base, const Field *fields, int n,
+                          bint end_stream) except -1
+    cdef int send_trailers(self, Stream s, const char *base, const Field *fields, int n) except -1
+    # DATA on s: returns how many bytes the windows let through (0..n; the rest is the caller's to keep, and
+    # on_window(s) says when to try again). end_stream is sent only with the last byte (or alone when n == 0).
+    cdef Py_ssize_t send_data(self, Stream s, const char *data, Py_ssize_t n, bint end_stream) except -1
+    cdef Py_ssize_t send_window_of(self, Stream s) noexcept         # what send_data would let through now
+    cdef int reset(self, Stream s, uint32_t code) except -1         # RST_STREAM; s closes (on_stream_closed)
+    cdef int goaway(self, uint32_t code, bint graceful) except -1   # graceful: two-step (2^31-1 + PING first)
+    cdef int ping(self) except -1                                   # a PING of ours (on_ping_ack when answered)
+    cdef bint paused(self) noexcept        # out holds more than max_out_bytes: flush before receiving more
+    cdef bint finished(self) noexcept      # nothing more will happen: flush out, then close the socket
+    cdef Stream find(self, uint32_t id)    # an open stream by id, or None
+
+    # --- events (override; the defaults do nothing) ---
+    cdef int on_headers(self, Stream s, bint end_stream) except -1  # a head decoded into s.head (validated)
+    cdef int on_data(self, Stream s, const char *data, Py_ssize_t n, bint end_stream) except -1
+    cdef int on_trailers(self, Stream s) except -1                  # trailers in s.trailers; the peer's side ended
+    cdef int on_reset(self, Stream s, uint32_t code) except -1      # the stream failed: the peer's RST_STREAM, our
+                                                                    # stream error, the peer's GOAWAY (REFUSED_STREAM
+                                                                    # for ours above its last id) or a connection error
+    cdef int on_rejected(self, Stream s, int status) except -1      # server: we answered a bad head ourselves (431)
+    cdef int on_window(self, Stream s) except -1                    # s was blocked and may send again
+    cdef int on_stall(self, Stream s) except -1                     # s was blocked on a zero window for stall_timeout
+    cdef int on_stream_closed(self, Stream s) except -1             # s is done both ways; it is dropped next
+    cdef int on_goaway(self, uint32_t last_id, uint32_t code) except -1   # the peer's GOAWAY: open no new streams
+    cdef int on_settings(self) except -1                            # the peer's SETTINGS were applied
+    cdef int on_ping_ack(self) except -1                            # the ACK of our ping() arrived
