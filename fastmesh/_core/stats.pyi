@@ -6,6 +6,7 @@ BLOCK_VERSION: int
 HEADER: dict[str, int]
 HEADER_SIZE: int
 LISTENER_FIELDS: tuple[str, ...]
+GRPC_STATUSES: tuple[str, ...]
 CLUSTER_FIELDS: tuple[str, ...]
 ENDPOINT_FIELDS: tuple[str, ...]
 STATUS_CLASSES: tuple[str, ...]

@@ -47,7 +47,7 @@ def build_policy(cfg: ClusterConfig, cell: LimitCell | None = None) -> ClusterPo
                          timeout=cfg.timeout, per_try_timeout=cfg.per_try_timeout or cfg.response_timeout,
                          max_connections=lim.max_connections, max_pending=lim.max_pending,
                          max_requests=lim.max_requests, max_retries=lim.max_retries, adaptive=adaptive,
-                         cell=cell)
+                         cell=cell, grpc_status=tuple(r.grpc_status))
 
 
 def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None) -> HttpPool:

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastmesh._core.stats import (
-    BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, HEADER,
-    HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
+    BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, GRPC_STATUSES,
+    HEADER, HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
@@ -520,6 +520,9 @@ class Snapshot:
                 "endpoints_up": sum(e["state"] == "up" for e in endpoints),
                 "endpoints": endpoints,
             }
+            if cs.protocol == "h2":
+                # gRPC answers by grpc-status (only h2 clusters carry gRPC).
+                out[cs.name]["grpc"] = {name: self.totals[cs.field(f"grpc_{name.lower()}")] for name in GRPC_STATUSES}
         return out
 
     def _endpoint(self, cs: ClusterSlots, i: int) -> dict[str, Any]:
