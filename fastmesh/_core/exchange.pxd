@@ -94,8 +94,11 @@ cdef class Exchange:
 
 # A client's fastmesh-timeout-ms value as milliseconds: 1 to 12 digits, else -1.
 cdef long long timeout_value(Span value) noexcept nogil
-# The request's deadline at `now`: the cluster's timeout (0: none) or the client's fastmesh-timeout-ms when
-# trusted and sooner; 0 when neither.
+# A gRPC client's grpc-timeout value ("100m", "5S", at most 8 digits and a unit of H M S m u n) as milliseconds
+# (parts of a millisecond rounded up), else -1.
+cdef long long grpc_timeout_value(Span value) noexcept nogil
+# The request's deadline at `now`: the cluster's timeout (0: none), or the client's fastmesh-timeout-ms or
+# grpc-timeout when trusted and sooner; 0 when none.
 cdef double request_deadline(const RequestView *v, double timeout, bint trust, double now) noexcept nogil
 # The bytes the request's consistent-hash key is made of (connector.pxd's HashKind; name: header or cookie name,
 # peer: the client's address); False when the request lacks them.

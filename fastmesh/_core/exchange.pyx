@@ -46,6 +46,7 @@ from fastmesh._core.router import METHOD_IDS
 cdef bytes _HEX_PAIRS = "".join(f"{b:02x}" for b in range(256)).encode("ascii")
 cdef const char *HEX_PAIRS = _HEX_PAIRS                    # "000102...ff": a byte's two hex digits at 2 * byte
 cdef const char *TIMEOUT_FIELD = b"fastmesh-timeout-ms"    # the deadline budget, in ms, sent with each try
+cdef const char *GRPC_TIMEOUT_FIELD = b"grpc-timeout"  # a gRPC client's deadline; renders with the budget too
 cdef const char *XFP_LOWER = b"x-forwarded-proto"
 cdef const char *XFF = b"X-Forwarded-For"
 cdef const char *XFP = b"X-Forwarded-Proto"
@@ -70,14 +71,49 @@ cdef long long timeout_value(Span value) noexcept nogil:
     return v
 
 
+cdef long long grpc_timeout_value(Span value) noexcept nogil:
+    # "TimeoutValue TimeoutUnit" of the gRPC over HTTP/2 spec: 1 to 8 digits, then H, M, S, m, u or n.
+    cdef long long v = 0
+    cdef Py_ssize_t i
+    cdef char c, unit
+    if value.len < 2 or value.len > 9:
+        return -1
+    for i in range(value.len - 1):
+        c = value.ptr[i]
+        if c < 48 or c > 57:
+            return -1
+        v = v * 10 + (c - 48)
+    unit = value.ptr[value.len - 1]
+    if unit == b'm':
+        return v
+    if unit == b'S':
+        return v * 1000
+    if unit == b'M':
+        return v * 60000
+    if unit == b'H':
+        return v * 3600000
+    if unit == b'u':
+        return (v + 999) // 1000           # a part of a millisecond is a millisecond: 0 means already spent
+    if unit == b'n':
+        return (v + 999999) // 1000000
+    return -1
+
+
 cdef double request_deadline(const RequestView *v, double timeout, bint trust, double now) noexcept nogil:
     cdef double deadline = now + timeout if timeout > 0 else 0.0
     cdef long long ms
     cdef int i
     if trust:
+        # The caller's budget: fastmesh-timeout-ms from a fastmesh hop, grpc-timeout from a gRPC client; the
+        # soonest of them and the cluster's timeout wins.
         i = find_field(v.base, v.fields, v.num_fields, TIMEOUT_FIELD, 19, 0)
         if i >= 0:
             ms = timeout_value(field_value(v.base, &v.fields[i]))
+            if ms >= 0 and (deadline == 0.0 or now + ms / 1000.0 < deadline):
+                deadline = now + ms / 1000.0
+        i = find_field(v.base, v.fields, v.num_fields, GRPC_TIMEOUT_FIELD, 12, 0)
+        if i >= 0:
+            ms = grpc_timeout_value(field_value(v.base, &v.fields[i]))
             if ms >= 0 and (deadline == 0.0 or now + ms / 1000.0 < deadline):
                 deadline = now + ms / 1000.0
     return deadline
@@ -565,6 +601,11 @@ def timeout_ms(bytes value not None) -> int:
 def grpc_status_of(bytes value not None) -> int:
     """A grpc-status field value as the exchange reads it (2, UNKNOWN, when it is not a number)."""
     return grpc_status_value(span_of(value, len(value)))
+
+
+def grpc_timeout_ms(bytes value not None) -> int:
+    """A grpc-timeout value as the exchange honours it: milliseconds (rounded up), or -1 when it is not one."""
+    return grpc_timeout_value(span_of(value, len(value)))
 
 
 def cookie_in(bytes value not None, bytes name not None):

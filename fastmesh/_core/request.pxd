@@ -71,6 +71,34 @@ cdef inline unsigned char lower_ascii(unsigned char c) noexcept nogil:
     return c | 0x20 if <unsigned char>(c - 65) < 26 else c
 
 
+cdef inline int method_id(const char *p, Py_ssize_t n) noexcept nogil:
+    # The Method id of a method token (case-sensitive, RFC 9110 section 9.1); METHOD_OTHER for any other token.
+    if n == 3:
+        if memcmp(p, b"GET", 3) == 0:
+            return METHOD_GET
+        if memcmp(p, b"PUT", 3) == 0:
+            return METHOD_PUT
+    elif n == 4:
+        if memcmp(p, b"POST", 4) == 0:
+            return METHOD_POST
+        if memcmp(p, b"HEAD", 4) == 0:
+            return METHOD_HEAD
+    elif n == 5:
+        if memcmp(p, b"PATCH", 5) == 0:
+            return METHOD_PATCH
+        if memcmp(p, b"TRACE", 5) == 0:
+            return METHOD_TRACE
+    elif n == 6:
+        if memcmp(p, b"DELETE", 6) == 0:
+            return METHOD_DELETE
+    elif n == 7:
+        if memcmp(p, b"OPTIONS", 7) == 0:
+            return METHOD_OPTIONS
+        if memcmp(p, b"CONNECT", 7) == 0:
+            return METHOD_CONNECT
+    return METHOD_OTHER
+
+
 cdef inline bint fold_eq(const char *a, const char *lower, Py_ssize_t n) noexcept nogil:
     # a (any case) equals `lower` (already lowercase), ignoring ASCII case.
     cdef Py_ssize_t i

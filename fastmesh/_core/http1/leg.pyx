@@ -38,7 +38,7 @@ from fastmesh._core.http1.framing cimport (
 )
 from fastmesh._core.http1.body cimport frame_init, frame_take
 from fastmesh._core.http1.pool cimport Upstream, HttpPool, UP_CONNECTING
-from fastmesh._core.http1.render cimport render_view_request, stamp_budget
+from fastmesh._core.http1.render cimport render_view_request
 
 cdef Py_ssize_t SEND_CHUNK = 65536      # request body bytes copied into the connection's queue at a time
 
@@ -80,7 +80,6 @@ cdef class H1Leg(Leg):
         a slot), or the ProxyError to answer with."""
         cdef Exchange ex = self.ex
         cdef int outcome
-        cdef Py_ssize_t at
         cdef Upstream up = self.pool.acquire(self, &ex.ct, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
@@ -96,9 +95,8 @@ cdef class H1Leg(Leg):
         self.up = up
         self.endpoint = up.endpoint
         self.pool.cluster.upstream_start(up.endpoint)
-        at = render_view_request(&up.out, self.req.view, self.req.authority, ex.router, ex.route, &ex.request_edits,
-                                 self.req.content_length, self.chunked)
-        stamp_budget(&up.out, at, ex.budget_ms(self.pool.reactor.now))
+        render_view_request(&up.out, self.req.view, self.req.authority, ex.router, ex.route, &ex.request_edits,
+                            self.req.content_length, self.chunked, ex.budget_ms(self.pool.reactor.now), self.req.grpc)
         if up.state == UP_CONNECTING:
             self.state = LEG_CONNECTING
         else:

@@ -8,7 +8,7 @@ from libc.stdint cimport uint32_t
 # Method ids and the field struct are the request view's (request.pxd): the parser fills them in place.
 from fastmesh._core.request cimport (  # no-cython-lint (re-exported to the parser's users)
     Field, Method, METHOD_OTHER, METHOD_GET, METHOD_HEAD, METHOD_POST, METHOD_PUT, METHOD_DELETE, METHOD_CONNECT,
-    METHOD_OPTIONS, METHOD_TRACE, METHOD_PATCH,
+    METHOD_OPTIONS, METHOD_TRACE, METHOD_PATCH, method_id,
 )
 
 cdef enum:

@@ -165,33 +165,6 @@ cdef inline bint _lower_eq(const uchar *p, const char *lit, Py_ssize_t n) noexce
     return True
 
 
-cdef inline int _method_id(const uchar *p, Py_ssize_t n) noexcept nogil:
-    if n == 3:
-        if memcmp(p, b"GET", 3) == 0:
-            return METHOD_GET
-        if memcmp(p, b"PUT", 3) == 0:
-            return METHOD_PUT
-    elif n == 4:
-        if memcmp(p, b"POST", 4) == 0:
-            return METHOD_POST
-        if memcmp(p, b"HEAD", 4) == 0:
-            return METHOD_HEAD
-    elif n == 5:
-        if memcmp(p, b"PATCH", 5) == 0:
-            return METHOD_PATCH
-        if memcmp(p, b"TRACE", 5) == 0:
-            return METHOD_TRACE
-    elif n == 6:
-        if memcmp(p, b"DELETE", 6) == 0:
-            return METHOD_DELETE
-    elif n == 7:
-        if memcmp(p, b"OPTIONS", 7) == 0:
-            return METHOD_OPTIONS
-        if memcmp(p, b"CONNECT", 7) == 0:
-            return METHOD_CONNECT
-    return METHOD_OTHER
-
-
 cdef inline int _field_id(const uchar *p, Py_ssize_t n) noexcept nogil:
     # Dispatch on length, then first letter, before comparing: most names fail at the length test.
     cdef uchar c = p[0] | 0x20
@@ -540,7 +513,7 @@ cdef Py_ssize_t parse_request(const char *buf, Py_ssize_t len, Head *h, const Li
         return ERR_BARE_LF if p == start and b[p] == LF else ERR_BAD_METHOD
     h.method_off = <uint32_t>start
     h.method_len = <uint32_t>(p - start)
-    h.method = _method_id(b + start, p - start)
+    h.method = method_id(<const char *>b + start, p - start)
     p += 1
 
     start = p

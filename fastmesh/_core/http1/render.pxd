@@ -18,9 +18,13 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
 # The request head sent upstream for a request that came as a view alone (a downgraded HTTP/2 request): the
 # method and the route's target, Host from `authority` (as the client sent it), the view's fields less those
 # HTTP/1 frames itself or treats as hop-by-hop and those the edits remove, Cookie fields joined into one, then
-# Content-Length (content_length >= 0) or chunked framing, then the edits. Returns the deadline digits' offset.
+# Content-Length (content_length >= 0) or chunked framing, then the edits, the deadline with `budget` ms (and as
+# grpc-timeout too for a gRPC request). Returns -1 (no digits to stamp).
 cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
-                                    const EditList *edits, long long content_length, bint chunked) noexcept
+                                    const EditList *edits, long long content_length, bint chunked, long long budget,
+                                    bint grpc) noexcept
+# A deadline budget as a grpc-timeout value (at most 8 digits and a unit) into out (room for 24); its length.
+cdef int grpc_timeout_text(char *out, long long ms) noexcept
 # Write ms (0..999999999) into the BUDGET_DIGITS digits at o.data + at.
 cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept
 # Whether a response head carries fastmesh-retried (a hop below already applied its retries).

@@ -40,6 +40,7 @@ from fastmesh._core.http1.view cimport view_parse
 
 cdef int MAX_CONN_TOKENS = 16          # Connection field tokens honoured when dropping the fields they name
 cdef const char *RETRIED_FIELD = b"fastmesh-retried"
+cdef const char *GRPC_TIMEOUT = b"grpc-timeout"
 cdef const char *CONN_UPGRADE = b"Connection: upgrade\r\n"
 cdef const char *CONN_CLOSE = b"Connection: close\r\n"
 cdef const char *CONN_KEEP = b"Connection: keep-alive\r\n"
@@ -152,6 +153,8 @@ cdef unsigned long long _edit_lengths(const EditList *edits) noexcept:
             lengths |= 1ULL << x.name.len
         elif x.kind != EDIT_ADD:
             lengths = ~0ULL          # a name too long for the mask: every field is compared
+        if x.kind == EDIT_DEADLINE:
+            lengths |= 1ULL << 12    # grpc-timeout
     return lengths
 
 
@@ -165,6 +168,8 @@ cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const c
         return False
     for k in range(edits.n + edits.route_n):
         x = edit_at(edits, k)
+        if x.kind == EDIT_DEADLINE and n == 12 and fold_eq(name, GRPC_TIMEOUT, 12):
+            return True              # the deadline replaces a gRPC client's too (its value renders shrunk)
         if x.kind == EDIT_ADD or x.name.len != n or not fold_eq(name, x.name.ptr, x.name.len):
             continue
         if x.kind == EDIT_REMOVE or x.kind == EDIT_DEADLINE:
@@ -174,21 +179,37 @@ cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const c
     return False
 
 
-cdef Py_ssize_t _edit_fields(OutBuf *o, const EditList *edits, unsigned int present) noexcept:
-    """The edits' own fields; returns the offset of the deadline digits (stamp_budget), or -1."""
+cdef Py_ssize_t _edit_fields(OutBuf *o, const EditList *edits, unsigned int present, long long budget,
+                             bint grpc) noexcept:
+    """The edits' own fields. The deadline: with budget >= 0 its value in ms (and, for a gRPC request, the same
+    budget as grpc-timeout), else fixed-width digits for stamp_budget; returns their offset, or -1."""
     cdef const Edit *x
     cdef Py_ssize_t at = -1
-    cdef int k
+    cdef char digits[24]
+    cdef int k, n
     for k in range(edits.n + edits.route_n):
         x = edit_at(edits, k)
         if x.kind == EDIT_ADD or (x.kind == EDIT_ADD_ABSENT and not (k < EDITS_OWN and (present >> k) & 1)):
             _line(o, x.name, x.value)
+        elif x.kind == EDIT_DEADLINE and budget >= 0:
+            n = snprintf(digits, sizeof(digits), "%lld", budget)
+            _line(o, x.name, span_of(digits, n))
+            if grpc:
+                n = grpc_timeout_text(digits, budget)
+                _line(o, span_of(GRPC_TIMEOUT, 12), span_of(digits, n))
         elif x.kind == EDIT_DEADLINE:
             ob_add(o, x.name.ptr, x.name.len)
             ob_add(o, ": ", 2)
             at = o.len
             ob_add(o, "000000000\r\n", BUDGET_DIGITS + 2)
     return at
+
+
+cdef int grpc_timeout_text(char *out, long long ms) noexcept:
+    # At most 8 digits: milliseconds while they fit, else whole seconds (rounded down: never a longer budget).
+    if ms <= 99999999:
+        return snprintf(out, 24, "%lldm", ms)
+    return snprintf(out, 24, "%lldS", ms // 1000)
 
 
 cdef void _target(OutBuf *o, const RequestView *v, Router router, int route) noexcept:
@@ -253,7 +274,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
         ob_add(o, "\r\n", 2)
     if upgrading:
         ob_add(o, CONN_UPGRADE, 21)
-    at = _edit_fields(o, edits, present)
+    at = _edit_fields(o, edits, present, -1, False)
     ob_add(o, "\r\n", 2)
     return at
 
@@ -280,7 +301,8 @@ cdef bint _not_for_http1(const char *name, Py_ssize_t n) noexcept:
 
 
 cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
-                                    const EditList *edits, long long content_length, bint chunked) noexcept:
+                                    const EditList *edits, long long content_length, bint chunked, long long budget,
+                                    bint grpc) noexcept:
     cdef const Field *f
     cdef const char *base = v.base
     cdef unsigned int present = 0
@@ -325,7 +347,7 @@ cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span author
         _content_length(o, content_length)
     elif chunked:
         ob_add(o, TE_CHUNKED, 28)
-    at = _edit_fields(o, edits, present)
+    at = _edit_fields(o, edits, present, budget, grpc)
     ob_add(o, "\r\n", 2)
     return at
 

@@ -6,6 +6,9 @@ from fastmesh._core.http1.parser cimport Head
 # The authority of an absolute-form or authority-form target as sent (port kept; the parser refused
 # userinfo), else an empty span: what a forwarded request's Host must say (RFC 9112 section 3.2.2).
 cdef Span target_authority(const char *buf, const Head *h) noexcept nogil
+# A host as routing sees it, from an authority without userinfo: the port and a final dot removed (an IPv6
+# literal keeps its brackets).
+cdef Span host_part(Span s) noexcept nogil
 # The request host as routing sees it: the absolute-form or authority-form target's authority (RFC 9112
 # section 3.2.2: it wins over Host), else the Host value; userinfo, port and a final dot removed.
 # Empty (len 0) when the request names no host.

@@ -56,9 +56,26 @@ cdef Span target_authority(const char *buf, const Head *h) noexcept nogil:
     return s
 
 
+cdef Span host_part(Span s) noexcept nogil:
+    cdef const char *t
+    cdef Py_ssize_t i
+    if s.len > 0 and s.ptr[0] == b'[':
+        t = <const char *>memchr(s.ptr, b']', s.len)  # an IPv6 literal keeps its brackets
+        if t != NULL:
+            s.len = t - s.ptr + 1
+    else:
+        i = s.len - 1
+        while i >= 0 and <unsigned char>(s.ptr[i] - 48) < 10:
+            i -= 1
+        if i >= 0 and s.ptr[i] == b':':
+            s.len = i
+    if s.len > 0 and s.ptr[s.len - 1] == b'.':
+        s.len -= 1                           # "example.com." is example.com
+    return s
+
+
 cdef Span request_host(const char *buf, const Head *h) noexcept nogil:
     cdef Span s
-    cdef const char *t
     cdef const Field *f
     cdef Py_ssize_t i
     s.ptr = buf + h.target_off
@@ -74,19 +91,7 @@ cdef Span request_host(const char *buf, const Head *h) noexcept nogil:
         f = &h.headers[h.host_index]
         s.ptr = buf + f.value_off
         s.len = f.value_len
-    if s.len > 0 and s.ptr[0] == b'[':
-        t = <const char *>memchr(s.ptr, b']', s.len)  # an IPv6 literal keeps its brackets
-        if t != NULL:
-            s.len = t - s.ptr + 1
-    else:
-        i = s.len - 1
-        while i >= 0 and <unsigned char>(s.ptr[i] - 48) < 10:
-            i -= 1
-        if i >= 0 and s.ptr[i] == b':':
-            s.len = i
-    if s.len > 0 and s.ptr[s.len - 1] == b'.':
-        s.len -= 1                           # "example.com." is example.com
-    return s
+    return host_part(s)
 
 
 cdef void request_path(const char *buf, const Head *h, Span *path, Span *rest) noexcept nogil:

@@ -4,7 +4,7 @@
 # copied back to back, Field offsets into them); an Encoder appends one block's fields to an OutBuf. Each side
 # keeps its own dynamic table (RFC 7541 2.3.2) for the life of the connection. No Python object per field.
 
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from fastmesh._core.request cimport Field
 from fastmesh._core.buffer cimport OutBuf
 
@@ -60,7 +60,6 @@ ctypedef struct DynEntry:
     uint32_t value_len             # bytes of value at data + name_len
     uint32_t id                    # static-table name index of the name (Field.id), 0 when not a static name
     uint32_t hash                  # encoder only: hash of name and value (0 in a decoder's table)
-    uint64_t seq                   # insertion number (the encoder's hash slots refer to entries by it)
 
 ctypedef struct DynTable:
     # The dynamic table as a ring of entries, newest at `head`; HPACK index 62 is the newest entry.
@@ -70,7 +69,7 @@ ctypedef struct DynTable:
     int n                          # entries in the table
     Py_ssize_t size                # sum of name + value + 32 over the entries (RFC 7541 4.1)
     Py_ssize_t max_size            # the table's current maximum size (the last size update)
-    uint64_t inserted              # entries ever inserted (the newest entry's seq)
+    uint64_t inserted              # entries ever inserted (the newest entry's insertion number)
 
 
 cdef void block_init(HeaderBlock *b) noexcept
@@ -113,8 +112,10 @@ cdef class Encoder:
     cdef Py_ssize_t pending_min       # smallest size the table went through since the last block, -1: none
     cdef bint huffman                 # Huffman-code strings when that is shorter (False: never; tests, RFC C.3)
     cdef bint indexing                # insert non-sensitive fields into the dynamic table (False: never)
-    cdef uint64_t pair_slot[HPACK_ENC_SLOTS]   # hash(name, value) -> seq of an entry with them (0: none)
-    cdef uint64_t name_slot[HPACK_ENC_SLOTS]   # hash(name) -> seq of an entry with that name (0: none)
+    # Direct-mapped hashes: the low 16 bits of the insertion number of an entry with that (name, value) / that
+    # name. A slot is only a hint: the entry must still be in the table and its bytes are compared.
+    cdef uint16_t pair_slot[HPACK_ENC_SLOTS]
+    cdef uint16_t name_slot[HPACK_ENC_SLOTS]
     cdef void set_peer_max_table_size(self, Py_ssize_t n) noexcept  # the peer's SETTINGS_HEADER_TABLE_SIZE
     cdef int begin(self, OutBuf *o) noexcept          # start a block: emits a pending dynamic-table-size update
     # One field; name lowercase. sensitive: never-indexed literal (authorization, cookie under ~20 bytes ...).

@@ -24,6 +24,7 @@ from fastmesh._core.request cimport Field
 from fastmesh._core.http2.hpack cimport HeaderBlock, Decoder, Encoder
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits, FloodState
+from fastmesh._core.http2.frames cimport FrameHeader
 
 cdef enum Role:
     ROLE_SERVER = 0                # we accepted the connection: the peer opens odd streams
@@ -32,8 +33,8 @@ cdef enum Role:
 cdef enum ConnState:
     CS_PREFACE = 0                 # server: waiting for the client's magic; client: waiting for the server's SETTINGS
     CS_OPEN = 1                    # frames flow
-    CS_DRAINING = 2                # a graceful GOAWAY's first step went out (2^31-1 + PING): waiting for the ACK
-    CS_GOAWAY = 3                  # the final GOAWAY went out or came in: no new streams, old ones finish
+    CS_DRAINING = 2                # our graceful GOAWAY's first step went out (2^31-1 + PING): waiting for the ACK
+    CS_GOAWAY = 3                  # our final GOAWAY went out: no new streams, old ones finish
     CS_CLOSED = 4                  # a connection error: GOAWAY with its code queued, nothing more is read
 
 cdef enum:
@@ -77,12 +78,24 @@ cdef class Session:
     cdef Py_ssize_t hb_cap                 # allocated size of hb_data
     cdef uint32_t hb_stream                # the stream whose block is open (0: no CONTINUATION expected)
     cdef bint hb_end_stream                # that HEADERS carried END_STREAM
+    cdef bint hb_bad_priority              # that HEADERS made the stream depend on itself
+    cdef HeaderBlock scratch               # blocks decoded only to keep HPACK in sync (refused/closed streams)
     # --- our header block being built (headers_begin .. headers_end) ---
     cdef OutBuf hb_out                     # HPACK output of the block being built
+    cdef bint hb_head_request              # the block being built carries :method HEAD
+    # --- recently closed streams (frames that arrive late are told apart from frames on idle streams) ---
+    cdef uint32_t closed_ids[16]           # ring of the last stream ids closed
+    cdef unsigned char closed_reset[16]    # per entry: True when we reset it (late frames are then ignored)
+    cdef int closed_pos                    # next ring slot
     # --- GOAWAY ---
     cdef readonly uint32_t goaway_sent_id  # last stream id in the GOAWAY we sent (2^31-1 in the first step)
     cdef readonly uint32_t goaway_code     # its code
-    cdef readonly uint32_t peer_goaway_id  # the peer's GOAWAY last stream id (2^31-1 until one came)
+    cdef readonly bint goaway_received     # the peer sent GOAWAY: open no new streams
+    cdef readonly uint32_t peer_goaway_id  # the lowest last stream id of the peer's GOAWAYs
+    cdef readonly uint32_t peer_goaway_code    # the error code of the peer's last GOAWAY
+    cdef bint ping_pending                 # our PING awaits its ACK
+    cdef bint drain_ping                   # that PING is the graceful GOAWAY's (its ACK sends the final GOAWAY)
+    cdef unsigned long long ping_seq       # opaque data of our PINGs
     cdef double drain_started              # when the graceful GOAWAY's first step went out
     cdef readonly int conn_error           # the H2Error of the connection error that closed us, or -1
     # --- counters (read by metrics) ---
@@ -123,10 +136,57 @@ cdef class Session:
     cdef int goaway(self, uint32_t code, bint graceful) except -1   # graceful: two-step (2^31-1 + PING first)
     cdef int ping(self) except -1                                   # a PING of ours (on_ping_ack when answered)
     cdef bint paused(self) noexcept        # out holds more than max_out_bytes: flush before receiving more
+    cdef int drained(self) except -1       # the I/O layer flushed out completely: streams held back by the
+                                           # outbound bound get on_window
     cdef bint finished(self) noexcept      # nothing more will happen: flush out, then close the socket
     cdef Stream find(self, uint32_t id)    # an open stream by id, or None
 
-    # --- events (override; the defaults do nothing) ---
+    # --- internal (session.pyx) ---
+    cdef int table_put(self, Stream s) except -1            # list s by its id (grows the table)
+    cdef void slot_insert(self, void *p, uint32_t mask) noexcept
+    cdef void table_remove(self, Stream s) noexcept         # unlist s, drop the table's reference
+    cdef void **snapshot(self, int *count, bint blocked_only) noexcept   # owned refs to open (blocked) streams
+    cdef void drop_snapshot(self, void **arr, int n) noexcept
+    cdef bint is_idle(self, uint32_t id) noexcept           # no stream with this id was ever opened
+    cdef int closed_how(self, uint32_t id) noexcept         # recently closed ring: 1 we reset it, 0 other, -1 absent
+    cdef int close_stream(self, Stream s, int how) except -1
+    cdef int stream_error(self, Stream s, uint32_t code) except -1     # RST_STREAM + on_reset + close
+    cdef int rst_id(self, uint32_t id, uint32_t code) except -1        # RST_STREAM for a stream without object
+    cdef int conn_fail(self, uint32_t code) except -1       # GOAWAY + every stream failed; returns RECV_ERROR
+    cdef int spend(self, int weight) except -1              # one glitch; RECV_ERROR when the budget is spent
+    cdef int frame(self, FrameHeader *h, const unsigned char *payload) except -1   # dispatch by type
+    cdef int rx_data(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int rx_headers(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef bint self_dependent(self, FrameHeader *h, const unsigned char *payload) noexcept
+    cdef int hb_append(self, const unsigned char *p, Py_ssize_t n) except -1
+    cdef int rx_continuation(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int sync_decode(self, const unsigned char *block, Py_ssize_t n) except -1
+    cdef int head_block(self, uint32_t id, const unsigned char *block, Py_ssize_t n, bint end,
+                        bint bad_priority) except -1        # a complete block: new stream, response or trailers
+    cdef int late_frame(self, uint32_t id) except -1
+    cdef int new_stream(self, uint32_t id, const unsigned char *block, Py_ssize_t n, bint end,
+                        bint bad_priority) except -1
+    cdef int reject(self, Stream s, int status) except -1   # answer a head ourselves (431)
+    cdef int response_head(self, Stream s, const unsigned char *block, Py_ssize_t n, bint end) except -1
+    cdef int trailers_block(self, Stream s, const unsigned char *block, Py_ssize_t n, bint end) except -1
+    cdef int validate(self, Stream s, HeaderBlock *b, bint head, bint end) noexcept   # RFC 9113 8.2, 8.3
+    cdef bint same_host(self, const char *base, const Field *a, const Field *b) noexcept
+    cdef int rx_rst(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int rx_settings(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int shift_send_windows(self, int64_t delta) except -1
+    cdef int rx_ping(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int rx_goaway(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int rx_window_update(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int rx_priority(self, FrameHeader *h, const unsigned char *payload) except -1
+    cdef int frame_stream_error(self, uint32_t id, uint32_t code) except -1
+    cdef int credit_connection(self, Py_ssize_t n) except -1   # WINDOW_UPDATE on 0 once half the window is owed
+    cdef int credit(self, Stream s, Py_ssize_t n) except -1    # the same for s (and the connection)
+    cdef int send_fields(self, const char *base, const Field *fields, int n) except -1
+    cdef int wake(self, Stream s) except -1                 # unblock s: on_window
+    cdef int wake_blocked(self) except -1
+    cdef int final_goaway(self, uint32_t code) except -1
+
+    # --- events (override; the defaults do nothing, but on_stall's resets the stream with CANCEL) ---
     cdef int on_headers(self, Stream s, bint end_stream) except -1  # a head decoded into s.head (validated)
     cdef int on_data(self, Stream s, const char *data, Py_ssize_t n, bint end_stream) except -1
     cdef int on_trailers(self, Stream s) except -1                  # trailers in s.trailers; the peer's side ended

@@ -12,7 +12,6 @@ cdef enum StreamState:
     ST_HALF_CLOSED_LOCAL = 4       # we sent END_STREAM
     ST_HALF_CLOSED_REMOTE = 5      # the peer sent END_STREAM
     ST_CLOSED = 6
-    ST_COUNT = 7
 
 cdef enum StreamEvent:
     EV_SEND_HEADERS = 0            # we send HEADERS (opens an idle stream)
@@ -21,9 +20,10 @@ cdef enum StreamEvent:
     EV_RECV_END = 3                # the peer's frame with END_STREAM
     EV_SEND_RST = 4                # we send RST_STREAM
     EV_RECV_RST = 5                # the peer's RST_STREAM
-    EV_COUNT = 6
 
 cdef enum:
+    ST_COUNT = 7                   # states
+    EV_COUNT = 6                   # events
     ST_INVALID = -1                # transition(): the event is not allowed in that state
 
 
@@ -65,6 +65,10 @@ cdef class Stream:
     cdef readonly bint blocked             # send_data stopped short: on_window when the windows open
     cdef readonly bint informational       # client: the last head was 1xx (another head follows)
     cdef bint counted                      # counts toward the session's concurrent streams
+    cdef bint announced                    # the I/O layer knows it (client: opened it; server: on_headers or
+                                           # on_rejected): only such streams get on_reset / on_stream_closed
+    cdef bint head_request                 # client: we sent :method HEAD (content-length promises no body)
+    cdef bint in_table                     # listed in the session's stream table (it has an id)
     cdef double blocked_since              # session time when it became blocked on a zero window (stall timer)
     cdef public object user                # the I/O layer's object for this stream (cleared once closed)
 

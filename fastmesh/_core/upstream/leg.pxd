@@ -25,6 +25,7 @@ ctypedef struct LegRequest:
     long long content_length       # the client's content-length, -1 when it sent none
     bint has_body                  # a body follows the head (it may still turn out empty)
     bint te_trailers               # the client sent `te: trailers` (an h2 leg passes it on; HTTP/1 drops it)
+    bint grpc                      # a gRPC request (content-type application/grpc*): the deadline goes as grpc-timeout too
 
 
 cdef class LegOwner:
