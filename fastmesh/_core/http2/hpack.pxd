@@ -112,10 +112,14 @@ cdef class Encoder:
     cdef Py_ssize_t pending_min       # smallest size the table went through since the last block, -1: none
     cdef bint huffman                 # Huffman-code strings when that is shorter (False: never; tests, RFC C.3)
     cdef bint indexing                # insert non-sensitive fields into the dynamic table (False: never)
-    # Direct-mapped hashes: the low 16 bits of the insertion number of an entry with that (name, value) / that
-    # name. A slot is only a hint: the entry must still be in the table and its bytes are compared.
+    # Hashes of (name, value) / name, two candidate slots per key (bits 0-7 and 8-15 of the hash): the low 16 bits
+    # of the insertion number of an entry with them. A slot is only a hint: the entry must still be in the table
+    # and its bytes are compared.
     cdef uint16_t pair_slot[HPACK_ENC_SLOTS]
     cdef uint16_t name_slot[HPACK_ENC_SLOTS]
+    cdef int find(self, uint16_t *slots, uint32_t h, const char *name, Py_ssize_t nlen, const char *value,
+                  Py_ssize_t vlen) noexcept
+    cdef void remember(self, uint16_t *slots, uint32_t h) noexcept
     cdef void set_peer_max_table_size(self, Py_ssize_t n) noexcept  # the peer's SETTINGS_HEADER_TABLE_SIZE
     cdef int begin(self, OutBuf *o) noexcept          # start a block: emits a pending dynamic-table-size update
     # One field; name lowercase. sensitive: never-indexed literal (authorization, cookie under ~20 bytes ...).

@@ -24,9 +24,9 @@ Decoder:
 
 Encoder:
 - Exact static-table matches (":method GET", ":status 200", ...) are one byte; otherwise the static name index
-  is used. Repeated fields are found in the dynamic table through two direct-mapped 256-slot hashes (name and
-  value; name alone) whose slots hold the low 16 bits of an entry's insertion number: a hint, checked against
-  the entry's bytes, so a stale or colliding slot costs compression, never correctness.
+  is used. Repeated fields are found in the dynamic table through two 256-slot hashes (name and value; name
+  alone), two candidate slots per key, whose slots hold the low 16 bits of an entry's insertion number: a
+  hint, checked against the entry's bytes, so a stale or colliding slot costs compression, never correctness.
 - Every field that is not sensitive and whose entry fits in 3/4 of the table is inserted (incremental
   indexing), as the RFC's examples do; a bigger one would flush the table for one field. Sensitive fields go
   out never-indexed (7.1.3; is_sensitive() in hpack.pxd says which ones by default).
@@ -225,6 +225,7 @@ cdef int _init_tables() except -1:
     cdef int state_of[513]
     cdef int node_of[256]
     cdef int n_states = 0
+    cdef int _depth
     st_same[HPACK_STATIC_ENTRIES + 1] = 0
     st_id[HPACK_STATIC_ENTRIES + 1] = 0
     for i in range(1, HPACK_STATIC_ENTRIES + 1):
@@ -285,7 +286,7 @@ cdef int _init_tables() except -1:
             huff_step[step][b].state = state_of[node]
     memset(huff_accept, 0, sizeof(huff_accept))
     node = 0
-    for i in range(8):               # the root and the all-ones path down to 7 bits
+    for _depth in range(8):          # the root and the all-ones path down to 7 bits
         huff_accept[state_of[node]] = 1
         node = child[node][1]
     return 0
@@ -594,13 +595,13 @@ cdef class Decoder:
 
     def __cinit__(self, Py_ssize_t max_list_size=HPACK_DEFAULT_MAX_LIST,
                   Py_ssize_t max_table_size=HPACK_DEFAULT_TABLE_SIZE):
-        table_init(&self.table, HPACK_DEFAULT_TABLE_SIZE)
+        # max_table_size: our SETTINGS_HEADER_TABLE_SIZE in force from the start (as in RFC 7541 C.5), no update
+        # expected; a setting acknowledged later goes through set_max_table_size().
+        table_init(&self.table, max_table_size)
         self.max_list_size = max_list_size
-        self.settings_max = HPACK_DEFAULT_TABLE_SIZE
+        self.settings_max = max_table_size
         self.update_due = False
         self.failed = False
-        if max_table_size != HPACK_DEFAULT_TABLE_SIZE:
-            self.set_max_table_size(max_table_size)
 
     def __dealloc__(self):
         table_free(&self.table)
@@ -803,16 +804,18 @@ cdef inline uint8_t *put_string(uint8_t *q, const char *s, Py_ssize_t n, bint hu
 cdef class Encoder:
 
     def __cinit__(self, Py_ssize_t max_table_size=HPACK_DEFAULT_TABLE_SIZE, bint huffman=True,
-                  bint indexing=True):
-        table_init(&self.table, HPACK_DEFAULT_TABLE_SIZE)
+                  bint indexing=True, Py_ssize_t peer_table_size=HPACK_DEFAULT_TABLE_SIZE):
+        # peer_table_size: the peer's SETTINGS_HEADER_TABLE_SIZE in force from the start (4096 on a new connection;
+        # 256 in RFC 7541 C.5). A cap below it is announced by a size update at the first block.
+        table_init(&self.table, peer_table_size)
         self.max_table_size = max_table_size
-        self.peer_max = HPACK_DEFAULT_TABLE_SIZE
+        self.peer_max = peer_table_size
         self.pending_min = -1
         self.huffman = huffman
         self.indexing = indexing
         memset(self.pair_slot, 0, sizeof(self.pair_slot))
         memset(self.name_slot, 0, sizeof(self.name_slot))
-        self.set_peer_max_table_size(HPACK_DEFAULT_TABLE_SIZE)
+        self.set_peer_max_table_size(peer_table_size)
 
     def __dealloc__(self):
         table_free(&self.table)
@@ -846,8 +849,6 @@ cdef class Encoder:
         cdef uint32_t ph = 0
         cdef int sid = static_name(name, nlen, nh)
         cdef int i, idx = 0, nidx = sid
-        cdef Py_ssize_t age
-        cdef DynEntry *e
         cdef uint8_t *q
         cdef bint insert = False
         if not sensitive:
@@ -859,13 +860,7 @@ cdef class Encoder:
             if idx == 0 and self.indexing:
                 ph = pair_hash(nh, value, vlen)
                 if self.table.n:
-                    age = <uint16_t>(<uint16_t>self.table.inserted - self.pair_slot[ph & (HPACK_ENC_SLOTS - 1)])
-                    if age < self.table.n:
-                        e = table_at(&self.table, age)
-                        if (e.hash == ph and e.name_len == nlen and e.value_len == vlen
-                                and memcmp(e.data, name, nlen) == 0
-                                and memcmp(e.data + nlen, value, vlen) == 0):
-                            idx = <int>(age + HPACK_STATIC_ENTRIES + 1)
+                    idx = self.find(self.pair_slot, ph, name, nlen, value, vlen)
             if idx:
                 if ob_reserve(o, 6) < 0:
                     return HPACK_NO_MEMORY
@@ -874,11 +869,7 @@ cdef class Encoder:
                 return HPACK_OK
             insert = self.indexing and (nlen + vlen + HPACK_ENTRY_OVERHEAD) * 4 <= self.table.max_size * 3
         if nidx == 0 and self.table.n:
-            age = <uint16_t>(<uint16_t>self.table.inserted - self.name_slot[nh & (HPACK_ENC_SLOTS - 1)])
-            if age < self.table.n:
-                e = table_at(&self.table, age)
-                if e.name_len == nlen and memcmp(e.data, name, nlen) == 0:
-                    nidx = <int>(age + HPACK_STATIC_ENTRIES + 1)
+            nidx = self.find(self.name_slot, nh, name, nlen, NULL, -1)
         if ob_reserve(o, nlen + vlen + 16) < 0:
             return HPACK_NO_MEMORY
         q = <uint8_t *>o.data + o.len
@@ -895,9 +886,40 @@ cdef class Encoder:
         if insert:
             if table_insert(&self.table, name, nlen, value, vlen, sid, ph) < 0:
                 return HPACK_NO_MEMORY
-            self.pair_slot[ph & (HPACK_ENC_SLOTS - 1)] = <uint16_t>self.table.inserted
-            self.name_slot[nh & (HPACK_ENC_SLOTS - 1)] = <uint16_t>self.table.inserted
+            if self.table.n:
+                self.remember(self.pair_slot, ph)
+                self.remember(self.name_slot, nh)
         return HPACK_OK
+
+    cdef inline int find(self, uint16_t *slots, uint32_t h, const char *name, Py_ssize_t nlen, const char *value,
+                         Py_ssize_t vlen) noexcept:
+        # HPACK index of a dynamic entry with this name (value NULL) or name and value, found through its two
+        # slots in `slots`; 0 when none.
+        cdef int k
+        cdef Py_ssize_t age
+        cdef DynEntry *e
+        for k in range(2):
+            age = <uint16_t>(<uint16_t>self.table.inserted - slots[(h >> (8 * k)) & (HPACK_ENC_SLOTS - 1)])
+            if age >= self.table.n:
+                continue
+            e = table_at(&self.table, age)
+            if e.name_len != nlen or memcmp(e.data, name, nlen) != 0:
+                continue
+            if value == NULL or (e.hash == h and e.value_len == vlen and memcmp(e.data + nlen, value, vlen) == 0):
+                return <int>(age + HPACK_STATIC_ENTRIES + 1)
+        return 0
+
+    cdef inline void remember(self, uint16_t *slots, uint32_t h) noexcept:
+        # The newest entry goes into whichever of its two slots holds the older (or a gone) entry.
+        cdef uint32_t a = h & (HPACK_ENC_SLOTS - 1)
+        cdef uint32_t b = (h >> 8) & (HPACK_ENC_SLOTS - 1)
+        cdef uint16_t now = <uint16_t>self.table.inserted
+        cdef uint16_t age_a = <uint16_t>(now - slots[a])
+        cdef uint16_t age_b = <uint16_t>(now - slots[b])
+        if age_a >= self.table.n or (age_b < self.table.n and age_a >= age_b):
+            slots[a] = now
+        else:
+            slots[b] = now
 
     cdef int status(self, OutBuf *o, int status) noexcept:
         cdef int idx = 0
@@ -1055,13 +1077,13 @@ def bench_decode(bytes first not None, bytes block not None, int count, bint col
     cdef Decoder d = Decoder()
     cdef HeaderBlock out
     cdef Py_ssize_t total = 0
-    cdef int i, rc
+    cdef int _round, rc
     block_init(&out)
     try:
         rc = d.decode(<const unsigned char *>PyBytes_AS_STRING(first), PyBytes_GET_SIZE(first), &out)
         if rc != HPACK_OK:
             raise HpackError(rc, "the first block did not decode")
-        for i in range(count):
+        for _round in range(count):
             block_clear(&out)
             if cold:
                 table_evict_to(&d.table, 0)
@@ -1080,7 +1102,7 @@ def bench_encode(fields, int count, bint cold, bint indexing=True):
     cdef Encoder enc = Encoder(indexing=indexing)
     cdef OutBuf o
     cdef Py_ssize_t total = 0
-    cdef int i, j, nf, rc = HPACK_OK
+    cdef int _round, j, nf, rc = HPACK_OK
     cdef const char **ptrs
     cdef Py_ssize_t *lens
     pairs = [_as_bytes(s) for field in fields for s in field[:2]]
@@ -1095,7 +1117,7 @@ def bench_encode(fields, int count, bint cold, bint indexing=True):
         for j in range(2 * nf):
             ptrs[j] = PyBytes_AS_STRING(pairs[j])
             lens[j] = PyBytes_GET_SIZE(pairs[j])
-        for i in range(count):
+        for _round in range(count):
             o.len = 0
             if cold:
                 table_evict_to(&enc.table, 0)
