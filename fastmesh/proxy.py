@@ -354,7 +354,7 @@ class Proxy:
                           for name, t in self._tcp.items()},
             "http": {name: {"active": h.active, "accepted": h.accepted, "requests": h.requests,
                             "responses": h.status_classes, "bytes_in": h.bytes_in, "bytes_out": h.bytes_out,
-                            "tunnels": h.tunnel_count}
+                            "tunnels": h.tunnel_count, "exchanges": h.exchanges_held}
                      for name, h in self._http.items()},
             "pools": {p.cluster.name: {"opened": p.opened, "reuses": p.reuses, "open": p.active,
                                        "idle": p.idle_counts(), "requests_active": p.policy.requests_active,

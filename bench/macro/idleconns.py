@@ -1,4 +1,7 @@
-"""Open many connections through a proxy, prove each one reaches the echo backend, and keep them open (idle)."""
+"""Open many connections through a proxy, prove each one reaches the backend, and keep them open (idle).
+
+At L4 each connection sends one byte the echo backend returns; at L7 (`HTTP_GET`) one keep-alive request whose
+answer must be a 200, so the proxy holds the client connection and the pooled upstream connection it caused."""
 from __future__ import annotations
 
 import errno
@@ -7,9 +10,11 @@ import socket
 import time
 
 _PING = b"x"
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
-def open_held(port: int, count: int, timeout: float, batch: int = 250) -> tuple[list[socket.socket], int]:
+def open_held(port: int, count: int, timeout: float, batch: int = 250,
+              ping: bytes = _PING) -> tuple[list[socket.socket], int]:
     """Open count connections to 127.0.0.1:port in batches; each sends one byte and waits for its echo.
 
     Returns the sockets that completed the round trip (still open, now idle) and the number that failed.
@@ -42,7 +47,7 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250) -> tuple[
                     assert isinstance(sock, socket.socket)
                     if key.data == "connecting":
                         try:
-                            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or sock.send(_PING) != 1
+                            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or sock.send(ping) != len(ping)
                         except OSError:
                             err = True      # the proxy closed it as soon as it was accepted
                         if err:
@@ -55,7 +60,7 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250) -> tuple[
                     else:
                         sel.unregister(sock)
                         try:
-                            ok = sock.recv(1) == _PING
+                            ok = _answered(sock, ping)
                         except OSError:
                             ok = False
                         if ok:
@@ -74,6 +79,13 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250) -> tuple[
                 key.fileobj.close()
         sel.close()
     return held, failed
+
+
+def _answered(sock: socket.socket, ping: bytes) -> bool:
+    """The backend's answer to ping came back: the echo, or an HTTP 200 (small: one read holds its head)."""
+    if ping == _PING:
+        return sock.recv(1) == _PING
+    return sock.recv(65536).startswith(b"HTTP/1.1 200")
 
 
 def close_all(socks: list[socket.socket]) -> None:

@@ -25,6 +25,7 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
              ("kb_per_conn", "KiB per idle conn", ".2f", 1),
              ("sup_rss_idle_kb", "supervisor RSS MiB", ".1f", 1 / 1024)],
 }
+COLUMNS["idle-http"] = COLUMNS["idle"]
 TITLES = {
     "iperf": "iperf3, one TCP stream",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
@@ -32,6 +33,7 @@ TITLES = {
     "http-l7": "HTTP/1.1 proxied at L7, keep-alive both sides (wrk -t1 -c{ka})",
     "http-latency": "L7 latency at light load (wrk -t1 -c{lat} --latency); added = proxy − direct, same repetition",
     "idle": "memory: {conns} idle proxied connections held",
+    "idle-http": "memory: {conns} idle keep-alive HTTP connections held at L7, each after one request",
 }
 # the numbers the summary compares, with which direction is better
 HEADLINE: dict[str, list[tuple[str, str]]] = {
@@ -41,6 +43,7 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
     "http-latency": [("added_p50_us", "lower"), ("added_p99_us", "lower")],
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
 }
 BASELINE, SUBJECT = "haproxy", "fastmesh"
 # per workload: metric -> the derived metric that holds (proxy's value − the direct run's value, same repetition)

@@ -26,7 +26,8 @@ from .fastmesh_conf import REPO_ROOT
 
 # tools each workload needs on the load side
 _TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close": ["wrk", "nginx"],
-          "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "idle": []}
+          "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "idle": [],
+          "idle-http": ["nginx"]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,7 +90,8 @@ def _log(msg: str) -> None:
 def _summary(w: str, m: dict) -> str:
     """One progress line per trial."""
     keys = {"iperf": ("gbps", "Gbit/s"), "http-keepalive": ("rps", "req/s"), "http-close": ("rps", "conn/s"),
-            "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "idle": ("kb_per_conn", "KiB/conn")}
+            "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "idle": ("kb_per_conn", "KiB/conn"),
+            "idle-http": ("kb_per_conn", "KiB/conn")}
     k, unit = keys[w]
     text = f"{m[k]:.2f} {unit}" if m.get(k) is not None else "?"
     if m.get("p50_us") is not None:

@@ -9,11 +9,11 @@ from . import idleconns, loadgen, procstat
 from .proxies import Running
 
 # name -> the backend it needs, and the mode the proxies run in; the order of the report
-ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "idle")
+ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "idle", "idle-http")
 BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
-           "http-latency": "http", "idle": "hold"}
+           "http-latency": "http", "idle": "hold", "idle-http": "http"}
 MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-latency": "http",
-        "idle": "tcp"}
+        "idle": "tcp", "idle-http": "http"}
 
 
 @dataclass
@@ -41,6 +41,8 @@ def run(workload: str, proxy: Running, s: Settings) -> dict:
         return _http(proxy, s, close=False, connections=s.latency_connections, latency=True)
     if workload == "idle":
         return _idle(proxy, s)
+    if workload == "idle-http":
+        return _idle(proxy, s, ping=idleconns.HTTP_GET)
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -101,16 +103,17 @@ def _http(proxy: Running, s: Settings, close: bool, connections: int | None = No
     return out
 
 
-def _idle(proxy: Running, s: Settings) -> dict:
-    """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection."""
-    warm, failed = idleconns.open_held(proxy.port, 1, timeout=10)
+def _idle(proxy: Running, s: Settings, ping: bytes = b"x") -> dict:
+    """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection.
+    At L7 (ping: an HTTP request) each held connection answered one request and keeps a pooled upstream one."""
+    warm, failed = idleconns.open_held(proxy.port, 1, timeout=10, ping=ping)
     idleconns.close_all(warm)
     if failed:
-        raise RuntimeError("the warm-up connection got no echo through the proxy")
+        raise RuntimeError("the warm-up connection got no answer through the proxy")
     time.sleep(0.5)
     sup = [proxy.supervisor] if proxy.supervisor else []
     idle_kb, sup_idle_kb = _rss(proxy.workers), _rss(sup)
-    held, failed = idleconns.open_held(proxy.port, s.conns, timeout=60)
+    held, failed = idleconns.open_held(proxy.port, s.conns, timeout=60, ping=ping)
     try:
         time.sleep(1.0)      # let the proxy settle (lazy frees, buffer pools) before reading RSS
         held_kb, sup_held_kb = _rss(proxy.workers), _rss(sup)

@@ -1,7 +1,8 @@
 """One request's life, whatever the codec: the rules that make fastmesh worth running, in one place.
 
-A codec (http1/conn.pyx; an HTTP/2 stream next) owns one Exchange per request in flight (an HTTP/1 connection
-reuses one) and drives it with events, each a C call with no Python object made:
+A codec (http1/conn.pyx; an HTTP/2 stream next) owns one Exchange per request in flight (an HTTP/1 listener
+keeps finished ones for the next request of any connection) and drives it with events, each a C call with no
+Python object made:
   begin            a request head is complete (the clock starts)
   route_request    the codec's request view (request.pxd) is matched (router.pyx); the cluster's connector and
                    policy are chosen, the hash key read (header, cookie or client address), the deadline set
@@ -24,6 +25,8 @@ codec renders `error`, a ProxyError: errors.pxd). Times are arguments, so tests 
 clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rules through the Python
 functions at the end of this file.
 """
+from libc.string cimport memcpy, memcmp
+
 from fastmesh._core.errors cimport (
     PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
 )
@@ -208,12 +211,13 @@ cdef class Exchange:
         edits_clear(&self.response_edits)
 
     cdef void set_peer(self, const char *peer, int n) noexcept:
-        """The client's address as text (a codec sets it once per connection)."""
-        cdef int i
+        """The client's address as text (a codec sets it whenever the exchange serves another connection)."""
         n = min(n, <int>sizeof(self.peer))
-        for i in range(n):
-            self.peer[i] = peer[i]
+        if n == self.peer_len and memcmp(self.peer, peer, n) == 0:
+            return
+        memcpy(self.peer, peer, n)
         self.peer_len = n
+        self.edits_for = 0            # the X-Forwarded-For edit holds the old length: list the own edits again
 
     cdef void begin(self, double now) noexcept:
         self.started = now

@@ -19,8 +19,7 @@ from typing import Any
 
 from fastmesh.config.schema import (
     ACCESS_LOG_FORMATS, BALANCERS, CLUSTER_PROTOCOLS, GRPC_STATUS_NAMES, PROTOCOLS, RETRY_CLASSES, AccessLog,
-    AdaptiveConcurrency, Admin, Cluster, Config,
-    Demo, Endpoint, Limits, Listener, Retries, Route,
+    AdaptiveConcurrency, Admin, Cluster, Config, Demo, Endpoint, Http2, Limits, Listener, Retries, Route,
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
@@ -908,6 +907,26 @@ def _access_log(check: _Check, key: str, value: Any) -> Any:
     return BAD if fields is None else AccessLog(**fields)
 
 
+_HTTP2_FIELDS: dict[str, Parser] = {
+    "enabled": _flag,
+    "max_concurrent_streams": _whole(1, 1 << 16),
+    "initial_window": _whole(1, (1 << 31) - 1),
+    "connection_window": _whole(65535, (1 << 31) - 1),
+    "max_frame_size": _whole(16384, (1 << 24) - 1),
+    "header_table_size": _whole(0, 1 << 20),
+    "max_continuation_frames": _whole(1, 1024),
+    "rapid_reset_ratio": _fraction,
+    "glitch_budget": _whole(1, 1 << 24),
+    "stall_timeout": _duration(allow_zero=False),
+    "max_queued_bytes": _whole(65536, 1 << 30),
+}
+
+
+def _http2(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _HTTP2_FIELDS)
+    return BAD if fields is None else Http2(**fields)
+
+
 # ---- listeners ----
 
 _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
@@ -930,6 +949,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "request_id_header": _request_id_header,
     "trust_headers": _flag,
     "access_log": _access_log,
+    "http2": _http2,
     "routes": _routes,
 }
 
@@ -1172,6 +1192,13 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
     )
     if lst.access_log is not None:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}
+    h2 = lst.http2
+    out["http2"] = {"enabled": h2.enabled, "max_concurrent_streams": h2.max_concurrent_streams,
+                    "initial_window": h2.initial_window, "connection_window": h2.connection_window,
+                    "max_frame_size": h2.max_frame_size, "header_table_size": h2.header_table_size,
+                    "max_continuation_frames": h2.max_continuation_frames,
+                    "rapid_reset_ratio": h2.rapid_reset_ratio, "glitch_budget": h2.glitch_budget,
+                    "stall_timeout": format_duration(h2.stall_timeout), "max_queued_bytes": h2.max_queued_bytes}
     if lst.routes:
         out["routes"] = [_route_dict(route) for route in lst.routes]
     return out

@@ -187,6 +187,25 @@ class Route:
 
 
 @dataclass
+class Http2:
+    """HTTP/2 with prior knowledge on an http listener: the settings it announces and its abuse limits (issue 10).
+
+    Every knob of the listener's HTTP/2 side lives here, with a default that is safe facing untrusted clients.
+    """
+    enabled: bool = True               # accept the HTTP/2 preface on this listener (false: HTTP/1 only)
+    max_concurrent_streams: int = 100  # streams a client may have open at once; more are refused (REFUSED_STREAM)
+    initial_window: int = 65535        # bytes of request body a stream may send ahead (SETTINGS_INITIAL_WINDOW_SIZE)
+    connection_window: int = 1048576   # bytes of request body all streams of a connection may send ahead
+    max_frame_size: int = 16384        # largest frame payload we accept (SETTINGS_MAX_FRAME_SIZE)
+    header_table_size: int = 4096      # HPACK dynamic table the client may make us keep (SETTINGS_HEADER_TABLE_SIZE)
+    max_continuation_frames: int = 32  # CONTINUATION frames of one header block (CONTINUATION flood)
+    rapid_reset_ratio: float = 0.5     # GOAWAY when more than this share of 100 streams were reset before an answer
+    glitch_budget: int = 1000          # SETTINGS/PING/empty DATA/WINDOW_UPDATE/PRIORITY frames tolerated (refills)
+    stall_timeout: float = 30.0        # seconds a stream may wait on a zero window before it is reset
+    max_queued_bytes: int = 1048576    # output held for a client that does not read before reading from it stops
+
+
+@dataclass
 class Listener:
     """A bound address and what it does with its traffic: relay it (tcp) or route each request (http)."""
     name: str
@@ -211,6 +230,7 @@ class Listener:
     request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     access_log: AccessLog | None = None       # None: no access log
+    http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
 
     def __post_init__(self) -> None:

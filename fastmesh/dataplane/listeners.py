@@ -4,10 +4,12 @@ from __future__ import annotations
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.proxy import HttpProxy
 from fastmesh._core.http1.pool import HttpPool
+from fastmesh._core.http2.conn import H2Front
+from fastmesh._core.http2.limits import H2Limits
 from fastmesh._core.listener import Listener
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
-from fastmesh.config.schema import Listener as ListenerConfig
+from fastmesh.config.schema import Http2, Listener as ListenerConfig
 from fastmesh.dataplane.access_log import build_access_log
 from fastmesh.dataplane.routes import build_router
 from fastmesh.dataplane.sockets import bind_socket
@@ -18,15 +20,30 @@ def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster) 
     return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice)
 
 
+def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:
+    """The session settings and abuse limits of a listener's HTTP/2 side (the decoded header list is bounded like
+    an HTTP/1 head's field section)."""
+    return H2Limits(max_concurrent_streams=h2.max_concurrent_streams, initial_window=h2.initial_window,
+                    connection_window=h2.connection_window, max_frame_size=h2.max_frame_size,
+                    header_table_size=h2.header_table_size, max_header_list_size=max_header_bytes,
+                    max_continuation_frames=h2.max_continuation_frames, rapid_reset_ratio=h2.rapid_reset_ratio,
+                    glitch_budget=h2.glitch_budget, stall_timeout=h2.stall_timeout,
+                    max_out_bytes=h2.max_queued_bytes)
+
+
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool],
                         cluster_names: list[str]) -> HttpProxy:
-    """An http listener's request handling: its router over the shared per-cluster pools."""
-    return HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
+    """An http listener's request handling: its router over the shared per-cluster pools; HTTP/2 connections
+    (prior knowledge) are handed from it to its H2Front."""
+    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
                      trust_headers=cfg.trust_headers, access_log=build_access_log(cfg.access_log, cfg.name),
                      body_timeout=cfg.body_timeout)
+    if cfg.http2.enabled:
+        http.h2 = H2Front(http, h2_limits(cfg.http2, cfg.max_header_bytes))
+    return http
 
 
 def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool], cluster_names: list[str]) -> None:
@@ -35,6 +52,15 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool]
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_access_log(cfg.access_log, cfg.name),
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
+    if not cfg.http2.enabled:
+        if http.h2 is not None and http.h2.active:
+            http.h2.drain_now()         # open HTTP/2 connections finish their streams (and stay swept till then)
+        else:
+            http.h2 = None
+    elif http.h2 is None:
+        http.h2 = H2Front(http, h2_limits(cfg.http2, cfg.max_header_bytes))
+    else:
+        http.h2.set_limits(h2_limits(cfg.http2, cfg.max_header_bytes))
 
 
 def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | HttpProxy, reuse_port: bool,

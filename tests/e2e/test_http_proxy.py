@@ -151,6 +151,30 @@ def test_keep_alive_serves_many_requests_on_one_connection():
     run(main())
 
 
+def test_idle_keep_alive_connections_hold_no_exchange():
+    """Between requests a swept connection gives its exchange (and output buffers) back; its next request takes one
+    again and is forwarded as before, with the client's address in X-Forwarded-For."""
+    async def main():
+        async with HttpBackend("web-0") as backend, proxied(backend) as proxy:
+            conns = [await open_raw(proxy) for _ in range(8)]
+            for i, (reader, writer) in enumerate(conns):
+                writer.write(b"GET /echo?first=%d HTTP/1.1\r\nHost: idle.test\r\n\r\n" % i)
+                assert (await response(reader)).status == 200
+            deadline = time.monotonic() + 10
+            while proxy.stats()["http"]["web"]["exchanges"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert proxy.stats()["http"]["web"]["exchanges"] == 0
+            assert proxy.stats()["http"]["web"]["active"] == 8
+            for i, (reader, writer) in enumerate(conns):
+                writer.write(b"GET /echo?again=%d HTTP/1.1\r\nHost: idle.test\r\n\r\n" % i)
+                echo = (await response(reader)).json()
+                assert echo["target"] == f"/echo?again={i}"
+                assert {k.lower(): v for k, v in echo["headers"]}["x-forwarded-for"] == "127.0.0.1"
+                writer.close()
+
+    run(main())
+
+
 def test_pipelined_requests_answered_in_order():
     """The first request is slow: the later, fast ones must still be answered after it, in order."""
     async def main():

@@ -3,7 +3,7 @@
 from libc.stdint cimport uint32_t, uint64_t
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
 from fastmesh._core.includes.system cimport sockaddr_storage, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
-from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool
+from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool, Sweeper
 from fastmesh._core.http1.parser cimport Head, Limits
 from fastmesh._core.http1.body cimport BodyFrame
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
@@ -23,6 +23,15 @@ cdef enum DownstreamState:
 # Events a downstream connection is registered for, once, edge-triggered.
 cdef inline uint32_t downstream_events() noexcept:
     return EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+
+
+cdef class Handoff(Sweeper):
+    # Another protocol an http listener's connections may turn out to speak: HTTP/2 with prior knowledge, seen from
+    # its connection preface (http2/conn.pyx). Swept, drained and closed with the listener.
+    # Take over client socket fd with the bytes already read (rbuf's buffer changes hands) and the peer's address.
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept
+    cdef void drain(self) noexcept             # no new streams: graceful GOAWAY, connections close once idle
+    cdef void close_all(self) noexcept         # close every connection now
 
 
 cdef class Front(Acceptor):
@@ -52,12 +61,16 @@ cdef class Front(Acceptor):
     cdef uint64_t **class_slots            # per cluster index: its R_FIELDS slots for this listener, or NULL
     cdef uint64_t **hist_slots             # per cluster index: its request-duration histogram, or NULL
     cdef int stat_clusters                 # entries in class_slots / hist_slots
+    cdef list spare_exchanges              # Exchanges between requests, for any connection's next one (idle: none held)
+    cdef public Handoff h2                 # HTTP/2 (prior knowledge) on this listener, None: HTTP/1 only
 
     cdef void unlink(self, Downstream d) noexcept
     cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers) except *
     cdef object tunnel_for(self, HttpPool pool)
     cdef void count_request(self, int status) noexcept
     cdef void count_answer(self, int cluster, int status, double seconds) noexcept
+    cdef Exchange take_exchange(self)
+    cdef void give_exchange(self, Exchange ex) noexcept
 
 
 cdef class Downstream(UpstreamUser):
@@ -76,7 +89,9 @@ cdef class Downstream(UpstreamUser):
     cdef Py_ssize_t reqhead_sent           # bytes of reqhead the upstream took
     cdef double deadline                   # header / idle / close deadline by state (a request runs on its exchange's)
     cdef Py_ssize_t head_scan              # bytes of a partial head already searched for its blank line
-    cdef Exchange ex                       # the current request's rules and state (reused for each request)
+    cdef Exchange ex                       # the current request's rules and state; None while idle (see Front)
+    cdef char peer[48]                     # the client's address as text (the exchange's X-Forwarded-For, hash key)
+    cdef int peer_len
     # --- the current request, as HTTP/1 carries it ---
     cdef Upstream up                       # upstream connection, None before acquired / after release
     cdef HttpPool pool                     # the routed cluster's pool (the exchange's connector)
@@ -121,4 +136,7 @@ cdef class Downstream(UpstreamUser):
     cdef void drop_upstream(self, bint reuse) noexcept
     cdef void respond_error(self, int err, int code, bint keep) noexcept
     cdef void upgrade(self) noexcept
+    cdef void hold_exchange(self) noexcept
+    cdef void rest(self) noexcept
+    cdef void to_h2(self) noexcept
     cdef void close(self) noexcept

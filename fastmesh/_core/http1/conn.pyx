@@ -24,14 +24,15 @@ request is sent. A client too slow with its body is never the endpoint's failure
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcmp
 
 from fastmesh._core.buffer cimport (
-    rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
 )
-from fastmesh._core.reactor cimport Acceptor
+from fastmesh._core.reactor cimport Acceptor, Sweeper
 from fastmesh._core.stats cimport (
     L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
 )
@@ -60,11 +61,28 @@ from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
 
 cdef double CLOSE_GRACE = 5.0          # seconds a closing connection gets to take its last answer
 cdef Py_ssize_t SHORT_HEAD = 4096      # partial heads up to this size are re-parsed on every read
+cdef Py_ssize_t MAX_SPARE_EXCHANGES = 256    # exchanges a listener keeps between requests
 
 # The transient head and its view: parsed, used and forgotten within one call (a worker is single-threaded).
 cdef Head SCRATCH
 cdef RequestView VIEW
 cdef unsigned long long RULES_VERSION[1]    # the last ForwardRules.version given out (each set_rules takes a new one)
+
+
+cdef const char *H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"     # RFC 9113 section 3.4
+
+
+cdef class Handoff(Sweeper):
+    """The base of a second protocol on http listeners (http2/conn.pyx's H2Front); this one takes nothing."""
+
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+        close(fd)
+
+    cdef void drain(self) noexcept:
+        pass
+
+    cdef void close_all(self) noexcept:
+        pass
 
 
 cdef class Front(Acceptor):
@@ -84,6 +102,20 @@ cdef class Front(Acceptor):
                 count_status(self.class_slots[cluster], status)
             if self.hist_slots[cluster] != NULL and seconds >= 0:
                 observe_ns(self.hist_slots[cluster], <uint64_t>(seconds * 1e9))
+
+    cdef Exchange take_exchange(self):
+        """An exchange for a request that starts: a spare one when there is one."""
+        if self.spare_exchanges:
+            return <Exchange>self.spare_exchanges.pop()
+        return Exchange.__new__(Exchange)
+
+    cdef void give_exchange(self, Exchange ex) noexcept:
+        """Keep a finished request's exchange for the next one; enough spares for a burst of busy connections."""
+        ex.log_fields = None
+        if self.spare_exchanges is None:
+            self.spare_exchanges = []
+        if len(self.spare_exchanges) < MAX_SPARE_EXCHANGES:
+            self.spare_exchanges.append(ex)
 
     cdef void unlink(self, Downstream d) noexcept:
         if d.prev is not None:
@@ -211,6 +243,7 @@ cdef class Downstream(UpstreamUser):
         """1 when an exchange started (or the state changed), 0 to wait for events, -1 when closed."""
         cdef Py_ssize_t n, avail, room
         cdef int r
+        cdef bint preface
         # Answers leave in order: the previous one must be gone before the next request starts.
         r = self.flush_out()
         if r <= 0:
@@ -222,10 +255,22 @@ cdef class Downstream(UpstreamUser):
                     self.state = DS_HEAD
                     self.deadline = self.proxy.reactor.now + self.proxy.header_timeout
                     self.head_scan = 0
+                preface = False
+                if self.proxy.h2 is not None and self.ex_in == 0 and self.rbuf.data[self.rbuf.start] == 80:
+                    # "P" first on a connection that carried no request yet (ex_in counts from the first head on):
+                    # it may be HTTP/2's preface (prior knowledge).
+                    n = 24 if avail >= 24 else avail
+                    if memcmp(self.rbuf.data + self.rbuf.start, H2_PREFACE, n) == 0:
+                        if n == 24:
+                            self.to_h2()
+                            return -1
+                        preface = True  # a part of it so far: read on before judging
                 # A short partial head is parsed as it comes (errors show early); a long one only once its
                 # blank line is there or the limits are passed, so a client trickling a big head byte by byte
                 # cannot make us re-parse it from the start each time.
-                if (avail > SHORT_HEAD
+                if preface:
+                    n = 0
+                elif (avail > SHORT_HEAD
                         and find_head_end(self.rbuf.data + self.rbuf.start, avail, self.head_scan) < 0
                         and avail < self.proxy.limits.max_start_line + self.proxy.limits.max_header_bytes):
                     self.head_scan = avail
@@ -262,15 +307,35 @@ cdef class Downstream(UpstreamUser):
             self.close()
             return -1
 
+    cdef void hold_exchange(self) noexcept:
+        """The connection's request starts (or is answered by us): it gets an exchange, told who the client is."""
+        if self.ex is None:
+            self.ex = self.proxy.take_exchange()
+            self.ex.set_peer(self.peer, self.peer_len)
+
+    cdef void rest(self) noexcept:
+        """An idle keep-alive connection (the sweep calls this) gives back its output buffers and its exchange, so
+        it costs its Downstream alone. Not at the end of every request: a busy connection keeps them (each
+        give-and-take would cost a quarter more instructions per request: bench/callgrind_requests.py)."""
+        if self.state != DS_IDLE or ob_pending(&self.out):
+            return
+        ob_free(&self.out)
+        ob_free(&self.reqhead)
+        if self.ex is not None:
+            self.proxy.give_exchange(self.ex)
+            self.ex = None
+
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept:
         """A request head is parsed (SCRATCH): its view goes to the exchange, its forwarded head is rendered."""
         cdef Front proxy = self.proxy
-        cdef Exchange ex = self.ex
+        cdef Exchange ex
         cdef Head *h = &SCRATCH
         cdef const char *buf = self.rbuf.data + self.rbuf.start
         cdef long long length
         cdef int kind, err
         cdef double now = proxy.reactor.now
+        self.hold_exchange()
+        ex = self.ex
         ex.begin(now)
         self.ex_in = head_len
         self.ex_out = 0
@@ -379,7 +444,8 @@ cdef class Downstream(UpstreamUser):
 
     cdef void end_request(self) noexcept:
         """The request left the cluster's books (once)."""
-        self.ex.end(self)
+        if self.ex is not None:
+            self.ex.end(self)
 
     cdef void drop_upstream(self, bint reuse) noexcept:
         cdef Upstream up = self.up
@@ -638,7 +704,9 @@ cdef class Downstream(UpstreamUser):
         when allowed."""
         cdef Front proxy = self.proxy
         cdef int status
-        cdef bint routed = self.state == DS_EXCHANGE and self.ex.route >= 0
+        cdef bint routed
+        self.hold_exchange()              # a bad head has none yet: its answer is logged like any other
+        routed = self.state == DS_EXCHANGE and self.ex.route >= 0
         cdef int endpoint = self.up.endpoint if self.up is not None else -1
         self.drop_upstream(False)
         if self.resp_head_done:
@@ -679,6 +747,14 @@ cdef class Downstream(UpstreamUser):
         up.close()
         self.close()
 
+    cdef void to_h2(self) noexcept:
+        """The connection opened with HTTP/2's preface: the listener's HTTP/2 side takes the socket, its slot and
+        the bytes read so far."""
+        cdef int fd = self.fd
+        self.fd = -1
+        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len)
+        self.close()
+
     cdef void close(self) noexcept:  # no-cython-lint
         cdef Front proxy = self.proxy
         if self.state == DS_CLOSED:
@@ -694,6 +770,8 @@ cdef class Downstream(UpstreamUser):
         rb_free(&self.rbuf, proxy.buffers)
         ob_free(&self.out)
         ob_free(&self.reqhead)
-        self.ex.log_fields = None
+        if self.ex is not None:
+            proxy.give_exchange(self.ex)
+            self.ex = None
         proxy.reactor.bury(self)
         proxy.unlink(self)

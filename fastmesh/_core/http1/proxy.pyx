@@ -4,11 +4,12 @@
 Deadlines swept a few times a second: a request head must arrive within header_timeout (else 408), an idle
 keep-alive connection closes after idle_timeout; for a request in flight, its deadline (504 deadline
 exceeded), a pending connect (a connect timeout fails over), a wait for a connection slot (503 overloaded
-after a whole try) and the try's response head (the exchange retries or answers 504).
+after a whole try) and the try's response head (the exchange retries or answers 504). The same walk has idle
+keep-alive connections give back their output buffers and their exchange.
 """
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport strlen
+from libc.string cimport strlen, memcpy
 
 from fastmesh._core.buffer cimport rb_avail
 from fastmesh._core.includes.system cimport (
@@ -19,7 +20,6 @@ from fastmesh._core.stats cimport (
     StatsBlock, HEADER_SLOTS, L_FIELDS, L_ACCEPTED, L_ACTIVE, R_FIELDS, HIST_FIELDS, bump, bump_field,
 )
 from fastmesh._core.errors cimport PE_HEADER_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_BODY_TIMEOUT
-from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.http1.conn cimport (
     Front, Downstream, DS_HEAD, DS_IDLE, DS_EXCHANGE, downstream_events,
 )
@@ -94,13 +94,13 @@ cdef class HttpProxy(Front):
         d.state = DS_HEAD
         d.deadline = self.reactor.now + self.header_timeout
         d.tmo_off = -1
-        d.ex = Exchange.__new__(Exchange)
         text[0] = 0
         if peer.ss_family == AF_INET:
             inet_ntop(AF_INET, &(<sockaddr_in *>peer).sin_addr, text, sizeof(text))
         elif peer.ss_family == AF_INET6:
             inet_ntop(AF_INET6, &(<sockaddr_in6 *>peer).sin6_addr, text, sizeof(text))
-        d.ex.set_peer(text, strlen(text))
+        d.peer_len = min(<int>strlen(text), <int>sizeof(d.peer))
+        memcpy(d.peer, text, d.peer_len)
         d.next = self.head
         if self.head is not None:
             self.head.prev = d
@@ -129,6 +129,8 @@ cdef class HttpProxy(Front):
         """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
+        if self.h2 is not None:
+            self.h2.sweep(now)
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
@@ -157,6 +159,8 @@ cdef class HttpProxy(Front):
                     d.run()
                 else:
                     d.close()
+            elif d.state == DS_IDLE and d.ex is not None:
+                d.rest()
             d = nxt
 
     def drain(self):
@@ -164,6 +168,8 @@ cdef class HttpProxy(Front):
         cdef Downstream d = self.head
         cdef Downstream nxt
         self.draining = True
+        if self.h2 is not None:
+            self.h2.drain()
         while d is not None:
             nxt = d.next
             if d.state == DS_IDLE or (d.state == DS_HEAD and rb_avail(&d.rbuf) == 0):
@@ -174,6 +180,8 @@ cdef class HttpProxy(Front):
         self.reactor.graveyard.clear()
 
     def close_all(self):
+        if self.h2 is not None:
+            self.h2.close_all()
         while self.head is not None:
             self.head.close()
         for pool in self.pools:
@@ -185,6 +193,16 @@ cdef class HttpProxy(Front):
     @property
     def status_classes(self):
         return {f"{i}xx": self.classes[i] for i in range(1, 6)}
+
+    @property
+    def exchanges_held(self):
+        """Connections holding an exchange: those with a request under way, and idle ones not yet swept."""
+        cdef Downstream d = self.head
+        cdef long n = 0
+        while d is not None:
+            n += d.ex is not None
+            d = d.next
+        return n
 
     @property
     def tunnel_count(self):

@@ -43,3 +43,5 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
 # The proxy's answer for ProxyError err (errors.pxd; `code`: a parse code choosing a 4xx/5xx status for
 # PE_BAD_REQUEST, else 0), appended to o; the body is left out for HEAD. Returns the status.
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept
+# The text body of that answer into body (room for size bytes); its length. Every codec's error body says the same.
+cdef int error_text(char *body, int size, int err, int code) noexcept

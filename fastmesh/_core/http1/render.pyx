@@ -426,6 +426,15 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, "\r\n", 2)
 
 
+cdef int error_text(char *body, int size, int err, int code) noexcept:
+    cdef const ErrorInfo *e = error_info(err)
+    if err == PE_NO_ROUTE:
+        return snprintf(body, size, "no route for this request\n")
+    if err == PE_BAD_REQUEST:
+        return snprintf(body, size, "%s\n", error_reason(code) if code < 0 else e.reason)
+    return snprintf(body, size, "%s: %s\n", e.reason, e.cause)
+
+
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept:
     cdef const ErrorInfo *e = error_info(err)
     cdef int status = e.status
@@ -436,12 +445,7 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     if err == PE_BAD_REQUEST and code < 0:
         status = error_status(code)
         reason = error_reason(code)
-    if err == PE_NO_ROUTE:
-        blen = snprintf(body, sizeof(body), "no route for this request\n")
-    elif err == PE_BAD_REQUEST:
-        blen = snprintf(body, sizeof(body), "%s\n", reason)
-    else:
-        blen = snprintf(body, sizeof(body), "%s: %s\n", reason, e.cause)
+    blen = error_text(body, sizeof(body), err, code)
     n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
                  "fastmesh-error: %s\r\n%s", status, reason, blen, e.cause, "" if keep else "connection: close\r\n")
     ob_add(o, line, n)

@@ -1,0 +1,15 @@
+# HTTP/2 rendering: response heads with the exchange's response edits, and the proxy's own answers (plain or
+# gRPC trailers-only), through the session's HPACK encoder.
+
+from fastmesh._core.request cimport Field, EditList
+from fastmesh._core.http2.session cimport Session
+from fastmesh._core.http2.streams cimport Stream
+
+# A response head on s: :status, the fields (names in any case; connection-specific ones and those the Connection
+# field names are dropped), the edits' added fields, fastmesh-retried when retried >= 0. `end`: no body follows.
+cdef int render_head(Session sess, Stream s, int status, const char *base, const Field *fields, int n,
+                     const EditList *edits, int retried, bint end) except -1
+# The proxy's answer for ProxyError err (errors.pxd; `code`: a parse code for PE_BAD_REQUEST, else 0) on s, ending
+# the stream: for a gRPC request trailers-only (status 200, grpc-status, grpc-message, fastmesh-error), else the
+# status with a short text body (none for HEAD) and fastmesh-error. Returns the HTTP status sent.
+cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int retried, bint head_only) except -1

@@ -1,0 +1,144 @@
+"""HTTP/2 rendering: what the exchange decided, written as HTTP/2 header blocks (the session encodes them).
+
+A response head crosses from any upstream: its fields keep their order, names go lowercase (the session folds
+them), and the fields HTTP/2 forbids (RFC 9113 section 8.2.2: Connection, Keep-Alive, Proxy-Connection,
+Transfer-Encoding, Upgrade, and any field the Connection field names) stay behind. The exchange's response edits
+and fastmesh-retried follow, as in http1/render.pyx. Error answers come from errors.pyx's table; a gRPC client
+gets them as gRPC errors: trailers-only, HTTP 200, content-type application/grpc, grpc-status from the table,
+grpc-message with the cause, and fastmesh-error.
+"""
+from libc.stdio cimport snprintf
+from libc.string cimport strlen
+
+from fastmesh._core.codes cimport error_status
+from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_METHOD_NOT_ALLOWED
+from fastmesh._core.request cimport Field, Edit, EditList, edit_at, fold_eq, lower_ascii, EDIT_ADD
+from fastmesh._core.http1.render cimport error_text
+from fastmesh._core.http2.session cimport Session
+from fastmesh._core.http2.streams cimport Stream
+
+cdef int MAX_CONN_TOKENS = 16          # Connection field tokens honoured when dropping the fields they name
+
+
+cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
+    if n == 7:
+        return fold_eq(name, b"upgrade", 7)
+    if n == 10:
+        return fold_eq(name, b"connection", 10) or fold_eq(name, b"keep-alive", 10)
+    if n == 16:
+        return fold_eq(name, b"proxy-connection", 16)
+    if n == 17:
+        return fold_eq(name, b"transfer-encoding", 17)
+    return False
+
+
+cdef int _named_by_connection(const char *base, const Field *fields, int n, const char **tok,
+                              Py_ssize_t *tlen) noexcept:
+    """The tokens of every Connection field: more fields to drop."""
+    cdef int i, k = 0
+    cdef const char *p
+    cdef const char *end
+    cdef const char *start
+    for i in range(n):
+        if fields[i].name_len != 10 or not fold_eq(base + fields[i].name_off, b"connection", 10):
+            continue
+        p = base + fields[i].value_off
+        end = p + fields[i].value_len
+        while p < end and k < MAX_CONN_TOKENS:
+            while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
+                p += 1
+            start = p
+            while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
+                p += 1
+            if p > start:
+                tok[k] = start
+                tlen[k] = p - start
+                k += 1
+    return k
+
+
+cdef inline bint _token_eq(const char *name, Py_ssize_t n, const char *tok, Py_ssize_t tlen) noexcept:
+    cdef Py_ssize_t i
+    if n != tlen:
+        return False
+    for i in range(n):
+        if lower_ascii(<unsigned char>name[i]) != lower_ascii(<unsigned char>tok[i]):
+            return False
+    return True
+
+
+cdef int render_head(Session sess, Stream s, int status, const char *base, const Field *fields, int n,
+                     const EditList *edits, int retried, bint end) except -1:
+    cdef const Field *f
+    cdef const Edit *x
+    cdef const char *tok[16]
+    cdef Py_ssize_t tlen[16]
+    cdef char digits[24]
+    cdef int i, k, ntok = _named_by_connection(base, fields, n, tok, tlen)
+    cdef bint named
+    sess.headers_begin()
+    sess.headers_status(status)
+    for i in range(n):
+        f = &fields[i]
+        if _connection_specific(base + f.name_off, f.name_len):
+            continue
+        if ntok:
+            named = False
+            for k in range(ntok):
+                if _token_eq(base + f.name_off, f.name_len, tok[k], tlen[k]):
+                    named = True
+                    break
+            if named:
+                continue
+        sess.headers_field(base + f.name_off, f.name_len, base + f.value_off, f.value_len, False)
+    for i in range(edits.n + edits.route_n):
+        x = edit_at(edits, i)
+        if x.kind == EDIT_ADD:
+            sess.headers_field(x.name.ptr, x.name.len, x.value.ptr, x.value.len, False)
+    if retried >= 0:
+        k = snprintf(digits, sizeof(digits), "%d", retried)
+        sess.headers_field(b"fastmesh-retried", 16, digits, k, False)
+    return sess.headers_end(s, end)
+
+
+cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int retried, bint head_only) except -1:
+    cdef const ErrorInfo *e = error_info(err)
+    cdef int status = e.status
+    cdef char digits[24]
+    cdef char body[128]
+    cdef int n, blen
+    cdef Py_ssize_t clen
+    if err == PE_BAD_REQUEST and code < 0:
+        status = error_status(code)
+    clen = strlen(e.cause)
+    sess.headers_begin()
+    if grpc:
+        # Trailers-only: the whole answer is one HEADERS frame with END_STREAM (gRPC over HTTP/2's spec).
+        sess.headers_status(200)
+        sess.headers_field(b"content-type", 12, b"application/grpc", 16, False)
+        n = snprintf(digits, sizeof(digits), "%d", e.grpc_status)
+        sess.headers_field(b"grpc-status", 11, digits, n, False)
+        sess.headers_field(b"grpc-message", 12, e.cause, clen, False)
+        sess.headers_field(b"fastmesh-error", 14, e.cause, clen, False)
+        if retried >= 0:
+            n = snprintf(digits, sizeof(digits), "%d", retried)
+            sess.headers_field(b"fastmesh-retried", 16, digits, n, False)
+        sess.headers_end(s, True)
+        return status
+    blen = error_text(body, sizeof(body), err, code)
+    sess.headers_status(status)
+    sess.headers_field(b"content-type", 12, b"text/plain", 10, False)
+    n = snprintf(digits, sizeof(digits), "%d", blen)
+    sess.headers_field(b"content-length", 14, digits, n, False)
+    sess.headers_field(b"fastmesh-error", 14, e.cause, clen, False)
+    if err == PE_METHOD_NOT_ALLOWED:
+        sess.headers_field(b"allow", 5, b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH", 51, False)
+    if retried >= 0:
+        n = snprintf(digits, sizeof(digits), "%d", retried)
+        sess.headers_field(b"fastmesh-retried", 16, digits, n, False)
+    if head_only:
+        sess.headers_end(s, True)
+        return status
+    sess.headers_end(s, False)
+    sess.send_data(s, body, blen, True)
+    return status
