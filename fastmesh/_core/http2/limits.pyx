@@ -2,7 +2,6 @@
 # turn floods into GOAWAY ENHANCE_YOUR_CALM. The session asks; nothing here touches frames.
 
 cimport cython
-from libc.stdint cimport uint32_t
 
 
 @cython.final

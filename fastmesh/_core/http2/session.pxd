@@ -12,8 +12,9 @@
 #  - call tick(now) about once a second (monotonic seconds): SETTINGS ACK timeout, graceful GOAWAY's second
 #    step, zero-window stalls (on_stall), glitch decay.
 #  - report body bytes it has passed on with consumed(stream, n): the peer gets WINDOW_UPDATE once half a
-#    window has been consumed.
-#  - close the socket when finished() says so (after flushing out).
+#    window has been consumed. Bytes still unconsumed when a stream closes are credited to the connection then.
+#  - close the socket when finished() says so (after flushing out), and call release() once the connection is
+#    gone: it drops the streams still open (and their `user` objects) without events.
 # Event methods return 0, or -1 with a Python exception set (receive() then returns -1 and the connection
 # should be dropped). Streams handed to events stay valid until on_stream_closed returns; after that the
 # session drops them and clears Stream.user.
@@ -136,8 +137,8 @@ cdef class Session:
     cdef int goaway(self, uint32_t code, bint graceful) except -1   # graceful: two-step (2^31-1 + PING first)
     cdef int ping(self) except -1                                   # a PING of ours (on_ping_ack when answered)
     cdef bint paused(self) noexcept        # out holds more than max_out_bytes: flush before receiving more
-    cdef int drained(self) except -1       # the I/O layer flushed out completely: streams held back by the
-                                           # outbound bound get on_window
+    # The I/O layer flushed out completely: streams held back by the outbound bound get on_window.
+    cdef int drained(self) except -1
     cdef bint finished(self) noexcept      # nothing more will happen: flush out, then close the socket
     cdef Stream find(self, uint32_t id)    # an open stream by id, or None
 
@@ -190,9 +191,9 @@ cdef class Session:
     cdef int on_headers(self, Stream s, bint end_stream) except -1  # a head decoded into s.head (validated)
     cdef int on_data(self, Stream s, const char *data, Py_ssize_t n, bint end_stream) except -1
     cdef int on_trailers(self, Stream s) except -1                  # trailers in s.trailers; the peer's side ended
-    cdef int on_reset(self, Stream s, uint32_t code) except -1      # the stream failed: the peer's RST_STREAM, our
-                                                                    # stream error, the peer's GOAWAY (REFUSED_STREAM
-                                                                    # for ours above its last id) or a connection error
+    # The stream failed: the peer's RST_STREAM, our stream error, the peer's GOAWAY (REFUSED_STREAM for streams we
+    # opened above its last id) or a connection error.
+    cdef int on_reset(self, Stream s, uint32_t code) except -1
     cdef int on_rejected(self, Stream s, int status) except -1      # server: we answered a bad head ourselves (431)
     cdef int on_window(self, Stream s) except -1                    # s was blocked and may send again
     cdef int on_stall(self, Stream s) except -1                     # s was blocked on a zero window for stall_timeout

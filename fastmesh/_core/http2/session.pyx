@@ -7,29 +7,29 @@ from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint8_t, uint32_t, int64_t
-from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_pending
+from fastmesh._core.buffer cimport ob_add, ob_free, ob_pending
 from fastmesh._core.request cimport Field, lower_ascii, fold_eq
 from fastmesh._core.http2.frames cimport (
-    FrameHeader, read_header, read_u32, write_frame, write_data, write_settings, write_settings_ack,
+    FrameHeader, read_header, read_u32, write_data, write_settings, write_settings_ack,
     write_ping, write_rst, write_goaway, write_window_update, write_headers, strip_padding,
     FRAME_HEADER_LEN, FT_DATA, FT_HEADERS, FT_PRIORITY, FT_RST_STREAM, FT_SETTINGS, FT_PUSH_PROMISE, FT_PING,
     FT_GOAWAY, FT_WINDOW_UPDATE, FT_CONTINUATION, FLAG_END_STREAM, FLAG_ACK, FLAG_END_HEADERS, FLAG_PADDED,
-    FLAG_PRIORITY, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_INTERNAL_ERROR, H2_FLOW_CONTROL_ERROR, H2_SETTINGS_TIMEOUT,
+    FLAG_PRIORITY, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_FLOW_CONTROL_ERROR, H2_SETTINGS_TIMEOUT,
     H2_STREAM_CLOSED, H2_FRAME_SIZE_ERROR, H2_REFUSED_STREAM, H2_CANCEL, H2_COMPRESSION_ERROR,
     H2_ENHANCE_YOUR_CALM, SET_HEADER_TABLE_SIZE, SET_ENABLE_PUSH, SET_MAX_CONCURRENT_STREAMS,
     SET_INITIAL_WINDOW_SIZE, SET_MAX_FRAME_SIZE, SET_MAX_HEADER_LIST_SIZE, SET_ENABLE_CONNECT_PROTOCOL,
     DEFAULT_WINDOW, DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MAX_WINDOW, PREFACE_LEN,
 )
 from fastmesh._core.http2.hpack cimport (
-    HeaderBlock, Decoder, Encoder, block_init, block_clear, block_free, is_sensitive, HPACK_OK,
+    HeaderBlock, Decoder, Encoder, block_init, block_clear, block_free, is_sensitive,
     HPACK_LIST_TOO_LARGE,
 )
 from fastmesh._core.http2.streams cimport (
-    Stream, transition, can_receive, can_send, ST_IDLE, ST_OPEN, ST_HALF_CLOSED_LOCAL, ST_HALF_CLOSED_REMOTE,
-    ST_CLOSED, ST_INVALID, EV_SEND_HEADERS, EV_RECV_HEADERS, EV_SEND_END, EV_RECV_END, EV_SEND_RST, EV_RECV_RST,
+    Stream, transition, can_receive, can_send, ST_IDLE, ST_CLOSED, EV_SEND_HEADERS, EV_RECV_HEADERS, EV_SEND_END,
+    EV_RECV_END, EV_RECV_RST,
 )
 from fastmesh._core.http2.limits cimport (
-    H2Limits, FloodState, flood_init, glitch, stream_ended, GL_SETTINGS, GL_PING, GL_EMPTY_DATA,
+    H2Limits, flood_init, glitch, stream_ended, GL_SETTINGS, GL_PING, GL_EMPTY_DATA,
     GL_WINDOW_UPDATE, GL_PRIORITY, GL_UNKNOWN,
 )
 
@@ -186,6 +186,7 @@ cdef class Session:
             for i in range(self.table_mask + 1):
                 if self.table[i] != NULL:
                     (<Stream>self.table[i]).in_table = False
+                    (<Stream>self.table[i]).user = None       # the I/O layer's object may point back at us
                     Py_XDECREF(<PyObject *>self.table[i])
             free(self.table)
             self.table = NULL
@@ -310,6 +311,7 @@ cdef class Session:
     cdef int close_stream(self, Stream s, int how) except -1:
         # s is done: out of the table, off the counts, the I/O layer told, rapid reset counted.
         cdef bint rapid = False
+        cdef Py_ssize_t n
         if s.counted:
             s.counted = False
             if self.role == ROLE_SERVER:
@@ -321,6 +323,12 @@ cdef class Session:
         if s.blocked:
             s.blocked = False
             self.blocked_count -= 1
+        if s.unconsumed > 0:
+            # Data the I/O layer will now drop: the connection window must not shrink for good.
+            n = s.unconsumed
+            s.unconsumed = 0
+            if self.credit_connection(n) < 0:
+                return -1
         s.state = ST_CLOSED
         if s.id != 0:
             self.closed_ids[self.closed_pos] = s.id
@@ -504,6 +512,7 @@ cdef class Session:
                 return r
         if end:
             s.state = transition(s.state, EV_RECV_END)
+        s.unconsumed += n
         if n > 0 or end:
             r = self.on_data(s, <const char *>p, n, end)
             if r < 0:
@@ -704,6 +713,7 @@ cdef class Session:
         block_clear(&s.head)
         s.status = 0
         s.informational = False
+        s.content_length = -1
         r = self.decoder.decode(block, n, &s.head)
         if r == HPACK_LIST_TOO_LARGE:
             return self.stream_error(s, H2_PROTOCOL_ERROR)
@@ -1035,7 +1045,6 @@ cdef class Session:
     cdef int rx_window_update(self, FrameHeader *h, const unsigned char *payload) except -1:
         cdef uint32_t inc
         cdef Stream s
-        cdef int r
         if h.length != 4:
             return self.conn_fail(H2_FRAME_SIZE_ERROR)
         inc = read_u32(payload) & 0x7fffffff
@@ -1111,10 +1120,11 @@ cdef class Session:
         return 0
 
     cdef int consumed(self, Stream s, Py_ssize_t n) except -1:
-        if n <= 0 or self.state == CS_CLOSED:
-            return 0
-        if not s.in_table:
-            return self.credit_connection(n)
+        if n <= 0 or self.state == CS_CLOSED or not s.in_table:
+            return 0                       # a closed stream's unconsumed bytes were credited when it closed
+        if n > s.unconsumed:
+            n = s.unconsumed
+        s.unconsumed -= n
         return self.credit(s, n)
 
     # ------------------------------------------------------------------ time

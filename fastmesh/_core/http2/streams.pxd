@@ -49,6 +49,7 @@ cdef class Stream:
     cdef int64_t send_window               # bytes the peer lets us send on it (may go negative after SETTINGS)
     cdef int64_t recv_window               # bytes we still let the peer send on it
     cdef int64_t recv_unacked              # bytes the I/O layer consumed that we have not credited back yet
+    cdef int64_t unconsumed                # bytes handed to on_data that the I/O layer has not consumed yet
     cdef int64_t content_length            # the peer's content-length, -1 when absent
     cdef int64_t data_received             # DATA payload bytes received (padding excluded)
     cdef HeaderBlock head                  # the peer's request/response head (client role: the final response)
@@ -65,8 +66,9 @@ cdef class Stream:
     cdef readonly bint blocked             # send_data stopped short: on_window when the windows open
     cdef readonly bint informational       # client: the last head was 1xx (another head follows)
     cdef bint counted                      # counts toward the session's concurrent streams
-    cdef bint announced                    # the I/O layer knows it (client: opened it; server: on_headers or
-                                           # on_rejected): only such streams get on_reset / on_stream_closed
+    # The I/O layer knows it (client: opened it; server: on_headers or on_rejected): only such streams get
+    # on_reset / on_stream_closed.
+    cdef bint announced
     cdef bint head_request                 # client: we sent :method HEAD (content-length promises no body)
     cdef bint in_table                     # listed in the session's stream table (it has an id)
     cdef double blocked_since              # session time when it became blocked on a zero window (stall timer)
