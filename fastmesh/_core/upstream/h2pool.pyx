@@ -485,6 +485,11 @@ cdef class H2Pool(Connector):
                         up.want_flush()
                 up = nxt
 
+    @property
+    def tunnel(self):
+        """HTTP/2 upstreams carry no upgraded (tunnelled) connections."""
+        return None
+
     def retire(self):
         """A reload replaced this pool: connections close once their streams are done (the sweep does it)."""
         self.retired = True
