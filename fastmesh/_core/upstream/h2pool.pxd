@@ -51,6 +51,7 @@ cdef class H2Upstream(EventTarget):
     cdef void attach(self, H2Leg leg) noexcept
     cdef void detach(self, H2Leg leg) noexcept
     cdef void open_waiting(self) noexcept
+    cdef void settled(self) noexcept
     cdef void release_held(self) noexcept
     cdef void run(self) noexcept
     cdef void want_flush(self) noexcept

@@ -128,7 +128,7 @@ cdef class ClientSession(Session):
 
     cdef int on_settings(self) except -1:
         if self.up is not None and self.up.nwaiting:
-            self.up.open_waiting()        # the peer's limit may have grown
+            self.up.settled()             # the peer's limit is known (or changed)
         return 0
 
 
@@ -190,6 +190,8 @@ cdef class H2Upstream(EventTarget):
         """Open the streams of attached legs that wait for one, oldest first, while the peer allows more."""
         cdef H2Leg leg = self.first
         cdef H2Leg nxt
+        if not self.sess.peer_settings_seen:
+            return                        # its MAX_CONCURRENT_STREAMS is not known yet: settled() opens them
         while leg is not None and self.nwaiting and self.state == H2_OPEN and self.sess.can_open():
             nxt = leg.next_on
             if not leg.opened and leg.state == LEG_CONNECTING:
@@ -200,6 +202,18 @@ cdef class H2Upstream(EventTarget):
                     break
             leg = nxt
         self.want_flush()
+
+    cdef void settled(self) noexcept:
+        """The peer's SETTINGS came: open what its MAX_CONCURRENT_STREAMS allows; legs attached beyond it while
+        the connection was being made (its limit unknown) go to another connection."""
+        cdef H2Leg leg = self.last
+        cdef H2Leg prv
+        while leg is not None and self.users > self.cap():
+            prv = leg.prev_on
+            if not leg.opened and leg.state == LEG_CONNECTING:
+                leg.retake()
+            leg = prv
+        self.open_waiting()
 
     cdef void release_held(self) noexcept:
         """The receive() batch ended: held gRPC heads had no trailers with them; pass them on now."""
@@ -573,6 +587,7 @@ cdef class H2Leg(Leg):
         cdef int outcome
         cdef H2Upstream up
         self.opened = False
+        self.req_done = False            # a stream never opened, or refused before any body byte left
         up = self.pool.acquire(self, &ex.ct, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
