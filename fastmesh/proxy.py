@@ -348,13 +348,15 @@ class Proxy:
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
+        from fastmesh.dataplane.listeners import h2_stats
         return {
             "listeners": {name: {"active": t.active, "accepted": t.accepted, "failed": t.failed,
                                  "bytes_in": t.bytes_in, "bytes_out": t.bytes_out}
                           for name, t in self._tcp.items()},
             "http": {name: {"active": h.active, "accepted": h.accepted, "requests": h.requests,
                             "responses": h.status_classes, "bytes_in": h.bytes_in, "bytes_out": h.bytes_out,
-                            "tunnels": h.tunnel_count, "exchanges": h.exchanges_held}
+                            "tunnels": h.tunnel_count, "exchanges": h.exchanges_held,
+                            "http2": h2_stats(h)}
                      for name, h in self._http.items()},
             "pools": {p.cluster.name: {"opened": p.opened, "reuses": p.reuses, "open": p.active,
                                        "idle": p.idle_counts(), "requests_active": p.policy.requests_active,

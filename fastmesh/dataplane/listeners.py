@@ -52,15 +52,17 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool]
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_access_log(cfg.access_log, cfg.name),
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
-    if not cfg.http2.enabled:
-        if http.h2 is not None and http.h2.active:
-            http.h2.drain_now()         # open HTTP/2 connections finish their streams (and stay swept till then)
+    h2 = http.h2
+    if not isinstance(h2, H2Front):
+        if cfg.http2.enabled:
+            http.h2 = H2Front(http, h2_limits(cfg.http2, cfg.max_header_bytes))
+    elif not cfg.http2.enabled:
+        if h2.active:
+            h2.drain_now()              # open HTTP/2 connections finish their streams (and stay swept till then)
         else:
             http.h2 = None
-    elif http.h2 is None:
-        http.h2 = H2Front(http, h2_limits(cfg.http2, cfg.max_header_bytes))
     else:
-        http.h2.set_limits(h2_limits(cfg.http2, cfg.max_header_bytes))
+        h2.set_limits(h2_limits(cfg.http2, cfg.max_header_bytes))
 
 
 def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | HttpProxy, reuse_port: bool,
@@ -71,3 +73,11 @@ def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | Ht
     bound = sock.getsockname()[:2]
     listener = Listener(reactor, sock.detach(), cfg.name, acceptor, worker_limit, cfg.max_connections)
     return listener, (bound[0], bound[1])
+
+
+def h2_stats(http: HttpProxy) -> dict[str, int] | None:
+    """An http listener's HTTP/2 side in stats(): connections open, connections and streams taken ever."""
+    h2 = http.h2
+    if not isinstance(h2, H2Front):
+        return None
+    return {"connections": h2.active, "accepted": h2.accepted, "streams": h2.streams}

@@ -4,6 +4,7 @@ import resource
 
 import hpack
 import pytest
+from hpack.huffman_table import decode_huffman
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fastmesh._core.http2.hpack import (
@@ -150,6 +151,36 @@ def test_huffman_strings():
     every = bytes(range(256)) * 3
     assert huffman_decode(huffman_encode(every)) == every
     assert huffman_decode(b"") == b""
+
+
+def huffman_oracle(data: bytes) -> bytes | None:
+    try:
+        return decode_huffman(data)
+    except hpack.HPACKDecodingError:
+        return None
+
+
+def huffman_ours(data: bytes) -> bytes | None:
+    try:
+        return huffman_decode(data)
+    except HpackError:
+        return None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=40), st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=7))
+def test_huffman_decoding_agrees_with_hpack(data, how, bit):
+    """Valid strings, their truncations, flipped bits and raw bytes: accepted and refused exactly as hpack does."""
+    if how:
+        data = huffman_encode(data)
+        if how == 2 and data:
+            data = data[:-1] + bytes([data[-1] ^ (1 << bit)])
+        elif how == 3 and data:
+            data = data[:bit % len(data)]
+    expected = huffman_oracle(data)
+    assert huffman_ours(data) == expected
+    if how == 1:
+        assert expected is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -735,6 +735,20 @@ def test_unconsumed_data_of_a_closed_stream_is_credited_to_the_connection():
     assert cli.outbound_flow_control_window == 65535
 
 
+def test_a_smaller_stream_window_binds_only_once_acked():
+    srv = Recorder(auto_consume=False, limits=H2Limits(initial_window=1000))
+    srv.feed(PREFACE + SettingsFrame(0).serialize())
+    srv.take()
+    enc = hpack.Encoder()
+    srv.feed(headers(1, POST, end_stream=False, encoder=enc) + data_frame(1, b"x" * 16000))
+    assert resets(srv.take()) == []                     # the client had not seen our SETTINGS yet (6.9.3)
+    assert srv.stream(1).windows[1] == 65535 - 16000
+    srv.feed(SettingsFrame(0, flags=["ACK"]).serialize())
+    assert srv.stream(1).windows[1] == 1000 - 16000
+    srv.feed(headers(3, POST, end_stream=False, encoder=enc) + data_frame(3, b"x" * 1001))
+    assert resets(srv.take()) == [(3, FLOW_CONTROL_ERROR)]
+
+
 def test_window_update_overflow():
     srv, cli = connected()
     assert srv.feed(WindowUpdateFrame(0, 2 ** 31 - 1).serialize()) == RECV_ERROR

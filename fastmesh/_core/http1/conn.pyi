@@ -4,11 +4,14 @@ from collections.abc import Callable
 from typing import Any, final
 
 from fastmesh._core.http1.pool import UpstreamUser
-from fastmesh._core.reactor import Acceptor
+from fastmesh._core.reactor import Acceptor, Sweeper
 
 AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float]], Any]
 
+class Handoff(Sweeper): ...
+
 class Front(Acceptor):
+    h2: Handoff | None
     @property
     def name(self) -> str: ...
     @property

@@ -15,6 +15,8 @@ cdef class H1Leg(Leg):
     cdef bint blocked                  # the owner took fewer bytes than offered: reading waits for resume()
     cdef Py_ssize_t pending            # response data bytes at up.rbuf.start not yet taken by the owner
     cdef Py_ssize_t skip               # framing bytes right after them, dropped once they are taken
+    cdef Py_ssize_t tr_off             # once a chunked body ended: its trailer section's offset after the last data
+    cdef Py_ssize_t tr_len             # and its length (2: no trailer field)
 
     cdef int take(self) noexcept
     cdef void run(self) noexcept
@@ -22,6 +24,7 @@ cdef class H1Leg(Leg):
     cdef void read_response(self) noexcept
     cdef int on_head(self, Py_ssize_t head_len) noexcept
     cdef int pass_body(self) noexcept
+    cdef void chunked_end(self) noexcept
     cdef void lost(self) noexcept
     cdef void fail(self, int err) noexcept
     cdef void finish(self) noexcept

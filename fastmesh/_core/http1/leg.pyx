@@ -17,23 +17,22 @@ SEND_CHUNK bytes are copied at a time), and the leg reads the next response byte
 previous ones. A bodiless idempotent request whose reused keep-alive connection was already dead is sent again
 on another connection at no cost, as conn.pyx does.
 """
-from libc.stdint cimport uint32_t
-
 from fastmesh._core.buffer cimport rb_read, rb_avail, ob_add, ob_flush, ob_pending
 from fastmesh._core.includes.system cimport errno, EAGAIN
 from fastmesh._core.errors cimport (
     connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method
-from fastmesh._core.request cimport Field, span_of
+from fastmesh._core.request cimport Field
 from fastmesh._core.upstream.connector cimport Connector, CONNECT_FULL
 from fastmesh._core.upstream.leg cimport (
     Leg, LegOwner, LegRequest, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
 )
-from fastmesh._core.http1.parser cimport Head, Limits, limits_init, parse_response, FIELD_OTHER, HEAD_MAX_FIELDS
+from fastmesh._core.http1.parser cimport (
+    Head, Limits, limits_init, head_reset, parse_response, parse_fields, FIELD_OTHER, HEAD_MAX_FIELDS,
+)
 from fastmesh._core.http1.framing cimport (
-    response_body, keep_alive, chunked_init, chunked_feed, chunk_size_line, BODY_NONE, BODY_CHUNKED, BODY_TUNNEL,
-    BODY_UNTIL_CLOSE,
+    response_body, keep_alive, chunked_init, chunked_feed, chunk_size_line, BODY_CHUNKED, BODY_TUNNEL, BODY_UNTIL_CLOSE,
     CHUNK_DONE, CHUNK_LINE_MAX,
 )
 from fastmesh._core.http1.body cimport frame_init, frame_take
@@ -303,11 +302,9 @@ cdef class H1Leg(Leg):
     cdef int pass_body(self) noexcept:
         """Hand response data to the owner: 1 progress, 0 wait (for bytes or the owner), -1 the leg ended."""
         cdef Upstream up = self.up
-        cdef Py_ssize_t n, avail, off, dlen, took
-        cdef const Field *f
+        cdef Py_ssize_t n, avail, off, dlen, took, q
         cdef char *p
         cdef bint last
-        cdef int i, k
         if self.pending > 0:
             last = self.resp.done and self.resp.kind != BODY_CHUNKED
             took = self.owner.leg_data(self, up.rbuf.data + up.rbuf.start, self.pending, last)
@@ -318,16 +315,20 @@ cdef class H1Leg(Leg):
             if self.pending > 0:
                 self.blocked = True
                 return 0
-            up.rbuf.start += self.skip
-            self.skip = 0
             if last:
                 self.finish()
                 return -1
+            if not self.resp.done:
+                up.rbuf.start += self.skip
+                self.skip = 0
         if self.resp.done:
-            # A close-delimited body ended with the connection: the end carries no bytes.
-            self.owner.leg_data(self, NULL, 0, True)
-            if self.up is up and self.state == LEG_ACTIVE:
-                self.finish()
+            if self.resp.kind == BODY_CHUNKED:
+                self.chunked_end()
+            else:
+                # A close-delimited body ended with the connection: the end carries no bytes.
+                self.owner.leg_data(self, NULL, 0, True)
+                if self.up is up and self.state == LEG_ACTIVE:
+                    self.finish()
             return -1
         avail = rb_avail(&up.rbuf)
         if avail == 0:
@@ -340,31 +341,46 @@ cdef class H1Leg(Leg):
         if n < 0:
             self.fail(PE_BAD_RESPONSE)
             return -1
-        if self.resp.dec.state == CHUNK_DONE:
-            self.resp.done = True
-            k = 0
-            for i in range(TRAILERS.num_headers if self.resp.dec.trailers_len > 2 else 0):
-                f = &TRAILERS.headers[i]
-                if f.id == FIELD_OTHER:          # framing, routing and hop-by-hop fields stay behind
-                    KEPT[k] = f[0]
-                    k += 1
-            if k:
-                self.owner.leg_trailers(self, p, KEPT, k)
-            else:
-                self.owner.leg_data(self, NULL, 0, True)
-            if self.up is up and self.state == LEG_ACTIVE:
-                up.rbuf.start += n
-                self.finish()
-            return -1
         if n == 0:
             return 0
-        up.rbuf.start += off
+        q = off + dlen if dlen > 0 else 0       # where the bytes after the data span (if any) begin
+        up.rbuf.start += q - dlen
         self.pending = dlen
-        self.skip = n - off - dlen
-        if dlen == 0:
+        self.skip = n - q
+        if self.resp.dec.state == CHUNK_DONE:
+            # The last chunk, the trailer section and the end came in this feed (maybe after a last data span):
+            # the section stays where it is until the data before it was taken (chunked_end).
+            self.resp.done = True
+            self.tr_off = self.resp.dec.trailers_off - q
+            self.tr_len = self.resp.dec.trailers_len
+        elif dlen == 0:
             up.rbuf.start += self.skip
             self.skip = 0
         return 1
+
+    cdef void chunked_end(self) noexcept:
+        """The chunked body ended: its trailer fields (less those the parser knows by name) or a bare end."""
+        cdef Upstream up = self.up
+        cdef char *p = up.rbuf.data + up.rbuf.start
+        cdef const Field *f
+        cdef int i, k = 0
+        if self.tr_len > 2:
+            # Parsed again here: the decoder's copy may belong to another leg by now.
+            head_reset(&TRAILERS)
+            if parse_fields(p, self.tr_off, self.tr_off + self.tr_len, &TRAILERS, &RESP_LIMITS) > 0:
+                for i in range(TRAILERS.num_headers):
+                    f = &TRAILERS.headers[i]
+                    if f.id == FIELD_OTHER:      # framing, routing and hop-by-hop fields stay behind
+                        KEPT[k] = f[0]
+                        k += 1
+        if k:
+            self.owner.leg_trailers(self, p, KEPT, k)
+        else:
+            self.owner.leg_data(self, NULL, 0, True)
+        if self.up is up and self.state == LEG_ACTIVE:
+            up.rbuf.start += self.skip
+            self.skip = 0
+            self.finish()
 
     # ---- endings ---------------------------------------------------------------------------------
 

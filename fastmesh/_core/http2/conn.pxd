@@ -100,4 +100,5 @@ cdef class H2Conn(EventTarget):
     cdef H2Request take_request(self) noexcept
     cdef void recycle(self, H2Request r) noexcept
     cdef void sweep(self, double now) noexcept
+    cdef void rest(self) noexcept
     cdef void close(self) noexcept

@@ -1,7 +1,7 @@
 """The HTTP/2 codec, downstream side: client connections that open with the HTTP/2 preface, and their streams.
 
-An http listener's connection whose first bytes are "PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" (prior knowledge) is handed
-here by the HTTP/1 codec (http1/conn.pyx) with the bytes already read. The session (session.pyx) does the
+An http listener's connection whose first bytes are HTTP/2's preface (prior knowledge) is handed here by the
+HTTP/1 codec (http1/conn.pyx) with the bytes already read. The session (session.pyx) does the
 protocol: frames, HPACK, stream states, flow control, validation and abuse limits; this file is the I/O and the
 requests around it:
   connection  bytes in to Session.receive(); frames out of Session.out flushed once per event-loop pass (the
@@ -27,13 +27,13 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memmove
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, OutBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, errno, EAGAIN, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
 )
-from fastmesh._core.reactor cimport Reactor, EventTarget
-from fastmesh._core.stats cimport L_ACTIVE, L_ACCEPTED, L_BYTES_IN, L_BYTES_OUT, bump, bump_field
+from fastmesh._core.reactor cimport EventTarget
+from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_RESET, PE_NO_ENDPOINTS, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
 )
@@ -46,7 +46,7 @@ from fastmesh._core.http1.conn cimport Front, Handoff
 from fastmesh._core.http1.pool cimport HttpPool
 from fastmesh._core.http1.leg cimport H1Leg
 from fastmesh._core.upstream.h2pool cimport H2Pool, H2Leg
-from fastmesh._core.http2.frames cimport H2_NO_ERROR, H2_INTERNAL_ERROR
+from fastmesh._core.http2.frames cimport H2_NO_ERROR
 from fastmesh._core.http2.session cimport Session, ROLE_SERVER, RECV_ERROR
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
@@ -732,7 +732,9 @@ cdef class H2Conn(EventTarget):
         if self.sess.num_streams == 0 and self.busy is None:
             if self.idle_since == 0:
                 self.idle_since = now
-            elif now - self.idle_since >= front.idle_timeout:
+            elif self.free is not None:
+                self.rest()
+            if now - self.idle_since >= front.idle_timeout:
                 # Idle too long: a GOAWAY saying no stream was lost, then the close.
                 try:
                     self.sess.goaway(H2_NO_ERROR, False)
@@ -746,6 +748,18 @@ cdef class H2Conn(EventTarget):
             self.idle_since = 0
         if ob_pending(&self.sess.out) or self.sess.finished():
             self.want_flush()
+
+    cdef void rest(self) noexcept:
+        """An idle connection (swept twice without a stream) gives back its spare requests and their buffers, so it
+        costs its session alone; a busy one keeps them for its next streams."""
+        cdef H2Request r
+        while self.free is not None:
+            r = self.free
+            self.free = r.next
+            r.next = None
+            r.conn = None
+            ob_free(&r.body)
+        self.nfree = 0
 
     cdef void close(self) noexcept:  # no-cython-lint
         cdef H2Front front = self.front
@@ -767,13 +781,7 @@ cdef class H2Conn(EventTarget):
             r.s = None
             r.conn = None
             ob_free(&r.body)
-        while self.free is not None:
-            r = self.free
-            self.free = r.next
-            r.next = None
-            r.conn = None
-            ob_free(&r.body)
-        self.nfree = 0
+        self.rest()
         if self.sess is not None:
             self.sess.conn = None
             self.sess.release()

@@ -18,7 +18,9 @@ cdef enum:
     # whole block WAS decoded (the dynamic table stays in sync), only the fields were not all kept: a stream
     # error (431 / RST_STREAM).
     HPACK_LIST_TOO_LARGE = -2
-    HPACK_NO_MEMORY = -3           # malloc failed (encoder: the OutBuf could not grow; decoder: the block)
+    # malloc failed (the OutBuf, the block or a table entry): a connection error too, since the dynamic table may
+    # be out of step with the peer's (a decoder refuses every later block).
+    HPACK_NO_MEMORY = -3
 
 cdef enum:
     HPACK_STATIC_ENTRIES = 61      # entries of the static table (RFC 7541 appendix A), indices 1..61

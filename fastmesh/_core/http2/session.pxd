@@ -175,6 +175,8 @@ cdef class Session:
     cdef int rx_rst(self, FrameHeader *h, const unsigned char *payload) except -1
     cdef int rx_settings(self, FrameHeader *h, const unsigned char *payload) except -1
     cdef int shift_send_windows(self, int64_t delta) except -1
+    cdef void shift_recv_windows(self, int64_t delta) noexcept   # our smaller initial window took effect
+    cdef int64_t recv_initial(self) noexcept                # a new stream's receive window
     cdef int rx_ping(self, FrameHeader *h, const unsigned char *payload) except -1
     cdef int rx_goaway(self, FrameHeader *h, const unsigned char *payload) except -1
     cdef int rx_window_update(self, FrameHeader *h, const unsigned char *payload) except -1

@@ -664,7 +664,7 @@ cdef class Session:
             if r < 0:
                 return r
             return self.spend(GL_UNKNOWN)
-        s = Stream.new(id, self.peer_initial_window, self.local_initial_window)
+        s = Stream.new(id, self.peer_initial_window, self.recv_initial())
         r = self.table_put(s)
         if r < 0:
             return r
@@ -924,6 +924,9 @@ cdef class Session:
             self.settings_pending = False
             # Our smaller table only binds the peer's encoder once it has seen our SETTINGS.
             self.decoder.set_max_table_size(self.limits.header_table_size)
+            if self.local_initial_window < DEFAULT_WINDOW:
+                # Streams opened before the ACK were allowed 65535 (RFC 9113 6.9.3): now the smaller window binds.
+                self.shift_recv_windows(<int64_t>self.local_initial_window - DEFAULT_WINDOW)
             return 0
         if h.length % 6 != 0:
             return self.conn_fail(H2_FRAME_SIZE_ERROR)
@@ -981,6 +984,18 @@ cdef class Session:
                 if s.send_window > MAX_WINDOW:
                     return self.conn_fail(H2_FLOW_CONTROL_ERROR)
         return 0
+
+    cdef void shift_recv_windows(self, int64_t delta) noexcept:
+        cdef uint32_t i
+        for i in range(self.table_mask + 1):
+            if self.table[i] != NULL:
+                (<Stream>self.table[i]).recv_window += delta
+
+    cdef int64_t recv_initial(self) noexcept:
+        # A new stream's receive window: until our SETTINGS are ACKed the peer may still assume 65535 (6.9.3).
+        if self.settings_pending and self.local_initial_window < DEFAULT_WINDOW:
+            return DEFAULT_WINDOW
+        return self.local_initial_window
 
     cdef int rx_ping(self, FrameHeader *h, const unsigned char *payload) except -1:
         cdef unsigned long long seq = 0
@@ -1175,7 +1190,7 @@ cdef class Session:
         cdef Stream s
         if not self.can_open():
             return None
-        s = Stream.new(0, self.peer_initial_window, self.local_initial_window)
+        s = Stream.new(0, self.peer_initial_window, self.recv_initial())
         s.counted = True
         s.announced = True
         self.local_open += 1

@@ -25,7 +25,7 @@ ctypedef struct LegRequest:
     long long content_length       # the client's content-length, -1 when it sent none
     bint has_body                  # a body follows the head (it may still turn out empty)
     bint te_trailers               # the client sent `te: trailers` (an h2 leg passes it on; HTTP/1 drops it)
-    bint grpc                      # a gRPC request (content-type application/grpc*): the deadline goes as grpc-timeout too
+    bint grpc                      # a gRPC request (content-type application/grpc*): deadline as grpc-timeout too
 
 
 cdef class LegOwner:
@@ -66,7 +66,7 @@ cdef class Leg(UpstreamUser):
     cdef readonly int state            # LegState
     cdef readonly int endpoint         # endpoint of the current connection, -1 before one
     cdef readonly bint head_done       # a final response head was reported (leg_head)
-    cdef readonly bint stale           # failed on a reused connection before any response byte: not the endpoint's fault
+    cdef readonly bint stale           # failed on a reused connection before a response byte: not the endpoint's fault
     cdef readonly bint req_done        # the whole request (body and trailers) was handed to the connection
 
     # Begin a try of ex's request on a connection from ex.connector (stamping ex.budget_ms into the deadline
