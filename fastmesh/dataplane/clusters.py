@@ -15,6 +15,8 @@ from fastmesh._core.upstream.h2pool import H2Pool
 from fastmesh.config.load import IPV4_RE
 from fastmesh.config.schema import Cluster as ClusterConfig
 
+Pool = HttpPool | H2Pool        # a cluster's upstream pool, by its protocol
+
 
 def _resolve(host: str, port: int) -> tuple[int, str, int]:
     """(family, ip literal, port). Hostnames are resolved at build time (discovery hands over IP literals)."""
@@ -51,8 +53,7 @@ def build_policy(cfg: ClusterConfig, cell: LimitCell | None = None) -> ClusterPo
                          cell=cell, grpc_status=tuple(r.grpc_status))
 
 
-def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None
-               ) -> HttpPool | H2Pool:
+def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None) -> Pool:
     """The connection pool over a cluster (shared by every http listener that routes to it): HTTP/1 keep-alive
     connections, or shared HTTP/2 connections for `protocol = "h2"`."""
     key = (cfg.hash_key or "source_ip") if cfg.balancer in HASHING else None

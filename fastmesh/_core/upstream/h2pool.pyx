@@ -40,7 +40,7 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.reactor cimport Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
-from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
+from fastmesh._core.limits cimport F_CONNECTIONS
 from fastmesh._core.errors cimport connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET
 from fastmesh._core.exchange cimport Exchange, grpc_status_in
 from fastmesh._core.request cimport (
@@ -815,7 +815,8 @@ cdef class H2Leg(Leg):
             return
         self.blocked = False
         if ob_pending(&self.pend):
-            self.deliver(self.pend.data + self.pend.off, ob_pending(&self.pend), self.pend_end and not self.pend_trailers)
+            self.deliver(self.pend.data + self.pend.off, ob_pending(&self.pend),
+                         self.pend_end and not self.pend_trailers)
             if self.state != LEG_ACTIVE or self.blocked:
                 return
         if self.pend_trailers:
