@@ -186,3 +186,23 @@ class GrpcClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m fastmesh._testbase.grpc_backends PORT...`: Echo + health servers on 127.0.0.1 until Ctrl-C
+    (for examples/grpc.toml; needs the test extra's grpcio and grpcio-health-checking)."""
+    import sys
+    ports = [int(p) for p in (argv if argv is not None else sys.argv[1:])] or [9101, 9102]
+    backends = [GrpcBackend(f"grpc-{i + 1}").start(port) for i, port in enumerate(ports)]
+    print("serving fastmesh.test.Echo and grpc.health.v1 on " + ", ".join(b.address for b in backends), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for b in backends:
+            b.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -392,7 +392,9 @@ cdef class H2Pool(Connector):
         self.max_streams = max(1, max_streams)
         self.idle_timeout = idle_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
-        self.limits = limits if limits is not None else H2Limits()
+        # The endpoints are ours: the flood limits meant for untrusted clients would only cut busy connections
+        # (gRPC servers answer every few frames with PINGs and small WINDOW_UPDATEs).
+        self.limits = limits if limits is not None else H2Limits(glitch_budget=1 << 30, glitch_decay=1e9)
         self.set_hash_key(hash_key)
         self.heads = [None] * cluster.n
 
