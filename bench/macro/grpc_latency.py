@@ -85,8 +85,8 @@ def main() -> None:
         cfg = Path(tmp) / "grpc.toml"
         cfg.write_text(f'workers = 1\ndrain_timeout = "1s"\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
                        f'[[listeners]]\nname = "in"\nlisten = "127.0.0.1:{proxy_port}"\nprotocol = "http"\n'
-                       f'http2 = {{ glitch_budget = {GLITCHES} }}\ncluster = "echo"\n[clusters.echo]\nendpoints = ["127.0.0.1:{backend_port}"]\n'
-                       f'protocol = "h2"\n')
+                       f'http2 = {{ glitch_budget = {GLITCHES} }}\ncluster = "echo"\n'
+                       f'[clusters.echo]\nendpoints = ["127.0.0.1:{backend_port}"]\nprotocol = "h2"\n')
         try:
             procs.append(subprocess.Popen([sys.executable, "-m", "fastmesh._testbase.grpc_backends",
                                            str(backend_port)], env=_env(), stdout=subprocess.DEVNULL))
