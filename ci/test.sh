@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive as real clients, and the discovery servers they start (etcd, dnsmasq).
+# Debian packages the tests drive as real clients (curl, h2load from nghttp2-client), and the discovery servers
+# they start (etcd, dnsmasq).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in curl netcat-openbsd chromium etcd-server dnsmasq; do
+  for pkg in curl netcat-openbsd chromium etcd-server dnsmasq nghttp2-client; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

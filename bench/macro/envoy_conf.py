@@ -65,11 +65,11 @@ def config(listen_port: int, backend_port: int) -> str:
     })
 
 
-def http_config(listen_port: int, backend_port: int) -> str:
+def http_config(listen_port: int, backend_port: int, h2: bool = False) -> str:
     """L7: http_connection_manager with one route (every path) to the cluster through the router filter.
 
     Envoy's defaults otherwise (it adds x-request-id, x-forwarded-proto and x-envoy-expected-rq-timeout-ms
-    upstream); no access log.
+    upstream); no access log. h2: the downstream codec is HTTP/2 (prior knowledge), the cluster stays HTTP/1.1.
     """
     return _bootstrap(listen_port, backend_port, {
         "name": "envoy.filters.network.http_connection_manager",
@@ -77,7 +77,7 @@ def http_config(listen_port: int, backend_port: int) -> str:
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                      ".HttpConnectionManager",
             "stat_prefix": "http_in",
-            "codec_type": "HTTP1",
+            "codec_type": "HTTP2" if h2 else "HTTP1",
             "route_config": {"name": "all", "virtual_hosts": [{
                 "name": "all", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},

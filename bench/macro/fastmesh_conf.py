@@ -9,11 +9,13 @@ NAME = "fastmesh"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp") -> str:
+def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp", pool_max_idle: int = 64) -> str:
     """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide.
 
     protocol "http" makes the listener an HTTP/1.1 proxy with pooled keep-alive upstream connections; every
     other setting keeps fastmesh's defaults (so it adds Via, X-Forwarded-For/-Proto and an x-request-id).
+    pool_max_idle (default 64, fastmesh's) is raised for the HTTP/2 workload to the streams in flight, as nginx's
+    upstream keepalive is: each stream's try needs an HTTP/1.1 connection of its own.
     """
     return f"""\
 workers = 1
@@ -31,6 +33,7 @@ cluster = "backend"
 endpoints = ["127.0.0.1:{backend_port}"]
 balancer = "round_robin"
 connect_timeout = "1s"
+pool_max_idle = {pool_max_idle}
 """
 
 

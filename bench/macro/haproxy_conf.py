@@ -40,13 +40,15 @@ backend backend
 """
 
 
-def http_config(listen_port: int, backend_port: int, maxconn: int) -> str:
+def http_config(listen_port: int, backend_port: int, maxconn: int, h2: bool = False) -> str:
     """haproxy.cfg text for the L7 workloads: HTTP mode, keep-alive on both sides, idle server connections shared.
 
     http-keep-alive is HAProxy's default mode already and is written out so the intent is visible;
     `http-reuse always` lets any request take any idle server connection (the default, safe, keeps a
     connection to the client that opened it first). No log, no header added: HAProxy's defaults.
+    h2: the clients speak HTTP/2 with prior knowledge (`proto h2` on the bind); the server side stays HTTP/1.1.
     """
+    proto = " proto h2" if h2 else ""
     return f"""\
 global
     nbthread 1
@@ -64,7 +66,7 @@ defaults
     timeout http-keep-alive 10m
 
 frontend http_in
-    bind 127.0.0.1:{listen_port}
+    bind 127.0.0.1:{listen_port}{proto}
     default_backend backend
 
 backend backend

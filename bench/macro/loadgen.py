@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 
 _UNITS = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
 
@@ -38,6 +39,51 @@ def wrk(port: int, duration: float, cpu: int, connections: int, close: bool, lat
     argv.append(f"http://127.0.0.1:{port}/")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(out.stdout + out.stderr)
+
+
+def h2load(port: int, duration: float, cpu: int, clients: int, streams: int) -> dict:
+    """h2load (nghttp2), one thread, HTTP/2 with prior knowledge to http://127.0.0.1:port/ for `duration` seconds
+    after a one-second warm-up; `clients` connections with `streams` concurrent streams each."""
+    argv = ["taskset", "-c", str(cpu), "h2load", "-t1", f"-c{clients}", f"-m{streams}",
+            f"-D{max(1, round(duration))}", "--warm-up-time=1", f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 40)
+    return parse_h2load(out.stdout + out.stderr)
+
+
+def h2_ready(port: int, timeout: float = 10.0) -> None:
+    """Wait until one HTTP/2 request through the proxy is answered (some listeners speak nothing but HTTP/2)."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        out = subprocess.run(["h2load", "-n1", "-c1", f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                             timeout=timeout)
+        text = out.stdout + out.stderr
+        if "1 succeeded" in text:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"no HTTP/2 answer through port {port} in {timeout:.0f}s: {text.strip()[-300:]}")
+
+
+def parse_h2load(text: str) -> dict:
+    """Requests answered, seconds, req/s and failures from h2load's summary; its text under h2load_output when
+    anything failed."""
+    fin = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", text)
+    if not fin or not req:
+        raise RuntimeError(f"unexpected h2load output: {text.strip()[:400]}")
+    seconds = float(fin.group(1)) * (1e-3 if fin.group(2) == "ms" else 1)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    non_2xx = sum(int(x) for x in codes.groups()[1:]) if codes else 0
+    failed = int(req.group(5)) + int(req.group(6)) + int(req.group(7))
+    out: dict = {"requests": int(req.group(4)), "seconds": seconds, "rps": float(fin.group(3)),
+                 "errors": failed + non_2xx, "failed": failed, "non_2xx": non_2xx}
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text)
+    if mean:
+        out["latency_avg_us"] = float(mean.group(1)) * _TIME_UNITS[mean.group(2)]
+    if failed or non_2xx:
+        out["h2load_output"] = text.strip()
+    return out
 
 
 _TIME_UNITS = {"us": 1, "ms": 1e3, "s": 1e6}

@@ -57,14 +57,18 @@ stream {{
 """
 
 
-def http_proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int) -> str:
+def http_proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int, h2: bool = False,
+                      keepalive: int = 64) -> str:
     """nginx as an HTTP (L7) proxy, one worker, with keep-alive connections to the backend kept in the upstream.
 
     keepalive 64 idle upstream connections (as many as wrk's connections); HTTP/1.1 and an empty
     Connection header upstream, without which nginx sends `Connection: close` and opens a connection per
     request. keepalive_requests is raised on both sides, as on the backend, so that nginx's default of
     1,000 requests per connection does not mix reconnects into the measurement (HAProxy has no such cap).
+    h2: the listen socket takes HTTP/2 with prior knowledge (`http2`); keepalive_requests caps HTTP/2 streams
+    per connection too (nginx 1.19.7+), so it stays raised; `keepalive` is then the streams in flight.
     """
+    http2 = " http2" if h2 else ""
     return _main(prefix, nofile) + f"""\
 http {{
     access_log off;
@@ -73,12 +77,12 @@ http {{
 {_temp_paths(prefix)}
     upstream backend {{
         server 127.0.0.1:{backend_port};
-        keepalive 64;
+        keepalive {keepalive};
         keepalive_requests 100000000;
         keepalive_timeout 10m;
     }}
     server {{
-        listen 127.0.0.1:{listen_port} backlog=4096;
+        listen 127.0.0.1:{listen_port}{http2} backlog=4096;
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;

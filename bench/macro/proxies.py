@@ -45,11 +45,12 @@ def unavailable(name: str, modes: set[str]) -> str | None:
 
 
 def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofile: int,
-          mode: str = "tcp") -> Running:
-    """Write the proxy's config for mode into tmp, start it pinned to cpu, wait until it listens and has a worker."""
-    if mode not in ("tcp", "http"):
+          mode: str = "tcp", upstream_idle: int = 64) -> Running:
+    """Write the proxy's config for mode into tmp, start it pinned to cpu, wait until it listens and has a worker.
+    upstream_idle: idle upstream connections nginx and fastmesh keep (HAProxy and Envoy have no such cap)."""
+    if mode not in ("tcp", "http", "h2"):
         raise ValueError(f"unknown mode {mode!r}")
-    http = mode == "http"
+    http = mode != "tcp"          # h2: HTTP/2 from the clients, HTTP/1.1 to the backend
     if name == "direct":
         return Running(name, mode, backend_port)
     port = procs.free_port()
@@ -57,22 +58,26 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
     expect_children = False
     env = None
     if name == "haproxy":
-        make = haproxy_conf.http_config if http else haproxy_conf.config
-        conf = _write(tmp, "haproxy.cfg", make(port, backend_port, haproxy_conf.maxconn(nofile)))
+        text = (haproxy_conf.http_config(port, backend_port, haproxy_conf.maxconn(nofile), h2=mode == "h2") if http
+                else haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile)))
+        conf = _write(tmp, "haproxy.cfg", text)
         argv = haproxy_conf.argv(conf)
     elif name == "nginx":
         os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
-        text = (nginx_conf.http_proxy_config(tmp, port, backend_port, nofile) if http else
+        text = (nginx_conf.http_proxy_config(tmp, port, backend_port, nofile, h2=mode == "h2",
+                                             keepalive=upstream_idle) if http else
                 nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or ""))
         conf = _write(tmp, "nginx.conf", text)
         argv = nginx_conf.argv(tmp, conf)
         expect_children = True
     elif name == "envoy":
-        make = envoy_conf.http_config if http else envoy_conf.config
-        conf = _write(tmp, "envoy.json", make(port, backend_port))
+        conf = _write(tmp, "envoy.json", envoy_conf.http_config(port, backend_port, h2=mode == "h2") if http
+                      else envoy_conf.config(port, backend_port))
         argv = envoy_conf.argv(conf)
     elif name == "fastmesh":
-        conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(), mode))
+        # h2: the http listener takes HTTP/2 with prior knowledge on the same port
+        conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(),
+                                                                 "http" if http else "tcp", upstream_idle))
         argv = fastmesh_conf.argv(conf)
         env = fastmesh_conf.env()
         expect_children = True

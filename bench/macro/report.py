@@ -26,12 +26,16 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
              ("sup_rss_idle_kb", "supervisor RSS MiB", ".1f", 1 / 1024)],
 }
 COLUMNS["idle-http"] = COLUMNS["idle"]
+COLUMNS["h2"] = [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+                 ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
+                 ("non_2xx", "non-2xx", ".0f", 1), ("failed", "failed", ".0f", 1)]
 TITLES = {
     "iperf": "iperf3, one TCP stream",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
     "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
     "http-l7": "HTTP/1.1 proxied at L7, keep-alive both sides (wrk -t1 -c{ka})",
     "http-latency": "L7 latency at light load (wrk -t1 -c{lat} --latency); added = proxy − direct, same repetition",
+    "h2": "HTTP/2 clients (h2load -t1 -c8 -m16, prior knowledge), HTTP/1.1 to the backend",
     "idle": "memory: {conns} idle proxied connections held",
     "idle-http": "memory: {conns} idle keep-alive HTTP connections held at L7, each after one request",
 }
@@ -42,6 +46,7 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "http-close": [("rps", "higher"), ("us_per_req", "lower")],
     "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
     "http-latency": [("added_p50_us", "lower"), ("added_p99_us", "lower")],
+    "h2": [("rps", "higher"), ("us_per_req", "lower")],
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
 }

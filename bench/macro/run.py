@@ -26,7 +26,7 @@ from .fastmesh_conf import REPO_ROOT
 
 # tools each workload needs on the load side
 _TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close": ["wrk", "nginx"],
-          "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "idle": [],
+          "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "h2": ["h2load", "nginx"], "idle": [],
           "idle-http": ["nginx"]}
 
 
@@ -90,7 +90,8 @@ def _log(msg: str) -> None:
 def _summary(w: str, m: dict) -> str:
     """One progress line per trial."""
     keys = {"iperf": ("gbps", "Gbit/s"), "http-keepalive": ("rps", "req/s"), "http-close": ("rps", "conn/s"),
-            "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "idle": ("kb_per_conn", "KiB/conn"),
+            "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "h2": ("rps", "req/s"),
+            "idle": ("kb_per_conn", "KiB/conn"),
             "idle-http": ("kb_per_conn", "KiB/conn")}
     k, unit = keys[w]
     text = f"{m[k]:.2f} {unit}" if m.get(k) is not None else "?"
@@ -98,8 +99,9 @@ def _summary(w: str, m: dict) -> str:
         text += f", p50 {m['p50_us']:.0f} µs, p99 {m['p99_us']:.0f} µs"
     if m.get("cpu_pct") is not None:
         text += f", proxy CPU {m['cpu_pct']:.0f}%"
-    if m.get("non_2xx") or m.get("socket_errors"):
-        text += f", NON-2XX {m['non_2xx']}, SOCKET ERRORS {m['socket_errors']} (wrk output in the JSON)"
+    if m.get("non_2xx") or m.get("socket_errors") or m.get("failed"):
+        text += (f", NON-2XX {m['non_2xx']}, SOCKET ERRORS {m.get('socket_errors', 0)}, FAILED {m.get('failed', 0)}"
+                 " (the load generator's output in the JSON)")
     return text
 
 
@@ -158,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 if w == "http-latency" and "direct" not in order:
                     names = ["direct", *order]   # added latency is measured against the direct run
                 for name in names:
-                    if w == "idle" and name == "direct":
-                        continue        # no proxy process: nothing to measure
+                    if (w == "idle" or w == "h2") and name == "direct":
+                        continue        # no proxy process to measure; and the backend speaks no HTTP/2
                     trials.append(_trial(p, tmp, rep, w, name, ports[workloads.BACKEND[w]], a, nofile, settings))
     except KeyboardInterrupt:
         _log("interrupted: stopping every process started")
@@ -211,7 +213,7 @@ def _trial(p: procs.Procs, tmp: str, rep: int, w: str, name: str, backend_port: 
     run = None
     try:
         run = proxies.start(name, p, os.path.join(tmp, f"r{rep}-{w}-{name}"), backend_port, a.proxy_cpu, nofile,
-                            workloads.MODE[w])
+                            workloads.MODE[w], workloads.upstream_idle(w, settings))
         t["metrics"] = workloads.run(w, run, settings)
         if t["metrics"].get("error"):
             t["error"] = t["metrics"]["error"]

@@ -9,11 +9,11 @@ from . import idleconns, loadgen, procstat
 from .proxies import Running
 
 # name -> the backend it needs, and the mode the proxies run in; the order of the report
-ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "idle", "idle-http")
+ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "h2", "idle", "idle-http")
 BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
-           "http-latency": "http", "idle": "hold", "idle-http": "http"}
+           "http-latency": "http", "h2": "http", "idle": "hold", "idle-http": "http"}
 MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-latency": "http",
-        "idle": "tcp", "idle-http": "http"}
+        "h2": "h2", "idle": "tcp", "idle-http": "http"}
 
 
 @dataclass
@@ -25,6 +25,14 @@ class Settings:
     ka_connections: int = 64      # wrk -c for keep-alive
     close_connections: int = 16   # wrk -c for Connection: close
     latency_connections: int = 4  # wrk -c for the latency workload: light load, so queueing stays small
+    h2_connections: int = 8       # h2load -c: HTTP/2 client connections
+    h2_streams: int = 16          # h2load -m: concurrent streams per connection
+
+
+def upstream_idle(workload: str, s: Settings) -> int:
+    """Idle upstream connections a proxy with a cap keeps: one per request in flight (wrk's connections; for h2
+    every stream of every connection)."""
+    return s.h2_connections * s.h2_streams if workload == "h2" else s.ka_connections
 
 
 def run(workload: str, proxy: Running, s: Settings) -> dict:
@@ -39,6 +47,8 @@ def run(workload: str, proxy: Running, s: Settings) -> dict:
         return _http(proxy, s, close=False)
     if workload == "http-latency":
         return _http(proxy, s, close=False, connections=s.latency_connections, latency=True)
+    if workload == "h2":
+        return _h2(proxy, s)
     if workload == "idle":
         return _idle(proxy, s)
     if workload == "idle-http":
@@ -94,7 +104,19 @@ def _http(proxy: Running, s: Settings, close: bool, connections: int | None = No
     """wrk through the proxy (whatever its mode: the HTTP workloads differ only in how the proxy was started)."""
     _http_ready(proxy.port)
     c = connections or (s.close_connections if close else s.ka_connections)
-    r, cpu, wall = _measured(proxy, lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close, latency))
+    load = lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, c, close, latency)  # noqa: E731
+    return _per_request(proxy, *_measured(proxy, load))
+
+
+def _h2(proxy: Running, s: Settings) -> dict:
+    """h2load through the proxy: HTTP/2 (prior knowledge) from the clients, HTTP/1.1 to the backend."""
+    loadgen.h2_ready(proxy.port)
+    load = lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu, s.h2_connections, s.h2_streams)  # noqa: E731
+    return _per_request(proxy, *_measured(proxy, load))
+
+
+def _per_request(proxy: Running, r: dict, cpu: float, wall: float) -> dict:
+    """A load generator's numbers with the proxy's CPU: share of a core and µs per request."""
     out = {k: v for k, v in r.items() if k != "seconds"}
     out["wall_s"] = wall
     if proxy.workers:

@@ -120,6 +120,20 @@ cdef inline int ob_flush(OutBuf *o, int fd) noexcept:
     return 1
 
 
+# Send what o holds while fd may take it: 1 all sent, 0 the socket is (or just became) full (*writable cleared:
+# wait for EPOLLOUT), -1 on error.
+cdef inline int ob_send(OutBuf *o, int fd, bint *writable) noexcept:
+    cdef int r
+    if o.off >= o.len:
+        return 1
+    if not writable[0]:
+        return 0
+    r = ob_flush(o, fd)
+    if r == 0:
+        writable[0] = False
+    return r
+
+
 cdef inline void ob_free(OutBuf *o) noexcept:
     if o.data != NULL:
         free(o.data)

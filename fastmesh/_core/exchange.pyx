@@ -29,6 +29,7 @@ from libc.string cimport memcpy, memcmp
 
 from fastmesh._core.errors cimport (
     PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
+    PE_NO_ENDPOINTS,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
@@ -245,7 +246,9 @@ cdef class Exchange:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
             return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
-        self.cluster = router.cluster(r)
+        self.cluster = router.target(r, connectors, v)      # the route's cluster, or its service's (naming.pyx)
+        if self.cluster < 0:
+            return PE_NO_ENDPOINTS                          # a service that names no cluster at all
         connector = <Connector>connectors[self.cluster]
         if self.connector is not connector:
             self.connector = connector

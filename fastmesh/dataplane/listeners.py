@@ -8,6 +8,7 @@ from fastmesh._core.http1.proxy import HttpProxy
 from fastmesh._core.http2.conn import H2Front
 from fastmesh._core.http2.limits import H2Limits
 from fastmesh._core.listener import Listener
+from fastmesh._core.naming import Names
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh._core.upstream.connector import Connector
@@ -34,10 +35,11 @@ def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:
 
 
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[Connector],
-                        cluster_names: list[str]) -> HttpProxy:
-    """An http listener's request handling: its router over the shared per-cluster pools; HTTP/2 connections
-    (prior knowledge) are handed from it to its H2Front."""
-    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
+                        cluster_names: list[str], names: Names | None = None) -> HttpProxy:
+    """An http listener's request handling: its router (resolving services with `names`) over the shared
+    per-cluster pools; HTTP/2 connections (prior knowledge) are handed from it to its H2Front."""
+    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names), pools,
+                     header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
@@ -48,10 +50,10 @@ def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[C
     return http
 
 
-def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Connector],
-                     cluster_names: list[str]) -> None:
-    """A reload of an http listener in place: new routes, pools and options; its open connections stay."""
-    http.reconfigure(build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
+def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Connector], cluster_names: list[str],
+                     names: Names | None = None) -> None:
+    """A reload of an http listener in place: new routes, naming, pools and options; its open connections stay."""
+    http.reconfigure(build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_access_log(cfg.access_log, cfg.name),
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)

@@ -12,7 +12,9 @@ from fastmesh._core import errors
 from fastmesh._core.balance.factory import make_balancer
 from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
-from fastmesh._core.exchange import ANSWER, PASS, REPLAYABLE_METHODS, RETRY, Exchange, cookie_in, timeout_ms
+from fastmesh._core.exchange import (
+    ANSWER, PASS, REPLAYABLE_METHODS, RETRY, Exchange, cookie_in, grpc_timeout_ms, timeout_ms,
+)
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.http1.render import error_answer, forwarded_head
 from fastmesh._core.policy import ClusterPolicy
@@ -182,6 +184,22 @@ def test_the_client_deadline_wins_when_sooner_and_trusted() -> None:
     ex, _ = codec.start(head(b"/api/x", b"fastmesh-timeout-ms: 3s"))
     assert ex.deadline == pytest.approx(T0 + 2.0)     # not digits: ignored
     ex.finish()
+
+
+def test_grpc_timeout_is_the_same_deadline_as_fastmesh_timeout_ms() -> None:
+    codec = FakeCodec(timeout=2.0, per_try_timeout=5.0)
+    for value, seconds in ((b"300m", 0.3), (b"1S", 1.0), (b"250000u", 0.25), (b"1n", 0.001), (b"1H", 2.0)):
+        ex, _ = codec.start(head(b"/api/x", b"grpc-timeout: " + value))
+        assert ex.deadline == pytest.approx(T0 + seconds), value
+        ex.finish()
+    ex, _ = codec.start(head(b"/api/x", b"grpc-timeout: 900m", b"fastmesh-timeout-ms: 400"))
+    assert ex.deadline == pytest.approx(T0 + 0.4)     # the sooner of the two
+    ex.finish()
+    ex, _ = codec.start(head(b"/api/x", b"grpc-timeout: 300m"), trust_headers=False)
+    assert ex.deadline == pytest.approx(T0 + 2.0)
+    ex.finish()
+    assert [grpc_timeout_ms(v) for v in (b"12345678m", b"123456789m", b"5", b"5x", b"m", b"-1m")] == \
+        [12345678, -1, -1, -1, -1, -1]
 
 
 def test_a_try_cut_by_the_deadline_is_deadline_exceeded_not_a_response_timeout() -> None:

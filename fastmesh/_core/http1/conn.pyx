@@ -14,7 +14,8 @@ leave in request order. Per request:
   response  parse_response(); 1xx passed on; the head rewritten the same way; the body passed through
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
-bytes already buffered. Every answer of our own is a ProxyError (errors.pxd) rendered in one place; what is
+bytes already buffered. A connection that opens with HTTP/2's preface goes, with the bytes read, to the
+listener's HTTP/2 side (Front.h2: http2/conn.pyx). Every answer of our own is a ProxyError (errors.pxd) rendered in one place; what is
 forwarded is canonical (render.pyx lists the rules).
 
 Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
@@ -27,7 +28,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_send, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
@@ -561,17 +562,9 @@ cdef class Downstream(UpstreamUser):
     cdef int flush_out(self) noexcept:
         """Send what `out` holds: 1 when it is empty, 0 when the socket is full (EPOLLOUT will come back), -1 when
         the client is gone (the connection is closed)."""
-        cdef int r
-        if not ob_pending(&self.out):
-            return 1
-        if not self.writable:
-            return 0
-        r = ob_flush(&self.out, self.fd)
+        cdef int r = ob_send(&self.out, self.fd, &self.writable)
         if r < 0:
             self.close()
-            return -1
-        if r == 0:
-            self.writable = False
         return r
 
     cdef int upstream_lost(self) noexcept:

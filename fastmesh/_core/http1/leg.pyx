@@ -17,7 +17,7 @@ SEND_CHUNK bytes are copied at a time), and the leg reads the next response byte
 previous ones. A bodiless idempotent request whose reused keep-alive connection was already dead is sent again
 on another connection at no cost, as conn.pyx does.
 """
-from fastmesh._core.buffer cimport rb_read, rb_avail, ob_add, ob_flush, ob_pending
+from fastmesh._core.buffer cimport rb_read, rb_avail, ob_add, ob_send
 from fastmesh._core.includes.system cimport errno, EAGAIN
 from fastmesh._core.errors cimport (
     connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
@@ -180,16 +180,12 @@ cdef class H1Leg(Leg):
         cdef Py_ssize_t n
         cdef int r, i, nt
         while True:
-            if ob_pending(&up.out):
-                if not up.writable:
-                    return 0
-                r = ob_flush(&up.out, up.fd)
-                if r < 0:
-                    self.lost()
-                    return -1
-                if r == 0:
-                    up.writable = False
-                    return 0
+            r = ob_send(&up.out, up.fd, &up.writable)
+            if r < 0:
+                self.lost()
+                return -1
+            if r == 0:
+                return 0
             if self.req_done:
                 return 0
             n = owner.body_peek(&p)

@@ -2,12 +2,20 @@
 # list written straight into the output buffer) and the proxy's own error answers.
 
 from fastmesh._core.buffer cimport OutBuf
-from fastmesh._core.request cimport RequestView, EditList, Span
+from fastmesh._core.request cimport RequestView, EditList, Span, Field
 from fastmesh._core.router cimport Router
 from fastmesh._core.http1.parser cimport Head
 
 cdef enum:
     BUDGET_DIGITS = 9              # the fastmesh-timeout-ms value is rendered this wide, so a retry restamps it
+    MAX_CONN_TOKENS = 16           # Connection field tokens honoured when dropping the fields they name
+
+# The tokens of every Connection field among fields (names any case) into tok/tlen (room for MAX_CONN_TOKENS):
+# the names of further hop-by-hop fields. Returns how many.
+cdef int connection_tokens(const char *base, const Field *fields, int n, const char **tok,
+                           Py_ssize_t *tlen) noexcept
+# Whether the field name (n bytes) is one of the ntok tokens, ignoring ASCII case.
+cdef bint in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept
 
 # The request head as sent upstream into o (cleared first): origin-form target (the route's rewrite), the
 # fields as received less hop-by-hop ones and those the edits remove, then the edits' fields. Returns the

@@ -38,7 +38,6 @@ from fastmesh._core.router cimport Router
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.http1.view cimport view_parse
 
-cdef int MAX_CONN_TOKENS = 16          # Connection field tokens honoured when dropping the fields they name
 cdef const char *RETRIED_FIELD = b"fastmesh-retried"
 cdef const char *GRPC_TIMEOUT = b"grpc-timeout"
 cdef const char *CONN_UPGRADE = b"Connection: upgrade\r\n"
@@ -65,7 +64,7 @@ cdef inline bint _token_is(const char *name, Py_ssize_t n, const char *tok, Py_s
     return True
 
 
-cdef inline bint _in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept:
+cdef bint in_tokens(const char *name, Py_ssize_t n, const char **tok, Py_ssize_t *tlen, int ntok) noexcept:
     cdef int k
     for k in range(ntok):
         if _token_is(name, n, tok[k], tlen[k]):
@@ -73,30 +72,29 @@ cdef inline bint _in_tokens(const char *name, Py_ssize_t n, const char **tok, Py
     return False
 
 
-cdef int _connection_tokens(const char *buf, const Head *h, const char **tok, Py_ssize_t *tlen) noexcept:
-    """The tokens of every Connection field: the names of further hop-by-hop fields to drop."""
-    cdef int i, n = 0
-    cdef const HeaderField *f
+cdef int connection_tokens(const char *base, const Field *fields, int n, const char **tok,
+                           Py_ssize_t *tlen) noexcept:
+    """The tokens of every Connection field (any case): the names of further hop-by-hop fields to drop."""
+    cdef int i, k = 0
     cdef const char *p
     cdef const char *end
     cdef const char *start
-    for i in range(h.num_headers):
-        f = &h.headers[i]
-        if f.id != FIELD_CONNECTION:
+    for i in range(n):
+        if fields[i].name_len != 10 or not fold_eq(base + fields[i].name_off, b"connection", 10):
             continue
-        p = buf + f.value_off
-        end = p + f.value_len
-        while p < end and n < MAX_CONN_TOKENS:
+        p = base + fields[i].value_off
+        end = p + fields[i].value_len
+        while p < end and k < MAX_CONN_TOKENS:
             while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
                 p += 1
             start = p
             while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
                 p += 1
             if p > start:
-                tok[n] = start
-                tlen[n] = p - start
-                n += 1
-    return n
+                tok[k] = start
+                tlen[k] = p - start
+                k += 1
+    return k
 
 
 cdef inline bint _hop_by_hop(uint32_t fid, bint upgrading) noexcept:
@@ -224,8 +222,8 @@ cdef void _target(OutBuf *o, const RequestView *v, Router router, int route) noe
 cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const RequestView *v, Router router,
                                int route, const EditList *edits, bint upgrading, Span local) noexcept:
     cdef const HeaderField *f
-    cdef const char *tok[16]
-    cdef Py_ssize_t tlen[16]
+    cdef const char *tok[MAX_CONN_TOKENS]
+    cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
     cdef int ntok = 0, i
     cdef unsigned int present = 0          # bit k: the request has the field own edit k adds only when absent
     cdef unsigned long long lengths
@@ -243,7 +241,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
         ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
     ob_add(o, " HTTP/1.1\r\n", 11)
     if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-        ntok = _connection_tokens(buf, h, tok, tlen)
+        ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     lengths = _edit_lengths(edits)
     if host_from_target or h.host_index < 0:
         # RFC 9112 section 3.2.2: an absolute-form target's authority is the Host (a received Host is ignored);
@@ -265,7 +263,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
         if f.id == FIELD_HOST and host_from_target:
             continue
         if f.id == FIELD_OTHER:
-            if ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+            if ntok and in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
                 continue
             if _edit_drops(edits, lengths, buf + f.name_off, f.name_len, &present):
                 continue
@@ -375,8 +373,8 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
                           bint tunnel, bint dechunk, bint client_keep, int client_minor) noexcept:
     cdef const HeaderField *f
     cdef const Edit *x
-    cdef const char *tok[16]
-    cdef Py_ssize_t tlen[16]
+    cdef const char *tok[MAX_CONN_TOKENS]
+    cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
     cdef int ntok = 0, i
     cdef bint seen_cl = False
     cdef char line[16]
@@ -390,12 +388,12 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, buf + h.reason_off, h.reason_len)
     ob_add(o, "\r\n", 2)
     if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
-        ntok = _connection_tokens(buf, h, tok, tlen)
+        ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     for i in range(h.num_headers):
         f = &h.headers[i]
         if _hop_by_hop(f.id, tunnel):
             continue
-        if f.id == FIELD_OTHER and ntok and _in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
+        if f.id == FIELD_OTHER and ntok and in_tokens(buf + f.name_off, f.name_len, tok, tlen, ntok):
             continue
         if f.id == FIELD_TRANSFER_ENCODING:
             if dechunk:

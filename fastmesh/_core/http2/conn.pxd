@@ -47,6 +47,7 @@ cdef class H2Request(LegOwner):
     cdef H2Request prev                # neighbours in the connection's busy list / next in its free list
     cdef H2Request next
     cdef int state                     # RequestState
+    cdef unsigned long long serial     # counts the requests this object carried (a retry timer names its own)
     cdef Exchange ex                   # routing, deadlines, retries, reports (reused)
     cdef Leg leg                       # the upstream try (reused while its kind fits the cluster)
     cdef RequestView view              # the request as routing sees it (points into s.head)
@@ -84,6 +85,7 @@ cdef class H2Conn(EventTarget):
     cdef RecvBuf rbuf                  # bytes from the client not yet taken by the session
     cdef bint readable                 # edge-triggered readiness of fd
     cdef bint writable
+    cdef bint hangup                   # the client's FIN/RST was seen (read until EOF without a further edge)
     cdef bint closed
     cdef bint flush_due                # a flush is scheduled for the end of this loop pass (Reactor.again)
     cdef H2Request busy                # requests on the books (intrusive list, swept)
@@ -98,6 +100,7 @@ cdef class H2Conn(EventTarget):
     cdef int flush(self) noexcept
     cdef void want_flush(self) noexcept
     cdef H2Request take_request(self) noexcept
+    cdef void unbusy(self, H2Request r) noexcept
     cdef void recycle(self, H2Request r) noexcept
     cdef void sweep(self, double now) noexcept
     cdef void rest(self) noexcept

@@ -27,7 +27,7 @@ from libc.stdint cimport uint32_t
 from libc.string cimport memmove
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_send, ob_pending, ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, errno, EAGAIN, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
@@ -251,6 +251,7 @@ cdef class H2Request(LegOwner):
         cdef double now = front.reactor.now
         cdef int err
         ex.begin(now)
+        self.serial += 1
         self.state = RQ_ACTIVE
         self.status = 0
         self.ex_in = 0
@@ -435,11 +436,11 @@ cdef class H2Request(LegOwner):
         """The exchange decided to send the request again: wait its backoff (the body is kept whole)."""
         self.state = RQ_BACKOFF
         self.body_off = 0
-        self.conn.front.front.reactor.loop.call_later(self.ex.backoff, self._retry_now)
+        self.conn.front.front.reactor.loop.call_later(self.ex.backoff, self._retry_now, self.serial)
 
-    def _retry_now(self):
-        if self.state != RQ_BACKOFF or self.conn is None:
-            return
+    def _retry_now(self, unsigned long long serial):
+        if self.state != RQ_BACKOFF or self.conn is None or serial != self.serial:
+            return                             # the request ended meanwhile (this object may carry another)
         self.state = RQ_ACTIVE
         self.ex.next_try(self.conn.front.front.reactor.now)
         self.send_try()
@@ -529,15 +530,7 @@ cdef class H2Request(LegOwner):
         if front.access_log is not None:
             self.ex.log_answer(front.access_log, self.leg.endpoint if self.leg is not None else -1, self.status,
                                self.ex_in, self.ex_out, now)
-        # Off the busy list.
-        if self.prev is not None:
-            self.prev.next = self.next
-        else:
-            c.busy = self.next
-        if self.next is not None:
-            self.next.prev = self.prev
-        self.prev = None
-        self.next = None
+        c.unbusy(self)
         if self.s is None:
             c.recycle(self)
 
@@ -557,14 +550,7 @@ cdef class H2Request(LegOwner):
         self.ex.log_fields = None
         self.state = RQ_ENDED
         self.ex.end(self.leg)
-        if self.prev is not None:
-            self.prev.next = self.next
-        else:
-            self.conn.busy = self.next
-        if self.next is not None:
-            self.next.prev = self.prev
-        self.prev = None
-        self.next = None
+        self.conn.unbusy(self)
         self.conn.recycle(self)
 
 
@@ -587,6 +573,8 @@ cdef class H2Conn(EventTarget):
             return
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.readable = True
+            if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                self.hangup = True         # no further edge comes: read on until the EOF itself
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
         self.run()
@@ -632,7 +620,7 @@ cdef class H2Conn(EventTarget):
             n = rb_read(&self.rbuf, self.fd, front.buffers)
             if n > 0:
                 bump_field(&front.bytes_in, <unsigned long long>n)
-                if n < room:
+                if n < room and not self.hangup:
                     self.readable = False      # a short read emptied the socket; new bytes raise a new edge
                 continue
             if n == 0 or (n < 0 and n != -2 and errno != EAGAIN):
@@ -658,14 +646,11 @@ cdef class H2Conn(EventTarget):
         """Send sess.out: 1 all sent, 0 the socket is full, -1 closed."""
         cdef int r
         if ob_pending(&self.sess.out):
-            if not self.writable:
-                return 0
-            r = ob_flush(&self.sess.out, self.fd)
+            r = ob_send(&self.sess.out, self.fd, &self.writable)
             if r < 0:
                 self.close()
                 return -1
             if r == 0:
-                self.writable = False
                 return 0
             try:
                 self.sess.drained()            # streams held back by the output bound may send again
@@ -690,6 +675,17 @@ cdef class H2Conn(EventTarget):
         r.ex = Exchange.__new__(Exchange)
         r.ex.set_peer(self.peer, self.peer_len)
         return r
+
+    cdef void unbusy(self, H2Request r) noexcept:
+        """r's request left the books: off the swept list."""
+        if r.prev is not None:
+            r.prev.next = r.next
+        else:
+            self.busy = r.next
+        if r.next is not None:
+            r.next.prev = r.prev
+        r.prev = None
+        r.next = None
 
     cdef void recycle(self, H2Request r) noexcept:
         r.s = None

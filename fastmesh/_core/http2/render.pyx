@@ -12,12 +12,10 @@ from libc.string cimport strlen
 
 from fastmesh._core.codes cimport error_status
 from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_METHOD_NOT_ALLOWED
-from fastmesh._core.request cimport Field, Edit, EditList, edit_at, fold_eq, lower_ascii, EDIT_ADD
-from fastmesh._core.http1.render cimport error_text
+from fastmesh._core.request cimport Field, Edit, EditList, edit_at, fold_eq, EDIT_ADD
+from fastmesh._core.http1.render cimport error_text, connection_tokens, in_tokens, MAX_CONN_TOKENS
 from fastmesh._core.http2.session cimport Session
 from fastmesh._core.http2.streams cimport Stream
-
-cdef int MAX_CONN_TOKENS = 16          # Connection field tokens honoured when dropping the fields they name
 
 
 cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
@@ -32,64 +30,22 @@ cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
     return False
 
 
-cdef int _named_by_connection(const char *base, const Field *fields, int n, const char **tok,
-                              Py_ssize_t *tlen) noexcept:
-    """The tokens of every Connection field: more fields to drop."""
-    cdef int i, k = 0
-    cdef const char *p
-    cdef const char *end
-    cdef const char *start
-    for i in range(n):
-        if fields[i].name_len != 10 or not fold_eq(base + fields[i].name_off, b"connection", 10):
-            continue
-        p = base + fields[i].value_off
-        end = p + fields[i].value_len
-        while p < end and k < MAX_CONN_TOKENS:
-            while p < end and (p[0] == 32 or p[0] == 9 or p[0] == 44):
-                p += 1
-            start = p
-            while p < end and p[0] != 44 and p[0] != 32 and p[0] != 9:
-                p += 1
-            if p > start:
-                tok[k] = start
-                tlen[k] = p - start
-                k += 1
-    return k
-
-
-cdef inline bint _token_eq(const char *name, Py_ssize_t n, const char *tok, Py_ssize_t tlen) noexcept:
-    cdef Py_ssize_t i
-    if n != tlen:
-        return False
-    for i in range(n):
-        if lower_ascii(<unsigned char>name[i]) != lower_ascii(<unsigned char>tok[i]):
-            return False
-    return True
-
-
 cdef int render_head(Session sess, Stream s, int status, const char *base, const Field *fields, int n,
                      const EditList *edits, int retried, bint end) except -1:
     cdef const Field *f
     cdef const Edit *x
-    cdef const char *tok[16]
-    cdef Py_ssize_t tlen[16]
+    cdef const char *tok[MAX_CONN_TOKENS]
+    cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
     cdef char digits[24]
-    cdef int i, k, ntok = _named_by_connection(base, fields, n, tok, tlen)
-    cdef bint named
+    cdef int i, k, ntok = connection_tokens(base, fields, n, tok, tlen)
     sess.headers_begin()
     sess.headers_status(status)
     for i in range(n):
         f = &fields[i]
         if _connection_specific(base + f.name_off, f.name_len):
             continue
-        if ntok:
-            named = False
-            for k in range(ntok):
-                if _token_eq(base + f.name_off, f.name_len, tok[k], tlen[k]):
-                    named = True
-                    break
-            if named:
-                continue
+        if ntok and in_tokens(base + f.name_off, f.name_len, tok, tlen, ntok):
+            continue
         sess.headers_field(base + f.name_off, f.name_len, base + f.value_off, f.value_len, False)
     for i in range(edits.n + edits.route_n):
         x = edit_at(edits, i)
