@@ -18,7 +18,7 @@ from fastmesh.config.schema import Listener as ListenerConfig
 if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is made (and checked) without it
     from fastmesh._core.cluster import Cluster
     from fastmesh._core.http1.proxy import HttpProxy
-    from fastmesh._core.http1.pool import HttpPool
+    from fastmesh.dataplane.clusters import Pool
     from fastmesh._core.limits import LimitBlock
     from fastmesh._core.listener import Listener
     from fastmesh._core.naming import Names
@@ -57,7 +57,7 @@ class Proxy:
         self._listeners: list[Listener] = []
         self._tcp: dict[str, TcpProxy] = {}
         self._http: dict[str, HttpProxy] = {}
-        self._pools: list[HttpPool] = []
+        self._pools: list[Pool] = []
         self._names: Names | None = None           # the naming the http listeners' routers resolve services with
         self.addresses: dict[str, tuple[str, int]] = {}
         self._started = False
@@ -142,8 +142,8 @@ class Proxy:
         for name, (host, port) in self.addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
 
-    def _pools_for(self, config: Config, reactor: Reactor, clusters: dict[str, Cluster], keep: dict[str, HttpPool]
-                   ) -> list[HttpPool]:
+    def _pools_for(self, config: Config, reactor: Reactor, clusters: dict[str, Cluster], keep: dict[str, Pool]
+                   ) -> list[Pool]:
         """One HTTP pool per cluster, in config order (a router's cluster index is a position in this list); `keep`
         holds pools to carry over by cluster name. Empty when no listener speaks http. A new pool's limits count
         in its cluster's cell, the same cell a pool it replaces counted in."""
@@ -155,7 +155,7 @@ class Proxy:
         return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
                 for n in config.clusters]
 
-    def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[HttpPool]
+    def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[Pool]
                   ) -> Acceptor:
         from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor
         if lcfg.protocol == "http":
@@ -166,7 +166,7 @@ class Proxy:
                                   self.config.source, index)
 
     def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
-                       pools: list[HttpPool]) -> Listener:
+                       pools: list[Pool]) -> Listener:
         """Bind one listener (not yet accepting) with a new acceptor, and record both."""
         from fastmesh.dataplane.listeners import bind_listener
         acceptor = self._acceptor(lcfg, reactor, clusters, pools)
@@ -222,7 +222,7 @@ class Proxy:
         new_holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
         clusters, updated = self._clusters_for(config, new_holes)
         rebuilt = [name for name in config.clusters if clusters[name] is not self._clusters.get(name)]
-        kept_pools: dict[str, HttpPool] = {}
+        kept_pools: dict[str, Pool] = {}
         for pool in self._pools:
             name = pool.cluster.name
             if name in clusters and clusters[name] is pool.cluster:

@@ -3,7 +3,8 @@
 # an HTTP/2 stream next) feeds it events and renders its decisions; an exchange never touches a socket.
 
 from fastmesh._core.request cimport (
-    RequestView, Span, EditList, METHOD_GET, METHOD_HEAD, METHOD_PUT, METHOD_DELETE, METHOD_OPTIONS, METHOD_TRACE,
+    RequestView, Span, EditList, Field, METHOD_GET, METHOD_HEAD, METHOD_PUT, METHOD_DELETE, METHOD_OPTIONS,
+    METHOD_TRACE,
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.policy cimport ClusterPolicy
@@ -56,6 +57,9 @@ cdef class Exchange:
     cdef int peer_len
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target) bytes as the client sent them, when logging
+    # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
+    # trailers-only head or early trailers); -1: none
+    cdef int grpc_code
 
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void begin(self, double now) noexcept
@@ -74,6 +78,7 @@ cdef class Exchange:
     cdef void response_broke(self, int ep, double now) noexcept
     cdef void report(self, int ep, int status, bint failed, double now) noexcept
     cdef int response(self, int ep, int status, bint marked, double now) noexcept
+    cdef int grpc_response(self, int ep, bint marked, double now) noexcept
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept
     cdef bint may_retry(self, int why, int status, double now) noexcept
     cdef void start_retry(self) noexcept
@@ -98,6 +103,15 @@ cdef double request_deadline(const RequestView *v, double timeout, bint trust, d
 # The bytes the request's consistent-hash key is made of (connector.pxd's HashKind; name: header or cookie name,
 # peer: the client's address); False when the request lacks them.
 cdef bint key_span(int kind, Span name, const RequestView *v, Span peer, Span *out) noexcept nogil
+# A grpc-status value as a code: 0..99 (1 or 2 digits; codes past 16 are the server's own), 2 (UNKNOWN) when it is
+# not a number, as a gRPC client takes it.
+cdef int grpc_status_value(Span value) noexcept nogil
+# The grpc-status field among n fields (names lowercase, as HTTP/2 carries them) as grpc_status_value() reads it;
+# -1 when there is none.
+cdef int grpc_status_in(const char *base, const Field *fields, int n) noexcept nogil
+# The HTTP status a gRPC status weighs like, for balancers and outlier detection: UNAVAILABLE 503; UNKNOWN,
+# INTERNAL, DATA_LOSS 500; DEADLINE_EXCEEDED 504; RESOURCE_EXHAUSTED 429; any other code 200.
+cdef int grpc_http_status(int code) noexcept nogil
 # Methods a retry may send again: the idempotent ones of RFC 9110 section 9.2.2.
 cdef inline bint replayable_method(int m) noexcept nogil:
     return (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_PUT or m == METHOD_DELETE or m == METHOD_OPTIONS

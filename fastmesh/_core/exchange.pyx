@@ -15,6 +15,10 @@ Python object made:
   response         a response head: reported to the balancer and outlier detection; a retryable 5xx (not
                    marked fastmesh-retried by a hop below) may become a retry
   try_failed       a reset or a response timeout: reported, then a retry or the error to answer
+  grpc_response    (from response) a gRPC answer whose grpc-status is known before its head leaves: weighed
+                   like the HTTP status it stands for, retried when the cluster lists the code (POST included:
+                   the codec says whether the body can be sent again; a streaming call's cannot once a message
+                   went upstream and more may follow)
   end              the request left the books: gauges down, out of the connection breaker's queue
 A verdict is V_PASS, V_RETRY (the codec waits `backoff`, then next_try() and sends again) or V_ANSWER (the
 codec renders `error`, a ProxyError: errors.pxd). Times are arguments, so tests drive an exchange with a fake
@@ -30,11 +34,11 @@ from fastmesh._core.errors cimport (
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
 from fastmesh._core.balance.hashing cimport hash_bytes
-from fastmesh._core.policy cimport ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX
+from fastmesh._core.policy cimport ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RETRY_5XX, RETRY_GRPC
 from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
 from fastmesh._core.request cimport (
-    RequestView, Span, Edit, EditList, METHOD_CONNECT, find_field, field_value, span_of, edits_clear, edit_add, edit_at,
-    EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
+    RequestView, Span, Edit, EditList, Field, METHOD_CONNECT, find_field, field_value, span_of, edits_clear, edit_add,
+    edit_at, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.upstream.connector cimport (
@@ -119,6 +123,35 @@ cdef double request_deadline(const RequestView *v, double timeout, bint trust, d
     return deadline
 
 
+cdef int grpc_status_value(Span value) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int code = 0
+    if value.len == 0 or value.len > 2:
+        return 2
+    for i in range(value.len):
+        if not 48 <= value.ptr[i] <= 57:
+            return 2
+        code = code * 10 + (value.ptr[i] - 48)
+    return code
+
+
+cdef int grpc_status_in(const char *base, const Field *fields, int n) noexcept nogil:
+    cdef int i = find_field(base, fields, n, b"grpc-status", 11, 0)
+    return grpc_status_value(field_value(base, &fields[i])) if i >= 0 else -1
+
+
+cdef int grpc_http_status(int code) noexcept nogil:
+    if code == 14:
+        return 503
+    if code == 2 or code == 13 or code == 15:
+        return 500
+    if code == 4:
+        return 504
+    if code == 8:
+        return 429
+    return 200
+
+
 cdef bint _cookie(Span c, const char *name, Py_ssize_t m, Span *val) noexcept nogil:
     # Cookie `name` in a Cookie field value ("a=1; b=2").
     cdef Py_ssize_t i = 0, start, eq
@@ -173,6 +206,7 @@ cdef class Exchange:
     def __cinit__(self):
         self.route = -1
         self.cluster = -1
+        self.grpc_code = -1
         try_init(&self.ct)
         edits_clear(&self.request_edits)
         edits_clear(&self.response_edits)
@@ -194,6 +228,7 @@ cdef class Exchange:
         self.deadline = 0.0
         self.error = PE_NONE
         self.backoff = 0.0
+        self.grpc_code = -1
         try_init(&self.ct)
 
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
@@ -339,10 +374,25 @@ cdef class Exchange:
     cdef int response(self, int ep, int status, bint marked, double now) noexcept:
         """A final response head from ep; `marked`: it carries fastmesh-retried (a hop below already retried,
         so it is never retried again). V_PASS or V_RETRY."""
+        if self.grpc_code >= 0 and status == 200:
+            return self.grpc_response(ep, marked, now)
         self.report(ep, status, status >= 500, now)
         if status >= 500 and self.policy.retryable_status(status) and not marked:
             try_avoid(&self.ct, ep)
             if self.may_retry(RETRY_5XX, status, now):
+                self.start_retry()
+                return V_RETRY
+        return V_PASS
+
+    cdef int grpc_response(self, int ep, bint marked, double now) noexcept:
+        """A gRPC answer from ep whose grpc-status (grpc_code) is known before its head is passed on: reported as
+        the HTTP status it stands for, retried when the cluster lists the code. V_PASS or V_RETRY."""
+        cdef int code = self.grpc_code
+        cdef int weight = grpc_http_status(code)
+        self.report(ep, weight, weight >= 500, now)
+        if self.policy.retryable_grpc(code) and not marked:
+            try_avoid(&self.ct, ep)
+            if self.may_retry(RETRY_GRPC, 0, now):
                 self.start_retry()
                 return V_RETRY
         return V_PASS
@@ -374,8 +424,10 @@ cdef class Exchange:
                 return False
         elif not (policy.retry_on & why):
             return False
-        if not self.replayable or not replayable_method(self.method) or self.upgrade:
+        if not self.replayable or self.upgrade:
             return False
+        if why != RETRY_GRPC and not replayable_method(self.method):
+            return False            # a gRPC call is retried by its status, whatever its method (always POST)
         if self.deadline and now + 0.001 >= self.deadline:
             return False
         if self.retrying:               # already holds one of the instance's max_retries slots
@@ -397,6 +449,7 @@ cdef class Exchange:
         cdef unsigned long long r
         self.tries += 1
         self.ct.attempts = 0
+        self.grpc_code = -1
         policy.retried += 1
         delay = policy.backoff_base * (1 << min(self.tries - 2, 16))
         if delay > policy.backoff_max:
@@ -492,7 +545,9 @@ cdef class Exchange:
     def connected_at(self, int endpoint, double now) -> None:
         self.connected(endpoint, now)
 
-    def on_response(self, int endpoint, int status, double now, bint marked=False) -> int:
+    def on_response(self, int endpoint, int status, double now, bint marked=False, int grpc_status=-1) -> int:
+        """A response head; grpc_status >= 0: a gRPC answer whose grpc-status came with it (trailers-only)."""
+        self.grpc_code = grpc_status
         return self.response(endpoint, status, marked, now)
 
     def on_try_failed(self, int endpoint, str why, double now, bint blame=True) -> int:
@@ -548,6 +603,11 @@ REPLAYABLE_METHODS = tuple(name for name, m in METHOD_IDS.items() if replayable_
 def timeout_ms(bytes value not None) -> int:
     """A client's fastmesh-timeout-ms value as the exchange honours it: milliseconds, or -1 when it is not one."""
     return timeout_value(span_of(value, len(value)))
+
+
+def grpc_status_of(bytes value not None) -> int:
+    """A grpc-status field value as the exchange reads it (2, UNKNOWN, when it is not a number)."""
+    return grpc_status_value(span_of(value, len(value)))
 
 
 def grpc_timeout_ms(bytes value not None) -> int:

@@ -7,6 +7,10 @@ cdef enum RetryOn:
     RETRY_RESET = 2                    # the connection failed before any response byte
     RETRY_TIMEOUT = 4                  # a try's response timeout expired
     RETRY_5XX = 8                      # any 5xx response (listed codes are in `statuses`)
+    RETRY_GRPC = 16                    # a gRPC answer whose grpc-status is in `grpc_statuses` (POST included)
+
+cdef enum:
+    GRPC_CODES = 17                    # gRPC status codes 0..16 (grpc/doc/statuscodes.md)
 
 
 cdef class RetryBudget:
@@ -47,6 +51,7 @@ cdef class ClusterPolicy:
     cdef readonly int attempts         # tries per request, first one included (1 = no retries)
     cdef readonly int retry_on         # RetryOn bits
     cdef unsigned char statuses[600]   # 1 for each status code that is retried (with RETRY_5XX: all of 500..599)
+    cdef unsigned char grpc_statuses[GRPC_CODES]   # 1 for each grpc-status that is retried (RETRY_GRPC set if any)
     cdef readonly double backoff_base  # first retry waits up to this (jittered), doubling per retry
     cdef readonly double backoff_max   # retry wait cap
     cdef readonly double timeout       # total seconds per request, retries included (0 = none)
@@ -63,4 +68,5 @@ cdef class ClusterPolicy:
     cdef readonly ConcurrencyLimit adaptive   # adaptive concurrency limit, None when off
 
     cdef bint retryable_status(self, int status) noexcept
+    cdef bint retryable_grpc(self, int code) noexcept
     cdef long request_limit(self) noexcept

@@ -111,7 +111,7 @@ cdef class ClusterPolicy:
                   double budget_min_per_second=10.0, double budget_window=10.0, double backoff_base=0.025,
                   double backoff_max=0.25, double timeout=0.0, double per_try_timeout=15.0,
                   long max_connections=1024, long max_pending=1024, long max_requests=1024, long max_retries=3,
-                  adaptive=None, LimitCell cell=None):
+                  adaptive=None, LimitCell cell=None, grpc_status=()):
         cdef int code
         self.cell = cell if cell is not None else private_cell()
         self.budget = RetryBudget(budget_percent, budget_min_per_second, budget_window, self.cell)
@@ -134,6 +134,12 @@ cdef class ClusterPolicy:
                 if not 100 <= code <= 599:
                     raise ValueError(f"not a status code: {cls!r}")
                 self.statuses[code] = 1
+        memset(self.grpc_statuses, 0, sizeof(self.grpc_statuses))
+        for code in grpc_status:
+            if not 1 <= code < GRPC_CODES:
+                raise ValueError(f"not a retryable gRPC status: {code!r}")
+            self.grpc_statuses[code] = 1
+            self.retry_on |= RETRY_GRPC
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.timeout = timeout
@@ -146,6 +152,9 @@ cdef class ClusterPolicy:
 
     cdef bint retryable_status(self, int status) noexcept:
         return 100 <= status < 600 and self.statuses[status] != 0
+
+    cdef bint retryable_grpc(self, int code) noexcept:
+        return 0 <= code < GRPC_CODES and self.grpc_statuses[code] != 0
 
     cdef long request_limit(self) noexcept:
         """Requests the instance may have in flight to the cluster now: max_requests, or the adaptive limit

@@ -37,7 +37,9 @@ cdef enum:
     C_EJECTIONS = 2            # endpoints ejected by outlier detection (counter)
     C_CHECKS_OK = 3            # active health checks that passed (counter)
     C_CHECKS_FAILED = 4        # active health checks that failed (counter)
-    C_FIELDS = 5               # cluster-wide slots
+    C_GRPC = 5                 # gRPC answers by grpc-status: slot C_GRPC + code for 0..16 (counters)...
+    C_GRPC_OTHER = 22          # ...and one for the codes past 16 (a server's own)
+    C_FIELDS = 23              # cluster-wide slots
     E_STATE = 0                # array index: endpoint state, an EndpointState of cluster.pxd (gauge)
     E_SEEN = 1                 # CLOCK_MONOTONIC ns of the endpoint's last connect outcome, 0 = none yet (gauge)
     E_ACTIVE = 2               # upstream connections open to the endpoint, connecting included (gauge)
@@ -109,6 +111,12 @@ cdef inline void count_status(uint64_t *classes, int status) noexcept:
     # One response with this status into a (listener, cluster)'s R_FIELDS slots; codes outside 100-599 are not counted.
     if FASTMESH_STATS and 100 <= status < 600:
         classes[status // 100 - 1] += 1
+
+
+cdef inline void count_grpc(uint64_t *counters, int code) noexcept:
+    # One gRPC answer with this grpc-status into a cluster's counters (C_FIELDS slots); code < 0: none to count.
+    if FASTMESH_STATS and code >= 0:
+        counters[C_GRPC + code if code <= 16 else C_GRPC_OTHER] += 1
 
 
 cdef inline void observe_ns(uint64_t *hist, uint64_t ns) noexcept:

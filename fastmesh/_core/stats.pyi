@@ -7,6 +7,7 @@ HEADER: dict[str, int]
 HEADER_SIZE: int
 TLS_FAIL_REASONS: tuple[str, ...]
 LISTENER_FIELDS: tuple[str, ...]
+GRPC_STATUSES: tuple[str, ...]
 CLUSTER_FIELDS: tuple[str, ...]
 ENDPOINT_FIELDS: tuple[str, ...]
 STATUS_CLASSES: tuple[str, ...]

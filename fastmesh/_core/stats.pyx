@@ -14,7 +14,7 @@ from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-BLOCK_VERSION = 4                    # 4: listener TLS slots (handshakes, resumed, failures by reason)
+BLOCK_VERSION = 5                    # 5: gRPC answers by grpc-status per cluster; 4: listener TLS slots
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
@@ -26,7 +26,12 @@ TLS_FAIL_REASONS = ("version", "cipher", "no_client_cert", "bad_certificate", "u
 LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out", "limited", "paused", "tls_handshakes",
                    "tls_resumed", *(f"tls_failed_{r}" for r in TLS_FAIL_REASONS))
 assert len(LISTENER_FIELDS) == L_FIELDS and LISTENER_FIELDS.index("tls_failed_version") == L_TLS_FAILED
-CLUSTER_FIELDS = ("retries", "failed", "ejections", "checks_ok", "checks_failed")
+# gRPC status names by code (grpc/doc/statuscodes.md), then the slot of codes past 16.
+GRPC_STATUSES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+                 "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED", "OTHER")
+CLUSTER_FIELDS = ("retries", "failed", "ejections", "checks_ok", "checks_failed",
+                  *(f"grpc_{name.lower()}" for name in GRPC_STATUSES))
 ENDPOINT_FIELDS = ("state", "seen", "active", "opened", "failures")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 HISTOGRAM_SIZE = HIST_FIELDS

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastmesh.config.schema import Cluster, Config, Listener, Route
+from fastmesh.config.schema import GRPC_STATUS_NAMES, Cluster, Config, Listener, Route
 from fastmesh.dataplane.explain import (
     HASHING, REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, predict, route, timeout_ms,
 )
@@ -150,7 +150,8 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
             else:
                 out["outcome"] = f"{label} sends it to {via}cluster {cluster_name} as {q.method} {seen['target']}"
     out["cluster"] = None if cluster_name is None else {"name": cluster_name,
-                                                        "balancer": cfg.clusters[cluster_name].balancer}
+                                                        "balancer": cfg.clusters[cluster_name].balancer,
+                                                        "protocol": cfg.clusters[cluster_name].protocol}
     out["policy"] = (policy(lst, cfg.clusters[cluster_name], q, cfg.worker_count()) if cluster_name is not None
                      else None)
     return out
@@ -302,7 +303,8 @@ def policy(lst: Listener, c: Cluster, q: Question, workers: int = 1) -> dict[str
         "client_deadline_ms": client,
         "deadline": deadline,
         "retries": {"attempts": r.attempts, "on": list(r.on), "budget_percent": r.budget_percent,
-                    "min_per_second": r.min_per_second, "backoff": r.backoff, "max_backoff": r.max_backoff},
+                    "min_per_second": r.min_per_second, "backoff": r.backoff, "max_backoff": r.max_backoff,
+                    "grpc_status": [GRPC_STATUS_NAMES[code] for code in r.grpc_status]},
         "retryable_method": q.method in REPLAYABLE_METHODS,
         "limits": {"max_connections": c.limits.max_connections, "max_pending": c.limits.max_pending,
                    "max_requests": c.limits.max_requests, "max_retries": c.limits.max_retries,

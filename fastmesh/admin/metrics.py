@@ -117,6 +117,9 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
               [((("cluster", cn), ("endpoint", e["address"])), int(e["healthy"]))
                for cn, c in clusters.items() for e in c["endpoints"]])
 
+    out.counter("fastmesh_grpc_responses", "gRPC answers from h2 clusters by grpc-status (OTHER: codes past 16)",
+                [((("cluster", cn), ("grpc_status", name)), n) for cn, c in clusters.items()
+                 for name, n in c.get("grpc", {}).items()])
     out.counter("fastmesh_requests", "HTTP responses by listener, cluster and status class",
                 [((("listener", ln), ("cluster", cn), ("code_class", cls)), v)
                  for ln, cn, cls, v in snap.requests()])

@@ -118,7 +118,8 @@ def render(data: dict[str, Any]) -> str:
     cluster = data.get("cluster")
     if cluster and "endpoints" in cluster:
         extra = f", hash key {cluster['hash_key']}" if cluster.get("hash_key") else ""
-        lines.append(f"cluster   {cluster['name']} ({cluster['balancer']}{extra})")
+        protocol = "HTTP/2" if cluster.get("protocol") == "h2" else "HTTP/1.1"
+        lines.append(f"cluster   {cluster['name']} ({cluster['balancer']}{extra}; {protocol} to the endpoints)")
         rows = [["ENDPOINT", "WEIGHT", "STATE", "ACTIVE", "LATENCY", "NOTES"]]
         for e in cluster["endpoints"]:
             latency = f"{e['latency_ms']:.1f}ms" if e["latency_ms"] is not None else "-"
@@ -185,7 +186,9 @@ def _budget(p: dict[str, Any]) -> str:
             f"total {_seconds(p['timeout'])}")
     if client is not None:
         text += f"; client deadline {client if isinstance(client, str) else f'{client} ms'}"
-    text += (f"; deadline {_seconds(p['deadline'])}; {r['attempts']} attempts on {', '.join(map(str, r['on']))}"
+    grpc = r.get("grpc_status") or []
+    on = ", ".join([*map(str, r["on"]), *(f"grpc-status {name}" for name in grpc)])
+    text += (f"; deadline {_seconds(p['deadline'])}; {r['attempts']} attempts on {on}"
              f"; retry budget {r['budget_percent']:g}% + {r['min_per_second']:g}/s for the instance")
     if not p["retryable_method"]:
         text += " (this method is never retried)"

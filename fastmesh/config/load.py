@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastmesh.config.schema import (
-    ACCESS_LOG_FORMATS, BALANCERS, PROTOCOLS, RETRY_CLASSES, AccessLog, AdaptiveConcurrency, Admin, Cluster, Config,
-    Demo, Endpoint, Http2, Limits, Listener, Retries, Route,
+    ACCESS_LOG_FORMATS, BALANCERS, CLUSTER_PROTOCOLS, GRPC_STATUS_NAMES, PROTOCOLS, RETRY_CLASSES, AccessLog,
+    AdaptiveConcurrency, Admin, Cluster, Config, Demo, Endpoint, Http2, Limits, Listener, Retries, Route,
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
@@ -421,6 +421,35 @@ def _retry_class(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, f"one of {_choices(RETRY_CLASSES)} or a 5xx status code", value)
 
 
+GRPC_STATUS = ('a gRPC status code from 1 to 16 or its name, like "unavailable" or "resource_exhausted" '
+               '("ok" is never retried)')
+
+
+def grpc_status_code(value: Any) -> int | None:
+    """A gRPC status as the config may spell it: 14, "14", "unavailable", "UNAVAILABLE", "resource-exhausted";
+    None when it is none of them."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value < len(GRPC_STATUS_NAMES) else None
+    if not isinstance(value, str):
+        return None
+    if value.isascii() and value.isdigit():
+        return grpc_status_code(int(value)) if len(value) <= 2 else None
+    name = value.lower().replace("-", "_")
+    return GRPC_STATUS_NAMES.index(name) if name in GRPC_STATUS_NAMES else None
+
+
+def _grpc_status(check: _Check, key: str, value: Any) -> Any:
+    code = grpc_status_code(value)
+    return code if code else check.bad(key, GRPC_STATUS, value)
+
+
+def _grpc_statuses(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and not value:
+        return []           # an empty list says it outright: no gRPC status is retried
+    items = _array(check, key, value, _grpc_status, 'a list of gRPC statuses like ["unavailable"]', "")
+    return BAD if items is BAD else _all_good(items)
+
+
 def _percent(check: _Check, key: str, value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 100:
         return float(value)
@@ -441,7 +470,10 @@ def _retries(check: _Check, key: str, value: Any) -> Any:
         "min_per_second": _rate,
         "backoff": _duration(allow_zero=True),
         "max_backoff": _duration(allow_zero=True),
+        "grpc_status": _grpc_statuses,
     })
+    if fields is not None and "grpc_status" in fields:
+        fields["grpc_status"] = sorted(set(fields["grpc_status"]))
     return BAD if fields is None else Retries(**fields)
 
 
@@ -511,6 +543,13 @@ def _fraction(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, "a number above 0 and at most 1 (0.5 is 50%)", value)
 
 
+def _grpc_service(check: _Check, key: str, value: Any) -> Any:
+    # A fully-qualified gRPC service name ("grpc.health.v1.Health", "" for the whole server): visible ASCII.
+    if isinstance(value, str) and len(value) <= 200 and all(33 <= ord(c) <= 126 for c in value):
+        return value
+    return check.bad(key, 'a gRPC service name like "helloworld.Greeter" ("" asks about the whole server)', value)
+
+
 _HEALTH_CHECK_FIELDS: dict[str, Parser] = {
     "type": _choice("check types", HEALTH_CHECK_TYPES),
     "path": _target,
@@ -519,8 +558,11 @@ _HEALTH_CHECK_FIELDS: dict[str, Parser] = {
     "healthy": _whole(1, 100),
     "unhealthy": _whole(1, 100),
     "expected_statuses": _status_ranges,
+    "service": _grpc_service,
     "jitter": _jitter,
 }
+# Keys only one check type takes.
+_HEALTH_CHECK_ONLY = {"path": "http", "expected_statuses": "http", "service": "grpc"}
 
 
 def _health_check(check: _Check, key: str, value: Any) -> Any:
@@ -531,11 +573,10 @@ def _health_check(check: _Check, key: str, value: Any) -> Any:
     kind = fields.get("type", "http" if "path" in fields else "tcp")
     if kind == "http" and "path" not in fields:
         check.missing(_key(key, "path"), 'a path like "/healthz" (type = "http" sends GET to it)')
-    if kind == "tcp":
-        for name in ("path", "expected_statuses"):
-            if name in fields:
-                check.errors.append(ConfigError(check.source, _key(key, name), 'type = "http"',
-                                                reason='only for checks with type = "http" (this one is "tcp")'))
+    for name, only in _HEALTH_CHECK_ONLY.items():
+        if name in fields and kind != only:
+            check.errors.append(ConfigError(check.source, _key(key, name), f'type = "{only}"',
+                                            reason=f'only for checks with type = "{only}" (this one is "{kind}")'))
     interval = fields.get("interval", HealthCheck.interval)
     if fields.get("timeout", HealthCheck.timeout) > interval:
         check.bad(_key(key, "timeout"), f'a duration not above interval ("{format_duration(interval)}")',
@@ -800,6 +841,7 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "endpoints": _endpoints,
     "discovery": _discovery,
     "balancer": _choice("balancers", BALANCERS),
+    "protocol": _choice("cluster protocols", CLUSTER_PROTOCOLS),
     "connect_timeout": _duration(allow_zero=False),
     "connect_attempts": _whole(1),
     "response_timeout": _duration(allow_zero=False),
@@ -1299,6 +1341,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "clusters": {name: {
             "endpoints": [_endpoint_dict(e) for e in cluster.endpoints],
             "balancer": cluster.balancer,
+            "protocol": cluster.protocol,
             "connect_timeout": format_duration(cluster.connect_timeout),
             "connect_attempts": cluster.connect_attempts,
             "response_timeout": format_duration(cluster.response_timeout),
@@ -1310,7 +1353,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                         "budget_percent": cluster.retries.budget_percent,
                         "min_per_second": cluster.retries.min_per_second,
                         "backoff": format_duration(cluster.retries.backoff),
-                        "max_backoff": format_duration(cluster.retries.max_backoff)},
+                        "max_backoff": format_duration(cluster.retries.max_backoff),
+                        "grpc_status": [GRPC_STATUS_NAMES[code] for code in cluster.retries.grpc_status]},
             "limits": {"max_connections": cluster.limits.max_connections,
                        "max_pending": cluster.limits.max_pending,
                        "max_requests": cluster.limits.max_requests,
@@ -1380,6 +1424,8 @@ def _health_dict(cluster: Cluster) -> dict[str, Any]:
         check: dict[str, Any] = {"type": hc.type}
         if hc.type == "http":
             check["path"] = hc.path
+        elif hc.type == "grpc":
+            check["service"] = hc.service
         check.update(interval=format_duration(hc.interval), timeout=format_duration(hc.timeout),
                      healthy=hc.healthy, unhealthy=hc.unhealthy)
         if hc.type == "http":

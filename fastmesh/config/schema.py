@@ -26,6 +26,13 @@ class Endpoint:
 
 
 RETRY_CLASSES = ("connect-failure", "reset", "timeout", "5xx")
+# How fastmesh talks to a cluster's endpoints: HTTP/1.1 connections from a keep-alive pool, or shared HTTP/2
+# (cleartext, prior knowledge) connections that multiplex many requests.
+CLUSTER_PROTOCOLS = ("http1", "h2")
+# gRPC status codes by name (grpc/doc/statuscodes.md), lower case; the index is the code.
+GRPC_STATUS_NAMES = ("ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found",
+                     "already_exists", "permission_denied", "resource_exhausted", "failed_precondition", "aborted",
+                     "out_of_range", "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated")
 
 
 @dataclass
@@ -37,6 +44,8 @@ class Retries:
     min_per_second: float = 10.0       # ...plus this many per second
     backoff: float = 0.025             # first retry waits up to this (full jitter), doubling per retry
     max_backoff: float = 0.25          # cap of that wait
+    # gRPC answers whose grpc-status is one of these codes are retried like a listed 5xx (1..16; empty: none)
+    grpc_status: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -59,7 +68,7 @@ class Limits:
     max_retries: int = 3               # retries in flight (0: none)
 
 
-HEALTH_CHECK_TYPES = ("http", "tcp")
+HEALTH_CHECK_TYPES = ("http", "tcp", "grpc")
 
 
 @dataclass
@@ -69,8 +78,9 @@ class HealthCheck:
     An endpoint starts healthy (a restart must not empty a cluster before the first probes have run) and is
     taken out after `unhealthy` failed checks in a row, back in after `healthy` passed checks in a row.
     """
-    type: str = ""                     # "http" or "tcp"; "" = "http" when path is set, else "tcp" (__post_init__)
+    type: str = ""                     # "http", "tcp" or "grpc"; "" = "http" when path is set, else "tcp"
     path: str | None = None            # http: the request target probed with GET
+    service: str = ""                  # grpc: the service name asked of grpc.health.v1.Health/Check ("": the server)
     interval: float = 5.0              # seconds between the checks of one endpoint (before jitter)
     timeout: float = 1.0               # seconds a check may take, connect included
     healthy: int = 2                   # passed checks in a row that bring an unhealthy endpoint back
@@ -190,6 +200,7 @@ class Cluster:
     name: str
     endpoints: list[Endpoint] = field(default_factory=list)   # with discovery: the set until the first answer
     balancer: str = "round_robin"
+    protocol: str = "http1"            # CLUSTER_PROTOCOLS: what an http listener speaks to the endpoints
     connect_timeout: float = 1.0       # seconds
     connect_attempts: int = 3          # endpoints tried per connection before giving up
     # HTTP only (a cluster used by tcp listeners ignores them):

@@ -16,10 +16,13 @@ from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.limits import LimitCell
 from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
 from fastmesh._core.reactor import Reactor
+from fastmesh._core.upstream.h2pool import H2Pool
 from fastmesh.config.load import IPV4_RE
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Endpoint
 from fastmesh.dataplane.slots import slot_list
+
+Pool = HttpPool | H2Pool        # a cluster's upstream pool, by its protocol
 
 
 def _resolve(host: str, port: int) -> tuple[int, str, int]:
@@ -104,10 +107,14 @@ def build_policy(cfg: ClusterConfig, cell: LimitCell | None = None) -> ClusterPo
                          timeout=cfg.timeout, per_try_timeout=cfg.per_try_timeout or cfg.response_timeout,
                          max_connections=lim.max_connections, max_pending=lim.max_pending,
                          max_requests=lim.max_requests, max_retries=lim.max_retries, adaptive=adaptive,
-                         cell=cell)
+                         cell=cell, grpc_status=tuple(r.grpc_status))
 
 
-def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None) -> HttpPool:
-    """The HTTP/1 connection pool over a cluster (shared by every http listener that routes to it)."""
+def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None) -> Pool:
+    """The connection pool over a cluster (shared by every http listener that routes to it): HTTP/1 keep-alive
+    connections, or shared HTTP/2 connections for `protocol = "h2"`."""
     key = (cfg.hash_key or "source_ip") if cfg.balancer in HASHING else None
+    if cfg.protocol == "h2":
+        return H2Pool(reactor, cluster, idle_timeout=cfg.pool_idle_timeout, policy=build_policy(cfg, cell),
+                      hash_key=key)
     return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg, cell), key)

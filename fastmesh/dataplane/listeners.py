@@ -1,15 +1,17 @@
 """Bind each listener's socket and attach it, with its protocol handler, to the reactor."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.proxy import HttpProxy
-from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.http2.conn import H2Front
 from fastmesh._core.http2.limits import H2Limits
 from fastmesh._core.listener import Listener
 from fastmesh._core.naming import Names
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
+from fastmesh._core.upstream.connector import Connector
 from fastmesh.config.schema import SNI_HELLO_TIMEOUT, Http2
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Listener as ListenerConfig
@@ -51,7 +53,7 @@ def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:
                     max_out_bytes=h2.max_queued_bytes)
 
 
-def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool],
+def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[Connector],
                         cluster_names: list[str], names: Names | None = None) -> HttpProxy:
     """An http listener's request handling: its router (resolving services with `names`) over the shared
     per-cluster pools; HTTP/2 connections (prior knowledge) are handed from it to its H2Front."""
@@ -67,7 +69,7 @@ def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpP
     return http
 
 
-def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool], cluster_names: list[str],
+def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Connector], cluster_names: list[str],
                      names: Names | None = None) -> None:
     """A reload of an http listener in place: new routes, naming, pools and options; its open connections stay."""
     http.reconfigure(build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastmesh._core.stats import (
-    BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, HEADER,
-    HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
+    BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, GRPC_STATUSES,
+    HEADER, HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.slots import Holes, slot_list
@@ -74,6 +74,7 @@ class ClusterSlots:
     weights: tuple[int, ...]     # 0 for a hole
     balancer: str
     offset: int
+    protocol: str = "http1"      # what http listeners speak to its endpoints ("http1" or "h2")
 
     def field(self, name: str) -> int:
         """Offset of the cluster-wide slot `name` (CLUSTER_FIELDS)."""
@@ -128,7 +129,7 @@ class StatsLayout:
             endpoints = tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
                                for e in slots])
             self.clusters[name] = ClusterSlots(name, endpoints, tuple([0 if e is None else e.weight for e in slots]),
-                                               cluster.balancer, offset)
+                                               cluster.balancer, offset, cluster.protocol)
             offset += cluster_size(len(endpoints))
         requests = []
         for lst in cfg.listeners:
@@ -384,6 +385,7 @@ class WorkerStats:
         """The config changed shape: report in `layout` from now on and give every slot a new block in it (the
         old ones stay until what counts into them is done). False when the shape is the same."""
         if layout.key == self.layout.key:
+            self.layout = layout        # same offsets; what only describes (balancer, protocol) may have changed
             return False
         retired = array("Q", bytes(8 * layout.size))
         if any(self.retired):       # (a name-by-name translation of 10,000 endpoints is not free: only when needed)
@@ -529,6 +531,7 @@ class Snapshot:
             endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints)) if cs.endpoints[i]]
             out[cs.name] = {
                 "balancer": cs.balancer,
+                "protocol": cs.protocol,
                 "retries": self.totals[cs.field("retries")],
                 "failed": self.totals[cs.field("failed")],
                 "ejections": self.totals[cs.field("ejections")],
@@ -540,6 +543,9 @@ class Snapshot:
                 "endpoints_up": sum(e["state"] == "up" for e in endpoints),
                 "endpoints": endpoints,
             }
+            if cs.protocol == "h2":
+                # gRPC answers by grpc-status (only h2 clusters carry gRPC).
+                out[cs.name]["grpc"] = {name: self.totals[cs.field(f"grpc_{name.lower()}")] for name in GRPC_STATUSES}
         return out
 
     def _endpoint(self, cs: ClusterSlots, i: int) -> dict[str, Any]:

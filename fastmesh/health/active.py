@@ -1,4 +1,5 @@
-"""Active health checks: one asyncio task per endpoint probes it (HTTP GET or TCP connect) and reports transitions.
+"""Active health checks: one asyncio task per endpoint probes it (HTTP GET, gRPC health or TCP connect) and reports
+transitions.
 
 Each worker checks every endpoint itself, on its own loop, and tells its own Cluster (Cluster.set_health): there
 is no shared verdict to keep in sync, and a worker that cannot reach an endpoint stops using it even when
@@ -8,8 +9,16 @@ It is taken out after `unhealthy` failed checks in a row and comes back after `h
 
 Probes go to the address the data path connects to (resolved when the cluster was built), with the configured
 endpoint address as the Host header. An HTTP probe sends `GET path` with `Connection: close`, reads only the
-response head and closes: the status decides. Intervals are jittered so that workers and endpoints spread out;
+response head and closes: the status decides. A gRPC probe asks grpc.health.v1.Health/Check over HTTP/2 cleartext
+(prior knowledge, one connection per check, closed after): it passes when the answer is SERVING.
+Intervals are jittered so that workers and endpoints spread out;
 the first check of each endpoint runs within one jitter span of start().
+
+The gRPC probe is off the data path, so it speaks HTTP/2 with the maintained `h2` package. The two protobuf
+messages it needs are encoded by hand (health_request, health_status): HealthCheckRequest is one string field and
+HealthCheckResponse one enum field, a dozen lines against the protobuf runtime plus grpcio-health-checking (and
+with it grpcio, a large compiled package) as dependencies of every installation. The tests check both against
+the generated classes of grpcio-health-checking.
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastmesh.config.schema import Cluster as ClusterConfig
-from fastmesh.config.schema import HealthCheck
+from fastmesh.config.schema import GRPC_STATUS_NAMES, HealthCheck
 from fastmesh.httpwire import HeadError, parse_response_head
 
 log = logging.getLogger("fastmesh.health")
@@ -91,6 +100,150 @@ async def probe_http(host: str, port: int, host_header: str, path: str,
         writer.transport.abort()    # the head decided; the body is not wanted
 
 
+# ---- gRPC health (grpc.health.v1) ----
+
+HEALTH_PATH = b"/grpc.health.v1.Health/Check"
+SERVING_STATUSES = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")   # HealthCheckResponse.ServingStatus
+MAX_GRPC_ANSWER = 4096      # bytes of answer messages read before it counts as bad (the real one is 2 bytes)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def health_request(service: str) -> bytes:
+    """A HealthCheckRequest message (field 1, `service`, a string; proto3 leaves an empty one out), framed as one
+    gRPC message: flag byte 0 (not compressed), 4-byte big-endian length, the message."""
+    name = service.encode()
+    message = b"\x0a" + _varint(len(name)) + name if name else b""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+
+
+def health_status(body: bytes) -> int:
+    """The ServingStatus of a framed HealthCheckResponse (field 1, an enum: a varint); 0 (UNKNOWN) when absent,
+    as proto3 says. ValueError when the body is not one uncompressed gRPC message of that shape."""
+    if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+        raise ValueError("not one uncompressed gRPC message")
+    message, i, status = body[5:], 0, 0
+    while i < len(message):
+        tag, i = _read_varint(message, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, i = _read_varint(message, i)
+            if field == 1:
+                status = value
+        elif wire == 2:
+            size, i = _read_varint(message, i)
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(message):
+            raise ValueError("truncated field")
+    return status
+
+
+def _grpc_failure(fields: dict[bytes, bytes]) -> str | None:
+    """Why an answer whose head or trailers are `fields` failed, judged by its grpc-status; None for OK."""
+    raw = fields.get(b"grpc-status")
+    if raw is None:
+        return None
+    code = int(raw) if raw.isdigit() else -1
+    if code == 0:
+        return None
+    name = GRPC_STATUS_NAMES[code].upper() if 0 <= code < len(GRPC_STATUS_NAMES) else raw.decode("latin-1")
+    message = fields.get(b"grpc-message", b"").decode("latin-1")
+    return f"grpc-status {name}" + (f" ({message})" if message else "")
+
+
+async def probe_grpc(host: str, port: int, authority: str, service: str, timeout: float) -> str | None:
+    """None when grpc.health.v1.Health/Check answers SERVING for `service`; else why not. The caller bounds the
+    time (`timeout` also goes to the server as grpc-timeout)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", HEALTH_PATH),
+            (b":authority", authority.encode("ascii")), (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"), (b"user-agent", USER_AGENT.encode("ascii")),
+            (b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))),
+        ])
+        conn.send_data(stream, health_request(service), end_stream=True)
+        writer.write(conn.data_to_send())
+        body = bytearray()
+        head: dict[bytes, bytes] = {}
+        trailers: dict[bytes, bytes] = {}
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return "closed before answering"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    head = dict(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    if len(body) > MAX_GRPC_ANSWER:
+                        return "bad response (answer too large)"
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = dict(event.headers)
+                elif isinstance(event, h2.events.StreamReset):
+                    return f"stream reset (error code {int(event.error_code)})"
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    return f"connection closed (GOAWAY, error code {int(event.error_code or 0)})"
+                elif isinstance(event, h2.events.StreamEnded):
+                    return _health_verdict(head, trailers, bytes(body))
+            writer.write(conn.data_to_send())
+    finally:
+        writer.transport.abort()    # one check, one connection: no GOAWAY dance needed
+
+
+def _health_verdict(head: dict[bytes, bytes], trailers: dict[bytes, bytes], body: bytes) -> str | None:
+    status = head.get(b":status", b"")
+    if status != b"200":
+        return f"status {status.decode('latin-1') or 'missing'}"
+    failure = _grpc_failure(head) or _grpc_failure(trailers)    # a trailers-only answer has it in the head
+    if failure is not None:
+        return failure
+    if b"grpc-status" not in head and b"grpc-status" not in trailers:
+        return "bad response (no grpc-status)"
+    try:
+        serving = health_status(body)
+    except ValueError as exc:
+        return f"bad response ({exc})"
+    if serving == 1:
+        return None
+    return SERVING_STATUSES[serving] if serving < len(SERVING_STATUSES) else f"serving status {serving}"
+
+
 async def run_check(ep: EndpointCheck, hc: HealthCheck) -> str | None:
     """One probe of ep: None if it passed, else the reason it failed."""
     try:
@@ -98,6 +251,8 @@ async def run_check(ep: EndpointCheck, hc: HealthCheck) -> str | None:
             if hc.type == "http":
                 assert hc.path is not None
                 return await probe_http(ep.host, ep.port, ep.host_header, hc.path, hc.expected_statuses)
+            if hc.type == "grpc":
+                return await probe_grpc(ep.host, ep.port, ep.host_header, hc.service, hc.timeout)
             return await probe_tcp(ep.host, ep.port)
     except TimeoutError:
         return "timeout"

@@ -395,11 +395,13 @@ def test_config_to_dict_fills_every_default() -> None:
         "listeners": [{"name": "in", "listen": "127.0.0.1:4140", "protocol": "tcp", "cluster": "echo",
                        "idle_timeout": "1h", "backlog": 1024, "max_connections": 0, "splice": True}],
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
+                              "protocol": "http1",
                               "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
                               "pool_max_idle": 64, "pool_idle_timeout": "1m", "timeout": "0s",
                               "per_try_timeout": "0s",
                               "retries": {"attempts": 3, "on": ["connect-failure"], "budget_percent": 20.0,
-                                          "min_per_second": 10.0, "backoff": "25ms", "max_backoff": "250ms"},
+                                          "min_per_second": 10.0, "backoff": "25ms", "max_backoff": "250ms",
+                                          "grpc_status": []},
                               "limits": {"max_connections": 1024, "max_pending": 1024, "max_requests": 1024,
                                          "max_retries": 3}, "slow_start": "0s",
                               "adaptive_concurrency": False,
@@ -686,7 +688,7 @@ BAD_HEALTH = [
     (MINIMAL + 'health_check = { expected_statuses = [200] }\n',
      f'{HC}.expected_statuses: only for checks with type = "http" (this one is "tcp")'),
     (MINIMAL + 'health_check = { type = "udp" }\n',
-     f'{HC}.type: expected one of the check types ["http", "tcp"], got "udp"'),
+     f'{HC}.type: expected one of the check types ["http", "tcp", "grpc"], got "udp"'),
     (MINIMAL + 'health_check = { path = "healthz" }\n',
      f'{HC}.path: expected a path like "/healthz" (visible ASCII, no spaces or "#"), got "healthz"'),
     (MINIMAL + 'health_check = { path = "/a b" }\n',
@@ -836,3 +838,67 @@ def test_adaptive_concurrency_on_off_and_round_trip() -> None:
     cfg = loads_config(MINIMAL + "adaptive_concurrency = { max_limit = 50 }\n")
     again = config_from_dict(config_to_dict(cfg), source=cfg.source)
     assert again == cfg and again.clusters["echo"].adaptive_concurrency.max_limit == 50
+
+
+# ---- cluster protocol and gRPC ----
+
+CL = "clusters.echo"
+PROTOS = '["http1", "h2"]'
+RG = f"{CL}.retries.grpc_status"
+GRPC_STATUS = ('a gRPC status code from 1 to 16 or its name, like "unavailable" or "resource_exhausted" '
+               '("ok" is never retried)')
+
+BAD_GRPC = [
+    (MINIMAL + 'protocol = "http2"\n', f'{CL}.protocol: expected one of the cluster protocols {PROTOS}, got "http2"'),
+    (MINIMAL + 'protocol = 2\n', f'{CL}.protocol: expected one of the cluster protocols {PROTOS}, got 2'),
+    (MINIMAL + 'retries = { grpc_status = ["unavailabel"] }\n',
+     f'{CL}.retries.grpc_status[0]: expected {GRPC_STATUS}, got "unavailabel"'),
+    (MINIMAL + 'retries = { grpc_status = ["ok"] }\n', f'{RG}[0]: expected {GRPC_STATUS}, got "ok"'),
+    (MINIMAL + 'retries = { grpc_status = [14, 17] }\n', f'{RG}[1]: expected {GRPC_STATUS}, got 17'),
+    (MINIMAL + 'retries = { grpc_status = [true] }\n', f'{RG}[0]: expected {GRPC_STATUS}, got true'),
+    (MINIMAL + 'retries = { grpc_status = "unavailable" }\n',
+     f'{CL}.retries.grpc_status: expected a list of gRPC statuses like ["unavailable"], got "unavailable"'),
+    (MINIMAL + 'health_check = { type = "grpc", path = "/h" }\n',
+     f'{HC}.path: only for checks with type = "http" (this one is "grpc")'),
+    (MINIMAL + 'health_check = { service = "a.B" }\n',
+     f'{HC}.service: only for checks with type = "grpc" (this one is "tcp")'),
+    (MINIMAL + 'health_check = { type = "grpc", service = "a b" }\n',
+     f'{HC}.service: expected a gRPC service name like "helloworld.Greeter" ("" asks about the whole server), '
+     'got "a b"'),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_GRPC)
+def test_bad_protocol_and_grpc_message(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, "g.toml")
+    assert str(info.value) == f"g.toml: {message}"
+
+
+def test_cluster_protocol_and_grpc_retries() -> None:
+    cluster = loads_config(MINIMAL).clusters["echo"]
+    assert cluster.protocol == "http1"
+    assert cluster.retries.grpc_status == []
+    cluster = loads_config(MINIMAL + 'protocol = "h2"\n'
+                           'retries = { grpc_status = ["UNAVAILABLE", "resource-exhausted", "14", 4] }\n'
+                           ).clusters["echo"]
+    assert cluster.protocol == "h2"
+    assert cluster.retries.grpc_status == [4, 8, 14]      # codes, once each, in order
+    hc = loads_config(MINIMAL + 'health_check = { type = "grpc" }\n').clusters["echo"].health_check
+    assert hc is not None and hc.type == "grpc" and hc.service == "" and hc.path is None
+    hc = loads_config(MINIMAL + 'health_check = { type = "grpc", service = "echo.Echo" }\n'
+                      ).clusters["echo"].health_check
+    assert hc is not None and hc.service == "echo.Echo"
+
+
+@pytest.mark.parametrize("extra", [
+    'protocol = "h2"\n',
+    'protocol = "h2"\nretries = { grpc_status = ["unavailable", 8] }\n',
+    'health_check = { type = "grpc", service = "echo.Echo", interval = "2s" }\n',
+])
+def test_protocol_and_grpc_round_trip(extra: str) -> None:
+    cfg = loads_config(MINIMAL + extra, "rt.toml")
+    as_dict = config_to_dict(cfg)
+    assert config_from_dict(as_dict, "rt.toml") == cfg
+    assert config_to_dict(config_from_dict(as_dict)) == as_dict
+    assert as_dict["clusters"]["echo"]["protocol"] in ("http1", "h2")

@@ -78,3 +78,22 @@ def test_explain_reads_keys_deadlines_and_replays_as_the_proxy_does() -> None:
         p = policy(listener, cluster, Question(method=method))
         assert p["retryable_method"] is (method in REPLAYABLE_METHODS)
     assert set(REPLAYABLE_METHODS) == {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+
+
+def test_explain_shows_the_cluster_protocol_and_grpc_retries() -> None:
+    from fastmesh.cli.explain import render
+    from fastmesh.dataplane.stats import Snapshot, StatsLayout
+
+    cfg = loads_config(web_config(["127.0.0.1:9"], cluster='protocol = "h2"\n'
+                                  'retries = { attempts = 2, on = ["reset"], grpc_status = ["unavailable", 8] }'))
+    out = explain_offline(cfg, Question(method="POST", host="grpc", target="/echo.Echo/Unary", listener="web"))
+    assert out["cluster"]["protocol"] == "h2"
+    assert out["policy"]["retries"]["grpc_status"] == ["resource_exhausted", "unavailable"]
+    text = render(out)
+    assert "cluster   web (round_robin; HTTP/2 to the endpoints)" in text
+    assert "2 attempts on reset, grpc-status resource_exhausted, grpc-status unavailable;" in text
+    # /clusters (the stats snapshot) says how each cluster is spoken to.
+    layout = StatsLayout(cfg)
+    assert Snapshot.of_block(layout, layout.new_block()).clusters()["web"]["protocol"] == "h2"
+    plain = loads_config(web_config(["127.0.0.1:9"]))
+    assert "HTTP/1.1 to the endpoints" in render(explain_offline(plain, Question(host="h", listener="web")))

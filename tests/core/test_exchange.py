@@ -315,3 +315,75 @@ def test_the_http1_codec_renders_an_error_value() -> None:
     assert b"fastmesh-retried: 0" in head_part and body == b"Service Unavailable: overloaded\n"
     assert error_answer(ERR["overloaded"], head_only=True).endswith(b"\r\n\r\n")
     assert error_answer(ERR["bad_request"], code=-14).startswith(b"HTTP/1.1 431 ")   # the parse code's status
+
+
+# ---- gRPC: retries by grpc-status ---------------------------------------------------------------------------------
+
+GRPC_HEAD = head(b"/api/echo.Echo/Unary", b"content-type: application/grpc", b"te: trailers", method=b"POST")
+
+
+def grpc_call(codec: FakeCodec, codes: list[int], **options: object) -> tuple[list[int], list[int], int]:
+    """One POST whose tries answer trailers-only with these grpc-status codes: (verdicts, endpoints, tries)."""
+    ex, err = codec.start(GRPC_HEAD, **options)
+    assert err == 0
+    verdicts, seen = [], []
+    try:
+        for code in codes:
+            ep = ex.pick()
+            seen.append(ep)
+            ex.connected_at(ep, codec.clock.now)
+            verdict = ex.on_response(ep, 200, codec.clock.advance(0.01), grpc_status=code)
+            verdicts.append(verdict)
+            if verdict != RETRY:
+                break
+            codec.clock.advance(ex.backoff)
+            ex.on_retry_due(codec.clock.now)
+        return verdicts, seen, ex.tries
+    finally:
+        ex.finish()
+
+
+def test_a_listed_grpc_status_is_retried_on_another_endpoint_though_the_method_is_post() -> None:
+    codec = FakeCodec(attempts=3, on=("5xx",), grpc_status=(14,))
+    verdicts, seen, tries = grpc_call(codec, [14, 0])
+    assert verdicts == [RETRY, PASS] and tries == 2 and seen[0] != seen[1]
+    assert codec.policy.retried == 1 and codec.policy.retries_active == 0
+    # The last try's status passes on when the attempts are spent.
+    verdicts, _, tries = grpc_call(codec, [14, 14, 14])
+    assert verdicts == [RETRY, RETRY, PASS] and tries == 3
+
+
+def test_grpc_statuses_not_listed_and_5xx_rules_do_not_retry_grpc_answers() -> None:
+    # "5xx" is about HTTP statuses: a trailers-only UNAVAILABLE is an HTTP 200.
+    assert grpc_call(FakeCodec(attempts=3, on=("5xx", "reset")), [14])[0] == [PASS]
+    assert grpc_call(FakeCodec(attempts=3, grpc_status=(14,)), [13])[0] == [PASS]
+    assert grpc_call(FakeCodec(attempts=3, grpc_status=(14,)), [0])[0] == [PASS]
+
+
+def test_a_call_whose_body_cannot_be_sent_again_is_not_retried() -> None:
+    # A streaming call after a message went upstream (more may follow): the codec says it is not replayable.
+    assert grpc_call(FakeCodec(attempts=3, grpc_status=(14,)), [14], replayable=False)[0] == [PASS]
+
+
+def test_grpc_retries_draw_on_the_same_budget_and_max_retries() -> None:
+    codec = FakeCodec(attempts=3, grpc_status=(14,), budget_percent=0.0, budget_min_per_second=0.0)
+    assert grpc_call(codec, [14])[0] == [PASS]
+    assert codec.policy.budget.exhausted == 1
+    codec = FakeCodec(attempts=3, grpc_status=(14,), max_retries=0)
+    assert grpc_call(codec, [14])[0] == [PASS] and codec.policy.overloaded == 1
+
+
+def test_a_grpc_failure_counts_against_the_endpoint() -> None:
+    codec = FakeCodec(n=1, attempts=1, grpc_status=(14,))
+    codec.cluster.set_outlier(True, 2, 5.0, 300.0, 100)
+    for _ in range(2):
+        grpc_call(codec, [14])
+    assert codec.cluster.endpoints()[0]["state"] == "ejected"
+
+
+def test_grpc_status_values() -> None:
+    from fastmesh._core.exchange import grpc_status_of
+    assert [grpc_status_of(v) for v in (b"0", b"14", b"16", b"99")] == [0, 14, 16, 99]
+    assert [grpc_status_of(v) for v in (b"", b"x", b"-1", b"100", b" 1")] == [2, 2, 2, 2, 2]   # UNKNOWN
+    with pytest.raises(ValueError):
+        ClusterPolicy(grpc_status=(0,))

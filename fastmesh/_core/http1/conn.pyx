@@ -368,6 +368,11 @@ cdef class Downstream(UpstreamUser):
             # After a refused CONNECT the client's bytes are not HTTP: the connection closes.
             self.respond_error(err, 0, self.req_done and err != PE_METHOD_NOT_ALLOWED)
             return 1
+        if not isinstance(ex.connector, HttpPool):
+            # A cluster spoken to over HTTP/2 (upstream/h2pool.pyx): HTTP/1 clients are not bridged to it.
+            self.rbuf.start += head_len
+            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
+            return 1
         self.pool = <HttpPool>ex.connector
         self.tmo_off = render_request(&self.reqhead, buf, h, &VIEW, ex.router, ex.route, &ex.request_edits,
                                       self.req_upgrade, listener_address(self.fd, h))

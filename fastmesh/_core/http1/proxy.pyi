@@ -1,19 +1,21 @@
 """Type stub for fastmesh._core.http1.proxy: the HttpProxy an http listener hands its connections to."""
+from collections.abc import Sequence
+
 from fastmesh._core.http1.conn import AccessLog, Front
-from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.reactor import Reactor
 from fastmesh._core.router import Router
 from fastmesh._core.stats import StatsBlock
+from fastmesh._core.upstream.connector import Connector
 
 class HttpProxy(Front):
-    def __init__(self, reactor: Reactor, name: str, router: Router, pools: list[HttpPool], *,
+    def __init__(self, reactor: Reactor, name: str, router: Router, pools: Sequence[Connector], *,
                  header_timeout: float = 10.0, idle_timeout: float = 60.0, max_request_line: int = 8192,
                  max_header_bytes: int = 65536, max_headers: int = 100, forwarded_headers: bool = True,
                  request_id_header: str = "x-request-id", access_log: AccessLog | None = None,
                  trust_headers: bool = True, body_timeout: float = 60.0) -> None: ...
     def attach_stats(self, block: StatsBlock, offset: int, requests: dict[int, int],
                      durations: dict[int, int]) -> None: ...
-    def reconfigure(self, router: Router, pools: list[HttpPool], *, header_timeout: float, idle_timeout: float,
+    def reconfigure(self, router: Router, pools: Sequence[Connector], *, header_timeout: float, idle_timeout: float,
                     forwarded_headers: bool, request_id_header: str, access_log: AccessLog | None,
                     trust_headers: bool, body_timeout: float) -> None: ...
     def drain(self) -> None: ...

@@ -31,6 +31,13 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
 cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span authority, Router router, int route,
                                     const EditList *edits, long long content_length, bint chunked, long long budget,
                                     bint grpc) noexcept
+# The edit list's matching, for any codec that renders a forwarded head (the HTTP/2 leg too): _edit_lengths has
+# bit n set when some edit matches field names of n bytes (the quick test); _edit_drops says whether an edit
+# removes the field `name` (the deadline edit replaces grpc-timeout as well) and marks in *present the own
+# add-if-absent edits the field satisfies.
+cdef unsigned long long _edit_lengths(const EditList *edits) noexcept
+cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const char *name, Py_ssize_t n,
+                      unsigned int *present) noexcept
 # A deadline budget as a grpc-timeout value (at most 8 digits and a unit) into out (room for 24); its length.
 cdef int grpc_timeout_text(char *out, long long ms) noexcept
 # Write ms (0..999999999) into the BUDGET_DIGITS digits at o.data + at.

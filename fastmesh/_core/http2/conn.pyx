@@ -45,6 +45,7 @@ from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, L
 from fastmesh._core.http1.conn cimport Front, Handoff
 from fastmesh._core.http1.pool cimport HttpPool
 from fastmesh._core.http1.leg cimport H1Leg
+from fastmesh._core.upstream.h2pool cimport H2Pool, H2Leg
 from fastmesh._core.http2.frames cimport H2_NO_ERROR
 from fastmesh._core.http2.session cimport Session, ROLE_SERVER, RECV_ERROR
 from fastmesh._core.http2.streams cimport Stream
@@ -60,9 +61,11 @@ cdef double SESSION_TICK = 1.0         # seconds between the session's clock run
 
 
 cdef Leg new_leg(Connector connector):
-    """A leg for the cluster's connector: its protocol's kind. (An HTTP/2 upstream pool's leg goes here too.)"""
+    """A leg for the cluster's connector: its protocol's kind."""
     if isinstance(connector, HttpPool):
         return H1Leg.__new__(H1Leg)
+    if isinstance(connector, H2Pool):
+        return H2Leg.__new__(H2Leg)
     return None
 
 

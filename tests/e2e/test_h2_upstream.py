@@ -1,0 +1,112 @@
+"""The upstream HTTP/2 pool against a scripted h2 server: streams share connections up to the server's
+MAX_CONCURRENT_STREAMS and a new connection opens when one is full; GOAWAY moves new requests to another connection
+while the streams it accepted finish; refused streams are sent again; an HTTP/2 client drives it (httpx, prior
+knowledge) through an http listener."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from fastmesh import Proxy
+from fastmesh._testbase.h2_backend import H2Backend
+from fastmesh._testbase.net import free_port
+
+pytestmark = pytest.mark.timeout(60)
+WAIT = 10.0
+
+
+@contextlib.asynccontextmanager
+async def setup(count: int = 1, cluster: str = "") -> AsyncIterator[tuple[Proxy, list[H2Backend], httpx.AsyncClient]]:
+    backends = [await H2Backend(f"b{i}").start() for i in range(count)]
+    port = free_port()
+    eps = ", ".join(f'"{b.address}"' for b in backends)
+    cfg = (f'drain_timeout = "300ms"\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1:{port}"\nprotocol = "http"\n'
+           f'cluster = "up"\n[clusters.up]\nendpoints = [{eps}]\nprotocol = "h2"\noutlier = false\n{cluster}\n')
+    try:
+        async with Proxy.from_toml(cfg) as proxy, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", http1=False, http2=True, timeout=WAIT,
+                                  trust_env=False, limits=httpx.Limits(max_connections=1)) as client:
+            yield proxy, backends, client
+    finally:
+        for b in backends:
+            await b.stop()
+
+
+def pool(proxy: Proxy) -> dict:
+    return dict(proxy.stats()["pools"]["up"])
+
+
+def test_streams_share_a_connection_up_to_the_servers_limit_then_a_new_one_opens() -> None:
+    async def main() -> None:
+        async with setup() as (proxy, (b,), client):
+            b.max_streams = 3
+            b.delay = 0.3
+            answers = await asyncio.gather(*(client.get(f"/r{i}") for i in range(7)))
+            assert [r.status_code for r in answers] == [200] * 7
+            assert all(r.http_version == "HTTP/2" for r in answers)
+            assert [r.text for r in answers] == [f"b0:/r{i}" for i in range(7)]
+            per_conn = collections.Counter(r.headers["x-connection"] for r in answers)
+            assert b.max_open <= 3 and b.connections == 3 and sorted(per_conn.values()) == [1, 3, 3], per_conn
+            assert pool(proxy)["opened"] == 3
+            # Later requests reuse the open connections: no new connect.
+            for i in range(5):
+                assert (await client.get("/again")).status_code == 200
+            assert b.connections == 3
+
+    asyncio.run(main())
+
+
+def test_goaway_lets_accepted_streams_finish_and_sends_new_ones_elsewhere() -> None:
+    async def main() -> None:
+        async with setup() as (proxy, (b,), client):
+            b.goaway_after = 2           # the first connection takes two requests, then says GOAWAY
+            b.delay = 0.2
+            answers = await asyncio.gather(*(client.get(f"/g{i}") for i in range(4)))
+            assert [r.status_code for r in answers] == [200] * 4
+            conns = collections.Counter(r.headers["x-connection"] for r in answers)
+            assert conns["1"] == 2 and b.connections >= 2, conns     # the other two went to a new connection
+            assert b.requests == 4                                   # each processed once
+            assert pool(proxy)["retried"] == 0                       # moved at no cost: not retries
+
+    asyncio.run(main())
+
+
+def test_a_refused_stream_is_sent_again() -> None:
+    async def main() -> None:
+        async with setup(cluster='retries = { attempts = 1 }') as (proxy, (b,), client):
+            b.refuse = {1}               # the first stream of every connection
+            r = await client.post("/p", content=b"")
+            assert r.status_code == 200 and b.refused == 1 and b.requests == 1
+            assert r.headers["x-stream"] == "3"
+
+    asyncio.run(main())
+
+
+def test_bodies_both_ways_under_flow_control() -> None:
+    async def main() -> None:
+        async with setup() as (proxy, (b,), client):
+            body = bytes(range(256)) * 8192                          # 2 MiB: many windows each way
+            r = await client.post("/echo", content=body)
+            assert r.status_code == 200 and r.content == body
+
+    asyncio.run(main())
+
+
+def test_idle_connections_close_after_the_idle_timeout() -> None:
+    async def main() -> None:
+        async with setup(cluster='pool_idle_timeout = "300ms"') as (proxy, (b,), client):
+            assert (await client.get("/x")).status_code == 200
+            assert pool(proxy)["open"] == 1
+            for _ in range(100):
+                if pool(proxy)["open"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert pool(proxy)["open"] == 0
+            assert (await client.get("/y")).status_code == 200     # and a new one opens when needed
+
+    asyncio.run(main())
