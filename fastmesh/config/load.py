@@ -23,7 +23,9 @@ from fastmesh.config.schema import (
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
-from fastmesh.errors import ConfigError, ConfigErrors
+from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, RateLimit, SinkSpec
+from fastmesh.errors import ConfigError, ConfigErrors, PluginError
+from fastmesh.plugins import registry
 
 __all__ = [
     "load_config", "loads_config", "config_from_dict", "config_to_dict",
@@ -602,6 +604,7 @@ _DISCOVERY_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dns": (("name", "port"), ("resolvers", "hold", "min_ttl", "max_ttl", "timeout")),
     "dns_srv": (("name",), ("resolvers", "hold", "min_ttl", "max_ttl", "timeout")),
     "etcd": (("endpoints", "prefix"), ("timeout",)),
+    "plugin": (("plugin",), ("config",)),
 }
 
 
@@ -624,6 +627,8 @@ _DISCOVERY_FIELDS: dict[str, Parser] = {
     "max_ttl": _duration(allow_zero=False),
     "timeout": _duration(allow_zero=False),
     "interval": _duration(allow_zero=False),
+    "plugin": _text('"package.module:Name" or the name of an installed plugin'),
+    "config": lambda c, k, v: dict(v) if isinstance(v, Mapping) else c.bad(k, "a table", v),
 }
 
 
@@ -647,6 +652,8 @@ def _discovery(check: _Check, key: str, value: Any) -> Any:
         check.bad(_key(key, "min_ttl"), f"at most max_ttl ({format_duration(fields.get('max_ttl', 300.0))})",
                   value["min_ttl"] if "min_ttl" in value else format_duration(Discovery.min_ttl))
         good = False
+    if good and fields["kind"] == "plugin":
+        good = _plugin_checked(check, key, "discovery", fields["plugin"], fields.get("config", {}))
     return Discovery(**fields) if good else BAD
 
 
@@ -820,6 +827,8 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "add_request_headers": _headers(protected=True),
     "remove_request_headers": _header_names,
     "add_response_headers": _headers(protected=True),
+    "filters": lambda c, k, v: _filters(c, k, v),
+    "rate_limit": lambda c, k, v: _rate_limit(c, k, v),
 }
 
 
@@ -857,12 +866,125 @@ def _log_path(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, 'a file path, or "-" for stderr', value)
 
 
-_ACCESS_LOG_FIELDS: dict[str, Parser] = {"format": _choice("formats", ACCESS_LOG_FORMATS), "path": _log_path}
+_ACCESS_LOG_FIELDS: dict[str, Parser] = {"format": _choice("formats", ACCESS_LOG_FORMATS), "path": _log_path,
+                                         "fields": lambda c, k, v: _log_fields(c, k, v)}
 
 
 def _access_log(check: _Check, key: str, value: Any) -> Any:
     fields = _table(check, key, value, _ACCESS_LOG_FIELDS)
     return BAD if fields is None else AccessLog(**fields)
+
+
+# ---- plugins: filters, sinks, rate limits ----
+
+PLUGIN_REF = '"package.module:Name" or the name of an installed plugin'
+
+
+def _plugin_checked(check: _Check, key: str, kind: str, ref: str, table: Any) -> bool:
+    """Resolve a plugin reference (importing it once) and check its table against the plugin's Config; problems
+    are reported at `key`.plugin and `key`.config.<name>."""
+    try:
+        _found, problems = registry.check(ref, kind, table)
+    except PluginError as exc:
+        check.bad(_key(key, "plugin"), exc.expected, ref)
+        return False
+    base = _key(key, "config")
+    for p in problems:
+        path = _key(base, p.key) if p.key else base
+        if p.how == "unknown":
+            check.errors.append(ConfigError(check.source, path, f"one of the keys [{p.expected}]",
+                                            reason=f"unknown key (expected one of [{p.expected}])"))
+        elif p.how == "missing":
+            check.missing(path, p.expected)
+        else:
+            check.bad(path, p.expected, p.got)
+    return not problems
+
+
+def _plugin_table(kind: str, extra: Mapping[str, Parser], make: Callable[..., Any]) -> Parser:
+    """A table naming a plugin (`plugin`, its `config` table, and the keys `extra` adds), or the reference alone as
+    a string."""
+    fields_map: dict[str, Parser] = {
+        "plugin": _text(PLUGIN_REF),
+        "config": lambda c, k, v: dict(v) if isinstance(v, Mapping) else c.bad(k, "a table", v),
+        **extra,
+    }
+
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            value = {"plugin": value}
+        fields = _table(check, key, value, fields_map, {"plugin": PLUGIN_REF})
+        if fields is None:
+            return BAD
+        if not _plugin_checked(check, key, kind, fields["plugin"], fields.get("config", {})):
+            return BAD
+        return make(**fields)
+    return parse
+
+
+_filter_spec = _plugin_table("filter", {"timeout": _duration(allow_zero=False),
+                                        "failure_mode": _choice("failure modes", FAILURE_MODES)}, FilterSpec)
+_sink_spec = _plugin_table("sink", {"batch": _whole(1, 1 << 20), "interval": _duration(allow_zero=False),
+                                    "max_pending": _whole(1, 1 << 24)}, SinkSpec)
+
+
+def _plugin_list(parse_item: Parser, what: str) -> Parser:
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and not value:
+            return []
+        items = _array(check, key, value, parse_item, f'an array of {what} like [{{ plugin = "mypkg.mod:Name" }}]',
+                       f"at least one {what[:-1]}")
+        return BAD if items is BAD else _all_good(items)
+    return parse
+
+
+_filters = _plugin_list(_filter_spec, "filters")
+_sinks = _plugin_list(_sink_spec, "sinks")
+_RATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
+_RATE_KEY_RE = re.compile(r"client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """"10/s", "600/m", "0.5/s" -> tokens per second; ValueError for anything else."""
+    match = _RATE_RE.fullmatch(text)
+    if match is None or float(match[1]) <= 0:
+        raise ValueError('a rate like "10/s", "600/m" or "5000/h", above 0')
+    return float(match[1]) / _RATE_UNITS[match[2]]
+
+
+def format_rate(per_second: float) -> str:
+    """Tokens per second -> the rate string parse_rate() reads back to the same float."""
+    for unit, scale in (("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        number = per_second * scale
+        if number == int(number) and parse_rate(f"{int(number)}/{unit}") == per_second:
+            return f"{int(number)}/{unit}"
+    return f"{decimal.Decimal(repr(float(per_second))):f}/s"
+
+
+def _rate_text(check: _Check, key: str, value: Any) -> Any:
+    try:
+        return parse_rate(value) if isinstance(value, str) else check.bad(key, 'a rate like "10/s"', value)
+    except ValueError as exc:
+        return check.bad(key, str(exc), value)
+
+
+def _rate_key(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _RATE_KEY_RE.fullmatch(value):
+        return value
+    return check.bad(key, '"client_ip" or "header:NAME"', value)
+
+
+def _rate_limit(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {"rate": _rate_text, "burst": _whole(1, 1 << 30), "key": _rate_key},
+                    {"rate": 'a rate like "10/s"', "burst": "a whole number >= 1"})
+    return BAD if fields is None else RateLimit(**fields)
+
+
+def _log_fields(check: _Check, key: str, value: Any) -> Any:
+    items = _array(check, key, value, _choice("access-log fields", ACCESS_LOG_FIELDS),
+                   'an array of access-log fields like ["time", "status", "request_id"]', "at least one field")
+    return BAD if items is BAD else _all_good(items)
 
 
 # ---- listeners ----
@@ -888,6 +1010,9 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "trust_headers": _flag,
     "access_log": _access_log,
     "routes": _routes,
+    "filters": lambda c, k, v: _filters(c, k, v),
+    "log_sinks": lambda c, k, v: _sinks(c, k, v),
+    "proxy_protocol": _flag,
 }
 
 
@@ -970,6 +1095,7 @@ _TOP_FIELDS: dict[str, Parser] = {
     "listeners": _listeners,
     "clusters": _clusters,
     "demo": _demo,
+    "event_sinks": lambda c, k, v: _sinks(c, k, v),
 }
 _TOP_REQUIRED = {"listeners": "at least one [[listeners]] table", "clusters": "at least one [clusters.NAME] table"}
 
@@ -1058,6 +1184,17 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         out["clusters"][name].update(_health_dict(cluster))
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
+    if cfg.event_sinks:
+        out["event_sinks"] = [_plugin_dict(s) for s in cfg.event_sinks]
+    return out
+
+
+def _plugin_dict(spec: Any) -> dict[str, Any]:
+    """A filter or sink table with every key (durations spelled as the loader reads them)."""
+    out = dataclasses.asdict(spec)
+    for name in ("timeout", "interval"):
+        if name in out:
+            out[name] = format_duration(out[name])
     return out
 
 
@@ -1071,6 +1208,8 @@ def _discovery_dict(d: Discovery) -> dict[str, Any]:
             value = [format_address(host, port) for host, port in value]
         elif name in ("hold", "min_ttl", "max_ttl", "timeout", "interval"):
             value = format_duration(value)
+        elif name == "config":
+            value = dict(value)
         out[name] = value
     return out
 
@@ -1122,11 +1261,18 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         forwarded_headers=lst.forwarded_headers,
         request_id_header=lst.request_id_header,
         trust_headers=lst.trust_headers,
+        proxy_protocol=lst.proxy_protocol,
     )
     if lst.access_log is not None:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}
+        if lst.access_log.fields:
+            out["access_log"]["fields"] = list(lst.access_log.fields)
     if lst.routes:
         out["routes"] = [_route_dict(route) for route in lst.routes]
+    if lst.filters:
+        out["filters"] = [_plugin_dict(f) for f in lst.filters]
+    if lst.log_sinks:
+        out["log_sinks"] = [_plugin_dict(s) for s in lst.log_sinks]
     return out
 
 
@@ -1138,4 +1284,9 @@ def _route_dict(route: Route) -> dict[str, Any]:
         value = getattr(route, name)
         if value is not None and value != [] and value != {}:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+    if route.filters:
+        out["filters"] = [_plugin_dict(f) for f in route.filters]
+    if route.rate_limit is not None:
+        out["rate_limit"] = {"rate": format_rate(route.rate_limit.rate), "burst": route.rate_limit.burst,
+                             "key": route.rate_limit.key}
     return out

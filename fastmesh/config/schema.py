@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 BALANCERS = ("round_robin", "least_request", "random", "ewma", "ring_hash", "maglev")
 PROTOCOLS = ("tcp", "http")
@@ -101,7 +101,42 @@ class Outlier:
     success_rate: SuccessRate | None = None   # None: success-rate ejection off
 
 
-DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd")
+DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd", "plugin")
+FAILURE_MODES = ("closed", "open")
+RATE_LIMIT_KEYS = ("client_ip", "header:NAME")          # for messages; "header:x-user" names the header
+ACCESS_LOG_FIELDS = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out",
+                     "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error")
+
+
+@dataclass
+class PluginRef:
+    """A plugin named in the config: "package.module:Name" or an installed plugin's name, and its own table
+    (checked by the plugin's Config when the config is loaded; fastmesh/plugins/)."""
+    plugin: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FilterSpec(PluginRef):
+    """A request filter on an http listener or route."""
+    timeout: float = 1.0               # seconds an async filter may take; then failure_mode applies
+    failure_mode: str = "closed"       # "closed": a failing filter answers 500 (504 on timeout); "open": go on
+
+
+@dataclass
+class SinkSpec(PluginRef):
+    """A sink: records go to it in batches from a timer, never from the request path."""
+    batch: int = 100                   # records per write() at most
+    interval: float = 1.0              # seconds between writes of what has gathered
+    max_pending: int = 10000           # records held while the sink is slow; more are dropped (and counted)
+
+
+@dataclass
+class RateLimit:
+    """A route's token bucket, shared by the instance's workers: `rate` tokens a second, up to `burst` saved."""
+    rate: float                        # tokens per second ("10/s", "600/m")
+    burst: int                         # the bucket's size: requests let through at once after a quiet spell
+    key: str = "client_ip"             # one bucket per client address, or "header:NAME" per value ("" if absent)
 
 
 @dataclass
@@ -122,6 +157,8 @@ class Discovery:
     max_ttl: float = 300.0             # ...and no later than this, whatever the record's TTL
     timeout: float = 2.0               # dns: per lookup; etcd: per request (not the watch itself)
     interval: float = 1.0              # file: mtime poll period (used when inotify is not available)
+    plugin: str | None = None          # plugin: the DiscoverySource plugin ("package.module:Name" or its name)
+    config: dict[str, Any] = field(default_factory=dict)   # plugin: its table
 
 
 @dataclass
@@ -153,6 +190,7 @@ class AccessLog:
     """Where and how an http listener writes one line per request."""
     format: str = "plain"              # "plain" or "json"
     path: str = "-"                    # file appended to; "-" is stderr
+    fields: list[str] = field(default_factory=list)   # ACCESS_LOG_FIELDS to write, in order (empty: the classic set)
 
 
 @dataclass
@@ -173,6 +211,8 @@ class Route:
     add_request_headers: dict[str, str] = field(default_factory=dict)
     remove_request_headers: list[str] = field(default_factory=list)
     add_response_headers: dict[str, str] = field(default_factory=dict)
+    filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
+    rate_limit: RateLimit | None = None                        # None: no limit
 
 
 @dataclass
@@ -201,6 +241,9 @@ class Listener:
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     access_log: AccessLog | None = None       # None: no access log
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
+    filters: list[FilterSpec] = field(default_factory=list)   # run for every routed request, before the route's
+    log_sinks: list[SinkSpec] = field(default_factory=list)   # access-log records to plugins, in batches
+    proxy_protocol: bool = False       # every connection starts with a PROXY protocol v1 or v2 header
 
     def __post_init__(self) -> None:
         if not self.idle_timeout:
@@ -236,6 +279,7 @@ class Config:
     drain_timeout: float = 10.0        # seconds open connections get to finish on shutdown
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
+    event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 
     def worker_count(self) -> int:
