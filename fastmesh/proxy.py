@@ -364,7 +364,13 @@ class Proxy:
             "clusters": {name: c.endpoints() for name, c in self._clusters.items()},
             "health": self._health.active.status() if self._health is not None else {},
             "connections": self._connection_limits(),
+            "filters": self._filter_stats(),
         }
+
+    def _filter_stats(self) -> dict[str, list[dict[str, Any]]]:
+        """Per http listener: each filter plugin's calls, answers, errors and timeouts (this process's)."""
+        from fastmesh.dataplane.listeners import filter_entries
+        return {name: [e.stats() for e in filter_entries(h)] for name, h in self._http.items() if h.chains}
 
     def _connection_limits(self) -> dict[str, Any]:
         """The worker's connection limit and each listener's: the limit (0: none), the connections holding a slot
@@ -409,6 +415,10 @@ class Proxy:
             writer = getattr(acceptor, "access_log", None)
             if writer is not None:
                 writer.close()
+            if getattr(acceptor, "chains", None):
+                from fastmesh.dataplane.listeners import filter_entries
+                for entry in filter_entries(acceptor):
+                    entry.close()
         self._retired.clear()
         assert self._health is not None and self._reactor is not None and self._lag is not None   # started
         await self._health.stop()

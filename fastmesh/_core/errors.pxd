@@ -24,9 +24,12 @@ cdef enum ProxyError:
     PE_RESPONSE_TIMEOUT = 12           # no response head within the try's timeout (504)
     PE_DEADLINE_EXCEEDED = 13          # the request's deadline (timeout / fastmesh-timeout-ms) passed (504)
     PE_METHOD_NOT_ALLOWED = 14         # CONNECT where no route names it: a reverse proxy is no tunnel (405)
+    PE_PLUGIN = 15                     # a request filter plugin failed (raised, or gave an answer that cannot be sent) (500)
+    PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
+    PE_RATE_LIMITED = 17               # the route's rate limit has no token for the request (429, with Retry-After)
 
 cdef enum:
-    PE_COUNT = 15                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 18                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:
@@ -40,6 +43,7 @@ cdef enum:
 cdef enum:
     GRPC_CANCELLED = 1
     GRPC_DEADLINE_EXCEEDED = 4
+    GRPC_RESOURCE_EXHAUSTED = 8
     GRPC_UNIMPLEMENTED = 12
     GRPC_INTERNAL = 13
     GRPC_UNAVAILABLE = 14

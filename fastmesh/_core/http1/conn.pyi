@@ -6,7 +6,7 @@ from typing import Any, final
 from fastmesh._core.http1.pool import UpstreamUser
 from fastmesh._core.reactor import Acceptor
 
-AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float]], Any]
+AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str]], Any]
 
 class Front(Acceptor):
     @property
@@ -19,6 +19,8 @@ class Front(Acceptor):
     def body_timeout(self) -> float: ...
     @property
     def access_log(self) -> AccessLog | None: ...
+    chains: list[Any] | None          # per route index: its filter chain or None (dataplane/filters.py)
+    filter_wait: float
     @property
     def active(self) -> int: ...
     @property

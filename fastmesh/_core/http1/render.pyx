@@ -23,7 +23,9 @@ from libc.string cimport memcpy, strlen
 
 from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_reserve
 from fastmesh._core.codes cimport error_status, error_reason
-from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED
+from fastmesh._core.errors cimport (
+    ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED, PE_RATE_LIMITED,
+)
 from fastmesh._core.http1.parser cimport (
     Head, HeaderField, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE,
     FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE, FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
@@ -324,12 +326,30 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     ob_add(o, line, n)
     if err == PE_METHOD_NOT_ALLOWED:
         ob_add(o, ALLOW, strlen(ALLOW))
+    elif err == PE_RATE_LIMITED:
+        n = snprintf(line, sizeof(line), "retry-after: %d\r\n", <int>(code if code > 0 else 1))
+        ob_add(o, line, n)
     if retried >= 0:
         _retried(o, retried)
     ob_add(o, "\r\n", 2)
     if not head_only:
         ob_add(o, body, blen)
     return status
+
+
+cdef void render_answer(OutBuf *o, int status, bytes reason, bytes fields, bytes body, bint keep,
+                        bint head_only) noexcept:
+    cdef char line[96]
+    cdef int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status)
+    ob_add(o, line, n)
+    ob_add(o, reason, len(reason))
+    ob_add(o, "\r\n", 2)
+    ob_add(o, fields, len(fields))
+    n = snprintf(line, sizeof(line), "content-length: %zd\r\n%s\r\n", len(body),
+                 "" if keep else "connection: close\r\n")
+    ob_add(o, line, n)
+    if not head_only:
+        ob_add(o, body, len(body))
 
 
 # ---- Python-facing: tests render what the HTTP/1 codec would send, sans IO ----
