@@ -89,6 +89,8 @@ class Reloader:
             self.history.append({"time": time.time(), "trigger": trigger, "result": result,
                                  "status": outcome.status, "took_ms": took,
                                  "message": outcome.body.get("message", "")})
+            self.sup.events.emit("reload", trigger=trigger, result=result, status=outcome.status, took_ms=took,
+                                 message=outcome.body.get("message", ""))
             return outcome
 
     async def _reload(self, trigger: str) -> Outcome:
