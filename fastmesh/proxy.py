@@ -19,6 +19,7 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.http1.pool import HttpPool
     from fastmesh._core.limits import LimitBlock
     from fastmesh._core.listener import Listener
+    from fastmesh._core.naming import Names
     from fastmesh._core.reactor import ConnectionLimit, Reactor
     from fastmesh._core.stats import StatsBlock
     from fastmesh._core.tcp.splice import TcpProxy
@@ -52,6 +53,7 @@ class Proxy:
         self._tcp: dict[str, TcpProxy] = {}
         self._http: dict[str, HttpProxy] = {}
         self._pools: list[HttpPool] = []
+        self._names: Names | None = None           # the naming the http listeners' routers resolve services with
         self.addresses: dict[str, tuple[str, int]] = {}
         self._started = False
         # Counters: the supervisor's shared block (stats_fd, a memfd `fastmesh run` passes its workers) or a
@@ -96,8 +98,10 @@ class Proxy:
             self._limits_fd = None
         budget = fd_budget.fd_budget(self.config)
         self._conn_limit = ConnectionLimit(reactor, budget.max_connections)
+        from fastmesh.dataplane.naming import build_names
         clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
         pools = self._pools_for(self.config, reactor, clusters, {})
+        self._names = build_names(self.config)
         listeners = []
         try:
             for lcfg in self.config.listeners:
@@ -150,7 +154,7 @@ class Proxy:
                   ) -> Acceptor:
         from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor
         if lcfg.protocol == "http":
-            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters))
+            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names)
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster])
 
@@ -216,6 +220,8 @@ class Proxy:
         to_bind = [lcfg for lcfg in config.listeners if lcfg.name not in old_listeners or lcfg.name in moved]
         gone = [name for name in old_listeners if name not in {lcfg.name for lcfg in config.listeners}]
         # 1. Everything that can fail, first: bind the new sockets.
+        from fastmesh.dataplane.naming import build_names
+        old_names, self._names = self._names, build_names(config)
         self.config = config
         old_tcp, old_http, old_addresses = dict(self._tcp), dict(self._http), dict(self.addresses)
         opened = []
@@ -228,6 +234,7 @@ class Proxy:
             for listener in opened:
                 listener.close()
             self.config, self._tcp, self._http, self.addresses = old, old_tcp, old_http, old_addresses
+            self._names = old_names
             raise
         # 2. Listeners that stay where they are: new routes and clusters.
         for lcfg in config.listeners:
@@ -238,7 +245,7 @@ class Proxy:
             same_limits = (before.max_request_line, before.max_header_bytes, before.max_headers) == \
                 (lcfg.max_request_line, lcfg.max_header_bytes, lcfg.max_headers)
             if lcfg.protocol == "http" and http is not None and same_limits:
-                reconfigure_http(http, lcfg, pools, list(config.clusters))
+                reconfigure_http(http, lcfg, pools, list(config.clusters), self._names)
                 continue
             acceptor = self._acceptor(lcfg, reactor, clusters, pools)
             self._record(lcfg.name, acceptor)

@@ -25,7 +25,7 @@ from libc.string cimport memcpy, memcmp
 
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT,
-    PE_METHOD_NOT_ALLOWED,
+    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
@@ -164,7 +164,7 @@ cdef class Exchange:
                            double now) noexcept:
         """Match the request; choose cluster, hash key, deadline and header edits. PE_NO_ROUTE or PE_NONE."""
         cdef EditList *req = &self.request_edits
-        cdef int r
+        cdef int r, cluster
         if self.router is not router:
             self.router = router
         self.method = v.method
@@ -173,7 +173,10 @@ cdef class Exchange:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
             return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
-        self.use_cluster(router.cluster(r), connectors, v, rules, now)
+        cluster = router.target(r, connectors, v)           # the route's cluster, or its service's (naming.pyx)
+        if cluster < 0:
+            return PE_NO_ENDPOINTS                          # a service that names no cluster at all
+        self.use_cluster(cluster, connectors, v, rules, now)
         self.tries = 1
         if rules.request_id.len:
             self.new_request_id()

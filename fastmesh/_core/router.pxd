@@ -6,6 +6,7 @@
 # entries (request.pxd) that each codec renders its own way.
 
 from fastmesh._core.request cimport RequestView, Span, Edit, EditList
+from fastmesh._core.naming cimport Names
 
 cdef enum HostKind:
     HOST_ANY = 0                  # no host condition
@@ -41,6 +42,7 @@ ctypedef struct RouteEntry:
     int request_count             # number of request edits
     int response_first            # Router.edits[response_first:+response_count]: response edits (adds)
     int response_count            # number of response edits
+    int service                   # index into the service names for a route sent to a logical name, else -1
 
 
 cdef class Router:
@@ -53,11 +55,17 @@ cdef class Router:
     cdef list keep                # bytes objects the Spans point into (kept alive with the Router)
     cdef list regexes             # `search` of each compiled path_regex, indexed by RouteEntry.regex
     cdef readonly tuple cluster_names    # cluster name per index, as given to the constructor
+    cdef readonly tuple service_names    # logical name per service index (routes with `service`)
+    cdef Names names                     # the process's naming (table and overrides); None: no service routes
+    cdef readonly bint trust_naming      # honour a fastmesh-naming field (else every route's edits remove it)
 
     # Index of the first route that matches the request view, or -1 when none does.
     cdef int match(self, const RequestView *v) noexcept
-    # Cluster index of a route (route must be a valid index).
+    # Cluster index of a route (route must be a valid index); -1 for a route sent to a service.
     cdef int cluster(self, int route) noexcept
+    # The cluster a request taking `route` goes to: the route's cluster, or what its service resolves to now
+    # (naming.pyx; `connectors` by cluster index say which clusters have an endpoint up). -1: nothing.
+    cdef int target(self, int route, list connectors, const RequestView *v) noexcept
     # Point the edit lists at the route's request and response edits (route may be -1: none).
     cdef void route_edits(self, int route, EditList *request, EditList *response) noexcept
     # The upstream path: head + tail, the route's prefix rewritten (without one, head is empty and tail is

@@ -42,6 +42,8 @@ from fastmesh._core.http1.parser cimport CC_TCHAR, CHAR_CLASS, Head, METHOD_CONN
 from fastmesh._core.http1.view cimport view_parse, view_init
 from fastmesh._core.http1.view import request_parts  # noqa: F401  # no-cython-lint (re-exported for explain)
 from fastmesh._core.http1.parser import METHOD_NAMES
+from fastmesh._core.naming cimport Names
+from fastmesh._core.naming import OVERRIDE_HEADER
 from fastmesh._core.request cimport (
     RequestView, Span, Field, Edit, EditList, fold_eq, EDIT_ADD, EDIT_REMOVE,
 )
@@ -49,10 +51,12 @@ from fastmesh._core.request cimport (
 ctypedef unsigned char uchar
 
 
+NAMING_FIELD = OVERRIDE_HEADER.encode("ascii")   # the per-request naming override (naming.pyx)
+
 # Method tokens the parser reports by id; other tokens are compared as bytes.
 METHOD_IDS = {name: i for i, name in enumerate(METHOD_NAMES) if i != METHOD_OTHER}
 SPEC_KEYS = frozenset({
-    "cluster", "host", "path", "path_prefix", "path_regex", "methods", "headers", "rewrite_prefix",
+    "cluster", "service", "host", "path", "path_prefix", "path_regex", "methods", "headers", "rewrite_prefix",
     "add_request_headers", "remove_request_headers", "add_response_headers",
 })
 
@@ -186,10 +190,15 @@ cdef Span _span(Router router, bytes b):
     return s
 
 
-cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, int *n_matches,
+cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, dict services, int *n_matches,
                int *n_tokens, int *n_edits) except -1:
     # One spec -> *e; n_matches/n_tokens/n_edits are the next free slots of the shared arrays (advanced here).
-    e.cluster = index[spec["cluster"]]
+    if spec.get("service") is not None:
+        e.cluster = -1
+        e.service = services[spec["service"]]
+    else:
+        e.cluster = index[spec["cluster"]]
+        e.service = -1
     e.regex = -1
 
     host = spec.get("host")
@@ -247,6 +256,8 @@ cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, in
         router.max_growth = max(router.max_growth, e.rewrite_to.len - e.path.len)
 
     e.request_first = n_edits[0]
+    if not router.trust_naming:
+        _edit(router, n_edits, EDIT_REMOVE, NAMING_FIELD, b"")     # never steers a hop further on
     for name in spec.get("remove_request_headers") or ():
         _edit(router, n_edits, EDIT_REMOVE, _name_bytes(name, what).lower(), b"")
     _add_edits(router, spec.get("add_request_headers") or {}, what, n_edits)
@@ -260,10 +271,14 @@ cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, in
 cdef class Router:
     """The compiled routes of one http listener.
 
-    Router(routes, clusters): `routes` is a list of specs, dicts with the config's route keys
-    ("cluster" required; "host", "path", "path_prefix", "path_regex", "methods", "headers",
+    Router(routes, clusters, services=(), names=None, trust_naming=True): `routes` is a list of specs, dicts with
+    the config's route keys ("cluster" or "service" required; "host", "path", "path_prefix", "path_regex", "methods",
+    "headers",
     "rewrite_prefix", "add_request_headers", "remove_request_headers", "add_response_headers"), tried in
-    order. `clusters` lists the cluster names; a route's cluster index is its name's position there.
+    order. `clusters` lists the cluster names; a route's cluster index is its name's position there. `services`
+    lists the logical names routes may send to (a route's service index is its position there) and `names` is the
+    naming they are resolved with per request (naming.pyx). `trust_naming`: a fastmesh-naming field overrides the
+    table (else every route removes it from the forwarded request).
     """
 
     def __cinit__(self):
@@ -275,6 +290,7 @@ cdef class Router:
         self.keep = []
         self.regexes = []
         self.cluster_names = ()
+        self.service_names = ()
 
     def __dealloc__(self):
         PyMem_Free(self.entries)
@@ -282,28 +298,39 @@ cdef class Router:
         PyMem_Free(self.tokens)
         PyMem_Free(self.edits)
 
-    def __init__(self, routes, clusters):
+    def __init__(self, routes, clusters, services=(), Names names=None, bint trust_naming=True):
         cdef int n_matches = 0, n_tokens = 0, n_edits = 0, i
         if self.entries != NULL:
             raise RuntimeError("a Router is built once")
         self.cluster_names = tuple(clusters)
+        self.service_names = tuple(services)
+        self.names = names
+        self.trust_naming = trust_naming
         index = {}
         for i, name in enumerate(self.cluster_names):
             index.setdefault(name, i)
+        service_index = {}
+        for i, name in enumerate(self.service_names):
+            service_index.setdefault(name, i)
         specs = [dict(spec) for spec in routes]
         for i, spec in enumerate(specs):
             unknown = set(spec) - SPEC_KEYS
             if unknown:
                 raise ValueError(f"route {i}: unknown keys {sorted(unknown)}")
-            if spec.get("cluster") not in index:
+            if spec.get("service") is not None:
+                if spec.get("cluster") is not None:
+                    raise ValueError(f"route {i}: cluster or service, not both")
+                if spec["service"] not in service_index:
+                    raise ValueError(f"route {i}: service {spec['service']!r} is not one of {list(service_index)}")
+            elif spec.get("cluster") not in index:
                 raise ValueError(f"route {i}: cluster {spec.get('cluster')!r} is not one of {list(index)}")
             for key in ("methods", "remove_request_headers"):
                 if isinstance(spec.get(key), (str, bytes)):
                     raise ValueError(f"route {i}: {key} is a list of str, got {spec[key]!r}")
             n_matches += len(spec.get("headers") or ())
             n_tokens += len(spec.get("methods") or ())
-            n_edits += (len(spec.get("remove_request_headers") or ()) + len(spec.get("add_request_headers") or ())
-                        + len(spec.get("add_response_headers") or ()))
+            n_edits += (0 if trust_naming else 1) + len(spec.get("remove_request_headers") or ()) \
+                + len(spec.get("add_request_headers") or ()) + len(spec.get("add_response_headers") or ())
         self.entries = <RouteEntry *>PyMem_Calloc(max(len(specs), 1), sizeof(RouteEntry))
         self.header_matches = <HeaderMatch *>PyMem_Calloc(max(n_matches, 1), sizeof(HeaderMatch))
         self.tokens = <Span *>PyMem_Calloc(max(n_tokens, 1), sizeof(Span))
@@ -312,7 +339,7 @@ cdef class Router:
             raise MemoryError()
         n_matches = n_tokens = n_edits = 0
         for i, spec in enumerate(specs):
-            _fill(self, &self.entries[i], spec, f"route {i}", index, &n_matches, &n_tokens, &n_edits)
+            _fill(self, &self.entries[i], spec, f"route {i}", index, service_index, &n_matches, &n_tokens, &n_edits)
             self.n = i + 1
 
     # ---- the C API the exchange and the codecs use ----
@@ -342,6 +369,14 @@ cdef class Router:
 
     cdef int cluster(self, int route) noexcept:
         return self.entries[route].cluster
+
+    cdef int target(self, int route, list connectors, const RequestView *v) noexcept:
+        cdef const RouteEntry *e = &self.entries[route]
+        if e.service < 0:
+            return e.cluster
+        if self.names is None:
+            return -1
+        return self.names.resolve(e.service, connectors, v if self.trust_naming else NULL)
 
     cdef void route_edits(self, int route, EditList *request, EditList *response) noexcept:
         cdef const RouteEntry *e
@@ -385,7 +420,8 @@ cdef class Router:
         return self.match(&v)
 
     def explain(self, bytes raw_head not None) -> list:
-        """Per route, in order: {"route", "cluster", "matched", "failed"}.
+        """Per route, in order: {"route", "cluster", "matched", "failed"}, and "service" for a route sent to a
+        logical name (its "cluster" is None).
 
         "failed" names the first condition the request does not meet, checked in the order "host",
         "path", "method", "header <name>" (None when the route matches). Every route is reported, so a
@@ -413,13 +449,30 @@ cdef class Router:
                 if k >= 0:
                     m = &self.header_matches[e.match_first + k]
                     failed = "header " + m.name.ptr[:m.name.len].decode("ascii")
-            out.append({"route": r, "cluster": self.cluster_names[e.cluster], "matched": failed is None,
-                        "failed": failed})
+            row = {"route": r, "cluster": self.cluster_names[e.cluster] if e.service < 0 else None,
+                   "matched": failed is None, "failed": failed}
+            if e.service >= 0:
+                row["service"] = self.service_names[e.service]      # a route sent to a logical name
+            out.append(row)
         return out
 
     def cluster_index(self, int route) -> int:
         _check_route(self, route)
         return self.cluster(route)
+
+    def service_index(self, int route) -> int:
+        """The route's service index, or -1 for a route sent to a cluster."""
+        _check_route(self, route)
+        return self.entries[route].service
+
+    def target_request(self, bytes raw_head not None, list connectors not None) -> int:
+        """The cluster an HTTP/1 request head would go to now (route, then naming with any override), or -1."""
+        cdef Head h
+        cdef RequestView v
+        cdef int r
+        view_parse(raw_head, &h, &v)
+        r = self.match(&v)
+        return self.target(r, connectors, &v) if r >= 0 else -1
 
     def request_edits(self, int route) -> list:
         """The route's request edits: ("remove", name, b"") and ("add", name, value), in the order applied."""
@@ -446,6 +499,19 @@ cdef class Router:
             return raw_head[h.target_off:h.target_off + h.target_len]
         self.rewrite_path(route, &v, &head, &tail)
         return head.ptr[:head.len] + tail.ptr[:tail.len] + v.query.ptr[:v.query.len]
+
+    def bench_target(self, bytes raw_head not None, list connectors not None, Py_ssize_t count) -> int:
+        """Parse once, then match and resolve the target cluster `count` times in C (benchmarks: what a service
+        route's naming adds to a match); returns the sum of the cluster indexes."""
+        cdef Head h
+        cdef RequestView v
+        cdef Py_ssize_t _, total = 0
+        cdef int r
+        view_parse(raw_head, &h, &v)
+        for _ in range(count):
+            r = self.match(&v)
+            total += self.target(r, connectors, &v) if r >= 0 else -1
+        return total
 
     def bench_match(self, bytes raw_head not None, Py_ssize_t count, bint view_each=False) -> int:
         """Parse once, then match `count` times in C (benchmarks); returns the sum of the route indexes.

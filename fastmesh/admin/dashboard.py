@@ -147,6 +147,7 @@ class Dashboard:
             "listeners": self._listeners(snap),
             "clusters": self._clusters(snap),
             "routes": routes(server.config),
+            "naming": server.naming_view(snap) if hasattr(server, "naming_view") else None,
         }
 
     def _listeners(self, snap: Snapshot) -> list[dict[str, Any]]:
@@ -209,8 +210,10 @@ def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         table = []
         for route in lst.get("routes", []):
-            table.append({"match": {k: route[k] for k in MATCH_KEYS if k in route},
-                          "cluster": route.get("cluster"),
-                          "edits": {k: v for k, v in route.items() if k not in MATCH_KEYS and k != "cluster"}})
+            row = {"match": {k: route[k] for k in MATCH_KEYS if k in route}, "cluster": route.get("cluster"),
+                   "edits": {k: v for k, v in route.items() if k not in MATCH_KEYS and k not in ("cluster", "service")}}
+            if "service" in route:
+                row["service"] = route["service"]           # a logical name: the naming panel shows where it goes
+            table.append(row)
         out.append({"listener": lst["name"], "default": lst.get("cluster"), "routes": table})
     return out

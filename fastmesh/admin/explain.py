@@ -18,6 +18,7 @@ from fastmesh.config.schema import Cluster, Config, Listener, Route
 from fastmesh.dataplane.explain import (
     HASHING, REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, predict, route, timeout_ms,
 )
+from fastmesh.dataplane.naming import OVERRIDE_HEADER, build_names, explain_service
 from fastmesh.dataplane.stats import Snapshot
 
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -78,10 +79,20 @@ def parse_query(query: str) -> Question:
     return q
 
 
+def live_clusters(cfg: Config, snap: Snapshot | None) -> dict[str, bool]:
+    """Per cluster: whether it has an endpoint a balancer may pick (merged over the workers; without a running
+    instance, whether it lists any endpoint). What a naming table's fallback and splits decide on."""
+    if snap is None:
+        return {name: bool(c.endpoints) for name, c in cfg.clusters.items()}
+    merged = snap.clusters()
+    return {name: any(e["state"] in ELIGIBLE for e in merged.get(name, {}).get("endpoints", []))
+            for name in cfg.clusters}
+
+
 async def explain_query(cfg: Config, query: str, snap: Snapshot, describe: Describe) -> dict[str, Any]:
     """GET /explain: the explanation with endpoint states from the running workers."""
     q = parse_query(query)
-    out = explain(cfg, q)
+    out = explain(cfg, q, live_clusters(cfg, snap))
     cluster = out["cluster"]
     if cluster is not None:
         details = await describe([cluster["name"]])
@@ -100,8 +111,9 @@ def explain_offline(cfg: Config, q: Question) -> dict[str, Any]:
     return out
 
 
-def explain(cfg: Config, q: Question) -> dict[str, Any]:
-    """Listener, routes, cluster and policy for q; endpoints are added by add_endpoints."""
+def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> dict[str, Any]:
+    """Listener, routes, naming, cluster and policy for q; endpoints are added by add_endpoints. `alive`: which
+    clusters have an endpoint up (live_clusters; None: from the config alone)."""
     lst, chosen_by = pick_listener(cfg, q)
     raw = request_head(q)
     out: dict[str, Any] = {
@@ -116,23 +128,50 @@ def explain(cfg: Config, q: Question) -> dict[str, Any]:
         out["outcome"] = f"relayed to cluster {cluster_name}"
     else:
         try:
-            seen = route(lst, list(cfg.clusters), raw)
+            seen = route(lst, list(cfg.clusters), raw, build_names(cfg))
         except ValueError as exc:
             raise ExplainError(400, f"the request head is not valid HTTP/1.1: {exc}") from None
         rows = routes_table(lst, seen, q)
         chosen = seen["chosen"]
         cluster_name = seen["rows"][chosen]["cluster"] if chosen >= 0 else None
+        service = seen["rows"][chosen].get("service") if chosen >= 0 else None
+        if service is not None:
+            out["naming"] = naming_steps(cfg, lst, service, q, alive if alive is not None else live_clusters(cfg, None))
+            cluster_name = out["naming"]["cluster"]
         out["routing"] = {"host": seen["host"], "path": seen["path"], "routes": rows,
                           "matched": chosen if chosen >= 0 else None, "upstream_target": seen["target"]}
         if chosen < 0:
             out["outcome"] = "no route matches: the proxy answers 404 (fastmesh-error: no route)"
         else:
             label = "the listener's default cluster" if rows[chosen]["default"] else f"route {chosen}"
-            out["outcome"] = f"{label} sends it to cluster {cluster_name} as {q.method} {seen['target']}"
+            via = f"service {service} and the naming table to " if service is not None else ""
+            if cluster_name is None:
+                out["outcome"] = f"{label} sends it to service {service}, which names no cluster: 503 no endpoints"
+            else:
+                out["outcome"] = f"{label} sends it to {via}cluster {cluster_name} as {q.method} {seen['target']}"
     out["cluster"] = None if cluster_name is None else {"name": cluster_name,
                                                         "balancer": cfg.clusters[cluster_name].balancer}
     out["policy"] = (policy(lst, cfg.clusters[cluster_name], q, cfg.worker_count()) if cluster_name is not None
                      else None)
+    return out
+
+
+def naming_steps(cfg: Config, lst: Listener, service: str, q: Question, alive: dict[str, bool]) -> dict[str, Any]:
+    """The naming half of an explanation: each step of the service's resolution and the cluster it gives (the one
+    most requests get when a split shares them out)."""
+    override = next((v for k, v in q.headers if k.lower() == OVERRIDE_HEADER), None)
+    note = None
+    if override is not None and not lst.trust_naming:
+        note = f"{OVERRIDE_HEADER} ignored and removed: listener {lst.name} has trust_naming = false"
+        override = None
+    try:
+        out = explain_service(cfg, service, alive, override)
+    except ValueError as exc:
+        out = explain_service(cfg, service, alive)
+        note = f"{OVERRIDE_HEADER} ignored (the table is used as it is): {exc}"
+    if out["shares"] and len(out["shares"]) > 1:
+        out["cluster"] = max(out["shares"], key=lambda c: out["shares"][c])
+    out["override_note"] = note
     return out
 
 
@@ -203,7 +242,8 @@ def routes_table(lst: Listener, seen: dict[str, Any], q: Question) -> list[dict[
             result, reason = "matched", "the listener's default cluster" if default else "every condition holds"
         else:
             result, reason = "no match", why_not(row["failed"], lst.routes[i], seen, q)
-        rows.append({"route": i, "default": default, "cluster": row["cluster"], "conditions": cond,
+        rows.append({"route": i, "default": default, "cluster": row["cluster"], "service": row.get("service"),
+                     "conditions": cond,
                      "result": result, "reason": reason})
     return rows
 

@@ -66,6 +66,7 @@ class AdminServer:
             "/metrics": self.metrics,
             "/reload": self.reload,
             "/explain": self.explain,
+            "/naming": self.naming,
         }
         self.dashboard = Dashboard(self)
         self.routes.update(self.dashboard.routes())
@@ -207,6 +208,21 @@ class AdminServer:
     def discovery(self) -> dict[str, dict[str, Any]]:
         manager = getattr(self.workers, "discovery", None)
         return manager.status() if manager is not None else {}
+
+    def naming(self, request: Request) -> Reply:
+        """The naming table: its rules, its watched source's state, and how each service a route names resolves
+        now (steps, the cluster taken, the share each cluster gets) with the endpoint states merged over the
+        workers."""
+        return Reply.json(200, self.naming_view(self.stats.collect()))
+
+    def naming_view(self, snap: Snapshot) -> dict[str, Any]:
+        from fastmesh.admin.explain import live_clusters
+        from fastmesh.dataplane.naming import explain_service, services_of
+        manager = getattr(self.workers, "discovery", None)
+        alive = live_clusters(self.cfg, snap)
+        return {"rules": list(self.cfg.naming.rules),
+                "source": manager.naming_status() if manager is not None else None,
+                "services": {s: explain_service(self.cfg, s, alive) for s in services_of(self.cfg)}}
 
     def stats_dump(self, request: Request) -> Reply:
         """Merged counters of listeners and clusters, HTTP responses by status class and request-duration

@@ -2,7 +2,8 @@
 written in, and a file `fastmesh run` accepts as it is) or, with --json, as JSON for tools.
 
 Discovery settings are checked without touching the network (endpoint files are read when they exist, since they
-are local); `--resolve` asks each discovery source once and prints what it found (exit 1 if any failed)."""
+are local); `--resolve` asks each discovery source (and a watched naming table's) once and prints what it found
+(exit 1 if any failed)."""
 from __future__ import annotations
 
 import json
@@ -26,9 +27,10 @@ def main(config_path: str, as_json: bool, resolve: bool = False) -> int:
         return 1
     data = config_to_dict(cfg)
     found = _resolve(cfg) if resolve else _local_files(cfg)
-    failed = any("error" in item for item in found.values())
+    table = _resolve_table(cfg, only_files=not resolve)
+    failed = any("error" in item for item in found.values()) or (table is not None and "error" in table)
     if as_json:
-        print(json.dumps({**data, "resolved": found} if resolve else data, indent=2))
+        print(json.dumps({**data, "resolved": found, "naming_table": table} if resolve else data, indent=2))
     else:
         print(f"# {config_path}: valid. The effective config, with every default filled in:")
         print(to_toml(data), end="")
@@ -37,10 +39,16 @@ def main(config_path: str, as_json: bool, resolve: bool = False) -> int:
                 f"failed: {item['error']}" if "error" in item else
                 f"{len(item['endpoints'])} endpoint(s): " + ", ".join(
                     f"{e['address']} (weight {e['weight']})" for e in item["endpoints"])))
+        if table is not None:
+            print(f"# naming table: {table['kind']} {table['target']}: " + (
+                f"failed: {table['error']}" if "error" in table else
+                f"{len(table['rules'])} rule(s): " + "; ".join(table["rules"])))
     if failed and not resolve:
         for name, item in found.items():
             if "error" in item:
                 print(f"warning: cluster {name}: {item['error']}", file=sys.stderr)
+        if table is not None and "error" in table:
+            print(f"warning: naming table: {table['error']}", file=sys.stderr)
         return 0
     return 1 if failed else 0
 
@@ -71,6 +79,26 @@ def _resolve(cfg: Any, only_files: bool = False) -> dict[str, dict[str, Any]]:
         items = await asyncio.gather(*(one(n, cfg.clusters[n].discovery) for n in names))
         return dict(zip(names, items))
     return asyncio.run(all_of())
+
+
+def _resolve_table(cfg: Any, only_files: bool) -> dict[str, Any] | None:
+    """The watched naming table's source asked once (only a file's without the network), None when not watched."""
+    import asyncio
+    from fastmesh.discovery.base import SourceError
+    from fastmesh.discovery.manager import base_dir
+    from fastmesh.discovery.naming import make_naming_source
+    spec = cfg.naming.source
+    if spec is None or (only_files and spec.kind != "file"):
+        return None
+    source = make_naming_source(spec, base_dir(cfg), lambda rules: None)
+    item: dict[str, Any] = {"kind": spec.kind, "target": source.state.target}
+    try:
+        item["rules"] = asyncio.run(asyncio.wait_for(source.resolve(), spec.timeout + 2.0))
+    except SourceError as exc:
+        item["error"] = f"{exc.kind}: {exc}"
+    except TimeoutError:
+        item["error"] = "timeout: no answer"
+    return item
 
 
 def _local_files(cfg: Any) -> dict[str, dict[str, Any]]:

@@ -102,8 +102,18 @@ def render(data: dict[str, Any]) -> str:
         for r in routing["routes"]:
             cond = "(default)" if r["default"] else _conditions(r["conditions"])
             result = r["result"] if r["result"] == "matched" else f"{r['result']}: {r['reason']}"
-            rows.append([str(r["route"]), r["cluster"], cond, result])
+            target = r["cluster"] if r.get("service") is None else f"service {r['service']}"
+            rows.append([str(r["route"]), target, cond, result])
         lines += _table(rows, indent=2)
+    naming = data.get("naming")
+    if naming:
+        lines.append(f"naming    {naming['service']} is the name {naming['name']}"
+                     + (f", with the override {naming['override']!r}" if naming.get("override") else ""))
+        lines += ["  " + step for step in naming["steps"]]
+        if naming.get("override_note"):
+            lines.append("  " + naming["override_note"])
+        shares = ", ".join(f"{c} {s:.0%}" for c, s in naming["shares"].items())
+        lines.append(f"  shares over 10000 resolutions: {shares or 'none'}")
     lines.append(f"outcome   {data['outcome']}")
     cluster = data.get("cluster")
     if cluster and "endpoints" in cluster:

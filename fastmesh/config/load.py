@@ -26,6 +26,8 @@ from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
 from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, RateLimit, SinkSpec
 from fastmesh.errors import ConfigError, ConfigErrors, PluginError
 from fastmesh.plugins import registry
+from fastmesh.config.schema import NAMING_SOURCE_KINDS, Naming, NamingSource
+from fastmesh.config import naming as naming_rules
 
 __all__ = [
     "load_config", "loads_config", "config_from_dict", "config_to_dict",
@@ -815,7 +817,18 @@ def _header_names(check: _Check, key: str, value: Any) -> Any:
     return _all_good(out)
 
 
+def _service(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            naming_rules.resolve([], naming_rules.service_name(value), [])
+            return value
+        except naming_rules.NamingError:
+            pass
+    return check.bad(key, 'a logical name like "users" (the name /svc/users) or a path like "/svc/users/v2"', value)
+
+
 _ROUTE_FIELDS: dict[str, Parser] = {
+    "service": _service,
     "host": _route_host,
     "path": _path,
     "path_prefix": _path,
@@ -833,10 +846,14 @@ _ROUTE_FIELDS: dict[str, Parser] = {
 
 
 def _route(check: _Check, key: str, value: Any) -> Any:
-    fields = _table(check, key, value, _ROUTE_FIELDS, {"cluster": "the name of a cluster"})
+    fields = _table(check, key, value, _ROUTE_FIELDS)
     if not isinstance(value, Mapping):
         return BAD
     errors_before = len(check.errors)
+    if "cluster" in value and "service" in value:
+        check.bad(_key(key, "service"), 'no service beside cluster (a route sends to one of them)', value["service"])
+    elif "cluster" not in value and "service" not in value:
+        check.missing(_key(key, "cluster"), "the name of a cluster, or service = a logical name")
     paths = [name for name in value if name in PATH_KEYS]
     for name in paths[1:]:
         check.bad(_key(key, name), f'only one of {_choices(PATH_KEYS)} per route ("{paths[0]}" is set)',
@@ -1008,6 +1025,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "forwarded_headers": _flag,
     "request_id_header": _request_id_header,
     "trust_headers": _flag,
+    "trust_naming": _flag,
     "access_log": _access_log,
     "routes": _routes,
     "filters": lambda c, k, v: _filters(c, k, v),
@@ -1087,7 +1105,72 @@ def _demo(check: _Check, key: str, value: Any) -> Any:
     return BAD if fields is None else Demo(**fields)
 
 
+def _naming_rules(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        return check.bad(key, 'an array of rules like "/svc/users => /cluster/users-v2"', value)
+    try:
+        return [rule.text for rule in naming_rules.parse_table(value, key)]
+    except naming_rules.NamingError as exc:
+        message = str(exc)
+        check.errors.append(ConfigError(check.source, key, "rules like \"/svc/users => /cluster/users-v2\"",
+                                        reason=message[len(key) + 2:] if message.startswith(key) else message))
+        return BAD
+
+
+_NAMING_SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "file": (("path",), ("interval",)),
+    "etcd": (("endpoints", "key"), ("timeout",)),
+}
+_NAMING_SOURCE_FIELDS: dict[str, Parser] = {
+    "kind": _choice("naming source kinds", NAMING_SOURCE_KINDS),
+    "path": _text("a file path"),
+    "interval": _duration(allow_zero=False),
+    "endpoints": _addresses,
+    "key": _text('an etcd key like "/naming/table"'),
+    "timeout": _duration(allow_zero=False),
+}
+
+
+def _naming_source(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, _NAMING_SOURCE_FIELDS, {"kind": _choices(NAMING_SOURCE_KINDS)})
+    if fields is None:
+        return BAD
+    needed, optional = _NAMING_SOURCE_KEYS[fields["kind"]]
+    good = True
+    for name in needed:
+        if name not in fields:
+            check.missing(_key(key, name), f'a value for kind = "{fields["kind"]}"')
+            good = False
+    for name in fields:
+        if name != "kind" and name not in needed and name not in optional:
+            check.bad(_key(key, name), f'no {name} with kind = "{fields["kind"]}"', value[name])
+            good = False
+    return NamingSource(**fields) if good else BAD
+
+
+def _naming(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {"rules": _naming_rules, "source": _naming_source})
+    return BAD if fields is None else Naming(**fields)
+
+
+def _check_services(check: _Check, config: Config) -> None:
+    """Without a watched source the table is the config's: a route's service it sends nowhere is a mistake."""
+    if config.naming.source is not None:
+        return
+    rules = naming_rules.parse_table(config.naming.rules, "naming.rules")
+    clusters = list(config.clusters)
+    for i, lst in enumerate(config.listeners):
+        for j, route in enumerate(lst.routes):
+            if route.service is None:
+                continue
+            name = naming_rules.service_name(route.service)
+            if not naming_rules.clusters_named(naming_rules.resolve(rules, name, clusters)):
+                check.bad(f"listeners[{i}].routes[{j}].service",
+                          f"a name naming.rules resolve to a cluster (they send {name} to none)", route.service)
+
+
 _TOP_FIELDS: dict[str, Parser] = {
+    "naming": _naming,
     "workers": _workers,
     "max_connections": _max_connections,
     "drain_timeout": _duration(allow_zero=True),
@@ -1114,6 +1197,7 @@ def _config(check: _Check, data: Any) -> Config | None:
         return None
     config = Config(source=check.source, **fields)
     _check_bound_addresses(check, config)
+    _check_services(check, config)
     return config
 
 
@@ -1186,6 +1270,26 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
     if cfg.event_sinks:
         out["event_sinks"] = [_plugin_dict(s) for s in cfg.event_sinks]
+    if cfg.naming.rules or cfg.naming.source is not None:
+        out["naming"] = naming_dict(cfg.naming)
+    return out
+
+
+def naming_dict(naming: Naming) -> dict[str, Any]:
+    """The naming table: its rules and, when watched, its source with the defaults filled in."""
+    out: dict[str, Any] = {"rules": list(naming.rules)}
+    src = naming.source
+    if src is not None:
+        needed, optional = _NAMING_SOURCE_KEYS[src.kind]
+        source: dict[str, Any] = {"kind": src.kind}
+        for name in (*needed, *optional):
+            value = getattr(src, name)
+            if name == "endpoints":
+                value = [format_address(host, port) for host, port in value]
+            elif name in ("interval", "timeout"):
+                value = format_duration(value)
+            source[name] = value
+        out["source"] = source
     return out
 
 
@@ -1262,6 +1366,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         request_id_header=lst.request_id_header,
         trust_headers=lst.trust_headers,
         proxy_protocol=lst.proxy_protocol,
+        trust_naming=lst.trust_naming,
     )
     if lst.access_log is not None:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}
@@ -1279,7 +1384,8 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
 def _route_dict(route: Route) -> dict[str, Any]:
     """A route's keys that are set: an absent condition matches everything, an absent edit does nothing."""
     out: dict[str, Any] = {}
-    for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "rewrite_prefix",
+    for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "service",
+                 "rewrite_prefix",
                  "add_request_headers", "remove_request_headers", "add_response_headers"):
         value = getattr(route, name)
         if value is not None and value != [] and value != {}:

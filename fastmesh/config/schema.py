@@ -198,9 +198,11 @@ class Route:
     """One HTTP route: conditions that all must hold, the cluster it sends to, and the edits it makes.
 
     Conditions left at their default match every request. Names and hosts are kept as written; the
-    router folds case itself.
+    router folds case itself. A route sends to a cluster or to a service (a logical name the naming table maps to
+    clusters, per request): exactly one of the two is set.
     """
-    cluster: str
+    cluster: str | None = None
+    service: str | None = None         # "users" is the name /svc/users; a name starting with "/" is taken as it is
     host: str | None = None            # "api.example.com" or "*.example.com" (subdomains only); port ignored
     path: str | None = None            # the whole path (before "?") must equal this
     path_prefix: str | None = None     # the path must start with this
@@ -239,6 +241,7 @@ class Listener:
     forwarded_headers: bool = True     # add Via, X-Forwarded-For, X-Forwarded-Proto upstream
     request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
+    trust_naming: bool = False         # honour a client's fastmesh-naming override and pass it on (false: strip it)
     access_log: AccessLog | None = None       # None: no access log
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
     filters: list[FilterSpec] = field(default_factory=list)   # run for every routed request, before the route's
@@ -252,6 +255,29 @@ class Listener:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+NAMING_SOURCE_KINDS = ("file", "etcd")
+
+
+@dataclass
+class NamingSource:
+    """Where the naming table is watched when it is not (only) in the config: a file or one etcd key. The supervisor
+    watches it once and hands each good table to every worker; a table that does not parse keeps the last good one."""
+    kind: str                          # NAMING_SOURCE_KINDS
+    path: str | None = None            # file: the table as text (relative to the config file's folder)
+    interval: float = 1.0              # file: mtime poll period besides inotify
+    endpoints: list[tuple[str, int]] = field(default_factory=list)   # etcd: cluster members (client URLs)
+    key: str | None = None             # etcd: the key whose value is the table as text
+    timeout: float = 2.0               # etcd: per request (not the watch itself)
+
+
+@dataclass
+class Naming:
+    """The naming table: rules mapping logical names (routes' `service`) to clusters (fastmesh/config/naming.py)."""
+    rules: list[str] = field(default_factory=list)   # "PREFIX => DESTINATION", normalised; with a source: until
+    # the source first answers
+    source: NamingSource | None = None  # None: the rules above are the table
 
 
 @dataclass
@@ -279,6 +305,7 @@ class Config:
     drain_timeout: float = 10.0        # seconds open connections get to finish on shutdown
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
+    naming: Naming = field(default_factory=Naming)
     event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 

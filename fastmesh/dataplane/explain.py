@@ -16,6 +16,7 @@ from typing import Any
 from fastmesh._core.balance.factory import HASHING
 from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
+from fastmesh._core.naming import Names
 from fastmesh._core.exchange import REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, timeout_ms
 from fastmesh._core.router import request_parts
 from fastmesh.config.schema import Cluster as ClusterConfig
@@ -29,11 +30,12 @@ __all__ = ["HASHING", "REPLAYABLE_METHODS", "TIMEOUT_HEADER", "cookie_in", "time
            "predict"]
 
 
-def route(listener: ListenerConfig, clusters: list[str], raw_head: bytes) -> dict[str, Any]:
+def route(listener: ListenerConfig, clusters: list[str], raw_head: bytes, names: Names | None = None
+          ) -> dict[str, Any]:
     """How the listener's router sees raw_head: per route {"route", "cluster", "matched", "failed"} (the last
     row is the listener's default cluster, if it has one), the route taken (-1: none), the host and path it
     matched on, and the target sent upstream. ValueError for a head the parser refuses."""
-    router = build_router(listener, clusters)
+    router = build_router(listener, clusters, names)
     rows = router.explain(raw_head)
     chosen = router.match_request(raw_head)
     host, path, _ = request_parts(raw_head)

@@ -5,6 +5,7 @@ from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.proxy import HttpProxy
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.listener import Listener
+from fastmesh._core.naming import Names
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh.config.schema import Listener as ListenerConfig
@@ -20,9 +21,11 @@ def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster) 
 
 
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: list[HttpPool],
-                        cluster_names: list[str]) -> HttpProxy:
-    """An http listener's request handling: its router over the shared per-cluster pools, its filter chains."""
-    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
+                        cluster_names: list[str], names: Names | None = None) -> HttpProxy:
+    """An http listener's request handling: its router (resolving services with `names`) over the shared
+    per-cluster pools, and its filter chains."""
+    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names), pools,
+                     header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
@@ -53,11 +56,12 @@ def filter_entries(http: HttpProxy) -> list[FilterEntry]:
     return list(seen.values())
 
 
-def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool], cluster_names: list[str]) -> None:
-    """A reload of an http listener in place: new routes, pools and options; its open connections stay. The old
-    access log's file and sinks are closed (what its sinks still held is written first)."""
+def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool], cluster_names: list[str],
+                     names: Names | None = None) -> None:
+    """A reload of an http listener in place: new routes, naming, pools, filters and options; its open connections
+    stay. The old access log's file and sinks are closed (what its sinks still held is written first)."""
     old_log = http.access_log
-    http.reconfigure(build_router(cfg, cluster_names), pools, header_timeout=cfg.header_timeout,
+    http.reconfigure(build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_listener_log(cfg),
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fastmesh._core.naming import Names
 from fastmesh._core.router import SPEC_KEYS, Router
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.config.schema import Route as RouteConfig
@@ -15,12 +16,15 @@ def route_spec(route: RouteConfig) -> dict[str, Any]:
     return {f.name: getattr(route, f.name) for f in dataclasses.fields(route) if f.name in SPEC_KEYS}
 
 
-def build_router(listener: ListenerConfig, clusters: list[str]) -> Router:
+def build_router(listener: ListenerConfig, clusters: list[str], names: Names | None = None) -> Router:
     """The listener's routes in order, then {cluster: default} when it has a default cluster.
 
-    `clusters` fixes the cluster indexes: Router.cluster(route) is a position in this list.
+    `clusters` fixes the cluster indexes: Router.cluster(route) is a position in this list. Routes sent to a
+    service resolve it with `names` (dataplane/naming.py), whose table fixes the service indexes.
     """
     specs = [route_spec(route) for route in listener.routes]
     if listener.cluster is not None:
         specs.append({"cluster": listener.cluster})
-    return Router(specs, clusters)
+    table = names.current if names is not None else None
+    services = table.services if table is not None else ()
+    return Router(specs, clusters, services, names, trust_naming=listener.trust_naming)

@@ -98,9 +98,13 @@ class DurationSlots:
     offset: int
 
 
-def _listener_clusters(lst: Any) -> list[str]:
-    """Every cluster a listener can send to: its own, then its routes' (http), in order, once each."""
-    names = [lst.cluster] + [route.cluster for route in getattr(lst, "routes", ())]
+def _listener_clusters(lst: Any, clusters: list[str]) -> list[str]:
+    """Every cluster a listener can send to: its own, then its routes' (http), in order, once each; every cluster
+    when a route sends to a service (the naming table may send it to any, and the table changes live)."""
+    routes = getattr(lst, "routes", ())
+    names = [lst.cluster] + [route.cluster for route in routes]
+    if any(route.service is not None for route in routes):
+        names += clusters
     return [name for name in dict.fromkeys(names) if name is not None]
 
 
@@ -125,7 +129,7 @@ class StatsLayout:
         for lst in cfg.listeners:
             if lst.protocol == "tcp":
                 continue
-            for name in _listener_clusters(lst):
+            for name in _listener_clusters(lst, list(cfg.clusters)):
                 requests.append(RequestSlots(lst.name, name, offset))
                 offset += len(STATUS_CLASSES)
         self.requests: tuple[RequestSlots, ...] = tuple(requests)

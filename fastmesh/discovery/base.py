@@ -50,13 +50,15 @@ class SourceState:
                 "last_error": self.last_error or None, "watch_restarts": self.watch_restarts, **self.detail}
 
 
-Publish = Callable[[list[Endpoint]], None]
+Publish = Callable[[list[Any]], None]     # an endpoint set (list[Endpoint]), or a naming table's rules (list[str])
 
 
 class Source:
     """Base of the sources: `run` watches until cancelled; `resolve` answers once (for `fastmesh check --resolve`)."""
 
     kind = ""
+    owner = "cluster"                           # what the source feeds, in log lines ("cluster users")
+    items = "endpoint(s)"                       # what a published set holds, in log lines
 
     def __init__(self, cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -> None:
         self.cluster = cluster
@@ -74,24 +76,28 @@ class Source:
     async def resolve(self) -> list[Endpoint]:
         raise NotImplementedError
 
-    def publish(self, endpoints: list[Endpoint]) -> None:
-        endpoints = sorted(endpoints, key=lambda e: (e.host, e.port))
+    def arrange(self, found: list[Any]) -> list[Any]:
+        """A published set in a stable order (endpoint sets are sets; a naming table keeps its order)."""
+        return sorted(found, key=lambda e: (e.host, e.port))
+
+    def publish(self, found: list[Any]) -> None:
+        found = self.arrange(found)
         state = self.state
         state.last_update = time.time()
         state.updates += 1
-        state.endpoints = len(endpoints)
+        state.endpoints = len(found)
         if state.last_error:
-            log.info("cluster %s: %s %s answers again", self.cluster, self.kind, state.target)
+            log.info("%s %s: %s %s answers again", self.owner, self.cluster, self.kind, state.target)
         state.last_error = ""
-        self._publish(endpoints)
+        self._publish(found)
 
     def fail(self, kind: str, message: str) -> None:
         """A failure: counted; the last good set stays. Logged when the message differs from the last one."""
         state = self.state
         state.errors[kind] += 1
         if message != state.last_error:
-            log.warning("cluster %s: %s %s: %s (keeping the last good set of %d endpoint(s))",
-                        self.cluster, self.kind, state.target, message, state.endpoints)
+            log.warning("%s %s: %s %s: %s (keeping the last good set of %d %s)", self.owner,
+                        self.cluster, self.kind, state.target, message, state.endpoints, self.items)
         state.last_error = message
 
 

@@ -53,7 +53,11 @@ class FileSource(Source):
         assert self.cfg.path is not None
         return os.path.join(self.base_dir, self.cfg.path)
 
-    def read(self) -> list[Endpoint]:
+    def parse(self, data: bytes, name: str) -> list[Any]:
+        """What the file's bytes hold; SourceError("parse", why) when they do not."""
+        return parse_file(data, name)
+
+    def read(self) -> list[Any]:
         path = self.state.target
         try:
             with open(path, "rb") as f:
@@ -62,9 +66,9 @@ class FileSource(Source):
             raise SourceError("missing", f"{path}: no such file") from None
         except OSError as exc:
             raise SourceError("read", f"{path}: {exc.strerror or exc}") from None
-        return parse_file(data, os.path.basename(path))
+        return self.parse(data, os.path.basename(path))
 
-    async def resolve(self) -> list[Endpoint]:
+    async def resolve(self) -> list[Any]:
         return self.read()
 
     async def run(self) -> None:

@@ -1,4 +1,5 @@
-"""The supervisor's discovery: one source per cluster that has `discovery`, and the endpoint sets they found.
+"""The supervisor's discovery: one source per cluster that has `discovery` and one for a watched naming table, and
+the endpoint sets (and the table) they found.
 
 Sources publish into `sets`; a change wakes `changes()`, which the supervisor's reloader turns into one config
 update for every worker (process/reload.py: the same path as a reload, so workers keep unchanged clusters and
@@ -13,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint
+from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint, NamingSource
 from fastmesh.discovery.base import Publish, Source
 
 log = logging.getLogger("fastmesh.discovery")
@@ -35,6 +36,11 @@ def make_source(cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -
     raise ValueError(f"unknown discovery kind {cfg.kind!r}")
 
 
+def watches(cfg: Config) -> bool:
+    """Whether cfg has anything for the supervisor to watch: a cluster's discovery or a naming table's source."""
+    return cfg.naming.source is not None or any(c.discovery is not None for c in cfg.clusters.values())
+
+
 def base_dir(cfg: Config) -> str:
     """Relative discovery paths start at the config file's folder."""
     return os.path.dirname(os.path.abspath(cfg.source)) if not cfg.source.startswith("<") else os.getcwd()
@@ -49,14 +55,20 @@ class DiscoveryManager:
         self.specs: dict[str, Discovery] = {}           # cluster name -> the settings its source runs with
         self.sets: dict[str, list[Endpoint]] = {}       # cluster name -> the last endpoint set published
         self.changed = asyncio.Event()                  # a set changed since the last hand-off
+        self.naming: Source | None = None               # the naming table's source, when it is watched
+        self.naming_spec: NamingSource | None = None
+        self.naming_task: asyncio.Task[None] | None = None
+        self.table: list[str] | None = None             # the last good table it published (its rules)
+        self.cfg: Config | None = None                  # the config the table must serve (its routes' services)
 
     @property
     def active(self) -> bool:
-        return bool(self.sources)
+        return bool(self.sources) or self.naming is not None
 
     def configure(self, cfg: Config) -> None:
         """Start sources for new or changed discovery settings, stop the ones no longer configured."""
         folder = base_dir(cfg)
+        self.cfg = cfg
         wanted = {name: c.discovery for name, c in cfg.clusters.items() if c.discovery is not None}
         for name in list(self.sources):
             if wanted.get(name) != self.specs.get(name):
@@ -68,6 +80,27 @@ class DiscoveryManager:
                 source = make_source(name, spec, folder, self._publisher(name))
                 self.sources[name], self.specs[name] = source, spec
                 self.tasks[name] = asyncio.get_running_loop().create_task(self._run(source))
+        if cfg.naming.source != self.naming_spec:
+            if self.naming_task is not None:
+                self.naming_task.cancel()
+            self.naming = self.naming_task = None
+            self.naming_spec, self.table = cfg.naming.source, None
+            if cfg.naming.source is not None:
+                from fastmesh.discovery.naming import make_naming_source
+                self.naming = make_naming_source(cfg.naming.source, folder, self._table_publisher)
+                self.naming_task = asyncio.get_running_loop().create_task(self._run(self.naming))
+
+    def _table_publisher(self, rules: list[str]) -> None:
+        unresolved = self._unresolved(rules)
+        if unresolved:
+            assert self.naming is not None
+            self.naming.fail("unresolved", f"{self.naming.state.target}: expected a table that sends every service "
+                                           f"a route names to a cluster; it sends {', '.join(unresolved)} to none")
+            return
+        if self.table != rules:
+            log.info("naming table: %d rule(s) from %s", len(rules), self.naming.kind if self.naming else "?")
+            self.table = list(rules)
+            self.changed.set()
 
     def _publisher(self, name: str) -> Publish:
         def publish(endpoints: list[Endpoint]) -> None:
@@ -90,9 +123,22 @@ class DiscoveryManager:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            if all(s.state.updates or s.state.errors for s in self.sources.values()):
+            every = [*self.sources.values(), *([self.naming] if self.naming is not None else [])]
+            if all(s.state.updates or s.state.errors for s in every):
                 return
             await asyncio.sleep(0.02)
+
+    def _unresolved(self, rules: list[str]) -> list[str]:
+        """The names of the running config's service routes `rules` would send to no cluster at all (an empty or
+        half-written table, a typo): such a table is refused like one that does not parse."""
+        if self.cfg is None:
+            return []
+        from fastmesh.config import naming as lang
+        parsed = lang.parse_table(rules, "table")
+        clusters = list(self.cfg.clusters)
+        services = {lang.service_name(r.service) for lst in self.cfg.listeners for r in lst.routes
+                    if r.service is not None}
+        return sorted(name for name in services if not lang.clusters_named(lang.resolve(parsed, name, clusters)))
 
     def fill(self, cfg: Config) -> Config:
         """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""
@@ -100,15 +146,26 @@ class DiscoveryManager:
         for name, cluster in cfg.clusters.items():
             found = self.sets.get(name) if cluster.discovery is not None else None
             clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=list(found))
-        return dataclasses.replace(cfg, clusters=clusters)
+        naming = cfg.naming
+        if naming.source is not None and self.table is not None:
+            naming = dataclasses.replace(naming, rules=list(self.table))
+        return dataclasses.replace(cfg, clusters=clusters, naming=naming)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per discovered cluster: its source's state (for /clusters and /metrics)."""
         return {name: source.state.as_dict() for name, source in self.sources.items()}
 
+    def naming_status(self) -> dict[str, Any] | None:
+        """The watched naming table's source state (for /naming and /metrics), None when it is not watched."""
+        if self.naming is None:
+            return None
+        return {**self.naming.state.as_dict(), "rules": len(self.table) if self.table is not None else None}
+
     async def close(self) -> None:
-        for task in self.tasks.values():
+        tasks = [*self.tasks.values(), *([self.naming_task] if self.naming_task is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
         self.sources.clear()
+        self.naming = self.naming_task = None

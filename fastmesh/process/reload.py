@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
-from fastmesh.discovery.manager import DiscoveryManager
+from fastmesh.discovery.manager import DiscoveryManager, watches
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
@@ -105,7 +105,7 @@ class Reloader:
         problems = probe_new_listeners(old, effective)
         if problems:
             return self._refused(trigger, problems, "the new config cannot be applied")
-        if sup.discovery.active or any(c.discovery is not None for c in effective.clusters.values()):
+        if sup.discovery.active or watches(effective):
             sup.discovery.configure(effective)
             effective = sup.discovery.fill(effective)
             text, fmt = effective_text(effective), "json"
@@ -175,8 +175,9 @@ class Reloader:
             return Outcome(status, body)
         body["message"] = f"applied by {len(applied)} worker(s): {describe_changes(changes)}"
         if trigger == "discovery":
-            log.info("discovery update applied by %d worker(s) in %.1f ms: clusters %s", len(applied),
-                     (time.monotonic() - began) * 1000, ", ".join(changes["clusters_changed"]) or "unchanged")
+            log.info("discovery update applied by %d worker(s) in %.1f ms: clusters %s%s", len(applied),
+                     (time.monotonic() - began) * 1000, ", ".join(changes["clusters_changed"]) or "unchanged",
+                     "; naming table changed" if "naming" in changes["settings_changed"] else "")
             return Outcome(200, body)
         log.info("config reloaded (%s) in %.1f ms: %s", trigger, (time.monotonic() - began) * 1000, body["message"])
         return Outcome(200, body)
@@ -262,6 +263,7 @@ def summarize(old: Config, new: Config) -> dict[str, list[str]]:
         out[f"{kind}_removed"] = [name for name in before if name not in after]
         out[f"{kind}_changed"] = [name for name in after if name in before and before[name] != after[name]]
     out["settings_changed"] = ["drain_timeout"] if old.drain_timeout != new.drain_timeout else []
+    out["settings_changed"] += ["naming"] if old.naming != new.naming else []
     return out
 
 

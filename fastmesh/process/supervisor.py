@@ -140,7 +140,8 @@ class Supervisor:
                 log.error("admin server: cannot listen on %s: %s", admin.address, exc.strerror or exc)
                 return 1
             self.admin = admin
-            if any(c.discovery is not None for c in self.cfg.clusters.values()):
+            from fastmesh.discovery.manager import watches
+            if watches(self.cfg):
                 # Workers start with what discovery finds (or the listed endpoints, for a source not answering yet).
                 self.discovery.configure(self.cfg)
                 await self.discovery.first_answers(FIRST_ANSWER_WAIT)

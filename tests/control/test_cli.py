@@ -149,3 +149,29 @@ def test_run_refuses_a_port_another_reuseport_server_listens_on(tmp_path: Path) 
     assert result.returncode == 1
     assert f"127.0.0.1:{port}: another process is already listening there" in result.stderr, result.stderr
     assert "started (pid" not in result.stderr
+
+
+def test_check_reads_a_watched_naming_table_and_resolve_fails_on_a_broken_one(tmp_path: Path) -> None:
+    (tmp_path / "fastmesh.toml").write_text("""
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:4141"
+protocol = "http"
+[[listeners.routes]]
+service = "users"
+[clusters.v1]
+endpoints = ["127.0.0.1:9001"]
+[naming]
+rules = ["/svc/users => /cluster/v1"]
+source = { kind = "file", path = "naming.dtab" }
+""")
+    (tmp_path / "naming.dtab").write_text("/svc/users => /cluster/v1 # v1 only\n")
+    good = fastmesh("check", "fastmesh.toml", "--resolve", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert "# naming table: file " in good.stdout and "1 rule(s): /svc/users => /cluster/v1" in good.stdout
+    (tmp_path / "naming.dtab").write_text("/svc/users => v1\n")
+    bad = fastmesh("check", "fastmesh.toml", "--resolve", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "failed: parse: naming.dtab: rule 0 ('/svc/users => v1'): destination: expected a path" in bad.stdout
+    offline = fastmesh("check", "fastmesh.toml", cwd=tmp_path)
+    assert offline.returncode == 0 and "warning: naming table: parse: naming.dtab" in offline.stderr

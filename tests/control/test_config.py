@@ -40,7 +40,7 @@ R0 = "listeners[0].routes[0]"
 
 
 BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
-TOP_KEYS = '["admin", "clusters", "demo", "drain_timeout", "listeners", "max_connections", "workers"]'
+TOP_KEYS = '["admin", "clusters", "demo", "drain_timeout", "listeners", "max_connections", "naming", "workers"]'
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
 MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from the fd limit)'
 
@@ -126,7 +126,7 @@ BAD = [
     (HTTP + 'access_log = "-"\n' + CLUSTER, 'listeners[0].access_log: expected a table, got "-"'),
     # routes
     (HTTP + '[[listeners.routes]]\nhost = "a.example"\n' + CLUSTER,
-     f"{R0}.cluster: missing key (expected the name of a cluster)"),
+     f"{R0}.cluster: missing key (expected the name of a cluster, or service = a logical name)"),
     (HTTP + '[[listeners.routes]]\ncluster = "nope"\n' + CLUSTER,
      f'{R0}.cluster: expected one of the clusters ["echo"], got "nope"'),
     (http_route('paht = "/"'), f'{R0}.paht: unknown key (did you mean "path"?)'),

@@ -167,12 +167,32 @@
         h("td", { class: "dim num" }, String(i + 1)),
         h("td", { class: "mono" }, F.match(r.match), r.edits && F.edits(r.edits)
           ? h("div", { class: "dim" }, F.edits(r.edits)) : null),
-        h("td", { class: "mono" }, "→ " + r.cluster)));
+        h("td", { class: "mono" }, "→ " + (r.cluster || "service " + r.service))));
       rows.push(h("tr", { class: "default" }, h("td", { class: "dim num" }, "*"), h("td", { class: "dim" }, "otherwise"),
         h("td", { class: "mono" }, t.default ? "→ " + t.default : "404")));
       return h("div", { class: "routes", "data-listener": t.listener },
         h("h3", {}, t.listener), h("table", { class: "grid compact" }, h("tbody", {}, ...rows)));
     }));
+  }
+
+  function renderNaming(n) {
+    const box = document.getElementById("naming");
+    if (!n || (!n.rules.length && !Object.keys(n.services).length)) {
+      box.replaceChildren(h("p", { class: "empty" }, "no naming table"));
+      return;
+    }
+    const parts = [h("ol", { class: "rules mono" }, ...n.rules.map((r) => h("li", {}, r)))];
+    if (n.source) {
+      const s = n.source;
+      parts.push(h("div", { class: "kv" }, h("span", { class: "dim" }, s.kind + " " + s.target),
+        h("span", { class: s.last_error ? "bad" : "" }, s.last_error || (s.updates + " updates"))));
+    }
+    for (const [name, svc] of Object.entries(n.services)) {
+      const shares = Object.entries(svc.shares).map(([c, v]) => c + " " + Math.round(v * 100) + "%").join(", ");
+      parts.push(h("div", { class: "kv", "data-service": name }, h("span", { class: "mono" }, svc.name),
+        h("span", { class: svc.fallback ? "warn" : "" }, "→ " + (shares || "nothing"))));
+    }
+    box.replaceChildren(...parts);
   }
 
   function renderReloads(data) {
@@ -229,6 +249,7 @@
     renderCards(document.getElementById("clusters"), "cluster", data.clusters, span);
     renderEndpoints(data.clusters);
     renderRoutes(data.routes);
+    renderNaming(data.naming);
     renderReloads(data);
     for (const node of document.querySelectorAll(".span")) node.textContent = "last " + F.duration(span[1] - span[0]);
     document.body.dataset.updated = String(data.time);
