@@ -414,6 +414,8 @@ class Proxy:
             await asyncio.sleep(0.05)
         if self.active_connections:
             log.info("drain timeout: closing %d connection(s)", self.active_connections)
+        from fastmesh._core.http1.proxy import HttpProxy as CoreHttpProxy
+        from fastmesh.dataplane.listeners import filter_entries
         for acceptor in [*self._tcp.values(), *self._http.values(), *self._retired]:
             acceptor.close_all()
             # An http listener's access log file (dataplane/access_log.py); the core's field is readable from
@@ -422,9 +424,8 @@ class Proxy:
             writer = getattr(acceptor, "access_log", None)
             if writer is not None:
                 writer.close()
-            if getattr(acceptor, "chains", None):
-                from fastmesh.dataplane.listeners import filter_entries
-                for entry in filter_entries(acceptor):
+            if isinstance(acceptor, CoreHttpProxy):
+                for entry in filter_entries(acceptor):   # the filter plugins' close()
                     entry.close()
         self._retired.clear()
         assert self._health is not None and self._reactor is not None and self._lag is not None   # started

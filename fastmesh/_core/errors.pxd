@@ -24,7 +24,7 @@ cdef enum ProxyError:
     PE_RESPONSE_TIMEOUT = 12           # no response head within the try's timeout (504)
     PE_DEADLINE_EXCEEDED = 13          # the request's deadline (timeout / fastmesh-timeout-ms) passed (504)
     PE_METHOD_NOT_ALLOWED = 14         # CONNECT where no route names it: a reverse proxy is no tunnel (405)
-    PE_PLUGIN = 15                     # a request filter plugin failed (raised, or gave an answer that cannot be sent) (500)
+    PE_PLUGIN = 15                     # a filter plugin failed: raised, or answered what cannot be sent (500)
     PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
     PE_RATE_LIMITED = 17               # the route's rate limit has no token for the request (429, with Retry-After)
 

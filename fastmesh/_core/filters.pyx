@@ -266,10 +266,10 @@ def bench_filter(bytes raw_head not None, chain, Py_ssize_t count) -> int:
     cdef RequestView v
     cdef EditList req, resp
     cdef FilterRequest r
-    cdef Py_ssize_t i, passed = 0
+    cdef Py_ssize_t _, passed = 0
     cdef tuple names = ("web",)
     view_parse(raw_head, &h, &v)
-    for i in range(count):
+    for _ in range(count):
         edits_clear(&req)
         edits_clear(&resp)
         r = filter_request(&v, len(raw_head), "web", b"127.0.0.1", 9, 0, names, 0)

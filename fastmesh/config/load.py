@@ -955,8 +955,8 @@ def _plugin_list(parse_item: Parser, what: str) -> Parser:
     return parse
 
 
-_filters = _plugin_list(_filter_spec, "filters")
-_sinks = _plugin_list(_sink_spec, "sinks")
+_filters: Parser = _plugin_list(_filter_spec, "filters")
+_sinks: Parser = _plugin_list(_sink_spec, "sinks")
 _RATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
 _RATE_KEY_RE = re.compile(r"client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}

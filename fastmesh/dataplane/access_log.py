@@ -112,7 +112,8 @@ def build_access_log(cfg: AccessLog | None, listener: str, sinks: list[SinkRunne
 
 def build_listener_log(cfg: Listener) -> AccessLogWriter | None:
     """The access log of an http listener with its log sinks (new plugin instances: a reload makes new ones)."""
-    sinks = [SinkRunner(spec, f"listeners.{cfg.name}.log_sinks[{i}]",
-                        shape=lambda r, name=cfg.name: record(name, r[0], r[1]))
+    def shape(r: tuple[float, Fields]) -> dict[str, Any]:
+        return record(cfg.name, r[0], r[1])
+    sinks = [SinkRunner(spec, f"listeners.{cfg.name}.log_sinks[{i}]", shape=shape)
              for i, spec in enumerate(cfg.log_sinks)]
     return build_access_log(cfg.access_log, cfg.name, sinks)

@@ -9,7 +9,7 @@ from fastmesh._core.naming import Names
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh.config.schema import Listener as ListenerConfig
-from fastmesh.dataplane.access_log import build_listener_log
+from fastmesh.dataplane.access_log import AccessLogWriter, build_listener_log
 from fastmesh.dataplane.filters import FilterEntry, build_chains, filter_wait
 from fastmesh.dataplane.routes import build_router
 from fastmesh.dataplane.sockets import bind_socket
@@ -61,6 +61,7 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: list[HttpPool]
     """A reload of an http listener in place: new routes, naming, pools, filters and options; its open connections
     stay. The old access log's file and sinks are closed (what its sinks still held is written first)."""
     old_log = http.access_log
+    assert old_log is None or isinstance(old_log, AccessLogWriter)
     http.reconfigure(build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_listener_log(cfg),

@@ -51,7 +51,8 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 def _origin_of_module(obj: Any) -> str:
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
     where = getattr(module, "__file__", None) if module is not None else None
-    return f"module {getattr(obj, '__module__', '?')} ({where})" if where else f"module {getattr(obj, '__module__', '?')}"
+    name = getattr(obj, "__module__", "?")
+    return f"module {name} ({where})" if where else f"module {name}"
 
 
 def resolve(ref: str) -> Resolved:
@@ -127,7 +128,7 @@ def parse_config(obj: Any, table: Any) -> tuple[Any, list[Problem]]:
     no Config. Problems name keys inside the table."""
     if not isinstance(table, Mapping):
         return None, [Problem("", "bad", "a table", table)]
-    schema = getattr(obj, "Config", None)
+    schema: Any = getattr(obj, "Config", None)
     if schema is None or not dataclasses.is_dataclass(schema):
         return dict(table), []
     problems: list[Problem] = []
@@ -152,7 +153,7 @@ def parse_config(obj: Any, table: Any) -> tuple[Any, list[Problem]]:
     if problems:
         return None, problems
     try:
-        return schema(**values), []
+        return typing.cast(Any, schema)(**values), []
     except PluginConfigError as exc:
         return None, [Problem(exc.key, "bad", exc.expected, exc.got)]
     except (TypeError, ValueError) as exc:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
 from fastmesh.discovery.manager import DiscoveryManager, watches
+from fastmesh.process.events import Events
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
@@ -51,6 +52,7 @@ class Supervised(Protocol):
     stats: WorkerStats
     stopping: asyncio.Event
     discovery: DiscoveryManager
+    events: Events                      # the event_sinks plugins' queue
 
     def adopt(self, cfg: Config, applied: list[int]) -> None: ...
     def restart(self, n: int, why: str) -> None: ...

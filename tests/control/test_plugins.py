@@ -95,8 +95,8 @@ access_log = { format = "json", fields = ["time", "request_id", "status"] }
 path_prefix = "/api/"
 cluster = "web"
 rate_limit = { rate = "600/m", burst = 20, key = "header:x-user" }
-filters = ["mypkg.canary:CanaryCookie"]
-''', cluster="").replace('"mypkg.canary:CanaryCookie"', '{ plugin = "mypkg.canary:CanaryCookie", config = { cluster = "web" } }')
+filters = [{ plugin = "mypkg.canary:CanaryCookie", config = { cluster = "web" } }]
+''', cluster="")
     cfg = loads_config(text, "edge.toml")
     lst = cfg.listeners[0]
     assert lst.filters[0].timeout == 0.25 and lst.filters[0].failure_mode == "closed"

@@ -87,12 +87,12 @@ def test_token_filter_rejects_and_edits():
 def test_reroute_by_cookie():
     async def main():
         async with HttpBackend("web-0") as web, HttpBackend("canary-0") as canary:
-            listener = f"""
+            listener = """
 [[listeners.routes]]
 path_prefix = "/"
 cluster = "web"
 add_response_headers = {{ "x-route" = "main" }}
-filters = [{{ plugin = "mypkg.canary:CanaryCookie", config = {{ cluster = "canary" }} }}]
+filters = [{ plugin = "mypkg.canary:CanaryCookie", config = { cluster = "canary" } }]
 """
             async with proxied([web], listener=listener,
                                cluster=f'[clusters.canary]\nendpoints = ["{canary.address}"]') as proxy:
@@ -251,14 +251,14 @@ def test_throwing_plugin_under_load():
 def test_reload_swaps_plugin_config():
     async def main():
         async with HttpBackend("web-0") as backend:
-            text = web_config([backend.address], listener=f'filters = [{{ plugin = "{T}:Tag", config = {{ value = "one" }} }}]')
+            tag = f'filters = [{{ plugin = "{T}:Tag", config = {{ value = "one" }} }}]'
+            text = web_config([backend.address], listener=tag)
             async with Proxy.from_toml(text) as proxy:
                 async with client(proxy) as c:
                     assert sent(await c.get("/echo"))["x-tag"] == "one"
                     await proxy.reload(loads_config(text.replace('"one"', '"two"')))
                     assert sent(await c.get("/echo"))["x-tag"] == "two"
-                    await proxy.reload(loads_config(text.replace(
-                        f'filters = [{{ plugin = "{T}:Tag", config = {{ value = "one" }} }}]', "")))
+                    await proxy.reload(loads_config(text.replace(tag, "")))
                     assert "x-tag" not in sent(await c.get("/echo"))
                     assert proxy.stats()["filters"] == {}
                 await no_connection_left(proxy)

@@ -51,7 +51,9 @@ from fastmesh._core.http1.body cimport frame_init, pump_body, body_in_socket
 from fastmesh._core.http1.render cimport (
     render_request, render_response, render_error, render_answer, stamp_budget, marked_retried,
 )
-from fastmesh._core.filters cimport FilterRequest, filter_request, answer_parts, FILTER_PENDING, FILTER_FAILED, FILTER_TIMEOUT
+from fastmesh._core.filters cimport (
+    FilterRequest, filter_request, answer_parts, FILTER_PENDING, FILTER_FAILED, FILTER_TIMEOUT,
+)
 from fastmesh._core.http1.view cimport view_init, log_names, listener_address
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
