@@ -91,7 +91,7 @@ def test_reroute_by_cookie():
 [[listeners.routes]]
 path_prefix = "/"
 cluster = "web"
-add_response_headers = {{ "x-route" = "main" }}
+add_response_headers = { "x-route" = "main" }
 filters = [{ plugin = "mypkg.canary:CanaryCookie", config = { cluster = "canary" } }]
 """
             async with proxied([web], listener=listener,
