@@ -216,3 +216,23 @@ def test_sink_batches_off_the_request_path() -> None:
         await slow.aclose()
         assert test_plugins.RECORDS[-1] == {"n": 99} and slow.written == 1
     asyncio.run(main())
+
+
+def test_explain_lists_the_filters_a_request_passes() -> None:
+    from fastmesh.admin.explain import explain, parse_query
+    from fastmesh.cli.explain import render
+    cfg = loads_config(BASE.format(listener='''
+filters = [{ plugin = "mypkg.auth:CheckToken", config = { tokens = { a = "b" } } }]
+[[listeners.routes]]
+path_prefix = "/api/"
+cluster = "web"
+filters = [{ plugin = "mypkg.extauth:AskAuthService", config = { url = "http://127.0.0.1:9/x" }, timeout = "300ms",
+             failure_mode = "open" }]
+'''.replace(',\n             failure_mode', ', failure_mode'), cluster=""), "edge.toml")
+    api = explain(cfg, parse_query("method=GET&host=127.0.0.1:18080&path=/api/x"))
+    assert [(f["plugin"], f["async"], f["timeout"], f["failure_mode"]) for f in api["filters"]] == [
+        ("mypkg.auth:CheckToken", False, 1.0, "closed"), ("mypkg.extauth:AskAuthService", True, 0.3, "open")]
+    other = explain(cfg, parse_query("method=GET&host=127.0.0.1:18080&path=/other"))
+    assert [f["where"] for f in other["filters"]] == ["listeners.edge.filters[0]"]
+    text = render({**api, "view": "config"})
+    assert "filters   2, in this order" in text and "async, 0.3s timeout" in text
