@@ -23,7 +23,7 @@ from fastmesh.config.schema import (
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
-from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, RateLimit, SinkSpec
+from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, SinkSpec
 from fastmesh.errors import ConfigError, ConfigErrors, PluginError
 from fastmesh.plugins import registry
 from fastmesh.config.schema import NAMING_SOURCE_KINDS, Naming, NamingSource
@@ -841,7 +841,6 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "remove_request_headers": _header_names,
     "add_response_headers": _headers(protected=True),
     "filters": lambda c, k, v: _filters(c, k, v),
-    "rate_limit": lambda c, k, v: _rate_limit(c, k, v),
 }
 
 
@@ -892,7 +891,7 @@ def _access_log(check: _Check, key: str, value: Any) -> Any:
     return BAD if fields is None else AccessLog(**fields)
 
 
-# ---- plugins: filters, sinks, rate limits ----
+# ---- plugins: filters and sinks ----
 
 PLUGIN_REF = '"package.module:Name" or the name of an installed plugin'
 
@@ -957,47 +956,6 @@ def _plugin_list(parse_item: Parser, what: str) -> Parser:
 
 _filters: Parser = _plugin_list(_filter_spec, "filters")
 _sinks: Parser = _plugin_list(_sink_spec, "sinks")
-_RATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
-_RATE_KEY_RE = re.compile(r"client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_rate(text: str) -> float:
-    """"10/s", "600/m", "0.5/s" -> tokens per second; ValueError for anything else."""
-    match = _RATE_RE.fullmatch(text)
-    if match is None or float(match[1]) <= 0:
-        raise ValueError('a rate like "10/s", "600/m" or "5000/h", above 0')
-    return float(match[1]) / _RATE_UNITS[match[2]]
-
-
-def format_rate(per_second: float) -> str:
-    """Tokens per second -> the rate string parse_rate() reads back to the same float."""
-    for unit, scale in (("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        number = per_second * scale
-        if number == int(number) and parse_rate(f"{int(number)}/{unit}") == per_second:
-            return f"{int(number)}/{unit}"
-    return f"{decimal.Decimal(repr(float(per_second))):f}/s"
-
-
-def _rate_text(check: _Check, key: str, value: Any) -> Any:
-    try:
-        return parse_rate(value) if isinstance(value, str) else check.bad(key, 'a rate like "10/s"', value)
-    except ValueError as exc:
-        return check.bad(key, str(exc), value)
-
-
-def _rate_key(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _RATE_KEY_RE.fullmatch(value):
-        return value
-    return check.bad(key, '"client_ip" or "header:NAME"', value)
-
-
-def _rate_limit(check: _Check, key: str, value: Any) -> Any:
-    fields = _table(check, key, value, {"rate": _rate_text, "burst": _whole(1, 1 << 30), "key": _rate_key},
-                    {"rate": 'a rate like "10/s"', "burst": "a whole number >= 1"})
-    return BAD if fields is None else RateLimit(**fields)
-
-
 def _log_fields(check: _Check, key: str, value: Any) -> Any:
     items = _array(check, key, value, _choice("access-log fields", ACCESS_LOG_FIELDS),
                    'an array of access-log fields like ["time", "status", "request_id"]', "at least one field")
@@ -1030,7 +988,6 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "routes": _routes,
     "filters": lambda c, k, v: _filters(c, k, v),
     "log_sinks": lambda c, k, v: _sinks(c, k, v),
-    "proxy_protocol": _flag,
 }
 
 
@@ -1365,7 +1322,6 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         forwarded_headers=lst.forwarded_headers,
         request_id_header=lst.request_id_header,
         trust_headers=lst.trust_headers,
-        proxy_protocol=lst.proxy_protocol,
         trust_naming=lst.trust_naming,
     )
     if lst.access_log is not None:
@@ -1392,7 +1348,4 @@ def _route_dict(route: Route) -> dict[str, Any]:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
     if route.filters:
         out["filters"] = [_plugin_dict(f) for f in route.filters]
-    if route.rate_limit is not None:
-        out["rate_limit"] = {"rate": format_rate(route.rate_limit.rate), "burst": route.rate_limit.burst,
-                             "key": route.rate_limit.key}
     return out

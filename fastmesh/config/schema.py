@@ -103,7 +103,6 @@ class Outlier:
 
 DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd", "plugin")
 FAILURE_MODES = ("closed", "open")
-RATE_LIMIT_KEYS = ("client_ip", "header:NAME")          # for messages; "header:x-user" names the header
 ACCESS_LOG_FIELDS = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out",
                      "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error")
 
@@ -129,14 +128,6 @@ class SinkSpec(PluginRef):
     batch: int = 100                   # records per write() at most
     interval: float = 1.0              # seconds between writes of what has gathered
     max_pending: int = 10000           # records held while the sink is slow; more are dropped (and counted)
-
-
-@dataclass
-class RateLimit:
-    """A route's token bucket, shared by the instance's workers: `rate` tokens a second, up to `burst` saved."""
-    rate: float                        # tokens per second ("10/s", "600/m")
-    burst: int                         # the bucket's size: requests let through at once after a quiet spell
-    key: str = "client_ip"             # one bucket per client address, or "header:NAME" per value ("" if absent)
 
 
 @dataclass
@@ -214,7 +205,6 @@ class Route:
     remove_request_headers: list[str] = field(default_factory=list)
     add_response_headers: dict[str, str] = field(default_factory=dict)
     filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
-    rate_limit: RateLimit | None = None                        # None: no limit
 
 
 @dataclass
@@ -246,7 +236,6 @@ class Listener:
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
     filters: list[FilterSpec] = field(default_factory=list)   # run for every routed request, before the route's
     log_sinks: list[SinkSpec] = field(default_factory=list)   # access-log records to plugins, in batches
-    proxy_protocol: bool = False       # every connection starts with a PROXY protocol v1 or v2 header
 
     def __post_init__(self) -> None:
         if not self.idle_timeout:

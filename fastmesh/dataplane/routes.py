@@ -11,8 +11,8 @@ from fastmesh.config.schema import Route as RouteConfig
 
 
 def route_spec(route: RouteConfig) -> dict[str, Any]:
-    """A Route as the plain dict Router takes (the core never imports the config layer); filters and rate limits
-    are wired beside the router (dataplane/filters.py, dataplane/limits.py)."""
+    """A Route as the plain dict Router takes (the core never imports the config layer); its filters are wired
+    beside the router (dataplane/filters.py)."""
     return {f.name: getattr(route, f.name) for f in dataclasses.fields(route) if f.name in SPEC_KEYS}
 
 

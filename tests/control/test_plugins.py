@@ -71,9 +71,6 @@ def error_of(listener: str = "", cluster: str = "") -> str:
      'got "maybe"'),
     ('log_sinks = [{ plugin = "mypkg.sinks:JsonLines" }]',
      "edge.toml: listeners[0].log_sinks[0].config.path: missing key (expected a string)"),
-    ('[[listeners.routes]]\ncluster = "web"\nrate_limit = { rate = "10/day", burst = 1 }',
-     'edge.toml: listeners[0].routes[0].rate_limit.rate: expected a rate like "10/s", "600/m" or "5000/h", above 0, '
-     'got "10/day"'),
 ])
 def test_config_errors_name_file_key_and_expected(listener: str, message: str) -> None:
     assert error_of(listener) == message
@@ -94,13 +91,12 @@ access_log = { format = "json", fields = ["time", "request_id", "status"] }
 [[listeners.routes]]
 path_prefix = "/api/"
 cluster = "web"
-rate_limit = { rate = "600/m", burst = 20, key = "header:x-user" }
 filters = [{ plugin = "mypkg.canary:CanaryCookie", config = { cluster = "web" } }]
 ''', cluster="")
     cfg = loads_config(text, "edge.toml")
     lst = cfg.listeners[0]
     assert lst.filters[0].timeout == 0.25 and lst.filters[0].failure_mode == "closed"
-    assert lst.routes[0].rate_limit is not None and lst.routes[0].rate_limit.rate == 10.0
+    assert lst.routes[0].filters[0].config == {"cluster": "web"}
     assert config_from_dict(config_to_dict(cfg), "edge.toml") == cfg
 
 

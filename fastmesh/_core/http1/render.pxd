@@ -24,8 +24,7 @@ cdef bint marked_retried(const char *buf, const Head *h) noexcept
 cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditList *edits, int retried,
                           bint tunnel, bint dechunk, bint client_keep, int client_minor) noexcept
 # The proxy's answer for ProxyError err (errors.pxd; `code`: a parse code choosing a 4xx/5xx status for
-# PE_BAD_REQUEST, the Retry-After seconds for PE_RATE_LIMITED, else 0), appended to o; the body is left out for
-# HEAD. Returns the status.
+# PE_BAD_REQUEST, else 0), appended to o; the body is left out for HEAD. Returns the status.
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept
 # A request filter's own answer (filters.pyx checked and spelled its parts): the status line, `fields` (whole
 # "name: value\r\n" lines), Content-Length and, unless keep, Connection: close; then body unless head_only.
