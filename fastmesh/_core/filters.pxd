@@ -18,15 +18,15 @@ cdef class FilterRequest:
     cdef int num_fields                # entries in fields
     cdef Py_ssize_t span_off[4]        # method, authority, path, query: offset into raw, or -1: see span_text
     cdef Py_ssize_t span_len[4]
-    cdef tuple span_text               # the spans that do not point into raw (an absolute target's "/")
+    cdef tuple span_text               # the spans that do not point into raw (an absolute target's "/"), or None
     cdef readonly str listener         # the listener's name
     cdef readonly str peer             # the client's address
     cdef readonly int route            # the matched route's index
     cdef tuple cluster_names           # the router's clusters by index
     cdef readonly int cluster_index    # where the request goes; route_to() changes it
-    cdef list removes                  # lower-case names of request fields to drop (bytes)
-    cdef list adds                     # (name, value) bytes of request fields to add
-    cdef list response_adds            # (name, value) bytes of answer fields to add
+    cdef list removes                  # lower-case names of request fields to drop (bytes); None until one is
+    cdef list adds                     # (name, value) bytes of request fields to add; None until one is
+    cdef list response_adds            # (name, value) bytes of answer fields to add; None until one is
     cdef Edit *edits                   # the request edit list's route part once ours joined it (owned)
     cdef Edit *resp_edits              # the same for the response
     cdef object headers_list           # the decoded headers, once a filter asked

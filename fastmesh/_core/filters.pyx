@@ -132,16 +132,27 @@ cdef class FilterRequest:
     def set_header(self, name, value):
         """Send `name: value` upstream instead of the client's fields of that name."""
         cdef bytes n = _editable(name)
+        cdef bytes v = _value(value)
+        if self.removes is None:
+            self.removes = []
+        if self.adds is None:
+            self.adds = []
         self.removes.append(n.lower())
-        self.adds.append((n, _value(value)))
+        self.adds.append((n, v))
 
     def remove_header(self, name):
         """Send the request upstream without the fields called name."""
-        self.removes.append(_editable(name).lower())
+        cdef bytes n = _editable(name)
+        if self.removes is None:
+            self.removes = []
+        self.removes.append(n.lower())
 
     def add_response_header(self, name, value):
         """Add `name: value` to the answer the client gets (the upstream's, or an Answer)."""
-        self.response_adds.append((_editable(name), _value(value)))
+        item = (_editable(name), _value(value))
+        if self.response_adds is None:
+            self.response_adds = []
+        self.response_adds.append(item)
 
     def route_to(self, str cluster not None):
         """Send the request to another cluster of the config (KeyError for an unknown name)."""
@@ -161,13 +172,15 @@ cdef class FilterRequest:
 
     cdef int apply_edits(self, EditList *request, EditList *response) except -1:
         cdef int i, n
-        if self.removes or self.adds:
-            n = len(self.removes) + request.route_n + len(self.adds)
+        removes = self.removes or ()
+        adds = self.adds or ()
+        if removes or adds:
+            n = len(removes) + request.route_n + len(adds)
             self.edits = <Edit *>PyMem_Malloc(n * sizeof(Edit))
             if self.edits == NULL:
                 raise MemoryError()
             n = 0
-            for name in self.removes:
+            for name in removes:
                 self.edits[n].kind = EDIT_REMOVE
                 self.edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
                 self.edits[n].value = span_of(NULL, 0)
@@ -175,7 +188,7 @@ cdef class FilterRequest:
             for i in range(request.route_n):
                 self.edits[n] = request.route[i]
                 n += 1
-            for name, value in self.adds:
+            for name, value in adds:
                 self.edits[n].kind = EDIT_ADD
                 self.edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
                 self.edits[n].value = span_of(PyBytes_AS_STRING(value), len(value))
@@ -200,7 +213,7 @@ cdef class FilterRequest:
         return 0
 
 
-cdef inline void _keep_span(FilterRequest r, int i, Span s, const char *base, Py_ssize_t head_len, list outside):
+cdef inline void _keep_span(FilterRequest r, int i, Span s, const char *base, Py_ssize_t head_len):
     cdef Py_ssize_t off = s.ptr - base if s.ptr != NULL else -1
     if s.len == 0:
         r.span_off[i] = 0
@@ -209,30 +222,28 @@ cdef inline void _keep_span(FilterRequest r, int i, Span s, const char *base, Py
         r.span_off[i] = off
         r.span_len[i] = s.len
     else:
+        # Not in the head (an absolute-form target without a path has the path "/"): kept as text.
+        if r.span_text is None:
+            r.span_text = (None, None, None, None)
         r.span_off[i] = -1
-        outside[i] = s.ptr[:s.len].decode("latin-1")
+        r.span_text = r.span_text[:i] + (s.ptr[:s.len].decode("latin-1"),) + r.span_text[i + 1:]
 
 
 cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
                                   int peer_len, int route, tuple cluster_names, int cluster):
     cdef FilterRequest r = FilterRequest.__new__(FilterRequest)
-    cdef list outside = [None, None, None, None]
     r.raw = PyBytes_FromStringAndSize(v.base, head_len)
     r.fields = PyBytes_FromStringAndSize(<const char *>v.fields, v.num_fields * sizeof(Field))
     r.num_fields = v.num_fields
-    _keep_span(r, 0, v.method_token, v.base, head_len, outside)
-    _keep_span(r, 1, v.authority, v.base, head_len, outside)
-    _keep_span(r, 2, v.path, v.base, head_len, outside)
-    _keep_span(r, 3, v.query, v.base, head_len, outside)
-    r.span_text = tuple(outside)
+    _keep_span(r, 0, v.method_token, v.base, head_len)
+    _keep_span(r, 1, v.authority, v.base, head_len)
+    _keep_span(r, 2, v.path, v.base, head_len)
+    _keep_span(r, 3, v.query, v.base, head_len)
     r.listener = listener
     r.peer = peer[:peer_len].decode("latin-1")
     r.route = route
     r.cluster_names = cluster_names
     r.cluster_index = cluster
-    r.removes = []
-    r.adds = []
-    r.response_adds = []
     return r
 
 
@@ -252,7 +263,7 @@ cdef tuple answer_parts(object answer, FilterRequest r):
     for name, value in items:
         n = _editable(name)
         lines.append(n + b": " + _value(value) + b"\r\n")
-    for n, value in r.response_adds:
+    for n, value in r.response_adds or ():
         lines.append(n + b": " + value + b"\r\n")
     return status, REASONS.get(status, b"Unknown"), b"".join(lines), body
 

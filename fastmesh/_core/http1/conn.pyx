@@ -342,7 +342,8 @@ cdef class Downstream(UpstreamUser):
             # After a refused CONNECT the client's bytes are not HTTP: the connection closes.
             self.respond_error(err, 0, self.req_done and err != PE_METHOD_NOT_ALLOWED)
             return 1
-        self.freq = None
+        if self.freq is not None:
+            self.freq = None
         if proxy.chains is not None and proxy.chains[ex.route] is not None:
             return self.run_filters(proxy.chains[ex.route], head_len)
         return self.forward_request(head_len)
@@ -350,19 +351,18 @@ cdef class Downstream(UpstreamUser):
     cdef int forward_request(self, Py_ssize_t head_len) noexcept:
         """The routed request (SCRATCH and VIEW) goes upstream: its head is rendered, the breakers admit it, the
         first try starts."""
-        cdef Exchange ex = self.ex
         cdef int err
         cdef int kind = self.req_body.kind
         cdef long long length = self.req_body.length
-        self.pool = <HttpPool>ex.connector
-        self.tmo_off = render_request(&self.reqhead, self.rbuf.data + self.rbuf.start, &SCRATCH, &VIEW, ex.router,
-                                      ex.route, &ex.request_edits, self.req_upgrade,
+        self.pool = <HttpPool>self.ex.connector
+        self.tmo_off = render_request(&self.reqhead, self.rbuf.data + self.rbuf.start, &SCRATCH, &VIEW, self.ex.router,
+                                      self.ex.route, &self.ex.request_edits, self.req_upgrade,
                                       listener_address(self.fd, &SCRATCH))
         # A body that is already whole in the buffer can be sent again by a retry.
         self.body_mark = self.rbuf.start + head_len
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        err = ex.admit(kind == BODY_NONE or (kind == BODY_LENGTH and self.rbuf.end - self.body_mark >= length),
+        err = self.ex.admit(kind == BODY_NONE or (kind == BODY_LENGTH and self.rbuf.end - self.body_mark >= length),
                        self.req_upgrade, self.proxy.reactor.now)
         if err:
             self.respond_error(err, 0, self.req_done)
