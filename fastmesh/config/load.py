@@ -956,6 +956,8 @@ def _plugin_list(parse_item: Parser, what: str) -> Parser:
 
 _filters: Parser = _plugin_list(_filter_spec, "filters")
 _sinks: Parser = _plugin_list(_sink_spec, "sinks")
+
+
 def _log_fields(check: _Check, key: str, value: Any) -> Any:
     items = _array(check, key, value, _choice("access-log fields", ACCESS_LOG_FIELDS),
                    'an array of access-log fields like ["time", "status", "request_id"]', "at least one field")

@@ -363,7 +363,7 @@ cdef class Downstream(UpstreamUser):
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
         err = self.ex.admit(kind == BODY_NONE or (kind == BODY_LENGTH and self.rbuf.end - self.body_mark >= length),
-                       self.req_upgrade, self.proxy.reactor.now)
+                            self.req_upgrade, self.proxy.reactor.now)
         if err:
             self.respond_error(err, 0, self.req_done)
             return 1
