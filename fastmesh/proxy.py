@@ -6,11 +6,13 @@ runs. One Proxy is one process's worth of listeners; `fastmesh run` starts sever
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastmesh.config.schema import Config
+from fastmesh.config.schema import Config, Endpoint
 from fastmesh.config.schema import Listener as ListenerConfig
 
 if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is made (and checked) without it
@@ -40,13 +42,16 @@ class Proxy:
     """
 
     def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None,
-                 limits_fd: int | None = None, worker: int = 0) -> None:
+                 limits_fd: int | None = None, worker: int = 0, holes: Mapping[str, Sequence[int]] | None = None
+                 ) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
         from fastmesh.config.load import config_from_dict, config_to_dict
         # A Config built from Python objects gets the same checks (and messages) as one read from a file.
         self.config = config_from_dict(config_to_dict(config), source=config.source)
         self.reuse_port = reuse_port
+        # Endpoint slot holes of discovered clusters (dataplane/slots.py), as the supervisor assigned them.
+        self._holes: dict[str, tuple[int, ...]] = {name: tuple(h) for name, h in (holes or {}).items() if h}
         self._reactor: Reactor | None = None
         self._clusters: dict[str, Cluster] = {}
         self._listeners: list[Listener] = []
@@ -99,7 +104,7 @@ class Proxy:
         budget = fd_budget.fd_budget(self.config)
         self._conn_limit = ConnectionLimit(reactor, budget.max_connections)
         from fastmesh.dataplane.naming import build_names
-        clusters = {name: build_cluster(c) for name, c in self.config.clusters.items()}
+        clusters = {name: build_cluster(c, self._holes.get(name, ())) for name, c in self.config.clusters.items()}
         pools = self._pools_for(self.config, reactor, clusters, {})
         self._names = build_names(self.config)
         listeners = []
@@ -116,7 +121,7 @@ class Proxy:
         self._pools = pools
         from fastmesh.dataplane import stats
         if self._stats_layout is None or self._stats_block is None:
-            self._stats_layout = stats.StatsLayout(self.config)
+            self._stats_layout = stats.StatsLayout(self.config, self._holes)
             self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
             self._stats_fd = None
         stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
@@ -178,11 +183,15 @@ class Proxy:
         else:
             self._tcp[name] = acceptor
 
-    async def reload(self, config: Config, *, stats_block: StatsBlock | None = None) -> dict[str, list[str]]:
+    async def reload(self, config: Config, *, stats_block: StatsBlock | None = None,
+                     holes: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[str]]:
         """Swap in `config` without dropping an open connection or a request under way.
 
         Unchanged clusters keep their core objects (health, ejections, latency estimates, idle connections);
-        changed ones are rebuilt and their old pools retired (busy connections finish, none is kept idle).
+        so do clusters whose endpoint list alone changed and still extends their endpoint slots (a discovered
+        cluster: `holes` are its slot holes, dataplane/slots.py), updated in place (Cluster.update). Other
+        changed ones are rebuilt, taking over by address what the old one knew of each endpoint (marks,
+        health, ejections, latency), and their old pools retired (busy connections finish, none is kept idle).
         A listener whose address is unchanged keeps its socket: http listeners take the new routes in place,
         so keep-alive connections see them from their next request; tcp listeners send new connections to a
         new relay table while open relays finish on the old one. Listeners that are new or moved are bound
@@ -197,14 +206,19 @@ class Proxy:
         config = config_from_dict(config_to_dict(config), source=config.source)
         if not self._started:
             self.config = config
+            self._holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
             return {}
-        from fastmesh.dataplane.clusters import build_cluster
+        return await self._swap(config, stats_block, holes)
+
+    async def _swap(self, config: Config, stats_block: StatsBlock | None, holes: Mapping[str, Sequence[int]] | None
+                    ) -> dict[str, list[str]]:
+        """reload() once `config` is checked."""
         from fastmesh.dataplane.fd_budget import fd_budget
         from fastmesh.dataplane.listeners import reconfigure_http
         old, reactor, health = self.config, self._reactor, self._health
         assert reactor is not None and health is not None        # started
-        clusters = {name: (self._clusters[name] if old.clusters.get(name) == c else build_cluster(c))
-                    for name, c in config.clusters.items()}
+        new_holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
+        clusters, updated = self._clusters_for(config, new_holes)
         rebuilt = [name for name in config.clusters if clusters[name] is not self._clusters.get(name)]
         kept_pools: dict[str, HttpPool] = {}
         for pool in self._pools:
@@ -268,6 +282,8 @@ class Proxy:
         for pool in self._pools:
             if pool not in pools:
                 pool.retire()
+            elif pool.cluster.name in updated:
+                pool.endpoints_changed()
         # 4. Sweepers, health, stats and the listeners' list.
         for name in rebuilt:
             reactor.add_sweeper(clusters[name])
@@ -282,17 +298,77 @@ class Proxy:
         from fastmesh.health import Health
         self._health = Health(config.clusters, clusters)
         self._health.start()
+        self._holes = new_holes
         self._reattach_stats(clusters, stats_block)
         self._set_budget(budget, reactor)
         self._clusters, self._pools = clusters, pools
         self._listeners = [listener for listener in self._listeners if listener.name in by_name] + opened
         for listener in opened:
             listener.start()
-        changes = {"clusters": rebuilt, "listeners_added": [lcfg.name for lcfg in to_bind],
+        changes = {"clusters": rebuilt, "clusters_updated": updated, "listeners_added": [lcfg.name for lcfg in to_bind],
                    "listeners_removed": gone}
-        log.info("config reloaded: clusters rebuilt %s, listeners bound %s, removed %s",
-                 rebuilt or "none", changes["listeners_added"] or "none", gone or "none")
+        log.info("config reloaded: clusters rebuilt %s, updated in place %s, listeners bound %s, removed %s",
+                 rebuilt or "none", updated or "none", changes["listeners_added"] or "none", gone or "none")
         return changes
+
+    def _clusters_for(self, config: Config, holes: Mapping[str, tuple[int, ...]]
+                      ) -> tuple[dict[str, Cluster], list[str]]:
+        """The core clusters for `config`: the running ones where unchanged or updated in place (a changed endpoint
+        list that extends their slots), new ones (state taken over by address) for the rest; and the names of
+        those updated in place."""
+        from fastmesh.dataplane.clusters import build_cluster, update_cluster
+        old = self.config
+        clusters: dict[str, Cluster] = {}
+        updated = []
+        for name, c in config.clusters.items():
+            current, before, gaps = self._clusters.get(name), old.clusters.get(name), holes.get(name, ())
+            if current is not None and before == c and gaps == self._holes.get(name, ()):
+                clusters[name] = current
+            elif (current is not None and before is not None and dataclasses.replace(before, endpoints=c.endpoints) == c
+                  and update_cluster(current, c, gaps)):
+                clusters[name] = current
+                updated.append(name)
+            else:
+                clusters[name] = build_cluster(c, gaps)
+                if current is not None:
+                    clusters[name].adopt(current)
+        return clusters, updated
+
+    async def update_endpoints(self, sets: Mapping[str, tuple[list[Endpoint], Sequence[int]]], *,
+                               stats_block: StatsBlock | None = None) -> dict[str, list[str]]:
+        """A discovery update: each named cluster's endpoints become `sets[name]` (live endpoints in slot order, and
+        the slot holes), applied in place: endpoints still listed keep their state and idle connections, added
+        ones enter slow start, removed ones are picked no more while their requests finish (their idle
+        connections closed). Nothing else changes and nothing is validated again (the supervisor's discovery
+        parsed the sets). A set that does not extend its cluster's slots (the supervisor compacted them) is
+        applied as reload() would (a new cluster taking over each endpoint's state by address, the old pool
+        retired), without checking the config again. `stats_block` as for reload(). Returns what changed, as
+        reload() does."""
+        from fastmesh.dataplane.clusters import update_cluster
+        if not self._started:
+            raise RuntimeError("update_endpoints() needs a started Proxy")
+        configs = dict(self.config.clusters)
+        holes = dict(self._holes)
+        for name, (endpoints, gaps) in sets.items():
+            if name not in configs:
+                raise ValueError(f"no cluster {name!r}")
+            configs[name] = dataclasses.replace(configs[name], endpoints=list(endpoints))
+            holes.pop(name, None)
+            if gaps:
+                holes[name] = tuple(gaps)
+        config = dataclasses.replace(self.config, clusters=configs)
+        if not all(update_cluster(self._clusters[name], configs[name], holes.get(name, ()), literal=True)
+                   for name in sets):
+            return await self._swap(config, stats_block, holes)     # only the endpoints changed: nothing to check
+        assert self._health is not None
+        by_cluster = {pool.cluster.name: pool for pool in self._pools}
+        for name in sets:
+            if name in by_cluster:
+                by_cluster[name].endpoints_changed()
+            self._health.update_cluster(name, configs[name], self._clusters[name])
+        self.config, self._holes = config, holes
+        self._reattach_stats(self._clusters, stats_block)
+        return {"clusters": [], "clusters_updated": list(sets), "listeners_added": [], "listeners_removed": []}
 
     def _set_budget(self, budget: FdBudget, reactor: Reactor) -> None:
         """Apply a worker's fd budget (dataplane/fd_budget.py): its connection and pipe limits; log them once."""
@@ -334,7 +410,7 @@ class Proxy:
         unchanged, else `offered` (the supervisor's block of the new shape) or a private one. What they counted
         moves along; what the reload retired goes on counting into the old block."""
         from fastmesh.dataplane import stats
-        layout = stats.StatsLayout(self.config)
+        layout = stats.StatsLayout(self.config, self._holes)
         assert self._stats_layout is not None and self._stats_block is not None and self._lag is not None
         block = stats.reload_block(layout, self._stats_layout, self._stats_block, offered)
         self._stats_layout, self._stats_block = layout, block

@@ -1,12 +1,15 @@
 """How long one discovery update of N endpoints takes to apply, and whether balancer picks notice.
 
-Three numbers, on this machine, with N = 10,000 (weight 1, round_robin, http listener):
-  - worker: Proxy.reload() of the effective config with a new set (what a worker does per update: decode the
-    supervisor's JSON, validate, rebuild the changed cluster and its pool), median of ROUNDS;
+Numbers on this machine with N = 10,000 (weight 1, round_robin, http listener), every update replacing all N:
+  - worker: what a worker does per update: decode the supervisor's "endpoints" payload (dataplane/slots.py) and
+    Proxy.update_endpoints() (Cluster.update in place: N removed, N appended; pool, health, stats), median of
+    the rounds applied in place; and separately the rounds where the supervisor's slots compacted (holes
+    outnumbered live endpoints), which rebuild the cluster through Proxy.reload();
   - instance: `fastmesh run` with 2 workers and a file source: from the file's rename to the supervisor's
-    "discovery update applied by 2 worker(s)" log line (inotify, parse, JSON to both workers, both apply);
-  - picks: ns per round-robin pick (bench_picks, C loop) on the cluster built from the config file's endpoints
-    and on the one an update built: the same balancer type over the same arrays, so the same cost.
+    "discovery update applied by 2 worker(s)" log line (inotify, parse, slots, payload to both workers, both
+    apply), and the hand-off alone as that line reports it;
+  - picks: ns per round-robin pick (bench_picks, C loop) on the cluster built from the config's endpoints and
+    on the same cluster after the updates (N live endpoints among the tombstones: picks walk only the up ones).
 Run: python -m bench.micro.discovery_update [N]
 """
 from __future__ import annotations
@@ -21,9 +24,11 @@ from pathlib import Path
 from fastmesh._testbase.net import free_ports
 from fastmesh._testbase.run import AsyncRun
 from fastmesh.config.load import config_from_dict, config_to_dict, loads_config
+from fastmesh.dataplane.slots import decode_sets, encode_sets, holes_of, live, next_slots
+from fastmesh.discovery.base import parse_endpoint
 from fastmesh.proxy import Proxy
 
-ROUNDS = 5
+ROUNDS = 6
 PICKS = 2_000_000
 
 
@@ -52,23 +57,30 @@ async def in_worker(n: int) -> None:
     cfg = config_from_dict(data, source="<bench>")
     proxy = Proxy(cfg)
     await proxy.start()
+    slots = next_slots(None, list(cfg.clusters["big"].endpoints))
     try:
         before = statistics.median(pick_ns(proxy) for _ in range(3))
-        times = []
+        in_place, compacted = [], []
         for r in range(ROUNDS):
-            data = config_to_dict(cfg)
-            data["clusters"]["big"]["endpoints"] = endpoints(n, (r + 1) * 7)
-            text = json.dumps(data)
+            found = [parse_endpoint(e, "bench") for e in endpoints(n, (r + 1) * 7)]
+            grown = len(slots) + n
+            slots = next_slots(slots, found)                                # the supervisor's assignment
+            payload = encode_sets({"big": (live(slots), holes_of(slots))})
             began = time.perf_counter()
-            new = config_from_dict(json.loads(text), source="<bench>")      # what the worker's handler does
-            await proxy.reload(new)
-            times.append(time.perf_counter() - began)
+            await proxy.update_endpoints(decode_sets(payload))             # what the worker's handler does
+            took = time.perf_counter() - began
+            (in_place if len(slots) == grown else compacted).append(took)
+            assert proxy._clusters["big"].live_count == n
         after = statistics.median(pick_ns(proxy) for _ in range(3))
     finally:
         await proxy.stop(0)
-    print(f"worker: {n} endpoints applied in {statistics.median(times) * 1000:.1f} ms (median of {ROUNDS}; "
-          f"min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})")
-    print(f"picks: {before:.1f} ns/pick before the updates, {after:.1f} ns/pick after ({n} endpoints)")
+    print(f"worker: {n} endpoints replaced in place in {statistics.median(in_place) * 1000:.1f} ms (median of "
+          f"{len(in_place)}; min {min(in_place) * 1000:.1f}, max {max(in_place) * 1000:.1f})")
+    if compacted:
+        print(f"worker: compacted slots (cluster rebuilt): {statistics.median(compacted) * 1000:.1f} ms (median of "
+              f"{len(compacted)})")
+    print(f"picks: {before:.1f} ns/pick before the updates, {after:.1f} ns/pick after ({n} endpoints, "
+          f"{proxy._clusters['big'].slots} slots)")
 
 
 async def instance(n: int) -> None:
@@ -90,7 +102,7 @@ async def instance(n: int) -> None:
             await run.stop()
     seen = [t for t, _ in took]
     handed = [ms for _, ms in took]
-    print(f"instance: {n} endpoints from the file's rename to both workers applied: median "
+    print(f"instance: {n} endpoints replaced, from the file's rename to both workers applied: median "
           f"{statistics.median(seen) * 1000:.0f} ms (the hand-off to both workers: median "
           f"{statistics.median(handed):.0f} ms) over {ROUNDS} updates")
 

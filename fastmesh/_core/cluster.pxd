@@ -15,6 +15,8 @@ cdef enum EndpointState:
     # Published in the E_STATE slot only (the connect mark itself is one of the three above):
     EP_UNHEALTHY = 3                   # failing active health checks
     EP_EJECTED = 4                     # ejected by outlier detection
+    EP_REMOVED = 5                     # no longer in the endpoint set; its slot is never reused
+    EP_STANDBY = 6                     # in a lower-priority tier that is not serving
 
 # Why an endpoint is out of the balancer: bits of Cluster.out. The balancer hears endpoint_down when the first
 # bit is set and endpoint_up when the last one clears, so each mechanism can mark and unmark on its own.
@@ -22,6 +24,8 @@ cdef enum:
     OUT_CONNECT = 1                    # the connect-failure mark (mark == EP_DOWN)
     OUT_HEALTH = 2                     # active health checks failed (Cluster.set_health)
     OUT_OUTLIER = 4                    # ejected by outlier detection (passive: request outcomes)
+    OUT_STANDBY = 8                    # its priority tier is not serving (a more preferred tier has an eligible one)
+    OUT_REMOVED = 16                   # removed by an update: out for good
 
 # Outlier detection state of one endpoint (Linkerd 1's failure accrual plus an optional success rate).
 ctypedef struct Accrual:
@@ -72,6 +76,19 @@ cdef class Cluster(Sweeper):
     cdef unsigned int sr_minimum       # requests an endpoint needs in a window before its rate is judged
     cdef double sr_threshold           # a judged endpoint below this success share is ejected
     cdef double sr_due                 # monotonic time the current success-rate window ends
+    # Endpoint set updates and priority tiers (appended).
+    cdef int n_live                    # endpoints not removed (n counts removed slots too)
+    cdef int *tier                     # per endpoint: its priority tier's rank, 0 = most preferred
+    cdef int n_tiers                   # distinct tiers among the live endpoints (1 when priorities are unused)
+    cdef int *tier_ok                  # per tier rank: live endpoints eligible but for OUT_STANDBY
+    cdef int serving                   # the tier rank the balancer picks from: the first with an eligible endpoint
+
+    cdef int grow(self, int n) except -1
+    cdef void set_address(self, int i, int family, str host, int port) except *
+    cdef void count_tiers(self) noexcept
+    cdef void pick_tier(self) noexcept
+    cdef void apply_standby(self) noexcept
+    cdef void remove_endpoint(self, int i) noexcept
 
     cdef int choose(self, int avoid) noexcept
     cdef int open_socket(self, int i) noexcept

@@ -1,4 +1,5 @@
 """Type stub for fastmesh._core.cluster: endpoints, their balancer, and why an endpoint is out."""
+from collections.abc import Sequence
 from typing import TypedDict
 
 from fastmesh._core.balance.base import Balancer
@@ -7,7 +8,10 @@ from fastmesh._core.stats import StatsBlock
 
 STATE_NAMES: tuple[str, ...]
 
+def endpoint_label(family: int, host: str, port: int) -> str: ...
+
 class EndpointState(TypedDict):
+    index: int
     address: str
     state: str
     eligible: bool
@@ -19,9 +23,11 @@ class EndpointState(TypedDict):
     active: int
     connect_failures: int
     connections: int
+    tier: int
 
 class Cluster(Sweeper):
-    def __init__(self, name: str, endpoints: list[tuple[int, str, int]], balancer: Balancer,
+    def __init__(self, name: str, endpoints: Sequence[tuple[int, str, int] | tuple[int, str, int, int] | None],
+                 balancer: Balancer,
                  connect_timeout: float = 1.0, connect_attempts: int = 3) -> None: ...
     @property
     def name(self) -> str: ...
@@ -36,6 +42,14 @@ class Cluster(Sweeper):
                     success_rate_minimum: int = 20, success_rate_threshold: float = 0.5) -> None: ...
     def attach_stats(self, block: StatsBlock, offset: int) -> None: ...
     def endpoints(self) -> list[EndpointState]: ...
+    def update(self, table: list[tuple[int, str, int, int, int, int] | None]) -> tuple[int, int, int]: ...
+    def adopt(self, old: Cluster) -> None: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def live_count(self) -> int: ...
+    @property
+    def serving_tier(self) -> int: ...
     def set_health(self, i: int, healthy: bool) -> None: ...
     def count_check(self, ok: bool) -> None: ...
     @property

@@ -20,10 +20,30 @@ below sr_threshold is ejected the same way (endpoints judged in index order, und
 Ejections never take more than max_ejected_percent of the endpoints out (one over the cap is skipped); and
 when every endpoint is out for whatever reason the cluster fails open and tries them in turn: a wrong mark
 must never make a cluster unreachable.
+
+Endpoint set updates (update(), from discovery): an endpoint is an index that never changes meaning. An
+endpoint still listed keeps its index and everything kept per index (connect mark, health, ejection and its
+accrual, the balancer's latency estimate and in-flight count, the pool's idle connections), its weight and
+tier changed in place. A removed endpoint becomes a tombstone (OUT_REMOVED): out of the balancer at once and
+for good, while the requests and connections that hold its index finish and report to it as before. An
+added endpoint is appended (the arrays grow) and comes up through the balancer's endpoint_up, so it enters
+slow start. Tombstones are never reused here: a connection that outlived its endpoint would otherwise
+report its failure to a stranger, and the stats block's per-endpoint slots (indexed the same way) would
+change owner under the supervisor's reader. Instead the supervisor, which assigns the slots (the
+discovery manager), compacts when tombstones outnumber live endpoints; a compacted set no longer extends
+this cluster's slots, so update() refuses it and the dataplane builds a new cluster (state carried over by
+address with adopt()), as a reload does. A remap would have to find and rewrite every index held by a
+connection, a pool and a retry in flight; tombstones cost a few dozen bytes per removed endpoint until then.
+
+Priority tiers (DNS SRV priorities, endpoint `priority`): the balancer picks only from the most preferred
+tier with an eligible endpoint (`serving`); the others are out with OUT_STANDBY. When the last eligible
+endpoint of the serving tier goes out, the next tier takes over; when one of a more preferred tier is
+eligible again, it takes back. Only tier switches walk the endpoints.
 """
 from libc.math cimport ldexp
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memset
 
 from fastmesh._core.includes.system cimport (
     socket, connect, setsockopt, close, errno, strerror, sockaddr, sockaddr_in, sockaddr_in6, inet_pton, htons,
@@ -32,8 +52,8 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.balance.base cimport Balancer
 from fastmesh._core.stats cimport (
-    StatsBlock, cluster_slots, HEADER_SLOTS, C_FIELDS, C_RETRIES, C_FAILED, C_EJECTIONS, C_CHECKS_OK, C_CHECKS_FAILED,
-    E_STATE, E_SEEN, E_ACTIVE, E_OPENED, E_FAILURES, bump,
+    StatsBlock, cluster_slots, HEADER_SLOTS, C_FIELDS, E_FIELDS, C_RETRIES, C_FAILED, C_EJECTIONS, C_CHECKS_OK,
+    C_CHECKS_FAILED, E_STATE, E_SEEN, E_ACTIVE, E_OPENED, E_FAILURES, bump,
 )
 
 import logging
@@ -45,7 +65,29 @@ cdef double BACKOFF_MAX = 30.0
 cdef double EJECTION_JITTER = 0.2      # ejections last +-20%: endpoints ejected together come back apart
 cdef double DECAY_AFTER = 60.0         # seconds without a failure that take one off an endpoint's ejection count
 cdef int MAX_DOUBLINGS = 30            # 2^30 * any base ejection is past any max_ejection: stop doubling there
-STATE_NAMES = ("up", "down", "probing", "unhealthy", "ejected")   # EndpointState numbering
+STATE_NAMES = ("up", "down", "probing", "unhealthy", "ejected", "removed", "standby")   # EndpointState numbering
+
+
+def endpoint_label(int family, str host, int port):
+    """"host:port", "[v6]:port": how a cluster names an endpoint in logs, stats and updates."""
+    return f"[{host}]:{port}" if family == AF_INET6 else f"{host}:{port}"
+
+
+cdef void *_more(void *p, Py_ssize_t old_n, Py_ssize_t n, size_t size) except NULL:
+    # An endpoint array (max(old_n, 1) entries, as allocated) reallocated to n entries, the new ones zeroed.
+    cdef void *q = realloc(p, n * size)
+    if q == NULL:
+        raise MemoryError()
+    memset(<char *>q + old_n * size, 0, (n - old_n) * size)
+    return q
+
+
+cdef int _check_ip(int family, str host) except -1:
+    # ValueError unless host is an IP literal of family.
+    cdef unsigned char buf[16]
+    if inet_pton(AF_INET6 if family == AF_INET6 else AF_INET, host.encode("ascii"), buf) != 1:
+        raise ValueError(f"not an IPv{6 if family == AF_INET6 else 4} address: {host!r}")
+    return 0
 
 
 cdef int _index(Cluster c, i) except -1:
@@ -60,12 +102,10 @@ cdef class Cluster(Sweeper):
     def __cinit__(self, str name, list endpoints, Balancer balancer, double connect_timeout=1.0,
                   int connect_attempts=3):
         cdef int i
-        cdef sockaddr_in *a4
-        cdef sockaddr_in6 *a6
-        cdef bytes ip
         cdef timespec ts
         self.name = name
         self.n = len(endpoints)
+        self.n_tiers = 1
         if balancer.n != self.n:
             raise ValueError("balancer size does not match the endpoint count")
         self.balancer = balancer
@@ -83,29 +123,31 @@ cdef class Cluster(Sweeper):
         self.mark = <unsigned char *>calloc(max(self.n, 1), sizeof(unsigned char))
         self.out = <unsigned char *>calloc(max(self.n, 1), sizeof(unsigned char))
         self.accrual = <Accrual *>calloc(max(self.n, 1), sizeof(Accrual))
+        self.tier = <int *>calloc(max(self.n, 1), sizeof(int))
+        self.tier_ok = <int *>calloc(1, sizeof(int))
         if (self.addrs == NULL or self.addrlens == NULL or self.down_until == NULL or self.backoff == NULL
-                or self.mark == NULL or self.out == NULL or self.accrual == NULL):
+                or self.mark == NULL or self.out == NULL or self.accrual == NULL or self.tier == NULL
+                or self.tier_ok == NULL):
             raise MemoryError()
-        for i, (family, host, port) in enumerate(endpoints):
-            ip = host.encode("ascii")
-            if family == AF_INET6:
-                a6 = <sockaddr_in6 *>&self.addrs[i]
-                a6.sin6_family = AF_INET6
-                a6.sin6_port = htons(port)
-                if inet_pton(AF_INET6, ip, &a6.sin6_addr) != 1:
-                    raise ValueError(f"not an IPv6 address: {host!r}")
-                self.addrlens[i] = sizeof(sockaddr_in6)
-                self.labels.append(f"[{host}]:{port}")
-            else:
-                a4 = <sockaddr_in *>&self.addrs[i]
-                a4.sin_family = AF_INET
-                a4.sin_port = htons(port)
-                if inet_pton(AF_INET, ip, &a4.sin_addr) != 1:
-                    raise ValueError(f"not an IPv4 address: {host!r}")
-                self.addrlens[i] = sizeof(sockaddr_in)
-                self.labels.append(f"{host}:{port}")
+        # An entry is (family, ip, port), (family, ip, port, tier) or None: a hole, a slot whose endpoint was
+        # removed before this cluster was built (a worker started after the supervisor's update keeps the same
+        # slots as the workers that saw it).
+        balancer.begin_batch()
+        for i, entry in enumerate(endpoints):
             self.backoff[i] = BACKOFF_MIN
             self.accrual[i].connect_only = True
+            if entry is None:
+                self.set_address(i, AF_INET, "0.0.0.0", 0)
+                self.labels[i] = "-"
+                self.out[i] = OUT_REMOVED
+                self.state[i] = EP_REMOVED
+                balancer.remove(i)
+                continue
+            self.set_address(i, entry[0], entry[1], entry[2])
+            self.tier[i] = entry[3] if len(entry) > 3 else 0
+            self.n_live += 1
+        balancer.end_batch()
+        self.count_tiers()
         # Outlier detection is off until set_outlier(): a Cluster built by hand (tests, tools) behaves as
         # configured, nothing more; dataplane wiring applies the config's defaults.
 
@@ -117,6 +159,33 @@ cdef class Cluster(Sweeper):
         free(self.mark)
         free(self.out)
         free(self.accrual)
+        free(self.tier)
+        free(self.tier_ok)
+
+    cdef void set_address(self, int i, int family, str host, int port) except *:
+        """Endpoint i's socket address and label (labels grow with the endpoints)."""
+        cdef sockaddr_in *a4
+        cdef sockaddr_in6 *a6
+        cdef bytes ip = host.encode("ascii")
+        if family == AF_INET6:
+            a6 = <sockaddr_in6 *>&self.addrs[i]
+            a6.sin6_family = AF_INET6
+            a6.sin6_port = htons(port)
+            if inet_pton(AF_INET6, ip, &a6.sin6_addr) != 1:
+                raise ValueError(f"not an IPv6 address: {host!r}")
+            self.addrlens[i] = sizeof(sockaddr_in6)
+        else:
+            a4 = <sockaddr_in *>&self.addrs[i]
+            a4.sin_family = AF_INET
+            a4.sin_port = htons(port)
+            if inet_pton(AF_INET, ip, &a4.sin_addr) != 1:
+                raise ValueError(f"not an IPv4 address: {host!r}")
+            self.addrlens[i] = sizeof(sockaddr_in)
+        label = endpoint_label(family, host, port)
+        if i < len(self.labels):
+            self.labels[i] = label
+        else:
+            self.labels.append(label)
 
     def set_outlier(self, bint enabled, int consecutive_failures=5, double base_ejection=5.0,
                     double max_ejection=300.0, int max_ejected_percent=50, double success_rate_window=0.0,
@@ -177,14 +246,18 @@ cdef class Cluster(Sweeper):
     cdef int choose(self, int avoid) noexcept:
         """The endpoint for the next connect, or -1 for an empty cluster."""
         cdef int i = self.balancer.pick(avoid)
-        if i >= 0 or self.n == 0:
+        cdef int k
+        if i >= 0 or self.n_live == 0:
             return i
-        # Fail open: every endpoint is marked down, so marks are not to be trusted; go round them all.
-        i = self.cursor % self.n
-        if i == avoid and self.n > 1:
-            i = (i + 1) % self.n
-        self.cursor = i + 1
-        return i
+        # Fail open: every endpoint is marked down, so marks are not to be trusted; go round them all (not the
+        # removed ones: they are not marked, they are gone).
+        for k in range(self.n):
+            i = (self.cursor + k) % self.n
+            if self.out[i] & OUT_REMOVED or (i == avoid and self.n_live > 1):
+                continue
+            self.cursor = i + 1
+            return i
+        return -1
 
     cdef int open_socket(self, int i) noexcept:
         """A non-blocking socket with a connect to endpoint i under way, or -errno on failure."""
@@ -268,6 +341,10 @@ cdef class Cluster(Sweeper):
         self.out[i] = was | why
         if was == 0 and why != 0:
             self.balancer.endpoint_down(i)
+        if self.n_tiers > 1 and (was & ~OUT_STANDBY) == 0 and (self.out[i] & ~OUT_STANDBY) != 0:
+            # Its tier has one eligible endpoint fewer: the next tier may have to take over.
+            self.tier_ok[self.tier[i]] -= 1
+            self.pick_tier()
         self.publish(i)
 
     cdef void clear_out(self, int i, unsigned char why) noexcept:
@@ -276,20 +353,232 @@ cdef class Cluster(Sweeper):
         self.out[i] = was & ~why
         if was != 0 and self.out[i] == 0:
             self.balancer.endpoint_up(i)
+        if self.n_tiers > 1 and (was & ~OUT_STANDBY) != 0 and (self.out[i] & ~OUT_STANDBY) == 0:
+            # Eligible again: a more preferred tier than the serving one takes back.
+            self.tier_ok[self.tier[i]] += 1
+            self.pick_tier()
         self.publish(i)
+
+    cdef void pick_tier(self) noexcept:
+        """Serve from the most preferred tier with an eligible endpoint (unchanged while none has one: the
+        fail-open rotation covers that); only a switch walks the endpoints."""
+        cdef int t, s = -1
+        for t in range(self.n_tiers):
+            if self.tier_ok[t] > 0:
+                s = t
+                break
+        if s >= 0 and s != self.serving:
+            self.serving = s
+            self.apply_standby()
+
+    cdef void apply_standby(self) noexcept:
+        """OUT_STANDBY on exactly the live endpoints of tiers behind the serving one (one balancer batch)."""
+        cdef int i
+        cdef bint nested = self.balancer.batching
+        if not nested:
+            self.balancer.begin_batch()
+        for i in range(self.n):
+            if self.out[i] & OUT_REMOVED:
+                continue
+            if self.tier[i] > self.serving:
+                if not self.out[i] & OUT_STANDBY:
+                    self.set_out(i, OUT_STANDBY)
+            elif self.out[i] & OUT_STANDBY:
+                self.clear_out(i, OUT_STANDBY)
+        if not nested:
+            try:
+                self.balancer.end_batch()
+            except MemoryError:
+                log.error("cluster %s: out of memory rebuilding the balancer's tables", self.name)
+
+    cdef void count_tiers(self) noexcept:
+        """Recount the eligible endpoints per tier (after tiers changed) and choose the serving tier again."""
+        cdef int i, t, n_tiers = 1
+        cdef int *counts
+        for i in range(self.n):
+            if not self.out[i] & OUT_REMOVED and self.tier[i] + 1 > n_tiers:
+                n_tiers = self.tier[i] + 1
+        counts = <int *>calloc(n_tiers, sizeof(int))
+        if counts == NULL:
+            return
+        for i in range(self.n):
+            if not self.out[i] & OUT_REMOVED and (self.out[i] & ~OUT_STANDBY) == 0:
+                counts[self.tier[i]] += 1
+        free(self.tier_ok)
+        self.tier_ok = counts
+        self.n_tiers = n_tiers
+        self.serving = 0
+        for t in range(n_tiers):
+            if counts[t] > 0:
+                self.serving = t
+                break
+        self.apply_standby()
 
     cdef void publish(self, int i) noexcept:
         """The E_STATE slot: one word for readers, the most telling reason first (a failed connect explains
         an ejection that followed it; an ejection is sharper than failed checks)."""
         cdef unsigned char why = self.out[i]
-        if self.mark[i] == EP_DOWN:
+        if why & OUT_REMOVED:
+            self.state[i] = EP_REMOVED
+        elif self.mark[i] == EP_DOWN:
             self.state[i] = EP_DOWN
         elif why & OUT_OUTLIER:
             self.state[i] = EP_EJECTED
         elif why & OUT_HEALTH:
             self.state[i] = EP_UNHEALTHY
+        elif why & OUT_STANDBY:
+            self.state[i] = EP_STANDBY
         else:
             self.state[i] = self.mark[i]
+
+    # ---- endpoint set updates ------------------------------------------------------------------------
+
+    cdef int grow(self, int n) except -1:
+        """Room for n endpoints (appended slots zeroed); the stats region moves to a private block of the new
+        shape, values along (the dataplane then attaches the supervisor's block of the new layout)."""
+        cdef int old_n = self.n, i, f
+        cdef StatsBlock block
+        cdef uint64_t *dst
+        cdef uint64_t *src = self.counters
+        if n <= old_n:
+            return 0
+        self.addrs = <sockaddr_storage *>_more(self.addrs, old_n, n, sizeof(sockaddr_storage))
+        self.addrlens = <socklen_t *>_more(self.addrlens, old_n, n, sizeof(socklen_t))
+        self.down_until = <double *>_more(self.down_until, old_n, n, sizeof(double))
+        self.backoff = <double *>_more(self.backoff, old_n, n, sizeof(double))
+        self.mark = <unsigned char *>_more(self.mark, old_n, n, sizeof(unsigned char))
+        self.out = <unsigned char *>_more(self.out, old_n, n, sizeof(unsigned char))
+        self.accrual = <Accrual *>_more(self.accrual, old_n, n, sizeof(Accrual))
+        self.tier = <int *>_more(self.tier, old_n, n, sizeof(int))
+        block = StatsBlock(HEADER_SLOTS + cluster_slots(n))
+        dst = block.region(HEADER_SLOTS, cluster_slots(n))
+        for i in range(C_FIELDS):
+            dst[i] = src[i]
+            src[i] = 0
+        for f in range(E_FIELDS):
+            for i in range(old_n):
+                dst[C_FIELDS + f * n + i] = src[C_FIELDS + f * old_n + i]
+                src[C_FIELDS + f * old_n + i] = 0
+        self.balancer.resize(n)
+        self.n = n
+        self.point_at(block, HEADER_SLOTS)
+        for i in range(old_n, n):
+            self.backoff[i] = BACKOFF_MIN
+            self.accrual[i].connect_only = True
+        return 0
+
+    cdef void remove_endpoint(self, int i) noexcept:
+        """Endpoint i left the set: out for good; what is in flight to it finishes and reports to it."""
+        if self.out[i] & OUT_REMOVED:
+            return
+        if self.out[i] & OUT_OUTLIER:
+            self.n_ejected -= 1
+        self.seen[i] = self.now_ns
+        self.set_out(i, OUT_REMOVED)
+        self.balancer.remove(i)
+        self.n_live -= 1
+
+    def update(self, list table):
+        """Apply the endpoint set `table`, slot by slot: entry i is (family, ip, port, weight, tier, id) or None
+        for a slot whose endpoint is gone. It must extend this cluster's slots: every live endpoint at the
+        same index or None, tombstones still None, new endpoints appended (the discovery manager assigns
+        slots that way). ValueError, with nothing changed, when it does not: the caller builds a new
+        cluster then. Returns (added, removed, changed weight or tier) counts.
+
+        One balancer batch: 10,000 endpoints added or removed cost O(n) in all, not O(n) each."""
+        cdef int i, old_n = self.n, n = len(table), added = 0, removed = 0, changed = 0
+        cdef Balancer balancer = self.balancer
+        if n < old_n:
+            raise ValueError(f"cluster {self.name}: {n} slots do not extend the {old_n} it has")
+        for i in range(old_n):
+            e = table[i]
+            if e is None:
+                continue
+            if self.out[i] & OUT_REMOVED or self.labels[i] != endpoint_label(e[0], e[1], e[2]):
+                raise ValueError(f"cluster {self.name}: slot {i} holds {self.labels[i]}, not "
+                                 f"{endpoint_label(e[0], e[1], e[2])}")
+        for i in range(old_n, n):       # check the new addresses before anything changes
+            e = table[i]
+            if e is not None:
+                _check_ip(e[0], e[1])
+        balancer.begin_batch()
+        try:
+            self.grow(n)
+            for i in range(old_n):
+                if self.out[i] & OUT_REMOVED:
+                    continue
+                e = table[i]
+                if e is None:
+                    self.remove_endpoint(i)
+                    removed += 1
+                elif balancer.config_weights[i] != e[3] or self.tier[i] != e[4]:
+                    balancer.set_config_weight(i, e[3])
+                    self.tier[i] = e[4]
+                    changed += 1
+            for i in range(old_n, n):
+                e = table[i]
+                if e is None:
+                    self.set_address(i, AF_INET, "0.0.0.0", 0)
+                    self.labels[i] = "-"
+                    self.out[i] = OUT_REMOVED
+                    self.state[i] = EP_REMOVED
+                    balancer.remove(i)
+                    continue
+                self.set_address(i, e[0], e[1], e[2])
+                balancer.set_config_weight(i, e[3])
+                balancer.set_endpoint_id(i, <unsigned long long>e[5])
+                self.tier[i] = e[4]
+                self.n_live += 1
+                self.publish(i)
+                balancer.endpoint_up(i)             # slow start, a fresh latency estimate
+                added += 1
+            self.count_tiers()
+        finally:
+            balancer.end_batch()
+        return added, removed, changed
+
+    def adopt(self, Cluster old):
+        """Carry over, by address, what `old` (the cluster this one replaces) knew of the endpoints both have:
+        connect marks, health verdicts, ejections and their accrual, the balancer's latency estimate."""
+        cdef int i, j
+        cdef unsigned char why
+        index = {old.labels[j]: j for j in range(old.n) if not old.out[j] & OUT_REMOVED}
+        self.balancer.begin_batch()
+        try:
+            for i in range(self.n):
+                if self.out[i] & OUT_REMOVED:
+                    continue
+                j = index.get(self.labels[i], -1)
+                if j < 0:
+                    continue
+                self.mark[i] = old.mark[j]
+                self.down_until[i] = old.down_until[j]
+                self.backoff[i] = old.backoff[j]
+                self.accrual[i] = old.accrual[j]
+                self.seen[i] = old.seen[j]
+                why = old.out[j] & (OUT_CONNECT | OUT_HEALTH | OUT_OUTLIER)
+                if why & OUT_OUTLIER:
+                    self.n_ejected += 1
+                if why:
+                    self.set_out(i, why)
+                self.balancer.adopt_endpoint(old.balancer, j, i)
+        finally:
+            self.balancer.end_batch()
+
+    @property
+    def slots(self):
+        """Endpoint slots, tombstones included (endpoints() lists the live ones)."""
+        return self.n
+
+    @property
+    def live_count(self):
+        """Endpoints not removed."""
+        return self.n_live
+
+    @property
+    def serving_tier(self):
+        """The priority tier rank the balancer picks from (0: the most preferred)."""
+        return self.serving
 
     # ---- outlier detection ---------------------------------------------------------------------------
 
@@ -298,8 +587,8 @@ cdef class Cluster(Sweeper):
         a.streak += 1
         a.sr_failed += 1
         a.clean_since = now
-        if self.out[i] & OUT_OUTLIER:
-            return              # a request that was in flight when the endpoint was ejected
+        if self.out[i] & (OUT_OUTLIER | OUT_REMOVED):
+            return              # a request that was in flight when the endpoint was ejected (or removed)
         if a.trial:
             self.eject(i, now, "failed its trial after an ejection")
         elif a.streak >= self.consecutive:
@@ -317,7 +606,7 @@ cdef class Cluster(Sweeper):
         stays, so the next failure asks again) while that would eject more than max_ejected_percent."""
         cdef Accrual *a = &self.accrual[i]
         cdef double seconds, draw
-        if (self.n_ejected + 1) * 100 > self.n * self.max_ejected_percent:
+        if (self.n_ejected + 1) * 100 > self.n_live * self.max_ejected_percent:
             return
         a.ejections += 1
         a.trial = False
@@ -341,7 +630,7 @@ cdef class Cluster(Sweeper):
         for i in range(self.n):
             a = &self.accrual[i]
             total = a.sr_ok + a.sr_failed
-            if not (self.out[i] & OUT_OUTLIER) and total >= self.sr_minimum and total > 0 \
+            if not (self.out[i] & (OUT_OUTLIER | OUT_REMOVED)) and total >= self.sr_minimum and total > 0 \
                     and <double>a.sr_ok < self.sr_threshold * <double>total:
                 self.eject(i, now, f"success rate {100.0 * a.sr_ok / total:.0f}% over {total} requests")
             a.sr_ok = 0
@@ -361,6 +650,8 @@ cdef class Cluster(Sweeper):
         cdef Accrual *a
         self.now_ns = <uint64_t>(now * 1e9)
         for i in range(self.n):
+            if self.out[i] & OUT_REMOVED:
+                continue
             if self.mark[i] == EP_DOWN and now >= self.down_until[i]:
                 # Re-admit on trial: the next connection probes it; a failure marks it down for twice as long.
                 self.mark[i] = EP_PROBING
@@ -389,6 +680,7 @@ cdef class Cluster(Sweeper):
         `healthy` is the active checks' verdict; `ejected_until` is monotonic seconds (None when not ejected)."""
         cdef int i
         return [{
+            "index": i,
             "address": self.labels[i],
             "state": STATE_NAMES[self.state[i]],
             "eligible": self.out[i] == 0,
@@ -400,7 +692,8 @@ cdef class Cluster(Sweeper):
             "active": self.balancer.active[i],
             "connect_failures": self.failures[i],
             "connections": self.opened[i],
-        } for i in range(self.n)]
+            "tier": self.tier[i],
+        } for i in range(self.n) if not self.out[i] & OUT_REMOVED]
 
     def set_health(self, i, bint healthy):
         """The active checker's verdict on endpoint i (only transitions need to be reported)."""

@@ -28,7 +28,7 @@ HISTOGRAM_SIZE = HIST_FIELDS
 HISTOGRAM_SUM = HIST_SUM
 DURATION_BOUNDS = tuple(DURATION_BOUNDS_NS[i] / 1e9 for i in range(HIST_BOUNDS))
 # E_STATE values, as cluster.pxd's EndpointState numbers them.
-ENDPOINT_STATES = ("up", "down", "probing", "unhealthy", "ejected")
+ENDPOINT_STATES = ("up", "down", "probing", "unhealthy", "ejected", "removed", "standby")
 
 
 def cluster_size(Py_ssize_t endpoints):

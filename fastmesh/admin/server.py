@@ -72,11 +72,26 @@ class AdminServer:
         self.routes.update(self.dashboard.routes())
 
     def set_config(self, cfg: Config) -> None:
-        """The running config (at start and after each reload): /config, the hash in /metrics, explain."""
+        """The running config (at start and after each reload): /config, the hash in /metrics, explain. Its dict
+        and hash are made when first asked for: a discovery update of 10,000 endpoints must not wait for them."""
         self.cfg = cfg
-        self.config = config_to_dict(cfg)
-        canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode()
-        self.config_hash = hashlib.sha256(canonical).hexdigest()[:16]
+        self._config: dict[str, Any] | None = None
+        self._config_hash = ""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The running config as /config shows it."""
+        if self._config is None:
+            self._config = config_to_dict(self.cfg)
+        return self._config
+
+    @property
+    def config_hash(self) -> str:
+        """A short hash of /config's canonical JSON (fastmesh_config_info)."""
+        if not self._config_hash:
+            canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode()
+            self._config_hash = hashlib.sha256(canonical).hexdigest()[:16]
+        return self._config_hash
 
     @property
     def reload_history(self) -> Any:

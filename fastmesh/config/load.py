@@ -45,6 +45,7 @@ PROTECTED_HEADERS = ("connection", "content-length", "host", "keep-alive", "prox
                      "transfer-encoding", "upgrade")
 PATH_KEYS = ("path", "path_prefix", "path_regex")
 MAX_WEIGHT = 1000
+MAX_PRIORITY = 65535     # an SRV priority is 16 bits
 
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -374,7 +375,8 @@ def _backend(check: _Check, key: str, value: Any) -> Any:
     return BAD if address is BAD else Endpoint(*address)
 
 
-_ENDPOINT_FIELDS: dict[str, Parser] = {"address": _address, "weight": _whole(1, MAX_WEIGHT)}
+_ENDPOINT_FIELDS: dict[str, Parser] = {"address": _address, "weight": _whole(1, MAX_WEIGHT),
+                                       "priority": _whole(0, MAX_PRIORITY)}
 
 
 def _endpoint(check: _Check, key: str, value: Any) -> Any:
@@ -1198,7 +1200,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
         "listeners": [_listener_dict(lst) for lst in cfg.listeners],
         "clusters": {name: {
-            "endpoints": [{"address": endpoint_text(e), "weight": e.weight} for e in cluster.endpoints],
+            "endpoints": [_endpoint_dict(e) for e in cluster.endpoints],
             "balancer": cluster.balancer,
             "connect_timeout": format_duration(cluster.connect_timeout),
             "connect_attempts": cluster.connect_attempts,
@@ -1258,6 +1260,14 @@ def _plugin_dict(spec: Any) -> dict[str, Any]:
     for name in ("timeout", "interval"):
         if name in out:
             out[name] = format_duration(out[name])
+    return out
+
+
+def _endpoint_dict(e: Endpoint) -> dict[str, Any]:
+    """An endpoint table; `priority` only when set (most configs never use tiers)."""
+    out: dict[str, Any] = {"address": endpoint_text(e), "weight": e.weight}
+    if e.priority:
+        out["priority"] = e.priority
     return out
 
 

@@ -18,6 +18,7 @@ class Endpoint:
     host: str
     port: int
     weight: int = 1
+    priority: int = 0          # tier: endpoints of the lowest value serve; the next tier only when none is eligible
 
     @property
     def address(self) -> str:

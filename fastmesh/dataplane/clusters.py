@@ -1,8 +1,13 @@
-"""Per cluster: resolve the endpoints once and build the core Cluster with its balancer."""
+"""Per cluster: resolve the endpoints once and build the core Cluster with its balancer, or update one in place.
+
+Endpoint slots (dataplane/slots.py): a discovered cluster's live endpoints come in slot order, with `holes` where
+removed ones were; static clusters have no holes.
+"""
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 
 from fastmesh._core.balance.factory import HASHING, make_balancer
 from fastmesh._core.balance.hashing import hash_key
@@ -13,6 +18,8 @@ from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
 from fastmesh._core.reactor import Reactor
 from fastmesh.config.load import IPV4_RE
 from fastmesh.config.schema import Cluster as ClusterConfig
+from fastmesh.config.schema import Endpoint
+from fastmesh.dataplane.slots import slot_list
 
 
 def _resolve(host: str, port: int) -> tuple[int, str, int]:
@@ -28,12 +35,62 @@ def _resolve(host: str, port: int) -> tuple[int, str, int]:
     return (int(family), str(sockaddr[0]), port)
 
 
-def build_cluster(cfg: ClusterConfig) -> Cluster:
-    endpoints = [_resolve(e.host, e.port) for e in cfg.endpoints]
+def tier_ranks(endpoints: Sequence[Endpoint | None]) -> dict[int, int]:
+    """Priority value -> tier rank (0: the lowest value, the most preferred), over the endpoints listed."""
+    return {p: rank for rank, p in enumerate(sorted({e.priority for e in endpoints if e is not None}))}
+
+
+def _id(e: Endpoint) -> int:
     # Stable endpoint ids: a consistent-hash balancer rebuilt without one endpoint keeps the others' keys.
-    ids = [hash_key(f"{e.host}:{e.port}".encode()) for e in cfg.endpoints]
-    balancer = make_balancer(cfg.balancer, [e.weight for e in cfg.endpoints], slow_start=cfg.slow_start, ids=ids)
+    return hash_key(f"{e.host}:{e.port}".encode())
+
+
+def endpoint_table(slots: Sequence[Endpoint | None], kept: int = 0, literal: bool = False, hashing: bool = True
+                   ) -> list[tuple[int, str, int, int, int, int] | None]:
+    """Cluster.update's table: (family, ip, port, weight, tier rank, id) per slot, None for a hole.
+
+    The first `kept` slots are the cluster's already: the core only compares their address and takes their
+    weight and tier, so their id is left 0. `literal`: every host is an IP literal in its canonical spelling
+    (what discovery hands over), so nothing is resolved. Ids are computed only for a `hashing` balancer.
+    Built for 10,000 endpoints an update: no per-endpoint function call beyond what is needed."""
+    ranks = tier_ranks(slots)
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    if literal:
+        head = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
+                for e in slots[:kept]]
+    else:
+        head = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority], 0)
+                for e in slots[:kept]]
+    if literal and not hashing:
+        tail = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
+                for e in slots[kept:]]
+    else:
+        tail = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority],
+                                        _id(e) if hashing else 0)
+                for e in slots[kept:]]
+    return head + tail
+
+
+def build_cluster(cfg: ClusterConfig, holes: Sequence[int] = ()) -> Cluster:
+    slots = slot_list(cfg.endpoints, holes)
+    ranks = tier_ranks(slots)
+    endpoints = [None if e is None else (*_resolve(e.host, e.port), ranks[e.priority]) for e in slots]
+    ids = [i if e is None else _id(e) for i, e in enumerate(slots)]
+    weights = [1 if e is None else e.weight for e in slots]
+    balancer = make_balancer(cfg.balancer, weights, slow_start=cfg.slow_start, ids=ids)
     return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
+
+
+def update_cluster(cluster: Cluster, cfg: ClusterConfig, holes: Sequence[int] = (), literal: bool = False) -> bool:
+    """Apply cfg's endpoints (with holes) to cluster in place; False (nothing changed) when the slots do not
+    extend the cluster's (the discovery manager compacted them, or a static list changed): build a new one.
+    `literal` as for endpoint_table (discovery's sets)."""
+    table = endpoint_table(slot_list(cfg.endpoints, holes), cluster.slots, literal, cfg.balancer in HASHING)
+    try:
+        cluster.update(table)
+    except ValueError:
+        return False
+    return True
 
 
 def build_policy(cfg: ClusterConfig, cell: LimitCell | None = None) -> ClusterPolicy:

@@ -51,7 +51,8 @@ def endpoint_details(cluster: Cluster) -> list[dict[str, Any]]:
     shares = balancer.ramp_shares()
     costs = balancer.costs() if hasattr(balancer, "costs") else None
     out = []
-    for i, e in enumerate(cluster.endpoints()):
+    for e in cluster.endpoints():
+        i = e["index"]
         until = e["ejected_until"]
         out.append({
             "address": e["address"],

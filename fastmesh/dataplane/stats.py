@@ -40,6 +40,7 @@ from fastmesh._core.stats import (
     HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.slots import Holes, slot_list
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
 
 if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
@@ -69,8 +70,8 @@ class ListenerSlots:
 class ClusterSlots:
     """A cluster's region: cluster-wide slots, then one array per endpoint field."""
     name: str
-    endpoints: tuple[str, ...]   # "host:port" as configured
-    weights: tuple[int, ...]
+    endpoints: tuple[str, ...]   # "host:port" as configured, per slot; "" for a hole (a removed endpoint's slot)
+    weights: tuple[int, ...]     # 0 for a hole
     balancer: str
     offset: int
 
@@ -111,8 +112,9 @@ def _listener_clusters(lst: Any, clusters: list[str]) -> list[str]:
 class StatsLayout:
     """Offsets of every counter for one config: listeners, clusters, then HTTP request counters and histograms."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, holes: Holes | None = None) -> None:
         offset = HEADER_SIZE
+        holes = holes or {}
         self.listeners: tuple[ListenerSlots, ...] = ()
         listeners = []
         for lst in cfg.listeners:
@@ -121,8 +123,11 @@ class StatsLayout:
         self.listeners = tuple(listeners)
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
-            endpoints = tuple(_address(e.host, e.port) for e in cluster.endpoints)
-            self.clusters[name] = ClusterSlots(name, endpoints, tuple(e.weight for e in cluster.endpoints),
+            slots = slot_list(cluster.endpoints, holes.get(name, ()))
+            # Inline, not _address(): a discovered cluster may list 10,000 endpoints, laid out again per update.
+            endpoints = tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
+                               for e in slots])
+            self.clusters[name] = ClusterSlots(name, endpoints, tuple([0 if e is None else e.weight for e in slots]),
                                                cluster.balancer, offset)
             offset += cluster_size(len(endpoints))
         requests = []
@@ -153,16 +158,20 @@ class StatsLayout:
             actives.extend(range(start, start + len(cs.endpoints)))
         self.actives = tuple(actives)
         self.key = self._key()
+        self._names: dict[Name, int] | None = None
 
     def _key(self) -> int:
         """64 bits that change whenever an offset could mean something else."""
         shape = [BLOCK_VERSION, self.size,
                  [(ls.name, ls.protocol, ls.offset) for ls in self.listeners],
-                 [(cs.name, cs.endpoints, cs.offset) for cs in self.clusters.values()],
+                 [(cs.name, len(cs.endpoints), cs.offset) for cs in self.clusters.values()],
                  [(r.listener, r.cluster, r.offset) for r in self.requests],
                  [(d.cluster, d.offset) for d in self.durations.values()]]
-        digest = hashlib.blake2b(repr(shape).encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little")
+        digest = hashlib.blake2b(repr(shape).encode(), digest_size=8)
+        for cs in self.clusters.values():       # endpoint names joined, not repr'd: 10,000 of them per update
+            digest.update("\n".join(cs.endpoints).encode())
+            digest.update(b"\0")
+        return int.from_bytes(digest.digest(), "little")
 
     def new_block(self, fd: int | None = None) -> StatsBlock:
         """A block with this layout's header: private heap memory, or (fd) a memfd sized for it and mapped."""
@@ -183,7 +192,12 @@ class StatsLayout:
                 and block[HEADER["size"]] == self.size == len(block))
 
     def slot_names(self) -> dict[Name, int]:
-        """Every counted slot (the header excluded) by its name (dataplane/stats_names.py)."""
+        """Every counted slot (the header excluded) by its name (dataplane/stats_names.py); made once per layout."""
+        if self._names is None:
+            self._names = self._slot_names()
+        return self._names
+
+    def _slot_names(self) -> dict[Name, int]:
         names: dict[Name, int] = {}
         for ls in self.listeners:
             for i, f in enumerate(LISTENER_FIELDS):
@@ -192,10 +206,14 @@ class StatsLayout:
             for f in CLUSTER_FIELDS:
                 names[("cluster", cs.name, f)] = cs.field(f)
             seen: dict[str, int] = {}
+            keyed = []
             for i, address in enumerate(cs.endpoints):
-                k = seen[address] = seen.get(address, -1) + 1
-                for f in ENDPOINT_FIELDS:
-                    names[("endpoint", cs.name, address, k, f)] = cs.endpoint_field(f) + i
+                address = address or f"#{i}"        # a hole keeps its slot's name: slots never move
+                keyed.append((address, seen.setdefault(address, -1) + 1))
+                seen[address] += 1
+            for f in ENDPOINT_FIELDS:
+                start = cs.endpoint_field(f)
+                names.update(zip([("endpoint", cs.name, a, k, f) for a, k in keyed], range(start, start + len(keyed))))
         for r in self.requests:
             for i, c in enumerate(STATUS_CLASSES):
                 names[("requests", r.listener, r.cluster, c)] = r.offset + i
@@ -368,7 +386,8 @@ class WorkerStats:
         if layout.key == self.layout.key:
             return False
         retired = array("Q", bytes(8 * layout.size))
-        self._translation(self.layout, layout).add(self.retired, retired)
+        if any(self.retired):       # (a name-by-name translation of 10,000 endpoints is not free: only when needed)
+            self._translation(self.layout, layout).add(self.retired, retired)
         self.retired, self.layout = retired, layout
         for n in list(self.slots):
             self._new_generation(n)
@@ -507,7 +526,7 @@ class Snapshot:
     def clusters(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for cs in self.layout.clusters.values():
-            endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints))]
+            endpoints = [self._endpoint(cs, i) for i in range(len(cs.endpoints)) if cs.endpoints[i]]
             out[cs.name] = {
                 "balancer": cs.balancer,
                 "retries": self.totals[cs.field("retries")],
@@ -526,18 +545,20 @@ class Snapshot:
     def _endpoint(self, cs: ClusterSlots, i: int) -> dict[str, Any]:
         state_at, seen_at = cs.endpoint_field("state") + i, cs.endpoint_field("seen") + i
         # Each worker marks endpoints from its own connects: the one that saw the endpoint last knows best.
+        # With no stamp anywhere the endpoint is up or standby (its tier not serving) alike in every worker.
         per_worker = {}
-        latest, state = 0, "up"
+        latest, state = 0, ""
         for n, values in self.workers.items():
             here = _state_name(values[state_at])
             per_worker[str(n)] = here
-            if values[seen_at] > latest:
+            if values[seen_at] > latest or not state:
                 latest, state = values[seen_at], here
+        state = state or "up"
         return {
             "address": cs.endpoints[i],
             "weight": cs.weights[i],
             "state": state,
-            "healthy": state == "up",
+            "healthy": state in ("up", "standby"),
             "active": _signed(self.totals[cs.endpoint_field("active") + i]),
             "connections": self.totals[cs.endpoint_field("opened") + i],
             "connect_failures": self.totals[cs.endpoint_field("failures") + i],

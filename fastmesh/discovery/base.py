@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastmesh.config.load import MAX_WEIGHT, format_address, parse_address
+from fastmesh.config.load import MAX_PRIORITY, MAX_WEIGHT, format_address, parse_address
 from fastmesh.config.schema import Discovery, Endpoint
 
 log = logging.getLogger("fastmesh.discovery")
 
-ENDPOINT_KEYS = ("address", "weight", "zone", "metadata")   # zone and metadata are accepted and not used yet
+ENDPOINT_KEYS = ("address", "weight", "priority", "zone", "metadata")   # zone and metadata: accepted, not used yet
 
 
 class SourceError(Exception):
@@ -118,13 +118,17 @@ def parse_endpoint(item: Any, where: str) -> Endpoint:
         raise SourceError("parse", f"{where}: missing \"address\"")
     try:
         host, port = parse_address(address)
-        ipaddress.ip_address(host)
+        host = str(ipaddress.ip_address(host))      # one spelling per address (the data path compares them)
     except ValueError:
         raise SourceError("parse", f"{where}: address {address!r} is not \"ip:port\"") from None
     weight = item.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
         raise SourceError("parse", f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, got {weight!r}")
-    return Endpoint(host, port, weight)
+    priority = item.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise SourceError("parse", f"{where}: priority must be a whole number from 0 to {MAX_PRIORITY}, "
+                          f"got {priority!r}")
+    return Endpoint(host, port, weight, priority)
 
 
 def unique(endpoints: list[Endpoint], where: str) -> list[Endpoint]:

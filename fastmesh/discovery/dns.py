@@ -8,9 +8,10 @@ by up to 10% at random so that instances started together do not ask together. F
   - the server said the name has no such records (NXDOMAIN, or an answer without any): the last good set stays
     for `hold` (HAProxy holds 30 s), then the cluster is emptied. Looked up again meanwhile, so a name that
     comes back within the hold never empties the cluster.
-SRV priorities are tiers: the records of the lowest priority value are the endpoints; the others are listed in
-/clusters as standby and take over only when no lower tier remains in DNS (the proxy does not yet fail over
-between tiers by endpoint health).
+SRV priorities are tiers: every record becomes an endpoint carrying its priority, and the data plane picks only
+from the lowest priority value that has an eligible endpoint (healthy, not ejected, not marked down): the next
+tier serves only while the one before it has none (core Cluster, OUT_STANDBY). /clusters lists the records of
+the other tiers as standby. An address listed in two tiers counts in the more preferred one.
 """
 from __future__ import annotations
 
@@ -110,9 +111,7 @@ class DnsSource(Source):
                                               for r in srv if r.data.priority != tiers[0])
         ttl = min(r.ttl for r in srv)
         endpoints: dict[tuple[str, int], Endpoint] = {}
-        for r in srv:
-            if r.data.priority != tiers[0]:
-                continue
+        for r in sorted(srv, key=lambda r: r.data.priority):
             target = r.data.target.rstrip(".").lower()
             if target in extra:
                 ips, ttl = [ip for ip, _ in extra[target]], min([ttl] + [t for _, t in extra[target]])
@@ -121,7 +120,7 @@ class DnsSource(Source):
                 ttl = min(ttl, target_ttl)
             for ip in ips:
                 weight = max(1, min(MAX_WEIGHT, r.data.weight))
-                endpoints.setdefault((ip, r.data.port), Endpoint(ip, r.data.port, weight))
+                endpoints.setdefault((ip, r.data.port), Endpoint(ip, r.data.port, weight, r.data.priority))
         return list(endpoints.values()), ttl
 
     async def resolve(self) -> list[Endpoint]:

@@ -1,10 +1,12 @@
 """The supervisor's discovery: one source per cluster that has `discovery` and one for a watched naming table, and
 the endpoint sets (and the table) they found.
 
-Sources publish into `sets`; a change wakes `changes()`, which the supervisor's reloader turns into one config
-update for every worker (process/reload.py: the same path as a reload, so workers keep unchanged clusters and
-retire a changed cluster's old pool only after its busy connections finish). Bursts of updates (an etcd
-transaction, several clusters at once) coalesce into one hand-off.
+Sources publish into `sets`; a change wakes `changed`, which the supervisor's reloader turns into one endpoint
+update for every worker (process/reload.py: only the changed clusters' endpoint sets travel, and each worker
+applies them in place, Cluster.update). Each published set is given endpoint slots here (dataplane/slots.py: an
+endpoint keeps its index for its life, removed ones leave holes), so every worker, including one started later,
+indexes the endpoints alike. Bursts of updates (an etcd transaction, several clusters at once) coalesce into one
+hand-off.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 from typing import Any
 
 from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint, NamingSource
+from fastmesh.dataplane.slots import Slots, holes_of, live, next_slots
 from fastmesh.discovery.base import Publish, Source
 
 log = logging.getLogger("fastmesh.discovery")
@@ -54,7 +57,9 @@ class DiscoveryManager:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.specs: dict[str, Discovery] = {}           # cluster name -> the settings its source runs with
         self.sets: dict[str, list[Endpoint]] = {}       # cluster name -> the last endpoint set published
+        self.slots: dict[str, Slots] = {}               # cluster name -> that set in its slots (None: a hole)
         self.changed = asyncio.Event()                  # a set changed since the last hand-off
+        self.dirty: set[str] = set()                    # the clusters whose set changed since the last hand-off
         self.naming: Source | None = None               # the naming table's source, when it is watched
         self.naming_spec: NamingSource | None = None
         self.naming_task: asyncio.Task[None] | None = None
@@ -75,6 +80,7 @@ class DiscoveryManager:
                 self.tasks.pop(name).cancel()
                 del self.sources[name], self.specs[name]
                 self.sets.pop(name, None)
+                self.slots.pop(name, None)
         for name, spec in wanted.items():
             if name not in self.sources:
                 source = make_source(name, spec, folder, self._publisher(name))
@@ -107,6 +113,8 @@ class DiscoveryManager:
             if self.sets.get(name) != endpoints:
                 log.info("cluster %s: %d endpoint(s) from %s", name, len(endpoints), self.sources[name].kind)
                 self.sets[name] = endpoints
+                self.slots[name] = next_slots(self.slots.get(name), endpoints)
+                self.dirty.add(name)
                 self.changed.set()
         return publish
 
@@ -144,12 +152,21 @@ class DiscoveryManager:
         """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""
         clusters: dict[str, Cluster] = {}
         for name, cluster in cfg.clusters.items():
-            found = self.sets.get(name) if cluster.discovery is not None else None
-            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=list(found))
+            found = self.slots.get(name) if cluster.discovery is not None else None
+            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=live(found))
         naming = cfg.naming
         if naming.source is not None and self.table is not None:
             naming = dataclasses.replace(naming, rules=list(self.table))
         return dataclasses.replace(cfg, clusters=clusters, naming=naming)
+
+    def holes(self, cfg: Config) -> dict[str, tuple[int, ...]]:
+        """Per discovered cluster of cfg with holes in its slots: their indexes (what fill() left out)."""
+        out = {}
+        for name, cluster in cfg.clusters.items():
+            slots = self.slots.get(name) if cluster.discovery is not None else None
+            if slots is not None and None in slots:
+                out[name] = holes_of(slots)
+        return out
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per discovered cluster: its source's state (for /clusters and /metrics)."""

@@ -28,5 +28,9 @@ class Health:
             configure_outlier(cluster, self.configs[name].outlier)
         self.active.start()
 
+    def update_cluster(self, name: str, cfg: ClusterConfig, cluster: Any) -> None:
+        """Cluster `name` changed its endpoint set in place: active checks follow (outlier settings are kept)."""
+        self.active.update_cluster(name, cfg, cluster)
+
     async def stop(self) -> None:
         await self.active.stop()

@@ -138,26 +138,58 @@ class ActiveChecks:
         self.rng = rng or random.Random()
         self.checks: list[tuple[EndpointCheck, HealthCheck]] = []
         for name, cfg in configs.items():
-            hc = cfg.health_check
-            if hc is None or name not in clusters:
+            if name in clusters:
+                self.checks.extend(self._checks_of(name, cfg, clusters[name], set()))
+        self.tasks: dict[tuple[str, int], asyncio.Task[None]] = {}     # (cluster, endpoint index) -> its checker
+
+    @staticmethod
+    def _checks_of(name: str, cfg: ClusterConfig, cluster: Any, skip: set[int]
+                   ) -> list[tuple[EndpointCheck, HealthCheck]]:
+        """A check per live endpoint of the cluster (cfg.endpoints lists them in index order) not in skip."""
+        hc = cfg.health_check
+        if hc is None:
+            return []
+        out = []
+        for endpoint, state in zip(cfg.endpoints, cluster.endpoints()):
+            if state["index"] in skip:
                 continue
-            cluster = clusters[name]
-            for i, (endpoint, state) in enumerate(zip(cfg.endpoints, cluster.endpoints())):
-                host, port = split_label(state["address"])
-                ep = EndpointCheck(cluster, name, i, state["address"], host, port,
-                                   _format_host(endpoint.host, endpoint.port))
-                self.checks.append((ep, hc))
-        self.tasks: list[asyncio.Task[None]] = []
+            host, port = split_label(state["address"])
+            out.append((EndpointCheck(cluster, name, state["index"], state["address"], host, port,
+                                      _format_host(endpoint.host, endpoint.port)), hc))
+        return out
 
     def start(self) -> None:
         """One task per endpoint on the running loop."""
         for ep, hc in self.checks:
-            self.tasks.append(asyncio.create_task(self._loop(ep, hc),
-                                                  name=f"health {ep.cluster_name} {ep.label}"))
+            self._start(ep, hc)
+
+    def _start(self, ep: EndpointCheck, hc: HealthCheck) -> None:
+        self.tasks[ep.cluster_name, ep.index] = asyncio.create_task(
+            self._loop(ep, hc), name=f"health {ep.cluster_name} {ep.label}")
+
+    def update_cluster(self, name: str, cfg: ClusterConfig, cluster: Any) -> None:
+        """The cluster's endpoint set changed in place (Cluster.update): stop checking removed endpoints, start on
+        added ones (healthy until checked, like any endpoint at start); the others keep their run of results."""
+        if cfg.health_check is None and not any(ep.cluster_name == name for ep, _ in self.checks):
+            return                  # nothing checked before or after (and 10,000 endpoints cost nothing here)
+        live = {state["index"] for state in cluster.endpoints()}
+        kept = []
+        for ep, hc in self.checks:
+            if ep.cluster_name != name or (ep.index in live and hc == cfg.health_check):
+                kept.append((ep, hc))
+            else:
+                task = self.tasks.pop((name, ep.index), None)
+                if task is not None:
+                    task.cancel()
+        checked = {ep.index for ep, _ in kept if ep.cluster_name == name}
+        added = self._checks_of(name, cfg, cluster, checked)
+        self.checks = kept + added
+        for ep, hc in added:
+            self._start(ep, hc)
 
     async def stop(self) -> None:
         """Cancel every checker and wait for them (a probe in flight is dropped)."""
-        tasks, self.tasks = self.tasks, []
+        tasks, self.tasks = list(self.tasks.values()), {}
         for task in tasks:
             task.cancel()
         if tasks:

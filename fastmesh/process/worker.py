@@ -2,7 +2,8 @@
 
 Reloads come from the supervisor over the control channel (process/link.py), with the config text it
 checked and the stats block for the new config's shape, never from re-reading the file here: every worker then
-applies the same config, even when the file changes again meanwhile.
+applies the same config, even when the file changes again meanwhile. Discovery updates come the same way as
+"endpoints" requests: the changed clusters' endpoint sets, applied in place (Proxy.update_endpoints).
 """
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
         return 0
     from fastmesh.config.load import load_config
     from fastmesh.errors import ConfigError
+    holes: dict[str, tuple[int, ...]] = {}
     try:
         # With discovery the supervisor hands over the running config (endpoints filled in) instead of the file.
-        cfg = load_config(config_path) if config_fd is None else _read_config_fd(config_fd, config_path)
+        if config_fd is None:
+            cfg = load_config(config_path)
+        else:
+            cfg, holes = _read_config_fd(config_fd, config_path)
     except ConfigError as exc:
         for error in exc.errors:        # one log line per problem
             log.error("config no longer loads: %s", error)
@@ -53,18 +58,26 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(cfg, parent, stats_fd, control_fd, limits_fd, worker_id))
+            return runner.run(_serve(cfg, parent, stats_fd, control_fd, limits_fd, worker_id, holes))
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")
         return 1
 
 
-def _read_config_fd(fd: int, source: str) -> Config:
-    """The config the supervisor passed in a memfd, as config_to_dict's JSON."""
+def _read_config_fd(fd: int, source: str) -> tuple[Config, dict[str, tuple[int, ...]]]:
+    """The config the supervisor passed in a memfd, as config_to_dict's JSON, and its endpoint slot holes."""
+    from fastmesh.process.link import read_all
+    return _effective_config(read_all(fd), source)
+
+
+def _effective_config(text: bytes, source: str) -> tuple[Config, dict[str, tuple[int, ...]]]:
+    """The supervisor's effective config (JSON, null entries at endpoint slot holes): the config and the holes."""
     import json
     from fastmesh.config.load import config_from_dict
-    from fastmesh.process.link import read_all
-    return config_from_dict(json.loads(read_all(fd)), source=source)
+    from fastmesh.dataplane.slots import split_holes
+    data = json.loads(text)
+    holes = split_holes(data)
+    return config_from_dict(data, source=source), holes
 
 
 def _supervisor_pid() -> int | None:
@@ -102,7 +115,8 @@ def _announce_ready() -> None:
 
 
 async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, control_fd: int | None = None,
-                 limits_fd: int | None = None, worker_id: int = 0) -> int:
+                 limits_fd: int | None = None, worker_id: int = 0, holes: dict[str, tuple[int, ...]] | None = None
+                 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -123,7 +137,7 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     tracer = memtrace.start(worker_id)      # None unless FASTMESH_MEMTRACE is set (a debug switch for soaks)
     from fastmesh.proxy import Proxy
     # Counters in the supervisor's shared stats block; limits counted in its limits block, in our slot's region.
-    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd, limits_fd=limits_fd, worker=worker_id)
+    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd, limits_fd=limits_fd, worker=worker_id, holes=holes)
     try:
         await proxy.start()
     except OSError as exc:              # start() has already closed whatever it had bound
@@ -155,7 +169,8 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
 
 
 def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, Any]:
-    """The control requests a worker answers: reload and describe (endpoint details for explain)."""
+    """The control requests a worker answers: reload, endpoints (a discovery update) and describe (endpoint
+    details for explain)."""
 
     async def reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         async with busy:
@@ -165,10 +180,34 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
                 return {"ok": False, "errors": ["the worker is stopping"]}
             return await _reload(message, fds)
 
+    async def endpoints(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        async with busy:
+            if stop.is_set():
+                for fd in fds:
+                    os.close(fd)
+                return {"ok": False, "errors": ["the worker is stopping"]}
+            return await _endpoints(fds)
+
+    async def _endpoints(fds: list[int]) -> dict[str, Any]:
+        from fastmesh.process import link as workerlink
+        from fastmesh.dataplane import stats
+        from fastmesh.dataplane.slots import decode_sets
+        began = time.monotonic()
+        payload_fd, stats_fd = (fds + [None, None])[:2]
+        if payload_fd is None:
+            return {"ok": False, "errors": ["the endpoints request carried no endpoint sets"]}
+        sets = decode_sets(workerlink.read_all(payload_fd))
+        block = stats.map_block(stats_fd) if stats_fd is not None else None
+        try:
+            changes = await proxy.update_endpoints(sets, stats_block=block)
+        except (ValueError, OSError) as exc:    # an address the core refuses, or a rebuild that could not bind
+            log.error("endpoint update failed: %s", exc)
+            return {"ok": False, "errors": [f"cannot apply the endpoint update: {exc}"]}
+        return {"ok": True, "changes": changes, "seconds": time.monotonic() - began}
+
     async def _reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         from fastmesh.process import link as workerlink
-        import json
-        from fastmesh.config.load import config_from_dict, loads_config
+        from fastmesh.config.load import loads_config
         from fastmesh.dataplane import stats
         from fastmesh.errors import ConfigError
         began = time.monotonic()
@@ -179,11 +218,12 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
         block = stats.map_block(stats_fd) if stats_fd is not None else None
         source = str(message.get("source", "<config>"))
         try:
+            holes: dict[str, tuple[int, ...]] = {}
             if message.get("format") == "json":        # the supervisor's effective config (discovery)
-                cfg = config_from_dict(json.loads(text), source=source)
+                cfg, holes = _effective_config(text, source)
             else:
                 cfg = loads_config(text.decode(), source=source)
-            changes = await proxy.reload(cfg, stats_block=block)
+            changes = await proxy.reload(cfg, stats_block=block, holes=holes)
         except ConfigError as exc:
             errors = [str(e) for e in exc.errors]
         except OSError as exc:          # a new listener could not be bound: reload() changed nothing
@@ -197,4 +237,4 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
     async def describe(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"ok": True, "clusters": proxy.endpoint_details(list(message.get("clusters", [])))}
 
-    return {"reload": reload, "describe": describe}
+    return {"reload": reload, "endpoints": endpoints, "describe": describe}

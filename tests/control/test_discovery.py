@@ -117,7 +117,7 @@ def test_endpoint_files_json_and_toml() -> None:
     (b'[{"address": "127.0.0.1:1", "weight": 0}]', "x.json: endpoint 0: weight must be a whole number from 1 "
                                                    "to 1000, got 0"),
     (b'[{"address": "127.0.0.1:1", "port": 2}]', "x.json: endpoint 0: unknown key 'port' (expected address, "
-                                                 "weight, zone, metadata)"),
+                                                 "weight, priority, zone, metadata)"),
     (b'["127.0.0.1:1", "127.0.0.1:1"]', "x.json: 127.0.0.1:1 is listed twice"),
 ])
 def test_bad_endpoint_files_say_why(data: bytes, message: str) -> None:
@@ -271,12 +271,15 @@ def test_dns_srv_ports_weights_and_priority_tiers(tmp_path: Path) -> None:
         source = DnsSource("c", dns(server, "dns_srv", "_db._tcp.svc.test"), ".", sets)
         task = await running(source)
         try:
-            await sets.wait_for([Endpoint("127.0.0.1", 9001, 5), Endpoint("127.0.0.2", 9002, 1)])
+            # Every tier is published with its priority; the data plane serves the first with an eligible endpoint.
+            await sets.wait_for([Endpoint("127.0.0.1", 9001, 5), Endpoint("127.0.0.2", 9002, 1),
+                                 Endpoint("127.0.0.2", 9003, 1, 1)])
             assert source.state.detail["standby"] == ["db2.svc.test:9003 (priority 1)"]
             server.set_hosts({"db1.svc.test": ["127.0.0.7"], "db2.svc.test": ["127.0.0.2"]})   # a target moves
-            await sets.wait_for([Endpoint("127.0.0.2", 9002, 1), Endpoint("127.0.0.7", 9001, 5)])
+            await sets.wait_for([Endpoint("127.0.0.2", 9002, 1), Endpoint("127.0.0.2", 9003, 1, 1),
+                                 Endpoint("127.0.0.7", 9001, 5)])
             server.set_srv("_db._tcp.svc.test", [("db2.svc.test", 9003, 1, 1)])    # only the standby tier left
-            await sets.wait_for([Endpoint("127.0.0.2", 9003, 1)])
+            await sets.wait_for([Endpoint("127.0.0.2", 9003, 1, 1)])
         finally:
             await stop(task)
             server.stop()

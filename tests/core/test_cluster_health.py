@@ -276,7 +276,7 @@ def test_check_counters_and_published_state_in_stats():
     c.count_check(True)
     c.count_check(False)
     assert (c.counts["checks_ok"], c.counts["checks_failed"]) == (2, 1)
-    assert ENDPOINT_STATES[3:] == ("unhealthy", "ejected")
+    assert ENDPOINT_STATES[3:] == ("unhealthy", "ejected", "removed", "standby")
     c.set_health(2, False)
     eject(c, 0, T0)
     assert [e["state"] for e in c.endpoints()] == ["ejected", "up", "unhealthy"]

@@ -172,8 +172,11 @@ def test_dns_srv_server_killed_mid_load_keeps_the_last_good_set(tmp_path: Path) 
             tmp_path, f'{{ kind = "dns_srv", name = "_users._tcp.svc.test", resolvers = ["127.0.0.1:{dns.port}"], '
                       f'min_ttl = "200ms", timeout = "300ms" }}')
         try:
-            users = await wait_endpoints(admin, {b[0].address, b[1].address})
+            # Both tiers are endpoints; the priority 1 one stands by while priority 0 has an eligible endpoint.
+            users = await wait_endpoints(admin, {b[0].address, b[1].address, b[2].address})
             assert users["discovery"]["standby"] == [f"users.svc.test:{b[2].port} (priority 1)"]
+            assert {e["address"]: e["state"] for e in users["endpoints"]} == {
+                b[0].address: "up", b[1].address: "up", b[2].address: "standby"}
             tally = Tally()
             load = asyncio.create_task(run_load("127.0.0.1", web, clients=CLIENTS, seconds=4.0, tally=tally))
             await asyncio.sleep(1.0)
@@ -183,9 +186,9 @@ def test_dns_srv_server_killed_mid_load_keeps_the_last_good_set(tmp_path: Path) 
             assert tally.failed == 0, tally.failures
             assert backends_since(tally, killed + 1.0) == {"b-0", "b-1"}
             state = (await admin_json(admin, "/clusters"))["users"]["discovery"]
-            assert sum(state["errors"].values()) >= 2 and state["endpoints"] == 2, state
+            assert sum(state["errors"].values()) >= 2 and state["endpoints"] == 3, state
             assert {e["address"] for e in (await admin_json(admin, "/clusters"))["users"]["endpoints"]} == {
-                b[0].address, b[1].address}
+                b[0].address, b[1].address, b[2].address}
         finally:
             await stop_all(run, b)
             dns.stop()

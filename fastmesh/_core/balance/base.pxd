@@ -2,6 +2,8 @@
 # Endpoints are indexes 0..n-1 into the owning cluster's endpoint arrays; events keep the balancer's
 # state current so that pick() is cheap and never scans Python objects.
 from libc.limits cimport LLONG_MAX
+from libc.stdlib cimport realloc
+from libc.string cimport memset
 
 cdef class Balancer:
     cdef int n                    # number of endpoints
@@ -24,6 +26,11 @@ cdef class Balancer:
     cdef double ramp_due          # `now` at or after which set_clock recomputes the ramped weights
     cdef double now               # the owner's monotonic clock in seconds, as last given to set_clock
     cdef bint clock_set           # set_clock has been called; slow start stays off until then
+    # Added for discovery updates (appended): endpoints added, removed and reweighted in place.
+    cdef unsigned char *gone      # 1 for a removed endpoint: down for good, no weight, no table entry
+    cdef bint batching            # between begin_batch and end_batch: up/down events defer their O(n) work
+    cdef bint batch_dirty         # an event deferred its work (end_batch recomputes weights and the up set)
+    cdef bint members_dirty       # endpoints were added or reweighted (end_batch rebuilds hashing tables)
 
     # Index of the endpoint to use, or -1 when none is up. `avoid` (-1 for none) is an endpoint the
     # caller just failed on: pick it only if it is the only one up.
@@ -54,6 +61,25 @@ cdef class Balancer:
     cdef void reweight(self) noexcept
     # `weights` changed under the algorithm (slow start): drop state computed from the old ones.
     cdef void weights_changed(self) noexcept
+    # Discovery updates: grow to n endpoints (the new ones down, weight 1, not gone), then `resized` lets the
+    # algorithm grow its own arrays from old_n to the new self.n entries (each new one as for a new endpoint).
+    cdef int resize(self, int n) except -1
+    cdef int resized(self, int old_n) except -1
+    # Endpoint i's configured weight (applied at end_batch, or at once outside a batch).
+    cdef void set_config_weight(self, int i, int weight) noexcept
+    # Endpoint i is gone for good: down, never up again, left out of hashing tables.
+    cdef void remove(self, int i) noexcept
+    # The stable 64-bit id of endpoint i (hashing balancers place it by this; the others ignore it).
+    cdef void set_endpoint_id(self, int i, unsigned long long ident) noexcept
+    # Defer the O(n) work of up/down events and weight changes until end_batch, which does it once.
+    cdef void begin_batch(self) noexcept
+    cdef int end_batch(self) except -1
+    # Endpoints were added or reweighted: rebuild what is derived from the member set (hashing tables).
+    cdef int members_changed(self) except -1
+    # Endpoint i takes over what `old` (a balancer this one replaces) knew of its endpoint j (latency estimates).
+    cdef void adopt_endpoint(self, Balancer old, int j, int i) noexcept
+    # The up set or weights changed: the O(n) recomputation, deferred while batching.
+    cdef void refresh(self, bint ramps) noexcept
 
 
 # Inline helpers: defined here so that the algorithm modules inline them instead of calling through
@@ -146,3 +172,13 @@ cdef inline double ramp_share(Balancer b, int i) noexcept nogil:
     if elapsed < 0.0:
         elapsed = 0.0
     return 0.1 + 0.9 * elapsed
+
+
+cdef inline void *grow_array(void *p, Py_ssize_t old_n, Py_ssize_t n, size_t size) except NULL:
+    # An endpoint array of old_n + 1 entries (one spare, as allocated) reallocated to n + 1, the new entries
+    # zeroed; MemoryError leaves p as it was.
+    cdef void *q = realloc(p, (n + 1) * size)
+    if q == NULL:
+        raise MemoryError()
+    memset(<char *>q + (old_n + 1) * size, 0, (n - old_n) * size)
+    return q

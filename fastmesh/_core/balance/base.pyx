@@ -8,6 +8,12 @@ recomputes them every window / RAMP_STEPS seconds (O(n), a few dozen times per w
 when the last ramp ends, `weights` is the configured weights again. Slow start needs a clock: until the
 first set_clock an endpoint_up restores full weight at once, so a missing clock cannot leave an
 endpoint stuck at 10%.
+
+Discovery updates (the owning Cluster's update()): endpoints are indexes that never move, so nothing a
+connection or request holds goes stale. resize() appends endpoints (down until endpoint_up, which starts
+their slow start like any recovery), remove() takes one down for good (`gone`: no weight, no table entry),
+set_config_weight() changes a weight. Between begin_batch() and end_batch() the O(n) recomputation every
+up/down event and weight change needs is done once, at the end, so 10,000 changes cost O(n), not O(n^2).
 """
 from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free
@@ -26,6 +32,19 @@ cdef enum:
     RAMP_STEPS = 50
     # The C bound behind MAX_WEIGHT, for the ramp scaling.
     C_MAX_WEIGHT = 0x7FFFFFFF
+
+
+cdef bint _uniform(Balancer b) noexcept:
+    # Every endpoint still present has the same weight in `weights`.
+    cdef int i, first = -1
+    for i in range(b.n):
+        if b.gone[i]:
+            continue
+        if first < 0:
+            first = b.weights[i]
+        elif b.weights[i] != first:
+            return False
+    return True
 
 
 cdef int _index(Balancer b, i) except -1:
@@ -64,8 +83,10 @@ cdef class Balancer:
         self.cum = <long long *>calloc(count + 1, sizeof(long long))
         self.config_weights = <int *>calloc(count + 1, sizeof(int))
         self.ramp_from = <double *>calloc(count + 1, sizeof(double))
+        self.gone = <unsigned char *>calloc(count + 1, sizeof(unsigned char))
         if (self.weights == NULL or self.up == NULL or self.active == NULL or self.up_list == NULL
-                or self.up_pos == NULL or self.cum == NULL or self.config_weights == NULL or self.ramp_from == NULL):
+                or self.up_pos == NULL or self.cum == NULL or self.config_weights == NULL or self.ramp_from == NULL
+                or self.gone == NULL):
             raise MemoryError()
         self.uniform = True
         for i in range(self.n):
@@ -86,6 +107,7 @@ cdef class Balancer:
     def __dealloc__(self):
         free(self.config_weights)
         free(self.ramp_from)
+        free(self.gone)
         free(self.weights)
         free(self.up)
         free(self.active)
@@ -97,7 +119,7 @@ cdef class Balancer:
         return -1
 
     cdef void endpoint_up(self, int i) noexcept:
-        if i < 0 or i >= self.n or self.up[i]:
+        if i < 0 or i >= self.n or self.up[i] or self.gone[i]:
             return
         self.up[i] = 1
         self.n_up += 1
@@ -105,9 +127,9 @@ cdef class Balancer:
             if self.ramp_from[i] < 0.0:
                 self.n_ramping += 1
             self.ramp_from[i] = self.now
-            self.reweight()
+            self.refresh(True)
         else:
-            self.rebuild_up()
+            self.refresh(False)
 
     cdef void endpoint_down(self, int i) noexcept:
         if i < 0 or i >= self.n or not self.up[i]:
@@ -118,9 +140,79 @@ cdef class Balancer:
             # A ramp ends when its endpoint goes down; the next endpoint_up starts a new one.
             self.ramp_from[i] = -1.0
             self.n_ramping -= 1
+            self.refresh(True)
+        else:
+            self.refresh(False)
+
+    cdef void refresh(self, bint ramps) noexcept:
+        if self.batching:
+            self.batch_dirty = True
+        elif ramps:
             self.reweight()
         else:
             self.rebuild_up()
+
+    cdef int resize(self, int n) except -1:
+        cdef int i, old_n = self.n
+        if n <= old_n:
+            return 0
+        self.weights = <int *>grow_array(self.weights, old_n, n, sizeof(int))
+        self.up = <unsigned char *>grow_array(self.up, old_n, n, sizeof(unsigned char))
+        self.active = <int *>grow_array(self.active, old_n, n, sizeof(int))
+        self.up_list = <int *>grow_array(self.up_list, old_n, n, sizeof(int))
+        self.up_pos = <int *>grow_array(self.up_pos, old_n, n, sizeof(int))
+        self.cum = <long long *>grow_array(self.cum, old_n, n, sizeof(long long))
+        self.config_weights = <int *>grow_array(self.config_weights, old_n, n, sizeof(int))
+        self.ramp_from = <double *>grow_array(self.ramp_from, old_n, n, sizeof(double))
+        self.gone = <unsigned char *>grow_array(self.gone, old_n, n, sizeof(unsigned char))
+        for i in range(old_n, n):
+            self.weights[i] = 1
+            self.config_weights[i] = 1
+            self.ramp_from[i] = -1.0
+            self.up_pos[i] = -1
+        self.n = n
+        self.resized(old_n)
+        self.members_dirty = True
+        self.refresh(True)
+        return 0
+
+    cdef int resized(self, int old_n) except -1:
+        return 0
+
+    cdef void set_config_weight(self, int i, int weight) noexcept:
+        if 0 <= i < self.n and weight >= 1 and self.config_weights[i] != weight:
+            self.config_weights[i] = weight
+            self.members_dirty = True
+            self.batch_dirty = True
+
+    cdef void remove(self, int i) noexcept:
+        if i < 0 or i >= self.n or self.gone[i]:
+            return
+        self.endpoint_down(i)
+        self.gone[i] = 1
+        self.members_dirty = True
+
+    cdef void set_endpoint_id(self, int i, unsigned long long ident) noexcept:
+        pass
+
+    cdef void adopt_endpoint(self, Balancer old, int j, int i) noexcept:
+        pass
+
+    cdef void begin_batch(self) noexcept:
+        self.batching = True
+
+    cdef int end_batch(self) except -1:
+        self.batching = False
+        if self.batch_dirty or self.members_dirty:
+            self.batch_dirty = False
+            self.reweight()
+        if self.members_dirty:
+            self.members_dirty = False
+            self.members_changed()
+        return 0
+
+    cdef int members_changed(self) except -1:
+        return 0
 
     cdef void request_start(self, int i) noexcept:
         if 0 <= i < self.n:
@@ -163,7 +255,7 @@ cdef class Balancer:
             self.now = now
         elif now > self.now:
             self.now = now
-        if self.n_ramping > 0 and self.now >= self.ramp_due:
+        if self.n_ramping > 0 and self.now >= self.ramp_due and not self.batching:
             self.reweight()
 
     cdef void shift_clock(self, double delta) noexcept:
@@ -176,7 +268,6 @@ cdef class Balancer:
     cdef void reweight(self) noexcept:
         cdef int i, max_w = 1
         cdef long long scale, w
-        cdef bint uniform = True
         for i in range(self.n):
             if self.ramp_from[i] >= 0.0 and self.now - self.ramp_from[i] >= self.slow_start:
                 self.ramp_from[i] = -1.0
@@ -193,11 +284,7 @@ cdef class Balancer:
             for i in range(self.n):
                 w = <long long>(<double>self.config_weights[i] * <double>scale * ramp_share(self, i) + 0.5)
                 self.weights[i] = <int>w if w >= 1 else 1
-        for i in range(1, self.n):
-            if self.weights[i] != self.weights[0]:
-                uniform = False
-                break
-        self.uniform = uniform
+        self.uniform = _uniform(self)
         self.rebuild_up()
         self.ramp_due = self.now + self.slow_start / RAMP_STEPS
         self.weights_changed()
@@ -276,6 +363,45 @@ cdef class Balancer:
     def ramping_count(self):
         """Endpoints still in their slow start ramp."""
         return self.n_ramping
+
+    def add_endpoints(self, weights, ids=None):
+        """Append endpoints with these weights (and 64-bit ids, for the hashing balancers), up at once: with
+        slow start on they ramp like a recovered endpoint. Returns the index of the first one."""
+        cdef int first = self.n, k
+        weights = list(weights)
+        ids = list(ids) if ids is not None else [first + k for k in range(len(weights))]
+        if len(ids) != len(weights):
+            raise ValueError(f"expected {len(weights)} endpoint ids, got {len(ids)}")
+        for w in weights:
+            if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= MAX_WEIGHT:
+                raise ValueError(f"endpoint weights must be ints in 1..{MAX_WEIGHT}, got {w!r}")
+        self.begin_batch()
+        try:
+            self.resize(first + len(weights))
+            for k in range(len(weights)):
+                self.set_config_weight(first + k, weights[k])
+                self.set_endpoint_id(first + k, <unsigned long long>(ids[k] & 0xFFFFFFFFFFFFFFFF))
+                self.endpoint_up(first + k)
+        finally:
+            self.end_batch()
+        return first
+
+    def remove_endpoint(self, i):
+        """Endpoint i is gone for good: never picked again (its index is not reused)."""
+        self.remove(_index(self, i))
+        self.end_batch()
+
+    def set_weight(self, i, int weight):
+        """Endpoint i's configured weight from now on."""
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"endpoint weights must be in 1..{MAX_WEIGHT}, got {weight}")
+        self.set_config_weight(_index(self, i), weight)
+        self.end_batch()
+
+    @property
+    def gone_count(self):
+        """Endpoints removed for good (their indexes stay, never picked)."""
+        return sum(self.gone[i] for i in range(self.n))
 
     def effective_weights(self):
         """The weights picks use now, per endpoint (the configured ones scaled while some endpoint ramps)."""

@@ -50,7 +50,7 @@ from libc.math cimport exp, isfinite
 from libc.stdlib cimport calloc, free
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from fastmesh._core.balance.base cimport Balancer, rng_next, up_draw
+from fastmesh._core.balance.base cimport Balancer, grow_array, rng_next, up_draw
 
 # Stored costs are rescaled when exp((now - epoch) / decay) passes e**REBASE, well inside a double's
 # range whatever the costs are.
@@ -246,7 +246,7 @@ cdef class EwmaBalancer(Balancer):
     cdef void endpoint_up(self, int i) noexcept:
         cdef bint was_down = 0 <= i < self.n and not self.up[i]
         Balancer.endpoint_up(self, i)
-        if not was_down:
+        if not was_down or not self.up[i]:
             return
         # Its cost from before it went down is stale: until its first sample it costs the cluster's typical
         # cost (not its peers' mean: one peer's spike would make that a cost no equal endpoint shows).
@@ -256,6 +256,41 @@ cdef class EwmaBalancer(Balancer):
         self.penalized[i] = 0
         self.last_seq[i] = self.seq
         self.probe_at[i] = self.seq + self.gap[i]
+
+    cdef int resized(self, int old_n) except -1:
+        # New endpoints (added by a discovery update) cost the cluster's typical cost until their first sample.
+        cdef int i
+        self.cost = <double *>grow_array(self.cost, old_n, self.n, sizeof(double))
+        self.stamp = <double *>grow_array(self.stamp, old_n, self.n, sizeof(double))
+        self.unsampled = <unsigned char *>grow_array(self.unsampled, old_n, self.n, sizeof(unsigned char))
+        self.load_unit = <double *>grow_array(self.load_unit, old_n, self.n, sizeof(double))
+        self.since = <double *>grow_array(self.since, old_n, self.n, sizeof(double))
+        self.last_seq = <unsigned long long *>grow_array(self.last_seq, old_n, self.n, sizeof(unsigned long long))
+        self.gap = <unsigned long long *>grow_array(self.gap, old_n, self.n, sizeof(unsigned long long))
+        self.probe_at = <unsigned long long *>grow_array(self.probe_at, old_n, self.n, sizeof(unsigned long long))
+        self.penalized = <unsigned char *>grow_array(self.penalized, old_n, self.n, sizeof(unsigned char))
+        for i in range(old_n, self.n):
+            self.cost[i] = self.typical
+            self.stamp[i] = self.now
+            self.unsampled[i] = 1
+            self.load_unit[i] = 1.0
+            self.last_seq[i] = self.seq
+        return 0
+
+    cdef void adopt_endpoint(self, Balancer old, int j, int i) noexcept:
+        # The estimate of the endpoint this one replaces (a rebuilt cluster): cost as it stands now, rescaled to
+        # this balancer's epoch, and whether it was measured or penalized.
+        cdef EwmaBalancer o
+        if not isinstance(old, EwmaBalancer) or not 0 <= i < self.n or not 0 <= j < old.n:
+            return
+        o = <EwmaBalancer>old
+        if o.unsampled[j]:
+            return
+        self.cost[i] = o.cost[j] * o.decay_now / self.decay_now
+        self.stamp[i] = self.now
+        self.unsampled[i] = 0
+        self.penalized[i] = o.penalized[j]
+        self.last_seq[i] = self.seq
 
     cdef void rebuild_up(self) noexcept:
         # Runs on up/down events and weight changes, never per pick: the division happens here.

@@ -9,5 +9,5 @@ cdef class MaglevBalancer(Balancer):
 
     # Slow path of pick_hash: probe slots after `slot` for the first eligible endpoint for hashed key h.
     cdef int walk(self, unsigned int slot, unsigned long long h, int avoid) noexcept
-    # Fill the table from the endpoints' ids and configured weights (construction only).
+    # Fill the table from the ids and configured weights of the endpoints not gone (construction, updates).
     cdef int populate(self) except -1

@@ -22,7 +22,7 @@ in ring_hash; other keys probe on as if it were down.
 """
 from libc.stdlib cimport calloc, free, malloc
 
-from fastmesh._core.balance.base cimport Balancer, ramp_share, rng_next
+from fastmesh._core.balance.base cimport Balancer, grow_array, ramp_share, rng_next
 from fastmesh._core.balance.hashing cimport mix64, unit_interval
 from fastmesh._core.balance.hashing import check_endpoint_ids
 
@@ -75,7 +75,7 @@ cdef class MaglevBalancer(Balancer):
         cdef long long *credit = <long long *>calloc(self.n + 1, sizeof(long long))
         cdef long long max_weight = 1
         cdef unsigned int filled = 0, s
-        cdef int i
+        cdef int i, present = 0
         if slot == NULL or skip == NULL or credit == NULL:
             free(slot)
             free(skip)
@@ -86,10 +86,15 @@ cdef class MaglevBalancer(Balancer):
         for i in range(self.n):
             slot[i] = <unsigned int>(mix64(self.ids[i] ^ OFFSET_SEED) % m)
             skip[i] = <unsigned int>(mix64(self.ids[i] ^ SKIP_SEED) % (m - 1)) + 1   # m >= 2: in 1..m-1
+            if self.gone[i]:
+                continue
+            present += 1
             if self.config_weights[i] > max_weight:
                 max_weight = self.config_weights[i]
-        while filled < m and self.n > 0:
+        while filled < m and present > 0:
             for i in range(self.n):
+                if self.gone[i]:
+                    continue
                 credit[i] += self.config_weights[i]
                 if credit[i] < max_weight:
                     continue
@@ -109,6 +114,21 @@ cdef class MaglevBalancer(Balancer):
         free(skip)
         free(credit)
         return 0
+
+    cdef int resized(self, int old_n) except -1:
+        cdef int i
+        self.ids = <unsigned long long *>grow_array(self.ids, old_n, self.n, sizeof(unsigned long long))
+        for i in range(old_n, self.n):
+            self.ids[i] = <unsigned long long>i
+        return 0
+
+    cdef void set_endpoint_id(self, int i, unsigned long long ident) noexcept:
+        if 0 <= i < self.n:
+            self.ids[i] = ident
+
+    cdef int members_changed(self) except -1:
+        # Endpoints added, removed or reweighted: fill the table again (Maglev moves few keys between fills).
+        return self.populate()
 
     cdef int pick(self, int avoid) noexcept:
         # No key: a random one, which spreads picks by weight.

@@ -23,7 +23,7 @@ down. The admitted set only grows as the share rises, so keys move back once and
 """
 from libc.stdlib cimport calloc, free, malloc, qsort
 
-from fastmesh._core.balance.base cimport Balancer, ramp_share, rng_next
+from fastmesh._core.balance.base cimport Balancer, grow_array, ramp_share, rng_next
 from fastmesh._core.balance.hashing cimport mix64, unit_interval
 from fastmesh._core.balance.hashing import check_endpoint_ids
 
@@ -51,9 +51,7 @@ cdef class RingHashBalancer(Balancer):
             raise MemoryError()
 
     def __init__(self, weights, seed=None, *, slow_start=0.0, ids=None, int vnodes=160, long long max_ring=1 << 20):
-        cdef int i, j, count
-        cdef long long total_weight = 0, length = 0, k = 0
-        cdef double per_weight
+        cdef int i
         if vnodes < 1:
             raise ValueError(f"vnodes must be >= 1, got {vnodes}")
         if not self.n <= max_ring <= MAX_RING:
@@ -61,28 +59,62 @@ cdef class RingHashBalancer(Balancer):
                              f"got {max_ring}")
         for i, x in enumerate(check_endpoint_ids(ids, self.n)):
             self.ids[i] = x
+        self.vnodes = vnodes
+        self.max_ring = max_ring
+        self.build_ring()
+
+    cdef int build_ring(self) except -1:
+        # The points of every endpoint still present (not gone), sorted, and their bucket index.
+        cdef int i, j, count
+        cdef long long total_weight = 0, length = 0, k = 0
+        cdef long long max_ring = self.max_ring if self.max_ring >= self.n else self.n
+        cdef double per_weight
+        cdef RingPoint *ring
         for i in range(self.n):
-            total_weight += self.config_weights[i]
-        per_weight = vnodes
+            if not self.gone[i]:
+                total_weight += self.config_weights[i]
+        per_weight = self.vnodes
         if total_weight * per_weight > max_ring:
             per_weight = <double>max_ring / <double>total_weight
         for i in range(self.n):
-            count = <int>(self.config_weights[i] * per_weight + 0.5)
-            length += count if count >= 1 else 1
-        self.ring = <RingPoint *>malloc((length + 1) * sizeof(RingPoint))
-        if self.ring == NULL:
+            if not self.gone[i]:
+                count = <int>(self.config_weights[i] * per_weight + 0.5)
+                length += count if count >= 1 else 1
+        ring = <RingPoint *>malloc((length + 1) * sizeof(RingPoint))
+        if ring == NULL:
             raise MemoryError()
         for i in range(self.n):
+            if self.gone[i]:
+                continue
             count = <int>(self.config_weights[i] * per_weight + 0.5)
             if count < 1:
                 count = 1
             for j in range(count):
-                self.ring[k].hash = mix64(self.ids[i] + <unsigned long long>j * POINT_STEP)
-                self.ring[k].owner = i
+                ring[k].hash = mix64(self.ids[i] + <unsigned long long>j * POINT_STEP)
+                ring[k].owner = i
                 k += 1
-        qsort(self.ring, length, sizeof(RingPoint), _point_order)
+        qsort(ring, length, sizeof(RingPoint), _point_order)
+        free(self.ring)
+        self.ring = ring
         self.ring_len = <int>length
         self.build_buckets()
+        return 0
+
+    cdef int resized(self, int old_n) except -1:
+        cdef int i
+        self.ids = <unsigned long long *>grow_array(self.ids, old_n, self.n, sizeof(unsigned long long))
+        for i in range(old_n, self.n):
+            self.ids[i] = <unsigned long long>i
+        return 0
+
+    cdef void set_endpoint_id(self, int i, unsigned long long ident) noexcept:
+        if 0 <= i < self.n:
+            self.ids[i] = ident
+
+    cdef int members_changed(self) except -1:
+        # Endpoints added, removed or reweighted: place the points again (each endpoint's depend only on its
+        # own id and weight, so the others' keys stay put unless max_ring binds).
+        return self.build_ring()
 
     cdef int build_buckets(self) except -1:
         # About one bucket per two points (at least 2 buckets, so the shift stays below 64).
@@ -92,6 +124,7 @@ cdef class RingHashBalancer(Balancer):
             bits += 1
         count = 1 << bits
         self.bucket_shift = 64 - bits
+        free(self.bucket_start)
         self.bucket_start = <int *>malloc((count + 1) * sizeof(int))
         if self.bucket_start == NULL:
             raise MemoryError()

@@ -17,7 +17,7 @@ from libc.limits cimport LLONG_MIN
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
-from fastmesh._core.balance.base cimport Balancer
+from fastmesh._core.balance.base cimport Balancer, grow_array
 
 
 cdef class RoundRobinBalancer(Balancer):
@@ -89,6 +89,10 @@ cdef class RoundRobinBalancer(Balancer):
             return avoid
         current[best] = best_score - total
         return best
+
+    cdef int resized(self, int old_n) except -1:
+        self.current = <long long *>grow_array(self.current, old_n, self.n, sizeof(long long))
+        return 0
 
     cdef void weights_changed(self) noexcept:
         memset(self.current, 0, self.n * sizeof(long long))

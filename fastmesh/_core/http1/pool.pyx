@@ -11,9 +11,14 @@ max_connections and max_pending are the instance's (limits.pyx): a connection or
 of the cluster's limit cell (the connector takes and gives them). A slot another worker frees wakes nobody here,
 so the tick also hands free slots to this pool's waiters, and while other workers have requests waiting this
 pool closes its idle connections to free their slots.
+
+An endpoint set update (Cluster.update) grows the cluster's slots: endpoints_changed() grows the idle lists to
+match and closes the idle connections of removed endpoints; a connection to a removed endpoint that finishes
+its exchange later is closed, not kept. Connections to endpoints still listed stay pooled.
 """
 from libc.stdint cimport uint32_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memset
 
 from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
 from fastmesh._core.includes.system cimport (
@@ -21,7 +26,7 @@ from fastmesh._core.includes.system cimport (
     SOL_SOCKET, SO_ERROR, SO_LINGER, linger,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget
-from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
 from fastmesh._core.upstream.connector cimport (
     Connector, ConnectUser, ConnectTry, CONNECT_OPENED, CONNECT_IDLE, CONNECT_NONE,
 )
@@ -185,7 +190,7 @@ cdef class HttpPool(Connector):
         cdef int ep = up.endpoint
         up.user = None
         if (self.retired or up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= self.max_idle
-                or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end):
+                or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end or self.cluster.out[ep] & OUT_REMOVED):
             up.close()
             return
         rb_free(&up.rbuf, self.reactor.buffers)
@@ -248,6 +253,28 @@ cdef class HttpPool(Connector):
         """A reload replaced this pool: close its idle connections; busy ones close when their exchange ends."""
         self.retired = True
         self.close_idle()
+
+    def endpoints_changed(self):
+        """The cluster's endpoint set was updated: idle lists for its new slots; removed endpoints' idle
+        connections closed (their busy ones close when their exchange ends). Returns how many were closed."""
+        cdef int ep, old_n = len(self.idle_heads), n = self.cluster.n, closed = 0
+        cdef int *counts
+        cdef Upstream up
+        if n > old_n:
+            counts = <int *>realloc(self.idle_count, n * sizeof(int))
+            if counts == NULL:
+                raise MemoryError()
+            memset(counts + old_n, 0, (n - old_n) * sizeof(int))
+            self.idle_count = counts
+            self.idle_heads.extend([None] * (n - old_n))
+        for ep in range(old_n):
+            if self.cluster.out[ep] & OUT_REMOVED:
+                while self.idle_heads[ep] is not None:
+                    up = <Upstream>self.idle_heads[ep]
+                    self.unlink_idle(up)
+                    up.close()
+                    closed += 1
+        return closed
 
     def close_idle(self):
         """Close every idle connection (shutdown)."""
