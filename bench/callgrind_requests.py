@@ -7,6 +7,9 @@ After a warm-up the counters are zeroed (callgrind_control -z), a client sends `
 one connection, and the counts are dumped; instructions (Ir) / requests is the cost of one request.
 
     python -m bench.callgrind_requests /tmp/fm-revs/before /tmp/fm-revs/after --requests 3000
+
+`--filter REF` puts a request filter plugin on the http listener (e.g. fastmesh._testbase.plugins:Noop, a filter
+that does nothing): the difference to a run without it is what the plugin path costs per request.
 """
 from __future__ import annotations
 
@@ -39,9 +42,11 @@ asyncio.run(main())
 """
 
 
-def config(http_port: int, tcp_port: int, backend_port: int) -> str:
+def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "") -> str:
+    filters = f'filters = [{{ plugin = "{filter_ref}" }}]\n' if filter_ref else ""
     return (f'drain_timeout = "100ms"\n'
             f'[[listeners]]\nname = "http"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "b"\n'
+            f'{filters}'
             f'[[listeners]]\nname = "tcp"\nlisten = "127.0.0.1:{tcp_port}"\nprotocol = "tcp"\ncluster = "b"\n'
             f'[clusters.b]\nendpoints = ["127.0.0.1:{backend_port}"]\n')
 
@@ -67,12 +72,12 @@ def requests(port: int, count: int) -> None:
                 buf += chunk
 
 
-def measure(root: str, tmp: str, backend_port: int, count: int) -> dict[str, float]:
+def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     http_port, tcp_port = procs.free_port(), procs.free_port()
     conf = os.path.join(tmp, "fm.toml")
     with open(conf, "w") as f:
-        f.write(config(http_port, tcp_port, backend_port))
+        f.write(config(http_port, tcp_port, backend_port, filter_ref))
     script = os.path.join(tmp, "serve.py")
     with open(script, "w") as f:
         f.write(SERVE)
@@ -104,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("builds", nargs="+", help="directories holding an in-place build of fastmesh")
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
+    ap.add_argument("--filter", default="", metavar="REF", help="a request filter plugin on the http listener")
     a = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="fastmesh-callgrind-")
     p = procs.Procs(tmp)
     try:
         backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
-        rows = {root: measure(root, tmp, backend_port, a.requests) for root in a.builds}
+        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter) for root in a.builds}
         if a.keep:
             os.makedirs(a.keep, exist_ok=True)
             for dump in glob.glob(os.path.join(tmp, "cg-*.*.*")):

@@ -1,10 +1,11 @@
-"""Public error types: ConfigError (one problem in a config) and ConfigErrors (all problems found in one config)."""
+"""Public error types: ConfigError (one problem in a config), ConfigErrors (all problems found in one config) and
+PluginError (a plugin reference that names nothing usable)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ConfigError", "ConfigErrors"]
+__all__ = ["ConfigError", "ConfigErrors", "PluginError"]
 
 
 class ConfigError(Exception):
@@ -63,6 +64,19 @@ class ConfigErrors(ConfigError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ConfigErrors, (self._errors,))
+
+
+class PluginError(Exception):
+    """A plugin reference ("package.module:Name" or an entry-point name) that cannot be used: `ref` and what a
+    usable one would be. The config loader turns it into a ConfigError at the key that names the plugin."""
+
+    def __init__(self, ref: str, expected: str) -> None:
+        self.ref = ref
+        self.expected = expected
+        super().__init__(f"plugin {ref!r}: expected {expected}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PluginError, (self.ref, self.expected))
 
 
 def _rebuild(file: str, key: str, expected: str, got: str | None, reason: str) -> ConfigError:

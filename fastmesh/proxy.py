@@ -452,6 +452,7 @@ class Proxy:
             "health": self._health.active.status() if self._health is not None else {},
             "connections": self._connection_limits(),
             "tls": self._tls_stats(),
+            "filters": self._filter_stats(),
         }
 
     def _tls_stats(self) -> dict[str, Any]:
@@ -479,6 +480,11 @@ class Proxy:
                 seen["resumed"] += client.resumed
                 seen["failed"] += client.failures
         return {"listeners": listeners, "clusters": clusters}
+
+    def _filter_stats(self) -> dict[str, list[dict[str, Any]]]:
+        """Per http listener: each filter plugin's calls, answers, errors and timeouts (this process's)."""
+        from fastmesh.dataplane.listeners import filter_entries
+        return {name: [e.stats() for e in filter_entries(h)] for name, h in self._http.items() if h.chains}
 
     def _connection_limits(self) -> dict[str, Any]:
         """The worker's connection limit and each listener's: the limit (0: none), the connections holding a slot
@@ -515,6 +521,8 @@ class Proxy:
             await asyncio.sleep(0.05)
         if self.active_connections:
             log.info("drain timeout: closing %d connection(s)", self.active_connections)
+        from fastmesh._core.http1.proxy import HttpProxy as CoreHttpProxy
+        from fastmesh.dataplane.listeners import filter_entries
         for acceptor in [*self._tcp.values(), *self._http.values(), *self._retired]:
             acceptor.close_all()
             # An http listener's access log file (dataplane/access_log.py); the core's field is readable from
@@ -523,6 +531,9 @@ class Proxy:
             writer = getattr(acceptor, "access_log", None)
             if writer is not None:
                 writer.close()
+            if isinstance(acceptor, CoreHttpProxy):
+                for entry in filter_entries(acceptor):   # the filter plugins' close()
+                    entry.close()
         self._retired.clear()
         assert self._health is not None and self._reactor is not None and self._lag is not None   # started
         await self._health.stop()

@@ -24,9 +24,11 @@ cdef enum ProxyError:
     PE_RESPONSE_TIMEOUT = 12           # no response head within the try's timeout (504)
     PE_DEADLINE_EXCEEDED = 13          # the request's deadline (timeout / fastmesh-timeout-ms) passed (504)
     PE_METHOD_NOT_ALLOWED = 14         # CONNECT where no route names it: a reverse proxy is no tunnel (405)
+    PE_PLUGIN = 15                     # a filter plugin failed: raised, or answered what cannot be sent (500)
+    PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
 
 cdef enum:
-    PE_COUNT = 15                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 17                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:

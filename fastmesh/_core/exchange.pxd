@@ -56,7 +56,7 @@ cdef class Exchange:
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
-    cdef public object log_fields      # (method, authority, target) bytes as the client sent them, when logging
+    cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
     # trailers-only head or early trailers); -1: none
     cdef int grpc_code
@@ -64,6 +64,8 @@ cdef class Exchange:
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
+    cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
+                          double now) noexcept
     cdef void list_own_edits(self, const ForwardRules *rules) noexcept
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
                            double now) noexcept
@@ -88,8 +90,9 @@ cdef class Exchange:
     cdef bint wait(self, ConnectUser user) noexcept
     cdef int retried_mark(self, int status, bint marked) noexcept
     cdef void end(self, ConnectUser user) noexcept
+    cdef void log_begin(self, tuple names, const RequestView *v, const ForwardRules *rules)
     cdef void log_answer(self, object sink, int endpoint, int status, unsigned long long bytes_in,
-                         unsigned long long bytes_out, double now)
+                         unsigned long long bytes_out, double now, int err)
 
 
 # A client's fastmesh-timeout-ms value as milliseconds: 1 to 12 digits, else -1.

@@ -28,8 +28,8 @@ functions at the end of this file.
 from libc.string cimport memcpy, memcmp
 
 from fastmesh._core.errors cimport (
-    PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT, PE_METHOD_NOT_ALLOWED,
-    PE_NO_ENDPOINTS,
+    error_info, PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT,
+    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
@@ -234,10 +234,8 @@ cdef class Exchange:
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
                            double now) noexcept:
         """Match the request; choose cluster, hash key, deadline and header edits. PE_NO_ROUTE or PE_NONE."""
-        cdef Connector connector
         cdef EditList *req = &self.request_edits
-        cdef Span key
-        cdef int r
+        cdef int r, cluster
         if self.router is not router:
             self.router = router
         self.method = v.method
@@ -246,26 +244,35 @@ cdef class Exchange:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
             return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
-        self.cluster = router.target(r, connectors, v)      # the route's cluster, or its service's (naming.pyx)
-        if self.cluster < 0:
+        cluster = router.target(r, connectors, v)           # the route's cluster, or its service's (naming.pyx)
+        if cluster < 0:
             return PE_NO_ENDPOINTS                          # a service that names no cluster at all
-        connector = <Connector>connectors[self.cluster]
-        if self.connector is not connector:
-            self.connector = connector
-            self.policy = connector.policy
+        self.use_cluster(cluster, connectors, v, rules, now)
         self.tries = 1
-        if connector.hash_kind != HASH_NONE and key_span(
-                connector.hash_kind, span_of(connector.hash_name, len(connector.hash_name)), v,
-                span_of(self.peer, self.peer_len), &key):
-            self.ct.keyed = True
-            self.ct.key = hash_bytes(<const unsigned char *>key.ptr, key.len)
-        self.deadline = request_deadline(v, self.policy.timeout, rules.trust_headers, now)
         if rules.request_id.len:
             self.new_request_id()
         if self.edits_for != rules.version:
             self.list_own_edits(rules)
         router.route_edits(r, req, &self.response_edits)
         return PE_NONE
+
+    cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
+                          double now) noexcept:
+        """Send the request to cluster: its connector and policy, the hash key its balancer reads, the deadline
+        its timeout gives (route_request, and a filter's route_to() before the request is admitted)."""
+        cdef Connector connector = <Connector>connectors[cluster]
+        cdef Span key
+        self.cluster = cluster
+        if self.connector is not connector:
+            self.connector = connector
+            self.policy = connector.policy
+        self.ct.keyed = False
+        if connector.hash_kind != HASH_NONE and key_span(
+                connector.hash_kind, span_of(connector.hash_name, len(connector.hash_name)), v,
+                span_of(self.peer, self.peer_len), &key):
+            self.ct.keyed = True
+            self.ct.key = hash_bytes(<const unsigned char *>key.ptr, key.len)
+        self.deadline = request_deadline(v, self.policy.timeout, rules.trust_headers, now)
 
     cdef void list_own_edits(self, const ForwardRules *rules) noexcept:
         """The exchange's own header edits: the same for every request of a connection until the listener's rules
@@ -499,14 +506,31 @@ cdef class Exchange:
             self.waiting = False
             self.connector.unwait(user)
 
+    cdef void log_begin(self, tuple names, const RequestView *v, const ForwardRules *rules):
+        """Keep what the access log names a request by: (method, authority, target) as sent, and the client's
+        request id field (b"" when the listener has none, None when the client sent none: ours is logged)."""
+        cdef int i
+        rid = b""
+        if rules.request_id.len:
+            i = find_field(v.base, v.fields, v.num_fields, rules.request_id.ptr, rules.request_id.len, 0)
+            rid = field_value(v.base, &v.fields[i]).ptr[:v.fields[i].value_len] if i >= 0 else None
+        self.log_fields = names + (rid,)
+
     cdef void log_answer(self, object sink, int endpoint, int status, unsigned long long bytes_in,
-                         unsigned long long bytes_out, double now):
-        """One access-log record (dataplane/access_log.py's fields tuple): only made when the log is on."""
-        method, authority, path = self.log_fields or (b"", b"", b"")
+                         unsigned long long bytes_out, double now, int err):
+        """One access-log record (dataplane/access_log.py's Fields tuple): only made when the log is on. `err`: the
+        ProxyError the proxy answered with, 0 for an upstream's answer."""
+        method, authority, path, rid = self.log_fields or (b"", b"", b"", b"")
+        routed = self.cluster >= 0 and self.connector is not None
         label = self.connector.cluster.labels[endpoint] if endpoint >= 0 and self.connector is not None else "-"
+        if rid is None:
+            rid = self.request_id[:32] if routed else b""
+        client = self.peer[:self.peer_len]
         try:
             sink((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"), status, bytes_in,
-                  bytes_out, label, now - self.started))
+                  bytes_out, label, now - self.started, rid.decode("latin-1"), client.decode("latin-1"),
+                  self.connector.cluster.name if routed else "", self.route, self.tries - 1 if self.tries > 1 else 0,
+                  error_info(err).cause.decode("ascii") if err else ""))
         except Exception:
             pass
         self.log_fields = None

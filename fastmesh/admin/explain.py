@@ -20,6 +20,7 @@ from fastmesh.dataplane.explain import (
 )
 from fastmesh.dataplane.naming import OVERRIDE_HEADER, build_names, explain_service
 from fastmesh.dataplane.stats import Snapshot
+from fastmesh.plugins import registry
 
 TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 ELIGIBLE = ("up", "probing")        # merged endpoint states a balancer may pick
@@ -140,6 +141,8 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
             cluster_name = out["naming"]["cluster"]
         out["routing"] = {"host": seen["host"], "path": seen["path"], "routes": rows,
                           "matched": chosen if chosen >= 0 else None, "upstream_target": seen["target"]}
+        if chosen >= 0:
+            out["filters"] = filters_passed(lst, chosen)
         if chosen < 0:
             out["outcome"] = "no route matches: the proxy answers 404 (fastmesh-error: no route)"
         else:
@@ -154,6 +157,21 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
                                                         "protocol": cfg.clusters[cluster_name].protocol}
     out["policy"] = (policy(lst, cfg.clusters[cluster_name], q, cfg.worker_count()) if cluster_name is not None
                      else None)
+    return out
+
+
+def filters_passed(lst: Listener, route: int) -> list[dict[str, Any]]:
+    """The filter plugins a request taken by `route` passes, in order: the listener's, then the route's (the default
+    cluster's catch-all, one past the routes, has the listener's only)."""
+    own = lst.routes[route].filters if route < len(lst.routes) else []
+    out = []
+    for where, specs in ((f"listeners.{lst.name}.filters", lst.filters),
+                         (f"listeners.{lst.name}.routes[{route}].filters", own)):
+        for j, spec in enumerate(specs):
+            found = registry.resolve(spec.plugin)
+            out.append({"where": f"{where}[{j}]", "plugin": spec.plugin, "origin": found.origin,
+                        "async": registry.is_async(found.obj, "filter"), "timeout": spec.timeout,
+                        "failure_mode": spec.failure_mode})
     return out
 
 

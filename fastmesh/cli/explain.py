@@ -114,6 +114,15 @@ def render(data: dict[str, Any]) -> str:
             lines.append("  " + naming["override_note"])
         shares = ", ".join(f"{c} {s:.0%}" for c, s in naming["shares"].items())
         lines.append(f"  shares over 10000 resolutions: {shares or 'none'}")
+    filters = data.get("filters")
+    if filters:
+        lines.append(f"filters   {len(filters)}, in this order (any may answer, edit or reroute the request first)")
+        rows = [["#", "PLUGIN", "KIND", "ON FAILURE", "FROM"]]
+        for i, f in enumerate(filters):
+            kind = f"async, {_seconds(f['timeout'])} timeout" if f["async"] else "sync"
+            rows.append([str(i), f["plugin"], kind, "fail" if f["failure_mode"] == "closed" else "go on",
+                         f["origin"]])
+        lines += _table(rows, indent=2)
     lines.append(f"outcome   {data['outcome']}")
     cluster = data.get("cluster")
     if cluster and "endpoints" in cluster:

@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fastmesh.cli.explain import main as explain_main
         return explain_main(args.url, args.method, args.header, args.listener, args.client, args.admin, args.config,
                             args.json)
+    if args.command == "plugins":
+        from fastmesh.cli.plugins import main as plugins_main
+        return plugins_main(args.config, args.json)
     if args.command == "_worker":
         from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the version and the kind of core build, then exit")
     # The metavar lists the public commands only: `_worker` is how the supervisor starts its workers.
-    sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,stat,explain}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,check,demo,stat,explain,plugins}")
 
     run = sub.add_parser("run", help="run the proxy: a supervisor and its worker processes",
                          description="Run the proxy described by CONFIG until SIGTERM or SIGINT.")
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     where = explain.add_mutually_exclusive_group()
     where.add_argument("config", metavar="CONFIG", nargs="?", help="config file of the instance (its [admin] listen)")
     where.add_argument("--admin", metavar="HOST:PORT", help="the admin server's address (default: 127.0.0.1:9990)")
+
+    plugins = sub.add_parser("plugins", help="list the plugins installed, and those a config names",
+                             description="List the plugins installed under the fastmesh.plugins entry points "
+                                         "(name, kinds, reference, distribution and file); with CONFIG, also "
+                                         "every plugin the config names and where it was imported from.")
+    plugins.add_argument("config", metavar="CONFIG", nargs="?", help="a config file whose plugins to list")
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     worker = sub.add_parser("_worker")
     worker.add_argument("config", metavar="CONFIG")

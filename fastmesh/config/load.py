@@ -23,10 +23,12 @@ from fastmesh.config.schema import (
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
+from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, SinkSpec
+from fastmesh.errors import ConfigError, ConfigErrors, PluginError
+from fastmesh.plugins import registry
 from fastmesh.config.schema import NAMING_SOURCE_KINDS, Naming, NamingSource
 from fastmesh.config.schema import TLS_VERSIONS, Certificate, ClusterTls, ListenerTls
 from fastmesh.config import naming as naming_rules
-from fastmesh.errors import ConfigError, ConfigErrors
 
 __all__ = [
     "load_config", "loads_config", "config_from_dict", "config_to_dict",
@@ -648,6 +650,7 @@ _DISCOVERY_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dns": (("name", "port"), ("resolvers", "hold", "min_ttl", "max_ttl", "timeout")),
     "dns_srv": (("name",), ("resolvers", "hold", "min_ttl", "max_ttl", "timeout")),
     "etcd": (("endpoints", "prefix"), ("timeout",)),
+    "plugin": (("plugin",), ("config",)),
 }
 
 
@@ -670,6 +673,8 @@ _DISCOVERY_FIELDS: dict[str, Parser] = {
     "max_ttl": _duration(allow_zero=False),
     "timeout": _duration(allow_zero=False),
     "interval": _duration(allow_zero=False),
+    "plugin": _text('"package.module:Name" or the name of an installed plugin'),
+    "config": lambda c, k, v: dict(v) if isinstance(v, Mapping) else c.bad(k, "a table", v),
 }
 
 
@@ -693,6 +698,8 @@ def _discovery(check: _Check, key: str, value: Any) -> Any:
         check.bad(_key(key, "min_ttl"), f"at most max_ttl ({format_duration(fields.get('max_ttl', 300.0))})",
                   value["min_ttl"] if "min_ttl" in value else format_duration(Discovery.min_ttl))
         good = False
+    if good and fields["kind"] == "plugin":
+        good = _plugin_checked(check, key, "discovery", fields["plugin"], fields.get("config", {}))
     return Discovery(**fields) if good else BAD
 
 
@@ -1020,6 +1027,7 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "add_request_headers": _headers(protected=True),
     "remove_request_headers": _header_names,
     "add_response_headers": _headers(protected=True),
+    "filters": lambda c, k, v: _filters(c, k, v),
 }
 
 
@@ -1061,7 +1069,8 @@ def _log_path(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, 'a file path, or "-" for stderr', value)
 
 
-_ACCESS_LOG_FIELDS: dict[str, Parser] = {"format": _choice("formats", ACCESS_LOG_FORMATS), "path": _log_path}
+_ACCESS_LOG_FIELDS: dict[str, Parser] = {"format": _choice("formats", ACCESS_LOG_FORMATS), "path": _log_path,
+                                         "fields": lambda c, k, v: _log_fields(c, k, v)}
 
 
 def _access_log(check: _Check, key: str, value: Any) -> Any:
@@ -1087,6 +1096,79 @@ _HTTP2_FIELDS: dict[str, Parser] = {
 def _http2(check: _Check, key: str, value: Any) -> Any:
     fields = _table(check, key, value, _HTTP2_FIELDS)
     return BAD if fields is None else Http2(**fields)
+
+
+# ---- plugins: filters and sinks ----
+
+PLUGIN_REF = '"package.module:Name" or the name of an installed plugin'
+
+
+def _plugin_checked(check: _Check, key: str, kind: str, ref: str, table: Any) -> bool:
+    """Resolve a plugin reference (importing it once) and check its table against the plugin's Config; problems
+    are reported at `key`.plugin and `key`.config.<name>."""
+    try:
+        _found, problems = registry.check(ref, kind, table)
+    except PluginError as exc:
+        check.bad(_key(key, "plugin"), exc.expected, ref)
+        return False
+    base = _key(key, "config")
+    for p in problems:
+        path = _key(base, p.key) if p.key else base
+        if p.how == "unknown":
+            check.errors.append(ConfigError(check.source, path, f"one of the keys [{p.expected}]",
+                                            reason=f"unknown key (expected one of [{p.expected}])"))
+        elif p.how == "missing":
+            check.missing(path, p.expected)
+        else:
+            check.bad(path, p.expected, p.got)
+    return not problems
+
+
+def _plugin_table(kind: str, extra: Mapping[str, Parser], make: Callable[..., Any]) -> Parser:
+    """A table naming a plugin (`plugin`, its `config` table, and the keys `extra` adds), or the reference alone as
+    a string."""
+    fields_map: dict[str, Parser] = {
+        "plugin": _text(PLUGIN_REF),
+        "config": lambda c, k, v: dict(v) if isinstance(v, Mapping) else c.bad(k, "a table", v),
+        **extra,
+    }
+
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            value = {"plugin": value}
+        fields = _table(check, key, value, fields_map, {"plugin": PLUGIN_REF})
+        if fields is None:
+            return BAD
+        if not _plugin_checked(check, key, kind, fields["plugin"], fields.get("config", {})):
+            return BAD
+        return make(**fields)
+    return parse
+
+
+_filter_spec = _plugin_table("filter", {"timeout": _duration(allow_zero=False),
+                                        "failure_mode": _choice("failure modes", FAILURE_MODES)}, FilterSpec)
+_sink_spec = _plugin_table("sink", {"batch": _whole(1, 1 << 20), "interval": _duration(allow_zero=False),
+                                    "max_pending": _whole(1, 1 << 24)}, SinkSpec)
+
+
+def _plugin_list(parse_item: Parser, what: str) -> Parser:
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and not value:
+            return []
+        items = _array(check, key, value, parse_item, f'an array of {what} like [{{ plugin = "mypkg.mod:Name" }}]',
+                       f"at least one {what[:-1]}")
+        return BAD if items is BAD else _all_good(items)
+    return parse
+
+
+_filters: Parser = _plugin_list(_filter_spec, "filters")
+_sinks: Parser = _plugin_list(_sink_spec, "sinks")
+
+
+def _log_fields(check: _Check, key: str, value: Any) -> Any:
+    items = _array(check, key, value, _choice("access-log fields", ACCESS_LOG_FIELDS),
+                   'an array of access-log fields like ["time", "status", "request_id"]', "at least one field")
+    return BAD if items is BAD else _all_good(items)
 
 
 # ---- listeners ----
@@ -1115,6 +1197,8 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "access_log": _access_log,
     "http2": _http2,
     "routes": _routes,
+    "filters": lambda c, k, v: _filters(c, k, v),
+    "log_sinks": lambda c, k, v: _sinks(c, k, v),
 }
 
 
@@ -1279,6 +1363,7 @@ _TOP_FIELDS: dict[str, Parser] = {
     "listeners": _listeners,
     "clusters": _clusters,
     "demo": _demo,
+    "event_sinks": lambda c, k, v: _sinks(c, k, v),
 }
 _TOP_REQUIRED = {"listeners": "at least one [[listeners]] table", "clusters": "at least one [clusters.NAME] table"}
 
@@ -1371,6 +1456,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         out["clusters"][name].update(_health_dict(cluster))
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
+    if cfg.event_sinks:
+        out["event_sinks"] = [_plugin_dict(s) for s in cfg.event_sinks]
     if cfg.naming.rules or cfg.naming.source is not None:
         out["naming"] = naming_dict(cfg.naming)
     return out
@@ -1394,6 +1481,15 @@ def naming_dict(naming: Naming) -> dict[str, Any]:
     return out
 
 
+def _plugin_dict(spec: Any) -> dict[str, Any]:
+    """A filter or sink table with every key (durations spelled as the loader reads them)."""
+    out = dataclasses.asdict(spec)
+    for name in ("timeout", "interval"):
+        if name in out:
+            out[name] = format_duration(out[name])
+    return out
+
+
 def _endpoint_dict(e: Endpoint) -> dict[str, Any]:
     """An endpoint table; `priority` only when set (most configs never use tiers)."""
     out: dict[str, Any] = {"address": endpoint_text(e), "weight": e.weight}
@@ -1412,6 +1508,8 @@ def _discovery_dict(d: Discovery) -> dict[str, Any]:
             value = [format_address(host, port) for host, port in value]
         elif name in ("hold", "min_ttl", "max_ttl", "timeout", "interval"):
             value = format_duration(value)
+        elif name == "config":
+            value = dict(value)
         out[name] = value
     return out
 
@@ -1473,6 +1571,8 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
     )
     if lst.access_log is not None:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}
+        if lst.access_log.fields:
+            out["access_log"]["fields"] = list(lst.access_log.fields)
     h2 = lst.http2
     out["http2"] = {"enabled": h2.enabled, "max_concurrent_streams": h2.max_concurrent_streams,
                     "initial_window": h2.initial_window, "connection_window": h2.connection_window,
@@ -1482,6 +1582,10 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
                     "stall_timeout": format_duration(h2.stall_timeout), "max_queued_bytes": h2.max_queued_bytes}
     if lst.routes:
         out["routes"] = [_route_dict(route) for route in lst.routes]
+    if lst.filters:
+        out["filters"] = [_plugin_dict(f) for f in lst.filters]
+    if lst.log_sinks:
+        out["log_sinks"] = [_plugin_dict(s) for s in lst.log_sinks]
     return out
 
 
@@ -1509,4 +1613,6 @@ def _route_dict(route: Route) -> dict[str, Any]:
         value = getattr(route, name)
         if value is not None and value != [] and value != {}:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+    if route.filters:
+        out["filters"] = [_plugin_dict(f) for f in route.filters]
     return out

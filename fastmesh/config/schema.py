@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 BALANCERS = ("round_robin", "least_request", "random", "ewma", "ring_hash", "maglev")
 PROTOCOLS = ("tcp", "http")
@@ -112,7 +112,33 @@ class Outlier:
     success_rate: SuccessRate | None = None   # None: success-rate ejection off
 
 
-DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd")
+DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd", "plugin")
+FAILURE_MODES = ("closed", "open")
+ACCESS_LOG_FIELDS = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out",
+                     "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error")
+
+
+@dataclass
+class PluginRef:
+    """A plugin named in the config: "package.module:Name" or an installed plugin's name, and its own table
+    (checked by the plugin's Config when the config is loaded; fastmesh/plugins/)."""
+    plugin: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FilterSpec(PluginRef):
+    """A request filter on an http listener or route."""
+    timeout: float = 1.0               # seconds an async filter may take; then failure_mode applies
+    failure_mode: str = "closed"       # "closed": a failing filter answers 500 (504 on timeout); "open": go on
+
+
+@dataclass
+class SinkSpec(PluginRef):
+    """A sink: records go to it in batches from a timer, never from the request path."""
+    batch: int = 100                   # records per write() at most
+    interval: float = 1.0              # seconds between writes of what has gathered
+    max_pending: int = 10000           # records held while the sink is slow; more are dropped (and counted)
 
 
 @dataclass
@@ -133,6 +159,8 @@ class Discovery:
     max_ttl: float = 300.0             # ...and no later than this, whatever the record's TTL
     timeout: float = 2.0               # dns: per lookup; etcd: per request (not the watch itself)
     interval: float = 1.0              # file: mtime poll period (used when inotify is not available)
+    plugin: str | None = None          # plugin: the DiscoverySource plugin ("package.module:Name" or its name)
+    config: dict[str, Any] = field(default_factory=dict)   # plugin: its table
 
 
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
@@ -225,6 +253,7 @@ class AccessLog:
     """Where and how an http listener writes one line per request."""
     format: str = "plain"              # "plain" or "json"
     path: str = "-"                    # file appended to; "-" is stderr
+    fields: list[str] = field(default_factory=list)   # ACCESS_LOG_FIELDS to write, in order (empty: the classic set)
 
 
 @dataclass
@@ -247,6 +276,7 @@ class Route:
     add_request_headers: dict[str, str] = field(default_factory=dict)
     remove_request_headers: list[str] = field(default_factory=list)
     add_response_headers: dict[str, str] = field(default_factory=dict)
+    filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
 
 
 @dataclass
@@ -300,6 +330,8 @@ class Listener:
     access_log: AccessLog | None = None       # None: no access log
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
+    filters: list[FilterSpec] = field(default_factory=list)   # run for every routed request, before the route's
+    log_sinks: list[SinkSpec] = field(default_factory=list)   # access-log records to plugins, in batches
 
     def __post_init__(self) -> None:
         if not self.idle_timeout:
@@ -359,6 +391,7 @@ class Config:
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
     naming: Naming = field(default_factory=Naming)
+    event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 
     def worker_count(self) -> int:

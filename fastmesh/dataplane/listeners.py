@@ -15,7 +15,8 @@ from fastmesh._core.upstream.connector import Connector
 from fastmesh.config.schema import SNI_HELLO_TIMEOUT, Http2
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Listener as ListenerConfig
-from fastmesh.dataplane.access_log import build_access_log
+from fastmesh.dataplane.access_log import AccessLogWriter, build_listener_log
+from fastmesh.dataplane.filters import FilterEntry, build_chains, filter_wait
 from fastmesh.dataplane.routes import build_router
 from fastmesh.dataplane.sockets import bind_socket
 from fastmesh.dataplane.tls import build_client_tls, build_server_tls
@@ -56,26 +57,55 @@ def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[Connector],
                         cluster_names: list[str], names: Names | None = None) -> HttpProxy:
     """An http listener's request handling: its router (resolving services with `names`) over the shared
-    per-cluster pools; HTTP/2 connections (prior knowledge) are handed from it to its H2Front."""
+    per-cluster pools and its filter chains; HTTP/2 connections (prior knowledge) are handed from it to its
+    H2Front."""
     http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names), pools,
                      header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
                      forwarded_headers=cfg.forwarded_headers, request_id_header=cfg.request_id_header,
-                     trust_headers=cfg.trust_headers, access_log=build_access_log(cfg.access_log, cfg.name),
+                     trust_headers=cfg.trust_headers, access_log=build_listener_log(cfg),
                      body_timeout=cfg.body_timeout)
     if cfg.http2.enabled:
         http.h2 = H2Front(http, h2_limits(cfg.http2, cfg.max_header_bytes))
+    set_filters(http, cfg)
     return http
+
+
+def set_filters(http: HttpProxy, cfg: ListenerConfig) -> list[FilterEntry]:
+    """Give the listener new filter chains (new plugin instances, for the routes of cfg); the old ones are closed
+    once requests already in them are done (an instance holds no request after its call returns)."""
+    old = filter_entries(http)
+    chains, entries = build_chains(cfg)
+    http.chains = chains
+    http.filter_wait = filter_wait(cfg)
+    for entry in old:
+        entry.close()
+    return entries
+
+
+def filter_entries(http: HttpProxy) -> list[FilterEntry]:
+    """The listener's filter instances, each once (a listener's filters are in every route's chain)."""
+    seen: dict[int, FilterEntry] = {}
+    for chain in http.chains or ():
+        for entry in chain.entries if chain is not None else ():
+            seen.setdefault(id(entry), entry)
+    return list(seen.values())
 
 
 def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Connector], cluster_names: list[str],
                      names: Names | None = None) -> None:
-    """A reload of an http listener in place: new routes, naming, pools and options; its open connections stay."""
+    """A reload of an http listener in place: new routes, naming, pools, filters and options; its open connections
+    stay. The old access log's file and sinks are closed (what its sinks still held is written first)."""
+    old_log = http.access_log
+    assert old_log is None or isinstance(old_log, AccessLogWriter)
     http.reconfigure(build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
-                     request_id_header=cfg.request_id_header, access_log=build_access_log(cfg.access_log, cfg.name),
+                     request_id_header=cfg.request_id_header, access_log=build_listener_log(cfg),
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
+    if old_log is not None:
+        old_log.close()
+    set_filters(http, cfg)
     h2 = http.h2
     if not isinstance(h2, H2Front):
         if cfg.http2.enabled:

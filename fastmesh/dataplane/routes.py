@@ -5,14 +5,15 @@ import dataclasses
 from typing import Any
 
 from fastmesh._core.naming import Names
-from fastmesh._core.router import Router
+from fastmesh._core.router import SPEC_KEYS, Router
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.config.schema import Route as RouteConfig
 
 
 def route_spec(route: RouteConfig) -> dict[str, Any]:
-    """A Route as the plain dict Router takes (the core never imports the config layer)."""
-    return {f.name: getattr(route, f.name) for f in dataclasses.fields(route)}
+    """A Route as the plain dict Router takes (the core never imports the config layer); its filters are wired
+    beside the router (dataplane/filters.py)."""
+    return {f.name: getattr(route, f.name) for f in dataclasses.fields(route) if f.name in SPEC_KEYS}
 
 
 def build_router(listener: ListenerConfig, clusters: list[str], names: Names | None = None) -> Router:

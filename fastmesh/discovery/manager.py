@@ -33,6 +33,9 @@ def make_source(cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -
     if cfg.kind == "etcd":
         from fastmesh.discovery.etcd import EtcdSource
         return EtcdSource(cluster, cfg, base_dir, publish)
+    if cfg.kind == "plugin":
+        from fastmesh.discovery.plugin import PluginSource
+        return PluginSource(cluster, cfg, base_dir, publish)
     raise ValueError(f"unknown discovery kind {cfg.kind!r}")
 
 

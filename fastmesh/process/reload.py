@@ -34,6 +34,7 @@ from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.slots import Holes, encode_sets, with_holes
 from fastmesh.discovery.manager import DiscoveryManager, watches
+from fastmesh.process.events import Events
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
@@ -57,6 +58,7 @@ class Supervised(Protocol):
     stats: WorkerStats
     stopping: asyncio.Event
     discovery: DiscoveryManager
+    events: Events                      # the event_sinks plugins' queue
 
     def adopt(self, cfg: Config, applied: list[int]) -> None: ...
     def restart(self, n: int, why: str) -> None: ...
@@ -109,6 +111,8 @@ class Reloader:
             self.history.append({"time": time.time(), "trigger": trigger, "result": result,
                                  "status": outcome.status, "took_ms": took,
                                  "message": outcome.body.get("message", "")})
+            self.sup.events.emit("reload", trigger=trigger, result=result, status=outcome.status, took_ms=took,
+                                 message=outcome.body.get("message", ""))
             return outcome
 
     async def _reload(self, trigger: str) -> Outcome:

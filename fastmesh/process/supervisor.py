@@ -114,6 +114,8 @@ class Supervisor:
         self.discovery = DiscoveryManager()                        # endpoint sources, resolved here for every worker
         from fastmesh.process.reload import Reloader
         self.reloader = Reloader(self)
+        from fastmesh.process.events import Events
+        self.events = Events()                                     # events for the event_sinks plugins
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -124,6 +126,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("fastmesh %s starting %d worker(s) for %s", __version__, self.count, self.config_path)
         demo: DemoServers | None = None
+        self.events.configure(self.cfg)
         try:
             if self.cfg.demo is not None and self.cfg.demo.backends:
                 try:
@@ -153,6 +156,7 @@ class Supervisor:
             for task in list(self.background):
                 task.cancel()
             await admin.close()
+            await self.events.close()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
@@ -175,6 +179,7 @@ class Supervisor:
             await self.discovery.changed.wait()
             await asyncio.sleep(DISCOVERY_COALESCE)
             self.discovery.changed.clear()
+            self.events.emit("discovery", endpoints={name: len(eps) for name, eps in self.discovery.sets.items()})
             await self.reloader.discovered()
 
     def _in_background(self, coro: Any) -> None:
@@ -191,6 +196,7 @@ class Supervisor:
         """A reload made cfg the running config (workers and admin address pinned to the running ones); the
         workers in `applied` run it."""
         self.cfg = cfg
+        self.events.configure(cfg)
         self.config_gen += 1
         for n in applied:
             self.spawn_gen[n] = self.config_gen
@@ -259,6 +265,7 @@ class Supervisor:
             else:
                 self.procs[n] = proc
                 log.info("w%d started (pid %d)", n, proc.pid)
+                self.events.emit("worker_started", worker=n, pid=proc.pid)
                 if self.stopping.is_set():      # the stop signal came while we were spawning
                     _send(proc, signal.SIGTERM)
                 was_ready = await self._watch(n, proc)
@@ -270,6 +277,7 @@ class Supervisor:
                     link.close()
                 self.stats.retire(n)            # its counters join the totals; the next worker starts at zero
                 self.limits.clear(n)            # what it held of the limits (requests, connections) is free
+                self.events.emit("worker_exited", worker=n, pid=proc.pid, how=describe_exit(returncode))
                 if self.stopping.is_set():
                     level = logging.INFO if returncode == 0 else logging.WARNING
                     log.log(level, "w%d (pid %d) stopped: %s", n, proc.pid, describe_exit(returncode))

@@ -99,7 +99,7 @@ def test_version_names_the_core_build(tmp_path: Path) -> None:
 def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
     result = fastmesh(cwd=tmp_path)
     assert result.returncode == 2
-    assert "{run,check,demo,stat,explain}" in result.stderr
+    assert "{run,check,demo,stat,explain,plugins}" in result.stderr
     assert "_worker" not in result.stderr      # the supervisor's internal command stays out of the help
 
 

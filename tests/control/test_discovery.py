@@ -74,7 +74,7 @@ def test_listed_endpoints_beside_discovery_are_the_set_until_it_answers() -> Non
 
 @pytest.mark.parametrize("discovery, message", [
     ('{ kind = "consul" }', 'f.toml: clusters.c.discovery.kind: expected one of the discovery kinds '
-                            '["file", "dns", "dns_srv", "etcd"], got "consul"'),
+                            '["file", "dns", "dns_srv", "etcd", "plugin"], got "consul"'),
     ('{ kind = "dns", name = "web.svc.test" }', 'f.toml: clusters.c.discovery.port: missing key (expected a value '
                                                 'for kind = "dns")'),
     ('{ kind = "etcd", prefix = "/a/" }', 'f.toml: clusters.c.discovery.endpoints: missing key (expected a value '

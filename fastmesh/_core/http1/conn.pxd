@@ -9,6 +9,7 @@ from fastmesh._core.http1.body cimport BodyFrame
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
 from fastmesh._core.exchange cimport Exchange, ForwardRules
 from fastmesh._core.router cimport Router
+from fastmesh._core.filters cimport FilterRequest
 
 
 cdef enum DownstreamState:
@@ -18,6 +19,7 @@ cdef enum DownstreamState:
     DS_CLOSING = 4             # flushing a last answer, then close
     DS_UPGRADING = 5           # flushing a 101 answer, then the connection becomes a TCP relay
     DS_CLOSED = 6
+    DS_FILTER = 7              # an async filter plugin holds the request (filters.pyx); the head stays in rbuf
 
 
 # Events a downstream connection is registered for, once, edge-triggered.
@@ -63,6 +65,8 @@ cdef class Front(Acceptor):
     cdef int stat_clusters                 # entries in class_slots / hist_slots
     cdef list spare_exchanges              # Exchanges between requests, for any connection's next one (idle: none held)
     cdef public Handoff h2                 # HTTP/2 (prior knowledge) on this listener, None: HTTP/1 only
+    cdef public list chains                # per route index of `router`: its filter chain or None; None: no filters
+    cdef public double filter_wait         # seconds a connection may wait on its async filters before it is closed
 
     cdef void unlink(self, Downstream d) noexcept
     cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers) except *
@@ -117,10 +121,16 @@ cdef class Downstream(UpstreamUser):
     cdef bint retry_pending                # a retry is scheduled (backoff timer)
     cdef Py_ssize_t body_mark              # rbuf offset of the request body (for a replay)
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
+    cdef FilterRequest freq                # the request as its filters saw it (their edits live there), or None
+    cdef Py_ssize_t filter_head            # DS_FILTER: the length of the request head waiting at rbuf.start
 
     cdef void run(self) noexcept
     cdef int read_request(self) noexcept
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept
+    cdef int forward_request(self, Py_ssize_t head_len) noexcept
+    cdef int run_filters(self, object chain, Py_ssize_t head_len) noexcept
+    cdef int filtered(self, object outcome, Py_ssize_t head_len) noexcept
+    cdef void respond_answer(self, object answer, Py_ssize_t head_len) noexcept
     cdef int step_exchange(self) noexcept
     cdef int read_response_head(self) noexcept
     cdef int on_response_head(self, Py_ssize_t head_len) noexcept

@@ -6,7 +6,7 @@ from typing import Any, final
 from fastmesh._core.http1.pool import UpstreamUser
 from fastmesh._core.reactor import Acceptor, Sweeper
 
-AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float]], Any]
+AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str]], Any]
 
 class Handoff(Sweeper): ...
 
@@ -22,6 +22,8 @@ class Front(Acceptor):
     def body_timeout(self) -> float: ...
     @property
     def access_log(self) -> AccessLog | None: ...
+    chains: list[Any] | None          # per route index: its filter chain or None (dataplane/filters.py)
+    filter_wait: float
     @property
     def active(self) -> int: ...
     @property

@@ -40,7 +40,7 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
-    PE_METHOD_NOT_ALLOWED,
+    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_PLUGIN_TIMEOUT,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
@@ -50,7 +50,12 @@ from fastmesh._core.http1.framing cimport (
     request_body, response_body, keep_alive, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL,
 )
 from fastmesh._core.http1.body cimport frame_init, pump_body, body_in_socket
-from fastmesh._core.http1.render cimport render_request, render_response, render_error, stamp_budget, marked_retried
+from fastmesh._core.http1.render cimport (
+    render_request, render_response, render_error, render_answer, stamp_budget, marked_retried,
+)
+from fastmesh._core.filters cimport (
+    FilterRequest, filter_request, answer_parts, FILTER_PENDING, FILTER_FAILED, FILTER_TIMEOUT,
+)
 from fastmesh._core.http1.view cimport view_init, log_names, listener_address
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
@@ -359,34 +364,133 @@ cdef class Downstream(UpstreamUser):
         self.req_done = self.req_body.done
         ex.body_begins(now, proxy.body_timeout, self.req_done)
         self.client_keep = keep_alive(h, kind) and not proxy.draining
-        if proxy.access_log is not None:
-            ex.log_fields = log_names(buf, h)
         view_init(&VIEW, buf, h)
+        if proxy.access_log is not None:
+            ex.log_begin(log_names(buf, h), &VIEW, &proxy.rules)
         err = ex.route_request(proxy.router, proxy.pools, &VIEW, &proxy.rules, now)
         if err:
             self.rbuf.start += head_len
             # After a refused CONNECT the client's bytes are not HTTP: the connection closes.
             self.respond_error(err, 0, self.req_done and err != PE_METHOD_NOT_ALLOWED)
             return 1
-        if not isinstance(ex.connector, HttpPool):
+        if self.freq is not None:
+            self.freq = None
+        if proxy.chains is not None and proxy.chains[ex.route] is not None:
+            return self.run_filters(proxy.chains[ex.route], head_len)
+        return self.forward_request(head_len)
+
+    cdef int forward_request(self, Py_ssize_t head_len) noexcept:
+        """The routed request (SCRATCH and VIEW) goes upstream: its head is rendered, the breakers admit it, the
+        first try starts."""
+        cdef int err
+        cdef int kind = self.req_body.kind
+        cdef long long length = self.req_body.length
+        if not isinstance(self.ex.connector, HttpPool):
             # A cluster spoken to over HTTP/2 (upstream/h2pool.pyx): HTTP/1 clients are not bridged to it.
             self.rbuf.start += head_len
             self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
             return 1
-        self.pool = <HttpPool>ex.connector
-        self.tmo_off = render_request(&self.reqhead, buf, h, &VIEW, ex.router, ex.route, &ex.request_edits,
-                                      self.req_upgrade, listener_address(self.fd, h))
+        self.pool = <HttpPool>self.ex.connector
+        self.tmo_off = render_request(&self.reqhead, self.rbuf.data + self.rbuf.start, &SCRATCH, &VIEW, self.ex.router,
+                                      self.ex.route, &self.ex.request_edits, self.req_upgrade,
+                                      listener_address(self.fd, &SCRATCH))
         # A body that is already whole in the buffer can be sent again by a retry.
         self.body_mark = self.rbuf.start + head_len
         self.rbuf.start += head_len
         self.state = DS_EXCHANGE
-        err = ex.admit(kind == BODY_NONE or (kind == BODY_LENGTH and self.rbuf.end - self.body_mark >= length),
-                       self.req_upgrade, now)
+        err = self.ex.admit(kind == BODY_NONE or (kind == BODY_LENGTH and self.rbuf.end - self.body_mark >= length),
+                            self.req_upgrade, self.proxy.reactor.now)
         if err:
             self.respond_error(err, 0, self.req_done)
             return 1
         self.send_next_try()
         return 1
+
+    # ---- request filters (filters.pyx): only routes that have them come here ----------------------
+
+    cdef int run_filters(self, object chain, Py_ssize_t head_len) noexcept:
+        """Hand the request to its route's filter chain; an async one parks the connection in DS_FILTER."""
+        cdef Exchange ex = self.ex
+        cdef FilterRequest r = filter_request(&VIEW, head_len, self.proxy.name, self.peer, self.peer_len, ex.route,
+                                              ex.router.cluster_names, ex.cluster)
+        self.freq = r
+        try:
+            outcome = chain(r)
+        except BaseException:
+            outcome = FILTER_FAILED          # the chain guards every plugin call; this is a bug in the chain
+        if outcome is not None and type(outcome) is int and <int>outcome == FILTER_PENDING:
+            r.owner = self
+            self.filter_head = head_len
+            self.state = DS_FILTER
+            self.deadline = self.proxy.reactor.now + self.proxy.filter_wait
+            return 0
+        return self.filtered(outcome, head_len)
+
+    def _filter_resumed(self, outcome):
+        """The async filters of the parked request are done: parse its head again (the scratch view served other
+        connections meanwhile) and go on."""
+        cdef Py_ssize_t n
+        if self.state != DS_FILTER:
+            return                            # closed meanwhile
+        n = parse_request(self.rbuf.data + self.rbuf.start, self.filter_head, &SCRATCH, &self.proxy.limits)
+        if n != self.filter_head:
+            self.rbuf.start += self.filter_head
+            self.respond_error(PE_PLUGIN, 0, False)
+        else:
+            view_init(&VIEW, self.rbuf.data + self.rbuf.start, &SCRATCH)
+            self.proxy.reactor.refresh_now()
+            self.filtered(outcome, n)
+        self.run()
+
+    cdef int filtered(self, object outcome, Py_ssize_t head_len) noexcept:
+        """Apply the chain's outcome: go on (edits, a new cluster), answer, or fail."""
+        cdef Exchange ex = self.ex
+        cdef FilterRequest r = self.freq
+        if outcome is None:
+            try:
+                r.apply_edits(&ex.request_edits, &ex.response_edits)
+            except BaseException:
+                outcome = FILTER_FAILED
+            else:
+                if r.cluster_index != ex.cluster:
+                    ex.use_cluster(r.cluster_index, self.proxy.pools, &VIEW, &self.proxy.rules,
+                                   self.proxy.reactor.now)
+                return self.forward_request(head_len)
+        if type(outcome) is int:
+            self.rbuf.start += head_len
+            self.respond_error(PE_PLUGIN_TIMEOUT if <int>outcome == FILTER_TIMEOUT else PE_PLUGIN, 0, self.req_done)
+            return 1
+        self.respond_answer(outcome, head_len)
+        return 1
+
+    cdef void respond_answer(self, object answer, Py_ssize_t head_len) noexcept:
+        """A filter answered the request itself: its Answer goes to the client, counted and logged like any."""
+        cdef Front proxy = self.proxy
+        cdef bint keep
+        self.rbuf.start += head_len
+        try:
+            status, reason, fields, body = answer_parts(answer, self.freq)
+        except BaseException:
+            self.respond_error(PE_PLUGIN, 0, self.req_done)
+            return
+        keep = self.client_keep and self.req_done
+        render_answer(&self.out, status, reason, fields, body, keep,
+                      self.req_method == METHOD_HEAD)
+        self.end_request()
+        self.status = status
+        proxy.count_request(status)
+        proxy.count_answer(self.ex.cluster, status, proxy.reactor.now - self.ex.started)
+        if proxy.access_log is not None:
+            self.ex.log_answer(proxy.access_log, -1, status, self.ex_in, self.ex_out, proxy.reactor.now, 0)
+        self.resp_head_done = False
+        self.resp_done = True
+        if keep:
+            self.state = DS_IDLE
+            self.deadline = proxy.reactor.now + proxy.idle_timeout
+        else:
+            self.state = DS_CLOSING
+            self.deadline = proxy.reactor.now + CLOSE_GRACE
+            self.client_keep = False
 
     cdef void send_next_try(self) noexcept:
         """Stamp the try's time budget into the forwarded head, then connect (or answer why not)."""
@@ -673,7 +777,7 @@ cdef class Downstream(UpstreamUser):
         bump(proxy.counters + L_BYTES_OUT, self.ex_out)
         proxy.count_answer(self.ex.cluster, self.status, proxy.reactor.now - self.ex.started)
         if proxy.access_log is not None:
-            self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now)
+            self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now, 0)
         self.up_keep = False
         if self.client_keep:
             self.state = DS_IDLE
@@ -709,7 +813,8 @@ cdef class Downstream(UpstreamUser):
         if routed:
             proxy.count_answer(self.ex.cluster, status, proxy.reactor.now - self.ex.started)
         if proxy.access_log is not None:
-            self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now)
+            self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now,
+                               err)
         self.resp_head_done = False
         self.resp_done = True
         if keep:
@@ -747,6 +852,9 @@ cdef class Downstream(UpstreamUser):
         if self.state == DS_CLOSED:
             return
         self.state = DS_CLOSED
+        if self.freq is not None:
+            self.freq.owner = None         # an async chain still running finds nobody to resume
+            self.freq = None
         self.drop_upstream(False)
         self.end_request()
         if self.fd >= 0:

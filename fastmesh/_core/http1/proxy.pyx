@@ -53,6 +53,8 @@ cdef class HttpProxy(Front):
         self.body_timeout = body_timeout
         self.set_rules(forwarded_headers, request_id_header, trust_headers)
         self.access_log = access_log
+        self.chains = None
+        self.filter_wait = 60.0
         self.head = None
         # Counters start in a private block; dataplane/stats.py moves them into the shared one before traffic.
         self.stats = StatsBlock(HEADER_SLOTS + L_FIELDS)

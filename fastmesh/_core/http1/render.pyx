@@ -457,6 +457,21 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     return status
 
 
+cdef void render_answer(OutBuf *o, int status, bytes reason, bytes fields, bytes body, bint keep,
+                        bint head_only) noexcept:
+    cdef char line[96]
+    cdef int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status)
+    ob_add(o, line, n)
+    ob_add(o, reason, len(reason))
+    ob_add(o, "\r\n", 2)
+    ob_add(o, fields, len(fields))
+    n = snprintf(line, sizeof(line), "content-length: %zd\r\n%s\r\n", len(body),
+                 "" if keep else "connection: close\r\n")
+    ob_add(o, line, n)
+    if not head_only:
+        ob_add(o, body, len(body))
+
+
 # ---- Python-facing: tests render what the HTTP/1 codec would send, sans IO ----
 
 def forwarded_head(Exchange ex not None, bytes raw_head not None, bint upgrading=False, long long budget_ms=-1):

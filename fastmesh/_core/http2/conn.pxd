@@ -60,6 +60,7 @@ cdef class H2Request(LegOwner):
     cdef bint resp_done                # our whole response went out, or the stream was reset
     cdef bint head_only                # a HEAD request (errors carry no body)
     cdef int status                    # the answer's status (for counters and the log)
+    cdef int err                       # the ProxyError we answered with, 0 for an upstream's answer (the log)
     cdef unsigned long long ex_in      # request body bytes received
     cdef unsigned long long ex_out     # response body bytes sent
 

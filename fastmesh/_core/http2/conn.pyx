@@ -254,6 +254,7 @@ cdef class H2Request(LegOwner):
         self.serial += 1
         self.state = RQ_ACTIVE
         self.status = 0
+        self.err = 0
         self.ex_in = 0
         self.ex_out = 0
         self.body.len = 0
@@ -273,9 +274,10 @@ cdef class H2Request(LegOwner):
         self.head_only = self.view.method == METHOD_HEAD
         ex.body_begins(now, front.body_timeout, end_stream)
         if front.access_log is not None:
-            ex.log_fields = (self.view.method_token.ptr[:self.view.method_token.len],
-                             self.req.authority.ptr[:self.req.authority.len],
-                             self.view.path.ptr[:self.view.path.len] + self.view.query.ptr[:self.view.query.len])
+            ex.log_begin((self.view.method_token.ptr[:self.view.method_token.len],
+                          self.req.authority.ptr[:self.req.authority.len],
+                          self.view.path.ptr[:self.view.path.len] + self.view.query.ptr[:self.view.query.len]),
+                         &self.view, &front.rules)
         err = ex.route_request(front.router, front.pools, &self.view, &front.rules, now)
         if err:
             self.answer(err)
@@ -495,6 +497,7 @@ cdef class H2Request(LegOwner):
         if self.state == RQ_ENDED:
             return
         self.resp_done = True
+        self.err = err
         if self.s is not None:
             try:
                 if self.resp_started:
@@ -529,7 +532,7 @@ cdef class H2Request(LegOwner):
         front.count_answer(self.ex.cluster, self.status, now - self.ex.started)
         if front.access_log is not None:
             self.ex.log_answer(front.access_log, self.leg.endpoint if self.leg is not None else -1, self.status,
-                               self.ex_in, self.ex_out, now)
+                               self.ex_in, self.ex_out, now, self.err)
         c.unbusy(self)
         if self.s is None:
             c.recycle(self)

@@ -1,0 +1,1 @@
+"""Worked examples of fastmesh plugins, one kind per module (see fastmesh/plugins/api.py for the interfaces)."""

@@ -1,0 +1,28 @@
+from typing import Any
+
+PENDING: int
+FAILED: int
+TIMEOUT: int
+PROTECTED: frozenset[str]
+REASONS: dict[int, bytes]
+
+class FilterRequest:
+    method: str
+    authority: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    peer: str
+    listener: str
+    route: int
+    cluster: str
+    cluster_index: int
+    owner: Any
+    def header(self, name: str) -> str | None: ...
+    def set_header(self, name: str, value: str) -> None: ...
+    def remove_header(self, name: str) -> None: ...
+    def add_response_header(self, name: str, value: str) -> None: ...
+    def route_to(self, cluster: str) -> None: ...
+    def _resume(self, outcome: Any) -> None: ...
+
+def bench_filter(raw_head: bytes, chain: Any, count: int) -> int: ...

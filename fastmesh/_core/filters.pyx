@@ -1,0 +1,290 @@
+"""Request filters, compiled side: the view a Python filter plugin gets, and what it may ask for.
+
+Only routes that have filters come here (HttpProxy.chains[route] is a chain, not None); every other request
+pays one pointer test in the codec. For a filtered request the codec builds a FilterRequest (two copies: the
+head bytes and its field offsets; text is decoded only when a filter reads it), calls the route's chain (a
+Python callable, dataplane/filters.py) and applies the outcome:
+  None             go on: header edits join the route's (filter removes, route edits, filter adds) and a
+                   route_to() cluster replaces the route's
+  an Answer        the client gets it (status, fields, body) and the request goes no further
+  FILTER_PENDING   an async filter holds it: the connection waits (other connections go on) until the chain
+                   calls _resume(outcome)
+  FILTER_FAILED, FILTER_TIMEOUT   500 `plugin` / 504 `plugin timeout`
+A filter can edit neither framing nor connection fields (Host, Content-Length, Transfer-Encoding, Connection,
+Upgrade, TE, Trailer, Keep-Alive, Proxy-Connection) nor fastmesh-timeout-ms: those raise ValueError, which is a
+failing filter like any exception. Field names must be tokens and values carry no control characters but HTAB.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+
+from fastmesh._core.request cimport (
+    RequestView, Span, Field, Edit, EditList, EDIT_ADD, EDIT_REMOVE, span_of, edits_clear, find_field,
+)
+from fastmesh._core.http1.parser cimport Head
+from fastmesh._core.http1.view cimport view_parse
+
+from http import HTTPStatus
+
+PROTECTED = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+                       "keep-alive", "proxy-connection", "fastmesh-timeout-ms"})
+REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+cdef unsigned long long PROTECTED_LENGTHS = 0           # bit n: some protected name has n bytes
+for _p in PROTECTED:
+    PROTECTED_LENGTHS |= 1ULL << len(_p)
+cdef bytes _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+cdef bint TOKEN[256]
+for _c in _TCHAR:
+    TOKEN[_c] = True
+
+PENDING, FAILED, TIMEOUT = FILTER_PENDING, FILTER_FAILED, FILTER_TIMEOUT
+
+
+cdef bytes _name(object name):
+    cdef bytes b
+    cdef unsigned char c
+    if not isinstance(name, str):
+        raise TypeError(f"a field name is a str, got {type(name).__name__}")
+    b = (<str>name).encode("latin-1")
+    if not b:
+        raise ValueError("a field name cannot be empty")
+    for c in b:
+        if not TOKEN[c]:
+            raise ValueError(f"{name!r} is not a field name (a token: letters, digits and !#$%&'*+-.^_`|~)")
+    return b
+
+
+cdef bytes _value(object value):
+    cdef bytes b
+    cdef unsigned char c
+    if not isinstance(value, str):
+        raise TypeError(f"a field value is a str, got {type(value).__name__}")
+    b = (<str>value).strip(" \t").encode("latin-1")
+    for c in b:
+        if (c < 32 and c != 9) or c == 127:
+            raise ValueError(f"{value!r} holds a control character: not a field value")
+    return b
+
+
+cdef bytes _editable(object name):
+    cdef bytes b = _name(name)
+    cdef Py_ssize_t n = len(b)
+    # Only names as long as a protected one are looked up (2, 4, 7, 10, 14, 16, 17 or 19 bytes).
+    if n < 64 and (PROTECTED_LENGTHS >> n) & 1 and b.lower().decode("latin-1") in PROTECTED:
+        raise ValueError(f"{name!r} frames the message or belongs to the connection: filters cannot edit it")
+    return b
+
+
+cdef class FilterRequest:
+    """What a filter plugin gets for one request (fastmesh.plugins.api.Request describes it)."""
+
+    def __dealloc__(self):
+        PyMem_Free(self.edits)
+        PyMem_Free(self.resp_edits)
+
+    cdef str _span(self, int i):
+        if self.span_off[i] < 0:
+            return self.span_text[i]
+        return PyUnicode_DecodeLatin1(PyBytes_AS_STRING(self.raw) + self.span_off[i], self.span_len[i], NULL)
+
+    @property
+    def method(self) -> str:
+        return self._span(0)
+
+    @property
+    def authority(self) -> str:
+        return self._span(1)
+
+    @property
+    def path(self) -> str:
+        return self._span(2)
+
+    @property
+    def query(self) -> str:
+        return self._span(3)
+
+    @property
+    def cluster(self) -> str:
+        return self.cluster_names[self.cluster_index]
+
+    @property
+    def headers(self) -> list:
+        """Every field in wire order as (name, value), names as sent."""
+        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
+        cdef const char *base = PyBytes_AS_STRING(self.raw)
+        cdef int i
+        if self.headers_list is None:
+            self.headers_list = [(base[f[i].name_off:f[i].name_off + f[i].name_len].decode("latin-1"),
+                                  base[f[i].value_off:f[i].value_off + f[i].value_len].decode("latin-1"))
+                                 for i in range(self.num_fields)]
+        return self.headers_list
+
+    def header(self, str name not None):
+        """The first field called name (any case), or None."""
+        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
+        cdef const char *base = PyBytes_AS_STRING(self.raw)
+        cdef bytes want = name.lower().encode("latin-1")
+        cdef int i = find_field(base, f, self.num_fields, want, len(want), 0)
+        if i < 0:
+            return None
+        return PyUnicode_DecodeLatin1(base + f[i].value_off, f[i].value_len, NULL)
+
+    def set_header(self, name, value):
+        """Send `name: value` upstream instead of the client's fields of that name."""
+        cdef bytes n = _editable(name)
+        cdef bytes v = _value(value)
+        if self.removes is None:
+            self.removes = []
+        if self.adds is None:
+            self.adds = []
+        self.removes.append(n.lower())
+        self.adds.append((n, v))
+
+    def remove_header(self, name):
+        """Send the request upstream without the fields called name."""
+        cdef bytes n = _editable(name)
+        if self.removes is None:
+            self.removes = []
+        self.removes.append(n.lower())
+
+    def add_response_header(self, name, value):
+        """Add `name: value` to the answer the client gets (the upstream's, or an Answer)."""
+        item = (_editable(name), _value(value))
+        if self.response_adds is None:
+            self.response_adds = []
+        self.response_adds.append(item)
+
+    def route_to(self, str cluster not None):
+        """Send the request to another cluster of the config (KeyError for an unknown name)."""
+        try:
+            self.cluster_index = self.cluster_names.index(cluster)
+        except ValueError:
+            raise KeyError(f"no cluster {cluster!r} (the clusters: {', '.join(self.cluster_names)})") from None
+
+    def _resume(self, outcome):
+        """The chain's outcome after an async filter (called once, by the chain, on the loop)."""
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner._filter_resumed(outcome)
+
+    def __repr__(self):
+        return f"<Request {self.method} {self.authority}{self.path}{self.query} from {self.peer}>"
+
+    cdef int apply_edits(self, EditList *request, EditList *response) except -1:
+        cdef int i, n
+        removes = self.removes or ()
+        adds = self.adds or ()
+        if removes or adds:
+            n = len(removes) + request.route_n + len(adds)
+            self.edits = <Edit *>PyMem_Malloc(n * sizeof(Edit))
+            if self.edits == NULL:
+                raise MemoryError()
+            n = 0
+            for name in removes:
+                self.edits[n].kind = EDIT_REMOVE
+                self.edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
+                self.edits[n].value = span_of(NULL, 0)
+                n += 1
+            for i in range(request.route_n):
+                self.edits[n] = request.route[i]
+                n += 1
+            for name, value in adds:
+                self.edits[n].kind = EDIT_ADD
+                self.edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
+                self.edits[n].value = span_of(PyBytes_AS_STRING(value), len(value))
+                n += 1
+            request.route = self.edits
+            request.route_n = n
+        if self.response_adds:
+            n = response.route_n + len(self.response_adds)
+            self.resp_edits = <Edit *>PyMem_Malloc(n * sizeof(Edit))
+            if self.resp_edits == NULL:
+                raise MemoryError()
+            for i in range(response.route_n):
+                self.resp_edits[i] = response.route[i]
+            n = response.route_n
+            for name, value in self.response_adds:
+                self.resp_edits[n].kind = EDIT_ADD
+                self.resp_edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
+                self.resp_edits[n].value = span_of(PyBytes_AS_STRING(value), len(value))
+                n += 1
+            response.route = self.resp_edits
+            response.route_n = n
+        return 0
+
+
+cdef inline void _keep_span(FilterRequest r, int i, Span s, const char *base, Py_ssize_t head_len):
+    cdef Py_ssize_t off = s.ptr - base if s.ptr != NULL else -1
+    if s.len == 0:
+        r.span_off[i] = 0
+        r.span_len[i] = 0
+    elif 0 <= off and off + s.len <= head_len:
+        r.span_off[i] = off
+        r.span_len[i] = s.len
+    else:
+        # Not in the head (an absolute-form target without a path has the path "/"): kept as text.
+        if r.span_text is None:
+            r.span_text = (None, None, None, None)
+        r.span_off[i] = -1
+        r.span_text = r.span_text[:i] + (s.ptr[:s.len].decode("latin-1"),) + r.span_text[i + 1:]
+
+
+cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
+                                  int peer_len, int route, tuple cluster_names, int cluster):
+    cdef FilterRequest r = FilterRequest.__new__(FilterRequest)
+    r.raw = PyBytes_FromStringAndSize(v.base, head_len)
+    r.fields = PyBytes_FromStringAndSize(<const char *>v.fields, v.num_fields * sizeof(Field))
+    r.num_fields = v.num_fields
+    _keep_span(r, 0, v.method_token, v.base, head_len)
+    _keep_span(r, 1, v.authority, v.base, head_len)
+    _keep_span(r, 2, v.path, v.base, head_len)
+    _keep_span(r, 3, v.query, v.base, head_len)
+    r.listener = listener
+    r.peer = peer[:peer_len].decode("latin-1")
+    r.route = route
+    r.cluster_names = cluster_names
+    r.cluster_index = cluster
+    return r
+
+
+cdef tuple answer_parts(object answer, FilterRequest r):
+    cdef int status
+    status = answer.status
+    if not 200 <= status <= 599:
+        raise ValueError(f"an Answer's status is 200 to 599, got {status}")
+    body = answer.body
+    if isinstance(body, str):
+        body = (<str>body).encode("utf-8")
+    elif not isinstance(body, bytes):
+        body = bytes(body)
+    headers = answer.headers
+    items = headers.items() if hasattr(headers, "items") else headers
+    lines = []
+    for name, value in items:
+        n = _editable(name)
+        lines.append(n + b": " + _value(value) + b"\r\n")
+    for n, value in r.response_adds or ():
+        lines.append(n + b": " + value + b"\r\n")
+    return status, REASONS.get(status, b"Unknown"), b"".join(lines), body
+
+
+# ---- Python-facing: the micro-benchmark drives what the codec does per filtered request, sans IO ----
+
+def bench_filter(bytes raw_head not None, chain, Py_ssize_t count) -> int:
+    """Parse raw_head once, then `count` times what a filtered request adds in the codec: its FilterRequest, the
+    chain's call and its edits joined to an (empty) edit list. Returns how many calls let the request go on."""
+    cdef Head h
+    cdef RequestView v
+    cdef EditList req, resp
+    cdef FilterRequest r
+    cdef Py_ssize_t _, passed = 0
+    cdef tuple names = ("web",)
+    view_parse(raw_head, &h, &v)
+    for _ in range(count):
+        edits_clear(&req)
+        edits_clear(&resp)
+        r = filter_request(&v, len(raw_head), "web", b"127.0.0.1", 9, 0, names, 0)
+        if chain(r) is None:
+            r.apply_edits(&req, &resp)
+            passed += 1
+    return passed

@@ -1,0 +1,115 @@
+"""Filter and sink plugins for tests and benchmarks: ones that tag, fail, hang or wait, and a sink that keeps
+records in memory. Named in configs as "fastmesh._testbase.plugins:Name"."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from fastmesh.plugins import Answer, Request
+
+
+class Noop:
+    """Does nothing: what a filter costs by itself (bench/)."""
+
+    def __init__(self, config: Any) -> None:
+        pass
+
+    def on_request(self, request: Request) -> None:
+        return None
+
+
+class Tag:
+    """Adds `name: value` upstream and to the answer; answers `status` instead when the path is `answer_path`."""
+
+    @dataclass
+    class Config:
+        value: str
+        name: str = "x-tag"
+        answer_path: str = ""
+        status: int = 403
+
+    def __init__(self, config: Tag.Config) -> None:
+        self.config = config
+
+    def on_request(self, request: Request) -> Answer | None:
+        c = self.config
+        if c.answer_path and request.path == c.answer_path:
+            return Answer(c.status, f"{c.value}\n", {"x-answered-by": c.value})
+        request.set_header(c.name, c.value)
+        request.add_response_header(c.name, c.value)
+        return None
+
+
+class Raise:
+    """Raises on every request (or on every `every`-th)."""
+
+    @dataclass
+    class Config:
+        every: int = 1
+
+    def __init__(self, config: Raise.Config) -> None:
+        self.every = config.every
+        self.calls = 0
+
+    def on_request(self, request: Request) -> None:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            raise RuntimeError(f"plugin failure {self.calls}")
+
+
+class Wait:
+    """An async filter: waits `ms` milliseconds (forever when ms < 0), then tags the request."""
+
+    @dataclass
+    class Config:
+        ms: int = 50
+
+    def __init__(self, config: Wait.Config) -> None:
+        self.ms = config.ms
+
+    async def on_request(self, request: Request) -> None:
+        if self.ms < 0:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.ms / 1000)
+        request.set_header("x-waited", str(self.ms))
+
+
+class BadAnswer:
+    """Answers with a field value no HTTP message may carry: the proxy must refuse to send it."""
+
+    def __init__(self, config: Any) -> None:
+        pass
+
+    def on_request(self, request: Request) -> Answer:
+        return Answer(200, b"x", {"x-bad": "a\r\nb"})
+
+
+RECORDS: list[dict[str, Any]] = []        # what every Memory sink of this process was given
+
+
+class Memory:
+    """A sink keeping every record in RECORDS; an async write when `slow_ms` is set; raises when `fail` is set."""
+
+    @dataclass
+    class Config:
+        slow_ms: int = 0
+        fail: bool = False
+
+    def __init__(self, config: Memory.Config) -> None:
+        self.config = config
+        self.batches: list[int] = []
+
+    def write(self, records: list[dict[str, Any]]) -> Any:
+        if self.config.fail:
+            raise RuntimeError("sink failure")
+        if self.config.slow_ms:
+            return self._later(records)
+        self.batches.append(len(records))
+        RECORDS.extend(records)
+        return None
+
+    async def _later(self, records: list[dict[str, Any]]) -> None:
+        await asyncio.sleep(self.config.slow_ms / 1000)
+        self.batches.append(len(records))
+        RECORDS.extend(records)
