@@ -49,6 +49,7 @@ class H2Backend:
         self.refuse: set[int] = set()
         self.requests = 0
         self.connections = 0
+        self.closed = 0                      # connections ended (by either side)
         self.max_open = 0
         self.refused = 0
         self._writers: list[asyncio.StreamWriter] = []
@@ -109,6 +110,7 @@ class H2Backend:
             for task in tasks:
                 task.cancel()
             writer.transport.abort()
+            self.closed += 1
 
     async def _answer(self, c: _Conn, stream: int) -> None:
         conn = c.conn

@@ -110,3 +110,29 @@ def test_idle_connections_close_after_the_idle_timeout() -> None:
             assert (await client.get("/y")).status_code == 200     # and a new one opens when needed
 
     asyncio.run(main())
+
+
+def test_a_discovery_update_retires_a_removed_endpoints_connection() -> None:
+    """Proxy.update_endpoints on an h2 cluster: the removed endpoint's shared connection takes no new stream and
+    closes once idle; the kept endpoint's connection is reused; the added endpoint gets connections of its own."""
+    from fastmesh.config.schema import Endpoint
+
+    async def main() -> None:
+        async with setup(count=3) as (proxy, b, client):
+            ep = [Endpoint("127.0.0.1", x.port) for x in b]
+            await proxy.update_endpoints({"up": ([ep[0], ep[1]], ())})         # b2 out: two endpoints in use
+            for i in range(4):
+                assert (await client.get(f"/a{i}")).status_code == 200
+            assert b[0].connections == 1 and b[1].connections == 1
+            changes = await proxy.update_endpoints({"up": ([ep[1], ep[2]], (0,))})   # b0 out, b2 back in
+            assert changes["clusters_updated"] == ["up"]
+            for _ in range(100):
+                if b[0].closed == b[0].connections:
+                    break
+                await asyncio.sleep(0.05)
+            assert b[0].closed == b[0].connections == 1                      # its connection closed when idle
+            answers = [await client.get(f"/b{i}") for i in range(6)]
+            assert {r.text.split(":")[0] for r in answers} == {"b1", "b2"}
+            assert b[1].connections == 1                                     # the kept one's connection reused
+
+    asyncio.run(main())

@@ -38,7 +38,7 @@ from fastmesh._core.includes.system cimport (
     SOL_SOCKET, SO_ERROR,
 )
 from fastmesh._core.reactor cimport Reactor
-from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS
 from fastmesh._core.errors cimport connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET
@@ -510,6 +510,27 @@ cdef class H2Pool(Connector):
         """A reload replaced this pool: connections close once their streams are done (the sweep does it)."""
         self.retired = True
         self.close_idle()
+
+    def endpoints_changed(self):
+        """The cluster's endpoint set was updated (Cluster.update): connection lists for its new slots; a removed
+        endpoint's connections take no new stream, and close (with our GOAWAY, by the sweep) once their streams are
+        done. Returns how many connections were told so."""
+        cdef int ep, n = self.cluster.n, told = 0
+        cdef H2Upstream up
+        if n > len(self.heads):
+            self.heads.extend([None] * (n - len(self.heads)))
+        for ep in range(len(self.heads)):
+            if not self.cluster.out[ep] & OUT_REMOVED:
+                continue
+            up = <H2Upstream>self.heads[ep]
+            while up is not None:
+                if up.state == H2_OPEN:           # (a connect under way carries legs picked before the update)
+                    up.state = H2_GOAWAY
+                    told += 1
+                if up.users == 0 and up.state == H2_GOAWAY:
+                    up.deadline = self.reactor.now
+                up = up.next
+        return told
 
     def close_idle(self):
         """Close every connection that carries no stream (shutdown)."""
