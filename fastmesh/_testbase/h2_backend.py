@@ -11,8 +11,8 @@ Knobs a test sets while it runs:
     status           the status of every answer (default 200)
     streamed         answer without content-length (the body's length is known only at its end)
     trailers         trailer fields ending every answer, e.g. [(b"x-sum", b"42")] (empty: none)
-It keeps every request's header list (`heads`) and counts requests (`requests`), connections (`connections`) and the most streams open at once on one connection
-(`max_open`).
+It keeps every request's header list (`heads`) and counts requests (`requests`), connections (`connections`)
+and the most streams open at once on one connection (`max_open`).
 """
 from __future__ import annotations
 
