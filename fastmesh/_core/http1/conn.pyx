@@ -15,7 +15,9 @@ leave in request order. Per request:
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
 bytes already buffered. A connection that opens with HTTP/2's preface goes, with the bytes read, to the
-listener's HTTP/2 side (Front.h2: http2/conn.pyx). Every answer of our own is a ProxyError (errors.pxd)
+listener's HTTP/2 side (Front.h2: http2/conn.pyx). A request routed to a cluster spoken to over HTTP/2 is
+carried by a leg instead (bridge.pxi, the h1 -> h2 bridge); the upstream half here is HTTP/1's alone. Every
+answer of our own is a ProxyError (errors.pxd)
 rendered in one place; what is forwarded is canonical (render.pyx lists the rules).
 
 Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
@@ -780,9 +782,13 @@ cdef class Downstream(UpstreamUser):
     cdef int finish_exchange(self) noexcept:
         cdef Front proxy = self.proxy
         cdef Upstream up = self.up
-        cdef int endpoint = up.endpoint if up is not None else -1
-        if self.state == DS_BRIDGED and self.bridge.leg is not None:
+        cdef int endpoint
+        if up is not None:
+            endpoint = up.endpoint
+        elif self.state == DS_BRIDGED and self.bridge.leg is not None:
             endpoint = self.bridge.leg.endpoint
+        else:
+            endpoint = -1
         if not self.req_done:
             # The upstream answered before the request body ended: the next request's start is unknown.
             self.client_keep = False
