@@ -343,6 +343,9 @@ cdef class Downstream(UpstreamUser):
         if self.ex is not None:
             self.proxy.give_exchange(self.ex)
             self.ex = None
+        if self.bridge is not None:
+            self.bridge.d = None           # its head copy, body buffer and leg go too (idle: no try under way)
+            self.bridge = None
 
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept:
         """A request head is parsed (SCRATCH): its view goes to the exchange, its forwarded head is rendered."""
