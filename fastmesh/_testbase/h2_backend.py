@@ -8,8 +8,11 @@ Knobs a test sets while it runs:
     goaway_after     after this many requests on a connection, send GOAWAY with the last stream id processed
                      (the requests after it on that connection are left unanswered: the peer must retry them)
     refuse           stream ids answered with RST_STREAM REFUSED_STREAM instead (per connection), e.g. {1}
-It counts requests (`requests`), connections (`connections`) and the most streams open at once on one connection
-(`max_open`).
+    status           the status of every answer (default 200)
+    streamed         answer without content-length (the body's length is known only at its end)
+    trailers         trailer fields ending every answer, e.g. [(b"x-sum", b"42")] (empty: none)
+It keeps every request's header list (`heads`) and counts requests (`requests`), connections (`connections`)
+and the most streams open at once on one connection (`max_open`).
 """
 from __future__ import annotations
 
@@ -47,7 +50,11 @@ class H2Backend:
         self.delay = 0.0
         self.goaway_after: int | None = None
         self.refuse: set[int] = set()
+        self.status = 200
+        self.streamed = False
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.requests = 0
+        self.heads: list[list[tuple[bytes, bytes]]] = []
         self.connections = 0
         self.closed = 0                      # connections ended (by either side)
         self.max_open = 0
@@ -91,6 +98,7 @@ class H2Backend:
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         c.paths[event.stream_id] = dict(event.headers).get(b":path", b"")
+                        self.heads.append(list(event.headers))
                         c.bodies[event.stream_id] = bytearray()
                         c.open += 1
                         self.max_open = max(self.max_open, c.open)
@@ -134,14 +142,22 @@ class H2Backend:
         if self.delay:
             await asyncio.sleep(self.delay)
         body = bytes(c.bodies.pop(stream, b"")) or self.name.encode() + b":" + c.paths.get(stream, b"")
-        conn.send_headers(stream, [(b":status", b"200"), (b"x-backend", self.name.encode()),
-                                   (b"x-connection", b"%d" % c.number), (b"x-stream", b"%d" % stream),
-                                   (b"content-length", b"%d" % len(body))])
-        await self._send(c, stream, body)
+        head = [(b":status", b"%d" % self.status), (b"x-backend", self.name.encode()),
+                (b"x-connection", b"%d" % c.number), (b"x-stream", b"%d" % stream)]
+        if not self.streamed:
+            head.append((b"content-length", b"%d" % len(body)))
+        conn.send_headers(stream, head)
+        await self._send(c, stream, body, not self.trailers)
+        if self.trailers:
+            conn.send_headers(stream, self.trailers, end_stream=True)
+            c.writer.write(conn.data_to_send())
         c.open -= 1
 
-    async def _send(self, c: _Conn, stream: int, body: bytes) -> None:
+    async def _send(self, c: _Conn, stream: int, body: bytes, end: bool = True) -> None:
         conn = c.conn
+        if not body and end:
+            conn.send_data(stream, b"", end_stream=True)
+            c.writer.write(conn.data_to_send())
         while body:
             room = min(conn.local_flow_control_window(stream), conn.max_outbound_frame_size)
             if room <= 0:
@@ -149,5 +165,5 @@ class H2Backend:
                 await asyncio.sleep(0.005)
                 continue
             chunk, body = body[:room], body[room:]
-            conn.send_data(stream, chunk, end_stream=not body)
+            conn.send_data(stream, chunk, end_stream=end and not body)
             c.writer.write(conn.data_to_send())

@@ -10,6 +10,8 @@ from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool
 from fastmesh._core.exchange cimport Exchange, ForwardRules
 from fastmesh._core.router cimport Router
 from fastmesh._core.filters cimport FilterRequest
+from fastmesh._core.request cimport RequestView
+from fastmesh._core.upstream.leg cimport Leg, LegOwner, LegRequest
 
 
 cdef enum DownstreamState:
@@ -20,6 +22,7 @@ cdef enum DownstreamState:
     DS_UPGRADING = 5           # flushing a 101 answer, then the connection becomes a TCP relay
     DS_CLOSED = 6
     DS_FILTER = 7              # an async filter plugin holds the request (filters.pyx); the head stays in rbuf
+    DS_BRIDGED = 8             # a request is being proxied over a leg (an HTTP/2 cluster): Downstream.bridge runs it
 
 
 # Events a downstream connection is registered for, once, edge-triggered.
@@ -34,6 +37,41 @@ cdef class Handoff(Sweeper):
     cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept
     cdef void drain(self) noexcept             # no new streams: graceful GOAWAY, connections close once idle
     cdef void close_all(self) noexcept         # close every connection now
+
+
+cdef class Downstream
+
+
+cdef class Bridge(LegOwner):
+    # The h1 -> h2 bridge (bridge.pxi): an HTTP/1 request carried by a leg (upstream/leg.pxd) to a cluster whose
+    # connector is not an HttpPool. Owned by its Downstream, made at its first such request and reused.
+    cdef Downstream d                      # the client connection (None once it closed)
+    cdef Leg leg                           # the upstream try (reused while its kind fits the cluster)
+    cdef OutBuf head                       # the request head's bytes, copied: the view points here for every try
+    cdef Head h                            # the parsed head over `head`
+    cdef RequestView view                  # the request as the leg renders it
+    cdef LegRequest req                    # what the leg renders (points into head and view)
+    cdef OutBuf body                       # request body bytes de-framed from the client and not yet dropped
+    cdef Py_ssize_t body_off               # bytes of body the current try took
+    cdef bint body_end                     # the client's body ended: no byte follows those in `body`
+    cdef bint keep_body                    # the whole body stays in `body` (small enough to send again)
+    cdef bint chunked                      # the answer goes to the client chunked
+    cdef bint no_body                      # the answer has no body for the client (HEAD, 204, 304)
+    cdef bint backoff                      # waiting a retry's backoff
+    cdef bint due                          # the connection's run is scheduled for the end of this loop pass
+    cdef unsigned long long serial         # counts the requests carried (a retry timer names its own)
+
+    cdef int begin(self, Py_ssize_t head_len) noexcept
+    cdef int pull(self) noexcept
+    cdef void add_body(self, const char *p, Py_ssize_t n) noexcept
+    cdef void send_try(self) noexcept
+    cdef void retry_later(self) noexcept
+    cdef int step(self) noexcept
+    cdef void wake(self) noexcept
+    cdef bint awaits_client(self) noexcept
+    cdef void check(self, double now) noexcept
+    cdef void answer(self, int err) noexcept
+    cdef void stop(self) noexcept
 
 
 cdef class Front(Acceptor):
@@ -123,11 +161,13 @@ cdef class Downstream(UpstreamUser):
     cdef Py_ssize_t tmo_off                # offset of the fastmesh-timeout-ms digits in reqhead, -1 = none
     cdef FilterRequest freq                # the request as its filters saw it (their edits live there), or None
     cdef Py_ssize_t filter_head            # DS_FILTER: the length of the request head waiting at rbuf.start
+    cdef Bridge bridge                     # carries requests to clusters spoken to over a leg (h2); None before one
 
     cdef void run(self) noexcept
     cdef int read_request(self) noexcept
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept
     cdef int forward_request(self, Py_ssize_t head_len) noexcept
+    cdef int forward_bridged(self, Py_ssize_t head_len) noexcept
     cdef int run_filters(self, object chain, Py_ssize_t head_len) noexcept
     cdef int filtered(self, object outcome, Py_ssize_t head_len) noexcept
     cdef void respond_answer(self, object answer, Py_ssize_t head_len) noexcept

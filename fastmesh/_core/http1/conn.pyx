@@ -15,7 +15,9 @@ leave in request order. Per request:
   end       upstream back to the pool when both sides allow keep-alive; next request or close
 A 101 answer to an Upgrade turns the connection into a TcpRelay (tcp/splice.pyx) with both sockets and any
 bytes already buffered. A connection that opens with HTTP/2's preface goes, with the bytes read, to the
-listener's HTTP/2 side (Front.h2: http2/conn.pyx). Every answer of our own is a ProxyError (errors.pxd)
+listener's HTTP/2 side (Front.h2: http2/conn.pyx). A request routed to a cluster spoken to over HTTP/2 is
+carried by a leg instead (bridge.pxi, the h1 -> h2 bridge); the upstream half here is HTTP/1's alone. Every
+answer of our own is a ProxyError (errors.pxd)
 rendered in one place; what is forwarded is canonical (render.pyx lists the rules).
 
 Whose clock runs: while the client owes request-body bytes and the upstream has taken all that came, it is
@@ -25,10 +27,11 @@ request is sent. A client too slow with its body is never the endpoint's failure
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memmove
 
 from fastmesh._core.buffer cimport (
-    RecvBuf, rb_read, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_flush, ob_send, ob_pending, ob_free,
+    RecvBuf, rb_read, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_send, ob_pending,
+    ob_free,
 )
 from fastmesh._core.includes.system cimport (
     close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
@@ -40,7 +43,7 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
-    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_PLUGIN_TIMEOUT,
+    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_PLUGIN_TIMEOUT, PE_NONE, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
@@ -48,18 +51,22 @@ from fastmesh._core.http1.parser cimport (
 )
 from fastmesh._core.http1.framing cimport (
     request_body, response_body, keep_alive, BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_UNTIL_CLOSE, BODY_TUNNEL,
+    chunked_feed, chunk_size_line, CHUNK_DONE,
 )
-from fastmesh._core.http1.body cimport frame_init, pump_body, body_in_socket
+from fastmesh._core.http1.body cimport BodyFrame, frame_init, frame_take, pump_body, body_in_socket
 from fastmesh._core.http1.render cimport (
     render_request, render_response, render_error, render_answer, stamp_budget, marked_retried,
+    render_leg_response, render_chunk_trailers,
 )
 from fastmesh._core.filters cimport (
     FilterRequest, filter_request, answer_parts, FILTER_PENDING, FILTER_FAILED, FILTER_TIMEOUT,
 )
-from fastmesh._core.http1.view cimport view_init, log_names, listener_address
+from fastmesh._core.http1.view cimport view_init, log_names, listener_address, target_authority
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
-from fastmesh._core.request cimport RequestView, span_of
+from fastmesh._core.request cimport RequestView, Span, Field, span_of, find_field, fold_eq
+from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE
+from fastmesh._core.upstream.h2pool cimport H2Pool, H2Leg
 from fastmesh._core.upstream.connector cimport CONNECT_FULL
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 from fastmesh._core.tcp.splice cimport TcpProxy, TcpRelay
@@ -76,6 +83,9 @@ cdef unsigned long long RULES_VERSION[1]    # the last ForwardRules.version give
 
 
 cdef const char *H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"     # RFC 9113 section 3.4
+
+
+include "bridge.pxi"
 
 
 cdef class Handoff(Sweeper):
@@ -223,6 +233,9 @@ cdef class Downstream(UpstreamUser):
             elif self.state == DS_EXCHANGE:
                 if self.step_exchange() <= 0:
                     return
+            elif self.state == DS_BRIDGED:
+                if self.bridge.step() <= 0:
+                    return
             elif self.state == DS_CLOSING or self.state == DS_UPGRADING:
                 if not self.writable and ob_pending(&self.out):
                     return
@@ -330,6 +343,9 @@ cdef class Downstream(UpstreamUser):
         if self.ex is not None:
             self.proxy.give_exchange(self.ex)
             self.ex = None
+        if self.bridge is not None:
+            self.bridge.d = None           # its head copy, body buffer and leg go too (idle: no try under way)
+            self.bridge = None
 
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept:
         """A request head is parsed (SCRATCH): its view goes to the exchange, its forwarded head is rendered."""
@@ -386,10 +402,7 @@ cdef class Downstream(UpstreamUser):
         cdef int kind = self.req_body.kind
         cdef long long length = self.req_body.length
         if not isinstance(self.ex.connector, HttpPool):
-            # A cluster spoken to over HTTP/2 (upstream/h2pool.pyx): HTTP/1 clients are not bridged to it.
-            self.rbuf.start += head_len
-            self.respond_error(PE_NO_ENDPOINTS, 0, self.req_done)
-            return 1
+            return self.forward_bridged(head_len)    # a cluster spoken to over HTTP/2 (upstream/h2pool.pyx)
         self.pool = <HttpPool>self.ex.connector
         self.tmo_off = render_request(&self.reqhead, self.rbuf.data + self.rbuf.start, &SCRATCH, &VIEW, self.ex.router,
                                       self.ex.route, &self.ex.request_edits, self.req_upgrade,
@@ -405,6 +418,13 @@ cdef class Downstream(UpstreamUser):
             return 1
         self.send_next_try()
         return 1
+
+    cdef int forward_bridged(self, Py_ssize_t head_len) noexcept:
+        """The routed request goes to a cluster whose tries are legs (bridge.pxi): its Bridge carries it."""
+        if self.bridge is None:
+            self.bridge = Bridge.__new__(Bridge)
+            self.bridge.d = self
+        return self.bridge.begin(head_len)
 
     # ---- request filters (filters.pyx): only routes that have them come here ----------------------
 
@@ -765,7 +785,13 @@ cdef class Downstream(UpstreamUser):
     cdef int finish_exchange(self) noexcept:
         cdef Front proxy = self.proxy
         cdef Upstream up = self.up
-        cdef int endpoint = up.endpoint if up is not None else -1
+        cdef int endpoint
+        if up is not None:
+            endpoint = up.endpoint
+        elif self.state == DS_BRIDGED and self.bridge.leg is not None:
+            endpoint = self.bridge.leg.endpoint
+        else:
+            endpoint = -1
         if not self.req_done:
             # The upstream answered before the request body ended: the next request's start is unknown.
             self.client_keep = False
@@ -797,8 +823,10 @@ cdef class Downstream(UpstreamUser):
         cdef int status
         cdef bint routed
         self.hold_exchange()              # a bad head has none yet: its answer is logged like any other
-        routed = self.state == DS_EXCHANGE and self.ex.route >= 0
+        routed = (self.state == DS_EXCHANGE or self.state == DS_BRIDGED) and self.ex.route >= 0
         cdef int endpoint = self.up.endpoint if self.up is not None else -1
+        if self.state == DS_BRIDGED and self.bridge.leg is not None:
+            endpoint = self.bridge.leg.endpoint
         self.drop_upstream(False)
         if self.resp_head_done:
             self.close()
@@ -806,7 +834,8 @@ cdef class Downstream(UpstreamUser):
         keep = keep and self.client_keep and self.req_done
         status = error_info(err).status if not (err == PE_BAD_REQUEST and code < 0) else error_status(code)
         status = render_error(&self.out, err, code, keep, self.ex.retried_mark(status, False),
-                              self.req_method == METHOD_HEAD and self.state == DS_EXCHANGE)
+                              self.req_method == METHOD_HEAD
+                              and (self.state == DS_EXCHANGE or self.state == DS_BRIDGED))
         self.end_request()
         self.status = status
         proxy.count_request(status)
@@ -855,6 +884,10 @@ cdef class Downstream(UpstreamUser):
         if self.freq is not None:
             self.freq.owner = None         # an async chain still running finds nobody to resume
             self.freq = None
+        if self.bridge is not None:
+            self.bridge.stop()             # its try ends; no retry timer finds this connection
+            self.bridge.d = None
+            self.bridge = None
         self.drop_upstream(False)
         self.end_request()
         if self.fd >= 0:

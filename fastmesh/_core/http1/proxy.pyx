@@ -21,7 +21,7 @@ from fastmesh._core.stats cimport (
 )
 from fastmesh._core.errors cimport PE_HEADER_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_BODY_TIMEOUT
 from fastmesh._core.http1.conn cimport (
-    Front, Downstream, DS_HEAD, DS_IDLE, DS_EXCHANGE, downstream_events,
+    Front, Downstream, DS_HEAD, DS_IDLE, DS_EXCHANGE, DS_BRIDGED, downstream_events,
 )
 from fastmesh._core.http1.parser cimport limits_init
 from fastmesh._core.http1.pool cimport UP_CONNECTING
@@ -155,6 +155,8 @@ cdef class HttpProxy(Front):
                     d.run()
                 elif d.up is not None and not d.resp_head_done and now >= d.ex.try_deadline:
                     d.try_timed_out()
+            elif d.state == DS_BRIDGED:
+                d.bridge.check(now)
             elif now >= d.deadline:
                 if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
                     d.respond_error(PE_HEADER_TIMEOUT, 0, False)
@@ -176,7 +178,7 @@ cdef class HttpProxy(Front):
             nxt = d.next
             if d.state == DS_IDLE or (d.state == DS_HEAD and rb_avail(&d.rbuf) == 0):
                 d.close()
-            elif d.state == DS_EXCHANGE:
+            elif d.state == DS_EXCHANGE or d.state == DS_BRIDGED:
                 d.client_keep = False
             d = nxt
         self.reactor.graveyard.clear()

@@ -48,6 +48,17 @@ cdef bint marked_retried(const char *buf, const Head *h) noexcept
 # value) apply to final answers only; the Connection field follows tunnel / client_keep / the client's version.
 cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditList *edits, int retried,
                           bint tunnel, bint dechunk, bint client_keep, int client_minor) noexcept
+# A final response head that came as fields (an HTTP/2 answer a leg passed on: names lowercase, no pseudo-header
+# fields), as HTTP/1.1 for the client, appended to o: the status line (a standard reason phrase), the fields less
+# those HTTP/1 frames itself or treats as hop-by-hop, then the framing we chose (Content-Length when length >= 0,
+# else chunked when `chunked`, else none: the close ends the body), the edits' fields, fastmesh-retried
+# (retried >= 0) and the Connection field for client_keep and the client's version.
+cdef void render_leg_response(OutBuf *o, int status, const char *base, const Field *fields, int n,
+                              const EditList *edits, int retried, long long length, bint chunked, bint client_keep,
+                              int client_minor) noexcept
+# The end of a chunked body with trailer fields (the same fields dropped as in heads): "0", the fields, the blank
+# line.
+cdef void render_chunk_trailers(OutBuf *o, const char *base, const Field *fields, int n) noexcept
 # The proxy's answer for ProxyError err (errors.pxd; `code`: a parse code choosing a 4xx/5xx status for
 # PE_BAD_REQUEST, else 0), appended to o; the body is left out for HEAD. Returns the status.
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept

@@ -424,6 +424,91 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, "\r\n", 2)
 
 
+cdef const char *_reason(int status) noexcept:
+    """A reason phrase for a status that came without one (an HTTP/2 answer); empty for the rare ones."""
+    if status == 200:
+        return b"OK"
+    if status == 201:
+        return b"Created"
+    if status == 204:
+        return b"No Content"
+    if status == 206:
+        return b"Partial Content"
+    if status == 301:
+        return b"Moved Permanently"
+    if status == 302:
+        return b"Found"
+    if status == 304:
+        return b"Not Modified"
+    if status == 400:
+        return b"Bad Request"
+    if status == 401:
+        return b"Unauthorized"
+    if status == 403:
+        return b"Forbidden"
+    if status == 404:
+        return b"Not Found"
+    if status == 500:
+        return b"Internal Server Error"
+    if status == 502:
+        return b"Bad Gateway"
+    if status == 503:
+        return b"Service Unavailable"
+    if status == 504:
+        return b"Gateway Timeout"
+    return b""
+
+
+cdef void render_leg_response(OutBuf *o, int status, const char *base, const Field *fields, int n,
+                              const EditList *edits, int retried, long long length, bint chunked, bint client_keep,
+                              int client_minor) noexcept:
+    cdef const Field *f
+    cdef const Edit *x
+    cdef const char *reason = _reason(status)
+    cdef char line[16]
+    cdef int i
+    memcpy(line, b"HTTP/1.1 ", 9)
+    line[9] = <char>(48 + (status // 100) % 10)
+    line[10] = <char>(48 + (status // 10) % 10)
+    line[11] = <char>(48 + status % 10)
+    line[12] = 32
+    ob_add(o, line, 13)
+    ob_add(o, reason, strlen(reason))
+    ob_add(o, "\r\n", 2)
+    for i in range(n):
+        f = &fields[i]
+        if _not_for_http1(base + f.name_off, f.name_len):
+            continue
+        _line(o, span_of(base + f.name_off, f.name_len), span_of(base + f.value_off, f.value_len))
+    if length >= 0:
+        _content_length(o, length)
+    elif chunked:
+        ob_add(o, TE_CHUNKED, 28)
+    for i in range(edits.n + edits.route_n):
+        x = edit_at(edits, i)
+        if x.kind == EDIT_ADD:
+            _line(o, x.name, x.value)
+    if retried >= 0:
+        _retried(o, retried)
+    if not client_keep:
+        ob_add(o, CONN_CLOSE, 19)
+    elif client_minor == 0:
+        ob_add(o, CONN_KEEP, 24)
+    ob_add(o, "\r\n", 2)
+
+
+cdef void render_chunk_trailers(OutBuf *o, const char *base, const Field *fields, int n) noexcept:
+    cdef const Field *f
+    cdef int i
+    ob_add(o, "0\r\n", 3)
+    for i in range(n):
+        f = &fields[i]
+        if _not_for_http1(base + f.name_off, f.name_len):
+            continue
+        _line(o, span_of(base + f.name_off, f.name_len), span_of(base + f.value_off, f.value_len))
+    ob_add(o, "\r\n", 2)
+
+
 cdef int error_text(char *body, int size, int err, int code) noexcept:
     cdef const ErrorInfo *e = error_info(err)
     if err == PE_NO_ROUTE:
