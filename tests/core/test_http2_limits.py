@@ -158,7 +158,8 @@ def test_control_frame_floods_spend_the_glitch_budget(flood):
     srv.feed(headers(1, GET))
     results = [srv.feed(flood) for _ in range(600)]
     assert RECV_ERROR in results
-    assert 490 <= results.index(RECV_ERROR) <= 501
+    # The one stream opened paid for up to two frames of each kind (limits.pxd, Credit); the rest are glitches.
+    assert 490 <= results.index(RECV_ERROR) <= 503
     assert goaway(srv.take()).error_code == ENHANCE_YOUR_CALM
 
 
@@ -179,6 +180,7 @@ def test_glitch_budget_refills_over_time():
         srv.at(now)
         for _ in range(45):
             assert srv.feed(PingFrame(0, b"12345678").serialize()) > 0
+        srv.flushed()                                                # the ACKs leave (else too many are owed)
     assert goaway(srv.take()) is None
     srv.at(now + 1.0)
     assert RECV_ERROR in [srv.feed(PingFrame(0, b"12345678").serialize()) for _ in range(150)]   # a burst
