@@ -4,8 +4,8 @@
 #
 # The I/O layer's contract:
 #  - feed received bytes to receive() with the time they came (monotonic seconds: the reactor's clock, which
-#    also drains the glitch budget between ticks); it consumes whole frames and returns the bytes used (the tail of a
-#    partial frame stays with the caller, who passes it again with more bytes), or RECV_ERROR after a
+#    also drains the glitch budget between ticks); it consumes whole frames and returns the bytes used (the
+#    tail of a partial frame stays with the caller, who passes it again with more bytes), or RECV_ERROR after a
 #    connection error (GOAWAY is queued in `out`, every open stream got on_reset: flush `out`, then close).
 #    It also returns early (fewer bytes) while `paused()`: `out` holds more than limits.max_out_bytes unsent;
 #    flush, then call receive() again with the rest.
