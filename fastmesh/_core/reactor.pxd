@@ -85,6 +85,7 @@ cdef class Reactor:
     cdef object tick_handle            # asyncio TimerHandle of the next tick
     cdef double tick_interval          # seconds between ticks
     cdef bint call_soon_pending        # a call_soon(poll) is already scheduled
+    cdef bint dispatching              # poll() is handing out events: its own end runs what again() asks
     cdef readonly PipePool pipes       # splice pipes shared by every relay of this reactor
     cdef BufferPool buffers            # fallback relay buffers
     cdef epoll_event events[MAX_EVENTS]  # the batch buffer for epoll_wait

@@ -261,7 +261,9 @@ cdef class Reactor:
     cdef void again(self, EventTarget target) noexcept:
         """Ask for target.on_again() soon: work was left undone to be fair to other connections."""
         self.pending_again.append(target)
-        if not self.call_soon_pending and self.loop is not None:
+        # Asked while poll() dispatches events (a connection wanting its output flushed at the end of the pass):
+        # that same poll() runs it, so no extra loop iteration (and empty epoll_wait) is scheduled for it.
+        if not self.call_soon_pending and not self.dispatching and self.loop is not None:
             self.call_soon_pending = True
             self.loop.call_soon(self._on_readable)
 
@@ -276,10 +278,12 @@ cdef class Reactor:
         cdef list again_now
         n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
         self.refresh_now()
+        self.dispatching = True
         for i in range(n):
             data = self.events[i].data.u64
             target = <EventTarget><PyObject *><uintptr_t>(data & ~(<uint64_t>SIDE_MASK))
             target.on_events(self.events[i].events, <int>(data & SIDE_MASK))
+        self.dispatching = False
         if self.pending_again:
             again_now = self.pending_again
             self.pending_again = []

@@ -77,6 +77,23 @@ def test_unary_and_streaming_calls_balanced_per_request_over_one_connection() ->
     asyncio.run(main())
 
 
+def test_thousands_of_quick_calls_on_one_channel_pass_the_flood_limits() -> None:
+    # grpcio sends a PING (BDP probe) per call and small WINDOW_UPDATEs, some on streams that just closed: with
+    # the listener's default limits none of that may count as a flood, however fast the calls come.
+    async def main() -> None:
+        async with grpc_setup(1) as (proxy, backends, client):
+            def calls() -> int:
+                ok = 0
+                for i in range(3000):
+                    ok += call(client, b"q%d" % i) == "g0"
+                return ok
+            assert await asyncio.to_thread(calls) == 3000
+            assert proxy.stats()["http"]["in"]["accepted"] == 1          # one connection, never sent away
+            assert backends[0].calls["Unary"] == 3000
+
+    asyncio.run(main())
+
+
 def test_concurrent_calls_share_connections_up_to_the_stream_limit() -> None:
     async def main() -> None:
         async with grpc_setup(1) as (proxy, backends, client):

@@ -304,6 +304,29 @@ def test_h2load_c4_m16_every_request_answered() -> None:
     run(main())
 
 
+@needs_h2load
+@pytest.mark.timeout(170)
+def test_h2load_n20000_c4_m32_never_meets_the_flood_limits() -> None:
+    """h2load at full speed, 4 connections x 32 concurrent streams, 20000 requests, default listener limits: every
+    request answered 200, no connection sent away (its WINDOW_UPDATEs are paid by the DATA they answer)."""
+    async def main() -> None:
+        async with HttpBackend() as backend, proxied([backend]) as (proxy, port):
+            proc = await asyncio.create_subprocess_exec(
+                H2LOAD, "-c4", "-m32", "-n20000", f"http://127.0.0.1:{port}/x",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), 150)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            text = out.decode()
+            assert "20000 succeeded" in text and "status codes: 20000 2xx" in text, text
+            assert backend.requests == 20000
+            assert proxy.stats()["http"]["web"]["accepted"] == 4
+    run(main())
+
+
 # ---- retries, errors, deadlines --------------------------------------------------------------------------------
 
 def test_failed_connects_fail_over_and_5xx_are_retried_within_the_policy() -> None:

@@ -599,7 +599,7 @@ cdef class H2Conn(EventTarget):
             avail = rb_avail(&self.rbuf)
             if avail > 0 and not self.sess.paused():
                 try:
-                    used = self.sess.receive(self.rbuf.data + self.rbuf.start, avail)
+                    used = self.sess.receive(self.rbuf.data + self.rbuf.start, avail, front.reactor.now)
                 except Exception:
                     used = RECV_ERROR
                 if self.closed:

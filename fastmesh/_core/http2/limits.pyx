@@ -1,5 +1,14 @@
 # HTTP/2 abuse limits: the knobs (one H2Limits per listener or cluster) and the per-connection counters that
 # turn floods into GOAWAY ENHANCE_YOUR_CALM. The session asks; nothing here touches frames.
+#
+# Control-frame floods (CVE-2019-9512/9515/9516/9518 and kin) are told from busy clients by what the frames are
+# relative to the work on the connection, as Envoy's ratios and nghttp2's outbound ACK bound do, not by their
+# rate: grpcio probes bandwidth with a PING per DATA frame it receives and credits windows with small
+# WINDOW_UPDATEs (some on streams that have just closed, which RFC 9113 5.1 allows), so thousands a second are
+# normal on a busy channel. Each stream opened and each DATA frame sent earns credit for the frames it may
+# draw (limits.pxd, Credit); only frames beyond that credit spend the glitch budget, a leaky bucket drained by
+# the receive clock. Answers owed pile up only when the peer does not read them: more than glitch_budget PING
+# and SETTINGS ACKs queued since the output was last empty is a flood whatever was paid.
 
 cimport cython
 
@@ -48,8 +57,12 @@ cdef class H2Limits:
 
 
 cdef void flood_init(FloodState *f) noexcept:
+    cdef int i
     f.glitches = 0
     f.glitch_at = 0
+    for i in range(CR_KINDS):
+        f.credit[i] = 0
+    f.acks_owed = 0
     f.early_resets = 0
     f.window_streams = 0
     f.cont_frames = 0
@@ -57,8 +70,8 @@ cdef void flood_init(FloodState *f) noexcept:
 
 
 cdef bint glitch(FloodState *f, H2Limits lim, double now, int weight) noexcept:
-    # A leaky bucket: the score drains at glitch_decay per second of session time, so a long-lived connection
-    # that pings now and then never runs out, while a burst of thousands does.
+    # A leaky bucket: the score drains at glitch_decay per second of session time (the receive clock), so a
+    # long-lived connection that pings now and then never runs out, while a burst of thousands does.
     if now > f.glitch_at:
         f.glitches -= (now - f.glitch_at) * lim.glitch_decay
         if f.glitches < 0:
@@ -66,6 +79,21 @@ cdef bint glitch(FloodState *f, H2Limits lim, double now, int weight) noexcept:
         f.glitch_at = now
     f.glitches += weight
     return f.glitches > lim.glitch_budget
+
+
+cdef bint charge(FloodState *f, H2Limits lim, double now, int kind, int weight) noexcept:
+    if f.credit[kind] > 0:
+        f.credit[kind] -= 1
+        return False
+    return glitch(f, lim, now, weight)
+
+
+cdef bint ack_queued(FloodState *f, H2Limits lim, bint out_empty) noexcept:
+    # nghttp2's outbound ACK bound: what a peer that reads its answers never reaches, whatever its rate.
+    if out_empty:
+        f.acks_owed = 0
+    f.acks_owed += 1
+    return f.acks_owed > lim.glitch_budget
 
 
 cdef bint stream_ended(FloodState *f, H2Limits lim, bint early) noexcept:

@@ -29,9 +29,10 @@ cdef class Recorder(Session):
 
     # --- driving ---
 
-    def feed(self, bytes data):
-        """receive(): bytes consumed, or -2 (RECV_ERROR) after a connection error."""
-        return self.receive(data, len(data))
+    def feed(self, bytes data, now=None):
+        """receive() at time now (default: the session's time): bytes consumed, or -2 (RECV_ERROR) after a
+        connection error."""
+        return self.receive(data, len(data), self.now if now is None else now)
 
     def take(self):
         """Everything queued in out, as bytes (as a flush would send it)."""
@@ -194,10 +195,10 @@ cdef class Answerer(Session):
         self.setup(ROLE_SERVER, limits if limits is not None else H2Limits())
 
     def feed(self, bytes data):
-        return self.receive(data, len(data))
+        return self.receive(data, len(data), self.now)
 
     def feed_view(self, const unsigned char[:] data):
-        return self.receive(<const char *>&data[0], data.shape[0])
+        return self.receive(<const char *>&data[0], data.shape[0], self.now)
 
     def discard_output(self):
         cdef Py_ssize_t n = self.out.len - self.out.off

@@ -3,14 +3,15 @@
 # Python object per frame; one Stream object per stream.
 #
 # The I/O layer's contract:
-#  - feed received bytes to receive(); it consumes whole frames and returns the bytes used (the tail of a
-#    partial frame stays with the caller, who passes it again with more bytes), or RECV_ERROR after a
+#  - feed received bytes to receive() with the time they came (monotonic seconds: the reactor's clock, which
+#    also drains the glitch budget between ticks); it consumes whole frames and returns the bytes used (the
+#    tail of a partial frame stays with the caller, who passes it again with more bytes), or RECV_ERROR after a
 #    connection error (GOAWAY is queued in `out`, every open stream got on_reset: flush `out`, then close).
 #    It also returns early (fewer bytes) while `paused()`: `out` holds more than limits.max_out_bytes unsent;
 #    flush, then call receive() again with the rest.
 #  - flush `out` (ob_flush) once per event-loop pass, after the events of that pass: many frames, one send.
 #  - call tick(now) about once a second (monotonic seconds): SETTINGS ACK timeout, graceful GOAWAY's second
-#    step, zero-window stalls (on_stall), glitch decay.
+#    step, zero-window stalls (on_stall).
 #  - report body bytes it has passed on with consumed(stream, n): the peer gets WINDOW_UPDATE once half a
 #    window has been consumed. Bytes still unconsumed when a stream closes are credited to the connection then.
 #  - close the socket when finished() says so (after flushing out), and call release() once the connection is
@@ -49,7 +50,7 @@ cdef class Session:
     cdef FloodState flood                  # this connection's abuse counters
     cdef Decoder decoder                   # HPACK for the peer's header blocks
     cdef Encoder encoder                   # HPACK for ours
-    cdef double now                        # session time: the last tick(now)
+    cdef double now                        # session time: the latest tick(now) or receive(..., now)
     # --- peer settings (what we must honour when sending) ---
     cdef readonly uint32_t peer_max_concurrent     # SETTINGS_MAX_CONCURRENT_STREAMS (2^32-1 when unset)
     cdef readonly uint32_t peer_initial_window     # SETTINGS_INITIAL_WINDOW_SIZE (65535)
@@ -110,7 +111,7 @@ cdef class Session:
     cdef void release(self) noexcept                               # free buffers and drop streams (no events)
 
     # --- input ---
-    cdef Py_ssize_t receive(self, const char *data, Py_ssize_t n) except -1
+    cdef Py_ssize_t receive(self, const char *data, Py_ssize_t n, double now) except -1
     cdef int tick(self, double now) except -1                      # 0, or RECV_ERROR (SETTINGS timeout)
     cdef int consumed(self, Stream s, Py_ssize_t n) except -1      # body bytes of s passed on (credit the peer)
 
@@ -155,6 +156,8 @@ cdef class Session:
     cdef int rst_id(self, uint32_t id, uint32_t code) except -1        # RST_STREAM for a stream without object
     cdef int conn_fail(self, uint32_t code) except -1       # GOAWAY + every stream failed; returns RECV_ERROR
     cdef int spend(self, int weight) except -1              # one glitch; RECV_ERROR when the budget is spent
+    cdef int pay(self, int kind, int weight) except -1      # a frame of Credit kind: its credit, else spend()
+    cdef int owe_ack(self) except -1                        # an ACK about to be queued; RECV_ERROR: too many owed
     cdef int frame(self, FrameHeader *h, const unsigned char *payload) except -1   # dispatch by type
     cdef int rx_data(self, FrameHeader *h, const unsigned char *payload) except -1
     cdef int rx_headers(self, FrameHeader *h, const unsigned char *payload) except -1

@@ -29,14 +29,14 @@ from fastmesh._core.http2.streams cimport (
     EV_RECV_END, EV_RECV_RST,
 )
 from fastmesh._core.http2.limits cimport (
-    H2Limits, flood_init, glitch, stream_ended, GL_SETTINGS, GL_PING, GL_EMPTY_DATA,
-    GL_WINDOW_UPDATE, GL_PRIORITY, GL_UNKNOWN,
+    H2Limits, flood_init, glitch, charge, ack_queued, earn, earn_stream, earn_data, stream_ended, CR_PING,
+    CR_WINDOW, CR_PRIORITY, CR_LATE, GL_SETTINGS, GL_PING, GL_EMPTY_DATA, GL_WINDOW_UPDATE, GL_PRIORITY, GL_RST,
+    GL_UNKNOWN,
 )
 
 cdef const char *PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 cdef enum:
     NO_GOAWAY = 0x7fffffff         # the last stream id of a graceful GOAWAY's first step (2^31-1)
-    SMALL_WINDOW_UPDATE = 1024     # increments below this that unblock nothing count as glitches
     CLOSED_RING = 16               # entries of the recently-closed ring (session.pxd)
     BAD_HEAD = -3                  # validate(): malformed (stream error PROTOCOL_ERROR)
     CLOSE_NORMAL = 0               # close_stream(): both sides ended it (or GOAWAY refused it)
@@ -331,6 +331,7 @@ cdef class Session:
                 return -1
         s.state = ST_CLOSED
         if s.id != 0:
+            earn(&self.flood, CR_LATE, 2)     # a RST_STREAM or WINDOW_UPDATE may still be on its way (5.1)
             self.closed_ids[self.closed_pos] = s.id
             self.closed_reset[self.closed_pos] = how == CLOSE_OUR_RESET
             self.closed_pos = (self.closed_pos + 1) % CLOSED_RING
@@ -392,14 +393,28 @@ cdef class Session:
             return self.conn_fail(H2_ENHANCE_YOUR_CALM)
         return 0
 
+    cdef int pay(self, int kind, int weight) except -1:
+        # A control frame of Credit `kind`: free while the work done pays for it, else a glitch.
+        if charge(&self.flood, self.limits, self.now, kind, weight):
+            return self.conn_fail(H2_ENHANCE_YOUR_CALM)
+        return 0
+
+    cdef int owe_ack(self) except -1:
+        # An ACK is about to be queued: RECV_ERROR when the peer has not read too many of them.
+        if ack_queued(&self.flood, self.limits, ob_pending(&self.out) == 0):
+            return self.conn_fail(H2_ENHANCE_YOUR_CALM)
+        return 0
+
     # ------------------------------------------------------------------ input
 
-    cdef Py_ssize_t receive(self, const char *data, Py_ssize_t n) except -1:
+    cdef Py_ssize_t receive(self, const char *data, Py_ssize_t n, double now) except -1:
         cdef Py_ssize_t pos = 0
         cdef FrameHeader h
         cdef const unsigned char *p = <const unsigned char *>data
         cdef int r
         cdef Py_ssize_t m
+        if now > self.now:
+            self.now = now                 # the receive clock: the glitch budget refills by it
         if self.state == CS_CLOSED:
             return RECV_ERROR
         if self.state == CS_PREFACE:
@@ -481,7 +496,7 @@ cdef class Session:
                 return r
             how = self.closed_how(h.stream)
             if how == 1:
-                return self.spend(GL_UNKNOWN)     # in flight when we reset it: ignore (RFC 9113 5.1 closed)
+                return self.pay(CR_LATE, GL_UNKNOWN)  # in flight when we reset it: ignore (RFC 9113 5.1 closed)
             return self.rst_id(h.stream, H2_STREAM_CLOSED)
         if not can_receive(s.state) or not s.head_done or s.informational:
             r = self.credit_connection(h.length)
@@ -642,7 +657,7 @@ cdef class Session:
         # A frame for a stream closed lately: ignored when we reset it (the peer had not seen our RST_STREAM),
         # else a stream error STREAM_CLOSED (RFC 9113 5.1, closed).
         if self.closed_how(id) == 1:
-            return self.spend(GL_UNKNOWN)
+            return self.pay(CR_LATE, GL_UNKNOWN)
         return self.conn_fail(H2_STREAM_CLOSED)
 
     cdef int new_stream(self, uint32_t id, const unsigned char *block, Py_ssize_t n, bint end,
@@ -671,6 +686,7 @@ cdef class Session:
         s.counted = True
         self.peer_open += 1
         self.streams_opened += 1
+        earn_stream(&self.flood)
         s.state = transition(ST_IDLE, EV_RECV_HEADERS)
         r = self.decoder.decode(block, n, &s.head)
         if r == HPACK_LIST_TOO_LARGE:
@@ -898,7 +914,7 @@ cdef class Session:
             return self.conn_fail(H2_PROTOCOL_ERROR)
         s = self.find(h.stream)
         if s is None:
-            return self.spend(GL_UNKNOWN)
+            return self.pay(CR_LATE, GL_RST)     # closed: RST_STREAMs may cross (RFC 9113 5.1)
         code = read_u32(payload)
         self.resets_received += 1
         s.state = transition(s.state, EV_RECV_RST)
@@ -963,6 +979,9 @@ cdef class Session:
             elif ident == SET_ENABLE_CONNECT_PROTOCOL:
                 if v > 1:
                     return self.conn_fail(H2_PROTOCOL_ERROR)
+        r = self.owe_ack()
+        if r < 0:
+            return r
         if write_settings_ack(&self.out) < 0:
             return no_memory()
         self.peer_settings_seen = True
@@ -1017,7 +1036,10 @@ cdef class Session:
                     if r < 0:
                         return r
             return self.on_ping_ack()
-        r = self.spend(GL_PING)
+        r = self.owe_ack()
+        if r < 0:
+            return r
+        r = self.pay(CR_PING, GL_PING)
         if r < 0:
             return r
         if write_ping(&self.out, <const char *>payload, True) < 0:
@@ -1071,14 +1093,12 @@ cdef class Session:
                 return self.conn_fail(H2_FLOW_CONTROL_ERROR)
             if self.blocked_count > 0:
                 return self.wake_blocked()
-            if inc < SMALL_WINDOW_UPDATE:
-                return self.spend(GL_WINDOW_UPDATE)
-            return 0
+            return self.pay(CR_WINDOW, GL_WINDOW_UPDATE)
         if self.is_idle(h.stream):
             return self.conn_fail(H2_PROTOCOL_ERROR)
         s = self.find(h.stream)
         if s is None:
-            return self.spend(GL_WINDOW_UPDATE)
+            return self.pay(CR_WINDOW, GL_WINDOW_UPDATE)     # closed lately: legal (5.1), paid like any other
         if inc == 0:
             return self.stream_error(s, H2_PROTOCOL_ERROR)
         s.send_window += inc
@@ -1088,9 +1108,7 @@ cdef class Session:
             if s.send_window > 0 and self.send_window > 0:
                 return self.wake(s)
             return 0
-        if inc < SMALL_WINDOW_UPDATE:
-            return self.spend(GL_WINDOW_UPDATE)
-        return 0
+        return self.pay(CR_WINDOW, GL_WINDOW_UPDATE)
 
     cdef int rx_priority(self, FrameHeader *h, const unsigned char *payload) except -1:
         # Parsed for its errors and ignored (RFC 9113 5.3.2 deprecates the scheme).
@@ -1100,7 +1118,7 @@ cdef class Session:
             return self.frame_stream_error(h.stream, H2_FRAME_SIZE_ERROR)
         if (read_u32(payload) & 0x7fffffff) == h.stream:
             return self.frame_stream_error(h.stream, H2_PROTOCOL_ERROR)
-        return self.spend(GL_PRIORITY)
+        return self.pay(CR_PRIORITY, GL_PRIORITY)
 
     cdef int frame_stream_error(self, uint32_t id, uint32_t code) except -1:
         cdef Stream s = self.find(id)
@@ -1258,6 +1276,7 @@ cdef class Session:
             if r < 0:
                 return r
             self.streams_opened += 1
+            earn_stream(&self.flood)
             s.head_request = self.hb_head_request
         st = transition(s.state, EV_SEND_HEADERS)
         if write_headers(&self.out, s.id, self.hb_out.data, self.hb_out.len, end_stream, self.peer_max_frame) < 0:
@@ -1308,6 +1327,7 @@ cdef class Session:
     cdef Py_ssize_t send_data(self, Stream s, const char *data, Py_ssize_t n, bint end_stream) except -1:
         cdef Py_ssize_t allow, chunk, left
         cdef Py_ssize_t frame = self.peer_max_frame
+        cdef uint32_t frames = 0
         cdef bint last
         cdef int r
         if not can_send(s.state) or self.state == CS_CLOSED:
@@ -1322,12 +1342,14 @@ cdef class Session:
             if chunk > 0 or last:
                 if write_data(&self.out, s.id, data, chunk, last) < 0:
                     return no_memory()
+                frames += 1
             data += chunk
             left -= chunk
             if left == 0:
                 break
         self.send_window -= allow
         s.send_window -= allow
+        earn_data(&self.flood, frames)
         if allow < n:
             if not s.blocked:
                 s.blocked = True
@@ -1369,6 +1391,7 @@ cdef class Session:
         return 0
 
     cdef int drained(self) except -1:
+        self.flood.acks_owed = 0           # every ACK queued so far has left
         if self.state == CS_CLOSED:
             return 0
         return self.wake_blocked()

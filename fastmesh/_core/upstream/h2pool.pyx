@@ -267,7 +267,7 @@ cdef class H2Upstream(EventTarget):
             if n > 0:
                 self.in_receive = True
                 try:
-                    used = self.sess.receive(self.rbuf.data + self.rbuf.start, rb_avail(&self.rbuf))
+                    used = self.sess.receive(self.rbuf.data + self.rbuf.start, rb_avail(&self.rbuf), reactor.now)
                 except BaseException:
                     used = RECV_ERROR
                 self.in_receive = False
