@@ -124,11 +124,12 @@ class H2Streams:
     def flush(self) -> None:
         self.writer.write(self.conn.data_to_send())
 
-    def request(self, path: str, headers: list[tuple[str, str]] = (), method: str = "GET") -> int:
+    def request(self, path: str, headers: list[tuple[str, str]] = (), method: str = "GET", end: bool = True) -> int:
+        """A new stream's request head; `end` False: a body would follow."""
         sid = self.conn.get_next_available_stream_id()
         fields = [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{self.port}"),
                   (":path", path), *headers]
-        self.conn.send_headers(sid, fields, end_stream=True)
+        self.conn.send_headers(sid, fields, end_stream=end)
         self.flush()
         return sid
 
@@ -156,12 +157,15 @@ class H2Streams:
             self.flush()
             self.events.set()
 
-    async def response(self, sid: int, timeout: float = WAIT) -> tuple[int, dict[bytes, bytes], bytes]:
+    async def until(self, done: Any, timeout: float = WAIT) -> None:
         async def wait() -> None:
-            while sid not in self.ended and sid not in self.resets and not self.closed:
+            while not done() and not self.closed:
                 self.events.clear()
                 await self.events.wait()
         await asyncio.wait_for(wait(), timeout)
+
+    async def response(self, sid: int, timeout: float = WAIT) -> tuple[int, dict[bytes, bytes], bytes]:
+        await self.until(lambda: sid in self.ended or sid in self.resets, timeout)
         assert sid in self.ended, f"stream {sid}: reset {self.resets.get(sid)}, closed {self.closed}"
         head = self.heads[sid]
         return int(head[b":status"]), head, bytes(self.bodies.get(sid, b""))
@@ -255,8 +259,10 @@ def test_async_filter_parks_only_its_stream() -> None:
 [[listeners.routes]]
 path_prefix = "/private/"
 cluster = "web"
-filters = [{{ plugin = "mypkg.extauth:AskAuthService", config = {{ url = "http://127.0.0.1:{port}/check" }},
-             timeout = "20s" }}]
+[[listeners.routes.filters]]
+plugin = "mypkg.extauth:AskAuthService"
+config = {{ url = "http://127.0.0.1:{port}/check" }}
+timeout = "20s"
 """
         async with server, HttpBackend("web-0") as backend, proxied([backend], listener=listener) as proxy:
             async with H2Streams(port_of(proxy)) as c:
@@ -338,12 +344,19 @@ filters = [{{ plugin = "{T}:Wait", config = {{ ms = -1 }}, timeout = "200ms" }}]
             status, headers, _ = await curl(port, "/hang/echo")
             assert status == 504 and headers["fastmesh-error"] == "plugin timeout"
             assert 0.15 < time.monotonic() - t0 < 5.0
-            # A POST whose filter fails: answered before its body is read; the connection goes on.
-            status, headers, _ = await curl(port, "/closed/echo", "--data-binary", "x" * 100000)
-            assert status == 500 and headers["fastmesh-error"] == "plugin"
-            assert backend.requests == 1
+            # A POST whose filter fails is answered before its body ended: the stream is then reset with NO_ERROR
+            # (the client may stop sending) and the connection goes on.
+            async with H2Streams(port) as c:
+                sid = c.request("/closed/echo", method="POST", end=False)
+                status, head, _ = await c.response(sid)
+                assert status == 500 and head[b"fastmesh-error"] == b"plugin"
+                await c.until(lambda: sid in c.resets)
+                assert c.resets[sid] == 0
+                status, _, _ = await c.response(c.request("/open/echo"))
+                assert status == 200
+            assert backend.requests == 2
             assert counts(proxy, "listeners.web.routes[0].filters[0]")["errors"] == 2
-            assert counts(proxy, "listeners.web.routes[1].filters[0]")["errors"] == 1
+            assert counts(proxy, "listeners.web.routes[1].filters[0]")["errors"] == 2
             assert counts(proxy, "listeners.web.routes[3].filters[0]")["timeouts"] == 1
     run(main())
 
