@@ -308,6 +308,26 @@ def test_connection_closed_while_a_stream_is_parked() -> None:
     run(main())
 
 
+def test_filter_answer_larger_than_the_window() -> None:
+    """A filter's answer body bigger than the client's flow-control windows goes out as the windows open; a HEAD
+    request gets the head alone, with the body's content-length."""
+    size = 200_000
+    listener = f'filters = [{{ plugin = "{T}:Reply", config = {{ status = 403, body = "{"d" * size}" }} }}]'
+
+    async def main() -> None:
+        async with HttpBackend("web-0") as backend, proxied([backend], listener=listener) as proxy:
+            async with H2Streams(port_of(proxy)) as c:
+                first, second = c.request("/a"), c.request("/b")
+                for sid in (first, second):
+                    status, head, body = await c.response(sid)
+                    assert status == 403 and head[b"content-length"] == str(size).encode()
+                    assert body == b"d" * size
+                status, head, body = await c.response(c.request("/c", method="HEAD"))
+                assert status == 403 and head[b"content-length"] == str(size).encode() and body == b""
+            assert backend.requests == 0
+    run(main())
+
+
 # ---- failures --------------------------------------------------------------------------------------------------------
 
 @needs_curl
