@@ -119,10 +119,10 @@ def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str 
                             text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "up", "the proxy did not start"
-        for mode, port, client in MODES:
+        for mode, listener, client in MODES:
             if client is h2_requests and not HAVE_H2:
                 continue
-            port = http_port if port == "http" else tcp_port
+            port = http_port if listener == "http" else tcp_port
             client(port, 200)                                    # warm-up: pools, buffers, branch caches
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
             client(port, count)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import json
@@ -355,7 +355,8 @@ class H2Streams:
     def flush(self) -> None:
         self.writer.write(self.conn.data_to_send())
 
-    def request(self, path: str, headers: list[tuple[str, str]] = (), method: str = "GET", end: bool = True) -> int:
+    def request(self, path: str, headers: Sequence[tuple[str, str]] = (), method: str = "GET",
+                end: bool = True) -> int:
         """A new stream's request head; `end` False: a body would follow."""
         sid = self.conn.get_next_available_stream_id()
         fields = [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{self.port}"),
