@@ -4,7 +4,9 @@ Each build (a directory with an in-place build, e.g. the two bench/revisions.py 
 in-process Proxy under callgrind, counting only inside Reactor.poll (the dispatch of each epoll batch, where all of
 the data path runs; asyncio's own loop is left out): an http listener and a tcp listener to one nginx backend.
 After a warm-up the counters are zeroed (callgrind_control -z), a client sends `--requests` keep-alive GETs over
-one connection, and the counts are dumped; instructions (Ir) / requests is the cost of one request.
+one connection, and the counts are dumped; instructions (Ir) / requests is the cost of one request. The http
+listener is measured twice: HTTP/1.1 requests, then HTTP/2 ones (prior knowledge, one stream after another on one
+connection, by the `h2` package; the column is left out when it is not installed).
 
     python -m bench.callgrind_requests /tmp/fm-revs/before /tmp/fm-revs/after --requests 3000
 
@@ -72,6 +74,35 @@ def requests(port: int, count: int) -> None:
                 buf += chunk
 
 
+def h2_requests(port: int, count: int) -> None:
+    """count GETs as HTTP/2 streams on one connection (prior knowledge), one after another, each answer read whole."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    head = [(":method", "GET"), (":scheme", "http"), (":authority", "bench"), (":path", "/"),
+            ("user-agent", "callgrind"), ("accept", "*/*")]
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        conn.initiate_connection()
+        for _ in range(count):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, head, end_stream=True)
+            s.sendall(conn.data_to_send())
+            done = False
+            while not done:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("the proxy closed the connection")
+                for ev in conn.receive_data(chunk):
+                    if isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                        done = True
+                    elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                        raise RuntimeError(f"stream {sid} reset ({ev.error_code})")
+                s.sendall(conn.data_to_send())
+
+
 def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     http_port, tcp_port = procs.free_port(), procs.free_port()
@@ -88,10 +119,13 @@ def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str 
                             text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "up", "the proxy did not start"
-        for mode, port in (("http", http_port), ("tcp", tcp_port)):
-            requests(port, 200)                                  # warm-up: pools, buffers, branch caches
+        for mode, listener, client in MODES:
+            if client is h2_requests and not HAVE_H2:
+                continue
+            port = http_port if listener == "http" else tcp_port
+            client(port, 200)                                    # warm-up: pools, buffers, branch caches
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-            requests(port, count)
+            client(port, count)
             subprocess.run(["callgrind_control", "-d", mode, str(proc.pid)], check=True, capture_output=True)
             time.sleep(0.5)
             dumps = sorted(glob.glob(f"{prefix}.{proc.pid}.*"), key=lambda d: int(d.rsplit(".", 1)[1]))
@@ -102,6 +136,15 @@ def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str 
         proc.terminate()
         proc.wait(30)
     return out
+
+
+# (column, listener, client) in the order they run.
+MODES = (("http", "http", requests), ("h2", "http", h2_requests), ("tcp", "tcp", requests))
+try:
+    import h2   # noqa: F401
+    HAVE_H2 = True
+except ImportError:
+    HAVE_H2 = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(a.keep, exist_ok=True)
             for dump in glob.glob(os.path.join(tmp, "cg-*.*.*")):
                 shutil.copy2(dump, a.keep)
-        print("| build | http instructions/request | tcp relay instructions/request |\n|---|---:|---:|")
+        names = {"http": "http instructions/request", "h2": "http/2 instructions/request",
+                 "tcp": "tcp relay instructions/request"}
+        cols = [m for m, _, _ in MODES if all(m in got for got in rows.values())]
+        print("| build | " + " | ".join(names[m] for m in cols) + " |\n|---|" + "---:|" * len(cols))
         for root, got in rows.items():
-            print(f"| {root} | {got['http']:,.0f} | {got['tcp']:,.0f} |")
+            print(f"| {root} | " + " | ".join(f"{got[m]:,.0f}" for m in cols) + " |")
         if len(rows) == 2:
             (_, x), (_, y) = rows.items()
-            print(f"| ratio | {y['http'] / x['http']:.3f} | {y['tcp'] / x['tcp']:.3f} |")
+            print("| ratio | " + " | ".join(f"{y[m] / x[m]:.3f}" for m in cols) + " |")
         return 0
     finally:
         p.stop_all()

@@ -2,6 +2,7 @@
 # a plugin reads, and what it asks for); routes without filters never reach this module.
 
 from fastmesh._core.request cimport RequestView, Edit, EditList
+from fastmesh._core.exchange cimport Exchange, ForwardRules
 
 cdef enum FilterOutcome:
     # What a filter chain (dataplane/filters.py) returns when it does not return an Answer (or None: go on).
@@ -9,11 +10,14 @@ cdef enum FilterOutcome:
     FILTER_FAILED = 2                  # a filter raised (failure_mode "closed"): 500 `fastmesh-error: plugin`
     FILTER_TIMEOUT = 3                 # an async filter ran out of time ("closed"): 504 `plugin timeout`
 
+cdef enum:
+    FILTER_ANSWERED = -1               # settle(): the outcome is an Answer the codec renders (answer_parts)
+
 
 cdef class FilterRequest:
-    # One request as a filter sees it. Everything is a copy (an async filter outlives the receive buffer's view),
-    # decoded only when a filter reads it.
-    cdef bytes raw                     # the request head as received
+    # One request as a filter sees it. Everything is a copy (an async filter may outlive the buffer the view points
+    # into: the receive buffer, or a stream its client reset), decoded only when a filter reads it.
+    cdef bytes raw                     # the bytes the view points into: the request head, or the decoded header block
     cdef bytes fields                  # the view's Field array (offsets into raw), copied
     cdef int num_fields                # entries in fields
     cdef Py_ssize_t span_off[4]        # method, authority, path, query: offset into raw, or -1: see span_text
@@ -30,7 +34,7 @@ cdef class FilterRequest:
     cdef Edit *edits                   # the request edit list's route part once ours joined it (owned)
     cdef Edit *resp_edits              # the same for the response
     cdef object headers_list           # the decoded headers, once a filter asked
-    cdef public object owner           # the codec's connection an async chain resumes (None when synchronous)
+    cdef public object owner           # who an async chain resumes: the HTTP/1 connection or HTTP/2 stream (or None)
 
     # A view span as text (0 method, 1 authority, 2 path, 3 query), decoded now.
     cdef str _span(self, int i)
@@ -40,8 +44,22 @@ cdef class FilterRequest:
     cdef int apply_edits(self, EditList *request, EditList *response) except -1
 
 
-# The FilterRequest for a routed request view (head_len bytes of head at v.base).
+# The FilterRequest for a routed request view: head_len bytes at v.base hold every span and field the view points
+# to (HTTP/1: the request head in the receive buffer; HTTP/2: the stream's decoded header block).
 cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
                                   int peer_len, int route, tuple cluster_names, int cluster)
-# A filter's Answer as HTTP/1 parts: (status, reason, field lines, body); ValueError when it cannot be sent.
+# A filter's Answer as parts any codec renders: (status, reason, [(name, value) bytes], body), the filter's
+# answer fields after the Answer's own; ValueError when it cannot be sent.
 cdef tuple answer_parts(object answer, FilterRequest r)
+# The route's chain called with r: None, an Answer, or a FilterOutcome (FILTER_FAILED for a chain that raised).
+cdef object run_chain(object chain, FilterRequest r)
+# What the codec does with a chain's outcome for the request its exchange routed (view v): 0 go on (the
+# filter's edits joined the exchange's, a route_to() cluster chosen); FILTER_ANSWERED: the outcome is an Answer
+# to render; else the ProxyError to answer with (PE_PLUGIN, PE_PLUGIN_TIMEOUT).
+cdef int settle(FilterRequest r, object outcome, Exchange ex, list connectors, const RequestView *v,
+                const ForwardRules *rules, double now) noexcept
+
+
+cdef inline bint parked(object outcome) noexcept:
+    # The chain's outcome says an async filter holds the request (FilterRequest._resume() follows).
+    return outcome is not None and type(outcome) is int and <int>outcome == FILTER_PENDING

@@ -1,15 +1,17 @@
-"""Request filters, compiled side: the view a Python filter plugin gets, and what it may ask for.
+"""Request filters, compiled side: the view a Python filter plugin gets, what it may ask for, and what a codec does
+with the chain's outcome (the same for an HTTP/1 request and an HTTP/2 stream, gRPC calls included).
 
 Only routes that have filters come here (HttpProxy.chains[route] is a chain, not None); every other request
-pays one pointer test in the codec. For a filtered request the codec builds a FilterRequest (two copies: the
-head bytes and its field offsets; text is decoded only when a filter reads it), calls the route's chain (a
-Python callable, dataplane/filters.py) and applies the outcome:
+pays one pointer test in the codec. For a filtered request the codec builds a FilterRequest from its request view
+(two copies: the bytes the view points into and its field offsets; text is decoded only when a filter reads it),
+calls the route's chain (run_chain: a Python callable, dataplane/filters.py) and settles the outcome (settle):
   None             go on: header edits join the route's (filter removes, route edits, filter adds) and a
-                   route_to() cluster replaces the route's
-  an Answer        the client gets it (status, fields, body) and the request goes no further
-  FILTER_PENDING   an async filter holds it: the connection waits (other connections go on) until the chain
-                   calls _resume(outcome)
-  FILTER_FAILED, FILTER_TIMEOUT   500 `plugin` / 504 `plugin timeout`
+                   route_to() cluster replaces the route's; the codec renders them its own way (the HTTP/1
+                   head, an HTTP/1 leg's head, an h2 leg's HPACK block)
+  an Answer        the client gets it (status, fields, body; answer_parts) and the request goes no further
+  FILTER_PENDING   an async filter holds it: the HTTP/1 connection, or only the HTTP/2 stream, waits (everything
+                   else goes on) until the chain calls _resume(outcome), which settles it the same way
+  FILTER_FAILED, FILTER_TIMEOUT   500 `plugin` / 504 `plugin timeout` (a gRPC call gets them trailers-only)
 A filter can edit neither framing nor connection fields (Host, Content-Length, Transfer-Encoding, Connection,
 Upgrade, TE, Trailer, Keep-Alive, Proxy-Connection) nor fastmesh-timeout-ms: those raise ValueError, which is a
 failing filter like any exception. Field names must be tokens and values carry no control characters but HTAB.
@@ -21,6 +23,8 @@ from cpython.unicode cimport PyUnicode_DecodeLatin1
 from fastmesh._core.request cimport (
     RequestView, Span, Field, Edit, EditList, EDIT_ADD, EDIT_REMOVE, span_of, edits_clear, find_field,
 )
+from fastmesh._core.errors cimport PE_NONE, PE_PLUGIN, PE_PLUGIN_TIMEOUT
+from fastmesh._core.exchange cimport Exchange, ForwardRules
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
 
@@ -259,13 +263,32 @@ cdef tuple answer_parts(object answer, FilterRequest r):
         body = bytes(body)
     headers = answer.headers
     items = headers.items() if hasattr(headers, "items") else headers
-    lines = []
-    for name, value in items:
-        n = _editable(name)
-        lines.append(n + b": " + _value(value) + b"\r\n")
-    for n, value in r.response_adds or ():
-        lines.append(n + b": " + value + b"\r\n")
-    return status, REASONS.get(status, b"Unknown"), b"".join(lines), body
+    fields = [(_editable(name), _value(value)) for name, value in items]
+    if r.response_adds:
+        fields += r.response_adds
+    return status, REASONS.get(status, b"Unknown"), fields, body
+
+
+cdef object run_chain(object chain, FilterRequest r):
+    try:
+        return chain(r)
+    except BaseException:
+        return FILTER_FAILED             # the chain guards every plugin call; this is a bug in the chain
+
+
+cdef int settle(FilterRequest r, object outcome, Exchange ex, list connectors, const RequestView *v,
+                const ForwardRules *rules, double now) noexcept:
+    if outcome is None:
+        try:
+            r.apply_edits(&ex.request_edits, &ex.response_edits)
+        except BaseException:
+            return PE_PLUGIN
+        if r.cluster_index != ex.cluster:
+            ex.use_cluster(r.cluster_index, connectors, v, rules, now)
+        return PE_NONE
+    if type(outcome) is int:
+        return PE_PLUGIN_TIMEOUT if <int>outcome == FILTER_TIMEOUT else PE_PLUGIN
+    return FILTER_ANSWERED
 
 
 # ---- Python-facing: the micro-benchmark drives what the codec does per filtered request, sans IO ----

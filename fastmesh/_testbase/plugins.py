@@ -1,9 +1,9 @@
-"""Filter and sink plugins for tests and benchmarks: ones that tag, fail, hang or wait, and a sink that keeps
+"""Filter and sink plugins for tests and benchmarks: ones that tag, answer, fail, hang or wait, and a sink that keeps
 records in memory. Named in configs as "fastmesh._testbase.plugins:Name"."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastmesh.plugins import Answer, Request
@@ -73,6 +73,26 @@ class Wait:
             await asyncio.Event().wait()
         await asyncio.sleep(self.ms / 1000)
         request.set_header("x-waited", str(self.ms))
+
+
+class Reply:
+    """Answers the requests for `path` (every request when empty) with the Answer its config spells out."""
+
+    @dataclass
+    class Config:
+        path: str = ""
+        status: int = 200
+        body: str = ""
+        headers: dict[str, str] = field(default_factory=dict)
+
+    def __init__(self, config: Reply.Config) -> None:
+        self.config = config
+        self.answer = Answer(config.status, config.body.encode(), dict(config.headers))
+
+    def on_request(self, request: Request) -> Answer | None:
+        if self.config.path and request.path != self.config.path:
+            return None
+        return self.answer
 
 
 class BadAnswer:

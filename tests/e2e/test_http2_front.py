@@ -22,13 +22,13 @@ hyperframe = pytest.importorskip("hyperframe")
 import hyperframe.frame  # noqa: E402
 
 from fastmesh import Proxy  # noqa: E402
+from fastmesh._testbase.curl import CURL, curl  # noqa: E402
 from fastmesh._testbase.http_backend import HttpBackend, pattern  # noqa: E402
 from fastmesh._testbase.inproc import no_connection_left  # noqa: E402
 from fastmesh._testbase.net import free_port  # noqa: E402
 from fastmesh.config.load import loads_config  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
-CURL = shutil.which("curl")
 H2LOAD = shutil.which("h2load")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 needs_h2load = pytest.mark.skipif(H2LOAD is None, reason="h2load (Debian nghttp2-client) is not installed")
@@ -54,25 +54,6 @@ async def proxied(backends: list[HttpBackend], **kw: str) -> AsyncIterator[tuple
 
 
 # ---- clients ---------------------------------------------------------------------------------------------------
-
-async def curl(port: int, path: str, *args: str, http2: bool = True) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers of the final response, body) of one curl request."""
-    assert CURL is not None
-    argv = [CURL, "-s", "-S", "-i", "--max-time", "20"]
-    argv += ["--http2-prior-knowledge"] if http2 else ["--http1.1"]
-    proc = await asyncio.create_subprocess_exec(*argv, *args, f"http://127.0.0.1:{port}{path}",
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
-
 
 class H2Client:
     """A raw HTTP/2 client over an asyncio stream: frames built and read with hyperframe, headers with hpack, no

@@ -43,7 +43,7 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
-    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_PLUGIN_TIMEOUT, PE_NONE, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
+    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
@@ -59,7 +59,7 @@ from fastmesh._core.http1.render cimport (
     render_leg_response, render_chunk_trailers,
 )
 from fastmesh._core.filters cimport (
-    FilterRequest, filter_request, answer_parts, FILTER_PENDING, FILTER_FAILED, FILTER_TIMEOUT,
+    FilterRequest, filter_request, answer_parts, run_chain, settle, parked, FILTER_ANSWERED,
 )
 from fastmesh._core.http1.view cimport view_init, log_names, listener_address, target_authority
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
@@ -434,11 +434,8 @@ cdef class Downstream(UpstreamUser):
         cdef FilterRequest r = filter_request(&VIEW, head_len, self.proxy.name, self.peer, self.peer_len, ex.route,
                                               ex.router.cluster_names, ex.cluster)
         self.freq = r
-        try:
-            outcome = chain(r)
-        except BaseException:
-            outcome = FILTER_FAILED          # the chain guards every plugin call; this is a bug in the chain
-        if outcome is not None and type(outcome) is int and <int>outcome == FILTER_PENDING:
+        outcome = run_chain(chain, r)
+        if parked(outcome):
             r.owner = self
             self.filter_head = head_len
             self.state = DS_FILTER
@@ -463,24 +460,16 @@ cdef class Downstream(UpstreamUser):
         self.run()
 
     cdef int filtered(self, object outcome, Py_ssize_t head_len) noexcept:
-        """Apply the chain's outcome: go on (edits, a new cluster), answer, or fail."""
-        cdef Exchange ex = self.ex
-        cdef FilterRequest r = self.freq
-        if outcome is None:
-            try:
-                r.apply_edits(&ex.request_edits, &ex.response_edits)
-            except BaseException:
-                outcome = FILTER_FAILED
-            else:
-                if r.cluster_index != ex.cluster:
-                    ex.use_cluster(r.cluster_index, self.proxy.pools, &VIEW, &self.proxy.rules,
-                                   self.proxy.reactor.now)
-                return self.forward_request(head_len)
-        if type(outcome) is int:
+        """Apply the chain's outcome (filters.pyx's settle): go on (edits, a new cluster), answer, or fail."""
+        cdef int err = settle(self.freq, outcome, self.ex, self.proxy.pools, &VIEW, &self.proxy.rules,
+                              self.proxy.reactor.now)
+        if err == PE_NONE:
+            return self.forward_request(head_len)
+        if err == FILTER_ANSWERED:
+            self.respond_answer(outcome, head_len)
+        else:
             self.rbuf.start += head_len
-            self.respond_error(PE_PLUGIN_TIMEOUT if <int>outcome == FILTER_TIMEOUT else PE_PLUGIN, 0, self.req_done)
-            return 1
-        self.respond_answer(outcome, head_len)
+            self.respond_error(err, 0, self.req_done)
         return 1
 
     cdef void respond_answer(self, object answer, Py_ssize_t head_len) noexcept:

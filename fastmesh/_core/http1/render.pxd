@@ -64,7 +64,7 @@ cdef void render_chunk_trailers(OutBuf *o, const char *base, const Field *fields
 cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint head_only) noexcept
 # The text body of that answer into body (room for size bytes); its length. Every codec's error body says the same.
 cdef int error_text(char *body, int size, int err, int code) noexcept
-# A request filter's own answer (filters.pyx checked and spelled its parts): the status line, `fields` (whole
-# "name: value\r\n" lines), Content-Length and, unless keep, Connection: close; then body unless head_only.
-cdef void render_answer(OutBuf *o, int status, bytes reason, bytes fields, bytes body, bint keep,
+# A request filter's own answer (filters.pyx checked and spelled its parts): the status line, `fields` ((name,
+# value) bytes), Content-Length and, unless keep, Connection: close; then body unless head_only.
+cdef void render_answer(OutBuf *o, int status, bytes reason, list fields, bytes body, bint keep,
                         bint head_only) noexcept

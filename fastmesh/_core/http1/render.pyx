@@ -542,14 +542,19 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     return status
 
 
-cdef void render_answer(OutBuf *o, int status, bytes reason, bytes fields, bytes body, bint keep,
+cdef void render_answer(OutBuf *o, int status, bytes reason, list fields, bytes body, bint keep,
                         bint head_only) noexcept:
     cdef char line[96]
+    cdef bytes name, value
     cdef int n = snprintf(line, sizeof(line), "HTTP/1.1 %d ", status)
     ob_add(o, line, n)
     ob_add(o, reason, len(reason))
     ob_add(o, "\r\n", 2)
-    ob_add(o, fields, len(fields))
+    for name, value in fields:
+        ob_add(o, name, len(name))
+        ob_add(o, ": ", 2)
+        ob_add(o, value, len(value))
+        ob_add(o, "\r\n", 2)
     n = snprintf(line, sizeof(line), "content-length: %zd\r\n%s\r\n", len(body),
                  "" if keep else "connection: close\r\n")
     ob_add(o, line, n)

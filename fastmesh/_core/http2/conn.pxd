@@ -10,6 +10,7 @@ from fastmesh._core.http2.session cimport Session
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.upstream.leg cimport Leg, LegOwner, LegRequest
+from fastmesh._core.filters cimport FilterRequest
 
 cdef class H2Conn                      # declared below
 
@@ -19,6 +20,7 @@ cdef enum RequestState:
     RQ_ACTIVE = 1                      # a request in flight: a try under way, or about to be
     RQ_BACKOFF = 2                     # waiting a retry's backoff
     RQ_ENDED = 3                       # answered (or abandoned): off the books, waiting for the session to close it
+    RQ_FILTER = 4                      # an async filter plugin holds the request (filters.pyx); other streams go on
 
 
 cdef class H2Front(Handoff):
@@ -63,8 +65,18 @@ cdef class H2Request(LegOwner):
     cdef int err                       # the ProxyError we answered with, 0 for an upstream's answer (the log)
     cdef unsigned long long ex_in      # request body bytes received
     cdef unsigned long long ex_out     # response body bytes sent
+    cdef FilterRequest freq            # the request as its filters saw it (their edits live there), or None
+    cdef double filter_deadline        # RQ_FILTER: when the stream stops waiting for its filters (504)
+    cdef bytes answer_body             # a filter's answer body not yet sent (flow control), or None
+    cdef Py_ssize_t answer_off         # bytes of answer_body sent
 
     cdef void begin(self, Stream s, bint end_stream) noexcept
+    cdef void forward(self) noexcept
+    cdef void run_filters(self, object chain) noexcept
+    cdef void filtered(self, object outcome) noexcept
+    cdef void respond_answer(self, object answer) noexcept
+    cdef void send_answer(self) noexcept
+    cdef void forget_filters(self) noexcept
     cdef void send_try(self) noexcept
     cdef void on_body(self, const char *p, Py_ssize_t n, bint end) noexcept
     cdef void retry_later(self) noexcept
@@ -72,6 +84,7 @@ cdef class H2Request(LegOwner):
     cdef bint awaits_client(self) noexcept
     cdef void check(self, double now) noexcept
     cdef void answer(self, int err) noexcept
+    cdef void answered_early(self) noexcept
     cdef void finish(self) noexcept
     cdef void stream_closed(self) noexcept
 

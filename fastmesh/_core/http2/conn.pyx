@@ -10,6 +10,9 @@ requests around it:
   stream      one H2Request per stream, from a free list per connection: its Exchange (exchange.pyx) routes the
               view made of the decoded head (view.pyx) and decides deadlines, retries and their budget, breakers,
               reports, the header edits; a leg (upstream/leg.pxd; http1/leg.pyx for HTTP/1 clusters) carries each try
+  filters     a route with request filters runs them on the stream as HTTP/1 does on a request (filters.pyx: the
+              same FilterRequest, chain and outcomes) before the breakers admit it; an async filter parks only its
+              stream (RQ_FILTER), and a filter's Answer goes out as given, also to a gRPC client
   body        request DATA is kept per stream and pulled by the leg as its connection takes it; the client's window
               is credited only then, so a stream holds at most its window (plus a body kept for a retry, up to
               REPLAY_MAX); response data goes out as the stream's and the connection's windows allow, the leg
@@ -23,6 +26,7 @@ the session's own clock, and the idle connection (GOAWAY, close). Draining sends
 streams in flight finish, then the connection closes.
 """
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdint cimport uint32_t
 from libc.string cimport memmove
 
@@ -35,7 +39,8 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.reactor cimport EventTarget
 from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field
 from fastmesh._core.errors cimport (
-    error_info, PE_NONE, PE_RESET, PE_NO_ENDPOINTS, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
+    error_info, PE_NONE, PE_RESET, PE_NO_ENDPOINTS, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_PLUGIN,
+    PE_PLUGIN_TIMEOUT,
 )
 from fastmesh._core.exchange cimport Exchange, V_RETRY
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
@@ -51,7 +56,10 @@ from fastmesh._core.http2.session cimport Session, ROLE_SERVER, RECV_ERROR
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.http2.view cimport view_from_block
-from fastmesh._core.http2.render cimport render_head, render_error
+from fastmesh._core.http2.render cimport render_head, render_error, render_answer
+from fastmesh._core.filters cimport (
+    FilterRequest, filter_request, answer_parts, run_chain, settle, parked, FILTER_ANSWERED,
+)
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 
 cdef uint32_t CONN_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
@@ -226,7 +234,12 @@ cdef class ServerSession(Session):
 
     cdef int on_window(self, Stream s) except -1:
         cdef H2Request r = <H2Request>s.user if s.user is not None else None
-        if r is not None and r.leg is not None:
+        if r is None:
+            return 0
+        if r.answer_body is not None:
+            r.send_answer()
+            self.conn.want_flush()
+        elif r.leg is not None:
             r.leg.resume()
         return 0
 
@@ -282,11 +295,112 @@ cdef class H2Request(LegOwner):
         if err:
             self.answer(err)
             return
-        err = ex.admit(end_stream, False, now)
+        self.freq = None
+        if front.chains is not None and front.chains[ex.route] is not None:
+            self.run_filters(front.chains[ex.route])
+            return
+        self.forward()
+
+    cdef void forward(self) noexcept:
+        """The routed request goes upstream: the breakers admit it, the first try starts."""
+        cdef Exchange ex = self.ex
+        cdef int err = ex.admit(self.body_end and self.keep_body, False, self.conn.front.front.reactor.now)
         if err:
             self.answer(err)
             return
         self.send_try()
+
+    # ---- request filters (filters.pyx): only routes that have them come here --------------------------------
+
+    cdef void run_filters(self, object chain) noexcept:
+        """Hand the request to its route's filter chain; an async one parks this stream alone (RQ_FILTER): the
+        view stays valid (it points into the stream's header block), and DATA that comes meanwhile is kept, within
+        the stream's window."""
+        cdef Front front = self.conn.front.front
+        cdef Exchange ex = self.ex
+        cdef FilterRequest r = filter_request(&self.view, self.s.head.len, front.name, self.conn.peer,
+                                              self.conn.peer_len, ex.route, ex.router.cluster_names, ex.cluster)
+        self.freq = r
+        outcome = run_chain(chain, r)
+        if parked(outcome):
+            r.owner = self
+            self.state = RQ_FILTER
+            self.filter_deadline = front.reactor.now + front.filter_wait
+            return
+        self.filtered(outcome)
+
+    def _filter_resumed(self, outcome):
+        """The async filters of the parked stream are done (called once, by FilterRequest._resume)."""
+        if self.state != RQ_FILTER or self.conn is None:
+            return                             # reset or answered meanwhile
+        self.state = RQ_ACTIVE
+        self.conn.front.front.reactor.refresh_now()
+        self.filtered(outcome)
+        if self.conn is not None:
+            self.conn.want_flush()
+
+    cdef void filtered(self, object outcome) noexcept:
+        """Apply the chain's outcome (filters.pyx's settle): go on (edits, a new cluster), answer, or fail."""
+        cdef Front front = self.conn.front.front
+        cdef int err = settle(self.freq, outcome, self.ex, front.pools, &self.view, &front.rules, front.reactor.now)
+        if err == PE_NONE:
+            self.forward()
+        elif err == FILTER_ANSWERED:
+            self.respond_answer(outcome)
+        else:
+            self.answer(err)
+
+    cdef void respond_answer(self, object answer) noexcept:
+        """A filter answered the request itself: its Answer goes to the client as the filter gave it (to a gRPC
+        client too: a filter that speaks gRPC spells its grpc-status), counted and logged like any answer."""
+        cdef H2Conn c = self.conn
+        try:
+            status, _, fields, body = answer_parts(answer, self.freq)
+        except BaseException:
+            self.answer(PE_PLUGIN)
+            return
+        self.resp_done = True
+        self.status = status
+        if self.s is not None:
+            length = len(body)
+            if self.head_only or not length:
+                body = None
+            try:
+                render_answer(c.sess, self.s, status, fields, length, body is None)
+            except Exception:
+                body = None
+            self.answer_body = body
+            self.answer_off = 0
+            if body is None:
+                self.answered_early()
+            else:
+                self.send_answer()
+            c.want_flush()
+        self.finish()
+
+    cdef void send_answer(self) noexcept:
+        """What is left of a filter's answer body, as the stream's and the connection's windows let it through (the
+        session's on_window brings the rest); the whole of it ends the stream."""
+        cdef bytes body = self.answer_body
+        cdef Py_ssize_t n, took
+        if body is None or self.s is None:
+            self.answer_body = None
+            return
+        n = len(body) - self.answer_off
+        try:
+            took = self.conn.sess.send_data(self.s, PyBytes_AS_STRING(body) + self.answer_off, n, True)
+        except Exception:
+            took = n
+        self.answer_off += took
+        if took < n:
+            return
+        self.answer_body = None
+        self.answered_early()
+
+    cdef void forget_filters(self) noexcept:
+        """The request ended: an async chain still running finds nobody to resume."""
+        if self.freq is not None:
+            self.freq.owner = None
 
     cdef void send_try(self) noexcept:
         """Start the next try on a leg of the cluster's kind (or answer why not)."""
@@ -306,7 +420,7 @@ cdef class H2Request(LegOwner):
     cdef void on_body(self, const char *p, Py_ssize_t n, bint end) noexcept:
         """DATA (or trailers, n == 0 with end) from the client."""
         cdef Front front = self.conn.front.front
-        if self.state != RQ_ACTIVE and self.state != RQ_BACKOFF:
+        if self.state != RQ_ACTIVE and self.state != RQ_BACKOFF and self.state != RQ_FILTER:
             # Answered already: the bytes go nowhere, but the client's window is given back.
             if n and self.s is not None:
                 self.conn.sess.consumed(self.s, n)
@@ -468,6 +582,11 @@ cdef class H2Request(LegOwner):
         cdef Exchange ex = self.ex
         cdef Front front = self.conn.front.front
         cdef Leg leg = self.leg
+        if self.state == RQ_FILTER:
+            if now >= self.filter_deadline:
+                # The chain outlived every filter's timeout and its margin (filter_wait): give up on it.
+                self.answer(PE_PLUGIN_TIMEOUT)
+            return
         if self.state != RQ_ACTIVE or self.resp_started:
             return
         if ex.deadline_passed(now):
@@ -506,15 +625,21 @@ cdef class H2Request(LegOwner):
                     status = render_error(c.sess, self.s, err, 0, self.req.grpc,
                                           self.ex.retried_mark(status, False), self.head_only)
                     self.status = status
-                    if self.s is not None and not self.body_end:
-                        # Answered before the request ended: the client may stop sending (RFC 9113 8.1).
-                        c.sess.reset(self.s, H2_NO_ERROR)
+                    self.answered_early()
             except Exception:
                 pass
             c.want_flush()
         elif not self.resp_started:
             self.status = status
         self.finish()
+
+    cdef void answered_early(self) noexcept:
+        """Our whole answer went out before the request ended: the client may stop sending (RFC 9113 8.1)."""
+        if self.s is not None and not self.body_end:
+            try:
+                self.conn.sess.reset(self.s, H2_NO_ERROR)
+            except Exception:
+                pass
 
     cdef void finish(self) noexcept:
         """The request left the books (once): breaker slots back, counters, the access log."""
@@ -524,6 +649,7 @@ cdef class H2Request(LegOwner):
         if self.state == RQ_ENDED:
             return
         self.state = RQ_ENDED
+        self.forget_filters()
         self.ex.end(self.leg)
         front.count_request(self.status)
         bump_field(&front.bytes_out, self.ex_out)
@@ -552,6 +678,7 @@ cdef class H2Request(LegOwner):
         self.resp_done = True
         self.ex.log_fields = None
         self.state = RQ_ENDED
+        self.forget_filters()
         self.ex.end(self.leg)
         self.conn.unbusy(self)
         self.conn.recycle(self)
@@ -687,6 +814,8 @@ cdef class H2Conn(EventTarget):
         r.s = None
         r.state = RQ_FREE
         r.ex.log_fields = None
+        r.freq = None
+        r.answer_body = None
         if self.closed or self.nfree >= FREE_MAX:
             ob_free(&r.body)
             r.conn = None
@@ -772,6 +901,7 @@ cdef class H2Conn(EventTarget):
                 r.leg.cancel()
             if r.state != RQ_ENDED:
                 r.state = RQ_ENDED
+                r.forget_filters()
                 r.ex.end(r.leg)
             r.s = None
             r.conn = None

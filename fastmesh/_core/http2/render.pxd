@@ -13,3 +13,6 @@ cdef int render_head(Session sess, Stream s, int status, const char *base, const
 # the stream: for a gRPC request trailers-only (status 200, grpc-status, grpc-message, fastmesh-error), else the
 # status with a short text body (none for HEAD) and fastmesh-error. Returns the HTTP status sent.
 cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int retried, bint head_only) except -1
+# A request filter's own answer head on s (filters.pyx checked and spelled its parts): :status, the (name, value)
+# bytes `fields`, content-length `length`. `end`: no body follows (the codec sends it, as flow control allows).
+cdef int render_answer(Session sess, Stream s, int status, list fields, Py_ssize_t length, bint end) except -1

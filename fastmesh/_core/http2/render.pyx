@@ -5,7 +5,7 @@ them), and the fields HTTP/2 forbids (RFC 9113 section 8.2.2: Connection, Keep-A
 Transfer-Encoding, Upgrade, and any field the Connection field names) stay behind. The exchange's response edits
 and fastmesh-retried follow, as in http1/render.pyx. Error answers come from errors.pyx's table; a gRPC client
 gets them as gRPC errors: trailers-only, HTTP 200, content-type application/grpc, grpc-status from the table,
-grpc-message with the cause, and fastmesh-error.
+grpc-message with the cause, and fastmesh-error. A request filter's answer goes out as the filter gave it.
 """
 from libc.stdio cimport snprintf
 from libc.string cimport strlen
@@ -98,3 +98,15 @@ cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int 
     sess.headers_end(s, False)
     sess.send_data(s, body, blen, True)
     return status
+
+
+cdef int render_answer(Session sess, Stream s, int status, list fields, Py_ssize_t length, bint end) except -1:
+    cdef bytes name, value
+    cdef char digits[24]
+    cdef int n = snprintf(digits, sizeof(digits), "%zd", length)
+    sess.headers_begin()
+    sess.headers_status(status)
+    for name, value in fields:
+        sess.headers_field(name, len(name), value, len(value), False)
+    sess.headers_field(b"content-length", 14, digits, n, False)
+    return sess.headers_end(s, end)
