@@ -44,6 +44,7 @@ class GrpcBackend:
         self.fail_with: grpc.StatusCode | None = None
         self.fail_next = 0                 # calls that fail with fail_with (or UNAVAILABLE), then none
         self.delay = 0.0
+        self.head_first = True             # send the response head when a call starts (False: with the answer)
         self.calls: collections.Counter[str] = collections.Counter()
         self.messages_in = 0               # request messages the streaming methods read
         self._lock = threading.Lock()
@@ -94,7 +95,8 @@ class GrpcBackend:
         if failing:
             code = self.fail_with or grpc.StatusCode.UNAVAILABLE
             context.abort(code, f"{self.name} fails on purpose")
-        context.send_initial_metadata((("x-backend", self.name),))
+        if self.head_first:
+            context.send_initial_metadata((("x-backend", self.name),))
 
     def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._begin("Unary", context)

@@ -108,6 +108,32 @@ def test_concurrent_calls_share_connections_up_to_the_stream_limit() -> None:
     asyncio.run(main())
 
 
+def test_a_client_stream_outlives_body_timeout() -> None:
+    """body_timeout bounds an ordinary request body; a gRPC call's request stream lasts as long as its deadline
+    (here none), only silence between messages is limited (idle_timeout). The server sends its head only with its
+    answer, so no response has started while the client streams."""
+    def slow(n: int) -> Iterator[bytes]:
+        for i in range(n):
+            time.sleep(0.25)
+            yield b"s%d" % i
+
+    async def main() -> None:
+        backend = GrpcBackend("g0").start()
+        backend.head_first = False
+        port = free_port()
+        client = GrpcClient(f"127.0.0.1:{port}")
+        toml = config(port, [backend]).replace('protocol = "http"\n', 'protocol = "http"\nbody_timeout = "1s"\n', 1)
+        try:
+            async with Proxy.from_toml(toml):
+                reply = await asyncio.to_thread(client.client_stream, slow(10))     # about 2.5 s of request body
+                assert reply.split(b":")[1:] == [b"10", b"%d" % sum(len(b"s%d" % i) for i in range(10))]
+        finally:
+            client.close()
+            backend.stop()
+
+    asyncio.run(main())
+
+
 def test_grpc_timeout_is_the_deadline_and_shrinks_upstream() -> None:
     async def main() -> None:
         async with grpc_setup(1) as (proxy, backends, client):

@@ -285,7 +285,9 @@ cdef class H2Request(LegOwner):
         bump_field(&c.front.streams, 1)
         view_from_block(&self.view, &self.req, &s.head, s.content_length, end_stream)
         self.head_only = self.view.method == METHOD_HEAD
-        ex.body_begins(now, front.body_timeout, end_stream)
+        # A gRPC call's request stream may last as long as its deadline (grpc-timeout, the cluster's timeout): no
+        # whole-body limit, only the silence limit between messages (idle_timeout). Other requests get body_timeout.
+        ex.body_begins(now, 0.0 if self.req.grpc else front.body_timeout, end_stream)
         if front.access_log is not None:
             ex.log_begin((self.view.method_token.ptr[:self.view.method_token.len],
                           self.req.authority.ptr[:self.req.authority.len],
