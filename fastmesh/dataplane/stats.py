@@ -125,7 +125,8 @@ class StatsLayout:
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
             slots = slot_list(cluster.endpoints, holes.get(name, ()))
-            # Inline, not _address(): a discovered cluster may list 10,000 endpoints, laid out again per update.
+            # config.load.format_address, inlined: a discovered cluster may list 10,000 endpoints, laid out again
+            # per update.
             endpoints = tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
                                for e in slots])
             self.clusters[name] = ClusterSlots(name, endpoints, tuple([0 if e is None else e.weight for e in slots]),
@@ -222,10 +223,6 @@ class StatsLayout:
             for i in range(HISTOGRAM_SIZE):
                 names[("duration", d.cluster, i)] = d.offset + i
         return names
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---- the worker's side ----------------------------------------------------------------------------------------
