@@ -27,6 +27,7 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.tcp.splice import TcpProxy
     from fastmesh.dataplane.fd_budget import FdBudget
     from fastmesh.dataplane.stats import LagProbe, StatsLayout
+    from fastmesh.dataplane.tracing import SpanExport
     from fastmesh.health import Health
 
     Acceptor = TcpProxy | HttpProxy
@@ -42,8 +43,8 @@ class Proxy:
     """
 
     def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None,
-                 limits_fd: int | None = None, worker: int = 0, holes: Mapping[str, Sequence[int]] | None = None
-                 ) -> None:
+                 limits_fd: int | None = None, worker: int = 0, holes: Mapping[str, Sequence[int]] | None = None,
+                 span_exporter: Any = None) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -76,6 +77,10 @@ class Proxy:
         self._retired: list[Acceptor] = []        # acceptors a reload replaced, until their connections end
         self._conn_limit: ConnectionLimit | None = None   # the worker's max_connections
         self.fd_budget: FdBudget | None = None            # how the worker spends its fds (dataplane/fd_budget.py)
+        # Span export (dataplane/tracing.py): an OpenTelemetry SDK SpanExporter an embedder gives (used instead of
+        # the [tracing] export endpoint), and the running export. One process records spans for one Proxy.
+        self._span_exporter = span_exporter
+        self._spans: SpanExport | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **kwargs: Any) -> "Proxy":
@@ -97,6 +102,7 @@ class Proxy:
 
         loop = asyncio.get_running_loop()
         reactor = Reactor()
+        self._start_spans()
         if self._limits is None:
             from fastmesh.dataplane.limits import open_limits
             self._limits = open_limits(self.config, self._limits_fd, self._worker)
@@ -141,6 +147,21 @@ class Proxy:
         self._started = True
         for name, (host, port) in self.addresses.items():
             log.info("listener %s on %s:%d", name, host, port)
+
+    def _start_spans(self) -> None:
+        """Trace ids of this process's own (a forked worker must not repeat its parent's); span export when
+        configured."""
+        from fastmesh._core import tracing
+        from fastmesh.dataplane.tracing import build_span_export
+        tracing.seed()
+        self._spans = build_span_export(self.config.tracing.export, self._span_exporter)
+        if self._spans is not None:
+            self._spans.install()
+
+    async def _stop_spans(self) -> None:
+        spans, self._spans = self._spans, None
+        if spans is not None:
+            await spans.aclose()
 
     def _pools_for(self, config: Config, reactor: Reactor, clusters: dict[str, Cluster], keep: dict[str, Pool]
                    ) -> list[Pool]:
@@ -297,6 +318,9 @@ class Proxy:
         for name in [lcfg.name for lcfg in to_bind]:
             reactor.add_sweeper(self._http.get(name) or self._tcp[name])
         await health.stop()
+        if config.tracing != old.tracing:
+            await self._stop_spans()
+            self._start_spans()
         from fastmesh.health import Health
         self._health = Health(config.clusters, clusters)
         self._health.start()
@@ -453,6 +477,7 @@ class Proxy:
             "connections": self._connection_limits(),
             "tls": self._tls_stats(),
             "filters": self._filter_stats(),
+            "tracing": self._spans.stats() if self._spans is not None else {},
         }
 
     def _tls_stats(self) -> dict[str, Any]:
@@ -536,6 +561,7 @@ class Proxy:
                     entry.close()
         self._retired.clear()
         assert self._health is not None and self._reactor is not None and self._lag is not None   # started
+        await self._stop_spans()
         await self._health.stop()
         self._reactor.detach()
         self._lag.stop()

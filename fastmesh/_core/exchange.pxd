@@ -23,6 +23,8 @@ ctypedef struct ForwardRules:
     bint forwarded                     # add X-Forwarded-For / X-Forwarded-Proto / Via (drop the client's XFP)
     bint trust_headers                 # honour a client's fastmesh-timeout-ms (else it is dropped unread)
     Span request_id                    # request id field name (lowercase); empty when off
+    int trace                          # TraceMode (tracing.pxd): off, propagate (the default), or start traces too
+    unsigned long long sample_max      # TRACE_START: a new trace is sampled when a 64-bit draw (never 0) is <= this
     unsigned long long version         # changes whenever the rules do (exchanges rebuild their own edits then)
 
 
@@ -53,6 +55,12 @@ cdef class Exchange:
     cdef EditList response_edits       # header edits for the answer
     cdef unsigned long long edits_for  # ForwardRules.version the own edits were listed for (0: none yet)
     cdef char request_id[32]           # the request id this exchange adds when the request has none
+    cdef char trace[55]                # the traceparent sent upstream: the trace id, our span id, the flags
+    cdef char trace_parent[16]         # the caller's span id (TRACE_CONTINUED): our span's parent
+    cdef readonly int trace_kind       # TraceKind (tracing.pxd): TRACE_NONE, TRACE_CONTINUED or TRACE_STARTED
+    cdef bint drop_tracestate          # the request's tracestate is not passed on (a new trace, or too long)
+    cdef readonly bint span            # sampled, and spans are recorded: a span record when the request ends
+    cdef int trace_edit                # index in request_edits.own of the traceparent edits (3 in a row), -1: none
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
@@ -64,6 +72,9 @@ cdef class Exchange:
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
+    cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept
+    cdef void trace_edits(self) noexcept
+    cdef void record_span(self, int endpoint, int status, double now, int err)
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
                           double now) noexcept
     cdef void list_own_edits(self, const ForwardRules *rules) noexcept

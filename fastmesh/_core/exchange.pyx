@@ -38,7 +38,11 @@ from fastmesh._core.policy cimport ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RE
 from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
 from fastmesh._core.request cimport (
     RequestView, Span, Edit, EditList, Field, METHOD_CONNECT, find_field, field_value, span_of, edits_clear, edit_add,
-    edit_at, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
+    edit_at, EDIT_NONE, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
+)
+from fastmesh._core.tracing cimport (
+    TRACE_OFF, TRACE_PROPAGATE, TRACE_START, TRACE_NONE, TRACE_CONTINUED, TRACE_STARTED, TRACEPARENT_LEN, TRACESTATE_MAX, TRACE_ID_AT,
+    SPAN_ID_AT, FLAGS_AT, traceparent_parse, trace_id_new, span_id_new, trace_random, spans_recorded, span_recorder,
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.upstream.connector cimport (
@@ -57,6 +61,8 @@ cdef const char *XFP = b"X-Forwarded-Proto"
 cdef const char *HTTP = b"http"
 cdef const char *VIA = b"Via"
 cdef const char *VIA_VALUE = b"1.1 fastmesh"
+cdef const char *TRACEPARENT = b"traceparent"
+cdef const char *TRACESTATE = b"tracestate"
 cdef long long MAX_BUDGET_MS = 999999999                   # 9 digits: a codec may render it in fixed width
 cdef unsigned long long _RULES_VERSION = 0                 # sans-IO driving: each start() brings new rules
 
@@ -207,6 +213,7 @@ cdef class Exchange:
         self.route = -1
         self.cluster = -1
         self.grpc_code = -1
+        self.trace_edit = -1
         try_init(&self.ct)
         edits_clear(&self.request_edits)
         edits_clear(&self.response_edits)
@@ -229,6 +236,8 @@ cdef class Exchange:
         self.error = PE_NONE
         self.backoff = 0.0
         self.grpc_code = -1
+        self.trace_kind = TRACE_NONE
+        self.span = False
         try_init(&self.ct)
 
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
@@ -239,6 +248,8 @@ cdef class Exchange:
         if self.router is not router:
             self.router = router
         self.method = v.method
+        if rules.trace != TRACE_OFF:
+            self.trace_begin(v, rules)
         r = router.match(v)
         if r < 0:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
@@ -253,6 +264,8 @@ cdef class Exchange:
             self.new_request_id()
         if self.edits_for != rules.version:
             self.list_own_edits(rules)
+        if self.trace_edit >= 0:
+            self.trace_edits()
         router.route_edits(r, req, &self.response_edits)
         return PE_NONE
 
@@ -289,7 +302,58 @@ cdef class Exchange:
         if rules.request_id.len:
             edit_add(req, EDIT_ADD_ABSENT, rules.request_id, span_of(self.request_id, 32))
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
+        self.trace_edit = -1
+        if rules.trace != TRACE_OFF:
+            # Switched on per request (trace_edits): drop the caller's traceparent, send ours, maybe drop tracestate.
+            self.trace_edit = req.n
+            edit_add(req, EDIT_NONE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
+            edit_add(req, EDIT_NONE, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
+            edit_add(req, EDIT_NONE, span_of(TRACESTATE, 10), span_of(NULL, 0))
         self.edits_for = rules.version
+
+    cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept:
+        """The request's trace context: the caller's valid traceparent continued under a new span id of ours, or
+        (TRACE_START) a new trace, sampled at the listener's rate; else none. One scan of the field names when
+        there is no traceparent."""
+        cdef int i = find_field(v.base, v.fields, v.num_fields, TRACEPARENT, 11, 0)
+        cdef int flags = -1
+        cdef Py_ssize_t state = 0
+        if i >= 0 and find_field(v.base, v.fields, v.num_fields, TRACEPARENT, 11, i + 1) < 0:
+            flags = traceparent_parse(field_value(v.base, &v.fields[i]), self.trace)
+        if flags >= 0:
+            self.trace_kind = TRACE_CONTINUED
+            memcpy(self.trace_parent, self.trace + SPAN_ID_AT, 16)
+            i = find_field(v.base, v.fields, v.num_fields, TRACESTATE, 10, 0)
+            while i >= 0:
+                state += v.fields[i].value_len + 1
+                i = find_field(v.base, v.fields, v.num_fields, TRACESTATE, 10, i + 1)
+            self.drop_tracestate = state > TRACESTATE_MAX + 1
+        elif rules.trace == TRACE_START:
+            # No usable context (none, or an invalid one, which is replaced): a new trace, and the caller's
+            # tracestate, which belonged to no valid traceparent, goes with it.
+            self.trace_kind = TRACE_STARTED
+            self.drop_tracestate = True
+            self.trace[0] = b'0'
+            self.trace[1] = b'0'
+            self.trace[2] = b'-'
+            trace_id_new(self.trace + TRACE_ID_AT)
+            self.trace[35] = b'-'
+            self.trace[52] = b'-'
+            flags = 1 if trace_random() <= rules.sample_max else 0
+        else:
+            return
+        span_id_new(self.trace + SPAN_ID_AT)
+        self.trace[FLAGS_AT] = HEX_PAIRS[2 * flags]
+        self.trace[FLAGS_AT + 1] = HEX_PAIRS[2 * flags + 1]
+        self.span = (flags & 1) != 0 and spans_recorded()
+
+    cdef void trace_edits(self) noexcept:
+        """Switch this request's trace edits on or off (listed once per connection by list_own_edits)."""
+        cdef Edit *e = &self.request_edits.own[self.trace_edit]
+        cdef bint on = self.trace_kind != TRACE_NONE
+        e[0].kind = EDIT_REMOVE if on else EDIT_NONE
+        e[1].kind = EDIT_ADD if on else EDIT_NONE
+        e[2].kind = EDIT_REMOVE if on and self.drop_tracestate else EDIT_NONE
 
     cdef void new_request_id(self) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
@@ -518,8 +582,14 @@ cdef class Exchange:
 
     cdef void log_answer(self, object sink, int endpoint, int status, unsigned long long bytes_in,
                          unsigned long long bytes_out, double now, int err):
-        """One access-log record (dataplane/access_log.py's Fields tuple): only made when the log is on. `err`: the
-        ProxyError the proxy answered with, 0 for an upstream's answer."""
+        """The request is over: one access-log record (dataplane/access_log.py's Fields tuple) when `sink` is not
+        None, and its span record when it was sampled (record_span). `err`: the ProxyError the proxy answered with,
+        0 for an upstream's answer. The codecs call it only when the log is on or `span` is set."""
+        if self.span:
+            self.span = False
+            self.record_span(endpoint, status, now, err)
+        if sink is None:
+            return
         method, authority, path, rid = self.log_fields or (b"", b"", b"", b"")
         routed = self.cluster >= 0 and self.connector is not None
         label = self.connector.cluster.labels[endpoint] if endpoint >= 0 and self.connector is not None else "-"
@@ -530,16 +600,37 @@ cdef class Exchange:
             sink((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"), status, bytes_in,
                   bytes_out, label, now - self.started, rid.decode("latin-1"), client.decode("latin-1"),
                   self.connector.cluster.name if routed else "", self.route, self.tries - 1 if self.tries > 1 else 0,
-                  error_info(err).cause.decode("ascii") if err else ""))
+                  error_info(err).cause.decode("ascii") if err else "", self.trace_id()))
         except Exception:
             pass
         self.log_fields = None
+
+    cdef void record_span(self, int endpoint, int status, double now, int err):
+        """The span of a sampled request, as a tuple for the recorder (dataplane/tracing.py's SpanFields), which
+        queues it for export off the request path."""
+        recorder = span_recorder()
+        if recorder is None:
+            return
+        routed = self.cluster >= 0 and self.connector is not None
+        try:
+            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.trace[SPAN_ID_AT:SPAN_ID_AT + 16],
+                      self.trace_parent[:16] if self.trace_kind == TRACE_CONTINUED else None,
+                      self.method, status, self.route, self.connector.cluster.name if routed else "",
+                      self.connector.cluster.labels[endpoint] if endpoint >= 0 and routed else "",
+                      self.tries - 1 if self.tries > 1 else 0, error_info(err).cause if err else b"",
+                      now - self.started))
+        except Exception:
+            pass
+
+    def trace_id(self) -> str:
+        """The request's trace id (32 hex digits), or "" when it has no trace context."""
+        return self.trace[TRACE_ID_AT:TRACE_ID_AT + 32].decode("ascii") if self.trace_kind != TRACE_NONE else ""
 
     # ---- sans-IO driving from Python: tests/core/test_exchange.py plays the codec with a fake clock ----
 
     def start(self, Router router not None, list connectors not None, bytes raw_head not None, double now, *,
               str peer="127.0.0.1", bint forwarded=True, bint trust_headers=True, str request_id="x-request-id",
-              bint replayable=True) -> int:
+              bint replayable=True, str trace="propagate", double sample_rate=1.0) -> int:
         """begin + route_request + admit for an HTTP/1 request head, as a codec would: the ProxyError (0: none)."""
         cdef Head h
         cdef RequestView v
@@ -552,6 +643,8 @@ cdef class Exchange:
         rules.forwarded = forwarded
         rules.trust_headers = trust_headers
         rules.request_id = span_of(rid, len(rid))
+        rules.trace = TRACE_MODES[trace]
+        rules.sample_max = sample_max(sample_rate)
         global _RULES_VERSION
         _RULES_VERSION += 1
         rules.version = _RULES_VERSION         # new rules each call: the own edits are listed again
@@ -612,11 +705,25 @@ cdef list _edit_list(const EditList *e):
     out = []
     for i in range(e.n + e.route_n):
         x = edit_at(e, i)
+        if x.kind == EDIT_NONE:
+            continue                    # switched off for this request
         out.append((kinds[x.kind], x.name.ptr[:x.name.len], x.value.ptr[:x.value.len] if x.value.len else b""))
     return out
 
 
 # ---- the same rules for `fastmesh explain` (no copies in the Python layer) ----
+
+# A listener's tracing mode by name (ForwardRules.trace).
+TRACE_MODES = {"off": TRACE_OFF, "propagate": TRACE_PROPAGATE, "start": TRACE_START}
+
+
+def sample_max(double rate) -> int:
+    """ForwardRules.sample_max for a sampling rate in [0, 1]: draws (never 0) at or below it are sampled."""
+    if rate <= 0.0:
+        return 0
+    if rate >= 1.0:
+        return 0xFFFFFFFFFFFFFFFF
+    return int(rate * 18446744073709551616.0)
 
 TIMEOUT_HEADER = TIMEOUT_FIELD[:19].decode("ascii")    # the deadline budget field, in ms, sent with each try
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import difflib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -24,6 +25,7 @@ from fastmesh.config.schema import (
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
 from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, SinkSpec
+from fastmesh.config.schema import ListenerTracing, TraceExport, Tracing
 from fastmesh.errors import ConfigError, ConfigErrors, PluginError
 from fastmesh.plugins import registry
 from fastmesh.config.schema import NAMING_SOURCE_KINDS, Naming, NamingSource
@@ -1078,6 +1080,54 @@ def _access_log(check: _Check, key: str, value: Any) -> Any:
     return BAD if fields is None else AccessLog(**fields)
 
 
+def _sample_rate(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return check.bad(key, "a number from 0 to 1 (0.01 samples 1% of the traces started here)", value)
+
+
+def _listener_tracing(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {"propagate": _flag, "start": _flag, "sample_rate": _sample_rate})
+    if fields is None:
+        return BAD
+    if fields.get("start") and fields.get("propagate") is False:
+        return check.bad(_key(key, "start"), "false when propagate = false (a trace started here would go nowhere)",
+                         True)
+    return ListenerTracing(**fields)
+
+
+def _otlp_url(check: _Check, key: str, value: Any) -> Any:
+    expected = 'an http:// or https:// URL like "http://127.0.0.1:4318/v1/traces"'
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s]*)?", value):
+        return check.bad(key, expected, value)
+    return value
+
+
+def _trace_export(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {
+        "endpoint": _otlp_url,
+        "service_name": _text("a service name"),
+        "headers": _headers(protected=False),
+        "timeout": _duration(allow_zero=False),
+        "batch": _whole(1, 1 << 16),
+        "interval": _duration(allow_zero=False),
+        "max_pending": _whole(1, 1 << 24),
+    }, {"endpoint": 'the collector\'s traces URL, like "http://127.0.0.1:4318/v1/traces"'})
+    if fields is None:
+        return BAD
+    if importlib.util.find_spec("opentelemetry") is None or \
+            importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        check.errors.append(ConfigError(check.source, key, "the OpenTelemetry SDK and its OTLP/HTTP exporter",
+                                        reason="span export needs them installed: pip install fastmesh[otel]"))
+        return BAD
+    return TraceExport(**fields)
+
+
+def _tracing(check: _Check, key: str, value: Any) -> Any:
+    fields = _table(check, key, value, {"export": _trace_export})
+    return BAD if fields is None else Tracing(**fields)
+
+
 _HTTP2_FIELDS: dict[str, Parser] = {
     "enabled": _flag,
     "max_concurrent_streams": _whole(1, 1 << 16),
@@ -1195,6 +1245,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "trust_headers": _flag,
     "trust_naming": _flag,
     "access_log": _access_log,
+    "tracing": _listener_tracing,
     "http2": _http2,
     "routes": _routes,
     "filters": lambda c, k, v: _filters(c, k, v),
@@ -1364,6 +1415,7 @@ _TOP_FIELDS: dict[str, Parser] = {
     "clusters": _clusters,
     "demo": _demo,
     "event_sinks": lambda c, k, v: _sinks(c, k, v),
+    "tracing": _tracing,
 }
 _TOP_REQUIRED = {"listeners": "at least one [[listeners]] table", "clusters": "at least one [clusters.NAME] table"}
 
@@ -1460,6 +1512,12 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         out["event_sinks"] = [_plugin_dict(s) for s in cfg.event_sinks]
     if cfg.naming.rules or cfg.naming.source is not None:
         out["naming"] = naming_dict(cfg.naming)
+    if cfg.tracing.export is not None:
+        ex = cfg.tracing.export
+        out["tracing"] = {"export": {"endpoint": ex.endpoint, "service_name": ex.service_name,
+                                     "headers": dict(ex.headers), "timeout": format_duration(ex.timeout),
+                                     "batch": ex.batch, "interval": format_duration(ex.interval),
+                                     "max_pending": ex.max_pending}}
     return out
 
 
@@ -1568,6 +1626,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         request_id_header=lst.request_id_header,
         trust_headers=lst.trust_headers,
         trust_naming=lst.trust_naming,
+        tracing=dataclasses.asdict(lst.tracing),
     )
     if lst.access_log is not None:
         out["access_log"] = {"format": lst.access_log.format, "path": lst.access_log.path}

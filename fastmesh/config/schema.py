@@ -115,7 +115,34 @@ class Outlier:
 DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd", "plugin")
 FAILURE_MODES = ("closed", "open")
 ACCESS_LOG_FIELDS = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out",
-                     "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error")
+                     "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error",
+                     "trace_id")
+
+
+@dataclass
+class ListenerTracing:
+    """W3C trace context on an http listener (a valid traceparent is always honoured unless propagate is off)."""
+    propagate: bool = True             # a valid traceparent goes upstream with fastmesh's span as its parent id
+    start: bool = False                # a request without a valid traceparent starts a trace (an edge listener)
+    sample_rate: float = 1.0           # start: the share of the traces started here that are sampled
+
+
+@dataclass
+class TraceExport:
+    """Where sampled requests' spans go: an OTLP/HTTP collector, in batches from each worker, off the request path."""
+    endpoint: str                      # the collector's traces URL, e.g. "http://127.0.0.1:4318/v1/traces"
+    service_name: str = "fastmesh"     # the spans' service.name resource attribute
+    headers: dict[str, str] = field(default_factory=dict)   # sent with every export (e.g. an API key)
+    timeout: float = 10.0              # seconds one export may take
+    batch: int = 512                   # spans per export at most
+    interval: float = 1.0              # seconds between exports of what has gathered (a full batch goes at once)
+    max_pending: int = 10000           # spans held while the collector is slow or away; more are dropped (counted)
+
+
+@dataclass
+class Tracing:
+    """Instance-wide tracing: span export (None: spans are not recorded; trace context is still propagated)."""
+    export: TraceExport | None = None
 
 
 @dataclass
@@ -328,6 +355,7 @@ class Listener:
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     trust_naming: bool = False         # honour a client's fastmesh-naming override and pass it on (false: strip it)
     access_log: AccessLog | None = None       # None: no access log
+    tracing: ListenerTracing = field(default_factory=ListenerTracing)   # W3C trace context
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
     filters: list[FilterSpec] = field(default_factory=list)   # run for every routed request, before the route's
@@ -392,6 +420,7 @@ class Config:
     demo: Demo | None = None
     naming: Naming = field(default_factory=Naming)
     event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
+    tracing: Tracing = field(default_factory=Tracing)           # span export
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 
     def worker_count(self) -> int:

@@ -68,8 +68,15 @@ def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[C
                      body_timeout=cfg.body_timeout)
     if cfg.http2.enabled:
         http.h2 = H2Front(http, h2_limits(cfg.http2, cfg.max_header_bytes))
+    set_tracing(http, cfg)
     set_filters(http, cfg)
     return http
+
+
+def set_tracing(http: HttpProxy, cfg: ListenerConfig) -> None:
+    """The listener's trace context mode: off, propagate (the default), or start traces (an edge listener)."""
+    t = cfg.tracing
+    http.set_tracing("start" if t.start else "propagate" if t.propagate else "off", t.sample_rate)
 
 
 def set_filters(http: HttpProxy, cfg: ListenerConfig) -> list[FilterEntry]:
@@ -105,6 +112,7 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Conne
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
     if old_log is not None:
         old_log.close()
+    set_tracing(http, cfg)
     set_filters(http, cfg)
     h2 = http.h2
     if not isinstance(h2, H2Front):

@@ -24,12 +24,15 @@ LOG_EVERY = 10.0               # seconds between two logged failures of one sink
 
 
 class SinkRunner:
-    """One sink plugin instance and the records waiting for it."""
+    """One sink plugin instance and the records waiting for it. `plugin`: a sink object made by fastmesh itself
+    (span export, dataplane/tracing.py) instead of the one `spec` names; `spec` then gives only batch, interval and
+    max_pending."""
 
-    def __init__(self, spec: Any, where: str, shape: Callable[[Any], dict[str, Any]] | None = None) -> None:
+    def __init__(self, spec: Any, where: str, shape: Callable[[Any], Any] | None = None,
+                 plugin: Any = None) -> None:
         self.spec = spec
         self.where = where                         # the config key naming it, for logs
-        self.plugin = registry.instantiate(spec.plugin, "sink", spec.config)
+        self.plugin = plugin if plugin is not None else registry.instantiate(spec.plugin, "sink", spec.config)
         self.shape = shape
         self.pending: collections.deque[Any] = collections.deque()
         self.written = 0                           # records handed to write() that returned cleanly
@@ -100,10 +103,15 @@ class SinkRunner:
         if now - self._logged >= LOG_EVERY:
             self._logged = now
             log.warning("sink %s (%s): write() raised %s: %s (%d failure(s), %d record(s) dropped so far)",
-                        self.where, self.spec.plugin, type(exc).__name__, exc, self.errors, self.dropped)
+                        self.where, self.name, type(exc).__name__, exc, self.errors, self.dropped)
+
+    @property
+    def name(self) -> str:
+        """The plugin as the config names it (or, for fastmesh's own sinks, the config key)."""
+        return str(getattr(self.spec, "plugin", self.where))
 
     def stats(self) -> dict[str, Any]:
-        return {"plugin": self.spec.plugin, "written": self.written, "dropped": self.dropped, "errors": self.errors,
+        return {"plugin": self.name, "written": self.written, "dropped": self.dropped, "errors": self.errors,
                 "pending": len(self.pending)}
 
     async def aclose(self) -> None:
@@ -141,4 +149,4 @@ class SinkRunner:
             if inspect.isawaitable(result):
                 asyncio.ensure_future(result)
         except Exception:
-            log.exception("sink %s (%s): close() failed", self.where, self.spec.plugin)
+            log.exception("sink %s (%s): close() failed", self.where, self.name)

@@ -489,7 +489,7 @@ cdef class Downstream(UpstreamUser):
         self.status = status
         proxy.count_request(status)
         proxy.count_answer(self.ex.cluster, status, proxy.reactor.now - self.ex.started)
-        if proxy.access_log is not None:
+        if proxy.access_log is not None or self.ex.span:
             self.ex.log_answer(proxy.access_log, -1, status, self.ex_in, self.ex_out, proxy.reactor.now, 0)
         self.resp_head_done = False
         self.resp_done = True
@@ -791,7 +791,7 @@ cdef class Downstream(UpstreamUser):
         bump(proxy.counters + L_BYTES_IN, self.ex_in)
         bump(proxy.counters + L_BYTES_OUT, self.ex_out)
         proxy.count_answer(self.ex.cluster, self.status, proxy.reactor.now - self.ex.started)
-        if proxy.access_log is not None:
+        if proxy.access_log is not None or self.ex.span:
             self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now, 0)
         self.up_keep = False
         if self.client_keep:
@@ -830,7 +830,7 @@ cdef class Downstream(UpstreamUser):
         proxy.count_request(status)
         if routed:
             proxy.count_answer(self.ex.cluster, status, proxy.reactor.now - self.ex.started)
-        if proxy.access_log is not None:
+        if proxy.access_log is not None or self.ex.span:
             self.ex.log_answer(proxy.access_log, endpoint, self.status, self.ex_in, self.ex_out, proxy.reactor.now,
                                err)
         self.resp_head_done = False

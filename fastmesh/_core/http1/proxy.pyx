@@ -26,6 +26,9 @@ from fastmesh._core.http1.conn cimport (
 from fastmesh._core.http1.parser cimport limits_init
 from fastmesh._core.http1.pool cimport UP_CONNECTING
 from fastmesh._core.router cimport Router
+from fastmesh._core.tracing cimport TRACE_PROPAGATE
+
+from fastmesh._core.exchange import TRACE_MODES, sample_max
 
 
 cdef class HttpProxy(Front):
@@ -51,6 +54,7 @@ cdef class HttpProxy(Front):
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
+        self.rules.trace = TRACE_PROPAGATE         # trace context is propagated unless set_tracing() says otherwise
         self.set_rules(forwarded_headers, request_id_header, trust_headers)
         self.access_log = access_log
         self.chains = None
@@ -126,6 +130,13 @@ cdef class HttpProxy(Front):
         self.body_timeout = body_timeout
         self.set_rules(forwarded_headers, request_id_header, trust_headers)
         self.access_log = access_log
+
+    def set_tracing(self, str mode, double sample_rate=1.0):
+        """Trace context on this listener from the next request on: "off", "propagate" (the default) or "start"
+        (requests without a valid traceparent start a trace, sampled at sample_rate)."""
+        self.rules.trace = TRACE_MODES[mode]
+        self.rules.sample_max = sample_max(sample_rate)
+        self.set_rules(self.rules.forwarded, self.rid_name.decode("ascii"), self.rules.trust_headers)
 
     cdef void sweep(self, double now) noexcept:
         """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""

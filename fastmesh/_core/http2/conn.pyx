@@ -658,7 +658,7 @@ cdef class H2Request(LegOwner):
         bump(front.counters + L_BYTES_IN, self.ex_in)
         bump(front.counters + L_BYTES_OUT, self.ex_out)
         front.count_answer(self.ex.cluster, self.status, now - self.ex.started)
-        if front.access_log is not None:
+        if front.access_log is not None or self.ex.span:
             self.ex.log_answer(front.access_log, self.leg.endpoint if self.leg is not None else -1, self.status,
                                self.ex_in, self.ex_out, now, self.err)
         c.unbusy(self)
