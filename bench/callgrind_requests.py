@@ -11,7 +11,9 @@ connection, by the `h2` package; the column is left out when it is not installed
     python -m bench.callgrind_requests /tmp/fm-revs/before /tmp/fm-revs/after --requests 3000
 
 `--filter REF` puts a request filter plugin on the http listener (e.g. fastmesh._testbase.plugins:Noop, a filter
-that does nothing): the difference to a run without it is what the plugin path costs per request.
+that does nothing): the difference to a run without it is what the plugin path costs per request. `--header "NAME:
+VALUE"` adds a field to every request (e.g. a W3C traceparent, to count what continuing a trace costs), and
+`--listener-line LINE` a line to the http listener's table (e.g. `tracing = { start = true, sample_rate = 0.0 }`).
 """
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ asyncio.run(main())
 """
 
 
-def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "") -> str:
+def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "", listener_line: str = "") -> str:
     filters = f'filters = [{{ plugin = "{filter_ref}" }}]\n' if filter_ref else ""
+    filters += f"{listener_line}\n" if listener_line else ""
     return (f'drain_timeout = "100ms"\n'
             f'[[listeners]]\nname = "http"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "b"\n'
             f'{filters}'
@@ -53,9 +56,13 @@ def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "
             f'[clusters.b]\nendpoints = ["127.0.0.1:{backend_port}"]\n')
 
 
+EXTRA: list[tuple[str, str]] = []     # --header fields, sent with every request
+
+
 def requests(port: int, count: int) -> None:
     """count keep-alive GETs on one connection, each answer read whole (nginx sends Content-Length)."""
-    req = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\nAccept: */*\r\n\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in EXTRA).encode("latin-1")
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\nAccept: */*\r\n" + extra + b"\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         buf = b""
         for _ in range(count):
@@ -81,7 +88,7 @@ def h2_requests(port: int, count: int) -> None:
     import h2.events
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     head = [(":method", "GET"), (":scheme", "http"), (":authority", "bench"), (":path", "/"),
-            ("user-agent", "callgrind"), ("accept", "*/*")]
+            ("user-agent", "callgrind"), ("accept", "*/*"), *((n.lower(), v) for n, v in EXTRA)]
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         conn.initiate_connection()
         for _ in range(count):
@@ -103,12 +110,13 @@ def h2_requests(port: int, count: int) -> None:
                 s.sendall(conn.data_to_send())
 
 
-def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "") -> dict[str, float]:
+def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "", listener_line: str = ""
+            ) -> dict[str, float]:
     out: dict[str, float] = {}
     http_port, tcp_port = procs.free_port(), procs.free_port()
     conf = os.path.join(tmp, "fm.toml")
     with open(conf, "w") as f:
-        f.write(config(http_port, tcp_port, backend_port, filter_ref))
+        f.write(config(http_port, tcp_port, backend_port, filter_ref, listener_line))
     script = os.path.join(tmp, "serve.py")
     with open(script, "w") as f:
         f.write(SERVE)
@@ -153,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
     ap.add_argument("--filter", default="", metavar="REF", help="a request filter plugin on the http listener")
+    ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                    help="a field every request carries (repeatable)")
+    ap.add_argument("--listener-line", default="", metavar="LINE", help="a TOML line for the http listener's table")
     a = ap.parse_args(argv)
+    EXTRA[:] = [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in a.header)]
     tmp = tempfile.mkdtemp(prefix="fastmesh-callgrind-")
     p = procs.Procs(tmp)
     try:
         backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
-        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter) for root in a.builds}
+        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.listener_line) for root in a.builds}
         if a.keep:
             os.makedirs(a.keep, exist_ok=True)
             for dump in glob.glob(os.path.join(tmp, "cg-*.*.*")):

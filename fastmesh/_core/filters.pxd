@@ -25,6 +25,7 @@ cdef class FilterRequest:
     cdef tuple span_text               # the spans that do not point into raw (an absolute target's "/"), or None
     cdef readonly str listener         # the listener's name
     cdef readonly str peer             # the client's address
+    cdef readonly str trace_id         # the request's W3C trace id (32 hex digits), "" without trace context
     cdef readonly int route            # the matched route's index
     cdef tuple cluster_names           # the router's clusters by index
     cdef readonly int cluster_index    # where the request goes; route_to() changes it
@@ -47,7 +48,7 @@ cdef class FilterRequest:
 # The FilterRequest for a routed request view: head_len bytes at v.base hold every span and field the view points
 # to (HTTP/1: the request head in the receive buffer; HTTP/2: the stream's decoded header block).
 cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
-                                  int peer_len, int route, tuple cluster_names, int cluster)
+                                  int peer_len, int route, tuple cluster_names, int cluster, str trace_id)
 # A filter's Answer as parts any codec renders: (status, reason, [(name, value) bytes], body), the filter's
 # answer fields after the Answer's own; ValueError when it cannot be sent.
 cdef tuple answer_parts(object answer, FilterRequest r)

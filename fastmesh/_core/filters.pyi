@@ -13,6 +13,7 @@ class FilterRequest:
     query: str
     headers: list[tuple[str, str]]
     peer: str
+    trace_id: str
     listener: str
     route: int
     cluster: str

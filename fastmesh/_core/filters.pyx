@@ -234,7 +234,7 @@ cdef inline void _keep_span(FilterRequest r, int i, Span s, const char *base, Py
 
 
 cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
-                                  int peer_len, int route, tuple cluster_names, int cluster):
+                                  int peer_len, int route, tuple cluster_names, int cluster, str trace_id):
     cdef FilterRequest r = FilterRequest.__new__(FilterRequest)
     r.raw = PyBytes_FromStringAndSize(v.base, head_len)
     r.fields = PyBytes_FromStringAndSize(<const char *>v.fields, v.num_fields * sizeof(Field))
@@ -245,6 +245,7 @@ cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str
     _keep_span(r, 3, v.query, v.base, head_len)
     r.listener = listener
     r.peer = peer[:peer_len].decode("latin-1")
+    r.trace_id = trace_id
     r.route = route
     r.cluster_names = cluster_names
     r.cluster_index = cluster
@@ -306,7 +307,7 @@ def bench_filter(bytes raw_head not None, chain, Py_ssize_t count) -> int:
     for _ in range(count):
         edits_clear(&req)
         edits_clear(&resp)
-        r = filter_request(&v, len(raw_head), "web", b"127.0.0.1", 9, 0, names, 0)
+        r = filter_request(&v, len(raw_head), "web", b"127.0.0.1", 9, 0, names, 0, "")
         if chain(r) is None:
             r.apply_edits(&req, &resp)
             passed += 1

@@ -432,7 +432,7 @@ cdef class Downstream(UpstreamUser):
         """Hand the request to its route's filter chain; an async one parks the connection in DS_FILTER."""
         cdef Exchange ex = self.ex
         cdef FilterRequest r = filter_request(&VIEW, head_len, self.proxy.name, self.peer, self.peer_len, ex.route,
-                                              ex.router.cluster_names, ex.cluster)
+                                              ex.router.cluster_names, ex.cluster, ex.trace_id())
         self.freq = r
         outcome = run_chain(chain, r)
         if parked(outcome):

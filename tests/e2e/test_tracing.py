@@ -1,0 +1,303 @@
+"""W3C trace context and span export end to end: real clients (httpx over HTTP/1 and HTTP/2, grpcio) -> fastmesh ->
+real backends that echo what they received, on 127.0.0.1. The backend's traceparent must be a child of the caller's
+(same trace id, fastmesh's span id as its parent) and that span id the one exported: to the OpenTelemetry SDK's
+InMemorySpanExporter, and over OTLP/HTTP to a receiver the test runs (decoding ExportTraceServiceRequest with
+opentelemetry-proto). An unreachable collector costs the requests nothing; its spans are dropped and counted."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.proto")
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (   # noqa: E402
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter   # noqa: E402
+from opentelemetry.trace import SpanKind   # noqa: E402
+
+from fastmesh import Proxy   # noqa: E402
+from fastmesh._testbase.grpc_backends import GrpcBackend, GrpcClient   # noqa: E402
+from fastmesh._testbase.http_backend import HttpBackend   # noqa: E402
+from fastmesh._testbase.net import free_port   # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+WAIT = 5.0
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+CALLER = f"00-{TRACE}-{PARENT}-01"
+TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def config(backend: str, *, listeners: dict[str, str], export: str = "", protocol: str = "http1") -> str:
+    """http listeners (name -> extra TOML lines) to one cluster "web"; `export`: the [tracing] export table."""
+    text = 'drain_timeout = "500ms"\n'
+    for name, extra in listeners.items():
+        text += (f'[[listeners]]\nname = "{name}"\nlisten = "127.0.0.1:{free_port()}"\nprotocol = "http"\n'
+                 f'cluster = "web"\n{extra}\n')
+    text += f'[clusters.web]\nendpoints = ["{backend}"]\nprotocol = "{protocol}"\n'
+    if export:
+        text += f"[tracing]\nexport = {export}\n"
+    return text
+
+
+FAST_EXPORT = '{ endpoint = "http://127.0.0.1:4318/v1/traces", interval = "50ms" }'
+
+
+def url(proxy: Proxy, listener: str) -> str:
+    host, port = proxy.addresses[listener]
+    return f"http://{host}:{port}"
+
+
+def headers_of(answer: httpx.Response) -> dict[str, list[str]]:
+    """The /echo backend's view of the request's fields: name (lowercase) -> values."""
+    out: dict[str, list[str]] = {}
+    for name, value in answer.json()["headers"]:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+def forwarded_parent(answer: httpx.Response) -> tuple[str, str, str]:
+    (value,) = headers_of(answer)["traceparent"]
+    m = TRACEPARENT_RE.fullmatch(value)
+    assert m, value
+    return m[1], m[2], m[3]
+
+
+async def spans_of(exporter: InMemorySpanExporter, count: int) -> list[Any]:
+    """The exported spans once there are `count` (fails after WAIT seconds)."""
+    deadline = time.monotonic() + WAIT
+    while len(exporter.get_finished_spans()) < count:
+        assert time.monotonic() < deadline, f"{len(exporter.get_finished_spans())} of {count} spans exported"
+        await asyncio.sleep(0.02)
+    return list(exporter.get_finished_spans())
+
+
+def test_a_caller_s_trace_is_continued_and_our_span_exported(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    async def main() -> None:
+        exporter = InMemorySpanExporter()
+        async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
+                "web": f'access_log = {{ format = "json", path = "{log}" }}'}, export=FAST_EXPORT),
+                span_exporter=exporter) as proxy:
+            async with httpx.AsyncClient(base_url=url(proxy, "web"), timeout=WAIT, trust_env=False) as client:
+                first = await client.get("/echo", headers={"traceparent": CALLER, "tracestate": "vendor=x,other=y"})
+                # Next on the same keep-alive connection: no trace context, none sent.
+                second = await client.get("/echo")
+                unsampled = await client.get("/echo", headers={"traceparent": f"00-{TRACE}-{PARENT}-00"})
+            trace_id, ours, flags = forwarded_parent(first)
+            assert (trace_id, flags) == (TRACE, "01") and ours != PARENT
+            assert headers_of(first)["tracestate"] == ["vendor=x,other=y"]
+            assert "traceparent" not in headers_of(second)
+            assert forwarded_parent(unsampled)[0] == TRACE and forwarded_parent(unsampled)[2] == "00"
+            (span,) = await spans_of(exporter, 1)
+            await asyncio.sleep(0.2)
+            assert len(exporter.get_finished_spans()) == 1      # the unsampled and the untraced request: no span
+            assert f"{span.context.trace_id:032x}" == TRACE and f"{span.context.span_id:016x}" == ours
+            assert span.parent is not None and f"{span.parent.span_id:016x}" == PARENT and span.parent.is_remote
+            assert span.name == "GET web" and span.kind == SpanKind.SERVER
+            assert dict(span.attributes) == {"http.request.method": "GET", "http.response.status_code": 200,
+                                             "fastmesh.route": 0, "fastmesh.cluster": "web",
+                                             "fastmesh.upstream": backend.address, "fastmesh.retries": 0}
+            assert span.resource.attributes["service.name"] == "fastmesh"
+            assert 0 < span.end_time - span.start_time < 5e9 and abs(span.end_time - time.time_ns()) < 30e9
+            assert proxy.stats()["tracing"]["exported"] == 1
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [line["trace_id"] for line in lines] == [TRACE, "", TRACE]
+    asyncio.run(main())
+
+
+def test_an_invalid_traceparent_passes_untouched_or_is_replaced_on_an_edge_listener() -> None:
+    bad = f"00-{TRACE.upper()}-{PARENT}-01"
+    async def main() -> None:
+        exporter = InMemorySpanExporter()
+        async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
+                "inner": "", "edge": "tracing = { start = true }"}, export=FAST_EXPORT),
+                span_exporter=exporter) as proxy:
+            async with httpx.AsyncClient(timeout=WAIT, trust_env=False) as client:
+                sent = {"traceparent": bad, "tracestate": "vendor=x"}
+                inner = await client.get(url(proxy, "inner") + "/echo", headers=sent)
+                edge = await client.get(url(proxy, "edge") + "/echo", headers=sent)
+                zero = await client.get(url(proxy, "edge") + "/echo",
+                                        headers={"traceparent": f"00-{'0' * 32}-{PARENT}-01"})
+            assert headers_of(inner)["traceparent"] == [bad] and headers_of(inner)["tracestate"] == ["vendor=x"]
+            started, ours, flags = forwarded_parent(edge)
+            assert started != TRACE.lower() and flags == "01" and "tracestate" not in headers_of(edge)
+            assert forwarded_parent(zero)[0] not in (started, "0" * 32)
+            spans = await spans_of(exporter, 2)
+            assert {f"{s.context.span_id:016x}" for s in spans} >= {ours}
+            assert all(s.parent is None for s in spans)           # new traces: roots
+    asyncio.run(main())
+
+
+def test_edge_listeners_start_traces_at_their_sampling_rate() -> None:
+    async def main() -> None:
+        exporter = InMemorySpanExporter()
+        async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
+                "all": "tracing = { start = true, sample_rate = 1.0 }",
+                "none": "tracing = { start = true, sample_rate = 0.0 }"}, export=FAST_EXPORT),
+                span_exporter=exporter) as proxy:
+            async with httpx.AsyncClient(timeout=WAIT, trust_env=False) as client:
+                sampled = [forwarded_parent(await client.get(url(proxy, "all") + "/echo")) for _ in range(5)]
+                unsampled = [forwarded_parent(await client.get(url(proxy, "none") + "/echo")) for _ in range(5)]
+            assert {flags for _, _, flags in sampled} == {"01"} and {flags for _, _, flags in unsampled} == {"00"}
+            assert len({trace_id for trace_id, _, _ in sampled + unsampled}) == 10      # each its own trace
+            spans = await spans_of(exporter, 5)
+            await asyncio.sleep(0.2)
+            assert {(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}")
+                    for s in exporter.get_finished_spans()} == {(t, s) for t, s, _ in sampled}
+            assert all(s.parent is None for s in spans)
+    asyncio.run(main())
+
+
+def test_http2_clients_and_grpc_calls_carry_the_trace_on() -> None:
+    async def main() -> None:
+        exporter = InMemorySpanExporter()
+        grpc_backend = GrpcBackend("g0").start()
+        try:
+            async with HttpBackend() as backend:
+                text = config(backend.address, listeners={"web": ""}, export=FAST_EXPORT)
+                port = free_port()
+                text += (f'[[listeners]]\nname = "rpc"\nlisten = "127.0.0.1:{port}"\nprotocol = "http"\n'
+                         f'cluster = "grpc"\n[clusters.grpc]\nendpoints = ["{grpc_backend.address}"]\n'
+                         'protocol = "h2"\n')
+                async with Proxy.from_toml(text, span_exporter=exporter) as proxy:
+                    async with httpx.AsyncClient(base_url=url(proxy, "web"), http1=False, http2=True, timeout=WAIT,
+                                                 trust_env=False) as client:
+                        answer = await client.get("/echo", headers={"traceparent": CALLER, "tracestate": "v=1"})
+                    assert answer.http_version == "HTTP/2"
+                    trace_id, via_h2, _ = forwarded_parent(answer)
+                    assert trace_id == TRACE and via_h2 != PARENT and headers_of(answer)["tracestate"] == ["v=1"]
+                    with GrpcClient(f"127.0.0.1:{port}") as rpc:
+                        seen = await asyncio.to_thread(rpc.who, WAIT, [("traceparent", CALLER)])
+                    m = TRACEPARENT_RE.fullmatch(seen["metadata"]["traceparent"])
+                    assert m and m[1] == TRACE and m[2] not in (PARENT, via_h2)
+                    spans = {f"{s.context.span_id:016x}": s for s in await spans_of(exporter, 2)}
+                    assert set(spans) == {via_h2, m[2]}
+                    rpc_span = spans[m[2]]
+                    assert rpc_span.name == "POST grpc" and f"{rpc_span.parent.span_id:016x}" == PARENT
+                    assert rpc_span.attributes["http.response.status_code"] == 200
+        finally:
+            grpc_backend.stop()
+    asyncio.run(main())
+
+
+class OtlpReceiver:
+    """A collector's OTLP/HTTP traces endpoint on 127.0.0.1: decodes each ExportTraceServiceRequest it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.content_types: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.content_types.append(self.headers.get("Content-Type", ""))
+                receiver.requests.append(ExportTraceServiceRequest.FromString(body))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def spans(self) -> list[tuple[str, Any]]:
+        """(service.name, span) of everything received."""
+        out = []
+        for request in self.requests:
+            for rs in request.resource_spans:
+                service = {a.key: a.value.string_value for a in rs.resource.attributes}.get("service.name", "")
+                out.extend((service, span) for ss in rs.scope_spans for span in ss.spans)
+        return out
+
+
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    receiver.thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+        receiver.thread.join(WAIT)
+
+
+def test_spans_reach_an_otlp_http_collector_with_their_parent_links() -> None:
+    async def main() -> None:
+        with otlp_receiver() as receiver:
+            export = f'{{ endpoint = "{receiver.url}", service_name = "edge-proxy", interval = "50ms" }}'
+            async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
+                    "edge": "tracing = { start = true }"}, export=export)) as proxy:
+                async with httpx.AsyncClient(base_url=url(proxy, "edge"), timeout=WAIT, trust_env=False) as client:
+                    child = forwarded_parent(await client.get("/echo", headers={"traceparent": CALLER}))
+                    root = forwarded_parent(await client.get("/echo/none"))
+                deadline = time.monotonic() + WAIT
+                while len(receiver.spans()) < 2:
+                    assert time.monotonic() < deadline, receiver.spans()
+                    await asyncio.sleep(0.05)
+                assert proxy.stats()["tracing"]["exported"] == 2
+            got = {span.span_id.hex(): (service, span) for service, span in receiver.spans()}
+            assert set(got) == {child[1], root[1]} and {s for s, _ in got.values()} == {"edge-proxy"}
+            assert all(t.startswith("application/x-protobuf") for t in receiver.content_types)
+            service, span = got[child[1]]
+            assert span.trace_id.hex() == TRACE and span.parent_span_id.hex() == PARENT
+            assert span.name == "GET web" and span.kind == span.SPAN_KIND_SERVER
+            attrs = {a.key: a.value for a in span.attributes}
+            assert attrs["http.response.status_code"].int_value == 200
+            assert attrs["fastmesh.upstream"].string_value == backend.address
+            _, span = got[root[1]]
+            assert span.trace_id.hex() == root[0] and span.parent_span_id == b""
+            assert span.end_time_unix_nano > span.start_time_unix_nano
+    asyncio.run(main())
+
+
+def test_an_unreachable_collector_costs_the_requests_nothing_and_drops_are_counted() -> None:
+    async def main() -> None:
+        closed = free_port()               # nothing listens there
+        export = (f'{{ endpoint = "http://127.0.0.1:{closed}/v1/traces", timeout = "500ms", interval = "50ms", '
+                  'batch = 4, max_pending = 8 }')
+        async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
+                "edge": "tracing = { start = true }"}, export=export)) as proxy:
+            async with httpx.AsyncClient(base_url=url(proxy, "edge"), timeout=WAIT, trust_env=False) as client:
+                began = time.monotonic()
+                for _ in range(40):
+                    answer = await client.get("/echo")
+                    assert answer.status_code == 200 and forwarded_parent(answer)[2] == "01"
+                took = time.monotonic() - began
+            assert took < 20, took             # forty requests on a busy machine; an export waiting would add 0.5 s each
+            deadline = time.monotonic() + 10
+            while True:
+                s = proxy.stats()["tracing"]
+                if s["failed_exports"] >= 1 and s["dropped"] >= 32:
+                    break
+                assert time.monotonic() < deadline, s
+                await asyncio.sleep(0.1)
+            assert s["exported"] == 0 and s["pending"] <= 8
+    asyncio.run(main())
