@@ -41,8 +41,9 @@ from fastmesh._core.request cimport (
     edit_at, EDIT_NONE, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
 )
 from fastmesh._core.tracing cimport (
-    TRACE_OFF, TRACE_PROPAGATE, TRACE_START, TRACE_NONE, TRACE_CONTINUED, TRACE_STARTED, TRACEPARENT_LEN, TRACESTATE_MAX, TRACE_ID_AT,
-    SPAN_ID_AT, FLAGS_AT, traceparent_parse, trace_id_new, span_id_new, trace_random, spans_recorded, span_recorder,
+    TRACE_OFF, TRACE_PROPAGATE, TRACE_START, TRACE_NONE, TRACE_CONTINUED, TRACE_STARTED, TRACEPARENT_LEN,
+    TRACESTATE_MAX, TRACE_ID_AT, SPAN_ID_AT, FLAGS_AT, traceparent_parse, trace_id_new, span_id_new, trace_random,
+    spans_recorded, span_recorder,
 )
 from fastmesh._core.router cimport Router
 from fastmesh._core.upstream.connector cimport (
@@ -724,6 +725,7 @@ def sample_max(double rate) -> int:
     if rate >= 1.0:
         return 0xFFFFFFFFFFFFFFFF
     return int(rate * 18446744073709551616.0)
+
 
 TIMEOUT_HEADER = TIMEOUT_FIELD[:19].decode("ascii")    # the deadline budget field, in ms, sent with each try
 

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ async def spans_of(exporter: InMemorySpanExporter, count: int) -> list[Any]:
 
 def test_a_caller_s_trace_is_continued_and_our_span_exported(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
+
     async def main() -> None:
         exporter = InMemorySpanExporter()
         async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
@@ -122,6 +123,7 @@ def test_a_caller_s_trace_is_continued_and_our_span_exported(tmp_path: Path) -> 
 
 def test_an_invalid_traceparent_passes_untouched_or_is_replaced_on_an_edge_listener() -> None:
     bad = f"00-{TRACE.upper()}-{PARENT}-01"
+
     async def main() -> None:
         exporter = InMemorySpanExporter()
         async with HttpBackend() as backend, Proxy.from_toml(config(backend.address, listeners={
@@ -291,7 +293,7 @@ def test_an_unreachable_collector_costs_the_requests_nothing_and_drops_are_count
                     answer = await client.get("/echo")
                     assert answer.status_code == 200 and forwarded_parent(answer)[2] == "01"
                 took = time.monotonic() - began
-            assert took < 20, took             # forty requests on a busy machine; an export waiting would add 0.5 s each
+            assert took < 20, took             # forty requests on a busy machine (an export in the way: 0.5 s each)
             deadline = time.monotonic() + 10
             while True:
                 s = proxy.stats()["tracing"]

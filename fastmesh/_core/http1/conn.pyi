@@ -6,7 +6,7 @@ from typing import Any, final
 from fastmesh._core.http1.pool import UpstreamUser
 from fastmesh._core.reactor import Acceptor, Sweeper
 
-AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str]], Any]
+AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str, str]], Any]
 
 class Handoff(Sweeper): ...
 
