@@ -40,6 +40,7 @@ class SpanWriter:
             from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         except ImportError as exc:          # checked when the config is loaded; here only for embedders
             raise RuntimeError("span export needs the OpenTelemetry SDK: pip install fastmesh[otel]") from exc
+        self.owned = exporter is None              # an embedder's exporter stays theirs to shut down
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             exporter = OTLPSpanExporter(endpoint=cfg.endpoint, headers=dict(cfg.headers) or None,
@@ -89,9 +90,10 @@ class SpanWriter:
                             start_time=end - int(duration * 1e9), end_time=end, instrumentation_scope=self.scope)
 
     def shutdown(self) -> None:
-        """After the last batch: the thread ends, then the exporter."""
+        """After the last batch: the thread ends, then the exporter (when it is ours)."""
         self.threads.shutdown(wait=True)
-        self.exporter.shutdown()
+        if self.owned:
+            self.exporter.shutdown()
 
 
 class SpanExport:
@@ -117,10 +119,15 @@ class SpanExport:
                 "pending": s["pending"]}
 
     async def aclose(self) -> None:
-        """Stop recording, export what is left (one try per batch), then close the exporter."""
+        """Stop recording, export what is left for up to the export timeout (a collector that is away must not hold
+        a shutdown for a batch's timeout per batch queued), then close the exporter. What is left is dropped."""
         from fastmesh._core import tracing
         tracing.set_recorder(None)
-        await self.runner.aclose()
+        try:
+            await asyncio.wait_for(self.runner.aclose(), self.cfg.timeout)
+        except asyncio.TimeoutError:
+            self.runner.dropped += len(self.runner.pending)
+            self.runner.pending.clear()
         await asyncio.get_running_loop().run_in_executor(None, self.writer.shutdown)
 
 

@@ -303,3 +303,25 @@ def test_an_unreachable_collector_costs_the_requests_nothing_and_drops_are_count
                 await asyncio.sleep(0.1)
             assert s["exported"] == 0 and s["pending"] <= 8
     asyncio.run(main())
+
+
+def test_a_reload_switches_tracing_on_for_open_connections() -> None:
+    async def main() -> None:
+        exporter = InMemorySpanExporter()
+        async with HttpBackend() as backend:
+            text = config(backend.address, listeners={"web": ""})
+            async with Proxy.from_toml(text, span_exporter=exporter) as proxy:
+                async with httpx.AsyncClient(base_url=url(proxy, "web"), timeout=WAIT, trust_env=False) as client:
+                    assert "traceparent" not in headers_of(await client.get("/echo"))
+                    host, port = proxy.addresses["web"]
+                    edge = text.replace(f'listen = "127.0.0.1:{port}"\nprotocol = "http"\ncluster = "web"\n',
+                                        f'listen = "127.0.0.1:{port}"\nprotocol = "http"\ncluster = "web"\n'
+                                        'tracing = { start = true }\n')
+                    assert edge != text
+                    await proxy.reload(Proxy.from_toml(edge + f"[tracing]\nexport = {FAST_EXPORT}\n").config)
+                    answer = await client.get("/echo")          # the same keep-alive connection
+                    trace_id, ours, _ = forwarded_parent(answer)
+                    (span,) = await spans_of(exporter, 1)
+                    assert f"{span.context.span_id:016x}" == ours and span.parent is None
+                    assert proxy.stats()["http"]["web"]["accepted"] == 1
+    asyncio.run(main())
