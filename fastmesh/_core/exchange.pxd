@@ -60,7 +60,7 @@ cdef class Exchange:
     cdef readonly int trace_kind       # TraceKind (tracing.pxd): TRACE_NONE, TRACE_CONTINUED or TRACE_STARTED
     cdef bint drop_tracestate          # the request's tracestate is not passed on (a new trace, or too long)
     cdef readonly bint span            # sampled, and spans are recorded: a span record when the request ends
-    cdef int trace_edit                # index in request_edits.own of the traceparent edits (3 in a row), -1: none
+    cdef int trace_edit                # index in request_edits.own of the trace edits (3, the last), -1: none
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into

@@ -6,8 +6,9 @@ Python object made:
   begin            a request head is complete (the clock starts)
   route_request    the codec's request view (request.pxd) is matched (router.pyx); the cluster's connector and
                    policy are chosen, the hash key read (header, cookie or client address), the deadline set
-                   (the cluster's timeout, or a client's sooner fastmesh-timeout-ms when trusted), and the
-                   header edits listed: forwarding fields, the request id, the deadline, the route's edits
+                   (the cluster's timeout, or a client's sooner fastmesh-timeout-ms when trusted), the W3C
+                   trace context taken or started (tracing.pyx), and the header edits listed: forwarding fields,
+                   the request id, the deadline, our traceparent, the route's edits
   admit            breakers (max_requests, the adaptive limit) and the retry budget's deposit; a spent deadline
   connected        a try got a connection (its latency is measured from here)
   body_*           whose clock runs while the request body arrives: the client's (body_timeout, idle silence:
@@ -20,6 +21,7 @@ Python object made:
                    the codec says whether the body can be sent again; a streaming call's cannot once a message
                    went upstream and more may follow)
   end              the request left the books: gauges down, out of the connection breaker's queue
+  log_answer       the access-log record, and the span record of a sampled request (only when export is on)
 A verdict is V_PASS, V_RETRY (the codec waits `backoff`, then next_try() and sends again) or V_ANSWER (the
 codec renders `error`, a ProxyError: errors.pxd). Times are arguments, so tests drive an exchange with a fake
 clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rules through the Python
@@ -38,7 +40,7 @@ from fastmesh._core.policy cimport ClusterPolicy, RETRY_RESET, RETRY_TIMEOUT, RE
 from fastmesh._core.limits cimport F_REQUESTS, F_RETRIES
 from fastmesh._core.request cimport (
     RequestView, Span, Edit, EditList, Field, METHOD_CONNECT, find_field, field_value, span_of, edits_clear, edit_add,
-    edit_at, EDIT_NONE, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
+    edit_at, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
 )
 from fastmesh._core.tracing cimport (
     TRACE_OFF, TRACE_PROPAGATE, TRACE_START, TRACE_NONE, TRACE_CONTINUED, TRACE_STARTED, TRACEPARENT_LEN,
@@ -305,11 +307,12 @@ cdef class Exchange:
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
         self.trace_edit = -1
         if rules.trace != TRACE_OFF:
-            # Switched on per request (trace_edits): drop the caller's traceparent, send ours, maybe drop tracestate.
+            # Last, so that trace_edits() counts them in or out per request: drop the caller's traceparent, send
+            # ours, and (the third) drop tracestate. A request without trace context pays nothing for them.
             self.trace_edit = req.n
-            edit_add(req, EDIT_NONE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
-            edit_add(req, EDIT_NONE, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
-            edit_add(req, EDIT_NONE, span_of(TRACESTATE, 10), span_of(NULL, 0))
+            edit_add(req, EDIT_REMOVE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
+            edit_add(req, EDIT_ADD, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
+            edit_add(req, EDIT_REMOVE, span_of(TRACESTATE, 10), span_of(NULL, 0))
         self.edits_for = rules.version
 
     cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept:
@@ -349,12 +352,12 @@ cdef class Exchange:
         self.span = (flags & 1) != 0 and spans_recorded()
 
     cdef void trace_edits(self) noexcept:
-        """Switch this request's trace edits on or off (listed once per connection by list_own_edits)."""
-        cdef Edit *e = &self.request_edits.own[self.trace_edit]
-        cdef bint on = self.trace_kind != TRACE_NONE
-        e[0].kind = EDIT_REMOVE if on else EDIT_NONE
-        e[1].kind = EDIT_ADD if on else EDIT_NONE
-        e[2].kind = EDIT_REMOVE if on and self.drop_tracestate else EDIT_NONE
+        """Count this request's trace edits in or out: they end the own edits list_own_edits listed once per
+        connection, so the list's length says which of them apply."""
+        if self.trace_kind == TRACE_NONE:
+            self.request_edits.n = self.trace_edit
+        else:
+            self.request_edits.n = self.trace_edit + (3 if self.drop_tracestate else 2)
 
     cdef void new_request_id(self) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
@@ -706,8 +709,6 @@ cdef list _edit_list(const EditList *e):
     out = []
     for i in range(e.n + e.route_n):
         x = edit_at(e, i)
-        if x.kind == EDIT_NONE:
-            continue                    # switched off for this request
         out.append((kinds[x.kind], x.name.ptr[:x.name.len], x.value.ptr[:x.value.len] if x.value.len else b""))
     return out
 

@@ -45,7 +45,6 @@ ctypedef struct RequestView:
     int num_fields                 # entries in fields
 
 cdef enum EditKind:
-    EDIT_NONE = 0                  # nothing (an own edit switched off for this request: the trace context's)
     EDIT_ADD = 1                   # append the field "name: value"
     EDIT_REMOVE = 2                # drop every field called name (any case)
     EDIT_ADD_ABSENT = 3            # append "name: value" unless the request has a field called name
@@ -57,11 +56,11 @@ ctypedef struct Edit:
     Span value                     # EDIT_ADD / EDIT_ADD_ABSENT: the value
 
 cdef enum:
-    EDITS_OWN = 12                 # room for the exchange's own edits of one request
+    EDITS_OWN = 10                 # room for the exchange's own edits of one request
 
 ctypedef struct EditList:
     # Header edits of one message: the exchange's own, then the matched route's (compiled once by the router).
-    Edit own[EDITS_OWN]            # forwarding fields, the request id, the deadline, the trace context
+    Edit own[EDITS_OWN]            # forwarding fields, the request id, the deadline, the trace context (last)
     int n                          # entries used in own
     const Edit *route              # the route's edits (removes first, then adds), NULL when none
     int route_n                    # entries in route
