@@ -257,6 +257,22 @@ class AccessLog:
 
 
 @dataclass
+class RateLimit:
+    """A route's request rate: a token bucket of `burst` tokens refilled at `rate` per `per` seconds, one per key,
+    shared by the workers of an instance (issue 13)."""
+    rate: int                          # tokens per `per` seconds
+    per: float = 1.0                   # 1 ("/s"), 60 ("/m") or 3600 ("/h")
+    burst: int = 0                     # requests that may come at once; 0 in the config means the rate's count
+    key: str = ""                      # "": one bucket for the route; "client_ip"; "header:NAME"; "filter"
+    buckets: int = 4096                # keys tracked at once (a power of two; 16 bytes each)
+
+    def text(self) -> str:
+        """The limit as the config says it: "10/s burst 10 by client_ip"."""
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}[self.per]
+        return f"{self.rate}/{unit} burst {self.burst} by {self.key or 'route'}"
+
+
+@dataclass
 class Route:
     """One HTTP route: conditions that all must hold, the cluster it sends to, and the edits it makes.
 
@@ -277,6 +293,7 @@ class Route:
     remove_request_headers: list[str] = field(default_factory=list)
     add_response_headers: dict[str, str] = field(default_factory=dict)
     filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
+    rate_limit: RateLimit | None = None                        # none: not limited (costs nothing)
 
 
 @dataclass
