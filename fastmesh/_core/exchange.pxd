@@ -7,6 +7,7 @@ from fastmesh._core.request cimport (
     METHOD_TRACE,
 )
 from fastmesh._core.router cimport Router
+from fastmesh._core.ratelimit cimport RateLimit
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
 
@@ -60,6 +61,7 @@ cdef class Exchange:
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
     # trailers-only head or early trailers); -1: none
     cdef int grpc_code
+    cdef readonly int retry_after      # PE_RATE_LIMITED: seconds until the route's bucket has a token (Retry-After)
 
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void begin(self, double now) noexcept
@@ -69,6 +71,7 @@ cdef class Exchange:
     cdef void list_own_edits(self, const ForwardRules *rules) noexcept
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
                            double now) noexcept
+    cdef int rate_limited(self, RateLimit limit, const char *key, Py_ssize_t n, const RequestView *v) noexcept
     cdef int admit(self, bint replayable, bint upgrade, double now) noexcept
     cdef void next_try(self, double now) noexcept
     cdef long long budget_ms(self, double now) noexcept

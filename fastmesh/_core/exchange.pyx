@@ -25,11 +25,12 @@ codec renders `error`, a ProxyError: errors.pxd). Times are arguments, so tests 
 clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rules through the Python
 functions at the end of this file.
 """
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memcmp
 
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT,
-    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS,
+    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS, PE_RATE_LIMITED,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
@@ -41,6 +42,7 @@ from fastmesh._core.request cimport (
     edit_at, EDIT_ADD, EDIT_REMOVE, EDIT_ADD_ABSENT, EDIT_DEADLINE,
 )
 from fastmesh._core.router cimport Router
+from fastmesh._core.ratelimit cimport RateLimit, RK_FILTER, retry_after_seconds
 from fastmesh._core.upstream.connector cimport (
     Connector, ConnectUser, try_init, try_avoid, HASH_NONE, HASH_HEADER, HASH_SOURCE,
 )
@@ -254,7 +256,24 @@ cdef class Exchange:
         if self.edits_for != rules.version:
             self.list_own_edits(rules)
         router.route_edits(r, req, &self.response_edits)
+        if router.limits is not None:                       # the one test a listener without rate limits pays
+            limit = router.limits[r]
+            if limit is not None and (<RateLimit>limit).kind != RK_FILTER:
+                return self.rate_limited(<RateLimit>limit, NULL, 0, v)
         return PE_NONE
+
+    cdef int rate_limited(self, RateLimit limit, const char *key, Py_ssize_t n, const RequestView *v) noexcept:
+        """Take a token of the route's limit for the request (key: what a filter set, NULL: the limit's own key);
+        PE_RATE_LIMITED, with retry_after set, when there is none."""
+        cdef uint64_t wait
+        if key != NULL:
+            wait = limit.take(key, n)
+        else:
+            wait = limit.check(v, span_of(self.peer, self.peer_len))
+        if wait == 0:
+            return PE_NONE
+        self.retry_after = retry_after_seconds(wait)
+        return PE_RATE_LIMITED
 
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
                           double now) noexcept:

@@ -43,7 +43,7 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
-    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
+    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_RATE_LIMITED, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
@@ -821,6 +821,8 @@ cdef class Downstream(UpstreamUser):
             self.close()
             return
         keep = keep and self.client_keep and self.req_done
+        if err == PE_RATE_LIMITED:
+            code = self.ex.retry_after        # render.pyx's Retry-After
         status = error_info(err).status if not (err == PE_BAD_REQUEST and code < 0) else error_status(code)
         status = render_error(&self.out, err, code, keep, self.ex.retried_mark(status, False),
                               self.req_method == METHOD_HEAD

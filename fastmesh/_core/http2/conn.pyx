@@ -624,7 +624,7 @@ cdef class H2Request(LegOwner):
                 if self.resp_started:
                     c.sess.reset(self.s, error_info(err).rst_code)
                 else:
-                    status = render_error(c.sess, self.s, err, 0, self.req.grpc,
+                    status = render_error(c.sess, self.s, err, self.ex.retry_after, self.req.grpc,
                                           self.ex.retried_mark(status, False), self.head_only)
                     self.status = status
                     self.answered_early()

@@ -11,7 +11,7 @@ from libc.stdio cimport snprintf
 from libc.string cimport strlen
 
 from fastmesh._core.codes cimport error_status
-from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_METHOD_NOT_ALLOWED
+from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_METHOD_NOT_ALLOWED, PE_RATE_LIMITED
 from fastmesh._core.request cimport Field, Edit, EditList, edit_at, fold_eq, EDIT_ADD
 from fastmesh._core.http1.render cimport error_text, connection_tokens, in_tokens, MAX_CONN_TOKENS
 from fastmesh._core.http2.session cimport Session
@@ -89,6 +89,9 @@ cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int 
     sess.headers_field(b"fastmesh-error", 14, e.cause, clen, False)
     if err == PE_METHOD_NOT_ALLOWED:
         sess.headers_field(b"allow", 5, b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH", 51, False)
+    elif err == PE_RATE_LIMITED:
+        n = snprintf(digits, sizeof(digits), "%d", code)                 # code: the seconds until a token
+        sess.headers_field(b"retry-after", 11, digits, n, False)
     if retried >= 0:
         n = snprintf(digits, sizeof(digits), "%d", retried)
         sess.headers_field(b"fastmesh-retried", 16, digits, n, False)
