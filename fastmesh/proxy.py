@@ -196,7 +196,7 @@ class Proxy:
             self._tcp[name] = acceptor
 
     async def reload(self, config: Config, *, stats_block: StatsBlock | None = None,
-                     holes: Mapping[str, Sequence[int]] | None = None, rates_block: RateBlock | None = None
+                     holes: Mapping[str, Sequence[int]] | None = None, rates_fd: int | None = None
                      ) -> dict[str, list[str]]:
         """Swap in `config` without dropping an open connection or a request under way.
 
@@ -211,10 +211,13 @@ class Proxy:
         first (a bind error aborts the reload before anything changed); removed ones stop accepting and drain.
         `stats_block` is the counter block `fastmesh run`'s supervisor made for the new config's shape (see
         dataplane/stats.py); without it a reload that changes that shape counts into a new private block.
-        `rates_block` is the supervisor's rate-limit block for the new config's limits (dataplane/ratelimits.py);
-        without it, limits that changed get a new private block (unchanged ones keep their buckets).
+        `rates_fd` is the supervisor's rate-limit block for the new config's limits (dataplane/ratelimits.py; the
+        fd is ours to close); without it, limits that changed get a new private block (unchanged ones keep their
+        buckets).
         Returns the names of what changed, for the log.
         """
+        from fastmesh.dataplane.ratelimits import received
+        rates_block = received(rates_fd, self._rates)
         if not isinstance(config, Config):
             raise TypeError("reload() takes a fastmesh Config")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -253,9 +256,10 @@ class Proxy:
         old_names, self._names = self._names, build_names(config)
         self.config = config
         old_tcp, old_http, old_addresses = dict(self._tcp), dict(self._http), dict(self.addresses)
-        from fastmesh.dataplane.ratelimits import rebuilt
+        from fastmesh.dataplane import ratelimits
         old_rates = self._rates
-        self._rates = rates_block or rebuilt(old_rates, config, old_rates.seed if old_rates is not None else 0)
+        self._rates = rates_block or ratelimits.rebuilt(old_rates, config,
+                                                        old_rates.seed if old_rates is not None else None)
         opened = []
         try:
             for lcfg in to_bind:

@@ -39,7 +39,7 @@ def tables(cfg: Config) -> list[Table]:
             for i, route in enumerate(lcfg.routes) if route.rate_limit is not None]
 
 
-def rebuilt(block: RateBlock | None, cfg: Config, seed: int, fd: int | None = None) -> RateBlock | None:
+def rebuilt(block: RateBlock | None, cfg: Config, seed: int | None, fd: int | None = None) -> RateBlock | None:
     """The block cfg's limits need: `block` itself when it has exactly cfg's tables, else a new one (in fd when
     given, else private) holding what block had for the routes whose limits stayed the same; None when cfg
     limits no route (and block is None)."""
@@ -48,6 +48,8 @@ def rebuilt(block: RateBlock | None, cfg: Config, seed: int, fd: int | None = No
         return block
     if not want and block is None and fd is None:
         return None
+    if seed is None:
+        seed = secrets.randbits(64)
     new = RateBlock.create(fd, want, seed) if fd is not None else RateBlock(want, seed)
     if block is not None:
         new.carry_over(block)
@@ -125,11 +127,28 @@ def open_rates(cfg: Config, fd: int | None) -> RateBlock | None:
     """The block this process takes tokens from: the supervisor's (fd), or a private one for an embedded Proxy.
     Closes fd."""
     if fd is None:
-        return rebuilt(None, cfg, secrets.randbits(64))
+        return rebuilt(None, cfg, None)
     try:
         return RateBlock.attach(fd)
     except (OSError, ValueError) as exc:
         log.warning("the supervisor's rate-limit block cannot be used (%s): this worker's limits are its own", exc)
-        return rebuilt(None, cfg, secrets.randbits(64))
+        return rebuilt(None, cfg, None)
     finally:
         os.close(fd)
+
+
+def received(fd: int | None, running: RateBlock | None) -> RateBlock | None:
+    """The block a reload brought (fd, closed here), or None when there is none or it is the one `running` maps:
+    the supervisor makes a new block only when the tables change, so the same seed and tables are the same block."""
+    if fd is None:
+        return None
+    try:
+        block = RateBlock.attach(fd)
+    except (OSError, ValueError) as exc:
+        log.warning("the rate-limit block sent with the reload cannot be used (%s)", exc)
+        return None
+    finally:
+        os.close(fd)
+    if running is not None and (running.seed, running.idents) == (block.seed, block.idents):
+        return None
+    return block

@@ -133,3 +133,90 @@ def test_http2_requests_are_limited_too() -> None:
             assert [s for s, _, _ in await get(port, "/api/h1")] == [429]
 
     asyncio.run(main())
+
+
+# ---- `fastmesh run`: two workers, one limit ----------------------------------------------------------------------
+
+def admin_get(admin: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as resp:
+        return resp.read()
+
+
+def admin_reload(admin: int) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST")
+    with urllib.request.urlopen(request, timeout=15) as resp:
+        return json.loads(resp.read())
+
+
+async def spread_requests(port: int, path: str, connections: int, each: int) -> list[int]:
+    """`connections` keep-alive connections at once (the kernel spreads them over the workers), `each` GETs on
+    each: the statuses."""
+    answers = await asyncio.gather(*(get(port, path, n=each) for _ in range(connections)))
+    return [s for conn in answers for s, _, _ in conn]
+
+
+async def per_worker_connections(admin: int) -> list[int]:
+    stats = json.loads(await asyncio.to_thread(admin_get, admin, "/stats"))
+    return [int(w["connections"]) for w in stats["workers"].values()]
+
+
+def test_two_workers_enforce_one_limit(tmp_path: Path) -> None:
+    """workers = 2 (SO_REUSEPORT): 40 connections x 3 requests against 1/h burst 20: exactly 20 pass over the
+    instance (each worker alone would let up to 20 through), both workers served, and /metrics counts the rest."""
+    async def main() -> None:
+        backend = await HttpBackend().start()
+        port, admin = free_port(), free_port()
+        run = AsyncRun(tmp_path, config_text(port, backend, route('rate = "1/h", burst = 20'), admin=admin,
+                                             workers=2))
+        await run.start()
+        try:
+            statuses = await spread_requests(port, "/api/", 40, 3)
+            spread = await per_worker_connections(admin)
+            print(f"\nratelimit: 2 workers, 120 requests, burst 20: passed={statuses.count(200)} "
+                  f"limited={statuses.count(429)} per_worker_connections={spread}")
+            assert statuses.count(200) == 20 and statuses.count(429) == 100, statuses
+            assert len(spread) == 2 and min(spread) >= 1              # both workers took part
+            assert backend.requests == 20
+            metrics = (await asyncio.to_thread(admin_get, admin, "/metrics")).decode()
+            assert 'fastmesh_rate_limited_total{listener="web",route="0"} 100' in metrics, metrics
+            assert 'fastmesh_rate_limit_passed_total{listener="web",route="0"} 20' in metrics
+        finally:
+            await run.stop()
+            await backend.stop()
+
+    asyncio.run(main())
+
+
+def test_a_reload_keeps_unchanged_limits_and_resets_changed_ones(tmp_path: Path) -> None:
+    """Two limited routes, burst 2 each, both drained. A reload that changes nothing about them keeps both
+    drained; one that raises the second's burst to 3 gives it a new bucket (3 pass) while the first stays drained."""
+    async def main() -> None:
+        backend = await HttpBackend().start()
+        port, admin = free_port(), free_port()
+
+        def text(second_burst: int, extra: str = "") -> str:
+            routes = route('rate = "1/h", burst = 2', "/a/") + route(f'rate = "1/h", burst = {second_burst}', "/b/")
+            return config_text(port, backend, routes + extra, admin=admin, workers=2)
+        run = AsyncRun(tmp_path, text(2))
+        await run.start()
+        try:
+            first = await spread_requests(port, "/a/", 4, 1) + await spread_requests(port, "/b/", 4, 1)
+            assert first.count(200) == 4, first             # 2 + 2 over both workers: then both are drained
+            assert await spread_requests(port, "/a/", 4, 1) == [429] * 4
+            assert await spread_requests(port, "/b/", 4, 1) == [429] * 4
+            # A reload that changes something else (a response header on the default route) keeps the buckets.
+            run.config.write_text(text(2, '[[listeners.routes]]\npath = "/x"\ncluster = "web"\n'))
+            assert (await asyncio.to_thread(admin_reload, admin))["result"] == "ok"
+            assert await spread_requests(port, "/a/", 4, 1) == [429] * 4
+            assert await spread_requests(port, "/b/", 4, 1) == [429] * 4
+            # Changing /b/'s burst: /b/ starts over with 3 tokens, /a/ stays drained.
+            run.config.write_text(text(3, '[[listeners.routes]]\npath = "/x"\ncluster = "web"\n'))
+            assert (await asyncio.to_thread(admin_reload, admin))["result"] == "ok"
+            assert await spread_requests(port, "/a/", 4, 1) == [429] * 4
+            b = await spread_requests(port, "/b/", 6, 1)
+            assert b.count(200) == 3 and b.count(429) == 3, b
+        finally:
+            await run.stop()
+            await backend.stop()
+
+    asyncio.run(main())
