@@ -220,3 +220,111 @@ def test_a_reload_keeps_unchanged_limits_and_resets_changed_ones(tmp_path: Path)
             await backend.stop()
 
     asyncio.run(main())
+
+
+# ---- keys from filters, a global service, gRPC, the access log ---------------------------------------------------
+
+T = "fastmesh._testbase.plugins"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
+
+
+def test_a_filter_sets_the_key() -> None:
+    """key = "filter": the route's filter computes the key (a tenant from a field); requests it gives no key are
+    not limited."""
+    async def main() -> None:
+        routes = route('rate = "1/h", burst = 2, key = "filter"',
+                       extra=f'filters = [{{ plugin = "{T}:RateKey", config = {{ header = "x-tenant" }} }}]\n')
+        async with proxied(routes) as (proxy, port, backend):
+            acme = [s for s, _, _ in await get(port, "/api/", {"x-tenant": "acme"}, n=3)]
+            umbrella = [s for s, _, _ in await get(port, "/api/", {"x-tenant": "umbrella"}, n=3)]
+            nobody = [s for s, _, _ in await get(port, "/api/", n=5)]
+            assert acme == umbrella == [200, 200, 429]
+            assert nobody == [200] * 5
+            assert backend.requests == 9
+            assert proxy.stats()["rate_limits"][0]["limited"] == 2
+
+    asyncio.run(main())
+
+
+def test_a_global_rate_limit_service_through_the_example_filter() -> None:
+    """examples/plugins' AskRateLimitService: the service's 429 and Retry-After reach the client; a service that
+    does not answer in time lets requests through with failure_mode = "open"."""
+    seen: list[str] = []
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        key = head.split()[1].partition("key=")[2]
+        seen.append(key)
+        if key == "hang":
+            await asyncio.sleep(5)
+        over = seen.count(key) > 2
+        body = b"over the limit\n" if over else b""
+        writer.write((f"HTTP/1.1 {429 if over else 200} X\r\ncontent-length: {len(body)}\r\n"
+                      + ("retry-after: 7\r\n" if over else "") + "\r\n").encode() + body)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(service, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/check"
+        listener = (f'filters = [{{ plugin = "mypkg.ratelimit:AskRateLimitService", config = {{ url = "{url}", '
+                    f'header = "x-user" }}, timeout = "300ms", failure_mode = "open" }}]\n')
+        try:
+            async with proxied("", listener=listener) as (_, port, backend):
+                alice = await get(port, "/", {"x-user": "alice"}, n=3)
+                assert [s for s, _, _ in alice] == [200, 200, 429]
+                assert alice[2][1]["retry-after"] == "7" and alice[2][2] == b"over the limit\n"
+                t0 = time.monotonic()
+                assert [s for s, _, _ in await get(port, "/", {"x-user": "hang"})] == [200]
+                assert time.monotonic() - t0 < 3            # the filter's timeout, not the service's silence
+                assert backend.requests == 3
+        finally:
+            server.close()
+
+    import sys
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        asyncio.run(main())
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def test_the_access_log_names_the_refusal(tmp_path: Path) -> None:
+    async def main() -> None:
+        log = tmp_path / "access.jsonl"
+        listener = f'access_log = {{ format = "json", path = "{log}" }}\n'
+        async with proxied(route('rate = "1/h", burst = 1'), listener=listener) as (_, port, _b):
+            assert [s for s, _, _ in await get(port, "/api/", n=2)] == [200, 429]
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [(r["status"], r["error"], r["route"]) for r in records] == [(200, "", 0), (429, "rate limited", 0)]
+
+    asyncio.run(main())
+
+
+def test_grpc_calls_get_resource_exhausted() -> None:
+    grpc_mod = pytest.importorskip("grpc")
+    from fastmesh._testbase.grpc_backends import GrpcBackend, GrpcClient
+    backend = GrpcBackend("g0").start()
+    port = free_port()
+    client = GrpcClient(f"127.0.0.1:{port}")
+    text = (f'drain_timeout = "500ms"\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1:{port}"\n'
+            f'protocol = "http"\ncluster = "grpc"\n'
+            f'[[listeners.routes]]\npath_prefix = "/fastmesh.test.Echo/"\ncluster = "grpc"\n'
+            f'rate_limit = {{ rate = "1/h", burst = 2 }}\n'
+            f'[clusters.grpc]\nendpoints = ["{backend.address}"]\nprotocol = "h2"\n')
+
+    async def main() -> None:
+        async with Proxy.from_toml(text):
+            assert (await asyncio.to_thread(client.unary, b"a", 10.0))[0] == b"a"
+            assert (await asyncio.to_thread(client.unary, b"b", 10.0))[0] == b"b"
+            with pytest.raises(grpc_mod.RpcError) as refused:
+                await asyncio.to_thread(client.unary, b"c", 10.0)
+            assert refused.value.code() == grpc_mod.StatusCode.RESOURCE_EXHAUSTED
+            assert dict(refused.value.trailing_metadata())["fastmesh-error"] == "rate limited"
+            assert backend.calls["Unary"] == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.close()
+        backend.stop()
