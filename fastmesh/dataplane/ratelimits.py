@@ -58,14 +58,14 @@ def rebuilt(block: RateBlock | None, cfg: Config, seed: int | None, fd: int | No
 
 def limits_for(block: RateBlock | None, lcfg: ListenerConfig) -> list[RateLimit | None] | None:
     """Per route of lcfg (and its default route, last): the RateLimit over its table, or None; None when no route
-    of lcfg is limited (the codec then pays one test per request)."""
-    if not any(route.rate_limit is not None for route in lcfg.routes):
+    of lcfg is limited (the codec then pays one test per request) or there is no block (explain's routers)."""
+    if block is None or not any(route.rate_limit is not None for route in lcfg.routes):
         return None
     out: list[RateLimit | None] = []
     for i, route in enumerate(lcfg.routes):
         lim = route.rate_limit
         found = None
-        if lim is not None and block is not None:
+        if lim is not None:
             kind, _, name = lim.key.partition(":") if lim.key else ("route", "", "")
             found = block.limit(table_of(lcfg.name, i, lim)[0], kind, name, lim.text())
         if lim is not None and found is None:
