@@ -62,8 +62,8 @@ cdef class RateLimit:
         cdef uint64_t *spare = NULL
         cdef uint64_t *victim = NULL
         cdef uint64_t k, tat, base, want, victim_tat = 0
-        cdef int i, attempt
-        for attempt in range(2):
+        cdef int i, _attempt
+        for _attempt in range(2):
             spare = NULL
             victim = NULL
             for i in range(PROBES):
@@ -120,7 +120,7 @@ cdef class RateLimit:
 
     def take_many(self, list keys not None, Py_ssize_t rounds) -> int:
         """take() `rounds` times over `keys` (bytes) in a C loop; how many were let through (bench/micro)."""
-        cdef Py_ssize_t r, i, n = len(keys), passed = 0
+        cdef Py_ssize_t r, n = len(keys), passed = 0
         cdef bytes k
         for r in range(rounds):
             k = <bytes>keys[r % n]
@@ -171,7 +171,7 @@ cdef class RateBlock:
     @staticmethod
     def _size(list tables):
         cdef Py_ssize_t size = RH_SLOTS
-        for ident, entries, interval, tolerance in tables:
+        for _ident, entries, interval, tolerance in tables:
             if entries < PROBES or entries & (entries - 1):
                 raise ValueError(f"a rate-limit table has a power of two entries, at least {PROBES}")
             if not 0 < interval or not interval <= tolerance < MAX_TOLERANCE:
@@ -221,13 +221,13 @@ cdef class RateBlock:
         cdef RateBlock block = RateBlock()
         cdef Py_ssize_t size = os.fstat(fd).st_size // sizeof(uint64_t)
         cdef Py_ssize_t at = RH_SLOTS
-        cdef uint64_t i
+        cdef uint64_t _i
         if size < RH_SLOTS:
             raise ValueError("the rate-limit block is too short")
         block._map(fd, size)
         if block.base[RH_MAGIC] != RATES_MAGIC or block.base[RH_VERSION] != RATES_VERSION:
             raise ValueError("not a rate-limit block of this fastmesh version")
-        for i in range(block.base[RH_TABLES]):
+        for _i in range(block.base[RH_TABLES]):
             if at + RT_SLOTS > size:
                 raise ValueError("the rate-limit block's tables run past its end")
             at += table_slots(<int>block.base[at + RT_ENTRIES])
@@ -245,8 +245,8 @@ cdef class RateBlock:
 
     cdef uint64_t *find(self, uint64_t ident) noexcept:
         cdef uint64_t *t = self.base + RH_SLOTS
-        cdef uint64_t i
-        for i in range(self.base[RH_TABLES]):
+        cdef uint64_t _i
+        for _i in range(self.base[RH_TABLES]):
             if t[RT_IDENT] == ident:
                 return t
             t += table_slots(<int>t[RT_ENTRIES])
@@ -260,9 +260,9 @@ cdef class RateBlock:
     def idents(self) -> list:
         """The tables' owner keys, in block order."""
         cdef uint64_t *t = self.base + RH_SLOTS
-        cdef uint64_t i
+        cdef uint64_t _i
         out = []
-        for i in range(self.base[RH_TABLES]):
+        for _i in range(self.base[RH_TABLES]):
             out.append(t[RT_IDENT])
             t += table_slots(<int>t[RT_ENTRIES])
         return out
@@ -295,11 +295,11 @@ cdef class RateBlock:
         idents copied."""
         cdef uint64_t *t = self.base + RH_SLOTS
         cdef uint64_t *src
-        cdef uint64_t i
+        cdef uint64_t _i
         copied = []
         if old.base[RH_SEED] != self.base[RH_SEED]:
             raise ValueError("blocks with different seeds hash keys differently")
-        for i in range(self.base[RH_TABLES]):
+        for _i in range(self.base[RH_TABLES]):
             src = old.find(t[RT_IDENT])
             if src != NULL and src[RT_ENTRIES] == t[RT_ENTRIES]:
                 memcpy(t, src, table_slots(<int>t[RT_ENTRIES]) * sizeof(uint64_t))
@@ -310,8 +310,8 @@ cdef class RateBlock:
     def clear(self):
         """Forget every bucket and count (tests)."""
         cdef uint64_t *t = self.base + RH_SLOTS
-        cdef uint64_t i
-        for i in range(self.base[RH_TABLES]):
+        cdef uint64_t _i
+        for _i in range(self.base[RH_TABLES]):
             memset(t + RT_PASSED, 0, 3 * sizeof(uint64_t))
             memset(t + RT_SLOTS, 0, <size_t>t[RT_ENTRIES] * ENTRY_SLOTS * sizeof(uint64_t))
             t += table_slots(<int>t[RT_ENTRIES])

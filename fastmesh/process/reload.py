@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.ratelimits import SharedRates
 from fastmesh.dataplane.slots import Holes, encode_sets, with_holes
 from fastmesh.discovery.manager import DiscoveryManager, watches
 from fastmesh.process.events import Events
@@ -59,6 +60,7 @@ class Supervised(Protocol):
     stopping: asyncio.Event
     discovery: DiscoveryManager
     events: Events                      # the event_sinks plugins' queue
+    rates: SharedRates                  # the rate-limit block the workers share (a reload may make a new one)
 
     def adopt(self, cfg: Config, applied: list[int]) -> None: ...
     def restart(self, n: int, why: str) -> None: ...

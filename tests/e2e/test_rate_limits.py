@@ -21,7 +21,6 @@ from fastmesh._testbase.http_backend import HttpBackend
 from fastmesh._testbase.inproc import no_connection_left
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import AsyncRun
-from fastmesh.config.load import loads_config
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -23,7 +23,9 @@ from libc.string cimport memcpy, strlen
 
 from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_reserve
 from fastmesh._core.codes cimport error_status, error_reason
-from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED, PE_RATE_LIMITED
+from fastmesh._core.errors cimport (
+    ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED, PE_RATE_LIMITED,
+)
 from fastmesh._core.http1.parser cimport (
     Head, HeaderField, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE,
     FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE, FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
