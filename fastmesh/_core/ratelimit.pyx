@@ -61,7 +61,7 @@ cdef class RateLimit:
         cdef uint64_t *e
         cdef uint64_t *spare = NULL
         cdef uint64_t *victim = NULL
-        cdef uint64_t k, tat, base, want, victim_tat = 0
+        cdef uint64_t k, tat, base, want, seen_key = 0
         cdef int i, _attempt
         for _attempt in range(2):
             spare = NULL
@@ -83,15 +83,15 @@ cdef class RateLimit:
                 tat = fm_rl_load(e + E_TAT)
                 if spare == NULL and (k == 0 or tat <= now):
                     spare = e
-                    victim_tat = k                    # the key we saw there: the claim must find it unchanged
+                    seen_key = k                      # the key we saw there: the claim must find it unchanged
                 elif spare == NULL and (victim == NULL or tat < fm_rl_load(victim + E_TAT)):
                     victim = e
             if spare == NULL:
                 spare = victim
-                victim_tat = fm_rl_load(victim + E_KEY)
+                seen_key = fm_rl_load(victim + E_KEY)
                 if fm_rl_load(victim + E_TAT) > now:
                     fm_rl_add(self.table + RT_EVICTED, 1)
-            k = victim_tat
+            k = seen_key
             if fm_rl_cas(spare + E_KEY, &k, h):
                 # A new bucket, full: this request takes its first token.
                 fm_rl_store(spare + E_TAT, now + self.interval)

@@ -1666,7 +1666,6 @@ def _route_dict(route: Route) -> dict[str, Any]:
         out["filters"] = [_plugin_dict(f) for f in route.filters]
     if route.rate_limit is not None:
         lim = route.rate_limit
-        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}[lim.per]
-        out["rate_limit"] = {"rate": f"{lim.rate}/{unit}", "burst": lim.burst, "buckets": lim.buckets,
+        out["rate_limit"] = {"rate": lim.rate_text(), "burst": lim.burst, "buckets": lim.buckets,
                              **({"key": lim.key} if lim.key else {})}
     return out

@@ -266,10 +266,13 @@ class RateLimit:
     key: str = ""                      # "": one bucket for the route; "client_ip"; "header:NAME"; "filter"
     buckets: int = 4096                # keys tracked at once (a power of two; 16 bytes each)
 
+    def rate_text(self) -> str:
+        """The rate as the config writes it: "10/s"."""
+        return f"{self.rate}/{ {1.0: 's', 60.0: 'm', 3600.0: 'h'}[self.per]}"
+
     def text(self) -> str:
-        """The limit as the config says it: "10/s burst 10 by client_ip"."""
-        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}[self.per]
-        return f"{self.rate}/{unit} burst {self.burst} by {self.key or 'route'}"
+        """The limit as explain and stats say it: "10/s burst 10 by client_ip"."""
+        return f"{self.rate_text()} burst {self.burst} by {self.key or 'route'}"
 
 
 @dataclass
