@@ -13,7 +13,8 @@ connection, by the `h2` package; the column is left out when it is not installed
 `--filter REF` puts a request filter plugin on the http listener (e.g. fastmesh._testbase.plugins:Noop, a filter
 that does nothing): the difference to a run without it is what the plugin path costs per request.
 `--rate-limit RATE` sends the http listener's requests through a route limited to RATE (e.g. "999999999/s", burst
-1,000,000, keyed by the client's address, so no request is refused): what a token taken per request costs.
+1,000,000, keyed by the client's address, so no request is refused): what a token taken per request costs;
+`--rate-limit none` sends them through the same route without a limit (the baseline for that difference).
 """
 from __future__ import annotations
 
@@ -49,8 +50,9 @@ asyncio.run(main())
 def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "", rate_limit: str = "") -> str:
     filters = f'filters = [{{ plugin = "{filter_ref}" }}]\n' if filter_ref else ""
     if rate_limit:
-        filters += (f'[[listeners.routes]]\npath_prefix = "/"\ncluster = "b"\n'
-                    f'rate_limit = {{ rate = "{rate_limit}", burst = 1000000, key = "client_ip" }}\n')
+        filters += '[[listeners.routes]]\npath_prefix = "/"\ncluster = "b"\n'
+    if rate_limit and rate_limit != "none":
+        filters += f'rate_limit = {{ rate = "{rate_limit}", burst = 1000000, key = "client_ip" }}\n'
     return (f'drain_timeout = "100ms"\n'
             f'[[listeners]]\nname = "http"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "b"\n'
             f'{filters}'
