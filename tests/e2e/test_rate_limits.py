@@ -21,6 +21,7 @@ from fastmesh._testbase.http_backend import HttpBackend
 from fastmesh._testbase.inproc import no_connection_left
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import AsyncRun
+from fastmesh.config.load import loads_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -327,3 +328,25 @@ def test_grpc_calls_get_resource_exhausted() -> None:
     finally:
         client.close()
         backend.stop()
+
+
+def test_an_embedded_proxy_reload_keeps_or_resets_its_own_buckets() -> None:
+    async def main() -> None:
+        backend = await HttpBackend().start()
+        port = free_port()
+        try:
+            async with Proxy.from_toml(config_text(port, backend, route('rate = "1/h", burst = 2'))) as proxy:
+                assert [s for s, _, _ in await get(port, "/api/", n=3)] == [200, 200, 429]
+                extra = '[[listeners.routes]]\npath = "/x"\ncluster = "web"\n'
+                await proxy.reload(loads_config(config_text(port, backend, route('rate = "1/h", burst = 2') + extra)))
+                assert [s for s, _, _ in await get(port, "/api/", n=1)] == [429]       # the same limit: kept
+                await proxy.reload(loads_config(config_text(port, backend, route('rate = "1/h", burst = 3') + extra)))
+                assert [s for s, _, _ in await get(port, "/api/", n=4)] == [200, 200, 200, 429]
+                await proxy.reload(loads_config(config_text(port, backend, extra)))
+                assert [s for s, _, _ in await get(port, "/api/", n=5)] == [200] * 5   # no limit any more
+                assert proxy.stats()["rate_limits"] == []
+                await no_connection_left(proxy)
+        finally:
+            await backend.stop()
+
+    asyncio.run(main())
