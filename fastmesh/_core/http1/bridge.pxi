@@ -7,7 +7,9 @@
 #             connection-specific fields, keeps `te: trailers`, and adds the exchange's edits
 #   body      de-framed from the client (Content-Length, or the chunked coding decoded: only the data goes up as
 #             DATA) into `body` as the leg takes it: at most BODY_AHEAD bytes wait, and the client is read no
-#             further meanwhile; a body up to REPLAY_MAX is kept whole, so a retry can send it again
+#             further meanwhile; a body up to REPLAY_MAX is kept whole, so a retry can send it again; a chunked
+#             body's trailer fields go up as the stream's trailing HEADERS (less those HTTP/1 knows by name:
+#             framing, routing and hop-by-hop fields)
 #   response  the leg's head rendered as HTTP/1.1 (render_leg_response): Content-Length when the answer had one
 #             (or has no body), else chunked for an HTTP/1.1 client and close-delimited for HTTP/1.0; trailers
 #             as the chunked body's trailer section (dropped for the other framings); body bytes taken while the
@@ -21,6 +23,12 @@ cdef Py_ssize_t OUT_AHEAD = 262144     # response bytes queued for the client be
 cdef Py_ssize_t REPLAY_MAX = 65536     # a request body up to this size is kept whole, so a retry can send it again
 cdef const char *CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef const char *LAST_CHUNK = b"0\r\n\r\n"
+
+from fastmesh._core.http1.parser cimport parse_fields, head_reset, FIELD_OTHER, HEAD_MAX_FIELDS
+
+# The request trailer fields a leg is handed (body_trailers): parsed from Bridge.trailers and used at once.
+cdef Head TRAILER_HEAD
+cdef Field TRAILER_KEPT[HEAD_MAX_FIELDS]
 
 
 cdef bint _te_trailers(const char *base, const Head *h) noexcept:
@@ -66,6 +74,7 @@ cdef class Bridge(LegOwner):
     def __dealloc__(self):
         ob_free(&self.head)
         ob_free(&self.body)
+        ob_free(&self.trailers)
 
     # ---- the request ---------------------------------------------------------------------------------------
 
@@ -112,6 +121,8 @@ cdef class Bridge(LegOwner):
         self.body.off = 0
         self.body.len = 0
         self.body_off = 0
+        self.trailers.off = 0
+        self.trailers.len = 0
         self.body_end = d.req_body.done
         self.keep_body = True
         self.chunked = False
@@ -152,6 +163,9 @@ cdef class Bridge(LegOwner):
                         return -1
                     if f.dec.state == CHUNK_DONE:
                         f.done = True
+                        if f.dec.trailers_len > 2:       # more than the blank line: kept for body_trailers
+                            ob_add(&self.trailers, d.rbuf.data + d.rbuf.start + f.dec.trailers_off,
+                                   f.dec.trailers_len)
                 if dlen > 0:
                     self.add_body(d.rbuf.data + d.rbuf.start + off, dlen)
                     more = True
@@ -247,6 +261,21 @@ cdef class Bridge(LegOwner):
 
     cdef bint body_ended(self) noexcept:
         return self.body_end and self.body_off == self.body.len
+
+    cdef int body_trailers(self, const char **base, const Field **fields) noexcept:
+        cdef int i, k = 0
+        if self.trailers.len == 0:
+            return 0
+        head_reset(&TRAILER_HEAD)
+        if parse_fields(self.trailers.data, 0, self.trailers.len, &TRAILER_HEAD, &self.d.proxy.limits) <= 0:
+            return 0                             # (the decoder parsed the same bytes already: never)
+        for i in range(TRAILER_HEAD.num_headers):
+            if TRAILER_HEAD.headers[i].id == FIELD_OTHER:
+                TRAILER_KEPT[k] = TRAILER_HEAD.headers[i]
+                k += 1
+        base[0] = self.trailers.data
+        fields[0] = TRAILER_KEPT
+        return k
 
     # ---- the response (LegOwner) ---------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ The steps are the HTTP/1 codec's (conn.pyx), driven from a stream instead of a c
               authority, Cookie fields joined, `te` dropped, the deadline digits stamped with this try's budget;
               the body pulled from the owner as the connection takes it: as it came with a content-length, else
               chunked (the owner's trailer fields in the last chunk)
-  response    parse_response() (parser.pyx); interim answers skipped; the body framed by body.pyx/framing.pyx and
-              handed over as data: chunked coding decoded, trailer fields of the last chunk passed on less those
-              the parser knows by name (framing and hop-by-hop ones)
+  response    parse_response() (parser.pyx); interim answers handed to the owner (leg_info); the body framed by
+              body.pyx/framing.pyx and handed over as data: chunked coding decoded, trailer fields of the last
+              chunk passed on less those the parser knows by name (framing and hop-by-hop ones)
   end         the connection back to the pool when both the request and the response ended cleanly
 Backpressure both ways: a body byte leaves the owner only when the connection's queue is empty (at most
 SEND_CHUNK bytes are copied at a time), and the leg reads the next response bytes only when the owner took the
@@ -266,7 +266,11 @@ cdef class H1Leg(Leg):
         cdef long long length
         cdef int kind, r, status = h.status
         if 100 <= status < 200 and status != 101:
-            up.rbuf.start += head_len            # interim answers are not passed on
+            # An interim answer (100 Continue, 103 Early Hints): the owner passes it on if its client can take it.
+            self.owner.leg_info(self, status, up.rbuf.data + up.rbuf.start, h.headers, h.num_headers)
+            if self.up is not up or self.state != LEG_ACTIVE:
+                return 0
+            up.rbuf.start += head_len
             return 1
         kind = response_body(h, self.req.view.method, False, &length)
         if kind < 0 or kind == BODY_TUNNEL:

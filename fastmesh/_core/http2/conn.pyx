@@ -37,14 +37,14 @@ from fastmesh._core.includes.system cimport (
     close, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
 )
 from fastmesh._core.reactor cimport EventTarget
-from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field
+from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field, count_grpc
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_RESET, PE_NO_ENDPOINTS, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_PLUGIN,
     PE_PLUGIN_TIMEOUT,
 )
 from fastmesh._core.exchange cimport Exchange, V_RETRY
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
-from fastmesh._core.request cimport Field, METHOD_HEAD, find_field
+from fastmesh._core.request cimport RequestView, Field, METHOD_HEAD, find_field, fold_eq
 from fastmesh._core.upstream.connector cimport Connector
 from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE
 from fastmesh._core.http1.conn cimport Front, Handoff
@@ -56,7 +56,7 @@ from fastmesh._core.http2.session cimport Session, ROLE_SERVER, RECV_ERROR
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.http2.view cimport view_from_block
-from fastmesh._core.http2.render cimport render_head, render_error, render_answer
+from fastmesh._core.http2.render cimport render_head, render_interim, render_error, render_answer
 from fastmesh._core.filters cimport (
     FilterRequest, filter_request, answer_parts, run_chain, settle, parked, FILTER_ANSWERED,
 )
@@ -66,6 +66,11 @@ cdef uint32_t CONN_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef Py_ssize_t REPLAY_MAX = 65536     # a request body up to this size is kept whole, so a retry can send it again
 cdef int FREE_MAX = 32                 # spare H2Request objects kept per connection
 cdef double SESSION_TICK = 1.0         # seconds between the session's clock runs (SETTINGS ACK, GOAWAY, stalls)
+
+
+cdef bint _expects_continue(const RequestView *v) noexcept:
+    cdef int k = find_field(v.base, v.fields, v.num_fields, b"expect", 6, 0)
+    return k >= 0 and v.fields[k].value_len == 12 and fold_eq(v.base + v.fields[k].value_off, b"100-continue", 12)
 
 
 cdef Leg new_leg(Connector connector):
@@ -476,6 +481,19 @@ cdef class H2Request(LegOwner):
 
     # ---- the response (LegOwner) ---------------------------------------------------------------------------
 
+    cdef void leg_info(self, Leg leg, int status, const char *base, const Field *fields, int n) noexcept:
+        """An interim answer goes out as a HEADERS frame without END_STREAM; a 100 Continue only to a client that
+        asked for it (`expect: 100-continue`) and still has body to send."""
+        if self.s is None or self.resp_started:
+            return
+        if status == 100 and (self.body_end or not _expects_continue(&self.view)):
+            return
+        try:
+            render_interim(self.conn.sess, self.s, status, base, fields, n)
+        except Exception:
+            pass
+        self.conn.want_flush()
+
     cdef int leg_head(self, Leg leg, int status, const char *base, const Field *fields, int n, bint end) noexcept:
         cdef Exchange ex = self.ex
         cdef double now = self.conn.front.front.reactor.now
@@ -627,6 +645,8 @@ cdef class H2Request(LegOwner):
                     status = render_error(c.sess, self.s, err, 0, self.req.grpc,
                                           self.ex.retried_mark(status, False), self.head_only)
                     self.status = status
+                    if self.req.grpc and self.ex.cluster >= 0:
+                        count_grpc(self.ex.connector.cluster.counters, error_info(err).grpc_status)
                     self.answered_early()
             except Exception:
                 pass

@@ -3,9 +3,10 @@
 A response head crosses from any upstream: its fields keep their order, names go lowercase (the session folds
 them), and the fields HTTP/2 forbids (RFC 9113 section 8.2.2: Connection, Keep-Alive, Proxy-Connection,
 Transfer-Encoding, Upgrade, and any field the Connection field names) stay behind. The exchange's response edits
-and fastmesh-retried follow, as in http1/render.pyx. Error answers come from errors.pyx's table; a gRPC client
-gets them as gRPC errors: trailers-only, HTTP 200, content-type application/grpc, grpc-status from the table,
-grpc-message with the cause, and fastmesh-error. A request filter's answer goes out as the filter gave it.
+and fastmesh-retried follow, as in http1/render.pyx; an interim (1xx) head carries the fields alone. Error
+answers come from errors.pyx's table; a gRPC client gets them as gRPC errors: trailers-only, HTTP 200,
+content-type application/grpc, grpc-status from the table, grpc-message with the cause, and fastmesh-error. A
+request filter's answer goes out as the filter gave it.
 """
 from libc.stdio cimport snprintf
 from libc.string cimport strlen
@@ -30,14 +31,12 @@ cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
     return False
 
 
-cdef int render_head(Session sess, Stream s, int status, const char *base, const Field *fields, int n,
-                     const EditList *edits, int retried, bint end) except -1:
+cdef int _head_fields(Session sess, int status, const char *base, const Field *fields, int n) except -1:
+    """Begin a head block: :status, then the fields HTTP/2 may carry."""
     cdef const Field *f
-    cdef const Edit *x
     cdef const char *tok[MAX_CONN_TOKENS]
     cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
-    cdef char digits[24]
-    cdef int i, k, ntok = connection_tokens(base, fields, n, tok, tlen)
+    cdef int i, ntok = connection_tokens(base, fields, n, tok, tlen)
     sess.headers_begin()
     sess.headers_status(status)
     for i in range(n):
@@ -47,6 +46,20 @@ cdef int render_head(Session sess, Stream s, int status, const char *base, const
         if ntok and in_tokens(base + f.name_off, f.name_len, tok, tlen, ntok):
             continue
         sess.headers_field(base + f.name_off, f.name_len, base + f.value_off, f.value_len, False)
+    return 0
+
+
+cdef int render_interim(Session sess, Stream s, int status, const char *base, const Field *fields, int n) except -1:
+    _head_fields(sess, status, base, fields, n)
+    return sess.headers_end(s, False)
+
+
+cdef int render_head(Session sess, Stream s, int status, const char *base, const Field *fields, int n,
+                     const EditList *edits, int retried, bint end) except -1:
+    cdef const Edit *x
+    cdef char digits[24]
+    cdef int i, k
+    _head_fields(sess, status, base, fields, n)
     for i in range(edits.n + edits.route_n):
         x = edit_at(edits, i)
         if x.kind == EDIT_ADD:

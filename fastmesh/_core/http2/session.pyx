@@ -15,7 +15,7 @@ from fastmesh._core.http2.frames cimport (
     FRAME_HEADER_LEN, FT_DATA, FT_HEADERS, FT_PRIORITY, FT_RST_STREAM, FT_SETTINGS, FT_PUSH_PROMISE, FT_PING,
     FT_GOAWAY, FT_WINDOW_UPDATE, FT_CONTINUATION, FLAG_END_STREAM, FLAG_ACK, FLAG_END_HEADERS, FLAG_PADDED,
     FLAG_PRIORITY, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_FLOW_CONTROL_ERROR, H2_SETTINGS_TIMEOUT,
-    H2_STREAM_CLOSED, H2_FRAME_SIZE_ERROR, H2_REFUSED_STREAM, H2_CANCEL, H2_COMPRESSION_ERROR,
+    H2_STREAM_CLOSED, H2_FRAME_SIZE_ERROR, H2_REFUSED_STREAM, H2_CANCEL, H2_COMPRESSION_ERROR, H2_INTERNAL_ERROR,
     H2_ENHANCE_YOUR_CALM, SET_HEADER_TABLE_SIZE, SET_ENABLE_PUSH, SET_MAX_CONCURRENT_STREAMS,
     SET_INITIAL_WINDOW_SIZE, SET_MAX_FRAME_SIZE, SET_MAX_HEADER_LIST_SIZE, SET_ENABLE_CONNECT_PROTOCOL,
     DEFAULT_WINDOW, DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MAX_WINDOW, PREFACE_LEN,
@@ -1218,11 +1218,13 @@ cdef class Session:
         self.hb_out.len = 0
         self.hb_out.off = 0
         self.hb_head_request = False
+        self.hb_list = 0
         if self.encoder.begin(&self.hb_out) < 0:
             return no_memory()
         return 0
 
     cdef int headers_status(self, int status) except -1:
+        self.hb_list += 42                 # ":status", three digits, 32
         if self.encoder.status(&self.hb_out, status) < 0:
             return no_memory()
         return 0
@@ -1234,6 +1236,7 @@ cdef class Session:
         cdef Py_ssize_t i
         cdef bint upper = False
         cdef int r
+        self.hb_list += nlen + vlen + 32
         for i in range(nlen):
             if <unsigned char>(name[i] - 65) < 26:
                 upper = True
@@ -1268,6 +1271,16 @@ cdef class Session:
             if r < 0:
                 return r
             return self.close_stream(s, CLOSE_NORMAL)
+        if self.hb_list > <Py_ssize_t>self.peer_max_list:
+            # The peer said it would refuse it (RFC 9113 10.5.1): never sent. The encoder's table took this block's
+            # fields: it is emptied, and the next block empties the peer's the same way.
+            self.hb_out.len = 0
+            self.encoder.forget()
+            if s.id != 0:
+                r = self.reset(s, H2_INTERNAL_ERROR)
+                if r < 0:
+                    return r
+            return HEAD_TOO_LARGE
         if s.id == 0:
             # Client: the id is taken now, so ids go out in increasing order whatever the open order was.
             s.id = self.next_local_id

@@ -40,6 +40,8 @@ cdef class LegOwner:
     # The request's trailer fields (after body_ended): count, with *base and *fields set; 0 when none.
     cdef int body_trailers(self, const char **base, const Field **fields) noexcept
     # The response, pushed:
+    # An interim (1xx, not 101) response head, fields as below: passed on to a client that can take it, or dropped.
+    cdef void leg_info(self, Leg leg, int status, const char *base, const Field *fields, int n) noexcept
     # A final response head. `fields` point into `base` (names in any case; the owner renders them its way and
     # drops connection-specific ones); `end`: no body follows. Returns 1 to go on, 0 when the owner cancelled the
     # leg (a retry, an answer of its own).

@@ -29,6 +29,9 @@ cdef class LegOwner:
     cdef int body_trailers(self, const char **base, const Field **fields) noexcept:
         return 0
 
+    cdef void leg_info(self, Leg leg, int status, const char *base, const Field *fields, int n) noexcept:
+        pass
+
     cdef int leg_head(self, Leg leg, int status, const char *base, const Field *fields, int n, bint end) noexcept:
         return 1
 
