@@ -383,12 +383,14 @@ cdef class Exchange:
         so it is never retried again). V_PASS or V_RETRY."""
         if self.grpc_code >= 0 and status == 200:
             return self.grpc_response(ep, marked, now)
-        if self.grpc_code == GRPC_LATER and status == 200:
-            # A gRPC answer that may still fail in its trailers: its latency counts now, its outcome then.
-            self.connector.cluster.balancer.observe(ep, now - self.try_started, 200)
-            if self.policy.adaptive is not None:
-                self.policy.adaptive.sample(now - self.try_started)
-            return V_PASS
+        if self.grpc_code == GRPC_LATER:
+            if status == 200:
+                # A gRPC answer that may still fail in its trailers: its latency counts now, its outcome then.
+                self.connector.cluster.balancer.observe(ep, now - self.try_started, 200)
+                if self.policy.adaptive is not None:
+                    self.policy.adaptive.sample(now - self.try_started)
+                return V_PASS
+            self.grpc_code = -1                    # judged by its HTTP status, here and now
         self.report(ep, status, status >= 500, now)
         if status >= 500 and self.policy.retryable_status(status) and not marked:
             try_avoid(&self.ct, ep)

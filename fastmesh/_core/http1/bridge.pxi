@@ -14,8 +14,9 @@
 #             (or has no body), else chunked for an HTTP/1.1 client and close-delimited for HTTP/1.0; trailers
 #             as the chunked body's trailer section (dropped for the other framings); body bytes taken while the
 #             client's output holds less than OUT_AHEAD, the leg pausing (its stream's window with it) until then
-#   rules     retries, deadlines, budgets, breakers and reports through the same Exchange calls as every codec;
-#             our own answers are render_error's, through Downstream.respond_error
+#   rules     retries, deadlines, budgets, breakers and reports through the same Exchange calls as every codec,
+#             what a failed try or a clock means decided as for an HTTP/2 stream (upstream/leg.pxd's
+#             failed_verdict, clock_verdict); our own answers are render_error's, through Downstream.respond_error
 # An Expect: 100-continue is answered here at once: the h2 server's own 100 never crosses a leg.
 
 cdef Py_ssize_t BODY_AHEAD = 65536     # request body bytes read from the client ahead of what the leg took
@@ -25,6 +26,7 @@ cdef const char *CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef const char *LAST_CHUNK = b"0\r\n\r\n"
 
 from fastmesh._core.http1.parser cimport parse_fields, head_reset, FIELD_OTHER, HEAD_MAX_FIELDS
+from fastmesh._core.upstream.leg cimport failed_verdict, clock_verdict, OWNER_WAIT, OWNER_RETRY
 
 # The request trailer fields a leg is handed (body_trailers): parsed from Bridge.trailers and used at once.
 cdef Head TRAILER_HEAD
@@ -346,21 +348,14 @@ cdef class Bridge(LegOwner):
 
     cdef void leg_failed(self, Leg leg, int err) noexcept:
         cdef Downstream d = self.d
-        cdef Exchange ex = d.ex
-        cdef double now = d.proxy.reactor.now
         if d.state != DS_BRIDGED or self.backoff:
             return
-        if leg.head_done:
-            # The upstream broke its response after the head: only a close can tell the client.
-            ex.response_broke(leg.endpoint, now)
-            self.answer(PE_RESET)
-            return
-        if err == PE_RESET:
-            if ex.try_failed(leg.endpoint, RETRY_RESET, not leg.stale, now) == V_RETRY:
-                self.retry_later()
-                return
-            err = ex.error
-        self.answer(err)
+        # After the head (PE_RESET) only a close can tell the client.
+        err = failed_verdict(d.ex, leg, err, d.proxy.reactor.now)
+        if err == OWNER_RETRY:
+            self.retry_later()
+        else:
+            self.answer(err)
 
     # ---- the connection's side -----------------------------------------------------------------------------
 
@@ -410,31 +405,14 @@ cdef class Bridge(LegOwner):
     cdef void check(self, double now) noexcept:
         """The sweep (http1/proxy.pyx): whose clock ran out, by the same rules as every request."""
         cdef Downstream d = self.d
-        cdef Exchange ex = d.ex
-        cdef Leg leg = self.leg
-        cdef int ep
+        cdef int r
         if d.resp_head_done or self.backoff:
             return
-        if ex.deadline_passed(now):
-            # Out of time while the client still owed body bytes: the client's doing (408), else 504.
-            self.answer(PE_BODY_TIMEOUT if self.awaits_client() else PE_DEADLINE_EXCEEDED)
-        elif not self.body_end and ex.body_overdue(now, self.awaits_client(), d.proxy.idle_timeout):
-            self.answer(PE_BODY_TIMEOUT)
-        elif leg is None:
-            return
-        elif leg.state == LEG_WAITING and now >= ex.try_deadline:
-            leg.cancel()
-            self.answer(ex.wait_expired())
-        elif (leg.state == LEG_ACTIVE or leg.state == LEG_CONNECTING) and not leg.head_done \
-                and now >= ex.try_deadline:
-            ep = leg.endpoint
-            leg.cancel()
-            if ex.try_failed(ep, RETRY_TIMEOUT, True, now) == V_RETRY:
-                self.retry_later()
-            else:
-                self.answer(ex.error)
-        else:
-            leg.tick(now)
+        r = clock_verdict(d.ex, self.leg, self.body_end, self.awaits_client(), d.proxy.idle_timeout, now)
+        if r == OWNER_RETRY:
+            self.retry_later()
+        elif r != OWNER_WAIT:
+            self.answer(r)
         if d.state != DS_BRIDGED:
             d.run()
 

@@ -39,14 +39,14 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.reactor cimport EventTarget
 from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field, count_grpc
 from fastmesh._core.errors cimport (
-    error_info, PE_NONE, PE_RESET, PE_NO_ENDPOINTS, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_PLUGIN,
-    PE_PLUGIN_TIMEOUT,
+    error_info, PE_NONE, PE_NO_ENDPOINTS, PE_PLUGIN, PE_PLUGIN_TIMEOUT,
 )
 from fastmesh._core.exchange cimport Exchange, V_RETRY
-from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
 from fastmesh._core.request cimport RequestView, Field, METHOD_HEAD, find_field, fold_eq
 from fastmesh._core.upstream.connector cimport Connector
-from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE
+from fastmesh._core.upstream.leg cimport (
+    Leg, LegOwner, LEG_IDLE, LEG_ACTIVE, failed_verdict, clock_verdict, OWNER_WAIT, OWNER_RETRY,
+)
 from fastmesh._core.http1.conn cimport Front, Handoff
 from fastmesh._core.http1.pool cimport HttpPool
 from fastmesh._core.http1.leg cimport H1Leg
@@ -550,21 +550,14 @@ cdef class H2Request(LegOwner):
         self.finish()
 
     cdef void leg_failed(self, Leg leg, int err) noexcept:
-        cdef Exchange ex = self.ex
-        cdef double now = self.conn.front.front.reactor.now
         if self.state != RQ_ACTIVE:
             return
-        if leg.head_done:
-            # The upstream broke its response after the head: the client hears it as a reset stream.
-            ex.response_broke(leg.endpoint, now)
-            self.answer(PE_RESET)
-            return
-        if err == PE_RESET:
-            if ex.try_failed(leg.endpoint, RETRY_RESET, not leg.stale, now) == V_RETRY:
-                self.retry_later()
-                return
-            err = ex.error
-        self.answer(err)
+        # After the head (PE_RESET) the client hears it as a reset stream.
+        err = failed_verdict(self.ex, leg, err, self.conn.front.front.reactor.now)
+        if err == OWNER_RETRY:
+            self.retry_later()
+        else:
+            self.answer(err)
 
     # ---- retries and clocks --------------------------------------------------------------------------------
 
@@ -583,15 +576,6 @@ cdef class H2Request(LegOwner):
         if self.conn is not None:
             self.conn.want_flush()
 
-    cdef void try_timed_out(self) noexcept:
-        """No response head within the try's time: retry, or answer 504."""
-        cdef int ep = self.leg.endpoint
-        self.leg.cancel()
-        if self.ex.try_failed(ep, RETRY_TIMEOUT, True, self.conn.front.front.reactor.now) == V_RETRY:
-            self.retry_later()
-        else:
-            self.answer(self.ex.error)
-
     cdef bint awaits_client(self) noexcept:
         """Whether the request body is the client's move: the try has taken every body byte that came."""
         return (not self.body_end and self.leg is not None and self.leg.state == LEG_ACTIVE
@@ -599,9 +583,7 @@ cdef class H2Request(LegOwner):
 
     cdef void check(self, double now) noexcept:
         """The sweep: whose clock ran out (http1/proxy.pyx's rules, per stream)."""
-        cdef Exchange ex = self.ex
-        cdef Front front = self.conn.front.front
-        cdef Leg leg = self.leg
+        cdef int r
         if self.state == RQ_FILTER:
             if now >= self.filter_deadline:
                 # The chain outlived every filter's timeout and its margin (filter_wait): give up on it.
@@ -609,21 +591,12 @@ cdef class H2Request(LegOwner):
             return
         if self.state != RQ_ACTIVE or self.resp_started:
             return
-        if ex.deadline_passed(now):
-            # Out of time while the client still owed body bytes: the client's doing (408), else 504.
-            self.answer(PE_BODY_TIMEOUT if self.awaits_client() else PE_DEADLINE_EXCEEDED)
-        elif not self.body_end and ex.body_overdue(now, self.awaits_client(), front.idle_timeout):
-            self.answer(PE_BODY_TIMEOUT)
-        elif leg is None:
-            return
-        elif leg.state == LEG_WAITING and now >= ex.try_deadline:
-            leg.cancel()
-            self.answer(ex.wait_expired())
-        elif (leg.state == LEG_ACTIVE or leg.state == LEG_CONNECTING) and not leg.head_done \
-                and now >= ex.try_deadline:
-            self.try_timed_out()
-        else:
-            leg.tick(now)
+        r = clock_verdict(self.ex, self.leg, self.body_end, self.awaits_client(), self.conn.front.front.idle_timeout,
+                          now)
+        if r == OWNER_RETRY:
+            self.retry_later()
+        elif r != OWNER_WAIT:
+            self.answer(r)
 
     # ---- endings --------------------------------------------------------------------------------------------
 

@@ -13,22 +13,11 @@ from libc.string cimport strlen
 
 from fastmesh._core.codes cimport error_status
 from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_METHOD_NOT_ALLOWED
-from fastmesh._core.request cimport Field, Edit, EditList, edit_at, fold_eq, EDIT_ADD
+from fastmesh._core.request cimport Field, Edit, EditList, edit_at, EDIT_ADD
 from fastmesh._core.http1.render cimport error_text, connection_tokens, in_tokens, MAX_CONN_TOKENS
 from fastmesh._core.http2.session cimport Session
+from fastmesh._core.http2.fields cimport connection_specific_any_case
 from fastmesh._core.http2.streams cimport Stream
-
-
-cdef inline bint _connection_specific(const char *name, Py_ssize_t n) noexcept:
-    if n == 7:
-        return fold_eq(name, b"upgrade", 7)
-    if n == 10:
-        return fold_eq(name, b"connection", 10) or fold_eq(name, b"keep-alive", 10)
-    if n == 16:
-        return fold_eq(name, b"proxy-connection", 16)
-    if n == 17:
-        return fold_eq(name, b"transfer-encoding", 17)
-    return False
 
 
 cdef int _head_fields(Session sess, int status, const char *base, const Field *fields, int n) except -1:
@@ -41,7 +30,7 @@ cdef int _head_fields(Session sess, int status, const char *base, const Field *f
     sess.headers_status(status)
     for i in range(n):
         f = &fields[i]
-        if _connection_specific(base + f.name_off, f.name_len):
+        if connection_specific_any_case(base + f.name_off, f.name_len):
             continue
         if ntok and in_tokens(base + f.name_off, f.name_len, tok, tlen, ntok):
             continue

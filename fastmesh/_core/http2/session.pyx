@@ -28,6 +28,7 @@ from fastmesh._core.http2.streams cimport (
     Stream, transition, can_receive, can_send, ST_IDLE, ST_CLOSED, EV_SEND_HEADERS, EV_RECV_HEADERS, EV_SEND_END,
     EV_RECV_END, EV_RECV_RST,
 )
+from fastmesh._core.http2.fields cimport connection_specific, connection_specific_any_case
 from fastmesh._core.http2.limits cimport (
     H2Limits, flood_init, glitch, charge, ack_queued, earn, earn_stream, earn_data, stream_ended, CR_PING,
     CR_WINDOW, CR_PRIORITY, CR_LATE, GL_SETTINGS, GL_PING, GL_EMPTY_DATA, GL_WINDOW_UPDATE, GL_PRIORITY, GL_RST,
@@ -67,31 +68,6 @@ init_tables()
 
 cdef inline bint name_is(const char *p, Py_ssize_t n, const char *lit, Py_ssize_t m) noexcept nogil:
     return n == m and memcmp(p, lit, m) == 0
-
-
-# Connection-specific fields (RFC 9113 8.2.2) by lowercase name; te is handled apart (only "trailers" passes).
-cdef inline bint connection_specific(const char *p, Py_ssize_t n) noexcept nogil:
-    if n == 10:
-        return memcmp(p, b"connection", 10) == 0 or memcmp(p, b"keep-alive", 10) == 0
-    if n == 16:
-        return memcmp(p, b"proxy-connection", 16) == 0
-    if n == 17:
-        return memcmp(p, b"transfer-encoding", 17) == 0
-    if n == 7:
-        return memcmp(p, b"upgrade", 7) == 0
-    return False
-
-
-cdef inline bint connection_specific_any_case(const char *p, Py_ssize_t n) noexcept nogil:
-    if n == 10:
-        return fold_eq(p, b"connection", 10) or fold_eq(p, b"keep-alive", 10)
-    if n == 16:
-        return fold_eq(p, b"proxy-connection", 16)
-    if n == 17:
-        return fold_eq(p, b"transfer-encoding", 17)
-    if n == 7:
-        return fold_eq(p, b"upgrade", 7)
-    return False
 
 
 cdef inline int64_t parse_length(const char *p, Py_ssize_t n) noexcept nogil:

@@ -47,7 +47,7 @@ from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS
 from fastmesh._core.errors cimport (
-    connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_HEAD_TOO_LARGE,
+    connect_error, PE_NONE, PE_NO_ENDPOINTS, PE_RESET, PE_HEAD_TOO_LARGE,
 )
 from fastmesh._core.exchange cimport Exchange, grpc_status_in, GRPC_LATER
 from fastmesh._core.request cimport (
@@ -56,10 +56,10 @@ from fastmesh._core.request cimport (
 from fastmesh._core.stats cimport bump_field, count_grpc
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.upstream.connector cimport (
-    Connector, ConnectTry, try_avoid, CONNECT_OPENED, CONNECT_IDLE, CONNECT_FULL, CONNECT_NONE,
+    Connector, ConnectTry, try_avoid, CONNECT_OPENED, CONNECT_IDLE, CONNECT_NONE,
 )
 from fastmesh._core.upstream.leg cimport (
-    Leg, LegOwner, LegRequest, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
+    Leg, LegOwner, LegRequest, LEG_IDLE, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
 )
 from fastmesh._core.http1.render cimport (
     _edit_lengths, _edit_drops, grpc_timeout_text, connection_tokens, in_tokens, MAX_CONN_TOKENS,
@@ -68,6 +68,7 @@ from fastmesh._core.http2.session cimport Session, ROLE_CLIENT, RECV_ERROR, HEAD
 from fastmesh._core.http2.streams cimport Stream, ST_CLOSED
 from fastmesh._core.http2.frames cimport H2_NO_ERROR, H2_CANCEL, H2_REFUSED_STREAM
 from fastmesh._core.http2.limits cimport H2Limits
+from fastmesh._core.http2.fields cimport connection_specific_any_case
 
 cdef uint32_t EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef const char *HTTP = b"http"
@@ -81,17 +82,9 @@ cdef bint skip_field(const char *name, Py_ssize_t n) noexcept:
         return fold_eq(name, b"te", 2)
     if n == 4:
         return fold_eq(name, b"host", 4)
-    if n == 7:
-        return fold_eq(name, b"upgrade", 7)
-    if n == 10:
-        return fold_eq(name, b"connection", 10) or fold_eq(name, b"keep-alive", 10)
     if n == 14:
         return fold_eq(name, b"http2-settings", 14)
-    if n == 16:
-        return fold_eq(name, b"proxy-connection", 16)
-    if n == 17:
-        return fold_eq(name, b"transfer-encoding", 17)
-    return False
+    return connection_specific_any_case(name, n)
 
 
 cdef class ClientSession(Session):
@@ -629,14 +622,8 @@ cdef class H2Leg(Leg):
     # ---- the try ---------------------------------------------------------------------------------
 
     cdef int start(self, LegOwner owner, Exchange ex, const LegRequest *req) noexcept:
-        self.owner = owner
-        self.ex = ex
-        self.req = req[0]
+        self.begin_try(owner, ex, req)
         self.pool = <H2Pool>ex.connector
-        self.endpoint = -1
-        self.head_done = False
-        self.stale = False
-        self.req_done = False
         self.blocked = False
         self.body_sent = False
         self.holding = False
@@ -657,14 +644,7 @@ cdef class H2Leg(Leg):
         up = self.pool.acquire(self, &ex.ct, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
-            if outcome != CONNECT_FULL:
-                self.state = LEG_IDLE
-                return PE_NO_ENDPOINTS
-            if not ex.wait(self):
-                self.state = LEG_IDLE
-                return PE_OVERLOADED
-            self.state = LEG_WAITING
-            return PE_NONE
+            return self.no_connection(outcome)
         self.endpoint = up.endpoint
         self.state = LEG_CONNECTING
         if up.state == H2_OPEN:
@@ -972,26 +952,13 @@ cdef class H2Leg(Leg):
     # ---- endings ---------------------------------------------------------------------------------
 
     cdef void cancel(self) noexcept:
-        cdef Exchange ex = self.ex
-        if self.state == LEG_WAITING and ex is not None and ex.waiting:
-            ex.waiting = False
-            ex.connector.unwait(self)
+        self.unwait()
         self.state = LEG_IDLE
         self.drop()
         self.owner = None
 
     cdef void tick(self, double now) noexcept:
         pass                             # connects time out in the pool's sweep (one clock per connection)
-
-    cdef void slot_free(self) noexcept:
-        """A connection slot opened up while the try waited for one."""
-        cdef int r
-        self.ex.waiting = False
-        if self.state != LEG_WAITING:
-            return
-        r = self.take()
-        if r != PE_NONE:
-            self.fail(r)
 
     cdef void fail(self, int err) noexcept:
         cdef LegOwner owner = self.owner
