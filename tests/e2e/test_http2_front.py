@@ -339,16 +339,20 @@ def test_interim_answers_of_an_http1_backend_reach_the_http2_client() -> None:
     run(main())
 
 
+async def h2load(port: int, *args: str, timeout: float = 50) -> str:
+    """h2load's report of a run against the listener (args: -c, -m, -n ...)."""
+    proc = await asyncio.create_subprocess_exec(H2LOAD, *args, f"http://127.0.0.1:{port}/x",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return out.decode()
+
+
 @needs_h2load
 def test_h2load_c4_m16_every_request_answered() -> None:
     """h2load, 4 connections x 16 concurrent streams, 4000 requests: every one answered 200."""
     async def main() -> None:
         async with HttpBackend() as backend, proxied([backend]) as (proxy, port):
-            proc = await asyncio.create_subprocess_exec(
-                H2LOAD, "-c4", "-m16", "-n4000", f"http://127.0.0.1:{port}/x",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-            out, _ = await asyncio.wait_for(proc.communicate(), 50)
-            text = out.decode()
+            text = await h2load(port, "-c4", "-m16", "-n4000")
             assert "4000 succeeded" in text and "status codes: 4000 2xx" in text, text
             assert backend.requests == 4000
     run(main())
@@ -617,11 +621,8 @@ def test_h2load_c8_m16_keeps_the_http1_connections_it_needs_instead_of_churning_
     as were in use at once lately, so the next burst of streams reuses them (bench/h2_churn.py measures it)."""
     async def main() -> None:
         async with HttpBackend() as backend, proxied([backend]) as (proxy, port):
-            proc = await asyncio.create_subprocess_exec(
-                H2LOAD, "-c8", "-m16", "-n8000", f"http://127.0.0.1:{port}/x",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-            out, _ = await asyncio.wait_for(proc.communicate(), 50)
-            assert "8000 succeeded" in out.decode(), out.decode()
+            text = await h2load(port, "-c8", "-m16", "-n8000")
+            assert "8000 succeeded" in text, text
             opened = proxy.stats()["pools"]["web"]["opened"]
             assert opened <= 8000 * 0.03, opened          # one connect per 5 requests or so without it
             assert sum(proxy.stats()["pools"]["web"]["idle"]) <= 128 + 8
