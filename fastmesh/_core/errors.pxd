@@ -27,9 +27,10 @@ cdef enum ProxyError:
     PE_PLUGIN = 15                     # a filter plugin failed: raised, or answered what cannot be sent (500)
     PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
     PE_RATE_LIMITED = 17               # the route's rate limit has no token for the request's key (429)
+    PE_HEAD_TOO_LARGE = 18             # request head over the h2 upstream's SETTINGS_MAX_HEADER_LIST_SIZE (431)
 
 cdef enum:
-    PE_COUNT = 18                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 19                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:

@@ -12,6 +12,10 @@ from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
 
 
+cdef enum:
+    GRPC_LATER = -2                    # Exchange.grpc_code: the answer's grpc-status will come in its trailers
+
+
 cdef enum Verdict:
     # What the codec does after a try's outcome (Exchange.response / try_failed).
     V_PASS = 0                         # pass the upstream's answer on
@@ -59,7 +63,8 @@ cdef class Exchange:
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
-    # trailers-only head or early trailers); -1: none
+    # trailers-only head or early trailers); -1: none; GRPC_LATER: a gRPC answer whose status comes in its trailers
+    # (the endpoint's outcome waits for grpc_outcome)
     cdef int grpc_code
     cdef readonly int retry_after      # PE_RATE_LIMITED: seconds until the route's bucket has a token (Retry-After)
 
@@ -84,6 +89,7 @@ cdef class Exchange:
     cdef void report(self, int ep, int status, bint failed, double now) noexcept
     cdef int response(self, int ep, int status, bint marked, double now) noexcept
     cdef int grpc_response(self, int ep, bint marked, double now) noexcept
+    cdef void grpc_outcome(self, int ep, int code, double now) noexcept
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept
     cdef bint may_retry(self, int why, int status, double now) noexcept
     cdef void start_retry(self) noexcept

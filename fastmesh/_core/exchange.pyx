@@ -402,6 +402,14 @@ cdef class Exchange:
         so it is never retried again). V_PASS or V_RETRY."""
         if self.grpc_code >= 0 and status == 200:
             return self.grpc_response(ep, marked, now)
+        if self.grpc_code == GRPC_LATER:
+            if status == 200:
+                # A gRPC answer that may still fail in its trailers: its latency counts now, its outcome then.
+                self.connector.cluster.balancer.observe(ep, now - self.try_started, 200)
+                if self.policy.adaptive is not None:
+                    self.policy.adaptive.sample(now - self.try_started)
+                return V_PASS
+            self.grpc_code = -1                    # judged by its HTTP status, here and now
         self.report(ep, status, status >= 500, now)
         if status >= 500 and self.policy.retryable_status(status) and not marked:
             try_avoid(&self.ct, ep)
@@ -422,6 +430,17 @@ cdef class Exchange:
                 self.start_retry()
                 return V_RETRY
         return V_PASS
+
+    cdef void grpc_outcome(self, int ep, int code, double now) noexcept:
+        """The grpc-status (code, -1: none) that ended an answer whose head passed on first (GRPC_LATER): the
+        endpoint's outcome for outlier detection, a failing status weighing like the HTTP status it stands for."""
+        if self.grpc_code != GRPC_LATER:
+            return
+        self.grpc_code = code
+        if code >= 0 and grpc_http_status(code) >= 500:
+            self.connector.cluster.request_failed(ep, now)
+        else:
+            self.connector.cluster.request_succeeded(ep)
 
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept:
         """The try on ep failed before a response head: RETRY_RESET or RETRY_TIMEOUT. `blame`: count it against

@@ -233,8 +233,11 @@ class Cluster:
     connect_attempts: int = 3          # endpoints tried per connection before giving up
     # HTTP only (a cluster used by tcp listeners ignores them):
     response_timeout: float = 15.0     # seconds from request sent to response head received, then 504
-    pool_max_idle: int = 64            # idle keep-alive upstream connections kept per endpoint (0: none)
+    # Idle keep-alive upstream connections kept per endpoint: as many as were in use at once lately, at most this.
+    pool_max_idle: int = 1024          # (0: none)
     pool_idle_timeout: float = 60.0    # seconds an idle upstream connection is kept before it is closed
+    h2_keepalive_interval: float = 0.0   # h2 clusters: seconds of silence on a connection before a PING (0: off)
+    h2_keepalive_timeout: float = 10.0   # h2 clusters: seconds for that PING's answer, else the connection is dead
     timeout: float = 0.0               # seconds per request, retries included (0: none beyond the tries')
     per_try_timeout: float = 0.0       # seconds per try (0: response_timeout)
     retries: Retries = field(default_factory=Retries)

@@ -116,5 +116,6 @@ def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: Lim
     key = (cfg.hash_key or "source_ip") if cfg.balancer in HASHING else None
     if cfg.protocol == "h2":
         return H2Pool(reactor, cluster, idle_timeout=cfg.pool_idle_timeout, policy=build_policy(cfg, cell),
-                      hash_key=key)
+                      hash_key=key, keepalive_interval=cfg.h2_keepalive_interval,
+                      keepalive_timeout=cfg.h2_keepalive_timeout)
     return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg, cell), key)

@@ -398,7 +398,8 @@ def test_config_to_dict_fills_every_default() -> None:
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
                               "protocol": "http1",
                               "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
-                              "pool_max_idle": 64, "pool_idle_timeout": "1m", "timeout": "0s",
+                              "pool_max_idle": 1024, "pool_idle_timeout": "1m",
+                              "h2_keepalive_interval": "0s", "h2_keepalive_timeout": "10s", "timeout": "0s",
                               "per_try_timeout": "0s",
                               "retries": {"attempts": 3, "on": ["connect-failure"], "budget_percent": 20.0,
                                           "min_per_second": 10.0, "backoff": "25ms", "max_backoff": "250ms",
@@ -503,7 +504,7 @@ def test_http_listener_defaults() -> None:
     # body_timeout = "0s" lifts the limit on the whole body (idle_timeout still bounds each silence in it).
     assert loads_config(HTTP + 'body_timeout = "0s"\n' + CLUSTER).listeners[0].body_timeout == 0.0
     cluster = cfg.clusters["echo"]
-    assert (cluster.response_timeout, cluster.pool_max_idle, cluster.pool_idle_timeout) == (15.0, 64, 60.0)
+    assert (cluster.response_timeout, cluster.pool_max_idle, cluster.pool_idle_timeout) == (15.0, 1024, 60.0)
 
 
 def test_idle_timeout_default_follows_the_protocol() -> None:

@@ -53,6 +53,7 @@ cdef class Bridge(LegOwner):
     cdef LegRequest req                    # what the leg renders (points into head and view)
     cdef OutBuf body                       # request body bytes de-framed from the client and not yet dropped
     cdef Py_ssize_t body_off               # bytes of body the current try took
+    cdef OutBuf trailers                   # the chunked body's trailer section as sent (field lines, blank line)
     cdef bint body_end                     # the client's body ended: no byte follows those in `body`
     cdef bint keep_body                    # the whole body stays in `body` (small enough to send again)
     cdef bint chunked                      # the answer goes to the client chunked

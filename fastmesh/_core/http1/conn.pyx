@@ -43,7 +43,7 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
-    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_RATE_LIMITED, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
+    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_RATE_LIMITED,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
@@ -65,7 +65,7 @@ from fastmesh._core.http1.view cimport view_init, log_names, listener_address, t
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
 from fastmesh._core.request cimport RequestView, Span, Field, span_of, find_field, fold_eq
-from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE
+from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_ACTIVE
 from fastmesh._core.upstream.h2pool cimport H2Pool, H2Leg
 from fastmesh._core.upstream.connector cimport CONNECT_FULL
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM

@@ -46,7 +46,10 @@ cdef class HttpPool(Connector):
     # Per cluster: the shared connector (picks, failover, breaker) plus idle HTTP/1 connections to reuse.
     cdef list idle_heads                   # per endpoint: first idle Upstream or None
     cdef int *idle_count                   # per endpoint: idle connections held
-    cdef readonly int max_idle             # idle connections kept per endpoint
+    cdef int *peak                         # per endpoint: most connections in use at once in this peak window
+    cdef int *last_peak                    # ...and in the window before it (idle ones kept: the larger, capped)
+    cdef double window_end                 # when the peak window rolls over (the sweep does it)
+    cdef readonly int max_idle             # idle connections kept per endpoint at most (the ceiling)
     cdef readonly double idle_timeout      # seconds an idle connection is kept
     cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
     cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
@@ -57,3 +60,4 @@ cdef class HttpPool(Connector):
     cdef void release(self, Upstream up) noexcept
     cdef void done_with(self, Upstream up, bint reuse, bint finished) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
+    cdef int grow_slots(self, int n) except -1

@@ -5,7 +5,10 @@ breaker, failover, counts); for the endpoint picked it reuses the most recently 
 few connections warm) or opens a new one. `active` (idle included) is what the connection breaker counts.
 Idle connections stay registered in the reactor: any event on one (the server closed it, or sent bytes nobody
 asked for) closes it, so a dead connection is rarely handed out. The tick closes connections idle past
-idle_timeout; at most max_idle are kept per endpoint.
+idle_timeout. How many are kept idle per endpoint follows use: as many as were in use at once lately (the peak of
+this PEAK_WINDOW or the one before), never more than max_idle. So a burst that comes back (an HTTP/2 client's
+streams, each a request here) finds its connections waiting, while a burst that does not return leaves only the
+connections the idle timeout then closes.
 
 max_connections and max_pending are the instance's (limits.pyx): a connection or a waiting request holds a slot
 of the cluster's limit cell (the connector takes and gives them). A slot another worker frees wakes nobody here,
@@ -17,7 +20,7 @@ match and closes the idle connections of removed endpoints; a connection to a re
 its exchange later is closed, not kept. Connections to endpoints still listed stay pooled.
 """
 from libc.stdint cimport uint32_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
 from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
@@ -36,6 +39,7 @@ from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+cdef double PEAK_WINDOW = 10.0          # seconds over which the most connections in use at once is remembered
 
 
 cdef class UpstreamUser(ConnectUser):
@@ -130,20 +134,46 @@ cdef class Upstream(EventTarget):
 
 cdef class HttpPool(Connector):
 
-    def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
+    def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=1024, double idle_timeout=60.0,
                   ClusterPolicy policy=None, str hash_key=None):
         cdef int n = cluster.n
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
         self.set_hash_key(hash_key)
-        self.idle_heads = [None] * n
-        self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
-        if self.idle_count == NULL:
-            raise MemoryError()
+        self.idle_heads = []
+        self.grow_slots(n)
 
     def __dealloc__(self):
         free(self.idle_count)
+        free(self.peak)
+        free(self.last_peak)
+
+    cdef int grow_slots(self, int n) except -1:
+        """Per-endpoint lists and counts for n endpoints (new slots zeroed)."""
+        cdef int old_n = len(self.idle_heads)
+        cdef int m = max(n, 1)
+        cdef int *p
+        if n <= old_n and self.idle_count != NULL:
+            return 0
+        p = <int *>realloc(self.idle_count, m * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.idle_count = p
+        p = <int *>realloc(self.peak, m * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.peak = p
+        p = <int *>realloc(self.last_peak, m * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.last_peak = p
+        memset(self.idle_count + old_n, 0, (m - old_n) * sizeof(int))
+        memset(self.peak + old_n, 0, (m - old_n) * sizeof(int))
+        memset(self.last_peak + old_n, 0, (m - old_n) * sizeof(int))
+        if n > old_n:
+            self.idle_heads.extend([None] * (n - old_n))
+        return 0
 
     cdef bint has_idle(self, int ep) noexcept:
         return self.idle_heads[ep] is not None
@@ -186,10 +216,18 @@ cdef class HttpPool(Connector):
         return up
 
     cdef void release(self, Upstream up) noexcept:
-        """An exchange ended cleanly on up: keep it for the next one, or close it if the pool is full."""
+        """An exchange ended cleanly on up: keep it for the next one, or close it when as many wait idle as were
+        in use at once lately (max_idle at most)."""
         cdef int ep = up.endpoint
+        cdef int used = <int>self.cluster.active[ep] + 1    # in use just before this one came back (done_with)
+        cdef int keep
         up.user = None
-        if (self.retired or up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= self.max_idle
+        if used > self.peak[ep]:
+            self.peak[ep] = used
+        keep = self.peak[ep] if self.peak[ep] > self.last_peak[ep] else self.last_peak[ep]
+        if keep > self.max_idle:
+            keep = self.max_idle
+        if (self.retired or up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= keep
                 or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end or self.cluster.out[ep] & OUT_REMOVED):
             up.close()
             return
@@ -234,6 +272,12 @@ cdef class HttpPool(Connector):
         cdef long others
         cdef Upstream up, nxt
         self.cluster.balancer.set_clock(now)      # EWMA decay and slow start run on the tick's clock
+        if now >= self.window_end:
+            # A new peak window: what this one saw is remembered for one more.
+            self.window_end = now + PEAK_WINDOW
+            for ep in range(len(self.idle_heads)):
+                self.last_peak[ep] = self.peak[ep]
+                self.peak[ep] = <int>self.cluster.active[ep]
         if self.policy.cell.workers > 1:
             # Slots other workers freed: the waiters here try again (each once per tick at most).
             n = len(self.waiters)
@@ -268,16 +312,9 @@ cdef class HttpPool(Connector):
     def endpoints_changed(self):
         """The cluster's endpoint set was updated: idle lists for its new slots; removed endpoints' idle
         connections closed (their busy ones close when their exchange ends). Returns how many were closed."""
-        cdef int ep, old_n = len(self.idle_heads), n = self.cluster.n, closed = 0
-        cdef int *counts
+        cdef int ep, old_n = len(self.idle_heads), closed = 0
         cdef Upstream up
-        if n > old_n:
-            counts = <int *>realloc(self.idle_count, n * sizeof(int))
-            if counts == NULL:
-                raise MemoryError()
-            memset(counts + old_n, 0, (n - old_n) * sizeof(int))
-            self.idle_count = counts
-            self.idle_heads.extend([None] * (n - old_n))
+        self.grow_slots(self.cluster.n)
         for ep in range(old_n):
             if self.cluster.out[ep] & OUT_REMOVED:
                 while self.idle_heads[ep] is not None:

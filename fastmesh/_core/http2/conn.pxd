@@ -80,7 +80,6 @@ cdef class H2Request(LegOwner):
     cdef void send_try(self) noexcept
     cdef void on_body(self, const char *p, Py_ssize_t n, bint end) noexcept
     cdef void retry_later(self) noexcept
-    cdef void try_timed_out(self) noexcept
     cdef bint awaits_client(self) noexcept
     cdef void check(self, double now) noexcept
     cdef void answer(self, int err) noexcept
