@@ -216,7 +216,7 @@ class Proxy:
                     ) -> dict[str, list[str]]:
         """reload() once `config` is checked."""
         from fastmesh.dataplane.fd_budget import fd_budget
-        from fastmesh.dataplane.listeners import reconfigure_http
+        from fastmesh.dataplane.listeners import reconfigure_http, set_proxy_protocol
         old, reactor, health = self.config, self._reactor, self._health
         assert reactor is not None and health is not None        # started
         new_holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
@@ -273,6 +273,7 @@ class Proxy:
         for lcfg in config.listeners:
             if lcfg.name in by_name and lcfg.name not in moved:
                 by_name[lcfg.name].limit.set_limit(lcfg.max_connections)
+                set_proxy_protocol(by_name[lcfg.name], lcfg)
         # 3. Listeners removed or moved: stop accepting, let their connections finish.
         for name in [*gone, *moved]:
             by_name.pop(name).close()
