@@ -30,6 +30,11 @@ ctypedef struct ProxyHeader:
     sockaddr_in6 src           # the client's address (a sockaddr_in in the same bytes for IPv4), unless local
     sockaddr_in6 dst           # the address the client connected to, unless local
 
+ctypedef struct ProxyAddrs:
+    # A client connection's two ends, kept to write the header a cluster asks for when its connection opens.
+    sockaddr_in6 src           # the client (a sockaddr_in in the same bytes for IPv4; family 0: unknown)
+    sockaddr_in6 dst           # the address it connected to (family 0: unknown)
+
 # Parse a header at the start of p[0:n], accepting the versions in `accept` (PP_V1 | PP_V2). Returns the bytes the
 # header takes (> 0) with *out filled, PP_MORE, or PP_BAD with *reason set.
 cdef int pp_parse(const unsigned char *p, Py_ssize_t n, int accept, ProxyHeader *out, int *reason) noexcept nogil
@@ -37,3 +42,7 @@ cdef int pp_parse(const unsigned char *p, Py_ssize_t n, int accept, ProxyHeader 
 # Write the header of `version` (1 or 2) for a connection from src to dst (struct sockaddr of AF_INET or AF_INET6;
 # NULL or another family: "UNKNOWN" / v2 LOCAL) into out (PP_OUT_MAX bytes). Returns its length.
 cdef int pp_encode(int version, const void *src, const void *dst, char *out) noexcept nogil
+
+# The ends of client socket fd into *out: src copied from `peer` (its accept address, or the PROXY header's),
+# dst asked of the socket (getsockname).
+cdef void pp_addrs(int fd, const void *peer, ProxyAddrs *out) noexcept nogil

@@ -16,7 +16,8 @@ addresses, and no TLVs.
 from libc.string cimport memcmp, memcpy, memset
 
 from fastmesh._core.includes.system cimport (
-    sockaddr_in, sockaddr_in6, inet_pton, inet_ntop, htons, AF_INET, AF_INET6,
+    sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t, getsockname, inet_pton, inet_ntop, htons,
+    AF_INET, AF_INET6,
 )
 
 cdef const unsigned char *V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -305,6 +306,16 @@ cdef int pp_encode(int version, const void *src, const void *dst, char *out) noe
     memcpy(out + 48, &s.sin6_port, 2)
     memcpy(out + 50, &d.sin6_port, 2)
     return 52
+
+
+cdef void pp_addrs(int fd, const void *peer, ProxyAddrs *out) noexcept nogil:
+    cdef sockaddr_storage local
+    cdef socklen_t n = sizeof(local)
+    memset(out, 0, sizeof(ProxyAddrs))
+    if peer != NULL:
+        memcpy(&out.src, peer, sizeof(sockaddr_in6))
+    if getsockname(fd, <sockaddr *>&local, &n) == 0:
+        memcpy(&out.dst, &local, sizeof(sockaddr_in6))
 
 
 cdef inline int copy_text(char *o, const char *t) noexcept nogil:
