@@ -430,7 +430,8 @@ class Proxy:
         """Downstream connections open now, over all listeners."""
         return (sum(tcp.active for tcp in self._tcp.values())
                 + sum(http.active + http.tunnel_count for http in self._http.values())
-                + sum(a.active for a in self._retired))
+                + sum(a.active for a in self._retired)
+                + sum(listener.gate.waiting for listener in self._listeners if listener.gate is not None))
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
@@ -454,6 +455,9 @@ class Proxy:
             "connections": self._connection_limits(),
             "tls": self._tls_stats(),
             "filters": self._filter_stats(),
+            "proxy_protocol": {listener.name: {"passed": listener.gate.passed, "waiting": listener.gate.waiting,
+                                               "refused": listener.gate.refused}
+                               for listener in self._listeners if listener.gate is not None},
         }
 
     def _tls_stats(self) -> dict[str, Any]:

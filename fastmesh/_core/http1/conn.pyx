@@ -515,7 +515,7 @@ cdef class Downstream(UpstreamUser):
         """Acquire a connection for the current request: 1 got one, 0 queued for a slot (or refused and
         answered), -1 no endpoint could be tried (the caller answers)."""
         cdef int outcome
-        cdef Upstream up = self.pool.acquire(self, &self.ex.ct, &outcome)
+        cdef Upstream up = self.pool.acquire(self, self.ex, &outcome)
         self.ex.connected(-1, self.proxy.reactor.now)
         if up is None:
             if outcome != CONNECT_FULL:

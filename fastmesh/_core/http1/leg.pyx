@@ -22,7 +22,6 @@ from fastmesh._core.errors cimport (
     connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method
-from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
 from fastmesh._core.request cimport Field
 from fastmesh._core.upstream.connector cimport Connector, CONNECT_FULL
 from fastmesh._core.upstream.leg cimport (
@@ -78,12 +77,8 @@ cdef class H1Leg(Leg):
         """A connection for the try, and the request head queued on it: PE_NONE (connecting, ready or queued for
         a slot), or the ProxyError to answer with."""
         cdef Exchange ex = self.ex
-        cdef int outcome, n = 0
-        cdef char proxy_hdr[PP_OUT_MAX]
-        cdef Upstream up
-        if self.pool.cluster.proxy_protocol:
-            n = ex.proxy_header(self.pool.cluster.proxy_protocol, proxy_hdr)
-        up = self.pool.acquire(self, &ex.ct, &outcome, proxy_hdr, n)
+        cdef int outcome
+        cdef Upstream up = self.pool.acquire(self, ex, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
             if outcome != CONNECT_FULL:

@@ -5,6 +5,7 @@ from fastmesh._core.reactor cimport EventTarget, Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+from fastmesh._core.exchange cimport Exchange
 
 
 cdef enum UpstreamState:
@@ -58,8 +59,7 @@ cdef class HttpPool(Connector):
     cdef int want_len                      # looks for an idle connection that sent it) ...
     cdef Upstream found                    # ... and the one it found
 
-    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome, const char *proxy_hdr=*,
-                          int proxy_len=*)
+    cdef Upstream acquire(self, UpstreamUser user, Exchange ex, int *outcome)
     cdef void release(self, Upstream up) noexcept
     cdef void done_with(self, Upstream up, bint reuse, bint finished) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept

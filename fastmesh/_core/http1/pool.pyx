@@ -34,6 +34,8 @@ from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
+from fastmesh._core.exchange cimport Exchange
+from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 
@@ -166,13 +168,17 @@ cdef class HttpPool(Connector):
         self.found = None
         return False
 
-    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome, const char *proxy_hdr=NULL,
-                          int proxy_len=0):
-        """An upstream connection for user: idle and ready, or connecting (its events will tell). None when the
-        connector found none: outcome[0] says why (CONNECT_FULL or CONNECT_NONE, t.err the last errno).
-        proxy_hdr: the PROXY header the cluster sends for this exchange's client (reused only by that client)."""
+    cdef Upstream acquire(self, UpstreamUser user, Exchange ex, int *outcome):
+        """An upstream connection for user's exchange ex (its endpoint walk, ex.ct): idle and ready, or connecting
+        (its events will tell). None when the connector found none: outcome[0] says why (CONNECT_FULL or
+        CONNECT_NONE, ex.ct.err the last errno). A cluster with proxy_protocol gets the header for ex's client
+        first on a new connection, and an idle one only if it sent the same header (the same client connection)."""
         cdef Upstream up
-        cdef int fd
+        cdef int fd, proxy_len = 0
+        cdef char proxy_hdr[PP_OUT_MAX]
+        cdef ConnectTry *t = &ex.ct
+        if self.cluster.proxy_protocol:
+            proxy_len = ex.proxy_header(self.cluster.proxy_protocol, proxy_hdr)
         self.want = proxy_hdr
         self.want_len = proxy_len
         outcome[0] = self.connect(t)
