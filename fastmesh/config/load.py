@@ -1577,8 +1577,9 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
                max_connections=lst.max_connections, splice=lst.splice)
     if lst.tls is not None:
         out["tls"] = _tls_dict(lst.tls)
-    out["proxy_protocol"] = {None: False, "any": True}.get(lst.proxy_protocol, lst.proxy_protocol)
-    out["proxy_protocol_timeout"] = format_duration(lst.proxy_protocol_timeout)
+    if lst.proxy_protocol is not None:
+        out["proxy_protocol"] = True if lst.proxy_protocol == "any" else lst.proxy_protocol
+        out["proxy_protocol_timeout"] = format_duration(lst.proxy_protocol_timeout)
     if lst.protocol != "http":
         if lst.sni_routes:
             out["sni_routes"] = dict(lst.sni_routes)

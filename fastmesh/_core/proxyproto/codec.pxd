@@ -25,8 +25,9 @@ cdef enum:                     # ProxyRefusal
 ctypedef struct ProxyHeader:
     # What a complete header said.
     int version                # 1 or 2
-    bint local                 # no addresses to use (v1 UNKNOWN, v2 LOCAL, or a v2 family other than TCP over
-                               # IPv4/IPv6): the connection's own addresses stand
+    # local: no addresses to use (v1 UNKNOWN, v2 LOCAL, or a v2 family other than TCP over IPv4/IPv6): the
+    # connection's own addresses stand
+    bint local
     sockaddr_in6 src           # the client's address (a sockaddr_in in the same bytes for IPv4), unless local
     sockaddr_in6 dst           # the address the client connected to, unless local
 

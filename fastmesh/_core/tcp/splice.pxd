@@ -73,8 +73,9 @@ cdef class TcpRelay(EventTarget):
     cdef bint use_splice                   # bulk directions may switch to splice (cleared if unsupported)
     cdef double connect_deadline           # when a pending connect counts as failed
     cdef double last_active                # when bytes last moved
-    cdef ProxyAddrs *proxy_addrs           # the client's ends, for a cluster's PROXY header (malloc'd only when a
-                                           # cluster the relay may connect to sends one; freed once it is sent)
+    # The client's ends, for a cluster's PROXY header: malloc'd only when a cluster the relay may connect to sends
+    # one, freed once it is sent.
+    cdef ProxyAddrs *proxy_addrs
 
     @staticmethod
     cdef TcpRelay new(TcpProxy owner, int fd)
