@@ -10,7 +10,9 @@ import pytest
 
 from fastmesh._core.proxyproto.codec import bench_encode, bench_parse, encode
 
-COUNT = 200_000
+# Short C loops, many rounds, minimum kept: a loop that outlasts a scheduler time slice on a busy machine measures
+# the wait for the CPU, not the codec.
+COUNT = 2_000
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 V4 = (("192.168.100.200", 56324), ("10.0.0.11", 443))
 V6 = (("2001:db8:85a3::8a2e:370:7334", 56324), ("2001:db8::11", 443))
@@ -29,14 +31,14 @@ HEADERS = {
 @pytest.mark.parametrize("name", list(HEADERS))
 def test_parse(benchmark, name):
     data = HEADERS[name] + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
-    per = benchmark(bench_parse, data, COUNT)
-    benchmark.extra_info["ns_per_header"] = round(per * 1e9, 1)
+    per = benchmark.pedantic(bench_parse, (data, COUNT), rounds=300)
+    benchmark.extra_info["ns_per_header_min"] = round(benchmark.stats.stats.min / COUNT * 1e9, 1)
     assert per > 0
 
 
 @pytest.mark.parametrize("version, family", [(1, "tcp4"), (1, "tcp6"), (2, "tcp4"), (2, "tcp6")])
 def test_encode(benchmark, version, family):
     src, dst = V4 if family == "tcp4" else V6
-    per = benchmark(bench_encode, version, src, dst, COUNT)
-    benchmark.extra_info["ns_per_header"] = round(per * 1e9, 1)
+    per = benchmark.pedantic(bench_encode, (version, src, dst, COUNT), rounds=300)
+    benchmark.extra_info["ns_per_header_min"] = round(benchmark.stats.stats.min / COUNT * 1e9, 1)
     assert per > 0
