@@ -44,8 +44,7 @@ cdef inline int v1_port(const unsigned char *p, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline int v4_addr(const unsigned char *p, Py_ssize_t n, unsigned char *out) noexcept nogil:
-    """Dotted-quad IPv4 text (four decimal parts of 1-3 digits up to 255, no leading zero) into 4 bytes: 0 or -1.
-    By hand: glibc's inet_pton costs more than the rest of a v1 header together."""
+    """Dotted-quad IPv4 text (four decimal parts of 1-3 digits up to 255, no leading zero) into 4 bytes: 0 or -1."""
     cdef Py_ssize_t i = 0, start
     cdef int part, v
     for part in range(4):
@@ -244,8 +243,7 @@ cdef inline void mapped(const sockaddr_in *a, sockaddr_in6 *out) noexcept nogil:
 
 
 cdef inline int put_v4(char *o, const void *addr) noexcept nogil:
-    """IPv4 as dotted-quad text into o (at most 15 bytes): its length. By hand, as glibc's inet_ntop goes
-    through sprintf."""
+    """IPv4 as dotted-quad text into o (at most 15 bytes): its length (glibc's inet_ntop goes through sprintf)."""
     cdef const unsigned char *b = <const unsigned char *>addr
     cdef int n = 0, i, v
     for i in range(4):
