@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from fastmesh._testbase.backends import echo, start_backends
 from fastmesh._testbase.curl import CURL
 from fastmesh._testbase.http_backend import HttpBackend, read_response
 from fastmesh._testbase.net import free_port
+from fastmesh._testbase.tls import Pki
 
 HAPROXY = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy") or None
 pytestmark = [pytest.mark.timeout(90), pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")]
@@ -161,6 +163,40 @@ def test_tcp_listener_strips_the_header_and_relays_the_rest(tmp_path):
             stats = await wait_for(lambda: proxy.stats()["proxy_protocol"]["tcp-in"]["refused"]
                                    and proxy.stats()["proxy_protocol"]["tcp-in"])
             assert stats["passed"] >= 1 and stats["refused"] == {"version": 1}   # (the start-up probe may pass too)
+        finally:
+            await proxy.stop()
+            await backend.stop()
+
+    run(main())
+
+
+def test_tls_listener_reads_the_header_before_the_client_hello(tmp_path):
+    """A tcp listener terminating TLS behind HAProxy's send-proxy-v2 (HAProxy relays the TLS bytes as they are): the
+    header comes off first, the handshake follows, the bytes inside reach the backend."""
+    pki = Pki(tmp_path)
+    cert = pki.issue("edge.test")
+
+    async def main():
+        (backend,) = await start_backends(1, echo)
+        fm, hp = free_port(), free_port()
+        proxy = Proxy.from_toml(
+            f'[[listeners]]\nname = "edge"\nlisten = "127.0.0.1:{fm}"\nprotocol = "tcp"\ncluster = "echo"\n'
+            f'proxy_protocol = true\ntls = {{ cert = "{cert.cert}", key = "{cert.key}" }}\n'
+            f'[clusters.echo]\nendpoints = ["{backend.address}"]\n')
+        await proxy.start()
+        try:
+            async with haproxy(tmp_path, f"frontend fe\n    mode tcp\n    bind 127.0.0.1:{hp}\n"
+                               f"    default_backend be\nbackend be\n    mode tcp\n"
+                               f"    server fm 127.0.0.1:{fm} send-proxy-v2\n", hp):
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                    "127.0.0.1", hp, ssl=pki.client_context(), server_hostname="edge.test",
+                    local_addr=("127.0.0.5", 0)), 20)
+                writer.write(b"inside TLS")
+                assert await asyncio.wait_for(reader.readexactly(10), 20) == b"inside TLS"
+                assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
+                writer.close()
+            assert proxy.stats()["tls"]["listeners"]["edge"]["handshakes"] >= 1
+            assert proxy.stats()["proxy_protocol"]["edge"]["refused"] == {}
         finally:
             await proxy.stop()
             await backend.stop()
