@@ -1579,6 +1579,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         out["tls"] = _tls_dict(lst.tls)
     if lst.proxy_protocol is not None:
         out["proxy_protocol"] = True if lst.proxy_protocol == "any" else lst.proxy_protocol
+    if lst.proxy_protocol is not None or lst.proxy_protocol_timeout != Listener.proxy_protocol_timeout:
         out["proxy_protocol_timeout"] = format_duration(lst.proxy_protocol_timeout)
     if lst.protocol != "http":
         if lst.sni_routes:
