@@ -237,8 +237,11 @@ def test_connections_without_a_valid_header_are_refused():
                 assert 0.4 <= waited < 5.0, waited
                 await closed_after(b"PROXY TCP4 10.1.2.3 10.0.0.1 4", eof=True)
                 await closed_after(b"PROXY TCP4 10.1.2.3 10.0.0.1 4000 80\n")
+                # A valid header in two pieces (the connection waits in the epoll set in between) passes.
                 reader, writer = await asyncio.open_connection("127.0.0.1", fm)
-                writer.write(b"PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+                writer.write(b"PROXY TCP4 10.1.2.3 10.0.")
+                await asyncio.sleep(0.1)
+                writer.write(b"0.1 40000 80\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
                 resp = await asyncio.wait_for(read_response(reader), 20)
                 assert forwarded_for(resp.body) == "10.1.2.3"
                 writer.close()

@@ -31,6 +31,6 @@ cdef class ProxyGate(Sweeper):
     cdef unsigned long long log_skipped            # refusals not logged since the last line
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
-    cdef int look(self, int fd, sockaddr_storage *peer, bint hangup) noexcept
+    cdef int look(self, int fd, sockaddr_storage *peer, bint hangup, bint registered) noexcept
     cdef void refuse(self, int fd, int reason, sockaddr_storage *peer) noexcept
     cdef void unlink(self, Waiting w) noexcept

@@ -42,7 +42,7 @@ cdef class Waiting(EventTarget):
         cdef int fd = self.fd
         if fd < 0:
             return
-        if gate.look(fd, &self.peer, (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0) == LOOK_DONE:
+        if gate.look(fd, &self.peer, (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0, True) == LOOK_DONE:
             self.fd = -1                # handed on (its registration removed first) or closed
             gate.unlink(self)
 
@@ -68,7 +68,7 @@ cdef class ProxyGate(Sweeper):
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
         cdef Waiting w
-        if self.look(fd, peer, False) == LOOK_DONE:
+        if self.look(fd, peer, False, False) == LOOK_DONE:
             return
         w = Waiting.__new__(Waiting)
         w.gate = self
@@ -84,7 +84,7 @@ cdef class ProxyGate(Sweeper):
         self.head = w
         self.waiting += 1
 
-    cdef int look(self, int fd, sockaddr_storage *peer, bint hangup) noexcept:
+    cdef int look(self, int fd, sockaddr_storage *peer, bint hangup, bint registered) noexcept:
         """Peek at what fd has sent: hand it on (header taken off the socket), refuse it, or keep waiting."""
         cdef unsigned char buf[PP_V2_MAX]
         cdef ProxyHeader h
@@ -117,8 +117,9 @@ cdef class ProxyGate(Sweeper):
         if recv(fd, buf, r, MSG_DONTWAIT) != r:
             self.refuse(fd, PR_CLOSED, peer)
             return LOOK_DONE
-        # Out of the epoll set if it waited there (the protocol registers it anew; ENOENT otherwise, harmless).
-        epoll_ctl(self.reactor.epfd, EPOLL_CTL_DEL, fd, &ev)
+        if registered:
+            # Out of the epoll set it waited in: the protocol registers it anew.
+            epoll_ctl(self.reactor.epfd, EPOLL_CTL_DEL, fd, &ev)
         if h.local:
             memcpy(&client, peer, sizeof(sockaddr_storage))
         else:
