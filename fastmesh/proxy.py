@@ -232,7 +232,7 @@ class Proxy:
                     rates_block: RateBlock | None = None) -> dict[str, list[str]]:
         """reload() once `config` is checked."""
         from fastmesh.dataplane.fd_budget import fd_budget
-        from fastmesh.dataplane.listeners import reconfigure_http
+        from fastmesh.dataplane.listeners import reconfigure_http, set_proxy_protocol
         old, reactor, health = self.config, self._reactor, self._health
         assert reactor is not None and health is not None        # started
         new_holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
@@ -293,6 +293,7 @@ class Proxy:
         for lcfg in config.listeners:
             if lcfg.name in by_name and lcfg.name not in moved:
                 by_name[lcfg.name].limit.set_limit(lcfg.max_connections)
+                set_proxy_protocol(by_name[lcfg.name], lcfg)
         # 3. Listeners removed or moved: stop accepting, let their connections finish.
         for name in [*gone, *moved]:
             by_name.pop(name).close()
@@ -449,7 +450,8 @@ class Proxy:
         """Downstream connections open now, over all listeners."""
         return (sum(tcp.active for tcp in self._tcp.values())
                 + sum(http.active + http.tunnel_count for http in self._http.values())
-                + sum(a.active for a in self._retired))
+                + sum(a.active for a in self._retired)
+                + sum(listener.gate.waiting for listener in self._listeners if listener.gate is not None))
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
@@ -474,6 +476,9 @@ class Proxy:
             "tls": self._tls_stats(),
             "filters": self._filter_stats(),
             "rate_limits": self._rate_stats(),
+            "proxy_protocol": {listener.name: {"passed": listener.gate.passed, "waiting": listener.gate.waiting,
+                                               "refused": listener.gate.refused}
+                               for listener in self._listeners if listener.gate is not None},
         }
 
     def _rate_stats(self) -> list[dict[str, Any]]:

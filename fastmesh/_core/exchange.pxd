@@ -10,6 +10,7 @@ from fastmesh._core.router cimport Router
 from fastmesh._core.ratelimit cimport RateLimit
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+from fastmesh._core.includes.system cimport sockaddr_in6
 
 
 cdef enum:
@@ -60,6 +61,8 @@ cdef class Exchange:
     cdef char request_id[32]           # the request id this exchange adds when the request has none
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
+    cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4): a PROXY header names it
+    cdef int client_fd                 # the client's socket (its local end is a PROXY header's destination)
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
@@ -69,6 +72,8 @@ cdef class Exchange:
     cdef readonly int retry_after      # PE_RATE_LIMITED: seconds until the route's bucket has a token (Retry-After)
 
     cdef void set_peer(self, const char *peer, int n) noexcept
+    cdef void set_client(self, const sockaddr_in6 *client, int fd) noexcept
+    cdef int proxy_header(self, int version, char *out) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,

@@ -47,6 +47,8 @@ from fastmesh._core.upstream.connector cimport (
     Connector, ConnectUser, try_init, try_avoid, HASH_NONE, HASH_HEADER, HASH_SOURCE,
 )
 
+from fastmesh._core.proxyproto.codec cimport ProxyAddrs, pp_addrs, pp_encode
+from fastmesh._core.includes.system cimport sockaddr_in6
 from fastmesh._core.router import METHOD_IDS
 
 cdef bytes _HEX_PAIRS = "".join(f"{b:02x}" for b in range(256)).encode("ascii")
@@ -221,6 +223,20 @@ cdef class Exchange:
         memcpy(self.peer, peer, n)
         self.peer_len = n
         self.edits_for = 0            # the X-Forwarded-For edit holds the old length: list the own edits again
+
+    cdef void set_client(self, const sockaddr_in6 *client, int fd) noexcept:
+        """The client's address with its port, and its socket (a codec sets them beside set_peer)."""
+        memcpy(&self.client, client, sizeof(sockaddr_in6))
+        self.client_fd = fd
+
+    cdef int proxy_header(self, int version, char *out) noexcept:
+        """The PROXY header of `version` for this exchange's client into out (PP_OUT_MAX bytes): its length. The
+        destination is the listener's address the client connected to."""
+        cdef ProxyAddrs a
+        if self.client.sin6_family == 0:
+            return pp_encode(version, NULL, NULL, out)
+        pp_addrs(self.client_fd, &self.client, &a)
+        return pp_encode(version, &a.src, &a.dst, out)
 
     cdef void begin(self, double now) noexcept:
         self.started = now

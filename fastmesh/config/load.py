@@ -632,6 +632,21 @@ def _hash_key(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, '"header:NAME", "cookie:NAME" or "source_ip"', value)
 
 
+def _listener_proxy_protocol(check: _Check, key: str, value: Any) -> Any:
+    """true (either version), false, or "v1" / "v2" to accept only that one."""
+    if value is True:
+        return "any"
+    if value is False:
+        return None
+    if value in ("v1", "v2"):
+        return value
+    return check.bad(key, 'true, false, "v1" or "v2"', value)
+
+
+def _cluster_proxy_protocol(check: _Check, key: str, value: Any) -> Any:
+    return value if value in ("v1", "v2") else check.bad(key, '"v1" or "v2"', value)
+
+
 def _text(what: str) -> Parser:
     def parse(check: _Check, key: str, value: Any) -> Any:
         return value if isinstance(value, str) and value else check.bad(key, what, value)
@@ -867,6 +882,7 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "health_check": _health_check,
     "outlier": _outlier,
     "tls": _cluster_tls,
+    "proxy_protocol": _cluster_proxy_protocol,
 }
 
 
@@ -884,6 +900,10 @@ def _cluster(check: _Check, key: str, name: str, value: Any) -> Cluster | None:
     if fields is not None and fields.get("hash_key") and fields.get("balancer") not in HASHING_BALANCERS:
         check.bad(_key(key, "hash_key"), f'balancer = "ring_hash" or "maglev" beside it (balancer is '
                   f'"{fields.get("balancer", "round_robin")}")', fields["hash_key"])
+        return None
+    if fields is not None and fields.get("proxy_protocol") and fields.get("protocol") == "h2":
+        check.bad(_key(key, "proxy_protocol"), 'protocol = "http1" beside it (an HTTP/2 upstream connection carries '
+                  'many clients\' streams, and one PROXY header cannot name them all)', fields["proxy_protocol"])
         return None
     return Cluster(name=name, **fields) if fields is not None and good_name else None
 
@@ -1234,6 +1254,8 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "max_connections": _whole(0, 1 << 24),
     "splice": _flag,
     "tls": _listener_tls,
+    "proxy_protocol": _listener_proxy_protocol,
+    "proxy_protocol_timeout": _duration(allow_zero=False),
 }
 _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "header_timeout": _duration(allow_zero=False),
@@ -1503,6 +1525,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "slow_start": format_duration(cluster.slow_start),
             **({"discovery": _discovery_dict(cluster.discovery)} if cluster.discovery is not None else {}),
             **({"tls": _tls_dict(cluster.tls)} if cluster.tls is not None else {}),
+            **({"proxy_protocol": cluster.proxy_protocol} if cluster.proxy_protocol is not None else {}),
         } for name, cluster in cfg.clusters.items()},
     }
     for name, cluster in cfg.clusters.items():
@@ -1607,6 +1630,10 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
                max_connections=lst.max_connections, splice=lst.splice)
     if lst.tls is not None:
         out["tls"] = _tls_dict(lst.tls)
+    if lst.proxy_protocol is not None:
+        out["proxy_protocol"] = True if lst.proxy_protocol == "any" else lst.proxy_protocol
+    if lst.proxy_protocol is not None or lst.proxy_protocol_timeout != Listener.proxy_protocol_timeout:
+        out["proxy_protocol_timeout"] = format_duration(lst.proxy_protocol_timeout)
     if lst.protocol != "http":
         if lst.sni_routes:
             out["sni_routes"] = dict(lst.sni_routes)

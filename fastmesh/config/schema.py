@@ -249,6 +249,7 @@ class Cluster:
     outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
     discovery: Discovery | None = None  # None: the endpoints are the ones listed
     tls: ClusterTls | None = None      # None: cleartext upstream connections
+    proxy_protocol: str | None = None  # "v1" | "v2": the PROXY header sent first on every upstream connection
 
 
 @dataclass
@@ -340,6 +341,9 @@ class Listener:
     # tcp only: pass TLS through untouched, picking the cluster by the ClientHello's server name (the listener's
     # `cluster` takes every other name and ClientHellos without one). Keys: "name" or "*.suffix".
     sni_routes: dict[str, str] = field(default_factory=dict)
+    # A PROXY protocol header required first on every connection: None (off), "any" (v1 or v2), "v1" or "v2".
+    proxy_protocol: str | None = None
+    proxy_protocol_timeout: float = 5.0   # seconds a connection has to send its whole PROXY header
     # HTTP only:
     header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
     body_timeout: float = 60.0         # seconds a client has to send a whole request body after its head (0: no limit)

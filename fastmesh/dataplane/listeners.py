@@ -9,6 +9,7 @@ from fastmesh._core.http2.conn import H2Front
 from fastmesh._core.http2.limits import H2Limits
 from fastmesh._core.listener import Listener
 from fastmesh._core.naming import Names
+from fastmesh._core.proxyproto.codec import V1, V2
 from fastmesh._core.ratelimit import RateBlock
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
@@ -128,7 +129,14 @@ def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | Ht
     sock = bind_socket(cfg, reuse_port)
     bound = sock.getsockname()[:2]
     listener = Listener(reactor, sock.detach(), cfg.name, acceptor, worker_limit, cfg.max_connections)
+    set_proxy_protocol(listener, cfg)
     return listener, (bound[0], bound[1])
+
+
+def set_proxy_protocol(listener: Listener, cfg: ListenerConfig) -> None:
+    """The PROXY header cfg requires on the listener's connections (none, either version, or one of them)."""
+    accept = {None: 0, "any": V1 | V2, "v1": V1, "v2": V2}[cfg.proxy_protocol]
+    listener.set_proxy_protocol(accept, cfg.proxy_protocol_timeout)
 
 
 def h2_stats(http: HttpProxy) -> dict[str, int] | None:

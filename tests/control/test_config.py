@@ -904,3 +904,31 @@ def test_protocol_and_grpc_round_trip(extra: str) -> None:
     assert config_from_dict(as_dict, "rt.toml") == cfg
     assert config_to_dict(config_from_dict(as_dict)) == as_dict
     assert as_dict["clusters"]["echo"]["protocol"] in ("http1", "h2")
+
+
+@pytest.mark.parametrize("value, kept", [("true", "any"), ("false", None), ('"v1"', "v1"), ('"v2"', "v2")])
+def test_listener_proxy_protocol(value: str, kept: str | None) -> None:
+    cfg = loads_config(LISTENER + f"proxy_protocol = {value}\n" + CLUSTER)
+    assert (cfg.listeners[0].proxy_protocol, cfg.listeners[0].proxy_protocol_timeout) == (kept, 5.0)
+    test_round_trip(LISTENER + f'proxy_protocol = {value}\nproxy_protocol_timeout = "2s"\n' + CLUSTER)
+
+
+def test_cluster_proxy_protocol() -> None:
+    cfg = loads_config(LISTENER + CLUSTER + 'proxy_protocol = "v2"\n')
+    assert cfg.clusters["echo"].proxy_protocol == "v2"
+    assert config_to_dict(cfg)["clusters"]["echo"]["proxy_protocol"] == "v2"
+    test_round_trip(LISTENER + CLUSTER + 'proxy_protocol = "v1"\n')
+
+
+@pytest.mark.parametrize("text, message", [
+    (LISTENER + 'proxy_protocol = "v3"\n' + CLUSTER,
+     'listeners[0].proxy_protocol: expected true, false, "v1" or "v2", got "v3"'),
+    (LISTENER + 'proxy_protocol_timeout = "0s"\n' + CLUSTER, "listeners[0].proxy_protocol_timeout: expected"),
+    (LISTENER + CLUSTER + "proxy_protocol = true\n", 'clusters.echo.proxy_protocol: expected "v1" or "v2", got true'),
+    (LISTENER + CLUSTER + 'protocol = "h2"\nproxy_protocol = "v2"\n',
+     'clusters.echo.proxy_protocol: expected protocol = "http1" beside it'),
+])
+def test_bad_proxy_protocol(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, "bad.toml")
+    assert str(info.value).startswith(f"bad.toml: {message}")

@@ -2,7 +2,7 @@
 
 from libc.stdint cimport uint32_t, uint64_t
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
-from fastmesh._core.includes.system cimport sockaddr_storage, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
+from fastmesh._core.includes.system cimport sockaddr_storage, sockaddr_in6, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool, Sweeper
 from fastmesh._core.http1.parser cimport Head, Limits
 from fastmesh._core.http1.body cimport BodyFrame
@@ -34,7 +34,7 @@ cdef class Handoff(Sweeper):
     # Another protocol an http listener's connections may turn out to speak: HTTP/2 with prior knowledge, seen from
     # its connection preface (http2/conn.pyx). Swept, drained and closed with the listener.
     # Take over client socket fd with the bytes already read (rbuf's buffer changes hands) and the peer's address.
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept
     cdef void drain(self) noexcept             # no new streams: graceful GOAWAY, connections close once idle
     cdef void close_all(self) noexcept         # close every connection now
 
@@ -135,6 +135,7 @@ cdef class Downstream(UpstreamUser):
     cdef Exchange ex                       # the current request's rules and state; None while idle (see Front)
     cdef char peer[48]                     # the client's address as text (the exchange's X-Forwarded-For, hash key)
     cdef int peer_len
+    cdef sockaddr_in6 client               # the client's address and port (a sockaddr_in for IPv4), for PROXY headers
     # --- the current request, as HTTP/1 carries it ---
     cdef Upstream up                       # upstream connection, None before acquired / after release
     cdef HttpPool pool                     # the routed cluster's pool (the exchange's connector)

@@ -91,7 +91,7 @@ include "bridge.pxi"
 cdef class Handoff(Sweeper):
     """The base of a second protocol on http listeners (http2/conn.pyx's H2Front); this one takes nothing."""
 
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept:
         close(fd)
 
     cdef void drain(self) noexcept:
@@ -331,6 +331,7 @@ cdef class Downstream(UpstreamUser):
         if self.ex is None:
             self.ex = self.proxy.take_exchange()
             self.ex.set_peer(self.peer, self.peer_len)
+            self.ex.set_client(&self.client, self.fd)
 
     cdef void rest(self) noexcept:
         """An idle keep-alive connection (the sweep calls this) gives back its output buffers and its exchange, so
@@ -514,7 +515,7 @@ cdef class Downstream(UpstreamUser):
         """Acquire a connection for the current request: 1 got one, 0 queued for a slot (or refused and
         answered), -1 no endpoint could be tried (the caller answers)."""
         cdef int outcome
-        cdef Upstream up = self.pool.acquire(self, &self.ex.ct, &outcome)
+        cdef Upstream up = self.pool.acquire(self, self.ex, &outcome)
         self.ex.connected(-1, self.proxy.reactor.now)
         if up is None:
             if outcome != CONNECT_FULL:
@@ -864,7 +865,7 @@ cdef class Downstream(UpstreamUser):
         the bytes read so far."""
         cdef int fd = self.fd
         self.fd = -1
-        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len)
+        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len, &self.client)
         self.close()
 
     cdef void close(self) noexcept:  # no-cython-lint

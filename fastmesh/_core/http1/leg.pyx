@@ -72,7 +72,7 @@ cdef class H1Leg(Leg):
         a slot), or the ProxyError to answer with."""
         cdef Exchange ex = self.ex
         cdef int outcome
-        cdef Upstream up = self.pool.acquire(self, &ex.ct, &outcome)
+        cdef Upstream up = self.pool.acquire(self, ex, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
             return self.no_connection(outcome)

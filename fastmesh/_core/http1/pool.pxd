@@ -5,6 +5,7 @@ from fastmesh._core.reactor cimport EventTarget, Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+from fastmesh._core.exchange cimport Exchange
 
 
 cdef enum UpstreamState:
@@ -36,6 +37,8 @@ cdef class Upstream(EventTarget):
     cdef RecvBuf rbuf                      # bytes read from the server
     cdef OutBuf out                        # request head (and chunk lines) waiting to be sent
     cdef double deadline                   # connect deadline while connecting; idle expiry while idle
+    cdef char *proxy_hdr                   # the PROXY header sent first (the cluster sends one; else NULL): only an
+    cdef int proxy_len                     # exchange whose header is the same (the same client connection) reuses it
 
     cdef void fail(self, int err) noexcept
     cdef void abort(self) noexcept
@@ -55,8 +58,11 @@ cdef class HttpPool(Connector):
     cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
+    cdef const char *want                  # acquire() of a PROXY cluster: the header the exchange needs (has_idle
+    cdef int want_len                      # looks for an idle connection that sent it) ...
+    cdef Upstream found                    # ... and the one it found
 
-    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome)
+    cdef Upstream acquire(self, UpstreamUser user, Exchange ex, int *outcome)
     cdef void release(self, Upstream up) noexcept
     cdef void done_with(self, Upstream up, bint reuse, bint finished) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept

@@ -20,13 +20,13 @@ match and closes the idle connections of removed endpoints; a connection to a re
 its exchange later is closed, not kept. Connections to endpoints still listed stay pooled.
 """
 from libc.stdint cimport uint32_t
-from libc.stdlib cimport free, realloc
-from libc.string cimport memset
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
 
 from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
 from fastmesh._core.includes.system cimport (
-    close, errno, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt, socklen_t,
-    SOL_SOCKET, SO_ERROR, SO_LINGER, linger,
+    close, errno, send, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt,
+    socklen_t, SOL_SOCKET, SO_ERROR, SO_LINGER, linger, MSG_NOSIGNAL, MSG_DONTWAIT, ECONNRESET,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget
 from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
@@ -37,6 +37,8 @@ from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
+from fastmesh._core.exchange cimport Exchange
+from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef double PEAK_WINDOW = 10.0          # seconds over which the most connections in use at once is remembered
@@ -57,6 +59,7 @@ cdef class Upstream(EventTarget):
             debug_new(DBG_UPSTREAM)
 
     def __dealloc__(self):
+        free(self.proxy_hdr)
         if FASTMESH_DEBUG:
             debug_free(DBG_UPSTREAM)
 
@@ -79,6 +82,12 @@ cdef class Upstream(EventTarget):
                 self.fail(err)
                 return
             if not (events & EPOLLOUT):
+                return
+            # The cluster's PROXY header goes first; a fresh socket's empty send buffer takes it whole, so a short
+            # send is the connection failing.
+            if self.proxy_len and send(self.fd, self.proxy_hdr, self.proxy_len, MSG_NOSIGNAL | MSG_DONTWAIT) \
+                    != self.proxy_len:
+                self.fail(errno or ECONNRESET)
                 return
             self.state = UP_ACTIVE
             self.pool.cluster.connect_succeeded(self.endpoint)
@@ -176,16 +185,37 @@ cdef class HttpPool(Connector):
         return 0
 
     cdef bint has_idle(self, int ep) noexcept:
-        return self.idle_heads[ep] is not None
+        cdef Upstream up = <Upstream>self.idle_heads[ep]
+        if not self.want_len:
+            self.found = up
+            return up is not None
+        # A PROXY cluster: only a connection that sent the same header (the same client connection) will do.
+        while up is not None:
+            if up.proxy_len == self.want_len and memcmp(up.proxy_hdr, self.want, self.want_len) == 0:
+                self.found = up
+                return True
+            up = up.next
+        self.found = None
+        return False
 
-    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome):
-        """An upstream connection for user: idle and ready, or connecting (its events will tell). None when the
-        connector found none: outcome[0] says why (CONNECT_FULL or CONNECT_NONE, t.err the last errno)."""
+    cdef Upstream acquire(self, UpstreamUser user, Exchange ex, int *outcome):
+        """An upstream connection for user's exchange ex (its endpoint walk, ex.ct): idle and ready, or connecting
+        (its events will tell). None when the connector found none: outcome[0] says why (CONNECT_FULL or
+        CONNECT_NONE, ex.ct.err the last errno). A cluster with proxy_protocol gets the header for ex's client
+        first on a new connection, and an idle one only if it sent the same header (the same client connection)."""
         cdef Upstream up
-        cdef int fd
+        cdef int fd, proxy_len = 0
+        cdef char proxy_hdr[PP_OUT_MAX]
+        cdef ConnectTry *t = &ex.ct
+        if self.cluster.proxy_protocol:
+            proxy_len = ex.proxy_header(self.cluster.proxy_protocol, proxy_hdr)
+        self.want = proxy_hdr
+        self.want_len = proxy_len
         outcome[0] = self.connect(t)
+        self.want_len = 0
+        up = self.found
+        self.found = None
         if outcome[0] == CONNECT_IDLE:
-            up = <Upstream>self.idle_heads[t.endpoint]
             self.unlink_idle(up)
             up.state = UP_ACTIVE
             up.user = user
@@ -203,6 +233,11 @@ cdef class HttpPool(Connector):
         up.endpoint = t.endpoint
         up.state = UP_CONNECTING
         up.deadline = self.reactor.now + self.cluster.connect_timeout
+        if proxy_len > 0:
+            up.proxy_hdr = <char *>malloc(proxy_len)
+            if up.proxy_hdr != NULL:
+                memcpy(up.proxy_hdr, proxy_hdr, proxy_len)
+                up.proxy_len = proxy_len
         if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
             t.err = errno
             close(fd)
@@ -221,16 +256,27 @@ cdef class HttpPool(Connector):
         cdef int ep = up.endpoint
         cdef int used = <int>self.cluster.active[ep] + 1    # in use just before this one came back (done_with)
         cdef int keep
+        cdef Upstream oldest
         up.user = None
         if used > self.peak[ep]:
             self.peak[ep] = used
         keep = self.peak[ep] if self.peak[ep] > self.last_peak[ep] else self.last_peak[ep]
         if keep > self.max_idle:
             keep = self.max_idle
-        if (self.retired or up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= keep
+        if (self.retired or up.state != UP_ACTIVE or up.hangup or keep <= 0
                 or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end or self.cluster.out[ep] & OUT_REMOVED):
             up.close()
             return
+        if self.idle_count[ep] >= keep:
+            if not up.proxy_len:
+                up.close()
+                return
+            # Each idle connection of a PROXY cluster serves only its own client: the longest idle makes room.
+            oldest = <Upstream>self.idle_heads[ep]
+            while oldest.next is not None:
+                oldest = oldest.next
+            self.unlink_idle(oldest)
+            oldest.close()
         rb_free(&up.rbuf, self.reactor.buffers)
         ob_free(&up.out)
         up.state = UP_IDLE

@@ -3,6 +3,7 @@
 
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
 from fastmesh._core.reactor cimport EventTarget
+from fastmesh._core.includes.system cimport sockaddr_in6
 from fastmesh._core.request cimport RequestView
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.http1.conn cimport Front, Handoff
@@ -108,6 +109,7 @@ cdef class H2Conn(EventTarget):
     cdef double ticked                 # when the session's clock last ran (tick)
     cdef char peer[48]                 # the client's address as text (each exchange's X-Forwarded-For)
     cdef int peer_len
+    cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4), for PROXY headers
 
     cdef void run(self) noexcept
     cdef int flush(self) noexcept

@@ -106,7 +106,7 @@ cdef class H2Front(Handoff):
             c.want_flush()
             c = c.next
 
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept:
         cdef Front front = self.front
         cdef H2Conn c = H2Conn.__new__(H2Conn)
         cdef int i
@@ -119,6 +119,7 @@ cdef class H2Front(Handoff):
         for i in range(min(peer_len, 48)):
             c.peer[i] = peer[i]
         c.peer_len = min(peer_len, 48)
+        c.client = client[0]
         c.readable = True
         c.writable = True
         c.idle_since = front.reactor.now
@@ -792,6 +793,7 @@ cdef class H2Conn(EventTarget):
         r.conn = self
         r.ex = Exchange.__new__(Exchange)
         r.ex.set_peer(self.peer, self.peer_len)
+        r.ex.set_client(&self.client, self.fd)
         return r
 
     cdef void unbusy(self, H2Request r) noexcept:
