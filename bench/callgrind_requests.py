@@ -11,9 +11,12 @@ connection, by the `h2` package; the column is left out when it is not installed
     python -m bench.callgrind_requests /tmp/fm-revs/before /tmp/fm-revs/after --requests 3000
 
 `--filter REF` puts a request filter plugin on the http listener (e.g. fastmesh._testbase.plugins:Noop, a filter
-that does nothing): the difference to a run without it is what the plugin path costs per request. `--header "NAME:
-VALUE"` adds a field to every request (e.g. a W3C traceparent, to count what continuing a trace costs), and
-`--listener-line LINE` a line to the http listener's table (e.g. `tracing = { start = true, sample_rate = 0.0 }`).
+that does nothing): the difference to a run without it is what the plugin path costs per request.
+`--rate-limit RATE` sends the http listener's requests through a route limited to RATE (e.g. "999999999/s", burst
+1,000,000, keyed by the client's address, so no request is refused): what a token taken per request costs;
+`--rate-limit none` sends them through the same route without a limit (the baseline for that difference).
+`--header "NAME: VALUE"` adds a field to every request (e.g. a W3C traceparent, to count what continuing a trace
+costs), and `--listener-line LINE` a line to the http listener's table (e.g. `tracing = { start = true }`).
 """
 from __future__ import annotations
 
@@ -46,9 +49,14 @@ asyncio.run(main())
 """
 
 
-def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "", listener_line: str = "") -> str:
+def config(http_port: int, tcp_port: int, backend_port: int, filter_ref: str = "", rate_limit: str = "",
+           listener_line: str = "") -> str:
     filters = f'filters = [{{ plugin = "{filter_ref}" }}]\n' if filter_ref else ""
     filters += f"{listener_line}\n" if listener_line else ""
+    if rate_limit:
+        filters += '[[listeners.routes]]\npath_prefix = "/"\ncluster = "b"\n'
+    if rate_limit and rate_limit != "none":
+        filters += f'rate_limit = {{ rate = "{rate_limit}", burst = 1000000, key = "client_ip" }}\n'
     return (f'drain_timeout = "100ms"\n'
             f'[[listeners]]\nname = "http"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "b"\n'
             f'{filters}'
@@ -110,13 +118,13 @@ def h2_requests(port: int, count: int) -> None:
                 s.sendall(conn.data_to_send())
 
 
-def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "", listener_line: str = ""
-            ) -> dict[str, float]:
+def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "", rate_limit: str = "",
+            listener_line: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     http_port, tcp_port = procs.free_port(), procs.free_port()
     conf = os.path.join(tmp, "fm.toml")
     with open(conf, "w") as f:
-        f.write(config(http_port, tcp_port, backend_port, filter_ref, listener_line))
+        f.write(config(http_port, tcp_port, backend_port, filter_ref, rate_limit, listener_line))
     script = os.path.join(tmp, "serve.py")
     with open(script, "w") as f:
         f.write(SERVE)
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
     ap.add_argument("--filter", default="", metavar="REF", help="a request filter plugin on the http listener")
+    ap.add_argument("--rate-limit", default="", metavar="RATE", help='a route limited to RATE (e.g. "999999999/s")')
     ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                     help="a field every request carries (repeatable)")
     ap.add_argument("--listener-line", default="", metavar="LINE", help="a TOML line for the http listener's table")
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p = procs.Procs(tmp)
     try:
         backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
-        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.listener_line) for root in a.builds}
+        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.rate_limit, a.listener_line)
+                for root in a.builds}
         if a.keep:
             os.makedirs(a.keep, exist_ok=True)
             for dump in glob.glob(os.path.join(tmp, "cg-*.*.*")):

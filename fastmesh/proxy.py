@@ -20,6 +20,7 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.http1.proxy import HttpProxy
     from fastmesh.dataplane.clusters import Pool
     from fastmesh._core.limits import LimitBlock
+    from fastmesh._core.ratelimit import RateBlock
     from fastmesh._core.listener import Listener
     from fastmesh._core.naming import Names
     from fastmesh._core.reactor import ConnectionLimit, Reactor
@@ -44,7 +45,7 @@ class Proxy:
 
     def __init__(self, config: Config, *, reuse_port: bool = False, stats_fd: int | None = None,
                  limits_fd: int | None = None, worker: int = 0, holes: Mapping[str, Sequence[int]] | None = None,
-                 span_exporter: Any = None) -> None:
+                 rates_fd: int | None = None, span_exporter: Any = None) -> None:
         if not isinstance(config, Config):
             raise TypeError("Proxy(config) takes a fastmesh Config; use Proxy.from_file() or Proxy.from_toml()")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -73,6 +74,11 @@ class Proxy:
         self._limits_fd = limits_fd
         self._worker = worker
         self._limits: LimitBlock | None = None
+        # Rate-limit buckets: the supervisor's block (rates_fd) every worker maps, or a private one. Mapped at the
+        # first start; a reload that changes the limits brings a new one (dataplane/ratelimits.py).
+        self._rates_fd = rates_fd
+        self._rates: RateBlock | None = None
+        self._rates_opened = False
         self._health: Health | None = None
         self._retired: list[Acceptor] = []        # acceptors a reload replaced, until their connections end
         self._conn_limit: ConnectionLimit | None = None   # the worker's max_connections
@@ -107,6 +113,10 @@ class Proxy:
             from fastmesh.dataplane.limits import open_limits
             self._limits = open_limits(self.config, self._limits_fd, self._worker)
             self._limits_fd = None
+        if not self._rates_opened:
+            from fastmesh.dataplane.ratelimits import open_rates
+            self._rates = open_rates(self.config, self._rates_fd)
+            self._rates_fd, self._rates_opened = None, True
         budget = fd_budget.fd_budget(self.config)
         self._conn_limit = ConnectionLimit(reactor, budget.max_connections)
         from fastmesh.dataplane.naming import build_names
@@ -180,7 +190,7 @@ class Proxy:
                   ) -> Acceptor:
         from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor
         if lcfg.protocol == "http":
-            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names)
+            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates)
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
         index = next(i for i, lc in enumerate(self.config.listeners) if lc.name == lcfg.name)
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
@@ -207,7 +217,8 @@ class Proxy:
             self._tcp[name] = acceptor
 
     async def reload(self, config: Config, *, stats_block: StatsBlock | None = None,
-                     holes: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[str]]:
+                     holes: Mapping[str, Sequence[int]] | None = None, rates_fd: int | None = None
+                     ) -> dict[str, list[str]]:
         """Swap in `config` without dropping an open connection or a request under way.
 
         Unchanged clusters keep their core objects (health, ejections, latency estimates, idle connections);
@@ -221,8 +232,13 @@ class Proxy:
         first (a bind error aborts the reload before anything changed); removed ones stop accepting and drain.
         `stats_block` is the counter block `fastmesh run`'s supervisor made for the new config's shape (see
         dataplane/stats.py); without it a reload that changes that shape counts into a new private block.
+        `rates_fd` is the supervisor's rate-limit block for the new config's limits (dataplane/ratelimits.py; the
+        fd is ours to close); without it, limits that changed get a new private block (unchanged ones keep their
+        buckets).
         Returns the names of what changed, for the log.
         """
+        from fastmesh.dataplane.ratelimits import received
+        rates_block = received(rates_fd, self._rates)
         if not isinstance(config, Config):
             raise TypeError("reload() takes a fastmesh Config")
         from fastmesh.config.load import config_from_dict, config_to_dict
@@ -231,13 +247,13 @@ class Proxy:
             self.config = config
             self._holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
             return {}
-        return await self._swap(config, stats_block, holes)
+        return await self._swap(config, stats_block, holes, rates_block)
 
-    async def _swap(self, config: Config, stats_block: StatsBlock | None, holes: Mapping[str, Sequence[int]] | None
-                    ) -> dict[str, list[str]]:
+    async def _swap(self, config: Config, stats_block: StatsBlock | None, holes: Mapping[str, Sequence[int]] | None,
+                    rates_block: RateBlock | None = None) -> dict[str, list[str]]:
         """reload() once `config` is checked."""
         from fastmesh.dataplane.fd_budget import fd_budget
-        from fastmesh.dataplane.listeners import reconfigure_http
+        from fastmesh.dataplane.listeners import reconfigure_http, set_proxy_protocol
         old, reactor, health = self.config, self._reactor, self._health
         assert reactor is not None and health is not None        # started
         new_holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
@@ -261,6 +277,10 @@ class Proxy:
         old_names, self._names = self._names, build_names(config)
         self.config = config
         old_tcp, old_http, old_addresses = dict(self._tcp), dict(self._http), dict(self.addresses)
+        from fastmesh.dataplane import ratelimits
+        old_rates = self._rates
+        self._rates = rates_block or ratelimits.rebuilt(old_rates, config,
+                                                        old_rates.seed if old_rates is not None else None)
         opened = []
         try:
             for lcfg in to_bind:
@@ -271,7 +291,7 @@ class Proxy:
             for listener in opened:
                 listener.close()
             self.config, self._tcp, self._http, self.addresses = old, old_tcp, old_http, old_addresses
-            self._names = old_names
+            self._names, self._rates = old_names, old_rates
             raise
         # 2. Listeners that stay where they are: new routes and clusters.
         for lcfg in config.listeners:
@@ -282,7 +302,7 @@ class Proxy:
             same_limits = (before.max_request_line, before.max_header_bytes, before.max_headers) == \
                 (lcfg.max_request_line, lcfg.max_header_bytes, lcfg.max_headers)
             if lcfg.protocol == "http" and http is not None and same_limits:
-                reconfigure_http(http, lcfg, pools, list(config.clusters), self._names)
+                reconfigure_http(http, lcfg, pools, list(config.clusters), self._names, self._rates)
                 continue
             acceptor = self._acceptor(lcfg, reactor, clusters, pools)
             self._record(lcfg.name, acceptor)
@@ -294,6 +314,7 @@ class Proxy:
         for lcfg in config.listeners:
             if lcfg.name in by_name and lcfg.name not in moved:
                 by_name[lcfg.name].limit.set_limit(lcfg.max_connections)
+                set_proxy_protocol(by_name[lcfg.name], lcfg)
         # 3. Listeners removed or moved: stop accepting, let their connections finish.
         for name in [*gone, *moved]:
             by_name.pop(name).close()
@@ -453,7 +474,8 @@ class Proxy:
         """Downstream connections open now, over all listeners."""
         return (sum(tcp.active for tcp in self._tcp.values())
                 + sum(http.active + http.tunnel_count for http in self._http.values())
-                + sum(a.active for a in self._retired))
+                + sum(a.active for a in self._retired)
+                + sum(listener.gate.waiting for listener in self._listeners if listener.gate is not None))
 
     def stats(self) -> dict[str, Any]:
         """Counters per listener and the state of each cluster's endpoints."""
@@ -477,8 +499,18 @@ class Proxy:
             "connections": self._connection_limits(),
             "tls": self._tls_stats(),
             "filters": self._filter_stats(),
+            "rate_limits": self._rate_stats(),
+            "proxy_protocol": {listener.name: {"passed": listener.gate.passed, "waiting": listener.gate.waiting,
+                                               "refused": listener.gate.refused}
+                               for listener in self._listeners if listener.gate is not None},
             "tracing": self._spans.stats() if self._spans is not None else {},
         }
+
+    def _rate_stats(self) -> list[dict[str, Any]]:
+        """Per limited route: its limit and the requests it let through, refused and the keys it had to forget,
+        over every worker of the instance (the buckets are shared)."""
+        from fastmesh.dataplane.ratelimits import counts
+        return counts(self._rates, self.config)
 
     def _tls_stats(self) -> dict[str, Any]:
         """Per TLS listener: handshakes finished and resumed, refusals by reason; per cluster originating TLS:

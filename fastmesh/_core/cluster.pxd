@@ -49,6 +49,7 @@ cdef class Cluster(Sweeper):
     cdef readonly Balancer balancer    # picks among endpoints that are up
     cdef readonly double connect_timeout   # seconds before a pending connect counts as failed
     cdef readonly int connect_attempts  # endpoints tried per downstream connection
+    cdef public int proxy_protocol     # PROXY header version (1, 2) sent first on every upstream connection; 0: none
     cdef StatsBlock stats              # the block the slot pointers below point into (kept alive through this)
     cdef uint64_t *counters            # cluster-wide C_FIELDS slots (stats.pxd): retries, failed, ejections, checks
     cdef uint64_t *state               # published EndpointState: the connect mark, or why the endpoint is out

@@ -26,9 +26,11 @@ cdef enum ProxyError:
     PE_METHOD_NOT_ALLOWED = 14         # CONNECT where no route names it: a reverse proxy is no tunnel (405)
     PE_PLUGIN = 15                     # a filter plugin failed: raised, or answered what cannot be sent (500)
     PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
+    PE_RATE_LIMITED = 17               # the route's rate limit has no token for the request's key (429)
+    PE_HEAD_TOO_LARGE = 18             # request head over the h2 upstream's SETTINGS_MAX_HEADER_LIST_SIZE (431)
 
 cdef enum:
-    PE_COUNT = 17                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 19                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:
@@ -42,6 +44,7 @@ cdef enum:
 cdef enum:
     GRPC_CANCELLED = 1
     GRPC_DEADLINE_EXCEEDED = 4
+    GRPC_RESOURCE_EXHAUSTED = 8
     GRPC_UNIMPLEMENTED = 12
     GRPC_INTERNAL = 13
     GRPC_UNAVAILABLE = 14

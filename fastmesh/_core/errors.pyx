@@ -36,6 +36,9 @@ _set(PE_METHOD_NOT_ALLOWED, 405, b"Method Not Allowed", b"connect not allowed", 
      GRPC_UNIMPLEMENTED)
 _set(PE_PLUGIN, 500, b"Internal Server Error", b"plugin", H2_INTERNAL_ERROR, GRPC_INTERNAL)
 _set(PE_PLUGIN_TIMEOUT, 504, b"Gateway Timeout", b"plugin timeout", H2_CANCEL, GRPC_DEADLINE_EXCEEDED)
+_set(PE_RATE_LIMITED, 429, b"Too Many Requests", b"rate limited", H2_REFUSED_STREAM, GRPC_RESOURCE_EXHAUSTED)
+_set(PE_HEAD_TOO_LARGE, 431, b"Request Header Fields Too Large", b"head too large for upstream", H2_REFUSED_STREAM,
+     GRPC_RESOURCE_EXHAUSTED)
 _INTERNAL = _TABLE[0]
 
 
@@ -47,7 +50,7 @@ cdef const ErrorInfo *error_info(int err) noexcept nogil:
 
 NAMES = ("none", "bad_request", "header_timeout", "body_timeout", "no_route", "overloaded", "no_endpoints",
          "connect_refused", "connect_timeout", "connect_failed", "reset", "bad_response", "response_timeout",
-         "deadline_exceeded", "method_not_allowed", "plugin", "plugin_timeout")
+         "deadline_exceeded", "method_not_allowed", "plugin", "plugin_timeout", "rate_limited", "head_too_large")
 
 
 def describe(int err) -> dict:

@@ -7,8 +7,14 @@ from fastmesh._core.request cimport (
     METHOD_TRACE,
 )
 from fastmesh._core.router cimport Router
+from fastmesh._core.ratelimit cimport RateLimit
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+from fastmesh._core.includes.system cimport sockaddr_in6
+
+
+cdef enum:
+    GRPC_LATER = -2                    # Exchange.grpc_code: the answer's grpc-status will come in its trailers
 
 
 cdef enum Verdict:
@@ -63,13 +69,19 @@ cdef class Exchange:
     cdef int trace_edit                # index in request_edits.own of the trace edits (3, the last), -1: none
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
+    cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4): a PROXY header names it
+    cdef int client_fd                 # the client's socket (its local end is a PROXY header's destination)
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
-    # trailers-only head or early trailers); -1: none
+    # trailers-only head or early trailers); -1: none; GRPC_LATER: a gRPC answer whose status comes in its trailers
+    # (the endpoint's outcome waits for grpc_outcome)
     cdef int grpc_code
+    cdef readonly int retry_after      # PE_RATE_LIMITED: seconds until the route's bucket has a token (Retry-After)
 
     cdef void set_peer(self, const char *peer, int n) noexcept
+    cdef void set_client(self, const sockaddr_in6 *client, int fd) noexcept
+    cdef int proxy_header(self, int version, char *out) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
     cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept
@@ -80,6 +92,7 @@ cdef class Exchange:
     cdef void list_own_edits(self, const ForwardRules *rules) noexcept
     cdef int route_request(self, Router router, list connectors, const RequestView *v, const ForwardRules *rules,
                            double now) noexcept
+    cdef int rate_limited(self, RateLimit limit, const char *key, Py_ssize_t n, const RequestView *v) noexcept
     cdef int admit(self, bint replayable, bint upgrade, double now) noexcept
     cdef void next_try(self, double now) noexcept
     cdef long long budget_ms(self, double now) noexcept
@@ -92,6 +105,7 @@ cdef class Exchange:
     cdef void report(self, int ep, int status, bint failed, double now) noexcept
     cdef int response(self, int ep, int status, bint marked, double now) noexcept
     cdef int grpc_response(self, int ep, bint marked, double now) noexcept
+    cdef void grpc_outcome(self, int ep, int code, double now) noexcept
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept
     cdef bint may_retry(self, int why, int status, double now) noexcept
     cdef void start_retry(self) noexcept

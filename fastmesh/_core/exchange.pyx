@@ -27,11 +27,12 @@ codec renders `error`, a ProxyError: errors.pxd). Times are arguments, so tests 
 clock and no sockets (tests/core/test_exchange.py); `explain` calls the same rules through the Python
 functions at the end of this file.
 """
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memcmp
 
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT,
-    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS,
+    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS, PE_RATE_LIMITED,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
@@ -48,10 +49,13 @@ from fastmesh._core.tracing cimport (
     spans_recorded, span_recorder,
 )
 from fastmesh._core.router cimport Router
+from fastmesh._core.ratelimit cimport RateLimit, RK_FILTER, retry_after_seconds
 from fastmesh._core.upstream.connector cimport (
     Connector, ConnectUser, try_init, try_avoid, HASH_NONE, HASH_HEADER, HASH_SOURCE,
 )
 
+from fastmesh._core.proxyproto.codec cimport ProxyAddrs, pp_addrs, pp_encode
+from fastmesh._core.includes.system cimport sockaddr_in6
 from fastmesh._core.router import METHOD_IDS
 
 cdef bytes _HEX_PAIRS = "".join(f"{b:02x}" for b in range(256)).encode("ascii")
@@ -230,6 +234,20 @@ cdef class Exchange:
         self.peer_len = n
         self.edits_for = 0            # the X-Forwarded-For edit holds the old length: list the own edits again
 
+    cdef void set_client(self, const sockaddr_in6 *client, int fd) noexcept:
+        """The client's address with its port, and its socket (a codec sets them beside set_peer)."""
+        memcpy(&self.client, client, sizeof(sockaddr_in6))
+        self.client_fd = fd
+
+    cdef int proxy_header(self, int version, char *out) noexcept:
+        """The PROXY header of `version` for this exchange's client into out (PP_OUT_MAX bytes): its length. The
+        destination is the listener's address the client connected to."""
+        cdef ProxyAddrs a
+        if self.client.sin6_family == 0:
+            return pp_encode(version, NULL, NULL, out)
+        pp_addrs(self.client_fd, &self.client, &a)
+        return pp_encode(version, &a.src, &a.dst, out)
+
     cdef void begin(self, double now) noexcept:
         self.started = now
         self.route = -1
@@ -270,7 +288,24 @@ cdef class Exchange:
         if self.trace_edit >= 0:
             self.trace_edits()
         router.route_edits(r, req, &self.response_edits)
+        if router.limits is not None:                       # the one test a listener without rate limits pays
+            limit = router.limits[r]
+            if limit is not None and (<RateLimit>limit).kind != RK_FILTER:
+                return self.rate_limited(<RateLimit>limit, NULL, 0, v)
         return PE_NONE
+
+    cdef int rate_limited(self, RateLimit limit, const char *key, Py_ssize_t n, const RequestView *v) noexcept:
+        """Take a token of the route's limit for the request (key: what a filter set, NULL: the limit's own key);
+        PE_RATE_LIMITED, with retry_after set, when there is none."""
+        cdef uint64_t wait
+        if key != NULL:
+            wait = limit.take(key, n)
+        else:
+            wait = limit.check(v, span_of(self.peer, self.peer_len))
+        if wait == 0:
+            return PE_NONE
+        self.retry_after = retry_after_seconds(wait)
+        return PE_RATE_LIMITED
 
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
                           double now) noexcept:
@@ -451,6 +486,14 @@ cdef class Exchange:
         so it is never retried again). V_PASS or V_RETRY."""
         if self.grpc_code >= 0 and status == 200:
             return self.grpc_response(ep, marked, now)
+        if self.grpc_code == GRPC_LATER:
+            if status == 200:
+                # A gRPC answer that may still fail in its trailers: its latency counts now, its outcome then.
+                self.connector.cluster.balancer.observe(ep, now - self.try_started, 200)
+                if self.policy.adaptive is not None:
+                    self.policy.adaptive.sample(now - self.try_started)
+                return V_PASS
+            self.grpc_code = -1                    # judged by its HTTP status, here and now
         self.report(ep, status, status >= 500, now)
         if status >= 500 and self.policy.retryable_status(status) and not marked:
             try_avoid(&self.ct, ep)
@@ -471,6 +514,17 @@ cdef class Exchange:
                 self.start_retry()
                 return V_RETRY
         return V_PASS
+
+    cdef void grpc_outcome(self, int ep, int code, double now) noexcept:
+        """The grpc-status (code, -1: none) that ended an answer whose head passed on first (GRPC_LATER): the
+        endpoint's outcome for outlier detection, a failing status weighing like the HTTP status it stands for."""
+        if self.grpc_code != GRPC_LATER:
+            return
+        self.grpc_code = code
+        if code >= 0 and grpc_http_status(code) >= 500:
+            self.connector.cluster.request_failed(ep, now)
+        else:
+            self.connector.cluster.request_succeeded(ep)
 
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept:
         """The try on ep failed before a response head: RETRY_RESET or RETRY_TIMEOUT. `blame`: count it against

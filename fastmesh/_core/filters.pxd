@@ -36,6 +36,7 @@ cdef class FilterRequest:
     cdef Edit *resp_edits              # the same for the response
     cdef object headers_list           # the decoded headers, once a filter asked
     cdef public object owner           # who an async chain resumes: the HTTP/1 connection or HTTP/2 stream (or None)
+    cdef bytes rate_key                # the key a filter set for a route limited by key = "filter", or None
 
     # A view span as text (0 method, 1 authority, 2 path, 3 query), decoded now.
     cdef str _span(self, int i)

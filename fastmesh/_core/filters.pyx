@@ -25,6 +25,7 @@ from fastmesh._core.request cimport (
 )
 from fastmesh._core.errors cimport PE_NONE, PE_PLUGIN, PE_PLUGIN_TIMEOUT
 from fastmesh._core.exchange cimport Exchange, ForwardRules
+from fastmesh._core.ratelimit cimport RateLimit, RK_FILTER
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
 
@@ -165,6 +166,23 @@ cdef class FilterRequest:
         except ValueError:
             raise KeyError(f"no cluster {cluster!r} (the clusters: {', '.join(self.cluster_names)})") from None
 
+    @property
+    def rate_limit_key(self):
+        """The key this request counts under when its route has `rate_limit = { key = "filter" }` (None: the
+        request is not limited). A filter sets it (a str, e.g. the tenant a token names)."""
+        return None if self.rate_key is None else self.rate_key.decode("utf-8", "replace")
+
+    @rate_limit_key.setter
+    def rate_limit_key(self, value):
+        if value is None:
+            self.rate_key = None
+        elif isinstance(value, str):
+            self.rate_key = (<str>value).encode("utf-8")
+        elif isinstance(value, bytes):
+            self.rate_key = value
+        else:
+            raise TypeError(f"a rate-limit key is a str, got {type(value).__name__}")
+
     def _resume(self, outcome):
         """The chain's outcome after an async filter (called once, by the chain, on the loop)."""
         owner, self.owner = self.owner, None
@@ -286,6 +304,10 @@ cdef int settle(FilterRequest r, object outcome, Exchange ex, list connectors, c
             return PE_PLUGIN
         if r.cluster_index != ex.cluster:
             ex.use_cluster(r.cluster_index, connectors, v, rules, now)
+        if r.rate_key is not None and ex.router.limits is not None:
+            limit = ex.router.limits[ex.route]
+            if limit is not None and (<RateLimit>limit).kind == RK_FILTER:
+                return ex.rate_limited(<RateLimit>limit, PyBytes_AS_STRING(r.rate_key), len(r.rate_key), v)
         return PE_NONE
     if type(outcome) is int:
         return PE_PLUGIN_TIMEOUT if <int>outcome == FILTER_TIMEOUT else PE_PLUGIN

@@ -1,6 +1,7 @@
 # Listener: a bound, listening socket in the reactor; accepts in C and hands each fd to its protocol.
 
 from fastmesh._core.reactor cimport EventTarget, Reactor, Acceptor, ConnectionLimit
+from fastmesh._core.proxyproto.gate cimport ProxyGate
 
 
 cdef class Listener(EventTarget):
@@ -8,6 +9,9 @@ cdef class Listener(EventTarget):
     cdef int fd                        # the listening socket (owned: closed by close())
     cdef readonly str name             # the config's listener name
     cdef Acceptor protocol             # where accepted connections go (tcp relay or http)
+    # proxy_protocol: reads each connection's PROXY header first (None: never enabled; kept once made, so the
+    # connections waiting in it outlive a reload that turns it off)
+    cdef readonly ProxyGate gate
     cdef readonly ConnectionLimit limit   # this listener's max_connections, chained to the worker's limit
     cdef bint paused                   # accepting stopped for a moment (out of fds)
     cdef bint stopped                  # accepting stopped at a connection limit until a slot frees up

@@ -11,6 +11,10 @@ meanwhile costs one wakeup that finds the limit full, which is cheaper than two 
 busy listener. Running out of file descriptors anyway (EMFILE/ENFILE, or no memory) pauses accepting for
 100 ms instead of spinning. Each condition is logged when it begins and when it has been quiet for a second,
 never per event, and counted in the listener's stats slots (L_LIMITED, L_PAUSED).
+
+A listener with proxy_protocol hands each connection to its ProxyGate (proxyproto/gate.pyx) instead, which reads
+the PROXY header and then hands it to the protocol with the client address the header carries. Listeners without
+it pay one pointer test per accepted connection.
 """
 from libc.stdint cimport uint32_t
 
@@ -20,6 +24,7 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor, ConnectionLimit
 from fastmesh._core.stats cimport L_LIMITED, L_PAUSED, bump
+from fastmesh._core.proxyproto.gate cimport ProxyGate
 
 import logging
 
@@ -53,10 +58,14 @@ cdef class Listener(EventTarget):
         self.reactor.again(self)
 
     def close(self):
-        """Stop accepting: closing the fd also removes it from the epoll set."""
+        """Stop accepting: closing the fd also removes it from the epoll set (and connections still owing their
+        PROXY header are closed)."""
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1
+        if self.gate is not None:
+            self.gate.close_waiting()
+            self.reactor.remove_sweeper(self.gate)
         if self.episode_timer is not None:
             self.episode_timer.cancel()
             self.episode_timer = None
@@ -65,6 +74,20 @@ cdef class Listener(EventTarget):
         """A reload: connections accepted from now on go to `protocol`; open ones stay with the old one."""
         protocol.limit = self.limit
         self.protocol = protocol
+        if self.gate is not None:
+            self.gate.set_target(protocol, self.limit)
+
+    def set_proxy_protocol(self, int accept, double timeout):
+        """Require a PROXY header of the versions in `accept` (codec PP_V1 | PP_V2) within `timeout` seconds on
+        every connection accepted from now on; accept 0: none (connections already waiting finish their wait)."""
+        if self.gate is None:
+            if not accept:
+                return
+            self.gate = ProxyGate(self.reactor, self.name, accept, timeout)
+            self.gate.set_target(self.protocol, self.limit)
+            self.reactor.add_sweeper(self.gate)
+        self.gate.accept = accept
+        self.gate.timeout = timeout
 
     @property
     def fileno(self):
@@ -99,7 +122,10 @@ cdef class Listener(EventTarget):
                 if self.backlogged:
                     bump(self.protocol.counters + L_LIMITED, 1)
                     self.limited_waited += 1
-                self.protocol.accept_fd(cfd, &peer)
+                if self.gate is not None and self.gate.accept:
+                    self.gate.accept_fd(cfd, &peer)
+                else:
+                    self.protocol.accept_fd(cfd, &peer)
                 continue
             err = errno
             if err == EAGAIN:

@@ -58,6 +58,7 @@ cdef class Router:
     cdef readonly tuple service_names    # logical name per service index (routes with `service`)
     cdef Names names                     # the process's naming (table and overrides); None: no service routes
     cdef readonly bint trust_naming      # honour a fastmesh-naming field (else every route's edits remove it)
+    cdef public list limits              # per route: its RateLimit (ratelimit.pyx) or None; None: no route has one
 
     # Index of the first route that matches the request view, or -1 when none does.
     cdef int match(self, const RequestView *v) noexcept

@@ -3,6 +3,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NotRequired, TypedDict
 
 from fastmesh._core.naming import Names
+from fastmesh._core.ratelimit import RateLimit
 
 SPEC_KEYS: frozenset[str]
 METHOD_IDS: dict[str, int]
@@ -20,6 +21,7 @@ class Router:
     cluster_names: tuple[str, ...]
     service_names: tuple[str, ...]
     trust_naming: bool
+    limits: list[RateLimit | None] | None
     def __init__(self, routes: Iterable[Mapping[str, Any]], clusters: Iterable[str], services: Iterable[str] = ...,
                  names: Names | None = ..., trust_naming: bool = ...) -> None: ...
     def __len__(self) -> int: ...

@@ -11,7 +11,12 @@ Knobs a test sets while it runs:
     status           the status of every answer (default 200)
     streamed         answer without content-length (the body's length is known only at its end)
     trailers         trailer fields ending every answer, e.g. [(b"x-sum", b"42")] (empty: none)
-It keeps every request's header list (`heads`) and counts requests (`requests`), connections (`connections`)
+    head_fields      further fields of every answer's head, e.g. [(b"content-type", b"application/grpc")]
+    max_header_list  SETTINGS_MAX_HEADER_LIST_SIZE of new connections (None: not sent, unlimited)
+    frozen           read and drop everything, answer nothing (PINGs included): a server gone silent, its
+                     connections open (a hung process, a peer behind a NAT that dropped them)
+It keeps every request's header list (`heads`) and trailer fields (`request_trailers`, one list per request that
+had them) and counts requests (`requests`), connections (`connections`)
 and the most streams open at once on one connection (`max_open`).
 """
 from __future__ import annotations
@@ -53,6 +58,10 @@ class H2Backend:
         self.status = 200
         self.streamed = False
         self.trailers: list[tuple[bytes, bytes]] = []
+        self.head_fields: list[tuple[bytes, bytes]] = []
+        self.max_header_list: int | None = None
+        self.frozen = False
+        self.request_trailers: list[list[tuple[bytes, bytes]]] = []
         self.requests = 0
         self.heads: list[list[tuple[bytes, bytes]]] = []
         self.connections = 0
@@ -82,10 +91,14 @@ class H2Backend:
         self.connections += 1
         self._writers.append(writer)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        initial = {}
         if self.max_streams is not None:
+            initial[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = self.max_streams
+        if self.max_header_list is not None:
+            initial[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = self.max_header_list
+        if initial:
             # In the first SETTINGS frame, as servers do (a later lowering is legal but races the client).
-            conn.local_settings = h2.settings.Settings(
-                client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+            conn.local_settings = h2.settings.Settings(client=False, initial_values=initial)
         conn.initiate_connection()
         c = _Conn(self.connections, conn, writer)
         writer.write(conn.data_to_send())
@@ -95,6 +108,8 @@ class H2Backend:
                 data = await reader.read(65536)
                 if not data:
                     break
+                if self.frozen:
+                    continue
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         c.paths[event.stream_id] = dict(event.headers).get(b":path", b"")
@@ -105,6 +120,8 @@ class H2Backend:
                     elif isinstance(event, h2.events.DataReceived):
                         c.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
                         conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        self.request_trailers.append(list(event.headers))
                     elif isinstance(event, h2.events.StreamEnded):
                         task = asyncio.create_task(self._answer(c, event.stream_id))
                         tasks.add(task)
@@ -128,7 +145,7 @@ class H2Backend:
             conn.reset_stream(stream, h2.errors.ErrorCodes.REFUSED_STREAM)
             c.writer.write(conn.data_to_send())
             return
-        if c.gone_away:
+        if c.gone_away or self.frozen:
             return                       # above the GOAWAY's last id: never processed (the client retries it)
         c.requests += 1
         self.requests += 1
@@ -143,7 +160,7 @@ class H2Backend:
             await asyncio.sleep(self.delay)
         body = bytes(c.bodies.pop(stream, b"")) or self.name.encode() + b":" + c.paths.get(stream, b"")
         head = [(b":status", b"%d" % self.status), (b"x-backend", self.name.encode()),
-                (b"x-connection", b"%d" % c.number), (b"x-stream", b"%d" % stream)]
+                (b"x-connection", b"%d" % c.number), (b"x-stream", b"%d" % stream), *self.head_fields]
         if not self.streamed:
             head.append((b"content-length", b"%d" % len(body)))
         conn.send_headers(stream, head)

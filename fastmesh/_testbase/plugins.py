@@ -41,6 +41,23 @@ class Tag:
         return None
 
 
+class RateKey:
+    """Sets the request's rate-limit key to the value of a field (`header`), prefixed; leaves it unset without one."""
+
+    @dataclass
+    class Config:
+        header: str = "authorization"
+        prefix: str = "tenant:"
+
+    def __init__(self, config: RateKey.Config) -> None:
+        self.config = config
+
+    def on_request(self, request: Request) -> None:
+        value = request.header(self.config.header)
+        if value is not None:
+            request.rate_limit_key = self.config.prefix + value
+
+
 class Raise:
     """Raises on every request (or on every `every`-th)."""
 

@@ -143,6 +143,11 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
                           "matched": chosen if chosen >= 0 else None, "upstream_target": seen["target"]}
         if chosen >= 0:
             out["filters"] = filters_passed(lst, chosen)
+            limit = lst.routes[chosen].rate_limit if chosen < len(lst.routes) else None
+            if limit is not None:
+                out["rate_limit"] = {"limit": limit.text(), "rate": limit.rate, "per_seconds": limit.per,
+                                     "burst": limit.burst, "key": limit.key or "route", "buckets": limit.buckets,
+                                     "workers": cfg.worker_count()}
         if chosen < 0:
             out["outcome"] = "no route matches: the proxy answers 404 (fastmesh-error: no route)"
         else:

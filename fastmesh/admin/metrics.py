@@ -48,9 +48,11 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
-           discovery: dict[str, dict[str, Any]] | None = None) -> bytes:
+           discovery: dict[str, dict[str, Any]] | None = None, rate_limits: list[dict[str, Any]] | None = None
+           ) -> bytes:
     """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4; `discovery`:
-    per discovered cluster, its source's state (discovery/base.py SourceState.as_dict)."""
+    per discovered cluster, its source's state (discovery/base.py SourceState.as_dict); `rate_limits`: per limited
+    route, its counts over the instance (dataplane/ratelimits.py counts)."""
     out = _Writer(openmetrics)
     out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
     out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
@@ -125,6 +127,11 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
                  for ln, cn, cls, v in snap.requests()])
     out.histogram("fastmesh_request_duration_seconds", "HTTP request duration, request head to response end",
                   snap.durations())
+    limited = rate_limits or []
+    out.counter("fastmesh_rate_limited", "requests a route's rate limit refused (429), by listener and route index",
+                [((("listener", r["listener"]), ("route", str(r["route"]))), r["limited"]) for r in limited])
+    out.counter("fastmesh_rate_limit_passed", "requests a route's rate limit let through",
+                [((("listener", r["listener"]), ("route", str(r["route"]))), r["passed"]) for r in limited])
     _discovery(out, discovery or {})
     return out.finish()
 

@@ -220,6 +220,14 @@ class AdminServer:
                 clusters[name]["discovery"] = state
         return Reply.json(200, clusters)
 
+    def rate_limits(self) -> list[dict[str, Any]]:
+        """Per limited route, its counts over every worker (the supervisor maps the block the workers share)."""
+        rates = getattr(self.workers, "rates", None)
+        if rates is None:
+            return []
+        from fastmesh.dataplane.ratelimits import counts
+        return counts(rates.block, self.cfg)
+
     def discovery(self) -> dict[str, dict[str, Any]]:
         manager = getattr(self.workers, "discovery", None)
         return manager.status() if manager is not None else {}
@@ -265,5 +273,5 @@ class AdminServer:
         om = wants_openmetrics(request.header("accept"))
         info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
                            len(self.workers.ready))
-        return Reply(200, render(self.stats.collect(), info, om, self.discovery()),
+        return Reply(200, render(self.stats.collect(), info, om, self.discovery(), self.rate_limits()),
                      OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

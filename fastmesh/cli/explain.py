@@ -123,6 +123,10 @@ def render(data: dict[str, Any]) -> str:
             rows.append([str(i), f["plugin"], kind, "fail" if f["failure_mode"] == "closed" else "go on",
                          f["origin"]])
         lines += _table(rows, indent=2)
+    limit = data.get("rate_limit")
+    if limit:
+        lines.append(f"limit     {limit['limit']} ({limit['buckets']} buckets); over it: 429 with Retry-After; "
+                     f"the buckets hold for the instance ({limit['workers']} worker(s) share them)")
     lines.append(f"outcome   {data['outcome']}")
     cluster = data.get("cluster")
     if cluster and "endpoints" in cluster:

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "_worker":
         from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
-                           args.limits_fd, args.config_fd)
+                           args.limits_fd, args.config_fd, args.rates_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--stats-fd", type=int, default=None)   # the shared stats block the supervisor made
     worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (process/link.py)
     worker.add_argument("--limits-fd", type=int, default=None)   # the instance's limit counters (dataplane/limits.py)
+    worker.add_argument("--rates-fd", type=int, default=None)    # rate-limit buckets (dataplane/ratelimits.py)
     worker.add_argument("--config-fd", type=int, default=None)   # the running config as JSON (discovery filled it in)
     _log_level(worker)
     return parser

@@ -25,6 +25,7 @@ from fastmesh.config.schema import (
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
 from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, SinkSpec
+from fastmesh.config.schema import RateLimit
 from fastmesh.config.schema import ListenerTracing, TraceExport, Tracing
 from fastmesh.errors import ConfigError, ConfigErrors, PluginError
 from fastmesh.plugins import registry
@@ -633,6 +634,21 @@ def _hash_key(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, '"header:NAME", "cookie:NAME" or "source_ip"', value)
 
 
+def _listener_proxy_protocol(check: _Check, key: str, value: Any) -> Any:
+    """true (either version), false, or "v1" / "v2" to accept only that one."""
+    if value is True:
+        return "any"
+    if value is False:
+        return None
+    if value in ("v1", "v2"):
+        return value
+    return check.bad(key, 'true, false, "v1" or "v2"', value)
+
+
+def _cluster_proxy_protocol(check: _Check, key: str, value: Any) -> Any:
+    return value if value in ("v1", "v2") else check.bad(key, '"v1" or "v2"', value)
+
+
 def _text(what: str) -> Parser:
     def parse(check: _Check, key: str, value: Any) -> Any:
         return value if isinstance(value, str) and value else check.bad(key, what, value)
@@ -856,6 +872,8 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "response_timeout": _duration(allow_zero=False),
     "pool_max_idle": _whole(0),
     "pool_idle_timeout": _duration(allow_zero=False),
+    "h2_keepalive_interval": _duration(allow_zero=True),
+    "h2_keepalive_timeout": _duration(allow_zero=False),
     "timeout": _duration(allow_zero=True),
     "per_try_timeout": _duration(allow_zero=True),
     "retries": _retries,
@@ -866,6 +884,7 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "health_check": _health_check,
     "outlier": _outlier,
     "tls": _cluster_tls,
+    "proxy_protocol": _cluster_proxy_protocol,
 }
 
 
@@ -883,6 +902,10 @@ def _cluster(check: _Check, key: str, name: str, value: Any) -> Cluster | None:
     if fields is not None and fields.get("hash_key") and fields.get("balancer") not in HASHING_BALANCERS:
         check.bad(_key(key, "hash_key"), f'balancer = "ring_hash" or "maglev" beside it (balancer is '
                   f'"{fields.get("balancer", "round_robin")}")', fields["hash_key"])
+        return None
+    if fields is not None and fields.get("proxy_protocol") and fields.get("protocol") == "h2":
+        check.bad(_key(key, "proxy_protocol"), 'protocol = "http1" beside it (an HTTP/2 upstream connection carries '
+                  'many clients\' streams, and one PROXY header cannot name them all)', fields["proxy_protocol"])
         return None
     return Cluster(name=name, **fields) if fields is not None and good_name else None
 
@@ -1030,7 +1053,55 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "remove_request_headers": _header_names,
     "add_response_headers": _headers(protected=True),
     "filters": lambda c, k, v: _filters(c, k, v),
+    "rate_limit": lambda c, k, v: _rate_limit(c, k, v),
 }
+
+
+_RATE_RE = re.compile(r"([1-9][0-9]{0,8})/([smh])")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_KEY_RE = re.compile(r"header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|client_ip|filter")
+MAX_BURST = 1_000_000
+
+
+def _rate_spec(check: _Check, key: str, value: Any) -> Any:
+    match = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return check.bad(key, 'a rate like "10/s", "100/m" or "1000/h" (a whole number per second, minute or hour)',
+                         value)
+    return int(match.group(1)), _RATE_UNITS[match.group(2)]
+
+
+def _rate_key(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, str) and _RATE_KEY_RE.fullmatch(value):
+        return value
+    return check.bad(key, '"client_ip", "header:NAME" or "filter" (the key the route\'s filters set)', value)
+
+
+def _buckets(check: _Check, key: str, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and 8 <= value <= 1 << 24 and not value & (value - 1):
+        return value
+    return check.bad(key, "a power of two from 8 to 16777216", value)
+
+
+_RATE_LIMIT_FIELDS: dict[str, Parser] = {
+    "rate": _rate_spec,
+    "burst": _whole(1, MAX_BURST),
+    "key": _rate_key,
+    "buckets": _buckets,
+}
+
+
+def _rate_limit(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return check.bad(key, 'a table like { rate = "10/s", burst = 10, key = "client_ip" }', value)
+    fields = _table(check, key, value, _RATE_LIMIT_FIELDS, {"rate": 'a rate like "10/s"'})
+    if fields is None:
+        return BAD
+    rate, per = fields.pop("rate")
+    # The bucket's depth in the core's clock (1/16 ns) must stay below 2^62 (_core/ratelimit.pyx).
+    if fields.get("burst", rate) * (int(per) * 16_000_000_000 // rate) >= 1 << 62:
+        return check.bad(_key(key, "burst"), f"a burst that {value['rate']} refills within 9 years", value["burst"])
+    return RateLimit(rate=rate, per=per, burst=fields.pop("burst", rate), **fields)
 
 
 def _route(check: _Check, key: str, value: Any) -> Any:
@@ -1233,6 +1304,8 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "max_connections": _whole(0, 1 << 24),
     "splice": _flag,
     "tls": _listener_tls,
+    "proxy_protocol": _listener_proxy_protocol,
+    "proxy_protocol_timeout": _duration(allow_zero=False),
 }
 _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "header_timeout": _duration(allow_zero=False),
@@ -1484,6 +1557,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "response_timeout": format_duration(cluster.response_timeout),
             "pool_max_idle": cluster.pool_max_idle,
             "pool_idle_timeout": format_duration(cluster.pool_idle_timeout),
+            "h2_keepalive_interval": format_duration(cluster.h2_keepalive_interval),
+            "h2_keepalive_timeout": format_duration(cluster.h2_keepalive_timeout),
             "timeout": format_duration(cluster.timeout),
             "per_try_timeout": format_duration(cluster.per_try_timeout),
             "retries": {"attempts": cluster.retries.attempts, "on": list(cluster.retries.on),
@@ -1502,6 +1577,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "slow_start": format_duration(cluster.slow_start),
             **({"discovery": _discovery_dict(cluster.discovery)} if cluster.discovery is not None else {}),
             **({"tls": _tls_dict(cluster.tls)} if cluster.tls is not None else {}),
+            **({"proxy_protocol": cluster.proxy_protocol} if cluster.proxy_protocol is not None else {}),
         } for name, cluster in cfg.clusters.items()},
     }
     for name, cluster in cfg.clusters.items():
@@ -1612,6 +1688,10 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
                max_connections=lst.max_connections, splice=lst.splice)
     if lst.tls is not None:
         out["tls"] = _tls_dict(lst.tls)
+    if lst.proxy_protocol is not None:
+        out["proxy_protocol"] = True if lst.proxy_protocol == "any" else lst.proxy_protocol
+    if lst.proxy_protocol is not None or lst.proxy_protocol_timeout != Listener.proxy_protocol_timeout:
+        out["proxy_protocol_timeout"] = format_duration(lst.proxy_protocol_timeout)
     if lst.protocol != "http":
         if lst.sni_routes:
             out["sni_routes"] = dict(lst.sni_routes)
@@ -1674,4 +1754,8 @@ def _route_dict(route: Route) -> dict[str, Any]:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
     if route.filters:
         out["filters"] = [_plugin_dict(f) for f in route.filters]
+    if route.rate_limit is not None:
+        lim = route.rate_limit
+        out["rate_limit"] = {"rate": lim.rate_text(), "burst": lim.burst, "buckets": lim.buckets,
+                             **({"key": lim.key} if lim.key else {})}
     return out

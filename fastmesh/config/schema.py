@@ -260,8 +260,11 @@ class Cluster:
     connect_attempts: int = 3          # endpoints tried per connection before giving up
     # HTTP only (a cluster used by tcp listeners ignores them):
     response_timeout: float = 15.0     # seconds from request sent to response head received, then 504
-    pool_max_idle: int = 64            # idle keep-alive upstream connections kept per endpoint (0: none)
+    # Idle keep-alive upstream connections kept per endpoint: as many as were in use at once lately, at most this.
+    pool_max_idle: int = 1024          # (0: none)
     pool_idle_timeout: float = 60.0    # seconds an idle upstream connection is kept before it is closed
+    h2_keepalive_interval: float = 0.0   # h2 clusters: seconds of silence on a connection before a PING (0: off)
+    h2_keepalive_timeout: float = 10.0   # h2 clusters: seconds for that PING's answer, else the connection is dead
     timeout: float = 0.0               # seconds per request, retries included (0: none beyond the tries')
     per_try_timeout: float = 0.0       # seconds per try (0: response_timeout)
     retries: Retries = field(default_factory=Retries)
@@ -273,6 +276,7 @@ class Cluster:
     outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
     discovery: Discovery | None = None  # None: the endpoints are the ones listed
     tls: ClusterTls | None = None      # None: cleartext upstream connections
+    proxy_protocol: str | None = None  # "v1" | "v2": the PROXY header sent first on every upstream connection
 
 
 @dataclass
@@ -281,6 +285,25 @@ class AccessLog:
     format: str = "plain"              # "plain" or "json"
     path: str = "-"                    # file appended to; "-" is stderr
     fields: list[str] = field(default_factory=list)   # ACCESS_LOG_FIELDS to write, in order (empty: the classic set)
+
+
+@dataclass
+class RateLimit:
+    """A route's request rate: a token bucket of `burst` tokens refilled at `rate` per `per` seconds, one per key,
+    shared by the workers of an instance (issue 13)."""
+    rate: int                          # tokens per `per` seconds
+    per: float = 1.0                   # 1 ("/s"), 60 ("/m") or 3600 ("/h")
+    burst: int = 0                     # requests that may come at once; 0 in the config means the rate's count
+    key: str = ""                      # "": one bucket for the route; "client_ip"; "header:NAME"; "filter"
+    buckets: int = 4096                # keys tracked at once (a power of two; 16 bytes each)
+
+    def rate_text(self) -> str:
+        """The rate as the config writes it: "10/s"."""
+        return f"{self.rate}/{ {1.0: 's', 60.0: 'm', 3600.0: 'h'}[self.per]}"
+
+    def text(self) -> str:
+        """The limit as explain and stats say it: "10/s burst 10 by client_ip"."""
+        return f"{self.rate_text()} burst {self.burst} by {self.key or 'route'}"
 
 
 @dataclass
@@ -304,6 +327,7 @@ class Route:
     remove_request_headers: list[str] = field(default_factory=list)
     add_response_headers: dict[str, str] = field(default_factory=dict)
     filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
+    rate_limit: RateLimit | None = None                        # none: not limited (costs nothing)
 
 
 @dataclass
@@ -344,6 +368,9 @@ class Listener:
     # tcp only: pass TLS through untouched, picking the cluster by the ClientHello's server name (the listener's
     # `cluster` takes every other name and ClientHellos without one). Keys: "name" or "*.suffix".
     sni_routes: dict[str, str] = field(default_factory=dict)
+    # A PROXY protocol header required first on every connection: None (off), "any" (v1 or v2), "v1" or "v2".
+    proxy_protocol: str | None = None
+    proxy_protocol_timeout: float = 5.0   # seconds a connection has to send its whole PROXY header
     # HTTP only:
     header_timeout: float = 10.0       # seconds a client has to send a complete request head (slowloris)
     body_timeout: float = 60.0         # seconds a client has to send a whole request body after its head (0: no limit)

@@ -81,7 +81,9 @@ def build_cluster(cfg: ClusterConfig, holes: Sequence[int] = ()) -> Cluster:
     ids = [i if e is None else _id(e) for i, e in enumerate(slots)]
     weights = [1 if e is None else e.weight for e in slots]
     balancer = make_balancer(cfg.balancer, weights, slow_start=cfg.slow_start, ids=ids)
-    return Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
+    cluster = Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)
+    cluster.proxy_protocol = {"v1": 1, "v2": 2}.get(cfg.proxy_protocol or "", 0)
+    return cluster
 
 
 def update_cluster(cluster: Cluster, cfg: ClusterConfig, holes: Sequence[int] = (), literal: bool = False) -> bool:
@@ -116,5 +118,6 @@ def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: Lim
     key = (cfg.hash_key or "source_ip") if cfg.balancer in HASHING else None
     if cfg.protocol == "h2":
         return H2Pool(reactor, cluster, idle_timeout=cfg.pool_idle_timeout, policy=build_policy(cfg, cell),
-                      hash_key=key)
+                      hash_key=key, keepalive_interval=cfg.h2_keepalive_interval,
+                      keepalive_timeout=cfg.h2_keepalive_timeout)
     return HttpPool(reactor, cluster, cfg.pool_max_idle, cfg.pool_idle_timeout, build_policy(cfg, cell), key)

@@ -9,6 +9,8 @@ from fastmesh._core.http2.conn import H2Front
 from fastmesh._core.http2.limits import H2Limits
 from fastmesh._core.listener import Listener
 from fastmesh._core.naming import Names
+from fastmesh._core.proxyproto.codec import V1, V2
+from fastmesh._core.ratelimit import RateBlock
 from fastmesh._core.reactor import ConnectionLimit, Reactor
 from fastmesh._core.tcp.splice import TcpProxy
 from fastmesh._core.upstream.connector import Connector
@@ -55,11 +57,12 @@ def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:
 
 
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[Connector],
-                        cluster_names: list[str], names: Names | None = None) -> HttpProxy:
+                        cluster_names: list[str], names: Names | None = None, rates: RateBlock | None = None
+                        ) -> HttpProxy:
     """An http listener's request handling: its router (resolving services with `names`) over the shared
     per-cluster pools and its filter chains; HTTP/2 connections (prior knowledge) are handed from it to its
     H2Front."""
-    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names), pools,
+    http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names, rates), pools,
                      header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
@@ -101,12 +104,12 @@ def filter_entries(http: HttpProxy) -> list[FilterEntry]:
 
 
 def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Connector], cluster_names: list[str],
-                     names: Names | None = None) -> None:
+                     names: Names | None = None, rates: RateBlock | None = None) -> None:
     """A reload of an http listener in place: new routes, naming, pools, filters and options; its open connections
     stay. The old access log's file and sinks are closed (what its sinks still held is written first)."""
     old_log = http.access_log
     assert old_log is None or isinstance(old_log, AccessLogWriter)
-    http.reconfigure(build_router(cfg, cluster_names, names), pools, header_timeout=cfg.header_timeout,
+    http.reconfigure(build_router(cfg, cluster_names, names, rates), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_listener_log(cfg),
                      trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
@@ -134,7 +137,14 @@ def bind_listener(cfg: ListenerConfig, reactor: Reactor, acceptor: TcpProxy | Ht
     sock = bind_socket(cfg, reuse_port)
     bound = sock.getsockname()[:2]
     listener = Listener(reactor, sock.detach(), cfg.name, acceptor, worker_limit, cfg.max_connections)
+    set_proxy_protocol(listener, cfg)
     return listener, (bound[0], bound[1])
+
+
+def set_proxy_protocol(listener: Listener, cfg: ListenerConfig) -> None:
+    """The PROXY header cfg requires on the listener's connections (none, either version, or one of them)."""
+    accept = {None: 0, "any": V1 | V2, "v1": V1, "v2": V2}[cfg.proxy_protocol]
+    listener.set_proxy_protocol(accept, cfg.proxy_protocol_timeout)
 
 
 def h2_stats(http: HttpProxy) -> dict[str, int] | None:

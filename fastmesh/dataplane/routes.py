@@ -5,9 +5,11 @@ import dataclasses
 from typing import Any
 
 from fastmesh._core.naming import Names
+from fastmesh._core.ratelimit import RateBlock
 from fastmesh._core.router import SPEC_KEYS, Router
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.config.schema import Route as RouteConfig
+from fastmesh.dataplane.ratelimits import limits_for
 
 
 def route_spec(route: RouteConfig) -> dict[str, Any]:
@@ -16,7 +18,8 @@ def route_spec(route: RouteConfig) -> dict[str, Any]:
     return {f.name: getattr(route, f.name) for f in dataclasses.fields(route) if f.name in SPEC_KEYS}
 
 
-def build_router(listener: ListenerConfig, clusters: list[str], names: Names | None = None) -> Router:
+def build_router(listener: ListenerConfig, clusters: list[str], names: Names | None = None,
+                 rates: RateBlock | None = None) -> Router:
     """The listener's routes in order, then {cluster: default} when it has a default cluster.
 
     `clusters` fixes the cluster indexes: Router.cluster(route) is a position in this list. Routes sent to a
@@ -27,4 +30,6 @@ def build_router(listener: ListenerConfig, clusters: list[str], names: Names | N
         specs.append({"cluster": listener.cluster})
     table = names.current if names is not None else None
     services = table.services if table is not None else ()
-    return Router(specs, clusters, services, names, trust_naming=listener.trust_naming)
+    router = Router(specs, clusters, services, names, trust_naming=listener.trust_naming)
+    router.limits = limits_for(rates, listener)       # each limited route's buckets in `rates` (ratelimits.py)
+    return router

@@ -37,6 +37,9 @@ class Request(Protocol):
     listener: str                      # the listener's name
     route: int                         # the index of the matched route in the listener's routes
     cluster: str                       # the cluster the request goes to (route_to() changes it)
+    # The key the request counts under on a route with rate_limit = { key = "filter" }: a filter sets it (a str;
+    # None, the default, leaves the request unlimited). Read after the chain, so the last filter to set it wins.
+    rate_limit_key: str | None
 
     def header(self, name: str) -> str | None:
         """The first field called name (any case), or None."""

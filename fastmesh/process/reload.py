@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from fastmesh.config.load import config_to_dict, read_config
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.ratelimits import SharedRates
 from fastmesh.dataplane.slots import Holes, encode_sets, with_holes
 from fastmesh.discovery.manager import DiscoveryManager, watches
 from fastmesh.process.events import Events
@@ -59,6 +60,7 @@ class Supervised(Protocol):
     stopping: asyncio.Event
     discovery: DiscoveryManager
     events: Events                      # the event_sinks plugins' queue
+    rates: SharedRates                  # the rate-limit block the workers share (a reload may make a new one)
 
     def adopt(self, cfg: Config, applied: list[int]) -> None: ...
     def restart(self, n: int, why: str) -> None: ...
@@ -177,6 +179,8 @@ class Reloader:
         changes = summarize(old, effective)
         old_layout = sup.stats.layout
         sup.stats.relayout(StatsLayout(effective, holes))
+        if fmt != "endpoints":
+            sup.rates.update(effective)             # a new block when the limits changed (the kept ones carried over)
         targets = {n: link for n, link in sup.links.items() if n in sup.ready}
         answers = await asyncio.gather(*(self._apply(n, link, text, fmt) for n, link in targets.items()))
         took = (time.monotonic() - began) * 1000        # until the last worker answered
@@ -187,6 +191,8 @@ class Reloader:
         workers = {f"w{n}": _worker_word(state, info) for n, (state, info) in sorted(results.items())}
         if refused and not applied and not late:
             sup.stats.relayout(old_layout)          # every worker kept the running config, and so do we
+            if fmt != "endpoints":
+                sup.rates.update(old)
             for n, errors in sorted(refused.items()):
                 for error in errors:
                     log.error("reload (%s): w%d: %s", trigger, n, error)
@@ -244,8 +250,11 @@ class Reloader:
             stats_fd = stats.fd_for(n)
             stats.freeze(n)             # it moves counters between blocks now: read them as they were
             try:
+                # A whole config goes with the rate-limit block of its limits (the worker keeps its own when it
+                # is the same block).
+                fds = (config_fd, stats_fd) if fmt == "endpoints" else (config_fd, stats_fd, self.sup.rates.fd)
                 answer = await link.call("endpoints" if fmt == "endpoints" else "reload", RELOAD_TIMEOUT,
-                                         fds=(config_fd, stats_fd), source=self.sup.config_path, format=fmt)
+                                         fds=fds, source=self.sup.config_path, format=fmt)
             finally:
                 stats.thaw(n)
         except TimeoutError:

@@ -104,6 +104,8 @@ class Supervisor:
         self.stats = WorkerStats(StatsLayout(cfg))                 # one shared counter block per worker slot
         from fastmesh.dataplane.limits import SharedLimits
         self.limits = SharedLimits(cfg, self.count)                # the instance's limit counters, one region per slot
+        from fastmesh.dataplane.ratelimits import SharedRates
+        self.rates = SharedRates(cfg)                              # the routes' rate-limit buckets, for every worker
         self.links: dict[int, WorkerLink] = {}                     # slot -> control channel of its worker
         self.config_gen = 0                                        # bumped by each reload that changed cfg
         self.spawn_gen: dict[int, int] = {}                        # slot -> config_gen its worker started at
@@ -164,6 +166,7 @@ class Supervisor:
                 await demo.close()
             self.stats.close()
             self.limits.close()
+            self.rates.close()
             if self.zygote is not None:
                 self.zygote.close()
         log.info("stopped")
@@ -310,7 +313,7 @@ class Supervisor:
     async def _spawn(self, n: int) -> Worker:
         if self.zygote is not None and self.zygote.sock is not None:
             ours, theirs = socketpair()
-            fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd]
+            fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd, self.rates.fd]
             running = None
             if self.reloader.format == "json" and self.reloader.text is not None:
                 running = memfd_with(self.reloader.text, "fastmesh-config")     # discovery: the running config
@@ -335,6 +338,7 @@ class Supervisor:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         stats_fd = self.stats.fd_for(n)
         limits_fd = self.limits.fd
+        rates_fd = self.rates.fd
         extra: list[str] = []
         config_fd = None
         if self.reloader.format == "json" and self.reloader.text is not None:
@@ -349,9 +353,11 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-m", "fastmesh", "_worker", self.config_path,
                 "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
-                "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd), *extra,
+                "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd), "--rates-fd", str(rates_fd),
+                *extra,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
-                pass_fds=(stats_fd, theirs.fileno(), limits_fd, *([config_fd] if config_fd is not None else [])))
+                pass_fds=(stats_fd, theirs.fileno(), limits_fd, rates_fd,
+                          *([config_fd] if config_fd is not None else [])))
         except BaseException:
             ours.close()
             raise

@@ -31,7 +31,8 @@ _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 
 def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
-         control_fd: int | None = None, limits_fd: int | None = None, config_fd: int | None = None) -> int:
+         control_fd: int | None = None, limits_fd: int | None = None, config_fd: int | None = None,
+         rates_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
     # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
@@ -58,7 +59,7 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     import uvloop
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(cfg, parent, stats_fd, control_fd, limits_fd, worker_id, holes))
+            return runner.run(_serve(cfg, parent, stats_fd, control_fd, limits_fd, worker_id, holes, rates_fd))
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")
         return 1
@@ -115,8 +116,8 @@ def _announce_ready() -> None:
 
 
 async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, control_fd: int | None = None,
-                 limits_fd: int | None = None, worker_id: int = 0, holes: dict[str, tuple[int, ...]] | None = None
-                 ) -> int:
+                 limits_fd: int | None = None, worker_id: int = 0, holes: dict[str, tuple[int, ...]] | None = None,
+                 rates_fd: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -136,8 +137,10 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     from fastmesh.process import memtrace
     tracer = memtrace.start(worker_id)      # None unless FASTMESH_MEMTRACE is set (a debug switch for soaks)
     from fastmesh.proxy import Proxy
-    # Counters in the supervisor's shared stats block; limits counted in its limits block, in our slot's region.
-    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd, limits_fd=limits_fd, worker=worker_id, holes=holes)
+    # Counters in the supervisor's shared stats block; limits counted in its limits block, in our slot's region;
+    # rate-limit buckets in its rates block.
+    proxy = Proxy(cfg, reuse_port=True, stats_fd=stats_fd, limits_fd=limits_fd, worker=worker_id, holes=holes,
+                  rates_fd=rates_fd)
     try:
         await proxy.start()
     except OSError as exc:              # start() has already closed whatever it had bound
@@ -211,7 +214,7 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
         from fastmesh.dataplane import stats
         from fastmesh.errors import ConfigError
         began = time.monotonic()
-        config_fd, stats_fd = (fds + [None, None])[:2]
+        config_fd, stats_fd, rates_fd = (fds + [None, None, None])[:3]
         if config_fd is None:
             return {"ok": False, "errors": ["the reload request carried no config"]}
         text = workerlink.read_all(config_fd)
@@ -223,13 +226,17 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
                 cfg, holes = _effective_config(text, source)
             else:
                 cfg = loads_config(text.decode(), source=source)
-            changes = await proxy.reload(cfg, stats_block=block, holes=holes)
+            theirs, rates_fd = rates_fd, None         # reload() owns it from here
+            changes = await proxy.reload(cfg, stats_block=block, holes=holes, rates_fd=theirs)
         except ConfigError as exc:
             errors = [str(e) for e in exc.errors]
         except OSError as exc:          # a new listener could not be bound: reload() changed nothing
             errors = [f"cannot apply {source}: {exc.strerror or exc}"]
         else:
             return {"ok": True, "changes": changes, "seconds": time.monotonic() - began}
+        finally:
+            if rates_fd is not None:    # not handed to the proxy (the config did not load)
+                os.close(rates_fd)
         for error in errors:            # one log line per problem
             log.error("reload failed: %s", error)
         return {"ok": False, "errors": errors}

@@ -398,7 +398,8 @@ def test_config_to_dict_fills_every_default() -> None:
         "clusters": {"echo": {"endpoints": [{"address": "127.0.0.1:9001", "weight": 1}], "balancer": "round_robin",
                               "protocol": "http1",
                               "connect_timeout": "1s", "connect_attempts": 3, "response_timeout": "15s",
-                              "pool_max_idle": 64, "pool_idle_timeout": "1m", "timeout": "0s",
+                              "pool_max_idle": 1024, "pool_idle_timeout": "1m",
+                              "h2_keepalive_interval": "0s", "h2_keepalive_timeout": "10s", "timeout": "0s",
                               "per_try_timeout": "0s",
                               "retries": {"attempts": 3, "on": ["connect-failure"], "budget_percent": 20.0,
                                           "min_per_second": 10.0, "backoff": "25ms", "max_backoff": "250ms",
@@ -503,7 +504,7 @@ def test_http_listener_defaults() -> None:
     # body_timeout = "0s" lifts the limit on the whole body (idle_timeout still bounds each silence in it).
     assert loads_config(HTTP + 'body_timeout = "0s"\n' + CLUSTER).listeners[0].body_timeout == 0.0
     cluster = cfg.clusters["echo"]
-    assert (cluster.response_timeout, cluster.pool_max_idle, cluster.pool_idle_timeout) == (15.0, 64, 60.0)
+    assert (cluster.response_timeout, cluster.pool_max_idle, cluster.pool_idle_timeout) == (15.0, 1024, 60.0)
 
 
 def test_idle_timeout_default_follows_the_protocol() -> None:
@@ -903,3 +904,31 @@ def test_protocol_and_grpc_round_trip(extra: str) -> None:
     assert config_from_dict(as_dict, "rt.toml") == cfg
     assert config_to_dict(config_from_dict(as_dict)) == as_dict
     assert as_dict["clusters"]["echo"]["protocol"] in ("http1", "h2")
+
+
+@pytest.mark.parametrize("value, kept", [("true", "any"), ("false", None), ('"v1"', "v1"), ('"v2"', "v2")])
+def test_listener_proxy_protocol(value: str, kept: str | None) -> None:
+    cfg = loads_config(LISTENER + f"proxy_protocol = {value}\n" + CLUSTER)
+    assert (cfg.listeners[0].proxy_protocol, cfg.listeners[0].proxy_protocol_timeout) == (kept, 5.0)
+    test_round_trip(LISTENER + f'proxy_protocol = {value}\nproxy_protocol_timeout = "2s"\n' + CLUSTER)
+
+
+def test_cluster_proxy_protocol() -> None:
+    cfg = loads_config(LISTENER + CLUSTER + 'proxy_protocol = "v2"\n')
+    assert cfg.clusters["echo"].proxy_protocol == "v2"
+    assert config_to_dict(cfg)["clusters"]["echo"]["proxy_protocol"] == "v2"
+    test_round_trip(LISTENER + CLUSTER + 'proxy_protocol = "v1"\n')
+
+
+@pytest.mark.parametrize("text, message", [
+    (LISTENER + 'proxy_protocol = "v3"\n' + CLUSTER,
+     'listeners[0].proxy_protocol: expected true, false, "v1" or "v2", got "v3"'),
+    (LISTENER + 'proxy_protocol_timeout = "0s"\n' + CLUSTER, "listeners[0].proxy_protocol_timeout: expected"),
+    (LISTENER + CLUSTER + "proxy_protocol = true\n", 'clusters.echo.proxy_protocol: expected "v1" or "v2", got true'),
+    (LISTENER + CLUSTER + 'protocol = "h2"\nproxy_protocol = "v2"\n',
+     'clusters.echo.proxy_protocol: expected protocol = "http1" beside it'),
+])
+def test_bad_proxy_protocol(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, "bad.toml")
+    assert str(info.value).startswith(f"bad.toml: {message}")

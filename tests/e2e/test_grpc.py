@@ -269,3 +269,19 @@ def test_metrics_count_grpc_answers_by_status() -> None:
             assert 'fastmesh_grpc_responses_total{cluster="grpc",grpc_status="OK"} 1' in text
 
     asyncio.run(main())
+
+
+def test_the_proxy_s_own_grpc_errors_are_counted_by_grpc_status() -> None:
+    """A call fastmesh answers itself (trailers-only, here UNAVAILABLE: the one endpoint refuses connects) is counted
+    with the answers the servers gave, by its grpc-status."""
+    async def main() -> None:
+        async with grpc_setup(1, "outlier = false") as (proxy, backends, client):
+            await asyncio.to_thread(call, client, b"ok")
+            backends[0].stop()
+            with pytest.raises(grpc.RpcError) as failed:
+                await asyncio.to_thread(client.unary, b"x", WAIT)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "fastmesh-error" in dict(failed.value.trailing_metadata())
+            assert proxy._clusters["grpc"].counts["grpc"] == {"OK": 1, "UNAVAILABLE": 1}
+
+    asyncio.run(main())

@@ -111,6 +111,58 @@ def test_the_head_is_mapped_host_to_authority_and_hop_by_hop_fields_dropped() ->
     asyncio.run(main())
 
 
+def test_fields_the_connection_field_names_stay_behind() -> None:
+    """RFC 9110 7.6.1: the fields a client's Connection field names are for its hop alone; HTTP/2 carries no
+    connection-specific fields at all (RFC 9113 8.2.2)."""
+    async def main() -> None:
+        async with setup() as (proxy, (b,), port):
+            data = await raw(port, b"GET /c HTTP/1.1\r\nHost: h\r\nConnection: X-Hop, x-other\r\nX-Hop: 1\r\n"
+                                   b"X-Kept: 2\r\nConnection: close\r\nX-Other: 3\r\n\r\n")
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"b0:/c"), data
+            names = [k for k, _ in b.heads[0]]
+            assert b"x-hop" not in names and b"x-other" not in names and b"connection" not in names, b.heads[0]
+            assert (b"x-kept", b"2") in b.heads[0]
+
+    asyncio.run(main())
+
+
+def test_a_chunked_request_body_s_trailers_go_up_as_a_trailing_headers_frame() -> None:
+    async def main() -> None:
+        async with setup() as (proxy, (b,), port):
+            data = await raw(port, b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+                                   b"\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\nContent-Length: 11\r\n"
+                                   b"X-Count: 2\r\n\r\n")
+            assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"hello world"), data
+            # The framing field stays behind (HTTP/1 knows it by name); the others end the stream as trailers.
+            assert b.request_trailers == [[(b"x-checksum", b"abc"), (b"x-count", b"2")]]
+            # Without trailers the body ends with its last DATA frame, as before.
+            data = await raw(port, b"POST /n HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+                                   b"\r\n2\r\nok\r\n0\r\n\r\n")
+            assert data.endswith(b"\r\n\r\nok") and len(b.request_trailers) == 1
+
+    asyncio.run(main())
+
+
+def test_a_head_over_the_server_s_header_list_limit_is_answered_431_and_the_connection_lives_on() -> None:
+    """The server's SETTINGS_MAX_HEADER_LIST_SIZE is honoured: a request head over it is never sent (the server would
+    fail the stream or the connection); it is answered here, and HPACK stays in step for the next requests."""
+    async def main() -> None:
+        async with setup() as (proxy, (b,), port):
+            b.max_header_list = 2048
+            url = f"http://127.0.0.1:{port}"
+            status, _, body = await curl("-H", "X-Mine: first", f"{url}/a")
+            assert status == 200 and body == b"b0:/a"
+            status, h, _ = await curl("-H", "X-Mine: first", "-H", "X-Big: " + "v" * 3000, f"{url}/big")
+            assert status == 431 and h["fastmesh-error"] == "head too large for upstream", h
+            for path in ("/b", "/c"):                # fields the dropped block had indexed are sent again
+                status, _, body = await curl("-H", "X-Mine: first", "-H", "X-Big: small", f"{url}{path}")
+                assert status == 200 and body == b"b0:" + path.encode()
+            assert b.requests == 3 and b.connections == 1 and b.closed == 0
+            assert [dict(hd).get(b"x-mine") for hd in b.heads] == [b"first"] * 3
+
+    asyncio.run(main())
+
+
 def test_a_large_body_streams_both_ways() -> None:
     async def main() -> None:
         async with setup() as (proxy, (b,), port):

@@ -136,3 +136,68 @@ def test_a_discovery_update_retires_a_removed_endpoints_connection() -> None:
             assert b[1].connections == 1                                     # the kept one's connection reused
 
     asyncio.run(main())
+
+
+def test_a_grpc_status_that_fails_in_the_trailers_after_messages_counts_for_outlier_detection() -> None:
+    """A gRPC answer's head says 200; a failing grpc-status may come only in its trailers, after messages were passed
+    on. That status is the endpoint's outcome, as a 5xx would be: five UNAVAILABLE in a row eject it."""
+    async def main() -> None:
+        backends = [await H2Backend(f"b{i}").start() for i in range(2)]
+        bad = backends[1]
+        bad.streamed = True
+        bad.head_fields = [(b"content-type", b"application/grpc")]
+        bad.trailers = [(b"grpc-status", b"14"), (b"grpc-message", b"going away")]
+        backends[0].head_fields = [(b"content-type", b"application/grpc")]
+        backends[0].trailers = [(b"grpc-status", b"0")]
+        port = free_port()
+        eps = ", ".join(f'"{b.address}"' for b in backends)
+        cfg = (f'drain_timeout = "300ms"\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1:{port}"\n'
+               f'protocol = "http"\ncluster = "up"\n[clusters.up]\nendpoints = [{eps}]\nprotocol = "h2"\n'
+               f'balancer = "round_robin"\n'
+               f'outlier = {{ consecutive_failures = 5, base_ejection = "30s", max_ejected_percent = 50 }}\n')
+        headers = {"content-type": "application/grpc", "te": "trailers"}
+        try:
+            async with Proxy.from_toml(cfg) as proxy, \
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", http1=False, http2=True, timeout=WAIT,
+                                      trust_env=False) as client:
+                for i in range(40):
+                    if proxy.stats()["clusters"]["up"][1]["ejected"]:
+                        break
+                    r = await client.post("/svc/Call", content=b"\0\0\0\0\x01m", headers=headers)
+                    assert r.status_code == 200
+                assert proxy.stats()["clusters"]["up"][1]["ejected"] and bad.requests == 5
+                assert proxy._clusters["up"].counts["grpc"] == {"OK": backends[0].requests, "UNAVAILABLE": 5}
+                before = bad.requests
+                for i in range(4):
+                    r = await client.post("/svc/Call", content=b"\0\0\0\0\x01m", headers=headers)
+                    assert r.headers["x-backend"] == "b0"
+                assert bad.requests == before
+        finally:
+            for b in backends:
+                await b.stop()
+
+    asyncio.run(main())
+
+
+def test_a_server_gone_silent_is_found_by_keepalive_pings_and_its_requests_are_retried() -> None:
+    """h2_keepalive_interval: a connection the server has been silent on gets a PING; no answer within
+    h2_keepalive_timeout and the connection is given up as a broken one, its streams failing as resets (retried
+    elsewhere when the policy allows) instead of waiting for the response timeout."""
+    async def main() -> None:
+        cluster = ('balancer = "round_robin"\nh2_keepalive_interval = "200ms"\nh2_keepalive_timeout = "400ms"\n'
+                   'response_timeout = "20s"\nretries = { attempts = 2, on = ["reset"] }')
+        async with setup(2, cluster) as (proxy, b, client):
+            answers = [await client.get(f"/w{i}") for i in range(2)]
+            assert sorted(r.headers["x-backend"] for r in answers) == ["b0", "b1"]
+            await asyncio.sleep(0.6)                   # idle connections: pinged, and both answer
+            h2pool = next(p for p in proxy._pools if p.cluster.name == "up")
+            assert h2pool.keepalive_failures == 0 and b[0].closed == 0 and b[1].closed == 0
+            b[0].frozen = True
+            t0 = asyncio.get_running_loop().time()
+            answers = await asyncio.gather(*(client.get(f"/f{i}") for i in range(4)))
+            assert [r.status_code for r in answers] == [200] * 4
+            assert {r.headers["x-backend"] for r in answers} == {"b1"}
+            assert asyncio.get_running_loop().time() - t0 < 10.0        # well before the 20 s response timeout
+            assert h2pool.keepalive_failures >= 1 and b[1].closed == 0
+
+    asyncio.run(main())

@@ -69,6 +69,7 @@ class H2Client:
         self.settings: dict[int, int] = {}
         self.heads: dict[int, list[tuple[bytes, bytes]]] = {}
         self.trailers: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.interim: dict[int, list[list[tuple[bytes, bytes]]]] = {}     # 1xx heads, in order
         self.bodies: dict[int, bytearray] = {}
         self.ended: set[int] = set()
         self.resets: dict[int, int] = {}
@@ -168,6 +169,8 @@ class H2Client:
                 self.trailers[sid] = fields
             elif dict(fields).get(b":status", b"200")[:1] != b"1":
                 self.heads[sid] = fields
+            else:
+                self.interim.setdefault(sid, []).append(fields)
         elif isinstance(frame, f.DataFrame):
             self.bodies.setdefault(sid, bytearray()).extend(frame.data)
             if frame.flow_controlled_length:
@@ -270,16 +273,86 @@ def test_trailers_pass_from_a_chunked_http1_answer() -> None:
     run(main())
 
 
+class InterimBackend:
+    """A raw HTTP/1 server whose answers are preceded by an interim one: 100 Continue to a request with
+    `Expect: 100-continue` (its body read only after that), else 103 Early Hints with a Link field."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.base_events.Server | None = None
+        self.heads: list[bytes] = []
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return "127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]
+
+    async def __aenter__(self) -> "InterimBackend":
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+            fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+            if fields.get(b"expect", b"").lower() == b"100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            await writer.drain()
+            body = await reader.readexactly(int(fields.get(b"content-length", b"0")))
+            answer = b"got:" + body
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(answer)
+                         + answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_interim_answers_of_an_http1_backend_reach_the_http2_client() -> None:
+    """A backend's 103 Early Hints reaches the client as a HEADERS frame without END_STREAM before the answer; with
+    `expect: 100-continue` the client waits for the backend's 100 Continue before it sends its body, and gets it."""
+    async def main() -> None:
+        async with InterimBackend() as backend, proxied([backend]) as (proxy, port):
+            async with H2Client(port) as c:
+                sid = c.request("/hints")
+                status, head, body = await c.response(sid)
+                assert status == 200 and body == b"got:"
+                assert [dict(h)[b":status"] for h in c.interim[sid]] == [b"103"]
+                assert dict(c.interim[sid][0])[b"link"] == b"</style.css>; rel=preload"
+                sid = c.request("/upload", method="POST", end=False,
+                                headers=[("expect", "100-continue"), ("content-length", "5")])
+                await c.until(lambda: sid in c.interim, 10.0)       # no body goes before the 100 came
+                assert [dict(h)[b":status"] for h in c.interim[sid]] == [b"100"] and sid not in c.heads
+                c.send_body(sid, b"hello")
+                status, head, body = await c.response(sid)
+                assert status == 200 and body == b"got:hello"
+            assert b"expect: 100-continue" in backend.heads[1].lower()
+    run(main())
+
+
+async def h2load(port: int, *args: str, timeout: float = 50) -> str:
+    """h2load's report of a run against the listener (args: -c, -m, -n ...)."""
+    proc = await asyncio.create_subprocess_exec(H2LOAD, *args, f"http://127.0.0.1:{port}/x",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return out.decode()
+
+
 @needs_h2load
 def test_h2load_c4_m16_every_request_answered() -> None:
     """h2load, 4 connections x 16 concurrent streams, 4000 requests: every one answered 200."""
     async def main() -> None:
         async with HttpBackend() as backend, proxied([backend]) as (proxy, port):
-            proc = await asyncio.create_subprocess_exec(
-                H2LOAD, "-c4", "-m16", "-n4000", f"http://127.0.0.1:{port}/x",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-            out, _ = await asyncio.wait_for(proc.communicate(), 50)
-            text = out.decode()
+            text = await h2load(port, "-c4", "-m16", "-n4000")
             assert "4000 succeeded" in text and "status codes: 4000 2xx" in text, text
             assert backend.requests == 4000
     run(main())
@@ -539,4 +612,18 @@ def test_a_connection_error_gets_goaway() -> None:
                 assert c.goaways[0][0] == 1
                 await c.until(lambda: c.closed, timeout=5)
             assert backend.requests == 0
+    run(main())
+
+
+@needs_h2load
+def test_h2load_c8_m16_keeps_the_http1_connections_it_needs_instead_of_churning_them() -> None:
+    """c8 x m16 keeps up to 128 requests in flight at one HTTP/1 endpoint: the pool keeps as many idle connections
+    as were in use at once lately, so the next burst of streams reuses them (bench/h2_churn.py measures it)."""
+    async def main() -> None:
+        async with HttpBackend() as backend, proxied([backend]) as (proxy, port):
+            text = await h2load(port, "-c8", "-m16", "-n8000")
+            assert "8000 succeeded" in text, text
+            opened = proxy.stats()["pools"]["web"]["opened"]
+            assert opened <= 8000 * 0.03, opened          # one connect per 5 requests or so without it
+            assert sum(proxy.stats()["pools"]["web"]["idle"]) <= 128 + 8
     run(main())

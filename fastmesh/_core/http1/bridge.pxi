@@ -7,13 +7,16 @@
 #             connection-specific fields, keeps `te: trailers`, and adds the exchange's edits
 #   body      de-framed from the client (Content-Length, or the chunked coding decoded: only the data goes up as
 #             DATA) into `body` as the leg takes it: at most BODY_AHEAD bytes wait, and the client is read no
-#             further meanwhile; a body up to REPLAY_MAX is kept whole, so a retry can send it again
+#             further meanwhile; a body up to REPLAY_MAX is kept whole, so a retry can send it again; a chunked
+#             body's trailer fields go up as the stream's trailing HEADERS (less those HTTP/1 knows by name:
+#             framing, routing and hop-by-hop fields)
 #   response  the leg's head rendered as HTTP/1.1 (render_leg_response): Content-Length when the answer had one
 #             (or has no body), else chunked for an HTTP/1.1 client and close-delimited for HTTP/1.0; trailers
 #             as the chunked body's trailer section (dropped for the other framings); body bytes taken while the
 #             client's output holds less than OUT_AHEAD, the leg pausing (its stream's window with it) until then
-#   rules     retries, deadlines, budgets, breakers and reports through the same Exchange calls as every codec;
-#             our own answers are render_error's, through Downstream.respond_error
+#   rules     retries, deadlines, budgets, breakers and reports through the same Exchange calls as every codec,
+#             what a failed try or a clock means decided as for an HTTP/2 stream (upstream/leg.pxd's
+#             failed_verdict, clock_verdict); our own answers are render_error's, through Downstream.respond_error
 # An Expect: 100-continue is answered here at once: the h2 server's own 100 never crosses a leg.
 
 cdef Py_ssize_t BODY_AHEAD = 65536     # request body bytes read from the client ahead of what the leg took
@@ -21,6 +24,13 @@ cdef Py_ssize_t OUT_AHEAD = 262144     # response bytes queued for the client be
 cdef Py_ssize_t REPLAY_MAX = 65536     # a request body up to this size is kept whole, so a retry can send it again
 cdef const char *CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef const char *LAST_CHUNK = b"0\r\n\r\n"
+
+from fastmesh._core.http1.parser cimport parse_fields, head_reset, FIELD_OTHER, HEAD_MAX_FIELDS
+from fastmesh._core.upstream.leg cimport failed_verdict, clock_verdict, OWNER_WAIT, OWNER_RETRY
+
+# The request trailer fields a leg is handed (body_trailers): parsed from Bridge.trailers and used at once.
+cdef Head TRAILER_HEAD
+cdef Field TRAILER_KEPT[HEAD_MAX_FIELDS]
 
 
 cdef bint _te_trailers(const char *base, const Head *h) noexcept:
@@ -66,6 +76,7 @@ cdef class Bridge(LegOwner):
     def __dealloc__(self):
         ob_free(&self.head)
         ob_free(&self.body)
+        ob_free(&self.trailers)
 
     # ---- the request ---------------------------------------------------------------------------------------
 
@@ -112,6 +123,8 @@ cdef class Bridge(LegOwner):
         self.body.off = 0
         self.body.len = 0
         self.body_off = 0
+        self.trailers.off = 0
+        self.trailers.len = 0
         self.body_end = d.req_body.done
         self.keep_body = True
         self.chunked = False
@@ -152,6 +165,9 @@ cdef class Bridge(LegOwner):
                         return -1
                     if f.dec.state == CHUNK_DONE:
                         f.done = True
+                        if f.dec.trailers_len > 2:       # more than the blank line: kept for body_trailers
+                            ob_add(&self.trailers, d.rbuf.data + d.rbuf.start + f.dec.trailers_off,
+                                   f.dec.trailers_len)
                 if dlen > 0:
                     self.add_body(d.rbuf.data + d.rbuf.start + off, dlen)
                     more = True
@@ -248,6 +264,21 @@ cdef class Bridge(LegOwner):
     cdef bint body_ended(self) noexcept:
         return self.body_end and self.body_off == self.body.len
 
+    cdef int body_trailers(self, const char **base, const Field **fields) noexcept:
+        cdef int i, k = 0
+        if self.trailers.len == 0:
+            return 0
+        head_reset(&TRAILER_HEAD)
+        if parse_fields(self.trailers.data, 0, self.trailers.len, &TRAILER_HEAD, &self.d.proxy.limits) <= 0:
+            return 0                             # (the decoder parsed the same bytes already: never)
+        for i in range(TRAILER_HEAD.num_headers):
+            if TRAILER_HEAD.headers[i].id == FIELD_OTHER:
+                TRAILER_KEPT[k] = TRAILER_HEAD.headers[i]
+                k += 1
+        base[0] = self.trailers.data
+        fields[0] = TRAILER_KEPT
+        return k
+
     # ---- the response (LegOwner) ---------------------------------------------------------------------------
 
     cdef int leg_head(self, Leg leg, int status, const char *base, const Field *fields, int n, bint end) noexcept:
@@ -317,21 +348,14 @@ cdef class Bridge(LegOwner):
 
     cdef void leg_failed(self, Leg leg, int err) noexcept:
         cdef Downstream d = self.d
-        cdef Exchange ex = d.ex
-        cdef double now = d.proxy.reactor.now
         if d.state != DS_BRIDGED or self.backoff:
             return
-        if leg.head_done:
-            # The upstream broke its response after the head: only a close can tell the client.
-            ex.response_broke(leg.endpoint, now)
-            self.answer(PE_RESET)
-            return
-        if err == PE_RESET:
-            if ex.try_failed(leg.endpoint, RETRY_RESET, not leg.stale, now) == V_RETRY:
-                self.retry_later()
-                return
-            err = ex.error
-        self.answer(err)
+        # After the head (PE_RESET) only a close can tell the client.
+        err = failed_verdict(d.ex, leg, err, d.proxy.reactor.now)
+        if err == OWNER_RETRY:
+            self.retry_later()
+        else:
+            self.answer(err)
 
     # ---- the connection's side -----------------------------------------------------------------------------
 
@@ -381,31 +405,14 @@ cdef class Bridge(LegOwner):
     cdef void check(self, double now) noexcept:
         """The sweep (http1/proxy.pyx): whose clock ran out, by the same rules as every request."""
         cdef Downstream d = self.d
-        cdef Exchange ex = d.ex
-        cdef Leg leg = self.leg
-        cdef int ep
+        cdef int r
         if d.resp_head_done or self.backoff:
             return
-        if ex.deadline_passed(now):
-            # Out of time while the client still owed body bytes: the client's doing (408), else 504.
-            self.answer(PE_BODY_TIMEOUT if self.awaits_client() else PE_DEADLINE_EXCEEDED)
-        elif not self.body_end and ex.body_overdue(now, self.awaits_client(), d.proxy.idle_timeout):
-            self.answer(PE_BODY_TIMEOUT)
-        elif leg is None:
-            return
-        elif leg.state == LEG_WAITING and now >= ex.try_deadline:
-            leg.cancel()
-            self.answer(ex.wait_expired())
-        elif (leg.state == LEG_ACTIVE or leg.state == LEG_CONNECTING) and not leg.head_done \
-                and now >= ex.try_deadline:
-            ep = leg.endpoint
-            leg.cancel()
-            if ex.try_failed(ep, RETRY_TIMEOUT, True, now) == V_RETRY:
-                self.retry_later()
-            else:
-                self.answer(ex.error)
-        else:
-            leg.tick(now)
+        r = clock_verdict(d.ex, self.leg, self.body_end, self.awaits_client(), d.proxy.idle_timeout, now)
+        if r == OWNER_RETRY:
+            self.retry_later()
+        elif r != OWNER_WAIT:
+            self.answer(r)
         if d.state != DS_BRIDGED:
             d.run()
 

@@ -2,7 +2,7 @@
 
 from libc.stdint cimport uint32_t, uint64_t
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
-from fastmesh._core.includes.system cimport sockaddr_storage, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
+from fastmesh._core.includes.system cimport sockaddr_storage, sockaddr_in6, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET
 from fastmesh._core.reactor cimport Reactor, Acceptor, BufferPool, Sweeper
 from fastmesh._core.http1.parser cimport Head, Limits
 from fastmesh._core.http1.body cimport BodyFrame
@@ -34,7 +34,7 @@ cdef class Handoff(Sweeper):
     # Another protocol an http listener's connections may turn out to speak: HTTP/2 with prior knowledge, seen from
     # its connection preface (http2/conn.pyx). Swept, drained and closed with the listener.
     # Take over client socket fd with the bytes already read (rbuf's buffer changes hands) and the peer's address.
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept
     cdef void drain(self) noexcept             # no new streams: graceful GOAWAY, connections close once idle
     cdef void close_all(self) noexcept         # close every connection now
 
@@ -53,6 +53,7 @@ cdef class Bridge(LegOwner):
     cdef LegRequest req                    # what the leg renders (points into head and view)
     cdef OutBuf body                       # request body bytes de-framed from the client and not yet dropped
     cdef Py_ssize_t body_off               # bytes of body the current try took
+    cdef OutBuf trailers                   # the chunked body's trailer section as sent (field lines, blank line)
     cdef bint body_end                     # the client's body ended: no byte follows those in `body`
     cdef bint keep_body                    # the whole body stays in `body` (small enough to send again)
     cdef bint chunked                      # the answer goes to the client chunked
@@ -134,6 +135,7 @@ cdef class Downstream(UpstreamUser):
     cdef Exchange ex                       # the current request's rules and state; None while idle (see Front)
     cdef char peer[48]                     # the client's address as text (the exchange's X-Forwarded-For, hash key)
     cdef int peer_len
+    cdef sockaddr_in6 client               # the client's address and port (a sockaddr_in for IPv4), for PROXY headers
     # --- the current request, as HTTP/1 carries it ---
     cdef Upstream up                       # upstream connection, None before acquired / after release
     cdef HttpPool pool                     # the routed cluster's pool (the exchange's connector)

@@ -43,7 +43,7 @@ from fastmesh._core.stats cimport (
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
-    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED,
+    PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_RATE_LIMITED,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
 from fastmesh._core.http1.parser cimport (
@@ -65,7 +65,7 @@ from fastmesh._core.http1.view cimport view_init, log_names, listener_address, t
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
 from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
 from fastmesh._core.request cimport RequestView, Span, Field, span_of, find_field, fold_eq
-from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE
+from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_ACTIVE
 from fastmesh._core.upstream.h2pool cimport H2Pool, H2Leg
 from fastmesh._core.upstream.connector cimport CONNECT_FULL
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
@@ -91,7 +91,7 @@ include "bridge.pxi"
 cdef class Handoff(Sweeper):
     """The base of a second protocol on http listeners (http2/conn.pyx's H2Front); this one takes nothing."""
 
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept:
         close(fd)
 
     cdef void drain(self) noexcept:
@@ -331,6 +331,7 @@ cdef class Downstream(UpstreamUser):
         if self.ex is None:
             self.ex = self.proxy.take_exchange()
             self.ex.set_peer(self.peer, self.peer_len)
+            self.ex.set_client(&self.client, self.fd)
 
     cdef void rest(self) noexcept:
         """An idle keep-alive connection (the sweep calls this) gives back its output buffers and its exchange, so
@@ -514,7 +515,7 @@ cdef class Downstream(UpstreamUser):
         """Acquire a connection for the current request: 1 got one, 0 queued for a slot (or refused and
         answered), -1 no endpoint could be tried (the caller answers)."""
         cdef int outcome
-        cdef Upstream up = self.pool.acquire(self, &self.ex.ct, &outcome)
+        cdef Upstream up = self.pool.acquire(self, self.ex, &outcome)
         self.ex.connected(-1, self.proxy.reactor.now)
         if up is None:
             if outcome != CONNECT_FULL:
@@ -821,6 +822,8 @@ cdef class Downstream(UpstreamUser):
             self.close()
             return
         keep = keep and self.client_keep and self.req_done
+        if err == PE_RATE_LIMITED:
+            code = self.ex.retry_after        # render.pyx's Retry-After
         status = error_info(err).status if not (err == PE_BAD_REQUEST and code < 0) else error_status(code)
         status = render_error(&self.out, err, code, keep, self.ex.retried_mark(status, False),
                               self.req_method == METHOD_HEAD
@@ -862,7 +865,7 @@ cdef class Downstream(UpstreamUser):
         the bytes read so far."""
         cdef int fd = self.fd
         self.fd = -1
-        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len)
+        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len, &self.client)
         self.close()
 
     cdef void close(self) noexcept:  # no-cython-lint

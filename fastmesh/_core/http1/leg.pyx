@@ -8,9 +8,9 @@ The steps are the HTTP/1 codec's (conn.pyx), driven from a stream instead of a c
               authority, Cookie fields joined, `te` dropped, the deadline digits stamped with this try's budget;
               the body pulled from the owner as the connection takes it: as it came with a content-length, else
               chunked (the owner's trailer fields in the last chunk)
-  response    parse_response() (parser.pyx); interim answers skipped; the body framed by body.pyx/framing.pyx and
-              handed over as data: chunked coding decoded, trailer fields of the last chunk passed on less those
-              the parser knows by name (framing and hop-by-hop ones)
+  response    parse_response() (parser.pyx); interim answers handed to the owner (leg_info); the body framed by
+              body.pyx/framing.pyx and handed over as data: chunked coding decoded, trailer fields of the last
+              chunk passed on less those the parser knows by name (framing and hop-by-hop ones)
   end         the connection back to the pool when both the request and the response ended cleanly
 Backpressure both ways: a body byte leaves the owner only when the connection's queue is empty (at most
 SEND_CHUNK bytes are copied at a time), and the leg reads the next response bytes only when the owner took the
@@ -19,13 +19,13 @@ on another connection at no cost, as conn.pyx does.
 """
 from fastmesh._core.buffer cimport rb_read_edge, rb_avail, ob_add, ob_send
 from fastmesh._core.errors cimport (
-    connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
+    connect_error, PE_NONE, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
 )
 from fastmesh._core.exchange cimport Exchange, replayable_method
 from fastmesh._core.request cimport Field
-from fastmesh._core.upstream.connector cimport Connector, CONNECT_FULL
+from fastmesh._core.upstream.connector cimport Connector
 from fastmesh._core.upstream.leg cimport (
-    Leg, LegOwner, LegRequest, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
+    Leg, LegOwner, LegRequest, LEG_IDLE, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
 )
 from fastmesh._core.http1.parser cimport (
     Head, Limits, limits_init, head_reset, parse_response, parse_fields, FIELD_OTHER, HEAD_MAX_FIELDS,
@@ -57,14 +57,8 @@ cdef class H1Leg(Leg):
     # ---- the try ---------------------------------------------------------------------------------
 
     cdef int start(self, LegOwner owner, Exchange ex, const LegRequest *req) noexcept:
-        self.owner = owner
-        self.ex = ex
-        self.req = req[0]
+        self.begin_try(owner, ex, req)
         self.pool = <HttpPool>ex.connector
-        self.endpoint = -1
-        self.head_done = False
-        self.stale = False
-        self.req_done = False
         self.resp_started = False
         self.up_keep = False
         self.blocked = False
@@ -78,18 +72,10 @@ cdef class H1Leg(Leg):
         a slot), or the ProxyError to answer with."""
         cdef Exchange ex = self.ex
         cdef int outcome
-        cdef Upstream up = self.pool.acquire(self, &ex.ct, &outcome)
+        cdef Upstream up = self.pool.acquire(self, ex, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
-            if outcome != CONNECT_FULL:
-                self.state = LEG_IDLE
-                return PE_NO_ENDPOINTS
-            # Circuit breaker: every connection slot is taken. Wait for one, or refuse at once.
-            if not ex.wait(self):
-                self.state = LEG_IDLE
-                return PE_OVERLOADED
-            self.state = LEG_WAITING
-            return PE_NONE
+            return self.no_connection(outcome)
         self.up = up
         self.endpoint = up.endpoint
         self.pool.cluster.upstream_start(up.endpoint)
@@ -112,10 +98,7 @@ cdef class H1Leg(Leg):
             self.run()
 
     cdef void cancel(self) noexcept:
-        cdef Exchange ex = self.ex
-        if self.state == LEG_WAITING and ex is not None and ex.waiting:
-            ex.waiting = False
-            ex.connector.unwait(self)
+        self.unwait()
         self.drop(False)
         self.state = LEG_IDLE
         self.owner = None
@@ -147,16 +130,6 @@ cdef class H1Leg(Leg):
         r = self.take()
         if r != PE_NONE:
             self.fail(connect_error(err) if r == PE_NO_ENDPOINTS else r)
-
-    cdef void slot_free(self) noexcept:
-        """A connection slot opened up while the try waited for one."""
-        cdef int r
-        self.ex.waiting = False
-        if self.state != LEG_WAITING:
-            return
-        r = self.take()
-        if r != PE_NONE:
-            self.fail(r)
 
     # ---- moving bytes ----------------------------------------------------------------------------
 
@@ -266,7 +239,11 @@ cdef class H1Leg(Leg):
         cdef long long length
         cdef int kind, r, status = h.status
         if 100 <= status < 200 and status != 101:
-            up.rbuf.start += head_len            # interim answers are not passed on
+            # An interim answer (100 Continue, 103 Early Hints): the owner passes it on if its client can take it.
+            self.owner.leg_info(self, status, up.rbuf.data + up.rbuf.start, h.headers, h.num_headers)
+            if self.up is not up or self.state != LEG_ACTIVE:
+                return 0
+            up.rbuf.start += head_len
             return 1
         kind = response_body(h, self.req.view.method, False, &length)
         if kind < 0 or kind == BODY_TUNNEL:

@@ -5,6 +5,7 @@ from fastmesh._core.reactor cimport EventTarget, Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+from fastmesh._core.exchange cimport Exchange
 
 
 cdef enum UpstreamState:
@@ -36,6 +37,8 @@ cdef class Upstream(EventTarget):
     cdef RecvBuf rbuf                      # bytes read from the server
     cdef OutBuf out                        # request head (and chunk lines) waiting to be sent
     cdef double deadline                   # connect deadline while connecting; idle expiry while idle
+    cdef char *proxy_hdr                   # the PROXY header sent first (the cluster sends one; else NULL): only an
+    cdef int proxy_len                     # exchange whose header is the same (the same client connection) reuses it
 
     cdef void fail(self, int err) noexcept
     cdef void abort(self) noexcept
@@ -46,14 +49,21 @@ cdef class HttpPool(Connector):
     # Per cluster: the shared connector (picks, failover, breaker) plus idle HTTP/1 connections to reuse.
     cdef list idle_heads                   # per endpoint: first idle Upstream or None
     cdef int *idle_count                   # per endpoint: idle connections held
-    cdef readonly int max_idle             # idle connections kept per endpoint
+    cdef int *peak                         # per endpoint: most connections in use at once in this peak window
+    cdef int *last_peak                    # ...and in the window before it (idle ones kept: the larger, capped)
+    cdef double window_end                 # when the peak window rolls over (the sweep does it)
+    cdef readonly int max_idle             # idle connections kept per endpoint at most (the ceiling)
     cdef readonly double idle_timeout      # seconds an idle connection is kept
     cdef public object tunnel              # TcpProxy carrying this cluster's upgraded connections, made on demand
     cdef readonly bint retired             # replaced by a reload: finishes its exchanges, keeps nothing idle
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long reuses    # exchanges served by a reused connection, ever
+    cdef const char *want                  # acquire() of a PROXY cluster: the header the exchange needs (has_idle
+    cdef int want_len                      # looks for an idle connection that sent it) ...
+    cdef Upstream found                    # ... and the one it found
 
-    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome)
+    cdef Upstream acquire(self, UpstreamUser user, Exchange ex, int *outcome)
     cdef void release(self, Upstream up) noexcept
     cdef void done_with(self, Upstream up, bint reuse, bint finished) noexcept
     cdef void unlink_idle(self, Upstream up) noexcept
+    cdef int grow_slots(self, int n) except -1

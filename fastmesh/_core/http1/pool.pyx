@@ -5,7 +5,10 @@ breaker, failover, counts); for the endpoint picked it reuses the most recently 
 few connections warm) or opens a new one. `active` (idle included) is what the connection breaker counts.
 Idle connections stay registered in the reactor: any event on one (the server closed it, or sent bytes nobody
 asked for) closes it, so a dead connection is rarely handed out. The tick closes connections idle past
-idle_timeout; at most max_idle are kept per endpoint.
+idle_timeout. How many are kept idle per endpoint follows use: as many as were in use at once lately (the peak of
+this PEAK_WINDOW or the one before), never more than max_idle. So a burst that comes back (an HTTP/2 client's
+streams, each a request here) finds its connections waiting, while a burst that does not return leaves only the
+connections the idle timeout then closes.
 
 max_connections and max_pending are the instance's (limits.pyx): a connection or a waiting request holds a slot
 of the cluster's limit cell (the connector takes and gives them). A slot another worker frees wakes nobody here,
@@ -17,13 +20,13 @@ match and closes the idle connections of removed endpoints; a connection to a re
 its exchange later is closed, not kept. Connections to endpoints still listed stay pooled.
 """
 from libc.stdint cimport uint32_t
-from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memset
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
 
 from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
 from fastmesh._core.includes.system cimport (
-    close, errno, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt, socklen_t,
-    SOL_SOCKET, SO_ERROR, SO_LINGER, linger,
+    close, errno, send, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt,
+    socklen_t, SOL_SOCKET, SO_ERROR, SO_LINGER, linger, MSG_NOSIGNAL, MSG_DONTWAIT, ECONNRESET,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget
 from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
@@ -34,8 +37,11 @@ from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
+from fastmesh._core.exchange cimport Exchange
+from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+cdef double PEAK_WINDOW = 10.0          # seconds over which the most connections in use at once is remembered
 
 
 cdef class UpstreamUser(ConnectUser):
@@ -53,6 +59,7 @@ cdef class Upstream(EventTarget):
             debug_new(DBG_UPSTREAM)
 
     def __dealloc__(self):
+        free(self.proxy_hdr)
         if FASTMESH_DEBUG:
             debug_free(DBG_UPSTREAM)
 
@@ -75,6 +82,12 @@ cdef class Upstream(EventTarget):
                 self.fail(err)
                 return
             if not (events & EPOLLOUT):
+                return
+            # The cluster's PROXY header goes first; a fresh socket's empty send buffer takes it whole, so a short
+            # send is the connection failing.
+            if self.proxy_len and send(self.fd, self.proxy_hdr, self.proxy_len, MSG_NOSIGNAL | MSG_DONTWAIT) \
+                    != self.proxy_len:
+                self.fail(errno or ECONNRESET)
                 return
             self.state = UP_ACTIVE
             self.pool.cluster.connect_succeeded(self.endpoint)
@@ -130,32 +143,79 @@ cdef class Upstream(EventTarget):
 
 cdef class HttpPool(Connector):
 
-    def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=64, double idle_timeout=60.0,
+    def __cinit__(self, Reactor reactor, Cluster cluster, int max_idle=1024, double idle_timeout=60.0,
                   ClusterPolicy policy=None, str hash_key=None):
         cdef int n = cluster.n
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
         self.set_hash_key(hash_key)
-        self.idle_heads = [None] * n
-        self.idle_count = <int *>calloc(max(n, 1), sizeof(int))
-        if self.idle_count == NULL:
-            raise MemoryError()
+        self.idle_heads = []
+        self.grow_slots(n)
 
     def __dealloc__(self):
         free(self.idle_count)
+        free(self.peak)
+        free(self.last_peak)
+
+    cdef int grow_slots(self, int n) except -1:
+        """Per-endpoint lists and counts for n endpoints (new slots zeroed)."""
+        cdef int old_n = len(self.idle_heads)
+        cdef int m = max(n, 1)
+        cdef int *p
+        if n <= old_n and self.idle_count != NULL:
+            return 0
+        p = <int *>realloc(self.idle_count, m * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.idle_count = p
+        p = <int *>realloc(self.peak, m * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.peak = p
+        p = <int *>realloc(self.last_peak, m * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.last_peak = p
+        memset(self.idle_count + old_n, 0, (m - old_n) * sizeof(int))
+        memset(self.peak + old_n, 0, (m - old_n) * sizeof(int))
+        memset(self.last_peak + old_n, 0, (m - old_n) * sizeof(int))
+        if n > old_n:
+            self.idle_heads.extend([None] * (n - old_n))
+        return 0
 
     cdef bint has_idle(self, int ep) noexcept:
-        return self.idle_heads[ep] is not None
+        cdef Upstream up = <Upstream>self.idle_heads[ep]
+        if not self.want_len:
+            self.found = up
+            return up is not None
+        # A PROXY cluster: only a connection that sent the same header (the same client connection) will do.
+        while up is not None:
+            if up.proxy_len == self.want_len and memcmp(up.proxy_hdr, self.want, self.want_len) == 0:
+                self.found = up
+                return True
+            up = up.next
+        self.found = None
+        return False
 
-    cdef Upstream acquire(self, UpstreamUser user, ConnectTry *t, int *outcome):
-        """An upstream connection for user: idle and ready, or connecting (its events will tell). None when the
-        connector found none: outcome[0] says why (CONNECT_FULL or CONNECT_NONE, t.err the last errno)."""
+    cdef Upstream acquire(self, UpstreamUser user, Exchange ex, int *outcome):
+        """An upstream connection for user's exchange ex (its endpoint walk, ex.ct): idle and ready, or connecting
+        (its events will tell). None when the connector found none: outcome[0] says why (CONNECT_FULL or
+        CONNECT_NONE, ex.ct.err the last errno). A cluster with proxy_protocol gets the header for ex's client
+        first on a new connection, and an idle one only if it sent the same header (the same client connection)."""
         cdef Upstream up
-        cdef int fd
+        cdef int fd, proxy_len = 0
+        cdef char proxy_hdr[PP_OUT_MAX]
+        cdef ConnectTry *t = &ex.ct
+        if self.cluster.proxy_protocol:
+            proxy_len = ex.proxy_header(self.cluster.proxy_protocol, proxy_hdr)
+        self.want = proxy_hdr
+        self.want_len = proxy_len
         outcome[0] = self.connect(t)
+        self.want_len = 0
+        up = self.found
+        self.found = None
         if outcome[0] == CONNECT_IDLE:
-            up = <Upstream>self.idle_heads[t.endpoint]
             self.unlink_idle(up)
             up.state = UP_ACTIVE
             up.user = user
@@ -173,6 +233,11 @@ cdef class HttpPool(Connector):
         up.endpoint = t.endpoint
         up.state = UP_CONNECTING
         up.deadline = self.reactor.now + self.cluster.connect_timeout
+        if proxy_len > 0:
+            up.proxy_hdr = <char *>malloc(proxy_len)
+            if up.proxy_hdr != NULL:
+                memcpy(up.proxy_hdr, proxy_hdr, proxy_len)
+                up.proxy_len = proxy_len
         if self.reactor.add(fd, up, 0, UPSTREAM_EVENTS) < 0:
             t.err = errno
             close(fd)
@@ -186,13 +251,32 @@ cdef class HttpPool(Connector):
         return up
 
     cdef void release(self, Upstream up) noexcept:
-        """An exchange ended cleanly on up: keep it for the next one, or close it if the pool is full."""
+        """An exchange ended cleanly on up: keep it for the next one, or close it when as many wait idle as were
+        in use at once lately (max_idle at most)."""
         cdef int ep = up.endpoint
+        cdef int used = <int>self.cluster.active[ep] + 1    # in use just before this one came back (done_with)
+        cdef int keep
+        cdef Upstream oldest
         up.user = None
-        if (self.retired or up.state != UP_ACTIVE or up.hangup or self.idle_count[ep] >= self.max_idle
+        if used > self.peak[ep]:
+            self.peak[ep] = used
+        keep = self.peak[ep] if self.peak[ep] > self.last_peak[ep] else self.last_peak[ep]
+        if keep > self.max_idle:
+            keep = self.max_idle
+        if (self.retired or up.state != UP_ACTIVE or up.hangup or keep <= 0
                 or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end or self.cluster.out[ep] & OUT_REMOVED):
             up.close()
             return
+        if self.idle_count[ep] >= keep:
+            if not up.proxy_len:
+                up.close()
+                return
+            # Each idle connection of a PROXY cluster serves only its own client: the longest idle makes room.
+            oldest = <Upstream>self.idle_heads[ep]
+            while oldest.next is not None:
+                oldest = oldest.next
+            self.unlink_idle(oldest)
+            oldest.close()
         rb_free(&up.rbuf, self.reactor.buffers)
         ob_free(&up.out)
         up.state = UP_IDLE
@@ -234,6 +318,12 @@ cdef class HttpPool(Connector):
         cdef long others
         cdef Upstream up, nxt
         self.cluster.balancer.set_clock(now)      # EWMA decay and slow start run on the tick's clock
+        if now >= self.window_end:
+            # A new peak window: what this one saw is remembered for one more.
+            self.window_end = now + PEAK_WINDOW
+            for ep in range(len(self.idle_heads)):
+                self.last_peak[ep] = self.peak[ep]
+                self.peak[ep] = <int>self.cluster.active[ep]
         if self.policy.cell.workers > 1:
             # Slots other workers freed: the waiters here try again (each once per tick at most).
             n = len(self.waiters)
@@ -268,16 +358,9 @@ cdef class HttpPool(Connector):
     def endpoints_changed(self):
         """The cluster's endpoint set was updated: idle lists for its new slots; removed endpoints' idle
         connections closed (their busy ones close when their exchange ends). Returns how many were closed."""
-        cdef int ep, old_n = len(self.idle_heads), n = self.cluster.n, closed = 0
-        cdef int *counts
+        cdef int ep, old_n = len(self.idle_heads), closed = 0
         cdef Upstream up
-        if n > old_n:
-            counts = <int *>realloc(self.idle_count, n * sizeof(int))
-            if counts == NULL:
-                raise MemoryError()
-            memset(counts + old_n, 0, (n - old_n) * sizeof(int))
-            self.idle_count = counts
-            self.idle_heads.extend([None] * (n - old_n))
+        self.grow_slots(self.cluster.n)
         for ep in range(old_n):
             if self.cluster.out[ep] & OUT_REMOVED:
                 while self.idle_heads[ep] is not None:

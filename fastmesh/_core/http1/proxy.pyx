@@ -107,6 +107,7 @@ cdef class HttpProxy(Front):
             inet_ntop(AF_INET6, &(<sockaddr_in6 *>peer).sin6_addr, text, sizeof(text))
         d.peer_len = min(<int>strlen(text), <int>sizeof(d.peer))
         memcpy(d.peer, text, d.peer_len)
+        memcpy(&d.client, peer, sizeof(sockaddr_in6))
         d.next = self.head
         if self.head is not None:
             self.head.prev = d

@@ -23,7 +23,9 @@ from libc.string cimport memcpy, strlen
 
 from fastmesh._core.buffer cimport OutBuf, ob_add, ob_free, ob_reserve
 from fastmesh._core.codes cimport error_status, error_reason
-from fastmesh._core.errors cimport ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED
+from fastmesh._core.errors cimport (
+    ErrorInfo, error_info, PE_BAD_REQUEST, PE_NO_ROUTE, PE_METHOD_NOT_ALLOWED, PE_RATE_LIMITED,
+)
 from fastmesh._core.http1.parser cimport (
     Head, HeaderField, FIELD_OTHER, FIELD_CONNECTION, FIELD_KEEP_ALIVE, FIELD_PROXY_CONNECTION, FIELD_TE,
     FIELD_TRAILER, FIELD_UPGRADE, FIELD_PROXY_AUTHENTICATE, FIELD_PROXY_AUTHORIZATION, FIELD_TRANSFER_ENCODING,
@@ -534,6 +536,9 @@ cdef int render_error(OutBuf *o, int err, int code, bint keep, int retried, bint
     ob_add(o, line, n)
     if err == PE_METHOD_NOT_ALLOWED:
         ob_add(o, ALLOW, strlen(ALLOW))
+    elif err == PE_RATE_LIMITED:
+        n = snprintf(line, sizeof(line), "retry-after: %d\r\n", code)     # code: the seconds until a token
+        ob_add(o, line, n)
     if retried >= 0:
         _retried(o, retried)
     ob_add(o, "\r\n", 2)

@@ -3,6 +3,7 @@
 
 from fastmesh._core.buffer cimport RecvBuf, OutBuf
 from fastmesh._core.reactor cimport EventTarget
+from fastmesh._core.includes.system cimport sockaddr_in6
 from fastmesh._core.request cimport RequestView
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.http1.conn cimport Front, Handoff
@@ -80,7 +81,6 @@ cdef class H2Request(LegOwner):
     cdef void send_try(self) noexcept
     cdef void on_body(self, const char *p, Py_ssize_t n, bint end) noexcept
     cdef void retry_later(self) noexcept
-    cdef void try_timed_out(self) noexcept
     cdef bint awaits_client(self) noexcept
     cdef void check(self, double now) noexcept
     cdef void answer(self, int err) noexcept
@@ -109,6 +109,7 @@ cdef class H2Conn(EventTarget):
     cdef double ticked                 # when the session's clock last ran (tick)
     cdef char peer[48]                 # the client's address as text (each exchange's X-Forwarded-For)
     cdef int peer_len
+    cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4), for PROXY headers
 
     cdef void run(self) noexcept
     cdef int flush(self) noexcept

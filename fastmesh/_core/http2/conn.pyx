@@ -37,16 +37,16 @@ from fastmesh._core.includes.system cimport (
     close, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET,
 )
 from fastmesh._core.reactor cimport EventTarget
-from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field
+from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field, count_grpc
 from fastmesh._core.errors cimport (
-    error_info, PE_NONE, PE_RESET, PE_NO_ENDPOINTS, PE_BODY_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_PLUGIN,
-    PE_PLUGIN_TIMEOUT,
+    error_info, PE_NONE, PE_NO_ENDPOINTS, PE_PLUGIN, PE_PLUGIN_TIMEOUT,
 )
 from fastmesh._core.exchange cimport Exchange, V_RETRY
-from fastmesh._core.policy cimport RETRY_RESET, RETRY_TIMEOUT
-from fastmesh._core.request cimport Field, METHOD_HEAD, find_field
+from fastmesh._core.request cimport RequestView, Field, METHOD_HEAD, find_field, fold_eq
 from fastmesh._core.upstream.connector cimport Connector
-from fastmesh._core.upstream.leg cimport Leg, LegOwner, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE
+from fastmesh._core.upstream.leg cimport (
+    Leg, LegOwner, LEG_IDLE, LEG_ACTIVE, failed_verdict, clock_verdict, OWNER_WAIT, OWNER_RETRY,
+)
 from fastmesh._core.http1.conn cimport Front, Handoff
 from fastmesh._core.http1.pool cimport HttpPool
 from fastmesh._core.http1.leg cimport H1Leg
@@ -56,7 +56,7 @@ from fastmesh._core.http2.session cimport Session, ROLE_SERVER, RECV_ERROR
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.http2.view cimport view_from_block
-from fastmesh._core.http2.render cimport render_head, render_error, render_answer
+from fastmesh._core.http2.render cimport render_head, render_interim, render_error, render_answer
 from fastmesh._core.filters cimport (
     FilterRequest, filter_request, answer_parts, run_chain, settle, parked, FILTER_ANSWERED,
 )
@@ -66,6 +66,11 @@ cdef uint32_t CONN_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef Py_ssize_t REPLAY_MAX = 65536     # a request body up to this size is kept whole, so a retry can send it again
 cdef int FREE_MAX = 32                 # spare H2Request objects kept per connection
 cdef double SESSION_TICK = 1.0         # seconds between the session's clock runs (SETTINGS ACK, GOAWAY, stalls)
+
+
+cdef bint _expects_continue(const RequestView *v) noexcept:
+    cdef int k = find_field(v.base, v.fields, v.num_fields, b"expect", 6, 0)
+    return k >= 0 and v.fields[k].value_len == 12 and fold_eq(v.base + v.fields[k].value_off, b"100-continue", 12)
 
 
 cdef Leg new_leg(Connector connector):
@@ -101,7 +106,7 @@ cdef class H2Front(Handoff):
             c.want_flush()
             c = c.next
 
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len) noexcept:
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept:
         cdef Front front = self.front
         cdef H2Conn c = H2Conn.__new__(H2Conn)
         cdef int i
@@ -114,6 +119,7 @@ cdef class H2Front(Handoff):
         for i in range(min(peer_len, 48)):
             c.peer[i] = peer[i]
         c.peer_len = min(peer_len, 48)
+        c.client = client[0]
         c.readable = True
         c.writable = True
         c.idle_since = front.reactor.now
@@ -477,6 +483,19 @@ cdef class H2Request(LegOwner):
 
     # ---- the response (LegOwner) ---------------------------------------------------------------------------
 
+    cdef void leg_info(self, Leg leg, int status, const char *base, const Field *fields, int n) noexcept:
+        """An interim answer goes out as a HEADERS frame without END_STREAM; a 100 Continue only to a client that
+        asked for it (`expect: 100-continue`) and still has body to send."""
+        if self.s is None or self.resp_started:
+            return
+        if status == 100 and (self.body_end or not _expects_continue(&self.view)):
+            return
+        try:
+            render_interim(self.conn.sess, self.s, status, base, fields, n)
+        except Exception:
+            pass
+        self.conn.want_flush()
+
     cdef int leg_head(self, Leg leg, int status, const char *base, const Field *fields, int n, bint end) noexcept:
         cdef Exchange ex = self.ex
         cdef double now = self.conn.front.front.reactor.now
@@ -533,21 +552,14 @@ cdef class H2Request(LegOwner):
         self.finish()
 
     cdef void leg_failed(self, Leg leg, int err) noexcept:
-        cdef Exchange ex = self.ex
-        cdef double now = self.conn.front.front.reactor.now
         if self.state != RQ_ACTIVE:
             return
-        if leg.head_done:
-            # The upstream broke its response after the head: the client hears it as a reset stream.
-            ex.response_broke(leg.endpoint, now)
-            self.answer(PE_RESET)
-            return
-        if err == PE_RESET:
-            if ex.try_failed(leg.endpoint, RETRY_RESET, not leg.stale, now) == V_RETRY:
-                self.retry_later()
-                return
-            err = ex.error
-        self.answer(err)
+        # After the head (PE_RESET) the client hears it as a reset stream.
+        err = failed_verdict(self.ex, leg, err, self.conn.front.front.reactor.now)
+        if err == OWNER_RETRY:
+            self.retry_later()
+        else:
+            self.answer(err)
 
     # ---- retries and clocks --------------------------------------------------------------------------------
 
@@ -566,15 +578,6 @@ cdef class H2Request(LegOwner):
         if self.conn is not None:
             self.conn.want_flush()
 
-    cdef void try_timed_out(self) noexcept:
-        """No response head within the try's time: retry, or answer 504."""
-        cdef int ep = self.leg.endpoint
-        self.leg.cancel()
-        if self.ex.try_failed(ep, RETRY_TIMEOUT, True, self.conn.front.front.reactor.now) == V_RETRY:
-            self.retry_later()
-        else:
-            self.answer(self.ex.error)
-
     cdef bint awaits_client(self) noexcept:
         """Whether the request body is the client's move: the try has taken every body byte that came."""
         return (not self.body_end and self.leg is not None and self.leg.state == LEG_ACTIVE
@@ -582,9 +585,7 @@ cdef class H2Request(LegOwner):
 
     cdef void check(self, double now) noexcept:
         """The sweep: whose clock ran out (http1/proxy.pyx's rules, per stream)."""
-        cdef Exchange ex = self.ex
-        cdef Front front = self.conn.front.front
-        cdef Leg leg = self.leg
+        cdef int r
         if self.state == RQ_FILTER:
             if now >= self.filter_deadline:
                 # The chain outlived every filter's timeout and its margin (filter_wait): give up on it.
@@ -592,21 +593,12 @@ cdef class H2Request(LegOwner):
             return
         if self.state != RQ_ACTIVE or self.resp_started:
             return
-        if ex.deadline_passed(now):
-            # Out of time while the client still owed body bytes: the client's doing (408), else 504.
-            self.answer(PE_BODY_TIMEOUT if self.awaits_client() else PE_DEADLINE_EXCEEDED)
-        elif not self.body_end and ex.body_overdue(now, self.awaits_client(), front.idle_timeout):
-            self.answer(PE_BODY_TIMEOUT)
-        elif leg is None:
-            return
-        elif leg.state == LEG_WAITING and now >= ex.try_deadline:
-            leg.cancel()
-            self.answer(ex.wait_expired())
-        elif (leg.state == LEG_ACTIVE or leg.state == LEG_CONNECTING) and not leg.head_done \
-                and now >= ex.try_deadline:
-            self.try_timed_out()
-        else:
-            leg.tick(now)
+        r = clock_verdict(self.ex, self.leg, self.body_end, self.awaits_client(), self.conn.front.front.idle_timeout,
+                          now)
+        if r == OWNER_RETRY:
+            self.retry_later()
+        elif r != OWNER_WAIT:
+            self.answer(r)
 
     # ---- endings --------------------------------------------------------------------------------------------
 
@@ -625,9 +617,11 @@ cdef class H2Request(LegOwner):
                 if self.resp_started:
                     c.sess.reset(self.s, error_info(err).rst_code)
                 else:
-                    status = render_error(c.sess, self.s, err, 0, self.req.grpc,
+                    status = render_error(c.sess, self.s, err, self.ex.retry_after, self.req.grpc,
                                           self.ex.retried_mark(status, False), self.head_only)
                     self.status = status
+                    if self.req.grpc and self.ex.cluster >= 0:
+                        count_grpc(self.ex.connector.cluster.counters, error_info(err).grpc_status)
                     self.answered_early()
             except Exception:
                 pass
@@ -800,6 +794,7 @@ cdef class H2Conn(EventTarget):
         r.conn = self
         r.ex = Exchange.__new__(Exchange)
         r.ex.set_peer(self.peer, self.peer_len)
+        r.ex.set_client(&self.client, self.fd)
         return r
 
     cdef void unbusy(self, H2Request r) noexcept:

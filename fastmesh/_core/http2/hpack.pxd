@@ -124,6 +124,9 @@ cdef class Encoder:
     cdef void remember(self, uint16_t *slots, uint32_t h) noexcept
     cdef void set_peer_max_table_size(self, Py_ssize_t n) noexcept  # the peer's SETTINGS_HEADER_TABLE_SIZE
     cdef int begin(self, OutBuf *o) noexcept          # start a block: emits a pending dynamic-table-size update
+    # A block was encoded but will never be sent: empty the table, and have the next block begin with a size
+    # update to 0 and back, so that the peer's table is emptied too and both stay the same.
+    cdef void forget(self) noexcept
     # One field; name lowercase. sensitive: never-indexed literal (authorization, cookie under ~20 bytes ...).
     cdef int field(self, OutBuf *o, const char *name, Py_ssize_t nlen, const char *value, Py_ssize_t vlen,
                    bint sensitive) noexcept

@@ -901,6 +901,12 @@ cdef class Encoder:
         if self.pending_min < 0 or size < self.pending_min:
             self.pending_min = size
 
+    cdef void forget(self) noexcept:
+        cdef Py_ssize_t size = self.table.max_size
+        table_set_max(&self.table, 0)
+        table_set_max(&self.table, size)
+        self.pending_min = 0
+
     cdef int begin(self, OutBuf *o) noexcept:
         cdef uint8_t *q
         if self.pending_min < 0:

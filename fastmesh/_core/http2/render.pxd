@@ -9,6 +9,8 @@ from fastmesh._core.http2.streams cimport Stream
 # field names are dropped), the edits' added fields, fastmesh-retried when retried >= 0. `end`: no body follows.
 cdef int render_head(Session sess, Stream s, int status, const char *base, const Field *fields, int n,
                      const EditList *edits, int retried, bint end) except -1
+# An interim (1xx) head on s, the stream left open: :status and the fields, dropped as in render_head (no edits).
+cdef int render_interim(Session sess, Stream s, int status, const char *base, const Field *fields, int n) except -1
 # The proxy's answer for ProxyError err (errors.pxd; `code`: a parse code for PE_BAD_REQUEST, else 0) on s, ending
 # the stream: for a gRPC request trailers-only (status 200, grpc-status, grpc-message, fastmesh-error), else the
 # status with a short text body (none for HEAD) and fastmesh-error. Returns the HTTP status sent.

@@ -41,6 +41,7 @@ cdef enum ConnState:
 
 cdef enum:
     RECV_ERROR = -2                # receive(): a connection error; GOAWAY queued, streams reset, close after flush
+    HEAD_TOO_LARGE = 1             # headers_end(): the block is over the peer's SETTINGS_MAX_HEADER_LIST_SIZE
 
 cdef class Session:
     cdef readonly int role                 # Role
@@ -85,6 +86,7 @@ cdef class Session:
     # --- our header block being built (headers_begin .. headers_end) ---
     cdef OutBuf hb_out                     # HPACK output of the block being built
     cdef bint hb_head_request              # the block being built carries :method HEAD
+    cdef Py_ssize_t hb_list                # its header list size as RFC 9113 6.5.2 counts it (name + value + 32)
     # --- recently closed streams (frames that arrive late are told apart from frames on idle streams) ---
     cdef uint32_t closed_ids[16]           # ring of the last stream ids closed
     cdef unsigned char closed_reset[16]    # per entry: True when we reset it (late frames are then ignored)
@@ -120,7 +122,9 @@ cdef class Session:
     cdef bint can_open(self) noexcept      # client: open_stream() would succeed
     # Build a header block: headers_begin, then :status / fields (pseudo-headers first), then headers_end sends
     # it as HEADERS (+ CONTINUATION) on s. Names are lowercased on the way; the caller drops connection-specific
-    # fields. Returns 0 or -1 (exception).
+    # fields. Returns 0 or -1 (exception). A block over the peer's SETTINGS_MAX_HEADER_LIST_SIZE is not sent:
+    # headers_end returns HEAD_TOO_LARGE, leaving a stream we have not sent on yet (a request's) idle for the
+    # caller to fail, and resetting one that already went out (INTERNAL_ERROR: its answer cannot be sent).
     cdef int headers_begin(self) except -1
     cdef int headers_status(self, int status) except -1
     cdef int headers_field(self, const char *name, Py_ssize_t nlen, const char *value, Py_ssize_t vlen,

@@ -15,7 +15,7 @@ from fastmesh._core.http2.frames cimport (
     FRAME_HEADER_LEN, FT_DATA, FT_HEADERS, FT_PRIORITY, FT_RST_STREAM, FT_SETTINGS, FT_PUSH_PROMISE, FT_PING,
     FT_GOAWAY, FT_WINDOW_UPDATE, FT_CONTINUATION, FLAG_END_STREAM, FLAG_ACK, FLAG_END_HEADERS, FLAG_PADDED,
     FLAG_PRIORITY, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_FLOW_CONTROL_ERROR, H2_SETTINGS_TIMEOUT,
-    H2_STREAM_CLOSED, H2_FRAME_SIZE_ERROR, H2_REFUSED_STREAM, H2_CANCEL, H2_COMPRESSION_ERROR,
+    H2_STREAM_CLOSED, H2_FRAME_SIZE_ERROR, H2_REFUSED_STREAM, H2_CANCEL, H2_COMPRESSION_ERROR, H2_INTERNAL_ERROR,
     H2_ENHANCE_YOUR_CALM, SET_HEADER_TABLE_SIZE, SET_ENABLE_PUSH, SET_MAX_CONCURRENT_STREAMS,
     SET_INITIAL_WINDOW_SIZE, SET_MAX_FRAME_SIZE, SET_MAX_HEADER_LIST_SIZE, SET_ENABLE_CONNECT_PROTOCOL,
     DEFAULT_WINDOW, DEFAULT_MAX_FRAME, MAX_MAX_FRAME, MAX_WINDOW, PREFACE_LEN,
@@ -28,6 +28,7 @@ from fastmesh._core.http2.streams cimport (
     Stream, transition, can_receive, can_send, ST_IDLE, ST_CLOSED, EV_SEND_HEADERS, EV_RECV_HEADERS, EV_SEND_END,
     EV_RECV_END, EV_RECV_RST,
 )
+from fastmesh._core.http2.fields cimport connection_specific, connection_specific_any_case
 from fastmesh._core.http2.limits cimport (
     H2Limits, flood_init, glitch, charge, ack_queued, earn, earn_stream, earn_data, stream_ended, CR_PING,
     CR_WINDOW, CR_PRIORITY, CR_LATE, GL_SETTINGS, GL_PING, GL_EMPTY_DATA, GL_WINDOW_UPDATE, GL_PRIORITY, GL_RST,
@@ -67,31 +68,6 @@ init_tables()
 
 cdef inline bint name_is(const char *p, Py_ssize_t n, const char *lit, Py_ssize_t m) noexcept nogil:
     return n == m and memcmp(p, lit, m) == 0
-
-
-# Connection-specific fields (RFC 9113 8.2.2) by lowercase name; te is handled apart (only "trailers" passes).
-cdef inline bint connection_specific(const char *p, Py_ssize_t n) noexcept nogil:
-    if n == 10:
-        return memcmp(p, b"connection", 10) == 0 or memcmp(p, b"keep-alive", 10) == 0
-    if n == 16:
-        return memcmp(p, b"proxy-connection", 16) == 0
-    if n == 17:
-        return memcmp(p, b"transfer-encoding", 17) == 0
-    if n == 7:
-        return memcmp(p, b"upgrade", 7) == 0
-    return False
-
-
-cdef inline bint connection_specific_any_case(const char *p, Py_ssize_t n) noexcept nogil:
-    if n == 10:
-        return fold_eq(p, b"connection", 10) or fold_eq(p, b"keep-alive", 10)
-    if n == 16:
-        return fold_eq(p, b"proxy-connection", 16)
-    if n == 17:
-        return fold_eq(p, b"transfer-encoding", 17)
-    if n == 7:
-        return fold_eq(p, b"upgrade", 7)
-    return False
 
 
 cdef inline int64_t parse_length(const char *p, Py_ssize_t n) noexcept nogil:
@@ -1218,11 +1194,13 @@ cdef class Session:
         self.hb_out.len = 0
         self.hb_out.off = 0
         self.hb_head_request = False
+        self.hb_list = 0
         if self.encoder.begin(&self.hb_out) < 0:
             return no_memory()
         return 0
 
     cdef int headers_status(self, int status) except -1:
+        self.hb_list += 42                 # ":status", three digits, 32
         if self.encoder.status(&self.hb_out, status) < 0:
             return no_memory()
         return 0
@@ -1234,6 +1212,7 @@ cdef class Session:
         cdef Py_ssize_t i
         cdef bint upper = False
         cdef int r
+        self.hb_list += nlen + vlen + 32
         for i in range(nlen):
             if <unsigned char>(name[i] - 65) < 26:
                 upper = True
@@ -1268,6 +1247,16 @@ cdef class Session:
             if r < 0:
                 return r
             return self.close_stream(s, CLOSE_NORMAL)
+        if self.hb_list > <Py_ssize_t>self.peer_max_list:
+            # The peer said it would refuse it (RFC 9113 10.5.1): never sent. The encoder's table took this block's
+            # fields: it is emptied, and the next block empties the peer's the same way.
+            self.hb_out.len = 0
+            self.encoder.forget()
+            if s.id != 0:
+                r = self.reset(s, H2_INTERNAL_ERROR)
+                if r < 0:
+                    return r
+            return HEAD_TOO_LARGE
         if s.id == 0:
             # Client: the id is taken now, so ids go out in increasing order whatever the open order was.
             s.id = self.next_local_id

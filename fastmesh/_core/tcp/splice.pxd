@@ -7,6 +7,7 @@ from fastmesh._core.buffer cimport RecvBuf
 from fastmesh._core.upstream.connector cimport Connector, ConnectTry
 from fastmesh._core.tls.context cimport Tls, TlsServer, TlsClient
 from fastmesh._core.tls.names cimport ServerNames
+from fastmesh._core.proxyproto.codec cimport ProxyAddrs
 
 
 cdef struct Direction:
@@ -72,6 +73,9 @@ cdef class TcpRelay(EventTarget):
     cdef bint use_splice                   # bulk directions may switch to splice (cleared if unsupported)
     cdef double connect_deadline           # when a pending connect counts as failed
     cdef double last_active                # when bytes last moved
+    # The client's ends, for a cluster's PROXY header: malloc'd only when a cluster the relay may connect to sends
+    # one, freed once it is sent.
+    cdef ProxyAddrs *proxy_addrs
 
     @staticmethod
     cdef TcpRelay new(TcpProxy owner, int fd)
@@ -86,6 +90,7 @@ cdef class TcpRelay(EventTarget):
     cdef Py_ssize_t side_recv(self, int d, char *buf, Py_ssize_t n) noexcept
     cdef Py_ssize_t side_send(self, int d, const char *buf, Py_ssize_t n) noexcept
     cdef void connect_error(self, int err) noexcept
+    cdef int send_proxy_header(self) noexcept
     cdef void pump(self) noexcept
     cdef int pump_splice(self, int d) noexcept
     cdef int pump_copy(self, int d) noexcept

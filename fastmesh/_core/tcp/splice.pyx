@@ -15,6 +15,7 @@ reactor's pools when empty). A FIN is passed on as shutdown(SHUT_WR) once the di
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport malloc, free
 
 from fastmesh._core.includes.system cimport (
     splice, close, shutdown, recv, send, getsockopt, errno, socklen_t, sockaddr_storage,
@@ -32,6 +33,7 @@ from fastmesh._core.includes.system cimport (
     sockaddr_in, sockaddr_in6, inet_ntop, AF_INET, AF_INET6, MSG_PEEK,
 )
 from fastmesh._core.stats cimport L_TLS_HANDSHAKES, L_TLS_RESUMED, L_TLS_FAILED
+from fastmesh._core.proxyproto.codec cimport ProxyAddrs, pp_addrs, pp_encode, PP_OUT_MAX
 from fastmesh._core.tls.context cimport (
     TlsServer, TlsClient, tls_accept, tls_connect, tls_handshake, tls_recv, tls_send, tls_close_notify,
     tls_free, tls_resumed, TF_TIMEOUT, TF_NOT_TLS, TF_CLOSED,
@@ -125,6 +127,12 @@ cdef class TcpProxy(Acceptor):
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
         cdef TcpRelay r = TcpRelay.new(self, fd)
+        if self.cluster.proxy_protocol or self.sni_routes is not None:
+            # A PROXY header may be owed upstream: keep the client's ends (its address as accepted, or as the
+            # listener's own PROXY header said) until the upstream connection opens.
+            r.proxy_addrs = <ProxyAddrs *>malloc(sizeof(ProxyAddrs))
+            if r.proxy_addrs != NULL:
+                pp_addrs(fd, peer, r.proxy_addrs)
         r.next = self.head
         if self.head is not None:
             self.head.prev = r
@@ -246,6 +254,7 @@ cdef class TcpRelay(EventTarget):
         # Records are encrypted in user space (no kernel TLS here): a TLS side cannot splice.
         r.use_splice = owner.use_splice and owner.tls is None and owner.upstream_tls is None
         r.last_active = owner.reactor.now
+        r.proxy_addrs = NULL
         return r
 
     @staticmethod
@@ -425,6 +434,9 @@ cdef class TcpRelay(EventTarget):
                 self.connect_error(err)
                 return
             if not (events & EPOLLOUT):
+                return
+            if self.cluster.proxy_protocol and self.send_proxy_header() < 0:
+                self.connect_error(errno)
                 return
             if self.owner.upstream_tls is not None:
                 ip[0] = 0
@@ -628,10 +640,28 @@ cdef class TcpRelay(EventTarget):
             dr.buf = NULL
         dr.pending = 0
 
+    cdef int send_proxy_header(self) noexcept:
+        """The cluster's PROXY header, first on the new upstream connection (before a TLS ClientHello): 0 sent,
+        -1 when the socket took less (a fresh connection's empty send buffer takes 108 bytes, so that is an error
+        of the connection, treated as a failed connect)."""
+        cdef char out[PP_OUT_MAX]
+        cdef int n
+        if self.proxy_addrs == NULL:
+            n = pp_encode(self.cluster.proxy_protocol, NULL, NULL, out)
+        else:
+            n = pp_encode(self.cluster.proxy_protocol, &self.proxy_addrs.src, &self.proxy_addrs.dst, out)
+        if send(self.fds[1], out, n, MSG_NOSIGNAL | MSG_DONTWAIT) != n:
+            return -1
+        free(self.proxy_addrs)
+        self.proxy_addrs = NULL
+        return 0
+
     cdef void close(self) noexcept:  # no-cython-lint
         cdef TcpProxy owner = self.owner
         if self.state == RS_CLOSED:
             return
+        free(self.proxy_addrs)
+        self.proxy_addrs = NULL
         tls_free(&self.tls[0])
         tls_free(&self.tls[1])
         if self.fds[0] >= 0:

@@ -46,6 +46,8 @@ cdef class H2Upstream(EventTarget):
     cdef H2Leg last
     cdef H2Leg held                    # legs holding a gRPC response head until this receive() ends (next_held)
     cdef double deadline               # connecting: the connect deadline; idle (no users): when it closes
+    cdef double last_read              # when bytes last came from the server (keepalive: silence since then)
+    cdef double ping_sent              # when our keepalive PING went out, 0 when none is awaited
 
     cdef int cap(self) noexcept
     cdef void attach(self, H2Leg leg) noexcept
@@ -57,6 +59,7 @@ cdef class H2Upstream(EventTarget):
     cdef void want_flush(self) noexcept
     cdef int flush(self) noexcept
     cdef void connect_failed(self, int err) noexcept
+    cdef int keepalive(self, double now) noexcept
     cdef void lost(self) noexcept
     cdef void goaway(self) noexcept
     cdef void close(self) noexcept
@@ -70,6 +73,9 @@ cdef class H2Pool(Connector):
     cdef readonly H2Limits limits      # our settings for every connection (windows, frame and list sizes)
     cdef readonly int max_streams      # streams per connection at most, whatever the peer allows
     cdef readonly double idle_timeout  # seconds a connection with no stream is kept
+    cdef readonly double keepalive_interval    # seconds of silence from a server before a PING asks (0: never)
+    cdef readonly double keepalive_timeout     # seconds that PING (or any byte) has to come back, else it is dead
+    cdef readonly unsigned long long keepalive_failures   # connections found dead that way, ever
     cdef readonly bint retired         # replaced by a reload: its streams finish, then its connections close
     cdef readonly unsigned long long opened    # connections opened, ever
     cdef readonly unsigned long long streams   # streams opened, ever (each a try of a request)
@@ -102,6 +108,7 @@ cdef class H2Leg(Leg):
     cdef void open(self) noexcept
     cdef int send_head(self) except -1
     cdef void send_body(self) noexcept
+    cdef void on_info(self) noexcept
     cdef void on_head(self, bint end) noexcept
     cdef int report_head(self, bint end, int code) noexcept
     cdef void on_data(self, const char *p, Py_ssize_t n, bint end) noexcept

@@ -20,6 +20,11 @@ again on another connection at no cost (ex.replay), else the owner hears PE_RESE
 endpoint's fault). A connection that breaks fails its open streams with PE_RESET; legs still waiting for it to
 connect fail over like any connect.
 
+Keepalive (off unless keepalive_interval is set): a connection the server has been silent on for that long gets a
+PING; if neither its ACK nor any other byte comes within keepalive_timeout, the connection is dead (a server gone
+without a FIN, a NAT entry dropped) and is given up as a broken one is, its streams failing as resets (the
+exchange retries them where its policy and the request allow), legs still waiting for a stream going elsewhere.
+
 gRPC: for a gRPC request, a response head without END_STREAM is held until the receive() batch it came in ends;
 when the trailers arrived in the same batch (a unary failure sent as head + trailers), their grpc-status is known
 before the head is passed on, so the exchange can retry it by status (exchange.pyx grpc_response). A trailers-only
@@ -41,24 +46,29 @@ from fastmesh._core.reactor cimport Reactor
 from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS
-from fastmesh._core.errors cimport connect_error, PE_NONE, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET
-from fastmesh._core.exchange cimport Exchange, grpc_status_in
+from fastmesh._core.errors cimport (
+    connect_error, PE_NONE, PE_NO_ENDPOINTS, PE_RESET, PE_HEAD_TOO_LARGE,
+)
+from fastmesh._core.exchange cimport Exchange, grpc_status_in, GRPC_LATER
 from fastmesh._core.request cimport (
     RequestView, Field, Edit, Span, fold_eq, edit_at, EDIT_ADD, EDIT_ADD_ABSENT, EDIT_DEADLINE, EDITS_OWN,
 )
 from fastmesh._core.stats cimport bump_field, count_grpc
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_UPSTREAM
 from fastmesh._core.upstream.connector cimport (
-    Connector, ConnectTry, try_avoid, CONNECT_OPENED, CONNECT_IDLE, CONNECT_FULL, CONNECT_NONE,
+    Connector, ConnectTry, try_avoid, CONNECT_OPENED, CONNECT_IDLE, CONNECT_NONE,
 )
 from fastmesh._core.upstream.leg cimport (
-    Leg, LegOwner, LegRequest, LEG_IDLE, LEG_WAITING, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
+    Leg, LegOwner, LegRequest, LEG_IDLE, LEG_CONNECTING, LEG_ACTIVE, LEG_DONE,
 )
-from fastmesh._core.http1.render cimport _edit_lengths, _edit_drops, grpc_timeout_text
-from fastmesh._core.http2.session cimport Session, ROLE_CLIENT, RECV_ERROR
+from fastmesh._core.http1.render cimport (
+    _edit_lengths, _edit_drops, grpc_timeout_text, connection_tokens, in_tokens, MAX_CONN_TOKENS,
+)
+from fastmesh._core.http2.session cimport Session, ROLE_CLIENT, RECV_ERROR, HEAD_TOO_LARGE
 from fastmesh._core.http2.streams cimport Stream, ST_CLOSED
 from fastmesh._core.http2.frames cimport H2_NO_ERROR, H2_CANCEL, H2_REFUSED_STREAM
 from fastmesh._core.http2.limits cimport H2Limits
+from fastmesh._core.http2.fields cimport connection_specific_any_case
 
 cdef uint32_t EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef const char *HTTP = b"http"
@@ -72,25 +82,20 @@ cdef bint skip_field(const char *name, Py_ssize_t n) noexcept:
         return fold_eq(name, b"te", 2)
     if n == 4:
         return fold_eq(name, b"host", 4)
-    if n == 7:
-        return fold_eq(name, b"upgrade", 7)
-    if n == 10:
-        return fold_eq(name, b"connection", 10) or fold_eq(name, b"keep-alive", 10)
     if n == 14:
         return fold_eq(name, b"http2-settings", 14)
-    if n == 16:
-        return fold_eq(name, b"proxy-connection", 16)
-    if n == 17:
-        return fold_eq(name, b"transfer-encoding", 17)
-    return False
+    return connection_specific_any_case(name, n)
 
 
 cdef class ClientSession(Session):
     """Session events of an upstream connection, each handed to the leg whose stream it is (Stream.user)."""
 
     cdef int on_headers(self, Stream s, bint end_stream) except -1:
-        if s.user is not None and not s.informational:
-            (<H2Leg>s.user).on_head(end_stream)
+        if s.user is not None:
+            if s.informational:
+                (<H2Leg>s.user).on_info()
+            else:
+                (<H2Leg>s.user).on_head(end_stream)
         return 0
 
     cdef int on_data(self, Stream s, const char *data, Py_ssize_t n, bint end_stream) except -1:
@@ -241,6 +246,7 @@ cdef class H2Upstream(EventTarget):
                 return
             self.state = H2_OPEN
             self.pool.cluster.connect_succeeded(self.endpoint)
+            self.last_read = self.pool.reactor.now
             self.writable = True
             if self.users == 0:
                 self.deadline = self.pool.reactor.now + self.pool.idle_timeout
@@ -265,6 +271,7 @@ cdef class H2Upstream(EventTarget):
         while self.readable and self.state != H2_CLOSED and not self.sess.paused():
             n = rb_read(&self.rbuf, self.fd, reactor.buffers)
             if n > 0:
+                self.last_read = reactor.now
                 self.in_receive = True
                 try:
                     used = self.sess.receive(self.rbuf.data + self.rbuf.start, rb_avail(&self.rbuf), reactor.now)
@@ -332,6 +339,29 @@ cdef class H2Upstream(EventTarget):
             self.pool.cluster.connect_failed(self.endpoint, err, self.pool.reactor.now)
         self.close()
 
+    cdef int keepalive(self, double now) noexcept:
+        """The sweep's look at a connection the server has been silent on: after keepalive_interval a PING asks
+        whether it is still there; when neither its ACK nor any other byte came within keepalive_timeout, the
+        connection is dead (a peer gone without a FIN, a dropped NAT entry) and is given up like a broken one:
+        -1 then. Any byte from the server proves it alive."""
+        cdef H2Pool pool = self.pool
+        if self.ping_sent:
+            if self.last_read >= self.ping_sent:
+                self.ping_sent = 0.0
+            elif now - self.ping_sent >= pool.keepalive_timeout:
+                bump_field(&pool.keepalive_failures, 1)
+                self.lost()
+                return -1
+            return 0
+        if now - self.last_read >= pool.keepalive_interval and not self.sess.ping_pending:
+            try:
+                self.sess.ping()
+            except BaseException:
+                return 0
+            self.ping_sent = now
+            self.want_flush()
+        return 0
+
     cdef void lost(self) noexcept:
         """The connection broke: streams in flight fail (the server may have processed them), legs still
         waiting for a stream go to another connection."""
@@ -388,9 +418,12 @@ cdef class H2Upstream(EventTarget):
 cdef class H2Pool(Connector):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, int max_streams=100, double idle_timeout=60.0,
-                  ClusterPolicy policy=None, str hash_key=None, H2Limits limits=None):
+                  ClusterPolicy policy=None, str hash_key=None, H2Limits limits=None, double keepalive_interval=0.0,
+                  double keepalive_timeout=10.0):
         self.max_streams = max(1, max_streams)
         self.idle_timeout = idle_timeout
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
         self.policy = policy if policy is not None else ClusterPolicy()
         # The endpoints are ours: the flood limits meant for untrusted clients would only cut busy connections
         # (gRPC servers answer every few frames with PINGs and small WINDOW_UPDATEs).
@@ -488,6 +521,9 @@ cdef class H2Pool(Connector):
                     up.flush()
                     up.close()
                 else:
+                    if self.keepalive_interval > 0 and up.state != H2_CLOSED and up.keepalive(now) < 0:
+                        up = nxt
+                        continue
                     try:
                         if up.sess.tick(now) < 0:
                             up.lost()
@@ -586,14 +622,8 @@ cdef class H2Leg(Leg):
     # ---- the try ---------------------------------------------------------------------------------
 
     cdef int start(self, LegOwner owner, Exchange ex, const LegRequest *req) noexcept:
-        self.owner = owner
-        self.ex = ex
-        self.req = req[0]
+        self.begin_try(owner, ex, req)
         self.pool = <H2Pool>ex.connector
-        self.endpoint = -1
-        self.head_done = False
-        self.stale = False
-        self.req_done = False
         self.blocked = False
         self.body_sent = False
         self.holding = False
@@ -614,14 +644,7 @@ cdef class H2Leg(Leg):
         up = self.pool.acquire(self, &ex.ct, &outcome)
         ex.connected(-1, self.pool.reactor.now)
         if up is None:
-            if outcome != CONNECT_FULL:
-                self.state = LEG_IDLE
-                return PE_NO_ENDPOINTS
-            if not ex.wait(self):
-                self.state = LEG_IDLE
-                return PE_OVERLOADED
-            self.state = LEG_WAITING
-            return PE_NONE
+            return self.no_connection(outcome)
         self.endpoint = up.endpoint
         self.state = LEG_CONNECTING
         if up.state == H2_OPEN:
@@ -641,6 +664,7 @@ cdef class H2Leg(Leg):
         """Open the stream (the connection is open and has room): the head, then as much body as may go."""
         cdef H2Upstream up = self.up
         cdef Stream s = up.sess.open_stream()
+        cdef int r
         if s is None:
             self.retake()
             return
@@ -649,15 +673,21 @@ cdef class H2Leg(Leg):
         self.state = LEG_ACTIVE
         bump_field(&self.pool.streams, 1)
         try:
-            self.send_head()
+            r = self.send_head()
         except BaseException:
             self.fail(PE_RESET)
+            return
+        if r == HEAD_TOO_LARGE:
+            self.fail(PE_HEAD_TOO_LARGE)         # any endpoint of the cluster would refuse it the same way
             return
         if self.state == LEG_ACTIVE and self.s is s and not self.req_done:
             self.send_body()
 
     cdef int send_head(self) except -1:
-        cdef ClientSession sess = self.up.sess
+        """The request head on the new stream: 0, or HEAD_TOO_LARGE when the server's header list limit is
+        less (nothing was sent)."""
+        cdef H2Upstream up = self.up
+        cdef ClientSession sess = up.sess
         cdef Exchange ex = self.ex
         cdef const LegRequest *req = &self.req
         cdef const RequestView *v = req.view
@@ -668,8 +698,13 @@ cdef class H2Leg(Leg):
         cdef unsigned int present = 0
         cdef unsigned long long lengths = _edit_lengths(&ex.request_edits)
         cdef char digits[24]
+        cdef const char *tok[MAX_CONN_TOKENS]
+        cdef Py_ssize_t tlen[MAX_CONN_TOKENS]
         cdef long long budget = ex.budget_ms(self.pool.reactor.now)
         cdef int i, k, n
+        # An HTTP/1 client's Connection field names further fields meant for its hop alone (RFC 9110 7.6.1): they
+        # stay behind with it. (An HTTP/2 client's request has no Connection field: the session refused it.)
+        cdef int ntok = connection_tokens(base, v.fields, v.num_fields, tok, tlen)
         sess.headers_begin()
         sess.headers_field(b":method", 7, v.method_token.ptr, v.method_token.len, False)
         if v.has_path:
@@ -688,6 +723,8 @@ cdef class H2Leg(Leg):
             f = &v.fields[i]
             if skip_field(base + f.name_off, f.name_len):
                 continue
+            if ntok and in_tokens(base + f.name_off, f.name_len, tok, tlen, ntok):
+                continue
             if _edit_drops(&ex.request_edits, lengths, base + f.name_off, f.name_len, &present):
                 continue
             sess.headers_field(base + f.name_off, f.name_len, base + f.value_off, f.value_len, False)
@@ -705,8 +742,9 @@ cdef class H2Leg(Leg):
                     sess.headers_field(b"grpc-timeout", 12, digits, n, False)
         if not req.has_body:
             self.req_done = True
-        sess.headers_end(self.s, not req.has_body)
-        self.up.want_flush()
+        if sess.headers_end(self.s, not req.has_body) == HEAD_TOO_LARGE:
+            return HEAD_TOO_LARGE
+        up.want_flush()
         return 0
 
     cdef void send_body(self) noexcept:
@@ -759,6 +797,12 @@ cdef class H2Leg(Leg):
 
     # ---- the response ----------------------------------------------------------------------------
 
+    cdef void on_info(self) noexcept:
+        """An interim (1xx) head: the owner passes it on if its client can take it."""
+        cdef Stream s = self.s
+        if self.state == LEG_ACTIVE and s is not None:
+            self.owner.leg_info(self, s.status, s.head.data, s.head.fields + s.first_field, s.head.n - s.first_field)
+
     cdef void on_head(self, bint end) noexcept:
         cdef H2Upstream up = self.up
         if self.state != LEG_ACTIVE:
@@ -783,6 +827,8 @@ cdef class H2Leg(Leg):
         elif end:
             code = grpc_status_in(s.head.data, s.head.fields + first, s.head.n - first)
             count_grpc(self.pool.cluster.counters, code)
+        elif code < 0:
+            code = GRPC_LATER                    # its status comes in the trailers (trailers())
         ex.grpc_code = code
         self.head_done = True
         r = self.owner.leg_head(self, s.status, s.head.data, s.head.fields + first, s.head.n - first, end)
@@ -866,11 +912,14 @@ cdef class H2Leg(Leg):
 
     cdef void trailers(self) noexcept:
         cdef Stream s = self.s
+        cdef int code
         if s is None:
             self.fail(PE_RESET)
             return
         if self.req.grpc:
-            count_grpc(self.pool.cluster.counters, grpc_status_in(s.trailers.data, s.trailers.fields, s.trailers.n))
+            code = grpc_status_in(s.trailers.data, s.trailers.fields, s.trailers.n)
+            count_grpc(self.pool.cluster.counters, code)
+            self.ex.grpc_outcome(self.endpoint, code, self.pool.reactor.now)
         self.owner.leg_trailers(self, s.trailers.data, s.trailers.fields, s.trailers.n)
         if self.state == LEG_ACTIVE:
             self.finish()
@@ -903,26 +952,13 @@ cdef class H2Leg(Leg):
     # ---- endings ---------------------------------------------------------------------------------
 
     cdef void cancel(self) noexcept:
-        cdef Exchange ex = self.ex
-        if self.state == LEG_WAITING and ex is not None and ex.waiting:
-            ex.waiting = False
-            ex.connector.unwait(self)
+        self.unwait()
         self.state = LEG_IDLE
         self.drop()
         self.owner = None
 
     cdef void tick(self, double now) noexcept:
         pass                             # connects time out in the pool's sweep (one clock per connection)
-
-    cdef void slot_free(self) noexcept:
-        """A connection slot opened up while the try waited for one."""
-        cdef int r
-        self.ex.waiting = False
-        if self.state != LEG_WAITING:
-            return
-        r = self.take()
-        if r != PE_NONE:
-            self.fail(r)
 
     cdef void fail(self, int err) noexcept:
         cdef LegOwner owner = self.owner

@@ -9,6 +9,12 @@ from fastmesh._core.upstream.connector cimport Connector
 cdef class Leg                  # declared below; the owner's events name it
 
 
+cdef enum OwnerVerdict:
+    # What failed_verdict / clock_verdict ask of an owner, besides a ProxyError to answer with (> 0).
+    OWNER_WAIT = 0                 # nothing to do now
+    OWNER_RETRY = -1               # the exchange retries: wait its backoff, then start the next try
+
+
 cdef enum LegState:
     LEG_IDLE = 0                   # no try under way (made, finished, or cancelled)
     LEG_WAITING = 1                # queued for a connection slot (the connection breaker); slot_free() resumes it
@@ -40,6 +46,8 @@ cdef class LegOwner:
     # The request's trailer fields (after body_ended): count, with *base and *fields set; 0 when none.
     cdef int body_trailers(self, const char **base, const Field **fields) noexcept
     # The response, pushed:
+    # An interim (1xx, not 101) response head, fields as below: passed on to a client that can take it, or dropped.
+    cdef void leg_info(self, Leg leg, int status, const char *base, const Field *fields, int n) noexcept
     # A final response head. `fields` point into `base` (names in any case; the owner renders them its way and
     # drops connection-specific ones); `end`: no body follows. Returns 1 to go on, 0 when the owner cancelled the
     # leg (a retry, an answer of its own).
@@ -77,3 +85,22 @@ cdef class Leg(UpstreamUser):
     cdef void cancel(self) noexcept            # end the try now (a reset upstream unless it had ended); leg idle
     cdef void tick(self, double now) noexcept  # the owner's sweep: the leg's own clocks (a connect timeout)
     cdef bint fits(self, Connector connector) noexcept   # whether this kind of leg carries tries to `connector`
+    # For the leg kinds (the common part of their tries):
+    cdef void begin_try(self, LegOwner owner, Exchange ex, const LegRequest *req) noexcept   # a try's fields reset
+    cdef int take(self) noexcept               # a connection for the try (the kind's): PE_NONE or a ProxyError
+    cdef int no_connection(self, int outcome) noexcept   # the connector found none: queue for a slot, or why not
+    cdef void unwait(self) noexcept            # leave the connection breaker's queue, if in it
+    cdef void fail(self, int err) noexcept     # end the try (the kind lets its connection go), tell the owner
+    cdef void slot_free(self) noexcept         # a connection slot opened up while the try waited for one
+
+
+# The rules every owner follows, whatever its codec (one place, so the h1 -> h2 bridge and an HTTP/2 stream agree):
+# its leg failed with err (leg_failed): the exchange hears it (a broken response after the head; a reset before it,
+# retried or not); OWNER_RETRY, or the ProxyError to answer with (PE_RESET after the head: the owner cuts its
+# client's response short).
+cdef int failed_verdict(Exchange ex, Leg leg, int err, double now) noexcept
+# The owner's sweep while no response head came: the request's deadline (408 when the client still owed body
+# bytes, else 504), the client's body clocks (408), a wait for a connection slot, the try's response head (retried,
+# or 504); else the leg's own clocks run. OWNER_WAIT, OWNER_RETRY or the ProxyError to answer with.
+cdef int clock_verdict(Exchange ex, Leg leg, bint body_end, bint awaits_client, double idle_timeout,
+                       double now) noexcept
