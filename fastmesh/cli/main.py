@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "_worker":
         from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
-                           args.limits_fd, args.config_fd)
+                           args.limits_fd, args.config_fd, args.ticket_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--control-fd", type=int, default=None)  # the supervisor's control channel (process/link.py)
     worker.add_argument("--limits-fd", type=int, default=None)   # the instance's limit counters (dataplane/limits.py)
     worker.add_argument("--config-fd", type=int, default=None)   # the running config as JSON (discovery filled it in)
+    worker.add_argument("--ticket-fd", type=int, default=None)   # a memfd holding the TLS session-ticket secret
     _log_level(worker)
     return parser
 
