@@ -467,7 +467,8 @@ class Proxy:
         """Every TLS context in use, as (kind, name, context): listeners terminating TLS and clusters originating it
         (one context per listener that sends to the cluster)."""
         out: list[tuple[str, str, Any]] = []
-        for name, acceptor in [*self._tcp.items(), *self._http.items()]:
+        acceptors: list[tuple[str, Any]] = [*self._tcp.items(), *self._http.items()]   # http: once it has TLS
+        for name, acceptor in acceptors:
             if getattr(acceptor, "tls", None) is not None:
                 out.append(("listener", name, acceptor.tls))
             client = getattr(acceptor, "upstream_tls", None)

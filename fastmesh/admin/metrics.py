@@ -86,7 +86,8 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     for kind, name, help_text, key in per_listener:
         out.family(kind, name, help_text, [((("listener", ln),), row[key]) for ln, row in listeners.items()])
     # TLS series only for listeners that have seen a TLS handshake (cleartext listeners add none).
-    tls_view, tls = tls, {ln: row for ln, row in listeners.items()
+    tls_view = tls
+    tls = {ln: row for ln, row in listeners.items()
            if row["tls_handshakes"] or any(row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS)}
     out.counter("fastmesh_tls_handshakes", "TLS handshakes finished with downstream clients",
                 [((("listener", ln),), row["tls_handshakes"]) for ln, row in tls.items()])

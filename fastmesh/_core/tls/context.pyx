@@ -221,10 +221,20 @@ cdef double _not_after(X509 *x):
 
 
 def _digest(*parts):
-    """A digest of settings and the bytes of the files they name: equal digests, equal contexts."""
+    """A digest of settings and the bytes of the files they name ("file:PATH", also inside lists and tuples):
+    equal digests, equal contexts."""
     h = hashlib.sha256()
+    _feed(h, parts)
+    return h.hexdigest()
+
+
+def _feed(h, parts):
     for part in parts:
-        if isinstance(part, str) and part.startswith("file:"):
+        if isinstance(part, (list, tuple)):
+            h.update(b"(")
+            _feed(h, part)
+            h.update(b")")
+        elif isinstance(part, str) and part.startswith("file:"):
             try:
                 with open(part[5:], "rb") as f:
                     h.update(f.read())
@@ -233,7 +243,6 @@ def _digest(*parts):
         else:
             h.update(repr(part).encode())
         h.update(b"\0")
-    return h.hexdigest()
 
 
 def _alpn_wire(protocols):
