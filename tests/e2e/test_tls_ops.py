@@ -359,3 +359,139 @@ def test_identity_refusal_leaves_other_clients_alone(pki: Pki) -> None:
     results = run(main())
     assert results[0] == "ok" and results[3] == "ok"
     assert results[1] != "ok" and results[2] != "ok"
+
+
+# ---- under `fastmesh run`: two workers, the admin server, fastmesh check ------------------------------------------
+
+def _admin_json(port: int, path: str) -> Any:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _admin_metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _resumed_handshakes(port: int, pki: Pki, count: int) -> list[bool]:
+    """One full handshake, then `count` new connections each offering its session (TLS 1.2: the session is
+    there right after the handshake); whether each resumed."""
+    ctx = pki.client_context(maximum=ssl.TLSVersion.TLSv1_2)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="web.test") as s:
+            session = s.session
+    out = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="web.test", session=session) as s:
+                out.append(s.session_reused)
+    return out
+
+
+def _fd_targets(pid: int) -> list[str]:
+    """What a process's open fds point at (one closed meanwhile is left out)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("zygote", ["1", "0"], ids=["forked-workers", "fresh-interpreters"])
+def test_two_workers_share_tickets_without_the_secret_in_their_environment_and_report_expiry(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zygote: str) -> None:
+    """Under `fastmesh run` with two workers: sessions resume whichever worker accepts (30 connections over
+    SO_REUSEPORT all reach one worker with odds of 2^-29); no worker has the ticket secret in its environment or
+    still holds its memfd; /metrics, /tls and /clusters show each certificate's expiry as made; `fastmesh check`
+    warns within --cert-warn-days; a bad replacement is visible in /tls and /metrics."""
+    import datetime
+    import re
+    from fastmesh._testbase.run import Run, fastmesh_argv, env
+    monkeypatch.setenv("FASTMESH_ZYGOTE", zygote)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    server = pki.issue("web.test", not_after=now + datetime.timedelta(days=10))
+    client = pki.issue("spiffe://mesh.test/ns/edge/sa/proxy", not_after=now + datetime.timedelta(days=40))
+    admin, port, backend = free_port(), free_port(), free_port()
+    text = f"""
+workers = 2
+[admin]
+listen = "127.0.0.1:{admin}"
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:{port}"
+cluster = "backend"
+tls = {{ cert = "{server.cert}", key = "{server.key}" }}
+[[listeners]]
+name = "out"
+listen = "127.0.0.1:{free_port()}"
+cluster = "api"
+[clusters.backend]
+endpoints = ["127.0.0.1:{backend}"]
+[clusters.api]
+endpoints = ["127.0.0.1:{free_port()}"]
+tls = {{ ca = "{pki.ca_file}", server_name = "api.test", cert = "{client.cert}", key = "{client.key}" }}
+[demo]
+backends = ["127.0.0.1:{backend}"]
+"""
+    fm = Run(tmp_path, text)
+    try:
+        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        resumed = _resumed_handshakes(port, pki, 30)
+        pids = [int(pid) for pid in re.findall(r"w\d+ started \(pid (\d+)\)", fm.log())]
+        environs = {pid: Path(f"/proc/{pid}/environ").read_bytes() for pid in pids}
+        fds = {pid: _fd_targets(pid) for pid in pids}
+        metrics = _admin_metrics(admin)
+        view = _admin_json(admin, "/tls")
+        clusters = _admin_json(admin, "/clusters")
+
+        checks = {days: subprocess.run(fastmesh_argv("check", str(fm.config), "--cert-warn-days", days), env=env(),
+                                       capture_output=True, text=True, timeout=60) for days in ("5", "14", "45")}
+
+        Path(server.cert).write_bytes(b"garbage\n")
+        deadline = time.monotonic() + RELOAD_WAIT
+        while len(_admin_json(admin, "/tls")["listeners"]["edge"]["errors"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        broken = _admin_json(admin, "/tls")["listeners"]["edge"]
+        broken_metrics = _admin_metrics(admin)
+        still = _resumed_handshakes(port, pki, 2)
+    finally:
+        fm.stop()
+
+    assert len(pids) == 2
+    assert resumed == [True] * 30
+    for pid, environ in environs.items():
+        assert b"TICKET" not in environ
+        assert not re.search(rb"=[0-9a-f]{64}(\0|$)", environ), "a 32-byte hex secret in the environment"
+        assert not any("fastmesh-tickets" in target for target in fds[pid]), "the secret's memfd is still open"
+
+    def expiry(labels: tuple[tuple[str, str], ...]) -> float:
+        return metrics[("fastmesh_tls_cert_expiry_seconds", tuple(sorted(labels)))]
+    assert abs(expiry((("listener", "edge"), ("cert", server.cert), ("names", "web.test")))
+               - (now + datetime.timedelta(days=10)).timestamp()) <= 2
+    assert abs(expiry((("cluster", "api"), ("cert", client.cert), ("names", "spiffe://mesh.test/ns/edge/sa/proxy")))
+               - (now + datetime.timedelta(days=40)).timestamp()) <= 2
+    assert metrics[("fastmesh_tls_cert_reload_error", (("listener", "edge"),))] == 0
+    (edge_cert,) = view["listeners"]["edge"]["certificates"]
+    assert edge_cert["names"] == ["web.test"] and 9.9 * 86400 < edge_cert["expires_in"] <= 10 * 86400
+    assert clusters["api"]["tls"]["certificates"][0]["uris"] == ["spiffe://mesh.test/ns/edge/sa/proxy"]
+    assert clusters["api"]["tls"]["certificates"][0]["not_after_utc"] == \
+        (now + datetime.timedelta(days=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    assert all(c.returncode == 0 for c in checks.values())
+    assert "certificate" not in checks["5"].stderr
+    assert f"warning: listener edge: certificate {server.cert} expires in" in checks["14"].stderr
+    assert "cluster api" not in checks["14"].stderr
+    assert f"warning: cluster api: certificate {client.cert} expires in" in checks["45"].stderr
+
+    assert set(broken["errors"]) == {"w0", "w1"} and all(server.cert in e for e in broken["errors"].values())
+    assert broken["reload_failures"] >= 2
+    assert broken_metrics[("fastmesh_tls_cert_reload_error", (("listener", "edge"),))] == 1
+    assert still == [True, True]
