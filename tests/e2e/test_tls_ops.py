@@ -114,8 +114,8 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(tmp_path)
 
 
-def test_certificate_rewritten_in_place_then_renamed_into_place_reaches_new_handshakes_only(pki: Pki,
-                                                                                           tmp_path: Path) -> None:
+def test_certificate_rewritten_in_place_then_renamed_into_place_reaches_new_handshakes_only(
+        pki: Pki, tmp_path: Path) -> None:
     """A connection made with the first certificate keeps working across both replacements; each new handshake
     gets the certificate on disk."""
     live = Pem(str(tmp_path / "live.pem"), str(tmp_path / "live.key"))
@@ -235,7 +235,8 @@ def test_cluster_client_certificate_and_ca_are_reloaded(pki: Pki, tmp_path: Path
         port = free_port()
         text = (f'[[listeners]]\nname = "edge"\nlisten = "127.0.0.1:{port}"\ncluster = "api"\n'
                 f'[clusters.api]\nendpoints = ["{backend.address}"]\n'
-                f'tls = {{ ca = "{pki.ca_file}", server_name = "api.test", cert = "{live.cert}", key = "{live.key}" }}\n')
+                f'tls = {{ ca = "{pki.ca_file}", server_name = "api.test", cert = "{live.cert}", '
+                f'key = "{live.key}" }}\n')
         proxy = Proxy.from_toml(text)
         await proxy.start()
 
