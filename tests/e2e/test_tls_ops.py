@@ -362,6 +362,49 @@ def test_identity_refusal_leaves_other_clients_alone(pki: Pki) -> None:
     assert results[1] != "ok" and results[2] != "ok"
 
 
+def test_ticket_keys_rotate_every_ticket_rotation_and_the_previous_key_still_decrypts(pki: Pki) -> None:
+    """ticket_rotation = "3s": a ticket from period e resumes in period e+1 (and is renewed), not in e+2."""
+    server = pki.issue("web.test")
+    period = 3.0
+
+    ctx = pki.client_context(maximum=ssl.TLSVersion.TLSv1_2)
+
+    def connect(port: int, session: Any) -> tuple[bool, Any]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="web.test", session=session) as s:
+                return s.session_reused, s.session
+
+    async def at_period(n: int) -> None:
+        while time.time() // period < n:
+            await asyncio.sleep(0.05)
+
+    async def main() -> list[tuple[int, bool]]:
+        (backend,) = await start_backends(1, echo)
+        tls = f'{{ cert = "{server.cert}", key = "{server.key}", ticket_rotation = "3s" }}'
+        proxy = Proxy.from_toml(listener_config(free_port(), backend.address, tls))
+        await proxy.start()
+        port = proxy.addresses["edge"][1]
+        out = []
+        try:
+            await at_period(int(time.time() // period) + 1)        # start at the beginning of a period
+            issued = int(time.time() // period)
+            _, first = await asyncio.to_thread(connect, port, None)
+            reused, _ = await asyncio.to_thread(connect, port, first)
+            out.append((int(time.time() // period) - issued, reused))
+            await at_period(issued + 1)
+            reused, _ = await asyncio.to_thread(connect, port, first)
+            out.append((int(time.time() // period) - issued, reused))
+            await at_period(issued + 2)
+            reused, _ = await asyncio.to_thread(connect, port, first)
+            out.append((int(time.time() // period) - issued, reused))
+        finally:
+            await proxy.stop()
+            await backend.stop()
+        return out
+
+    assert run(main()) == [(0, True), (1, True), (2, False)]
+
+
 # ---- under `fastmesh run`: two workers, the admin server, fastmesh check ------------------------------------------
 
 def _admin_json(port: int, path: str) -> Any:
