@@ -28,6 +28,7 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.tcp.splice import TcpProxy
     from fastmesh.dataplane.fd_budget import FdBudget
     from fastmesh.dataplane.stats import LagProbe, StatsLayout
+    from fastmesh.dataplane.tls import TlsWatch
     from fastmesh.dataplane.tracing import SpanExport
     from fastmesh.health import Health
 
@@ -83,6 +84,7 @@ class Proxy:
         self._retired: list[Acceptor] = []        # acceptors a reload replaced, until their connections end
         self._conn_limit: ConnectionLimit | None = None   # the worker's max_connections
         self.fd_budget: FdBudget | None = None            # how the worker spends its fds (dataplane/fd_budget.py)
+        self._tls_watch: TlsWatch | None = None           # reloads certificate files when they change
         # Span export (dataplane/tracing.py): an OpenTelemetry SDK SpanExporter an embedder gives (used instead of
         # the [tracing] export endpoint), and the running export. One process records spans for one Proxy.
         self._span_exporter = span_exporter
@@ -151,6 +153,10 @@ class Proxy:
         self._health.start()
         for sweeper in [*clusters.values(), *self._tcp.values(), *pools, *self._http.values()]:
             reactor.add_sweeper(sweeper)
+        from fastmesh.dataplane.tls import TlsWatch
+        self._tls_watch = TlsWatch()
+        self._tls_watch.track(self._tls_contexts())
+        self._tls_watch.start()
         for listener in listeners:
             listener.start()
         self._reactor, self._clusters, self._listeners = reactor, clusters, listeners
@@ -352,6 +358,8 @@ class Proxy:
         self._listeners = [listener for listener in self._listeners if listener.name in by_name] + opened
         for listener in opened:
             listener.start()
+        if self._tls_watch is not None:
+            self._tls_watch.track(self._tls_contexts())
         changes = {"clusters": rebuilt, "clusters_updated": updated, "listeners_added": [lcfg.name for lcfg in to_bind],
                    "listeners_removed": gone}
         log.info("config reloaded: clusters rebuilt %s, updated in place %s, listeners bound %s, removed %s",
@@ -512,6 +520,23 @@ class Proxy:
         from fastmesh.dataplane.ratelimits import counts
         return counts(self._rates, self.config)
 
+    def _tls_contexts(self) -> list[tuple[str, str, Any]]:
+        """Every TLS context in use, as (kind, name, context): listeners terminating TLS and clusters originating it
+        (one context per listener that sends to the cluster)."""
+        out: list[tuple[str, str, Any]] = []
+        acceptors: list[tuple[str, Any]] = [*self._tcp.items(), *self._http.items()]   # http: once it has TLS
+        for name, acceptor in acceptors:
+            if getattr(acceptor, "tls", None) is not None:
+                out.append(("listener", name, acceptor.tls))
+            client = getattr(acceptor, "upstream_tls", None)
+            if client is not None:
+                out.append(("cluster", acceptor.cluster.name, client))
+        return out
+
+    def tls_status(self) -> list[dict[str, Any]]:
+        """Each TLS context's certificates (expiry included) and how reloading its files went (dataplane/tls.py)."""
+        return self._tls_watch.status() if self._tls_watch is not None else []
+
     def _tls_stats(self) -> dict[str, Any]:
         """Per TLS listener: handshakes finished and resumed, refusals by reason; per cluster originating TLS:
         its handshakes; and every loaded certificate with its expiry (Unix time)."""
@@ -536,7 +561,7 @@ class Proxy:
                 seen["handshakes"] += client.handshakes
                 seen["resumed"] += client.resumed
                 seen["failed"] += client.failures
-        return {"listeners": listeners, "clusters": clusters}
+        return {"listeners": listeners, "clusters": clusters, "contexts": self.tls_status()}
 
     def _filter_stats(self) -> dict[str, list[dict[str, Any]]]:
         """Per http listener: each filter plugin's calls, answers, errors and timeouts (this process's)."""
@@ -595,6 +620,8 @@ class Proxy:
         assert self._health is not None and self._reactor is not None and self._lag is not None   # started
         await self._stop_spans()
         await self._health.stop()
+        if self._tls_watch is not None:
+            await self._tls_watch.stop()
         self._reactor.detach()
         self._lag.stop()
         self._listeners.clear()

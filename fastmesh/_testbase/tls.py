@@ -56,9 +56,11 @@ class Pki:
         Path(self.other_ca_file).write_bytes(self.other.pem())
         self._n = 0
 
-    def issue(self, *names: str, ca: _Ca | None = None, expired: bool = False, key_type: str = "ecdsa") -> Pem:
+    def issue(self, *names: str, ca: _Ca | None = None, expired: bool = False, key_type: str = "ecdsa",
+              not_after: datetime.datetime | None = None) -> Pem:
         """A certificate for names (DNS names, "*.x" wildcards, "spiffe://..." URIs, IP literals) and its key,
-        written as files (the certificate file holds the leaf only; the CA file is the trust anchor)."""
+        written as files (the certificate file holds the leaf only; the CA file is the trust anchor). It is valid
+        for 90 days, or until `not_after`."""
         import ipaddress
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -79,7 +81,7 @@ class Pki:
                     sans.append(x509.DNSName(name))
         now = datetime.datetime.now(datetime.timezone.utc)
         start, end = (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)) if expired else \
-            (now - datetime.timedelta(days=1), now + datetime.timedelta(days=90))
+            (now - datetime.timedelta(days=1), not_after or now + datetime.timedelta(days=90))
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])]))
                 .issuer_name(issuer.cert.subject).public_key(key.public_key())

@@ -48,11 +48,12 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
-           discovery: dict[str, dict[str, Any]] | None = None, rate_limits: list[dict[str, Any]] | None = None
-           ) -> bytes:
+           discovery: dict[str, dict[str, Any]] | None = None, rate_limits: list[dict[str, Any]] | None = None,
+           tls: dict[str, dict[str, Any]] | None = None) -> bytes:
     """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4; `discovery`:
     per discovered cluster, its source's state (discovery/base.py SourceState.as_dict); `rate_limits`: per limited
-    route, its counts over the instance (dataplane/ratelimits.py counts)."""
+    route, its counts over the instance (dataplane/ratelimits.py counts); `tls`: the workers' TLS contexts merged
+    (AdminServer.tls_view)."""
     out = _Writer(openmetrics)
     out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
     out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
@@ -87,6 +88,7 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     for kind, name, help_text, key in per_listener:
         out.family(kind, name, help_text, [((("listener", ln),), row[key]) for ln, row in listeners.items()])
     # TLS series only for listeners that have seen a TLS handshake (cleartext listeners add none).
+    tls_view = tls
     tls = {ln: row for ln, row in listeners.items()
            if row["tls_handshakes"] or any(row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS)}
     out.counter("fastmesh_tls_handshakes", "TLS handshakes finished with downstream clients",
@@ -96,6 +98,7 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     out.counter("fastmesh_tls_handshake_failures", "TLS handshakes refused (or passthrough clients), by reason",
                 [((("listener", ln), ("reason", r)), row[f"tls_failed_{r}"])
                  for ln, row in tls.items() for r in TLS_FAIL_REASONS])
+    _certificates(out, tls_view or {})
 
     clusters = snap.clusters()
     per_cluster = [
@@ -134,6 +137,20 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
                 [((("listener", r["listener"]), ("route", str(r["route"]))), r["passed"]) for r in limited])
     _discovery(out, discovery or {})
     return out.finish()
+
+
+def _certificates(out: _Writer, view: dict[str, dict[str, Any]]) -> None:
+    """Every loaded certificate's expiry, as a timestamp (Prometheus' advice for "when": alert on
+    `fastmesh_tls_cert_expiry_seconds - time() < 14 * 86400`), and the state of reloading the files."""
+    contexts = [(kind[:-1], name, v) for kind in ("listeners", "clusters") for name, v in view.get(kind, {}).items()]
+    out.gauge("fastmesh_tls_cert_expiry_seconds", "when each loaded TLS certificate expires (its notAfter), Unix time",
+              [(((kind, name), ("cert", c["cert"]), ("names", ",".join(c["names"] or c["uris"]))), c["not_after"])
+               for kind, name, v in contexts for c in v["certificates"]])
+    out.gauge("fastmesh_tls_cert_reload_error", "1 while changed TLS files are refused (the previous certificates "
+              "stay in use) in some worker", [(((kind, name),), int(bool(v["errors"]))) for kind, name, v in contexts])
+    out.counter("fastmesh_tls_cert_reloads", "TLS file changes taken (ok) or refused (failed), over the workers",
+                [(((kind, name), ("result", r)), v[key]) for kind, name, v in contexts
+                 for r, key in (("ok", "reloads"), ("failed", "reload_failures"))])
 
 
 def _discovery(out: _Writer, sources: dict[str, dict[str, Any]]) -> None:

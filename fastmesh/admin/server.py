@@ -1,5 +1,6 @@
 """The admin HTTP server, in the supervisor: liveness, readiness, the effective config, cluster state, metrics,
-reload (POST /reload) and explain (GET /explain: where a request would go, admin/explain.py).
+reload (POST /reload), explain (GET /explain: where a request would go, admin/explain.py) and the loaded TLS
+certificates (GET /tls: expiry, and how reloading their files went, as the workers report them).
 
 This is not the data path: asyncio streams and the shared head parser (fastmesh/httpwire.py) are enough (GET and
 HEAD, POST for /reload, keep-alive, no request bodies). Every answer except /metrics is JSON, errors included
@@ -67,6 +68,7 @@ class AdminServer:
             "/reload": self.reload,
             "/explain": self.explain,
             "/naming": self.naming,
+            "/tls": self.tls,
         }
         self.dashboard = Dashboard(self)
         self.routes.update(self.dashboard.routes())
@@ -212,12 +214,16 @@ class AdminServer:
     def config_dump(self, request: Request) -> Reply:
         return Reply.json(200, self.config)
 
-    def clusters(self, request: Request) -> Reply:
-        """Each cluster's endpoints and counters; a discovered cluster also shows its source's state."""
+    async def clusters(self, request: Request) -> Reply:
+        """Each cluster's endpoints and counters; a discovered cluster also shows its source's state, and one that
+        originates TLS its client certificate (with its expiry) and trust files."""
         clusters = self.stats.collect().clusters()
         for name, state in self.discovery().items():
             if name in clusters:
                 clusters[name]["discovery"] = state
+        for name, view in (await self.tls_view())["clusters"].items():
+            if name in clusters:
+                clusters[name]["tls"] = view
         return Reply.json(200, clusters)
 
     def rate_limits(self) -> list[dict[str, Any]]:
@@ -227,6 +233,29 @@ class AdminServer:
             return []
         from fastmesh.dataplane.ratelimits import counts
         return counts(rates.block, self.cfg)
+
+    async def tls(self, request: Request) -> Reply:
+        """Every TLS listener's and cluster's certificates with their expiry, and how reloading their files went."""
+        return Reply.json(200, await self.tls_view())
+
+    async def tls_view(self) -> dict[str, dict[str, Any]]:
+        """The workers' TLS contexts merged: per listener and per cluster, the certificates (as the first worker
+        that answered has them), the reloads taken and refused over all workers, and each worker's refusal."""
+        ask = getattr(self.workers, "tls_status", None)
+        answers: dict[int, list[dict[str, Any]]] = await ask() if ask is not None else {}
+        out: dict[str, dict[str, Any]] = {"listeners": {}, "clusters": {}}
+        for n, contexts in sorted(answers.items()):
+            for ctx in contexts:
+                view = out[ctx["kind"] + "s"].setdefault(ctx["name"], {
+                    "certificates": [], "files": [], "reloads": 0, "reload_failures": 0, "errors": {}})
+                known = {c["cert"] for c in view["certificates"]}
+                view["certificates"] += [c for c in ctx["certificates"] if c["cert"] not in known]
+                view["files"] += [f for f in ctx["files"] if f not in view["files"]]
+                view["reloads"] += ctx["reloads"]
+                view["reload_failures"] += ctx["reload_failures"]
+                if ctx["error"]:
+                    view["errors"][f"w{n}"] = ctx["error"]
+        return out
 
     def discovery(self) -> dict[str, dict[str, Any]]:
         manager = getattr(self.workers, "discovery", None)
@@ -269,9 +298,10 @@ class AdminServer:
             return Reply.error(exc.status, str(exc))
         return Reply.json(200, data)
 
-    def metrics(self, request: Request) -> Reply:
+    async def metrics(self, request: Request) -> Reply:
         om = wants_openmetrics(request.header("accept"))
         info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
                            len(self.workers.ready))
-        return Reply(200, render(self.stats.collect(), info, om, self.discovery(), self.rate_limits()),
+        return Reply(200, render(self.stats.collect(), info, om, self.discovery(), self.rate_limits(),
+                                 await self.tls_view()),
                      OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

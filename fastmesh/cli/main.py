@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args.config, args.log_level)
     if args.command == "check":
         from fastmesh.cli.check import main as check_main
-        return check_main(args.config, args.json, args.resolve)
+        return check_main(args.config, args.json, args.resolve, args.cert_warn_days)
     if args.command == "demo":
         return demo(args.ports, args.host, args.log_level)
     if args.command == "stat":
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "_worker":
         from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
-                           args.limits_fd, args.config_fd, args.rates_fd)
+                           args.limits_fd, args.config_fd, args.rates_fd, args.ticket_fd)
     parser.print_help(sys.stderr)
     return 2
 
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML")
     check.add_argument("--resolve", action="store_true",
                        help="ask each discovery source (DNS, etcd, files) once and print what it found")
+    check.add_argument("--cert-warn-days", type=float, default=14.0, metavar="DAYS",
+                       help="warn about TLS certificates that expire within DAYS days (default: %(default)g)")
 
     demo = sub.add_parser("demo", help="run only the demo backends, in the foreground",
                           description="Run demo HTTP/echo backends that name themselves, until Ctrl-C.")
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--limits-fd", type=int, default=None)   # the instance's limit counters (dataplane/limits.py)
     worker.add_argument("--rates-fd", type=int, default=None)    # rate-limit buckets (dataplane/ratelimits.py)
     worker.add_argument("--config-fd", type=int, default=None)   # the running config as JSON (discovery filled it in)
+    worker.add_argument("--ticket-fd", type=int, default=None)   # a memfd holding the TLS session-ticket secret
     _log_level(worker)
     return parser
 

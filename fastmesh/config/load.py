@@ -759,6 +759,30 @@ def _alpn(check: _Check, key: str, value: Any) -> Any:
     return list(value)
 
 
+def identity_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be an allow_identities entry, or None: a URI with an authority ("spiffe://td/..."),
+    ASCII without spaces, and a "*" only as the whole last path segment ("spiffe://td/ns/x/*")."""
+    scheme, sep, rest = pattern.partition("://")
+    if not sep or not scheme or not rest or not pattern.isascii() or any(c.isspace() for c in pattern):
+        return "a URI like spiffe://trust-domain/ns/x/sa/y"
+    star = pattern.find("*")
+    if star >= 0 and (star != len(pattern) - 1 or not pattern.endswith("/*") or rest.startswith("/")
+                      or rest.startswith("*")):
+        return 'a "*" only as the whole last path segment, as in spiffe://trust-domain/ns/x/*'
+    return None
+
+
+def _identities(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, (list, tuple)) or not value:
+        return check.bad(key, 'an array of identities like ["spiffe://td/ns/web/sa/api", "spiffe://td/ns/batch/*"]',
+                         value)
+    for i, pattern in enumerate(value):
+        why = identity_problem(pattern) if isinstance(pattern, str) else "a string"
+        if why is not None:
+            return check.bad(f"{key}[{i}]", why, pattern)
+    return list(value)
+
+
 def _server_name(check: _Check, key: str, value: Any) -> Any:
     if isinstance(value, str) and _is_host(value) and not _is_ip_host(value):
         return value
@@ -813,6 +837,8 @@ _LISTENER_TLS_FIELDS: dict[str, Parser] = {
     "session_tickets": _flag,
     "strict_sni": _flag,
     "handshake_timeout": _duration(allow_zero=False),
+    "ticket_rotation": _duration(allow_zero=False),
+    "allow_identities": _identities,
     **_TLS_COMMON,
 }
 _CLUSTER_TLS_FIELDS: dict[str, Parser] = {
@@ -834,6 +860,9 @@ def _listener_tls(check: _Check, key: str, value: Any) -> Any:
     if fields.get("require_client_cert") and "client_ca" not in fields:
         return check.bad(_key(key, "require_client_cert"), "client_ca beside it (the CAs client certificates are "
                          "checked against)", True)
+    if "allow_identities" in fields and ("client_ca" not in fields or fields.get("require_client_cert") is False):
+        return check.bad(_key(key, "allow_identities"), "client_ca beside it, with require_client_cert left true "
+                         "(an identity is a verified client certificate's URI SAN)", value["allow_identities"])
     return ListenerTls(**fields)
 
 
@@ -1737,7 +1766,7 @@ def _tls_dict(tls: ListenerTls | ClusterTls) -> dict[str, Any]:
             continue
         if f.name == "certificates":
             value = [{"cert": c.cert, "key": c.key, **({"names": list(c.names)} if c.names else {})} for c in value]
-        elif f.name == "handshake_timeout":
+        elif f.name in ("handshake_timeout", "ticket_rotation"):
             value = format_duration(value)
         out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
     return out

@@ -191,6 +191,7 @@ class Discovery:
 
 
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+# The one place of the default cipher, ciphersuite and group strings (the core takes them from the config).
 # Safe defaults (Mozilla's "intermediate" profile without finite-field DH): forward secrecy and AEAD ciphers only.
 TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
                "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
@@ -223,6 +224,8 @@ class ListenerTls:
     session_tickets: bool = True       # stateless resumption; keys shared by every worker, rotated
     strict_sni: bool = False           # refuse a server name no certificate has (false: the default certificate)
     handshake_timeout: float = 10.0    # seconds a client has to finish its handshake
+    ticket_rotation: float = 43200.0   # seconds a session-ticket key encrypts new tickets (then decrypts a period more)
+    allow_identities: list[str] | None = None   # URI SANs (SPIFFE IDs, "prefix/*") a client must have; None: any
 
     def __post_init__(self) -> None:
         if self.require_client_cert is None:

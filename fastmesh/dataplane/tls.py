@@ -1,10 +1,20 @@
 """TLS wiring: a listener's or cluster's tls table -> the core's TlsServer / TlsClient, with config errors that
-name the file and key when OpenSSL refuses a certificate, key or setting."""
+name the file and key when OpenSSL refuses a certificate, key or setting; the instance's session-ticket secret;
+and TlsWatch, which reloads certificate, key and CA files when they change on disk.
+
+Each worker watches the files itself (inotify on their folders, and a stat of each file every WATCH_POLL
+seconds for what inotify cannot see): the contexts live in each worker's memory, so each must read the files
+anyway, and a watch of a handful of files costs nothing measurable. No message between processes is needed, and
+an embedded Proxy reloads its certificates too. A change is read once the files have been quiet for
+WATCH_SETTLE seconds (a certificate and its key written one after the other arrive together)."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-import secrets
-from typing import TYPE_CHECKING
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
 
 from fastmesh.config.schema import ClusterTls, ListenerTls
 from fastmesh.errors import ConfigError
@@ -12,16 +22,22 @@ from fastmesh.errors import ConfigError
 if TYPE_CHECKING:
     from fastmesh._core.tls.context import TlsClient, TlsServer
 
-TICKET_SECRET_ENV = "FASTMESH_TLS_TICKET_SECRET"
+    Tls = Union[TlsServer, TlsClient]
+
+log = logging.getLogger("fastmesh.tls")
+
 SESSION_SLOTS = 256         # upstream endpoints per cluster whose last TLS session is kept for resumption
 DEFAULT_ALPN = {"http": ["http/1.1"], "tcp": []}
+TICKET_SECRET_BYTES = 32
+WATCH_POLL = 1.0            # seconds between stats of the watched files (inotify wakes the watch sooner)
+WATCH_SETTLE = 0.2          # seconds the files must be quiet before a change is read
 
 
-def share_ticket_secret() -> None:
-    """Called by the supervisor before it starts workers: every worker (forked or spawned) inherits one secret,
-    from which each derives the same rotating session-ticket keys (tls/context.pyx)."""
-    if len(os.environ.get(TICKET_SECRET_ENV, "")) != 64:
-        os.environ[TICKET_SECRET_ENV] = secrets.token_hex(32)
+def set_ticket_secret(secret: bytes) -> None:
+    """The instance's session-ticket secret, which `fastmesh run`'s worker reads from the memfd the supervisor
+    passed (process/worker.py): every worker derives the same rotating ticket keys from it."""
+    from fastmesh._core.tls.context import set_ticket_secret as core_set
+    core_set(secret)
 
 
 def _refused(source: str, key: str, exc: Exception) -> ConfigError:
@@ -36,8 +52,9 @@ def build_server_tls(tls: ListenerTls, protocol: str, source: str, key: str) -> 
         return TlsServer(certs, client_ca=tls.client_ca, require_client_cert=bool(tls.require_client_cert),
                          alpn=DEFAULT_ALPN.get(protocol, []) if tls.alpn is None else tls.alpn,
                          min_version=tls.min_version, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
-                         groups=tls.groups, tickets=tls.session_tickets, strict_sni=tls.strict_sni,
-                         handshake_timeout=tls.handshake_timeout)
+                         groups=tls.groups, tickets=tls.session_tickets, ticket_rotation=tls.ticket_rotation,
+                         strict_sni=tls.strict_sni, handshake_timeout=tls.handshake_timeout,
+                         allow_identities=tls.allow_identities)
     except TlsError as exc:
         raise _refused(source, key, exc) from None
 
@@ -52,3 +69,150 @@ def build_client_tls(tls: ClusterTls, source: str, key: str) -> TlsClient:
                          sessions=tls.session_reuse)
     except TlsError as exc:
         raise _refused(source, key, exc) from None
+
+
+def certificate_rows(kind: str, name: str, certificates: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """One row per loaded certificate, as /tls, /clusters and the expiry metric show it."""
+    return [{kind: name, "cert": c["cert"], "names": list(c["names"]), "uris": list(c.get("uris", [])),
+             "not_after": c["not_after"], "expires_in": c["not_after"] - now,
+             "not_after_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["not_after"]))}
+            for c in certificates]
+
+
+Stamp = tuple[int, int, int, int] | None
+
+
+def _stamp(path: str) -> Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+@dataclass
+class _Watched:
+    """One TlsServer or TlsClient in use, and how its last reload went."""
+    kind: str                          # "listener" or "cluster"
+    name: str                          # the listener's or cluster's name
+    tls: Any                           # the TlsServer / TlsClient (adopt() keeps it the same object)
+    stamps: dict[str, Stamp] = field(default_factory=dict)   # per file: what it was when last read
+    reloads: int = 0                   # certificate reloads taken
+    failures: int = 0                  # reloads refused (the old certificates stayed)
+    error: str | None = None           # why the files on disk now are refused (None: they are in use)
+    error_at: float = 0.0              # when that was found (Unix time)
+    reloaded_at: float = 0.0           # when the files were last taken (Unix time; 0: since the start)
+
+
+class TlsWatch:
+    """A Proxy's TLS contexts and the files they were read from: when a file changes, the context is rebuilt from
+    the same settings; a rebuild OpenSSL accepts (and whose certificates have not expired) is adopted in place,
+    one it refuses keeps the old certificates and is reported (log, status(), metrics) until the files are fixed."""
+
+    def __init__(self) -> None:
+        self.watched: list[_Watched] = []
+        self.changed: asyncio.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.dirs: dict[str, Any] = {}
+
+    def track(self, contexts: list[tuple[str, str, Any]]) -> None:
+        """The contexts in use now, as (kind, name, TlsServer | TlsClient): at start and after each config reload
+        (the history of one that stays the same object is kept)."""
+        old = {id(w.tls): w for w in self.watched}
+        self.watched = [old.get(id(tls)) or _Watched(kind, name, tls, {p: _stamp(p) for p in tls.files})
+                        for kind, name, tls in contexts]
+        if self.task is not None:
+            self._watch_dirs()
+
+    def start(self) -> None:
+        self.changed = asyncio.Event()
+        self._watch_dirs()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None
+        for watch in self.dirs.values():
+            watch.close()
+        self.dirs.clear()
+
+    def _watch_dirs(self) -> None:
+        from fastmesh.filewatch import DirWatch
+        assert self.changed is not None
+        wanted = {os.path.dirname(os.path.abspath(p)) for w in self.watched for p in w.stamps}
+        for folder in list(self.dirs):
+            if folder not in wanted:
+                self.dirs.pop(folder).close()
+        for folder in wanted - set(self.dirs):
+            self.dirs[folder] = DirWatch(folder, self.changed)
+
+    async def _run(self) -> None:
+        assert self.changed is not None
+        while True:
+            try:
+                await asyncio.wait_for(self.changed.wait(), WATCH_POLL)
+            except TimeoutError:
+                pass
+            while self.changed.is_set():            # let a burst of writes finish first
+                self.changed.clear()
+                await asyncio.sleep(WATCH_SETTLE)
+            self.check()
+
+    def check(self) -> list[str]:
+        """Reload every context whose files changed since they were read; the names of those reloaded."""
+        reloaded = []
+        for w in self.watched:
+            stamps = {p: _stamp(p) for p in w.stamps}
+            if stamps == w.stamps:
+                continue
+            w.stamps = stamps
+            if self._reload(w):
+                reloaded.append(f"{w.kind} {w.name}")
+        return reloaded
+
+    def _reload(self, w: _Watched) -> bool:
+        from fastmesh._core.tls.context import TlsError
+        try:
+            new = w.tls.rebuild()
+        except TlsError as exc:
+            return self._refuse(w, str(exc))
+        if new.spec == w.tls.spec:                  # touched, or written back as it was
+            w.error = None
+            return False
+        now = time.time()
+        for cert in new.certificates:
+            if cert["not_after"] <= now:
+                return self._refuse(w, f"certificate {cert['cert']} expired at "
+                                       f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(cert['not_after']))}")
+        w.tls.adopt(new)
+        w.reloads += 1
+        w.reloaded_at = now
+        w.error = None
+        w.stamps = {p: _stamp(p) for p in w.tls.files}
+        log.info("%s %s: TLS files reloaded (%s); new handshakes use them", w.kind, w.name,
+                 ", ".join(f"{c['cert']} until {time.strftime('%Y-%m-%d', time.gmtime(c['not_after']))}"
+                           for c in w.tls.certificates) or ", ".join(w.tls.files))
+        return True
+
+    def _refuse(self, w: _Watched, why: str) -> bool:
+        w.failures += 1
+        if w.error != why:                          # once per distinct problem, not once per poll
+            log.error("%s %s: TLS files changed but cannot be used, the previous certificates stay: %s",
+                      w.kind, w.name, why)
+        w.error = why
+        w.error_at = time.time()
+        return False
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per context: its certificates (with expiry) and how reloading its files went."""
+        now = time.time()
+        return [{"kind": w.kind, "name": w.name, "files": list(w.tls.files), "reloads": w.reloads,
+                 "reload_failures": w.failures, "error": w.error, "error_at": w.error_at or None,
+                 "reloaded_at": w.reloaded_at or None,
+                 "certificates": certificate_rows(w.kind, w.name, list(w.tls.certificates), now)}
+                for w in self.watched]

@@ -8,8 +8,6 @@ is refused and the next change event reads it again.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import os
 import tomllib
@@ -17,9 +15,7 @@ from typing import Any
 
 from fastmesh.config.schema import Endpoint
 from fastmesh.discovery.base import Source, SourceError, parse_endpoint, unique
-
-_IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x2, 0x8, 0x80, 0x100, 0x200
-_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
+from fastmesh.filewatch import DirWatch
 
 
 def parse_file(data: bytes, name: str) -> list[Endpoint]:
@@ -73,7 +69,7 @@ class FileSource(Source):
 
     async def run(self) -> None:
         changed = asyncio.Event()
-        watch = _DirWatch(os.path.dirname(self.state.target) or ".", changed)
+        watch = DirWatch(os.path.dirname(self.state.target) or ".", changed)
         seen: tuple[int, int, int] | None = None
         try:
             while True:
@@ -99,38 +95,3 @@ class FileSource(Source):
                     pass
         finally:
             watch.close()
-
-
-class _DirWatch:
-    """inotify on the file's folder (so a rename into place is seen) through libc; does nothing without it."""
-
-    def __init__(self, folder: str, changed: asyncio.Event) -> None:
-        self.fd = -1
-        self.changed = changed
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-            if fd < 0:
-                return
-            mask = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
-            if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
-                os.close(fd)
-                return
-        except (OSError, AttributeError):
-            return
-        self.fd = fd
-        asyncio.get_running_loop().add_reader(fd, self._drain)
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self.changed.set()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            asyncio.get_running_loop().remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1

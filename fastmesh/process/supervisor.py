@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import site
 import sys
@@ -19,6 +20,7 @@ from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process.zygote import ForkedWorker, Zygote
+from fastmesh.dataplane.tls import TICKET_SECRET_BYTES
 
 Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked by the zygote
 
@@ -61,8 +63,6 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
-    from fastmesh.dataplane.tls import share_ticket_secret
-    share_ticket_secret()               # every worker derives the same TLS session-ticket keys from it
     zygote = Zygote.start()             # before any event loop exists: workers are forked from it
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -118,6 +118,8 @@ class Supervisor:
         self.reloader = Reloader(self)
         from fastmesh.process.events import Events
         self.events = Events()                                     # events for the event_sinks plugins
+        # Every worker derives the same TLS session-ticket keys from it; each gets it in a memfd (never the env).
+        self.ticket_secret = secrets.token_bytes(TICKET_SECRET_BYTES)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -226,6 +228,19 @@ class Supervisor:
         answers = await asyncio.gather(*(one(link) for link in links.values()))
         return {n: a for n, a in zip(links, answers) if a is not None}
 
+    async def tls_status(self) -> dict[int, list[dict[str, Any]]]:
+        """Each serving worker's TLS contexts: certificates with their expiry, and how reloading their files went
+        (workers that do not answer in time are left out)."""
+        async def one(link: WorkerLink) -> list[dict[str, Any]] | None:
+            try:
+                answer = await link.call("tls", DESCRIBE_TIMEOUT)
+            except (TimeoutError, LinkClosed):
+                return None
+            return answer.get("contexts") if answer.get("ok") else None
+        links = {n: link for n, link in self.links.items() if n in self.ready}
+        answers = await asyncio.gather(*(one(link) for link in links.values()))
+        return {n: a for n, a in zip(links, answers) if a is not None}
+
     def _on_stop_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         now = time.monotonic()
@@ -313,7 +328,8 @@ class Supervisor:
     async def _spawn(self, n: int) -> Worker:
         if self.zygote is not None and self.zygote.sock is not None:
             ours, theirs = socketpair()
-            fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd, self.rates.fd]
+            tickets = memfd_with(self.ticket_secret, "fastmesh-tickets")
+            fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd, self.rates.fd, tickets]
             running = None
             if self.reloader.format == "json" and self.reloader.text is not None:
                 running = memfd_with(self.reloader.text, "fastmesh-config")     # discovery: the running config
@@ -330,6 +346,7 @@ class Supervisor:
                 return proc
             finally:
                 theirs.close()
+                os.close(tickets)
                 if running is not None:
                     os.close(running)
         env = dict(os.environ)
@@ -346,6 +363,7 @@ class Supervisor:
             config_fd = memfd_with(self.reloader.text, "fastmesh-config")
             extra = ["--config-fd", str(config_fd)]
         ours, theirs = socketpair()
+        tickets = memfd_with(self.ticket_secret, "fastmesh-tickets")
         try:
             # A fresh interpreter (not a fork of this process and its running loop) for each worker. -P keeps the
             # current directory off sys.path: run from a checkout, `-m fastmesh` would otherwise import the
@@ -354,15 +372,16 @@ class Supervisor:
                 sys.executable, "-P", "-m", "fastmesh", "_worker", self.config_path,
                 "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
                 "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd), "--rates-fd", str(rates_fd),
-                *extra,
+                "--ticket-fd", str(tickets), *extra,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
-                pass_fds=(stats_fd, theirs.fileno(), limits_fd, rates_fd,
+                pass_fds=(stats_fd, theirs.fileno(), limits_fd, rates_fd, tickets,
                           *([config_fd] if config_fd is not None else [])))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+            os.close(tickets)
             if config_fd is not None:
                 os.close(config_fd)
         self.links[n] = WorkerLink(ours, f"w{n}")

@@ -32,9 +32,15 @@ _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
          control_fd: int | None = None, limits_fd: int | None = None, config_fd: int | None = None,
-         rates_fd: int | None = None) -> int:
+         rates_fd: int | None = None, ticket_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
+    if ticket_fd is not None:
+        # The instance's TLS session-ticket secret: from a memfd the supervisor passed (read, then closed), never
+        # from the environment, which same-user processes can read and children inherit.
+        from fastmesh.process.link import read_all
+        from fastmesh.dataplane.tls import set_ticket_secret
+        set_ticket_secret(read_all(ticket_fd))
     # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     parent = _supervisor_pid()
@@ -172,8 +178,8 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
 
 
 def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, Any]:
-    """The control requests a worker answers: reload, endpoints (a discovery update) and describe (endpoint
-    details for explain)."""
+    """The control requests a worker answers: reload, endpoints (a discovery update), describe (endpoint
+    details for explain) and tls (certificates, their expiry and reload state, for the admin server)."""
 
     async def reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         async with busy:
@@ -244,4 +250,7 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
     async def describe(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"ok": True, "clusters": proxy.endpoint_details(list(message.get("clusters", [])))}
 
-    return {"reload": reload, "endpoints": endpoints, "describe": describe}
+    async def tls(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"ok": True, "contexts": proxy.tls_status()}
+
+    return {"reload": reload, "endpoints": endpoints, "describe": describe, "tls": tls}

@@ -303,7 +303,7 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
     from fastmesh.process import worker
     code = 1
     try:
-        stdout, stats_fd, control_fd, limits_fd, rates_fd, *rest = fds
+        stdout, stats_fd, control_fd, limits_fd, rates_fd, ticket_fd, *rest = fds
         config_fd = rest[0] if rest else None                   # the running config, when discovery fills it in
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -315,7 +315,7 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
             signal.signal(signum, signal.SIG_DFL)
         _prctl(_PR_SET_NAME, b"fastmesh-worker")
         code = worker.main(argv["config"], argv["worker_id"], argv["log_level"], stats_fd, control_fd, limits_fd,
-                           config_fd, rates_fd)
+                           config_fd, rates_fd, ticket_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

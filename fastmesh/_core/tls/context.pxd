@@ -4,6 +4,7 @@
 from libc.stdint cimport uint64_t
 from fastmesh._core.tls.openssl cimport SSL, SSL_CTX, SSL_SESSION
 from fastmesh._core.tls.names cimport ServerNames
+from fastmesh._core.tls.identity cimport Identities
 
 
 # Why a handshake failed: the TF_* index of its counter (FAIL_REASONS in context.pyx names them, in this order).
@@ -39,12 +40,21 @@ ctypedef struct Tls:
     unsigned char write_wants_in   # the last SSL_write needs the socket readable: retry writes on EPOLLIN too
     unsigned char fail         # a TlsFail once something failed
     unsigned char sni_unknown  # the SNI callback refused the client's server name
+    unsigned char denied       # the verify callback refused the client's identity (allow_identities)
     int endpoint               # client side: the endpoint index (its session is kept for the next connection)
     void *owner                # the TlsServer or TlsClient this side belongs to (borrowed; it outlives us)
 
 
+cdef struct TicketKey:
+    # One rotation period's session-ticket key, derived from the instance's secret (the same in every worker).
+    unsigned char name[16]     # sent in the ticket: which key encrypted it
+    unsigned char hmac[32]     # the ticket's HMAC-SHA256 key
+    unsigned char aes[32]      # the ticket's AES-256-CBC key
+
+
 cdef class TlsServer:
     # A listener's TLS: one SSL_CTX per certificate (the first is the default), chosen by the client's SNI.
+    # adopt() swaps in a rebuilt one's contexts in place: the object (and so every Tls.owner) stays the same.
     cdef SSL_CTX **ctxs                # one per certificate
     cdef int nctx
     cdef ServerNames names             # server name -> certificate (from their DNS SANs, or configured)
@@ -52,8 +62,15 @@ cdef class TlsServer:
     cdef readonly bint strict_sni      # refuse a server name no certificate has (else: the default certificate)
     cdef readonly double handshake_timeout   # seconds a client has to finish its handshake
     cdef readonly bint verify_clients  # client certificates are checked against client_ca
-    cdef readonly list certificates    # per certificate: {"cert", "names", "not_after"} (Unix time), for metrics
+    cdef readonly list certificates    # per certificate: {"cert", "names", "uris", "not_after"} (Unix time)
     cdef readonly str spec             # a digest of the settings and file contents: a reload rebuilds when it changes
+    cdef readonly list files           # the files it read (certificates, keys, client_ca): what a watch looks at
+    cdef readonly Identities identities   # allow_identities (None: any certificate client_ca verifies)
+    cdef readonly double ticket_rotation  # seconds a ticket key encrypts new tickets (then decrypts one period more)
+    cdef TicketKey keys[3]             # the previous, current and next period's ticket keys
+    cdef long key_epoch                # the period `keys` were derived for (-1: derive at the next ticket)
+    cdef tuple args                    # what it was built from, so rebuild() can read the files again
+    cdef dict kwargs
     cdef double log_after[12]          # (TF_COUNT) per reason: monotonic time before which failures are not logged
     cdef unsigned long long log_held[12]  # (TF_COUNT entries) failures not logged since the last line
 
@@ -62,7 +79,7 @@ cdef class TlsServer:
 
 cdef class TlsClient:
     # A cluster's TLS origination: trust, the name checked, an optional client certificate, ALPN, and the last
-    # session per endpoint for resumption.
+    # session per endpoint for resumption. adopt() swaps in a rebuilt one's context in place, like TlsServer's.
     cdef SSL_CTX *ctx
     cdef bytes server_name             # SNI and the name verified; empty: verify the endpoint's IP address
     cdef readonly bint verify          # check the endpoint's certificate (false only when configured so)
@@ -72,8 +89,11 @@ cdef class TlsClient:
     cdef readonly unsigned long long resumed      # ...of which resumed a session
     cdef readonly unsigned long long failures     # upstream handshakes that failed
     cdef double log_after              # monotonic time before which failures are counted, not logged
-    cdef readonly list certificates    # the client certificate, if any: {"cert", "names", "not_after"}
+    cdef readonly list certificates    # the client certificate, if any: {"cert", "names", "uris", "not_after"}
     cdef readonly str spec             # a digest of the settings and file contents
+    cdef readonly list files           # the files it read (ca, cert, key): what a watch looks at
+    cdef tuple args                    # what it was built from, so rebuild() can read the files again
+    cdef dict kwargs
 
     cdef void failed(self, Tls *t, str cluster, str endpoint, double now) noexcept
 

@@ -3,9 +3,16 @@
 A TlsServer is a listener's TLS: one SSL_CTX per certificate; the client's SNI picks one (exact names first,
 then one-label wildcards, else the first certificate, or a refusal with strict_sni). ALPN picks our first
 protocol the client offers. Session tickets are encrypted with keys derived from one instance-wide secret and
-the current rotation period (set_ticket_secret()): every worker derives the same keys at the same moment, so a
-ticket issued by one worker resumes on any other, and rotation needs no messages between processes. A ticket
-stays valid for two periods at most (the key of the period before is still accepted and renewed).
+the current rotation period (set_ticket_secret(), the listener's ticket_rotation): every worker derives the same
+keys at the same moment, so a ticket issued by one worker resumes on any other, and rotation needs no messages
+between processes. A ticket stays valid for two periods at most (the key of the period before is still accepted
+and renewed). With allow_identities, the verify callback refuses a client certificate whose URI SAN the
+allow list (identity.pyx) does not allow, inside the handshake (reason `denied`).
+
+Certificates change without a new object: rebuild() reads the same files again into a new one (TlsError when
+OpenSSL refuses them), and adopt() moves its contexts into the running one. Every SSL object holds a reference
+to the SSL_CTX it was made from, so connections open (or in their handshake) keep the old certificate while new
+handshakes get the new one, and the object every Tls.owner points at stays alive and the same.
 
 A TlsClient is a cluster's TLS origination: trust (a CA file or the system store), the name checked (a
 configured server_name, else the endpoint's IP address), an optional client certificate (mTLS), ALPN, and per
@@ -22,11 +29,13 @@ what the socket has in one recv instead of one per record header and body.
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memcmp, memset, strlen, strncpy
+from libc.stdio cimport snprintf
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from fastmesh._core.includes.system cimport errno, EAGAIN, ECONNRESET, strerror
 from fastmesh._core.tls.openssl cimport *
 from fastmesh._core.tls.names cimport ServerNames
+from fastmesh._core.tls.identity cimport Identities
 from fastmesh._core.stats cimport L_TLS_FAILED, bump
 
 import hashlib
@@ -60,11 +69,8 @@ FAIL_REASONS = ("none", *TLS_FAIL_REASONS)
 assert len(FAIL_REASONS) == TF_COUNT
 
 VERSIONS = {"1.0": TLS1_VERSION, "1.1": TLS1_1_VERSION, "1.2": TLS1_2_VERSION, "1.3": TLS1_3_VERSION}
-# Safe defaults (Mozilla's "intermediate" profile without finite-field DH): forward secrecy and AEAD only.
-DEFAULT_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-                   "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
-DEFAULT_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-DEFAULT_GROUPS = "X25519:P-256:P-384"
+# Cipher, ciphersuite and group strings have no defaults here: they come from the config (config/schema.py holds
+# the defaults, in one place).
 LOG_EVERY = 1.0                 # seconds: at most one log line per failure reason and listener (or cluster)
 
 cdef char DETAIL[320]           # the last failure's OpenSSL text, read by whoever logs it (single-threaded)
@@ -95,37 +101,28 @@ def _require():
 
 # ---- session ticket keys -----------------------------------------------------------------------------------
 
-cdef struct TicketKey:
-    unsigned char name[16]      # sent in the ticket: which key encrypted it
-    unsigned char hmac[32]
-    unsigned char aes[32]
-
 cdef unsigned char TICKET_SECRET[32]
-cdef long TICKET_PERIOD = 43200         # seconds a key encrypts new tickets (12 h by default)
-cdef long TICKET_EPOCH = -1             # the period the keys below were derived for
-cdef TicketKey TICKET_KEYS[3]           # the previous, current and next period's keys
 
 
-def set_ticket_secret(bytes secret, double period):
-    """The instance's ticket secret (32 bytes, the same in every worker) and the rotation period in seconds."""
-    global TICKET_PERIOD, TICKET_EPOCH
+def set_ticket_secret(bytes secret):
+    """The instance's ticket secret (32 bytes, the same in every worker: the supervisor hands it over an inherited
+    memfd, never the environment). Each listener derives its keys from it and its rotation period."""
     if len(secret) != 32:
         raise ValueError("the ticket secret is 32 bytes")
     memcpy(TICKET_SECRET, PyBytes_AS_STRING(secret), 32)
-    TICKET_PERIOD = max(<long>period, 1)
-    TICKET_EPOCH = -1
 
 
-cdef void _derive(TicketKey *k, long epoch) noexcept:
-    cdef unsigned char msg[16]
+cdef void _derive(TicketKey *k, long epoch, long period) noexcept:
+    cdef unsigned char msg[17]
     cdef unsigned char out[32]
     cdef unsigned int n = 32
     cdef int i
     for i in range(8):
         msg[i] = (epoch >> (8 * i)) & 0xFF
+        msg[8 + i] = (period >> (8 * i)) & 0xFF
     for i in range(3):
-        msg[8] = i
-        lib.HMAC(lib.EVP_sha256(), TICKET_SECRET, 32, msg, 9, out, &n)
+        msg[16] = i
+        lib.HMAC(lib.EVP_sha256(), TICKET_SECRET, 32, msg, 17, out, &n)
         if i == 0:
             memcpy(k.name, out, 16)
         elif i == 1:
@@ -134,24 +131,29 @@ cdef void _derive(TicketKey *k, long epoch) noexcept:
             memcpy(k.aes, out, 32)
 
 
-cdef void _refresh_keys() noexcept:
-    global TICKET_EPOCH
-    cdef long epoch = time_now(NULL) // TICKET_PERIOD
+cdef void _refresh_keys(TlsServer srv) noexcept:
+    cdef long period = <long>srv.ticket_rotation
+    cdef long epoch = time_now(NULL) // period
     cdef int i
-    if epoch == TICKET_EPOCH:
+    if epoch == srv.key_epoch:
         return
     for i in range(3):
-        _derive(&TICKET_KEYS[i], epoch - 1 + i)
-    TICKET_EPOCH = epoch
+        _derive(&srv.keys[i], epoch - 1 + i, period)
+    srv.key_epoch = epoch
 
 
 cdef int _ticket_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *ectx, HMAC_CTX *hctx,
                     int enc) noexcept:
     cdef int i
     cdef TicketKey *k
-    _refresh_keys()
+    cdef Tls *t = <Tls *>lib.SSL_get_ex_data(s, 0)
+    cdef TlsServer srv
+    if t == NULL or t.owner == NULL:
+        return 0                            # no listener to ask: no ticket, or a full handshake
+    srv = <TlsServer>t.owner
+    _refresh_keys(srv)
     if enc:
-        k = &TICKET_KEYS[1]
+        k = &srv.keys[1]
         memcpy(name, k.name, 16)
         if lib.RAND_bytes(iv, 16) != 1:
             return -1
@@ -161,7 +163,7 @@ cdef int _ticket_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_C
             return -1
         return 1
     for i in range(3):
-        k = &TICKET_KEYS[i]
+        k = &srv.keys[i]
         if memcmp(name, k.name, 16) == 0:
             if lib.HMAC_Init_ex(hctx, k.hmac, 32, lib.EVP_sha256(), NULL) != 1:
                 return -1
@@ -190,6 +192,26 @@ cdef list _san(X509 *x, int kind):
     return out
 
 
+cdef Py_ssize_t _first_uri(X509 *x, char *out, Py_ssize_t cap) noexcept:
+    """The certificate's first URI SAN (a SPIFFE ID) copied into out; its length, 0 when none (or too long)."""
+    cdef OPENSSL_STACK *names = <OPENSSL_STACK *>lib.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
+    cdef FM_GENERAL_NAME *g
+    cdef int i, n
+    cdef Py_ssize_t got = 0
+    if names == NULL:
+        return 0
+    for i in range(lib.OPENSSL_sk_num(names)):
+        g = <FM_GENERAL_NAME *>lib.OPENSSL_sk_value(names, i)
+        if g.type == GEN_URI and g.str != NULL:
+            n = lib.ASN1_STRING_length(g.str)
+            if 0 < n <= cap:
+                memcpy(out, lib.ASN1_STRING_get0_data(g.str), n)
+                got = n
+            break
+    lib.GENERAL_NAMES_free(names)
+    return got
+
+
 cdef double _not_after(X509 *x):
     """The certificate's notAfter as Unix time."""
     cdef int days = 0, secs = 0
@@ -199,10 +221,20 @@ cdef double _not_after(X509 *x):
 
 
 def _digest(*parts):
-    """A digest of settings and the bytes of the files they name: equal digests, equal contexts."""
+    """A digest of settings and the bytes of the files they name ("file:PATH", also inside lists and tuples):
+    equal digests, equal contexts."""
     h = hashlib.sha256()
+    _feed(h, parts)
+    return h.hexdigest()
+
+
+def _feed(h, parts):
     for part in parts:
-        if isinstance(part, str) and part.startswith("file:"):
+        if isinstance(part, (list, tuple)):
+            h.update(b"(")
+            _feed(h, part)
+            h.update(b")")
+        elif isinstance(part, str) and part.startswith("file:"):
             try:
                 with open(part[5:], "rb") as f:
                     h.update(f.read())
@@ -211,7 +243,6 @@ def _digest(*parts):
         else:
             h.update(repr(part).encode())
         h.update(b"\0")
-    return h.hexdigest()
 
 
 def _alpn_wire(protocols):
@@ -305,16 +336,47 @@ cdef int _new_session_cb(SSL *s, SSL_SESSION *sess) noexcept:
     return 1                                 # we keep the reference
 
 
+cdef int _verify_cb(int ok, X509_STORE_CTX *store) noexcept:
+    """A listener with allow_identities: once the client's chain verified, its leaf's URI SAN must be allowed."""
+    cdef SSL *s
+    cdef Tls *t
+    cdef TlsServer srv
+    cdef char identity[1024]
+    cdef Py_ssize_t n
+    if not ok or lib.X509_STORE_CTX_get_error_depth(store) != 0:
+        return ok
+    s = <SSL *>lib.X509_STORE_CTX_get_ex_data(store, lib.SSL_get_ex_data_X509_STORE_CTX_idx())
+    t = <Tls *>lib.SSL_get_ex_data(s, 0) if s != NULL else NULL
+    if t == NULL or t.owner == NULL:
+        return ok
+    srv = <TlsServer>t.owner
+    if srv.identities is None:
+        return ok
+    n = _first_uri(lib.X509_STORE_CTX_get_current_cert(store), identity, sizeof(identity) - 1)
+    if srv.identities.allows(identity, n):
+        return 1
+    t.denied = 1
+    if n:
+        identity[n] = 0
+        snprintf(DETAIL, sizeof(DETAIL), "identity %.240s is not in allow_identities", identity)
+    else:
+        strncpy(DETAIL, "the client certificate has no URI SAN (no identity) and allow_identities is set",
+                sizeof(DETAIL) - 1)
+    lib.X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+    return 0
+
+
 # ---- contexts ------------------------------------------------------------------------------------------------
 
 cdef class TlsServer:
     """A listener's TLS. `certs`: [(cert_path, key_path, names)], names None for the certificate's DNS SANs;
-    the first certificate is the default. Raises TlsError for a file or setting OpenSSL refuses."""
+    the first certificate is the default. `allow_identities`: URI SANs a client certificate must carry (exact, or
+    "prefix/*"; identity.pyx), None for any. Raises TlsError for a file or setting OpenSSL refuses."""
 
-    def __cinit__(self, list certs, str client_ca=None, bint require_client_cert=False, alpn=(),
-                  str min_version="1.2", str ciphers=DEFAULT_CIPHERS, str ciphersuites=DEFAULT_CIPHERSUITES,
-                  str groups=DEFAULT_GROUPS, bint tickets=True, bint strict_sni=False,
-                  double handshake_timeout=10.0):
+    def __cinit__(self, list certs, *, str ciphers, str ciphersuites, str groups, str client_ca=None,
+                  bint require_client_cert=False, alpn=(), str min_version="1.2", bint tickets=True,
+                  double ticket_rotation=43200.0, bint strict_sni=False, double handshake_timeout=10.0,
+                  allow_identities=None):
         cdef SSL_CTX *ctx
         cdef bytes sid
         cdef void *ca_names
@@ -322,6 +384,17 @@ cdef class TlsServer:
         _require()
         if not certs:
             raise TlsError("at least one certificate")
+        self.args = (certs,)
+        self.kwargs = dict(ciphers=ciphers, ciphersuites=ciphersuites, groups=groups, client_ca=client_ca,
+                           require_client_cert=require_client_cert, alpn=tuple(alpn), min_version=min_version,
+                           tickets=tickets, ticket_rotation=ticket_rotation, strict_sni=strict_sni,
+                           handshake_timeout=handshake_timeout, allow_identities=allow_identities)
+        self.files = [p for c, k, _ in certs for p in (c, k)] + ([client_ca] if client_ca else [])
+        self.ticket_rotation = max(ticket_rotation, 1.0)
+        self.key_epoch = -1
+        self.identities = Identities(allow_identities) if allow_identities is not None else None
+        if allow_identities is not None and client_ca is None:
+            raise TlsError("allow_identities needs client_ca (the CAs client certificates are checked against)")
         self.nctx = 0
         self.ctxs = <SSL_CTX **>malloc(sizeof(SSL_CTX *) * len(certs))
         if self.ctxs == NULL:
@@ -332,7 +405,8 @@ cdef class TlsServer:
         self.alpn = _alpn_wire(alpn)
         self.spec = _digest([(f"file:{c}", f"file:{k}", n) for c, k, n in certs], f"file:{client_ca}"
                             if client_ca else None, require_client_cert, tuple(alpn), min_version, ciphers,
-                            ciphersuites, groups, tickets, strict_sni, handshake_timeout)
+                            ciphersuites, groups, tickets, ticket_rotation, strict_sni, handshake_timeout,
+                            tuple(allow_identities or ()))
         sid = bytes.fromhex(self.spec)[:32]
         self.certificates = []
         served = []
@@ -357,7 +431,8 @@ cdef class TlsServer:
                 if ca_names != NULL:
                     lib.SSL_CTX_set_client_CA_list(ctx, ca_names)
                 lib.SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (SSL_VERIFY_FAIL_IF_NO_PEER_CERT
-                                                               if require_client_cert else 0), NULL)
+                                                               if require_client_cert else 0),
+                                       <void *>_verify_cb if self.identities is not None else NULL)
             if self.alpn:
                 lib.SSL_CTX_set_alpn_select_cb(ctx, _alpn_cb, <void *>self)
             info = _cert_info(ctx, cert)
@@ -379,6 +454,32 @@ cdef class TlsServer:
                 lib.SSL_CTX_free(self.ctxs[i])
             free(self.ctxs)
             self.ctxs = NULL
+
+    def rebuild(self):
+        """A new TlsServer from the same settings, the files read again (TlsError when OpenSSL refuses them)."""
+        return TlsServer(*self.args, **self.kwargs)
+
+    def adopt(self, TlsServer new):
+        """From now on, handshakes get `new`'s certificates and settings (a rebuild()); connections already open or
+        in their handshake keep what they have. `new` is left holding the old contexts: drop it."""
+        cdef SSL_CTX **ctxs = self.ctxs
+        cdef int nctx = self.nctx
+        cdef int i
+        self.ctxs, self.nctx = new.ctxs, new.nctx
+        new.ctxs, new.nctx = ctxs, nctx
+        self.names, new.names = new.names, self.names
+        self.alpn, self.strict_sni, self.handshake_timeout = new.alpn, new.strict_sni, new.handshake_timeout
+        self.verify_clients, self.identities = new.verify_clients, new.identities
+        self.certificates, self.spec, self.files = new.certificates, new.spec, new.files
+        self.args, self.kwargs = new.args, new.kwargs
+        if self.ticket_rotation != new.ticket_rotation:
+            self.ticket_rotation = new.ticket_rotation
+            self.key_epoch = -1
+        # The callbacks of the new contexts were given their builder as argument: give them this object instead.
+        lib.SSL_CTX_ctrl(self.ctxs[0], SSL_CTRL_SET_TLSEXT_SERVERNAME_ARG, 0, <void *>self)
+        if self.alpn:
+            for i in range(self.nctx):
+                lib.SSL_CTX_set_alpn_select_cb(self.ctxs[i], _alpn_cb, <void *>self)
 
     @property
     def alpn_protocols(self):
@@ -417,11 +518,16 @@ cdef class TlsClient:
     verified (None: the endpoint's IP address is verified, and no SNI is sent); `cert`/`key`: a client
     certificate; `verify=False` turns verification off (say so in the config, never by default)."""
 
-    def __cinit__(self, str ca=None, str server_name=None, str cert=None, str key=None, alpn=(),
-                  str min_version="1.2", str ciphers=DEFAULT_CIPHERS, str ciphersuites=DEFAULT_CIPHERSUITES,
-                  str groups=DEFAULT_GROUPS, bint verify=True, int endpoints=0, bint sessions=True):
+    def __cinit__(self, *, str ciphers, str ciphersuites, str groups, str ca=None, str server_name=None,
+                  str cert=None, str key=None, alpn=(), str min_version="1.2", bint verify=True, int endpoints=0,
+                  bint sessions=True):
         cdef bytes wire
         _require()
+        self.args = ()
+        self.kwargs = dict(ciphers=ciphers, ciphersuites=ciphersuites, groups=groups, ca=ca, server_name=server_name,
+                           cert=cert, key=key, alpn=tuple(alpn), min_version=min_version, verify=verify,
+                           endpoints=endpoints, sessions=sessions)
+        self.files = [p for p in (ca, cert, key or cert) if p]
         self.ctx = lib.SSL_CTX_new(lib.TLS_client_method())
         if self.ctx == NULL:
             raise _errors("SSL_CTX_new")
@@ -470,6 +576,24 @@ cdef class TlsClient:
         if self.ctx != NULL:
             lib.SSL_CTX_free(self.ctx)
             self.ctx = NULL
+
+    def rebuild(self):
+        """A new TlsClient from the same settings, the files read again (TlsError when OpenSSL refuses them)."""
+        return TlsClient(*self.args, **self.kwargs)
+
+    def adopt(self, TlsClient new):
+        """From now on, connections are made with `new`'s trust, client certificate and settings (a rebuild());
+        the sessions kept for resumption are dropped (they carry the old client certificate). `new` is left
+        holding the old context and sessions: drop it."""
+        cdef SSL_CTX *ctx = self.ctx
+        cdef SSL_SESSION **sessions = self.sessions
+        cdef int nsessions = self.nsessions
+        self.ctx, new.ctx = new.ctx, ctx
+        self.sessions, self.nsessions = new.sessions, new.nsessions
+        new.sessions, new.nsessions = sessions, nsessions
+        self.server_name, self.verify = new.server_name, new.verify
+        self.certificates, self.spec, self.files = new.certificates, new.spec, new.files
+        self.args, self.kwargs = new.args, new.kwargs
 
     cdef void failed(self, Tls *t, str cluster, str endpoint, double now) noexcept:
         """Count a failed upstream handshake and log it, at most once a second."""
@@ -527,6 +651,7 @@ cdef int tls_accept(Tls *t, TlsServer srv, int fd) noexcept:
     t.write_wants_in = 0
     t.fail = TF_NONE
     t.sni_unknown = 0
+    t.denied = 0
     t.endpoint = -1
     t.owner = <void *>srv
     return 0
@@ -546,6 +671,7 @@ cdef int tls_connect(Tls *t, TlsClient cli, int fd, int endpoint, const char *ip
     t.write_wants_in = 0
     t.fail = TF_NONE
     t.sni_unknown = 0
+    t.denied = 0
     t.endpoint = endpoint
     t.owner = <void *>cli
     if PyBytes_GET_SIZE(cli.server_name):
@@ -568,6 +694,9 @@ cdef int _classify(Tls *t, int e) noexcept:
     cdef long vr
     cdef const char *vs
     cdef Py_ssize_t used
+    if t.denied:                            # the verify callback wrote DETAIL
+        lib.ERR_clear_error()
+        return TF_DENIED
     DETAIL[0] = 0
     if t.sni_unknown:
         lib.ERR_clear_error()
@@ -733,39 +862,16 @@ cdef int tls_alpn(Tls *t, const unsigned char **proto) noexcept:
 cdef Py_ssize_t tls_peer_uri(Tls *t, char *out, Py_ssize_t cap) noexcept:
     """The verified peer certificate's first URI SAN (a SPIFFE ID) copied into out; its length, 0 when none."""
     cdef X509 *x
-    cdef OPENSSL_STACK *names
-    cdef FM_GENERAL_NAME *g
-    cdef int i, n
-    cdef Py_ssize_t got = 0
+    cdef Py_ssize_t got
     if t.ssl == NULL or lib.SSL_get_verify_result(t.ssl) != 0:
         return 0
     x = lib.SSL_get1_peer_certificate(t.ssl)
     if x == NULL:
         return 0
-    names = <OPENSSL_STACK *>lib.X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL)
-    if names != NULL:
-        for i in range(lib.OPENSSL_sk_num(names)):
-            g = <FM_GENERAL_NAME *>lib.OPENSSL_sk_value(names, i)
-            if g.type == GEN_URI and g.str != NULL:
-                n = lib.ASN1_STRING_length(g.str)
-                if 0 < n <= cap:
-                    memcpy(out, lib.ASN1_STRING_get0_data(g.str), n)
-                    got = n
-                break
-        lib.GENERAL_NAMES_free(names)
+    got = _first_uri(x, out, cap)
     lib.X509_free(x)
     return got
 
 
-def ticket_secret_from_env():
-    """The instance's ticket secret: FASTMESH_TLS_TICKET_SECRET (hex, set by the supervisor for its workers), or
-    a fresh random one (an embedded Proxy: its tickets are its own)."""
-    text = os.environ.get("FASTMESH_TLS_TICKET_SECRET", "")
-    try:
-        secret = bytes.fromhex(text)
-    except ValueError:
-        secret = b""
-    return secret if len(secret) == 32 else os.urandom(32)
-
-
-set_ticket_secret(ticket_secret_from_env(), 43200.0)
+# An embedded Proxy's tickets are its own: a random secret until `fastmesh run`'s worker sets the instance's.
+set_ticket_secret(os.urandom(32))

@@ -19,6 +19,7 @@ cdef extern from *:
     typedef struct hmac_ctx_st HMAC_CTX;
     typedef struct X509_VERIFY_PARAM_st X509_VERIFY_PARAM;
     typedef struct stack_st OPENSSL_STACK;
+    typedef struct x509_store_ctx_st X509_STORE_CTX;
     /* GENERAL_NAME is a public struct: a type, then a pointer (for DNS and URI names an ASN1_STRING). */
     typedef struct { int type; ASN1_STRING *str; } FM_GENERAL_NAME;
 
@@ -106,6 +107,11 @@ cdef extern from *:
         int (*HMAC_Init_ex)(HMAC_CTX *c, const void *key, int len, const EVP_MD *md, void *engine);
         unsigned char *(*HMAC)(const EVP_MD *md, const void *key, int key_len, const unsigned char *d, size_t n,
                                unsigned char *out, unsigned int *out_len);
+        void *(*X509_STORE_CTX_get_ex_data)(const X509_STORE_CTX *c, int idx);
+        int (*SSL_get_ex_data_X509_STORE_CTX_idx)(void);
+        int (*X509_STORE_CTX_get_error_depth)(const X509_STORE_CTX *c);
+        X509 *(*X509_STORE_CTX_get_current_cert)(const X509_STORE_CTX *c);
+        void (*X509_STORE_CTX_set_error)(X509_STORE_CTX *c, int err);
     } FmOssl;
     """
     ctypedef struct SSL
@@ -120,6 +126,7 @@ cdef extern from *:
     ctypedef struct HMAC_CTX
     ctypedef struct X509_VERIFY_PARAM
     ctypedef struct OPENSSL_STACK
+    ctypedef struct X509_STORE_CTX
     ctypedef struct FM_GENERAL_NAME:
         int type
         ASN1_STRING *str
@@ -208,6 +215,11 @@ cdef extern from *:
         int (*HMAC_Init_ex)(HMAC_CTX *c, const void *key, int n, const EVP_MD *md, void *engine) noexcept nogil
         unsigned char *(*HMAC)(const EVP_MD *md, const void *key, int key_len, const unsigned char *d, size_t n,
                                unsigned char *out, unsigned int *out_len) noexcept nogil
+        void *(*X509_STORE_CTX_get_ex_data)(const X509_STORE_CTX *c, int idx) noexcept nogil
+        int (*SSL_get_ex_data_X509_STORE_CTX_idx)() noexcept nogil
+        int (*X509_STORE_CTX_get_error_depth)(const X509_STORE_CTX *c) noexcept nogil
+        X509 *(*X509_STORE_CTX_get_current_cert)(const X509_STORE_CTX *c) noexcept nogil
+        void (*X509_STORE_CTX_set_error)(X509_STORE_CTX *c, int err) noexcept nogil
 
 # The constants (stable across OpenSSL 1.1.1 and 3.x: they are part of the ABI).
 cdef enum:
@@ -246,6 +258,7 @@ cdef enum:
     NID_subject_alt_name = 85
     GEN_DNS = 2
     GEN_URI = 6
+    X509_V_ERR_APPLICATION_VERIFICATION = 50
     TLS1_VERSION = 0x0301
     TLS1_1_VERSION = 0x0302
     TLS1_2_VERSION = 0x0303

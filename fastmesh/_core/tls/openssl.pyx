@@ -108,7 +108,9 @@ _FIELDS = (
     "ERR_get_error", "ERR_clear_error", "ERR_error_string_n", "X509_verify_cert_error_string", "X509_free",
     "X509_get_ext_d2i", "X509_get0_notAfter", "ASN1_TIME_diff", "OPENSSL_sk_num", "OPENSSL_sk_value",
     "GENERAL_NAMES_free", "ASN1_STRING_length", "ASN1_STRING_get0_data", "RAND_bytes", "EVP_aes_256_cbc",
-    "EVP_sha256", "EVP_EncryptInit_ex", "EVP_DecryptInit_ex", "HMAC_Init_ex", "HMAC",
+    "EVP_sha256", "EVP_EncryptInit_ex", "EVP_DecryptInit_ex", "HMAC_Init_ex", "HMAC", "X509_STORE_CTX_get_ex_data",
+    "SSL_get_ex_data_X509_STORE_CTX_idx", "X509_STORE_CTX_get_error_depth", "X509_STORE_CTX_get_current_cert",
+    "X509_STORE_CTX_set_error",
 )
 assert sizeof(FmOssl) == sizeof(void *) * (len(_FIELDS) + 1), "openssl.pxd's table and _FIELDS disagree"
 
