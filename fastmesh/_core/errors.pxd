@@ -26,9 +26,10 @@ cdef enum ProxyError:
     PE_METHOD_NOT_ALLOWED = 14         # CONNECT where no route names it: a reverse proxy is no tunnel (405)
     PE_PLUGIN = 15                     # a filter plugin failed: raised, or answered what cannot be sent (500)
     PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
+    PE_FORBIDDEN = 17                  # the route allows only some client identities and this one is not (403)
 
 cdef enum:
-    PE_COUNT = 17                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 18                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:
@@ -42,6 +43,7 @@ cdef enum:
 cdef enum:
     GRPC_CANCELLED = 1
     GRPC_DEADLINE_EXCEEDED = 4
+    GRPC_PERMISSION_DENIED = 7
     GRPC_UNIMPLEMENTED = 12
     GRPC_INTERNAL = 13
     GRPC_UNAVAILABLE = 14

@@ -36,6 +36,7 @@ _set(PE_METHOD_NOT_ALLOWED, 405, b"Method Not Allowed", b"connect not allowed", 
      GRPC_UNIMPLEMENTED)
 _set(PE_PLUGIN, 500, b"Internal Server Error", b"plugin", H2_INTERNAL_ERROR, GRPC_INTERNAL)
 _set(PE_PLUGIN_TIMEOUT, 504, b"Gateway Timeout", b"plugin timeout", H2_CANCEL, GRPC_DEADLINE_EXCEEDED)
+_set(PE_FORBIDDEN, 403, b"Forbidden", b"forbidden", H2_REFUSED_STREAM, GRPC_PERMISSION_DENIED)
 _INTERNAL = _TABLE[0]
 
 
@@ -47,7 +48,7 @@ cdef const ErrorInfo *error_info(int err) noexcept nogil:
 
 NAMES = ("none", "bad_request", "header_timeout", "body_timeout", "no_route", "overloaded", "no_endpoints",
          "connect_refused", "connect_timeout", "connect_failed", "reset", "bad_response", "response_timeout",
-         "deadline_exceeded", "method_not_allowed", "plugin", "plugin_timeout")
+         "deadline_exceeded", "method_not_allowed", "plugin", "plugin_timeout", "forbidden")
 
 
 def describe(int err) -> dict:

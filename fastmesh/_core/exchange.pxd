@@ -23,6 +23,9 @@ ctypedef struct ForwardRules:
     bint forwarded                     # add X-Forwarded-For / X-Forwarded-Proto / Via (drop the client's XFP)
     bint trust_headers                 # honour a client's fastmesh-timeout-ms (else it is dropped unread)
     Span request_id                    # request id field name (lowercase); empty when off
+    bint https                         # the listener terminates TLS: X-Forwarded-Proto says https
+    Span identity                      # client identity field name (lowercase): always removed, set from the
+                                       # verified client certificate; empty when off
     unsigned long long version         # changes whenever the rules do (exchanges rebuild their own edits then)
 
 
@@ -55,6 +58,8 @@ cdef class Exchange:
     cdef char request_id[32]           # the request id this exchange adds when the request has none
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
+    cdef bytes identity                # the client's verified identity (its certificate's URI SAN), None: none
+    cdef bytes keep_identity           # sans-IO driving: the identity field name the edits point into
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
@@ -62,6 +67,7 @@ cdef class Exchange:
     cdef int grpc_code
 
     cdef void set_peer(self, const char *peer, int n) noexcept
+    cdef void set_identity(self, bytes identity) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,

@@ -1028,7 +1028,17 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "remove_request_headers": _header_names,
     "add_response_headers": _headers(protected=True),
     "filters": lambda c, k, v: _filters(c, k, v),
+    "allow_identities": lambda c, k, v: _identities(c, k, v),
 }
+
+
+def _identities(check: _Check, key: str, value: Any) -> Any:
+    good = isinstance(value, list) and value and all(
+        isinstance(p, str) and p and "*" not in p[:-1] and p.isascii() and p.isprintable() for p in value)
+    if good:
+        return list(value)
+    return check.bad(key, 'a list of client identities like "spiffe://td/ns/x/sa/y", or prefixes ending in '
+                     '"/*" like "spiffe://td/ns/x/*"', value)
 
 
 def _route(check: _Check, key: str, value: Any) -> Any:
@@ -1192,6 +1202,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "max_headers": _whole(1, 100),
     "forwarded_headers": _flag,
     "request_id_header": _request_id_header,
+    "identity_header": _request_id_header,
     "trust_headers": _flag,
     "trust_naming": _flag,
     "access_log": _access_log,
@@ -1256,10 +1267,6 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
                           "the name of a cluster, or [[listeners.routes]]: an http listener needs one of them")
             return BAD
     if fields is None:
-        return BAD
-    if fields.get("tls") is not None and protocol == "http":
-        check.errors.append(ConfigError(check.source, _key(key, "tls"), 'protocol = "tcp"',
-                                        reason='TLS is terminated on tcp listeners only for now (this one is "http")'))
         return BAD
     if fields.get("tls") is not None and fields.get("sni_routes"):
         check.bad(_key(key, "sni_routes"), "no tls table beside it (sni_routes passes TLS through undecrypted; "
@@ -1566,6 +1573,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         max_headers=lst.max_headers,
         forwarded_headers=lst.forwarded_headers,
         request_id_header=lst.request_id_header,
+        identity_header=lst.identity_header,
         trust_headers=lst.trust_headers,
         trust_naming=lst.trust_naming,
     )
@@ -1609,7 +1617,7 @@ def _route_dict(route: Route) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "service",
                  "rewrite_prefix",
-                 "add_request_headers", "remove_request_headers", "add_response_headers"):
+                 "add_request_headers", "remove_request_headers", "add_response_headers", "allow_identities"):
         value = getattr(route, name)
         if value is not None and value != [] and value != {}:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value

@@ -5,6 +5,7 @@ from fastmesh._core.reactor cimport EventTarget, Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
+from fastmesh._core.tls.context cimport Tls
 
 
 cdef enum UpstreamState:
@@ -36,8 +37,11 @@ cdef class Upstream(EventTarget):
     cdef RecvBuf rbuf                      # bytes read from the server
     cdef OutBuf out                        # request head (and chunk lines) waiting to be sent
     cdef double deadline                   # connect deadline while connecting; idle expiry while idle
+    cdef Tls *tls                          # the cluster's TLS on this connection (NULL: cleartext); its handshake
+                                           # runs while the state is still UP_CONNECTING, under the connect deadline
 
     cdef void fail(self, int err) noexcept
+    cdef void handshake(self) noexcept
     cdef void abort(self) noexcept
     cdef void close(self) noexcept
 
