@@ -24,8 +24,7 @@ ctypedef struct ForwardRules:
     bint trust_headers                 # honour a client's fastmesh-timeout-ms (else it is dropped unread)
     Span request_id                    # request id field name (lowercase); empty when off
     bint https                         # the listener terminates TLS: X-Forwarded-Proto says https
-    Span identity                      # client identity field name (lowercase): always removed, set from the
-                                       # verified client certificate; empty when off
+    Span identity                      # client identity field name (lowercase), or empty: off (see list_own_edits)
     unsigned long long version         # changes whenever the rules do (exchanges rebuild their own edits then)
 
 

@@ -58,8 +58,9 @@ cdef class Router:
     cdef readonly tuple service_names    # logical name per service index (routes with `service`)
     cdef Names names                     # the process's naming (table and overrides); None: no service routes
     cdef readonly bint trust_naming      # honour a fastmesh-naming field (else every route's edits remove it)
-    cdef tuple allow                     # per route: (exact identities frozenset, prefixes tuple) or None; None:
-                                         # no route limits identities (the exchange then tests nothing more)
+    # Per route: (exact identities frozenset, prefixes tuple), or None for anyone; None when no route limits
+    # identities (the exchange then tests nothing more).
+    cdef tuple allow
 
     # Index of the first route that matches the request view, or -1 when none does.
     cdef int match(self, const RequestView *v) noexcept

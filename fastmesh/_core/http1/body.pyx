@@ -91,8 +91,7 @@ cdef bint body_in_socket(int fd, Tls *tls, RecvBuf *b, BodyFrame *f, Py_ssize_t 
 
 
 cdef int pump_body(RecvBuf *src, int sfd, Tls *stls, bint *s_readable, bint s_hangup, int dfd, Tls *dtls,
-                   bint *d_writable,
-                   OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, BufferPool pool, bint request,
+                   bint *d_writable, OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, BufferPool pool, bint request,
                    unsigned long long *moved, unsigned long long *received, bint *fresh) noexcept:
     cdef Py_ssize_t n, avail, room, off, dlen
     cdef int r

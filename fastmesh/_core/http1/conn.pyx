@@ -694,9 +694,9 @@ cdef class Downstream(UpstreamUser):
             up = self.up
         # 4. the response body
         if not self.resp_done:
-            r = pump_body(&up.rbuf, up.fd, up.tls, &up.readable, up.hangup, self.fd, self.tls, &self.writable, &self.out,
-                          &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out, NULL,
-                          &self.resp_fresh)
+            r = pump_body(&up.rbuf, up.fd, up.tls, &up.readable, up.hangup, self.fd, self.tls, &self.writable,
+                          &self.out, &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out,
+                          NULL, &self.resp_fresh)
             if r == 1:
                 self.resp_done = True
             elif r == -4:

@@ -37,8 +37,9 @@ cdef class Upstream(EventTarget):
     cdef RecvBuf rbuf                      # bytes read from the server
     cdef OutBuf out                        # request head (and chunk lines) waiting to be sent
     cdef double deadline                   # connect deadline while connecting; idle expiry while idle
-    cdef Tls *tls                          # the cluster's TLS on this connection (NULL: cleartext); its handshake
-                                           # runs while the state is still UP_CONNECTING, under the connect deadline
+    # The cluster's TLS on this connection (NULL: cleartext); its handshake runs in UP_CONNECTING, under the
+    # connect deadline.
+    cdef Tls *tls
 
     cdef void fail(self, int err) noexcept
     cdef void handshake(self) noexcept

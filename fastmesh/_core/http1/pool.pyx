@@ -35,7 +35,7 @@ from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
 from fastmesh._core.tls.context cimport (
-    Tls, TlsClient, tls_handshake, tls_resumed, tls_recv, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+    TlsClient, tls_handshake, tls_resumed, tls_recv, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
 )
 
 cdef extern from "<errno.h>" nogil:

@@ -33,8 +33,9 @@ cdef class H2Upstream(EventTarget):
     cdef H2Pool pool                   # the cluster's pool
     cdef H2Upstream next               # next connection to the same endpoint (the pool's list)
     cdef int fd                        # the socket; -1 once closed
-    cdef Tls *tls                      # the cluster's TLS on this connection (NULL: cleartext); its handshake runs
-                                       # while the state is still H2_CONNECTING, under the connect deadline
+    # The cluster's TLS on this connection (NULL: cleartext); its handshake runs in H2_CONNECTING, under the
+    # connect deadline.
+    cdef Tls *tls
     cdef readonly int endpoint         # endpoint index in the cluster
     cdef readonly int state            # H2UpState
     cdef ClientSession sess            # the protocol engine; frames out go to sess.out

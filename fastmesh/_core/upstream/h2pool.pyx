@@ -59,7 +59,7 @@ from fastmesh._core.http2.session cimport Session, ROLE_CLIENT, RECV_ERROR
 from fastmesh._core.http2.streams cimport Stream, ST_CLOSED
 from fastmesh._core.http2.frames cimport H2_NO_ERROR, H2_CANCEL, H2_REFUSED_STREAM
 from fastmesh._core.tls.context cimport (
-    Tls, TlsClient, tls_handshake, tls_resumed, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+    TlsClient, tls_handshake, tls_resumed, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
 )
 
 cdef extern from "<errno.h>" nogil:
