@@ -29,7 +29,11 @@ COLUMNS["idle-http"] = COLUMNS["idle-h2"] = COLUMNS["idle"]
 COLUMNS["h2"] = [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
                  ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
                  ("non_2xx", "non-2xx", ".0f", 1), ("failed", "failed", ".0f", 1)]
+COLUMNS["https"] = COLUMNS["http-l7"]
+COLUMNS["h2tls"] = COLUMNS["h2"]
 TITLES = {
+    "https": "HTTPS: TLS terminated, HTTP/1.1 keep-alive both sides, cleartext upstream (wrk -t1 -c{ka})",
+    "h2tls": "HTTP/2 over TLS (ALPN h2; h2load -t1 -c8 -m16), HTTP/1.1 to the backend",
     "iperf": "iperf3, one TCP stream",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
     "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
@@ -48,6 +52,8 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
     "http-latency": [("added_p50_us", "lower"), ("added_p99_us", "lower")],
     "h2": [("rps", "higher"), ("us_per_req", "lower")],
+    "https": [("rps", "higher"), ("us_per_req", "lower")],
+    "h2tls": [("rps", "higher"), ("us_per_req", "lower")],
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-h2": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],

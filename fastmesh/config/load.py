@@ -1081,6 +1081,7 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "add_response_headers": _headers(protected=True),
     "filters": lambda c, k, v: _filters(c, k, v),
     "rate_limit": lambda c, k, v: _rate_limit(c, k, v),
+    "allow_identities": _identities,
 }
 
 
@@ -1129,6 +1130,7 @@ def _rate_limit(check: _Check, key: str, value: Any) -> Any:
     if fields.get("burst", rate) * (int(per) * 16_000_000_000 // rate) >= 1 << 62:
         return check.bad(_key(key, "burst"), f"a burst that {value['rate']} refills within 9 years", value["burst"])
     return RateLimit(rate=rate, per=per, burst=fields.pop("burst", rate), **fields)
+
 
 
 def _route(check: _Check, key: str, value: Any) -> Any:
@@ -1294,6 +1296,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "max_headers": _whole(1, 100),
     "forwarded_headers": _flag,
     "request_id_header": _request_id_header,
+    "identity_header": _request_id_header,
     "trust_headers": _flag,
     "trust_naming": _flag,
     "access_log": _access_log,
@@ -1358,10 +1361,6 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
                           "the name of a cluster, or [[listeners.routes]]: an http listener needs one of them")
             return BAD
     if fields is None:
-        return BAD
-    if fields.get("tls") is not None and protocol == "http":
-        check.errors.append(ConfigError(check.source, _key(key, "tls"), 'protocol = "tcp"',
-                                        reason='TLS is terminated on tcp listeners only for now (this one is "http")'))
         return BAD
     if fields.get("tls") is not None and fields.get("sni_routes"):
         check.bad(_key(key, "sni_routes"), "no tls table beside it (sni_routes passes TLS through undecrypted; "
@@ -1675,6 +1674,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         max_headers=lst.max_headers,
         forwarded_headers=lst.forwarded_headers,
         request_id_header=lst.request_id_header,
+        identity_header=lst.identity_header,
         trust_headers=lst.trust_headers,
         trust_naming=lst.trust_naming,
     )
@@ -1718,7 +1718,7 @@ def _route_dict(route: Route) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "service",
                  "rewrite_prefix",
-                 "add_request_headers", "remove_request_headers", "add_response_headers"):
+                 "add_request_headers", "remove_request_headers", "add_response_headers", "allow_identities"):
         value = getattr(route, name)
         if value is not None and value != [] and value != {}:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value

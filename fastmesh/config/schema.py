@@ -304,6 +304,9 @@ class Route:
     add_response_headers: dict[str, str] = field(default_factory=dict)
     filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
     rate_limit: RateLimit | None = None                        # none: not limited (costs nothing)
+    # Client identities (verified certificate URI SANs) this route serves: "spiffe://td/ns/x/sa/y" exactly, or
+    # "spiffe://td/ns/x/*" for a prefix. Empty: anyone. Others get 403 `fastmesh-error: forbidden`.
+    allow_identities: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -357,6 +360,9 @@ class Listener:
     request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     trust_naming: bool = False         # honour a client's fastmesh-naming override and pass it on (false: strip it)
+    # The client certificate's verified URI SAN (a SPIFFE ID) goes upstream in this field; a copy the client sent
+    # is always removed. "" turns both off.
+    identity_header: str = "fastmesh-client-identity"
     access_log: AccessLog | None = None       # None: no access log
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
