@@ -9,6 +9,11 @@ cdef enum NodeKind:
     NODE_CLUSTER = 1              # a concrete cluster: itself when it has an endpoint up, else nothing
     NODE_ALT = 2                  # the first child that resolves (fallback: `a | b`, earlier rules)
     NODE_SPLIT = 3                # a child drawn by weight among those that resolve (`0.9 * a & 0.1 * b`)
+    NODE_FAIL = 4                 # fails: `!` (an alternative stops there, no earlier rule is tried)
+
+cdef enum:
+    WALK_NOTHING = -1             # a walk's result: resolves to nothing (fallback continues)
+    WALK_FAIL = -3                # a walk's result: failed (`!`): fallback stops, the request gets no cluster
 
 ctypedef struct NameNode:
     int kind                      # NodeKind
@@ -32,9 +37,10 @@ cdef class NameTable:
     cdef readonly object source   # what the table was compiled from (the rules' text), for /naming and explain
 
     # The cluster index the service resolves to now: the live one the tree picks, else the first cluster it names
-    # (that cluster's own fail-open and errors then apply), -1 when it names none. `connectors` (the listener's, by
-    # cluster index) say which clusters have an endpoint up, unless `alive` (one byte per cluster) is given; `trace`
-    # (n_nodes ints) receives each visited node's result when not NULL; `rng` is the xorshift state splits draw from.
+    # (that cluster's own fail-open and errors then apply), -1 when it names none or the walk reached a `!`.
+    # `connectors` (the listener's, by cluster index) say which clusters have an endpoint up, unless `alive` (one
+    # byte per cluster) is given; `trace` (n_nodes ints) receives each visited node's result when not NULL; `rng` is
+    # the xorshift state splits draw from.
     cdef int resolve(self, int service, list connectors, const unsigned char *alive, int *trace,
                      unsigned long long *rng) noexcept
 

@@ -7,7 +7,11 @@ What is left for each request is what can change between requests, walked over t
     empty, not every endpoint down, unhealthy or ejected), else to nothing;
   - NODE_ALT takes the first child that resolves (`a | b`, and the earlier rules a later one falls back to);
   - NODE_SPLIT draws a child by weight among the children that resolve (one xorshift draw; a dead branch's share
-    goes to the live ones in proportion), so `0.9 * a & 0.1 * b` keeps its ratio while both live.
+    goes to the live ones in proportion), so `0.9 * a & 0.1 * b` keeps its ratio while both live; a split with no
+    live child fails when one of its children failed, else resolves to nothing;
+  - NODE_NEG (`~`, an unknown name) resolves to nothing: the walk goes on to the next alternative;
+  - NODE_FAIL (`!`) fails: an alternative that reaches it stops there (no later branch, no earlier rule), and the
+    request gets no cluster (503 `no endpoints`), not the first cluster the name prefers.
 No Python object is touched on that walk. A `fastmesh-naming` field (on listeners that trust it) is the exception:
 its value is looked up in a small cache of tables compiled with it (a dict lookup; the first request with a new
 value compiles it through the hook the wiring installed), and only then is the walk the same.
@@ -42,21 +46,28 @@ cdef int _walk(NameTable t, int node, list connectors, const unsigned char *aliv
                unsigned long long *rng) noexcept:
     cdef const NameNode *n = &t.nodes[node]
     cdef int results[SPLIT_MAX]
-    cdef int k, got = -1
+    cdef int k, got = WALK_NOTHING
+    cdef bint failed = False
     cdef double total = 0.0, draw
     if n.kind == NODE_CLUSTER:
-        got = n.cluster if _live(connectors, alive, n.cluster) else -1
+        got = n.cluster if _live(connectors, alive, n.cluster) else WALK_NOTHING
+    elif n.kind == NODE_FAIL:
+        got = WALK_FAIL
     elif n.kind == NODE_ALT:
         for k in range(n.count):
             got = _walk(t, t.kids[n.first + k], connectors, alive, trace, rng)
-            if got >= 0:
+            if got >= 0 or got == WALK_FAIL:
                 break
     elif n.kind == NODE_SPLIT:
         for k in range(n.count):
             results[k] = _walk(t, t.kids[n.first + k], connectors, alive, trace, rng)
             if results[k] >= 0:
                 total += t.weights[n.first + k]
-        if total > 0.0:
+            elif results[k] == WALK_FAIL:
+                failed = True
+        if total <= 0.0 and failed:
+            got = WALK_FAIL
+        elif total > 0.0:
             draw = (rng_next(rng) >> 11) * (1.0 / 9007199254740992.0) * total    # uniform in [0, total)
             for k in range(n.count):
                 if results[k] >= 0:
@@ -123,7 +134,7 @@ cdef class NameTable:
             base = self.n_nodes
             self.roots[s] = base
             for kind, cluster, kids, weights in tree:
-                if kind not in (NODE_NEG, NODE_CLUSTER, NODE_ALT, NODE_SPLIT):
+                if kind not in (NODE_NEG, NODE_CLUSTER, NODE_ALT, NODE_SPLIT, NODE_FAIL):
                     raise ValueError(f"service {s}: unknown node kind {kind!r}")
                 if kind == NODE_SPLIT and len(kids) > SPLIT_MAX:
                     raise ValueError(f"service {s}: a split of {len(kids)} branches (at most {SPLIT_MAX})")
@@ -152,6 +163,8 @@ cdef class NameTable:
         if service < 0 or service >= self.n_services or self.roots[service] < 0:
             return -1
         got = _walk(self, self.roots[service], connectors, alive, trace, rng)
+        if got == WALK_FAIL:
+            return -1
         return got if got >= 0 else self.primary[service]
 
     # ---- Python face: tests, explain, the admin server ----
@@ -161,7 +174,7 @@ cdef class NameTable:
 
     def trace(self, int service, alive, unsigned long long seed=1):
         """(the cluster resolve() gives, per node of the service's tree: the cluster it resolved to, -1 nothing, -2 not
-        visited), with `alive[c]` saying whether cluster c has an endpoint up."""
+        visited, -3 failed at a `!`), with `alive[c]` saying whether cluster c has an endpoint up."""
         cdef bytes live = bytes(1 if a else 0 for a in alive)
         cdef unsigned long long rng = seed or 1
         cdef int *out

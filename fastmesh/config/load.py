@@ -1349,7 +1349,7 @@ def _check_services(check: _Check, config: Config) -> None:
             if route.service is None:
                 continue
             name = naming_rules.service_name(route.service)
-            if not naming_rules.clusters_named(naming_rules.resolve(rules, name, clusters)):
+            if naming_rules.names_nothing(naming_rules.resolve(rules, name, clusters)):
                 check.bad(f"listeners[{i}].routes[{j}].service",
                           f"a name naming.rules resolve to a cluster (they send {name} to none)", route.service)
 

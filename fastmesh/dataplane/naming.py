@@ -16,6 +16,7 @@ from fastmesh.config.schema import Config
 __all__ = ["OVERRIDE_HEADER", "build_names", "compile_table", "explain_service", "services_of"]
 
 MAX_OVERRIDE_BYTES = 4096      # a longer fastmesh-naming value is refused (the table is used)
+FAILED = -3                    # a traced node's result when it failed at a `!` (_core/naming.pxd's WALK_FAIL)
 
 
 def services_of(config: Config) -> list[str]:
@@ -75,12 +76,15 @@ def explain_service(config: Config, service: str, alive: dict[str, bool], overri
     _steps(tree, nodes, trace, clusters, alive, 0, steps)
     chosen = clusters[got] if got >= 0 else None
     any_live = any(r >= 0 for r in trace)
+    if trace and trace[0] == FAILED:
+        steps.append("the name failed at a '!': no fallback, no cluster (503 no endpoints)")
     shares = {clusters[c]: round(s, 3) for c, s in table.shares(0, live).items() if c >= 0}
     if chosen is not None and not any_live:
         steps.append(f"nothing resolves to a cluster with an endpoint up: the first cluster the name prefers, "
                      f"{chosen}, takes the request (its own fail-open and errors apply)")
     return {"service": service, "name": lang.service_name(service), "override": override, "steps": steps,
             "cluster": chosen, "shares": shares, "fallback": not any_live and chosen is not None,
+            "failed": bool(trace) and trace[0] == FAILED,
             "clusters": [clusters[i] for i in lang.clusters_named(tree)]}
 
 
@@ -88,7 +92,8 @@ def _steps(node: lang.Node, nodes: list[lang.Node], trace: list[int], clusters: 
            depth: int, out: list[str]) -> None:
     result = trace[_index(nodes, node)]
     pad = "  " * depth
-    said = ("not reached" if result == -2 else "nothing" if result < 0 else f"cluster {clusters[result]}")
+    said = ("not reached" if result == -2 else "failed (!)" if result == FAILED else "nothing" if result < 0
+            else f"cluster {clusters[result]}")
     if node.kind == "cluster":
         name = clusters[node.cluster]
         out.append(f"{pad}{node.label}: cluster {name} " + ("has an endpoint up" if alive.get(name) else
@@ -96,6 +101,9 @@ def _steps(node: lang.Node, nodes: list[lang.Node], trace: list[int], clusters: 
         return
     if node.kind == "neg":
         out.append(f"{pad}{node.label}: nothing")
+        return
+    if node.kind == "fail":
+        out.append(f"{pad}{node.label}")
         return
     if node.kind == "split":
         kids = [trace[_index(nodes, kid)] for kid in node.children]
@@ -105,6 +113,8 @@ def _steps(node: lang.Node, nodes: list[lang.Node], trace: list[int], clusters: 
         out.append(f"{pad}split {node.label}: live shares {', '.join(parts)} -> {said}")
     elif node.label.startswith("rule "):
         out.append(f"{pad}{node.label} -> {said}")
+    elif not node.label.startswith("/"):
+        out.append(f"{pad}either {node.label}: the first that resolves -> {said}")
     else:
         out.append(f"{pad}look up {node.label}: {len(node.children)} matching rule(s), the last first -> {said}")
     for kid in node.children:

@@ -146,7 +146,7 @@ class DiscoveryManager:
         clusters = list(self.cfg.clusters)
         services = {lang.service_name(r.service) for lst in self.cfg.listeners for r in lst.routes
                     if r.service is not None}
-        return sorted(name for name in services if not lang.clusters_named(lang.resolve(parsed, name, clusters)))
+        return sorted(name for name in services if lang.names_nothing(lang.resolve(parsed, name, clusters)))
 
     def fill(self, cfg: Config) -> Config:
         """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""

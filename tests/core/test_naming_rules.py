@@ -45,16 +45,29 @@ def test_rules_are_normalised_and_comments_and_separators_split_them() -> None:
     assert [r.text for r in rules] == ["/svc => /cluster",
                                        "/svc/users => 9 * /cluster/users-v1 & 1 * /cluster/users-v2",
                                        "/svc/x => /cluster/a | /cluster/b"]
-    assert rules[1].alternatives == (((9.0, ("cluster", "users-v1")), (1.0, ("cluster", "users-v2"))),)
+    assert rules[1].dest == ("split", ((9.0, ("path", ("cluster", "users-v1"))),
+                                       (1.0, ("path", ("cluster", "users-v2")))))
+    # `&` binds tighter than `|`; parentheses group, and are kept only where they are needed.
+    rules = lang.parse_table("/a => (0.5*(/cluster/a|~) & .5 * /cluster/b) | (!) ; /b => ((/cluster/a))", "t")
+    assert [r.text for r in rules] == ["/a => 0.5 * (/cluster/a | ~) & 0.5 * /cluster/b | !", "/b => /cluster/a"]
+    assert lang.parse_table(rules[0].text, "t") == rules[:1]                # the normal form parses to itself
 
 
 @pytest.mark.parametrize("text, message", [
     ("/svc/users /cluster/x", "t: rule 0 ('/svc/users /cluster/x'): expected 'PREFIX => DESTINATION'"),
     ("svc => /cluster", "prefix: expected a path starting with '/', got 'svc'"),
-    ("/svc => /cluster/a b", "destination: segment 'a b' of '/cluster/a b'"),
+    ("/svc => /cluster/a b", "column 20: expected '|', '&' or the end of the rule, got 'b'"),
     ("/svc => /cluster/*", "destination: segment '*' of '/cluster/*'"),
     ("/svc => 0 * /cluster/a & 1 * /cluster/b", "weights must be above 0"),
     ("/svc => /cluster/a |", "expected a destination path on each side of '|'"),
+    # Errors name the rule and the column (of the whole rule text) where the parser stopped.
+    ("/svc => (/cluster/a | /cluster/b",
+     "t: rule 0 ('/svc => (/cluster/a | /cluster/b'): column 33: expected ')' closing the '(' at column 9"),
+    ("/svc => /cluster/a & | /cluster/b", "column 22: expected a destination path on each side of '|' and '&'"),
+    ("/svc => 2 /cluster/a", "column 11: expected '*' after the weight 2"),
+    ("/svc => /cluster/a )", "column 20: expected '|', '&' or the end of the rule, got ')'"),
+    ("/svc => /cluster/a | ^", "column 22: expected a path, '~', '!' or '(', got '^'"),
+    ("/svc =>", "column 8: expected a destination"),
 ])
 def test_bad_rules_say_where_and_what_was_expected(text: str, message: str) -> None:
     with pytest.raises(lang.NamingError) as info:
@@ -105,6 +118,51 @@ def test_a_loop_or_a_name_no_rule_matches_resolves_to_nothing() -> None:
     assert "a loop" in " ".join(n.label for n in lang.walk(tree))
     t = compile_table(rules, ["a", "zzz"], CLUSTERS)
     assert t.shares(0, [1] * 5, 100) == {-1: 1.0} and t.shares(1, [1] * 5, 100) == {-1: 1.0}
+
+
+def test_tilde_falls_through_and_bang_stops_the_fallback() -> None:
+    # `~` resolves to nothing: the next alternative, then the earlier rules, are tried (Linkerd's `~`, Neg).
+    rules = table("/svc/users => /cluster/legacy", "/svc/users => ~ | /cluster/users-v1")
+    assert resolved(rules, "users") == {"users-v1": 1.0}
+    assert resolved(rules, "users", [0, 1, 1, 1, 1]) == {"legacy": 1.0}
+    assert resolved(table("/svc/users => /cluster/legacy", "/svc/users => ~"), "users") == {"legacy": 1.0}
+    # `!` fails: nothing after it, and no earlier rule, is tried; the request gets no cluster (-1), not the first
+    # cluster the name prefers (Linkerd's `!`, Fail).
+    rules = table("/svc/users => /cluster/legacy", "/svc/users => /cluster/users-v1 | !")
+    assert resolved(rules, "users") == {"users-v1": 1.0}
+    assert resolved(rules, "users", [0, 1, 1, 1, 1]) == {"-": 1.0}
+    rules = table("/svc => /cluster", "/svc/legacy => !")
+    assert resolved(rules, "legacy") == {"-": 1.0} and resolved(rules, "billing") == {"billing": 1.0}
+    # A `!` no branch reaches changes nothing; a table that fails on purpose is not a table that names nothing.
+    assert resolved(table("/svc/users => /cluster/users-v1 | !"), "users", [1, 0, 0, 0, 0]) == {"users-v1": 1.0}
+    assert not lang.names_nothing(lang.resolve(table("/svc/x => !"), "/svc/x", CLUSTERS))
+    assert lang.names_nothing(lang.resolve(table("/svc/x => ~ | /cluster/none"), "/svc/x", CLUSTERS))
+
+
+def test_parentheses_group_fallbacks_inside_a_split_and_a_failed_split_stops_the_fallback() -> None:
+    rules = table("/svc/users => 0.5 * (/cluster/users-v1 | /cluster/legacy) & 0.5 * /cluster/users-v2 "
+                  "| /cluster/billing")
+    shares = resolved(rules, "users", draws=40_000)
+    assert abs(shares["users-v1"] - 0.5) < 0.02 and abs(shares["users-v2"] - 0.5) < 0.02
+    shares = resolved(rules, "users", [0, 1, 1, 1, 1], draws=40_000)     # v1 down: its half goes to legacy
+    assert abs(shares["legacy"] - 0.5) < 0.02 and abs(shares["users-v2"] - 0.5) < 0.02
+    assert resolved(rules, "users", [0, 0, 0, 1, 1]) == {"billing": 1.0}  # the whole split dead: `|`
+    # A split whose live branches are gone and one of which failed fails as a whole: no `|` after it.
+    rules = table("/svc/users => 0.9 * /cluster/users-v1 & 0.1 * (/cluster/users-v2 | !) | /cluster/billing")
+    assert resolved(rules, "users", [0, 0, 1, 1, 1]) == {"-": 1.0}
+    shares = resolved(rules, "users", [1, 0, 1, 1, 1])                   # v1 live: the failed branch's share is v1's
+    assert shares == {"users-v1": 1.0}
+
+
+def test_explain_words_tilde_bang_and_groups() -> None:
+    cfg = loads_config(config_text('"/svc/users => /cluster/legacy", "/svc/users => (~ | /cluster/users-v1) | !"'))
+    out = explain_service(cfg, "users", {"users-v1": False, "legacy": True})
+    text = "\n".join(out["steps"])
+    assert out["cluster"] is None and out["failed"] is True, text
+    assert "~: nothing here (fallback continues)" in text and "!: fails here (no fallback)" in text, text
+    assert "failed at a '!'" in text
+    out = explain_service(cfg, "users", {"users-v1": True, "legacy": True})
+    assert out["cluster"] == "users-v1" and out["failed"] is False
 
 
 # ---- weighted splits, drawn in C ----
@@ -216,7 +274,7 @@ def test_override_field_steers_a_trusted_router_and_is_removed_by_an_untrusted_o
 
 @pytest.mark.parametrize("rules, route, message", [
     ('["/svc/users => cluster/x"]', 'service = "users"',
-     'naming.rules: rule 0 (\'/svc/users => cluster/x\'): destination: expected a path starting with \'/\''),
+     'naming.rules: rule 0 (\'/svc/users => cluster/x\'): column 15: destination: expected a path starting with \'/\''),
     ('["/svc/users => /cluster/users"]', 'service = "users"\ncluster = "users"',
      "routes[0].service: expected no service beside cluster"),
     ('["/svc/users => /cluster/nope"]', 'service = "users"',
