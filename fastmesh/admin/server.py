@@ -218,6 +218,9 @@ class AdminServer:
         for name, state in self.discovery().items():
             if name in clusters:
                 clusters[name]["discovery"] = state
+        for name, cluster in self.cfg.clusters.items():
+            if cluster.template is not None and name in clusters:
+                clusters[name]["template"] = cluster.template
         return Reply.json(200, clusters)
 
     def discovery(self) -> dict[str, dict[str, Any]]:
@@ -237,7 +240,8 @@ class AdminServer:
         alive = live_clusters(self.cfg, snap)
         return {"rules": list(self.cfg.naming.rules),
                 "source": manager.naming_status() if manager is not None else None,
-                "services": {s: explain_service(self.cfg, s, alive) for s in services_of(self.cfg)}}
+                "services": {s: explain_service(self.cfg, s, alive) for s in services_of(self.cfg)},
+                "templates": manager.template_status() if manager is not None else {}}
 
     def stats_dump(self, request: Request) -> Reply:
         """Merged counters of listeners and clusters, HTTP responses by status class and request-duration

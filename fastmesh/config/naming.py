@@ -19,8 +19,9 @@ request, in the core (fastmesh/_core/naming.pyx); this module builds the tree th
 """
 from __future__ import annotations
 
+import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 CLUSTER_PREFIX = "cluster"          # /cluster/NAME: a concrete cluster (the end of a lookup)
@@ -64,6 +65,7 @@ class Node:
     children: list[Node] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     cluster: int = -1
+    wants: str = ""                 # "neg" for a cluster a template would make: its name (discovery/templates.py)
 
 
 def path_text(segments: Sequence[str]) -> str:
@@ -240,19 +242,30 @@ def _matches(prefix: tuple[str, ...], path: tuple[str, ...]) -> bool:
     return len(path) >= len(prefix) and all(p == "*" or p == s for p, s in zip(prefix, path))
 
 
-def resolve(rules: Sequence[Rule], name: str, clusters: Sequence[str]) -> Node:
-    """The resolution tree of a name: the core walks it per request (liveness and weights), explain shows it."""
+def template_for(name: str, patterns: Iterable[str]) -> str | None:
+    """The first cluster template pattern (`*` any run of characters) that `name` matches, or None."""
+    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
+
+
+def resolve(rules: Sequence[Rule], name: str, clusters: Sequence[str], templates: Iterable[str] = ()) -> Node:
+    """The resolution tree of a name: the core walks it per request (liveness and weights), explain shows it.
+    A `/cluster/NAME` that is no cluster but matches one of `templates` resolves to nothing and is marked as
+    wanted (Node.wants), so that the supervisor makes the cluster (discovery/templates.py)."""
     index = {c: i for i, c in reversed(list(enumerate(clusters)))}
-    return _lookup(rules, _path(name, "name", wildcard=False), index, 0)
+    return _lookup(rules, _path(name, "name", wildcard=False), index, 0, tuple(templates))
 
 
-def _lookup(rules: Sequence[Rule], path: tuple[str, ...], index: dict[str, int], depth: int) -> Node:
+def _lookup(rules: Sequence[Rule], path: tuple[str, ...], index: dict[str, int], depth: int,
+            templates: tuple[str, ...] = ()) -> Node:
     label = path_text(path)
     if path[:1] == (CLUSTER_PREFIX,):
         if len(path) < 2:
             return Node("neg", f"{label}: /cluster needs a cluster name")
         name = path[1]
         if name not in index:
+            made = template_for(name, templates)
+            if made is not None:
+                return Node("neg", f"{label}: no cluster {name!r} yet (template {made!r} makes it)", wants=name)
             return Node("neg", f"{label}: no cluster {name!r}")
         return Node("cluster", label, cluster=index[name])
     if depth >= MAX_DEPTH:
@@ -263,7 +276,7 @@ def _lookup(rules: Sequence[Rule], path: tuple[str, ...], index: dict[str, int],
         if not _matches(rule.prefix, path):
             continue
         rest = path[len(rule.prefix):]
-        dest = _dest(rules, rule.dest, rest, index, depth)
+        dest = _dest(rules, rule.dest, rest, index, depth, templates)
         kids = dest.children if dest.kind == "alt" else [dest]
         tries.append(Node("alt", f"rule {i} ({rule.text}): {label} -> {_with_rest(rule.dest, rest)}", kids))
     if not tries:
@@ -286,23 +299,34 @@ def _append(e: Expr, rest: tuple[str, ...]) -> Expr:
     return e
 
 
-def _dest(rules: Sequence[Rule], e: Expr, rest: tuple[str, ...], index: dict[str, int], depth: int) -> Node:
+def _dest(rules: Sequence[Rule], e: Expr, rest: tuple[str, ...], index: dict[str, int], depth: int,
+          templates: tuple[str, ...]) -> Node:
     """The tree of one destination expression, its paths looked up with `rest` appended."""
     if e[0] == "path":
-        return _lookup(rules, e[1] + rest, index, depth + 1)
+        return _lookup(rules, e[1] + rest, index, depth + 1, templates)
     if e[0] == "neg":
         return Node("neg", "~: nothing here (fallback continues)")
     if e[0] == "fail":
         return Node("fail", "!: fails here (no fallback)")
     if e[0] == "alt":
-        return Node("alt", _with_rest(e, rest), [_dest(rules, k, rest, index, depth) for k in e[1]])
-    return Node("split", _with_rest(e, rest), [_dest(rules, k, rest, index, depth) for _, k in e[1]],
+        return Node("alt", _with_rest(e, rest), [_dest(rules, k, rest, index, depth, templates) for k in e[1]])
+    return Node("split", _with_rest(e, rest), [_dest(rules, k, rest, index, depth, templates) for _, k in e[1]],
                 [w for w, _ in e[1]])
 
 
 def names_nothing(node: Node) -> bool:
-    """Whether a tree can reach no cluster and has no `!` either (a typo or a half-written table, not a choice)."""
-    return node.kind != "fail" and not clusters_named(node) and all(names_nothing(k) for k in node.children)
+    """Whether a tree can reach no cluster, no cluster a template makes and no `!` either (a typo or a
+    half-written table, not a choice)."""
+    return node.kind != "fail" and not node.wants and not clusters_named(node) \
+        and all(names_nothing(k) for k in node.children)
+
+
+def wanted(node: Node) -> list[str]:
+    """The names of the clusters templates would make that a tree reaches, in the order it prefers them."""
+    out = [node.wants] if node.wants else []
+    for kid in node.children:
+        out.extend(n for n in wanted(kid) if n not in out)
+    return out
 
 
 def clusters_named(node: Node) -> list[int]:

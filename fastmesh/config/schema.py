@@ -246,6 +246,18 @@ class Cluster:
     outlier: Outlier | None = field(default_factory=Outlier)   # None: outlier ejection off
     discovery: Discovery | None = None  # None: the endpoints are the ones listed
     tls: ClusterTls | None = None      # None: cleartext upstream connections
+    template: str | None = None        # the [cluster_templates] pattern that made it (None: from the config file)
+
+
+@dataclass
+class ClusterTemplate:
+    """Clusters made on demand (discovery/templates.py): a name the naming table reaches that no [clusters] table
+    defines, or one found at the template's source, becomes a cluster with these settings and `{name}` in its
+    discovery replaced by the name."""
+    pattern: str                       # the names it makes, `*` matching any run of name characters ("users-*")
+    cluster: Cluster                   # the settings (its name is the pattern; `{name}` left in its discovery)
+    max_clusters: int = 100            # clusters made from it at once; names past it are refused (logged, counted)
+    idle_timeout: float = 600.0        # seconds a made cluster nothing names and its source lists no more is kept
 
 
 @dataclass
@@ -391,6 +403,7 @@ class Config:
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
     naming: Naming = field(default_factory=Naming)
+    cluster_templates: dict[str, ClusterTemplate] = field(default_factory=dict)   # pattern -> template
     event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 

@@ -67,7 +67,7 @@ def explain_service(config: Config, service: str, alive: dict[str, bool], overri
     rules = lang.parse_table(config.naming.rules, "naming.rules")
     if override is not None:
         rules += lang.parse_table(override, lang.OVERRIDE_WHERE)
-    tree = lang.resolve(rules, lang.service_name(service), clusters)
+    tree = lang.resolve(rules, lang.service_name(service), clusters, config.cluster_templates)
     table = NameTable([lang.flatten(tree)], [service])
     live = [bool(alive.get(name)) for name in clusters]
     got, trace = table.trace(0, live)

@@ -304,3 +304,62 @@ def test_a_watched_table_may_name_services_the_config_cannot_resolve_yet() -> No
         "[naming]", '[naming]\nsource = { kind = "file", path = "naming.dtab" }'))
     assert cfg.naming.source is not None and cfg.naming.source.path == "naming.dtab"
     assert build_names(cfg).current.first_cluster(0) == -1
+
+
+# ---- cluster templates ----
+
+TEMPLATE_BASE = """
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:4141"
+protocol = "http"
+[[listeners.routes]]
+service = "users-v2"
+[clusters.users]
+endpoints = ["127.0.0.1:9001"]
+[naming]
+rules = ["/svc => /cluster"]
+"""
+
+
+@pytest.mark.parametrize("template, message", [
+    ('[cluster_templates.users]\ndiscovery = { kind = "etcd", endpoints = ["127.0.0.1:2379"], prefix = "/s/{name}/" }',
+     'cluster_templates.users: expected a pattern of letters, digits, "_", "-" and "." with at least one "*"'),
+    ('[cluster_templates."users-*"]\nbalancer = "p2c"',
+     "cluster_templates.\"users-*\".discovery: missing key"),
+    ('[cluster_templates."users-*"]\ndiscovery = { kind = "etcd", endpoints = ["127.0.0.1:2379"], prefix = "/s/" }',
+     "cluster_templates.\"users-*\".discovery.prefix: expected a value with \"{name}\" where the cluster's name goes"),
+    ('[cluster_templates."users-*"]\ndiscovery = { kind = "plugin", plugin = "x:Y" }',
+     'cluster_templates."users-*".discovery.kind: expected a kind a template can fill in'),
+    ('[cluster_templates."users-*"]\nmax_clusters = 0\ndiscovery = { kind = "file", path = "{name}.json" }',
+     "cluster_templates.\"users-*\".max_clusters"),
+])
+def test_template_config_errors_name_the_key(template: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(TEMPLATE_BASE + template, "n.toml")
+    assert message in str(info.value), str(info.value)
+
+
+def test_a_name_a_template_makes_counts_as_named_and_explain_says_so() -> None:
+    with pytest.raises(ConfigError):                                # without the template: users-v2 is no cluster
+        loads_config(TEMPLATE_BASE, "n.toml")
+    cfg = loads_config(TEMPLATE_BASE + '[cluster_templates."users-*"]\ndiscovery = { kind = "file", '
+                                       'path = "eps/{name}.json" }\nidle_timeout = "30s"', "n.toml")
+    t = cfg.cluster_templates["users-*"]
+    assert (t.max_clusters, t.idle_timeout, t.cluster.discovery and t.cluster.discovery.path) == \
+        (100, 30.0, "eps/{name}.json")
+    out = explain_service(cfg, "users-v2", {"users": True})
+    assert "no cluster 'users-v2' yet (template 'users-*' makes it)" in "\n".join(out["steps"]), out["steps"]
+    from fastmesh.discovery.templates import Made, make_cluster
+    made = make_cluster(t, "users-v2")
+    assert (made.name, made.template, made.discovery and made.discovery.path) == \
+        ("users-v2", "users-*", "eps/users-v2.json")
+    # Bounded, and idle ones go once nothing names them for idle_timeout (time passed in, no sleeping).
+    import dataclasses
+    small = dataclasses.replace(cfg, cluster_templates={"users-*": dataclasses.replace(t, max_clusters=2)})
+    m = Made()
+    assert m.update(small, ["users-v2", "users-v3", "users-v4", "users"], now=0.0)
+    assert sorted(m.clusters) == ["users-v2", "users-v3"] and m.refused["users-*"] == 1   # users: a [clusters] table
+    assert not m.update(small, ["users-v3", "users-v4"], now=10.0)                      # v2 unnamed since 10 s
+    assert m.update(small, ["users-v3", "users-v4"], now=40.0)                          # ...30 s later: removed
+    assert sorted(m.clusters) == ["users-v3", "users-v4"] and m.removed["users-*"] == 1
