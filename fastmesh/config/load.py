@@ -918,8 +918,8 @@ def _cluster_template(check: _Check, key: str, pattern: str, value: Any) -> Clus
         return None
     field = TEMPLATE_FIELD.get(kind) if isinstance(kind, str) else None
     if isinstance(kind, str) and kind in DISCOVERY_KINDS and field is None:
-        check.bad(_key(_key(key, "discovery"), "kind"), f"a kind a template can fill in ({_choices(list(TEMPLATE_FIELD))})",
-                  kind)
+        check.bad(_key(_key(key, "discovery"), "kind"),
+                  f"a kind a template can fill in ({_choices(list(TEMPLATE_FIELD))})", kind)
         return None
     raw = found.get(field) if field is not None and isinstance(found, Mapping) else None
     if field is not None and (not isinstance(raw, str) or "{name}" not in raw):
