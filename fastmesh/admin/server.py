@@ -269,5 +269,8 @@ class AdminServer:
         om = wants_openmetrics(request.header("accept"))
         info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
                            len(self.workers.ready))
-        return Reply(200, render(self.stats.collect(), info, om, self.discovery()),
+        manager = getattr(self.workers, "discovery", None)
+        naming = {"source": manager.naming_status(), "templates": manager.template_status()} \
+            if manager is not None else None
+        return Reply(200, render(self.stats.collect(), info, om, self.discovery(), naming),
                      OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

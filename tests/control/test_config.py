@@ -40,8 +40,8 @@ R0 = "listeners[0].routes[0]"
 
 
 BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
-TOP_KEYS = ('["admin", "clusters", "demo", "drain_timeout", "event_sinks", "listeners", "max_connections", "naming", '
-            '"workers"]')
+TOP_KEYS = ('["admin", "cluster_templates", "clusters", "demo", "drain_timeout", "event_sinks", "listeners", '
+            '"max_connections", "naming", "workers"]')
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
 MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from the fd limit)'
 

@@ -363,3 +363,19 @@ def test_a_name_a_template_makes_counts_as_named_and_explain_says_so() -> None:
     assert not m.update(small, ["users-v3", "users-v4"], now=10.0)                      # v2 unnamed since 10 s
     assert m.update(small, ["users-v3", "users-v4"], now=40.0)                          # ...30 s later: removed
     assert sorted(m.clusters) == ["users-v3", "users-v4"] and m.removed["users-*"] == 1
+
+
+def test_each_resolution_is_counted_by_outcome() -> None:
+    rules = table("/svc/users => /cluster/legacy", "/svc/users => /cluster/users-v1 | /cluster/users-v2",
+                  "/svc/gone => !", "/svc/split => 0.5 * (/cluster/users-v1 | /cluster/legacy) & 0.5 * /cluster/x")
+    t = compile_table(rules, ["users", "gone", "split", "nothing"], CLUSTERS)
+    assert t.outcome(0, [1, 1, 1, 1, 1]) == (0, "chosen")
+    assert t.outcome(0, [0, 1, 1, 1, 1]) == (1, "fallback")                  # a `|` branch past users-v1
+    assert t.outcome(0, [0, 0, 1, 1, 1]) == (2, "fallback")                  # the earlier rule
+    assert t.outcome(0, [0, 0, 0, 1, 1]) == (0, "first")                     # nothing live: the first preferred
+    assert t.outcome(1, [1, 1, 1, 1, 1]) == (-1, "none")                     # `!`
+    assert t.outcome(3, [1, 1, 1, 1, 1]) == (-1, "none")                     # no rule: no cluster
+    # A split's drawn branch that fell back inside its parentheses counts as a fallback; x is no cluster, so its
+    # share goes to the other branch, which is not one.
+    assert t.outcome(2, [1, 1, 1, 1, 1]) == (0, "chosen")
+    assert t.outcome(2, [0, 1, 1, 1, 1]) == (2, "fallback")
