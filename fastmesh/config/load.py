@@ -1246,6 +1246,7 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "request_id_header": _request_id_header,
     "trust_headers": _flag,
     "trust_naming": _flag,
+    "service": lambda c, k, v: _service(c, k, v),
     "access_log": _access_log,
     "http2": _http2,
     "routes": _routes,
@@ -1303,10 +1304,14 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
         if protocol == "tcp":
             check.missing(_key(key, "cluster"), "the name of a cluster")
             return BAD
-        if protocol == "http" and "routes" not in value:   # a bad routes value is reported by its own key
-            check.missing(_key(key, "cluster"),
-                          "the name of a cluster, or [[listeners.routes]]: an http listener needs one of them")
+        if protocol == "http" and "routes" not in value and "service" not in value:   # bad ones: their own key
+            check.missing(_key(key, "cluster"), "the name of a cluster, a service, or [[listeners.routes]]: an "
+                                                "http listener needs one of them")
             return BAD
+    elif "service" in value and protocol == "http":
+        check.bad(_key(key, "service"), "no service beside cluster (both say where unmatched requests go)",
+                  value["service"])
+        return BAD
     if fields is None:
         return BAD
     if fields.get("tls") is not None and protocol == "http":
@@ -1397,13 +1402,13 @@ def _check_services(check: _Check, config: Config) -> None:
     rules = naming_rules.parse_table(config.naming.rules, "naming.rules")
     clusters = list(config.clusters)
     for i, lst in enumerate(config.listeners):
-        for j, route in enumerate(lst.routes):
-            if route.service is None:
+        named = [(f"listeners[{i}].routes[{j}].service", r.service) for j, r in enumerate(lst.routes)]
+        for key, service in [*named, (f"listeners[{i}].service", lst.service)]:
+            if service is None:
                 continue
-            name = naming_rules.service_name(route.service)
+            name = naming_rules.service_name(service)
             if naming_rules.names_nothing(naming_rules.resolve(rules, name, clusters, config.cluster_templates)):
-                check.bad(f"listeners[{i}].routes[{j}].service",
-                          f"a name naming.rules resolve to a cluster (they send {name} to none)", route.service)
+                check.bad(key, f"a name naming.rules resolve to a cluster (they send {name} to none)", service)
 
 
 _TOP_FIELDS: dict[str, Parser] = {
@@ -1614,6 +1619,8 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
     out: dict[str, Any] = {"name": lst.name, "listen": format_address(lst.host, lst.port), "protocol": lst.protocol}
     if lst.cluster is not None:
         out["cluster"] = lst.cluster
+    if lst.service is not None:
+        out["service"] = lst.service
     out.update(idle_timeout=format_duration(lst.idle_timeout), backlog=lst.backlog,
                max_connections=lst.max_connections, splice=lst.splice)
     if lst.tls is not None:

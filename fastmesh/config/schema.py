@@ -339,6 +339,7 @@ class Listener:
     request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     trust_naming: bool = False         # honour a client's fastmesh-naming override and pass it on (false: strip it)
+    service: str | None = None         # instead of `cluster`: the logical name requests no route matches go to
     access_log: AccessLog | None = None       # None: no access log
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins

@@ -20,12 +20,13 @@ FAILED = -3                    # a traced node's result when it failed at a `!` 
 
 
 def services_of(config: Config) -> list[str]:
-    """The services routes name, each once, in the order they first appear (a router's service index)."""
+    """The services routes (and http listeners, for what no route matches) name, each once, in the order they
+    first appear (a router's service index)."""
     out: dict[str, None] = {}
     for lst in config.listeners:
-        for route in lst.routes:
-            if route.service is not None:
-                out.setdefault(route.service, None)
+        for service in [*(route.service for route in lst.routes), lst.service]:
+            if service is not None:
+                out.setdefault(service, None)
     return list(out)
 
 

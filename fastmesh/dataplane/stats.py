@@ -127,7 +127,7 @@ def _listener_clusters(lst: Any, clusters: list[str]) -> list[str]:
     when a route sends to a service (the naming table may send it to any, and the table changes live)."""
     routes = getattr(lst, "routes", ())
     names = [lst.cluster] + [route.cluster for route in routes]
-    if any(route.service is not None for route in routes):
+    if any(route.service is not None for route in routes) or getattr(lst, "service", None) is not None:
         names += clusters
     return [name for name in dict.fromkeys(names) if name is not None]
 

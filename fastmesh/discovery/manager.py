@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint, NamingSource
+from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Slots, holes_of, live, next_slots
 from fastmesh.discovery.base import Publish, Source
 from fastmesh.discovery.templates import EtcdNames, Made
@@ -107,11 +108,9 @@ class DiscoveryManager:
         rules = lang.parse_table(self.table if self.table is not None else cfg.naming.rules, "table")
         clusters = [n for n, c in cfg.clusters.items() if c.template is None]
         out: list[str] = []
-        for lst in cfg.listeners:
-            for route in lst.routes:
-                if route.service is not None:
-                    tree = lang.resolve(rules, lang.service_name(route.service), clusters, cfg.cluster_templates)
-                    out.extend(n for n in lang.wanted(tree) if n not in out)
+        for service in services_of(cfg):
+            tree = lang.resolve(rules, lang.service_name(service), clusters, cfg.cluster_templates)
+            out.extend(n for n in lang.wanted(tree) if n not in out)
         return out
 
     def _remake(self) -> None:
@@ -225,8 +224,7 @@ class DiscoveryManager:
         parsed = lang.parse_table(rules, "table")
         clusters = [n for n, c in self.cfg.clusters.items() if c.template is None]
         templates = self.cfg.cluster_templates
-        services = {lang.service_name(r.service) for lst in self.cfg.listeners for r in lst.routes
-                    if r.service is not None}
+        services = {lang.service_name(s) for s in services_of(self.cfg)}
         return sorted(name for name in services
                       if lang.names_nothing(lang.resolve(parsed, name, clusters, templates)))
 

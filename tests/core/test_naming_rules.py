@@ -18,7 +18,7 @@ from fastmesh._core.reactor import Reactor
 from fastmesh._core.router import Router
 from fastmesh.config import naming as lang
 from fastmesh.config.load import loads_config
-from fastmesh.dataplane.naming import build_names, compile_table, explain_service
+from fastmesh.dataplane.naming import build_names, compile_table, explain_service, services_of
 from fastmesh.errors import ConfigError
 
 CLUSTERS = ["users-v1", "users-v2", "legacy", "billing", "users"]
@@ -379,3 +379,52 @@ def test_each_resolution_is_counted_by_outcome() -> None:
     # share goes to the other branch, which is not one.
     assert t.outcome(2, [1, 1, 1, 1, 1]) == (0, "chosen")
     assert t.outcome(2, [0, 1, 1, 1, 1]) == (2, "fallback")
+
+
+LISTENER_SERVICE = """
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:4141"
+protocol = "{protocol}"
+{listener}
+[[listeners.routes]]
+path_prefix = "/b"
+cluster = "billing"
+{clusters}
+[naming]
+rules = ["/svc/users => /cluster/users-v2"]
+"""
+
+
+def listener_service(listener: str, protocol: str = "http") -> str:
+    clusters = "\n".join(f'[clusters.{c}]\nendpoints = ["127.0.0.1:{9100 + i}"]' for i, c in enumerate(CLUSTERS))
+    return LISTENER_SERVICE.format(protocol=protocol, listener=listener, clusters=clusters)
+
+
+def test_a_listener_service_takes_what_no_route_matches() -> None:
+    router, ps = router_for(listener_service('service = "users"'))
+    ex = Exchange()
+    assert ex.start(router, ps, head(b"/x"), 0.0) == 0 and ex.cluster == CLUSTERS.index("users-v2")
+    ex.finish()
+    assert ex.start(router, ps, head(b"/b"), 1.0) == 0 and ex.cluster == CLUSTERS.index("billing")
+    ex.finish()
+    cfg = loads_config(listener_service('service = "users"'))
+    assert services_of(cfg) == ["users"]
+    from fastmesh.config.load import config_from_dict, config_to_dict
+    assert config_from_dict(config_to_dict(cfg)).listeners[0].service == "users"      # /config keeps it
+
+
+@pytest.mark.parametrize("listener, protocol, message", [
+    ('service = "users"\ncluster = "billing"', "http",
+     "listeners[0].service: expected no service beside cluster (both say where unmatched requests go)"),
+    ('service = "nope"', "http", "listeners[0].service: expected a name naming.rules resolve to a cluster"),
+    ('service = "users"\ncluster = "billing"', "tcp", 'listeners[0].service: only for listeners with protocol = '
+                                                      '"http"'),
+])
+def test_listener_service_errors(listener: str, protocol: str, message: str) -> None:
+    text = listener_service(listener, protocol)
+    if protocol == "tcp":
+        text = text.replace('[[listeners.routes]]\npath_prefix = "/b"\ncluster = "billing"\n', "")
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, "n.toml")
+    assert message in str(info.value), str(info.value)

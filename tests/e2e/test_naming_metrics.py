@@ -1,6 +1,7 @@
 """Naming in /metrics of a real `fastmesh run` with 2 workers: resolutions per service by outcome and overrides by
 result (counted in the workers' core, summed by the supervisor) equal the requests sent; the watched table's source
-(last update, rules, errors by kind, watch restarts) and the cluster templates are there too. Parsed with
+(last update, rules, errors by kind, watch restarts) and the cluster templates are there too. The listener sends
+to its service without any route. Parsed with
 prometheus_client's parser."""
 from __future__ import annotations
 
@@ -66,8 +67,7 @@ name = "web"
 listen = "127.0.0.1:{web}"
 protocol = "http"
 trust_naming = true
-[[listeners.routes]]
-service = "users"
+service = "users"                   # a listener's own service: every request, no route
 [clusters.v1]
 endpoints = ["{b[0].address}"]
 [naming]
