@@ -28,6 +28,7 @@ CLUSTER_PREFIX = "cluster"          # /cluster/NAME: a concrete cluster (the end
 SERVICE_PREFIX = "/svc/"            # a route's service = "users" is the name /svc/users
 MAX_DEPTH = 16                      # lookups inside one resolution: deeper is taken for a loop
 MAX_SPLIT = 32                      # branches of one weighted split (the core keeps their results on its stack)
+MAX_NESTING = 32                    # parentheses inside each other in one destination
 MAX_RULES = 1000
 OVERRIDE_WHERE = "fastmesh-naming"  # where an override's rules come from, in messages
 
@@ -45,7 +46,7 @@ Expr = tuple  # type: ignore[type-arg]
 
 @dataclass(frozen=True)
 class Rule:
-    """One parsed rule: prefix segments (`*` matches any one) and destination alternatives of weighted paths."""
+    """One parsed rule: prefix segments (`*` matches any one) and the destination's expression."""
     prefix: tuple[str, ...]
     dest: Expr                      # the destination's expression (see Expr)
     text: str                       # the rule as normalised text (what /naming and explain show)
@@ -65,7 +66,7 @@ class Node:
     children: list[Node] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     cluster: int = -1
-    wants: str = ""                 # "neg" for a cluster a template would make: its name (discovery/templates.py)
+    wants: str = ""                 # on a "neg" for a cluster a template would make: its name (discovery/templates.py)
 
 
 def path_text(segments: Sequence[str]) -> str:
@@ -113,15 +114,13 @@ class _Parser:
             self.tokens.append((kind, m[kind], m.start(kind)))
             at = m.end()
         self.i = 0
+        self.depth = 0                              # parentheses open around the token at i
 
     def fail(self, at: int, why: str) -> None:
         raise NamingError(f"{self.where}: column {self.column + at + 1}: {why}")
 
     def peek(self) -> tuple[str, str, int]:
         return self.tokens[self.i] if self.i < len(self.tokens) else ("end", "", len(self.text))
-
-    def expr(self) -> Expr:
-        return self.alt()
 
     def parse(self) -> Expr:
         if not self.tokens:
@@ -176,8 +175,12 @@ class _Parser:
             self.i += 1
             return ("neg",) if value == "~" else ("fail",)
         if value == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                self.fail(at, f"at most {MAX_NESTING} parentheses inside each other")
             self.i += 1
             inner = self.alt()
+            self.depth -= 1
             if self.peek()[1] != ")":
                 self.fail(self.peek()[2], f"expected ')' closing the '(' at column {self.column + at + 1}")
             self.i += 1

@@ -68,6 +68,7 @@ def test_rules_are_normalised_and_comments_and_separators_split_them() -> None:
     ("/svc => /cluster/a )", "column 20: expected '|', '&' or the end of the rule, got ')'"),
     ("/svc => /cluster/a | ^", "column 22: expected a path, '~', '!' or '(', got '^'"),
     ("/svc =>", "column 8: expected a destination"),
+    ("/svc => " + "(" * 40 + "/cluster/a" + ")" * 40, "column 41: at most 32 parentheses inside each other"),
 ])
 def test_bad_rules_say_where_and_what_was_expected(text: str, message: str) -> None:
     with pytest.raises(lang.NamingError) as info:
