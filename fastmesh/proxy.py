@@ -136,7 +136,7 @@ class Proxy:
             self._stats_layout = stats.StatsLayout(self.config, self._holes)
             self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
             self._stats_fd = None
-        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
+        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http, self._names)
         self._set_budget(budget, reactor)
         self._lag = stats.LagProbe(self._stats_block)
         self._lag.start(loop)
@@ -452,7 +452,7 @@ class Proxy:
         block = stats.reload_block(layout, self._stats_layout, self._stats_block, offered)
         self._stats_layout, self._stats_block = layout, block
         self._lag.block = block
-        stats.attach(layout, block, clusters, self._tcp, self._http)
+        stats.attach(layout, block, clusters, self._tcp, self._http, self._names)
 
     def endpoint_details(self, clusters: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Per named cluster, each endpoint as this process sees it: eligibility, ejection, slow start, latency."""

@@ -253,6 +253,18 @@ class Cluster:
     discovery: Discovery | None = None  # None: the endpoints are the ones listed
     tls: ClusterTls | None = None      # None: cleartext upstream connections
     proxy_protocol: str | None = None  # "v1" | "v2": the PROXY header sent first on every upstream connection
+    template: str | None = None        # the [cluster_templates] pattern that made it (None: from the config file)
+
+
+@dataclass
+class ClusterTemplate:
+    """Clusters made on demand (discovery/templates.py): a name the naming table reaches that no [clusters] table
+    defines, or one found at the template's source, becomes a cluster with these settings and `{name}` in its
+    discovery replaced by the name."""
+    pattern: str                       # the names it makes, `*` matching any run of name characters ("users-*")
+    cluster: Cluster                   # the settings (its name is the pattern; `{name}` left in its discovery)
+    max_clusters: int = 100            # clusters made from it at once; names past it are refused (logged, counted)
+    idle_timeout: float = 600.0        # seconds a made cluster nothing names and its source lists no more is kept
 
 
 @dataclass
@@ -363,6 +375,7 @@ class Listener:
     # The client certificate's verified URI SAN (a SPIFFE ID) goes upstream in this field; a copy the client sent
     # is always removed. "" turns both off.
     identity_header: str = "fastmesh-client-identity"
+    service: str | None = None         # instead of `cluster`: the logical name requests no route matches go to
     access_log: AccessLog | None = None       # None: no access log
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
     routes: list[Route] = field(default_factory=list)   # tried in order, first match wins
@@ -427,6 +440,7 @@ class Config:
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
     naming: Naming = field(default_factory=Naming)
+    cluster_templates: dict[str, ClusterTemplate] = field(default_factory=dict)   # pattern -> template
     event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 
