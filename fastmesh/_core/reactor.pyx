@@ -296,7 +296,15 @@ cdef class Reactor:
         cdef uint64_t data
         cdef EventTarget target
         cdef list again_now
-        n = epoll_wait(self.epfd, self.events, MAX_EVENTS, timeout_ms)
+        cdef int epfd = self.epfd
+        cdef epoll_event *events = self.events
+        if timeout_ms == 0:
+            n = epoll_wait(epfd, events, MAX_EVENTS, 0)
+        else:
+            # A wait that blocks lets other threads run: asyncio's child watcher and executors hand their results
+            # over through the loop's self-pipe, which needs the GIL.
+            with nogil:
+                n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms)
         self.refresh_now()
         if n < 0:
             return -1
