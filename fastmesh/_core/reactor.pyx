@@ -9,7 +9,8 @@ ReactorSelector: its select() is the reactor's own epoll_wait, data-path events 
 to Python, and the loop's own fds (self-pipe, control channel, admin) live in a stdlib epoll set nested in ours, so
 a keep-alive request costs one epoll_wait per wakeup and no Python. Any other loop (uvloop, an embedding
 application's) watches the epoll set as one readable fd and calls poll() when it fires: two waits per wakeup and a
-Python callback, which measured 5-8% more CPU per request at c64 (bench/README.md).
+Python callback: 8% more instructions per keep-alive HTTP/1.1 request and 53% more per relayed one than the
+driven way (bench/callgrind_requests.py --whole, bench/README.md).
 """
 from cpython.ref cimport PyObject
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
@@ -397,9 +398,7 @@ cdef class ReactorSelector:
             got = r.poll(ms)
             if got > 0:
                 return self.inner.select(0)
-            if got < 0 or ms == 0:
-                return []
-            if not forever and r.now >= deadline:
+            if got < 0 or not forever and r.now >= deadline:
                 return []
             if self.ready is not None and (len(self.ready) or len(self.scheduled) != timers):
                 return []
