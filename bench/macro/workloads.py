@@ -9,9 +9,11 @@ from . import idleconns, loadgen, procstat
 from .proxies import Running
 
 # name -> the backend it needs, and the mode the proxies run in; the order of the report
-ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-l7-c512", "http-latency", "h2", "idle", "idle-http", "idle-h2")
-BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http", "http-l7-c512": "http",
-           "http-latency": "http", "h2": "http", "idle": "hold", "idle-http": "http", "idle-h2": "http"}
+ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-l7-c512", "http-latency",
+       "h2", "idle", "idle-http", "idle-h2")
+BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
+           "http-l7-c512": "http", "http-latency": "http", "h2": "http", "idle": "hold", "idle-http": "http",
+           "idle-h2": "http"}
 MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-l7-c512": "http",
         "http-latency": "http",
         "h2": "h2", "idle": "tcp", "idle-http": "http", "idle-h2": "h2"}
