@@ -9,8 +9,8 @@ ReactorSelector: its select() is the reactor's own epoll_wait, data-path events 
 to Python, and the loop's own fds (self-pipe, control channel, admin) live in a stdlib epoll set nested in ours, so
 a keep-alive request costs one epoll_wait per wakeup and no Python. Any other loop (uvloop, an embedding
 application's) watches the epoll set as one readable fd and calls poll() when it fires: two waits per wakeup and a
-Python callback: 8% more instructions per keep-alive HTTP/1.1 request and 53% more per relayed one than the
-driven way (bench/callgrind_requests.py --whole, bench/README.md).
+Python callback: 18% more instructions per keep-alive HTTP/1.1 request and 2.5 times as many per relayed one as
+the driven way (bench/callgrind_requests.py --whole, bench/README.md).
 """
 from cpython.ref cimport PyObject
 from cpython.pystate cimport (
@@ -42,7 +42,9 @@ cdef extern from "Python.h":
 
 cdef inline bint other_threads() noexcept:
     """Another Python thread exists (an executor, asyncio's child watcher): a blocking wait must let it run. A
-    thread can only be started by Python code, which cannot run while this one waits holding the GIL."""
+    thread can only be started by Python code, which cannot run while this one waits holding the GIL. (A thread
+    of C code that first asks for the GIL while we wait gets it at the next wakeup: an attached reactor's tick
+    bounds a wait to 25 ms.)"""
     cdef PyThreadState *head = PyInterpreterState_ThreadHead(
         <PyInterpreterState *>PyThreadState_GetInterpreter(PyThreadState_Get()))
     return head != NULL and PyThreadState_Next(head) != NULL
