@@ -72,7 +72,8 @@ def test_asyncio_keeps_working_while_the_reactor_waits():
         loop = asyncio.get_running_loop()
         first, second = free_ports(2)
         async with HttpBackend("b") as backend:
-            async with Proxy.from_toml(config(first, backend.address)), Proxy.from_toml(config(second, backend.address)):
+            async with Proxy.from_toml(config(first, backend.address)), \
+                    Proxy.from_toml(config(second, backend.address)):
                 handed = loop.create_future()
                 threading.Timer(0.05, loop.call_soon_threadsafe, (handed.set_result, "from a thread")).start()
                 assert await asyncio.wait_for(handed, 5) == "from a thread"
