@@ -66,22 +66,27 @@ def test_proxy_waits_in_the_loops_reactor_and_serves():
 
 
 def test_asyncio_keeps_working_while_the_reactor_waits():
-    """Threads handing results over (call_soon_threadsafe, the child watcher reaping a subprocess), timers and a
-    second Proxy with a reactor of its own all work while the loop blocks in the reactor's epoll_wait."""
+    """Threads handing results over (call_soon_threadsafe, the child watcher reaping a subprocess) and timers work
+    while the loop blocks in the reactor's epoll_wait: with no Proxy (no tick to end a wait), and with two Proxies,
+    the second with a reactor of its own."""
+    async def asyncio_work(loop: asyncio.AbstractEventLoop) -> None:
+        handed = loop.create_future()
+        threading.Timer(0.05, loop.call_soon_threadsafe, (handed.set_result, "from a thread")).start()
+        assert await asyncio.wait_for(handed, 5) == "from a thread"
+        child = await asyncio.create_subprocess_exec("sleep", "0.1")
+        assert await asyncio.wait_for(child.wait(), 10) == 0
+        began = loop.time()
+        await asyncio.sleep(0.05)
+        assert 0.04 <= loop.time() - began < 5
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         first, second = free_ports(2)
+        await asyncio_work(loop)
         async with HttpBackend("b") as backend:
             async with Proxy.from_toml(config(first, backend.address)), \
                     Proxy.from_toml(config(second, backend.address)):
-                handed = loop.create_future()
-                threading.Timer(0.05, loop.call_soon_threadsafe, (handed.set_result, "from a thread")).start()
-                assert await asyncio.wait_for(handed, 5) == "from a thread"
-                child = await asyncio.create_subprocess_exec("true")
-                assert await asyncio.wait_for(child.wait(), 10) == 0
-                began = loop.time()
-                await asyncio.sleep(0.05)
-                assert 0.04 <= loop.time() - began < 5
+                await asyncio_work(loop)
                 assert await answers(first, 5, pipelined=False) == [b"ok"] * 5
                 assert await answers(second, 5, pipelined=False) == [b"ok"] * 5
     run(main)
