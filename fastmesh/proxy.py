@@ -104,7 +104,10 @@ class Proxy:
         from fastmesh.dataplane.clusters import build_cluster
 
         loop = asyncio.get_running_loop()
-        reactor = Reactor()
+        # A worker's loop waits in a reactor of its own (process/loop.py): use it unless another Proxy does.
+        reactor = getattr(loop, "reactor", None)
+        if not isinstance(reactor, Reactor) or reactor.attached:
+            reactor = Reactor()
         if self._limits is None:
             from fastmesh.dataplane.limits import open_limits
             self._limits = open_limits(self.config, self._limits_fd, self._worker)
