@@ -10,6 +10,11 @@ connection, by the `h2` package; the column is left out when it is not installed
 
     python -m bench.callgrind_requests /tmp/fm-revs/before /tmp/fm-revs/after --requests 3000
 
+`--whole` counts every instruction of the process instead (the event loop's own work per wakeup included: how
+the worker's loop is chosen, FASTMESH_LOOP, shows there and not in the dispatch alone):
+
+    FASTMESH_LOOP=uvloop python -m bench.callgrind_requests . --whole; python -m bench.callgrind_requests . --whole
+
 `--filter REF` puts a request filter plugin on the http listener (e.g. fastmesh._testbase.plugins:Noop, a filter
 that does nothing): the difference to a run without it is what the plugin path costs per request.
 `--rate-limit RATE` sends the http listener's requests through a route limited to RATE (e.g. "999999999/s", burst
@@ -41,11 +46,17 @@ POLL = "__pyx_f_8fastmesh_5_core_7reactor_7Reactor_poll"
 SERVE = """
 import asyncio, sys
 from fastmesh import Proxy
+try:                        # the loop a worker runs on (FASTMESH_LOOP), where the build has the choice
+    from fastmesh.process.loop import loop_factory
+except ImportError:
+    import uvloop
+    loop_factory = lambda: uvloop.new_event_loop
 async def main():
     async with Proxy.from_toml(open(sys.argv[1]).read()):
         print("up", flush=True)
         await asyncio.sleep(3600)
-asyncio.run(main())
+with asyncio.Runner(loop_factory=loop_factory()) as runner:
+    runner.run(main())
 """
 
 
@@ -119,7 +130,7 @@ def h2_requests(port: int, count: int) -> None:
 
 
 def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "", rate_limit: str = "",
-            listener_line: str = "") -> dict[str, float]:
+            whole: bool = False, listener_line: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     http_port, tcp_port = procs.free_port(), procs.free_port()
     conf = os.path.join(tmp, "fm.toml")
@@ -129,7 +140,8 @@ def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str 
     with open(script, "w") as f:
         f.write(SERVE)
     prefix = os.path.join(tmp, f"cg-{os.path.basename(root)}")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={POLL}",
+    collect = ["--collect-atstart=yes"] if whole else ["--collect-atstart=no", f"--toggle-collect={POLL}"]
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", *collect,
                              f"--callgrind-out-file={prefix}.%p", sys.executable, script, conf], cwd=tmp,
                             env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
@@ -170,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
     ap.add_argument("--filter", default="", metavar="REF", help="a request filter plugin on the http listener")
     ap.add_argument("--rate-limit", default="", metavar="RATE", help='a route limited to RATE (e.g. "999999999/s")')
+    ap.add_argument("--whole", action="store_true", help="count the whole process, not only the reactor's dispatch")
     ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                     help="a field every request carries (repeatable)")
     ap.add_argument("--listener-line", default="", metavar="LINE", help="a TOML line for the http listener's table")
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p = procs.Procs(tmp)
     try:
         backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
-        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.rate_limit, a.listener_line)
+        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.rate_limit, a.whole, a.listener_line)
                 for root in a.builds}
         if a.keep:
             os.makedirs(a.keep, exist_ok=True)

@@ -109,7 +109,10 @@ class Proxy:
         from fastmesh.dataplane.clusters import build_cluster
 
         loop = asyncio.get_running_loop()
-        reactor = Reactor()
+        # A worker's loop waits in a reactor of its own (process/loop.py): use it unless another Proxy does.
+        reactor = getattr(loop, "reactor", None)
+        if not isinstance(reactor, Reactor) or reactor.attached:
+            reactor = Reactor()
         self._start_spans()
         if self._limits is None:
             from fastmesh.dataplane.limits import open_limits
@@ -142,7 +145,7 @@ class Proxy:
             self._stats_layout = stats.StatsLayout(self.config, self._holes)
             self._stats_block = stats.open_block(self._stats_layout, self._stats_fd)
             self._stats_fd = None
-        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http)
+        stats.attach(self._stats_layout, self._stats_block, clusters, self._tcp, self._http, self._names)
         self._set_budget(budget, reactor)
         self._lag = stats.LagProbe(self._stats_block)
         self._lag.start(loop)
@@ -184,21 +187,26 @@ class Proxy:
         """One HTTP pool per cluster, in config order (a router's cluster index is a position in this list); `keep`
         holds pools to carry over by cluster name. Empty when no listener speaks http. A new pool's limits count
         in its cluster's cell, the same cell a pool it replaces counted in."""
-        from fastmesh.dataplane.clusters import build_pool
+        from fastmesh.dataplane.clusters import build_pool, cluster_tls
         from fastmesh.dataplane.limits import cell_for
         if not any(lcfg.protocol == "http" for lcfg in config.listeners):
             return []
         assert self._limits is not None          # mapped by start() before the first pool
-        return [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
-                for n in config.clusters]
+        pools = [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
+                 for n in config.clusters]
+        for name, pool in zip(config.clusters, pools):
+            # Read again on every reload (changed certificate files take effect); open connections keep theirs.
+            pool.tls = cluster_tls(config.clusters[name], config.source)
+        return pools
 
     def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[Pool]
                   ) -> Acceptor:
         from fastmesh.dataplane.listeners import build_http_acceptor, build_tcp_acceptor
-        if lcfg.protocol == "http":
-            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates)
-        assert lcfg.cluster is not None          # the loader requires it for tcp listeners
         index = next(i for i, lc in enumerate(self.config.listeners) if lc.name == lcfg.name)
+        if lcfg.protocol == "http":
+            return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
+                                       self.config.source, index)
+        assert lcfg.cluster is not None          # the loader requires it for tcp listeners
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
                                   self.config.source, index)
 
@@ -308,7 +316,8 @@ class Proxy:
             same_limits = (before.max_request_line, before.max_header_bytes, before.max_headers) == \
                 (lcfg.max_request_line, lcfg.max_header_bytes, lcfg.max_headers)
             if lcfg.protocol == "http" and http is not None and same_limits:
-                reconfigure_http(http, lcfg, pools, list(config.clusters), self._names, self._rates)
+                reconfigure_http(http, lcfg, pools, list(config.clusters), self._names, self._rates, config.source,
+                                 config.listeners.index(lcfg))
                 continue
             acceptor = self._acceptor(lcfg, reactor, clusters, pools)
             self._record(lcfg.name, acceptor)
@@ -470,7 +479,7 @@ class Proxy:
         block = stats.reload_block(layout, self._stats_layout, self._stats_block, offered)
         self._stats_layout, self._stats_block = layout, block
         self._lag.block = block
-        stats.attach(layout, block, clusters, self._tcp, self._http)
+        stats.attach(layout, block, clusters, self._tcp, self._http, self._names)
 
     def endpoint_details(self, clusters: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Per named cluster, each endpoint as this process sees it: eligibility, ejection, slow start, latency."""
@@ -547,17 +556,21 @@ class Proxy:
         counted = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
         listeners: dict[str, Any] = {}
         clusters: dict[str, Any] = {}
-        for name, tcp in self._tcp.items():
+        terminating = [(name, tcp.tls, bool(tcp.sni_routes_count)) for name, tcp in self._tcp.items()]
+        terminating += [(name, http.tls, False) for name, http in self._http.items()]
+        for name, server, passthrough in terminating:
             row = counted.get(name, {})
-            if tcp.tls is not None or tcp.sni_routes_count:
+            if server is not None or passthrough:
                 listeners[name] = {
                     "handshakes": row.get("tls_handshakes", 0), "resumed": row.get("tls_resumed", 0),
                     "failed": {r: row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS if row.get(f"tls_failed_{r}")},
-                    "certificates": list(tcp.tls.certificates) if tcp.tls is not None else []}
-            client = tcp.upstream_tls
+                    "certificates": list(server.certificates) if server is not None else []}
+        originating = [(tcp.cluster.name, tcp.upstream_tls) for tcp in self._tcp.values()]
+        originating += [(pool.cluster.name, pool.tls) for pool in self._pools]
+        for cluster, client in originating:
             if client is not None:
-                seen = clusters.setdefault(tcp.cluster.name, {"handshakes": 0, "resumed": 0, "failed": 0,
-                                                              "certificates": list(client.certificates)})
+                seen = clusters.setdefault(cluster, {"handshakes": 0, "resumed": 0, "failed": 0,
+                                                     "certificates": list(client.certificates)})
                 seen["handshakes"] += client.handshakes
                 seen["resumed"] += client.resumed
                 seen["failed"] += client.failures

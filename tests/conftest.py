@@ -1,13 +1,22 @@
-"""Shared test setup: import check for the compiled core and the uvloop policy."""
+"""Shared test setup: import check for the compiled core and the loop policy (FASTMESH_LOOP, as workers choose)."""
 import asyncio
 
 import pytest
 import uvloop
 
 
+class _ReactorLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """New loops are workers' ReactorLoops, so in-process Proxies run the way a worker does."""
+
+    def new_event_loop(self):
+        from fastmesh.process.loop import ReactorLoop
+        return ReactorLoop()
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _uvloop_policy():
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+def _loop_policy():
+    from fastmesh.process.loop import loop_name
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy() if loop_name() == "uvloop" else _ReactorLoopPolicy())
     yield
     asyncio.set_event_loop_policy(None)
 

@@ -9,14 +9,17 @@ NAME = "fastmesh"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp", pool_max_idle: int = 64) -> str:
+def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp", pool_max_idle: int = 64,
+           tls: tuple[str, str, str] | None = None) -> str:
     """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide.
 
     protocol "http" makes the listener an HTTP/1.1 proxy with pooled keep-alive upstream connections; every
     other setting keeps fastmesh's defaults (so it adds Via, X-Forwarded-For/-Proto and an x-request-id).
     pool_max_idle (default 64, fastmesh's) is raised for the HTTP/2 workload to the streams in flight, as nginx's
     upstream keepalive is: each stream's try needs an HTTP/1.1 connection of its own.
+    tls: (cert, key, _): the listener terminates TLS (ALPN h2 and http/1.1, fastmesh's default for http).
     """
+    tls_line = f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}\n' if tls is not None else ""
     return f"""\
 workers = 1
 
@@ -28,7 +31,7 @@ name = "{protocol}-in"
 listen = "127.0.0.1:{listen_port}"
 protocol = "{protocol}"
 cluster = "backend"
-
+{tls_line}
 [clusters.backend]
 endpoints = ["127.0.0.1:{backend_port}"]
 balancer = "round_robin"

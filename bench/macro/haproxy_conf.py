@@ -40,15 +40,19 @@ backend backend
 """
 
 
-def http_config(listen_port: int, backend_port: int, maxconn: int, h2: bool = False) -> str:
+def http_config(listen_port: int, backend_port: int, maxconn: int, h2: bool = False,
+                tls: tuple[str, str, str] | None = None) -> str:
     """haproxy.cfg text for the L7 workloads: HTTP mode, keep-alive on both sides, idle server connections shared.
 
     http-keep-alive is HAProxy's default mode already and is written out so the intent is visible;
     `http-reuse always` lets any request take any idle server connection (the default, safe, keeps a
     connection to the client that opened it first). No log, no header added: HAProxy's defaults.
     h2: the clients speak HTTP/2 with prior knowledge (`proto h2` on the bind); the server side stays HTTP/1.1.
+    tls: (cert, key, cert+key file): `ssl crt` on the bind with ALPN h2 and http/1.1.
     """
     proto = " proto h2" if h2 else ""
+    if tls is not None:
+        proto = f" ssl crt {tls[2]} alpn h2,http/1.1"
     return f"""\
 global
     nbthread 1

@@ -26,7 +26,8 @@ def iperf3(port: int, duration: float, cpu: int) -> dict:
             "retransmits": int(data["end"].get("sum_sent", {}).get("retransmits", 0))}
 
 
-def wrk(port: int, duration: float, cpu: int, connections: int, close: bool, latency: bool = False) -> dict:
+def wrk(port: int, duration: float, cpu: int, connections: int, close: bool, latency: bool = False,
+        scheme: str = "http") -> dict:
     """wrk, one thread, to http://127.0.0.1:port/; close=True sends `Connection: close` (a new connection each time).
 
     latency=True adds --latency, which prints the 50/75/90/99th percentiles of the request latencies.
@@ -36,26 +37,26 @@ def wrk(port: int, duration: float, cpu: int, connections: int, close: bool, lat
         argv += ["-H", "Connection: close"]
     if latency:
         argv.append("--latency")
-    argv.append(f"http://127.0.0.1:{port}/")
+    argv.append(f"{scheme}://127.0.0.1:{port}/")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
     return parse_wrk(out.stdout + out.stderr)
 
 
-def h2load(port: int, duration: float, cpu: int, clients: int, streams: int) -> dict:
+def h2load(port: int, duration: float, cpu: int, clients: int, streams: int, scheme: str = "http") -> dict:
     """h2load (nghttp2), one thread, HTTP/2 with prior knowledge to http://127.0.0.1:port/ for `duration` seconds
     after a one-second warm-up; `clients` connections with `streams` concurrent streams each."""
     argv = ["taskset", "-c", str(cpu), "h2load", "-t1", f"-c{clients}", f"-m{streams}",
-            f"-D{max(1, round(duration))}", "--warm-up-time=1", f"http://127.0.0.1:{port}/"]
+            f"-D{max(1, round(duration))}", "--warm-up-time=1", f"{scheme}://127.0.0.1:{port}/"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 40)
     return parse_h2load(out.stdout + out.stderr)
 
 
-def h2_ready(port: int, timeout: float = 10.0) -> None:
+def h2_ready(port: int, timeout: float = 10.0, scheme: str = "http") -> None:
     """Wait until one HTTP/2 request through the proxy is answered (some listeners speak nothing but HTTP/2)."""
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
-        out = subprocess.run(["h2load", "-n1", "-c1", f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+        out = subprocess.run(["h2load", "-n1", "-c1", f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True,
                              timeout=timeout)
         text = out.stdout + out.stderr
         if "1 succeeded" in text:

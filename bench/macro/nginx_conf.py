@@ -58,7 +58,7 @@ stream {{
 
 
 def http_proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int, h2: bool = False,
-                      keepalive: int = 64) -> str:
+                      keepalive: int = 64, tls: tuple[str, str, str] | None = None) -> str:
     """nginx as an HTTP (L7) proxy, one worker, with keep-alive connections to the backend kept in the upstream.
 
     keepalive 64 idle upstream connections (as many as wrk's connections); HTTP/1.1 and an empty
@@ -69,6 +69,10 @@ def http_proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: 
     per connection too (nginx 1.19.7+), so it stays raised; `keepalive` is then the streams in flight.
     """
     http2 = " http2" if h2 else ""
+    ssl = ""
+    if tls is not None:          # TLS with ALPN h2 and http/1.1 (http2 on an ssl listen socket)
+        http2 = " ssl http2"
+        ssl = f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
     return _main(prefix, nofile) + f"""\
 http {{
     access_log off;
@@ -83,7 +87,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{listen_port}{http2} backlog=4096;
-        location / {{
+{ssl}        location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";

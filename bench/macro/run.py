@@ -26,7 +26,9 @@ from .fastmesh_conf import REPO_ROOT
 
 # tools each workload needs on the load side
 _TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close": ["wrk", "nginx"],
-          "http-l7": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"], "h2": ["h2load", "nginx"], "idle": [],
+          "http-l7": ["wrk", "nginx"], "http-l7-c512": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"],
+          "h2": ["h2load", "nginx"], "https": ["wrk", "nginx", "openssl"], "h2tls": ["h2load", "nginx", "openssl"],
+          "idle": [],
           "idle-http": ["nginx"], "idle-h2": ["nginx"]}
 
 
@@ -90,7 +92,8 @@ def _log(msg: str) -> None:
 def _summary(w: str, m: dict) -> str:
     """One progress line per trial."""
     keys = {"iperf": ("gbps", "Gbit/s"), "http-keepalive": ("rps", "req/s"), "http-close": ("rps", "conn/s"),
-            "http-l7": ("rps", "req/s"), "http-latency": ("rps", "req/s"), "h2": ("rps", "req/s"),
+            "http-l7": ("rps", "req/s"), "http-l7-c512": ("rps", "req/s"), "http-latency": ("rps", "req/s"),
+            "h2": ("rps", "req/s"), "https": ("rps", "req/s"), "h2tls": ("rps", "req/s"),
             "idle": ("kb_per_conn", "KiB/conn"),
             "idle-http": ("kb_per_conn", "KiB/conn"), "idle-h2": ("kb_per_conn", "KiB/conn")}
     k, unit = keys[w]

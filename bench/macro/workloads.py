@@ -9,11 +9,15 @@ from . import idleconns, loadgen, procstat
 from .proxies import Running
 
 # name -> the backend it needs, and the mode the proxies run in; the order of the report
-ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-latency", "h2", "idle", "idle-http", "idle-h2")
+ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-l7-c512", "http-latency", "h2", "https", "h2tls",
+       "idle", "idle-http", "idle-h2")
 BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
-           "http-latency": "http", "h2": "http", "idle": "hold", "idle-http": "http", "idle-h2": "http"}
-MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-latency": "http",
-        "h2": "h2", "idle": "tcp", "idle-http": "http", "idle-h2": "h2"}
+           "http-l7-c512": "http", "http-latency": "http", "h2": "http", "https": "http", "h2tls": "http",
+           "idle": "hold", "idle-http": "http", "idle-h2": "http"}
+# https: TLS terminated on the listener (HTTP/1.1 by ALPN); h2tls: the same listener, clients choosing h2 by ALPN
+MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-l7-c512": "http",
+        "http-latency": "http", "h2": "h2", "https": "https", "h2tls": "https", "idle": "tcp", "idle-http": "http",
+        "idle-h2": "h2"}
 
 
 @dataclass
@@ -23,6 +27,7 @@ class Settings:
     load_cpu: int        # core for load generators (backends are there too)
     conns: int           # idle connections held for the RSS workload
     ka_connections: int = 64      # wrk -c for keep-alive
+    many_connections: int = 512   # wrk -c for keep-alive with many clients (http-l7-c512)
     close_connections: int = 16   # wrk -c for Connection: close
     latency_connections: int = 4  # wrk -c for the latency workload: light load, so queueing stays small
     h2_connections: int = 8       # h2load -c: HTTP/2 client connections
@@ -32,7 +37,9 @@ class Settings:
 def upstream_idle(workload: str, s: Settings) -> int:
     """Idle upstream connections a proxy with a cap keeps: one per request in flight (wrk's connections; for h2
     every stream of every connection)."""
-    return s.h2_connections * s.h2_streams if workload == "h2" else s.ka_connections
+    if workload in ("h2", "h2tls"):
+        return s.h2_connections * s.h2_streams
+    return s.many_connections if workload == "http-l7-c512" else s.ka_connections
 
 
 def run(workload: str, proxy: Running, s: Settings) -> dict:
@@ -45,10 +52,22 @@ def run(workload: str, proxy: Running, s: Settings) -> dict:
         return _http(proxy, s, close=True)
     if workload == "http-l7":
         return _http(proxy, s, close=False)
+    if workload == "http-l7-c512":
+        return _http(proxy, s, close=False, connections=s.many_connections)
     if workload == "http-latency":
         return _http(proxy, s, close=False, connections=s.latency_connections, latency=True)
     if workload == "h2":
         return _h2(proxy, s)
+    if workload == "https":
+        _https_ready(proxy.port)
+        load = lambda: loadgen.wrk(proxy.port, s.duration, s.load_cpu, s.ka_connections, False,  # noqa: E731
+                                   scheme="https")
+        return _per_request(proxy, *_measured(proxy, load))
+    if workload == "h2tls":
+        loadgen.h2_ready(proxy.port, scheme="https")
+        load = lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu, s.h2_connections,  # noqa: E731
+                                      s.h2_streams, scheme="https")
+        return _per_request(proxy, *_measured(proxy, load))
     if workload == "idle":
         return _idle(proxy, s)
     if workload == "idle-http":
@@ -100,6 +119,28 @@ def _http_ready(port: int, timeout: float = 10.0) -> None:
             last = e
         time.sleep(0.1)
     raise RuntimeError(f"no HTTP answer through port {port} in {timeout:.0f}s ({last})")
+
+
+def _https_ready(port: int, timeout: float = 10.0) -> None:
+    """_http_ready over TLS (the benchmark's certificate is self-made: not verified)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="bench.test") as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                if c.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"no HTTPS answer through port {port} in {timeout:.0f}s ({last})")
 
 
 def _http(proxy: Running, s: Settings, close: bool, connections: int | None = None, latency: bool = False) -> dict:

@@ -8,6 +8,7 @@ without returning to Python. Cases, each over one route:
   - fallback:  "/svc/users => /cluster/v1 | /cluster/v2" with v1's endpoint out (a skipped branch);
   - split:     "0.9 * /cluster/v1 & 0.1 * /cluster/v2" (two liveness checks and one xorshift draw);
   - override:  the split, on a trusted listener, with a fastmesh-naming field (the cached override table).
+Service routes count each resolution (and override) into a stats block, as in a worker.
 Run: pytest bench/micro/test_naming.py -o addopts="" (per-request ns in extra_info)
 """
 import socket
@@ -16,6 +17,8 @@ import pytest
 
 from fastmesh._core.balance.factory import make_balancer
 from fastmesh._core.cluster import Cluster
+from fastmesh._core.naming import OVERRIDE_SLOTS, RESOLUTION_SLOTS
+from fastmesh._core.stats import HEADER_SIZE, StatsBlock
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.reactor import Reactor
 from fastmesh.config.load import loads_config
@@ -40,7 +43,12 @@ trust_naming = {"true" if trust else "false"}
 [naming]
 rules = [{rules}]
 """)
-    return build_router(cfg.listeners[0], list(cfg.clusters), build_names(cfg))
+    names = build_names(cfg)
+    services = len(names.current.services) if names.current is not None else 0
+    if services:                    # count resolutions and overrides into a block, as a worker does
+        names.attach_stats(StatsBlock(HEADER_SIZE + services * RESOLUTION_SLOTS + OVERRIDE_SLOTS), HEADER_SIZE,
+                           services)
+    return build_router(cfg.listeners[0], list(cfg.clusters), names)
 
 
 def pools():

@@ -4,6 +4,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove
 from fastmesh._core.includes.system cimport recv, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT
 from fastmesh._core.reactor cimport BufferPool
+from fastmesh._core.tls.context cimport Tls, tls_recv, tls_send
 
 
 ctypedef struct RecvBuf:
@@ -23,10 +24,24 @@ cdef inline Py_ssize_t rb_avail(RecvBuf *b) noexcept nogil:
     return b.end - b.start
 
 
+# The connection's transport: the socket itself when tls is NULL (cleartext: one predictable branch), else its
+# TLS records (tls/context.pyx keeps recv's and send's contracts: EAGAIN, 0 at EOF, a short read drains).
+cdef inline Py_ssize_t io_recv(int fd, Tls *tls, char *buf, Py_ssize_t n) noexcept:
+    if tls == NULL:
+        return recv(fd, buf, n, MSG_DONTWAIT)
+    return tls_recv(tls, buf, n)
+
+
+cdef inline Py_ssize_t io_send(int fd, Tls *tls, const char *buf, Py_ssize_t n) noexcept:
+    if tls == NULL:
+        return send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+    return tls_send(tls, buf, n)
+
+
 # Read what the socket has into b (taking a pool buffer if none is held; compacting first when the free
 # tail is gone). Returns bytes read, 0 at EOF, -1 with errno set (EAGAIN: nothing to read), or -2 when the
 # buffer is full (the caller's message does not fit).
-cdef inline Py_ssize_t rb_read(RecvBuf *b, int fd, BufferPool pool) noexcept:
+cdef inline Py_ssize_t rb_read(RecvBuf *b, int fd, BufferPool pool, Tls *tls) noexcept:
     cdef Py_ssize_t n
     if b.data == NULL:
         b.data = pool.take()
@@ -43,7 +58,7 @@ cdef inline Py_ssize_t rb_read(RecvBuf *b, int fd, BufferPool pool) noexcept:
         b.start = 0
     if b.end == pool.size:
         return -2
-    n = recv(fd, b.data + b.end, pool.size - b.end, MSG_DONTWAIT)
+    n = io_recv(fd, tls, b.data + b.end, pool.size - b.end)
     if n > 0:
         b.end += n
     return n
@@ -51,9 +66,10 @@ cdef inline Py_ssize_t rb_read(RecvBuf *b, int fd, BufferPool pool) noexcept:
 
 # rb_read on an edge-triggered socket: *readable is cleared once the socket is known to be empty (a short read
 # while no hang-up was seen, or EAGAIN), so the caller waits for the next edge. Returns as rb_read does.
-cdef inline Py_ssize_t rb_read_edge(RecvBuf *b, int fd, BufferPool pool, bint *readable, bint hangup) noexcept:
+cdef inline Py_ssize_t rb_read_edge(RecvBuf *b, int fd, BufferPool pool, bint *readable, bint hangup,
+                                    Tls *tls) noexcept:
     cdef Py_ssize_t room = pool.size - b.end if b.data != NULL else pool.size
-    cdef Py_ssize_t n = rb_read(b, fd, pool)
+    cdef Py_ssize_t n = rb_read(b, fd, pool, tls)
     if n > 0:
         if n < room and not hangup:
             readable[0] = False
@@ -118,10 +134,10 @@ cdef inline Py_ssize_t ob_pending(OutBuf *o) noexcept nogil:
 
 
 # Send what is queued. Returns 1 when all was sent, 0 when the socket is full (wait for EPOLLOUT), -1 on error.
-cdef inline int ob_flush(OutBuf *o, int fd) noexcept:
+cdef inline int ob_flush(OutBuf *o, int fd, Tls *tls) noexcept:
     cdef Py_ssize_t n
     while o.off < o.len:
-        n = send(fd, o.data + o.off, o.len - o.off, MSG_NOSIGNAL | MSG_DONTWAIT)
+        n = io_send(fd, tls, o.data + o.off, o.len - o.off)
         if n > 0:
             o.off += n
             continue
@@ -135,13 +151,13 @@ cdef inline int ob_flush(OutBuf *o, int fd) noexcept:
 
 # Send what o holds while fd may take it: 1 all sent, 0 the socket is (or just became) full (*writable cleared:
 # wait for EPOLLOUT), -1 on error.
-cdef inline int ob_send(OutBuf *o, int fd, bint *writable) noexcept:
+cdef inline int ob_send(OutBuf *o, int fd, bint *writable, Tls *tls) noexcept:
     cdef int r
     if o.off >= o.len:
         return 1
     if not writable[0]:
         return 0
-    r = ob_flush(o, fd)
+    r = ob_flush(o, fd, tls)
     if r == 0:
         writable[0] = False
     return r

@@ -28,9 +28,10 @@ cdef enum ProxyError:
     PE_PLUGIN_TIMEOUT = 16             # an async request filter took longer than its timeout (504)
     PE_RATE_LIMITED = 17               # the route's rate limit has no token for the request's key (429)
     PE_HEAD_TOO_LARGE = 18             # request head over the h2 upstream's SETTINGS_MAX_HEADER_LIST_SIZE (431)
+    PE_FORBIDDEN = 19                  # the route allows only some client identities and this one is not (403)
 
 cdef enum:
-    PE_COUNT = 19                      # one past the last ProxyError: the tables are sized by it
+    PE_COUNT = 20                      # one past the last ProxyError: the tables are sized by it
 
 # RST_STREAM / GOAWAY error codes (RFC 9113 section 7) the table uses.
 cdef enum:
@@ -44,6 +45,7 @@ cdef enum:
 cdef enum:
     GRPC_CANCELLED = 1
     GRPC_DEADLINE_EXCEEDED = 4
+    GRPC_PERMISSION_DENIED = 7
     GRPC_RESOURCE_EXHAUSTED = 8
     GRPC_UNIMPLEMENTED = 12
     GRPC_INTERNAL = 13

@@ -39,6 +39,7 @@ _set(PE_PLUGIN_TIMEOUT, 504, b"Gateway Timeout", b"plugin timeout", H2_CANCEL, G
 _set(PE_RATE_LIMITED, 429, b"Too Many Requests", b"rate limited", H2_REFUSED_STREAM, GRPC_RESOURCE_EXHAUSTED)
 _set(PE_HEAD_TOO_LARGE, 431, b"Request Header Fields Too Large", b"head too large for upstream", H2_REFUSED_STREAM,
      GRPC_RESOURCE_EXHAUSTED)
+_set(PE_FORBIDDEN, 403, b"Forbidden", b"forbidden", H2_REFUSED_STREAM, GRPC_PERMISSION_DENIED)
 _INTERNAL = _TABLE[0]
 
 
@@ -50,7 +51,8 @@ cdef const ErrorInfo *error_info(int err) noexcept nogil:
 
 NAMES = ("none", "bad_request", "header_timeout", "body_timeout", "no_route", "overloaded", "no_endpoints",
          "connect_refused", "connect_timeout", "connect_failed", "reset", "bad_response", "response_timeout",
-         "deadline_exceeded", "method_not_allowed", "plugin", "plugin_timeout", "rate_limited", "head_too_large")
+         "deadline_exceeded", "method_not_allowed", "plugin", "plugin_timeout", "rate_limited", "head_too_large",
+         "forbidden")
 
 
 def describe(int err) -> dict:

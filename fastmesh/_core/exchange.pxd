@@ -29,6 +29,8 @@ ctypedef struct ForwardRules:
     bint forwarded                     # add X-Forwarded-For / X-Forwarded-Proto / Via (drop the client's XFP)
     bint trust_headers                 # honour a client's fastmesh-timeout-ms (else it is dropped unread)
     Span request_id                    # request id field name (lowercase); empty when off
+    bint https                         # the listener terminates TLS: X-Forwarded-Proto says https
+    Span identity                      # client identity field name (lowercase), or empty: off (see list_own_edits)
     int trace                          # TraceMode (tracing.pxd): off, propagate (the default), or start traces too
     unsigned long long sample_max      # TRACE_START: a new trace is sampled when a 64-bit draw (never 0) is <= this
     unsigned long long version         # changes whenever the rules do (exchanges rebuild their own edits then)
@@ -71,6 +73,8 @@ cdef class Exchange:
     cdef int peer_len
     cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4): a PROXY header names it
     cdef int client_fd                 # the client's socket (its local end is a PROXY header's destination)
+    cdef bytes identity                # the client's verified identity (its certificate's URI SAN), None: none
+    cdef bytes keep_identity           # sans-IO driving: the identity field name the edits point into
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
     # grpc-status of the current try's answer when known before its head is passed on (an h2 leg sets it from a
@@ -82,6 +86,7 @@ cdef class Exchange:
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void set_client(self, const sockaddr_in6 *client, int fd) noexcept
     cdef int proxy_header(self, int version, char *out) noexcept
+    cdef void set_identity(self, bytes identity) noexcept
     cdef void begin(self, double now) noexcept
     cdef void new_request_id(self) noexcept
     cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept

@@ -32,7 +32,7 @@ from libc.string cimport memcpy, memcmp
 
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_NO_ROUTE, PE_OVERLOADED, PE_DEADLINE_EXCEEDED, PE_RESET, PE_RESPONSE_TIMEOUT,
-    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS, PE_RATE_LIMITED,
+    PE_METHOD_NOT_ALLOWED, PE_NO_ENDPOINTS, PE_RATE_LIMITED, PE_FORBIDDEN,
 )
 from fastmesh._core.http1.parser cimport Head
 from fastmesh._core.http1.view cimport view_parse
@@ -66,6 +66,7 @@ cdef const char *XFP_LOWER = b"x-forwarded-proto"
 cdef const char *XFF = b"X-Forwarded-For"
 cdef const char *XFP = b"X-Forwarded-Proto"
 cdef const char *HTTP = b"http"
+cdef const char *HTTPS = b"https"
 cdef const char *VIA = b"Via"
 cdef const char *VIA_VALUE = b"1.1 fastmesh"
 cdef const char *TRACEPARENT = b"traceparent"
@@ -248,6 +249,12 @@ cdef class Exchange:
         pp_addrs(self.client_fd, &self.client, &a)
         return pp_encode(version, &a.src, &a.dst, out)
 
+    cdef void set_identity(self, bytes identity) noexcept:
+        """The client's verified identity (a codec sets it with the peer; None: none was shown)."""
+        if identity is not self.identity:
+            self.identity = identity
+            self.edits_for = 0        # the identity edit holds the old value: list the own edits again
+
     cdef void begin(self, double now) noexcept:
         self.started = now
         self.route = -1
@@ -276,6 +283,8 @@ cdef class Exchange:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
             return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
+        if router.allow is not None and not router.identity_allowed(r, self.identity):
+            return PE_FORBIDDEN
         cluster = router.target(r, connectors, v)           # the route's cluster, or its service's (naming.pyx)
         if cluster < 0:
             return PE_NO_ENDPOINTS                          # a service that names no cluster at all
@@ -334,11 +343,16 @@ cdef class Exchange:
         if rules.forwarded:
             edit_add(req, EDIT_REMOVE, span_of(XFP_LOWER, 17), span_of(NULL, 0))
             edit_add(req, EDIT_ADD, span_of(XFF, 15), span_of(self.peer, self.peer_len))
-            edit_add(req, EDIT_ADD, span_of(XFP, 17), span_of(HTTP, 4))
+            edit_add(req, EDIT_ADD, span_of(XFP, 17), span_of(HTTPS, 5) if rules.https else span_of(HTTP, 4))
             edit_add(req, EDIT_ADD, span_of(VIA, 3), span_of(VIA_VALUE, 12))
             edit_add(&self.response_edits, EDIT_ADD, span_of(VIA, 3), span_of(VIA_VALUE, 12))
         if rules.request_id.len:
             edit_add(req, EDIT_ADD_ABSENT, rules.request_id, span_of(self.request_id, 32))
+        if rules.identity.len:
+            # Only fastmesh says who the client is: a copy the client sent is dropped, ours added when verified.
+            edit_add(req, EDIT_REMOVE, rules.identity, span_of(NULL, 0))
+            if self.identity is not None:
+                edit_add(req, EDIT_ADD, rules.identity, span_of(self.identity, len(self.identity)))
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
         self.trace_edit = -1
         if rules.trace != TRACE_OFF:
@@ -688,7 +702,8 @@ cdef class Exchange:
 
     def start(self, Router router not None, list connectors not None, bytes raw_head not None, double now, *,
               str peer="127.0.0.1", bint forwarded=True, bint trust_headers=True, str request_id="x-request-id",
-              bint replayable=True, str trace="propagate", double sample_rate=1.0) -> int:
+              bint replayable=True, str identity=None, bint https=False,
+              str identity_header="fastmesh-client-identity", str trace="propagate", double sample_rate=1.0) -> int:
         """begin + route_request + admit for an HTTP/1 request head, as a codec would: the ProxyError (0: none)."""
         cdef Head h
         cdef RequestView v
@@ -701,6 +716,10 @@ cdef class Exchange:
         rules.forwarded = forwarded
         rules.trust_headers = trust_headers
         rules.request_id = span_of(rid, len(rid))
+        rules.https = https
+        self.keep_identity = identity_header.lower().encode("ascii")
+        rules.identity = span_of(self.keep_identity, len(self.keep_identity))
+        self.set_identity(identity.encode() if identity is not None else None)
         rules.trace = TRACE_MODES[trace]
         rules.sample_max = sample_max(sample_rate)
         global _RULES_VERSION

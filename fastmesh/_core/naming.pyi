@@ -2,7 +2,13 @@
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
+from fastmesh._core.stats import StatsBlock
+
 OVERRIDE_HEADER: str
+OUTCOMES: tuple[str, ...]
+OVERRIDE_RESULTS: tuple[str, ...]
+RESOLUTION_SLOTS: int
+OVERRIDE_SLOTS: int
 
 class NameTable:
     services: tuple[str, ...]
@@ -13,6 +19,7 @@ class NameTable:
     def __len__(self) -> int: ...
     def trace(self, service: int, alive: Sequence[Any], seed: int = ...) -> tuple[int, list[int]]: ...
     def first_cluster(self, service: int) -> int: ...
+    def outcome(self, service: int, alive: Sequence[Any], seed: int = ...) -> tuple[int, str]: ...
     def shares(self, service: int, alive: Sequence[Any], draws: int = ..., seed: int = ...) -> dict[int, float]: ...
 
 class Names:
@@ -20,6 +27,7 @@ class Names:
     overridden: int
     refused: int
     def __init__(self, table: NameTable | None = ..., seed: int = ...) -> None: ...
+    def attach_stats(self, block: StatsBlock, offset: int, services: int) -> None: ...
     def set_table(self, table: NameTable, compile_override: Callable[[bytes], NameTable | None] | None = ...
                   ) -> None: ...
     @property

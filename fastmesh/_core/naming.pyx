@@ -7,7 +7,11 @@ What is left for each request is what can change between requests, walked over t
     empty, not every endpoint down, unhealthy or ejected), else to nothing;
   - NODE_ALT takes the first child that resolves (`a | b`, and the earlier rules a later one falls back to);
   - NODE_SPLIT draws a child by weight among the children that resolve (one xorshift draw; a dead branch's share
-    goes to the live ones in proportion), so `0.9 * a & 0.1 * b` keeps its ratio while both live.
+    goes to the live ones in proportion), so `0.9 * a & 0.1 * b` keeps its ratio while both live; a split with no
+    live child fails when one of its children failed, else resolves to nothing;
+  - NODE_NEG (`~`, an unknown name) resolves to nothing: the walk goes on to the next alternative;
+  - NODE_FAIL (`!`) fails: an alternative that reaches it stops there (no later branch, no earlier rule), and the
+    request gets no cluster (503 `no endpoints`), not the first cluster the name prefers.
 No Python object is touched on that walk. A `fastmesh-naming` field (on listeners that trust it) is the exception:
 its value is looked up in a small cache of tables compiled with it (a dict lookup; the first request with a new
 value compiles it through the hook the wiring installed), and only then is the walk the same.
@@ -19,6 +23,7 @@ from libc.time cimport time as c_time
 
 from fastmesh._core.balance.base cimport rng_next
 from fastmesh._core.cluster cimport Cluster
+from fastmesh._core.stats cimport StatsBlock, bump
 from fastmesh._core.request cimport RequestView, find_field, field_value, Span
 from fastmesh._core.upstream.connector cimport Connector
 
@@ -26,6 +31,10 @@ OVERRIDE_HEADER = "fastmesh-naming"        # the per-request override field (its
 cdef const char *OVERRIDE_FIELD = b"fastmesh-naming"
 cdef int OVERRIDE_LEN = 15
 cdef int MAX_OVERRIDES = 256               # override tables kept; past it the cache starts over
+OUTCOMES = ("chosen", "fallback", "first", "none")     # NR_* in order: the labels of the resolution counters
+OVERRIDE_RESULTS = ("accepted", "refused")             # NO_* in order
+RESOLUTION_SLOTS = NR_FIELDS
+OVERRIDE_SLOTS = NO_FIELDS
 
 
 cdef inline bint _live(list connectors, const unsigned char *alive, int c) noexcept:
@@ -39,31 +48,46 @@ cdef inline bint _live(list connectors, const unsigned char *alive, int c) noexc
 
 
 cdef int _walk(NameTable t, int node, list connectors, const unsigned char *alive, int *trace,
-               unsigned long long *rng) noexcept:
+               unsigned long long *rng, bint *fell) noexcept:
+    # `fell` is set when the result came through a fallback (an alternative after one that resolved to nothing).
     cdef const NameNode *n = &t.nodes[node]
     cdef int results[SPLIT_MAX]
-    cdef int k, got = -1
+    cdef bint kid_fell[SPLIT_MAX]
+    cdef int k, got = WALK_NOTHING, drawn = -1
+    cdef bint failed = False
     cdef double total = 0.0, draw
     if n.kind == NODE_CLUSTER:
-        got = n.cluster if _live(connectors, alive, n.cluster) else -1
+        got = n.cluster if _live(connectors, alive, n.cluster) else WALK_NOTHING
+    elif n.kind == NODE_FAIL:
+        got = WALK_FAIL
     elif n.kind == NODE_ALT:
         for k in range(n.count):
-            got = _walk(t, t.kids[n.first + k], connectors, alive, trace, rng)
-            if got >= 0:
+            got = _walk(t, t.kids[n.first + k], connectors, alive, trace, rng, fell)
+            if got >= 0 or got == WALK_FAIL:
+                if got >= 0 and k > 0:
+                    fell[0] = True
                 break
     elif n.kind == NODE_SPLIT:
         for k in range(n.count):
-            results[k] = _walk(t, t.kids[n.first + k], connectors, alive, trace, rng)
+            kid_fell[k] = False
+            results[k] = _walk(t, t.kids[n.first + k], connectors, alive, trace, rng, &kid_fell[k])
             if results[k] >= 0:
                 total += t.weights[n.first + k]
-        if total > 0.0:
+            elif results[k] == WALK_FAIL:
+                failed = True
+        if total <= 0.0 and failed:
+            got = WALK_FAIL
+        elif total > 0.0:
             draw = (rng_next(rng) >> 11) * (1.0 / 9007199254740992.0) * total    # uniform in [0, total)
             for k in range(n.count):
                 if results[k] >= 0:
                     got = results[k]
+                    drawn = k
                     draw -= t.weights[n.first + k]
                     if draw < 0.0:
                         break
+            if kid_fell[drawn]:
+                fell[0] = True
     if trace != NULL:
         trace[node] = got
     return got
@@ -123,7 +147,7 @@ cdef class NameTable:
             base = self.n_nodes
             self.roots[s] = base
             for kind, cluster, kids, weights in tree:
-                if kind not in (NODE_NEG, NODE_CLUSTER, NODE_ALT, NODE_SPLIT):
+                if kind not in (NODE_NEG, NODE_CLUSTER, NODE_ALT, NODE_SPLIT, NODE_FAIL):
                     raise ValueError(f"service {s}: unknown node kind {kind!r}")
                 if kind == NODE_SPLIT and len(kids) > SPLIT_MAX:
                     raise ValueError(f"service {s}: a split of {len(kids)} branches (at most {SPLIT_MAX})")
@@ -147,12 +171,22 @@ cdef class NameTable:
                 self.n_nodes += 1
 
     cdef int resolve(self, int service, list connectors, const unsigned char *alive, int *trace,
-                     unsigned long long *rng) noexcept:
-        cdef int got
+                     unsigned long long *rng, int *outcome) noexcept:
+        cdef int got, how
+        cdef bint fell = False
         if service < 0 or service >= self.n_services or self.roots[service] < 0:
-            return -1
-        got = _walk(self, self.roots[service], connectors, alive, trace, rng)
-        return got if got >= 0 else self.primary[service]
+            got, how = -1, NR_NONE
+        else:
+            got = _walk(self, self.roots[service], connectors, alive, trace, rng, &fell)
+            if got >= 0:
+                how = NR_FALLBACK if fell else NR_CHOSEN
+            elif got == WALK_FAIL or self.primary[service] < 0:
+                got, how = -1, NR_NONE
+            else:
+                got, how = self.primary[service], NR_FIRST
+        if outcome != NULL:
+            outcome[0] = how
+        return got
 
     # ---- Python face: tests, explain, the admin server ----
 
@@ -161,7 +195,7 @@ cdef class NameTable:
 
     def trace(self, int service, alive, unsigned long long seed=1):
         """(the cluster resolve() gives, per node of the service's tree: the cluster it resolved to, -1 nothing, -2 not
-        visited), with `alive[c]` saying whether cluster c has an endpoint up."""
+        visited, -3 failed at a `!`), with `alive[c]` saying whether cluster c has an endpoint up."""
         cdef bytes live = bytes(1 if a else 0 for a in alive)
         cdef unsigned long long rng = seed or 1
         cdef int *out
@@ -176,7 +210,7 @@ cdef class NameTable:
         try:
             for i in range(self.n_nodes):
                 out[i] = -2
-            got = self.resolve(service, [], live, out, &rng)
+            got = self.resolve(service, [], live, out, &rng, NULL)
             return got, [out[root + i] for i in range(size)]
         finally:
             PyMem_Free(out)
@@ -193,9 +227,17 @@ cdef class NameTable:
         cdef int _, c
         counts = {}
         for _ in range(draws):
-            c = self.resolve(service, [], live, NULL, &rng)
+            c = self.resolve(service, [], live, NULL, &rng, NULL)
             counts[c] = counts.get(c, 0) + 1
         return {c: n / draws for c, n in sorted(counts.items())}
+
+    def outcome(self, int service, alive, unsigned long long seed=1):
+        """(cluster, outcome) of one resolution with `alive[c]` per cluster; outcome one of OUTCOMES."""
+        cdef bytes live = bytes(1 if a else 0 for a in alive)
+        cdef unsigned long long rng = seed or 1
+        cdef int how = NR_NONE
+        cdef int got = self.resolve(service, [], live, NULL, &rng, &how)
+        return got, OUTCOMES[how]
 
 
 cdef class Names:
@@ -206,6 +248,18 @@ cdef class Names:
         self.rng = seed or (<unsigned long long>c_time(NULL) * 0x9E3779B97F4A7C15ULL) | 1
         self.overrides = {}
         self.compile_override = None
+        self.resolutions = NULL
+        self.override_counts = NULL
+        self.n_counted = 0
+        self.block = None
+
+    def attach_stats(self, StatsBlock block, Py_ssize_t offset, int services):
+        """Count into `block` from `offset` on: NR_FIELDS slots per service id below `services`, then the
+        NO_FIELDS override slots (dataplane/stats.py lays them out)."""
+        self.resolutions = block.region(offset, services * NR_FIELDS) if services else NULL
+        self.override_counts = block.region(offset + services * NR_FIELDS, NO_FIELDS)
+        self.n_counted = services
+        self.block = block
 
     def set_table(self, NameTable table, compile_override=None):
         """Use `table` from the next request on; overrides are compiled again (against this table) as they come."""
@@ -226,9 +280,14 @@ cdef class Names:
             if i >= 0:
                 value = field_value(v.base, &v.fields[i])
                 table = self._override(PyBytes_FromStringAndSize(value.ptr, value.len), table)
+        cdef int got, how = NR_NONE
         if table is None:
-            return -1
-        return table.resolve(service, connectors, NULL, NULL, &self.rng)
+            got = -1
+        else:
+            got = table.resolve(service, connectors, NULL, NULL, &self.rng, &how)
+        if self.resolutions != NULL and 0 <= service < self.n_counted:
+            bump(&self.resolutions[service * NR_FIELDS + how], 1)
+        return got
 
     cdef NameTable _override(self, bytes value, NameTable base):
         """The table a fastmesh-naming value asks for (cached), or `base` when it does not compile."""
@@ -247,8 +306,12 @@ cdef class Names:
                 self.overrides[value] = found
             if found is None:
                 self.refused += 1
+                if self.override_counts != NULL:
+                    bump(&self.override_counts[NO_REFUSED], 1)
                 return base
             self.overridden += 1
+            if self.override_counts != NULL:
+                bump(&self.override_counts[NO_ACCEPTED], 1)
             return <NameTable>found
         except Exception:
             return base

@@ -1,5 +1,6 @@
-# Reactor: one epoll set per event loop that the whole data path registers its sockets in. The asyncio loop
-# sees a single readable fd; each wakeup dispatches a batch of events to C methods, with no Python call per event.
+# Reactor: one epoll set per event loop that the whole data path registers its sockets in. Either the asyncio loop
+# waits in it itself (ReactorSelector: a worker's loop) or it sees the set as a single readable fd (any other loop);
+# each wakeup dispatches a batch of events to C methods, with no Python call per event.
 
 from libc.stdint cimport uint32_t, uint64_t
 from fastmesh._core.includes.system cimport epoll_event, sockaddr_storage
@@ -86,6 +87,7 @@ cdef class Reactor:
     cdef double tick_interval          # seconds between ticks
     cdef bint call_soon_pending        # a call_soon(poll) is already scheduled
     cdef bint dispatching              # poll() is handing out events: its own end runs what again() asks
+    cdef bint driven                   # a ReactorSelector waits in this epoll set: the loop watches no fd of ours
     cdef readonly PipePool pipes       # splice pipes shared by every relay of this reactor
     cdef BufferPool buffers            # fallback relay buffers
     cdef epoll_event events[MAX_EVENTS]  # the batch buffer for epoll_wait
@@ -95,4 +97,13 @@ cdef class Reactor:
     cdef void again(self, EventTarget target) noexcept
     cdef void bury(self, EventTarget target) noexcept
     cdef void refresh_now(self) noexcept
-    cdef void poll(self) noexcept
+    cdef int poll(self, int timeout_ms) noexcept
+
+
+cdef class ReactorSelector:
+    # asyncio's selector that waits in a Reactor's epoll set: data-path events are dispatched in C, and only the
+    # loop's own fds (kept in a stdlib selector whose epoll fd sits in the reactor's set) reach asyncio.
+    cdef readonly Reactor reactor      # the reactor whose epoll_wait is the loop's one wait per wakeup
+    cdef object inner                  # selectors.EpollSelector of the loop's own fds (self-pipe, control, admin)
+    cdef object ready                  # the loop's deque of ready callbacks: non-empty ends a wait at once
+    cdef list scheduled                # the loop's timer heap: a timer added during a dispatch ends the wait

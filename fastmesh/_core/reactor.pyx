@@ -1,15 +1,28 @@
-"""The reactor: an epoll set nested in the asyncio loop, dispatching socket events to C methods in batches.
+"""The reactor: an epoll set dispatching socket events to C methods in batches, waited in by the event loop.
 
-Why nested: uvloop costs a Python callback and a transport object per connection event; a proxy's relay needs
-neither. The loop watches one fd (the epoll set); each wakeup drains up to MAX_EVENTS events and calls the
-targets' cdef methods. Timers are a coarse tick (Sweeper objects) because proxy deadlines are seconds long.
+Why not uvloop's handles: uvloop costs a Python callback and a transport object per connection event; a proxy's
+relay needs neither. Each wakeup drains up to MAX_EVENTS events and calls the targets' cdef methods. Timers are a
+coarse tick (Sweeper objects) because proxy deadlines are seconds long.
+
+Two ways to be waited in. A worker's loop (fastmesh/process/loop.py) is a stdlib asyncio loop whose selector is a
+ReactorSelector: its select() is the reactor's own epoll_wait, data-path events are handled in C without going back
+to Python, and the loop's own fds (self-pipe, control channel, admin) live in a stdlib epoll set nested in ours, so
+a keep-alive request costs one epoll_wait per wakeup and no Python. Any other loop (uvloop, an embedding
+application's) watches the epoll set as one readable fd and calls poll() when it fires: two waits per wakeup and a
+Python callback: 18% more instructions per keep-alive HTTP/1.1 request and 2.5 times as many per relayed one as
+the driven way (bench/callgrind_requests.py --whole, bench/README.md).
 """
 from cpython.ref cimport PyObject
+from cpython.pystate cimport (
+    PyThreadState, PyInterpreterState, PyThreadState_Get, PyInterpreterState_ThreadHead, PyThreadState_Next,
+)
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, free
+from libc.math cimport ceil
 
 from fastmesh._core.includes.system cimport (
-    epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
+    epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC,
+    EPOLLIN,
     close, pipe2, fcntl, F_SETPIPE_SZ, O_NONBLOCK, O_CLOEXEC, clock_gettime, timespec, CLOCK_MONOTONIC, errno,
     sockaddr_storage,
 )
@@ -19,6 +32,22 @@ import logging
 log = logging.getLogger("fastmesh.reactor")
 
 cdef uint64_t SIDE_MASK = 1      # low bit of epoll data: which of a target's two fds fired
+cdef uint64_t LOOP_FDS = 0       # epoll data of the ReactorSelector's nested set (no target has address 0)
+
+
+cdef extern from "Python.h":
+    # Public since 3.9; Cython's pystate.pxd lacks it.
+    void *PyThreadState_GetInterpreter(PyThreadState *tstate)
+
+
+cdef inline bint other_threads() noexcept:
+    """Another Python thread exists (an executor, asyncio's child watcher): a blocking wait must let it run. A
+    thread can only be started by Python code, which cannot run while this one waits holding the GIL. (A thread
+    of C code that first asks for the GIL while we wait gets it at the next wakeup: an attached reactor's tick
+    bounds a wait to 25 ms.)"""
+    cdef PyThreadState *head = PyInterpreterState_ThreadHead(
+        <PyInterpreterState *>PyThreadState_GetInterpreter(PyThreadState_Get()))
+    return head != NULL and PyThreadState_Next(head) != NULL
 
 
 cdef class EventTarget:
@@ -205,13 +234,15 @@ cdef class Reactor:
             raise RuntimeError("reactor already attached")
         self.loop = loop
         self.tick_interval = tick_interval
-        loop.add_reader(self.epfd, self._on_readable)
+        if not self.driven:
+            loop.add_reader(self.epfd, self._on_readable)
         self.tick_handle = loop.call_later(tick_interval, self._tick)
 
     def detach(self):
         if self.loop is None:
             return
-        self.loop.remove_reader(self.epfd)
+        if not self.driven:
+            self.loop.remove_reader(self.epfd)
         if self.tick_handle is not None:
             self.tick_handle.cancel()
             self.tick_handle = None
@@ -224,9 +255,14 @@ cdef class Reactor:
         if sweeper in self.sweepers:
             self.sweepers.remove(sweeper)
 
+    @property
+    def attached(self):
+        """True while a loop dispatches this reactor (between attach() and detach())."""
+        return self.loop is not None
+
     def _on_readable(self):
         self.call_soon_pending = False
-        self.poll()
+        self.poll(0)
 
     def _tick(self):
         cdef Sweeper s
@@ -262,8 +298,9 @@ cdef class Reactor:
         """Ask for target.on_again() soon: work was left undone to be fair to other connections."""
         self.pending_again.append(target)
         # Asked while poll() dispatches events (a connection wanting its output flushed at the end of the pass):
-        # that same poll() runs it, so no extra loop iteration (and empty epoll_wait) is scheduled for it.
-        if not self.call_soon_pending and not self.dispatching and self.loop is not None:
+        # that same poll() runs it, so no extra loop iteration (and empty epoll_wait) is scheduled for it. A driven
+        # reactor needs no callback: the selector's next wait does not block while work is pending.
+        if not self.call_soon_pending and not self.dispatching and not self.driven and self.loop is not None:
             self.call_soon_pending = True
             self.loop.call_soon(self._on_readable)
 
@@ -271,16 +308,32 @@ cdef class Reactor:
         """Keep a closed target alive until the batch ends: later events in the batch may still name it."""
         self.graveyard.append(target)
 
-    cdef void poll(self) noexcept:
-        cdef int n, i
+    cdef int poll(self, int timeout_ms) noexcept:
+        """One epoll_wait (blocking up to timeout_ms; -1: until an event) and its batch. Returns 1 when the loop's own
+        fds (a ReactorSelector's nested set) are ready, -1 when the wait was interrupted (a signal), else 0."""
+        cdef int n, i, loop_fds = 0
         cdef uint64_t data
         cdef EventTarget target
         cdef list again_now
-        n = epoll_wait(self.epfd, self.events, MAX_EVENTS, 0)
+        cdef int epfd = self.epfd
+        cdef epoll_event *events = self.events
+        if timeout_ms == 0 or not other_threads():
+            n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms)
+        else:
+            # A wait that blocks lets other threads run: asyncio's child watcher and executors hand their results
+            # over through the loop's self-pipe, which needs the GIL. (Releasing and taking it back costs about
+            # 400 instructions a wakeup, so only when there is someone to let run.)
+            with nogil:
+                n = epoll_wait(epfd, events, MAX_EVENTS, timeout_ms)
         self.refresh_now()
+        if n < 0:
+            return -1
         self.dispatching = True
         for i in range(n):
             data = self.events[i].data.u64
+            if data == LOOP_FDS:
+                loop_fds = 1
+                continue
             target = <EventTarget><PyObject *><uintptr_t>(data & ~(<uint64_t>SIDE_MASK))
             target.on_events(self.events[i].events, <int>(data & SIDE_MASK))
         self.dispatching = False
@@ -291,3 +344,80 @@ cdef class Reactor:
                 target.on_again()
         if self.graveyard:
             self.graveyard.clear()
+        return loop_fds
+
+
+cdef class ReactorSelector:
+    """`ReactorSelector(reactor)`: a selector for asyncio.SelectorEventLoop (the selectors.BaseSelector interface)
+    that waits in `reactor`'s epoll set. register()/unregister()/modify() keep the loop's own fds in a stdlib
+    EpollSelector nested in that set; select(timeout) dispatches data-path events in C, in as many wakeups as come
+    before the timeout, and returns to Python only when the loop has something to do: its fds are ready, a callback
+    or an earlier timer was added by the data path (a retry's backoff), a signal arrived, or the timeout passed.
+    bind(loop) must follow the loop's creation (it reads the loop's ready queue and timer heap)."""
+
+    def __cinit__(self, Reactor reactor):
+        import selectors
+        cdef epoll_event ev
+        self.reactor = reactor
+        self.inner = selectors.EpollSelector()
+        ev.events = EPOLLIN
+        ev.data.u64 = LOOP_FDS
+        if epoll_ctl(reactor.epfd, EPOLL_CTL_ADD, self.inner.fileno(), &ev) < 0:
+            self.inner.close()
+            raise OSError(errno, "cannot nest the loop's epoll set in the reactor's")
+        reactor.driven = True
+        self.ready = None
+        self.scheduled = None
+
+    def bind(self, loop):
+        """Read `loop`'s ready queue and timer heap (a stdlib BaseEventLoop's `_ready` and `_scheduled`): work the
+        data path hands the loop must end a wait at once."""
+        self.ready = loop._ready
+        self.scheduled = loop._scheduled
+
+    def register(self, fileobj, events, data=None):
+        return self.inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj):
+        return self.inner.unregister(fileobj)
+
+    def modify(self, fileobj, events, data=None):
+        return self.inner.modify(fileobj, events, data)
+
+    def get_key(self, fileobj):
+        return self.inner.get_key(fileobj)
+
+    def get_map(self):
+        return self.inner.get_map()
+
+    def close(self):
+        if self.inner is not None:
+            epoll_ctl(self.reactor.epfd, EPOLL_CTL_DEL, self.inner.fileno(), NULL)
+            self.inner.close()
+            self.inner = None
+        self.reactor.driven = False
+
+    def select(self, timeout=None):
+        cdef Reactor r = self.reactor
+        cdef bint forever = timeout is None
+        cdef double deadline = 0.0, left
+        cdef int ms, got
+        cdef Py_ssize_t timers = len(self.scheduled) if self.scheduled is not None else 0
+        if not forever:
+            r.refresh_now()
+            deadline = r.now + <double>timeout
+        while True:
+            if r.pending_again:
+                ms = 0
+            elif forever:
+                ms = -1
+            else:
+                left = deadline - r.now
+                ms = 0 if left <= 0.0 else <int>ceil(left * 1000.0)
+            got = r.poll(ms)
+            if got > 0:
+                return self.inner.select(0)
+            if got < 0 or not forever and r.now >= deadline:
+                return []
+            if self.ready is not None and (len(self.ready) or len(self.scheduled) != timers):
+                return []

@@ -56,7 +56,7 @@ ctypedef struct Edit:
     Span value                     # EDIT_ADD / EDIT_ADD_ABSENT: the value
 
 cdef enum:
-    EDITS_OWN = 10                 # room for the exchange's own edits of one request
+    EDITS_OWN = 12                 # room for the exchange's own edits of one request (11 at most today)
 
 ctypedef struct EditList:
     # Header edits of one message: the exchange's own, then the matched route's (compiled once by the router).

@@ -59,9 +59,13 @@ cdef class Router:
     cdef Names names                     # the process's naming (table and overrides); None: no service routes
     cdef readonly bint trust_naming      # honour a fastmesh-naming field (else every route's edits remove it)
     cdef public list limits              # per route: its RateLimit (ratelimit.pyx) or None; None: no route has one
+    # Per route: (exact identities frozenset, prefixes tuple), or None for anyone; None when no route limits
+    # identities (the exchange then tests nothing more).
+    cdef tuple allow
 
     # Index of the first route that matches the request view, or -1 when none does.
     cdef int match(self, const RequestView *v) noexcept
+    cdef bint identity_allowed(self, int route, bytes identity) noexcept
     # Cluster index of a route (route must be a valid index); -1 for a route sent to a service.
     cdef int cluster(self, int route) noexcept
     # The cluster a request taking `route` goes to: the route's cluster, or what its service resolves to now

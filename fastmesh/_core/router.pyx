@@ -57,8 +57,24 @@ NAMING_FIELD = OVERRIDE_HEADER.encode("ascii")   # the per-request naming overri
 METHOD_IDS = {name: i for i, name in enumerate(METHOD_NAMES) if i != METHOD_OTHER}
 SPEC_KEYS = frozenset({
     "cluster", "service", "host", "path", "path_prefix", "path_regex", "methods", "headers", "rewrite_prefix",
-    "add_request_headers", "remove_request_headers", "add_response_headers",
+    "add_request_headers", "remove_request_headers", "add_response_headers", "allow_identities",
 })
+
+
+def _allow_rule(patterns, where):
+    """A route's allow_identities as (exact names, prefixes): "spiffe://td/ns/x/*" allows every identity under
+    "spiffe://td/ns/x/"; any other pattern must equal the identity."""
+    if isinstance(patterns, (str, bytes)):
+        raise ValueError(f"{where}: allow_identities is a list of str, got {patterns!r}")
+    exact, prefixes = set(), []
+    for p in patterns:
+        if not isinstance(p, str) or not p or "*" in p[:-1]:
+            raise ValueError(f"{where}: allow_identities entry {p!r}: an identity, or a prefix ending in /*")
+        if p.endswith("*"):
+            prefixes.append(p[:-1].encode())
+        else:
+            exact.add(p.encode())
+    return frozenset(exact), tuple(prefixes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,8 +357,31 @@ cdef class Router:
         for i, spec in enumerate(specs):
             _fill(self, &self.entries[i], spec, f"route {i}", index, service_index, &n_matches, &n_tokens, &n_edits)
             self.n = i + 1
+        allow = tuple(_allow_rule(spec["allow_identities"], f"route {i}") if spec.get("allow_identities") else None
+                      for i, spec in enumerate(specs))
+        self.allow = allow if any(a is not None for a in allow) else None
 
     # ---- the C API the exchange and the codecs use ----
+
+    cdef bint identity_allowed(self, int route, bytes identity) noexcept:
+        """Whether a client with this verified identity (None: none) may use route (only called for a Router whose
+        `allow` is set)."""
+        rule = self.allow[route]
+        if rule is None:
+            return True
+        if identity is None:
+            return False
+        if identity in (<tuple>rule)[0]:
+            return True
+        for prefix in (<tuple>rule)[1]:
+            if identity.startswith(prefix):
+                return True
+        return False
+
+    def allows(self, int route, identity):
+        """identity_allowed() from Python (explain, tests)."""
+        return self.allow is None or self.identity_allowed(route, identity.encode() if isinstance(identity, str)
+                                                           else identity)
 
     cdef int match(self, const RequestView *v) noexcept:
         cdef const RouteEntry *e

@@ -144,8 +144,11 @@ class GrpcClient:
     """A grpcio channel to `target` with the Echo methods as blocking calls (run them in a thread from async
     tests: `await asyncio.to_thread(client.unary, b"x")`, or use the a* coroutines)."""
 
-    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.channel = grpc.insecure_channel(target, options=[*NO_PROXY, *options])
+    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = (),
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        # credentials: a TLS channel (grpc.ssl_channel_credentials), else cleartext h2 with prior knowledge
+        self.channel = grpc.insecure_channel(target, options=[*NO_PROXY, *options]) if credentials is None else \
+            grpc.secure_channel(target, credentials, options=[*NO_PROXY, *options])
         self._unary = self.channel.unary_unary(f"/{SERVICE}/Unary")
         self._who = self.channel.unary_unary(f"/{SERVICE}/Who")
         self._server_stream = self.channel.unary_stream(f"/{SERVICE}/ServerStream")

@@ -22,6 +22,7 @@ and the most streams open at once on one connection (`max_open`).
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from dataclasses import dataclass, field
 
 import h2.config
@@ -47,8 +48,9 @@ class _Conn:
 
 
 class H2Backend:
-    def __init__(self, name: str = "h2") -> None:
+    def __init__(self, name: str = "h2", ssl: ssl_module.SSLContext | None = None) -> None:
         self.name = name
+        self.ssl = ssl                       # serve over TLS (the context should offer ALPN h2)
         self.port = 0
         self.server: asyncio.base_events.Server | None = None
         self.max_streams: int | None = None
@@ -71,7 +73,7 @@ class H2Backend:
         self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> H2Backend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

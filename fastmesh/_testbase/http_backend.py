@@ -32,6 +32,7 @@ import hashlib
 import json
 import random
 import socket
+import ssl as ssl_module
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -136,12 +137,14 @@ class HttpBackend:
     """An HTTP/1.1 server on 127.0.0.1 for tests; counts connections and requests and keeps what it received.
 
     `expect_continue=False` makes it ignore `Expect: 100-continue` everywhere but /continue (as some servers do);
-    `idle_timeout` closes keep-alive connections that stay silent that long (seconds; None: never).
+    `idle_timeout` closes keep-alive connections that stay silent that long (seconds; None: never); `ssl` serves
+    HTTPS with that context (/echo's JSON then has `peer_cert`: the client certificate, if one was sent).
     """
 
     def __init__(self, name: str = "backend", *, expect_continue: bool = True,
-                 idle_timeout: float | None = None) -> None:
+                 idle_timeout: float | None = None, ssl: "ssl_module.SSLContext | None" = None) -> None:
         self.name = name
+        self.ssl = ssl
         self.expect_continue = expect_continue
         self.idle_timeout = idle_timeout
         self.port = 0
@@ -158,7 +161,7 @@ class HttpBackend:
 
     async def start(self, port: int = 0) -> "HttpBackend":
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", port, limit=MAX_HEAD,
-                                                  backlog=1024)
+                                                  backlog=1024, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -168,7 +171,7 @@ class HttpBackend:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         """Stop listening and end every open connection (handlers waiting in /slow or a WebSocket included)."""
@@ -197,6 +200,7 @@ class HttpBackend:
         self.active += 1
         peer = writer.get_extra_info("peername")
         conn = _Connection(self, reader, writer, self.connections, f"{peer[0]}:{peer[1]}")
+        conn.peer_cert = writer.get_extra_info("peercert") if self.ssl else None
         try:
             await conn.run()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.CancelledError,
@@ -224,6 +228,7 @@ class _Connection:
         self.writer = writer
         self.number = number
         self.peer = peer
+        self.peer_cert: object = None     # the client certificate a TLS backend saw (getpeercert()), or None
 
     async def run(self) -> None:
         while True:
@@ -351,6 +356,7 @@ class _Connection:
             "version": request.version, "headers": request.headers, "chunked": request.chunked,
             "body": request.body.decode("latin-1"), "body_length": len(request.body),
             "body_sha256": hashlib.sha256(request.body).hexdigest(), "trailers": request.trailers,
+            "tls": self.backend.ssl is not None, "peer_cert": self.peer_cert,
         }
         payload = json.dumps(answer).encode()
         return await self._send(request, 200, payload, request.keep_alive,

@@ -215,5 +215,6 @@ def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
             if "service" in route:
                 row["service"] = route["service"]           # a logical name: the naming panel shows where it goes
             table.append(row)
-        out.append({"listener": lst["name"], "default": lst.get("cluster"), "routes": table})
+        default = lst.get("cluster") or (f"service {lst['service']}" if lst.get("service") else None)
+        out.append({"listener": lst["name"], "default": default, "routes": table})
     return out

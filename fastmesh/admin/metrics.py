@@ -49,11 +49,12 @@ def wants_openmetrics(accept: str) -> bool:
 
 def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
            discovery: dict[str, dict[str, Any]] | None = None, rate_limits: list[dict[str, Any]] | None = None,
-           tls: dict[str, dict[str, Any]] | None = None) -> bytes:
+           tls: dict[str, dict[str, Any]] | None = None, naming: dict[str, Any] | None = None) -> bytes:
     """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4; `discovery`:
     per discovered cluster, its source's state (discovery/base.py SourceState.as_dict); `rate_limits`: per limited
     route, its counts over the instance (dataplane/ratelimits.py counts); `tls`: the workers' TLS contexts merged
-    (AdminServer.tls_view)."""
+    (AdminServer.tls_view); `naming`: the watched table's source state ("source", DiscoveryManager.naming_status)
+    and the cluster templates' ("templates")."""
     out = _Writer(openmetrics)
     out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
     out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
@@ -136,6 +137,7 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     out.counter("fastmesh_rate_limit_passed", "requests a route's rate limit let through",
                 [((("listener", r["listener"]), ("route", str(r["route"]))), r["passed"]) for r in limited])
     _discovery(out, discovery or {})
+    _naming(out, snap, naming or {})
     return out.finish()
 
 
@@ -151,6 +153,39 @@ def _certificates(out: _Writer, view: dict[str, dict[str, Any]]) -> None:
     out.counter("fastmesh_tls_cert_reloads", "TLS file changes taken (ok) or refused (failed), over the workers",
                 [(((kind, name), ("result", r)), v[key]) for kind, name, v in contexts
                  for r, key in (("ok", "reloads"), ("failed", "reload_failures"))])
+
+
+def _naming(out: _Writer, snap: Snapshot, naming: dict[str, Any]) -> None:
+    """Resolutions per service by outcome, overrides by result (counted in the workers' core), the watched table's
+    source and the cluster templates (the supervisor's)."""
+    counted = snap.naming()
+    out.counter("fastmesh_naming_resolutions", "requests to a logical name by how it resolved: chosen (a live "
+                "cluster, no fallback), fallback (a live cluster after a branch or rule resolved to nothing), first "
+                "(nothing live: the first cluster the name prefers), none (no cluster: a `!`, or none named)",
+                [((("service", svc), ("outcome", o)), n) for svc, row in counted["resolutions"].items()
+                 for o, n in row.items()])
+    if counted["resolutions"]:
+        out.counter("fastmesh_naming_overrides", "requests carrying a fastmesh-naming override on a trusted "
+                    "listener, by result (refused: it did not compile and the table was used)",
+                    [((("result", r),), n) for r, n in counted["overrides"].items()])
+    source = naming.get("source")
+    if source:
+        kind = (("kind", source["kind"]),)
+        out.gauge("fastmesh_naming_source_last_update_time_seconds", "when the watched naming table last answered "
+                  "with a table, Unix time (0: not yet)", [(kind, source["last_update"] or 0)])
+        out.gauge("fastmesh_naming_rules", "rules in the naming table in use (its last good version)",
+                  [(kind, source["rules"] or 0)])
+        out.counter("fastmesh_naming_source_errors", "watched naming table failures by kind (the last good table "
+                    "stayed)", [((*kind, ("error", e)), n) for e, n in sorted(source["errors"].items())])
+        out.counter("fastmesh_naming_source_watch_restarts", "naming table watches re-established after they broke",
+                    [(kind, source["watch_restarts"])])
+    templates = naming.get("templates") or {}
+    out.gauge("fastmesh_cluster_template_clusters", "clusters made from each cluster template now",
+              [((("template", p),), len(t["clusters"])) for p, t in templates.items()])
+    out.counter("fastmesh_cluster_template_refused", "names a template did not make a cluster for (max_clusters)",
+                [((("template", p),), t["refused"]) for p, t in templates.items()])
+    out.counter("fastmesh_cluster_template_removed", "clusters made from a template removed after idle_timeout",
+                [((("template", p),), t["removed"]) for p, t in templates.items()])
 
 
 def _discovery(out: _Writer, sources: dict[str, dict[str, Any]]) -> None:

@@ -224,6 +224,9 @@ class AdminServer:
         for name, view in (await self.tls_view())["clusters"].items():
             if name in clusters:
                 clusters[name]["tls"] = view
+        for name, cluster in self.cfg.clusters.items():
+            if cluster.template is not None and name in clusters:
+                clusters[name]["template"] = cluster.template
         return Reply.json(200, clusters)
 
     def rate_limits(self) -> list[dict[str, Any]]:
@@ -274,7 +277,8 @@ class AdminServer:
         alive = live_clusters(self.cfg, snap)
         return {"rules": list(self.cfg.naming.rules),
                 "source": manager.naming_status() if manager is not None else None,
-                "services": {s: explain_service(self.cfg, s, alive) for s in services_of(self.cfg)}}
+                "services": {s: explain_service(self.cfg, s, alive) for s in services_of(self.cfg)},
+                "templates": manager.template_status() if manager is not None else {}}
 
     def stats_dump(self, request: Request) -> Reply:
         """Merged counters of listeners and clusters, HTTP responses by status class and request-duration
@@ -302,6 +306,9 @@ class AdminServer:
         om = wants_openmetrics(request.header("accept"))
         info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
                            len(self.workers.ready))
+        manager = getattr(self.workers, "discovery", None)
+        naming = {"source": manager.naming_status(), "templates": manager.template_status()} \
+            if manager is not None else None
         return Reply(200, render(self.stats.collect(), info, om, self.discovery(), self.rate_limits(),
-                                 await self.tls_view()),
+                                 await self.tls_view(), naming),
                      OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)

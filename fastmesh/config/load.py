@@ -23,7 +23,7 @@ from fastmesh.config.schema import (
     AdaptiveConcurrency, Admin, Cluster, Config, Demo, Endpoint, Http2, Limits, Listener, Retries, Route,
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
-from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
+from fastmesh.config.schema import DISCOVERY_KINDS, ClusterTemplate, Discovery
 from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, SinkSpec
 from fastmesh.config.schema import RateLimit
 from fastmesh.config.schema import ListenerTracing, TraceExport, Tracing
@@ -914,6 +914,7 @@ _CLUSTER_FIELDS: dict[str, Parser] = {
     "outlier": _outlier,
     "tls": _cluster_tls,
     "proxy_protocol": _cluster_proxy_protocol,
+    "template": _text("the pattern of the [cluster_templates] table that made the cluster"),
 }
 
 
@@ -946,6 +947,57 @@ def _clusters(check: _Check, key: str, value: Any) -> Any:
         return check.bad(key, "at least one [clusters.NAME] table", value)
     clusters = {str(name): _cluster(check, _key(key, name), str(name), item) for name, item in value.items()}
     return BAD if any(c is None for c in clusters.values()) else clusters
+
+
+_TEMPLATE_RE = re.compile(r"[A-Za-z0-9_.*-]*\*[A-Za-z0-9_.*-]*")
+TEMPLATE_FIELD = {"file": "path", "dns": "name", "dns_srv": "name", "etcd": "prefix"}   # where `{name}` goes
+_TEMPLATE_FIELDS: dict[str, Parser] = {"max_clusters": _whole(1), "idle_timeout": _duration(allow_zero=False)}
+
+
+def _cluster_template(check: _Check, key: str, pattern: str, value: Any) -> ClusterTemplate | None:
+    """A [cluster_templates."users-*"] table: a cluster's keys (discovery required, with `{name}` where the
+    made cluster's name goes) plus max_clusters and idle_timeout."""
+    if not _TEMPLATE_RE.fullmatch(pattern):
+        check.bad(key, f'a pattern of {NAME_CHARS} with at least one "*"', pattern)
+        return None
+    if not isinstance(value, Mapping):
+        check.bad(key, "a table", value)
+        return None
+    own = _table(check, key, {k: v for k, v in value.items() if k in _TEMPLATE_FIELDS}, _TEMPLATE_FIELDS)
+    rest = {k: v for k, v in value.items() if k not in _TEMPLATE_FIELDS}
+    found = rest.get("discovery")
+    kind = found.get("kind") if isinstance(found, Mapping) else None
+    if found is None:
+        check.missing(_key(key, "discovery"), 'a discovery table with "{name}" where the cluster\'s name goes')
+        return None
+    field = TEMPLATE_FIELD.get(kind) if isinstance(kind, str) else None
+    if isinstance(kind, str) and kind in DISCOVERY_KINDS and field is None:
+        check.bad(_key(_key(key, "discovery"), "kind"),
+                  f"a kind a template can fill in ({_choices(list(TEMPLATE_FIELD))})", kind)
+        return None
+    raw = found.get(field) if field is not None and isinstance(found, Mapping) else None
+    if field is not None and (not isinstance(raw, str) or "{name}" not in raw):
+        check.bad(_key(_key(key, "discovery"), field), 'a value with "{name}" where the cluster\'s name goes', raw)
+        return None
+    if raw is not None:                 # checked with a sample name; kept with "{name}" in it
+        rest = {**rest, "discovery": {**found, field: raw.replace("{name}", "x")}}
+    cluster = _cluster(check, key, "template", rest)
+    if cluster is None or own is None:
+        return None
+    assert cluster.discovery is not None and field is not None
+    if field == "path" and isinstance(raw, str):
+        raw = os.path.join(os.path.dirname(str(cluster.discovery.path)), os.path.basename(raw)) \
+            if os.path.isabs(str(cluster.discovery.path)) and not os.path.isabs(raw) else raw
+    keep: dict[str, Any] = {field: raw}
+    cluster = dataclasses.replace(cluster, name=pattern, discovery=dataclasses.replace(cluster.discovery, **keep))
+    return ClusterTemplate(pattern=pattern, cluster=cluster, **own)
+
+
+def _cluster_templates(check: _Check, key: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return check.bad(key, 'a table of templates like [cluster_templates."users-*"]', value)
+    out = {str(p): _cluster_template(check, _key(key, p), str(p), item) for p, item in value.items()}
+    return BAD if any(t is None for t in out.values()) else out
 
 
 def _cluster_ref(check: _Check, key: str, value: Any) -> Any:
@@ -1083,6 +1135,7 @@ _ROUTE_FIELDS: dict[str, Parser] = {
     "add_response_headers": _headers(protected=True),
     "filters": lambda c, k, v: _filters(c, k, v),
     "rate_limit": lambda c, k, v: _rate_limit(c, k, v),
+    "allow_identities": _identities,
 }
 
 
@@ -1131,6 +1184,7 @@ def _rate_limit(check: _Check, key: str, value: Any) -> Any:
     if fields.get("burst", rate) * (int(per) * 16_000_000_000 // rate) >= 1 << 62:
         return check.bad(_key(key, "burst"), f"a burst that {value['rate']} refills within 9 years", value["burst"])
     return RateLimit(rate=rate, per=per, burst=fields.pop("burst", rate), **fields)
+
 
 
 def _route(check: _Check, key: str, value: Any) -> Any:
@@ -1344,8 +1398,10 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "max_headers": _whole(1, 100),
     "forwarded_headers": _flag,
     "request_id_header": _request_id_header,
+    "identity_header": _request_id_header,
     "trust_headers": _flag,
     "trust_naming": _flag,
+    "service": lambda c, k, v: _service(c, k, v),
     "access_log": _access_log,
     "tracing": _listener_tracing,
     "http2": _http2,
@@ -1404,15 +1460,15 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
         if protocol == "tcp":
             check.missing(_key(key, "cluster"), "the name of a cluster")
             return BAD
-        if protocol == "http" and "routes" not in value:   # a bad routes value is reported by its own key
-            check.missing(_key(key, "cluster"),
-                          "the name of a cluster, or [[listeners.routes]]: an http listener needs one of them")
+        if protocol == "http" and "routes" not in value and "service" not in value:   # bad ones: their own key
+            check.missing(_key(key, "cluster"), "the name of a cluster, a service, or [[listeners.routes]]: an "
+                                                "http listener needs one of them")
             return BAD
-    if fields is None:
+    elif "service" in value and protocol == "http":
+        check.bad(_key(key, "service"), "no service beside cluster (both say where unmatched requests go)",
+                  value["service"])
         return BAD
-    if fields.get("tls") is not None and protocol == "http":
-        check.errors.append(ConfigError(check.source, _key(key, "tls"), 'protocol = "tcp"',
-                                        reason='TLS is terminated on tcp listeners only for now (this one is "http")'))
+    if fields is None:
         return BAD
     if fields.get("tls") is not None and fields.get("sni_routes"):
         check.bad(_key(key, "sni_routes"), "no tls table beside it (sni_routes passes TLS through undecrypted; "
@@ -1498,13 +1554,13 @@ def _check_services(check: _Check, config: Config) -> None:
     rules = naming_rules.parse_table(config.naming.rules, "naming.rules")
     clusters = list(config.clusters)
     for i, lst in enumerate(config.listeners):
-        for j, route in enumerate(lst.routes):
-            if route.service is None:
+        named = [(f"listeners[{i}].routes[{j}].service", r.service) for j, r in enumerate(lst.routes)]
+        for key, service in [*named, (f"listeners[{i}].service", lst.service)]:
+            if service is None:
                 continue
-            name = naming_rules.service_name(route.service)
-            if not naming_rules.clusters_named(naming_rules.resolve(rules, name, clusters)):
-                check.bad(f"listeners[{i}].routes[{j}].service",
-                          f"a name naming.rules resolve to a cluster (they send {name} to none)", route.service)
+            name = naming_rules.service_name(service)
+            if naming_rules.names_nothing(naming_rules.resolve(rules, name, clusters, config.cluster_templates)):
+                check.bad(key, f"a name naming.rules resolve to a cluster (they send {name} to none)", service)
 
 
 _TOP_FIELDS: dict[str, Parser] = {
@@ -1515,6 +1571,7 @@ _TOP_FIELDS: dict[str, Parser] = {
     "admin": _admin,
     "listeners": _listeners,
     "clusters": _clusters,
+    "cluster_templates": _cluster_templates,
     "demo": _demo,
     "event_sinks": lambda c, k, v: _sinks(c, k, v),
     "tracing": _tracing,
@@ -1577,40 +1634,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "drain_timeout": format_duration(cfg.drain_timeout),
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
         "listeners": [_listener_dict(lst) for lst in cfg.listeners],
-        "clusters": {name: {
-            "endpoints": [_endpoint_dict(e) for e in cluster.endpoints],
-            "balancer": cluster.balancer,
-            "protocol": cluster.protocol,
-            "connect_timeout": format_duration(cluster.connect_timeout),
-            "connect_attempts": cluster.connect_attempts,
-            "response_timeout": format_duration(cluster.response_timeout),
-            "pool_max_idle": cluster.pool_max_idle,
-            "pool_idle_timeout": format_duration(cluster.pool_idle_timeout),
-            "h2_keepalive_interval": format_duration(cluster.h2_keepalive_interval),
-            "h2_keepalive_timeout": format_duration(cluster.h2_keepalive_timeout),
-            "timeout": format_duration(cluster.timeout),
-            "per_try_timeout": format_duration(cluster.per_try_timeout),
-            "retries": {"attempts": cluster.retries.attempts, "on": list(cluster.retries.on),
-                        "budget_percent": cluster.retries.budget_percent,
-                        "min_per_second": cluster.retries.min_per_second,
-                        "backoff": format_duration(cluster.retries.backoff),
-                        "max_backoff": format_duration(cluster.retries.max_backoff),
-                        "grpc_status": [GRPC_STATUS_NAMES[code] for code in cluster.retries.grpc_status]},
-            "limits": {"max_connections": cluster.limits.max_connections,
-                       "max_pending": cluster.limits.max_pending,
-                       "max_requests": cluster.limits.max_requests,
-                       "max_retries": cluster.limits.max_retries},
-            **({"hash_key": cluster.hash_key} if cluster.hash_key is not None else {}),
-            "adaptive_concurrency": (False if cluster.adaptive_concurrency is None else
-                                     dataclasses.asdict(cluster.adaptive_concurrency)),
-            "slow_start": format_duration(cluster.slow_start),
-            **({"discovery": _discovery_dict(cluster.discovery)} if cluster.discovery is not None else {}),
-            **({"tls": _tls_dict(cluster.tls)} if cluster.tls is not None else {}),
-            **({"proxy_protocol": cluster.proxy_protocol} if cluster.proxy_protocol is not None else {}),
-        } for name, cluster in cfg.clusters.items()},
+        "clusters": {name: _cluster_dict(cluster) for name, cluster in cfg.clusters.items()},
     }
-    for name, cluster in cfg.clusters.items():
-        out["clusters"][name].update(_health_dict(cluster))
     if cfg.demo is not None:
         out["demo"] = {"backends": [endpoint_text(e) for e in cfg.demo.backends]}
     if cfg.event_sinks:
@@ -1623,6 +1648,49 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                                      "headers": dict(ex.headers), "timeout": format_duration(ex.timeout),
                                      "batch": ex.batch, "interval": format_duration(ex.interval),
                                      "max_pending": ex.max_pending}}
+    if cfg.cluster_templates:
+        out["cluster_templates"] = {p: {**{k: v for k, v in _cluster_dict(t.cluster).items() if k != "endpoints"},
+                                        "max_clusters": t.max_clusters,
+                                        "idle_timeout": format_duration(t.idle_timeout)}
+                                    for p, t in cfg.cluster_templates.items()}
+    return out
+
+
+def _cluster_dict(cluster: Cluster) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "endpoints": [_endpoint_dict(e) for e in cluster.endpoints],
+        "balancer": cluster.balancer,
+        "protocol": cluster.protocol,
+        "connect_timeout": format_duration(cluster.connect_timeout),
+        "connect_attempts": cluster.connect_attempts,
+        "response_timeout": format_duration(cluster.response_timeout),
+        "pool_max_idle": cluster.pool_max_idle,
+        "pool_idle_timeout": format_duration(cluster.pool_idle_timeout),
+        "h2_keepalive_interval": format_duration(cluster.h2_keepalive_interval),
+        "h2_keepalive_timeout": format_duration(cluster.h2_keepalive_timeout),
+        "timeout": format_duration(cluster.timeout),
+        "per_try_timeout": format_duration(cluster.per_try_timeout),
+        "retries": {"attempts": cluster.retries.attempts, "on": list(cluster.retries.on),
+                    "budget_percent": cluster.retries.budget_percent,
+                    "min_per_second": cluster.retries.min_per_second,
+                    "backoff": format_duration(cluster.retries.backoff),
+                    "max_backoff": format_duration(cluster.retries.max_backoff),
+                    "grpc_status": [GRPC_STATUS_NAMES[code] for code in cluster.retries.grpc_status]},
+        "limits": {"max_connections": cluster.limits.max_connections,
+                   "max_pending": cluster.limits.max_pending,
+                   "max_requests": cluster.limits.max_requests,
+                   "max_retries": cluster.limits.max_retries},
+        **({"hash_key": cluster.hash_key} if cluster.hash_key is not None else {}),
+        "adaptive_concurrency": (False if cluster.adaptive_concurrency is None else
+                                 dataclasses.asdict(cluster.adaptive_concurrency)),
+        "slow_start": format_duration(cluster.slow_start),
+        **({"discovery": _discovery_dict(cluster.discovery)} if cluster.discovery is not None else {}),
+        **({"tls": _tls_dict(cluster.tls)} if cluster.tls is not None else {}),
+        **({"proxy_protocol": cluster.proxy_protocol} if cluster.proxy_protocol is not None else {}),
+    }
+    out.update(_health_dict(cluster))
+    if cluster.template is not None:
+        out["template"] = cluster.template
     return out
 
 
@@ -1713,6 +1781,8 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
     out: dict[str, Any] = {"name": lst.name, "listen": format_address(lst.host, lst.port), "protocol": lst.protocol}
     if lst.cluster is not None:
         out["cluster"] = lst.cluster
+    if lst.service is not None:
+        out["service"] = lst.service
     out.update(idle_timeout=format_duration(lst.idle_timeout), backlog=lst.backlog,
                max_connections=lst.max_connections, splice=lst.splice)
     if lst.tls is not None:
@@ -1733,6 +1803,7 @@ def _listener_dict(lst: Listener) -> dict[str, Any]:
         max_headers=lst.max_headers,
         forwarded_headers=lst.forwarded_headers,
         request_id_header=lst.request_id_header,
+        identity_header=lst.identity_header,
         trust_headers=lst.trust_headers,
         trust_naming=lst.trust_naming,
         tracing=dataclasses.asdict(lst.tracing),
@@ -1777,7 +1848,7 @@ def _route_dict(route: Route) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "service",
                  "rewrite_prefix",
-                 "add_request_headers", "remove_request_headers", "add_response_headers"):
+                 "add_request_headers", "remove_request_headers", "add_response_headers", "allow_identities"):
         value = getattr(route, name)
         if value is not None and value != [] and value != {}:
             out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value

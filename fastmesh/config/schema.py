@@ -280,6 +280,18 @@ class Cluster:
     discovery: Discovery | None = None  # None: the endpoints are the ones listed
     tls: ClusterTls | None = None      # None: cleartext upstream connections
     proxy_protocol: str | None = None  # "v1" | "v2": the PROXY header sent first on every upstream connection
+    template: str | None = None        # the [cluster_templates] pattern that made it (None: from the config file)
+
+
+@dataclass
+class ClusterTemplate:
+    """Clusters made on demand (discovery/templates.py): a name the naming table reaches that no [clusters] table
+    defines, or one found at the template's source, becomes a cluster with these settings and `{name}` in its
+    discovery replaced by the name."""
+    pattern: str                       # the names it makes, `*` matching any run of name characters ("users-*")
+    cluster: Cluster                   # the settings (its name is the pattern; `{name}` left in its discovery)
+    max_clusters: int = 100            # clusters made from it at once; names past it are refused (logged, counted)
+    idle_timeout: float = 600.0        # seconds a made cluster nothing names and its source lists no more is kept
 
 
 @dataclass
@@ -331,6 +343,9 @@ class Route:
     add_response_headers: dict[str, str] = field(default_factory=dict)
     filters: list[FilterSpec] = field(default_factory=list)    # after the listener's filters, in order
     rate_limit: RateLimit | None = None                        # none: not limited (costs nothing)
+    # Client identities (verified certificate URI SANs) this route serves: "spiffe://td/ns/x/sa/y" exactly, or
+    # "spiffe://td/ns/x/*" for a prefix. Empty: anyone. Others get 403 `fastmesh-error: forbidden`.
+    allow_identities: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -384,6 +399,10 @@ class Listener:
     request_id_header: str = "x-request-id"   # kept if present, generated otherwise; "" disables
     trust_headers: bool = True         # honour a client's fastmesh-timeout-ms deadline (false: strip it)
     trust_naming: bool = False         # honour a client's fastmesh-naming override and pass it on (false: strip it)
+    # The client certificate's verified URI SAN (a SPIFFE ID) goes upstream in this field; a copy the client sent
+    # is always removed. "" turns both off.
+    identity_header: str = "fastmesh-client-identity"
+    service: str | None = None         # instead of `cluster`: the logical name requests no route matches go to
     access_log: AccessLog | None = None       # None: no access log
     tracing: ListenerTracing = field(default_factory=ListenerTracing)   # W3C trace context
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)
@@ -449,6 +468,7 @@ class Config:
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
     naming: Naming = field(default_factory=Naming)
+    cluster_templates: dict[str, ClusterTemplate] = field(default_factory=dict)   # pattern -> template
     event_sinks: list[SinkSpec] = field(default_factory=list)   # the supervisor's events to plugins, in batches
     tracing: Tracing = field(default_factory=Tracing)           # span export
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fastmesh._core.balance.factory import HASHING, make_balancer
 from fastmesh._core.balance.hashing import hash_key
@@ -21,6 +22,10 @@ from fastmesh.config.load import IPV4_RE
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Endpoint
 from fastmesh.dataplane.slots import slot_list
+from fastmesh.dataplane.tls import build_client_tls
+
+if TYPE_CHECKING:
+    from fastmesh._core.tls.context import TlsClient
 
 Pool = HttpPool | H2Pool        # a cluster's upstream pool, by its protocol
 
@@ -110,6 +115,13 @@ def build_policy(cfg: ClusterConfig, cell: LimitCell | None = None) -> ClusterPo
                          max_connections=lim.max_connections, max_pending=lim.max_pending,
                          max_requests=lim.max_requests, max_retries=lim.max_retries, adaptive=adaptive,
                          cell=cell, grpc_status=tuple(r.grpc_status))
+
+
+def cluster_tls(cfg: ClusterConfig, source: str) -> TlsClient | None:
+    """The TLS an HTTP pool originates to the cluster's endpoints (its tls table), or None for cleartext."""
+    if cfg.tls is None:
+        return None
+    return build_client_tls(cfg.tls, source, f"clusters.{cfg.name}.tls", cfg.protocol)
 
 
 def build_pool(cfg: ClusterConfig, reactor: Reactor, cluster: Cluster, cell: LimitCell | None = None) -> Pool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.http1.proxy import HttpProxy
@@ -23,6 +24,9 @@ from fastmesh.dataplane.routes import build_router
 from fastmesh.dataplane.sockets import bind_socket
 from fastmesh.dataplane.tls import build_client_tls, build_server_tls
 from fastmesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fastmesh._core.tls.context import TlsServer
 
 
 def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
@@ -56,13 +60,21 @@ def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:
                     max_out_bytes=h2.max_queued_bytes)
 
 
+def http_tls(cfg: ListenerConfig, source: str, index: int) -> TlsServer | None:
+    """An http listener's TLS (read again on every reload: changed certificate files take effect), or None."""
+    if cfg.tls is None:
+        return None
+    return build_server_tls(cfg.tls, cfg.protocol, source, f"listeners[{index}].tls", h2=cfg.http2.enabled)
+
+
 def build_http_acceptor(cfg: ListenerConfig, reactor: Reactor, pools: Sequence[Connector],
-                        cluster_names: list[str], names: Names | None = None, rates: RateBlock | None = None
-                        ) -> HttpProxy:
+                        cluster_names: list[str], names: Names | None = None, rates: RateBlock | None = None,
+                        source: str = "", index: int = 0) -> HttpProxy:
     """An http listener's request handling: its router (resolving services with `names`) over the shared
-    per-cluster pools and its filter chains; HTTP/2 connections (prior knowledge) are handed from it to its
-    H2Front."""
+    per-cluster pools and its filter chains; HTTP/2 connections (prior knowledge, or ALPN h2 over TLS) are handed
+    from it to its H2Front."""
     http = HttpProxy(reactor, cfg.name, build_router(cfg, cluster_names, names, rates), pools,
+                     tls=http_tls(cfg, source, index), identity_header=cfg.identity_header,
                      header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, max_request_line=cfg.max_request_line,
                      max_header_bytes=cfg.max_header_bytes, max_headers=cfg.max_headers,
@@ -104,7 +116,8 @@ def filter_entries(http: HttpProxy) -> list[FilterEntry]:
 
 
 def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Connector], cluster_names: list[str],
-                     names: Names | None = None, rates: RateBlock | None = None) -> None:
+                     names: Names | None = None, rates: RateBlock | None = None, source: str = "",
+                     index: int = 0) -> None:
     """A reload of an http listener in place: new routes, naming, pools, filters and options; its open connections
     stay. The old access log's file and sinks are closed (what its sinks still held is written first)."""
     old_log = http.access_log
@@ -112,7 +125,8 @@ def reconfigure_http(http: HttpProxy, cfg: ListenerConfig, pools: Sequence[Conne
     http.reconfigure(build_router(cfg, cluster_names, names, rates), pools, header_timeout=cfg.header_timeout,
                      idle_timeout=cfg.idle_timeout, forwarded_headers=cfg.forwarded_headers,
                      request_id_header=cfg.request_id_header, access_log=build_listener_log(cfg),
-                     trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout)
+                     trust_headers=cfg.trust_headers, body_timeout=cfg.body_timeout,
+                     tls=http_tls(cfg, source, index), identity_header=cfg.identity_header)
     if old_log is not None:
         old_log.close()
     set_tracing(http, cfg)

@@ -16,15 +16,17 @@ from fastmesh.config.schema import Config
 __all__ = ["OVERRIDE_HEADER", "build_names", "compile_table", "explain_service", "services_of"]
 
 MAX_OVERRIDE_BYTES = 4096      # a longer fastmesh-naming value is refused (the table is used)
+FAILED = -3                    # a traced node's result when it failed at a `!` (_core/naming.pxd's WALK_FAIL)
 
 
 def services_of(config: Config) -> list[str]:
-    """The services routes name, each once, in the order they first appear (a router's service index)."""
+    """The services routes (and http listeners, for what no route matches) name, each once, in the order they
+    first appear (a router's service index)."""
     out: dict[str, None] = {}
     for lst in config.listeners:
-        for route in lst.routes:
-            if route.service is not None:
-                out.setdefault(route.service, None)
+        for service in [*(route.service for route in lst.routes), lst.service]:
+            if service is not None:
+                out.setdefault(service, None)
     return list(out)
 
 
@@ -66,7 +68,7 @@ def explain_service(config: Config, service: str, alive: dict[str, bool], overri
     rules = lang.parse_table(config.naming.rules, "naming.rules")
     if override is not None:
         rules += lang.parse_table(override, lang.OVERRIDE_WHERE)
-    tree = lang.resolve(rules, lang.service_name(service), clusters)
+    tree = lang.resolve(rules, lang.service_name(service), clusters, config.cluster_templates)
     table = NameTable([lang.flatten(tree)], [service])
     live = [bool(alive.get(name)) for name in clusters]
     got, trace = table.trace(0, live)
@@ -75,12 +77,15 @@ def explain_service(config: Config, service: str, alive: dict[str, bool], overri
     _steps(tree, nodes, trace, clusters, alive, 0, steps)
     chosen = clusters[got] if got >= 0 else None
     any_live = any(r >= 0 for r in trace)
+    if trace and trace[0] == FAILED:
+        steps.append("the name failed at a '!': no fallback, no cluster (503 no endpoints)")
     shares = {clusters[c]: round(s, 3) for c, s in table.shares(0, live).items() if c >= 0}
     if chosen is not None and not any_live:
         steps.append(f"nothing resolves to a cluster with an endpoint up: the first cluster the name prefers, "
                      f"{chosen}, takes the request (its own fail-open and errors apply)")
     return {"service": service, "name": lang.service_name(service), "override": override, "steps": steps,
             "cluster": chosen, "shares": shares, "fallback": not any_live and chosen is not None,
+            "failed": bool(trace) and trace[0] == FAILED,
             "clusters": [clusters[i] for i in lang.clusters_named(tree)]}
 
 
@@ -88,7 +93,8 @@ def _steps(node: lang.Node, nodes: list[lang.Node], trace: list[int], clusters: 
            depth: int, out: list[str]) -> None:
     result = trace[_index(nodes, node)]
     pad = "  " * depth
-    said = ("not reached" if result == -2 else "nothing" if result < 0 else f"cluster {clusters[result]}")
+    said = ("not reached" if result == -2 else "failed (!)" if result == FAILED else "nothing" if result < 0
+            else f"cluster {clusters[result]}")
     if node.kind == "cluster":
         name = clusters[node.cluster]
         out.append(f"{pad}{node.label}: cluster {name} " + ("has an endpoint up" if alive.get(name) else
@@ -96,6 +102,9 @@ def _steps(node: lang.Node, nodes: list[lang.Node], trace: list[int], clusters: 
         return
     if node.kind == "neg":
         out.append(f"{pad}{node.label}: nothing")
+        return
+    if node.kind == "fail":
+        out.append(f"{pad}{node.label}")
         return
     if node.kind == "split":
         kids = [trace[_index(nodes, kid)] for kid in node.children]
@@ -105,6 +114,8 @@ def _steps(node: lang.Node, nodes: list[lang.Node], trace: list[int], clusters: 
         out.append(f"{pad}split {node.label}: live shares {', '.join(parts)} -> {said}")
     elif node.label.startswith("rule "):
         out.append(f"{pad}{node.label} -> {said}")
+    elif not node.label.startswith("/"):
+        out.append(f"{pad}either {node.label}: the first that resolves -> {said}")
     else:
         out.append(f"{pad}look up {node.label}: {len(node.children)} matching rule(s), the last first -> {said}")
     for kid in node.children:

@@ -1,4 +1,5 @@
-"""Compile an http listener's route config into the core Router; its default cluster becomes a last catch-all."""
+"""Compile an http listener's route config into the core Router; its default cluster (or service) becomes a last
+catch-all."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,8 @@ def route_spec(route: RouteConfig) -> dict[str, Any]:
 
 def build_router(listener: ListenerConfig, clusters: list[str], names: Names | None = None,
                  rates: RateBlock | None = None) -> Router:
-    """The listener's routes in order, then {cluster: default} when it has a default cluster.
+    """The listener's routes in order, then {cluster: default} when it has a default cluster ({service: ...} when
+    its default is a logical name).
 
     `clusters` fixes the cluster indexes: Router.cluster(route) is a position in this list. Routes sent to a
     service resolve it with `names` (dataplane/naming.py), whose table fixes the service indexes.
@@ -28,6 +30,8 @@ def build_router(listener: ListenerConfig, clusters: list[str], names: Names | N
     specs = [route_spec(route) for route in listener.routes]
     if listener.cluster is not None:
         specs.append({"cluster": listener.cluster})
+    elif listener.service is not None:
+        specs.append({"service": listener.service})
     table = names.current if names is not None else None
     services = table.services if table is not None else ()
     router = Router(specs, clusters, services, names, trust_naming=listener.trust_naming)

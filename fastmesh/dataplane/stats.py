@@ -39,12 +39,15 @@ from fastmesh._core.stats import (
     BLOCK_MAGIC, BLOCK_VERSION, CLUSTER_FIELDS, DURATION_BOUNDS, ENDPOINT_FIELDS, ENDPOINT_STATES, GRPC_STATUSES,
     HEADER, HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
+from fastmesh._core.naming import OUTCOMES, OVERRIDE_RESULTS
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Holes, slot_list
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
 
 if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
     from fastmesh._core.cluster import Cluster
+    from fastmesh._core.naming import Names
     from fastmesh._core.http1.proxy import HttpProxy
     from fastmesh._core.tcp.splice import TcpProxy
 
@@ -94,6 +97,25 @@ class RequestSlots:
 
 
 @dataclass(frozen=True)
+class NamingSlots:
+    """Resolutions by outcome per service a route names (OUTCOMES slots each), then the override results."""
+    services: tuple[str, ...]
+    offset: int
+
+    def service(self, i: int) -> int:
+        return self.offset + i * len(OUTCOMES)
+
+    @property
+    def overrides(self) -> int:
+        return self.offset + len(self.services) * len(OUTCOMES)
+
+    @property
+    def size(self) -> int:
+        """Nothing without a service route (overrides only apply to those)."""
+        return len(self.services) * len(OUTCOMES) + len(OVERRIDE_RESULTS) if self.services else 0
+
+
+@dataclass(frozen=True)
 class DurationSlots:
     """The request-duration histogram of one cluster (HISTOGRAM_SIZE slots)."""
     cluster: str
@@ -105,7 +127,7 @@ def _listener_clusters(lst: Any, clusters: list[str]) -> list[str]:
     when a route sends to a service (the naming table may send it to any, and the table changes live)."""
     routes = getattr(lst, "routes", ())
     names = [lst.cluster] + [route.cluster for route in routes]
-    if any(route.service is not None for route in routes):
+    if any(route.service is not None for route in routes) or getattr(lst, "service", None) is not None:
         names += clusters
     return [name for name in dict.fromkeys(names) if name is not None]
 
@@ -145,6 +167,8 @@ class StatsLayout:
             if req.cluster not in self.durations:
                 self.durations[req.cluster] = DurationSlots(req.cluster, offset)
                 offset += HISTOGRAM_SIZE
+        self.naming = NamingSlots(tuple(services_of(cfg)), offset)
+        offset += self.naming.size
         self.size = offset
         # Slots whose values go up and down: a dead worker's are dropped, not added to the retired totals.
         gauges = [ls.offset + LISTENER_FIELDS.index(f) for ls in self.listeners for f in _GAUGE_FIELDS]
@@ -168,7 +192,8 @@ class StatsLayout:
                  [(ls.name, ls.protocol, ls.offset) for ls in self.listeners],
                  [(cs.name, len(cs.endpoints), cs.offset) for cs in self.clusters.values()],
                  [(r.listener, r.cluster, r.offset) for r in self.requests],
-                 [(d.cluster, d.offset) for d in self.durations.values()]]
+                 [(d.cluster, d.offset) for d in self.durations.values()],
+                 (self.naming.services, self.naming.offset)]
         digest = hashlib.blake2b(repr(shape).encode(), digest_size=8)
         for cs in self.clusters.values():       # endpoint names joined, not repr'd: 10,000 of them per update
             digest.update("\n".join(cs.endpoints).encode())
@@ -222,6 +247,11 @@ class StatsLayout:
         for d in self.durations.values():
             for i in range(HISTOGRAM_SIZE):
                 names[("duration", d.cluster, i)] = d.offset + i
+        for j, service in enumerate(self.naming.services):
+            for i, outcome in enumerate(OUTCOMES):
+                names[("naming", service, outcome)] = self.naming.service(j) + i
+        for i, result in enumerate(OVERRIDE_RESULTS if self.naming.services else ()):
+            names[("override", result)] = self.naming.overrides + i
         return names
 
 
@@ -278,9 +308,12 @@ def reload_block(layout: StatsLayout, old: StatsLayout, current: StatsBlock, off
 
 
 def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Cluster], tcp: Mapping[str, TcpProxy],
-           http: Mapping[str, HttpProxy] | None = None) -> None:
+           http: Mapping[str, HttpProxy] | None = None, names: Names | None = None) -> None:
     """Point the core objects' counters into block: clusters (core Cluster by name), tcp (TcpProxy by listener),
-    http (HttpProxy by listener: its listener slots, and per cluster index its status classes and durations)."""
+    http (HttpProxy by listener: its listener slots, and per cluster index its status classes and durations),
+    names (the process's naming: resolutions per service and override results)."""
+    if names is not None and layout.naming.services:
+        names.attach_stats(block, layout.naming.offset, len(layout.naming.services))
     for name, cluster in clusters.items():
         cluster.attach_stats(block, layout.clusters[name].offset)
     index = {name: i for i, name in enumerate(layout.clusters)}   # an http router's cluster indexes
@@ -584,6 +617,14 @@ class Snapshot:
                 buckets.append((bound, running))
             out[d.cluster] = (buckets, self.totals[d.offset + HISTOGRAM_SUM] / 1e9, running)
         return out
+
+    def naming(self) -> dict[str, Any]:
+        """Resolutions per service by outcome (OUTCOMES) and fastmesh-naming overrides by result."""
+        n = self.layout.naming
+        return {"resolutions": {s: {o: self.totals[n.service(j) + i] for i, o in enumerate(OUTCOMES)}
+                                for j, s in enumerate(n.services)},
+                "overrides": {r: self.totals[n.overrides + i] for i, r in enumerate(OVERRIDE_RESULTS)}
+                if n.services else {}}
 
     def worker_info(self) -> dict[int, dict[str, float]]:
         """Per live worker: pid, start time (Unix seconds), event-loop lag (seconds), connection limit and

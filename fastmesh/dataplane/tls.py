@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastmesh.tls")
 
 SESSION_SLOTS = 256         # upstream endpoints per cluster whose last TLS session is kept for resumption
-DEFAULT_ALPN = {"http": ["http/1.1"], "tcp": []}
+DEFAULT_ALPN = {"http": ["h2", "http/1.1"], "tcp": []}    # an http listener without HTTP/2 offers http/1.1 only
+CLUSTER_ALPN = {"h2": ["h2"]}          # an h2 cluster's default: its endpoints must agree to speak h2
 TICKET_SECRET_BYTES = 32
 WATCH_POLL = 1.0            # seconds between stats of the watched files (inotify wakes the watch sooner)
 WATCH_SETTLE = 0.2          # seconds the files must be quiet before a change is read
@@ -44,13 +45,17 @@ def _refused(source: str, key: str, exc: Exception) -> ConfigError:
     return ConfigError(source, key, "a certificate, key and settings OpenSSL accepts", reason=str(exc))
 
 
-def build_server_tls(tls: ListenerTls, protocol: str, source: str, key: str) -> TlsServer:
-    """A listener's TlsServer; `key` is the config key of the tls table (for errors)."""
+def build_server_tls(tls: ListenerTls, protocol: str, source: str, key: str, h2: bool = True) -> TlsServer:
+    """A listener's TlsServer; `key` is the config key of the tls table (for errors); `h2`: the listener speaks
+    HTTP/2 (so ALPN may offer it by default)."""
     from fastmesh._core.tls.context import TlsError, TlsServer
     certs = [(c.cert, c.key, list(c.names) if c.names else None) for c in tls.all_certificates()]
+    alpn = DEFAULT_ALPN.get(protocol, []) if tls.alpn is None else tls.alpn
+    if not h2:
+        alpn = [p for p in alpn if p != "h2"]
     try:
         return TlsServer(certs, client_ca=tls.client_ca, require_client_cert=bool(tls.require_client_cert),
-                         alpn=DEFAULT_ALPN.get(protocol, []) if tls.alpn is None else tls.alpn,
+                         alpn=alpn,
                          min_version=tls.min_version, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
                          groups=tls.groups, tickets=tls.session_tickets, ticket_rotation=tls.ticket_rotation,
                          strict_sni=tls.strict_sni, handshake_timeout=tls.handshake_timeout,
@@ -59,11 +64,13 @@ def build_server_tls(tls: ListenerTls, protocol: str, source: str, key: str) -> 
         raise _refused(source, key, exc) from None
 
 
-def build_client_tls(tls: ClusterTls, source: str, key: str) -> TlsClient:
-    """A cluster's TlsClient; `key` is the config key of the tls table (for errors)."""
+def build_client_tls(tls: ClusterTls, source: str, key: str, protocol: str = "") -> TlsClient:
+    """A cluster's TlsClient; `key` is the config key of the tls table (for errors); `protocol`: what an HTTP
+    pool speaks over it (an h2 cluster offers ALPN h2 unless its alpn says otherwise)."""
     from fastmesh._core.tls.context import TlsClient, TlsError
     try:
-        return TlsClient(ca=tls.ca, server_name=tls.server_name, cert=tls.cert, key=tls.key, alpn=tls.alpn,
+        return TlsClient(ca=tls.ca, server_name=tls.server_name, cert=tls.cert, key=tls.key,
+                         alpn=tls.alpn or CLUSTER_ALPN.get(protocol, []),
                          min_version=tls.min_version, ciphers=tls.ciphers, ciphersuites=tls.ciphersuites,
                          groups=tls.groups, verify=tls.verify, endpoints=SESSION_SLOTS,
                          sessions=tls.session_reuse)

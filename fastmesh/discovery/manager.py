@@ -14,13 +14,18 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint, NamingSource
+from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Slots, holes_of, live, next_slots
 from fastmesh.discovery.base import Publish, Source
+from fastmesh.discovery.templates import EtcdNames, Made
 
 log = logging.getLogger("fastmesh.discovery")
+
+SWEEP_INTERVAL = 1.0        # seconds between looks for made clusters idle past their template's idle_timeout
 
 
 def make_source(cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -> Source:
@@ -40,8 +45,10 @@ def make_source(cluster: str, cfg: Discovery, base_dir: str, publish: Publish) -
 
 
 def watches(cfg: Config) -> bool:
-    """Whether cfg has anything for the supervisor to watch: a cluster's discovery or a naming table's source."""
-    return cfg.naming.source is not None or any(c.discovery is not None for c in cfg.clusters.values())
+    """Whether cfg has anything for the supervisor to watch: a cluster's discovery, a naming table's source or
+    cluster templates."""
+    return cfg.naming.source is not None or bool(cfg.cluster_templates) \
+        or any(c.discovery is not None for c in cfg.clusters.values())
 
 
 def base_dir(cfg: Config) -> str:
@@ -65,16 +72,96 @@ class DiscoveryManager:
         self.naming_task: asyncio.Task[None] | None = None
         self.table: list[str] | None = None             # the last good table it published (its rules)
         self.cfg: Config | None = None                  # the config the table must serve (its routes' services)
+        self.made = Made()                              # clusters made from [cluster_templates]
+        self.name_sources: dict[str, Source] = {}       # template pattern -> the source listing its names
+        self.name_specs: dict[str, Discovery] = {}
+        self.name_tasks: dict[str, asyncio.Task[None]] = {}
+        self.sweeper: asyncio.Task[None] | None = None  # removes idle made clusters
 
     @property
     def active(self) -> bool:
-        return bool(self.sources) or self.naming is not None
+        return bool(self.sources) or self.naming is not None or bool(self.name_sources) or bool(self.made.clusters)
 
     def configure(self, cfg: Config) -> None:
         """Start sources for new or changed discovery settings, stop the ones no longer configured."""
-        folder = base_dir(cfg)
         self.cfg = cfg
-        wanted = {name: c.discovery for name, c in cfg.clusters.items() if c.discovery is not None}
+        folder = base_dir(cfg)
+        if cfg.naming.source != self.naming_spec:
+            if self.naming_task is not None:
+                self.naming_task.cancel()
+            self.naming = self.naming_task = None
+            self.naming_spec, self.table = cfg.naming.source, None
+            if cfg.naming.source is not None:
+                from fastmesh.discovery.naming import make_naming_source
+                self.naming = make_naming_source(cfg.naming.source, folder, self._table_publisher)
+                self.naming_task = asyncio.get_running_loop().create_task(self._run(self.naming))
+        self.made.update(cfg, self._named(), time.monotonic())
+        self._sync_sources()
+        self._sync_templates()
+
+    def _named(self) -> list[str]:
+        """The names of clusters templates make that the table reaches from the services routes name."""
+        cfg = self.cfg
+        if cfg is None or not cfg.cluster_templates:
+            return []
+        from fastmesh.config import naming as lang
+        rules = lang.parse_table(self.table if self.table is not None else cfg.naming.rules, "table")
+        clusters = [n for n, c in cfg.clusters.items() if c.template is None]
+        out: list[str] = []
+        for service in services_of(cfg):
+            tree = lang.resolve(rules, lang.service_name(service), clusters, cfg.cluster_templates)
+            out.extend(n for n in lang.wanted(tree) if n not in out)
+        return out
+
+    def _remake(self) -> None:
+        """The table or a template's names changed, or time passed: make and remove clusters; a change goes to the
+        workers with the whole config (reload.py sees the clusters differ)."""
+        if self.cfg is not None and self.made.update(self.cfg, self._named(), time.monotonic()):
+            self._sync_sources()
+            self.changed.set()
+
+    def _sync_templates(self) -> None:
+        """One name source per etcd template; the idle sweep while any template exists."""
+        assert self.cfg is not None
+        templates = self.cfg.cluster_templates
+        for pattern in list(self.name_sources):
+            t = templates.get(pattern)
+            if t is None or t.cluster.discovery != self.name_specs[pattern]:
+                self.name_tasks.pop(pattern).cancel()
+                del self.name_sources[pattern], self.name_specs[pattern]
+                self.made.found.pop(pattern, None)
+        for pattern, t in templates.items():
+            if pattern not in self.name_sources and t.cluster.discovery is not None \
+                    and t.cluster.discovery.kind == "etcd":
+                source = EtcdNames(t, base_dir(self.cfg), self._names_publisher(pattern))
+                self.name_sources[pattern], self.name_specs[pattern] = source, t.cluster.discovery
+                self.name_tasks[pattern] = asyncio.get_running_loop().create_task(self._run(source))
+        if templates and self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        elif not templates and self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+
+    def _names_publisher(self, pattern: str) -> Publish:
+        def publish(names: list[str]) -> None:
+            if self.made.found.get(pattern) != names:
+                self.made.found[pattern] = list(names)
+                self._remake()
+        return publish
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            if self.made.unwanted_since:
+                self._remake()
+
+    def _sync_sources(self) -> None:
+        assert self.cfg is not None
+        folder = base_dir(self.cfg)
+        wanted = {name: c.discovery for name, c in self.cfg.clusters.items()
+                  if c.discovery is not None and c.template is None}
+        wanted.update((name, c.discovery) for name, c in self.made.clusters.items()
+                      if name not in wanted and c.discovery is not None)
         for name in list(self.sources):
             if wanted.get(name) != self.specs.get(name):
                 self.tasks.pop(name).cancel()
@@ -86,15 +173,6 @@ class DiscoveryManager:
                 source = make_source(name, spec, folder, self._publisher(name))
                 self.sources[name], self.specs[name] = source, spec
                 self.tasks[name] = asyncio.get_running_loop().create_task(self._run(source))
-        if cfg.naming.source != self.naming_spec:
-            if self.naming_task is not None:
-                self.naming_task.cancel()
-            self.naming = self.naming_task = None
-            self.naming_spec, self.table = cfg.naming.source, None
-            if cfg.naming.source is not None:
-                from fastmesh.discovery.naming import make_naming_source
-                self.naming = make_naming_source(cfg.naming.source, folder, self._table_publisher)
-                self.naming_task = asyncio.get_running_loop().create_task(self._run(self.naming))
 
     def _table_publisher(self, rules: list[str]) -> None:
         unresolved = self._unresolved(rules)
@@ -107,6 +185,7 @@ class DiscoveryManager:
             log.info("naming table: %d rule(s) from %s", len(rules), self.naming.kind if self.naming else "?")
             self.table = list(rules)
             self.changed.set()
+            self._remake()
 
     def _publisher(self, name: str) -> Publish:
         def publish(endpoints: list[Endpoint]) -> None:
@@ -143,15 +222,19 @@ class DiscoveryManager:
             return []
         from fastmesh.config import naming as lang
         parsed = lang.parse_table(rules, "table")
-        clusters = list(self.cfg.clusters)
-        services = {lang.service_name(r.service) for lst in self.cfg.listeners for r in lst.routes
-                    if r.service is not None}
-        return sorted(name for name in services if not lang.clusters_named(lang.resolve(parsed, name, clusters)))
+        clusters = [n for n, c in self.cfg.clusters.items() if c.template is None]
+        templates = self.cfg.cluster_templates
+        services = {lang.service_name(s) for s in services_of(self.cfg)}
+        return sorted(name for name in services
+                      if lang.names_nothing(lang.resolve(parsed, name, clusters, templates)))
 
     def fill(self, cfg: Config) -> Config:
         """cfg with each discovered cluster's endpoints set to what its source found (as listed until then)."""
         clusters: dict[str, Cluster] = {}
-        for name, cluster in cfg.clusters.items():
+        made = {name: c for name, c in self.made.clusters.items() if name not in cfg.clusters or
+                cfg.clusters[name].template is not None}
+        every = {**{n: c for n, c in cfg.clusters.items() if c.template is None}, **made}
+        for name, cluster in every.items():
             found = self.slots.get(name) if cluster.discovery is not None else None
             clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=live(found))
         naming = cfg.naming
@@ -172,6 +255,15 @@ class DiscoveryManager:
         """Per discovered cluster: its source's state (for /clusters and /metrics)."""
         return {name: source.state.as_dict() for name, source in self.sources.items()}
 
+    def template_status(self) -> dict[str, dict[str, Any]]:
+        """Per cluster template: what it made, the names its source lists (etcd), refused and removed counts."""
+        if self.cfg is None:
+            return {}
+        out = self.made.status(self.cfg)
+        for pattern, source in self.name_sources.items():
+            out[pattern]["source"] = source.state.as_dict()
+        return out
+
     def naming_status(self) -> dict[str, Any] | None:
         """The watched naming table's source state (for /naming and /metrics), None when it is not watched."""
         if self.naming is None:
@@ -179,10 +271,14 @@ class DiscoveryManager:
         return {**self.naming.state.as_dict(), "rules": len(self.table) if self.table is not None else None}
 
     async def close(self) -> None:
-        tasks = [*self.tasks.values(), *([self.naming_task] if self.naming_task is not None else [])]
+        tasks = [*self.tasks.values(), *self.name_tasks.values(),
+                 *(t for t in (self.naming_task, self.sweeper) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
         self.sources.clear()
+        self.name_tasks.clear()
+        self.name_sources.clear()
+        self.sweeper = None
         self.naming = self.naming_task = None

@@ -152,7 +152,8 @@ class Reloader:
             holes = sup.discovery.holes(effective)
             began = time.monotonic()
             # (Clusters compared by identity: the other settings decide; no comparison of 10,000 endpoints.)
-            if self.text is None or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg:
+            if self.text is None or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg \
+                    or effective.clusters.keys() != sup.cfg.clusters.keys():       # made from a template or removed
                 sup.discovery.dirty = set()
                 outcome = await self._distribute("discovery", effective_text(effective, holes), "json", effective,
                                                  [], began, holes)

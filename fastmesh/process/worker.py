@@ -1,4 +1,6 @@
-"""One worker process: run a Proxy with SO_REUSEPORT on uvloop until SIGTERM/SIGINT, then drain and exit 0.
+"""One worker process: run a Proxy with SO_REUSEPORT on its loop until SIGTERM/SIGINT, then drain and exit 0.
+
+The loop is process/loop.py's (FASTMESH_LOOP: the reactor's epoll set waited in directly by default, or uvloop).
 
 Reloads come from the supervisor over the control channel (process/link.py), with the config text it
 checked and the stats block for the new config's shape, never from re-reading the file here: every worker then
@@ -62,9 +64,14 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
         return EXIT_CONFIG
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the supervisor raised it already, unless this worker was started otherwise
-    import uvloop
+    from fastmesh.process.loop import loop_factory
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        factory = loop_factory()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(_serve(cfg, parent, stats_fd, control_fd, limits_fd, worker_id, holes, rates_fd))
     except Exception:                   # a bug: say so in the log's format, tagged with this worker's id
         log.exception("worker failed")

@@ -34,7 +34,8 @@ CLOSE_WAIT = 2.0               # seconds the zygote gets to exit once the superv
 # What a worker imports (the proxy imports the data path only when it starts), loaded once before the fork so the
 # zygote and through it every worker share the pages. A module left out still works: the worker imports it itself.
 PRELOAD = (
-    "uvloop", "fastmesh.proxy", "fastmesh.process.worker", "fastmesh.process.link", "fastmesh.process.memtrace",
+    "uvloop", "fastmesh.proxy", "fastmesh.process.worker", "fastmesh.process.loop", "fastmesh.process.link",
+    "fastmesh.process.memtrace",
     "fastmesh.config.load", "fastmesh.dataplane.listeners", "fastmesh.dataplane.clusters",
     "fastmesh.dataplane.routes", "fastmesh.dataplane.stats", "fastmesh.dataplane.limits",
     "fastmesh.dataplane.access_log", "fastmesh.health.active", "fastmesh.health.passive", "fastmesh.httpwire",

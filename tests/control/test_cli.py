@@ -172,6 +172,7 @@ source = { kind = "file", path = "naming.dtab" }
     (tmp_path / "naming.dtab").write_text("/svc/users => v1\n")
     bad = fastmesh("check", "fastmesh.toml", "--resolve", cwd=tmp_path)
     assert bad.returncode == 1
-    assert "failed: parse: naming.dtab: rule 0 ('/svc/users => v1'): destination: expected a path" in bad.stdout
+    assert "failed: parse: naming.dtab: rule 0 ('/svc/users => v1'): column 15: destination: expected a path" \
+        in bad.stdout
     offline = fastmesh("check", "fastmesh.toml", cwd=tmp_path)
     assert offline.returncode == 0 and "warning: naming table: parse: naming.dtab" in offline.stderr

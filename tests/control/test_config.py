@@ -40,8 +40,8 @@ R0 = "listeners[0].routes[0]"
 
 
 BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
-TOP_KEYS = ('["admin", "clusters", "demo", "drain_timeout", "event_sinks", "listeners", "max_connections", "naming", '
-            '"tracing", "workers"]')
+TOP_KEYS = ('["admin", "cluster_templates", "clusters", "demo", "drain_timeout", "event_sinks", "listeners", '
+            '"max_connections", "naming", "tracing", "workers"]')
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
 MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from the fd limit)'
 
@@ -98,7 +98,7 @@ BAD = [
     (LISTENER + 'body_timeout = "5s"\n' + CLUSTER, f"listeners[0].body_timeout: {HTTP_ONLY}"),
     (LISTENER + "max_hedaers = 10\n" + CLUSTER, 'listeners[0].max_hedaers: unknown key (did you mean "max_headers"?)'),
     # http listeners
-    (HTTP_NO_DEFAULT + CLUSTER, "listeners[0].cluster: missing key (expected the name of a cluster, or "
+    (HTTP_NO_DEFAULT + CLUSTER, "listeners[0].cluster: missing key (expected the name of a cluster, a service, or "
                                 "[[listeners.routes]]: an http listener needs one of them)"),
     (HTTP_NO_DEFAULT + "routes = []\n" + CLUSTER, "listeners[0].routes: expected at least one route, got []"),
     (HTTP + 'routes = "all"\n' + CLUSTER,

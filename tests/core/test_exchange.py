@@ -276,7 +276,8 @@ def test_edits_render_into_the_forwarded_head() -> None:
     ex, _ = codec.start(raw, peer="10.0.0.7")
     request_edits, response_edits = ex.edits()
     kinds = [kind for kind, _, _ in request_edits]
-    assert kinds == ["remove", "add", "add", "add", "add_absent", "deadline", "remove", "add"]
+    # XFP dropped, XFF, XFP, Via, the request id, the client's identity field dropped, the deadline, the route's
+    assert kinds == ["remove", "add", "add", "add", "add_absent", "remove", "deadline", "remove", "add"]
     assert response_edits == [("add", b"Via", b"1.1 fastmesh"), ("add", b"X-Via-Route", b"1")]
     out = forwarded_head(ex, raw, budget_ms=42).split(b"\r\n")
     assert out[0] == b"GET /api/x?q=1 HTTP/1.1"
@@ -292,6 +293,36 @@ def test_edits_render_into_the_forwarded_head() -> None:
     out = forwarded_head(ex, head(b"/api/x", b"X-Request-Id: mine"))
     assert out.count(b"equest-") == 1 and b"X-Forwarded-For" not in out and b"Via" not in out
     ex.finish()
+
+
+def test_client_identity_is_set_by_the_exchange_only_and_routes_may_require_one() -> None:
+    """A verified identity becomes fastmesh-client-identity (a client's own copy is removed either way), a TLS
+    listener forwards X-Forwarded-Proto: https, and a route with allow_identities refuses others with 403."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", b"fastmesh-client-identity: spiffe://evil/sa/x")
+    ex, err = codec.start(raw, identity="spiffe://td/ns/web/sa/a", https=True)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    assert err == 0
+    assert [line for line in out if line.lower().startswith(b"fastmesh-client-identity")] == \
+        [b"fastmesh-client-identity: spiffe://td/ns/web/sa/a"]
+    assert b"X-Forwarded-Proto: https" in out
+    ex.finish()
+    ex, err = codec.start(raw)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    assert not any(line.lower().startswith(b"fastmesh-client-identity") for line in out)
+    ex.finish()
+    router = Router([{"path_prefix": "/api/", "cluster": "web", "allow_identities": ["spiffe://td/ns/web/*"]},
+                     {"path_prefix": "/", "cluster": "web", "allow_identities": ["spiffe://td/ns/db/sa/x"]}], ["web"])
+    assert router.allows(0, "spiffe://td/ns/web/sa/a") and not router.allows(0, "spiffe://td/ns/webx/sa/a")
+    assert router.allows(1, "spiffe://td/ns/db/sa/x") and not router.allows(1, "spiffe://td/ns/db/sa/y")
+    assert not router.allows(0, None)
+    for identity, expected in (("spiffe://td/ns/web/sa/a", 0), ("spiffe://td/ns/db/sa/x", ERR["forbidden"]),
+                               (None, ERR["forbidden"])):
+        ex = Exchange()
+        assert ex.start(router, [codec.pool], head(b"/api/x"), 0.0, identity=identity) == expected
+        ex.finish()
+    assert errors.describe(ERR["forbidden"]) == {"name": "forbidden", "status": 403, "reason": "Forbidden",
+                                                 "cause": "forbidden", "rst_code": 0x7, "grpc_status": 7}
 
 
 # ---- errors as values ----------------------------------------------------------------------------------------------

@@ -179,8 +179,8 @@ def test_a_table_rewritten_in_a_watched_file_reroutes_every_worker_without_a_rel
             assert late == {"b-1"}, late
             view = await admin_json(admin, "/naming")
             assert view["rules"] == ["/svc => /cluster", "/svc/users => /cluster/v2 | /cluster/legacy"]
-            assert "naming.dtab: rule 0 ('/svc/users => cluster/v1'): destination: expected a path starting " \
-                   "with '/'" in view["source"]["last_error"]
+            assert "naming.dtab: rule 0 ('/svc/users => cluster/v1'): column 15: destination: expected a path " \
+                   "starting with '/'" in view["source"]["last_error"]
             assert "config reloaded (" not in run.log()
             print(f"naming: file rewritten -> every answer from the new cluster after {took * 1000:.0f} ms; "
                   f"{tally.sent} requests, 0 failed")
@@ -275,6 +275,64 @@ def test_two_instances_watching_one_etcd_key_converge_within_a_second(tmp_path: 
         finally:
             for run in runs:
                 await run.stop()
+            etcd.stop()
+            for x in b:
+                await x.stop()
+    asyncio.run(main())
+
+
+async def wait_status(port: int, status: int, error: str) -> None:
+    """Poll until 20 answers in a row are `status` with `fastmesh-error: error`."""
+    deadline = time.monotonic() + WAIT
+    client = Client("127.0.0.1", port)
+    try:
+        streak = 0
+        while streak < 20:
+            assert time.monotonic() < deadline, f"never {status} {error}"
+            got = await client.get("/")
+            streak = streak + 1 if (got.status, got.header("fastmesh-error")) == (status, error) else 0
+            await asyncio.sleep(0.002)
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(missing("etcd") is not None, reason=str(missing("etcd")))
+def test_tilde_bang_and_parentheses_in_a_table_changed_live_in_etcd(tmp_path: Path) -> None:
+    """`~` falls through to the next branch and the earlier rules, `!` stops there (503 no endpoints although an
+    earlier rule names a live cluster), parentheses group a fallback inside a split: each table written to etcd
+    while clients keep their connections, every answer as the table says."""
+    async def main() -> None:
+        b = await start_http_backends(3, "b")
+        etcd = Etcd(tmp_path)
+        etcd.start()
+        etcd.put("/naming/users", "/svc/users => /cluster/legacy")
+        web, admin = free_ports(2)
+        run = AsyncRun(tmp_path, config(web, admin, b, f'source = {{ kind = "etcd", endpoints = '
+                                                       f'["{etcd.address}"], key = "/naming/users" }}'))
+        try:
+            await run.start(r"ready: 2 worker\(s\) serving")
+            await wait_answers_from(web, "b-2")
+            etcd.put("/naming/users", "/svc/users => /cluster/legacy\n/svc/users => ~ | /cluster/v1")
+            await wait_answers_from(web, "b-0")                   # ~ fell through to the next branch
+            etcd.put("/naming/users", "/svc/users => /cluster/legacy; /svc/users => ~")
+            await wait_answers_from(web, "b-2")                   # ...and to the earlier rule
+            etcd.put("/naming/users", "/svc/users => /cluster/legacy; /svc/users => /cluster/gone | !")
+            await wait_status(web, 503, "no endpoints")           # ! stopped before the earlier rule
+            view = await admin_json(admin, "/naming")
+            assert view["rules"] == ["/svc/users => /cluster/legacy", "/svc/users => /cluster/gone | !"], view
+            etcd.put("/naming/users", "/svc/users => 0.5 * (/cluster/gone | /cluster/v2) & 0.5 * /cluster/v1 | !")
+            deadline = time.monotonic() + WAIT
+            while True:
+                tally = await count_backends(web, 400)
+                if (set(tally.by_backend) == {"b-0", "b-1"} and not tally.failed) or time.monotonic() > deadline:
+                    break                                 # (the first load may meet the `!` table still)
+            assert tally.failed == 0, tally.failures
+            assert set(tally.by_backend) == {"b-0", "b-1"}, tally.by_backend
+            share = tally.by_backend["b-1"] / 400
+            assert 0.35 < share < 0.65, tally.by_backend          # gone's half went to v2 inside the parentheses
+            assert "config reloaded (" not in run.log()
+        finally:
+            await run.stop()
             etcd.stop()
             for x in b:
                 await x.stop()

@@ -503,11 +503,6 @@ def test_config_errors_name_the_file_and_key(pki: Pki, tmp_path: Path) -> None:
 def test_tls_where_it_cannot_work_is_a_config_error(pki: Pki) -> None:
     from fastmesh.config.load import loads_config
     from fastmesh.errors import ConfigError
-    server = pki.issue("web.test")
-    text = config(free_port(), ["127.0.0.1:9"], {"cert": server.cert, "key": server.key}, protocol="http")
-    with pytest.raises(ConfigError) as info:
-        loads_config(text)
-    assert "listeners[0].tls: TLS is terminated on tcp listeners only" in str(info.value)
     text = config(free_port(), ["127.0.0.1:9"], cluster_tls={"ca": pki.ca_file}, sni_routes={"a.test": "backend"})
     with pytest.raises(ConfigError) as info:
         run(Proxy(loads_config(text)).start())

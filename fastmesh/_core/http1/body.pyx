@@ -7,8 +7,11 @@ reading stops while framed bytes wait, so a connection holds at most one receive
 unfinished chunk-size line is never passed on (BodyFrame.held), and trailer fields the parser knows by name
 are removed in place (framing.trailers_strip), so no malformed or smuggling tail leaves.
 """
-from fastmesh._core.buffer cimport RecvBuf, OutBuf, rb_read, rb_release_if_empty, ob_add, ob_flush, ob_pending
-from fastmesh._core.includes.system cimport send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT
+from fastmesh._core.buffer cimport (
+    RecvBuf, OutBuf, rb_read, rb_release_if_empty, ob_add, ob_flush, ob_pending, io_send,
+)
+from fastmesh._core.includes.system cimport errno, EAGAIN
+from fastmesh._core.tls.context cimport Tls
 from fastmesh._core.reactor cimport BufferPool
 from fastmesh._core.stats cimport bump_field
 from fastmesh._core.http1.parser cimport Head, Limits
@@ -78,17 +81,17 @@ cdef Py_ssize_t frame_take(BodyFrame *f, char *p, Py_ssize_t n) noexcept:
     return n   # BODY_UNTIL_CLOSE: everything until the upstream closes
 
 
-cdef bint body_in_socket(int fd, RecvBuf *b, BodyFrame *f, Py_ssize_t ready) noexcept:
+cdef bint body_in_socket(int fd, Tls *tls, RecvBuf *b, BodyFrame *f, Py_ssize_t ready) noexcept:
     cdef int queued = 0
-    if f.kind != BODY_LENGTH:
+    if f.kind != BODY_LENGTH or tls != NULL:
         return True
     if ioctl(fd, FIONREAD, &queued) < 0:
         return False
     return queued + (b.end - b.start) >= f.remaining + ready
 
 
-cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int dfd, bint *d_writable,
-                   OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, BufferPool pool, bint request,
+cdef int pump_body(RecvBuf *src, int sfd, Tls *stls, bint *s_readable, bint s_hangup, int dfd, Tls *dtls,
+                   bint *d_writable, OutBuf *dpend, BodyFrame *f, Py_ssize_t *ready, BufferPool pool, bint request,
                    unsigned long long *moved, unsigned long long *received, bint *fresh) noexcept:
     cdef Py_ssize_t n, avail, room, off, dlen
     cdef int r
@@ -112,7 +115,7 @@ cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int d
                 moved[0] += ready[0]
                 ready[0] = 0
             avail = ob_pending(dpend)
-            r = ob_flush(dpend, dfd)
+            r = ob_flush(dpend, dfd, dtls)
             if fresh != NULL and (r != 0 or ob_pending(dpend) != avail):
                 fresh[0] = False
             if r < 0:
@@ -123,7 +126,7 @@ cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int d
         if ready[0] > 0:
             if not d_writable[0]:
                 return 0
-            n = send(dfd, src.data + src.start, ready[0], MSG_NOSIGNAL | MSG_DONTWAIT)
+            n = io_send(dfd, dtls, src.data + src.start, ready[0])
             if n > 0:
                 src.start += n
                 ready[0] -= n
@@ -170,7 +173,7 @@ cdef int pump_body(RecvBuf *src, int sfd, bint *s_readable, bint s_hangup, int d
                 rb_release_if_empty(src, pool)
             return 0
         room = pool.size - src.end if src.data != NULL else pool.size
-        n = rb_read(src, sfd, pool)
+        n = rb_read(src, sfd, pool, stls)
         if n > 0:
             if received != NULL:
                 bump_field(received, <unsigned long long>n)

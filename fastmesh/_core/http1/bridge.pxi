@@ -184,7 +184,7 @@ cdef class Bridge(LegOwner):
             if not d.readable:
                 break
             room = proxy.buffers.size - d.rbuf.end if d.rbuf.data != NULL else proxy.buffers.size
-            n = rb_read(&d.rbuf, d.fd, proxy.buffers)
+            n = rb_read(&d.rbuf, d.fd, proxy.buffers, d.tls)
             if n > 0:
                 bump_field(&proxy.bytes_in, <unsigned long long>n)
                 if n < room and not d.hangup:
@@ -381,7 +381,7 @@ cdef class Bridge(LegOwner):
             self.leg.request_ready()
             if d.state != DS_BRIDGED:
                 return 1 if d.state != DS_CLOSED else -1
-        r = ob_send(&d.out, d.fd, &d.writable)
+        r = ob_send(&d.out, d.fd, &d.writable, d.tls)
         if r < 0:
             self.stop()
             d.close()

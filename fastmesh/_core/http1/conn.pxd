@@ -12,6 +12,7 @@ from fastmesh._core.router cimport Router
 from fastmesh._core.filters cimport FilterRequest
 from fastmesh._core.request cimport RequestView
 from fastmesh._core.upstream.leg cimport Leg, LegOwner, LegRequest
+from fastmesh._core.tls.context cimport Tls, TlsServer
 
 
 cdef enum DownstreamState:
@@ -23,6 +24,7 @@ cdef enum DownstreamState:
     DS_CLOSED = 6
     DS_FILTER = 7              # an async filter plugin holds the request (filters.pyx); the head stays in rbuf
     DS_BRIDGED = 8             # a request is being proxied over a leg (an HTTP/2 cluster): Downstream.bridge runs it
+    DS_HANDSHAKE = 9           # a TLS listener's connection before its handshake is done (handshake_timeout runs)
 
 
 # Events a downstream connection is registered for, once, edge-triggered.
@@ -33,8 +35,11 @@ cdef inline uint32_t downstream_events() noexcept:
 cdef class Handoff(Sweeper):
     # Another protocol an http listener's connections may turn out to speak: HTTP/2 with prior knowledge, seen from
     # its connection preface (http2/conn.pyx). Swept, drained and closed with the listener.
-    # Take over client socket fd with the bytes already read (rbuf's buffer changes hands) and the peer's address.
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept
+    # Take over client socket fd with the bytes already read (rbuf's buffer changes hands), the peer's address (and
+    # with its port, client), and the connection's TLS (NULL: cleartext; the pointer changes hands too) with the
+    # client's verified identity.
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client, Tls *tls,
+                    bytes identity) noexcept
     cdef void drain(self) noexcept             # no new streams: graceful GOAWAY, connections close once idle
     cdef void close_all(self) noexcept         # close every connection now
 
@@ -90,6 +95,7 @@ cdef class Front(Acceptor):
     cdef readonly double body_timeout      # a request body must have arrived within this after its head (0: no limit)
     cdef ForwardRules rules                # forwarding fields, request id, trust in fastmesh-timeout-ms
     cdef bytes rid_name                    # request id header name (lowercase), b"" when disabled (rules points in)
+    cdef bytes identity_name               # client identity header name (lowercase), b"" when disabled (likewise)
     cdef readonly object access_log        # callable(fields tuple) per request, or None (off: costs nothing)
     cdef bint draining                     # shutting down: finish exchanges, keep no connection alive
     cdef Downstream head                   # open downstream connections (intrusive list)
@@ -106,9 +112,10 @@ cdef class Front(Acceptor):
     cdef public Handoff h2                 # HTTP/2 (prior knowledge) on this listener, None: HTTP/1 only
     cdef public list chains                # per route index of `router`: its filter chain or None; None: no filters
     cdef public double filter_wait         # seconds a connection may wait on its async filters before it is closed
+    cdef public TlsServer tls              # terminate TLS (certificates, ALPN, client verification); None: cleartext
 
     cdef void unlink(self, Downstream d) noexcept
-    cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers) except *
+    cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers, str identity_header) except *
     cdef object tunnel_for(self, HttpPool pool)
     cdef void count_request(self, int status) noexcept
     cdef void count_answer(self, int cluster, int status, double seconds) noexcept
@@ -164,8 +171,12 @@ cdef class Downstream(UpstreamUser):
     cdef FilterRequest freq                # the request as its filters saw it (their edits live there), or None
     cdef Py_ssize_t filter_head            # DS_FILTER: the length of the request head waiting at rbuf.start
     cdef Bridge bridge                     # carries requests to clusters spoken to over a leg (h2); None before one
+    cdef Tls *tls                          # the client side's TLS; NULL: cleartext (the I/O calls test only this)
+    cdef bytes identity                    # the client certificate's verified URI SAN (SPIFFE ID), None: none
 
     cdef void run(self) noexcept
+    cdef int handshake(self) noexcept
+    cdef void handshake_expired(self) noexcept
     cdef int read_request(self) noexcept
     cdef int begin_exchange(self, Py_ssize_t head_len) noexcept
     cdef int forward_request(self, Py_ssize_t head_len) noexcept

@@ -5,6 +5,7 @@ from typing import Any, final
 
 from fastmesh._core.http1.pool import UpstreamUser
 from fastmesh._core.reactor import Acceptor, Sweeper
+from fastmesh._core.tls.context import TlsServer
 
 AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str, str]], Any]
 
@@ -12,6 +13,7 @@ class Handoff(Sweeper): ...
 
 class Front(Acceptor):
     h2: Handoff | None
+    tls: TlsServer | None
     @property
     def name(self) -> str: ...
     @property

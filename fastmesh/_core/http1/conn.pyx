@@ -31,14 +31,17 @@ from libc.string cimport memcmp, memmove
 
 from fastmesh._core.buffer cimport (
     RecvBuf, rb_read, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_send, ob_pending,
-    ob_free,
+    ob_free, io_send,
 )
 from fastmesh._core.includes.system cimport (
-    close, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
+    close, errno, EAGAIN, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP,
 )
 from fastmesh._core.reactor cimport Acceptor, Sweeper
 from fastmesh._core.stats cimport (
-    L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, count_status, observe_ns, bump, bump_field,
+    L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, L_TLS_HANDSHAKES, L_TLS_RESUMED, count_status, observe_ns, bump, bump_field,
+)
+from fastmesh._core.tls.context cimport (
+    Tls, TlsServer, tls_handshake, tls_resumed, tls_alpn, tls_peer_uri, tls_release, TF_TIMEOUT,
 )
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
@@ -91,7 +94,9 @@ include "bridge.pxi"
 cdef class Handoff(Sweeper):
     """The base of a second protocol on http listeners (http2/conn.pyx's H2Front); this one takes nothing."""
 
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept:
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client, Tls *tls,
+                    bytes identity) noexcept:
+        tls_release(&tls)
         close(fd)
 
     cdef void drain(self) noexcept:
@@ -145,11 +150,14 @@ cdef class Front(Acceptor):
         self.active -= 1
         self.counters[L_ACTIVE] -= 1
 
-    cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers) except *:
+    cdef void set_rules(self, bint forwarded, str request_id_header, bint trust_headers, str identity_header) except *:
         self.rid_name = request_id_header.lower().encode("ascii")
+        self.identity_name = identity_header.lower().encode("ascii")
         self.rules.forwarded = forwarded
         self.rules.trust_headers = trust_headers
         self.rules.request_id = span_of(self.rid_name, len(self.rid_name))
+        self.rules.identity = span_of(self.identity_name, len(self.identity_name))
+        self.rules.https = self.tls is not None
         RULES_VERSION[0] += 1
         self.rules.version = RULES_VERSION[0]      # exchanges list their own edits again for these rules
 
@@ -188,12 +196,18 @@ cdef class Downstream(UpstreamUser):
             if events & EPOLLRDHUP:
                 self.hangup = True
                 if self.state == DS_EXCHANGE and not self.req_done and not body_in_socket(
-                        self.fd, &self.rbuf, &self.req_body, self.req_ready):
+                        self.fd, self.tls, &self.rbuf, &self.req_body, self.req_ready):
                     # The client stopped sending before its request body was complete: it gave up.
                     self.close()
                     return
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
+        if self.tls != NULL:
+            # OpenSSL may wait on the other direction than the call it blocked (tls/context.pyx).
+            if events & EPOLLOUT and self.tls.read_wants_out:
+                self.readable = True
+            if events & EPOLLIN and self.tls.write_wants_in:
+                self.writable = True
         self.run()
 
     cdef void upstream_ready(self, Upstream up) noexcept:
@@ -239,7 +253,7 @@ cdef class Downstream(UpstreamUser):
             elif self.state == DS_CLOSING or self.state == DS_UPGRADING:
                 if not self.writable and ob_pending(&self.out):
                     return
-                r = ob_flush(&self.out, self.fd)
+                r = ob_flush(&self.out, self.fd, self.tls)
                 if r == 0:
                     self.writable = False
                     return
@@ -248,6 +262,9 @@ cdef class Downstream(UpstreamUser):
                 else:
                     self.close()
                 return
+            elif self.state == DS_HANDSHAKE:
+                if self.handshake() <= 0:
+                    return
             else:
                 return
         # Fairness: a connection with more work (pipelined requests) continues on the next loop turn.
@@ -255,6 +272,46 @@ cdef class Downstream(UpstreamUser):
 
     cdef void on_again(self) noexcept:
         self.run()
+
+    cdef int handshake(self) noexcept:
+        """A TLS listener's connection: advance the handshake. Once done, the client's verified identity is kept and
+        ALPN's choice decides the codec (h2: the listener's HTTP/2 side takes the connection). 1 when the
+        connection reads requests now, 0 to wait, -1 when it closed or changed hands."""
+        cdef Front proxy = self.proxy
+        cdef TlsServer srv = <TlsServer>self.tls.owner   # a reload may have given the listener another since
+        cdef const unsigned char *proto
+        cdef char uri[512]
+        cdef Py_ssize_t n
+        cdef int r = tls_handshake(self.tls)
+        if r == 0:
+            return 0
+        if r < 0:
+            srv.failed(self.tls, proxy.counters, proxy.name, self.fd, proxy.reactor.now)
+            self.close()
+            return -1
+        bump(proxy.counters + L_TLS_HANDSHAKES, 1)
+        if tls_resumed(self.tls):
+            bump(proxy.counters + L_TLS_RESUMED, 1)
+        if srv.verify_clients:
+            n = tls_peer_uri(self.tls, uri, sizeof(uri))
+            if n > 0:
+                self.identity = uri[:n]
+        # Application data may already sit decrypted in OpenSSL's buffer: no edge will announce it.
+        self.readable = True
+        self.writable = True
+        if proxy.h2 is not None and tls_alpn(self.tls, &proto) == 2 and proto[0] == 104 and proto[1] == 50:
+            self.to_h2()                           # "h2"
+            return -1
+        self.state = DS_HEAD
+        self.deadline = proxy.reactor.now + proxy.header_timeout
+        return 1
+
+    cdef void handshake_expired(self) noexcept:
+        """The sweep found handshake_timeout passed: count it as a refused handshake and close."""
+        self.tls.fail = TF_TIMEOUT
+        (<TlsServer>self.tls.owner).failed(self.tls, self.proxy.counters, self.proxy.name, self.fd,
+                                           self.proxy.reactor.now)
+        self.close()
 
     # ---- request head ----------------------------------------------------------------------------
 
@@ -306,7 +363,7 @@ cdef class Downstream(UpstreamUser):
                 rb_release_if_empty(&self.rbuf, self.proxy.buffers)
                 return 0
             room = self.proxy.buffers.size - self.rbuf.end if self.rbuf.data != NULL else self.proxy.buffers.size
-            n = rb_read(&self.rbuf, self.fd, self.proxy.buffers)
+            n = rb_read(&self.rbuf, self.fd, self.proxy.buffers, self.tls)
             if n > 0:
                 bump_field(&self.proxy.bytes_in, <unsigned long long>n)
                 if n < room and not self.hangup:
@@ -332,6 +389,7 @@ cdef class Downstream(UpstreamUser):
             self.ex = self.proxy.take_exchange()
             self.ex.set_peer(self.peer, self.peer_len)
             self.ex.set_client(&self.client, self.fd)
+            self.ex.set_identity(self.identity)
 
     cdef void rest(self) noexcept:
         """An idle keep-alive connection (the sweep calls this) gives back its output buffers and its exchange, so
@@ -589,8 +647,7 @@ cdef class Downstream(UpstreamUser):
         # 1. the request head
         if self.reqhead_sent < self.reqhead.len:
             if up.writable:
-                n = send(up.fd, self.reqhead.data + self.reqhead_sent, self.reqhead.len - self.reqhead_sent,
-                         MSG_NOSIGNAL | MSG_DONTWAIT)
+                n = io_send(up.fd, up.tls, self.reqhead.data + self.reqhead_sent, self.reqhead.len - self.reqhead_sent)
                 if n > 0:
                     self.reqhead_sent += n
                     if self.reqhead_sent < self.reqhead.len:
@@ -603,7 +660,7 @@ cdef class Downstream(UpstreamUser):
         if self.reqhead_sent == self.reqhead.len and not self.req_done:
             sent = self.ex_in
             taken = sent + <unsigned long long>self.req_ready
-            r = pump_body(&self.rbuf, self.fd, &self.readable, self.hangup, up.fd, &up.writable, NULL,
+            r = pump_body(&self.rbuf, self.fd, self.tls, &self.readable, self.hangup, up.fd, up.tls, &up.writable, NULL,
                           &self.req_body, &self.req_ready, self.proxy.buffers, True, &self.ex_in,
                           &self.proxy.bytes_in, NULL)
             if self.ex_in + <unsigned long long>self.req_ready != taken:
@@ -630,7 +687,7 @@ cdef class Downstream(UpstreamUser):
             if ob_pending(&self.out) and self.writable and not self.resp_head_done:
                 # An interim answer (100 Continue) must reach the client now: it may be waiting for it. A final
                 # head waits for pump_body(), which frames the body bytes already here before it leaves.
-                if ob_flush(&self.out, self.fd) == 0:
+                if ob_flush(&self.out, self.fd, self.tls) == 0:
                     self.writable = False
             if r <= 0:
                 return r
@@ -639,9 +696,9 @@ cdef class Downstream(UpstreamUser):
             up = self.up
         # 4. the response body
         if not self.resp_done:
-            r = pump_body(&up.rbuf, up.fd, &up.readable, up.hangup, self.fd, &self.writable, &self.out,
-                          &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out, NULL,
-                          &self.resp_fresh)
+            r = pump_body(&up.rbuf, up.fd, up.tls, &up.readable, up.hangup, self.fd, self.tls, &self.writable,
+                          &self.out, &self.resp_body, &self.resp_ready, self.proxy.reactor.buffers, False, &self.ex_out,
+                          NULL, &self.resp_fresh)
             if r == 1:
                 self.resp_done = True
             elif r == -4:
@@ -670,7 +727,7 @@ cdef class Downstream(UpstreamUser):
     cdef int flush_out(self) noexcept:
         """Send what `out` holds: 1 when it is empty, 0 when the socket is full (EPOLLOUT will come back), -1 when
         the client is gone (the connection is closed)."""
-        cdef int r = ob_send(&self.out, self.fd, &self.writable)
+        cdef int r = ob_send(&self.out, self.fd, &self.writable, self.tls)
         if r < 0:
             self.close()
         return r
@@ -715,7 +772,7 @@ cdef class Downstream(UpstreamUser):
                     return 1
             if not up.readable:
                 return 0
-            n = rb_read_edge(&up.rbuf, up.fd, self.proxy.reactor.buffers, &up.readable, up.hangup)
+            n = rb_read_edge(&up.rbuf, up.fd, self.proxy.reactor.buffers, &up.readable, up.hangup, up.tls)
             if n > 0:
                 self.resp_started = True
                 continue
@@ -856,7 +913,7 @@ cdef class Downstream(UpstreamUser):
         self.fd = -1
         up.fd = -1
         self.pool.connection_gone()        # the tunnel's connection is the relay's now, not the pool's
-        TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf, proxy.limit)
+        TcpRelay.adopt(tunnel, dfd, ufd, up.endpoint, &self.rbuf, &up.rbuf, self.tls, up.tls, proxy.limit)
         up.close()
         self.close()
 
@@ -864,8 +921,10 @@ cdef class Downstream(UpstreamUser):
         """The connection opened with HTTP/2's preface: the listener's HTTP/2 side takes the socket, its slot and
         the bytes read so far."""
         cdef int fd = self.fd
+        cdef Tls *tls = self.tls
         self.fd = -1
-        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len, &self.client)
+        self.tls = NULL
+        self.proxy.h2.adopt(fd, &self.rbuf, self.peer, self.peer_len, &self.client, tls, self.identity)
         self.close()
 
     cdef void close(self) noexcept:  # no-cython-lint
@@ -882,6 +941,8 @@ cdef class Downstream(UpstreamUser):
             self.bridge = None
         self.drop_upstream(False)
         self.end_request()
+        if self.tls != NULL:
+            tls_release(&self.tls)
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1

@@ -152,7 +152,7 @@ cdef class H1Leg(Leg):
         cdef Py_ssize_t n
         cdef int r, i, nt
         while True:
-            r = ob_send(&up.out, up.fd, &up.writable)
+            r = ob_send(&up.out, up.fd, &up.writable, up.tls)
             if r < 0:
                 self.lost()
                 return -1
@@ -209,7 +209,7 @@ cdef class H1Leg(Leg):
                     return
             if not up.readable:
                 return
-            n = rb_read_edge(&up.rbuf, up.fd, self.pool.reactor.buffers, &up.readable, up.hangup)
+            n = rb_read_edge(&up.rbuf, up.fd, self.pool.reactor.buffers, &up.readable, up.hangup, up.tls)
             if n > 0:
                 self.resp_started = True
                 continue

@@ -6,6 +6,7 @@ from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
 from fastmesh._core.exchange cimport Exchange
+from fastmesh._core.tls.context cimport Tls
 
 
 cdef enum UpstreamState:
@@ -39,8 +40,12 @@ cdef class Upstream(EventTarget):
     cdef double deadline                   # connect deadline while connecting; idle expiry while idle
     cdef char *proxy_hdr                   # the PROXY header sent first (the cluster sends one; else NULL): only an
     cdef int proxy_len                     # exchange whose header is the same (the same client connection) reuses it
+    # The cluster's TLS on this connection (NULL: cleartext); its handshake runs in UP_CONNECTING, under the
+    # connect deadline.
+    cdef Tls *tls
 
     cdef void fail(self, int err) noexcept
+    cdef void handshake(self) noexcept
     cdef void abort(self) noexcept
     cdef void close(self) noexcept
 

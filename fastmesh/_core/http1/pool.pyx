@@ -25,8 +25,8 @@ from libc.string cimport memcmp, memcpy, memset
 
 from fastmesh._core.buffer cimport rb_free, ob_free, ob_pending
 from fastmesh._core.includes.system cimport (
-    close, errno, send, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt,
-    socklen_t, SOL_SOCKET, SO_ERROR, SO_LINGER, linger, MSG_NOSIGNAL, MSG_DONTWAIT, ECONNRESET,
+    close, errno, send, EAGAIN, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLERR, EPOLLHUP, EPOLLET, getsockopt, setsockopt,
+    socklen_t, SOL_SOCKET, SO_ERROR, SO_LINGER, linger, MSG_NOSIGNAL, MSG_DONTWAIT,
 )
 from fastmesh._core.reactor cimport Reactor, EventTarget
 from fastmesh._core.cluster cimport Cluster, OUT_REMOVED
@@ -39,6 +39,15 @@ from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport bump_field
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
+from fastmesh._core.tls.context cimport (
+    TlsClient, tls_handshake, tls_resumed, tls_recv, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+)
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EPROTO
+        ECONNRESET
+        ENOMEM
 
 cdef uint32_t UPSTREAM_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 cdef double PEAK_WINDOW = 10.0          # seconds over which the most connections in use at once is remembered
@@ -71,23 +80,38 @@ cdef class Upstream(EventTarget):
             return
         if self.state == UP_IDLE:
             # Nothing is expected from an idle connection: a FIN, RST or stray bytes all end it. EPOLLOUT
-            # alone (a freed send buffer) is harmless.
+            # alone (a freed send buffer) is harmless, and so are TLS records that carry no data (a TLS 1.3
+            # server's session tickets): OpenSSL takes them and finds nothing to read.
             if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+                if (self.tls != NULL and not (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                        and tls_recv(self.tls, <char *>&err, 1) < 0 and errno == EAGAIN):
+                    return
                 self.pool.unlink_idle(self)
                 self.close()
             return
         if self.state == UP_CONNECTING:
+            if self.tls != NULL:
+                self.handshake()
+                return
             if events & (EPOLLERR | EPOLLHUP):
                 getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &errlen)
                 self.fail(err)
                 return
             if not (events & EPOLLOUT):
                 return
-            # The cluster's PROXY header goes first; a fresh socket's empty send buffer takes it whole, so a short
-            # send is the connection failing.
+            # The cluster's PROXY header goes first (before a TLS ClientHello); a fresh socket's empty send buffer
+            # takes it whole, so a short send is the connection failing.
             if self.proxy_len and send(self.fd, self.proxy_hdr, self.proxy_len, MSG_NOSIGNAL | MSG_DONTWAIT) \
                     != self.proxy_len:
                 self.fail(errno or ECONNRESET)
+                return
+            if self.pool.tls is not None:
+                # Connected: the cluster's TLS handshake runs next, still under the connect deadline.
+                self.tls = self.pool.start_tls(self.fd, self.endpoint)
+                if self.tls == NULL:
+                    self.fail(ENOMEM)
+                    return
+                self.handshake()
                 return
             self.state = UP_ACTIVE
             self.pool.cluster.connect_succeeded(self.endpoint)
@@ -97,6 +121,37 @@ cdef class Upstream(EventTarget):
                 self.hangup = True
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
+        if self.tls != NULL:
+            # OpenSSL may wait on the other direction than the call it blocked (tls/context.pyx).
+            if events & EPOLLOUT and self.tls.read_wants_out:
+                self.readable = True
+            if events & EPOLLIN and self.tls.write_wants_in:
+                self.writable = True
+        user = self.user
+        if user is not None:
+            user.upstream_ready(self)
+
+    cdef void handshake(self) noexcept:
+        """Advance the TLS handshake with the endpoint. Done: the connection is open, like a finished connect. A
+        failed handshake is a failed connect (the user fails over), counted and logged by the cluster's TLS."""
+        cdef HttpPool pool = self.pool
+        cdef TlsClient cli = pool.tls
+        cdef UpstreamUser user
+        cdef int r = tls_handshake(self.tls)
+        if r == 0:
+            return
+        if r < 0:
+            cli.failed(self.tls, pool.cluster.name, pool.cluster.labels[self.endpoint], pool.reactor.now)
+            self.fail(ECONNRESET if self.tls.fail == TF_CLOSED else EPROTO)
+            return
+        cli.handshakes += 1
+        if tls_resumed(self.tls):
+            cli.resumed += 1
+        self.state = UP_ACTIVE
+        pool.cluster.connect_succeeded(self.endpoint)
+        # Records may already sit in OpenSSL's buffer: no edge will announce them.
+        self.readable = True
+        self.writable = True
         user = self.user
         if user is not None:
             user.upstream_ready(self)
@@ -104,6 +159,11 @@ cdef class Upstream(EventTarget):
     cdef void fail(self, int err) noexcept:
         """The connect failed (err from SO_ERROR) or timed out (err 0): tell the user (it marks the endpoint)."""
         cdef UpstreamUser user = self.user
+        if err == 0 and self.tls != NULL and self.tls.state == TLS_HANDSHAKE:
+            # The connect deadline ran out during the TLS handshake: a handshake failure too.
+            self.tls.fail = TF_TIMEOUT
+            self.pool.tls.failed(self.tls, self.pool.cluster.name, self.pool.cluster.labels[self.endpoint],
+                                 self.pool.reactor.now)
         if user is not None:
             user.upstream_failed(self, err)      # marks the endpoint through the connector, then fails over
         else:
@@ -125,6 +185,8 @@ cdef class Upstream(EventTarget):
         if self.state == UP_CLOSED:
             return
         self.state = UP_CLOSED
+        if self.tls != NULL:
+            tls_release(&self.tls)
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1

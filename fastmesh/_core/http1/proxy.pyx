@@ -21,8 +21,9 @@ from fastmesh._core.stats cimport (
 )
 from fastmesh._core.errors cimport PE_HEADER_TIMEOUT, PE_DEADLINE_EXCEEDED, PE_BODY_TIMEOUT
 from fastmesh._core.http1.conn cimport (
-    Front, Downstream, DS_HEAD, DS_IDLE, DS_EXCHANGE, DS_BRIDGED, downstream_events,
+    Front, Downstream, DS_HEAD, DS_IDLE, DS_EXCHANGE, DS_BRIDGED, DS_HANDSHAKE, downstream_events,
 )
+from fastmesh._core.tls.context cimport TlsServer, tls_alloc, tls_accept
 from fastmesh._core.http1.parser cimport limits_init
 from fastmesh._core.http1.pool cimport UP_CONNECTING
 from fastmesh._core.router cimport Router
@@ -37,7 +38,8 @@ cdef class HttpProxy(Front):
     def __cinit__(self, Reactor reactor, str name, Router router, list pools, *, double header_timeout=10.0,
                   double idle_timeout=60.0, int max_request_line=8192, int max_header_bytes=65536,
                   int max_headers=100, bint forwarded_headers=True, str request_id_header="x-request-id",
-                  access_log=None, bint trust_headers=True, double body_timeout=60.0):
+                  access_log=None, bint trust_headers=True, double body_timeout=60.0, TlsServer tls=None,
+                  str identity_header="fastmesh-client-identity"):
         cdef int size
         self.reactor = reactor
         self.name = name
@@ -54,8 +56,9 @@ cdef class HttpProxy(Front):
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
+        self.tls = tls
         self.rules.trace = TRACE_PROPAGATE         # trace context is propagated unless set_tracing() says otherwise
-        self.set_rules(forwarded_headers, request_id_header, trust_headers)
+        self.set_rules(forwarded_headers, request_id_header, trust_headers, identity_header)
         self.access_log = access_log
         self.chains = None
         self.filter_wait = 60.0
@@ -118,10 +121,19 @@ cdef class HttpProxy(Front):
         bump(self.counters + L_ACCEPTED, 1)
         if self.reactor.add(fd, d, 0, downstream_events()) < 0:
             d.close()
+            return
+        if self.tls is not None:
+            # A TLS listener: requests are read once the handshake is done (handshake_timeout runs until then).
+            d.tls = tls_alloc()
+            if d.tls == NULL or tls_accept(d.tls, self.tls, fd) < 0:
+                d.close()
+                return
+            d.state = DS_HANDSHAKE
+            d.deadline = self.reactor.now + self.tls.handshake_timeout
 
     def reconfigure(self, Router router, list pools, *, double header_timeout, double idle_timeout,
                     bint forwarded_headers, str request_id_header, access_log, bint trust_headers,
-                    double body_timeout):
+                    double body_timeout, TlsServer tls=None, str identity_header="fastmesh-client-identity"):
         """A reload: requests from now on use the new routes and pools; exchanges under way finish with the ones
         they started with (each holds its router and pool). Head limits stay as the listener was bound."""
         self.router = router
@@ -129,7 +141,8 @@ cdef class HttpProxy(Front):
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.body_timeout = body_timeout
-        self.set_rules(forwarded_headers, request_id_header, trust_headers)
+        self.tls = tls                     # new handshakes use it; open connections keep the one they began with
+        self.set_rules(forwarded_headers, request_id_header, trust_headers, identity_header)
         self.access_log = access_log
 
     def set_tracing(self, str mode, double sample_rate=1.0):
@@ -137,7 +150,8 @@ cdef class HttpProxy(Front):
         (requests without a valid traceparent start a trace, sampled at sample_rate)."""
         self.rules.trace = TRACE_MODES[mode]
         self.rules.sample_max = sample_max(sample_rate)
-        self.set_rules(self.rules.forwarded, self.rid_name.decode("ascii"), self.rules.trust_headers)
+        self.set_rules(self.rules.forwarded, self.rid_name.decode("ascii"), self.rules.trust_headers,
+                       self.identity_name.decode("ascii"))
 
     cdef void sweep(self, double now) noexcept:
         """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
@@ -170,7 +184,9 @@ cdef class HttpProxy(Front):
             elif d.state == DS_BRIDGED:
                 d.bridge.check(now)
             elif now >= d.deadline:
-                if d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
+                if d.state == DS_HANDSHAKE:
+                    d.handshake_expired()
+                elif d.state == DS_HEAD and rb_avail(&d.rbuf) > 0:
                     d.respond_error(PE_HEADER_TIMEOUT, 0, False)
                     d.run()
                 else:

@@ -12,6 +12,8 @@ from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.upstream.leg cimport Leg, LegOwner, LegRequest
 from fastmesh._core.filters cimport FilterRequest
+from fastmesh._core.tls.context cimport Tls
+
 
 cdef class H2Conn                      # declared below
 
@@ -110,6 +112,8 @@ cdef class H2Conn(EventTarget):
     cdef char peer[48]                 # the client's address as text (each exchange's X-Forwarded-For)
     cdef int peer_len
     cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4), for PROXY headers
+    cdef Tls *tls                      # the connection's TLS (ALPN chose h2), NULL: cleartext (prior knowledge)
+    cdef bytes identity                # the client certificate's verified URI SAN, None: none
 
     cdef void run(self) noexcept
     cdef int flush(self) noexcept

@@ -38,6 +38,7 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.reactor cimport EventTarget
 from fastmesh._core.stats cimport L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, bump, bump_field, count_grpc
+from fastmesh._core.tls.context cimport Tls, tls_release
 from fastmesh._core.errors cimport (
     error_info, PE_NONE, PE_NO_ENDPOINTS, PE_PLUGIN, PE_PLUGIN_TIMEOUT,
 )
@@ -106,12 +107,15 @@ cdef class H2Front(Handoff):
             c.want_flush()
             c = c.next
 
-    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client) noexcept:
+    cdef void adopt(self, int fd, RecvBuf *rbuf, const char *peer, int peer_len, const sockaddr_in6 *client, Tls *tls,
+                    bytes identity) noexcept:
         cdef Front front = self.front
         cdef H2Conn c = H2Conn.__new__(H2Conn)
         cdef int i
         c.front = self
         c.fd = fd
+        c.tls = tls
+        c.identity = identity
         c.rbuf = rbuf[0]
         rbuf.data = NULL
         rbuf.start = 0
@@ -191,7 +195,7 @@ cdef class H2Front(Handoff):
             except Exception:
                 pass
             if c.writable:
-                ob_flush(&c.sess.out, c.fd)
+                ob_flush(&c.sess.out, c.fd, c.tls)
             c.close()
 
     def drain_now(self):
@@ -704,6 +708,12 @@ cdef class H2Conn(EventTarget):
                 self.hangup = True         # no further edge comes: read on until the EOF itself
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
+        if self.tls != NULL:
+            # OpenSSL may wait on the other direction than the call it blocked (tls/context.pyx).
+            if events & EPOLLOUT and self.tls.read_wants_out:
+                self.readable = True
+            if events & EPOLLIN and self.tls.write_wants_in:
+                self.writable = True
         self.run()
 
     cdef void on_again(self) noexcept:
@@ -733,7 +743,7 @@ cdef class H2Conn(EventTarget):
                     self.readable = False
                     self.rbuf.start = self.rbuf.end
                     if self.writable:
-                        ob_flush(&self.sess.out, self.fd)
+                        ob_flush(&self.sess.out, self.fd, self.tls)
                     self.close()
                     return
                 self.rbuf.start += used
@@ -743,7 +753,7 @@ cdef class H2Conn(EventTarget):
                 break                          # the client reads too slowly: flush before taking more
             if not self.readable:
                 break
-            n = rb_read_edge(&self.rbuf, self.fd, front.buffers, &self.readable, self.hangup)
+            n = rb_read_edge(&self.rbuf, self.fd, front.buffers, &self.readable, self.hangup, self.tls)
             if n > 0:
                 bump_field(&front.bytes_in, <unsigned long long>n)
                 continue
@@ -766,7 +776,7 @@ cdef class H2Conn(EventTarget):
         """Send sess.out: 1 all sent, 0 the socket is full, -1 closed."""
         cdef int r
         if ob_pending(&self.sess.out):
-            r = ob_send(&self.sess.out, self.fd, &self.writable)
+            r = ob_send(&self.sess.out, self.fd, &self.writable, self.tls)
             if r < 0:
                 self.close()
                 return -1
@@ -795,6 +805,7 @@ cdef class H2Conn(EventTarget):
         r.ex = Exchange.__new__(Exchange)
         r.ex.set_peer(self.peer, self.peer_len)
         r.ex.set_client(&self.client, self.fd)
+        r.ex.set_identity(self.identity)
         return r
 
     cdef void unbusy(self, H2Request r) noexcept:
@@ -836,7 +847,7 @@ cdef class H2Conn(EventTarget):
             try:
                 if self.sess.tick(now) < 0:
                     if self.writable:
-                        ob_flush(&self.sess.out, self.fd)
+                        ob_flush(&self.sess.out, self.fd, self.tls)
                     self.close()
                     return
             except Exception:
@@ -860,7 +871,7 @@ cdef class H2Conn(EventTarget):
                 except Exception:
                     pass
                 if self.writable:
-                    ob_flush(&self.sess.out, self.fd)
+                    ob_flush(&self.sess.out, self.fd, self.tls)
                 self.close()
                 return
         else:
@@ -908,6 +919,8 @@ cdef class H2Conn(EventTarget):
         if self.sess is not None:
             self.sess.conn = None
             self.sess.release()
+        if self.tls != NULL:
+            tls_release(&self.tls)
         if self.fd >= 0:
             close(self.fd)
             self.fd = -1

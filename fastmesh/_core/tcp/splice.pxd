@@ -81,7 +81,8 @@ cdef class TcpRelay(EventTarget):
     cdef TcpRelay new(TcpProxy owner, int fd)
 
     @staticmethod
-    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up,
+    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up, Tls *dtls,
+                        Tls *utls,
                         ConnectionLimit limit)
     cdef void connect_next(self) noexcept
     cdef void client_handshake(self) noexcept

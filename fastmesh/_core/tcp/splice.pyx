@@ -36,7 +36,7 @@ from fastmesh._core.stats cimport L_TLS_HANDSHAKES, L_TLS_RESUMED, L_TLS_FAILED
 from fastmesh._core.proxyproto.codec cimport ProxyAddrs, pp_addrs, pp_encode, PP_OUT_MAX
 from fastmesh._core.tls.context cimport (
     TlsServer, TlsClient, tls_accept, tls_connect, tls_handshake, tls_recv, tls_send, tls_close_notify,
-    tls_free, tls_resumed, TF_TIMEOUT, TF_NOT_TLS, TF_CLOSED,
+    tls_free, tls_resumed, tls_move, TF_TIMEOUT, TF_NOT_TLS, TF_CLOSED,
 )
 from fastmesh._core.tls.names cimport ServerNames
 from fastmesh._core.tls.clienthello cimport hello_server_name, HELLO_FOUND, HELLO_MORE, HELLO_BAD, MAX_HELLO
@@ -258,15 +258,24 @@ cdef class TcpRelay(EventTarget):
         return r
 
     @staticmethod
-    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up,
-                        ConnectionLimit limit):
+    cdef TcpRelay adopt(TcpProxy owner, int dfd, int ufd, int endpoint, RecvBuf *down, RecvBuf *up, Tls *dtls,
+                        Tls *utls, ConnectionLimit limit):
         """Take over two connected sockets (an HTTP connection after 101 Switching Protocols), with the bytes
         each side already sent: down's go upstream, up's go downstream. The receive buffers change hands, and
-        so does the connection-limit slot the client holds (`limit`)."""
+        so does the connection-limit slot the client holds (`limit`), and each side's TLS (dtls, utls: NULL for
+        cleartext; their contents move into the relay): a relay with a TLS side copies, never splices."""
         cdef TcpRelay r = TcpRelay.new(owner, dfd)
         cdef RecvBuf *b
         cdef int d
         r.limit = limit
+        if dtls != NULL:
+            tls_move(&r.tls[0], dtls)
+        if utls != NULL:
+            tls_move(&r.tls[1], utls)
+        if r.tls[0].ssl != NULL or r.tls[1].ssl != NULL:
+            r.use_splice = False
+            r.dirs[0].spliced = 0
+            r.dirs[1].spliced = 0
         r.fds[1] = ufd
         r.endpoint = endpoint
         r.state = RS_OPEN

@@ -105,6 +105,9 @@ cdef Py_ssize_t tls_recv(Tls *t, char *buf, Py_ssize_t n) noexcept
 cdef Py_ssize_t tls_send(Tls *t, const char *buf, Py_ssize_t n) noexcept
 cdef void tls_close_notify(Tls *t) noexcept
 cdef void tls_free(Tls *t) noexcept
+cdef Tls *tls_alloc() noexcept
+cdef void tls_release(Tls **t) noexcept
+cdef void tls_move(Tls *dst, Tls *src) noexcept
 cdef bint tls_resumed(Tls *t) noexcept
 cdef int tls_alpn(Tls *t, const unsigned char **proto) noexcept
 cdef Py_ssize_t tls_peer_uri(Tls *t, char *out, Py_ssize_t cap) noexcept

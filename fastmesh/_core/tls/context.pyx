@@ -845,6 +845,34 @@ cdef void tls_free(Tls *t) noexcept:
     t.state = TLS_OFF
 
 
+cdef Tls *tls_alloc() noexcept:
+    """A zeroed Tls of its own, for a connection whose TLS is decided when it opens (HTTP codecs hold a pointer:
+    NULL for cleartext, so a cleartext connection carries no Tls at all). NULL when out of memory."""
+    cdef Tls *t = <Tls *>malloc(sizeof(Tls))
+    if t != NULL:
+        memset(t, 0, sizeof(Tls))
+    return t
+
+
+cdef void tls_release(Tls **t) noexcept:
+    """Send close_notify when the session is open, free the SSL object and the Tls; *t becomes NULL."""
+    if t[0] == NULL:
+        return
+    tls_close_notify(t[0])
+    tls_free(t[0])
+    free(t[0])
+    t[0] = NULL
+
+
+cdef void tls_move(Tls *dst, Tls *src) noexcept:
+    """Hand a connection's TLS to another holder (an upgraded HTTP connection's relay): OpenSSL's callbacks find
+    the struct through the SSL object, so it is pointed at the new place. src is left cleartext."""
+    memcpy(dst, src, sizeof(Tls))
+    if dst.ssl != NULL:
+        lib.SSL_set_ex_data(dst.ssl, 0, dst)
+    memset(src, 0, sizeof(Tls))
+
+
 cdef bint tls_resumed(Tls *t) noexcept:
     return t.ssl != NULL and lib.SSL_session_reused(t.ssl) == 1
 

@@ -4,6 +4,7 @@
 from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor
 from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.policy cimport ClusterPolicy
+from fastmesh._core.tls.context cimport Tls, TlsClient
 
 
 cdef enum ConnectOutcome:
@@ -69,6 +70,7 @@ cdef class Connector(Sweeper):
     cdef readonly long active              # connections open now, idle included (each holds a max_connections slot)
     cdef readonly int hash_kind            # what keys a consistent-hash pick (HashKind)
     cdef bytes hash_name                   # header name (lowercase) or cookie name for HASH_HEADER / HASH_COOKIE
+    cdef public TlsClient tls              # HTTP pools: originate TLS to the endpoints (None: cleartext)
 
     cdef void set_hash_key(self, str hash_key) except *
 
@@ -78,5 +80,6 @@ cdef class Connector(Sweeper):
     cdef void connect_failed(self, ConnectTry *t, int ep, int err) noexcept
     cdef bint wait(self, ConnectUser user) noexcept
     cdef void unwait(self, ConnectUser user) noexcept
+    cdef Tls *start_tls(self, int fd, int ep) noexcept
     cdef void wake_waiter(self) noexcept
     cdef void connection_gone(self) noexcept

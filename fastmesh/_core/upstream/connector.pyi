@@ -2,10 +2,12 @@
 from fastmesh._core.cluster import Cluster
 from fastmesh._core.policy import ClusterPolicy
 from fastmesh._core.reactor import EventTarget, Reactor, Sweeper
+from fastmesh._core.tls.context import TlsClient
 
 class ConnectUser(EventTarget): ...
 
 class Connector(Sweeper):
+    tls: TlsClient | None
     def __init__(self, reactor: Reactor, cluster: Cluster) -> None: ...
     @property
     def cluster(self) -> Cluster: ...

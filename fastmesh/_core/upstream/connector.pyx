@@ -12,6 +12,8 @@ from fastmesh._core.cluster cimport Cluster
 from fastmesh._core.reactor cimport Reactor
 from fastmesh._core.limits cimport F_CONNECTIONS, F_PENDING
 from fastmesh._core.stats cimport C_RETRIES, bump
+from fastmesh._core.includes.system cimport sockaddr_storage, sockaddr_in, sockaddr_in6, inet_ntop, AF_INET, AF_INET6
+from fastmesh._core.tls.context cimport Tls, tls_alloc, tls_connect, tls_release
 
 
 cdef tuple hash_key_spec(str hash_key):
@@ -53,6 +55,24 @@ cdef class Connector(Sweeper):
                 ep = cluster.choose(t.avoid)
                 redraw += 1
         return ep
+
+    cdef Tls *start_tls(self, int fd, int ep) noexcept:
+        """The client side of TLS on fd, a connected socket to endpoint ep (its address is what is verified when
+        the cluster names no server_name). NULL when out of memory; the handshake starts at the first
+        tls_handshake."""
+        cdef Tls *t = tls_alloc()
+        cdef char ip[64]
+        cdef sockaddr_storage *sa = &self.cluster.addrs[ep]
+        if t == NULL:
+            return NULL
+        ip[0] = 0
+        if sa.ss_family == AF_INET:
+            inet_ntop(AF_INET, &(<sockaddr_in *>sa).sin_addr, ip, sizeof(ip))
+        elif sa.ss_family == AF_INET6:
+            inet_ntop(AF_INET6, &(<sockaddr_in6 *>sa).sin6_addr, ip, sizeof(ip))
+        if tls_connect(t, self.tls, fd, ep, ip) < 0:
+            tls_release(&t)
+        return t
 
     cdef bint has_idle(self, int ep) noexcept:
         """Whether an idle connection to ep can serve the request (pools override it)."""

@@ -9,6 +9,7 @@ from fastmesh._core.upstream.leg cimport Leg
 from fastmesh._core.http2.session cimport Session
 from fastmesh._core.http2.streams cimport Stream
 from fastmesh._core.http2.limits cimport H2Limits
+from fastmesh._core.tls.context cimport Tls
 
 cdef class H2Upstream                  # declared below
 cdef class H2Leg
@@ -32,6 +33,9 @@ cdef class H2Upstream(EventTarget):
     cdef H2Pool pool                   # the cluster's pool
     cdef H2Upstream next               # next connection to the same endpoint (the pool's list)
     cdef int fd                        # the socket; -1 once closed
+    # The cluster's TLS on this connection (NULL: cleartext); its handshake runs in H2_CONNECTING, under the
+    # connect deadline.
+    cdef Tls *tls
     cdef readonly int endpoint         # endpoint index in the cluster
     cdef readonly int state            # H2UpState
     cdef ClientSession sess            # the protocol engine; frames out go to sess.out
@@ -60,6 +64,8 @@ cdef class H2Upstream(EventTarget):
     cdef int flush(self) noexcept
     cdef void connect_failed(self, int err) noexcept
     cdef int keepalive(self, double now) noexcept
+    cdef void handshake(self) noexcept
+    cdef void connected(self) noexcept
     cdef void lost(self) noexcept
     cdef void goaway(self) noexcept
     cdef void close(self) noexcept

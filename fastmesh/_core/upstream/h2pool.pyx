@@ -67,6 +67,15 @@ from fastmesh._core.http1.render cimport (
 from fastmesh._core.http2.session cimport Session, ROLE_CLIENT, RECV_ERROR, HEAD_TOO_LARGE
 from fastmesh._core.http2.streams cimport Stream, ST_CLOSED
 from fastmesh._core.http2.frames cimport H2_NO_ERROR, H2_CANCEL, H2_REFUSED_STREAM
+from fastmesh._core.tls.context cimport (
+    TlsClient, tls_handshake, tls_resumed, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+)
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EPROTO
+        ECONNRESET
+        ENOMEM
 from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.http2.fields cimport connection_specific_any_case
 
@@ -238,23 +247,62 @@ cdef class H2Upstream(EventTarget):
         if self.state == H2_CLOSED:
             return
         if self.state == H2_CONNECTING:
+            if self.tls != NULL:
+                self.handshake()
+                return
             if events & (EPOLLERR | EPOLLHUP):
                 getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &errlen)
                 self.connect_failed(err)
                 return
             if not (events & EPOLLOUT):
                 return
-            self.state = H2_OPEN
-            self.pool.cluster.connect_succeeded(self.endpoint)
-            self.last_read = self.pool.reactor.now
-            self.writable = True
-            if self.users == 0:
-                self.deadline = self.pool.reactor.now + self.pool.idle_timeout
-            self.open_waiting()
+            if self.pool.tls is not None:
+                # Connected: the cluster's TLS handshake runs next, still under the connect deadline.
+                self.tls = self.pool.start_tls(self.fd, self.endpoint)
+                if self.tls == NULL:
+                    self.connect_failed(ENOMEM)
+                    return
+                self.handshake()
+                return
+            self.connected()
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             self.readable = True
         if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
             self.writable = True
+        if self.tls != NULL:
+            # OpenSSL may wait on the other direction than the call it blocked (tls/context.pyx).
+            if events & EPOLLOUT and self.tls.read_wants_out:
+                self.readable = True
+            if events & EPOLLIN and self.tls.write_wants_in:
+                self.writable = True
+        self.run()
+
+    cdef void connected(self) noexcept:
+        """The connection is open (connected, and through its TLS handshake if any): waiting legs get streams."""
+        self.state = H2_OPEN
+        self.pool.cluster.connect_succeeded(self.endpoint)
+        self.last_read = self.pool.reactor.now
+        self.writable = True
+        if self.users == 0:
+            self.deadline = self.pool.reactor.now + self.pool.idle_timeout
+        self.open_waiting()
+
+    cdef void handshake(self) noexcept:
+        """Advance the TLS handshake with the endpoint; a failed one is a failed connect (legs fail over)."""
+        cdef H2Pool pool = self.pool
+        cdef TlsClient cli = pool.tls
+        cdef int r = tls_handshake(self.tls)
+        if r == 0:
+            return
+        if r < 0:
+            cli.failed(self.tls, pool.cluster.name, pool.cluster.labels[self.endpoint], pool.reactor.now)
+            self.connect_failed(ECONNRESET if self.tls.fail == TF_CLOSED else EPROTO)
+            return
+        cli.handshakes += 1
+        if tls_resumed(self.tls):
+            cli.resumed += 1
+        self.connected()
+        self.readable = True                  # records may already sit in OpenSSL's buffer
         self.run()
 
     cdef void on_again(self) noexcept:
@@ -269,7 +317,7 @@ cdef class H2Upstream(EventTarget):
         cdef Py_ssize_t n, used
         cdef Reactor reactor = self.pool.reactor
         while self.readable and self.state != H2_CLOSED and not self.sess.paused():
-            n = rb_read(&self.rbuf, self.fd, reactor.buffers)
+            n = rb_read(&self.rbuf, self.fd, reactor.buffers, self.tls)
             if n > 0:
                 self.last_read = reactor.now
                 self.in_receive = True
@@ -310,7 +358,7 @@ cdef class H2Upstream(EventTarget):
             return 0
         if ob_pending(&self.sess.out) == 0:
             return 0
-        r = ob_flush(&self.sess.out, self.fd)
+        r = ob_flush(&self.sess.out, self.fd, self.tls)
         if r < 0:
             self.lost()
             return -1
@@ -323,6 +371,11 @@ cdef class H2Upstream(EventTarget):
         for this connection fails over to another (or hears why not)."""
         cdef H2Leg leg, nxt
         cdef bint marked = False
+        if err == 0 and self.tls != NULL and self.tls.state == TLS_HANDSHAKE:
+            # The connect deadline ran out during the TLS handshake: a handshake failure too.
+            self.tls.fail = TF_TIMEOUT
+            self.pool.tls.failed(self.tls, self.pool.cluster.name, self.pool.cluster.labels[self.endpoint],
+                                 self.pool.reactor.now)
         self.state = H2_CLOSED
         leg = self.first
         while leg is not None:
@@ -400,6 +453,8 @@ cdef class H2Upstream(EventTarget):
             return
         self.state = H2_CLOSED
         pool.unlink(self)
+        if self.tls != NULL:
+            tls_release(&self.tls)
         close(self.fd)
         self.fd = -1
         pool.connection_gone()

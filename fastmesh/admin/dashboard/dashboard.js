@@ -177,7 +177,7 @@
 
   function renderNaming(n) {
     const box = document.getElementById("naming");
-    if (!n || (!n.rules.length && !Object.keys(n.services).length)) {
+    if (!n || (!n.rules.length && !Object.keys(n.services).length && !Object.keys(n.templates || {}).length)) {
       box.replaceChildren(h("p", { class: "empty" }, "no naming table"));
       return;
     }
@@ -191,6 +191,11 @@
       const shares = Object.entries(svc.shares).map(([c, v]) => c + " " + Math.round(v * 100) + "%").join(", ");
       parts.push(h("div", { class: "kv", "data-service": name }, h("span", { class: "mono" }, svc.name),
         h("span", { class: svc.fallback ? "warn" : "" }, "→ " + (shares || "nothing"))));
+    }
+    for (const [pattern, t] of Object.entries(n.templates || {})) {   // clusters made from [cluster_templates]
+      const made = t.clusters.length + "/" + t.max_clusters + (t.clusters.length ? ": " + t.clusters.join(", ") : "");
+      parts.push(h("div", { class: "kv", "data-template": pattern }, h("span", { class: "mono" }, "template " + pattern),
+        h("span", { class: t.refused ? "warn" : "" }, made + (t.refused ? " · " + t.refused + " refused" : ""))));
     }
     box.replaceChildren(...parts);
   }
