@@ -1186,7 +1186,6 @@ def _rate_limit(check: _Check, key: str, value: Any) -> Any:
     return RateLimit(rate=rate, per=per, burst=fields.pop("burst", rate), **fields)
 
 
-
 def _route(check: _Check, key: str, value: Any) -> Any:
     fields = _table(check, key, value, _ROUTE_FIELDS)
     if not isinstance(value, Mapping):
