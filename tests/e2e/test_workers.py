@@ -292,6 +292,44 @@ def test_workers_are_forked_from_the_fork_server_and_share_its_pages(start: Star
     assert not alive(zygote)
 
 
+MODULES_ON_SIGNAL = """import os, signal, sys
+def _dump(*_):
+    with open(os.path.join(os.environ["FASTMESH_TEST_MODULES"], str(os.getpid())), "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+signal.signal(signal.SIGUSR2, _dump)
+"""
+
+
+def test_nothing_of_ours_is_imported_after_the_fork_server_forked(start: Start, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module imported after the fork, by the supervisor (admin, discovery, reloads) or by a worker, puts its objects
+    # into the holes of memory pages the fork server shares, and each such page is then copied: keep PRELOAD whole.
+    # A sitecustomize (inherited through both forks) writes each process's sys.modules when sent SIGUSR2.
+    hook, dumps = tmp_path / "hook", tmp_path / "modules"
+    hook.mkdir()
+    dumps.mkdir()
+    (hook / "sitecustomize.py").write_text(MODULES_ON_SIGNAL)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("FASTMESH_TEST_MODULES", str(dumps))
+    fm = start(workers=1)
+    worker = fm.worker_pids()["w0"]
+    zygote = int(proc_field(worker, "PPid"))
+    assert comm(zygote) == "fastmesh-zygote"
+    assert http_get(fm.port) in (1, 2, 3)
+    for pid in (fm.proc.pid, zygote, worker):
+        os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + WAIT
+    while len(list(dumps.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    modules = {int(path.name): set(path.read_text().split()) for path in dumps.iterdir()}
+    assert "fastmesh.admin.server" in modules[fm.proc.pid] and "fastmesh.proxy" in modules[worker]
+    for pid in (fm.proc.pid, worker):
+        late = {name for name in modules[pid] - modules[zygote] if name.startswith("fastmesh")}
+        assert not late, f"imported after the fork by {comm(pid)}: {sorted(late)}"
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+
+
 def test_without_the_fork_server_workers_are_fresh_interpreters(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTMESH_ZYGOTE", "0")
     fm = start(workers=1)
