@@ -300,8 +300,8 @@ signal.signal(signal.SIGUSR2, _dump)
 """
 
 
-def test_nothing_of_ours_is_imported_after_the_fork_server_forked(start: Start, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_of_ours_is_imported_after_the_fork_server_forked(
+        start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A module imported after the fork, by the supervisor (admin, discovery, reloads) or by a worker, puts its objects
     # into the holes of memory pages the fork server shares, and each such page is then copied: keep PRELOAD whole.
     # A sitecustomize (inherited through both forks) writes each process's sys.modules when sent SIGUSR2.
