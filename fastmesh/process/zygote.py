@@ -2,9 +2,9 @@
 
 A worker started as a fresh interpreter pays for its own copy of everything Python builds at import (modules, code
 objects, the compiled core's types): about 17 MiB of private memory each. The supervisor forks the zygote once,
-before its own event loop exists, after importing what a worker imports and freezing those objects out of the
-garbage collector's reach (gc.freeze, so a collection does not write to every page). The zygote then waits, with
-no loop and no thread, for spawn requests on a SOCK_SEQPACKET pair; each request carries the worker's stdout pipe
+before its own event loop exists, after importing what a worker imports (and what it will import itself once it
+runs) and freezing those objects out of the garbage collector's reach (gc.freeze, so a collection does not write
+to every page). The zygote then waits, with no loop and no thread, for spawn requests on a SOCK_SEQPACKET pair; each request carries the worker's stdout pipe
 and its shared-memory and control fds, and the zygote forks the worker, which runs `process/worker.main` as the
 `_worker` command would. The pages both hold stay shared copy-on-write, so a worker costs what it changes. The
 zygote reaps its workers and reports each exit (its status as asyncio's returncode) back over the pair.
@@ -35,7 +35,7 @@ CLOSE_WAIT = 2.0               # seconds the zygote gets to exit once the superv
 # zygote and through it every worker share the pages. A module left out still works: the worker imports it itself.
 # The last line is what the supervisor itself imports once it runs (admin, discovery, reloads): imported after the
 # fork, its new objects land in the holes of memory pages the zygote shares, and each such page is then copied, in
-# the supervisor and the zygote both (about 4 MiB of the instance's PSS, measured with bench/footprint.py).
+# the supervisor and the zygote both (4 to 6 MiB of the instance's PSS, measured with bench/footprint.py).
 PRELOAD = (
     "uvloop", "fastmesh.proxy", "fastmesh.process.worker", "fastmesh.process.loop", "fastmesh.process.link",
     "fastmesh.process.memtrace",
