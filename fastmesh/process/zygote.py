@@ -4,10 +4,11 @@ A worker started as a fresh interpreter pays for its own copy of everything Pyth
 objects, the compiled core's types): about 17 MiB of private memory each. The supervisor forks the zygote once,
 before its own event loop exists, after importing what a worker imports (and what it will import itself once it
 runs) and freezing those objects out of the garbage collector's reach (gc.freeze, so a collection does not write
-to every page). The zygote then waits, with no loop and no thread, for spawn requests on a SOCK_SEQPACKET pair; each request carries the worker's stdout pipe
-and its shared-memory and control fds, and the zygote forks the worker, which runs `process/worker.main` as the
-`_worker` command would. The pages both hold stay shared copy-on-write, so a worker costs what it changes. The
-zygote reaps its workers and reports each exit (its status as asyncio's returncode) back over the pair.
+to every page). The zygote then waits, with no loop and no thread, for spawn requests on a SOCK_SEQPACKET pair;
+each request carries the worker's stdout pipe and its shared-memory and control fds, and the zygote forks the
+worker, which runs `process/worker.main` as the `_worker` command would. The pages both hold stay shared
+copy-on-write, so a worker costs what it changes. The zygote reaps its workers and reports each exit (its status
+as asyncio's returncode) back over the pair.
 
 When the zygote cannot be started (no fork, the pair fails) or dies, the supervisor starts workers as fresh
 interpreters, as before; FASTMESH_ZYGOTE=0 asks for that.
