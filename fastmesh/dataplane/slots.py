@@ -36,8 +36,9 @@ def next_slots(prev: Slots | None, endpoints: Sequence[Endpoint]) -> Slots:
         return list(endpoints)
     # Discovery hands over IP literals in their canonical spelling (discovery/base.py), so (host, port) is the key.
     wanted = {(e.host, e.port): e for e in endpoints}
+    listed = len(wanted)
     slots: Slots = [None if e is None else wanted.pop((e.host, e.port), None) for e in prev]
-    holes = sum(e is None for e in slots)
+    holes = len(slots) - (listed - len(wanted))     # every slot but those whose endpoint is still listed
     if holes >= COMPACT_AT and holes > len(endpoints):
         return list(endpoints)
     slots.extend(wanted.values())           # what was not in prev, in the order given
