@@ -7,7 +7,8 @@ Numbers on this machine with N = 10,000 (weight 1, round_robin, http listener), 
     outnumbered live endpoints), which rebuild the cluster through Proxy.reload();
   - instance: `fastmesh run` with 2 workers and a file source: from the file's rename to the supervisor's
     "discovery update applied by 2 worker(s)" log line (inotify, parse, slots, payload to both workers, both
-    apply), and the hand-off alone as that line reports it;
+    apply), the hand-off alone as that line reports it, and within it the slower worker's own part (decode and
+    apply, as the worker times it: the rest is the supervisor's payload and counters layout, and waiting for a core);
   - picks: ns per round-robin pick (bench_picks, C loop) on the cluster built from the config's endpoints and
     on the same cluster after the updates (N live endpoints among the tombstones: picks walk only the up ones).
 Run: python -m bench.micro.discovery_update [N]
