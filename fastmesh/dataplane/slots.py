@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import bisect
 import json
-from itertools import repeat
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from fastmesh.config.schema import Endpoint
