@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastmesh.config.schema import Config, Endpoint
@@ -264,14 +264,15 @@ class Proxy:
         return await self._swap(config, stats_block, holes, rates_block)
 
     async def _swap(self, config: Config, stats_block: StatsBlock | None, holes: Mapping[str, Sequence[int]] | None,
-                    rates_block: RateBlock | None = None) -> dict[str, list[str]]:
-        """reload() once `config` is checked."""
+                    rates_block: RateBlock | None = None, rebuild: Collection[str] = ()) -> dict[str, list[str]]:
+        """reload() once `config` is checked. `rebuild`: discovered clusters known not to update in place (their
+        sets compacted), built anew from their IP literals without trying."""
         from fastmesh.dataplane.fd_budget import fd_budget
         from fastmesh.dataplane.listeners import reconfigure_http, set_proxy_protocol
         old, reactor, health = self.config, self._reactor, self._health
         assert reactor is not None and health is not None        # started
         new_holes = {name: tuple(h) for name, h in (holes or {}).items() if h}
-        clusters, updated = self._clusters_for(config, new_holes)
+        clusters, updated = self._clusters_for(config, new_holes, rebuild)
         rebuilt = [name for name in config.clusters if clusters[name] is not self._clusters.get(name)]
         kept_pools: dict[str, Pool] = {}
         for pool in self._pools:
@@ -375,7 +376,7 @@ class Proxy:
                  rebuilt or "none", updated or "none", changes["listeners_added"] or "none", gone or "none")
         return changes
 
-    def _clusters_for(self, config: Config, holes: Mapping[str, tuple[int, ...]]
+    def _clusters_for(self, config: Config, holes: Mapping[str, tuple[int, ...]], rebuild: Collection[str] = ()
                       ) -> tuple[dict[str, Cluster], list[str]]:
         """The core clusters for `config`: the running ones where unchanged or updated in place (a changed endpoint
         list that extends their slots), new ones (state taken over by address) for the rest; and the names of
@@ -386,7 +387,11 @@ class Proxy:
         updated = []
         for name, c in config.clusters.items():
             current, before, gaps = self._clusters.get(name), old.clusters.get(name), holes.get(name, ())
-            if current is not None and before == c and gaps == self._holes.get(name, ()):
+            if name in rebuild:
+                clusters[name] = build_cluster(c, gaps, literal=True)
+                if current is not None:
+                    clusters[name].adopt(current)
+            elif current is not None and before == c and gaps == self._holes.get(name, ()):
                 clusters[name] = current
             elif (current is not None and before is not None and dataclasses.replace(before, endpoints=c.endpoints) == c
                   and update_cluster(current, c, gaps)):
@@ -421,9 +426,12 @@ class Proxy:
             if gaps:
                 holes[name] = tuple(gaps)
         config = dataclasses.replace(self.config, clusters=configs)
-        if not all(update_cluster(self._clusters[name], configs[name], holes.get(name, ()), literal=True)
-                   for name in sets):
-            return await self._swap(config, stats_block, holes)     # only the endpoints changed: nothing to check
+        # Only the endpoints changed: nothing to check. The sets that do not extend their cluster's slots
+        # (compacted) build new clusters; the others are applied in place here or by the swap.
+        compacted = [name for name in sets
+                     if not update_cluster(self._clusters[name], configs[name], holes.get(name, ()), literal=True)]
+        if compacted:
+            return await self._swap(config, stats_block, holes, rebuild=compacted)
         assert self._health is not None
         by_cluster = {pool.cluster.name: pool for pool in self._pools}
         for name in sets:

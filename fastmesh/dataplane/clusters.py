@@ -79,11 +79,18 @@ def endpoint_table(slots: Sequence[Endpoint | None], kept: int = 0, literal: boo
     return head + tail
 
 
-def build_cluster(cfg: ClusterConfig, holes: Sequence[int] = ()) -> Cluster:
+def build_cluster(cfg: ClusterConfig, holes: Sequence[int] = (), literal: bool = False) -> Cluster:
+    """A new core cluster for cfg's endpoints (with holes). `literal` as for endpoint_table (discovery's sets);
+    endpoint ids are computed only for a hashing balancer (the others do not read them)."""
     slots = slot_list(cfg.endpoints, holes)
     ranks = tier_ranks(slots)
-    endpoints = [None if e is None else (*_resolve(e.host, e.port), ranks[e.priority]) for e in slots]
-    ids = [i if e is None else _id(e) for i, e in enumerate(slots)]
+    if literal:
+        v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+        endpoints = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, ranks[e.priority])
+                     for e in slots]
+    else:
+        endpoints = [None if e is None else (*_resolve(e.host, e.port), ranks[e.priority]) for e in slots]
+    ids = [i if e is None else _id(e) for i, e in enumerate(slots)] if cfg.balancer in HASHING else None
     weights = [1 if e is None else e.weight for e in slots]
     balancer = make_balancer(cfg.balancer, weights, slow_start=cfg.slow_start, ids=ids)
     cluster = Cluster(cfg.name, endpoints, balancer, cfg.connect_timeout, cfg.connect_attempts)

@@ -11,13 +11,15 @@ address, as a reload does.
 On the wire (the effective config the supervisor hands workers) a discovered cluster lists its live endpoints
 in slot order, and `holes` (slot indexes) travel beside it: with_holes() and split_holes() put them into and take
 them out of config_to_dict's JSON, as null entries of the endpoint array. A discovery update carries only the
-changed clusters' sets (encode_sets / decode_sets): [ip, port, weight, priority] per endpoint, and the holes.
+changed clusters' sets (encode_sets / decode_sets), by columns (hosts, ports, weights, priorities: no object per
+endpoint on the wire), and the holes.
 """
 from __future__ import annotations
 
 import bisect
 import json
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from fastmesh.config.schema import Endpoint
@@ -34,8 +36,9 @@ def next_slots(prev: Slots | None, endpoints: Sequence[Endpoint]) -> Slots:
         return list(endpoints)
     # Discovery hands over IP literals in their canonical spelling (discovery/base.py), so (host, port) is the key.
     wanted = {(e.host, e.port): e for e in endpoints}
+    listed = len(wanted)
     slots: Slots = [None if e is None else wanted.pop((e.host, e.port), None) for e in prev]
-    holes = sum(e is None for e in slots)
+    holes = len(slots) - (listed - len(wanted))     # every slot but those whose endpoint is still listed
     if holes >= COMPACT_AT and holes > len(endpoints):
         return list(endpoints)
     slots.extend(wanted.values())           # what was not in prev, in the order given
@@ -93,9 +96,18 @@ def split_holes(data: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 EndpointSets = dict[str, tuple[list[Endpoint], tuple[int, ...]]]     # cluster -> (live endpoints in slot order, holes)
 
 
+def _column(values: list[int]) -> int | list[int]:
+    """One number when every endpoint has it (the common case: weight 1, priority 0), else the list."""
+    return values[0] if values and values.count(values[0]) == len(values) else values
+
+
 def encode_sets(sets: Mapping[str, tuple[Sequence[Endpoint], Sequence[int]]]) -> bytes:
-    """A discovery update's payload (the supervisor's side)."""
-    return json.dumps({"clusters": {name: {"endpoints": [[e.host, e.port, e.weight, e.priority] for e in endpoints],
+    """A discovery update's payload (the supervisor's side), by columns: the IP literals in one space-separated
+    string, the ports, weights and priorities as arrays (weights and priorities as one number when all equal)."""
+    return json.dumps({"clusters": {name: {"hosts": " ".join([e.host for e in endpoints]),
+                                           "ports": [e.port for e in endpoints],
+                                           "weights": _column([e.weight for e in endpoints]),
+                                           "priorities": _column([e.priority for e in endpoints]),
                                            "holes": list(holes)}
                                     for name, (endpoints, holes) in sets.items()}}, separators=(",", ":")).encode()
 
@@ -103,6 +115,12 @@ def encode_sets(sets: Mapping[str, tuple[Sequence[Endpoint], Sequence[int]]]) ->
 def decode_sets(payload: bytes) -> EndpointSets:
     """A discovery update's payload (the worker's side): no further checks, the supervisor's sources parsed it."""
     data = json.loads(payload)
-    return {name: ([Endpoint(host, port, weight, priority) for host, port, weight, priority in c["endpoints"]],
-                   tuple(c["holes"]))
-            for name, c in data["clusters"].items()}
+    out: EndpointSets = {}
+    for name, c in data["clusters"].items():
+        hosts = c["hosts"].split(" ") if c["hosts"] else []
+        weights, priorities = c["weights"], c["priorities"]
+        out[name] = (list(map(Endpoint, hosts, c["ports"],
+                              repeat(weights) if isinstance(weights, int) else weights,
+                              repeat(priorities) if isinstance(priorities, int) else priorities)),
+                     tuple(c["holes"]))
+    return out

@@ -10,16 +10,18 @@ from __future__ import annotations
 import collections
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fastmesh.config.load import MAX_PRIORITY, MAX_WEIGHT, format_address, parse_address
+from fastmesh.config.load import IPV4_RE, MAX_PRIORITY, MAX_WEIGHT, format_address, parse_address
 from fastmesh.config.schema import Discovery, Endpoint
 
 log = logging.getLogger("fastmesh.discovery")
 
 ENDPOINT_KEYS = ("address", "weight", "priority", "zone", "metadata")   # zone and metadata: accepted, not used yet
+_KEYS = frozenset(ENDPOINT_KEYS)
 
 
 class SourceError(Exception):
@@ -101,6 +103,15 @@ class Source:
         state.last_error = message
 
 
+_V4_ADDRESS_RE = re.compile(rf"({IPV4_RE.pattern}):([1-9][0-9]{{0,4}})")   # "ip:port", port not above 65535 yet
+
+
+def canonical_ip(host: str) -> str:
+    """One spelling per address (the data path compares them); ValueError when `host` is no IP literal. An IPv4
+    literal IPV4_RE matches is canonical already (no leading zeros): 10,000 endpoints an update skip ipaddress."""
+    return host if IPV4_RE.fullmatch(host) else str(ipaddress.ip_address(host))
+
+
 def parse_endpoint(item: Any, where: str) -> Endpoint:
     """One endpoint of a file or an etcd value: "ip:port" or {"address": "ip:port", "weight": N, ...}.
 
@@ -110,17 +121,21 @@ def parse_endpoint(item: Any, where: str) -> Endpoint:
         item = {"address": item}
     if not isinstance(item, dict):
         raise SourceError("parse", f"{where}: expected \"ip:port\" or {{\"address\": \"ip:port\", \"weight\": N}}")
-    unknown = [k for k in item if k not in ENDPOINT_KEYS]
-    if unknown:
+    if not item.keys() <= _KEYS:
+        unknown = [k for k in item if k not in ENDPOINT_KEYS]
         raise SourceError("parse", f"{where}: unknown key {unknown[0]!r} (expected {', '.join(ENDPOINT_KEYS)})")
     address = item.get("address")
     if not isinstance(address, str):
         raise SourceError("parse", f"{where}: missing \"address\"")
-    try:
-        host, port = parse_address(address)
-        host = str(ipaddress.ip_address(host))      # one spelling per address (the data path compares them)
-    except ValueError:
-        raise SourceError("parse", f"{where}: address {address!r} is not \"ip:port\"") from None
+    v4 = _V4_ADDRESS_RE.fullmatch(address)      # the common spelling, canonical already: one match, no ipaddress
+    if v4 is not None and int(v4[2]) <= 65535:
+        host, port = v4[1], int(v4[2])
+    else:
+        try:
+            host, port = parse_address(address)
+            host = canonical_ip(host)
+        except ValueError:
+            raise SourceError("parse", f"{where}: address {address!r} is not \"ip:port\"") from None
     weight = item.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
         raise SourceError("parse", f"{where}: weight must be a whole number from 1 to {MAX_WEIGHT}, got {weight!r}")
@@ -132,10 +147,11 @@ def parse_endpoint(item: Any, where: str) -> Endpoint:
 
 
 def unique(endpoints: list[Endpoint], where: str) -> list[Endpoint]:
-    """The set with each address once; a repeated address is an error (more traffic is what weight is for)."""
+    """The set with each address once; a repeated address is an error (more traffic is what weight is for).
+    The endpoints come from parse_endpoint: their hosts are spelled canonically, so (host, port) is the key."""
     seen: set[tuple[str, int]] = set()
     for e in endpoints:
-        key = (str(ipaddress.ip_address(e.host)), e.port)
+        key = (e.host, e.port)
         if key in seen:
             raise SourceError("parse", f"{where}: {format_address(e.host, e.port)} is listed twice")
         seen.add(key)

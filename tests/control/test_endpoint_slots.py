@@ -54,3 +54,52 @@ def test_holes_travel_as_nulls_in_the_effective_config():
     layout = StatsLayout(cfg, {"c": (0, 2)})
     assert layout.clusters["c"].endpoints == ("", "127.0.0.1:7", "", "127.0.0.1:8")
     assert layout.key != StatsLayout(cfg).key
+
+
+def test_endpoint_sets_travel_by_columns_and_come_back_as_sent():
+    from fastmesh.dataplane.slots import decode_sets, encode_sets
+    mixed = [Endpoint("127.0.0.1", 7, 3, 0), Endpoint("::1", 8, 1, 2), Endpoint("10.1.2.3", 9, 1, 0)]
+    uniform = [ep(p) for p in range(1, 5)]
+    sets = {"mixed": (mixed, (0, 4)), "uniform": (uniform, ()), "empty": ([], (0, 1, 2))}
+    payload = encode_sets(sets)
+    wire = json.loads(payload)["clusters"]
+    assert wire["uniform"]["weights"] == 1 and wire["uniform"]["priorities"] == 0   # one number for all
+    assert wire["mixed"]["weights"] == [3, 1, 1] and wire["mixed"]["hosts"] == "127.0.0.1 ::1 10.1.2.3"
+    back = decode_sets(payload)
+    assert back == {"mixed": (mixed, (0, 4)), "uniform": (uniform, ()), "empty": ([], (0, 1, 2))}
+
+
+def test_canonical_ip_takes_canonical_ipv4_as_is_and_spells_the_rest_one_way():
+    import pytest
+    from fastmesh.discovery.base import SourceError, canonical_ip, parse_endpoint
+    assert canonical_ip("10.0.0.1") == "10.0.0.1" and canonical_ip("255.255.255.255") == "255.255.255.255"
+    assert canonical_ip("0:0:0:0:0:0:0:1") == "::1" and canonical_ip("::FFFF:10.0.0.1") == "::ffff:a00:1"
+    for bad in ("010.0.0.1", "256.0.0.1", "10.0.0", "localhost"):
+        with pytest.raises(ValueError):
+            canonical_ip(bad)
+        with pytest.raises(SourceError):
+            parse_endpoint(f"{bad}:80", "x")
+
+
+def test_one_update_rebuilds_a_compacted_cluster_and_updates_the_other_in_place():
+    import asyncio
+
+    from fastmesh._testbase.net import free_ports
+    from fastmesh.proxy import Proxy
+    web = free_ports(1)[0]
+    toml = (f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{web}"\nprotocol = "http"\ncluster = "a"\n'
+            '[[listeners.routes]]\npath_prefix = "/b"\ncluster = "b"\n'
+            '[clusters.a]\nendpoints = ["127.0.0.1:1", "127.0.0.1:2"]\n'
+            '[clusters.b]\nbalancer = "ring_hash"\nendpoints = ["127.0.0.1:3", "127.0.0.1:4"]\n')
+
+    async def main() -> None:
+        async with Proxy.from_toml(toml) as proxy:
+            a, b = proxy._clusters["a"], proxy._clusters["b"]
+            changes = await proxy.update_endpoints({"a": ([ep(5)], ()),                      # compacted: new slots
+                                                    "b": ([ep(4), ep(6)], (0,))})            # extends its slots
+            assert proxy._clusters["a"] is not a and proxy._clusters["b"] is b
+            assert changes["clusters"] == ["a"] and changes["clusters_updated"] == ["b"]
+            assert [e["address"] for e in proxy._clusters["a"].endpoints()] == ["127.0.0.1:5"]
+            assert b.slots == 3 and b.live_count == 2
+            assert proxy._stats_layout.clusters["b"].endpoints == ("", "127.0.0.1:4", "127.0.0.1:6")
+    asyncio.run(main())
