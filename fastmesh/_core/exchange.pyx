@@ -283,7 +283,9 @@ cdef class Exchange:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
             return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
-        if router.allow is not None and not router.identity_allowed(r, self.identity):
+        if router.identities and not router.identity_allowed(
+                r, <const char *>self.identity if self.identity is not None else NULL,
+                len(self.identity) if self.identity is not None else 0):
             return PE_FORBIDDEN
         cluster = router.target(r, connectors, v)           # the route's cluster, or its service's (naming.pyx)
         if cluster < 0:
