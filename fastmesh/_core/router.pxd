@@ -44,8 +44,7 @@ ctypedef struct RouteEntry:
     int response_first            # Router.edits[response_first:+response_count]: response edits (adds)
     int response_count            # number of response edits
     int service                   # index into the service names for a route sent to a logical name, else -1
-    void *identities              # borrowed Identities (tls/identity.pxd, kept in Router.keep): allow_identities;
-                                  # NULL: anyone
+    void *identities              # allow_identities: a borrowed Identities (kept in Router.keep); NULL: anyone
 
 
 cdef class Router:

@@ -259,8 +259,7 @@ FORGED = [("/f/1", {}), ("/f/2", {"FastMesh-Client-Identity": OTHER_ID}), ("/3",
           ("/f/4", {"fastmesh-client-identity": OTHER_ID, "x-other": "1"}), ("/5", {})]
 
 
-def test_identity_in_access_log_and_filters_and_forged_copies_on_keepalive(pki: Pki, server: Pem,
-                                                                          tmp_path: Path) -> None:
+def test_identity_in_access_log_filters_and_keepalive_forgeries(pki: Pki, server: Pem, tmp_path: Path) -> None:
     """On one keep-alive connection whose requests alternate between carrying a forged fastmesh-client-identity
     and not: the backend gets fastmesh's verified identity (or none) and never the client's copy, a filter sees the
     identity as request.identity, and the access log's client_identity field names it ("-" without one)."""
