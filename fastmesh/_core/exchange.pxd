@@ -67,6 +67,7 @@ cdef class Exchange:
     cdef char request_id[32]           # the request id this exchange adds when the request has none
     cdef char trace[55]                # the traceparent sent upstream: the trace id, our span id, the flags
     cdef char trace_parent[16]         # the caller's span id (TRACE_CONTINUED): our span's parent
+    cdef unsigned char strip_identity  # the own edits remove a client's identity field (identity_noted rules only)
     cdef readonly int trace_kind       # TraceKind (tracing.pxd): TRACE_NONE, TRACE_CONTINUED or TRACE_STARTED
     cdef bint drop_tracestate          # the request's tracestate is not passed on (a new trace, or too long)
     cdef readonly bint span            # sampled, and spans are recorded: a span record when the request ends
@@ -76,7 +77,6 @@ cdef class Exchange:
     cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4): a PROXY header names it
     cdef int client_fd                 # the client's socket (its local end is a PROXY header's destination)
     cdef bytes identity                # the client's verified identity (its certificate's URI SAN), None: none
-    cdef bint strip_identity           # the own edits remove a client's identity field (identity_noted rules only)
     cdef bytes keep_identity           # sans-IO driving: the identity field name the edits point into
     cdef bytes keep_rid                # sans-IO driving: the request id name the edits point into
     cdef public object log_fields      # (method, authority, target, request id) as the client sent them, when logging
