@@ -11,6 +11,7 @@ from fastmesh._core.ratelimit cimport RateLimit
 from fastmesh._core.policy cimport ClusterPolicy
 from fastmesh._core.upstream.connector cimport Connector, ConnectUser, ConnectTry
 from fastmesh._core.includes.system cimport sockaddr_in6
+from libc.string cimport memcmp
 
 
 cdef enum:
@@ -31,6 +32,7 @@ ctypedef struct ForwardRules:
     Span request_id                    # request id field name (lowercase); empty when off
     bint https                         # the listener terminates TLS: X-Forwarded-Proto says https
     Span identity                      # client identity field name (lowercase), or empty: off (see list_own_edits)
+    bint identity_noted                # identity is the name codecs note in RequestView.identity_field (the default)
     int trace                          # TraceMode (tracing.pxd): off, propagate (the default), or start traces too
     unsigned long long sample_max      # TRACE_START: a new trace is sampled when a 64-bit draw (never 0) is <= this
     unsigned long long version         # changes whenever the rules do (exchanges rebuild their own edits then)
@@ -65,6 +67,7 @@ cdef class Exchange:
     cdef char request_id[32]           # the request id this exchange adds when the request has none
     cdef char trace[55]                # the traceparent sent upstream: the trace id, our span id, the flags
     cdef char trace_parent[16]         # the caller's span id (TRACE_CONTINUED): our span's parent
+    cdef unsigned char strip_identity  # the own edits remove a client's identity field (identity_noted rules only)
     cdef readonly int trace_kind       # TraceKind (tracing.pxd): TRACE_NONE, TRACE_CONTINUED or TRACE_STARTED
     cdef bint drop_tracestate          # the request's tracestate is not passed on (a new trace, or too long)
     cdef readonly bint span            # sampled, and spans are recorded: a span record when the request ends
@@ -149,3 +152,10 @@ cdef int grpc_http_status(int code) noexcept nogil
 cdef inline bint replayable_method(int m) noexcept nogil:
     return (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_PUT or m == METHOD_DELETE or m == METHOD_OPTIONS
             or m == METHOD_TRACE)
+
+
+cdef inline void rules_identity(ForwardRules *rules, const char *name, Py_ssize_t n) noexcept nogil:
+    # The identity field name (lowercase; n == 0: off), and whether it is the one codecs note while parsing.
+    rules.identity.ptr = name
+    rules.identity.len = n
+    rules.identity_noted = n == 24 and memcmp(name, b"fastmesh-client-identity", 24) == 0

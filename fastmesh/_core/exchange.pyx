@@ -283,7 +283,9 @@ cdef class Exchange:
             # A reverse proxy is no tunnel unless a route names CONNECT (router.pyx).
             return PE_METHOD_NOT_ALLOWED if v.method == METHOD_CONNECT else PE_NO_ROUTE
         self.route = r
-        if router.allow is not None and not router.identity_allowed(r, self.identity):
+        if router.identities and not router.identity_allowed(
+                r, <const char *>self.identity if self.identity is not None else NULL,
+                len(self.identity) if self.identity is not None else 0):
             return PE_FORBIDDEN
         cluster = router.target(r, connectors, v)           # the route's cluster, or its service's (naming.pyx)
         if cluster < 0:
@@ -292,6 +294,11 @@ cdef class Exchange:
         self.tries = 1
         if rules.request_id.len:
             self.new_request_id()
+        if rules.identity_noted and v.identity_field != self.strip_identity:
+            # A request that brings its own identity field (or the first after one that did): list the own edits
+            # with (or without) its removal. Requests without one, the usual case, pay this one test.
+            self.strip_identity = v.identity_field != 0
+            self.edits_for = 0
         if self.edits_for != rules.version:
             self.list_own_edits(rules)
         if self.trace_edit >= 0:
@@ -350,7 +357,10 @@ cdef class Exchange:
             edit_add(req, EDIT_ADD_ABSENT, rules.request_id, span_of(self.request_id, 32))
         if rules.identity.len:
             # Only fastmesh says who the client is: a copy the client sent is dropped, ours added when verified.
-            edit_add(req, EDIT_REMOVE, rules.identity, span_of(NULL, 0))
+            # The codecs note the default name while parsing, so its removal is listed only for a request that
+            # has one (route_request); another name is always removed.
+            if self.strip_identity or not rules.identity_noted:
+                edit_add(req, EDIT_REMOVE, rules.identity, span_of(NULL, 0))
             if self.identity is not None:
                 edit_add(req, EDIT_ADD, rules.identity, span_of(self.identity, len(self.identity)))
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
@@ -672,7 +682,8 @@ cdef class Exchange:
             sink((method.decode("latin-1"), authority.decode("latin-1"), path.decode("latin-1"), status, bytes_in,
                   bytes_out, label, now - self.started, rid.decode("latin-1"), client.decode("latin-1"),
                   self.connector.cluster.name if routed else "", self.route, self.tries - 1 if self.tries > 1 else 0,
-                  error_info(err).cause.decode("ascii") if err else "", self.trace_id()))
+                  error_info(err).cause.decode("ascii") if err else "", self.trace_id(),
+                  self.identity.decode("latin-1") if self.identity is not None else ""))
         except Exception:
             pass
         self.log_fields = None
@@ -718,7 +729,7 @@ cdef class Exchange:
         rules.request_id = span_of(rid, len(rid))
         rules.https = https
         self.keep_identity = identity_header.lower().encode("ascii")
-        rules.identity = span_of(self.keep_identity, len(self.keep_identity))
+        rules_identity(&rules, self.keep_identity, len(self.keep_identity))
         self.set_identity(identity.encode() if identity is not None else None)
         rules.trace = TRACE_MODES[trace]
         rules.sample_max = sample_max(sample_rate)

@@ -26,6 +26,7 @@ cdef class FilterRequest:
     cdef readonly str listener         # the listener's name
     cdef readonly str peer             # the client's address
     cdef readonly str trace_id         # the request's W3C trace id (32 hex digits), "" without trace context
+    cdef readonly str identity         # the client's verified identity (its certificate's URI SAN), "" when none
     cdef readonly int route            # the matched route's index
     cdef tuple cluster_names           # the router's clusters by index
     cdef readonly int cluster_index    # where the request goes; route_to() changes it
@@ -49,7 +50,8 @@ cdef class FilterRequest:
 # The FilterRequest for a routed request view: head_len bytes at v.base hold every span and field the view points
 # to (HTTP/1: the request head in the receive buffer; HTTP/2: the stream's decoded header block).
 cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
-                                  int peer_len, int route, tuple cluster_names, int cluster, str trace_id)
+                                  int peer_len, int route, tuple cluster_names, int cluster, str trace_id,
+                                  bytes identity)
 # A filter's Answer as parts any codec renders: (status, reason, [(name, value) bytes], body), the filter's
 # answer fields after the Answer's own; ValueError when it cannot be sent.
 cdef tuple answer_parts(object answer, FilterRequest r)

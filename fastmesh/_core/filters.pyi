@@ -14,6 +14,7 @@ class FilterRequest:
     headers: list[tuple[str, str]]
     peer: str
     trace_id: str
+    identity: str
     listener: str
     route: int
     cluster: str

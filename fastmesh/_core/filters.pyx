@@ -252,7 +252,8 @@ cdef inline void _keep_span(FilterRequest r, int i, Span s, const char *base, Py
 
 
 cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str listener, const char *peer,
-                                  int peer_len, int route, tuple cluster_names, int cluster, str trace_id):
+                                  int peer_len, int route, tuple cluster_names, int cluster, str trace_id,
+                                  bytes identity):
     cdef FilterRequest r = FilterRequest.__new__(FilterRequest)
     r.raw = PyBytes_FromStringAndSize(v.base, head_len)
     r.fields = PyBytes_FromStringAndSize(<const char *>v.fields, v.num_fields * sizeof(Field))
@@ -264,6 +265,7 @@ cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str
     r.listener = listener
     r.peer = peer[:peer_len].decode("latin-1")
     r.trace_id = trace_id
+    r.identity = identity.decode("latin-1") if identity is not None else ""
     r.route = route
     r.cluster_names = cluster_names
     r.cluster_index = cluster
@@ -329,7 +331,7 @@ def bench_filter(bytes raw_head not None, chain, Py_ssize_t count) -> int:
     for _ in range(count):
         edits_clear(&req)
         edits_clear(&resp)
-        r = filter_request(&v, len(raw_head), "web", b"127.0.0.1", 9, 0, names, 0, "")
+        r = filter_request(&v, len(raw_head), "web", b"127.0.0.1", 9, 0, names, 0, "", None)
         if chain(r) is None:
             r.apply_edits(&req, &resp)
             passed += 1

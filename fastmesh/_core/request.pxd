@@ -43,6 +43,9 @@ ctypedef struct RequestView:
     bint has_path                  # the target has a path (false: CONNECT's authority-form)
     const Field *fields            # header fields in wire order (HTTP/2: pseudo-header fields excluded)
     int num_fields                 # entries in fields
+    # A fastmesh-client-identity field may be among them (HTTP/1: the parser saw one; HTTP/2: always set, its
+    # decoder does not look): the exchange then lists its removal.
+    bint identity_field
 
 cdef enum EditKind:
     EDIT_ADD = 1                   # append the field "name: value"

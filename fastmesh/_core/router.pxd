@@ -7,6 +7,7 @@
 
 from fastmesh._core.request cimport RequestView, Span, Edit, EditList
 from fastmesh._core.naming cimport Names
+from fastmesh._core.tls.identity cimport Identities
 
 cdef enum HostKind:
     HOST_ANY = 0                  # no host condition
@@ -43,6 +44,7 @@ ctypedef struct RouteEntry:
     int response_first            # Router.edits[response_first:+response_count]: response edits (adds)
     int response_count            # number of response edits
     int service                   # index into the service names for a route sent to a logical name, else -1
+    void *identities              # allow_identities: a borrowed Identities (kept in Router.keep); NULL: anyone
 
 
 cdef class Router:
@@ -59,13 +61,13 @@ cdef class Router:
     cdef Names names                     # the process's naming (table and overrides); None: no service routes
     cdef readonly bint trust_naming      # honour a fastmesh-naming field (else every route's edits remove it)
     cdef public list limits              # per route: its RateLimit (ratelimit.pyx) or None; None: no route has one
-    # Per route: (exact identities frozenset, prefixes tuple), or None for anyone; None when no route limits
-    # identities (the exchange then tests nothing more).
-    cdef tuple allow
+    cdef readonly bint identities        # some route has allow_identities (else the exchange tests nothing more)
 
     # Index of the first route that matches the request view, or -1 when none does.
     cdef int match(self, const RequestView *v) noexcept
-    cdef bint identity_allowed(self, int route, bytes identity) noexcept
+    # Whether a client with this verified identity (n == 0: none) may use route: the route's compiled allow list
+    # (the one tls listeners check in their handshake), a few memcmp calls.
+    cdef bint identity_allowed(self, int route, const char *identity, Py_ssize_t n) noexcept
     # Cluster index of a route (route must be a valid index); -1 for a route sent to a service.
     cdef int cluster(self, int route) noexcept
     # The cluster a request taking `route` goes to: the route's cluster, or what its service resolves to now

@@ -44,6 +44,7 @@ from fastmesh._core.http1.view import request_parts  # noqa: F401  # no-cython-l
 from fastmesh._core.http1.parser import METHOD_NAMES
 from fastmesh._core.naming cimport Names
 from fastmesh._core.naming import OVERRIDE_HEADER
+from fastmesh._core.tls.identity cimport Identities
 from fastmesh._core.request cimport (
     RequestView, Span, Field, Edit, EditList, fold_eq, EDIT_ADD, EDIT_REMOVE,
 )
@@ -59,22 +60,6 @@ SPEC_KEYS = frozenset({
     "cluster", "service", "host", "path", "path_prefix", "path_regex", "methods", "headers", "rewrite_prefix",
     "add_request_headers", "remove_request_headers", "add_response_headers", "allow_identities",
 })
-
-
-def _allow_rule(patterns, where):
-    """A route's allow_identities as (exact names, prefixes): "spiffe://td/ns/x/*" allows every identity under
-    "spiffe://td/ns/x/"; any other pattern must equal the identity."""
-    if isinstance(patterns, (str, bytes)):
-        raise ValueError(f"{where}: allow_identities is a list of str, got {patterns!r}")
-    exact, prefixes = set(), []
-    for p in patterns:
-        if not isinstance(p, str) or not p or "*" in p[:-1]:
-            raise ValueError(f"{where}: allow_identities entry {p!r}: an identity, or a prefix ending in /*")
-        if p.endswith("*"):
-            prefixes.append(p[:-1].encode())
-        else:
-            exact.add(p.encode())
-    return frozenset(exact), tuple(prefixes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,6 +202,20 @@ cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, di
         e.service = -1
     e.regex = -1
 
+    allow = spec.get("allow_identities")
+    if allow:
+        # The matcher tls listeners use in their handshake (config/load.py's identity_problem checked the entries).
+        if isinstance(allow, (str, bytes)):
+            raise ValueError(f"{what}: allow_identities is a list of str, got {allow!r}")
+        for p in allow:
+            if not isinstance(p, str) or not p or not p.isascii() or "*" in p[:-2] or \
+                    (p.endswith("*") and not p.endswith("/*")):
+                raise ValueError(f"{what}: allow_identities entry {p!r}: an identity, or a prefix ending in /*")
+        ids = Identities(allow)
+        router.keep.append(ids)
+        e.identities = <void *>ids
+        router.identities = True
+
     host = spec.get("host")
     if host is not None:
         text = str(host).lower()
@@ -357,31 +356,19 @@ cdef class Router:
         for i, spec in enumerate(specs):
             _fill(self, &self.entries[i], spec, f"route {i}", index, service_index, &n_matches, &n_tokens, &n_edits)
             self.n = i + 1
-        allow = tuple(_allow_rule(spec["allow_identities"], f"route {i}") if spec.get("allow_identities") else None
-                      for i, spec in enumerate(specs))
-        self.allow = allow if any(a is not None for a in allow) else None
 
     # ---- the C API the exchange and the codecs use ----
 
-    cdef bint identity_allowed(self, int route, bytes identity) noexcept:
-        """Whether a client with this verified identity (None: none) may use route (only called for a Router whose
-        `allow` is set)."""
-        rule = self.allow[route]
-        if rule is None:
-            return True
-        if identity is None:
-            return False
-        if identity in (<tuple>rule)[0]:
-            return True
-        for prefix in (<tuple>rule)[1]:
-            if identity.startswith(prefix):
-                return True
-        return False
+    cdef bint identity_allowed(self, int route, const char *identity, Py_ssize_t n) noexcept:
+        cdef void *allow = self.entries[route].identities
+        return allow == NULL or (<Identities>allow).allows(identity, n)
 
     def allows(self, int route, identity):
-        """identity_allowed() from Python (explain, tests)."""
-        return self.allow is None or self.identity_allowed(route, identity.encode() if isinstance(identity, str)
-                                                           else identity)
+        """identity_allowed() from Python (explain, tests); identity: str, bytes or None (none shown)."""
+        if not 0 <= route < self.n:
+            raise IndexError(f"route {route} of {self.n}")
+        raw = b"" if identity is None else identity.encode() if isinstance(identity, str) else bytes(identity)
+        return self.identity_allowed(route, raw, len(raw))
 
     cdef int match(self, const RequestView *v) noexcept:
         cdef const RouteEntry *e

@@ -150,3 +150,13 @@ class Memory:
         await asyncio.sleep(self.config.slow_ms / 1000)
         self.batches.append(len(records))
         RECORDS.extend(records)
+
+
+class ShowIdentity:
+    """Passes the client's verified identity (`request.identity`) upstream in x-seen-identity, "-" without one."""
+
+    def __init__(self, config: Any) -> None:
+        pass
+
+    def on_request(self, request: Request) -> None:
+        request.set_header("x-seen-identity", request.identity or "-")

@@ -116,7 +116,7 @@ DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd", "plugin")
 FAILURE_MODES = ("closed", "open")
 ACCESS_LOG_FIELDS = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out",
                      "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error",
-                     "trace_id")
+                     "trace_id", "client_identity")
 
 
 @dataclass

@@ -19,12 +19,12 @@ from fastmesh.plugins.sinks import SinkRunner
 
 # (method, authority, path, status, bytes in, bytes out, upstream endpoint, duration seconds, request id, client
 # address, cluster, route index (-1: none), retries, fastmesh error cause ("" for an upstream's answer), trace id
-# ("" without trace context))
-Fields = tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str, str]
+# ("" without trace context), the client's verified identity ("" when it showed none))
+Fields = tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str, str, str]
 CLASSIC = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out", "upstream",
            "duration_ms")
 # JSON lines carry every field unless `fields` chooses.
-ALL = (*CLASSIC, "request_id", "client", "cluster", "route", "retries", "error", "trace_id")
+ALL = (*CLASSIC, "request_id", "client", "cluster", "route", "retries", "error", "trace_id", "client_identity")
 
 
 def timestamp(t: float) -> str:
@@ -38,7 +38,7 @@ def record(listener: str, t: float, f: Fields) -> dict[str, Any]:
     return {"time": timestamp(t), "listener": listener, "method": f[0], "authority": f[1], "path": f[2],
             "status": f[3], "bytes_in": f[4], "bytes_out": f[5], "upstream": f[6],
             "duration_ms": round(f[7] * 1000, 3), "request_id": f[8], "client": f[9], "cluster": f[10],
-            "route": f[11], "retries": f[12], "error": f[13], "trace_id": f[14]}
+            "route": f[11], "retries": f[12], "error": f[13], "trace_id": f[14], "client_identity": f[15]}
 
 
 def _plain(fields: tuple[str, ...]) -> Callable[[str, float, Fields], str]:

@@ -34,6 +34,7 @@ class Request(Protocol):
     headers: list[tuple[str, str]]     # every field in wire order, names as sent
     peer: str                          # the client's address (the PROXY protocol's when the listener takes it)
     trace_id: str                      # the W3C trace id (32 hex digits) the request carries or started; "" if none
+    identity: str                      # the client's verified identity (mTLS: its certificate's URI SAN); "" if none
     listener: str                      # the listener's name
     route: int                         # the index of the matched route in the listener's routes
     cluster: str                       # the cluster the request goes to (route_to() changes it)

@@ -20,7 +20,7 @@ from fastmesh.dataplane.access_log import build_access_log
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 5.0
-FIELDS = ("GET", "a.example", "/x", 200, 10, 20, "127.0.0.1:1", 0.0015, "rid", "127.0.0.2", "web", 0, 0, "", "")
+FIELDS = ("GET", "a.example", "/x", 200, 10, 20, "127.0.0.1:1", 0.0015, "rid", "127.0.0.2", "web", 0, 0, "", "", "")
 
 
 def open_fds_to(path: Path) -> list[str]:

@@ -276,8 +276,8 @@ def test_edits_render_into_the_forwarded_head() -> None:
     ex, _ = codec.start(raw, peer="10.0.0.7")
     request_edits, response_edits = ex.edits()
     kinds = [kind for kind, _, _ in request_edits]
-    # XFP dropped, XFF, XFP, Via, the request id, the client's identity field dropped, the deadline, the route's
-    assert kinds == ["remove", "add", "add", "add", "add_absent", "remove", "deadline", "remove", "add"]
+    # XFP dropped, XFF, XFP, Via, the request id, the deadline, the route's (no identity field: nothing to remove)
+    assert kinds == ["remove", "add", "add", "add", "add_absent", "deadline", "remove", "add"]
     assert response_edits == [("add", b"Via", b"1.1 fastmesh"), ("add", b"X-Via-Route", b"1")]
     out = forwarded_head(ex, raw, budget_ms=42).split(b"\r\n")
     assert out[0] == b"GET /api/x?q=1 HTTP/1.1"
@@ -293,6 +293,25 @@ def test_edits_render_into_the_forwarded_head() -> None:
     out = forwarded_head(ex, head(b"/api/x", b"X-Request-Id: mine"))
     assert out.count(b"equest-") == 1 and b"X-Forwarded-For" not in out and b"Via" not in out
     ex.finish()
+
+
+def test_a_client_identity_field_costs_an_edit_only_when_the_request_has_one() -> None:
+    """The parser notes fastmesh-client-identity (any case), so its removal is listed only for a request that
+    carries one; an identity header of another name is always removed; "" turns both off."""
+    codec = FakeCodec()
+    for lines, name, listed in (([], "fastmesh-client-identity", False),
+                                ([b"FastMesh-Client-Identity: spiffe://evil/x"], "fastmesh-client-identity", True),
+                                ([b"x-peer-id: spiffe://evil/x"], "x-peer-id", True),
+                                ([], "x-peer-id", True),
+                                ([b"fastmesh-client-identity: spiffe://evil/x"], "", False)):
+        raw = head(b"/api/x", *lines)
+        ex, err = codec.start(raw, identity_header=name)
+        assert err == 0
+        removed = [n for kind, n, _ in ex.edits()[0] if kind == "remove" and name and n == name.encode()]
+        assert removed == ([name.encode()] if listed else [])
+        out = forwarded_head(ex, raw)
+        assert (b"spiffe://evil/x" in out) == (name == ""), (lines, name)
+        ex.finish()
 
 
 def test_client_identity_is_set_by_the_exchange_only_and_routes_may_require_one() -> None:

@@ -234,6 +234,85 @@ def test_allow_identities_per_route(pki: Pki, server: Pem) -> None:
     run(main())
 
 
+async def keepalive_gets(port: int, ctx: ssl.SSLContext | None, requests: list[tuple[str, dict[str, str]]]
+                         ) -> list[tuple[int, dict[str, str]]]:
+    """Several HTTP/1.1 requests on one connection (TLS when ctx is set), one after the other: (status, the fields
+    the echo backend received, names lowercased) for each."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="web.test" if ctx is not None else None), 10)
+    out = []
+    for path, headers in requests:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: web.test\r\n{extra}\r\n".encode())
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1").split("\r\n")
+        fields = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in head[1:] if line))
+        body = await asyncio.wait_for(reader.readexactly(int(fields["content-length"])), 10)
+        sent = {}
+        for k, v in json.loads(body)["headers"]:
+            sent.setdefault(k.lower(), []).append(v)
+        out.append((int(head[0].split()[1]), sent))
+    writer.close()
+    return out
+
+
+FORGED = [("/f/1", {}), ("/f/2", {"FastMesh-Client-Identity": OTHER_ID}), ("/3", {}),
+          ("/f/4", {"fastmesh-client-identity": OTHER_ID, "x-other": "1"}), ("/5", {})]
+
+
+def test_identity_in_access_log_filters_and_keepalive_forgeries(pki: Pki, server: Pem, tmp_path: Path) -> None:
+    """On one keep-alive connection whose requests alternate between carrying a forged fastmesh-client-identity
+    and not: the backend gets fastmesh's verified identity (or none) and never the client's copy, a filter sees the
+    identity as request.identity, and the access log's client_identity field names it ("-" without one)."""
+    client = pki.issue(CLIENT_ID)
+    log = tmp_path / "access.log"
+
+    async def main() -> tuple[list[Any], list[Any], list[str]]:
+        async with HttpBackend("b") as backend:
+            routes = [{"path_prefix": "/f/", "cluster": "backend",
+                       "filters": [{"plugin": "fastmesh._testbase.plugins:ShowIdentity"}]},
+                      {"path_prefix": "/", "cluster": "backend"}]
+            proxy, port = await start(config(
+                [backend.address], {"cert": server.cert, "key": server.key, "client_ca": pki.ca_file,
+                                    "require_client_cert": False}, routes=routes,
+                access_log={"format": "plain", "path": str(log), "fields": ["path", "status", "client_identity"]}))
+            with_cert = await keepalive_gets(port, pki.client_context(client), FORGED)
+            without = await keepalive_gets(port, pki.client_context(), FORGED)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(log.read_text().splitlines()) < 2 * len(FORGED):
+                await asyncio.sleep(0.05)
+            await proxy.stop()
+        return with_cert, without, log.read_text().splitlines()
+
+    with_cert, without, lines = run(main())
+    for results, identity in ((with_cert, CLIENT_ID), (without, None)):
+        assert [status for status, _ in results] == [200] * len(FORGED)
+        assert [sent.get("fastmesh-client-identity") for _, sent in results] == \
+            [[identity] if identity else None] * len(FORGED)
+        assert [sent.get("x-seen-identity") for _, sent in results] == \
+            [[identity or "-"], [identity or "-"], None, [identity or "-"], None]
+    assert lines == [f"{path} 200 {CLIENT_ID}" for path, _ in FORGED] + [f"{path} 200 -" for path, _ in FORGED]
+
+
+def test_forged_identity_removed_on_cleartext_keepalive() -> None:
+    """A cleartext listener (no client certificates at all) drops a client's fastmesh-client-identity whichever
+    request of a keep-alive connection carries it, and forwards the others untouched; identity_header = "" lets
+    the field through (off means off)."""
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with HttpBackend("b") as backend:
+            proxy, port = await start(config([backend.address], None))
+            on = await keepalive_gets(port, None, FORGED)
+            await proxy.stop()
+            proxy, port = await start(config([backend.address], None, identity_header=""))
+            off = await keepalive_gets(port, None, FORGED)
+            await proxy.stop()
+        return on, off
+
+    on, off = run(main())
+    assert [(status, sent.get("fastmesh-client-identity")) for status, sent in on] == [(200, None)] * len(FORGED)
+    assert [sent.get("x-other") for _, sent in on] == [None, None, None, ["1"], None]
+    assert [sent.get("fastmesh-client-identity") for _, sent in off] == [None, [OTHER_ID], None, [OTHER_ID], None]
+
+
 def test_upstream_https_pool_reuses_and_resumes(pki: Pki, server: Pem) -> None:
     """A cluster with tls = { ca, server_name }: requests reach an HTTPS backend (made with Python's ssl); keep-alive
     reuses the TLS connection, and a new connection resumes the last session."""

@@ -7,7 +7,7 @@ from fastmesh._core.http1.pool import UpstreamUser
 from fastmesh._core.reactor import Acceptor, Sweeper
 from fastmesh._core.tls.context import TlsServer
 
-AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str, str]], Any]
+AccessLog = Callable[[tuple[str, str, str, int, int, int, str, float, str, str, str, int, int, str, str, str]], Any]
 
 class Handoff(Sweeper): ...
 

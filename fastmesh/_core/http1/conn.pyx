@@ -48,7 +48,7 @@ from fastmesh._core.errors cimport (
     error_info, connect_error, PE_BAD_REQUEST, PE_OVERLOADED, PE_NO_ENDPOINTS, PE_RESET, PE_BAD_RESPONSE,
     PE_METHOD_NOT_ALLOWED, PE_PLUGIN, PE_NONE, PE_RATE_LIMITED,
 )
-from fastmesh._core.exchange cimport Exchange, replayable_method, V_RETRY
+from fastmesh._core.exchange cimport Exchange, replayable_method, rules_identity, V_RETRY
 from fastmesh._core.http1.parser cimport (
     Head, parse_request, parse_response, find_head_end, METHOD_HEAD,
 )
@@ -156,7 +156,7 @@ cdef class Front(Acceptor):
         self.rules.forwarded = forwarded
         self.rules.trust_headers = trust_headers
         self.rules.request_id = span_of(self.rid_name, len(self.rid_name))
-        self.rules.identity = span_of(self.identity_name, len(self.identity_name))
+        rules_identity(&self.rules, self.identity_name, len(self.identity_name))
         self.rules.https = self.tls is not None
         RULES_VERSION[0] += 1
         self.rules.version = RULES_VERSION[0]      # exchanges list their own edits again for these rules
@@ -491,7 +491,8 @@ cdef class Downstream(UpstreamUser):
         """Hand the request to its route's filter chain; an async one parks the connection in DS_FILTER."""
         cdef Exchange ex = self.ex
         cdef FilterRequest r = filter_request(&VIEW, head_len, self.proxy.name, self.peer, self.peer_len, ex.route,
-                                              ex.router.cluster_names, ex.cluster, ex.trace_id())
+                                              ex.router.cluster_names, ex.cluster, ex.trace_id(),
+                                              ex.identity)
         self.freq = r
         outcome = run_chain(chain, r)
         if parked(outcome):

@@ -37,6 +37,9 @@ cdef enum FieldId:
     FIELD_PROXY_AUTHENTICATE = 11
     FIELD_PROXY_AUTHORIZATION = 12
     FIELD_HTTP2_SETTINGS = 13     # only meaningful with Upgrade: h2c, which a proxy never forwards
+    # fastmesh-client-identity: only noted in Head.seen; the field keeps FIELD_OTHER as its id and is forwarded or
+    # removed like any other (the exchange decides)
+    FIELD_CLIENT_IDENTITY = 14
 
 cdef enum CharClass:
     # Bits of CHAR_CLASS[byte]; each set is written out from its RFC 9110/9112/3986 grammar.

@@ -207,6 +207,11 @@ cdef inline int _field_id(const uchar *p, Py_ssize_t n) noexcept nogil:
     return FIELD_OTHER
 
 
+cdef inline bint _is_identity(const uchar *p, Py_ssize_t n) noexcept nogil:
+    # fastmesh-client-identity (any case): asked only about names _field_id did not know.
+    return n == 24 and (p[0] | 0x20) == b'f' and _lower_eq(p, b"fastmesh-client-identity", 24)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Values of the fields that decide framing and connection handling.
 
@@ -395,12 +400,16 @@ cdef Py_ssize_t parse_fields(const char *buf, Py_ssize_t pos, Py_ssize_t len, He
         f.value_off = <uint32_t>value_start
         f.value_len = <uint32_t>(value_end - value_start)
         fid = _field_id(b + f.name_off, f.name_len)
-        f.id = fid
         h.num_headers += 1
         if fid != FIELD_OTHER:
             r = _on_known_field(b, h, fid, f.value_off, f.value_len, h.num_headers - 1)
             if r < 0:
                 return r
+        elif f.name_len == 24 and _is_identity(b + f.name_off, 24):
+            # Noted, so that a request without one pays nothing for its removal (exchange.pyx); otherwise a plain
+            # field (responses and trailers treat it like any other name).
+            h.seen |= (<uint32_t>1) << FIELD_CLIENT_IDENTITY
+        f.id = fid
         p = line_end + 2
 
 

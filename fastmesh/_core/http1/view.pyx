@@ -9,7 +9,7 @@ from libc.string cimport memchr, strlen
 
 from fastmesh._core.codes cimport make_error
 from fastmesh._core.http1.parser cimport (
-    Head, parse_request, TARGET_ABSOLUTE, TARGET_ASTERISK, TARGET_AUTHORITY,
+    Head, parse_request, TARGET_ABSOLUTE, TARGET_ASTERISK, TARGET_AUTHORITY, FIELD_CLIENT_IDENTITY,
 )
 from fastmesh._core.request cimport RequestView, Span, Field, span_of
 from fastmesh._core.includes.system cimport (
@@ -128,6 +128,7 @@ cdef void view_init(RequestView *v, const char *buf, const Head *h) noexcept nog
     v.has_path = h.target_form != TARGET_AUTHORITY
     v.fields = h.headers
     v.num_fields = h.num_headers
+    v.identity_field = (h.seen >> FIELD_CLIENT_IDENTITY) & 1
 
 
 cdef object log_names(const char *buf, const Head *h):

@@ -332,7 +332,7 @@ cdef class H2Request(LegOwner):
         cdef Exchange ex = self.ex
         cdef FilterRequest r = filter_request(&self.view, self.s.head.len, front.name, self.conn.peer,
                                               self.conn.peer_len, ex.route, ex.router.cluster_names, ex.cluster,
-                                              ex.trace_id())
+                                              ex.trace_id(), ex.identity)
         self.freq = r
         outcome = run_chain(chain, r)
         if parked(outcome):

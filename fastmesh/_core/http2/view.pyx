@@ -49,6 +49,7 @@ cdef void view_from_block(RequestView *v, LegRequest *r, const HeaderBlock *b, l
         k += 1
     v.fields = b.fields + k
     v.num_fields = b.n - k
+    v.identity_field = True            # the decoder has no id for it: the exchange always lists its removal
     if authority.len == 0:
         j = find_field(base, v.fields, v.num_fields, b"host", 4, 0)
         if j >= 0:
