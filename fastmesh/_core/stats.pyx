@@ -15,7 +15,8 @@ from fastmesh._core.proxyproto.codec cimport PR_COUNT
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-BLOCK_VERSION = 6                    # 6: PROXY protocol gate slots per listener; 5: gRPC answers by grpc-status per cluster; 4: listener TLS slots
+# 6: PROXY protocol gate slots per listener; 5: gRPC answers by grpc-status per cluster; 4: listener TLS slots
+BLOCK_VERSION = 6
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,

@@ -62,8 +62,8 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     per discovered cluster, its source's state (discovery/base.py SourceState.as_dict); `rate_limits`: per limited
     route, its counts over the instance (dataplane/ratelimits.py counts); `tls`: the workers' TLS contexts merged
     (AdminServer.tls_view); `naming`: the watched table's source state ("source", DiscoveryManager.naming_status)
-    and the cluster templates' ("templates"); `plugins`: the workers' Python-side counts summed (AdminServer.plugin_view:
-    filters, span export, sinks)."""
+    and the cluster templates' ("templates"); `plugins`: the workers' Python-side counts summed
+    (AdminServer.plugin_view: filters, span export, sinks)."""
     out = _Writer(openmetrics)
     out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
     out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
@@ -191,8 +191,8 @@ def _plugins(out: _Writer, plugins: dict[str, Any]) -> None:
                 [(labels[k], row["written"]) for k, row in sinks.items()])
     out.counter("fastmesh_sink_records_dropped", "records a sink dropped: its queue was full, or write() raised",
                 [(labels[k], row["dropped"]) for k, row in sinks.items()])
-    out.counter("fastmesh_sink_write_errors", "sink write() calls that raised", [(labels[k], row["errors"])
-                                                                              for k, row in sinks.items()])
+    out.counter("fastmesh_sink_write_errors", "sink write() calls that raised",
+                [(labels[k], row["errors"]) for k, row in sinks.items()])
 
 
 def _certificates(out: _Writer, view: dict[str, dict[str, Any]]) -> None:
