@@ -167,7 +167,7 @@ def _proxy_protocol(out: _Writer, listeners: dict[str, dict[str, Any]]) -> None:
 
 def _plugins(out: _Writer, plugins: dict[str, Any]) -> None:
     """Filter plugins per (listener, plugin), span export and sinks: counted in each worker's Python layer, asked
-    over the control link and summed (a worker's counts start again from zero when it restarts or reloads)."""
+    over the control link and summed (kept from going backwards when a worker restarts or reloads: KeptTotals)."""
     filters = plugins.get("filters") or {}
     labels = {key: (("listener", key[0]), ("plugin", key[1])) for key in filters}
     for name, key, help_text in (
@@ -180,7 +180,8 @@ def _plugins(out: _Writer, plugins: dict[str, Any]) -> None:
         out.counter(name, help_text, [(labels[k], row[key]) for k, row in filters.items()])
     tracing = plugins.get("tracing") or {}
     if tracing:
-        out.counter("fastmesh_tracing_spans_exported", "spans the exporter took (OTLP)", [((), tracing["exported"])])
+        out.counter("fastmesh_tracing_spans_exported", "spans exported (the exporter reported success)",
+                    [((), tracing["exported"])])
         out.counter("fastmesh_tracing_spans_dropped", "spans dropped: the export queue was full, or their export "
                     "failed", [((), tracing["dropped"])])
         out.counter("fastmesh_tracing_spans_export_failures", "span exports (batches) that failed",

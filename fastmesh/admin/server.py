@@ -278,7 +278,7 @@ class AdminServer:
                 _add(series, ("tracing",), counted["tracing"], SPAN_COUNTS)
             for sink in counted.get("sinks", ()):
                 _add(series, ("sinks", sink["sink"], sink["plugin"]), sink, SINK_COUNTS)
-            self.plugin_totals.update(f"w{n}", series)
+            self.plugin_totals.update(f"w{n}", series, counted.get("pid", 0))
         events = getattr(self.workers, "events", None)
         series = {}
         for runner in getattr(events, "runners", ()):
@@ -354,15 +354,22 @@ def _add(into: dict[tuple[str, ...], int], prefix: tuple[str, ...], counted: dic
 
 class KeptTotals:
     """Sums of counters whose sources reset: a worker's Python-side counts start again from zero when it restarts
-    or reloads its plugins. Per (source, series) the last value seen is kept; a lower value means a reset, and the
-    last one is carried into the series' total. So the sum never goes backwards and a worker that does not answer
-    one scrape keeps its share; only what was counted between the last scrape and a reset is lost."""
+    or reloads its plugins. Per (source, series) the last value seen is kept; when the source is a new process (its
+    pid changed) all its last values, and when a value is lower than the last (a reload) that one, are carried into
+    the series' totals. So the sum never goes backwards and a worker that does not answer one scrape keeps its
+    share; only what was counted between the last scrape and a restart or reload is lost."""
 
     def __init__(self) -> None:
         self.last: dict[tuple[str, tuple[str, ...]], int] = {}
         self.carried: dict[tuple[str, ...], int] = {}
+        self.pids: dict[str, int] = {}
 
-    def update(self, source: str, values: dict[tuple[str, ...], int]) -> None:
+    def update(self, source: str, values: dict[tuple[str, ...], int], pid: int = 0) -> None:
+        if self.pids.setdefault(source, pid) != pid:
+            self.pids[source] = pid
+            for key in [k for k in self.last if k[0] == source]:
+                series = key[1]
+                self.carried[series] = self.carried.get(series, 0) + self.last.pop(key)
         for series, value in values.items():
             last = self.last.get((source, series), 0)
             if value < last:

@@ -265,3 +265,5 @@ def test_kept_totals_carry_a_reset_and_a_silent_worker() -> None:
     assert kept.totals() == {calls: 19}
     kept.update("w1", {calls: 6})
     assert kept.totals() == {calls: 20}
+    kept.update("w0", {calls: 7}, pid=99)   # a new process in w0's slot, already past w0's 4: all 7 are new
+    assert kept.totals() == {calls: 27}

@@ -1,9 +1,12 @@
 """Filter plugins, the PROXY protocol gate, span export and sinks in /metrics of a real `fastmesh run` with 2 workers:
 each series equals what the test sent, summed over the workers (the gate's counts through the shared stats block,
-the Python-side counts asked of each worker over the control link). Parsed with prometheus_client's parser."""
+the Python-side counts asked of each worker over the control link), and a killed worker's share stays in the sums.
+Parsed with prometheus_client's parser."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import httpx
@@ -91,6 +94,7 @@ endpoints = ["{backend.address}"]
                 await run.start(r"ready: 2 worker\(s\) serving")
                 try:
                     await check(web, admin, receiver)
+                    await killed_worker_keeps_its_share(web, admin)
                 finally:
                     await run.stop()
     asyncio.run(main())
@@ -153,3 +157,28 @@ async def check(web: int, admin: int, receiver) -> None:
     assert s[("fastmesh_sink_records_dropped_total", (("plugin", f"{T}:Memory"),
                                                       ("sink", "listeners.edge.log_sinks[0]")))] == 0
     assert s[("fastmesh_sink_records_written_total", (("plugin", f"{T}:Memory"), ("sink", "event_sinks[0]")))] >= 2
+
+
+async def killed_worker_keeps_its_share(web: int, admin: int) -> None:
+    """A worker killed and restarted starts counting from zero: the sums keep what it had counted."""
+    calls = ("fastmesh_filter_calls_total", (("listener", "edge"), ("plugin", f"{T}:Reply")))
+    before, _ = await scrape(admin)
+    async with httpx.AsyncClient(trust_env=False) as client:
+        workers = (await client.get(f"http://127.0.0.1:{admin}/stats", timeout=5)).json()["workers"]
+        victim = workers["0"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while True:
+            s, text = await scrape(admin)
+            assert s[calls] >= before[calls], text              # never backwards, even mid-restart
+            workers = (await client.get(f"http://127.0.0.1:{admin}/stats", timeout=5)).json()["workers"]
+            if s[("fastmesh_workers_ready", ())] == 2 and workers.get("0", {}).get("pid") not in (None, victim):
+                break
+            assert loop.time() < deadline, "the killed worker was not restarted"
+            await asyncio.sleep(0.1)
+    statuses = await asyncio.gather(*[get(web, "/deny") for _ in range(4)])
+    assert statuses == [403] * 4
+    after, _ = await scrape(admin)
+    answered = ("fastmesh_filter_answered_total", calls[1])
+    assert after[calls] == before[calls] + 4 and after[answered] == before[answered] + 4
