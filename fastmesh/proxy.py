@@ -584,6 +584,14 @@ class Proxy:
                 seen["failed"] += client.failures
         return {"listeners": listeners, "clusters": clusters, "contexts": self.tls_status()}
 
+    def plugin_counters(self) -> dict[str, Any]:
+        """What this process counts in Python and /metrics sums over the workers (asked over the control link):
+        each filter's stats per http listener, span export, and each access-log sink's records."""
+        sinks = [s.stats() | {"sink": s.where} for h in self._http.values()
+                 for s in getattr(h.access_log, "sinks", None) or ()]
+        return {"filters": self._filter_stats(), "tracing": self._spans.stats() if self._spans is not None else {},
+                "sinks": sinks}
+
     def _filter_stats(self) -> dict[str, list[dict[str, Any]]]:
         """Per http listener: each filter plugin's calls, answers, errors and timeouts (this process's)."""
         from fastmesh.dataplane.listeners import filter_entries

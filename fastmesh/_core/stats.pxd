@@ -28,7 +28,9 @@ cdef enum:
     L_TLS_HANDSHAKES = 7       # TLS handshakes finished (counter)
     L_TLS_RESUMED = 8          # ...of which resumed a session (counter)
     L_TLS_FAILED = 9           # first of TF_COUNT - 1 slots: handshakes refused, by reason (tls/context.pxd TlsFail)
-    L_FIELDS = 20              # slots per listener
+    L_PP_PASSED = 20           # connections the PROXY protocol gate handed on with a header read (counter)
+    L_PP_REFUSED = 21          # first of PR_COUNT - 1 slots: connections the gate refused, by reason (codec.pxd)
+    L_FIELDS = 27              # slots per listener
 
 # Per cluster: C_FIELDS cluster-wide slots, then E_FIELDS arrays of one slot per endpoint (cluster_slots(n)).
 cdef enum:

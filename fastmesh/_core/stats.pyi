@@ -6,6 +6,7 @@ BLOCK_VERSION: int
 HEADER: dict[str, int]
 HEADER_SIZE: int
 TLS_FAIL_REASONS: tuple[str, ...]
+PROXY_REFUSALS: tuple[str, ...]
 LISTENER_FIELDS: tuple[str, ...]
 GRPC_STATUSES: tuple[str, ...]
 CLUSTER_FIELDS: tuple[str, ...]

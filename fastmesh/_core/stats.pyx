@@ -10,11 +10,13 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
 from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
+from fastmesh._core.proxyproto.codec cimport PR_COUNT
 
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-BLOCK_VERSION = 5                    # 5: gRPC answers by grpc-status per cluster; 4: listener TLS slots
+# 6: PROXY protocol gate slots per listener; 5: gRPC answers by grpc-status per cluster; 4: listener TLS slots
+BLOCK_VERSION = 6
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
@@ -23,9 +25,13 @@ HEADER_SIZE = HEADER_SLOTS
 # Why TLS handshakes fail, in tls/context.pxd's TlsFail order (TF_NONE left out).
 TLS_FAIL_REASONS = ("version", "cipher", "no_client_cert", "bad_certificate", "unknown_sni", "not_tls",
                     "peer_refused", "timeout", "closed", "denied", "other")
+# Why the PROXY protocol gate refuses a connection, in proxyproto/codec.pxd's ProxyRefusal order (PR_NONE left out).
+PROXY_REFUSALS = ("not_proxy", "version", "malformed", "too_long", "timeout", "closed")
 LISTENER_FIELDS = ("accepted", "active", "failed", "bytes_in", "bytes_out", "limited", "paused", "tls_handshakes",
-                   "tls_resumed", *(f"tls_failed_{r}" for r in TLS_FAIL_REASONS))
+                   "tls_resumed", *(f"tls_failed_{r}" for r in TLS_FAIL_REASONS),
+                   "proxy_protocol_passed", *(f"proxy_protocol_refused_{r}" for r in PROXY_REFUSALS))
 assert len(LISTENER_FIELDS) == L_FIELDS and LISTENER_FIELDS.index("tls_failed_version") == L_TLS_FAILED
+assert len(PROXY_REFUSALS) == PR_COUNT - 1 and LISTENER_FIELDS.index("proxy_protocol_refused_not_proxy") == L_PP_REFUSED
 # gRPC status names by code (grpc/doc/statuscodes.md), then the slot of codes past 16.
 GRPC_STATUSES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
                  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",

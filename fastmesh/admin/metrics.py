@@ -6,11 +6,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fastmesh._core.stats import TLS_FAIL_REASONS
+from fastmesh._core.stats import PROXY_REFUSALS, TLS_FAIL_REASONS
 from fastmesh.dataplane.stats import Snapshot
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+# What the workers count in Python (filters, span export, sinks), asked over the control link and summed by
+# AdminServer.plugin_view: {"filters": {(listener, plugin): {calls, ...}}, "tracing": {exported, ...},
+# "sinks": {(sink, plugin): {written, ...}}}. The data path's own counters come through the stats block instead.
+FILTER_COUNTS = ("calls", "answers", "errors", "timeouts")
+SPAN_COUNTS = ("exported", "dropped", "failed_exports")
+SINK_COUNTS = ("written", "dropped", "errors")
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float]       # (name suffix, labels, value)
@@ -49,12 +56,14 @@ def wants_openmetrics(accept: str) -> bool:
 
 def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
            discovery: dict[str, dict[str, Any]] | None = None, rate_limits: list[dict[str, Any]] | None = None,
-           tls: dict[str, dict[str, Any]] | None = None, naming: dict[str, Any] | None = None) -> bytes:
+           tls: dict[str, dict[str, Any]] | None = None, naming: dict[str, Any] | None = None,
+           plugins: dict[str, Any] | None = None) -> bytes:
     """The whole exposition, in OpenMetrics (ends with # EOF) or the Prometheus text format 0.0.4; `discovery`:
     per discovered cluster, its source's state (discovery/base.py SourceState.as_dict); `rate_limits`: per limited
     route, its counts over the instance (dataplane/ratelimits.py counts); `tls`: the workers' TLS contexts merged
     (AdminServer.tls_view); `naming`: the watched table's source state ("source", DiscoveryManager.naming_status)
-    and the cluster templates' ("templates")."""
+    and the cluster templates' ("templates"); `plugins`: the workers' Python-side counts summed
+    (AdminServer.plugin_view: filters, span export, sinks)."""
     out = _Writer(openmetrics)
     out.info("fastmesh_build", "fastmesh version", [(("version", info.version),)])
     out.info("fastmesh_config", "hash of the effective config (as /config shows it)", [(("hash", info.config_hash),)])
@@ -100,6 +109,7 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
                 [((("listener", ln), ("reason", r)), row[f"tls_failed_{r}"])
                  for ln, row in tls.items() for r in TLS_FAIL_REASONS])
     _certificates(out, tls_view or {})
+    _proxy_protocol(out, listeners)
 
     clusters = snap.clusters()
     per_cluster = [
@@ -138,7 +148,52 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
                 [((("listener", r["listener"]), ("route", str(r["route"]))), r["passed"]) for r in limited])
     _discovery(out, discovery or {})
     _naming(out, snap, naming or {})
+    _plugins(out, plugins or {})
     return out.finish()
+
+
+def _proxy_protocol(out: _Writer, listeners: dict[str, dict[str, Any]]) -> None:
+    """Per listener that has seen a PROXY protocol header or refused a connection for want of one: connections
+    handed on and refusals by reason (counted by the gate in the stats block)."""
+    seen = {ln: row for ln, row in listeners.items()
+            if row["proxy_protocol_passed"] or any(row[f"proxy_protocol_refused_{r}"] for r in PROXY_REFUSALS)}
+    out.counter("fastmesh_proxy_protocol_passed", "connections handed on after a valid PROXY protocol header",
+                [((("listener", ln),), row["proxy_protocol_passed"]) for ln, row in seen.items()])
+    out.counter("fastmesh_proxy_protocol_refused", "connections closed for want of a valid PROXY protocol header, "
+                "by reason (not_proxy, version, malformed, too_long, timeout, closed)",
+                [((("listener", ln), ("reason", r)), row[f"proxy_protocol_refused_{r}"])
+                 for ln, row in seen.items() for r in PROXY_REFUSALS])
+
+
+def _plugins(out: _Writer, plugins: dict[str, Any]) -> None:
+    """Filter plugins per (listener, plugin), span export and sinks: counted in each worker's Python layer, asked
+    over the control link and summed (kept from going backwards when a worker restarts or reloads: KeptTotals)."""
+    filters = plugins.get("filters") or {}
+    labels = {key: (("listener", key[0]), ("plugin", key[1])) for key in filters}
+    for name, key, help_text in (
+            ("fastmesh_filter_calls", "calls", "requests a filter plugin was called for"),
+            ("fastmesh_filter_answered", "answers", "requests a filter plugin answered itself (e.g. 401, 429)"),
+            ("fastmesh_filter_errors", "errors", "filter calls that raised (the request got the failure mode's "
+             "answer, by default 500 with fastmesh-error: plugin)"),
+            ("fastmesh_filter_timeouts", "timeouts", "async filter calls that did not finish within the filter's "
+             "timeout")):
+        out.counter(name, help_text, [(labels[k], row[key]) for k, row in filters.items()])
+    tracing = plugins.get("tracing") or {}
+    if tracing:
+        out.counter("fastmesh_tracing_spans_exported", "spans exported (the exporter reported success)",
+                    [((), tracing["exported"])])
+        out.counter("fastmesh_tracing_spans_dropped", "spans dropped: the export queue was full, or their export "
+                    "failed", [((), tracing["dropped"])])
+        out.counter("fastmesh_tracing_spans_export_failures", "span exports (batches) that failed",
+                    [((), tracing["failed_exports"])])
+    sinks = plugins.get("sinks") or {}
+    labels = {key: (("sink", key[0]), ("plugin", key[1])) for key in sinks}
+    out.counter("fastmesh_sink_records_written", "records an access-log or event sink's write() took",
+                [(labels[k], row["written"]) for k, row in sinks.items()])
+    out.counter("fastmesh_sink_records_dropped", "records a sink dropped: its queue was full, or write() raised",
+                [(labels[k], row["dropped"]) for k, row in sinks.items()])
+    out.counter("fastmesh_sink_write_errors", "sink write() calls that raised",
+                [(labels[k], row["errors"]) for k, row in sinks.items()])
 
 
 def _certificates(out: _Writer, view: dict[str, dict[str, Any]]) -> None:

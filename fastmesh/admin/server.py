@@ -20,7 +20,9 @@ from typing import Any, Protocol
 from fastmesh._version import __version__
 from fastmesh.admin.dashboard import Dashboard
 from fastmesh.admin.http import REASONS, Reply, Request, parse_request
-from fastmesh.admin.metrics import OPENMETRICS_TYPE, PROMETHEUS_TYPE, ProcessInfo, render, wants_openmetrics
+from fastmesh.admin.metrics import (
+    FILTER_COUNTS, OPENMETRICS_TYPE, PROMETHEUS_TYPE, SINK_COUNTS, SPAN_COUNTS, ProcessInfo, render, wants_openmetrics,
+)
 from fastmesh.admin.rates import stats_body
 from fastmesh.config.load import config_to_dict, format_address
 from fastmesh.config.schema import Config
@@ -57,6 +59,7 @@ class AdminServer:
         self.address = format_address(cfg.admin.host, cfg.admin.port)
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.Task[None]] = set()
+        self.plugin_totals = KeptTotals()       # the workers' Python-side counters (plugin_view)
         self.routes: dict[str, Callable[[Request], Reply | Awaitable[Reply]]] = {
             "/": self.index,
             "/live": self.live,
@@ -260,6 +263,33 @@ class AdminServer:
                     view["errors"][f"w{n}"] = ctx["error"]
         return out
 
+    async def plugin_view(self) -> dict[str, Any]:
+        """What the workers count in Python, summed over the workers (the shape admin/metrics.py FILTER_COUNTS
+        describes): filters per (listener, plugin), span export, and records per sink, the supervisor's own event
+        sinks included. Kept from going backwards when a worker restarts or reloads (KeptTotals)."""
+        ask = getattr(self.workers, "plugin_counters", None)
+        answers: dict[int, dict[str, Any]] = await ask() if ask is not None else {}
+        for n, counted in answers.items():
+            series: dict[tuple[str, ...], int] = {}
+            for listener, entries in counted.get("filters", {}).items():
+                for e in entries:
+                    _add(series, ("filters", listener, e["plugin"]), e, FILTER_COUNTS)
+            if counted.get("tracing"):
+                _add(series, ("tracing",), counted["tracing"], SPAN_COUNTS)
+            for sink in counted.get("sinks", ()):
+                _add(series, ("sinks", sink["sink"], sink["plugin"]), sink, SINK_COUNTS)
+            self.plugin_totals.update(f"w{n}", series, counted.get("pid", 0))
+        events = getattr(self.workers, "events", None)
+        series = {}
+        for runner in getattr(events, "runners", ()):
+            _add(series, ("sinks", runner.where, runner.name), runner.stats(), SINK_COUNTS)
+        self.plugin_totals.update("supervisor", series)
+        view: dict[str, Any] = {"filters": {}, "tracing": {}, "sinks": {}}
+        for (kind, *labels, field), value in self.plugin_totals.totals().items():
+            row = view[kind] if kind == "tracing" else view[kind].setdefault(tuple(labels), {})
+            row[field] = value
+        return view
+
     def discovery(self) -> dict[str, dict[str, Any]]:
         manager = getattr(self.workers, "discovery", None)
         return manager.status() if manager is not None else {}
@@ -310,5 +340,44 @@ class AdminServer:
         naming = {"source": manager.naming_status(), "templates": manager.template_status()} \
             if manager is not None else None
         return Reply(200, render(self.stats.collect(), info, om, self.discovery(), self.rate_limits(),
-                                 await self.tls_view(), naming),
+                                 await self.tls_view(), naming, await self.plugin_view()),
                      OPENMETRICS_TYPE if om else PROMETHEUS_TYPE)
+
+
+def _add(into: dict[tuple[str, ...], int], prefix: tuple[str, ...], counted: dict[str, Any],
+         keys: tuple[str, ...]) -> None:
+    """Add the counts of `keys` into the series prefix + (key,) (a worker may have two filters of one plugin)."""
+    for key in keys:
+        series = (*prefix, key)
+        into[series] = into.get(series, 0) + int(counted.get(key, 0))
+
+
+class KeptTotals:
+    """Sums of counters whose sources reset: a worker's Python-side counts start again from zero when it restarts
+    or reloads its plugins. Per (source, series) the last value seen is kept; when the source is a new process (its
+    pid changed) all its last values, and when a value is lower than the last (a reload) that one, are carried into
+    the series' totals. So the sum never goes backwards and a worker that does not answer one scrape keeps its
+    share; only what was counted between the last scrape and a restart or reload is lost."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, tuple[str, ...]], int] = {}
+        self.carried: dict[tuple[str, ...], int] = {}
+        self.pids: dict[str, int] = {}
+
+    def update(self, source: str, values: dict[tuple[str, ...], int], pid: int = 0) -> None:
+        if self.pids.setdefault(source, pid) != pid:
+            self.pids[source] = pid
+            for key in [k for k in self.last if k[0] == source]:
+                series = key[1]
+                self.carried[series] = self.carried.get(series, 0) + self.last.pop(key)
+        for series, value in values.items():
+            last = self.last.get((source, series), 0)
+            if value < last:
+                self.carried[series] = self.carried.get(series, 0) + last
+            self.last[(source, series)] = value
+
+    def totals(self) -> dict[tuple[str, ...], int]:
+        out = dict(self.carried)
+        for (_, series), value in self.last.items():
+            out[series] = out.get(series, 0) + value
+        return out

@@ -218,25 +218,26 @@ class Supervisor:
 
     async def describe(self, clusters: list[str]) -> dict[int, dict[str, Any]]:
         """Each serving worker's endpoint details for these clusters (workers that do not answer are left out)."""
-        async def one(link: WorkerLink) -> dict[str, Any] | None:
-            try:
-                answer = await link.call("describe", DESCRIBE_TIMEOUT, clusters=clusters)
-            except (TimeoutError, LinkClosed):
-                return None
-            return answer.get("clusters") if answer.get("ok") else None
-        links = {n: link for n, link in self.links.items() if n in self.ready}
-        answers = await asyncio.gather(*(one(link) for link in links.values()))
-        return {n: a for n, a in zip(links, answers) if a is not None}
+        return await self._ask_workers("describe", "clusters", clusters=clusters)
 
     async def tls_status(self) -> dict[int, list[dict[str, Any]]]:
         """Each serving worker's TLS contexts: certificates with their expiry, and how reloading their files went
         (workers that do not answer in time are left out)."""
-        async def one(link: WorkerLink) -> list[dict[str, Any]] | None:
+        return await self._ask_workers("tls", "contexts")
+
+    async def plugin_counters(self) -> dict[int, dict[str, Any]]:
+        """Each serving worker's Python-side counters: filters, span export, access-log sinks (Proxy.plugin_counters;
+        workers that do not answer in time are left out)."""
+        return await self._ask_workers("counters", "counters")
+
+    async def _ask_workers(self, op: str, key: str, **args: Any) -> dict[int, Any]:
+        """Ask every serving worker `op` (with `args`) over its control link at once; worker -> its answer's `key`."""
+        async def one(link: WorkerLink) -> Any:
             try:
-                answer = await link.call("tls", DESCRIBE_TIMEOUT)
+                answer = await link.call(op, DESCRIBE_TIMEOUT, **args)
             except (TimeoutError, LinkClosed):
                 return None
-            return answer.get("contexts") if answer.get("ok") else None
+            return answer.get(key) if answer.get("ok") else None
         links = {n: link for n, link in self.links.items() if n in self.ready}
         answers = await asyncio.gather(*(one(link) for link in links.values()))
         return {n: a for n, a in zip(links, answers) if a is not None}

@@ -260,4 +260,7 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
     async def tls(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         return {"ok": True, "contexts": proxy.tls_status()}
 
-    return {"reload": reload, "endpoints": endpoints, "describe": describe, "tls": tls}
+    async def counters(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        return {"ok": True, "counters": {**proxy.plugin_counters(), "pid": os.getpid()}}
+
+    return {"reload": reload, "endpoints": endpoints, "describe": describe, "tls": tls, "counters": counters}

@@ -219,3 +219,51 @@ def test_connection_limit_families_render_and_parse(openmetrics: bool) -> None:
     assert got[("fastmesh_downstream_connections_limited_total", (("listener", "api"),))] == 511
     assert got[("fastmesh_downstream_accept_paused_total", (("listener", "api"),))] == 3
     assert got[("fastmesh_worker_max_connections", (("worker", "0"),))] == 89
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["prometheus", "openmetrics"])
+def test_plugin_and_proxy_protocol_families_render_and_parse(openmetrics: bool) -> None:
+    """PROXY protocol counts from the listener's slots (only for a listener that saw the gate); filters, span export
+    and sinks from the view AdminServer.plugin_view sums."""
+    layout = StatsLayout(loads_config(HTTP_CONFIG))
+    block = layout.new_block()
+    listener = layout.listeners[0].offset
+    plain = samples(render(Snapshot.of_block(layout, block), INFO, openmetrics).decode(), openmetrics)
+    assert not [name for name, _ in plain if "proxy_protocol" in name or "filter" in name or "sink" in name]
+    block[listener + LISTENER_FIELDS.index("proxy_protocol_passed")] = 7
+    block[listener + LISTENER_FIELDS.index("proxy_protocol_refused_timeout")] = 2
+    plugins = {"filters": {("api", "pkg.mod:Auth"): {"calls": 9, "answers": 4, "errors": 1, "timeouts": 2}},
+               "tracing": {"exported": 30, "dropped": 5, "failed_exports": 1},
+               "sinks": {("event_sinks[0]", "pkg.mod:Sink"): {"written": 12, "dropped": 3, "errors": 1}}}
+    got = samples(render(Snapshot.of_block(layout, block), INFO, openmetrics, plugins=plugins).decode(), openmetrics)
+    api = (("listener", "api"),)
+    assert got[("fastmesh_proxy_protocol_passed_total", api)] == 7
+    assert got[("fastmesh_proxy_protocol_refused_total", (*api, ("reason", "timeout")))] == 2
+    assert got[("fastmesh_proxy_protocol_refused_total", (*api, ("reason", "not_proxy")))] == 0
+    auth = (*api, ("plugin", "pkg.mod:Auth"))
+    assert [got[(f"fastmesh_filter_{n}_total", auth)] for n in ("calls", "answered", "errors", "timeouts")] == \
+        [9, 4, 1, 2]
+    assert [got[(f"fastmesh_tracing_spans_{n}_total", ())] for n in ("exported", "dropped", "export_failures")] == \
+        [30, 5, 1]
+    sink = (("plugin", "pkg.mod:Sink"), ("sink", "event_sinks[0]"))
+    assert [got[(f"fastmesh_sink_{n}_total", sink)] for n in ("records_written", "records_dropped", "write_errors")] \
+        == [12, 3, 1]
+
+
+def test_kept_totals_carry_a_reset_and_a_silent_worker() -> None:
+    """A worker's Python-side counts restart from zero after a restart or reload: the sum must not go backwards,
+    nor drop when a worker misses one scrape."""
+    from fastmesh.admin.server import KeptTotals
+    kept = KeptTotals()
+    calls = ("filters", "api", "p", "calls")
+    kept.update("w0", {calls: 10})
+    kept.update("w1", {calls: 5})
+    assert kept.totals() == {calls: 15}
+    kept.update("w0", {calls: 3})           # w0 restarted: its 10 are carried
+    assert kept.totals() == {calls: 18}
+    kept.update("w0", {calls: 4})           # w1 did not answer this time: its 5 stay
+    assert kept.totals() == {calls: 19}
+    kept.update("w1", {calls: 6})
+    assert kept.totals() == {calls: 20}
+    kept.update("w0", {calls: 7}, pid=99)   # a new process in w0's slot, already past w0's 4: all 7 are new
+    assert kept.totals() == {calls: 27}

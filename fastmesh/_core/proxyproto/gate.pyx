@@ -5,8 +5,9 @@ The header is read with MSG_PEEK and then taken with one recv() of exactly its l
 twice. Most clients (HAProxy, load balancers) send the header with their first segment, so a connection is
 usually looked at once, at accept, and handed on without touching epoll; one whose header is not all there yet
 waits in the epoll set (edge-triggered) until it is, until proxy_protocol_timeout passes (the tick sweeps the
-waiting list), or until the client closes. A connection without a valid header is closed, counted by reason and
-never handed on; refusals are logged at most once a second (with how many were not logged).
+waiting list), or until the client closes. A connection without a valid header is closed, counted by reason (in the
+gate and in the listener's stats slots, which /metrics sums over the workers) and never handed on; refusals are
+logged at most once a second (with how many were not logged).
 
 The address the header carries is what the protocol gets as the connection's peer: the client address of
 X-Forwarded-For, the access log, source_ip hashing and filters. LOCAL (v2) and UNKNOWN (v1) headers keep the
@@ -24,6 +25,7 @@ from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor, Acceptor, Con
 from fastmesh._core.proxyproto.codec cimport (
     ProxyHeader, pp_parse, PP_MORE, PP_BAD, PP_V1, PP_V2, PP_V2_MAX, PR_NONE, PR_TIMEOUT, PR_CLOSED, PR_COUNT,
 )
+from fastmesh._core.stats cimport L_PP_PASSED, L_PP_REFUSED, bump
 from fastmesh._core.proxyproto.codec import REFUSALS
 
 import logging
@@ -126,6 +128,7 @@ cdef class ProxyGate(Sweeper):
             memset(&client, 0, sizeof(sockaddr_storage))
             memcpy(&client, &h.src, sizeof(sockaddr_in6))
         self.passed += 1
+        bump(self.protocol.counters + L_PP_PASSED, 1)
         self.protocol.accept_fd(fd, &client)
         return LOOK_DONE
 
@@ -136,6 +139,8 @@ cdef class ProxyGate(Sweeper):
         if self.limit is not None:
             self.limit.release()
         self.refused_by[reason] += 1
+        if self.protocol is not None:
+            bump(self.protocol.counters + L_PP_REFUSED + reason - 1, 1)
         if self.reactor.now < self.log_after:
             self.log_skipped += 1
             return
