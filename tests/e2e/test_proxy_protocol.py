@@ -290,3 +290,31 @@ def test_clusters_send_the_header_haproxy_accepts(tmp_path, version):
             await proxy.stop()
 
     run(main())
+
+
+def test_alternating_clients_each_keep_their_own_pooled_connection(tmp_path):
+    """A PROXY cluster's idle connections each wait for their own client: two keep-alive clients taking turns (never
+    more than one request in flight) keep one upstream connection each, although the pool's recent peak use is one."""
+    async def main():
+        http_port, hp = free_port(), free_port()
+        proxy = Proxy.from_toml(
+            f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "hp"\n'
+            f'[clusters.hp]\nendpoints = ["127.0.0.1:{hp}"]\nproxy_protocol = "v2"\n')
+        await proxy.start()
+        try:
+            async with haproxy(tmp_path, f"frontend fe\n    mode http\n    bind 127.0.0.1:{hp} accept-proxy\n"
+                               '    http-request return status 200 content-type text/plain lf-string "%[src]"\n', hp):
+                clients = [await asyncio.open_connection("127.0.0.1", http_port, local_addr=(ip, 0))
+                           for ip in ("127.0.0.5", "127.0.0.6")]
+                for _ in range(3):
+                    for (reader, writer), ip in zip(clients, ("127.0.0.5", "127.0.0.6")):
+                        writer.write(b"GET / HTTP/1.1\r\nHost: pp.test\r\n\r\n")
+                        assert (await asyncio.wait_for(read_response(reader), 20)).body.decode() == ip
+                for _, writer in clients:
+                    writer.close()
+                pool = proxy.stats()["pools"]["hp"]
+                assert pool["opened"] == 2 and pool["reuses"] == 4
+        finally:
+            await proxy.stop()
+
+    run(main())

@@ -323,8 +323,8 @@ cdef class HttpPool(Connector):
         if used > self.peak[ep]:
             self.peak[ep] = used
         keep = self.peak[ep] if self.peak[ep] > self.last_peak[ep] else self.last_peak[ep]
-        if keep > self.max_idle:
-            keep = self.max_idle
+        if keep > self.max_idle or up.proxy_len:
+            keep = self.max_idle        # a PROXY cluster's idle connections each wait for their own client
         if (self.retired or up.state != UP_ACTIVE or up.hangup or keep <= 0
                 or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end or self.cluster.out[ep] & OUT_REMOVED):
             up.close()
