@@ -16,7 +16,7 @@ in every process); a withdrawal sums every worker's ring, so retries are a share
 """
 from libc.string cimport memset
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
+from fastmesh._core.includes.shared_words cimport map_words, free_words
 
 import hashlib
 import os
@@ -131,11 +131,9 @@ cdef class LimitBlock:
 
     cdef int _map(self, int fd, Py_ssize_t size) except -1:
         cdef size_t length = <size_t>size * sizeof(uint64_t)
-        cdef void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if p == MAP_FAILED:
-            raise OSError(errno, "mmap of the limits block failed")
+        cdef uint64_t *p = map_words(fd, length, True, "the limits block")
         PyMem_Free(self.base)
-        self.base = <uint64_t *>p
+        self.base = p
         self.size = size
         self.length = length
         self.shared = True
@@ -169,12 +167,8 @@ cdef class LimitBlock:
         return block
 
     def __dealloc__(self):
-        if self.base != NULL:
-            if self.length:
-                munmap(self.base, self.length)
-            else:
-                PyMem_Free(self.base)
-            self.base = NULL
+        free_words(self.base, self.length)
+        self.base = NULL
 
     def cell(self, str name):
         """The counters of cluster `name`: the cell its key already has, or a free one claimed for it; None when

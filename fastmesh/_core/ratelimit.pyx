@@ -23,7 +23,7 @@ The hash is seeded per instance (RH_SEED) so keys cannot be chosen to collide wi
 """
 from libc.string cimport memcpy, memset
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
-from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
+from fastmesh._core.includes.shared_words cimport map_words, free_words
 from fastmesh._core.request cimport RequestView, Span, find_field, field_value
 
 import hashlib
@@ -194,11 +194,9 @@ cdef class RateBlock:
 
     cdef int _map(self, int fd, Py_ssize_t size) except -1:
         cdef size_t length = <size_t>size * sizeof(uint64_t)
-        cdef void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        if p == MAP_FAILED:
-            raise OSError(errno, "mmap of the rate-limit block failed")
+        cdef uint64_t *p = map_words(fd, length, True, "the rate-limit block")
         PyMem_Free(self.base)
-        self.base = <uint64_t *>p
+        self.base = p
         self.size = size
         self.length = length
         self.shared = True
@@ -236,12 +234,8 @@ cdef class RateBlock:
         return block
 
     def __dealloc__(self):
-        if self.base != NULL:
-            if self.length:
-                munmap(self.base, self.length)
-            else:
-                PyMem_Free(self.base)
-            self.base = NULL
+        free_words(self.base, self.length)
+        self.base = NULL
 
     cdef uint64_t *find(self, uint64_t ident) noexcept:
         cdef uint64_t *t = self.base + RH_SLOTS

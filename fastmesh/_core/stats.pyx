@@ -9,7 +9,7 @@ from cpython cimport array
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
-from fastmesh._core.includes.system cimport errno, mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
+from fastmesh._core.includes.shared_words cimport map_words, free_words
 from fastmesh._core.proxyproto.codec cimport PR_COUNT
 
 cdef array.array Q_TEMPLATE = array.array("Q")
@@ -70,24 +70,17 @@ cdef class StatsBlock:
         """Map the first `size` slots of fd (a memfd the supervisor made; it must be at least that long)."""
         cdef StatsBlock block = StatsBlock(0)
         cdef size_t length = <size_t>max(size, 1) * sizeof(uint64_t)
-        cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
-        cdef void *p = mmap(NULL, length, prot, MAP_SHARED, fd, 0)
-        if p == MAP_FAILED:
-            raise OSError(errno, "mmap of a stats block failed")
+        cdef uint64_t *p = map_words(fd, length, writable, "a stats block")
         PyMem_Free(block.base)
-        block.base = <uint64_t *>p
+        block.base = p
         block.size = size
         block.length = length
         block.shared = True
         return block
 
     def __dealloc__(self):
-        if self.base != NULL:
-            if self.length:
-                munmap(self.base, self.length)
-            else:
-                PyMem_Free(self.base)
-            self.base = NULL
+        free_words(self.base, self.length)
+        self.base = NULL
 
     cdef uint64_t *region(self, Py_ssize_t offset, Py_ssize_t count) except NULL:
         if offset < HEADER_SLOTS or count < 0 or offset + count > self.size:
