@@ -19,10 +19,11 @@ from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
-from fastmesh.process.zygote import ForkedWorker, Zygote
+from fastmesh.process import zygote
+from fastmesh.process.zygote import ForkedWorker
 from fastmesh.dataplane.tls import TICKET_SECRET_BYTES
 
-Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked by the zygote
+Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked from this process
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -63,10 +64,10 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
-    zygote = Zygote.start()             # before any event loop exists: workers are forked from it
+    forking = zygote.preload()          # before any event loop exists: workers are forked from this process
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(Supervisor(config_path, cfg, log_level, zygote).run())
+        return runner.run(Supervisor(config_path, cfg, log_level, forking).run())
 
 
 def restart_delay(quick_failures: int) -> float:
@@ -89,12 +90,12 @@ def describe_exit(returncode: int) -> str:
 class Supervisor:
     """The parent process: demo backends on its own loop, one task per worker slot that restarts its worker."""
 
-    def __init__(self, config_path: str, cfg: Config, log_level: str, zygote: Zygote | None = None) -> None:
+    def __init__(self, config_path: str, cfg: Config, log_level: str, forking: bool = False) -> None:
         self.config_path = os.path.abspath(config_path)   # workers may resolve it from another directory
         self.cfg = cfg
         self.log_level = log_level
         self.count = cfg.worker_count()
-        self.zygote = zygote                                      # the fork server workers come from, if any
+        self.forking = forking                                    # workers are forked from us (else exec'd)
         self.procs: dict[int, Worker] = {}                        # slot number -> its running worker
         self.ready: set[int] = set()                              # slots whose current worker is serving
         self.announced = False                                    # "all workers ready" was logged once
@@ -169,8 +170,6 @@ class Supervisor:
             self.stats.close()
             self.limits.close()
             self.rates.close()
-            if self.zygote is not None:
-                self.zygote.close()
         log.info("stopped")
         return self.exit_code
 
@@ -327,7 +326,7 @@ class Supervisor:
                     pass
 
     async def _spawn(self, n: int) -> Worker:
-        if self.zygote is not None and self.zygote.sock is not None:
+        if self.forking:
             ours, theirs = socketpair()
             tickets = memfd_with(self.ticket_secret, "fastmesh-tickets")
             fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd, self.rates.fd, tickets]
@@ -336,11 +335,11 @@ class Supervisor:
                 running = memfd_with(self.reloader.text, "fastmesh-config")     # discovery: the running config
                 fds.append(running)
             try:
-                proc: Worker = await self.zygote.spawn(
+                proc: Worker = await zygote.fork_worker(
                     {"config": self.config_path, "worker_id": n, "log_level": self.log_level}, fds)
             except OSError as exc:
                 ours.close()
-                log.warning("the fork server could not start w%d (%s): starting a fresh interpreter", n, exc)
+                log.warning("could not fork w%d (%s): starting a fresh interpreter", n, exc)
             else:
                 self.links[n] = WorkerLink(ours, f"w{n}")
                 self.spawn_gen[n] = self.config_gen

@@ -274,22 +274,47 @@ def comm(pid: int) -> str:
         return f.read().strip()
 
 
-def test_workers_are_forked_from_the_fork_server_and_share_its_pages(start: Start) -> None:
+def test_workers_are_forked_from_the_supervisor_and_share_its_pages(start: Start) -> None:
     fm = start(workers=2)
     pids = list(fm.worker_pids().values())
-    zygotes = {int(proc_field(pid, "PPid")) for pid in pids}
-    assert len(zygotes) == 1, "both workers come from the one fork server"
-    zygote = zygotes.pop()
-    assert comm(zygote) == "fastmesh-zygote" and int(proc_field(zygote, "PPid")) == fm.proc.pid
+    assert {int(proc_field(pid, "PPid")) for pid in pids} == {fm.proc.pid}, "no process between them"
+    assert children(fm.proc.pid) == set(pids), "no fork server or other helper process"
     for pid in pids:
         assert comm(pid) == "fastmesh-worker"
-        # Pages written before the fork (the interpreter, the data path's modules) stay shared with the fork server
+        # Pages written before the fork (the interpreter, the data path's modules) stay shared with the supervisor
         # and the other worker; a fresh interpreter shares none of its heap (a few KiB of Shared_Dirty).
         assert int(proc_field(pid, "Shared_Dirty", "smaps_rollup")) > 4096, pid
+        # The supervisor's fds (its loop's epoll, the admin and demo listeners, the other worker's pipe and
+        # control link) stay the supervisor's: a worker holds stdin/out/err, its own fds and what it opened.
+        targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert not any(t.startswith("anon_inode:[pidfd") for t in targets), targets
+        assert admin_listener_inode(fm) not in targets, targets
     assert {http_get(fm.port) for _ in range(6)} == {1, 2, 3}
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
-    assert not alive(zygote)
+    assert not any(alive(pid) for pid in pids)
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is pid."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(child) for child in f.read().split())
+    return found
+
+
+def admin_listener_inode(fm: Fastmesh) -> str:
+    """`socket:[inode]` of the supervisor's admin listening socket, as /proc/PID/fd shows it."""
+    match = re.search(r'\[admin\]\nlisten = "127\.0\.0\.1:(\d+)"', fm.config_text)
+    assert match is not None
+    port = f"{int(match[1]):04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port}") and fields[3] == "0A":       # LISTEN
+                return f"socket:[{fields[9]}]"
+    raise AssertionError(f"no listener on the admin port {port}")
 
 
 MODULES_ON_SIGNAL = """import os, signal, sys
@@ -300,11 +325,12 @@ signal.signal(signal.SIGUSR2, _dump)
 """
 
 
-def test_nothing_of_ours_is_imported_after_the_fork_server_forked(
+def test_nothing_of_ours_is_imported_after_the_first_fork(
         start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A module imported after the fork, by the supervisor (admin, discovery, reloads) or by a worker, puts its objects
-    # into the holes of memory pages the fork server shares, and each such page is then copied: keep PRELOAD whole.
-    # A sitecustomize (inherited through both forks) writes each process's sys.modules when sent SIGUSR2.
+    # into the holes of memory pages they share, and each such page is then copied: keep PRELOAD whole. A worker
+    # starts with the supervisor's modules, so what one has and the other lacks was imported after the fork.
+    # A sitecustomize (inherited by the forked worker) writes each process's sys.modules when sent SIGUSR2.
     hook, dumps = tmp_path / "hook", tmp_path / "modules"
     hook.mkdir()
     dumps.mkdir()
@@ -313,24 +339,23 @@ def test_nothing_of_ours_is_imported_after_the_fork_server_forked(
     monkeypatch.setenv("FASTMESH_TEST_MODULES", str(dumps))
     fm = start(workers=1)
     worker = fm.worker_pids()["w0"]
-    zygote = int(proc_field(worker, "PPid"))
-    assert comm(zygote) == "fastmesh-zygote"
+    assert int(proc_field(worker, "PPid")) == fm.proc.pid
     assert http_get(fm.port) in (1, 2, 3)
-    for pid in (fm.proc.pid, zygote, worker):
+    for pid in (fm.proc.pid, worker):
         os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + WAIT
-    while len(list(dumps.iterdir())) < 3 and time.monotonic() < deadline:
+    while len(list(dumps.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     modules = {int(path.name): set(path.read_text().split()) for path in dumps.iterdir()}
     assert "fastmesh.admin.server" in modules[fm.proc.pid] and "fastmesh.proxy" in modules[worker]
-    for pid in (fm.proc.pid, worker):
-        late = {name for name in modules[pid] - modules[zygote] if name.startswith("fastmesh")}
+    for pid, other in ((fm.proc.pid, worker), (worker, fm.proc.pid)):
+        late = {name for name in modules[pid] - modules[other] if name.startswith("fastmesh")}
         assert not late, f"imported after the fork by {comm(pid)}: {sorted(late)}"
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
 
 
-def test_without_the_fork_server_workers_are_fresh_interpreters(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_forking_workers_are_fresh_interpreters(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTMESH_ZYGOTE", "0")
     fm = start(workers=1)
     pid = fm.worker_pids()["w0"]
@@ -342,50 +367,45 @@ def test_without_the_fork_server_workers_are_fresh_interpreters(start: Start, mo
     assert fm.wait_exit() == 0
 
 
-def test_killed_fork_server_workers_come_back_as_fresh_interpreters(start: Start) -> None:
+def test_killed_forked_worker_is_forked_again(start: Start) -> None:
+    # The supervisor hears of the death through the worker's pidfd (its exit status included) and forks the next
+    # one from its running loop; the new worker serves, and the other one never noticed.
     fm = start(workers=2, drain_timeout="1s")
     first = fm.worker_pids()
-    zygote = int(proc_field(first["w0"], "PPid"))
-    os.kill(zygote, signal.SIGKILL)
-    fm.wait_log(r"the fork server \(pid \d+\) is gone")
-    fm.wait_log(r"w\d \(pid \d+\) ready", count=4)
+    os.kill(first["w0"], signal.SIGKILL)
+    fm.wait_log(r"w0 \(pid \d+\) exited unexpectedly: killed by signal SIGKILL")
+    fm.wait_log(r"w\d \(pid \d+\) ready", count=3)
     now = fm.worker_pids()
-    assert set(now.values()).isdisjoint(first.values()), "the workers died with their fork server"
-    for pid in now.values():
-        assert int(proc_field(pid, "PPid")) == fm.proc.pid
+    assert now["w1"] == first["w1"] and now["w0"] != first["w0"]
+    assert int(proc_field(now["w0"], "PPid")) == fm.proc.pid and comm(now["w0"]) == "fastmesh-worker"
     assert {http_get(fm.port) for _ in range(6)} == {1, 2, 3}
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
+    assert "killed by signal" not in fm.log().split("received SIGTERM")[-1]
 
 
 def test_stop_sent_to_every_process_still_drains_cleanly(start: Start) -> None:
-    # systemd's control-group kill (and timeout(1), a group kill) sends SIGTERM to the fork server and the workers
-    # as well as the supervisor: the stop is the supervisor's, so it is still one clean drain.
+    # systemd's control-group kill (and timeout(1), a group kill) sends SIGTERM to the workers as well as the
+    # supervisor: the stop is the supervisor's, so it is still one clean drain.
     fm = start(workers=1, drain_timeout="1s")
     worker = fm.worker_pids()["w0"]
-    zygote = int(proc_field(worker, "PPid"))
-    assert comm(zygote) == "fastmesh-zygote"
-    for pid in (fm.proc.pid, zygote, worker):
+    for pid in (fm.proc.pid, worker):
         os.kill(pid, signal.SIGTERM)
     assert fm.wait_exit() == 0
     log = fm.log()
-    assert "fork server" not in log and "killed by signal" not in log, log[-2000:]
-    deadline = time.monotonic() + WAIT
-    while alive(zygote) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(zygote)
+    assert "killed by signal" not in log and "exited unexpectedly" not in log, log[-2000:]
+    assert not alive(worker)
 
 
-def test_fork_server_exits_when_supervisor_is_killed(start: Start) -> None:
+def test_forked_worker_exits_when_supervisor_is_killed(start: Start) -> None:
     fm = start(workers=1, drain_timeout="1s")
-    zygote = int(proc_field(fm.worker_pids()["w0"], "PPid"))
-    assert comm(zygote) == "fastmesh-zygote"
+    worker = fm.worker_pids()["w0"]
     fm.proc.kill()
     fm.proc.wait(WAIT)
     deadline = time.monotonic() + WAIT
-    while alive(zygote) and time.monotonic() < deadline:
+    while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(zygote), "the fork server outlived its supervisor"
+    assert not alive(worker), "the worker outlived its supervisor"
 
 
 def test_memtrace_switch_writes_snapshots_that_compare(start: Start, monkeypatch: pytest.MonkeyPatch,
@@ -416,7 +436,7 @@ def test_memtrace_switch_writes_snapshots_that_compare(start: Start, monkeypatch
     assert fm.wait_exit() == 0
 
 
-def test_fork_server_preloads_modules_that_exist() -> None:
+def test_supervisor_preloads_modules_that_exist() -> None:
     import importlib
 
     from fastmesh.process.zygote import PRELOAD
