@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.metadata
 import inspect
 import sys
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastmesh.errors import PluginError
 from fastmesh.plugins.api import PluginConfigError
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 GROUP = "fastmesh.plugins"
 # Each kind and the method that makes an object one.
@@ -45,6 +47,10 @@ _RESOLVED: dict[str, Resolved] = {}
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    # Imported on first use (a plugin named by entry point, `fastmesh plugins`): importlib.metadata brings email,
+    # csv, zipfile and datetime with it, 1.1 MiB of objects that every process of an instance without such a
+    # plugin would carry.
+    import importlib.metadata
     return list(importlib.metadata.entry_points(group=GROUP))
 
 
