@@ -143,11 +143,8 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
                 sys.stderr.write(log.read()[-3000:])
                 raise
             time.sleep(settle)
-            below = descendants(proc.pid)
-            zygotes = [pid for pid in below if comm(pid) == "fastmesh-zygote"]
-            kids = [pid for pid in below if pid not in zygotes]
+            kids = descendants(proc.pid)      # the workers (forked from the supervisor, or fresh interpreters)
             rows = [("supervisor", proc.pid, memory_kb(proc.pid))]
-            rows += [("fork server", pid, memory_kb(pid)) for pid in zygotes]
             rows += [(f"worker {i}", pid, memory_kb(pid)) for i, pid in enumerate(kids)]
             result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows,
                                          "rss": sum(m["Rss"] for _, _, m in rows),

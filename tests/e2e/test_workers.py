@@ -386,6 +386,23 @@ def test_killed_forked_worker_is_forked_again(start: Start) -> None:
     assert "killed by signal" not in fm.log().split("received SIGTERM")[-1]
 
 
+def test_forked_worker_on_uvloop_serves_and_drains(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A uvloop worker forked from the supervisor's running uvloop: its own loop, its own signal handling (the stop
+    # is a drain, not the default action, and does not reach the supervisor's loop).
+    monkeypatch.setenv("FASTMESH_LOOP", "uvloop")
+    fm = start(workers=1, drain_timeout="1s")
+    worker = fm.worker_pids()["w0"]
+    assert int(proc_field(worker, "PPid")) == fm.proc.pid
+    assert {http_get(fm.port) for _ in range(6)} == {1, 2, 3}
+    os.kill(worker, signal.SIGHUP)          # a worker ignores it (reloads come from the supervisor)
+    assert http_get(fm.port) in (1, 2, 3) and fm.worker_pids()["w0"] == worker
+    assert "reloading" not in fm.log()
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+    log = fm.log()
+    assert "w0 (pid %d) stopped: exit code 0" % worker in log, log[-2000:]
+
+
 def test_stop_sent_to_every_process_still_drains_cleanly(start: Start) -> None:
     # systemd's control-group kill (and timeout(1), a group kill) sends SIGTERM to the workers as well as the
     # supervisor: the stop is the supervisor's, so it is still one clean drain.
