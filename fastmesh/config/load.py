@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
-import difflib
 import importlib.util
 import ipaddress
 import json
@@ -236,6 +235,7 @@ class _Check:
         self.errors.append(ConfigError(self.source, key, expected, reason=f"missing key (expected {expected})"))
 
     def unknown(self, key: str, name: str, known: Mapping[str, Any]) -> None:
+        import difflib          # only for a config with a mistake: not in every process of every instance
         close = difflib.get_close_matches(name, list(known), n=1)
         choices = _choices(sorted(known))
         hint = f'did you mean "{close[0]}"?' if close else f"expected one of {choices}"
