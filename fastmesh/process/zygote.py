@@ -134,7 +134,13 @@ async def fork_worker(argv: dict[str, Any], fds: list[int]) -> ForkedWorker:
         os.close(read_end)
         raise
     stdout = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(read_end, "rb", 0))
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(read_end, "rb", 0))
+    except BaseException:               # the same: a worker we cannot hear from is killed and reaped
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        raise
     return ForkedWorker(pid, pidfd, stdout)
 
 
