@@ -27,7 +27,7 @@ import time
 if __package__ in (None, ""):     # `python bench/soak.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.footprint import comm, memory_kb, wait_ready  # noqa: E402
+from bench.footprint import memory_kb, wait_ready  # noqa: E402
 from bench.macro import backends, procs  # noqa: E402
 from bench.macro.procstat import descendants  # noqa: E402
 
@@ -113,11 +113,11 @@ def burst(ports: dict[str, int], count: int, threads: int = 8) -> dict[str, int]
 
 
 def sample(supervisor: int) -> list[tuple[str, int, dict[str, int]]]:
-    """(role, pid, memory) of the supervisor, the fork server ("fs") and each worker ("w")."""
+    """(role, pid, memory) of the supervisor and each worker ("w")."""
     rows = [("sup", supervisor, memory_kb(supervisor))]
     for pid in descendants(supervisor):
         try:
-            rows.append(("fs" if comm(pid) == "fastmesh-zygote" else "w", pid, memory_kb(pid)))
+            rows.append(("w", pid, memory_kb(pid)))
         except OSError:
             pass
     return rows
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         next_line = next_burst = next_reload = 0.0
         series: list[tuple[float, int]] = []          # (elapsed, total worker RSS KiB)
         bursts = {"ok": 0, "503": 0, "wrong": 0, "count": 0}
-        print("elapsed_s  RSS/PSS MiB of the supervisor (sup), the fork server (fs), each worker (w)", flush=True)
+        print("elapsed_s  RSS/PSS MiB of the supervisor (sup) and each worker (w)", flush=True)
         while not stopped.is_set():
             now = time.monotonic() - began
             if now >= args.duration or wrk.poll() is not None:

@@ -13,8 +13,6 @@ from . import envoy_conf, fastmesh_conf, haproxy_conf, nginx_conf, procs, procst
 ALL = ("direct", "haproxy", "nginx", "envoy", "fastmesh")
 # helper processes Python's multiprocessing may add under a supervisor; they relay nothing
 _HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver")
-# process names (comm) of helpers that relay nothing either: fastmesh's fork server, which its workers come from
-_HELPER_NAMES = ("fastmesh-zygote",)
 
 
 @dataclass
@@ -138,20 +136,12 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _wait_workers(proc: subprocess.Popen, timeout: float = 15.0) -> list[int]:
     """PIDs of the worker processes below a master/supervisor, once at least one exists."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         kids = [pid for pid in procstat.descendants(proc.pid)
-                if not any(h in _cmdline(pid) for h in _HELPERS) and _comm(pid) not in _HELPER_NAMES]
+                if not any(h in _cmdline(pid) for h in _HELPERS)]
         if kids:
             return kids
         if proc.poll() is not None:
