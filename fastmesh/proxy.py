@@ -194,9 +194,12 @@ class Proxy:
         assert self._limits is not None          # mapped by start() before the first pool
         pools = [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
                  for n in config.clusters]
+        from fastmesh.dataplane.tls import unchanged_or
+        before = {pool.cluster.name: pool.tls for pool in self._pools}
         for name, pool in zip(config.clusters, pools):
-            # Read again on every reload (changed certificate files take effect); open connections keep theirs.
-            pool.tls = cluster_tls(config.clusters[name], config.source)
+            # Read again on every reload (changed certificate files take effect; open connections keep theirs);
+            # unchanged, the running context stays, and with it the sessions kept for resumption.
+            pool.tls = unchanged_or(before.get(name), cluster_tls(config.clusters[name], config.source))
         return pools
 
     def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[Pool]
@@ -207,8 +210,10 @@ class Proxy:
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
                                        self.config.source, index)
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
+        running = self._tcp.get(lcfg.name)
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
-                                  self.config.source, index)
+                                  self.config.source, index,
+                                  running.upstream_tls if running is not None else None)
 
     def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
                        pools: list[Pool]) -> Listener:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from fastmesh.config.schema import ClusterTls, ListenerTls
 from fastmesh.errors import ConfigError
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     Tls = Union[TlsServer, TlsClient]
 
 log = logging.getLogger("fastmesh.tls")
+T = TypeVar("T", "TlsServer", "TlsClient")
 
 SESSION_SLOTS = 256         # upstream endpoints per cluster whose last TLS session is kept for resumption
 DEFAULT_ALPN = {"http": ["h2", "http/1.1"], "tcp": []}    # an http listener without HTTP/2 offers http/1.1 only
@@ -76,6 +77,14 @@ def build_client_tls(tls: ClusterTls, source: str, key: str, protocol: str = "")
                          sessions=tls.session_reuse)
     except TlsError as exc:
         raise _refused(source, key, exc) from None
+
+
+def unchanged_or(old: T | None, new: T | None) -> T | None:
+    """`old` when `new` was built from the same settings and file contents (a config reload that left this TLS
+    alone): a cluster's TlsClient then keeps its sessions, so upstream handshakes after a reload still resume."""
+    if old is not None and new is not None and type(old) is type(new) and old.spec == new.spec:
+        return old
+    return new
 
 
 def certificate_rows(kind: str, name: str, certificates: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:

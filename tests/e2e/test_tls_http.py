@@ -341,6 +341,47 @@ def test_upstream_https_pool_reuses_and_resumes(pki: Pki, server: Pem) -> None:
     run(main())
 
 
+def test_upstream_session_resumes_across_a_reload_that_left_the_cluster_tls_alone(pki: Pki, server: Pem) -> None:
+    """A config reload that changes something else (a listener setting, another cluster) keeps the cluster's TLS
+    client context and so its sessions: the first upstream connection after the reload resumes (the HTTPS backend
+    says so); a reload that changes the cluster's TLS settings starts afresh (a full handshake)."""
+    from fastmesh.config.load import loads_config
+    backend_cert = pki.issue("api.svc.test")
+
+    async def get(port: int) -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        return dict(json.loads(answer.partition(b"\r\n\r\n")[2]))
+
+    async def main() -> list[bool]:
+        async with HttpBackend("tls-b", ssl=pki.server_context(backend_cert)) as backend:
+            cluster = {"tls": {"ca": pki.ca_file, "server_name": "api.svc.test"}, "pool_max_idle": 0}
+            text = config([backend.address], None, cluster)
+            proxy, port = await start(text)
+            try:
+                seen = [(await get(port))["tls_resumed"], (await get(port))["tls_resumed"]]
+                other = text.replace("[clusters.backend]", f'[clusters.spare]\nendpoints = ["127.0.0.1:{free_port()}"]'
+                                     f"\n[clusters.backend]")
+                await proxy.reload(loads_config(other.replace('cluster = "backend"',
+                                                              'cluster = "backend"\nidle_timeout = "77s"')))
+                seen.append((await get(port))["tls_resumed"])
+                changed = other.replace('server_name = "api.svc.test"', 'server_name = "api.svc.test", alpn = '
+                                        '["http/1.1"]').replace('"server_name" = "api.svc.test"',
+                                                                '"server_name" = "api.svc.test", "alpn" = ["http/1.1"]')
+                assert changed != other
+                await proxy.reload(loads_config(changed))
+                seen.append((await get(port))["tls_resumed"])
+                seen.append((await get(port))["tls_resumed"])
+            finally:
+                await proxy.stop()
+        return seen
+
+    assert run(main()) == [False, True, True, False, True]
+
+
 def test_upstream_handshake_failure_fails_over(pki: Pki, server: Pem) -> None:
     """An endpoint whose certificate does not match server_name fails like a refused connect: the request goes to
     the good endpoint, the failure is counted; with only the bad endpoint the client gets a 503."""
