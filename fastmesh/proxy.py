@@ -156,7 +156,8 @@ class Proxy:
         self._health.start()
         for sweeper in [*clusters.values(), *self._tcp.values(), *pools, *self._http.values()]:
             reactor.add_sweeper(sweeper)
-        from fastmesh.dataplane.tls import TlsWatch
+        from fastmesh.dataplane.tls import TlsWatch, own_ticket_secret
+        own_ticket_secret(self.config.ticket_secret_rotation)
         self._tls_watch = TlsWatch()
         self._tls_watch.track(self._tls_contexts())
         self._tls_watch.start()
