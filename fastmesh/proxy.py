@@ -545,7 +545,7 @@ class Proxy:
 
     def _tls_contexts(self) -> list[tuple[str, str, Any]]:
         """Every TLS context in use, as (kind, name, context): listeners terminating TLS and clusters originating it
-        (one context per listener that sends to the cluster)."""
+        (one context per tcp listener that sends to the cluster, and one per HTTP pool)."""
         out: list[tuple[str, str, Any]] = []
         acceptors: list[tuple[str, Any]] = [*self._tcp.items(), *self._http.items()]   # http: once it has TLS
         for name, acceptor in acceptors:
@@ -554,6 +554,8 @@ class Proxy:
             client = getattr(acceptor, "upstream_tls", None)
             if client is not None:
                 out.append(("cluster", acceptor.cluster.name, client))
+        # HTTP pools originate TLS too (a mesh's mTLS client certificate): watched, reloaded and reported alike.
+        out += [("cluster", pool.cluster.name, pool.tls) for pool in self._pools if pool.tls is not None]
         return out
 
     def tls_status(self) -> list[dict[str, Any]]:

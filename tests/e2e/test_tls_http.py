@@ -344,7 +344,8 @@ def test_upstream_https_pool_reuses_and_resumes(pki: Pki, server: Pem) -> None:
 def test_upstream_session_resumes_across_a_reload_that_left_the_cluster_tls_alone(pki: Pki, server: Pem) -> None:
     """A config reload that changes something else (a listener setting, another cluster) keeps the cluster's TLS
     client context and so its sessions: the first upstream connection after the reload resumes (the HTTPS backend
-    says so); a reload that changes the cluster's TLS settings starts afresh (a full handshake)."""
+    says so); a reload that changes the cluster's TLS settings starts afresh (a full handshake). The pool's TLS
+    context is among those the proxy watches and reports."""
     from fastmesh.config.load import loads_config
     backend_cert = pki.issue("api.svc.test")
 
@@ -356,7 +357,7 @@ def test_upstream_session_resumes_across_a_reload_that_left_the_cluster_tls_alon
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         return dict(json.loads(answer.partition(b"\r\n\r\n")[2]))
 
-    async def main() -> list[bool]:
+    async def main() -> tuple[list[bool], list[tuple[str, str, list[str]]]]:
         async with HttpBackend("tls-b", ssl=pki.server_context(backend_cert)) as backend:
             cluster = {"tls": {"ca": pki.ca_file, "server_name": "api.svc.test"}, "pool_max_idle": 0}
             text = config([backend.address], None, cluster)
@@ -375,11 +376,15 @@ def test_upstream_session_resumes_across_a_reload_that_left_the_cluster_tls_alon
                 await proxy.reload(loads_config(changed))
                 seen.append((await get(port))["tls_resumed"])
                 seen.append((await get(port))["tls_resumed"])
+                watched = [(c["kind"], c["name"], c["files"]) for c in proxy.tls_status()]
             finally:
                 await proxy.stop()
-        return seen
+        return seen, watched
 
-    assert run(main()) == [False, True, True, False, True]
+    seen, watched = run(main())
+    assert seen == [False, True, True, False, True]
+    # The HTTP pool's TLS is watched (its files reloaded when they change) and reported like a tcp listener's.
+    assert watched == [("cluster", "backend", [pki.ca_file])]
 
 
 def test_upstream_handshake_failure_fails_over(pki: Pki, server: Pem) -> None:
