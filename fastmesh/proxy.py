@@ -211,10 +211,14 @@ class Proxy:
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
                                        self.config.source, index)
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
+        # Origination contexts to keep when equal to the new one: the cluster's HTTP pool's (one context, one
+        # set of sessions and one reload per cluster), then the one this listener had before a reload.
         running = self._tcp.get(lcfg.name)
+        candidates = [pool.tls for pool in pools if pool.cluster.name == lcfg.cluster and pool.tls is not None]
+        if running is not None and running.upstream_tls is not None:
+            candidates.append(running.upstream_tls)
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
-                                  self.config.source, index,
-                                  running.upstream_tls if running is not None else None)
+                                  self.config.source, index, candidates)
 
     def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
                        pools: list[Pool]) -> Listener:
@@ -554,8 +558,11 @@ class Proxy:
             client = getattr(acceptor, "upstream_tls", None)
             if client is not None:
                 out.append(("cluster", acceptor.cluster.name, client))
-        # HTTP pools originate TLS too (a mesh's mTLS client certificate): watched, reloaded and reported alike.
-        out += [("cluster", pool.cluster.name, pool.tls) for pool in self._pools if pool.tls is not None]
+        # HTTP pools originate TLS too (a mesh's mTLS client certificate): watched, reloaded and reported alike
+        # (once: a tcp listener to the same cluster shares the pool's context when their settings agree).
+        seen = {id(tls) for _, _, tls in out}
+        out += [("cluster", pool.cluster.name, pool.tls) for pool in self._pools
+                if pool.tls is not None and id(pool.tls) not in seen]
         return out
 
     def tls_status(self) -> list[dict[str, Any]]:

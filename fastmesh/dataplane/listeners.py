@@ -31,15 +31,19 @@ if TYPE_CHECKING:
 
 def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
                        cluster_cfgs: dict[str, ClusterConfig], source: str, index: int,
-                       running_client: TlsClient | None = None) -> TcpProxy:
+                       running_clients: Sequence[TlsClient] = ()) -> TcpProxy:
     """Where a tcp listener's connections go: TLS terminated (cfg.tls), originated (the cluster's tls), or passed
-    through by server name (cfg.sni_routes). `running_client`: the origination context the listener used before
-    a reload, kept (with its sessions) when the cluster's TLS did not change."""
+    through by server name (cfg.sni_routes). `running_clients`: origination contexts in use (the cluster's HTTP
+    pool's, the one the listener had before a reload): the first built from the same settings and files is used
+    (with its sessions) instead of a new one."""
     key = f"listeners[{index}].tls"
     server = build_server_tls(cfg.tls, cfg.protocol, source, key) if cfg.tls is not None else None
     ccfg = cluster_cfgs[cluster.name]
     client = build_client_tls(ccfg.tls, source, f"clusters.{cluster.name}.tls") if ccfg.tls is not None else None
-    client = unchanged_or(running_client, client)
+    for running in running_clients:
+        if unchanged_or(running, client) is running:
+            client = running
+            break
     routes = [(name, clusters[target]) for name, target in cfg.sni_routes.items()] if cfg.sni_routes else None
     if routes is not None:
         wrapped = [n for n in (cluster.name, *cfg.sni_routes.values()) if cluster_cfgs[n].tls is not None]

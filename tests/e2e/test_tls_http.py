@@ -387,6 +387,41 @@ def test_upstream_session_resumes_across_a_reload_that_left_the_cluster_tls_alon
     assert watched == [("cluster", "backend", [pki.ca_file])]
 
 
+def test_a_tcp_listener_and_an_http_pool_to_one_tls_cluster_share_its_context(pki: Pki, server: Pem) -> None:
+    """An http listener and a tcp listener both sending to one cluster with tls: one client context (one session
+    per endpoint, one reload, one /tls entry), so a connection through the tcp listener resumes the session an
+    HTTP request made."""
+    backend_cert = pki.issue("api.svc.test")
+
+    async def main() -> tuple[bool, list[tuple[str, str]]]:
+        async with HttpBackend("tls-b", ssl=pki.server_context(backend_cert)) as backend:
+            cluster = {"tls": {"ca": pki.ca_file, "server_name": "api.svc.test"}, "pool_max_idle": 0}
+            text = config([backend.address], None, cluster)
+            raw = f'[[listeners]]\nname = "raw"\nlisten = "127.0.0.1:{free_port()}"\ncluster = "backend"\n'
+            text = text.replace("[clusters.backend]", raw + "[clusters.backend]")
+            proxy, port = await start(text)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.addresses["raw"][1])
+                writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                answer = head + await asyncio.wait_for(reader.readexactly(length), 10)
+                writer.close()
+                contexts = [(c["kind"], c["name"]) for c in proxy.tls_status()]
+            finally:
+                await proxy.stop()
+        return bool(json.loads(answer.partition(b"\r\n\r\n")[2])["tls_resumed"]), contexts
+
+    resumed, contexts = run(main())
+    assert contexts == [("cluster", "backend")]
+    assert resumed
+
+
 def test_upstream_handshake_failure_fails_over(pki: Pki, server: Pem) -> None:
     """An endpoint whose certificate does not match server_name fails like a refused connect: the request goes to
     the good endpoint, the failure is counted; with only the bad endpoint the client gets a 503."""
