@@ -156,7 +156,8 @@ class Proxy:
         self._health.start()
         for sweeper in [*clusters.values(), *self._tcp.values(), *pools, *self._http.values()]:
             reactor.add_sweeper(sweeper)
-        from fastmesh.dataplane.tls import TlsWatch
+        from fastmesh.dataplane.tls import TlsWatch, own_ticket_secret
+        own_ticket_secret(self.config.ticket_secret_rotation)
         self._tls_watch = TlsWatch()
         self._tls_watch.track(self._tls_contexts())
         self._tls_watch.start()
@@ -194,9 +195,12 @@ class Proxy:
         assert self._limits is not None          # mapped by start() before the first pool
         pools = [keep.get(n) or build_pool(config.clusters[n], reactor, clusters[n], cell_for(self._limits, n))
                  for n in config.clusters]
+        from fastmesh.dataplane.tls import unchanged_or
+        before = {pool.cluster.name: pool.tls for pool in self._pools}
         for name, pool in zip(config.clusters, pools):
-            # Read again on every reload (changed certificate files take effect); open connections keep theirs.
-            pool.tls = cluster_tls(config.clusters[name], config.source)
+            # Read again on every reload (changed certificate files take effect; open connections keep theirs);
+            # unchanged, the running context stays, and with it the sessions kept for resumption.
+            pool.tls = unchanged_or(before.get(name), cluster_tls(config.clusters[name], config.source))
         return pools
 
     def _acceptor(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster], pools: list[Pool]
@@ -207,8 +211,14 @@ class Proxy:
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
                                        self.config.source, index)
         assert lcfg.cluster is not None          # the loader requires it for tcp listeners
+        # Origination contexts to keep when equal to the new one: the cluster's HTTP pool's (one context, one
+        # set of sessions and one reload per cluster), then the one this listener had before a reload.
+        running = self._tcp.get(lcfg.name)
+        candidates = [pool.tls for pool in pools if pool.cluster.name == lcfg.cluster and pool.tls is not None]
+        if running is not None and running.upstream_tls is not None:
+            candidates.append(running.upstream_tls)
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
-                                  self.config.source, index)
+                                  self.config.source, index, candidates)
 
     def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
                        pools: list[Pool]) -> Listener:
@@ -539,7 +549,7 @@ class Proxy:
 
     def _tls_contexts(self) -> list[tuple[str, str, Any]]:
         """Every TLS context in use, as (kind, name, context): listeners terminating TLS and clusters originating it
-        (one context per listener that sends to the cluster)."""
+        (one context per tcp listener that sends to the cluster, and one per HTTP pool)."""
         out: list[tuple[str, str, Any]] = []
         acceptors: list[tuple[str, Any]] = [*self._tcp.items(), *self._http.items()]   # http: once it has TLS
         for name, acceptor in acceptors:
@@ -548,6 +558,11 @@ class Proxy:
             client = getattr(acceptor, "upstream_tls", None)
             if client is not None:
                 out.append(("cluster", acceptor.cluster.name, client))
+        # HTTP pools originate TLS too (a mesh's mTLS client certificate): watched, reloaded and reported alike
+        # (once: a tcp listener to the same cluster shares the pool's context when their settings agree).
+        seen = {id(tls) for _, _, tls in out}
+        out += [("cluster", pool.cluster.name, pool.tls) for pool in self._pools
+                if pool.tls is not None and id(pool.tls) not in seen]
         return out
 
     def tls_status(self) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Start the backends the workloads talk to (iperf3, nginx HTTP, the hold/echo server), pinned to the load cpu."""
+"""Start the backends the workloads talk to (iperf3, nginx HTTP, the hold/echo server, a TLS sink), pinned to the load
+cpu."""
 from __future__ import annotations
 
 import os
@@ -35,5 +36,18 @@ def hold(p: procs.Procs, cpu: int) -> int:
     port = procs.free_port()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hold_backend.py")
     proc = p.start("backend-hold", [sys.executable, script, str(port)], cpu)
+    procs.wait_listening(port, proc)
+    return port
+
+
+def tls_sink(p: procs.Procs, cpu: int, tmp: str) -> int:
+    """The TLS sink for the bulk TLS stream (tls_stream.py), with a certificate of its own; returns its port."""
+    from .proxies import _certificate
+    folder = os.path.join(tmp, "backend-tlssink")
+    os.makedirs(folder, exist_ok=True)
+    cert, key, _ = _certificate(folder)
+    port = procs.free_port()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls_stream.py")
+    proc = p.start("backend-tlssink", [sys.executable, script, "sink", str(port), cert, key], cpu)
     procs.wait_listening(port, proc)
     return port

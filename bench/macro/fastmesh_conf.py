@@ -10,7 +10,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp", pool_max_idle: int = 64,
-           tls: tuple[str, str, str] | None = None) -> str:
+           tls: tuple[str, str, str] | None = None, upstream_tls: bool = False) -> str:
     """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide.
 
     protocol "http" makes the listener an HTTP/1.1 proxy with pooled keep-alive upstream connections; every
@@ -18,8 +18,10 @@ def config(listen_port: int, backend_port: int, admin_port: int, protocol: str =
     pool_max_idle (default 64, fastmesh's) is raised for the HTTP/2 workload to the streams in flight, as nginx's
     upstream keepalive is: each stream's try needs an HTTP/1.1 connection of its own.
     tls: (cert, key, _): the listener terminates TLS (ALPN h2 and http/1.1, fastmesh's default for http).
+    upstream_tls: the cluster originates TLS to the backend (not verified, like HAProxy's `ssl verify none`).
     """
     tls_line = f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}\n' if tls is not None else ""
+    cluster_tls = "tls = { verify = false }\n" if upstream_tls else ""
     return f"""\
 workers = 1
 
@@ -37,7 +39,7 @@ endpoints = ["127.0.0.1:{backend_port}"]
 balancer = "round_robin"
 connect_timeout = "1s"
 pool_max_idle = {pool_max_idle}
-"""
+{cluster_tls}"""
 
 
 def argv(conf_path: str) -> list[str]:

@@ -14,8 +14,12 @@ def maxconn(nofile: int) -> int:
     return int((nofile - 500) / 2.5)
 
 
-def config(listen_port: int, backend_port: int, maxconn: int) -> str:
-    """haproxy.cfg text; the timeouts are long so that held idle connections are not cut during the RSS phase."""
+def config(listen_port: int, backend_port: int, maxconn: int, tls: tuple[str, str, str] | None = None) -> str:
+    """haproxy.cfg text; the timeouts are long so that held idle connections are not cut during the RSS phase.
+    tls: (cert, key, cert+key file): `ssl crt` on the bind and `ssl verify none` on the server line (TLS
+    terminated and originated again; splice cannot carry TLS records, so HAProxy copies as fastmesh does)."""
+    bind_ssl = f" ssl crt {tls[2]}" if tls is not None else ""
+    server_ssl = " ssl verify none" if tls is not None else ""
     return f"""\
 global
     nbthread 1
@@ -32,11 +36,11 @@ defaults
     timeout server 10m
 
 frontend tcp_in
-    bind 127.0.0.1:{listen_port}
+    bind 127.0.0.1:{listen_port}{bind_ssl}
     default_backend backend
 
 backend backend
-    server s1 127.0.0.1:{backend_port}
+    server s1 127.0.0.1:{backend_port}{server_ssl}
 """
 
 

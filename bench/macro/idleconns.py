@@ -1,12 +1,15 @@
 """Open many connections through a proxy, prove each one reaches the backend, and keep them open (idle).
 
 At L4 each connection sends one byte the echo backend returns; at L7 (`HTTP_GET`) one keep-alive request whose
-answer must be a 200, so the proxy holds the client connection and the pooled upstream connection it caused."""
+answer must be a 200, so the proxy holds the client connection and the pooled upstream connection it caused.
+With a TLS context each connection first completes its handshake (non-blocking, many at once) and the request
+goes over TLS: what the proxy then holds per connection is an idle TLS session plus the pooled upstream one."""
 from __future__ import annotations
 
 import errno
 import selectors
 import socket
+import ssl
 import time
 
 _PING = b"x"
@@ -20,8 +23,17 @@ H2_GET = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x
           + len(_H2_BLOCK).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + _H2_BLOCK)
 
 
+def tls_client() -> ssl.SSLContext:
+    """The idle TLS clients' context: HTTP/1.1 by ALPN, the benchmark's self-made certificate not verified."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def open_held(port: int, count: int, timeout: float, batch: int = 250,
-              ping: bytes = _PING) -> tuple[list[socket.socket], int]:
+              ping: bytes = _PING, tls: ssl.SSLContext | None = None) -> tuple[list[socket.socket], int]:
     """Open count connections to 127.0.0.1:port in batches; each sends one byte and waits for its echo.
 
     Returns the sockets that completed the round trip (still open, now idle) and the number that failed.
@@ -53,7 +65,34 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250,
                 for key, _ in sel.select(min(left, 1.0)):
                     sock = key.fileobj
                     assert isinstance(sock, socket.socket)
-                    if key.data == "connecting":
+                    if key.data == "connecting" and tls is not None:
+                        sel.unregister(sock)
+                        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                            sock.close()
+                            failed += 1
+                            pending -= 1
+                            continue
+                        sock = tls.wrap_socket(sock, server_hostname="bench.test", do_handshake_on_connect=False)
+                        sel.register(sock, selectors.EVENT_WRITE, "handshake")
+                        continue
+                    if key.data == "handshake":
+                        try:
+                            sock.do_handshake()
+                        except ssl.SSLWantReadError:
+                            sel.modify(sock, selectors.EVENT_READ, "handshake")
+                            continue
+                        except ssl.SSLWantWriteError:
+                            sel.modify(sock, selectors.EVENT_WRITE, "handshake")
+                            continue
+                        except OSError:
+                            sel.unregister(sock)
+                            sock.close()
+                            failed += 1
+                            pending -= 1
+                            continue
+                        sel.modify(sock, selectors.EVENT_WRITE, "ready")
+                        continue
+                    if key.data in ("connecting", "ready"):
                         try:
                             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or sock.send(ping) != len(ping)
                         except OSError:
@@ -68,6 +107,8 @@ def open_held(port: int, count: int, timeout: float, batch: int = 250,
                     else:
                         try:
                             ok = _answered(sock, ping, partial)
+                        except ssl.SSLWantReadError:
+                            ok = None       # a record without application data (a TLS 1.3 session ticket)
                         except OSError:
                             ok = False
                         if ok is None:

@@ -42,14 +42,21 @@ events {{ worker_connections {nofile - 100}; }}
 """
 
 
-def proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int, module: str) -> str:
-    """nginx as an L4 TCP proxy (stream module), one worker."""
+def proxy_config(prefix: str, listen_port: int, backend_port: int, nofile: int, module: str,
+                 tls: tuple[str, str, str] | None = None) -> str:
+    """nginx as an L4 TCP proxy (stream module), one worker. tls: (cert, key, _): `listen ... ssl` with that
+    certificate and `proxy_ssl on` to the backend (not verified: nginx's default)."""
     load = f"load_module {module};\n" if module else ""
+    ssl, listen_ssl = "", ""
+    if tls is not None:
+        listen_ssl = " ssl"
+        ssl = (f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n"
+               "        proxy_ssl on;\n")
     return load + _main(prefix, nofile) + f"""\
 stream {{
     server {{
-        listen 127.0.0.1:{listen_port} backlog=4096;
-        proxy_pass 127.0.0.1:{backend_port};
+        listen 127.0.0.1:{listen_port}{listen_ssl} backlog=4096;
+{ssl}        proxy_pass 127.0.0.1:{backend_port};
         proxy_connect_timeout 1s;
         proxy_timeout 10m;
     }}

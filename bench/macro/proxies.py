@@ -39,7 +39,9 @@ def unavailable(name: str, modes: set[str]) -> str | None:
         return f"{binary} not found{hint}"
     if name == "envoy" and "https" in modes:
         return "the TLS workloads are not written for Envoy"
-    if name == "nginx" and "tcp" in modes and nginx_conf.stream_module() is None:
+    if name == "envoy" and "tlstcp" in modes:
+        return "the TLS workloads are not written for Envoy"
+    if name == "nginx" and modes & {"tcp", "tlstcp"} and nginx_conf.stream_module() is None:
         return "nginx has no stream module (apt-get install libnginx-mod-stream)"
     return None
 
@@ -48,28 +50,29 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
           mode: str = "tcp", upstream_idle: int = 64) -> Running:
     """Write the proxy's config for mode into tmp, start it pinned to cpu, wait until it listens and has a worker.
     upstream_idle: idle upstream connections nginx and fastmesh keep (HAProxy and Envoy have no such cap)."""
-    if mode not in ("tcp", "http", "h2", "https"):
+    if mode not in ("tcp", "http", "h2", "https", "tlstcp"):
         raise ValueError(f"unknown mode {mode!r}")
-    http = mode != "tcp"          # h2: HTTP/2 from the clients, HTTP/1.1 to the backend
+    http = mode not in ("tcp", "tlstcp")      # h2: HTTP/2 from the clients, HTTP/1.1 to the backend
     if name == "direct":
         return Running(name, mode, backend_port)
     port = procs.free_port()
     os.makedirs(tmp, exist_ok=True)
     # https: TLS on the listener (one ECDSA P-256 certificate made here), ALPN h2 and http/1.1
-    cert = _certificate(tmp) if mode == "https" else None
+    # tlstcp: the same certificate on a tcp listener, and TLS again to the backend (not verified: self-made)
+    cert = _certificate(tmp) if mode in ("https", "tlstcp") else None
     expect_children = False
     env = None
     if name == "haproxy":
         text = (haproxy_conf.http_config(port, backend_port, haproxy_conf.maxconn(nofile), h2=mode == "h2",
                                          tls=cert) if http
-                else haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile)))
+                else haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile), tls=cert))
         conf = _write(tmp, "haproxy.cfg", text)
         argv = haproxy_conf.argv(conf)
     elif name == "nginx":
         os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
         text = (nginx_conf.http_proxy_config(tmp, port, backend_port, nofile, h2=mode in ("h2", "https"),
                                              keepalive=upstream_idle, tls=cert) if http else
-                nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or ""))
+                nginx_conf.proxy_config(tmp, port, backend_port, nofile, nginx_conf.stream_module() or "", tls=cert))
         conf = _write(tmp, "nginx.conf", text)
         argv = nginx_conf.argv(tmp, conf)
         expect_children = True
@@ -80,7 +83,8 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
     elif name == "fastmesh":
         # h2: the http listener takes HTTP/2 with prior knowledge on the same port
         conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(),
-                                                                 "http" if http else "tcp", upstream_idle, tls=cert))
+                                                                 "http" if http else "tcp", upstream_idle, tls=cert,
+                                                                 upstream_tls=mode == "tlstcp"))
         argv = fastmesh_conf.argv(conf)
         env = fastmesh_conf.env()
         expect_children = True

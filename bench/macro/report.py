@@ -28,16 +28,18 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
              ("kb_per_conn", "KiB per idle conn", ".2f", 1),
              ("sup_rss_idle_kb", "supervisor RSS MiB", ".1f", 1 / 1024)],
 }
-COLUMNS["idle-http"] = COLUMNS["idle-h2"] = COLUMNS["idle"]
+COLUMNS["idle-http"] = COLUMNS["idle-h2"] = COLUMNS["idle-https"] = COLUMNS["idle"]
 COLUMNS["h2"] = [("rps", "req/s", ".0f", 1), ("cpu_pct", "proxy CPU %", ".0f", 1),
                  ("us_per_req", "µs proxy CPU/req", ".2f", 1), ("latency_avg_us", "avg latency µs", ".0f", 1),
                  ("non_2xx", "non-2xx", ".0f", 1), ("failed", "failed", ".0f", 1)]
 COLUMNS["https"] = COLUMNS["http-l7"]
+COLUMNS["tls-bulk"] = COLUMNS["iperf"][:3]
 COLUMNS["h2tls"] = COLUMNS["h2"]
 TITLES = {
     "https": "HTTPS: TLS terminated, HTTP/1.1 keep-alive both sides, cleartext upstream (wrk -t1 -c{ka})",
     "h2tls": "HTTP/2 over TLS (ALPN h2; h2load -t1 -c8 -m16), HTTP/1.1 to the backend",
     "iperf": "iperf3, one TCP stream",
+    "tls-bulk": "one bulk TLS stream, TLS terminated and originated again (TLS 1.2 AES128-GCM both legs)",
     "http-keepalive": "HTTP keep-alive relayed as bytes (wrk -t1 -c{ka})",
     "http-close": "short connections (wrk -t1 -c{close} -H 'Connection: close')",
     "http-l7": "HTTP/1.1 proxied at L7, keep-alive both sides (wrk -t1 -c{ka})",
@@ -47,10 +49,13 @@ TITLES = {
     "idle": "memory: {conns} idle proxied connections held",
     "idle-http": "memory: {conns} idle keep-alive HTTP connections held at L7, each after one request",
     "idle-h2": "memory: {conns} idle HTTP/2 connections (prior knowledge) held, each after one request",
+    "idle-https": "memory: {conns} idle TLS keep-alive connections (HTTP/1.1 by ALPN) held at L7, each after one "
+                  "request, with the pooled upstream connection it left",
 }
 # the numbers the summary compares, with which direction is better
 HEADLINE: dict[str, list[tuple[str, str]]] = {
     "iperf": [("gbps", "higher"), ("gbit_per_core", "higher")],
+    "tls-bulk": [("gbps", "higher"), ("gbit_per_core", "higher")],
     "http-keepalive": [("rps", "higher"), ("us_per_req", "lower")],
     "http-close": [("rps", "higher"), ("us_per_req", "lower")],
     "http-l7": [("rps", "higher"), ("us_per_req", "lower")],
@@ -62,6 +67,7 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
     "idle-h2": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle-https": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
 }
 BASELINE, SUBJECT = "haproxy", "fastmesh"
 # per workload: metric -> the derived metric that holds (proxy's value − the direct run's value, same repetition)

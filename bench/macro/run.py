@@ -29,7 +29,8 @@ _TOOLS = {"iperf": ["iperf3"], "http-keepalive": ["wrk", "nginx"], "http-close":
           "http-l7": ["wrk", "nginx"], "http-l7-c512": ["wrk", "nginx"], "http-latency": ["wrk", "nginx"],
           "h2": ["h2load", "nginx"], "https": ["wrk", "nginx", "openssl"], "h2tls": ["h2load", "nginx", "openssl"],
           "idle": [],
-          "idle-http": ["nginx"], "idle-h2": ["nginx"]}
+          "idle-http": ["nginx"], "idle-h2": ["nginx"], "tls-bulk": ["openssl"],
+          "idle-https": ["nginx", "openssl"]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,8 +95,9 @@ def _summary(w: str, m: dict) -> str:
     keys = {"iperf": ("gbps", "Gbit/s"), "http-keepalive": ("rps", "req/s"), "http-close": ("rps", "conn/s"),
             "http-l7": ("rps", "req/s"), "http-l7-c512": ("rps", "req/s"), "http-latency": ("rps", "req/s"),
             "h2": ("rps", "req/s"), "https": ("rps", "req/s"), "h2tls": ("rps", "req/s"),
-            "idle": ("kb_per_conn", "KiB/conn"),
-            "idle-http": ("kb_per_conn", "KiB/conn"), "idle-h2": ("kb_per_conn", "KiB/conn")}
+            "tls-bulk": ("gbps", "Gbit/s"), "idle": ("kb_per_conn", "KiB/conn"),
+            "idle-http": ("kb_per_conn", "KiB/conn"), "idle-h2": ("kb_per_conn", "KiB/conn"),
+            "idle-https": ("kb_per_conn", "KiB/conn")}
     k, unit = keys[w]
     text = f"{m[k]:.2f} {unit}" if m.get(k) is not None else "?"
     if m.get("p50_us") is not None:
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in sorted({workloads.BACKEND[w] for w in ws}):
             ports[kind] = {"iperf3": lambda: backends.iperf3(p, a.load_cpu),
                            "http": lambda: backends.http(p, a.load_cpu, tmp, nofile),
-                           "hold": lambda: backends.hold(p, a.load_cpu)}[kind]()
+                           "hold": lambda: backends.hold(p, a.load_cpu),
+                           "tlssink": lambda: backends.tls_sink(p, a.load_cpu, tmp)}[kind]()
         for rep in range(a.repeat):
             order = ps[rep % len(ps):] + ps[:rep % len(ps)]     # rotate, so no proxy always runs first
             for w in ws:
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 if w == "http-latency" and "direct" not in order:
                     names = ["direct", *order]   # added latency is measured against the direct run
                 for name in names:
-                    if w in ("idle", "h2", "idle-h2") and name == "direct":
+                    if w in ("idle", "h2", "idle-h2", "idle-https") and name == "direct":
                         continue        # no proxy process to measure; and the backend speaks no HTTP/2
                     trials.append(_trial(p, tmp, rep, w, name, ports[workloads.BACKEND[w]], a, nofile, settings))
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """The workloads: one trial against one started proxy, with the proxy's CPU and RSS measured around the load."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -10,14 +11,15 @@ from .proxies import Running
 
 # name -> the backend it needs, and the mode the proxies run in; the order of the report
 ALL = ("iperf", "http-keepalive", "http-close", "http-l7", "http-l7-c512", "http-latency", "h2", "https", "h2tls",
-       "idle", "idle-http", "idle-h2")
+       "tls-bulk", "idle", "idle-http", "idle-h2", "idle-https")
 BACKEND = {"iperf": "iperf3", "http-keepalive": "http", "http-close": "http", "http-l7": "http",
            "http-l7-c512": "http", "http-latency": "http", "h2": "http", "https": "http", "h2tls": "http",
-           "idle": "hold", "idle-http": "http", "idle-h2": "http"}
-# https: TLS terminated on the listener (HTTP/1.1 by ALPN); h2tls: the same listener, clients choosing h2 by ALPN
+           "tls-bulk": "tlssink", "idle": "hold", "idle-http": "http", "idle-h2": "http", "idle-https": "http"}
+# https: TLS terminated on the listener (HTTP/1.1 by ALPN); h2tls: the same listener, clients choosing h2 by ALPN;
+# tlstcp: a tcp listener terminating TLS and originating it again to the backend (HAProxy: ssl on bind and server)
 MODE = {"iperf": "tcp", "http-keepalive": "tcp", "http-close": "tcp", "http-l7": "http", "http-l7-c512": "http",
-        "http-latency": "http", "h2": "h2", "https": "https", "h2tls": "https", "idle": "tcp", "idle-http": "http",
-        "idle-h2": "h2"}
+        "http-latency": "http", "h2": "h2", "https": "https", "h2tls": "https", "tls-bulk": "tlstcp", "idle": "tcp",
+        "idle-http": "http", "idle-h2": "h2", "idle-https": "https"}
 
 
 @dataclass
@@ -68,12 +70,16 @@ def run(workload: str, proxy: Running, s: Settings) -> dict:
         load = lambda: loadgen.h2load(proxy.port, s.duration, s.load_cpu, s.h2_connections,  # noqa: E731
                                       s.h2_streams, scheme="https")
         return _per_request(proxy, *_measured(proxy, load))
+    if workload == "tls-bulk":
+        return _tls_bulk(proxy, s)
     if workload == "idle":
         return _idle(proxy, s)
     if workload == "idle-http":
         return _idle(proxy, s, ping=idleconns.HTTP_GET)
     if workload == "idle-h2":
         return _idle(proxy, s, ping=idleconns.H2_GET)
+    if workload == "idle-https":
+        return _idle(proxy, s, ping=idleconns.HTTP_GET, tls=True)
     raise ValueError(f"unknown workload {workload!r}")
 
 
@@ -99,6 +105,31 @@ def _measured(proxy: Running, load) -> tuple[dict, float, float]:
 def _iperf(proxy: Running, s: Settings) -> dict:
     r, cpu, wall = _measured(proxy, lambda: loadgen.iperf3(proxy.port, s.duration, s.load_cpu))
     out = {"gbps": r["gbps"], "bytes": r["bytes"], "retransmits": r["retransmits"], "wall_s": wall}
+    if proxy.workers:
+        out.update(cpu_s=cpu, cpu_pct=100 * cpu / wall,
+                   gbit_per_core=(r["bytes"] * 8 / 1e9) / cpu if cpu > 0 else None)
+    return out
+
+
+def _tls_bulk(proxy: Running, s: Settings) -> dict:
+    """One bulk TLS stream through the proxy (tls_stream.py send, pinned to the load cpu) to the TLS sink: Gbit/s
+    the sink counted, and Gbit/s per second of proxy CPU (/proc/PID/stat of its workers)."""
+    import json
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls_stream.py")
+    argv = ["taskset", "-c", str(s.load_cpu), sys.executable, script, "send", str(proxy.port), str(s.duration)]
+
+    def load() -> dict:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=s.duration + 60)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise RuntimeError(f"tls_stream send failed: {out.stderr.strip()[-300:]}")
+        return dict(json.loads(out.stdout))
+    r, cpu, wall = _measured(proxy, load)
+    out = {"gbps": r["gbps"], "bytes": r["bytes"], "wall_s": wall, "cipher_client": r["cipher_client"],
+           "cipher_backend": r["cipher_backend"]}
+    if r["bytes"] < r["sent"]:
+        out["error"] = f"the sink counted {r['bytes']} of {r['sent']} bytes sent"
     if proxy.workers:
         out.update(cpu_s=cpu, cpu_pct=100 * cpu / wall,
                    gbit_per_core=(r["bytes"] * 8 / 1e9) / cpu if cpu > 0 else None)
@@ -168,18 +199,19 @@ def _per_request(proxy: Running, r: dict, cpu: float, wall: float) -> dict:
     return out
 
 
-def _idle(proxy: Running, s: Settings, ping: bytes = b"x") -> dict:
+def _idle(proxy: Running, s: Settings, ping: bytes = b"x", tls: bool = False) -> dict:
     """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection.
     At L7 (ping: an HTTP/1.1 or HTTP/2 request) each held connection answered one request (pooled upstream
-    connections are kept up to the proxy's cap)."""
-    warm, failed = idleconns.open_held(proxy.port, 1, timeout=10, ping=ping)
+    connections are kept up to the proxy's cap). tls: each client connection is TLS (HTTP/1.1 by ALPN)."""
+    ctx = idleconns.tls_client() if tls else None
+    warm, failed = idleconns.open_held(proxy.port, 1, timeout=10, ping=ping, tls=ctx)
     idleconns.close_all(warm)
     if failed:
         raise RuntimeError("the warm-up connection got no answer through the proxy")
     time.sleep(0.5)
     sup = [proxy.supervisor] if proxy.supervisor else []
     idle_kb, sup_idle_kb = _rss(proxy.workers), _rss(sup)
-    held, failed = idleconns.open_held(proxy.port, s.conns, timeout=60, ping=ping)
+    held, failed = idleconns.open_held(proxy.port, s.conns, timeout=120, ping=ping, tls=ctx)
     try:
         time.sleep(1.0)      # let the proxy settle (lazy frees, buffer pools) before reading RSS
         held_kb, sup_held_kb = _rss(proxy.workers), _rss(sup)

@@ -138,7 +138,8 @@ class HttpBackend:
 
     `expect_continue=False` makes it ignore `Expect: 100-continue` everywhere but /continue (as some servers do);
     `idle_timeout` closes keep-alive connections that stay silent that long (seconds; None: never); `ssl` serves
-    HTTPS with that context (/echo's JSON then has `peer_cert`: the client certificate, if one was sent).
+    HTTPS with that context (/echo's JSON then has `peer_cert`: the client certificate, if one was sent, and
+    `tls_resumed`: whether the connection resumed a session).
     """
 
     def __init__(self, name: str = "backend", *, expect_continue: bool = True,
@@ -201,6 +202,8 @@ class HttpBackend:
         peer = writer.get_extra_info("peername")
         conn = _Connection(self, reader, writer, self.connections, f"{peer[0]}:{peer[1]}")
         conn.peer_cert = writer.get_extra_info("peercert") if self.ssl else None
+        tls_object = writer.get_extra_info("ssl_object") if self.ssl else None
+        conn.tls_resumed = bool(tls_object is not None and tls_object.session_reused)
         try:
             await conn.run()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.CancelledError,
@@ -229,6 +232,7 @@ class _Connection:
         self.number = number
         self.peer = peer
         self.peer_cert: object = None     # the client certificate a TLS backend saw (getpeercert()), or None
+        self.tls_resumed = False          # the client resumed a TLS session on this connection
 
     async def run(self) -> None:
         while True:
@@ -356,7 +360,7 @@ class _Connection:
             "version": request.version, "headers": request.headers, "chunked": request.chunked,
             "body": request.body.decode("latin-1"), "body_length": len(request.body),
             "body_sha256": hashlib.sha256(request.body).hexdigest(), "trailers": request.trailers,
-            "tls": self.backend.ssl is not None, "peer_cert": self.peer_cert,
+            "tls": self.backend.ssl is not None, "peer_cert": self.peer_cert, "tls_resumed": self.tls_resumed,
         }
         payload = json.dumps(answer).encode()
         return await self._send(request, 200, payload, request.keep_alive,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -202,6 +203,11 @@ def _certificates(out: _Writer, view: dict[str, dict[str, Any]]) -> None:
     contexts = [(kind[:-1], name, v) for kind in ("listeners", "clusters") for name, v in view.get(kind, {}).items()]
     out.gauge("fastmesh_tls_cert_expiry_seconds", "when each loaded TLS certificate expires (its notAfter), Unix time",
               [(((kind, name), ("cert", c["cert"]), ("names", ",".join(c["names"] or c["uris"]))), c["not_after"])
+               for kind, name, v in contexts for c in v["certificates"]])
+    now = time.time()
+    out.gauge("fastmesh_tls_cert_expires_in_seconds", "seconds each loaded TLS certificate has left (negative: it "
+              "has expired and is still served)",
+              [(((kind, name), ("cert", c["cert"]), ("names", ",".join(c["names"] or c["uris"]))), c["not_after"] - now)
                for kind, name, v in contexts for c in v["certificates"]])
     out.gauge("fastmesh_tls_cert_reload_error", "1 while changed TLS files are refused (the previous certificates "
               "stay in use) in some worker", [(((kind, name),), int(bool(v["errors"]))) for kind, name, v in contexts])

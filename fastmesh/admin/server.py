@@ -261,6 +261,10 @@ class AdminServer:
                 view["reload_failures"] += ctx["reload_failures"]
                 if ctx["error"]:
                     view["errors"][f"w{n}"] = ctx["error"]
+        for views in out.values():
+            for view in views.values():
+                # Flagged at the top: certificates served past their notAfter (dataplane/tls.py TlsWatch.expired).
+                view["expired"] = [c["cert"] for c in view["certificates"] if c["expired"]]
         return out
 
     async def plugin_view(self) -> dict[str, Any]:

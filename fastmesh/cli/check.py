@@ -83,8 +83,8 @@ def _certificates(cfg: Any, warn_days: float) -> list[str]:
         for row in certificate_rows(kind, name, list(built.certificates), now):
             days = row["expires_in"] / 86400
             if days <= warn_days:
-                when = f"expired on {row['not_after_utc']}" if days <= 0 else \
-                    f"expires in {days:.1f} days ({row['not_after_utc']})"
+                when = f"EXPIRED on {row['not_after_utc']} (it would be served, and clients that check dates " \
+                    "refuse it)" if days <= 0 else f"expires in {days:.1f} days ({row['not_after_utc']})"
                 out.append(f"{kind} {name}: certificate {row['cert']} {when}")
     return out
 

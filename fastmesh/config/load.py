@@ -1567,6 +1567,7 @@ _TOP_FIELDS: dict[str, Parser] = {
     "workers": _workers,
     "max_connections": _max_connections,
     "drain_timeout": _duration(allow_zero=True),
+    "ticket_secret_rotation": _duration(allow_zero=False),
     "admin": _admin,
     "listeners": _listeners,
     "clusters": _clusters,
@@ -1591,9 +1592,24 @@ def _config(check: _Check, data: Any) -> Config | None:
     if fields is None:
         return None
     config = Config(source=check.source, **fields)
+    _check_ticket_rotations(check, config)
     _check_bound_addresses(check, config)
     _check_services(check, config)
     return config
+
+
+def _check_ticket_rotations(check: _Check, config: Config) -> None:
+    """A ticket key is derived from the master secret of the generation its period starts in, and a worker keeps
+    the last three generations: a period longer than a generation would need secrets already wiped."""
+    if config.ticket_secret_rotation < 1.0:
+        check.bad("ticket_secret_rotation", 'a duration of at least "1s"',
+                  format_duration(config.ticket_secret_rotation))
+        return
+    for i, lst in enumerate(config.listeners):
+        if lst.tls is not None and lst.tls.ticket_rotation > config.ticket_secret_rotation:
+            check.bad(f"listeners[{i}].tls.ticket_rotation",
+                      f'at most ticket_secret_rotation ("{format_duration(config.ticket_secret_rotation)}")',
+                      format_duration(lst.tls.ticket_rotation))
 
 
 def _same_address(host: str, port: int) -> tuple[str, int]:
@@ -1631,6 +1647,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "workers": cfg.workers,
         "max_connections": cfg.max_connections,
         "drain_timeout": format_duration(cfg.drain_timeout),
+        "ticket_secret_rotation": format_duration(cfg.ticket_secret_rotation),
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
         "listeners": [_listener_dict(lst) for lst in cfg.listeners],
         "clusters": {name: _cluster_dict(cluster) for name, cluster in cfg.clusters.items()},

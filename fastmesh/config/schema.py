@@ -465,6 +465,9 @@ class Config:
     # (dataplane/fd_budget.py). Past it, new connections wait in the listeners' backlogs.
     max_connections: int | Literal["auto"] = "auto"
     drain_timeout: float = 10.0        # seconds open connections get to finish on shutdown
+    # Seconds per generation of the instance's session-ticket master secret (it ratchets forward; no listener's
+    # ticket_rotation may be longer). Read at start: a reload does not change it.
+    ticket_secret_rotation: float = 86400.0
     admin: Admin = field(default_factory=Admin)
     demo: Demo | None = None
     naming: Naming = field(default_factory=Naming)

@@ -22,21 +22,28 @@ from fastmesh.dataplane.access_log import AccessLogWriter, build_listener_log
 from fastmesh.dataplane.filters import FilterEntry, build_chains, filter_wait
 from fastmesh.dataplane.routes import build_router
 from fastmesh.dataplane.sockets import bind_socket
-from fastmesh.dataplane.tls import build_client_tls, build_server_tls
+from fastmesh.dataplane.tls import build_client_tls, build_server_tls, unchanged_or
 from fastmesh.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fastmesh._core.tls.context import TlsServer
+    from fastmesh._core.tls.context import TlsClient, TlsServer
 
 
 def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
-                       cluster_cfgs: dict[str, ClusterConfig], source: str, index: int) -> TcpProxy:
+                       cluster_cfgs: dict[str, ClusterConfig], source: str, index: int,
+                       running_clients: Sequence[TlsClient] = ()) -> TcpProxy:
     """Where a tcp listener's connections go: TLS terminated (cfg.tls), originated (the cluster's tls), or passed
-    through by server name (cfg.sni_routes)."""
+    through by server name (cfg.sni_routes). `running_clients`: origination contexts in use (the cluster's HTTP
+    pool's, the one the listener had before a reload): the first built from the same settings and files is used
+    (with its sessions) instead of a new one."""
     key = f"listeners[{index}].tls"
     server = build_server_tls(cfg.tls, cfg.protocol, source, key) if cfg.tls is not None else None
     ccfg = cluster_cfgs[cluster.name]
     client = build_client_tls(ccfg.tls, source, f"clusters.{cluster.name}.tls") if ccfg.tls is not None else None
+    for running in running_clients:
+        if unchanged_or(running, client) is running:
+            client = running
+            break
     routes = [(name, clusters[target]) for name, target in cfg.sni_routes.items()] if cfg.sni_routes else None
     if routes is not None:
         wrapped = [n for n in (cluster.name, *cfg.sni_routes.values()) if cluster_cfgs[n].tls is not None]

@@ -10,11 +10,15 @@ WATCH_SETTLE seconds (a certificate and its key written one after the other arri
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
+import secrets
+import struct
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from fastmesh.config.schema import ClusterTls, ListenerTls
 from fastmesh.errors import ConfigError
@@ -25,20 +29,61 @@ if TYPE_CHECKING:
     Tls = Union[TlsServer, TlsClient]
 
 log = logging.getLogger("fastmesh.tls")
+T = TypeVar("T", "TlsServer", "TlsClient")
 
 SESSION_SLOTS = 256         # upstream endpoints per cluster whose last TLS session is kept for resumption
 DEFAULT_ALPN = {"http": ["h2", "http/1.1"], "tcp": []}    # an http listener without HTTP/2 offers http/1.1 only
 CLUSTER_ALPN = {"h2": ["h2"]}          # an h2 cluster's default: its endpoints must agree to speak h2
 TICKET_SECRET_BYTES = 32
+RATCHET_LABEL = b"fastmesh ticket secret"    # the ticket master secret's ratchet: HMAC(secret, label | generation)
 WATCH_POLL = 1.0            # seconds between stats of the watched files (inotify wakes the watch sooner)
 WATCH_SETTLE = 0.2          # seconds the files must be quiet before a change is read
 
 
-def set_ticket_secret(secret: bytes) -> None:
+class TicketSecret:
+    """The supervisor's copy of the instance's session-ticket master secret. It ratchets forward every `rotation`
+    seconds like the workers' copies do (one derivation: the core's ratchet()), but stays two generations behind
+    the clock: a worker started now may still need the previous period's key, whose period can start two
+    generations back. What a worker gets: the secret, its generation and the rotation (HANDOVER bytes)."""
+
+    HANDOVER = struct.Struct("<32sqd")
+
+    def __init__(self, rotation: float, now: float | None = None) -> None:
+        self.rotation = rotation
+        self.generation = int((time.time() if now is None else now) // rotation) - 2
+        self.secret = secrets.token_bytes(TICKET_SECRET_BYTES)
+
+    def handover(self, now: float | None = None) -> bytes:
+        """The bytes a worker started now reads (set_ticket_secret); the copy kept here ratchets forward first (the
+        older secret is dropped: a bytes object cannot be wiped, so it lingers until its memory is reused)."""
+        generation = int((time.time() if now is None else now) // self.rotation) - 2
+        while self.generation < generation:
+            self.generation += 1
+            self.secret = ratchet(self.secret, self.generation)
+        return self.HANDOVER.pack(self.secret, self.generation, self.rotation)
+
+
+def ratchet(secret: bytes, generation: int) -> bytes:
+    """secret(generation) from secret(generation - 1): the core's derivation (context.pyx _ratchet_once, which a
+    test holds this to), in Python so that the supervisor never loads OpenSSL."""
+    return hmac.new(secret, RATCHET_LABEL + generation.to_bytes(8, "little", signed=True), hashlib.sha256).digest()
+
+
+def set_ticket_secret(handover: bytes) -> None:
     """The instance's session-ticket secret, which `fastmesh run`'s worker reads from the memfd the supervisor
-    passed (process/worker.py): every worker derives the same rotating ticket keys from it."""
+    passed (process/worker.py, TicketSecret.handover): every worker derives the same rotating ticket keys from it."""
     from fastmesh._core.tls.context import set_ticket_secret as core_set
-    core_set(secret)
+    secret, generation, rotation = TicketSecret.HANDOVER.unpack(handover)
+    core_set(secret, generation, rotation)
+
+
+def own_ticket_secret(rotation: float) -> None:
+    """An embedded Proxy's tickets (no supervisor handed a secret over): a random secret of its own, ratcheting
+    every `rotation` seconds (the config's ticket_secret_rotation). A handed-over secret is left alone."""
+    from fastmesh._core.tls.context import set_ticket_secret as core_set, ticket_secret_state
+    current, _, _, handed = ticket_secret_state()
+    if not handed and current != rotation:
+        core_set(secrets.token_bytes(TICKET_SECRET_BYTES), rotation=rotation, handed=False)
 
 
 def _refused(source: str, key: str, exc: Exception) -> ConfigError:
@@ -78,10 +123,18 @@ def build_client_tls(tls: ClusterTls, source: str, key: str, protocol: str = "")
         raise _refused(source, key, exc) from None
 
 
+def unchanged_or(old: T | None, new: T | None) -> T | None:
+    """`old` when `new` was built from the same settings and file contents (a config reload that left this TLS
+    alone): a cluster's TlsClient then keeps its sessions, so upstream handshakes after a reload still resume."""
+    if old is not None and new is not None and type(old) is type(new) and old.spec == new.spec:
+        return old
+    return new
+
+
 def certificate_rows(kind: str, name: str, certificates: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
     """One row per loaded certificate, as /tls, /clusters and the expiry metric show it."""
     return [{kind: name, "cert": c["cert"], "names": list(c["names"]), "uris": list(c.get("uris", [])),
-             "not_after": c["not_after"], "expires_in": c["not_after"] - now,
+             "not_after": c["not_after"], "expires_in": c["not_after"] - now, "expired": c["not_after"] <= now,
              "not_after_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c["not_after"]))}
             for c in certificates]
 
@@ -109,12 +162,14 @@ class _Watched:
     error: str | None = None           # why the files on disk now are refused (None: they are in use)
     error_at: float = 0.0              # when that was found (Unix time)
     reloaded_at: float = 0.0           # when the files were last taken (Unix time; 0: since the start)
+    warned: set[tuple[str, float]] = field(default_factory=set)   # expired certificates already logged
 
 
 class TlsWatch:
     """A Proxy's TLS contexts and the files they were read from: when a file changes, the context is rebuilt from
-    the same settings; a rebuild OpenSSL accepts (and whose certificates have not expired) is adopted in place,
-    one it refuses keeps the old certificates and is reported (log, status(), metrics) until the files are fixed."""
+    the same settings; a rebuild OpenSSL accepts (and whose certificates have not expired, unless those in use have)
+    is adopted in place, one it refuses keeps the old certificates and is reported (log, status(), metrics) until
+    the files are fixed. Certificates in use that have expired are served, and reported (expired())."""
 
     def __init__(self) -> None:
         self.watched: list[_Watched] = []
@@ -130,6 +185,7 @@ class TlsWatch:
                         for kind, name, tls in contexts]
         if self.task is not None:
             self._watch_dirs()
+        self.expired()
 
     def start(self) -> None:
         self.changed = asyncio.Event()
@@ -170,8 +226,25 @@ class TlsWatch:
                 await asyncio.sleep(WATCH_SETTLE)
             self.check()
 
+    def expired(self, now: float | None = None) -> None:
+        """Say loudly (once per certificate) that one in use has expired: at start, after a reload, or when its
+        notAfter passes while it is served. It stays in use: clients that check dates refuse it, but a failed
+        renewal must not also stop the clients that do not (or that pin it) and every other listener; the
+        expiry shows in /tls, /clusters (`expired`), fastmesh_tls_cert_expires_in_seconds and `fastmesh check`."""
+        now = time.time() if now is None else now
+        for w in self.watched:
+            for c in w.tls.certificates:
+                if c["not_after"] <= now and (c["cert"], c["not_after"]) not in w.warned:
+                    w.warned.add((c["cert"], c["not_after"]))
+                    log.error("%s %s: certificate %s expired at %s (%.1f days ago) and is still served: clients that "
+                              "check its dates refuse it; replace the file (a change on disk is picked up)",
+                              w.kind, w.name, c["cert"],
+                              time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(c["not_after"])),
+                              (now - c["not_after"]) / 86400)
+
     def check(self) -> list[str]:
         """Reload every context whose files changed since they were read; the names of those reloaded."""
+        self.expired()
         reloaded = []
         for w in self.watched:
             stamps = {p: _stamp(p) for p in w.stamps}
@@ -192,8 +265,11 @@ class TlsWatch:
             w.error = None
             return False
         now = time.time()
+        # An expired replacement is refused while what is in use is still valid; once that has expired too, the
+        # new files are no worse (and may fix something else): they are taken, and expired() says so.
+        in_use_valid = all(c["not_after"] > now for c in w.tls.certificates)
         for cert in new.certificates:
-            if cert["not_after"] <= now:
+            if cert["not_after"] <= now and in_use_valid:
                 return self._refuse(w, f"certificate {cert['cert']} expired at "
                                        f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(cert['not_after']))}")
         w.tls.adopt(new)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import site
 import sys
@@ -21,7 +20,7 @@ from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process import zygote
 from fastmesh.process.zygote import ForkedWorker
-from fastmesh.dataplane.tls import TICKET_SECRET_BYTES
+from fastmesh.dataplane.tls import TicketSecret
 
 Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked from this process
 
@@ -120,7 +119,8 @@ class Supervisor:
         from fastmesh.process.events import Events
         self.events = Events()                                     # events for the event_sinks plugins
         # Every worker derives the same TLS session-ticket keys from it; each gets it in a memfd (never the env).
-        self.ticket_secret = secrets.token_bytes(TICKET_SECRET_BYTES)
+        # It ratchets forward every ticket_secret_rotation (read here, at start; a reload leaves it).
+        self.ticket_secret = TicketSecret(cfg.ticket_secret_rotation)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -328,7 +328,7 @@ class Supervisor:
     async def _spawn(self, n: int) -> Worker:
         if self.forking:
             ours, theirs = socketpair()
-            tickets = memfd_with(self.ticket_secret, "fastmesh-tickets")
+            tickets = memfd_with(self.ticket_secret.handover(), "fastmesh-tickets")
             fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd, self.rates.fd, tickets]
             running = None
             if self.reloader.format == "json" and self.reloader.text is not None:
@@ -363,7 +363,7 @@ class Supervisor:
             config_fd = memfd_with(self.reloader.text, "fastmesh-config")
             extra = ["--config-fd", str(config_fd)]
         ours, theirs = socketpair()
-        tickets = memfd_with(self.ticket_secret, "fastmesh-tickets")
+        tickets = memfd_with(self.ticket_secret.handover(), "fastmesh-tickets")
         try:
             # A fresh interpreter (not a fork of this process and its running loop) for each worker. -P keeps the
             # current directory off sys.path: run from a checkout, `-m fastmesh` would otherwise import the

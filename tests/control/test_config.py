@@ -1,5 +1,6 @@
 """Config loading: bad configs give exact messages, good configs give the schema's dataclasses with defaults."""
 import pickle
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -41,7 +42,7 @@ R0 = "listeners[0].routes[0]"
 
 BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
 TOP_KEYS = ('["admin", "cluster_templates", "clusters", "demo", "drain_timeout", "event_sinks", "listeners", '
-            '"max_connections", "naming", "tracing", "workers"]')
+            '"max_connections", "naming", "ticket_secret_rotation", "tracing", "workers"]')
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
 MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from the fd limit)'
 
@@ -392,6 +393,7 @@ def test_config_to_dict_fills_every_default() -> None:
         "workers": 1,
         "max_connections": "auto",
         "drain_timeout": "10s",
+        "ticket_secret_rotation": "24h",
         "admin": {"listen": "127.0.0.1:9990"},
         "listeners": [{"name": "in", "listen": "127.0.0.1:4140", "protocol": "tcp", "cluster": "echo",
                        "idle_timeout": "1h", "backlog": 1024, "max_connections": 0, "splice": True}],
@@ -932,3 +934,22 @@ def test_bad_proxy_protocol(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         loads_config(text, "bad.toml")
     assert str(info.value).startswith(f"bad.toml: {message}")
+
+
+def test_ticket_rotation_may_not_outlast_a_ticket_secret_generation(tmp_path: Path) -> None:
+    """A period's ticket key comes from the master secret of the generation it starts in, and a worker keeps four
+    generations: a listener's ticket_rotation longer than ticket_secret_rotation is refused, naming both."""
+    from fastmesh._testbase.tls import Pki
+    pem = Pki(tmp_path).issue("web.test")
+    tls = f'tls = {{ cert = "{pem.cert}", key = "{pem.key}", ticket_rotation = "2h" }}\n'
+    with pytest.raises(ConfigError) as info:
+        loads_config('ticket_secret_rotation = "1h"\n' + LISTENER + tls + CLUSTER, "t.toml")
+    assert str(info.value) == 't.toml: listeners[0].tls.ticket_rotation: expected at most ticket_secret_rotation ' \
+        '("1h"), got "2h"'
+    with pytest.raises(ConfigError) as info:
+        loads_config('ticket_secret_rotation = "500ms"\n' + MINIMAL, "t.toml")
+    assert str(info.value) == 't.toml: ticket_secret_rotation: expected a duration of at least "1s", got "500ms"'
+    cfg = loads_config('ticket_secret_rotation = "2h"\n' + LISTENER + tls + CLUSTER, "t.toml")
+    assert (cfg.ticket_secret_rotation, cfg.listeners[0].tls and cfg.listeners[0].tls.ticket_rotation) == (7200, 7200)
+    assert config_to_dict(cfg)["ticket_secret_rotation"] == "2h"
+    assert loads_config(MINIMAL).ticket_secret_rotation == 86400

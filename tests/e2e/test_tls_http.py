@@ -341,6 +341,87 @@ def test_upstream_https_pool_reuses_and_resumes(pki: Pki, server: Pem) -> None:
     run(main())
 
 
+def test_upstream_session_resumes_across_a_reload_that_left_the_cluster_tls_alone(pki: Pki, server: Pem) -> None:
+    """A config reload that changes something else (a listener setting, another cluster) keeps the cluster's TLS
+    client context and so its sessions: the first upstream connection after the reload resumes (the HTTPS backend
+    says so); a reload that changes the cluster's TLS settings starts afresh (a full handshake). The pool's TLS
+    context is among those the proxy watches and reports."""
+    from fastmesh.config.load import loads_config
+    backend_cert = pki.issue("api.svc.test")
+
+    async def get(port: int) -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        return dict(json.loads(answer.partition(b"\r\n\r\n")[2]))
+
+    async def main() -> tuple[list[bool], list[tuple[str, str, list[str]]]]:
+        async with HttpBackend("tls-b", ssl=pki.server_context(backend_cert)) as backend:
+            cluster = {"tls": {"ca": pki.ca_file, "server_name": "api.svc.test"}, "pool_max_idle": 0}
+            text = config([backend.address], None, cluster)
+            proxy, port = await start(text)
+            try:
+                seen = [(await get(port))["tls_resumed"], (await get(port))["tls_resumed"]]
+                other = text.replace("[clusters.backend]", f'[clusters.spare]\nendpoints = ["127.0.0.1:{free_port()}"]'
+                                     f"\n[clusters.backend]")
+                await proxy.reload(loads_config(other.replace('cluster = "backend"',
+                                                              'cluster = "backend"\nidle_timeout = "77s"')))
+                seen.append((await get(port))["tls_resumed"])
+                changed = other.replace('server_name = "api.svc.test"', 'server_name = "api.svc.test", alpn = '
+                                        '["http/1.1"]').replace('"server_name" = "api.svc.test"',
+                                                                '"server_name" = "api.svc.test", "alpn" = ["http/1.1"]')
+                assert changed != other
+                await proxy.reload(loads_config(changed))
+                seen.append((await get(port))["tls_resumed"])
+                seen.append((await get(port))["tls_resumed"])
+                watched = [(c["kind"], c["name"], c["files"]) for c in proxy.tls_status()]
+            finally:
+                await proxy.stop()
+        return seen, watched
+
+    seen, watched = run(main())
+    assert seen == [False, True, True, False, True]
+    # The HTTP pool's TLS is watched (its files reloaded when they change) and reported like a tcp listener's.
+    assert watched == [("cluster", "backend", [pki.ca_file])]
+
+
+def test_a_tcp_listener_and_an_http_pool_to_one_tls_cluster_share_its_context(pki: Pki, server: Pem) -> None:
+    """An http listener and a tcp listener both sending to one cluster with tls: one client context (one session
+    per endpoint, one reload, one /tls entry), so a connection through the tcp listener resumes the session an
+    HTTP request made."""
+    backend_cert = pki.issue("api.svc.test")
+
+    async def main() -> tuple[bool, list[tuple[str, str]]]:
+        async with HttpBackend("tls-b", ssl=pki.server_context(backend_cert)) as backend:
+            cluster = {"tls": {"ca": pki.ca_file, "server_name": "api.svc.test"}, "pool_max_idle": 0}
+            text = config([backend.address], None, cluster)
+            raw = f'[[listeners]]\nname = "raw"\nlisten = "127.0.0.1:{free_port()}"\ncluster = "backend"\n'
+            text = text.replace("[clusters.backend]", raw + "[clusters.backend]")
+            proxy, port = await start(text)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.addresses["raw"][1])
+                writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                answer = head + await asyncio.wait_for(reader.readexactly(length), 10)
+                writer.close()
+                contexts = [(c["kind"], c["name"]) for c in proxy.tls_status()]
+            finally:
+                await proxy.stop()
+        return bool(json.loads(answer.partition(b"\r\n\r\n")[2])["tls_resumed"]), contexts
+
+    resumed, contexts = run(main())
+    assert contexts == [("cluster", "backend")]
+    assert resumed
+
+
 def test_upstream_handshake_failure_fails_over(pki: Pki, server: Pem) -> None:
     """An endpoint whose certificate does not match server_name fails like a refused connect: the request goes to
     the good endpoint, the failure is counted; with only the bad endpoint the client gets a 503."""

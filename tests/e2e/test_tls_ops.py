@@ -362,8 +362,21 @@ def test_identity_refusal_leaves_other_clients_alone(pki: Pki) -> None:
     assert results[1] != "ok" and results[2] != "ok"
 
 
-def test_ticket_keys_rotate_every_ticket_rotation_and_the_previous_key_still_decrypts(pki: Pki) -> None:
-    """ticket_rotation = "3s": a ticket from period e resumes in period e+1 (and is renewed), not in e+2."""
+PERIOD_MARGIN = 0.3        # seconds after a period boundary before a handshake meant for that period starts
+
+
+async def at_period(n: int, period: float) -> None:
+    """Wait until PERIOD_MARGIN into period n (wall clock, the proxy's clock for ticket keys): a handshake started
+    then finishes in that period, well clear of the boundary, even on a busy machine."""
+    while time.time() < n * period + PERIOD_MARGIN:
+        await asyncio.sleep(0.02)
+
+
+def test_ticket_keys_rotate_every_ticket_rotation_and_the_previous_key_still_decrypts(
+        pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """ticket_rotation = "3s": a ticket from period e resumes in period e+1 (and is renewed), not in e+2. Each
+    handshake starts PERIOD_MARGIN into its period and the period it really ran in (start and end) is recorded; a
+    refused ticket's debug line (the period its key is from) goes into the failure message."""
     server = pki.issue("web.test")
     period = 3.0
 
@@ -374,11 +387,12 @@ def test_ticket_keys_rotate_every_ticket_rotation_and_the_previous_key_still_dec
             with ctx.wrap_socket(raw, server_hostname="web.test", session=session) as s:
                 return s.session_reused, s.session
 
-    async def at_period(n: int) -> None:
-        while time.time() // period < n:
-            await asyncio.sleep(0.05)
+    async def timed(port: int, session: Any) -> tuple[int, int, bool, Any]:
+        began = int(time.time() // period)
+        reused, got = await asyncio.to_thread(connect, port, session)
+        return began, int(time.time() // period), reused, got
 
-    async def main() -> list[tuple[int, bool]]:
+    async def main() -> tuple[int, list[tuple[int, int, bool]]]:
         (backend,) = await start_backends(1, echo)
         tls = f'{{ cert = "{server.cert}", key = "{server.key}", ticket_rotation = "3s" }}'
         proxy = Proxy.from_toml(listener_config(free_port(), backend.address, tls))
@@ -386,23 +400,25 @@ def test_ticket_keys_rotate_every_ticket_rotation_and_the_previous_key_still_dec
         port = proxy.addresses["edge"][1]
         out = []
         try:
-            await at_period(int(time.time() // period) + 1)        # start at the beginning of a period
-            issued = int(time.time() // period)
-            _, first = await asyncio.to_thread(connect, port, None)
-            reused, _ = await asyncio.to_thread(connect, port, first)
-            out.append((int(time.time() // period) - issued, reused))
-            await at_period(issued + 1)
-            reused, _ = await asyncio.to_thread(connect, port, first)
-            out.append((int(time.time() // period) - issued, reused))
-            await at_period(issued + 2)
-            reused, _ = await asyncio.to_thread(connect, port, first)
-            out.append((int(time.time() // period) - issued, reused))
+            issued = int(time.time() // period) + 1
+            await at_period(issued, period)
+            began, ended, _, first = await timed(port, None)
+            out.append((began - issued, ended - issued, True))
+            for n in (0, 1, 2):
+                await at_period(issued + n, period)
+                began, ended, reused, _ = await timed(port, first)
+                out.append((began - issued, ended - issued, reused))
         finally:
             await proxy.stop()
             await backend.stop()
-        return out
+        return issued, out
 
-    assert run(main()) == [(0, True), (1, True), (2, False)]
+    with caplog.at_level(logging.DEBUG, logger="fastmesh.tls"):
+        issued, got = run(main())
+    refused = [r.getMessage() for r in caplog.records if "session ticket refused" in r.getMessage()]
+    assert got == [(0, 0, True), (0, 0, True), (1, 1, True), (2, 2, False)], refused
+    assert len(refused) == 1 and f"its key is from period {issued}, this worker accepts periods {issued + 1} to " \
+        f"{issued + 3}" in refused[0]
 
 
 # ---- under `fastmesh run`: two workers, the admin server, fastmesh check ------------------------------------------
@@ -447,6 +463,66 @@ def _fd_targets(pid: int) -> list[str]:
         except FileNotFoundError:
             pass
     return out
+
+
+def test_the_ticket_secret_rotates_and_tickets_still_resume_on_every_worker_a_restarted_one_too(
+        pki: Pki, tmp_path: Path) -> None:
+    """ticket_secret_rotation = "3s" (the master secret ratchets every 3 s) with ticket_rotation = "3s": after
+    three generations, w0 is killed and its replacement gets the supervisor's ratcheted secret; a ticket issued in
+    one period then resumes in the next (a new generation) on 30 connections over SO_REUSEPORT, both workers
+    (the restarted one included); one period later it no longer does."""
+    import re
+    import signal
+    from fastmesh._testbase.run import Run
+    server = pki.issue("web.test")
+    port, backend, period = free_port(), free_port(), 3.0
+    text = f"""
+workers = 2
+ticket_secret_rotation = "3s"
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:{port}"
+cluster = "backend"
+tls = {{ cert = "{server.cert}", key = "{server.key}", ticket_rotation = "3s" }}
+[clusters.backend]
+endpoints = ["127.0.0.1:{backend}"]
+[demo]
+backends = ["127.0.0.1:{backend}"]
+"""
+    ctx = pki.client_context(maximum=ssl.TLSVersion.TLSv1_2)
+
+    def connect(session: Any) -> tuple[bool, Any]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="web.test", session=session) as s:
+                return s.session_reused, s.session
+
+    def at(n: int) -> None:
+        while time.time() < n * period + PERIOD_MARGIN:
+            time.sleep(0.02)
+
+    fm = Run(tmp_path, text)
+    try:
+        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        at(int(time.time() // period) + 3)
+        old = int(fm.wait_log(r"w0 started \(pid (\d+)\)")[0][1])
+        os.kill(old, signal.SIGKILL)
+        new = int(fm.wait_log(r"w0 started \(pid (\d+)\)", count=2)[1][1])
+        fm.wait_log(rf"w0 \(pid {new}\) ready")
+        issued = int(time.time() // period) + 1
+        at(issued)
+        _, session = connect(None)
+        at(issued + 1)
+        resumed = [connect(session)[0] for _ in range(30)]
+        late = int(time.time() // period)
+        at(issued + 2)
+        expired = connect(session)[0]
+        log = fm.log()
+    finally:
+        fm.stop()
+    assert late == issued + 1, "the 30 handshakes ran into the next period"
+    assert resumed == [True] * 30
+    assert not expired
+    assert new != old and len(set(re.findall(r"w\d+ started \(pid (\d+)\)", log))) == 3
 
 
 @pytest.mark.parametrize("zygote", ["1", "0"], ids=["forked-workers", "fresh-interpreters"])
@@ -539,3 +615,79 @@ backends = ["127.0.0.1:{backend}"]
     assert broken["reload_failures"] >= 2
     assert broken_metrics[("fastmesh_tls_cert_reload_error", (("listener", "edge"),))] == 1
     assert still == [True, True]
+
+
+def test_an_expired_certificate_at_start_is_served_and_reported_everywhere(pki: Pki, tmp_path: Path) -> None:
+    """A listener certificate and a cluster client certificate that have already expired at start (a renewal that
+    failed): the instance starts and serves (a client that does not check dates completes its handshake, one that
+    does gets "certificate has expired"), the log names each file, /clusters and /tls flag them (`expired`,
+    negative `expires_in`), fastmesh_tls_cert_expires_in_seconds is negative, and `fastmesh check` says EXPIRED.
+    An expired replacement written over the expired file is then taken (the one in use is no better)."""
+    from fastmesh._testbase.run import Run, fastmesh_argv, env
+    server, replacement = pki.issue("web.test", expired=True), pki.issue("web.test", expired=True)
+    client = pki.issue("spiffe://mesh.test/ns/edge/sa/proxy", expired=True)
+    admin, port, backend = free_port(), free_port(), free_port()
+    text = f"""
+[admin]
+listen = "127.0.0.1:{admin}"
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:{port}"
+cluster = "backend"
+tls = {{ cert = "{server.cert}", key = "{server.key}" }}
+[[listeners]]
+name = "out"
+listen = "127.0.0.1:{free_port()}"
+cluster = "api"
+[clusters.backend]
+endpoints = ["127.0.0.1:{backend}"]
+[clusters.api]
+endpoints = ["127.0.0.1:{free_port()}"]
+tls = {{ ca = "{pki.ca_file}", server_name = "api.test", cert = "{client.cert}", key = "{client.key}" }}
+[demo]
+backends = ["127.0.0.1:{backend}"]
+"""
+    fm = Run(tmp_path, text)
+    try:
+        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        fm.wait_log(rf"listener edge: certificate {server.cert} expired at .* and is still served")
+        fm.wait_log(rf"cluster api: certificate {client.cert} expired at .* and is still served")
+        lax = pki.client_context()
+        lax.check_hostname = False
+        lax.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with lax.wrap_socket(raw, server_hostname="web.test") as s:
+                s.sendall(b"ping\n")
+                answer = s.recv(100)
+        with pytest.raises(ssl.SSLCertVerificationError, match="certificate has expired"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                pki.client_context().wrap_socket(raw, server_hostname="web.test").close()
+        clusters = _admin_json(admin, "/clusters")
+        view = _admin_json(admin, "/tls")
+        metrics = _admin_metrics(admin)
+        checked = subprocess.run(fastmesh_argv("check", str(fm.config)), env=env(), capture_output=True, text=True,
+                                 timeout=60)
+        log = fm.log()
+        # The one in use has expired: an expired replacement is no worse, and is taken (not refused).
+        Path(server.cert).write_bytes(Path(replacement.cert).read_bytes())
+        Path(server.key).write_bytes(Path(replacement.key).read_bytes())
+        deadline = time.monotonic() + RELOAD_WAIT
+        while _admin_json(admin, "/tls")["listeners"]["edge"]["reloads"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        replaced = _admin_json(admin, "/tls")["listeners"]["edge"]
+    finally:
+        fm.stop()
+    assert replaced["reloads"] == 1 and replaced["errors"] == {} and replaced["expired"] == [server.cert]
+    assert answer.startswith(b"hello from")          # the demo backend answered through the expired certificate
+    assert clusters["api"]["tls"]["expired"] == [client.cert]
+    (row,) = clusters["api"]["tls"]["certificates"]
+    assert row["expired"] is True and row["expires_in"] < -86400
+    assert view["listeners"]["edge"]["expired"] == [server.cert]
+    assert metrics[("fastmesh_tls_cert_expires_in_seconds",
+                    (("cert", server.cert), ("listener", "edge"), ("names", "web.test")))] < -86400
+    assert metrics[("fastmesh_tls_cert_expires_in_seconds", (("cert", client.cert), ("cluster", "api"),
+                                                             ("names", "spiffe://mesh.test/ns/edge/sa/proxy")))] < 0
+    assert checked.returncode == 0
+    assert f"warning: listener edge: certificate {server.cert} EXPIRED on" in checked.stderr
+    assert f"warning: cluster api: certificate {client.cert} EXPIRED on" in checked.stderr
+    assert log.count(f"certificate {server.cert} expired at") == 1      # once, not at every poll

@@ -49,7 +49,12 @@ from fastmesh._core.tls import openssl as _openssl
 log = logging.getLogger("fastmesh.tls")
 
 cdef extern from "<time.h>" nogil:
-    long time_now "time"(void *t)
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_REALTIME
+    int clock_gettime(int clk_id, timespec *tp)
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -100,16 +105,109 @@ def _require():
 
 
 # ---- session ticket keys -----------------------------------------------------------------------------------
+#
+# The instance's master secret ratchets forward every SECRET_ROTATION seconds of wall-clock time, the same moment
+# in every worker: secret(g + 1) = HMAC-SHA256(secret(g), "fastmesh ticket secret" | g + 1), and a generation older
+# than the last four is wiped. A period's ticket key is derived from the generation its period starts in, so
+# every worker still derives the same keys with no message between processes, and a memory dump no longer yields
+# the keys of tickets issued more than three generations before (their secret is gone, and HMAC does not run
+# backwards). A ticket key's name carries its period (8 bytes, then 8 derived ones): a refused ticket's log line
+# says which period issued it.
 
-cdef unsigned char TICKET_SECRET[32]
+# KEEP: generations held (one listener's previous period can start two generations back while another's next
+# period starts in the next one).
+cdef enum:
+    KEEP = 4
+cdef unsigned char SECRETS[KEEP][32]   # generations SECRET_GEN - KEEP + 1 .. SECRET_GEN (newest last)
+cdef long SECRET_GEN = 0               # the newest generation held
+cdef int SECRET_HELD = 0               # how many of SECRETS are valid (newest first): 0 to KEEP
+cdef double SECRET_ROTATION = 86400.0  # seconds per generation
+cdef bint SECRET_HANDED = False        # set by the supervisor's hand-over (not a local random one)
 
 
-def set_ticket_secret(bytes secret):
+cdef double _wall() noexcept:
+    """Unix time from CLOCK_REALTIME, the clock of Python's time.time(). (time() reads the coarse clock, up to a
+    tick behind: right after a period boundary a worker would still derive the previous period's keys.)"""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef void _ratchet_once(unsigned char *secret, long gen) noexcept:
+    """secret(gen - 1) -> secret(gen), in place."""
+    cdef unsigned char msg[30]
+    cdef unsigned char out[32]
+    cdef unsigned int n = 32
+    cdef int i
+    memcpy(msg, b"fastmesh ticket secret", 22)
+    for i in range(8):
+        msg[22 + i] = (gen >> (8 * i)) & 0xFF
+    lib.HMAC(lib.EVP_sha256(), secret, 32, msg, 30, out, &n)
+    memcpy(secret, out, 32)
+    memset(out, 0, 32)
+
+
+cdef void _advance(long gen) noexcept:
+    """Ratchet the held secrets forward until `gen` is the newest, wiping what falls out of the window."""
+    cdef int i
+    while SECRET_GEN < gen and SECRET_HELD > 0:
+        for i in range(KEEP - 1):
+            memcpy(SECRETS[i], SECRETS[i + 1], 32)
+        _ratchet_once(SECRETS[KEEP - 1], SECRET_GEN + 1)
+        _set_gen(SECRET_GEN + 1, SECRET_HELD + 1 if SECRET_HELD < KEEP else KEEP)
+    for i in range(KEEP - SECRET_HELD):
+        memset(SECRETS[i], 0, 32)
+
+
+cdef void _set_gen(long gen, int held) noexcept:
+    global SECRET_GEN, SECRET_HELD
+    SECRET_GEN = gen
+    SECRET_HELD = held
+
+
+cdef const unsigned char *_secret(long gen) noexcept:
+    """The master secret of generation gen (ratcheting forward when it is newer), or NULL once it is wiped."""
+    if gen > SECRET_GEN:
+        _advance(gen)
+    if SECRET_GEN - gen >= SECRET_HELD or gen > SECRET_GEN:
+        return NULL
+    return SECRETS[KEEP - 1 - (SECRET_GEN - gen)]
+
+
+def set_ticket_secret(bytes secret, generation=None, double rotation=86400.0, bint handed=True):
     """The instance's ticket secret (32 bytes, the same in every worker: the supervisor hands it over an inherited
-    memfd, never the environment). Each listener derives its keys from it and its rotation period."""
+    memfd, never the environment) as of `generation` (default: the current one), ratcheting every `rotation`
+    seconds. Each listener derives its keys from it and its rotation period."""
+    global SECRET_ROTATION, SECRET_HANDED
     if len(secret) != 32:
         raise ValueError("the ticket secret is 32 bytes")
-    memcpy(TICKET_SECRET, PyBytes_AS_STRING(secret), 32)
+    if rotation < 1.0:
+        raise ValueError("the ticket secret rotation is at least a second")
+    SECRET_ROTATION = rotation
+    SECRET_HANDED = handed
+    memset(SECRETS, 0, sizeof(SECRETS))
+    memcpy(SECRETS[KEEP - 1], PyBytes_AS_STRING(secret), 32)
+    _set_gen(<long>(_wall() // rotation) if generation is None else <long>generation, 1)
+
+
+def ticket_secret_state():
+    """(rotation seconds, newest generation held, generations held, handed over by a supervisor), for tests and
+    /tls."""
+    return SECRET_ROTATION, SECRET_GEN, SECRET_HELD, bool(SECRET_HANDED)
+
+
+def ratchet(bytes secret, long since, long until):
+    """secret(until) from secret(since): what the supervisor hands a worker it starts (the same derivation)."""
+    cdef unsigned char buf[32]
+    cdef long g
+    if len(secret) != 32:
+        raise ValueError("the ticket secret is 32 bytes")
+    memcpy(buf, PyBytes_AS_STRING(secret), 32)
+    for g in range(since + 1, until + 1):
+        _ratchet_once(buf, g)
+    out = buf[:32]
+    memset(buf, 0, 32)
+    return out
 
 
 cdef void _derive(TicketKey *k, long epoch, long period) noexcept:
@@ -117,29 +215,63 @@ cdef void _derive(TicketKey *k, long epoch, long period) noexcept:
     cdef unsigned char out[32]
     cdef unsigned int n = 32
     cdef int i
+    cdef const unsigned char *secret = _secret(<long>((<double>epoch * period) // SECRET_ROTATION))
+    if secret == NULL:                      # its generation is wiped: a key no ticket matches
+        lib.RAND_bytes(<unsigned char *>k, sizeof(TicketKey))
+        memset(k.name, 0xFF, 8)
+        return
     for i in range(8):
         msg[i] = (epoch >> (8 * i)) & 0xFF
         msg[8 + i] = (period >> (8 * i)) & 0xFF
     for i in range(3):
         msg[16] = i
-        lib.HMAC(lib.EVP_sha256(), TICKET_SECRET, 32, msg, 17, out, &n)
+        lib.HMAC(lib.EVP_sha256(), secret, 32, msg, 17, out, &n)
         if i == 0:
-            memcpy(k.name, out, 16)
+            memcpy(k.name, msg, 8)          # the period, in clear: a refused ticket's log line names it
+            memcpy(k.name + 8, out, 8)
         elif i == 1:
             memcpy(k.hmac, out, 32)
         else:
             memcpy(k.aes, out, 32)
+    memset(out, 0, 32)
 
 
 cdef void _refresh_keys(TlsServer srv) noexcept:
     cdef long period = <long>srv.ticket_rotation
-    cdef long epoch = time_now(NULL) // period
+    cdef long epoch = <long>(_wall() // period)
     cdef int i
     if epoch == srv.key_epoch:
         return
     for i in range(3):
         _derive(&srv.keys[i], epoch - 1 + i, period)
     srv.key_epoch = epoch
+
+
+cdef long _name_epoch(const unsigned char *name) noexcept:
+    cdef long e = 0
+    cdef int i
+    for i in range(8):
+        e |= (<long>name[i]) << (8 * i)
+    return e
+
+
+def ticket_key_name(long epoch, long period):
+    """The name of the ticket key this process derives for (epoch, period) (tests compare workers with it)."""
+    cdef TicketKey k
+    _derive(&k, epoch, period)
+    return k.name[:16]
+
+
+cdef void _refused_ticket(TlsServer srv, const unsigned char *name) noexcept:
+    """Say (at debug level) which period issued a ticket no key here decrypts: too old, from another instance, or
+    (when its period is one this worker accepts) a clock disagreement."""
+    try:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session ticket refused (a full handshake follows): its key is from period %d, this worker "
+                      "accepts periods %d to %d (%gs each)", _name_epoch(name), srv.key_epoch - 1,
+                      srv.key_epoch + 1, srv.ticket_rotation)
+    except BaseException:
+        pass
 
 
 cdef int _ticket_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *ectx, HMAC_CTX *hctx,
@@ -170,6 +302,7 @@ cdef int _ticket_cb(SSL *s, unsigned char *name, unsigned char *iv, EVP_CIPHER_C
             if lib.EVP_DecryptInit_ex(ectx, lib.EVP_aes_256_cbc(), NULL, k.aes, iv) != 1:
                 return -1
             return 1 if i == 1 else 2       # 2: good, but issue a ticket under the current key
+    _refused_ticket(srv, name)
     return 0                                # unknown key: a full handshake
 
 
@@ -902,4 +1035,4 @@ cdef Py_ssize_t tls_peer_uri(Tls *t, char *out, Py_ssize_t cap) noexcept:
 
 
 # An embedded Proxy's tickets are its own: a random secret until `fastmesh run`'s worker sets the instance's.
-set_ticket_secret(os.urandom(32))
+set_ticket_secret(os.urandom(32), handed=False)
