@@ -164,7 +164,11 @@ cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const c
     the field satisfies."""
     cdef const Edit *x
     cdef int k
-    if not ((lengths >> n) & 1 if n < 64 else lengths == ~0ULL):
+    # Two plain C tests: a conditional expression mixing the two result types would go through Python objects.
+    if n < 64:
+        if not ((lengths >> n) & 1):
+            return False
+    elif lengths != ~0ULL:
         return False
     for k in range(edits.n + edits.route_n):
         x = edit_at(edits, k)
@@ -242,7 +246,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
     else:
         ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
     ob_add(o, " HTTP/1.1\r\n", 11)
-    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+    if h.conn_names:      # a Connection field lists more than keep-alive / upgrade (fields dropped by id anyway)
         ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     lengths = _edit_lengths(edits)
     if host_from_target or h.host_index < 0:
@@ -389,7 +393,7 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, line, 13)
     ob_add(o, buf + h.reason_off, h.reason_len)
     ob_add(o, "\r\n", 2)
-    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+    if h.conn_names:      # a Connection field lists more than keep-alive / upgrade (fields dropped by id anyway)
         ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     for i in range(h.num_headers):
         f = &h.headers[i]
