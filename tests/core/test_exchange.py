@@ -295,6 +295,50 @@ def test_edits_render_into_the_forwarded_head() -> None:
     ex.finish()
 
 
+@pytest.mark.parametrize("lines, dropped", [
+    ([b"Connection: keep-alive", b"Close: 1", b"X-A: 2"], []),
+    ([b"Connection: close", b"Close: 1", b"X-A: 2"], [b"Close: 1"]),
+    ([b"Connection: keep-alive x-a", b"Close: 1", b"X-A: 2"], [b"X-A: 2"]),
+    ([b"Connection: keep-alive", b"connection: X-A,upgrade", b"Close: 1", b"X-A: 2"], [b"X-A: 2"]),
+])
+def test_fields_the_connection_field_names_are_dropped(lines: list[bytes], dropped: list[bytes]) -> None:
+    """Connection's tokens are collected only when it lists more than keep-alive / upgrade; whatever it names
+    is dropped, a field called "close" included, and nothing else."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", *lines)
+    ex, _ = codec.start(raw, forwarded=False)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    assert not any(line.lower().startswith(b"connection") for line in out)
+    for line in (b"Close: 1", b"X-A: 2"):
+        assert (line not in out) == (line in dropped)
+    ex.finish()
+
+
+def _xorshift64star(state: int) -> tuple[int, int]:
+    """balance/base.pxd's rng_next in Python: (new state, value)."""
+    mask = (1 << 64) - 1
+    state ^= state >> 12
+    state = (state ^ (state << 25)) & mask
+    state ^= state >> 27
+    return state, (state * 0x2545F4914F6CDD1D) & mask
+
+
+@pytest.mark.parametrize("seed", [1, 7, 0x0123456789ABCDEF, (1 << 64) - 1, 0xF0F0F0F00A0A0A0A])
+def test_request_id_is_two_draws_as_little_endian_hex(seed: int) -> None:
+    """The request id is the balancer's next two random words, each as its 8 bytes (lowest first) in lowercase hex:
+    the digits are computed with word operations, and must stay the text a digit-pair table gives."""
+    codec = FakeCodec()
+    codec.cluster.balancer.reseed(seed)
+    state, first = _xorshift64star(seed)
+    _, second = _xorshift64star(state)
+    raw = head(b"/api/x")
+    ex, _ = codec.start(raw)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    (rid,) = [line for line in out if line.startswith(b"x-request-id: ")]
+    assert rid[len(b"x-request-id: "):] == (first.to_bytes(8, "little") + second.to_bytes(8, "little")).hex().encode()
+    ex.finish()
+
+
 def test_a_client_identity_field_costs_an_edit_only_when_the_request_has_one() -> None:
     """The parser notes fastmesh-client-identity (any case), so its removal is listed only for a request that
     carries one; an identity header of another name is always removed; "" turns both off."""

@@ -279,12 +279,15 @@ cdef inline void _on_connection(const uchar *v, Py_ssize_t n, Head *h) noexcept 
         end = i
         while end > start and (v[end - 1] == SP or v[end - 1] == HTAB):
             end -= 1
-        if end - start == 5 and _lower_eq(v + start, b"close", 5):
-            h.conn_close = 1
-        elif end - start == 10 and _lower_eq(v + start, b"keep-alive", 10):
+        if end - start == 10 and _lower_eq(v + start, b"keep-alive", 10):
             h.conn_keep_alive = 1
         elif end - start == 7 and _lower_eq(v + start, b"upgrade", 7):
             h.conn_upgrade = 1
+        elif end > start:
+            # Any other element, "close" too (a field may be called that), may name a field to drop.
+            h.conn_names = 1
+            if end - start == 5 and _lower_eq(v + start, b"close", 5):
+                h.conn_close = 1
 
 
 cdef inline bint _lists_h2c(const uchar *v, Py_ssize_t n) noexcept nogil:
@@ -715,6 +718,7 @@ cdef dict head_dict(bytes data, const Head *h):
         "connection_close": bool(h.conn_close),
         "connection_keep_alive": bool(h.conn_keep_alive),
         "connection_upgrade": bool(h.conn_upgrade),
+        "connection_names": bool(h.conn_names),
         "upgrade": bool(h.upgrade),
         "upgrade_h2c": bool(h.upgrade_h2c),
         "expect_continue": bool(h.expect_continue),
