@@ -314,6 +314,17 @@ def test_fields_the_connection_field_names_are_dropped(lines: list[bytes], dropp
     ex.finish()
 
 
+@pytest.mark.parametrize("ms", [0, 7, 42, 100, 1000, 123456789, 987654321, 999999999])
+def test_the_deadline_is_stamped_as_nine_digits(ms: int) -> None:
+    """stamp_budget writes two digits per step: every width and every digit pair comes out zero-padded."""
+    codec = FakeCodec(timeout=1.0)
+    raw = head(b"/api/x")
+    ex, _ = codec.start(raw)
+    out = forwarded_head(ex, raw, budget_ms=ms).split(b"\r\n")
+    assert b"fastmesh-timeout-ms: %09d" % ms in out
+    ex.finish()
+
+
 def _xorshift64star(state: int) -> tuple[int, int]:
     """balance/base.pxd's rng_next in Python: (new state, value)."""
     mask = (1 << 64) - 1
