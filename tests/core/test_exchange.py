@@ -325,6 +325,17 @@ def test_the_deadline_is_stamped_as_nine_digits(ms: int) -> None:
     ex.finish()
 
 
+def test_forwarded_lines_end_in_one_crlf_with_or_without_trailing_whitespace() -> None:
+    """A field line goes out in one copy with its received CRLF; one whose value had trailing OWS goes out trimmed,
+    with a CRLF of ours."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", b"X-Trail: v \t ", b"X-Plain: w", b"X-Empty:", b"X-Last: z")
+    ex, _ = codec.start(raw, forwarded=False)
+    out = forwarded_head(ex, raw)
+    assert b"\r\nX-Trail: v\r\nX-Plain: w\r\nX-Empty:\r\nX-Last: z\r\n" in out
+    ex.finish()
+
+
 def _xorshift64star(state: int) -> tuple[int, int]:
     """balance/base.pxd's rng_next in Python: (new state, value)."""
     mask = (1 << 64) - 1
