@@ -64,7 +64,18 @@ cdef extern from *:
     #include <string.h>
     /* The 8 bytes of r as 16 lowercase hex digits, byte 0 first, each byte's high digit first (what a table of
        digit pairs gives), with a few word operations instead of 16 table loads and stores. */
+    #if defined(__SSE2__) && defined(__x86_64__)
+    #include <emmintrin.h>
+    #endif
     static inline void fm_hex16(uint64_t r, char *out) {
+    #if defined(__SSE2__) && defined(__x86_64__)
+        /* Both nibbles of each byte, interleaved high first, then '0' + n, plus 39 more where n > 9 (to 'a'). */
+        const __m128i low4 = _mm_set1_epi8(0x0F);
+        __m128i v = _mm_cvtsi64_si128((long long)r);
+        __m128i n = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4));
+        __m128i letters = _mm_and_si128(_mm_cmpgt_epi8(n, _mm_set1_epi8(9)), _mm_set1_epi8(39));
+        _mm_storeu_si128((__m128i *)out, _mm_add_epi8(_mm_add_epi8(n, _mm_set1_epi8('0')), letters));
+    #else
         int half;
         for (half = 0; half < 2; half++) {
             uint64_t y = (r >> (32 * half)) & 0xFFFFFFFFULL;
@@ -77,6 +88,7 @@ cdef extern from *:
     #endif
             memcpy(out + 8 * half, &y, 8);
         }
+    #endif
     }
     """
     void fm_hex16(uint64_t r, char *out) noexcept nogil
