@@ -336,6 +336,19 @@ def test_forwarded_lines_end_in_one_crlf_with_or_without_trailing_whitespace() -
     ex.finish()
 
 
+@pytest.mark.parametrize("sent, value", [(b"0", 0), (b"7", 7), (b"10", 10), (b"99", 99), (b"100", 100),
+                                         (b"000123", 123), (b"12345", 12345),
+                                         (b"999999999999999999", 999999999999999999)])
+def test_content_length_is_forwarded_in_plain_digits(sent: bytes, value: int) -> None:
+    """_content_length writes two digits per step: odd and even widths, zeros inside, the parser's largest value."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", b"Content-Length: " + sent)
+    ex, _ = codec.start(raw, forwarded=False)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    assert [line for line in out if line.lower().startswith(b"content-length")] == [b"Content-Length: %d" % value]
+    ex.finish()
+
+
 def _xorshift64star(state: int) -> tuple[int, int]:
     """balance/base.pxd's rng_next in Python: (new state, value)."""
     mask = (1 << 64) - 1

@@ -109,21 +109,33 @@ cdef inline bint _hop_by_hop(uint32_t fid, bint upgrading) noexcept:
             or fid == FIELD_PROXY_AUTHORIZATION or fid == FIELD_HTTP2_SETTINGS)
 
 
+cdef bytes _DIGIT_PAIRS = "".join(f"{i:02d}" for i in range(100)).encode("ascii")
+cdef const char *DIGIT_PAIRS = _DIGIT_PAIRS     # "000102...99": two digits of 0..99 at 2 * value
+
+
 cdef void _content_length(OutBuf *o, long long value) noexcept:
     """A Content-Length line in its one canonical form: no leading zeros, no whitespace, one line."""
     cdef char line[40]
-    cdef int n = 40
-    memcpy(line, b"Content-Length: ", 16)
-    line[n - 1] = 10
-    line[n - 2] = 13
-    n -= 2
-    while True:
+    cdef int n = 38
+    cdef unsigned long long v = <unsigned long long>value     # the parser's values are >= 0
+    cdef unsigned int r
+    line[38] = 13
+    line[39] = 10
+    while v >= 100:          # two digits per division (a digit-pair table), then the last one or two
+        r = <unsigned int>(v % 100)
+        v //= 100
+        n -= 2
+        line[n] = DIGIT_PAIRS[2 * r]
+        line[n + 1] = DIGIT_PAIRS[2 * r + 1]
+    if v >= 10:
+        n -= 2
+        line[n] = DIGIT_PAIRS[2 * v]
+        line[n + 1] = DIGIT_PAIRS[2 * v + 1]
+    else:
         n -= 1
-        line[n] = <char>(48 + value % 10)
-        value //= 10
-        if value == 0:
-            break
-    ob_add(o, line, 16)
+        line[n] = <char>(48 + v)
+    n -= 16
+    memcpy(line + n, b"Content-Length: ", 16)
     ob_add(o, line + n, 40 - n)
 
 
@@ -370,10 +382,6 @@ cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span author
     at = _edit_fields(o, edits, present, budget, grpc)
     ob_add(o, "\r\n", 2)
     return at
-
-
-cdef bytes _DIGIT_PAIRS = "".join(f"{i:02d}" for i in range(100)).encode("ascii")
-cdef const char *DIGIT_PAIRS = _DIGIT_PAIRS     # "000102...99": two digits of 0..99 at 2 * value
 
 
 cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept:
