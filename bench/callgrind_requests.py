@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
         rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.rate_limit, a.whole, a.listener_line)
-                for root in a.builds}
+                for root in map(os.path.abspath, a.builds)}
         if a.keep:
             os.makedirs(a.keep, exist_ok=True)
             for dump in glob.glob(os.path.join(tmp, "cg-*.*.*")):

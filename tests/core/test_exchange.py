@@ -295,6 +295,85 @@ def test_edits_render_into_the_forwarded_head() -> None:
     ex.finish()
 
 
+@pytest.mark.parametrize("lines, dropped", [
+    ([b"Connection: keep-alive", b"Close: 1", b"X-A: 2"], []),
+    ([b"Connection: close", b"Close: 1", b"X-A: 2"], [b"Close: 1"]),
+    ([b"Connection: keep-alive x-a", b"Close: 1", b"X-A: 2"], [b"X-A: 2"]),
+    ([b"Connection: keep-alive", b"connection: X-A,upgrade", b"Close: 1", b"X-A: 2"], [b"X-A: 2"]),
+])
+def test_fields_the_connection_field_names_are_dropped(lines: list[bytes], dropped: list[bytes]) -> None:
+    """Connection's tokens are collected only when it lists more than keep-alive / upgrade; whatever it names
+    is dropped, a field called "close" included, and nothing else."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", *lines)
+    ex, _ = codec.start(raw, forwarded=False)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    assert not any(line.lower().startswith(b"connection") for line in out)
+    for line in (b"Close: 1", b"X-A: 2"):
+        assert (line not in out) == (line in dropped)
+    ex.finish()
+
+
+@pytest.mark.parametrize("ms", [0, 7, 42, 100, 1000, 123456789, 987654321, 999999999])
+def test_the_deadline_is_stamped_as_nine_digits(ms: int) -> None:
+    """stamp_budget writes two digits per step: every width and every digit pair comes out zero-padded."""
+    codec = FakeCodec(timeout=1.0)
+    raw = head(b"/api/x")
+    ex, _ = codec.start(raw)
+    out = forwarded_head(ex, raw, budget_ms=ms).split(b"\r\n")
+    assert b"fastmesh-timeout-ms: %09d" % ms in out
+    ex.finish()
+
+
+def test_forwarded_lines_end_in_one_crlf_with_or_without_trailing_whitespace() -> None:
+    """A field line goes out in one copy with its received CRLF; one whose value had trailing OWS goes out trimmed,
+    with a CRLF of ours."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", b"X-Trail: v \t ", b"X-Plain: w", b"X-Empty:", b"X-Last: z")
+    ex, _ = codec.start(raw, forwarded=False)
+    out = forwarded_head(ex, raw)
+    assert b"\r\nX-Trail: v\r\nX-Plain: w\r\nX-Empty:\r\nX-Last: z\r\n" in out
+    ex.finish()
+
+
+@pytest.mark.parametrize("sent, value", [(b"0", 0), (b"7", 7), (b"10", 10), (b"99", 99), (b"100", 100),
+                                         (b"000123", 123), (b"12345", 12345),
+                                         (b"999999999999999999", 999999999999999999)])
+def test_content_length_is_forwarded_in_plain_digits(sent: bytes, value: int) -> None:
+    """_content_length writes two digits per step: odd and even widths, zeros inside, the parser's largest value."""
+    codec = FakeCodec()
+    raw = head(b"/api/x", b"Content-Length: " + sent)
+    ex, _ = codec.start(raw, forwarded=False)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    assert [line for line in out if line.lower().startswith(b"content-length")] == [b"Content-Length: %d" % value]
+    ex.finish()
+
+
+def _xorshift64star(state: int) -> tuple[int, int]:
+    """balance/base.pxd's rng_next in Python: (new state, value)."""
+    mask = (1 << 64) - 1
+    state ^= state >> 12
+    state = (state ^ (state << 25)) & mask
+    state ^= state >> 27
+    return state, (state * 0x2545F4914F6CDD1D) & mask
+
+
+@pytest.mark.parametrize("seed", [1, 7, 0x0123456789ABCDEF, (1 << 64) - 1, 0xF0F0F0F00A0A0A0A])
+def test_request_id_is_two_draws_as_little_endian_hex(seed: int) -> None:
+    """The request id is the balancer's next two random words, each as its 8 bytes (lowest first) in lowercase hex:
+    the digits are computed with word operations, and must stay the text a digit-pair table gives."""
+    codec = FakeCodec()
+    codec.cluster.balancer.reseed(seed)
+    state, first = _xorshift64star(seed)
+    _, second = _xorshift64star(state)
+    raw = head(b"/api/x")
+    ex, _ = codec.start(raw)
+    out = forwarded_head(ex, raw).split(b"\r\n")
+    (rid,) = [line for line in out if line.startswith(b"x-request-id: ")]
+    assert rid[len(b"x-request-id: "):] == (first.to_bytes(8, "little") + second.to_bytes(8, "little")).hex().encode()
+    ex.finish()
+
+
 def test_a_client_identity_field_costs_an_edit_only_when_the_request_has_one() -> None:
     """The parser notes fastmesh-client-identity (any case), so its removal is listed only for a request that
     carries one; an identity header of another name is always removed; "" turns both off."""

@@ -142,6 +142,23 @@ def test_unrelated_expect_and_connection_tokens():
     assert not h["expect_continue"] and not h["connection_close"] and not h["connection_keep_alive"]
 
 
+@pytest.mark.parametrize("lines, names", [
+    ([], False),
+    ([b"Connection: keep-alive"], False),
+    ([b"Connection: Keep-Alive , UPGRADE", b"connection: keep-alive"], False),
+    ([b"Connection: ,, keep-alive,"], False),
+    ([b"Connection: close"], True),                   # a field may be called "close"
+    ([b"Connection: keep-alive", b"Connection: X-A"], True),
+    ([b"Connection: keep-alive x-a"], True),          # one element to the parser, two tokens to a renderer
+    ([b"Connection: keep-alive, x-a"], True),
+])
+def test_connection_names_only_when_an_element_may_name_a_field(lines: list[bytes], names: bool) -> None:
+    """Renderers collect Connection's tokens only when this is set: every element but keep-alive and upgrade
+    (fields dropped by id anyway) may name a field to drop."""
+    _, h = parse_request_bytes(req(b"Host: a", *lines))
+    assert h["connection_names"] is names
+
+
 def test_identical_content_length_lines_merged():
     _, h = parse_request_bytes(req(b"Host: a", b"Content-Length: 5", b"content-length: 05"))
     assert h["content_length"] == 5 and h["cl_repeated"]

@@ -109,6 +109,9 @@ ctypedef struct Head:
     unsigned char conn_close     # Connection lists "close"
     unsigned char conn_keep_alive  # Connection lists "keep-alive"
     unsigned char conn_upgrade   # Connection lists "upgrade"
+    # Connection lists an element other than "keep-alive" and "upgrade" (which name fields that are dropped by id
+    # anyway): only then can it name a further field to drop, so only then do renderers collect its tokens
+    unsigned char conn_names
     unsigned char upgrade        # an Upgrade line is present
     unsigned char upgrade_h2c    # an Upgrade line lists "h2c" (cleartext HTTP/2: never forwarded)
     unsigned char expect_continue  # Expect is "100-continue"
@@ -145,6 +148,7 @@ cdef inline void head_reset(Head *h) noexcept nogil:
     h.conn_close = 0
     h.conn_keep_alive = 0
     h.conn_upgrade = 0
+    h.conn_names = 0
     h.upgrade = 0
     h.upgrade_h2c = 0
     h.expect_continue = 0

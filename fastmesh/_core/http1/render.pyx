@@ -109,21 +109,33 @@ cdef inline bint _hop_by_hop(uint32_t fid, bint upgrading) noexcept:
             or fid == FIELD_PROXY_AUTHORIZATION or fid == FIELD_HTTP2_SETTINGS)
 
 
+cdef bytes _DIGIT_PAIRS = "".join(f"{i:02d}" for i in range(100)).encode("ascii")
+cdef const char *DIGIT_PAIRS = _DIGIT_PAIRS     # "000102...99": two digits of 0..99 at 2 * value
+
+
 cdef void _content_length(OutBuf *o, long long value) noexcept:
     """A Content-Length line in its one canonical form: no leading zeros, no whitespace, one line."""
     cdef char line[40]
-    cdef int n = 40
-    memcpy(line, b"Content-Length: ", 16)
-    line[n - 1] = 10
-    line[n - 2] = 13
-    n -= 2
-    while True:
+    cdef int n = 38
+    cdef unsigned long long v = <unsigned long long>value     # the parser's values are >= 0
+    cdef unsigned int r
+    line[38] = 13
+    line[39] = 10
+    while v >= 100:          # two digits per division (a digit-pair table), then the last one or two
+        r = <unsigned int>(v % 100)
+        v //= 100
+        n -= 2
+        line[n] = DIGIT_PAIRS[2 * r]
+        line[n + 1] = DIGIT_PAIRS[2 * r + 1]
+    if v >= 10:
+        n -= 2
+        line[n] = DIGIT_PAIRS[2 * v]
+        line[n + 1] = DIGIT_PAIRS[2 * v + 1]
+    else:
         n -= 1
-        line[n] = <char>(48 + value % 10)
-        value //= 10
-        if value == 0:
-            break
-    ob_add(o, line, 16)
+        line[n] = <char>(48 + v)
+    n -= 16
+    memcpy(line + n, b"Content-Length: ", 16)
     ob_add(o, line + n, 40 - n)
 
 
@@ -142,18 +154,35 @@ cdef inline void _line(OutBuf *o, Span name, Span value) noexcept:
     o.len += name.len + value.len + 4
 
 
+cdef inline void _field_line(OutBuf *o, const char *buf, const HeaderField *f) noexcept:
+    # "Name: value" as received and its line end: when no OWS trails the value, the received CRLF follows it, so
+    # the line goes out in one copy (one room check, one memcpy); otherwise the trimmed value and a CRLF.
+    cdef uint32_t end = f.value_off + f.value_len
+    if buf[end] == 13 and buf[end + 1] == 10:
+        ob_add(o, buf + f.name_off, end + 2 - f.name_off)
+    else:
+        ob_add(o, buf + f.name_off, end - f.name_off)
+        ob_add(o, "\r\n", 2)
+
+
 cdef unsigned long long _edit_lengths(const EditList *edits) noexcept:
     """Bit n set: some edit matches field names of n bytes (most fields then cost one test)."""
+    # The own edits and the route's in two plain loops (edit_at's choice between them, once per edit, cost more
+    # than the test itself).
+    return _lengths_of(edits.own, edits.n) | _lengths_of(edits.route, edits.route_n)
+
+
+cdef inline unsigned long long _lengths_of(const Edit *x, int n) noexcept:
     cdef unsigned long long lengths = 0
-    cdef const Edit *x
     cdef int k
-    for k in range(edits.n + edits.route_n):
-        x = edit_at(edits, k)
-        if x.kind != EDIT_ADD and x.name.len < 64:
-            lengths |= 1ULL << x.name.len
-        elif x.kind != EDIT_ADD:
+    for k in range(n):
+        if x[k].kind == EDIT_ADD:
+            continue
+        if x[k].name.len < 64:
+            lengths |= 1ULL << x[k].name.len
+        else:
             lengths = ~0ULL          # a name too long for the mask: every field is compared
-        if x.kind == EDIT_DEADLINE:
+        if x[k].kind == EDIT_DEADLINE:
             lengths |= 1ULL << 12    # grpc-timeout
     return lengths
 
@@ -164,7 +193,11 @@ cdef bint _edit_drops(const EditList *edits, unsigned long long lengths, const c
     the field satisfies."""
     cdef const Edit *x
     cdef int k
-    if not ((lengths >> n) & 1 if n < 64 else lengths == ~0ULL):
+    # Two plain C tests: a conditional expression mixing the two result types would go through Python objects.
+    if n < 64:
+        if not ((lengths >> n) & 1):
+            return False
+    elif lengths != ~0ULL:
         return False
     for k in range(edits.n + edits.route_n):
         x = edit_at(edits, k)
@@ -242,7 +275,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
     else:
         ob_add(o, buf + h.target_off, h.target_len)      # CONNECT keeps its authority-form target
     ob_add(o, " HTTP/1.1\r\n", 11)
-    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+    if h.conn_names:      # a Connection field lists more than keep-alive / upgrade (fields dropped by id anyway)
         ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     lengths = _edit_lengths(edits)
     if host_from_target or h.host_index < 0:
@@ -270,8 +303,7 @@ cdef Py_ssize_t render_request(OutBuf *o, const char *buf, const Head *h, const 
             if _edit_drops(edits, lengths, buf + f.name_off, f.name_len, &present):
                 continue
         # The field line as received ("Name: value"), one copy.
-        ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
-        ob_add(o, "\r\n", 2)
+        _field_line(o, buf, f)
     if upgrading:
         ob_add(o, CONN_UPGRADE, 21)
     at = _edit_fields(o, edits, present, -1, False)
@@ -353,12 +385,19 @@ cdef Py_ssize_t render_view_request(OutBuf *o, const RequestView *v, Span author
 
 
 cdef void stamp_budget(OutBuf *o, Py_ssize_t at, long long ms) noexcept:
+    # Two digits per division, in 32 bits (ms <= 999999999 < 2**32): a fraction of the 9 64-bit divisions.
+    cdef char *d = o.data + at
+    cdef unsigned int v, r
     cdef int i
     if at < 0:
         return
-    for i in range(BUDGET_DIGITS - 1, -1, -1):
-        o.data[at + i] = <char>(48 + ms % 10)
-        ms //= 10
+    v = <unsigned int>(ms % 1000000000)
+    for i in range(BUDGET_DIGITS - 2, 0, -2):
+        r = v % 100
+        v //= 100
+        d[i] = DIGIT_PAIRS[2 * r]
+        d[i + 1] = DIGIT_PAIRS[2 * r + 1]
+    d[0] = <char>(48 + v % 10)
 
 
 cdef bint marked_retried(const char *buf, const Head *h) noexcept:
@@ -389,7 +428,7 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
     ob_add(o, line, 13)
     ob_add(o, buf + h.reason_off, h.reason_len)
     ob_add(o, "\r\n", 2)
-    if h.num_headers and h.seen & (1 << FIELD_CONNECTION):
+    if h.conn_names:      # a Connection field lists more than keep-alive / upgrade (fields dropped by id anyway)
         ntok = connection_tokens(buf, h.headers, h.num_headers, tok, tlen)
     for i in range(h.num_headers):
         f = &h.headers[i]
@@ -408,8 +447,7 @@ cdef void render_response(OutBuf *o, const char *buf, const Head *h, const EditL
                 seen_cl = True
                 _content_length(o, h.content_length)
             continue
-        ob_add(o, buf + f.name_off, f.value_off + f.value_len - f.name_off)
-        ob_add(o, "\r\n", 2)
+        _field_line(o, buf, f)
     if h.status >= 200 or h.status == 101:
         for i in range(edits.n + edits.route_n):
             x = edit_at(edits, i)
