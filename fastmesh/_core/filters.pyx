@@ -21,7 +21,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 
 from fastmesh._core.request cimport (
-    RequestView, Span, Field, Edit, EditList, EDIT_ADD, EDIT_REMOVE, span_of, edits_clear, find_field,
+    RequestView, Span, Field, Edit, EditList, EDIT_ADD, EDIT_REMOVE, span_of, edits_clear, find_field, fold_eq,
 )
 from fastmesh._core.errors cimport PE_NONE, PE_PLUGIN, PE_PLUGIN_TIMEOUT
 from fastmesh._core.exchange cimport Exchange, ForwardRules
@@ -293,17 +293,31 @@ cdef class FilterResponse:
         return f"<Response {self.status} to {self.request!r}>"
 
     cdef int apply_edits(self, const char *base, const Field *fields, int n, EditList *response) except -1:
-        cdef int i, k
+        cdef int i, j, k, m
         cdef bytes name
+        cdef Span *gone
+        cdef size_t at
+        cdef bint drop
         if self.removes:
-            gone = frozenset(self.removes)
-            self.kept = <Field *>PyMem_Malloc((n or 1) * sizeof(Field))
+            m = len(self.removes)
+            # One block: the kept fields (n), then the names to drop (m), compared in place (no text made).
+            at = (n * sizeof(Field) + 15) & ~(<size_t>15)          # the names start aligned
+            self.kept = <Field *>PyMem_Malloc(at + m * sizeof(Span))
             if self.kept == NULL:
                 raise MemoryError()
+            gone = <Span *>(<char *>self.kept + at)
+            for j in range(m):
+                name = self.removes[j]
+                gone[j] = span_of(PyBytes_AS_STRING(name), len(name))
             k = 0
             for i in range(n):
-                name = (base + fields[i].name_off)[:fields[i].name_len].lower()
-                if name not in gone:
+                drop = False
+                for j in range(m):
+                    if fields[i].name_len == gone[j].len and fold_eq(base + fields[i].name_off, gone[j].ptr,
+                                                                     gone[j].len):
+                        drop = True
+                        break
+                if not drop:
                     self.kept[k] = fields[i]
                     k += 1
             self.kept_n = k
