@@ -16,7 +16,8 @@ the worker's loop is chosen, FASTMESH_LOOP, shows there and not in the dispatch 
     FASTMESH_LOOP=uvloop python -m bench.callgrind_requests . --whole; python -m bench.callgrind_requests . --whole
 
 `--filter REF` puts a request filter plugin on the http listener (e.g. fastmesh._testbase.plugins:Noop, a filter
-that does nothing): the difference to a run without it is what the plugin path costs per request.
+that does nothing; fastmesh._testbase.plugins:NoopResponse, a response filter that does nothing): the difference to
+a run without it is what the plugin path costs per request.
 `--rate-limit RATE` sends the http listener's requests through a route limited to RATE (e.g. "999999999/s", burst
 1,000,000, keyed by the client's address, so no request is refused): what a token taken per request costs;
 `--rate-limit none` sends them through the same route without a limit (the baseline for that difference).

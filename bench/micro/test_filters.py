@@ -7,6 +7,14 @@ filter) and join the filter's edits to the request's edit list. Filters:
   - tag:   sets a request field and an answer field (two edits joined)
   - token: the worked example mypkg.auth:CheckToken with a good token (reads a field, removes it, sets x-user)
 Routes without filters pay none of this: one pointer test per request in the codec.
+
+bench_respond(raw, response, chain, COUNT) does, per round, what a response filter adds for one answer: build the
+FilterResponse (two copies of the answer head), call the chain's respond() (a Python call per response filter)
+and join its edits. Response filters:
+  - resp-noop:  returns None
+  - resp-edit:  sets a field, removes one, adds two (fastmesh._testbase.plugins:RespTag)
+  - resp-secure: the worked example mypkg.headers:SecureHeaders (hides two fields, sets two)
+A route whose filters have no on_response pays none of it (one more pointer test per answer).
 Run: pytest bench/micro/test_filters.py -o addopts="" (per-request ns in extra_info)
 """
 import sys
@@ -14,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from fastmesh._core.filters import bench_filter
+from fastmesh._core.filters import bench_filter, bench_respond
 from fastmesh.config.schema import FilterSpec
 from fastmesh.dataplane.filters import FilterChain, FilterEntry
 
@@ -41,3 +49,25 @@ def test_filter_per_request(benchmark, name):
     assert bench_filter(HEAD, chain, 10) == 10
     benchmark(bench_filter, HEAD, chain, COUNT)
     benchmark.extra_info["ns_per_request"] = round(benchmark.stats.stats.median / COUNT * 1e9, 1)
+
+
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 10:00:00 GMT\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1234\r\nConnection: keep-alive\r\n"
+            b"X-Powered-By: PHP/8.2\r\nCache-Control: no-cache\r\nETag: \"abc123\"\r\n\r\n")
+RESPONSE_FILTERS = {
+    "resp-noop": FilterSpec(plugin="fastmesh._testbase.plugins:NoopResponse"),
+    "resp-edit": FilterSpec(plugin="fastmesh._testbase.plugins:RespTag", config={"remove": ["etag"]}),
+    "resp-secure": FilterSpec(plugin="mypkg.headers:SecureHeaders"),
+}
+
+
+@pytest.mark.parametrize("name", list(RESPONSE_FILTERS))
+def test_response_filter_per_answer(benchmark, name):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        chain = FilterChain([FilterEntry(RESPONSE_FILTERS[name], name)])
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert bench_respond(HEAD, RESPONSE, chain, 10) == 10
+    benchmark(bench_respond, HEAD, RESPONSE, chain, COUNT)
+    benchmark.extra_info["ns_per_answer"] = round(benchmark.stats.stats.median / COUNT * 1e9, 1)

@@ -1,7 +1,7 @@
 # Request filters: the compiled side of Python filter plugins. A route with filters gets a FilterRequest (the view
 # a plugin reads, and what it asks for); routes without filters never reach this module.
 
-from fastmesh._core.request cimport RequestView, Edit, EditList
+from fastmesh._core.request cimport RequestView, Edit, EditList, Field
 from fastmesh._core.exchange cimport Exchange, ForwardRules
 
 cdef enum FilterOutcome:
@@ -12,6 +12,9 @@ cdef enum FilterOutcome:
 
 cdef enum:
     FILTER_ANSWERED = -1               # settle(): the outcome is an Answer the codec renders (answer_parts)
+
+
+cdef class FilterResponse
 
 
 cdef class FilterRequest:
@@ -38,6 +41,9 @@ cdef class FilterRequest:
     cdef object headers_list           # the decoded headers, once a filter asked
     cdef public object owner           # who an async chain resumes: the HTTP/1 connection or HTTP/2 stream (or None)
     cdef bytes rate_key                # the key a filter set for a route limited by key = "filter", or None
+    cdef public object responder       # the chain's response side (FilterChain.respond), None: no response filter
+    cdef public object answer          # respond(): the Answer a response filter gave instead of the upstream's
+    cdef FilterResponse resp           # respond(): the answer head its response filters saw and edited
 
     # A view span as text (0 method, 1 authority, 2 path, 3 query), decoded now.
     cdef str _span(self, int i)
@@ -45,6 +51,25 @@ cdef class FilterRequest:
     # Point the edit lists' route part at the route's edits followed by this request's (removes first, then the
     # route's, then our adds); the lists stay valid while this object lives.
     cdef int apply_edits(self, EditList *request, EditList *response) except -1
+
+
+cdef class FilterResponse:
+    # The upstream's final answer head as a response filter sees it (a copy, decoded when read), and its edits.
+    cdef bytes raw                     # the bytes the fields point into
+    cdef bytes fields                  # the Field array (offsets into raw)
+    cdef int num_fields
+    cdef readonly int status           # the upstream's status code
+    cdef readonly FilterRequest request   # the request it answers (what its filters saw and set)
+    cdef list removes                  # lower-case names of answer fields to drop (bytes); None until one is
+    cdef list adds                     # (name, value) bytes of answer fields to add; None until one is
+    cdef object headers_list           # the decoded headers, once a filter asked
+    cdef Field *kept                   # after respond(): the fields that stay (offsets into the codec's base), owned
+    cdef int kept_n                    # entries in kept; -1: no field was removed (render the upstream's as they are)
+    cdef Edit *edits                   # the response edit list's route part once our adds joined it (owned)
+
+    # Note what the filters removed (kept, kept_n) and point the response list's route part at the route's edits
+    # followed by our adds.
+    cdef int apply_edits(self, const char *base, const Field *fields, int n, EditList *response) except -1
 
 
 # The FilterRequest for a routed request view: head_len bytes at v.base hold every span and field the view points
@@ -57,6 +82,13 @@ cdef FilterRequest filter_request(const RequestView *v, Py_ssize_t head_len, str
 cdef tuple answer_parts(object answer, FilterRequest r)
 # The route's chain called with r: None, an Answer, or a FilterOutcome (FILTER_FAILED for a chain that raised).
 cdef object run_chain(object chain, FilterRequest r)
+# The response side of a filtered request whose chain has response filters (r.responder is not None), for the
+# upstream's final answer head (status; n fields pointing into base): 0 go on (the filters' added fields joined
+# the response edit list, valid while r lives; when they removed some, r.resp.kept_n >= 0 and the codec renders
+# r.resp.kept instead of fields); FILTER_ANSWERED: r.answer holds an Answer to send instead (the codec drops the
+# upstream's); PE_PLUGIN: a response filter failed (failure_mode "closed").
+cdef int respond(FilterRequest r, int status, const char *base, const Field *fields, int n,
+                 EditList *response) noexcept
 # What the codec does with a chain's outcome for the request its exchange routed (view v): 0 go on (the
 # filter's edits joined the exchange's, a route_to() cluster chosen); FILTER_ANSWERED: the outcome is an Answer
 # to render; else the ProxyError to answer with (PE_PLUGIN, PE_PLUGIN_TIMEOUT).

@@ -3,10 +3,12 @@ records in memory. Named in configs as "fastmesh._testbase.plugins:Name"."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastmesh.plugins import Answer, Request
+from fastmesh.plugins import Answer, Request, Response
 
 
 class Noop:
@@ -160,3 +162,62 @@ class ShowIdentity:
 
     def on_request(self, request: Request) -> None:
         request.set_header("x-seen-identity", request.identity or "-")
+
+
+class RespTag:
+    """A response filter: sets `name: value`, drops the fields in `remove`, adds x-seen-status (the upstream's status)
+    and x-seen-path (the request's path); answers `status` with `body` instead when the upstream said `replace`.
+    Raises on an upstream status of `raise_on`."""
+
+    @dataclass
+    class Config:
+        value: str = "resp"
+        name: str = "x-resp"
+        remove: list[str] = field(default_factory=list)
+        replace: int = 0
+        status: int = 503
+        body: str = "replaced\n"
+        raise_on: int = 0
+
+    def __init__(self, config: RespTag.Config) -> None:
+        self.config = config
+
+    def on_response(self, request: Request, response: Response) -> Answer | None:
+        c = self.config
+        if response.status == c.raise_on:
+            raise RuntimeError(f"response filter failure on {response.status}")
+        if response.status == c.replace:
+            return Answer(c.status, c.body, {"x-replaced": str(response.status)})
+        for name in c.remove:
+            response.remove_header(name)
+        response.set_header(c.name, c.value)
+        response.add_header("x-seen-status", str(response.status))
+        response.add_header("x-seen-path", request.path)
+        return None
+
+
+class NoopResponse:
+    """A response filter that does nothing: what the response side costs by itself (bench/)."""
+
+    def __init__(self, config: Any) -> None:
+        pass
+
+    def on_response(self, request: Request, response: Response) -> None:
+        return None
+
+
+class Block:
+    """A synchronous filter that blocks its thread for `ms` milliseconds, then tags the request with x-blocked and
+    the thread it ran on (x-thread: "main" or "other")."""
+
+    @dataclass
+    class Config:
+        ms: int = 100
+
+    def __init__(self, config: Block.Config) -> None:
+        self.ms = config.ms
+
+    def on_request(self, request: Request) -> None:
+        time.sleep(self.ms / 1000)
+        request.set_header("x-blocked", str(self.ms))
+        request.set_header("x-thread", "main" if threading.current_thread() is threading.main_thread() else "other")

@@ -176,7 +176,9 @@ def filters_passed(lst: Listener, route: int) -> list[dict[str, Any]]:
             found = registry.resolve(spec.plugin)
             out.append({"where": f"{where}[{j}]", "plugin": spec.plugin, "origin": found.origin,
                         "async": registry.is_async(found.obj, "filter"), "timeout": spec.timeout,
-                        "failure_mode": spec.failure_mode})
+                        "failure_mode": spec.failure_mode, "run": spec.run,
+                        "request": callable(getattr(found.obj, "on_request", None)),
+                        "response": callable(getattr(found.obj, registry.RESPONSE_METHOD, None))})
     return out
 
 

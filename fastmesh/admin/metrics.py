@@ -16,7 +16,7 @@ OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # What the workers count in Python (filters, span export, sinks), asked over the control link and summed by
 # AdminServer.plugin_view: {"filters": {(listener, plugin): {calls, ...}}, "tracing": {exported, ...},
 # "sinks": {(sink, plugin): {written, ...}}}. The data path's own counters come through the stats block instead.
-FILTER_COUNTS = ("calls", "answers", "errors", "timeouts")
+FILTER_COUNTS = ("calls", "answers", "errors", "timeouts", "slow")
 SPAN_COUNTS = ("exported", "dropped", "failed_exports")
 SINK_COUNTS = ("written", "dropped", "errors")
 
@@ -177,7 +177,9 @@ def _plugins(out: _Writer, plugins: dict[str, Any]) -> None:
             ("fastmesh_filter_errors", "errors", "filter calls that raised (the request got the failure mode's "
              "answer, by default 500 with fastmesh-error: plugin)"),
             ("fastmesh_filter_timeouts", "timeouts", "async filter calls that did not finish within the filter's "
-             "timeout")):
+             "timeout"),
+            ("fastmesh_filter_slow", "slow", "inline (synchronous) filter calls that took longer than the filter's "
+             "timeout (they cannot be interrupted: the worker waited)")):
         out.counter(name, help_text, [(labels[k], row[key]) for k, row in filters.items()])
     tracing = plugins.get("tracing") or {}
     if tracing:

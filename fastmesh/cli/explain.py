@@ -119,7 +119,12 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"filters   {len(filters)}, in this order (any may answer, edit or reroute the request first)")
         rows = [["#", "PLUGIN", "KIND", "ON FAILURE", "FROM"]]
         for i, f in enumerate(filters):
-            kind = f"async, {_seconds(f['timeout'])} timeout" if f["async"] else "sync"
+            if f["async"] or f.get("run") == "thread":
+                kind = f"{'async' if f['async'] else 'thread'}, {_seconds(f['timeout'])} timeout"
+            else:
+                kind = "sync"
+            if f.get("response"):
+                kind += ", answers too" if f.get("request", True) else ", answers only"
             rows.append([str(i), f["plugin"], kind, "fail" if f["failure_mode"] == "closed" else "go on",
                          f["origin"]])
         lines += _table(rows, indent=2)

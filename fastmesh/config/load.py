@@ -23,7 +23,7 @@ from fastmesh.config.schema import (
 )
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.schema import DISCOVERY_KINDS, ClusterTemplate, Discovery
-from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, FilterSpec, SinkSpec
+from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, RUN_MODES, FilterSpec, SinkSpec
 from fastmesh.config.schema import RateLimit
 from fastmesh.config.schema import ListenerTracing, TraceExport, Tracing
 from fastmesh.errors import ConfigError, ConfigErrors, PluginError
@@ -1349,7 +1349,8 @@ def _plugin_table(kind: str, extra: Mapping[str, Parser], make: Callable[..., An
 
 
 _filter_spec = _plugin_table("filter", {"timeout": _duration(allow_zero=False),
-                                        "failure_mode": _choice("failure modes", FAILURE_MODES)}, FilterSpec)
+                                        "failure_mode": _choice("failure modes", FAILURE_MODES),
+                                        "run": _choice("run modes", RUN_MODES)}, FilterSpec)
 _sink_spec = _plugin_table("sink", {"batch": _whole(1, 1 << 20), "interval": _duration(allow_zero=False),
                                     "max_pending": _whole(1, 1 << 24)}, SinkSpec)
 

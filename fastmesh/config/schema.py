@@ -114,6 +114,7 @@ class Outlier:
 
 DISCOVERY_KINDS = ("file", "dns", "dns_srv", "etcd", "plugin")
 FAILURE_MODES = ("closed", "open")
+RUN_MODES = ("inline", "thread")     # where a synchronous filter's on_request runs
 ACCESS_LOG_FIELDS = ("time", "listener", "method", "authority", "path", "status", "bytes_in", "bytes_out",
                      "upstream", "duration_ms", "request_id", "client", "cluster", "route", "retries", "error",
                      "trace_id", "client_identity")
@@ -158,6 +159,7 @@ class FilterSpec(PluginRef):
     """A request filter on an http listener or route."""
     timeout: float = 1.0               # seconds an async filter may take; then failure_mode applies
     failure_mode: str = "closed"       # "closed": a failing filter answers 500 (504 on timeout); "open": go on
+    run: str = "inline"                # a sync on_request: "inline" (timed, slow calls counted) or "thread"
 
 
 @dataclass

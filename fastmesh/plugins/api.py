@@ -8,7 +8,9 @@ errors naming the file and key path), else the table as a dict. A `close()` meth
 a reload or shutdown retires the instance.
 
 The kinds, each a typing.Protocol below:
-  Filter           on_request(request) -> None (go on), an Answer (answer the client), or an awaitable of either
+  Filter           on_request(request) -> None (go on), an Answer (answer the client), or an awaitable of either;
+                   and/or on_response(request, response) -> None (go on, with its edits) or an Answer (sent
+                   instead of the upstream's answer); synchronous only
   DiscoverySource  watch() -> an async iterator of endpoint sets (run in the supervisor, one per instance)
   Sink             write(records) -> None or an awaitable: access-log records or events, in batches, off the
                    data path
@@ -19,7 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Answer", "Request", "Filter", "DiscoverySource", "Sink", "PluginConfigError", "EndpointItem"]
+__all__ = ["Answer", "Request", "Response", "Filter", "ResponseFilter", "DiscoverySource", "Sink", "PluginConfigError",
+           "EndpointItem"]
 
 
 class Request(Protocol):
@@ -58,6 +61,27 @@ class Request(Protocol):
         """Send the request to another cluster of the config (KeyError for an unknown name)."""
 
 
+class Response(Protocol):
+    """What a response filter sees of the upstream's final answer head (the compiled FilterResponse implements it),
+    before it goes to the client. The body is not seen: it streams through compiled code."""
+
+    status: int                        # the upstream's status code
+    request: Request                   # the request it answers, as the request filters left it
+    headers: list[tuple[str, str]]     # the upstream's fields in wire order, names as sent
+
+    def header(self, name: str) -> str | None:
+        """The first of the upstream's fields called name (any case), or None."""
+
+    def set_header(self, name: str, value: str) -> None:
+        """Send the client `name: value` instead of the upstream's fields of that name."""
+
+    def add_header(self, name: str, value: str) -> None:
+        """Add `name: value` to the answer (next to any the upstream sent)."""
+
+    def remove_header(self, name: str) -> None:
+        """Send the answer without the upstream's fields called name."""
+
+
 @dataclass
 class Answer:
     """A filter's own answer: the request goes no further. `headers` is a mapping or (name, value) pairs."""
@@ -68,10 +92,20 @@ class Answer:
 
 @runtime_checkable
 class Filter(Protocol):
-    """A request filter on an http listener or route. A sync filter runs inline (keep it to microseconds); an
-    `async def on_request` parks the request (other connections go on) until it returns or its timeout passes."""
+    """A request filter on an http listener or route. A sync filter runs inline (keep it to microseconds: it
+    cannot be interrupted; a call over its timeout is counted as slow and logged), or on a worker thread with
+    `run = "thread"`; an `async def on_request` or a threaded one parks the request (other connections go on)
+    until it returns or its timeout passes."""
 
     def on_request(self, request: Request) -> Answer | None | Awaitable[Answer | None]: ...
+
+
+class ResponseFilter(Protocol):
+    """A filter's response side (a filter may have on_request, on_response or both). It runs inline, synchronously,
+    on the upstream's final answer head, the route's filters in reverse order; None sends the answer on with the
+    edits made, an Answer replaces it (the upstream's body is not read: its connection is closed)."""
+
+    def on_response(self, request: Request, response: Response) -> Answer | None: ...
 
 
 # An endpoint as a discovery plugin yields it: "ip:port", ("ip", port) or {"address": "ip:port", "weight": N}.

@@ -5,12 +5,18 @@ A reference is "package.module:Name" (imported from sys.path) or the name of an 
 the config loader calls `check` for every plugin the config names (the kind's method must be there; the table is
 checked against the plugin's `Config` dataclass), and the data plane calls `instantiate` for each place that names
 one, at start and at every reload. Nothing here runs per request.
+
+A plugin's module is imported again when its source file changed since it was imported (its modification time
+or size; looked at whenever a config naming it is loaded, so a reload picks up edited plugin code). Only the
+named module is imported again, not the modules it imports.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
+import os
 import sys
 import types
 import typing
@@ -24,8 +30,9 @@ if TYPE_CHECKING:
     import importlib.metadata
 
 GROUP = "fastmesh.plugins"
-# Each kind and the method that makes an object one.
+# Each kind and the method that makes an object one (a filter may instead have only RESPONSE_METHOD).
 KINDS = {"filter": "on_request", "discovery": "watch", "sink": "write"}
+RESPONSE_METHOD = "on_response"
 
 
 class Resolved(NamedTuple):
@@ -44,6 +51,60 @@ class Problem(NamedTuple):
 
 
 _RESOLVED: dict[str, Resolved] = {}
+# Per reference: the module its object comes from, that module's source file and its (mtime_ns, size) at import.
+_STAMPS: dict[str, tuple[str, str, tuple[int, int] | None]] = {}
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _source_of(module_name: str) -> str | None:
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None) if module is not None else None
+    return path if isinstance(path, str) and path.endswith(".py") else None
+
+
+def _changed(ref: str) -> str | None:
+    """The module behind ref when its source file changed since it was imported, else None."""
+    kept = _STAMPS.get(ref)
+    if kept is None:
+        return None
+    module_name, path, stamp = kept
+    return module_name if _stamp(path) != stamp else None
+
+
+def _reimport(ref: str, module_name: str) -> None:
+    """Import module_name again from its source (the bytecode cache is skipped: a rewrite within the same second
+    and of the same size would pass its check) and forget every reference resolved from it."""
+    module = sys.modules.get(module_name)
+    path = _source_of(module_name)
+    if module is not None:
+        if path is not None:
+            try:
+                os.unlink(importlib.util.cache_from_source(path))
+            except (OSError, NotImplementedError, ValueError):
+                pass
+        importlib.invalidate_caches()
+        try:
+            importlib.reload(module)
+        except Exception as exc:       # the references stay stale: the next load tries again
+            raise PluginError(ref, f"a module that imports cleanly (importing {module_name} again after its "
+                                   f"file changed raised {type(exc).__name__}: {exc})") from None
+    for other in [r for r, kept in _STAMPS.items() if kept[0] == module_name]:
+        _RESOLVED.pop(other, None)
+        _STAMPS.pop(other, None)
+
+
+def _remember(ref: str, obj: Any) -> None:
+    module_name = getattr(obj, "__module__", None) or ""
+    path = _source_of(module_name)
+    if path is not None:
+        _STAMPS[ref] = (module_name, path, _stamp(path))
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -65,7 +126,10 @@ def resolve(ref: str) -> Resolved:
     """What ref names, imported once per process; PluginError saying why it cannot be found."""
     found = _RESOLVED.get(ref)
     if found is not None:
-        return found
+        changed = _changed(ref)
+        if changed is None:
+            return found
+        _reimport(ref, changed)
     if ":" in ref:
         module_name, _, attr = ref.partition(":")
         if not module_name or not attr or not all(part.isidentifier() for part in
@@ -99,12 +163,14 @@ def resolve(ref: str) -> Resolved:
         found = Resolved(ref, obj, f"entry point {ep.name} of {dist.name if dist else '?'} "
                                    f"{dist.version if dist else ''}".rstrip())
     _RESOLVED[ref] = found
+    _remember(ref, found.obj)
     return found
 
 
 def kinds_of(obj: Any) -> list[str]:
     """The kinds obj can serve as: the kinds whose method it has."""
-    return [kind for kind, method in KINDS.items() if callable(getattr(obj, method, None))]
+    return [kind for kind, method in KINDS.items() if callable(getattr(obj, method, None))
+            or (kind == "filter" and callable(getattr(obj, RESPONSE_METHOD, None)))]
 
 
 def is_async(obj: Any, kind: str) -> bool:
@@ -117,8 +183,11 @@ def check(ref: str, kind: str, table: Any) -> tuple[Resolved, list[Problem]]:
     names nothing usable; the problems of the table otherwise (empty when it is fine)."""
     found = resolve(ref)
     if kind not in kinds_of(found.obj):
-        raise PluginError(ref, f"a {kind} plugin (a class with the method {KINDS[kind]}(); "
+        method = f"{KINDS[kind]}() or {RESPONSE_METHOD}()" if kind == "filter" else f"{KINDS[kind]}()"
+        raise PluginError(ref, f"a {kind} plugin (a class with the method {method}; "
                                f"{found.ref} is {_kind_text(found.obj)})")
+    if kind == "filter" and inspect.iscoroutinefunction(getattr(found.obj, RESPONSE_METHOD, None)):
+        raise PluginError(ref, f"a plain (not async) {RESPONSE_METHOD}(): response filters run inline")
     _value, problems = parse_config(found.obj, table)
     return found, problems
 

@@ -232,7 +232,8 @@ def test_plugin_and_proxy_protocol_families_render_and_parse(openmetrics: bool) 
     assert not [name for name, _ in plain if "proxy_protocol" in name or "filter" in name or "sink" in name]
     block[listener + LISTENER_FIELDS.index("proxy_protocol_passed")] = 7
     block[listener + LISTENER_FIELDS.index("proxy_protocol_refused_timeout")] = 2
-    plugins = {"filters": {("api", "pkg.mod:Auth"): {"calls": 9, "answers": 4, "errors": 1, "timeouts": 2}},
+    auth_counts = {"calls": 9, "answers": 4, "errors": 1, "timeouts": 2, "slow": 3}
+    plugins = {"filters": {("api", "pkg.mod:Auth"): auth_counts},
                "tracing": {"exported": 30, "dropped": 5, "failed_exports": 1},
                "sinks": {("event_sinks[0]", "pkg.mod:Sink"): {"written": 12, "dropped": 3, "errors": 1}}}
     got = samples(render(Snapshot.of_block(layout, block), INFO, openmetrics, plugins=plugins).decode(), openmetrics)
@@ -241,8 +242,8 @@ def test_plugin_and_proxy_protocol_families_render_and_parse(openmetrics: bool) 
     assert got[("fastmesh_proxy_protocol_refused_total", (*api, ("reason", "timeout")))] == 2
     assert got[("fastmesh_proxy_protocol_refused_total", (*api, ("reason", "not_proxy")))] == 0
     auth = (*api, ("plugin", "pkg.mod:Auth"))
-    assert [got[(f"fastmesh_filter_{n}_total", auth)] for n in ("calls", "answered", "errors", "timeouts")] == \
-        [9, 4, 1, 2]
+    assert [got[(f"fastmesh_filter_{n}_total", auth)] for n in ("calls", "answered", "errors", "timeouts", "slow")] \
+        == [9, 4, 1, 2, 3]
     assert [got[(f"fastmesh_tracing_spans_{n}_total", ())] for n in ("exported", "dropped", "export_failures")] == \
         [30, 5, 1]
     sink = (("plugin", "pkg.mod:Sink"), ("sink", "event_sinks[0]"))

@@ -64,7 +64,8 @@ def error_of(listener: str = "", cluster: str = "") -> str:
      'edge.toml: listeners[0].filters[0].plugin: expected a name defined in mypkg.auth (it has no Nope), '
      'got "mypkg.auth:Nope"'),
     ('filters = [{ plugin = "mypkg.sinks:JsonLines", config = { path = "x" } }]',
-     "edge.toml: listeners[0].filters[0].plugin: expected a filter plugin (a class with the method on_request(); "
+     "edge.toml: listeners[0].filters[0].plugin: expected a filter plugin (a class with the method on_request() or "
+     "on_response(); "
      'mypkg.sinks:JsonLines is a sink plugin), got "mypkg.sinks:JsonLines"'),
     ('filters = [{ plugin = "mypkg.auth:CheckToken", config = { tokens = { a = "b" } }, failure_mode = "maybe" }]',
      'edge.toml: listeners[0].filters[0].failure_mode: expected one of the failure modes ["closed", "open"], '
@@ -109,6 +110,32 @@ def test_resolve_once_and_errors() -> None:
         registry.resolve("not a reference")
 
 
+def test_changed_module_is_imported_again(tmp_path: Path) -> None:
+    """A resolved plugin whose module file changed is imported again at its next resolve (even at the same size
+    within the same second); one left alone is not; a rewrite that fails to import is a PluginError, tried again
+    at the next resolve."""
+    mod = tmp_path / "changingplug.py"
+    source = "class F:\n    VERSION = {}\n\n    def on_request(self, request):\n        return None\n"
+    mod.write_text(source.format(1))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        first = registry.resolve("changingplug:F")
+        assert first.obj.VERSION == 1 and registry.resolve("changingplug:F") is first
+        mod.write_text(source.format(2))
+        second = registry.resolve("changingplug:F")
+        assert second is not first and second.obj.VERSION == 2
+        assert registry.resolve("changingplug:F") is second
+        mod.write_text("syntax error here\n")
+        for _ in range(2):
+            with pytest.raises(PluginError, match="importing changingplug again"):
+                registry.resolve("changingplug:F")
+        mod.write_text(source.format(3))
+        assert registry.resolve("changingplug:F").obj.VERSION == 3
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("changingplug", None)
+
+
 def _venv_with_examples(tmp_path: Path) -> Path:
     """A venv that sees this interpreter's packages, with examples/plugins installed (no network: no build
     isolation, no dependencies)."""
@@ -132,8 +159,9 @@ def test_fastmesh_plugins_lists_installed_distribution(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     report = json.loads(out.stdout)
     by_name = {item["name"]: item for item in report["installed"]}
-    assert set(by_name) >= {"check-token", "ask-auth", "canary", "http-registry", "jsonl"}
+    assert set(by_name) >= {"check-token", "ask-auth", "canary", "secure-headers", "http-registry", "jsonl"}
     assert by_name["check-token"]["kinds"] == ["filter"] and by_name["ask-auth"]["async"] is True
+    assert by_name["secure-headers"]["kinds"] == ["filter"]          # a filter of answers only
     assert by_name["http-registry"]["kinds"] == ["discovery"] and by_name["jsonl"]["kinds"] == ["sink"]
     assert by_name["jsonl"]["distribution"] == "mypkg-fastmesh-plugins 1.0"
     (used,) = report["config"]

@@ -144,7 +144,7 @@ def test_token_filter_rejects_and_edits():
                 assert (await c.get("/echo")).status_code == 401
             assert counts(proxy, "listeners.web.filters[0]") == {
                 "where": "listeners.web.filters[0]", "plugin": "mypkg.auth:CheckToken", "calls": 4, "answers": 3,
-                "errors": 0, "timeouts": 0}
+                "errors": 0, "timeouts": 0, "slow": 0}
     run(main())
 
 
@@ -426,7 +426,7 @@ def test_token_filter_refuses_http2_request_without_token() -> None:
             assert backend.requests == 1
             assert counts(proxy, "listeners.web.filters[0]") == {
                 "where": "listeners.web.filters[0]", "plugin": "mypkg.auth:CheckToken", "calls": 3, "answers": 2,
-                "errors": 0, "timeouts": 0}
+                "errors": 0, "timeouts": 0, "slow": 0}
             http = proxy.stats()["http"]["web"]
             assert http["responses"]["4xx"] == 2 and http["responses"]["2xx"] == 1
     run(main())

@@ -286,10 +286,23 @@ cdef class Bridge(LegOwner):
         cdef Exchange ex = d.ex
         cdef bint marked = status >= 500 and find_field(base, fields, n, b"fastmesh-retried", 16, 0) >= 0
         cdef long long length
+        cdef int err
         if ex.response(leg.endpoint, status, marked, d.proxy.reactor.now) == V_RETRY:
             leg.cancel()
             self.retry_later()
             return 0
+        if d.freq is not None and d.freq.responder is not None:
+            # The route's response filters see the head first (filters.pyx's respond).
+            err = respond(d.freq, status, base, fields, n, &ex.response_edits)
+            if err != PE_NONE:
+                self.stop()
+                if d.state == DS_BRIDGED:
+                    d.response_replaced(err)
+                self.wake()
+                return 0
+            if d.freq.resp.kept_n >= 0:
+                fields = d.freq.resp.kept
+                n = d.freq.resp.kept_n
         length = _content_length_of(base, fields, n)
         self.no_body = d.req_method == METHOD_HEAD or status == 204 or status == 304
         self.chunked = False

@@ -184,6 +184,7 @@ cdef class Downstream(UpstreamUser):
     cdef int run_filters(self, object chain, Py_ssize_t head_len) noexcept
     cdef int filtered(self, object outcome, Py_ssize_t head_len) noexcept
     cdef void respond_answer(self, object answer, Py_ssize_t head_len) noexcept
+    cdef void response_replaced(self, int err) noexcept
     cdef int step_exchange(self) noexcept
     cdef int read_response_head(self) noexcept
     cdef int on_response_head(self, Py_ssize_t head_len) noexcept

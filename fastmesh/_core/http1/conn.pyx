@@ -27,7 +27,7 @@ request is sent. A client too slow with its body is never the endpoint's failure
 """
 cimport cython
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memcmp, memmove
+from libc.string cimport memcmp, memcpy, memmove
 
 from fastmesh._core.buffer cimport (
     RecvBuf, rb_read, rb_read_edge, rb_avail, rb_release_if_empty, rb_free, ob_add, ob_flush, ob_send, ob_pending,
@@ -62,7 +62,7 @@ from fastmesh._core.http1.render cimport (
     render_leg_response, render_chunk_trailers,
 )
 from fastmesh._core.filters cimport (
-    FilterRequest, filter_request, answer_parts, run_chain, settle, parked, FILTER_ANSWERED,
+    FilterRequest, filter_request, answer_parts, run_chain, settle, respond, parked, FILTER_ANSWERED,
 )
 from fastmesh._core.http1.view cimport view_init, log_names, listener_address, target_authority
 from fastmesh._core.http1.pool cimport Upstream, UpstreamUser, HttpPool, UP_CONNECTING
@@ -561,6 +561,15 @@ cdef class Downstream(UpstreamUser):
             self.deadline = proxy.reactor.now + CLOSE_GRACE
             self.client_keep = False
 
+    cdef void response_replaced(self, int err) noexcept:
+        """A response filter answered instead of the upstream (FILTER_ANSWERED) or failed (a ProxyError): the
+        upstream's connection closes (its body is not read) and the client gets the filter's answer or the error."""
+        if err == FILTER_ANSWERED:
+            self.drop_upstream(False)
+            self.respond_answer(self.freq.answer, 0)
+        else:
+            self.respond_error(err, 0, self.req_done)
+
     cdef void send_next_try(self) noexcept:
         """Stamp the try's time budget into the forwarded head, then connect (or answer why not)."""
         self.proxy.reactor.refresh_now()
@@ -793,7 +802,7 @@ cdef class Downstream(UpstreamUser):
         cdef Upstream up = self.up
         cdef const char *buf = up.rbuf.data + up.rbuf.start
         cdef long long length
-        cdef int kind, status = h.status
+        cdef int kind, err, status = h.status
         cdef bint marked
         if 100 <= status < 200 and status != 101:
             # Interim answers: 100 only to a client that asked for it; 102/103 pass on.
@@ -810,6 +819,15 @@ cdef class Downstream(UpstreamUser):
         if kind < 0:
             self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
             return -1
+        if self.freq is not None and self.freq.responder is not None and kind != BODY_TUNNEL:
+            # The route's response filters see the head first (filters.pyx's respond).
+            err = respond(self.freq, status, buf, h.headers, h.num_headers, &self.ex.response_edits)
+            if err != PE_NONE:
+                self.response_replaced(err)
+                return -1
+            if self.freq.resp.kept_n >= 0:
+                memcpy(h.headers, self.freq.resp.kept, self.freq.resp.kept_n * sizeof(Field))
+                h.num_headers = self.freq.resp.kept_n
         self.status = status
         frame_init(&self.resp_body, kind, length, &self.proxy.resp_limits)
         self.up_keep = keep_alive(h, kind)

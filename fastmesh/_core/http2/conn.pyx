@@ -59,7 +59,7 @@ from fastmesh._core.http2.limits cimport H2Limits
 from fastmesh._core.http2.view cimport view_from_block
 from fastmesh._core.http2.render cimport render_head, render_interim, render_error, render_answer
 from fastmesh._core.filters cimport (
-    FilterRequest, filter_request, answer_parts, run_chain, settle, parked, FILTER_ANSWERED,
+    FilterRequest, filter_request, answer_parts, run_chain, settle, respond, parked, FILTER_ANSWERED,
 )
 from fastmesh._core.debug cimport debug_new, debug_free, DBG_DOWNSTREAM
 
@@ -504,10 +504,25 @@ cdef class H2Request(LegOwner):
         cdef Exchange ex = self.ex
         cdef double now = self.conn.front.front.reactor.now
         cdef bint marked = status >= 500 and find_field(base, fields, n, b"fastmesh-retried", 16, 0) >= 0
+        cdef int err
         if ex.response(leg.endpoint, status, marked, now) == V_RETRY:
             leg.cancel()
             self.retry_later()
             return 0
+        if self.freq is not None and self.freq.responder is not None:
+            # The route's response filters see the head first (filters.pyx's respond).
+            err = respond(self.freq, status, base, fields, n, &ex.response_edits)
+            if err != PE_NONE:
+                _alive = self                  # the leg holds us; cancel() lets go: stay alive until we return
+                leg.cancel()
+                if err == FILTER_ANSWERED:
+                    self.respond_answer(self.freq.answer)
+                else:
+                    self.answer(err)
+                return 0
+            if self.freq.resp.kept_n >= 0:
+                fields = self.freq.resp.kept
+                n = self.freq.resp.kept_n
         self.status = status
         self.resp_started = True
         if end:
