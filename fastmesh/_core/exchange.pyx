@@ -242,7 +242,8 @@ cdef class Exchange:
 
     cdef int proxy_header(self, int version, char *out) noexcept:
         """The PROXY header of `version` for this exchange's client into out (PP_OUT_MAX bytes): its length. The
-        destination is the listener's address the client connected to."""
+        destination is the address the client connected to: the listener's, or the one the client's own PROXY
+        header named (the proxy in front of us)."""
         cdef ProxyAddrs a
         if self.client.sin6_family == 0:
             return pp_encode(version, NULL, NULL, out)
