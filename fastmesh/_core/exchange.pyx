@@ -45,7 +45,7 @@ from fastmesh._core.request cimport (
 )
 from fastmesh._core.tracing cimport (
     TRACE_OFF, TRACE_PROPAGATE, TRACE_START, TRACE_NONE, TRACE_CONTINUED, TRACE_STARTED, TRACEPARENT_LEN,
-    TRACESTATE_MAX, TRACE_ID_AT, SPAN_ID_AT, FLAGS_AT, traceparent_parse, trace_id_new, span_id_new, trace_random,
+    TRACE_ID_AT, SPAN_ID_AT, FLAGS_AT, traceparent_parse, tracestate_trim, trace_id_new, span_id_new, trace_random,
     spans_recorded, span_recorder,
 )
 from fastmesh._core.router cimport Router
@@ -222,6 +222,7 @@ cdef class Exchange:
         self.cluster = -1
         self.grpc_code = -1
         self.trace_edit = -1
+        self.trace_value_off = -1
         try_init(&self.ct)
         edits_clear(&self.request_edits)
         edits_clear(&self.response_edits)
@@ -266,6 +267,7 @@ cdef class Exchange:
         self.backoff = 0.0
         self.grpc_code = -1
         self.trace_kind = TRACE_NONE
+        self.trace_value_off = -1
         self.span = False
         try_init(&self.ct)
 
@@ -322,6 +324,8 @@ cdef class Exchange:
         if wait == 0:
             return PE_NONE
         self.retry_after = retry_after_seconds(wait)
+        # 1/16 ns to whole milliseconds, rounded up: a client waiting this long finds a token.
+        self.retry_ms = <int>min(wait // 16000000 + (1 if wait % 16000000 else 0), <uint64_t>86400000)
         return PE_RATE_LIMITED
 
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
@@ -365,14 +369,9 @@ cdef class Exchange:
             if self.identity is not None:
                 edit_add(req, EDIT_ADD, rules.identity, span_of(self.identity, len(self.identity)))
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
-        self.trace_edit = -1
-        if rules.trace != TRACE_OFF:
-            # Last, so that trace_edits() counts them in or out per request: drop the caller's traceparent, send
-            # ours, and (the third) drop tracestate. A request without trace context pays nothing for them.
-            self.trace_edit = req.n
-            edit_add(req, EDIT_REMOVE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
-            edit_add(req, EDIT_ADD, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
-            edit_add(req, EDIT_REMOVE, span_of(TRACESTATE, 10), span_of(NULL, 0))
+        # The trace edits come last, listed per request by trace_edits(): a request without trace context pays
+        # nothing for them.
+        self.trace_edit = req.n if rules.trace != TRACE_OFF else -1
         self.edits_for = rules.version
 
     cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept:
@@ -381,22 +380,19 @@ cdef class Exchange:
         there is no traceparent."""
         cdef int i = find_field(v.base, v.fields, v.num_fields, TRACEPARENT, 11, 0)
         cdef int flags = -1
-        cdef Py_ssize_t state = 0
         if i >= 0 and find_field(v.base, v.fields, v.num_fields, TRACEPARENT, 11, i + 1) < 0:
             flags = traceparent_parse(field_value(v.base, &v.fields[i]), self.trace)
         if flags >= 0:
             self.trace_kind = TRACE_CONTINUED
             memcpy(self.trace_parent, self.trace + SPAN_ID_AT, 16)
-            i = find_field(v.base, v.fields, v.num_fields, TRACESTATE, 10, 0)
-            while i >= 0:
-                state += v.fields[i].value_len + 1
-                i = find_field(v.base, v.fields, v.num_fields, TRACESTATE, 10, i + 1)
-            self.drop_tracestate = state > TRACESTATE_MAX + 1
+            if v.fields[i].value_len == TRACEPARENT_LEN:
+                self.trace_value_off = v.fields[i].value_off    # ours is as long: it may take the caller's place
+            self.tracestate_len = tracestate_trim(v.base, v.fields, v.num_fields, self.tracestate)
         elif rules.trace == TRACE_START:
             # No usable context (none, or an invalid one, which is replaced): a new trace, and the caller's
             # tracestate, which belonged to no valid traceparent, goes with it.
             self.trace_kind = TRACE_STARTED
-            self.drop_tracestate = True
+            self.tracestate_len = 0
             self.trace[0] = b'0'
             self.trace[1] = b'0'
             self.trace[2] = b'-'
@@ -412,12 +408,30 @@ cdef class Exchange:
         self.span = (flags & 1) != 0 and spans_recorded()
 
     cdef void trace_edits(self) noexcept:
-        """Count this request's trace edits in or out: they end the own edits list_own_edits listed once per
-        connection, so the list's length says which of them apply."""
+        """This request's trace edits, after the own edits list_own_edits listed once per connection: the caller's
+        tracestate dropped or replaced when W3C's rules dropped members from it, then the caller's traceparent
+        dropped and ours added (always the last two: trace_in_place takes them back)."""
+        cdef EditList *req = &self.request_edits
+        req.n = self.trace_edit
         if self.trace_kind == TRACE_NONE:
-            self.request_edits.n = self.trace_edit
-        else:
-            self.request_edits.n = self.trace_edit + (3 if self.drop_tracestate else 2)
+            return
+        if self.tracestate_len >= 0:
+            edit_add(req, EDIT_REMOVE, span_of(TRACESTATE, 10), span_of(NULL, 0))
+            if self.tracestate_len > 0:
+                edit_add(req, EDIT_ADD, span_of(TRACESTATE, 10), span_of(self.tracestate, self.tracestate_len))
+        edit_add(req, EDIT_REMOVE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
+        edit_add(req, EDIT_ADD, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
+
+    cdef void trace_in_place(self, char *base) noexcept:
+        """A codec that forwards the received field lines as they are (HTTP/1) calls it, with the view's base,
+        just before rendering: when the caller's traceparent value is as long as ours (version 00, the usual case),
+        ours is written over it where it stands, and the two edits that would drop it and add ours at the end are
+        taken back, so the field costs no more than any other. Request filters, which ran before, saw the caller's."""
+        if self.trace_value_off < 0:
+            return
+        memcpy(base + self.trace_value_off, self.trace, TRACEPARENT_LEN)
+        self.trace_value_off = -1
+        self.request_edits.n -= 2
 
     cdef void new_request_id(self) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""

@@ -320,7 +320,48 @@ def test_grpc_calls_get_resource_exhausted() -> None:
             with pytest.raises(grpc_mod.RpcError) as refused:
                 await asyncio.to_thread(client.unary, b"c", 10.0)
             assert refused.value.code() == grpc_mod.StatusCode.RESOURCE_EXHAUSTED
-            assert dict(refused.value.trailing_metadata())["fastmesh-error"] == "rate limited"
+            trailers = dict(refused.value.trailing_metadata())
+            assert trailers["fastmesh-error"] == "rate limited"
+            # The wait until a token, as gRPC's retry pushback and as Retry-After (1/h: about an hour).
+            assert 3_500_000 < int(trailers["grpc-retry-pushback-ms"]) <= 3_600_000
+            assert 3500 < int(trailers["retry-after"]) <= 3600
+            assert backend.calls["Unary"] == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.close()
+        backend.stop()
+
+
+def test_grpc_clients_retrying_resource_exhausted_wait_for_the_pushback() -> None:
+    """A grpcio client whose retry policy lists RESOURCE_EXHAUSTED, refused by a 2/s limit with a burst of 1: it waits
+    the grpc-retry-pushback-ms it was given (about 500 ms) rather than its own 10 ms backoff, and its retry gets
+    the next token. With the backoff alone its retry would come too soon and be refused again."""
+    pytest.importorskip("grpc")
+    from fastmesh._testbase.grpc_backends import GrpcBackend, GrpcClient
+    backend = GrpcBackend("g0").start()
+    port = free_port()
+    policy = {"methodConfig": [{"name": [{"service": "fastmesh.test.Echo"}], "retryPolicy": {
+        "maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.01s", "backoffMultiplier": 1,
+        "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]}
+    client = GrpcClient(f"127.0.0.1:{port}", options=[("grpc.service_config", json.dumps(policy)),
+                                                      ("grpc.enable_retries", 1)])
+    text = (f'drain_timeout = "500ms"\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1:{port}"\n'
+            f'protocol = "http"\ncluster = "grpc"\n'
+            f'[[listeners.routes]]\npath_prefix = "/fastmesh.test.Echo/"\ncluster = "grpc"\n'
+            f'rate_limit = {{ rate = "2/s", burst = 1 }}\n'
+            f'[clusters.grpc]\nendpoints = ["{backend.address}"]\nprotocol = "h2"\n')
+
+    async def main() -> None:
+        async with Proxy.from_toml(text) as proxy:
+            assert (await asyncio.to_thread(client.unary, b"a", 10.0))[0] == b"a"
+            began = time.monotonic()
+            assert (await asyncio.to_thread(client.unary, b"b", 10.0))[0] == b"b"
+            took = time.monotonic() - began
+            assert 0.3 < took < 5, took
+            (stats,) = proxy.stats()["rate_limits"]
+            assert stats["limited"] == 1 and stats["passed"] == 2
             assert backend.calls["Unary"] == 2
 
     try:

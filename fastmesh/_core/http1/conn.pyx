@@ -463,6 +463,7 @@ cdef class Downstream(UpstreamUser):
         if not isinstance(self.ex.connector, HttpPool):
             return self.forward_bridged(head_len)    # a cluster spoken to over HTTP/2 (upstream/h2pool.pyx)
         self.pool = <HttpPool>self.ex.connector
+        self.ex.trace_in_place(self.rbuf.data + self.rbuf.start)     # our traceparent where the caller's stood
         self.tmo_off = render_request(&self.reqhead, self.rbuf.data + self.rbuf.start, &SCRATCH, &VIEW, self.ex.router,
                                       self.ex.route, &self.ex.request_edits, self.req_upgrade,
                                       listener_address(self.fd, &SCRATCH))
