@@ -92,7 +92,7 @@ def test_exactly_the_burst_passes_then_429_with_retry_after() -> None:
             # A route without a limit is not limited at all.
             assert [s for s, _, _ in await get(port, "/other", n=30)] == [200] * 30
             stats = proxy.stats()["rate_limits"]
-            assert stats == [{"listener": "web", "route": 0, "limit": "10/s burst 10 by client_ip",
+            assert stats == [{"listener": "web", "route": 0, "name": None, "limit": "10/s burst 10 by client_ip",
                               "passed": 10 + statuses[10:].count(200), "limited": len(refused), "evicted": 0}]
 
     asyncio.run(main())
@@ -369,6 +369,55 @@ def test_grpc_clients_retrying_resource_exhausted_wait_for_the_pushback() -> Non
     finally:
         client.close()
         backend.stop()
+
+
+def test_buckets_follow_a_route_s_name_or_match_not_its_place() -> None:
+    """Buckets are kept by the listener's name and the route's name (or, unnamed, its match) with its limit: a reload
+    that moves limited routes, or puts new routes before them, keeps their buckets; a named route keeps them
+    when its match changes; an unnamed route whose match changes, or a route whose limit changes, starts afresh."""
+    limit = 'rate = "1/h", burst = 2'
+    api = route(limit, "/api/")
+    named = route(limit, "/v1/", 'name = "orders"\n')
+    other = '[[listeners.routes]]\npath = "/x"\ncluster = "web"\n'
+
+    async def main() -> None:
+        backend = await HttpBackend().start()
+        port = free_port()
+        try:
+            async with Proxy.from_toml(config_text(port, backend, api + named)) as proxy:
+                assert [s for s, _, _ in await get(port, "/api/", n=3)] == [200, 200, 429]
+                assert [s for s, _, _ in await get(port, "/v1/", n=2)] == [200, 200]
+                # Both moved behind a new route, and their order swapped: the same buckets.
+                await proxy.reload(loads_config(config_text(port, backend, other + named + api)))
+                assert [s for s, _, _ in await get(port, "/api/", n=1)] == [429]
+                assert [s for s, _, _ in await get(port, "/v1/", n=1)] == [429]
+                by_name = {s["name"]: s for s in proxy.stats()["rate_limits"]}
+                assert by_name["orders"]["route"] == 1 and by_name[None]["route"] == 2
+                assert by_name[None]["limited"] == 2 and by_name["orders"]["passed"] == 2
+                # The named route now matches /v2/: still its buckets. The unnamed one matches /api/v2/: new ones.
+                moved = route(limit, "/v2/", 'name = "orders"\n') + route(limit, "/api/v2/")
+                await proxy.reload(loads_config(config_text(port, backend, other + moved)))
+                assert [s for s, _, _ in await get(port, "/v2/", n=1)] == [429]
+                assert [s for s, _, _ in await get(port, "/api/v2/", n=3)] == [200, 200, 429]
+                # A new limit on the named route: fresh buckets.
+                moved = route('rate = "1/h", burst = 1', "/v2/", 'name = "orders"\n') + route(limit, "/api/v2/")
+                await proxy.reload(loads_config(config_text(port, backend, moved)))
+                assert [s for s, _, _ in await get(port, "/v2/", n=2)] == [200, 429]
+                assert [s for s, _, _ in await get(port, "/api/v2/", n=1)] == [429]
+                await no_connection_left(proxy)
+        finally:
+            await backend.stop()
+
+    asyncio.run(main())
+
+
+def test_route_names_are_unique_in_a_listener() -> None:
+    text = config_text(8080, HttpBackend(), route('rate = "1/h"', "/a/", 'name = "x"\n')
+                       + route('rate = "1/h"', "/b/", 'name = "x"\n'))
+    with pytest.raises(Exception) as bad:
+        loads_config(text)
+    assert 'listeners[0].routes[1].name: expected a name no other route of the listener has (routes[0] is' \
+        in str(bad.value)
 
 
 def test_an_embedded_proxy_reload_keeps_or_resets_its_own_buckets() -> None:
