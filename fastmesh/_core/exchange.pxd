@@ -70,6 +70,10 @@ cdef class Exchange:
     cdef unsigned char strip_identity  # the own edits remove a client's identity field (identity_noted rules only)
     cdef readonly int trace_kind       # TraceKind (tracing.pxd): TRACE_NONE, TRACE_CONTINUED or TRACE_STARTED
     cdef readonly bint span            # sampled, and spans are recorded: a span record when the request ends
+    cdef char span_id[16]              # the request's own span (when `span`): the parent of each try's span
+    cdef double try_began              # when the current try began (its span's start): admit, or a retry's backoff end
+    cdef bint retraced                 # a retry gave the next try a new span id that a rendered head still lacks
+    cdef char prev_try[16]             # the span id of the try before (retrace finds it in a rendered head)
     cdef int trace_edit                # index in request_edits.own where the trace edits start (the last), -1: none
     # Offset in the view's base of the caller's traceparent value when it is 55 bytes, which a codec that renders
     # the received field lines (HTTP/1) overwrites with ours in place (trace_in_place); -1: none
@@ -123,7 +127,9 @@ cdef class Exchange:
     cdef void grpc_outcome(self, int ep, int code, double now) noexcept
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept
     cdef bint may_retry(self, int why, int status, double now) noexcept
-    cdef void start_retry(self) noexcept
+    cdef void start_retry(self, int ep, int status, int why, double now) noexcept
+    cdef void record_try(self, int endpoint, int status, bytes cause, double now) noexcept
+    cdef void retrace(self, char *head, Py_ssize_t n) noexcept
     cdef void replay(self, int ep) noexcept
     cdef int wait_expired(self) noexcept
     cdef bint deadline_passed(self, double now) noexcept

@@ -268,6 +268,7 @@ cdef class Exchange:
         self.grpc_code = -1
         self.trace_kind = TRACE_NONE
         self.trace_value_off = -1
+        self.retraced = False
         self.span = False
         try_init(&self.ct)
 
@@ -402,10 +403,12 @@ cdef class Exchange:
             flags = 1 if trace_random() <= rules.sample_max else 0
         else:
             return
-        span_id_new(self.trace + SPAN_ID_AT)
+        span_id_new(self.trace + SPAN_ID_AT)            # the first try's span: the parent id sent upstream
         self.trace[FLAGS_AT] = HEX_PAIRS[2 * flags]
         self.trace[FLAGS_AT + 1] = HEX_PAIRS[2 * flags + 1]
         self.span = (flags & 1) != 0 and spans_recorded()
+        if self.span:
+            span_id_new(self.span_id)                   # the request's own span, parent of its tries' spans
 
     cdef void trace_edits(self) noexcept:
         """This request's trace edits, after the own edits list_own_edits listed once per connection: the caller's
@@ -459,6 +462,7 @@ cdef class Exchange:
         if self.deadline and now >= self.deadline:
             # The caller's budget is spent: sending the request could only waste a backend's time.
             return PE_DEADLINE_EXCEEDED
+        self.try_began = now
         self.next_try(now)
         return PE_NONE
 
@@ -537,7 +541,7 @@ cdef class Exchange:
         if status >= 500 and self.policy.retryable_status(status) and not marked:
             try_avoid(&self.ct, ep)
             if self.may_retry(RETRY_5XX, status, now):
-                self.start_retry()
+                self.start_retry(ep, status, RETRY_5XX, now)
                 return V_RETRY
         return V_PASS
 
@@ -550,7 +554,7 @@ cdef class Exchange:
         if self.policy.retryable_grpc(code) and not marked:
             try_avoid(&self.ct, ep)
             if self.may_retry(RETRY_GRPC, 0, now):
-                self.start_retry()
+                self.start_retry(ep, weight, RETRY_GRPC, now)
                 return V_RETRY
         return V_PASS
 
@@ -572,7 +576,7 @@ cdef class Exchange:
         if blame:
             self.report(ep, 0, True, now)
         if self.may_retry(why, 0, now):
-            self.start_retry()
+            self.start_retry(ep, 0, why, now)
             return V_RETRY
         if why != RETRY_TIMEOUT:
             self.error = PE_RESET
@@ -610,11 +614,16 @@ cdef class Exchange:
         policy.retries_active += 1
         return True
 
-    cdef void start_retry(self) noexcept:
-        """Count the retry and draw its backoff: exponential from backoff_base, capped, full jitter."""
+    cdef void start_retry(self, int ep, int status, int why, double now) noexcept:
+        """Count the retry and draw its backoff: exponential from backoff_base, capped, full jitter. The try that
+        failed on ep (`status`: its answer, 0: none, `why` then says what) ends its span; the next try gets a span id
+        of its own, child of the request's span, and carries it upstream."""
         cdef ClusterPolicy policy = self.policy
         cdef double delay
         cdef unsigned long long r
+        if self.span:
+            self.record_try(ep, status, b"" if status else b"response timeout" if why == RETRY_TIMEOUT else b"reset",
+                            now)
         self.tries += 1
         self.ct.attempts = 0
         self.grpc_code = -1
@@ -624,6 +633,25 @@ cdef class Exchange:
             delay = policy.backoff_max
         r = self.connector.cluster.balancer.next_random()
         self.backoff = delay * ((r >> 11) * (1.0 / 9007199254740992.0))     # uniform in [0, delay)
+        if self.trace_kind != TRACE_NONE:
+            memcpy(self.prev_try, self.trace + SPAN_ID_AT, 16)
+            span_id_new(self.trace + SPAN_ID_AT)
+            self.retraced = True
+        self.try_began = now + self.backoff
+
+    cdef void retrace(self, char *head, Py_ssize_t n) noexcept:
+        """A codec that keeps the head it rendered for the first try (HTTP/1) calls it before sending a retry: the
+        traceparent in head[0:n] (found by the trace id and the previous try's span id, 49 bytes no other field
+        carries) gets the new try's span id."""
+        cdef Py_ssize_t i
+        if not self.retraced:
+            return
+        self.retraced = False
+        for i in range(n - 48):
+            if head[i] == self.trace[TRACE_ID_AT] and memcmp(head + i, self.trace + TRACE_ID_AT, 32) == 0 \
+                    and head[i + 32] == b'-' and memcmp(head + i + 33, self.prev_try, 16) == 0:
+                memcpy(head + i + 33, self.trace + SPAN_ID_AT, 16)
+                return
 
     cdef void replay(self, int ep) noexcept:
         """A reused connection to ep was already dead: send again at no cost (it never reached a server)."""
@@ -704,19 +732,35 @@ cdef class Exchange:
         self.log_fields = None
 
     cdef void record_span(self, int endpoint, int status, double now, int err):
-        """The span of a sampled request, as a tuple for the recorder (dataplane/tracing.py's SpanFields), which
-        queues it for export off the request path."""
+        """The spans of a sampled request, as tuples for the recorder (dataplane/tracing.py's SpanFields), which
+        queues them for export off the request path: its last try's (when one reached an endpoint), then its own."""
         recorder = span_recorder()
         if recorder is None:
             return
         routed = self.cluster >= 0 and self.connector is not None
+        if endpoint >= 0 and routed:
+            self.record_try(endpoint, status, error_info(err).cause if err else b"", now)
         try:
-            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.trace[SPAN_ID_AT:SPAN_ID_AT + 16],
+            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.span_id[:16],
                       self.trace_parent[:16] if self.trace_kind == TRACE_CONTINUED else None,
                       self.method, status, self.route, self.connector.cluster.name if routed else "",
                       self.connector.cluster.labels[endpoint] if endpoint >= 0 and routed else "",
                       self.tries - 1 if self.tries > 1 else 0, error_info(err).cause if err else b"",
-                      now - self.started))
+                      now - self.started, 0, now))
+        except Exception:
+            pass
+
+    cdef void record_try(self, int endpoint, int status, bytes cause, double now) noexcept:
+        """The span of the current try (the tries-th), child of the request's span: the parent id it sent upstream
+        is its span id."""
+        recorder = span_recorder()
+        if recorder is None or self.connector is None:
+            return
+        try:
+            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.trace[SPAN_ID_AT:SPAN_ID_AT + 16],
+                      self.span_id[:16], self.method, status, self.route, self.connector.cluster.name,
+                      self.connector.cluster.labels[endpoint] if endpoint >= 0 else "", self.tries - 1, cause,
+                      max(now - self.try_began, 0.0), self.tries, now))
         except Exception:
             pass
 

@@ -605,6 +605,7 @@ cdef class Downstream(UpstreamUser):
     cdef void retry(self) noexcept:
         """The exchange decided to send the request again: rewind the body, wait its backoff."""
         self.drop_upstream(False)
+        self.ex.retrace(self.reqhead.data, self.reqhead.len)    # the next try's span id in the kept head
         self.resp_started = False
         self.reqhead_sent = 0
         self.rbuf.start = self.body_mark
