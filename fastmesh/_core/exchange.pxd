@@ -69,9 +69,18 @@ cdef class Exchange:
     cdef char trace_parent[16]         # the caller's span id (TRACE_CONTINUED): our span's parent
     cdef unsigned char strip_identity  # the own edits remove a client's identity field (identity_noted rules only)
     cdef readonly int trace_kind       # TraceKind (tracing.pxd): TRACE_NONE, TRACE_CONTINUED or TRACE_STARTED
-    cdef bint drop_tracestate          # the request's tracestate is not passed on (a new trace, or too long)
     cdef readonly bint span            # sampled, and spans are recorded: a span record when the request ends
-    cdef int trace_edit                # index in request_edits.own of the trace edits (3, the last), -1: none
+    cdef char span_id[16]              # the request's own span (when `span`): the parent of each try's span
+    cdef double try_began              # when the current try began (its span's start): admit, or a retry's backoff end
+    cdef bint retraced                 # a retry gave the next try a new span id that a rendered head still lacks
+    cdef char prev_try[16]             # the span id of the try before (retrace finds it in a rendered head)
+    cdef int trace_edit                # index in request_edits.own where the trace edits start (the last), -1: none
+    # Offset in the view's base of the caller's traceparent value when it is 55 bytes, which a codec that renders
+    # the received field lines (HTTP/1) overwrites with ours in place (trace_in_place); -1: none
+    cdef int trace_value_off
+    cdef char tracestate[512]          # the caller's tracestate as W3C's rules pass it on, when members were dropped
+    # bytes of tracestate sent instead of the caller's fields; -1: the fields pass as they came; 0: none is sent
+    cdef int tracestate_len
     cdef char peer[48]                 # the client's address as text (X-Forwarded-For, source_ip hash key)
     cdef int peer_len
     cdef sockaddr_in6 client           # the client's address and port (a sockaddr_in for IPv4): a PROXY header names it
@@ -85,6 +94,7 @@ cdef class Exchange:
     # (the endpoint's outcome waits for grpc_outcome)
     cdef int grpc_code
     cdef readonly int retry_after      # PE_RATE_LIMITED: seconds until the route's bucket has a token (Retry-After)
+    cdef readonly int retry_ms         # the same wait in milliseconds (gRPC's grpc-retry-pushback-ms)
 
     cdef void set_peer(self, const char *peer, int n) noexcept
     cdef void set_client(self, const sockaddr_in6 *client, int fd) noexcept
@@ -94,6 +104,7 @@ cdef class Exchange:
     cdef void new_request_id(self) noexcept
     cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept
     cdef void trace_edits(self) noexcept
+    cdef void trace_in_place(self, char *base) noexcept
     cdef void record_span(self, int endpoint, int status, double now, int err)
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
                           double now) noexcept
@@ -116,7 +127,9 @@ cdef class Exchange:
     cdef void grpc_outcome(self, int ep, int code, double now) noexcept
     cdef int try_failed(self, int ep, int why, bint blame, double now) noexcept
     cdef bint may_retry(self, int why, int status, double now) noexcept
-    cdef void start_retry(self) noexcept
+    cdef void start_retry(self, int ep, int status, int why, double now) noexcept
+    cdef void record_try(self, int endpoint, int status, bytes cause, double now) noexcept
+    cdef void retrace(self, char *head, Py_ssize_t n) noexcept
     cdef void replay(self, int ep) noexcept
     cdef int wait_expired(self) noexcept
     cdef bint deadline_passed(self, double now) noexcept

@@ -45,7 +45,7 @@ from fastmesh._core.request cimport (
 )
 from fastmesh._core.tracing cimport (
     TRACE_OFF, TRACE_PROPAGATE, TRACE_START, TRACE_NONE, TRACE_CONTINUED, TRACE_STARTED, TRACEPARENT_LEN,
-    TRACESTATE_MAX, TRACE_ID_AT, SPAN_ID_AT, FLAGS_AT, traceparent_parse, trace_id_new, span_id_new, trace_random,
+    TRACE_ID_AT, SPAN_ID_AT, FLAGS_AT, traceparent_parse, tracestate_trim, trace_id_new, span_id_new, trace_random,
     spans_recorded, span_recorder,
 )
 from fastmesh._core.router cimport Router
@@ -257,6 +257,7 @@ cdef class Exchange:
         self.cluster = -1
         self.grpc_code = -1
         self.trace_edit = -1
+        self.trace_value_off = -1
         try_init(&self.ct)
         edits_clear(&self.request_edits)
         edits_clear(&self.response_edits)
@@ -277,7 +278,8 @@ cdef class Exchange:
 
     cdef int proxy_header(self, int version, char *out) noexcept:
         """The PROXY header of `version` for this exchange's client into out (PP_OUT_MAX bytes): its length. The
-        destination is the listener's address the client connected to."""
+        destination is the address the client connected to: the listener's, or the one the client's own PROXY
+        header named (the proxy in front of us)."""
         cdef ProxyAddrs a
         if self.client.sin6_family == 0:
             return pp_encode(version, NULL, NULL, out)
@@ -300,6 +302,8 @@ cdef class Exchange:
         self.backoff = 0.0
         self.grpc_code = -1
         self.trace_kind = TRACE_NONE
+        self.trace_value_off = -1
+        self.retraced = False
         self.span = False
         try_init(&self.ct)
 
@@ -356,6 +360,8 @@ cdef class Exchange:
         if wait == 0:
             return PE_NONE
         self.retry_after = retry_after_seconds(wait)
+        # 1/16 ns to whole milliseconds, rounded up: a client waiting this long finds a token.
+        self.retry_ms = <int>min(wait // 16000000 + (1 if wait % 16000000 else 0), <uint64_t>86400000)
         return PE_RATE_LIMITED
 
     cdef void use_cluster(self, int cluster, list connectors, const RequestView *v, const ForwardRules *rules,
@@ -399,14 +405,9 @@ cdef class Exchange:
             if self.identity is not None:
                 edit_add(req, EDIT_ADD, rules.identity, span_of(self.identity, len(self.identity)))
         edit_add(req, EDIT_DEADLINE, span_of(TIMEOUT_FIELD, 19), span_of(NULL, 0))
-        self.trace_edit = -1
-        if rules.trace != TRACE_OFF:
-            # Last, so that trace_edits() counts them in or out per request: drop the caller's traceparent, send
-            # ours, and (the third) drop tracestate. A request without trace context pays nothing for them.
-            self.trace_edit = req.n
-            edit_add(req, EDIT_REMOVE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
-            edit_add(req, EDIT_ADD, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
-            edit_add(req, EDIT_REMOVE, span_of(TRACESTATE, 10), span_of(NULL, 0))
+        # The trace edits come last, listed per request by trace_edits(): a request without trace context pays
+        # nothing for them.
+        self.trace_edit = req.n if rules.trace != TRACE_OFF else -1
         self.edits_for = rules.version
 
     cdef void trace_begin(self, const RequestView *v, const ForwardRules *rules) noexcept:
@@ -415,22 +416,19 @@ cdef class Exchange:
         there is no traceparent."""
         cdef int i = find_field(v.base, v.fields, v.num_fields, TRACEPARENT, 11, 0)
         cdef int flags = -1
-        cdef Py_ssize_t state = 0
         if i >= 0 and find_field(v.base, v.fields, v.num_fields, TRACEPARENT, 11, i + 1) < 0:
             flags = traceparent_parse(field_value(v.base, &v.fields[i]), self.trace)
         if flags >= 0:
             self.trace_kind = TRACE_CONTINUED
             memcpy(self.trace_parent, self.trace + SPAN_ID_AT, 16)
-            i = find_field(v.base, v.fields, v.num_fields, TRACESTATE, 10, 0)
-            while i >= 0:
-                state += v.fields[i].value_len + 1
-                i = find_field(v.base, v.fields, v.num_fields, TRACESTATE, 10, i + 1)
-            self.drop_tracestate = state > TRACESTATE_MAX + 1
+            if v.fields[i].value_len == TRACEPARENT_LEN:
+                self.trace_value_off = v.fields[i].value_off    # ours is as long: it may take the caller's place
+            self.tracestate_len = tracestate_trim(v.base, v.fields, v.num_fields, self.tracestate)
         elif rules.trace == TRACE_START:
             # No usable context (none, or an invalid one, which is replaced): a new trace, and the caller's
             # tracestate, which belonged to no valid traceparent, goes with it.
             self.trace_kind = TRACE_STARTED
-            self.drop_tracestate = True
+            self.tracestate_len = 0
             self.trace[0] = b'0'
             self.trace[1] = b'0'
             self.trace[2] = b'-'
@@ -440,18 +438,38 @@ cdef class Exchange:
             flags = 1 if trace_random() <= rules.sample_max else 0
         else:
             return
-        span_id_new(self.trace + SPAN_ID_AT)
+        span_id_new(self.trace + SPAN_ID_AT)            # the first try's span: the parent id sent upstream
         self.trace[FLAGS_AT] = HEX_PAIRS[2 * flags]
         self.trace[FLAGS_AT + 1] = HEX_PAIRS[2 * flags + 1]
         self.span = (flags & 1) != 0 and spans_recorded()
+        if self.span:
+            span_id_new(self.span_id)                   # the request's own span, parent of its tries' spans
 
     cdef void trace_edits(self) noexcept:
-        """Count this request's trace edits in or out: they end the own edits list_own_edits listed once per
-        connection, so the list's length says which of them apply."""
+        """This request's trace edits, after the own edits list_own_edits listed once per connection: the caller's
+        tracestate dropped or replaced when W3C's rules dropped members from it, then the caller's traceparent
+        dropped and ours added (always the last two: trace_in_place takes them back)."""
+        cdef EditList *req = &self.request_edits
+        req.n = self.trace_edit
         if self.trace_kind == TRACE_NONE:
-            self.request_edits.n = self.trace_edit
-        else:
-            self.request_edits.n = self.trace_edit + (3 if self.drop_tracestate else 2)
+            return
+        if self.tracestate_len >= 0:
+            edit_add(req, EDIT_REMOVE, span_of(TRACESTATE, 10), span_of(NULL, 0))
+            if self.tracestate_len > 0:
+                edit_add(req, EDIT_ADD, span_of(TRACESTATE, 10), span_of(self.tracestate, self.tracestate_len))
+        edit_add(req, EDIT_REMOVE, span_of(TRACEPARENT, 11), span_of(NULL, 0))
+        edit_add(req, EDIT_ADD, span_of(TRACEPARENT, 11), span_of(self.trace, TRACEPARENT_LEN))
+
+    cdef void trace_in_place(self, char *base) noexcept:
+        """A codec that forwards the received field lines as they are (HTTP/1) calls it, with the view's base,
+        just before rendering: when the caller's traceparent value is as long as ours (version 00, the usual case),
+        ours is written over it where it stands, and the two edits that would drop it and add ours at the end are
+        taken back, so the field costs no more than any other. Request filters, which ran before, saw the caller's."""
+        if self.trace_value_off < 0:
+            return
+        memcpy(base + self.trace_value_off, self.trace, TRACEPARENT_LEN)
+        self.trace_value_off = -1
+        self.request_edits.n -= 2
 
     cdef void new_request_id(self) noexcept:
         """32 hex digits from the balancer's xorshift generator: unique enough for tracing, no syscall."""
@@ -473,6 +491,7 @@ cdef class Exchange:
         if self.deadline and now >= self.deadline:
             # The caller's budget is spent: sending the request could only waste a backend's time.
             return PE_DEADLINE_EXCEEDED
+        self.try_began = now
         self.next_try(now)
         return PE_NONE
 
@@ -551,7 +570,7 @@ cdef class Exchange:
         if status >= 500 and self.policy.retryable_status(status) and not marked:
             try_avoid(&self.ct, ep)
             if self.may_retry(RETRY_5XX, status, now):
-                self.start_retry()
+                self.start_retry(ep, status, RETRY_5XX, now)
                 return V_RETRY
         return V_PASS
 
@@ -564,7 +583,7 @@ cdef class Exchange:
         if self.policy.retryable_grpc(code) and not marked:
             try_avoid(&self.ct, ep)
             if self.may_retry(RETRY_GRPC, 0, now):
-                self.start_retry()
+                self.start_retry(ep, weight, RETRY_GRPC, now)
                 return V_RETRY
         return V_PASS
 
@@ -586,7 +605,7 @@ cdef class Exchange:
         if blame:
             self.report(ep, 0, True, now)
         if self.may_retry(why, 0, now):
-            self.start_retry()
+            self.start_retry(ep, 0, why, now)
             return V_RETRY
         if why != RETRY_TIMEOUT:
             self.error = PE_RESET
@@ -624,11 +643,16 @@ cdef class Exchange:
         policy.retries_active += 1
         return True
 
-    cdef void start_retry(self) noexcept:
-        """Count the retry and draw its backoff: exponential from backoff_base, capped, full jitter."""
+    cdef void start_retry(self, int ep, int status, int why, double now) noexcept:
+        """Count the retry and draw its backoff: exponential from backoff_base, capped, full jitter. The try that
+        failed on ep (`status`: its answer, 0: none, `why` then says what) ends its span; the next try gets a span id
+        of its own, child of the request's span, and carries it upstream."""
         cdef ClusterPolicy policy = self.policy
         cdef double delay
         cdef unsigned long long r
+        if self.span:
+            self.record_try(ep, status, b"" if status else b"response timeout" if why == RETRY_TIMEOUT else b"reset",
+                            now)
         self.tries += 1
         self.ct.attempts = 0
         self.grpc_code = -1
@@ -638,6 +662,25 @@ cdef class Exchange:
             delay = policy.backoff_max
         r = self.connector.cluster.balancer.next_random()
         self.backoff = delay * ((r >> 11) * (1.0 / 9007199254740992.0))     # uniform in [0, delay)
+        if self.trace_kind != TRACE_NONE:
+            memcpy(self.prev_try, self.trace + SPAN_ID_AT, 16)
+            span_id_new(self.trace + SPAN_ID_AT)
+            self.retraced = True
+        self.try_began = now + self.backoff
+
+    cdef void retrace(self, char *head, Py_ssize_t n) noexcept:
+        """A codec that keeps the head it rendered for the first try (HTTP/1) calls it before sending a retry: the
+        traceparent in head[0:n] (found by the trace id and the previous try's span id, 49 bytes no other field
+        carries) gets the new try's span id."""
+        cdef Py_ssize_t i
+        if not self.retraced:
+            return
+        self.retraced = False
+        for i in range(n - 48):
+            if head[i] == self.trace[TRACE_ID_AT] and memcmp(head + i, self.trace + TRACE_ID_AT, 32) == 0 \
+                    and head[i + 32] == b'-' and memcmp(head + i + 33, self.prev_try, 16) == 0:
+                memcpy(head + i + 33, self.trace + SPAN_ID_AT, 16)
+                return
 
     cdef void replay(self, int ep) noexcept:
         """A reused connection to ep was already dead: send again at no cost (it never reached a server)."""
@@ -718,19 +761,35 @@ cdef class Exchange:
         self.log_fields = None
 
     cdef void record_span(self, int endpoint, int status, double now, int err):
-        """The span of a sampled request, as a tuple for the recorder (dataplane/tracing.py's SpanFields), which
-        queues it for export off the request path."""
+        """The spans of a sampled request, as tuples for the recorder (dataplane/tracing.py's SpanFields), which
+        queues them for export off the request path: its last try's (when one reached an endpoint), then its own."""
         recorder = span_recorder()
         if recorder is None:
             return
         routed = self.cluster >= 0 and self.connector is not None
+        if endpoint >= 0 and routed:
+            self.record_try(endpoint, status, error_info(err).cause if err else b"", now)
         try:
-            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.trace[SPAN_ID_AT:SPAN_ID_AT + 16],
+            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.span_id[:16],
                       self.trace_parent[:16] if self.trace_kind == TRACE_CONTINUED else None,
                       self.method, status, self.route, self.connector.cluster.name if routed else "",
                       self.connector.cluster.labels[endpoint] if endpoint >= 0 and routed else "",
                       self.tries - 1 if self.tries > 1 else 0, error_info(err).cause if err else b"",
-                      now - self.started))
+                      now - self.started, 0, now))
+        except Exception:
+            pass
+
+    cdef void record_try(self, int endpoint, int status, bytes cause, double now) noexcept:
+        """The span of the current try (the tries-th), child of the request's span: the parent id it sent upstream
+        is its span id."""
+        recorder = span_recorder()
+        if recorder is None or self.connector is None:
+            return
+        try:
+            recorder((self.trace[TRACE_ID_AT:TRACE_ID_AT + 32], self.trace[SPAN_ID_AT:SPAN_ID_AT + 16],
+                      self.span_id[:16], self.method, status, self.route, self.connector.cluster.name,
+                      self.connector.cluster.labels[endpoint] if endpoint >= 0 else "", self.tries - 1, cause,
+                      max(now - self.try_began, 0.0), self.tries, now))
         except Exception:
             pass
 

@@ -25,6 +25,7 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.reactor cimport Reactor, EventTarget, Acceptor, ConnectionLimit
 from fastmesh._core.stats cimport L_LIMITED, L_PAUSED, bump
 from fastmesh._core.proxyproto.gate cimport ProxyGate
+from fastmesh._core.proxyproto.codec cimport pp_dst_forget
 
 import logging
 
@@ -119,6 +120,7 @@ cdef class Listener(EventTarget):
             if cfd >= 0:
                 # The slot first: accept_fd may close the connection at once, which gives it back.
                 self.limit.take()
+                pp_dst_forget(cfd)          # a PROXY destination kept for an earlier connection on this fd
                 if self.backlogged:
                     bump(self.protocol.counters + L_LIMITED, 1)
                     self.limited_waited += 1

@@ -2,7 +2,7 @@
 # whether sampled requests become span records. The exchange (exchange.pyx) keeps one request's context and asks
 # the codecs, through its own header edits, to send our traceparent upstream.
 
-from fastmesh._core.request cimport Span
+from fastmesh._core.request cimport Span, Field
 
 cdef enum TraceMode:
     # A listener's ForwardRules.trace: what it does with trace context.
@@ -18,7 +18,9 @@ cdef enum TraceKind:
 
 cdef enum:
     TRACEPARENT_LEN = 55               # "00-" 32 hex trace id "-" 16 hex span id "-" 2 hex flags
-    TRACESTATE_MAX = 512               # tracestate bytes passed on at most (W3C's floor); longer: dropped
+    TRACESTATE_MAX = 512               # tracestate bytes passed on at most (W3C's floor); longer: members dropped
+    TRACESTATE_MEMBERS = 32            # list members passed on at most (W3C's limit); later ones are dropped
+    TRACESTATE_BIG = 128               # members longer than this are dropped first when the list is too long
     TRACE_ID_AT = 3                    # offset of the trace id in a traceparent value
     SPAN_ID_AT = 36                    # offset of the parent (span) id
     FLAGS_AT = 53                      # offset of the flags
@@ -27,6 +29,11 @@ cdef enum:
 # as received: its flags byte (bit 0: sampled), or -1 when it is not valid (bad length, non-lowercase-hex, an
 # all-zero trace or parent id, version ff).
 cdef int traceparent_parse(Span value, char *out) noexcept nogil
+# The tracestate fields among n fields as W3C's rules pass them on, into out (TRACESTATE_MAX bytes): invalid members
+# (by the level 1 grammar) and repeated keys dropped, at most TRACESTATE_MEMBERS kept, and while the list is longer
+# than TRACESTATE_MAX members over TRACESTATE_BIG bytes dropped from the end, then any from the end. Returns -1 when
+# nothing is dropped (the fields pass as they came), else the length written (0: no member is left).
+cdef int tracestate_trim(const char *base, const Field *fields, int n, char *out) noexcept nogil
 # A fresh trace id (32 hex digits, never all zero) at out[0:32].
 cdef void trace_id_new(char *out) noexcept nogil
 # A fresh span id (16 hex digits, never all zero) at out[0:16].

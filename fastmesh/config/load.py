@@ -1121,6 +1121,7 @@ def _service(check: _Check, key: str, value: Any) -> Any:
 
 
 _ROUTE_FIELDS: dict[str, Parser] = {
+    "name": _name,
     "service": _service,
     "host": _route_host,
     "path": _path,
@@ -1209,7 +1210,18 @@ def _route(check: _Check, key: str, value: Any) -> Any:
 
 def _routes(check: _Check, key: str, value: Any) -> Any:
     items = _array(check, key, value, _route, "an array of [[listeners.routes]] tables", "at least one route")
-    return BAD if items is BAD else _all_good(items)
+    if items is BAD:
+        return BAD
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = item.name if isinstance(item, Route) else None
+        if name is None:
+            continue
+        if name in seen:
+            check.bad(f"{key}[{i}].name", f"a name no other route of the listener has (routes[{seen[name]}] is "
+                      f"{name!r})", name)
+        seen.setdefault(name, i)
+    return _all_good(items)
 
 
 def _request_id_header(check: _Check, key: str, value: Any) -> Any:
@@ -1863,7 +1875,7 @@ def _tls_dict(tls: ListenerTls | ClusterTls) -> dict[str, Any]:
 def _route_dict(route: Route) -> dict[str, Any]:
     """A route's keys that are set: an absent condition matches everything, an absent edit does nothing."""
     out: dict[str, Any] = {}
-    for name in ("host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "service",
+    for name in ("name", "host", "path", "path_prefix", "path_regex", "methods", "headers", "cluster", "service",
                  "rewrite_prefix",
                  "add_request_headers", "remove_request_headers", "add_response_headers", "allow_identities"):
         value = getattr(route, name)

@@ -333,6 +333,8 @@ class Route:
     """
     cluster: str | None = None
     service: str | None = None         # "users" is the name /svc/users; a name starting with "/" is taken as it is
+    # A name unique in the listener: what the route's rate-limit buckets are kept by across reloads (none: its match)
+    name: str | None = None
     host: str | None = None            # "api.example.com" or "*.example.com" (subdomains only); port ignored
     path: str | None = None            # the whole path (before "?") must equal this
     path_prefix: str | None = None     # the path must start with this

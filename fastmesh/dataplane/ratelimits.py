@@ -1,15 +1,18 @@
 """Rate limits: the block of token-bucket tables (fastmesh/_core/ratelimit.pyx) for a config's limited routes, made
 by the supervisor and mapped by every worker, and each route's RateLimit over its table.
 
-One table per limited route, owned by an ident made of the route's place (listener, route index) and its whole
-limit (rate, burst, key, buckets). The supervisor makes a memfd holding the tables of the config before the
-workers start; every worker maps it, so two workers take from one bucket. A reload whose limited routes and limits
-are all the same keeps the block (buckets and counts); one that changes any makes a new block, copies into it the
-tables of the routes whose limit stayed the same (carry_over), and sends it to the workers with the new config.
+One table per limited route, owned by an ident made of stable names, never of places: the listener's name, the
+route's name (or, for a route without one, its match: host, path, methods, headers), and its whole limit (rate,
+burst, key, buckets). Moving a route, or adding routes before it, keeps its buckets; changing its limit, or the
+match of a route without a name, starts them afresh. The supervisor makes a memfd holding the tables of the
+config before the workers start; every worker maps it, so two workers take from one bucket. A reload whose tables
+are all the same, in the same order, keeps the block (buckets and counts); any other makes a new block, copies
+into it the tables whose idents it still has (carry_over), and sends it to the workers with the new config.
 An embedded Proxy makes a private block the same way: its limits are its own.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -19,24 +22,47 @@ from fastmesh._core.ratelimit import RateBlock, RateLimit, ident_of, interval_of
 from fastmesh.config.schema import Config
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.config.schema import RateLimit as RateLimitConfig
+from fastmesh.config.schema import Route as RouteConfig
 
 log = logging.getLogger("fastmesh.ratelimit")
 
 Table = tuple[int, int, int, int]          # (ident, entries, interval, tolerance): a RateBlock's table
 
 
-def table_of(listener: str, index: int, limit: RateLimitConfig) -> Table:
-    """The table of route `index` of `listener` limited by `limit`."""
+def route_key(route: RouteConfig) -> str:
+    """What a route is known by across reloads: its name, or else its match (the conditions a request must meet)."""
+    if route.name is not None:
+        return f"name\0{route.name}"
+    match = {"host": route.host, "path": route.path, "path_prefix": route.path_prefix, "path_regex": route.path_regex,
+             "methods": sorted(m.upper() for m in route.methods),
+             "headers": sorted((k.lower(), v) for k, v in route.headers.items())}
+    return "match\0" + json.dumps(match, sort_keys=True)
+
+
+def table_of(listener: str, key: str, limit: RateLimitConfig) -> Table:
+    """The table of the route known by `key` (route_keys) in `listener`, limited by `limit`."""
     interval = interval_of(limit.rate, limit.per)
-    ident = ident_of(f"{listener}\0{index}\0{limit.rate}/{limit.per}\0{limit.burst}\0{limit.key}\0{limit.buckets}")
+    ident = ident_of(f"{listener}\0{key}\0{limit.rate}/{limit.per}\0{limit.burst}\0{limit.key}\0{limit.buckets}")
     return ident, limit.buckets, interval, limit.burst * interval
+
+
+def route_keys(lcfg: ListenerConfig) -> list[str]:
+    """route_key of each route of lcfg; a match two unnamed routes share gets its occurrence appended (the second
+    such route is reached only through a filter's rerouting, but it keeps buckets of its own)."""
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    for route in lcfg.routes:
+        key = route_key(route)
+        seen[key] = seen.get(key, 0) + 1
+        out.append(key if seen[key] == 1 else f"{key}\0#{seen[key]}")
+    return out
 
 
 def tables(cfg: Config) -> list[Table]:
     """Every limited route's table, in config order."""
-    return [table_of(lcfg.name, i, route.rate_limit)
+    return [table_of(lcfg.name, key, route.rate_limit)
             for lcfg in cfg.listeners if lcfg.protocol == "http"
-            for i, route in enumerate(lcfg.routes) if route.rate_limit is not None]
+            for route, key in zip(lcfg.routes, route_keys(lcfg)) if route.rate_limit is not None]
 
 
 def rebuilt(block: RateBlock | None, cfg: Config, seed: int | None, fd: int | None = None) -> RateBlock | None:
@@ -62,12 +88,12 @@ def limits_for(block: RateBlock | None, lcfg: ListenerConfig) -> list[RateLimit 
     if block is None or not any(route.rate_limit is not None for route in lcfg.routes):
         return None
     out: list[RateLimit | None] = []
-    for i, route in enumerate(lcfg.routes):
+    for i, (route, key) in enumerate(zip(lcfg.routes, route_keys(lcfg))):
         lim = route.rate_limit
         found = None
         if lim is not None:
             kind, _, name = lim.key.partition(":") if lim.key else ("route", "", "")
-            found = block.limit(table_of(lcfg.name, i, lim)[0], kind, name, lim.text())
+            found = block.limit(table_of(lcfg.name, key, lim)[0], kind, name, lim.text())
         if lim is not None and found is None:
             log.warning("listener %r route %d: its rate limit has no table in the block it was given: not limited",
                         lcfg.name, i)
@@ -78,13 +104,14 @@ def limits_for(block: RateBlock | None, lcfg: ListenerConfig) -> list[RateLimit 
 
 
 def counts(block: RateBlock | None, cfg: Config) -> list[dict[str, Any]]:
-    """Per limited route: listener, route (index), limit (as written) and passed, limited, evicted over every
-    worker."""
+    """Per limited route: listener, route (index) and its name (None without one), limit (as written) and passed,
+    limited, evicted over every worker."""
     out: list[dict[str, Any]] = []
     for lcfg in cfg.listeners:
         for i, limit in enumerate(limits_for(block, lcfg) or () if lcfg.protocol == "http" else ()):
             if limit is not None:
-                out.append({"listener": lcfg.name, "route": i, "limit": limit.spec, **limit.counts()})
+                out.append({"listener": lcfg.name, "route": i, "name": lcfg.routes[i].name, "limit": limit.spec,
+                            **limit.counts()})
     return out
 
 

@@ -1,11 +1,12 @@
 """Span export: the spans of sampled requests, gathered in each worker and sent to an OTLP/HTTP collector in batches.
 
-The core (exchange.pyx) calls the recorder once per sampled request when it ends, with a SpanFields tuple, and only
-while export is configured (_core/tracing.pyx's switch; otherwise a request pays nothing for spans). The recorder
-stamps the end time and queues the tuple; a SinkRunner (plugins/sinks.py: bounded queue, batches from a timer,
-drops counted) hands batches to SpanWriter, which builds the OpenTelemetry SDK's ReadableSpan objects with our own
-ids and times and calls the SDK exporter in a thread of its own, so neither building nor sending ever runs on the
-request path or blocks the loop. The SDK (`pip install fastmesh[otel]`) is imported only when export is configured.
+The core (exchange.pyx) calls the recorder for each span of a sampled request (the request's own, and one per
+upstream try) with a SpanFields tuple, and only while export is configured (_core/tracing.pyx's switch; otherwise a
+request pays nothing for spans). The recorder turns the end time into wall-clock time and queues the tuple; a
+SinkRunner (plugins/sinks.py: bounded queue, batches from a timer, drops counted) hands batches to SpanWriter, which
+builds the OpenTelemetry SDK's ReadableSpan objects with our own ids and times and calls the SDK exporter in a
+thread of its own, so neither building nor sending ever runs on the request path or blocks the loop. The SDK (`pip
+install fastmesh[otel]`) is imported only when export is configured.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from fastmesh.plugins.sinks import SinkRunner
 
 # (trace id, span id, parent span id or None: 16 or 32 hex digits as bytes; method id (request.pxd), status, route
 # index (-1: none), cluster ("" when none), upstream endpoint ("" when none), retries, fastmesh error cause (b""
-# for an upstream's answer), duration in seconds)
-SpanFields = tuple[bytes, bytes, "bytes | None", int, int, int, str, str, int, bytes, float]
+# for an upstream's answer), duration in seconds, try: 0 for the request's own span (SERVER, child of the caller's),
+# n >= 1 for the span of its n-th upstream try (CLIENT, child of the request's span; its id is the parent id that
+# try sent upstream), and when it ended on the data path's clock (CLOCK_MONOTONIC seconds): a request's spans, recorded
+# one after another, end on one clock reading, so a try never seems to outlast its request)
+SpanFields = tuple[bytes, bytes, "bytes | None", int, int, int, str, str, int, bytes, float, int, float]
 WHERE = "tracing.export"
 
 
@@ -65,14 +69,21 @@ class SpanWriter:
         """One ReadableSpan with fastmesh's ids (the SDK's own way to export spans it did not start)."""
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-        trace_id, span_id, parent_id, method, status, route, cluster, upstream, retries, error, duration = f
+        trace_id, span_id, parent_id, method, status, route, cluster, upstream, retries, error, duration, attempt, _ = f
         tid = int(trace_id, 16)
         flags = TraceFlags(TraceFlags.SAMPLED)
         context = SpanContext(tid, int(span_id, 16), is_remote=False, trace_flags=flags)
-        parent = SpanContext(tid, int(parent_id, 16), is_remote=True, trace_flags=flags) if parent_id else None
+        # A try's parent is our own request span; the request's is the caller's (remote).
+        parent = (SpanContext(tid, int(parent_id, 16), is_remote=not attempt, trace_flags=flags) if parent_id
+                  else None)
         name = self.methods.get(method, "_OTHER")
-        attributes: dict[str, Any] = {"http.request.method": name, "fastmesh.route": route,
-                                      "fastmesh.retries": retries}
+        attributes: dict[str, Any] = {"http.request.method": name, "fastmesh.route": route}
+        if attempt:
+            attributes["fastmesh.try"] = attempt
+            if attempt > 1:
+                attributes["http.request.resend_count"] = attempt - 1
+        else:
+            attributes["fastmesh.retries"] = retries
         if status:
             attributes["http.response.status_code"] = status
         if cluster:
@@ -84,8 +95,10 @@ class SpanWriter:
             attributes["fastmesh.error"] = cause
             attributes["error.type"] = cause
         failed = bool(cause) or status >= 500
-        return ReadableSpan(f"{name} {cluster}" if cluster else name, context=context, parent=parent,
-                            resource=self.resource, attributes=attributes, kind=SpanKind.SERVER,
+        title = f"{name} {cluster}" if cluster else name
+        return ReadableSpan(f"{title} try {attempt}" if attempt else title, context=context, parent=parent,
+                            resource=self.resource, attributes=attributes,
+                            kind=SpanKind.CLIENT if attempt else SpanKind.SERVER,
                             status=Status(StatusCode.ERROR if failed else StatusCode.UNSET),
                             start_time=end - int(duration * 1e9), end_time=end, instrumentation_scope=self.scope)
 
@@ -101,12 +114,14 @@ class SpanExport:
 
     def __init__(self, cfg: TraceExport, exporter: Any = None) -> None:
         self.cfg = cfg
+        # Wall-clock ns minus monotonic ns: a span's end in wall time from the data path's monotonic clock.
+        self.wall_offset = time.time_ns() - time.monotonic_ns()
         self.writer = SpanWriter(cfg, exporter)
         self.runner = SinkRunner(cfg, WHERE, plugin=self.writer)
 
     def record(self, f: SpanFields) -> None:
         """What the core calls per sampled request: stamp the end and queue it (no more on the request path)."""
-        self.runner.add((time.time_ns(), f))
+        self.runner.add((self.wall_offset + int(f[12] * 1e9), f))
 
     def install(self) -> None:
         from fastmesh._core import tracing

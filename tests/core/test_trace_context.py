@@ -79,10 +79,55 @@ def test_a_valid_traceparent_continues_under_a_new_span_id() -> None:
     assert [TRACEPARENT_RE.fullmatch(x)[3] for x in out if x.startswith(b"traceparent")] == [b"00"]   # kept
 
 
-def test_a_tracestate_too_long_is_dropped() -> None:
-    state = ",".join(f"k{i}=" + "v" * 40 for i in range(12))       # 12 members, > 512 bytes
-    out, _ = forwarded(head(b"/api/x", f"traceparent: {VALID}".encode(), f"tracestate: {state}".encode()))
+def test_the_traceparent_is_rewritten_where_it_stands() -> None:
+    """A version-00 value (55 bytes) takes ours in place: same line, same spelling of the name, same position among
+    the fields; a longer one (a later version) is dropped and ours, version 00, added."""
+    out, _ = forwarded(head(b"/api/x", b"x-before: 1", f"TraceParent: {VALID}".encode(), b"x-after: 2"))
+    names = [x.split(b":")[0] for x in out[1:] if x]
+    assert names.index(b"TraceParent") == names.index(b"x-before") + 1 == names.index(b"x-after") - 1
+    (line,) = [x for x in out if x.lower().startswith(b"traceparent")]
+    assert line.startswith(f"TraceParent: 00-{TRACE}-".encode()) and not line.endswith(PARENT.encode() + b"-01")
+    later = f"cc-{TRACE}-{PARENT}-01-more"
+    out, _ = forwarded(head(b"/api/x", f"traceparent: {later}".encode(), b"x-after: 2"))
+    lines = [x for x in out if x.lower().startswith(b"traceparent")]
+    assert len(lines) == 1 and TRACEPARENT_RE.fullmatch(lines[0])[1].decode() == TRACE
+    assert out.index(lines[0]) > out.index(b"x-after: 2")
+
+
+def test_a_tracestate_too_long_loses_members_from_the_end() -> None:
+    members = [f"k{i}=" + "v" * 40 for i in range(12)]            # 12 members of 44 bytes: 539 > 512
+    out, _ = forwarded(head(b"/api/x", f"traceparent: {VALID}".encode(), f"tracestate: {','.join(members)}".encode()))
+    assert [x for x in out if x.lower().startswith(b"tracestate")] == [f"tracestate: {','.join(members[:11])}".encode()]
+
+
+def test_a_tracestate_without_a_valid_member_is_not_sent() -> None:
+    out, _ = forwarded(head(b"/api/x", f"traceparent: {VALID}".encode(), b"tracestate: A=1,b"))
     assert not any(x.lower().startswith(b"tracestate") for x in out)
+    out, _ = forwarded(head(b"/api/x", f"traceparent: {VALID}".encode(), b"tracestate: a=1", b"tracestate: b=2"))
+    assert b"tracestate: a=1" in out and b"tracestate: b=2" in out      # valid: passed as it came
+
+
+BIG = "big=" + "x" * 200
+FORTY = [f"m{i}=" + "v" * 40 for i in range(11)]                  # 44 bytes each: 11 of them and BIG exceed 512
+
+
+@pytest.mark.parametrize(("values", "sent"), [
+    ([b"a=1,b=2"], None),                                          # valid: untouched
+    ([b"a=1", b"b=2"], None),                                      # two fields combine; untouched
+    ([b"a=1,,  , b=2\t"], None),                                   # empty members and OWS are allowed
+    ([b"t61rcWkgMzE@vendor=x,3rd@a-b_c*d/e=y"], b"3rd@a-b_c*d/e=y"),   # uppercase in a tenant id: invalid
+    ([b"a=1,B=2,c=3"], b"a=1,c=3"),                                # an invalid key is dropped, the rest kept
+    ([b"a=1,b=x=y,c=,d"], b"a=1"),                                 # "=" in a value, empty value, no "="
+    ([b"a=1", b"a=2,b=3"], b"a=1,b=3"),                            # a repeated key: the first stands
+    ([b"t@" + b"s" * 15 + b"=1,t@" + b"s" * 14 + b"=2"], b"t@" + b"s" * 14 + b"=2"),   # system id up to 14
+    ([b"k=" + b"v" * 257, b"k2=" + b"v" * 256], b"k2=" + b"v" * 256),    # a value up to 256 characters
+    ([",".join(f"k{i}=1" for i in range(33)).encode()], ",".join(f"k{i}=1" for i in range(32)).encode()),
+    ([",".join([BIG, *FORTY]).encode()], ",".join(FORTY).encode()),     # too long: the big member goes first
+    ([",".join([*FORTY, "z=1"]).encode(), b"y=" + b"w" * 60], ",".join([*FORTY, "z=1"]).encode()),   # the end
+    ([b"A=1", b"#"], b""),                                         # no valid member: none is sent
+])
+def test_tracestate_follows_w3c_rules(values: list[bytes], sent: bytes | None) -> None:
+    assert tracing.trim_tracestate(values) == sent
 
 
 @pytest.mark.parametrize("value", [v for v in INVALID if v])

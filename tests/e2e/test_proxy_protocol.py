@@ -292,6 +292,60 @@ def test_clusters_send_the_header_haproxy_accepts(tmp_path, version):
     run(main())
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_header_passed_on_names_the_original_client_and_destination(tmp_path, version):
+    """HAProxy (send-proxy-v2) in front of fastmesh listeners with proxy_protocol, whose cluster sends the header to a
+    second HAProxy's accept-proxy: that one is told the original client (127.0.0.5 and its port) and the address the
+    client connected to (the first HAProxy's address and port), not fastmesh's own listener address; over an http
+    listener and a tcp one. A LOCAL header (HAProxy's health checks send one) leaves the connection's own ends."""
+    async def main():
+        http_port, tcp_port, front, back = free_port(), free_port(), free_port(), free_port()
+        tcp_front = free_port()
+        proxy = Proxy.from_toml(
+            f'[[listeners]]\nname = "web"\nlisten = "127.0.0.1:{http_port}"\nprotocol = "http"\ncluster = "hp"\n'
+            f'proxy_protocol = true\n'
+            f'[[listeners]]\nname = "raw"\nlisten = "127.0.0.1:{tcp_port}"\nprotocol = "tcp"\ncluster = "hp"\n'
+            f'proxy_protocol = true\n'
+            f'[clusters.hp]\nendpoints = ["127.0.0.1:{back}"]\nproxy_protocol = "{version}"\n')
+        await proxy.start()
+        try:
+            async with haproxy(tmp_path, f"frontend fe\n    mode http\n    bind 127.0.0.1:{back} accept-proxy\n"
+                               '    http-request return status 200 content-type text/plain '
+                               'lf-string "%[src] %[src_port] %[dst] %[dst_port]"\n', back), \
+                    haproxy(tmp_path, f"frontend fe\n    mode tcp\n    bind 127.0.0.7:{front}\n"
+                            f"    bind 127.0.0.1:{tcp_front}\n    use_backend raw if {{ dst_port {tcp_front} }}\n"
+                            "    default_backend web\n"
+                            f"backend web\n    mode tcp\n    server fm 127.0.0.1:{http_port} send-proxy-v2\n"
+                            f"backend raw\n    mode tcp\n    server fm 127.0.0.1:{tcp_port} send-proxy-v2\n",
+                            tcp_front):
+                reader, writer = await asyncio.open_connection("127.0.0.7", front, local_addr=("127.0.0.5", 0))
+                sport = writer.get_extra_info("sockname")[1]
+                seen = []
+                for _ in range(2):
+                    writer.write(b"GET / HTTP/1.1\r\nHost: pp.test\r\n\r\n")
+                    seen.append((await asyncio.wait_for(read_response(reader), 20)).body.decode())
+                writer.close()
+                assert seen == [f"127.0.0.5 {sport} 127.0.0.7 {front}"] * 2
+                reader, writer = await asyncio.open_connection("127.0.0.1", tcp_front, local_addr=("127.0.0.6", 0))
+                sport = writer.get_extra_info("sockname")[1]
+                writer.write(b"GET / HTTP/1.1\r\nHost: pp.test\r\n\r\n")
+                raw = (await asyncio.wait_for(read_response(reader), 20)).body.decode()
+                writer.close()
+                assert raw == f"127.0.0.6 {sport} 127.0.0.1 {tcp_front}"
+                # A client straight to the listener with a LOCAL header: the connection's own ends stand (and the
+                # fd it reuses keeps no destination from an earlier connection).
+                reader, writer = await asyncio.open_connection("127.0.0.1", http_port, local_addr=("127.0.0.6", 0))
+                sport = writer.get_extra_info("sockname")[1]
+                writer.write(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00GET / HTTP/1.1\r\nHost: pp.test\r\n\r\n")
+                local = (await asyncio.wait_for(read_response(reader), 20)).body.decode()
+                writer.close()
+                assert local == f"127.0.0.6 {sport} 127.0.0.1 {http_port}"
+        finally:
+            await proxy.stop()
+
+    run(main())
+
+
 def test_alternating_clients_each_keep_their_own_pooled_connection(tmp_path):
     """A PROXY cluster's idle connections each wait for their own client: two keep-alive clients taking turns (never
     more than one request in flight) keep one upstream connection each, although the pool's recent peak use is one."""

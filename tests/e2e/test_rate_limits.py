@@ -92,7 +92,7 @@ def test_exactly_the_burst_passes_then_429_with_retry_after() -> None:
             # A route without a limit is not limited at all.
             assert [s for s, _, _ in await get(port, "/other", n=30)] == [200] * 30
             stats = proxy.stats()["rate_limits"]
-            assert stats == [{"listener": "web", "route": 0, "limit": "10/s burst 10 by client_ip",
+            assert stats == [{"listener": "web", "route": 0, "name": None, "limit": "10/s burst 10 by client_ip",
                               "passed": 10 + statuses[10:].count(200), "limited": len(refused), "evicted": 0}]
 
     asyncio.run(main())
@@ -320,7 +320,11 @@ def test_grpc_calls_get_resource_exhausted() -> None:
             with pytest.raises(grpc_mod.RpcError) as refused:
                 await asyncio.to_thread(client.unary, b"c", 10.0)
             assert refused.value.code() == grpc_mod.StatusCode.RESOURCE_EXHAUSTED
-            assert dict(refused.value.trailing_metadata())["fastmesh-error"] == "rate limited"
+            trailers = dict(refused.value.trailing_metadata())
+            assert trailers["fastmesh-error"] == "rate limited"
+            # The wait until a token, as gRPC's retry pushback and as Retry-After (1/h: about an hour).
+            assert 3_500_000 < int(trailers["grpc-retry-pushback-ms"]) <= 3_600_000
+            assert 3500 < int(trailers["retry-after"]) <= 3600
             assert backend.calls["Unary"] == 2
 
     try:
@@ -328,6 +332,92 @@ def test_grpc_calls_get_resource_exhausted() -> None:
     finally:
         client.close()
         backend.stop()
+
+
+def test_grpc_clients_retrying_resource_exhausted_wait_for_the_pushback() -> None:
+    """A grpcio client whose retry policy lists RESOURCE_EXHAUSTED, refused by a 2/s limit with a burst of 1: it waits
+    the grpc-retry-pushback-ms it was given (about 500 ms) rather than its own 10 ms backoff, and its retry gets
+    the next token. With the backoff alone its retry would come too soon and be refused again."""
+    pytest.importorskip("grpc")
+    from fastmesh._testbase.grpc_backends import GrpcBackend, GrpcClient
+    backend = GrpcBackend("g0").start()
+    port = free_port()
+    policy = {"methodConfig": [{"name": [{"service": "fastmesh.test.Echo"}], "retryPolicy": {
+        "maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.01s", "backoffMultiplier": 1,
+        "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]}
+    client = GrpcClient(f"127.0.0.1:{port}", options=[("grpc.service_config", json.dumps(policy)),
+                                                      ("grpc.enable_retries", 1)])
+    text = (f'drain_timeout = "500ms"\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1:{port}"\n'
+            f'protocol = "http"\ncluster = "grpc"\n'
+            f'[[listeners.routes]]\npath_prefix = "/fastmesh.test.Echo/"\ncluster = "grpc"\n'
+            f'rate_limit = {{ rate = "2/s", burst = 1 }}\n'
+            f'[clusters.grpc]\nendpoints = ["{backend.address}"]\nprotocol = "h2"\n')
+
+    async def main() -> None:
+        async with Proxy.from_toml(text) as proxy:
+            assert (await asyncio.to_thread(client.unary, b"a", 10.0))[0] == b"a"
+            began = time.monotonic()
+            assert (await asyncio.to_thread(client.unary, b"b", 10.0))[0] == b"b"
+            took = time.monotonic() - began
+            assert 0.3 < took < 5, took
+            (stats,) = proxy.stats()["rate_limits"]
+            assert stats["limited"] == 1 and stats["passed"] == 2
+            assert backend.calls["Unary"] == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.close()
+        backend.stop()
+
+
+def test_buckets_follow_a_route_s_name_or_match_not_its_place() -> None:
+    """Buckets are kept by the listener's name and the route's name (or, unnamed, its match) with its limit: a reload
+    that moves limited routes, or puts new routes before them, keeps their buckets; a named route keeps them
+    when its match changes; an unnamed route whose match changes, or a route whose limit changes, starts afresh."""
+    limit = 'rate = "1/h", burst = 2'
+    api = route(limit, "/api/")
+    named = route(limit, "/v1/", 'name = "orders"\n')
+    other = '[[listeners.routes]]\npath = "/x"\ncluster = "web"\n'
+
+    async def main() -> None:
+        backend = await HttpBackend().start()
+        port = free_port()
+        try:
+            async with Proxy.from_toml(config_text(port, backend, api + named)) as proxy:
+                assert [s for s, _, _ in await get(port, "/api/", n=3)] == [200, 200, 429]
+                assert [s for s, _, _ in await get(port, "/v1/", n=2)] == [200, 200]
+                # Both moved behind a new route, and their order swapped: the same buckets.
+                await proxy.reload(loads_config(config_text(port, backend, other + named + api)))
+                assert [s for s, _, _ in await get(port, "/api/", n=1)] == [429]
+                assert [s for s, _, _ in await get(port, "/v1/", n=1)] == [429]
+                by_name = {s["name"]: s for s in proxy.stats()["rate_limits"]}
+                assert by_name["orders"]["route"] == 1 and by_name[None]["route"] == 2
+                assert by_name[None]["limited"] == 2 and by_name["orders"]["passed"] == 2
+                # The named route now matches /v2/: still its buckets. The unnamed one matches /api/v2/: new ones.
+                moved = route(limit, "/v2/", 'name = "orders"\n') + route(limit, "/api/v2/")
+                await proxy.reload(loads_config(config_text(port, backend, other + moved)))
+                assert [s for s, _, _ in await get(port, "/v2/", n=1)] == [429]
+                assert [s for s, _, _ in await get(port, "/api/v2/", n=3)] == [200, 200, 429]
+                # A new limit on the named route: fresh buckets.
+                moved = route('rate = "1/h", burst = 1', "/v2/", 'name = "orders"\n') + route(limit, "/api/v2/")
+                await proxy.reload(loads_config(config_text(port, backend, moved)))
+                assert [s for s, _, _ in await get(port, "/v2/", n=2)] == [200, 429]
+                assert [s for s, _, _ in await get(port, "/api/v2/", n=1)] == [429]
+                await no_connection_left(proxy)
+        finally:
+            await backend.stop()
+
+    asyncio.run(main())
+
+
+def test_route_names_are_unique_in_a_listener() -> None:
+    text = config_text(8080, HttpBackend(), route('rate = "1/h"', "/a/", 'name = "x"\n')
+                       + route('rate = "1/h"', "/b/", 'name = "x"\n'))
+    with pytest.raises(Exception) as bad:
+        loads_config(text)
+    assert 'listeners[0].routes[1].name: expected a name no other route of the listener has (routes[0] is' \
+        in str(bad.value)
 
 
 def test_an_embedded_proxy_reload_keeps_or_resets_its_own_buckets() -> None:

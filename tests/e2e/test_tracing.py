@@ -77,6 +77,18 @@ def forwarded_parent(answer: httpx.Response) -> tuple[str, str, str]:
     return m[1], m[2], m[3]
 
 
+def tries_of(spans: list[Any]) -> dict[str, tuple[Any, Any]]:
+    """{a try's span id (the parent id it sent upstream): (its span, its request's span)}: each proxied request
+    exports its own span (SERVER) and one span per upstream try (CLIENT), a child of the request's."""
+    servers = {s.context.span_id: s for s in spans if s.kind == SpanKind.SERVER}
+    out = {}
+    for s in spans:
+        if s.kind == SpanKind.CLIENT:
+            assert s.parent is not None and not s.parent.is_remote and s.parent.span_id in servers
+            out[f"{s.context.span_id:016x}"] = (s, servers[s.parent.span_id])
+    return out
+
+
 async def spans_of(exporter: InMemorySpanExporter, count: int) -> list[Any]:
     """The exported spans once there are `count` (fails after WAIT seconds)."""
     deadline = time.monotonic() + WAIT
@@ -104,18 +116,26 @@ def test_a_caller_s_trace_is_continued_and_our_span_exported(tmp_path: Path) -> 
             assert headers_of(first)["tracestate"] == ["vendor=x,other=y"]
             assert "traceparent" not in headers_of(second)
             assert forwarded_parent(unsampled)[0] == TRACE and forwarded_parent(unsampled)[2] == "00"
-            (span,) = await spans_of(exporter, 1)
+            spans = await spans_of(exporter, 2)
             await asyncio.sleep(0.2)
-            assert len(exporter.get_finished_spans()) == 1      # the unsampled and the untraced request: no span
-            assert f"{span.context.trace_id:032x}" == TRACE and f"{span.context.span_id:016x}" == ours
+            assert len(exporter.get_finished_spans()) == 2      # the unsampled and the untraced request: no span
+            ((attempt, span),) = [tries_of(spans)[ours]]
+            assert len(tries_of(spans)) == 1
+            assert f"{span.context.trace_id:032x}" == TRACE == f"{attempt.context.trace_id:032x}"
             assert span.parent is not None and f"{span.parent.span_id:016x}" == PARENT and span.parent.is_remote
             assert span.name == "GET web" and span.kind == SpanKind.SERVER
             assert dict(span.attributes) == {"http.request.method": "GET", "http.response.status_code": 200,
                                              "fastmesh.route": 0, "fastmesh.cluster": "web",
                                              "fastmesh.upstream": backend.address, "fastmesh.retries": 0}
+            assert attempt.name == "GET web try 1" and attempt.kind == SpanKind.CLIENT
+            assert dict(attempt.attributes) == {"http.request.method": "GET", "http.response.status_code": 200,
+                                                "fastmesh.route": 0, "fastmesh.cluster": "web",
+                                                "fastmesh.upstream": backend.address, "fastmesh.try": 1}
+            times = [span.start_time, attempt.start_time, attempt.end_time, span.end_time]
+            assert all(a <= b + 1000 for a, b in zip(times, times[1:])), times    # float rounding of ns
             assert span.resource.attributes["service.name"] == "fastmesh"
             assert 0 < span.end_time - span.start_time < 5e9 and abs(span.end_time - time.time_ns()) < 30e9
-            assert proxy.stats()["tracing"]["exported"] == 1
+            assert proxy.stats()["tracing"]["exported"] == 2
         lines = [json.loads(line) for line in log.read_text().splitlines()]
         assert [line["trace_id"] for line in lines] == [TRACE, "", TRACE]
     asyncio.run(main())
@@ -139,9 +159,9 @@ def test_an_invalid_traceparent_passes_untouched_or_is_replaced_on_an_edge_liste
             started, ours, flags = forwarded_parent(edge)
             assert started != TRACE.lower() and flags == "01" and "tracestate" not in headers_of(edge)
             assert forwarded_parent(zero)[0] not in (started, "0" * 32)
-            spans = await spans_of(exporter, 2)
-            assert {f"{s.context.span_id:016x}" for s in spans} >= {ours}
-            assert all(s.parent is None for s in spans)           # new traces: roots
+            spans = await spans_of(exporter, 4)
+            assert ours in tries_of(spans)
+            assert all(s.parent is None for s in spans if s.kind == SpanKind.SERVER)     # new traces: roots
     asyncio.run(main())
 
 
@@ -157,11 +177,13 @@ def test_edge_listeners_start_traces_at_their_sampling_rate() -> None:
                 unsampled = [forwarded_parent(await client.get(url(proxy, "none") + "/echo")) for _ in range(5)]
             assert {flags for _, _, flags in sampled} == {"01"} and {flags for _, _, flags in unsampled} == {"00"}
             assert len({trace_id for trace_id, _, _ in sampled + unsampled}) == 10      # each its own trace
-            spans = await spans_of(exporter, 5)
+            spans = await spans_of(exporter, 10)
             await asyncio.sleep(0.2)
-            assert {(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}")
-                    for s in exporter.get_finished_spans()} == {(t, s) for t, s, _ in sampled}
-            assert all(s.parent is None for s in spans)
+            tried = {(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}")
+                     for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT}
+            assert tried == {(t, s) for t, s, _ in sampled}
+            assert len(tries_of(spans)) == 5 and len(exporter.get_finished_spans()) == 10
+            assert all(s.parent is None for s in spans if s.kind == SpanKind.SERVER)
     asyncio.run(main())
 
 
@@ -187,13 +209,87 @@ def test_http2_clients_and_grpc_calls_carry_the_trace_on() -> None:
                         seen = await asyncio.to_thread(rpc.who, WAIT, [("traceparent", CALLER)])
                     m = TRACEPARENT_RE.fullmatch(seen["metadata"]["traceparent"])
                     assert m and m[1] == TRACE and m[2] not in (PARENT, via_h2)
-                    spans = {f"{s.context.span_id:016x}": s for s in await spans_of(exporter, 2)}
+                    spans = tries_of(await spans_of(exporter, 4))
                     assert set(spans) == {via_h2, m[2]}
-                    rpc_span = spans[m[2]]
+                    rpc_span = spans[m[2]][1]
                     assert rpc_span.name == "POST grpc" and f"{rpc_span.parent.span_id:016x}" == PARENT
                     assert rpc_span.attributes["http.response.status_code"] == 200
         finally:
             grpc_backend.stop()
+    asyncio.run(main())
+
+
+class FlakyBackend:
+    """An HTTP/1.1 server on 127.0.0.1 that answers 503 to its first request and 200 to the next, closing each
+    connection after its answer, and keeps the traceparent each request carried."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FlakyBackend:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)).decode("latin-1")
+            fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+            self.seen.append({k.lower(): v for k, v in fields.items()}.get("traceparent", ""))
+            status = "503 Service Unavailable" if len(self.seen) == 1 else "200 OK"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode())
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_each_try_gets_a_span_of_its_own_and_sends_its_id(http2: bool) -> None:
+    """A request retried after a 503: each try sends its own span id upstream as the parent id (same trace), and is
+    exported as a CLIENT span with that id, child of the request's SERVER span (itself the caller's child). Over
+    HTTP/1 the first try's head is kept and the second's span id written into it; over HTTP/2 each try is
+    rendered anew."""
+    async def main() -> None:
+        exporter = InMemorySpanExporter()
+        async with FlakyBackend() as backend:
+            text = config(backend.address, listeners={"web": ""}, export=FAST_EXPORT)
+            text = text.replace('protocol = "http1"\n', 'protocol = "http1"\n'
+                                'retries = { attempts = 2, on = ["5xx"], backoff = "1ms", max_backoff = "1ms" }\n')
+            async with Proxy.from_toml(text, span_exporter=exporter) as proxy:
+                async with httpx.AsyncClient(base_url=url(proxy, "web"), http1=not http2, http2=http2,
+                                             timeout=WAIT, trust_env=False) as client:
+                    answer = await client.get("/", headers={"traceparent": CALLER})
+                assert answer.status_code == 200 and answer.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+                parents = [TRACEPARENT_RE.fullmatch(v) for v in backend.seen]
+                assert len(parents) == 2 and all(m and m[1] == TRACE and m[3] == "01" for m in parents)
+                first, second = (m[2] for m in parents if m)
+                assert len({first, second, PARENT}) == 3
+                spans = await spans_of(exporter, 3)
+                await asyncio.sleep(0.2)
+                assert len(exporter.get_finished_spans()) == 3
+                tries = tries_of(spans)
+                assert set(tries) == {first, second}
+                (one, request), (two, same) = tries[first], tries[second]
+                assert request is same and f"{request.parent.span_id:016x}" == PARENT
+                assert one.attributes["fastmesh.try"] == 1 and one.attributes["http.response.status_code"] == 503
+                assert two.attributes["fastmesh.try"] == 2 and two.attributes["http.request.resend_count"] == 1
+                assert two.attributes["http.response.status_code"] == 200 and two.name == "GET web try 2"
+                assert request.attributes["fastmesh.retries"] == 1
+                # In order, within the float rounding of seconds to nanoseconds.
+                times = [request.start_time, one.start_time, one.end_time, two.start_time, two.end_time,
+                         request.end_time]
+                assert all(a <= b + 1000 for a, b in zip(times, times[1:])), times
+
     asyncio.run(main())
 
 
@@ -262,20 +358,23 @@ def test_spans_reach_an_otlp_http_collector_with_their_parent_links() -> None:
                     root = forwarded_parent(await client.get("/echo/none"))
                 deadline = time.monotonic() + WAIT
                 # The collector holds the spans before the exporter's thread has read its answer and counted them.
-                while len(receiver.spans()) < 2 or proxy.stats()["tracing"]["exported"] < 2:
+                while len(receiver.spans()) < 4 or proxy.stats()["tracing"]["exported"] < 4:
                     assert time.monotonic() < deadline, (receiver.spans(), proxy.stats()["tracing"])
                     await asyncio.sleep(0.05)
-                assert proxy.stats()["tracing"]["exported"] == 2
+                assert proxy.stats()["tracing"]["exported"] == 4
             got = {span.span_id.hex(): (service, span) for service, span in receiver.spans()}
-            assert set(got) == {child[1], root[1]} and {s for s, _ in got.values()} == {"edge-proxy"}
+            assert len(got) == 4 and {child[1], root[1]} <= set(got) and {s for s, _ in got.values()} == {"edge-proxy"}
             assert all(t.startswith("application/x-protobuf") for t in receiver.content_types)
-            service, span = got[child[1]]
+            service, attempt = got[child[1]]
+            assert attempt.kind == attempt.SPAN_KIND_CLIENT and attempt.name == "GET web try 1"
+            service, span = got[attempt.parent_span_id.hex()]
             assert span.trace_id.hex() == TRACE and span.parent_span_id.hex() == PARENT
             assert span.name == "GET web" and span.kind == span.SPAN_KIND_SERVER
             attrs = {a.key: a.value for a in span.attributes}
             assert attrs["http.response.status_code"].int_value == 200
             assert attrs["fastmesh.upstream"].string_value == backend.address
-            _, span = got[root[1]]
+            _, attempt = got[root[1]]
+            _, span = got[attempt.parent_span_id.hex()]
             assert span.trace_id.hex() == root[0] and span.parent_span_id == b""
             assert span.end_time_unix_nano > span.start_time_unix_nano
     asyncio.run(main())
@@ -322,7 +421,8 @@ def test_a_reload_switches_tracing_on_for_open_connections() -> None:
                     await proxy.reload(Proxy.from_toml(edge + f"[tracing]\nexport = {FAST_EXPORT}\n").config)
                     answer = await client.get("/echo")          # the same keep-alive connection
                     trace_id, ours, _ = forwarded_parent(answer)
-                    (span,) = await spans_of(exporter, 1)
-                    assert f"{span.context.span_id:016x}" == ours and span.parent is None
+                    ((_, span),) = tries_of(await spans_of(exporter, 2)).values()
+                    assert f"{span.context.trace_id:032x}" == trace_id and span.parent is None
+                    assert set(tries_of(exporter.get_finished_spans())) == {ours}
                     assert proxy.stats()["http"]["web"]["accepted"] == 1
     asyncio.run(main())

@@ -463,6 +463,7 @@ cdef class Downstream(UpstreamUser):
         if not isinstance(self.ex.connector, HttpPool):
             return self.forward_bridged(head_len)    # a cluster spoken to over HTTP/2 (upstream/h2pool.pyx)
         self.pool = <HttpPool>self.ex.connector
+        self.ex.trace_in_place(self.rbuf.data + self.rbuf.start)     # our traceparent where the caller's stood
         self.tmo_off = render_request(&self.reqhead, self.rbuf.data + self.rbuf.start, &SCRATCH, &VIEW, self.ex.router,
                                       self.ex.route, &self.ex.request_edits, self.req_upgrade,
                                       listener_address(self.fd, &SCRATCH))
@@ -613,6 +614,7 @@ cdef class Downstream(UpstreamUser):
     cdef void retry(self) noexcept:
         """The exchange decided to send the request again: rewind the body, wait its backoff."""
         self.drop_upstream(False)
+        self.ex.retrace(self.reqhead.data, self.reqhead.len)    # the next try's span id in the kept head
         self.resp_started = False
         self.reqhead_sent = 0
         self.rbuf.start = self.body_mark

@@ -614,11 +614,13 @@ def forwarded_head(Exchange ex not None, bytes raw_head not None, bint upgrading
     cdef RequestView v
     cdef OutBuf o
     cdef Py_ssize_t at
+    cdef bytearray buf = bytearray(raw_head)      # the codec's receive buffer: trace_in_place may write into it
     view_parse(raw_head, &h, &v)
     o.data = NULL
     o.off = o.len = o.cap = 0
     try:
-        at = render_request(&o, raw_head, &h, &v, ex.router, ex.route, &ex.request_edits, upgrading,
+        ex.trace_in_place(buf)
+        at = render_request(&o, buf, &h, &v, ex.router, ex.route, &ex.request_edits, upgrading,
                             span_of(b"127.0.0.1:80", 12))
         if budget_ms >= 0:
             stamp_budget(&o, at, budget_ms)

@@ -637,7 +637,7 @@ cdef class H2Request(LegOwner):
                     c.sess.reset(self.s, error_info(err).rst_code)
                 else:
                     status = render_error(c.sess, self.s, err, self.ex.retry_after, self.req.grpc,
-                                          self.ex.retried_mark(status, False), self.head_only)
+                                          self.ex.retried_mark(status, False), self.head_only, self.ex.retry_ms)
                     self.status = status
                     if self.req.grpc and self.ex.cluster >= 0:
                         count_grpc(self.ex.connector.cluster.counters, error_info(err).grpc_status)

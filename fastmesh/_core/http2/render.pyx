@@ -59,7 +59,8 @@ cdef int render_head(Session sess, Stream s, int status, const char *base, const
     return sess.headers_end(s, end)
 
 
-cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int retried, bint head_only) except -1:
+cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int retried, bint head_only,
+                      int retry_ms) except -1:
     cdef const ErrorInfo *e = error_info(err)
     cdef int status = e.status
     cdef char digits[24]
@@ -78,6 +79,13 @@ cdef int render_error(Session sess, Stream s, int err, int code, bint grpc, int 
         sess.headers_field(b"grpc-status", 11, digits, n, False)
         sess.headers_field(b"grpc-message", 12, e.cause, clen, False)
         sess.headers_field(b"fastmesh-error", 14, e.cause, clen, False)
+        if err == PE_RATE_LIMITED:
+            # When to call again, both ways a gRPC client may read it: grpc-retry-pushback-ms (gRPC's retry design,
+            # A6: a client retrying RESOURCE_EXHAUSTED waits this long instead of its backoff) and Retry-After.
+            n = snprintf(digits, sizeof(digits), "%d", retry_ms)
+            sess.headers_field(b"grpc-retry-pushback-ms", 22, digits, n, False)
+            n = snprintf(digits, sizeof(digits), "%d", code)
+            sess.headers_field(b"retry-after", 11, digits, n, False)
         if retried >= 0:
             n = snprintf(digits, sizeof(digits), "%d", retried)
             sess.headers_field(b"fastmesh-retried", 16, digits, n, False)

@@ -45,5 +45,11 @@ cdef int pp_parse(const unsigned char *p, Py_ssize_t n, int accept, ProxyHeader 
 cdef int pp_encode(int version, const void *src, const void *dst, char *out) noexcept nogil
 
 # The ends of client socket fd into *out: src copied from `peer` (its accept address, or the PROXY header's),
-# dst asked of the socket (getsockname).
+# dst the PROXY header's destination when the connection came with one (pp_dst_keep), else asked of the socket
+# (getsockname).
 cdef void pp_addrs(int fd, const void *peer, ProxyAddrs *out) noexcept nogil
+# The destination (a sockaddr_in6, or a sockaddr_in in its bytes) the PROXY header of the connection on fd named,
+# kept for pp_addrs while fd is that connection. NULL: the header named none (LOCAL, UNKNOWN): forget any.
+cdef void pp_dst_keep(int fd, const sockaddr_in6 *dst) noexcept nogil
+# fd is a new connection (every accept calls it): a destination kept for an earlier connection on fd is forgotten.
+cdef void pp_dst_forget(int fd) noexcept nogil

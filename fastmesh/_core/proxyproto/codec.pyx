@@ -13,6 +13,7 @@ pp_encode() writes what HAProxy's send-proxy / send-proxy-v2 write: v1 "TCP4"/"T
 IPv6 one is written IPv4-mapped), "UNKNOWN" without usable addresses; v2 PROXY over TCP, or LOCAL without
 addresses, and no TLVs.
 """
+from libc.stdlib cimport realloc
 from libc.string cimport memcmp, memcpy, memset
 
 import time
@@ -350,13 +351,51 @@ cdef int pp_encode(int version, const void *src, const void *dst, char *out) noe
     return 52
 
 
+# Destinations named by PROXY headers, by client fd (family 0: none). A side table rather than one more argument
+# through every protocol's accept: only connections that came through a gate with a header fill it, it grows to the
+# highest such fd (28 bytes a slot), and each accept clears its fd's slot, so a reused fd never inherits one.
+cdef sockaddr_in6 *DST = NULL
+cdef int DST_N = 0
+
+
+cdef void pp_dst_keep(int fd, const sockaddr_in6 *dst) noexcept nogil:
+    global DST, DST_N
+    cdef int n
+    cdef sockaddr_in6 *grown
+    if fd < 0:
+        return
+    if dst == NULL or dst.sin6_family == 0:
+        pp_dst_forget(fd)
+        return
+    if fd >= DST_N:
+        n = DST_N * 2 if DST_N else 256
+        while n <= fd:
+            n *= 2
+        grown = <sockaddr_in6 *>realloc(DST, n * sizeof(sockaddr_in6))
+        if grown == NULL:
+            return                           # no memory: the socket's own address stands in
+        memset(grown + DST_N, 0, (n - DST_N) * sizeof(sockaddr_in6))
+        DST = grown
+        DST_N = n
+    memcpy(&DST[fd], dst, sizeof(sockaddr_in6))
+
+
+cdef void pp_dst_forget(int fd) noexcept nogil:
+    if 0 <= fd < DST_N:
+        DST[fd].sin6_family = 0
+
+
 cdef void pp_addrs(int fd, const void *peer, ProxyAddrs *out) noexcept nogil:
     cdef sockaddr_storage local
     cdef socklen_t n = sizeof(local)
     memset(out, 0, sizeof(ProxyAddrs))
     if peer != NULL:
         memcpy(&out.src, peer, sizeof(sockaddr_in6))
-    if getsockname(fd, <sockaddr *>&local, &n) == 0:
+    if 0 <= fd < DST_N and DST[fd].sin6_family != 0:
+        # The connection came through a PROXY header: the address its client connected to is the header's
+        # destination (the proxy in front's listener), not ours.
+        memcpy(&out.dst, &DST[fd], sizeof(sockaddr_in6))
+    elif getsockname(fd, <sockaddr *>&local, &n) == 0:
         memcpy(&out.dst, &local, sizeof(sockaddr_in6))
 
 

@@ -10,8 +10,9 @@ gate and in the listener's stats slots, which /metrics sums over the workers) an
 logged at most once a second (with how many were not logged).
 
 The address the header carries is what the protocol gets as the connection's peer: the client address of
-X-Forwarded-For, the access log, source_ip hashing and filters. LOCAL (v2) and UNKNOWN (v1) headers keep the
-socket's own peer, as the spec says.
+X-Forwarded-For, the access log, source_ip hashing and filters; its destination is kept by fd (codec.pyx's
+pp_dst_keep) for the PROXY header a cluster is sent, so that one names the address the client connected to. LOCAL
+(v2) and UNKNOWN (v1) headers keep the socket's own addresses, as the spec says.
 """
 from libc.stdint cimport uint32_t
 from libc.string cimport memcpy, memset
@@ -23,7 +24,8 @@ from fastmesh._core.includes.system cimport (
 )
 from fastmesh._core.reactor cimport EventTarget, Sweeper, Reactor, Acceptor, ConnectionLimit
 from fastmesh._core.proxyproto.codec cimport (
-    ProxyHeader, pp_parse, PP_MORE, PP_BAD, PP_V1, PP_V2, PP_V2_MAX, PR_NONE, PR_TIMEOUT, PR_CLOSED, PR_COUNT,
+    ProxyHeader, pp_parse, pp_dst_keep, PP_MORE, PP_BAD, PP_V1, PP_V2, PP_V2_MAX, PR_NONE, PR_TIMEOUT, PR_CLOSED,
+    PR_COUNT,
 )
 from fastmesh._core.stats cimport L_PP_PASSED, L_PP_REFUSED, bump
 from fastmesh._core.proxyproto.codec import REFUSALS
@@ -124,9 +126,11 @@ cdef class ProxyGate(Sweeper):
             epoll_ctl(self.reactor.epfd, EPOLL_CTL_DEL, fd, &ev)
         if h.local:
             memcpy(&client, peer, sizeof(sockaddr_storage))
+            pp_dst_keep(fd, NULL)
         else:
             memset(&client, 0, sizeof(sockaddr_storage))
             memcpy(&client, &h.src, sizeof(sockaddr_in6))
+            pp_dst_keep(fd, &h.dst)             # a PROXY header sent upstream names it as the destination
         self.passed += 1
         bump(self.protocol.counters + L_PP_PASSED, 1)
         self.protocol.accept_fd(fd, &client)
