@@ -630,6 +630,23 @@ class Snapshot:
             "workers": per_worker,
         }
 
+    def traffic(self, cluster: str) -> tuple[int, int]:
+        """(work done, connections open now) of one cluster, summed over its endpoints and listeners: responses of
+        every status class, upstream connections opened, and those open (what tells a made cluster that still
+        carries requests from an idle one, discovery/templates.py). (0, 0) for a cluster the layout lacks."""
+        cs = self.layout.clusters.get(cluster)
+        if cs is None:
+            return 0, 0
+        totals = self.totals
+        done = 0
+        for r in self.layout.requests:
+            if r.cluster == cluster:
+                done += sum(totals[r.offset:r.offset + len(STATUS_CLASSES)])
+        opened = cs.endpoint_field("opened")
+        done += sum(totals[opened:opened + cs.count])
+        active = cs.endpoint_field("active")
+        return done & MASK, sum(_signed(v) for v in totals[active:active + cs.count])
+
     def requests(self) -> Iterable[tuple[str, str, str, int]]:
         """(listener, cluster, status class, responses) for every HTTP pair and class."""
         for req in self.layout.requests:

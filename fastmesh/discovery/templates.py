@@ -6,8 +6,9 @@ template's source lists it (etcd: a key under the part of the prefix before `{na
 `/services/users-v2/a` makes `users-v2`), NAME matches the template's pattern and no [clusters] table defines it.
 The supervisor runs a made cluster's discovery like any other and hands the cluster to the workers with the config
 (a made or removed cluster is a change of the config's shape, not only of endpoints). At most `max_clusters` per
-template; a made cluster that nothing names and whose name the source no longer lists is removed once that has
-lasted `idle_timeout`.
+template; a made cluster that nothing names, whose name the source no longer lists and that carries no traffic (no
+response, no upstream connection opened, none open: the supervisor's counters, dataplane/stats.py) is removed once
+all that has lasted `idle_timeout`: a cluster a per-request override still steers requests to stays.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import dataclasses
 import fnmatch
 import logging
 import re
+from collections.abc import Collection
 from typing import Any
 
 from fastmesh.config.load import TEMPLATE_FIELD
@@ -79,9 +81,10 @@ class Made:
         self.removed: collections.Counter[str] = collections.Counter()   # pattern -> clusters removed when idle
         self._refused_names: set[str] = set()
 
-    def update(self, cfg: Config, named: list[str], now: float) -> bool:
+    def update(self, cfg: Config, named: list[str], now: float, busy: Collection[str] = ()) -> bool:
         """Make clusters for the names `named` (reached by the table) and found, drop those idle past their
-        template's idle_timeout and those whose template is gone or changed; True when the set changed."""
+        template's idle_timeout and those whose template is gone or changed; True when the set changed. `busy`:
+        made clusters that carried traffic since the last look (their idle time starts again)."""
         templates = cfg.cluster_templates
         defined = {n for n, c in cfg.clusters.items() if c.template is None}    # a [clusters] table wins
         wanted: dict[str, str] = {}                         # name -> its pattern, named ones first
@@ -98,9 +101,11 @@ class Made:
                 changed = True
             elif name in wanted:
                 self.unwanted_since.pop(name, None)
+            elif name in busy:
+                self.unwanted_since[name] = now     # unnamed but still carrying traffic: idle from now at the soonest
             elif now - self.unwanted_since.setdefault(name, now) >= t.idle_timeout:
-                log.info("cluster %s (template %s): removed: nothing named it and its source did not list it for "
-                         "%.0f s", name, t.pattern, now - self.unwanted_since.pop(name))
+                log.info("cluster %s (template %s): removed: nothing named it, its source did not list it and it "
+                         "carried no traffic for %.0f s", name, t.pattern, now - self.unwanted_since.pop(name))
                 del self.clusters[name]
                 self.removed[t.pattern] += 1
                 changed = True
