@@ -22,7 +22,7 @@ from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint, NamingS
 from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Slots, holes_of, live, next_slots
 from fastmesh.discovery.base import Publish, Source
-from fastmesh.discovery.templates import EtcdNames, Made
+from fastmesh.discovery.templates import EtcdNames, Made, named_clusters
 
 log = logging.getLogger("fastmesh.discovery")
 
@@ -117,17 +117,7 @@ class DiscoveryManager:
 
     def _named(self) -> list[str]:
         """The names of clusters templates make that the table reaches from the services routes name."""
-        cfg = self.cfg
-        if cfg is None or not cfg.cluster_templates:
-            return []
-        from fastmesh.config import naming as lang
-        rules = lang.parse_table(self.table if self.table is not None else cfg.naming.rules, "table")
-        clusters = [n for n, c in cfg.clusters.items() if c.template is None]
-        out: list[str] = []
-        for service in services_of(cfg):
-            tree = lang.resolve(rules, lang.service_name(service), clusters, cfg.cluster_templates)
-            out.extend(n for n in lang.wanted(tree) if n not in out)
-        return out
+        return [] if self.cfg is None else named_clusters(self.cfg, self.table)
 
     def _remake(self) -> None:
         """The table or a template's names changed, or time passed: make and remove clusters; a change goes to the

@@ -21,8 +21,10 @@ from collections.abc import Collection
 from typing import Any
 
 from fastmesh.config.load import TEMPLATE_FIELD
+from fastmesh.config import naming as lang
 from fastmesh.config.naming import template_for
 from fastmesh.config.schema import Cluster, ClusterTemplate, Config
+from fastmesh.dataplane.naming import services_of
 from fastmesh.discovery.base import Publish
 from fastmesh.discovery.etcd import EtcdSource
 
@@ -69,6 +71,25 @@ class EtcdNames(EtcdSource):
     def publish_keys(self) -> None:
         self.publish(sorted({str(name) for name in self.keys.values()}))
 
+    async def resolve(self) -> list[Any]:
+        """The names listed now, asked once (`fastmesh check --resolve`)."""
+        return sorted({name for key, value in await self.read_once()
+                       if (name := self._value(key, value)) is not None})
+
+
+def named_clusters(cfg: Config, table: list[str] | None) -> list[str]:
+    """The names of clusters templates make that the naming table (`table`, a watched one's last good rules; None:
+    the config's) reaches from the services routes and listeners name, in the order the table prefers them."""
+    if not cfg.cluster_templates:
+        return []
+    rules = lang.parse_table(table if table is not None else cfg.naming.rules, "table")
+    clusters = [n for n, c in cfg.clusters.items() if c.template is None]
+    out: list[str] = []
+    for service in services_of(cfg):
+        tree = lang.resolve(rules, lang.service_name(service), clusters, cfg.cluster_templates)
+        out.extend(n for n in lang.wanted(tree) if n not in out)
+    return out
+
 
 class Made:
     """The clusters made from templates now, and why (for /clusters and /metrics)."""
@@ -79,7 +100,7 @@ class Made:
         self.unwanted_since: dict[str, float] = {}          # made name -> since when nothing wants it
         self.refused: collections.Counter[str] = collections.Counter()   # pattern -> names refused (max_clusters)
         self.removed: collections.Counter[str] = collections.Counter()   # pattern -> clusters removed when idle
-        self._refused_names: set[str] = set()
+        self._refused_names: set[str] = set()       # names refused now (max_clusters), logged once each
 
     def update(self, cfg: Config, named: list[str], now: float, busy: Collection[str] = ()) -> bool:
         """Make clusters for the names `named` (reached by the table) and found, drop those idle past their
@@ -127,6 +148,10 @@ class Made:
             changed = True
             log.info("cluster %s: made from template %s", name, pattern)
         return changed
+
+    @property
+    def refused_names(self) -> list[str]:
+        return sorted(self._refused_names)
 
     def status(self, cfg: Config) -> dict[str, dict[str, Any]]:
         """Per template: its clusters, the names its source lists, the refused and removed counts."""
