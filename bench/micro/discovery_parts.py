@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import statistics
 import sys
 import time
@@ -75,7 +76,12 @@ async def apply(k: int) -> None:
     await proxy.start()
     try:
         for payload in payloads[:k]:
+            # A collection of everything so far before each update, none during it: the garbage collector's
+            # full passes would otherwise fall into different updates from one K to the next.
+            gc.collect()
+            gc.disable()
             await proxy.update_endpoints(decode_sets(payload))
+            gc.enable()
     finally:
         await proxy.stop(0)
 
