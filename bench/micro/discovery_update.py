@@ -9,6 +9,9 @@ Numbers on this machine with N = 10,000 (weight 1, round_robin, http listener), 
     "discovery update applied by 2 worker(s)" log line (inotify, parse, slots, payload to both workers, both
     apply), the hand-off alone as that line reports it, and within it the slower worker's own part (decode and
     apply, as the worker times it: the rest is the supervisor's payload and counters layout, and waiting for a core);
+  - cpu: the CPU time (user + system, from /proc) the supervisor and each worker spent over the instance's updates,
+    per update: what an update costs each process whatever else the machine runs (wall times on a shared machine
+    are mostly waiting for a core);
   - picks: ns per round-robin pick (bench_picks, C loop) on the cluster built from the config's endpoints and
     on the same cluster after the updates (N live endpoints among the tombstones: picks walk only the up ones).
 Run: python -m bench.micro.discovery_update [N]
@@ -16,6 +19,8 @@ Run: python -m bench.micro.discovery_update [N]
 from __future__ import annotations
 
 import json
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -84,6 +89,13 @@ async def in_worker(n: int) -> None:
           f"{proxy._clusters['big'].slots} slots)")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (/proc/PID/stat fields 14 and 15, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def instance(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -92,6 +104,10 @@ async def instance(n: int) -> None:
         run = AsyncRun(tmp, config(web, admin, 'discovery = { kind = "file", path = "big.json" }\n'), 60.0)
         await run.start(r"ready: 2 worker\(s\) serving")
         try:
+            assert run.proc is not None
+            pids = {"supervisor": run.proc.pid}
+            pids.update((f"w{w}", int(pid)) for w, pid in re.findall(r"w(\d+) started \(pid (\d+)\)", run.log()))
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             took = []
             for r in range(ROUNDS):
                 (tmp / "big.new").write_text(json.dumps(endpoints(n, (r + 1) * 7)))
@@ -100,6 +116,7 @@ async def instance(n: int) -> None:
                 found = await run.wait_log(r"discovery update applied by 2 worker\(s\) in ([0-9.]+) ms \(the "
                                            r"slowest worker's own part ([0-9.]+) ms\)", r + 1)
                 took.append((time.monotonic() - began, float(found[r][1]), float(found[r][2])))
+            cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / ROUNDS for name, pid in pids.items()}
         finally:
             await run.stop()
     seen = [t for t, _, _ in took]
@@ -109,6 +126,8 @@ async def instance(n: int) -> None:
           f"{statistics.median(seen) * 1000:.0f} ms (the hand-off to both workers: median "
           f"{statistics.median(handed):.0f} ms, of which the slower worker's own decode and apply: median "
           f"{statistics.median(own):.0f} ms) over {ROUNDS} updates")
+    print("cpu per update (file parse, slots, hand-off and apply): " +
+          ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in cpu.items()))
 
 
 def main() -> None:

@@ -225,15 +225,16 @@ class Tally:
 
 async def run_load(host: str, port: int, *, clients: int, seconds: float, path: str = "/",
                    headers: dict[str, str] | None = None, tally: Tally | None = None,
-                   timeout: float = 5.0, pause: float = 0.0) -> Tally:
-    """`clients` connections sending GETs back to back (plus `pause` seconds between) for `seconds`."""
+                   timeout: float = 5.0, pause: float = 0.0, until: asyncio.Event | None = None) -> Tally:
+    """`clients` connections sending GETs back to back (plus `pause` seconds between) for `seconds`, or until
+    `until` is set when given (`seconds` then only bounds a test that never sets it)."""
     tally = tally if tally is not None else Tally()
     stop_at = time.monotonic() + seconds
 
     async def one_client() -> None:
         client = Client(host, port, timeout)
         try:
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at and not (until is not None and until.is_set()):
                 tally.sent += 1
                 t0 = time.monotonic()
                 try:

@@ -3,7 +3,9 @@ written in, and a file `fastmesh run` accepts as it is) or, with --json, as JSON
 
 Discovery settings are checked without touching the network (endpoint files are read when they exist, since they
 are local); `--resolve` asks each discovery source (and a watched naming table's) once and prints what it found
-(exit 1 if any failed).
+(exit 1 if any failed). Clusters [cluster_templates] would make are listed too, with their template: the names the
+naming table reaches (offline too) and, with `--resolve`, the names an etcd template's prefix lists, bounded by
+max_clusters as `fastmesh run` bounds them; their sources are asked like the others'.
 
 TLS certificate, key and CA files are loaded as `fastmesh run` loads them (a key that does not match its
 certificate is an error here too), and a certificate that expires within --cert-warn-days days (14 by default),
@@ -31,16 +33,20 @@ def main(config_path: str, as_json: bool, resolve: bool = False, cert_warn_days:
         print(exc, file=sys.stderr)
         return 1
     data = config_to_dict(cfg)
-    found = _resolve(cfg) if resolve else _local_files(cfg)
     table = _resolve_table(cfg, only_files=not resolve)
-    failed = any("error" in item for item in found.values()) or (table is not None and "error" in table)
+    templates, made = _templates(cfg, table, resolve)
+    found = _resolve(cfg, made) if resolve else _local_files(cfg, made)
+    failed = any("error" in item for item in [*found.values(), *templates.values()]) or \
+        (table is not None and "error" in table)
     if as_json:
-        print(json.dumps({**data, "resolved": found, "naming_table": table} if resolve else data, indent=2))
+        print(json.dumps({**data, "resolved": found, "naming_table": table, "templates": templates} if resolve
+                         else data, indent=2))
     else:
         print(f"# {config_path}: valid. The effective config, with every default filled in:")
         print(to_toml(data), end="")
         for name, item in found.items():
-            print(f"# cluster {name}: {item['kind']} {item['target']}: " + (
+            made_by = f" (template {item['template']})" if "template" in item else ""
+            print(f"# cluster {name}{made_by}: {item['kind']} {item['target']}: " + (
                 f"failed: {item['error']}" if "error" in item else
                 f"{len(item['endpoints'])} endpoint(s): " + ", ".join(
                     f"{e['address']} (weight {e['weight']})" for e in item["endpoints"])))
@@ -48,6 +54,8 @@ def main(config_path: str, as_json: bool, resolve: bool = False, cert_warn_days:
             print(f"# naming table: {table['kind']} {table['target']}: " + (
                 f"failed: {table['error']}" if "error" in table else
                 f"{len(table['rules'])} rule(s): " + "; ".join(table["rules"])))
+        for pattern, t in templates.items():
+            print(f"# template {pattern}: " + _template_line(t))
     for warning in expiring:
         print(f"warning: {warning}", file=sys.stderr)
     if failed and not resolve:
@@ -56,6 +64,9 @@ def main(config_path: str, as_json: bool, resolve: bool = False, cert_warn_days:
                 print(f"warning: cluster {name}: {item['error']}", file=sys.stderr)
         if table is not None and "error" in table:
             print(f"warning: naming table: {table['error']}", file=sys.stderr)
+        for pattern, t in templates.items():
+            if "error" in t:
+                print(f"warning: template {pattern}: {t['error']}", file=sys.stderr)
         return 0
     return 1 if failed else 0
 
@@ -89,16 +100,72 @@ def _certificates(cfg: Any, warn_days: float) -> list[str]:
     return out
 
 
-def _resolve(cfg: Any, only_files: bool = False) -> dict[str, dict[str, Any]]:
-    """Per discovered cluster: its source's answer (or its error), asked once."""
+Templates = dict[str, dict[str, Any]]         # cluster template pattern -> what check found of it
+
+
+def _templates(cfg: Any, table: dict[str, Any] | None, resolve: bool) -> tuple[Templates, dict[str, Any]]:
+    """Per cluster template: the clusters it would make now (`clusters`), the names the naming table reaches
+    (`named`), the names its etcd prefix lists (`listed`, with --resolve; `error` when it could not be asked) and
+    those refused past max_clusters (`refused`); and the clusters made, by name (their config)."""
+    import asyncio
+    from fastmesh.discovery.base import SourceError
+    from fastmesh.discovery.manager import base_dir
+    from fastmesh.discovery.templates import EtcdNames, Made, named_clusters
+    if not cfg.cluster_templates:
+        return {}, {}
+    made = Made()
+    named = named_clusters(cfg, table.get("rules") if table is not None else None)
+    out: Templates = {}
+    for pattern, t in cfg.cluster_templates.items():
+        mine = [n for n in named if _made_by(n, cfg) == pattern]
+        out[pattern] = item = {"kind": t.cluster.discovery.kind, "named": mine}
+        if resolve and t.cluster.discovery.kind == "etcd":
+            source = EtcdNames(t, base_dir(cfg), lambda names: None)
+            item["target"] = source.state.target
+            try:
+                item["listed"] = made.found[pattern] = asyncio.run(
+                    asyncio.wait_for(source.resolve(), t.cluster.discovery.timeout + 2.0))
+            except SourceError as exc:
+                item["error"] = f"{exc.kind}: {exc}"
+            except TimeoutError:
+                item["error"] = "timeout: no answer"
+    made.update(cfg, named, 0.0)
+    for pattern, item in out.items():
+        item["clusters"] = sorted(n for n, c in made.clusters.items() if c.template == pattern)
+        item["refused"] = [n for n in made.refused_names if _made_by(n, cfg) == pattern]
+    return out, dict(made.clusters)
+
+
+def _made_by(name: str, cfg: Any) -> str | None:
+    from fastmesh.config.naming import template_for
+    return template_for(name, cfg.cluster_templates)
+
+
+def _template_line(t: dict[str, Any]) -> str:
+    words = [f"would make {', '.join(t['clusters'])}" if t["clusters"] else "would make no cluster now"]
+    words.append(f"named by the table: {', '.join(t['named']) or 'none'}")
+    if "error" in t:
+        words.append(f"listing {t['target']} failed: {t['error']}")
+    elif "listed" in t:
+        words.append(f"listed under {t['target']}: {', '.join(t['listed']) or 'none'}")
+    if t["refused"]:
+        words.append(f"refused (max_clusters): {', '.join(t['refused'])}")
+    return "; ".join(words)
+
+
+def _resolve(cfg: Any, made: dict[str, Any] | None = None, only_files: bool = False) -> dict[str, dict[str, Any]]:
+    """Per discovered cluster (those of the config, then those templates would make, `made`): its source's answer
+    (or its error), asked once."""
     import asyncio
     from fastmesh.config.load import endpoint_text
     from fastmesh.discovery.base import SourceError
     from fastmesh.discovery.manager import base_dir, make_source
 
-    async def one(name: str, discovery: Any) -> dict[str, Any]:
+    async def one(name: str, discovery: Any, template: str | None) -> dict[str, Any]:
         source = make_source(name, discovery, base_dir(cfg), lambda endpoints: None)
         item: dict[str, Any] = {"kind": discovery.kind, "target": source.state.target}
+        if template is not None:
+            item["template"] = template
         try:
             endpoints = await asyncio.wait_for(source.resolve(), discovery.timeout + 2.0)
         except SourceError as exc:
@@ -109,10 +176,12 @@ def _resolve(cfg: Any, only_files: bool = False) -> dict[str, dict[str, Any]]:
             item["endpoints"] = [{"address": endpoint_text(e), "weight": e.weight} for e in endpoints]
         return item
 
+    clusters = {**{n: c for n, c in cfg.clusters.items() if c.template is None}, **(made or {})}
+
     async def all_of() -> dict[str, dict[str, Any]]:
-        names = [n for n, c in cfg.clusters.items() if c.discovery is not None
+        names = [n for n, c in clusters.items() if c.discovery is not None
                  and (not only_files or c.discovery.kind == "file")]
-        items = await asyncio.gather(*(one(n, cfg.clusters[n].discovery) for n in names))
+        items = await asyncio.gather(*(one(n, clusters[n].discovery, clusters[n].template) for n in names))
         return dict(zip(names, items))
     return asyncio.run(all_of())
 
@@ -137,9 +206,9 @@ def _resolve_table(cfg: Any, only_files: bool) -> dict[str, Any] | None:
     return item
 
 
-def _local_files(cfg: Any) -> dict[str, dict[str, Any]]:
+def _local_files(cfg: Any, made: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Without --resolve only endpoint files are read (no network): a missing or broken one is a warning."""
-    return _resolve(cfg, only_files=True)
+    return _resolve(cfg, made, only_files=True)
 
 
 # ---- TOML text for `check` (tomllib only reads) ----

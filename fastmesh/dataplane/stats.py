@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import logging
 import os
 import time
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from fastmesh._core.stats import (
     HEADER, HEADER_SIZE, HISTOGRAM_SIZE, HISTOGRAM_SUM, LISTENER_FIELDS, STATUS_CLASSES, StatsBlock, cluster_size,
 )
 from fastmesh._core.naming import OUTCOMES, OVERRIDE_RESULTS
-from fastmesh.config.schema import Config
+from fastmesh.config.schema import Config, Endpoint
 from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Holes, slot_list
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
@@ -69,15 +70,42 @@ class ListenerSlots:
     offset: int
 
 
-@dataclass(frozen=True)
 class ClusterSlots:
-    """A cluster's region: cluster-wide slots, then one array per endpoint field."""
-    name: str
-    endpoints: tuple[str, ...]   # "host:port" as configured, per slot; "" for a hole (a removed endpoint's slot)
-    weights: tuple[int, ...]     # 0 for a hole
-    balancer: str
-    offset: int
-    protocol: str = "http1"      # what http listeners speak to its endpoints ("http1" or "h2")
+    """A cluster's region: cluster-wide slots, then one array per endpoint field.
+
+    Made per discovery update in the supervisor and in every worker, for clusters of up to 10,000 endpoints: the
+    addresses and weights (read by the admin server, never by a worker's hot path) are formatted on first use,
+    not when the layout is made; the offsets need only the slot count."""
+
+    def __init__(self, name: str, slots: Sequence[Endpoint | None], balancer: str, offset: int,
+                 protocol: str = "http1") -> None:
+        self.name = name
+        self.slots = slots               # endpoint per slot, None for a hole (a removed endpoint's slot)
+        self.count = len(slots)
+        self.balancer = balancer
+        self.offset = offset
+        self.protocol = protocol         # what http listeners speak to its endpoints ("http1" or "h2")
+
+    def __repr__(self) -> str:
+        return f"ClusterSlots({self.name!r}, {self.count} slots, offset {self.offset})"
+
+    @functools.cached_property
+    def endpoints(self) -> tuple[str, ...]:
+        """"host:port" as configured, per slot; "" for a hole."""
+        # config.load.format_address, inlined: 10,000 of them for a large discovered cluster.
+        return tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
+                      for e in self.slots])
+
+    @functools.cached_property
+    def weights(self) -> tuple[int, ...]:
+        """Per slot; 0 for a hole."""
+        return tuple([0 if e is None else e.weight for e in self.slots])
+
+    def shape(self) -> bytes:
+        """The addresses per slot, as bytes for the layout key: the hosts joined and the ports packed (no string
+        formatted per endpoint)."""
+        hosts = "\n".join(["" if e is None else e.host for e in self.slots]).encode()
+        return hosts + b"\0" + array("l", [0 if e is None else e.port for e in self.slots]).tobytes()
 
     def field(self, name: str) -> int:
         """Offset of the cluster-wide slot `name` (CLUSTER_FIELDS)."""
@@ -85,7 +113,7 @@ class ClusterSlots:
 
     def endpoint_field(self, name: str) -> int:
         """Offset of endpoint 0's slot of field `name` (ENDPOINT_FIELDS); endpoint i's is this + i."""
-        return self.offset + len(CLUSTER_FIELDS) + ENDPOINT_FIELDS.index(name) * len(self.endpoints)
+        return self.offset + len(CLUSTER_FIELDS) + ENDPOINT_FIELDS.index(name) * self.count
 
 
 @dataclass(frozen=True)
@@ -147,13 +175,8 @@ class StatsLayout:
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
             slots = slot_list(cluster.endpoints, holes.get(name, ()))
-            # config.load.format_address, inlined: a discovered cluster may list 10,000 endpoints, laid out again
-            # per update.
-            endpoints = tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
-                               for e in slots])
-            self.clusters[name] = ClusterSlots(name, endpoints, tuple([0 if e is None else e.weight for e in slots]),
-                                               cluster.balancer, offset, cluster.protocol)
-            offset += cluster_size(len(endpoints))
+            self.clusters[name] = ClusterSlots(name, slots, cluster.balancer, offset, cluster.protocol)
+            offset += cluster_size(len(slots))
         requests = []
         for lst in cfg.listeners:
             if lst.protocol == "tcp":
@@ -170,33 +193,39 @@ class StatsLayout:
         self.naming = NamingSlots(tuple(services_of(cfg)), offset)
         offset += self.naming.size
         self.size = offset
-        # Slots whose values go up and down: a dead worker's are dropped, not added to the retired totals.
+        self.key = self._key()
+        self._names: dict[Name, int] | None = None
+
+    @functools.cached_property
+    def gauges(self) -> frozenset[int]:
+        """Slots whose values go up and down: a dead worker's are dropped, not added to the retired totals."""
         gauges = [ls.offset + LISTENER_FIELDS.index(f) for ls in self.listeners for f in _GAUGE_FIELDS]
         for cs in self.clusters.values():
             for f in _ENDPOINT_GAUGES:
                 start = cs.endpoint_field(f)
-                gauges.extend(range(start, start + len(cs.endpoints)))
-        self.gauges = frozenset(gauges)
-        # Open connections that count into a block: while any is non-zero, something may still write there.
+                gauges.extend(range(start, start + cs.count))
+        return frozenset(gauges)
+
+    @functools.cached_property
+    def actives(self) -> tuple[int, ...]:
+        """Open connections that count into a block: while any is non-zero, something may still write there."""
         actives = [ls.offset + LISTENER_FIELDS.index("active") for ls in self.listeners]
         for cs in self.clusters.values():
             start = cs.endpoint_field("active")
-            actives.extend(range(start, start + len(cs.endpoints)))
-        self.actives = tuple(actives)
-        self.key = self._key()
-        self._names: dict[Name, int] | None = None
+            actives.extend(range(start, start + cs.count))
+        return tuple(actives)
 
     def _key(self) -> int:
         """64 bits that change whenever an offset could mean something else."""
         shape = [BLOCK_VERSION, self.size,
                  [(ls.name, ls.protocol, ls.offset) for ls in self.listeners],
-                 [(cs.name, len(cs.endpoints), cs.offset) for cs in self.clusters.values()],
+                 [(cs.name, cs.count, cs.offset) for cs in self.clusters.values()],
                  [(r.listener, r.cluster, r.offset) for r in self.requests],
                  [(d.cluster, d.offset) for d in self.durations.values()],
                  (self.naming.services, self.naming.offset)]
         digest = hashlib.blake2b(repr(shape).encode(), digest_size=8)
-        for cs in self.clusters.values():       # endpoint names joined, not repr'd: 10,000 of them per update
-            digest.update("\n".join(cs.endpoints).encode())
+        for cs in self.clusters.values():       # addresses as columns, not repr'd: 10,000 of them per update
+            digest.update(cs.shape())
             digest.update(b"\0")
         return int.from_bytes(digest.digest(), "little")
 
@@ -600,6 +629,23 @@ class Snapshot:
             "connect_failures": self.totals[cs.endpoint_field("failures") + i],
             "workers": per_worker,
         }
+
+    def traffic(self, cluster: str) -> tuple[int, int]:
+        """(work done, connections open now) of one cluster, summed over its endpoints and listeners: responses of
+        every status class, upstream connections opened, and those open (what tells a made cluster that still
+        carries requests from an idle one, discovery/templates.py). (0, 0) for a cluster the layout lacks."""
+        cs = self.layout.clusters.get(cluster)
+        if cs is None:
+            return 0, 0
+        totals = self.totals
+        done = 0
+        for r in self.layout.requests:
+            if r.cluster == cluster:
+                done += sum(totals[r.offset:r.offset + len(STATUS_CLASSES)])
+        opened = cs.endpoint_field("opened")
+        done += sum(totals[opened:opened + cs.count])
+        active = cs.endpoint_field("active")
+        return done & MASK, sum(_signed(v) for v in totals[active:active + cs.count])
 
     def requests(self) -> Iterable[tuple[str, str, str, int]]:
         """(listener, cluster, status class, responses) for every HTTP pair and class."""

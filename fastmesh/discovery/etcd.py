@@ -254,6 +254,10 @@ class EtcdSource(Source):
         raise SourceError("watch", "the watch stream ended")
 
     async def resolve(self) -> list[Endpoint]:
+        return [parse_value(key, value) for key, value in await self.read_once()]
+
+    async def read_once(self) -> list[tuple[bytes, str]]:
+        """The prefix's (key, base64 value) pairs, asked once of each member in turn until one answers."""
         last: SourceError | None = None
         for _ in self.members:
             try:
@@ -262,7 +266,7 @@ class EtcdSource(Source):
                 last = exc
                 self.member += 1
                 continue
-            return [parse_value(base64.b64decode(kv["key"]), kv.get("value", "")) for kv in answer.get("kvs", [])]
+            return [(base64.b64decode(kv["key"]), kv.get("value", "")) for kv in answer.get("kvs", [])]
         assert last is not None
         raise last
 

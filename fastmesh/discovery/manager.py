@@ -15,13 +15,14 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastmesh.config.schema import Cluster, Config, Discovery, Endpoint, NamingSource
 from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Slots, holes_of, live, next_slots
 from fastmesh.discovery.base import Publish, Source
-from fastmesh.discovery.templates import EtcdNames, Made
+from fastmesh.discovery.templates import EtcdNames, Made, named_clusters
 
 log = logging.getLogger("fastmesh.discovery")
 
@@ -77,6 +78,10 @@ class DiscoveryManager:
         self.name_specs: dict[str, Discovery] = {}
         self.name_tasks: dict[str, asyncio.Task[None]] = {}
         self.sweeper: asyncio.Task[None] | None = None  # removes idle made clusters
+        # The supervisor's counters: (work done, connections open) of a cluster (dataplane/stats.py Snapshot.traffic),
+        # so that a made cluster still carrying traffic is not taken for idle. None: no traffic is known (embedded).
+        self.traffic: Callable[[list[str]], dict[str, tuple[int, int]]] | None = None
+        self._traffic_seen: dict[str, int] = {}         # made cluster -> its work done at the last look
 
     @property
     def active(self) -> bool:
@@ -95,28 +100,29 @@ class DiscoveryManager:
                 from fastmesh.discovery.naming import make_naming_source
                 self.naming = make_naming_source(cfg.naming.source, folder, self._table_publisher)
                 self.naming_task = asyncio.get_running_loop().create_task(self._run(self.naming))
-        self.made.update(cfg, self._named(), time.monotonic())
+        self.made.update(cfg, self._named(), time.monotonic(), self._busy())
         self._sync_sources()
         self._sync_templates()
 
+    def _busy(self) -> set[str]:
+        """The made clusters that carried traffic since the last look: work done grew, or connections are open."""
+        if self.traffic is None or not self.made.clusters:
+            self._traffic_seen = {}
+            return set()
+        now = self.traffic(list(self.made.clusters))
+        busy = {name for name, (done, active) in now.items()
+                if active > 0 or done != self._traffic_seen.get(name, 0)}
+        self._traffic_seen = {name: done for name, (done, _) in now.items()}
+        return busy
+
     def _named(self) -> list[str]:
         """The names of clusters templates make that the table reaches from the services routes name."""
-        cfg = self.cfg
-        if cfg is None or not cfg.cluster_templates:
-            return []
-        from fastmesh.config import naming as lang
-        rules = lang.parse_table(self.table if self.table is not None else cfg.naming.rules, "table")
-        clusters = [n for n, c in cfg.clusters.items() if c.template is None]
-        out: list[str] = []
-        for service in services_of(cfg):
-            tree = lang.resolve(rules, lang.service_name(service), clusters, cfg.cluster_templates)
-            out.extend(n for n in lang.wanted(tree) if n not in out)
-        return out
+        return [] if self.cfg is None else named_clusters(self.cfg, self.table)
 
     def _remake(self) -> None:
         """The table or a template's names changed, or time passed: make and remove clusters; a change goes to the
         workers with the whole config (reload.py sees the clusters differ)."""
-        if self.cfg is not None and self.made.update(self.cfg, self._named(), time.monotonic()):
+        if self.cfg is not None and self.made.update(self.cfg, self._named(), time.monotonic(), self._busy()):
             self._sync_sources()
             self.changed.set()
 

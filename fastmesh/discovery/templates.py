@@ -6,8 +6,9 @@ template's source lists it (etcd: a key under the part of the prefix before `{na
 `/services/users-v2/a` makes `users-v2`), NAME matches the template's pattern and no [clusters] table defines it.
 The supervisor runs a made cluster's discovery like any other and hands the cluster to the workers with the config
 (a made or removed cluster is a change of the config's shape, not only of endpoints). At most `max_clusters` per
-template; a made cluster that nothing names and whose name the source no longer lists is removed once that has
-lasted `idle_timeout`.
+template; a made cluster that nothing names, whose name the source no longer lists and that carries no traffic (no
+response, no upstream connection opened, none open: the supervisor's counters, dataplane/stats.py) is removed once
+all that has lasted `idle_timeout`: a cluster a per-request override still steers requests to stays.
 """
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import dataclasses
 import fnmatch
 import logging
 import re
+from collections.abc import Collection
 from typing import Any
 
 from fastmesh.config.load import TEMPLATE_FIELD
+from fastmesh.config import naming as lang
 from fastmesh.config.naming import template_for
 from fastmesh.config.schema import Cluster, ClusterTemplate, Config
+from fastmesh.dataplane.naming import services_of
 from fastmesh.discovery.base import Publish
 from fastmesh.discovery.etcd import EtcdSource
 
@@ -67,6 +71,25 @@ class EtcdNames(EtcdSource):
     def publish_keys(self) -> None:
         self.publish(sorted({str(name) for name in self.keys.values()}))
 
+    async def resolve(self) -> list[Any]:
+        """The names listed now, asked once (`fastmesh check --resolve`)."""
+        return sorted({name for key, value in await self.read_once()
+                       if (name := self._value(key, value)) is not None})
+
+
+def named_clusters(cfg: Config, table: list[str] | None) -> list[str]:
+    """The names of clusters templates make that the naming table (`table`, a watched one's last good rules; None:
+    the config's) reaches from the services routes and listeners name, in the order the table prefers them."""
+    if not cfg.cluster_templates:
+        return []
+    rules = lang.parse_table(table if table is not None else cfg.naming.rules, "table")
+    clusters = [n for n, c in cfg.clusters.items() if c.template is None]
+    out: list[str] = []
+    for service in services_of(cfg):
+        tree = lang.resolve(rules, lang.service_name(service), clusters, cfg.cluster_templates)
+        out.extend(n for n in lang.wanted(tree) if n not in out)
+    return out
+
 
 class Made:
     """The clusters made from templates now, and why (for /clusters and /metrics)."""
@@ -77,11 +100,12 @@ class Made:
         self.unwanted_since: dict[str, float] = {}          # made name -> since when nothing wants it
         self.refused: collections.Counter[str] = collections.Counter()   # pattern -> names refused (max_clusters)
         self.removed: collections.Counter[str] = collections.Counter()   # pattern -> clusters removed when idle
-        self._refused_names: set[str] = set()
+        self._refused_names: set[str] = set()       # names refused now (max_clusters), logged once each
 
-    def update(self, cfg: Config, named: list[str], now: float) -> bool:
+    def update(self, cfg: Config, named: list[str], now: float, busy: Collection[str] = ()) -> bool:
         """Make clusters for the names `named` (reached by the table) and found, drop those idle past their
-        template's idle_timeout and those whose template is gone or changed; True when the set changed."""
+        template's idle_timeout and those whose template is gone or changed; True when the set changed. `busy`:
+        made clusters that carried traffic since the last look (their idle time starts again)."""
         templates = cfg.cluster_templates
         defined = {n for n, c in cfg.clusters.items() if c.template is None}    # a [clusters] table wins
         wanted: dict[str, str] = {}                         # name -> its pattern, named ones first
@@ -98,9 +122,11 @@ class Made:
                 changed = True
             elif name in wanted:
                 self.unwanted_since.pop(name, None)
+            elif name in busy:
+                self.unwanted_since[name] = now     # unnamed but still carrying traffic: idle from now at the soonest
             elif now - self.unwanted_since.setdefault(name, now) >= t.idle_timeout:
-                log.info("cluster %s (template %s): removed: nothing named it and its source did not list it for "
-                         "%.0f s", name, t.pattern, now - self.unwanted_since.pop(name))
+                log.info("cluster %s (template %s): removed: nothing named it, its source did not list it and it "
+                         "carried no traffic for %.0f s", name, t.pattern, now - self.unwanted_since.pop(name))
                 del self.clusters[name]
                 self.removed[t.pattern] += 1
                 changed = True
@@ -122,6 +148,10 @@ class Made:
             changed = True
             log.info("cluster %s: made from template %s", name, pattern)
         return changed
+
+    @property
+    def refused_names(self) -> list[str]:
+        return sorted(self._refused_names)
 
     def status(self, cfg: Config) -> dict[str, dict[str, Any]]:
         """Per template: its clusters, the names its source lists, the refused and removed counts."""

@@ -92,6 +92,12 @@ class Reloader:
             self._text = effective_text(*self._effective)
         return self._text
 
+    @property
+    def from_file(self) -> bool:
+        """Workers run the config file as read (no effective config sent yet): `text` is None, known without
+        making the text (a discovery update must not format 10,000 endpoints as JSON just to ask)."""
+        return self._text is None and self._effective is None
+
     def _running(self, text: bytes | None, fmt: str, effective: Config, holes: Holes) -> None:
         """Workers now run `effective` (sent as text, or made from it when first needed)."""
         self._text, self.format, self.holes = text, fmt, holes
@@ -152,7 +158,7 @@ class Reloader:
             holes = sup.discovery.holes(effective)
             began = time.monotonic()
             # (Clusters compared by identity: the other settings decide; no comparison of 10,000 endpoints.)
-            if self.text is None or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg \
+            if self.from_file or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg \
                     or effective.clusters.keys() != sup.cfg.clusters.keys():       # made from a template or removed
                 sup.discovery.dirty = set()
                 outcome = await self._distribute("discovery", effective_text(effective, holes), "json", effective,
@@ -274,8 +280,9 @@ class Reloader:
         async with self.lock:
             sup = self.sup
             link = sup.links.get(n)
-            if self.text is None or link is None or n not in sup.ready or sup.spawn_gen.get(n) == sup.config_gen:
+            if self.from_file or link is None or n not in sup.ready or sup.spawn_gen.get(n) == sup.config_gen:
                 return
+            assert self.text is not None
             state, info = await self._apply(n, link, self.text, self.format)
             if state == "applied":
                 sup.spawn_gen[n] = sup.config_gen

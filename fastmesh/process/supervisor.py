@@ -114,6 +114,7 @@ class Supervisor:
         self.replacing: set[int] = set()                           # slots whose worker we stopped to restart it
         from fastmesh.discovery.manager import DiscoveryManager
         self.discovery = DiscoveryManager()                        # endpoint sources, resolved here for every worker
+        self.discovery.traffic = self._cluster_traffic             # a made cluster carrying traffic is not idle
         from fastmesh.process.reload import Reloader
         self.reloader = Reloader(self)
         from fastmesh.process.events import Events
@@ -185,6 +186,11 @@ class Supervisor:
             self.discovery.changed.clear()
             self.events.emit("discovery", endpoints={name: len(eps) for name, eps in self.discovery.sets.items()})
             await self.reloader.discovered()
+
+    def _cluster_traffic(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """(work done, connections open) per named cluster, summed over every worker's counters."""
+        snapshot = self.stats.collect()
+        return {name: snapshot.traffic(name) for name in names}
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import env
 from fastmesh.config.load import config_to_dict, load_config, loads_config
@@ -176,3 +177,53 @@ source = { kind = "file", path = "naming.dtab" }
         in bad.stdout
     offline = fastmesh("check", "fastmesh.toml", cwd=tmp_path)
     assert offline.returncode == 0 and "warning: naming table: parse: naming.dtab" in offline.stderr
+
+
+@pytest.mark.skipif(missing("etcd") is not None, reason=str(missing("etcd")))
+def test_check_resolve_lists_the_clusters_templates_would_make(tmp_path: Path) -> None:
+    """A real etcd lists three names under a template's prefix; the table names one; max_clusters = 2: check
+    --resolve lists the two clusters `fastmesh run` would make (the named one first), with what their own prefixes
+    hold, and the refused name; without --resolve (no network) the one the table names is still listed."""
+    etcd = Etcd(tmp_path)
+    etcd.start()
+    try:
+        for i in (1, 2, 3):
+            etcd.put(f"/services/users-v{i}/a", {"address": f"127.0.0.1:{9000 + i}", "weight": i})
+        (tmp_path / "fastmesh.toml").write_text(f"""
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:4141"
+protocol = "http"
+[[listeners.routes]]
+service = "users"
+[clusters.fixed]
+endpoints = ["127.0.0.1:9000"]
+[naming]
+rules = ["/svc/users => /cluster/users-v1 | /cluster/fixed"]
+[cluster_templates."users-*"]
+discovery = {{ kind = "etcd", endpoints = ["{etcd.address}"], prefix = "/services/{{name}}/" }}
+max_clusters = 2
+""")
+        got = fastmesh("check", "fastmesh.toml", "--resolve", cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        assert "# cluster users-v1 (template users-*): etcd /services/users-v1/: 1 endpoint(s): 127.0.0.1:9001 " \
+               "(weight 1)" in got.stdout, got.stdout
+        assert "# cluster users-v2 (template users-*): etcd /services/users-v2/: 1 endpoint(s): 127.0.0.1:9002 " \
+               "(weight 2)" in got.stdout, got.stdout
+        assert "# cluster users-v3" not in got.stdout
+        assert "# template users-*: would make users-v1, users-v2; named by the table: users-v1; listed under " \
+               "/services/: users-v1, users-v2, users-v3; refused (max_clusters): users-v3" in got.stdout, got.stdout
+        as_json = json.loads(fastmesh("check", "fastmesh.toml", "--resolve", "--json", cwd=tmp_path).stdout)
+        assert as_json["templates"]["users-*"]["clusters"] == ["users-v1", "users-v2"]
+        assert as_json["resolved"]["users-v2"]["template"] == "users-*"
+        assert as_json["resolved"]["users-v2"]["endpoints"] == [{"address": "127.0.0.1:9002", "weight": 2}]
+        offline = fastmesh("check", "fastmesh.toml", cwd=tmp_path)
+        assert offline.returncode == 0, offline.stderr
+        assert "# template users-*: would make users-v1; named by the table: users-v1" in offline.stdout
+        etcd.stop()                         # a prefix that cannot be listed is a failure of --resolve
+        down = fastmesh("check", "fastmesh.toml", "--resolve", cwd=tmp_path)
+        assert down.returncode == 1
+        assert "# template users-*: would make users-v1; named by the table: users-v1; listing /services/ " \
+               "failed: " in down.stdout, down.stdout
+    finally:
+        etcd.stop()

@@ -1,7 +1,10 @@
 """Endpoint slots (dataplane/slots.py): the supervisor's assignment keeps an endpoint's index for its life, leaves
 holes for removed ones, compacts when holes outnumber live endpoints; the holes travel in the effective config
 and a worker started from it indexes its endpoints as the running workers do."""
+import dataclasses
 import json
+
+import pytest
 
 from fastmesh.config.load import config_to_dict, loads_config
 from fastmesh.config.schema import Endpoint
@@ -67,6 +70,12 @@ def test_endpoint_sets_travel_by_columns_and_come_back_as_sent():
     assert wire["mixed"]["weights"] == [3, 1, 1] and wire["mixed"]["hosts"] == "127.0.0.1 ::1 10.1.2.3"
     back = decode_sets(payload)
     assert back == {"mixed": (mixed, (0, 4)), "uniform": (uniform, ()), "empty": ([], (0, 1, 2))}
+    # Made without Endpoint's __init__ (slots.endpoints_of), yet whole Endpoints: same type, fields, hash, frozen.
+    for made, sent in zip(back["mixed"][0], mixed):
+        assert type(made) is Endpoint and vars(made) == vars(sent) and hash(made) == hash(sent)
+        assert made.address == sent.address
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.port = 1       # type: ignore[misc]
 
 
 def test_canonical_ip_takes_canonical_ipv4_as_is_and_spells_the_rest_one_way():

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fastmesh._testbase.chaos import Tally, run_load
 from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
@@ -154,6 +155,79 @@ discovery = { kind = "file", path = "eps/{name}.json" }
             explained = await admin_json(admin, "/naming")
             assert explained["services"]["users"]["cluster"] == "users-a", explained["services"]
         finally:
+            await run.stop()
+            for x in b:
+                await x.stop()
+    asyncio.run(main())
+
+
+def test_a_made_cluster_that_still_carries_traffic_is_not_removed_as_idle(tmp_path: Path) -> None:
+    """users-a is made because the table names it; the table moves on, so nothing names it and (a file template)
+    no source lists it, but requests a fastmesh-naming override steers there keep flowing: it stays, past several
+    idle_timeouts, and goes idle_timeout after the last of them."""
+    async def main() -> None:
+        b = await start_http_backends(2, "b")
+        (tmp_path / "eps").mkdir()
+        (tmp_path / "eps" / "users-a.json").write_text(json.dumps([endpoint(b[1])]))
+        table = tmp_path / "naming.dtab"
+        table.write_text("/svc/users => /cluster/users-a\n")
+        web, admin = free_ports(2)
+        run = AsyncRun(tmp_path, f"""
+workers = 2
+drain_timeout = "2s"
+[admin]
+listen = "127.0.0.1:{admin}"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{web}"
+protocol = "http"
+trust_naming = true
+[[listeners.routes]]
+service = "users"
+[clusters.home]
+endpoints = ["{b[0].address}"]
+[naming]
+rules = ["/svc/users => /cluster/home"]
+source = {{ kind = "file", path = "naming.dtab" }}
+[cluster_templates."users-*"]
+discovery = {{ kind = "file", path = "eps/{{name}}.json" }}
+idle_timeout = "1s"
+""")
+        steered = Tally()
+        done = asyncio.Event()
+        load: asyncio.Task[Tally] | None = None
+        try:
+            await run.start(r"ready: 2 worker\(s\) serving")
+            await wait_answers_from(web, "b-1")
+            override = {"fastmesh-naming": "/svc/users => /cluster/users-a"}
+            load = asyncio.create_task(run_load("127.0.0.1", web, clients=1, seconds=4 * WAIT, headers=override,
+                                                tally=steered, pause=0.02, until=done))
+            table.with_suffix(".new").write_text("/svc/users => /cluster/home\n")
+            table.with_suffix(".new").rename(table)
+            await wait_answers_from(web, "b-0")             # the table no longer names users-a
+            # Nothing names users-a now, nor lists it: only its traffic keeps it. Three idle_timeouts of it.
+            watched_from = len(steered.answered_at)
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until:
+                assert "users-a" in await admin_json(admin, "/clusters"), "a made cluster carrying traffic was removed"
+                await asyncio.sleep(0.1)
+            assert {backend for _, backend in steered.answered_at[watched_from:]} == {"b-1"}
+            assert len(steered.answered_at) - watched_from > 20
+            assert steered.failed == 0, steered.failures
+            done.set()
+            await load
+            stopped = time.monotonic()
+
+            async def removed() -> Any:
+                return "users-a" not in await admin_json(admin, "/clusters")
+            await wait_for("users-a removed once its traffic stopped", removed)
+            assert time.monotonic() - stopped >= 0.9
+            assert "carried no traffic for" in run.log()
+            assert (await admin_json(admin, "/naming"))["templates"]["users-*"]["removed"] == 1
+        finally:
+            done.set()
+            if load is not None and not load.done():
+                await asyncio.wait([load], timeout=WAIT)
             await run.stop()
             for x in b:
                 await x.stop()
