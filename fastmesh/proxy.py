@@ -210,7 +210,15 @@ class Proxy:
         if lcfg.protocol == "http":
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
                                        self.config.source, index)
-        assert lcfg.cluster is not None          # the loader requires it for tcp listeners
+        if lcfg.service is not None:
+            # The loader made sure the service names a cluster; its first stands for it where one is shown.
+            assert self._names is not None and self._names.current is not None
+            table = self._names.current
+            first = table.first_cluster(table.services.index(lcfg.service))
+            names = list(self.config.clusters)
+            return build_tcp_acceptor(lcfg, reactor, clusters[names[max(first, 0)]], clusters, self.config.clusters,
+                                      self.config.source, index, (), self._names)
+        assert lcfg.cluster is not None          # the loader requires it (or service) for tcp listeners
         # Origination contexts to keep when equal to the new one: the cluster's HTTP pool's (one context, one
         # set of sessions and one reload per cluster), then the one this listener had before a reload.
         running = self._tcp.get(lcfg.name)

@@ -127,6 +127,17 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
                                   "headers play no part", "routes": []}
         cluster_name: str | None = lst.cluster
         out["outcome"] = f"relayed to cluster {cluster_name}"
+        if lst.service is not None:
+            # Resolved per connection at accept, like a route's service (no per-request override on tcp).
+            naming = explain_service(cfg, lst.service, alive if alive is not None else live_clusters(cfg, None))
+            if naming["shares"] and len(naming["shares"]) > 1:
+                naming["cluster"] = max(naming["shares"], key=lambda c: naming["shares"][c])
+            naming["override_note"] = None
+            out["naming"] = naming
+            cluster_name = naming["cluster"]
+            out["outcome"] = (f"each connection is relayed to service {lst.service} and the naming table's cluster, "
+                              f"now {cluster_name}" if cluster_name is not None else
+                              f"service {lst.service} names no cluster: connections are closed at accept")
     else:
         try:
             seen = route(lst, list(cfg.clusters), raw, build_names(cfg))

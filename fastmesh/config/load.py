@@ -1393,6 +1393,7 @@ _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "name": _name,
     "listen": _address,
     "cluster": _cluster_ref,
+    "service": lambda c, k, v: _service(c, k, v),
     "protocol": _choice("protocols", PROTOCOLS),
     "idle_timeout": _duration(allow_zero=False),
     "backlog": _whole(1, 65535),
@@ -1413,7 +1414,6 @@ _HTTP_LISTENER_FIELDS: dict[str, Parser] = {
     "identity_header": _request_id_header,
     "trust_headers": _flag,
     "trust_naming": _flag,
-    "service": lambda c, k, v: _service(c, k, v),
     "access_log": _access_log,
     "tracing": _listener_tracing,
     "http2": _http2,
@@ -1469,16 +1469,20 @@ def _listener(check: _Check, key: str, value: Any) -> Any:
     if not isinstance(value, Mapping):
         return BAD
     if "cluster" not in value:
-        if protocol == "tcp":
-            check.missing(_key(key, "cluster"), "the name of a cluster")
+        if protocol == "tcp" and "service" not in value:
+            check.missing(_key(key, "cluster"), "the name of a cluster, or service = a logical name")
             return BAD
         if protocol == "http" and "routes" not in value and "service" not in value:   # bad ones: their own key
             check.missing(_key(key, "cluster"), "the name of a cluster, a service, or [[listeners.routes]]: an "
                                                 "http listener needs one of them")
             return BAD
-    elif "service" in value and protocol == "http":
-        check.bad(_key(key, "service"), "no service beside cluster (both say where unmatched requests go)",
-                  value["service"])
+    elif "service" in value:
+        says = "where unmatched requests go" if protocol == "http" else "where connections go"
+        check.bad(_key(key, "service"), f"no service beside cluster (both say {says})", value["service"])
+        return BAD
+    if protocol == "tcp" and "service" in value and "sni_routes" in value:
+        check.bad(_key(key, "sni_routes"), "no sni_routes beside service (passthrough picks a cluster by server "
+                  "name; give the listener a cluster for the other names)", value["sni_routes"])
         return BAD
     if fields is None:
         return BAD
@@ -1575,6 +1579,16 @@ def _check_services(check: _Check, config: Config) -> None:
                 check.bad(key, f"a name naming.rules resolve to a cluster (they send {name} to none)", service)
 
 
+def _check_tcp_services(check: _Check, config: Config) -> None:
+    """A tcp listener's relays originate TLS with one context, its cluster's: one sending to a service (any cluster
+    the naming table may name, now or after a change) relays cleartext, so no cluster may ask for TLS."""
+    wrapped = [name for name, c in config.clusters.items() if c.tls is not None]
+    for i, lst in enumerate(config.listeners):
+        if lst.protocol == "tcp" and lst.service is not None and wrapped:
+            check.bad(f"listeners[{i}].service", f"a cluster instead (cluster {wrapped[0]} originates TLS, which "
+                      "a tcp listener sending to a service does not do)", lst.service)
+
+
 _TOP_FIELDS: dict[str, Parser] = {
     "naming": _naming,
     "workers": _workers,
@@ -1608,6 +1622,7 @@ def _config(check: _Check, data: Any) -> Config | None:
     _check_ticket_rotations(check, config)
     _check_bound_addresses(check, config)
     _check_services(check, config)
+    _check_tcp_services(check, config)
     return config
 
 

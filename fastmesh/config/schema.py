@@ -406,7 +406,9 @@ class Listener:
     # The client certificate's verified URI SAN (a SPIFFE ID) goes upstream in this field; a copy the client sent
     # is always removed. "" turns both off.
     identity_header: str = "fastmesh-client-identity"
-    service: str | None = None         # instead of `cluster`: the logical name requests no route matches go to
+    # Instead of `cluster`: the logical name requests no route matches go to (http), or every connection goes to
+    # (tcp: resolved per connection at accept).
+    service: str | None = None
     access_log: AccessLog | None = None       # None: no access log
     tracing: ListenerTracing = field(default_factory=ListenerTracing)   # W3C trace context
     http2: Http2 = field(default_factory=Http2)   # HTTP/2 on the same port (prior knowledge)

@@ -31,11 +31,14 @@ if TYPE_CHECKING:
 
 def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
                        cluster_cfgs: dict[str, ClusterConfig], source: str, index: int,
-                       running_clients: Sequence[TlsClient] = ()) -> TcpProxy:
+                       running_clients: Sequence[TlsClient] = (), names: Names | None = None) -> TcpProxy:
     """Where a tcp listener's connections go: TLS terminated (cfg.tls), originated (the cluster's tls), or passed
     through by server name (cfg.sni_routes). `running_clients`: origination contexts in use (the cluster's HTTP
     pool's, the one the listener had before a reload): the first built from the same settings and files is used
-    (with its sessions) instead of a new one."""
+    (with its sessions) instead of a new one. A listener with `service` resolves it with `names` per connection
+    (`cluster` is then the first cluster the service names, or any)."""
+    if cfg.service is not None:
+        return _service_acceptor(cfg, reactor, cluster, clusters, cluster_cfgs, source, index, names)
     key = f"listeners[{index}].tls"
     server = build_server_tls(cfg.tls, cfg.protocol, source, key) if cfg.tls is not None else None
     ccfg = cluster_cfgs[cluster.name]
@@ -54,6 +57,21 @@ def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, 
                               "its endpoints get the client's TLS, so the cluster cannot originate its own")
     return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice, tls=server, upstream_tls=client,
                     sni_routes=routes, hello_timeout=SNI_HELLO_TIMEOUT)
+
+
+def _service_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
+                      cluster_cfgs: dict[str, ClusterConfig], source: str, index: int, names: Names | None
+                      ) -> TcpProxy:
+    """A tcp listener sending each connection where its service resolves to when it is accepted."""
+    table = names.current if names is not None else None
+    if names is None or table is None or cfg.service not in table.services:
+        raise ConfigError(source, f"listeners[{index}].service", "a service the naming table was compiled for",
+                          reason=f"listener {cfg.name!r} names service {cfg.service!r}, which has no naming")
+    # Relays of a service listener originate no TLS: the loader refuses such a listener beside a cluster with `tls`.
+    server = build_server_tls(cfg.tls, cfg.protocol, source, f"listeners[{index}].tls") \
+        if cfg.tls is not None else None
+    return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice, tls=server, names=names,
+                    service=table.services.index(cfg.service), service_clusters=[clusters[n] for n in cluster_cfgs])
 
 
 def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:

@@ -192,7 +192,7 @@ BAD = [
     (LISTENER.replace('"echo"', '"nope"') + CLUSTER,
      'listeners[0].cluster: expected one of the clusters ["echo"], got "nope"'),
     (LISTENER.replace('cluster = "echo"\n', "") + CLUSTER,
-     "listeners[0].cluster: missing key (expected the name of a cluster)"),
+     "listeners[0].cluster: missing key (expected the name of a cluster, or service = a logical name)"),
     (LISTENER + "backlog = 0\n" + CLUSTER, "listeners[0].backlog: expected a whole number from 1 to 65535, got 0"),
     (LISTENER + "max_connections = -1\n" + CLUSTER,
      "listeners[0].max_connections: expected a whole number from 0 to 16777216, got -1"),

@@ -419,8 +419,9 @@ def test_a_listener_service_takes_what_no_route_matches() -> None:
     ('service = "users"\ncluster = "billing"', "http",
      "listeners[0].service: expected no service beside cluster (both say where unmatched requests go)"),
     ('service = "nope"', "http", "listeners[0].service: expected a name naming.rules resolve to a cluster"),
-    ('service = "users"\ncluster = "billing"', "tcp", 'listeners[0].service: only for listeners with protocol = '
-                                                      '"http"'),
+    ('service = "users"\ncluster = "billing"', "tcp",
+     "listeners[0].service: expected no service beside cluster (both say where connections go)"),
+    ('service = "nope"', "tcp", "listeners[0].service: expected a name naming.rules resolve to a cluster"),
 ])
 def test_listener_service_errors(listener: str, protocol: str, message: str) -> None:
     text = listener_service(listener, protocol)

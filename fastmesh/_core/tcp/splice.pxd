@@ -8,6 +8,7 @@ from fastmesh._core.upstream.connector cimport Connector, ConnectTry
 from fastmesh._core.tls.context cimport Tls, TlsServer, TlsClient
 from fastmesh._core.tls.names cimport ServerNames
 from fastmesh._core.proxyproto.codec cimport ProxyAddrs
+from fastmesh._core.naming cimport Names
 
 
 cdef struct Direction:
@@ -46,6 +47,9 @@ cdef class TcpProxy(Acceptor):
     cdef list sni_targets                  # (Cluster, Connector) per passthrough route
     cdef readonly double hello_timeout     # passthrough: seconds a client has to send its whole ClientHello
     cdef double log_after                  # passthrough refusals: monotonic time before which they are not logged
+    cdef Names names                       # service listeners: resolves `service` per connection (None: off)
+    cdef readonly int service              # that service's id in the naming table (-1: the listener has a cluster)
+    cdef list service_targets              # Connector per cluster index (the naming table's), for the resolution
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
     cdef void unlink(self, TcpRelay r) noexcept

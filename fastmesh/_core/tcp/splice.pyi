@@ -2,6 +2,7 @@
 from typing import final
 
 from fastmesh._core.cluster import Cluster
+from fastmesh._core.naming import Names
 from fastmesh._core.reactor import Acceptor, EventTarget, Reactor
 from fastmesh._core.stats import StatsBlock
 from fastmesh._core.tls.context import TlsClient, TlsServer
@@ -9,7 +10,11 @@ from fastmesh._core.tls.context import TlsClient, TlsServer
 class TcpProxy(Acceptor):
     def __init__(self, reactor: Reactor, cluster: Cluster, name: str, idle_timeout: float = 3600.0,
                  use_splice: bool = True, tls: TlsServer | None = None, upstream_tls: TlsClient | None = None,
-                 sni_routes: list[tuple[str, Cluster]] | None = None, hello_timeout: float = 10.0) -> None: ...
+                 sni_routes: list[tuple[str, Cluster]] | None = None, hello_timeout: float = 10.0,
+                 names: Names | None = None, service: int = -1, service_clusters: list[Cluster] | None = None
+                 ) -> None: ...
+    @property
+    def service(self) -> int: ...
     @property
     def tls(self) -> TlsServer | None: ...
     @property

@@ -39,6 +39,7 @@ from fastmesh._core.tls.context cimport (
     tls_free, tls_resumed, tls_move, TF_TIMEOUT, TF_NOT_TLS, TF_CLOSED,
 )
 from fastmesh._core.tls.names cimport ServerNames
+from fastmesh._core.naming cimport Names
 from fastmesh._core.tls.clienthello cimport hello_server_name, HELLO_FOUND, HELLO_MORE, HELLO_BAD, MAX_HELLO
 
 import logging
@@ -55,7 +56,7 @@ cdef class TcpProxy(Acceptor):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, str name, double idle_timeout=3600.0,
                   bint use_splice=True, TlsServer tls=None, TlsClient upstream_tls=None, sni_routes=None,
-                  double hello_timeout=10.0):
+                  double hello_timeout=10.0, Names names=None, int service=-1, service_clusters=None):
         self.reactor = reactor
         self.cluster = cluster
         self.connector = Connector(reactor, cluster)
@@ -76,6 +77,14 @@ cdef class TcpProxy(Acceptor):
                                              else Connector(reactor, target)))
                 pairs.append((server_name, targets[target]))
             self.sni_routes = ServerNames(pairs)
+        # A service listener: every cluster of the naming table by index (the listener's cluster is one of them),
+        # resolved per connection; `cluster` is then only the first the service names (a placeholder otherwise).
+        self.names = names
+        self.service = service if names is not None else -1
+        self.service_targets = []
+        if names is not None:
+            for target in service_clusters:
+                self.service_targets.append(self.connector if target is cluster else Connector(reactor, target))
         self.name = name
         self.idle_timeout = idle_timeout
         self.use_splice = use_splice
@@ -127,7 +136,19 @@ cdef class TcpProxy(Acceptor):
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept:
         cdef TcpRelay r = TcpRelay.new(self, fd)
-        if self.cluster.proxy_protocol or self.sni_routes is not None:
+        cdef int idx
+        cdef Connector picked
+        if self.names is not None:
+            # A service listener: the naming table in force now picks the cluster for this connection.
+            idx = self.names.resolve(self.service, self.service_targets, NULL)
+            if 0 <= idx < len(self.service_targets):
+                picked = <Connector>self.service_targets[idx]
+                r.cluster = picked.cluster
+                r.connector = picked
+            else:
+                # `!`, or a name naming no cluster: refused like a listener without endpoints.
+                r.cluster = None
+        if r.cluster is not None and (r.cluster.proxy_protocol or self.sni_routes is not None):
             # A PROXY header may be owed upstream: keep the client's ends (its address as accepted, or as the
             # listener's own PROXY header said) until the upstream connection opens.
             r.proxy_addrs = <ProxyAddrs *>malloc(sizeof(ProxyAddrs))
@@ -139,6 +160,11 @@ cdef class TcpProxy(Acceptor):
         self.head = r
         self.counters[L_ACTIVE] += 1
         bump(self.counters + L_ACCEPTED, 1)
+        if r.cluster is None:
+            r.cluster = self.cluster
+            bump(self.counters + L_FAILED, 1)
+            r.close()
+            return
         if self.reactor.add(fd, r, 0, RELAY_EVENTS) < 0:
             r.close()
             return

@@ -1,0 +1,188 @@
+"""tcp listeners sending to a logical name: the naming table resolved per connection, real sockets and backends."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from fastmesh import ConfigError, Proxy, loads_config
+from fastmesh._testbase.backends import Backend, greet
+from fastmesh._testbase.net import free_port
+from fastmesh._testbase.tls import Pki
+
+pytestmark = pytest.mark.timeout(120)
+
+CHECK = ('health_check = { type = "tcp", interval = "100ms", timeout = "100ms", unhealthy = 1, healthy = 1, '
+         'jitter = "0%" }\n')
+
+
+def config(port: int, endpoints: dict[str, str], rules: list[str], extra: str = "") -> str:
+    """One tcp listener sending to service "db"; one cluster per entry of `endpoints` (name -> address)."""
+    text = (f'[[listeners]]\nname = "tcp-in"\nlisten = "127.0.0.1:{port}"\nprotocol = "tcp"\nservice = "db"\n'
+            f'[naming]\nrules = [{", ".join(repr(r).replace(chr(39), chr(34)) for r in rules)}]\n')
+    for name, address in endpoints.items():
+        text += f'[clusters.{name}]\nendpoints = ["{address}"]\n{extra}'
+    return text
+
+
+async def greeting(proxy: Proxy) -> tuple[str, asyncio.StreamWriter]:
+    """Connect through the listener and read the backend's first line ("" when the connection was closed)."""
+    host, port = proxy.addresses["tcp-in"]
+    reader, writer = await asyncio.open_connection(host, port)
+    line = await asyncio.wait_for(reader.readline(), 10)
+    return line.decode().strip().removeprefix("hello from "), writer
+
+
+async def one_greeting(proxy: Proxy) -> str:
+    name, writer = await greeting(proxy)
+    writer.close()
+    return name
+
+
+async def backends(*names: str) -> list[Backend]:
+    return [await Backend(greet, name).start() for name in names]
+
+
+def test_service_follows_a_rule_and_a_reloaded_table_moves_new_connections() -> None:
+    async def main() -> None:
+        a, b = await backends("a", "b")
+        port = free_port()
+        eps = {"a": a.address, "b": b.address}
+        proxy = Proxy.from_toml(config(port, eps, ["/svc/db => /cluster/a"]))
+        await proxy.start()
+        try:
+            assert [await one_greeting(proxy) for _ in range(5)] == ["a"] * 5
+            await proxy.reload(loads_config(config(port, eps, ["/svc/db => /cluster/b"])))
+            assert [await one_greeting(proxy) for _ in range(5)] == ["b"] * 5
+        finally:
+            await proxy.stop()
+            await a.stop()
+            await b.stop()
+    asyncio.run(main())
+
+
+def test_held_connection_keeps_relaying_after_the_table_changes() -> None:
+    async def main() -> None:
+        a, b = await backends("a", "b")
+        port = free_port()
+        eps = {"a": a.address, "b": b.address}
+        proxy = Proxy.from_toml(config(port, eps, ["/svc/db => /cluster/a"]))
+        await proxy.start()
+        try:
+            host, lport = proxy.addresses["tcp-in"]
+            reader, writer = await asyncio.open_connection(host, lport)
+            assert await asyncio.wait_for(reader.readline(), 10) == b"hello from a\n"
+            await proxy.reload(loads_config(config(port, eps, ["/svc/db => /cluster/b"])))
+            assert await one_greeting(proxy) == "b"
+            writer.write(b"ping\n")
+            assert await asyncio.wait_for(reader.readline(), 10) == b"ping\n"      # echoed by a, not dropped
+            writer.close()
+        finally:
+            await proxy.stop()
+            await a.stop()
+            await b.stop()
+    asyncio.run(main())
+
+
+def test_split_over_2000_connections_lands_within_3_percent_of_its_weights() -> None:
+    async def main() -> None:
+        a, b = await backends("a", "b")
+        port = free_port()
+        proxy = Proxy.from_toml(config(port, {"a": a.address, "b": b.address},
+                                       ["/svc/db => 0.8 * /cluster/a & 0.2 * /cluster/b"]))
+        await proxy.start()
+        try:
+            got: dict[str, int] = {}
+            for _ in range(40):
+                names = await asyncio.gather(*(one_greeting(proxy) for _ in range(50)))
+                for n in names:
+                    got[n] = got.get(n, 0) + 1
+            assert set(got) == {"a", "b"} and sum(got.values()) == 2000, got
+            assert abs(got["b"] / 2000 - 0.2) <= 0.03, got
+        finally:
+            await proxy.stop()
+            await a.stop()
+            await b.stop()
+    asyncio.run(main())
+
+
+def test_fallback_takes_the_second_cluster_while_the_first_has_no_endpoint_up() -> None:
+    async def main() -> None:
+        (b,) = await backends("b")
+        dead = free_port()                 # nothing listens there: the health check marks it down
+        port = free_port()
+        proxy = Proxy.from_toml(config(port, {"a": f"127.0.0.1:{dead}", "b": b.address},
+                                       ["/svc/db => /cluster/a | /cluster/b"], extra=CHECK))
+        await proxy.start()
+        try:
+            deadline = time.monotonic() + 10
+            while proxy.stats()["clusters"]["a"][0]["healthy"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert [await one_greeting(proxy) for _ in range(20)] == ["b"] * 20
+            assert proxy.stats()["listeners"]["tcp-in"]["failed"] == 0
+        finally:
+            await proxy.stop()
+            await b.stop()
+    asyncio.run(main())
+
+
+def test_bang_refuses_the_connection_and_counts_it_failed() -> None:
+    async def main() -> None:
+        (a,) = await backends("a")
+        port = free_port()
+        proxy = Proxy.from_toml(config(port, {"a": a.address}, ["/svc => /cluster", "/svc/db => !"]))
+        await proxy.start()
+        try:
+            assert await one_greeting(proxy) == ""           # closed at accept: EOF before any byte
+            assert await one_greeting(proxy) == ""
+            stats = proxy.stats()["listeners"]["tcp-in"]
+            assert stats["failed"] == 2 and stats["accepted"] == 2, stats
+            assert a.connections == 0
+        finally:
+            await proxy.stop()
+            await a.stop()
+    asyncio.run(main())
+
+
+def test_explain_shows_the_naming_of_a_tcp_listener() -> None:
+    from fastmesh.admin.explain import Question, explain
+    cfg = loads_config(config(free_port(), {"a": "127.0.0.1:1", "b": "127.0.0.1:2"},
+                              ["/svc/db => /cluster/a | /cluster/b"]))
+    out = explain(cfg, Question(listener="tcp-in"), {"a": False, "b": True})
+    assert out["cluster"]["name"] == "b"
+    assert "cluster a has no endpoint up: skipped" in "\n".join(out["naming"]["steps"])
+    assert "service db" in out["outcome"]
+
+
+def test_cluster_and_service_together_is_an_error_naming_the_key() -> None:
+    text = config(1, {"a": "127.0.0.1:1"}, ["/svc/db => /cluster/a"])
+    text = text.replace('service = "db"\n', 'service = "db"\ncluster = "a"\n')
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.service"):
+        loads_config(text)
+
+
+def test_a_service_naming_no_cluster_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.service"):
+        loads_config(config(1, {"a": "127.0.0.1:1"}, ["/svc/other => /cluster/a"]))
+
+
+def test_no_cluster_and_no_service_on_a_tcp_listener_says_what_is_missing() -> None:
+    text = config(1, {"a": "127.0.0.1:1"}, ["/svc/db => /cluster/a"]).replace('service = "db"\n', "")
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.cluster.*service"):
+        loads_config(text)
+
+
+def test_a_cluster_originating_tls_is_refused_beside_a_tcp_service_listener(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    text = config(1, {"a": "127.0.0.1:1"}, ["/svc/db => /cluster/a"]) + f'tls = {{ ca = "{pki.ca_file}" }}\n'
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.service.*originates TLS"):
+        loads_config(text)
+
+
+def test_sni_routes_beside_service_is_an_error_naming_the_key() -> None:
+    text = config(1, {"a": "127.0.0.1:1"}, ["/svc/db => /cluster/a"]).replace(
+        'service = "db"\n', 'service = "db"\nsni_routes = { "a.test" = "a" }\n')
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.sni_routes"):
+        loads_config(text)
