@@ -186,3 +186,45 @@ def test_sni_routes_beside_service_is_an_error_naming_the_key() -> None:
         'service = "db"\n', 'service = "db"\nsni_routes = { "a.test" = "a" }\n')
     with pytest.raises(ConfigError, match=r"listeners\[0\]\.sni_routes"):
         loads_config(text)
+
+
+def test_fastmesh_run_follows_a_watched_table_for_new_connections_and_explains_it(tmp_path: Path) -> None:
+    """Two workers; the table in a watched file is rewritten: new connections go to b, one held open stays on a."""
+    import httpx
+
+    from fastmesh._testbase.run import AsyncRun
+
+    async def main() -> None:
+        a, b = await backends("a", "b")
+        table = tmp_path / "naming.dtab"
+        table.write_text("/svc/db => /cluster/a\n")
+        port, admin = free_port(), free_port()
+        text = (f'workers = 2\ndrain_timeout = "2s"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+                f'[[listeners]]\nname = "tcp-in"\nlisten = "127.0.0.1:{port}"\nprotocol = "tcp"\nservice = "db"\n'
+                f'[clusters.a]\nendpoints = ["{a.address}"]\n[clusters.b]\nendpoints = ["{b.address}"]\n'
+                '[naming]\nsource = { kind = "file", path = "naming.dtab" }\n')
+        run = AsyncRun(tmp_path, text)
+        await run.start(r"ready: 2 worker\(s\) serving")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.readline(), 10) == b"hello from a\n"
+            async with httpx.AsyncClient() as client:
+                got = (await client.get(f"http://127.0.0.1:{admin}/explain?listener=tcp-in", timeout=5)).json()
+            assert got["cluster"]["name"] == "a" and got["naming"]["service"] == "db", got
+            (tmp_path / "naming.new").write_text("/svc/db => /cluster/b\n")
+            (tmp_path / "naming.new").rename(table)
+            await run.wait_log(r"discovery update applied by 2 worker\(s\) .*naming table changed")
+            names = []
+            for _ in range(20):
+                r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+                names.append((await asyncio.wait_for(r2.readline(), 10)).decode().strip())
+                w2.close()
+            assert names == ["hello from b"] * 20, names
+            writer.write(b"ping\n")
+            assert await asyncio.wait_for(reader.readline(), 10) == b"ping\n"      # the held relay still runs
+            writer.close()
+        finally:
+            await run.stop()
+            await a.stop()
+            await b.stop()
+    asyncio.run(main())
