@@ -135,8 +135,11 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
             naming["override_note"] = None
             out["naming"] = naming
             cluster_name = naming["cluster"]
-            out["outcome"] = (f"each connection is relayed to service {lst.service} and the naming table's cluster, "
-                              f"now {cluster_name}" if cluster_name is not None else
+            out["routing"]["note"] = ("a tcp listener relays every connection to the cluster its service resolves "
+                                      "to when the connection is accepted: method, host, path and headers play no "
+                                      "part")
+            out["outcome"] = (f"each connection is relayed to service {lst.service} and the naming table to a "
+                              f"cluster (most connections: {cluster_name})" if cluster_name is not None else
                               f"service {lst.service} names no cluster: connections are closed at accept")
     else:
         try:
