@@ -4,7 +4,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove
 from fastmesh._core.includes.system cimport recv, send, errno, EAGAIN, MSG_NOSIGNAL, MSG_DONTWAIT
 from fastmesh._core.reactor cimport BufferPool
-from fastmesh._core.tls.context cimport Tls, tls_recv, tls_send
+from fastmesh._core.tls.context cimport Tls, tls_recv, tls_send, tls_drained
 
 
 ctypedef struct RecvBuf:
@@ -65,13 +65,14 @@ cdef inline Py_ssize_t rb_read(RecvBuf *b, int fd, BufferPool pool, Tls *tls) no
 
 
 # rb_read on an edge-triggered socket: *readable is cleared once the socket is known to be empty (a short read
-# while no hang-up was seen, or EAGAIN), so the caller waits for the next edge. Returns as rb_read does.
+# while no hang-up was seen and OpenSSL holds no close behind it, or EAGAIN), so the caller waits for the next
+# edge. Returns as rb_read does.
 cdef inline Py_ssize_t rb_read_edge(RecvBuf *b, int fd, BufferPool pool, bint *readable, bint hangup,
                                     Tls *tls) noexcept:
     cdef Py_ssize_t room = pool.size - b.end if b.data != NULL else pool.size
     cdef Py_ssize_t n = rb_read(b, fd, pool, tls)
     if n > 0:
-        if n < room and not hangup:
+        if n < room and not hangup and tls_drained(tls):
             readable[0] = False
     elif n == -1 and errno == EAGAIN:
         readable[0] = False

@@ -11,7 +11,7 @@ from fastmesh._core.buffer cimport (
     RecvBuf, OutBuf, rb_read, rb_release_if_empty, ob_add, ob_flush, ob_pending, io_send,
 )
 from fastmesh._core.includes.system cimport errno, EAGAIN
-from fastmesh._core.tls.context cimport Tls
+from fastmesh._core.tls.context cimport Tls, tls_drained
 from fastmesh._core.reactor cimport BufferPool
 from fastmesh._core.stats cimport bump_field
 from fastmesh._core.http1.parser cimport Head, Limits
@@ -177,7 +177,7 @@ cdef int pump_body(RecvBuf *src, int sfd, Tls *stls, bint *s_readable, bint s_ha
         if n > 0:
             if received != NULL:
                 bump_field(received, <unsigned long long>n)
-            if n < room and not s_hangup:
+            if n < room and not s_hangup and tls_drained(stls):
                 s_readable[0] = False
             continue
         if n == 0:

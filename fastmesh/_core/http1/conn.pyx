@@ -41,7 +41,7 @@ from fastmesh._core.stats cimport (
     L_ACTIVE, L_BYTES_IN, L_BYTES_OUT, L_TLS_HANDSHAKES, L_TLS_RESUMED, count_status, observe_ns, bump, bump_field,
 )
 from fastmesh._core.tls.context cimport (
-    Tls, TlsServer, tls_handshake, tls_resumed, tls_alpn, tls_peer_uri, tls_release, TF_TIMEOUT,
+    Tls, TlsServer, tls_handshake, tls_resumed, tls_alpn, tls_peer_uri, tls_release, tls_drained, TF_TIMEOUT,
 )
 from fastmesh._core.codes cimport error_status, ERR_HEADERS_TOO_LARGE
 from fastmesh._core.errors cimport (
@@ -366,7 +366,7 @@ cdef class Downstream(UpstreamUser):
             n = rb_read(&self.rbuf, self.fd, self.proxy.buffers, self.tls)
             if n > 0:
                 bump_field(&self.proxy.bytes_in, <unsigned long long>n)
-                if n < room and not self.hangup:
+                if n < room and not self.hangup and tls_drained(self.tls):
                     self.readable = False     # a short read emptied the socket; new bytes raise a new edge
                 continue
             if n == 0:

@@ -40,7 +40,7 @@ from fastmesh._core.stats cimport bump_field
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
 from fastmesh._core.tls.context cimport (
-    TlsClient, tls_handshake, tls_resumed, tls_recv, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+    TlsClient, tls_handshake, tls_resumed, tls_recv, tls_release, tls_drained, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
 )
 
 cdef extern from "<errno.h>" nogil:
@@ -325,7 +325,9 @@ cdef class HttpPool(Connector):
         keep = self.peak[ep] if self.peak[ep] > self.last_peak[ep] else self.last_peak[ep]
         if keep > self.max_idle or up.proxy_len:
             keep = self.max_idle        # a PROXY cluster's idle connections each wait for their own client
-        if (self.retired or up.state != UP_ACTIVE or up.hangup or keep <= 0
+        # A TLS server may have closed right behind its response (close_notify in the same flight): OpenSSL
+        # holds that close already and no edge will tell the idle connection, so it is not reused.
+        if (self.retired or up.state != UP_ACTIVE or up.hangup or keep <= 0 or not tls_drained(up.tls)
                 or ob_pending(&up.out) > 0 or up.rbuf.start != up.rbuf.end or self.cluster.out[ep] & OUT_REMOVED):
             up.close()
             return

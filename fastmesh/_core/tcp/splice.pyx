@@ -636,9 +636,10 @@ cdef class TcpRelay(EventTarget):
                 self.last_active = self.owner.reactor.now
                 if n == self.owner.reactor.buffers.size:
                     dr.bulk = self.use_splice
-                elif not self.hangup[d]:
+                elif not self.hangup[d] and not self.tls[d].more:
                     # A short read emptied the socket; new data raises a new edge. After a FIN was seen
-                    # there is no new edge to come, so then we read on until recv returns 0.
+                    # there is no new edge to come, so then we read on until recv returns 0; the same when
+                    # OpenSSL already holds the peer's close_notify behind these bytes (tls_recv's `more`).
                     self.readable[d] = 0
             elif n == 0:
                 dr.src_eof = 1

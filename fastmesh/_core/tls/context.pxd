@@ -38,6 +38,9 @@ ctypedef struct Tls:
     unsigned char state        # TLS_OFF, TLS_HANDSHAKE, TLS_OPEN, TLS_FAILED
     unsigned char read_wants_out   # the last SSL_read needs the socket writable: retry reads on EPOLLOUT too
     unsigned char write_wants_in   # the last SSL_write needs the socket readable: retry writes on EPOLLIN too
+    # more: the last tls_recv returned data but stopped before WANT_READ, as a close_notify, EOF or error
+    # already sits in OpenSSL's buffer behind it (no edge will announce it: read on, see tls_drained)
+    unsigned char more
     unsigned char fail         # a TlsFail once something failed
     unsigned char sni_unknown  # the SNI callback refused the client's server name
     unsigned char denied       # the verify callback refused the client's identity (allow_identities)
@@ -102,6 +105,14 @@ cdef int tls_accept(Tls *t, TlsServer srv, int fd) noexcept
 cdef int tls_connect(Tls *t, TlsClient cli, int fd, int endpoint, const char *ip) noexcept
 cdef int tls_handshake(Tls *t) noexcept
 cdef Py_ssize_t tls_recv(Tls *t, char *buf, Py_ssize_t n) noexcept
+
+
+cdef inline bint tls_drained(Tls *t) noexcept nogil:
+    """After a short read: is the side's socket known empty (wait for its next edge)? Always for cleartext
+    (t NULL or no SSL); over TLS not when the last tls_recv stopped at a buffered close or error."""
+    return t == NULL or not t.more
+
+
 cdef Py_ssize_t tls_send(Tls *t, const char *buf, Py_ssize_t n) noexcept
 cdef void tls_close_notify(Tls *t) noexcept
 cdef void tls_free(Tls *t) noexcept

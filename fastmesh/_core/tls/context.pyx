@@ -782,6 +782,7 @@ cdef int tls_accept(Tls *t, TlsServer srv, int fd) noexcept:
     t.state = TLS_HANDSHAKE
     t.read_wants_out = 0
     t.write_wants_in = 0
+    t.more = 0
     t.fail = TF_NONE
     t.sni_unknown = 0
     t.denied = 0
@@ -802,6 +803,7 @@ cdef int tls_connect(Tls *t, TlsClient cli, int fd, int endpoint, const char *ip
     t.state = TLS_HANDSHAKE
     t.read_wants_out = 0
     t.write_wants_in = 0
+    t.more = 0
     t.fail = TF_NONE
     t.sni_unknown = 0
     t.denied = 0
@@ -898,9 +900,15 @@ cdef int tls_handshake(Tls *t) noexcept:
 cdef Py_ssize_t tls_recv(Tls *t, char *buf, Py_ssize_t n) noexcept:
     """recv's contract over TLS: bytes read (as many records as the socket has, up to n), 0 at the peer's
     close_notify or EOF, -1 with errno EAGAIN when nothing is readable (read_wants_out set when OpenSSL waits
-    for the socket to be writable), -1 with another errno on failure."""
+    for the socket to be writable), -1 with another errno on failure.
+
+    Read-ahead may take a close_notify (or the records before an error) off the socket together with the data
+    before it: then the data is returned, t.more is set, and the close comes at the next call. No readiness
+    edge will announce it, so a caller must not take this short read as proof the socket drained
+    (tls_drained())."""
     cdef Py_ssize_t total = 0
     cdef int r, e, chunk
+    t.more = 0
     while total < n:
         chunk = <int>(n - total) if n - total < 0x40000000 else 0x40000000
         r = lib.SSL_read(t.ssl, buf + total, chunk)
@@ -915,7 +923,8 @@ cdef Py_ssize_t tls_recv(Tls *t, char *buf, Py_ssize_t n) noexcept:
             t.read_wants_out = 1
             break
         if total > 0:
-            return total                    # the EOF or error repeats at the next call
+            t.more = 1                      # the EOF or error repeats at the next call: the caller reads on
+            return total
         if e == SSL_ERROR_ZERO_RETURN:
             return 0
         if e == SSL_ERROR_SYSCALL and lib.ERR_get_error() == 0:
