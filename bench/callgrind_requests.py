@@ -23,6 +23,8 @@ a run without it is what the plugin path costs per request.
 `--rate-limit none` sends them through the same route without a limit (the baseline for that difference).
 `--header "NAME: VALUE"` adds a field to every request (e.g. a W3C traceparent, to count what continuing a trace
 costs), and `--listener-line LINE` a line to the http listener's table (e.g. `tracing = { start = true }`).
+`--single` runs `fastmesh run` with `workers = 0` instead of a bare Proxy: the data plane on the supervisor's loop,
+beside the admin server and the supervisor's timers (with `--whole`, what sharing that loop costs per request).
 """
 from __future__ import annotations
 
@@ -130,24 +132,46 @@ def h2_requests(port: int, count: int) -> None:
                 s.sendall(conn.data_to_send())
 
 
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Until 127.0.0.1:port accepts (the process is slow to start under valgrind)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the proxy exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the proxy did not listen within {timeout:.0f}s")
+
+
 def measure(root: str, tmp: str, backend_port: int, count: int, filter_ref: str = "", rate_limit: str = "",
-            whole: bool = False, listener_line: str = "") -> dict[str, float]:
+            whole: bool = False, listener_line: str = "", single: bool = False) -> dict[str, float]:
     out: dict[str, float] = {}
     http_port, tcp_port = procs.free_port(), procs.free_port()
     conf = os.path.join(tmp, "fm.toml")
+    text = config(http_port, tcp_port, backend_port, filter_ref, rate_limit, listener_line)
+    if single:      # `fastmesh run` with workers = 0: the supervisor's loop (admin server, timers) serves too
+        text = f'workers = 0\n{text}[admin]\nlisten = "127.0.0.1:{procs.free_port()}"\n'
     with open(conf, "w") as f:
-        f.write(config(http_port, tcp_port, backend_port, filter_ref, rate_limit, listener_line))
+        f.write(text)
     script = os.path.join(tmp, "serve.py")
     with open(script, "w") as f:
         f.write(SERVE)
     prefix = os.path.join(tmp, f"cg-{os.path.basename(root)}")
     collect = ["--collect-atstart=yes"] if whole else ["--collect-atstart=no", f"--toggle-collect={POLL}"]
+    command = ["-m", "fastmesh", "run", conf, "--log-level", "warning"] if single else [script, conf]
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", *collect,
-                             f"--callgrind-out-file={prefix}.%p", sys.executable, script, conf], cwd=tmp,
+                             f"--callgrind-out-file={prefix}.%p", sys.executable, *command], cwd=tmp,
                             env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "up", "the proxy did not start"
+        if single:
+            wait_listening(http_port, proc)
+            wait_listening(tcp_port, proc)
+        else:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "up", "the proxy did not start"
         for mode, listener, client in MODES:
             if client is h2_requests and not HAVE_H2:
                 continue
@@ -187,13 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                     help="a field every request carries (repeatable)")
     ap.add_argument("--listener-line", default="", metavar="LINE", help="a TOML line for the http listener's table")
+    ap.add_argument("--single", action="store_true",
+                    help="run `fastmesh run` with workers = 0 (the supervisor serves) instead of a bare Proxy")
     a = ap.parse_args(argv)
     EXTRA[:] = [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in a.header)]
     tmp = tempfile.mkdtemp(prefix="fastmesh-callgrind-")
     p = procs.Procs(tmp)
     try:
         backend_port = backends.http(p, os.sched_getaffinity(0).pop(), tmp, procs.raise_nofile())
-        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.rate_limit, a.whole, a.listener_line)
+        rows = {root: measure(root, tmp, backend_port, a.requests, a.filter, a.rate_limit, a.whole, a.listener_line,
+                              a.single)
                 for root in map(os.path.abspath, a.builds)}
         if a.keep:
             os.makedirs(a.keep, exist_ok=True)

@@ -1,6 +1,7 @@
 """Instance footprint at idle: start `fastmesh run`, wait until it serves, print RSS and PSS per process and in total.
 
-    python -m bench.footprint                          # quickstart-like, workers 1, 2 and 4, with and without demo
+    python -m bench.footprint                          # quickstart-like, workers 0, 1, 2 and 4, with and without demo
+    python -m bench.footprint --workers 0 --demo-only  # one process (`workers = 0`: the supervisor serves)
     python -m bench.footprint --workers 1 --no-demo    # one case
     python -m bench.footprint --workers 1 --conns 2000 # also the memory per idle L4 connection (held through the proxy)
 
@@ -151,11 +152,13 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
                                          "pss": sum(m["Pss"] for _, _, m in rows)}
             if conns:
                 from bench.macro.idleconns import open_held
+                # The processes holding the connections: the workers, or with workers = 0 the supervisor itself.
+                serving = kids if workers else [proc.pid]
                 held, failed = open_held(ports["tcp"], conns, timeout=60.0)
                 try:
                     time.sleep(1.0)
-                    after = sum(memory_kb(pid)["Pss"] for pid in kids)
-                    before = sum(m["Pss"] for name, _, m in rows if name.startswith("worker"))
+                    after = sum(memory_kb(pid)["Pss"] for pid in serving)
+                    before = sum(m["Pss"] for _, pid, m in rows if pid in serving)
                     result["held"] = len(held)
                     result["per_conn_kib"] = (after - before) / max(1, len(held))
                     result["failed"] = failed
@@ -188,12 +191,13 @@ def report(result: dict[str, object]) -> None:
     print(f"| **total** | | {mib(rss)} | **{mib(pss)}** | | |")
     if "held" in result:
         print(f"idle L4 connections held: {result['held']} ({result['failed']} failed), "
-              f"{result['per_conn_kib']:.2f} KiB PSS per connection (workers)")
+              f"{result['per_conn_kib']:.2f} KiB PSS per connection (in the serving processes)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts (default: %(default)s)")
+    parser.add_argument("--workers", default="0,1,2,4",
+                        help="comma-separated worker counts, 0 for one process (default: %(default)s)")
     parser.add_argument("--no-demo", dest="demo", action="store_const", const=[False], default=[True, False],
                         help="only without the demo backends")
     parser.add_argument("--demo-only", dest="demo", action="store_const", const=[True],

@@ -10,7 +10,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp", pool_max_idle: int = 64,
-           tls: tuple[str, str, str] | None = None, upstream_tls: bool = False) -> str:
+           tls: tuple[str, str, str] | None = None, upstream_tls: bool = False, workers: int = 1) -> str:
     """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide.
 
     protocol "http" makes the listener an HTTP/1.1 proxy with pooled keep-alive upstream connections; every
@@ -19,11 +19,12 @@ def config(listen_port: int, backend_port: int, admin_port: int, protocol: str =
     upstream keepalive is: each stream's try needs an HTTP/1.1 connection of its own.
     tls: (cert, key, _): the listener terminates TLS (ALPN h2 and http/1.1, fastmesh's default for http).
     upstream_tls: the cluster originates TLS to the backend (not verified, like HAProxy's `ssl verify none`).
+    workers: 0 serves from the supervisor process itself (the "fastmesh-single" row).
     """
     tls_line = f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}\n' if tls is not None else ""
     cluster_tls = "tls = { verify = false }\n" if upstream_tls else ""
     return f"""\
-workers = 1
+workers = {workers}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"

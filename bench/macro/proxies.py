@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from . import envoy_conf, fastmesh_conf, haproxy_conf, nginx_conf, procs, procstat
 
 # the order of the table rows; "direct" is the client talking straight to the backend (the ceiling)
-ALL = ("direct", "haproxy", "nginx", "envoy", "fastmesh")
+# "fastmesh-single": fastmesh with `workers = 0`, the data plane in the supervisor process (no worker)
+ALL = ("direct", "haproxy", "nginx", "envoy", "fastmesh", "fastmesh-single")
 # helper processes Python's multiprocessing may add under a supervisor; they relay nothing
 _HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver")
 
@@ -30,7 +31,7 @@ def unavailable(name: str, modes: set[str]) -> str | None:
     """None when the proxy can run the given modes on this machine, else the reason it is skipped."""
     if name == "direct":
         return None
-    if name == "fastmesh":
+    if name in ("fastmesh", "fastmesh-single"):
         return fastmesh_conf.available()
     binary = {"haproxy": haproxy_conf.BINARY, "nginx": nginx_conf.BINARY, "envoy": envoy_conf.BINARY}[name]
     if not (envoy_conf.binary() if name == "envoy" else shutil.which(binary)):
@@ -80,14 +81,16 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
         conf = _write(tmp, "envoy.json", envoy_conf.http_config(port, backend_port, h2=mode == "h2") if http
                       else envoy_conf.config(port, backend_port))
         argv = envoy_conf.argv(conf)
-    elif name == "fastmesh":
+    elif name in ("fastmesh", "fastmesh-single"):
         # h2: the http listener takes HTTP/2 with prior knowledge on the same port
+        single = name == "fastmesh-single"
         conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(),
                                                                  "http" if http else "tcp", upstream_idle, tls=cert,
-                                                                 upstream_tls=mode == "tlstcp"))
+                                                                 upstream_tls=mode == "tlstcp",
+                                                                 workers=0 if single else 1))
         argv = fastmesh_conf.argv(conf)
         env = fastmesh_conf.env()
-        expect_children = True
+        expect_children = not single        # workers = 0: the process started is the one relaying
     else:
         raise ValueError(f"unknown proxy {name!r}")
     log = os.path.basename(tmp)      # one log per trial

@@ -324,9 +324,9 @@ def _whole(low: int, high: int | None = None) -> Parser:
 
 
 def _workers(check: _Check, key: str, value: Any) -> Any:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
-    return check.bad(key, 'a whole number >= 1 or "auto"', value)
+    return check.bad(key, 'a whole number >= 0 or "auto"', value)
 
 
 def _max_connections(check: _Check, key: str, value: Any) -> Any:

@@ -466,6 +466,7 @@ class Config:
     """The whole validated configuration."""
     listeners: list[Listener]
     clusters: dict[str, Cluster]
+    # Worker processes; 0 runs the data plane in the supervisor itself (one process, no crash isolation).
     workers: int | Literal["auto"] = 1
     # Per worker: downstream connections open at once over all listeners; "auto" derives it from the fd limit
     # (dataplane/fd_budget.py). Past it, new connections wait in the listeners' backlogs.

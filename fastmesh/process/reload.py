@@ -39,7 +39,10 @@ from fastmesh.process.events import Events
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
+from fastmesh.process.inline import InlineLink
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with
+
+Link = WorkerLink | InlineLink
 
 log = logging.getLogger("fastmesh.reload")
 
@@ -54,7 +57,7 @@ class Supervised(Protocol):
     cfg: Config
     config_gen: int                     # bumped by each reload that changed the running config
     spawn_gen: dict[int, int]           # slot -> config_gen when its current worker was started
-    links: dict[int, WorkerLink]        # slot -> control channel of its current worker
+    links: dict[int, Link]              # slot -> control channel of its current worker (or the inline data plane)
     ready: set[int]
     stats: WorkerStats
     stopping: asyncio.Event
@@ -249,7 +252,7 @@ class Reloader:
         return Outcome(400, {"error": "Bad Request", "status": 400, "result": "failed",
                              "message": f"{what}; the running config is unchanged", "errors": errors})
 
-    async def _apply(self, n: int, link: WorkerLink, text: bytes, fmt: str) -> tuple[str, Any]:
+    async def _apply(self, n: int, link: Link, text: bytes, fmt: str) -> tuple[str, Any]:
         """Send worker n the config text and its stats block; ("applied", answer), ("refused", errors),
         ("timeout", None) or ("gone", None) when it exited meanwhile (it restarts from the file)."""
         stats = self.sup.stats

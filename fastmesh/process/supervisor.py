@@ -18,11 +18,13 @@ from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
+from fastmesh.process.inline import InlineLink
 from fastmesh.process import zygote
 from fastmesh.process.zygote import ForkedWorker
 from fastmesh.dataplane.tls import TicketSecret
 
 Worker = asyncio.subprocess.Process | ForkedWorker      # a fresh interpreter, or forked from this process
+Link = WorkerLink | InlineLink                          # a worker's control channel, or the in-process one
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -63,6 +65,17 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
+    if cfg.worker_count() == 0:
+        # Single-process mode: the data plane shares this loop, so it is the worker's loop (process/loop.py),
+        # which waits in the data path's epoll set itself.
+        from fastmesh.process.loop import loop_factory
+        try:
+            factory = loop_factory()
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 1
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(Supervisor(config_path, cfg, log_level).run())
     forking = zygote.preload()          # before any event loop exists: workers are forked from this process
     import uvloop
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -93,7 +106,10 @@ class Supervisor:
         self.config_path = os.path.abspath(config_path)   # workers may resolve it from another directory
         self.cfg = cfg
         self.log_level = log_level
-        self.count = cfg.worker_count()
+        # workers = 0: the data plane runs here, in slot 0 (process/inline.py); one slot either way.
+        self.inline = cfg.worker_count() == 0
+        self.count = max(1, cfg.worker_count())
+        self.inline_task: asyncio.Task[None] | None = None
         self.forking = forking                                    # workers are forked from us (else exec'd)
         self.procs: dict[int, Worker] = {}                        # slot number -> its running worker
         self.ready: set[int] = set()                              # slots whose current worker is serving
@@ -106,7 +122,7 @@ class Supervisor:
         self.limits = SharedLimits(cfg, self.count)                # the instance's limit counters, one region per slot
         from fastmesh.dataplane.ratelimits import SharedRates
         self.rates = SharedRates(cfg)                              # the routes' rate-limit buckets, for every worker
-        self.links: dict[int, WorkerLink] = {}                     # slot -> control channel of its worker
+        self.links: dict[int, Link] = {}                           # slot -> control channel of its worker
         self.config_gen = 0                                        # bumped by each reload that changed cfg
         self.spawn_gen: dict[int, int] = {}                        # slot -> config_gen its worker started at
         self.admin: Any = None                                     # the AdminServer, once it listens
@@ -130,7 +146,10 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        log.info("fastmesh %s starting %d worker(s) for %s", __version__, self.count, self.config_path)
+        if self.inline:
+            log.info("fastmesh %s starting in one process (workers = 0) for %s", __version__, self.config_path)
+        else:
+            log.info("fastmesh %s starting %d worker(s) for %s", __version__, self.count, self.config_path)
         demo: DemoServers | None = None
         self.events.configure(self.cfg)
         try:
@@ -155,7 +174,12 @@ class Supervisor:
                 await self.discovery.first_answers(FIRST_ANSWER_WAIT)
                 await self.reloader.discovered()
             self._in_background(self._hand_off_discovery())
-            slots = [asyncio.create_task(self._keep_worker(n)) for n in range(self.count)]
+            if self.inline:
+                from fastmesh.process import inline
+                self.inline_task = asyncio.create_task(self._serve_inline(inline.serve(self)))
+                slots = [self.inline_task]
+            else:
+                slots = [asyncio.create_task(self._keep_worker(n)) for n in range(self.count)]
             await self.stopping.wait()
             await self._stop_workers(slots)
             await self.discovery.close()
@@ -173,6 +197,28 @@ class Supervisor:
             self.rates.close()
         log.info("stopped")
         return self.exit_code
+
+    async def _serve_inline(self, serving: Any) -> None:
+        """Run the in-process data plane; a failure in it ends the instance (there is no worker to restart)."""
+        try:
+            await serving
+        except asyncio.CancelledError:
+            log.warning("stopped without finishing the drain")
+        except Exception:
+            log.exception("the data plane failed: stopping (workers = 0 has no worker to restart)")
+            self.exit_code = 1
+            self.stopping.set()
+        finally:
+            self.ready.discard(0)
+
+    def on_inline_ready(self) -> None:
+        """The in-process data plane serves (process/inline.py)."""
+        self.ready.add(0)
+        if self.spawn_gen.get(0) != self.config_gen:    # a reload came while it started: may run the older file
+            self._in_background(self.reloader.push(0))
+        self.announced = True
+        where = ", ".join(f"{lst.name!r} on {lst.address}" for lst in self.cfg.listeners)
+        log.info("ready: serving %s in this process (pid %d)", where, os.getpid())
 
     def _on_sighup(self) -> None:
         log.info("received SIGHUP: reloading %s", self.config_path)
@@ -215,6 +261,9 @@ class Supervisor:
 
     def restart(self, n: int, why: str) -> None:
         """Stop worker n gracefully; its slot starts a new one (which reads the config file)."""
+        if self.inline:
+            log.error("the data plane %s; with workers = 0 there is no worker to restart: it keeps running", why)
+            return
         proc = self.procs.get(n)
         if proc is not None:
             log.warning("w%d (pid %d): restarting: %s", n, proc.pid, why)
@@ -237,7 +286,7 @@ class Supervisor:
 
     async def _ask_workers(self, op: str, key: str, **args: Any) -> dict[int, Any]:
         """Ask every serving worker `op` (with `args`) over its control link at once; worker -> its answer's `key`."""
-        async def one(link: WorkerLink) -> Any:
+        async def one(link: Link) -> Any:
             try:
                 answer = await link.call(op, DESCRIBE_TIMEOUT, **args)
             except (TimeoutError, LinkClosed):
@@ -260,6 +309,8 @@ class Supervisor:
             # Ctrl-C reaching every process): still a graceful stop. A second one later means "now".
             return
         log.warning("received %s again: killing workers now", name)
+        if self.inline_task is not None:
+            self.inline_task.cancel()       # ends the drain: open connections are closed as the process exits
         for proc in self.procs.values():
             _send(proc, signal.SIGKILL)
 

@@ -48,9 +48,9 @@ MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from th
 
 BAD = [
     # top level
-    ("workers = 0\n" + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got 0'),
-    ('workers = "many"\n' + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got "many"'),
-    ("workers = true\n" + MINIMAL, 'workers: expected a whole number >= 1 or "auto", got true'),
+    ("workers = -1\n" + MINIMAL, 'workers: expected a whole number >= 0 or "auto", got -1'),
+    ('workers = "many"\n' + MINIMAL, 'workers: expected a whole number >= 0 or "auto", got "many"'),
+    ("workers = true\n" + MINIMAL, 'workers: expected a whole number >= 0 or "auto", got true'),
     ("max_connections = 0\n" + MINIMAL, f'max_connections: expected {MAX_CONNECTIONS}, got 0'),
     ('max_connections = "lots"\n' + MINIMAL, f'max_connections: expected {MAX_CONNECTIONS}, got "lots"'),
     ("max_connections = 16777217\n" + MINIMAL, f'max_connections: expected {MAX_CONNECTIONS}, got 16777217'),
@@ -264,13 +264,13 @@ def test_bad_config_message(text: str, message: str) -> None:
 
 
 def test_every_problem_is_reported_in_file_order() -> None:
-    text = ('workers = 0\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1"\ncluster = "nope"\nsplice = 1\n'
+    text = ('workers = -1\n[[listeners]]\nname = "in"\nlisten = "127.0.0.1"\ncluster = "nope"\nsplice = 1\n'
             + CLUSTER + 'balancr = "x"\n')
     with pytest.raises(ConfigErrors) as info:
         loads_config(text, "many.toml")
     err = info.value
     assert str(err).splitlines() == [
-        'many.toml: workers: expected a whole number >= 1 or "auto", got 0',
+        'many.toml: workers: expected a whole number >= 0 or "auto", got -1',
         'many.toml: listeners[0].listen: expected "host:port", got "127.0.0.1"',
         'many.toml: listeners[0].cluster: expected one of the clusters ["echo"], got "nope"',
         "many.toml: listeners[0].splice: expected true or false, got 1",
@@ -278,7 +278,7 @@ def test_every_problem_is_reported_in_file_order() -> None:
     ]
     # The aggregate reads as its first error, so code that looks at one error still works.
     assert isinstance(err, ConfigError)
-    assert (err.file, err.key, err.expected, err.got) == ("many.toml", "workers", 'a whole number >= 1 or "auto"', "0")
+    assert (err.file, err.key, err.expected, err.got) == ("many.toml", "workers", 'a whole number >= 0 or "auto"', "-1")
     assert len(err.errors) == 5 and err.errors[1].key == "listeners[0].listen"
 
 
@@ -301,7 +301,7 @@ def test_missing_key_has_no_got() -> None:
 def test_errors_survive_pickling() -> None:
     # Reload may validate in one process and report in another.
     with pytest.raises(ConfigErrors) as info:
-        loads_config("workers = 0\ndrain_timeout = 1\n" + MINIMAL, "p.toml")
+        loads_config("workers = -1\ndrain_timeout = 1\n" + MINIMAL, "p.toml")
     copy = pickle.loads(pickle.dumps(info.value))
     assert type(copy) is ConfigErrors and str(copy) == str(info.value)
     single = pickle.loads(pickle.dumps(info.value.errors[1]))
