@@ -177,8 +177,10 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     if tracer is not None:
         tracer.cancel()
     # Drained: a repeated SIGTERM/SIGINT (the supervisor forwards what the terminal also sent) must not kill us
-    # while the loop closes and its handlers are gone.
+    # while the loop closes. The loop's handlers are removed first: closing the loop would otherwise reset each of
+    # them to the default action (death by SIGTERM) after we ignored it.
     for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
     log.info("stopped")
     return 0
