@@ -71,7 +71,7 @@ def test_check_json(good_config: Path, tmp_path: Path) -> None:
 
 def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('workers = 0\n[[listeners]]\nname = "x"\nlisten = "127.0.0.1:99999"\ncluster = "nope"\n'
+    bad.write_text('workers = -1\n[[listeners]]\nname = "x"\nlisten = "127.0.0.1:99999"\ncluster = "nope"\n'
                    '[clusters.a]\nendpoints = ["127.0.0.1:1"]\n')
     result = fastmesh("check", str(bad), cwd=tmp_path)
     assert result.returncode == 1

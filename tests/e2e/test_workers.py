@@ -153,7 +153,7 @@ def test_killed_worker_is_restarted(start: Start) -> None:
 
 def test_worker_that_keeps_failing_is_restarted_with_backoff(start: Start) -> None:
     fm = start(workers=1)
-    fm.config.write_text("workers = 0\n")       # from now on a new worker cannot load the config
+    fm.config.write_text("workers = -1\n")       # from now on a new worker cannot load the config
     os.kill(fm.worker_pids()["w0"], signal.SIGKILL)
     fm.wait_log(r"exited unexpectedly: exit code 78")
     fm.wait_log(r"restarting w0 in 0\.5s \(it keeps exiting quickly\)")
