@@ -26,6 +26,7 @@ if TYPE_CHECKING:       # the core is imported when the proxy starts: a Proxy is
     from fastmesh._core.reactor import ConnectionLimit, Reactor
     from fastmesh._core.stats import StatsBlock
     from fastmesh._core.tcp.splice import TcpProxy
+    from fastmesh._core.tls.context import TlsClient
     from fastmesh.dataplane.fd_budget import FdBudget
     from fastmesh.dataplane.stats import LagProbe, StatsLayout
     from fastmesh.dataplane.tls import TlsWatch
@@ -210,6 +211,15 @@ class Proxy:
         if lcfg.protocol == "http":
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
                                        self.config.source, index)
+        # Origination contexts to keep when equal to a new one, per cluster: the cluster's HTTP pool's (one
+        # context, one set of sessions and one reload per cluster), then the one this listener had before a reload.
+        candidates: dict[str, list[TlsClient]] = {}
+        for pool in pools:
+            if pool.tls is not None:
+                candidates.setdefault(pool.cluster.name, []).append(pool.tls)
+        running = self._tcp.get(lcfg.name)
+        for cluster_name, ctx in running.upstream_contexts if running is not None else ():
+            candidates.setdefault(cluster_name, []).append(ctx)
         if lcfg.service is not None:
             # The loader made sure the service names a cluster; its first stands for it where one is shown.
             assert self._names is not None and self._names.current is not None
@@ -217,16 +227,10 @@ class Proxy:
             first = table.first_cluster(table.services.index(lcfg.service))
             names = list(self.config.clusters)
             return build_tcp_acceptor(lcfg, reactor, clusters[names[max(first, 0)]], clusters, self.config.clusters,
-                                      self.config.source, index, (), self._names)
+                                      self.config.source, index, (), self._names, candidates)
         assert lcfg.cluster is not None          # the loader requires it (or service) for tcp listeners
-        # Origination contexts to keep when equal to the new one: the cluster's HTTP pool's (one context, one
-        # set of sessions and one reload per cluster), then the one this listener had before a reload.
-        running = self._tcp.get(lcfg.name)
-        candidates = [pool.tls for pool in pools if pool.cluster.name == lcfg.cluster and pool.tls is not None]
-        if running is not None and running.upstream_tls is not None:
-            candidates.append(running.upstream_tls)
         return build_tcp_acceptor(lcfg, reactor, clusters[lcfg.cluster], clusters, self.config.clusters,
-                                  self.config.source, index, candidates)
+                                  self.config.source, index, candidates.get(lcfg.cluster, ()))
 
     def _open_listener(self, lcfg: ListenerConfig, reactor: Reactor, clusters: dict[str, Cluster],
                        pools: list[Pool]) -> Listener:
@@ -556,22 +560,28 @@ class Proxy:
         return counts(self._rates, self.config)
 
     def _tls_contexts(self) -> list[tuple[str, str, Any]]:
-        """Every TLS context in use, as (kind, name, context): listeners terminating TLS and clusters originating it
-        (one context per tcp listener that sends to the cluster, and one per HTTP pool)."""
+        """Every TLS context in use, as (kind, name, context), each once: listeners terminating TLS and clusters
+        originating it (a tcp listener's per cluster it sends to, the cluster's own or, from a service listener,
+        each cluster's the naming table may resolve to; and the HTTP pools')."""
         out: list[tuple[str, str, Any]] = []
         acceptors: list[tuple[str, Any]] = [*self._tcp.items(), *self._http.items()]   # http: once it has TLS
         for name, acceptor in acceptors:
             if getattr(acceptor, "tls", None) is not None:
                 out.append(("listener", name, acceptor.tls))
-            client = getattr(acceptor, "upstream_tls", None)
-            if client is not None:
-                out.append(("cluster", acceptor.cluster.name, client))
         # HTTP pools originate TLS too (a mesh's mTLS client certificate): watched, reloaded and reported alike
         # (once: a tcp listener to the same cluster shares the pool's context when their settings agree).
-        seen = {id(tls) for _, _, tls in out}
-        out += [("cluster", pool.cluster.name, pool.tls) for pool in self._pools
-                if pool.tls is not None and id(pool.tls) not in seen]
+        seen: set[int] = set()
+        for cluster_name, client in self._originating():
+            if id(client) not in seen:
+                seen.add(id(client))
+                out.append(("cluster", cluster_name, client))
         return out
+
+    def _originating(self) -> list[tuple[str, TlsClient]]:
+        """(cluster name, TlsClient) for each origination context of the tcp listeners and HTTP pools (a context
+        two of them share appears once per user)."""
+        out = [pair for tcp in self._tcp.values() for pair in tcp.upstream_contexts]
+        return out + [(pool.cluster.name, pool.tls) for pool in self._pools if pool.tls is not None]
 
     def tls_status(self) -> list[dict[str, Any]]:
         """Each TLS context's certificates (expiry included) and how reloading its files went (dataplane/tls.py)."""
@@ -596,15 +606,16 @@ class Proxy:
                     "handshakes": row.get("tls_handshakes", 0), "resumed": row.get("tls_resumed", 0),
                     "failed": {r: row[f"tls_failed_{r}"] for r in TLS_FAIL_REASONS if row.get(f"tls_failed_{r}")},
                     "certificates": list(server.certificates) if server is not None else []}
-        originating = [(tcp.cluster.name, tcp.upstream_tls) for tcp in self._tcp.values()]
-        originating += [(pool.cluster.name, pool.tls) for pool in self._pools]
-        for cluster, client in originating:
-            if client is not None:
-                seen = clusters.setdefault(cluster, {"handshakes": 0, "resumed": 0, "failed": 0,
-                                                     "certificates": list(client.certificates)})
-                seen["handshakes"] += client.handshakes
-                seen["resumed"] += client.resumed
-                seen["failed"] += client.failures
+        counted_ids: set[int] = set()
+        for cluster, client in self._originating():
+            if id(client) in counted_ids:
+                continue                        # shared by a tcp listener and the HTTP pool: its counts once
+            counted_ids.add(id(client))
+            seen = clusters.setdefault(cluster, {"handshakes": 0, "resumed": 0, "failed": 0,
+                                                 "certificates": list(client.certificates)})
+            seen["handshakes"] += client.handshakes
+            seen["resumed"] += client.resumed
+            seen["failed"] += client.failures
         return {"listeners": listeners, "clusters": clusters, "contexts": self.tls_status()}
 
     def plugin_counters(self) -> dict[str, Any]:

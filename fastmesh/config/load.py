@@ -1579,16 +1579,6 @@ def _check_services(check: _Check, config: Config) -> None:
                 check.bad(key, f"a name naming.rules resolve to a cluster (they send {name} to none)", service)
 
 
-def _check_tcp_services(check: _Check, config: Config) -> None:
-    """A tcp listener's relays originate TLS with one context, its cluster's: one sending to a service (any cluster
-    the naming table may name, now or after a change) relays cleartext, so no cluster may ask for TLS."""
-    wrapped = [name for name, c in config.clusters.items() if c.tls is not None]
-    for i, lst in enumerate(config.listeners):
-        if lst.protocol == "tcp" and lst.service is not None and wrapped:
-            check.bad(f"listeners[{i}].service", f"a cluster instead (cluster {wrapped[0]} originates TLS, which "
-                      "a tcp listener sending to a service does not do)", lst.service)
-
-
 _TOP_FIELDS: dict[str, Parser] = {
     "naming": _naming,
     "workers": _workers,
@@ -1622,7 +1612,6 @@ def _config(check: _Check, data: Any) -> Config | None:
     _check_ticket_rotations(check, config)
     _check_bound_addresses(check, config)
     _check_services(check, config)
-    _check_tcp_services(check, config)
     return config
 
 

@@ -1,7 +1,7 @@
 """Bind each listener's socket and attach it, with its protocol handler, to the reactor."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from fastmesh._core.cluster import Cluster
@@ -31,22 +31,20 @@ if TYPE_CHECKING:
 
 def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
                        cluster_cfgs: dict[str, ClusterConfig], source: str, index: int,
-                       running_clients: Sequence[TlsClient] = (), names: Names | None = None) -> TcpProxy:
+                       running_clients: Sequence[TlsClient] = (), names: Names | None = None,
+                       service_running: Mapping[str, Sequence[TlsClient]] | None = None) -> TcpProxy:
     """Where a tcp listener's connections go: TLS terminated (cfg.tls), originated (the cluster's tls), or passed
     through by server name (cfg.sni_routes). `running_clients`: origination contexts in use (the cluster's HTTP
     pool's, the one the listener had before a reload): the first built from the same settings and files is used
     (with its sessions) instead of a new one. A listener with `service` resolves it with `names` per connection
-    (`cluster` is then the first cluster the service names, or any)."""
+    (`cluster` is then the first cluster the service names, or any), and originates TLS to each cluster that has a
+    tls table with that cluster's own context (`service_running`: the running contexts per cluster name)."""
     if cfg.service is not None:
-        return _service_acceptor(cfg, reactor, cluster, clusters, cluster_cfgs, source, index, names)
+        return _service_acceptor(cfg, reactor, cluster, clusters, cluster_cfgs, source, index, names,
+                                 service_running or {})
     key = f"listeners[{index}].tls"
     server = build_server_tls(cfg.tls, cfg.protocol, source, key) if cfg.tls is not None else None
-    ccfg = cluster_cfgs[cluster.name]
-    client = build_client_tls(ccfg.tls, source, f"clusters.{cluster.name}.tls") if ccfg.tls is not None else None
-    for running in running_clients:
-        if unchanged_or(running, client) is running:
-            client = running
-            break
+    client = _client_tls(cluster_cfgs[cluster.name], source, running_clients)
     routes = [(name, clusters[target]) for name, target in cfg.sni_routes.items()] if cfg.sni_routes else None
     if routes is not None:
         wrapped = [n for n in (cluster.name, *cfg.sni_routes.values()) if cluster_cfgs[n].tls is not None]
@@ -59,19 +57,36 @@ def build_tcp_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, 
                     sni_routes=routes, hello_timeout=SNI_HELLO_TIMEOUT)
 
 
+def _client_tls(ccfg: ClusterConfig, source: str, running: Sequence[TlsClient]) -> TlsClient | None:
+    """What a tcp listener's relays to this cluster originate: None (no tls table: cleartext), else the first of
+    `running` built from the same settings and files (its sessions kept, one reload and one /tls entry per
+    cluster), else a new context."""
+    if ccfg.tls is None:
+        return None
+    client = build_client_tls(ccfg.tls, source, f"clusters.{ccfg.name}.tls")
+    for old in running:
+        if unchanged_or(old, client) is old:
+            return old
+    return client
+
+
 def _service_acceptor(cfg: ListenerConfig, reactor: Reactor, cluster: Cluster, clusters: dict[str, Cluster],
-                      cluster_cfgs: dict[str, ClusterConfig], source: str, index: int, names: Names | None
-                      ) -> TcpProxy:
-    """A tcp listener sending each connection where its service resolves to when it is accepted."""
+                      cluster_cfgs: dict[str, ClusterConfig], source: str, index: int, names: Names | None,
+                      running: Mapping[str, Sequence[TlsClient]]) -> TcpProxy:
+    """A tcp listener sending each connection where its service resolves to when it is accepted: cleartext to a
+    cluster without tls, TLS with that cluster's context (SNI, verification, client certificate) to one with it."""
     table = names.current if names is not None else None
     if names is None or table is None or cfg.service not in table.services:
         raise ConfigError(source, f"listeners[{index}].service", "a service the naming table was compiled for",
                           reason=f"listener {cfg.name!r} names service {cfg.service!r}, which has no naming")
-    # Relays of a service listener originate no TLS: the loader refuses such a listener beside a cluster with `tls`.
     server = build_server_tls(cfg.tls, cfg.protocol, source, f"listeners[{index}].tls") \
         if cfg.tls is not None else None
+    # Every cluster, in config order (the naming table's cluster index): the table may name any of them, now or
+    # after a live change, so each one's context is ready before the first connection.
+    contexts = [_client_tls(ccfg, source, running.get(name, ())) for name, ccfg in cluster_cfgs.items()]
     return TcpProxy(reactor, cluster, cfg.name, cfg.idle_timeout, cfg.splice, tls=server, names=names,
-                    service=table.services.index(cfg.service), service_clusters=[clusters[n] for n in cluster_cfgs])
+                    service=table.services.index(cfg.service), service_clusters=[clusters[n] for n in cluster_cfgs],
+                    service_tls=contexts)
 
 
 def h2_limits(h2: Http2, max_header_bytes: int) -> H2Limits:

@@ -174,11 +174,12 @@ def test_no_cluster_and_no_service_on_a_tcp_listener_says_what_is_missing() -> N
         loads_config(text)
 
 
-def test_a_cluster_originating_tls_is_refused_beside_a_tcp_service_listener(tmp_path: Path) -> None:
+def test_a_cluster_originating_tls_is_accepted_beside_a_tcp_service_listener(tmp_path: Path) -> None:
+    """Its relays to that cluster originate TLS (test_tcp_service_tls.py); the config is no longer refused."""
     pki = Pki(tmp_path)
     text = config(1, {"a": "127.0.0.1:1"}, ["/svc/db => /cluster/a"]) + f'tls = {{ ca = "{pki.ca_file}" }}\n'
-    with pytest.raises(ConfigError, match=r"listeners\[0\]\.service.*originates TLS"):
-        loads_config(text)
+    cfg = loads_config(text)
+    assert cfg.listeners[0].service == "db" and cfg.clusters["a"].tls is not None
 
 
 def test_sni_routes_beside_service_is_an_error_naming_the_key() -> None:

@@ -50,6 +50,7 @@ cdef class TcpProxy(Acceptor):
     cdef Names names                       # service listeners: resolves `service` per connection (None: off)
     cdef readonly int service              # that service's id in the naming table (-1: the listener has a cluster)
     cdef list service_targets              # Connector per cluster index (the naming table's), for the resolution
+    cdef list service_tls                  # TlsClient per cluster index: what relays to it originate (None: cleartext)
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
     cdef void unlink(self, TcpRelay r) noexcept
@@ -61,6 +62,7 @@ cdef class TcpRelay(EventTarget):
     cdef TcpProxy owner                    # the listener's proxy; owns this relay through its list
     cdef Cluster cluster                   # where this relay connects: the listener's cluster, or a passthrough pick
     cdef Connector connector               # that cluster's connector
+    cdef TlsClient up_tls                  # originate TLS with this context, its cluster's (None: cleartext upstream)
     cdef Tls tls[2]                        # per side: TLS state (ssl NULL: cleartext)
     cdef double handshake_deadline         # RS_HANDSHAKE / RS_PEEK: when the client's time is up
     cdef ConnectionLimit limit             # the slot the downstream fd holds, given back when it closes (or None)

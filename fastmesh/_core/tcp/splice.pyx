@@ -56,7 +56,8 @@ cdef class TcpProxy(Acceptor):
 
     def __cinit__(self, Reactor reactor, Cluster cluster, str name, double idle_timeout=3600.0,
                   bint use_splice=True, TlsServer tls=None, TlsClient upstream_tls=None, sni_routes=None,
-                  double hello_timeout=10.0, Names names=None, int service=-1, service_clusters=None):
+                  double hello_timeout=10.0, Names names=None, int service=-1, service_clusters=None,
+                  service_tls=None):
         self.reactor = reactor
         self.cluster = cluster
         self.connector = Connector(reactor, cluster)
@@ -79,12 +80,20 @@ cdef class TcpProxy(Acceptor):
             self.sni_routes = ServerNames(pairs)
         # A service listener: every cluster of the naming table by index (the listener's cluster is one of them),
         # resolved per connection; `cluster` is then only the first the service names (a placeholder otherwise).
+        # service_tls: per cluster index, the TlsClient relays to that cluster originate with (None: cleartext).
         self.names = names
         self.service = service if names is not None else -1
         self.service_targets = []
+        self.service_tls = []
         if names is not None:
             for target in service_clusters:
                 self.service_targets.append(self.connector if target is cluster else Connector(reactor, target))
+            self.service_tls = list(service_tls) if service_tls is not None else [None] * len(self.service_targets)
+            if len(self.service_tls) != len(self.service_targets):
+                raise ValueError("service_tls needs one entry (a TlsClient or None) per cluster of service_clusters")
+            for ctx in self.service_tls:
+                if ctx is not None and not isinstance(ctx, TlsClient):
+                    raise TypeError(f"service_tls entries are TlsClient or None, not {type(ctx).__name__}")
         self.name = name
         self.idle_timeout = idle_timeout
         self.use_splice = use_splice
@@ -103,6 +112,19 @@ cdef class TcpProxy(Acceptor):
                 self.counters[i] = 0
         self.stats = block
         self.counters = slots
+
+    @property
+    def upstream_contexts(self):
+        """Every origination context its relays may use, as [(cluster name, TlsClient)]: the cluster's, or per
+        cluster a service listener may resolve to (each once)."""
+        cdef Connector target
+        out = []
+        if self.upstream_tls is not None:
+            out.append((self.cluster.name, self.upstream_tls))
+        for target, ctx in zip(self.service_targets, self.service_tls):
+            if ctx is not None:
+                out.append((target.cluster.name, ctx))
+        return out
 
     @property
     def sni_routes_count(self):
@@ -145,6 +167,9 @@ cdef class TcpProxy(Acceptor):
                 picked = <Connector>self.service_targets[idx]
                 r.cluster = picked.cluster
                 r.connector = picked
+                r.up_tls = <TlsClient>self.service_tls[idx]
+                if r.up_tls is not None:
+                    r.use_splice = False    # records are encrypted in user space: this relay copies
             else:
                 # `!`, or a name naming no cluster: refused like a listener without endpoints.
                 r.cluster = None
@@ -216,7 +241,7 @@ cdef class TcpProxy(Acceptor):
             elif r.state == RS_UP_HANDSHAKE:
                 if now >= r.connect_deadline:
                     r.tls[1].fail = TF_TIMEOUT
-                    self.upstream_tls.failed(&r.tls[1], r.cluster.name, r.cluster.labels[r.endpoint], now)
+                    r.up_tls.failed(&r.tls[1], r.cluster.name, r.cluster.labels[r.endpoint], now)
                     r.connect_error(0)
             elif r.state == RS_HANDSHAKE:
                 if now >= r.handshake_deadline:
@@ -256,6 +281,7 @@ cdef class TcpRelay(EventTarget):
         r.owner = owner
         r.cluster = owner.cluster
         r.connector = owner.connector
+        r.up_tls = owner.upstream_tls
         r.limit = owner.limit
         r.fds[0] = fd
         r.fds[1] = -1
@@ -381,7 +407,7 @@ cdef class TcpRelay(EventTarget):
 
     cdef void upstream_handshake(self) noexcept:
         """Originating: advance our handshake with the endpoint; once done, the relay opens."""
-        cdef TlsClient cli = self.owner.upstream_tls
+        cdef TlsClient cli = self.up_tls
         cdef int r = tls_handshake(&self.tls[1])
         if r == 0:
             return
@@ -473,14 +499,14 @@ cdef class TcpRelay(EventTarget):
             if self.cluster.proxy_protocol and self.send_proxy_header() < 0:
                 self.connect_error(errno)
                 return
-            if self.owner.upstream_tls is not None:
+            if self.up_tls is not None:
                 ip[0] = 0
                 sa = &self.cluster.addrs[self.endpoint]
                 if sa.ss_family == AF_INET:
                     inet_ntop(AF_INET, &(<sockaddr_in *>sa).sin_addr, ip, sizeof(ip))
                 elif sa.ss_family == AF_INET6:
                     inet_ntop(AF_INET6, &(<sockaddr_in6 *>sa).sin6_addr, ip, sizeof(ip))
-                if tls_connect(&self.tls[1], self.owner.upstream_tls, self.fds[1], self.endpoint, ip) < 0:
+                if tls_connect(&self.tls[1], self.up_tls, self.fds[1], self.endpoint, ip) < 0:
                     self.close()
                     return
                 self.state = RS_UP_HANDSHAKE
