@@ -529,7 +529,7 @@ class Proxy:
         from fastmesh.dataplane.listeners import h2_stats
         return {
             "listeners": {name: {"active": t.active, "accepted": t.accepted, "failed": t.failed,
-                                 "bytes_in": t.bytes_in, "bytes_out": t.bytes_out}
+                                 "bytes_in": t.bytes_in, "bytes_out": t.bytes_out, **self._service_rows().get(name, {})}
                           for name, t in self._tcp.items()},
             "http": {name: {"active": h.active, "accepted": h.accepted, "requests": h.requests,
                             "responses": h.status_classes, "bytes_in": h.bytes_in, "bytes_out": h.bytes_out,
@@ -552,6 +552,15 @@ class Proxy:
                                for listener in self._listeners if listener.gate is not None},
             "tracing": self._spans.stats() if self._spans is not None else {},
         }
+
+    def _service_rows(self) -> dict[str, dict[str, Any]]:
+        """Per tcp listener sending to a service: the service, and its connections per cluster it resolved to."""
+        if self._stats_block is None or self._stats_layout is None or not self._stats_layout.routed:
+            return {}
+        from fastmesh.dataplane.stats import Snapshot
+        rows = Snapshot.of_block(self._stats_layout, self._stats_block).listeners()
+        return {rs.listener: {"service": rows[rs.listener]["service"], "clusters": rows[rs.listener]["clusters"]}
+                for rs in self._stats_layout.routed}
 
     def _rate_stats(self) -> list[dict[str, Any]]:
         """Per limited route: its limit and the requests it let through, refused and the keys it had to forget,

@@ -159,6 +159,10 @@ class Dashboard:
             item: dict[str, Any] = {"name": name, "protocol": row["protocol"], "cluster": row["cluster"],
                                     "address": addresses.get(name), "active": row["active"],
                                     "accepted": row["accepted"], "failed": row["failed"]}
+            if "service" in row:
+                item["service"] = row["service"]        # a logical name: the card shows it where a cluster would be
+            if "clusters" in row:
+                item["clusters"] = row["clusters"]      # a tcp service listener's connections per resolved cluster
             if row["protocol"] == "tcp":
                 item["kind"] = "tcp"
                 item.update(self.history.series(functools.partial(tcp_point, listener=name)))

@@ -98,6 +98,10 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
     ]
     for kind, name, help_text, key in per_listener:
         out.family(kind, name, help_text, [((("listener", ln),), row[key]) for ln, row in listeners.items()])
+    out.counter("fastmesh_downstream_connections_routed",
+                "connections a tcp listener sending to a service relayed, by the cluster the service resolved to",
+                [((("listener", ln), ("service", row["service"]), ("cluster", cn)), n)
+                 for ln, row in listeners.items() if "clusters" in row for cn, n in row["clusters"].items()])
     # TLS series only for listeners that have seen a TLS handshake (cleartext listeners add none).
     tls_view = tls
     tls = {ln: row for ln, row in listeners.items()

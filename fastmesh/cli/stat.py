@@ -103,7 +103,11 @@ def render(before: dict[str, Any], after: dict[str, Any]) -> str:
     for name, row in after["listeners"].items():
         before_row = before["listeners"].get(name)
         if row["protocol"] == "tcp":
-            tcp.append([name, row["protocol"], row["cluster"] or "-", rate(before_row, row, "accepted"),
+            # A service listener: the clusters its connections were resolved to (most first), else its service.
+            went = sorted((n, c) for c, n in row.get("clusters", {}).items() if n)[::-1]
+            target = row["cluster"] or _names([c for _n, c in went]) or \
+                (f"service:{row['service']}" if row.get("service") else "-")
+            tcp.append([name, row["protocol"], target, rate(before_row, row, "accepted"),
                         str(row["active"]), rate(before_row, row, "failed"),
                         _bytes(_per_second(before_row, row, "bytes_in", seconds)),
                         _bytes(_per_second(before_row, row, "bytes_out", seconds))])

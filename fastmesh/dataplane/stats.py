@@ -68,6 +68,16 @@ class ListenerSlots:
     cluster: str | None          # where a tcp listener relays to (an http listener's default cluster)
     protocol: str
     offset: int
+    service: str | None = None   # the logical name a listener sends to instead of `cluster` (tcp), or by default
+
+
+@dataclass(frozen=True)
+class RoutedSlots:
+    """A tcp listener sending to a service: its connections per cluster they were resolved to, one slot per
+    cluster in config order (the naming table's cluster index, as the core counts them)."""
+    listener: str
+    clusters: tuple[str, ...]
+    offset: int
 
 
 class ClusterSlots:
@@ -169,9 +179,15 @@ class StatsLayout:
         self.listeners: tuple[ListenerSlots, ...] = ()
         listeners = []
         for lst in cfg.listeners:
-            listeners.append(ListenerSlots(lst.name, lst.cluster, lst.protocol, offset))
+            listeners.append(ListenerSlots(lst.name, lst.cluster, lst.protocol, offset, lst.service))
             offset += len(LISTENER_FIELDS)
         self.listeners = tuple(listeners)
+        routed = []
+        for lst in cfg.listeners:
+            if lst.protocol == "tcp" and lst.service is not None:
+                routed.append(RoutedSlots(lst.name, tuple(cfg.clusters), offset))
+                offset += len(cfg.clusters)
+        self.routed: tuple[RoutedSlots, ...] = tuple(routed)
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
             slots = slot_list(cluster.endpoints, holes.get(name, ()))
@@ -219,6 +235,7 @@ class StatsLayout:
         """64 bits that change whenever an offset could mean something else."""
         shape = [BLOCK_VERSION, self.size,
                  [(ls.name, ls.protocol, ls.offset) for ls in self.listeners],
+                 [(r.listener, r.clusters, r.offset) for r in self.routed],
                  [(cs.name, cs.count, cs.offset) for cs in self.clusters.values()],
                  [(r.listener, r.cluster, r.offset) for r in self.requests],
                  [(d.cluster, d.offset) for d in self.durations.values()],
@@ -258,6 +275,9 @@ class StatsLayout:
         for ls in self.listeners:
             for i, f in enumerate(LISTENER_FIELDS):
                 names[("listener", ls.name, f)] = ls.offset + i
+        for rs in self.routed:
+            for i, cluster in enumerate(rs.clusters):
+                names[("routed", rs.listener, cluster)] = rs.offset + i
         for cs in self.clusters.values():
             for f in CLUSTER_FIELDS:
                 names[("cluster", cs.name, f)] = cs.field(f)
@@ -347,9 +367,10 @@ def attach(layout: StatsLayout, block: StatsBlock, clusters: Mapping[str, Cluste
         cluster.attach_stats(block, layout.clusters[name].offset)
     index = {name: i for i, name in enumerate(layout.clusters)}   # an http router's cluster indexes
     durations = {index[d.cluster]: d.offset for d in layout.durations.values()}
+    routed = {rs.listener: rs.offset for rs in layout.routed}
     for ls in layout.listeners:
         if ls.name in tcp:
-            tcp[ls.name].attach_stats(block, ls.offset)
+            tcp[ls.name].attach_stats(block, ls.offset, routed.get(ls.name, -1))
         elif http and ls.name in http:
             requests = {index[r.cluster]: r.offset for r in layout.requests if r.listener == ls.name}
             http[ls.name].attach_stats(block, ls.offset, requests, durations)
@@ -578,10 +599,15 @@ class Snapshot:
         out: dict[str, dict[str, Any]] = {}
         for ls in self.layout.listeners:
             row: dict[str, Any] = {"protocol": ls.protocol, "cluster": ls.cluster}
+            if ls.service is not None:
+                row["service"] = ls.service
             for i, name in enumerate(LISTENER_FIELDS):
                 value = self.totals[ls.offset + i]
                 row[name] = _signed(value) if name in _GAUGE_FIELDS else value
             out[ls.name] = row
+        for rs in self.layout.routed:
+            # Connections per cluster the service resolved to (those refused at accept count in `failed` only).
+            out[rs.listener]["clusters"] = {c: self.totals[rs.offset + i] for i, c in enumerate(rs.clusters)}
         return out
 
     def clusters(self) -> dict[str, dict[str, Any]]:

@@ -413,6 +413,24 @@ def test_stat_render_of_listeners_sharing_a_cluster() -> None:
     assert "TCP" not in tables                                     # no tcp listener: no tcp table
 
 
+def test_stat_render_of_a_tcp_listener_sending_to_a_service() -> None:
+    """A tcp listener with `service`: its CLUSTER cell names the clusters its connections were resolved to (most
+    first), or its service before any connection."""
+    layout = StatsLayout(loads_config(
+        '[[listeners]]\nname = "t"\nlisten = "127.0.0.1:1"\nprotocol = "tcp"\nservice = "db"\n'
+        '[naming]\nrules = ["/svc/db => 0.7 * /cluster/a & 0.3 * /cluster/b"]\n'
+        '[clusters.a]\nendpoints = ["127.0.0.1:3"]\n[clusters.b]\nendpoints = ["127.0.0.1:4"]\n'))
+    block = layout.new_block()
+    before = stats_body(Snapshot(layout, block.snapshot(), {}, taken=1000.0))
+    assert stat_tables(statcli.render(before, before))["TCP"]["t"]["CLUSTER"] == "service:db"
+    (routed,) = layout.routed
+    block[routed.offset] = 3            # cluster a
+    block[routed.offset + 1] = 5        # cluster b
+    after = stats_body(Snapshot(layout, block.snapshot(), {}, taken=1002.0))
+    assert after["listeners"]["t"]["service"] == "db" and after["listeners"]["t"]["clusters"] == {"a": 3, "b": 5}
+    assert stat_tables(statcli.render(before, after))["TCP"]["t"]["CLUSTER"] == "b,a"
+
+
 def test_stat_reports_an_unreachable_admin_server(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     result = subprocess.run([sys.executable, "-m", "fastmesh", "stat", "--admin", f"127.0.0.1:{port}"],

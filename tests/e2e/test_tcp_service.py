@@ -229,3 +229,49 @@ def test_fastmesh_run_follows_a_watched_table_for_new_connections_and_explains_i
             await a.stop()
             await b.stop()
     asyncio.run(main())
+
+
+def test_admin_stats_metrics_and_dashboard_show_the_service_and_the_clusters_its_connections_went_to(
+        tmp_path: Path) -> None:
+    """`fastmesh run` with two workers, a 50/50 split: /stats, /metrics and the dashboard's data show the listener's
+    service and, per cluster, the connections it was resolved to, summed over the workers."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fastmesh._testbase.run import AsyncRun
+
+    async def main() -> None:
+        a, b = await backends("a", "b")
+        port, admin = free_port(), free_port()
+        text = (f'workers = 2\ndrain_timeout = "2s"\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+                + config(port, {"a": a.address, "b": b.address}, ["/svc/db => 0.5 * /cluster/a & 0.5 * /cluster/b"]))
+        run = AsyncRun(tmp_path, text)
+        await run.start(r"ready: 2 worker\(s\) serving")
+        try:
+            got: dict[str, int] = {"a": 0, "b": 0}
+            for _ in range(30):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                got[(await asyncio.wait_for(reader.readline(), 10)).decode().strip().removeprefix("hello from ")] += 1
+                writer.close()
+            assert got["a"] and got["b"], got
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}", timeout=5) as client:
+                deadline = time.monotonic() + 10
+                row = (await client.get("/stats")).json()["listeners"]["tcp-in"]
+                while sum(row["clusters"].values()) < 30 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                    row = (await client.get("/stats")).json()["listeners"]["tcp-in"]
+                metrics = (await client.get("/metrics")).text
+                data = (await client.get("/dashboard/data")).json()
+        finally:
+            await run.stop()
+            await a.stop()
+            await b.stop()
+        assert row["service"] == "db" and row["cluster"] is None, row
+        assert row["clusters"] == got and row["accepted"] == 30, row
+        routed = {s.labels["cluster"]: s.value for family in text_string_to_metric_families(metrics)
+                  for s in family.samples if s.name == "fastmesh_downstream_connections_routed_total"
+                  and s.labels["listener"] == "tcp-in" and s.labels["service"] == "db"}
+        assert routed == got, routed
+        (card,) = [item for item in data["listeners"] if item["name"] == "tcp-in"]
+        assert card["service"] == "db" and card["clusters"] == got, card
+    asyncio.run(main())

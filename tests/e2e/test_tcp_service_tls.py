@@ -101,6 +101,7 @@ def test_split_originates_tls_to_the_tls_cluster_and_relays_cleartext_to_the_oth
         assert uris(tls_backend) == [MESH_ID] * got.count("t")
         assert clear.connections == got.count("c")
         assert listener["failed"] == 0 and listener["accepted"] == 40, listener
+        assert listener["service"] == "db" and listener["clusters"] == {"t": got.count("t"), "c": got.count("c")}
     asyncio.run(main())
 
 

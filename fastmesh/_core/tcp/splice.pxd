@@ -1,5 +1,7 @@
 # TCP relay (L4): each accepted connection is spliced to an upstream endpoint, both directions, zero-copy.
 
+from libc.stdint cimport uint64_t
+
 from fastmesh._core.includes.system cimport sockaddr_storage
 from fastmesh._core.reactor cimport EventTarget, Acceptor, Reactor, ConnectionLimit
 from fastmesh._core.cluster cimport Cluster
@@ -51,6 +53,7 @@ cdef class TcpProxy(Acceptor):
     cdef readonly int service              # that service's id in the naming table (-1: the listener has a cluster)
     cdef list service_targets              # Connector per cluster index (the naming table's), for the resolution
     cdef list service_tls                  # TlsClient per cluster index: what relays to it originate (None: cleartext)
+    cdef uint64_t *routed                  # service listeners: connections sent per cluster index (NULL: not counted)
 
     cdef void accept_fd(self, int fd, sockaddr_storage *peer) noexcept
     cdef void unlink(self, TcpRelay r) noexcept

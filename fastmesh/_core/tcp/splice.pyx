@@ -85,6 +85,7 @@ cdef class TcpProxy(Acceptor):
         self.service = service if names is not None else -1
         self.service_targets = []
         self.service_tls = []
+        self.routed = NULL
         if names is not None:
             for target in service_clusters:
                 self.service_targets.append(self.connector if target is cluster else Connector(reactor, target))
@@ -102,16 +103,22 @@ cdef class TcpProxy(Acceptor):
         self.stats = StatsBlock(HEADER_SLOTS + L_FIELDS)
         self.counters = self.stats.region(HEADER_SLOTS, L_FIELDS)
 
-    def attach_stats(self, StatsBlock block, Py_ssize_t offset):
-        """Count into block's L_FIELDS slots at offset from now on (the counts so far move along)."""
+    def attach_stats(self, StatsBlock block, Py_ssize_t offset, Py_ssize_t routed=-1):
+        """Count into block's L_FIELDS slots at offset from now on (the counts so far move along); a service
+        listener its connections per cluster too, into the slots at `routed` (one per cluster index; -1: not)."""
         cdef uint64_t *slots = block.region(offset, L_FIELDS)
+        cdef uint64_t *per_cluster = NULL
         cdef int i
+        if routed >= 0 and self.service_targets:
+            # Taken before anything moves: slots outside the block raise and leave the counting where it was.
+            per_cluster = block.region(routed, len(self.service_targets))
         if slots != self.counters:
             for i in range(L_FIELDS):
                 slots[i] += self.counters[i]
                 self.counters[i] = 0
         self.stats = block
         self.counters = slots
+        self.routed = per_cluster
 
     @property
     def upstream_contexts(self):
@@ -170,6 +177,8 @@ cdef class TcpProxy(Acceptor):
                 r.up_tls = <TlsClient>self.service_tls[idx]
                 if r.up_tls is not None:
                     r.use_splice = False    # records are encrypted in user space: this relay copies
+                if self.routed != NULL:
+                    bump(self.routed + idx, 1)
             else:
                 # `!`, or a name naming no cluster: refused like a listener without endpoints.
                 r.cluster = None

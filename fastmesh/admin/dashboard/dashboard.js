@@ -103,7 +103,10 @@
     for (const item of items) {
       const card = cards.get(group + ":" + item.name);
       if (group === "listener") {
-        card.sub.textContent = (item.address || "") + (item.cluster ? "  →  " + item.cluster : "");
+        const target = item.cluster || (item.service ? "service " + item.service : "");
+        const split = item.clusters ? Object.entries(item.clusters).filter(([, n]) => n > 0)
+          .map(([c, n]) => c + " " + F.count(n)).join(", ") : "";
+        card.sub.textContent = (item.address || "") + (target ? "  →  " + target : "") + (split ? " (" + split + ")" : "");
         card.side.textContent = F.count(item.active) + " open";
       } else {
         card.sub.textContent = item.balancer;
