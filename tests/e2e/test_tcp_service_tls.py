@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fastmesh import Proxy, loads_config
-from fastmesh._testbase.backends import Backend, greet
+from fastmesh._testbase.backends import Backend, greet, hold
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.tls import Pem, Pki, TlsEchoBackend
 
@@ -24,13 +24,13 @@ MESH_ID = "spiffe://mesh.test/ns/edge/sa/one"
 
 
 def config(port: int, rules: list[str], tls_address: str, clear_address: str, tls: dict[str, str],
-           clear_extra: str = "", extra: str = "") -> str:
+           clear_extra: str = "", extra: str = "", tls_extra: str = "") -> str:
     """A tcp listener sending to service "db"; cluster `t` originates TLS with `tls`, cluster `c` is cleartext."""
     table = ", ".join(f'"{r}"' for r in rules)
     tls_table = ", ".join(f'{k} = "{v}"' for k, v in tls.items())
     return (f'[[listeners]]\nname = "tcp-in"\nlisten = "127.0.0.1:{port}"\nprotocol = "tcp"\nservice = "db"\n'
             f'{extra}[naming]\nrules = [{table}]\n'
-            f'[clusters.t]\nendpoints = ["{tls_address}"]\ntls = {{ {tls_table} }}\n'
+            f'[clusters.t]\nendpoints = ["{tls_address}"]\ntls = {{ {tls_table} }}\n{tls_extra}'
             f'[clusters.c]\nendpoints = ["{clear_address}"]\n{clear_extra}')
 
 
@@ -192,6 +192,31 @@ def test_a_failed_upstream_handshake_closes_the_client_and_counts_a_failure(pki:
             await tls_backend.stop()
             await clear.stop()
         assert tls_backend.peers == [] or all(p is None for p in tls_backend.peers)
+    asyncio.run(main())
+
+
+def test_an_upstream_handshake_that_never_finishes_times_out_and_closes_the_client(pki: Pki) -> None:
+    """The TLS cluster's endpoint accepts and never answers the ClientHello: after its connect_timeout the relay
+    gives up (the sweep counts the timeout with the relay's own context), the client is closed and counted."""
+    client = pki.issue(MESH_ID)
+
+    async def main() -> None:
+        silent = await Backend(hold, "silent").start()
+        clear = await Backend(greet, "c").start()
+        proxy = Proxy.from_toml(config(free_port(), ["/svc/db => /cluster/t"], silent.address, clear.address,
+                                       mesh_tls(pki, client), tls_extra='connect_timeout = "300ms"\n'))
+        await proxy.start()
+        try:
+            started = time.monotonic()
+            assert await exchange(proxy) == ""
+            assert time.monotonic() - started < 5
+            assert proxy.stats()["listeners"]["tcp-in"]["failed"] == 1
+            stats = cluster_tls(proxy, "t")
+            assert stats["failed"] >= 1 and stats["handshakes"] == 0, stats     # one per connect attempt
+        finally:
+            await proxy.stop()
+            await silent.stop()
+            await clear.stop()
     asyncio.run(main())
 
 
