@@ -212,14 +212,17 @@ class Proxy:
             return build_http_acceptor(lcfg, reactor, pools, list(self.config.clusters), self._names, self._rates,
                                        self.config.source, index)
         # Origination contexts to keep when equal to a new one, per cluster: the cluster's HTTP pool's (one
-        # context, one set of sessions and one reload per cluster), then the one this listener had before a reload.
+        # context, one set of sessions and one reload per cluster), then the one this listener had before a reload,
+        # then another tcp listener's (already built, or running) to the same cluster.
         candidates: dict[str, list[TlsClient]] = {}
         for pool in pools:
             if pool.tls is not None:
                 candidates.setdefault(pool.cluster.name, []).append(pool.tls)
         running = self._tcp.get(lcfg.name)
-        for cluster_name, ctx in running.upstream_contexts if running is not None else ():
-            candidates.setdefault(cluster_name, []).append(ctx)
+        others = [tcp for name, tcp in self._tcp.items() if name != lcfg.name]
+        for tcp in [running, *others] if running is not None else others:
+            for cluster_name, ctx in tcp.upstream_contexts:
+                candidates.setdefault(cluster_name, []).append(ctx)
         if lcfg.service is not None:
             # The loader made sure the service names a cluster; its first stands for it where one is shown.
             assert self._names is not None and self._names.current is not None

@@ -220,6 +220,36 @@ def test_an_upstream_handshake_that_never_finishes_times_out_and_closes_the_clie
     asyncio.run(main())
 
 
+def test_two_tcp_listeners_to_the_tls_cluster_share_one_context(pki: Pki) -> None:
+    """A second tcp service listener, and a tcp listener with `cluster = "t"`, use the first one's context for `t`:
+    one /tls entry (one watch, one reload), and each connection after the first resumes its session."""
+    client = pki.issue(MESH_ID)
+
+    async def main() -> None:
+        tls_backend = await TlsEchoBackend(pki.server_context(pki.issue("db.svc.test"), client_ca=pki.ca_file),
+                                           banner=b"hello from t\n").start()
+        clear = await Backend(greet, "c").start()
+        more = (f'[[listeners]]\nname = "tcp-2"\nlisten = "127.0.0.1:{free_port()}"\nprotocol = "tcp"\n'
+                f'service = "db"\n[[listeners]]\nname = "tcp-3"\nlisten = "127.0.0.1:{free_port()}"\n'
+                'protocol = "tcp"\ncluster = "t"\n')
+        proxy = Proxy.from_toml(config(free_port(), ["/svc/db => /cluster/t"], tls_backend.address, clear.address,
+                                       mesh_tls(pki, client), extra=more))
+        await proxy.start()
+        try:
+            for name in ("tcp-in", "tcp-2", "tcp-3"):
+                reader, writer = await asyncio.open_connection(*proxy.addresses[name])
+                assert await asyncio.wait_for(reader.readline(), 10) == b"hello from t\n"
+                writer.close()
+            assert len(context_status(proxy, "t")) == 1, proxy.tls_status()
+            stats = cluster_tls(proxy, "t")
+            assert stats["handshakes"] == 3 and stats["resumed"] == 2, stats
+        finally:
+            await proxy.stop()
+            await tls_backend.stop()
+            await clear.stop()
+    asyncio.run(main())
+
+
 def test_the_tls_cluster_shares_one_context_with_its_http_pool(pki: Pki) -> None:
     """An http listener beside the tcp service listener gives every cluster an HTTP pool: the service listener's
     relays to `t` use the pool's context (one /tls entry, one reload, one set of sessions), not a second one."""
