@@ -174,6 +174,12 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
             log.close()
 
 
+def rows_of(result: dict[str, object]) -> list[tuple[str, int, dict[str, int]]]:
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    return rows
+
+
 def mib(kb: int) -> str:
     return f"{kb / 1024:.1f}"
 
@@ -232,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             report(result)
             summary.append(result)
     print("\nsummary (the whole instance; PSS counts each shared page once)")
-    print("| demo backends | workers | RSS MiB | PSS MiB | PSS per further worker MiB |")
-    print("|---|---|---|---|---|")
+    print("| demo backends | workers | RSS MiB | PSS MiB | PSS anon MiB | PSS per further worker MiB |")
+    print("|---|---|---|---|---|---|")
     for result in summary:
         pss, rss, n = int(str(result["pss"])), int(str(result["rss"])), int(str(result["workers"]))
         # What adding workers cost: this instance's PSS less the one-worker instance's, per worker added.
         one = [int(str(r["pss"])) for r in summary if r["demo"] == result["demo"] and r["workers"] == 1]
         extra = mib((pss - one[0]) // (n - 1)) if one and n > 1 else "–"
-        print(f"| {'on' if result['demo'] else 'off'} | {n} | {mib(rss)} | {mib(pss)} | {extra} |")
+        anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
+        print(f"| {'on' if result['demo'] else 'off'} | {n} | {mib(rss)} | {mib(pss)} | {anon} | {extra} |")
     return 0
 
 
