@@ -4,6 +4,8 @@
     python -m bench.footprint --workers 0 --demo-only  # one process (`workers = 0`: the supervisor serves)
     python -m bench.footprint --workers 1 --no-demo    # one case
     python -m bench.footprint --workers 1 --conns 2000 # also the memory per idle L4 connection (held through the proxy)
+    python -m bench.footprint --workers 1 --maps       # also each process's memory by kind of mapping
+    python -m bench.footprint --workers 1 --pages      # also what the worker's copied pages hold (as root)
 
 The config is examples/quickstart.toml's shape (a tcp and an http listener in front of three demo backends, the admin
 server) on ports the kernel hands out, so it never collides with a quickstart someone else is running. RSS counts
@@ -88,6 +90,59 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+MAP_FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty")
+
+
+def mapping_group(path: str) -> str:
+    """Which part of the process a mapping (the path column of /proc/PID/maps) belongs to."""
+    name = os.path.basename(path)
+    if not path or path == "[anon]":
+        return "anonymous: pymalloc arenas, large blocks, thread arenas"
+    if path == "[heap]":
+        return "[heap]: malloc (Python's large objects, C libraries)"
+    if path.startswith("["):
+        return "other kernel mappings ([stack], [vvar], ...)"
+    if os.sep + os.path.join("fastmesh", "_core") + os.sep in path:
+        return "fastmesh/_core extensions"
+    if name.startswith("libpython"):
+        return "libpython"
+    if name.startswith(("libcrypto", "libssl")):
+        return "OpenSSL (libcrypto, libssl)"
+    if ".cpython-" in name or "lib-dynload" in path:
+        return "other extensions (stdlib, uvloop, ...)"
+    return "other files (libc, the interpreter, ...)"
+
+
+def mappings_kb(pid: int) -> dict[str, dict[str, int]]:
+    """MAP_FIELDS in KiB summed by mapping_group, from /proc/PID/smaps."""
+    out: dict[str, dict[str, int]] = {}
+    group: dict[str, int] | None = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                name = mapping_group(parts[5].strip() if len(parts) > 5 else "")
+                group = out.setdefault(name, dict.fromkeys(MAP_FIELDS, 0))
+            elif group is not None and parts[0][:-1] in MAP_FIELDS:
+                group[parts[0][:-1]] += int(parts[1])
+    return out
+
+
+def report_maps(result: dict[str, object]) -> None:
+    """Per process, its memory by kind of mapping (--maps)."""
+    for name, pid, _ in rows_of(result):
+        maps = result["maps"]
+        assert isinstance(maps, dict)
+        print(f"\n{name} (pid {pid}), MiB by mapping")
+        print("| mapping | " + " | ".join(MAP_FIELDS) + " |")
+        print("|---|" + "---|" * len(MAP_FIELDS))
+        groups = maps[pid]
+        for group, m in sorted(groups.items(), key=lambda kv: -kv[1]["Pss"]):
+            print(f"| {group} | " + " | ".join(mib(m[k]) for k in MAP_FIELDS) + " |")
+        total = {k: sum(m[k] for m in groups.values()) for k in MAP_FIELDS}
+        print("| **total** | " + " | ".join(mib(total[k]) for k in MAP_FIELDS) + " |")
+
+
 def comm(pid: int) -> str:
     with open(f"/proc/{pid}/comm") as f:
         return f.read().strip()
@@ -119,7 +174,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, str]) -> dict[str, object]:
+def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, str],
+            pages: bool = False) -> dict[str, object]:
     """One instance: start, wait, settle, read memory (and, with conns, the cost per held L4 connection)."""
     hold = None
     hold_port = free_port() if conns else None
@@ -145,11 +201,15 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
                 raise
             time.sleep(settle)
             kids = descendants(proc.pid)      # the workers (forked from the supervisor, or fresh interpreters)
+            if pages and kids:
+                from bench.footprint_pages import report as report_pages
+                report_pages(proc.pid, kids[0])
             rows = [("supervisor", proc.pid, memory_kb(proc.pid))]
             rows += [(f"worker {i}", pid, memory_kb(pid)) for i, pid in enumerate(kids)]
             result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows,
                                          "rss": sum(m["Rss"] for _, _, m in rows),
-                                         "pss": sum(m["Pss"] for _, _, m in rows)}
+                                         "pss": sum(m["Pss"] for _, _, m in rows),
+                                         "maps": {pid: mappings_kb(pid) for _, pid, _ in rows}}
             if conns:
                 from bench.macro.idleconns import open_held
                 # The processes holding the connections: the workers, or with workers = 0 the supervisor itself.
@@ -174,6 +234,12 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
             log.close()
 
 
+def rows_of(result: dict[str, object]) -> list[tuple[str, int, dict[str, int]]]:
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    return rows
+
+
 def mib(kb: int) -> str:
     return f"{kb / 1024:.1f}"
 
@@ -194,6 +260,19 @@ def report(result: dict[str, object]) -> None:
               f"{result['per_conn_kib']:.2f} KiB PSS per connection (in the serving processes)")
 
 
+def precompile(env: dict[str, str]) -> None:
+    """Byte-compile fastmesh's modules and let the instance read (and write) bytecode caches, as an installed copy does.
+
+    With PYTHONDONTWRITEBYTECODE set and no __pycache__ in a source tree, every module of ours is compiled from
+    source at each start: the compiler's transient memory (a module's AST is several times its code) leaves the
+    heap and pymalloc's arenas larger and more fragmented, about 2 MiB more PSS for the instance, which a
+    `pip install`ed fastmesh (compiled at install time) never pays.
+    """
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "fastmesh")], cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="0,1,2,4",
@@ -204,24 +283,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="only with the demo backends")
     parser.add_argument("--conns", type=int, default=0, help="also hold N idle L4 connections (default: 0)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait once ready (default: %(default)s)")
+    parser.add_argument("--maps", action="store_true",
+                        help="also print each process's memory by kind of mapping (from /proc/PID/smaps)")
+    parser.add_argument("--pages", action="store_true",
+                        help="also compare the first worker's pages with the supervisor's (bench/footprint_pages.py; "
+                             "as root)")
+    parser.add_argument("--no-bytecode", dest="bytecode", action="store_false",
+                        help="leave PYTHONDONTWRITEBYTECODE as it is and do not byte-compile fastmesh first "
+                             "(a source tree without __pycache__ then compiles every module at each start)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    if args.bytecode:
+        precompile(env)
     summary = []
     for demo in args.demo:
         for workers in (int(w) for w in args.workers.split(",")):
-            result = measure(workers, demo, args.conns, args.settle, env)
+            result = measure(workers, demo, args.conns, args.settle, env, args.pages)
             report(result)
+            if args.maps:
+                report_maps(result)
             summary.append(result)
     print("\nsummary (the whole instance; PSS counts each shared page once)")
-    print("| demo backends | workers | RSS MiB | PSS MiB | PSS per further worker MiB |")
-    print("|---|---|---|---|---|")
+    print("| demo backends | workers | RSS MiB | PSS MiB | PSS anon MiB | PSS per further worker MiB |")
+    print("|---|---|---|---|---|---|")
     for result in summary:
         pss, rss, n = int(str(result["pss"])), int(str(result["rss"])), int(str(result["workers"]))
         # What adding workers cost: this instance's PSS less the one-worker instance's, per worker added.
         one = [int(str(r["pss"])) for r in summary if r["demo"] == result["demo"] and r["workers"] == 1]
         extra = mib((pss - one[0]) // (n - 1)) if one and n > 1 else "–"
-        print(f"| {'on' if result['demo'] else 'off'} | {n} | {mib(rss)} | {mib(pss)} | {extra} |")
+        anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
+        print(f"| {'on' if result['demo'] else 'off'} | {n} | {mib(rss)} | {mib(pss)} | {anon} | {extra} |")
     return 0
 
 

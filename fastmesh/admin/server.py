@@ -38,7 +38,8 @@ POST_ONLY = frozenset({"/reload"})      # paths that change something: POST, nev
 
 class Workers(Protocol):
     """What the admin server reads from the supervisor (supervisor.Supervisor has these attributes)."""
-    count: int                      # worker processes configured
+    count: int                      # worker slots: the configured workers, or 1 (the supervisor) with workers = 0
+    inline: bool                    # workers = 0: the supervisor serves itself, no worker process exists
     ready: set[int]                 # slots whose worker is serving now
     announced: bool                 # every worker has been ready at least once
     stopping: asyncio.Event         # shutdown has begun
@@ -338,8 +339,11 @@ class AdminServer:
 
     async def metrics(self, request: Request) -> Reply:
         om = wants_openmetrics(request.header("accept"))
-        info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count,
-                           len(self.workers.ready))
+        # Worker processes: with workers = 0 there are none (the supervisor's own data plane is not one of them;
+        # whether it serves is what /ready and fastmesh_start_time_seconds tell).
+        processes = not self.workers.inline
+        info = ProcessInfo(__version__, self.started, self.config_hash, self.workers.count if processes else 0,
+                           len(self.workers.ready) if processes else 0)
         manager = getattr(self.workers, "discovery", None)
         naming = {"source": manager.naming_status(), "templates": manager.template_status()} \
             if manager is not None else None

@@ -19,7 +19,7 @@ from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process.inline import InlineLink
-from fastmesh.process import zygote
+from fastmesh.process import pageout, zygote
 from fastmesh.process.zygote import ForkedWorker
 from fastmesh.dataplane.tls import TicketSecret
 
@@ -467,6 +467,8 @@ class Supervisor:
             self.announced = True
             where = ", ".join(f"{lst.name!r} on {lst.address}" for lst in self.cfg.listeners)
             log.info("ready: %d worker(s) serving %s", self.count, where)
+            if self.forking:            # the data path was imported for the workers: its init code's pages go back
+                log.debug("gave back %d KiB of the data path's file pages", pageout.release_data_path_pages())
 
 
 def _send(proc: Worker, signum: int) -> None:

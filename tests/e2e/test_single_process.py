@@ -85,6 +85,9 @@ def test_one_process_serves_traffic_and_the_admin_endpoints(tmp_path: Path) -> N
             counted = [line for line in metrics.splitlines()
                        if line.startswith("fastmesh_requests_total{") and 'listener="web"' in line]
             assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) >= 6, counted
+            # workers = 0: no worker process is configured or serving (the supervisor serves; /ready says so).
+            gauges = dict(line.split(" ", 1) for line in metrics.splitlines() if line.startswith("fastmesh_workers"))
+            assert (gauges["fastmesh_workers"], gauges["fastmesh_workers_ready"]) == ("0", "0"), gauges
             assert "private block" not in run.log() and "not shared" not in run.log()
             clusters = (await admin_get(admin, "/clusters")).json()
             assert {e["address"]: e["state"] for e in clusters["users"]["endpoints"]} == \

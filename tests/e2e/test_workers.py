@@ -13,6 +13,7 @@ import pytest
 
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import READY, Run, kill_workers
+from fastmesh.process import pageout
 from fastmesh.process.supervisor import MAX_BACKOFF, restart_delay
 
 WAIT = 15.0         # seconds any one expected event may take before the test fails
@@ -293,6 +294,53 @@ def test_workers_are_forked_from_the_supervisor_and_share_its_pages(start: Start
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
     assert not any(alive(pid) for pid in pids)
+
+
+def core_private_clean_kib(pid: int) -> int:
+    """KiB of the compiled data path's file pages (fastmesh/_core/*.so) that only pid maps."""
+    core = os.path.join(os.path.dirname(os.path.abspath(pageout.__file__)), "..", "_core")
+    core = os.path.realpath(core) + os.sep
+    total, ours = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                ours = len(parts) > 5 and parts[5].strip().startswith(core)
+            elif ours and parts[0] == "Private_Clean:":
+                total += int(parts[1])
+    return total
+
+
+def pageout_supported() -> bool:
+    """Whether this kernel takes MADV_PAGEOUT (Linux 5.4), asked of one anonymous page of our own."""
+    import ctypes
+    import mmap
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    try:
+        page[0] = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        return bool(libc.madvise(address, mmap.PAGESIZE, pageout.MADV_PAGEOUT) == 0)
+    finally:
+        page.close()
+
+
+def test_supervisor_gives_back_the_data_paths_init_pages(start: Start) -> None:
+    # The supervisor imported the data path for its workers: the pages only it touched (the extensions' init code)
+    # are reclaimed once the workers serve, while each worker keeps (and shares) the code it runs.
+    if not pageout_supported():
+        pytest.skip("this kernel has no MADV_PAGEOUT")
+    fm = start(workers=1)
+    worker = fm.worker_pids()["w0"]
+    assert http_get(fm.port) in (1, 2, 3)
+    deadline = time.monotonic() + WAIT
+    while (held := core_private_clean_kib(fm.proc.pid)) > 512 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert held <= 512, f"the supervisor still holds {held} KiB of the data path's file pages alone"
+    assert int(proc_field(worker, "Rss", "smaps_rollup")) > 0 and http_get(fm.port) in (1, 2, 3)
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
 
 
 def children(pid: int) -> set[int]:
