@@ -17,12 +17,22 @@ cdef enum:
 cdef class FilterResponse
 
 
-cdef class FilterRequest:
+cdef class FilterMessage:
+    # One message head as a filter sees it (a request, or the upstream's answer): its fields, copied and decoded only
+    # when a filter reads them, and the field edits the filter asks for. The header accessors and their protection
+    # rules live here once; each subclass joins removes and adds to its codec's edit list its own way.
+    cdef bytes raw                     # the bytes the fields point into: a request head, or its decoded header block,
+    #                                    or the upstream's answer head
+    cdef bytes fields                  # the Field array (offsets into raw), copied
+    cdef int num_fields                # entries in fields
+    cdef list removes                  # lower-case names of fields to drop (bytes); None until one is
+    cdef list adds                     # (name, value) bytes of fields to add; None until one is
+    cdef object headers_list           # the decoded headers, once a filter asked
+
+
+cdef class FilterRequest(FilterMessage):
     # One request as a filter sees it. Everything is a copy (an async filter may outlive the buffer the view points
     # into: the receive buffer, or a stream its client reset), decoded only when a filter reads it.
-    cdef bytes raw                     # the bytes the view points into: the request head, or the decoded header block
-    cdef bytes fields                  # the view's Field array (offsets into raw), copied
-    cdef int num_fields                # entries in fields
     cdef Py_ssize_t span_off[4]        # method, authority, path, query: offset into raw, or -1: see span_text
     cdef Py_ssize_t span_len[4]
     cdef tuple span_text               # the spans that do not point into raw (an absolute target's "/"), or None
@@ -33,12 +43,9 @@ cdef class FilterRequest:
     cdef readonly int route            # the matched route's index
     cdef tuple cluster_names           # the router's clusters by index
     cdef readonly int cluster_index    # where the request goes; route_to() changes it
-    cdef list removes                  # lower-case names of request fields to drop (bytes); None until one is
-    cdef list adds                     # (name, value) bytes of request fields to add; None until one is
     cdef list response_adds            # (name, value) bytes of answer fields to add; None until one is
     cdef Edit *edits                   # the request edit list's route part once ours joined it (owned)
     cdef Edit *resp_edits              # the same for the response
-    cdef object headers_list           # the decoded headers, once a filter asked
     cdef public object owner           # who an async chain resumes: the HTTP/1 connection or HTTP/2 stream (or None)
     cdef bytes rate_key                # the key a filter set for a route limited by key = "filter", or None
     cdef public object responder       # the chain's response side (FilterChain.respond), None: no response filter
@@ -53,16 +60,10 @@ cdef class FilterRequest:
     cdef int apply_edits(self, EditList *request, EditList *response) except -1
 
 
-cdef class FilterResponse:
+cdef class FilterResponse(FilterMessage):
     # The upstream's final answer head as a response filter sees it (a copy, decoded when read), and its edits.
-    cdef bytes raw                     # the bytes the fields point into
-    cdef bytes fields                  # the Field array (offsets into raw)
-    cdef int num_fields
     cdef readonly int status           # the upstream's status code
     cdef readonly FilterRequest request   # the request it answers (what its filters saw and set)
-    cdef list removes                  # lower-case names of answer fields to drop (bytes); None until one is
-    cdef list adds                     # (name, value) bytes of answer fields to add; None until one is
-    cdef object headers_list           # the decoded headers, once a filter asked
     cdef Field *kept                   # after respond(): the fields that stay (offsets into the codec's base), owned
     cdef int kept_n                    # entries in kept; -1: no field was removed (render the upstream's as they are)
     cdef Edit *edits                   # the response edit list's route part once our adds joined it (owned)

@@ -80,7 +80,80 @@ cdef bytes _editable(object name):
     return b
 
 
-cdef class FilterRequest:
+cdef Edit *join_edits(EditList *edits, list removes, list adds) except NULL:
+    # A new route part for an edit list: removes (lower-case names, bytes) first, then the list's route edits, then
+    # adds ((name, value) bytes). The caller owns the block; the bytes it points to must outlive it.
+    cdef int n = (len(removes) if removes is not None else 0) + edits.route_n + (len(adds) if adds is not None else 0)
+    cdef Edit *joined = <Edit *>PyMem_Malloc(n * sizeof(Edit))
+    cdef int i
+    if joined == NULL:
+        raise MemoryError()
+    n = 0
+    if removes is not None:            # typed list loops: no iterator object made
+        for name in removes:
+            joined[n].kind = EDIT_REMOVE
+            joined[n].name = span_of(PyBytes_AS_STRING(name), len(name))
+            joined[n].value = span_of(NULL, 0)
+            n += 1
+    for i in range(edits.route_n):
+        joined[n] = edits.route[i]
+        n += 1
+    if adds is not None:
+        for name, value in adds:
+            joined[n].kind = EDIT_ADD
+            joined[n].name = span_of(PyBytes_AS_STRING(name), len(name))
+            joined[n].value = span_of(PyBytes_AS_STRING(value), len(value))
+            n += 1
+    edits.route = joined
+    edits.route_n = n
+    return joined
+
+
+cdef class FilterMessage:
+    """The fields of a request or of the upstream's answer as a filter sees them, and the edits it asks for."""
+
+    @property
+    def headers(self) -> list:
+        """Every field in wire order as (name, value), names as sent."""
+        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
+        cdef const char *base = PyBytes_AS_STRING(self.raw)
+        cdef int i
+        if self.headers_list is None:
+            self.headers_list = [(base[f[i].name_off:f[i].name_off + f[i].name_len].decode("latin-1"),
+                                  base[f[i].value_off:f[i].value_off + f[i].value_len].decode("latin-1"))
+                                 for i in range(self.num_fields)]
+        return self.headers_list
+
+    def header(self, str name not None):
+        """The first field called name (any case), or None."""
+        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
+        cdef const char *base = PyBytes_AS_STRING(self.raw)
+        cdef bytes want = name.lower().encode("latin-1")
+        cdef int i = find_field(base, f, self.num_fields, want, len(want), 0)
+        if i < 0:
+            return None
+        return PyUnicode_DecodeLatin1(base + f[i].value_off, f[i].value_len, NULL)
+
+    def set_header(self, name, value):
+        """Send `name: value` on (a request upstream, an answer to the client) instead of the fields of that name."""
+        cdef bytes n = _editable(name)
+        cdef bytes v = _value(value)
+        if self.removes is None:
+            self.removes = []
+        if self.adds is None:
+            self.adds = []
+        self.removes.append(n.lower())
+        self.adds.append((n, v))
+
+    def remove_header(self, name):
+        """Send the message on without the fields called name."""
+        cdef bytes n = _editable(name)
+        if self.removes is None:
+            self.removes = []
+        self.removes.append(n.lower())
+
+
+cdef class FilterRequest(FilterMessage):
     """What a filter plugin gets for one request (fastmesh.plugins.api.Request describes it)."""
 
     def __dealloc__(self):
@@ -111,46 +184,6 @@ cdef class FilterRequest:
     @property
     def cluster(self) -> str:
         return self.cluster_names[self.cluster_index]
-
-    @property
-    def headers(self) -> list:
-        """Every field in wire order as (name, value), names as sent."""
-        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
-        cdef const char *base = PyBytes_AS_STRING(self.raw)
-        cdef int i
-        if self.headers_list is None:
-            self.headers_list = [(base[f[i].name_off:f[i].name_off + f[i].name_len].decode("latin-1"),
-                                  base[f[i].value_off:f[i].value_off + f[i].value_len].decode("latin-1"))
-                                 for i in range(self.num_fields)]
-        return self.headers_list
-
-    def header(self, str name not None):
-        """The first field called name (any case), or None."""
-        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
-        cdef const char *base = PyBytes_AS_STRING(self.raw)
-        cdef bytes want = name.lower().encode("latin-1")
-        cdef int i = find_field(base, f, self.num_fields, want, len(want), 0)
-        if i < 0:
-            return None
-        return PyUnicode_DecodeLatin1(base + f[i].value_off, f[i].value_len, NULL)
-
-    def set_header(self, name, value):
-        """Send `name: value` upstream instead of the client's fields of that name."""
-        cdef bytes n = _editable(name)
-        cdef bytes v = _value(value)
-        if self.removes is None:
-            self.removes = []
-        if self.adds is None:
-            self.adds = []
-        self.removes.append(n.lower())
-        self.adds.append((n, v))
-
-    def remove_header(self, name):
-        """Send the request upstream without the fields called name."""
-        cdef bytes n = _editable(name)
-        if self.removes is None:
-            self.removes = []
-        self.removes.append(n.lower())
 
     def add_response_header(self, name, value):
         """Add `name: value` to the answer the client gets (the upstream's, or an Answer)."""
@@ -193,87 +226,19 @@ cdef class FilterRequest:
         return f"<Request {self.method} {self.authority}{self.path}{self.query} from {self.peer}>"
 
     cdef int apply_edits(self, EditList *request, EditList *response) except -1:
-        cdef int i, n
-        removes = self.removes or ()
-        adds = self.adds or ()
-        if removes or adds:
-            n = len(removes) + request.route_n + len(adds)
-            self.edits = <Edit *>PyMem_Malloc(n * sizeof(Edit))
-            if self.edits == NULL:
-                raise MemoryError()
-            n = 0
-            for name in removes:
-                self.edits[n].kind = EDIT_REMOVE
-                self.edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
-                self.edits[n].value = span_of(NULL, 0)
-                n += 1
-            for i in range(request.route_n):
-                self.edits[n] = request.route[i]
-                n += 1
-            for name, value in adds:
-                self.edits[n].kind = EDIT_ADD
-                self.edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
-                self.edits[n].value = span_of(PyBytes_AS_STRING(value), len(value))
-                n += 1
-            request.route = self.edits
-            request.route_n = n
+        if self.removes or self.adds:
+            self.edits = join_edits(request, self.removes, self.adds)
         if self.response_adds:
-            n = response.route_n + len(self.response_adds)
-            self.resp_edits = <Edit *>PyMem_Malloc(n * sizeof(Edit))
-            if self.resp_edits == NULL:
-                raise MemoryError()
-            for i in range(response.route_n):
-                self.resp_edits[i] = response.route[i]
-            n = response.route_n
-            for name, value in self.response_adds:
-                self.resp_edits[n].kind = EDIT_ADD
-                self.resp_edits[n].name = span_of(PyBytes_AS_STRING(name), len(name))
-                self.resp_edits[n].value = span_of(PyBytes_AS_STRING(value), len(value))
-                n += 1
-            response.route = self.resp_edits
-            response.route_n = n
+            self.resp_edits = join_edits(response, None, self.response_adds)
         return 0
 
 
-cdef class FilterResponse:
+cdef class FilterResponse(FilterMessage):
     """The upstream's answer head as a response filter sees it (fastmesh.plugins.api.Response describes it)."""
 
     def __dealloc__(self):
         PyMem_Free(self.kept)
         PyMem_Free(self.edits)
-
-    @property
-    def headers(self) -> list:
-        """Every field of the upstream's answer in wire order as (name, value), names as sent."""
-        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
-        cdef const char *base = PyBytes_AS_STRING(self.raw)
-        cdef int i
-        if self.headers_list is None:
-            self.headers_list = [(base[f[i].name_off:f[i].name_off + f[i].name_len].decode("latin-1"),
-                                  base[f[i].value_off:f[i].value_off + f[i].value_len].decode("latin-1"))
-                                 for i in range(self.num_fields)]
-        return self.headers_list
-
-    def header(self, str name not None):
-        """The first field of the upstream's answer called name (any case), or None."""
-        cdef const Field *f = <const Field *>PyBytes_AS_STRING(self.fields)
-        cdef const char *base = PyBytes_AS_STRING(self.raw)
-        cdef bytes want = name.lower().encode("latin-1")
-        cdef int i = find_field(base, f, self.num_fields, want, len(want), 0)
-        if i < 0:
-            return None
-        return PyUnicode_DecodeLatin1(base + f[i].value_off, f[i].value_len, NULL)
-
-    def set_header(self, name, value):
-        """Send the client `name: value` instead of the upstream's fields of that name."""
-        cdef bytes n = _editable(name)
-        cdef bytes v = _value(value)
-        if self.removes is None:
-            self.removes = []
-        if self.adds is None:
-            self.adds = []
-        self.removes.append(n.lower())
-        self.adds.append((n, v))
 
     def add_header(self, name, value):
         """Add `name: value` to the answer the client gets (next to the upstream's fields of that name)."""
@@ -281,13 +246,6 @@ cdef class FilterResponse:
         if self.adds is None:
             self.adds = []
         self.adds.append(item)
-
-    def remove_header(self, name):
-        """Send the answer without the upstream's fields called name."""
-        cdef bytes n = _editable(name)
-        if self.removes is None:
-            self.removes = []
-        self.removes.append(n.lower())
 
     def __repr__(self):
         return f"<Response {self.status} to {self.request!r}>"
@@ -322,20 +280,7 @@ cdef class FilterResponse:
                     k += 1
             self.kept_n = k
         if self.adds:
-            k = response.route_n + len(self.adds)
-            self.edits = <Edit *>PyMem_Malloc(k * sizeof(Edit))
-            if self.edits == NULL:
-                raise MemoryError()
-            for i in range(response.route_n):
-                self.edits[i] = response.route[i]
-            k = response.route_n
-            for name, value in self.adds:
-                self.edits[k].kind = EDIT_ADD
-                self.edits[k].name = span_of(PyBytes_AS_STRING(name), len(name))
-                self.edits[k].value = span_of(PyBytes_AS_STRING(value), len(value))
-                k += 1
-            response.route = self.edits
-            response.route_n = k
+            self.edits = join_edits(response, None, self.adds)
         return 0
 
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import random
 import socket
 import ssl as ssl_module
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -219,6 +220,17 @@ class HttpBackend:
 async def start_http_backends(count: int, prefix: str = "backend", **options: object) -> list[HttpBackend]:
     """`count` started backends named prefix-0, prefix-1, ..."""
     return [await HttpBackend(f"{prefix}-{i}", **options).start() for i in range(count)]  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def http_backends(count: int, prefix: str = "backend", **options: object) -> AsyncIterator[list[HttpBackend]]:
+    """start_http_backends for the block; every backend is stopped however the block ends."""
+    backends = await start_http_backends(count, prefix, **options)
+    try:
+        yield backends
+    finally:
+        for backend in backends:
+            await backend.stop()
 
 
 class _Connection:

@@ -1,7 +1,9 @@
-"""`fastmesh run` as a subprocess for tests: its config and log files, waiting for log lines, ending it by pid."""
+"""`fastmesh run` as a subprocess for tests: its config and log files, waiting for log lines, ending it by pid;
+the files it watches replaced the way an operator's tools do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import resource
@@ -9,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,3 +143,23 @@ class AsyncRun(_Files):
                 self.proc.kill()
                 await self.proc.wait()
         kill_workers(started_pids(self.log()), self.config)
+
+
+@contextlib.asynccontextmanager
+async def running(tmp: Path, text: str, ready: str = READY, wait: float = WAIT,
+                  nofile: int | tuple[int, int] | None = None) -> AsyncIterator[AsyncRun]:
+    """An AsyncRun of `text` (cwd tmp) that has logged `ready`, for the block; stopped however the block ends (a
+    start that fails included)."""
+    run = AsyncRun(tmp, text, wait, nofile)
+    try:
+        await run.start(ready)
+        yield run
+    finally:
+        await run.stop()
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` beside path and rename it over path: the one change a watcher sees, as deploy tools make it."""
+    beside = path.with_suffix(".new")
+    beside.write_text(text)
+    beside.rename(path)

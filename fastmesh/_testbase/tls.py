@@ -1,8 +1,11 @@
-"""TLS test helpers: a throwaway PKI (trustme), TLS backends, and clients that report how a handshake ended."""
+"""TLS test helpers: a throwaway PKI (trustme), installing its files as rotation tools do, TLS backends, and clients
+that report how a handshake ended."""
 from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import shutil
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,17 @@ class Pem:
     """A certificate and key written to files."""
     cert: str
     key: str
+
+
+def install(pem: Pem, live: Pem, *, renamed: bool = False) -> None:
+    """Put pem's key, then its certificate, at live's paths: rewritten in place (truncated and written, as `cp`
+    does) or, renamed, written beside and renamed into place (atomic, as cert-manager and certbot do)."""
+    for src, dst in ((pem.key, live.key), (pem.cert, live.cert)):
+        if renamed:
+            shutil.copyfile(src, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+        else:
+            shutil.copyfile(src, dst)
 
 
 class _Ca:

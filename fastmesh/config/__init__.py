@@ -1,1 +1,1 @@
-"""Configuration: typed schema (schema.py) and the TOML loader that validates into it (load.py)."""
+"""Configuration: typed schema (schema.py) and the TOML loader that validates into it (load.py and its parts)."""

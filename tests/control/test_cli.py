@@ -41,6 +41,17 @@ endpoints = ["127.0.0.1:{backend_port}"]
 """
 
 
+# An http listener whose one route sends to the logical name "users" (the naming tests add clusters and rules).
+USERS_LISTENER = """
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:4141"
+protocol = "http"
+[[listeners.routes]]
+service = "users"
+"""
+
+
 @pytest.fixture
 def good_config(tmp_path: Path) -> Path:
     path = tmp_path / "good.toml"
@@ -153,14 +164,7 @@ def test_run_refuses_a_port_another_reuseport_server_listens_on(tmp_path: Path) 
 
 
 def test_check_reads_a_watched_naming_table_and_resolve_fails_on_a_broken_one(tmp_path: Path) -> None:
-    (tmp_path / "fastmesh.toml").write_text("""
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:4141"
-protocol = "http"
-[[listeners.routes]]
-service = "users"
-[clusters.v1]
+    (tmp_path / "fastmesh.toml").write_text(USERS_LISTENER + """[clusters.v1]
 endpoints = ["127.0.0.1:9001"]
 [naming]
 rules = ["/svc/users => /cluster/v1"]
@@ -189,14 +193,7 @@ def test_check_resolve_lists_the_clusters_templates_would_make(tmp_path: Path) -
     try:
         for i in (1, 2, 3):
             etcd.put(f"/services/users-v{i}/a", {"address": f"127.0.0.1:{9000 + i}", "weight": i})
-        (tmp_path / "fastmesh.toml").write_text(f"""
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:4141"
-protocol = "http"
-[[listeners.routes]]
-service = "users"
-[clusters.fixed]
+        (tmp_path / "fastmesh.toml").write_text(USERS_LISTENER + f"""[clusters.fixed]
 endpoints = ["127.0.0.1:9000"]
 [naming]
 rules = ["/svc/users => /cluster/users-v1 | /cluster/fixed"]

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from fastmesh._testbase.admin import admin_json, wait_for
 from fastmesh._testbase.chaos import Tally, run_load
 from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
-from fastmesh._testbase.run import AsyncRun
+from fastmesh._testbase.run import AsyncRun, replace_file
 from tests.e2e.test_naming import wait_answers_from
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,22 +43,6 @@ endpoints = ["127.0.0.1:1"]
 {naming}
 {template}
 """
-
-
-async def admin_json(admin: int, path: str) -> Any:
-    async with httpx.AsyncClient() as client:
-        return (await client.get(f"http://127.0.0.1:{admin}{path}", timeout=5)).json()
-
-
-async def wait_for(what: str, check: Any) -> Any:
-    """Poll the async `check` until it returns something true; that value."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
 
 
 def endpoint(b: HttpBackend) -> dict[str, Any]:
@@ -202,8 +186,7 @@ idle_timeout = "1s"
             override = {"fastmesh-naming": "/svc/users => /cluster/users-a"}
             load = asyncio.create_task(run_load("127.0.0.1", web, clients=1, seconds=4 * WAIT, headers=override,
                                                 tally=steered, pause=0.02, until=done))
-            table.with_suffix(".new").write_text("/svc/users => /cluster/home\n")
-            table.with_suffix(".new").rename(table)
+            replace_file(table, "/svc/users => /cluster/home\n")
             await wait_answers_from(web, "b-0")             # the table no longer names users-a
             # Nothing names users-a now, nor lists it: only its traffic keeps it. Three idle_timeouts of it.
             watched_from = len(steered.answered_at)

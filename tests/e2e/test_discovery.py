@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from fastmesh._testbase.admin import admin_json
 from fastmesh._testbase.chaos import Tally, run_load
 from fastmesh._testbase.discovery_servers import Dnsmasq, Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
-from fastmesh._testbase.run import AsyncRun
+from fastmesh._testbase.run import AsyncRun, replace_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,11 +41,6 @@ cluster = "users"
 [clusters.users]
 discovery = {discovery}
 """
-
-
-async def admin_json(admin: int, path: str) -> Any:
-    async with httpx.AsyncClient() as client:
-        return (await client.get(f"http://127.0.0.1:{admin}{path}", timeout=5)).json()
 
 
 async def wait_endpoints(admin: int, wanted: set[str]) -> dict[str, Any]:
@@ -94,9 +90,7 @@ def test_file_changes_reach_every_worker_under_load_without_a_failed_request(tmp
             tally = Tally()
             load = asyncio.create_task(run_load("127.0.0.1", web, clients=CLIENTS, seconds=4.0, tally=tally))
             await asyncio.sleep(1.0)
-            (tmp_path / "users.new").write_text(json.dumps([{"address": b[1].address},
-                                                            {"address": b[2].address, "weight": 2}]))
-            (tmp_path / "users.new").rename(eps)
+            replace_file(eps, json.dumps([{"address": b[1].address}, {"address": b[2].address, "weight": 2}]))
             users = await wait_endpoints(admin, {b[1].address, b[2].address})
             switched = time.monotonic()
             await run.wait_log(r"discovery update applied by 2 worker\(s\)")

@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from fastmesh._testbase.admin import admin_json
 from fastmesh._testbase.chaos import Tally, run_load
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
-from fastmesh._testbase.run import AsyncRun
+from fastmesh._testbase.run import AsyncRun, replace_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,14 +48,7 @@ discovery = {{ kind = "file", path = "users.json" }}
 
 def write(path: Path, endpoints: list[dict[str, Any]]) -> None:
     """Replace the endpoint file atomically (what a deploy tool does)."""
-    tmp = path.with_suffix(".new")
-    tmp.write_text(json.dumps(endpoints))
-    tmp.rename(path)
-
-
-async def admin_json(admin: int, path: str) -> Any:
-    async with httpx.AsyncClient() as client:
-        return (await client.get(f"http://127.0.0.1:{admin}{path}", timeout=5)).json()
+    replace_file(path, json.dumps(endpoints))
 
 
 async def wait_endpoints(admin: int, wanted: dict[str, str]) -> None:

@@ -10,16 +10,15 @@ import collections
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
+from fastmesh._testbase.admin import admin_json
 from fastmesh._testbase.chaos import Client, Tally, run_load
 from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
-from fastmesh._testbase.run import AsyncRun
+from fastmesh._testbase.run import AsyncRun, replace_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,11 +44,6 @@ service = "users"
 [naming]
 {naming}
 """
-
-
-async def admin_json(admin: int, path: str) -> Any:
-    async with httpx.AsyncClient() as client:
-        return (await client.get(f"http://127.0.0.1:{admin}{path}", timeout=5)).json()
 
 
 async def count_backends(port: int, requests: int, clients: int = 4, headers: dict[str, str] | None = None
@@ -163,8 +157,7 @@ def test_a_table_rewritten_in_a_watched_file_reroutes_every_worker_without_a_rel
             tally = Tally()
             load = asyncio.create_task(run_load("127.0.0.1", web, clients=4, seconds=4.0, tally=tally))
             await asyncio.sleep(1.0)
-            (tmp_path / "naming.new").write_text("/svc => /cluster\n/svc/users => /cluster/v2 | /cluster/legacy\n")
-            (tmp_path / "naming.new").rename(table)
+            replace_file(table, "/svc => /cluster\n/svc/users => /cluster/v2 | /cluster/legacy\n")
             changed = time.monotonic()
             await run.wait_log(r"discovery update applied by 2 worker\(s\) .*naming table changed")
             took = await wait_answers_from(web, "b-1") - changed

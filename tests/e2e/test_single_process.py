@@ -10,14 +10,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from fastmesh._testbase.http_backend import start_http_backends
+from fastmesh._testbase.http_backend import http_backends
 from fastmesh._testbase.net import free_ports
-from fastmesh._testbase.run import AsyncRun, env, fastmesh_argv
+from fastmesh._testbase.run import env, fastmesh_argv, replace_file, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,11 +67,9 @@ def children(pid: int) -> list[str]:
 
 def test_one_process_serves_traffic_and_the_admin_endpoints(tmp_path: Path) -> None:
     async def main() -> None:
-        b = await start_http_backends(2, "b")
         web, admin = free_ports(2)
-        run = AsyncRun(tmp_path, config(web, admin, listed(b[0].address, b[1].address)), WAIT)
-        try:
-            await run.start(READY)
+        async with (http_backends(2, "b") as b,
+                    running(tmp_path, config(web, admin, listed(b[0].address, b[1].address)), READY, wait=WAIT) as run):
             assert run.proc is not None
             seen = {await backend_of(web) for _ in range(6)}
             assert seen == {"b-0", "b-1"}
@@ -93,20 +90,14 @@ def test_one_process_serves_traffic_and_the_admin_endpoints(tmp_path: Path) -> N
             assert {e["address"]: e["state"] for e in clusters["users"]["endpoints"]} == \
                 {b[0].address: "up", b[1].address: "up"}
             assert (await admin_get(admin, "/ready")).status_code == 200
-        finally:
-            await run.stop()
-            for x in b:
-                await x.stop()
     asyncio.run(main())
 
 
 def test_sighup_swaps_the_config_and_keeps_the_running_one_when_the_file_is_bad(tmp_path: Path) -> None:
     async def main() -> None:
-        b = await start_http_backends(2, "b")
         web, admin = free_ports(2)
-        run = AsyncRun(tmp_path, config(web, admin, listed(b[0].address)), WAIT)
-        try:
-            await run.start(READY)
+        async with (http_backends(2, "b") as b,
+                    running(tmp_path, config(web, admin, listed(b[0].address)), READY, wait=WAIT) as run):
             assert run.proc is not None
             assert {await backend_of(web) for _ in range(3)} == {"b-0"}
             run.config.write_text(config(web, admin, listed(b[1].address)))
@@ -122,46 +113,32 @@ def test_sighup_swaps_the_config_and_keeps_the_running_one_when_the_file_is_bad(
             reloads = (await admin_get(admin, "/metrics")).text
             assert 'fastmesh_config_reloads_total{result="ok"} 1' in reloads
             assert 'fastmesh_config_reloads_total{result="failed"} 1' in reloads
-        finally:
-            await run.stop()
-            for x in b:
-                await x.stop()
     asyncio.run(main())
 
 
 def test_discovery_updates_reach_the_data_plane(tmp_path: Path) -> None:
-    def write(endpoints: list[dict[str, Any]]) -> None:
-        (tmp_path / "users.new").write_text(json.dumps(endpoints))
-        (tmp_path / "users.new").rename(tmp_path / "users.json")
-
     async def main() -> None:
-        b = await start_http_backends(2, "b")
         web, admin = free_ports(2)
-        write([{"address": b[0].address}])
-        run = AsyncRun(tmp_path, config(web, admin, 'discovery = { kind = "file", path = "users.json" }'), WAIT)
-        try:
-            await run.start(READY)
-            assert {await backend_of(web) for _ in range(3)} == {"b-0"}
-            write([{"address": b[1].address}])
-            await run.wait_log(r"discovery update applied by 1 worker\(s\)")
-            assert {await backend_of(web) for _ in range(3)} == {"b-1"}
-            clusters = (await admin_get(admin, "/clusters")).json()
-            assert [e["address"] for e in clusters["users"]["endpoints"]] == [b[1].address]
-            assert "config reloaded" not in run.log()       # applied in place, as workers do
-        finally:
-            await run.stop()
-            for x in b:
-                await x.stop()
+        eps = tmp_path / "users.json"
+        async with http_backends(2, "b") as b:
+            replace_file(eps, json.dumps([{"address": b[0].address}]))
+            async with running(tmp_path, config(web, admin, 'discovery = { kind = "file", path = "users.json" }'),
+                               READY, wait=WAIT) as run:
+                assert {await backend_of(web) for _ in range(3)} == {"b-0"}
+                replace_file(eps, json.dumps([{"address": b[1].address}]))
+                await run.wait_log(r"discovery update applied by 1 worker\(s\)")
+                assert {await backend_of(web) for _ in range(3)} == {"b-1"}
+                clusters = (await admin_get(admin, "/clusters")).json()
+                assert [e["address"] for e in clusters["users"]["endpoints"]] == [b[1].address]
+                assert "config reloaded" not in run.log()       # applied in place, as workers do
     asyncio.run(main())
 
 
 def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) -> None:
     async def main() -> None:
-        b = await start_http_backends(1, "b")
         web, admin = free_ports(2)
-        run = AsyncRun(tmp_path, config(web, admin, listed(b[0].address)), WAIT)
-        try:
-            await run.start(READY)
+        async with (http_backends(1, "b") as b,
+                    running(tmp_path, config(web, admin, listed(b[0].address)), READY, wait=WAIT) as run):
             assert run.proc is not None
             slow = asyncio.create_task(backend_of(web, "/slow?ms=1500"))
             deadline = time.monotonic() + WAIT
@@ -176,10 +153,6 @@ def test_sigterm_lets_a_request_in_flight_finish_then_exits_0(tmp_path: Path) ->
             assert await slow == "b-0"                      # ...but the request under way is answered
             assert await asyncio.wait_for(run.proc.wait(), WAIT) == 0
             assert "stopped without finishing the drain" not in run.log()
-        finally:
-            await run.stop()
-            for x in b:
-                await x.stop()
     asyncio.run(main())
 
 

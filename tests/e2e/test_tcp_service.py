@@ -193,7 +193,7 @@ def test_fastmesh_run_follows_a_watched_table_for_new_connections_and_explains_i
     """Two workers; the table in a watched file is rewritten: new connections go to b, one held open stays on a."""
     import httpx
 
-    from fastmesh._testbase.run import AsyncRun
+    from fastmesh._testbase.run import AsyncRun, replace_file
 
     async def main() -> None:
         a, b = await backends("a", "b")
@@ -212,8 +212,7 @@ def test_fastmesh_run_follows_a_watched_table_for_new_connections_and_explains_i
             async with httpx.AsyncClient() as client:
                 got = (await client.get(f"http://127.0.0.1:{admin}/explain?listener=tcp-in", timeout=5)).json()
             assert got["cluster"]["name"] == "a" and got["naming"]["service"] == "db", got
-            (tmp_path / "naming.new").write_text("/svc/db => /cluster/b\n")
-            (tmp_path / "naming.new").rename(table)
+            replace_file(table, "/svc/db => /cluster/b\n")
             await run.wait_log(r"discovery update applied by 2 worker\(s\) .*naming table changed")
             names = []
             for _ in range(20):

@@ -7,7 +7,9 @@ and the other side must see the close within seconds, long before any idle timeo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,15 @@ def config(endpoints: list[str], protocol: str, tls: str = "", cluster_tls: str 
     return text
 
 
-async def start(text: str) -> tuple[Proxy, int]:
+@contextlib.asynccontextmanager
+async def edge_port(text: str) -> AsyncIterator[int]:
+    """The port of listener "edge" of a Proxy of `text`, started for the block and stopped however it ends."""
     proxy = Proxy.from_toml(text)
     await proxy.start()
-    return proxy, proxy.addresses["edge"][1]
+    try:
+        yield proxy.addresses["edge"][1]
+    finally:
+        await proxy.stop()
 
 
 async def read_to_eof(reader: asyncio.StreamReader) -> tuple[bytes, float]:
@@ -71,16 +78,13 @@ def test_tcp_origination_passes_backend_close_notify_to_client(pki: Pki) -> None
     server = FlightServer(pki.server_context(pki.issue("web.svc.test")), REPLY)
 
     async def main() -> None:
-        proxy, port = await start(config([server.address], "tcp",
-                                         cluster_tls=f'{{ ca = "{pki.ca_file}", server_name = "web.svc.test" }}'))
-        try:
+        async with edge_port(config([server.address], "tcp",
+                                    cluster_tls=f'{{ ca = "{pki.ca_file}", server_name = "web.svc.test" }}')) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
             got, took = await read_to_eof(reader)
             writer.close()
             await asyncio.to_thread(server.stop)
-        finally:
-            await proxy.stop()
         assert got == REPLY
         assert took < PROMPT, f"the backend's close reached the client only after {took:.1f}s"
         assert len(server.closes) == 1
@@ -106,12 +110,12 @@ def test_tcp_termination_passes_client_close_notify_to_backend(pki: Pki) -> None
     async def main() -> None:
         backend = await asyncio.start_server(until_eof, "127.0.0.1", 0)
         address = f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"
-        proxy, port = await start(config([address], "tcp", tls=f'{{ cert = "{cert.cert}", key = "{cert.key}" }}'))
         try:
-            got, took, closed = await asyncio.to_thread(flight_client, port, pki.client_context(), "edge.test",
-                                                        b"hello", 10.0)
+            async with edge_port(config([address], "tcp",
+                                        tls=f'{{ cert = "{cert.cert}", key = "{cert.key}" }}')) as port:
+                got, took, closed = await asyncio.to_thread(flight_client, port, pki.client_context(), "edge.test",
+                                                            b"hello", 10.0)
         finally:
-            await proxy.stop()
             backend.close()
             await backend.wait_closed()
         assert seen == [b"hello"], "the backend never saw the client's close"
@@ -128,14 +132,11 @@ def test_http_listener_serves_request_sent_with_close_notify_then_closes(pki: Pk
 
     async def main() -> None:
         async with HttpBackend("b") as backend:
-            proxy, port = await start(config([backend.address], "http",
-                                             tls=f'{{ cert = "{cert.cert}", key = "{cert.key}" }}'))
-            try:
+            async with edge_port(config([backend.address], "http",
+                                        tls=f'{{ cert = "{cert.cert}", key = "{cert.key}" }}')) as port:
                 got, took, closed = await asyncio.to_thread(
                     flight_client, port, pki.client_context(), "edge.test",
                     b"GET /status/200 HTTP/1.1\r\nHost: edge.test\r\n\r\n", 10.0)
-            finally:
-                await proxy.stop()
         assert got.startswith(b"HTTP/1.1 200"), got[:200]
         assert closed and took < PROMPT, f"the connection ended only after {took:.1f}s"
 
@@ -157,15 +158,12 @@ def test_http_pooled_tls_upstream_closed_behind_response_is_not_reused(pki: Pki)
         return got
 
     async def main() -> None:
-        proxy, port = await start(config([server.address], "http",
-                                         cluster_tls=f'{{ ca = "{pki.ca_file}", server_name = "web.svc.test" }}'))
-        try:
+        async with edge_port(config([server.address], "http",
+                                    cluster_tls=f'{{ ca = "{pki.ca_file}", server_name = "web.svc.test" }}')) as port:
             first = await get(port)
             await asyncio.sleep(0.2)
             second = await asyncio.wait_for(get(port), 15)
             await asyncio.to_thread(server.stop)
-        finally:
-            await proxy.stop()
         assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"hello"), first
         assert second.startswith(b"HTTP/1.1 200") and second.endswith(b"hello"), second
         assert len(server.requests) == 2
@@ -182,16 +180,13 @@ def test_http_tls_upstream_body_until_close_ends_at_close_notify(pki: Pki) -> No
     server = FlightServer(pki.server_context(pki.issue("web.svc.test")), reply)
 
     async def main() -> None:
-        proxy, port = await start(config([server.address], "http",
-                                         cluster_tls=f'{{ ca = "{pki.ca_file}", server_name = "web.svc.test" }}'))
-        try:
+        async with edge_port(config([server.address], "http",
+                                    cluster_tls=f'{{ ca = "{pki.ca_file}", server_name = "web.svc.test" }}')) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
             got, took = await read_to_eof(reader)
             writer.close()
             await asyncio.to_thread(server.stop)
-        finally:
-            await proxy.stop()
         assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"body-until-close"), got
         assert took < PROMPT, f"the response ended only after {took:.1f}s"
 

@@ -20,7 +20,7 @@ import pytest
 from fastmesh import Proxy
 from fastmesh._testbase.backends import echo, start_backends
 from fastmesh._testbase.net import free_port
-from fastmesh._testbase.tls import Pem, Pki
+from fastmesh._testbase.tls import Pem, Pki, install
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")]
@@ -120,8 +120,7 @@ def test_certificate_rewritten_in_place_then_renamed_into_place_reaches_new_hand
     gets the certificate on disk."""
     live = Pem(str(tmp_path / "live.pem"), str(tmp_path / "live.key"))
     first, second, third = pki.issue("web.test"), pki.issue("web.test"), pki.issue("web.test")
-    shutil.copyfile(first.cert, live.cert)
-    shutil.copyfile(first.key, live.key)
+    install(first, live)
 
     async def main() -> None:
         (backend,) = await start_backends(1, echo)
@@ -135,15 +134,12 @@ def test_certificate_rewritten_in_place_then_renamed_into_place_reaches_new_hand
             assert await asyncio.to_thread(serial_of, port, pki) == serial_in(first)
 
             # 1. Rewritten in place (truncate and write, key then certificate), as `cp` does.
-            Path(live.key).write_bytes(Path(second.key).read_bytes())
-            Path(live.cert).write_bytes(Path(second.cert).read_bytes())
+            install(second, live)
             assert await wait_for_serial(port, pki, serial_in(second)) == serial_in(second)
             assert await asyncio.to_thread(held.echo, b"after rewrite") == b"after rewrite"
 
             # 2. Written beside and renamed into place (atomic), as cert-manager and certbot do.
-            for src, dst in ((third.key, live.key), (third.cert, live.cert)):
-                shutil.copyfile(src, dst + ".tmp")
-                os.replace(dst + ".tmp", dst)
+            install(third, live, renamed=True)
             assert await wait_for_serial(port, pki, serial_in(third)) == serial_in(third)
             assert await asyncio.to_thread(held.echo, b"after rename") == b"after rename"
             status = context_status(proxy)
@@ -165,8 +161,7 @@ def test_bad_replacements_keep_the_old_certificate_and_say_why(pki: Pki, tmp_pat
     live = Pem(str(tmp_path / "live.pem"), str(tmp_path / "live.key"))
     good, other, expired, fixed = (pki.issue("web.test"), pki.issue("web.test"),
                                    pki.issue("web.test", expired=True), pki.issue("web.test"))
-    shutil.copyfile(good.cert, live.cert)
-    shutil.copyfile(good.key, live.key)
+    install(good, live)
 
     async def wait_for_error(proxy: Proxy, text: str) -> dict[str, Any]:
         deadline = time.monotonic() + RELOAD_WAIT
@@ -194,14 +189,12 @@ def test_bad_replacements_keep_the_old_certificate_and_say_why(pki: Pki, tmp_pat
             mismatch = await wait_for_error(proxy, "mismatch")
             assert await asyncio.to_thread(serial_of, port, pki) == serial_in(good)
 
-            Path(live.key).write_bytes(Path(expired.key).read_bytes())
-            Path(live.cert).write_bytes(Path(expired.cert).read_bytes())
+            install(expired, live)
             too_old = await wait_for_error(proxy, "expired")
             assert await asyncio.to_thread(serial_of, port, pki) == serial_in(good)
             assert await asyncio.to_thread(held.echo, b"still here") == b"still here"
 
-            Path(live.key).write_bytes(Path(fixed.key).read_bytes())
-            Path(live.cert).write_bytes(Path(fixed.cert).read_bytes())
+            install(fixed, live)
             assert await wait_for_serial(port, pki, serial_in(fixed)) == serial_in(fixed)
             healed = context_status(proxy)
         finally:
@@ -226,8 +219,7 @@ def test_cluster_client_certificate_and_ca_are_reloaded(pki: Pki, tmp_path: Path
     live = Pem(str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
     first = pki.issue("spiffe://mesh.test/ns/edge/sa/one")
     second = pki.issue("spiffe://mesh.test/ns/edge/sa/two")
-    shutil.copyfile(first.cert, live.cert)
-    shutil.copyfile(first.key, live.key)
+    install(first, live)
     server = pki.issue("api.test")
 
     async def main() -> list[str]:
@@ -248,9 +240,7 @@ def test_cluster_client_certificate_and_ca_are_reloaded(pki: Pki, tmp_path: Path
 
         try:
             await one()
-            for src, dst in ((second.key, live.key), (second.cert, live.cert)):
-                shutil.copyfile(src, dst + ".tmp")
-                os.replace(dst + ".tmp", dst)
+            install(second, live, renamed=True)
             deadline = time.monotonic() + RELOAD_WAIT
             while context_status(proxy, "cluster", "api")["reloads"] < 1 and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
