@@ -25,6 +25,7 @@ from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, Suc
 from fastmesh.config.schema import DISCOVERY_KINDS, ClusterTemplate, Discovery
 from fastmesh.config.schema import ACCESS_LOG_FIELDS, FAILURE_MODES, RUN_MODES, FilterSpec, SinkSpec
 from fastmesh.config.schema import RateLimit
+from fastmesh.config.schema import BUSY_POLL_MAX
 from fastmesh.config.schema import ListenerTracing, TraceExport, Tracing
 from fastmesh.errors import ConfigError, ConfigErrors, PluginError
 from fastmesh.plugins import registry
@@ -1589,11 +1590,19 @@ def _check_tcp_services(check: _Check, config: Config) -> None:
                       "a tcp listener sending to a service does not do)", lst.service)
 
 
+def _busy_poll(check: _Check, key: str, value: Any) -> Any:
+    seconds = _duration(allow_zero=True)(check, key, value)
+    if isinstance(seconds, float) and seconds > BUSY_POLL_MAX:
+        return check.bad(key, f'a duration from "0s" to "{format_duration(BUSY_POLL_MAX)}"', value)
+    return seconds
+
+
 _TOP_FIELDS: dict[str, Parser] = {
     "naming": _naming,
     "workers": _workers,
     "max_connections": _max_connections,
     "drain_timeout": _duration(allow_zero=True),
+    "busy_poll": _busy_poll,
     "ticket_secret_rotation": _duration(allow_zero=False),
     "admin": _admin,
     "listeners": _listeners,
@@ -1675,6 +1684,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "workers": cfg.workers,
         "max_connections": cfg.max_connections,
         "drain_timeout": format_duration(cfg.drain_timeout),
+        "busy_poll": format_duration(cfg.busy_poll),
         "ticket_secret_rotation": format_duration(cfg.ticket_secret_rotation),
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
         "listeners": [_listener_dict(lst) for lst in cfg.listeners],
