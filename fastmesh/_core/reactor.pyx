@@ -342,9 +342,8 @@ cdef class Reactor:
         self.refresh_now()
         if n < 0:
             return -1
-        if n > 0:
-            if self.busy_poll > 0.0:
-                self.adapt(self.now - self.last_event)
+        if self.busy_poll > 0.0 and n > 0:     # one test per wakeup when busy polling is off
+            self.adapt(self.now - self.last_event)
             self.last_event = self.now
         self.dispatching = True
         for i in range(n):
