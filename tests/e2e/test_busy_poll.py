@@ -125,5 +125,3 @@ def test_reload_changes_busy_poll():
                 assert proxy._reactor.busy_poll == 0
     with asyncio.Runner(loop_factory=workerloop.ReactorLoop) as runner:
         runner.run(main())
-
-
