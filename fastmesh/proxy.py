@@ -150,6 +150,7 @@ class Proxy:
         self._set_budget(budget, reactor)
         self._lag = stats.LagProbe(self._stats_block)
         self._lag.start(loop)
+        reactor.busy_poll = self.config.busy_poll
         reactor.attach(loop)
         from fastmesh.health import Health
         # Outlier settings and active checks, in place before the first connection is accepted.
@@ -333,6 +334,7 @@ class Proxy:
             self.config, self._tcp, self._http, self.addresses = old, old_tcp, old_http, old_addresses
             self._names, self._rates = old_names, old_rates
             raise
+        reactor.busy_poll = config.busy_poll
         # 2. Listeners that stay where they are: new routes and clusters.
         for lcfg in config.listeners:
             if lcfg.name in moved or lcfg.name not in old_listeners:

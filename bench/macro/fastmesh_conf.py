@@ -10,7 +10,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def config(listen_port: int, backend_port: int, admin_port: int, protocol: str = "tcp", pool_max_idle: int = 64,
-           tls: tuple[str, str, str] | None = None, upstream_tls: bool = False, workers: int = 1) -> str:
+           tls: tuple[str, str, str] | None = None, upstream_tls: bool = False, workers: int = 1,
+           busy_poll: str | None = None) -> str:
     """config.toml text, as `fastmesh run` reads it; the admin port is a free one so parallel runs never collide.
 
     protocol "http" makes the listener an HTTP/1.1 proxy with pooled keep-alive upstream connections; every
@@ -20,12 +21,14 @@ def config(listen_port: int, backend_port: int, admin_port: int, protocol: str =
     tls: (cert, key, _): the listener terminates TLS (ALPN h2 and http/1.1, fastmesh's default for http).
     upstream_tls: the cluster originates TLS to the backend (not verified, like HAProxy's `ssl verify none`).
     workers: 0 serves from the supervisor process itself (the "fastmesh-single" row).
+    busy_poll: the top-level busy_poll (a duration) when the run compares busy polling; fastmesh's default otherwise.
     """
     tls_line = f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}\n' if tls is not None else ""
     cluster_tls = "tls = { verify = false }\n" if upstream_tls else ""
+    busy_line = f'busy_poll = "{busy_poll}"\n' if busy_poll is not None else ""
     return f"""\
 workers = {workers}
-
+{busy_line}
 [admin]
 listen = "127.0.0.1:{admin_port}"
 

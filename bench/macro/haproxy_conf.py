@@ -14,7 +14,13 @@ def maxconn(nofile: int) -> int:
     return int((nofile - 500) / 2.5)
 
 
-def config(listen_port: int, backend_port: int, maxconn: int, tls: tuple[str, str, str] | None = None) -> str:
+def _busy(busy: bool) -> str:
+    """`busy-polling` (HAProxy's pollers never sleep: a null timeout each time) when the run compares busy polling."""
+    return "    busy-polling\n" if busy else ""
+
+
+def config(listen_port: int, backend_port: int, maxconn: int, tls: tuple[str, str, str] | None = None,
+           busy: bool = False) -> str:
     """haproxy.cfg text; the timeouts are long so that held idle connections are not cut during the RSS phase.
     tls: (cert, key, cert+key file): `ssl crt` on the bind and `ssl verify none` on the server line (TLS
     terminated and originated again; splice cannot carry TLS records, so HAProxy copies as fastmesh does)."""
@@ -24,7 +30,7 @@ def config(listen_port: int, backend_port: int, maxconn: int, tls: tuple[str, st
 global
     nbthread 1
     maxconn {maxconn}
-    log stderr format raw local0 err
+{_busy(busy)}    log stderr format raw local0 err
 
 defaults
     mode tcp
@@ -45,7 +51,7 @@ backend backend
 
 
 def http_config(listen_port: int, backend_port: int, maxconn: int, h2: bool = False,
-                tls: tuple[str, str, str] | None = None) -> str:
+                tls: tuple[str, str, str] | None = None, busy: bool = False) -> str:
     """haproxy.cfg text for the L7 workloads: HTTP mode, keep-alive on both sides, idle server connections shared.
 
     http-keep-alive is HAProxy's default mode already and is written out so the intent is visible;
@@ -53,6 +59,7 @@ def http_config(listen_port: int, backend_port: int, maxconn: int, h2: bool = Fa
     connection to the client that opened it first). No log, no header added: HAProxy's defaults.
     h2: the clients speak HTTP/2 with prior knowledge (`proto h2` on the bind); the server side stays HTTP/1.1.
     tls: (cert, key, cert+key file): `ssl crt` on the bind with ALPN h2 and http/1.1.
+    busy: `busy-polling` in the global section (bench/macro/run.py --busy-poll).
     """
     proto = " proto h2" if h2 else ""
     if tls is not None:
@@ -61,7 +68,7 @@ def http_config(listen_port: int, backend_port: int, maxconn: int, h2: bool = Fa
 global
     nbthread 1
     maxconn {maxconn}
-    log stderr format raw local0 err
+{_busy(busy)}    log stderr format raw local0 err
 
 defaults
     mode http

@@ -48,9 +48,15 @@ def unavailable(name: str, modes: set[str]) -> str | None:
 
 
 def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofile: int,
-          mode: str = "tcp", upstream_idle: int = 64) -> Running:
+          mode: str = "tcp", upstream_idle: int = 64, busy_poll: str | None = None) -> Running:
     """Write the proxy's config for mode into tmp, start it pinned to cpu, wait until it listens and has a worker.
-    upstream_idle: idle upstream connections nginx and fastmesh keep (HAProxy and Envoy have no such cap)."""
+    upstream_idle: idle upstream connections nginx and fastmesh keep (HAProxy and Envoy have no such cap).
+    busy_poll: a duration: fastmesh's busy_poll, and HAProxy's `busy-polling` (nginx and Envoy have no such
+    setting); None leaves each proxy's default (no busy polling in any of them).
+
+    Every process a proxy starts runs pinned to cpu, helpers included (nginx's master, fastmesh's supervisor);
+    HAProxy runs as one process (-db). fastmesh's supervisor does no work while the worker relays (no timer of
+    its own with a static config: 0 context switches during a latency trial), so sharing the core costs nothing."""
     if mode not in ("tcp", "http", "h2", "https", "tlstcp"):
         raise ValueError(f"unknown mode {mode!r}")
     http = mode not in ("tcp", "tlstcp")      # h2: HTTP/2 from the clients, HTTP/1.1 to the backend
@@ -64,9 +70,10 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
     expect_children = False
     env = None
     if name == "haproxy":
+        busy = busy_poll is not None
         text = (haproxy_conf.http_config(port, backend_port, haproxy_conf.maxconn(nofile), h2=mode == "h2",
-                                         tls=cert) if http
-                else haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile), tls=cert))
+                                         tls=cert, busy=busy) if http
+                else haproxy_conf.config(port, backend_port, haproxy_conf.maxconn(nofile), tls=cert, busy=busy))
         conf = _write(tmp, "haproxy.cfg", text)
         argv = haproxy_conf.argv(conf)
     elif name == "nginx":
@@ -87,7 +94,8 @@ def start(name: str, p: procs.Procs, tmp: str, backend_port: int, cpu: int, nofi
         conf = _write(tmp, "fastmesh.toml", fastmesh_conf.config(port, backend_port, procs.free_port(),
                                                                  "http" if http else "tcp", upstream_idle, tls=cert,
                                                                  upstream_tls=mode == "tlstcp",
-                                                                 workers=0 if single else 1))
+                                                                 workers=0 if single else 1,
+                                                                 busy_poll=busy_poll))
         argv = fastmesh_conf.argv(conf)
         env = fastmesh_conf.env()
         expect_children = not single        # workers = 0: the process started is the one relaying

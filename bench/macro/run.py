@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="one short trial of each (about a minute)")
     ap.add_argument("--proxy-cpu", type=int, default=0, help="core the proxies are pinned to (default 0)")
     ap.add_argument("--load-cpu", type=int, default=1, help="core for load generators and backends (default 1)")
+    ap.add_argument("--busy-poll", default=None, metavar="DURATION",
+                    help="busy polling in the proxies that have it: fastmesh's busy_poll = DURATION (e.g. 0.1ms) and "
+                    "HAProxy's busy-polling; default: none (each proxy's default)")
     ap.add_argument("--out", default=None, help="JSON result path (default bench/results/macro-<time>.json)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the generated configs and logs")
     a = ap.parse_args(argv)
@@ -193,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": cmd.strip(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - started, 1),
-        "settings": {"repeat": a.repeat, "duration": a.duration, "conns": a.conns, "proxy_cpu": a.proxy_cpu,
-                     "load_cpu": a.load_cpu, "cpus": os.cpu_count(), "wrk_keepalive_c": settings.ka_connections,
-                     "wrk_close_c": settings.close_connections, "wrk_latency_c": settings.latency_connections},
+        "settings": {"repeat": a.repeat, "duration": a.duration, "busy_poll": a.busy_poll, "conns": a.conns,
+                     "proxy_cpu": a.proxy_cpu, "load_cpu": a.load_cpu, "cpus": os.cpu_count(),
+                     "wrk_keepalive_c": settings.ka_connections, "wrk_close_c": settings.close_connections,
+                     "wrk_latency_c": settings.latency_connections},
         "versions": versions, "skipped": skipped, "trials": trials, "medians": med,
         "ratios_vs_haproxy": {w: {m: report.ratio(med, w, m) for m, _ in report.HEADLINE[w]} for w in ws},
         "paired_ratios_vs_haproxy": paired,
@@ -219,7 +223,7 @@ def _trial(p: procs.Procs, tmp: str, rep: int, w: str, name: str, backend_port: 
     run = None
     try:
         run = proxies.start(name, p, os.path.join(tmp, f"r{rep}-{w}-{name}"), backend_port, a.proxy_cpu, nofile,
-                            workloads.MODE[w], workloads.upstream_idle(w, settings))
+                            workloads.MODE[w], workloads.upstream_idle(w, settings), a.busy_poll)
         t["metrics"] = workloads.run(w, run, settings)
         if t["metrics"].get("error"):
             t["error"] = t["metrics"]["error"]

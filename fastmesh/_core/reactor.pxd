@@ -88,6 +88,16 @@ cdef class Reactor:
     cdef bint call_soon_pending        # a call_soon(poll) is already scheduled
     cdef bint dispatching              # poll() is handing out events: its own end runs what again() asks
     cdef bint driven                   # a ReactorSelector waits in this epoll set: the loop watches no fd of ours
+    # Busy polling: before blocking, keep asking epoll with a zero timeout until spin_window seconds have passed since
+    # the last wakeup that brought events. A blocked core goes idle, and waking an idle (virtual) CPU can take a
+    # millisecond; traffic dense enough to arrive within the window never pays that. The window adapts (as Linux's
+    # guest haltpoll does): it grows toward busy_poll while events come within busy_poll of each other and shrinks
+    # to nothing when they do not, so sparse traffic and an idle worker spin for nothing.
+    cdef public double busy_poll       # the most seconds a spin lasts; 0: always block at once
+    cdef readonly double spin_window   # the seconds the next spin lasts (0 .. busy_poll)
+    cdef double last_event             # `now` of the last wakeup that brought events
+    cdef readonly unsigned long long spins_hit    # spins that an event ended (no block, no idle core)
+    cdef readonly unsigned long long spins_missed  # spins that ran out with nothing: the wait then blocked
     cdef readonly PipePool pipes       # splice pipes shared by every relay of this reactor
     cdef BufferPool buffers            # fallback relay buffers
     cdef epoll_event events[MAX_EVENTS]  # the batch buffer for epoll_wait
@@ -98,6 +108,9 @@ cdef class Reactor:
     cdef void bury(self, EventTarget target) noexcept
     cdef void refresh_now(self) noexcept
     cdef int poll(self, int timeout_ms) noexcept
+    cdef int spin(self, double until) noexcept
+    cdef bint spinning(self) noexcept
+    cdef void adapt(self, double gap) noexcept
 
 
 cdef class ReactorSelector:

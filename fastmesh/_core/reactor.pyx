@@ -33,6 +33,7 @@ log = logging.getLogger("fastmesh.reactor")
 
 cdef uint64_t SIDE_MASK = 1      # low bit of epoll data: which of a target's two fds fired
 cdef uint64_t LOOP_FDS = 0       # epoll data of the ReactorSelector's nested set (no target has address 0)
+cdef int SPIN_NONE = 2           # Reactor.spin(): nothing arrived before the spin ran out
 
 
 cdef extern from "Python.h":
@@ -217,6 +218,11 @@ cdef class Reactor:
         self.tick_handle = None
         self.tick_interval = 0.1
         self.call_soon_pending = False
+        self.busy_poll = 0.0
+        self.spin_window = 0.0
+        self.last_event = 0.0
+        self.spins_hit = 0
+        self.spins_missed = 0
         self.pipes = PipePool(pipe_pool, pipe_size)
         self.buffers = BufferPool(pipe_pool, buffer_size)
         self.refresh_now()
@@ -261,8 +267,16 @@ cdef class Reactor:
         return self.loop is not None
 
     def _on_readable(self):
+        cdef int got
         self.call_soon_pending = False
         self.poll(0)
+        # Nested in another loop (uvloop): spin here, before that loop blocks. When events came, the loop gets one
+        # turn for its own fds and timers (a callback queued makes its next wait non-blocking) and we spin again.
+        if self.spinning() and self.loop is not None:
+            got = self.spin(self.last_event + min(self.spin_window, self.busy_poll))
+            if got != SPIN_NONE and not self.call_soon_pending:
+                self.call_soon_pending = True
+                self.loop.call_soon(self._on_readable)
 
     def _tick(self):
         cdef Sweeper s
@@ -328,6 +342,9 @@ cdef class Reactor:
         self.refresh_now()
         if n < 0:
             return -1
+        if self.busy_poll > 0.0 and n > 0:     # one test per wakeup when busy polling is off
+            self.adapt(self.now - self.last_event)
+            self.last_event = self.now
         self.dispatching = True
         for i in range(n):
             data = self.events[i].data.u64
@@ -345,6 +362,39 @@ cdef class Reactor:
         if self.graveyard:
             self.graveyard.clear()
         return loop_fds
+
+    cdef inline bint spinning(self) noexcept:
+        """A wait now should spin first: busy polling is on and the window since the last events is still open."""
+        return self.busy_poll > 0.0 and self.now - self.last_event < min(self.spin_window, self.busy_poll)
+
+    cdef inline void adapt(self, double gap) noexcept:
+        """Events came `gap` seconds after the previous ones: widen the window when a spin of up to busy_poll would
+        have caught them (or did), narrow it when they came later (a spin would only have burnt the CPU)."""
+        if self.spin_window > self.busy_poll:        # busy_poll was lowered (a reload)
+            self.spin_window = self.busy_poll
+        if gap <= self.busy_poll:
+            if self.spin_window <= 0.0:
+                self.spin_window = self.busy_poll / 8
+            elif self.spin_window < self.busy_poll:
+                self.spin_window = min(self.spin_window * 2, self.busy_poll)
+        elif self.spin_window > self.busy_poll / 8:
+            self.spin_window /= 2
+        else:
+            self.spin_window = 0.0
+
+    cdef int spin(self, double until) noexcept:
+        """Busy-poll: epoll_wait with a zero timeout until events come (their batch is dispatched, and poll()'s value
+        returned) or the clock passes `until` (SPIN_NONE: the caller then blocks)."""
+        cdef int got
+        cdef double seen = self.last_event
+        while True:
+            got = self.poll(0)
+            if got != 0 or self.last_event != seen or self.pending_again:
+                self.spins_hit += 1
+                return got
+            if self.now >= until:
+                self.spins_missed += 1
+                return SPIN_NONE
 
 
 cdef class ReactorSelector:
@@ -400,7 +450,7 @@ cdef class ReactorSelector:
     def select(self, timeout=None):
         cdef Reactor r = self.reactor
         cdef bint forever = timeout is None
-        cdef double deadline = 0.0, left
+        cdef double deadline = 0.0, left, until
         cdef int ms, got
         cdef Py_ssize_t timers = len(self.scheduled) if self.scheduled is not None else 0
         if not forever:
@@ -414,7 +464,17 @@ cdef class ReactorSelector:
             else:
                 left = deadline - r.now
                 ms = 0 if left <= 0.0 else <int>ceil(left * 1000.0)
-            got = r.poll(ms)
+            if ms != 0 and r.spinning():
+                # Events came a moment ago: poll without blocking until the window since the last one closes (or
+                # the loop's next timer is due), then block as usual (the next pass finds the window closed).
+                until = r.last_event + min(r.spin_window, r.busy_poll)
+                if not forever and deadline < until:
+                    until = deadline
+                got = r.spin(until)
+                if got == SPIN_NONE:
+                    continue
+            else:
+                got = r.poll(ms)
             if got > 0:
                 return self.inner.select(0)
             if got < 0 or not forever and r.now >= deadline:

@@ -461,6 +461,10 @@ class Demo:
     backends: list[Endpoint] = field(default_factory=list)
 
 
+BUSY_POLL = 0.0           # the default of Config.busy_poll (seconds)
+BUSY_POLL_MAX = 0.01      # longer spins only burn CPU: a blocked wait's wake-up costs well under 10 ms
+
+
 @dataclass
 class Config:
     """The whole validated configuration."""
@@ -472,6 +476,9 @@ class Config:
     # (dataplane/fd_budget.py). Past it, new connections wait in the listeners' backlogs.
     max_connections: int | Literal["auto"] = "auto"
     drain_timeout: float = 10.0        # seconds open connections get to finish on shutdown
+    # Seconds a worker keeps polling (epoll_wait, zero timeout) after its last event before it blocks, so traffic
+    # that comes that often never waits for an idle core to wake up (see Reactor.busy_poll). 0: block at once.
+    busy_poll: float = BUSY_POLL
     # Seconds per generation of the instance's session-ticket master secret (it ratchets forward; no listener's
     # ticket_rotation may be longer). Read at start: a reload does not change it.
     ticket_secret_rotation: float = 86400.0

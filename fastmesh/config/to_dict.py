@@ -20,6 +20,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "workers": cfg.workers,
         "max_connections": cfg.max_connections,
         "drain_timeout": format_duration(cfg.drain_timeout),
+        "busy_poll": format_duration(cfg.busy_poll),
         "ticket_secret_rotation": format_duration(cfg.ticket_secret_rotation),
         "admin": {"listen": format_address(cfg.admin.host, cfg.admin.port)},
         "listeners": [_listener_dict(lst) for lst in cfg.listeners],

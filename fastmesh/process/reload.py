@@ -332,6 +332,7 @@ def summarize(old: Config, new: Config) -> dict[str, list[str]]:
         out[f"{kind}_changed"] = [name for name in after if name in before and before[name] != after[name]]
     out["settings_changed"] = ["drain_timeout"] if old.drain_timeout != new.drain_timeout else []
     out["settings_changed"] += ["naming"] if old.naming != new.naming else []
+    out["settings_changed"] += ["busy_poll"] if old.busy_poll != new.busy_poll else []
     return out
 
 

@@ -41,9 +41,10 @@ R0 = "listeners[0].routes[0]"
 
 
 BALANCERS = '["round_robin", "least_request", "random", "ewma", "ring_hash", "maglev"]'
-TOP_KEYS = ('["admin", "cluster_templates", "clusters", "demo", "drain_timeout", "event_sinks", "listeners", '
-            '"max_connections", "naming", "ticket_secret_rotation", "tracing", "workers"]')
+TOP_KEYS = ('["admin", "busy_poll", "cluster_templates", "clusters", "demo", "drain_timeout", "event_sinks", '
+            '"listeners", "max_connections", "naming", "ticket_secret_rotation", "tracing", "workers"]')
 DURATION = 'a duration like "250ms", "1s", "2m" or "1h"'
+BUSY_POLL_TEXT = "0s"        # the default busy_poll as config_to_dict writes it
 MAX_CONNECTIONS = 'a whole number from 1 to 16777216, or "auto" (derived from the fd limit)'
 
 BAD = [
@@ -57,6 +58,9 @@ BAD = [
     ('drain_timeout = "10"\n' + MINIMAL, f'drain_timeout: expected {DURATION}, got "10"'),
     ("drain_timeout = 10\n" + MINIMAL, f"drain_timeout: expected {DURATION}, got 10"),
     ('drain_timeout = "1d"\n' + MINIMAL, f'drain_timeout: expected {DURATION}, got "1d"'),
+    ('busy_poll = "11ms"\n' + MINIMAL, 'busy_poll: expected a duration from "0s" to "10ms", got "11ms"'),
+    ('busy_poll = "50us"\n' + MINIMAL, f'busy_poll: expected {DURATION}, got "50us"'),
+    ("busy_poll = 0\n" + MINIMAL, f"busy_poll: expected {DURATION}, got 0"),
     ("listner = 1\n" + MINIMAL, 'listner: unknown key (did you mean "listeners"?)'),
     ('colour = "red"\n' + MINIMAL, f"colour: unknown key (expected one of {TOP_KEYS})"),
     ("", "expected [[listeners]] and [clusters.NAME] tables, got nothing"),
@@ -393,6 +397,7 @@ def test_config_to_dict_fills_every_default() -> None:
         "workers": 1,
         "max_connections": "auto",
         "drain_timeout": "10s",
+        "busy_poll": BUSY_POLL_TEXT,
         "ticket_secret_rotation": "24h",
         "admin": {"listen": "127.0.0.1:9990"},
         "listeners": [{"name": "in", "listen": "127.0.0.1:4140", "protocol": "tcp", "cluster": "echo",
@@ -420,6 +425,7 @@ def test_connection_limits() -> None:
 
 
 @pytest.mark.parametrize("text", [MINIMAL, FULL, "drain_timeout = \"0s\"\n" + MINIMAL,
+                                  'busy_poll = "0.05ms"\n' + MINIMAL,
                                   "max_connections = 10\n" + LISTENER + "max_connections = 3\n" + CLUSTER])
 def test_round_trip(text: str) -> None:
     cfg = loads_config(text, "rt.toml")

@@ -1,15 +1,16 @@
-"""The top-level table: process keys (workers, max_connections, drain), admin, demo, and who reads each section."""
+"""The top-level table: process keys (workers, max_connections, drain, busy polling), admin, demo, and who reads each section."""
 from __future__ import annotations
 
 from typing import Any
 
-from fastmesh.config.schema import Admin, Demo
+from fastmesh.config.schema import BUSY_POLL_MAX, Admin, Demo
 from fastmesh.config.sections.clusters import _backend, _clusters
 from fastmesh.config.sections.listeners import _listeners
 from fastmesh.config.sections.naming import _naming
 from fastmesh.config.sections.plugins import _sinks
 from fastmesh.config.sections.templates import _cluster_templates
 from fastmesh.config.sections.tracing import _tracing
+from fastmesh.config.values import format_duration
 from fastmesh.config.walk import BAD, _address, _all_good, _Check, _duration, Parser, _table
 
 
@@ -23,6 +24,13 @@ def _max_connections(check: _Check, key: str, value: Any) -> Any:
     if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 24):
         return value
     return check.bad(key, f'a whole number from 1 to {1 << 24}, or "auto" (derived from the fd limit)', value)
+
+
+def _busy_poll(check: _Check, key: str, value: Any) -> Any:
+    seconds = _duration(allow_zero=True)(check, key, value)
+    if isinstance(seconds, float) and seconds > BUSY_POLL_MAX:
+        return check.bad(key, f'a duration from "0s" to "{format_duration(BUSY_POLL_MAX)}"', value)
+    return seconds
 
 
 def _admin(check: _Check, key: str, value: Any) -> Any:
@@ -51,6 +59,7 @@ _TOP_FIELDS: dict[str, Parser] = {
     "workers": _workers,
     "max_connections": _max_connections,
     "drain_timeout": _duration(allow_zero=True),
+    "busy_poll": _busy_poll,
     "ticket_secret_rotation": _duration(allow_zero=False),
     "admin": _admin,
     "listeners": _listeners,
