@@ -1,4 +1,4 @@
-"""The top-level table: process keys (workers, max_connections, drain, busy polling), admin, demo, and who reads each section."""
+"""The top-level table: process keys (workers, max_connections, drain, busy_poll), admin, demo, who reads what."""
 from __future__ import annotations
 
 from typing import Any
