@@ -63,17 +63,26 @@ cdef object _whole(dict item, str key, long default, long low, long high):
     return value
 
 
+cdef str _key(e):
+    """An endpoint's address as "ip:port" or "[ip]:port", the key of the duplicate check."""
+    host = e.host
+    return f"[{host}]:{e.port}" if ":" in host else f"{host}:{e.port}"
+
+
 def parse_endpoints(list items, object slow, object endpoint, long max_weight, long max_priority):
-    """Endpoint objects (class `endpoint`) for `items`, in order; slow(item, i) parses an item the fast path does
-    not take (or raises)."""
+    """(Endpoint objects (class `endpoint`) for `items` in order, the first address listed again or None); slow(item,
+    i) parses an item the fast path does not take (or raises). Addresses are compared as canonically spelled."""
     cdef list out = []
+    cdef set seen = set()
     cdef Py_ssize_t i, n, host_len, known
     cdef long port
     cdef const char *s
     cdef dict item_dict, d
     cdef str key
+    repeated = None
     for i in range(len(items)):
         item = items[i]
+        address = None
         weight = 1
         priority = 0
         if isinstance(item, str):
@@ -86,36 +95,36 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
                     known += 1
             address = item_dict.get("address")
             if known != len(item_dict) or not isinstance(address, str):
-                out.append(slow(item, i))
-                continue
-            weight = _whole(item_dict, "weight", 1, 1, max_weight)
-            priority = _whole(item_dict, "priority", 0, 0, max_priority)
-            if weight is None or priority is None:
-                out.append(slow(item, i))
-                continue
+                address = None
+            else:
+                weight = _whole(item_dict, "weight", 1, 1, max_weight)
+                priority = _whole(item_dict, "priority", 0, 0, max_priority)
+                if weight is None or priority is None:
+                    address = None
+        port = -1
+        if address is not None and (<str>address).isascii():     # (and no lone surrogate: it has no UTF-8 form)
+            s = PyUnicode_AsUTF8AndSize(address, &n)
+            host_len = _host_end(s, n)
+            if 0 <= host_len < n and s[host_len] == c':':
+                port = _port(s + host_len + 1, n - host_len - 1)
+        if port < 0:                    # not a spelling taken here: the Python parser's (or its error)
+            e = slow(item, i)
+            key = _key(e)
         else:
-            out.append(slow(item, i))
-            continue
-        if not (<str>address).isascii():        # (and no lone surrogate, which has no UTF-8 form)
-            out.append(slow(item, i))
-            continue
-        s = PyUnicode_AsUTF8AndSize(address, &n)
-        host_len = _host_end(s, n)
-        if host_len < 0 or host_len >= n or s[host_len] != c':':
-            port = -1
+            e = _new(endpoint)
+            d = e.__dict__
+            d["host"] = (<str>address)[:host_len]
+            d["port"] = port
+            d["weight"] = weight
+            d["priority"] = priority
+            key = <str>address          # "a.b.c.d:port", canonical already
+        if key in seen:
+            if repeated is None:
+                repeated = key
         else:
-            port = _port(s + host_len + 1, n - host_len - 1)
-        if port < 0:
-            out.append(slow(item, i))
-            continue
-        e = _new(endpoint)
-        d = e.__dict__
-        d["host"] = (<str>address)[:host_len]
-        d["port"] = port
-        d["weight"] = weight
-        d["priority"] = priority
+            seen.add(key)
         out.append(e)
-    return out
+    return out, repeated
 
 
 def make_endpoints(list hosts, list ports, list weights, list priorities, object endpoint):

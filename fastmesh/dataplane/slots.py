@@ -60,7 +60,7 @@ def live(slots: Slots) -> list[Endpoint]:
 
 
 def holes_of(slots: Slots) -> tuple[int, ...]:
-    return tuple(i for i, e in enumerate(slots) if e is None)
+    return tuple([i for i, e in enumerate(slots) if e is None])
 
 
 def slot_list(endpoints: Sequence[Endpoint], holes: Sequence[int] = ()) -> Slots:

@@ -149,11 +149,15 @@ def parse_endpoint(item: Any, where: str) -> Endpoint:
     return Endpoint(host, port, weight, priority)
 
 
-def parse_endpoints(items: list[Any], where: str) -> list[Endpoint]:
-    """parse_endpoint for each item of a list (where: "file: endpoint i"), the common spellings in one compiled loop
-    (_core/endpoints.pyx: a 10,000-endpoint file an update), the others here; the first bad item raises."""
-    return _parse_endpoints(items, lambda item, i: parse_endpoint(item, f"{where} {i}"), Endpoint, MAX_WEIGHT,
-                            MAX_PRIORITY)
+def parse_endpoints(items: list[Any], name: str) -> list[Endpoint]:
+    """parse_endpoint for each item of a list (errors say "name: endpoint i"), then unique(): the common spellings
+    in one compiled loop (_core/endpoints.pyx: a 10,000-endpoint file an update), the others here. The first bad
+    item raises, then an address listed twice."""
+    found, repeated = _parse_endpoints(items, lambda item, i: parse_endpoint(item, f"{name}: endpoint {i}"),
+                                       Endpoint, MAX_WEIGHT, MAX_PRIORITY)
+    if repeated is not None:
+        raise SourceError("parse", f"{name}: {repeated} is listed twice")
+    return found
 
 
 def unique(endpoints: list[Endpoint], where: str) -> list[Endpoint]:

@@ -14,7 +14,7 @@ import tomllib
 from typing import Any
 
 from fastmesh.config.schema import Endpoint
-from fastmesh.discovery.base import Source, SourceError, parse_endpoints, unique
+from fastmesh.discovery.base import Source, SourceError, parse_endpoints
 from fastmesh.filewatch import DirWatch
 from fastmesh.gcpause import collector_paused
 
@@ -40,7 +40,7 @@ def parse_file(data: bytes, name: str) -> list[Endpoint]:
         doc = doc["endpoints"]
     if not isinstance(doc, list):
         raise SourceError("parse", f"{name}: expected an array of endpoints (or a table with only \"endpoints\")")
-    return unique(parse_endpoints(doc, f"{name}: endpoint"), name)
+    return parse_endpoints(doc, name)
 
 
 class FileSource(Source):
