@@ -9,17 +9,24 @@ cycles). Windows nest; a window never turns on a collector that was off when it 
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
+def collector_paused(resume_soon: bool = False) -> Iterator[None]:
+    """No cyclic collection inside. `resume_soon`: turn it back on from the running event loop's next turn, not
+    at once: a worker's handler returns inside the window and its answer leaves in the same step, before the
+    collection it has deferred (the supervisor waits for that answer)."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
-            gc.enable()
+            if resume_soon:
+                asyncio.get_running_loop().call_soon(gc.enable)
+            else:
+                gc.enable()

@@ -13,6 +13,7 @@ the error it names: the two agree on everything the fast path takes.
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.long cimport PyLong_CheckExact
 from cpython.dict cimport PyDict_CheckExact
+from cpython.object cimport PyObject_GenericSetAttr
 
 cdef object _new = object.__new__
 cdef tuple _KNOWN = ("address", "weight", "priority", "zone", "metadata")
@@ -77,7 +78,7 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
     cdef Py_ssize_t i, n, host_len, known
     cdef long port
     cdef const char *s
-    cdef dict item_dict, d
+    cdef dict item_dict
     cdef str key
     repeated = None
     for i in range(len(items)):
@@ -112,11 +113,10 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
             key = _key(e)
         else:
             e = _new(endpoint)
-            d = e.__dict__
-            d["host"] = (<str>address)[:host_len]
-            d["port"] = port
-            d["weight"] = weight
-            d["priority"] = priority
+            PyObject_GenericSetAttr(e, "host", (<str>address)[:host_len])     # (as in make_endpoints)
+            PyObject_GenericSetAttr(e, "port", port)
+            PyObject_GenericSetAttr(e, "weight", weight)
+            PyObject_GenericSetAttr(e, "priority", priority)
             key = <str>address          # "a.b.c.d:port", canonical already
         if key in seen:
             if repeated is None:
@@ -131,16 +131,31 @@ def make_endpoints(list hosts, list ports, list weights, list priorities, object
     """Endpoint objects (class `endpoint`) for columns of equal length, made without __init__: a worker makes
     10,000 of them from each discovery update's payload (dataplane/slots.py endpoints_of)."""
     cdef Py_ssize_t i, n = len(hosts)
-    cdef dict d
     if not len(ports) == len(weights) == len(priorities) == n:
         raise ValueError(f"columns of {n}, {len(ports)}, {len(weights)} and {len(priorities)} entries")
     cdef list out = [None] * n
     for i in range(n):
         e = _new(endpoint)
-        d = e.__dict__
-        d["host"] = hosts[i]
-        d["port"] = ports[i]
-        d["weight"] = weights[i]
-        d["priority"] = priorities[i]
+        # The generic setattr (not the frozen dataclass's, which refuses): the values go into the instance's inline
+        # slots, with no __dict__ object made for each endpoint.
+        PyObject_GenericSetAttr(e, "host", hosts[i])
+        PyObject_GenericSetAttr(e, "port", ports[i])
+        PyObject_GenericSetAttr(e, "weight", weights[i])
+        PyObject_GenericSetAttr(e, "priority", priorities[i])
         out[i] = e
+    return out
+
+
+def literal_rows(list slots, dict ranks, long v4, long v6):
+    """Cluster.update's row per slot for IP literals in their canonical spelling (what discovery hands over):
+    (v6 if the host has a ':' else v4, host, port, weight, ranks[priority], 0), None for a hole; a worker makes
+    10,000 of them from each discovery update (dataplane/clusters.py endpoint_table)."""
+    cdef Py_ssize_t i, n = len(slots)
+    cdef list out = [None] * n
+    for i in range(n):
+        e = slots[i]
+        if e is None:
+            continue
+        host = e.host
+        out[i] = (v6 if ":" in host else v4, host, e.port, e.weight, ranks[e.priority], 0)
     return out

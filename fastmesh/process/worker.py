@@ -215,7 +215,7 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
         payload_fd, stats_fd = (fds + [None, None])[:2]
         if payload_fd is None:
             return {"ok": False, "errors": ["the endpoints request carried no endpoint sets"]}
-        with collector_paused():            # (fastmesh/gcpause.py: its collections run once it is applied)
+        with collector_paused(resume_soon=True):    # (fastmesh/gcpause.py: collections once it is answered)
             sets = decode_sets(workerlink.read_all(payload_fd))
             block = stats.map_block(stats_fd) if stats_fd is not None else None
             try:
