@@ -11,6 +11,12 @@ applies the first K of three prepared updates with Proxy.update_endpoints after 
 part; the payloads are made before any of them): callgrind's total for K minus the one for K - 1 is what update
 K costs. Updates 1 and 3 are applied in place, update 2 compacts the slots (the cluster is built anew). Run it
 with the interpreter itself (not a shell shim) and PYTHONHASHSEED=0.
+
+    valgrind --tool=callgrind python -m bench.micro.discovery_parts --supervise K     (K = 1, 2, 3)
+does the supervisor's part of the first K of three file updates the same way: the file's bytes parsed
+(discovery/file.py parse_file), arranged and given slots (the source's publish and the manager's next_slots),
+then the changed set encoded for the workers and the counter layout made (process/reload.py), each step inside
+the garbage-collector pause the supervisor runs it in.
 """
 from __future__ import annotations
 
@@ -86,9 +92,33 @@ async def apply(k: int) -> None:
         await proxy.stop(0)
 
 
+def supervise(k: int) -> None:
+    import json
+    from fastmesh.dataplane.stats import StatsLayout
+    from fastmesh.discovery.base import Source
+    from fastmesh.discovery.file import parse_file
+    from fastmesh.gcpause import collector_paused
+    cfg, slots = base()
+    files = [json.dumps(endpoints(N, (r + 1) * 7)).encode() for r in range(3)]
+    kept = []
+    for data in files[:k]:
+        gc.collect()                    # (as in apply(): no full collection left over from the update before)
+        with collector_paused():        # FileSource.run: read, parse, publish (slots)
+            found = Source.arrange(Source.__new__(Source), parse_file(data, "big.json"))
+            slots = next_slots(slots, found)
+        with collector_paused():        # Reloader.discovered: the sets filled in, encoded, the counter layout
+            cluster = dataclasses.replace(cfg.clusters["big"], endpoints=live(slots))
+            holes = {"big": holes_of(slots)}
+            payload = encode_sets({"big": (cluster.endpoints, holes["big"])})
+            layout = StatsLayout(dataclasses.replace(cfg, clusters={"big": cluster}), holes)
+        kept.append((found, payload, layout))
+
+
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--apply":
         asyncio.run(apply(int(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--supervise":
+        supervise(int(sys.argv[2]))
     else:
         parts()
 

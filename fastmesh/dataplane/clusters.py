@@ -6,6 +6,7 @@ removed ones were; static clusters have no holes.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from fastmesh._core.balance.factory import HASHING, make_balancer
 from fastmesh._core.balance.hashing import hash_key
 from fastmesh._core.cluster import Cluster
+from fastmesh._core.endpoints import literal_rows
 from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.limits import LimitCell
 from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from fastmesh._core.tls.context import TlsClient
 
 Pool = HttpPool | H2Pool        # a cluster's upstream pool, by its protocol
+_PRIORITY = operator.attrgetter("priority")
 
 
 def _resolve(host: str, port: int) -> tuple[int, str, int]:
@@ -45,7 +48,8 @@ def _resolve(host: str, port: int) -> tuple[int, str, int]:
 
 def tier_ranks(endpoints: Sequence[Endpoint | None]) -> dict[int, int]:
     """Priority value -> tier rank (0: the lowest value, the most preferred), over the endpoints listed."""
-    return {p: rank for rank, p in enumerate(sorted({e.priority for e in endpoints if e is not None}))}
+    # (Endpoints are always true, holes never: filter(None) keeps the endpoints, in C.)
+    return {p: rank for rank, p in enumerate(sorted(set(map(_PRIORITY, filter(None, endpoints)))))}
 
 
 def _id(e: Endpoint) -> int:
@@ -63,19 +67,15 @@ def endpoint_table(slots: Sequence[Endpoint | None], kept: int = 0, literal: boo
     Built for 10,000 endpoints an update: no per-endpoint function call beyond what is needed."""
     ranks = tier_ranks(slots)
     v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    if literal and not hashing:             # discovery's sets, the common balancers: one compiled loop
+        return literal_rows(list(slots), ranks, v4, v6)
     if literal:
-        head = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
-                for e in slots[:kept]]
+        head = literal_rows(list(slots[:kept]), ranks, v4, v6)
     else:
         head = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority], 0)
                 for e in slots[:kept]]
-    if literal and not hashing:
-        tail = [None if e is None else (v6 if ":" in e.host else v4, e.host, e.port, e.weight, ranks[e.priority], 0)
-                for e in slots[kept:]]
-    else:
-        tail = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority],
-                                        _id(e) if hashing else 0)
-                for e in slots[kept:]]
+    tail = [None if e is None else (*_resolve(e.host, e.port), e.weight, ranks[e.priority], _id(e) if hashing else 0)
+            for e in slots[kept:]]
     return head + tail
 
 

@@ -11,20 +11,27 @@ address, as a reload does.
 On the wire (the effective config the supervisor hands workers) a discovered cluster lists its live endpoints
 in slot order, and `holes` (slot indexes) travel beside it: with_holes() and split_holes() put them into and take
 them out of config_to_dict's JSON, as null entries of the endpoint array. A discovery update carries only the
-changed clusters' sets (encode_sets / decode_sets), by columns (hosts, ports, weights, priorities: no object per
-endpoint on the wire), and the holes.
+changed clusters' sets (encode_sets / decode_sets), by columns: the hosts in one string, ports, weights and
+priorities as arrays of 16-bit numbers (or one number for all), the holes as runs: no object per endpoint on the
+wire, and a few C calls per column to make or read it.
 """
 from __future__ import annotations
 
+import base64
 import bisect
 import dataclasses
 import json
+import operator
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import repeat
+from itertools import chain
 from typing import Any
 
+from fastmesh._core.endpoints import make_endpoints
 from fastmesh.config.schema import Endpoint
 
+_ADDRESS = operator.attrgetter("host", "port")     # an endpoint's key: (host, port), made in C
+PAYLOAD_FORMAT = 2          # encode_sets' layout: a worker refuses another (supervisor and workers are one build)
 COMPACT_AT = 64             # holes below this never trigger a compaction, whatever the live count
 
 Slots = list[Endpoint | None]
@@ -36,9 +43,10 @@ def next_slots(prev: Slots | None, endpoints: Sequence[Endpoint]) -> Slots:
     if not prev:
         return list(endpoints)
     # Discovery hands over IP literals in their canonical spelling (discovery/base.py), so (host, port) is the key.
-    wanted = {(e.host, e.port): e for e in endpoints}
+    wanted = dict(zip(map(_ADDRESS, endpoints), endpoints))
     listed = len(wanted)
-    slots: Slots = [None if e is None else wanted.pop((e.host, e.port), None) for e in prev]
+    pop = wanted.pop
+    slots: Slots = [None if e is None else pop(_ADDRESS(e), None) for e in prev]
     holes = len(slots) - (listed - len(wanted))     # every slot but those whose endpoint is still listed
     if holes >= COMPACT_AT and holes > len(endpoints):
         return list(endpoints)
@@ -52,7 +60,7 @@ def live(slots: Slots) -> list[Endpoint]:
 
 
 def holes_of(slots: Slots) -> tuple[int, ...]:
-    return tuple(i for i, e in enumerate(slots) if e is None)
+    return tuple([i for i, e in enumerate(slots) if e is None])
 
 
 def slot_list(endpoints: Sequence[Endpoint], holes: Sequence[int] = ()) -> Slots:
@@ -97,20 +105,52 @@ def split_holes(data: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 EndpointSets = dict[str, tuple[list[Endpoint], tuple[int, ...]]]     # cluster -> (live endpoints in slot order, holes)
 
 
-def _column(values: list[int]) -> int | list[int]:
-    """One number when every endpoint has it (the common case: weight 1, priority 0), else the list."""
-    return values[0] if values and values.count(values[0]) == len(values) else values
+_HOST, _PORT = operator.attrgetter("host"), operator.attrgetter("port")
+_WEIGHT, _PRIORITY = operator.attrgetter("weight"), operator.attrgetter("priority")
+_U16 = "H"                  # ports, weights (1 to 1000) and priorities (0 to 65535) as 16-bit numbers on the wire
+
+
+def _numbers(values: list[int]) -> int | str:
+    """A column of 16-bit numbers: one number when every endpoint has it (the common case: weight 1, priority 0),
+    else the array's bytes (native order: supervisor and workers run on one machine) in base64."""
+    if values and values.count(values[0]) == len(values):
+        return values[0]
+    return base64.b64encode(array(_U16, values).tobytes()).decode("ascii")
+
+
+def _unnumbers(column: int | str, count: int) -> list[int]:
+    if isinstance(column, int):
+        return [column] * count
+    values = array(_U16)
+    values.frombytes(base64.b64decode(column))
+    return values.tolist()
+
+
+def hole_runs(holes: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted slot indexes as (first, length) runs of consecutive ones: an update replacing 10,000 endpoints
+    leaves one run (found by binary search, as slot_list does: no loop per hole)."""
+    gaps = sorted(holes)
+    runs = []
+    k = 0
+    while k < len(gaps):
+        end = bisect.bisect_right(range(len(gaps)), gaps[k] - k, lo=k, key=lambda j: gaps[j] - j)
+        runs.append((gaps[k], end - k))
+        k = end
+    return runs
 
 
 def encode_sets(sets: Mapping[str, tuple[Sequence[Endpoint], Sequence[int]]]) -> bytes:
-    """A discovery update's payload (the supervisor's side), by columns: the IP literals in one space-separated
-    string, the ports, weights and priorities as arrays (weights and priorities as one number when all equal)."""
-    return json.dumps({"clusters": {name: {"hosts": " ".join([e.host for e in endpoints]),
-                                           "ports": [e.port for e in endpoints],
-                                           "weights": _column([e.weight for e in endpoints]),
-                                           "priorities": _column([e.priority for e in endpoints]),
-                                           "holes": list(holes)}
-                                    for name, (endpoints, holes) in sets.items()}}, separators=(",", ":")).encode()
+    """A discovery update's payload (the supervisor's side), by columns, no object per endpoint: the IP literals
+    in one space-separated string, the ports as an array of 16-bit numbers (base64), weights and priorities
+    likewise or one number when all are equal, the holes as (first, length) runs. JSON around them."""
+    out = {}
+    for name, (endpoints, holes) in sets.items():
+        out[name] = {"count": len(endpoints), "hosts": " ".join(map(_HOST, endpoints)),
+                     "ports": base64.b64encode(array(_U16, map(_PORT, endpoints)).tobytes()).decode("ascii"),
+                     "weights": _numbers(list(map(_WEIGHT, endpoints))),
+                     "priorities": _numbers(list(map(_PRIORITY, endpoints))),
+                     "holes": hole_runs(holes)}
+    return json.dumps({"format": PAYLOAD_FORMAT, "clusters": out}, separators=(",", ":")).encode()
 
 
 # What endpoints_of() fills in, and must be all an Endpoint holds (checked at import: a field added to Endpoint, or a
@@ -122,28 +162,28 @@ if tuple(f.name for f in dataclasses.fields(Endpoint)) != _FIELDS or hasattr(End
 
 def endpoints_of(hosts: Sequence[str], ports: Sequence[int], weights: Iterable[int], priorities: Iterable[int]
                  ) -> list[Endpoint]:
-    """Endpoint objects for checked columns, equal to Endpoint(host, port, weight, priority) each: made without the
-    frozen dataclass's __init__ (four object.__setattr__ calls per endpoint), which took about half of decoding a
-    10,000-endpoint update in every worker. Their attributes are set once here, before anyone sees them."""
-    new = object.__new__
-    out = [new(Endpoint) for _ in hosts]
-    for e, host, port, weight, priority in zip(out, hosts, ports, weights, priorities):
-        d = e.__dict__
-        d["host"] = host
-        d["port"] = port
-        d["weight"] = weight
-        d["priority"] = priority
-    return out
+    """Endpoint objects for checked columns, equal to Endpoint(host, port, weight, priority) each: made in one
+    compiled loop without the frozen dataclass's __init__ (four object.__setattr__ calls per endpoint), which
+    took about half of decoding a 10,000-endpoint update in every worker. Their attributes are set once, before
+    anyone sees them."""
+    return make_endpoints(list(hosts), list(ports), list(weights), list(priorities), Endpoint)
 
 
 def decode_sets(payload: bytes) -> EndpointSets:
-    """A discovery update's payload (the worker's side): no further checks, the supervisor's sources parsed it."""
+    """A discovery update's payload (the worker's side). The supervisor's sources checked every endpoint; what is
+    checked here is that the payload is one this code reads and its columns agree (ValueError otherwise)."""
     data = json.loads(payload)
+    if data.get("format") != PAYLOAD_FORMAT:
+        raise ValueError(f"endpoint payload format {data.get('format')!r}, expected {PAYLOAD_FORMAT}")
     out: EndpointSets = {}
     for name, c in data["clusters"].items():
-        hosts = c["hosts"].split(" ") if c["hosts"] else []
-        weights, priorities = c["weights"], c["priorities"]
-        out[name] = (endpoints_of(hosts, c["ports"], repeat(weights) if isinstance(weights, int) else weights,
-                                  repeat(priorities) if isinstance(priorities, int) else priorities),
-                     tuple(c["holes"]))
+        count = c["count"]
+        hosts = c["hosts"].split(" ") if count else []
+        ports = _unnumbers(c["ports"], count) if count else []
+        weights, priorities = _unnumbers(c["weights"], count), _unnumbers(c["priorities"], count)
+        if not len(hosts) == len(ports) == len(weights) == len(priorities) == count:
+            raise ValueError(f"endpoint payload: cluster {name!r}: columns of {len(hosts)}, {len(ports)}, "
+                             f"{len(weights)} and {len(priorities)} entries for {count} endpoints")
+        holes = tuple(chain.from_iterable(range(first, first + length) for first, length in c["holes"]))
+        out[name] = (endpoints_of(hosts, ports, weights, priorities), holes)
     return out

@@ -14,8 +14,9 @@ import tomllib
 from typing import Any
 
 from fastmesh.config.schema import Endpoint
-from fastmesh.discovery.base import Source, SourceError, parse_endpoint, unique
+from fastmesh.discovery.base import Source, SourceError, parse_endpoints
 from fastmesh.filewatch import DirWatch
+from fastmesh.gcpause import collector_paused
 
 
 def parse_file(data: bytes, name: str) -> list[Endpoint]:
@@ -39,7 +40,7 @@ def parse_file(data: bytes, name: str) -> list[Endpoint]:
         doc = doc["endpoints"]
     if not isinstance(doc, list):
         raise SourceError("parse", f"{name}: expected an array of endpoints (or a table with only \"endpoints\")")
-    return unique([parse_endpoint(item, f"{name}: endpoint {i}") for i, item in enumerate(doc)], name)
+    return parse_endpoints(doc, name)
 
 
 class FileSource(Source):
@@ -79,13 +80,14 @@ class FileSource(Source):
                 except OSError:
                     stamp = None
                 if stamp != seen or stamp is None:
-                    try:
-                        endpoints = self.read()
-                    except SourceError as exc:
-                        if stamp != seen:           # a broken file is reported once per change, not per poll
-                            self.fail(exc.kind, str(exc))
-                    else:
-                        self.publish(endpoints)
+                    with collector_paused():        # (fastmesh/gcpause.py: 10,000 endpoints read and assigned slots)
+                        try:
+                            endpoints = self.read()
+                        except SourceError as exc:
+                            if stamp != seen:       # a broken file is reported once per change, not per poll
+                                self.fail(exc.kind, str(exc))
+                        else:
+                            self.publish(endpoints)
                     seen = stamp
                 changed.clear()
                 try:

@@ -39,6 +39,7 @@ from fastmesh.process.events import Events
 from fastmesh.dataplane.sockets import probe_listeners
 from fastmesh.dataplane.stats import StatsLayout, WorkerStats
 from fastmesh.errors import ConfigError
+from fastmesh.gcpause import collector_paused
 from fastmesh.process.inline import InlineLink
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with
 
@@ -152,32 +153,37 @@ class Reloader:
     async def discovered(self) -> None:
         """Discovery found new endpoint sets: every worker applies the changed clusters' sets in place. The whole
         effective config goes instead before the first workers start (they start from it) and when something
-        besides endpoints changed (a watched naming table)."""
+        besides endpoints changed (a watched naming table). No garbage collection until the workers have answered
+        (fastmesh/gcpause.py): the update's collections would otherwise run before the payload leaves."""
         async with self.lock:
-            sup = self.sup
-            if sup.stopping.is_set():
+            with collector_paused():
+                await self._discovered()
+
+    async def _discovered(self) -> None:
+        sup = self.sup
+        if sup.stopping.is_set():
+            return
+        effective = sup.discovery.fill(sup.cfg)
+        holes = sup.discovery.holes(effective)
+        began = time.monotonic()
+        # (Clusters compared by identity: the other settings decide; no comparison of 10,000 endpoints.)
+        if self.from_file or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg \
+                or effective.clusters.keys() != sup.cfg.clusters.keys():       # made from a template or removed
+            sup.discovery.dirty = set()
+            outcome = await self._distribute("discovery", effective_text(effective, holes), "json", effective,
+                                             [], began, holes)
+        else:
+            # The clusters whose sources published since the last hand-off (no comparison of 10,000 endpoints).
+            dirty, sup.discovery.dirty = sup.discovery.dirty, set()
+            changed = {name: effective.clusters[name] for name in dirty if name in effective.clusters}
+            if not changed:
                 return
-            effective = sup.discovery.fill(sup.cfg)
-            holes = sup.discovery.holes(effective)
-            began = time.monotonic()
-            # (Clusters compared by identity: the other settings decide; no comparison of 10,000 endpoints.)
-            if self.from_file or dataclasses.replace(effective, clusters=sup.cfg.clusters) != sup.cfg \
-                    or effective.clusters.keys() != sup.cfg.clusters.keys():       # made from a template or removed
-                sup.discovery.dirty = set()
-                outcome = await self._distribute("discovery", effective_text(effective, holes), "json", effective,
-                                                 [], began, holes)
-            else:
-                # The clusters whose sources published since the last hand-off (no comparison of 10,000 endpoints).
-                dirty, sup.discovery.dirty = sup.discovery.dirty, set()
-                changed = {name: effective.clusters[name] for name in dirty if name in effective.clusters}
-                if not changed:
-                    return
-                payload = encode_sets({name: (c.endpoints, holes.get(name, ())) for name, c in changed.items()})
-                outcome = await self._distribute("discovery", payload, "endpoints", effective, [], began, holes)
-                if outcome.status != 200 and "generation" not in outcome.body:
-                    sup.discovery.dirty |= set(changed)     # no worker took them: they go again with the next update
-            if outcome.status != 200:
-                log.error("discovery update: %s", outcome.body.get("message"))
+            payload = encode_sets({name: (c.endpoints, holes.get(name, ())) for name, c in changed.items()})
+            outcome = await self._distribute("discovery", payload, "endpoints", effective, [], began, holes)
+            if outcome.status != 200 and "generation" not in outcome.body:
+                sup.discovery.dirty |= set(changed)     # no worker took them: they go again with the next update
+        if outcome.status != 200:
+            log.error("discovery update: %s", outcome.body.get("message"))
 
     async def _distribute(self, trigger: str, text: bytes, fmt: str, effective: Config, later: list[str],
                           began: float, holes: Holes | None = None) -> Outcome:

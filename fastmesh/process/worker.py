@@ -210,17 +210,19 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
         from fastmesh.process import link as workerlink
         from fastmesh.dataplane import stats
         from fastmesh.dataplane.slots import decode_sets
+        from fastmesh.gcpause import collector_paused
         began = time.monotonic()
         payload_fd, stats_fd = (fds + [None, None])[:2]
         if payload_fd is None:
             return {"ok": False, "errors": ["the endpoints request carried no endpoint sets"]}
-        sets = decode_sets(workerlink.read_all(payload_fd))
-        block = stats.map_block(stats_fd) if stats_fd is not None else None
-        try:
-            changes = await proxy.update_endpoints(sets, stats_block=block)
-        except (ValueError, OSError) as exc:    # an address the core refuses, or a rebuild that could not bind
-            log.error("endpoint update failed: %s", exc)
-            return {"ok": False, "errors": [f"cannot apply the endpoint update: {exc}"]}
+        with collector_paused(resume_soon=True):    # (fastmesh/gcpause.py: collections once it is answered)
+            sets = decode_sets(workerlink.read_all(payload_fd))
+            block = stats.map_block(stats_fd) if stats_fd is not None else None
+            try:
+                changes = await proxy.update_endpoints(sets, stats_block=block)
+            except (ValueError, OSError) as exc:    # an address the core refuses, or a rebuild that could not bind
+                log.error("endpoint update failed: %s", exc)
+                return {"ok": False, "errors": [f"cannot apply the endpoint update: {exc}"]}
         return {"ok": True, "changes": changes, "seconds": time.monotonic() - began}
 
     async def _reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:

@@ -126,6 +126,59 @@ def test_bad_endpoint_files_say_why(data: bytes, message: str) -> None:
     assert str(info.value) == message and info.value.kind == "parse"
 
 
+def _parsed(parse: Any, item: Any) -> tuple[str, Any]:
+    try:
+        return "ok", parse(item)
+    except SourceError as exc:
+        return "error", str(exc)
+
+
+def test_compiled_endpoint_parsing_agrees_with_the_python_parser() -> None:
+    # _core/endpoints.pyx takes the common spellings in C and hands every other item to parse_endpoint: for any
+    # item, both give the same Endpoint (a real one: type, fields, hash) or the same error.
+    import random
+    from fastmesh.discovery.base import parse_endpoint, parse_endpoints
+    items: list[Any] = [
+        "1.2.3.4:80", "0.0.0.0:1", "255.255.255.255:65535", "01.2.3.4:80", "1.2.3.4:080", "1.2.3.4:0",
+        "1.2.3.4:65536", "1.2.3.4:123456", "256.1.1.1:1", "1000.1.1.1:1", "1.2.3:4", "1.2.3.4.5:6", "1.2.3.4",
+        "1.2.3.4:", ":80", "", " 1.2.3.4:1", "1.2.3.4:1 ", "1.2.3.4:8\u0660", "\ud800", "[::1]:80",
+        "[0:0:0:0:0:0:0:1]:80", "[2001:DB8::1]:443", "::1:80", "web:80",
+        {"address": "1.2.3.4:5"}, {"address": "1.2.3.4:5", "weight": 1000, "priority": 65535, "zone": "z",
+                                   "metadata": {"rack": 1}},
+        {"address": "[2001:db8::1]:443", "weight": 3, "priority": 2}, {"address": "1.2.3.4:5", "weight": True},
+        {"address": "1.2.3.4:5", "weight": 0}, {"address": "1.2.3.4:5", "weight": 1001},
+        {"address": "1.2.3.4:5", "weight": 2.0}, {"address": "1.2.3.4:5", "weight": None},
+        {"address": "1.2.3.4:5", "weight": 10 ** 30}, {"address": "1.2.3.4:5", "priority": -1},
+        {"address": "1.2.3.4:5", "priority": 65536}, {"address": "1.2.3.4:5", "port": 1}, {"weight": 1},
+        {"address": 5}, 5, None, [], ["1.2.3.4:5"],
+    ]
+    rnd = random.Random(11)
+    octets = ["0", "1", "9", "01", "00", "99", "100", "199", "200", "249", "250", "255", "256", "300", "", "a"]
+    ports = ["1", "0", "00", "08", "443", "6553", "65535", "65536", "99999", "", "1a"]
+    items += [f"{'.'.join(rnd.choice(octets) for _ in range(4))}:{rnd.choice(ports)}" for _ in range(3000)]
+    items += ["".join(rnd.choice("0123456789.:[]af ") for _ in range(rnd.randint(0, 16))) for _ in range(3000)]
+    for item in items:
+        python = _parsed(lambda i: parse_endpoint(i, "x.json: endpoint 0"), item)
+        compiled = _parsed(lambda i: parse_endpoints([i], "x.json")[0], item)
+        assert compiled == python, item
+        if python[0] == "ok":
+            made, expected = compiled[1], python[1]
+            assert type(made) is Endpoint and vars(made) == vars(expected) and hash(made) == hash(expected)
+    # The error names the first bad item's index; a set is taken whole.
+    with pytest.raises(SourceError, match="x.json: endpoint 2: address 'web:80'"):
+        parse_endpoints(["1.2.3.4:1", {"address": "[::1]:2"}, "web:80", "bad"], "x.json")
+    assert parse_endpoints([], "x.json") == []
+
+
+def test_an_address_listed_twice_in_two_spellings_is_refused() -> None:
+    with pytest.raises(SourceError, match=r"^x.json: \[::1\]:80 is listed twice$"):
+        parse_file(b'["[::1]:80", "1.2.3.4:80", "[0:0::1]:80"]', "x.json")
+    with pytest.raises(SourceError, match=r"^x.json: 1.2.3.4:80 is listed twice$"):
+        parse_file(b'["[::1]:80", "1.2.3.4:80", {"address": "1.2.3.4:80", "weight": 3}]', "x.json")
+    with pytest.raises(SourceError, match=r"^x.json: endpoint 3: address 'web:1' is not"):   # a bad item first
+        parse_file(b'["1.2.3.4:80", "1.2.3.4:80", "1.2.3.4:81", "web:1"]', "x.json")
+
+
 class Sets:
     """The endpoint sets a source published, for waiting on the next one."""
 

@@ -67,7 +67,8 @@ def test_endpoint_sets_travel_by_columns_and_come_back_as_sent():
     payload = encode_sets(sets)
     wire = json.loads(payload)["clusters"]
     assert wire["uniform"]["weights"] == 1 and wire["uniform"]["priorities"] == 0   # one number for all
-    assert wire["mixed"]["weights"] == [3, 1, 1] and wire["mixed"]["hosts"] == "127.0.0.1 ::1 10.1.2.3"
+    assert isinstance(wire["mixed"]["weights"], str) and wire["mixed"]["hosts"] == "127.0.0.1 ::1 10.1.2.3"
+    assert wire["mixed"]["holes"] == [[0, 1], [4, 1]] and wire["empty"]["holes"] == [[0, 3]]
     back = decode_sets(payload)
     assert back == {"mixed": (mixed, (0, 4)), "uniform": (uniform, ()), "empty": ([], (0, 1, 2))}
     # Made without Endpoint's __init__ (slots.endpoints_of), yet whole Endpoints: same type, fields, hash, frozen.
@@ -76,6 +77,37 @@ def test_endpoint_sets_travel_by_columns_and_come_back_as_sent():
         assert made.address == sent.address
         with pytest.raises(dataclasses.FrozenInstanceError):
             made.port = 1       # type: ignore[misc]
+
+
+def test_endpoint_payload_edges_round_trip():
+    # The limits of each 16-bit column, IPv6 in several forms, holes before, between and after the live
+    # endpoints, a set emptied, a cluster with nothing at all, and 10,000 endpoints with one run of holes.
+    from fastmesh.dataplane.slots import decode_sets, encode_sets
+    edges = [Endpoint("0.0.0.0", 1, 1, 0), Endpoint("255.255.255.255", 65535, 1000, 65535),
+             Endpoint("2001:db8::1", 443, 2, 1), Endpoint("fe80::1%eth0", 80, 999, 3), Endpoint("::", 8080, 7, 0)]
+    big = [Endpoint(f"10.{i // 250}.{i % 250}.1", 1024 + i, 1 + i % 3, 0) for i in range(10_000)]
+    sets = {"edges": (edges, (0, 1, 3, 4, 5, 11, 12)), "gone": ([], (0, 1)), "none": ([], ()),
+            "big": (big, tuple(range(10_000))), "same-weight": ([Endpoint("10.0.0.1", 1, 5, 9)], (1,))}
+    assert decode_sets(encode_sets(sets)) == sets
+
+
+def test_endpoint_payload_that_does_not_add_up_is_refused():
+    from fastmesh.dataplane.slots import decode_sets, encode_sets
+    payload = json.loads(encode_sets({"c": ([ep(1), ep(2)], ())}))
+    payload["clusters"]["c"]["hosts"] = "127.0.0.1"                 # one host for two ports
+    with pytest.raises(ValueError, match="columns of 1, 2, 2 and 2 entries for 2 endpoints"):
+        decode_sets(json.dumps(payload).encode())
+    payload["format"] = 1
+    with pytest.raises(ValueError, match="format 1, expected 2"):
+        decode_sets(json.dumps(payload).encode())
+
+
+def test_hole_runs():
+    from fastmesh.dataplane.slots import hole_runs
+    assert hole_runs(()) == []
+    assert hole_runs((5,)) == [(5, 1)]
+    assert hole_runs((0, 1, 2, 7, 8, 10)) == [(0, 3), (7, 2), (10, 1)]
+    assert hole_runs(range(10_000)) == [(0, 10_000)]
 
 
 def test_canonical_ip_takes_canonical_ipv4_as_is_and_spells_the_rest_one_way():
