@@ -476,6 +476,9 @@ class WorkerStats:
         if layout.key == self.layout.key:
             self.layout = layout        # same offsets; what only describes (balancer, protocol) may have changed
             return False
+        # Fold the blocks that went quiet here too, not only when the admin server reads: with no one scraping,
+        # every discovery update would add a block per worker that nothing ever unmapped (and freeze() copies).
+        self._prune()
         retired = array("Q", bytes(8 * layout.size))
         if any(self.retired):       # (a name-by-name translation of 10,000 endpoints is not free: only when needed)
             self._translation(self.layout, layout).add(self.retired, retired)

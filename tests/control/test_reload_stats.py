@@ -103,6 +103,29 @@ def test_blocks_of_two_layouts_add_up_by_name(monkeypatch: pytest.MonkeyPatch) -
         stats.close()
 
 
+def test_changes_of_shape_with_no_reader_keep_few_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery updates change the shape again and again while nothing reads the counters: the blocks the worker
+    moved on from are folded as the changes come, so the slot keeps a few blocks, not one per update."""
+    monkeypatch.setattr(stats_mod, "FOLD_QUIET", 0.0)
+    layouts = [StatsLayout(loads_config(BEFORE)), StatsLayout(loads_config(AFTER))]
+    stats = WorkerStats(layouts[0])
+    try:
+        accepted = 0
+        for update in range(40):
+            layout = stats.layout
+            block = StatsBlock.map(stats.fd_for(0), layout.size)         # the worker adopts the newest block...
+            block[HEADER["pid"]] = 4242
+            block[slot(layout, "a", "accepted")] += 1                     # ...and counts there
+            accepted += 1
+            assert stats.relayout(layouts[(update + 1) % 2])
+            assert len(stats.slots[0]) <= 3, update
+        block = StatsBlock.map(stats.fd_for(0), stats.layout.size)
+        block[HEADER["pid"]] = 4242
+        assert stats.collect().listeners()["a"]["accepted"] == accepted    # nothing lost in the folding
+    finally:
+        stats.close()
+
+
 def test_reload_block_adopts_only_a_block_of_the_new_shape() -> None:
     old, new = StatsLayout(loads_config(BEFORE)), StatsLayout(loads_config(AFTER))
     stats = WorkerStats(old)
