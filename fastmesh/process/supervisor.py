@@ -3,6 +3,7 @@ SIGHUP or POST /reload (process/reload.py), then stop them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ log = logging.getLogger("fastmesh.supervisor")
 
 STOP_GRACE = 5.0            # seconds past drain_timeout a worker gets to exit before SIGKILL
 REPEAT_GRACE = 0.5          # seconds within which a repeated stop signal is the same stop, not a second one
+GROUP_STOP_GRACE = 0.2     # seconds a worker's clean exit waits for the supervisor's own stop signal (a group kill)
 QUICK_EXIT = 10.0           # a worker that dies sooner than this after starting counts as crashing quickly
 MAX_BACKOFF = 10.0          # seconds: the longest pause before restarting a worker that keeps crashing
 MAX_START_FAILURES = 5      # at startup, a slot whose worker dies this many times in a row before serving ends the run
@@ -353,6 +355,11 @@ class Supervisor:
                 self.stats.retire(n)            # its counters join the totals; the next worker starts at zero
                 self.limits.clear(n)            # what it held of the limits (requests, connections) is free
                 self.events.emit("worker_exited", worker=n, pid=proc.pid, how=describe_exit(returncode))
+                if returncode == 0 and not self.stopping.is_set():
+                    # A worker exits 0 only after a stop signal. From a group kill (systemd, timeout(1)) ours comes
+                    # at the same moment and may be handled just after this exit: then it is the instance's stop.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), GROUP_STOP_GRACE)
                 if self.stopping.is_set():
                     level = logging.INFO if returncode == 0 else logging.WARNING
                     log.log(level, "w%d (pid %d) stopped: %s", n, proc.pid, describe_exit(returncode))

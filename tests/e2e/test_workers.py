@@ -466,6 +466,20 @@ def test_stop_sent_to_every_process_still_drains_cleanly(start: Start) -> None:
     assert not alive(worker)
 
 
+def test_stop_reaching_the_worker_a_moment_first_is_still_the_instances_stop(start: Start) -> None:
+    # The same group kill with the worker's signal handled first: its clean exit must not be taken for a crash
+    # (no restart of a worker that the supervisor's own stop would then kill mid-start).
+    fm = start(workers=1, drain_timeout="1s")
+    worker = fm.worker_pids()["w0"]
+    os.kill(worker, signal.SIGTERM)
+    time.sleep(0.05)
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+    log = fm.log()
+    assert "killed by signal" not in log and "exited unexpectedly" not in log, log[-2000:]
+    assert "w0 (pid %d) stopped: exit code 0" % worker in log, log[-2000:]
+
+
 def test_forked_worker_exits_when_supervisor_is_killed(start: Start) -> None:
     fm = start(workers=1, drain_timeout="1s")
     worker = fm.worker_pids()["w0"]
