@@ -355,7 +355,7 @@ class Supervisor:
                 self.stats.retire(n)            # its counters join the totals; the next worker starts at zero
                 self.limits.clear(n)            # what it held of the limits (requests, connections) is free
                 self.events.emit("worker_exited", worker=n, pid=proc.pid, how=describe_exit(returncode))
-                if returncode == 0 and not self.stopping.is_set():
+                if returncode == 0 and not self.stopping.is_set() and n not in self.replacing:
                     # A worker exits 0 only after a stop signal. From a group kill (systemd, timeout(1)) ours comes
                     # at the same moment and may be handled just after this exit: then it is the instance's stop.
                     with contextlib.suppress(asyncio.TimeoutError):
