@@ -115,6 +115,28 @@ def _array(check: _Check, key: str, value: Any, parse_item: Parser, expected: st
     return [parse_item(check, f"{key}[{i}]", item) for i, item in enumerate(value)]
 
 
+def _kind_keys(check: _Check, key: str, fields: Mapping[str, Any], value: Any,
+               keys: Mapping[str, tuple[Any, Any]], name_others: bool = False) -> bool:
+    """A table with a `kind`: every key that kind needs is there and no key it does not take (keys: kind -> (needed,
+    optional)). name_others: a stray key's message names the kinds that do take it. False when anything was bad."""
+    kind = fields["kind"]
+    needed, optional = keys[kind]
+    good = True
+    for name in needed:
+        if name not in fields:
+            check.missing(_key(key, name), f'a value for kind = "{kind}"')
+            good = False
+    for name in fields:
+        if name != "kind" and name not in needed and name not in optional:
+            hint = ""
+            if name_others:
+                takes = [k for k, (need, opt) in keys.items() if name in need or name in opt]
+                hint = f" (it is for {_choices(takes)})"
+            check.bad(_key(key, name), f'no {name} with kind = "{kind}"{hint}', value[name])
+            good = False
+    return good
+
+
 def _all_good(items: list[Any]) -> Any:
     return BAD if any(item is BAD for item in items) else items
 

@@ -9,7 +9,7 @@ from fastmesh.config.schema import DISCOVERY_KINDS, Discovery
 from fastmesh.config.sections.plugins import _plugin_checked
 from fastmesh.config.values import format_duration
 from fastmesh.config.walk import (
-    BAD, _addresses, _Check, _choice, _choices, _duration, _key, Parser, _table, _text, _whole,
+    BAD, _addresses, _Check, _choice, _choices, _duration, _key, _kind_keys, Parser, _table, _text, _whole,
 )
 
 _DNS_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
@@ -52,18 +52,7 @@ def _discovery(check: _Check, key: str, value: Any) -> Any:
     fields = _table(check, key, value, _DISCOVERY_FIELDS, {"kind": _choices(DISCOVERY_KINDS)})
     if fields is None:
         return BAD
-    needed, optional = _DISCOVERY_KEYS[fields["kind"]]
-    good = True
-    for name in needed:
-        if name not in fields:
-            check.missing(_key(key, name), f'a value for kind = "{fields["kind"]}"')
-            good = False
-    for name in fields:
-        if name != "kind" and name not in needed and name not in optional:
-            takes = [k for k, (need, opt) in _DISCOVERY_KEYS.items() if name in need or name in opt]
-            check.bad(_key(key, name), f'no {name} with kind = "{fields["kind"]}" (it is for {_choices(takes)})',
-                      value[name])
-            good = False
+    good = _kind_keys(check, key, fields, value, _DISCOVERY_KEYS, name_others=True)
     if good and fields.get("min_ttl", Discovery.min_ttl) > fields.get("max_ttl", Discovery.max_ttl):
         check.bad(_key(key, "min_ttl"), f"at most max_ttl ({format_duration(fields.get('max_ttl', 300.0))})",
                   value["min_ttl"] if "min_ttl" in value else format_duration(Discovery.min_ttl))

@@ -5,7 +5,9 @@ from typing import Any
 
 from fastmesh.config import naming as naming_rules
 from fastmesh.config.schema import NAMING_SOURCE_KINDS, Naming, NamingSource
-from fastmesh.config.walk import BAD, _addresses, _Check, _choice, _choices, _duration, _key, Parser, _table, _text
+from fastmesh.config.walk import (
+    BAD, _addresses, _Check, _choice, _choices, _duration, _kind_keys, Parser, _table, _text,
+)
 from fastmesh.errors import ConfigError
 
 
@@ -39,16 +41,7 @@ def _naming_source(check: _Check, key: str, value: Any) -> Any:
     fields = _table(check, key, value, _NAMING_SOURCE_FIELDS, {"kind": _choices(NAMING_SOURCE_KINDS)})
     if fields is None:
         return BAD
-    needed, optional = _NAMING_SOURCE_KEYS[fields["kind"]]
-    good = True
-    for name in needed:
-        if name not in fields:
-            check.missing(_key(key, name), f'a value for kind = "{fields["kind"]}"')
-            good = False
-    for name in fields:
-        if name != "kind" and name not in needed and name not in optional:
-            check.bad(_key(key, name), f'no {name} with kind = "{fields["kind"]}"', value[name])
-            good = False
+    good = _kind_keys(check, key, fields, value, _NAMING_SOURCE_KEYS)
     return NamingSource(**fields) if good else BAD
 
 
