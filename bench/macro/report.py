@@ -26,6 +26,7 @@ COLUMNS: dict[str, list[tuple[str, str, str, float]]] = {
     "idle": [("rss_idle_kb", "worker RSS idle MiB", ".1f", 1 / 1024),
              ("rss_held_kb", "worker RSS held MiB", ".1f", 1 / 1024),
              ("kb_per_conn", "KiB per idle conn", ".2f", 1),
+             ("kb_per_further_conn", "KiB per further idle conn", ".2f", 1),
              ("sup_rss_idle_kb", "supervisor RSS MiB", ".1f", 1 / 1024)],
 }
 COLUMNS["idle-http"] = COLUMNS["idle-h2"] = COLUMNS["idle-https"] = COLUMNS["idle"]
@@ -64,10 +65,10 @@ HEADLINE: dict[str, list[tuple[str, str]]] = {
     "h2": [("rps", "higher"), ("us_per_req", "lower")],
     "https": [("rps", "higher"), ("us_per_req", "lower")],
     "h2tls": [("rps", "higher"), ("us_per_req", "lower")],
-    "idle": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
-    "idle-http": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
-    "idle-h2": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
-    "idle-https": [("kb_per_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle": [("kb_per_conn", "lower"), ("kb_per_further_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle-http": [("kb_per_conn", "lower"), ("kb_per_further_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle-h2": [("kb_per_conn", "lower"), ("kb_per_further_conn", "lower"), ("rss_idle_kb", "lower")],
+    "idle-https": [("kb_per_conn", "lower"), ("kb_per_further_conn", "lower"), ("rss_idle_kb", "lower")],
 }
 BASELINE, SUBJECT = "haproxy", "fastmesh"
 # per workload: metric -> the derived metric that holds (proxy's value − the direct run's value, same repetition)

@@ -200,7 +200,8 @@ def _per_request(proxy: Running, r: dict, cpu: float, wall: float) -> dict:
 
 
 def _idle(proxy: Running, s: Settings, ping: bytes = b"x", tls: bool = False) -> dict:
-    """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection.
+    """RSS after one warm-up connection, then with s.conns idle connections held; KB per held connection, and per
+    connection of the second half (opened after the first half was held).
     At L7 (ping: an HTTP/1.1 or HTTP/2 request) each held connection answered one request (pooled upstream
     connections are kept up to the proxy's cap). tls: each client connection is TLS (HTTP/1.1 by ALPN)."""
     ctx = idleconns.tls_client() if tls else None
@@ -211,14 +212,22 @@ def _idle(proxy: Running, s: Settings, ping: bytes = b"x", tls: bool = False) ->
     time.sleep(0.5)
     sup = [proxy.supervisor] if proxy.supervisor else []
     idle_kb, sup_idle_kb = _rss(proxy.workers), _rss(sup)
-    held, failed = idleconns.open_held(proxy.port, s.conns, timeout=120, ping=ping, tls=ctx)
+    # In two halves: the second half's growth is what each further idle connection costs once the proxy has
+    # seen a burst (its pools and heap at their working size); the whole growth also holds that first burst's.
+    held, failed = idleconns.open_held(proxy.port, s.conns // 2, timeout=120, ping=ping, tls=ctx)
     try:
         time.sleep(1.0)      # let the proxy settle (lazy frees, buffer pools) before reading RSS
+        half_kb, first = _rss(proxy.workers), len(held)
+        more, more_failed = idleconns.open_held(proxy.port, s.conns - s.conns // 2, timeout=120, ping=ping, tls=ctx)
+        held += more
+        failed += more_failed
+        time.sleep(1.0)
         held_kb, sup_held_kb = _rss(proxy.workers), _rss(sup)
     finally:
         idleconns.close_all(held)
     out: dict = {"rss_idle_kb": idle_kb, "rss_held_kb": held_kb, "held": len(held), "conns_failed": failed,
-                 "kb_per_conn": (held_kb - idle_kb) / len(held) if held else None}
+                 "kb_per_conn": (held_kb - idle_kb) / len(held) if held else None,
+                 "kb_per_further_conn": (held_kb - half_kb) / (len(held) - first) if len(held) > first else None}
     if sup:
         out.update(sup_rss_idle_kb=sup_idle_kb, sup_rss_held_kb=sup_held_kb)
     if failed:

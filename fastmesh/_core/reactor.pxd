@@ -66,14 +66,19 @@ cdef class PipePool:
 
 
 cdef class BufferPool:
-    # Spare fixed-size byte buffers for the recv/send fallback relay.
-    cdef char **bufs           # stack of free buffers
+    # Spare fixed-size byte buffers: receive buffers of the HTTP paths, the recv/send fallback relay's.
+    cdef char **bufs           # stack of free buffers, the least recently used at the bottom
     cdef int count             # buffers held now
-    cdef int capacity          # most buffers kept; extra ones are freed
+    cdef int capacity          # most buffers kept; extra ones are unmapped
     cdef int size              # bytes per buffer
+    cdef size_t mapped         # bytes each buffer's mapping takes (size rounded up to pages)
+    cdef int low               # fewest buffers held since the last trim: those nobody needed all that time
+    cdef double last_trim      # when trim() last gave back the buffers nobody needed
+    cdef public double trim_every  # seconds between trims (TRIM_EVERY)
 
     cdef char *take(self) noexcept
     cdef void give(self, char *buf) noexcept
+    cdef int trim(self, double now) noexcept
 
 
 cdef class Reactor:

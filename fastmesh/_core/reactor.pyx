@@ -22,7 +22,7 @@ from libc.math cimport ceil
 
 from fastmesh._core.includes.system cimport (
     epoll_create1, epoll_ctl, epoll_wait, epoll_event, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC,
-    EPOLLIN,
+    EPOLLIN, mmap, munmap, MAP_FAILED, MAP_PRIVATE, MAP_ANONYMOUS, PROT_READ, PROT_WRITE,
     close, pipe2, fcntl, F_SETPIPE_SZ, O_NONBLOCK, O_CLOEXEC, clock_gettime, timespec, CLOCK_MONOTONIC, errno,
     sockaddr_storage,
 )
@@ -34,6 +34,10 @@ log = logging.getLogger("fastmesh.reactor")
 cdef uint64_t SIDE_MASK = 1      # low bit of epoll data: which of a target's two fds fired
 cdef uint64_t LOOP_FDS = 0       # epoll data of the ReactorSelector's nested set (no target has address 0)
 cdef int SPIN_NONE = 2           # Reactor.spin(): nothing arrived before the spin ran out
+cdef size_t PAGE = 4096
+# A pool gives back the buffers nobody took over this long: after a burst of connections, the idle worker's memory
+# returns to what its open connections hold (idle ones hold no buffer).
+cdef double TRIM_EVERY = 10.0
 
 
 cdef extern from "Python.h":
@@ -174,10 +178,18 @@ cdef class PipePool:
 
 
 cdef class BufferPool:
+    """`BufferPool(capacity, size)`: up to `capacity` spare buffers of `size` bytes. Each buffer is a mapping of its
+    own, not a heap block: a buffer holds only the pages written into it (a short request touches one), and one
+    given back by trim() returns them all to the system (freed heap blocks between live ones would not)."""
+
     def __cinit__(self, int capacity=64, int size=65536):
         self.capacity = capacity
         self.size = size
+        self.mapped = (<size_t>size + PAGE - 1) // PAGE * PAGE
         self.count = 0
+        self.low = 0
+        self.last_trim = 0.0
+        self.trim_every = TRIM_EVERY
         self.bufs = <char **>malloc(sizeof(char *) * (capacity if capacity > 0 else 1))
         if self.bufs == NULL:
             raise MemoryError()
@@ -186,22 +198,48 @@ cdef class BufferPool:
         cdef int i
         if self.bufs != NULL:
             for i in range(self.count):
-                free(self.bufs[i])
+                munmap(self.bufs[i], self.mapped)
             free(self.bufs)
             self.bufs = NULL
 
     cdef char *take(self) noexcept:
+        """A spare buffer, or a new one; NULL when the system has no memory left."""
+        cdef void *p
         if self.count > 0:
             self.count -= 1
+            if self.count < self.low:
+                self.low = self.count
             return self.bufs[self.count]
-        return <char *>malloc(self.size)
+        p = mmap(NULL, self.mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        return NULL if p == MAP_FAILED else <char *>p
 
     cdef void give(self, char *buf) noexcept:
         if self.count < self.capacity:
             self.bufs[self.count] = buf
             self.count += 1
         else:
-            free(buf)
+            munmap(buf, self.mapped)
+
+    cdef int trim(self, double now) noexcept:
+        """Every trim_every seconds (callers may ask more often): unmap the buffers that stayed spare since the last
+        trim (the bottom of the stack: take() and give() work at its top). Returns how many were given back."""
+        cdef int i, n
+        if now < self.last_trim + self.trim_every:
+            return 0
+        self.last_trim = now
+        n = self.low
+        for i in range(n):
+            munmap(self.bufs[i], self.mapped)
+        for i in range(n, self.count):
+            self.bufs[i - n] = self.bufs[i]
+        self.count -= n
+        self.low = self.count
+        return n
+
+    @property
+    def spare(self):
+        """Buffers held for reuse now."""
+        return self.count
 
 
 cdef class Reactor:
@@ -283,6 +321,7 @@ cdef class Reactor:
         self.refresh_now()
         for s in list(self.sweepers):
             s.sweep(self.now)
+        self.buffers.trim(self.now)
         self.graveyard.clear()
         if self.loop is not None:
             self.tick_handle = self.loop.call_later(self.tick_interval, self._tick)

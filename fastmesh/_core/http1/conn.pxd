@@ -89,7 +89,7 @@ cdef class Front(Acceptor):
     cdef list pools                        # HttpPool per cluster index of the router
     cdef Limits limits                     # request head limits (414/431)
     cdef Limits resp_limits                # response head limits
-    cdef BufferPool buffers                # receive buffers for downstream connections
+    cdef readonly BufferPool buffers       # receive buffers for downstream connections
     cdef readonly double header_timeout    # a request head must arrive within this
     cdef readonly double idle_timeout      # keep-alive idle between requests; also the longest silence within a body
     cdef readonly double body_timeout      # a request body must have arrived within this after its head (0: no limit)

@@ -157,6 +157,7 @@ cdef class HttpProxy(Front):
         """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
+        self.buffers.trim(now)             # at most once per trim_every, also when it is the reactor's own pool
         if self.h2 is not None:
             self.h2.sweep(now)
         while d is not None:
