@@ -26,6 +26,7 @@ from fastmesh.admin.metrics import (
 from fastmesh.admin.rates import stats_body
 from fastmesh.config.load import config_to_dict, format_address
 from fastmesh.config.schema import Config
+from fastmesh.dataplane.sockets import serving_socket
 from fastmesh.dataplane.stats import Snapshot, WorkerStats
 from fastmesh.httpwire import HeadError
 
@@ -107,8 +108,12 @@ class AdminServer:
 
     async def start(self) -> None:
         """Bind and listen; OSError when the address is taken."""
-        self.server = await asyncio.start_server(self._serve, self.cfg.admin.host, self.cfg.admin.port,
-                                                 limit=MAX_HEAD)
+        sock = serving_socket(self.cfg.admin.host, self.cfg.admin.port)
+        if sock is not None:
+            self.server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD)
+        else:
+            self.server = await asyncio.start_server(self._serve, self.cfg.admin.host, self.cfg.admin.port,
+                                                     limit=MAX_HEAD)
         log.info("admin server on http://%s/", self.address)
 
     async def close(self) -> None:

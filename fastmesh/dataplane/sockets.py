@@ -6,6 +6,7 @@ once with a socket made by the same function the workers use, so the probe fails
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +27,26 @@ def listener_socket(host: str, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Accepted sockets inherit TCP_NODELAY from the listener: one setsockopt here instead of one per accept.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serving_socket(host: str, port: int, backlog: int = 128) -> socket.socket | None:
+    """A listening, non-blocking socket on an IP literal for a server the supervisor runs on its own loop (admin,
+    demo backends); None when host is a name (the loop resolves it). Bound here because uvloop's create_server
+    resolves even a literal on libuv's thread pool: four threads, with their stacks and malloc arenas, kept for
+    the life of the process."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    sock = listener_socket(host, reuse_port=False)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
     except OSError:
         sock.close()
         raise

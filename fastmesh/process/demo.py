@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from fastmesh.config.schema import Endpoint
+from fastmesh.dataplane.sockets import serving_socket
 from fastmesh.httpwire import HeadError, body_framing, head_end, parse_request_head, parse_request_line
 
 log = logging.getLogger("fastmesh.demo")
@@ -187,9 +188,12 @@ async def start_demo(endpoints: Sequence[Endpoint]) -> DemoServers:
     for number, endpoint in enumerate(endpoints, start=1):
         backend = DemoBackend(number, endpoint.host, endpoint.port)
         try:
-            server = await loop.create_server(
-                functools.partial(_DemoProtocol, backend, demo.open_transports),
-                endpoint.host, endpoint.port, reuse_address=True)
+            factory = functools.partial(_DemoProtocol, backend, demo.open_transports)
+            sock = serving_socket(endpoint.host, endpoint.port)
+            if sock is not None:
+                server = await loop.create_server(factory, sock=sock)
+            else:
+                server = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True)
         except OSError as exc:
             await demo.close()
             reason = exc.strerror or str(exc)
