@@ -220,14 +220,14 @@ class AdminServer:
 
     async def clusters(self, request: Request) -> Reply:
         """Each cluster's endpoints and counters; a discovered cluster also shows its source's state, and one that
-        originates TLS its client certificate (with its expiry) and trust files."""
+        originates TLS its client certificate (with its expiry) and trust files beside its handshake counts."""
         clusters = self.stats.collect().clusters()
         for name, state in self.discovery().items():
             if name in clusters:
                 clusters[name]["discovery"] = state
         for name, view in (await self.tls_view())["clusters"].items():
             if name in clusters:
-                clusters[name]["tls"] = view
+                clusters[name]["tls"] = {**clusters[name].get("tls", {}), **view}
         for name, cluster in self.cfg.clusters.items():
             if cluster.template is not None and name in clusters:
                 clusters[name]["template"] = cluster.template
