@@ -321,6 +321,7 @@ class AdminServer:
         snap = self.stats.collect()
         body = stats_body(snap)
         body["workers"] = {str(n): w for n, w in snap.worker_info().items()}
+        body["single_process"] = self.workers.inline     # workers = 0: "workers" is the supervisor's own slot 0
         return Reply.json(200, body)
 
     async def reload(self, request: Request) -> Reply:
