@@ -1,7 +1,6 @@
-"""A stop signal that reaches a forked worker in its first moments, before its loop handles signals, is a clean drain.
-
-(Workers started as fresh interpreters, FASTMESH_ZYGOTE=0, block the stop signals only once their main() runs: the
-interpreter's own start-up stays a window where the default action applies, as the spawn resets the signal mask.)"""
+"""A stop that reaches a worker in its first moments, before its loop handles signals, is a clean drain: a forked
+worker keeps the stop signals blocked from the fork until its loop handles them; a fresh interpreter
+(FASTMESH_ZYGOTE=0), which blocks them only once its main() runs, gets the supervisor's stop once it is ready."""
 from __future__ import annotations
 
 import re
@@ -43,17 +42,17 @@ def wait_started(run: Run, workers: int) -> None:
         time.sleep(0.001)
 
 
-@pytest.mark.parametrize("loop", ["reactor", "uvloop"])
+@pytest.mark.parametrize(("zygote", "loop"), [("1", "reactor"), ("1", "uvloop"), ("0", "reactor")])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_right_after_the_workers_start_drains_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        signum: signal.Signals, loop: str) -> None:
-    # The supervisor forwards the stop to each worker at once, while the workers are still loading their config
-    # and building the data plane: each must take it as its stop (exit 0), never die of the default action.
+                                                        signum: signal.Signals, zygote: str, loop: str) -> None:
+    # The supervisor stops each worker while the workers are still loading their config and building the data
+    # plane: each must take it as its stop (exit 0), never die of the default action.
     monkeypatch.setenv("FASTMESH_LOOP", loop)
-    monkeypatch.delenv("FASTMESH_ZYGOTE", raising=False)       # workers forked from the supervisor
+    monkeypatch.setenv("FASTMESH_ZYGOTE", zygote)     # "1": forked from the supervisor; "0": fresh interpreters
     workers = 4
     for attempt in range(3):
-        where = tmp_path / f"{signum.name}-{attempt}"
+        where = tmp_path / f"{signum.name}-{zygote}-{loop}-{attempt}"
         where.mkdir()
         run = Run(where, config(workers), WAIT)
         try:
