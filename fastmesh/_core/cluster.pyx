@@ -53,7 +53,8 @@ from fastmesh._core.includes.system cimport (
 from fastmesh._core.balance.base cimport Balancer
 from fastmesh._core.stats cimport (
     StatsBlock, cluster_slots, HEADER_SLOTS, C_FIELDS, E_FIELDS, C_RETRIES, C_FAILED, C_EJECTIONS, C_CHECKS_OK,
-    C_CHECKS_FAILED, C_GRPC, C_GRPC_OTHER, E_STATE, E_SEEN, E_ACTIVE, E_OPENED, E_FAILURES, bump,
+    C_CHECKS_FAILED, C_GRPC, C_GRPC_OTHER, C_TLS_HANDSHAKES, C_TLS_RESUMED, C_TLS_FAILED, E_STATE, E_SEEN,
+    E_ACTIVE, E_OPENED, E_FAILURES, bump,
 )
 
 import logging
@@ -725,7 +726,9 @@ cdef class Cluster(Sweeper):
                 "ejections": self.counters[C_EJECTIONS], "checks_ok": self.counters[C_CHECKS_OK],
                 "checks_failed": self.counters[C_CHECKS_FAILED],
                 "grpc": {GRPC_STATUSES[i]: self.counters[C_GRPC + i]
-                         for i in range(C_GRPC_OTHER - C_GRPC + 1) if self.counters[C_GRPC + i]}}
+                         for i in range(C_GRPC_OTHER - C_GRPC + 1) if self.counters[C_GRPC + i]},
+                "tls_handshakes": self.counters[C_TLS_HANDSHAKES], "tls_resumed": self.counters[C_TLS_RESUMED],
+                "tls_failed": self.counters[C_TLS_FAILED]}
 
     # ---- the C entry points, callable from Python: tests drive the eligibility logic through these --------
 

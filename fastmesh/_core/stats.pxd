@@ -41,7 +41,10 @@ cdef enum:
     C_CHECKS_FAILED = 4        # active health checks that failed (counter)
     C_GRPC = 5                 # gRPC answers by grpc-status: slot C_GRPC + code for 0..16 (counters)...
     C_GRPC_OTHER = 22          # ...and one for the codes past 16 (a server's own)
-    C_FIELDS = 23              # cluster-wide slots
+    C_TLS_HANDSHAKES = 23      # TLS handshakes finished with the endpoints (counter; tls/context.pyx TlsClient)
+    C_TLS_RESUMED = 24         # ...of which resumed a session (counter)
+    C_TLS_FAILED = 25          # TLS handshakes with the endpoints that failed (counter)
+    C_FIELDS = 26              # cluster-wide slots
     E_STATE = 0                # array index: endpoint state, an EndpointState of cluster.pxd (gauge)
     E_SEEN = 1                 # CLOCK_MONOTONIC ns of the endpoint's last connect outcome, 0 = none yet (gauge)
     E_ACTIVE = 2               # upstream connections open to the endpoint, connecting included (gauge)

@@ -15,8 +15,9 @@ from fastmesh._core.proxyproto.codec cimport PR_COUNT
 cdef array.array Q_TEMPLATE = array.array("Q")
 
 BLOCK_MAGIC = 0x66736d7374617473     # "fsmstats"
-# 6: PROXY protocol gate slots per listener; 5: gRPC answers by grpc-status per cluster; 4: listener TLS slots
-BLOCK_VERSION = 6
+# 7: upstream TLS slots per cluster; 6: PROXY protocol gate slots per listener; 5: gRPC answers by grpc-status per
+# cluster; 4: listener TLS slots
+BLOCK_VERSION = 7
 
 # The slot numbers of stats.pxd, for the Python layout (dataplane/stats.py) that computes offsets.
 HEADER = {"magic": H_MAGIC, "version": H_VERSION, "layout": H_LAYOUT, "size": H_SIZE, "pid": H_PID,
@@ -37,7 +38,8 @@ GRPC_STATUSES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXC
                  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
                  "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED", "OTHER")
 CLUSTER_FIELDS = ("retries", "failed", "ejections", "checks_ok", "checks_failed",
-                  *(f"grpc_{name.lower()}" for name in GRPC_STATUSES))
+                  *(f"grpc_{name.lower()}" for name in GRPC_STATUSES), "tls_handshakes", "tls_resumed", "tls_failed")
+assert len(CLUSTER_FIELDS) == C_FIELDS and CLUSTER_FIELDS.index("tls_handshakes") == C_TLS_HANDSHAKES
 ENDPOINT_FIELDS = ("state", "seen", "active", "opened", "failures")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 HISTOGRAM_SIZE = HIST_FIELDS

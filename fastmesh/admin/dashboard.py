@@ -45,6 +45,8 @@ class Workers(Protocol):
     def count(self) -> int: ...
     @property
     def ready(self) -> set[int]: ...
+    @property
+    def inline(self) -> bool: ...      # workers = 0: the supervisor serves, in slot 0 of `ready`
 
 
 class Served(Protocol):
@@ -141,7 +143,7 @@ class Dashboard:
             "version": __version__,
             "uptime": round(time.time() - server.started, 1),
             "config_hash": server.config_hash,
-            "workers": {"configured": workers.count, "serving": len(workers.ready)},
+            "workers": worker_counts(workers),
             "restarts": snap.restarts,
             "reloads": self._reloads(snap),
             "listeners": self._listeners(snap),
@@ -204,6 +206,14 @@ class Dashboard:
         return {"ok": counts.get("ok", counts.get("success", 0)),
                 "failed": counts.get("failed", counts.get("failure", 0)),
                 "history": list(history)[-RELOADS_SHOWN:] if history is not None else None}
+
+
+def worker_counts(workers: Workers) -> dict[str, Any]:
+    """The header's worker counts. With workers = 0 no worker process exists (0 configured, 0 serving, as
+    /metrics counts them): `single_process` says the supervisor serves itself, `process_serving` whether it does."""
+    if workers.inline:
+        return {"configured": 0, "serving": 0, "single_process": True, "process_serving": bool(workers.ready)}
+    return {"configured": workers.count, "serving": len(workers.ready), "single_process": False}
 
 
 def routes(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastmesh.admin.explain_tls import cluster_tls, listener_tls
 from fastmesh.config.schema import GRPC_STATUS_NAMES, Cluster, Config, Listener, Route
 from fastmesh.dataplane.explain import (
     HASHING, REPLAYABLE_METHODS, TIMEOUT_HEADER, cookie_in, predict, route, timeout_ms,
@@ -122,6 +123,9 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
                     "headers": [f"{n}: {v}" for n, v in q.headers]},
         "listener": {"name": lst.name, "address": lst.address, "protocol": lst.protocol, "chosen_by": chosen_by},
     }
+    terminated = listener_tls(lst)
+    if terminated is not None:
+        out["listener"]["tls"] = terminated
     if lst.protocol != "http":
         out["routing"] = {"note": "a tcp listener relays every connection to its cluster: method, host, path and "
                                   "headers play no part", "routes": []}
@@ -174,6 +178,9 @@ def explain(cfg: Config, q: Question, alive: dict[str, bool] | None = None) -> d
     out["cluster"] = None if cluster_name is None else {"name": cluster_name,
                                                         "balancer": cfg.clusters[cluster_name].balancer,
                                                         "protocol": cfg.clusters[cluster_name].protocol}
+    originated = cluster_tls(cfg.clusters[cluster_name], lst.protocol) if cluster_name is not None else None
+    if originated is not None:
+        out["cluster"]["tls"] = originated
     out["policy"] = (policy(lst, cfg.clusters[cluster_name], q, cfg.worker_count()) if cluster_name is not None
                      else None)
     return out

@@ -138,6 +138,14 @@ def render(snap: Snapshot, info: ProcessInfo, openmetrics: bool = False,
               [((("cluster", cn), ("endpoint", e["address"])), int(e["healthy"]))
                for cn, c in clusters.items() for e in c["endpoints"]])
 
+    # Upstream TLS series only for clusters that originate TLS.
+    upstream_tls = {cn: c["tls"] for cn, c in clusters.items() if "tls" in c}
+    out.counter("fastmesh_upstream_tls_handshakes", "TLS handshakes finished with a cluster's endpoints",
+                [((("cluster", cn),), t["handshakes"]) for cn, t in upstream_tls.items()])
+    out.counter("fastmesh_upstream_tls_resumed", "TLS handshakes with a cluster's endpoints that resumed a session",
+                [((("cluster", cn),), t["resumed"]) for cn, t in upstream_tls.items()])
+    out.counter("fastmesh_upstream_tls_handshake_failures", "TLS handshakes with a cluster's endpoints that failed",
+                [((("cluster", cn),), t["failed"]) for cn, t in upstream_tls.items()])
     out.counter("fastmesh_grpc_responses", "gRPC answers from h2 clusters by grpc-status (OTHER: codes past 16)",
                 [((("cluster", cn), ("grpc_status", name)), n) for cn, c in clusters.items()
                  for name, n in c.get("grpc", {}).items()])

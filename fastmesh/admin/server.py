@@ -225,14 +225,14 @@ class AdminServer:
 
     async def clusters(self, request: Request) -> Reply:
         """Each cluster's endpoints and counters; a discovered cluster also shows its source's state, and one that
-        originates TLS its client certificate (with its expiry) and trust files."""
+        originates TLS its client certificate (with its expiry) and trust files beside its handshake counts."""
         clusters = self.stats.collect().clusters()
         for name, state in self.discovery().items():
             if name in clusters:
                 clusters[name]["discovery"] = state
         for name, view in (await self.tls_view())["clusters"].items():
             if name in clusters:
-                clusters[name]["tls"] = view
+                clusters[name]["tls"] = {**clusters[name].get("tls", {}), **view}
         for name, cluster in self.cfg.clusters.items():
             if cluster.template is not None and name in clusters:
                 clusters[name]["template"] = cluster.template
@@ -326,6 +326,7 @@ class AdminServer:
         snap = self.stats.collect()
         body = stats_body(snap)
         body["workers"] = {str(n): w for n, w in snap.worker_info().items()}
+        body["single_process"] = self.workers.inline     # workers = 0: "workers" is the supervisor's own slot 0
         return Reply.json(200, body)
 
     async def reload(self, request: Request) -> Reply:

@@ -93,6 +93,8 @@ def render(data: dict[str, Any]) -> str:
     lines.append(f"request   {req['method']} {req['target']}  host {req['host'] or '-'}"
                  + (f"  headers {'; '.join(req['headers'])}" if req["headers"] else ""))
     lines.append(f"listener  {lst['name']} ({lst['protocol']} on {lst['address']}), chosen by {lst['chosen_by']}")
+    if lst.get("tls"):
+        lines.append("tls       " + _terminated(lst["tls"]))
     routing = data["routing"]
     if routing.get("note"):
         lines.append(f"routing   {routing['note']}")
@@ -138,6 +140,8 @@ def render(data: dict[str, Any]) -> str:
         extra = f", hash key {cluster['hash_key']}" if cluster.get("hash_key") else ""
         protocol = "HTTP/2" if cluster.get("protocol") == "h2" else "HTTP/1.1"
         lines.append(f"cluster   {cluster['name']} ({cluster['balancer']}{extra}; {protocol} to the endpoints)")
+        if cluster.get("tls"):
+            lines.append("tls       " + _originated(cluster["tls"]))
         rows = [["ENDPOINT", "WEIGHT", "STATE", "ACTIVE", "LATENCY", "NOTES"]]
         for e in cluster["endpoints"]:
             latency = f"{e['latency_ms']:.1f}ms" if e["latency_ms"] is not None else "-"
@@ -156,6 +160,37 @@ def render(data: dict[str, Any]) -> str:
             lines.append("limits    " + _limits(p["limits"]))
     lines.append(f"view      {data.get('view', '')}")
     return "\n".join(lines) + "\n"
+
+
+def _terminated(tls: dict[str, Any]) -> str:
+    """A listener's TLS in one line: certificates, versions, ALPN, client certificates."""
+    certs = tls["certificates"]
+    parts = [f"terminated: certificate {certs[0]['cert']}"
+             + (f" (+{len(certs) - 1} picked by SNI{', strict' if tls['strict_sni'] else ''})" if len(certs) > 1
+                else "")]
+    parts.append(f"TLS {tls['min_version']}+")
+    parts.append("ALPN " + (", ".join(tls["alpn"]) if tls["alpn"] else "none"))
+    if tls["require_client_cert"]:
+        who = f", identities {', '.join(tls['allow_identities'])}" if tls.get("allow_identities") else ""
+        parts.append(f"client certificate required (CA {tls['client_ca']}{who})")
+    elif tls["client_ca"]:
+        parts.append(f"client certificate checked when sent (CA {tls['client_ca']})")
+    return "; ".join(parts)
+
+
+def _originated(tls: dict[str, Any]) -> str:
+    """A cluster's TLS to its endpoints in one line: verification, name, client certificate, versions, ALPN."""
+    if tls["verify"]:
+        check = f"verified against {tls['ca'] or 'the system CAs'}"
+        check += f" as {tls['server_name']}" if tls["server_name"] else " (the endpoint's IP address)"
+    else:
+        check = "NOT verified (verify = false)"
+    parts = [f"to the endpoints: {check}"]
+    if tls["client_cert"]:
+        parts.append(f"client certificate {tls['client_cert']}")
+    parts.append(f"TLS {tls['min_version']}+")
+    parts.append("ALPN " + (", ".join(tls["alpn"]) if tls["alpn"] else "none"))
+    return "; ".join(parts)
 
 
 def _conditions(cond: dict[str, Any]) -> str:

@@ -138,7 +138,9 @@ def render(before: dict[str, Any], after: dict[str, Any]) -> str:
     workers = after.get("workers", {})
     if workers:
         lag = max(w["lag"] for w in workers.values())
-        text += f"\n{len(workers)} worker(s) serving; event-loop lag up to {lag * 1000:.1f} ms\n"
+        serving = "one process serves (workers = 0)" if after.get("single_process") else \
+            f"{len(workers)} worker(s) serving"
+        text += f"\n{serving}; event-loop lag up to {lag * 1000:.1f} ms\n"
     return text
 
 

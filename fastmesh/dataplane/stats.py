@@ -90,7 +90,7 @@ class ClusterSlots:
     not when the layout is made; the offsets need only the slot count."""
 
     def __init__(self, name: str, live: Sequence[Endpoint], holes: Sequence[int], balancer: str, offset: int,
-                 protocol: str = "http1") -> None:
+                 protocol: str = "http1", tls: bool = False) -> None:
         self.name = name
         self.live = live                 # the endpoints, in slot order
         self.holes = tuple(sorted(holes))   # the slots of removed endpoints
@@ -98,6 +98,7 @@ class ClusterSlots:
         self.balancer = balancer
         self.offset = offset
         self.protocol = protocol         # what http listeners speak to its endpoints ("http1" or "h2")
+        self.tls = tls                   # its connections originate TLS: its handshake counts are shown
 
     def __repr__(self) -> str:
         return f"ClusterSlots({self.name!r}, {self.count} slots, offset {self.offset})"
@@ -199,7 +200,8 @@ class StatsLayout:
         self.routed: tuple[RoutedSlots, ...] = tuple(routed)
         self.clusters: dict[str, ClusterSlots] = {}
         for name, cluster in cfg.clusters.items():
-            cs = ClusterSlots(name, cluster.endpoints, holes.get(name, ()), cluster.balancer, offset, cluster.protocol)
+            cs = ClusterSlots(name, cluster.endpoints, holes.get(name, ()), cluster.balancer, offset, cluster.protocol,
+                              cluster.tls is not None)
             self.clusters[name] = cs
             offset += cluster_size(cs.count)
         requests = []
@@ -643,6 +645,11 @@ class Snapshot:
             if cs.protocol == "h2":
                 # gRPC answers by grpc-status (only h2 clusters carry gRPC).
                 out[cs.name]["grpc"] = {name: self.totals[cs.field(f"grpc_{name.lower()}")] for name in GRPC_STATUSES}
+            if cs.tls:
+                # Handshakes with the endpoints, summed over the workers (tls/context.pyx TlsClient counts them).
+                out[cs.name]["tls"] = {"handshakes": self.totals[cs.field("tls_handshakes")],
+                                       "resumed": self.totals[cs.field("tls_resumed")],
+                                       "failed": self.totals[cs.field("tls_failed")]}
         return out
 
     def _endpoint(self, cs: ClusterSlots, i: int) -> dict[str, Any]:

@@ -316,9 +316,16 @@ class Supervisor:
         for proc in self.procs.values():
             _send(proc, signal.SIGKILL)
 
-    async def _stop_workers(self, slots: list[asyncio.Task[None]]) -> None:
-        for proc in self.procs.values():
+    def _stop(self, n: int, proc: Worker) -> None:
+        """Send worker n its stop. A fresh interpreter still starting gets it from _on_ready instead: its stop signals
+        are blocked only once its main() runs (a forked worker's from the fork on), so before its ready line the
+        default action could still kill it."""
+        if isinstance(proc, ForkedWorker) or n in self.ready:
             _send(proc, signal.SIGTERM)
+
+    async def _stop_workers(self, slots: list[asyncio.Task[None]]) -> None:
+        for n, proc in self.procs.items():
+            self._stop(n, proc)
         limit = self.cfg.drain_timeout + STOP_GRACE
         _, pending = await asyncio.wait(slots, timeout=limit)
         if pending:
@@ -344,7 +351,7 @@ class Supervisor:
                 log.info("w%d started (pid %d)", n, proc.pid)
                 self.events.emit("worker_started", worker=n, pid=proc.pid)
                 if self.stopping.is_set():      # the stop signal came while we were spawning
-                    _send(proc, signal.SIGTERM)
+                    self._stop(n, proc)
                 was_ready = await self._watch(n, proc)
                 returncode = await proc.wait()
                 del self.procs[n]
@@ -468,6 +475,9 @@ class Supervisor:
     def _on_ready(self, n: int, proc: Worker) -> None:
         self.ready.add(n)
         log.info("w%d (pid %d) ready", n, proc.pid)
+        if self.stopping.is_set() and not isinstance(proc, ForkedWorker):
+            _send(proc, signal.SIGTERM)     # the stop _stop held back while it started
+            return
         if self.spawn_gen.get(n) != self.config_gen:    # started before the latest reload: may run the older file
             self._in_background(self.reloader.push(n))
         if not self.announced and len(self.ready) == self.count:

@@ -27,6 +27,7 @@ log = logging.getLogger("fastmesh.worker")
 READY_LINE = b"fastmesh-worker-ready\n"   # written once to stdout (a pipe to the supervisor) when serving
 PARENT_ENV = "FASTMESH_SUPERVISOR_PID"     # the supervisor's pid, so a worker can tell when it is orphaned
 EXIT_CONFIG = 78                           # sysexits.h EX_CONFIG: the config file no longer loads
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a drain; blocked from fork until the loop handles them
 PARENT_POLL = 1.0                          # seconds between parent checks where PR_SET_PDEATHSIG is missing
 
 _PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
@@ -43,7 +44,11 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
         from fastmesh.process.link import read_all
         from fastmesh.dataplane.tls import set_ticket_secret
         set_ticket_secret(read_all(ticket_fd))
-    # Until the loop's handlers are installed, let SIGINT end the process quietly instead of raising mid-import.
+    # A stop signal waits, blocked, until the loop's handlers are installed (_serve): one that came in the first
+    # moments is then a drain like any other, where the default action would have killed the worker mid-start.
+    # (A forked worker has them blocked already; a fresh interpreter blocks them here.) SIGINT's default action
+    # also keeps asyncio.Runner from installing its KeyboardInterrupt handler.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     parent = _supervisor_pid()
     if parent is not None and not _die_with_parent(parent):
@@ -141,10 +146,11 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
                      signal.Signals(signum).name, cfg.drain_timeout)
             stop.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_stop_signal, signum)
     # A terminal hang-up reaches the whole process group: the supervisor reloads and tells us what to apply.
     loop.add_signal_handler(signal.SIGHUP, log.debug, "SIGHUP ignored: reloads come from the supervisor")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)   # handled from here: one that waited arrives now
     watcher = asyncio.create_task(_watch_parent(parent, stop)) if parent is not None else None
 
     from fastmesh.process import memtrace
@@ -179,7 +185,7 @@ async def _serve(cfg: Config, parent: int | None, stats_fd: int | None = None, c
     # Drained: a repeated SIGTERM/SIGINT (the supervisor forwards what the terminal also sent) must not kill us
     # while the loop closes. The loop's handlers are removed first: closing the loop would otherwise reset each of
     # them to the default action (death by SIGTERM) after we ignored it.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
     log.info("stopped")

@@ -9,7 +9,8 @@ each worker from itself: the pages both hold stay shared copy-on-write, and a wo
 The supervisor is its own fork server (there was a separate one, forked before the loop: it held a third copy of
 every page that both the supervisor and a worker wrote to, 4 to 6 MiB of the instance). A worker forked from a
 process with a running loop starts by dropping that loop's part of the state: signal handlers and the wakeup fd
-(signals are blocked across the fork, so none reaches a handler of the parent's), every inherited fd but its own,
+(signals are blocked across the fork, so none reaches a handler of the parent's; the stop signals stay blocked
+until the worker's loop handles them), every inherited fd but its own,
 and the collector's interest in inherited objects (gc.freeze in the child: a collection there neither writes their
 pages nor finalizes a parent's garbage, whose sockets would close fd numbers the worker reuses). Then it runs
 `process/worker.main` as the `_worker` command would. The supervisor learns of each exit through a pidfd.
@@ -26,6 +27,8 @@ import os
 import signal
 import sys
 from typing import Any
+
+from fastmesh.process.worker import STOP_SIGNALS
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -151,7 +154,9 @@ def _child(argv: dict[str, Any], fds: list[int], blocked: set[int | signal.Signa
         signal.signal(signum, signal.SIG_DFL)
     gc.freeze()                         # what we inherited is the supervisor's: never scanned nor finalized here
     _close_all_but(fds)
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    # The stop signals stay blocked until the worker's loop handles them (worker.STOP_SIGNALS): one that comes
+    # meanwhile waits, then is a drain, not the default action's death.
+    signal.pthread_sigmask(signal.SIG_SETMASK, {*blocked, *STOP_SIGNALS})
     return _worker(argv, fds)
 
 

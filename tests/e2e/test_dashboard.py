@@ -280,7 +280,7 @@ def test_dashboard_files_and_data(fastmesh: Running) -> None:
     assert raw["kind"] == "tcp" and set(raw["now"]) == {"cps", "in", "out", "open"}
     clusters = {c["name"]: c for c in data["clusters"]}
     assert clusters["web"]["now"]["rps"] > 0 and clusters["api"]["now"]["rps"] > 0
-    assert data["workers"] == {"configured": 2, "serving": 2}
+    assert data["workers"] == {"configured": 2, "serving": 2, "single_process": False}
     assert data["reloads"]["ok"] == 0 and data["reloads"]["failed"] == 0 and len(data["config_hash"]) == 16
 
 
@@ -353,3 +353,56 @@ def check_page(page: Any, fm: Running) -> None:
     assert "otherwise" in routes.inner_text() and "→ web" in routes.inner_text()
     assert page.locator("#config-hash").inner_text() == fm.get_json("/dashboard/data")["config_hash"]
     assert "live" in page.locator("#status").inner_text()
+
+
+# ---- workers = 0: the supervisor serves ----
+
+class OneProcess(Run):
+    """`fastmesh run` with workers = 0 (the supervisor serves) and one http listener to the good backend."""
+
+    def __init__(self, tmp_path: Path, backends: Backends) -> None:
+        self.http_port, self.admin_port = free_ports(2)
+        super().__init__(tmp_path, f"""
+workers = 0
+drain_timeout = "1s"
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{self.http_port}"
+protocol = "http"
+cluster = "web"
+[clusters.web]
+endpoints = ["{backends.good.address}"]
+""", WAIT)
+        self.wait_log(r"ready: serving .* in this process")
+
+    get = Running.get
+    get_json = Running.get_json
+
+
+def test_dashboard_with_workers_0_says_one_process_serves(tmp_path: Path) -> None:
+    backends = Backends()
+    try:
+        fm = OneProcess(tmp_path, backends)
+        try:
+            # No worker process is configured or serving (as /metrics counts them): the supervisor serves itself.
+            data = fm.get_json("/dashboard/data")
+            assert data["workers"] == {"configured": 0, "serving": 0, "single_process": True,
+                                       "process_serving": True}
+            sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extras")
+            with sync_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1280, "height": 800})
+                    page.goto(f"http://127.0.0.1:{fm.admin_port}/dashboard")
+                    page.wait_for_selector("body[data-updated]", timeout=WAIT * 1000)
+                    workers = page.locator("#workers")
+                    assert workers.inner_text() == "none · one process serves"
+                    assert "warn" not in (workers.get_attribute("class") or "")
+                finally:
+                    browser.close()
+        finally:
+            fm.stop()
+    finally:
+        backends.close()

@@ -78,6 +78,14 @@ def test_one_process_serves_traffic_and_the_admin_endpoints(tmp_path: Path) -> N
             assert "started (pid" not in run.log()
             stats = (await admin_get(admin, "/stats")).json()
             assert [int(w["pid"]) for w in stats["workers"].values()] == [run.proc.pid]
+            assert stats["single_process"] is True
+            # `fastmesh stat` says so plainly rather than counting the supervisor as a worker.
+            stat = await asyncio.to_thread(subprocess.run, fastmesh_argv("stat", "--admin", f"127.0.0.1:{admin}",
+                                                                         "--interval", "0.3"),
+                                           env=env(), capture_output=True, text=True, timeout=60)
+            assert stat.returncode == 0, stat.stderr
+            assert "one process serves (workers = 0); event-loop lag" in stat.stdout, stat.stdout
+            assert "worker(s) serving" not in stat.stdout
             metrics = (await admin_get(admin, "/metrics")).text
             counted = [line for line in metrics.splitlines()
                        if line.startswith("fastmesh_requests_total{") and 'listener="web"' in line]

@@ -40,7 +40,7 @@ from fastmesh._core.stats cimport bump_field
 from fastmesh._core.exchange cimport Exchange
 from fastmesh._core.proxyproto.codec cimport PP_OUT_MAX
 from fastmesh._core.tls.context cimport (
-    TlsClient, tls_handshake, tls_resumed, tls_recv, tls_release, tls_drained, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+    TlsClient, tls_handshake, tls_recv, tls_release, tls_drained, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
 )
 
 cdef extern from "<errno.h>" nogil:
@@ -141,12 +141,11 @@ cdef class Upstream(EventTarget):
         if r == 0:
             return
         if r < 0:
-            cli.failed(self.tls, pool.cluster.name, pool.cluster.labels[self.endpoint], pool.reactor.now)
+            cli.failed(self.tls, pool.cluster.counters, pool.cluster.name, pool.cluster.labels[self.endpoint],
+                       pool.reactor.now)
             self.fail(ECONNRESET if self.tls.fail == TF_CLOSED else EPROTO)
             return
-        cli.handshakes += 1
-        if tls_resumed(self.tls):
-            cli.resumed += 1
+        cli.finished(self.tls, pool.cluster.counters)
         self.state = UP_ACTIVE
         pool.cluster.connect_succeeded(self.endpoint)
         # Records may already sit in OpenSSL's buffer: no edge will announce them.
@@ -162,8 +161,8 @@ cdef class Upstream(EventTarget):
         if err == 0 and self.tls != NULL and self.tls.state == TLS_HANDSHAKE:
             # The connect deadline ran out during the TLS handshake: a handshake failure too.
             self.tls.fail = TF_TIMEOUT
-            self.pool.tls.failed(self.tls, self.pool.cluster.name, self.pool.cluster.labels[self.endpoint],
-                                 self.pool.reactor.now)
+            self.pool.tls.failed(self.tls, self.pool.cluster.counters, self.pool.cluster.name,
+                                 self.pool.cluster.labels[self.endpoint], self.pool.reactor.now)
         if user is not None:
             user.upstream_failed(self, err)      # marks the endpoint through the connector, then fails over
         else:

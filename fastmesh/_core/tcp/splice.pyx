@@ -250,7 +250,7 @@ cdef class TcpProxy(Acceptor):
             elif r.state == RS_UP_HANDSHAKE:
                 if now >= r.connect_deadline:
                     r.tls[1].fail = TF_TIMEOUT
-                    r.up_tls.failed(&r.tls[1], r.cluster.name, r.cluster.labels[r.endpoint], now)
+                    r.up_tls.failed(&r.tls[1], r.cluster.counters, r.cluster.name, r.cluster.labels[r.endpoint], now)
                     r.connect_error(0)
             elif r.state == RS_HANDSHAKE:
                 if now >= r.handshake_deadline:
@@ -421,12 +421,11 @@ cdef class TcpRelay(EventTarget):
         if r == 0:
             return
         if r < 0:
-            cli.failed(&self.tls[1], self.cluster.name, self.cluster.labels[self.endpoint], self.owner.reactor.now)
+            cli.failed(&self.tls[1], self.cluster.counters, self.cluster.name, self.cluster.labels[self.endpoint],
+                       self.owner.reactor.now)
             self.connect_error(EPROTO)            # the endpoint's log line says "protocol error", not a timeout
             return
-        cli.handshakes += 1
-        if tls_resumed(&self.tls[1]):
-            cli.resumed += 1
+        cli.finished(&self.tls[1], self.cluster.counters)
         self.state = RS_OPEN
         self.cluster.connect_succeeded(self.endpoint)
         self.last_active = self.owner.reactor.now

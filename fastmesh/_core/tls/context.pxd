@@ -88,7 +88,7 @@ cdef class TlsClient:
     cdef readonly bint verify          # check the endpoint's certificate (false only when configured so)
     cdef SSL_SESSION **sessions        # per endpoint, the newest resumable session (or NULL)
     cdef int nsessions
-    cdef readonly unsigned long long handshakes   # upstream handshakes finished
+    cdef readonly unsigned long long handshakes   # upstream handshakes finished (this context's, for proxy.stats())
     cdef readonly unsigned long long resumed      # ...of which resumed a session
     cdef readonly unsigned long long failures     # upstream handshakes that failed
     cdef double log_after              # monotonic time before which failures are counted, not logged
@@ -98,7 +98,10 @@ cdef class TlsClient:
     cdef tuple args                    # what it was built from, so rebuild() can read the files again
     cdef dict kwargs
 
-    cdef void failed(self, Tls *t, str cluster, str endpoint, double now) noexcept
+    # A handshake with an endpoint finished: counted here and in the cluster's C_FIELDS slots (`counters`).
+    cdef void finished(self, Tls *t, uint64_t *counters) noexcept
+    # One failed: counted the same way, and logged at most once a second.
+    cdef void failed(self, Tls *t, uint64_t *counters, str cluster, str endpoint, double now) noexcept
 
 
 cdef int tls_accept(Tls *t, TlsServer srv, int fd) noexcept

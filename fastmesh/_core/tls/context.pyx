@@ -36,7 +36,7 @@ from fastmesh._core.includes.system cimport errno, EAGAIN, ECONNRESET, strerror
 from fastmesh._core.tls.openssl cimport *
 from fastmesh._core.tls.names cimport ServerNames
 from fastmesh._core.tls.identity cimport Identities
-from fastmesh._core.stats cimport L_TLS_FAILED, bump
+from fastmesh._core.stats cimport C_TLS_FAILED, C_TLS_HANDSHAKES, C_TLS_RESUMED, L_TLS_FAILED, bump
 
 import hashlib
 import logging
@@ -728,9 +728,20 @@ cdef class TlsClient:
         self.certificates, self.spec, self.files = new.certificates, new.spec, new.files
         self.args, self.kwargs = new.args, new.kwargs
 
-    cdef void failed(self, Tls *t, str cluster, str endpoint, double now) noexcept:
-        """Count a failed upstream handshake and log it, at most once a second."""
+    cdef void finished(self, Tls *t, uint64_t *counters) noexcept:
+        """Count a finished upstream handshake (and a resumed session) here and in the cluster's slots, which the
+        supervisor merges over the workers."""
+        cdef bint resumed = tls_resumed(t)
+        self.handshakes += 1
+        bump(counters + C_TLS_HANDSHAKES, 1)
+        if resumed:
+            self.resumed += 1
+            bump(counters + C_TLS_RESUMED, 1)
+
+    cdef void failed(self, Tls *t, uint64_t *counters, str cluster, str endpoint, double now) noexcept:
+        """Count a failed upstream handshake (here and in the cluster's slots) and log it, at most once a second."""
         self.failures += 1
+        bump(counters + C_TLS_FAILED, 1)
         if now < self.log_after:
             return
         self.log_after = now + LOG_EVERY

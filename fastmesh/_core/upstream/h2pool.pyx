@@ -68,7 +68,7 @@ from fastmesh._core.http2.session cimport Session, ROLE_CLIENT, RECV_ERROR, HEAD
 from fastmesh._core.http2.streams cimport Stream, ST_CLOSED
 from fastmesh._core.http2.frames cimport H2_NO_ERROR, H2_CANCEL, H2_REFUSED_STREAM
 from fastmesh._core.tls.context cimport (
-    TlsClient, tls_handshake, tls_resumed, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
+    TlsClient, tls_handshake, tls_release, TF_TIMEOUT, TF_CLOSED, TLS_HANDSHAKE,
 )
 
 cdef extern from "<errno.h>" nogil:
@@ -295,12 +295,11 @@ cdef class H2Upstream(EventTarget):
         if r == 0:
             return
         if r < 0:
-            cli.failed(self.tls, pool.cluster.name, pool.cluster.labels[self.endpoint], pool.reactor.now)
+            cli.failed(self.tls, pool.cluster.counters, pool.cluster.name, pool.cluster.labels[self.endpoint],
+                       pool.reactor.now)
             self.connect_failed(ECONNRESET if self.tls.fail == TF_CLOSED else EPROTO)
             return
-        cli.handshakes += 1
-        if tls_resumed(self.tls):
-            cli.resumed += 1
+        cli.finished(self.tls, pool.cluster.counters)
         self.connected()
         self.readable = True                  # records may already sit in OpenSSL's buffer
         self.run()
@@ -374,8 +373,8 @@ cdef class H2Upstream(EventTarget):
         if err == 0 and self.tls != NULL and self.tls.state == TLS_HANDSHAKE:
             # The connect deadline ran out during the TLS handshake: a handshake failure too.
             self.tls.fail = TF_TIMEOUT
-            self.pool.tls.failed(self.tls, self.pool.cluster.name, self.pool.cluster.labels[self.endpoint],
-                                 self.pool.reactor.now)
+            self.pool.tls.failed(self.tls, self.pool.cluster.counters, self.pool.cluster.name,
+                                 self.pool.cluster.labels[self.endpoint], self.pool.reactor.now)
         self.state = H2_CLOSED
         leg = self.first
         while leg is not None:

@@ -234,8 +234,13 @@
     document.getElementById("uptime").textContent = F.duration(data.uptime);
     const w = data.workers;
     const workers = document.getElementById("workers");
-    workers.textContent = w.serving + "/" + w.configured + (data.restarts ? " · " + data.restarts + " restarts" : "");
-    workers.classList.toggle("warn", w.serving < w.configured);
+    if (w.single_process) {         // workers = 0: no worker process; the supervisor itself serves
+      workers.textContent = w.process_serving ? "none · one process serves" : "none · one process, not serving yet";
+      workers.classList.toggle("warn", !w.process_serving);
+    } else {
+      workers.textContent = w.serving + "/" + w.configured + (data.restarts ? " · " + data.restarts + " restarts" : "");
+      workers.classList.toggle("warn", w.serving < w.configured);
+    }
     document.getElementById("config-hash").textContent = data.config_hash;
     const r = data.reloads;
     document.getElementById("reload-counts").textContent = r.ok + " ok · " + r.failed + " failed";
