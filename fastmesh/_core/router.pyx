@@ -204,7 +204,8 @@ cdef int _fill(Router router, RouteEntry *e, dict spec, str what, dict index, di
 
     allow = spec.get("allow_identities")
     if allow:
-        # The matcher tls listeners use in their handshake (config/load.py's identity_problem checked the entries).
+        # The matcher tls listeners use in their handshake (config/sections/tls.py's identity_problem checked the
+        # entries).
         if isinstance(allow, (str, bytes)):
             raise ValueError(f"{what}: allow_identities is a list of str, got {allow!r}")
         for p in allow:

@@ -24,8 +24,9 @@ from fastmesh.admin.metrics import (
     FILTER_COUNTS, OPENMETRICS_TYPE, PROMETHEUS_TYPE, SINK_COUNTS, SPAN_COUNTS, ProcessInfo, render, wants_openmetrics,
 )
 from fastmesh.admin.rates import stats_body
-from fastmesh.config.load import config_to_dict, format_address
+from fastmesh.config.load import config_to_dict
 from fastmesh.config.schema import Config
+from fastmesh.config.values import format_address
 from fastmesh.dataplane.sockets import serving_socket
 from fastmesh.dataplane.stats import Snapshot, WorkerStats
 from fastmesh.httpwire import HeadError

@@ -157,7 +157,7 @@ def _resolve(cfg: Any, made: dict[str, Any] | None = None, only_files: bool = Fa
     """Per discovered cluster (those of the config, then those templates would make, `made`): its source's answer
     (or its error), asked once."""
     import asyncio
-    from fastmesh.config.load import endpoint_text
+    from fastmesh.config.sections.clusters import endpoint_text
     from fastmesh.discovery.base import SourceError
     from fastmesh.discovery.manager import base_dir, make_source
 

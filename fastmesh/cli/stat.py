@@ -46,7 +46,8 @@ def main(admin: str | None, config: str | None, watch: bool, interval: float, ou
 
 def admin_address(admin: str | None, config: str | None) -> tuple[str, int]:
     """(host, port) of the admin server: --admin, else the config's [admin] listen, else the default."""
-    from fastmesh.config.load import load_config, parse_address
+    from fastmesh.config.load import load_config
+    from fastmesh.config.values import parse_address
     from fastmesh.errors import ConfigError
     if config is not None:
         try:

@@ -17,19 +17,10 @@ from fastmesh.config.checks import _check_bound_addresses, _check_services, _che
 from fastmesh.config.schema import Config
 from fastmesh.config.sections.top import _TOP_FIELDS, _TOP_REQUIRED
 from fastmesh.config.to_dict import config_to_dict
-from fastmesh.config.values import format_address, format_duration, parse_address, parse_duration
 from fastmesh.config.walk import NOTHING, _Check, _table
 from fastmesh.errors import ConfigError, ConfigErrors
-# Importable from here as before the loader was split (discovery, the dataplane, the CLI and tests use them).
-from fastmesh.config.values import IPV4_RE, MAX_PRIORITY, MAX_WEIGHT  # noqa: F401
-from fastmesh.config.sections.clusters import endpoint_text  # noqa: F401
-from fastmesh.config.sections.templates import TEMPLATE_FIELD  # noqa: F401
-from fastmesh.config.sections.tls import identity_problem  # noqa: F401
 
-__all__ = [
-    "load_config", "loads_config", "config_from_dict", "config_to_dict",
-    "parse_duration", "format_duration", "parse_address", "format_address",
-]
+__all__ = ["load_config", "read_config", "loads_config", "config_from_dict", "config_to_dict"]
 
 _TOML_POSITION_RE = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.DOTALL)
 

@@ -176,10 +176,14 @@ def _choice(what: str, choices: tuple[str, ...]) -> Parser:
     return parse
 
 
-def _name(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _NAME_RE.fullmatch(value):
-        return value
-    return check.bad(key, f"a name of {NAME_CHARS}", value)
+def _matching(regex: re.Pattern[str], expected: str) -> Parser:
+    """A string the whole of which the regex matches, kept as written; anything else is reported as `expected`."""
+    def parse(check: _Check, key: str, value: Any) -> Any:
+        return value if isinstance(value, str) and regex.fullmatch(value) else check.bad(key, expected, value)
+    return parse
+
+
+_name = _matching(_NAME_RE, f"a name of {NAME_CHARS}")
 
 
 def _address(check: _Check, key: str, value: Any) -> Any:

@@ -20,9 +20,9 @@ from fastmesh._core.limits import LimitCell
 from fastmesh._core.policy import ClusterPolicy, ConcurrencyLimit
 from fastmesh._core.reactor import Reactor
 from fastmesh._core.upstream.h2pool import H2Pool
-from fastmesh.config.load import IPV4_RE
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Endpoint
+from fastmesh.config.values import IPV4_RE
 from fastmesh.dataplane.slots import slot_list
 from fastmesh.dataplane.tls import build_client_tls
 

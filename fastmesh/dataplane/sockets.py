@@ -11,7 +11,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from fastmesh.config.load import format_address
+from fastmesh.config.values import format_address
 from fastmesh.config.schema import Listener as ListenerConfig
 
 PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on a listener address

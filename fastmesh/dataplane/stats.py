@@ -106,7 +106,7 @@ class ClusterSlots:
     @functools.cached_property
     def endpoints(self) -> tuple[str, ...]:
         """"host:port" as configured, per slot; "" for a hole."""
-        # config.load.format_address, inlined: 10,000 of them for a large discovered cluster.
+        # config.values.format_address, inlined: 10,000 of them for a large discovered cluster.
         return tuple(["" if e is None else f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
                       for e in self.slots])
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastmesh._core.endpoints import parse_endpoints as _parse_endpoints
-from fastmesh.config.load import IPV4_RE, MAX_PRIORITY, MAX_WEIGHT, format_address, parse_address
 from fastmesh.config.schema import Discovery, Endpoint
+from fastmesh.config.values import IPV4_RE, MAX_PRIORITY, MAX_WEIGHT, format_address, parse_address
 
 log = logging.getLogger("fastmesh.discovery")
 

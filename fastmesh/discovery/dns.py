@@ -24,7 +24,7 @@ from typing import Any
 import aiodns
 import pycares
 
-from fastmesh.config.load import MAX_WEIGHT, format_address
+from fastmesh.config.values import MAX_WEIGHT, format_address
 from fastmesh.config.schema import Endpoint
 from fastmesh.discovery.base import Source, SourceError
 

@@ -19,7 +19,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastmesh.config.load import format_address
+from fastmesh.config.values import format_address
 from fastmesh.config.schema import Endpoint
 from fastmesh.discovery.base import Source, SourceError, log, parse_endpoint
 from fastmesh.httpwire import HeadError, head_end, parse_response_head

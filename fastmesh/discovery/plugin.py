@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fastmesh.config.load import format_address
+from fastmesh.config.values import format_address
 from fastmesh.config.schema import Endpoint
 from fastmesh.discovery.base import Source, SourceError, parse_endpoint, unique
 from fastmesh.plugins import registry

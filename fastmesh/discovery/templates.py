@@ -20,7 +20,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from fastmesh.config.load import TEMPLATE_FIELD
+from fastmesh.config.sections.templates import TEMPLATE_FIELD
 from fastmesh.config import naming as lang
 from fastmesh.config.naming import template_for
 from fastmesh.config.schema import Cluster, ClusterTemplate, Config

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fastmesh._testbase.configs import USERS_ROUTE, http_listener
 from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.run import env
@@ -42,14 +43,7 @@ endpoints = ["127.0.0.1:{backend_port}"]
 
 
 # An http listener whose one route sends to the logical name "users" (the naming tests add clusters and rules).
-USERS_LISTENER = """
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:4141"
-protocol = "http"
-[[listeners.routes]]
-service = "users"
-"""
+USERS_LISTENER = http_listener(4141) + USERS_ROUTE
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastmesh.config.load import (
-    config_from_dict, config_to_dict, format_duration, load_config, loads_config, parse_address, parse_duration,
-)
+from fastmesh.config.load import config_from_dict, config_to_dict, load_config, loads_config
 from fastmesh.config.schema import AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route
 from fastmesh.config.schema import HealthCheck, Outlier, SuccessRate
+from fastmesh.config.values import format_duration, parse_address, parse_duration
 from fastmesh.errors import ConfigError, ConfigErrors
 
 # The smallest valid config, in parts so that each bad row changes one thing.

@@ -16,6 +16,7 @@ from fastmesh._core.http1.pool import HttpPool
 from fastmesh._core.naming import NameTable
 from fastmesh._core.reactor import Reactor
 from fastmesh._core.router import Router
+from fastmesh._testbase.configs import http_listener
 from fastmesh.config import naming as lang
 from fastmesh.config.load import loads_config
 from fastmesh.dataplane.naming import build_names, compile_table, explain_service, services_of
@@ -209,12 +210,7 @@ def pools(reactor: Reactor) -> list[HttpPool]:
 
 def config_text(rules: str, trust: bool = False) -> str:
     clusters = "\n".join(f'[clusters.{c}]\nendpoints = ["127.0.0.1:{9100 + i}"]' for i, c in enumerate(CLUSTERS))
-    return f"""
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:4141"
-protocol = "http"
-trust_naming = {'true' if trust else 'false'}
+    return http_listener(4141) + f"""trust_naming = {'true' if trust else 'false'}
 [[listeners.routes]]
 path_prefix = "/u"
 service = "users"
@@ -283,12 +279,7 @@ def test_override_field_steers_a_trusted_router_and_is_removed_by_an_untrusted_o
     ('["/svc => /cluster"]', 'service = "a b"', 'routes[0].service: expected a logical name like "users"'),
 ])
 def test_config_errors_name_the_key_and_what_was_expected(rules: str, route: str, message: str) -> None:
-    text = f"""
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:4141"
-protocol = "http"
-[[listeners.routes]]
+    text = http_listener(4141) + f"""[[listeners.routes]]
 {route}
 [clusters.users]
 endpoints = ["127.0.0.1:9001"]
@@ -309,12 +300,7 @@ def test_a_watched_table_may_name_services_the_config_cannot_resolve_yet() -> No
 
 # ---- cluster templates ----
 
-TEMPLATE_BASE = """
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:4141"
-protocol = "http"
-[[listeners.routes]]
+TEMPLATE_BASE = http_listener(4141) + """[[listeners.routes]]
 service = "users-v2"
 [clusters.users]
 endpoints = ["127.0.0.1:9001"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fastmesh._core.tls.identity import Identities
-from fastmesh.config.load import identity_problem
+from fastmesh.config.sections.tls import identity_problem
 
 ALLOW = ["spiffe://mesh.test/ns/web/sa/api", "spiffe://mesh.test/ns/batch/*", "spiffe://other.test/*"]
 

@@ -14,6 +14,7 @@ import pytest
 
 from fastmesh._testbase.admin import admin_json, wait_for
 from fastmesh._testbase.chaos import Tally, run_load
+from fastmesh._testbase.configs import USERS_ROUTE, http_listener, process_keys
 from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
@@ -26,18 +27,7 @@ WAIT = 15.0
 
 
 def config(web: int, admin: int, naming: str, template: str) -> str:
-    return f"""
-workers = 2
-drain_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{web}"
-protocol = "http"
-[[listeners.routes]]
-service = "users"
-[clusters.fixed]
+    return process_keys(admin) + http_listener(web) + USERS_ROUTE + f"""[clusters.fixed]
 endpoints = ["127.0.0.1:1"]
 [naming]
 {naming}
@@ -156,18 +146,7 @@ def test_a_made_cluster_that_still_carries_traffic_is_not_removed_as_idle(tmp_pa
         table = tmp_path / "naming.dtab"
         table.write_text("/svc/users => /cluster/users-a\n")
         web, admin = free_ports(2)
-        run = AsyncRun(tmp_path, f"""
-workers = 2
-drain_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{web}"
-protocol = "http"
-trust_naming = true
-[[listeners.routes]]
-service = "users"
+        run = AsyncRun(tmp_path, process_keys(admin) + http_listener(web) + "trust_naming = true\n" + USERS_ROUTE + f"""
 [clusters.home]
 endpoints = ["{b[0].address}"]
 [naming]

@@ -16,6 +16,7 @@ import pytest
 
 from fastmesh._testbase.admin import admin_json
 from fastmesh._testbase.chaos import Tally, run_load
+from fastmesh._testbase.configs import http_listener, process_keys
 from fastmesh._testbase.discovery_servers import Dnsmasq, Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
@@ -28,15 +29,7 @@ CLIENTS = 4                 # keep-alive clients of the load
 
 
 def config(web: int, admin: int, discovery: str) -> str:
-    return f"""
-workers = 2
-drain_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{web}"
-protocol = "http"
+    return process_keys(admin) + http_listener(web) + f"""
 cluster = "users"
 [clusters.users]
 discovery = {discovery}

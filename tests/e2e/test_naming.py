@@ -15,6 +15,7 @@ import pytest
 
 from fastmesh._testbase.admin import admin_json
 from fastmesh._testbase.chaos import Client, Tally, run_load
+from fastmesh._testbase.configs import USERS_ROUTE, http_listener, process_keys
 from fastmesh._testbase.discovery_servers import Etcd, missing
 from fastmesh._testbase.http_backend import HttpBackend, start_http_backends
 from fastmesh._testbase.net import free_ports
@@ -29,18 +30,7 @@ def config(web: int, admin: int, backends: list[HttpBackend], naming: str, worke
            extra: str = "", clusters: tuple[str, ...] = ("v1", "v2", "legacy")) -> str:
     tables = "\n".join(f'[clusters.{name}]\nendpoints = ["{b.address}"]\n{extra if name == "v1" else ""}'
                        for name, b in zip(clusters, backends))
-    return f"""
-workers = {workers}
-drain_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{web}"
-protocol = "http"
-[[listeners.routes]]
-service = "users"
-{tables}
+    return process_keys(admin, workers) + http_listener(web) + USERS_ROUTE + f"""{tables}
 [naming]
 {naming}
 """
@@ -192,20 +182,9 @@ def test_override_field_steers_on_a_trusted_listener_and_is_stripped_on_an_untru
 workers = 1
 [admin]
 listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "edge"
-listen = "127.0.0.1:{edge}"
-protocol = "http"
-[[listeners.routes]]
-service = "users"
-[[listeners]]
-name = "inner"
-listen = "127.0.0.1:{inner}"
-protocol = "http"
-trust_naming = true
-[[listeners.routes]]
-service = "users"
-[clusters.v1]
+{http_listener(edge, "edge")}{USERS_ROUTE}
+{http_listener(inner, "inner")}trust_naming = true
+{USERS_ROUTE}[clusters.v1]
 endpoints = ["{b[0].address}"]
 [clusters.v2]
 endpoints = ["{b[1].address}"]

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from fastmesh._testbase.chaos import Client
+from fastmesh._testbase.configs import http_listener, process_keys
 from fastmesh._testbase.http_backend import start_http_backends
 from fastmesh._testbase.net import free_ports
 from fastmesh._testbase.run import AsyncRun
@@ -57,15 +58,7 @@ def test_naming_series_count_resolutions_overrides_the_watched_source_and_templa
         (tmp_path / "eps").mkdir()
         (tmp_path / "eps" / "made-a.json").write_text(json.dumps([{"address": b[1].address}]))
         web, admin = free_ports(2)
-        run = AsyncRun(tmp_path, f"""
-workers = 2
-drain_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{web}"
-protocol = "http"
+        run = AsyncRun(tmp_path, process_keys(admin) + http_listener(web) + f"""
 trust_naming = true
 service = "users"                   # a listener's own service: every request, no route
 [clusters.v1]

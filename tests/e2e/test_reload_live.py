@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fastmesh._testbase.configs import http_listener, process_keys
 from fastmesh._testbase.http_backend import HttpBackend
 from fastmesh._testbase.net import free_ports
 from fastmesh._testbase.run import AsyncRun
@@ -31,15 +32,7 @@ def config(i: int, web: int, side: int, admin: int, b: list[HttpBackend]) -> str
     """Version i: /v goes to a pair of backends that moves with i, /new{i} (a new route each time) to one
     backend, and the tcp listener "side" exists in even versions only."""
     a, c = b[i % 4], b[(i + 1) % 4]
-    text = f"""
-workers = 2
-drain_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:{web}"
-protocol = "http"
+    text = process_keys(admin) + http_listener(web) + f"""
 cluster = "default"
 [[listeners.routes]]
 path_prefix = "/v"

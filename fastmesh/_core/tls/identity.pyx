@@ -10,7 +10,7 @@ from libc.string cimport memcpy, memcmp
 
 cdef class Identities:
     """`Identities(["spiffe://td/ns/web/sa/api", "spiffe://td/ns/batch/*"])`: entries as the config loader
-    checked them (config/load.py); a final "/*" makes an entry a wildcard, any other byte is literal."""
+    checked them (config/sections/tls.py); a final "/*" makes an entry a wildcard, any other byte is literal."""
 
     def __cinit__(self, patterns=()):
         cdef bytes raw

@@ -14,8 +14,8 @@ from fastmesh.config.sections.health import _health_check, _outlier
 from fastmesh.config.sections.tls import _cluster_tls
 from fastmesh.config.values import ADDRESS, MAX_PRIORITY, MAX_WEIGHT, format_address, _same_address
 from fastmesh.config.walk import (
-    BAD, NAME_CHARS, _NAME_RE, _address, _all_good, _array, _Check, _choice, _choices, _duration, _key, Parser,
-    _table, _text, _whole,
+    BAD, NAME_CHARS, _NAME_RE, _address, _all_good, _array, _Check, _choice, _choices, _duration, _key, _matching,
+    Parser, _table, _text, _whole,
 )
 
 
@@ -157,12 +157,7 @@ def _limits(check: _Check, key: str, value: Any) -> Any:
 
 HASHING_BALANCERS = ("ring_hash", "maglev")
 _HASH_KEY_RE = re.compile(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+|source_ip")
-
-
-def _hash_key(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _HASH_KEY_RE.fullmatch(value):
-        return value
-    return check.bad(key, '"header:NAME", "cookie:NAME" or "source_ip"', value)
+_hash_key = _matching(_HASH_KEY_RE, '"header:NAME", "cookie:NAME" or "source_ip"')
 
 
 def _cluster_proxy_protocol(check: _Check, key: str, value: Any) -> Any:

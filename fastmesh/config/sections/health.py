@@ -8,7 +8,7 @@ from typing import Any
 from fastmesh.config.schema import HEALTH_CHECK_TYPES, HealthCheck, Outlier, SuccessRate
 from fastmesh.config.values import format_duration
 from fastmesh.config.walk import (
-    BAD, _all_good, _array, _Check, _choice, _duration, _fraction, _key, Parser, _table, _whole,
+    BAD, _all_good, _array, _Check, _choice, _duration, _fraction, _key, _matching, Parser, _table, _whole,
 )
 from fastmesh.errors import ConfigError
 
@@ -18,10 +18,7 @@ _PERCENT_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
 _STATUS_RANGE_RE = re.compile(r"([1-5][0-9][0-9])-([1-5][0-9][0-9])")
 
 
-def _target(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _TARGET_RE.fullmatch(value):
-        return value
-    return check.bad(key, 'a path like "/healthz" (visible ASCII, no spaces or "#")', value)
+_target = _matching(_TARGET_RE, 'a path like "/healthz" (visible ASCII, no spaces or "#")')
 
 
 def _status_range(check: _Check, key: str, value: Any) -> Any:

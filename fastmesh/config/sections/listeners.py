@@ -1,6 +1,7 @@
 """[[listeners]]: the keys every listener takes, those only http or tcp ones take, and their http2 table."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +15,8 @@ from fastmesh.config.sections.tls import _listener_tls
 from fastmesh.config.sections.tracing import _listener_tracing
 from fastmesh.config.values import ADDRESS, _is_host
 from fastmesh.config.walk import (
-    BAD, _address, _all_good, _array, _Check, _choice, _duration, _flag, _fraction, _key, _name, Parser, _table,
-    _whole,
+    BAD, _address, _all_good, _array, _Check, _choice, _duration, _flag, _fraction, _key, _matching, _name, Parser,
+    _table, _whole,
 )
 from fastmesh.errors import ConfigError
 
@@ -46,10 +47,8 @@ def _sni_routes(check: _Check, key: str, value: Any) -> Any:
     return out if len(out) == len(value) else BAD
 
 
-def _request_id_header(check: _Check, key: str, value: Any) -> Any:
-    if value == "" or (isinstance(value, str) and _TOKEN_RE.fullmatch(value)):
-        return value
-    return check.bad(key, f'{HEADER_NAME}, or "" for none', value)
+_TOKEN_OR_NONE_RE = re.compile(rf"(?:{_TOKEN_RE.pattern})?")   # "" turns the header off
+_request_id_header = _matching(_TOKEN_OR_NONE_RE, f'{HEADER_NAME}, or "" for none')
 
 
 _HTTP2_FIELDS: dict[str, Parser] = {

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastmesh.config.schema import RateLimit
-from fastmesh.config.walk import BAD, _Check, _key, Parser, _table, _whole
+from fastmesh.config.walk import BAD, _Check, _key, _matching, Parser, _table, _whole
 
 _RATE_RE = re.compile(r"([1-9][0-9]{0,8})/([smh])")
 _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -22,10 +22,7 @@ def _rate_spec(check: _Check, key: str, value: Any) -> Any:
     return int(match.group(1)), _RATE_UNITS[match.group(2)]
 
 
-def _rate_key(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _RATE_KEY_RE.fullmatch(value):
-        return value
-    return check.bad(key, '"client_ip", "header:NAME" or "filter" (the key the route\'s filters set)', value)
+_rate_key = _matching(_RATE_KEY_RE, '"client_ip", "header:NAME" or "filter" (the key the route\'s filters set)')
 
 
 def _buckets(check: _Check, key: str, value: Any) -> Any:

@@ -13,7 +13,9 @@ from fastmesh.config.sections.plugins import _filters
 from fastmesh.config.sections.rate_limits import _rate_limit
 from fastmesh.config.sections.tls import _identities
 from fastmesh.config.values import _is_host, _is_ip_host
-from fastmesh.config.walk import BAD, _all_good, _array, _Check, _choices, _key, _name, Parser, _table
+from fastmesh.config.walk import (
+    BAD, _all_good, _array, _Check, _choices, _key, _matching, _name, Parser, _table,
+)
 
 PATH_KEYS = ("path", "path_prefix", "path_regex")
 _METHOD_RE = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]+")
@@ -32,10 +34,7 @@ def _route_host(check: _Check, key: str, value: Any) -> Any:
     return check.bad(key, 'a host name like "api.example.com" or "*.example.com" (no port)', value)
 
 
-def _path(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _PATH_RE.fullmatch(value):
-        return value
-    return check.bad(key, 'a path starting with "/" (no spaces, control characters, "?" or "#")', value)
+_path = _matching(_PATH_RE, 'a path starting with "/" (no spaces, control characters, "?" or "#")')
 
 
 def _regex(check: _Check, key: str, value: Any) -> Any:
@@ -48,10 +47,7 @@ def _regex(check: _Check, key: str, value: Any) -> Any:
     return value
 
 
-def _method(check: _Check, key: str, value: Any) -> Any:
-    if isinstance(value, str) and _METHOD_RE.fullmatch(value):
-        return value
-    return check.bad(key, 'an HTTP method in upper case, like "GET"', value)
+_method = _matching(_METHOD_RE, 'an HTTP method in upper case, like "GET"')
 
 
 def _methods(check: _Check, key: str, value: Any) -> Any:

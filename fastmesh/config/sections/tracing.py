@@ -7,7 +7,7 @@ from typing import Any
 
 from fastmesh.config.schema import ListenerTracing, TraceExport, Tracing
 from fastmesh.config.sections.headers import _headers
-from fastmesh.config.walk import BAD, _Check, _duration, _flag, _key, _table, _text, _whole
+from fastmesh.config.walk import BAD, _Check, _duration, _flag, _key, _matching, _table, _text, _whole
 from fastmesh.errors import ConfigError
 
 
@@ -27,11 +27,8 @@ def _listener_tracing(check: _Check, key: str, value: Any) -> Any:
     return ListenerTracing(**fields)
 
 
-def _otlp_url(check: _Check, key: str, value: Any) -> Any:
-    expected = 'an http:// or https:// URL like "http://127.0.0.1:4318/v1/traces"'
-    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s]*)?", value):
-        return check.bad(key, expected, value)
-    return value
+_OTLP_URL_RE = re.compile(r"https?://[^\s/?#]+(?:/[^\s]*)?")
+_otlp_url = _matching(_OTLP_URL_RE, 'an http:// or https:// URL like "http://127.0.0.1:4318/v1/traces"')
 
 
 def _trace_export(check: _Check, key: str, value: Any) -> Any:
