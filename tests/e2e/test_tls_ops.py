@@ -465,10 +465,12 @@ def test_the_ticket_secret_rotates_and_tickets_still_resume_on_every_worker_a_re
     import signal
     from fastmesh._testbase.run import Run
     server = pki.issue("web.test")
-    port, backend, period = free_port(), free_port(), 3.0
+    port, backend, admin, period = free_port(), free_port(), free_port(), 3.0
     text = f"""
 workers = 2
 ticket_secret_rotation = "3s"
+[admin]
+listen = "127.0.0.1:{admin}"
 [[listeners]]
 name = "edge"
 listen = "127.0.0.1:{port}"
