@@ -15,8 +15,20 @@ from cpython.long cimport PyLong_CheckExact
 from cpython.dict cimport PyDict_CheckExact
 from cpython.object cimport PyObject_GenericSetAttr
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+
+
 cdef object _new = object.__new__
-cdef tuple _KNOWN = ("address", "weight", "priority", "zone", "metadata")
+
+
+cdef inline object _untracked(object e):
+    """e, out of the cyclic collector's lists: an Endpoint holds a str and three ints and is frozen, so it can be
+    in no cycle, and reference counting frees it alike. 10,000 of them an update, kept as long as their set: the
+    collector no longer walks them in every young collection after an update nor in every full one after that."""
+    PyObject_GC_UnTrack(<void *>e)
+    return e
+cdef object _ABSENT = object()         # a key the item does not have (None is a value a file can give)
 
 
 cdef Py_ssize_t _host_end(const char *s, Py_ssize_t n) noexcept:
@@ -52,11 +64,8 @@ cdef long _port(const char *s, Py_ssize_t n) noexcept:
     return value if value <= 65535 else -1
 
 
-cdef object _whole(dict item, str key, long default, long low, long high):
-    """item[key] when it is an int (not a bool) from low to high, default when absent; None otherwise."""
-    value = item.get(key)
-    if value is None:
-        return default if key not in item else None
+cdef object _whole(value, long low, long high):
+    """value when it is an int (not a bool) from low to high; None otherwise."""
     if not PyLong_CheckExact(value):
         return None
     if not low <= value <= high:
@@ -75,7 +84,7 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
     i) parses an item the fast path does not take (or raises). Addresses are compared as canonically spelled."""
     cdef list out = []
     cdef set seen = set()
-    cdef Py_ssize_t i, n, host_len, known
+    cdef Py_ssize_t i, n, host_len, known, before
     cdef long port
     cdef const char *s
     cdef dict item_dict
@@ -90,18 +99,19 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
             address = item
         elif PyDict_CheckExact(item):
             item_dict = <dict>item
-            known = 0
-            for key in _KNOWN:
-                if key in item_dict:
-                    known += 1
             address = item_dict.get("address")
-            if known != len(item_dict) or not isinstance(address, str):
+            weight = item_dict.get("weight", _ABSENT)
+            priority = item_dict.get("priority", _ABSENT)
+            # Three lookups for the common item; the keys accepted but unused are looked for only when the item
+            # has more keys than those found.
+            known = (address is not None) + (weight is not _ABSENT) + (priority is not _ABSENT)
+            if known != len(item_dict):
+                known += ("zone" in item_dict) + ("metadata" in item_dict) + ("address" in item_dict
+                                                                              and address is None)
+            weight = 1 if weight is _ABSENT else _whole(weight, 1, max_weight)
+            priority = 0 if priority is _ABSENT else _whole(priority, 0, max_priority)
+            if known != len(item_dict) or not isinstance(address, str) or weight is None or priority is None:
                 address = None
-            else:
-                weight = _whole(item_dict, "weight", 1, 1, max_weight)
-                priority = _whole(item_dict, "priority", 0, 0, max_priority)
-                if weight is None or priority is None:
-                    address = None
         port = -1
         if address is not None and (<str>address).isascii():     # (and no lone surrogate: it has no UTF-8 form)
             s = PyUnicode_AsUTF8AndSize(address, &n)
@@ -117,12 +127,12 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
             PyObject_GenericSetAttr(e, "port", port)
             PyObject_GenericSetAttr(e, "weight", weight)
             PyObject_GenericSetAttr(e, "priority", priority)
+            _untracked(e)
             key = <str>address          # "a.b.c.d:port", canonical already
-        if key in seen:
-            if repeated is None:
-                repeated = key
-        else:
-            seen.add(key)
+        before = len(seen)
+        seen.add(key)                   # (one hash lookup: the set grows unless the address was listed before)
+        if len(seen) == before and repeated is None:
+            repeated = key
         out.append(e)
     return out, repeated
 
@@ -142,7 +152,7 @@ def make_endpoints(list hosts, list ports, list weights, list priorities, object
         PyObject_GenericSetAttr(e, "port", ports[i])
         PyObject_GenericSetAttr(e, "weight", weights[i])
         PyObject_GenericSetAttr(e, "priority", priorities[i])
-        out[i] = e
+        out[i] = _untracked(e)
     return out
 
 
