@@ -123,7 +123,7 @@ class ClusterSlots:
         """The address of every slot, as bytes for the layout key: the live hosts joined, their ports and the holes
         packed (no string formatted, no Python loop per endpoint: made per update in every process)."""
         hosts = "\n".join(map(_HOST, self.live)).encode()
-        return (hosts + b"\0" + array("l", map(_PORT, self.live)).tobytes() + b"\0"
+        return (hosts + b"\0" + array("l", list(map(_PORT, self.live))).tobytes() + b"\0"
                 + array("l", self.holes).tobytes())
 
     def field(self, name: str) -> int:
