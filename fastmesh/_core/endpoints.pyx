@@ -13,13 +13,20 @@ the error it names: the two agree on everything the fast path takes.
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.long cimport PyLong_CheckExact
 from cpython.dict cimport PyDict_CheckExact
-from cpython.object cimport PyObject_GenericSetAttr
+from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
+    PyTypeObject PyBaseObject_Type
 
 
-cdef object _new = object.__new__
+cdef tuple _NO_ARGS = ()
+
+
+cdef inline object _new(type cls):
+    """object.__new__(cls) without the Python call (its argument parsing and checks took half of making an
+    Endpoint). cls is a plain Python class (Endpoint): object's own tp_new is the one its instances need."""
+    return PyBaseObject_Type.tp_new(cls, <PyObject *>_NO_ARGS, NULL)
 
 
 cdef inline object _untracked(object e):
@@ -122,7 +129,7 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
             e = slow(item, i)
             key = _key(e)
         else:
-            e = _new(endpoint)
+            e = _new(<type>endpoint)
             PyObject_GenericSetAttr(e, "host", (<str>address)[:host_len])     # (as in make_endpoints)
             PyObject_GenericSetAttr(e, "port", port)
             PyObject_GenericSetAttr(e, "weight", weight)
@@ -145,7 +152,7 @@ def make_endpoints(list hosts, list ports, list weights, list priorities, object
         raise ValueError(f"columns of {n}, {len(ports)}, {len(weights)} and {len(priorities)} entries")
     cdef list out = [None] * n
     for i in range(n):
-        e = _new(endpoint)
+        e = _new(<type>endpoint)
         # The generic setattr (not the frozen dataclass's, which refuses): the values go into the instance's inline
         # slots, with no __dict__ object made for each endpoint.
         PyObject_GenericSetAttr(e, "host", hosts[i])
