@@ -18,10 +18,10 @@ Run: python -m bench.micro.discovery_update [N [ROUNDS PAUSE]]
 (ROUNDS updates in the instance, PAUSE seconds apart: 30 and 0.2 show what a busy source costs while the counter
 blocks of earlier updates are still kept; the default is 6 back to back.)
 
-Measured with N = 10,000 on a 2-core machine shared with other work (load 0.5 to 2.7: the CPU per update is the
-number to compare, the wall times are mostly waiting for a core), two runs: supervisor 27 and 27 ms of CPU per
-update, each worker 17 to 20 ms; from the rename to both answers a median of 64 ms at load 0.9, 104 ms at load 2.
-The commit before, alternated with it: supervisor 53 and 40 ms, workers 20 to 28 ms, 92 and 76 ms from the rename.
+Measured with N = 10,000 on a 2-core machine shared with other work (load 0.5 to 3.5: the CPU per update is the
+number to compare, the wall times are mostly waiting for a core), six runs: supervisor a median of 29 ms of CPU per
+update (27 to 43), each worker 17 to 25 ms; from the rename to both answers a median of 94 ms (64 ms at load 0.9).
+The commit before, alternated with it (five runs): supervisor 47 ms (40 to 53), workers 20 to 28 ms, 119 ms.
 README.md's discovery section ("Measured") has the instruction counts and what each part costs.
 """
 from __future__ import annotations
