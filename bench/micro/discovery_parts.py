@@ -15,8 +15,10 @@ with the interpreter itself (not a shell shim) and PYTHONHASHSEED=0.
     valgrind --tool=callgrind python -m bench.micro.discovery_parts --supervise K     (K = 1, 2, 3)
 does the supervisor's part of the first K of three file updates the same way: the file's bytes parsed
 (discovery/file.py parse_file), arranged and given slots (the source's publish and the manager's next_slots),
-then the changed set encoded for the workers and the counter layout made (process/reload.py), each step inside
-the garbage-collector pause the supervisor runs it in.
+then the changed set encoded for the workers and the counter layout made (process/reload.py), and the counter
+blocks of two worker slots moved to it as a hand-off does (WorkerStats.relayout: the old blocks looked at and a
+new one made per worker; freeze and thaw around each worker's part, which adopts its new block here), each step
+inside the garbage-collector pause the supervisor runs it in.
 """
 from __future__ import annotations
 
@@ -94,13 +96,15 @@ async def apply(k: int) -> None:
 
 def supervise(k: int) -> None:
     import json
-    from fastmesh.dataplane.stats import StatsLayout
+    from fastmesh.dataplane.stats import StatsLayout, WorkerStats
     from fastmesh.discovery.base import Source
     from fastmesh.discovery.file import parse_file
     from fastmesh.gcpause import collector_paused
     cfg, slots = base()
     files = [json.dumps(endpoints(N, (r + 1) * 7)).encode() for r in range(3)]
     kept = []
+    stats = WorkerStats(StatsLayout(cfg))
+    workers = {n: adopt(stats, n) for n in (0, 1)}     # two workers counting into their first blocks
     for data in files[:k]:
         gc.collect()                    # (as in apply(): no full collection left over from the update before)
         with collector_paused():        # FileSource.run: read, parse, publish (slots)
@@ -111,7 +115,23 @@ def supervise(k: int) -> None:
             holes = {"big": holes_of(slots)}
             payload = encode_sets({"big": (cluster.endpoints, holes["big"])})
             layout = StatsLayout(dataclasses.replace(cfg, clusters={"big": cluster}), holes)
+            stats.relayout(layout)
+            for n in workers:
+                stats.fd_for(n)
+                stats.freeze(n)
+                workers[n] = adopt(stats, n)
+                stats.thaw(n)
         kept.append((found, payload, layout))
+    stats.close()
+
+
+def adopt(stats: Any, n: int) -> Any:
+    """What worker n does with the block the supervisor hands it: map it and mark it as counted into."""
+    from fastmesh._core.stats import StatsBlock
+    from fastmesh.dataplane.stats import HEADER
+    block = StatsBlock.map(stats.fd_for(n), stats.layout.size)
+    block[HEADER["pid"]] = 1000 + n
+    return block
 
 
 def main() -> None:

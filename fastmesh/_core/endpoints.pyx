@@ -13,10 +13,29 @@ the error it names: the two agree on everything the fast path takes.
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.long cimport PyLong_CheckExact
 from cpython.dict cimport PyDict_CheckExact
-from cpython.object cimport PyObject_GenericSetAttr
+from cpython.object cimport PyObject, PyObject_GenericSetAttr, PyTypeObject
 
-cdef object _new = object.__new__
-cdef tuple _KNOWN = ("address", "weight", "priority", "zone", "metadata")
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+    PyTypeObject PyBaseObject_Type
+
+
+cdef tuple _NO_ARGS = ()
+
+
+cdef inline object _new(type cls):
+    """object.__new__(cls) without the Python call (its argument parsing and checks took half of making an
+    Endpoint). cls is a plain Python class (Endpoint): object's own tp_new is the one its instances need."""
+    return PyBaseObject_Type.tp_new(cls, <PyObject *>_NO_ARGS, NULL)
+
+
+cdef inline object _untracked(object e):
+    """e, out of the cyclic collector's lists: an Endpoint holds a str and three ints and is frozen, so it can be
+    in no cycle, and reference counting frees it alike. 10,000 of them an update, kept as long as their set: the
+    collector no longer walks them in every young collection after an update nor in every full one after that."""
+    PyObject_GC_UnTrack(<void *>e)
+    return e
+cdef object _ABSENT = object()         # a key the item does not have (None is a value a file can give)
 
 
 cdef Py_ssize_t _host_end(const char *s, Py_ssize_t n) noexcept:
@@ -52,11 +71,8 @@ cdef long _port(const char *s, Py_ssize_t n) noexcept:
     return value if value <= 65535 else -1
 
 
-cdef object _whole(dict item, str key, long default, long low, long high):
-    """item[key] when it is an int (not a bool) from low to high, default when absent; None otherwise."""
-    value = item.get(key)
-    if value is None:
-        return default if key not in item else None
+cdef object _whole(value, long low, long high):
+    """value when it is an int (not a bool) from low to high; None otherwise."""
     if not PyLong_CheckExact(value):
         return None
     if not low <= value <= high:
@@ -75,7 +91,7 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
     i) parses an item the fast path does not take (or raises). Addresses are compared as canonically spelled."""
     cdef list out = []
     cdef set seen = set()
-    cdef Py_ssize_t i, n, host_len, known
+    cdef Py_ssize_t i, n, host_len, known, before
     cdef long port
     cdef const char *s
     cdef dict item_dict
@@ -90,18 +106,19 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
             address = item
         elif PyDict_CheckExact(item):
             item_dict = <dict>item
-            known = 0
-            for key in _KNOWN:
-                if key in item_dict:
-                    known += 1
             address = item_dict.get("address")
-            if known != len(item_dict) or not isinstance(address, str):
+            weight = item_dict.get("weight", _ABSENT)
+            priority = item_dict.get("priority", _ABSENT)
+            # Three lookups for the common item; the keys accepted but unused are looked for only when the item
+            # has more keys than those found.
+            known = (address is not None) + (weight is not _ABSENT) + (priority is not _ABSENT)
+            if known != len(item_dict):
+                known += ("zone" in item_dict) + ("metadata" in item_dict) + ("address" in item_dict
+                                                                              and address is None)
+            weight = 1 if weight is _ABSENT else _whole(weight, 1, max_weight)
+            priority = 0 if priority is _ABSENT else _whole(priority, 0, max_priority)
+            if known != len(item_dict) or not isinstance(address, str) or weight is None or priority is None:
                 address = None
-            else:
-                weight = _whole(item_dict, "weight", 1, 1, max_weight)
-                priority = _whole(item_dict, "priority", 0, 0, max_priority)
-                if weight is None or priority is None:
-                    address = None
         port = -1
         if address is not None and (<str>address).isascii():     # (and no lone surrogate: it has no UTF-8 form)
             s = PyUnicode_AsUTF8AndSize(address, &n)
@@ -112,17 +129,17 @@ def parse_endpoints(list items, object slow, object endpoint, long max_weight, l
             e = slow(item, i)
             key = _key(e)
         else:
-            e = _new(endpoint)
+            e = _new(<type>endpoint)
             PyObject_GenericSetAttr(e, "host", (<str>address)[:host_len])     # (as in make_endpoints)
             PyObject_GenericSetAttr(e, "port", port)
             PyObject_GenericSetAttr(e, "weight", weight)
             PyObject_GenericSetAttr(e, "priority", priority)
+            _untracked(e)
             key = <str>address          # "a.b.c.d:port", canonical already
-        if key in seen:
-            if repeated is None:
-                repeated = key
-        else:
-            seen.add(key)
+        before = len(seen)
+        seen.add(key)                   # (one hash lookup: the set grows unless the address was listed before)
+        if len(seen) == before and repeated is None:
+            repeated = key
         out.append(e)
     return out, repeated
 
@@ -135,14 +152,14 @@ def make_endpoints(list hosts, list ports, list weights, list priorities, object
         raise ValueError(f"columns of {n}, {len(ports)}, {len(weights)} and {len(priorities)} entries")
     cdef list out = [None] * n
     for i in range(n):
-        e = _new(endpoint)
+        e = _new(<type>endpoint)
         # The generic setattr (not the frozen dataclass's, which refuses): the values go into the instance's inline
         # slots, with no __dict__ object made for each endpoint.
         PyObject_GenericSetAttr(e, "host", hosts[i])
         PyObject_GenericSetAttr(e, "port", ports[i])
         PyObject_GenericSetAttr(e, "weight", weights[i])
         PyObject_GenericSetAttr(e, "priority", priorities[i])
-        out[i] = e
+        out[i] = _untracked(e)
     return out
 
 

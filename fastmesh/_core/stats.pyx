@@ -111,6 +111,16 @@ cdef class StatsBlock:
             memcpy(out.data.as_voidptr, self.base, self.size * sizeof(uint64_t))
         return out
 
+    def any_set(self, Py_ssize_t start, Py_ssize_t count):
+        """Whether any of the `count` slots from `start` is non-zero: one C loop where the supervisor would
+        otherwise index 10,000 endpoint gauges of every old block in Python."""
+        cdef uint64_t *p = self.region(start, count)
+        cdef Py_ssize_t i
+        for i in range(count):
+            if p[i]:
+                return True
+        return False
+
     def clear(self, Py_ssize_t start=HEADER_SLOTS):
         """Zero the slots from start on (the header stays)."""
         if 0 <= start < self.size:

@@ -145,8 +145,9 @@ def encode_sets(sets: Mapping[str, tuple[Sequence[Endpoint], Sequence[int]]]) ->
     likewise or one number when all are equal, the holes as (first, length) runs. JSON around them."""
     out = {}
     for name, (endpoints, holes) in sets.items():
+        # (Arrays made from lists: from an iterator, an array grows one item at a time.)
         out[name] = {"count": len(endpoints), "hosts": " ".join(map(_HOST, endpoints)),
-                     "ports": base64.b64encode(array(_U16, map(_PORT, endpoints)).tobytes()).decode("ascii"),
+                     "ports": base64.b64encode(array(_U16, list(map(_PORT, endpoints))).tobytes()).decode("ascii"),
                      "weights": _numbers(list(map(_WEIGHT, endpoints))),
                      "priorities": _numbers(list(map(_PRIORITY, endpoints))),
                      "holes": hole_runs(holes)}

@@ -124,7 +124,7 @@ class ClusterSlots:
         """The address of every slot, as bytes for the layout key: the live hosts joined, their ports and the holes
         packed (no string formatted, no Python loop per endpoint: made per update in every process)."""
         hosts = "\n".join(map(_HOST, self.live)).encode()
-        return (hosts + b"\0" + array("l", map(_PORT, self.live)).tobytes() + b"\0"
+        return (hosts + b"\0" + array("l", list(map(_PORT, self.live))).tobytes() + b"\0"
                 + array("l", self.holes).tobytes())
 
     def field(self, name: str) -> int:
@@ -234,12 +234,11 @@ class StatsLayout:
         return frozenset(gauges)
 
     @functools.cached_property
-    def actives(self) -> tuple[int, ...]:
-        """Open connections that count into a block: while any is non-zero, something may still write there."""
-        actives = [ls.offset + LISTENER_FIELDS.index("active") for ls in self.listeners]
-        for cs in self.clusters.values():
-            start = cs.endpoint_field("active")
-            actives.extend(range(start, start + cs.count))
+    def actives(self) -> tuple[tuple[int, int], ...]:
+        """Open connections that count into a block, as (first slot, count) runs: while any is non-zero, something
+        may still write there. Runs, not slots: a cluster's are one run, checked in one C loop (StatsBlock.any_set)."""
+        actives = [(ls.offset + LISTENER_FIELDS.index("active"), 1) for ls in self.listeners]
+        actives.extend((cs.endpoint_field("active"), cs.count) for cs in self.clusters.values())
         return tuple(actives)
 
     def _key(self) -> int:
@@ -434,7 +433,8 @@ class WorkerStats:
         self.layout = layout
         self.slots: dict[int, list[_Generation]] = {}
         self.retired = array("Q", bytes(8 * layout.size))
-        self.frozen: dict[int, list[tuple[StatsLayout, array[int]]]] = {}   # slot -> its blocks while reloading
+        # slot -> (i, copies of its blocks from the i-th on) while it reloads: the blocks it moves counters between
+        self.frozen: dict[int, tuple[int, list[tuple[StatsLayout, array[int]]]]] = {}
         self.restarts = 0                                   # workers restarted after an unexpected exit
         self.reloads = {"ok": 0, "failed": 0}               # config reloads by result
         self._translations: dict[tuple[int, int], Translation] = {}
@@ -490,8 +490,13 @@ class WorkerStats:
         return True
 
     def freeze(self, n: int) -> None:
-        """Worker n is about to move counters between its blocks: read its values as of now until thaw(n)."""
-        self.frozen[n] = [(g.layout, g.block.snapshot()) for g in self.slots.get(n, [])]
+        """Worker n is about to move counters between its blocks: read its values as of now until thaw(n). It
+        moves them from the block it counts into (the newest one a worker attached to) to the newer ones; the older
+        blocks only go on counting what a reload retired, so they are read as they are, not copied: with one block
+        per discovery update kept for FOLD_QUIET, copying them all took more CPU than the rest of an update."""
+        gens = self.slots.get(n, [])
+        first = max((i for i, g in enumerate(gens) if g.block[HEADER["pid"]]), default=0)
+        self.frozen[n] = (first, [(g.layout, g.block.snapshot()) for g in gens[first:]])
 
     def thaw(self, n: int) -> None:
         self.frozen.pop(n, None)
@@ -538,7 +543,7 @@ class WorkerStats:
                     self._drop(g)               # never adopted by a worker: nothing was counted there
                     continue
                 if i < attached:
-                    if any(g.block[a] for a in g.layout.actives):
+                    if any(g.block.any_set(first, count) for first, count in g.layout.actives):
                         g.quiet_since = None
                     elif g.quiet_since is None:
                         g.quiet_since = now
@@ -563,7 +568,8 @@ class WorkerStats:
                 workers[n] = block.snapshot()
                 block.add_to(totals)
                 continue
-            parts = self.frozen.get(n) or [(g.layout, g.block.snapshot()) for g in gens]
+            first, frozen = self.frozen.get(n, (len(gens), []))
+            parts = [(g.layout, g.block.snapshot()) for g in gens[:first]] + frozen
             attached = [(layout, v) for layout, v in parts if v[HEADER["pid"]]]
             if not attached:
                 continue

@@ -66,6 +66,9 @@ class DiscoveryManager:
         self.specs: dict[str, Discovery] = {}           # cluster name -> the settings its source runs with
         self.sets: dict[str, list[Endpoint]] = {}       # cluster name -> the last endpoint set published
         self.slots: dict[str, Slots] = {}               # cluster name -> that set in its slots (None: a hole)
+        # cluster name -> (its live endpoints in slot order, its holes): what fill() and holes() hand on, made once
+        # per published set, not per hand-off (two walks over 20,000 slots after an update replacing 10,000)
+        self.placed: dict[str, tuple[list[Endpoint], tuple[int, ...]]] = {}
         self.changed = asyncio.Event()                  # a set changed since the last hand-off
         self.dirty: set[str] = set()                    # the clusters whose set changed since the last hand-off
         self.naming: Source | None = None               # the naming table's source, when it is watched
@@ -174,6 +177,7 @@ class DiscoveryManager:
                 del self.sources[name], self.specs[name]
                 self.sets.pop(name, None)
                 self.slots.pop(name, None)
+                self.placed.pop(name, None)
         for name, spec in wanted.items():
             if name not in self.sources:
                 source = make_source(name, spec, folder, self._publisher(name))
@@ -198,7 +202,8 @@ class DiscoveryManager:
             if self.sets.get(name) != endpoints:
                 log.info("cluster %s: %d endpoint(s) from %s", name, len(endpoints), self.sources[name].kind)
                 self.sets[name] = endpoints
-                self.slots[name] = next_slots(self.slots.get(name), endpoints)
+                slots = self.slots[name] = next_slots(self.slots.get(name), endpoints)
+                self.placed[name] = (live(slots), holes_of(slots) if None in slots else ())
                 self.dirty.add(name)
                 self.changed.set()
         return publish
@@ -241,8 +246,8 @@ class DiscoveryManager:
                 cfg.clusters[name].template is not None}
         every = {**{n: c for n, c in cfg.clusters.items() if c.template is None}, **made}
         for name, cluster in every.items():
-            found = self.slots.get(name) if cluster.discovery is not None else None
-            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=live(found))
+            found = self.placed.get(name) if cluster.discovery is not None else None
+            clusters[name] = cluster if found is None else dataclasses.replace(cluster, endpoints=found[0])
         naming = cfg.naming
         if naming.source is not None and self.table is not None:
             naming = dataclasses.replace(naming, rules=list(self.table))
@@ -252,9 +257,9 @@ class DiscoveryManager:
         """Per discovered cluster of cfg with holes in its slots: their indexes (what fill() left out)."""
         out = {}
         for name, cluster in cfg.clusters.items():
-            slots = self.slots.get(name) if cluster.discovery is not None else None
-            if slots is not None and None in slots:
-                out[name] = holes_of(slots)
+            placed = self.placed.get(name) if cluster.discovery is not None else None
+            if placed is not None and placed[1]:
+                out[name] = placed[1]
         return out
 
     def status(self) -> dict[str, dict[str, Any]]:

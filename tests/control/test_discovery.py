@@ -150,7 +150,9 @@ def test_compiled_endpoint_parsing_agrees_with_the_python_parser() -> None:
         {"address": "1.2.3.4:5", "weight": 2.0}, {"address": "1.2.3.4:5", "weight": None},
         {"address": "1.2.3.4:5", "weight": 10 ** 30}, {"address": "1.2.3.4:5", "priority": -1},
         {"address": "1.2.3.4:5", "priority": 65536}, {"address": "1.2.3.4:5", "port": 1}, {"weight": 1},
-        {"address": 5}, 5, None, [], ["1.2.3.4:5"],
+        {"address": 5}, 5, None, [], ["1.2.3.4:5"], {"address": None}, {"address": None, "weight": 1},
+        {"address": "1.2.3.4:5", "zone": None, "metadata": None}, {"address": "1.2.3.4:5", "priority": None},
+        {"address": "1.2.3.4:5", "zone": "z", "extra": 1}, {"address": "1.2.3.4:5", "weight": 2, "extra": 1},
     ]
     rnd = random.Random(11)
     octets = ["0", "1", "9", "01", "00", "99", "100", "199", "200", "249", "250", "255", "256", "300", "", "a"]

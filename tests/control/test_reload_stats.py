@@ -126,6 +126,35 @@ def test_changes_of_shape_with_no_reader_keep_few_blocks(monkeypatch: pytest.Mon
         stats.close()
 
 
+def test_an_old_block_with_an_upstream_connection_open_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last endpoint's open-connection gauge alone keeps an old block from being folded; once it is back to
+    zero the block is folded, and what it counted stays in the totals."""
+    monkeypatch.setattr(stats_mod, "FOLD_QUIET", 0.0)
+    old, new = StatsLayout(loads_config(BEFORE)), StatsLayout(loads_config(AFTER))
+    stats = WorkerStats(old)
+    try:
+        b1 = StatsBlock.map(stats.fd_for(0), old.size)
+        b1[HEADER["pid"]] = 4242
+        one = old.clusters["one"]
+        last = one.endpoint_field("active") + one.count - 1
+        b1[last] = 1                                         # an upstream connection still open there
+        b1[one.endpoint_field("opened") + one.count - 1] = 4
+        stats.relayout(new)
+        b2 = StatsBlock.map(stats.fd_for(0), new.size)
+        b2[HEADER["pid"]] = 4242
+        for _ in range(3):
+            stats.collect()
+        assert len(stats.slots[0]) == 2
+        b1[last] = 0                                         # it closed
+        stats.collect()
+        stats.collect()
+        assert len(stats.slots[0]) == 1
+        eps = {e["address"]: e for e in stats.collect().clusters()["one"]["endpoints"]}
+        assert eps["127.0.0.1:11"]["connections"] == 4       # (the last endpoint of BEFORE)
+    finally:
+        stats.close()
+
+
 def test_reload_block_adopts_only_a_block_of_the_new_shape() -> None:
     old, new = StatsLayout(loads_config(BEFORE)), StatsLayout(loads_config(AFTER))
     stats = WorkerStats(old)

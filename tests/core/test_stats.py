@@ -67,6 +67,17 @@ def test_add_to_sums_with_wraparound() -> None:
         block.add_to(array("Q", [0]))
 
 
+def test_any_set_looks_at_a_run_of_slots_only() -> None:
+    block = StatsBlock(HEADER_SIZE + 10)
+    block[0] = 1                                            # (a header slot)
+    assert not block.any_set(HEADER_SIZE, 10) and not block.any_set(HEADER_SIZE + 3, 0)
+    block[HEADER_SIZE + 9] = 2**64 - 1                      # a gauge at -1 is not zero either
+    assert block.any_set(HEADER_SIZE, 10) and block.any_set(HEADER_SIZE + 9, 1)
+    assert not block.any_set(HEADER_SIZE, 9)
+    with pytest.raises(ValueError):
+        block.any_set(HEADER_SIZE + 5, 6)                   # past the end: a layout bug, not False
+
+
 def test_status_classes_and_histogram() -> None:
     block = StatsBlock(HEADER_SIZE + len(STATUS_CLASSES) + HISTOGRAM_SIZE)
     for status in (100, 200, 204, 301, 404, 499, 500, 599, 99, 600, 0):
