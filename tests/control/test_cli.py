@@ -157,6 +157,23 @@ def test_run_refuses_a_port_another_reuseport_server_listens_on(tmp_path: Path) 
     assert "started (pid" not in result.stderr
 
 
+@pytest.mark.parametrize("busy", ["admin", "demo"])
+def test_run_says_why_the_admin_or_a_demo_port_is_busy(tmp_path: Path, busy: str) -> None:
+    # The admin server and demo backends bind after the listeners were checked: same words as for a listener.
+    admin_port, demo_port = free_port(), free_port()
+    cfg = tmp_path / "busy.toml"
+    cfg.write_text(config_text(free_port(), demo_port, admin_port) + f'[demo]\nbackends = ["127.0.0.1:{demo_port}"]\n')
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", admin_port if busy == "admin" else demo_port))
+        blocker.listen()
+        result = fastmesh("run", str(cfg), cwd=tmp_path)
+    assert result.returncode == 1
+    what = f"admin server: cannot listen on 127.0.0.1:{admin_port}" if busy == "admin" else \
+        f"demo backend 1 cannot listen on 127.0.0.1:{demo_port}"
+    assert f"{what}: address already in use (another program is listening there)" in result.stderr, result.stderr
+    assert "started (pid" not in result.stderr
+
+
 def test_check_reads_a_watched_naming_table_and_resolve_fails_on_a_broken_one(tmp_path: Path) -> None:
     (tmp_path / "fastmesh.toml").write_text(USERS_LISTENER + """[clusters.v1]
 endpoints = ["127.0.0.1:9001"]
