@@ -253,7 +253,8 @@ def _limits(lim: dict[str, Any]) -> str:
     text = (f"{lim['max_requests']} requests in flight{' (or the adaptive limit, if lower)' if lim['adaptive'] else ''}"
             f", {lim['max_connections']} connections ({queue}), {lim['max_retries']} retries in flight")
     workers = lim["workers"]
-    return text + f"; for the instance ({workers} worker{'s' if workers != 1 else ''} count together)"
+    # One worker (or one process) holds the instance's limits alone: nothing counts together then.
+    return text + "; for the instance" + (f" ({workers} workers count together)" if workers > 1 else "")
 
 
 def _table(rows: list[list[str]], indent: int = 0) -> list[str]:

@@ -235,3 +235,15 @@ max_clusters = 2
                "failed: " in down.stdout, down.stdout
     finally:
         etcd.stop()
+
+
+def test_explain_limits_line_with_one_worker_names_no_count(tmp_path: Path) -> None:
+    # With one worker the instance's limits are that worker's: "(1 worker count together)" said nothing true.
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "one.toml"
+    cfg.write_text(f'workers = 1\n[admin]\nlisten = "127.0.0.1:{admin}"\n' + http_listener(port)
+                   + 'cluster = "back"\n[clusters.back]\nendpoints = ["127.0.0.1:9"]\n')
+    result = fastmesh("explain", f"http://127.0.0.1:{port}/x", str(cfg), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    limits = next(line for line in result.stdout.splitlines() if line.startswith("limits"))
+    assert limits.endswith("retries in flight; for the instance"), limits
