@@ -247,3 +247,11 @@ def test_explain_limits_line_with_one_worker_names_no_count(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     limits = next(line for line in result.stdout.splitlines() if line.startswith("limits"))
     assert limits.endswith("retries in flight; for the instance"), limits
+
+
+def test_explain_without_an_instance_names_the_address_and_the_way_on(tmp_path: Path) -> None:
+    port = free_port()      # nothing listens there
+    result = fastmesh("explain", "http://127.0.0.1:4141/", "--admin", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"fastmesh explain: cannot reach the admin server at 127.0.0.1:{port}: " in result.stderr, result.stderr
+    assert "give CONFIG to explain from the config alone" in result.stderr
