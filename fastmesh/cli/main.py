@@ -130,7 +130,8 @@ def _positive_seconds(text: str) -> float:
 
 
 def _log_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", choices=LEVELS, default="info", help="(default: %(default)s)")
+    parser.add_argument("--log-level", choices=LEVELS, default="info",
+                        help="log lines of this level and above, to stderr (default: %(default)s)")
 
 
 def version_text() -> str:

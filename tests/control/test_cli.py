@@ -109,6 +109,16 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
     assert "_worker" not in result.stderr      # the supervisor's internal command stays out of the help
 
 
+@pytest.mark.parametrize("command", ["run", "check", "demo", "stat", "explain", "plugins"])
+def test_each_command_help_explains_every_option(tmp_path: Path, command: str) -> None:
+    result = fastmesh(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: fastmesh {command}"), result.stderr
+    # An option whose help is only its default ("--log-level ... (default: info)") tells a new user nothing.
+    assert not re.search(r"^\s+\(default:", result.stdout, re.MULTILINE), result.stdout
+    if command in ("run", "demo"):
+        assert "log lines of this level and above" in result.stdout
+
+
 def test_bad_log_level_is_a_usage_error(good_config: Path, tmp_path: Path) -> None:
     result = fastmesh("run", str(good_config), "--log-level", "loud", cwd=tmp_path)
     assert result.returncode == 2
