@@ -265,3 +265,14 @@ def test_explain_without_an_instance_names_the_address_and_the_way_on(tmp_path: 
     assert result.returncode == 1
     assert f"fastmesh explain: cannot reach the admin server at 127.0.0.1:{port}: " in result.stderr, result.stderr
     assert "give CONFIG to explain from the config alone" in result.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(good_config: Path, tmp_path: Path) -> None:
+    # `fastmesh check x.toml | head -1`: the pipe closes before fastmesh writes (it is still importing then).
+    proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "check", str(good_config)], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141       # as a process killed by SIGPIPE is reported by the shell
