@@ -11,6 +11,7 @@ from urllib.parse import urlencode, urlsplit
 
 from fastmesh.admin.explain import ExplainError, Question
 from fastmesh.cli.stat import StatError, admin_address
+from fastmesh.config.values import format_address
 
 TIMEOUT = 10.0      # seconds for the admin request (the supervisor asks every worker)
 
@@ -20,11 +21,15 @@ def main(url: str, method: str, headers: list[str], listener: str | None, client
     """Entry point of `fastmesh explain`; returns the exit code."""
     try:
         q = question(url, method, headers, listener, client)
+        where = admin_address(admin, config)
         try:
-            data = fetch(admin_address(admin, config), q)
+            data = fetch(where, q)
         except OSError as exc:
             if config is None:
-                raise StatError(f"cannot reach the admin server: {exc.strerror or exc}") from None
+                # Name the address tried and the way to go on without an instance, as a first run needs both.
+                raise StatError(f"cannot reach the admin server at {format_address(*where)}: "
+                                f"{exc.strerror or exc} (is fastmesh running? give CONFIG to explain from "
+                                f"the config alone)") from None
             data = offline(config, q)
     except (StatError, ExplainError) as exc:
         print(f"fastmesh explain: {exc}", file=sys.stderr)
@@ -253,7 +258,8 @@ def _limits(lim: dict[str, Any]) -> str:
     text = (f"{lim['max_requests']} requests in flight{' (or the adaptive limit, if lower)' if lim['adaptive'] else ''}"
             f", {lim['max_connections']} connections ({queue}), {lim['max_retries']} retries in flight")
     workers = lim["workers"]
-    return text + f"; for the instance ({workers} worker{'s' if workers != 1 else ''} count together)"
+    # One worker (or one process) holds the instance's limits alone: nothing counts together then.
+    return text + "; for the instance" + (f" ({workers} workers count together)" if workers > 1 else "")
 
 
 def _table(rows: list[list[str]], indent: int = 0) -> list[str]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +13,18 @@ from fastmesh.logs import LEVELS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return dispatch(argv)
+    except BrokenPipeError:
+        # `fastmesh check x.toml | head` closed our stdout early: that is the reader's choice, not a crash. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again, and exit as SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def dispatch(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and run the subcommand; returns its exit code."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "explain" and len(extra) == 1 and not extra[0].startswith("-") and args.config is None:
@@ -130,7 +144,8 @@ def _positive_seconds(text: str) -> float:
 
 
 def _log_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", choices=LEVELS, default="info", help="(default: %(default)s)")
+    parser.add_argument("--log-level", choices=LEVELS, default="info",
+                        help="log lines of this level and above, to stderr (default: %(default)s)")
 
 
 def version_text() -> str:

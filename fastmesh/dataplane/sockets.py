@@ -90,7 +90,7 @@ def _probe_one(host: str, addr: tuple[Any, ...]) -> str | None:
         try:
             sock.bind(addr)
         except OSError as exc:
-            return _bind_reason(exc)
+            return bind_reason(exc)
         family = sock.family
     # A process that listens with SO_REUSEPORT too (say, a second `fastmesh run` of the same config) lets the bind
     # pass, and the kernel would then split connections between the two: refuse to start in that case as well.
@@ -104,7 +104,8 @@ def _probe_one(host: str, addr: tuple[Any, ...]) -> str | None:
     return "another process is already listening there (a second fastmesh?)"
 
 
-def _bind_reason(exc: OSError) -> str:
+def bind_reason(exc: OSError) -> str:
+    """Why a bind failed, in words a user can act on (listeners, the admin server and demo backends alike)."""
     if exc.errno == errno.EADDRINUSE:
         return "address already in use (another program is listening there)"
     if exc.errno == errno.EACCES:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import cast
 
 from fastmesh.config.schema import Endpoint
-from fastmesh.dataplane.sockets import serving_socket
+from fastmesh.dataplane.sockets import bind_reason, serving_socket
 from fastmesh.httpwire import HeadError, body_framing, head_end, parse_request_head, parse_request_line
 
 log = logging.getLogger("fastmesh.demo")
@@ -196,8 +196,7 @@ async def start_demo(endpoints: Sequence[Endpoint]) -> DemoServers:
                 server = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True)
         except OSError as exc:
             await demo.close()
-            reason = exc.strerror or str(exc)
-            raise DemoError(f"demo backend {number} cannot listen on {endpoint.address}: {reason}") from exc
+            raise DemoError(f"demo backend {number} cannot listen on {endpoint.address}: {bind_reason(exc)}") from exc
         demo.backends.append(backend)
         demo.servers.append(server)
         log.info("demo backend %d listening on %s", number, endpoint.address)

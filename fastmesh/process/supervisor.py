@@ -14,7 +14,7 @@ from typing import Any
 
 from fastmesh._version import __version__
 from fastmesh.config.schema import Config
-from fastmesh.dataplane.sockets import probe_listeners
+from fastmesh.dataplane.sockets import bind_reason, probe_listeners
 from fastmesh.process.demo import DemoError, DemoServers, start_demo
 from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
@@ -166,7 +166,7 @@ class Supervisor:
             try:
                 await admin.start()
             except OSError as exc:
-                log.error("admin server: cannot listen on %s: %s", admin.address, exc.strerror or exc)
+                log.error("admin server: cannot listen on %s: %s", admin.address, bind_reason(exc))
                 return 1
             self.admin = admin
             from fastmesh.discovery.manager import watches

@@ -109,6 +109,16 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
     assert "_worker" not in result.stderr      # the supervisor's internal command stays out of the help
 
 
+@pytest.mark.parametrize("command", ["run", "check", "demo", "stat", "explain", "plugins"])
+def test_each_command_help_explains_every_option(tmp_path: Path, command: str) -> None:
+    result = fastmesh(command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: fastmesh {command}"), result.stderr
+    # An option whose help is only its default ("--log-level ... (default: info)") tells a new user nothing.
+    assert not re.search(r"^\s+\(default:", result.stdout, re.MULTILINE), result.stdout
+    if command in ("run", "demo"):
+        assert "log lines of this level and above" in result.stdout
+
+
 def test_bad_log_level_is_a_usage_error(good_config: Path, tmp_path: Path) -> None:
     result = fastmesh("run", str(good_config), "--log-level", "loud", cwd=tmp_path)
     assert result.returncode == 2
@@ -154,6 +164,23 @@ def test_run_refuses_a_port_another_reuseport_server_listens_on(tmp_path: Path) 
     result, port, _ = _run_against_busy_port(tmp_path, reuse_port=True)
     assert result.returncode == 1
     assert f"127.0.0.1:{port}: another process is already listening there" in result.stderr, result.stderr
+    assert "started (pid" not in result.stderr
+
+
+@pytest.mark.parametrize("busy", ["admin", "demo"])
+def test_run_says_why_the_admin_or_a_demo_port_is_busy(tmp_path: Path, busy: str) -> None:
+    # The admin server and demo backends bind after the listeners were checked: same words as for a listener.
+    admin_port, demo_port = free_port(), free_port()
+    cfg = tmp_path / "busy.toml"
+    cfg.write_text(config_text(free_port(), demo_port, admin_port) + f'[demo]\nbackends = ["127.0.0.1:{demo_port}"]\n')
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", admin_port if busy == "admin" else demo_port))
+        blocker.listen()
+        result = fastmesh("run", str(cfg), cwd=tmp_path)
+    assert result.returncode == 1
+    what = f"admin server: cannot listen on 127.0.0.1:{admin_port}" if busy == "admin" else \
+        f"demo backend 1 cannot listen on 127.0.0.1:{demo_port}"
+    assert f"{what}: address already in use (another program is listening there)" in result.stderr, result.stderr
     assert "started (pid" not in result.stderr
 
 
@@ -218,3 +245,34 @@ max_clusters = 2
                "failed: " in down.stdout, down.stdout
     finally:
         etcd.stop()
+
+
+def test_explain_limits_line_with_one_worker_names_no_count(tmp_path: Path) -> None:
+    # With one worker the instance's limits are that worker's: "(1 worker count together)" said nothing true.
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "one.toml"
+    cfg.write_text(f'workers = 1\n[admin]\nlisten = "127.0.0.1:{admin}"\n' + http_listener(port)
+                   + 'cluster = "back"\n[clusters.back]\nendpoints = ["127.0.0.1:9"]\n')
+    result = fastmesh("explain", f"http://127.0.0.1:{port}/x", str(cfg), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    limits = next(line for line in result.stdout.splitlines() if line.startswith("limits"))
+    assert limits.endswith("retries in flight; for the instance"), limits
+
+
+def test_explain_without_an_instance_names_the_address_and_the_way_on(tmp_path: Path) -> None:
+    port = free_port()      # nothing listens there
+    result = fastmesh("explain", "http://127.0.0.1:4141/", "--admin", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"fastmesh explain: cannot reach the admin server at 127.0.0.1:{port}: " in result.stderr, result.stderr
+    assert "give CONFIG to explain from the config alone" in result.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(good_config: Path, tmp_path: Path) -> None:
+    # `fastmesh check x.toml | head -1`: the pipe closes before fastmesh writes (it is still importing then).
+    proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "check", str(good_config)], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141       # as a process killed by SIGPIPE is reported by the shell

@@ -90,6 +90,12 @@ BAD = [
      'listeners[0].listen: expected "host:port" where host is an IP address or a hostname, got "10.0.0.256:4140"'),
     (LISTENER + 'protocol = "udp"\n' + CLUSTER,
      'listeners[0].protocol: expected one of the protocols ["tcp", "http"], got "udp"'),
+    (LISTENER + 'protocol = "https"\n' + CLUSTER,
+     'listeners[0].protocol: expected one of the protocols ["tcp", "http"], got "https" '
+     '(for HTTPS, protocol = "http" with a tls table)'),
+    (LISTENER + 'protocol = "grpc"\n' + CLUSTER,
+     'listeners[0].protocol: expected one of the protocols ["tcp", "http"], got "grpc" '
+     '(gRPC is served on http listeners)'),
     # http-only keys on a tcp listener (protocol given or left at its default)
     (LISTENER + 'header_timeout = "5s"\n' + CLUSTER, f"listeners[0].header_timeout: {HTTP_ONLY}"),
     (LISTENER + 'protocol = "tcp"\nmax_headers = 10\n' + CLUSTER, f"listeners[0].max_headers: {HTTP_ONLY}"),

@@ -159,7 +159,10 @@ def test_fastmesh_plugins_lists_installed_distribution(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     report = json.loads(out.stdout)
     by_name = {item["name"]: item for item in report["installed"]}
-    assert set(by_name) >= {"check-token", "ask-auth", "canary", "secure-headers", "http-registry", "jsonl"}
+    # Every worked example README names is listed, the rate-limit ones too.
+    assert set(by_name) >= {"check-token", "ask-auth", "canary", "secure-headers", "tenant-key", "ask-ratelimit",
+                            "http-registry", "jsonl"}
+    assert by_name["tenant-key"]["kinds"] == ["filter"] and by_name["ask-ratelimit"]["async"] is True
     assert by_name["check-token"]["kinds"] == ["filter"] and by_name["ask-auth"]["async"] is True
     assert by_name["secure-headers"]["kinds"] == ["filter"]          # a filter of answers only
     assert by_name["http-registry"]["kinds"] == ["discovery"] and by_name["jsonl"]["kinds"] == ["sink"]

@@ -15,8 +15,8 @@ from fastmesh.config.sections.tls import _listener_tls
 from fastmesh.config.sections.tracing import _listener_tracing
 from fastmesh.config.values import ADDRESS, _is_host
 from fastmesh.config.walk import (
-    BAD, _address, _all_good, _array, _Check, _choice, _duration, _flag, _fraction, _key, _matching, _name, Parser,
-    _table, _whole,
+    BAD, _address, _all_good, _array, _Check, _choice, _choices, _duration, _flag, _fraction, _key, _matching, _name,
+    Parser, show, _table, _whole,
 )
 from fastmesh.errors import ConfigError
 
@@ -71,12 +71,33 @@ def _http2(check: _Check, key: str, value: Any) -> Any:
     return BAD if fields is None else Http2(**fields)
 
 
+# Protocols a newcomer tries that are set another way: the error says which.
+_PROTOCOL_HINTS = {
+    "https": "for HTTPS, protocol = \"http\" with a tls table",
+    "tls": "TLS is a tls table on a tcp or http listener",
+    "h2": "HTTP/2 clients are served on http listeners",
+    "http2": "HTTP/2 clients are served on http listeners",
+    "grpc": "gRPC is served on http listeners",
+}
+_PLAIN_PROTOCOL = _choice("protocols", PROTOCOLS)
+
+
+def _protocol(check: _Check, key: str, value: Any) -> Any:
+    hint = _PROTOCOL_HINTS.get(value.lower()) if isinstance(value, str) else None
+    if hint is None:
+        return _PLAIN_PROTOCOL(check, key, value)
+    expected = f"one of the protocols {_choices(PROTOCOLS)}"
+    check.errors.append(ConfigError(check.source, key, expected, show(value),
+                                    reason=f"expected {expected}, got {show(value)} ({hint})"))
+    return BAD
+
+
 _COMMON_LISTENER_FIELDS: dict[str, Parser] = {
     "name": _name,
     "listen": _address,
     "cluster": _cluster_ref,
     "service": _service,
-    "protocol": _choice("protocols", PROTOCOLS),
+    "protocol": _protocol,
     "idle_timeout": _duration(allow_zero=False),
     "backlog": _whole(1, 65535),
     "max_connections": _whole(0, 1 << 24),
