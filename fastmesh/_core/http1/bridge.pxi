@@ -321,6 +321,7 @@ cdef class Bridge(LegOwner):
         d.resp_mark = ob_pending(&d.out)
         render_leg_response(&d.out, status, base, fields, n, &ex.response_edits, ex.retried_mark(status, marked),
                             length, self.chunked, d.client_keep, d.req_minor)
+        d.ex_out += ob_pending(&d.out) - d.resp_mark    # the head as sent, as on the HTTP/1.1 path
         d.resp_head_done = True
         if end:
             d.resp_done = True

@@ -537,6 +537,7 @@ cdef class Downstream(UpstreamUser):
         """A filter answered the request itself: its Answer goes to the client, counted and logged like any."""
         cdef Front proxy = self.proxy
         cdef bint keep
+        cdef Py_ssize_t queued
         self.rbuf.start += head_len
         try:
             status, reason, fields, body = answer_parts(answer, self.freq)
@@ -544,8 +545,10 @@ cdef class Downstream(UpstreamUser):
             self.respond_error(PE_PLUGIN, 0, self.req_done)
             return
         keep = self.client_keep and self.req_done
+        queued = ob_pending(&self.out)
         render_answer(&self.out, status, reason, fields, body, keep,
                       self.req_method == METHOD_HEAD)
+        self.ex_out += ob_pending(&self.out) - queued         # the whole answer, head and body, as sent
         self.end_request()
         self.status = status
         proxy.count_request(status)
@@ -717,6 +720,7 @@ cdef class Downstream(UpstreamUser):
                 # The body's framing broke before any byte of the head left: the head is withdrawn and the
                 # client gets a clean 502 instead.
                 self.ex.response_broke(up.endpoint, self.proxy.reactor.now)
+                self.ex_out -= ob_pending(&self.out) - self.resp_mark     # what is withdrawn was never sent
                 self.out.len = self.out.off + self.resp_mark
                 self.resp_head_done = False
                 self.respond_error(PE_BAD_RESPONSE, 0, self.req_done)
@@ -806,11 +810,14 @@ cdef class Downstream(UpstreamUser):
         cdef long long length
         cdef int kind, err, status = h.status
         cdef bint marked
+        cdef Py_ssize_t queued
         if 100 <= status < 200 and status != 101:
             # Interim answers: 100 only to a client that asked for it; 102/103 pass on.
             if status != 100 or self.req_expect:
+                queued = ob_pending(&self.out)
                 render_response(&self.out, buf, h, &self.ex.response_edits, -1, False, False, self.client_keep,
                                 self.req_minor)
+                self.ex_out += ob_pending(&self.out) - queued
             up.rbuf.start += head_len
             return 0
         marked = status >= 500 and marked_retried(buf, h)
@@ -843,6 +850,7 @@ cdef class Downstream(UpstreamUser):
         self.resp_fresh = True
         render_response(&self.out, buf, h, &self.ex.response_edits, self.ex.retried_mark(status, marked),
                         kind == BODY_TUNNEL, self.resp_body.dechunk, self.client_keep, self.req_minor)
+        self.ex_out += ob_pending(&self.out) - self.resp_mark     # the head as sent (ex_in counts the request's)
         up.rbuf.start += head_len
         self.resp_head_done = True
         if kind == BODY_TUNNEL:
@@ -890,6 +898,7 @@ cdef class Downstream(UpstreamUser):
         cdef Front proxy = self.proxy
         cdef int status
         cdef bint routed
+        cdef Py_ssize_t queued
         self.hold_exchange()              # a bad head has none yet: its answer is logged like any other
         routed = (self.state == DS_EXCHANGE or self.state == DS_BRIDGED) and self.ex.route >= 0
         cdef int endpoint = self.up.endpoint if self.up is not None else -1
@@ -903,9 +912,11 @@ cdef class Downstream(UpstreamUser):
         if err == PE_RATE_LIMITED:
             code = self.ex.retry_after        # render.pyx's Retry-After
         status = error_info(err).status if not (err == PE_BAD_REQUEST and code < 0) else error_status(code)
+        queued = ob_pending(&self.out)
         status = render_error(&self.out, err, code, keep, self.ex.retried_mark(status, False),
                               self.req_method == METHOD_HEAD
                               and (self.state == DS_EXCHANGE or self.state == DS_BRIDGED))
+        self.ex_out += ob_pending(&self.out) - queued
         self.end_request()
         self.status = status
         proxy.count_request(status)
