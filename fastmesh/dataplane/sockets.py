@@ -42,24 +42,21 @@ def serving_socket(host: str, port: int, backlog: int = 128) -> socket.socket | 
         ipaddress.ip_address(host)
     except ValueError:
         return None
-    sock = listener_socket(host, reuse_port=False)
-    try:
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return _listening(host, port, backlog, reuse_port=False)
 
 
 def bind_socket(cfg: ListenerConfig, reuse_port: bool) -> socket.socket:
     """A listening, non-blocking socket. With reuse_port every worker binds its own and the kernel spreads
     connections across them."""
-    sock = listener_socket(cfg.host, reuse_port)
+    return _listening(cfg.host, cfg.port, cfg.backlog, reuse_port)
+
+
+def _listening(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """listener_socket(host, reuse_port) bound to (host, port), listening and non-blocking; closed if any step fails."""
+    sock = listener_socket(host, reuse_port)
     try:
-        sock.bind((cfg.host, cfg.port))
-        sock.listen(cfg.backlog)
+        sock.bind((host, port))
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
