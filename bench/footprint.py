@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 if __package__ in (None, ""):     # `python bench/footprint.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -148,18 +147,27 @@ def comm(pid: int) -> str:
         return f.read().strip()
 
 
+def ready_answer(admin_port: int) -> int | None:
+    """GET /ready's status over a plain socket: an HTTP client library would load ssl, and with it OpenSSL, into
+    this process, whose pages of libcrypto would then be shared with the instance's and lower its PSS."""
+    try:
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=1) as s:
+            s.sendall(b"GET /ready HTTP/1.1\r\nHost: fastmesh\r\nConnection: close\r\n\r\n")
+            head = s.recv(64)
+    except OSError:
+        return None
+    parts = head.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+
+
 def wait_ready(proc: subprocess.Popen, admin_port: int, workers: int, timeout: float) -> None:
     """Until the admin server answers /ready with 200 and every worker is a live child."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"fastmesh exited with {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as r:
-                if r.status == 200 and len(descendants(proc.pid)) >= workers:
-                    return
-        except OSError:
-            pass
+        if ready_answer(admin_port) == 200 and len(descendants(proc.pid)) >= workers:
+            return
         time.sleep(0.1)
     raise TimeoutError(f"fastmesh not ready after {timeout:.0f}s")
 

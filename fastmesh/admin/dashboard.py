@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from fastmesh._version import __version__
@@ -24,7 +24,8 @@ from fastmesh.admin.rates import (
 from fastmesh.admin.http import Reply, Request
 from fastmesh.dataplane.stats import Snapshot, WorkerStats
 
-STATIC = Path(__file__).with_name("dashboard")      # index.html and the files it loads, shipped as package data
+# index.html and the files it loads, shipped as package data
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
 WINDOW = 180.0          # seconds of history the charts show
 MIN_GAP = 0.5           # seconds between two samples, however many pages poll
 MAX_GAP = 10.0          # seconds without a poll after which the history starts again
@@ -99,13 +100,19 @@ class History:
         return {"series": series, "now": now}
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class Dashboard:
     """The dashboard's routes on one AdminServer, and the history of samples they chart."""
 
     def __init__(self, server: Served) -> None:
         self.server = server
         self.history = History()
-        self.files = {p.name: p.read_bytes() for p in sorted(STATIC.iterdir()) if p.suffix in TYPES}
+        self.files = {name: _read(os.path.join(STATIC, name)) for name in sorted(os.listdir(STATIC))
+                      if os.path.splitext(name)[1] in TYPES}
 
     def routes(self) -> dict[str, Callable[[Request], Reply]]:
         """Path -> handler, for the admin server's table."""
@@ -125,7 +132,7 @@ class Dashboard:
 
     def _file(self, name: str) -> Reply:
         headers = (("Content-Security-Policy", CSP), ("X-Content-Type-Options", "nosniff"))
-        return Reply(200, self.files[name], TYPES[Path(name).suffix], headers)
+        return Reply(200, self.files[name], TYPES[os.path.splitext(name)[1]], headers)
 
     def data(self, request: Request) -> Reply:
         return Reply.json(200, self.build(self.server.stats.collect()))

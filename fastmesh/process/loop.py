@@ -3,8 +3,8 @@
 `FASTMESH_LOOP=reactor` (the default) gives a worker a ReactorLoop: asyncio.SelectorEventLoop over a
 ReactorSelector, so one epoll_wait per wakeup serves the data path in C and the control plane (the control
 channel, timers, health checks, discovery) runs unchanged on the same loop. `FASTMESH_LOOP=uvloop` keeps the
-uvloop loop with the reactor's epoll set nested in it as one readable fd (the way before; the supervisor and the
-command line use uvloop either way, as they move no requests). Proxy.start() takes the loop's reactor when it
+uvloop loop with the reactor's epoll set nested in it as one readable fd (the way before). The supervisor runs the
+same loop as its workers. Proxy.start() takes the loop's reactor when it
 has one free, and makes its own otherwise (an embedded Proxy, a second Proxy on the same loop).
 """
 from __future__ import annotations

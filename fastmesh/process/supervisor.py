@@ -67,20 +67,20 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
+    # The workers' loop (process/loop.py) runs here too: in single-process mode the data plane shares it, and with
+    # workers a forked one finds its code warm and shared. uvloop (its module, libuv's threads: 2 MiB of the
+    # instance) is loaded only where FASTMESH_LOOP asks for it.
+    from fastmesh.process.loop import loop_factory
+    try:
+        factory = loop_factory()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     if cfg.worker_count() == 0:
-        # Single-process mode: the data plane shares this loop, so it is the worker's loop (process/loop.py),
-        # which waits in the data path's epoll set itself.
-        from fastmesh.process.loop import loop_factory
-        try:
-            factory = loop_factory()
-        except ValueError as exc:
-            log.error("%s", exc)
-            return 1
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(Supervisor(config_path, cfg, log_level).run())
     forking = zygote.preload()          # before any event loop exists: workers are forked from this process
-    import uvloop
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(Supervisor(config_path, cfg, log_level, forking).run())
 
 
@@ -484,8 +484,8 @@ class Supervisor:
             self.announced = True
             where = ", ".join(f"{lst.name!r} on {lst.address}" for lst in self.cfg.listeners)
             log.info("ready: %d worker(s) serving %s", self.count, where)
-            if self.forking:            # the data path was imported for the workers: its init code's pages go back
-                log.debug("gave back %d KiB of the data path's file pages", pageout.release_data_path_pages())
+            if self.forking:            # the init code the supervisor alone ran (imports, OpenSSL) goes back
+                log.debug("advised %d KiB of file pages out", pageout.release_file_pages())
 
 
 def _send(proc: Worker, signum: int) -> None:

@@ -34,17 +34,18 @@ log = logging.getLogger("fastmesh.supervisor")
 
 ENV = "FASTMESH_ZYGOTE"        # "0": no forking, every worker is a fresh interpreter
 # What a worker imports (the proxy imports the data path only when it starts), loaded before the first fork so the
-# supervisor and every worker share the pages. A module left out still works: the worker imports it itself.
+# supervisor and every worker share the pages. A module left out still works: the worker imports it itself. (uvloop,
+# where FASTMESH_LOOP asks for it, is already loaded: the supervisor picked its loop first.)
 # The last line is what the supervisor itself imports once it runs (admin, discovery, reloads): imported after a
 # fork, its new objects land in the holes of memory pages a worker shares, and each such page is then copied.
 PRELOAD = (
-    "uvloop", "fastmesh.proxy", "fastmesh.process.worker", "fastmesh.process.loop", "fastmesh.process.link",
+    "fastmesh.proxy", "fastmesh.process.worker", "fastmesh.process.loop", "fastmesh.process.link",
     "fastmesh.process.memtrace",
     "fastmesh.config.load", "fastmesh.dataplane.listeners", "fastmesh.dataplane.clusters",
     "fastmesh.dataplane.routes", "fastmesh.dataplane.stats", "fastmesh.dataplane.limits",
     "fastmesh.dataplane.access_log", "fastmesh.health.active", "fastmesh.health.passive", "fastmesh.httpwire",
     "fastmesh._core.balance.factory", "fastmesh._core.http1.proxy",
-    "fastmesh.dataplane.tracing", "fastmesh.filewatch", "ctypes.util",
+    "fastmesh.dataplane.tracing", "fastmesh.filewatch",
     "fastmesh.admin.server", "fastmesh.discovery.manager", "fastmesh.process.reload", "fastmesh.process.events",
 )
 # The signals the supervisor's loop handles: blocked across a fork, reset to their defaults in the child.
