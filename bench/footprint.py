@@ -6,6 +6,8 @@
     python -m bench.footprint --workers 1 --conns 2000 # also the memory per idle L4 connection (held through the proxy)
     python -m bench.footprint --workers 1 --maps       # also each process's memory by kind of mapping
     python -m bench.footprint --workers 1 --pages      # also what the worker's copied pages hold (as root)
+    python -m bench.footprint --workers 1 --merge-pages --settle 20   # with FASTMESH_MERGE_PAGES=1 (KSM running)
+    python -m bench.footprint --workers 1 --instances 4                # four instances side by side, all counted
 
 The config is examples/quickstart.toml's shape (a tcp and an http listener in front of three demo backends, the admin
 server) on ports the kernel hands out, so it never collides with a quickstart someone else is running. RSS counts
@@ -160,6 +162,14 @@ def ready_answer(admin_port: int) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
 
 
+def ksm_running() -> bool:
+    try:
+        with open("/sys/kernel/mm/ksm/run") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def wait_ready(proc: subprocess.Popen, admin_port: int, workers: int, timeout: float) -> None:
     """Until the admin server answers /ready with 200 and every worker is a live child."""
     deadline = time.monotonic() + timeout
@@ -182,9 +192,26 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def start_companion(workers: int, demo: bool, env: dict[str, str], tmp: str) -> subprocess.Popen:
+    """Another instance of the same shape on its own ports, ready (for --instances: sidecars on one host)."""
+    text, ports = quickstart_config(workers, demo)
+    path = os.path.join(tmp, f"companion-{ports['admin']}.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    proc = subprocess.Popen([sys.executable, "-m", "fastmesh", "run", path, "--log-level", "warning"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_ready(proc, ports["admin"], workers, 60.0)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
 def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, str],
-            pages: bool = False) -> dict[str, object]:
-    """One instance: start, wait, settle, read memory (and, with conns, the cost per held L4 connection)."""
+            pages: bool = False, companions: list[subprocess.Popen] | None = None) -> dict[str, object]:
+    """One instance: start, wait, settle, read memory (and, with conns, the cost per held L4 connection). Companions,
+    started before, are read at the same moment and count in the totals."""
     hold = None
     hold_port = free_port() if conns else None
     with tempfile.TemporaryDirectory(prefix="fastmesh-footprint-") as tmp:
@@ -214,7 +241,11 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
                 report_pages(proc.pid, kids[0])
             rows = [("supervisor", proc.pid, memory_kb(proc.pid))]
             rows += [(f"worker {i}", pid, memory_kb(pid)) for i, pid in enumerate(kids)]
+            for k, other in enumerate(companions or [], 2):
+                rows += [(f"instance {k}: " + (f"worker {i - 1}" if i else "supervisor"), pid, memory_kb(pid))
+                         for i, pid in enumerate([other.pid, *descendants(other.pid)])]
             result: dict[str, object] = {"workers": workers, "demo": demo, "rows": rows,
+                                         "instances": 1 + len(companions or []),
                                          "rss": sum(m["Rss"] for _, _, m in rows),
                                          "pss": sum(m["Pss"] for _, _, m in rows),
                                          "maps": {pid: mappings_kb(pid) for _, pid, _ in rows}}
@@ -299,29 +330,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bytecode", dest="bytecode", action="store_false",
                         help="leave PYTHONDONTWRITEBYTECODE as it is and do not byte-compile fastmesh first "
                              "(a source tree without __pycache__ then compiles every module at each start)")
+    parser.add_argument("--merge-pages", action="store_true",
+                        help="run with FASTMESH_MERGE_PAGES=1 (same-page merging; only counts while the kernel's "
+                             "scanner runs: /sys/kernel/mm/ksm/run = 1, which this script leaves as it is). "
+                             "Give merging time: --settle 20")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="run N instances of the same shape side by side (sidecars on one host) and count them "
+                             "all (default: 1)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    if args.merge_pages:
+        env["FASTMESH_MERGE_PAGES"] = "1"
+        if not ksm_running():
+            print("note: the kernel's same-page merging is not running (/sys/kernel/mm/ksm/run is not 1): "
+                  "nothing will be merged", file=sys.stderr)
     if args.bytecode:
         precompile(env)
     summary = []
     for demo in args.demo:
         for workers in (int(w) for w in args.workers.split(",")):
-            result = measure(workers, demo, args.conns, args.settle, env, args.pages)
+            with tempfile.TemporaryDirectory(prefix="fastmesh-footprint-") as tmp:
+                companions: list[subprocess.Popen] = []
+                try:
+                    companions += [start_companion(workers, demo, env, tmp) for _ in range(args.instances - 1)]
+                    result = measure(workers, demo, args.conns, args.settle, env, args.pages, companions)
+                finally:
+                    for other in companions:
+                        stop(other)
             report(result)
             if args.maps:
                 report_maps(result)
             summary.append(result)
     print("\nsummary (the whole instance; PSS counts each shared page once)")
-    print("| demo backends | workers | RSS MiB | PSS MiB | PSS anon MiB | PSS per further worker MiB |")
-    print("|---|---|---|---|---|---|")
+    print("| demo backends | workers | instances | RSS MiB | PSS MiB | PSS anon MiB | PSS per further worker MiB |")
+    print("|---|---|---|---|---|---|---|")
     for result in summary:
         pss, rss, n = int(str(result["pss"])), int(str(result["rss"])), int(str(result["workers"]))
         # What adding workers cost: this instance's PSS less the one-worker instance's, per worker added.
         one = [int(str(r["pss"])) for r in summary if r["demo"] == result["demo"] and r["workers"] == 1]
-        extra = mib((pss - one[0]) // (n - 1)) if one and n > 1 else "–"
+        count = int(str(result["instances"]))
+        extra = mib((pss - one[0]) // ((n - 1) * count)) if one and n > 1 else "–"
         anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
-        print(f"| {'on' if result['demo'] else 'off'} | {n} | {mib(rss)} | {mib(pss)} | {anon} | {extra} |")
+        print(f"| {'on' if result['demo'] else 'off'} | {n} | {count} | {mib(rss)} | {mib(pss)} | {anon} | {extra} |")
     return 0
 
 

@@ -20,7 +20,7 @@ from fastmesh.logs import setup_logging
 from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process.inline import InlineLink
-from fastmesh.process import pageout, zygote
+from fastmesh.process import pagemerge, pageout, zygote
 from fastmesh.process.zygote import ForkedWorker
 from fastmesh.dataplane.tls import TicketSecret
 
@@ -67,6 +67,7 @@ def run(config_path: str, log_level: str) -> int:
         return 1
     from fastmesh.dataplane.fd_budget import raise_fd_limit
     raise_fd_limit()                    # the workers inherit it, and derive their connection limits from it
+    pagemerge.enable_if_requested()     # before the workers are forked: they inherit it
     # The workers' loop (process/loop.py) runs here too: in single-process mode the data plane shares it, and with
     # workers a forked one finds its code warm and shared. uvloop (its module, libuv's threads: 2 MiB of the
     # instance) is loaded only where FASTMESH_LOOP asks for it.

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastmesh.config.schema import Config
 from fastmesh.logs import setup_logging
+from fastmesh.process import pagemerge
 
 log = logging.getLogger("fastmesh.worker")
 
@@ -38,6 +39,8 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
          rates_fd: int | None = None, ticket_fd: int | None = None) -> int:
     """Entry point of `fastmesh _worker`; returns the process exit code."""
     setup_logging(log_level, f"w{worker_id}")
+    if pagemerge.requested():
+        pagemerge.enable()              # a forked worker has it from the supervisor (which said what stands in the way)
     if ticket_fd is not None:
         # The instance's TLS session-ticket secret: from a memfd the supervisor passed (read, then closed), never
         # from the environment, which same-user processes can read and children inherit.

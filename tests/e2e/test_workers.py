@@ -351,6 +351,50 @@ def test_supervisor_gives_back_the_file_pages_only_it_touched(start: Start) -> N
     assert fm.wait_exit() == 0
 
 
+def merge_supported() -> bool:
+    """Whether this kernel reports per-process same-page merging (Linux 6.4 and later)."""
+    try:
+        with open("/proc/self/ksm_stat") as f:
+            return "ksm_merge_any" in f.read()
+    except OSError:
+        return False
+
+
+def merge_any(pid: int) -> bool:
+    """Whether pid is opted into same-page merging (PR_SET_MEMORY_MERGE), as /proc/PID/ksm_stat says."""
+    with open(f"/proc/{pid}/ksm_stat") as f:
+        return "ksm_merge_any: yes" in f.read()
+
+
+@pytest.mark.parametrize("zygote", ["1", "0"])
+def test_merge_pages_opts_the_instance_in(start: Start, monkeypatch: pytest.MonkeyPatch, zygote: str) -> None:
+    # FASTMESH_MERGE_PAGES=1: the supervisor opts in before it forks (a forked worker inherits it, a fresh
+    # interpreter asks for itself). Whether anything is merged is the host's choice (the kernel's scanner), which
+    # the test leaves as it is: the log says so when it is off.
+    if not merge_supported():
+        pytest.skip("this kernel has no PR_SET_MEMORY_MERGE")
+    monkeypatch.setenv("FASTMESH_ZYGOTE", zygote)
+    monkeypatch.setenv("FASTMESH_MERGE_PAGES", "1")
+    fm = start(workers=2)
+    workers = list(fm.worker_pids().values())
+    assert len(workers) == 2 and all(merge_any(pid) for pid in [fm.proc.pid, *workers])
+    with open("/sys/kernel/mm/ksm/run") as f:
+        scanning = f.read().strip() == "1"
+    warned = "FASTMESH_MERGE_PAGES=1: asked for, but the kernel's same-page merging is not running" in fm.log()
+    assert warned != scanning, fm.log()
+    assert http_get(fm.port) in (1, 2, 3)
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+
+
+def test_pages_are_not_merged_unless_asked(start: Start) -> None:
+    if not merge_supported():
+        pytest.skip("this kernel has no PR_SET_MEMORY_MERGE")
+    fm = start(workers=1)
+    assert not any(merge_any(pid) for pid in [fm.proc.pid, *fm.worker_pids().values()])
+    assert "FASTMESH_MERGE_PAGES" not in fm.log()
+
+
 def children(pid: int) -> set[int]:
     """The processes whose parent is pid."""
     found: set[int] = set()
