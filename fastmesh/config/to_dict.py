@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import decimal
 from typing import Any
 
 from fastmesh.config.schema import (
@@ -11,7 +10,7 @@ from fastmesh.config.schema import (
 from fastmesh.config.sections.clusters import endpoint_text
 from fastmesh.config.sections.discovery import _DISCOVERY_KEYS
 from fastmesh.config.sections.naming import _NAMING_SOURCE_KEYS
-from fastmesh.config.values import format_address, format_duration
+from fastmesh.config.values import format_address, format_duration, shortest_decimal
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -150,7 +149,7 @@ def _health_dict(cluster: Cluster) -> dict[str, Any]:
         if hc.type == "http":
             check["expected_statuses"] = [low if low == high else f"{low}-{high}"
                                           for low, high in hc.expected_statuses]
-        check["jitter"] = f"{decimal.Decimal(repr(float(hc.jitter))).normalize():f}%"
+        check["jitter"] = f"{shortest_decimal(hc.jitter)}%"
         out["health_check"] = check
     ol = cluster.outlier
     if ol is None:

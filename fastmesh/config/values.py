@@ -5,7 +5,6 @@ ValueError and know nothing of config keys.
 """
 from __future__ import annotations
 
-import decimal
 import ipaddress
 import math
 import re
@@ -51,8 +50,29 @@ def format_duration(seconds: float) -> str:
     for text in candidates:
         if parse_duration(text) == seconds:
             return text
-    # repr() is the shortest exact decimal; Decimal spells it without an exponent, which the parser refuses.
-    return f"{decimal.Decimal(repr(float(seconds))):f}s"
+    return f"{plain_decimal(seconds)}s"
+
+
+def plain_decimal(value: float) -> str:
+    """repr(value), the shortest decimal that reads back as value, spelled without an exponent (which the parser
+    refuses): 1e-05 -> "0.00001". What Decimal(repr(value)) formats with "f", without loading decimal."""
+    text = repr(float(value))
+    mantissa, exponent = text.split("e") if "e" in text else (text, "0")
+    sign = "-" if mantissa.startswith("-") else ""
+    whole, _, fraction = mantissa.lstrip("-").partition(".")
+    digits = whole + fraction
+    point = len(whole) + int(exponent)      # where the decimal point falls in digits
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"
+
+
+def shortest_decimal(value: float) -> str:
+    """plain_decimal without trailing zeros: 10.0 -> "10", 2.50 -> "2.5"."""
+    text = plain_decimal(value)
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -1,4 +1,5 @@
 """Config loading: bad configs give exact messages, good configs give the schema's dataclasses with defaults."""
+import decimal
 import pickle
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from fastmesh.config.load import config_from_dict, config_to_dict, load_config, loads_config
 from fastmesh.config.schema import AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route
 from fastmesh.config.schema import HealthCheck, Outlier, SuccessRate
-from fastmesh.config.values import format_duration, parse_address, parse_duration
+from fastmesh.config.values import format_duration, parse_address, parse_duration, plain_decimal, shortest_decimal
 from fastmesh.errors import ConfigError, ConfigErrors
 
 # The smallest valid config, in parts so that each bad row changes one thing.
@@ -668,6 +669,13 @@ def test_format_duration(seconds: float, text: str) -> None:
 @given(st.floats(min_value=0, max_value=1e9, allow_nan=False))
 def test_format_duration_parses_back_exactly(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_plain_decimal_spells_repr_as_decimal_does(value: float) -> None:
+    # The config's own formatter keeps the decimal module out of every process; decimal is the oracle here.
+    assert plain_decimal(value) == f"{decimal.Decimal(repr(value)):f}"
+    assert shortest_decimal(value) == f"{decimal.Decimal(repr(value)).normalize():f}"
 
 
 @pytest.mark.parametrize("text, host, port", [
