@@ -1,14 +1,12 @@
-"""Folder watches through inotify (libc, by ctypes) for what re-reads files when they change: discovery files,
+"""Folder watches through inotify (fastmesh._core.syscalls) for what re-reads files when they change: discovery files,
 naming tables, TLS certificates. A watch only wakes its reader early; readers still poll, for where inotify
 cannot see (no inotify, NFS)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 
 _IN_MODIFY, _IN_ATTRIB, _IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE, _IN_DELETE = 0x2, 0x4, 0x8, 0x80, 0x100, 0x200
-_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
 
 
 class DirWatch:
@@ -18,16 +16,16 @@ class DirWatch:
     def __init__(self, folder: str, changed: asyncio.Event) -> None:
         self.fd = -1
         self.changed = changed
+        from fastmesh._core.syscalls import inotify_open, inotify_watch
         try:
-            libc = ctypes.CDLL(None, use_errno=True)     # the C library the interpreter links
-            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-            if fd < 0:
-                return
-            mask = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
-            if libc.inotify_add_watch(fd, os.fsencode(folder), mask) < 0:
-                os.close(fd)
-                return
-        except (OSError, AttributeError):
+            fd = inotify_open()
+        except OSError:                 # no inotify here (or no fd left): the readers' polls remain
+            return
+        mask = _IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
+        try:
+            inotify_watch(fd, os.fsencode(folder), mask)
+        except OSError:                 # a folder that is gone, or too many watches
+            os.close(fd)
             return
         self.fd = fd
         asyncio.get_running_loop().add_reader(fd, self._drain)

@@ -13,7 +13,6 @@ where the processes that opt in on a host trust one another, such as one proxy's
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 
@@ -31,13 +30,12 @@ def requested() -> bool:
 
 def enable() -> str | None:
     """Opt this process (and the children it forks) in; what stands in the way, in words, or None."""
+    from fastmesh._core.syscalls import prctl
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
-            return (f"{ENV}=1: the kernel refused same-page merging ({os.strerror(ctypes.get_errno())}; "
-                    "it needs Linux 6.4 or later, built with KSM)")
-    except (OSError, AttributeError):
-        return f"{ENV}=1: same-page merging is a Linux feature; ignored here"
+        prctl(PR_SET_MEMORY_MERGE, 1)
+    except OSError as exc:
+        return (f"{ENV}=1: the kernel refused same-page merging ({exc.strerror}; it needs Linux 6.4 or later, "
+                "built with KSM)")
     try:
         with open(KSM_RUN) as f:
             running = f.read().strip() == "1"

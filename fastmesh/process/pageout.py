@@ -15,9 +15,7 @@ never touched).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 
 log = logging.getLogger("fastmesh.supervisor")
 
@@ -57,18 +55,19 @@ def file_mappings(prefix: str = "/", smaps: str = "/proc/self/smaps") -> list[tu
 def release_file_pages(prefix: str = "/") -> int:
     """Advise MADV_PAGEOUT over the file-only mappings under prefix; the KiB they had resident (0 where unsupported).
     The kernel reclaims only the pages this process alone maps, so the figure is an upper bound."""
+    from fastmesh._core.syscalls import madvise
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
         ranges = file_mappings(prefix)
-    except (OSError, AttributeError):   # not Linux, or no /proc: nothing to give back
+    except OSError:                     # no /proc: nothing to give back
         return 0
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = 0
     for start, end, rss in ranges:
-        if rss and madvise(start, end - start, MADV_PAGEOUT) == 0:
-            advised += rss
-        elif rss:                       # EINVAL before Linux 5.4: the pages stay, as they always did
-            log.debug("MADV_PAGEOUT refused: %s", os.strerror(ctypes.get_errno()))
+        if not rss:
+            continue
+        try:
+            madvise(start, end - start, MADV_PAGEOUT)
+        except OSError as exc:          # EINVAL before Linux 5.4: the pages stay, as they always did
+            log.debug("MADV_PAGEOUT refused: %s", exc.strerror)
             return advised
+        advised += rss
     return advised

@@ -10,7 +10,6 @@ applies the same config, even when the file changes again meanwhile. Discovery u
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -30,8 +29,6 @@ PARENT_ENV = "FASTMESH_SUPERVISOR_PID"     # the supervisor's pid, so a worker c
 EXIT_CONFIG = 78                           # sysexits.h EX_CONFIG: the config file no longer loads
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a drain; blocked from fork until the loop handles them
 PARENT_POLL = 1.0                          # seconds between parent checks where PR_SET_PDEATHSIG is missing
-
-_PR_SET_PDEATHSIG = 1                      # from <linux/prctl.h>
 
 
 def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
@@ -110,10 +107,10 @@ def _supervisor_pid() -> int | None:
 def _die_with_parent(parent: int) -> bool:
     """Ask Linux to SIGTERM us (a graceful drain) when the supervisor dies; False if it already has."""
     if sys.platform.startswith("linux"):
+        from fastmesh._core.syscalls import set_parent_death_signal
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - unusual libc; the poll in _watch_parent remains
+            set_parent_death_signal(signal.SIGTERM)
+        except OSError:                 # pragma: no cover - refused; the poll in _watch_parent remains
             pass
     # The parent may have died before prctl took effect; then we have been re-parented already.
     return os.getppid() == parent

@@ -45,20 +45,11 @@ PRELOAD = (
     "fastmesh.dataplane.routes", "fastmesh.dataplane.stats", "fastmesh.dataplane.limits",
     "fastmesh.dataplane.access_log", "fastmesh.health.active", "fastmesh.health.passive", "fastmesh.httpwire",
     "fastmesh._core.balance.factory", "fastmesh._core.http1.proxy",
-    "fastmesh.dataplane.tracing", "fastmesh.filewatch",
+    "fastmesh.dataplane.tracing", "fastmesh.filewatch", "fastmesh._core.syscalls",
     "fastmesh.admin.server", "fastmesh.discovery.manager", "fastmesh.process.reload", "fastmesh.process.events",
 )
 # The signals the supervisor's loop handles: blocked across a fork, reset to their defaults in the child.
 _LOOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-_PR_SET_NAME = 15
-
-
-def _prctl(option: int, arg: Any) -> None:
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
 
 
 def preload() -> bool:
@@ -185,7 +176,8 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
         os.dup2(stdout, 1)
         os.close(stdout)
         os.environ[worker.PARENT_ENV] = str(os.getppid())     # the supervisor: we die with it
-        _prctl(_PR_SET_NAME, b"fastmesh-worker")
+        from fastmesh._core.syscalls import set_process_name
+        set_process_name(b"fastmesh-worker")
         code = worker.main(argv["config"], argv["worker_id"], argv["log_level"], stats_fd, control_fd, limits_fd,
                            config_fd, rates_fd, ticket_fd)
     except SystemExit as exc:
