@@ -5,7 +5,6 @@ removed ones were; static clusters have no holes.
 """
 from __future__ import annotations
 
-import ipaddress
 import operator
 import socket
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from fastmesh._core.reactor import Reactor
 from fastmesh._core.upstream.h2pool import H2Pool
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Endpoint
-from fastmesh.config.values import IPV4_RE
+from fastmesh.config.values import ip_literal
 from fastmesh.dataplane.slots import slot_list
 from fastmesh.dataplane.tls import build_client_tls
 
@@ -35,13 +34,9 @@ _PRIORITY = operator.attrgetter("priority")
 
 def _resolve(host: str, port: int) -> tuple[int, str, int]:
     """(family, ip literal, port). Hostnames are resolved at build time (discovery hands over IP literals)."""
-    if IPV4_RE.fullmatch(host):
-        return (socket.AF_INET, host, port)
-    try:
-        ip = ipaddress.ip_address(host)
-        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET, str(ip), port)
-    except ValueError:
-        pass
+    literal = ip_literal(host)
+    if literal is not None:
+        return (socket.AF_INET6 if literal[0] == 6 else socket.AF_INET, literal[1], port)
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     return (int(family), str(sockaddr[0]), port)
 

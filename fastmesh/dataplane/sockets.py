@@ -6,12 +6,11 @@ once with a socket made by the same function the workers use, so the probe fails
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Any
 
-from fastmesh.config.values import format_address
+from fastmesh.config.values import format_address, ip_literal
 from fastmesh.config.schema import Listener as ListenerConfig
 
 PROBE_CONNECT_TIMEOUT = 0.5  # seconds to see whether someone already accepts on a listener address
@@ -38,9 +37,7 @@ def serving_socket(host: str, port: int, backlog: int = 128) -> socket.socket | 
     demo backends); None when host is a name (the loop resolves it). Bound here because uvloop's create_server
     resolves even a literal on libuv's thread pool: four threads, with their stacks and malloc arenas, kept for
     the life of the process."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if ip_literal(host) is None:
         return None
     return _listening(host, port, backlog, reuse_port=False)
 

@@ -8,7 +8,6 @@ message, and shows it in /clusters.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import operator
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 from fastmesh._core.endpoints import parse_endpoints as _parse_endpoints
 from fastmesh.config.schema import Discovery, Endpoint
-from fastmesh.config.values import IPV4_RE, MAX_PRIORITY, MAX_WEIGHT, format_address, parse_address
+from fastmesh.config.values import IPV4_RE, MAX_PRIORITY, MAX_WEIGHT, format_address, ip_literal, parse_address
 
 log = logging.getLogger("fastmesh.discovery")
 
@@ -111,8 +110,11 @@ _V4_ADDRESS_RE = re.compile(rf"({IPV4_RE.pattern}):([1-9][0-9]{{0,4}})")   # "ip
 
 def canonical_ip(host: str) -> str:
     """One spelling per address (the data path compares them); ValueError when `host` is no IP literal. An IPv4
-    literal IPV4_RE matches is canonical already (no leading zeros): 10,000 endpoints an update skip ipaddress."""
-    return host if IPV4_RE.fullmatch(host) else str(ipaddress.ip_address(host))
+    literal IPV4_RE matches is canonical already (no leading zeros)."""
+    literal = ip_literal(host)
+    if literal is None:
+        raise ValueError(f"{host!r} is not an IP address")
+    return literal[1]
 
 
 def parse_endpoint(item: Any, where: str) -> Endpoint:

@@ -16,7 +16,6 @@ the other tiers as standby. An address listed in two tiers counts in the more pr
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import random
 import time
 from typing import Any
@@ -26,7 +25,7 @@ import pycares
 
 from fastmesh.config.values import MAX_WEIGHT, format_address
 from fastmesh.config.schema import Endpoint
-from fastmesh.discovery.base import Source, SourceError
+from fastmesh.discovery.base import Source, SourceError, canonical_ip
 
 JITTER = 0.1                # share of the wait taken off at random
 _NO_RECORDS = (pycares.errno.ARES_ENOTFOUND, pycares.errno.ARES_ENODATA)
@@ -88,7 +87,7 @@ class DnsSource(Source):
         if not records:
             first = next(a for a in answers if isinstance(a, NoRecords))
             raise first
-        return [str(ipaddress.ip_address(r.data.addr)) for r in records], min(r.ttl for r in records)
+        return [canonical_ip(r.data.addr) for r in records], min(r.ttl for r in records)
 
     async def lookup(self) -> tuple[list[Endpoint], float]:
         """The endpoint set and the TTL it is good for; NoRecords or SourceError when there is none."""
@@ -104,8 +103,7 @@ class DnsSource(Source):
         extra: dict[str, list[tuple[str, int]]] = {}   # target -> addresses given in the additional section
         for r in records:
             if r.type in (pycares.QUERY_TYPE_A, pycares.QUERY_TYPE_AAAA):
-                extra.setdefault(r.name.rstrip(".").lower(), []).append((str(ipaddress.ip_address(r.data.addr)),
-                                                                         r.ttl))
+                extra.setdefault(r.name.rstrip(".").lower(), []).append((canonical_ip(r.data.addr), r.ttl))
         tiers = sorted({r.data.priority for r in srv})
         self.state.detail["standby"] = sorted(f"{r.data.target}:{r.data.port} (priority {r.data.priority})"
                                               for r in srv if r.data.priority != tiers[0])

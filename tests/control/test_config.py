@@ -1,6 +1,8 @@
 """Config loading: bad configs give exact messages, good configs give the schema's dataclasses with defaults."""
 import decimal
+import ipaddress
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ from hypothesis import strategies as st
 from fastmesh.config.load import config_from_dict, config_to_dict, load_config, loads_config
 from fastmesh.config.schema import AccessLog, Admin, Cluster, Config, Demo, Endpoint, Listener, Route
 from fastmesh.config.schema import HealthCheck, Outlier, SuccessRate
-from fastmesh.config.values import format_duration, parse_address, parse_duration, plain_decimal, shortest_decimal
+from fastmesh.config.values import format_duration, ip_literal, parse_address, parse_duration, plain_decimal
+from fastmesh.config.values import shortest_decimal
 from fastmesh.errors import ConfigError, ConfigErrors
 
 # The smallest valid config, in parts so that each bad row changes one thing.
@@ -676,6 +679,36 @@ def test_plain_decimal_spells_repr_as_decimal_does(value: float) -> None:
     # The config's own formatter keeps the decimal module out of every process; decimal is the oracle here.
     assert plain_decimal(value) == f"{decimal.Decimal(repr(value)):f}"
     assert shortest_decimal(value) == f"{decimal.Decimal(repr(value)).normalize():f}"
+
+
+def ipaddress_says(text: str) -> tuple[int, str] | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return address.version, str(address)
+
+
+IP_TEXT = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xffff, 0x1234]), min_size=8, max_size=8).map(
+        lambda groups: str(ipaddress.IPv6Address(b"".join(g.to_bytes(2, "big") for g in groups)))),
+    st.integers(0, 2**128 - 1).map(lambda n: ipaddress.IPv6Address(n).exploded.upper()),
+    st.text("0123456789abcdefABCDEF:.%", max_size=24),
+    st.sampled_from(["fe80::1%eth0", "fe80::1%", "::1%a%b", "::ffff:1.2.3.4", "::ffff:01.2.3.4", "01.2.3.4",
+                     "1:2:3:4:5:6:7::", "1:2:3:4:5:6:7:8::", "[::1]", " ::1", "::\u0661"]),
+)
+
+
+@given(IP_TEXT)
+def test_ip_literal_accepts_and_spells_as_ipaddress_does(text: str) -> None:
+    # fastmesh keeps ipaddress out of its processes; ipaddress is the oracle here. (3.13 spells IPv4-mapped IPv6
+    # addresses with a dotted quad; ours keep hex groups, one spelling either way.)
+    want = ipaddress_says(text)
+    if want and want[0] == 6 and sys.version_info >= (3, 13):
+        if ipaddress.IPv6Address(want[1].split("%")[0]).ipv4_mapped:
+            return
+    assert ip_literal(text) == want
 
 
 @pytest.mark.parametrize("text, host, port", [

@@ -458,9 +458,10 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
         for name in ("importlib.metadata", "email", "difflib"):
             assert name not in modules[pid], f"{comm(pid)} loaded {name}"
         # uvloop only where FASTMESH_LOOP asks for it; argparse (and shutil, bz2, lzma with it) is dropped once the
-        # command line is parsed; pathlib, tempfile, ctypes and decimal are not needed at all (unless the
+        # command line is parsed; pathlib, tempfile, ctypes, decimal and ipaddress are not needed (unless the
         # interpreter's own start-up, its site hooks, loads them).
-        for name in {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal"} - bare:
+        unneeded = {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal", "ipaddress"}
+        for name in unneeded - bare:
             assert name not in modules[pid], f"{comm(pid)} holds {name}"
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
