@@ -100,8 +100,10 @@ def shares_of(tally, names: list[str], start: float = 0.0, end: float = float("i
 
 def test_ewma_cold_start_behind_health_checks_shares_fairly():
     """Three equal endpoints behind active health checks, 16 clients at about 150 req/s from the start: each gets
-    at least 20% of the first 4 s (before: the endpoints measured first left the third on its 30 ms placeholder,
-    with no request at all for 5 to 30 s)."""
+    at least 15% of the first 4 s (before: the endpoints measured first left the third on its 30 ms placeholder,
+    with no request at all for 5 to 30 s). Latency-weighted shares of equal endpoints wander: the smallest of
+    the three was 0.23 to 0.31 in 15 quiet runs and 0.19 once beside the whole suite, so the line is drawn well
+    below a fair third and far above the starvation this test is for."""
     async def main():
         names = ["b0", "b1", "b2"]
         backends = [await ChaosBackend(name).start() for name in names]
@@ -119,7 +121,7 @@ def test_ewma_cold_start_behind_health_checks_shares_fairly():
                 got = shares_of(tally, names)
                 report("ewma cold start", answers=tally.ok, shares={k: f"{v:.3f}" for k, v in got.items()})
                 assert tally.failed == 0 and tally.ok > 200
-                assert min(got.values()) >= 0.2, got
+                assert min(got.values()) >= 0.15, got
         finally:
             for b in backends:
                 await b.stop()
