@@ -18,8 +18,9 @@ from libc.string cimport memset
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from fastmesh._core.includes.shared_words cimport map_words, free_words
 
-import hashlib
 import os
+
+from fastmesh.digests import key64
 
 LIMITS_MAGIC = 0x66736d6c696d6974    # "fsmlimit"
 LIMITS_VERSION = 1
@@ -33,7 +34,7 @@ def blocks_slots(int capacity, int workers):
 
 cdef uint64_t name_key(str name):
     """A cluster name's key: 64 bits of BLAKE2b, never 0 (0 marks a free cell)."""
-    cdef uint64_t key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+    cdef uint64_t key = key64(name.encode())
     return key if key else 1
 
 

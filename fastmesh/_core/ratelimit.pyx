@@ -26,8 +26,9 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from fastmesh._core.includes.shared_words cimport map_words, free_words
 from fastmesh._core.request cimport RequestView, Span, find_field, field_value
 
-import hashlib
 import os
+
+from fastmesh.digests import key64
 
 RATES_MAGIC = 0x66736d7261746573    # "fsmrates"
 RATES_VERSION = 1
@@ -48,7 +49,7 @@ def interval_of(long long rate, double per):
 
 def ident_of(str text):
     """A table's owner key: 64 bits of BLAKE2b over text (the route's place and its limit), never 0."""
-    cdef uint64_t key = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    cdef uint64_t key = key64(text.encode())
     return key if key else 1
 
 

@@ -9,7 +9,6 @@ HEAD, POST for /reload, keep-alive, no request bodies). Every answer except /met
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import json
 import logging
@@ -29,6 +28,7 @@ from fastmesh.config.schema import Config
 from fastmesh.config.values import format_address
 from fastmesh.dataplane.sockets import serving_socket
 from fastmesh.dataplane.stats import Snapshot, WorkerStats
+from fastmesh.digests import sha256
 from fastmesh.httpwire import HeadError
 
 log = logging.getLogger("fastmesh.admin")
@@ -98,7 +98,7 @@ class AdminServer:
         """A short hash of /config's canonical JSON (fastmesh_config_info)."""
         if not self._config_hash:
             canonical = json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode()
-            self._config_hash = hashlib.sha256(canonical).hexdigest()[:16]
+            self._config_hash = sha256(canonical).hexdigest()[:16]
         return self._config_hash
 
     @property

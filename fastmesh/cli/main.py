@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from fastmesh._version import __version__
 from fastmesh.logs import LEVELS
+from fastmesh.process.lean_asyncio import import_asyncio_without_ssl
 
 if TYPE_CHECKING:
     import argparse
@@ -44,6 +45,7 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
         config, log_level = args.config, args.log_level
         del parser, args
         forget_parsing_modules(set(sys.modules) - before)
+        import_asyncio_without_ssl()
         from fastmesh.process.supervisor import run
         return run(config, log_level)
     if args.command == "check":
@@ -62,6 +64,7 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
         from fastmesh.cli.plugins import main as plugins_main
         return plugins_main(args.config, args.json)
     if args.command == "_worker":
+        import_asyncio_without_ssl()
         from fastmesh.process.worker import main as worker_main
         return worker_main(args.config, args.worker_id, args.log_level, args.stats_fd, args.control_fd,
                            args.limits_fd, args.config_fd, args.rates_fd, args.ticket_fd)

@@ -490,6 +490,12 @@ class Config:
     tracing: Tracing = field(default_factory=Tracing)           # span export
     source: str = "<config>"           # file name (or "<string>") the config came from, for messages
 
+    def uses_tls(self) -> bool:
+        """A listener, cluster or cluster template has a tls table (and so OpenSSL is needed)."""
+        return (any(ls.tls is not None for ls in self.listeners)
+                or any(c.tls is not None for c in self.clusters.values())
+                or any(t.cluster.tls is not None for t in self.cluster_templates.values()))
+
     def worker_count(self) -> int:
         import os
         return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from typing import Any
 
 from fastmesh._core.ratelimit import RateBlock, RateLimit, ident_of, interval_of
@@ -75,7 +74,7 @@ def rebuilt(block: RateBlock | None, cfg: Config, seed: int | None, fd: int | No
     if not want and block is None and fd is None:
         return None
     if seed is None:
-        seed = secrets.randbits(64)
+        seed = int.from_bytes(os.urandom(8), "little")
     new = RateBlock.create(fd, want, seed) if fd is not None else RateBlock(want, seed)
     if block is not None:
         new.carry_over(block)
@@ -119,7 +118,7 @@ class SharedRates:
     """The supervisor's block, in a memfd handed to each worker; a reload that changes limits makes the next."""
 
     def __init__(self, cfg: Config) -> None:
-        self.seed = secrets.randbits(64)
+        self.seed = int.from_bytes(os.urandom(8), "little")
         self.fd = -1
         self.block: RateBlock | None = None
         self._replace(cfg)

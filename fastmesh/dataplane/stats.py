@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import hashlib
 import logging
 import operator
 import os
@@ -43,6 +42,7 @@ from fastmesh._core.stats import (
 )
 from fastmesh._core.naming import OUTCOMES, OVERRIDE_RESULTS
 from fastmesh.config.schema import Config, Endpoint
+from fastmesh.digests import blake2b
 from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Holes, slot_list
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
@@ -250,7 +250,7 @@ class StatsLayout:
                  [(r.listener, r.cluster, r.offset) for r in self.requests],
                  [(d.cluster, d.offset) for d in self.durations.values()],
                  (self.naming.services, self.naming.offset)]
-        digest = hashlib.blake2b(repr(shape).encode(), digest_size=8)
+        digest = blake2b(repr(shape).encode(), digest_size=8)
         for cs in self.clusters.values():       # addresses as columns, not repr'd: 10,000 of them per update
             digest.update(cs.shape())
             digest.update(b"\0")

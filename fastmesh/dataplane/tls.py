@@ -10,17 +10,15 @@ WATCH_SETTLE seconds (a certificate and its key written one after the other arri
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import struct
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from fastmesh.config.schema import ClusterTls, ListenerTls
+from fastmesh.digests import hmac_sha256
 from fastmesh.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -51,7 +49,7 @@ class TicketSecret:
     def __init__(self, rotation: float, now: float | None = None) -> None:
         self.rotation = rotation
         self.generation = int((time.time() if now is None else now) // rotation) - 2
-        self.secret = secrets.token_bytes(TICKET_SECRET_BYTES)
+        self.secret = os.urandom(TICKET_SECRET_BYTES)
 
     def handover(self, now: float | None = None) -> bytes:
         """The bytes a worker started now reads (set_ticket_secret); the copy kept here ratchets forward first (the
@@ -65,8 +63,8 @@ class TicketSecret:
 
 def ratchet(secret: bytes, generation: int) -> bytes:
     """secret(generation) from secret(generation - 1): the core's derivation (context.pyx _ratchet_once, which a
-    test holds this to), in Python so that the supervisor never loads OpenSSL."""
-    return hmac.new(secret, RATCHET_LABEL + generation.to_bytes(8, "little", signed=True), hashlib.sha256).digest()
+    test holds this to), in Python so that the supervisor never loads OpenSSL (fastmesh/digests.py)."""
+    return hmac_sha256(secret, RATCHET_LABEL + generation.to_bytes(8, "little", signed=True))
 
 
 def set_ticket_secret(handover: bytes) -> None:
@@ -83,7 +81,7 @@ def own_ticket_secret(rotation: float) -> None:
     from fastmesh._core.tls.context import set_ticket_secret as core_set, ticket_secret_state
     current, _, _, handed = ticket_secret_state()
     if not handed and current != rotation:
-        core_set(secrets.token_bytes(TICKET_SECRET_BYTES), rotation=rotation, handed=False)
+        core_set(os.urandom(TICKET_SECRET_BYTES), rotation=rotation, handed=False)
 
 
 def _refused(source: str, key: str, exc: Exception) -> ConfigError:

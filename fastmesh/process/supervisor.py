@@ -80,7 +80,7 @@ def run(config_path: str, log_level: str) -> int:
     if cfg.worker_count() == 0:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(Supervisor(config_path, cfg, log_level).run())
-    forking = zygote.preload()          # before any event loop exists: workers are forked from this process
+    forking = zygote.preload(cfg.uses_tls())    # before any event loop exists: workers are forked from this one
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(Supervisor(config_path, cfg, log_level, forking).run())
 

@@ -52,8 +52,9 @@ PRELOAD = (
 _LOOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
-def preload() -> bool:
-    """Before the supervisor's loop exists: import PRELOAD and freeze it; False when workers are not forked."""
+def preload(tls: bool = False) -> bool:
+    """Before the supervisor's loop exists: import PRELOAD (and bind OpenSSL when the config has a tls table) and
+    freeze it; False when workers are not forked."""
     if os.environ.get(ENV) == "0" or not hasattr(os, "fork") or not hasattr(os, "pidfd_open"):
         return False
     for name in PRELOAD:
@@ -61,6 +62,9 @@ def preload() -> bool:
             importlib.import_module(name)
         except ImportError as exc:      # a renamed module: the workers import what they need themselves
             log.debug("not preloading %s: %s", name, exc)
+    if tls:     # else OpenSSL stays out (openssl.pyx): a reload that adds TLS has each worker bind it then
+        from fastmesh._core.tls import openssl
+        openssl.load()
     gc.collect()
     gc.freeze()                 # these objects stay put: no collection writes their pages, here or in a worker
     return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import select
 import shutil
 import socket
@@ -461,7 +462,6 @@ def test_the_ticket_secret_rotates_and_tickets_still_resume_on_every_worker_a_re
     three generations, w0 is killed and its replacement gets the supervisor's ratcheted secret; a ticket issued in
     one period then resumes in the next (a new generation) on 30 connections over SO_REUSEPORT, both workers
     (the restarted one included); one period later it no longer does."""
-    import re
     import signal
     from fastmesh._testbase.run import Run
     server = pki.issue("web.test")
@@ -517,6 +517,65 @@ backends = ["127.0.0.1:{backend}"]
     assert new != old and len(set(re.findall(r"w\d+ started \(pid (\d+)\)", log))) == 3
 
 
+def _maps_openssl(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return any(re.search(r"/lib(ssl|crypto)\.so", line) for line in maps)
+
+
+def test_openssl_is_bound_only_once_a_reload_adds_a_tls_listener(pki: Pki, tmp_path: Path) -> None:
+    """Started without a tls table, neither the supervisor nor its two workers map OpenSSL (openssl.pyx binds it
+    on first use; asyncio is imported without ssl); a reload that adds a TLS listener then serves TLS from each
+    worker, having bound it there."""
+    import signal
+    import sys
+    from fastmesh._testbase.run import Run
+    server = pki.issue("web.test")
+    plain, secure, backend, admin = free_port(), free_port(), free_port(), free_port()
+    text = f"""
+workers = 2
+[admin]
+listen = "127.0.0.1:{admin}"
+[[listeners]]
+name = "plain"
+listen = "127.0.0.1:{plain}"
+cluster = "backend"
+[clusters.backend]
+endpoints = ["127.0.0.1:{backend}"]
+[demo]
+backends = ["127.0.0.1:{backend}"]
+"""
+    added = f"""
+[[listeners]]
+name = "edge"
+listen = "127.0.0.1:{secure}"
+cluster = "backend"
+tls = {{ cert = "{server.cert}", key = "{server.key}" }}
+"""
+    bare = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"], capture_output=True,
+                          text=True, check=True).stdout
+    ctx = pki.client_context()
+    fm = Run(tmp_path, text)
+    try:
+        fm.wait_log(r"ready: \d+ worker\(s\) serving")
+        workers = [int(m[1]) for m in fm.wait_log(r"w\d started \(pid (\d+)\)", count=2)]
+        if not re.search(r"/lib(ssl|crypto)\.so", bare):     # else this interpreter maps it at start anyway
+            assert not any(_maps_openssl(pid) for pid in (fm.proc.pid, *workers))
+        fm.config.write_text(text + added)
+        fm.proc.send_signal(signal.SIGHUP)
+        fm.wait_log(r"config reloaded \(SIGHUP\)")
+        answers = []
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", secure), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="web.test") as s:
+                    s.sendall(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+                    answers.append(s.recv(100).split(b"\r\n")[0])
+        bound = [_maps_openssl(pid) for pid in workers]
+    finally:
+        fm.stop()
+    assert answers == [b"HTTP/1.1 200 OK"] * 10
+    assert bound == [True, True]
+
+
 @pytest.mark.parametrize("zygote", ["1", "0"], ids=["forked-workers", "fresh-interpreters"])
 def test_two_workers_share_tickets_without_the_secret_in_their_environment_and_report_expiry(
         pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zygote: str) -> None:
@@ -525,7 +584,6 @@ def test_two_workers_share_tickets_without_the_secret_in_their_environment_and_r
     still holds its memfd; /metrics, /tls and /clusters show each certificate's expiry as made; `fastmesh check`
     warns within --cert-warn-days; a bad replacement is visible in /tls and /metrics."""
     import datetime
-    import re
     from fastmesh._testbase.run import Run, fastmesh_argv, env
     monkeypatch.setenv("FASTMESH_ZYGOTE", zygote)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)

@@ -425,6 +425,15 @@ signal.signal(signal.SIGUSR2, _dump)
 """
 
 
+OPENSSL_FILE = re.compile(r"lib(ssl|crypto)\.so")
+
+
+def openssl_mapped(pid: int) -> set[str]:
+    """The OpenSSL library files a process maps."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {os.path.basename(line.split()[-1]) for line in maps if OPENSSL_FILE.search(line)}
+
+
 def test_nothing_of_ours_is_imported_after_the_first_fork(
         start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A module imported after the fork, by the supervisor (admin, discovery, reloads) or by a worker, puts its objects
@@ -449,6 +458,9 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
     modules = {int(path.name): set(path.read_text().split()) for path in dumps.glob("[0-9]*[0-9]")}
     bare = set(subprocess.run([sys.executable, "-c", "import sys; print(*sys.modules)"], capture_output=True,
                               text=True, check=True).stdout.split())
+    bare_openssl = set(subprocess.run([sys.executable, "-c", "print(*set(open('/proc/self/maps').read().split()))"],
+                                      capture_output=True, text=True, check=True).stdout.split())
+    bare_openssl = {os.path.basename(word) for word in bare_openssl if OPENSSL_FILE.match(os.path.basename(word))}
     assert "fastmesh.admin.server" in modules[fm.proc.pid] and "fastmesh.proxy" in modules[worker]
     for pid, other in ((fm.proc.pid, worker), (worker, fm.proc.pid)):
         late = {name for name in modules[pid] - modules[other] if name.startswith("fastmesh")}
@@ -458,11 +470,14 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
         for name in ("importlib.metadata", "email", "difflib"):
             assert name not in modules[pid], f"{comm(pid)} loaded {name}"
         # uvloop only where FASTMESH_LOOP asks for it; argparse (and shutil, bz2, lzma with it) is dropped once the
-        # command line is parsed; pathlib, tempfile, ctypes, decimal and ipaddress are not needed (unless the
-        # interpreter's own start-up, its site hooks, loads them).
-        unneeded = {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal", "ipaddress"}
+        # command line is parsed; pathlib, tempfile, ctypes, decimal and ipaddress are not needed; nor is OpenSSL
+        # without a tls table (ssl, _ssl, _hashlib and what imports it) (unless the interpreter's own start-up, its
+        # site hooks, loads them).
+        unneeded = {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal", "ipaddress",
+                    "ssl", "_ssl", "_hashlib", "hashlib", "hmac", "secrets"}
         for name in unneeded - bare:
             assert name not in modules[pid], f"{comm(pid)} holds {name}"
+        assert not openssl_mapped(pid) - bare_openssl, f"{comm(pid)} maps {sorted(openssl_mapped(pid))}"
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
 

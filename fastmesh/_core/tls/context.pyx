@@ -38,13 +38,13 @@ from fastmesh._core.tls.names cimport ServerNames
 from fastmesh._core.tls.identity cimport Identities
 from fastmesh._core.stats cimport C_TLS_FAILED, C_TLS_HANDSHAKES, C_TLS_RESUMED, L_TLS_FAILED, bump
 
-import hashlib
 import logging
 import os
 import time
 
 from fastmesh._core.stats import TLS_FAIL_REASONS
 from fastmesh._core.tls import openssl as _openssl
+from fastmesh.digests import sha256
 
 log = logging.getLogger("fastmesh.tls")
 
@@ -100,6 +100,8 @@ def _errors(what):
 
 
 def _require():
+    """Bind OpenSSL if this is the process's first TLS (openssl.load()); TlsError when there is none."""
+    _openssl.load()
     if not lib.loaded:
         raise TlsError(f"TLS is not available: {_openssl.error}")
 
@@ -200,6 +202,7 @@ def ratchet(bytes secret, long since, long until):
     """secret(until) from secret(since): what the supervisor hands a worker it starts (the same derivation)."""
     cdef unsigned char buf[32]
     cdef long g
+    _require()
     if len(secret) != 32:
         raise ValueError("the ticket secret is 32 bytes")
     memcpy(buf, PyBytes_AS_STRING(secret), 32)
@@ -258,6 +261,7 @@ cdef long _name_epoch(const unsigned char *name) noexcept:
 def ticket_key_name(long epoch, long period):
     """The name of the ticket key this process derives for (epoch, period) (tests compare workers with it)."""
     cdef TicketKey k
+    _require()
     _derive(&k, epoch, period)
     return k.name[:16]
 
@@ -356,7 +360,7 @@ cdef double _not_after(X509 *x):
 def _digest(*parts):
     """A digest of settings and the bytes of the files they name ("file:PATH", also inside lists and tuples):
     equal digests, equal contexts."""
-    h = hashlib.sha256()
+    h = sha256()
     _feed(h, parts)
     return h.hexdigest()
 

@@ -1,14 +1,19 @@
-"""OpenSSL for the compiled data path, bound at import to the libssl that Python's own `ssl` module loaded.
+"""OpenSSL for the compiled data path, bound on first use to the libssl that Python's own `ssl` module loads.
 
 Why not `#include <openssl/ssl.h>` and `-lssl`: `pip install .` must work on a machine that has gcc and the Python
 headers but no OpenSSL development package, and Python's `ssl` objects cost a Python call per read and write,
 which the data path cannot afford. So openssl.pxd declares the few functions we call ourselves (their public,
 documented signatures; the macros among them are spelled as the SSL_CTX_ctrl/SSL_ctrl calls they expand to), and
-this module fills a table of function pointers at import: it imports `_ssl` (which maps libssl and libcrypto
-into the process), finds their paths in /proc/self/maps, and resolves each name with dlopen/dlsym on the very
-same library, so fastmesh and Python's `ssl` share one OpenSSL, its version, its configuration and its system
-trust store. No header, no link-time library: the build needs neither. OpenSSL 1.1.1 and 3.x are supported
-(the functions and constants used have the same ABI in both); older versions are refused with a clear error.
+this module fills a table of function pointers the first time TLS is asked for (load()): it imports `_ssl`
+(which maps libssl and libcrypto into the process), finds their paths in /proc/self/maps, and resolves each name
+with dlopen/dlsym on the very same library, so fastmesh and Python's `ssl` share one OpenSSL, its version, its
+configuration and its system trust store. No header, no link-time library: the build needs neither. OpenSSL
+1.1.1 and 3.x are supported (the functions and constants used have the same ABI in both); older versions are
+refused with a clear error.
+
+Not at import: OpenSSL's libraries and start-up cost about 1 MiB of private memory per process, which an instance
+without a tls table never needs (the supervisor loads it before forking when the config has one, so that the
+workers share it).
 """
 from libc.string cimport memset
 
@@ -24,12 +29,13 @@ cdef extern from "<dlfcn.h>" nogil:
 
 cdef FmOssl OSSL
 memset(&OSSL, 0, sizeof(OSSL))
+cdef bint TRIED = False          # load() ran (whether it bound a library or not)
 
 MIN_VERSION = 0x10101000        # OpenSSL 1.1.1
 # Names that moved: OpenSSL 3 renamed SSL_get_peer_certificate (which 1.1.1 has).
 _ALIASES = {"SSL_get1_peer_certificate": ("SSL_get1_peer_certificate", "SSL_get_peer_certificate")}
 
-library_path = None             # the libssl file the table points into, once loaded
+library_path = None             # the libssl file the table points into, once bound
 version_number = 0              # OpenSSL_version_num() of that library
 error = None                    # why TLS is unavailable, or None
 
@@ -115,10 +121,15 @@ _FIELDS = (
 assert sizeof(FmOssl) == sizeof(void *) * (len(_FIELDS) + 1), "openssl.pxd's table and _FIELDS disagree"
 
 
-def _load():
-    global library_path, version_number, error
+def load():
+    """Bind the table (once: later calls return at once); afterwards available() says whether it worked and
+    `error` why not."""
+    global library_path, version_number, error, TRIED
     cdef void *handle
     cdef unsigned long v
+    if TRIED:
+        return
+    TRIED = True
     problems = []
     for candidate in _candidates():
         handle = dlopen(os.fsencode(candidate), RTLD_NOW | RTLD_LOCAL)
@@ -143,16 +154,20 @@ def _load():
     error = "no usable libssl (" + "; ".join(problems) + ")" if problems else "no libssl found"
 
 
-_load()
+def loaded():
+    """True once the table is bound (without binding it)."""
+    return OSSL.loaded == 1
 
 
 def available():
-    """True when TLS can be used: a libssl of version 1.1.1 or later was bound."""
+    """True when TLS can be used: a libssl of version 1.1.1 or later was bound (binding it now if need be)."""
+    load()
     return OSSL.loaded == 1
 
 
 def version():
     """(major, minor, patch) of the bound OpenSSL, or None."""
+    load()
     if not OSSL.loaded:
         return None
     v = version_number
