@@ -8,6 +8,7 @@
     python -m bench.footprint --workers 1 --pages      # also what the worker's copied pages hold (as root)
     python -m bench.footprint --workers 1 --merge-pages --settle 20   # with FASTMESH_MERGE_PAGES=1 (KSM running)
     python -m bench.footprint --workers 1 --instances 4                # four instances side by side, all counted
+    python -m bench.footprint --workers 1 --keep-page-cache  # without dropping the extensions' cached pages first
 
 The config is examples/quickstart.toml's shape (a tcp and an http listener in front of three demo backends, the admin
 server) on ports the kernel hands out, so it never collides with a quickstart someone else is running. RSS counts
@@ -312,6 +313,28 @@ def precompile(env: dict[str, str]) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
 
 
+def drop_cached_extensions() -> int:
+    """Drop fastmesh's compiled extensions from the page cache (the pages no process maps; POSIX_FADV_DONTNEED), so
+    that every run starts from the files as the disk has them; returns how many files were advised.
+
+    Pages of a file written moments before (a build, a copy, a fresh `pip install`) stay in the cache as the write
+    left them, and MADV_PAGEOUT then gives back fewer of the supervisor's pages (process/pageout.py): measured, about
+    0.6 MiB more PSS in the supervisor, until the cache pages are dropped and read back in. Without this, two
+    checkouts measured side by side differ by when their files were written, not by their code.
+    """
+    count = 0
+    for folder, _, files in os.walk(os.path.join(ROOT, "fastmesh", "_core")):
+        for name in files:
+            if name.endswith(".so"):
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    count += 1
+                finally:
+                    os.close(fd)
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="0,1,2,4",
@@ -334,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run with FASTMESH_MERGE_PAGES=1 (same-page merging; only counts while the kernel's "
                              "scanner runs: /sys/kernel/mm/ksm/run = 1, which this script leaves as it is). "
                              "Give merging time: --settle 20")
+    parser.add_argument("--keep-page-cache", dest="drop_cache", action="store_false",
+                        help="leave the extensions' pages in the page cache as they are (by default they are dropped "
+                             "before each instance starts: see drop_cached_extensions)")
     parser.add_argument("--instances", type=int, default=1,
                         help="run N instances of the same shape side by side (sidecars on one host) and count them "
                              "all (default: 1)")
@@ -352,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         for workers in (int(w) for w in args.workers.split(",")):
             with tempfile.TemporaryDirectory(prefix="fastmesh-footprint-") as tmp:
                 companions: list[subprocess.Popen] = []
+                if args.drop_cache:
+                    drop_cached_extensions()
                 try:
                     companions += [start_companion(workers, demo, env, tmp) for _ in range(args.instances - 1)]
                     result = measure(workers, demo, args.conns, args.settle, env, args.pages, companions)

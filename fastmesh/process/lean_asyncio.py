@@ -14,12 +14,14 @@ starts.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+from typing import Any
+
+# No importlib.abc or importlib.util here: importlib.abc imports importlib.resources, and with it pathlib,
+# tempfile, shutil, lzma, bz2 and ipaddress (over 1 MiB). Finders and loaders are protocols; these two follow them.
 
 
 def import_asyncio_without_ssl() -> None:
@@ -44,7 +46,7 @@ def hand_ssl_to_asyncio(ssl: ModuleType) -> None:
         importlib.reload(sslproto)  # its TLS names (SSLAgainErrors) are defined only when ssl imported
 
 
-class _FirstSslImport(importlib.abc.MetaPathFinder):
+class _FirstSslImport:
     """Watches for the first `import ssl`; finds it as the other finders would and hands it over once run."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None,
@@ -53,16 +55,20 @@ class _FirstSslImport(importlib.abc.MetaPathFinder):
             return None
         if self in sys.meta_path:
             sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("ssl")
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ThenHandOver(spec.loader)
-        return spec
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ThenHandOver(spec.loader)
+                return spec
+        return None
 
 
-class _ThenHandOver(importlib.abc.Loader):
+class _ThenHandOver:
     """The ssl module's own loader, and the hand-over once the module has run."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+    def __init__(self, loader: Any) -> None:
         self.loader = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:

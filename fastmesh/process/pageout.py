@@ -1,8 +1,8 @@
 """Give back the file pages that only the supervisor touched, once its workers are forked and serving.
 
 The supervisor imports the data path (fastmesh/_core) only so that the workers it forks share it (zygote.py), and
-importing ran every extension's init code (type objects, string tables, cached constants); OpenSSL's start-up (the
-`ssl` module that asyncio loads), the interpreter's import machinery and the config parser ran there too. A worker,
+importing ran every extension's init code (type objects, string tables, cached constants); OpenSSL's start-up (when
+the config has a tls table), the interpreter's import machinery and the config parser ran there too. A worker,
 forked after that, never runs that code again, and the supervisor does not move requests: those clean file pages
 stayed mapped by the supervisor alone and counted in full in its PSS, about 6 MiB of the instance at idle
 (`python -m bench.footprint --maps`: 2.5 MiB of fastmesh/_core, 3.2 of libcrypto, the rest stdlib extensions).

@@ -474,7 +474,7 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
         # without a tls table (ssl, _ssl, _hashlib and what imports it) (unless the interpreter's own start-up, its
         # site hooks, loads them).
         unneeded = {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal", "ipaddress",
-                    "ssl", "_ssl", "_hashlib", "hashlib", "hmac", "secrets"}
+                    "ssl", "_ssl", "_hashlib", "hashlib", "hmac", "secrets", "importlib.resources"}
         for name in unneeded - bare:
             assert name not in modules[pid], f"{comm(pid)} holds {name}"
         assert not openssl_mapped(pid) - bare_openssl, f"{comm(pid)} maps {sorted(openssl_mapped(pid))}"
