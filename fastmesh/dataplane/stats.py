@@ -42,10 +42,10 @@ from fastmesh._core.stats import (
 )
 from fastmesh._core.naming import OUTCOMES, OVERRIDE_RESULTS
 from fastmesh.config.schema import Config, Endpoint
-from fastmesh.digests import blake2b
 from fastmesh.dataplane.naming import services_of
 from fastmesh.dataplane.slots import Holes, slot_list
 from fastmesh.dataplane.stats_names import MASK, Name, Translation
+from fastmesh.digests import blake2b
 
 if TYPE_CHECKING:       # the supervisor reads stats without loading the connection code
     from fastmesh._core.cluster import Cluster

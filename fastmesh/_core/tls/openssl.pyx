@@ -154,11 +154,6 @@ def load():
     error = "no usable libssl (" + "; ".join(problems) + ")" if problems else "no libssl found"
 
 
-def loaded():
-    """True once the table is bound (without binding it)."""
-    return OSSL.loaded == 1
-
-
 def available():
     """True when TLS can be used: a libssl of version 1.1.1 or later was bound (binding it now if need be)."""
     load()
