@@ -19,6 +19,29 @@ READY = r"ready: \d+ worker\(s\) serving"     # the supervisor's line once every
 WAIT = 15.0         # seconds any one expected event may take unless the test says otherwise
 
 
+OPENSSL_LIBRARY = re.compile(r"lib(?:ssl|crypto)\.so")
+
+
+def openssl_libraries(maps: str) -> set[str]:
+    """The OpenSSL library files (libssl, libcrypto) a /proc/PID/maps text names."""
+    names = {os.path.basename(line.split()[-1]) for line in maps.splitlines() if line.strip()}
+    return {name for name in names if OPENSSL_LIBRARY.match(name)}
+
+
+def openssl_mapped(pid: int) -> set[str]:
+    """The OpenSSL library files process pid maps."""
+    with open(f"/proc/{pid}/maps") as f:
+        return openssl_libraries(f.read())
+
+
+def openssl_at_start() -> set[str]:
+    """The OpenSSL library files a bare interpreter of this Python maps (its site hooks may load OpenSSL): what no
+    test can hold against fastmesh."""
+    maps = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"], capture_output=True,
+                          text=True, check=True).stdout
+    return openssl_libraries(maps)
+
+
 def env() -> dict[str, str]:
     """This environment with the checkout first on PYTHONPATH, so the child imports the fastmesh under test."""
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

@@ -517,18 +517,12 @@ backends = ["127.0.0.1:{backend}"]
     assert new != old and len(set(re.findall(r"w\d+ started \(pid (\d+)\)", log))) == 3
 
 
-def _maps_openssl(pid: int) -> bool:
-    with open(f"/proc/{pid}/maps") as maps:
-        return any(re.search(r"/lib(ssl|crypto)\.so", line) for line in maps)
-
-
 def test_openssl_is_bound_only_once_a_reload_adds_a_tls_listener(pki: Pki, tmp_path: Path) -> None:
     """Started without a tls table, neither the supervisor nor its two workers map OpenSSL (openssl.pyx binds it
     on first use; asyncio is imported without ssl); a reload that adds a TLS listener then serves TLS from each
     worker, having bound it there."""
     import signal
-    import sys
-    from fastmesh._testbase.run import Run
+    from fastmesh._testbase.run import Run, openssl_at_start, openssl_mapped
     server = pki.issue("web.test")
     plain, secure, backend, admin = free_port(), free_port(), free_port(), free_port()
     text = f"""
@@ -551,15 +545,14 @@ listen = "127.0.0.1:{secure}"
 cluster = "backend"
 tls = {{ cert = "{server.cert}", key = "{server.key}" }}
 """
-    bare = subprocess.run([sys.executable, "-c", "print(open('/proc/self/maps').read())"], capture_output=True,
-                          text=True, check=True).stdout
+    bare = openssl_at_start()
     ctx = pki.client_context()
     fm = Run(tmp_path, text)
     try:
         fm.wait_log(r"ready: \d+ worker\(s\) serving")
         workers = [int(m[1]) for m in fm.wait_log(r"w\d started \(pid (\d+)\)", count=2)]
-        if not re.search(r"/lib(ssl|crypto)\.so", bare):     # else this interpreter maps it at start anyway
-            assert not any(_maps_openssl(pid) for pid in (fm.proc.pid, *workers))
+        if not bare:        # else this interpreter maps it at start anyway
+            assert not any(openssl_mapped(pid) for pid in (fm.proc.pid, *workers))
         fm.config.write_text(text + added)
         fm.proc.send_signal(signal.SIGHUP)
         fm.wait_log(r"config reloaded \(SIGHUP\)")
@@ -569,7 +562,7 @@ tls = {{ cert = "{server.cert}", key = "{server.key}" }}
                 with ctx.wrap_socket(raw, server_hostname="web.test") as s:
                     s.sendall(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
                     answers.append(s.recv(100).split(b"\r\n")[0])
-        bound = [_maps_openssl(pid) for pid in workers]
+        bound = [bool(openssl_mapped(pid)) for pid in workers]
     finally:
         fm.stop()
     assert answers == [b"HTTP/1.1 200 OK"] * 10

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fastmesh._testbase.net import free_port
-from fastmesh._testbase.run import READY, Run, kill_workers
+from fastmesh._testbase.run import READY, Run, kill_workers, openssl_at_start, openssl_mapped
 from fastmesh.process import pageout
 from fastmesh.process.supervisor import MAX_BACKOFF, restart_delay
 
@@ -425,15 +425,6 @@ signal.signal(signal.SIGUSR2, _dump)
 """
 
 
-OPENSSL_FILE = re.compile(r"lib(ssl|crypto)\.so")
-
-
-def openssl_mapped(pid: int) -> set[str]:
-    """The OpenSSL library files a process maps."""
-    with open(f"/proc/{pid}/maps") as maps:
-        return {os.path.basename(line.split()[-1]) for line in maps if OPENSSL_FILE.search(line)}
-
-
 def test_nothing_of_ours_is_imported_after_the_first_fork(
         start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A module imported after the fork, by the supervisor (admin, discovery, reloads) or by a worker, puts its objects
@@ -458,9 +449,7 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
     modules = {int(path.name): set(path.read_text().split()) for path in dumps.glob("[0-9]*[0-9]")}
     bare = set(subprocess.run([sys.executable, "-c", "import sys; print(*sys.modules)"], capture_output=True,
                               text=True, check=True).stdout.split())
-    bare_openssl = set(subprocess.run([sys.executable, "-c", "print(*set(open('/proc/self/maps').read().split()))"],
-                                      capture_output=True, text=True, check=True).stdout.split())
-    bare_openssl = {os.path.basename(word) for word in bare_openssl if OPENSSL_FILE.match(os.path.basename(word))}
+    bare_openssl = openssl_at_start()
     assert "fastmesh.admin.server" in modules[fm.proc.pid] and "fastmesh.proxy" in modules[worker]
     for pid, other in ((fm.proc.pid, worker), (worker, fm.proc.pid)):
         late = {name for name in modules[pid] - modules[other] if name.startswith("fastmesh")}
