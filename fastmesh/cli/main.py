@@ -1,7 +1,6 @@
 """The `fastmesh` command: parse arguments and hand each subcommand to the module that does the work."""
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import signal
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 from fastmesh._version import __version__
 from fastmesh.logs import LEVELS
 from fastmesh.process.lean_asyncio import import_asyncio_without_ssl
+from fastmesh.process.startup_only import forget
 
 if TYPE_CHECKING:
     import argparse
@@ -44,7 +44,7 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         config, log_level = args.config, args.log_level
         del parser, args
-        forget_parsing_modules(set(sys.modules) - before)
+        forget(PARSING_ONLY, set(sys.modules) - before)     # (0.6 MiB, shared with every worker)
         import_asyncio_without_ssl()
         from fastmesh.process.supervisor import run
         return run(config, log_level)
@@ -75,15 +75,6 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
 # What parsing the command line imported that nothing after it uses: argparse, and what it pulled in (gettext for its
 # messages, shutil for the terminal's width, which loads bz2 and lzma).
 PARSING_ONLY = ("argparse", "gettext", "shutil", "bz2", "lzma", "_compression")
-
-
-def forget_parsing_modules(imported: set[str]) -> None:
-    """Drop the parsing-only modules that parsing imported (none that something else had loaded before), so that
-    the long-running `run` reuses their memory for what it imports next (0.6 MiB, shared with every worker)."""
-    for name in PARSING_ONLY:
-        if name in imported:
-            del sys.modules[name]
-    gc.collect()
 
 
 def build_parser() -> argparse.ArgumentParser:

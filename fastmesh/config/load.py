@@ -1,15 +1,17 @@
 """TOML -> the schema dataclasses, reporting every problem with its file, key path and what was expected.
 
-The entry points: load_config / read_config / loads_config / config_from_dict, and config_to_dict back (to_dict.py).
+The entry points: load_config / loads_config / config_from_dict, and config_to_dict back (to_dict.py).
 The walk collects all problems before raising (one ConfigErrors), so a user fixes a config in one pass.
 Defaults are never written here: a key that is absent is simply not passed to the schema's constructor.
 Each section's keys are checked in config/sections/, the checks across sections in config/checks.py.
+The TOML reader (tomllib, which loads datetime) is imported when a text is parsed, not with this module: a worker
+takes its config already checked (as the object or as JSON) and never needs it, and `fastmesh run` lets it go once
+the file is read (TOML_READER).
 """
 from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,18 +22,16 @@ from fastmesh.config.to_dict import config_to_dict
 from fastmesh.config.walk import NOTHING, _Check, _table
 from fastmesh.errors import ConfigError, ConfigErrors
 
-__all__ = ["load_config", "read_config", "loads_config", "config_from_dict", "config_to_dict"]
+__all__ = ["load_config", "loads_config", "config_from_dict", "config_to_dict"]
+
+# The modules parsing TOML imports that nothing else of ours needs.
+TOML_READER = ("tomllib", "tomllib._parser", "tomllib._re", "tomllib._types", "datetime", "_datetime")
 
 _TOML_POSITION_RE = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.DOTALL)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a TOML file; messages name the file as given."""
-    return read_config(path)[1]
-
-
-def read_config(path: str | os.PathLike[str]) -> tuple[bytes, Config]:
-    """The file's bytes (what a reload sends the workers) and the config they hold; messages name the file."""
     source = os.fspath(path)
     try:
         with open(source, "rb") as f:
@@ -43,11 +43,12 @@ def read_config(path: str | os.PathLike[str]) -> tuple[bytes, Config]:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", "UTF-8 text",
                           reason=f"invalid TOML (not UTF-8 at byte {exc.start})") from None
-    return raw, loads_config(text, source)
+    return loads_config(text, source)
 
 
 def loads_config(text: str, source: str = "<string>") -> Config:
     """Validate TOML text; `source` names it in messages."""
+    import tomllib
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

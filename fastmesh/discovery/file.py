@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tomllib
 from typing import Any
 
 from fastmesh.config.schema import Endpoint
@@ -27,6 +26,7 @@ def parse_file(data: bytes, name: str) -> list[Endpoint]:
         raise SourceError("parse", f"{name}: not UTF-8") from None
     doc: Any
     if name.endswith(".toml"):
+        import tomllib      # only for a TOML endpoints file (config/load.py: TOML_READER)
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -76,7 +76,7 @@ async def serve(sup: Host) -> None:
     set_ticket_secret(sup.ticket_secret.handover())     # the same rotating ticket keys a worker would derive
     holes: dict[str, tuple[int, ...]] = {}
     cfg, gen = sup.cfg, sup.config_gen
-    if sup.reloader.format == "json" and sup.reloader.text is not None:
+    if sup.reloader.text is not None:
         cfg, holes = _effective_config(sup.reloader.text, sup.config_path)    # discovery filled in the endpoints
     # Duplicates: the Proxy closes the fds it maps, the supervisor keeps its own for reloads.
     proxy = Proxy(cfg, reuse_port=True, stats_fd=os.dup(sup.stats.fd_for(SLOT)), limits_fd=os.dup(sup.limits.fd),

@@ -1,17 +1,18 @@
 """Hot reload in the supervisor: read and check the config file, have every worker apply it, report the outcome.
 
 One reload at a time (SIGHUP and POST /reload queue behind each other). The supervisor reads the file once and
-sends that text to the workers over their control channels (process/link.py), with the stats block of the
-new counter layout (dataplane/stats.py); each worker answers once `Proxy.reload()` has swapped it in.
+sends what it checked, as JSON, to the workers over their control channels (process/link.py), with the stats block
+of the new counter layout (dataplane/stats.py); each worker answers once `Proxy.reload()` has swapped it in.
 
 Outcomes, as POST /reload answers them:
   200  every serving worker applied it (the summary names what changed);
   400  the file does not load, or a new listener address cannot be used: nothing changed anywhere;
   500  a worker refused it (say, a bind failed there). When none applied it, the running config stays; when some
        did, the new config is kept and the refusing workers are restarted so that all run the same config;
-  504  a worker did not answer in time: its state is unknown, so it is restarted (it starts from the file).
-Restarted workers read the file when they start, like any worker, and a worker that becomes ready with an older
-config than the supervisor's is sent the current one at once. `workers`, `[admin]` and `[demo]` cannot change
+  504  a worker did not answer in time: its state is unknown, so it is restarted (with the running config).
+A worker (re)started later starts from the running config, never from the file as it is now: a forked worker has the
+supervisor's, a fresh interpreter is handed its JSON; one that becomes ready with an older config than the
+supervisor's is sent the current one at once. `workers`, `[admin]` and `[demo]` cannot change
 while running: a change to them is reported and waits for a restart (/config shows the values in effect).
 
 Discovery updates take a shorter path: only the changed clusters' endpoint sets (with their slot holes,
@@ -30,7 +31,7 @@ import os
 import time
 from typing import Any, Protocol
 
-from fastmesh.config.load import config_to_dict, read_config
+from fastmesh.config.load import config_to_dict, load_config
 from fastmesh.config.schema import Config
 from fastmesh.dataplane.ratelimits import SharedRates
 from fastmesh.dataplane.slots import Holes, encode_sets, with_holes
@@ -83,8 +84,8 @@ class Reloader:
     def __init__(self, sup: Supervised) -> None:
         self.sup = sup
         self.lock = asyncio.Lock()
-        self._text: bytes | None = None     # the file text of the running config once a reload changed it...
-        self.format = "toml"            # ...or, with discovery, the effective config (endpoints filled in) as JSON
+        # The running config as workers are sent it (effective_text's JSON) once a reload or discovery changed it.
+        self._text: bytes | None = None
         self._effective: tuple[Config, Holes] | None = None    # what `text` is made from when an update left it out
         self.holes: Holes = {}          # the endpoint slot holes the workers run with (discovered clusters)
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
@@ -102,9 +103,9 @@ class Reloader:
         making the text (a discovery update must not format 10,000 endpoints as JSON just to ask)."""
         return self._text is None and self._effective is None
 
-    def _running(self, text: bytes | None, fmt: str, effective: Config, holes: Holes) -> None:
+    def _running(self, text: bytes | None, effective: Config, holes: Holes) -> None:
         """Workers now run `effective` (sent as text, or made from it when first needed)."""
-        self._text, self.format, self.holes = text, fmt, holes
+        self._text, self.holes = text, holes
         self._effective = (effective, holes) if text is None else None
 
     async def reload(self, trigger: str) -> Outcome:
@@ -131,7 +132,7 @@ class Reloader:
         sup = self.sup
         began = time.monotonic()
         try:
-            text, new = read_config(sup.config_path)
+            new = load_config(sup.config_path)
         except ConfigError as exc:
             return self._refused(trigger, [str(e) for e in exc.errors], "the config is not valid")
         old = sup.cfg
@@ -145,10 +146,10 @@ class Reloader:
             effective = sup.discovery.fill(effective)
             holes = sup.discovery.holes(effective)
             sup.discovery.dirty = set()         # every set goes with the whole config
-            text, fmt = effective_text(effective, holes), "json"
-        else:
-            fmt = "toml"
-        return await self._distribute(trigger, text, fmt, effective, later, began, holes)
+        # As JSON, whatever the file's format: workers never parse TOML (nor import its reader), and each applies
+        # exactly what the supervisor checked.
+        return await self._distribute(trigger, effective_text(effective, holes), "json", effective, later, began,
+                                      holes)
 
     async def discovered(self) -> None:
         """Discovery found new endpoint sets: every worker applies the changed clusters' sets in place. The whole
@@ -187,8 +188,8 @@ class Reloader:
 
     async def _distribute(self, trigger: str, text: bytes, fmt: str, effective: Config, later: list[str],
                           began: float, holes: Holes | None = None) -> Outcome:
-        """Have every serving worker apply `effective` (sent as `text` in `fmt`: "toml" or "json" for a whole
-        config, "endpoints" for changed endpoint sets), then adopt it."""
+        """Have every serving worker apply `effective` (sent as `text` in `fmt`: "json" for a whole config,
+        "endpoints" for changed endpoint sets), then adopt it."""
         sup = self.sup
         old = sup.cfg
         holes = holes or {}
@@ -218,9 +219,9 @@ class Reloader:
                                  "failed_workers": [f"w{n}" for n in sorted(refused)], "workers": workers})
         # Adopt: from here the new config is the supervisor's, and every worker will end up running it.
         if fmt == "endpoints":
-            self._running(None, "json", effective, holes)
+            self._running(None, effective, holes)
         else:
-            self._running(text, fmt, effective, holes)
+            self._running(text, effective, holes)
         sup.adopt(effective, applied)
         for n in sorted(sup.ready - set(targets)):    # became ready while we read: may run the older file
             asyncio.get_running_loop().create_task(self.push(n))
@@ -271,7 +272,7 @@ class Reloader:
                 # is the same block).
                 fds = (config_fd, stats_fd) if fmt == "endpoints" else (config_fd, stats_fd, self.sup.rates.fd)
                 answer = await link.call("endpoints" if fmt == "endpoints" else "reload", RELOAD_TIMEOUT,
-                                         fds=fds, source=self.sup.config_path, format=fmt)
+                                         fds=fds, source=self.sup.config_path)
             finally:
                 stats.thaw(n)
         except TimeoutError:
@@ -292,7 +293,7 @@ class Reloader:
             if self.from_file or link is None or n not in sup.ready or sup.spawn_gen.get(n) == sup.config_gen:
                 return
             assert self.text is not None
-            state, info = await self._apply(n, link, self.text, self.format)
+            state, info = await self._apply(n, link, self.text, "json")
             if state == "applied":
                 sup.spawn_gen[n] = sup.config_gen
                 log.info("w%d: brought up to the running config", n)

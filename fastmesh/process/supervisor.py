@@ -21,6 +21,8 @@ from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process.inline import InlineLink
 from fastmesh.process import pagemerge, pageout, zygote
+from fastmesh.process.reload import effective_text
+from fastmesh.process.startup_only import forget
 from fastmesh.process.zygote import ForkedWorker
 from fastmesh.dataplane.tls import TicketSecret
 
@@ -46,8 +48,9 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 def run(config_path: str, log_level: str) -> int:
     """Load and check the config, then supervise workers until SIGTERM/SIGINT; returns the exit code."""
     setup_logging(log_level, "main")
-    from fastmesh.config.load import load_config
+    from fastmesh.config.load import TOML_READER, load_config
     from fastmesh.errors import ConfigError
+    before = set(sys.modules)
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
@@ -55,6 +58,9 @@ def run(config_path: str, log_level: str) -> int:
             log.error("%s", error)
         log.error("the config is not valid: not starting")
         return 1
+    # Workers get the config from us, checked, and never read TOML: the reader goes until a reload reads the file
+    # (0.3 MiB the instance would otherwise hold in every process).
+    forget(TOML_READER, set(sys.modules) - before)
     try:
         import fastmesh._core  # noqa: F401  (workers need it; say so once here rather than in each crashing worker)
     except ImportError as exc:
@@ -263,7 +269,7 @@ class Supervisor:
             self.admin.set_config(cfg)
 
     def restart(self, n: int, why: str) -> None:
-        """Stop worker n gracefully; its slot starts a new one (which reads the config file)."""
+        """Stop worker n gracefully; its slot starts a new one (with the running config)."""
         if self.inline:
             log.error("the data plane %s; with workers = 0 there is no worker to restart: it keeps running", why)
             return
@@ -402,13 +408,13 @@ class Supervisor:
             ours, theirs = socketpair()
             tickets = memfd_with(self.ticket_secret.handover(), "fastmesh-tickets")
             fds = [self.stats.fd_for(n), theirs.fileno(), self.limits.fd, self.rates.fd, tickets]
-            running = None
-            if self.reloader.format == "json" and self.reloader.text is not None:
-                running = memfd_with(self.reloader.text, "fastmesh-config")     # discovery: the running config
-                fds.append(running)
+            # The running config as this process holds it (discovery's endpoints filled in, a reload's result):
+            # the worker runs what its siblings run, whatever the file says now, and parses nothing.
+            running = (self.cfg, self.reloader.holes)
             try:
                 proc: Worker = await zygote.fork_worker(
-                    {"config": self.config_path, "worker_id": n, "log_level": self.log_level}, fds)
+                    {"config": self.config_path, "worker_id": n, "log_level": self.log_level, "running": running},
+                    fds)
             except OSError as exc:
                 ours.close()
                 log.warning("could not fork w%d (%s): starting a fresh interpreter", n, exc)
@@ -419,8 +425,6 @@ class Supervisor:
             finally:
                 theirs.close()
                 os.close(tickets)
-                if running is not None:
-                    os.close(running)
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
         if _PACKAGE_ROOT not in site.getsitepackages() + [site.getusersitepackages()]:
@@ -428,12 +432,9 @@ class Supervisor:
         stats_fd = self.stats.fd_for(n)
         limits_fd = self.limits.fd
         rates_fd = self.rates.fd
-        extra: list[str] = []
-        config_fd = None
-        if self.reloader.format == "json" and self.reloader.text is not None:
-            # Discovery: the worker starts from the running config (endpoints filled in), not from the file.
-            config_fd = memfd_with(self.reloader.text, "fastmesh-config")
-            extra = ["--config-fd", str(config_fd)]
+        # The running config as JSON (discovery's endpoints filled in, a reload's result), not the file as it is now.
+        text = self.reloader.text if self.reloader.text is not None else effective_text(self.cfg)
+        config_fd = memfd_with(text, "fastmesh-config")
         ours, theirs = socketpair()
         tickets = memfd_with(self.ticket_secret.handover(), "fastmesh-tickets")
         try:
@@ -444,18 +445,16 @@ class Supervisor:
                 sys.executable, "-P", "-m", "fastmesh", "_worker", self.config_path,
                 "--worker-id", str(n), "--log-level", self.log_level, "--stats-fd", str(stats_fd),
                 "--control-fd", str(theirs.fileno()), "--limits-fd", str(limits_fd), "--rates-fd", str(rates_fd),
-                "--ticket-fd", str(tickets), *extra,
+                "--ticket-fd", str(tickets), "--config-fd", str(config_fd),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
-                pass_fds=(stats_fd, theirs.fileno(), limits_fd, rates_fd, tickets,
-                          *([config_fd] if config_fd is not None else [])))
+                pass_fds=(stats_fd, theirs.fileno(), limits_fd, rates_fd, tickets, config_fd))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
             os.close(tickets)
-            if config_fd is not None:
-                os.close(config_fd)
+            os.close(config_fd)
         self.links[n] = WorkerLink(ours, f"w{n}")
         self.spawn_gen[n] = self.config_gen
         return proc

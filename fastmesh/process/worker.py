@@ -2,9 +2,10 @@
 
 The loop is process/loop.py's (FASTMESH_LOOP: the reactor's epoll set waited in directly by default, or uvloop).
 
-Reloads come from the supervisor over the control channel (process/link.py), with the config text it
-checked and the stats block for the new config's shape, never from re-reading the file here: every worker then
-applies the same config, even when the file changes again meanwhile. Discovery updates come the same way as
+A worker starts from the supervisor's running config and never reads the file itself (nor imports a TOML reader).
+Reloads come from the supervisor over the control channel (process/link.py), with the config it checked (as JSON)
+and the stats block for the new config's shape: every worker then applies the same config, even when the file
+changes again meanwhile. Discovery updates come the same way as
 "endpoints" requests: the changed clusters' endpoint sets, applied in place (Proxy.update_endpoints).
 """
 from __future__ import annotations
@@ -33,8 +34,11 @@ PARENT_POLL = 1.0                          # seconds between parent checks where
 
 def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None = None,
          control_fd: int | None = None, limits_fd: int | None = None, config_fd: int | None = None,
-         rates_fd: int | None = None, ticket_fd: int | None = None) -> int:
-    """Entry point of `fastmesh _worker`; returns the process exit code."""
+         rates_fd: int | None = None, ticket_fd: int | None = None,
+         running: tuple[Config, dict[str, tuple[int, ...]]] | None = None) -> int:
+    """Entry point of `fastmesh _worker`; returns the process exit code. The config to run is `running` (config and
+    endpoint slot holes: a forked worker's, from the supervisor's memory), else the JSON in config_fd (a fresh
+    interpreter's), else the file at config_path (a worker started by hand)."""
     setup_logging(log_level, f"w{worker_id}")
     if pagemerge.requested():
         pagemerge.enable()              # a forked worker has it from the supervisor (which said what stands in the way)
@@ -58,11 +62,12 @@ def main(config_path: str, worker_id: int, log_level: str, stats_fd: int | None 
     from fastmesh.errors import ConfigError
     holes: dict[str, tuple[int, ...]] = {}
     try:
-        # With discovery the supervisor hands over the running config (endpoints filled in) instead of the file.
-        if config_fd is None:
-            cfg = load_config(config_path)
-        else:
+        if running is not None:
+            cfg, holes = running
+        elif config_fd is not None:
             cfg, holes = _read_config_fd(config_fd, config_path)
+        else:
+            cfg = load_config(config_path)
     except ConfigError as exc:
         for error in exc.errors:        # one log line per problem
             log.error("config no longer loads: %s", error)
@@ -233,7 +238,6 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
 
     async def _reload(message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         from fastmesh.process import link as workerlink
-        from fastmesh.config.load import loads_config
         from fastmesh.dataplane import stats
         from fastmesh.errors import ConfigError
         began = time.monotonic()
@@ -244,11 +248,7 @@ def _handlers(proxy: Any, busy: asyncio.Lock, stop: asyncio.Event) -> dict[str, 
         block = stats.map_block(stats_fd) if stats_fd is not None else None
         source = str(message.get("source", "<config>"))
         try:
-            holes: dict[str, tuple[int, ...]] = {}
-            if message.get("format") == "json":        # the supervisor's effective config (discovery)
-                cfg, holes = _effective_config(text, source)
-            else:
-                cfg = loads_config(text.decode(), source=source)
+            cfg, holes = _effective_config(text, source)      # the config the supervisor checked, as JSON
             theirs, rates_fd = rates_fd, None         # reload() owns it from here
             changes = await proxy.reload(cfg, stats_block=block, holes=holes, rates_fd=theirs)
         except ConfigError as exc:

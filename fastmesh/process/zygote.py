@@ -172,8 +172,7 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
     from fastmesh.process import worker
     code = 1
     try:
-        stdout, stats_fd, control_fd, limits_fd, rates_fd, ticket_fd, *rest = fds
-        config_fd = rest[0] if rest else None                   # the running config, when discovery fills it in
+        stdout, stats_fd, control_fd, limits_fd, rates_fd, ticket_fd = fds
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -183,7 +182,7 @@ def _worker(argv: dict[str, Any], fds: list[int]) -> int:
         from fastmesh._core.syscalls import set_process_name
         set_process_name(b"fastmesh-worker")
         code = worker.main(argv["config"], argv["worker_id"], argv["log_level"], stats_fd, control_fd, limits_fd,
-                           config_fd, rates_fd, ticket_fd)
+                           None, rates_fd, ticket_fd, argv["running"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

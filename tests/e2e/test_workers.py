@@ -158,13 +158,12 @@ def test_killed_worker_is_restarted(start: Start) -> None:
 
 def test_worker_that_keeps_failing_is_restarted_with_backoff(start: Start) -> None:
     fm = start(workers=1)
-    fm.config.write_text("workers = -1\n")       # from now on a new worker cannot load the config
-    os.kill(fm.worker_pids()["w0"], signal.SIGKILL)
-    fm.wait_log(r"exited unexpectedly: exit code 78")
+    # Killed as soon as it starts, three times: the first restart is immediate, the later ones wait, longer each time.
+    for started in (1, 2, 3):
+        os.kill(int(fm.wait_log(r"w0 started \(pid (\d+)\)", count=started)[started - 1][1]), signal.SIGKILL)
     fm.wait_log(r"restarting w0 in 0\.5s \(it keeps exiting quickly\)")
-    assert "config no longer loads" in fm.log()
-    fm.config.write_text(fm.config_text)        # fixed: the next restart serves again
-    fm.wait_log(r"w0 \(pid \d+\) ready", count=2)
+    last = int(fm.wait_log(r"w0 started \(pid (\d+)\)", count=4)[3][1])    # left alone: it serves
+    fm.wait_log(rf"w0 \(pid {last}\) ready")
     assert http_get(fm.port) in (1, 2, 3)
     assert fm.proc.poll() is None
 
@@ -459,11 +458,13 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
         for name in ("importlib.metadata", "email", "difflib"):
             assert name not in modules[pid], f"{comm(pid)} loaded {name}"
         # uvloop only where FASTMESH_LOOP asks for it; argparse (and shutil, bz2, lzma with it) is dropped once the
-        # command line is parsed; pathlib, tempfile, ctypes, decimal and ipaddress are not needed; nor is OpenSSL
+        # command line is parsed, and the TOML reader (tomllib, datetime) once the config file is read (a worker
+        # never reads it); pathlib, tempfile, ctypes, decimal and ipaddress are not needed; nor is OpenSSL
         # without a tls table (ssl, _ssl, _hashlib and what imports it) (unless the interpreter's own start-up, its
         # site hooks, loads them).
         unneeded = {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal", "ipaddress",
-                    "ssl", "_ssl", "_hashlib", "hashlib", "hmac", "secrets", "importlib.resources"}
+                    "ssl", "_ssl", "_hashlib", "hashlib", "hmac", "secrets", "importlib.resources", "tomllib",
+                    "datetime"}
         for name in unneeded - bare:
             assert name not in modules[pid], f"{comm(pid)} holds {name}"
         assert not openssl_mapped(pid) - bare_openssl, f"{comm(pid)} maps {sorted(openssl_mapped(pid))}"
@@ -479,6 +480,25 @@ def test_without_forking_workers_are_fresh_interpreters(start: Start, monkeypatc
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert b"\0_worker\0" in f.read()
     assert http_get(fm.port) in (1, 2, 3)
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+
+
+@pytest.mark.parametrize("zygote", ["1", "0"], ids=["forked", "fresh-interpreter"])
+def test_restarted_worker_runs_the_running_config_not_the_file_as_edited_since(
+        start: Start, monkeypatch: pytest.MonkeyPatch, zygote: str) -> None:
+    # The file is edited (here: broken) but not reloaded; a worker that dies meanwhile comes back with what the
+    # instance runs, from the supervisor (the object when forked, its JSON for a fresh interpreter), never with the
+    # file as it is now: one that read it would refuse to start here, or run other settings than its siblings.
+    monkeypatch.setenv("FASTMESH_ZYGOTE", zygote)
+    fm = start(workers=1, drain_timeout="1s")
+    fm.config.write_text("workers = \"not a number\"\n[[listeners]\n")
+    old = fm.worker_pids()["w0"]
+    os.kill(old, signal.SIGKILL)
+    fm.wait_log(r"w0 \(pid \d+\) ready", count=2)
+    assert fm.worker_pids()["w0"] != old
+    assert {http_get(fm.port) for _ in range(6)} == {1, 2, 3}
+    assert "config no longer loads" not in fm.log()
     fm.proc.send_signal(signal.SIGTERM)
     assert fm.wait_exit() == 0
 
