@@ -4,7 +4,6 @@ PENDING: int
 FAILED: int
 TIMEOUT: int
 PROTECTED: frozenset[str]
-REASONS: dict[int, bytes]
 
 class FilterMessage:
     headers: list[tuple[str, str]]

@@ -29,11 +29,9 @@ from fastmesh._core.ratelimit cimport RateLimit, RK_FILTER
 from fastmesh._core.http1.parser cimport Head, Limits, limits_init, parse_response
 from fastmesh._core.http1.view cimport view_parse
 
-from http import HTTPStatus
-
 PROTECTED = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
                        "keep-alive", "proxy-connection", "fastmesh-timeout-ms"})
-REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+cdef dict _REASONS = None      # status -> reason phrase, made when a plugin first answers (http's enum is 80 KiB)
 cdef unsigned long long PROTECTED_LENGTHS = 0           # bit n: some protected name has n bytes
 for _p in PROTECTED:
     PROTECTED_LENGTHS |= 1ULL << len(_p)
@@ -370,7 +368,15 @@ cdef tuple answer_parts(object answer, FilterRequest r):
     fields = [(_editable(name), _value(value)) for name, value in items]
     if r.response_adds:
         fields += r.response_adds
-    return status, REASONS.get(status, b"Unknown"), fields, body
+    return status, _reason(status), fields, body
+
+
+cdef bytes _reason(int status):
+    global _REASONS
+    if _REASONS is None:
+        from http import HTTPStatus
+        _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+    return _REASONS.get(status, b"Unknown")
 
 
 cdef object run_chain(object chain, FilterRequest r):

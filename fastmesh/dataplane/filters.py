@@ -23,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmesh._core.filters import FAILED, PENDING, TIMEOUT
 from fastmesh.config.schema import FilterSpec
 from fastmesh.config.schema import Listener as ListenerConfig
 from fastmesh.errors import PluginError
 from fastmesh.plugins import registry
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("fastmesh.plugins")
 LOG_EVERY = 10.0               # seconds between two logged failures of one filter
@@ -42,6 +44,7 @@ def _threads() -> ThreadPoolExecutor:
     """The worker's pool for run = "thread" filters, made at first use (a worker without them has no threads)."""
     global _pool
     if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor    # (with queue: imported where such a filter runs)
         _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="fastmesh-filter")
     return _pool
 

@@ -17,7 +17,7 @@ wire, and a few C calls per column to make or read it.
 """
 from __future__ import annotations
 
-import base64
+import binascii          # base64 itself is binascii plus 50 KiB of other encodings
 import bisect
 import dataclasses
 import json
@@ -110,19 +110,23 @@ _WEIGHT, _PRIORITY = operator.attrgetter("weight"), operator.attrgetter("priorit
 _U16 = "H"                  # ports, weights (1 to 1000) and priorities (0 to 65535) as 16-bit numbers on the wire
 
 
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
 def _numbers(values: list[int]) -> int | str:
     """A column of 16-bit numbers: one number when every endpoint has it (the common case: weight 1, priority 0),
     else the array's bytes (native order: supervisor and workers run on one machine) in base64."""
     if values and values.count(values[0]) == len(values):
         return values[0]
-    return base64.b64encode(array(_U16, values).tobytes()).decode("ascii")
+    return _b64(array(_U16, values).tobytes())
 
 
 def _unnumbers(column: int | str, count: int) -> list[int]:
     if isinstance(column, int):
         return [column] * count
     values = array(_U16)
-    values.frombytes(base64.b64decode(column))
+    values.frombytes(binascii.a2b_base64(column))
     return values.tolist()
 
 
@@ -147,7 +151,7 @@ def encode_sets(sets: Mapping[str, tuple[Sequence[Endpoint], Sequence[int]]]) ->
     for name, (endpoints, holes) in sets.items():
         # (Arrays made from lists: from an iterator, an array grows one item at a time.)
         out[name] = {"count": len(endpoints), "hosts": " ".join(map(_HOST, endpoints)),
-                     "ports": base64.b64encode(array(_U16, list(map(_PORT, endpoints))).tobytes()).decode("ascii"),
+                     "ports": _b64(array(_U16, list(map(_PORT, endpoints))).tobytes()),
                      "weights": _numbers(list(map(_WEIGHT, endpoints))),
                      "priorities": _numbers(list(map(_PRIORITY, endpoints))),
                      "holes": hole_runs(holes)}

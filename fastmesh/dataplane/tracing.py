@@ -11,7 +11,6 @@ install fastmesh[otel]`) is imported only when export is configured.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +52,8 @@ class SpanWriter:
         self.resource = Resource.create({"service.name": cfg.service_name})
         self.scope = InstrumentationScope("fastmesh", __version__)
         self.methods = _method_names()
-        self.threads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastmesh-spans")
+        from concurrent.futures import ThreadPoolExecutor     # (here, with the SDK: only where export is configured)
+        self.threads = ThreadPoolExecutor(1, thread_name_prefix="fastmesh-spans")
 
     async def write(self, batch: list[tuple[int, SpanFields]]) -> None:
         """Export one batch; raises when the exporter did not take it (the runner counts it dropped)."""

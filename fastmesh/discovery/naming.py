@@ -7,13 +7,12 @@ too: routing never goes dark because the source did.
 """
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from fastmesh.config import naming as lang
 from fastmesh.config.schema import Discovery, NamingSource
 from fastmesh.discovery.base import Publish, Source, SourceError
-from fastmesh.discovery.etcd import EtcdSource, b64
+from fastmesh.discovery.etcd import EtcdSource, b64, unb64
 from fastmesh.discovery.file import FileSource
 
 OWNER = "naming"                                # the log lines' "naming table: ..."
@@ -53,7 +52,7 @@ class NamingEtcdSource(_Table, EtcdSource):
 
     def _value(self, key: bytes, value_b64: str) -> Any:
         try:
-            return parse_text(base64.b64decode(value_b64), key.decode(errors="replace"))
+            return parse_text(unb64(value_b64), key.decode(errors="replace"))
         except SourceError as exc:
             self.fail(exc.kind, str(exc))
             return None
@@ -77,7 +76,7 @@ class NamingEtcdSource(_Table, EtcdSource):
             kvs = answer.get("kvs", [])
             if not kvs:
                 raise SourceError("missing", f"{self.prefix.decode(errors='replace')}: no such key")
-            return parse_text(base64.b64decode(kvs[0].get("value", "")), self.prefix.decode(errors="replace"))
+            return parse_text(unb64(kvs[0].get("value", "")), self.prefix.decode(errors="replace"))
         assert last is not None
         raise last
 

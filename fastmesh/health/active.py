@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import GRPC_STATUS_NAMES, HealthCheck
 from fastmesh.httpwire import HeadError, parse_response_head
+
+if TYPE_CHECKING:
+    import random
 
 log = logging.getLogger("fastmesh.health")
 
@@ -290,7 +292,7 @@ class ActiveChecks:
 
     def __init__(self, configs: Mapping[str, ClusterConfig], clusters: Mapping[str, Any],
                  rng: random.Random | None = None) -> None:
-        self.rng = rng or random.Random()
+        self.rng = rng             # made on first use: `random` is imported only where checks run
         self.checks: list[tuple[EndpointCheck, HealthCheck]] = []
         for name, cfg in configs.items():
             if name in clusters:
@@ -360,12 +362,18 @@ class ActiveChecks:
             })
         return out
 
+    def _uniform(self, low: float, high: float) -> float:
+        if self.rng is None:
+            import random
+            self.rng = random.Random()
+        return self.rng.uniform(low, high)
+
     def _delay(self, hc: HealthCheck) -> float:
         spread = hc.jitter / 100.0
-        return hc.interval * (1.0 + self.rng.uniform(-spread, spread))
+        return hc.interval * (1.0 + self._uniform(-spread, spread))
 
     async def _loop(self, ep: EndpointCheck, hc: HealthCheck) -> None:
-        await asyncio.sleep(self.rng.uniform(0.0, hc.interval * hc.jitter / 100.0))
+        await asyncio.sleep(self._uniform(0.0, hc.interval * hc.jitter / 100.0))
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
