@@ -9,6 +9,8 @@
     python -m bench.footprint --workers 1 --merge-pages --settle 20   # with FASTMESH_MERGE_PAGES=1 (KSM running)
     python -m bench.footprint --workers 1 --instances 4                # four instances side by side, all counted
     python -m bench.footprint --workers 1 --keep-page-cache  # without dropping the extensions' cached pages first
+    python -m bench.footprint --workers 0,1 --no-demo --against haproxy   # and HAProxy of the same shape, same run
+    python -m bench.footprint --workers 1 --optimize   # the instance under PYTHONOPTIMIZE=2 (no docstrings, no asserts)
 
 The config is examples/quickstart.toml's shape (a tcp and an http listener in front of three demo backends, the admin
 server) on ports the kernel hands out, so it never collides with a quickstart someone else is running. RSS counts
@@ -29,6 +31,7 @@ import time
 if __package__ in (None, ""):     # `python bench/footprint.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.macro import haproxy_conf  # noqa: E402
 from bench.macro.procstat import descendants  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -274,6 +277,61 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
             log.close()
 
 
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def measure_haproxy(master_worker: bool, settle: float) -> dict[str, object]:
+    """HAProxy with the quickstart's listeners (haproxy_conf.quickstart_config), idle: its process, or with -W its
+    master and worker, measured as the instance is."""
+    import resource
+    ports = {"tcp": free_port(), "http": free_port()}
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    text = haproxy_conf.quickstart_config(ports, [free_port() for _ in range(3)], haproxy_conf.maxconn(nofile))
+    with tempfile.TemporaryDirectory(prefix="fastmesh-footprint-") as tmp:
+        path = os.path.join(tmp, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(text)
+        argv = [haproxy_conf.BINARY, "-db", *(["-W"] if master_worker else []), "-f", path]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while not (accepts(ports["tcp"]) and accepts(ports["http"])):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{' '.join(argv)} did not start (exit {proc.poll()})")
+                time.sleep(0.05)
+            time.sleep(settle)
+            kids = descendants(proc.pid)
+            names = ["master", *(f"worker {i}" for i in range(len(kids)))] if master_worker else ["haproxy"]
+            rows = [(name, pid, memory_kb(pid)) for name, pid in zip(names, [proc.pid, *kids])]
+        finally:
+            stop(proc)
+    return {"proxy": "haproxy -W (master and worker)" if master_worker else "haproxy (one process)",
+            "rows": rows, "rss": sum(m["Rss"] for _, _, m in rows), "pss": sum(m["Pss"] for _, _, m in rows)}
+
+
+def report_against(summary: list[dict[str, object]], others: list[dict[str, object]]) -> None:
+    """The instances beside HAProxy's, measured in this run: PSS and fastmesh's PSS over HAProxy's."""
+    print("\nagainst HAProxy, same run (PSS ratio: fastmesh's over HAProxy's)")
+    print("| instance | processes | RSS MiB | PSS MiB | PSS anon MiB | PSS ratio to haproxy (one process) "
+          "| PSS ratio to haproxy -W |")
+    print("|---|---|---|---|---|---|---|")
+    single = next((int(str(o["pss"])) for o in others if "one process" in str(o["proxy"])), None)
+    mw = next((int(str(o["pss"])) for o in others if "-W" in str(o["proxy"])), None)
+    for result in [*others, *summary]:
+        name = str(result.get("proxy") or f"fastmesh, workers = {result['workers']}"
+                   f"{', demo backends' if result.get('demo') else ''}")
+        pss = int(str(result["pss"]))
+        ratios = [f"{pss / base:.2f}x" if base else "–" for base in (single, mw)]
+        anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
+        print(f"| {name} | {len(rows_of(result))} | {mib(int(str(result['rss'])))} | {mib(pss)} | {anon} | "
+              + " | ".join(ratios) + " |")
+
+
 def rows_of(result: dict[str, object]) -> list[tuple[str, int, dict[str, int]]]:
     rows = result["rows"]
     assert isinstance(rows, list)
@@ -357,12 +415,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-page-cache", dest="drop_cache", action="store_false",
                         help="leave the extensions' pages in the page cache as they are (by default they are dropped "
                              "before each instance starts: see drop_cached_extensions)")
+    parser.add_argument("--against", choices=["haproxy"], default=None,
+                        help="also measure HAProxy with the same listeners, as one process and as master and worker "
+                             "(-W), in this run, and print the ratios")
+    parser.add_argument("--optimize", action="store_true",
+                        help="run the instance under PYTHONOPTIMIZE=2 (-OO: no docstrings, no asserts; fastest to "
+                             "start where the interpreter has its .opt-2.pyc files)")
     parser.add_argument("--instances", type=int, default=1,
                         help="run N instances of the same shape side by side (sidecars on one host) and count them "
                              "all (default: 1)")
     args = parser.parse_args(argv)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    if args.optimize:
+        env["PYTHONOPTIMIZE"] = "2"
     if args.merge_pages:
         env["FASTMESH_MERGE_PAGES"] = "1"
         if not ksm_running():
@@ -398,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = mib((pss - one[0]) // ((n - 1) * count)) if one and n > 1 else "–"
         anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
         print(f"| {'on' if result['demo'] else 'off'} | {n} | {count} | {mib(rss)} | {mib(pss)} | {anon} | {extra} |")
+    if args.against:
+        report_against(summary, [measure_haproxy(False, args.settle), measure_haproxy(True, args.settle)])
     return 0
 
 

@@ -92,3 +92,39 @@ backend backend
 def argv(conf_path: str) -> list[str]:
     """-db keeps HAProxy in the foreground as one process (no master/worker), so its PID is the one to measure."""
     return [BINARY, "-db", "-f", conf_path]
+
+
+def quickstart_config(ports: dict[str, int], backends: list[int], maxconn: int) -> str:
+    """examples/quickstart.toml's shape in HAProxy's terms, for the idle footprint (bench/footprint.py --against):
+    a tcp frontend and an http one (keep-alive, as ours), both balancing round robin over the same three backends."""
+    servers = "".join(f"    server s{i} 127.0.0.1:{port}\n" for i, port in enumerate(backends, 1))
+    return f"""\
+global
+    nbthread 1
+    maxconn {maxconn}
+    log stderr format raw local0 err
+
+defaults
+    timeout connect 1s
+    timeout client 10m
+    timeout server 10m
+
+frontend tcp_in
+    mode tcp
+    bind 127.0.0.1:{ports['tcp']}
+    default_backend tcp_demo
+
+backend tcp_demo
+    mode tcp
+    balance roundrobin
+{servers}
+frontend http_in
+    mode http
+    option http-keep-alive
+    bind 127.0.0.1:{ports['http']}
+    default_backend http_demo
+
+backend http_demo
+    mode http
+    balance roundrobin
+{servers}"""
