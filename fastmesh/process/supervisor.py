@@ -21,7 +21,6 @@ from fastmesh.process.worker import PARENT_ENV, READY_LINE
 from fastmesh.process.link import LinkClosed, WorkerLink, memfd_with, socketpair
 from fastmesh.process.inline import InlineLink
 from fastmesh.process import pagemerge, pageout, zygote
-from fastmesh.process.reload import effective_text
 from fastmesh.process.startup_only import forget
 from fastmesh.process.zygote import ForkedWorker
 from fastmesh.dataplane.tls import TicketSecret
@@ -433,6 +432,7 @@ class Supervisor:
         limits_fd = self.limits.fd
         rates_fd = self.rates.fd
         # The running config as JSON (discovery's endpoints filled in, a reload's result), not the file as it is now.
+        from fastmesh.process.reload import effective_text
         text = self.reloader.text if self.reloader.text is not None else effective_text(self.cfg)
         config_fd = memfd_with(text, "fastmesh-config")
         ours, theirs = socketpair()
