@@ -31,7 +31,7 @@ import time
 if __package__ in (None, ""):     # `python bench/footprint.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.macro import haproxy_conf  # noqa: E402
+from bench.macro import haproxy_conf, procs  # noqa: E402
 from bench.macro.procstat import descendants  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,14 +277,6 @@ def measure(workers: int, demo: bool, conns: int, settle: float, env: dict[str, 
             log.close()
 
 
-def accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def measure_haproxy(master_worker: bool, settle: float) -> dict[str, object]:
     """HAProxy with the quickstart's listeners (haproxy_conf.quickstart_config), idle: its process, or with -W its
     master and worker, measured as the instance is."""
@@ -299,11 +291,8 @@ def measure_haproxy(master_worker: bool, settle: float) -> dict[str, object]:
         argv = [haproxy_conf.BINARY, "-db", *(["-W"] if master_worker else []), "-f", path]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 20
-            while not (accepts(ports["tcp"]) and accepts(ports["http"])):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{' '.join(argv)} did not start (exit {proc.poll()})")
-                time.sleep(0.05)
+            for port in ports.values():     # read from /proc/net/tcp: no connection disturbs the idle instance
+                procs.wait_listening(port, proc, timeout=20.0)
             time.sleep(settle)
             kids = descendants(proc.pid)
             names = ["master", *(f"worker {i}" for i in range(len(kids)))] if master_worker else ["haproxy"]
