@@ -71,13 +71,11 @@ class Host(Protocol):
 async def serve(sup: Host) -> None:
     """Serve the running config in this process until the supervisor stops, then drain (up to drain_timeout)."""
     from fastmesh.dataplane.tls import set_ticket_secret
-    from fastmesh.process.worker import _effective_config, _handlers
+    from fastmesh.process.worker import _handlers
     from fastmesh.proxy import Proxy
     set_ticket_secret(sup.ticket_secret.handover())     # the same rotating ticket keys a worker would derive
-    holes: dict[str, tuple[int, ...]] = {}
-    cfg, gen = sup.cfg, sup.config_gen
-    if sup.reloader.text is not None:
-        cfg, holes = _effective_config(sup.reloader.text, sup.config_path)    # discovery filled in the endpoints
+    # The running config (discovery's endpoints filled in, its slot holes beside it), as a forked worker gets it.
+    cfg, holes, gen = sup.cfg, dict(sup.reloader.holes), sup.config_gen
     # Duplicates: the Proxy closes the fds it maps, the supervisor keeps its own for reloads.
     proxy = Proxy(cfg, reuse_port=True, stats_fd=os.dup(sup.stats.fd_for(SLOT)), limits_fd=os.dup(sup.limits.fd),
                   worker=SLOT, holes=holes, rates_fd=os.dup(sup.rates.fd))
