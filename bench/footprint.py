@@ -303,19 +303,20 @@ def measure_haproxy(master_worker: bool, settle: float) -> dict[str, object]:
             "rows": rows, "rss": sum(m["Rss"] for _, _, m in rows), "pss": sum(m["Pss"] for _, _, m in rows)}
 
 
-def report_against(summary: list[dict[str, object]], others: list[dict[str, object]]) -> None:
-    """The instances beside HAProxy's, measured in this run: PSS and fastmesh's PSS over HAProxy's."""
+def report_against(summary: list[dict[str, object]], single: dict[str, object],
+                   master_worker: dict[str, object]) -> None:
+    """The instances beside HAProxy's (measure_haproxy: one process, master and worker), measured in this run: PSS
+    and fastmesh's PSS over HAProxy's."""
     print("\nagainst HAProxy, same run (PSS ratio: fastmesh's over HAProxy's)")
     print("| instance | processes | RSS MiB | PSS MiB | PSS anon MiB | PSS ratio to haproxy (one process) "
           "| PSS ratio to haproxy -W |")
     print("|---|---|---|---|---|---|---|")
-    single = next((int(str(o["pss"])) for o in others if "one process" in str(o["proxy"])), None)
-    mw = next((int(str(o["pss"])) for o in others if "-W" in str(o["proxy"])), None)
-    for result in [*others, *summary]:
+    bases = [int(str(single["pss"])), int(str(master_worker["pss"]))]
+    for result in [single, master_worker, *summary]:
         name = str(result.get("proxy") or f"fastmesh, workers = {result['workers']}"
                    f"{', demo backends' if result.get('demo') else ''}")
         pss = int(str(result["pss"]))
-        ratios = [f"{pss / base:.2f}x" if base else "–" for base in (single, mw)]
+        ratios = [f"{pss / base:.2f}x" for base in bases]
         anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
         print(f"| {name} | {len(rows_of(result))} | {mib(int(str(result['rss'])))} | {mib(pss)} | {anon} | "
               + " | ".join(ratios) + " |")
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         anon = mib(sum(m["Pss_Anon"] for _, _, m in rows_of(result)))
         print(f"| {'on' if result['demo'] else 'off'} | {n} | {count} | {mib(rss)} | {mib(pss)} | {anon} | {extra} |")
     if args.against:
-        report_against(summary, [measure_haproxy(False, args.settle), measure_haproxy(True, args.settle)])
+        report_against(summary, measure_haproxy(False, args.settle), measure_haproxy(True, args.settle))
     return 0
 
 
