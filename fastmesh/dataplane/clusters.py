@@ -23,6 +23,7 @@ from fastmesh.config.schema import Cluster as ClusterConfig
 from fastmesh.config.schema import Endpoint
 from fastmesh.config.values import ip_literal
 from fastmesh.dataplane.slots import slot_list
+from fastmesh.dataplane.sockets import resolver_name
 from fastmesh.dataplane.tls import build_client_tls
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def _resolve(host: str, port: int) -> tuple[int, str, int]:
     literal = ip_literal(host)
     if literal is not None:
         return (socket.AF_INET6 if literal[0] == 6 else socket.AF_INET, literal[1], port)
-    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    family, _, _, _, sockaddr = socket.getaddrinfo(resolver_name(host), port, type=socket.SOCK_STREAM)[0]
     return (int(family), str(sockaddr[0]), port)
 
 

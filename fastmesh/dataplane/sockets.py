@@ -61,6 +61,13 @@ def _listening(host: str, port: int, backlog: int, reuse_port: bool) -> socket.s
     return sock
 
 
+def resolver_name(host: str) -> str | bytes:
+    """`host` as getaddrinfo() should get it. Given a str, getaddrinfo runs it through the idna codec, and importing
+    that codec loads stringprep and unicodedata (0.3 MiB in each process), even for an address; an ASCII name is
+    the same name as bytes. (A name that is not ASCII still needs the codec.)"""
+    return host.encode("ascii") if host.isascii() else host
+
+
 def probe_listeners(listeners: Iterable[ListenerConfig]) -> list[str]:
     """Bind each listener address as a worker would (SO_REUSEPORT, no listen) and close it: report what workers
     would hit, once."""
@@ -69,7 +76,8 @@ def probe_listeners(listeners: Iterable[ListenerConfig]) -> list[str]:
         family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
         try:
             # The address bind() itself would take for this host: the first the resolver gives for the family.
-            addr = socket.getaddrinfo(lst.host, lst.port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][4]
+            addr = socket.getaddrinfo(resolver_name(lst.host), lst.port, family, socket.SOCK_STREAM,
+                                      flags=socket.AI_PASSIVE)[0][4]
         except socket.gaierror as exc:
             problems.append(f"listener {lst.name!r}: cannot resolve {lst.host!r}: {exc.strerror}")
             continue

@@ -460,12 +460,14 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
         # uvloop only where FASTMESH_LOOP asks for it; argparse (and shutil, bz2, lzma with it) is dropped once the
         # command line is parsed, and the TOML reader (tomllib, datetime) once the config file is read (a worker
         # never reads it); pathlib, tempfile, ctypes, decimal and ipaddress are not needed, nor random (health checks
-        # load it), http (a plugin's answer), base64 or the thread pool (a thread filter, span export); nor OpenSSL
+        # load it), http (a plugin's answer), base64 or the thread pool (a thread filter, span export), nor the idna
+        # codec (and stringprep, unicodedata: addresses go to getaddrinfo as bytes); nor OpenSSL
         # without a tls table (ssl, _ssl, _hashlib and what imports it) (unless the interpreter's own start-up, its
         # site hooks, loads them).
         unneeded = {"uvloop", "argparse", "shutil", "lzma", "pathlib", "tempfile", "ctypes", "decimal", "ipaddress",
                     "ssl", "_ssl", "_hashlib", "hashlib", "hmac", "secrets", "importlib.resources", "tomllib",
-                    "datetime", "random", "http", "base64", "queue", "concurrent.futures.thread"}
+                    "datetime", "random", "http", "base64", "queue", "concurrent.futures.thread", "encodings.idna",
+                    "stringprep", "unicodedata"}
         for name in unneeded - bare:
             assert name not in modules[pid], f"{comm(pid)} holds {name}"
         assert not openssl_mapped(pid) - bare_openssl, f"{comm(pid)} maps {sorted(openssl_mapped(pid))}"
