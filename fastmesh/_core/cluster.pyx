@@ -653,9 +653,12 @@ cdef class Cluster(Sweeper):
         else:
             self.log_suppressed += 1
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
+        """Re-admits endpoints whose time out is over, decays old ejections, judges success rates. Holds (returns True)
+        while an endpoint waits for one of these, or a success-rate window has outcomes to judge."""
         cdef int i
         cdef Accrual *a
+        cdef bint held = False
         self.now_ns = <uint64_t>(now * 1e9)
         for i in range(self.n):
             if self.out[i] & OUT_REMOVED:
@@ -677,9 +680,13 @@ cdef class Cluster(Sweeper):
             elif a.ejections > 0 and not a.trial and now - a.clean_since >= DECAY_AFTER:
                 a.ejections -= 1
                 a.clean_since = now
+            if (self.mark[i] == EP_DOWN or self.out[i] & OUT_OUTLIER or (a.ejections > 0 and not a.trial)
+                    or a.sr_ok or a.sr_failed):
+                held = True
         if self.sr_window > 0.0 and now >= self.sr_due:
             self.judge_success_rates(now)
             self.sr_due = now + self.sr_window
+        return held
 
     # ---- Python-facing state -----------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ cdef class EventTarget:
 
 cdef class Sweeper:
     # Anything with deadlines to check (connect/idle timeouts, endpoints to re-admit); run by the reactor's tick.
-    cdef void sweep(self, double now) noexcept
+    # Returns whether it still holds something a deadline applies to (a connection, an endpoint marked down): while
+    # none does, the tick slows to IDLE_TICK.
+    cdef bint sweep(self, double now) noexcept
 
 
 cdef class ConnectionLimit:
@@ -90,6 +92,7 @@ cdef class Reactor:
     cdef list sweepers                 # Sweeper objects run by the tick
     cdef object tick_handle            # asyncio TimerHandle of the next tick
     cdef double tick_interval          # seconds between ticks
+    cdef bint idle_ticking             # the last tick found no deadline anywhere: the next one is IDLE_TICK away
     cdef bint call_soon_pending        # a call_soon(poll) is already scheduled
     cdef bint dispatching              # poll() is handing out events: its own end runs what again() asks
     cdef bint driven                   # a ReactorSelector waits in this epoll set: the loop watches no fd of ours
@@ -112,6 +115,7 @@ cdef class Reactor:
     cdef void again(self, EventTarget target) noexcept
     cdef void bury(self, EventTarget target) noexcept
     cdef void refresh_now(self) noexcept
+    cdef void wake_tick(self) noexcept
     cdef int poll(self, int timeout_ms) noexcept
     cdef int spin(self, double until) noexcept
     cdef bint spinning(self) noexcept

@@ -92,6 +92,40 @@ def test_asyncio_keeps_working_while_the_reactor_waits():
     run(main)
 
 
+async def until(check, seconds: float) -> None:
+    """Wait until check() is true, failing after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not check():
+        assert loop.time() < deadline, "not within the time"
+        await asyncio.sleep(0.02)
+
+
+def test_an_idle_reactor_ticks_slowly_until_events_come():
+    """With no connection open the tick slows down (Reactor.idle); the events of a new connection bring the fast
+    tick back at once, so the connection's deadlines keep their time: a head left unfinished gets its 408 after
+    header_timeout, not at the slow tick's next turn. Once it is closed, the tick slows down again."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        port, = free_ports(1)
+        async with HttpBackend("b") as backend:
+            text = config(port, backend.address).replace('protocol = "http"\n',
+                                                         'protocol = "http"\nheader_timeout = "300ms"\n')
+            async with Proxy.from_toml(text):
+                await until(lambda: loop.reactor.idle, 5)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
+                began = loop.time()
+                await asyncio.sleep(0.05)
+                assert not loop.reactor.idle
+                answer = await asyncio.wait_for(reader.read(), 5)
+                assert answer.startswith(b"HTTP/1.1 408 "), answer
+                assert 0.25 < loop.time() - began < 0.9
+                writer.close()
+                await until(lambda: loop.reactor.idle, 5)
+    run(main)
+
+
 def test_loop_choice(monkeypatch):
     monkeypatch.setenv(workerloop.LOOP_ENV, "")
     assert workerloop.loop_factory() is workerloop.ReactorLoop

@@ -475,6 +475,28 @@ def test_nothing_of_ours_is_imported_after_the_first_fork(
     assert fm.wait_exit() == 0
 
 
+def wakeups(pid: int, seconds: float) -> int:
+    """How often pid went to sleep and woke (voluntary context switches) over the next `seconds`."""
+    before = int(proc_field(pid, "voluntary_ctxt_switches"))
+    time.sleep(seconds)
+    return int(proc_field(pid, "voluntary_ctxt_switches")) - before
+
+
+def test_an_idle_worker_sleeps_and_a_connection_brings_its_tick_back(start: Start) -> None:
+    # With nothing open, no deadline can pass: the reactor's tick slows from every 25 ms to every second (an idle
+    # worker woke 40 times a second before). A connection makes it tick fast again at once, for its deadlines.
+    fm = start(workers=1)
+    worker = fm.worker_pids()["w0"]
+    time.sleep(0.5)                     # the first tick has found nothing to hold
+    idle = wakeups(worker, 2.0)         # the tick's 2, asyncio's own timers (the parent watch) a few a second
+    with open_echo(fm.port):            # a relayed connection holds an idle timeout
+        held = wakeups(worker, 1.0)     # about 40
+    assert idle < 20 and held > idle, (idle, held)
+    assert http_get(fm.port) in (1, 2, 3)
+    fm.proc.send_signal(signal.SIGTERM)
+    assert fm.wait_exit() == 0
+
+
 def test_without_forking_workers_are_fresh_interpreters(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTMESH_ZYGOTE", "0")
     fm = start(workers=1)

@@ -376,7 +376,7 @@ cdef class HttpPool(Connector):
         up.next = None
         self.idle_count[ep] -= 1
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
         cdef int ep, n
         cdef long others
         cdef Upstream up, nxt
@@ -412,6 +412,7 @@ cdef class HttpPool(Connector):
                     self.unlink_idle(up)
                     up.close()
                 up = nxt
+        return self.active > 0 or bool(self.waiters)
 
     def retire(self):
         """A reload replaced this pool: close its idle connections; busy ones close when their exchange ends."""

@@ -153,13 +153,14 @@ cdef class HttpProxy(Front):
         self.set_rules(self.rules.forwarded, self.rid_name.decode("ascii"), self.rules.trust_headers,
                        self.identity_name.decode("ascii"))
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
         """Header, idle, body, connect, response and closing deadlines: a walk of the open connections."""
         cdef Downstream d = self.head
         cdef Downstream nxt
+        cdef bint held = False
         self.buffers.trim(now)             # at most once per trim_every, also when it is the reactor's own pool
         if self.h2 is not None:
-            self.h2.sweep(now)
+            held = self.h2.sweep(now)
         while d is not None:
             nxt = d.next
             if d.state == DS_EXCHANGE:
@@ -195,6 +196,7 @@ cdef class HttpProxy(Front):
             elif d.state == DS_IDLE and d.ex is not None:
                 d.rest()
             d = nxt
+        return held or self.head is not None
 
     def drain(self):
         """Stop keeping connections alive: idle ones close now, busy ones after their current answer."""

@@ -165,13 +165,14 @@ cdef class H2Front(Handoff):
         self.front.active -= 1
         self.front.counters[L_ACTIVE] -= 1
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
         cdef H2Conn c = self.head
         cdef H2Conn nxt
         while c is not None:
             nxt = c.next
             c.sweep(now)
             c = nxt
+        return self.head is not None
 
     cdef void drain(self) noexcept:
         cdef H2Conn c = self.head

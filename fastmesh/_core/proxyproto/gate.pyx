@@ -174,7 +174,7 @@ cdef class ProxyGate(Sweeper):
         self.waiting -= 1
         self.reactor.bury(w)
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
         """Connections whose header did not come in time are refused (a walk of the waiting ones, each tick)."""
         cdef Waiting w = self.head
         cdef Waiting nxt
@@ -185,6 +185,7 @@ cdef class ProxyGate(Sweeper):
                 w.fd = -1
                 self.unlink(w)
             w = nxt
+        return self.head is not None
 
     def close_waiting(self):
         """Close every connection still waiting for its header (the listener stopped, or the worker stops)."""

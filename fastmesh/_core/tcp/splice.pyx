@@ -238,7 +238,7 @@ cdef class TcpProxy(Acceptor):
         r.next = None
         self.counters[L_ACTIVE] -= 1
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
         """Connect timeouts and idle timeouts: a walk of the open relays, a few times a second."""
         cdef TcpRelay r = self.head
         cdef TcpRelay nxt
@@ -264,6 +264,7 @@ cdef class TcpProxy(Acceptor):
             elif r.state == RS_OPEN and now - r.last_active >= self.idle_timeout:
                 r.close()
             r = nxt
+        return self.head is not None
 
     def close_all(self):
         """Close every open relay at once (end of a drain)."""

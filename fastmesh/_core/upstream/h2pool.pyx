@@ -550,7 +550,7 @@ cdef class H2Pool(Connector):
                 cur.next = up.next
         up.next = None
 
-    cdef void sweep(self, double now) noexcept:
+    cdef bint sweep(self, double now) noexcept:
         cdef int ep, n
         cdef H2Upstream up, nxt
         self.cluster.balancer.set_clock(now)      # EWMA decay and slow start run on the tick's clock
@@ -590,6 +590,7 @@ cdef class H2Pool(Connector):
                     if ob_pending(&up.sess.out):
                         up.want_flush()
                 up = nxt
+        return self.active > 0 or bool(self.waiters)
 
     @property
     def tunnel(self):
