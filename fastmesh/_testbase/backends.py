@@ -17,6 +17,7 @@ class Backend:
         self.bytes_read = 0
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self, port: int = 0, backlog: int = 1024) -> "Backend":
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", port, backlog=backlog)
@@ -30,17 +31,23 @@ class Backend:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.active += 1
+        self.writers.add(writer)
         try:
             await self.handler(self, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self.active -= 1
+            self.writers.discard(writer)
             writer.close()
 
     async def stop(self) -> None:
+        """Stop listening and cut the connections still open (from 3.12 on, wait_closed() waits for them; a
+        handler that holds its connection would keep it waiting)."""
         if self.server is not None:
             self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
             await self.server.wait_closed()
             self.server = None
 

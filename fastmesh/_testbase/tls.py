@@ -142,6 +142,7 @@ class TlsEchoBackend:
         self.server: asyncio.AbstractServer | None = None
         self.peers: list[Any] = []
         self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> TlsEchoBackend:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ctx)
@@ -154,6 +155,7 @@ class TlsEchoBackend:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.peers.append(writer.get_extra_info("peercert"))
+        self.writers.add(writer)
         try:
             if self.banner:
                 writer.write(self.banner)
@@ -164,9 +166,13 @@ class TlsEchoBackend:
         except (ConnectionError, ssl.SSLError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     async def stop(self) -> None:
+        """Stop listening and cut the connections still open (wait_closed() waits for them from 3.12 on)."""
         if self.server is not None:
             self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
             await self.server.wait_closed()

@@ -316,7 +316,8 @@ class RateLimit:
 
     def rate_text(self) -> str:
         """The rate as the config writes it: "10/s"."""
-        return f"{self.rate}/{ {1.0: 's', 60.0: 'm', 3600.0: 'h'}[self.per]}"
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}[self.per]
+        return f"{self.rate}/{unit}"
 
     def text(self) -> str:
         """The limit as explain and stats say it: "10/s burst 10 by client_ip"."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -140,8 +142,14 @@ def _venv_with_examples(tmp_path: Path) -> Path:
     """A venv that sees this interpreter's packages, with examples/plugins installed (no network: no build
     isolation, no dependencies)."""
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    # The packages of the environment the tests run in (setuptools to build with, among them), whether that is a
+    # venv or the interpreter's own: a .pth line each (system_site_packages would give only the base interpreter's).
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    outer = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    Path(inner, "outer.pth").write_text("".join(f"{path}\n" for path in outer))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     "--no-build-isolation", "--no-index", str(EXAMPLES)], check=True, timeout=120,
                    capture_output=True)
