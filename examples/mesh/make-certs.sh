@@ -7,11 +7,14 @@ cd "$(dirname "$0")"
 mkdir -p certs
 cd certs
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=mesh-ca \
-    -keyout ca.key -out ca.pem 2>/dev/null
+    -addext keyUsage=critical,keyCertSign,cRLSign -keyout ca.key -out ca.pem 2>/dev/null
 for who in frontend backend; do
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$who" \
         -keyout "$who.key" -out "$who.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:%s.mesh.test,URI:spiffe://mesh.test/ns/demo/sa/%s\n' "$who" "$who" > "$who.ext"
+    # Key identifiers (and the CA's key usage above): strict verifiers, Python 3.13's default TLS client for one,
+    # refuse a chain without them.
+    printf 'subjectAltName=DNS:%s.mesh.test,URI:spiffe://mesh.test/ns/demo/sa/%s\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n' \
+        "$who" "$who" > "$who.ext"
     openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile "$who.ext" \
         -out "$who.pem" 2>/dev/null
     rm "$who.csr" "$who.ext"
