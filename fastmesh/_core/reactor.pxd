@@ -115,6 +115,7 @@ cdef class Reactor:
     cdef void again(self, EventTarget target) noexcept
     cdef void bury(self, EventTarget target) noexcept
     cdef void refresh_now(self) noexcept
+    cdef bint sweep_all(self) noexcept
     cdef void wake_tick(self) noexcept
     cdef int poll(self, int timeout_ms) noexcept
     cdef int spin(self, double until) noexcept

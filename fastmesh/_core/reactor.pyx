@@ -321,12 +321,9 @@ cdef class Reactor:
                 self.loop.call_soon(self._on_readable)
 
     def _tick(self):
-        cdef Sweeper s
-        cdef bint held = False
+        cdef bint held
         self.refresh_now()
-        for s in list(self.sweepers):
-            if s.sweep(self.now):
-                held = True
+        held = self.sweep_all()
         self.buffers.trim(self.now)
         self.graveyard.clear()
         if self.loop is not None:
@@ -346,14 +343,21 @@ cdef class Reactor:
         clock_gettime(CLOCK_MONOTONIC, &ts)
         self.now = ts.tv_sec + ts.tv_nsec * 1e-9
 
+    cdef bint sweep_all(self) noexcept:
+        """Every sweeper's deadlines checked at `now`; whether any still holds one."""
+        cdef Sweeper s
+        cdef bint held = False
+        for s in list(self.sweepers):
+            if s.sweep(self.now):
+                held = True
+        return held
+
     cdef void wake_tick(self) noexcept:
         """Events came while the tick was slow: run the sweepers now, before the events are handled (the clocks they
         keep, a balancer's and a cluster's, are then current for the first pick), and tick at tick_interval again
         from here. The slow tick's timer is cancelled."""
-        cdef Sweeper s
         self.idle_ticking = False
-        for s in list(self.sweepers):
-            s.sweep(self.now)
+        self.sweep_all()
         try:
             if self.tick_handle is not None:
                 self.tick_handle.cancel()
