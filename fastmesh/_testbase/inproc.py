@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastmesh._testbase.net import free_port
 
 if TYPE_CHECKING:
     from fastmesh import Proxy
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Poll predicate every 20 ms until it holds; the seconds that took. Fails the test after `timeout`."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0
 
 
 async def no_connection_left(proxy: Proxy) -> None:

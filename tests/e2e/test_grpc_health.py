@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 from grpc_health.v1 import health_pb2
@@ -12,11 +10,11 @@ from hypothesis import strategies as st
 
 from fastmesh import Proxy
 from fastmesh._testbase.grpc_backends import GrpcBackend
+from fastmesh._testbase.inproc import until
 from fastmesh._testbase.net import free_port
 from fastmesh.health.active import health_request, health_status, probe_grpc
 
 pytestmark = pytest.mark.timeout(60)
-WAIT = 5.0
 
 
 @given(st.text(max_size=300))
@@ -59,14 +57,6 @@ def test_probe_answers() -> None:
             await probe_grpc("127.0.0.1", backend.port, backend.address, "", 2.0)
 
     asyncio.run(main())
-
-
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def test_not_serving_backend_is_taken_out_and_comes_back() -> None:

@@ -5,14 +5,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from fastmesh import Proxy
 from fastmesh._testbase.backends import Backend, echo
+from fastmesh._testbase.inproc import until
 from fastmesh._testbase.net import free_port, free_ports
 from fastmesh._testbase.scripted import ScriptedBackend
 
@@ -70,16 +70,6 @@ def endpoint(proxy: Proxy, i: int) -> dict:
 
 def check_status(proxy: Proxy, i: int) -> dict:
     return proxy.stats()["health"]["web"][i]
-
-
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> float:
-    """Seconds it took predicate to hold (polled); fails the test after timeout."""
-    t0 = time.monotonic()
-    while not predicate():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - t0
 
 
 async def spread(proxy: Proxy, count: int) -> collections.Counter[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from fastmesh import Proxy
 from fastmesh._testbase.http_backend import HttpBackend, read_response
-from fastmesh._testbase.inproc import no_connection_left, web_config
+from fastmesh._testbase.inproc import no_connection_left, until, web_config
 
 pytestmark = pytest.mark.timeout(60)
 BURST = 40
@@ -24,14 +24,6 @@ async def proxied() -> AsyncIterator[Proxy]:
     async with HttpBackend("a") as backend, Proxy.from_toml(web_config([backend.address])) as proxy:
         yield proxy
         await no_connection_left(proxy)
-
-
-async def until(check, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    assert check()
 
 
 async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:

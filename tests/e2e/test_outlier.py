@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from fastmesh import Proxy
+from fastmesh._testbase.inproc import until
 from fastmesh._testbase.net import free_port
 from fastmesh._testbase.scripted import ScriptedBackend
 
@@ -71,13 +72,6 @@ async def send_until(client: httpx.AsyncClient, done: Callable[[], bool], limit:
             return
         await send(client, 1)
     assert done(), "condition not reached"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    t0 = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - t0 < timeout, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def test_endpoint_answering_503_is_ejected_readmitted_and_ejected_again_for_longer():

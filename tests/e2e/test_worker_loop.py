@@ -7,6 +7,7 @@ import pytest
 
 from fastmesh import Proxy
 from fastmesh._testbase.http_backend import HttpBackend
+from fastmesh._testbase.inproc import until
 from fastmesh._testbase.net import free_ports
 from fastmesh.process import loop as workerloop
 
@@ -90,15 +91,6 @@ def test_asyncio_keeps_working_while_the_reactor_waits():
                 assert await answers(first, 5, pipelined=False) == [b"ok"] * 5
                 assert await answers(second, 5, pipelined=False) == [b"ok"] * 5
     run(main)
-
-
-async def until(check, seconds: float) -> None:
-    """Wait until check() is true, failing after `seconds`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not check():
-        assert loop.time() < deadline, "not within the time"
-        await asyncio.sleep(0.02)
 
 
 def test_an_idle_reactor_ticks_slowly_until_events_come():
